@@ -1,0 +1,213 @@
+"""What a check is: a registered unit of work that turns (model, data, params, seed) into rows.
+
+A check writes one file under ``audit/checks/``::
+
+    @register_check("clean")
+    class Clean(Check):
+        pillar = "performance"
+        title = "Clean accuracy"
+        defaults = {"batch_size": 256}
+
+        def run(self, ctx: AuditContext) -> TaskResult:
+            out = ctx.outputs("clean")
+            est = accuracy(out.logits, ctx.labels("clean"))
+            return TaskResult([Row.of("clean", "accuracy", est)])
+
+Checks that do a lot of independent work split it into :class:`Task` objects (``tasks``), so the
+engine stores each task's rows as soon as it ends and ``--resume`` skips what is stored.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from mlsafety.core import InputError, Registry
+from mlsafety.metrics import Estimate
+
+if TYPE_CHECKING:
+    from mlsafety.audit._context import AuditContext
+
+PILLARS = ("performance", "robustness", "monitoring", "alignment", "systemic")
+"""Report sections, in order; every check belongs to one."""
+
+_METRIC = re.compile(r"^[a-z0-9_]+$")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One measured number: ``<check>/<hazard>/<metric>`` with its interval and sample size.
+
+    ``ci_low``/``ci_high`` are the 95% interval (None only for numbers that are not estimates,
+    such as a count or a configured threshold). ``params`` records what produced the number.
+    """
+
+    hazard: str
+    metric: str
+    value: float
+    ci_low: float | None = None
+    ci_high: float | None = None
+    n: int | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not _METRIC.match(self.metric):
+            raise ValueError(f"metric name {self.metric!r} must be lower-case with underscores")
+        if not self.hazard or self.hazard.startswith("/") or self.hazard.endswith("/"):
+            raise ValueError(f"bad hazard name {self.hazard!r}")
+        if not math.isfinite(float(self.value)):
+            raise ValueError(f"{self.hazard}/{self.metric}: value {self.value} is not finite")
+
+    @classmethod
+    def of(cls, hazard: str, metric: str, estimate: Estimate, **params: Any) -> Row:
+        """A row from an :class:`~mlsafety.metrics.Estimate` (value, interval, n)."""
+        return cls(hazard, metric, estimate.value, estimate.ci_low, estimate.ci_high, estimate.n, params)
+
+    def params_json(self) -> str:
+        return json.dumps(dict(self.params), sort_keys=True, default=str)
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A picture or table a check hands to the report (stored in the results database)."""
+
+    name: str
+    data: bytes
+    mime: str = "image/png"
+    caption: str = ""
+
+
+@dataclass
+class TaskResult:
+    """What a task produced: rows for the store, artifacts for the report."""
+
+    rows: list[Row] = field(default_factory=list)
+    artifacts: list[Artifact] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Task:
+    """An independent piece of a check; ``key`` is unique within the check and stable across runs."""
+
+    key: str
+    run: Callable[[], TaskResult]
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    """A row as read back from the store (what report renderers and gates see)."""
+
+    check: str
+    hazard: str
+    metric: str
+    value: float
+    ci_low: float | None
+    ci_high: float | None
+    n: int | None
+    params: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        return f"{self.check}/{self.hazard}/{self.metric}"
+
+
+@dataclass(frozen=True)
+class Headline:
+    """A scorecard entry: a label, the metric key it shows, and whether higher is better."""
+
+    label: str
+    row: StoredRow
+    higher_is_better: bool = True
+    fmt: str = "{:.3f}"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table for the report: a title, column headers and rows of already formatted cells."""
+
+    title: str
+    headers: Sequence[str]
+    rows: Sequence[Sequence[str]]
+
+
+class Check:
+    """Base class of audit checks.
+
+    Subclasses set ``pillar``, ``title``, ``description`` and ``defaults`` (every parameter with
+    its default; ``quick`` overrides some of them for ``--quick``) and write :meth:`run` (or
+    :meth:`tasks` for work split into resumable pieces). Constructors only store parameters.
+    """
+
+    name: ClassVar[str]
+    pillar: ClassVar[str] = "performance"
+    title: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    defaults: ClassVar[dict[str, Any]] = {}
+    quick: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, quick: bool = False, **params: Any) -> None:
+        unknown = sorted(set(params) - set(self.defaults))
+        if unknown:
+            raise InputError(
+                f"check {self.name!r} has no parameter {unknown[0]!r}; "
+                f"it takes: {', '.join(sorted(self.defaults)) or 'no parameters'}"
+            )
+        merged = dict(self.defaults)
+        if quick:
+            merged.update(self.quick)
+        merged.update(params)
+        self.params: dict[str, Any] = merged
+
+    # -- work ----------------------------------------------------------------------------------
+    def hazards(self, ctx: AuditContext) -> list[str]:
+        """Hazards this check produces (so the systemic check can consume them); none by default."""
+        return []
+
+    def tasks(self, ctx: AuditContext) -> list[Task]:
+        """The check's work as resumable tasks; by default one task that calls :meth:`run`."""
+        return [Task(self.name, lambda: _as_result(self.run(ctx)))]
+
+    def run(self, ctx: AuditContext) -> TaskResult | list[Row]:
+        raise NotImplementedError(f"check {self.name!r} must implement run() or tasks()")
+
+    # -- report --------------------------------------------------------------------------------
+    @classmethod
+    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
+        """Scorecard entries taken from this check's stored rows (none by default)."""
+        return []
+
+    @classmethod
+    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
+        """Tables for the report section; by default every row, one line each."""
+        if not rows:
+            return []
+        body = [
+            [r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in rows
+        ]
+        return [Table(cls.title or cls.name, ["hazard", "metric", "value", "95% CI", "n"], body)]
+
+
+def _as_result(out: TaskResult | list[Row]) -> TaskResult:
+    return out if isinstance(out, TaskResult) else TaskResult(list(out))
+
+
+def fmt_value(v: float | None) -> str:
+    if v is None:
+        return ""
+    if v != 0 and (abs(v) >= 1e4 or abs(v) < 1e-3):
+        return f"{v:.3g}"
+    return f"{v:.4f}".rstrip("0").rstrip(".") if v != int(v) else f"{int(v)}"
+
+
+def fmt_ci(r: StoredRow | Row) -> str:
+    if r.ci_low is None or r.ci_high is None:
+        return ""
+    return f"[{fmt_value(r.ci_low)}, {fmt_value(r.ci_high)}]"
+
+
+CHECKS: Registry[Check] = Registry("check")
+register_check = CHECKS.register

@@ -1,0 +1,39 @@
+"""Core: the model adapter, datasets, seeded generators, device handling, loaders and errors."""
+
+from mlsafety.core._data import ArrayDataset, check_images, check_labels, load_image_folder, load_npz
+from mlsafety.core._errors import InputError, MlsafetyError, NotFittedError, UnknownNameError
+from mlsafety.core._forward import Outputs, forward
+from mlsafety.core._loading import load_factory, load_weights, read_state_dict
+from mlsafety.core._model import Classifier, Normalize, as_classifier, device_of, frozen
+from mlsafety.core._progress import Progress, track
+from mlsafety.core._random import derive_seed, generator, rand_like, randn_like
+from mlsafety.core._registry import Registry
+
+__all__ = [
+    "ArrayDataset",
+    "Classifier",
+    "InputError",
+    "MlsafetyError",
+    "Normalize",
+    "NotFittedError",
+    "Outputs",
+    "Progress",
+    "Registry",
+    "UnknownNameError",
+    "as_classifier",
+    "check_images",
+    "check_labels",
+    "derive_seed",
+    "device_of",
+    "forward",
+    "frozen",
+    "generator",
+    "load_factory",
+    "load_image_folder",
+    "load_npz",
+    "load_weights",
+    "rand_like",
+    "randn_like",
+    "read_state_dict",
+    "track",
+]

@@ -1,0 +1,66 @@
+"""One batched forward pass that returns logits and features together."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mlsafety.core._model import Classifier, as_classifier, frozen
+from mlsafety.core._progress import Progress, track
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What one forward pass over a set of inputs gives: logits ``(N, K)``, features ``(N, D)``.
+
+    ``features`` is None when the model has no Linear head. Tensors live on the model's device.
+    """
+
+    logits: torch.Tensor
+    features: torch.Tensor | None
+
+    @property
+    def probs(self) -> torch.Tensor:
+        return self.logits.softmax(dim=1)
+
+    @property
+    def pred(self) -> torch.Tensor:
+        return self.logits.argmax(dim=1)
+
+
+def forward(
+    model: nn.Module | Classifier,
+    x: torch.Tensor,
+    batch_size: int = 256,
+    features: bool = True,
+    progress: Progress | None = None,
+) -> Outputs:
+    """Logits (and features, from the same pass) for ``x`` in batches, in eval mode, no gradients.
+
+    Args:
+        model: the classifier.
+        x: inputs (N, ...) on any device; batches move to the model's device.
+        batch_size: inputs per forward pass.
+        features: also capture the head's input features.
+        progress: show progress when given.
+    """
+    clf = as_classifier(model)
+    want_feats = features and clf.head is not None
+    logits, feats = [], []
+    device = clf.device
+    starts = range(0, x.shape[0], batch_size)
+    with frozen(clf.module), torch.inference_mode():
+        for start in track(starts, progress, "forward", total=len(starts)):
+            xb = x[start : start + batch_size].to(device)
+            if want_feats:
+                fb, lb = clf.features_and_logits(xb)
+                feats.append(fb)
+            else:
+                lb = clf.logits(xb)
+            logits.append(lb)
+    if not logits:
+        k = clf.num_classes
+        return Outputs(torch.empty(0, k, device=device), None)
+    return Outputs(torch.cat(logits), torch.cat(feats) if want_feats else None)

@@ -1,0 +1,75 @@
+"""A small decorator registry with a factory, shared by every family (attacks, detectors, ...)."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from mlsafety.core._errors import InputError, UnknownNameError
+
+T = TypeVar("T")
+
+_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+class Registry(Generic[T]):
+    """Maps lower-case dashed names to classes of one family.
+
+    Example:
+        >>> attacks: Registry[Attack] = Registry("attack")
+        >>> @attacks.register("pgd")
+        ... class PGD(Attack): ...
+        >>> attacks.create("pgd", eps=0.1)
+    """
+
+    def __init__(self, family: str) -> None:
+        self.family = family
+        self._entries: dict[str, type[T]] = {}
+
+    def register(self, name: str) -> Callable[[type[T]], type[T]]:
+        """Class decorator that registers ``cls`` under ``name`` (a duplicate name is an error)."""
+        if not _NAME.match(name):
+            raise ValueError(f"{self.family} name {name!r} must be lower-case words joined by dashes")
+
+        def decorator(cls: type[T]) -> type[T]:
+            if name in self._entries:
+                raise ValueError(f"{self.family} {name!r} is already registered by {self._entries[name]!r}")
+            self._entries[name] = cls
+            cls.name = name  # type: ignore[attr-defined]
+            return cls
+
+        return decorator
+
+    def get(self, name: str) -> type[T]:
+        """The class registered under ``name``; an unknown name raises :class:`UnknownNameError`."""
+        try:
+            return self._entries[name]
+        except KeyError:
+            close = difflib.get_close_matches(name, list(self._entries), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise UnknownNameError(
+                f"unknown {self.family} {name!r}.{hint} Available: {', '.join(self.available())}"
+            ) from None
+
+    def create(self, name: str, **params: Any) -> T:
+        """Instantiate the entry ``name`` with hyper-parameters ``params``."""
+        cls = self.get(name)
+        try:
+            return cls(**params)
+        except TypeError as exc:
+            raise InputError(f"bad parameters for {self.family} {name!r}: {exc}") from None
+
+    def available(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.available())
+
+    def __len__(self) -> int:
+        return len(self._entries)

@@ -1,0 +1,60 @@
+"""The embedded zoo: small models shipped as ``.safetensors`` and datasets made from installed packages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mlsafety.zoo._datasets import DIGITS_SHAPE, dataset_info, dataset_names, load_dataset, ood_names
+from mlsafety.zoo._models import (
+    DigitsCNN,
+    ModelInfo,
+    load_model,
+    model_info,
+    model_names,
+    random_shift,
+    register_model,
+    save_weights,
+    seeded_init,
+    train_classifier,
+    train_digits_cnn,
+    train_model,
+    weights_path,
+)
+
+
+@dataclass(frozen=True)
+class Entry:
+    kind: str  # "model" or "dataset"
+    name: str
+    description: str
+
+
+def available() -> list[Entry]:
+    """Every embedded model and dataset with a one-line description."""
+    models = [Entry("model", n, model_info(n).description) for n in model_names()]
+    datasets = [Entry("dataset", n, dataset_info(n).description) for n in dataset_names()]
+    return models + datasets
+
+
+__all__ = [
+    "DIGITS_SHAPE",
+    "DigitsCNN",
+    "Entry",
+    "ModelInfo",
+    "available",
+    "dataset_info",
+    "dataset_names",
+    "load_dataset",
+    "load_model",
+    "model_info",
+    "model_names",
+    "ood_names",
+    "random_shift",
+    "register_model",
+    "save_weights",
+    "seeded_init",
+    "train_classifier",
+    "train_digits_cnn",
+    "train_model",
+    "weights_path",
+]

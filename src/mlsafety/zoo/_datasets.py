@@ -1,0 +1,184 @@
+"""Embedded datasets, made from what installed packages ship; nothing is downloaded.
+
+``digits``
+    scikit-learn's 1,797 handwritten digits (8x8, values 0..16, scaled to [0, 1]). Split: a
+    permutation of all samples drawn with ``mlsafety.core.generator(0, "digits-split")`` and cut
+    into train (first 60%: 1,078), val (next 20%: 359) and test (last 20%: 360).
+``letters`` (near-OOD)
+    glyphs A-Z drawn with Pillow in DejaVu fonts (shipped by Matplotlib) at several sizes, stroke widths,
+    offsets and rotations on a 32x32 canvas, then reduced exactly as the digits were made: the count of
+    ink pixels in each 4x4 block, divided by 16.
+``natural-patches`` (far-OOD)
+    grey-scale patches of scikit-learn's two sample photographs, area-downsampled to 8x8.
+``noise`` (far-OOD)
+    half uniform noise, half random Gaussian blobs.
+
+Every OOD set is deterministic and can be made at another shape (``shape=(C, H, W)``) so it can
+serve any image model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mlsafety.core import ArrayDataset, InputError, UnknownNameError, generator
+
+DIGITS_SHAPE = (1, 8, 8)
+SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    kind: str  # "in", "near" or "far"
+    description: str
+    make: Callable[..., ArrayDataset]
+
+
+def _digits(split: str = "test", shape: tuple[int, int, int] | None = None) -> ArrayDataset:
+    from sklearn.datasets import load_digits
+
+    if shape not in (None, DIGITS_SHAPE):
+        raise InputError("the digits dataset exists only at shape (1, 8, 8)")
+    bunch = load_digits()
+    x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
+    y = torch.from_numpy(bunch.target.astype(np.int64))
+    perm = torch.randperm(x.shape[0], generator=generator(0, "digits-split"))
+    n = x.shape[0]
+    a = round(SPLIT_FRACTIONS[0] * n)
+    b = a + round(SPLIT_FRACTIONS[1] * n)
+    parts = {"train": perm[:a], "val": perm[a:b], "test": perm[b:], "all": perm}
+    if split not in parts:
+        raise InputError(f"digits has splits train, val, test and all, not {split!r}")
+    idx = parts[split]
+    return ArrayDataset(x[idx], y[idx], name="digits", kind="in", description=_INFO["digits"].description)
+
+
+def _resize(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
+    c, h, w = shape
+    if x.shape[-2:] != (h, w):
+        x = F.interpolate(x, size=(h, w), mode="area" if x.shape[-1] >= w else "bilinear", align_corners=None)
+    if x.shape[1] != c:
+        x = x.expand(-1, c, -1, -1) if x.shape[1] == 1 else x.mean(dim=1, keepdim=True)
+    return x.clamp(0, 1).contiguous()
+
+
+def _font_files() -> list[Path]:
+    import matplotlib
+
+    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
+    names = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSerif-Bold.ttf"]
+    files = [ttf / n for n in names if (ttf / n).is_file()]
+    if not files:
+        raise InputError(f"no DejaVu fonts found under {ttf}; reinstall matplotlib")
+    return files
+
+
+def _letters(split: str = "test", shape: tuple[int, int, int] | None = None, n: int = 520) -> ArrayDataset:
+    from PIL import Image, ImageDraw, ImageFont
+
+    g = generator(0, "letters", split)
+    fonts = _font_files()
+    params = torch.rand(n, 6, generator=g)
+    images = np.zeros((n, 32, 32), dtype=np.float32)
+    for i in range(n):
+        letter = chr(ord("A") + i % 26)
+        f, size, dx, dy, rot, stroke = params[i].tolist()
+        font = ImageFont.truetype(str(fonts[int(f * len(fonts)) % len(fonts)]), size=int(30 + 12 * size))
+        canvas = Image.new("L", (32, 32), 0)
+        draw = ImageDraw.Draw(canvas)
+        width = 1 + int(stroke * 2)  # digits were written with a thick pen
+        left, top, right, bottom = draw.textbbox((0, 0), letter, font=font, stroke_width=width)
+        ox = (32 - (right - left)) / 2 - left + (dx - 0.5) * 6
+        oy = (32 - (bottom - top)) / 2 - top + (dy - 0.5) * 6
+        draw.text((ox, oy), letter, fill=255, font=font, stroke_width=width, stroke_fill=255)
+        canvas = canvas.rotate((rot - 0.5) * 30, resample=Image.BILINEAR)
+        images[i] = np.asarray(canvas, dtype=np.float32) > 127
+    # The digits were made by counting "on" pixels in 4x4 blocks of a 32x32 bitmap (0..16).
+    blocks = torch.from_numpy(images)[:, None]
+    x = F.avg_pool2d(blocks, 4)
+    x = _resize(x, shape or DIGITS_SHAPE)
+    return ArrayDataset(x, torch.full((n,), -1), name="letters", kind="near", description=_INFO["letters"].description)
+
+
+def _natural_patches(split: str = "test", shape: tuple[int, int, int] | None = None, n: int = 500) -> ArrayDataset:
+    from sklearn.datasets import load_sample_images
+
+    shape = shape or DIGITS_SHAPE
+    photos = [torch.from_numpy(img.astype(np.float32) / 255.0).permute(2, 0, 1) for img in load_sample_images().images]
+    g = generator(0, "natural-patches", split)
+    out = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        side = int(torch.randint(16, 97, (1,), generator=g))
+        top = int(torch.randint(0, photo.shape[1] - side + 1, (1,), generator=g))
+        left = int(torch.randint(0, photo.shape[2] - side + 1, (1,), generator=g))
+        patch = photo[:, top : top + side, left : left + side][None]
+        if shape[0] == 1:
+            patch = (0.299 * patch[:, 0:1] + 0.587 * patch[:, 1:2] + 0.114 * patch[:, 2:3])
+        out.append(_resize(patch, shape))
+    x = torch.cat(out)
+    return ArrayDataset(x, torch.full((n,), -1), name="natural-patches", kind="far",
+                        description=_INFO["natural-patches"].description)
+
+
+def _noise(split: str = "test", shape: tuple[int, int, int] | None = None, n: int = 500) -> ArrayDataset:
+    c, h, w = shape or DIGITS_SHAPE
+    g = generator(0, "noise", split)
+    half = n // 2
+    uniform = torch.rand(half, c, h, w, generator=g)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, h), torch.linspace(0, 1, w), indexing="ij")
+    k = 4
+    centres = torch.rand(n - half, k, 2, generator=g)
+    widths = 0.05 + 0.25 * torch.rand(n - half, k, 1, 1, generator=g)
+    amps = torch.rand(n - half, k, 1, 1, generator=g)
+    d2 = (yy - centres[..., 0, None, None]) ** 2 + (xx - centres[..., 1, None, None]) ** 2
+    blobs = (amps * torch.exp(-d2 / (2 * widths**2))).sum(dim=1, keepdim=True)
+    blobs = blobs / blobs.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    blobs = blobs.expand(-1, c, -1, -1)
+    x = torch.cat([uniform, blobs]).clamp(0, 1).contiguous()
+    return ArrayDataset(x, torch.full((n,), -1), name="noise", kind="far", description=_INFO["noise"].description)
+
+
+_INFO: dict[str, DatasetInfo] = {
+    "digits": DatasetInfo("digits", "in", "scikit-learn handwritten digits, 8x8 grey, 10 classes, train/val/test 60/20/20",
+                          _digits),
+    "letters": DatasetInfo("letters", "near", "near-OOD: letters A-Z rendered in DejaVu fonts, reduced like the digits",
+                           _letters),
+    "natural-patches": DatasetInfo("natural-patches", "far",
+                                   "far-OOD: grey patches of scikit-learn's sample photographs", _natural_patches),
+    "noise": DatasetInfo("noise", "far", "far-OOD: uniform noise and random Gaussian blobs", _noise),
+}
+
+
+def dataset_names() -> list[str]:
+    return sorted(_INFO)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    if name not in _INFO:
+        raise UnknownNameError(f"unknown zoo dataset {name!r}; available: {', '.join(dataset_names())}")
+    return _INFO[name]
+
+
+def load_dataset(name: str, split: str = "test", shape: tuple[int, int, int] | None = None) -> ArrayDataset:
+    """An embedded dataset as an :class:`~mlsafety.core.ArrayDataset`.
+
+    Args:
+        name: ``digits``, ``letters``, ``natural-patches`` or ``noise``.
+        split: ``train``, ``val`` or ``test`` (``all`` for digits); OOD sets draw a different,
+            deterministic sample per split.
+        shape: (C, H, W) to make an OOD set at another image shape (digits exist only at 1x8x8).
+    """
+    return dataset_info(name).make(split=split, shape=shape)
+
+
+def ood_names() -> list[str]:
+    return [n for n in dataset_names() if _INFO[n].kind != "in"]
+
