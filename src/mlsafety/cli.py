@@ -74,5 +74,208 @@ def zoo_train(name: str, out: Path | None, seed: int) -> None:
     out_console.print(f"wrote {path}")
 
 
+# -- audit -------------------------------------------------------------------------------------
+def _gates(values: tuple[str, ...]) -> dict[str, float]:
+    from mlsafety.audit import parse_gate_option
+
+    return dict(parse_gate_option(v) for v in values)
+
+
+@main.command()
+@click.option("--model", help="Zoo model name, or path/to/file.py:factory.  [default: digits-cnn]")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
+@click.option("--data", help="Test data: zoo name, .npz file (arrays x, y) or image folder.  [default: digits]")
+@click.option("--val", help="Validation data (same forms); default: the zoo split, or 30% held out of --data.")
+@click.option("--train", "train_data", help="Training data (optional; detectors fit on it when given).")
+@click.option("--ood", multiple=True, help="OOD set (zoo name, .npz or folder); repeatable. Default: all embedded sets.")
+@click.option("--image-size", nargs=2, type=int, help="H W to resize image folders to.")
+@click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--seed", type=int, help="Run seed.  [default: 0]")
+@click.option("--quick", is_flag=True, default=None, help="Reduced profile (fewer attacks, samples, detectors).")
+@click.option("--device", help="cpu, cuda or cuda:N.  [default: cpu]")
+@click.option("--batch-size", type=int, help="Inputs per forward pass.  [default: 256]")
+@click.option("--db", type=click.Path(dir_okay=False), help="Results database.  [default: $MLSAFETY_DB or ./mlsafety-runs.sqlite]")
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Where to write the HTML report.")
+@click.option("--resume", is_flag=True, help="Continue the newest unfinished run with the same configuration.")
+@click.option("--fail-under", multiple=True, metavar="METRIC=VALUE", help="Exit 1 if METRIC < VALUE; repeatable.")
+@click.option("--fail-over", multiple=True, metavar="METRIC=VALUE", help="Exit 1 if METRIC > VALUE; repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results instead of the summary.")
+@friendly
+def audit(
+    model: str | None, weights: str | None, data: str | None, val: str | None, train_data: str | None,
+    ood: tuple[str, ...], image_size: tuple[int, int] | None, checks: tuple[str, ...], config_path: str | None,
+    seed: int | None, quick: bool | None, device: str | None, batch_size: int | None, db: str | None,
+    report_path: str | None, resume: bool, fail_under: tuple[str, ...], fail_over: tuple[str, ...], as_json: bool,
+) -> None:
+    """Audit a model: run every check, store every number, write one HTML report.
+
+    With no arguments it audits the embedded digits-cnn on the digits data and all embedded OOD sets.
+    Exit codes: 0 ok, 1 a gate failed, 2 bad usage or bad input.
+    """
+    import json
+
+    from mlsafety.audit import AuditConfig, load_config, run_audit
+    from mlsafety.core import Progress
+
+    cfg = load_config(config_path) if config_path else AuditConfig()
+    for name, value in (("model", model), ("weights", weights), ("data", data), ("val", val), ("train", train_data),
+                        ("seed", seed), ("quick", quick), ("device", device), ("batch_size", batch_size)):
+        if value is not None:
+            setattr(cfg, name, value)
+    if ood:
+        cfg.ood = list(ood)
+    if image_size:
+        cfg.image_size = image_size
+    if checks:
+        cfg.checks = list(checks)
+    cfg.fail_under.update(_gates(fail_under))
+    cfg.fail_over.update(_gates(fail_over))
+
+    progress = Progress(enabled=False if as_json else None)
+    status = err_console.status("auditing", spinner="dots") if progress.enabled else None
+
+    def on_task(check: str, key: str, seconds: float) -> None:
+        if status is not None:
+            status.update(f"{check}: {key} done ({seconds:.1f} s)")
+
+    if status is not None:
+        status.start()
+    try:
+        result = run_audit(cfg, db=db, report=report_path, resume=resume, progress=progress, on_task=on_task)
+    finally:
+        if status is not None:
+            status.stop()
+
+    if as_json:
+        payload = {
+            "run_id": result.run_id,
+            "report": str(result.report_path) if result.report_path else None,
+            "results": [{"key": r.key, "check": r.check, "hazard": r.hazard, "metric": r.metric, "value": r.value,
+                         "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n} for r in result.rows],
+            "gate_failures": [str(f) for f in result.gate_failures],
+        }
+        click.echo(json.dumps(payload, indent=1))
+    else:
+        _print_summary(result)
+    if result.gate_failures:
+        for f in result.gate_failures:
+            err_console.print(f"[bold red]gate failed:[/] {f}", highlight=False)
+        sys.exit(1)
+
+
+def _print_summary(result: Any) -> None:
+    from mlsafety.audit import CHECKS
+    from mlsafety.audit._check import fmt_ci, fmt_value
+
+    by_check: dict[str, list[Any]] = {}
+    for r in result.rows:
+        by_check.setdefault(r.check, []).append(r)
+    table = Table("metric", "value", "95% CI", "n", title=f"mlsafety audit {result.run_id}", box=None)
+    for check, rows in by_check.items():
+        heads = CHECKS.get(check).headlines(rows) if check in CHECKS else []
+        for h in heads:
+            table.add_row(h.row.key, fmt_value(h.row.value), fmt_ci(h.row), str(h.row.n or ""))
+    out_console.print(table)
+    resumed = f", {result.resumed_tasks} tasks resumed from the store" if result.resumed_tasks else ""
+    out_console.print(f"{len(result.rows)} numbers stored in {result.seconds:.1f} s{resumed}.")
+    if result.report_path:
+        out_console.print(f"Report: [bold]{result.report_path.resolve()}[/]")
+
+
+# -- runs, report, compare -------------------------------------------------------------------
+def _open_store(db: str | None, create: bool = False) -> Any:
+    from mlsafety.audit import Store
+
+    return Store(db, create=create)
+
+
+@main.group(invoke_without_command=True)
+@click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
+@click.pass_context
+@friendly
+def runs(ctx: click.Context, db: str | None) -> None:
+    """List stored runs (newest first); `runs show ID` shows one."""
+    ctx.obj = db
+    if ctx.invoked_subcommand is not None:
+        return
+    import time
+
+    with _open_store(db) as store:
+        table = Table("run", "created", "status", "model", "data", "seed", "numbers", box=None)
+        for run in store.runs():
+            n = store.conn.execute("SELECT COUNT(*) FROM results WHERE run_id=?", (run.run_id,)).fetchone()[0]
+            table.add_row(run.run_id, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)), run.status,
+                          run.model, run.data, str(run.seed), str(n))
+        out_console.print(table)
+
+
+@runs.command("show")
+@click.argument("run_id")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_obj
+@friendly
+def runs_show(db: str | None, run_id: str, as_json: bool) -> None:
+    """Every stored number of run RUN_ID (or `latest`)."""
+    import json
+
+    from mlsafety.audit._check import fmt_ci, fmt_value
+
+    with _open_store(db) as store:
+        run = store.run(run_id)
+        rows = store.results(run.run_id)
+    if as_json:
+        click.echo(json.dumps([{"key": r.key, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n}
+                               for r in rows], indent=1))
+        return
+    table = Table("metric", "value", "95% CI", "n", title=f"run {run.run_id} ({run.status})", box=None)
+    for r in rows:
+        table.add_row(r.key, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n))
+    out_console.print(table)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the HTML.")
+@friendly
+def report(run_id: str, db: str | None, out: Path | None) -> None:
+    """Rebuild the HTML report of RUN_ID (or `latest`) from the results database alone."""
+    from mlsafety.audit import write_report
+
+    with _open_store(db) as store:
+        path = write_report(store, run_id, out)
+    out_console.print(f"Report: [bold]{path.resolve()}[/]")
+
+
+@main.command()
+@click.argument("run_a")
+@click.argument("run_b")
+@click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
+@click.option("--all", "show_all", is_flag=True, help="Show every shared metric, not only the changed ones.")
+@click.option("--fail-on-change", is_flag=True, help="Exit 1 when a metric changed by more than its intervals allow.")
+@friendly
+def compare(run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_change: bool) -> None:
+    """Compare two runs metric by metric: deltas, and whether the 95% intervals overlap."""
+    from mlsafety.audit import compare_rows
+    from mlsafety.audit._check import fmt_ci, fmt_value
+
+    with _open_store(db) as store:
+        a, b = store.run(run_a), store.run(run_b)
+        comparisons = compare_rows(store.results(a.run_id), store.results(b.run_id))
+    if not comparisons:
+        raise MlsafetyError(f"runs {a.run_id} and {b.run_id} share no metric")
+    table = Table("metric", a.run_id, b.run_id, "delta", "changed", title="comparison", box=None)
+    changed = [c for c in comparisons if c.significant]
+    for c in comparisons if show_all else changed:
+        overlap = {None: "no interval", True: "", False: "[bold red]yes[/]"}[c.intervals_overlap]
+        table.add_row(c.key, f"{fmt_value(c.a.value)} {fmt_ci(c.a)}", f"{fmt_value(c.b.value)} {fmt_ci(c.b)}",
+                      f"{c.delta:+.4g}", overlap)
+    out_console.print(table)
+    out_console.print(f"{len(comparisons)} shared metrics, {len(changed)} changed beyond their 95% intervals.")
+    if fail_on_change and changed:
+        sys.exit(1)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

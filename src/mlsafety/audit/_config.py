@@ -1,0 +1,80 @@
+"""The TOML configuration file of ``mlsafety audit --config``.
+
+Example::
+
+    model = "digits-cnn"          # or "path/to/model.py:factory" with weights = "model.safetensors"
+    data = "digits"               # zoo name, .npz file or image folder
+    ood = ["letters", "noise"]
+    seed = 0
+    checks = ["clean", "ood-basic", "calibration-basic"]
+
+    [params.ood-basic]            # per-check parameters
+    n_boot = 500
+
+    [fail_under]                  # gates: exit 1 when a metric is below its bound
+    "clean/clean/accuracy" = 0.97
+
+    [fail_over]                   # ... or above it
+    "defence-in-depth/*/escaped_failure_rate" = 0.25
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlsafety.audit._inputs import AuditConfig
+from mlsafety.core import InputError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_SCALARS = {"model": str, "weights": str, "data": str, "val": str, "train": str, "seed": int, "quick": bool,
+            "batch_size": int, "device": str}
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Read an audit configuration; unknown keys and wrong types raise :class:`InputError`."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"config file not found: {path}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid TOML: {exc}") from None
+    return config_from_mapping(raw, str(path))
+
+
+def config_from_mapping(raw: dict[str, Any], where: str = "config") -> AuditConfig:
+    cfg = AuditConfig()
+    for key, value in raw.items():
+        if key in _SCALARS:
+            if not isinstance(value, _SCALARS[key]) or (_SCALARS[key] is int and isinstance(value, bool)):
+                raise InputError(f"{where}: {key} must be a {_SCALARS[key].__name__}, got {value!r}")
+            setattr(cfg, key, value)
+        elif key == "ood":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InputError(f"{where}: ood must be a list of names or paths")
+            cfg.ood = value
+        elif key == "image_size":
+            if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
+                raise InputError(f"{where}: image_size must be [height, width]")
+            cfg.image_size = (value[0], value[1])
+        elif key == "checks":
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InputError(f"{where}: checks must be a list of check names")
+            cfg.checks = list(value)
+        elif key == "params":
+            if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+                raise InputError(f"{where}: [params.<check>] must be tables of parameters")
+            cfg.check_params = {k: dict(v) for k, v in value.items()}
+        elif key in ("fail_under", "fail_over"):
+            if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
+                raise InputError(f"{where}: [{key}] must map metric keys to numbers")
+            setattr(cfg, key, {k: float(v) for k, v in value.items()})
+        else:
+            raise InputError(f"{where}: unknown key {key!r}")
+    return cfg

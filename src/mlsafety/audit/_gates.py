@@ -1,0 +1,121 @@
+"""Pass/fail gates over stored metrics, and run-to-run comparison.
+
+A metric key is ``<check>/<hazard>/<metric>``: the check is the first segment, the metric the last,
+the hazard everything between (it may contain ``/``). In a gate, a hazard of ``*`` matches any one
+hazard, so ``defence-in-depth/*/escaped_failure_rate`` bounds every hazard at once.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from mlsafety.audit._check import StoredRow
+from mlsafety.core import InputError, UnknownNameError
+
+
+@dataclass(frozen=True)
+class GateKey:
+    check: str
+    hazard: str
+    metric: str
+
+    def matches(self, row: StoredRow) -> bool:
+        if row.check != self.check or row.metric != self.metric:
+            return False
+        if self.hazard == "*":
+            return True
+        return fnmatch.fnmatchcase(row.hazard, self.hazard) if "*" in self.hazard else row.hazard == self.hazard
+
+    def __str__(self) -> str:
+        return f"{self.check}/{self.hazard}/{self.metric}"
+
+
+@dataclass(frozen=True)
+class GateFailure:
+    key: str
+    value: float
+    bound: float
+    kind: str  # "fail_under" or "fail_over"
+
+    def __str__(self) -> str:
+        rel = "below" if self.kind == "fail_under" else "above"
+        return f"{self.key} = {self.value:.4g} is {rel} the bound {self.bound:g} ({self.kind})"
+
+
+def parse_gate_key(key: str) -> GateKey:
+    parts = key.split("/")
+    if len(parts) < 3 or not all(parts):
+        raise InputError(f"gate metric {key!r} must look like <check>/<hazard>/<metric>, e.g. clean/clean/accuracy")
+    return GateKey(parts[0], "/".join(parts[1:-1]), parts[-1])
+
+
+def parse_gate_keys(gates: Mapping[str, float]) -> list[GateKey]:
+    """Parse gate keys and check their check names exist (before any work is done)."""
+    from mlsafety.audit._check import CHECKS
+
+    keys = [parse_gate_key(k) for k in gates]
+    for key in keys:
+        CHECKS.get(key.check)
+    return keys
+
+
+def parse_gate_option(text: str) -> tuple[str, float]:
+    """``METRIC=VALUE`` from the command line."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise InputError(f"gate {text!r} must look like METRIC=VALUE, e.g. clean/clean/accuracy=0.95")
+    try:
+        return key.strip(), float(value)
+    except ValueError:
+        raise InputError(f"gate {text!r}: {value!r} is not a number") from None
+
+
+def evaluate_gates(
+    rows: Sequence[StoredRow], fail_under: Mapping[str, float], fail_over: Mapping[str, float]
+) -> list[GateFailure]:
+    """Every violated bound; a gate that matches no stored metric raises :class:`UnknownNameError`."""
+    failures: list[GateFailure] = []
+    for kind, gates in (("fail_under", fail_under), ("fail_over", fail_over)):
+        for text, bound in gates.items():
+            key = parse_gate_key(text)
+            matched = [r for r in rows if key.matches(r)]
+            if not matched:
+                raise UnknownNameError(
+                    f"gate {text!r} matches no stored metric; `mlsafety runs show RUN_ID` lists the metric keys"
+                )
+            for r in matched:
+                bad = r.value < bound if kind == "fail_under" else r.value > bound
+                if bad:
+                    failures.append(GateFailure(r.key, r.value, bound, kind))
+    return failures
+
+
+@dataclass(frozen=True)
+class Comparison:
+    key: str
+    a: StoredRow
+    b: StoredRow
+
+    @property
+    def delta(self) -> float:
+        return self.b.value - self.a.value
+
+    @property
+    def intervals_overlap(self) -> bool | None:
+        """Whether the two 95% intervals overlap (None when either number has no interval)."""
+        if None in (self.a.ci_low, self.a.ci_high, self.b.ci_low, self.b.ci_high):
+            return None
+        return not (self.a.ci_high < self.b.ci_low or self.b.ci_high < self.a.ci_low)  # type: ignore[operator]
+
+    @property
+    def significant(self) -> bool:
+        """Changed by more than the intervals allow (non-overlapping intervals)."""
+        return self.intervals_overlap is False
+
+
+def compare_rows(a: Sequence[StoredRow], b: Sequence[StoredRow]) -> list[Comparison]:
+    """Metrics present in both runs, in run A's order."""
+    by_key = {r.key: r for r in b}
+    return [Comparison(r.key, r, by_key[r.key]) for r in a if r.key in by_key]

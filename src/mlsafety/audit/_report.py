@@ -1,0 +1,124 @@
+"""The self-contained HTML report, built from the results store alone.
+
+No network fetches: CSS is inline and every image is a ``data:`` URI. Jinja2 autoescaping escapes
+every user-supplied string (model and data names, hazards, captions).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from mlsafety.audit import checks as _checks  # noqa: F401  (registers every check)
+from mlsafety.audit._check import CHECKS, PILLARS, Check, StoredRow, Table, fmt_ci, fmt_value
+from mlsafety.audit._gates import evaluate_gates
+from mlsafety.audit._store import Store
+from mlsafety.core import InputError, MlsafetyError
+
+HEADINGS = {
+    "performance": ("Model", "How well the model does on the data it was built for."),
+    "systemic": ("Systemic safety", "Defence in depth: under each hazard, how often the model fails and the monitor "
+                 "lets the failure through, and the failure modes ranked by risk."),
+    "robustness": ("Robustness", "Does the model keep working under adversarial and natural stress?"),
+    "monitoring": ("Monitoring", "Can the system tell when an input is unlike its training data, when its answer is "
+                   "likely wrong, or when the model hides a trojan? Are its confidences honest?"),
+    "alignment": ("Alignment", "Does the model say what it knows? (probes and CCS arrive in a later release)"),
+}
+SECTION_ORDER = ("performance", "systemic", "robustness", "monitoring", "alignment")
+assert set(SECTION_ORDER) == set(PILLARS)
+
+
+@dataclass
+class _Image:
+    name: str
+    mime: str
+    caption: str
+    b64: str
+
+
+def _check_class(name: str) -> type[Check] | None:
+    return CHECKS.get(name) if name in CHECKS else None
+
+
+def render_report(store: Store, run_id: str) -> str:
+    """The report of ``run_id`` as an HTML string."""
+    run = store.run(run_id)
+    rows = store.results(run.run_id)
+    artifacts = store.artifacts(run.run_id)
+    seconds = store.task_seconds(run.run_id)
+    by_check: dict[str, list[StoredRow]] = {}
+    for r in rows:
+        by_check.setdefault(r.check, []).append(r)
+    check_names = list(dict.fromkeys([r.check for r in rows] + [c for c, _ in artifacts] + list(seconds)))
+
+    gates_cfg = run.config.get("gates", {})
+    headlines: list[dict[str, Any]] = []
+    sections: dict[str, list[dict[str, Any]]] = {p: [] for p in SECTION_ORDER}
+    for name in check_names:
+        cls = _check_class(name)
+        crow = by_check.get(name, [])
+        pillar = cls.pillar if cls else "performance"
+        for h in cls.headlines(crow) if cls else []:
+            headlines.append({
+                "label": h.label, "key": h.row.key, "value": fmt_value(h.row.value), "ci": fmt_ci(h.row),
+                "n": h.row.n, "direction": "higher is better" if h.higher_is_better else "lower is better",
+                "failed": False,
+            })
+        tables: list[Table] = cls.tables(crow) if cls else Check.tables(crow)
+        images = [_Image(a.name, a.mime, a.caption, base64.b64encode(a.data).decode()) for c, a in artifacts
+                  if c == name and a.mime.startswith("image/")]
+        sections[pillar].append({
+            "name": name, "title": (cls.title if cls and cls.title else name), "description": cls.description if cls else "",
+            "seconds": seconds.get(name), "images": images, "tables": tables,
+        })
+    gates = []
+    try:
+        failures = evaluate_gates(rows, gates_cfg.get("fail_under", {}), gates_cfg.get("fail_over", {}))
+        failed_keys = {f.key for f in failures}
+        for kind, bounds in (("fail_under", gates_cfg.get("fail_under", {})), ("fail_over", gates_cfg.get("fail_over", {}))):
+            for key, bound in bounds.items():
+                gates.append({"text": f"{key} {'>=' if kind == 'fail_under' else '<='} {bound:g}", "failed": False})
+        for f in failures:
+            gates.append({"text": f"FAILED: {f}", "failed": True})
+        for h in headlines:
+            h["failed"] = h["key"] in failed_keys
+    except MlsafetyError as exc:
+        gates.append({"text": f"gates not evaluated: {exc}", "failed": True})
+
+    env = Environment(loader=PackageLoader("mlsafety.audit", "templates"), autoescape=select_autoescape(["html"]))
+    template = env.get_template("report.html")
+    return template.render(
+        run=run,
+        created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.created)),
+        profile="quick" if run.config.get("quick") else "full",
+        n_rows=len(rows),
+        headlines=headlines,
+        gates=gates,
+        sections=[{"pillar": p, "heading": HEADINGS[p][0], "blurb": HEADINGS[p][1], "checks": sections[p]}
+                  for p in SECTION_ORDER],
+        config_json=json.dumps(run.config, sort_keys=True),
+    )
+
+
+def default_report_path(run_id: str) -> Path:
+    return Path("reports") / f"mlsafety-{run_id}.html"
+
+
+def write_report(store: Store, run_id: str, path: Path | None = None) -> Path:
+    """Render the report and write it atomically (a temporary file renamed into place)."""
+    html = render_report(store, run_id)
+    path = path or default_report_path(store.run(run_id).run_id)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(html, encoding="utf-8")
+        tmp.replace(path)
+    except OSError as exc:
+        raise InputError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
+    return path
