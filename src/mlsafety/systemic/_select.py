@@ -1,0 +1,94 @@
+"""Choosing the system's monitor on validation data: clean validation inputs plus synthetic outliers."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mlsafety.core import InputError
+from mlsafety.systemic._monitor import Monitor
+from mlsafety.systemic._outcomes import Outcome
+
+CONFIDENCE = "confidence"
+"""Name of the monitor part that flags low top-class probability (selective prediction)."""
+
+
+@dataclass(frozen=True)
+class ScoredSet:
+    """What a monitor sees of a set of inputs, and whether the model failed on each.
+
+    Args:
+        failed: (N,) bool, the model's answer is wrong (always true for OOD inputs).
+        confidence: (N,) top-class probabilities.
+        scores: (N,) anomaly scores per detector name.
+    """
+
+    failed: torch.Tensor
+    confidence: torch.Tensor
+    scores: Mapping[str, torch.Tensor] = field(default_factory=dict)
+
+    def flags(self, monitor: Monitor) -> torch.Tensor:
+        scores = None
+        if monitor.detector is not None:
+            if monitor.detector not in self.scores:
+                raise InputError(f"no scores of detector {monitor.detector!r} for monitor {monitor.name!r}")
+            scores = self.scores[monitor.detector]
+        return monitor.flags(scores, self.confidence)
+
+    def outcome(self, monitor: Monitor) -> Outcome:
+        return Outcome(self.failed, self.flags(monitor))
+
+
+def candidate_monitors(
+    val: ScoredSet, detectors: Sequence[str], false_alarm_rate: float = 0.05, confidence_share: float = 0.5
+) -> list[Monitor]:
+    """Every monitor worth trying, each with thresholds set on the correct answers of ``val``:
+    confidence alone, then per detector the detector alone and the detector combined with confidence.
+
+    Args:
+        val: the clean validation set with every detector's scores.
+        detectors: detector names (keys of ``val.scores``).
+        false_alarm_rate: the share of correct validation answers each monitor may flag.
+        confidence_share: share of the false-alarm budget given to confidence in combined monitors.
+    """
+    correct = ~val.failed
+    out = [Monitor.fit(CONFIDENCE, None, correct, false_alarm_rate, val_confidence=val.confidence)]
+    for name in detectors:
+        if name not in val.scores:
+            raise InputError(f"no validation scores for detector {name!r}")
+        s = val.scores[name]
+        out.append(Monitor.fit(name, s, correct, false_alarm_rate, detector=name))
+        out.append(
+            Monitor.fit(
+                f"{name}+{CONFIDENCE}",
+                s,
+                correct,
+                false_alarm_rate,
+                val_confidence=val.confidence,
+                confidence_share=confidence_share,
+                detector=name,
+            )
+        )
+    return out
+
+
+def validation_escape(monitor: Monitor, val: ScoredSet, outliers: ScoredSet) -> float:
+    """The selection criterion: mean of the escaped-failure rates on clean validation inputs and on
+    synthetic outliers (each set weighs one half, so the few clean mistakes are not drowned)."""
+    clean = val.outcome(monitor).escaped_failure_rate().value
+    synthetic = outliers.outcome(monitor).escaped_failure_rate().value
+    return 0.5 * clean + 0.5 * synthetic
+
+
+def choose_monitor(
+    candidates: Sequence[Monitor], val: ScoredSet, outliers: ScoredSet
+) -> tuple[Monitor, dict[str, float]]:
+    """The candidate with the lowest :func:`validation_escape` (ties: the earlier, simpler one),
+    and every candidate's criterion by name."""
+    if not candidates:
+        raise InputError("no candidate monitors to choose from")
+    crit = {m.name: validation_escape(m, val, outliers) for m in candidates}
+    best = min(candidates, key=lambda m: crit[m.name])  # min keeps the first of equal values
+    return best, crit
