@@ -1,0 +1,89 @@
+"""OOD detectors: one per file, all behind one registry; higher score = more anomalous.
+
+Example:
+    >>> from mlsafety.monitoring import ood
+    >>> det = ood.create("knn", k=50).fit(model, train_data)   # in-distribution data only
+    >>> det.score(model, x)                                     # (N,)
+    >>> dets = [ood.create(n) for n in ood.available() if ood.DETECTORS.get(n).needs <= ood.SHARED_NEEDS]
+    >>> ood.fit_detectors(dets, model, train_data)
+    >>> ood.score_detectors(dets, model, x)                     # one forward pass feeds them all
+"""
+
+from mlsafety.monitoring.ood.ash import ASH
+from mlsafety.monitoring.ood.base import (
+    DETECTORS,
+    KNOWN_NEEDS,
+    SHARED_NEEDS,
+    Detector,
+    FitData,
+    available,
+    collect_outputs,
+    create,
+    fit_detectors,
+    register,
+    score_detectors,
+)
+from mlsafety.monitoring.ood.deep_ensemble import DeepEnsemble, predictive_uncertainty
+from mlsafety.monitoring.ood.dice import DICE
+from mlsafety.monitoring.ood.energy import Energy
+from mlsafety.monitoring.ood.entropy import Entropy
+from mlsafety.monitoring.ood.fdbd import FDBD
+from mlsafety.monitoring.ood.gen import GEN
+from mlsafety.monitoring.ood.gradnorm import GradNorm
+from mlsafety.monitoring.ood.kl_matching import KLMatching
+from mlsafety.monitoring.ood.knn import KNN
+from mlsafety.monitoring.ood.mahalanobis import Mahalanobis
+from mlsafety.monitoring.ood.max_logit import MaxLogit
+from mlsafety.monitoring.ood.mc_dropout import MCDropout
+from mlsafety.monitoring.ood.msp import MSP
+from mlsafety.monitoring.ood.nnguide import NNGuide
+from mlsafety.monitoring.ood.odin import ODIN
+from mlsafety.monitoring.ood.react import ReAct
+from mlsafety.monitoring.ood.residual import Residual
+from mlsafety.monitoring.ood.rmd import RMD
+from mlsafety.monitoring.ood.scale import SCALE
+from mlsafety.monitoring.ood.she import SHE
+from mlsafety.monitoring.ood.temperature_msp import TemperatureMSP
+from mlsafety.monitoring.ood.tuning import Tuned, synthetic_outliers, tune
+from mlsafety.monitoring.ood.vim import ViM
+
+__all__ = [
+    "ASH",
+    "DETECTORS",
+    "DICE",
+    "FDBD",
+    "GEN",
+    "KNN",
+    "KNOWN_NEEDS",
+    "MSP",
+    "ODIN",
+    "RMD",
+    "SCALE",
+    "SHARED_NEEDS",
+    "SHE",
+    "DeepEnsemble",
+    "Detector",
+    "Energy",
+    "Entropy",
+    "FitData",
+    "GradNorm",
+    "KLMatching",
+    "MCDropout",
+    "Mahalanobis",
+    "MaxLogit",
+    "NNGuide",
+    "ReAct",
+    "Residual",
+    "TemperatureMSP",
+    "Tuned",
+    "ViM",
+    "available",
+    "collect_outputs",
+    "create",
+    "fit_detectors",
+    "predictive_uncertainty",
+    "register",
+    "score_detectors",
+    "synthetic_outliers",
+    "tune",
+]

@@ -1,0 +1,342 @@
+"""Shared machinery of the OOD detectors: the base class, the registry and the shared-pass engine.
+
+A detector turns inputs into anomaly scores (higher = more anomalous). It declares what it needs:
+
+``logits``, ``features``
+    computable from one forward pass (:class:`~mlsafety.core.Outputs`). Such detectors implement
+    :meth:`Detector.fit_outputs` / :meth:`Detector.score_outputs`, so :func:`fit_detectors` and
+    :func:`score_detectors` can feed every one of them from the same pass.
+``grad``, ``input-grad``, ``multi-pass``
+    need the model itself (gradients, input pre-processing, several stochastic passes); they
+    override :meth:`Detector._fit_model` / :meth:`Detector._score_model` and run on their own.
+
+Example:
+    >>> det = DETECTORS.create("energy").fit(model, train_data)
+    >>> scores = det.score(model, x)  # (N,), higher = more anomalous
+    >>> many = [DETECTORS.create(n) for n in ("msp", "knn", "vim")]
+    >>> fit_detectors(many, model, train_data)
+    >>> score_detectors(many, model, x)  # {"msp": ..., "knn": ..., "vim": ...}, one forward pass
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar, TypeAlias, TypeVar
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from mlsafety.core import (
+    ArrayDataset,
+    Classifier,
+    InputError,
+    NotFittedError,
+    Outputs,
+    Registry,
+    as_classifier,
+    frozen,
+)
+
+FitData: TypeAlias = "DataLoader[Any] | ArrayDataset | torch.Tensor | tuple[torch.Tensor, torch.Tensor]"
+"""In-distribution data: a loader of ``(x, y)`` or ``x`` batches, an ArrayDataset, ``x`` or ``(x, y)``."""
+
+SHARED_NEEDS = frozenset({"logits", "features"})
+"""What one shared forward pass provides."""
+
+KNOWN_NEEDS = frozenset({"logits", "features", "grad", "input-grad", "multi-pass"})
+
+D = TypeVar("D", bound="Detector")
+
+
+class Detector:
+    """Base class of OOD detectors: ``fit(model, data)`` on in-distribution data, ``score(model, x)``.
+
+    Subclasses set ``needs`` and ``requires_fit``, store hyper-parameters in ``__init__`` and write
+    either :meth:`_fit` / :meth:`_score` (from shared forward outputs) or :meth:`_fit_model` /
+    :meth:`_score_model` (from the model). Learned state ends in ``_``. The base class wraps the
+    model, checks inputs, computes the forward pass, restores the model and raises
+    :class:`~mlsafety.core.NotFittedError` when a detector that learns state is used unfitted.
+    """
+
+    name: ClassVar[str]
+    needs: ClassVar[frozenset[str]] = frozenset({"logits"})
+    requires_fit: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.fitted_ = False
+
+    # -- public API ----------------------------------------------------------------------------
+    @property
+    def shared(self) -> bool:
+        """True when one shared forward pass (logits, features) is all the detector needs."""
+        return self.needs <= SHARED_NEEDS
+
+    def fit(self: D, model: nn.Module | Classifier, data: FitData, batch_size: int = 256) -> D:
+        """Learn what the detector needs from in-distribution ``data`` only; returns ``self``.
+
+        Labels are used where the method needs classes (e.g. Mahalanobis' class means); where
+        ``data`` has none (or ``-1``), the model's predictions stand in.
+        """
+        clf = as_classifier(model)
+        if self.shared:
+            outputs, labels = collect_outputs(clf, data, batch_size, features="features" in self.needs)
+            self.fit_outputs(clf, outputs, labels)
+        else:
+            x, y = collect_inputs(data)
+            self._fit_model(clf, x, y)
+            self.fitted_ = True
+        return self
+
+    def score(self, model: nn.Module | Classifier, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Anomaly scores ``(N,)`` for inputs ``x`` (N, C, H, W) in [0, 1]; higher = more anomalous."""
+        clf = as_classifier(model)
+        self._check_fitted()
+        if self.shared:
+            outputs, _ = collect_outputs(clf, x, batch_size, features="features" in self.needs)
+            return self.score_outputs(clf, outputs)
+        return self._finish(self._score_model(clf, x, batch_size))
+
+    def fit_outputs(self: D, model: nn.Module | Classifier, outputs: Outputs, labels: torch.Tensor | None = None) -> D:
+        """Fit from forward outputs of in-distribution data (``labels`` (N,) optional); returns self."""
+        self._check_shared()
+        clf = as_classifier(model)
+        self._check_outputs(outputs)
+        labels = _labels_or_pred(labels, outputs)
+        self._fit(clf, outputs, labels)
+        self.fitted_ = True
+        return self
+
+    def score_outputs(self, model: nn.Module | Classifier, outputs: Outputs) -> torch.Tensor:
+        """Anomaly scores ``(N,)`` from forward outputs (no forward pass of its own)."""
+        self._check_shared()
+        self._check_fitted()
+        self._check_outputs(outputs)
+        return self._finish(self._score(as_classifier(model), outputs))
+
+    # -- to write ------------------------------------------------------------------------------
+    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
+        """Learn state from in-distribution outputs (nothing by default)."""
+
+    def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
+        raise NotImplementedError(f"detector {self.name!r} must implement _score or _score_model")
+
+    def _fit_model(self, clf: Classifier, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        """Learn state with access to the model (nothing by default)."""
+
+    def _score_model(self, clf: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        raise NotImplementedError(f"detector {self.name!r} must implement _score_model")
+
+    # -- chores --------------------------------------------------------------------------------
+    def _check_fitted(self) -> None:
+        if self.requires_fit and not getattr(self, "fitted_", False):
+            raise NotFittedError(f"detector {self.name!r} is not fitted; call .fit(model, in_distribution_data) first")
+
+    def _check_shared(self) -> None:
+        if not self.shared:
+            raise InputError(
+                f"detector {self.name!r} needs {sorted(self.needs - SHARED_NEEDS)}, which a shared forward pass "
+                "cannot give; call fit(model, data) / score(model, x) instead"
+            )
+
+    def _check_outputs(self, outputs: Outputs) -> None:
+        if "features" in self.needs and outputs.features is None:
+            raise InputError(
+                f"detector {self.name!r} needs penultimate features; the model has no nn.Linear head "
+                "(wrap it with mlsafety.core.Classifier(model, head='name'))"
+            )
+
+    @staticmethod
+    def _finish(scores: torch.Tensor) -> torch.Tensor:
+        return scores.detach().float().reshape(-1)
+
+    def __repr__(self) -> str:
+        params = {k: v for k, v in vars(self).items() if not k.endswith("_")}
+        inner = ", ".join(f"{k}={v!r}" for k, v in params.items())
+        return f"{type(self).__name__}({inner})"
+
+
+DETECTORS: Registry[Detector] = Registry("detector")
+register = DETECTORS.register
+
+
+def create(name: str, **params: Any) -> Detector:
+    """A detector by registry name with hyper-parameters ``params`` (paper defaults otherwise)."""
+    return DETECTORS.create(name, **params)
+
+
+def available() -> list[str]:
+    """Registered detector names, sorted."""
+    return DETECTORS.available()
+
+
+# -- data plumbing -----------------------------------------------------------------------------
+def _labels_or_pred(labels: torch.Tensor | None, outputs: Outputs) -> torch.Tensor:
+    pred = outputs.logits.argmax(dim=1)
+    if labels is None:
+        return pred
+    labels = labels.to(pred.device).long()
+    if labels.shape != pred.shape:
+        raise InputError(f"labels have shape {tuple(labels.shape)} but there are {pred.shape[0]} inputs")
+    return torch.where(labels >= 0, labels, pred)
+
+
+def _batches(data: FitData, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
+    if isinstance(data, ArrayDataset):
+        yield from data.batches(batch_size)
+    elif isinstance(data, torch.Tensor):
+        for start in range(0, data.shape[0], batch_size):
+            yield data[start : start + batch_size], None
+    elif isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        x, y = data
+        for start in range(0, x.shape[0], batch_size):
+            yield x[start : start + batch_size], y[start : start + batch_size]
+    elif isinstance(data, DataLoader):
+        for batch in data:
+            if isinstance(batch, torch.Tensor):
+                yield batch, None
+            elif isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
+                yield batch[0], batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
+            else:
+                raise InputError("the data loader must yield tensors x or pairs (x, y)")
+    else:
+        raise InputError(
+            f"cannot read data of type {type(data).__name__}; give a DataLoader, an ArrayDataset, x or (x, y)"
+        )
+
+
+def collect_inputs(data: FitData) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """All inputs (and labels when known) of ``data`` as two tensors."""
+    xs, ys = [], []
+    for xb, yb in _batches(data, 4096):
+        xs.append(xb)
+        ys.append(yb)
+    if not xs:
+        raise InputError("the data is empty: give at least one in-distribution input")
+    y = None if any(yb is None for yb in ys) else torch.cat([yb for yb in ys if yb is not None])
+    return torch.cat(xs), y
+
+
+def collect_outputs(
+    model: nn.Module | Classifier, data: FitData, batch_size: int = 256, features: bool = True
+) -> tuple[Outputs, torch.Tensor | None]:
+    """One forward pass over ``data`` in eval mode: logits and (optionally) features, plus labels."""
+    clf = as_classifier(model)
+    want = features and clf.head is not None
+    logits, feats, labels = [], [], []
+    have_labels = True
+    device = clf.device
+    with frozen(clf.module), torch.inference_mode():
+        for xb, yb in _batches(data, batch_size):
+            xb = xb.to(device)
+            if want:
+                fb, lb = clf.features_and_logits(xb)
+                feats.append(fb)
+            else:
+                lb = clf.logits(xb)
+            logits.append(lb)
+            if yb is None:
+                have_labels = False
+            else:
+                labels.append(yb.to(device))
+    if not logits:
+        raise InputError("the data is empty: give at least one input")
+    out = Outputs(torch.cat(logits), torch.cat(feats) if want else None)
+    return out, (torch.cat(labels) if have_labels and labels else None)
+
+
+# -- the shared-pass engine ----------------------------------------------------------------------
+def fit_detectors(
+    detectors: Sequence[Detector],
+    model: nn.Module | Classifier,
+    data: FitData,
+    batch_size: int = 256,
+    outputs: Outputs | None = None,
+    labels: torch.Tensor | None = None,
+) -> list[Detector]:
+    """Fit every detector on in-distribution ``data``; one forward pass feeds all shared ones.
+
+    Args:
+        detectors: detectors to fit (in place).
+        model: the classifier.
+        data: in-distribution data (see :data:`FitData`).
+        batch_size: inputs per forward pass.
+        outputs: forward outputs of ``data`` already computed (then no pass is made for the
+            shared detectors); ``labels`` go with them.
+        labels: labels of ``outputs``.
+    """
+    clf = as_classifier(model)
+    if any(d.shared for d in detectors):
+        if outputs is None:
+            outputs, labels = collect_outputs(clf, data, batch_size)
+        for det in detectors:
+            if det.shared:
+                det.fit_outputs(clf, outputs, labels)
+    for det in detectors:
+        if not det.shared:
+            det.fit(clf, data, batch_size)
+    return list(detectors)
+
+
+def score_detectors(
+    detectors: Sequence[Detector],
+    model: nn.Module | Classifier,
+    x: torch.Tensor | None = None,
+    batch_size: int = 256,
+    outputs: Outputs | None = None,
+) -> dict[str, torch.Tensor]:
+    """Anomaly scores of every detector for the same inputs, keyed by registry name.
+
+    Detectors that need only logits and features are all fed from one forward pass (or from
+    ``outputs`` when given); the others run on ``x`` on their own.
+    """
+    clf = as_classifier(model)
+    result: dict[str, torch.Tensor] = {}
+    shared = [d for d in detectors if d.shared]
+    others = [d for d in detectors if not d.shared]
+    if shared:
+        if outputs is None:
+            if x is None:
+                raise InputError("give inputs x or forward outputs")
+            outputs, _ = collect_outputs(clf, x, batch_size)
+        for det in shared:
+            result[_key(det, result)] = det.score_outputs(clf, outputs)
+    if others:
+        if x is None:
+            raise InputError(f"detectors {[d.name for d in others]} need the inputs x, not only forward outputs")
+        for det in others:
+            result[_key(det, result)] = det.score(clf, x, batch_size)
+    return result
+
+
+def _key(det: Detector, taken: Mapping[str, Any]) -> str:
+    key, i = det.name, 2
+    while key in taken:
+        key, i = f"{det.name}-{i}", i + 1
+    return key
+
+
+# -- small helpers the detectors share -------------------------------------------------------------
+def head_of(clf: Classifier) -> tuple[torch.Tensor, torch.Tensor]:
+    """The head's weight ``(K, D)`` and bias ``(K,)``, detached."""
+    return clf.head_weight, clf.head_bias
+
+
+def energy_of(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """Free energy ``-T logsumexp(logits / T)`` (N,); higher = more anomalous."""
+    return -temperature * torch.logsumexp(logits / temperature, dim=1)
+
+
+def features_of(outputs: Outputs) -> torch.Tensor:
+    if outputs.features is None:
+        raise InputError("this detector needs penultimate features; the model has no nn.Linear head")
+    return outputs.features
+
+
+def cdist_topk(query: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
+    """The ``k`` smallest Euclidean distances from each query row to ``bank`` rows, batched (N, k)."""
+    out = []
+    for start in range(0, query.shape[0], chunk):
+        d = torch.cdist(query[start : start + chunk], bank)
+        out.append(d.topk(k, dim=1, largest=False).values)
+    return torch.cat(out)

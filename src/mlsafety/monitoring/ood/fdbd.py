@@ -1,0 +1,43 @@
+"""Fast decision-boundary distance (Liu & Qin, "Fast Decision Boundary based Out-of-Distribution
+Detector", ICML 2024)."""
+
+from __future__ import annotations
+
+import torch
+
+from mlsafety.core import Classifier, Outputs
+from mlsafety.monitoring.ood.base import Detector, features_of, head_of, register
+
+
+@register("fdbd")
+class FDBD(Detector):
+    """Anomaly score ``-mean_{k != c} |l_c - l_k| / ||w_c - w_k|| / ||f - mu||``.
+
+    The numerator is the mean distance in feature space from ``f`` to the linear decision
+    boundaries between the predicted class ``c`` and every other class (closed form for a linear
+    head); ``mu`` (``mean_``) is the mean in-distribution feature. In-distribution inputs lie far
+    from the boundaries relative to their distance from the mean.
+    """
+
+    needs = frozenset({"features", "logits"})
+    requires_fit = True
+
+    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
+        self.mean_ = features_of(outputs).double().mean(dim=0)
+
+    def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
+        f = features_of(outputs).double()
+        w, b = head_of(clf)
+        w, b = w.double(), b.double()
+        logits = f @ w.T + b  # recomputed from the features so boundary and logits agree exactly
+        c = logits.argmax(dim=1)
+        k = w.shape[0]
+        gap = (logits.gather(1, c[:, None]) - logits).abs()  # (N, K)
+        gram = w @ w.T
+        sq = gram.diagonal()
+        pair = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0).sqrt()  # ||w_i - w_j|| (K, K)
+        wdiff = pair[c]  # (N, K)
+        dist = gap / wdiff.clamp_min(1e-12)
+        dist = dist.masked_fill(torch.nn.functional.one_hot(c, k).bool(), 0.0)
+        mean_dist = dist.sum(dim=1) / max(k - 1, 1)
+        return -mean_dist / (f - self.mean_).norm(dim=1).clamp_min(1e-12)

@@ -1,0 +1,34 @@
+"""Generalized entropy (Liu et al., "GEN: Pushing the Limits of Softmax-Based Out-of-Distribution
+Detection", CVPR 2023)."""
+
+from __future__ import annotations
+
+import torch
+
+from mlsafety.core import Classifier, InputError, Outputs
+from mlsafety.monitoring.ood.base import Detector, register
+
+
+@register("gen")
+class GEN(Detector):
+    """Anomaly score ``G_gamma(p) = sum over the top-M probabilities of p^gamma (1 - p)^gamma``.
+
+    Args:
+        gamma: the exponent (paper default).
+        top_m: how many of the largest probabilities enter the sum (all when the model has fewer
+            classes).
+    """
+
+    needs = frozenset({"logits"})
+
+    def __init__(self, gamma: float = 0.1, top_m: int = 100) -> None:
+        if not 0 < gamma < 1 or top_m < 1:
+            raise InputError("gen needs 0 < gamma < 1 and top_m >= 1")
+        self.gamma = gamma
+        self.top_m = top_m
+
+    def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
+        p = outputs.logits.softmax(dim=1)
+        m = min(self.top_m, p.shape[1])
+        top = p.topk(m, dim=1).values
+        return (top.pow(self.gamma) * (1 - top).clamp_min(0).pow(self.gamma)).sum(dim=1)

@@ -1,0 +1,36 @@
+"""KL matching (Hendrycks et al., "Scaling Out-of-Distribution Detection for Real-World Settings", 2022)."""
+
+from __future__ import annotations
+
+import torch
+
+from mlsafety.core import Classifier, Outputs
+from mlsafety.monitoring.ood.base import Detector, register
+
+
+@register("kl-matching")
+class KLMatching(Detector):
+    """Anomaly score ``min_k KL(p || d_k)``, where ``d_k`` is the mean softmax of in-distribution
+    inputs the model assigns to class ``k`` (predicted, not true, classes, as in the paper).
+
+    Learned: ``templates_`` (K, K); classes the model never predicts fall back to the overall mean.
+    """
+
+    needs = frozenset({"logits"})
+    requires_fit = True
+
+    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
+        p = outputs.logits.softmax(dim=1).double()
+        pred = p.argmax(dim=1)
+        k = p.shape[1]
+        sums = torch.zeros(k, k, dtype=p.dtype, device=p.device).index_add_(0, pred, p)
+        counts = torch.bincount(pred, minlength=k).to(p.dtype)[:, None]
+        templates = torch.where(counts > 0, sums / counts.clamp_min(1), p.mean(dim=0, keepdim=True))
+        self.templates_ = templates.clamp_min(1e-12)
+
+    def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
+        logp = outputs.logits.double().log_softmax(dim=1)
+        p = logp.exp()
+        # KL(p || d_k) = sum_j p_j log p_j - sum_j p_j log d_kj, for all k at once
+        kl = (p * logp).sum(dim=1, keepdim=True) - p @ self.templates_.log().T
+        return kl.amin(dim=1)

@@ -1,0 +1,41 @@
+"""Rectified activations (Sun et al., "ReAct: Out-of-distribution Detection With Rectified
+Activations", NeurIPS 2021)."""
+
+from __future__ import annotations
+
+import torch
+
+from mlsafety.core import Classifier, InputError, Outputs
+from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, register
+
+
+@register("react")
+class ReAct(Detector):
+    """Anomaly score = energy of the logits recomputed from features clipped at ``c``:
+    ``-logsumexp(W min(f, c) + b)``.
+
+    ``c`` (``threshold_``) is the ``percentile``-th percentile of all in-distribution feature
+    activations.
+
+    Args:
+        percentile: the clipping percentile in (0, 100] (paper default).
+    """
+
+    needs = frozenset({"features", "logits"})
+    requires_fit = True
+
+    def __init__(self, percentile: float = 90.0) -> None:
+        if not 0 < percentile <= 100:
+            raise InputError(f"react percentile must lie in (0, 100], got {percentile}")
+        self.percentile = percentile
+
+    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
+        f = features_of(outputs).float().flatten()
+        if f.numel() > 16_000_000:  # torch.quantile's size limit; a strided sample is exact enough
+            f = f[:: f.numel() // 16_000_000 + 1]
+        self.threshold_ = float(torch.quantile(f, self.percentile / 100.0))
+
+    def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
+        w, b = head_of(clf)
+        f = features_of(outputs).clamp_max(self.threshold_)
+        return energy_of(f @ w.T.to(f.dtype) + b.to(f.dtype))

@@ -1,0 +1,35 @@
+"""Relative Mahalanobis distance (Ren et al., "A Simple Fix to Mahalanobis Distance for Improving
+Near-OOD Detection", 2021)."""
+
+from __future__ import annotations
+
+import torch
+
+from mlsafety.core import Classifier, Outputs
+from mlsafety.monitoring.ood.base import Detector, features_of, register
+from mlsafety.monitoring.ood.mahalanobis import class_gaussians, mahalanobis_sq
+
+
+@register("rmd")
+class RMD(Detector):
+    """Anomaly score ``min_k [MD_k(f) - MD_0(f)]``.
+
+    ``MD_k`` is the class-conditional Mahalanobis distance with the shared covariance and
+    ``MD_0`` the distance to a single Gaussian fitted to all in-distribution features (the
+    "background"), which removes the part of the distance that does not depend on the class.
+    """
+
+    needs = frozenset({"features", "logits"})
+    requires_fit = True
+
+    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
+        f = features_of(outputs)
+        self.means_, self.precision_ = class_gaussians(f, labels, outputs.logits.shape[1])
+        zeros = torch.zeros_like(labels)
+        self.background_mean_, self.background_precision_ = class_gaussians(f, zeros, 1)
+
+    def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
+        f = features_of(outputs)
+        md = mahalanobis_sq(f, self.means_, self.precision_)
+        md0 = mahalanobis_sq(f, self.background_mean_, self.background_precision_)
+        return (md - md0).amin(dim=1)

@@ -1,0 +1,41 @@
+"""Simplified Hopfield energy (Zhang et al., "Out-of-Distribution Detection based on In-Distribution
+Data Patterns Memorization with Modern Hopfield Energy", ICLR 2023)."""
+
+from __future__ import annotations
+
+import torch
+
+from mlsafety.core import Classifier, Outputs
+from mlsafety.monitoring.ood.base import Detector, features_of, register
+
+
+@register("she")
+class SHE(Detector):
+    """Anomaly score ``-<f, m_c>``: minus the inner product of the feature with the stored pattern
+    ``m_c`` of its predicted class ``c``.
+
+    Patterns ``patterns_`` (K, D) are the mean features of the correctly classified
+    in-distribution inputs of each class (all inputs of the class when none is correct).
+    """
+
+    needs = frozenset({"features", "logits"})
+    requires_fit = True
+
+    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
+        f = features_of(outputs).double()
+        k = outputs.logits.shape[1]
+        pred = outputs.logits.argmax(dim=1)
+        patterns = torch.zeros(k, f.shape[1], dtype=f.dtype, device=f.device)
+        filled = torch.zeros(k, dtype=torch.bool, device=f.device)
+        for use in (pred == labels, torch.ones_like(labels, dtype=torch.bool)):
+            counts = torch.bincount(labels[use], minlength=k).to(f.dtype)[:, None]
+            sums = torch.zeros_like(patterns).index_add_(0, labels[use], f[use])
+            fill = (counts[:, 0] > 0) & ~filled
+            patterns[fill] = (sums / counts.clamp_min(1))[fill]
+            filled |= fill
+        self.patterns_ = patterns
+
+    def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
+        f = features_of(outputs).double()
+        pred = outputs.logits.argmax(dim=1)
+        return -(f * self.patterns_[pred]).sum(dim=1)

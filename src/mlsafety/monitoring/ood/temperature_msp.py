@@ -1,0 +1,35 @@
+"""MSP after temperature scaling (Guo et al., "On Calibration of Modern Neural Networks", 2017)."""
+
+from __future__ import annotations
+
+import torch
+
+from mlsafety.core import Classifier, InputError, Outputs
+from mlsafety.monitoring.calibration.scaling import TemperatureScaler
+from mlsafety.monitoring.ood.base import Detector, register
+
+
+@register("temperature-msp")
+class TemperatureMSP(Detector):
+    """Anomaly score ``-max softmax(logits / T)``.
+
+    Args:
+        temperature: a fixed ``T``; None fits it by NLL on the (labelled) in-distribution fit data.
+    """
+
+    needs = frozenset({"logits"})
+    requires_fit = True
+
+    def __init__(self, temperature: float | None = None) -> None:
+        if temperature is not None and temperature <= 0:
+            raise InputError(f"temperature must be positive, got {temperature}")
+        self.temperature = temperature
+
+    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
+        if self.temperature is not None:
+            self.temperature_ = float(self.temperature)
+        else:
+            self.temperature_ = TemperatureScaler().fit(outputs.logits, labels).temperature_
+
+    def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
+        return -(outputs.logits / self.temperature_).softmax(dim=1).amax(dim=1)

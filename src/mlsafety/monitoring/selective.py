@@ -1,0 +1,142 @@
+"""Selective prediction: how much can the model answer, and how often is it wrong when it does?
+
+A selective classifier answers when its confidence reaches a threshold and abstains otherwise.
+Sweeping the threshold gives the risk-coverage curve. Points exist only where the confidence
+changes (tied confidences are accepted or rejected together), so ties never create points a real
+threshold could not reach.
+
+* AURC (Geifman et al., "Bias-Reduced Uncertainty Estimation for Deep Neural Classifiers", 2019):
+  the step-wise area under the curve, ``sum_g (cov_g - cov_{g-1}) risk_g``; without ties it is the
+  usual mean over ``n`` of the risk of the ``n`` most confident predictions.
+* E-AURC: AURC minus the AURC of an oracle that ranks every correct prediction first.
+* AUGRC (Traub et al., "Overcoming Common Flaws in the Evaluation of Selective Classification
+  Systems", 2024): the same area for the generalized risk, the share of all inputs that are
+  accepted and wrong.
+
+Every function takes ``confidence`` (N,) (higher = more trusted; use ``-score`` for an anomaly
+score) and ``correct`` (N,) booleans, or 2-D batches of rows (used by the bootstrap).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mlsafety.core import InputError
+
+
+def _rows(confidence: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    c = torch.as_tensor(confidence)
+    ok = torch.as_tensor(correct).to(c.device)
+    if c.shape != ok.shape or c.ndim not in (1, 2) or c.shape[-1] == 0:
+        raise InputError("confidence and correct must have the same shape (N,) or (B, N), with N > 0")
+    if not torch.isfinite(c).all():
+        raise InputError("confidence contains NaN or infinite values")
+    squeeze = c.ndim == 1
+    return c.reshape(-1, c.shape[-1]).double(), ok.reshape(-1, ok.shape[-1]).double(), squeeze
+
+
+def _sweep(c: torch.Tensor, ok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sorted confidences, cumulative errors, accepted counts and group-end mask, per row."""
+    order = c.argsort(dim=1, descending=True, stable=True)
+    s = c.gather(1, order)
+    errors = (1.0 - ok.gather(1, order)).cumsum(dim=1)
+    accepted = torch.arange(1, c.shape[1] + 1, dtype=c.dtype, device=c.device).expand_as(c)
+    end = torch.ones_like(s, dtype=torch.bool)
+    end[:, :-1] = s[:, :-1] != s[:, 1:]
+    return s, errors, accepted, end
+
+
+def _at_group_end(values: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """Each position's value taken at the end of its tie group."""
+    n = values.shape[1]
+    pos = torch.arange(n, device=values.device).expand_as(values)
+    ends = torch.where(end, pos, torch.full_like(pos, n - 1))
+    group_end = ends.flip(1).cummin(dim=1).values.flip(1)
+    return values.gather(1, group_end)
+
+
+def _out(v: torch.Tensor, squeeze: bool) -> torch.Tensor:
+    return v[0] if squeeze else v
+
+
+@dataclass(frozen=True)
+class RiskCoverage:
+    """Tie-aware risk-coverage curve, from the most confident threshold to full coverage.
+
+    Attributes:
+        threshold: confidence threshold of each point (accept ``confidence >= threshold``).
+        coverage: share of inputs accepted.
+        risk: error rate among accepted inputs (selective risk).
+        generalized_risk: accepted-and-wrong inputs over all inputs.
+    """
+
+    threshold: torch.Tensor
+    coverage: torch.Tensor
+    risk: torch.Tensor
+    generalized_risk: torch.Tensor
+
+
+def risk_coverage(confidence: torch.Tensor, correct: torch.Tensor) -> RiskCoverage:
+    """The risk-coverage curve of 1-D ``confidence`` and ``correct``, one point per distinct confidence."""
+    c, ok, squeeze = _rows(confidence, correct)
+    if not squeeze:
+        raise InputError("risk_coverage takes 1-D inputs")
+    s, errors, accepted, end = _sweep(c, ok)
+    n = c.shape[1]
+    e = end[0]
+    return RiskCoverage(s[0][e], accepted[0][e] / n, errors[0][e] / accepted[0][e], errors[0][e] / n)
+
+
+def aurc(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Area under the risk-coverage curve (step-wise, tie-aware); lower is better."""
+    c, ok, squeeze = _rows(confidence, correct)
+    _, errors, accepted, end = _sweep(c, ok)
+    return _out(_at_group_end(errors / accepted, end).mean(dim=1), squeeze)
+
+
+def augrc(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Area under the generalized-risk-coverage curve (step-wise, tie-aware); lower is better."""
+    c, ok, squeeze = _rows(confidence, correct)
+    _, errors, _, end = _sweep(c, ok)
+    return _out(_at_group_end(errors / c.shape[1], end).mean(dim=1), squeeze)
+
+
+def eaurc(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """Excess AURC: AURC minus the AURC of the oracle confidence ``correct`` itself (>= 0)."""
+    c, ok, squeeze = _rows(confidence, correct)
+    return _out(aurc(c, ok) - aurc(ok, ok), squeeze)
+
+
+def risk_at_coverage(confidence: torch.Tensor, correct: torch.Tensor, coverage: float = 0.9) -> torch.Tensor:
+    """Selective risk at the first threshold whose coverage reaches ``coverage`` (in (0, 1])."""
+    if not 0 < coverage <= 1:
+        raise InputError(f"coverage must lie in (0, 1], got {coverage}")
+    c, ok, squeeze = _rows(confidence, correct)
+    _, errors, accepted, end = _sweep(c, ok)
+    hit = end & (accepted / c.shape[1] >= coverage - 1e-12)
+    idx = hit.double().argmax(dim=1, keepdim=True)
+    return _out((errors / accepted).gather(1, idx)[:, 0], squeeze)
+
+
+def coverage_at_risk(confidence: torch.Tensor, correct: torch.Tensor, risk: float = 0.05) -> torch.Tensor:
+    """Largest coverage among thresholds whose selective risk is at most ``risk`` (0 if none)."""
+    if not 0 <= risk <= 1:
+        raise InputError(f"risk must lie in [0, 1], got {risk}")
+    c, ok, squeeze = _rows(confidence, correct)
+    _, errors, accepted, end = _sweep(c, ok)
+    good = end & (errors / accepted <= risk + 1e-12)
+    cov = torch.where(good, accepted / c.shape[1], torch.zeros_like(accepted))
+    return _out(cov.amax(dim=1), squeeze)
+
+
+__all__ = [
+    "RiskCoverage",
+    "augrc",
+    "aurc",
+    "coverage_at_risk",
+    "eaurc",
+    "risk_at_coverage",
+    "risk_coverage",
+]
