@@ -1,0 +1,93 @@
+"""FMEA arithmetic: the documented bands, severity lookup, RPN and its ordering."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlsafety.core import InputError
+from mlsafety.systemic import (
+    DEFAULT_SEVERITY,
+    DETECTION_TABLE,
+    OCCURRENCE_TABLE,
+    SEVERITY_DEFAULTS,
+    Outcome,
+    detection_score,
+    fmea_table,
+    occurrence_score,
+    severity_for,
+)
+
+
+def test_occurrence_bands_at_their_edges() -> None:
+    assert occurrence_score(1.0) == 10
+    assert occurrence_score(0.5) == 10
+    assert occurrence_score(0.49) == 9
+    assert occurrence_score(0.05) == 7
+    assert occurrence_score(0.0499) == 6
+    assert occurrence_score(0.0) == 1
+    for lowest, score in OCCURRENCE_TABLE:
+        assert occurrence_score(lowest) == score
+    scores = [occurrence_score(p / 1000) for p in range(1001)]
+    assert scores == sorted(scores)  # monotone in the failure rate
+    with pytest.raises(InputError):
+        occurrence_score(1.5)
+
+
+def test_detection_bands_at_their_edges() -> None:
+    assert detection_score(1.0) == 10
+    assert detection_score(0.9) == 9  # "above 0.90" is strict
+    assert detection_score(0.2) == 4
+    assert detection_score(0.21) == 5
+    assert detection_score(0.01) == 1
+    assert detection_score(0.0) == 1
+    assert detection_score(None) == 10
+    for above, score in DETECTION_TABLE:
+        assert detection_score(min(1.0, above + 1e-9)) == score
+    with pytest.raises(InputError):
+        detection_score(-0.1)
+
+
+def test_severity_lookup_longest_prefix_then_kind_default() -> None:
+    over = {"adversarial": 9, "adversarial/pgd": 10, "ood/letters": 3}
+    assert severity_for("adversarial/pgd/0.1", over) == 10
+    assert severity_for("adversarial/fgsm/0.1", over) == 9
+    assert severity_for("ood/letters", over) == 3
+    assert severity_for("ood/noise", over) == SEVERITY_DEFAULTS["ood"]
+    assert severity_for("something/else") == DEFAULT_SEVERITY
+    assert severity_for("adversarial/pgd/0.1") == SEVERITY_DEFAULTS["adversarial"]
+    with pytest.raises(InputError):
+        severity_for("clean", {"clean": 11})
+    with pytest.raises(InputError):
+        severity_for("clean", {"clean": 2.5})  # type: ignore[dict-item]
+
+
+def _outcome(n: int, failed: int, caught: int) -> Outcome:
+    f = torch.zeros(n, dtype=torch.bool)
+    f[:failed] = True
+    flag = torch.zeros(n, dtype=torch.bool)
+    flag[:caught] = True
+    return Outcome(f, flag)
+
+
+def test_fmea_table_scores_rpn_and_order() -> None:
+    outcomes = {
+        "clean": _outcome(400, 4, 3),  # p = 0.01 -> O 5; miss 1/4 -> D 5
+        "adversarial/pgd/0.1": _outcome(100, 60, 6),  # p = 0.6 -> O 10; miss 0.9 -> D 9
+        "ood/noise": _outcome(50, 50, 50),  # p = 1 -> O 10; miss 0 -> D 1
+        "corruption/blur/1": _outcome(100, 0, 0),  # no failure -> O 1, D 10
+    }
+    table = fmea_table(outcomes, {"ood": 4})
+    by = {e.hazard: e for e in table}
+    assert (by["clean"].severity, by["clean"].occurrence, by["clean"].detection) == (5, 5, 5)
+    assert by["clean"].rpn == 125
+    assert (by["adversarial/pgd/0.1"].occurrence, by["adversarial/pgd/0.1"].detection) == (10, 9)
+    assert by["adversarial/pgd/0.1"].rpn == 8 * 10 * 9
+    assert by["ood/noise"].rpn == 4 * 10 * 1
+    assert by["corruption/blur/1"].rpn == 6 * 1 * 10
+    assert by["corruption/blur/1"].miss_share is None
+    assert by["clean"].failure_rate.value == pytest.approx(0.01)
+    assert by["clean"].miss_share is not None and by["clean"].miss_share.value == pytest.approx(0.25)
+    assert [e.hazard for e in table] == ["adversarial/pgd/0.1", "clean", "corruption/blur/1", "ood/noise"]
+    rpns = [e.rpn for e in table]
+    assert rpns == sorted(rpns, reverse=True)

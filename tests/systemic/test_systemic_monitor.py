@@ -1,0 +1,115 @@
+"""Monitors: thresholds at a false-alarm rate, flags, violation, and the choice on validation data."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlsafety.core import InputError, generator
+from mlsafety.systemic import (
+    CONFIDENCE,
+    Monitor,
+    ScoredSet,
+    candidate_monitors,
+    choose_monitor,
+    threshold_at_rate,
+    validation_escape,
+)
+
+
+def test_threshold_keeps_exactly_k_above_without_ties() -> None:
+    scores = torch.arange(20, dtype=torch.float32)  # 0..19
+    t = threshold_at_rate(scores, 0.1)  # k = 2: 18 and 19 above
+    assert t == 17.0
+    assert int((scores > t).sum()) == 2
+    assert threshold_at_rate(scores, 0.0) == 19.0  # nothing above the maximum
+
+
+def test_threshold_never_exceeds_rate_with_ties_or_random_scores() -> None:
+    g = generator(0, "thr")
+    for n in (1, 7, 50, 333):
+        s = torch.randint(0, 5, (n,), generator=g).float()  # heavy ties
+        for rate in (0.0, 0.01, 0.05, 0.3, 0.9):
+            t = threshold_at_rate(s, rate)
+            assert float((s > t).float().mean()) <= rate + 1e-12
+            assert t in s.tolist()
+
+
+def test_threshold_rejects_bad_rates_and_scores() -> None:
+    with pytest.raises(InputError):
+        threshold_at_rate(torch.ones(3), 1.0)
+    with pytest.raises(InputError):
+        threshold_at_rate(torch.tensor([1.0, float("nan")]), 0.1)
+    with pytest.raises(InputError):
+        threshold_at_rate(torch.empty(0), 0.1)
+
+
+def test_fit_uses_correct_answers_only_and_flags_by_both_parts() -> None:
+    scores = torch.tensor([0.0, 1.0, 2.0, 3.0, 100.0])
+    conf = torch.tensor([0.9, 0.8, 0.95, 0.99, 0.1])
+    correct = torch.tensor([True, True, True, True, False])
+    det = Monitor.fit("d", scores, correct, false_alarm_rate=0.25, detector="d")
+    assert det.score_threshold == 2.0  # the wrong answer's 100 is ignored; k = 1 of 4 correct above
+    assert det.flags(scores).tolist() == [False, False, False, True, True]
+    conf_only = Monitor.fit("c", None, correct, false_alarm_rate=0.25, val_confidence=conf)
+    assert conf_only.confidence_threshold == pytest.approx(0.9)
+    assert conf_only.flags(confidence=conf).tolist() == [False, True, False, False, True]
+    both = Monitor.fit("dc", scores, correct, 0.5, val_confidence=conf, confidence_share=0.5, detector="d")
+    # each part gets 0.25 of the budget; a flag from either part counts
+    assert both.flags(scores, conf).tolist() == [False, True, False, True, True]
+    joint = float(both.flags(scores, conf)[correct].float().mean())
+    assert joint <= 0.5
+
+
+def test_violation_is_positive_exactly_when_flagged() -> None:
+    g = generator(0, "viol")
+    s, c = torch.randn(200, generator=g), torch.rand(200, generator=g)
+    correct = torch.rand(200, generator=g) > 0.1
+    mon = Monitor.fit("dc", s, correct, 0.1, val_confidence=c, detector="d")
+    v = mon.violation(s, c)
+    assert torch.equal(v > 0, mon.flags(s, c))
+
+
+def test_monitor_needs_its_inputs() -> None:
+    correct = torch.ones(4, dtype=torch.bool)
+    with pytest.raises(InputError):
+        Monitor.fit("x", None, correct)
+    with pytest.raises(InputError):
+        Monitor.fit("x", torch.ones(4), torch.zeros(4, dtype=torch.bool))
+    mon = Monitor.fit("d", torch.arange(4.0), correct, detector="d")
+    with pytest.raises(InputError):
+        mon.flags(None, torch.ones(4))
+
+
+def _set(failed: list[bool], conf: list[float], good: list[float], bad: list[float]) -> ScoredSet:
+    return ScoredSet(torch.tensor(failed), torch.tensor(conf), {"good": torch.tensor(good), "bad": torch.tensor(bad)})
+
+
+def test_choose_monitor_picks_the_detector_that_separates_outliers() -> None:
+    n = 40
+    g = generator(0, "choose")
+    val = ScoredSet(
+        torch.zeros(n, dtype=torch.bool),
+        0.9 + 0.1 * torch.rand(n, generator=g),
+        {"good": torch.rand(n, generator=g), "bad": torch.rand(n, generator=g)},
+    )
+    # outliers: "good" scores them far above any clean score, "bad" cannot tell, confidence stays high
+    outliers = ScoredSet(
+        torch.ones(n, dtype=torch.bool),
+        0.9 + 0.1 * torch.rand(n, generator=g),
+        {"good": 5 + torch.rand(n, generator=g), "bad": torch.rand(n, generator=g)},
+    )
+    cands = candidate_monitors(val, ["bad", "good"], false_alarm_rate=0.05)
+    assert [m.name for m in cands] == [CONFIDENCE, "bad", f"bad+{CONFIDENCE}", "good", f"good+{CONFIDENCE}"]
+    best, crit = choose_monitor(cands, val, outliers)
+    assert best.name == "good"
+    assert crit["good"] == pytest.approx(0.0)  # every outlier caught, no clean failure
+    assert crit["bad"] > 0.4
+    assert validation_escape(best, val, outliers) == crit["good"]
+
+
+def test_scored_set_needs_the_monitor_detector() -> None:
+    s = _set([False, True], [0.9, 0.5], [0.1, 0.2], [0.3, 0.4])
+    mon = Monitor.fit("other", torch.arange(2.0), torch.ones(2, dtype=torch.bool), detector="other")
+    with pytest.raises(InputError):
+        s.flags(mon)
