@@ -1,0 +1,43 @@
+"""ImageNet-C corruptions in torch: batched, deterministic, any size, one or three channels, any device.
+
+The 15 corruptions of Hendrycks & Dietterich (2019) and their 4 extra ones, at severities 1..5 with
+the published parameters (lengths scaled to the image size, see :mod:`.base`), plus corruption error
+metrics (CE, mCE, relative mCE) and a grid picture of them all.
+
+Example:
+    >>> from mlsafety.robustness.corruptions import corrupt, available
+    >>> x_snow = corrupt(x, "snow", severity=3, generator=mlsafety.core.generator(0, "snow"))
+"""
+
+from mlsafety.robustness.corruptions import blur, digital, noise, weather
+from mlsafety.robustness.corruptions._grid import corruption_grid, grid_figure
+from mlsafety.robustness.corruptions._metrics import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, CorruptionSummary, mce
+from mlsafety.robustness.corruptions.base import (
+    CORRUPTIONS,
+    MIN_FIELD,
+    SEVERITIES,
+    Corruption,
+    available,
+    corrupt,
+    create,
+    register_corruption,
+)
+
+del blur, digital, noise, weather
+
+__all__ = [
+    "ALEXNET_CLEAN_ERROR",
+    "ALEXNET_ERRORS",
+    "CORRUPTIONS",
+    "Corruption",
+    "CorruptionSummary",
+    "MIN_FIELD",
+    "SEVERITIES",
+    "available",
+    "corrupt",
+    "corruption_grid",
+    "create",
+    "grid_figure",
+    "mce",
+    "register_corruption",
+]

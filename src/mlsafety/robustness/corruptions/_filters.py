@@ -1,0 +1,232 @@
+"""Batched image operations shared by the corruptions: sampling, filters, warps, fractals.
+
+All functions take and return (N, C, H, W) tensors on the input's device; random samples are
+drawn on the generator's device and moved (so CPU generators give device-independent results).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+LUMA = (0.2989, 0.5870, 0.1140)
+"""RGB weights of ``rgb2gray`` as ImageNet-C uses them."""
+
+
+# -- sampling ------------------------------------------------------------------------------------
+def rand(shape: tuple[int, ...], g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Uniform [0, 1) samples of ``shape`` with ``like``'s dtype and device."""
+    return torch.rand(shape, generator=g, device=g.device, dtype=like.dtype).to(like.device)
+
+
+def randn(shape: tuple[int, ...], g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal samples of ``shape`` with ``like``'s dtype and device."""
+    return torch.randn(shape, generator=g, device=g.device, dtype=like.dtype).to(like.device)
+
+
+def uniform(shape: tuple[int, ...], low: float, high: float, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    return low + (high - low) * rand(shape, g, like)
+
+
+# -- colour --------------------------------------------------------------------------------------
+def grey(x: torch.Tensor) -> torch.Tensor:
+    """Luminance (N, 1, H, W) of RGB or grey images."""
+    if x.shape[1] == 1:
+        return x
+    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return (x * w).sum(dim=1, keepdim=True)
+
+
+def colour(rgb: tuple[float, float, float], channels: int, like: torch.Tensor) -> torch.Tensor:
+    """An RGB colour (0..1) as a (1, C, 1, 1) tensor; its luminance for grey images."""
+    c = torch.tensor(rgb, dtype=like.dtype, device=like.device).view(1, 3, 1, 1)
+    return grey(c) if channels == 1 else c
+
+
+# -- resampling ----------------------------------------------------------------------------------
+def field_size(h: int, w: int, minimum: int) -> tuple[int, int]:
+    """A size with the aspect of (h, w) whose short side is at least ``minimum``."""
+    short = min(h, w)
+    if short >= minimum:
+        return h, w
+    k = minimum / short
+    return max(minimum, math.ceil(h * k)), max(minimum, math.ceil(w * k))
+
+
+def resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Area averaging when shrinking, bilinear interpolation when growing."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if size[0] <= x.shape[-2] and size[1] <= x.shape[-1]:
+        return F.interpolate(x, size=size, mode="area")
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+# -- filters -------------------------------------------------------------------------------------
+def gaussian_kernel1d(sigma: float, truncate: float, like: torch.Tensor) -> torch.Tensor:
+    """Normalised Gaussian taps with radius ``int(truncate * sigma + 0.5)`` (SciPy's convention)."""
+    radius = max(int(truncate * sigma + 0.5), 0)
+    t = torch.arange(-radius, radius + 1, dtype=like.dtype, device=like.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    return k / k.sum()
+
+
+def _pad(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
+    if ph == 0 and pw == 0:
+        return x
+    if mode == "reflect" and (ph >= x.shape[-2] or pw >= x.shape[-1]):
+        mode = "replicate"  # reflection needs a pad smaller than the image
+    return F.pad(x, [pw, pw, ph, ph], mode=mode)
+
+
+def gaussian_blur(
+    x: torch.Tensor, sigma: float | tuple[float, float], truncate: float = 4.0, mode: str = "replicate"
+) -> torch.Tensor:
+    """Separable Gaussian blur of every channel (``sigma`` in pixels, per axis if a pair).
+
+    ``mode="replicate"`` is SciPy's ``nearest``, ``"reflect"`` is its ``mirror``.
+    """
+    sy, sx = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
+    n, c, h, w = x.shape
+    y = x.reshape(n * c, 1, h, w)
+    if sy > 1e-3:
+        k = gaussian_kernel1d(sy, truncate, x)
+        r = k.numel() // 2
+        y = F.conv2d(_pad(y, r, 0, mode), k.view(1, 1, -1, 1))
+    if sx > 1e-3:
+        k = gaussian_kernel1d(sx, truncate, x)
+        r = k.numel() // 2
+        y = F.conv2d(_pad(y, 0, r, mode), k.view(1, 1, 1, -1))
+    return y.reshape(n, c, h, w)
+
+
+def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect") -> torch.Tensor:
+    """Correlate every channel with an odd-sized 2-D ``kernel`` (FFT for large kernels)."""
+    n, c, h, w = x.shape
+    kh, kw = kernel.shape
+    ph, pw = kh // 2, kw // 2
+    y = _pad(x.reshape(n * c, 1, h, w), ph, pw, mode)
+    if kh * kw <= 49:
+        return F.conv2d(y, kernel.view(1, 1, kh, kw).to(x.dtype)).reshape(n, c, h, w)
+    hp, wp = y.shape[-2:]
+    spec = torch.fft.rfft2(y, s=(hp, wp)) * torch.fft.rfft2(kernel.flip(0, 1).to(x.dtype), s=(hp, wp))
+    full = torch.fft.irfft2(spec, s=(hp, wp))
+    # circular convolution with the flipped kernel: output pixel (i, j) sits at (i + kh - 1, j + kw - 1)
+    return full[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].reshape(n, c, h, w)
+
+
+def box_blur3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 mean filter (OpenCV ``blur`` with reflect-101 borders)."""
+    n, c, h, w = x.shape
+    k = torch.full((1, 1, 3, 3), 1 / 9, dtype=x.dtype, device=x.device)
+    return F.conv2d(_pad(x.reshape(n * c, 1, h, w), 1, 1, "reflect"), k).reshape(n, c, h, w)
+
+
+# -- warps ---------------------------------------------------------------------------------------
+def sample(x: torch.Tensor, px: torch.Tensor, py: torch.Tensor, padding: str = "border") -> torch.Tensor:
+    """Bilinear samples of ``x`` at pixel coordinates ``(px, py)`` (N, H, W) (pixel centres at integers)."""
+    h, w = x.shape[-2:]
+    gx = (2 * px + 1) / w - 1
+    gy = (2 * py + 1) / h - 1
+    grid = torch.stack([gx, gy], dim=-1).to(x.dtype)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding, align_corners=False)
+
+
+def pixel_grid(n: int, h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel coordinates (N, H, W) of every output pixel: ``(px, py)``."""
+    ys = torch.arange(h, dtype=like.dtype, device=like.device)
+    xs = torch.arange(w, dtype=like.dtype, device=like.device)
+    py, px = torch.meshgrid(ys, xs, indexing="ij")
+    return px.expand(n, h, w), py.expand(n, h, w)
+
+
+def _interp_matrix_idx(size: int, zoom: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    centre = size / 2
+    src = (torch.arange(size, dtype=like.dtype, device=like.device) + 0.5 - centre) / zoom + centre - 0.5
+    src = src.clamp(0, size - 1)
+    i0 = src.floor().long()
+    i1 = (i0 + 1).clamp(max=size - 1)
+    return i0, i1, (src - i0.to(src.dtype))
+
+
+def centre_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """Zoom into the centre by ``zoom`` >= 1 with linear interpolation (separable, clipped to the frame)."""
+    i0, i1, f = _interp_matrix_idx(x.shape[-2], zoom, x)
+    y = x.index_select(-2, i0) * (1 - f)[:, None] + x.index_select(-2, i1) * f[:, None]
+    j0, j1, f = _interp_matrix_idx(x.shape[-1], zoom, x)
+    return y.index_select(-1, j0) * (1 - f) + y.index_select(-1, j1) * f
+
+
+def motion_blur(x: torch.Tensor, length: float, sigma: float, angles: torch.Tensor) -> torch.Tensor:
+    """One-sided motion blur as in ImageNet-C: Gaussian-weighted copies shifted along each image's angle.
+
+    Args:
+        x: images (N, C, H, W).
+        length: how far the copies reach (pixels); ImageNet-C uses ``2 * radius``.
+        sigma: the Gaussian's width (pixels) along the path.
+        angles: one angle per image (degrees).
+    """
+    n, c, h, w = x.shape
+    if length < 0.5 or sigma <= 0:
+        return x
+    taps = max(math.ceil(length) + 1, 2)
+    t = torch.linspace(0, length, taps, dtype=x.dtype, device=x.device)
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    rad = torch.deg2rad(angles.to(x.dtype))
+    # integer shifts (as the original), rounded half up: (N, taps)
+    dy = torch.ceil(t[None] * torch.sin(rad)[:, None] - 0.5).long()
+    dx = torch.ceil(t[None] * torch.cos(rad)[:, None] - 0.5).long()
+    p = math.ceil(length) + 1
+    padded = F.pad(x, [p, p, p, p], mode="replicate")
+    hp, wp = h + 2 * p, w + 2 * p
+    flat = padded.reshape(n, c, hp * wp)
+    base = ((torch.arange(h, device=x.device)[:, None] + p) * wp + torch.arange(w, device=x.device)[None] + p).view(
+        1, -1
+    )
+    out = torch.zeros(n, c, h * w, dtype=x.dtype, device=x.device)
+    for j in range(taps):
+        idx = (base + (dy[:, j] * wp + dx[:, j])[:, None]).unsqueeze(1).expand(n, c, h * w)
+        out += k[j] * flat.gather(2, idx)
+    return out.reshape(n, c, h, w)
+
+
+# -- fractals ------------------------------------------------------------------------------------
+def plasma_fractal(n: int, mapsize: int, decay: float, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Diamond-square height maps (N, mapsize, mapsize) in [0, 1], as ImageNet-C's ``plasma_fractal``.
+
+    ``mapsize`` must be a power of two; ``decay`` is the roughness (``wibbledecay``).
+    """
+    if mapsize & (mapsize - 1):
+        raise ValueError(f"mapsize must be a power of two, got {mapsize}")
+    m = torch.zeros(n, mapsize, mapsize, dtype=torch.float64, device=g.device)
+    step = mapsize
+    wibble = 100.0
+
+    def wibbled(a: torch.Tensor) -> torch.Tensor:
+        noise = -wibble + 2 * wibble * torch.rand(a.shape, generator=g, device=g.device, dtype=a.dtype)
+        return a / 4 + wibble * noise
+
+    while step >= 2:
+        half = step // 2
+        corner = m[:, 0:mapsize:step, 0:mapsize:step]
+        sq = corner + torch.roll(corner, -1, dims=1)
+        sq = sq + torch.roll(sq, -1, dims=2)
+        m[:, half:mapsize:step, half:mapsize:step] = wibbled(sq)
+        dr = m[:, half:mapsize:step, half:mapsize:step]
+        ul = m[:, 0:mapsize:step, 0:mapsize:step]
+        lt = dr + torch.roll(dr, 1, dims=1) + ul + torch.roll(ul, -1, dims=2)
+        m[:, 0:mapsize:step, half:mapsize:step] = wibbled(lt)
+        tt = dr + torch.roll(dr, 1, dims=2) + ul + torch.roll(ul, -1, dims=1)
+        m[:, half:mapsize:step, 0:mapsize:step] = wibbled(tt)
+        step //= 2
+        wibble /= decay
+    lo = m.amin(dim=(1, 2), keepdim=True)
+    hi = m.amax(dim=(1, 2), keepdim=True)
+    return ((m - lo) / (hi - lo).clamp_min(1e-12)).to(like.dtype).to(like.device)
+
+
+def next_power_of_two(v: int) -> int:
+    return 1 if v <= 1 else 1 << (v - 1).bit_length()

@@ -1,0 +1,74 @@
+"""A picture of every corruption at every severity for one input, to check them at a glance."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from mlsafety.core import InputError
+from mlsafety.core import generator as make_generator
+from mlsafety.robustness.corruptions.base import SEVERITIES, available, create
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+
+def corruption_grid(
+    image: torch.Tensor,
+    names: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+    seed: int = 0,
+    reference_size: float = 224,
+) -> torch.Tensor:
+    """Every corruption of one image (C, H, W): a tensor (len(names), 1 + len(severities), C, H, W).
+
+    Column 0 is the clean image; each corruption uses the generator ``(seed, name, severity)``.
+    """
+    if image.ndim != 3:
+        raise InputError(f"give one image (C, H, W), got shape {tuple(image.shape)}")
+    names = list(names) if names is not None else available()
+    x = image[None]
+    rows = []
+    for name in names:
+        corruption = create(name, reference_size=reference_size)
+        cells = [x] + [corruption(x, s, make_generator(seed, "corruption-grid", name, s)) for s in severities]
+        rows.append(torch.cat(cells))
+    return torch.stack(rows)
+
+
+def grid_figure(
+    image: torch.Tensor,
+    names: Sequence[str] | None = None,
+    severities: Sequence[int] = SEVERITIES,
+    seed: int = 0,
+    reference_size: float = 224,
+    cell_inches: float = 1.1,
+) -> Figure:
+    """A labelled matplotlib figure of :func:`corruption_grid` (rows: corruptions, columns: severities)."""
+    from matplotlib.figure import Figure
+
+    names = list(names) if names is not None else available()
+    grid = corruption_grid(image, names, severities, seed, reference_size).detach().cpu()
+    rows, cols = grid.shape[:2]
+    fig = Figure(figsize=(cell_inches * cols + 1.4, cell_inches * rows + 0.4))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r in range(rows):
+        for c in range(cols):
+            ax = axes[r][c]
+            img = grid[r, c]
+            if img.shape[0] == 1:
+                ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            else:
+                ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title("clean" if c == 0 else f"severity {severities[c - 1]}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(names[r], fontsize=8, rotation=0, ha="right", va="center")
+    fig.subplots_adjust(
+        left=1.3 / (cell_inches * cols + 1.4), right=0.99, top=0.97, bottom=0.01, wspace=0.05, hspace=0.1
+    )
+    return fig

@@ -1,0 +1,168 @@
+"""Digital corruptions: brightness, contrast, saturate, elastic transform, pixelate and JPEG.
+
+Brightness and saturate change HSV's value and saturation; both are written in closed form on RGB
+(hue is kept), which equals scikit-image's ``rgb2hsv``/``hsv2rgb`` round trip that ImageNet-C uses.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import torch
+
+from mlsafety.robustness.corruptions._filters import (
+    field_size,
+    gaussian_blur,
+    grey,
+    pixel_grid,
+    resize,
+    sample,
+    uniform,
+)
+from mlsafety.robustness.corruptions.base import MIN_FIELD, Corruption, register_corruption
+
+
+@register_corruption("brightness")
+class Brightness(Corruption):
+    """HSV value ``V + c`` (clipped), hue and saturation kept; grey images: ``x + c``."""
+
+    group = "weather"
+    levels = (0.1, 0.2, 0.3, 0.4, 0.5)
+
+    def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
+        if x.shape[1] == 1:
+            return x + level
+        v = x.amax(dim=1, keepdim=True)
+        v_new = (v + level).clamp(0, 1)
+        return torch.where(v > 0, x * v_new / v.clamp_min(1e-12), v_new.expand_as(x))
+
+
+@register_corruption("contrast")
+class Contrast(Corruption):
+    """``(x - mean) * c + mean`` with each channel's mean over the image."""
+
+    group = "digital"
+    levels = (0.4, 0.3, 0.2, 0.1, 0.05)
+
+    def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
+        mean = x.mean(dim=(2, 3), keepdim=True)
+        return (x - mean) * level + mean
+
+
+def saturate_rgb(x: torch.Tensor, factor: float, offset: float) -> torch.Tensor:
+    """HSV saturation ``S * factor + offset`` (clipped), hue and value kept, as scikit-image computes it.
+
+    Each channel is ``V - (V - x) * S' / S``; grey pixels (S = 0) have hue 0 (red), so they become
+    ``(V, V (1 - S'), V (1 - S'))``.
+    """
+    v = x.amax(dim=1, keepdim=True)
+    lo = x.amin(dim=1, keepdim=True)
+    s = torch.where(v > 0, (v - lo) / v.clamp_min(1e-12), torch.zeros_like(v))
+    s_new = (s * factor + offset).clamp(0, 1)
+    coloured = v - (v - x) * s_new / s.clamp_min(1e-12)
+    red_hue = torch.cat([v, v * (1 - s_new), v * (1 - s_new)], dim=1)
+    return torch.where(s > 0, coloured, red_hue)
+
+
+@register_corruption("saturate")
+class Saturate(Corruption):
+    """HSV saturation ``S * a + b``; levels are (a, b) (an extra corruption).
+
+    Grey images are treated as RGB images with equal channels and brought back to grey by their
+    luminance, so severities 1-3 leave them unchanged and 4-5 darken them slightly.
+    """
+
+    group = "digital"
+    extra = True
+    levels = ((0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.2))
+
+    def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+        if x.shape[1] == 1:
+            return grey(saturate_rgb(x.expand(-1, 3, -1, -1), *level))
+        return saturate_rgb(x, *level)
+
+
+@register_corruption("elastic-transform")
+class ElasticTransform(Corruption):
+    """A smooth random displacement field (Simard et al. 2003), as in the ``imagecorruptions`` package.
+
+    Displacements are uniform in ``[-0.005 H, 0.005 H]`` per pixel, blurred with sigma ``0.01``
+    times the image size (truncated at 3 sigma) and multiplied by ``alpha`` (the level). That
+    formulation is already relative to the image size; the field is drawn at a working size of at
+    least ``MIN_FIELD`` pixels and resampled, so tiny images get the same smooth field. Sampling is
+    bilinear with mirrored borders.
+    """
+
+    group = "digital"
+    levels = (250 * 0.05, 250 * 0.065, 250 * 0.085, 250 * 0.1, 250 * 0.12)
+
+    def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        fh, fw = field_size(h, w, MIN_FIELD)
+        reach = fh * 0.005
+        sigma = (fh * 0.01, fw * 0.01)
+        field = gaussian_blur(uniform((n, 2, fh, fw), -reach, reach, g, x), sigma, truncate=3.0, mode="reflect")
+        field = resize(field * level, (h, w))
+        dx = field[:, 0] * (w / fw)
+        dy = field[:, 1] * (h / fh)
+        px, py = pixel_grid(n, h, w, x)
+        return sample(x, px + dx, py + dy, padding="reflection")
+
+
+def _box_weights(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
+    """Pillow's BOX resampling as a (size_out, size_in) matrix (``ImagingResample`` coefficients)."""
+    scale = size_in / size_out
+    support = max(scale, 1.0) * 0.5
+    weights = torch.zeros(size_out, size_in, dtype=torch.float64)
+    for i in range(size_out):
+        centre = (i + 0.5) * scale
+        lo = max(int(centre - support + 0.5), 0)
+        hi = min(int(centre + support + 0.5), size_in)
+        for j in range(lo, hi):
+            t = (j - centre + 0.5) / max(scale, 1.0)
+            weights[i, j] = 1.0 if -0.5 < t <= 0.5 else 0.0
+        weights[i] /= weights[i].sum().clamp_min(1e-12)
+    return weights.to(like.dtype).to(like.device)
+
+
+@register_corruption("pixelate")
+class Pixelate(Corruption):
+    """Shrink to ``int(c * size)`` with a box filter, enlarge back with nearest neighbours (as Pillow)."""
+
+    group = "digital"
+    levels = (0.6, 0.5, 0.4, 0.3, 0.25)
+
+    def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        sh, sw = max(int(h * level), 1), max(int(w * level), 1)
+        small = torch.einsum("ih,nchw,jw->ncij", _box_weights(h, sh, x), x, _box_weights(w, sw, x))
+        return torch.nn.functional.interpolate(small, size=(h, w), mode="nearest-exact")
+
+
+@register_corruption("jpeg-compression")
+class JpegCompression(Corruption):
+    """A JPEG round trip at quality 25, 18, 15, 10, 7 through Pillow's encoder (libjpeg).
+
+    Images are rounded to 8 bits and encoded one at a time on the CPU (grey images as
+    single-channel JPEG, colour with Pillow's default 4:2:0 chroma subsampling), then moved back to
+    the input's device: a real encoder rather than an approximation of one.
+    """
+
+    group = "digital"
+    levels = (25, 18, 15, 10, 7)
+
+    def apply(self, x: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
+        from PIL import Image
+
+        arr = (x.detach() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        mode = "L" if arr.shape[-1] == 1 else "RGB"
+        out = np.empty_like(arr)
+        for i, img in enumerate(arr):
+            buf = io.BytesIO()
+            Image.fromarray(img[..., 0] if mode == "L" else img).save(buf, "JPEG", quality=int(level))
+            buf.seek(0)
+            with Image.open(buf) as decoded:
+                out[i] = np.asarray(decoded.convert(mode)).reshape(img.shape)
+        back = torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2)
+        return back.to(x.dtype) / 255

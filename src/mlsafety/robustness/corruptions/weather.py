@@ -1,0 +1,179 @@
+"""Weather corruptions: snow, frost, fog and spatter.
+
+Snow flakes, frost crystals and spatter droplets are random fields drawn at a working size of at
+least :data:`~mlsafety.robustness.corruptions.base.MIN_FIELD` pixels, with their published lengths
+scaled to that size, then area-resampled to the image.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from mlsafety.robustness.corruptions._filters import (
+    box_blur3,
+    colour,
+    field_size,
+    gaussian_blur,
+    grey,
+    motion_blur,
+    next_power_of_two,
+    plasma_fractal,
+    rand,
+    randn,
+    resize,
+    uniform,
+)
+from mlsafety.robustness.corruptions.base import MIN_FIELD, Corruption, register_corruption
+
+FROST_COLOUR = (0.572, 0.656, 0.702)
+"""Mean RGB of the five frost photographs ImageNet-C draws from (measured once from its files)."""
+FROST_STD = 0.13
+"""Their mean pixel standard deviation."""
+
+
+@register_corruption("snow")
+class Snow(Corruption):
+    """Falling snow: thresholded, zoomed noise streaked by motion blur, over a whitened image.
+
+    Levels are (mean, std, flake zoom, threshold, streak radius, streak sigma, image weight) at 224 px.
+    """
+
+    group = "weather"
+    levels = (
+        (0.1, 0.3, 3.0, 0.5, 10, 4, 0.8),
+        (0.2, 0.3, 2.0, 0.5, 12, 4, 0.7),
+        (0.55, 0.3, 4.0, 0.9, 12, 8, 0.7),
+        (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
+        (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
+    )
+
+    def apply(self, x: torch.Tensor, level: tuple[float, ...], g: torch.Generator) -> torch.Tensor:
+        loc, std, zoom, thr, radius, sigma, keep = level
+        n, _, h, w = x.shape
+        fh, fw = field_size(h, w, MIN_FIELD)
+        sf = min(fh, fw) / self.reference_size
+        z = max(zoom * sf, 1.0)
+        layer = loc + std * randn((n, 1, math.ceil(fh / z), math.ceil(fw / z)), g, x)
+        layer = resize(layer, (fh, fw))
+        layer = torch.where(layer < thr, torch.zeros_like(layer), layer).clamp(0, 1)
+        layer = motion_blur(layer, 2 * radius * sf, sigma * sf, uniform((n,), -135.0, -45.0, g, x))
+        layer = resize(layer, (h, w))
+        base = keep * x + (1 - keep) * torch.maximum(x, grey(x) * 1.5 + 0.5)
+        return base + layer + layer.flip(-1, -2)
+
+
+def frost_texture(n: int, size: tuple[int, int], scale: float, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Procedural frost (N, 3, H, W) in [0, 1]: ice needles, grain and patchy cover.
+
+    ImageNet-C crops photographs of frost on glass; nothing is downloaded here, so the texture is
+    made from crystals (sparse seeds streaked along several directions), fine grain and a plasma
+    fractal for uneven cover, then matched to the photographs' mean colour and contrast.
+    """
+    fh, fw = size
+    seeds = (rand((n, 1, fh, fw), g, like) < 0.01).to(like.dtype) * uniform((n, 1, fh, fw), 0.5, 1.0, g, like)
+    needles = torch.zeros_like(seeds)
+    for _ in range(4):
+        streak = motion_blur(seeds, 24 * scale, 10 * scale, uniform((n,), -180.0, 180.0, g, like))
+        needles = torch.maximum(needles, streak)
+    needles = needles / needles.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    grain = gaussian_blur(rand((n, 1, fh, fw), g, like), 0.7 * scale)
+    mapsize = next_power_of_two(max(fh, fw))
+    cover = plasma_fractal(n, mapsize, 2.0, g, like)[:, None, :fh, :fw]
+    tex = 0.45 * cover + 0.35 * needles.sqrt() + 0.2 * grain
+    tex = (tex - tex.mean(dim=(2, 3), keepdim=True)) / tex.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    mean = sum(FROST_COLOUR) / 3
+    tint = torch.tensor(FROST_COLOUR, dtype=like.dtype, device=like.device).view(1, 3, 1, 1) / mean
+    return ((mean + FROST_STD * tex) * tint).clamp(0, 1)
+
+
+@register_corruption("frost")
+class Frost(Corruption):
+    """``a * x + b * frost`` with a procedural frost texture; levels are (a, b)."""
+
+    group = "weather"
+    levels = ((1.0, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))
+
+    def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+        n, c, h, w = x.shape
+        fh, fw = field_size(h, w, MIN_FIELD)
+        tex = resize(frost_texture(n, (fh, fw), min(fh, fw) / self.reference_size, g, x), (h, w))
+        return level[0] * x + level[1] * (grey(tex) if c == 1 else tex)
+
+
+@register_corruption("fog")
+class Fog(Corruption):
+    """A diamond-square plasma fractal added and the range compressed; levels are (strength, roughness).
+
+    The fractal is made at the next power of two of the image's longer side, as in ImageNet-C; its
+    coarse levels dominate, so it looks the same at every size.
+    """
+
+    group = "weather"
+    levels = ((1.5, 2.0), (2.0, 2.0), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4))
+
+    def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
+        n, _, h, w = x.shape
+        strength, decay = level
+        fog = plasma_fractal(n, next_power_of_two(max(h, w)), decay, g, x)[:, None, :h, :w]
+        top = x.amax(dim=(1, 2, 3), keepdim=True)
+        return (x + strength * fog) * top / (top + strength)
+
+
+_EMBOSS = ((-2.0, -1.0, 0.0), (-1.0, 1.0, 1.0), (0.0, 1.0, 2.0))
+_WATER = (175 / 255, 238 / 255, 238 / 255)
+_MUD = (63 / 255, 42 / 255, 20 / 255)
+
+
+@register_corruption("spatter")
+class Spatter(Corruption):
+    """Water drops (severities 1-3) or mud (4-5) on the lens (an extra corruption).
+
+    Levels are (mean, std, sigma, threshold, intensity, mud) at 224 px. For water, ImageNet-C runs
+    OpenCV's Canny edges, distance transform and histogram equalisation on the droplet mask; here the
+    distance to the droplet edge (truncated at 20 px, scaled) comes from repeated 3x3 dilation and the
+    equalisation is a division by the maximum, followed by the same emboss kernel and 3x3 blurs.
+    """
+
+    group = "weather"
+    extra = True
+    levels = (
+        (0.65, 0.3, 4, 0.69, 0.6, 0),
+        (0.65, 0.3, 3, 0.68, 0.6, 0),
+        (0.65, 0.3, 2, 0.68, 0.5, 0),
+        (0.65, 0.3, 1, 0.65, 1.5, 1),
+        (0.67, 0.4, 1, 0.65, 1.5, 1),
+    )
+
+    def apply(self, x: torch.Tensor, level: tuple[float, ...], g: torch.Generator) -> torch.Tensor:
+        loc, std, sigma, thr, intensity, mud = level
+        n, c, h, w = x.shape
+        fh, fw = field_size(h, w, MIN_FIELD)
+        sf = min(fh, fw) / self.reference_size
+        liquid = gaussian_blur(loc + std * randn((n, 1, fh, fw), g, x), sigma * sf)
+        liquid = torch.where(liquid < thr, torch.zeros_like(liquid), liquid)
+        if mud:
+            m = gaussian_blur((liquid > thr).to(x.dtype), intensity * sf)
+            m = torch.where(m < 0.8, torch.zeros_like(m), m)
+            m = resize(m, (h, w))
+            return x * (1 - m) + colour(_MUD, c, x) * m
+        wet = (liquid > 0).to(x.dtype)
+        edge = (F.max_pool2d(wet, 3, 1, 1) - (-F.max_pool2d(-wet, 3, 1, 1))).clamp(0, 1)
+        reach = max(round(20 * sf), 1)
+        dist = torch.zeros_like(edge)
+        grown = edge
+        for _ in range(reach):
+            dist += 1 - grown
+            grown = F.max_pool2d(grown, 3, 1, 1)
+        dist = box_blur3(dist)
+        dist = dist / dist.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6) * 255
+        kernel = torch.tensor(_EMBOSS, dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
+        dist = F.conv2d(F.pad(dist, [1, 1, 1, 1], mode="reflect"), kernel).clamp(0, 255)
+        dist = box_blur3(dist)
+        m = liquid * dist
+        m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6) * intensity
+        m = resize(m, (h, w))
+        water = (m * colour(_WATER, 3, x)).clamp(0, 1)
+        return x + (water if c == 3 else grey(water))
