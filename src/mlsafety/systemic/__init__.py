@@ -12,7 +12,7 @@ Example:
     >>> outcome.escaped_failure_rate()  # Estimate with an exact 95% interval
 """
 
-from mlsafety.systemic._adaptive import ScoreFn, margin, monitor_aware_attack
+from mlsafety.systemic._adaptive import MonitorAwareObjective, wrong_margin
 from mlsafety.systemic._fmea import (
     DEFAULT_SEVERITY,
     DETECTION_TABLE,
@@ -32,6 +32,7 @@ from mlsafety.systemic._plot import swiss_cheese_png
 from mlsafety.systemic._select import (
     CONFIDENCE,
     ScoredSet,
+    ScoreFn,
     candidate_monitors,
     choose_monitor,
     validation_escape,
@@ -46,6 +47,7 @@ __all__ = [
     "SEVERITY_DEFAULTS",
     "FmeaEntry",
     "Monitor",
+    "MonitorAwareObjective",
     "Outcome",
     "ScoreFn",
     "ScoredSet",
@@ -56,12 +58,11 @@ __all__ = [
     "failures",
     "fmea_entry",
     "fmea_table",
-    "margin",
-    "monitor_aware_attack",
     "occurrence_score",
     "severity_for",
     "swiss_cheese_png",
     "synthetic_outliers",
     "threshold_at_rate",
     "validation_escape",
+    "wrong_margin",
 ]

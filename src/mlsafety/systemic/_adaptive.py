@@ -3,153 +3,78 @@
 A monitor evaluated only on attacks that ignore it overstates protection (Carlini & Wagner,
 "Adversarial Examples Are Not Easily Detected: Bypassing Ten Detection Methods", 2017; Tramer et al.,
 "On Adaptive Attacks to Adversarial Example Defenses", 2020). The attacker here knows the model,
-the detector and both thresholds. It runs projected gradient descent with the *selective* loss of
-Bryniarski et al. ("Evading Adversarial Example Detection Defenses with Orthogonal Projected
-Gradient Descent", 2022): while an input is still classified correctly it climbs the margin
-``max_{j != y} z_j - z_y``; once it is misclassified it descends the monitor's violation
-(:meth:`Monitor.violation`, score above threshold and confidence below threshold in units of their
-validation spread). An input counts as a success the first time it is misclassified and not
-flagged; its perturbation is then frozen.
+the detector and both thresholds. :class:`MonitorAwareObjective` gives the two hooks a gradient
+attack needs (``loss`` to maximise, ``success`` to stop), in the ``(logits, y, x)`` form of
+:mod:`mlsafety.robustness.attacks` (PGD, APGD), so the attack's own machinery (random start,
+projection, first successful iterate) does the rest::
 
-Threat model: white box, ``eps`` in [0, 1] pixel units, L-inf or L2 ball, inputs kept in [0, 1].
+    obj = MonitorAwareObjective(model, monitor, score_fn)
+    x_adv = PGD(eps=0.1, steps=50, loss=obj.loss, success=obj.success)(model, x, y)
+
+The loss is *selective* (Bryniarski et al., "Evading Adversarial Example Detection Defenses with
+Orthogonal Projected Gradient Descent", 2022): while an input is still classified correctly it is the
+margin ``max_{j != y} z_j - z_y`` (at most 0), which the attack climbs; once the input is
+misclassified it is ``1 / (1 + v)`` with ``v`` the monitor's violation (:meth:`Monitor.violation`,
+positive while flagged), which the attack climbs by pushing the detector score down and the
+confidence up. The two branches are ordered (correct <= 0 < flagged-wrong < 1), so "highest loss"
+also ranks iterates sensibly. Success means misclassified and not flagged.
+
+Threat model: white box (model, detector, thresholds), the attack's own eps-ball and [0, 1] box.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, Outputs, as_classifier, frozen, rand_like
+from mlsafety.core import Classifier, Outputs, as_classifier
+from mlsafety.systemic._monitor import Monitor
+from mlsafety.systemic._select import ScoreFn
 
-ScoreFn = Callable[[Outputs], torch.Tensor]
-"""Maps forward outputs (logits and features, with gradients) to (N,) anomaly scores, differentiably."""
 
-
-def margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def wrong_margin(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``max_{j != y} z_j - z_y`` (N,): positive exactly when the input is misclassified."""
     true = logits.gather(1, labels[:, None])[:, 0]
     other = logits.scatter(1, labels[:, None], float("-inf")).amax(dim=1)
     return other - true
 
 
-def monitor_aware_attack(
-    model: nn.Module | Classifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    violation: Callable[[torch.Tensor | None, torch.Tensor | None], torch.Tensor],
-    score_fn: ScoreFn | None = None,
-    eps: float = 0.1,
-    norm: str = "linf",
-    steps: int = 50,
-    step_size: float | None = None,
-    random_start: bool = True,
-    needs_features: bool = False,
-    generator: torch.Generator | None = None,
-    batch_size: int = 256,
-) -> torch.Tensor:
-    """Adversarial inputs that are misclassified and keep ``violation <= 0`` where the attack succeeds.
+@dataclass(frozen=True)
+class MonitorAwareObjective:
+    """Loss and success hooks for an attack on a classifier guarded by a monitor.
 
     Args:
-        model: the classifier (gradients are taken with respect to the input only; the model is
-            left unchanged).
-        x: clean inputs (N, C, H, W) in [0, 1] (not modified).
-        y: true labels (N,).
-        violation: ``(scores, confidence) -> (N,)``, positive when the monitor flags the input
-            (usually :meth:`~mlsafety.systemic.Monitor.violation`); must be differentiable.
-        score_fn: the detector's differentiable score from forward outputs (None: the monitor
-            uses the confidence only).
-        eps: radius of the perturbation ball in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: gradient steps.
-        step_size: step length (default ``2.5 * eps / steps``, Madry et al. 2018).
-        random_start: start from a uniform point of the L-inf ball (L2: the centre).
-        needs_features: the detector reads penultimate features.
-        generator: source of the random start (CPU generator; samples move to x's device).
-        batch_size: inputs per batch.
-
-    Returns:
-        (N, C, H, W) tensor, same dtype and device as ``x``; for inputs where no success was found,
-        the last iterate.
+        model: the classifier (``nn.Module`` or :class:`~mlsafety.core.Classifier`).
+        monitor: the fitted monitor.
+        score_fn: the detector's *differentiable* score from forward outputs (None when the monitor
+            uses confidence only).
+        needs_features: the detector reads penultimate features; the hooks then run their own
+            forward pass on ``x`` to get them (the attack's logits carry no features).
     """
-    norm = norm.lower()
-    if norm not in ("linf", "l2"):
-        raise InputError(f"adaptive attack supports norms 'linf' and 'l2', not {norm!r}")
-    if eps < 0 or steps < 1:
-        raise InputError("adaptive attack needs eps >= 0 and at least one step")
-    clf = as_classifier(model)
-    alpha = 2.5 * eps / steps if step_size is None else step_size
-    out = []
-    with frozen(clf.module):
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].detach()
-            yb = y[start : start + batch_size].to(xb.device).long()
-            out.append(
-                _attack_batch(
-                    clf, xb, yb, violation, score_fn, eps, norm, steps, alpha, random_start, needs_features, generator
-                )
-            )
-    return torch.cat(out) if out else x.clone()
 
+    model: nn.Module | Classifier
+    monitor: Monitor
+    score_fn: ScoreFn | None = None
+    needs_features: bool = False
 
-def _attack_batch(
-    clf: Classifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
-    violation: Callable[[torch.Tensor | None, torch.Tensor | None], torch.Tensor],
-    score_fn: ScoreFn | None,
-    eps: float,
-    norm: str,
-    steps: int,
-    alpha: float,
-    random_start: bool,
-    needs_features: bool,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    device = clf.device
-    x0 = x.to(device)
-    delta = torch.zeros_like(x0)
-    if random_start and norm == "linf":
-        delta = (2 * rand_like(x0, generator) - 1) * eps
-    adv = (x0 + delta).clamp(0, 1)
-    best = adv.clone()
-    done = torch.zeros(x0.shape[0], dtype=torch.bool, device=device)
-    view = (-1,) + (1,) * (x0.ndim - 1)
-    for it in range(steps + 1):
-        adv.requires_grad_(True)
-        with torch.enable_grad():
-            if needs_features:
-                feats, logits = clf.features_and_logits(adv)
-            else:
-                feats, logits = None, clf.logits(adv)
-            scores = score_fn(Outputs(logits, feats)) if score_fn is not None else None
-            conf = logits.softmax(dim=1).amax(dim=1)
-            m = margin(logits, y)
-            v = violation(scores, conf).to(m.dtype)
-            success = (m > 0) & (v <= 0)
-            loss = torch.where(m > 0, -v, m)
-            (grad,) = torch.autograd.grad(loss.sum(), adv)
-        adv = adv.detach()
-        new = success & ~done
-        best[new] = adv[new]
-        done |= success
-        if it == steps or bool(done.all()):
-            break
-        if norm == "linf":
-            step = alpha * grad.sign()
-        else:
-            g_norm = grad.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(view)
-            step = alpha * grad / g_norm
-        step = step * (~done).reshape(view).to(step.dtype)
-        delta = _project(adv + step - x0, eps, norm, view)
-        adv = (x0 + delta).clamp(0, 1)
-    best[~done] = adv[~done]
-    return best.to(x.device, x.dtype)
+    def _violation(self, logits: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = None
+        if self.needs_features:
+            feats, logits = as_classifier(self.model).features_and_logits(x)
+        scores = self.score_fn(Outputs(logits, feats)) if self.score_fn is not None else None
+        conf = logits.softmax(dim=1).amax(dim=1)
+        return logits, self.monitor.violation(scores, conf).to(logits.dtype)
 
+    def loss(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(N,) selective loss to maximise (see the module docs); differentiable in ``x``."""
+        logits, v = self._violation(logits, x)
+        m = wrong_margin(logits, y)
+        return torch.where(m > 0, (1.0 + v.clamp_min(0)).reciprocal(), m.clamp_max(0))
 
-def _project(delta: torch.Tensor, eps: float, norm: str, view: tuple[int, ...]) -> torch.Tensor:
-    if norm == "linf":
-        return delta.clamp(-eps, eps)
-    n = delta.flatten(1).norm(dim=1).clamp_min(1e-12).reshape(view)
-    return delta * (eps / n).clamp(max=1.0)
+    def success(self, logits: torch.Tensor, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """(N,) bool: misclassified and not flagged by the monitor."""
+        with torch.no_grad():
+            logits, v = self._violation(logits, x)
+            return (logits.argmax(dim=1) != y) & (v <= 0)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 
-from mlsafety.core import InputError
+from mlsafety.core import InputError, Outputs
 from mlsafety.systemic._monitor import Monitor
 from mlsafety.systemic._outcomes import Outcome
+
+ScoreFn = Callable[[Outputs], torch.Tensor]
+"""Maps forward outputs (logits and features) to (N,) anomaly scores, higher = more anomalous."""
 
 CONFIDENCE = "confidence"
 """Name of the monitor part that flags low top-class probability (selective prediction)."""
