@@ -14,6 +14,7 @@ import torch
 from mlsafety.robustness.corruptions._filters import (
     field_size,
     gaussian_blur,
+    gaussian_kernel1d,
     grey,
     pixel_grid,
     resize,
@@ -89,9 +90,10 @@ class ElasticTransform(Corruption):
 
     Displacements are uniform in ``[-0.005 H, 0.005 H]`` per pixel, blurred with sigma ``0.01``
     times the image size (truncated at 3 sigma) and multiplied by ``alpha`` (the level). That
-    formulation is already relative to the image size; the field is drawn at a working size of at
-    least ``MIN_FIELD`` pixels and resampled, so tiny images get the same smooth field. Sampling is
-    bilinear with mirrored borders.
+    formulation is relative to the image size, except that a blur of fewer pixels shrinks the noise
+    less; the field is rescaled so displacements have the size, relative to the image, that they have
+    at ``reference_size``. It is drawn at a working size of at least ``MIN_FIELD`` pixels and
+    resampled. Sampling is bilinear with mirrored borders.
     """
 
     group = "digital"
@@ -103,11 +105,25 @@ class ElasticTransform(Corruption):
         reach = fh * 0.005
         sigma = (fh * 0.01, fw * 0.01)
         field = gaussian_blur(uniform((n, 2, fh, fw), -reach, reach, g, x), sigma, truncate=3.0, mode="reflect")
-        field = resize(field * level, (h, w))
+        field = resize(field * level * self._roughness_correction(sigma, x), (h, w))
         dx = field[:, 0] * (w / fw)
         dy = field[:, 1] * (h / fh)
         px, py = pixel_grid(n, h, w, x)
         return sample(x, px + dx, py + dy, padding="reflection")
+
+    def _roughness_correction(self, sigma: tuple[float, float], like: torch.Tensor) -> torch.Tensor:
+        """How much less a blur of ``sigma`` px shrinks white noise than the reference size's blur does.
+
+        Blurring white noise scales its deviation by the kernel's L2 norm, which depends on sigma in
+        pixels; this factor gives displacements the same size, relative to the image, at every size.
+        """
+        ref = 0.01 * self.reference_size
+        norm_ref = gaussian_kernel1d(ref, 3.0, like).square().sum()
+        norm = (
+            gaussian_kernel1d(sigma[0], 3.0, like).square().sum()
+            * gaussian_kernel1d(sigma[1], 3.0, like).square().sum()
+        )
+        return (norm_ref * norm_ref / norm).sqrt()
 
 
 def _box_weights(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tensor:
@@ -126,6 +142,17 @@ def _box_weights(size_in: int, size_out: int, like: torch.Tensor) -> torch.Tenso
     return weights.to(like.dtype).to(like.device)
 
 
+def _nearest_index(size_out: int, size_in: int, device: torch.device) -> torch.Tensor:
+    """Pillow's NEAREST source index for each output pixel (it accumulates the step in doubles)."""
+    step = size_in / size_out
+    pos = step * 0.5
+    index = []
+    for _ in range(size_out):
+        index.append(min(int(pos), size_in - 1))
+        pos += step
+    return torch.tensor(index, dtype=torch.long, device=device)
+
+
 @register_corruption("pixelate")
 class Pixelate(Corruption):
     """Shrink to ``int(c * size)`` with a box filter, enlarge back with nearest neighbours (as Pillow)."""
@@ -137,7 +164,9 @@ class Pixelate(Corruption):
         h, w = x.shape[-2:]
         sh, sw = max(int(h * level), 1), max(int(w * level), 1)
         small = torch.einsum("ih,nchw,jw->ncij", _box_weights(h, sh, x), x, _box_weights(w, sw, x))
-        return torch.nn.functional.interpolate(small, size=(h, w), mode="nearest-exact")
+        rows = _nearest_index(h, sh, x.device)
+        cols = _nearest_index(w, sw, x.device)
+        return small.index_select(-2, rows).index_select(-1, cols)
 
 
 @register_corruption("jpeg-compression")
