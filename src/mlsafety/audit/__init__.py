@@ -23,19 +23,10 @@ from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model
 from mlsafety.audit._store import Store
 
 
-def run_audit(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Run an audit (see :func:`mlsafety.audit._engine.run_audit`); imported lazily with the checks."""
-    from mlsafety.audit._engine import run_audit as _run
-
-    return _run(*args, **kwargs)
-
-
-def write_report(*args, **kwargs):  # type: ignore[no-untyped-def]
-    """Write a run's HTML report from the store (see :func:`mlsafety.audit._report.write_report`)."""
-    from mlsafety.audit._report import write_report as _write
-
-    return _write(*args, **kwargs)
-
+# Last: the engine and the report import every check module, and check modules may import the
+# names above from this package.
+from mlsafety.audit._engine import AuditResult, run_audit  # noqa: E402
+from mlsafety.audit._report import render_report, write_report  # noqa: E402
 
 __all__ = [
     "CHECKS",
@@ -44,6 +35,7 @@ __all__ = [
     "AuditConfig",
     "AuditContext",
     "AuditData",
+    "AuditResult",
     "Check",
     "Comparison",
     "GateFailure",
@@ -61,6 +53,7 @@ __all__ = [
     "load_config",
     "parse_gate_option",
     "register_check",
+    "render_report",
     "resolve_data",
     "resolve_model",
     "run_audit",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import pickle
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -56,7 +57,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         except Exception as exc:
             raise InputError(f"cannot read {path} as safetensors: {exc}") from None
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns about pickle protocols it may not support; the load below decides.
+            warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
         raise InputError(

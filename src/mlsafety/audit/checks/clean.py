@@ -42,8 +42,8 @@ class Clean(Check):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        body = [[r.metric.replace("_accuracy", "").replace("_", " "), fmt_value(r.value), fmt_ci(r), str(r.n)]
-                for r in rows]
+        body = [[("all classes" if r.metric == "accuracy" else r.metric.replace("_accuracy", "").replace("_", " ")),
+                 fmt_value(r.value), fmt_ci(r), str(r.n)] for r in rows]
         return [Table("Accuracy", ["", "accuracy", "95% CI", "n"], body)]
 
 

@@ -1,0 +1,50 @@
+import pytest
+import torch
+
+from mlsafety import zoo
+from mlsafety.core import InputError, UnknownNameError
+
+
+def test_digits_split_is_fixed_disjoint_and_complete():
+    parts = {s: zoo.load_dataset("digits", s) for s in ("train", "val", "test")}
+    assert [len(parts[s]) for s in ("train", "val", "test")] == [1078, 359, 360]
+    rows = torch.cat([parts[s].x.flatten(1) for s in parts])
+    assert torch.unique(rows, dim=0).shape[0] >= 1790  # the data hold a few exact duplicates
+    assert torch.equal(zoo.load_dataset("digits", "test").x, parts["test"].x)
+    assert parts["test"].x.shape[1:] == (1, 8, 8) and 0 <= parts["test"].x.min() and parts["test"].x.max() <= 1
+
+
+@pytest.mark.parametrize("name", zoo.ood_names())
+def test_ood_sets_are_deterministic_and_reshapeable(name):
+    a, b = zoo.load_dataset(name), zoo.load_dataset(name)
+    assert torch.equal(a.x, b.x) and (a.y == -1).all() and a.kind in ("near", "far")
+    assert 0 <= a.x.min() and a.x.max() <= 1 and a.x.std() > 0.05
+    big = zoo.load_dataset(name, shape=(3, 16, 16))
+    assert big.x.shape[1:] == (3, 16, 16)
+
+
+def test_embedded_model_accuracy(digits_model, digits_test):
+    with torch.inference_mode():
+        acc = (digits_model(digits_test.x).argmax(1) == digits_test.y).float().mean()
+    assert acc >= 0.97
+    assert zoo.weights_path("digits-cnn").stat().st_size < 1_000_000
+
+
+def test_listing_and_unknown_names():
+    kinds = {(e.kind, e.name) for e in zoo.available()}
+    assert ("model", "digits-cnn") in kinds and ("dataset", "letters") in kinds
+    with pytest.raises(UnknownNameError):
+        zoo.load_model("nope")
+    with pytest.raises(InputError):
+        zoo.load_dataset("digits", "nope")
+
+
+@pytest.mark.slow
+def test_recipe_reproduces_shipped_weights(tmp_path):
+    from safetensors.torch import load_file
+
+    path = zoo.train_model("digits-cnn", out=tmp_path / "w.safetensors")
+    ours, shipped = load_file(str(path)), load_file(str(zoo.weights_path("digits-cnn")))
+    assert ours.keys() == shipped.keys()
+    for k in ours:
+        torch.testing.assert_close(ours[k], shipped[k], rtol=0, atol=1e-5)
