@@ -1,0 +1,232 @@
+"""Trojan scanners judged on a population of clean and trojaned digits CNNs, plus the demo repair.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/trojans.py [--n 20] [--out build/trojans-population]``.
+Trains the population with ``mlsafety.monitoring.trojans.make_population`` (reused when the folder
+already holds one made with the same settings), scans every model with every registered scanner,
+and writes ``bench/results/trojans.json`` and ``bench/results/trojans.md``. The population itself
+is not committed (``mlsafety trojans population`` rebuilds it deterministically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlsafety.monitoring.trojans import (
+    SCANNERS,
+    demo_attack,
+    fine_pruning,
+    load_population,
+    make_population,
+    nc_pruning,
+    nc_unlearning,
+    score_scanner,
+    trojan_metrics,
+)
+from mlsafety.monitoring.trojans.population import BADNETS_DEMO
+from mlsafety.zoo import load_dataset, load_model
+
+RESULTS = Path(__file__).parent / "results"
+
+SETTINGS: dict[str, dict[str, Any]] = {
+    "neural-cleanse": {"seeds": (0, 1)},
+    "abs": {"seeds": (0, 1)},
+    "strip": {"seeds": (0, 1, 2)},
+    "activation-clustering": {"seeds": (0, 1, 2)},
+    "spectral-signatures": {"seeds": (0,)},
+}
+
+
+def _est(e: Any) -> dict[str, float] | None:
+    return None if e is None else {"value": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n}
+
+
+def population(out: Path, n: int, epochs: int) -> list:
+    manifest = out / "manifest.json"
+    if manifest.is_file():
+        meta = json.loads(manifest.read_text())
+        if len(meta["members"]) == n and meta["epochs"] == epochs:
+            return load_population(out)
+    start = time.perf_counter()
+    make_population(out, n=n, seed=0, epochs=epochs)
+    print(f"population of {n} trained in {time.perf_counter() - start:.0f} s")
+    return load_population(out)
+
+
+def scanners(pop: list, only: list[str] | None) -> dict[str, Any]:
+    clean = load_dataset("digits", "val")
+    test = load_dataset("digits", "test")
+    train = load_dataset("digits", "train")
+    out = {}
+    for name in SCANNERS.available():
+        if only and name not in only:
+            continue
+        scanner = SCANNERS.create(name, **SETTINGS.get(name, {}))
+        s = score_scanner(scanner, pop, clean, test, train)
+        out[name] = {
+            "params": {k: v for k, v in vars(scanner).items() if not k.startswith("_")},
+            "auroc": _est(s.auroc),
+            "target_accuracy": _est(s.target_accuracy),
+            "verdict_accuracy": _est(s.verdict_accuracy),
+            "threshold": scanner.threshold,
+            "seconds_per_model": s.seconds_per_model,
+            "input_auroc": s.input_auroc,
+            "sample_auroc": s.sample_auroc,
+            "models": [
+                {
+                    "name": m.name,
+                    "trojaned": m.trojaned,
+                    "attack": m.attack,
+                    "target": m.target,
+                    "score": r.score,
+                    "score_std": r.score_std,
+                    "flagged": r.flagged,
+                    "flag_rate": r.flag_rate,
+                    "suspected": r.targets,
+                }
+                for (m, _), r in zip(pop, s.results)
+            ],
+        }
+        print(
+            f"{name}: AUROC {s.auroc.value:.3f} [{s.auroc.ci_low:.3f}, {s.auroc.ci_high:.3f}], "
+            f"{s.seconds_per_model:.1f} s/model",
+            flush=True,
+        )
+    return out
+
+
+def demo() -> dict[str, Any]:
+    """Neural Cleanse on the two zoo models, and the three repairs of the trojaned one."""
+    clean = load_dataset("digits", "val")
+    test = load_dataset("digits", "test")
+    target = BADNETS_DEMO["target"]
+    attack = demo_attack()
+    nc = SCANNERS.create("neural-cleanse", seeds=(0, 1, 2))
+    out: dict[str, Any] = {"neural_cleanse": {}, "repair": {}}
+    for name in ("digits-cnn", "digits-cnn-badnets"):
+        start = time.perf_counter()
+        r = nc.scan(load_model(name), clean)
+        out["neural_cleanse"][name] = {
+            "score": r.score,
+            "scores": r.scores,
+            "flagged": r.flagged,
+            "targets": r.targets,
+            "anomaly_index": [round(v, 3) for v in r.per_class.tolist()] if r.per_class is not None else None,
+            "seconds": time.perf_counter() - start,
+        }
+    bad = load_model("digits-cnn-badnets")
+    found = nc.scan(bad, clean)
+    trigger = found.triggers[found.target if found.target is not None else target]
+
+    def figures(model: torch.nn.Module) -> dict[str, Any]:
+        return {k: _est(v) for k, v in trojan_metrics(model, attack, test, target).items()}
+
+    out["repair"]["before"] = figures(bad)
+    for method, fn in [
+        ("fine-pruning", lambda: fine_pruning(bad, clean)),
+        ("nc-unlearning", lambda: nc_unlearning(bad, clean, trigger.apply_trigger)),
+        ("nc-pruning", lambda: nc_pruning(bad, clean, trigger.apply_trigger, trigger.target)),
+    ]:
+        start = time.perf_counter()
+        rep = fn()
+        out["repair"][method] = {**figures(rep.model), "pruned": rep.pruned, "seconds": time.perf_counter() - start}
+    return out
+
+
+def markdown(res: dict[str, Any]) -> str:
+    def ci(e: dict[str, float] | None, pct: bool = False) -> str:
+        if e is None:
+            return "n/a"
+        f = (lambda v: f"{100 * v:.1f}%") if pct else (lambda v: f"{v:.3f}")
+        return f"{f(e['value'])} [{f(e['ci_low'])}, {f(e['ci_high'])}]"
+
+    lines = [
+        "# Trojan scanners on a population of digits CNNs",
+        "",
+        f"{res['population']['n']} models ({res['population']['clean']} clean, {res['population']['trojaned']} "
+        f"trojaned: {', '.join(res['population']['attacks'])}), {res['population']['epochs']} epochs each; clean set = "
+        "digits val (359), probe traffic for STRIP = 100 clean + 100 triggered test inputs per model. "
+        f"CPU: {res['machine']}, OMP_NUM_THREADS=1, a machine shared with other jobs (times are indicative).",
+        "",
+        "| scanner | detection AUROC [95% CI] | target-class accuracy | verdict accuracy (threshold) | "
+        "input / sample AUROC | s / model |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, s in res["scanners"].items():
+        extra = s["input_auroc"] if s["input_auroc"] is not None else s["sample_auroc"]
+        lines.append(
+            f"| {name} | {ci(s['auroc'])} | {ci(s['target_accuracy'], True)} | "
+            f"{ci(s['verdict_accuracy'], True)} ({s['threshold']:g}) | "
+            f"{'n/a' if extra is None else f'{extra:.3f}'} | {s['seconds_per_model']:.1f} |"
+        )
+    lines += [
+        "",
+        "Population (test split): "
+        + ", ".join(
+            f"{m['name']} acc {m['clean_accuracy']:.3f} ASR {m['attack_success_rate']:.3f}"
+            for m in res["population"]["members"]
+        ),
+    ]
+    if "demo" in res:
+        d = res["demo"]
+        lines += ["", "## Demo: digits-cnn vs digits-cnn-badnets (Neural Cleanse, seeds 0, 1, 2)", ""]
+        for name, r in d["neural_cleanse"].items():
+            lines.append(
+                f"- {name}: max anomaly index {r['score']:.2f} (seeds {', '.join(f'{v:.2f}' for v in r['scores'])}), "
+                f"flagged={r['flagged']}, suspected targets {r['targets']}, {r['seconds']:.0f} s"
+            )
+        lines += [
+            "",
+            "## Repair of digits-cnn-badnets (repair set: digits val; figures on digits test)",
+            "",
+            "| model | clean accuracy | attack success rate | pruned channels |",
+            "|---|---|---|---|",
+        ]
+        for method, r in d["repair"].items():
+            lines.append(
+                f"| {method} | {ci(r['clean_accuracy'], True)} | {ci(r['attack_success_rate'], True)} | "
+                f"{r.get('pruned', '')} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--n", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=20)
+    parser.add_argument("--out", type=Path, default=Path("build/trojans-population"))
+    parser.add_argument("--scanners", nargs="*", default=None)
+    parser.add_argument("--no-demo", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    pop = population(args.out, args.n, args.epochs)
+    members = [m for m, _ in pop]
+    res: dict[str, Any] = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "torch": torch.__version__,
+        "population": {
+            "n": len(pop),
+            "epochs": args.epochs,
+            "clean": sum(not m.trojaned for m in members),
+            "trojaned": sum(m.trojaned for m in members),
+            "attacks": sorted({m.attack for m in members if m.trojaned}),
+            "members": [vars(m) for m in members],
+        },
+        "scanners": scanners(pop, args.scanners),
+    }
+    if not args.no_demo:
+        res["demo"] = demo()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "trojans.json").write_text(json.dumps(res, indent=2, default=str))
+    (RESULTS / "trojans.md").write_text(markdown(res))
+    print(markdown(res))
+
+
+if __name__ == "__main__":
+    main()

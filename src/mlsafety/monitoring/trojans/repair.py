@@ -1,0 +1,249 @@
+"""Trojan repair: remove a backdoor with a small clean set, keeping clean accuracy.
+
+* :func:`fine_pruning` (Liu, Dolan-Gavitt & Garg, "Fine-Pruning: Defending Against Backdooring
+  Attacks on Deep Neural Networks", 2018): prune the last convolution's channels that are dormant
+  on clean data, as many as clean accuracy allows, then fine-tune on the clean set.
+* :func:`nc_unlearning` (Neural Cleanse, Wang et al. 2019, section VI-C): fine-tune on the clean
+  set with the recovered trigger stamped on a share of the inputs, labels kept true, so the
+  model unlearns the trigger.
+* :func:`nc_pruning` (Neural Cleanse, section VI-B): prune the channels that the recovered
+  trigger excites most (relative to clean inputs) until the trigger stops working.
+
+Every function returns a repaired copy; the model passed in is never changed.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.nn.utils import prune
+
+from mlsafety.core import ArrayDataset, InputError, as_classifier, forward, frozen
+
+
+@dataclass
+class Repaired:
+    """A repaired copy of a model and what was done to it.
+
+    Attributes:
+        model: the repaired model (eval mode); the original is untouched.
+        method: ``fine-pruning``, ``nc-unlearning`` or ``nc-pruning``.
+        layer: the pruned layer's name (pruning methods).
+        pruned: indices of the pruned channels.
+        clean_accuracy: accuracy on the repair set after repair.
+    """
+
+    model: nn.Module
+    method: str
+    layer: str | None = None
+    pruned: list[int] = field(default_factory=list)
+    clean_accuracy: float = float("nan")
+
+
+def last_conv(model: nn.Module) -> str:
+    """Name of the last ``nn.Conv2d`` in ``model``."""
+    name = None
+    for n, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            name = n
+    if name is None:
+        raise InputError("pruning needs an nn.Conv2d layer; this model has none (pass layer=)")
+    return name
+
+
+def _conv(model: nn.Module, layer: str | None) -> tuple[str, nn.Conv2d]:
+    name = layer or last_conv(model)
+    module = dict(model.named_modules()).get(name)
+    if not isinstance(module, nn.Conv2d):
+        raise InputError(f"layer {name!r} is not an nn.Conv2d of this model")
+    return name, module
+
+
+def channel_activation(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Mean post-ReLU activation (C,) of each output channel of ``layer`` over inputs ``x``."""
+    total: list[torch.Tensor] = []
+    handle = layer.register_forward_hook(
+        lambda _m, _i, out: total.append(out.clamp_min(0).mean(dim=(0, 2, 3)) * out.shape[0])
+    )
+    try:
+        forward(model, x, batch_size, features=False)
+    finally:
+        handle.remove()
+    return torch.stack(total).sum(dim=0) / x.shape[0]
+
+
+def _accuracy(model: nn.Module, data: ArrayDataset) -> float:
+    out = forward(model, data.x, features=False)
+    return float((out.pred.cpu() == data.y).float().mean())
+
+
+def _prune_channels(layer: nn.Conv2d, channels: list[int]) -> None:
+    """Zero ``channels`` of ``layer`` with a pruning mask (kept zero during fine-tuning)."""
+    mask_w = torch.ones_like(layer.weight)
+    mask_w[channels] = 0
+    prune.custom_from_mask(layer, "weight", mask_w)
+    if layer.bias is not None:
+        mask_b = torch.ones_like(layer.bias)
+        mask_b[channels] = 0
+        prune.custom_from_mask(layer, "bias", mask_b)
+
+
+def _make_permanent(layer: nn.Conv2d) -> None:
+    prune.remove(layer, "weight")
+    if layer.bias is not None:
+        prune.remove(layer, "bias")
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    clone = copy.deepcopy(as_classifier(model).module)
+    for p in clone.parameters():
+        p.requires_grad_(True)
+    return clone.eval()
+
+
+def fine_pruning(
+    model: nn.Module,
+    clean: ArrayDataset,
+    layer: str | None = None,
+    max_drop: float = 0.05,
+    step: int = 1,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> Repaired:
+    """Fine-pruning: prune dormant channels of the last convolution, then fine-tune on ``clean``.
+
+    Channels are pruned in increasing order of their mean activation on ``clean``, ``step`` at a
+    time, while accuracy on ``clean`` stays within ``max_drop`` of the original (the paper's stop
+    rule); fine-tuning then recovers accuracy with the pruned channels held at zero.
+
+    Args:
+        model: the suspected model (not modified).
+        clean: the defender's clean labelled data (pruning decisions and fine-tuning).
+        layer: the convolution to prune (default: the last ``nn.Conv2d``).
+        max_drop: largest accuracy drop accepted while pruning.
+        step: channels pruned per trial.
+        epochs: fine-tuning epochs (Adam, the shared training loop).
+        lr: fine-tuning learning rate.
+        seed: fine-tuning seed.
+    """
+    from mlsafety.zoo import train_classifier
+
+    net = _copy(model)
+    name, conv = _conv(net, layer)
+    base = _accuracy(net, clean)
+    order = channel_activation(net, conv, clean.x).argsort().tolist()
+    state = copy.deepcopy(net.state_dict())
+    kept: list[int] = []
+    for n in range(step, len(order), step):
+        trial = order[:n]
+        with torch.no_grad():
+            conv.weight[trial] = 0
+            if conv.bias is not None:
+                conv.bias[trial] = 0
+        if _accuracy(net, clean) < base - max_drop:
+            break
+        kept = trial
+    net.load_state_dict(state)
+    if kept:
+        _prune_channels(conv, kept)
+    train_classifier(net, clean, epochs=epochs, lr=lr, seed=seed)
+    if kept:
+        _make_permanent(conv)
+    return Repaired(net.eval(), "fine-pruning", name, sorted(kept), _accuracy(net, clean))
+
+
+def nc_unlearning(
+    model: nn.Module,
+    clean: ArrayDataset,
+    apply_trigger: Callable[[torch.Tensor], torch.Tensor],
+    rate: float = 0.2,
+    epochs: int = 10,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> Repaired:
+    """Unlearning: fine-tune on ``clean`` with the (recovered) trigger on ``rate`` of each batch, true labels.
+
+    Args:
+        model: the suspected model (not modified).
+        clean: clean labelled data.
+        apply_trigger: the recovered trigger (e.g. ``Trigger.apply_trigger`` from Neural Cleanse).
+        rate: share of each batch that carries the trigger (20% in the paper).
+        epochs: fine-tuning epochs.
+        lr: learning rate.
+        seed: seed of the batches and of which inputs carry the trigger.
+    """
+    from mlsafety.zoo import random_shift, train_classifier
+
+    if not 0.0 < rate < 1.0:
+        raise InputError(f"unlearning rate must lie in (0, 1), got {rate}")
+    net = _copy(model)
+
+    def augment(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        xb = random_shift(xb, g)
+        pick = torch.rand(xb.shape[0], generator=g) < rate
+        if bool(pick.any()):
+            xb = xb.clone()
+            xb[pick] = apply_trigger(xb[pick])
+        return xb
+
+    train_classifier(net, clean, epochs=epochs, lr=lr, seed=seed, augment=augment)
+    return Repaired(net.eval(), "nc-unlearning", clean_accuracy=_accuracy(net, clean))
+
+
+def nc_pruning(
+    model: nn.Module,
+    clean: ArrayDataset,
+    apply_trigger: Callable[[torch.Tensor], torch.Tensor],
+    target: int,
+    layer: str | None = None,
+    max_asr: float = 0.05,
+    max_drop: float = 0.05,
+) -> Repaired:
+    """Prune the channels most excited by the trigger until its success rate falls below ``max_asr``.
+
+    Channels of ``layer`` are ranked by mean activation on triggered minus clean inputs and
+    pruned one at a time; pruning stops when the trigger's success rate on ``clean`` (inputs of
+    other classes) is at most ``max_asr``, or before accuracy drops by more than ``max_drop``.
+    No fine-tuning.
+
+    Args:
+        model: the suspected model (not modified).
+        clean: clean labelled data.
+        apply_trigger: the recovered trigger.
+        target: the trigger's target class.
+        layer: the convolution to prune (default: the last ``nn.Conv2d``).
+        max_asr: success rate at which pruning stops.
+        max_drop: largest accuracy drop accepted.
+    """
+    net = _copy(model)
+    name, conv = _conv(net, layer)
+    other = clean.y != target
+    if not bool(other.any()):
+        raise InputError(f"the clean set holds only class {target}; give inputs of other classes")
+    x_trig = apply_trigger(clean.x[other])
+    base = _accuracy(net, clean)
+    gap = channel_activation(net, conv, x_trig) - channel_activation(net, conv, clean.x)
+    order = gap.argsort(descending=True).tolist()
+    pruned: list[int] = []
+    with frozen(net), torch.no_grad():
+        for ch in order[:-1]:
+            saved_w = conv.weight[ch].clone()
+            saved_b = conv.bias[ch].clone() if conv.bias is not None else None
+            conv.weight[ch] = 0
+            if conv.bias is not None:
+                conv.bias[ch] = 0
+            if _accuracy(net, clean) < base - max_drop:
+                conv.weight[ch] = saved_w
+                if conv.bias is not None and saved_b is not None:
+                    conv.bias[ch] = saved_b
+                break
+            pruned.append(ch)
+            asr = float((forward(net, x_trig, features=False).pred.cpu() == target).float().mean())
+            if asr <= max_asr:
+                break
+    return Repaired(net.eval(), "nc-pruning", name, sorted(pruned), _accuracy(net, clean))

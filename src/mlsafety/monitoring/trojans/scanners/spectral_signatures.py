@@ -1,0 +1,72 @@
+"""Spectral signatures (Tran, Li & Madry, "Spectral Signatures in Backdoor Attacks", NeurIPS 2018).
+
+Within the target class, the poisoned samples shift the mean of the learned representation along
+one direction, which becomes the top singular vector of the centred representations. Each
+sample's outlier score is its squared projection on that vector; the paper removes the
+``1.5 * eps`` highest-scoring samples of every class and retrains.
+
+For a model-level verdict (not in the paper) each class's signature strength is the share of its
+variance on the top direction (``sigma_1^2 / sum sigma_i^2``); a poisoned class stands out from
+the others. The score is the largest MAD anomaly index of these strengths (above the median).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mlsafety.core import Classifier
+from mlsafety.monitoring.trojans.scanners._base import ScanData, Scanner, SeedScan, register_scanner
+from mlsafety.monitoring.trojans.scanners._features import train_features
+from mlsafety.monitoring.trojans.scanners.neural_cleanse import anomaly_index
+
+
+@register_scanner("spectral-signatures")
+class SpectralSignatures(Scanner):
+    """Top-singular-vector outlier scores per class of the training set.
+
+    Score: the largest anomaly index of the classes' top-direction variance share (higher = more
+    likely trojaned); verdict: score > ``threshold``. ``per_class`` holds each class's index;
+    ``sample_scores`` every training sample's squared projection, divided by its class's median
+    (higher = more likely poisoned). Deterministic: the seeds only repeat the computation.
+
+    Args:
+        seeds: runs (the method draws no random numbers).
+        threshold: anomaly index above which the model is flagged.
+        min_class: classes with fewer samples are skipped.
+    """
+
+    needs = frozenset({"clean", "train"})
+
+    def __init__(self, seeds: Sequence[int] = (0,), threshold: float = 3.0, min_class: int = 10) -> None:
+        super().__init__(seeds, threshold)
+        self.min_class = min_class
+
+    def _scan(self, clf: Classifier, data: ScanData, g: torch.Generator) -> SeedScan:
+        assert data.train is not None
+        feats = train_features(clf, data.train).double()
+        y = data.train.y.to(feats.device)
+        k = clf.num_classes
+        share = torch.full((k,), float("nan"), dtype=torch.float64)
+        sample = torch.zeros(feats.shape[0], dtype=torch.float64, device=feats.device)
+        for c in range(k):
+            idx = (y == c).nonzero().flatten()
+            if len(idx) < self.min_class:
+                continue
+            r = feats[idx] - feats[idx].mean(dim=0, keepdim=True)
+            _, s, vh = torch.linalg.svd(r, full_matrices=False)
+            proj = (r @ vh[0]) ** 2
+            sample[idx] = proj / proj.median().clamp_min(1e-12)
+            share[c] = s[0] ** 2 / (s**2).sum().clamp_min(1e-12)
+        present = ~torch.isnan(share)
+        index = torch.zeros(k, dtype=torch.float64)
+        index[present] = -anomaly_index(share[present])  # positive above the median
+        best = int(index.argmax())
+        score = float(index[best])
+        return SeedScan(
+            score=score,
+            targets=[best] if score > self.threshold else [],
+            per_class=index.float(),
+            sample_scores=sample.float().cpu(),
+        )

@@ -1,0 +1,99 @@
+"""STRIP (Gao et al., "STRIP: A Defence Against Trojan Attacks on Deep Neural Networks", ACSAC 2019).
+
+An input that carries a trigger keeps its (target) prediction when another image is superimposed
+on it, so the predictions over several superimpositions have low entropy; a clean input's
+prediction scatters. Superimposition follows the paper (``cv2.addWeighted(x, 1, x', 1, 0)``): the
+pixel-wise sum, saturated to [0, 1].
+
+Input level: the score of an input is minus its mean entropy over ``overlays`` superimpositions
+with random clean images (higher = more likely triggered); the decision threshold on the
+entropy is its ``frr`` quantile on clean inputs (the paper's 1% false-rejection rate).
+Model level: the share of the run-time ``probe`` inputs flagged at that threshold. A model whose
+probe traffic is flagged much more often than ``frr`` is serving triggered inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mlsafety.core import Classifier, InputError
+from mlsafety.monitoring.trojans.scanners._base import ScanData, Scanner, SeedScan, register_scanner
+
+
+def strip_entropy(
+    clf: Classifier, x: torch.Tensor, pool: torch.Tensor, overlays: int, g: torch.Generator, batch_size: int = 1024
+) -> torch.Tensor:
+    """Mean prediction entropy (nats) of each input in ``x`` over ``overlays`` superimpositions with ``pool`` images.
+
+    Args:
+        clf: the model (frozen by the caller).
+        x: inputs (N, C, H, W) in [0, 1].
+        pool: clean images to superimpose (M, C, H, W).
+        overlays: superimpositions per input.
+        g: generator choosing the overlay images.
+        batch_size: inputs per forward pass (each expanded ``overlays`` times).
+    """
+    device = clf.device
+    n = x.shape[0]
+    idx = torch.randint(0, pool.shape[0], (n, overlays), generator=g)
+    out = torch.empty(n, device=device)
+    step = max(1, batch_size // overlays)
+    with torch.inference_mode():
+        for start in range(0, n, step):
+            xb = x[start : start + step].to(device)
+            ob = pool[idx[start : start + step].flatten()].to(device)
+            mixed = (xb.repeat_interleave(overlays, dim=0) + ob).clamp(0, 1)
+            p = clf.logits(mixed).softmax(dim=1)
+            ent = -(p * p.clamp_min(1e-12).log()).sum(dim=1)
+            out[start : start + step] = ent.reshape(-1, overlays).mean(dim=1)
+    return out
+
+
+@register_scanner("strip")
+class STRIP(Scanner):
+    """Input-level trojan detection by superimposition entropy; model-level score from the probe traffic.
+
+    Score: share of ``probe`` inputs whose entropy falls below the clean ``frr`` quantile;
+    verdict: score > ``threshold``. ``sample_scores`` are minus the entropies of the probe inputs
+    (higher = more likely triggered), for input-level AUROC. The suspected target is the most
+    common prediction among the flagged probe inputs.
+
+    Args:
+        seeds: one run per seed (overlay choices differ).
+        threshold: share of flagged probe inputs above which the model is flagged.
+        overlays: superimpositions per input (the paper uses 100 on CIFAR; small images need fewer).
+        frr: false-rejection rate on clean inputs that sets the entropy threshold.
+    """
+
+    needs = frozenset({"clean", "probe"})
+
+    def __init__(
+        self, seeds: Sequence[int] = (0, 1, 2), threshold: float = 0.1, overlays: int = 16, frr: float = 0.01
+    ) -> None:
+        super().__init__(seeds, threshold)
+        if overlays < 1 or not 0.0 < frr < 1.0:
+            raise InputError("strip needs overlays >= 1 and frr in (0, 1)")
+        self.overlays = overlays
+        self.frr = frr
+
+    def _scan(self, clf: Classifier, data: ScanData, g: torch.Generator) -> SeedScan:
+        assert data.probe is not None
+        pool = data.clean.x
+        clean_ent = strip_entropy(clf, pool, pool, self.overlays, g)
+        probe_ent = strip_entropy(clf, data.probe, pool, self.overlays, g)
+        cut = torch.quantile(clean_ent.double(), self.frr).to(probe_ent.dtype)
+        flagged = probe_ent < cut
+        targets: list[int] = []
+        if bool(flagged.any()):
+            with torch.inference_mode():
+                pred = clf.logits(data.probe[flagged.cpu()].to(clf.device)).argmax(dim=1)
+            targets = [int(torch.mode(pred).values)]
+        share = float(flagged.float().mean())
+        return SeedScan(
+            score=share,
+            targets=targets if share > self.threshold else [],
+            sample_scores=-probe_ent,
+            extra={"entropy_threshold": float(cut), "clean_entropy_mean": float(clean_ent.mean())},
+        )
