@@ -44,11 +44,20 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    out: dict[str, object] = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
-                              "threads": args.threads, "repeats": args.repeats}
-    lines = ["# `mlsafety audit` on the embedded default", "",
-             f"{args.threads} threads, median of {args.repeats} runs (wall time of the whole command, start-up included).",
-             "", "| profile | median s | slowest checks (s) |", "|---|---|---|"]
+    out: dict[str, object] = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": args.threads,
+        "repeats": args.repeats,
+    }
+    lines = [
+        "# `mlsafety audit` on the embedded default",
+        "",
+        f"{args.threads} threads, median of {args.repeats} runs (wall time of the whole command, start-up included).",
+        "",
+        "| profile | median s | slowest checks (s) |",
+        "|---|---|---|",
+    ]
     for quick in (False, True):
         runs = [run_once(quick, args.threads) for _ in range(args.repeats)]
         walls = [w for w, _ in runs]

@@ -87,7 +87,9 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--data", help="Test data: zoo name, .npz file (arrays x, y) or image folder.  [default: digits]")
 @click.option("--val", help="Validation data (same forms); default: the zoo split, or 30% held out of --data.")
 @click.option("--train", "train_data", help="Training data (optional; detectors fit on it when given).")
-@click.option("--ood", multiple=True, help="OOD set (zoo name, .npz or folder); repeatable. Default: all embedded sets.")
+@click.option(
+    "--ood", multiple=True, help="OOD set (zoo name, .npz or folder); repeatable. Default: all embedded sets."
+)
 @click.option("--image-size", nargs=2, type=int, help="H W to resize image folders to.")
 @click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
@@ -95,7 +97,9 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--quick", is_flag=True, default=None, help="Reduced profile (fewer attacks, samples, detectors).")
 @click.option("--device", help="cpu, cuda or cuda:N.  [default: cpu]")
 @click.option("--batch-size", type=int, help="Inputs per forward pass.  [default: 256]")
-@click.option("--db", type=click.Path(dir_okay=False), help="Results database.  [default: $MLSAFETY_DB or ./mlsafety-runs.sqlite]")
+@click.option(
+    "--db", type=click.Path(dir_okay=False), help="Results database.  [default: $MLSAFETY_DB or ./mlsafety-runs.sqlite]"
+)
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Where to write the HTML report.")
 @click.option("--resume", is_flag=True, help="Continue the newest unfinished run with the same configuration.")
 @click.option("--fail-under", multiple=True, metavar="METRIC=VALUE", help="Exit 1 if METRIC < VALUE; repeatable.")
@@ -103,10 +107,25 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results instead of the summary.")
 @friendly
 def audit(
-    model: str | None, weights: str | None, data: str | None, val: str | None, train_data: str | None,
-    ood: tuple[str, ...], image_size: tuple[int, int] | None, checks: tuple[str, ...], config_path: str | None,
-    seed: int | None, quick: bool | None, device: str | None, batch_size: int | None, db: str | None,
-    report_path: str | None, resume: bool, fail_under: tuple[str, ...], fail_over: tuple[str, ...], as_json: bool,
+    model: str | None,
+    weights: str | None,
+    data: str | None,
+    val: str | None,
+    train_data: str | None,
+    ood: tuple[str, ...],
+    image_size: tuple[int, int] | None,
+    checks: tuple[str, ...],
+    config_path: str | None,
+    seed: int | None,
+    quick: bool | None,
+    device: str | None,
+    batch_size: int | None,
+    db: str | None,
+    report_path: str | None,
+    resume: bool,
+    fail_under: tuple[str, ...],
+    fail_over: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Audit a model: run every check, store every number, write one HTML report.
 
@@ -119,8 +138,17 @@ def audit(
     from mlsafety.core import Progress
 
     cfg = load_config(config_path) if config_path else AuditConfig()
-    for name, value in (("model", model), ("weights", weights), ("data", data), ("val", val), ("train", train_data),
-                        ("seed", seed), ("quick", quick), ("device", device), ("batch_size", batch_size)):
+    for name, value in (
+        ("model", model),
+        ("weights", weights),
+        ("data", data),
+        ("val", val),
+        ("train", train_data),
+        ("seed", seed),
+        ("quick", quick),
+        ("device", device),
+        ("batch_size", batch_size),
+    ):
         if value is not None:
             setattr(cfg, name, value)
     if ood:
@@ -151,8 +179,19 @@ def audit(
         payload = {
             "run_id": result.run_id,
             "report": str(result.report_path) if result.report_path else None,
-            "results": [{"key": r.key, "check": r.check, "hazard": r.hazard, "metric": r.metric, "value": r.value,
-                         "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n} for r in result.rows],
+            "results": [
+                {
+                    "key": r.key,
+                    "check": r.check,
+                    "hazard": r.hazard,
+                    "metric": r.metric,
+                    "value": r.value,
+                    "ci_low": r.ci_low,
+                    "ci_high": r.ci_high,
+                    "n": r.n,
+                }
+                for r in result.rows
+            ],
             "gate_failures": [str(f) for f in result.gate_failures],
         }
         click.echo(json.dumps(payload, indent=1))
@@ -205,8 +244,15 @@ def runs(ctx: click.Context, db: str | None) -> None:
         table = Table("run", "created", "status", "model", "data", "seed", "numbers", box=None)
         for run in store.runs():
             n = store.conn.execute("SELECT COUNT(*) FROM results WHERE run_id=?", (run.run_id,)).fetchone()[0]
-            table.add_row(run.run_id, time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)), run.status,
-                          run.model, run.data, str(run.seed), str(n))
+            table.add_row(
+                run.run_id,
+                time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)),
+                run.status,
+                run.model,
+                run.data,
+                str(run.seed),
+                str(n),
+            )
         out_console.print(table)
 
 
@@ -225,8 +271,12 @@ def runs_show(db: str | None, run_id: str, as_json: bool) -> None:
         run = store.run(run_id)
         rows = store.results(run.run_id)
     if as_json:
-        click.echo(json.dumps([{"key": r.key, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n}
-                               for r in rows], indent=1))
+        click.echo(
+            json.dumps(
+                [{"key": r.key, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n} for r in rows],
+                indent=1,
+            )
+        )
         return
     table = Table("metric", "value", "95% CI", "n", title=f"run {run.run_id} ({run.status})", box=None)
     for r in rows:
@@ -269,8 +319,13 @@ def compare(run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_chan
     changed = [c for c in comparisons if c.significant]
     for c in comparisons if show_all else changed:
         overlap = {None: "no interval", True: "", False: "[bold red]yes[/]"}[c.intervals_overlap]
-        table.add_row(c.key, f"{fmt_value(c.a.value)} {fmt_ci(c.a)}", f"{fmt_value(c.b.value)} {fmt_ci(c.b)}",
-                      f"{c.delta:+.4g}", overlap)
+        table.add_row(
+            c.key,
+            f"{fmt_value(c.a.value)} {fmt_ci(c.a)}",
+            f"{fmt_value(c.b.value)} {fmt_ci(c.b)}",
+            f"{c.delta:+.4g}",
+            overlap,
+        )
     out_console.print(table)
     out_console.print(f"{len(comparisons)} shared metrics, {len(changed)} changed beyond their 95% intervals.")
     if fail_on_change and changed:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import ClassVar
 
 import pytest
 
@@ -16,7 +17,7 @@ def counting_check() -> Iterator[type[Check]]:
         pillar = "performance"
         title = "counting"
         crash_at = -1  # a class switch, not a parameter, so the run's fingerprint stays the same
-        calls: list[str] = []
+        calls: ClassVar[list[str]] = []
 
         def tasks(self, ctx):  # type: ignore[no-untyped-def]
             def make(i: int) -> Task:

@@ -14,14 +14,41 @@ from mlsafety.cli import main
 
 def test_gates_json_runs_report_compare(tmp_path):
     db, runner = str(tmp_path / "runs.sqlite"), CliRunner()
-    ok = runner.invoke(main, ["audit", "--check", "clean", "--db", db, "--json", "--report", str(tmp_path / "a.html"),
-                              "--fail-under", "clean/clean/accuracy=0.9"])
+    ok = runner.invoke(
+        main,
+        [
+            "audit",
+            "--check",
+            "clean",
+            "--db",
+            db,
+            "--json",
+            "--report",
+            str(tmp_path / "a.html"),
+            "--fail-under",
+            "clean/clean/accuracy=0.9",
+        ],
+    )
     assert ok.exit_code == 0, ok.output
     payload = json.loads(ok.output)
     keys = {r["key"]: r for r in payload["results"]}
     assert keys["clean/clean/accuracy"]["ci_low"] <= keys["clean/clean/accuracy"]["value"]
-    bad = runner.invoke(main, ["audit", "--check", "clean", "--db", db, "--report", str(tmp_path / "b.html"),
-                               "--fail-under", "clean/clean/accuracy=0.999", "--fail-over", "clean/*/class_0_accuracy=2"])
+    bad = runner.invoke(
+        main,
+        [
+            "audit",
+            "--check",
+            "clean",
+            "--db",
+            db,
+            "--report",
+            str(tmp_path / "b.html"),
+            "--fail-under",
+            "clean/clean/accuracy=0.999",
+            "--fail-over",
+            "clean/*/class_0_accuracy=2",
+        ],
+    )
     assert bad.exit_code == 1 and "clean/clean/accuracy" in bad.output and "below the bound" in bad.output
     listing = runner.invoke(main, ["runs", "--db", db])
     assert listing.exit_code == 0 and payload["run_id"][:10] in listing.output
@@ -36,8 +63,18 @@ def test_gates_json_runs_report_compare(tmp_path):
 def test_killed_audit_resumes_without_recomputing(tmp_path):
     """SIGKILL a real audit once some tasks are stored; --resume finishes only what is missing."""
     db = tmp_path / "runs.sqlite"
-    cmd = [sys.executable, "-m", "mlsafety.cli", "audit", "--quick", "--db", str(db), "--report",
-           str(tmp_path / "r.html"), "--json"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlsafety.cli",
+        "audit",
+        "--quick",
+        "--db",
+        str(db),
+        "--report",
+        str(tmp_path / "r.html"),
+        "--json",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
     stored: list[tuple[str, str, float]] = []

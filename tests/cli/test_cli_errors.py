@@ -94,8 +94,20 @@ def test_bad_database(files, db, needle):
 
 def test_unknown_gate_metric_and_run_ids(files):
     db = str(files / "runs.sqlite")
-    result = CliRunner().invoke(main, ["audit", "--check", "clean", "--db", db, "--report", str(files / "r.html"),
-                                       "--fail-under", "clean/clean/nope=0.5"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "audit",
+            "--check",
+            "clean",
+            "--db",
+            db,
+            "--report",
+            str(files / "r.html"),
+            "--fail-under",
+            "clean/clean/nope=0.5",
+        ],
+    )
     assert result.exit_code == 2 and "matches no stored metric" in result.output
     for args in (["report", "nope"], ["runs", "show", "nope"], ["compare", "nope", "latest"]):
         out = CliRunner().invoke(main, [*args, "--db", db] if args[0] != "runs" else ["runs", "--db", db, *args[1:]])

@@ -28,7 +28,7 @@ def test_named_head_and_missing_head():
         Classifier(model, head="nope")
     conv_only = nn.Sequential(nn.Conv2d(1, 3, 8), nn.Flatten())
     clf = Classifier(conv_only)
-    with pytest.raises(InputError, match="no nn.Linear head"):
+    with pytest.raises(InputError, match=r"no nn\.Linear head"):
         clf.features_and_logits(torch.rand(2, 1, 8, 8))
     assert clf.logits(torch.rand(2, 1, 8, 8)).shape == (2, 3) and clf.num_classes == 3
 

@@ -18,15 +18,14 @@ from mlsafety.audit._check import (
 )
 from mlsafety.audit._config import config_from_mapping, load_config
 from mlsafety.audit._context import AuditContext, AuditData, hazard_provider
-from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluate_gates, parse_gate_option
-from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model
-from mlsafety.audit._store import Store
-
 
 # Last: the engine and the report import every check module, and check modules may import the
 # names above from this package.
-from mlsafety.audit._engine import AuditResult, run_audit  # noqa: E402
-from mlsafety.audit._report import render_report, write_report  # noqa: E402
+from mlsafety.audit._engine import AuditResult, run_audit
+from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluate_gates, parse_gate_option
+from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model
+from mlsafety.audit._report import render_report, write_report
+from mlsafety.audit._store import Store
 
 __all__ = [
     "CHECKS",

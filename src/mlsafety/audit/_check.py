@@ -185,9 +185,7 @@ class Check:
         """Tables for the report section; by default every row, one line each."""
         if not rows:
             return []
-        body = [
-            [r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in rows
-        ]
+        body = [[r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in rows]
         return [Table(cls.title or cls.name, ["hazard", "metric", "value", "95% CI", "n"], body)]
 
 

@@ -32,8 +32,17 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_SCALARS = {"model": str, "weights": str, "data": str, "val": str, "train": str, "seed": int, "quick": bool,
-            "batch_size": int, "device": str}
+_SCALARS = {
+    "model": str,
+    "weights": str,
+    "data": str,
+    "val": str,
+    "train": str,
+    "seed": int,
+    "quick": bool,
+    "batch_size": int,
+    "device": str,
+}
 
 
 def load_config(path: str | Path) -> AuditConfig:

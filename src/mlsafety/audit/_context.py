@@ -125,7 +125,9 @@ class AuditContext:
             kind, _, rest = name.partition("/")
             provider = _PROVIDERS.get(kind)
             if provider is None:
-                raise UnknownNameError(f"unknown hazard kind {kind!r} in {name!r}; known: {', '.join(sorted(_PROVIDERS))}")
+                raise UnknownNameError(
+                    f"unknown hazard kind {kind!r} in {name!r}; known: {', '.join(sorted(_PROVIDERS))}"
+                )
             self._hazards[name] = provider(self, rest)
         return self._hazards[name]
 

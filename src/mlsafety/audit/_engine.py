@@ -75,7 +75,12 @@ def run_audit(
     validate(model, data)
 
     ctx = AuditContext(
-        model, data, seed=config.seed, quick=config.quick, progress=progress, batch_size=config.batch_size,
+        model,
+        data,
+        seed=config.seed,
+        quick=config.quick,
+        progress=progress,
+        batch_size=config.batch_size,
         check_params={c.name: c.params for c in checks},
     )
     ctx.planned_hazards = list(dict.fromkeys(h for c in checks for h in c.hazards(ctx)))

@@ -69,10 +69,19 @@ class AuditConfig:
     def fingerprint(self) -> str:
         """A hash of what determines the results (not gates, paths of outputs or the device)."""
         h = hashlib.sha256()
-        parts: list[Any] = [self.model, self.data, self.val, self.train, self.ood, self.image_size,
-                            sorted(self.checks) if self.checks is not None else None,
-                            sorted((k, sorted(v.items())) for k, v in self.check_params.items()),
-                            self.seed, self.quick, self.batch_size]
+        parts: list[Any] = [
+            self.model,
+            self.data,
+            self.val,
+            self.train,
+            self.ood,
+            self.image_size,
+            sorted(self.checks) if self.checks is not None else None,
+            sorted((k, sorted(v.items())) for k, v in self.check_params.items()),
+            self.seed,
+            self.quick,
+            self.batch_size,
+        ]
         h.update(repr(parts).encode())
         for spec in (self.weights, self.model.rpartition(":")[0] if ":" in self.model else None):
             if spec and Path(spec).is_file():
@@ -101,8 +110,14 @@ def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classi
     return Classifier(module.to(dev).eval())
 
 
-def _load(spec: str, split: str, kind: str, shape: tuple[int, int, int] | None, image_size: tuple[int, int] | None,
-          channels: int) -> ArrayDataset:
+def _load(
+    spec: str,
+    split: str,
+    kind: str,
+    shape: tuple[int, int, int] | None,
+    image_size: tuple[int, int] | None,
+    channels: int,
+) -> ArrayDataset:
     path = Path(spec)
     if spec in zoo.dataset_names():
         return zoo.load_dataset(spec, split=split, shape=shape if kind != "in" else None)
@@ -134,7 +149,7 @@ def resolve_data(config: AuditConfig) -> AuditData:
         if len(test) < 10:
             raise InputError(f"{config.data} has {len(test)} inputs; give at least 10, or pass --val")
         perm = torch.randperm(len(test), generator=generator(config.seed, "holdout-val"))
-        cut = int(round(0.3 * len(test)))
+        cut = round(0.3 * len(test))
         val, test = test.subset(perm[:cut], name=f"{test.name}-val"), test.subset(perm[cut:])
     train = None
     if config.train is not None:
@@ -166,8 +181,10 @@ def validate(model: Classifier, data: AuditData) -> None:
         out = model.module.eval()(data.test.x[:2].to(model.device))
     if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, len(data.test)):
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InputError(f"model output must be logits of shape (N, K), got {shape} for 2 inputs; "
-                         "wrap the model so forward() returns one logits tensor")
+        raise InputError(
+            f"model output must be logits of shape (N, K), got {shape} for 2 inputs; "
+            "wrap the model so forward() returns one logits tensor"
+        )
     model._check_logits(out, out.shape[0])
     k = int(out.shape[1])
     for what, ds in sets[:3] if data.train is not None else sets[:2]:

@@ -23,11 +23,17 @@ from mlsafety.core import InputError, MlsafetyError
 
 HEADINGS = {
     "performance": ("Model", "How well the model does on the data it was built for."),
-    "systemic": ("Systemic safety", "Defence in depth: under each hazard, how often the model fails and the monitor "
-                 "lets the failure through, and the failure modes ranked by risk."),
+    "systemic": (
+        "Systemic safety",
+        "Defence in depth: under each hazard, how often the model fails and the monitor "
+        "lets the failure through, and the failure modes ranked by risk.",
+    ),
     "robustness": ("Robustness", "Does the model keep working under adversarial and natural stress?"),
-    "monitoring": ("Monitoring", "Can the system tell when an input is unlike its training data, when its answer is "
-                   "likely wrong, or when the model hides a trojan? Are its confidences honest?"),
+    "monitoring": (
+        "Monitoring",
+        "Can the system tell when an input is unlike its training data, when its answer is "
+        "likely wrong, or when the model hides a trojan? Are its confidences honest?",
+    ),
     "alignment": ("Alignment", "Does the model say what it knows? (probes and CCS arrive in a later release)"),
 }
 SECTION_ORDER = ("performance", "systemic", "robustness", "monitoring", "alignment")
@@ -65,29 +71,47 @@ def render_report(store: Store, run_id: str) -> str:
         crow = by_check.get(name, [])
         pillar = cls.pillar if cls else "performance"
         for h in cls.headlines(crow) if cls else []:
-            headlines.append({
-                "label": h.label, "key": h.row.key, "value": fmt_value(h.row.value), "ci": fmt_ci(h.row),
-                "n": h.row.n, "direction": "higher is better" if h.higher_is_better else "lower is better",
-                "failed": False,
-            })
+            headlines.append(
+                {
+                    "label": h.label,
+                    "key": h.row.key,
+                    "value": fmt_value(h.row.value),
+                    "ci": fmt_ci(h.row),
+                    "n": h.row.n,
+                    "direction": "higher is better" if h.higher_is_better else "lower is better",
+                    "failed": False,
+                }
+            )
         tables: list[Table] = cls.tables(crow) if cls else Check.tables(crow)
-        images = [_Image(a.name, a.mime, a.caption, base64.b64encode(a.data).decode()) for c, a in artifacts
-                  if c == name and a.mime.startswith("image/")]
-        sections[pillar].append({
-            "name": name, "title": (cls.title if cls and cls.title else name), "description": cls.description if cls else "",
-            "seconds": seconds.get(name), "images": images, "tables": tables,
-        })
+        images = [
+            _Image(a.name, a.mime, a.caption, base64.b64encode(a.data).decode())
+            for c, a in artifacts
+            if c == name and a.mime.startswith("image/")
+        ]
+        sections[pillar].append(
+            {
+                "name": name,
+                "title": (cls.title if cls and cls.title else name),
+                "description": cls.description if cls else "",
+                "seconds": seconds.get(name),
+                "images": images,
+                "tables": tables,
+            }
+        )
     gates = []
     try:
         failures = evaluate_gates(rows, gates_cfg.get("fail_under", {}), gates_cfg.get("fail_over", {}))
         failed_keys = {f.key for f in failures}
-        for kind, bounds in (("fail_under", gates_cfg.get("fail_under", {})), ("fail_over", gates_cfg.get("fail_over", {}))):
+        for kind, bounds in (
+            ("fail_under", gates_cfg.get("fail_under", {})),
+            ("fail_over", gates_cfg.get("fail_over", {})),
+        ):
             for key, bound in bounds.items():
                 gates.append({"text": f"{key} {'>=' if kind == 'fail_under' else '<='} {bound:g}", "failed": False})
         for f in failures:
             gates.append({"text": f"FAILED: {f}", "failed": True})
-        for h in headlines:
-            h["failed"] = h["key"] in failed_keys
+        for card in headlines:
+            card["failed"] = card["key"] in failed_keys
     except MlsafetyError as exc:
         gates.append({"text": f"gates not evaluated: {exc}", "failed": True})
 
@@ -100,8 +124,10 @@ def render_report(store: Store, run_id: str) -> str:
         n_rows=len(rows),
         headlines=headlines,
         gates=gates,
-        sections=[{"pillar": p, "heading": HEADINGS[p][0], "blurb": HEADINGS[p][1], "checks": sections[p]}
-                  for p in SECTION_ORDER],
+        sections=[
+            {"pillar": p, "heading": HEADINGS[p][0], "blurb": HEADINGS[p][1], "checks": sections[p]}
+            for p in SECTION_ORDER
+        ],
         config_json=json.dumps(run.config, sort_keys=True),
     )
 

@@ -109,7 +109,9 @@ class Store:
             self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._check_or_create(exists)
         except sqlite3.DatabaseError as exc:
-            raise InputError(f"{self.path} is not a usable mlsafety results database ({exc}); pass another --db") from None
+            raise InputError(
+                f"{self.path} is not a usable mlsafety results database ({exc}); pass another --db"
+            ) from None
 
     def _check_or_create(self, existed: bool) -> None:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -157,13 +159,25 @@ class Store:
         self.close()
 
     # -- runs ------------------------------------------------------------------------------------
-    def create_run(self, model: str, data: str, seed: int, fingerprint: str, config: dict[str, Any], version: str) -> str:
+    def create_run(
+        self, model: str, data: str, seed: int, fingerprint: str, config: dict[str, Any], version: str
+    ) -> str:
         run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
         with self.transaction() as c:
             c.execute(
                 "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (run_id, time.time(), None, "running", model, data, seed, fingerprint,
-                 json.dumps(config, sort_keys=True, default=str), version),
+                (
+                    run_id,
+                    time.time(),
+                    None,
+                    "running",
+                    model,
+                    data,
+                    seed,
+                    fingerprint,
+                    json.dumps(config, sort_keys=True, default=str),
+                    version,
+                ),
             )
         return run_id
 
@@ -201,7 +215,9 @@ class Store:
 
     # -- tasks -----------------------------------------------------------------------------------
     def done_tasks(self, run_id: str) -> set[tuple[str, str]]:
-        return {(c, k) for c, k in self.conn.execute("SELECT check_name, task_key FROM tasks WHERE run_id=?", (run_id,))}
+        return {
+            (c, k) for c, k in self.conn.execute("SELECT check_name, task_key FROM tasks WHERE run_id=?", (run_id,))
+        }
 
     def write_task(
         self, run_id: str, check: str, task_key: str, rows: Sequence[Row], artifacts: Sequence[Artifact], seconds: float
@@ -211,10 +227,18 @@ class Store:
             c.executemany(
                 "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)",
                 [
-                    (run_id, check, r.hazard, r.metric, float(r.value),
-                     None if r.ci_low is None else float(r.ci_low),
-                     None if r.ci_high is None else float(r.ci_high),
-                     None if r.n is None else int(r.n), r.params_json(), task_key)
+                    (
+                        run_id,
+                        check,
+                        r.hazard,
+                        r.metric,
+                        float(r.value),
+                        None if r.ci_low is None else float(r.ci_low),
+                        None if r.ci_high is None else float(r.ci_high),
+                        None if r.n is None else int(r.n),
+                        r.params_json(),
+                        task_key,
+                    )
                     for r in rows
                 ],
             )
@@ -232,7 +256,10 @@ class Store:
             query += " AND check_name=?"
             args += (check,)
         query += " ORDER BY rowid"
-        return [StoredRow(c, h, m, v, lo, hi, n, json.loads(p)) for c, h, m, v, lo, hi, n, p in self.conn.execute(query, args)]
+        return [
+            StoredRow(c, h, m, v, lo, hi, n, json.loads(p))
+            for c, h, m, v, lo, hi, n, p in self.conn.execute(query, args)
+        ]
 
     def artifacts(self, run_id: str, check: str | None = None) -> list[tuple[str, Artifact]]:
         query = "SELECT check_name, name, mime, caption, data FROM artifacts WHERE run_id=?"

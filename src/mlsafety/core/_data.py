@@ -156,7 +156,7 @@ def load_image_folder(
     for f, _ in items:
         try:
             with Image.open(f) as img:
-                arrays.append(np.asarray(img.convert(mode).resize((size[1], size[0]), Image.BILINEAR)))
+                arrays.append(np.asarray(img.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)))
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"cannot read image {f}: {exc}") from None
     x = torch.from_numpy(np.stack(arrays)).float() / 255.0

@@ -26,6 +26,8 @@ class Normalize(nn.Module):
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(1, -1, 1, 1)
         if (std_t <= 0).any():
             raise InputError("Normalize std must be positive in every channel")
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
         self.register_buffer("mean", mean_t)
         self.register_buffer("std", std_t)
 
@@ -35,10 +37,10 @@ class Normalize(nn.Module):
 
 def device_of(module: nn.Module) -> torch.device:
     """The device of the module's first parameter or buffer (CPU for a module with neither)."""
-    for tensor in module.parameters():
-        return tensor.device
-    for tensor in module.buffers():
-        return tensor.device
+    for param in module.parameters():
+        return param.device
+    for buffer in module.buffers():
+        return buffer.device
     return torch.device("cpu")
 
 

@@ -98,7 +98,7 @@ def _letters(split: str = "test", shape: tuple[int, int, int] | None = None, n: 
         ox = (32 - (right - left)) / 2 - left + (dx - 0.5) * 6
         oy = (32 - (bottom - top)) / 2 - top + (dy - 0.5) * 6
         draw.text((ox, oy), letter, fill=255, font=font, stroke_width=width, stroke_fill=255)
-        canvas = canvas.rotate((rot - 0.5) * 30, resample=Image.BILINEAR)
+        canvas = canvas.rotate((rot - 0.5) * 30, resample=Image.Resampling.BILINEAR)
         images[i] = np.asarray(canvas, dtype=np.float32) > 127
     # The digits were made by counting "on" pixels in 4x4 blocks of a 32x32 bitmap (0..16).
     blocks = torch.from_numpy(images)[:, None]
@@ -121,11 +121,12 @@ def _natural_patches(split: str = "test", shape: tuple[int, int, int] | None = N
         left = int(torch.randint(0, photo.shape[2] - side + 1, (1,), generator=g))
         patch = photo[:, top : top + side, left : left + side][None]
         if shape[0] == 1:
-            patch = (0.299 * patch[:, 0:1] + 0.587 * patch[:, 1:2] + 0.114 * patch[:, 2:3])
+            patch = 0.299 * patch[:, 0:1] + 0.587 * patch[:, 1:2] + 0.114 * patch[:, 2:3]
         out.append(_resize(patch, shape))
     x = torch.cat(out)
-    return ArrayDataset(x, torch.full((n,), -1), name="natural-patches", kind="far",
-                        description=_INFO["natural-patches"].description)
+    return ArrayDataset(
+        x, torch.full((n,), -1), name="natural-patches", kind="far", description=_INFO["natural-patches"].description
+    )
 
 
 def _noise(split: str = "test", shape: tuple[int, int, int] | None = None, n: int = 500) -> ArrayDataset:
@@ -147,12 +148,15 @@ def _noise(split: str = "test", shape: tuple[int, int, int] | None = None, n: in
 
 
 _INFO: dict[str, DatasetInfo] = {
-    "digits": DatasetInfo("digits", "in", "scikit-learn handwritten digits, 8x8 grey, 10 classes, train/val/test 60/20/20",
-                          _digits),
-    "letters": DatasetInfo("letters", "near", "near-OOD: letters A-Z rendered in DejaVu fonts, reduced like the digits",
-                           _letters),
-    "natural-patches": DatasetInfo("natural-patches", "far",
-                                   "far-OOD: grey patches of scikit-learn's sample photographs", _natural_patches),
+    "digits": DatasetInfo(
+        "digits", "in", "scikit-learn handwritten digits, 8x8 grey, 10 classes, train/val/test 60/20/20", _digits
+    ),
+    "letters": DatasetInfo(
+        "letters", "near", "near-OOD: letters A-Z rendered in DejaVu fonts, reduced like the digits", _letters
+    ),
+    "natural-patches": DatasetInfo(
+        "natural-patches", "far", "far-OOD: grey patches of scikit-learn's sample photographs", _natural_patches
+    ),
     "noise": DatasetInfo("noise", "far", "far-OOD: uniform noise and random Gaussian blobs", _noise),
 }
 
@@ -181,4 +185,3 @@ def load_dataset(name: str, split: str = "test", shape: tuple[int, int, int] | N
 
 def ood_names() -> list[str]:
     return [n for n in dataset_names() if _INFO[n].kind != "in"]
-

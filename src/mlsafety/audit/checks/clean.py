@@ -6,7 +6,18 @@ from collections.abc import Sequence
 
 import torch
 
-from mlsafety.audit._check import Artifact, Check, Headline, Row, StoredRow, Table, TaskResult, fmt_ci, fmt_value, register_check
+from mlsafety.audit._check import (
+    Artifact,
+    Check,
+    Headline,
+    Row,
+    StoredRow,
+    Table,
+    TaskResult,
+    fmt_ci,
+    fmt_value,
+    register_check,
+)
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.metrics import accuracy
@@ -33,8 +44,16 @@ class Clean(Check):
                 rows.append(Row.of("clean", f"class_{c}_accuracy", accuracy(pred[mask], y[mask]), label=c))
         confusion = torch.zeros(k, k, dtype=torch.long, device=y.device)
         confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
-        return TaskResult(rows, [Artifact("confusion-matrix", _confusion_png(confusion.cpu()),
-                                          caption="Confusion matrix on the test data (rows: true class).")])
+        return TaskResult(
+            rows,
+            [
+                Artifact(
+                    "confusion-matrix",
+                    _confusion_png(confusion.cpu()),
+                    caption="Confusion matrix on the test data (rows: true class).",
+                )
+            ],
+        )
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
@@ -42,8 +61,15 @@ class Clean(Check):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        body = [[("all classes" if r.metric == "accuracy" else r.metric.replace("_accuracy", "").replace("_", " ")),
-                 fmt_value(r.value), fmt_ci(r), str(r.n)] for r in rows]
+        body = [
+            [
+                ("all classes" if r.metric == "accuracy" else r.metric.replace("_accuracy", "").replace("_", " ")),
+                fmt_value(r.value),
+                fmt_ci(r),
+                str(r.n),
+            ]
+            for r in rows
+        ]
         return [Table("Accuracy", ["", "accuracy", "95% CI", "n"], body)]
 
 
@@ -57,8 +83,15 @@ def _confusion_png(confusion: torch.Tensor) -> bytes:
             for j in range(k):
                 v = int(confusion[i, j])
                 if v:
-                    ax.text(j, i, str(v), ha="center", va="center", fontsize=7,
-                            color="white" if v > confusion.max() / 2 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(v),
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if v > confusion.max() / 2 else "black",
+                    )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.colorbar(im, ax=ax, shrink=0.8)
