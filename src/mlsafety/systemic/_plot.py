@@ -20,15 +20,12 @@ def swiss_cheese_png(
     flagged by the monitor (caught), and failed unflagged (escaped). For hazards in ``adaptive``
     a black tick marks the escaped share under the monitor-aware attack.
     """
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     names = list(order) if order is not None else list(outcomes)
     adaptive = adaptive or {}
-    height = 1.2 + 0.32 * len(names)
-    fig = Figure(figsize=(8.0, height), dpi=110)
+    height = 1.6 + 0.32 * len(names)
+    fig = Figure(figsize=(8.0, height), dpi=110, layout="constrained")
     ax = fig.add_subplot()
     ys = list(range(len(names)))[::-1]
     prevented = [1.0 - outcomes[h].failure_rate().value for h in names]
@@ -55,8 +52,7 @@ def swiss_cheese_png(
     ax.set_xlim(0, 1)
     ax.set_xlabel("share of the hazard's inputs")
     ax.set_title(title, fontsize=10)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.9 / height - 0.05), ncol=2, fontsize=7, frameon=False)
-    fig.tight_layout()
+    fig.legend(loc="outside lower center", ncol=2, fontsize=7, frameon=False)
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()

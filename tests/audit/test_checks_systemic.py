@@ -1,0 +1,214 @@
+"""Check ``defence-in-depth`` on the embedded model with hazards made in the test.
+
+Until the adversarial and corruption checks provide their hazards, the test context adds its own
+``adversarial/pgd/<eps>`` hazards (the attacks package's PGD on the first test inputs, in order)
+and a noise hazard, exactly as a provider would.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+import torch
+
+import mlsafety.audit.checks  # noqa: F401  (registers every check)
+from mlsafety import zoo
+from mlsafety.audit import CHECKS, AuditContext, AuditData, Row, StoredRow
+from mlsafety.core import ArrayDataset, Classifier, InputError, forward, generator
+from mlsafety.systemic import Outcome, failures
+
+N_ADV = 120
+EPS = (0.05, 0.1)
+
+
+class _Context(AuditContext):
+    """An audit context with extra hazards given as datasets (what providers would make)."""
+
+    def __init__(self, *args: Any, extra: dict[str, ArrayDataset], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.extra = extra
+        self.planned_hazards = list(extra)
+
+    def hazard(self, name: str) -> ArrayDataset:
+        return self.extra[name] if name in self.extra else super().hazard(name)
+
+
+@pytest.fixture(scope="module")
+def setting() -> tuple[Classifier, AuditData, dict[str, ArrayDataset]]:
+    from mlsafety.robustness.attacks import PGD
+
+    clf = Classifier(zoo.load_model("digits-cnn"))
+    test = zoo.load_dataset("digits", "test")
+    data = AuditData(
+        test=test,
+        val=zoo.load_dataset("digits", "val"),
+        train=zoo.load_dataset("digits", "train"),
+        ood={"letters": zoo.load_dataset("letters")},
+    )
+    x, y = test.x[:N_ADV], test.y[:N_ADV]
+    extra = {f"adversarial/pgd/{e}": ArrayDataset(PGD(eps=e, steps=10)(clf, x, y), y, "adv") for e in EPS}
+    noisy = (test.x + 0.3 * torch.randn(test.x.shape, generator=generator(0, "noise-hazard"))).clamp(0, 1)
+    extra["corruption/test-noise/3"] = ArrayDataset(noisy, test.y, "noisy")
+    return clf, data, extra
+
+
+def _run(setting: Any, **params: Any) -> tuple[list[Row], list[Any], AuditContext]:
+    clf, data, extra = setting
+    ctx = _Context(clf, data, seed=0, extra=extra)
+    check = CHECKS.create("defence-in-depth", **{"monitors": ["energy", "mahalanobis"], "adaptive_steps": 20, **params})
+    rows: list[Row] = []
+    arts: list[Any] = []
+    for task in check.tasks(ctx):
+        res = task.run()
+        rows += res.rows
+        arts += res.artifacts
+    return rows, arts, ctx
+
+
+@pytest.fixture(scope="module")
+def result(setting: Any) -> tuple[list[Row], list[Any], AuditContext, float]:
+    t0 = time.perf_counter()
+    rows, arts, ctx = _run(setting, exposure={"clean": 0.9, "adversarial/pgd/0.1": 0.1})
+    return rows, arts, ctx, time.perf_counter() - t0
+
+
+def _get(rows: list[Row], hazard: str, metric: str) -> Row:
+    found = [r for r in rows if r.hazard == hazard and r.metric == metric]
+    assert len(found) == 1, (hazard, metric)
+    return found[0]
+
+
+def test_every_hazard_has_escaped_rate_with_interval(result: Any) -> None:
+    rows, arts, ctx, _ = result
+    hazards = ["clean", *ctx.planned_hazards, "ood/letters"]
+    for h in hazards:
+        r = _get(rows, h, "escaped_failure_rate")
+        assert r.ci_low is not None and r.ci_high is not None and r.ci_low <= r.value <= r.ci_high
+        assert _get(rows, h, "rpn").value == (
+            _get(rows, h, "severity").value * _get(rows, h, "occurrence").value * _get(rows, h, "detection").value
+        )
+    assert any(a.name == "swiss-cheese" and a.data[:4] == b"\x89PNG" for a in arts)
+    assert _get(rows, "deployment", "expected_escaped_failure_rate").ci_high is not None
+    ood_rows = {r.metric for r in rows if r.hazard == "ood/letters"}
+    assert "false_alarm_rate" not in ood_rows  # no correct answer exists on OOD inputs
+    assert _get(rows, "ood/letters", "failure_rate").value == 1.0
+
+
+def test_clean_rates_match_a_hand_recomputation(result: Any, setting: Any) -> None:
+    from mlsafety.monitoring import ood
+
+    rows, _, _, _ = result
+    clf, data, _ = setting
+    chosen = [r for r in rows if r.metric == "validation_escape" and r.params["selected"]]
+    assert len(chosen) == 1
+    esc = _get(rows, "clean", "escaped_failure_rate")
+    p = esc.params
+    assert p["monitor"] == chosen[0].hazard.removeprefix("validation/")
+    # recompute every cell from scratch: a fresh detector, the stored thresholds, the test data
+    out = forward(clf, data.test.x)
+    failed = failures(out.logits, data.test.y)
+    flagged = torch.zeros_like(failed)
+    if p["detector"] is not None:
+        det = ood.create(p["detector"]).fit(clf, data.train)
+        flagged |= det.score(clf, data.test.x) > p["score_threshold"]
+    if p["confidence_threshold"] is not None:
+        flagged |= out.probs.amax(dim=1) < p["confidence_threshold"]
+    n = len(failed)
+    assert esc.value == pytest.approx(float((failed & ~flagged).sum()) / n)
+    assert _get(rows, "clean", "failure_rate").value == pytest.approx(float(failed.sum()) / n)
+    caught = _get(rows, "clean", "caught_share")
+    assert (caught.value, caught.n) == (
+        pytest.approx(float((failed & flagged).sum() / failed.sum())),
+        int(failed.sum()),
+    )
+    alarms = _get(rows, "clean", "false_alarm_rate")
+    assert (alarms.value, alarms.n) == (pytest.approx(float((~failed & flagged).sum() / (~failed).sum())), n - caught.n)
+    # thresholds are set at 5% false alarms on validation: the test rate must be of that order
+    assert alarms.value < 0.15
+
+
+def test_adaptive_attack_escapes_at_least_as_often(result: Any) -> None:
+    rows, _, _, _ = result
+    for e in EPS:
+        h = f"adversarial/pgd/{e}"
+        plain = _get(rows, h, "escaped_failure_rate")
+        adaptive = _get(rows, h, "adaptive_escaped_failure_rate")
+        assert adaptive.value >= plain.value
+        assert adaptive.params["adaptive_only_escaped_failure_rate"] >= 0.0
+    # on the larger budget the monitor-aware attack alone beats the blind one
+    h = f"adversarial/pgd/{max(EPS)}"
+    assert (
+        _get(rows, h, "adaptive_escaped_failure_rate").params["adaptive_only_escaped_failure_rate"]
+        > _get(rows, h, "escaped_failure_rate").value
+    )
+
+
+def test_fmea_rows_sorted_and_raw_probabilities_kept(result: Any) -> None:
+    rows, _, _, _ = result
+    rpn = [r for r in rows if r.metric == "rpn"]
+    assert [r.value for r in rpn] == sorted((r.value for r in rpn), reverse=True)
+    for r in rpn:
+        fr = _get(rows, r.hazard, "failure_rate")
+        if r.params["adaptive"]:
+            assert r.params["failure_rate"] >= fr.value
+        else:
+            assert r.params["failure_rate"] == pytest.approx(fr.value)
+    assert _get(rows, "adversarial/pgd/0.1", "severity").value == 8  # documented default for the kind
+
+
+def test_monitor_choice_ignores_test_hazards(setting: Any, result: Any) -> None:
+    clf, data, _ = setting
+    rows, _, _, _ = result
+    other = AuditData(data.test, data.val, data.train, ood={})
+    ctx = _Context(clf, other, seed=0, extra={})
+    check = CHECKS.create("defence-in-depth", monitors=["energy", "mahalanobis"])
+    task = next(t for t in check.tasks(ctx) if t.key == "monitor")
+    again = {r.hazard: r.value for r in task.run().rows}
+    assert again == {r.hazard: r.value for r in rows if r.metric == "validation_escape"}
+
+
+def test_report_side_from_stored_rows(result: Any) -> None:
+    rows, _, _, _ = result
+    stored = [
+        StoredRow("defence-in-depth", r.hazard, r.metric, r.value, r.ci_low, r.ci_high, r.n, dict(r.params))
+        for r in rows
+    ]
+    cls = CHECKS.get("defence-in-depth")
+    heads = cls.headlines(stored)
+    assert heads and all(not h.higher_is_better for h in heads)
+    titles = [t.title for t in cls.tables(stored)]
+    assert any(t.startswith("Escaped failures per hazard") for t in titles)
+    assert any(t.startswith("FMEA") for t in titles)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"false_alarm_rate": 1.5},
+        {"monitors": ["odin"]},
+        {"monitors": ["no-such-detector"]},
+        {"severity": {"clean": 11}},
+    ],
+)
+def test_bad_parameters_are_input_errors(setting: Any, params: dict[str, Any]) -> None:
+    clf, data, _ = setting
+    ctx = _Context(clf, data, seed=0, extra={})
+    with pytest.raises(InputError):
+        CHECKS.create("defence-in-depth", **params).tasks(ctx)
+
+
+def test_unknown_exposure_hazard_is_an_input_error(setting: Any) -> None:
+    clf, data, _ = setting
+    ctx = _Context(clf, data, seed=0, extra={})
+    check = CHECKS.create("defence-in-depth", monitors=["energy"], exposure={"adversarial/nope/1": 1.0})
+    summary = next(t for t in check.tasks(ctx) if t.key == "summary")
+    with pytest.raises(InputError, match="not measured"):
+        summary.run()
+
+
+def test_worst_case_outcome_is_what_the_row_reports() -> None:
+    a = Outcome(torch.tensor([True, False]), torch.tensor([True, False]))
+    b = Outcome(torch.tensor([True, True]), torch.tensor([False, True]))
+    assert a.worst_case(b).escaped_failure_rate().value == 0.5
