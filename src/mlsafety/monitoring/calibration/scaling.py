@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -17,7 +19,7 @@ class Calibrator:
     """Base class: ``fit(logits, labels)`` on validation data, then ``transform(logits)``.
 
     Subclasses write :meth:`_fit` (returning nothing, setting state that ends in ``_``) and
-    :meth:`_transform`. Fitting runs in float64 with L-BFGS (strong Wolfe line search).
+    :meth:`_transform`. Fitting runs in float64 with L-BFGS.
     """
 
     name: str
@@ -58,16 +60,36 @@ def _check(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, to
     return logits.detach().double().clone(), y
 
 
-def _minimise(params: list[torch.Tensor], loss_fn, max_iter: int) -> None:  # type: ignore[no-untyped-def]
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=max_iter, line_search_fn="strong_wolfe")
+def _minimise(params: list[torch.Tensor], loss_fn: Callable[[], torch.Tensor], max_iter: int) -> None:
+    """Minimise ``loss_fn`` over ``params`` in place with L-BFGS (SciPy's L-BFGS-B, torch gradients).
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
+    SciPy's optimiser is used rather than ``torch.optim.LBFGS`` because constructing any
+    ``torch.optim`` optimiser imports TorchDynamo, which costs seconds once per process; the
+    parameters here are a handful of numbers, so nothing is lost.
+    """
+    from scipy.optimize import minimize
+
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+
+    def assign(flat: np.ndarray) -> None:
+        chunks = torch.from_numpy(flat).split(sizes)
+        with torch.no_grad():
+            for p, c, shape in zip(params, chunks, shapes):
+                p.copy_(c.reshape(shape).to(p))
+
+    def fun(flat: np.ndarray) -> tuple[float, np.ndarray]:
+        assign(flat)
+        for p in params:
+            p.grad = None
         loss = loss_fn()
         loss.backward()
-        return loss
+        grad = torch.cat([p.grad.reshape(-1) if p.grad is not None else torch.zeros(p.numel()) for p in params])
+        return float(loss.detach()), grad.detach().cpu().double().numpy()
 
-    opt.step(closure)
+    x0 = torch.cat([p.detach().reshape(-1) for p in params]).cpu().double().numpy()
+    result = minimize(fun, x0, jac=True, method="L-BFGS-B", options={"maxiter": max_iter})
+    assign(result.x)
 
 
 CALIBRATORS: Registry[Calibrator] = Registry("calibrator")

@@ -28,6 +28,7 @@ from mlsafety.monitoring.ood.dice import DICE
 from mlsafety.monitoring.ood.energy import Energy
 from mlsafety.monitoring.ood.entropy import Entropy
 from mlsafety.monitoring.ood.fdbd import FDBD
+from mlsafety.monitoring.ood.evaluation import ood_metrics_fast
 from mlsafety.monitoring.ood.gen import GEN
 from mlsafety.monitoring.ood.gradnorm import GradNorm
 from mlsafety.monitoring.ood.kl_matching import KLMatching
@@ -81,6 +82,7 @@ __all__ = [
     "collect_outputs",
     "create",
     "fit_detectors",
+    "ood_metrics_fast",
     "predictive_uncertainty",
     "register",
     "score_detectors",

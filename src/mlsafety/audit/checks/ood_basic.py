@@ -1,0 +1,241 @@
+"""Check ``ood-basic``: can MSP and Energy tell every OOD set of the audit from the test data?
+
+Also holds the helpers the ``ood`` and ``selective`` checks share (rows per detector, ranking
+table, ROC and histogram plots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from mlsafety.audit._check import (
+    Artifact,
+    Check,
+    Headline,
+    Row,
+    StoredRow,
+    Table,
+    Task,
+    TaskResult,
+    fmt_value,
+    register_check,
+)
+from mlsafety.audit._context import AuditContext
+from mlsafety.audit._plots import figure, to_png
+from mlsafety.core import derive_seed
+from mlsafety.metrics import OOD_METRICS
+from mlsafety.monitoring import ood
+
+FPR_NOTE = (
+    "FPR@95TPR is the share of OOD inputs accepted at the threshold that keeps 95% of in-distribution inputs "
+    "(the ODIN / Hendrycks convention); AUROC treats OOD inputs as positives, AUPR-In and AUPR-Out as in OpenOOD."
+)
+
+
+def metric_name(detector: str, metric: str) -> str:
+    """Row metric for a detector's figure, e.g. ``max_logit_auroc``."""
+    return f"{detector.replace('-', '_')}_{metric}"
+
+
+def detector_rows(
+    hazard: str,
+    detector: str,
+    in_scores: torch.Tensor,
+    out_scores: torch.Tensor,
+    n_boot: int,
+    seed: int,
+    plain: bool = False,
+    **params: Any,
+) -> list[Row]:
+    """The four OOD metrics with bootstrap intervals, named per detector (and plainly for the default).
+
+    Intervals come from :func:`~mlsafety.monitoring.ood.ood_metrics_fast`, which gives the numbers of
+    :func:`mlsafety.metrics.ood_metrics` (same draws) several times faster.
+    """
+    est = ood.ood_metrics_fast(in_scores, out_scores, n_boot=n_boot, seed=seed)
+    rows = [Row.of(hazard, metric_name(detector, m), e, detector=detector, **params) for m, e in est.items()]
+    if plain:
+        rows += [Row.of(hazard, m, e, detector=detector, **params) for m, e in est.items()]
+    return rows
+
+
+class ScoreCache:
+    """Fits detectors once on ``ctx.data.fit`` and caches their scores per hazard (shared pass)."""
+
+    def __init__(self, ctx: AuditContext, names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None):
+        self.ctx = ctx
+        self.names = list(names)
+        self.params = {n: dict((params or {}).get(n, {})) for n in self.names}
+        self._detectors: list[ood.Detector] | None = None
+        self._scores: dict[str, dict[str, torch.Tensor]] = {}
+        self.info: dict[str, dict[str, Any]] = {n: {} for n in self.names}
+
+    @property
+    def detectors(self) -> list[ood.Detector]:
+        if self._detectors is None:
+            ctx = self.ctx
+            dets = [ood.create(n, **self.params[n]) for n in self.names]
+            fit = ctx.data.fit
+            ood.fit_detectors(dets, ctx.model, fit, ctx.batch_size, outputs=ctx.outputs_for(fit), labels=fit.y)
+            self._detectors = dets
+        return self._detectors
+
+    def replace(self, name: str, detector: ood.Detector, **info: Any) -> None:
+        """Use an already fitted detector for ``name`` (e.g. a tuned one)."""
+        dets = self.detectors
+        dets[self.names.index(name)] = detector
+        self.info[name].update(info)
+        self._scores.clear()
+
+    def scores(self, hazard: str) -> dict[str, torch.Tensor]:
+        if hazard not in self._scores:
+            ctx = self.ctx
+            x = ctx.hazard(hazard).x
+            out = ood.score_detectors(self.detectors, ctx.model, x, ctx.batch_size, outputs=ctx.outputs(hazard))
+            self._scores[hazard] = {n: s.cpu() for n, s in zip(self.names, out.values())}
+        return self._scores[hazard]
+
+
+def histogram_png(title: str, in_scores: torch.Tensor, outs: Mapping[str, torch.Tensor]) -> bytes:
+    """Overlaid score histograms: in-distribution against each OOD set."""
+    return histograms_png({title: (in_scores, outs)})
+
+
+def histograms_png(panels: Mapping[str, tuple[torch.Tensor, Mapping[str, torch.Tensor]]]) -> bytes:
+    """One histogram panel per title: (in-distribution scores, OOD scores by set)."""
+    fig = figure(4.6 * len(panels), 3.2)
+    for i, (title, (in_scores, outs)) in enumerate(panels.items(), 1):
+        ax = fig.add_subplot(1, len(panels), i)
+        allv = torch.cat([in_scores, *outs.values()]).double()
+        lo, hi = float(allv.quantile(0.005)), float(allv.quantile(0.995))
+        if hi <= lo:
+            lo, hi = lo - 0.5, hi + 0.5
+        bins = torch.linspace(lo, hi, 41).tolist()
+        ax.hist(in_scores.clamp(lo, hi).numpy(), bins=bins, density=True, alpha=0.55, label="in-distribution (test)")
+        for name, s in outs.items():
+            ax.hist(s.clamp(lo, hi).numpy(), bins=bins, density=True, histtype="step", linewidth=1.6, label=name)
+        ax.set_xlabel("anomaly score (higher = more anomalous)")
+        ax.set_ylabel("density")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    return to_png(fig)
+
+
+def roc_points(in_scores: torch.Tensor, out_scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """False and true positive rates (OOD = positive), one point per distinct threshold."""
+    scores = torch.cat([in_scores, out_scores]).double()
+    pos = torch.cat([torch.zeros(len(in_scores)), torch.ones(len(out_scores))]).double()
+    order = scores.argsort(descending=True, stable=True)
+    s, p = scores[order], pos[order]
+    end = torch.ones_like(s, dtype=torch.bool)
+    end[:-1] = s[:-1] != s[1:]
+    tpr = torch.cat([torch.zeros(1), (p.cumsum(0) / p.sum())[end]])
+    fpr = torch.cat([torch.zeros(1), ((1 - p).cumsum(0) / (1 - p).sum())[end]])
+    return fpr, tpr
+
+
+def roc_png(panels: Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]]) -> bytes:
+    """One ROC panel per title, each with labelled (fpr, tpr) curves."""
+    fig = figure(3.6 * len(panels), 3.5)
+    for i, (title, curves) in enumerate(panels.items(), 1):
+        ax = fig.add_subplot(1, len(panels), i)
+        for label, (fpr, tpr) in curves.items():
+            ax.plot(fpr.numpy(), tpr.numpy(), linewidth=1.4, label=label)
+        ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":")
+        ax.set_xlabel("FPR (in-distribution flagged)")
+        if i == 1:
+            ax.set_ylabel("TPR (OOD flagged)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+    return to_png(fig)
+
+
+def ranking_table(rows: Sequence[StoredRow], title: str) -> list[Table]:
+    """Detectors ranked by mean AUROC over the OOD sets, with per-set AUROC and FPR@95TPR."""
+    per: dict[str, dict[str, dict[str, StoredRow]]] = {}
+    for r in rows:
+        det = r.params.get("detector")
+        if det is None or not r.hazard.startswith("ood/"):
+            continue
+        for m in OOD_METRICS:
+            if r.metric == metric_name(det, m):
+                per.setdefault(det, {}).setdefault(r.hazard, {})[m] = r
+    if not per:
+        return []
+    hazards = sorted({h for d in per.values() for h in d})
+    ranked = sorted(
+        per.items(), key=lambda kv: -sum(v["auroc"].value for v in kv[1].values() if "auroc" in v) / max(len(kv[1]), 1)
+    )
+    body = []
+    for rank, (det, by_h) in enumerate(ranked, 1):
+        aurocs = [by_h[h]["auroc"].value for h in hazards if h in by_h and "auroc" in by_h[h]]
+        cells = [str(rank), det, fmt_value(sum(aurocs) / len(aurocs)) if aurocs else ""]
+        for h in hazards:
+            v = by_h.get(h, {})
+            cells.append(
+                f"{fmt_value(v['auroc'].value)} / {fmt_value(v['fpr_at_95_tpr'].value)}"
+                if "auroc" in v and "fpr_at_95_tpr" in v
+                else ""
+            )
+        tuned = next((r.params.get("tuned_on") for r in by_h[next(iter(by_h))].values()), None)
+        cells.append(str(tuned) if tuned else "defaults")
+        body.append(cells)
+    headers = ["rank", "detector", "mean AUROC", *[f"{h[4:]} AUROC / FPR@95" for h in hazards], "hyper-parameters"]
+    return [Table(title, headers, body)]
+
+
+def plain_headlines(rows: Sequence[StoredRow], label: str) -> list[Headline]:
+    return [Headline(f"{label} {r.hazard[4:]}", r) for r in rows if r.metric == "auroc" and r.hazard.startswith("ood/")]
+
+
+@register_check("ood-basic")
+class OODBasic(Check):
+    pillar = "monitoring"
+    title = "OOD detection (baseline)"
+    description = (
+        "Maximum softmax probability and Energy, fitted on nothing, scored on the test data against every OOD set: "
+        "AUROC, AUPR-In, AUPR-Out and FPR@95TPR with seeded bootstrap 95% intervals. " + FPR_NOTE
+    )
+    defaults: ClassVar[dict[str, Any]] = {"detectors": ["msp", "energy"], "default": "msp", "n_boot": 500}
+    quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
+
+    def hazards(self, ctx: AuditContext) -> list[str]:
+        return [f"ood/{n}" for n in ctx.data.ood]
+
+    def tasks(self, ctx: AuditContext) -> list[Task]:
+        cache = ScoreCache(ctx, self.params["detectors"])
+        tasks = [Task(h, _bind(self._task, ctx, cache, h)) for h in self.hazards(ctx)]
+        if tasks:
+            tasks.append(Task("plots", _bind(self._plots, ctx, cache)))
+        return tasks
+
+    def _task(self, ctx: AuditContext, cache: ScoreCache, hazard: str) -> TaskResult:
+        sid, sout = cache.scores("clean"), cache.scores(hazard)
+        rows: list[Row] = []
+        for name in cache.names:
+            seed = derive_seed(ctx.seed, self.name, hazard, name)
+            rows += detector_rows(
+                hazard, name, sid[name], sout[name], self.params["n_boot"], seed, plain=name == self.params["default"]
+            )
+        return TaskResult(rows)
+
+    def _plots(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
+        sid = cache.scores("clean")
+        panels = {name: (sid[name], {h[4:]: cache.scores(h)[name] for h in self.hazards(ctx)}) for name in cache.names}
+        caption = "Anomaly scores on the test data and on each OOD set, per detector."
+        return TaskResult([], [Artifact("histograms", histograms_png(panels), caption=caption)])
+
+    @classmethod
+    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
+        return plain_headlines(rows, "MSP AUROC")
+
+    @classmethod
+    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
+        return ranking_table(rows, "Detectors ranked by mean AUROC (OOD = positive)")
+
+
+def _bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
+    return lambda: fn(*args)
