@@ -27,8 +27,8 @@ from mlsafety.monitoring.ood.deep_ensemble import DeepEnsemble, predictive_uncer
 from mlsafety.monitoring.ood.dice import DICE
 from mlsafety.monitoring.ood.energy import Energy
 from mlsafety.monitoring.ood.entropy import Entropy
-from mlsafety.monitoring.ood.fdbd import FDBD
 from mlsafety.monitoring.ood.evaluation import ood_metrics_fast
+from mlsafety.monitoring.ood.fdbd import FDBD
 from mlsafety.monitoring.ood.gen import GEN
 from mlsafety.monitoring.ood.gradnorm import GradNorm
 from mlsafety.monitoring.ood.kl_matching import KLMatching
