@@ -32,7 +32,7 @@ from mlsafety.core import generator as make_generator
 SEVERITIES = (1, 2, 3, 4, 5)
 """The ImageNet-C severity levels."""
 
-MIN_FIELD = 64
+MIN_FIELD = 32
 """Short side (pixels) below which random spatial fields are drawn larger and resampled."""
 
 

@@ -65,28 +65,41 @@ class Snow(Corruption):
         return base + layer + layer.flip(-1, -2)
 
 
+FROST_BANK = 4
+"""Textures made per call; each image takes a random crop of one (ImageNet-C crops one of 5 photographs)."""
+
+
 def frost_texture(n: int, size: tuple[int, int], scale: float, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """Procedural frost (N, 3, H, W) in [0, 1]: ice needles, grain and patchy cover.
 
-    ImageNet-C crops photographs of frost on glass; nothing is downloaded here, so the texture is
-    made from crystals (sparse seeds streaked along several directions), fine grain and a plasma
-    fractal for uneven cover, then matched to the photographs' mean colour and contrast.
+    ImageNet-C crops photographs of frost on glass; nothing is downloaded here, so a small bank of
+    textures is made from crystals (sparse seeds streaked along several directions), fine grain and
+    a plasma fractal for uneven cover, matched to the photographs' mean colour and contrast, and
+    each image gets a random crop of one of them.
     """
     fh, fw = size
-    seeds = (rand((n, 1, fh, fw), g, like) < 0.01).to(like.dtype) * uniform((n, 1, fh, fw), 0.5, 1.0, g, like)
+    bh, bw = 2 * fh, 2 * fw
+    k = min(n, FROST_BANK)
+    seeds = (rand((k, 1, bh, bw), g, like) < 0.01).to(like.dtype) * uniform((k, 1, bh, bw), 0.5, 1.0, g, like)
     needles = torch.zeros_like(seeds)
     for _ in range(4):
-        streak = motion_blur(seeds, 24 * scale, 10 * scale, uniform((n,), -180.0, 180.0, g, like))
+        streak = motion_blur(seeds, 24 * scale, 10 * scale, uniform((k,), -180.0, 180.0, g, like))
         needles = torch.maximum(needles, streak)
     needles = needles / needles.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
-    grain = gaussian_blur(rand((n, 1, fh, fw), g, like), 0.7 * scale)
-    mapsize = next_power_of_two(max(fh, fw))
-    cover = plasma_fractal(n, mapsize, 2.0, g, like)[:, None, :fh, :fw]
+    grain = gaussian_blur(rand((k, 1, bh, bw), g, like), 0.7 * scale)
+    cover = plasma_fractal(k, next_power_of_two(max(bh, bw)), 2.0, g, like)[:, None, :bh, :bw]
     tex = 0.45 * cover + 0.35 * needles.sqrt() + 0.2 * grain
     tex = (tex - tex.mean(dim=(2, 3), keepdim=True)) / tex.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     mean = sum(FROST_COLOUR) / 3
     tint = torch.tensor(FROST_COLOUR, dtype=like.dtype, device=like.device).view(1, 3, 1, 1) / mean
-    return ((mean + FROST_STD * tex) * tint).clamp(0, 1)
+    bank = ((mean + FROST_STD * tex) * tint).clamp(0, 1)  # (k, 3, bh, bw)
+    pick = torch.randint(0, k, (n,), generator=g, device=g.device).to(like.device)
+    top = torch.randint(0, bh - fh + 1, (n,), generator=g, device=g.device).to(like.device)
+    left = torch.randint(0, bw - fw + 1, (n,), generator=g, device=g.device).to(like.device)
+    rows = (top[:, None] + torch.arange(fh, device=like.device))[:, None, :, None]
+    cols = (left[:, None] + torch.arange(fw, device=like.device))[:, None, None, :]
+    chans = torch.arange(3, device=like.device)[None, :, None, None]
+    return bank[pick[:, None, None, None], chans, rows, cols]
 
 
 @register_corruption("frost")

@@ -1,0 +1,266 @@
+"""Check ``corruptions``: accuracy under every ImageNet-C corruption and severity, CE, mCE and a heat map.
+
+Hazards ``corruption/<name>/<severity>`` are the test data corrupted with a generator derived from
+the run seed and the hazard's name, so any check (the systemic one included) can ask for them in any
+order and get the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from mlsafety.audit._check import (
+    Artifact,
+    Check,
+    Headline,
+    Row,
+    StoredRow,
+    Table,
+    Task,
+    TaskResult,
+    fmt_ci,
+    fmt_value,
+    register_check,
+)
+from mlsafety.audit._context import AuditContext, hazard_provider
+from mlsafety.audit._plots import figure, to_png
+from mlsafety.core import ArrayDataset, InputError, UnknownNameError
+from mlsafety.metrics import Estimate, bootstrap_statistic, proportion
+from mlsafety.robustness import corruptions as corr
+
+KIND = "corruption"
+QUICK_CORRUPTIONS = ["gaussian-noise", "motion-blur", "fog", "contrast", "jpeg-compression"]
+"""One corruption of each ImageNet-C group (noise, blur, weather, digital) plus JPEG, for ``--quick``."""
+
+
+def _names(spec: Any) -> list[str]:
+    if spec in ("all", None):
+        return corr.available()
+    if spec == "imagenet-c":
+        return corr.available(extra=False)
+    if isinstance(spec, str):
+        spec = [spec]
+    names = list(dict.fromkeys(spec))
+    for n in names:
+        corr.CORRUPTIONS.get(n)  # raises UnknownNameError with a suggestion
+    return names
+
+
+def _severities(spec: Any) -> list[int]:
+    sevs = [spec] if isinstance(spec, int) else list(spec)
+    if not sevs or any(isinstance(s, bool) or s not in corr.SEVERITIES for s in sevs):
+        raise InputError(f"corruptions severities must be integers from 1 to 5, got {spec!r}")
+    return sorted(set(sevs))
+
+
+def _reference_size(ctx: AuditContext) -> float:
+    params = ctx.check_params.get("corruptions", {})
+    return float(params.get("reference_size", Corruptions.defaults["reference_size"]))
+
+
+@hazard_provider(KIND)
+def _corrupted(ctx: AuditContext, rest: str) -> ArrayDataset:
+    """``corruption/<name>/<severity>``: the test data corrupted (deterministic given the run seed)."""
+    name, _, sev = rest.partition("/")
+    if name not in corr.CORRUPTIONS or not sev.isdigit() or int(sev) not in corr.SEVERITIES:
+        raise UnknownNameError(
+            f"unknown hazard 'corruption/{rest}'; use corruption/<name>/<severity 1-5> with a name from "
+            f"{', '.join(corr.available())}"
+        )
+    test = ctx.data.test
+    g = ctx.generator(KIND, name, int(sev))
+    x = corr.create(name, reference_size=_reference_size(ctx))(test.x, int(sev), g)
+    return ArrayDataset(x, test.y, name=f"{test.name}-{name}-{sev}", kind="in", description=f"{name} severity {sev}")
+
+
+def hazard_name(name: str, severity: int) -> str:
+    return f"{KIND}/{name}/{severity}"
+
+
+@register_check("corruptions")
+class Corruptions(Check):
+    pillar = "robustness"
+    title = "Corruption robustness"
+    description = (
+        "Top-1 accuracy on the test data under each ImageNet-C corruption (Hendrycks & Dietterich, 2019) at each "
+        "severity, computed in torch on the model's device with lengths scaled from 224 px to the image size "
+        "(reference_size), with exact (Clopper-Pearson) 95% intervals; the corruption error per corruption (CE, the "
+        "mean error over severities), the mean corruption error (mCE), the relative mCE (CE minus the clean error) "
+        "and the mean accuracy over every cell, with seeded bootstrap intervals over test inputs. mCE is "
+        "normalised by AlexNet's published ImageNet-C errors only when baseline is 'alexnet' (ImageNet models); "
+        "otherwise it is the unnormalised mean error."
+    )
+    defaults: ClassVar[dict[str, Any]] = {
+        "corruptions": "all",
+        "severities": [1, 2, 3, 4, 5],
+        "reference_size": 224,
+        "baseline": None,
+        "n_boot": 500,
+    }
+    quick: ClassVar[dict[str, Any]] = {"corruptions": QUICK_CORRUPTIONS, "severities": [1, 3, 5], "n_boot": 200}
+
+    # -- plan ----------------------------------------------------------------------------------
+    def _plan(self) -> tuple[list[str], list[int]]:
+        names = _names(self.params["corruptions"])
+        sevs = _severities(self.params["severities"])
+        baseline = self.params["baseline"]
+        if baseline not in (None, "none", "alexnet") and not isinstance(baseline, dict):
+            raise InputError(
+                f"corruptions baseline must be None, 'alexnet' or a mapping name -> error, got {baseline!r}"
+            )
+        if float(self.params["reference_size"]) <= 0:
+            raise InputError("corruptions reference_size must be positive")
+        return names, sevs
+
+    def hazards(self, ctx: AuditContext) -> list[str]:
+        names, sevs = self._plan()
+        return [hazard_name(n, s) for n in names for s in sevs]
+
+    def tasks(self, ctx: AuditContext) -> list[Task]:
+        names, sevs = self._plan()
+        tasks = [Task(n, _bind(self._corruption_task, ctx, n, sevs)) for n in names]
+        tasks.append(Task("summary", lambda: self._summary_task(ctx, names, sevs)))
+        return tasks
+
+    # -- work ----------------------------------------------------------------------------------
+    def _correct(self, ctx: AuditContext, hazard: str) -> torch.Tensor:
+        return (ctx.outputs(hazard).pred == ctx.labels(hazard)).cpu()
+
+    def _corruption_task(self, ctx: AuditContext, name: str, sevs: Sequence[int]) -> TaskResult:
+        rows = []
+        errors = []
+        for s in sevs:
+            h = hazard_name(name, s)
+            correct = self._correct(ctx, h)
+            acc = proportion(correct)
+            err = proportion(~correct)
+            errors.append(err.value)
+            params = {"corruption": name, "severity": s, "reference_size": float(self.params["reference_size"])}
+            rows.append(Row.of(h, "accuracy", acc, **params))
+            rows.append(Row.of(h, "corruption_error", err, **params))
+        rows.append(Row(f"{KIND}/{name}", "ce", sum(errors) / len(errors), n=len(ctx.data.test),
+                        params={"severities": list(sevs), "normalised": False}))  # fmt: skip
+        return TaskResult(rows)
+
+    def _baseline(self, names: Sequence[str], sevs: Sequence[int]) -> tuple[dict[str, float], float] | None:
+        baseline = self.params["baseline"]
+        if baseline in (None, "none"):
+            return None
+        table = corr.ALEXNET_ERRORS if baseline == "alexnet" else dict(baseline)
+        clean = (
+            corr.ALEXNET_CLEAN_ERROR if baseline == "alexnet" else float(table.pop("clean", corr.ALEXNET_CLEAN_ERROR))
+        )
+        if list(sevs) != list(corr.SEVERITIES):
+            raise InputError("a normalised mCE (baseline) needs all five severities; set severities to [1, 2, 3, 4, 5]")
+        return {n: float(table[n]) for n in names if n in table}, clean
+
+    def _summary_task(self, ctx: AuditContext, names: Sequence[str], sevs: Sequence[int]) -> TaskResult:
+        clean = self._correct(ctx, "clean")
+        cells = torch.stack([self._correct(ctx, hazard_name(n, s)) for n in names for s in sevs], dim=1)
+        c, s = len(names), len(sevs)
+        cell_err = (~cells).double().reshape(-1, c, s)
+        # every statistic uses errors averaged over severities, so bootstrap (N, 1 + C) per-input values
+        wrong = torch.cat([(~clean).double()[:, None], cell_err.mean(dim=2)], dim=1)
+        n_boot, seed = int(self.params["n_boot"]), ctx.seed
+        base = self._baseline(names, sevs)
+        info: dict[str, Any] = {"corruptions": list(names), "severities": list(sevs), "normalised": base is not None}
+
+        def stat(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label: str) -> Estimate:
+            def statistic(v: torch.Tensor) -> torch.Tensor:
+                rates = v.mean(dim=-2)  # (B, 1 + C): clean error, then CE of each corruption
+                return fn(rates[:, 0], rates[:, 1:])
+
+            return bootstrap_statistic(statistic, wrong, n_boot=n_boot, seed=seed, name=f"corruptions-{label}")
+
+        rows = [Row.of(KIND, "mean_accuracy", stat(lambda e0, e: 1 - e.mean(dim=1), "acc"), **info)]
+        raw_mce = stat(lambda e0, e: e.mean(dim=1), "mce-raw")
+        raw_rel = stat(lambda e0, e: e.mean(dim=1) - e0, "rmce-raw")
+        if base is None:
+            rows += [Row.of(KIND, "mce", raw_mce, **info), Row.of(KIND, "relative_mce", raw_rel, **info)]
+        else:
+            table, clean_base = base
+            keep = [i for i, n in enumerate(names) if n in table]
+            if not keep:
+                raise InputError("none of the audited corruptions has a baseline error; audit the ImageNet-C ones")
+            ref = torch.tensor([table[names[i]] for i in keep], dtype=torch.float64)
+            idx = torch.tensor(keep)
+            norm = {**info, "corruptions": [names[i] for i in keep], "baseline_clean_error": clean_base}
+            mce = stat(lambda e0, e: (e[:, idx] / ref).mean(dim=1), "mce")
+            rel = stat(lambda e0, e: ((e[:, idx] - e0[:, None]) / (ref - clean_base)).mean(dim=1), "rmce")
+            raw = {**info, "normalised": False}
+            rows += [
+                Row.of(KIND, "mce", mce, **norm),
+                Row.of(KIND, "relative_mce", rel, **norm),
+                Row.of(KIND, "mce_unnormalised", raw_mce, **raw),
+                Row.of(KIND, "relative_mce_unnormalised", raw_rel, **raw),
+            ]
+        acc = 1 - cell_err.mean(dim=0)
+        clean_acc = 1 - float(wrong[:, 0].mean())
+        png = heat_map_png(acc, list(names), list(sevs), clean_acc)
+        caption = (
+            f"Accuracy under each corruption (rows) and severity (columns); clean accuracy {clean_acc:.3f}. "
+            f"Lengths scaled from {fmt_value(float(self.params['reference_size']))} px to the image size."
+        )
+        return TaskResult(rows, [Artifact("corruption-heat-map", png, caption=caption)])
+
+    # -- report --------------------------------------------------------------------------------
+    @classmethod
+    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
+        out = []
+        for r in rows:
+            if r.hazard == KIND and r.metric == "mean_accuracy":
+                out.append(Headline("Mean accuracy under corruptions", r))
+            elif r.hazard == KIND and r.metric == "mce":
+                label = "mCE (AlexNet-normalised)" if r.params.get("normalised") else "mCE (mean error)"
+                out.append(Headline(label, r, higher_is_better=False))
+        return out
+
+    @classmethod
+    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
+        cells: dict[str, dict[int, StoredRow]] = {}
+        ce: dict[str, StoredRow] = {}
+        summary = []
+        for r in rows:
+            parts = r.hazard.split("/")
+            if len(parts) == 3 and r.metric == "accuracy":
+                cells.setdefault(parts[1], {})[int(parts[2])] = r
+            elif len(parts) == 2 and r.metric == "ce":
+                ce[parts[1]] = r
+            elif r.hazard == KIND:
+                summary.append(
+                    [r.metric.replace("_", " "), fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)]
+                )
+        tables = []
+        if cells:
+            sevs = sorted({s for by in cells.values() for s in by})
+            body = [[name, *[fmt_value(by[s].value) if s in by else "" for s in sevs],
+                     fmt_value(ce[name].value) if name in ce else ""] for name, by in cells.items()]  # fmt: skip
+            tables.append(
+                Table("Accuracy per corruption and severity", ["corruption", *[f"s{s}" for s in sevs], "CE"], body)
+            )
+        if summary:
+            tables.append(Table("Corruption summary", ["metric", "value", "95% CI", "n"], summary))
+        return tables
+
+
+def heat_map_png(acc: torch.Tensor, names: list[str], sevs: list[int], clean_acc: float) -> bytes:
+    """A heat map of accuracy (corruptions x severities) as PNG bytes."""
+    fig = figure(1.6 + 0.55 * len(sevs), 0.9 + 0.28 * len(names))
+    ax = fig.add_subplot()
+    im = ax.imshow(acc.numpy(), cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
+    ax.set_xticks(range(len(sevs)), [str(s) for s in sevs])
+    ax.set_yticks(range(len(names)), names, fontsize=7)
+    ax.set_xlabel("severity")
+    ax.set_title(f"accuracy (clean {clean_acc:.3f})", fontsize=9)
+    for i in range(len(names)):
+        for j in range(len(sevs)):
+            ax.text(j, i, f"{float(acc[i, j]):.2f}", ha="center", va="center", fontsize=6)
+    fig.colorbar(im, ax=ax, fraction=0.05)
+    return to_png(fig)
+
+
+def _bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
+    return lambda: fn(*args)
