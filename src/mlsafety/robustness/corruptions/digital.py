@@ -213,7 +213,7 @@ def _jpeg_mosaic(images: np.ndarray, quality: int) -> np.ndarray:
     decodes without upsampling, so a mosaic of block-aligned images gives each image exactly its own
     round trip, with one encoder call instead of N.
     """
-    n, h, w = images.shape
+    _, h, w = images.shape
     cols = max(1, _MOSAIC_SIDE // w)
     rows_per_chunk = max(1, 16384 // h)
     out = np.empty_like(images)
