@@ -183,7 +183,7 @@ class JpegCompression(Corruption):
 
     def apply(self, x: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
         arr = (x.detach() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-        n, h, w, c = arr.shape
+        _, h, w, c = arr.shape
         if c == 1 and h % 8 == 0 and w % 8 == 0:
             out = _jpeg_mosaic(arr[..., 0], int(level))[..., None]
         else:
@@ -213,7 +213,7 @@ def _jpeg_mosaic(images: np.ndarray, quality: int) -> np.ndarray:
     decodes without upsampling, so a mosaic of block-aligned images gives each image exactly its own
     round trip, with one encoder call instead of N.
     """
-    _, h, w = images.shape
+    n, h, w = images.shape
     cols = max(1, _MOSAIC_SIDE // w)
     rows_per_chunk = max(1, 16384 // h)
     out = np.empty_like(images)
