@@ -2,7 +2,7 @@
 
 Until the adversarial and corruption checks provide their hazards, the test context adds its own
 ``adversarial/pgd/<eps>`` hazards (the attacks package's PGD on the first test inputs, in order)
-and a noise hazard, exactly as a provider would.
+exactly as a provider would; the corruption hazard comes from the corruptions check's provider.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import torch
 import mlsafety.audit.checks  # noqa: F401  (registers every check)
 from mlsafety import zoo
 from mlsafety.audit import CHECKS, AuditContext, AuditData, Row, StoredRow
-from mlsafety.core import ArrayDataset, Classifier, InputError, forward, generator
+from mlsafety.core import ArrayDataset, Classifier, InputError, forward
 from mlsafety.systemic import Outcome, failures
 
 N_ADV = 120
@@ -29,7 +29,8 @@ class _Context(AuditContext):
     def __init__(self, *args: Any, extra: dict[str, ArrayDataset], **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.extra = extra
-        self.planned_hazards = list(extra)
+        # a real provider's hazard too (the corruptions check's), read through the context
+        self.planned_hazards = [*extra, "corruption/gaussian-noise/3"] if extra else []
 
     def hazard(self, name: str) -> ArrayDataset:
         return self.extra[name] if name in self.extra else super().hazard(name)
@@ -49,8 +50,6 @@ def setting() -> tuple[Classifier, AuditData, dict[str, ArrayDataset]]:
     )
     x, y = test.x[:N_ADV], test.y[:N_ADV]
     extra = {f"adversarial/pgd/{e}": ArrayDataset(PGD(eps=e, steps=10)(clf, x, y), y, "adv") for e in EPS}
-    noisy = (test.x + 0.3 * torch.randn(test.x.shape, generator=generator(0, "noise-hazard"))).clamp(0, 1)
-    extra["corruption/test-noise/3"] = ArrayDataset(noisy, test.y, "noisy")
     return clf, data, extra
 
 
@@ -212,3 +211,18 @@ def test_worst_case_outcome_is_what_the_row_reports() -> None:
     a = Outcome(torch.tensor([True, False]), torch.tensor([True, False]))
     b = Outcome(torch.tensor([True, True]), torch.tensor([False, True]))
     assert a.worst_case(b).escaped_failure_rate().value == 0.5
+
+
+def test_plot_pools_corruption_severities_when_there_are_many_hazards() -> None:
+    from mlsafety.audit.checks.defence_in_depth import PLOT_MAX_BARS, _for_plot
+
+    def o(k: int) -> Outcome:
+        return Outcome(torch.arange(4) < k, torch.zeros(4, dtype=torch.bool))
+
+    few = {"clean": o(1), "corruption/blur/1": o(2)}
+    assert _for_plot(few, {}) == (few, {})
+    many = {"clean": o(0), **{f"corruption/c{i}/{s}": o(s) for i in range(PLOT_MAX_BARS) for s in (1, 3)}}
+    shown, _ = _for_plot(many, {})
+    assert len(shown) == PLOT_MAX_BARS + 1
+    pooled = shown["corruption/c0"]
+    assert pooled.n == 8 and pooled.failure_rate().value == (1 + 3) / 8

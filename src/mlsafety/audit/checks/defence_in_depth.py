@@ -51,16 +51,19 @@ DEFAULT_MONITORS = ["energy", "max-logit", "mahalanobis", "knn", "vim"]
 """Detectors tried as monitors by default (alone and combined with the model's confidence)."""
 
 ADVERSARIAL = "adversarial"
+CORRUPTION = "corruption"
+PLOT_MAX_BARS = 30
+"""Above this many hazards the Swiss-cheese plot pools each corruption's severities into one bar."""
 
 
 @dataclass
 class _State:
-    """What the tasks share: fitted detectors, the chosen monitor, outcomes per hazard (lazily)."""
+    """What the tasks share, computed lazily: fitted detectors, the chosen monitor, outcomes per hazard."""
 
     ctx: AuditContext
     names: list[str]
     params: dict[str, Any]
-    cache: Any = None  # ood_basic.ScoreCache
+    detectors: list[ood.Detector] | None = None
     monitor: Monitor | None = None
     criteria: dict[str, float] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
@@ -121,16 +124,19 @@ class DefenceInDepth(Check):
         return tasks
 
     # -- the monitor ---------------------------------------------------------------------------
-    def _cache(self, state: _State) -> Any:
-        if state.cache is None:
-            from mlsafety.audit.checks.ood_basic import ScoreCache
-
-            state.cache = ScoreCache(state.ctx, state.names)
-        return state.cache
+    def _detectors(self, state: _State) -> list[ood.Detector]:
+        """Every candidate detector, fitted once on the fit data from the shared forward pass."""
+        if state.detectors is None:
+            ctx = state.ctx
+            fit = ctx.data.fit
+            dets = [ood.create(n) for n in state.names]
+            ood.fit_detectors(dets, ctx.model, fit, ctx.batch_size, outputs=ctx.outputs_for(fit), labels=fit.y)
+            state.detectors = dets
+        return state.detectors
 
     def _scored(self, state: _State, outputs: Outputs, labels: torch.Tensor, x: torch.Tensor) -> ScoredSet:
-        cache = self._cache(state)
-        scores = ood.score_detectors(cache.detectors, state.ctx.model, x, state.ctx.batch_size, outputs=outputs)
+        dets = self._detectors(state)
+        scores = ood.score_detectors(dets, state.ctx.model, x, state.ctx.batch_size, outputs=outputs)
         by_name = {n: s.cpu() for n, s in zip(state.names, scores.values())}
         return ScoredSet(failures(outputs.logits, labels).cpu(), outputs.probs.amax(dim=1).cpu(), by_name)
 
@@ -159,12 +165,20 @@ class DefenceInDepth(Check):
     def _outcome(self, state: _State, hazard: str) -> Outcome:
         if hazard not in state.outcomes:
             ctx = state.ctx
-            mon = self._choose(state)
-            scores = self._cache(state).scores(hazard)
             out = ctx.outputs(hazard)
-            flags = mon.flags(scores.get(mon.detector) if mon.detector else None, out.probs.amax(dim=1).cpu())
+            flags = self._flags(state, ctx.hazard(hazard).x, out)
             state.outcomes[hazard] = Outcome(failures(out.logits, ctx.labels(hazard)).cpu(), flags)
         return state.outcomes[hazard]
+
+    def _flags(self, state: _State, x: torch.Tensor, out: Outputs) -> torch.Tensor:
+        """The chosen monitor's flags for inputs ``x`` with forward outputs ``out`` (only its detector runs)."""
+        ctx = state.ctx
+        mon = self._choose(state)
+        scores = None
+        if mon.detector is not None:
+            det = self._detectors(state)[state.names.index(mon.detector)]
+            scores = next(iter(ood.score_detectors([det], ctx.model, x, ctx.batch_size, outputs=out).values())).cpu()
+        return mon.flags(scores, out.probs.amax(dim=1).cpu())
 
     def _adaptive(self, state: _State, hazard: str) -> Outcome | None:
         """Worst case per input of the hazard's own attack and the monitor-aware attack."""
@@ -177,15 +191,9 @@ class DefenceInDepth(Check):
             x, y, eps, norm = source
             adv = self._attack(state, hazard, x, y, eps, norm)
             ctx = state.ctx
-            out = forward(ctx.model, adv, ctx.batch_size)
             mon = self._choose(state)
-            cache = self._cache(state)
-            scores = None
-            if mon.detector is not None:
-                det = cache.detectors[state.names.index(mon.detector)]
-                scores = ood.score_detectors([det], ctx.model, adv, ctx.batch_size, outputs=out)[det.name].cpu()
-            flags = mon.flags(scores, out.probs.amax(dim=1).cpu())
-            adaptive = Outcome(failures(out.logits, y).cpu(), flags)
+            out = forward(ctx.model, adv, ctx.batch_size)
+            adaptive = Outcome(failures(out.logits, y).cpu(), self._flags(state, adv, out))
             state.adaptive[hazard] = self._outcome(state, hazard).worst_case(adaptive)
             state.adaptive_info[hazard] = {
                 "attack": "pgd", "loss": "monitor-aware (selective)", "steps": int(self.params["adaptive_steps"]),
@@ -265,7 +273,8 @@ class DefenceInDepth(Check):
             est = expected_escaped_rate(measured, exposure)
             rows.append(Row.of("deployment", "expected_escaped_failure_rate", est, exposure=exposure))
         mon = self._choose(state)
-        png = swiss_cheese_png(outcomes, adaptive, title=f"Defence in depth (monitor: {mon.name})")
+        shown, shown_adaptive = _for_plot(outcomes, adaptive)
+        png = swiss_cheese_png(shown, shown_adaptive, title=f"Defence in depth (monitor: {mon.name})")
         caption = (
             "Per hazard: inputs answered correctly (green), failures caught by the monitor (amber) and escaped "
             "failures (red); a black tick marks the escaped share under the monitor-aware attack."
@@ -353,6 +362,25 @@ def _deployment_table(rows: Sequence[StoredRow]) -> Table | None:
         return None
     body = [["expected escaped-failure rate", fmt_value(dep[0].value), fmt_ci(dep[0])]]
     return Table("Deployment, exposure-weighted (Bonferroni-adjusted exact interval)", ["", "value", "95% CI"], body)
+
+
+def _for_plot(
+    outcomes: dict[str, Outcome], adaptive: dict[str, Outcome]
+) -> tuple[dict[str, Outcome], dict[str, Outcome]]:
+    """Bars for the plot: with more than :data:`PLOT_MAX_BARS` hazards, the severities of each
+    corruption are pooled into one bar (``corruption/<name>``, all its inputs together)."""
+    if len(outcomes) <= PLOT_MAX_BARS:
+        return outcomes, adaptive
+    pooled: dict[str, list[Outcome]] = {}
+    for h, o in outcomes.items():
+        parts = h.split("/")
+        key = "/".join(parts[:2]) if parts[0] == CORRUPTION and len(parts) == 3 else h
+        pooled.setdefault(key, []).append(o)
+    shown = {
+        k: v[0] if len(v) == 1 else Outcome(torch.cat([o.failed for o in v]), torch.cat([o.flagged for o in v]))
+        for k, v in pooled.items()
+    }
+    return shown, {h: a for h, a in adaptive.items() if h in shown}
 
 
 def _cell(r: StoredRow | None) -> str:
