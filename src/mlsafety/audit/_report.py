@@ -36,7 +36,8 @@ HEADINGS = {
     ),
     "alignment": ("Alignment", "Does the model say what it knows? (probes and CCS arrive in a later release)"),
 }
-SECTION_ORDER = ("performance", "systemic", "robustness", "monitoring", "alignment")
+SECTION_ORDER = ("systemic", "performance", "robustness", "monitoring", "alignment")
+"""Systemic first: the residual risk of the whole system is what a person signing off reads first."""
 assert set(SECTION_ORDER) == set(PILLARS)
 
 
@@ -73,6 +74,8 @@ def render_report(store: Store, run_id: str) -> str:
         for h in cls.headlines(crow) if cls else []:
             headlines.append(
                 {
+                    "order": SECTION_ORDER.index(pillar),
+                    "check": name,
                     "label": h.label,
                     "key": h.row.key,
                     "value": fmt_value(h.row.value),
@@ -98,6 +101,7 @@ def render_report(store: Store, run_id: str) -> str:
                 "tables": tables,
             }
         )
+    headlines.sort(key=lambda card: card["order"])  # stable: checks keep their order within a pillar
     gates = []
     try:
         failures = evaluate_gates(rows, gates_cfg.get("fail_under", {}), gates_cfg.get("fail_over", {}))
