@@ -52,6 +52,11 @@ DEFAULT_MONITORS = ["energy", "max-logit", "mahalanobis", "knn", "vim"]
 
 ADVERSARIAL = "adversarial"
 CORRUPTION = "corruption"
+LOWER_IS_BETTER = frozenset({
+    "failure_rate", "escaped_failure_rate", "adaptive_escaped_failure_rate", "false_alarm_rate",
+    "expected_escaped_failure_rate", "severity", "occurrence", "detection", "rpn", "validation_escape",
+})  # fmt: skip
+"""Metrics of this check where a smaller number is safer (``caught_share`` is the one that is not)."""
 PLOT_MAX_BARS = 30
 """Above this many hazards the Swiss-cheese plot pools each corruption's severities into one bar."""
 
@@ -303,7 +308,9 @@ class DefenceInDepth(Check):
         by: dict[str, dict[str, StoredRow]] = {}
         for r in rows:
             by.setdefault(r.hazard, {})[r.metric] = r
-        return [t for t in (_hazard_table(by), _fmea_table(by), _validation_table(rows), _deployment_table(rows)) if t]
+        return [
+            t for t in (_hazard_table(by), fmea_report_table(by), _validation_table(rows), _deployment_table(rows)) if t
+        ]
 
 
 def _hazard_table(by: dict[str, dict[str, StoredRow]]) -> Table | None:
@@ -323,7 +330,9 @@ def _hazard_table(by: dict[str, dict[str, StoredRow]]) -> Table | None:
     return Table(f"Escaped failures per hazard (monitor: {monitor}), exact 95% intervals", headers, body)
 
 
-def _fmea_table(by: dict[str, dict[str, StoredRow]]) -> Table | None:
+def fmea_report_table(by: dict[str, dict[str, StoredRow]]) -> Table | None:
+    """The FMEA table (highest RPN first, with the raw probabilities) from stored rows grouped as
+    ``{hazard: {metric: row}}``; None when the rows hold no FMEA."""
     hazards = sorted((h for h, m in by.items() if "rpn" in m), key=lambda h: (-by[h]["rpn"].value, h))
     if not hazards:
         return None
