@@ -104,9 +104,14 @@ def augrc(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
 
 
 def eaurc(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-    """Excess AURC: AURC minus the AURC of the oracle confidence ``correct`` itself (>= 0)."""
+    """Excess AURC: AURC minus the AURC of the best possible ranking, every correct prediction
+    first and no ties, ``1/n sum_{k > n - e} (k - (n - e)) / k`` for ``e`` errors in ``n`` (>= 0)."""
     c, ok, squeeze = _rows(confidence, correct)
-    return _out(aurc(c, ok) - aurc(ok, ok), squeeze)
+    n = c.shape[1]
+    errors = (1.0 - ok).sum(dim=1, keepdim=True)
+    k = torch.arange(1, n + 1, dtype=c.dtype, device=c.device)[None, :]
+    oracle = ((k - (n - errors)).clamp_min(0) / k).mean(dim=1)
+    return _out(aurc(c, ok) - oracle, squeeze)
 
 
 def risk_at_coverage(confidence: torch.Tensor, correct: torch.Tensor, coverage: float = 0.9) -> torch.Tensor:

@@ -1,0 +1,75 @@
+"""Selective prediction: hand-computed curves and areas, ties, and the oracle."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlsafety.core import InputError, generator
+from mlsafety.monitoring import selective as sel
+
+
+def test_curve_without_ties_by_hand() -> None:
+    conf = torch.tensor([0.9, 0.8, 0.7, 0.6])
+    correct = torch.tensor([True, False, True, False])
+    rc = sel.risk_coverage(conf, correct)
+    torch.testing.assert_close(rc.coverage, torch.tensor([0.25, 0.5, 0.75, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(rc.risk, torch.tensor([0.0, 0.5, 1 / 3, 0.5], dtype=torch.float64))
+    # AURC = mean of the risks of the n most confident (Geifman et al.)
+    assert float(sel.aurc(conf, correct)) == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+    assert float(sel.augrc(conf, correct)) == pytest.approx((0 + 0.25 + 0.25 + 0.5) / 4)
+
+
+def test_ties_make_one_point() -> None:
+    conf = torch.tensor([0.9, 0.5, 0.5, 0.1])
+    correct = torch.tensor([True, True, False, False])
+    rc = sel.risk_coverage(conf, correct)
+    torch.testing.assert_close(rc.coverage, torch.tensor([0.25, 0.75, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(rc.threshold, torch.tensor([0.9, 0.5, 0.1], dtype=torch.float64))
+    # step-wise area: .25 * 0 + .5 * (1/3) + .25 * (2/4)
+    assert float(sel.aurc(conf, correct)) == pytest.approx(0.5 / 3 + 0.125)
+    # the order of the tied inputs must not matter
+    swapped = sel.aurc(conf, torch.tensor([True, False, True, False]))
+    assert float(swapped) == pytest.approx(float(sel.aurc(conf, correct)))
+
+
+def test_oracle_has_zero_excess_and_eaurc_is_nonnegative() -> None:
+    g = generator(0, "eaurc")
+    correct = torch.rand(200, generator=g) < 0.8
+    # an oracle without ties: correct ones first, in distinct confidences
+    oracle_conf = correct.double() + torch.linspace(0, 0.5, 200)
+    assert float(sel.eaurc(oracle_conf, correct)) == pytest.approx(0.0, abs=1e-12)
+    assert float(sel.eaurc(torch.rand(200, generator=g), correct)) > 0
+    # the discrete oracle AURC for e errors out of n, by hand
+    n, e = 200, int((~correct).sum())
+    oracle = sum((k - (n - e)) / k for k in range(n - e + 1, n + 1)) / n
+    assert float(sel.aurc(oracle_conf, correct)) == pytest.approx(oracle)
+    # a tied oracle (confidence = correctness) pays for its ties: one step from coverage (n-e)/n to 1
+    assert float(sel.aurc(correct.double(), correct)) == pytest.approx((e / n) ** 2)
+
+
+def test_risk_at_coverage_and_coverage_at_risk() -> None:
+    conf = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    correct = torch.tensor([True, True, False, True, False])
+    assert float(sel.risk_at_coverage(conf, correct, 0.4)) == pytest.approx(0.0)
+    assert float(sel.risk_at_coverage(conf, correct, 0.5)) == pytest.approx(1 / 3)
+    assert float(sel.coverage_at_risk(conf, correct, 0.0)) == pytest.approx(0.4)
+    assert float(sel.coverage_at_risk(conf, correct, 0.25)) == pytest.approx(0.8)
+    assert float(sel.coverage_at_risk(-conf, correct, 0.0)) == pytest.approx(0.0)
+
+
+def test_batched_rows_equal_single_rows() -> None:
+    g = generator(0, "rows")
+    conf = torch.randint(0, 5, (3, 40), generator=g).double()  # many ties
+    correct = torch.rand(3, 40, generator=g) < 0.7
+    for fn in (sel.aurc, sel.augrc, sel.eaurc):
+        rows = fn(conf, correct)
+        for i in range(3):
+            assert float(rows[i]) == pytest.approx(float(fn(conf[i], correct[i])))
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(InputError):
+        sel.aurc(torch.rand(3), torch.ones(4, dtype=torch.bool))
+    with pytest.raises(InputError, match="coverage"):
+        sel.risk_at_coverage(torch.rand(3), torch.ones(3, dtype=torch.bool), 0.0)
