@@ -224,5 +224,5 @@ def test_plot_pools_corruption_severities_when_there_are_many_hazards() -> None:
     many = {"clean": o(0), **{f"corruption/c{i}/{s}": o(s) for i in range(PLOT_MAX_BARS) for s in (1, 3)}}
     shown, _ = _for_plot(many, {})
     assert len(shown) == PLOT_MAX_BARS + 1
-    pooled = shown["corruption/c0"]
+    pooled = shown["corruption/c0 (all severities)"]
     assert pooled.n == 8 and pooled.failure_rate().value == (1 + 3) / 8

@@ -377,13 +377,13 @@ def _for_plot(
     outcomes: dict[str, Outcome], adaptive: dict[str, Outcome]
 ) -> tuple[dict[str, Outcome], dict[str, Outcome]]:
     """Bars for the plot: with more than :data:`PLOT_MAX_BARS` hazards, the severities of each
-    corruption are pooled into one bar (``corruption/<name>``, all its inputs together)."""
+    corruption are pooled into one bar (``corruption/<name> (all severities)``, all its inputs together)."""
     if len(outcomes) <= PLOT_MAX_BARS:
         return outcomes, adaptive
     pooled: dict[str, list[Outcome]] = {}
     for h, o in outcomes.items():
         parts = h.split("/")
-        key = "/".join(parts[:2]) if parts[0] == CORRUPTION and len(parts) == 3 else h
+        key = f"{parts[0]}/{parts[1]} (all severities)" if parts[0] == CORRUPTION and len(parts) == 3 else h
         pooled.setdefault(key, []).append(o)
     shown = {
         k: v[0] if len(v) == 1 else Outcome(torch.cat([o.failed for o in v]), torch.cat([o.flagged for o in v]))
