@@ -226,3 +226,31 @@ def test_plot_pools_corruption_severities_when_there_are_many_hazards() -> None:
     assert len(shown) == PLOT_MAX_BARS + 1
     pooled = shown["corruption/c0 (all severities)"]
     assert pooled.n == 8 and pooled.failure_rate().value == (1 + 3) / 8
+
+
+def test_attack_source_found_by_order_or_nearest_input_and_norm_inferred(setting: Any) -> None:
+    from mlsafety.audit.checks.defence_in_depth import _attack_source
+
+    clf, data, _ = setting
+    test = data.test
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(test), generator=g)[:50]
+    x = test.x[perm]
+    linf = (x + 0.1 * (2 * torch.rand(x.shape, generator=g) - 1)).clamp(0, 1)
+    direction = torch.randn(x.shape, generator=g)
+    l2 = (x + 0.5 * direction / direction.flatten(1).norm(dim=1)[:, None, None, None]).clamp(0, 1)
+    full = (test.x + 0.1 * torch.sign(torch.randn(test.x.shape, generator=g))).clamp(0, 1)
+    extra = {
+        "adversarial/a/0.1": ArrayDataset(linf, test.y[perm]),
+        "adversarial/b/0.5": ArrayDataset(l2, test.y[perm]),
+        "adversarial/c/0.1": ArrayDataset(full, test.y),
+        "adversarial/d/0.01": ArrayDataset(linf, test.y[perm]),  # outside its own ball: no source
+    }
+    ctx = _Context(clf, data, seed=0, extra=extra)
+    src, y, eps, norm = _attack_source(ctx, "adversarial/a/0.1")  # type: ignore[misc]
+    assert torch.equal(src, x) and torch.equal(y, test.y[perm]) and (eps, norm) == (0.1, "linf")
+    src, _, eps, norm = _attack_source(ctx, "adversarial/b/0.5")  # type: ignore[misc]
+    assert torch.equal(src, x) and (eps, norm) == (0.5, "l2")
+    src, _, _, norm = _attack_source(ctx, "adversarial/c/0.1")  # type: ignore[misc]
+    assert torch.equal(src, test.x) and norm == "linf"
+    assert _attack_source(ctx, "adversarial/d/0.01") is None

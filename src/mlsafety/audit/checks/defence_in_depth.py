@@ -192,6 +192,9 @@ class DefenceInDepth(Check):
         if hazard not in state.adaptive:
             source = _attack_source(state.ctx, hazard)
             if source is None:
+                state.adaptive_info[hazard] = {
+                    "adaptive": "not run: the clean source of each input or the eps-ball could not be identified"
+                }
                 return None
             x, y, eps, norm = source
             adv = self._attack(state, hazard, x, y, eps, norm)
@@ -235,6 +238,9 @@ class DefenceInDepth(Check):
         o = self._outcome(state, hazard)
         mon = self._choose(state)
         info = mon.describe()
+        adaptive = self._adaptive(state, hazard)
+        if adaptive is None and hazard in state.adaptive_info:
+            info.update(state.adaptive_info[hazard])
         rows = [Row.of(hazard, "failure_rate", o.failure_rate(), **info)]
         caught = o.caught_share()
         if caught is not None:
@@ -243,7 +249,6 @@ class DefenceInDepth(Check):
         alarms = o.false_alarm_rate()
         if alarms is not None:
             rows.append(Row.of(hazard, "false_alarm_rate", alarms, **info))
-        adaptive = self._adaptive(state, hazard)
         if adaptive is not None:
             rows.append(
                 Row.of(hazard, "adaptive_escaped_failure_rate", adaptive.escaped_failure_rate(),
@@ -412,18 +417,35 @@ def _differentiable_copy(ctx: AuditContext, name: str) -> ood.Detector:
 
 
 def _attack_source(ctx: AuditContext, hazard: str) -> tuple[torch.Tensor, torch.Tensor, float, str] | None:
-    """Clean inputs, labels, eps and norm behind ``adversarial/<attack>/<eps>`` (None when unknown)."""
+    """Clean inputs, labels, eps and norm behind ``adversarial/<attack>/<eps>``, read from the data.
+
+    Each adversarial input's source is the clean test input it was made from: the one at the same
+    position when the hazard keeps the test order, else the nearest clean input with the same label.
+    The norm is the one whose eps-ball holds every perturbation: L2 when every ``||x_adv - x||_2 <= eps``
+    (an L-inf attack moves 8x8 images much further in L2), else L-inf. None when the hazard name has
+    no eps or some input lies outside both balls around every candidate source.
+    """
     parts = hazard.split("/")
-    if len(parts) != 3:
-        return None
     try:
-        eps = float(parts[2])
+        eps = float(parts[-1])
     except ValueError:
         return None
-    data = ctx.hazard(hazard)
-    clean = ctx.hazard("clean")
-    n = len(data)
-    if n > len(clean) or not torch.equal(data.y.cpu(), clean.y[:n].cpu()):
+    adv, clean = ctx.hazard(hazard), ctx.hazard("clean")
+    xa, ya = adv.x.cpu(), adv.y.cpu()
+    if len(adv) == len(clean) and torch.equal(ya, clean.y.cpu()):
+        src = clean.x.cpu()
+    else:
+        xc, yc = clean.x.cpu().flatten(1), clean.y.cpu()
+        idx = []
+        for start in range(0, len(adv), 1024):
+            d = torch.cdist(xa[start : start + 1024].flatten(1).double(), xc.double())
+            d[ya[start : start + 1024, None] != yc[None, :]] = float("inf")
+            idx.append(d.argmin(dim=1))
+        src = clean.x.cpu()[torch.cat(idx)] if idx else clean.x.cpu()[:0]
+    delta = (xa - src).flatten(1).double()
+    tol = eps * (1 + 1e-4) + 1e-6
+    l2, linf = delta.norm(dim=1), delta.abs().amax(dim=1)
+    norm = "l2" if bool((l2 <= tol).all()) else "linf"
+    if not bool(((l2 if norm == "l2" else linf) <= tol).all()):
         return None
-    norm = str(getattr(data, "norm", "linf"))
-    return clean.x[:n], clean.y[:n], eps, norm
+    return src, ya, eps, norm
