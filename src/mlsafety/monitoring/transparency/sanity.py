@@ -1,0 +1,185 @@
+"""Sanity checks for attribution maps (Adebayo et al., "Sanity Checks for Saliency Maps", NeurIPS 2018).
+
+An explanation that does not change when the model's weights are destroyed, or when the model is
+trained on random labels, cannot be explaining the model. Three tests:
+
+* **cascading randomisation**: re-initialise layers from the output towards the input, one more at
+  each stage, and compare each stage's maps with the original ones;
+* **independent randomisation**: re-initialise one layer at a time;
+* **label randomisation**: compare with the maps of a model trained (by a recipe the caller gives)
+  on the same data with permuted labels.
+
+Similarity is the Spearman rank correlation and the SSIM of the absolute maps, per input, averaged.
+The target stays the original model's class. A method *passes* a test when the mean rank correlation
+falls below ``threshold`` (at the last cascading stage; averaged over layers for the independent
+test): its maps depend on the parameters. The model given is never changed: randomisation works on
+a deep copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+from torch import nn
+
+from mlsafety.core import ArrayDataset, Classifier, InputError, as_classifier, forward, generator
+from mlsafety.monitoring.transparency.base import Attribution, Target
+
+MODES = ("cascading", "independent", "label")
+
+
+@dataclass(frozen=True)
+class SanityResult:
+    """Similarities between original and randomised-model maps for one method and one test.
+
+    Attributes:
+        method: the attribution method's name.
+        mode: ``cascading``, ``independent`` or ``label``.
+        stages: what was randomised at each stage (layer names; ``labels`` for the label test).
+        spearman: (S, N) Spearman rank correlation of absolute maps, per stage and input.
+        ssim: (S, N) SSIM of absolute maps scaled to [0, 1], per stage and input.
+        threshold: rank correlation below which maps count as changed.
+    """
+
+    method: str
+    mode: str
+    stages: list[str]
+    spearman: torch.Tensor
+    ssim: torch.Tensor
+    threshold: float
+
+    @property
+    def score(self) -> float:
+        """The similarity the verdict is based on (lower = more sensitive to the model)."""
+        per_stage = self.spearman.mean(dim=1)
+        return float(per_stage.mean() if self.mode == "independent" else per_stage[-1])
+
+    @property
+    def passed(self) -> bool:
+        """True when the maps change under randomisation."""
+        return self.score < self.threshold
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Spearman rank correlation (average ranks for ties) of each pair of rows of (N, ...) tensors."""
+    ra = stats.rankdata(a.detach().flatten(1).double().cpu().numpy(), axis=1)
+    rb = stats.rankdata(b.detach().flatten(1).double().cpu().numpy(), axis=1)
+    ra = ra - ra.mean(axis=1, keepdims=True)
+    rb = rb - rb.mean(axis=1, keepdims=True)
+    denom = np.sqrt((ra * ra).sum(axis=1) * (rb * rb).sum(axis=1))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = np.where(denom > 0, (ra * rb).sum(axis=1) / np.where(denom > 0, denom, 1.0), 0.0)
+    return torch.from_numpy(rho)
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 7) -> torch.Tensor:
+    """Mean structural similarity (Wang et al. 2004) of maps (N, C, H, W) averaged over channels, each
+    scaled to [0, 1] by its maximum; a uniform window of ``window`` pixels (at most the image size)."""
+    if a.ndim != 4:
+        raise InputError(f"SSIM needs maps of shape (N, C, H, W), got {tuple(a.shape)}")
+
+    def prep(m: torch.Tensor) -> torch.Tensor:
+        m = m.detach().double().mean(dim=1, keepdim=True)
+        return m / m.flatten(1).amax(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
+
+    x, y = prep(a), prep(b)
+    k = max(1, min(window, x.shape[-1], x.shape[-2]))
+    mu_x, mu_y = F.avg_pool2d(x, k, 1), F.avg_pool2d(y, k, 1)
+    var_x = F.avg_pool2d(x * x, k, 1) - mu_x**2
+    var_y = F.avg_pool2d(y * y, k, 1) - mu_y**2
+    cov = F.avg_pool2d(x * y, k, 1) - mu_x * mu_y
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return s.flatten(1).mean(dim=1).cpu()
+
+
+def randomizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Modules with their own parameters and a ``reset_parameters`` method, input to output order."""
+    return [
+        (name, m)
+        for name, m in model.named_modules()
+        if hasattr(m, "reset_parameters") and any(True for _ in m.parameters(recurse=False))
+    ]
+
+
+def _reinit(module: nn.Module, seed: int, name: str) -> None:
+    g = generator(seed, "sanity", name)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+        module.reset_parameters()  # type: ignore[operator]
+
+
+def _compare(
+    method: Attribution, model: nn.Module | Classifier, x: torch.Tensor, target: torch.Tensor, ref: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    maps = method.attribute(model, x, target).abs()
+    return spearman(ref, maps), ssim(ref.reshape(maps.shape), maps) if maps.ndim == 4 else spearman(ref, maps)
+
+
+def _target(clf: Classifier, x: torch.Tensor, target: Target | None) -> torch.Tensor:
+    if target is not None:
+        return torch.as_tensor(target).long().expand(x.shape[0]).clone()
+    return forward(clf, x, features=False).pred.cpu().clone()
+
+
+def sanity_check(
+    method: Attribution,
+    model: nn.Module | Classifier,
+    x: torch.Tensor,
+    target: Target | None = None,
+    mode: str = "cascading",
+    threshold: float = 0.5,
+    seed: int = 0,
+    train: Callable[[ArrayDataset], nn.Module] | None = None,
+    data: ArrayDataset | None = None,
+) -> SanityResult:
+    """Run one sanity test of ``method`` on ``model`` for inputs ``x``.
+
+    Args:
+        method: the attribution method.
+        model: the model whose explanations are tested (left unchanged).
+        x: inputs (N, ...).
+        target: classes to explain (default: the model's predictions).
+        mode: ``cascading``, ``independent`` or ``label``.
+        threshold: rank correlation below which maps count as changed.
+        seed: seed of the re-initialisation (and of the label permutation).
+        train: for ``label``: a recipe that trains a fresh model on the data it is given.
+        data: for ``label``: the training data whose labels are permuted.
+    """
+    if mode not in MODES:
+        raise InputError(f"unknown sanity test {mode!r}; choose one of {', '.join(MODES)}")
+    clf = as_classifier(model)
+    tgt = _target(clf, x, target)
+    ref = method.attribute(clf, x, tgt).abs()
+    rhos: list[torch.Tensor] = []
+    ssims: list[torch.Tensor] = []
+    stages: list[str] = []
+    if mode == "label":
+        if train is None or data is None:
+            raise InputError("the label-randomisation test needs a training recipe (train=) and its data (data=)")
+        perm = torch.randperm(len(data), generator=generator(seed, "sanity", "labels"))
+        shuffled = ArrayDataset(data.x, data.y[perm], name=f"{data.name}-random-labels", kind=data.kind)
+        rand_model = train(shuffled).to(clf.device).eval()
+        rho, ss = _compare(method, rand_model, x, tgt, ref)
+        return SanityResult(method.name, mode, ["labels"], rho[None], ss[None], threshold)
+    layers = [name for name, _ in randomizable_layers(clf.module)]
+    if not layers:
+        raise InputError("the model has no layers with parameters to randomise")
+    work = copy.deepcopy(clf.module)
+    named = dict(work.named_modules())
+    for name in reversed(layers):  # output to input
+        if mode == "independent":
+            work = copy.deepcopy(clf.module)
+            named = dict(work.named_modules())
+        _reinit(named[name], seed, name)
+        rho, ss = _compare(method, Classifier(work, clf.head_name), x, tgt, ref)
+        rhos.append(rho)
+        ssims.append(ss)
+        stages.append(name)
+    return SanityResult(method.name, mode, stages, torch.stack(rhos), torch.stack(ssims), threshold)

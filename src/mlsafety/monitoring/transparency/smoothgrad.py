@@ -1,0 +1,74 @@
+"""SmoothGrad and its variants: gradients averaged over noisy copies of the input.
+
+Smilkov et al., "SmoothGrad: removing noise by adding noise", 2017 (``smoothgrad``, and the squared
+variant ``smoothgrad-sq``); Adebayo et al., "Local Explanation Methods for Deep Neural Networks Lack
+Sensitivity to Parameter Values", 2018 (``vargrad``, the variance of the noisy gradients).
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from mlsafety.core import Classifier, InputError, generator, randn_like
+from mlsafety.monitoring.transparency.base import Attribution, input_gradient, register
+
+
+class _NoisyGradients(Attribution):
+    """Gradients at ``n_samples`` copies ``x + N(0, stdev^2)``, reduced by :meth:`_reduce`.
+
+    Args:
+        n_samples: noisy copies per input.
+        stdev: noise standard deviation in input units (for images in [0, 1] this is the paper's
+            noise level, the fraction of the value range).
+        batch_size: noisy copies per backward pass (bounds memory for large inputs).
+        seed: seed of the noise generator.
+    """
+
+    reduction: ClassVar[str] = "mean"
+
+    def __init__(self, n_samples: int = 25, stdev: float = 0.15, batch_size: int = 256, seed: int = 0) -> None:
+        if n_samples < 1 or batch_size < 1 or stdev < 0:
+            raise InputError("n_samples and batch_size must be positive and stdev non-negative")
+        self.n_samples = n_samples
+        self.stdev = stdev
+        self.batch_size = batch_size
+        self.seed = seed
+
+    def _attribute(self, clf: Classifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        g = generator(self.seed, self.name)
+        total = torch.zeros_like(x)
+        total_sq = torch.zeros_like(x)
+        n, m = x.shape[0], self.n_samples
+        for start in range(0, n * m, self.batch_size):
+            owner = torch.arange(start, min(start + self.batch_size, n * m), device=x.device) // m
+            clean = x[owner]
+            grad = input_gradient(clf, clean + randn_like(clean, g) * self.stdev, target[owner])
+            total.index_add_(0, owner, grad)
+            total_sq.index_add_(0, owner, grad * grad)
+        mean, mean_sq = total / m, total_sq / m
+        if self.reduction == "sq":
+            return mean_sq
+        if self.reduction == "var":
+            return (mean_sq - mean * mean).clamp_min(0)
+        return mean
+
+
+@register("smoothgrad")
+class SmoothGrad(_NoisyGradients):
+    """Mean gradient over noisy copies of the input."""
+
+
+@register("smoothgrad-sq")
+class SmoothGradSquared(_NoisyGradients):
+    """Mean squared gradient over noisy copies of the input."""
+
+    reduction = "sq"
+
+
+@register("vargrad")
+class VarGrad(_NoisyGradients):
+    """Variance of the gradient over noisy copies of the input."""
+
+    reduction = "var"

@@ -1,0 +1,46 @@
+"""The audit check ``transparency`` on the embedded model with small parameters."""
+
+from __future__ import annotations
+
+from mlsafety.audit import CHECKS, AuditContext, AuditData, StoredRow
+from mlsafety.core import Classifier
+
+
+def test_transparency_check_rows_artifacts_and_tables(digits_model, digits_test) -> None:  # type: ignore[no-untyped-def]
+    import mlsafety.audit.checks  # noqa: F401  (registers the checks)
+    from mlsafety import zoo
+
+    data = AuditData(digits_test, digits_test, ood={"noise": zoo.load_dataset("noise")})
+    ctx = AuditContext(Classifier(digits_model), data)
+    check = CHECKS.create(
+        "transparency",
+        methods=["saliency", "input-x-gradient"],
+        grid_methods=["saliency"],
+        examples=2,
+        sanity_inputs=6,
+        sanity_modes=["cascading"],
+        vis_steps=10,
+    )
+    result = check.tasks(ctx)[0].run()
+    rows = {r.metric: r for r in result.rows}
+    # The gradient depends on the weights; input x gradient is dominated by the input (Adebayo et al.).
+    assert rows["saliency_cascading_pass"].value == 1.0
+    assert rows["input_x_gradient_cascading_pass"].value == 0.0
+    assert rows["sanity_pass_share"].value == 0.5
+    assert rows["ig_completeness_gap"].value >= 0
+    names = {a.name for a in result.artifacts}
+    assert {
+        "sanity-checks",
+        "attributions-correct",
+        "attributions-adversarial",
+        "attributions-ood-noise",
+        "class-visualisations",
+    } <= names
+    assert all(a.data.startswith(b"\x89PNG") for a in result.artifacts)
+    stored = [
+        StoredRow("transparency", r.hazard, r.metric, r.value, r.ci_low, r.ci_high, r.n, dict(r.params))
+        for r in result.rows
+    ]
+    tables = check.tables(stored)
+    assert [row[0] for row in tables[0].rows] == ["saliency", "input-x-gradient"]
+    assert check.headlines(stored)[0].row.metric == "sanity_pass_share"

@@ -1,0 +1,121 @@
+"""Known answers on linear models, IG completeness, and agreement with Captum on the embedded model."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from mlsafety.core import generator
+from mlsafety.monitoring import transparency as tr
+from mlsafety.monitoring.transparency.integrated_gradients import METHODS
+
+
+class Linear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 3)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.randn(3, 16, generator=generator(0, "w")))
+            self.fc.bias.copy_(torch.tensor([0.1, -0.2, 0.3]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(x.flatten(1))
+
+
+@pytest.fixture
+def linear() -> Linear:
+    return Linear().eval()
+
+
+@pytest.fixture
+def x4() -> torch.Tensor:
+    return torch.rand(4, 1, 4, 4, generator=generator(0, "x4"))
+
+
+def test_gradient_methods_on_a_linear_model(linear: Linear, x4: torch.Tensor) -> None:
+    w = linear.fc.weight[1].detach().view(1, 1, 4, 4)
+    assert torch.allclose(tr.attribute("saliency", linear, x4, 1, abs=False), w.expand_as(x4))
+    assert torch.allclose(tr.attribute("saliency", linear, x4, 1), w.abs().expand_as(x4))
+    assert torch.allclose(tr.attribute("input-x-gradient", linear, x4, 1), x4 * w)
+    # The gradient of a linear model does not depend on the noise: SmoothGrad = w, squared = w^2, var = 0.
+    assert torch.allclose(tr.attribute("smoothgrad", linear, x4, 1), w.expand_as(x4), atol=1e-6)
+    assert torch.allclose(tr.attribute("smoothgrad-sq", linear, x4, 1), (w * w).expand_as(x4), atol=1e-6)
+    assert tr.attribute("vargrad", linear, x4, 1).abs().max() < 1e-5
+    for method in METHODS:  # every quadrature is exact for a constant gradient
+        ig = tr.attribute("integrated-gradients", linear, x4, 1, method=method, steps=7, baseline=0.25)
+        assert torch.allclose(ig, (x4 - 0.25) * w, atol=1e-5)
+
+
+def test_occlusion_matches_a_brute_force_loop(linear: Linear, x4: torch.Tensor) -> None:
+    out = tr.attribute("occlusion", linear, x4, 2, window=2, stride=1)
+    expected = torch.zeros_like(x4)
+    count = torch.zeros_like(x4)
+    with torch.no_grad():
+        full = linear(x4)[:, 2]
+        for top in range(3):
+            for left in range(3):
+                occluded = x4.clone()
+                occluded[..., top : top + 2, left : left + 2] = 0
+                drop = (full - linear(occluded)[:, 2]).view(-1, 1, 1, 1)
+                expected[..., top : top + 2, left : left + 2] += drop
+                count[..., top : top + 2, left : left + 2] += 1
+    assert torch.allclose(out, expected / count, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_integrated_gradients_completeness_within_the_reported_delta(method: str, digits_model, digits_test) -> None:  # type: ignore[no-untyped-def]
+    x, y = digits_test.x[:6], digits_test.y[:6]
+    ig = tr.IntegratedGradients(method=method, steps=50, batch_size=37)  # batches that split inputs
+    attr, delta = ig.attribute_with_delta(digits_model, x, y)
+    with torch.no_grad():
+        gap = (
+            digits_model(x).gather(1, y[:, None])[:, 0] - digits_model(torch.zeros_like(x)).gather(1, y[:, None])[:, 0]
+        )
+    assert torch.allclose(attr.flatten(1).sum(dim=1) - gap, delta, atol=1e-4)
+    # More steps make the quadrature better: the delta shrinks.
+    _, fine = tr.IntegratedGradients(method=method, steps=400).attribute_with_delta(digits_model, x, y)
+    assert fine.abs().mean() < delta.abs().mean() or delta.abs().max() < 1e-3
+    assert fine.abs().max() < 0.05 * gap.abs().max()
+
+
+def test_quadrature_weights_integrate_polynomials() -> None:
+    for method in METHODS:
+        a, w = tr.quadrature(method, 64)
+        assert math.isclose(float(w.sum()), 1.0, rel_tol=1e-9)
+        assert abs(float((w * a * a).sum()) - 1 / 3) < 0.02
+    a, w = tr.quadrature("gausslegendre", 5)
+    assert abs(float((w * a**9).sum()) - 0.1) < 1e-12  # exact up to degree 2n - 1
+
+
+captum = pytest.importorskip("captum.attr")
+# Captum warns when it switches on requires_grad for the inputs it is given; that is its documented behaviour.
+CAPTUM_WARNING = "ignore:Input Tensor.*did not already require gradients:UserWarning"
+
+
+@pytest.mark.filterwarnings(CAPTUM_WARNING)
+@pytest.mark.parametrize("method", METHODS)
+def test_integrated_gradients_agrees_with_captum(method: str, digits_model, digits_test) -> None:  # type: ignore[no-untyped-def]
+    x, y = digits_test.x[:8], digits_test.y[:8]
+    ours = tr.attribute("integrated-gradients", digits_model, x, y, method=method)
+    name = {"gausslegendre": "gausslegendre"}.get(method, method.replace("-", "_"))
+    theirs = captum.IntegratedGradients(digits_model).attribute(x, target=y, n_steps=50, method=name)
+    if method == "riemann-trapezoid":
+        # Captum's trapezoid weights are 1/n with halved ends: they sum to (n-1)/n, not 1. Ours are the
+        # textbook rule (1/(n-1), halved ends), i.e. Captum's times n/(n-1).
+        theirs = theirs * 50 / 49
+    assert torch.allclose(ours, theirs, atol=1e-5)
+
+
+@pytest.mark.filterwarnings(CAPTUM_WARNING)
+def test_saliency_and_occlusion_agree_with_captum(digits_model, digits_test) -> None:  # type: ignore[no-untyped-def]
+    x, y = digits_test.x[:8], digits_test.y[:8]
+    assert torch.allclose(
+        tr.attribute("saliency", digits_model, x, y), captum.Saliency(digits_model).attribute(x, target=y)
+    )
+    theirs = captum.Occlusion(digits_model).attribute(x, sliding_window_shapes=(1, 2, 2), strides=1, target=y)
+    assert torch.allclose(tr.attribute("occlusion", digits_model, x, y), theirs, atol=1e-5)
+    theirs = captum.InputXGradient(digits_model).attribute(x, target=y)
+    assert torch.allclose(tr.attribute("input-x-gradient", digits_model, x, y), theirs, atol=1e-6)

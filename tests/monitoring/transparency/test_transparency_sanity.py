@@ -1,0 +1,72 @@
+"""Sanity checks (Adebayo et al. 2018): similarity measures, verdicts, and the model left unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mlsafety.core import ArrayDataset, Classifier, InputError, generator
+from mlsafety.monitoring import transparency as tr
+from mlsafety.monitoring.transparency.base import Attribution
+
+
+class InputOnly(Attribution):
+    """An 'explanation' that ignores the model (an edge detector would do the same): it must fail."""
+
+    name = "input-only"
+
+    def __init__(self) -> None:
+        pass
+
+    def _attribute(self, clf: Classifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return x + 0.01 * torch.arange(x[0].numel(), dtype=x.dtype, device=x.device).view(x.shape[1:])
+
+
+def test_spearman_and_ssim_known_answers() -> None:
+    a = torch.rand(3, 1, 8, 8, generator=generator(0, "a"))
+    assert torch.allclose(tr.spearman(a, a * 2 + 1), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(tr.spearman(a, -a), -torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(tr.ssim(a, a), torch.ones(3, dtype=torch.float64))
+    b = torch.rand(3, 1, 8, 8, generator=generator(0, "b"))
+    assert (tr.ssim(a, b) < 0.5).all() and (tr.spearman(a, b).abs() < 0.5).all()
+    ties = torch.tensor([[0.0, 0.0, 1.0, 2.0]])
+    assert torch.allclose(tr.spearman(ties, torch.tensor([[5.0, 5.0, 6.0, 7.0]])), torch.ones(1, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("mode", ["cascading", "independent"])
+def test_a_model_independent_method_fails_and_the_gradient_passes(mode: str, digits_model, digits_test) -> None:  # type: ignore[no-untyped-def]
+    x = digits_test.x[:8]
+    state = {k: v.clone() for k, v in digits_model.state_dict().items()}
+    fake = tr.sanity_check(InputOnly(), digits_model, x, mode=mode)
+    assert not fake.passed and fake.score > 0.99
+    real = tr.sanity_check(tr.create("saliency"), digits_model, x, mode=mode)
+    assert real.passed and real.score < 0.5
+    layers = [n for n, _ in tr.randomizable_layers(digits_model)]
+    assert real.stages == layers[::-1] and real.spearman.shape == (len(layers), 8)
+    # The audited model is never changed: randomisation works on copies.
+    assert all(torch.equal(v, digits_model.state_dict()[k]) for k, v in state.items())
+
+
+def test_cascading_randomisation_accumulates(digits_model, digits_test) -> None:  # type: ignore[no-untyped-def]
+    res = tr.sanity_check(tr.create("saliency"), digits_model, digits_test.x[:8], mode="cascading")
+    # After every layer is re-initialised nothing of the trained model is left: similarity near zero.
+    assert abs(float(res.spearman[-1].mean())) < 0.3
+
+
+def test_label_randomisation_uses_the_recipe(tiny_net, tiny_data) -> None:  # type: ignore[no-untyped-def]
+    seen: list[ArrayDataset] = []
+
+    def recipe(data: ArrayDataset) -> nn.Module:
+        seen.append(data)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            return type(tiny_net)().eval()
+
+    res = tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], mode="label", train=recipe, data=tiny_data)
+    assert res.stages == ["labels"] and res.spearman.shape == (1, 4)
+    assert sorted(seen[0].y.tolist()) == sorted(tiny_data.y.tolist()) and not torch.equal(seen[0].y, tiny_data.y)
+    with pytest.raises(InputError):
+        tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], mode="label")
+    with pytest.raises(InputError):
+        tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], mode="shuffled")
