@@ -144,6 +144,27 @@ def register_model(info: ModelInfo) -> None:
     _MODELS[info.name] = info
 
 
+def _digits_denoiser(percent: int) -> ModelInfo:
+    """Denoisers for denoised smoothing (``mlsafety.robustness.smoothing``); built lazily, no import cycle."""
+
+    def build() -> nn.Module:
+        from mlsafety.robustness._denoise import ConvDenoiser
+
+        return ConvDenoiser()
+
+    def recipe(seed: int = 0, progress: Progress | None = None) -> nn.Module:
+        from mlsafety.robustness._denoise import train_digits_denoiser
+
+        return train_digits_denoiser(percent / 100, seed=seed, progress=progress)
+
+    description = f"denoiser (not a classifier) for digits + N(0, {percent / 100}^2) noise, for denoised smoothing"
+    return ModelInfo(f"digits-denoiser-{percent}", description, build, recipe, "digits")
+
+
+for _percent in (25, 50):
+    register_model(_digits_denoiser(_percent))
+
+
 def model_names() -> list[str]:
     return sorted(_MODELS)
 
