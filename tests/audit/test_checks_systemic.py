@@ -1,8 +1,6 @@
-"""Check ``defence-in-depth`` on the embedded model with hazards made in the test.
-
-Until the adversarial and corruption checks provide their hazards, the test context adds its own
-``adversarial/pgd/<eps>`` hazards (the attacks package's PGD on the first test inputs, in order)
-exactly as a provider would; the corruption hazard comes from the corruptions check's provider.
+"""Check ``defence-in-depth`` on the embedded model, consuming the hazards of the adversarial check
+(its quick profile on a few test inputs), of the corruptions check and an OOD set, through the
+context as the engine would; hazards made in the test exercise the fallbacks for other providers.
 """
 
 from __future__ import annotations
@@ -19,8 +17,7 @@ from mlsafety.audit import CHECKS, AuditContext, AuditData, Row, StoredRow
 from mlsafety.core import ArrayDataset, Classifier, InputError, forward
 from mlsafety.systemic import Outcome, failures
 
-N_ADV = 120
-EPS = (0.05, 0.1)
+N_ADV = 60
 
 
 class _Context(AuditContext):
@@ -29,33 +26,36 @@ class _Context(AuditContext):
     def __init__(self, *args: Any, extra: dict[str, ArrayDataset], **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.extra = extra
-        # a real provider's hazard too (the corruptions check's), read through the context
-        self.planned_hazards = [*extra, "corruption/gaussian-noise/3"] if extra else []
+        self.planned_hazards = list(extra)
 
     def hazard(self, name: str) -> ArrayDataset:
         return self.extra[name] if name in self.extra else super().hazard(name)
 
 
 @pytest.fixture(scope="module")
-def setting() -> tuple[Classifier, AuditData, dict[str, ArrayDataset]]:
-    from mlsafety.robustness.attacks import PGD
-
+def setting() -> tuple[Classifier, AuditData, list[str]]:
     clf = Classifier(zoo.load_model("digits-cnn"))
-    test = zoo.load_dataset("digits", "test")
     data = AuditData(
-        test=test,
+        test=zoo.load_dataset("digits", "test"),
         val=zoo.load_dataset("digits", "val"),
         train=zoo.load_dataset("digits", "train"),
         ood={"letters": zoo.load_dataset("letters")},
     )
-    x, y = test.x[:N_ADV], test.y[:N_ADV]
-    extra = {f"adversarial/pgd/{e}": ArrayDataset(PGD(eps=e, steps=10)(clf, x, y), y, "adv") for e in EPS}
-    return clf, data, extra
+    # the adversarial check's quick profile (autoattack-fast, 10 iterations) on 60 test inputs
+    ctx = AuditContext(clf, data, quick=True, check_params={"adversarial": _adversarial_params()})
+    planned = [*CHECKS.create("adversarial", quick=True).hazards(ctx), "corruption/gaussian-noise/3"]
+    return clf, data, planned
+
+
+def _adversarial_params() -> dict[str, Any]:
+    cls = CHECKS.get("adversarial")
+    return {**cls.defaults, **cls.quick, "n": N_ADV}
 
 
 def _run(setting: Any, **params: Any) -> tuple[list[Row], list[Any], AuditContext]:
-    clf, data, extra = setting
-    ctx = _Context(clf, data, seed=0, extra=extra)
+    clf, data, planned = setting
+    ctx = AuditContext(clf, data, seed=0, quick=True, check_params={"adversarial": _adversarial_params()})
+    ctx.planned_hazards = list(planned)
     check = CHECKS.create("defence-in-depth", **{"monitors": ["energy", "mahalanobis"], "adaptive_steps": 20, **params})
     rows: list[Row] = []
     arts: list[Any] = []
@@ -69,7 +69,8 @@ def _run(setting: Any, **params: Any) -> tuple[list[Row], list[Any], AuditContex
 @pytest.fixture(scope="module")
 def result(setting: Any) -> tuple[list[Row], list[Any], AuditContext, float]:
     t0 = time.perf_counter()
-    rows, arts, ctx = _run(setting, exposure={"clean": 0.9, "adversarial/pgd/0.1": 0.1})
+    adversarial = [h for h in setting[2] if h.startswith("adversarial/")]
+    rows, arts, ctx = _run(setting, exposure={"clean": 0.9, adversarial[-1]: 0.1})
     return rows, arts, ctx, time.perf_counter() - t0
 
 
@@ -129,19 +130,19 @@ def test_clean_rates_match_a_hand_recomputation(result: Any, setting: Any) -> No
 
 
 def test_adaptive_attack_escapes_at_least_as_often(result: Any) -> None:
-    rows, _, _, _ = result
-    for e in EPS:
-        h = f"adversarial/pgd/{e}"
+    rows, _, ctx, _ = result
+    adversarial = [h for h in ctx.planned_hazards if h.startswith("adversarial/")]
+    assert len(adversarial) >= 2
+    for h in adversarial:
         plain = _get(rows, h, "escaped_failure_rate")
         adaptive = _get(rows, h, "adaptive_escaped_failure_rate")
-        assert adaptive.value >= plain.value
-        assert adaptive.params["adaptive_only_escaped_failure_rate"] >= 0.0
-    # on the larger budget the monitor-aware attack alone beats the blind one
-    h = f"adversarial/pgd/{max(EPS)}"
-    assert (
-        _get(rows, h, "adaptive_escaped_failure_rate").params["adaptive_only_escaped_failure_rate"]
-        > _get(rows, h, "escaped_failure_rate").value
-    )
+        assert adaptive.value >= plain.value, h
+        assert adaptive.n == plain.n == N_ADV
+        assert adaptive.params["norm"] == "linf" and adaptive.params["eps"] == float(h.split("/")[-1])
+    # on the largest budget the monitor-aware attack alone lets more failures through than autoattack
+    h = adversarial[-1]
+    alone = _get(rows, h, "adaptive_escaped_failure_rate").params["adaptive_only_escaped_failure_rate"]
+    assert alone > _get(rows, h, "escaped_failure_rate").value
 
 
 def test_fmea_rows_sorted_and_raw_probabilities_kept(result: Any) -> None:
@@ -154,7 +155,8 @@ def test_fmea_rows_sorted_and_raw_probabilities_kept(result: Any) -> None:
             assert r.params["failure_rate"] >= fr.value
         else:
             assert r.params["failure_rate"] == pytest.approx(fr.value)
-    assert _get(rows, "adversarial/pgd/0.1", "severity").value == 8  # documented default for the kind
+    adversarial = next(r.hazard for r in rpn if r.hazard.startswith("adversarial/"))
+    assert _get(rows, adversarial, "severity").value == 8  # documented default for the kind
 
 
 def test_monitor_choice_ignores_test_hazards(setting: Any, result: Any) -> None:

@@ -417,20 +417,23 @@ def _differentiable_copy(ctx: AuditContext, name: str) -> ood.Detector:
 
 
 def _attack_source(ctx: AuditContext, hazard: str) -> tuple[torch.Tensor, torch.Tensor, float, str] | None:
-    """Clean inputs, labels, eps and norm behind ``adversarial/<attack>/<eps>``, read from the data.
+    """Clean inputs, labels, eps and norm behind ``adversarial/<attack>/<eps>``.
 
-    Each adversarial input's source is the clean test input it was made from: the one at the same
-    position when the hazard keeps the test order, else the nearest clean input with the same label.
-    The norm is the one whose eps-ball holds every perturbation: L2 when every ``||x_adv - x||_2 <= eps``
-    (an L-inf attack moves 8x8 images much further in L2), else L-inf. None when the hazard name has
-    no eps or some input lies outside both balls around every candidate source.
+    The adversarial check's hazards carry them (``x_clean``, ``eps``, ``norm``). For hazards from
+    other providers they are read from the data: each input's source is the clean test input at the
+    same position when the hazard keeps the test order, else the nearest clean input with the same
+    label; the norm is L2 when every ``||x_adv - x||_2 <= eps`` (an L-inf attack moves images much
+    further in L2), else L-inf. None when the hazard name has no eps or some input lies outside the
+    ball around its source.
     """
-    parts = hazard.split("/")
+    adv, clean = ctx.hazard(hazard), ctx.hazard("clean")
+    x_clean, eps_attr, norm_attr = (getattr(adv, a, None) for a in ("x_clean", "eps", "norm"))
+    if isinstance(x_clean, torch.Tensor) and isinstance(eps_attr, (int, float)) and norm_attr in ("linf", "l2"):
+        return x_clean.cpu(), adv.y.cpu(), float(eps_attr), str(norm_attr)  # the provider says it
     try:
-        eps = float(parts[-1])
+        eps = float(hazard.split("/")[-1])
     except ValueError:
         return None
-    adv, clean = ctx.hazard(hazard), ctx.hazard("clean")
     xa, ya = adv.x.cpu(), adv.y.cpu()
     if len(adv) == len(clean) and torch.equal(ya, clean.y.cpu()):
         src = clean.x.cpu()
