@@ -1,0 +1,354 @@
+"""Check ``adversarial``: robust accuracy against eps for each configured attack, with plots.
+
+Hazards ``adversarial/<attack>/<eps>`` are a fixed subset of the test data (``n`` inputs drawn with
+the run seed, kept in test order) attacked with the registry attack ``<attack>`` at radius ``<eps>``
+in the check's norm. Only correctly classified inputs are attacked (clean errors stay as they
+are, as in AutoAttack); the attack's generator is ``ctx.generator(hazard)``, so any check can ask
+for any hazard in any order and gets the same inputs. The hazard's dataset also carries the clean
+source of every input (``x_clean``, ``index`` into the test set) and the attack's sanity flags.
+
+Profiles (defaults stated once, in ``Adversarial.defaults`` / ``Adversarial.quick``):
+
+* full: ``autoattack-fast`` (APGD-CE + APGD-T with 3 targets, 25 iterations each; an upper bound
+  on what the standard AutoAttack reports) on ``n`` test inputs over six radii scaled to the data
+  (:func:`default_eps`);
+* quick: the same attack with 10 iterations on fewer inputs and three radii.
+
+For a robustness claim, set ``attacks: [autoattack]`` (the standard ensemble) in the config file.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar
+
+import torch
+
+from mlsafety.audit._check import (
+    Artifact,
+    Check,
+    Headline,
+    Row,
+    StoredRow,
+    Table,
+    Task,
+    TaskResult,
+    fmt_ci,
+    fmt_value,
+    register_check,
+)
+from mlsafety.audit._context import AuditContext, hazard_provider
+from mlsafety.audit._plots import figure, to_png
+from mlsafety.core import ArrayDataset, InputError, UnknownNameError
+from mlsafety.metrics import bootstrap_statistic, proportion
+from mlsafety.robustness import attacks as atk
+from mlsafety.robustness import sanity_flags
+
+KIND = "adversarial"
+EPS_FRACTIONS = (0.05, 0.2, 0.3, 0.4, 0.5, 0.8)
+"""Default radii as fractions of the data's pixel standard deviation (L-inf), see :func:`default_eps`."""
+QUICK_FRACTIONS = (0.1, 0.3, 0.8)
+_NICE = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0)
+
+
+def _nice(v: float) -> float:
+    """``v`` rounded (in log scale) to 1, 1.5, 2, 3, 5 or 7.5 times a power of ten."""
+    if v <= 0:
+        return 0.0
+    p = math.floor(math.log10(v))
+    m = v / 10**p
+    best = min(_NICE, key=lambda c: abs(math.log(m / c)))
+    return float(f"{best * 10**p:.3g}")
+
+
+def default_eps(x: torch.Tensor, norm: str, fractions: Sequence[float] = EPS_FRACTIONS) -> list[float]:
+    """Radii scaled to the data: fractions of the pixel standard deviation (times ``sqrt(d) / 3`` for L2).
+
+    For the digits data (standard deviation about 0.38) the L-inf grid is 0.02, 0.075, 0.1, 0.15,
+    0.2, 0.3: it ends where the embedded model's robust accuracy has reached zero. For CIFAR-like
+    data (about 0.25) it runs from 0.015 to 0.2 and brackets the customary 8/255.
+    """
+    sigma = float(x.float().std())
+    scale = sigma if norm == "linf" else sigma * math.sqrt(x[0].numel()) / 3
+    eps = sorted({_nice(f * scale) for f in fractions})
+    return [e for e in eps if e > 0 and (norm != "linf" or e <= 1)]
+
+
+def hazard_name(attack: str, eps: float) -> str:
+    return f"{KIND}/{attack}/{eps:g}"
+
+
+def _params(ctx: AuditContext) -> dict[str, Any]:
+    if KIND in ctx.check_params:
+        return ctx.params_of(KIND)
+    return {**Adversarial.defaults, **(Adversarial.quick if ctx.quick else {})}
+
+
+def _subset(ctx: AuditContext, n: int) -> torch.Tensor:
+    total = len(ctx.data.test)
+    if n <= 0 or n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=ctx.generator(KIND, "subset"))[:n].sort().values
+
+
+class AdversarialSet(ArrayDataset):
+    """The inputs of an adversarial hazard, with their clean sources and the attack's report.
+
+    Attributes:
+        x_clean: the clean inputs the adversarial ones were made from (same order).
+        index: positions of these inputs in the test data.
+        eps, norm, attack: the threat model and the registry name of the attack.
+        warnings: sanity flags (name -> explanation), e.g. ``zero_gradients``.
+        broken_by: for ensembles, points broken by each member.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, x_clean: torch.Tensor, index: torch.Tensor, **info: Any):
+        super().__init__(x, y, name=info["name"], kind="in", description=info["description"])
+        self.x_clean = x_clean
+        self.index = index
+        self.eps: float = info["eps"]
+        self.norm: str = info["norm"]
+        self.attack: str = info["attack"]
+        self.warnings: dict[str, str] = info["warnings"]
+        self.broken_by: dict[str, int] = info["broken_by"]
+
+
+@hazard_provider(KIND)
+def _adversarial(ctx: AuditContext, rest: str) -> ArrayDataset:
+    """``adversarial/<attack>/<eps>``: the check's test subset attacked (deterministic given the seed)."""
+    name, _, eps_text = rest.rpartition("/")
+    try:
+        eps = float(eps_text)
+    except ValueError:
+        eps = -1.0
+    if name not in atk.ATTACKS or eps < 0:
+        raise UnknownNameError(
+            f"unknown hazard 'adversarial/{rest}'; use adversarial/<attack>/<eps> with an attack from "
+            f"{', '.join(atk.available())}"
+        )
+    p = _params(ctx)
+    index = _subset(ctx, int(p["n"]))
+    test = ctx.data.test
+    x, y = test.x[index], test.y[index]
+    attack = atk.create(name, eps=eps, norm=p["norm"], seed=ctx.seed, **dict(p["attack_params"]).get(name, {}))
+    correct = (ctx.outputs("clean").pred[index.to(ctx.device)] == y.to(ctx.device)).cpu()
+    x_adv = x.clone()
+    warnings: dict[str, str] = {}
+    broken_by: dict[str, int] = {}
+    if bool(correct.any()):
+        ok = correct.nonzero()[:, 0]
+        warnings.update(sanity_flags(ctx.model, x[ok], y[ok]))
+        out = attack.run(ctx.model, x[ok], y[ok], generator=ctx.generator(KIND, name, f"{eps:g}"))
+        x_adv[ok] = out.x_adv
+        warnings.update(out.warnings)
+        broken_by = out.broken_by
+    return AdversarialSet(
+        x_adv, y, x, index, name=f"{test.name}-{name}-{eps:g}", description=f"{name} at {p['norm']} eps {eps:g}",
+        eps=eps, norm=p["norm"], attack=name, warnings=warnings, broken_by=broken_by,
+    )  # fmt: skip
+
+
+@register_check(KIND)
+class Adversarial(Check):
+    pillar = "robustness"
+    title = "Adversarial robustness"
+    description = (
+        "Robust accuracy (share of test inputs classified correctly both clean and under attack, exact "
+        "Clopper-Pearson 95% interval) against the attack radius eps in [0, 1] pixel units, for each configured "
+        "attack from the registry; attack success rate among correctly classified inputs and the median norm of "
+        "successful perturbations (bootstrap interval). Default attack: autoattack-fast (APGD-CE and APGD-T, "
+        "Croce & Hein 2020), a cheaper upper bound on the standard AutoAttack's robust accuracy; configure "
+        "attacks: [autoattack] for the standard ensemble. Sanity flags (zero gradients, randomised outputs, "
+        "Square beating the white-box attacks) are stored as warning_* rows."
+    )
+    defaults: ClassVar[dict[str, Any]] = {
+        "attacks": ["autoattack-fast"],
+        "eps": "auto",
+        "norm": "linf",
+        "n": 200,
+        "attack_params": {},
+        "pairs": 8,
+        "n_boot": 500,
+    }
+    quick: ClassVar[dict[str, Any]] = {
+        "eps": "auto-quick",
+        "n": 100,
+        "attack_params": {"autoattack-fast": {"steps": 10}, "autoattack": {"steps": 10, "n_queries": 200}},
+        "n_boot": 200,
+    }
+
+    # -- plan ----------------------------------------------------------------------------------
+    def _plan(self, ctx: AuditContext) -> tuple[list[str], list[float]]:
+        spec = self.params["attacks"]
+        names = [spec] if isinstance(spec, str) else list(dict.fromkeys(spec))
+        if not names:
+            raise InputError("adversarial attacks is empty; name at least one attack, e.g. [autoattack-fast]")
+        for n in names:
+            atk.ATTACKS.get(n)  # raises UnknownNameError with a suggestion
+        norm = self.params["norm"]
+        if norm not in ("linf", "l2"):
+            raise InputError(f"adversarial norm must be 'linf' or 'l2', got {norm!r}")
+        eps = self.params["eps"]
+        if eps in ("auto", "auto-quick"):
+            fractions = QUICK_FRACTIONS if eps == "auto-quick" else EPS_FRACTIONS
+            grid = default_eps(ctx.data.test.x, norm, fractions)
+        else:
+            try:
+                grid = sorted({float(e) for e in ([eps] if isinstance(eps, (int, float)) else eps)})
+            except (TypeError, ValueError):
+                raise InputError(f"adversarial eps must be 'auto' or a list of numbers, got {eps!r}") from None
+            if not grid or grid[0] < 0 or (norm == "linf" and grid[-1] > 1):
+                raise InputError(f"adversarial eps must be numbers in [0, 1] pixel units, got {eps!r}")
+        return names, grid
+
+    def hazards(self, ctx: AuditContext) -> list[str]:
+        names, grid = self._plan(ctx)
+        return [hazard_name(n, e) for n in names for e in grid]
+
+    def tasks(self, ctx: AuditContext) -> list[Task]:
+        names, grid = self._plan(ctx)
+        tasks = [Task(hazard_name(n, e), _bind(self._hazard_task, ctx, n, e)) for n in names for e in grid]
+        tasks.append(Task("plots", lambda: self._plots_task(ctx, names, grid)))
+        return tasks
+
+    # -- work ----------------------------------------------------------------------------------
+    def _outcome(self, ctx: AuditContext, hazard: str) -> tuple[AdversarialSet, torch.Tensor, torch.Tensor]:
+        data = ctx.hazard(hazard)
+        assert isinstance(data, AdversarialSet)
+        y = data.y.to(ctx.device)
+        clean_ok = (ctx.outputs("clean").pred[data.index.to(ctx.device)] == y).cpu()
+        adv_ok = (ctx.outputs(hazard).pred == y).cpu() & clean_ok
+        return data, clean_ok, adv_ok
+
+    def _hazard_task(self, ctx: AuditContext, name: str, eps: float) -> TaskResult:
+        hazard = hazard_name(name, eps)
+        data, clean_ok, adv_ok = self._outcome(ctx, hazard)
+        info = {"attack": name, "eps": eps, "norm": data.norm, "subset": len(data)}
+        rows = [Row.of(hazard, "robust_accuracy", proportion(adv_ok), **info)]
+        n_ok = int(clean_ok.sum())
+        broken = clean_ok & ~adv_ok
+        if n_ok:
+            rows.append(Row.of(hazard, "attack_success_rate", proportion(int(broken.sum()), n_ok), **info))
+        if bool(broken.any()):
+            norms = atk.lp_norm((data.x[broken] - data.x_clean[broken]).double(), data.norm)
+            est = bootstrap_statistic(
+                lambda v: v.median(dim=-1).values, norms, n_boot=int(self.params["n_boot"]), seed=ctx.seed,
+                name=f"{hazard}-norm",
+            )  # fmt: skip
+            rows.append(Row.of(hazard, "median_perturbation_norm", est, **info))
+        for flag, text in sorted(data.warnings.items()):
+            rows.append(Row(hazard, f"warning_{flag}", 1.0, params={**info, "message": text}))
+        for member, count in sorted(data.broken_by.items()):
+            rows.append(Row(hazard, f"broken_by_{member.replace('-', '_')}", float(count), params=info))
+        return TaskResult(rows)
+
+    def _plots_task(self, ctx: AuditContext, names: list[str], grid: list[float]) -> TaskResult:
+        curves: dict[str, list[tuple[float, float, float, float]]] = {}
+        clean_acc = None
+        for name in names:
+            points = []
+            for e in grid:
+                _, clean_ok, adv_ok = self._outcome(ctx, hazard_name(name, e))
+                if clean_acc is None:
+                    c = proportion(clean_ok)
+                    clean_acc = (c.value, c.ci_low, c.ci_high)
+                est = proportion(adv_ok)
+                points.append((e, est.value, est.ci_low, est.ci_high))
+            curves[name] = points
+        assert clean_acc is not None
+        norm = self.params["norm"]
+        rows = [Row(KIND, "clean_accuracy_subset", clean_acc[0], clean_acc[1], clean_acc[2],
+                    len(_subset(ctx, int(self.params["n"]))), {"norm": norm})]  # fmt: skip
+        curve_png = _curve_png(curves, clean_acc, norm)
+        mid = grid[len(grid) // 2]
+        data, clean_ok, adv_ok = self._outcome(ctx, hazard_name(names[0], mid))
+        artifacts = [
+            Artifact("robust-accuracy-curve", curve_png, caption=f"Robust accuracy against {norm} eps (95% CIs)."),
+        ]
+        pick = (clean_ok & ~adv_ok).nonzero()[:, 0][: int(self.params["pairs"])]
+        if pick.numel():
+            with torch.inference_mode():
+                pred_c = ctx.outputs("clean").pred[data.index.to(ctx.device)][pick.to(ctx.device)].cpu()
+                pred_a = ctx.outputs(hazard_name(names[0], mid)).pred[pick.to(ctx.device)].cpu()
+            png = _pairs_png(data.x_clean[pick], data.x[pick], pred_c, pred_a)
+            artifacts.append(
+                Artifact("adversarial-pairs", png, caption=f"Clean (top) and {names[0]} adversarial (bottom) inputs at "
+                         f"{norm} eps {mid:g}, with predicted classes.")
+            )  # fmt: skip
+        return TaskResult(rows, artifacts)
+
+    # -- report --------------------------------------------------------------------------------
+    @classmethod
+    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
+        robust = [r for r in rows if r.metric == "robust_accuracy"]
+        if not robust:
+            return []
+        first = robust[0].params.get("attack")
+        mine = [r for r in robust if r.params.get("attack") == first]
+        mid = sorted(mine, key=lambda r: float(r.params.get("eps", 0)))[len(mine) // 2]
+        return [Headline(f"Robust accuracy ({first}, eps {fmt_value(float(mid.params.get('eps', 0)))})", mid)]
+
+    @classmethod
+    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
+        by: dict[str, dict[str, StoredRow]] = {}
+        warn = []
+        for r in rows:
+            if r.hazard.startswith(f"{KIND}/"):
+                by.setdefault(r.hazard, {})[r.metric] = r
+                if r.metric.startswith("warning_"):
+                    warn.append([r.hazard, r.metric.removeprefix("warning_"), str(r.params.get("message", ""))])
+        body = []
+        for hazard, m in by.items():
+            ra, asr, med = m.get("robust_accuracy"), m.get("attack_success_rate"), m.get("median_perturbation_norm")
+            body.append([
+                hazard.split("/")[1], hazard.split("/")[2],
+                "" if ra is None else f"{fmt_value(ra.value)} {fmt_ci(ra)}",
+                "" if asr is None else fmt_value(asr.value),
+                "" if med is None else fmt_value(med.value),
+                "" if ra is None or ra.n is None else str(ra.n),
+            ])  # fmt: skip
+        tables = [Table("Robust accuracy", ["attack", "eps", "robust accuracy [95% CI]", "success rate",
+                                            "median norm", "n"], body)]  # fmt: skip
+        if warn:
+            tables.append(Table("Sanity flags", ["hazard", "flag", "meaning"], warn))
+        return tables
+
+
+def _curve_png(curves: dict[str, list[tuple[float, float, float, float]]], clean: tuple[float, float, float],
+               norm: str) -> bytes:  # fmt: skip
+    fig = figure(5.0, 3.4)
+    ax = fig.add_subplot()
+    for name, pts in curves.items():
+        xs = [0.0] + [p[0] for p in pts]
+        ys = [clean[0]] + [p[1] for p in pts]
+        lo = [clean[1]] + [p[2] for p in pts]
+        hi = [clean[2]] + [p[3] for p in pts]
+        ax.plot(xs, ys, marker="o", label=name)
+        ax.fill_between(xs, lo, hi, alpha=0.2)
+    ax.set_xlabel(f"eps ({norm}, pixel units)")
+    ax.set_ylabel("robust accuracy")
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return to_png(fig)
+
+
+def _image(x: torch.Tensor) -> Any:
+    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
+
+
+def _pairs_png(clean: torch.Tensor, adv: torch.Tensor, pred_c: torch.Tensor, pred_a: torch.Tensor) -> bytes:
+    k = clean.shape[0]
+    fig = figure(1.1 * k + 0.4, 2.6)
+    for i in range(k):
+        for row, (img, pred) in enumerate(((clean[i], pred_c[i]), (adv[i], pred_a[i]))):
+            ax = fig.add_subplot(2, k, row * k + i + 1)
+            ax.imshow(_image(img.cpu().float()), cmap="gray", vmin=0.0, vmax=1.0)
+            ax.set_title(f"{'clean' if row == 0 else 'adv'}: {int(pred)}", fontsize=7)
+            ax.axis("off")
+    return to_png(fig)
+
+
+def _bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
+    return lambda: fn(*args)
