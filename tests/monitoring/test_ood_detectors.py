@@ -392,3 +392,14 @@ def test_fast_ood_metrics_equal_the_reference(ties: bool) -> None:
         assert fast[k].n == ref[k].n
         for got, want in zip(fast[k], ref[k]):
             assert got == pytest.approx(want, abs=1e-12), k
+
+
+def test_evaluate_fits_on_in_distribution_data_and_measures_each_set(model, fit_x, x) -> None:
+    from mlsafety.core import derive_seed
+
+    sets = {"a": images(12, "set-a"), "b": images(9, "set-b")}
+    res = ood.evaluate(["msp", ood.create("knn", k=3)], model, fit_x, x, sets, n_boot=40, seed=2)
+    assert set(res) == {"a", "b"} and set(res["a"]) == {"msp", "knn"}
+    knn = ood.create("knn", k=3).fit(model, fit_x)
+    want = ood.ood_metrics_fast(knn.score(model, x), knn.score(model, sets["b"]), 40, derive_seed(2, "b", "knn"))
+    assert res["b"]["knn"] == want

@@ -4,6 +4,6 @@ Sub-packages: ``ood`` (OOD detectors), ``calibration`` (calibration metrics and 
 ``selective`` (selective prediction), ``training`` (outlier exposure).
 """
 
-from mlsafety.monitoring import calibration, ood, selective
+from mlsafety.monitoring import calibration, ood, selective, training
 
-__all__ = ["calibration", "ood", "selective"]
+__all__ = ["calibration", "ood", "selective", "training"]
