@@ -81,6 +81,23 @@ def _pad(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
     return F.pad(x, [pw, pw, ph, ph], mode=mode)
 
 
+def _correlate_axis(y: torch.Tensor, k: torch.Tensor, axis: int, mode: str) -> torch.Tensor:
+    """Correlate (M, 1, H, W) with 1-D taps ``k`` along ``axis`` (-2 or -1): shifted in-place adds.
+
+    On the CPU this is several times faster than ``conv2d`` with a one-channel (K, 1) kernel.
+    """
+    r = k.numel() // 2
+    if r == 0:
+        return y * k[0]
+    size = y.shape[axis]
+    padded = _pad(y, r, 0, mode) if axis == -2 else _pad(y, 0, r, mode)
+    taps = k.tolist()
+    out = padded.narrow(axis, 0, size) * taps[0]
+    for i in range(1, len(taps)):
+        out.add_(padded.narrow(axis, i, size), alpha=taps[i])
+    return out
+
+
 def gaussian_blur(
     x: torch.Tensor, sigma: float | tuple[float, float], truncate: float = 4.0, mode: str = "replicate"
 ) -> torch.Tensor:
@@ -92,14 +109,18 @@ def gaussian_blur(
     n, c, h, w = x.shape
     y = x.reshape(n * c, 1, h, w)
     if sy > 1e-3:
-        k = gaussian_kernel1d(sy, truncate, x)
-        r = k.numel() // 2
-        y = F.conv2d(_pad(y, r, 0, mode), k.view(1, 1, -1, 1))
+        y = _correlate_axis(y, gaussian_kernel1d(sy, truncate, x), -2, mode)
     if sx > 1e-3:
-        k = gaussian_kernel1d(sx, truncate, x)
-        r = k.numel() // 2
-        y = F.conv2d(_pad(y, 0, r, mode), k.view(1, 1, 1, -1))
+        y = _correlate_axis(y, gaussian_kernel1d(sx, truncate, x), -1, mode)
     return y.reshape(n, c, h, w)
+
+
+def dilate3(x: torch.Tensor) -> torch.Tensor:
+    """3x3 maximum filter (separable shifted maxima; ``max_pool2d`` with stride 1 is slow on the CPU)."""
+    p = F.pad(x, [0, 0, 1, 1], mode="replicate")
+    rows = torch.maximum(torch.maximum(p[..., :-2, :], p[..., 1:-1, :]), p[..., 2:, :])
+    p = F.pad(rows, [1, 1, 0, 0], mode="replicate")
+    return torch.maximum(torch.maximum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
 
 
 def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect") -> torch.Tensor:
@@ -120,8 +141,21 @@ def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect") -> to
 def box_blur3(x: torch.Tensor) -> torch.Tensor:
     """3x3 mean filter (OpenCV ``blur`` with reflect-101 borders)."""
     n, c, h, w = x.shape
-    k = torch.full((1, 1, 3, 3), 1 / 9, dtype=x.dtype, device=x.device)
-    return F.conv2d(_pad(x.reshape(n * c, 1, h, w), 1, 1, "reflect"), k).reshape(n, c, h, w)
+    taps = torch.full((3,), 1 / 3, dtype=x.dtype, device=x.device)
+    y = _correlate_axis(x.reshape(n * c, 1, h, w), taps, -2, "reflect")
+    return _correlate_axis(y, taps, -1, "reflect").reshape(n, c, h, w)
+
+
+def correlate3(x: torch.Tensor, kernel: tuple[tuple[float, ...], ...]) -> torch.Tensor:
+    """Correlate every channel with a 3x3 ``kernel`` (reflect-101 borders) by nine shifted adds."""
+    n, c, h, w = x.shape
+    p = _pad(x.reshape(n * c, 1, h, w), 1, 1, "reflect")
+    out = torch.zeros(n * c, 1, h, w, dtype=x.dtype, device=x.device)
+    for i in range(3):
+        for j in range(3):
+            if kernel[i][j]:
+                out.add_(p[..., i : i + h, j : j + w], alpha=kernel[i][j])
+    return out.reshape(n, c, h, w)
 
 
 # -- warps ---------------------------------------------------------------------------------------
@@ -181,16 +215,26 @@ def motion_blur(x: torch.Tensor, length: float, sigma: float, angles: torch.Tens
     dx = torch.ceil(t[None] * torch.cos(rad)[:, None] - 0.5).long()
     p = math.ceil(length) + 1
     padded = F.pad(x, [p, p, p, p], mode="replicate")
+    weights = k.tolist()
+    if h * w >= _SLICE_PIXELS:  # big images: per-image slices are cheaper than a gather over the batch
+        out = torch.zeros_like(x)
+        offsets = torch.stack([dy, dx], dim=-1).tolist()
+        for i in range(n):
+            for j, (oy, ox) in enumerate(offsets[i]):
+                out[i].add_(padded[i, :, p + oy : p + oy + h, p + ox : p + ox + w], alpha=weights[j])
+        return out
     hp, wp = h + 2 * p, w + 2 * p
     flat = padded.reshape(n, c, hp * wp)
-    base = ((torch.arange(h, device=x.device)[:, None] + p) * wp + torch.arange(w, device=x.device)[None] + p).view(
-        1, -1
-    )
+    rows = torch.arange(h, device=x.device)[:, None] + p
+    base = (rows * wp + torch.arange(w, device=x.device)[None] + p).view(1, -1)
     out = torch.zeros(n, c, h * w, dtype=x.dtype, device=x.device)
     for j in range(taps):
         idx = (base + (dy[:, j] * wp + dx[:, j])[:, None]).unsqueeze(1).expand(n, c, h * w)
-        out += k[j] * flat.gather(2, idx)
+        out.add_(flat.gather(2, idx), alpha=weights[j])
     return out.reshape(n, c, h, w)
+
+
+_SLICE_PIXELS = 4096
 
 
 # -- fractals ------------------------------------------------------------------------------------

@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 
 from mlsafety.robustness.corruptions._filters import (
     box_blur3,
     colour,
+    correlate3,
+    dilate3,
     field_size,
     gaussian_blur,
     grey,
@@ -78,13 +79,16 @@ def frost_texture(n: int, size: tuple[int, int], scale: float, g: torch.Generato
     each image gets a random crop of one of them.
     """
     fh, fw = size
-    bh, bw = 2 * fh, 2 * fw
+    bh, bw = fh + fh // 4, fw + fw // 4
     k = min(n, FROST_BANK)
-    seeds = (rand((k, 1, bh, bw), g, like) < 0.01).to(like.dtype) * uniform((k, 1, bh, bw), 0.5, 1.0, g, like)
+    # needles are smooth, so they are drawn at half resolution (a quarter of the work) and enlarged
+    nh, nw = max(bh // 2, 1), max(bw // 2, 1)
+    seeds = (rand((k, 1, nh, nw), g, like) < 0.02).to(like.dtype) * uniform((k, 1, nh, nw), 0.5, 1.0, g, like)
     needles = torch.zeros_like(seeds)
     for _ in range(4):
-        streak = motion_blur(seeds, 24 * scale, 10 * scale, uniform((k,), -180.0, 180.0, g, like))
+        streak = motion_blur(seeds, 12 * scale, 5 * scale, uniform((k,), -180.0, 180.0, g, like))
         needles = torch.maximum(needles, streak)
+    needles = resize(needles, (bh, bw))
     needles = needles / needles.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     grain = gaussian_blur(rand((k, 1, bh, bw), g, like), 0.7 * scale)
     cover = plasma_fractal(k, next_power_of_two(max(bh, bw)), 2.0, g, like)[:, None, :bh, :bw]
@@ -173,17 +177,16 @@ class Spatter(Corruption):
             m = resize(m, (h, w))
             return x * (1 - m) + colour(_MUD, c, x) * m
         wet = (liquid > 0).to(x.dtype)
-        edge = (F.max_pool2d(wet, 3, 1, 1) - (-F.max_pool2d(-wet, 3, 1, 1))).clamp(0, 1)
+        edge = (dilate3(wet) + dilate3(-wet)).clamp(0, 1)  # 1 where the 3x3 neighbourhood is mixed
         reach = max(round(20 * sf), 1)
         dist = torch.zeros_like(edge)
         grown = edge
         for _ in range(reach):
             dist += 1 - grown
-            grown = F.max_pool2d(grown, 3, 1, 1)
+            grown = dilate3(grown)
         dist = box_blur3(dist)
         dist = dist / dist.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6) * 255
-        kernel = torch.tensor(_EMBOSS, dtype=x.dtype, device=x.device).view(1, 1, 3, 3)
-        dist = F.conv2d(F.pad(dist, [1, 1, 1, 1], mode="reflect"), kernel).clamp(0, 255)
+        dist = correlate3(dist, _EMBOSS).clamp(0, 255)
         dist = box_blur3(dist)
         m = liquid * dist
         m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6) * intensity
