@@ -11,7 +11,9 @@ mode (:class:`~mlsafety.robustness.attacks.PGD` freezes it and restores train mo
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -148,3 +150,37 @@ def trades_training(
         return F.cross_entropy(logits_clean, y) + beta * robust
 
     return _train(model, data, batch_loss, epochs, lr, batch_size, seed, augment, weight_decay, progress, "trades")
+
+
+METHODS: dict[str, Callable[..., nn.Module]] = {"pgd": adversarial_training, "trades": trades_training}
+"""Hardening methods by name (the names ``mlsafety harden --method`` takes)."""
+
+
+def harden(
+    model: nn.Module,
+    data: ArrayDataset,
+    method: str = "pgd",
+    from_scratch: bool = False,
+    seed: int = 0,
+    **params: Any,
+) -> nn.Module:
+    """A hardened copy of ``model`` (the model itself is left unchanged).
+
+    Args:
+        model: the model to harden.
+        data: labelled training data in [0, 1].
+        method: ``"pgd"`` (:func:`adversarial_training`) or ``"trades"`` (:func:`trades_training`).
+        from_scratch: re-initialise every layer (seeded) before training instead of fine-tuning.
+        seed: the training seed (also seeds the re-initialisation).
+        **params: the method's other arguments (``eps`` is required).
+    """
+    if method not in METHODS:
+        raise InputError(f"unknown hardening method {method!r}; use one of {', '.join(METHODS)}")
+    if "eps" not in params:
+        raise InputError("hardening needs eps, the training radius in [0, 1] pixel units")
+    hardened = copy.deepcopy(model)
+    if from_scratch:
+        from mlsafety.zoo import seeded_init
+
+        seeded_init(hardened, seed, "harden", method)
+    return METHODS[method](hardened, data, seed=seed, **params)
