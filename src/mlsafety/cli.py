@@ -382,5 +382,85 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
     out_console.print(table)
 
 
+# -- harden ------------------------------------------------------------------------------------
+@main.command()
+@click.option("--model", "model_spec", default="digits-cnn", show_default=True,
+              help="Zoo model name, or path/to/file.py:factory.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Starting weights (.safetensors or .pt).")
+@click.option("--data", default="digits", show_default=True,
+              help="Training data: a zoo dataset name (its train split) or an .npz file with arrays x, y.")
+@click.option("--method", type=click.Choice(["pgd", "trades"]), default="pgd", show_default=True,
+              help="PGD adversarial training (Madry) or TRADES.")
+@click.option("--eps", type=float, required=True, help="Training radius in [0, 1] pixel units, e.g. 0.1.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), help="Threat model.  [default: linf]")
+@click.option("--steps", type=int, help="PGD steps per batch.  [default: 7]")
+@click.option("--epochs", type=int, help="Training epochs.  [default: 40]")
+@click.option("--lr", type=float, help="Adam learning rate.  [default: 1e-3]")
+@click.option("--beta", type=float, help="TRADES robustness weight.  [default: 6]")
+@click.option("--shift", type=int, default=0, show_default=True, help="Random shifts of up to N pixels (augmentation).")
+@click.option("--from-scratch", is_flag=True, help="Re-initialise the model (seeded) instead of fine-tuning it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the hardened weights (.safetensors).")
+@friendly
+def harden(model_spec: str, weights: str | None, data: str, method: str, eps: float, norm: str | None,
+           steps: int | None, epochs: int | None, lr: float | None, beta: float | None, shift: int,
+           from_scratch: bool, seed: int, out: Path) -> None:
+    """Train a hardened copy of a model against L-inf/L2 attacks and write it as .safetensors."""
+    from mlsafety import zoo as zoo_lib
+    from mlsafety.core import InputError, Progress, load_factory, load_npz, load_weights
+    from mlsafety.robustness import harden as harden_lib
+
+    if out.suffix != ".safetensors":
+        raise InputError(f"--out must end in .safetensors, got {out.name}")
+    model = load_factory(model_spec) if ":" in model_spec else zoo_lib.load_model(model_spec)
+    if weights:
+        load_weights(model, weights)
+    train = load_npz(data) if data.endswith(".npz") else zoo_lib.load_dataset(data, "train")
+    options = {"norm": norm, "steps": steps, "epochs": epochs, "lr": lr, "beta": beta}
+    params: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    if "beta" in params and method != "trades":
+        raise InputError("--beta applies to --method trades only")
+    if shift:
+        params["augment"] = lambda x, g: zoo_lib.random_shift(x, g, shift)
+    hardened = harden_lib(model, train, method=method, from_scratch=from_scratch, seed=seed, eps=eps,
+                          progress=Progress(), **params)
+    out_console.print(f"wrote {zoo_lib.save_weights(hardened, out)}")
+
+
+# -- trojans ----------------------------------------------------------------------------------
+@main.group()
+def trojans() -> None:
+    """Trojan (backdoor) attacks, scanners and populations of models to judge scanners on."""
+
+
+@trojans.command("population")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("trojans-population"),
+    show_default=True,
+    help="Folder for the weights and manifest.json.",
+)
+@click.option("--n", "n", default=20, show_default=True, help="Number of models (half clean, half trojaned).")
+@click.option("--seed", default=0, show_default=True, help="Population seed (attacks, targets, training seeds).")
+@click.option("--epochs", default=20, show_default=True, help="Training epochs per model.")
+@friendly
+def trojans_population(out: Path, n: int, seed: int, epochs: int) -> None:
+    """Train a reproducible population of clean and trojaned digits CNNs (deterministic on the CPU)."""
+    from mlsafety.core import InputError, Progress
+    from mlsafety.monitoring.trojans import make_population
+
+    if epochs < 1:
+        raise InputError(f"--epochs must be at least 1, got {epochs}")
+    members = make_population(out, n=n, seed=seed, epochs=epochs, progress=Progress())
+    table = Table("model", "attack", "target", "clean acc", "attack success", box=None)
+    for m in members:
+        kind = m.attack if m.trojaned else f"clean (probe: {m.attack})"
+        table.add_row(m.name, kind, str(m.target), f"{m.clean_accuracy:.3f}", f"{m.attack_success_rate:.3f}")
+    out_console.print(table)
+    out_console.print(f"wrote {len(members)} models and {out / 'manifest.json'}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
