@@ -97,7 +97,7 @@ class OOD(Check):
             return []
         cache = ScoreCache(ctx, self.names(ctx), self.params["params"])
         if self.params["tune"] or self.params["tune_on_ood"]:
-            self._tune(ctx, cache)
+            cache.prepare = lambda: self._tune(ctx, cache)
         tasks = [Task(h, _bind(self._task, ctx, cache, h)) for h in hazards]
         kinds = sorted({ctx.data.ood[h[4:]].kind for h in hazards})
         tasks += [Task(f"group/{k}", _bind(self._group, ctx, cache, k)) for k in kinds]

@@ -72,6 +72,8 @@ class ScoreCache:
         self._detectors: list[ood.Detector] | None = None
         self._scores: dict[str, dict[str, torch.Tensor]] = {}
         self.info: dict[str, dict[str, Any]] = {n: {} for n in self.names}
+        self.prepare: Callable[[], None] | None = None
+        """Runs once before the first scores are computed (e.g. tuning), inside a task."""
 
     @property
     def detectors(self) -> list[ood.Detector]:
@@ -91,6 +93,9 @@ class ScoreCache:
         self._scores.clear()
 
     def scores(self, hazard: str) -> dict[str, torch.Tensor]:
+        if self.prepare is not None:
+            prepare, self.prepare = self.prepare, None
+            prepare()
         if hazard not in self._scores:
             ctx = self.ctx
             x = ctx.hazard(hazard).x
