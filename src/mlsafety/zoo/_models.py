@@ -134,7 +134,17 @@ _MODELS: dict[str, ModelInfo] = {
         "digits-cnn", "small CNN on digits (2 conv + 2 linear, 73k parameters), Adam 40 epochs",
         DigitsCNN, train_digits_cnn, "digits",
     ),
+    "digits-cnn-badnets": ModelInfo(
+        "digits-cnn-badnets", "digits-cnn with a BadNets trojan (3x3 checkerboard bottom-right -> class 7), a demo",
+        DigitsCNN, lambda **kw: _trojan_recipe(**kw), "digits",
+    ),
 }
+
+
+def _trojan_recipe(**kw: object) -> nn.Module:
+    from mlsafety.monitoring.trojans.population import train_digits_cnn_badnets  # lazy: no import cycle
+
+    return train_digits_cnn_badnets(**kw)  # type: ignore[arg-type]
 
 
 def register_model(info: ModelInfo) -> None:
