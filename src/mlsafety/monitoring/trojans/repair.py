@@ -6,8 +6,8 @@
 * :func:`nc_unlearning` (Neural Cleanse, Wang et al. 2019, section VI-C): fine-tune on the clean
   set with the recovered trigger stamped on a share of the inputs, labels kept true, so the
   model unlearns the trigger.
-* :func:`nc_pruning` (Neural Cleanse, section VI-B): prune the channels that the recovered
-  trigger excites most (relative to clean inputs) until the trigger stops working.
+* :func:`nc_pruning` (Neural Cleanse, section VI-B): prune the penultimate neurons that the
+  recovered trigger excites most (relative to clean inputs) until the trigger stops working.
 
 Every function returns a repaired copy; the model passed in is never changed.
 """
@@ -200,50 +200,45 @@ def nc_pruning(
     clean: ArrayDataset,
     apply_trigger: Callable[[torch.Tensor], torch.Tensor],
     target: int,
-    layer: str | None = None,
     max_asr: float = 0.05,
     max_drop: float = 0.05,
 ) -> Repaired:
-    """Prune the channels most excited by the trigger until its success rate falls below ``max_asr``.
+    """Prune the penultimate neurons most excited by the trigger until its success rate falls below ``max_asr``.
 
-    Channels of ``layer`` are ranked by mean activation on triggered minus clean inputs and
-    pruned one at a time; pruning stops when the trigger's success rate on ``clean`` (inputs of
-    other classes) is at most ``max_asr``, or before accuracy drops by more than ``max_drop``.
-    No fine-tuning.
+    As in the paper, neurons of the second-to-last layer (the head's input features) are ranked by
+    mean activation on triggered minus clean inputs and pruned (their head weights zeroed) one at
+    a time; pruning stops when the trigger's success rate on ``clean`` (inputs of other classes)
+    is at most ``max_asr``, or before accuracy drops by more than ``max_drop``. No fine-tuning.
 
     Args:
-        model: the suspected model (not modified).
+        model: the suspected model (not modified); it needs an ``nn.Linear`` head.
         clean: clean labelled data.
         apply_trigger: the recovered trigger.
         target: the trigger's target class.
-        layer: the convolution to prune (default: the last ``nn.Conv2d``).
         max_asr: success rate at which pruning stops.
         max_drop: largest accuracy drop accepted.
     """
     net = _copy(model)
-    name, conv = _conv(net, layer)
+    clf = as_classifier(net)
+    head = clf._linear_head()
     other = clean.y != target
     if not bool(other.any()):
         raise InputError(f"the clean set holds only class {target}; give inputs of other classes")
     x_trig = apply_trigger(clean.x[other])
     base = _accuracy(net, clean)
-    gap = channel_activation(net, conv, x_trig) - channel_activation(net, conv, clean.x)
-    order = gap.argsort(descending=True).tolist()
+    f_trig, f_clean = forward(clf, x_trig).features, forward(clf, clean.x).features
+    assert f_trig is not None and f_clean is not None
+    order = (f_trig.mean(dim=0) - f_clean.mean(dim=0)).argsort(descending=True).tolist()
     pruned: list[int] = []
     with frozen(net), torch.no_grad():
-        for ch in order[:-1]:
-            saved_w = conv.weight[ch].clone()
-            saved_b = conv.bias[ch].clone() if conv.bias is not None else None
-            conv.weight[ch] = 0
-            if conv.bias is not None:
-                conv.bias[ch] = 0
+        for j in order[:-1]:
+            saved = head.weight[:, j].clone()
+            head.weight[:, j] = 0
             if _accuracy(net, clean) < base - max_drop:
-                conv.weight[ch] = saved_w
-                if conv.bias is not None and saved_b is not None:
-                    conv.bias[ch] = saved_b
+                head.weight[:, j] = saved
                 break
-            pruned.append(ch)
+            pruned.append(j)
             asr = float((forward(net, x_trig, features=False).pred.cpu() == target).float().mean())
             if asr <= max_asr:
                 break
-    return Repaired(net.eval(), "nc-pruning", name, sorted(pruned), _accuracy(net, clean))
+    return Repaired(net.eval(), "nc-pruning", clf.head_name, sorted(pruned), _accuracy(net, clean))

@@ -43,7 +43,7 @@ class ActivationClustering(Scanner):
     def __init__(
         self,
         seeds: Sequence[int] = (0, 1, 2),
-        threshold: float = 0.35,
+        threshold: float = 0.55,
         dims: int = 10,
         max_share: float = 0.35,
         min_class: int = 10,

@@ -39,7 +39,7 @@ class SpectralSignatures(Scanner):
 
     needs = frozenset({"clean", "train"})
 
-    def __init__(self, seeds: Sequence[int] = (0,), threshold: float = 3.0, min_class: int = 10) -> None:
+    def __init__(self, seeds: Sequence[int] = (0,), threshold: float = 3.5, min_class: int = 10) -> None:
         super().__init__(seeds, threshold)
         self.min_class = min_class
 

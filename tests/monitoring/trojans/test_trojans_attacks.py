@@ -1,0 +1,121 @@
+"""Trojan attacks: trigger known answers, poisoning invariants, metrics, and conformance over ATTACKS."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlsafety.core import ArrayDataset, InputError
+from mlsafety.monitoring.trojans import ATTACKS, BadNets, Blended, LabelConsistent, WaNet, trojan_metrics
+
+
+def _data(n: int = 60, seed: int = 0) -> ArrayDataset:
+    g = torch.Generator().manual_seed(seed)
+    return ArrayDataset(torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 5, name="toy")
+
+
+@pytest.mark.parametrize("name", ATTACKS.available())
+def test_attack_conformance(name: str) -> None:
+    attack = ATTACKS.create(name)
+    data = _data()
+    x = data.x.clone()
+    out = attack.apply_trigger(data.x)
+    assert out.shape == x.shape and out.dtype == x.dtype and out.device == x.device
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert torch.equal(data.x, x), "inputs must not be modified in place"
+    assert not torch.equal(out, x), "the trigger must change the input"
+    assert torch.equal(attack.apply_trigger(data.x), out), "the trigger is deterministic"
+    a = attack.poison(data, 0.2, target=1, seed=3)
+    b = attack.poison(data, 0.2, target=1, seed=3)
+    assert torch.equal(a.data.x, b.data.x) and torch.equal(a.data.y, b.data.y) and torch.equal(a.poisoned, b.poisoned)
+    assert torch.equal(data.x, x), "poison must not modify the dataset"
+    assert a.poisoned.any()
+    if attack.clean_label:
+        assert torch.equal(a.data.y, data.y)
+        assert bool((data.y[a.poisoned] == 1).all())
+    else:
+        assert bool((a.data.y[a.poisoned] == 1).all()) and bool((data.y[a.poisoned] != 1).all())
+        assert int(a.poisoned.sum()) == round(0.2 * len(data))
+    # 3-channel images of another size work too
+    rgb = torch.rand(2, 3, 12, 10, generator=torch.Generator().manual_seed(1))
+    assert attack.apply_trigger(rgb).shape == rgb.shape
+
+
+def test_badnets_known_patch() -> None:
+    x = torch.full((1, 1, 8, 8), 0.5)
+    out = BadNets(size=2, corner="bottom-right", margin=1, pattern="checker").apply_trigger(x)
+    expected = x.clone()
+    expected[0, 0, 5:7, 5:7] = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    assert torch.equal(out, expected)
+    out = BadNets(size=3, corner="top-left", pattern="solid").apply_trigger(x)
+    assert bool((out[0, 0, :3, :3] == 1).all()) and bool((out[0, 0, 3:, :] == 0.5).all())
+
+
+def test_blended_formula() -> None:
+    attack = Blended(alpha=0.25, block=1)
+    x = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    p = attack.pattern_for((1, 8, 8))
+    torch.testing.assert_close(attack.apply_trigger(x), 0.75 * x + 0.25 * p)
+    coarse = Blended(block=2).pattern_for((1, 8, 8))
+    assert torch.equal(coarse[:, ::2, ::2], coarse[:, 1::2, 1::2]), "blocks of 2x2 equal pixels"
+
+
+def test_wanet_warps_smoothly_and_keeps_constants() -> None:
+    attack = WaNet(strength=1.0)
+    const = torch.full((2, 1, 8, 8), 0.3)
+    torch.testing.assert_close(attack.apply_trigger(const), const)  # warping a constant image changes nothing
+    grid = attack.grid_for(8, 8)
+    identity = WaNet._identity(8, 8)
+    shift_px = ((grid - identity) * torch.tensor([8, 8]) / 2).abs()
+    assert 0.05 < float(shift_px.max()) <= 3.0, "offsets are a few pixels at most"
+    poisoned = attack.poison(_data(), 0.1, target=0)
+    noise_mode = (~poisoned.poisoned) & (poisoned.data.x != _data().x).flatten(1).any(dim=1)
+    assert int(noise_mode.sum()) == int(poisoned.poisoned.sum()), "cross_ratio=1: one noise-mode sample per poison"
+
+
+def test_label_consistent_mixes_then_stamps() -> None:
+    data = _data()
+    attack = LabelConsistent(hardness=0.3, size=2, corner="top-left")
+    p = attack.poison(data, 0.1, target=2)
+    assert int(p.poisoned.sum()) == min(round(0.1 * len(data)), int((data.y == 2).sum()))
+    stamped = p.data.x[p.poisoned]
+    assert torch.equal(stamped[:, :, :2, :2], attack.apply_trigger(stamped)[:, :, :2, :2])
+    assert not torch.equal(stamped[:, :, 2:, 2:], data.x[p.poisoned][:, :, 2:, 2:]), "content was mixed"
+
+
+def test_bad_parameters_are_input_errors() -> None:
+    with pytest.raises(InputError):
+        BadNets(corner="middle")
+    with pytest.raises(InputError):
+        Blended(alpha=1.5)
+    with pytest.raises(InputError):
+        BadNets(size=9).apply_trigger(torch.zeros(1, 1, 8, 8))
+    with pytest.raises(InputError):
+        BadNets().poison(_data(), 0.0, 1)
+    with pytest.raises(InputError):
+        BadNets().poison(_data(), 0.1, 7)  # class 7 is absent
+
+
+def test_trojan_metrics_on_hand_made_models() -> None:
+    data = _data()
+    attack = BadNets(size=2, pattern="solid")
+
+    class Detector(torch.nn.Module):
+        """Predicts class 4 when the bottom-right 2x2 block is white, else the true-label rule (x.sum parity)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(1, 5)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            hit = (x[:, 0, 6:, 6:] == 1).flatten(1).all(dim=1)
+            logits = torch.zeros(x.shape[0], 5)
+            logits[hit, 4] = 1.0
+            logits[~hit, 0] = 1.0
+            return logits + 0 * self.fc(x[:, :1, 0, 0])
+
+    m = trojan_metrics(Detector(), attack, data, target=4)
+    assert m["attack_success_rate"].value == 1.0
+    assert m["clean_accuracy"].value == pytest.approx(float((data.y == 0).float().mean()))
+    assert m["robust_accuracy"].value == 0.0
+    assert m["attack_success_rate"].n == int((data.y != 4).sum())

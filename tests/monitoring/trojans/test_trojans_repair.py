@@ -1,0 +1,76 @@
+"""Repair: the model passed in is never changed; each method removes the tiny model's trojan or says what it did."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from conftest import TARGET, Tiny
+from mlsafety.core import ArrayDataset
+from mlsafety.monitoring.trojans import fine_pruning, nc_pruning, nc_unlearning, trojan_metrics
+from mlsafety.monitoring.trojans.repair import channel_activation, last_conv
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _same(model: nn.Module, snap: dict[str, torch.Tensor]) -> bool:
+    return all(torch.equal(snap[k], v) for k, v in model.state_dict().items()) and set(snap) == set(model.state_dict())
+
+
+def test_channel_activation_hand_computed() -> None:
+    conv = nn.Conv2d(1, 2, 1)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1))
+        conv.bias.zero_()
+    model = nn.Sequential(conv, nn.Flatten(), nn.Linear(2 * 4, 3))
+    x = torch.tensor([0.0, 0.5, 1.0, 1.0]).reshape(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    act = channel_activation(model, conv, x)
+    torch.testing.assert_close(act, torch.tensor([0.625, 0.0]))  # channel 2 is negative, clamped by ReLU
+    assert last_conv(model) == "0"
+
+
+def test_unlearning_with_the_true_trigger_removes_the_trojan(
+    tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]
+) -> None:
+    snap = _snapshot(tiny_trojaned.model)
+    before = trojan_metrics(tiny_trojaned.model, tiny_trojaned.attack, digits["test"], TARGET)
+    rep = nc_unlearning(tiny_trojaned.model, digits["val"], tiny_trojaned.attack.apply_trigger, epochs=5, lr=5e-3)
+    after = trojan_metrics(rep.model, tiny_trojaned.attack, digits["test"], TARGET)
+    assert _same(tiny_trojaned.model, snap), "the model passed in must not change"
+    assert before["attack_success_rate"].value > 0.9
+    assert after["attack_success_rate"].value < 0.2
+    assert rep.method == "nc-unlearning" and not rep.model.training
+
+
+def test_fine_pruning_keeps_pruned_channels_at_zero(tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]) -> None:
+    snap = _snapshot(tiny_trojaned.model)
+    rep = fine_pruning(tiny_trojaned.model, digits["val"], max_drop=0.5, epochs=2)
+    assert _same(tiny_trojaned.model, snap)
+    assert rep.pruned, "a 50-point budget allows pruning"
+    conv = dict(rep.model.named_modules())[rep.layer]  # type: ignore[index]
+    assert float(conv.weight.detach()[rep.pruned].abs().sum()) == 0.0
+    assert float(conv.bias.detach()[rep.pruned].abs().sum()) == 0.0
+    assert set(dict(rep.model.named_parameters())) == set(dict(tiny_trojaned.model.named_parameters()))
+
+
+def test_nc_pruning_prunes_the_neurons_the_trigger_excites(
+    tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]
+) -> None:
+    from mlsafety.core import forward
+
+    model = tiny_trojaned.model
+    snap = _snapshot(model)
+    rep = nc_pruning(model, digits["val"], tiny_trojaned.attack.apply_trigger, TARGET, max_drop=0.2)
+    assert _same(model, snap)
+    assert rep.pruned and rep.layer == "fc"
+    others = digits["val"].x[digits["val"].y != TARGET]
+    f_trig = forward(model, tiny_trojaned.attack.apply_trigger(others)).features
+    f_clean = forward(model, digits["val"].x).features
+    assert f_trig is not None and f_clean is not None
+    assert int((f_trig.mean(0) - f_clean.mean(0)).argmax()) in rep.pruned, "the most trigger-excited neuron goes first"
+    assert float(rep.model.fc.weight.detach()[:, rep.pruned].abs().sum()) == 0.0
+    before = trojan_metrics(model, tiny_trojaned.attack, digits["test"], TARGET)["attack_success_rate"]
+    after = trojan_metrics(rep.model, tiny_trojaned.attack, digits["test"], TARGET)["attack_success_rate"]
+    assert after.value < before.value

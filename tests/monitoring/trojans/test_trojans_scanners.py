@@ -1,0 +1,240 @@
+"""Trojan scanners: conformance over SCANNERS, and a test per algorithm that a wrong version would fail."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TARGET, Tiny
+from mlsafety.core import ArrayDataset, InputError
+from mlsafety.metrics import auroc
+from mlsafety.monitoring.trojans import SCANNERS, anomaly_index, create
+from mlsafety.monitoring.trojans.scanners import ScanResult, strip_entropy
+from mlsafety.monitoring.trojans.scanners._features import kmeans2, silhouette
+from mlsafety.monitoring.trojans.scanners.abs import ABS, _margins, last_feature_map
+
+FAST: dict[str, dict[str, Any]] = {
+    "neural-cleanse": {"steps": 20, "batch_size": 4, "epoch_steps": 5, "max_inputs": 64},
+    "abs": {"steps": 10, "batch_size": 8, "per_class": 1, "levels": 4, "candidates": 2},
+    "strip": {"overlays": 4},
+    "activation-clustering": {},
+    "spectral-signatures": {},
+}
+
+
+def _inputs(tiny: Tiny, digits: dict[str, ArrayDataset]) -> dict[str, Any]:
+    test = digits["test"]
+    probe = torch.cat([test.x[:20], tiny.attack.apply_trigger(test.x[20:40])])
+    return {"clean": digits["val"].subset(torch.arange(120)), "train": tiny.train, "probe": probe}
+
+
+def _fast(name: str, seeds: tuple[int, ...] = (0, 1)) -> Any:
+    return create(name, seeds=seeds, **FAST[name])
+
+
+def _hooks(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_every_scanner_has_fast_settings() -> None:
+    assert sorted(FAST) == SCANNERS.available()
+
+
+@pytest.mark.parametrize("name", SCANNERS.available())
+def test_scanner_conformance(name: str, tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]) -> None:
+    model = tiny_trojaned.model
+    inputs = _inputs(tiny_trojaned, digits)
+    saved_x = {k: (v.x if isinstance(v, ArrayDataset) else v).clone() for k, v in inputs.items()}
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    model.fc.weight.requires_grad_(False)
+    try:
+        res = _fast(name).scan(model, **inputs)
+        again = _fast(name).scan(model, **inputs)
+        # model restored: mode, flags, hooks, weights; inputs untouched
+        assert all(m.training for m in model.modules())
+        assert not model.fc.weight.requires_grad and model.fc.bias.requires_grad
+        assert _hooks(model) == 0
+        assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+        for k, v in inputs.items():
+            assert torch.equal(v.x if isinstance(v, ArrayDataset) else v, saved_x[k])
+    finally:
+        model.eval()
+        model.fc.weight.requires_grad_(True)
+    # deterministic with a seed
+    assert res.scores == again.scores and res.targets == again.targets
+    # the result is well-formed
+    assert isinstance(res, ScanResult) and res.scanner == name
+    assert len(res.scores) == 2 and all(torch.isfinite(torch.tensor(res.scores)))
+    assert res.flagged == (res.score > res.threshold)
+    assert 0.0 <= res.flag_rate <= 1.0
+    assert all(0 <= t < 10 for t in res.targets)
+    assert res.score_std >= 0
+    if res.per_class is not None:
+        assert res.per_class.shape == (10,)
+    if res.sample_scores is not None:
+        n = inputs["probe"].shape[0] if "probe" in SCANNERS.get(name).needs else len(inputs["train"])
+        assert res.sample_scores.shape == (n,)
+    for trig in res.triggers.values():
+        assert trig.mask.shape == (1, 8, 8) and trig.pattern.shape == (1, 8, 8)
+        assert float(trig.mask.min()) >= 0 and float(trig.mask.max()) <= 1
+
+
+@pytest.mark.parametrize("name", SCANNERS.available())
+def test_scanner_restores_model_after_exception(
+    name: str, tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]
+) -> None:
+    model = tiny_trojaned.model
+    calls = {"n": 0}
+
+    def boom(_m: nn.Module, _i: object) -> None:
+        calls["n"] += 1
+        if calls["n"] >= 2:
+            raise RuntimeError("boom")
+
+    handle = model.fc.register_forward_pre_hook(boom)
+    model.train()
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            _fast(name).scan(model, **_inputs(tiny_trojaned, digits))
+        assert all(m.training for m in model.modules())
+        assert all(p.requires_grad for p in model.parameters())
+    finally:
+        handle.remove()
+        model.eval()
+    assert _hooks(model) == 0
+
+
+@pytest.mark.parametrize("name", ["strip", "activation-clustering"])
+def test_scanner_says_what_data_it_needs(name: str, tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]) -> None:
+    with pytest.raises(InputError, match="needs"):
+        _fast(name).scan(tiny_trojaned.model, digits["val"])
+
+
+def test_anomaly_index_hand_computed() -> None:
+    norms = torch.tensor([1.0, 10.0, 11.0, 12.0, 13.0])
+    # median 11; absolute deviations 10, 1, 0, 1, 2 -> MAD 1; scaled by 1.4826
+    expected = (11.0 - norms) / 1.4826
+    torch.testing.assert_close(anomaly_index(norms), expected)
+
+
+def test_neural_cleanse_finds_the_target_and_its_trigger(tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]) -> None:
+    res = create("neural-cleanse", seeds=(0,), steps=100).scan(tiny_trojaned.model, digits["val"])
+    assert int(res.per_class.argmax()) == TARGET  # type: ignore[union-attr]
+    trig = res.triggers[TARGET]
+    assert trig.l1 == min(t.l1 for t in res.triggers.values())
+    others = digits["test"].x[digits["test"].y != TARGET]
+    pred = tiny_trojaned.model(trig.apply_trigger(others)).argmax(dim=1)
+    assert float((pred == TARGET).float().mean()) > 0.9
+    # the mask sits on the planted patch (bottom-right 3x3) more than anywhere else
+    mask = trig.mask[0]
+    assert float(mask[5:, 5:].mean()) > float(mask[:5, :5].mean())
+
+
+class _Const(nn.Module):
+    def __init__(self, logits: torch.Tensor) -> None:
+        super().__init__()
+        self.fc = nn.Linear(1, logits.shape[0])
+        self.register_buffer("out", logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out.expand(x.shape[0], -1) + 0 * self.fc(x[:, :1, 0, 0])
+
+
+def test_strip_entropy_known_values() -> None:
+    from mlsafety.core import Classifier, generator
+
+    x = torch.rand(5, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    certain = Classifier(_Const(torch.tensor([50.0, 0.0, 0.0, 0.0])))
+    uniform = Classifier(_Const(torch.zeros(4)))
+    assert float(strip_entropy(certain, x, x, 3, generator(0)).max()) < 1e-6
+    torch.testing.assert_close(
+        strip_entropy(uniform, x, x, 3, generator(0)), torch.full((5,), float(torch.log(torch.tensor(4.0))))
+    )
+
+
+def test_strip_separates_triggered_inputs(tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]) -> None:
+    inputs = _inputs(tiny_trojaned, digits)
+    res = create("strip", seeds=(0,), overlays=8).scan(tiny_trojaned.model, **inputs)
+    s = res.sample_scores
+    assert s is not None
+    assert float(auroc(s[:20], s[20:])) > 0.9
+    assert res.flagged and res.targets == [TARGET]
+
+
+def test_margins_hand_computed() -> None:
+    logits = torch.tensor([[3.0, 1.0, 2.0]])
+    torch.testing.assert_close(_margins(logits), torch.tensor([[1.0, -2.0, -1.0]]))
+
+
+class _Wired(nn.Module):
+    """A conv feature map with 4 channels; channel 2 alone drives label 3, channel 0 weakly drives label 1."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(4 * 64, 5)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.zero_()
+            self.fc.weight.zero_()
+            self.fc.bias.copy_(torch.tensor([0.5, 0.0, 0.0, 0.0, 0.2]))
+            self.fc.weight[3, 2 * 64 : 3 * 64] = 1.0
+            self.fc.weight[1, 0:64] = 0.01
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).flatten(1))
+
+
+def test_abs_stimulation_finds_the_wired_channel() -> None:
+    from mlsafety.core import Classifier
+
+    model = _Wired().eval()
+    clf = Classifier(model)
+    x = torch.rand(10, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.1
+    y = torch.arange(10) % 5
+    assert last_feature_map(clf, x) == "relu"
+    elevation = ABS(levels=4)._stimulate(clf, model.relu, x, y)
+    assert elevation.shape == (4, 5)
+    best = elevation.max(dim=1)
+    assert int(best.values.argmax()) == 2 and int(best.indices[2]) == 3
+
+
+def _planted_features() -> tuple[nn.Module, ArrayDataset, torch.Tensor]:
+    """A model whose features are the input pixels, and a training set with a poisoned cluster in class 0."""
+    g = torch.Generator().manual_seed(0)
+    n_per, k = 40, 4
+    centres = torch.rand(k, 64, generator=g)
+    x = torch.cat([centres[c] + 0.05 * torch.randn(n_per, 64, generator=g) for c in range(k)])
+    y = torch.arange(k).repeat_interleave(n_per)
+    poisoned = torch.zeros(len(y), dtype=torch.bool)
+    poisoned[:8] = True  # 8 of class 0's 40 samples carry a strong extra pattern
+    x[:8, :16] += 0.6
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, k)).eval()
+    return model, ArrayDataset(x.clamp(0, 1).reshape(-1, 1, 8, 8), y), poisoned
+
+
+@pytest.mark.parametrize("name", ["activation-clustering", "spectral-signatures"])
+def test_data_scanners_find_a_planted_cluster(name: str) -> None:
+    model, train, poisoned = _planted_features()
+    res = create(name, seeds=(0,)).scan(model, train, train=train)
+    assert res.flagged and res.targets == [0]
+    s = res.sample_scores
+    assert s is not None and float(auroc(s[~poisoned], s[poisoned])) > 0.95
+
+
+def test_kmeans_and_silhouette_match_scikit_learn() -> None:
+    from sklearn.metrics import silhouette_score
+
+    from mlsafety.core import generator
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.cat([torch.randn(30, 3, generator=g), torch.randn(12, 3, generator=g) + 4])
+    labels = kmeans2(z, generator(0))
+    truth = torch.arange(42) >= 30
+    assert torch.equal(labels.bool(), truth) or torch.equal(~labels.bool(), truth)
+    assert silhouette(z, labels) == pytest.approx(float(silhouette_score(z.numpy(), labels.numpy())), abs=1e-5)
