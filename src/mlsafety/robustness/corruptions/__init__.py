@@ -10,7 +10,7 @@ Example:
 """
 
 from mlsafety.robustness.corruptions import blur, digital, noise, weather
-from mlsafety.robustness.corruptions._grid import corruption_grid, grid_figure
+from mlsafety.robustness.corruptions._grid import corruption_grid, grid_figure, read_image
 from mlsafety.robustness.corruptions._metrics import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, CorruptionSummary, mce
 from mlsafety.robustness.corruptions.base import (
     CORRUPTIONS,
@@ -39,5 +39,6 @@ __all__ = [
     "create",
     "grid_figure",
     "mce",
+    "read_image",
     "register_corruption",
 ]

@@ -15,6 +15,46 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 
+def read_image(source: str, size: int | None = None, grey: bool = False) -> torch.Tensor:
+    """One image (C, H, W) in [0, 1] from a file, or ``zoo:<dataset>[:<index>]`` for an embedded sample.
+
+    Args:
+        source: an image file (PNG, JPEG, ...) or e.g. ``zoo:digits:3``.
+        size: resize so the shorter side has this many pixels (None: keep).
+        grey: convert to one channel.
+    """
+    if source.startswith("zoo:"):
+        from mlsafety.zoo import load_dataset
+
+        _, name, *rest = source.split(":")
+        if len(rest) > 1 or (rest and not rest[0].isdigit()):
+            raise InputError(f"write a zoo sample as zoo:<dataset>[:<index>], got {source!r}")
+        data = load_dataset(name, "test")
+        index = int(rest[0]) if rest else 0
+        if index >= len(data):
+            raise InputError(f"{name} has {len(data)} test images; pick an index below that")
+        x = data.x[index]
+        x = x.mean(dim=0, keepdim=True) if grey and x.shape[0] == 3 else x
+    else:
+        from PIL import Image, UnidentifiedImageError
+
+        try:
+            with Image.open(source) as img:
+                pil = img.convert("L" if grey else "RGB")
+        except (FileNotFoundError, UnidentifiedImageError, OSError) as exc:
+            raise InputError(f"cannot read image {source!r}: {exc}") from None
+        arr = torch.frombuffer(bytearray(pil.tobytes()), dtype=torch.uint8)
+        x = arr.view(pil.height, pil.width, -1).permute(2, 0, 1).float() / 255
+    if size is not None:
+        if size < 1:
+            raise InputError(f"size must be a positive number of pixels, got {size}")
+        h, w = x.shape[-2:]
+        k = size / min(h, w)
+        new = (max(1, round(h * k)), max(1, round(w * k)))
+        x = torch.nn.functional.interpolate(x[None], size=new, mode="area" if k < 1 else "bilinear")[0].clamp(0, 1)
+    return x.contiguous()
+
+
 def corruption_grid(
     image: torch.Tensor,
     names: Sequence[str] | None = None,
