@@ -344,7 +344,7 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
     from mlsafety.core import InputError
 
     if scales:
-        sev = Table("hazard kind", "S (default)", title="Severity (config: \\[checks.defence-in-depth] severity)")
+        sev = Table("hazard kind", "S (default)", title="Severity (config: \\[params.defence-in-depth] severity)")
         for kind, value in systemic.SEVERITY_DEFAULTS.items():
             sev.add_row(kind, str(value))
         sev.add_row("other kinds", str(systemic.DEFAULT_SEVERITY))

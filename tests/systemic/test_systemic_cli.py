@@ -1,4 +1,4 @@
-"""The `mlsafety fmea` command: scales, a stored run's FMEA table, and one-line errors (exit 2)."""
+"""The `mlsafety fmea` command, and the systemic parameters and gates through `mlsafety audit --config`."""
 
 from __future__ import annotations
 
@@ -9,17 +9,43 @@ from click.testing import CliRunner
 
 from mlsafety.cli import main
 
+CONFIG = """
+quick = true
+checks = ["defence-in-depth"]
+
+[params.defence-in-depth]
+monitors = ["energy"]
+severity = { ood = 4, "ood/letters" = 3 }
+exposure = { clean = 0.9, "ood/letters" = 0.1 }
+
+[fail_over]
+"defence-in-depth/ood/letters/escaped_failure_rate" = 0.0
+"""
+
 
 @pytest.fixture(scope="module")
-def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlsafety.audit import AuditConfig, run_audit
+def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    folder = tmp_path_factory.mktemp("fmea")
+    (folder / "ci.toml").write_text(CONFIG)
+    db = folder / "runs.sqlite"
+    res = CliRunner().invoke(main, ["audit", "--config", str(folder / "ci.toml"), "--db", str(db), "--report", ""])
+    return db, res.output + str(res.exit_code)
 
-    path = tmp_path_factory.mktemp("fmea") / "runs.sqlite"
-    cfg = AuditConfig(
-        quick=True, checks=["defence-in-depth"], check_params={"defence-in-depth": {"monitors": ["energy"]}}
-    )
-    run_audit(cfg, db=path, report="")
-    return path
+
+def test_violated_gate_exits_1_and_names_the_metric(audited: tuple[Path, str]) -> None:
+    _, output = audited
+    assert output.endswith("1")  # exit code 1: a gate failed
+    assert "defence-in-depth/ood/letters/escaped_failure_rate" in output
+
+
+def test_fmea_table_of_the_stored_run_uses_configured_severity(audited: tuple[Path, str]) -> None:
+    db, _ = audited
+    res = CliRunner().invoke(main, ["fmea", "latest", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    rows = [line.split() for line in res.output.splitlines()]
+    lines = {r[1]: r for r in rows if len(r) >= 6 and r[0].isdigit()}
+    assert lines["ood/letters"][2] == "3" and lines["ood/noise"][2] == "4" and lines["clean"][2] == "5"
+    assert "RPN" in res.output
 
 
 def test_scales_list_every_band() -> None:
@@ -31,13 +57,7 @@ def test_scales_list_every_band() -> None:
     assert res.output.count("\n") > len(OCCURRENCE_TABLE) + len(DETECTION_TABLE)
 
 
-def test_table_of_a_stored_run(db: Path) -> None:
-    res = CliRunner().invoke(main, ["fmea", "latest", "--db", str(db)])
-    assert res.exit_code == 0, res.output
-    assert "RPN" in res.output and "clean" in res.output and "ood/letters" in res.output
-
-
-def test_errors_are_one_line_exit_2(db: Path, tmp_path: Path) -> None:
+def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     from mlsafety.audit import AuditConfig, run_audit
 
     res = CliRunner().invoke(main, ["fmea"])
