@@ -188,6 +188,10 @@ def test_report_side_from_stored_rows(result: Any) -> None:
     "params",
     [
         {"false_alarm_rate": 1.5},
+        {"false_alarm_rate": 1.0},
+        {"confidence_share": -0.1},
+        {"severity": ["clean", 3]},
+        {"exposure": 0.5},
         {"monitors": ["odin"]},
         {"monitors": ["no-such-detector"]},
         {"severity": {"clean": 11}},

@@ -102,6 +102,7 @@ class DefenceInDepth(Check):
         "adaptive_steps": 20,
     }
     quick: ClassVar[dict[str, Any]] = {"adaptive_steps": 10}
+    lower_is_better: ClassVar[frozenset[str]] = LOWER_IS_BETTER
 
     # -- plan ----------------------------------------------------------------------------------
     def consumed(self, ctx: AuditContext) -> list[str]:
@@ -109,10 +110,17 @@ class DefenceInDepth(Check):
         return list(dict.fromkeys(["clean", *ctx.planned_hazards, *(f"ood/{n}" for n in ctx.data.ood)]))
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
-        far = self.params["false_alarm_rate"]
-        if not isinstance(far, (int, float)) or not 0.0 < float(far) < 1.0:
-            raise InputError(f"defence-in-depth false_alarm_rate must lie in (0, 1), got {far!r}")
-        names = list(self.params["monitors"])
+        p = self.params
+        for key, top in (("false_alarm_rate", "1)"), ("confidence_share", "1]")):
+            v = p[key]
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
+            if not ok or (top == "1)" and v == 1.0):
+                raise InputError(f"defence-in-depth {key} must be a number in [0, {top}, got {v!r}")
+        for key in ("severity", "exposure"):
+            if not isinstance(p[key], dict):
+                raise InputError(f"defence-in-depth {key} must map hazard names (or kinds) to numbers, got {p[key]!r}")
+        spec = p["monitors"]
+        names = [spec] if isinstance(spec, str) else list(spec)
         for n in names:
             if not ood.DETECTORS.get(n).needs <= ood.SHARED_NEEDS:
                 raise InputError(
@@ -298,7 +306,8 @@ class DefenceInDepth(Check):
         esc = [r for r in rows if r.metric in ("escaped_failure_rate", "adaptive_escaped_failure_rate")]
         clean = [r for r in esc if r.hazard == "clean" and r.metric == "escaped_failure_rate"]
         if clean:
-            out.append(Headline("Escaped failures (clean)", clean[0], higher_is_better=False))
+            monitor = clean[0].params.get("monitor", "")
+            out.append(Headline(f"Escaped failures, clean (monitor {monitor})", clean[0], higher_is_better=False))
         if esc:
             worst = max(esc, key=lambda r: r.value)
             how = ", adaptive" if worst.metric.startswith("adaptive") else ""
