@@ -1,18 +1,28 @@
-"""Robustness: adversarial attacks, robust accuracy and adversarial training.
+"""Robustness: adversarial attacks, robust accuracy, adversarial training, corruptions and augmentations.
 
-See :mod:`mlsafety.robustness.attacks` for the attack family (``create``, ``available``).
+Sub-packages keep their own registries (``attacks.create``, ``corruptions.create``,
+``augment.create``); this package re-exports them and the functions most users start from.
+
+Example:
+    >>> from mlsafety.robustness import attacks, evaluate
+    >>> res = evaluate(model, (x, y), attacks.create("autoattack", eps=8 / 255))
 """
 
-from mlsafety.robustness import attacks
+from mlsafety.robustness import attacks, augment, corruptions, smoothing
 from mlsafety.robustness._evaluate import RobustnessResult, evaluate, sanity_flags
+from mlsafety.robustness.corruptions import corrupt
 from mlsafety.robustness.training import adversarial_training, harden, trades_training
 
 __all__ = [
     "RobustnessResult",
     "adversarial_training",
     "attacks",
+    "augment",
+    "corrupt",
+    "corruptions",
     "evaluate",
     "harden",
     "sanity_flags",
+    "smoothing",
     "trades_training",
 ]
