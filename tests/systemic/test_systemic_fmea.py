@@ -91,3 +91,8 @@ def test_fmea_table_scores_rpn_and_order() -> None:
     assert [e.hazard for e in table] == ["adversarial/pgd/0.1", "clean", "corruption/blur/1", "ood/noise"]
     rpns = [e.rpn for e in table]
     assert rpns == sorted(rpns, reverse=True)
+
+
+def test_detection_is_monotone_in_the_miss_share() -> None:
+    scores = [detection_score(m / 1000) for m in range(1001)]
+    assert scores == sorted(scores) and scores[0] == 1 and scores[-1] == 10

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mlsafety.core import InputError
 from mlsafety.metrics import clopper_pearson
@@ -89,3 +91,22 @@ def test_expected_escaped_rate_rejects_bad_weights() -> None:
         expected_escaped_rate({"a": a}, {"a": -1.0})
     with pytest.raises(InputError):
         expected_escaped_rate({"a": a}, {})
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=40))
+def test_rate_identities_hold_for_any_outcome(cells: list[tuple[bool, bool]]) -> None:
+    failed = torch.tensor([c[0] for c in cells])
+    flagged = torch.tensor([c[1] for c in cells])
+    o = Outcome(failed, flagged)
+    fr, er = o.failure_rate().value, o.escaped_failure_rate().value
+    assert er <= fr
+    assert (1 - fr) + o.caught_rate() + er == pytest.approx(1.0)
+    cs = o.caught_share()
+    if cs is not None:
+        assert cs.value * fr == pytest.approx(o.caught_rate())
+        assert er == pytest.approx(fr * (1 - cs.value))
+    fa = o.false_alarm_rate()
+    if fa is not None:
+        assert fa.n == len(cells) - int(failed.sum())
+    assert o.worst_case(o).escaped_failure_rate().value == er
