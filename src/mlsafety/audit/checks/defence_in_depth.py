@@ -74,6 +74,7 @@ class _State:
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     adaptive: dict[str, Outcome] = field(default_factory=dict)
     adaptive_info: dict[str, dict[str, Any]] = field(default_factory=dict)
+    differentiable: ood.Detector | None = None  # the monitor's detector, refitted for autograd
 
 
 @register_check("defence-in-depth")
@@ -229,7 +230,9 @@ class DefenceInDepth(Check):
         score_fn = None
         needs_features = False
         if mon.detector is not None:
-            det = _differentiable_copy(ctx, mon.detector)
+            if state.differentiable is None:
+                state.differentiable = _differentiable_copy(ctx, mon.detector)
+            det = state.differentiable
             needs_features = "features" in det.needs
 
             def score_fn(outputs: Outputs) -> torch.Tensor:
