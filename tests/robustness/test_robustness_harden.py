@@ -1,0 +1,51 @@
+"""harden() and the `mlsafety harden` command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+from torch import nn
+
+from mlsafety.cli import main
+from mlsafety.core import ArrayDataset, InputError
+from mlsafety.robustness import harden
+from mlsafety.zoo import load_model
+
+
+def _toy() -> tuple[nn.Module, ArrayDataset]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 1, 4, 4, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0.5).long()
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), ArrayDataset(x, y)
+
+
+def test_harden_leaves_the_model_alone_and_is_seeded() -> None:
+    model, data = _toy()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    a = harden(model, data, method="trades", eps=0.05, steps=2, epochs=2, from_scratch=True, seed=4)
+    b = harden(model, data, method="trades", eps=0.05, steps=2, epochs=2, from_scratch=True, seed=4)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert all(torch.equal(a.state_dict()[k], b.state_dict()[k]) for k in before)
+    assert not all(torch.equal(a.state_dict()[k], before[k]) for k in before)
+    with pytest.raises(InputError):
+        harden(model, data, method="magic", eps=0.1)
+    with pytest.raises(InputError):
+        harden(model, data)
+
+
+def test_cli_writes_a_loadable_hardened_copy(tmp_path: Path) -> None:
+    out = tmp_path / "hard.safetensors"
+    runner = CliRunner()
+    res = runner.invoke(main, ["harden", "--eps", "0.1", "--epochs", "1", "--steps", "1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    state = load_file(str(out))
+    original = load_model("digits-cnn").state_dict()
+    assert set(state) == set(original)
+    assert any(not torch.equal(state[k], original[k]) for k in state)
+    bad = runner.invoke(main, ["harden", "--eps", "0.1", "--out", str(tmp_path / "hard.pt")])
+    assert bad.exit_code == 2 and ".safetensors" in bad.output
