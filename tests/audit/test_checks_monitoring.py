@@ -109,6 +109,17 @@ def test_ood_check_quick_profile(model, data) -> None:
     assert {r[1] for r in ranking.rows} == set(names)
 
 
+def test_ood_check_mixes_shared_and_own_pass_detectors(model, data) -> None:
+    from mlsafety.metrics import auroc
+
+    rows, _, _ = run("ood", model, data, plots=False, n_boot=20, detectors=["odin", "msp", "energy"])
+    by = {(r.hazard, r.metric): r.value for r in rows}
+    for name in ("msp", "odin"):
+        det = ood.create(name)
+        want = float(auroc(det.score(model, data.test.x), det.score(model, data.ood["letters"].x)))
+        assert by[("ood/letters", f"{name}_auroc")] == pytest.approx(want)
+
+
 def test_ood_check_all_applicable_detectors(model, data) -> None:
     check = CHECKS.create("ood")
     ctx = AuditContext(model, data)

@@ -403,3 +403,11 @@ def test_evaluate_fits_on_in_distribution_data_and_measures_each_set(model, fit_
     knn = ood.create("knn", k=3).fit(model, fit_x)
     want = ood.ood_metrics_fast(knn.score(model, x), knn.score(model, sets["b"]), 40, derive_seed(2, "b", "knn"))
     assert res["b"]["knn"] == want
+
+
+def test_score_detectors_keeps_the_given_order(model, fit_x, x) -> None:
+    dets = ood.fit_detectors([ood.create("odin", noise=0.0), ood.create("msp"), ood.create("msp")], model, fit_x)
+    out = ood.score_detectors(dets, model, x)
+    assert list(out) == ["odin", "msp", "msp-2"]
+    torch.testing.assert_close(out["msp"], ood.create("msp").score(model, x))
+    torch.testing.assert_close(out["odin"], ood.create("odin", noise=0.0).score(model, x))

@@ -25,7 +25,7 @@ from mlsafety.audit._check import (
 )
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit._plots import figure, to_png
-from mlsafety.core import derive_seed
+from mlsafety.core import InputError, derive_seed
 from mlsafety.metrics import OOD_METRICS
 from mlsafety.monitoring import ood
 
@@ -68,6 +68,8 @@ class ScoreCache:
     def __init__(self, ctx: AuditContext, names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None):
         self.ctx = ctx
         self.names = list(names)
+        if len(set(self.names)) != len(self.names):
+            raise InputError(f"detectors are listed more than once: {self.names}")
         self.params = {n: dict((params or {}).get(n, {})) for n in self.names}
         self._detectors: list[ood.Detector] | None = None
         self._scores: dict[str, dict[str, torch.Tensor]] = {}
@@ -100,7 +102,7 @@ class ScoreCache:
             ctx = self.ctx
             x = ctx.hazard(hazard).x
             out = ood.score_detectors(self.detectors, ctx.model, x, ctx.batch_size, outputs=ctx.outputs(hazard))
-            self._scores[hazard] = {n: s.cpu() for n, s in zip(self.names, out.values())}
+            self._scores[hazard] = {n: s.cpu() for n, s in zip(self.names, out.values(), strict=True)}
         return self._scores[hazard]
 
 

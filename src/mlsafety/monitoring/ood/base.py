@@ -285,31 +285,36 @@ def score_detectors(
     batch_size: int = 256,
     outputs: Outputs | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Anomaly scores of every detector for the same inputs, keyed by registry name.
+    """Anomaly scores of every detector for the same inputs, keyed by registry name, in the order given
+    (a name that repeats gets ``-2``, ``-3``... appended).
 
     Detectors that need only logits and features are all fed from one forward pass (or from
     ``outputs`` when given); the others run on ``x`` on their own.
     """
     clf = as_classifier(model)
-    result: dict[str, torch.Tensor] = {}
-    shared = [d for d in detectors if d.shared]
-    others = [d for d in detectors if not d.shared]
-    if shared:
+    keys: list[str] = []
+    for det in detectors:
+        keys.append(_key(det, keys))
+    scores: dict[int, torch.Tensor] = {}
+    if any(d.shared for d in detectors):
         if outputs is None:
             if x is None:
                 raise InputError("give inputs x or forward outputs")
             outputs, _ = collect_outputs(clf, x, batch_size)
-        for det in shared:
-            result[_key(det, result)] = det.score_outputs(clf, outputs)
-    if others:
-        if x is None:
-            raise InputError(f"detectors {[d.name for d in others]} need the inputs x, not only forward outputs")
-        for det in others:
-            result[_key(det, result)] = det.score(clf, x, batch_size)
-    return result
+        for i, det in enumerate(detectors):
+            if det.shared:
+                scores[i] = det.score_outputs(clf, outputs)
+    others = [d.name for d in detectors if not d.shared]
+    if others and x is None:
+        raise InputError(f"detectors {others} need the inputs x, not only forward outputs")
+    for i, det in enumerate(detectors):
+        if not det.shared:
+            assert x is not None
+            scores[i] = det.score(clf, x, batch_size)
+    return {keys[i]: scores[i] for i in range(len(detectors))}
 
 
-def _key(det: Detector, taken: Mapping[str, Any]) -> str:
+def _key(det: Detector, taken: Sequence[str] | Mapping[str, Any]) -> str:
     key, i = det.name, 2
     while key in taken:
         key, i = f"{det.name}-{i}", i + 1
