@@ -131,6 +131,10 @@ def demo() -> dict[str, Any]:
     for method, fn in [
         ("fine-pruning", lambda: fine_pruning(bad, clean)),
         ("nc-unlearning", lambda: nc_unlearning(bad, clean, trigger.apply_trigger)),
+        (
+            "nc-unlearning-3-rounds",
+            lambda: nc_unlearning(bad, clean, trigger.apply_trigger, rounds=3, target=trigger.target),
+        ),
         ("nc-pruning", lambda: nc_pruning(bad, clean, trigger.apply_trigger, trigger.target)),
     ]:
         start = time.perf_counter()
@@ -203,6 +207,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("build/trojans-population"))
     parser.add_argument("--scanners", nargs="*", default=None)
     parser.add_argument("--no-demo", action="store_true")
+    parser.add_argument(
+        "--reuse-scanners", action="store_true", help="Keep the scanner figures of the last results file (demo only)."
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     pop = population(args.out, args.n, args.epochs)
@@ -218,8 +225,12 @@ def main() -> None:
             "attacks": sorted({m.attack for m in members if m.trojaned}),
             "members": [vars(m) for m in members],
         },
-        "scanners": scanners(pop, args.scanners),
     }
+    previous = RESULTS / "trojans.json"
+    if args.reuse_scanners and previous.is_file():
+        res["scanners"] = json.loads(previous.read_text())["scanners"]
+    else:
+        res["scanners"] = scanners(pop, args.scanners)
     if not args.no_demo:
         res["demo"] = demo()
     RESULTS.mkdir(exist_ok=True)

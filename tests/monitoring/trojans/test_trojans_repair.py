@@ -74,3 +74,14 @@ def test_nc_pruning_prunes_the_neurons_the_trigger_excites(
     before = trojan_metrics(model, tiny_trojaned.attack, digits["test"], TARGET)["attack_success_rate"]
     after = trojan_metrics(rep.model, tiny_trojaned.attack, digits["test"], TARGET)["attack_success_rate"]
     assert after.value < before.value
+
+
+def test_unlearning_rounds_need_a_target(tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]) -> None:
+    import pytest
+
+    from mlsafety.core import InputError
+
+    with pytest.raises(InputError, match="target"):
+        nc_unlearning(tiny_trojaned.model, digits["val"], tiny_trojaned.attack.apply_trigger, rounds=2)
+    with pytest.raises(InputError, match="rate"):
+        nc_unlearning(tiny_trojaned.model, digits["val"], tiny_trojaned.attack.apply_trigger, rate=1.0)

@@ -5,7 +5,7 @@
   on clean data, as many as clean accuracy allows, then fine-tune on the clean set.
 * :func:`nc_unlearning` (Neural Cleanse, Wang et al. 2019, section VI-C): fine-tune on the clean
   set with the recovered trigger stamped on a share of the inputs, labels kept true, so the
-  model unlearns the trigger.
+  model unlearns the trigger; optionally in rounds that reverse-engineer the target again.
 * :func:`nc_pruning` (Neural Cleanse, section VI-B): prune the penultimate neurons that the
   recovered trigger excites most (relative to clean inputs) until the trigger stops working.
 
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from mlsafety.core import ArrayDataset, InputError, as_classifier, forward, frozen
+from mlsafety.core import ArrayDataset, InputError, as_classifier, device_of, forward, frozen
 
 
 @dataclass
@@ -165,33 +165,59 @@ def nc_unlearning(
     epochs: int = 10,
     lr: float = 1e-3,
     seed: int = 0,
+    rounds: int = 1,
+    target: int | None = None,
 ) -> Repaired:
     """Unlearning: fine-tune on ``clean`` with the (recovered) trigger on ``rate`` of each batch, true labels.
+
+    With ``rounds > 1`` the repair iterates: after each round, Neural Cleanse's reverse engineering
+    is run again for ``target`` on the repaired model, and the trigger it finds joins the triggers
+    being unlearned (each triggered input gets one of them). A recovered trigger is often only
+    part of the planted one (a few of its pixels); the later rounds find what the first left.
 
     Args:
         model: the suspected model (not modified).
         clean: clean labelled data.
         apply_trigger: the recovered trigger (e.g. ``Trigger.apply_trigger`` from Neural Cleanse).
-        rate: share of each batch that carries the trigger (20% in the paper).
-        epochs: fine-tuning epochs.
+        rate: share of each batch that carries a trigger (20% in the paper).
+        epochs: fine-tuning epochs per round.
         lr: learning rate.
-        seed: seed of the batches and of which inputs carry the trigger.
+        seed: seed of the batches, of which inputs carry a trigger, and of the reverse engineering.
+        rounds: unlearning rounds (1 = the paper's single pass).
+        target: the trigger's target class (needed when ``rounds > 1``).
     """
+    from mlsafety.core import generator
+    from mlsafety.monitoring.trojans.scanners.neural_cleanse import reverse_engineer
     from mlsafety.zoo import random_shift, train_classifier
 
     if not 0.0 < rate < 1.0:
         raise InputError(f"unlearning rate must lie in (0, 1), got {rate}")
+    if rounds < 1 or (rounds > 1 and target is None):
+        raise InputError("nc_unlearning needs rounds >= 1, and target= when rounds > 1")
     net = _copy(model)
+    triggers: list[Callable[[torch.Tensor], torch.Tensor]] = [apply_trigger]
 
     def augment(xb: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         xb = random_shift(xb, g)
-        pick = torch.rand(xb.shape[0], generator=g) < rate
-        if bool(pick.any()):
+        pick = (torch.rand(xb.shape[0], generator=g) < rate).nonzero().flatten()
+        if len(pick):
             xb = xb.clone()
-            xb[pick] = apply_trigger(xb[pick])
+            which = torch.randint(0, len(triggers), (len(pick),), generator=g)
+            for k, fn in enumerate(triggers):
+                rows = pick[which == k].to(xb.device)
+                if len(rows):
+                    xb[rows] = fn(xb[rows])
         return xb
 
-    train_classifier(net, clean, epochs=epochs, lr=lr, seed=seed, augment=augment)
+    for r in range(rounds):
+        if r > 0:
+            assert target is not None
+            with frozen(net):
+                found = reverse_engineer(
+                    as_classifier(net), clean.x.to(device_of(net)), [target], generator(seed, "unlearn", r)
+                )
+            triggers.append(found[0].apply_trigger)
+        train_classifier(net, clean, epochs=epochs, lr=lr, seed=seed + r, augment=augment)
     return Repaired(net.eval(), "nc-unlearning", clean_accuracy=_accuracy(net, clean))
 
 
