@@ -176,21 +176,15 @@ def pixel_grid(n: int, h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor
     return px.expand(n, h, w), py.expand(n, h, w)
 
 
-def _interp_matrix_idx(size: int, zoom: float, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    centre = size / 2
-    src = (torch.arange(size, dtype=like.dtype, device=like.device) + 0.5 - centre) / zoom + centre - 0.5
-    src = src.clamp(0, size - 1)
-    i0 = src.floor().long()
-    i1 = (i0 + 1).clamp(max=size - 1)
-    return i0, i1, (src - i0.to(src.dtype))
-
-
 def centre_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
-    """Zoom into the centre by ``zoom`` >= 1 with linear interpolation (separable, clipped to the frame)."""
-    i0, i1, f = _interp_matrix_idx(x.shape[-2], zoom, x)
-    y = x.index_select(-2, i0) * (1 - f)[:, None] + x.index_select(-2, i1) * f[:, None]
-    j0, j1, f = _interp_matrix_idx(x.shape[-1], zoom, x)
-    return y.index_select(-1, j0) * (1 - f) + y.index_select(-1, j1) * f
+    """ImageNet-C's ``clipped_zoom``: enlarge the central ``ceil(size / zoom)`` crop by ``zoom`` (linear,
+    corners aligned as ``scipy.ndimage.zoom(order=1)``) and keep the top-left ``size`` pixels."""
+    h, w = x.shape[-2:]
+    ch, cw = math.ceil(h / zoom), math.ceil(w / zoom)
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = x[..., top : top + ch, left : left + cw]
+    size = (max(round(ch * zoom), h), max(round(cw * zoom), w))
+    return F.interpolate(crop, size=size, mode="bilinear", align_corners=True)[..., :h, :w]
 
 
 def motion_blur(x: torch.Tensor, length: float, sigma: float, angles: torch.Tensor) -> torch.Tensor:

@@ -74,7 +74,9 @@ class Corruption:
         work = x if x.dtype in (torch.float32, torch.float64) else x.float()
         with torch.no_grad():
             out = self.apply(work, self.levels[int(severity) - 1], generator)
-        return out.clamp(0.0, 1.0).to(x.dtype)
+            # clip in place unless apply handed back (a view of) the input, which is never modified
+            out = out.clamp(0.0, 1.0) if _shares_memory(out, x) else out.clamp_(0.0, 1.0)
+        return out.to(x.dtype)
 
     def apply(self, x: torch.Tensor, level: Any, g: torch.Generator) -> torch.Tensor:
         """The corruption at the published parameters ``level``; may leave values outside [0, 1]."""
@@ -86,6 +88,10 @@ class Corruption:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(reference_size={self.reference_size:g})"
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _check(x: torch.Tensor) -> None:

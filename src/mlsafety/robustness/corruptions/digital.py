@@ -182,14 +182,15 @@ class JpegCompression(Corruption):
     levels = (25, 18, 15, 10, 7)
 
     def apply(self, x: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
-        arr = (x.detach() * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        # x lies in [0, 1] (checked by the base class), so rounding x * 255 needs no clipping
+        arr = x.detach().mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         _, h, w, c = arr.shape
         if c == 1 and h % 8 == 0 and w % 8 == 0:
             out = _jpeg_mosaic(arr[..., 0], int(level))[..., None]
         else:
             out = np.stack([_jpeg(img[..., 0] if c == 1 else img, int(level)).reshape(h, w, c) for img in arr])
         back = torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2)
-        return back.to(x.dtype) / 255
+        return back.to(x.dtype).div_(255)
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
