@@ -226,10 +226,13 @@ class PopulationScore:
             (exact 95% interval); None when the scanner names no target for any model.
         verdict_accuracy: share of models the thresholded verdict gets right (exact interval).
         seconds_per_model: mean wall-clock time of one scan.
+        cpu_seconds_per_model: mean CPU time of one scan (this process; steadier than wall-clock
+            time on a shared machine).
         input_auroc: for input-level scanners, the mean over trojaned models of the AUROC telling
             triggered from clean probe inputs (None otherwise).
         sample_auroc: for data-level scanners, the mean over trojaned models of the AUROC telling
-            poisoned from clean training samples (None otherwise).
+            poisoned from clean training samples of the target class, where these scanners look
+            for them (None otherwise).
         results: every model's scan result, in population order.
     """
 
@@ -238,6 +241,7 @@ class PopulationScore:
     target_accuracy: Estimate | None
     verdict_accuracy: Estimate
     seconds_per_model: float
+    cpu_seconds_per_model: float
     input_auroc: float | None = None
     sample_auroc: float | None = None
     results: list[ScanResult] = field(default_factory=list)
@@ -277,19 +281,23 @@ def score_scanner(
     """
     if len({m.trojaned for m, _ in population}) < 2:
         raise InputError("scoring needs both clean and trojaned models in the population")
-    results, seconds, input_aurocs, sample_aurocs = [], [], [], []
+    results, seconds, cpu, input_aurocs, sample_aurocs = [], [], [], [], []
     for member, model in track(population, progress, f"scanning with {scanner.name}", total=len(population)):
         train_m, poisoned = member.training_set(train)
         probe, is_trig = probe_inputs(member, test)
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         res = scanner.scan(model, clean, train=train_m, probe=probe)
         seconds.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
         results.append(res)
         if member.trojaned and res.sample_scores is not None:
             if "probe" in scanner.needs:
                 input_aurocs.append(float(auroc(res.sample_scores[~is_trig], res.sample_scores[is_trig])))
-            elif bool(poisoned.any()):
-                sample_aurocs.append(float(auroc(res.sample_scores[~poisoned], res.sample_scores[poisoned])))
+            else:
+                in_class = train_m.y == member.target
+                bad, good = poisoned & in_class, ~poisoned & in_class
+                if bool(bad.any()) and bool(good.any()):
+                    sample_aurocs.append(float(auroc(res.sample_scores[good], res.sample_scores[bad])))
     labels = torch.tensor([m.trojaned for m, _ in population])
     scores = torch.tensor([r.score for r in results], dtype=torch.float64)
     det = bootstrap_two_sample(auroc, scores[~labels], scores[labels], n_boot=n_boot, seed=0)
@@ -302,6 +310,7 @@ def score_scanner(
         target_accuracy=proportion(torch.tensor(hits)) if named else None,
         verdict_accuracy=proportion(verdicts),
         seconds_per_model=sum(seconds) / len(seconds),
+        cpu_seconds_per_model=sum(cpu) / len(cpu),
         input_auroc=sum(input_aurocs) / len(input_aurocs) if input_aurocs else None,
         sample_auroc=sum(sample_aurocs) / len(sample_aurocs) if sample_aurocs else None,
         results=results,
