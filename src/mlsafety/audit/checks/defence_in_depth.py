@@ -6,6 +6,19 @@ Nothing is recomputed: the check reads every hazard's inputs and forward outputs
 (``ctx.hazard``, ``ctx.outputs``), the ones other enabled checks declared (``ctx.planned_hazards``)
 plus ``clean`` and every OOD set. The monitor is chosen on validation data only (clean validation
 inputs and synthetic outliers made from them), never on the test hazards.
+
+Configuration (``mlsafety audit --config ci.toml``), e.g. for a CI pipeline::
+
+    [params.defence-in-depth]
+    monitors = ["energy", "mahalanobis", "knn"]      # candidates, alone and with the confidence part
+    false_alarm_rate = 0.05                          # on correct answers of clean validation data
+    severity = { adversarial = 9, "ood/letters" = 6 } # by kind, hazard-name prefix or full name
+    exposure = { clean = 0.97, "ood/letters" = 0.02, "corruption/fog/3" = 0.01 }
+
+    [fail_over]                                      # exit 1 when a stored metric is above its bound
+    "defence-in-depth/clean/escaped_failure_rate" = 0.01
+    "defence-in-depth/*/adaptive_escaped_failure_rate" = 0.5  # needs the adversarial check
+    "defence-in-depth/deployment/expected_escaped_failure_rate" = 0.02
 """
 
 from __future__ import annotations
