@@ -112,7 +112,11 @@ class SmoothedClassifier:
     # -- sampling --------------------------------------------------------------------------------
     def _base_logits(self, noisy: torch.Tensor) -> torch.Tensor:
         if self.denoiser is not None:
-            noisy = self.denoiser(noisy)
+            clean = self.denoiser(noisy)
+            if not isinstance(clean, torch.Tensor) or clean.shape != noisy.shape:
+                shape = tuple(clean.shape) if isinstance(clean, torch.Tensor) else type(clean).__name__
+                raise InputError(f"the denoiser must return inputs of shape {tuple(noisy.shape)}, got {shape}")
+            noisy = clean
         return self.classifier.logits(noisy)
 
     def _frozen(self) -> _Frozen:
