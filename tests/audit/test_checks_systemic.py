@@ -260,3 +260,23 @@ def test_attack_source_found_by_order_or_nearest_input_and_norm_inferred(setting
     src, _, _, norm = _attack_source(ctx, "adversarial/c/0.1")  # type: ignore[misc]
     assert torch.equal(src, test.x) and norm == "linf"
     assert _attack_source(ctx, "adversarial/d/0.01") is None
+
+
+def test_headless_model_uses_logit_detectors_by_default() -> None:
+    from torch import nn
+
+    from mlsafety.core import generator
+
+    g = generator(0, "headless")
+    model = nn.Sequential(nn.Conv2d(1, 3, 8), nn.Flatten()).eval()  # logits without a Linear head
+
+    def data(n: int) -> ArrayDataset:
+        return ArrayDataset(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+    clf = Classifier(model)
+    assert clf.head is None
+    ctx = AuditContext(clf, AuditData(data(40), data(40)))
+    rows = [r for t in CHECKS.create("defence-in-depth").tasks(ctx) for r in t.run().rows]
+    chosen = [r.hazard for r in rows if r.metric == "validation_escape"]
+    assert chosen and not any("mahalanobis" in h or "knn" in h or "vim" in h for h in chosen)
+    assert _get(rows, "clean", "escaped_failure_rate").n == 40

@@ -61,7 +61,8 @@ from mlsafety.systemic import (
 )
 
 DEFAULT_MONITORS = ["energy", "max-logit", "mahalanobis", "knn", "vim"]
-"""Detectors tried as monitors by default (alone and combined with the model's confidence)."""
+"""Detectors tried as monitors by default (alone and combined with the model's confidence); for a
+model without an ``nn.Linear`` head, only those that need no features."""
 
 ADVERSARIAL = "adversarial"
 CORRUPTION = "corruption"
@@ -135,6 +136,8 @@ class DefenceInDepth(Check):
                 raise InputError(f"defence-in-depth {key} must map hazard names (or kinds) to numbers, got {p[key]!r}")
         spec = p["monitors"]
         names = [spec] if isinstance(spec, str) else list(spec)
+        if ctx.model.head is None and names == DEFAULT_MONITORS:  # no features to read: logit detectors only
+            names = [n for n in names if "features" not in ood.DETECTORS.get(n).needs]
         for n in names:
             if not ood.DETECTORS.get(n).needs <= ood.SHARED_NEEDS:
                 raise InputError(
