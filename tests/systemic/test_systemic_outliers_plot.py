@@ -45,3 +45,18 @@ def test_swiss_cheese_png() -> None:
     o = Outcome(torch.tensor([True, False, True, False]), torch.tensor([True, False, False, False]))
     png = swiss_cheese_png({"clean": o, "adversarial/pgd/0.1": o}, adaptive={"adversarial/pgd/0.1": o})
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", sorted(OUTLIER_TRANSFORMS))
+def test_transform_conformance(name: str) -> None:
+    """Every transform: same shape and dtype, inside [0, 1], deterministic, input untouched, and
+    different from its input (an outlier, not a copy)."""
+    for shape in ((6, 1, 5, 4), (6, 3, 4, 4)):
+        x = torch.rand(shape, generator=generator(0, "conf", name, *shape))
+        before = x.clone()
+        a = OUTLIER_TRANSFORMS[name](x, generator(0, "t", name))
+        b = OUTLIER_TRANSFORMS[name](x, generator(0, "t", name))
+        assert a.shape == x.shape and a.dtype == x.dtype
+        assert float(a.min()) >= 0.0 and float(a.max()) <= 1.0
+        assert torch.equal(a, b) and torch.equal(x, before)
+        assert not torch.allclose(a, x)
