@@ -144,6 +144,62 @@ def demo() -> dict[str, Any]:
     return out
 
 
+def peers(pop: list) -> dict[str, Any]:
+    """ART's activation clustering and spectral signatures beside ours, on the trojaned models' training sets.
+
+    ART answers yes/no per sample, so its AUROC is that of hard predictions; ours ranks samples by a
+    continuous score. Both are scored within the target class (where poison is looked for). Times
+    include each library's forward pass over the training set.
+    """
+    import numpy as np
+    from art.defences.detector.poison import ActivationDefence, SpectralSignatureDefense
+    from art.estimators.classification import PyTorchClassifier
+
+    from mlsafety.metrics import auroc
+
+    train = load_dataset("digits", "train")
+    clean = load_dataset("digits", "val")
+    rows: dict[str, dict[str, list[float]]] = {}
+    for member, model in pop:
+        if not member.trojaned:
+            continue
+        data, poisoned = member.training_set(train)
+        in_class = data.y == member.target
+        good, bad = in_class & ~poisoned, in_class & poisoned
+        clf = PyTorchClassifier(
+            model=model,
+            loss=torch.nn.CrossEntropyLoss(),
+            input_shape=tuple(data.x.shape[1:]),
+            nb_classes=10,
+            clip_values=(0.0, 1.0),
+        )
+        x, y = data.x.numpy(), np.eye(10)[data.y.numpy()]
+        detectors: list[tuple[str, Any, dict[str, Any], dict[str, Any]]] = [
+            ("activation-clustering", ActivationDefence, {}, {"nb_clusters": 2, "nb_dims": 10, "reduce": "PCA"}),
+            ("spectral-signatures", SpectralSignatureDefense, {"batch_size": 128}, {}),
+        ]
+        for ours, cls, init_kw, detect_kw in detectors:
+            start = time.perf_counter()
+            _, is_clean = cls(clf, x, y, **init_kw).detect_poison(**detect_kw)
+            art_s = time.perf_counter() - start
+            flags = torch.tensor(1 - np.asarray(is_clean), dtype=torch.float64)
+            start = time.perf_counter()
+            res = SCANNERS.create(ours, seeds=(0,)).scan(model, clean, train=data)
+            our_s = time.perf_counter() - start
+            assert res.sample_scores is not None
+            r = rows.setdefault(ours, {"art_auroc": [], "our_auroc": [], "art_s": [], "our_s": []})
+            r["art_auroc"].append(float(auroc(flags[good], flags[bad])))
+            r["our_auroc"].append(float(auroc(res.sample_scores[good], res.sample_scores[bad])))
+            r["art_s"].append(art_s)
+            r["our_s"].append(our_s)
+    out = {}
+    for name, r in rows.items():
+        mean = {k: sum(v) / len(v) for k, v in r.items()}
+        out[name] = {**mean, "time_ratio_art_over_ours": mean["art_s"] / mean["our_s"], "models": len(r["art_s"])}
+        print(f"peers {name}: {out[name]}", flush=True)
+    return out
+
+
 def markdown(res: dict[str, Any]) -> str:
     def ci(e: dict[str, float] | None, pct: bool = False) -> str:
         if e is None:
@@ -179,6 +235,23 @@ def markdown(res: dict[str, Any]) -> str:
             for m in res["population"]["members"]
         ),
     ]
+    if "peers" in res:
+        lines += [
+            "",
+            f"## Side by side with ART {res.get('art_version', '')} (adversarial-robustness-toolbox), same models "
+            "and training sets",
+            "",
+            "Poisoned-sample detection within the target class, mean over the trojaned models. ART flags samples "
+            "yes/no, so its AUROC is that of hard predictions; ours ranks by a continuous score.",
+            "",
+            "| method | ART AUROC (hard flags) | our AUROC (scores) | ART s / model | our s / model | ART / ours |",
+            "|---|---|---|---|---|---|",
+        ]
+        for name, p in res["peers"].items():
+            lines.append(
+                f"| {name} | {p['art_auroc']:.3f} | {p['our_auroc']:.3f} | {p['art_s']:.2f} | {p['our_s']:.2f} | "
+                f"{p['time_ratio_art_over_ours']:.2f} |"
+            )
     if "demo" in res:
         d = res["demo"]
         lines += ["", "## Demo: digits-cnn vs digits-cnn-badnets (Neural Cleanse, seeds 0, 1, 2)", ""]
@@ -210,8 +283,9 @@ def main() -> None:
     parser.add_argument("--scanners", nargs="*", default=None)
     parser.add_argument("--no-demo", action="store_true")
     parser.add_argument(
-        "--reuse-scanners", action="store_true", help="Keep the scanner figures of the last results file (demo only)."
+        "--reuse", action="store_true", help="Keep the scanner and demo figures of the last results file."
     )
+    parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
     pop = population(args.out, args.n, args.epochs)
@@ -228,13 +302,16 @@ def main() -> None:
             "members": [vars(m) for m in members],
         },
     }
-    previous = RESULTS / "trojans.json"
-    if args.reuse_scanners and previous.is_file():
-        res["scanners"] = json.loads(previous.read_text())["scanners"]
-    else:
-        res["scanners"] = scanners(pop, args.scanners)
+    previous_path = RESULTS / "trojans.json"
+    previous = json.loads(previous_path.read_text()) if args.reuse and previous_path.is_file() else {}
+    res["scanners"] = previous.get("scanners") or scanners(pop, args.scanners)
+    if not args.no_peers:
+        import art
+
+        res["art_version"] = art.__version__
+        res["peers"] = peers(pop)
     if not args.no_demo:
-        res["demo"] = demo()
+        res["demo"] = previous.get("demo") or demo()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "trojans.json").write_text(json.dumps(res, indent=2, default=str))
     (RESULTS / "trojans.md").write_text(markdown(res))

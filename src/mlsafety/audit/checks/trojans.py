@@ -268,7 +268,7 @@ def _scanner_rows(res: ScanResult) -> list[Row]:
 def _nc_artifacts(res: ScanResult) -> list[Artifact]:
     assert res.per_class is not None
     k = len(res.triggers)
-    fig = figure(min(1.1 * k, 12), 2.6)
+    fig = figure(min(1.1 * k, 12), 1.6)
     axes = fig.subplots(1, k, squeeze=False)[0]
     for ax, (cls, trig) in zip(axes, sorted(res.triggers.items())):
         img = (trig.mask * trig.pattern).permute(1, 2, 0).numpy()
