@@ -79,7 +79,9 @@ class Detector:
         ``data`` has none (or ``-1``), the model's predictions stand in.
         """
         clf = as_classifier(model)
-        if self.shared:
+        if self.shared and type(self)._fit is Detector._fit:
+            self.fitted_ = True  # stateless: no forward pass needed
+        elif self.shared:
             outputs, labels = collect_outputs(clf, data, batch_size, features="features" in self.needs)
             self.fit_outputs(clf, outputs, labels)
         else:
