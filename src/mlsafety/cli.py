@@ -303,10 +303,14 @@ def report(run_id: str, db: str | None, out: Path | None) -> None:
 @click.argument("run_b")
 @click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
 @click.option("--all", "show_all", is_flag=True, help="Show every shared metric, not only the changed ones.")
-@click.option("--fail-on-change", is_flag=True, help="Exit 1 when a metric changed by more than its intervals allow.")
+@click.option(
+    "--fail-on-change",
+    is_flag=True,
+    help="Exit 1 when a metric got worse (or changed, where its direction is unknown) beyond its intervals.",
+)
 @friendly
 def compare(run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_change: bool) -> None:
-    """Compare two runs metric by metric: deltas, and whether the 95% intervals overlap."""
+    """Compare two runs metric by metric: deltas, and which changed beyond their 95% intervals."""
     from mlsafety.audit import compare_rows
     from mlsafety.audit._check import fmt_ci, fmt_value
 
@@ -315,20 +319,24 @@ def compare(run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_chan
         comparisons = compare_rows(store.results(a.run_id), store.results(b.run_id))
     if not comparisons:
         raise MlsafetyError(f"runs {a.run_id} and {b.run_id} share no metric")
-    table = Table("metric", a.run_id, b.run_id, "delta", "changed", title="comparison", box=None)
+    table = Table("metric", a.run_id, b.run_id, "delta", "change", title="comparison", box=None)
     changed = [c for c in comparisons if c.significant]
+    style = {"worse": "[bold red]worse[/]", "better": "[green]better[/]", "changed": "[yellow]changed[/]", "": ""}
     for c in comparisons if show_all else changed:
-        overlap = {None: "no interval", True: "", False: "[bold red]yes[/]"}[c.intervals_overlap]
         table.add_row(
             c.key,
             f"{fmt_value(c.a.value)} {fmt_ci(c.a)}",
             f"{fmt_value(c.b.value)} {fmt_ci(c.b)}",
             f"{c.delta:+.4g}",
-            overlap,
+            style[c.verdict],
         )
     out_console.print(table)
-    out_console.print(f"{len(comparisons)} shared metrics, {len(changed)} changed beyond their 95% intervals.")
-    if fail_on_change and changed:
+    worse = [c for c in changed if c.verdict in ("worse", "changed")]
+    out_console.print(
+        f"{len(comparisons)} shared metrics, {len(changed)} changed beyond their 95% intervals "
+        f"({len(worse)} worse or of unknown direction)."
+    )
+    if fail_on_change and worse:
         sys.exit(1)
 
 

@@ -148,6 +148,10 @@ class Check:
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
     quick: ClassVar[dict[str, Any]] = {}
+    higher_is_better: ClassVar[frozenset[str]] = frozenset()
+    """Metric names for which a larger value is better (``compare`` calls a drop a regression)."""
+    lower_is_better: ClassVar[frozenset[str]] = frozenset()
+    """Metric names for which a smaller value is better."""
 
     def __init__(self, quick: bool = False, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))

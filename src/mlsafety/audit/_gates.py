@@ -8,6 +8,7 @@ hazard, so ``defence-in-depth/*/escaped_failure_rate`` bounds every hazard at on
 from __future__ import annotations
 
 import fnmatch
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -94,28 +95,75 @@ def evaluate_gates(
 
 @dataclass(frozen=True)
 class Comparison:
+    """One metric in two runs.
+
+    ``direction`` is +1 when higher is better, -1 when lower is better, None when the check does
+    not say.
+    """
+
     key: str
     a: StoredRow
     b: StoredRow
+    direction: int | None = None
 
     @property
     def delta(self) -> float:
         return self.b.value - self.a.value
 
+    def _half_widths(self) -> tuple[float, float] | None:
+        if None in (self.a.ci_low, self.a.ci_high, self.b.ci_low, self.b.ci_high):
+            return None
+        return (self.a.ci_high - self.a.ci_low) / 2, (self.b.ci_high - self.b.ci_low) / 2  # type: ignore[operator]
+
     @property
     def intervals_overlap(self) -> bool | None:
         """Whether the two 95% intervals overlap (None when either number has no interval)."""
-        if None in (self.a.ci_low, self.a.ci_high, self.b.ci_low, self.b.ci_high):
+        if self._half_widths() is None:
             return None
         return not (self.a.ci_high < self.b.ci_low or self.b.ci_high < self.a.ci_low)  # type: ignore[operator]
 
     @property
     def significant(self) -> bool:
-        """Changed by more than the intervals allow (non-overlapping intervals)."""
-        return self.intervals_overlap is False
+        """Changed by more than the intervals allow.
+
+        The two runs are independent estimates, so the 95% half-width of their difference is about
+        ``sqrt(h_a^2 + h_b^2)``; a change larger than that is flagged. (Non-overlapping intervals
+        would be a far stricter test, at about the 0.6% level, and would miss real regressions.)
+        Numbers without intervals are flagged whenever they differ.
+        """
+        halves = self._half_widths()
+        if halves is None:
+            return self.delta != 0
+        return abs(self.delta) > math.hypot(*halves)
+
+    @property
+    def verdict(self) -> str:
+        """``""`` (no real change), ``"better"``, ``"worse"`` or ``"changed"`` (direction unknown)."""
+        if not self.significant:
+            return ""
+        if self.direction is None:
+            return "changed"
+        return "better" if self.delta * self.direction > 0 else "worse"
 
 
 def compare_rows(a: Sequence[StoredRow], b: Sequence[StoredRow]) -> list[Comparison]:
-    """Metrics present in both runs, in run A's order."""
+    """Metrics present in both runs, in run A's order, with each metric's direction where known."""
     by_key = {r.key: r for r in b}
-    return [Comparison(r.key, r, by_key[r.key]) for r in a if r.key in by_key]
+    return [Comparison(r.key, r, by_key[r.key], metric_direction(r, a)) for r in a if r.key in by_key]
+
+
+def metric_direction(row: StoredRow, rows: Sequence[StoredRow]) -> int | None:
+    """+1 / -1 / None for ``row``'s metric, from its check's declarations and scorecard headlines."""
+    from mlsafety.audit._check import CHECKS
+
+    if row.check not in CHECKS:
+        return None
+    cls = CHECKS.get(row.check)
+    if row.metric in getattr(cls, "lower_is_better", ()):
+        return -1
+    if row.metric in getattr(cls, "higher_is_better", ()):
+        return 1
+    for h in cls.headlines([r for r in rows if r.check == row.check]):
+        if h.row.metric == row.metric:
+            return 1 if h.higher_is_better else -1
+    return None
