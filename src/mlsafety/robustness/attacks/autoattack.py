@@ -19,7 +19,7 @@ import torch
 from mlsafety.core import Classifier, InputError, generator
 from mlsafety.robustness.attacks.apgd import APGD
 from mlsafety.robustness.attacks.apgd_t import APGDT
-from mlsafety.robustness.attacks.base import Attack, AttackOutput, register_attack
+from mlsafety.robustness.attacks.base import Attack, AttackOutput, project, register_attack
 from mlsafety.robustness.attacks.fab import FABT
 from mlsafety.robustness.attacks.square import Square
 
@@ -95,12 +95,12 @@ class AutoAttack(Attack):
             idx = robust.nonzero()[:, 0]
             if idx.numel() == 0:
                 break
+            if name == "apgd-t" and k < 4:
+                continue  # the targeted DLR loss needs at least four classes
             member = self.build(name, k)
-            if name in ("apgd-t", "fab-t") and k < 4:
-                continue  # targeted DLR / top-k targets need at least four classes
             mg = generator(batch_seed, "autoattack", name)
             out = member.perturb(clf, x[idx], y[idx], None, mg)
-            out = _project(out, x[idx], member)
+            out = project(out, x[idx], member.eps, member.norm)
             with torch.no_grad():
                 fooled = clf.logits(out).argmax(dim=1) != y[idx]
             x_adv[idx[fooled]] = out[fooled]
@@ -113,12 +113,6 @@ class AutoAttack(Attack):
                 "gradients may be masked or obfuscated, so white-box numbers overstate robustness"
             )
         return AttackOutput(x_adv, warnings, broken)
-
-
-def _project(x_adv: torch.Tensor, x: torch.Tensor, attack: Attack) -> torch.Tensor:
-    from mlsafety.robustness.attacks.base import project
-
-    return project(x_adv, x, attack.eps, attack.norm)
 
 
 @register_attack("autoattack-fast")
