@@ -1,0 +1,254 @@
+"""OOD detectors: one shared forward pass against one pass per detector, and what they detect.
+
+Three parts, written to ``bench/results/ood.json`` and ``bench/results/ood.md``:
+
+1. Speed. Every registered post-hoc detector that needs only logits and features is fitted and
+   scored over the same in- and out-of-distribution data in two ways: our engine
+   (``fit_detectors`` / ``score_detectors``: one forward pass per data set feeds them all), and
+   the way peer libraries run them (each detector its own ``fit`` and ``score``, each with its own
+   forward pass). The figure of merit is the cost of scoring with all detectors relative to one
+   plain forward pass over the scored data (goal: below 1.5x). Two models: the embedded
+   ``digits-cnn`` (tiny, 8x8 inputs, where the pass is nearly free) and a seeded, randomly
+   initialised wider CNN on 3x32x32 inputs (a pass that costs something).
+2. Detection quality on the embedded data: AUROC and FPR@95TPR of every detector (fitted on the
+   training split) for each OOD set.
+3. Outlier exposure: the same for a few detectors after fine-tuning the embedded model with
+   synthetic outliers made from the training digits (never from the OOD test sets).
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/ood.py [--repeats 2] [--skip-oe]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mlsafety import zoo
+from mlsafety.core import Classifier, generator
+from mlsafety.metrics import auroc, fpr_at_95_tpr
+from mlsafety.monitoring import ood
+from mlsafety.monitoring.training import outlier_exposure, outlier_set
+
+RESULTS = Path(__file__).parent / "results"
+OE_DETECTORS = ["msp", "energy", "knn", "mahalanobis", "vim", "react"]
+
+
+def shared_names() -> list[str]:
+    return [n for n in ood.available() if ood.DETECTORS.get(n).needs <= ood.SHARED_NEEDS]
+
+
+class WideCNN(nn.Module):
+    """A VGG-style CNN for 3x32x32 inputs (about 0.3M parameters, 128 features, ~12M multiply-adds)."""
+
+    def __init__(self, k: int = 10) -> None:
+        super().__init__()
+
+        def block(i: int, o: int) -> nn.Sequential:
+            return nn.Sequential(nn.Conv2d(i, o, 3, padding=1), nn.BatchNorm2d(o), nn.ReLU(), nn.MaxPool2d(2))
+
+        self.body = nn.Sequential(block(3, 32), block(32, 64), block(64, 128), block(128, 128))
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(128, k)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.body(x)).flatten(1))
+
+
+def timed(fn: Callable[[], object], repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def plain_forward(clf: Classifier, x: torch.Tensor, batch_size: int = 256) -> None:
+    with torch.inference_mode():
+        for s in range(0, x.shape[0], batch_size):
+            clf.logits(x[s : s + batch_size])
+
+
+def speed(label: str, model: nn.Module, fit_x: torch.Tensor, fit_y: torch.Tensor, score_x: torch.Tensor,
+          repeats: int) -> dict[str, object]:  # fmt: skip
+    clf = Classifier(model.eval())
+    names = shared_names()
+    fit_data = (fit_x, fit_y)
+    plain_forward(clf, score_x[:64])  # warm up
+
+    t_fwd = timed(lambda: plain_forward(clf, score_x), repeats)
+    t_fwd_fit = timed(lambda: plain_forward(clf, fit_x), repeats)
+
+    def shared_fit() -> list[ood.Detector]:
+        return ood.fit_detectors([ood.create(n) for n in names], clf, fit_data)
+
+    dets = shared_fit()
+    t_shared_fit = timed(shared_fit, repeats)
+    t_shared_score = timed(lambda: ood.score_detectors(dets, clf, score_x), repeats)
+
+    def separate_fit() -> list[ood.Detector]:
+        return [ood.create(n).fit(clf, fit_data) for n in names]
+
+    t0 = time.perf_counter()  # one run: it makes a pass per detector, and the ratio is large anyway
+    singles = separate_fit()
+    t_sep_fit = time.perf_counter() - t0
+    t_sep_score = timed(lambda: [d.score(clf, score_x) for d in singles], 1)
+
+    # where the shared scoring time goes: the pass itself, then each detector on cached outputs
+    outputs, _ = ood.collect_outputs(clf, score_x)
+    t_pass = timed(lambda: ood.collect_outputs(clf, score_x), repeats)
+    per_det = {d.name: timed(lambda d=d: d.score_outputs(clf, outputs), repeats) for d in dets}
+    return {
+        "model": label,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "n_fit": int(fit_x.shape[0]),
+        "n_score": int(score_x.shape[0]),
+        "detectors": names,
+        "plain_forward_score_s": t_fwd,
+        "plain_forward_fit_s": t_fwd_fit,
+        "shared_fit_s": t_shared_fit,
+        "shared_score_s": t_shared_score,
+        "separate_fit_s": t_sep_fit,
+        "separate_score_s": t_sep_score,
+        "shared_pass_with_features_s": t_pass,
+        "score_vs_plain_forward": t_shared_score / t_fwd,
+        "separate_vs_shared_score": t_sep_score / t_shared_score,
+        "separate_vs_shared_fit": t_sep_fit / t_shared_fit,
+        "per_detector_score_s": per_det,
+    }
+
+
+def quality(model: nn.Module, names: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    fit = zoo.load_dataset("digits", "train")
+    test = zoo.load_dataset("digits", "test")
+    sets = {n: zoo.load_dataset(n) for n in zoo.ood_names()}
+    dets = [ood.create(n) for n in names]
+    shared = [d for d in dets if d.shared]
+    ood.fit_detectors(dets, model, fit)
+    sid = ood.score_detectors(dets, model, test.x)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for set_name, data in sets.items():
+        sout = ood.score_detectors(dets, model, data.x)
+        out[set_name] = {
+            n: {"auroc": float(auroc(sid[n], sout[n])), "fpr_at_95_tpr": float(fpr_at_95_tpr(sid[n], sout[n]))}
+            for n in sid
+        }
+    del shared
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--skip-oe", action="store_true", help="skip the outlier-exposure part")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+
+    # 1. speed ------------------------------------------------------------------------------------
+    digits = zoo.load_model("digits-cnn")
+    train = zoo.load_dataset("digits", "train")
+    test = zoo.load_dataset("digits", "test")
+    score_x = torch.cat([test.x, *[zoo.load_dataset(n).x for n in zoo.ood_names()]])
+    runs = [speed("digits-cnn (1x8x8)", digits, train.x, train.y, score_x, args.repeats)]
+
+    g = generator(0, "bench-ood-wide")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        wide = WideCNN()
+    fit_x = torch.rand(1000, 3, 32, 32, generator=g)
+    fit_y = torch.randint(0, 10, (1000,), generator=g)
+    wide_score = torch.cat([torch.rand(500, 3, 32, 32, generator=g),
+                            *[zoo.load_dataset(n, shape=(3, 32, 32)).x[:167] for n in zoo.ood_names()]])  # fmt: skip
+    runs.append(speed("wide CNN (3x32x32, random init)", wide, fit_x, fit_y, wide_score, args.repeats))
+
+    # 2. quality ----------------------------------------------------------------------------------
+    names = [n for n in ood.available() if n != "deep-ensemble"]
+    base_quality = quality(digits, names)
+
+    # 3. outlier exposure -------------------------------------------------------------------------
+    oe: dict[str, object] = {}
+    if not args.skip_oe:
+        t0 = time.perf_counter()
+        tuned = outlier_exposure(digits, train, outlier_set(train, copies=2), epochs=10)
+        oe_seconds = time.perf_counter() - t0
+        with torch.no_grad():
+            acc_before = float((digits(test.x).argmax(1) == test.y).float().mean())
+            acc_after = float((tuned(test.x).argmax(1) == test.y).float().mean())
+        oe = {
+            "epochs": 10,
+            "seconds": oe_seconds,
+            "accuracy_before": acc_before,
+            "accuracy_after": acc_after,
+            "before": {s: {n: v[n] for n in OE_DETECTORS} for s, v in base_quality.items()},
+            "after": quality(tuned, OE_DETECTORS),
+        }
+
+    result = {
+        "machine": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "repeats": args.repeats,
+        "speed": runs,
+        "quality": base_quality,
+        "outlier_exposure": oe,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "ood.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "ood.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+def markdown(r: dict) -> str:  # type: ignore[type-arg]
+    lines = ["# OOD detectors: shared forward pass, detection quality, outlier exposure", ""]
+    lines.append(f"{r['threads']} thread(s), torch {r['torch']}, median of {r['repeats']} runs.")
+    lines += ["", "## Speed: all post-hoc detectors from one pass vs one pass per detector", ""]
+    lines += ["| model | detectors | plain pass over scored data (s) | shared: score all (s) | score all / plain pass "
+              "| one pass per detector: score (s) | speed-up score | shared fit (s) | per-detector fit (s) "
+              "| speed-up fit |", "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for s in r["speed"]:
+        lines.append(
+            f"| {s['model']} | {len(s['detectors'])} | {s['plain_forward_score_s']:.3f} | {s['shared_score_s']:.3f} "
+            f"| {s['score_vs_plain_forward']:.2f}x | {s['separate_score_s']:.3f} "
+            f"| {s['separate_vs_shared_score']:.1f}x "
+            f"| {s['shared_fit_s']:.3f} | {s['separate_fit_s']:.3f} | {s['separate_vs_shared_fit']:.1f}x |"
+        )
+    for s in r["speed"]:
+        costly = sorted(s["per_detector_score_s"].items(), key=lambda kv: -kv[1])[:5]
+        lines.append("")
+        lines.append(f"{s['model']}: the pass with features takes {s['shared_pass_with_features_s']:.3f} s; the "
+                     "costliest detectors on cached outputs: "
+                     + ", ".join(f"{n} {t * 1000:.1f} ms" for n, t in costly) + ".")  # fmt: skip
+    lines += ["", "## Detection quality on the embedded data (digits-cnn, fitted on the training split)", ""]
+    sets = list(r["quality"])
+    lines.append("| detector | " + " | ".join(f"{s} AUROC / FPR@95" for s in sets) + " | mean AUROC |")
+    lines.append("|---|" + "---|" * (len(sets) + 1))
+    dets = list(r["quality"][sets[0]])
+    rank = sorted(dets, key=lambda d: -sum(r["quality"][s][d]["auroc"] for s in sets))
+    for d in rank:
+        cells = [f"{r['quality'][s][d]['auroc']:.3f} / {r['quality'][s][d]['fpr_at_95_tpr']:.3f}" for s in sets]
+        mean = sum(r["quality"][s][d]["auroc"] for s in sets) / len(sets)
+        lines.append(f"| {d} | " + " | ".join(cells) + f" | {mean:.3f} |")
+    oe = r["outlier_exposure"]
+    if oe:
+        lines += ["", "## Outlier exposure (10 epochs, synthetic outliers from the training digits)", ""]
+        lines.append(f"Test accuracy {oe['accuracy_before']:.4f} before, {oe['accuracy_after']:.4f} after; "
+                     f"fine-tuning took {oe['seconds']:.1f} s. AUROC before -> after:")  # fmt: skip
+        lines += ["", "| detector | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+        for d in OE_DETECTORS:
+            cells = [f"{oe['before'][s][d]['auroc']:.3f} -> {oe['after'][s][d]['auroc']:.3f}" for s in sets]
+            lines.append(f"| {d} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
