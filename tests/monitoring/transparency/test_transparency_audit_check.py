@@ -44,3 +44,30 @@ def test_transparency_check_rows_artifacts_and_tables(digits_model, digits_test)
     tables = check.tables(stored)
     assert [row[0] for row in tables[0].rows] == ["saliency", "input-x-gradient"]
     assert check.headlines(stored)[0].row.metric == "sanity_pass_share"
+
+
+def test_transparency_check_label_randomisation(tiny_net, tiny_data) -> None:  # type: ignore[no-untyped-def]
+    import mlsafety.audit.checks  # noqa: F401
+    from mlsafety.core import InputError
+
+    ctx = AuditContext(Classifier(tiny_net), AuditData(tiny_data, tiny_data, train=tiny_data))
+    check = CHECKS.create(
+        "transparency",
+        methods=["saliency"],
+        grid_methods=["saliency"],
+        examples=0,
+        sanity_inputs=4,
+        sanity_modes=["label"],
+        label_epochs=1,
+        visualize=False,
+    )
+    rows = {r.metric: r for r in check.tasks(ctx)[0].run().rows}
+    assert rows["saliency_label_spearman"].params["stages"] == ["labels"]
+    assert "saliency_label_pass" in rows
+    no_train = AuditContext(Classifier(tiny_net), AuditData(tiny_data, tiny_data))
+    try:
+        check.tasks(no_train)[0].run()
+    except InputError as exc:
+        assert "training data" in str(exc)
+    else:
+        raise AssertionError("expected an InputError without training data")

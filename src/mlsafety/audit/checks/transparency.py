@@ -6,17 +6,22 @@ adversarial (L-inf PGD from the attack registry) and OOD inputs. The sanity chec
 are compared (Spearman rank correlation and SSIM of absolute maps) with those of copies whose layers
 are re-initialised (cascading from the output, and one layer at a time). A method *passes* when its
 maps change; explanations that survive the destruction of the model describe the input, not the
-model. Integrated gradients' completeness gap is stored as a numerical health figure. Finally an
-image per class that maximises its logit (Fourier parameterisation, random jitter/scale/rotation).
+model. With ``"label"`` among ``sanity_modes`` and training data in the audit, a copy of the model is
+re-initialised and trained for ``label_epochs`` on permuted labels with the shared training loop
+(the label-randomisation test; off by default, it trains a model). Integrated gradients' completeness
+gap is stored as a numerical health figure. Finally an image per class that maximises its logit
+(Fourier parameterisation, random jitter/scale/rotation).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 from mlsafety.audit._check import (
     Artifact,
@@ -31,7 +36,7 @@ from mlsafety.audit._check import (
 )
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit._plots import figure, to_png
-from mlsafety.core import InputError, forward
+from mlsafety.core import ArrayDataset, InputError, forward
 from mlsafety.metrics import bootstrap_mean
 from mlsafety.monitoring import transparency as tr
 
@@ -55,6 +60,7 @@ class Transparency(Check):
         "examples": 3,
         "sanity_inputs": 16,
         "sanity_modes": ["cascading", "independent"],
+        "label_epochs": 10,
         "threshold": 0.5,
         "adversarial_eps": 0.1,
         "visualize": True,
@@ -79,11 +85,21 @@ class Transparency(Check):
 
         # -- sanity checks -------------------------------------------------------------------
         verdicts: dict[str, dict[str, tr.SanityResult]] = {}
+        recipe = _label_recipe(ctx, int(p["label_epochs"])) if "label" in p["sanity_modes"] else None
         for name in p["methods"]:
             method = tr.create(name)
             verdicts[name] = {}
             for mode in p["sanity_modes"]:
-                res = tr.sanity_check(method, ctx.model, x_s, mode=mode, threshold=float(p["threshold"]), seed=ctx.seed)
+                res = tr.sanity_check(
+                    method,
+                    ctx.model,
+                    x_s,
+                    mode=mode,
+                    threshold=float(p["threshold"]),
+                    seed=ctx.seed,
+                    train=recipe,
+                    data=ctx.data.train,
+                )
                 verdicts[name][mode] = res
                 per_input = res.spearman.mean(dim=0) if mode == "independent" else res.spearman[-1]
                 per_ssim = res.ssim.mean(dim=0) if mode == "independent" else res.ssim[-1]
@@ -225,6 +241,29 @@ class Transparency(Check):
                 )
             )
         return tables
+
+
+def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset], nn.Module]:
+    """Re-initialise a copy of the audited model and train it on the (label-permuted) data it is given.
+
+    The permutation depends only on the seed, so every method sees the same data: the model is trained
+    once and reused.
+    """
+    from mlsafety import zoo
+
+    if ctx.data.train is None:
+        raise InputError("the label-randomisation test needs training data in the audit (--train)")
+    if epochs < 1:
+        raise InputError("label_epochs must be at least 1")
+    trained: list[nn.Module] = []
+
+    def recipe(data: ArrayDataset) -> nn.Module:
+        if not trained:
+            model = zoo.seeded_init(copy.deepcopy(ctx.model.module), ctx.seed, "label-randomisation")
+            trained.append(zoo.train_classifier(model, data, epochs=epochs, seed=ctx.seed, augment=None))
+        return trained[0]
+
+    return recipe
 
 
 def _adversarial(ctx: AuditContext, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
