@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 import torch
+from trojans_support import tiny_cnn
 
 import mlsafety.monitoring.trojans as trojans
-from conftest import tiny_cnn
 from mlsafety.core import ArrayDataset, InputError
 from mlsafety.metrics import auroc
 from mlsafety.monitoring.trojans import ATTACKS, load_population, make_population, plan_population, score_scanner

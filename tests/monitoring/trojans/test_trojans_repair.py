@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from trojans_support import TARGET, Tiny
 
-from conftest import TARGET, Tiny
 from mlsafety.core import ArrayDataset
 from mlsafety.monitoring.trojans import fine_pruning, nc_pruning, nc_unlearning, trojan_metrics
 from mlsafety.monitoring.trojans.repair import channel_activation, last_conv

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from trojans_support import TARGET, Tiny
 
-from conftest import TARGET, Tiny
 from mlsafety.core import ArrayDataset, InputError
 from mlsafety.metrics import auroc
 from mlsafety.monitoring.trojans import SCANNERS, anomaly_index, create
