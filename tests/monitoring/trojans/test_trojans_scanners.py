@@ -238,3 +238,21 @@ def test_kmeans_and_silhouette_match_scikit_learn() -> None:
     truth = torch.arange(42) >= 30
     assert torch.equal(labels.bool(), truth) or torch.equal(~labels.bool(), truth)
     assert silhouette(z, labels) == pytest.approx(float(silhouette_score(z.numpy(), labels.numpy())), abs=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("name", SCANNERS.available())
+def test_scanner_runs_on_cuda(name: str, tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]) -> None:
+    import copy
+
+    model = copy.deepcopy(tiny_trojaned.model).cuda()
+    inputs = _inputs(tiny_trojaned, digits)
+    res = _fast(name).scan(model, **inputs)
+    cpu = _fast(name).scan(tiny_trojaned.model, **inputs)
+    assert len(res.scores) == len(cpu.scores) and all(torch.isfinite(torch.tensor(res.scores)))
+    if name == "spectral-signatures":  # no optimisation, no randomness: the same numbers up to float error
+        assert res.score == pytest.approx(cpu.score, rel=1e-3, abs=1e-3)
+    for trig in res.triggers.values():
+        x = digits["test"].x[:4].cuda()
+        assert trig.apply_trigger(x).device == x.device
