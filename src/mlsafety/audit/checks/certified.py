@@ -219,11 +219,11 @@ class Certified(Check):
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        plain = [r for r in rows if r.metric.startswith("certified_accuracy_sigma_") and r.hazard.endswith("/0.5")]
+        plain = [r for r in rows if r.metric.startswith("certified_accuracy_sigma_") and r.hazard.endswith("/0.25")]
         if not plain:
             return []
         best = max(plain, key=lambda r: r.value)
-        return [Headline("Certified L2 accuracy at r = 0.5", best)]
+        return [Headline("Certified L2 accuracy at r = 0.25", best)]
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
