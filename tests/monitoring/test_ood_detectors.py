@@ -353,7 +353,7 @@ def test_fit_accepts_loaders_datasets_and_pairs(model, fit_x, x) -> None:
     for data in (ArrayDataset(fit_x, y), DataLoader(TensorDataset(fit_x, y), batch_size=16)):
         torch.testing.assert_close(ood.create("mahalanobis").fit(model, data).score(model, x), ref)
     with pytest.raises(InputError, match="cannot read data"):
-        ood.create("msp").fit(model, [1, 2, 3])  # type: ignore[arg-type]
+        ood.create("knn").fit(model, [1, 2, 3])  # type: ignore[arg-type]
 
 
 def test_synthetic_outliers_are_images_and_seeded() -> None:
