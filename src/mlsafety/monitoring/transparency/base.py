@@ -64,7 +64,8 @@ class Attribution:
         with frozen(clf.module):
             with torch.enable_grad() if self.needs_grad else torch.inference_mode():
                 out = self._attribute(clf, xd, tgt)
-        return out.detach().to(x.device, x.dtype).reshape(x.shape)
+        out = out.detach().to(x.device, x.dtype).reshape(x.shape)
+        return out.clone() if out.is_inference() else out  # a normal tensor, usable with autograd
 
     def _attribute(self, clf: Classifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
