@@ -89,7 +89,8 @@ def test_ood_basic_rows_names_and_plots(model, data) -> None:
 
 def test_ood_check_quick_profile(model, data) -> None:
     rows, arts, keys = run("ood", model, data, n_boot=50)
-    names = CHECKS.get("ood").quick["detectors"]
+    from mlsafety.audit.checks.ood import QUICK_DETECTORS as names
+
     assert "group/near" in keys and "group/far" in keys and keys[-1] == "plots"
     by = {(r.hazard, r.metric): r for r in rows}
     for n in data.ood:
@@ -118,6 +119,17 @@ def test_ood_check_mixes_shared_and_own_pass_detectors(model, data) -> None:
         det = ood.create(name)
         want = float(auroc(det.score(model, data.test.x), det.score(model, data.ood["letters"].x)))
         assert by[("ood/letters", f"{name}_auroc")] == pytest.approx(want)
+
+
+def test_ood_check_on_a_model_without_linear_head(data) -> None:
+    from torch import nn
+
+    conv = Classifier(nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten()).eval())
+    ctx = AuditContext(conv, data, quick=True)
+    assert CHECKS.create("ood", quick=True).names(ctx) == ["msp", "max-logit", "energy"]
+    assert not any("features" in ood.DETECTORS.get(n).needs for n in CHECKS.create("ood").names(ctx))
+    rows, _, _ = run("ood", conv, data, plots=False, n_boot=20)
+    assert {r.params["detector"] for r in rows} == {"msp", "max-logit", "energy"}
 
 
 def test_ood_check_all_applicable_detectors(model, data) -> None:

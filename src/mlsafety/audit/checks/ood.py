@@ -74,16 +74,25 @@ class OOD(Check):
         "tune_on_ood": False,
         "params": {},
     }
-    quick: ClassVar[dict[str, Any]] = {"detectors": QUICK_DETECTORS, "n_boot": 200}
+    quick: ClassVar[dict[str, Any]] = {"detectors": "quick", "n_boot": 200}
     """The full profile uses 200 resamples too: with ~20 detectors x (sets + groups) intervals, 500 would
     double the check's time for intervals that move in the third decimal."""
 
     def names(self, ctx: AuditContext) -> list[str]:
         chosen = self.params["detectors"]
-        names = list(chosen) if chosen is not None else applicable(ctx)
+        if chosen is None:
+            names = applicable(ctx)
+        elif chosen == "quick":
+            names = [n for n in QUICK_DETECTORS if n in applicable(ctx)]
+        elif isinstance(chosen, str):
+            raise InputError(f"the ood check's detectors must be a list of names, 'quick' or none, not {chosen!r}")
+        else:
+            names = list(chosen)
         for n in names:
             ood.DETECTORS.get(n)  # unknown names raise with a suggestion
         default = self.params["default"]
+        if default not in names and chosen in (None, "quick"):
+            default = self.params["default"] = names[0]
         if default not in names:
             raise InputError(f"the ood check's default detector {default!r} is not among its detectors {names}")
         return names
