@@ -75,6 +75,7 @@ def test_ood_basic_rows_names_and_plots(model, data) -> None:
             plain, msp = by[(f"ood/{n}", m)], by[(f"ood/{n}", f"msp_{m}")]
             assert (plain.value, plain.ci_low, plain.ci_high) == (msp.value, msp.ci_low, msp.ci_high)
         assert by[(f"ood/{n}", "msp_auroc")].params["detector"] == "msp"
+        assert by[(f"ood/{n}", "energy_auroc")].params == {"detector": "energy", "temperature": 1.0}
     _intervals_hold(rows)
     # the stored value is the detector's AUROC on the same data
     sid = ood.create("msp").score(model, data.test.x)
@@ -156,7 +157,8 @@ def test_ood_tuning_is_marked(model, data) -> None:
     rows, _, _ = run("ood", model, data, plots=False, n_boot=20, detectors=["energy", "react"], tune_on_ood=True)
     assert {r.params["tuned_on"] for r in rows if r.params.get("detector") == "react"} == {"ood"}
     table = CHECKS.get("ood").tables(stored("ood", rows))[0]
-    assert any(row[-1] == "ood" for row in table.rows)
+    assert any(row[-1].endswith("(tuned on ood outliers)") for row in table.rows)
+    assert any(row[-1] == "temperature=1.0 (paper defaults)" for row in table.rows)
 
 
 def test_calibration_basic(model, data) -> None:

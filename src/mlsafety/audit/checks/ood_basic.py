@@ -85,13 +85,15 @@ class ScoreCache:
             fit = ctx.data.fit
             ood.fit_detectors(dets, ctx.model, fit, ctx.batch_size, outputs=ctx.outputs_for(fit), labels=fit.y)
             self._detectors = dets
+            for n, d in zip(self.names, dets):
+                self.info[n] = {**hyper_parameters(d), **self.info[n]}
         return self._detectors
 
     def replace(self, name: str, detector: ood.Detector, **info: Any) -> None:
         """Use an already fitted detector for ``name`` (e.g. a tuned one)."""
         dets = self.detectors
         dets[self.names.index(name)] = detector
-        self.info[name].update(info)
+        self.info[name] = {**hyper_parameters(detector), **info}
         self._scores.clear()
 
     def scores(self, hazard: str) -> dict[str, torch.Tensor]:
@@ -104,6 +106,15 @@ class ScoreCache:
             out = ood.score_detectors(self.detectors, ctx.model, x, ctx.batch_size, outputs=ctx.outputs(hazard))
             self._scores[hazard] = {n: s.cpu() for n, s in zip(self.names, out.values(), strict=True)}
         return self._scores[hazard]
+
+
+def hyper_parameters(detector: ood.Detector) -> dict[str, Any]:
+    """The detector's scalar hyper-parameters (what produced its numbers), for the row params."""
+    return {
+        k: v
+        for k, v in vars(detector).items()
+        if not k.endswith("_") and k != "chunk" and isinstance(v, (bool, int, float, str, type(None)))
+    }
 
 
 def histogram_png(title: str, in_scores: torch.Tensor, outs: Mapping[str, torch.Tensor]) -> bytes:
@@ -187,8 +198,11 @@ def ranking_table(rows: Sequence[StoredRow], title: str) -> list[Table]:
                 if "auroc" in v and "fpr_at_95_tpr" in v
                 else ""
             )
-        tuned = next((r.params.get("tuned_on") for r in by_h[next(iter(by_h))].values()), None)
-        cells.append(str(tuned) if tuned else "defaults")
+        first = next(iter(by_h[next(iter(by_h))].values()))
+        hyper = {k: v for k, v in first.params.items() if k not in ("detector", "kind", "sets", "tuned_on")}
+        text = ", ".join(f"{k}={v}" for k, v in sorted(hyper.items())) or "none"
+        tuned = first.params.get("tuned_on")
+        cells.append(f"{text} (tuned on {tuned} outliers)" if tuned else f"{text} (paper defaults)")
         body.append(cells)
     headers = ["rank", "detector", "mean AUROC", *[f"{h[4:]} AUROC / FPR@95" for h in hazards], "hyper-parameters"]
     return [Table(title, headers, body)]
@@ -225,8 +239,9 @@ class OODBasic(Check):
         for name in cache.names:
             seed = derive_seed(ctx.seed, self.name, hazard, name)
             rows += detector_rows(
-                hazard, name, sid[name], sout[name], self.params["n_boot"], seed, plain=name == self.params["default"]
-            )
+                hazard, name, sid[name], sout[name], self.params["n_boot"], seed, plain=name == self.params["default"],
+                **cache.info[name],
+            )  # fmt: skip
         return TaskResult(rows)
 
     def _plots(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
