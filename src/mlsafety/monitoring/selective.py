@@ -111,7 +111,7 @@ def eaurc(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     errors = (1.0 - ok).sum(dim=1, keepdim=True)
     k = torch.arange(1, n + 1, dtype=c.dtype, device=c.device)[None, :]
     oracle = ((k - (n - errors)).clamp_min(0) / k).mean(dim=1)
-    return _out(aurc(c, ok) - oracle, squeeze)
+    return _out((aurc(c, ok) - oracle).clamp_min(0.0), squeeze)  # >= 0 up to rounding
 
 
 def risk_at_coverage(confidence: torch.Tensor, correct: torch.Tensor, coverage: float = 0.9) -> torch.Tensor:
