@@ -72,7 +72,8 @@ def _corrupted(ctx: AuditContext, rest: str) -> ArrayDataset:
         )
     test = ctx.data.test
     g = ctx.generator(KIND, name, int(sev))
-    x = corr.create(name, reference_size=_reference_size(ctx))(test.x, int(sev), g)
+    # corrupt on the model's device (the CPU generator keeps results device-independent), store on the CPU
+    x = corr.create(name, reference_size=_reference_size(ctx))(test.x.to(ctx.device), int(sev), g).cpu()
     return ArrayDataset(x, test.y, name=f"{test.name}-{name}-{sev}", kind="in", description=f"{name} severity {sev}")
 
 
