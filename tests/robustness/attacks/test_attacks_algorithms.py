@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 
 import pytest
@@ -69,6 +71,12 @@ def test_pgd_and_apgd_reach_the_optimum_of_the_ball_on_a_linear_model(cls: type)
 
 
 def _trained_mlp() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    model, x, y = _trained_mlp_cached()
+    return copy.deepcopy(model), x.clone(), y.clone()
+
+
+@functools.cache
+def _trained_mlp_cached() -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     centers = torch.rand(4, 16, generator=g)
     y = torch.arange(48) % 4
