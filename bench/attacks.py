@@ -202,6 +202,9 @@ def strength(eps: float, n: int, quick: bool) -> dict[str, Any]:
                                                           loss="ce", seed=0)(x, y),
         "mlsafety autoattack": lambda: create("autoattack", eps=eps, steps=steps, n_queries=queries)(model, x, y),
         "torchattacks AutoAttack": lambda: _ta_autoattack(torchattacks, model, eps, steps, queries)(x, y),
+        # torchattacks' own defaults: its members run 10 iterations, not the paper's 100
+        "torchattacks AutoAttack (its defaults)": lambda: torchattacks.AutoAttack(
+            model, norm="Linf", eps=eps, version="standard", n_classes=10, seed=0)(x, y),
     }  # fmt: skip
     for name, fn in runs.items():
         t0 = time.perf_counter()
