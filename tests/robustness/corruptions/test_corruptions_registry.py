@@ -58,6 +58,15 @@ def test_shape_dtype_range_and_input_kept(name, channels, size, n):
 
 
 @pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 1, 5), (1, 1, 3, 40), (1, 3, 7, 5)])
+def test_odd_sizes(name, shape):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    for severity in (1, 5):
+        y = corrupt(x, name, severity, generator=generator(0, name))
+        assert y.shape == x.shape and torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_float64_kept(name):
     x = smooth_images(2, 3, 16).double()
     y = corrupt(x, name, 2, generator=generator(0, name))

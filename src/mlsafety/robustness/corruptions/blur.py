@@ -31,7 +31,8 @@ def disk_kernel(radius: float, alias_sigma: float, like: torch.Tensor) -> torch.
     sub = (torch.arange(_SUPERSAMPLE, dtype=like.dtype, device=like.device) + 0.5) / _SUPERSAMPLE - 0.5
     centres = torch.arange(-half, half + 1, dtype=like.dtype, device=like.device)
     pos = (centres[:, None] + sub[None]).reshape(-1)  # sub-pixel positions along one axis
-    inside = (pos[:, None] ** 2 + pos[None] ** 2 <= max(radius, 0.5 / _SUPERSAMPLE) ** 2).to(like.dtype)
+    # a disk smaller than the sub-samples nearest the centre is the identity (those four sub-samples)
+    inside = (pos[:, None] ** 2 + pos[None] ** 2 <= max(radius, 0.75 / _SUPERSAMPLE) ** 2).to(like.dtype)
     k = inside.reshape(2 * half + 1, _SUPERSAMPLE, 2 * half + 1, _SUPERSAMPLE).mean(dim=(1, 3))
     if alias_sigma > 0.05:
         g = gaussian_kernel1d(alias_sigma, 3.0, like)
