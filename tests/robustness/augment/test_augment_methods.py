@@ -123,6 +123,16 @@ def test_mixing_pictures():
         mixing_pictures(0, (1, 8, 8))
 
 
+@pytest.mark.parametrize("shape", [(2, 1, 1, 1), (3, 3, 5, 7)])
+def test_odd_sizes(shape):
+    x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    y = torch.zeros(shape[0], dtype=torch.long)
+    outs = [augmix(x, generator(0)), pixmix(x, mixing_pictures(4, shape[1:]), generator(0)),
+            mixup(x, y, 1.0, generator(0)).x, cutmix(x, y, 1.0, generator(0)).x]  # fmt: skip
+    for out in outs:
+        assert out.shape == x.shape and torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1
+
+
 def test_pixmix_range_determinism_and_effect():
     g = torch.Generator().manual_seed(2)
     x = torch.rand(24, 1, 8, 8, generator=g)

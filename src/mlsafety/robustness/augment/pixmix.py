@@ -77,7 +77,7 @@ def patterns(n: int, shape: tuple[int, int, int], g: torch.Generator, waves: int
     phase = 2 * math.pi * torch.rand(n, 3 * waves, 1, 1, generator=g)
     wave = torch.sin(2 * math.pi * freq * (torch.cos(theta) * xs + torch.sin(theta) * ys) + phase) / freq
     field = wave.view(n, 3, waves, h, w).sum(dim=2)
-    field = field / field.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    field = field / field.std(dim=(2, 3), keepdim=True, correction=0).clamp_min(1e-6)
     gain = 0.5 + 2.5 * torch.rand(n, 1, 1, 1, generator=g)
     field = torch.tanh(gain * field)
     mix = torch.randn(n, c, 3, generator=g) / math.sqrt(3)
