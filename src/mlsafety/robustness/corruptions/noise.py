@@ -45,10 +45,10 @@ class ImpulseNoise(Corruption):
     levels = (0.03, 0.06, 0.09, 0.17, 0.27)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-        flipped = rand(tuple(x.shape), g, x) <= level
-        salt = rand(tuple(x.shape), g, x) <= 0.5
-        out = torch.where(flipped & salt, torch.ones_like(x), x)
-        return torch.where(flipped & ~salt, torch.zeros_like(x), out)
+        # one uniform draw per value: u < c flips it, and given a flip u / c is uniform, so u < c / 2 is salt
+        u = rand(tuple(x.shape), g, x)
+        out = torch.where(u < level / 2, torch.ones_like(x), x)
+        return torch.where((u >= level / 2) & (u < level), torch.zeros_like(x), out)
 
 
 @register_corruption("speckle-noise")
