@@ -285,6 +285,7 @@ def main() -> None:
     parser.add_argument(
         "--reuse", action="store_true", help="Keep the scanner and demo figures of the last results file."
     )
+    parser.add_argument("--reuse-demo", action="store_true", help="Keep the demo figures of the last results file.")
     parser.add_argument("--no-peers", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -303,8 +304,9 @@ def main() -> None:
         },
     }
     previous_path = RESULTS / "trojans.json"
-    previous = json.loads(previous_path.read_text()) if args.reuse and previous_path.is_file() else {}
-    res["scanners"] = previous.get("scanners") or scanners(pop, args.scanners)
+    reuse = (args.reuse or args.reuse_demo) and previous_path.is_file()
+    previous = json.loads(previous_path.read_text()) if reuse else {}
+    res["scanners"] = (args.reuse and previous.get("scanners")) or scanners(pop, args.scanners)
     if not args.no_peers:
         import art
 

@@ -256,3 +256,32 @@ def test_scanner_runs_on_cuda(name: str, tiny_trojaned: Tiny, digits: dict[str, 
     for trig in res.triggers.values():
         x = digits["test"].x[:4].cuda()
         assert trig.apply_trigger(x).device == x.device
+
+
+class _Scripted:
+    """Per-seed findings fed to the base class's aggregation."""
+
+    @staticmethod
+    def aggregate(runs: list[Any], threshold: float = 2.0) -> ScanResult:
+        from mlsafety.monitoring.trojans.scanners import Scanner
+
+        class S(Scanner):
+            name = "scripted"
+
+        return S(seeds=tuple(range(len(runs))), threshold=threshold)._aggregate(runs)
+
+
+def test_aggregation_verdict_spread_and_targets() -> None:
+    from mlsafety.monitoring.trojans.scanners import SeedScan
+
+    pc = torch.tensor([0.0, 1.0, 3.0])
+    majority = _Scripted.aggregate([SeedScan(3.0, [2], pc), SeedScan(2.5, [2, 1], pc), SeedScan(1.0, [], pc)])
+    assert majority.score == pytest.approx(6.5 / 3) and majority.flagged and majority.targets == [2]
+    assert majority.flag_rate == pytest.approx(2 / 3)
+    assert majority.score_std == pytest.approx(float(torch.tensor([3.0, 2.5, 1.0]).std(unbiased=False)))
+    split = _Scripted.aggregate([SeedScan(2.5, [1], pc), SeedScan(1.9, [], pc)])
+    assert split.flagged and split.targets == [1], "flagged without a majority: the class most seeds name"
+    silent = _Scripted.aggregate([SeedScan(2.5, [], pc), SeedScan(2.1, [], pc)])
+    assert silent.targets == [2], "no seed names one: the arg-max of the per-class statistic"
+    clean = _Scripted.aggregate([SeedScan(1.0, [1], pc), SeedScan(0.5, [], pc)])
+    assert not clean.flagged and clean.targets == []

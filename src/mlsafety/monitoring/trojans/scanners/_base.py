@@ -97,7 +97,9 @@ class ScanResult:
         threshold: the documented decision threshold of the scanner.
         flagged: verdict: ``score > threshold``.
         flag_rate: share of seeds whose own score exceeds the threshold (the verdict's spread).
-        targets: suspected target classes, those named by a majority of seeds.
+        targets: suspected target classes, those named by a majority of seeds; when the model is
+            flagged but no class has a majority, the class named by most seeds (ties: the smallest),
+            else the arg-max of ``per_class``.
         per_class: mean over seeds of the per-class statistic (K,), or None.
         triggers: recovered triggers by class, from the first seed.
         sample_scores: mean over seeds of the per-sample scores (N,), or None.
@@ -194,8 +196,16 @@ class Scanner:
         mean = statistics.fmean(scores)
         std = statistics.pstdev(scores) if len(scores) > 1 else 0.0
         votes: Counter[int] = Counter(t for r in runs for t in set(r.targets))
-        targets = [t for t, c in sorted(votes.items(), key=lambda kv: (-kv[1], kv[0])) if c * 2 > len(runs)]
+        ranked = sorted(votes.items(), key=lambda kv: (-kv[1], kv[0]))
+        targets = [t for t, c in ranked if c * 2 > len(runs)]
         per_class = _mean_or_none([r.per_class for r in runs])
+        flagged = mean > self.threshold
+        if flagged and not targets:
+            # the verdict stands on the mean score; name the class most seeds (or the mean statistic) point to
+            if ranked:
+                targets = [ranked[0][0]]
+            elif per_class is not None:
+                targets = [int(per_class.argmax())]
         samples = _mean_or_none([r.sample_scores for r in runs])
         return ScanResult(
             scanner=self.name,
@@ -203,7 +213,7 @@ class Scanner:
             score_std=std,
             scores=scores,
             threshold=self.threshold,
-            flagged=mean > self.threshold,
+            flagged=flagged,
             flag_rate=sum(s > self.threshold for s in scores) / len(scores),
             targets=targets,
             per_class=per_class,
