@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import torch
-
+from mlsafety.metrics._fused import ood_metrics
 from mlsafety.metrics._intervals import (
     Estimate,
     accuracy,
@@ -18,17 +17,6 @@ from mlsafety.metrics._ranking import aupr_in, aupr_out, auroc, fpr_at_95_tpr, f
 
 OOD_METRICS = {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr_at_95_tpr": fpr_at_95_tpr}
 """The four detection metrics the audit stores for every detector and OOD set, by metric name."""
-
-
-def ood_metrics(
-    in_scores: torch.Tensor, out_scores: torch.Tensor, n_boot: int = 1000, seed: int = 0
-) -> dict[str, Estimate]:
-    """AUROC, AUPR-In, AUPR-Out and FPR@95TPR, each with a seeded bootstrap 95% interval."""
-    return {
-        name: bootstrap_two_sample(fn, in_scores, out_scores, n_boot=n_boot, seed=seed)
-        for name, fn in OOD_METRICS.items()
-    }
-
 
 __all__ = [
     "OOD_METRICS",

@@ -26,7 +26,7 @@ from mlsafety.audit._check import (
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.core import InputError, derive_seed
-from mlsafety.metrics import OOD_METRICS
+from mlsafety.metrics import OOD_METRICS, ood_metrics
 from mlsafety.monitoring import ood
 
 FPR_NOTE = (
@@ -52,10 +52,9 @@ def detector_rows(
 ) -> list[Row]:
     """The four OOD metrics with bootstrap intervals, named per detector (and plainly for the default).
 
-    Intervals come from :func:`~mlsafety.monitoring.ood.ood_metrics_fast`, which gives the numbers of
-    :func:`mlsafety.metrics.ood_metrics` (same draws) several times faster.
+    Intervals come from :func:`~mlsafety.metrics.ood_metrics` (a fused, seeded bootstrap).
     """
-    est = ood.ood_metrics_fast(in_scores, out_scores, n_boot=n_boot, seed=seed)
+    est = ood_metrics(in_scores, out_scores, n_boot=n_boot, seed=seed)
     rows = [Row.of(hazard, metric_name(detector, m), e, detector=detector, **params) for m, e in est.items()]
     if plain:
         rows += [Row.of(hazard, m, e, detector=detector, **params) for m, e in est.items()]

@@ -27,7 +27,7 @@ from mlsafety.monitoring.ood.deep_ensemble import DeepEnsemble, predictive_uncer
 from mlsafety.monitoring.ood.dice import DICE
 from mlsafety.monitoring.ood.energy import Energy
 from mlsafety.monitoring.ood.entropy import Entropy
-from mlsafety.monitoring.ood.evaluation import evaluate, ood_metrics_fast
+from mlsafety.monitoring.ood.evaluation import evaluate
 from mlsafety.monitoring.ood.fdbd import FDBD
 from mlsafety.monitoring.ood.gen import GEN
 from mlsafety.monitoring.ood.gradnorm import GradNorm
@@ -83,7 +83,6 @@ __all__ = [
     "create",
     "evaluate",
     "fit_detectors",
-    "ood_metrics_fast",
     "predictive_uncertainty",
     "register",
     "score_detectors",
