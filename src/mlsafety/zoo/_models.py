@@ -52,8 +52,9 @@ def seeded_init(model: nn.Module, seed: int, *names: object) -> nn.Module:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
         for m in model.modules():
-            if hasattr(m, "reset_parameters") and m is not model:
-                m.reset_parameters()
+            reset = getattr(m, "reset_parameters", None)
+            if callable(reset) and m is not model:
+                reset()
     return model
 
 
