@@ -9,13 +9,16 @@
 3. Peak memory of PGD-100 against PGD-10 (no graph growth), each in a fresh subprocess.
 
 Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/attacks.py [--quick]``; writes
-``bench/results/attacks.json`` and ``bench/results/attacks.md``.
+``bench/results/attacks.json`` and ``bench/results/attacks.md``. ``--hardening`` instead trains
+PGD-AT and TRADES copies of the digits model and compares their robust accuracy with the shipped
+one (``bench/results/attacks-hardening.{json,md}``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -93,14 +96,14 @@ class ResNet(nn.Module):
         return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
 
 
-def resnet_setup(n: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+def resnet_setup(n: int, calibration_batch: int = 256) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = ResNet()
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():  # random weights, but batch-norm statistics of the inputs, so answers vary with x
         model.train()
         for _ in range(5):
-            model(torch.rand(256, 3, 32, 32, generator=g))
+            model(torch.rand(calibration_batch, 3, 32, 32, generator=g))
     model.eval()
     x = torch.rand(n, 3, 32, 32, generator=g)
     with torch.no_grad():
@@ -235,50 +238,87 @@ def _rss_mib() -> float:
 def memory_child(steps: int, n: int) -> None:
     """Print the peak resident memory growth (MiB) during one PGD run in this fresh process.
 
-    A thread samples ``/proc/self/statm`` every millisecond (torch releases the GIL in its kernels);
-    the growth is the peak during the attack minus the resident size just before it.
+    The kernel's high-water mark (``ru_maxrss``) after the attack is exact; the setup is kept lighter
+    than the attack (forward passes only, batches of ``n``) so that the mark is the attack's, and the
+    growth is that mark minus the resident size just before the attack.
     """
-    import threading
-
-    model, x, y = resnet_setup(n)
+    model, x, y = resnet_setup(n, calibration_batch=n)
     with torch.no_grad():
         model(x)  # warm up allocator and kernels
-    base = _rss_mib()
-    peak = [base]
-    stop = threading.Event()
-
-    def sample() -> None:
-        while not stop.is_set():
-            peak[0] = max(peak[0], _rss_mib())
-            time.sleep(0.001)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
+    before = _rss_mib()
+    setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     PGD(eps=8 / 255, steps=steps, step_size=2 / 255, early_stop=False, batch_size=4096)(model, x, y)
-    stop.set()
-    t.join()
-    peak[0] = max(peak[0], _rss_mib())
-    print(json.dumps({"steps": steps, "peak_rss_growth_mib": peak[0] - base, "rss_before_mib": base}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"steps": steps, "peak_rss_growth_mib": peak - before, "rss_before_mib": before,
+                      "setup_peak_mib": setup_peak, "attack_set_the_peak": peak > setup_peak}))  # fmt: skip
 
 
 def memory(n: int) -> dict[str, Any]:
     out = {}
     for steps in (10, 100):
+        # A fixed mmap threshold stops glibc from moving freed large blocks to the heap, where
+        # fragmentation would raise the high-water mark with the number of steps, not with live data.
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
         res = subprocess.run([sys.executable, __file__, "--memory-child", str(steps), "--n", str(n)],
-                             capture_output=True, text=True, check=True)  # fmt: skip
+                             capture_output=True, text=True, check=True, env=env)  # fmt: skip
         out[f"pgd-{steps}"] = json.loads(res.stdout.strip().splitlines()[-1])
     a, b = out["pgd-10"]["peak_rss_growth_mib"], out["pgd-100"]["peak_rss_growth_mib"]
     out["peak_growth_ratio_100_vs_10"] = b / a
+    out["peak_rss_ratio_100_vs_10"] = (b + out["pgd-100"]["rss_before_mib"]) / (a + out["pgd-10"]["rss_before_mib"])
     return out
+
+
+# -- hardening ---------------------------------------------------------------------------------
+def hardening(eps: float = 0.1) -> dict[str, Any]:
+    """PGD-AT and TRADES on digits from a seeded re-initialisation, as ``mlsafety harden --from-scratch
+    --shift 1 --eps 0.1 [--method trades]`` does; robust accuracy of each against the shipped model."""
+    from mlsafety.robustness import evaluate, harden
+    from mlsafety.zoo import random_shift
+
+    train, test = load_dataset("digits", "train"), load_dataset("digits", "test")
+    base = load_model("digits-cnn")
+    models: dict[str, nn.Module] = {"shipped digits-cnn": base}
+    seconds: dict[str, float] = {}
+    for method in ("pgd", "trades"):
+        t0 = time.perf_counter()
+        models[method] = harden(base, train, method=method, from_scratch=True, seed=0, eps=eps,
+                                augment=lambda x, g: random_shift(x, g, 1))  # fmt: skip
+        seconds[method] = time.perf_counter() - t0
+        print(f"  trained {method} in {seconds[method]:.0f}s", flush=True)
+    out: dict[str, Any] = {"train_eps": eps, "train_seconds": seconds, "n_test": len(test), "models": {}}
+    for name, model in models.items():
+        row: dict[str, Any] = {}
+        for e in (0.05, 0.1, 0.15):
+            for attack in ("apgd-ce", "autoattack-fast"):
+                r = evaluate(model, test, create(attack, eps=e))
+                row["clean"] = r.clean_accuracy.value
+                row[f"{attack}@{e:g}"] = [r.robust_accuracy.value, r.robust_accuracy.ci_low, r.robust_accuracy.ci_high]
+        out["models"][name] = row
+        print(f"  {name}: {row}", flush=True)
+    return out
+
+
+def hardening_markdown(res: dict[str, Any]) -> str:
+    cols = [k for k in next(iter(res["models"].values())) if k != "clean"]
+    lines = ["# Hardening the digits model", "",
+             f"Trained at L-inf eps {res['train_eps']} from a seeded re-initialisation (40 epochs, PGD-7, one-pixel "
+             f"shifts); robust accuracy on the {res['n_test']} test inputs with exact 95% intervals.", "",
+             "| model | clean | " + " | ".join(cols) + " |", "|---" * (len(cols) + 2) + "|"]  # fmt: skip
+    for name, row in res["models"].items():
+        cells = [f"{row[c][0]:.3f} [{row[c][1]:.3f}, {row[c][2]:.3f}]" for c in cols]
+        lines.append(f"| {name} | {row['clean']:.3f} | " + " | ".join(cells) + " |")
+    secs = ", ".join(f"{k} {v:.0f} s" for k, v in res["train_seconds"].items())
+    return "\n".join([*lines, "", f"Training time on one CPU thread: {secs}.", ""])
 
 
 # -- report ------------------------------------------------------------------------------------
 def markdown(res: dict[str, Any]) -> str:
     lines = ["# Attacks benchmark", "", f"{res['machine']}; torch {res['torch']}; OMP threads "
-             f"{res['threads']}. Medians of {res['reps']} timed repetitions after one warm-up.", ""]  # fmt: skip
+             f"{res['threads']}. Medians of timed repetitions after one warm-up round (ResNet {res['reps']}, digits "
+             f"{4 * res['reps']}); contenders interleaved within each round.", ""]  # fmt: skip
     for block in res["pgd"]:
         lines += [f"## PGD-{block['steps']} on {block['setup']} (n={block['n']}, eps={block['eps']:.4g}, "
-                  f"step {block['step_size']:.4g})", "",
+                  f"step {block['step_size']:.4g}, {block['reps']} reps)", "",
                   "| implementation | median s | x plain loop | ART time / this | robust acc |",
                   "|---|---|---|---|---|"]  # fmt: skip
         for k, t in block["median_seconds"].items():
@@ -303,6 +343,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions and smaller budgets")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--hardening", action="store_true", help="run only the hardening comparison (slow)")
     parser.add_argument("--only-memory", action="store_true", help="run only the memory comparison")
     parser.add_argument("--n", type=int, default=128, help="ResNet batch size")
     args = parser.parse_args()
@@ -312,13 +353,21 @@ def main() -> None:
     reps = 2 if args.quick else 5
     res: dict[str, Any] = {"machine": f"{platform.processor() or platform.machine()}", "torch": torch.__version__,
                            "threads": torch.get_num_threads(), "reps": reps, "pgd": []}  # fmt: skip
+    if args.hardening:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        hard = hardening()
+        (RESULTS / "attacks-hardening.json").write_text(json.dumps(hard, indent=1))
+        (RESULTS / "attacks-hardening.md").write_text(hardening_markdown(hard))
+        print(hardening_markdown(hard))
+        return
     if args.only_memory:
         print(json.dumps(memory(args.n), indent=1))
         return
     for setup, (model, x, y), eps in (("resnet-cifar-shaped", resnet_setup(args.n), 8 / 255),
                                       ("digits", digits_setup(), 0.1)):  # fmt: skip
         print(f"PGD-10 on {setup}", flush=True)
-        block = time_pgd(setup, model, x, y, eps, 10, reps)
+        # digits runs take a fraction of a second: more repetitions for a stable median
+        block = time_pgd(setup, model, x, y, eps, 10, reps if setup != "digits" else 4 * reps)
         print(json.dumps(block["median_seconds"], indent=1), json.dumps(block["robust_accuracy"], indent=1))
         res["pgd"].append(block)
     print("strength on digits", flush=True)
