@@ -242,3 +242,26 @@ def test_loss_and_success_hooks_are_used() -> None:
     always = lambda logits, y, x: torch.ones(len(y), dtype=torch.bool)  # noqa: E731
     x_pgd = PGD(eps=0.3, steps=20, random_start=False, success=always)(model, x, y)
     assert torch.equal(x_pgd, x)  # the start point already counts as a success
+
+
+class _Scale(nn.Module):
+    def __init__(self, c: float) -> None:
+        super().__init__()
+        self.c = c
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.c * z
+
+
+def test_dlr_attacks_ignore_logit_scaling_where_cross_entropy_saturates() -> None:
+    # Multiplying the logits by a large constant saturates the softmax: the cross-entropy gradient
+    # vanishes and APGD-CE stalls, while the DLR loss (and APGD-DLR / APGD-T) are unchanged.
+    model, x, y = _trained_mlp()
+    scaled = nn.Sequential(model, _Scale(1e4)).eval()
+    for name in ("apgd-dlr", "apgd-t"):
+        atk = create(name, eps=0.1, steps=20, **({"n_target_classes": 3} if name == "apgd-t" else {}))
+        plain = _robust(model, atk(model, x, y), y)
+        assert int(_robust(scaled, atk(scaled, x, y), y).sum()) <= int(plain.sum()) + 1
+    ce = create("apgd-ce", eps=0.1, steps=20)
+    dlr = create("apgd-dlr", eps=0.1, steps=20)
+    assert int(_robust(scaled, ce(scaled, x, y), y).sum()) > int(_robust(scaled, dlr(scaled, x, y), y).sum())
