@@ -77,6 +77,7 @@ class PGD(Attack):
         objective = make_objective(self.loss, y, target, self.targeted)
         succeeded = make_success(self.success, y, target, self.targeted)
         n = x.shape[0]
+        view = (-1,) + (1,) * (x.ndim - 1)
         best_x = x.clone()
         best_loss = torch.full((n,), float("-inf"), device=x.device)
         done = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -97,12 +98,19 @@ class PGD(Attack):
                 with torch.no_grad():
                     loss = loss.detach()
                     hit = succeeded(logits.detach(), xa, idx)
-                    old_done = done[idx]
-                    better = (hit & ~old_done) | ((hit == old_done) & (loss > best_loss[idx]))
-                    sel = idx[better]
-                    best_x[sel] = xa[better]
-                    best_loss[sel] = loss[better]
-                    done[idx[hit]] = True
+                    everyone = idx.numel() == n  # then idx is arange(n): no gathers or scatters needed
+                    old_done = done if everyone else done[idx]
+                    old_loss = best_loss if everyone else best_loss[idx]
+                    better = (hit & ~old_done) | ((hit == old_done) & (loss > old_loss))
+                    if everyone:
+                        best_x = torch.where(better.reshape(view), xa, best_x)
+                        best_loss = torch.where(better, loss, best_loss)
+                        done = done | hit
+                    else:
+                        sel = idx[better]
+                        best_x[sel] = xa[better]
+                        best_loss[sel] = loss[better]
+                        done[idx[hit]] = True
                     if grad is None:
                         break
                     if self.early_stop and bool(hit.any()):
