@@ -8,6 +8,10 @@ from torch import nn
 
 from mlsafety.core import ArrayDataset, generator
 
+# The models here are tiny: extra intra-op threads buy nothing, and OpenMP threads that spin-wait
+# for a core another process holds make the suite many times slower on a busy 2-core machine.
+torch.set_num_threads(1)
+
 
 class TinyNet(nn.Module):
     """A small conv net for (N, 1, 8, 8) inputs with dropout and batch norm (so modes matter)."""

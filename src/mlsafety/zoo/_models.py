@@ -128,16 +128,26 @@ class ModelInfo:
     build: Callable[[], nn.Module]
     recipe: Callable[..., nn.Module] | None
     dataset: str
+    threads: int = 1
+    """CPU threads the shipped weights were trained with: float sums depend on the thread count,
+    so :func:`train_model` trains with exactly this many to reproduce the shipped file."""
 
 
 _MODELS: dict[str, ModelInfo] = {
     "digits-cnn": ModelInfo(
-        "digits-cnn", "small CNN on digits (2 conv + 2 linear, 73k parameters), Adam 40 epochs",
-        DigitsCNN, train_digits_cnn, "digits",
+        "digits-cnn",
+        "small CNN on digits (2 conv + 2 linear, 73k parameters), Adam 40 epochs",
+        DigitsCNN,
+        train_digits_cnn,
+        "digits",
+        threads=2,
     ),
     "digits-cnn-badnets": ModelInfo(
-        "digits-cnn-badnets", "digits-cnn with a BadNets trojan (3x3 checkerboard bottom-right -> class 7), a demo",
-        DigitsCNN, lambda **kw: _trojan_recipe(**kw), "digits",
+        "digits-cnn-badnets",
+        "digits-cnn with a BadNets trojan (3x3 checkerboard bottom-right -> class 7), a demo",
+        DigitsCNN,
+        lambda **kw: _trojan_recipe(**kw),
+        "digits",
     ),
 }
 
@@ -217,4 +227,10 @@ def train_model(name: str, out: Path | None = None, seed: int = 0, progress: Pro
     info = model_info(name)
     if info.recipe is None:
         raise InputError(f"zoo model {name!r} has no training recipe")
-    return save_weights(info.recipe(seed=seed, progress=progress), out or weights_path(name))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(info.threads)
+    try:
+        model = info.recipe(seed=seed, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    return save_weights(model, out or weights_path(name))
