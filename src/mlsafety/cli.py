@@ -392,13 +392,23 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
 
 # -- harden ------------------------------------------------------------------------------------
 @main.command()
-@click.option("--model", "model_spec", default="digits-cnn", show_default=True,
-              help="Zoo model name, or path/to/file.py:factory.")
+@click.option(
+    "--model", "model_spec", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory."
+)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Starting weights (.safetensors or .pt).")
-@click.option("--data", default="digits", show_default=True,
-              help="Training data: a zoo dataset name (its train split) or an .npz file with arrays x, y.")
-@click.option("--method", type=click.Choice(["pgd", "trades"]), default="pgd", show_default=True,
-              help="PGD adversarial training (Madry) or TRADES.")
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="Training data: a zoo dataset name (its train split) or an .npz file with arrays x, y.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["pgd", "trades"]),
+    default="pgd",
+    show_default=True,
+    help="PGD adversarial training (Madry) or TRADES.",
+)
 @click.option("--eps", type=float, required=True, help="Training radius in [0, 1] pixel units, e.g. 0.1.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), help="Threat model.  [default: linf]")
 @click.option("--steps", type=int, help="PGD steps per batch.  [default: 7]")
@@ -408,12 +418,29 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
 @click.option("--shift", type=int, default=0, show_default=True, help="Random shifts of up to N pixels (augmentation).")
 @click.option("--from-scratch", is_flag=True, help="Re-initialise the model (seeded) instead of fine-tuning it.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the hardened weights (.safetensors).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the hardened weights (.safetensors).",
+)
 @friendly
-def harden(model_spec: str, weights: str | None, data: str, method: str, eps: float, norm: str | None,
-           steps: int | None, epochs: int | None, lr: float | None, beta: float | None, shift: int,
-           from_scratch: bool, seed: int, out: Path) -> None:
+def harden(
+    model_spec: str,
+    weights: str | None,
+    data: str,
+    method: str,
+    eps: float,
+    norm: str | None,
+    steps: int | None,
+    epochs: int | None,
+    lr: float | None,
+    beta: float | None,
+    shift: int,
+    from_scratch: bool,
+    seed: int,
+    out: Path,
+) -> None:
     """Train a hardened copy of a model against L-inf/L2 attacks and write it as .safetensors."""
     from mlsafety import zoo as zoo_lib
     from mlsafety.core import InputError, Progress, load_factory, load_npz, load_weights
@@ -431,8 +458,9 @@ def harden(model_spec: str, weights: str | None, data: str, method: str, eps: fl
         raise InputError("--beta applies to --method trades only")
     if shift:
         params["augment"] = lambda x, g: zoo_lib.random_shift(x, g, shift)
-    hardened = harden_lib(model, train, method=method, from_scratch=from_scratch, seed=seed, eps=eps,
-                          progress=Progress(), **params)
+    hardened = harden_lib(
+        model, train, method=method, from_scratch=from_scratch, seed=seed, eps=eps, progress=Progress(), **params
+    )
     out_console.print(f"wrote {zoo_lib.save_weights(hardened, out)}")
 
 
@@ -473,19 +501,31 @@ def trojans_population(out: Path, n: int, seed: int, epochs: int) -> None:
 # -- corruptions -------------------------------------------------------------------------------
 @main.command()
 @click.argument("source")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=Path("corruptions.png"),
-              show_default=True, help="Where to write the grid picture (PNG).")
-@click.option("--corruptions", "names", default="all", show_default=True,
-              help="Comma-separated corruption names, or 'all'.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("corruptions.png"),
+    show_default=True,
+    help="Where to write the grid picture (PNG).",
+)
+@click.option(
+    "--corruptions", "names", default="all", show_default=True, help="Comma-separated corruption names, or 'all'."
+)
 @click.option("--severities", default="1,2,3,4,5", show_default=True, help="Comma-separated severities (1-5).")
 @click.option("--size", type=int, default=None, help="Resize so the shorter side has this many pixels.")
 @click.option("--grey", is_flag=True, help="Convert the image to one channel first.")
-@click.option("--reference-size", type=float, default=224, show_default=True,
-              help="Image side the published pixel lengths refer to (ImageNet-C: 224).")
+@click.option(
+    "--reference-size",
+    type=float,
+    default=224,
+    show_default=True,
+    help="Image side the published pixel lengths refer to (ImageNet-C: 224).",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the corruptions' random draws.")
 @friendly
-def corrupt(source: str, out: Path, names: str, severities: str, size: int | None, grey: bool,
-            reference_size: float, seed: int) -> None:
+def corrupt(
+    source: str, out: Path, names: str, severities: str, size: int | None, grey: bool, reference_size: float, seed: int
+) -> None:
     """Write a grid of every corruption at every severity for one image SOURCE (a file or zoo:digits:0)."""
     from mlsafety.core import InputError
     from mlsafety.robustness import corruptions as corr
@@ -537,8 +577,13 @@ def ood_list() -> None:
 @click.option("--data", default="digits", show_default=True, help="In-distribution test data (zoo name, .npz, folder).")
 @click.option("--train", help="In-distribution data to fit the detectors on (default: the zoo train split, else val).")
 @click.option("--ood", "ood_sets", multiple=True, help="OOD set (zoo name, .npz or folder); repeatable. Default: all.")
-@click.option("--detector", "-d", "detectors", multiple=True,
-              help=f"Detector name; repeatable (see `mlsafety ood list`). Default: {', '.join(OOD_EVAL_DEFAULT)}.")
+@click.option(
+    "--detector",
+    "-d",
+    "detectors",
+    multiple=True,
+    help=f"Detector name; repeatable (see `mlsafety ood list`). Default: {', '.join(OOD_EVAL_DEFAULT)}.",
+)
 @click.option("--n-boot", default=500, show_default=True, type=click.IntRange(min=10), help="Bootstrap resamples.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
@@ -571,11 +616,21 @@ def ood_eval(model: str, weights: str | None, data: str, train: str | None, ood_
     for set_name, by_det in result.items():
         for det, m in sorted(by_det.items(), key=lambda kv: -kv[1]["auroc"].value):
             auc = m["auroc"]
-            table.add_row(set_name, det, f"{auc.value:.4f}", f"[{auc.ci_low:.4f}, {auc.ci_high:.4f}]",
-                          f"{m['aupr_in'].value:.4f}", f"{m['aupr_out'].value:.4f}", f"{m['fpr_at_95_tpr'].value:.4f}")
+            table.add_row(
+                set_name,
+                det,
+                f"{auc.value:.4f}",
+                f"[{auc.ci_low:.4f}, {auc.ci_high:.4f}]",
+                f"{m['aupr_in'].value:.4f}",
+                f"{m['aupr_out'].value:.4f}",
+                f"{m['fpr_at_95_tpr'].value:.4f}",
+            )
     out_console.print(table)
-    out_console.print(f"fitted on {audit_data.fit.name} ({len(audit_data.fit)} inputs); "
-                      f"in-distribution: {audit_data.test.name} ({len(audit_data.test)} inputs)", highlight=False)
+    out_console.print(
+        f"fitted on {audit_data.fit.name} ({len(audit_data.fit)} inputs); "
+        f"in-distribution: {audit_data.test.name} ({len(audit_data.test)} inputs)",
+        highlight=False,
+    )
 
 
 # -- certified robustness and transparency ------------------------------------------------------
@@ -583,19 +638,44 @@ def ood_eval(model: str, weights: str | None, data: str, train: str | None, ood_
 @click.option("--model", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option("--data", default="digits", show_default=True, help="Test data (zoo name, .npz file or image folder).")
-@click.option("--sigma", default=0.25, show_default=True, type=click.FloatRange(min=0, min_open=True),
-              help="Noise standard deviation in [0, 1] pixel units.")
+@click.option(
+    "--sigma",
+    default=0.25,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Noise standard deviation in [0, 1] pixel units.",
+)
 @click.option("--n0", default=100, show_default=True, type=click.IntRange(min=1), help="Selection samples per input.")
-@click.option("--n", "n", default=10_000, show_default=True, type=click.IntRange(min=1),
-              help="Estimation samples per input (the most, with --sequential).")
-@click.option("--alpha", default=0.001, show_default=True, type=click.FloatRange(0, 1, min_open=True, max_open=True),
-              help="Failure probability of each certificate.")
+@click.option(
+    "--n",
+    "n",
+    default=10_000,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Estimation samples per input (the most, with --sequential).",
+)
+@click.option(
+    "--alpha",
+    default=0.001,
+    show_default=True,
+    type=click.FloatRange(0, 1, min_open=True, max_open=True),
+    help="Failure probability of each certificate.",
+)
 @click.option("--inputs", default=100, show_default=True, type=click.IntRange(min=1), help="Test inputs to certify.")
-@click.option("--radius", "radii", multiple=True, type=click.FloatRange(min=0),
-              help="L2 radius to report; repeatable.  [default: 0 0.25 0.5 0.75 1]")
+@click.option(
+    "--radius",
+    "radii",
+    multiple=True,
+    type=click.FloatRange(min=0),
+    help="L2 radius to report; repeatable.  [default: 0 0.25 0.5 0.75 1]",
+)
 @click.option("--denoiser", help="Zoo denoiser put before the model (denoised smoothing), e.g. digits-denoiser-25.")
-@click.option("--sequential", "target", type=click.FloatRange(min=0),
-              help="Certify sequentially, stopping each input once its certificate at this radius is decided.")
+@click.option(
+    "--sequential",
+    "target",
+    type=click.FloatRange(min=0),
+    help="Certify sequentially, stopping each input once its certificate at this radius is decided.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the noise.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @friendly
@@ -628,16 +708,32 @@ def certify(model: str, weights: str | None, data: str, sigma: float, n0: int, n
     abstain = float((cert.prediction == ABSTAIN).double().mean())
     samples = float(cert.samples.double().mean())
     if as_json:
-        click.echo(json.dumps({"sigma": sigma, "n0": n0, "n": n, "alpha": alpha, "inputs": len(y), "rows": rows,
-                               "abstain_rate": abstain, "mean_samples": samples}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "sigma": sigma,
+                    "n0": n0,
+                    "n": n,
+                    "alpha": alpha,
+                    "inputs": len(y),
+                    "rows": rows,
+                    "abstain_rate": abstain,
+                    "mean_samples": samples,
+                },
+                indent=2,
+            )
+        )
         return
     table = Table("L2 radius", "certified accuracy", "95% CI", box=None)
     for row in rows:
         ci = f"[{row['ci_low']:.3f}, {row['ci_high']:.3f}]"
         table.add_row(f"{row['radius']:g}", f"{row['certified_accuracy']:.3f}", ci)
     out_console.print(table)
-    out_console.print(f"{len(y)} inputs, sigma {sigma:g}, abstained on {abstain:.1%}, "
-                      f"{samples:.0f} estimation samples per input on average", highlight=False)
+    out_console.print(
+        f"{len(y)} inputs, sigma {sigma:g}, abstained on {abstain:.1%}, "
+        f"{samples:.0f} estimation samples per input on average",
+        highlight=False,
+    )
 
 
 @main.group("explain")
@@ -664,8 +760,13 @@ def explain_list() -> None:
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option("--data", default="digits", show_default=True, help="Test data (zoo name, .npz file or image folder).")
 @click.option("--method", "-m", "methods", multiple=True, help="Attribution method; repeatable. Default: all.")
-@click.option("--mode", "modes", multiple=True, type=click.Choice(["cascading", "independent"]),
-              help="Randomisation test; repeatable.  [default: cascading independent]")
+@click.option(
+    "--mode",
+    "modes",
+    multiple=True,
+    type=click.Choice(["cascading", "independent"]),
+    help="Randomisation test; repeatable.  [default: cascading independent]",
+)
 @click.option("--inputs", default=16, show_default=True, type=click.IntRange(min=1), help="Test inputs to explain.")
 @click.option("--threshold", default=0.5, show_default=True, help="Rank correlation below which maps count as changed.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
@@ -683,11 +784,27 @@ def explain_sanity(model: str, weights: str | None, data: str, methods: tuple[st
         tr.ATTRIBUTIONS.get(name)  # an unknown name fails before any work, with a suggestion
     clf = resolve_model(model, weights)
     x = resolve_data(AuditConfig(model=model, weights=weights, data=data, ood=[])).test.x[:inputs]
-    results = [tr.sanity_check(tr.create(name), clf, x, mode=mode, threshold=threshold)
-               for name in names for mode in (modes or ("cascading", "independent"))]
+    results = [
+        tr.sanity_check(tr.create(name), clf, x, mode=mode, threshold=threshold)
+        for name in names
+        for mode in (modes or ("cascading", "independent"))
+    ]
     if as_json:
-        click.echo(json.dumps([{"method": r.method, "mode": r.mode, "spearman": r.score, "passed": r.passed,
-                                "ssim": float(r.ssim.mean())} for r in results], indent=2))
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "method": r.method,
+                        "mode": r.mode,
+                        "spearman": r.score,
+                        "passed": r.passed,
+                        "ssim": float(r.ssim.mean()),
+                    }
+                    for r in results
+                ],
+                indent=2,
+            )
+        )
         return
     table = Table("method", "test", "Spearman", "SSIM", "verdict", box=None)
     for r in results:
