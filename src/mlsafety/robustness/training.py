@@ -19,50 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import ArrayDataset, InputError, Progress, generator, track
+from mlsafety.core import ArrayDataset, InputError, Progress
 from mlsafety.robustness.attacks.pgd import PGD
-
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
-BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
-
-
-def _train(
-    model: nn.Module,
-    data: ArrayDataset,
-    batch_loss: BatchLoss,
-    epochs: int,
-    lr: float,
-    batch_size: int,
-    seed: int,
-    augment: Augment | None,
-    weight_decay: float,
-    progress: Progress | None,
-    what: str,
-) -> nn.Module:
-    if len(data) == 0:
-        raise InputError("cannot train on an empty dataset")
-    if epochs < 1:
-        raise InputError(f"epochs must be at least 1, got {epochs}")
-    device = next(model.parameters()).device
-    g = generator(seed, "train", what)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    model.train()
-    with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
-        for _epoch in track(range(epochs), progress, what, total=epochs):
-            perm = torch.randperm(len(data), generator=g)
-            for start in range(0, len(data), batch_size):
-                idx = perm[start : start + batch_size]
-                xb, yb = data.x[idx], data.y[idx]
-                if augment is not None:
-                    xb = augment(xb, g)
-                loss = batch_loss(model, xb.to(device), yb.to(device), g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sched.step()
-    return model.eval()
+from mlsafety.zoo import Augment, train_classifier
 
 
 def adversarial_training(
@@ -103,7 +62,20 @@ def adversarial_training(
         x_adv = attack(m, x, y, generator=g)
         return F.cross_entropy(m(x_adv), y)
 
-    return _train(model, data, batch_loss, epochs, lr, batch_size, seed, augment, weight_decay, progress, "pgd-at")
+    return train_classifier(
+        model,
+        data,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        augment=augment,
+        weight_decay=weight_decay,
+        progress=progress,
+        batch_loss=batch_loss,
+        stream=("pgd-at",),
+        description="pgd-at",
+    )
 
 
 def trades_training(
@@ -149,7 +121,20 @@ def trades_training(
         robust = F.kl_div(F.log_softmax(m(x_adv), dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
         return F.cross_entropy(logits_clean, y) + beta * robust
 
-    return _train(model, data, batch_loss, epochs, lr, batch_size, seed, augment, weight_decay, progress, "trades")
+    return train_classifier(
+        model,
+        data,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        augment=augment,
+        weight_decay=weight_decay,
+        progress=progress,
+        batch_loss=batch_loss,
+        stream=("trades",),
+        description="trades",
+    )
 
 
 METHODS: dict[str, Callable[..., nn.Module]] = {"pgd": adversarial_training, "trades": trades_training}

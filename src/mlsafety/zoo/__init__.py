@@ -6,8 +6,11 @@ from dataclasses import dataclass
 
 from mlsafety.zoo._datasets import DIGITS_SHAPE, dataset_info, dataset_names, load_dataset, ood_names
 from mlsafety.zoo._models import (
+    Augment,
+    BatchLoss,
     DigitsCNN,
     ModelInfo,
+    cross_entropy_loss,
     load_model,
     model_info,
     model_names,
@@ -38,10 +41,13 @@ def available() -> list[Entry]:
 
 __all__ = [
     "DIGITS_SHAPE",
+    "Augment",
+    "BatchLoss",
     "DigitsCNN",
     "Entry",
     "ModelInfo",
     "available",
+    "cross_entropy_loss",
     "dataset_info",
     "dataset_names",
     "load_dataset",

@@ -71,6 +71,18 @@ def random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> tor
     return out.permute(0, 3, 1, 2).contiguous()
 
 
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+"""``(x, generator) -> x'``: a random input transform applied to each training batch."""
+
+BatchLoss = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+"""``(model, x, y, generator) -> scalar loss`` for one batch already on the model's device."""
+
+
+def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """The plain supervised batch loss."""
+    return F.cross_entropy(model(x), y)
+
+
 def train_classifier(
     model: nn.Module,
     data: ArrayDataset,
@@ -78,34 +90,50 @@ def train_classifier(
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
-    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = random_shift,
+    augment: Augment | None = random_shift,
     weight_decay: float = 1e-4,
     progress: Progress | None = None,
+    batch_loss: BatchLoss = cross_entropy_loss,
+    stream: tuple[object, ...] = (),
+    description: str = "training",
 ) -> nn.Module:
-    """Plain supervised training with Adam and cross-entropy, seeded; returns the model in eval mode.
+    """Seeded training with Adam and a cosine schedule; returns the model in eval mode.
 
-    Shared by every recipe that trains a small model on embedded data (zoo models, trojan
-    populations, augmentation studies), so there is one training loop to trust.
+    The one training loop of the project: zoo recipes, trojan populations, adversarial training
+    (PGD, TRADES) and augmentation studies all run it, differing only in ``batch_loss``.
+
+    Args:
+        model: the classifier; its parameters' device is used.
+        data: labelled training data.
+        epochs, lr, batch_size, weight_decay: the optimiser's settings.
+        seed: seeds the batch order, ``augment`` and the dropout masks.
+        augment: applied to every batch (on the CPU) before it moves to the device.
+        progress: progress display.
+        batch_loss: the loss of one batch (default: cross-entropy); it receives the loop's
+            generator, so any randomness it needs stays seeded.
+        stream: extra names for the loop's generator, so different recipes draw different streams.
+        description: label of the progress bar.
     """
     if len(data) == 0:
         raise InputError("cannot train on an empty dataset")
+    if epochs < 1:
+        raise InputError(f"epochs must be at least 1, got {epochs}")
     device = next(model.parameters()).device
-    g = generator(seed, "train")
+    g = generator(seed, "train", *stream)
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
     x_all, y_all = data.x, data.y
     model.train()
     with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
         torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
-        for _epoch in track(range(epochs), progress, "training", total=epochs):
+        for _epoch in track(range(epochs), progress, description, total=epochs):
             perm = torch.randperm(len(data), generator=g)
             for start in range(0, len(data), batch_size):
                 idx = perm[start : start + batch_size]
                 xb, yb = x_all[idx], y_all[idx]
                 if augment is not None:
                     xb = augment(xb, g)
-                xb, yb = xb.to(device), yb.to(device)
-                loss = F.cross_entropy(model(xb), yb)
+                loss = batch_loss(model, xb.to(device), yb.to(device), g)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,6 +1,6 @@
 """A training recipe that trains a classifier with an augmentation's loss.
 
-The loop is :func:`mlsafety.zoo.train_classifier`'s (Adam, cosine schedule, seeded batches, dropout
+The loop is :func:`mlsafety.zoo.train_classifier` (Adam, cosine schedule, seeded batches, dropout
 under a forked seeded global generator, the zoo's one-pixel random shifts), with the loss replaced
 by the augmentation's, so a comparison between augmentations changes nothing else.
 """
@@ -12,8 +12,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mlsafety.core import ArrayDataset, InputError, Progress, generator, track
+from mlsafety.core import ArrayDataset, InputError, Progress, generator
 from mlsafety.robustness.augment.base import Augmentation, create
+from mlsafety.zoo import train_classifier
 
 
 def train_augmented(
@@ -43,27 +44,20 @@ def train_augmented(
     if len(data) == 0:
         raise InputError("cannot train on an empty dataset")
     aug = create(augmentation) if isinstance(augmentation, str) else augmentation
-    device = next(model.parameters()).device
-    g = generator(seed, "train")
     g_aug = generator(seed, "augment", aug.name)
-    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    model.train()
-    with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
-        for _epoch in track(range(epochs), progress, f"training ({aug.name})", total=epochs):
-            perm = torch.randperm(len(data), generator=g)
-            for start in range(0, len(data), batch_size):
-                idx = perm[start : start + batch_size]
-                xb, yb = data.x[idx], data.y[idx]
-                if base_augment is not None:
-                    xb = base_augment(xb, g)
-                loss = aug.loss(model, xb.to(device), yb.to(device), g_aug)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            sched.step()
-    return model.eval()
+    return train_classifier(
+        model,
+        data,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        seed=seed,
+        augment=base_augment,
+        weight_decay=weight_decay,
+        progress=progress,
+        description=f"training ({aug.name})",
+        batch_loss=lambda m, x, y, _g: aug.loss(m, x, y, g_aug),
+    )
 
 
 def train_digits_cnn(augmentation: Augmentation | str = "standard", seed: int = 0, epochs: int = 40,
