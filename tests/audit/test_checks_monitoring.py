@@ -140,6 +140,17 @@ def test_ood_check_all_applicable_detectors(model, data) -> None:
     assert "deep-ensemble" not in names and {"mc-dropout", "odin", "vim", "gradnorm"} <= set(names)
 
 
+def test_ood_check_full_profile_runs_every_detector(model, data) -> None:
+    """The default (non-quick) profile: every applicable detector, hyper-parameters kept in params."""
+    check = CHECKS.create("ood", n_boot=20)
+    ctx = AuditContext(model, data)
+    rows = [r for t in check.tasks(ctx) if t.key != "plots" for r in t.run().rows]
+    detectors = {r.params["detector"] for r in rows}
+    assert detectors == set(check.names(ctx))
+    assert any("seed" in r.params for r in rows)  # a detector whose own hyper-parameters include a seed
+    _intervals_hold(rows)
+
+
 def test_ood_check_refuses_unknown_detectors(model, data) -> None:
     ctx = AuditContext(model, data)
     with pytest.raises(InputError, match="unknown detector"):

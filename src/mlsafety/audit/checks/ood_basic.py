@@ -47,12 +47,15 @@ def detector_rows(
     out_scores: torch.Tensor,
     n_boot: int,
     seed: int,
+    /,
     plain: bool = False,
     **params: Any,
 ) -> list[Row]:
     """The four OOD metrics with bootstrap intervals, named per detector (and plainly for the default).
 
-    Intervals come from :func:`~mlsafety.metrics.ood_metrics` (a fused, seeded bootstrap).
+    Intervals come from :func:`~mlsafety.metrics.ood_metrics` (a fused, seeded bootstrap). The
+    leading arguments are positional-only so a detector's own hyper-parameters (which may include
+    ``seed``) can pass through ``params`` into the rows.
     """
     est = ood_metrics(in_scores, out_scores, n_boot=n_boot, seed=seed)
     rows = [Row.of(hazard, metric_name(detector, m), e, detector=detector, **params) for m, e in est.items()]
