@@ -190,6 +190,57 @@ def time_pgd(setup: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps
     }  # fmt: skip
 
 
+# -- equal settings ------------------------------------------------------------------------------
+def equal_settings(steps: int = 10) -> dict[str, Any]:
+    """PGD without random start: every implementation then walks the same path, so robust accuracy
+    compares exactly (with random starts each library draws its own noise, and the figures differ
+    by the luck of the draw)."""
+    torchattacks = _import_torchattacks()
+    from art.attacks.evasion import ProjectedGradientDescentPyTorch
+    from art.estimators.classification import PyTorchClassifier
+
+    def plain_no_start(m: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float) -> torch.Tensor:
+        x_adv = x.clone()
+        for _ in range(steps):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(m(x_adv), y), x_adv)
+            x_adv = (x + (x_adv.detach() + alpha * grad.sign() - x).clamp(-eps, eps)).clamp(0, 1).detach()
+        return x_adv
+
+    out: dict[str, Any] = {"steps": steps, "rows": []}
+    for setup, (model, x, y), eps in (("resnet-cifar-shaped", resnet_setup(128), 8 / 255),
+                                      ("digits", digits_setup(), 0.1)):  # fmt: skip
+        alpha = 2.5 * eps / steps if setup == "digits" else 2 / 255
+        ours = PGD(eps=eps, steps=steps, step_size=alpha, random_start=False, early_stop=False, batch_size=4096)
+        ours_es = PGD(eps=eps, steps=steps, step_size=alpha, random_start=False, early_stop=True, batch_size=4096)
+        clf = PyTorchClassifier(model, loss=nn.CrossEntropyLoss(), input_shape=tuple(x.shape[1:]), nb_classes=10,
+                                clip_values=(0.0, 1.0))  # fmt: skip
+        art = ProjectedGradientDescentPyTorch(clf, norm=np.inf, eps=eps, eps_step=alpha, max_iter=steps,
+                                              num_random_init=0, batch_size=len(x), verbose=False)  # fmt: skip
+        advs = {
+            "mlsafety PGD (early stop)": ours_es(model, x, y),
+            "mlsafety PGD (no early stop)": ours(model, x, y),
+            "plain PyTorch loop": plain_no_start(model, x, y, eps, alpha),
+            "torchattacks PGD": torchattacks.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=False)(x, y),
+            "ART PGD (PyTorch)": torch.from_numpy(art.generate(x.numpy(), y=y.numpy())),
+        }
+        out["rows"].append({"setup": setup, "n": len(x), "eps": eps,
+                            "robust_accuracy": {k: robust_accuracy(model, v, y) for k, v in advs.items()}})  # fmt: skip
+    return out
+
+
+def equal_markdown(res: dict[str, Any]) -> str:
+    names = list(res["rows"][0]["robust_accuracy"])
+    lines = [f"# PGD-{res['steps']} at equal settings (no random start)", "",
+             "Every implementation takes the same deterministic path from the clean input, so robust accuracy "
+             "compares exactly; lower means stronger.", "",
+             "| model | n | eps | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]  # fmt: skip
+    for row in res["rows"]:
+        accs = " | ".join(f"{row['robust_accuracy'][k]:.4f}" for k in names)
+        lines.append(f"| {row['setup']} | {row['n']} | {row['eps']:.4f} | {accs} |")
+    return "\n".join(lines) + "\n"
+
+
 # -- strength ----------------------------------------------------------------------------------
 def strength(eps: float, n: int, quick: bool) -> dict[str, Any]:
     torchattacks = _import_torchattacks()
@@ -352,6 +403,7 @@ def main() -> None:
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--hardening", action="store_true", help="run only the hardening comparison (slow)")
     parser.add_argument("--only-memory", action="store_true", help="run only the memory comparison")
+    parser.add_argument("--equal-start", action="store_true", help="run only PGD without random start (exact)")
     parser.add_argument("--n", type=int, default=128, help="ResNet batch size")
     args = parser.parse_args()
     if args.memory_child:
@@ -366,6 +418,13 @@ def main() -> None:
         (RESULTS / "attacks-hardening.json").write_text(json.dumps(hard, indent=1))
         (RESULTS / "attacks-hardening.md").write_text(hardening_markdown(hard))
         print(hardening_markdown(hard))
+        return
+    if args.equal_start:
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        eq = equal_settings()
+        (RESULTS / "attacks-equal.json").write_text(json.dumps(eq, indent=1))
+        (RESULTS / "attacks-equal.md").write_text(equal_markdown(eq))
+        print(equal_markdown(eq))
         return
     if args.only_memory:  # re-measure memory and update the stored results
         mem = memory(args.n)
