@@ -96,7 +96,7 @@ def best_of(fn: Any, repeats: int) -> float:
     return min(times)
 
 
-def bench_speed(quick: bool) -> dict[str, Any]:
+def bench_speed(quick: bool, only: list[str] | None = None, only_sizes: list[int] | None = None) -> dict[str, Any]:
     from mlsafety.core import generator
     from mlsafety.robustness.corruptions import available, create
 
@@ -107,7 +107,7 @@ def bench_speed(quick: bool) -> dict[str, Any]:
         cv2.setNumThreads(1)
     except ImportError:
         pass
-    names = available()
+    names = [n for n in available() if not only or n in only]
     _, import_error = import_imagecorruptions("none")
     shipped, _ = import_imagecorruptions("import")
     probe = photos(1, 32)[0]
@@ -120,6 +120,8 @@ def bench_speed(quick: bool) -> dict[str, Any]:
                 shipped_errors[name, s] = f"{type(exc).__name__}: {str(exc)[:70]}"
     peer, _ = import_imagecorruptions("full")
     sizes = {32: (64, 16), 224: (16, 3)} if not quick else {32: (16, 4), 224: (4, 1)}
+    if only_sizes:
+        sizes = {k: v for k, v in sizes.items() if k in only_sizes}
     out: dict[str, Any] = {"import_error_as_shipped": import_error, "sizes": {}}
     for size, (n_ours, n_peer) in sizes.items():
         imgs = photos(max(n_ours, n_peer), size)
@@ -269,20 +271,25 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("part", nargs="?", default="all", choices=["speed", "augment", "all"])
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for checking the script")
+    parser.add_argument("--only", nargs="*", help="time only these corruptions (nothing is written)")
+    parser.add_argument(
+        "--size", nargs="*", type=int, choices=[32, 224], help="time only these sizes (nothing is written)"
+    )
     args = parser.parse_args(argv)
     results: dict[str, Any] = json.loads(JSON_PATH.read_text()) if JSON_PATH.is_file() else {}
     import platform
 
     results["machine"] = f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread"
+    partial = bool(args.only or args.size)
     if args.part in ("speed", "all"):
-        results["speed"] = bench_speed(args.quick)
-        if not args.quick:  # a --quick run only checks the script
+        results["speed"] = bench_speed(args.quick, args.only, args.size)
+        if not (args.quick or partial):  # a --quick or partial run only prints
             write(results)
     if args.part in ("augment", "all"):
         results["augment"] = bench_augment(args.quick)
         if not args.quick:
             write(results)
-    if not args.quick:
+    if not (args.quick or partial):
         print(f"wrote {JSON_PATH} and {MD_PATH}")
 
 
