@@ -115,10 +115,11 @@ class ZoomBlur(Corruption):
     )
 
     def apply(self, x: torch.Tensor, level: tuple[float, ...], g: torch.Generator) -> torch.Tensor:
-        out = x.clone()
+        out = x.contiguous(memory_format=torch.channels_last)  # the zooms come back channels-last
+        out = out.clone() if out is x else out
         for zoom in level:
             out += centre_zoom(x, zoom)
-        return out / (len(level) + 1)
+        return out.div_(len(level) + 1).contiguous()
 
 
 @register_corruption("gaussian-blur")
