@@ -6,16 +6,19 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, register
+from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, kth_largest, register
 
 
 def prune_mask(features: torch.Tensor, percentile: float) -> torch.Tensor:
     """Boolean mask (N, D) keeping each row's activations at or above its ``percentile`` (the
     top ``ceil(D * (1 - percentile / 100))`` values)."""
-    d = features.shape[1]
-    keep = max(1, d - round(d * percentile / 100.0))
-    idx = features.topk(keep, dim=1).indices
+    idx = features.topk(keep_count(features.shape[1], percentile), dim=1).indices
     return torch.zeros_like(features, dtype=torch.bool).scatter_(1, idx, True)
+
+
+def keep_count(d: int, percentile: float) -> int:
+    """How many of ``d`` activations lie at or above the ``percentile``: ``ceil(d (1 - p / 100))``."""
+    return max(1, d - round(d * percentile / 100.0))
 
 
 @register("ash")
@@ -45,15 +48,18 @@ class ASH(Detector):
     def shape(self, features: torch.Tensor) -> torch.Tensor:
         """The shaped features (N, D)."""
         f = features.float()
-        mask = prune_mask(f, self.percentile)
-        pruned = f * mask
         s1 = f.sum(dim=1, keepdim=True)
-        s2 = pruned.sum(dim=1, keepdim=True)
+        if self.variant == "b":
+            mask = prune_mask(f, self.percentile)
+            return mask.float() * s1 / mask.sum(dim=1, keepdim=True)
+        # keep each row's values at or above its keep-th largest (a tie at the threshold keeps all tied
+        # values; ties among the zeros of dead units change nothing)
+        threshold = kth_largest(f, keep_count(f.shape[1], self.percentile))[:, None].to(f.device)
+        pruned = torch.where(f >= threshold, f, torch.zeros((), dtype=f.dtype, device=f.device))
         if self.variant == "p":
             return pruned
-        if self.variant == "b":
-            return mask.float() * s1 / mask.sum(dim=1, keepdim=True)
-        return pruned * torch.exp(s1 / s2.clamp_min(1e-12))
+        s2 = pruned.sum(dim=1, keepdim=True)
+        return pruned.mul_(torch.exp(s1 / s2.clamp_min(1e-12)))
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         w, b = head_of(clf)

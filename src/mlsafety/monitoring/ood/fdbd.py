@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, head_of, register
+from mlsafety.monitoring.ood.base import Detector, features_of, float64, head_of, register
 
 
 @register("fdbd")
@@ -23,10 +23,10 @@ class FDBD(Detector):
     requires_fit = True
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
-        self.mean_ = features_of(outputs).double().mean(dim=0)
+        self.mean_ = float64(features_of(outputs)).mean(dim=0)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        f = features_of(outputs).double()
+        f = float64(features_of(outputs))
         w, b = head_of(clf)
         w, b = w.double(), b.double()
         logits = f @ w.T + b  # recomputed from the features so boundary and logits agree exactly

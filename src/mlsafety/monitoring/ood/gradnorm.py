@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, register
+from mlsafety.monitoring.ood.base import Detector, features_of, float64, register
 
 
 @register("gradnorm")
@@ -31,8 +31,8 @@ class GradNorm(Detector):
         self.temperature = temperature
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        logits = outputs.logits.double()
+        logits = float64(outputs.logits)
         p = (logits / self.temperature).softmax(dim=1)
         u = 1.0 / logits.shape[1]
-        f = features_of(outputs).double()
+        f = float64(features_of(outputs))
         return -(p - u).abs().sum(dim=1) * f.abs().sum(dim=1) / self.temperature

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, register
+from mlsafety.monitoring.ood.base import Detector, float64, register
 
 
 @register("kl-matching")
@@ -29,7 +29,7 @@ class KLMatching(Detector):
         self.templates_ = templates.clamp_min(1e-12)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        logp = outputs.logits.double().log_softmax(dim=1)
+        logp = float64(outputs.logits).log_softmax(dim=1)
         p = logp.exp()
         # KL(p || d_k) = sum_j p_j log p_j - sum_j p_j log d_kj, for all k at once
         kl = (p * logp).sum(dim=1, keepdim=True) - p @ self.templates_.log().T

@@ -5,13 +5,25 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import Detector, cdist_topk, features_of, register
+from mlsafety.monitoring.ood.base import (
+    Detector,
+    cosine_similarities,
+    features_of,
+    kth_largest,
+    register,
+    reuse,
+    unit_bank,
+)
 
 
 @register("knn")
 class KNN(Detector):
     """Anomaly score = distance from the L2-normalised feature to its ``k``-th nearest neighbour
     among the normalised in-distribution features (exact search in torch, in batches).
+
+    For unit vectors the distance is ``sqrt(2 - 2 cos)``, so the search is one matrix product
+    with the bank and a selection of each row's ``k``-th largest similarity (shared with
+    NNGuide when both run in one engine call).
 
     Args:
         k: the neighbour (paper default for CIFAR-10; capped at the number of stored features).
@@ -28,9 +40,11 @@ class KNN(Detector):
         self.chunk = chunk
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
-        self.bank_ = torch.nn.functional.normalize(features_of(outputs).float(), dim=1)
+        f = features_of(outputs)
+        self.bank_, self.columns_ = reuse("unit-bank", (f,), lambda: unit_bank(f))
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        q = torch.nn.functional.normalize(features_of(outputs).float(), dim=1)
         k = min(self.k, self.bank_.shape[0])
-        return cdist_topk(q, self.bank_, k, self.chunk)[:, k - 1]
+        sims = cosine_similarities(features_of(outputs), self.bank_, self.columns_, self.chunk)
+        kth = torch.cat([kth_largest(s, k) for s in sims])
+        return (2 - 2 * kth).clamp_min(0).sqrt()

@@ -6,7 +6,15 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, register
+from mlsafety.monitoring.ood.base import (
+    Detector,
+    cosine_similarities,
+    features_of,
+    register,
+    reuse,
+    top_k_sum,
+    unit_bank,
+)
 
 
 @register("nnguide")
@@ -14,6 +22,9 @@ class NNGuide(Detector):
     """Anomaly score ``-(logsumexp(logits) * g(f))`` with guidance ``g(f)`` = the mean of the ``k``
     largest inner products between the normalised feature and the bank of normalised
     in-distribution features, each scaled by its own energy confidence ``logsumexp(logits)``.
+
+    The scaled inner products are the cosine similarities (shared with KNN in one engine call)
+    times each bank row's confidence.
 
     Args:
         k: neighbours averaged (capped at the bank size).
@@ -30,17 +41,12 @@ class NNGuide(Detector):
         self.chunk = chunk
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
-        f = torch.nn.functional.normalize(features_of(outputs).float(), dim=1)
-        conf = torch.logsumexp(outputs.logits.float(), dim=1)
-        self.bank_ = f * conf[:, None]
+        f = features_of(outputs)
+        self.bank_, self.columns_ = reuse("unit-bank", (f,), lambda: unit_bank(f))
+        self.confidence_ = torch.logsumexp(outputs.logits.float(), dim=1)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        q = torch.nn.functional.normalize(features_of(outputs).float(), dim=1)
         k = min(self.k, self.bank_.shape[0])
-        guidance = torch.cat(
-            [
-                (q[s : s + self.chunk] @ self.bank_.T).topk(k, dim=1).values.mean(dim=1)
-                for s in range(0, q.shape[0], self.chunk)
-            ]
-        )
+        sims = cosine_similarities(features_of(outputs), self.bank_, self.columns_, self.chunk)
+        guidance = torch.cat([top_k_sum(s, k, scale=self.confidence_) / k for s in sims])
         return -(torch.logsumexp(outputs.logits.float(), dim=1) * guidance)

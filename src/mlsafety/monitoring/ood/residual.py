@@ -6,7 +6,7 @@ import torch
 
 from mlsafety.core import Classifier, Outputs
 from mlsafety.monitoring.ood.base import Detector, features_of, head_of, register
-from mlsafety.monitoring.ood.vim import default_dim, principal_residual_basis
+from mlsafety.monitoring.ood.vim import default_dim, residual_norm, shared_basis
 
 
 @register("residual")
@@ -28,7 +28,7 @@ class Residual(Detector):
         f = features_of(outputs)
         w, b = head_of(clf)
         dim = self.dim if self.dim is not None else default_dim(f.shape[1])
-        self.origin_, self.residual_basis_ = principal_residual_basis(f, w, b, dim)
+        self.origin_, self.residual_basis_ = shared_basis(f, w, b, dim)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        return ((features_of(outputs).double() - self.origin_) @ self.residual_basis_).norm(dim=1)
+        return residual_norm(features_of(outputs), self.origin_, self.residual_basis_)

@@ -7,7 +7,12 @@ import torch
 
 from mlsafety.core import Classifier, Outputs
 from mlsafety.monitoring.ood.base import Detector, features_of, register
-from mlsafety.monitoring.ood.mahalanobis import class_gaussians, mahalanobis_sq
+from mlsafety.monitoring.ood.mahalanobis import (
+    class_gaussians,
+    mahalanobis_sq,
+    shared_class_gaussians,
+    shared_mahalanobis_sq,
+)
 
 
 @register("rmd")
@@ -24,12 +29,12 @@ class RMD(Detector):
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
         f = features_of(outputs)
-        self.means_, self.precision_ = class_gaussians(f, labels, outputs.logits.shape[1])
+        self.means_, self.precision_ = shared_class_gaussians(f, labels, outputs.logits.shape[1])
         zeros = torch.zeros_like(labels)
         self.background_mean_, self.background_precision_ = class_gaussians(f, zeros, 1)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         f = features_of(outputs)
-        md = mahalanobis_sq(f, self.means_, self.precision_)
+        md = shared_mahalanobis_sq(f, self.means_, self.precision_)
         md0 = mahalanobis_sq(f, self.background_mean_, self.background_precision_)
         return (md - md0).amin(dim=1)

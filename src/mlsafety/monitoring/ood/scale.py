@@ -6,8 +6,8 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.ash import prune_mask
-from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, register
+from mlsafety.monitoring.ood.ash import keep_count
+from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, register, top_k_sum
 
 
 @register("scale")
@@ -31,6 +31,6 @@ class SCALE(Detector):
         w, b = head_of(clf)
         f = features_of(outputs).float()
         s1 = f.sum(dim=1, keepdim=True)
-        s2 = (f * prune_mask(f, self.percentile)).sum(dim=1, keepdim=True)
+        s2 = top_k_sum(f, keep_count(f.shape[1], self.percentile))[:, None].to(f.device)
         shaped = f * torch.exp(s1 / s2.clamp_min(1e-12))
         return energy_of(shaped @ w.T.float() + b.float())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, register
+from mlsafety.monitoring.ood.base import Detector, features_of, float64, register
 
 
 @register("she")
@@ -22,7 +22,7 @@ class SHE(Detector):
     requires_fit = True
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
-        f = features_of(outputs).double()
+        f = float64(features_of(outputs))
         k = outputs.logits.shape[1]
         pred = outputs.logits.argmax(dim=1)
         patterns = torch.zeros(k, f.shape[1], dtype=f.dtype, device=f.device)
@@ -36,6 +36,6 @@ class SHE(Detector):
         self.patterns_ = patterns
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        f = features_of(outputs).double()
+        f = float64(features_of(outputs))
         pred = outputs.logits.argmax(dim=1)
         return -(f * self.patterns_[pred]).sum(dim=1)

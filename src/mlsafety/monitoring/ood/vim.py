@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, head_of, register
+from mlsafety.monitoring.ood.base import Detector, features_of, float64, head_of, register, reuse
 
 
 def default_dim(feature_dim: int) -> int:
@@ -26,10 +26,29 @@ def principal_residual_basis(
         raise InputError(f"principal dimension must lie in (0, {features.shape[1]}), got {dim}")
     w, b = weight.double(), bias.double()
     origin = -(torch.linalg.pinv(w) @ b)
-    centred = features.double() - origin
+    centred = float64(features) - origin
     cov = centred.T @ centred / centred.shape[0]
     _, vecs = torch.linalg.eigh(cov)  # ascending eigenvalues
     return origin, vecs[:, : features.shape[1] - dim]
+
+
+def shared_basis(
+    features: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, dim: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`principal_residual_basis`, computed once per engine call (ViM and Residual share it)."""
+    return reuse(
+        "principal-residual-basis",
+        (features,),
+        lambda: principal_residual_basis(features, weight, bias, dim),
+        dim,
+        weight.data_ptr(),  # the head's own storage: the same head for every detector of a call
+        bias.data_ptr(),
+    )
+
+
+def residual_norm(features: torch.Tensor, origin: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+    """Norm of each feature row's component in the residual subspace ``(N,)``, once per engine call."""
+    return reuse("residual-norm", (features, origin, basis), lambda: ((float64(features) - origin) @ basis).norm(dim=1))
 
 
 @register("vim")
@@ -55,14 +74,14 @@ class ViM(Detector):
         f = features_of(outputs)
         w, b = head_of(clf)
         dim = self.dim if self.dim is not None else default_dim(f.shape[1])
-        self.origin_, self.residual_basis_ = principal_residual_basis(f, w, b, dim)
+        self.origin_, self.residual_basis_ = shared_basis(f, w, b, dim)
         residual = self.residual(f)
-        self.alpha_ = float(outputs.logits.double().amax(dim=1).mean() / residual.mean().clamp_min(1e-12))
+        self.alpha_ = float(float64(outputs.logits).amax(dim=1).mean() / residual.mean().clamp_min(1e-12))
 
     def residual(self, features: torch.Tensor) -> torch.Tensor:
         """The norm of the features' residual ``||P_perp (f - u)||`` (N,)."""
-        return ((features.double() - self.origin_) @ self.residual_basis_).norm(dim=1)
+        return residual_norm(features, self.origin_, self.residual_basis_)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         vlogit = self.alpha_ * self.residual(features_of(outputs))
-        return vlogit - torch.logsumexp(outputs.logits.double(), dim=1)
+        return vlogit - torch.logsumexp(float64(outputs.logits), dim=1)

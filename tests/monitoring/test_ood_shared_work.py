@@ -1,0 +1,163 @@
+"""Work the shared-pass engine does once for several detectors: selection, similarity, sharing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+
+from mlsafety.core import InputError, generator
+from mlsafety.monitoring import ood
+from mlsafety.monitoring.ood import base
+
+
+def matrix(n: int, m: int, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    return torch.randn(n, m, generator=generator(0, name), dtype=torch.float64).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("k", [1, 50, 1078])
+def test_selection_matches_topk_across_blocks(dtype: torch.dtype, k: int) -> None:
+    x = matrix(700, 1078, "select", dtype)  # 243 rows per block: three blocks, the last one short
+    scale = matrix(1, 1078, "scale", dtype).reshape(-1).exp()
+    ref = x.topk(k, dim=1).values
+    torch.testing.assert_close(base.kth_largest(x, k), ref[:, -1])
+    tol = {"rtol": 1e-5, "atol": 1e-6 * k} if dtype == torch.float32 else {}  # summation order differs
+    torch.testing.assert_close(base.top_k_sum(x, k), ref.sum(dim=1), **tol)
+    ref_scaled = (x * scale).topk(k, dim=1).values
+    torch.testing.assert_close(base.kth_largest(x, k, scale), ref_scaled[:, -1])
+    torch.testing.assert_close(base.top_k_sum(x, k, scale), ref_scaled.sum(dim=1), **tol)
+    assert torch.equal(x, matrix(700, 1078, "select", dtype))  # the input is left alone
+
+
+def test_selection_off_the_cpu_path_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = matrix(30, 40, "other-device")
+    cpu = (base.kth_largest(x, 7), base.top_k_sum(x, 7))
+    monkeypatch.setattr(base, "_on_cpu", lambda t: False)  # the torch.topk path other devices take
+    torch.testing.assert_close(base.kth_largest(x, 7), cpu[0])
+    torch.testing.assert_close(base.top_k_sum(x, 7), cpu[1])
+
+
+@pytest.mark.parametrize("k", [0, 41])
+def test_selection_rejects_k_outside_the_row(k: int) -> None:
+    with pytest.raises(InputError, match="k must lie in"):
+        base.kth_largest(matrix(3, 40, "bad-k"), k)
+
+
+def test_unit_bank_drops_dead_columns_and_keeps_cosines(monkeypatch: pytest.MonkeyPatch) -> None:
+    bank = matrix(50, 8, "bank").relu()
+    bank[:, [1, 4]] = 0  # two units dead on all in-distribution data
+    query = matrix(20, 8, "query").abs()  # ... but alive on the queries
+    unit, columns = base.unit_bank(bank)
+    assert columns.tolist() == [0, 2, 3, 5, 6, 7]
+    (sims,) = list(base.cosine_similarities(query, unit, columns, chunk=4))
+    ref = nn.functional.normalize(query, dim=1) @ nn.functional.normalize(bank, dim=1).T
+    torch.testing.assert_close(sims, ref)
+    monkeypatch.setattr(base, "_SHARE_LIMIT", 100)  # past the sharing limit it comes in chunks
+    blocks = list(base.cosine_similarities(query, unit, columns, chunk=6))
+    assert [b.shape[0] for b in blocks] == [6, 6, 6, 2]
+    torch.testing.assert_close(torch.cat(blocks), ref)
+
+
+def test_reuse_computes_once_per_sharing_block() -> None:
+    calls: list[int] = []
+    t = torch.ones(3)
+
+    def compute() -> int:
+        calls.append(1)
+        return len(calls)
+
+    assert base.reuse("x", (t,), compute) == 1
+    assert base.reuse("x", (t,), compute) == 2  # no block: nothing is kept
+    with base.sharing():
+        assert base.reuse("x", (t,), compute) == 3
+        with base.sharing():  # a nested block joins the outer one
+            assert base.reuse("x", (t,), compute) == 3
+        assert base.reuse("x", (t,), compute, 5) == 4  # other params: another result
+        assert base.reuse("x", (t.clone(),), compute) == 5  # another tensor: another result
+    with base.sharing():
+        assert base.reuse("x", (t,), compute) == 6  # a new block starts empty
+
+
+def relu_net(seed: int = 0) -> nn.Module:
+    """Six ReLU features, two of them dead on inputs in [0, 1]."""
+    g = generator(seed, "relu-net")
+    first, head = nn.Linear(4, 6), nn.Linear(6, 3)
+    with torch.no_grad():
+        first.weight.copy_(torch.randn(6, 4, generator=g))
+        first.bias.copy_(torch.randn(6, generator=g))
+        first.weight[[2, 5]] = -first.weight[[2, 5]].abs()
+        first.bias[[2, 5]] = -1.0
+        head.weight.copy_(torch.randn(3, 6, generator=g))
+    return nn.Sequential(nn.Flatten(), first, nn.ReLU(), head).eval()
+
+
+def test_knn_and_nnguide_on_dead_units_equal_brute_force() -> None:
+    net = relu_net()
+    fit_x = torch.rand(60, 1, 2, 2, generator=generator(0, "fit"))
+    x = torch.rand(25, 1, 2, 2, generator=generator(0, "x")) * 3 - 1  # queries wake some dead units
+    knn, nng = ood.create("knn", k=4), ood.create("nnguide", k=6)
+    ood.fit_detectors([knn, nng], net, fit_x)
+    assert knn.columns_.numel() == 4
+    got = ood.score_detectors([knn, nng], net, x)
+    with torch.no_grad():
+        f_fit, f_x = net[:3](fit_x), net[:3](x)
+        conf = torch.logsumexp(net(fit_x), dim=1)
+        u_fit, u_x = nn.functional.normalize(f_fit, dim=1), nn.functional.normalize(f_x, dim=1)
+        dist = torch.cdist(u_x, u_fit).sort(dim=1).values[:, 3]
+        guidance = (u_x @ (u_fit * conf[:, None]).T).topk(6, dim=1).values.mean(dim=1)
+        nng_ref = -torch.logsumexp(net(x), dim=1) * guidance
+    torch.testing.assert_close(got["knn"], dist, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(got["nnguide"], nng_ref, rtol=1e-5, atol=1e-6)
+
+
+class _CountProducts(TorchFunctionMode):
+    """Counts matrix products whose result has a given shape."""
+
+    def __init__(self, shape: tuple[int, int]) -> None:
+        super().__init__()
+        self.shape, self.count = shape, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        if func in (torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.mm):
+            self.count += tuple(out.shape) == self.shape
+        return out
+
+
+def test_one_engine_call_makes_one_similarity_matrix_for_knn_and_nnguide() -> None:
+    net = relu_net()
+    fit_x = torch.rand(60, 1, 2, 2, generator=generator(0, "fit"))
+    x = torch.rand(25, 1, 2, 2, generator=generator(0, "x"))
+    dets = ood.fit_detectors([ood.create("knn", k=4), ood.create("nnguide", k=6)], net, fit_x)
+    with _CountProducts((25, 60)) as together:
+        ood.score_detectors(dets, net, x)
+    with _CountProducts((25, 60)) as apart:
+        for det in dets:
+            det.score(net, x)
+    assert (together.count, apart.count) == (1, 2)
+
+
+def test_mahalanobis_and_rmd_share_their_class_gaussians() -> None:
+    net = relu_net()
+    fit = (torch.rand(60, 1, 2, 2, generator=generator(0, "fit")), torch.arange(60) % 3)
+    maha, rmd = ood.fit_detectors([ood.create("mahalanobis"), ood.create("rmd")], net, fit)
+    assert maha.precision_ is rmd.precision_  # one fit for both
+    alone = ood.create("mahalanobis").fit(net, fit)
+    torch.testing.assert_close(alone.precision_, maha.precision_)
+
+
+def test_ash_and_scale_thresholds_equal_the_top_k_mask() -> None:
+    f = matrix(40, 64, "acts").relu()
+    f[:5] = 0.0
+    f[5:10, :60] = 0.0  # rows with fewer live units than are kept: the threshold is zero
+    for percentile in (60.0, 90.0):
+        keep = max(1, 64 - round(64 * percentile / 100))
+        idx = f.topk(keep, dim=1).indices
+        pruned = torch.zeros_like(f).scatter_(1, idx, f.gather(1, idx))
+        s1, s2 = f.sum(dim=1, keepdim=True), pruned.sum(dim=1, keepdim=True)
+        ash_ref = pruned * torch.exp(s1 / s2.clamp_min(1e-12))
+        torch.testing.assert_close(ood.create("ash", percentile=percentile).shape(f), ash_ref)
+        torch.testing.assert_close(ood.create("ash", percentile=percentile, variant="p").shape(f), pruned)
+        torch.testing.assert_close(base.top_k_sum(f, keep)[:, None], s2)
