@@ -103,16 +103,110 @@ def gaussian_blur(
 ) -> torch.Tensor:
     """Separable Gaussian blur of every channel (``sigma`` in pixels, per axis if a pair).
 
-    ``mode="replicate"`` is SciPy's ``nearest``, ``"reflect"`` is its ``mirror``.
+    ``mode="replicate"`` is SciPy's ``nearest``, ``"reflect"`` is its ``mirror``. Short kernels run
+    as shifted adds; long ones on large images as one FFT correlation with the outer product of the
+    two 1-D kernels (the same truncated taps, equal up to float rounding).
     """
     sy, sx = (sigma, sigma) if isinstance(sigma, (int, float)) else sigma
     n, c, h, w = x.shape
+    ky = gaussian_kernel1d(sy, truncate, x) if sy > 1e-3 else None
+    kx = gaussian_kernel1d(sx, truncate, x) if sx > 1e-3 else None
+    taps = (0 if ky is None else ky.numel()) + (0 if kx is None else kx.numel())
+    if ky is not None and kx is not None and taps > _FFT_TAPS and h * w >= _FFT_PIXELS:
+        return _fft_correlate(x.reshape(n * c, h, w), ky[:, None] * kx[None], mode).reshape(n, c, h, w)
     y = x.reshape(n * c, 1, h, w)
-    if sy > 1e-3:
-        y = _correlate_axis(y, gaussian_kernel1d(sy, truncate, x), -2, mode)
-    if sx > 1e-3:
-        y = _correlate_axis(y, gaussian_kernel1d(sx, truncate, x), -1, mode)
+    if ky is not None:
+        y = _correlate_axis(y, ky, -2, mode)
+    if kx is not None:
+        y = _correlate_axis(y, kx, -1, mode)
     return y.reshape(n, c, h, w)
+
+
+_FFT_TAPS = 24
+"""Taps (both axes together) above which a separable blur runs as an FFT correlation."""
+_FFT_PIXELS = 64 * 64
+"""Image area from which FFT correlation is used at all (below it, shifted adds are cheaper)."""
+
+
+def _fast_size(v: int) -> int:
+    """The smallest length >= ``v`` of the form 2^a 3^b 5^c with a >= 2 (quick for the FFT)."""
+    best = 4 * next_power_of_two(max(v, 4) // 4 + (1 if v % 4 else 0))
+    p3 = 1
+    while p3 < best:
+        p35 = p3
+        while p35 < best:
+            size = p35 * 4
+            while size < v:
+                size *= 2
+            best = min(best, size)
+            p35 *= 5
+        p3 *= 3
+    return best
+
+
+def _fft_correlate(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """Correlate planes ``x`` (M, H, W) with an odd ``kernel`` (2 ph + 1, 2 pw + 1), borders by ``mode``.
+
+    The planes are padded (``mode``) straight to a quick FFT size, so the circular correlation never
+    wraps into the image. Two real planes travel as the real and imaginary parts of one complex
+    plane (the kernel is real, so the correlation keeps them apart), which halves the transforms.
+    """
+    m, h, w = x.shape
+    kh, kw = kernel.shape
+    ph, pw = kh // 2, kw // 2
+    l1, l2 = _fast_size(h + 2 * ph), _fast_size(w + 2 * pw)
+    centred = x.new_zeros(l1, l2)
+    centred[:kh, :kw] = kernel.to(x.dtype)
+    centred = torch.roll(centred, (-ph, -pw), dims=(0, 1))  # the kernel's centre at the origin
+    spec = torch.fft.fft2(centred).conj_physical()
+    half = (m + 1) // 2
+    z = torch.empty(half, l1, l2, dtype=torch.promote_types(x.dtype, torch.complex64), device=x.device)
+    pairs = torch.view_as_real(z).movedim(-1, 0)  # (2, half, l1, l2): real parts, imaginary parts
+    if m % 2:
+        pairs[1, -1] = 0.0
+    for part, planes in zip(pairs, (x[:half], x[half:])):
+        _pad_into(part[: planes.shape[0]], planes, ph, pw, mode)
+    full = torch.fft.ifft2(torch.fft.fft2(z).mul_(spec))[:, ph : ph + h, pw : pw + w]
+    out = torch.empty(2 * half, h, w, dtype=x.dtype, device=x.device)
+    out[:half] = full.real
+    out[half:] = full.imag
+    return out[:m]
+
+
+def _pad_into(dst: torch.Tensor, src: torch.Tensor, top: int, left: int, mode: str) -> None:
+    """Write ``src`` (M, H, W) into ``dst`` (M, H', W') at (top, left), the rest filled by ``mode``.
+
+    As :func:`_pad`: ``reflect`` mirrors without repeating the edge and turns into ``replicate`` when
+    ``top`` or ``left`` is not smaller than the image. The bottom and right margins may be longer
+    than ``top`` and ``left`` (up to the FFT size); mirroring stops at the far edge and the rest of
+    such a margin repeats its last entry.
+    """
+    _, h, w = src.shape
+    hh, ww = dst.shape[-2:]
+    if mode == "reflect" and (top >= h or left >= w):
+        mode = "replicate"
+    rows = dst[:, top : top + h]
+    rows[:, :, left : left + w] = src
+    _pad_axis(rows, left, ww - w - left, w, -1, mode)
+    _pad_axis(dst, top, hh - h - top, h, -2, mode)
+
+
+def _pad_axis(t: torch.Tensor, before: int, after: int, size: int, dim: int, mode: str) -> None:
+    """Fill ``t``'s first ``before`` and last ``after`` entries along ``dim`` from the ``size`` between."""
+    if mode == "reflect":
+        if before:
+            t.narrow(dim, 0, before).copy_(t.narrow(dim, before + 1, before).flip(dim))
+        mirrored = min(after, size - 1)
+        if mirrored:
+            t.narrow(dim, before + size, mirrored).copy_(
+                t.narrow(dim, before + size - 1 - mirrored, mirrored).flip(dim)
+            )
+        before, size, after = 0, before + size + mirrored, after - mirrored
+    if before:
+        t.narrow(dim, 0, before).copy_(t.narrow(dim, before, 1).expand_as(t.narrow(dim, 0, before)))
+    if after:
+        edge = t.narrow(dim, before + size - 1, 1)
+        t.narrow(dim, before + size, after).copy_(edge.expand_as(t.narrow(dim, before + size, after)))
 
 
 def dilate3(x: torch.Tensor) -> torch.Tensor:
@@ -124,18 +218,19 @@ def dilate3(x: torch.Tensor) -> torch.Tensor:
 
 
 def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect") -> torch.Tensor:
-    """Correlate every channel with an odd-sized 2-D ``kernel`` (FFT for large kernels)."""
+    """Correlate every channel with an odd-sized 2-D ``kernel`` (FFT for large kernels on large images)."""
     n, c, h, w = x.shape
     kh, kw = kernel.shape
-    ph, pw = kh // 2, kw // 2
-    y = _pad(x.reshape(n * c, 1, h, w), ph, pw, mode)
-    if kh * kw <= 49:
-        return F.conv2d(y, kernel.view(1, 1, kh, kw).to(x.dtype)).reshape(n, c, h, w)
-    hp, wp = y.shape[-2:]
-    spec = torch.fft.rfft2(y, s=(hp, wp)) * torch.fft.rfft2(kernel.flip(0, 1).to(x.dtype), s=(hp, wp))
-    full = torch.fft.irfft2(spec, s=(hp, wp))
-    # circular convolution with the flipped kernel: output pixel (i, j) sits at (i + kh - 1, j + kw - 1)
-    return full[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].reshape(n, c, h, w)
+    if kh * kw > _FFT_TAPS and h * w >= _FFT_PIXELS:
+        return _fft_correlate(x.reshape(n * c, h, w), kernel, mode).reshape(n, c, h, w)
+    y = _pad(x.reshape(n * c, 1, h, w), kh // 2, kw // 2, mode)[:, 0]
+    taps = kernel.tolist()
+    out = torch.zeros(n * c, h, w, dtype=x.dtype, device=x.device)
+    for i in range(kh):
+        for j in range(kw):
+            if taps[i][j]:
+                out.add_(y[:, i : i + h, j : j + w], alpha=taps[i][j])
+    return out.reshape(n, c, h, w)
 
 
 def box_blur3(x: torch.Tensor) -> torch.Tensor:
@@ -240,33 +335,62 @@ def plasma_fractal(n: int, mapsize: int, decay: float, g: torch.Generator, like:
 
     ``mapsize`` must be a power of two; ``decay`` is the roughness (``wibbledecay``).
     """
+    m = plasma_raw(n, mapsize, decay, g, like)
+    lo, hi = m.view(n, -1).aminmax(dim=1)
+    span = (hi - lo).clamp_min(1e-12)
+    return m.sub_(lo.view(n, 1, 1)).div_(span.view(n, 1, 1))
+
+
+def plasma_raw(n: int, mapsize: int, decay: float, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """The diamond-square height maps of :func:`plasma_fractal` before scaling to [0, 1].
+
+    In ``like``'s dtype on its device (the samples are drawn on the generator's device). Each level
+    draws its displacements with one ``uniform_`` over the level's three sub-grids, and the sums of
+    neighbours wrap around as ``np.roll`` does in ImageNet-C.
+    """
     if mapsize & (mapsize - 1):
         raise ValueError(f"mapsize must be a power of two, got {mapsize}")
-    m = torch.zeros(n, mapsize, mapsize, dtype=torch.float64, device=g.device)
+    dtype = like.dtype if like.dtype in (torch.float32, torch.float64) else torch.float32
+    m = torch.empty(n, mapsize, mapsize, dtype=dtype, device=g.device)
+    m[:, 0, 0] = 0.0  # every other entry is written before it is read
     step = mapsize
     wibble = 100.0
-
-    def wibbled(a: torch.Tensor) -> torch.Tensor:
-        noise = -wibble + 2 * wibble * torch.rand(a.shape, generator=g, device=g.device, dtype=a.dtype)
-        return a / 4 + wibble * noise
-
     while step >= 2:
         half = step // 2
-        corner = m[:, 0:mapsize:step, 0:mapsize:step]
-        sq = corner + torch.roll(corner, -1, dims=1)
-        sq = sq + torch.roll(sq, -1, dims=2)
-        m[:, half:mapsize:step, half:mapsize:step] = wibbled(sq)
-        dr = m[:, half:mapsize:step, half:mapsize:step]
+        k = mapsize // step  # sub-grid side
+        # displacements wibble * U(-wibble, wibble) for the diamond, the row and the column points
+        noise = torch.empty(3, n, k, k, dtype=dtype, device=g.device).uniform_(
+            -wibble * wibble, wibble * wibble, generator=g
+        )
         ul = m[:, 0:mapsize:step, 0:mapsize:step]
-        lt = dr + torch.roll(dr, 1, dims=1) + ul + torch.roll(ul, -1, dims=2)
-        m[:, 0:mapsize:step, half:mapsize:step] = wibbled(lt)
-        tt = dr + torch.roll(dr, 1, dims=2) + ul + torch.roll(ul, -1, dims=1)
-        m[:, half:mapsize:step, 0:mapsize:step] = wibbled(tt)
+        # diamond step: the mean of the four corners of each square (wrapping), plus noise
+        sq = _roll_add(ul, 1)
+        sq = _roll_add(sq, 2)
+        dr = m[:, half:mapsize:step, half:mapsize:step]
+        torch.add(noise[0], sq, alpha=0.25, out=dr)  # written straight into the strided sub-grid
+        # square step: each edge midpoint from its two corners and the two diamond centres beside it
+        lt = _roll_add(dr, 1, shift=1).add_(_roll_add(ul, 2))
+        torch.add(noise[1], lt, alpha=0.25, out=m[:, 0:mapsize:step, half:mapsize:step])
+        tt = _roll_add(dr, 2, shift=1).add_(_roll_add(ul, 1))
+        torch.add(noise[2], tt, alpha=0.25, out=m[:, half:mapsize:step, 0:mapsize:step])
         step //= 2
         wibble /= decay
-    lo = m.amin(dim=(1, 2), keepdim=True)
-    hi = m.amax(dim=(1, 2), keepdim=True)
-    return ((m - lo) / (hi - lo).clamp_min(1e-12)).to(like.dtype).to(like.device)
+    return m.to(like.device)
+
+
+def _roll_add(a: torch.Tensor, dim: int, shift: int = -1) -> torch.Tensor:
+    """``a + torch.roll(a, shift, dims=dim)`` for a shift of +-1, without the rolled copy."""
+    out = torch.empty_like(a)
+    size = a.shape[dim]
+    if size == 1:
+        return torch.add(a, a, out=out)
+    if shift == -1:  # out[i] = a[i] + a[i + 1], out[-1] = a[-1] + a[0]
+        torch.add(a.narrow(dim, 0, size - 1), a.narrow(dim, 1, size - 1), out=out.narrow(dim, 0, size - 1))
+        torch.add(a.narrow(dim, size - 1, 1), a.narrow(dim, 0, 1), out=out.narrow(dim, size - 1, 1))
+    else:  # out[i] = a[i] + a[i - 1], out[0] = a[0] + a[-1]
+        torch.add(a.narrow(dim, 1, size - 1), a.narrow(dim, 0, size - 1), out=out.narrow(dim, 1, size - 1))
+        torch.add(a.narrow(dim, 0, 1), a.narrow(dim, size - 1, 1), out=out.narrow(dim, 0, 1))
+    return out
 
 
 def next_power_of_two(v: int) -> int:

@@ -22,6 +22,7 @@ from mlsafety.robustness.corruptions._filters import (
     motion_blur,
     next_power_of_two,
     plasma_fractal,
+    plasma_raw,
     rand,
     randn,
     resize,
@@ -134,9 +135,13 @@ class Fog(Corruption):
     def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
         strength, decay = level
-        fog = plasma_fractal(n, next_power_of_two(max(h, w)), decay, g, x)[:, None, :h, :w]
-        top = x.amax(dim=(1, 2, 3), keepdim=True)
-        return (x + strength * fog) * top / (top + strength)
+        m = plasma_raw(n, next_power_of_two(max(h, w)), decay, g, x)
+        lo, hi = m.view(n, -1).aminmax(dim=1)  # the fractal is scaled to [0, 1] over the whole map
+        top = x.view(n, -1).amax(dim=1)
+        a = top / (top + strength)  # (x + strength * fog) * a with fog = (m - lo) / (hi - lo), in one pass
+        b = strength * a / (hi - lo).clamp_min(1e-12)
+        fog = torch.addcmul((-lo * b).view(n, 1, 1, 1), m[:, None, :h, :w], b.view(n, 1, 1, 1))
+        return torch.addcmul(fog, x, a.view(n, 1, 1, 1))
 
 
 _EMBOSS = ((-2.0, -1.0, 0.0), (-1.0, 1.0, 1.0), (0.0, 1.0, 2.0))
