@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
+from mlsafety.core import InputError
 from mlsafety.robustness.corruptions._filters import (
     field_size,
     gaussian_blur,
@@ -203,17 +206,30 @@ class Pixelate(Corruption):
 
 @register_corruption("jpeg-compression")
 class JpegCompression(Corruption):
-    """A JPEG round trip at quality 25, 18, 15, 10, 7 through Pillow's encoder (libjpeg).
+    """A baseline JPEG round trip at quality 25, 18, 15, 10, 7, as Pillow (libjpeg) writes and reads it.
 
-    Images are rounded to 8 bits and encoded one at a time on the CPU (grey images as
-    single-channel JPEG, colour with Pillow's default 4:2:0 chroma subsampling), then moved back to
-    the input's device: a real encoder rather than an approximation of one.
+    Images are taken to 8 bits; grey images are coded as one component, colour ones as JFIF YCbCr
+    with 4:2:0 chroma subsampling (Pillow's default).
+
+    Args:
+        reference_size: see :class:`Corruption` (JPEG has no length parameter).
+        encoder: ``"torch"`` (the default): the codec written in torch, batched on the input's device
+            (see :func:`jpeg_round_trip`); ``"pillow"``: each image through Pillow's encoder and decoder
+            on the CPU, bit for bit libjpeg's output.
     """
 
     group = "digital"
     levels = (25, 18, 15, 10, 7)
 
+    def __init__(self, reference_size: float = 224, encoder: str = "torch") -> None:
+        super().__init__(reference_size)
+        if encoder not in ("torch", "pillow"):
+            raise InputError(f"encoder must be 'torch' or 'pillow', got {encoder!r}")
+        self.encoder = encoder
+
     def apply(self, x: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
+        if self.encoder == "torch":
+            return jpeg_round_trip(x, int(level))
         # x lies in [0, 1] (checked by the base class), so rounding x * 255 needs no clipping
         arr = x.detach().mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         _, h, w, c = arr.shape
@@ -223,6 +239,147 @@ class JpegCompression(Corruption):
             out = np.stack([_jpeg(img[..., 0] if c == 1 else img, int(level)).reshape(h, w, c) for img in arr])
         back = torch.from_numpy(out).to(x.device).permute(0, 3, 1, 2)
         return back.to(x.dtype).div_(255)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(reference_size={self.reference_size:g}, encoder={self.encoder!r})"
+
+
+# -- JPEG in torch ---------------------------------------------------------------------------------
+_LUMA_TABLE = (
+    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
+    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
+    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
+)  # fmt: skip
+"""The IJG standard luminance quantisation table (JPEG standard, Annex K.1), row-major."""
+
+_CHROMA_TABLE = (
+    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
+    47, 66, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+    99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99, 99,
+)  # fmt: skip
+"""The IJG standard chrominance quantisation table (Annex K.1), row-major."""
+
+_AWAY = 1 + 2**-20
+"""Quantising divides by ``q / _AWAY``: exact halves round away from zero (libjpeg), not to even."""
+
+
+def _fix(v: float) -> int:
+    """libjpeg's 16-bit fixed-point constant ``FIX(v)``."""
+    return int(v * 65536 + 0.5)
+
+
+def quant_table(quality: int, chroma: bool = False) -> list[int]:
+    """libjpeg's baseline quantisation table (64 entries, row-major) for ``quality`` 1..100.
+
+    ``jpeg_quality_scaling``: ``5000 / q`` below 50, else ``200 - 2 q``; each entry
+    ``(t * scale + 50) // 100`` clamped to [1, 255].
+    """
+    quality = min(max(int(quality), 1), 100)
+    scale = 5000 // quality if quality < 50 else 200 - 2 * quality
+    base = _CHROMA_TABLE if chroma else _LUMA_TABLE
+    return [min(max((t * scale + 50) // 100, 1), 255) for t in base]
+
+
+@functools.lru_cache(maxsize=64)
+def _codec_tensors(quality: int, chroma: bool, width: int) -> tuple[torch.Tensor, ...]:
+    """CPU float64 tensors for :func:`_code_planes`: DCT matrix, its two-block row form, quantisers."""
+    k = torch.arange(8, dtype=torch.float64)
+    d = torch.cos((2 * k[None] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
+    d[0] /= math.sqrt(2)  # orthonormal DCT-II: coefficients = d @ block @ d.T
+    pair = torch.block_diag(d.T, d.T)  # the row transform of two neighbouring blocks as one 16x16 product
+    q = torch.tensor(quant_table(quality, chroma), dtype=torch.float64).view(8, 8).repeat(1, width // 8)
+    return d, pair, q / _AWAY, q
+
+
+def _pad_to(x: torch.Tensor, mh: int, mw: int) -> torch.Tensor:
+    """Replicate the last row and column of (..., H, W) up to multiples of ``mh`` and ``mw``."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % mh, -w % mw
+    if ph == 0 and pw == 0:
+        return x
+    shape = x.shape
+    flat = x.reshape(-1, 1, h, w)
+    return F.pad(flat, [0, pw, 0, ph], mode="replicate").view(*shape[:-2], h + ph, w + pw)
+
+
+def _code_planes(p: torch.Tensor, quality: int, chroma: bool) -> torch.Tensor:
+    """Encode and decode level-shifted planes (M, H, W), H a multiple of 8, W of 16: decoded 8-bit samples.
+
+    8x8 block DCT-II as matrix products, quantisation rounding halves away from zero, dequantisation,
+    inverse DCT, and the decoder's rounding and clipping to [0, 255].
+    """
+    m, h, w = p.shape
+    d, pair, q_enc, q_dec = (t.to(device=p.device, dtype=p.dtype) for t in _codec_tensors(quality, chroma, w))
+    c = torch.matmul(d, p.reshape(m * (h // 8), 8, w))  # along each block's columns
+    c = torch.mm(c.view(-1, 16), pair).view(-1, 8, w)  # along its rows
+    c = c.div_(q_enc).round_().mul_(q_dec)
+    c = torch.mm(c.view(-1, 16), pair.T).view(-1, 8, w)
+    r = torch.matmul(d.T, c)
+    return r.add_(128.5).floor_().clamp_(0, 255).view(m, h, w)
+
+
+def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
+    """Baseline JPEG compression and decompression of images (N, C, H, W) in [0, 1], C = 1 or 3, in torch.
+
+    What Pillow's default encoder and decoder (libjpeg) do, batched on ``x``'s device: 8-bit samples;
+    JFIF RGB -> YCbCr with libjpeg's fixed-point constants; 4:2:0 chroma subsampling (2x2 means with
+    libjpeg's alternating rounding bias; grey images have one component and no subsampling); edges
+    replicated to whole blocks (16 pixels for subsampled chroma); 8x8 DCT-II; quantisation with the
+    IJG tables scaled by ``quality`` (:func:`quant_table`); dequantisation, inverse DCT, libjpeg's
+    "fancy" (triangular, 3/4-1/4) chroma upsampling with its integer rounding, YCbCr -> RGB with its
+    fixed-point tables, rounding and clipping to 8 bits. The DCTs are exact (floating point) where
+    libjpeg uses an integer approximation, so a few coefficients near a rounding boundary quantise
+    differently: against Pillow the mean absolute difference stays below a tenth of a level at 224 px
+    and a few blocks per image differ by more than two levels (see the tests for the figures).
+
+    Returns:
+        The decoded images, (N, C, H, W) in [0, 1], multiples of 1/255.
+    """
+    n, c, h, w = x.shape
+    if c == 1:
+        y = _pad_to(x[:, 0].mul(255).sub_(127.5).floor_(), 8, 16)  # round to 8 bits, level shift
+        return _code_planes(y, quality, False)[:, None, :h, :w].div_(255)
+    # luma: floor(FIX-weighted sum + 1/2) - 128 on 8-bit samples
+    wy = [255 * _fix(v) / 65536 for v in (0.299, 0.587, 0.114)]
+    y = torch.mul(x[:, 0], wy[0]).add_(x[:, 1], alpha=wy[1]).add_(x[:, 2], alpha=wy[2]).sub_(127.5).floor_()
+    y = _code_planes(_pad_to(y, 8, 16), quality, False)[:, :h, :w]
+    # chroma at full resolution (padded to even rows and 16-pixel columns), then 2x2 sums + bias 1, 2, 1, ... / 4
+    xp = _pad_to(x, 2, 16)
+    full = torch.empty(n, 2, *xp.shape[-2:], dtype=x.dtype, device=x.device)
+    wb = (-_fix(0.16874), -_fix(0.33126), _fix(0.5))
+    wr = (_fix(0.5), -_fix(0.41869), -_fix(0.08131))
+    for i, wt in enumerate((wb, wr)):
+        k = [255 * v / 65536 for v in wt]
+        torch.mul(xp[:, 0], k[0], out=full[:, i]).add_(xp[:, 1], alpha=k[1]).add_(xp[:, 2], alpha=k[2])
+    full = full.add_(0.5 - 2**-16).floor_()  # level-shifted Cb, Cr
+    rows = full[..., 0::2, :] + full[..., 1::2, :]
+    ch = rows[..., 0::2] + rows[..., 1::2]
+    bias = torch.tensor([1.0, 2.0], dtype=x.dtype, device=x.device).repeat(ch.shape[-1] // 2)
+    ch = _pad_to(ch.add_(bias).mul_(0.25).floor_(), 8, 16)
+    hh, ww = ch.shape[-2:]
+    ch = _code_planes(ch.view(n * 2, hh, ww), quality, True).view(n, 2, hh, ww)
+    # fancy upsampling of the chroma that covers the image: vertical 3:1 sums, horizontal 3:1, + 8 or 7, / 16
+    chh, cww = (h + 1) // 2, (w + 1) // 2
+    p = F.pad(ch[..., :chh, :cww], [1, 1, 1, 1], mode="replicate")
+    v = torch.empty(n, 2, chh, 2, cww + 2, dtype=x.dtype, device=x.device)
+    torch.add(p[..., :-2, :], p[..., 1:-1, :], alpha=3, out=v[:, :, :, 0])
+    torch.add(p[..., 2:, :], p[..., 1:-1, :], alpha=3, out=v[:, :, :, 1])
+    v = v.view(n, 2, 2 * chh, cww + 2)
+    o = torch.empty(n, 2, 2 * chh, cww, 2, dtype=x.dtype, device=x.device)
+    torch.add(v[..., :-2], v[..., 1:-1], alpha=3, out=o[..., 0])
+    torch.add(v[..., 2:], v[..., 1:-1], alpha=3, out=o[..., 1])
+    o = o.add_(torch.tensor([8.0, 7.0], dtype=x.dtype, device=x.device)).mul_(1 / 16).floor_()
+    o = o.view(n, 2, 2 * chh, 2 * cww)[..., :h, :w]
+    cb, cr = o[:, 0], o[:, 1]
+    # YCbCr -> RGB: y + floor(FIX(k) * (c - 128) / 65536 + 1/2)
+    kr, kb = _fix(1.402) / 65536, _fix(1.772) / 65536
+    kgb, kgr = -_fix(0.34414) / 65536, -_fix(0.71414) / 65536
+    out = torch.empty(n, 3, h, w, dtype=x.dtype, device=x.device)
+    torch.add(y, torch.mul(cr, kr).add_(0.5 - 128 * kr).floor_(), out=out[:, 0])
+    g = torch.mul(cb, kgb).add_(cr, alpha=kgr).add_(0.5 - 128 * (kgb + kgr)).floor_()
+    torch.add(y, g, out=out[:, 1])
+    torch.add(y, torch.mul(cb, kb).add_(0.5 - 128 * kb).floor_(), out=out[:, 2])
+    return out.mul_(1 / 255)  # the caller clips to [0, 1], i.e. [0, 255] levels
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
