@@ -45,19 +45,28 @@ def test_selection_rejects_k_outside_the_row(k: int) -> None:
         base.kth_largest(matrix(3, 40, "bad-k"), k)
 
 
-def test_unit_bank_drops_dead_columns_and_keeps_cosines(monkeypatch: pytest.MonkeyPatch) -> None:
-    bank = matrix(50, 8, "bank").relu()
+def test_unit_bank_drops_dead_columns_and_bank_search_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    bank = matrix(300, 8, "bank").relu()
     bank[:, [1, 4]] = 0  # two units dead on all in-distribution data
-    query = matrix(20, 8, "query").abs()  # ... but alive on the queries
+    query = matrix(700, 8, "query").abs()  # ... but alive on the queries
     unit, columns = base.unit_bank(bank)
     assert columns.tolist() == [0, 2, 3, 5, 6, 7]
-    (sims,) = list(base.cosine_similarities(query, unit, columns, chunk=4))
-    ref = nn.functional.normalize(query, dim=1) @ nn.functional.normalize(bank, dim=1).T
-    torch.testing.assert_close(sims, ref)
-    monkeypatch.setattr(base, "_SHARE_LIMIT", 100)  # past the sharing limit it comes in chunks
-    blocks = list(base.cosine_similarities(query, unit, columns, chunk=6))
-    assert [b.shape[0] for b in blocks] == [6, 6, 6, 2]
-    torch.testing.assert_close(torch.cat(blocks), ref)
+    sims = nn.functional.normalize(query, dim=1) @ nn.functional.normalize(bank, dim=1).T
+    scale = matrix(1, 300, "conf").reshape(-1)
+    searches = [base.Search("kth", 1), base.Search("kth", 9), base.Search("top-sum", 30, scale)]
+    want = [sims.amax(dim=1), sims.topk(9, dim=1).values[:, -1], (sims * scale).topk(30, dim=1).values.sum(dim=1)]
+    for chunk in (1024, 50):  # blocks of 873 and of 50 rows (the last one short)
+        for got, ref in zip(base._fused_search(query, unit, columns, searches, chunk), want, strict=True):
+            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    monkeypatch.setattr(base, "_on_cpu", lambda t: False)  # the topk path other devices take
+    for got, ref in zip(base._fused_search(query, unit, columns, searches, 64), want, strict=True):
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bank_search_rejects_a_bad_search() -> None:
+    unit, columns = base.unit_bank(matrix(10, 4, "b"))
+    with pytest.raises(InputError, match="bad bank search"):
+        base.bank_search(matrix(3, 4, "q"), unit, columns, base.Search("kth", 11))
 
 
 def test_reuse_computes_once_per_sharing_block() -> None:
@@ -126,17 +135,19 @@ class _CountProducts(TorchFunctionMode):
         return out
 
 
-def test_one_engine_call_makes_one_similarity_matrix_for_knn_and_nnguide() -> None:
+@pytest.mark.parametrize("order", [("knn", "nnguide"), ("nnguide", "knn")])
+def test_one_engine_call_makes_one_similarity_matrix_for_knn_and_nnguide(order: tuple[str, str]) -> None:
     net = relu_net()
     fit_x = torch.rand(60, 1, 2, 2, generator=generator(0, "fit"))
     x = torch.rand(25, 1, 2, 2, generator=generator(0, "x"))
-    dets = ood.fit_detectors([ood.create("knn", k=4), ood.create("nnguide", k=6)], net, fit_x)
+    dets = ood.fit_detectors([ood.create(n, k=4) for n in order], net, fit_x)
     with _CountProducts((25, 60)) as together:
-        ood.score_detectors(dets, net, x)
+        scores = ood.score_detectors(dets, net, x)
     with _CountProducts((25, 60)) as apart:
-        for det in dets:
-            det.score(net, x)
+        alone = {det.name: det.score(net, x) for det in dets}
     assert (together.count, apart.count) == (1, 2)
+    for name in order:
+        torch.testing.assert_close(scores[name], alone[name])
 
 
 def test_mahalanobis_and_rmd_share_their_class_gaussians() -> None:

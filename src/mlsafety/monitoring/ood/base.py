@@ -23,7 +23,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, ClassVar, TypeAlias, TypeVar
+from typing import Any, ClassVar, NamedTuple, TypeAlias, TypeVar
 
 import numpy as np
 import torch
@@ -119,6 +119,10 @@ class Detector:
         self._check_fitted()
         self._check_outputs(outputs)
         return self._finish(self._score(as_classifier(model), outputs))
+
+    def plan(self, outputs: Outputs) -> None:
+        """Announce work this detector will ask of :func:`bank_search` when scoring ``outputs``, so
+        that the engine can do it together with other detectors' (nothing by default)."""
 
     # -- to write ------------------------------------------------------------------------------
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
@@ -309,6 +313,9 @@ def score_detectors(
                 raise InputError("give inputs x or forward outputs")
             outputs, _ = collect_outputs(clf, x, batch_size)
         with sharing():
+            for det in detectors:
+                if det.shared and getattr(det, "fitted_", False):
+                    det.plan(outputs)
             for i, det in enumerate(detectors):
                 if det.shared:
                     scores[i] = det.score_outputs(clf, outputs)
@@ -462,24 +469,100 @@ def unit_bank(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return unit[:, columns].contiguous(), columns
 
 
-_SHARE_LIMIT = 1 << 25
-"""Largest similarity matrix (entries) kept whole so that several detectors can share it."""
+class Search(NamedTuple):
+    """A reduction of each query's cosine similarities to a bank: the ``k``-th largest (``"kth"``)
+    or the sum of the ``k`` largest (``"top-sum"``), of the similarities times a per-bank-row
+    ``scale`` (M,) when given."""
+
+    kind: str
+    k: int
+    scale: torch.Tensor | None = None
+
+    def key(self) -> tuple[str, int, int | None]:
+        return self.kind, self.k, None if self.scale is None else id(self.scale)
 
 
-def cosine_similarities(
-    features: torch.Tensor, bank: torch.Tensor, columns: torch.Tensor, chunk: int
-) -> Iterator[torch.Tensor]:
-    """Row blocks of the cosine similarities between ``features`` (N, D) and a :func:`unit_bank`.
+def plan_search(features: torch.Tensor, bank: torch.Tensor, columns: torch.Tensor, search: Search) -> None:
+    """Announce that :func:`bank_search` will be asked for ``search`` inside the current
+    :func:`sharing` block, so that the first request computes every announced one in one pass."""
+    memo = _SHARED.get()
+    if memo is not None:
+        _plan(memo, features, bank, columns).setdefault(search.key(), search)
 
-    The whole ``(N, M)`` matrix comes as one block, shared through :func:`reuse`, when it has at
-    most ``2**25`` entries; larger ones come in blocks of ``chunk`` rows (memory ``chunk x M``).
+
+def _plan(memo: dict[Any, Any], features: torch.Tensor, bank: torch.Tensor, columns: torch.Tensor) -> dict[Any, Search]:
+    key = ("search-plan", id(features), id(bank), id(columns))
+    entry = memo.setdefault(key, ((features, bank, columns), {}))
+    return entry[1]  # type: ignore[no-any-return]
+
+
+def bank_search(
+    features: torch.Tensor, bank: torch.Tensor, columns: torch.Tensor, search: Search, chunk: int = 1024
+) -> torch.Tensor:
+    """``search`` over the cosine similarities of ``features`` (N, D) to a :func:`unit_bank`, (N,).
+
+    Inside a :func:`sharing` block, the first request computes every search announced with
+    :func:`plan_search` for the same features and bank in one pass over the similarities (KNN and
+    NNGuide share it), and later requests read their result.
     """
+    memo = _SHARED.get()
+    if memo is None:
+        return _fused_search(features, bank, columns, [search], chunk)[0]
+    base_key = ("bank-search", id(features), id(bank), id(columns))
+    hit = memo.get((*base_key, *search.key()))
+    if hit is not None:
+        return hit[1]  # type: ignore[no-any-return]
+    plan = _plan(memo, features, bank, columns)
+    plan.setdefault(search.key(), search)
+    todo = list(plan.values())
+    plan.clear()
+    for done, result in zip(todo, _fused_search(features, bank, columns, todo, chunk), strict=True):
+        memo[(*base_key, *done.key())] = ((features, bank, columns, done.scale), result)
+    return memo[(*base_key, *search.key())][1]  # type: ignore[no-any-return]
 
-    def block(f: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.normalize(f.float(), dim=1)[:, columns] @ bank.T
 
-    if features.shape[0] * bank.shape[0] <= _SHARE_LIMIT:
-        yield reuse("cosine-similarities", (features, bank, columns), lambda: block(features))
-        return
-    for start in range(0, features.shape[0], chunk):
-        yield block(features[start : start + chunk])
+def _fused_search(
+    features: torch.Tensor, bank: torch.Tensor, columns: torch.Tensor, searches: Sequence[Search], chunk: int
+) -> list[torch.Tensor]:
+    """Every search over row blocks of the similarity matrix, never materialising all of it.
+
+    On the CPU a block is sized to stay in cache (about 1 MB), written by the matrix product into a
+    reused buffer and selected in place by NumPy's introselect: the similarities are read from
+    memory once for all searches. Elsewhere each block of ``chunk`` rows goes through ``topk``.
+    """
+    n, m = features.shape[0], bank.shape[0]
+    for search in searches:
+        if search.kind not in ("kth", "top-sum") or not 1 <= search.k <= m:
+            raise InputError(f"bad bank search {search.kind!r} with k={search.k} over a bank of {m} rows")
+    bank_t = bank.T.contiguous()
+    if not (_on_cpu(bank) and bank.dtype == torch.float32):
+        outs: list[list[torch.Tensor]] = [[] for _ in searches]
+        for start in range(0, n, chunk):
+            sims = torch.nn.functional.normalize(features[start : start + chunk].float(), dim=1)[:, columns] @ bank_t
+            for out, search in zip(outs, searches, strict=True):
+                top = (sims if search.scale is None else sims * search.scale).topk(search.k, dim=1).values
+                out.append(top[:, -1] if search.kind == "kth" else top.sum(dim=1))
+        return [torch.cat(out) if out else sims.new_zeros(0) for out in outs]
+    rows = max(1, min(chunk, (1 << 18) // m))
+    sims_buf = torch.empty(min(rows, n), m)
+    work = np.empty((min(rows, n), m), dtype=np.float32)
+    scales = [None if s.scale is None else s.scale.detach().float().cpu().numpy() for s in searches]
+    results = [np.empty(n, dtype=np.float32) for _ in searches]
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        block = sims_buf[: stop - start]
+        query = torch.nn.functional.normalize(features[start:stop].float(), dim=1)[:, columns]
+        torch.mm(query, bank_t, out=block)
+        values = block.numpy()
+        part = work[: stop - start]
+        for result, search, scale in zip(results, searches, scales, strict=True):
+            if scale is None:
+                np.copyto(part, values)
+            else:
+                np.multiply(values, scale, out=part)
+            part.partition(m - search.k, axis=1)
+            if search.kind == "kth":
+                result[start:stop] = part[:, m - search.k]
+            else:
+                result[start:stop] = part[:, m - search.k :].sum(axis=1)
+    return [torch.from_numpy(r) for r in results]

@@ -7,9 +7,10 @@ import torch
 from mlsafety.core import Classifier, InputError, Outputs
 from mlsafety.monitoring.ood.base import (
     Detector,
-    cosine_similarities,
+    Search,
+    bank_search,
     features_of,
-    kth_largest,
+    plan_search,
     register,
     reuse,
     unit_bank,
@@ -27,7 +28,8 @@ class KNN(Detector):
 
     Args:
         k: the neighbour (paper default for CIFAR-10; capped at the number of stored features).
-        chunk: query rows per distance matrix (memory bound: ``chunk x N_fit`` floats).
+        chunk: query rows per block of similarities off the CPU (memory ``chunk x N_fit`` floats;
+            on the CPU blocks are sized to stay in cache).
     """
 
     needs = frozenset({"features"})
@@ -43,8 +45,12 @@ class KNN(Detector):
         f = features_of(outputs)
         self.bank_, self.columns_ = reuse("unit-bank", (f,), lambda: unit_bank(f))
 
+    def _search(self) -> Search:
+        return Search("kth", min(self.k, self.bank_.shape[0]))
+
+    def plan(self, outputs: Outputs) -> None:
+        plan_search(features_of(outputs), self.bank_, self.columns_, self._search())
+
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        k = min(self.k, self.bank_.shape[0])
-        sims = cosine_similarities(features_of(outputs), self.bank_, self.columns_, self.chunk)
-        kth = torch.cat([kth_largest(s, k) for s in sims])
+        kth = bank_search(features_of(outputs), self.bank_, self.columns_, self._search(), self.chunk)
         return (2 - 2 * kth).clamp_min(0).sqrt()

@@ -3,6 +3,8 @@ Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversari
 
 from __future__ import annotations
 
+from typing import TypeAlias
+
 import torch
 
 from mlsafety.core import Classifier, Outputs
@@ -27,26 +29,59 @@ def class_gaussians(
     return means, torch.linalg.pinv(cov, hermitian=True)
 
 
-def mahalanobis_sq(features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
-    """Squared Mahalanobis distances ``(N, K)`` of every feature row to every mean."""
-    f = float64(features)
-    fp = f @ precision
-    mp = means @ precision
-    return (fp * f).sum(dim=1, keepdim=True) - 2 * fp @ means.T + (mp * means).sum(dim=1)[None, :]
+Whitening: TypeAlias = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+"""A whitening factor (D, r), a centre (D,) and the whitened centred means (K, r)."""
+
+
+def whitening(means: torch.Tensor, precision: torch.Tensor) -> Whitening:
+    """A factor ``W`` (D, r) with ``W W^T = precision`` (r = its rank), a centre ``c`` (D,) and the
+    whitened, centred means ``(means - c) W`` (K, r), all float64.
+
+    Distances then need one product of the features with ``W``; dropping the null space (e.g. of
+    dead ReLUs) makes it smaller, and centring keeps the numbers small.
+    """
+    vals, vecs = torch.linalg.eigh(precision)
+    keep = vals > vals.abs().amax() * precision.shape[0] * torch.finfo(vals.dtype).eps
+    factor = vecs[:, keep] * vals[keep].sqrt()
+    centre = means.mean(dim=0)
+    return factor, centre, (means - centre) @ factor
+
+
+def mahalanobis_sq(
+    features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor, white: Whitening | None = None
+) -> torch.Tensor:
+    """Squared Mahalanobis distances ``(N, K)`` of every feature row to every mean.
+
+    The features are whitened in float32 (the costly product) and the distances summed in float64;
+    ``white`` is :func:`whitening` of the Gaussians when already computed.
+    """
+    factor, centre, white_means = white if white is not None else whitening(means, precision)
+    f = features.float()
+    z = ((f - centre.to(f.dtype)) @ factor.to(f.dtype)).double()
+    sq = z.square().sum(dim=1, keepdim=True) - 2 * z @ white_means.T + white_means.square().sum(dim=1)
+    return sq.clamp_min(0)
 
 
 def shared_class_gaussians(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`class_gaussians`, computed once per engine call (Mahalanobis and RMD share it)."""
-    return reuse(
-        "class-gaussians", (features, labels), lambda: class_gaussians(features, labels, num_classes), num_classes
-    )
+) -> tuple[torch.Tensor, torch.Tensor, Whitening]:
+    """:func:`class_gaussians` and their :func:`whitening`, once per engine call (Mahalanobis and RMD
+    share them)."""
+
+    def compute() -> tuple[torch.Tensor, torch.Tensor, Whitening]:
+        means, precision = class_gaussians(features, labels, num_classes)
+        return means, precision, whitening(means, precision)
+
+    return reuse("class-gaussians", (features, labels), compute, num_classes)
 
 
-def shared_mahalanobis_sq(features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor) -> torch.Tensor:
+def shared_mahalanobis_sq(
+    features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor, white: Whitening
+) -> torch.Tensor:
     """:func:`mahalanobis_sq`, computed once per engine call for the same fitted Gaussians."""
-    return reuse("mahalanobis-sq", (features, means, precision), lambda: mahalanobis_sq(features, means, precision))
+    return reuse(
+        "mahalanobis-sq", (features, means, precision), lambda: mahalanobis_sq(features, means, precision, white)
+    )
 
 
 @register("mahalanobis")
@@ -61,7 +96,9 @@ class Mahalanobis(Detector):
     requires_fit = True
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
-        self.means_, self.precision_ = shared_class_gaussians(features_of(outputs), labels, outputs.logits.shape[1])
+        f, k = features_of(outputs), outputs.logits.shape[1]
+        self.means_, self.precision_, self.whitening_ = shared_class_gaussians(f, labels, k)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        return shared_mahalanobis_sq(features_of(outputs), self.means_, self.precision_).amin(dim=1)
+        f = features_of(outputs)
+        return shared_mahalanobis_sq(f, self.means_, self.precision_, self.whitening_).amin(dim=1)

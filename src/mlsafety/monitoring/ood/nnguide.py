@@ -8,11 +8,12 @@ import torch
 from mlsafety.core import Classifier, InputError, Outputs
 from mlsafety.monitoring.ood.base import (
     Detector,
-    cosine_similarities,
+    Search,
+    bank_search,
     features_of,
+    plan_search,
     register,
     reuse,
-    top_k_sum,
     unit_bank,
 )
 
@@ -28,7 +29,8 @@ class NNGuide(Detector):
 
     Args:
         k: neighbours averaged (capped at the bank size).
-        chunk: query rows per similarity matrix.
+        chunk: query rows per block of similarities off the CPU (on the CPU blocks are sized to
+            stay in cache).
     """
 
     needs = frozenset({"features", "logits"})
@@ -45,8 +47,13 @@ class NNGuide(Detector):
         self.bank_, self.columns_ = reuse("unit-bank", (f,), lambda: unit_bank(f))
         self.confidence_ = torch.logsumexp(outputs.logits.float(), dim=1)
 
+    def _search(self) -> Search:
+        return Search("top-sum", min(self.k, self.bank_.shape[0]), self.confidence_)
+
+    def plan(self, outputs: Outputs) -> None:
+        plan_search(features_of(outputs), self.bank_, self.columns_, self._search())
+
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        k = min(self.k, self.bank_.shape[0])
-        sims = cosine_similarities(features_of(outputs), self.bank_, self.columns_, self.chunk)
-        guidance = torch.cat([top_k_sum(s, k, scale=self.confidence_) / k for s in sims])
-        return -(torch.logsumexp(outputs.logits.float(), dim=1) * guidance)
+        search = self._search()
+        total = bank_search(features_of(outputs), self.bank_, self.columns_, search, self.chunk)
+        return -(torch.logsumexp(outputs.logits.float(), dim=1) * (total / search.k))

@@ -12,6 +12,7 @@ from mlsafety.monitoring.ood.mahalanobis import (
     mahalanobis_sq,
     shared_class_gaussians,
     shared_mahalanobis_sq,
+    whitening,
 )
 
 
@@ -29,12 +30,13 @@ class RMD(Detector):
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
         f = features_of(outputs)
-        self.means_, self.precision_ = shared_class_gaussians(f, labels, outputs.logits.shape[1])
+        self.means_, self.precision_, self.whitening_ = shared_class_gaussians(f, labels, outputs.logits.shape[1])
         zeros = torch.zeros_like(labels)
         self.background_mean_, self.background_precision_ = class_gaussians(f, zeros, 1)
+        self.background_whitening_ = whitening(self.background_mean_, self.background_precision_)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         f = features_of(outputs)
-        md = shared_mahalanobis_sq(f, self.means_, self.precision_)
-        md0 = mahalanobis_sq(f, self.background_mean_, self.background_precision_)
+        md = shared_mahalanobis_sq(f, self.means_, self.precision_, self.whitening_)
+        md0 = mahalanobis_sq(f, self.background_mean_, self.background_precision_, self.background_whitening_)
         return (md - md0).amin(dim=1)

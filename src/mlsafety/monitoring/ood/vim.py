@@ -48,7 +48,12 @@ def shared_basis(
 
 def residual_norm(features: torch.Tensor, origin: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
     """Norm of each feature row's component in the residual subspace ``(N,)``, once per engine call."""
-    return reuse("residual-norm", (features, origin, basis), lambda: ((float64(features) - origin) @ basis).norm(dim=1))
+
+    def compute() -> torch.Tensor:  # the product in float32, the origin's part subtracted after it
+        f = features.float()
+        return (f @ basis.to(f.dtype) - (origin @ basis).to(f.dtype)).norm(dim=1).double()
+
+    return reuse("residual-norm", (features, origin, basis), compute)
 
 
 @register("vim")
