@@ -79,6 +79,19 @@ def frost_texture(n: int, size: tuple[int, int], scale: float, g: torch.Generato
     a plasma fractal for uneven cover, matched to the photographs' mean colour and contrast, and
     each image gets a random crop of one of them.
     """
+    bank, crops = _frost_bank(n, size, scale, g, like)
+    fh, fw = size
+    return torch.stack([bank[j, :, t : t + fh, s : s + fw] for j, t, s in crops])
+
+
+_COVER_STEP = 8
+"""The frost cover's fractal is drawn on every 8th pixel and enlarged bilinearly (see :func:`_frost_bank`)."""
+
+
+def _frost_bank(
+    n: int, size: tuple[int, int], scale: float, g: torch.Generator, like: torch.Tensor
+) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """The texture bank (K, 3, H + H // 4, W + W // 4) and, per image, (texture, top, left) of its crop."""
     fh, fw = size
     bh, bw = fh + fh // 4, fw + fw // 4
     k = min(n, FROST_BANK)
@@ -92,19 +105,31 @@ def frost_texture(n: int, size: tuple[int, int], scale: float, g: torch.Generato
     needles = resize(needles, (bh, bw))
     needles = needles / needles.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     grain = gaussian_blur(rand((k, 1, bh, bw), g, like), 0.7 * scale)
-    cover = plasma_fractal(k, next_power_of_two(max(bh, bw)), 2.0, g, like)[:, None, :bh, :bw]
+    # Patchy cover: a diamond-square fractal with roughness 2 over the next power of two. Each finer
+    # level adds a quarter of the previous level's displacement variance, so below every 8th pixel
+    # the levels add under 1e-4 of the range and only interpolate: the map is drawn on every 8th
+    # pixel (1/64 of the samples) and enlarged bilinearly, corners aligned with the full map's grid.
+    full = next_power_of_two(max(bh, bw))
+    step = min(_COVER_STEP, full)
+    coarse = plasma_fractal(k, full // step, 2.0, g, like)[:, None]
+    ch, cw = math.ceil((bh - 1) / step) + 1, math.ceil((bw - 1) / step) + 1
+    coarse = coarse[:, :, : min(ch, full // step), : min(cw, full // step)]
+    cover = torch.nn.functional.interpolate(
+        coarse,
+        size=((coarse.shape[2] - 1) * step + 1, (coarse.shape[3] - 1) * step + 1),
+        mode="bilinear",
+        align_corners=True,
+    )
+    cover = resize(cover, (max(cover.shape[2], bh), max(cover.shape[3], bw)))[:, :, :bh, :bw]
     tex = 0.45 * cover + 0.35 * needles.sqrt() + 0.2 * grain
     tex = (tex - tex.mean(dim=(2, 3), keepdim=True)) / tex.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     mean = sum(FROST_COLOUR) / 3
     tint = torch.tensor(FROST_COLOUR, dtype=like.dtype, device=like.device).view(1, 3, 1, 1) / mean
     bank = ((mean + FROST_STD * tex) * tint).clamp(0, 1)  # (k, 3, bh, bw)
-    pick = torch.randint(0, k, (n,), generator=g, device=g.device).to(like.device)
-    top = torch.randint(0, bh - fh + 1, (n,), generator=g, device=g.device).to(like.device)
-    left = torch.randint(0, bw - fw + 1, (n,), generator=g, device=g.device).to(like.device)
-    rows = (top[:, None] + torch.arange(fh, device=like.device))[:, None, :, None]
-    cols = (left[:, None] + torch.arange(fw, device=like.device))[:, None, None, :]
-    chans = torch.arange(3, device=like.device)[None, :, None, None]
-    return bank[pick[:, None, None, None], chans, rows, cols]
+    pick = torch.randint(0, k, (n,), generator=g, device=g.device).tolist()
+    top = torch.randint(0, bh - fh + 1, (n,), generator=g, device=g.device).tolist()
+    left = torch.randint(0, bw - fw + 1, (n,), generator=g, device=g.device).tolist()
+    return bank, list(zip(pick, top, left))
 
 
 @register_corruption("frost")
@@ -116,9 +141,18 @@ class Frost(Corruption):
 
     def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
+        a, b = level
         fh, fw = field_size(h, w, MIN_FIELD)
-        tex = resize(frost_texture(n, (fh, fw), min(fh, fw) / self.reference_size, g, x), (h, w))
-        return level[0] * x + level[1] * (grey(tex) if c == 1 else tex)
+        scale = min(fh, fw) / self.reference_size
+        if (fh, fw) != (h, w):  # small images: the texture is made at the working size and shrunk
+            tex = resize(frost_texture(n, (fh, fw), scale, g, x), (h, w))
+            return a * x + b * (grey(tex) if c == 1 else tex)
+        bank, crops = _frost_bank(n, (h, w), scale, g, x)
+        bank = (grey(bank) if c == 1 else bank).mul_(b)
+        out = torch.empty_like(x)
+        for i, (j, t, s) in enumerate(crops):  # each image's crop read straight from the bank, in one pass
+            torch.add(bank[j, :, t : t + h, s : s + w], x[i], alpha=a, out=out[i])
+        return out
 
 
 @register_corruption("fog")
