@@ -469,6 +469,10 @@ def unit_bank(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return unit[:, columns].contiguous(), columns
 
 
+_BLOCK_FLOATS = 1 << 17
+"""Similarities per block of a CPU bank search (512 kB: the block and its work copy stay in cache)."""
+
+
 class Search(NamedTuple):
     """A reduction of each query's cosine similarities to a bank: the ``k``-th largest (``"kth"``)
     or the sum of the ``k`` largest (``"top-sum"``), of the similarities times a per-bank-row
@@ -526,9 +530,9 @@ def _fused_search(
 ) -> list[torch.Tensor]:
     """Every search over row blocks of the similarity matrix, never materialising all of it.
 
-    On the CPU a block is sized to stay in cache (about 1 MB), written by the matrix product into a
-    reused buffer and selected in place by NumPy's introselect: the similarities are read from
-    memory once for all searches. Elsewhere each block of ``chunk`` rows goes through ``topk``.
+    On the CPU a block is sized to stay in cache, written by the matrix product into a reused
+    buffer and selected in place by NumPy's introselect (a copy per search but the last): the
+    similarities never go to memory. Elsewhere each block of ``chunk`` rows goes through ``topk``.
     """
     n, m = features.shape[0], bank.shape[0]
     for search in searches:
@@ -543,26 +547,27 @@ def _fused_search(
                 top = (sims if search.scale is None else sims * search.scale).topk(search.k, dim=1).values
                 out.append(top[:, -1] if search.kind == "kth" else top.sum(dim=1))
         return [torch.cat(out) if out else sims.new_zeros(0) for out in outs]
-    rows = max(1, min(chunk, (1 << 18) // m))
+    rows = max(1, min(chunk, _BLOCK_FLOATS // m))
     sims_buf = torch.empty(min(rows, n), m)
     work = np.empty((min(rows, n), m), dtype=np.float32)
     scales = [None if s.scale is None else s.scale.detach().float().cpu().numpy() for s in searches]
     results = [np.empty(n, dtype=np.float32) for _ in searches]
+    plain = [i for i, s in enumerate(searches) if s.scale is None]
+    in_place = plain[-1] if plain else -1  # selected in the product's own buffer, after all others
+    order = [i for i in range(len(searches)) if i != in_place] + ([in_place] if plain else [])
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         block = sims_buf[: stop - start]
         query = torch.nn.functional.normalize(features[start:stop].float(), dim=1)[:, columns]
         torch.mm(query, bank_t, out=block)
         values = block.numpy()
-        part = work[: stop - start]
-        for result, search, scale in zip(results, searches, scales, strict=True):
-            if scale is None:
-                np.copyto(part, values)
-            else:
+        for i in order:
+            search, scale, k = searches[i], scales[i], searches[i].k
+            part = values if i == in_place else work[: stop - start]
+            if scale is not None:
                 np.multiply(values, scale, out=part)
-            part.partition(m - search.k, axis=1)
-            if search.kind == "kth":
-                result[start:stop] = part[:, m - search.k]
-            else:
-                result[start:stop] = part[:, m - search.k :].sum(axis=1)
+            elif i != in_place:
+                np.copyto(part, values)
+            part.partition(m - k, axis=1)
+            results[i][start:stop] = part[:, m - k] if search.kind == "kth" else part[:, m - k :].sum(axis=1)
     return [torch.from_numpy(r) for r in results]

@@ -36,6 +36,8 @@ class SHE(Detector):
         self.patterns_ = patterns
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        f = float64(features_of(outputs))
+        f = features_of(outputs)
         pred = outputs.logits.argmax(dim=1)
-        return -(f * self.patterns_[pred]).sum(dim=1)
+        # every inner product with the K patterns (one small product), then the predicted class's
+        inner = f @ self.patterns_.to(f.dtype).T
+        return -inner.gather(1, pred[:, None]).reshape(-1).double()
