@@ -30,5 +30,5 @@ class GEN(Detector):
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         p = outputs.logits.softmax(dim=1)
         m = min(self.top_m, p.shape[1])
-        top = p.topk(m, dim=1).values
+        top = p if m == p.shape[1] else p.topk(m, dim=1).values  # the sum does not depend on the order
         return (top.pow(self.gamma) * (1 - top).clamp_min(0).pow(self.gamma)).sum(dim=1)
