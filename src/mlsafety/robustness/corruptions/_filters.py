@@ -26,6 +26,12 @@ def randn(shape: tuple[int, ...], g: torch.Generator, like: torch.Tensor) -> tor
     return torch.randn(shape, generator=g, device=g.device, dtype=like.dtype).to(like.device)
 
 
+def normal(shape: tuple[int, ...], mean: float, std: float, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Normal samples ``mean + std * randn`` of ``shape`` with ``like``'s dtype and device, in one pass."""
+    out = torch.empty(shape, device=g.device, dtype=like.dtype).normal_(mean, std, generator=g)
+    return out.to(like.device)
+
+
 def uniform(shape: tuple[int, ...], low: float, high: float, g: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     return low + (high - low) * rand(shape, g, like)
 
@@ -74,11 +80,14 @@ def gaussian_kernel1d(sigma: float, truncate: float, like: torch.Tensor) -> torc
 
 
 def _pad(x: torch.Tensor, ph: int, pw: int, mode: str) -> torch.Tensor:
+    """``F.pad(x, [pw, pw, ph, ph], mode)``, reflection turning into replication when the pad is too long
+    for it; written with slice copies, which on the CPU are several times faster than ``F.pad``."""
     if ph == 0 and pw == 0:
         return x
-    if mode == "reflect" and (ph >= x.shape[-2] or pw >= x.shape[-1]):
-        mode = "replicate"  # reflection needs a pad smaller than the image
-    return F.pad(x, [pw, pw, ph, ph], mode=mode)
+    h, w = x.shape[-2:]
+    out = x.new_empty((*x.shape[:-2], h + 2 * ph, w + 2 * pw))
+    _pad_into(out, x, ph, pw, mode)
+    return out
 
 
 def _correlate_axis(y: torch.Tensor, k: torch.Tensor, axis: int, mode: str) -> torch.Tensor:
@@ -174,19 +183,19 @@ def _fft_correlate(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Te
 
 
 def _pad_into(dst: torch.Tensor, src: torch.Tensor, top: int, left: int, mode: str) -> None:
-    """Write ``src`` (M, H, W) into ``dst`` (M, H', W') at (top, left), the rest filled by ``mode``.
+    """Write ``src`` (..., H, W) into ``dst`` (..., H', W') at (top, left), the rest filled by ``mode``.
 
     As :func:`_pad`: ``reflect`` mirrors without repeating the edge and turns into ``replicate`` when
     ``top`` or ``left`` is not smaller than the image. The bottom and right margins may be longer
     than ``top`` and ``left`` (up to the FFT size); mirroring stops at the far edge and the rest of
     such a margin repeats its last entry.
     """
-    _, h, w = src.shape
+    h, w = src.shape[-2:]
     hh, ww = dst.shape[-2:]
     if mode == "reflect" and (top >= h or left >= w):
         mode = "replicate"
-    rows = dst[:, top : top + h]
-    rows[:, :, left : left + w] = src
+    rows = dst.narrow(-2, top, h)
+    rows.narrow(-1, left, w).copy_(src)
     _pad_axis(rows, left, ww - w - left, w, -1, mode)
     _pad_axis(dst, top, hh - h - top, h, -2, mode)
 
@@ -215,6 +224,17 @@ def dilate3(x: torch.Tensor) -> torch.Tensor:
     rows = torch.maximum(torch.maximum(p[..., :-2, :], p[..., 1:-1, :]), p[..., 2:, :])
     p = F.pad(rows, [1, 1, 0, 0], mode="replicate")
     return torch.maximum(torch.maximum(p[..., :-2], p[..., 1:-1]), p[..., 2:])
+
+
+def dilate3_mask(mask: torch.Tensor) -> torch.Tensor:
+    """3x3 maximum filter of a boolean mask (N, C, H, W), borders replicated: in-place ORs of shifted slices."""
+    rows = mask.clone()
+    rows[..., 1:, :] |= mask[..., :-1, :]
+    rows[..., :-1, :] |= mask[..., 1:, :]
+    out = rows.clone()
+    out[..., 1:] |= rows[..., :-1]
+    out[..., :-1] |= rows[..., 1:]
+    return out
 
 
 def filter2d(x: torch.Tensor, kernel: torch.Tensor, mode: str = "reflect") -> torch.Tensor:

@@ -15,12 +15,13 @@ from mlsafety.robustness.corruptions._filters import (
     box_blur3,
     colour,
     correlate3,
-    dilate3,
+    dilate3_mask,
     field_size,
     gaussian_blur,
     grey,
     motion_blur,
     next_power_of_two,
+    normal,
     plasma_fractal,
     plasma_raw,
     rand,
@@ -208,27 +209,29 @@ class Spatter(Corruption):
         n, c, h, w = x.shape
         fh, fw = field_size(h, w, MIN_FIELD)
         sf = min(fh, fw) / self.reference_size
-        liquid = gaussian_blur(loc + std * randn((n, 1, fh, fw), g, x), sigma * sf)
-        liquid = torch.where(liquid < thr, torch.zeros_like(liquid), liquid)
+        liquid = gaussian_blur(normal((n, 1, fh, fw), loc, std, g, x), sigma * sf)
         if mud:
             m = gaussian_blur((liquid > thr).to(x.dtype), intensity * sf)
-            m = torch.where(m < 0.8, torch.zeros_like(m), m)
-            m = resize(m, (h, w))
-            return x * (1 - m) + colour(_MUD, c, x) * m
-        wet = (liquid > 0).to(x.dtype)
-        edge = (dilate3(wet) + dilate3(-wet)).clamp(0, 1)  # 1 where the 3x3 neighbourhood is mixed
+            m = resize(m.masked_fill_(m < 0.8, 0.0), (h, w))
+            return torch.lerp(x, colour(_MUD, c, x), m)  # x (1 - m) + mud m
+        liquid.masked_fill_(liquid < thr, 0.0)
+        wet = liquid > 0
+        # 1 where the 3x3 neighbourhood is mixed (dilation minus erosion), on boolean masks
+        grown = dilate3_mask(wet) & dilate3_mask(~wet)
         reach = max(round(20 * sf), 1)
-        dist = torch.zeros_like(edge)
-        grown = edge
-        for _ in range(reach):
-            dist += 1 - grown
-            grown = dilate3(grown)
-        dist = box_blur3(dist)
+        # sum over t < reach of (1 - [within t dilations of the edge]): the chessboard distance to the
+        # edge, truncated at reach
+        count = torch.zeros(grown.shape, dtype=torch.uint8, device=x.device)
+        for t in range(reach):
+            count += grown
+            if t + 1 < reach:
+                grown = dilate3_mask(grown)
+        dist = box_blur3(torch.sub(reach, count, out=torch.empty(grown.shape, dtype=x.dtype, device=x.device)))
         dist = dist / dist.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6) * 255
-        dist = correlate3(dist, _EMBOSS).clamp(0, 255)
+        dist = correlate3(dist, _EMBOSS).clamp_(0, 255)
         dist = box_blur3(dist)
-        m = liquid * dist
-        m = m / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6) * intensity
-        m = resize(m, (h, w))
-        water = (m * colour(_WATER, 3, x)).clamp(0, 1)
-        return x + (water if c == 3 else grey(water))
+        m = liquid.mul_(dist)
+        m = resize(m.mul_(intensity / m.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)), (h, w))
+        if c == 3:  # x + min(m * water, 1) is x + m * water once clipped to [0, 1], since x, m >= 0
+            return torch.addcmul(x, m, colour(_WATER, 3, x))
+        return x + grey((m * colour(_WATER, 3, x)).clamp_(0, 1))
