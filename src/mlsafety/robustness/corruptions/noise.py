@@ -5,6 +5,9 @@ Per-pixel noise has no length, so the published levels apply at every image size
 
 from __future__ import annotations
 
+import functools
+import math
+
 import torch
 
 from mlsafety.robustness.corruptions._filters import rand, randn
@@ -24,40 +27,115 @@ class GaussianNoise(Corruption):
 
 @register_corruption("shot-noise")
 class ShotNoise(Corruption):
-    """Photon noise: ``Poisson(c * x) / c``; ``c`` is the photon count of a white pixel."""
+    """Photon noise: ``Poisson(c * x) / c``; ``c`` is the photon count of a white pixel.
+
+    Sampled exactly by :func:`poisson_counts` (table inversion), from the passed generator only.
+    """
 
     group = "noise"
     levels = (60.0, 25.0, 12.0, 5.0, 3.0)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-        rates = (x * level).to(g.device)
-        return torch.poisson(rates, generator=g).to(x.device) / level
+        return poisson_counts(x, level, g).div_(level)
 
 
-@register_corruption("impulse-noise")
-class ImpulseNoise(Corruption):
-    """Salt and pepper: each pixel value (per channel) is set to 0 or 1, half each, with probability ``c``.
+_GRID = 255
+"""Rates ``c * j / _GRID`` (j = 0.._GRID) have inversion tables; 8-bit images hit them exactly."""
 
-    As scikit-image's ``random_noise(mode="s&p", amount=c)`` that ImageNet-C calls.
+_GUIDE = 1024
+"""Guide-table buckets per rate (Chen & Asau 1974): most buckets hold no CDF step and give the count at once."""
+
+_SNAP = 1e-4
+"""``x`` within ``_SNAP / _GRID`` below a grid level counts as on it (float rounding of ``j / 255``)."""
+
+
+@functools.lru_cache(maxsize=32)
+def _poisson_tables(scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Inversion tables for Poisson rates ``scale * j / _GRID``, j = 0.._GRID (flattened CPU tensors).
+
+    ``cdf`` (rows x K, float32; the last entry of each row is 2 so every search stops there, absorbing a
+    tail below 1e-12) and ``count`` (the count of each ``cdf`` entry). For uniform ``u`` in bucket
+    ``[m, m + 1) / _GUIDE`` of row j the inverse ``min{k: cdf[k] > u}`` lies in ``[lo, hi]``:
+    ``guide[j, m]`` is the count when ``lo == hi``, else ``-1 - (flat index of lo)``, and ``upper[j, m]``
+    is the flat index of ``hi``.
     """
+    k_max = int(scale + 12 * math.sqrt(scale) + 30)
+    k = torch.arange(k_max, dtype=torch.float64)
+    rates = torch.arange(_GRID + 1, dtype=torch.float64) * (scale / _GRID)
+    log_pmf = k * torch.log(rates[:, None].clamp_min(1e-300)) - rates[:, None] - torch.lgamma(k + 1)
+    log_pmf[0] = -math.inf  # rate 0: always 0
+    log_pmf[0, 0] = 0.0
+    cdf = torch.exp(log_pmf).cumsum(dim=1).clamp_max(1.0).float()
+    cdf[:, -1] = 2.0
+    edges = torch.arange(_GUIDE + 1, dtype=torch.float32).div(_GUIDE)
+    lo = torch.searchsorted(cdf, edges[:-1].expand(_GRID + 1, -1).contiguous(), right=True)  # first cdf > m / G
+    hi = torch.searchsorted(cdf, edges[1:].expand(_GRID + 1, -1).contiguous())  # first cdf >= (m + 1) / G
+    row = torch.arange(_GRID + 1)[:, None] * k_max
+    guide = torch.where(lo == hi, lo.float(), -1.0 - (lo + row).float())
+    return cdf.flatten(), k.float().repeat(_GRID + 1), guide.flatten(), (hi + row).flatten()
 
-    group = "noise"
-    levels = (0.03, 0.06, 0.09, 0.17, 0.27)
 
-    def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-        # one uniform draw per value: u < c flips it, and given a flip u / c is uniform, so u < c / 2 is salt
-        u = rand(tuple(x.shape), g, x)
-        out = torch.where(u < level / 2, torch.ones_like(x), x)
-        return torch.where((u >= level / 2) & (u < level), torch.zeros_like(x), out)
+def poisson_counts(x: torch.Tensor, scale: float, g: torch.Generator) -> torch.Tensor:
+    """Exact Poisson samples with rates ``scale * x`` (x in [0, 1], any shape) as a float tensor like ``x``.
+
+    Inversion of the CDF with one uniform per value: ``Poisson(scale * j / 255)``, ``j = floor(255 x)``,
+    by a guide table (Chen & Asau 1974) over cached CDF tables, a binary search where a bucket holds a
+    CDF step; plus ``Poisson(r)`` for the remainder ``r = scale * (x - j / 255)`` (zero for 8-bit
+    images) by sequential search from 0 with a second uniform (a sum of independent Poisson variables
+    is Poisson). Uniforms are drawn on ``g``'s device and moved, so a CPU generator gives the same
+    samples on every device.
+    """
+    cdf, count, guide, upper = (t.to(x.device) for t in _poisson_tables(float(scale)))
+    flat = x.reshape(-1)
+    u = rand((flat.numel(),), g, cdf)
+    level = flat.mul(_GRID).add_(_SNAP).floor_().clamp_(0, _GRID)  # j; x a hair below j / 255 counts as j
+    slot = torch.mul(u, _GUIDE).floor_().add_(level, alpha=_GUIDE).int()
+    out = guide.index_select(0, slot)
+    search = (out < 0).nonzero().squeeze(1)
+    if search.numel():
+        slot_s = slot.index_select(0, search)
+        lo = out.index_select(0, search).neg_().sub_(1).long()
+        hi = upper.index_select(0, slot_s)
+        u_s = u.index_select(0, search)
+        for _ in range(int(hi.sub(lo).max()).bit_length()):
+            mid = lo.add(hi).div_(2, rounding_mode="floor")
+            above = cdf.index_select(0, mid) > u_s
+            hi = torch.where(above, mid, hi)
+            lo = torch.where(above, lo, mid + 1)
+        out.index_copy_(0, search, count.index_select(0, lo))
+    out = out.to(x.dtype)
+    rest = flat.sub(level.div_(_GRID)).mul_(scale)
+    has_rest = rest > scale * 1e-6  # below: float rounding of an 8-bit value
+    if bool(has_rest.any()):
+        out.add_(_small_poisson(rest.masked_fill_(~has_rest, 0.0), g))
+    return out.view(x.shape)
 
 
-@register_corruption("speckle-noise")
-class SpeckleNoise(Corruption):
-    """Multiplicative noise ``x + x * N(0, c^2)`` (an extra corruption)."""
+def _small_poisson(rates: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """Poisson samples for small rates (below 1) by sequential inversion from 0, one uniform per value.
 
-    group = "noise"
-    extra = True
-    levels = (0.15, 0.2, 0.35, 0.45, 0.6)
-
-    def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-        return x + x * level * randn(tuple(x.shape), g, x)
+    The first step (is the count 0?) runs on every value; the rare larger counts continue in float64
+    on the values that need them, until the CDF passes the uniform or the pmf underflows.
+    """
+    u = rand(tuple(rates.shape), g, rates)
+    pmf = torch.exp(-rates)
+    k = (u >= pmf).to(rates.dtype)
+    todo = k.nonzero().squeeze(1)
+    if not todo.numel():
+        return k
+    r = rates.index_select(0, todo).double()
+    u_t = u.index_select(0, todo).double()
+    pmf_t = torch.exp(-r)
+    cdf_t = pmf_t.clone()
+    steps = torch.zeros_like(r)
+    live = torch.arange(todo.numel(), device=r.device)
+    step = 0
+    while live.numel():
+        step += 1
+        pmf_l = pmf_t.index_select(0, live).mul_(r.index_select(0, live)).div_(step)
+        cdf_l = cdf_t.index_select(0, live).add_(pmf_l)
+        pmf_t.index_copy_(0, live, pmf_l)
+        cdf_t.index_copy_(0, live, cdf_l)
+        steps.index_fill_(0, live, float(step))
+        live = live[(cdf_l <= u_t.index_select(0, live)) & (pmf_l > 0)]  # pmf 0: underflow, a mass below 1e-300
+    return k.index_copy_(0, todo, steps.to(k.dtype))
