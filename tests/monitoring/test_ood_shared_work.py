@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from mlsafety.core import InputError, generator
+from mlsafety.core import Classifier, InputError, Outputs, generator
 from mlsafety.monitoring import ood
 from mlsafety.monitoring.ood import base
 
@@ -172,3 +172,24 @@ def test_ash_and_scale_thresholds_equal_the_top_k_mask() -> None:
         torch.testing.assert_close(ood.create("ash", percentile=percentile).shape(f), ash_ref)
         torch.testing.assert_close(ood.create("ash", percentile=percentile, variant="p").shape(f), pruned)
         torch.testing.assert_close(base.top_k_sum(f, keep)[:, None], s2)
+
+
+@pytest.mark.parametrize("name", [n for n in ood.available() if ood.DETECTORS.get(n).needs <= ood.SHARED_NEEDS])
+def test_scores_stay_differentiable_for_monitor_aware_attacks(name: str) -> None:
+    """The adaptive attack of the defence-in-depth check differentiates ``_score``; the fast CPU
+    selection must step aside when gradients are needed, and give the same values."""
+    net = relu_net()
+    fit = (torch.rand(60, 1, 2, 2, generator=generator(0, "fit")), torch.arange(60) % 3)
+    det = ood.create(name).fit(net, fit)
+    clf = Classifier(net)
+    x = torch.rand(9, 1, 2, 2, generator=generator(0, "x"), requires_grad=True)
+    feats, logits = clf.features_and_logits(x)
+    scores = det._score(clf, Outputs(logits, feats))
+    with torch.no_grad():
+        plain = det._score(clf, Outputs(logits.detach(), feats.detach()))
+    torch.testing.assert_close(scores.detach().float(), plain.float(), rtol=1e-5, atol=1e-5)
+    if scores.requires_grad:
+        (grad,) = torch.autograd.grad(scores.sum(), x, allow_unused=True)
+        assert grad is None or torch.isfinite(grad).all()
+    if name in ("knn", "nnguide", "ash", "scale", "mahalanobis", "rmd"):
+        assert scores.requires_grad

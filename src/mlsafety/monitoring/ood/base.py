@@ -423,7 +423,13 @@ def _partitioned_blocks(x: torch.Tensor, k: int, scale: torch.Tensor | None) -> 
 
 
 def _on_cpu(x: torch.Tensor) -> bool:
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    """True where the NumPy selection applies: CPU floats that no gradient has to flow through
+    (a monitor-aware attack differentiates detector scores; ``topk`` keeps that working)."""
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and not (x.requires_grad and torch.is_grad_enabled())
+    )
 
 
 def _check_k(x: torch.Tensor, k: int) -> None:
@@ -539,7 +545,7 @@ def _fused_search(
         if search.kind not in ("kth", "top-sum") or not 1 <= search.k <= m:
             raise InputError(f"bad bank search {search.kind!r} with k={search.k} over a bank of {m} rows")
     bank_t = bank.T.contiguous()
-    if not (_on_cpu(bank) and bank.dtype == torch.float32):
+    if not (_on_cpu(features) and bank.device.type == "cpu" and bank.dtype == torch.float32):
         outs: list[list[torch.Tensor]] = [[] for _ in searches]
         for start in range(0, n, chunk):
             sims = torch.nn.functional.normalize(features[start : start + chunk].float(), dim=1)[:, columns] @ bank_t
