@@ -139,3 +139,32 @@ def _small_poisson(rates: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         steps.index_fill_(0, live, float(step))
         live = live[(cdf_l <= u_t.index_select(0, live)) & (pmf_l > 0)]  # pmf 0: underflow, a mass below 1e-300
     return k.index_copy_(0, todo, steps.to(k.dtype))
+
+
+@register_corruption("impulse-noise")
+class ImpulseNoise(Corruption):
+    """Salt and pepper: each pixel value (per channel) is set to 0 or 1, half each, with probability ``c``.
+
+    As scikit-image's ``random_noise(mode="s&p", amount=c)`` that ImageNet-C calls.
+    """
+
+    group = "noise"
+    levels = (0.03, 0.06, 0.09, 0.17, 0.27)
+
+    def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
+        # one uniform draw per value: u < c flips it, and given a flip u / c is uniform, so u < c / 2 is salt
+        u = rand(tuple(x.shape), g, x)
+        out = torch.where(u < level / 2, torch.ones_like(x), x)
+        return torch.where((u >= level / 2) & (u < level), torch.zeros_like(x), out)
+
+
+@register_corruption("speckle-noise")
+class SpeckleNoise(Corruption):
+    """Multiplicative noise ``x + x * N(0, c^2)`` (an extra corruption)."""
+
+    group = "noise"
+    extra = True
+    levels = (0.15, 0.2, 0.35, 0.45, 0.6)
+
+    def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
+        return x + x * level * randn(tuple(x.shape), g, x)
