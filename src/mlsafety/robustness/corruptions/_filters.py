@@ -41,8 +41,8 @@ def grey(x: torch.Tensor) -> torch.Tensor:
     """Luminance (N, 1, H, W) of RGB or grey images."""
     if x.shape[1] == 1:
         return x
-    w = torch.tensor(LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    return (x * w).sum(dim=1, keepdim=True)
+    r, g, b = x[:, 0:1], x[:, 1:2], x[:, 2:3]
+    return torch.mul(r, LUMA[0]).add_(g, alpha=LUMA[1]).add_(b, alpha=LUMA[2])  # no (N, 3, H, W) temporary
 
 
 def colour(rgb: tuple[float, float, float], channels: int, like: torch.Tensor) -> torch.Tensor:
@@ -325,20 +325,30 @@ def motion_blur(x: torch.Tensor, length: float, sigma: float, angles: torch.Tens
     # integer shifts (as the original), rounded half up: (N, taps)
     dy = torch.ceil(t[None] * torch.sin(rad)[:, None] - 0.5).long()
     dx = torch.ceil(t[None] * torch.cos(rad)[:, None] - 0.5).long()
-    p = math.ceil(length) + 1
-    padded = F.pad(x, [p, p, p, p], mode="replicate")
+    offsets = torch.stack([dy, dx], dim=-1).tolist()
+    ys = [oy for row in offsets for oy, _ in row]
+    xs = [ox for row in offsets for _, ox in row]
+    top, left = max(0, -min(ys)), max(0, -min(xs))  # replicated borders only where some copy reaches
+    padded = x.new_empty((n, c, h + top + max(0, max(ys)), w + left + max(0, max(xs))))
+    _pad_into(padded, x, top, left, "replicate")
     weights = k.tolist()
     if h * w >= _SLICE_PIXELS:  # big images: per-image slices are cheaper than a gather over the batch
-        out = torch.zeros_like(x)
-        offsets = torch.stack([dy, dx], dim=-1).tolist()
+        out = torch.empty_like(x)
         for i in range(n):
-            for j, (oy, ox) in enumerate(offsets[i]):
-                out[i].add_(padded[i, :, p + oy : p + oy + h, p + ox : p + ox + w], alpha=weights[j])
+            merged: dict[tuple[int, int], float] = {}  # rounding sends neighbouring taps to one shift
+            for (oy, ox), weight in zip(offsets[i], weights):
+                merged[oy, ox] = merged.get((oy, ox), 0.0) + weight
+            for j, ((oy, ox), weight) in enumerate(merged.items()):
+                src = padded[i, :, top + oy : top + oy + h, left + ox : left + ox + w]
+                if j == 0:
+                    torch.mul(src, weight, out=out[i])
+                else:
+                    out[i].add_(src, alpha=weight)
         return out
-    hp, wp = h + 2 * p, w + 2 * p
+    hp, wp = padded.shape[-2:]
     flat = padded.reshape(n, c, hp * wp)
-    rows = torch.arange(h, device=x.device)[:, None] + p
-    base = (rows * wp + torch.arange(w, device=x.device)[None] + p).view(1, -1)
+    rows = torch.arange(h, device=x.device)[:, None] + top
+    base = (rows * wp + torch.arange(w, device=x.device)[None] + left).view(1, -1)
     out = torch.zeros(n, c, h * w, dtype=x.dtype, device=x.device)
     for j in range(taps):
         idx = (base + (dy[:, j] * wp + dx[:, j])[:, None]).unsqueeze(1).expand(n, c, h * w)

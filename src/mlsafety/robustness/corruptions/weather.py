@@ -25,7 +25,6 @@ from mlsafety.robustness.corruptions._filters import (
     plasma_fractal,
     plasma_raw,
     rand,
-    randn,
     resize,
     uniform,
 )
@@ -59,13 +58,14 @@ class Snow(Corruption):
         fh, fw = field_size(h, w, MIN_FIELD)
         sf = min(fh, fw) / self.reference_size
         z = max(zoom * sf, 1.0)
-        layer = loc + std * randn((n, 1, math.ceil(fh / z), math.ceil(fw / z)), g, x)
-        layer = resize(layer, (fh, fw))
-        layer = torch.where(layer < thr, torch.zeros_like(layer), layer).clamp(0, 1)
+        layer = resize(normal((n, 1, math.ceil(fh / z), math.ceil(fw / z)), loc, std, g, x), (fh, fw))
+        layer = layer.masked_fill_(layer < thr, 0.0).clamp_(0, 1)
         layer = motion_blur(layer, 2 * radius * sf, sigma * sf, uniform((n,), -135.0, -45.0, g, x))
         layer = resize(layer, (h, w))
-        base = keep * x + (1 - keep) * torch.maximum(x, grey(x) * 1.5 + 0.5)
-        return base + layer + layer.flip(-1, -2)
+        flakes = layer + layer.flip(-1, -2)  # one channel: added to every channel below
+        # keep * x + (1 - keep) * max(x, 1.5 grey + 0.5), then the flakes: three passes over the image
+        out = torch.maximum(x, torch.mul(grey(x), 1.5).add_(0.5)).lerp_(x, keep)
+        return out.add_(flakes)
 
 
 FROST_BANK = 4
