@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -16,10 +17,15 @@ def matrix(n: int, m: int, name: str, dtype: torch.dtype = torch.float32) -> tor
     return torch.randn(n, m, generator=generator(0, name), dtype=torch.float64).to(dtype)
 
 
+@pytest.mark.parametrize("signs", ["mixed", "non-negative"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("k", [1, 50, 1078])
-def test_selection_matches_topk_across_blocks(dtype: torch.dtype, k: int) -> None:
-    x = matrix(700, 1078, "select", dtype)  # 243 rows per block: three blocks, the last one short
+def test_selection_matches_topk_across_blocks(dtype: torch.dtype, k: int, signs: str) -> None:
+    x = matrix(700, 1078, "select", dtype)  # 121 rows per block: six blocks, the last one short
+    if signs == "non-negative":
+        x = x.relu()  # many exact zeros: ties
+        if dtype == torch.float32:
+            x[::7, ::5] = -0.0
     scale = matrix(1, 1078, "scale", dtype).reshape(-1).exp()
     ref = x.topk(k, dim=1).values
     torch.testing.assert_close(base.kth_largest(x, k), ref[:, -1])
@@ -28,7 +34,21 @@ def test_selection_matches_topk_across_blocks(dtype: torch.dtype, k: int) -> Non
     ref_scaled = (x * scale).topk(k, dim=1).values
     torch.testing.assert_close(base.kth_largest(x, k, scale), ref_scaled[:, -1])
     torch.testing.assert_close(base.top_k_sum(x, k, scale), ref_scaled.sum(dim=1), **tol)
-    assert torch.equal(x, matrix(700, 1078, "select", dtype))  # the input is left alone
+    assert torch.equal(x, matrix(700, 1078, "select", dtype) if signs == "mixed" else x.clone())
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_integer_keyed_selection_orders_every_float(dtype: type) -> None:
+    special = [-np.inf, -3.5, -1.0, -1e-30, -0.0, 0.0, 1e-30, 0.25, 1.0, 7.0, np.inf]
+    rng = np.random.default_rng(0)
+    rows = np.stack([rng.permutation(np.array(special, dtype=dtype)) for _ in range(20)])
+    ordered = np.sort(rows, axis=1)
+    for k in range(1, len(special) + 1):
+        kth = base._select(rows.copy(), k, "kth")
+        np.testing.assert_array_equal(kth, ordered[:, -k])
+        if k < len(special):  # with -inf and +inf both in, the full sum is undefined
+            sums = base._select(rows.copy(), k, "top-sum")
+            np.testing.assert_array_equal(sums, ordered[:, -k:].sum(axis=1))
 
 
 def test_selection_off_the_cpu_path_agrees(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -400,17 +400,44 @@ def float64(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else reuse("float64", (x,), x.double)
 
 
-def _partitioned_blocks(x: torch.Tensor, k: int, scale: torch.Tensor | None) -> Iterator[tuple[int, np.ndarray]]:
-    """Row blocks of ``x`` (times ``scale`` (M,) when given), each row partitioned so that its ``k``
-    largest values come last: ``(first row, block)``.
+_INT_VIEWS: dict[np.dtype[Any], tuple[type[np.signedinteger[Any]], int]] = {
+    np.dtype(np.float32): (np.int32, 31),
+    np.dtype(np.float64): (np.int64, 63),
+}
 
-    On the CPU, NumPy's introselect runs in place on a cache-sized buffer that is reused, several
-    times faster than ``torch.topk``; ``x`` itself is never modified.
+
+def _select(block: np.ndarray, k: int, kind: str, non_negative: bool = False) -> np.ndarray:
+    """Each row's ``k``-th largest value (``kind="kth"``) or the sum of its ``k`` largest
+    (``"top-sum"``) of a float block (rows, M), whose contents this destroys.
+
+    The floats are selected as order-preserving integers: their bit patterns, with the magnitude
+    bits of negative ones flipped (a no-op where the block has no negative value, as for cosines
+    of ReLU features; ``non_negative`` says so without looking). NumPy's introselect partitions
+    integers about a third faster than floats.
     """
+    m = block.shape[1]
+    ints, shift = _INT_VIEWS[block.dtype]
+    keys = block.view(ints)
+    magnitude = np.iinfo(ints).max
+    signed = not (non_negative or bool(block.min() >= 0))  # NaN also takes the general path
+    if signed:
+        keys ^= (keys >> shift) & magnitude
+    keys.partition(m - k, axis=1)
+    top = keys[:, m - k] if kind == "kth" else keys[:, m - k :]
+    top = np.array(top)  # a copy: back to floats without touching the block
+    if signed:
+        top ^= (top >> shift) & magnitude
+    values = top.view(block.dtype)
+    return values if kind == "kth" else values.sum(axis=-1)
+
+
+def _partitioned_blocks(x: torch.Tensor, k: int, scale: torch.Tensor | None) -> Iterator[tuple[int, np.ndarray]]:
+    """Row blocks of ``x`` (times ``scale`` (M,) when given) in a reused, cache-sized buffer that
+    :func:`_select` may destroy: ``(first row, block)``. ``x`` itself is never modified."""
     a = x.detach().numpy()
     s = None if scale is None else scale.detach().to(x.dtype).numpy()
     n, m = a.shape
-    rows = max(1, (1 << 18) // m)
+    rows = max(1, _BLOCK_FLOATS // m)
     buf = np.empty((min(rows, n), m), dtype=a.dtype)
     for start in range(0, n, rows):
         block = buf[: min(rows, n - start)]
@@ -418,7 +445,6 @@ def _partitioned_blocks(x: torch.Tensor, k: int, scale: torch.Tensor | None) -> 
             np.copyto(block, a[start : start + rows])
         else:
             np.multiply(a[start : start + rows], s, out=block)
-        block.partition(m - k, axis=1)
         yield start, block
 
 
@@ -445,7 +471,7 @@ def kth_largest(x: torch.Tensor, k: int, scale: torch.Tensor | None = None) -> t
         return (x if scale is None else x * scale).topk(k, dim=1).values[:, -1]
     out = np.empty(x.shape[0], dtype=x.detach().numpy().dtype)
     for start, block in _partitioned_blocks(x, k, scale):
-        out[start : start + block.shape[0]] = block[:, x.shape[1] - k]
+        out[start : start + block.shape[0]] = _select(block, k, "kth")
     return torch.from_numpy(out)
 
 
@@ -457,7 +483,7 @@ def top_k_sum(x: torch.Tensor, k: int, scale: torch.Tensor | None = None) -> tor
         return (x if scale is None else x * scale).topk(k, dim=1).values.sum(dim=1)
     out = np.empty(x.shape[0], dtype=x.detach().numpy().dtype)
     for start, block in _partitioned_blocks(x, k, scale):
-        out[start : start + block.shape[0]] = block[:, x.shape[1] - k :].sum(axis=1)
+        out[start : start + block.shape[0]] = _select(block, k, "top-sum")
     return torch.from_numpy(out)
 
 
@@ -561,11 +587,14 @@ def _fused_search(
     plain = [i for i, s in enumerate(searches) if s.scale is None]
     in_place = plain[-1] if plain else -1  # selected in the product's own buffer, after all others
     order = [i for i in range(len(searches)) if i != in_place] + ([in_place] if plain else [])
+    queries = torch.nn.functional.normalize(features.detach().float(), dim=1)[:, columns]
+    # cosines of non-negative (e.g. ReLU) features are non-negative, and so are positive multiples
+    signs = bool(queries.min() >= 0) and bool(bank.min() >= 0)
+    non_negative = [signs and (sc is None or bool(sc.min() >= 0)) for sc in scales]
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         block = sims_buf[: stop - start]
-        query = torch.nn.functional.normalize(features[start:stop].float(), dim=1)[:, columns]
-        torch.mm(query, bank_t, out=block)
+        torch.mm(queries[start:stop], bank_t, out=block)
         values = block.numpy()
         for i in order:
             search, scale, k = searches[i], scales[i], searches[i].k
@@ -574,6 +603,5 @@ def _fused_search(
                 np.multiply(values, scale, out=part)
             elif i != in_place:
                 np.copyto(part, values)
-            part.partition(m - k, axis=1)
-            results[i][start:stop] = part[:, m - k] if search.kind == "kth" else part[:, m - k :].sum(axis=1)
+            results[i][start:stop] = _select(part, k, search.kind, non_negative[i])
     return [torch.from_numpy(r) for r in results]
