@@ -124,3 +124,41 @@ def test_plasma_float32_follows_float64():
     assert a.dtype == torch.float32
     assert b.dtype == torch.float64
     assert math.isclose(float(a.amin()), 0.0, abs_tol=1e-6) and math.isclose(float(a.amax()), 1.0, abs_tol=1e-6)
+
+
+# -- weather fast paths --------------------------------------------------------------------------
+def test_dilate3_mask_is_the_3x3_maximum_filter():
+    mask = torch.rand(2, 1, 13, 11, generator=torch.Generator().manual_seed(3)) < 0.1
+    want = F.max_pool2d(F.pad(mask.double(), [1, 1, 1, 1], mode="replicate"), 3, stride=1) > 0
+    assert torch.equal(_filters.dilate3_mask(mask), want)
+
+
+@pytest.mark.parametrize("reach", [1, 3, 20])
+def test_spatter_edge_distance_is_the_truncated_chessboard_distance(reach):
+    from scipy.ndimage import distance_transform_cdt, grey_dilation, grey_erosion
+
+    from mlsafety.robustness.corruptions.weather import edge_distance
+
+    g = torch.Generator().manual_seed(reach)
+    wet = F.interpolate(torch.rand(2, 1, 6, 7, generator=g), size=(40, 45), mode="bilinear") > 0.6
+    got = edge_distance(wet, reach, torch.float64)
+    for i in range(2):
+        w = wet[i, 0].numpy().astype(np.uint8)
+        edge = (grey_dilation(w, size=3, mode="nearest") - grey_erosion(w, size=3, mode="nearest")) > 0
+        assert edge.any()
+        want = np.minimum(distance_transform_cdt(~edge, metric="chessboard"), reach)
+        assert np.array_equal(got[i, 0].numpy(), want.astype(np.float64))
+
+
+def test_frost_blend_equals_texture_crops():
+    from mlsafety.core import generator
+    from mlsafety.robustness.corruptions import create
+    from mlsafety.robustness.corruptions.weather import frost_texture
+
+    x = planes(5, 3, 48, 40).float()
+    frost = create("frost")
+    a, b = frost.levels[1]
+    got = frost(x, 2, generator(0, "frost"))
+    tex = frost_texture(5, (48, 40), 40 / 224, generator(0, "frost"), x)  # the same draws, in the same order
+    assert torch.allclose(got, (a * x + b * tex).clamp(0, 1), atol=1e-6)
+    assert len({float(t.mean()) for t in tex}) == 5  # each image its own crop

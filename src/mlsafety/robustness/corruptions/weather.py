@@ -184,6 +184,22 @@ _WATER = (175 / 255, 238 / 255, 238 / 255)
 _MUD = (63 / 255, 42 / 255, 20 / 255)
 
 
+def edge_distance(wet: torch.Tensor, reach: int, dtype: torch.dtype) -> torch.Tensor:
+    """Chessboard distance of every pixel to the nearest droplet edge, truncated at ``reach``.
+
+    ``wet`` is a boolean mask (N, 1, H, W); edge pixels are those whose 3x3 neighbourhood (inside the
+    image) holds both wet and dry pixels. The distance is the sum over ``t < reach`` of "not within
+    ``t`` 3x3 dilations of the edge", counted on boolean masks in ``uint8``.
+    """
+    grown = dilate3_mask(wet) & dilate3_mask(~wet)  # dilation minus erosion: the mixed neighbourhoods
+    count = torch.zeros(grown.shape, dtype=torch.uint8, device=wet.device)
+    for t in range(reach):
+        count += grown
+        if t + 1 < reach:
+            grown = dilate3_mask(grown)
+    return torch.sub(reach, count, out=torch.empty(grown.shape, dtype=dtype, device=wet.device))
+
+
 @register_corruption("spatter")
 class Spatter(Corruption):
     """Water drops (severities 1-3) or mud (4-5) on the lens (an extra corruption).
@@ -215,18 +231,7 @@ class Spatter(Corruption):
             m = resize(m.masked_fill_(m < 0.8, 0.0), (h, w))
             return torch.lerp(x, colour(_MUD, c, x), m)  # x (1 - m) + mud m
         liquid.masked_fill_(liquid < thr, 0.0)
-        wet = liquid > 0
-        # 1 where the 3x3 neighbourhood is mixed (dilation minus erosion), on boolean masks
-        grown = dilate3_mask(wet) & dilate3_mask(~wet)
-        reach = max(round(20 * sf), 1)
-        # sum over t < reach of (1 - [within t dilations of the edge]): the chessboard distance to the
-        # edge, truncated at reach
-        count = torch.zeros(grown.shape, dtype=torch.uint8, device=x.device)
-        for t in range(reach):
-            count += grown
-            if t + 1 < reach:
-                grown = dilate3_mask(grown)
-        dist = box_blur3(torch.sub(reach, count, out=torch.empty(grown.shape, dtype=x.dtype, device=x.device)))
+        dist = box_blur3(edge_distance(liquid > 0, max(round(20 * sf), 1), x.dtype))
         dist = dist / dist.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6) * 255
         dist = correlate3(dist, _EMBOSS).clamp_(0, 255)
         dist = box_blur3(dist)
