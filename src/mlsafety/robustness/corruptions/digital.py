@@ -52,7 +52,7 @@ class Contrast(Corruption):
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         mean = x.mean(dim=(2, 3), keepdim=True)
-        return (x - mean) * level + mean
+        return torch.add(mean * (1 - level), x, alpha=level)  # c x + (1 - c) mean in one pass
 
 
 def saturate_rgb(x: torch.Tensor, factor: float, offset: float) -> torch.Tensor:
@@ -88,6 +88,11 @@ class Saturate(Corruption):
         return saturate_rgb(x, *level)
 
 
+_ELASTIC_FIELD = 112
+"""Short side above which the elastic field is drawn at an integer fraction of the image size, keeping at
+least this many pixels: its blur (sigma 1% of the side, over 1.1 working pixels) leaves no finer detail."""
+
+
 @register_corruption("elastic-transform")
 class ElasticTransform(Corruption):
     """A smooth random displacement field (Simard et al. 2003), as in the ``imagecorruptions`` package.
@@ -96,8 +101,9 @@ class ElasticTransform(Corruption):
     times the image size (truncated at 3 sigma) and multiplied by ``alpha`` (the level). That
     formulation is relative to the image size, except that a blur of fewer pixels shrinks the noise
     less; the field is rescaled so displacements have the size, relative to the image, that they have
-    at ``reference_size``. It is drawn at a working size of at least ``MIN_FIELD`` pixels and
-    resampled. Sampling is bilinear with mirrored borders.
+    at ``reference_size``. It is drawn at a working size of at least ``MIN_FIELD`` pixels (and, on
+    images larger than twice ``_ELASTIC_FIELD``, at an integer fraction of the size that keeps the
+    blur above a working pixel) and resampled. Sampling is bilinear with mirrored borders.
     """
 
     group = "digital"
@@ -106,6 +112,8 @@ class ElasticTransform(Corruption):
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
         fh, fw = field_size(h, w, MIN_FIELD)
+        step = max(1, min(fh, fw) // _ELASTIC_FIELD)  # large images: the smooth field at a fraction of the size
+        fh, fw = -(-fh // step), -(-fw // step)
         reach = fh * 0.005
         sigma = (fh * 0.01, fw * 0.01)
         field = gaussian_blur(uniform((n, 2, fh, fw), -reach, reach, g, x), sigma, truncate=3.0, mode="reflect")

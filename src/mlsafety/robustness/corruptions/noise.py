@@ -22,7 +22,8 @@ class GaussianNoise(Corruption):
     levels = (0.08, 0.12, 0.18, 0.26, 0.38)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-        return x + level * randn(tuple(x.shape), g, x)
+        noise = randn(tuple(x.shape), g, x)
+        return torch.add(x, noise, alpha=level, out=noise)  # one pass, in the noise's buffer
 
 
 @register_corruption("shot-noise")
@@ -152,10 +153,11 @@ class ImpulseNoise(Corruption):
     levels = (0.03, 0.06, 0.09, 0.17, 0.27)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-        # one uniform draw per value: u < c flips it, and given a flip u / c is uniform, so u < c / 2 is salt
+        # one uniform draw per value: u < c flips it, and given a flip u / c is uniform, so u < c / 2 is salt;
+        # x * [u >= c] + [u < c / 2] keeps x, or gives 0 (pepper) or 1 (salt)
         u = rand(tuple(x.shape), g, x)
-        out = torch.where(u < level / 2, torch.ones_like(x), x)
-        return torch.where((u >= level / 2) & (u < level), torch.zeros_like(x), out)
+        salt = u < level / 2
+        return torch.mul(x, u.ge_(level), out=u).add_(salt)
 
 
 @register_corruption("speckle-noise")
@@ -167,4 +169,5 @@ class SpeckleNoise(Corruption):
     levels = (0.15, 0.2, 0.35, 0.45, 0.6)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-        return x + x * level * randn(tuple(x.shape), g, x)
+        noise = randn(tuple(x.shape), g, x)
+        return torch.addcmul(x, x, noise, value=level, out=noise)  # x + c x n in one pass
