@@ -105,3 +105,19 @@ def test_pixelate_matches_pillow_on_any_shape(h, w):
             continue  # Pillow cannot resize to zero pixels
         y = pixelate(x, severity)[0].permute(1, 2, 0).numpy() * 255
         assert np.abs(y - _pillow_pixelate(arr, c)).max() <= 1.0 + 1e-3  # Pillow rounds the shrunk image
+
+
+@pytest.mark.parametrize("severity", [1, 5])
+def test_elastic_field_drawn_smaller_keeps_published_displacement_size(severity):
+    """At 224 px the field is drawn at 112 px and enlarged; displacements keep the full-size field's spread."""
+    from scipy.ndimage import gaussian_filter
+
+    size, n = 224, 8
+    alpha = CORRUPTIONS.get("elastic-transform").levels[severity - 1]
+    ramp = torch.linspace(0.1, 0.9, size).view(1, 1, 1, size).expand(n, 1, size, size).contiguous()
+    y = create("elastic-transform")(ramp, severity, torch.Generator().manual_seed(severity))
+    shift = ((y - ramp) / (0.8 / (size - 1)))[..., 40:-40, 40:-40]  # horizontal displacement, away from borders
+    # the published field: uniform(-0.005 H, 0.005 H) per pixel, Gaussian blur sigma 0.01 H (truncate 3), times alpha
+    noise = np.random.default_rng(severity).uniform(-0.005 * size, 0.005 * size, (n, size, size))
+    ref = gaussian_filter(noise, sigma=(0, 0.01 * size, 0.01 * size), truncate=3.0, mode="mirror") * alpha
+    assert abs(float(shift.std()) / ref.std() - 1) < 0.04, float(shift.std()) / ref.std()
