@@ -6,6 +6,7 @@ Radii, widths and displacements are published for 224-pixel images and scaled by
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -26,13 +27,22 @@ _SUPERSAMPLE = 8
 
 
 def disk_kernel(radius: float, alias_sigma: float, like: torch.Tensor) -> torch.Tensor:
-    """A normalised disk of ``radius`` pixels (area coverage, supersampled) softened by ``alias_sigma``."""
+    """A normalised disk of ``radius`` pixels (area coverage, supersampled) softened by ``alias_sigma``.
+
+    In ``like``'s dtype on its device; made once per (radius, sigma, dtype) on the CPU and copied.
+    """
+    return _disk_kernel_cpu(float(radius), float(alias_sigma), like.dtype).to(like.device, copy=True)
+
+
+@functools.lru_cache(maxsize=64)
+def _disk_kernel_cpu(radius: float, alias_sigma: float, dtype: torch.dtype) -> torch.Tensor:
+    like = torch.zeros((), dtype=dtype)
     half = math.ceil(radius + 3 * alias_sigma)
-    sub = (torch.arange(_SUPERSAMPLE, dtype=like.dtype, device=like.device) + 0.5) / _SUPERSAMPLE - 0.5
-    centres = torch.arange(-half, half + 1, dtype=like.dtype, device=like.device)
+    sub = (torch.arange(_SUPERSAMPLE, dtype=dtype) + 0.5) / _SUPERSAMPLE - 0.5
+    centres = torch.arange(-half, half + 1, dtype=dtype)
     pos = (centres[:, None] + sub[None]).reshape(-1)  # sub-pixel positions along one axis
     # a disk smaller than the sub-samples nearest the centre is the identity (those four sub-samples)
-    inside = (pos[:, None] ** 2 + pos[None] ** 2 <= max(radius, 0.75 / _SUPERSAMPLE) ** 2).to(like.dtype)
+    inside = (pos[:, None] ** 2 + pos[None] ** 2 <= max(radius, 0.75 / _SUPERSAMPLE) ** 2).to(dtype)
     k = inside.reshape(2 * half + 1, _SUPERSAMPLE, 2 * half + 1, _SUPERSAMPLE).mean(dim=(1, 3))
     if alias_sigma > 0.05:
         g = gaussian_kernel1d(alias_sigma, 3.0, like)
