@@ -330,20 +330,25 @@ def _pad_to(x: torch.Tensor, mh: int, mw: int) -> torch.Tensor:
     return F.pad(flat, [0, pw, 0, ph], mode="replicate").view(*shape[:-2], h + ph, w + pw)
 
 
-def _code_planes(p: torch.Tensor, quality: int, chroma: bool) -> torch.Tensor:
+def _code_planes(p: torch.Tensor, quality: int, chroma: bool, scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Encode and decode level-shifted planes (M, H, W), H a multiple of 8, W of 16: decoded 8-bit samples.
 
     8x8 block DCT-II as matrix products, quantisation rounding halves away from zero, dequantisation,
-    inverse DCT, and the decoder's rounding and clipping to [0, 255].
+    inverse DCT, and the decoder's rounding and clipping to [0, 255]. ``p`` is overwritten with the result;
+    ``scratch`` (at least ``p``'s size, contiguous) is a work buffer to reuse instead of fresh memory.
     """
     m, h, w = p.shape
     d, pair, q_enc, q_dec = (t.to(device=p.device, dtype=p.dtype) for t in _codec_tensors(quality, chroma, w))
-    c = torch.matmul(d, p.reshape(m * (h // 8), 8, w))  # along each block's columns
-    c = torch.mm(c.view(-1, 16), pair).view(-1, 8, w)  # along its rows
-    c = c.div_(q_enc).round_().mul_(q_dec)
-    c = torch.mm(c.view(-1, 16), pair.T).view(-1, 8, w)
-    r = torch.matmul(d.T, c)
-    return r.add_(128.5).floor_().clamp_(0, 255).view(m, h, w)
+    blocks = p.view(m * (h // 8), 8, w)  # p is ours: it doubles as a work buffer (fresh pages cost on the CPU)
+    if scratch is not None and scratch.numel() >= p.numel():
+        c = torch.matmul(d, blocks, out=scratch.view(-1)[: p.numel()].view(blocks.shape))  # along block columns
+    else:
+        c = torch.matmul(d, blocks)
+    torch.mm(c.view(-1, 16), pair, out=blocks.view(-1, 16))  # along its rows
+    blocks.div_(q_enc).round_().mul_(q_dec)
+    torch.mm(blocks.view(-1, 16), pair.T, out=c.view(-1, 16))
+    torch.matmul(d.T, c, out=blocks)
+    return p.add_(128.5).floor_().clamp_(0, 255)
 
 
 def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -370,7 +375,6 @@ def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
     # luma: floor(FIX-weighted sum + 1/2) - 128 on 8-bit samples
     wy = [255 * _fix(v) / 65536 for v in (0.299, 0.587, 0.114)]
     y = torch.mul(x[:, 0], wy[0]).add_(x[:, 1], alpha=wy[1]).add_(x[:, 2], alpha=wy[2]).sub_(127.5).floor_()
-    y = _code_planes(_pad_to(y, 8, 16), quality, False)[:, :h, :w]
     # chroma at full resolution (padded to even rows and 16-pixel columns), then 2x2 sums + bias 1, 2, 1, ... / 4
     xp = _pad_to(x, 2, 16)
     full = torch.empty(n, 2, *xp.shape[-2:], dtype=x.dtype, device=x.device)
@@ -385,28 +389,30 @@ def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
     bias = torch.tensor([1.0, 2.0], dtype=x.dtype, device=x.device).repeat(ch.shape[-1] // 2)
     ch = _pad_to(ch.add_(bias).mul_(0.25).floor_(), 8, 16)
     hh, ww = ch.shape[-2:]
-    ch = _code_planes(ch.view(n * 2, hh, ww), quality, True).view(n, 2, hh, ww)
+    # the full-resolution chroma planes are free until upsampling: the codec's work buffer
+    y = _code_planes(_pad_to(y, 8, 16), quality, False, scratch=full)[:, :h, :w]
+    ch = _code_planes(ch.view(n * 2, hh, ww), quality, True, scratch=full).view(n, 2, hh, ww)
     # fancy upsampling of the chroma that covers the image: vertical 3:1 sums, horizontal 3:1, + 8 or 7, / 16
     chh, cww = (h + 1) // 2, (w + 1) // 2
-    p = F.pad(ch[..., :chh, :cww], [1, 1, 1, 1], mode="replicate")
+    p = F.pad(ch[..., :chh, :cww], [1, 1, 1, 1], mode="replicate").add_(0.5)  # + 8 after both 3:1 sums
     v = torch.empty(n, 2, chh, 2, cww + 2, dtype=x.dtype, device=x.device)
     torch.add(p[..., :-2, :], p[..., 1:-1, :], alpha=3, out=v[:, :, :, 0])
     torch.add(p[..., 2:, :], p[..., 1:-1, :], alpha=3, out=v[:, :, :, 1])
     v = v.view(n, 2, 2 * chh, cww + 2)
-    o = torch.empty(n, 2, 2 * chh, cww, 2, dtype=x.dtype, device=x.device)
+    o = full[..., : 2 * cww].view(n, 2, 2 * chh, cww, 2)  # the full-resolution chroma buffer, free again
     torch.add(v[..., :-2], v[..., 1:-1], alpha=3, out=o[..., 0])
     torch.add(v[..., 2:], v[..., 1:-1], alpha=3, out=o[..., 1])
-    o = o.add_(torch.tensor([8.0, 7.0], dtype=x.dtype, device=x.device)).mul_(1 / 16).floor_()
+    o[..., 1].sub_(1)  # the odd output columns round with + 7
+    o = o.mul_(1 / 16).floor_()
     o = o.view(n, 2, 2 * chh, 2 * cww)[..., :h, :w]
     cb, cr = o[:, 0], o[:, 1]
-    # YCbCr -> RGB: y + floor(FIX(k) * (c - 128) / 65536 + 1/2)
+    # YCbCr -> RGB: y + floor(FIX(k) * (c - 128) / 65536 + 1/2) = floor(y + ...) (y is whole), into the output
     kr, kb = _fix(1.402) / 65536, _fix(1.772) / 65536
     kgb, kgr = -_fix(0.34414) / 65536, -_fix(0.71414) / 65536
     out = torch.empty(n, 3, h, w, dtype=x.dtype, device=x.device)
-    torch.add(y, torch.mul(cr, kr).add_(0.5 - 128 * kr).floor_(), out=out[:, 0])
-    g = torch.mul(cb, kgb).add_(cr, alpha=kgr).add_(0.5 - 128 * (kgb + kgr)).floor_()
-    torch.add(y, g, out=out[:, 1])
-    torch.add(y, torch.mul(cb, kb).add_(0.5 - 128 * kb).floor_(), out=out[:, 2])
+    torch.add(y, cr, alpha=kr, out=out[:, 0]).add_(0.5 - 128 * kr).floor_()
+    torch.add(y, cb, alpha=kgb, out=out[:, 1]).add_(cr, alpha=kgr).add_(0.5 - 128 * (kgb + kgr)).floor_()
+    torch.add(y, cb, alpha=kb, out=out[:, 2]).add_(0.5 - 128 * kb).floor_()
     return out.mul_(1 / 255)  # the caller clips to [0, 1], i.e. [0, 255] levels
 
 
