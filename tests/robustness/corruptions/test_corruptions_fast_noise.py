@@ -77,3 +77,35 @@ def test_poisson_counts_use_only_the_given_generator():
     assert torch.equal(a, poisson_counts(x, 25.0, generator(3)))
     assert not torch.equal(a, poisson_counts(x, 25.0, generator(4)))
     assert a.shape == x.shape and a.dtype == x.dtype
+
+
+@pytest.mark.parametrize("p", [0.03, 0.27])
+def test_bernoulli_positions_are_independent_trials(p):
+    from mlsafety.robustness.corruptions.noise import bernoulli_positions
+
+    n = 400_000
+    positions, coin = bernoulli_positions(n, p, generator(0, "bernoulli", p), torch.empty(0))
+    assert positions.dtype == torch.long and bool((positions[1:] > positions[:-1]).all())
+    assert int(positions[0]) >= 0 and int(positions[-1]) < n
+    hit = torch.zeros(n)
+    hit[positions] = 1
+    k = float(hit.sum())
+    assert abs(k / n - p) < 5 * np.sqrt(p * (1 - p) / n)  # success rate
+    pairs = float((hit[1:] * hit[:-1]).mean())
+    assert abs(pairs - p * p) < 5 * np.sqrt(p * p / n)  # neighbours independent (no clumping or spacing)
+    gaps = (positions[1:] - positions[:-1] - 1).numpy()  # geometric: P(gap = j) = (1 - p)^j p
+    assert chi_square_geometric(gaps, p) > 1e-3
+    assert abs(float(coin.mean()) - 0.5) < 5 * 0.5 / np.sqrt(k)  # fair coin for salt or pepper
+    assert abs(float(coin[gaps.argsort()[: int(k) // 2]].mean()) - 0.5) < 6 * 0.5 / np.sqrt(k / 2)  # unrelated to gaps
+
+
+def chi_square_geometric(gaps: np.ndarray, p: float) -> float:
+    top = int(np.quantile(gaps, 0.999)) + 1
+    observed = np.bincount(np.minimum(gaps, top), minlength=top + 1).astype(float)
+    expected = stats.geom.pmf(np.arange(top + 1) + 1, p) * gaps.size
+    expected[-1] = stats.geom.sf(top, p) * gaps.size
+    keep = expected >= 5
+    obs = np.append(observed[keep], observed[~keep].sum())
+    exp = np.append(expected[keep], expected[~keep].sum())
+    obs, exp = (obs, exp) if exp[-1] > 0 else (obs[:-1], exp[:-1])
+    return float(stats.chi2.sf(((obs - exp) ** 2 / exp).sum(), obs.size - 1))

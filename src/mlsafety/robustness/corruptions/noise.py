@@ -146,18 +146,49 @@ def _small_poisson(rates: torch.Tensor, g: torch.Generator) -> torch.Tensor:
 class ImpulseNoise(Corruption):
     """Salt and pepper: each pixel value (per channel) is set to 0 or 1, half each, with probability ``c``.
 
-    As scikit-image's ``random_noise(mode="s&p", amount=c)`` that ImageNet-C calls.
+    As scikit-image's ``random_noise(mode="s&p", amount=c)`` that ImageNet-C calls. Sampled by
+    :func:`bernoulli_positions`: about ``c`` uniforms per value rather than one.
     """
 
     group = "noise"
     levels = (0.03, 0.06, 0.09, 0.17, 0.27)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
-        # one uniform draw per value: u < c flips it, and given a flip u / c is uniform, so u < c / 2 is salt;
-        # x * [u >= c] + [u < c / 2] keeps x, or gives 0 (pepper) or 1 (salt)
-        u = rand(tuple(x.shape), g, x)
-        salt = u < level / 2
-        return torch.mul(x, u.ge_(level), out=u).add_(salt)
+        positions, salt = bernoulli_positions(x.numel(), level, g, x)
+        out = x.clone()
+        return out.view(-1).index_put_((positions,), salt).view(x.shape)
+
+
+def bernoulli_positions(n: int, p: float, g: torch.Generator, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The indices (increasing, on ``like``'s device) where ``n`` independent Bernoulli(``p``) trials succeed,
+    and a fair coin (0 or 1 in ``like``'s dtype) for each.
+
+    The gaps between successes of a Bernoulli process are independent geometric variables, sampled by
+    inversion: ``floor(log(v) / log(1 - p))`` failures before each success, ``v`` uniform on (0, 1].
+    Each uniform ``u`` also gives the coin: ``u < 1/2``, and ``v = 1 - frac(2 u)`` is uniform and
+    independent of it (one bit of ``u``'s resolution less). Uniforms (``like``'s dtype) come from ``g`` on
+    its device, in batches until the trials are covered.
+    """
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"p must lie in (0, 1), got {p}")
+    log_q = math.log1p(-p)
+    parts, coins, end = [], [], 0
+    while end < n:
+        remaining = n - end
+        draw = int(remaining * p + 6 * math.sqrt(remaining * p) + 16)
+        u = rand((draw,), g, like).mul_(2)
+        coin = u < 1
+        log_v = u.frac_().neg_().log1p_()  # log(1 - frac(2 u)): v = 1 - frac(2 u) lies in (0, 1]
+        gaps = log_v.mul_(1 / log_q).floor_().clamp_(max=n).long().add_(1)  # failures + the success
+        pos = gaps.cumsum_(0).add_(end - 1)
+        parts.append(pos)
+        coins.append(coin)
+        end = int(pos[-1]) + 1
+    positions = torch.cat(parts) if len(parts) > 1 else parts[0]
+    keep = int(torch.searchsorted(positions, n))  # successes inside the n trials
+    coin = torch.cat(coins) if len(coins) > 1 else coins[0]
+    salt = coin[:keep].to(device=like.device, dtype=like.dtype)
+    return positions[:keep].to(like.device), salt
 
 
 @register_corruption("speckle-noise")
