@@ -192,11 +192,17 @@ def edge_distance(wet: torch.Tensor, reach: int, dtype: torch.dtype) -> torch.Te
     ``t`` 3x3 dilations of the edge", counted on boolean masks in ``uint8``.
     """
     grown = dilate3_mask(wet) & dilate3_mask(~wet)  # dilation minus erosion: the mixed neighbourhoods
+    rows = torch.empty_like(grown)  # the two buffers of the in-place dilations (no allocation per step)
     count = torch.zeros(grown.shape, dtype=torch.uint8, device=wet.device)
     for t in range(reach):
         count += grown
-        if t + 1 < reach:
-            grown = dilate3_mask(grown)
+        if t + 1 < reach:  # 3x3 dilation: along columns into rows, then along rows back into grown
+            rows.copy_(grown)
+            rows[..., 1:, :] |= grown[..., :-1, :]
+            rows[..., :-1, :] |= grown[..., 1:, :]
+            grown.copy_(rows)
+            grown[..., 1:] |= rows[..., :-1]
+            grown[..., :-1] |= rows[..., 1:]
     return torch.sub(reach, count, out=torch.empty(grown.shape, dtype=dtype, device=wet.device))
 
 
