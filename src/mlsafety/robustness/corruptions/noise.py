@@ -89,8 +89,9 @@ def poisson_counts(x: torch.Tensor, scale: float, g: torch.Generator) -> torch.T
     cdf, count, guide, upper = (t.to(x.device) for t in _poisson_tables(float(scale)))
     flat = x.reshape(-1)
     u = rand((flat.numel(),), g, cdf)
-    level = flat.mul(_GRID).add_(_SNAP).floor_().clamp_(0, _GRID)  # j; x a hair below j / 255 counts as j
-    slot = torch.mul(u, _GUIDE).floor_().add_(level, alpha=_GUIDE).int()
+    pos = flat.mul(_GRID).add_(_SNAP)  # 255 x; a hair below j counts as j (float rounding of j / 255)
+    level = pos.int()  # j = floor(255 x), x in [0, 1]
+    slot = torch.mul(u, _GUIDE).int().add_(level, alpha=_GUIDE)  # (j, bucket of u), u * _GUIDE exact
     out = guide.index_select(0, slot)
     search = (out < 0).nonzero().squeeze(1)
     if search.numel():
@@ -105,10 +106,11 @@ def poisson_counts(x: torch.Tensor, scale: float, g: torch.Generator) -> torch.T
             lo = torch.where(above, lo, mid + 1)
         out.index_copy_(0, search, count.index_select(0, lo))
     out = out.to(x.dtype)
-    rest = flat.sub(level.div_(_GRID)).mul_(scale)
-    has_rest = rest > scale * 1e-6  # below: float rounding of an 8-bit value
+    frac = pos.sub_(level)  # 255 x - j + _SNAP
+    has_rest = frac > _SNAP + _GRID * 1e-6  # below: float rounding of an 8-bit value
     if bool(has_rest.any()):
-        out.add_(_small_poisson(rest.masked_fill_(~has_rest, 0.0), g))
+        rest = frac.sub_(_SNAP).mul_(scale / _GRID).masked_fill_(~has_rest, 0.0)
+        out.add_(_small_poisson(rest, g))
     return out.view(x.shape)
 
 
