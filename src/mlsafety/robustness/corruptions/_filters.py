@@ -334,12 +334,13 @@ def motion_blur(x: torch.Tensor, length: float, sigma: float, angles: torch.Tens
             merged: dict[tuple[int, int], float] = {}  # rounding sends neighbouring taps to one shift
             for (oy, ox), weight in zip(offsets[i], weights):
                 merged[oy, ox] = merged.get((oy, ox), 0.0) + weight
+            src, dst = padded[i], out[i]
             for j, ((oy, ox), weight) in enumerate(merged.items()):
-                src = padded[i, :, top + oy : top + oy + h, left + ox : left + ox + w]
+                shifted = src[:, top + oy : top + oy + h, left + ox : left + ox + w]
                 if j == 0:
-                    torch.mul(src, weight, out=out[i])
+                    torch.mul(shifted, weight, out=dst)
                 else:
-                    out[i].add_(src, alpha=weight)
+                    dst.add_(shifted, alpha=weight)
         return out
     hp, wp = padded.shape[-2:]
     flat = padded.reshape(n, c, hp * wp)
