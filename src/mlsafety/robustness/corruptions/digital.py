@@ -346,9 +346,11 @@ def _code_planes(p: torch.Tensor, quality: int, chroma: bool, scratch: torch.Ten
         c = torch.matmul(d, blocks)
     torch.mm(c.view(-1, 16), pair, out=blocks.view(-1, 16))  # along its rows
     blocks.div_(q_enc).round_().mul_(q_dec)
+    # DC: + 128.5 on every sample after the inverse DCT (level shift, rounding), + a hair so exact halves round up
+    blocks[:, 0, 0::8] += 8 * (128.5 + 1e-4)
     torch.mm(blocks.view(-1, 16), pair.T, out=c.view(-1, 16))
     torch.matmul(d.T, c, out=blocks)
-    return p.add_(128.5).floor_().clamp_(0, 255)
+    return p.floor_().clamp_(0, 255)
 
 
 def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
@@ -374,16 +376,18 @@ def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
         return _code_planes(y, quality, False)[:, None, :h, :w].div_(255)
     # luma: floor(FIX-weighted sum + 1/2) - 128 on 8-bit samples
     wy = [255 * _fix(v) / 65536 for v in (0.299, 0.587, 0.114)]
-    y = torch.mul(x[:, 0], wy[0]).add_(x[:, 1], alpha=wy[1]).add_(x[:, 2], alpha=wy[2]).sub_(127.5).floor_()
+    shift = torch.tensor(-127.5, dtype=x.dtype, device=x.device)
+    y = torch.add(shift, x[:, 0], alpha=wy[0]).add_(x[:, 1], alpha=wy[1]).add_(x[:, 2], alpha=wy[2]).floor_()
     # chroma at full resolution (padded to even rows and 16-pixel columns), then 2x2 sums + bias 1, 2, 1, ... / 4
     xp = _pad_to(x, 2, 16)
     full = torch.empty(n, 2, *xp.shape[-2:], dtype=x.dtype, device=x.device)
     wb = (-_fix(0.16874), -_fix(0.33126), _fix(0.5))
     wr = (_fix(0.5), -_fix(0.41869), -_fix(0.08131))
+    half = torch.tensor(0.5 - 2**-16, dtype=x.dtype, device=x.device)  # libjpeg's ONE_HALF - 1 for chroma
     for i, wt in enumerate((wb, wr)):
         k = [255 * v / 65536 for v in wt]
-        torch.mul(xp[:, 0], k[0], out=full[:, i]).add_(xp[:, 1], alpha=k[1]).add_(xp[:, 2], alpha=k[2])
-    full = full.add_(0.5 - 2**-16).floor_()  # level-shifted Cb, Cr
+        torch.add(half, xp[:, 0], alpha=k[0], out=full[:, i]).add_(xp[:, 1], alpha=k[1]).add_(xp[:, 2], alpha=k[2])
+    full = full.floor_()  # level-shifted Cb, Cr
     rows = full[..., 0::2, :] + full[..., 1::2, :]
     ch = rows[..., 0::2] + rows[..., 1::2]
     bias = torch.tensor([1.0, 2.0], dtype=x.dtype, device=x.device).repeat(ch.shape[-1] // 2)
