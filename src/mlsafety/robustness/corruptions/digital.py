@@ -371,12 +371,12 @@ def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
         The decoded images, (N, C, H, W) in [0, 1], multiples of 1/255.
     """
     n, c, h, w = x.shape
+    shift = torch.tensor(-127.5, dtype=x.dtype, device=x.device)
     if c == 1:
-        y = _pad_to(x[:, 0].mul(255).sub_(127.5).floor_(), 8, 16)  # round to 8 bits, level shift
+        y = _pad_to(torch.add(shift, x[:, 0], alpha=255).floor_(), 8, 16)  # round to 8 bits, level shift
         return _code_planes(y, quality, False)[:, None, :h, :w].div_(255)
     # luma: floor(FIX-weighted sum + 1/2) - 128 on 8-bit samples
     wy = [255 * _fix(v) / 65536 for v in (0.299, 0.587, 0.114)]
-    shift = torch.tensor(-127.5, dtype=x.dtype, device=x.device)
     y = torch.add(shift, x[:, 0], alpha=wy[0]).add_(x[:, 1], alpha=wy[1]).add_(x[:, 2], alpha=wy[2]).floor_()
     # chroma at full resolution (padded to even rows and 16-pixel columns), then 2x2 sums + bias 1, 2, 1, ... / 4
     xp = _pad_to(x, 2, 16)
