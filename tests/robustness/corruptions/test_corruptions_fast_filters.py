@@ -162,3 +162,21 @@ def test_frost_blend_equals_texture_crops():
     tex = frost_texture(5, (48, 40), 40 / 224, generator(0, "frost"), x)  # the same draws, in the same order
     assert torch.allclose(got, (a * x + b * tex).clamp(0, 1), atol=1e-6)
     assert len({float(t.mean()) for t in tex}) == 5  # each image its own crop
+
+
+@pytest.mark.parametrize("length", [0.3, 3.0, 12.0])
+def test_frost_streaks_are_the_brightest_motion_blur_of_the_seeds(length):
+    from mlsafety.robustness.corruptions.weather import streaks
+
+    g = torch.Generator().manual_seed(7)
+    seeds = torch.zeros(3, 1, 48, 52, dtype=torch.float64)
+    inner = torch.rand(3, 1, 20, 24, generator=g, dtype=torch.float64)
+    seeds[:, :, 14:34, 14:38] = (inner < 0.05) * inner  # at least `length` from every border
+    angles = torch.rand(4, 3, generator=g, dtype=torch.float64) * 360 - 180
+    want = torch.stack([_filters.motion_blur(seeds, length, 5.0, a) for a in angles]).amax(dim=0)
+    assert torch.allclose(streaks(seeds, length, 5.0, angles), want, atol=1e-12)
+    edge = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
+    edge[0, 0, 0, 4] = 1.0  # a seed on the border: each copy once (replicated borders would repeat it)
+    got = streaks(edge, 4.0, 2.0, torch.full((1, 1), -90.0, dtype=torch.float64))
+    assert abs(float(got.sum()) - 1.0) < 1e-12 and float(got[0, 0, :5, 4].min()) > 0
+    assert float(_filters.motion_blur(edge, 4.0, 2.0, torch.tensor([-90.0])).sum()) > 1.5

@@ -85,6 +85,37 @@ def frost_texture(n: int, size: tuple[int, int], scale: float, g: torch.Generato
     return torch.stack([bank[j, :, t : t + fh, s : s + fw] for j, t, s in crops])
 
 
+def streaks(seeds: torch.Tensor, length: float, sigma: float, angles: torch.Tensor) -> torch.Tensor:
+    """The brightest of several motion blurs of sparse seeds (K, 1, H, W), one per row of ``angles`` (D, K).
+
+    Each blur is :func:`~mlsafety.robustness.corruptions._filters.motion_blur` (the same integer
+    shifts and Gaussian weights) with nothing beyond the borders instead of replicated borders; it is
+    computed by scattering each seed's weighted copies, a few thousand entries instead of a pass over
+    the planes per shift.
+    """
+    k, _, h, w = seeds.shape
+    if length < 0.5 or sigma <= 0:
+        return seeds.clone()
+    taps = max(math.ceil(length) + 1, 2)
+    t = torch.linspace(0, length, taps, dtype=seeds.dtype, device=seeds.device)
+    weights = torch.exp(-0.5 * (t / sigma) ** 2)
+    weights = weights / weights.sum()
+    rad = torch.deg2rad(angles.to(seeds.dtype))[..., None]  # (D, K, 1)
+    dy = torch.ceil(t * torch.sin(rad) - 0.5).long()  # (D, K, taps), rounded half up as motion_blur
+    dx = torch.ceil(t * torch.cos(rad) - 0.5).long()
+    b, ys, xs = seeds[:, 0].nonzero(as_tuple=True)
+    # the copy of a seed shifted by (dy, dx) lands on the pixel that reads it: (y - dy, x - dx)
+    ty, tx = ys[None, :, None] - dy[:, b], xs[None, :, None] - dx[:, b]  # (D, seeds, taps)
+    directions = angles.shape[0]
+    d = torch.arange(directions, device=seeds.device)[:, None, None]
+    index = ((d * k + b[None, :, None]) * h + ty) * w + tx
+    outside = (ty < 0) | (ty >= h) | (tx < 0) | (tx >= w)
+    index.masked_fill_(outside, directions * k * h * w)  # copies beyond the borders land in one spare entry
+    values = (seeds[b, 0, ys, xs][None, :, None] * weights).expand(ty.shape)
+    flat = seeds.new_zeros(directions * k * h * w + 1).scatter_add_(0, index.reshape(-1), values.reshape(-1))
+    return flat[:-1].view(directions, k, h, w).amax(dim=0).unsqueeze(1)
+
+
 _COVER_STEP = 8
 """The frost cover's fractal is drawn on every 8th pixel and enlarged bilinearly (see :func:`_frost_bank`)."""
 
@@ -99,11 +130,8 @@ def _frost_bank(
     # needles are smooth, so they are drawn at half resolution (a quarter of the work) and enlarged
     nh, nw = max(bh // 2, 1), max(bw // 2, 1)
     seeds = (rand((k, 1, nh, nw), g, like) < 0.02).to(like.dtype) * uniform((k, 1, nh, nw), 0.5, 1.0, g, like)
-    needles = torch.zeros_like(seeds)
-    for _ in range(4):
-        streak = motion_blur(seeds, 12 * scale, 5 * scale, uniform((k,), -180.0, 180.0, g, like))
-        needles = torch.maximum(needles, streak)
-    needles = resize(needles, (bh, bw))
+    angles = torch.stack([uniform((k,), -180.0, 180.0, g, like) for _ in range(4)])  # four directions each
+    needles = resize(streaks(seeds, 12 * scale, 5 * scale, angles), (bh, bw))
     needles = needles / needles.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     grain = gaussian_blur(rand((k, 1, bh, bw), g, like), 0.7 * scale)
     # Patchy cover: a diamond-square fractal with roughness 2 over the next power of two. Each finer
@@ -122,11 +150,13 @@ def _frost_bank(
         align_corners=True,
     )
     cover = resize(cover, (max(cover.shape[2], bh), max(cover.shape[3], bw)))[:, :, :bh, :bw]
-    tex = 0.45 * cover + 0.35 * needles.sqrt() + 0.2 * grain
-    tex = (tex - tex.mean(dim=(2, 3), keepdim=True)) / tex.std(dim=(2, 3), keepdim=True).clamp_min(1e-6)
+    tex = torch.add(cover, needles.sqrt_(), alpha=0.35 / 0.45).add_(grain, alpha=0.2 / 0.45)  # / 0.45: scale-free
+    sd, mu = torch.std_mean(tex, dim=(2, 3), keepdim=True)
     mean = sum(FROST_COLOUR) / 3
     tint = torch.tensor(FROST_COLOUR, dtype=like.dtype, device=like.device).view(1, 3, 1, 1) / mean
-    bank = ((mean + FROST_STD * tex) * tint).clamp(0, 1)  # (k, 3, bh, bw)
+    # (mean + FROST_STD * (tex - mu) / sd) * tint, clipped to [0, 1], as one multiply-add per pixel
+    gain = tint * (FROST_STD / sd.clamp_min(1e-6))  # (k, 3, 1, 1)
+    bank = torch.addcmul(tint * mean - gain * mu, tex, gain).clamp_(0, 1)  # (k, 3, bh, bw)
     pick = torch.randint(0, k, (n,), generator=g, device=g.device).tolist()
     top = torch.randint(0, bh - fh + 1, (n,), generator=g, device=g.device).tolist()
     left = torch.randint(0, bw - fw + 1, (n,), generator=g, device=g.device).tolist()
