@@ -50,20 +50,22 @@ def test_quant_table_follows_libjpeg_scaling():
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize(("h", "w"), [(8, 8), (32, 32), (30, 45), (224, 224)])
 def test_torch_jpeg_matches_pillow(channels, h, w):
-    """libjpeg's integer DCT moves a few coefficients across a rounding boundary; everything else agrees."""
+    """Same coefficients as libjpeg (its integer forward DCT); its integer inverse DCT and colour rounding
+    leave a level here and there (measured: grey within 1 level, colour within 3, 99.6% within 1)."""
     diffs = []
     for severity, quality in enumerate(CORRUPTIONS.get("jpeg-compression").levels):
         arr = photo_like(channels, h, w, seed=severity)
         ref = pillow_jpeg(arr, quality).astype(np.int16)
         diff = np.abs(torch_jpeg(arr, quality).astype(np.int16) - ref)
-        assert diff.mean() < 1.0, f"quality {quality}: mean difference {diff.mean():.3f} levels"
+        assert diff.mean() < 0.1, f"quality {quality}: mean difference {diff.mean():.3f} levels"
+        assert diff.max() <= (2 if channels == 1 else 4), f"quality {quality}: {diff.max()} levels"
         diffs.append(diff.ravel())
     diff = np.concatenate(diffs)
-    assert diff.mean() < (0.25 if h * w >= 1024 else 0.5)
-    assert (diff <= 2).mean() > (0.97 if h * w >= 1024 else 0.9)
-    # the corruption is real: far from the clean image where the codec agrees with Pillow
+    assert diff.mean() < 0.05
+    assert (diff <= 1).mean() > 0.99
+    # the corruption is real: far from the clean image
     arr = photo_like(channels, h, w)
-    assert np.abs(torch_jpeg(arr, 7).astype(np.int16) - arr).mean() > 3 * diff.mean()
+    assert np.abs(torch_jpeg(arr, 7).astype(np.int16) - arr).mean() > 1.0
 
 
 def test_torch_jpeg_of_flat_image_is_flat():
