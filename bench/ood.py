@@ -116,7 +116,7 @@ def speed(label: str, model: nn.Module, fit_x: torch.Tensor, fit_y: torch.Tensor
     # where the shared scoring time goes: the pass itself, then each detector on cached outputs
     outputs, _ = ood.collect_outputs(clf, score_x)
     t_pass = timed(lambda: ood.collect_outputs(clf, score_x), repeats)
-    per_det = {d.name: timed(lambda d=d: d.score_outputs(clf, outputs), repeats) for d in dets}
+    per_det = per_detector_in_one_call(clf, dets, outputs, max(repeats, 5))
     return {
         "model": label,
         "parameters": sum(p.numel() for p in model.parameters()),
@@ -135,6 +135,25 @@ def speed(label: str, model: nn.Module, fit_x: torch.Tensor, fit_y: torch.Tensor
         "separate_vs_shared_fit": t_sep_fit / t_shared_fit,
         "per_detector_score_s": per_det,
     }
+
+
+def per_detector_in_one_call(
+    clf: Classifier, dets: list[ood.Detector], outputs: object, repeats: int
+) -> dict[str, float]:
+    """Each detector's time within one engine call on cached outputs (best of ``repeats``): work that
+    detectors share (e.g. the similarity search of KNN and NNGuide) counts where it is first done."""
+    from mlsafety.monitoring.ood.base import sharing
+
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        with sharing():
+            for det in dets:
+                det.plan(outputs)  # type: ignore[arg-type]
+            for det in dets:
+                t0 = time.perf_counter()
+                det.score_outputs(clf, outputs)  # type: ignore[arg-type]
+                best[det.name] = min(best.get(det.name, float("inf")), time.perf_counter() - t0)
+    return best
 
 
 def quality(model: nn.Module, names: list[str]) -> dict[str, dict[str, dict[str, float]]]:
@@ -328,7 +347,8 @@ def markdown(r: dict) -> str:  # type: ignore[type-arg]
         costly = sorted(s["per_detector_score_s"].items(), key=lambda kv: -kv[1])[:5]
         lines.append("")
         lines.append(f"{s['model']}: the pass with features takes {s['shared_pass_with_features_s']:.3f} s; the "
-                     "costliest detectors on cached outputs: "
+                     "costliest detectors within one engine call on cached outputs (shared work counted where "
+                     "it is first done): "
                      + ", ".join(f"{n} {t * 1000:.1f} ms" for n, t in costly) + ".")  # fmt: skip
     lines += ["", "## Detection quality on the embedded data (digits-cnn, fitted on the training split)", ""]
     sets = list(r["quality"])
