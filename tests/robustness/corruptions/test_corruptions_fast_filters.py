@@ -33,7 +33,7 @@ def test_fft_filter_equals_direct_correlation(mode, n, c, h, w, radius):
     kernel = disk_kernel(radius, 0.5, x)
     kernel[0, :] *= 1.5  # not symmetric: a flipped kernel (convolution instead of correlation) fails
     kernel = kernel / kernel.sum()
-    assert kernel.numel() > _filters._FFT_TAPS and h * w >= _filters._FFT_PIXELS  # the FFT path runs
+    assert _filters._fft_pays(kernel.numel(), x)  # the FFT path runs
     got = _filters.filter2d(x, kernel, mode=mode)
     assert torch.allclose(got, direct_correlate(x, kernel, mode), atol=1e-10)
 
@@ -44,12 +44,14 @@ def test_small_kernels_use_shifted_adds_equal_to_direct():
     assert torch.allclose(_filters.filter2d(x, kernel), direct_correlate(x, kernel, "reflect"), atol=1e-12)
 
 
-@pytest.mark.parametrize("sigma", [1.0, 2.5, (4.0, 1.5)])
-def test_gaussian_blur_fft_and_shifted_adds_agree_with_scipy(sigma):
+@pytest.mark.parametrize(("sigma", "fft"), [(1.0, False), (2.5, False), (4.0, True), ((6.0, 2.0), True)])
+def test_gaussian_blur_fft_and_shifted_adds_agree_with_scipy(sigma, fft):
     from scipy.ndimage import gaussian_filter
 
     x = planes(1, 3, 96, 80)
     sy, sx = (sigma, sigma) if isinstance(sigma, float) else sigma
+    taps = 2 * int(4.0 * sy + 0.5) + 1 + 2 * int(4.0 * sx + 0.5) + 1
+    assert _filters._fft_pays(taps, x) == fft  # both paths are checked
     for mode, scipy_mode in (("replicate", "nearest"), ("reflect", "mirror")):
         got = _filters.gaussian_blur(x, sigma, mode=mode).numpy()
         ref = gaussian_filter(x.numpy(), sigma=(0, 0, sy, sx), mode=scipy_mode, truncate=4.0)
