@@ -33,7 +33,7 @@ def pillow_jpeg(arr: np.ndarray, quality: int) -> np.ndarray:
 
 def torch_jpeg(arr: np.ndarray, quality: int) -> np.ndarray:
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].float() / 255
-    y = jpeg_round_trip(x, quality).clamp(0, 1)
+    y = jpeg_round_trip(x, quality)
     return (y[0].permute(1, 2, 0) * 255).round().byte().numpy()
 
 
@@ -123,3 +123,12 @@ def test_elastic_field_drawn_smaller_keeps_published_displacement_size(severity)
     noise = np.random.default_rng(severity).uniform(-0.005 * size, 0.005 * size, (n, size, size))
     ref = gaussian_filter(noise, sigma=(0, 0.01 * size, 0.01 * size), truncate=3.0, mode="mirror") * alpha
     assert abs(float(shift.std()) / ref.std() - 1) < 0.04, float(shift.std()) / ref.std()
+
+
+def test_torch_jpeg_clips_unless_asked_not_to():
+    x = torch.zeros(1, 3, 16, 16)
+    x[:, 0, 4:12, 4:12] = 1.0  # a saturated red square on a blue and black ground: the colour overshoots
+    x[:, 2, :, :8] = 1.0
+    raw = jpeg_round_trip(x, 7, clip=False)
+    assert float(raw.max()) > 1.0 or float(raw.min()) < 0.0
+    assert torch.equal(jpeg_round_trip(x, 7), raw.clamp(0, 1))

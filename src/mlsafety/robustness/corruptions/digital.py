@@ -257,7 +257,7 @@ class JpegCompression(Corruption):
 
     def apply(self, x: torch.Tensor, level: int, g: torch.Generator) -> torch.Tensor:
         if self.encoder == "torch":
-            return jpeg_round_trip(x, int(level))
+            return jpeg_round_trip(x, int(level), clip=False)  # the base class clips
         # x lies in [0, 1] (checked by the base class), so rounding x * 255 needs no clipping
         arr = x.detach().mul(255).round_().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
         _, h, w, c = arr.shape
@@ -391,7 +391,7 @@ def _code_planes(p: torch.Tensor, quality: int, chroma: bool, scratch: torch.Ten
     return p.floor_().clamp_(0, 255)
 
 
-def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
+def jpeg_round_trip(x: torch.Tensor, quality: int, clip: bool = True) -> torch.Tensor:
     """Baseline JPEG compression and decompression of images (N, C, H, W) in [0, 1], C = 1 or 3, in torch.
 
     What Pillow's default encoder and decoder (libjpeg) do, batched on ``x``'s device: 8-bit samples;
@@ -405,8 +405,14 @@ def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
     so decoded samples differ from Pillow's by a level here and there (grey: within 1 level; colour:
     within 3, 99.6% within 1, mean about 0.02 levels; see the tests).
 
+    Args:
+        x: images (N, C, H, W) in [0, 1], C = 1 or 3, on any device.
+        quality: the JPEG quality, 1..100.
+        clip: clip to [0, 1] as the decoder does; ``False`` leaves colour values that overshoot for a
+            caller that clips anyway (one pass fewer).
+
     Returns:
-        The decoded images, (N, C, H, W) in [0, 1], multiples of 1/255.
+        The decoded images, (N, C, H, W), multiples of 1/255.
     """
     n, c, h, w = x.shape
     shift = torch.tensor(-127.5, dtype=x.dtype, device=x.device)
@@ -455,7 +461,8 @@ def jpeg_round_trip(x: torch.Tensor, quality: int) -> torch.Tensor:
     torch.add(y, cr, alpha=kr, out=out[:, 0]).add_(0.5 - 128 * kr).floor_()
     torch.add(y, cb, alpha=kgb, out=out[:, 1]).add_(cr, alpha=kgr).add_(0.5 - 128 * (kgb + kgr)).floor_()
     torch.add(y, cb, alpha=kb, out=out[:, 2]).add_(0.5 - 128 * kb).floor_()
-    return out.mul_(1 / 255)  # the caller clips to [0, 1], i.e. [0, 255] levels
+    out = out.mul_(1 / 255)
+    return out.clamp_(0.0, 1.0) if clip else out
 
 
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:

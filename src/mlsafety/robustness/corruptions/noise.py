@@ -54,8 +54,9 @@ _SNAP = 1e-4
 def _poisson_tables(scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Inversion tables for Poisson rates ``scale * j / _GRID``, j = 0.._GRID (flattened CPU tensors).
 
-    ``cdf`` (rows x K, float32; the last entry of each row is 2 so every search stops there, absorbing a
-    tail below 1e-12) and ``count`` (the count of each ``cdf`` entry). For uniform ``u`` in bucket
+    ``cdf`` (rows x K, float32 like the uniforms it is compared with, so probabilities are resolved to
+    2^-24; the last entry of each row is 2 so every search stops there, absorbing a tail below 1e-12)
+    and ``count`` (the count of each ``cdf`` entry). For uniform ``u`` in bucket
     ``[m, m + 1) / _GUIDE`` of row j the inverse ``min{k: cdf[k] > u}`` lies in ``[lo, hi]``:
     ``guide[j, m]`` is the count when ``lo == hi``, else ``-1 - (flat index of lo)``, and ``upper[j, m]``
     is the flat index of ``hi``.
