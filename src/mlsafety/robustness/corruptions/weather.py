@@ -116,8 +116,8 @@ def streaks(seeds: torch.Tensor, length: float, sigma: float, angles: torch.Tens
     return flat[:-1].view(directions, k, h, w).amax(dim=0).unsqueeze(1)
 
 
-_COVER_STEP = 8
-"""The frost cover's fractal is drawn on every 8th pixel and enlarged bilinearly (see :func:`_frost_bank`)."""
+_COVER_SIDE = 64
+"""The frost cover's fractal is drawn on at most 64 x 64 points and enlarged bilinearly (see :func:`_frost_bank`)."""
 
 
 def _frost_bank(
@@ -134,12 +134,13 @@ def _frost_bank(
     needles = resize(streaks(seeds, 12 * scale, 5 * scale, angles), (bh, bw))
     needles = needles / needles.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)
     grain = gaussian_blur(rand((k, 1, bh, bw), g, like), 0.7 * scale)
-    # Patchy cover: a diamond-square fractal with roughness 2 over the next power of two. Each finer
-    # level adds a quarter of the previous level's displacement variance, so below every 8th pixel
-    # the levels add under 1e-4 of the range and only interpolate: the map is drawn on every 8th
-    # pixel (1/64 of the samples) and enlarged bilinearly, corners aligned with the full map's grid.
+    # Patchy cover: a diamond-square fractal with roughness 2 over the next power of two. With
+    # roughness 2 each level's displacements are a quarter of the previous level's, so the levels
+    # after the first six (a 64 x 64 map) add under 3e-4 of the first level's displacement together
+    # and otherwise only interpolate: the first six levels are drawn (at 224 px, 1/64 of the samples)
+    # and enlarged bilinearly, corners aligned with the full map's grid.
     full = next_power_of_two(max(bh, bw))
-    step = min(_COVER_STEP, full)
+    step = max(full // _COVER_SIDE, 1)
     coarse = plasma_fractal(k, full // step, 2.0, g, like)[:, None]
     ch, cw = math.ceil((bh - 1) / step) + 1, math.ceil((bw - 1) / step) + 1
     coarse = coarse[:, :, : min(ch, full // step), : min(cw, full // step)]
