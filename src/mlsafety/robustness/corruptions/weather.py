@@ -136,7 +136,7 @@ def _frost_bank(
     grain = gaussian_blur(rand((k, 1, bh, bw), g, like), 0.7 * scale)
     # Patchy cover: a diamond-square fractal with roughness 2 over the next power of two. With
     # roughness 2 each level's displacements are a quarter of the previous level's, so the levels
-    # after the first six (a 64 x 64 map) add under 3e-4 of the first level's displacement together
+    # after the first six (a 64 x 64 map) add under 3.3e-4 of the first level's displacement together
     # and otherwise only interpolate: the first six levels are drawn (at 224 px, 1/64 of the samples)
     # and enlarged bilinearly, corners aligned with the full map's grid.
     full = next_power_of_two(max(bh, bw))
