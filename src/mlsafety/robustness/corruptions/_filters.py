@@ -400,15 +400,15 @@ def plasma_raw(n: int, mapsize: int, decay: float, g: torch.Generator, like: tor
             -wibble * wibble, wibble * wibble, generator=g
         )
         ul = m[:, 0:mapsize:step, 0:mapsize:step]
+        down, right = _roll_add(ul, 1), _roll_add(ul, 2)  # corner pairs along each axis, used twice
         # diamond step: the mean of the four corners of each square (wrapping), plus noise
-        sq = _roll_add(ul, 1)
-        sq = _roll_add(sq, 2)
+        sq = _roll_add(down, 2)
         dr = m[:, half:mapsize:step, half:mapsize:step]
         torch.add(noise[0], sq, alpha=0.25, out=dr)  # written straight into the strided sub-grid
         # square step: each edge midpoint from its two corners and the two diamond centres beside it
-        lt = _roll_add(dr, 1, shift=1).add_(_roll_add(ul, 2))
+        lt = _roll_add(dr, 1, shift=1).add_(right)
         torch.add(noise[1], lt, alpha=0.25, out=m[:, 0:mapsize:step, half:mapsize:step])
-        tt = _roll_add(dr, 2, shift=1).add_(_roll_add(ul, 1))
+        tt = _roll_add(dr, 2, shift=1).add_(down)
         torch.add(noise[2], tt, alpha=0.25, out=m[:, half:mapsize:step, 0:mapsize:step])
         step //= 2
         wibble /= decay
