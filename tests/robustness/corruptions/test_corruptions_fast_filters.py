@@ -182,3 +182,18 @@ def test_frost_streaks_are_the_brightest_motion_blur_of_the_seeds(length):
     got = streaks(edge, 4.0, 2.0, torch.full((1, 1), -90.0, dtype=torch.float64))
     assert abs(float(got.sum()) - 1.0) < 1e-12 and float(got[0, 0, :5, 4].min()) > 0
     assert float(_filters.motion_blur(edge, 4.0, 2.0, torch.tensor([-90.0])).sum()) > 1.5
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["defocus-blur", "glass-blur", "motion-blur", "zoom-blur", "gaussian-blur", "snow", "frost", "fog", "spatter"],
+)
+def test_channels_last_and_strided_inputs_give_the_same_result(name):
+    from mlsafety.core import generator
+    from mlsafety.robustness.corruptions import corrupt
+
+    x = planes(2, 3, 72, 80).float()
+    ref = corrupt(x, name, 4, generator(0, name))
+    strided = torch.zeros(2, 3, 72, 160)[..., ::2].copy_(x)
+    for view in (x.contiguous(memory_format=torch.channels_last), strided):
+        assert torch.allclose(corrupt(view, name, 4, generator(0, name)), ref, atol=1e-5)

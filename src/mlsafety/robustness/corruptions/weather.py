@@ -203,7 +203,7 @@ class Fog(Corruption):
         strength, decay = level
         m = plasma_raw(n, next_power_of_two(max(h, w)), decay, g, x)
         lo, hi = m.view(n, -1).aminmax(dim=1)  # the fractal is scaled to [0, 1] over the whole map
-        top = x.view(n, -1).amax(dim=1)
+        top = x.amax(dim=(1, 2, 3))
         a = top / (top + strength)  # (x + strength * fog) * a with fog = (m - lo) / (hi - lo), in one pass
         b = strength * a / (hi - lo).clamp_min(1e-12)
         fog = torch.addcmul((-lo * b).view(n, 1, 1, 1), m[:, None, :h, :w], b.view(n, 1, 1, 1))
