@@ -50,19 +50,17 @@ def test_quant_table_follows_libjpeg_scaling():
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize(("h", "w"), [(8, 8), (32, 32), (30, 45), (224, 224)])
 def test_torch_jpeg_matches_pillow(channels, h, w):
-    """Same coefficients as libjpeg (its integer forward DCT); its integer inverse DCT and colour rounding
-    leave a level here and there (measured: grey within 1 level, colour within 3, 99.6% within 1)."""
+    """libjpeg's integer DCTs and fixed-point colour: Pillow's output, up to rare one-level differences
+    where float32 rounding meets a DESCALE boundary (none on these images when written)."""
     diffs = []
     for severity, quality in enumerate(CORRUPTIONS.get("jpeg-compression").levels):
         arr = photo_like(channels, h, w, seed=severity)
         ref = pillow_jpeg(arr, quality).astype(np.int16)
         diff = np.abs(torch_jpeg(arr, quality).astype(np.int16) - ref)
-        assert diff.mean() < 0.1, f"quality {quality}: mean difference {diff.mean():.3f} levels"
-        assert diff.max() <= (2 if channels == 1 else 4), f"quality {quality}: {diff.max()} levels"
+        assert diff.max() <= 1, f"quality {quality}: {diff.max()} levels"
         diffs.append(diff.ravel())
     diff = np.concatenate(diffs)
-    assert diff.mean() < 0.05
-    assert (diff <= 1).mean() > 0.99
+    assert (diff == 0).mean() > 0.999
     # the corruption is real: far from the clean image
     arr = photo_like(channels, h, w)
     assert np.abs(torch_jpeg(arr, 7).astype(np.int16) - arr).mean() > 1.0

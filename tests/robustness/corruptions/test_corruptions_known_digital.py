@@ -126,12 +126,13 @@ def test_pixelate_matches_pillow_and_reduces_resolution(size, severity):
     assert blocks == int(size * c)
 
 
+@pytest.mark.parametrize("encoder", ["torch", "pillow"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("severity", [1, 3, 5])
-def test_jpeg_pillow_encoder_is_pillow_round_trip(channels, severity):
+def test_jpeg_matches_pillow_round_trip(encoder, channels, severity):
     quality = CORRUPTIONS.get("jpeg-compression").levels[severity - 1]
     x = uint8_images(2, channels, 40)
-    y = create("jpeg-compression", encoder="pillow")(x, severity)
+    y = create("jpeg-compression", encoder=encoder)(x, severity)
     for i in range(2):
         arr = (x[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)
         pil = Image.fromarray(arr[..., 0] if channels == 1 else arr)

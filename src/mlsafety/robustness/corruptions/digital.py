@@ -241,9 +241,9 @@ class JpegCompression(Corruption):
 
     Args:
         reference_size: see :class:`Corruption` (JPEG has no length parameter).
-        encoder: ``"torch"`` (the default): the codec written in torch, batched on the input's device
-            (see :func:`jpeg_round_trip`); ``"pillow"``: each image through Pillow's encoder and decoder
-            on the CPU, bit for bit libjpeg's output.
+        encoder: ``"torch"`` (the default): the codec written in torch, batched on the input's device,
+            Pillow's output up to rare one-level differences (see :func:`jpeg_round_trip`); ``"pillow"``:
+            each image through Pillow's encoder and decoder on the CPU.
     """
 
     group = "digital"
@@ -309,14 +309,11 @@ def quant_table(quality: int, chroma: bool = False) -> list[int]:
 
 
 @functools.lru_cache(maxsize=64)
-def _codec_tensors(quality: int, chroma: bool, width: int) -> tuple[torch.Tensor, ...]:
-    """CPU float64 tensors for :func:`_code_planes`: DCT matrix, its two-block row form, quantisers."""
-    k = torch.arange(8, dtype=torch.float64)
-    d = torch.cos((2 * k[None] + 1) * k[:, None] * math.pi / 16) * math.sqrt(2 / 8)
-    d[0] /= math.sqrt(2)  # orthonormal DCT-II: coefficients = d @ block @ d.T
-    pair = torch.block_diag(d.T, d.T)  # the row transform of two neighbouring blocks as one 16x16 product
+def _quantisers(quality: int, chroma: bool, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CPU float64 (8, width) quantiser steps ``q[u, column % 8]``: for encoding (8 q, nudged so that exact
+    halves round away from zero, on libjpeg's 8x-scaled coefficients) and for decoding (q)."""
     q = torch.tensor(quant_table(quality, chroma), dtype=torch.float64).view(8, 8).repeat(1, width // 8)
-    return d, pair, q / _AWAY, q
+    return q * 8 / _AWAY, q
 
 
 def _pad_to(x: torch.Tensor, mh: int, mw: int) -> torch.Tensor:
@@ -346,6 +343,31 @@ exact (``<< PASS1_BITS``); the others are descaled by ``CONST_BITS - PASS1_BITS 
 pass is the same matrix with rows 0 and 4 divided by 4 and descaled by 2 bits, the others by 15."""
 
 
+_ISLOW_INVERSE = (
+    (8192, 11363, 10703, 9633, 8192, 6437, 4433, 2260),
+    (8192, 9633, 4433, -2259, -8192, -11362, -10704, -6436),
+    (8192, 6437, -4433, -11362, -8192, 2261, 10704, 9633),
+    (8192, 2260, -10703, -6436, 8192, 9633, -4433, -11363),
+    (8192, -2260, -10703, 6436, 8192, -9633, -4433, 11363),
+    (8192, -6437, -4433, 11362, -8192, -2261, 10704, -9633),
+    (8192, -9633, 4433, 2259, -8192, 11362, -10704, 6436),
+    (8192, -11363, 10703, -9633, 8192, -6437, 4433, -2260),
+)  # fmt: skip
+"""libjpeg's ``jidctint`` (the default "islow" inverse DCT) as an integer matrix: sample ``i`` of a column
+(first pass, DESCALE by 11 bits) or row (second pass, DESCALE by 18 bits, then + 128 and clipping)."""
+
+
+@functools.lru_cache(maxsize=1)
+def _islow_inverse_tensors() -> tuple[torch.Tensor, torch.Tensor]:
+    """``jidctint``'s two passes as matrices with their DESCALE folded in: ``floor(m @ v + 1/2)`` each.
+
+    In float32 the products round by well under 1e-3 of an output unit, so a DESCALE can differ from
+    libjpeg's by one in rare cases where the exact value sits on the boundary.
+    """
+    m = torch.tensor(_ISLOW_INVERSE, dtype=torch.float64)
+    return m / 2**11, torch.block_diag(m.T, m.T) / 2**18  # columns, then rows two blocks at a time
+
+
 @functools.lru_cache(maxsize=1)
 def _islow_tensors() -> tuple[torch.Tensor, torch.Tensor]:
     """``jfdctint`` as two matrices whose rows carry their DESCALE: ``floor(m @ v + 1/2)`` per pass.
@@ -368,12 +390,12 @@ def _code_planes(p: torch.Tensor, quality: int, chroma: bool, scratch: torch.Ten
     """Encode and decode level-shifted planes (M, H, W), H a multiple of 8, W of 16: decoded 8-bit samples.
 
     libjpeg's integer forward DCT ("islow", :func:`_islow_tensors`), quantisation rounding halves away from
-    zero, dequantisation, inverse DCT (floating point, where libjpeg's integer one differs by at most a
-    level), and the decoder's rounding and clipping to [0, 255]. ``p`` is overwritten with the result;
-    ``scratch`` (at least ``p``'s size, contiguous) is a work buffer to reuse instead of fresh memory.
+    zero, dequantisation, its integer inverse DCT (:func:`_islow_inverse_tensors`) with the decoder's level
+    shift and clipping to [0, 255]. ``p`` is overwritten with the result; ``scratch`` (at least ``p``'s
+    size, contiguous) is a work buffer to reuse instead of fresh memory.
     """
     m, h, w = p.shape
-    d, pair, q_enc, q_dec = (t.to(device=p.device, dtype=p.dtype) for t in _codec_tensors(quality, chroma, w))
+    q_enc, q_dec = (t.to(device=p.device, dtype=p.dtype) for t in _quantisers(quality, chroma, w))
     rows, cols = (t.to(device=p.device, dtype=p.dtype) for t in _islow_tensors())
     blocks = p.view(m * (h // 8), 8, w)  # p is ours: it doubles as a work buffer (fresh pages cost on the CPU)
     if scratch is not None and scratch.numel() >= p.numel():
@@ -383,11 +405,12 @@ def _code_planes(p: torch.Tensor, quality: int, chroma: bool, scratch: torch.Ten
     half = torch.full((), 0.5, dtype=p.dtype, device=p.device)
     torch.addmm(half, blocks.view(-1, 16), rows, out=c.view(-1, 16)).floor_()  # pass 1 along block rows
     torch.matmul(cols, c, out=blocks).add_(0.5).floor_()  # pass 2 along block columns: 8 x the DCT
-    blocks.div_(q_enc.mul(8)).round_().mul_(q_dec)  # quantise as (|c| + 4q) // 8q with c's sign; dequantise
-    # DC: + 128.5 on every sample after the inverse DCT (level shift, rounding), + a hair so exact halves round up
-    blocks[:, 0, 0::8] += 8 * (128.5 + 1e-4)
-    torch.mm(blocks.view(-1, 16), pair.T, out=c.view(-1, 16))
-    torch.matmul(d.T, c, out=blocks)
+    blocks.div_(q_enc).round_().mul_(q_dec)  # quantise as (|c| + 4q) // 8q with c's sign; dequantise
+    inv_cols, inv_rows = (t.to(device=p.device, dtype=p.dtype) for t in _islow_inverse_tensors())
+    blocks[:, 0] += 0.125  # row u = 0 weighs 4 in every output of pass 1: its DESCALE half, on 1/8 of the data
+    torch.matmul(inv_cols, blocks, out=c).floor_()  # inverse pass 1 along block columns
+    bias = torch.full((), 128.5, dtype=p.dtype, device=p.device)  # DESCALE's half and the level shift
+    torch.addmm(bias, c.view(-1, 16), inv_rows, out=blocks.view(-1, 16))  # pass 2 along block rows
     return p.floor_().clamp_(0, 255)
 
 
@@ -400,10 +423,9 @@ def jpeg_round_trip(x: torch.Tensor, quality: int, clip: bool = True) -> torch.T
     replicated to whole blocks (16 pixels for subsampled chroma); 8x8 DCT-II; quantisation with the
     IJG tables scaled by ``quality`` (:func:`quant_table`); dequantisation, inverse DCT, libjpeg's
     "fancy" (triangular, 3/4-1/4) chroma upsampling with its integer rounding, YCbCr -> RGB with its
-    fixed-point tables, rounding and clipping to 8 bits. The forward DCT is libjpeg's integer one, so the
-    quantised coefficients are libjpeg's; the inverse DCT is floating point where libjpeg's is integer,
-    so decoded samples differ from Pillow's by a level here and there (grey: within 1 level; colour:
-    within 3, 99.6% within 1, mean about 0.02 levels; see the tests).
+    fixed-point tables, rounding and clipping to 8 bits. Both DCTs are libjpeg's integer ones ("islow",
+    as matrix products whose rows carry libjpeg's DESCALE), so the output is Pillow's bit for bit, up to
+    a rare one-level difference where float32 rounding meets a DESCALE boundary (see the tests).
 
     Args:
         x: images (N, C, H, W) in [0, 1], C = 1 or 3, on any device.
