@@ -307,8 +307,10 @@ def centre_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     size = (max(round(ch * zoom), h), max(round(cw * zoom), w))
     if (ch, cw) == (h, w) == size:
         return x  # a zoom of 1: corner-aligned interpolation to the same size is the identity
-    # a channels-last copy of the crop: the CPU bilinear kernel is fastest on it (also with the copy)
-    crop = x[..., top : top + ch, left : left + cw].contiguous(memory_format=torch.channels_last)
+    crop = x[..., top : top + ch, left : left + cw]
+    if not x.is_contiguous(memory_format=torch.channels_last):
+        # the CPU bilinear kernel is fastest on channels-last data, even counting this copy
+        crop = crop.contiguous(memory_format=torch.channels_last)
     return F.interpolate(crop, size=size, mode="bilinear", align_corners=True)[..., :h, :w]
 
 

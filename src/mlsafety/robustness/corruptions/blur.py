@@ -125,11 +125,14 @@ class ZoomBlur(Corruption):
     )
 
     def apply(self, x: torch.Tensor, level: tuple[float, ...], g: torch.Generator) -> torch.Tensor:
-        out = x.contiguous(memory_format=torch.channels_last)  # the zooms come back channels-last
-        out = out.clone() if out is x else out
+        n, c, h, w = x.shape
+        # every image and channel zooms alike: one (1, N * C, H, W) channels-last tensor, so the CPU
+        # bilinear kernel runs over N * C contiguous values per pixel
+        planes = x.reshape(1, n * c, h, w).contiguous(memory_format=torch.channels_last)
+        out = planes.clone()
         for zoom in level:
-            out += centre_zoom(x, zoom)
-        return out.div_(len(level) + 1).contiguous()
+            out += centre_zoom(planes, zoom)
+        return out.div_(len(level) + 1).contiguous().view(n, c, h, w)
 
 
 @register_corruption("gaussian-blur")
