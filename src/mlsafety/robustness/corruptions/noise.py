@@ -43,7 +43,8 @@ class ShotNoise(Corruption):
 _GRID = 255
 """Rates ``c * j / _GRID`` (j = 0.._GRID) have inversion tables; 8-bit images hit them exactly."""
 
-_GUIDE = 1024
+_GUIDE_BITS = 10
+_GUIDE = 1 << _GUIDE_BITS
 """Guide-table buckets per rate (Chen & Asau 1974): most buckets hold no CDF step and give the count at once."""
 
 _SNAP = 1e-4
@@ -80,26 +81,28 @@ def _poisson_tables(scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Ten
 def poisson_counts(x: torch.Tensor, scale: float, g: torch.Generator) -> torch.Tensor:
     """Exact Poisson samples with rates ``scale * x`` (x in [0, 1], any shape) as a float tensor like ``x``.
 
-    Inversion of the CDF with one uniform per value: ``Poisson(scale * j / 255)``, ``j = floor(255 x)``,
-    by a guide table (Chen & Asau 1974) over cached CDF tables, a binary search where a bucket holds a
-    CDF step; plus ``Poisson(r)`` for the remainder ``r = scale * (x - j / 255)`` (zero for 8-bit
+    Inversion of the CDF with one uniform per value (24 random bits): ``Poisson(scale * j / 255)``,
+    ``j = floor(255 x)``, by a guide table (Chen & Asau 1974) over cached CDF tables, a binary search
+    where a bucket holds a CDF step; plus ``Poisson(r)`` for the remainder ``r = scale * (x - j / 255)`` (zero for 8-bit
     images) by sequential search from 0 with a second uniform (a sum of independent Poisson variables
     is Poisson). Uniforms are drawn on ``g``'s device and moved, so a CPU generator gives the same
     samples on every device.
     """
     cdf, count, guide, upper = (t.to(x.device) for t in _poisson_tables(float(scale)))
     flat = x.reshape(-1)
-    u = rand((flat.numel(),), g, cdf)
+    # one uniform per value as 24 random bits (u = bits / 2^24): the top 10 pick the guide bucket
+    bits = torch.randint(0, 1 << 24, (flat.numel(),), generator=g, device=g.device, dtype=torch.int32)
+    bits = bits.to(x.device)
     pos = flat.mul(_GRID).add_(_SNAP)  # 255 x; a hair below j counts as j (float rounding of j / 255)
     level = pos.int()  # j = floor(255 x), x in [0, 1]
-    slot = torch.mul(u, _GUIDE).int().add_(level, alpha=_GUIDE)  # (j, bucket of u), u * _GUIDE exact
+    slot = torch.bitwise_right_shift(bits, 24 - _GUIDE_BITS).add_(level, alpha=_GUIDE)  # (j, bucket of u)
     out = guide.index_select(0, slot)
     search = (out < 0).nonzero().squeeze(1)
     if search.numel():
         slot_s = slot.index_select(0, search)
         lo = out.index_select(0, search).neg_().sub_(1).long()
         hi = upper.index_select(0, slot_s)
-        u_s = u.index_select(0, search)
+        u_s = bits.index_select(0, search).to(cdf.dtype).mul_(2.0**-24)
         for _ in range(int(hi.sub(lo).max()).bit_length()):
             mid = lo.add(hi).div_(2, rounding_mode="floor")
             above = cdf.index_select(0, mid) > u_s
