@@ -152,7 +152,10 @@ def _frost_bank(
     )
     cover = resize(cover, (max(cover.shape[2], bh), max(cover.shape[3], bw)))[:, :, :bh, :bw]
     tex = torch.add(cover, needles.sqrt_(), alpha=0.35 / 0.45).add_(grain, alpha=0.2 / 0.45)  # / 0.45: scale-free
-    sd, mu = torch.std_mean(tex, dim=(2, 3), keepdim=True)
+    flat = tex.view(k, -1)  # mean and (unbiased) deviation by two plain passes: torch.std is slow on the CPU
+    mu = flat.mean(dim=1)
+    sd = (flat - mu[:, None]).pow_(2).sum(dim=1).div_(max(flat.shape[1] - 1, 1)).sqrt_()
+    sd, mu = sd.view(k, 1, 1, 1), mu.view(k, 1, 1, 1)
     mean = sum(FROST_COLOUR) / 3
     tint = torch.tensor(FROST_COLOUR, dtype=like.dtype, device=like.device).view(1, 3, 1, 1) / mean
     # (mean + FROST_STD * (tex - mu) / sd) * tint, clipped to [0, 1], as one multiply-add per pixel
