@@ -205,7 +205,8 @@ class Fog(Corruption):
         n, _, h, w = x.shape
         strength, decay = level
         m = plasma_raw(n, next_power_of_two(max(h, w)), decay, g, x)
-        lo, hi = m.view(n, -1).aminmax(dim=1)  # the fractal is scaled to [0, 1] over the whole map
+        flat = m.view(n, -1)  # the fractal is scaled to [0, 1] over the whole map (aminmax(dim=...) is slow)
+        lo, hi = flat.amin(dim=1), flat.amax(dim=1)
         top = x.amax(dim=(1, 2, 3))
         a = top / (top + strength)  # (x + strength * fog) * a with fog = (m - lo) / (hi - lo), in one pass
         b = strength * a / (hi - lo).clamp_min(1e-12)
