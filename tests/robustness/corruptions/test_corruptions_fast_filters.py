@@ -197,3 +197,16 @@ def test_channels_last_and_strided_inputs_give_the_same_result(name):
     strided = torch.zeros(2, 3, 72, 160)[..., ::2].copy_(x)
     for view in (x.contiguous(memory_format=torch.channels_last), strided):
         assert torch.allclose(corrupt(view, name, 4, generator(0, name)), ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_zero_below_and_indicator_match_their_masked_definitions(dtype):
+    x = torch.rand(3, 1, 17, 19, generator=torch.Generator().manual_seed(2), dtype=dtype)
+    thr = 0.65
+    x[0, 0, 0, :3] = torch.tensor([thr, thr, thr], dtype=dtype)  # exactly at the threshold: kept, not above
+    x[0, 0, 1, 0] = torch.nextafter(torch.tensor(thr, dtype=dtype), torch.tensor(0.0, dtype=dtype))
+    want = x.masked_fill(x < thr, 0.0)
+    assert torch.equal(_filters.zero_below_(x.clone(), thr), want)
+    assert torch.equal(_filters.indicator(x, thr), (x > thr).to(dtype))
+    kept = float(torch.tensor(thr, dtype=dtype))
+    assert float(_filters.zero_below_(x.clone(), thr)[0, 0, 1, 0]) == 0.0 and float(want[0, 0, 0, 0]) == kept

@@ -19,6 +19,7 @@ from mlsafety.robustness.corruptions._filters import (
     field_size,
     gaussian_blur,
     grey,
+    indicator,
     motion_blur,
     next_power_of_two,
     normal,
@@ -27,6 +28,7 @@ from mlsafety.robustness.corruptions._filters import (
     rand,
     resize,
     uniform,
+    zero_below_,
 )
 from mlsafety.robustness.corruptions.base import MIN_FIELD, Corruption, register_corruption
 
@@ -59,7 +61,7 @@ class Snow(Corruption):
         sf = min(fh, fw) / self.reference_size
         z = max(zoom * sf, 1.0)
         layer = resize(normal((n, 1, math.ceil(fh / z), math.ceil(fw / z)), loc, std, g, x), (fh, fw))
-        layer = layer.masked_fill_(layer < thr, 0.0).clamp_(0, 1)
+        layer = zero_below_(layer, thr).clamp_(0, 1)
         layer = motion_blur(layer, 2 * radius * sf, sigma * sf, uniform((n,), -135.0, -45.0, g, x))
         layer = resize(layer, (h, w))
         flakes = layer + layer.flip(-1, -2)  # one channel: added to every channel below
@@ -268,10 +270,10 @@ class Spatter(Corruption):
         sf = min(fh, fw) / self.reference_size
         liquid = gaussian_blur(normal((n, 1, fh, fw), loc, std, g, x), sigma * sf)
         if mud:
-            m = gaussian_blur((liquid > thr).to(x.dtype), intensity * sf)
-            m = resize(m.masked_fill_(m < 0.8, 0.0), (h, w))
+            m = gaussian_blur(indicator(liquid, thr), intensity * sf)
+            m = resize(zero_below_(m, 0.8), (h, w))
             return torch.lerp(x, colour(_MUD, c, x), m)  # x (1 - m) + mud m
-        liquid.masked_fill_(liquid < thr, 0.0)
+        zero_below_(liquid, thr)
         dist = box_blur3(edge_distance(liquid > 0, max(round(20 * sf), 1), x.dtype))
         dist = dist / dist.amax(dim=(2, 3), keepdim=True).clamp_min(1e-6) * 255
         dist = correlate3(dist, _EMBOSS).clamp_(0, 255)
