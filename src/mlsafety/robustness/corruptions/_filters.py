@@ -41,7 +41,7 @@ def zero_below_(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """``x[x < threshold] = 0`` in place, as one ``threshold_`` pass (``masked_fill_`` with a mask is
     many times slower on the CPU): values at or above ``threshold`` (in ``x``'s dtype) are kept."""
     below = torch.nextafter(torch.tensor(threshold, dtype=x.dtype), torch.tensor(-math.inf, dtype=x.dtype))
-    return F.threshold_(x, float(below), 0.0)
+    return F.threshold(x, float(below), 0.0, inplace=True)
 
 
 def indicator(x: torch.Tensor, threshold: float) -> torch.Tensor:
