@@ -88,11 +88,26 @@ def poisson_counts(x: torch.Tensor, scale: float, g: torch.Generator) -> torch.T
     is Poisson). Uniforms are drawn on ``g``'s device and moved, so a CPU generator gives the same
     samples on every device.
     """
-    cdf, count, guide, upper = (t.to(x.device) for t in _poisson_tables(float(scale)))
+    tables = tuple(t.to(x.device) for t in _poisson_tables(float(scale)))
     flat = x.reshape(-1)
+    out = torch.empty_like(flat)
+    for start in range(0, flat.numel(), _CHUNK):  # chunks keep the temporaries in cache, the heap small
+        out[start : start + _CHUNK] = _poisson_chunk(flat[start : start + _CHUNK], scale, g, tables)
+    return out.view(x.shape)
+
+
+_CHUNK = 1 << 18
+"""Values per step of :func:`poisson_counts`."""
+
+
+def _poisson_chunk(
+    flat: torch.Tensor, scale: float, g: torch.Generator, tables: tuple[torch.Tensor, ...]
+) -> torch.Tensor:
+    """:func:`poisson_counts` on a 1-D chunk, with the device's copy of :func:`_poisson_tables`."""
+    cdf, count, guide, upper = tables
     # one uniform per value as 24 random bits (u = bits / 2^24): the top 10 pick the guide bucket
     bits = torch.randint(0, 1 << 24, (flat.numel(),), generator=g, device=g.device, dtype=torch.int32)
-    bits = bits.to(x.device)
+    bits = bits.to(flat.device)
     pos = flat.mul(_GRID).add_(_SNAP)  # 255 x; a hair below j counts as j (float rounding of j / 255)
     level = pos.int()  # j = floor(255 x), x in [0, 1]
     slot = torch.bitwise_right_shift(bits, 24 - _GUIDE_BITS).add_(level, alpha=_GUIDE)  # (j, bucket of u)
@@ -109,13 +124,12 @@ def poisson_counts(x: torch.Tensor, scale: float, g: torch.Generator) -> torch.T
             hi = torch.where(above, mid, hi)
             lo = torch.where(above, lo, mid + 1)
         out.index_copy_(0, search, count.index_select(0, lo))
-    out = out.to(x.dtype)
     frac = pos.sub_(level)  # 255 x - j + _SNAP
     has_rest = frac > _SNAP + _GRID * 1e-6  # below: float rounding of an 8-bit value
     if bool(has_rest.any()):
         rest = frac.sub_(_SNAP).mul_(scale / _GRID).masked_fill_(~has_rest, 0.0)
-        out.add_(_small_poisson(rest, g))
-    return out.view(x.shape)
+        out = out.to(flat.dtype).add_(_small_poisson(rest, g))
+    return out
 
 
 def _small_poisson(rates: torch.Tensor, g: torch.Generator) -> torch.Tensor:
