@@ -47,21 +47,27 @@ class ASH(Detector):
 
     def shape(self, features: torch.Tensor) -> torch.Tensor:
         """The shaped features (N, D)."""
+        pruned, scale = self._pruned_and_scale(features)
+        return pruned if scale is None else pruned * scale
+
+    def _pruned_and_scale(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Shaped features as pruned features and a per-row scale (N, 1) (None: no scaling)."""
         f = features.float()
         s1 = f.sum(dim=1, keepdim=True)
         if self.variant == "b":
             mask = prune_mask(f, self.percentile)
-            return mask.float() * s1 / mask.sum(dim=1, keepdim=True)
+            return mask.float() * s1 / mask.sum(dim=1, keepdim=True), None
         # keep each row's values at or above its keep-th largest (a tie at the threshold keeps all tied
         # values; ties among the zeros of dead units change nothing)
         threshold = kth_largest(f, keep_count(f.shape[1], self.percentile))[:, None].to(f.device)
         pruned = f * (f >= threshold).to(f.dtype)  # a product with the mask: torch.where is slow on the CPU
         if self.variant == "p":
-            return pruned
+            return pruned, None
         s2 = pruned.sum(dim=1, keepdim=True)
-        return pruned.mul_(torch.exp(s1 / s2.clamp_min(1e-12)))
+        return pruned, torch.exp(s1 / s2.clamp_min(1e-12))
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         w, b = head_of(clf)
-        f = self.shape(features_of(outputs))
-        return energy_of(f @ w.T.float() + b.float())
+        pruned, scale = self._pruned_and_scale(features_of(outputs))
+        product = pruned @ w.T.float()  # the row scale applies to the (N, K) product: (s f) W^T = s (f W^T)
+        return energy_of((product if scale is None else product * scale) + b.float())

@@ -400,9 +400,9 @@ def float64(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else reuse("float64", (x,), x.double)
 
 
-_INT_VIEWS: dict[np.dtype[Any], tuple[type[np.signedinteger[Any]], int]] = {
-    np.dtype(np.float32): (np.int32, 31),
-    np.dtype(np.float64): (np.int64, 63),
+_INT_VIEWS: dict[np.dtype[Any], tuple[type[np.signedinteger[Any]], int, int]] = {
+    np.dtype(np.float32): (np.int32, 31, 2**31 - 1),
+    np.dtype(np.float64): (np.int64, 63, 2**63 - 1),
 }
 
 
@@ -416,19 +416,16 @@ def _select(block: np.ndarray, k: int, kind: str, non_negative: bool = False) ->
     integers about a third faster than floats.
     """
     m = block.shape[1]
-    ints, shift = _INT_VIEWS[block.dtype]
+    ints, shift, magnitude = _INT_VIEWS[block.dtype]
     keys = block.view(ints)
-    magnitude = np.iinfo(ints).max
     signed = not (non_negative or bool(block.min() >= 0))  # NaN also takes the general path
     if signed:
         keys ^= (keys >> shift) & magnitude
     keys.partition(m - k, axis=1)
-    top = keys[:, m - k] if kind == "kth" else keys[:, m - k :]
-    top = np.array(top)  # a copy: back to floats without touching the block
-    if signed:
+    if signed:  # back to float bit patterns, only where the answer lies
+        top = keys[:, m - k :]
         top ^= (top >> shift) & magnitude
-    values = top.view(block.dtype)
-    return values if kind == "kth" else values.sum(axis=-1)
+    return block[:, m - k].copy() if kind == "kth" else block[:, m - k :].sum(axis=1)
 
 
 def _partitioned_blocks(x: torch.Tensor, k: int, scale: torch.Tensor | None) -> Iterator[tuple[int, np.ndarray]]:
@@ -501,8 +498,8 @@ def unit_bank(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return unit[:, columns].contiguous(), columns
 
 
-_BLOCK_FLOATS = 1 << 17
-"""Similarities per block of a CPU bank search (512 kB: the block and its work copy stay in cache)."""
+_BLOCK_FLOATS = 1 << 18
+"""Similarities per block of a CPU bank search (1 MB: the block and its work copy stay in cache)."""
 
 
 class Search(NamedTuple):
@@ -587,7 +584,10 @@ def _fused_search(
     plain = [i for i, s in enumerate(searches) if s.scale is None]
     in_place = plain[-1] if plain else -1  # selected in the product's own buffer, after all others
     order = [i for i in range(len(searches)) if i != in_place] + ([in_place] if plain else [])
-    queries = torch.nn.functional.normalize(features.detach().float(), dim=1)[:, columns]
+    # a positive scale of a row keeps its order: select on raw inner products, divide by the norms after
+    raw = features.detach().float()
+    norms = torch.linalg.vector_norm(raw, dim=1).clamp_min_(1e-12).numpy()  # as F.normalize's eps
+    queries = raw[:, columns]
     # cosines of non-negative (e.g. ReLU) features are non-negative, and so are positive multiples
     signs = bool(queries.min() >= 0) and bool(bank.min() >= 0)
     non_negative = [signs and (sc is None or bool(sc.min() >= 0)) for sc in scales]
@@ -604,4 +604,4 @@ def _fused_search(
             elif i != in_place:
                 np.copyto(part, values)
             results[i][start:stop] = _select(part, k, search.kind, non_negative[i])
-    return [torch.from_numpy(r) for r in results]
+    return [torch.from_numpy(r / norms) for r in results]

@@ -57,8 +57,9 @@ def mahalanobis_sq(
     """
     factor, centre, white_means = white if white is not None else whitening(means, precision)
     f = features.float()
-    z = ((f - centre.to(f.dtype)) @ factor.to(f.dtype)).double()
-    sq = z.square().sum(dim=1, keepdim=True) - 2 * z @ white_means.T + white_means.square().sum(dim=1)
+    z = (f - centre.to(f.dtype)) @ factor.to(f.dtype)
+    cross = (z @ white_means.T.to(z.dtype)).double()  # small and well conditioned: float32 suffices
+    sq = z.double().square().sum(dim=1, keepdim=True) - 2 * cross + white_means.square().sum(dim=1)
     return sq.clamp_min(0)
 
 

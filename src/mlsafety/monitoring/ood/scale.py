@@ -32,5 +32,5 @@ class SCALE(Detector):
         f = features_of(outputs).float()
         s1 = f.sum(dim=1, keepdim=True)
         s2 = top_k_sum(f, keep_count(f.shape[1], self.percentile))[:, None].to(f.device)
-        shaped = f * torch.exp(s1 / s2.clamp_min(1e-12))
-        return energy_of(shaped @ w.T.float() + b.float())
+        # (r f) W^T = r (f W^T): the row scale applies to the (N, K) product
+        return energy_of((f @ w.T.float()) * torch.exp(s1 / s2.clamp_min(1e-12)) + b.float())
