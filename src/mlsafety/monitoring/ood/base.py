@@ -495,7 +495,8 @@ def unit_bank(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     columns = (unit != 0).any(dim=0).nonzero().reshape(-1)
     if columns.numel() == 0:  # an all-zero bank: keep one column so shapes stay valid
         columns = torch.zeros(1, dtype=torch.long, device=unit.device)
-    return unit[:, columns].contiguous(), columns
+    # stored column-major: the search multiplies by its transpose, which is then contiguous
+    return unit[:, columns].T.contiguous().T, columns
 
 
 _BLOCK_FLOATS = 1 << 18
