@@ -26,18 +26,19 @@ class FDBD(Detector):
         self.mean_ = float64(features_of(outputs)).mean(dim=0)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        f = float64(features_of(outputs))
+        f = features_of(outputs).float()
         w, b = head_of(clf)
-        w, b = w.double(), b.double()
+        w, b = w.float(), b.float()
         logits = f @ w.T + b  # recomputed from the features so boundary and logits agree exactly
         c = logits.argmax(dim=1)
         k = w.shape[0]
         gap = (logits.gather(1, c[:, None]) - logits).abs()  # (N, K)
-        gram = w @ w.T
+        wd = w.double()
+        gram = wd @ wd.T
         sq = gram.diagonal()
         pair = (sq[:, None] + sq[None, :] - 2 * gram).clamp_min(0).sqrt()  # ||w_i - w_j|| (K, K)
-        wdiff = pair[c]  # (N, K)
-        dist = gap / wdiff.clamp_min(1e-12)
-        dist = dist.masked_fill(torch.nn.functional.one_hot(c, k).bool(), 0.0)
-        mean_dist = dist.sum(dim=1) / max(k - 1, 1)
-        return -mean_dist / (f - self.mean_).norm(dim=1).clamp_min(1e-12)
+        inv = 1 / pair.clamp_min(1e-12)
+        inv.fill_diagonal_(0.0)  # the predicted class's own term drops out of the mean
+        mean_dist = (gap.double() * inv[c]).sum(dim=1) / max(k - 1, 1)
+        norm = torch.linalg.vector_norm(f - self.mean_.to(f.dtype), dim=1).double()
+        return -mean_dist / norm.clamp_min(1e-12)
