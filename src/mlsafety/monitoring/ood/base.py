@@ -530,6 +530,42 @@ def _plan(memo: dict[Any, Any], features: torch.Tensor, bank: torch.Tensor, colu
     return entry[1]  # type: ignore[no-any-return]
 
 
+class BankDetector(Detector):
+    """Base of detectors that search a bank of L2-normalised in-distribution features (KNN,
+    NNGuide): it fits the bank (:func:`unit_bank`, shared within an engine call), announces its
+    :class:`Search` to the engine and runs it with :func:`bank_search`.
+
+    Args:
+        k: neighbours (capped at the bank size).
+        chunk: query rows per block of similarities off the CPU (memory ``chunk x N_fit`` floats;
+            on the CPU blocks are sized to stay in cache).
+    """
+
+    needs: ClassVar[frozenset[str]] = frozenset({"features"})
+    requires_fit = True
+
+    def __init__(self, k: int, chunk: int = 1024) -> None:
+        if k < 1:
+            raise InputError(f"{self.name} needs k >= 1, got {k}")
+        self.k = k
+        self.chunk = chunk
+
+    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
+        f = features_of(outputs)
+        self.bank_, self.columns_ = reuse("unit-bank", (f,), lambda: unit_bank(f))
+
+    def _search(self) -> Search:
+        """The reduction of each query's similarities to the bank this detector needs."""
+        raise NotImplementedError
+
+    def plan(self, outputs: Outputs) -> None:
+        plan_search(features_of(outputs), self.bank_, self.columns_, self._search())
+
+    def _searched(self, outputs: Outputs) -> torch.Tensor:
+        """This detector's search over the queries of ``outputs`` ``(N,)``."""
+        return bank_search(features_of(outputs), self.bank_, self.columns_, self._search(), self.chunk)
+
+
 def bank_search(
     features: torch.Tensor, bank: torch.Tensor, columns: torch.Tensor, search: Search, chunk: int = 1024
 ) -> torch.Tensor:

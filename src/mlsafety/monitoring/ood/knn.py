@@ -4,21 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import (
-    Detector,
-    Search,
-    bank_search,
-    features_of,
-    plan_search,
-    register,
-    reuse,
-    unit_bank,
-)
+from mlsafety.core import Classifier, Outputs
+from mlsafety.monitoring.ood.base import BankDetector, Search, register
 
 
 @register("knn")
-class KNN(Detector):
+class KNN(BankDetector):
     """Anomaly score = distance from the L2-normalised feature to its ``k``-th nearest neighbour
     among the normalised in-distribution features (exact search in torch, in batches).
 
@@ -32,25 +23,11 @@ class KNN(Detector):
             on the CPU blocks are sized to stay in cache).
     """
 
-    needs = frozenset({"features"})
-    requires_fit = True
-
     def __init__(self, k: int = 50, chunk: int = 1024) -> None:
-        if k < 1:
-            raise InputError(f"knn needs k >= 1, got {k}")
-        self.k = k
-        self.chunk = chunk
-
-    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
-        f = features_of(outputs)
-        self.bank_, self.columns_ = reuse("unit-bank", (f,), lambda: unit_bank(f))
+        super().__init__(k, chunk)
 
     def _search(self) -> Search:
         return Search("kth", min(self.k, self.bank_.shape[0]))
 
-    def plan(self, outputs: Outputs) -> None:
-        plan_search(features_of(outputs), self.bank_, self.columns_, self._search())
-
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        kth = bank_search(features_of(outputs), self.bank_, self.columns_, self._search(), self.chunk)
-        return (2 - 2 * kth).clamp_min(0).sqrt()
+        return (2 - 2 * self._searched(outputs)).clamp_min(0).sqrt()

@@ -5,21 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import (
-    Detector,
-    Search,
-    bank_search,
-    features_of,
-    plan_search,
-    register,
-    reuse,
-    unit_bank,
-)
+from mlsafety.core import Classifier, Outputs
+from mlsafety.monitoring.ood.base import BankDetector, Search, register
 
 
 @register("nnguide")
-class NNGuide(Detector):
+class NNGuide(BankDetector):
     """Anomaly score ``-(logsumexp(logits) * g(f))`` with guidance ``g(f)`` = the mean of the ``k``
     largest inner products between the normalised feature and the bank of normalised
     in-distribution features, each scaled by its own energy confidence ``logsumexp(logits)``.
@@ -34,26 +25,17 @@ class NNGuide(Detector):
     """
 
     needs = frozenset({"features", "logits"})
-    requires_fit = True
 
     def __init__(self, k: int = 100, chunk: int = 1024) -> None:
-        if k < 1:
-            raise InputError(f"nnguide needs k >= 1, got {k}")
-        self.k = k
-        self.chunk = chunk
+        super().__init__(k, chunk)
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
-        f = features_of(outputs)
-        self.bank_, self.columns_ = reuse("unit-bank", (f,), lambda: unit_bank(f))
+        super()._fit(clf, outputs, labels)
         self.confidence_ = torch.logsumexp(outputs.logits.float(), dim=1)
 
     def _search(self) -> Search:
         return Search("top-sum", min(self.k, self.bank_.shape[0]), self.confidence_)
 
-    def plan(self, outputs: Outputs) -> None:
-        plan_search(features_of(outputs), self.bank_, self.columns_, self._search())
-
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        search = self._search()
-        total = bank_search(features_of(outputs), self.bank_, self.columns_, search, self.chunk)
-        return -(torch.logsumexp(outputs.logits.float(), dim=1) * (total / search.k))
+        guidance = self._searched(outputs) / min(self.k, self.bank_.shape[0])
+        return -(torch.logsumexp(outputs.logits.float(), dim=1) * guidance)
