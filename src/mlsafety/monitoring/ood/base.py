@@ -428,20 +428,16 @@ def _select(block: np.ndarray, k: int, kind: str, non_negative: bool = False) ->
     return block[:, m - k].copy() if kind == "kth" else block[:, m - k :].sum(axis=1)
 
 
-def _partitioned_blocks(x: torch.Tensor, k: int, scale: torch.Tensor | None) -> Iterator[tuple[int, np.ndarray]]:
-    """Row blocks of ``x`` (times ``scale`` (M,) when given) in a reused, cache-sized buffer that
-    :func:`_select` may destroy: ``(first row, block)``. ``x`` itself is never modified."""
+def _copied_blocks(x: torch.Tensor) -> Iterator[tuple[int, np.ndarray]]:
+    """Row blocks of ``x`` copied into a reused, cache-sized buffer that :func:`_select` may
+    destroy: ``(first row, block)``. ``x`` itself is never modified."""
     a = x.detach().numpy()
-    s = None if scale is None else scale.detach().to(x.dtype).numpy()
     n, m = a.shape
     rows = max(1, _BLOCK_FLOATS // m)
     buf = np.empty((min(rows, n), m), dtype=a.dtype)
     for start in range(0, n, rows):
         block = buf[: min(rows, n - start)]
-        if s is None:
-            np.copyto(block, a[start : start + rows])
-        else:
-            np.multiply(a[start : start + rows], s, out=block)
+        np.copyto(block, a[start : start + rows])
         yield start, block
 
 
@@ -460,26 +456,24 @@ def _check_k(x: torch.Tensor, k: int) -> None:
         raise InputError(f"k must lie in [1, {x.shape[-1]}] for a matrix (N, M), got k={k}, shape {tuple(x.shape)}")
 
 
-def kth_largest(x: torch.Tensor, k: int, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """Each row's ``k``-th largest value ``(N,)`` (``k`` from 1) of a matrix ``(N, M)``, or of
-    ``x * scale`` for a column scale ``(M,)``."""
+def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Each row's ``k``-th largest value ``(N,)`` (``k`` from 1) of a matrix ``(N, M)``."""
     _check_k(x, k)
     if not _on_cpu(x):
-        return (x if scale is None else x * scale).topk(k, dim=1).values[:, -1]
+        return x.topk(k, dim=1).values[:, -1]
     out = np.empty(x.shape[0], dtype=x.detach().numpy().dtype)
-    for start, block in _partitioned_blocks(x, k, scale):
+    for start, block in _copied_blocks(x):
         out[start : start + block.shape[0]] = _select(block, k, "kth")
     return torch.from_numpy(out)
 
 
-def top_k_sum(x: torch.Tensor, k: int, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """The sum of each row's ``k`` largest values ``(N,)`` of a matrix ``(N, M)``, or of
-    ``x * scale`` for a column scale ``(M,)``."""
+def top_k_sum(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The sum of each row's ``k`` largest values ``(N,)`` of a matrix ``(N, M)``."""
     _check_k(x, k)
     if not _on_cpu(x):
-        return (x if scale is None else x * scale).topk(k, dim=1).values.sum(dim=1)
+        return x.topk(k, dim=1).values.sum(dim=1)
     out = np.empty(x.shape[0], dtype=x.detach().numpy().dtype)
-    for start, block in _partitioned_blocks(x, k, scale):
+    for start, block in _copied_blocks(x):
         out[start : start + block.shape[0]] = _select(block, k, "top-sum")
     return torch.from_numpy(out)
 
