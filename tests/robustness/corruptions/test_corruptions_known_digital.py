@@ -11,18 +11,7 @@ from PIL import Image
 
 from mlsafety.core import generator
 from mlsafety.robustness.corruptions import CORRUPTIONS, corrupt, create
-
-
-def const(value: float, n: int = 1, c: int = 3, size: int = 64) -> torch.Tensor:
-    return torch.full((n, c, size, size), value)
-
-
-def uint8_images(n: int, c: int, size: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.rand(n, c, 6, 6, generator=g)
-    x = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
-    x = 0.7 * x + 0.3 * torch.rand(n, c, size, size, generator=g)
-    return (x * 255).round() / 255
+from tests.corruption_images import const, uint8_images
 
 
 # -- noise ---------------------------------------------------------------------------------------
