@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from mlsafety.core import InputError, Registry, UnknownNameError, derive_seed, generator, randn_like
+from mlsafety.core import InputError, Registry, UnknownNameError, derive_seed, draw_seed, generator, randn_like
 
 
 def test_registry():
@@ -19,8 +19,25 @@ def test_registry():
         reg.register("A_b")
     with pytest.raises(UnknownNameError, match="Did you mean 'a-b'"):
         reg.create("a-c")
-    with pytest.raises(InputError, match="bad parameters"):
+    with pytest.raises(InputError, match=r"'a-b' has no parameter 'nope'\. Valid parameters: k$"):
         reg.create("a-b", nope=1)
+
+
+def test_registry_names_valid_parameters_of_a_bad_call():
+    reg: Registry[object] = Registry("widget")
+
+    @reg.register("w")
+    class W:
+        def __init__(self, eps: float, steps: int = 3) -> None:
+            self.eps, self.steps = eps, steps
+
+    assert reg.parameters("w") == ["eps", "steps"]
+    with pytest.raises(InputError, match=r"no parameter 'step'\. Did you mean 'steps'\? Valid parameters: eps, steps"):
+        reg.create("w", eps=0.1, step=2)
+    with pytest.raises(InputError, match=r"missing a required argument: 'eps'\. Valid parameters: eps, steps"):
+        reg.create("w", steps=2)
+    with pytest.raises(UnknownNameError, match="Available: w"):
+        reg.create("nope")
 
 
 def test_generators_depend_only_on_seed_and_names():
@@ -32,3 +49,10 @@ def test_generators_depend_only_on_seed_and_names():
     assert derive_seed(0, "x") != derive_seed(1, "x")
     x = torch.zeros(2, 3)
     assert torch.equal(randn_like(x, generator(0, "n")), randn_like(x, generator(0, "n")))
+
+
+def test_draw_seed_comes_from_the_generator_only():
+    a = draw_seed(generator(3, "task"))
+    torch.manual_seed(123)  # global state must not matter
+    assert a == draw_seed(generator(3, "task")) and 0 <= a < 2**62
+    assert a != draw_seed(generator(3, "other-task"))

@@ -1,17 +1,19 @@
 """Core: the model adapter, datasets, seeded generators, device handling, loaders and errors."""
 
+from mlsafety.core._batches import DataLike, as_array_dataset, iter_batches
 from mlsafety.core._data import ArrayDataset, check_images, check_labels, load_image_folder, load_npz
 from mlsafety.core._errors import InputError, MlsafetyError, NotFittedError, UnknownNameError
 from mlsafety.core._forward import Outputs, forward
 from mlsafety.core._loading import load_factory, load_weights, read_state_dict
 from mlsafety.core._model import Classifier, Normalize, as_classifier, device_of, frozen
 from mlsafety.core._progress import Progress, track
-from mlsafety.core._random import derive_seed, generator, rand_like, randn_like
+from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like
 from mlsafety.core._registry import Registry
 
 __all__ = [
     "ArrayDataset",
     "Classifier",
+    "DataLike",
     "InputError",
     "MlsafetyError",
     "Normalize",
@@ -20,14 +22,17 @@ __all__ = [
     "Progress",
     "Registry",
     "UnknownNameError",
+    "as_array_dataset",
     "as_classifier",
     "check_images",
     "check_labels",
     "derive_seed",
     "device_of",
+    "draw_seed",
     "forward",
     "frozen",
     "generator",
+    "iter_batches",
     "load_factory",
     "load_image_folder",
     "load_npz",

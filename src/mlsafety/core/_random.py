@@ -3,6 +3,12 @@
 A result must not depend on the order in which tasks run or on the machine that runs them, so no
 code draws from PyTorch's global generator: every random choice takes a generator from
 :func:`generator`, whose seed is a hash of the run seed and the task's names.
+
+One form everywhere: functions that draw random numbers take ``generator: torch.Generator``; the
+audit derives it from (run seed, check, task) with :func:`generator` (``AuditContext.generator``).
+An integer ``seed`` remains only as a registered algorithm's constructor hyper-parameter (attacks,
+scanners, SmoothGrad, MC dropout: the default generator of a call that is given none) and as a
+training recipe's seed (the provenance of shipped weights); never are both passed for one draw.
 """
 
 from __future__ import annotations
@@ -35,6 +41,16 @@ def generator(seed: int, *names: object, device: torch.device | str = "cpu") -> 
     g = torch.Generator(device=device)
     g.manual_seed(derive_seed(seed, *names))
     return g
+
+
+def draw_seed(generator: torch.Generator) -> int:
+    """A 62-bit seed drawn from ``generator``, for code that can only be seeded with an integer.
+
+    PyTorch's dropout and weight initialisers draw from the global generator; run them under
+    ``torch.random.fork_rng()`` with ``torch.manual_seed(draw_seed(g))`` so the caller's generator
+    decides them and the global state is left as it was.
+    """
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
 
 
 def _sample(fn, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:  # type: ignore[no-untyped-def]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import inspect
 import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
@@ -54,12 +55,45 @@ class Registry(Generic[T]):
             ) from None
 
     def create(self, name: str, **params: Any) -> T:
-        """Instantiate the entry ``name`` with hyper-parameters ``params``."""
+        """Instantiate the entry ``name`` with hyper-parameters ``params``.
+
+        Raises:
+            UnknownNameError: ``name`` is not registered (the message lists the registered names).
+            InputError: a parameter the entry does not take, or a required one missing (the message
+                lists the entry's parameters).
+        """
         cls = self.get(name)
+        self.check_parameters(name, params)
         try:
             return cls(**params)
         except TypeError as exc:
             raise InputError(f"bad parameters for {self.family} {name!r}: {exc}") from None
+
+    def parameters(self, name: str) -> list[str] | None:
+        """The hyper-parameter names the entry ``name`` takes, in signature order (None: any, ``**kwargs``)."""
+        params = inspect.signature(self.get(name)).parameters.values()
+        if any(p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) for p in params):
+            return None
+        return [p.name for p in params]
+
+    def check_parameters(self, name: str, params: dict[str, Any]) -> None:
+        """Raise :class:`InputError` unless the entry ``name`` takes exactly the keywords ``params``."""
+        valid = self.parameters(name)
+        if valid is None:
+            return
+        listing = ", ".join(valid) if valid else "none"
+        unknown = [k for k in params if k not in valid]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
+            raise InputError(
+                f"{self.family} {name!r} has no parameter {', '.join(map(repr, unknown))}.{hint} "
+                f"Valid parameters: {listing}"
+            )
+        try:
+            inspect.signature(self.get(name)).bind(**params)
+        except TypeError as exc:
+            raise InputError(f"bad parameters for {self.family} {name!r}: {exc}. Valid parameters: {listing}") from None
 
     def available(self) -> list[str]:
         """Registered names, sorted."""
