@@ -37,13 +37,45 @@ PILLARS = ("performance", "robustness", "monitoring", "alignment", "systemic")
 
 _METRIC = re.compile(r"^[a-z0-9_]+$")
 
+ESTIMATE = "estimate"
+DECISION = "decision"
+COUNT = "count"
+SETTING = "setting"
+KINDS: tuple[str, ...] = (ESTIMATE, DECISION, COUNT, SETTING)
+"""What a stored number is, stored with it:
+
+* ``estimate``: a measured quantity subject to sampling (or seed) error; it carries a 95% interval
+  with ``ci_low <= value <= ci_high``.
+* ``decision``: what the audit concluded or chose by a documented rule (a verdict, a flagged
+  class, the chosen detector); exact by construction, no interval.
+* ``count``: a number of things (inputs, classes, seeds); exact, no interval.
+* ``setting``: a value the user or a default configured (a threshold, a severity); no interval.
+"""
+
+
+def interval_problem(kind: str, value: float, ci_low: float | None, ci_high: float | None) -> str | None:
+    """Why a row of ``kind`` with this value and interval breaks the kind contract, or None when it holds."""
+    if kind not in KINDS:
+        return f"kind {kind!r} is not one of {', '.join(KINDS)}"
+    if kind != ESTIMATE:
+        return None
+    if ci_low is None or ci_high is None:
+        return "an estimate must carry a 95% interval (ci_low, ci_high)"
+    if not (math.isfinite(ci_low) and math.isfinite(ci_high)):
+        return f"interval [{ci_low}, {ci_high}] is not finite"
+    slack = 1e-9 * max(1.0, abs(value))  # the value and its interval may come from different float paths
+    if not ci_low - slack <= value <= ci_high + slack:
+        return f"value {value} lies outside its interval [{ci_low}, {ci_high}]"
+    return None
+
 
 @dataclass(frozen=True)
 class Row:
-    """One measured number: ``<check>/<hazard>/<metric>`` with its interval and sample size.
+    """One measured number: ``<check>/<hazard>/<metric>`` with its kind, interval and sample size.
 
-    ``ci_low``/``ci_high`` are the 95% interval (None only for numbers that are not estimates,
-    such as a count or a configured threshold). ``params`` records what produced the number.
+    ``kind`` says what the number is (:data:`KINDS`): an ``estimate`` (the default) carries its 95%
+    interval ``ci_low <= value <= ci_high``; a ``decision``, ``count`` or ``setting`` carries none.
+    ``params`` records what produced the number.
     """
 
     hazard: str
@@ -53,6 +85,7 @@ class Row:
     ci_high: float | None = None
     n: int | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    kind: str = ESTIMATE
 
     def __post_init__(self) -> None:
         if not _METRIC.match(self.metric):
@@ -61,11 +94,22 @@ class Row:
             raise ValueError(f"bad hazard name {self.hazard!r}")
         if not math.isfinite(float(self.value)):
             raise ValueError(f"{self.hazard}/{self.metric}: value {self.value} is not finite")
+        if self.kind not in KINDS:
+            raise ValueError(f"{self.hazard}/{self.metric}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
+        if self.kind != ESTIMATE and (self.ci_low is not None or self.ci_high is not None):
+            raise ValueError(f"{self.hazard}/{self.metric}: a {self.kind} carries no interval")
 
     @classmethod
     def of(cls, hazard: str, metric: str, estimate: Estimate, **params: Any) -> Row:
         """A row from an :class:`~mlsafety.metrics.Estimate` (value, interval, n)."""
         return cls(hazard, metric, estimate.value, estimate.ci_low, estimate.ci_high, estimate.n, params)
+
+    @classmethod
+    def exact(cls, hazard: str, metric: str, value: float, kind: str, n: int | None = None, **params: Any) -> Row:
+        """A row that is not an estimate (a ``decision``, ``count`` or ``setting``): no interval."""
+        if kind == ESTIMATE:
+            raise ValueError(f"{hazard}/{metric}: use Row.of for an estimate (it needs an interval)")
+        return cls(hazard, metric, value, None, None, n, params, kind)
 
     def params_json(self) -> str:
         return json.dumps(dict(self.params), sort_keys=True, default=str)
@@ -109,6 +153,7 @@ class StoredRow:
     ci_high: float | None
     n: int | None
     params: dict[str, Any]
+    kind: str = ESTIMATE
 
     @property
     def key(self) -> str:
@@ -132,6 +177,8 @@ class Table:
     title: str
     headers: Sequence[str]
     rows: Sequence[Sequence[str]]
+    note: str = ""
+    """A sentence shown under the table (e.g. which convention a column follows)."""
 
 
 class Check:
@@ -152,6 +199,9 @@ class Check:
     """Metric names for which a larger value is better (``compare`` calls a drop a regression)."""
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     """Metric names for which a smaller value is better."""
+    metrics: ClassVar[tuple[str, ...]] = ()
+    """Every metric name the check can store, as ``fnmatch`` patterns (``"class_*_accuracy"``); empty
+    when undeclared. A gate on a metric outside a declaration is refused before the audit runs."""
 
     def __init__(self, quick: bool = False, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -206,6 +256,10 @@ def fmt_value(v: float | None) -> str:
 
 
 def fmt_ci(r: StoredRow | Row) -> str:
+    """The interval as ``[low, high]``; for a row that is not an estimate, its kind in parentheses
+    (``(decision)``, ``(count)``, ``(setting)``), so a table never shows an empty interval cell."""
+    if r.kind != ESTIMATE:
+        return f"({r.kind})"
     if r.ci_low is None or r.ci_high is None:
         return ""
     return f"[{fmt_value(r.ci_low)}, {fmt_value(r.ci_high)}]"

@@ -80,6 +80,7 @@ def render_report(store: Store, run_id: str) -> str:
                     "key": h.row.key,
                     "value": fmt_value(h.row.value),
                     "ci": fmt_ci(h.row),
+                    "kind": h.row.kind,
                     "n": h.row.n,
                     "direction": "higher is better" if h.higher_is_better else "lower is better",
                     "failed": False,
@@ -133,6 +134,7 @@ def render_report(store: Store, run_id: str) -> str:
             for p in SECTION_ORDER
         ],
         config_json=json.dumps(run.config, sort_keys=True),
+        unfinished=None if run.status == "complete" else {"status": run.status, "tasks": len(store.done_tasks(run.run_id))},
     )
 
 
@@ -141,14 +143,24 @@ def default_report_path(run_id: str) -> Path:
 
 
 def write_report(store: Store, run_id: str, path: Path | None = None) -> Path:
-    """Render the report and write it atomically (a temporary file renamed into place)."""
+    """Render the report and write it atomically (a temporary file renamed into place).
+
+    On any failure (a full disk, a read-only folder, an interruption) the temporary file is removed,
+    so either the whole report is in place or nothing new is.
+    """
     html = render_report(store, run_id)
     path = path or default_report_path(store.run(run_id).run_id)
+    if path.is_dir():
+        raise InputError(f"cannot write the report to {path}: it is a folder; pass a file path")
+    tmp = path.with_name(path.name + ".tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(html, encoding="utf-8")
         tmp.replace(path)
     except OSError as exc:
-        raise InputError(f"cannot write the report to {path}: {exc.strerror or exc}") from None
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write the report to {path}: {exc.strerror or exc}; free space or pass another path") from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return path

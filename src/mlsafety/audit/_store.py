@@ -20,7 +20,8 @@ from typing import Any
 from mlsafety.audit._check import Artifact, Row, StoredRow
 from mlsafety.core import InputError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: results carry a ``kind`` (estimate, decision, count, setting); a version-1 database is refused."""
 DEFAULT_DB = "mlsafety-runs.sqlite"
 
 _SCHEMA = """
@@ -55,6 +56,7 @@ CREATE TABLE IF NOT EXISTS results (
     n INTEGER,
     params_json TEXT NOT NULL,
     task_key TEXT NOT NULL,
+    kind TEXT NOT NULL CHECK (kind IN ('estimate', 'decision', 'count', 'setting')),
     PRIMARY KEY (run_id, check_name, hazard, metric)
 );
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -225,7 +227,7 @@ class Store:
         """Store a finished task's rows and artifacts and mark it done, atomically."""
         with self.transaction() as c:
             c.executemany(
-                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [
                     (
                         run_id,
@@ -238,6 +240,7 @@ class Store:
                         None if r.n is None else int(r.n),
                         r.params_json(),
                         task_key,
+                        r.kind,
                     )
                     for r in rows
                 ],
@@ -250,15 +253,16 @@ class Store:
 
     # -- results ---------------------------------------------------------------------------------
     def results(self, run_id: str, check: str | None = None) -> list[StoredRow]:
-        query = "SELECT check_name, hazard, metric, value, ci_low, ci_high, n, params_json FROM results WHERE run_id=?"
+        query = "SELECT check_name, hazard, metric, value, ci_low, ci_high, n, params_json, kind "
+        query += "FROM results WHERE run_id=?"
         args: tuple[Any, ...] = (run_id,)
         if check is not None:
             query += " AND check_name=?"
             args += (check,)
         query += " ORDER BY rowid"
         return [
-            StoredRow(c, h, m, v, lo, hi, n, json.loads(p))
-            for c, h, m, v, lo, hi, n, p in self.conn.execute(query, args)
+            StoredRow(c, h, m, v, lo, hi, n, json.loads(p), k)
+            for c, h, m, v, lo, hi, n, p, k in self.conn.execute(query, args)
         ]
 
     def artifacts(self, run_id: str, check: str | None = None) -> list[tuple[str, Artifact]]:
