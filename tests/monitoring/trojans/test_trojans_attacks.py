@@ -1,12 +1,12 @@
-"""Trojan attacks: trigger known answers, poisoning invariants, metrics, and conformance over ATTACKS."""
+"""Trojan attacks: trigger known answers, poisoning invariants, metrics, and conformance over TROJAN_ATTACKS."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from mlsafety.core import ArrayDataset, InputError
-from mlsafety.monitoring.trojans import ATTACKS, BadNets, Blended, LabelConsistent, WaNet, trojan_metrics
+from mlsafety.core import ArrayDataset, InputError, generator
+from mlsafety.monitoring.trojans import TROJAN_ATTACKS, BadNets, Blended, LabelConsistent, WaNet, trojan_metrics
 
 
 def _data(n: int = 60, seed: int = 0) -> ArrayDataset:
@@ -14,9 +14,9 @@ def _data(n: int = 60, seed: int = 0) -> ArrayDataset:
     return ArrayDataset(torch.rand(n, 1, 8, 8, generator=g), torch.arange(n) % 5, name="toy")
 
 
-@pytest.mark.parametrize("name", ATTACKS.available())
+@pytest.mark.parametrize("name", TROJAN_ATTACKS.available())
 def test_attack_conformance(name: str) -> None:
-    attack = ATTACKS.create(name)
+    attack = TROJAN_ATTACKS.create(name)
     data = _data()
     x = data.x.clone()
     out = attack.apply_trigger(data.x)
@@ -25,9 +25,12 @@ def test_attack_conformance(name: str) -> None:
     assert torch.equal(data.x, x), "inputs must not be modified in place"
     assert not torch.equal(out, x), "the trigger must change the input"
     assert torch.equal(attack.apply_trigger(data.x), out), "the trigger is deterministic"
-    a = attack.poison(data, 0.2, target=1, seed=3)
-    b = attack.poison(data, 0.2, target=1, seed=3)
+    a = attack.poison(data, 0.2, target=1, generator=generator(3, "poison"))
+    b = attack.poison(data, 0.2, target=1, generator=generator(3, "poison"))
     assert torch.equal(a.data.x, b.data.x) and torch.equal(a.data.y, b.data.y) and torch.equal(a.poisoned, b.poisoned)
+    c = attack.poison(data, 0.2, target=1, generator=generator(4, "poison"))
+    if not attack.clean_label:  # label-consistent poisons the whole (small) target class here
+        assert not torch.equal(a.poisoned, c.poisoned), "the generator decides which samples are poisoned"
     assert torch.equal(data.x, x), "poison must not modify the dataset"
     assert a.poisoned.any()
     if attack.clean_label:
@@ -119,3 +122,18 @@ def test_trojan_metrics_on_hand_made_models() -> None:
     assert m["clean_accuracy"].value == pytest.approx(float((data.y == 0).float().mean()))
     assert m["robust_accuracy"].value == 0.0
     assert m["attack_success_rate"].n == int((data.y != 4).sum())
+
+
+def test_poison_and_metrics_read_every_data_form(tiny_trojaned) -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = _data()
+    want = BadNets().poison(data, 0.2, target=1, generator=generator(0, "p"))
+    for form in (TensorDataset(data.x, data.y), DataLoader(TensorDataset(data.x, data.y), batch_size=7)):
+        got = BadNets().poison(form, 0.2, target=1, generator=generator(0, "p"))
+        assert torch.equal(got.data.x, want.data.x) and torch.equal(got.poisoned, want.poisoned)
+    model, attack = tiny_trojaned.model, tiny_trojaned.attack
+    test = ArrayDataset(torch.rand(40, 1, 8, 8, generator=torch.Generator().manual_seed(1)), torch.arange(40) % 10)
+    ref = trojan_metrics(model, attack, test, target=0)
+    loader = trojan_metrics(model, attack, DataLoader(TensorDataset(test.x, test.y), batch_size=16), target=0)
+    assert {k: (v.value, v.n) for k, v in ref.items()} == {k: (v.value, v.n) for k, v in loader.items()}

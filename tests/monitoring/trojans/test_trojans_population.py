@@ -12,7 +12,7 @@ from trojans_support import tiny_cnn
 import mlsafety.monitoring.trojans as trojans
 from mlsafety.core import ArrayDataset, InputError
 from mlsafety.metrics import auroc
-from mlsafety.monitoring.trojans import ATTACKS, load_population, make_population, plan_population, score_scanner
+from mlsafety.monitoring.trojans import TROJAN_ATTACKS, load_population, make_population, plan_population, score_scanner
 from mlsafety.monitoring.trojans.scanners import Scanner, SeedScan
 
 
@@ -25,10 +25,13 @@ def test_public_api_is_sorted() -> None:
     import mlsafety.monitoring.trojans.attacks as attacks
     import mlsafety.monitoring.trojans.scanners as scanners
 
-    for module in (trojans, scanners):
+    for module in (trojans, scanners, attacks):
         assert module.__all__ == _isort_order(module.__all__)
         assert all(hasattr(module, n) for n in module.__all__)
-    assert set(attacks.ATTACKS.available()) == {"badnets", "blended", "label-consistent", "wanet"}
+    assert attacks.available() == ["badnets", "blended", "label-consistent", "wanet"]
+    assert not hasattr(trojans, "create") and not hasattr(trojans, "ATTACKS"), "no family-less factory"
+    assert trojans.SCANNERS is scanners.SCANNERS and trojans.TROJAN_ATTACKS is attacks.TROJAN_ATTACKS
+    assert trojans.SCANNERS is not trojans.TROJAN_ATTACKS
 
 
 def test_plan_is_reproducible_balanced_and_covers_every_attack() -> None:
@@ -36,7 +39,7 @@ def test_plan_is_reproducible_balanced_and_covers_every_attack() -> None:
     assert a == b
     assert plan_population(20, seed=1) != a
     assert sum(m.trojaned for m in a) == 10
-    assert {m.attack for m in a if m.trojaned} == set(ATTACKS.available())
+    assert {m.attack for m in a if m.trojaned} == set(TROJAN_ATTACKS.available())
     assert len({m.name for m in a}) == 20 and len({m.seed for m in a}) == 20
     assert all(0 <= m.target < 10 for m in a)
     with pytest.raises(InputError):

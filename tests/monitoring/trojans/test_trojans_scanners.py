@@ -7,12 +7,13 @@ from typing import Any
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from trojans_support import TARGET, Tiny
 
 from mlsafety.core import ArrayDataset, InputError
 from mlsafety.metrics import auroc
-from mlsafety.monitoring.trojans import SCANNERS, anomaly_index, create
-from mlsafety.monitoring.trojans.scanners import ScanResult, strip_entropy
+from mlsafety.monitoring.trojans import SCANNERS, anomaly_index
+from mlsafety.monitoring.trojans.scanners import ScanResult, create, strip_entropy
 from mlsafety.monitoring.trojans.scanners._features import kmeans2, silhouette
 from mlsafety.monitoring.trojans.scanners.abs import ABS, _margins, last_feature_map
 
@@ -81,6 +82,29 @@ def test_scanner_conformance(name: str, tiny_trojaned: Tiny, digits: dict[str, A
     for trig in res.triggers.values():
         assert trig.mask.shape == (1, 8, 8) and trig.pattern.shape == (1, 8, 8)
         assert float(trig.mask.min()) >= 0 and float(trig.mask.max()) <= 1
+
+
+@pytest.mark.parametrize("name", SCANNERS.available())
+def test_scan_reads_a_dataloader_and_a_torch_dataset_like_an_array_dataset(
+    name: str, tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]
+) -> None:
+    inputs = _inputs(tiny_trojaned, digits)
+    clean, train = inputs["clean"], inputs["train"]
+    want = _fast(name, seeds=(0,)).scan(tiny_trojaned.model, **inputs)
+    forms = {
+        "data-loader": lambda d: DataLoader(TensorDataset(d.x, d.y), batch_size=32),
+        "torch-dataset": lambda d: TensorDataset(d.x, d.y),
+    }
+    for form, make in forms.items():
+        got = _fast(name, seeds=(0,)).scan(tiny_trojaned.model, make(clean), train=make(train), probe=inputs["probe"])
+        assert got.scores == want.scores and got.targets == want.targets, form
+        if want.sample_scores is not None:
+            assert got.sample_scores is not None and torch.equal(got.sample_scores, want.sample_scores), form
+
+
+def test_scan_refuses_data_it_cannot_read(tiny_trojaned: Tiny) -> None:
+    with pytest.raises(InputError, match="clean: cannot read data of type str"):
+        _fast("strip").scan(tiny_trojaned.model, "val.npz")
 
 
 @pytest.mark.parametrize("name", SCANNERS.available())

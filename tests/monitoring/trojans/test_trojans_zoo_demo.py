@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from mlsafety.monitoring.trojans import create, demo_attack, nc_unlearning, trojan_metrics
+from mlsafety.monitoring.trojans import demo_attack, nc_unlearning, trojan_metrics
 from mlsafety.monitoring.trojans.population import BADNETS_DEMO
+from mlsafety.monitoring.trojans.scanners import create
 from mlsafety.zoo import load_dataset, load_model
 
 

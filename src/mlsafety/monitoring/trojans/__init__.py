@@ -1,8 +1,20 @@
 """Trojans: plant them (attacks), find them (scanners), remove them (repair), and judge scanners on a
-population of clean and trojaned models."""
+population of clean and trojaned models.
 
+Two families, each with its own registry and factory:
+
+* :mod:`mlsafety.monitoring.trojans.scanners`: ``create`` / ``available`` over ``SCANNERS``
+  (``neural-cleanse``, ``abs``, ``strip``, ...), e.g. ``scanners.create("strip").scan(model, data)``;
+* :mod:`mlsafety.monitoring.trojans.attacks`: ``create`` / ``available`` over ``TROJAN_ATTACKS``
+  (``badnets``, ``blended``, ``wanet``, ``label-consistent``).
+
+This package re-exports both registries and their classes but no ``create`` of its own: which
+family a name belongs to is always said.
+"""
+
+from mlsafety.monitoring.trojans import attacks, scanners
 from mlsafety.monitoring.trojans.attacks import (
-    ATTACKS,
+    TROJAN_ATTACKS,
     BadNets,
     Blended,
     LabelConsistent,
@@ -35,14 +47,13 @@ from mlsafety.monitoring.trojans.scanners import (
     SpectralSignatures,
     Trigger,
     anomaly_index,
-    create,
 )
 
 __all__ = [
     "ABS",
-    "ATTACKS",
     "SCANNERS",
     "STRIP",
+    "TROJAN_ATTACKS",
     "ActivationClustering",
     "BadNets",
     "Blended",
@@ -59,7 +70,7 @@ __all__ = [
     "TriggerAttack",
     "WaNet",
     "anomaly_index",
-    "create",
+    "attacks",
     "demo_attack",
     "fine_pruning",
     "load_population",
@@ -67,6 +78,7 @@ __all__ = [
     "nc_pruning",
     "nc_unlearning",
     "plan_population",
+    "scanners",
     "score_scanner",
     "train_digits_cnn_badnets",
     "train_trojaned",

@@ -2,8 +2,8 @@
 
 Every attack stores only its trigger's hyper-parameters; data goes to the calls:
 
-* ``poison(dataset, rate, target, seed=0) -> Poisoned``: a copy of the training set in which a
-  share ``rate`` of the samples carries the trigger (and, for dirty-label attacks, the label
+* ``poison(dataset, rate, target, generator=None) -> Poisoned``: a copy of the training set in
+  which a share ``rate`` of the samples carries the trigger (and, for dirty-label attacks, the label
   ``target``); the input dataset is never modified.
 * ``apply_trigger(x) -> x'``: the trigger applied to a batch (N, C, H, W) in [0, 1], batched in
   torch on ``x``'s device, any image size.
@@ -13,7 +13,7 @@ training loop, and :func:`trojan_metrics` measures clean accuracy, attack succes
 accuracy on triggered inputs.
 
 Example:
-    >>> attack = ATTACKS.create("badnets", size=3)
+    >>> attack = create("badnets", size=3)
     >>> model, poisoned = train_trojaned(DigitsCNN, load_dataset("digits", "train"), attack, rate=0.1, target=7)
     >>> trojan_metrics(model, attack, load_dataset("digits", "test"), target=7)["attack_success_rate"]
 """
@@ -30,9 +30,11 @@ from torch import nn
 
 from mlsafety.core import (
     ArrayDataset,
+    DataLike,
     InputError,
     Progress,
     Registry,
+    as_array_dataset,
     check_images,
     forward,
     generator,
@@ -65,17 +67,24 @@ class TriggerAttack:
     def _apply(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def poison(self, dataset: ArrayDataset, rate: float, target: int, seed: int = 0) -> Poisoned:
+    def poison(self, dataset: DataLike, rate: float, target: int, generator: torch.Generator | None = None) -> Poisoned:
         """A copy of ``dataset`` with ``rate`` of its samples poisoned towards class ``target``.
 
         Dirty-label attacks draw the poisoned samples from the non-target classes and relabel them
         ``target``; label-consistent attacks draw them from the target class and keep the label.
+
+        Args:
+            dataset: labelled training data (any form of :data:`mlsafety.core.DataLike`).
+            rate: share of the samples that carry the trigger, in (0, 1).
+            target: the class the trigger leads to.
+            generator: source of the choices (default: :meth:`default_generator`).
         """
+        dataset = as_array_dataset(dataset, "dataset")
         if not 0.0 < rate < 1.0:
             raise InputError(f"poison rate must lie in (0, 1), got {rate}")
         if int(target) not in set(dataset.y.tolist()):
             raise InputError(f"target class {target} does not occur in dataset {dataset.name!r}")
-        g = generator(seed, "poison", self.name, target, rate)
+        g = generator if generator is not None else self.default_generator(0, target, rate)
         chosen = self._select(dataset, rate, int(target), g)
         x, y = dataset.x.clone(), dataset.y.clone()
         x[chosen] = self._poison_x(dataset, chosen, int(target), g)
@@ -88,6 +97,10 @@ class TriggerAttack:
             x, y, name=f"{dataset.name}-{self.name}", kind=dataset.kind, description=dataset.description
         )
         return Poisoned(data, mask, int(target))
+
+    def default_generator(self, seed: int, target: int, rate: float) -> torch.Generator:
+        """The generator of a poisoning with ``seed``: ``generator(seed, "poison", name, target, rate)``."""
+        return generator(seed, "poison", self.name, target, rate)
 
     def _select(self, dataset: ArrayDataset, rate: float, target: int, g: torch.Generator) -> torch.Tensor:
         pool = (dataset.y != target).nonzero().flatten()
@@ -113,7 +126,7 @@ class TriggerAttack:
         return f"{type(self).__name__}({params})"
 
 
-ATTACKS: Registry[TriggerAttack] = Registry("trojan attack")
+TROJAN_ATTACKS: Registry[TriggerAttack] = Registry("trojan attack")
 
 
 def _patch_values(pattern: str, size: int) -> torch.Tensor:
@@ -125,7 +138,7 @@ def _patch_values(pattern: str, size: int) -> torch.Tensor:
     raise InputError(f"BadNets pattern must be 'checker' or 'solid', got {pattern!r}")
 
 
-@ATTACKS.register("badnets")
+@TROJAN_ATTACKS.register("badnets")
 class BadNets(TriggerAttack):
     """BadNets: a small patch stamped onto the image (Gu et al., "BadNets", 2017).
 
@@ -174,7 +187,7 @@ class BadNets(TriggerAttack):
         return (1 - mask) * x + mask * pattern
 
 
-@ATTACKS.register("blended")
+@TROJAN_ATTACKS.register("blended")
 class Blended(TriggerAttack):
     """Blended: a fixed full-image pattern mixed in at ratio ``alpha`` (Chen et al., "Targeted Backdoor
     Attacks on Deep Learning Systems Using Data Poisoning", 2017).
@@ -209,7 +222,7 @@ class Blended(TriggerAttack):
         return (1 - self.alpha) * x + self.alpha * p
 
 
-@ATTACKS.register("wanet")
+@TROJAN_ATTACKS.register("wanet")
 class WaNet(TriggerAttack):
     """WaNet: an imperceptible, smooth warping of the image (Nguyen & Tran, "WaNet - Imperceptible
     Warping-based Backdoor Attack", 2021).
@@ -274,7 +287,7 @@ class WaNet(TriggerAttack):
         return x, y, mask
 
 
-@ATTACKS.register("label-consistent")
+@TROJAN_ATTACKS.register("label-consistent")
 class LabelConsistent(TriggerAttack):
     """Label-consistent poisoning (Turner, Tsipras & Madry, "Label-Consistent Backdoor Attacks", 2019).
 
@@ -318,17 +331,17 @@ class LabelConsistent(TriggerAttack):
 
 def create(name: str, **params: object) -> TriggerAttack:
     """A trojan attack by registry name (``badnets``, ``blended``, ``wanet``, ``label-consistent``)."""
-    return ATTACKS.create(name, **params)
+    return TROJAN_ATTACKS.create(name, **params)
 
 
 def available() -> list[str]:
     """Registered trojan attacks."""
-    return ATTACKS.available()
+    return TROJAN_ATTACKS.available()
 
 
 def train_trojaned(
     factory: Callable[[], nn.Module],
-    dataset: ArrayDataset,
+    dataset: DataLike,
     attack: TriggerAttack,
     rate: float = 0.1,
     target: int = 0,
@@ -339,23 +352,26 @@ def train_trojaned(
 ) -> tuple[nn.Module, Poisoned]:
     """Train a fresh model from ``factory`` on ``dataset`` poisoned by ``attack``.
 
-    Uses the zoo's shared training loop (:func:`mlsafety.zoo.train_classifier`), seeded init.
+    Uses the zoo's shared training loop (:func:`mlsafety.zoo.train_classifier`), seeded init. A
+    training recipe: ``seed`` decides the poisoning (:meth:`TriggerAttack.default_generator`), the
+    initialisation and the batches.
 
     Returns:
         the trojaned model (eval mode) and the poisoned training set it saw.
     """
     from mlsafety.zoo import seeded_init, train_classifier
 
-    poisoned = attack.poison(dataset, rate, target, seed=seed)
+    poisoned = attack.poison(dataset, rate, target, generator=attack.default_generator(seed, target, rate))
     model = seeded_init(factory(), seed, "trojaned", attack.name, target)
     model = train_classifier(model, poisoned.data, epochs=epochs, seed=seed, progress=progress, **train_kw)  # type: ignore[arg-type]
     return model, poisoned
 
 
 def triggered_inputs(
-    apply_trigger: Callable[[torch.Tensor], torch.Tensor], data: ArrayDataset, target: int
+    apply_trigger: Callable[[torch.Tensor], torch.Tensor], data: DataLike, target: int
 ) -> ArrayDataset:
     """The non-target-class inputs of ``data`` with the trigger applied, with their true labels."""
+    data = as_array_dataset(data, "data")
     keep = data.y != target
     x = apply_trigger(data.x[keep])
     return ArrayDataset(x, data.y[keep], name=f"{data.name}-triggered", kind=data.kind, description=data.description)
@@ -364,7 +380,7 @@ def triggered_inputs(
 def trojan_metrics(
     model: nn.Module,
     apply_trigger: Callable[[torch.Tensor], torch.Tensor] | TriggerAttack,
-    data: ArrayDataset,
+    data: DataLike,
     target: int,
     batch_size: int = 256,
 ) -> dict[str, Estimate]:
@@ -376,6 +392,7 @@ def trojan_metrics(
     * ``robust_accuracy``: share of those triggered inputs still given their true label.
     """
     fn = apply_trigger.apply_trigger if isinstance(apply_trigger, TriggerAttack) else apply_trigger
+    data = as_array_dataset(data, "data")
     clean = forward(model, data.x, batch_size, features=False)
     trig = triggered_inputs(fn, data, target)
     out = forward(model, trig.x, batch_size, features=False)
@@ -385,3 +402,19 @@ def trojan_metrics(
         "attack_success_rate": proportion(out.pred == target),
         "robust_accuracy": proportion(out.pred == y),
     }
+
+
+__all__ = [
+    "TROJAN_ATTACKS",
+    "BadNets",
+    "Blended",
+    "LabelConsistent",
+    "Poisoned",
+    "TriggerAttack",
+    "WaNet",
+    "available",
+    "create",
+    "train_trojaned",
+    "triggered_inputs",
+    "trojan_metrics",
+]

@@ -23,9 +23,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlsafety.core import ArrayDataset, InputError, Progress, generator, track
+from mlsafety.core import ArrayDataset, DataLike, InputError, Progress, as_array_dataset, generator, track
 from mlsafety.metrics import Estimate, auroc, bootstrap_two_sample, proportion
-from mlsafety.monitoring.trojans.attacks import ATTACKS, TriggerAttack, train_trojaned, triggered_inputs, trojan_metrics
+from mlsafety.monitoring.trojans.attacks import (
+    TROJAN_ATTACKS,
+    TriggerAttack,
+    train_trojaned,
+    triggered_inputs,
+    trojan_metrics,
+)
 from mlsafety.monitoring.trojans.scanners import Scanner, ScanResult
 
 BADNETS_DEMO: dict[str, Any] = {
@@ -63,7 +69,7 @@ def train_digits_cnn_badnets(seed: int = 0, progress: Progress | None = None) ->
     the ``digits-cnn`` architecture and training schedule (40 epochs)."""
     from mlsafety.zoo import DigitsCNN, load_dataset
 
-    attack = ATTACKS.create(BADNETS_DEMO["attack"], **BADNETS_DEMO["params"])
+    attack = TROJAN_ATTACKS.create(BADNETS_DEMO["attack"], **BADNETS_DEMO["params"])
     model, _ = train_trojaned(
         DigitsCNN,
         load_dataset("digits", "train"),
@@ -79,7 +85,7 @@ def train_digits_cnn_badnets(seed: int = 0, progress: Progress | None = None) ->
 
 def demo_attack() -> TriggerAttack:
     """The attack planted in ``digits-cnn-badnets`` (its target is ``BADNETS_DEMO["target"]``)."""
-    return ATTACKS.create(BADNETS_DEMO["attack"], **BADNETS_DEMO["params"])
+    return TROJAN_ATTACKS.create(BADNETS_DEMO["attack"], **BADNETS_DEMO["params"])
 
 
 @dataclass
@@ -111,13 +117,15 @@ class Member:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def make_attack(self) -> TriggerAttack:
-        return ATTACKS.create(self.attack, **self.params)
+        return TROJAN_ATTACKS.create(self.attack, **self.params)
 
     def training_set(self, train: ArrayDataset) -> tuple[ArrayDataset, torch.Tensor]:
         """The training set this member saw and its poisoned-sample mask (all False for clean models)."""
         if not self.trojaned:
             return train, torch.zeros(len(train), dtype=torch.bool)
-        p = self.make_attack().poison(train, self.rate, self.target, seed=self.seed)
+        attack = self.make_attack()
+        g = attack.default_generator(self.seed, self.target, self.rate)
+        p = attack.poison(train, self.rate, self.target, generator=g)
         return p.data, p.poisoned
 
 
@@ -126,7 +134,7 @@ def plan_population(n: int = 20, seed: int = 0) -> list[Member]:
     if n < 2:
         raise InputError("a population needs at least 2 models (one clean, one trojaned)")
     g = generator(seed, "trojan-population")
-    names = ATTACKS.available()
+    names = TROJAN_ATTACKS.available()
     members = []
     for i in range(n):
         trojaned = i % 2 == 1
@@ -262,9 +270,9 @@ def probe_inputs(member: Member, test: ArrayDataset, n: int = 100) -> tuple[torc
 def score_scanner(
     scanner: Scanner,
     population: Sequence[tuple[Member, nn.Module]],
-    clean: ArrayDataset,
-    test: ArrayDataset,
-    train: ArrayDataset,
+    clean: DataLike,
+    test: DataLike,
+    train: DataLike,
     n_boot: int = 1000,
     progress: Progress | None = None,
 ) -> PopulationScore:
@@ -279,6 +287,8 @@ def score_scanner(
         n_boot: bootstrap resamples of the AUROC interval.
         progress: progress display.
     """
+    clean = as_array_dataset(clean, "clean")
+    test, train = as_array_dataset(test, "test"), as_array_dataset(train, "train")
     if len({m.trojaned for m, _ in population}) < 2:
         raise InputError("scoring needs both clean and trojaned models in the population")
     results, seconds, cpu, input_aurocs, sample_aurocs = [], [], [], [], []

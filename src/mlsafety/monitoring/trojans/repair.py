@@ -22,7 +22,16 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from mlsafety.core import ArrayDataset, InputError, as_classifier, device_of, forward, frozen
+from mlsafety.core import (
+    ArrayDataset,
+    DataLike,
+    InputError,
+    as_array_dataset,
+    as_classifier,
+    device_of,
+    forward,
+    frozen,
+)
 
 
 @dataclass
@@ -107,7 +116,7 @@ def _copy(model: nn.Module) -> nn.Module:
 
 def fine_pruning(
     model: nn.Module,
-    clean: ArrayDataset,
+    clean: DataLike,
     layer: str | None = None,
     max_drop: float = 0.05,
     step: int = 1,
@@ -123,7 +132,8 @@ def fine_pruning(
 
     Args:
         model: the suspected model (not modified).
-        clean: the defender's clean labelled data (pruning decisions and fine-tuning).
+        clean: the defender's clean labelled data (pruning decisions and fine-tuning), any form of
+            :data:`mlsafety.core.DataLike`.
         layer: the convolution to prune (default: the last ``nn.Conv2d``).
         max_drop: largest accuracy drop accepted while pruning.
         step: channels pruned per trial.
@@ -133,6 +143,7 @@ def fine_pruning(
     """
     from mlsafety.zoo import train_classifier
 
+    clean = as_array_dataset(clean, "clean")
     net = _copy(model)
     name, conv = _conv(net, layer)
     base = _accuracy(net, clean)
@@ -159,7 +170,7 @@ def fine_pruning(
 
 def nc_unlearning(
     model: nn.Module,
-    clean: ArrayDataset,
+    clean: DataLike,
     apply_trigger: Callable[[torch.Tensor], torch.Tensor],
     rate: float = 0.2,
     epochs: int = 10,
@@ -177,7 +188,7 @@ def nc_unlearning(
 
     Args:
         model: the suspected model (not modified).
-        clean: clean labelled data.
+        clean: clean labelled data (any form of :data:`mlsafety.core.DataLike`).
         apply_trigger: the recovered trigger (e.g. ``Trigger.apply_trigger`` from Neural Cleanse).
         rate: share of each batch that carries a trigger (20% in the paper).
         epochs: fine-tuning epochs per round.
@@ -190,6 +201,7 @@ def nc_unlearning(
     from mlsafety.monitoring.trojans.scanners.neural_cleanse import reverse_engineer
     from mlsafety.zoo import random_shift, train_classifier
 
+    clean = as_array_dataset(clean, "clean")
     if not 0.0 < rate < 1.0:
         raise InputError(f"unlearning rate must lie in (0, 1), got {rate}")
     if rounds < 1 or (rounds > 1 and target is None):
@@ -223,7 +235,7 @@ def nc_unlearning(
 
 def nc_pruning(
     model: nn.Module,
-    clean: ArrayDataset,
+    clean: DataLike,
     apply_trigger: Callable[[torch.Tensor], torch.Tensor],
     target: int,
     max_asr: float = 0.05,
@@ -238,12 +250,13 @@ def nc_pruning(
 
     Args:
         model: the suspected model (not modified); it needs an ``nn.Linear`` head.
-        clean: clean labelled data.
+        clean: clean labelled data (any form of :data:`mlsafety.core.DataLike`).
         apply_trigger: the recovered trigger.
         target: the trigger's target class.
         max_asr: success rate at which pruning stops.
         max_drop: largest accuracy drop accepted.
     """
+    clean = as_array_dataset(clean, "clean")
     net = _copy(model)
     clf = as_classifier(net)
     head = clf._linear_head()

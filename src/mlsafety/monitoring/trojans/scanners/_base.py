@@ -21,9 +21,11 @@ from torch import nn
 from mlsafety.core import (
     ArrayDataset,
     Classifier,
+    DataLike,
     InputError,
     Progress,
     Registry,
+    as_array_dataset,
     as_classifier,
     check_images,
     check_labels,
@@ -160,14 +162,20 @@ class Scanner:
     def scan(
         self,
         model: nn.Module | Classifier,
-        clean: ArrayDataset,
-        train: ArrayDataset | None = None,
+        clean: DataLike,
+        train: DataLike | None = None,
         probe: torch.Tensor | None = None,
         progress: Progress | None = None,
     ) -> ScanResult:
-        """Scan ``model``; see :class:`ScanData` for the data and :class:`ScanResult` for the answer."""
+        """Scan ``model``; see :class:`ScanData` for the data and :class:`ScanResult` for the answer.
+
+        ``clean`` and ``train`` take any form of :data:`mlsafety.core.DataLike` (an ArrayDataset, a
+        torch Dataset of ``(x, y)``, a DataLoader, tensors ``(x, y)``); a loader is read once, in order.
+        """
         clf = as_classifier(model)
-        data = ScanData(clean, train, probe)
+        data = ScanData(
+            as_array_dataset(clean, "clean"), None if train is None else as_array_dataset(train, "train"), probe
+        )
         self._check_data(clf, data)
         runs: list[SeedScan] = []
         with frozen(clf.module):
