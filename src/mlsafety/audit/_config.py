@@ -6,6 +6,8 @@ Example::
     data = "digits"               # zoo name, .npz file or image folder
     ood = ["letters", "noise"]
     seed = 0
+    batch_size = 256              # positive
+    channels = 1                  # optional: image folders converted to 1 (grayscale) or 3 (RGB) channels
     checks = ["clean", "ood-basic", "calibration-basic"]
 
     [params.ood-basic]            # per-check parameters
@@ -24,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mlsafety.audit._inputs import AuditConfig
+from mlsafety.audit._gates import check_gate_bound
+from mlsafety.audit._inputs import AuditConfig, check_settings
 from mlsafety.core import InputError
 
 if sys.version_info >= (3, 11):
@@ -41,6 +44,7 @@ _SCALARS = {
     "seed": int,
     "quick": bool,
     "batch_size": int,
+    "channels": int,
     "device": str,
 }
 
@@ -58,6 +62,9 @@ def load_config(path: str | Path) -> AuditConfig:
 
 
 def config_from_mapping(raw: dict[str, Any], where: str = "config") -> AuditConfig:
+    """An :class:`AuditConfig` from a parsed TOML table; unknown keys, wrong types and values out of
+    range (a batch size below 1, a seed outside [0, 2**63 - 1], a non-finite gate bound...) raise
+    :class:`InputError` naming ``where`` and the key."""
     cfg = AuditConfig()
     for key, value in raw.items():
         if key in _SCALARS:
@@ -81,9 +88,10 @@ def config_from_mapping(raw: dict[str, Any], where: str = "config") -> AuditConf
                 raise InputError(f"{where}: [params.<check>] must be tables of parameters")
             cfg.check_params = {k: dict(v) for k, v in value.items()}
         elif key in ("fail_under", "fail_over"):
-            if not isinstance(value, dict) or not all(isinstance(v, (int, float)) for v in value.values()):
+            if not isinstance(value, dict):
                 raise InputError(f"{where}: [{key}] must map metric keys to numbers")
-            setattr(cfg, key, {k: float(v) for k, v in value.items()})
+            setattr(cfg, key, {k: check_gate_bound(k, v, f"{where}: [{key}]") for k, v in value.items()})
         else:
             raise InputError(f"{where}: unknown key {key!r}")
+    check_settings(cfg, where)
     return cfg

@@ -12,7 +12,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mlsafety.audit._check import StoredRow
+from mlsafety.audit._check import _METRIC, Check, StoredRow
 from mlsafety.core import InputError, UnknownNameError
 
 
@@ -62,15 +62,80 @@ def parse_gate_keys(gates: Mapping[str, float]) -> list[GateKey]:
     return keys
 
 
+def check_gate_bound(key: str, value: object, where: str = "gate") -> float:
+    """The bound as a float; raise :class:`InputError` unless it is a finite number.
+
+    A NaN bound can never fail (every comparison with NaN is false) and an infinite one always
+    or never does, so both are refused rather than silently accepted.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{where} {key!r}: bound {value!r} is not a number; give e.g. {key}=0.95")
+    bound = float(value)
+    if not math.isfinite(bound):
+        raise InputError(
+            f"{where} {key!r}: bound {bound} is not a finite number and could never fail or pass; give e.g. {key}=0.95"
+        )
+    return bound
+
+
 def parse_gate_option(text: str) -> tuple[str, float]:
-    """``METRIC=VALUE`` from the command line."""
+    """``METRIC=VALUE`` from the command line; the value must be a finite number."""
     key, sep, value = text.partition("=")
     if not sep:
         raise InputError(f"gate {text!r} must look like METRIC=VALUE, e.g. clean/clean/accuracy=0.95")
     try:
-        return key.strip(), float(value)
+        number = float(value)
     except ValueError:
-        raise InputError(f"gate {text!r}: {value!r} is not a number") from None
+        raise InputError(f"gate {text!r}: {value!r} is not a number; give e.g. {key.strip()}=0.95") from None
+    return key.strip(), check_gate_bound(key.strip(), number)
+
+
+def validate_gates(
+    fail_under: Mapping[str, float],
+    fail_over: Mapping[str, float],
+    checks: Sequence[Check] | None = None,
+) -> list[GateKey]:
+    """Check every gate before the audit runs; return the parsed keys.
+
+    A gate must look like ``<check>/<hazard>/<metric>`` with a finite bound, name a registered
+    check that is among ``checks`` (the selected checks, when given), and a metric name that can
+    exist (lower-case with underscores, and among the check's declared ``metrics`` patterns when
+    the check declares them). A gate that passes here but matches no stored row is still refused
+    after the run by :func:`evaluate_gates`.
+
+    Raises:
+        InputError: one line naming the gate, the problem and the fix.
+    """
+    from mlsafety.audit._check import CHECKS
+
+    selected = None if checks is None else {c.name: type(c) for c in checks}
+    keys = []
+    for option, gates in (("--fail-under", fail_under), ("--fail-over", fail_over)):
+        for text, bound in gates.items():
+            check_gate_bound(text, bound, f"{option} gate")
+            key = parse_gate_key(text)
+            if key.check not in CHECKS:
+                raise InputError(
+                    f"{option} gate {text!r}: unknown check {key.check!r}; checks: {', '.join(CHECKS.available())}"
+                )
+            if selected is not None and key.check not in selected:
+                raise InputError(
+                    f"{option} gate {text!r}: check {key.check!r} is not selected; "
+                    f"add --check {key.check} or drop the gate"
+                )
+            if not _METRIC.match(key.metric):
+                raise InputError(
+                    f"{option} gate {text!r}: metric {key.metric!r} cannot exist (metric names are lower-case "
+                    "with underscores); `mlsafety runs show RUN_ID` lists the metric keys"
+                )
+            declared: tuple[str, ...] = tuple(getattr(CHECKS.get(key.check), "metrics", ()) or ())
+            if declared and not any(fnmatch.fnmatchcase(key.metric, p) for p in declared):
+                raise InputError(
+                    f"{option} gate {text!r}: check {key.check!r} stores no metric {key.metric!r}; "
+                    f"its metrics: {', '.join(declared)}"
+                )
+            keys.append(key)
+    return keys
 
 
 def evaluate_gates(

@@ -3,27 +3,38 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from mlsafety import zoo
 from mlsafety.audit._context import AuditData
+from mlsafety.audit._gates import validate_gates
 from mlsafety.core import (
     ArrayDataset,
     Classifier,
     InputError,
-    check_images,
-    check_labels,
+    frozen,
     generator,
     load_factory,
     load_image_folder,
     load_npz,
     load_weights,
+    validate_dataset,
 )
+
+if TYPE_CHECKING:
+    from mlsafety.audit._check import Check
+
+MAX_SEED = 2**63 - 1
+"""The largest run seed: seeds are stored as SQLite integers (signed 64-bit)."""
+
+PROBE_INPUTS = 16
+"""Inputs of each data source the model is run on before the audit starts (spread over the set)."""
 
 
 @dataclass
@@ -40,6 +51,8 @@ class AuditConfig:
         ood: OOD sets (zoo names, ``.npz`` files or folders); default: every embedded OOD set, made
             at the data's image shape.
         image_size: (H, W) for image folders.
+        channels: channels image folders are converted to (1 or 3); None: the model's, found by a
+            probe pass (folders are read as RGB and converted).
         checks: check names to run; None runs every registered check.
         check_params: per-check parameters (``[checks.<name>]`` in the TOML config).
         seed: the run seed.
@@ -57,6 +70,7 @@ class AuditConfig:
     train: str | None = None
     ood: list[str] | None = None
     image_size: tuple[int, int] | None = None
+    channels: int | None = None
     checks: list[str] | None = None
     check_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
@@ -89,6 +103,58 @@ class AuditConfig:
         return h.hexdigest()[:16]
 
 
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_settings(config: AuditConfig, where: str | None = None) -> None:
+    """Raise :class:`InputError` for a setting no audit can run with.
+
+    ``where`` is the config file the values came from (messages then name its keys); None names
+    the command-line options.
+    """
+
+    def name(key: str) -> str:
+        return f"{where}: {key}" if where else f"--{key.replace('_', '-')}"
+
+    def example(key: str, value: str) -> str:
+        return f"{key} = {value}" if where else f"--{key.replace('_', '-')} {value}"
+
+    if not _positive_int(config.batch_size):
+        raise InputError(
+            f"{name('batch_size')} must be a positive integer, got {config.batch_size!r}; "
+            f"use e.g. {example('batch_size', '256')}"
+        )
+    seed = config.seed
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise InputError(
+            f"{name('seed')} must be an integer in [0, 2**63 - 1], got {seed!r}; use e.g. {example('seed', '0')}"
+        )
+    size = config.image_size
+    if size is not None and (len(size) != 2 or not all(_positive_int(v) for v in size)):
+        shown = " ".join(str(v) for v in size) if isinstance(size, (tuple, list)) else repr(size)
+        raise InputError(
+            f"{name('image_size')} must be two positive integers H W, got {shown}; "
+            f"use e.g. {example('image_size', '[32, 32]' if where else '32 32')}"
+        )
+    if config.channels is not None and (isinstance(config.channels, bool) or config.channels not in (1, 3)):
+        raise InputError(
+            f"{name('channels')} must be 1 (grayscale) or 3 (RGB), got {config.channels!r}; "
+            "leave it out to use the model's channel count"
+        )
+
+
+def validate_config(config: AuditConfig, checks: Sequence[Check] | None = None) -> None:
+    """Check the settings and the gates (against the selected ``checks`` when given) before any work.
+
+    Raises:
+        InputError: a setting out of range, a gate with a non-finite bound, an unknown or
+            unselected check, or a metric its check does not declare.
+    """
+    check_settings(config)
+    validate_gates(config.fail_under, config.fail_over, checks)
+
+
 def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classifier:
     """A Classifier for a zoo name or ``file.py:factory`` (with ``weights``), on ``device``."""
     if spec.endswith(".py") or ".py:" in spec:
@@ -110,82 +176,227 @@ def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classi
     return Classifier(module.to(dev).eval())
 
 
+_ROLES = {
+    "data": "--data {spec} (test data)",
+    "val": "--val {spec} (validation data)",
+    "train": "--train {spec} (training data)",
+    "ood": "--ood {spec} (OOD set)",
+}
+
+
 def _load(
     spec: str,
+    role: str,
     split: str,
-    kind: str,
     shape: tuple[int, int, int] | None,
     image_size: tuple[int, int] | None,
     channels: int,
 ) -> ArrayDataset:
     path = Path(spec)
+    source = _ROLES[role].format(spec=spec)
+    kind = "far" if role == "ood" else "in"
     if spec in zoo.dataset_names():
-        return zoo.load_dataset(spec, split=split, shape=shape if kind != "in" else None)
+        return _with_source(zoo.load_dataset(spec, split=split, shape=shape if kind != "in" else None), source)
     if path.suffix == ".npz":
-        return load_npz(path, kind=kind)
+        return load_npz(path, kind=kind, source=source)
     if path.is_dir():
         size = image_size or (shape[1:] if shape else None)
         if size is None:
-            raise InputError(f"image folder {path} needs --image-size H W")
-        return load_image_folder(path, tuple(size), channels=channels, kind=kind)  # type: ignore[arg-type]
+            raise InputError(f"image folder {source} needs --image-size H W")
+        return load_image_folder(path, tuple(size), channels=channels, kind=kind, source=source)  # type: ignore[arg-type]
     if path.suffix or "/" in spec:
-        raise InputError(f"data not found or not supported: {spec} (use a zoo name, an .npz file or an image folder)")
-    raise InputError(f"unknown zoo dataset {spec!r}; available: {', '.join(zoo.dataset_names())}")
+        raise InputError(
+            f"{source}: not found or not supported (use a zoo name, an existing .npz file or an image folder)"
+        )
+    raise InputError(f"{source}: unknown zoo dataset {spec!r}; available: {', '.join(zoo.dataset_names())}")
 
 
-def resolve_data(config: AuditConfig) -> AuditData:
-    """Load and hold-out the audit's data; raise :class:`InputError` on anything unusable."""
-    channels = 3
-    test = _load(config.data, "test", "in", None, config.image_size, channels)
-    channels = int(test.x.shape[1]) if test.x.ndim == 4 else 3
+def _with_source(ds: ArrayDataset, source: str) -> ArrayDataset:
+    return ArrayDataset(ds.x, ds.y, ds.name, ds.kind, ds.description, source)
+
+
+def _is_folder(spec: str) -> bool:
+    return spec not in zoo.dataset_names() and Path(spec).is_dir()
+
+
+def _run_model(model: Classifier, x: torch.Tensor) -> Any:
+    with frozen(model.module), torch.inference_mode():
+        return model.module(x.to(model.device))
+
+
+def model_channels(model: Classifier, size: tuple[int, int], prefer: int = 3) -> int | None:
+    """The channel count (``prefer`` first, then 1 and 3) the model accepts at image size ``size``.
+
+    Found by a probe pass on two constant images per candidate in eval mode without gradients;
+    None when the model takes none of them (the probe of real inputs then says why).
+    """
+    for c in dict.fromkeys((prefer, 1, 3)):
+        try:
+            out = _run_model(model, torch.full((2, c, *size), 0.5))
+        except Exception:  # the user's model rejecting this shape is the answer
+            continue
+        if isinstance(out, torch.Tensor) and out.ndim == 2 and out.shape[0] == 2:
+            return c
+    return None
+
+
+def probe_model(model: Classifier, ds: ArrayDataset, num_classes: int | None = None) -> int:
+    """Run the model on a few real inputs of ``ds``; return K, the number of logits.
+
+    Up to :data:`PROBE_INPUTS` inputs spread over the set go through the model in eval mode (its
+    modes are restored). The output must be one logits tensor (N, K) with K >= 2 (K equal to
+    ``num_classes`` when given) and finite values.
+
+    Raises:
+        InputError: naming ``ds.source``, what the model returned and the fix.
+    """
+    n = min(PROBE_INPUTS, len(ds))
+    idx = torch.linspace(0, len(ds) - 1, n).round().long().unique()
+    x = ds.x[idx]
+    shape = tuple(int(s) for s in x.shape[1:])
+    try:
+        out = _run_model(model, x)
+    except Exception as exc:  # the user's model: any failure becomes one line
+        c = int(x.shape[1])
+        takes = model_channels(model, (shape[1], shape[2]), prefer=c)
+        if takes is not None and takes != c:
+            fix = "convert them to grayscale" if takes == 1 else f"give {takes}-channel images"
+            raise InputError(
+                f"inputs of {ds.source} have {c} channel{'s' if c != 1 else ''} but the model takes {takes}; "
+                f"{fix} (shape (N, {takes}, H, W))"
+            ) from None
+        msg = " ".join(str(exc).split())
+        raise InputError(
+            f"the model failed on {len(idx)} inputs of {ds.source} of shape {shape}: {type(exc).__name__}: {msg}; "
+            "give inputs of the shape the model takes (see --image-size, --channels)"
+        ) from None
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(idx):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise InputError(
+            f"model output must be logits of shape (N, K), got {got} for {len(idx)} inputs of {ds.source}; "
+            "wrap the model so forward() returns one logits tensor"
+        )
+    k = int(out.shape[1])
+    if k < 2:
+        raise InputError(
+            f"the model returns {k} logit{'s' if k != 1 else ''} per input; a classifier needs K >= 2 "
+            "(one logit per class; for a binary model return two logits, e.g. torch.cat([-z, z], dim=1))"
+        )
+    if num_classes is not None and k != num_classes:
+        raise InputError(
+            f"the model returned {k} logits for {ds.source} but {num_classes} for the test data; "
+            "return one logit per class for every input"
+        )
+    bad = ~torch.isfinite(out).all(dim=1)
+    if bad.any():
+        raise InputError(
+            f"the model returned NaN or infinite logits for {int(bad.sum())} of {len(idx)} probe inputs of "
+            f"{ds.source}; fix the model (look for NaN weights, division by zero, log of 0) before auditing it"
+        )
+    return k
+
+
+def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditData:
+    """Load and hold out the audit's data; raise :class:`InputError` on anything unusable.
+
+    With ``model``, image folders are converted to the model's channel count (``config.channels``,
+    else found by a probe pass), and each source is validated as it is loaded (the test data
+    before the validation share is held out of it), so every message names the file it is about.
+    Without it, folders are read as RGB (or as ``config.channels``) and :func:`validate` checks
+    the rest.
+    """
+    channels = config.channels
+    if channels is None and model is not None and _is_folder(config.data) and config.image_size is not None:
+        channels = model_channels(model, tuple(config.image_size))  # type: ignore[arg-type]
+    test = _load(config.data, "data", "test", None, config.image_size, channels or 3)
     if config.data in zoo.dataset_names() and test.kind != "in":
         raise InputError(f"{config.data!r} is an OOD set; pass in-distribution data with --data")
-    shape = tuple(int(s) for s in test.x.shape[1:]) if test.x.ndim == 4 else None
+    if channels is None and model is not None:
+        channels = model_channels(model, (int(test.x.shape[2]), int(test.x.shape[3])), prefer=int(test.x.shape[1]))
+    folder_channels = channels or int(test.x.shape[1])
+    shape = tuple(int(s) for s in test.x.shape[1:])
+    k = None
+    if model is not None:
+        validate_dataset(test, None, config.channels)
+        k = probe_model(model, test)
+        validate_dataset(test, k, channels)
+
+    def load_checked(spec: str, role: str, split: str, shape_hint: tuple[int, int, int] | None) -> ArrayDataset:
+        ds = _load(spec, role, split, shape_hint, config.image_size, folder_channels)
+        if model is not None:
+            validate_dataset(ds, k, channels)
+        return ds
+
     if config.val is not None:
-        val = _load(config.val, "val", "in", None, config.image_size, channels)
+        val = load_checked(config.val, "val", "val", None)
     elif config.data in zoo.dataset_names():
-        val = zoo.load_dataset(config.data, "val")
+        val = _with_source(zoo.load_dataset(config.data, "val"), f"the validation split of zoo data {config.data!r}")
     else:
         if len(test) < 10:
-            raise InputError(f"{config.data} has {len(test)} inputs; give at least 10, or pass --val")
+            raise InputError(f"{test.source} has {len(test)} inputs; give at least 10, or pass --val")
         perm = torch.randperm(len(test), generator=generator(config.seed, "holdout-val"))
         cut = round(0.3 * len(test))
-        val, test = test.subset(perm[:cut], name=f"{test.name}-val"), test.subset(perm[cut:])
+        val = test.subset(perm[:cut], name=f"{test.name}-val", source=f"{test.source}, share held out for validation")
+        test = test.subset(perm[cut:])
     train = None
     if config.train is not None:
-        train = _load(config.train, "train", "in", None, config.image_size, channels)
+        train = load_checked(config.train, "train", "train", None)
     elif config.data in zoo.dataset_names() and config.val is None:
-        train = zoo.load_dataset(config.data, "train")
+        train = _with_source(zoo.load_dataset(config.data, "train"), f"the training split of zoo data {config.data!r}")
     ood_specs = config.ood if config.ood is not None else zoo.ood_names()
     ood: dict[str, ArrayDataset] = {}
     for spec in ood_specs:
-        ds = _load(spec, "test", "far", shape, config.image_size, channels)  # type: ignore[arg-type]
+        ds = load_checked(spec, "ood", "test", shape)  # type: ignore[arg-type]
         if ds.name in ood:
-            raise InputError(f"two OOD sets are named {ds.name!r}; rename one file")
+            raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
         ood[ds.name] = ds
     return AuditData(test=test, val=val, train=train, ood=ood)
 
 
-def validate(model: Classifier, data: AuditData) -> None:
-    """Check inputs, labels and the model's output shape before anything is stored."""
-    sets = [("test data", data.test), ("validation data", data.val)]
+def _sources(data: AuditData) -> list[ArrayDataset]:
+    sets = [data.test, data.val]
     if data.train is not None:
-        sets.append(("training data", data.train))
-    sets += [(f"OOD set {name!r}", ds) for name, ds in data.ood.items()]
-    for what, ds in sets:
-        check_images(ds.x, what)
-    shapes = {tuple(ds.x.shape[1:]) for _, ds in sets}
-    if len(shapes) > 1:
-        raise InputError(f"datasets have different image shapes {sorted(shapes)}; resize them to one shape")
-    with torch.inference_mode():
-        out = model.module.eval()(data.test.x[:2].to(model.device))
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != min(2, len(data.test)):
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise InputError(
-            f"model output must be logits of shape (N, K), got {shape} for 2 inputs; "
-            "wrap the model so forward() returns one logits tensor"
-        )
-    model._check_logits(out, out.shape[0])
-    k = int(out.shape[1])
-    for what, ds in sets[:3] if data.train is not None else sets[:2]:
-        check_labels(ds.y, k, f"labels of the {what}")
+        sets.append(data.train)
+    return sets + list(data.ood.values())
+
+
+def validate(model: Classifier, data: AuditData, channels: int | None = None) -> None:
+    """Check every data source and the model's outputs on each before anything is stored.
+
+    Every source's inputs must be finite floats in [0, 1] of one shape (``channels`` channels
+    when given), the model must return finite logits (N, K), K >= 2, on a probe batch of each
+    source (:func:`probe_model`), and labels of in-distribution data must be integers in [0, K).
+    Messages name the source (``--data x.npz (test data)``...).
+
+    Raises:
+        InputError: the first problem found, in one line with its fix.
+    """
+    sets = _sources(data)
+    for ds in sets:
+        validate_dataset(ds, None, channels)
+    first = data.test
+    for ds in sets[1:]:
+        if ds.x.shape[1:] != first.x.shape[1:]:
+            raise InputError(
+                f"inputs of {ds.source} have shape {tuple(ds.x.shape[1:])} but the test data has "
+                f"{tuple(first.x.shape[1:])}; give every data set one image shape (C, H, W)"
+            )
+    k = probe_model(model, first)
+    for ds in sets[1:]:
+        probe_model(model, ds, k)
+    for ds in sets:
+        validate_dataset(ds, k, channels)
+
+
+def prepare_inputs(config: AuditConfig, checks: Sequence[Check] | None = None) -> tuple[Classifier, AuditData]:
+    """Everything an audit takes from the user, checked: settings, gates, model, data.
+
+    The one call the engine makes before it creates a run: :func:`validate_config`,
+    :func:`resolve_model`, :func:`resolve_data` (with the model, so folders get its channels)
+    and :func:`validate`. Any problem raises :class:`InputError` before anything is stored.
+    """
+    validate_config(config, checks)
+    model = resolve_model(config.model, config.weights, config.device)
+    data = resolve_data(config, model)
+    validate(model, data, config.channels)
+    return model, data

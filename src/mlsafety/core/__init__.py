@@ -1,7 +1,15 @@
 """Core: the model adapter, datasets, seeded generators, device handling, loaders and errors."""
 
 from mlsafety.core._batches import DataLike, as_array_dataset, iter_batches
-from mlsafety.core._data import ArrayDataset, check_images, check_labels, load_image_folder, load_npz
+from mlsafety.core._data import (
+    ArrayDataset,
+    check_images,
+    check_label_form,
+    check_labels,
+    load_image_folder,
+    load_npz,
+    validate_dataset,
+)
 from mlsafety.core._errors import InputError, MlsafetyError, NotFittedError, UnknownNameError
 from mlsafety.core._forward import Outputs, forward
 from mlsafety.core._loading import load_factory, load_weights, read_state_dict
@@ -25,6 +33,7 @@ __all__ = [
     "as_array_dataset",
     "as_classifier",
     "check_images",
+    "check_label_form",
     "check_labels",
     "derive_seed",
     "device_of",
@@ -41,4 +50,5 @@ __all__ = [
     "randn_like",
     "read_state_dict",
     "track",
+    "validate_dataset",
 ]

@@ -19,10 +19,14 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     Args:
         x: float images in [0, 1].
-        y: int64 labels (``-1`` for out-of-distribution data).
+        y: labels (N,): integers, or floats with whole values; stored as int64 (``-1`` for
+            out-of-distribution data). Labels of another shape, NaN or fractional labels raise
+            :class:`InputError` instead of being truncated.
         name: a short name used in hazards and reports.
         kind: ``"in"`` for in-distribution data, ``"near"`` or ``"far"`` for OOD sets.
         description: one line for listings and reports.
+        source: where the data came from, for error messages (e.g. ``"--data x.npz (test data)"``);
+            default: the name.
     """
 
     def __init__(
@@ -32,11 +36,14 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         name: str = "data",
         kind: str = "in",
         description: str = "",
+        source: str = "",
     ) -> None:
+        self.source = source or f"dataset {name!r}"
+        y = check_label_form(y, f"labels of {self.source}")
         if x.shape[0] != y.shape[0]:
-            raise InputError(f"dataset {name!r}: {x.shape[0]} inputs but {y.shape[0]} labels")
+            raise InputError(f"{self.source} has {x.shape[0]} inputs but {y.shape[0]} labels; give one label per input")
         self.x = x
-        self.y = y.long()
+        self.y = y
         self.name = name
         self.kind = kind
         self.description = description
@@ -51,8 +58,10 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
     def is_ood(self) -> bool:
         return self.kind != "in"
 
-    def subset(self, index: torch.Tensor, name: str | None = None) -> ArrayDataset:
-        return ArrayDataset(self.x[index], self.y[index], name or self.name, self.kind, self.description)
+    def subset(self, index: torch.Tensor, name: str | None = None, source: str | None = None) -> ArrayDataset:
+        return ArrayDataset(
+            self.x[index], self.y[index], name or self.name, self.kind, self.description, source or self.source
+        )
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, len(self), batch_size):
@@ -81,49 +90,108 @@ def check_images(x: torch.Tensor, what: str = "inputs") -> torch.Tensor:
     return x
 
 
+def check_label_form(y: torch.Tensor, what: str = "labels") -> torch.Tensor:
+    """Labels as int64 ``(N,)``; raise :class:`InputError` for another shape, NaN or fractional values.
+
+    Float labels with whole values are accepted (``3.0`` is class 3); ``2.4`` is refused rather
+    than truncated.
+    """
+    if not isinstance(y, torch.Tensor):
+        raise InputError(f"{what} must be a tensor, got {type(y).__name__}")
+    if y.ndim != 1:
+        raise InputError(f"{what} have shape {tuple(y.shape)}; y must be 1-D (N,): save it with y.reshape(-1)")
+    if y.dtype == torch.bool or y.is_complex():
+        raise InputError(f"{what} must be integer class indices, got {y.dtype}; save y as integers 0..K-1")
+    if y.is_floating_point():
+        if not torch.isfinite(y).all():
+            raise InputError(f"{what} contain NaN or infinite values; give an integer class index for every input")
+        frac = y != y.round()
+        if frac.any():
+            raise InputError(
+                f"{what} must be whole numbers (found {float(y[frac][0]):g}); "
+                "save y as integer class indices 0..K-1, not probabilities or scores"
+            )
+    return y.long()
+
+
 def check_labels(y: torch.Tensor, num_classes: int, what: str = "labels") -> torch.Tensor:
     """Raise :class:`InputError` unless every label is an integer in [0, num_classes)."""
-    if y.is_floating_point():
-        if not torch.equal(y, y.round()):
-            raise InputError(f"{what} must be integers")
-        y = y.long()
+    y = check_label_form(y, what)
     if y.numel() and (int(y.min()) < 0 or int(y.max()) >= num_classes):
         raise InputError(
             f"{what} must lie in [0, {num_classes}) for a model with {num_classes} classes "
-            f"(found {int(y.min())}..{int(y.max())})"
+            f"(found {int(y.min())}..{int(y.max())}); number the classes 0..{num_classes - 1} "
+            "in the order of the model's outputs"
         )
     return y
 
 
-def load_npz(path: str | Path, name: str | None = None, kind: str = "in") -> ArrayDataset:
+def validate_dataset(ds: ArrayDataset, num_classes: int | None = None, channels: int | None = None) -> None:
+    """Check one dataset before an audit uses it; every message names ``ds.source``.
+
+    Inputs must be finite floats (N, C, H, W) in [0, 1] with ``channels`` channels (when given);
+    in-distribution labels (``ds.kind == "in"``) must be integers in [0, num_classes) (when
+    given). OOD sets carry no labels (``-1``) and are not checked against the classes.
+
+    Raises:
+        InputError: naming the problem, the source and the fix.
+    """
+    check_images(ds.x, f"inputs of {ds.source}")
+    if channels is not None and int(ds.x.shape[1]) != channels:
+        have = int(ds.x.shape[1])
+        how = "convert them to grayscale" if channels == 1 else f"give images with {channels} channels"
+        raise InputError(
+            f"inputs of {ds.source} have {have} channel{'s' if have != 1 else ''} but the model takes "
+            f"{channels}; {how} (shape (N, {channels}, H, W))"
+        )
+    if ds.kind == "in" and num_classes is not None:
+        check_labels(ds.y, num_classes, f"labels of {ds.source}")
+
+
+def load_npz(path: str | Path, name: str | None = None, kind: str = "in", source: str | None = None) -> ArrayDataset:
     """Load an ``.npz`` file with arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,).
 
-    ``x`` in [0, 1] floats, or uint8 in [0, 255] (divided by 255). ``y`` may be missing for OOD
-    sets (then ``kind`` must not be ``"in"``). Pickled object arrays are refused.
+    ``x`` in [0, 1] floats, or uint8 in [0, 255] (divided by 255). ``y`` holds integer class
+    indices (whole-valued floats are accepted, fractional ones refused); it may be missing for OOD
+    sets, whose labels are always ``-1`` (``kind`` other than ``"in"``). Pickled object arrays are
+    refused. ``source`` names the file in error messages (default: its path).
     """
     path = Path(path)
+    source = source or str(path)
     if not path.is_file():
-        raise InputError(f"data file not found: {path}")
+        raise InputError(f"data file not found: {source}; give an existing .npz file")
     try:
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:  # numpy raises several types for a bad archive
-        raise InputError(f"cannot read {path} as .npz with arrays x and y: {exc}") from None
+        raise InputError(f"cannot read {source} as .npz with arrays x and y: {exc}") from None
     if "x" not in arrays:
-        raise InputError(f"{path} has no array named 'x' (found {sorted(arrays)}); save with np.savez(f, x=..., y=...)")
+        raise InputError(
+            f"{source} has no array named 'x' (found {sorted(arrays)}); save with np.savez(f, x=..., y=...)"
+        )
     xa = arrays["x"]
+    if xa.dtype == np.bool_ or not np.issubdtype(xa.dtype, np.number) or np.issubdtype(xa.dtype, np.complexfloating):
+        raise InputError(f"inputs of {source} have dtype {xa.dtype}; save x as float32 in [0, 1] or uint8")
     if xa.ndim == 3:
         xa = xa[:, None]
     x = torch.from_numpy(np.ascontiguousarray(xa))
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-    if "y" in arrays:
-        y = torch.from_numpy(np.ascontiguousarray(arrays["y"])).long()
-    elif kind != "in":
+    if kind != "in":
         y = torch.full((x.shape[0],), -1, dtype=torch.long)
+    elif "y" in arrays:
+        ya = arrays["y"]
+        if (
+            ya.dtype == np.bool_
+            or not np.issubdtype(ya.dtype, np.number)
+            or np.issubdtype(ya.dtype, np.complexfloating)
+        ):
+            raise InputError(f"labels of {source} have dtype {ya.dtype}; save y as integer class indices 0..K-1")
+        ya = ya.astype(np.float64) if np.issubdtype(ya.dtype, np.floating) else ya.astype(np.int64)
+        y = torch.from_numpy(np.ascontiguousarray(ya))
     else:
-        raise InputError(f"{path} has no array named 'y'; in-distribution data needs labels")
-    check_images(x, f"inputs in {path}")
-    return ArrayDataset(x, y, name=name or path.stem, kind=kind, description=f"arrays from {path.name}")
+        raise InputError(f"{source} has no array named 'y'; in-distribution data needs labels")
+    check_images(x, f"inputs of {source}")
+    return ArrayDataset(x, y, name=name or path.stem, kind=kind, description=f"arrays from {path.name}", source=source)
 
 
 def load_image_folder(
@@ -132,16 +200,24 @@ def load_image_folder(
     channels: int = 3,
     name: str | None = None,
     kind: str = "in",
+    source: str | None = None,
 ) -> ArrayDataset:
     """Load images from ``path/<class>/<image>`` (classes sorted by folder name), resized to ``size``.
 
-    For OOD sets (``kind != "in"``) images may also lie directly in ``path``; labels are then -1.
+    Every image is converted to ``channels`` channels (1: grayscale with PIL's ITU-R 601-2 luma,
+    3: RGB), whatever its mode on disk. For OOD sets (``kind != "in"``) images may also lie
+    directly in ``path``; labels are then -1. ``source`` names the folder in error messages.
     """
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
+    source = source or str(path)
     if not path.is_dir():
-        raise InputError(f"image folder not found: {path}")
+        raise InputError(f"image folder not found: {source}")
+    if channels not in (1, 3):
+        raise InputError(f"image folders are read with 1 or 3 channels, not {channels}; use --channels 1 or 3")
+    if len(size) != 2 or min(size) < 1:
+        raise InputError(f"image size must be two positive integers H W, got {tuple(size)}; e.g. --image-size 32 32")
     classes = sorted(p for p in path.iterdir() if p.is_dir())
     items: list[tuple[Path, int]] = []
     for label, folder in enumerate(classes):
@@ -150,7 +226,7 @@ def load_image_folder(
         items = [(f, -1) for f, _ in items]
         items += [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not items:
-        raise InputError(f"no images found in {path}; expected {path}/<class name>/<image>.png")
+        raise InputError(f"no images found in {source}; expected {path}/<class name>/<image>.png")
     mode = "L" if channels == 1 else "RGB"
     arrays = []
     for f, _ in items:
@@ -158,8 +234,10 @@ def load_image_folder(
             with Image.open(f) as img:
                 arrays.append(np.asarray(img.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)))
         except (UnidentifiedImageError, OSError) as exc:
-            raise InputError(f"cannot read image {f}: {exc}") from None
+            raise InputError(f"cannot read image {f} of {source}: {exc}; remove or replace the file") from None
     x = torch.from_numpy(np.stack(arrays)).float() / 255.0
     x = x[:, None] if channels == 1 else x.permute(0, 3, 1, 2)
     y = torch.tensor([label for _, label in items], dtype=torch.long)
-    return ArrayDataset(x.contiguous(), y, name=name or path.name, kind=kind, description=f"images from {path}")
+    return ArrayDataset(
+        x.contiguous(), y, name=name or path.name, kind=kind, description=f"images from {path}", source=source
+    )

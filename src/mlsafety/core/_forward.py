@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mlsafety.core._errors import InputError
 from mlsafety.core._model import Classifier, as_classifier, frozen
 from mlsafety.core._progress import Progress, track
 
@@ -39,6 +40,9 @@ def forward(
 ) -> Outputs:
     """Logits (and features, from the same pass) for ``x`` in batches, in eval mode, no gradients.
 
+    Logits that are not finite raise :class:`InputError` (a metric computed from them would be
+    meaningless, and the error would otherwise surface later as a misleading one about inputs).
+
     Args:
         model: the classifier.
         x: inputs (N, ...) on any device; batches move to the model's device.
@@ -63,4 +67,12 @@ def forward(
     if not logits:
         k = clf.num_classes
         return Outputs(torch.empty(0, k, device=device), None)
-    return Outputs(torch.cat(logits), torch.cat(feats) if want_feats else None)
+    out = torch.cat(logits)
+    bad = ~torch.isfinite(out).all(dim=1)
+    if bad.any():
+        first = int(bad.nonzero()[0, 0])
+        raise InputError(
+            f"the model returned NaN or infinite logits for {int(bad.sum())} of {out.shape[0]} inputs "
+            f"(the first at index {first}); fix the model before measuring it"
+        )
+    return Outputs(out, torch.cat(feats) if want_feats else None)

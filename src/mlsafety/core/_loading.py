@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import pickle
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -13,75 +15,155 @@ from torch import nn
 
 from mlsafety.core._errors import InputError
 
+_SAVE_HINT = "save the weights with safetensors or torch.save(model.state_dict())"
+
+
+def _one_line(exc: BaseException) -> str:
+    """``Type: message`` of an exception on one line (whitespace collapsed, nothing cut)."""
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
 
 def load_factory(spec: str) -> nn.Module:
-    """Build a model from ``"path/to/file.py:factory"`` (a function that returns an ``nn.Module``)."""
+    """Build a model from ``"path/to/file.py:factory"`` (a function that returns an ``nn.Module``).
+
+    The factory is called without arguments. Whatever goes wrong in the user's file (an exception
+    or ``sys.exit()`` while importing it or calling the factory, a factory that needs arguments or
+    returns something other than a module) raises :class:`InputError` naming the file and the fix.
+    """
     file, sep, func = spec.rpartition(":")
     if not sep or not file.endswith(".py") or not func:
         raise InputError(f"model spec {spec!r} must look like path/to/file.py:factory_function")
     path = Path(file)
     if not path.is_file():
-        raise InputError(f"model file not found: {path}")
+        raise InputError(f"model file not found: {path}; give an existing path/to/file.py:factory_function")
     mod_name = f"_mlsafety_user_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     if module_spec is None or module_spec.loader is None:
-        raise InputError(f"cannot import {path}")
+        raise InputError(f"cannot import {path}; give a Python source file")
     module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module
     try:
         module_spec.loader.exec_module(module)
-    except Exception as exc:
-        raise InputError(f"importing {path} failed: {type(exc).__name__}: {exc}") from None
+    except (Exception, SystemExit) as exc:  # the user's code: any failure, sys.exit() included
+        sys.modules.pop(mod_name, None)
+        raise InputError(
+            f"importing {path} failed with {_one_line(exc)}; fix the file so that importing it only defines the model"
+        ) from None
     factory = getattr(module, func, None)
     if not callable(factory):
-        raise InputError(f"{path} defines no function {func!r}")
-    model = factory()
+        names = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_"))
+        raise InputError(f"{path} defines no function {func!r}; functions it defines: {', '.join(names) or 'none'}")
+    try:
+        required = [
+            p.name
+            for p in inspect.signature(factory).parameters.values()
+            if p.default is inspect.Parameter.empty
+            and p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        ]
+    except (TypeError, ValueError):  # builtins and some callables have no signature
+        required = []
+    if required:
+        raise InputError(
+            f"{spec} needs arguments ({', '.join(required)}); point --model at a function that takes none, "
+            f"e.g. def make(): return {func}(...)"
+        )
+    try:
+        model = factory()
+    except (Exception, SystemExit) as exc:  # the user's code
+        raise InputError(
+            f"{spec} raised {_one_line(exc)}; fix the factory so that {func}() returns the model"
+        ) from None
     if not isinstance(model, nn.Module):
-        raise InputError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+        raise InputError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module; return the model itself")
     return model.eval()
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Read a state dict from ``.safetensors`` or a ``.pt``/``.pth`` file with ``weights_only=True``.
+def _sniff(path: Path) -> str:
+    """``"safetensors"``, ``"zip"`` (torch.save), ``"pickle"`` (legacy torch.save) or ``"unknown"``."""
+    with path.open("rb") as fh:
+        head = fh.read(9)
+    size = path.stat().st_size
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") <= size - 8:
+        return "safetensors"
+    if head.startswith(b"PK\x03\x04"):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # PROTO opcode, protocols 2..5
+        return "pickle"
+    return "unknown"
 
-    A pickle that tries to run code is refused with an :class:`InputError`.
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a state dict from a ``.safetensors`` file or a ``torch.save`` file (``weights_only=True``).
+
+    The format is read from the file's first bytes, not its suffix. A pickle that holds anything
+    but tensors (and so could run code when loaded) is refused, and a file in neither format is
+    called what it is; both raise :class:`InputError`.
     """
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
+        raise InputError(f"weights file not found: {path}; give an existing .safetensors or .pt file")
+    kind = _sniff(path)
+    if kind == "unknown":
+        raise InputError(
+            f"{path} is not a valid weights file: neither safetensors nor a torch state dict; {_SAVE_HINT}"
+        )
+    if kind == "safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path))
-        except Exception as exc:
-            raise InputError(f"cannot read {path} as safetensors: {exc}") from None
+        except Exception as exc:  # safetensors raises its own error types for damaged files
+            raise InputError(f"{path} is a damaged safetensors file ({_one_line(exc)}); {_SAVE_HINT}") from None
     try:
         with warnings.catch_warnings():
             # torch warns about pickle protocols it may not support; the load below decides.
             warnings.filterwarnings("ignore", message=".*pickle protocol.*", category=UserWarning)
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(exc))
+        what = f"it refers to {found.group(1)}" if found else "it holds objects other than tensors"
         raise InputError(
-            f"refused to load {path}: it is not a plain tensor file ({first[:160]}); "
-            "save the weights with safetensors or torch.save(model.state_dict())"
+            f"refused to load {path}: {what}, and loading such a pickle could run code; {_SAVE_HINT}"
         ) from None
-    except Exception as exc:
-        raise InputError(f"cannot read weights {path}: {type(exc).__name__}: {exc}") from None
+    except Exception as exc:  # torch raises several types for a damaged archive
+        raise InputError(f"{path} is not a valid torch weights file ({_one_line(exc)}); {_SAVE_HINT}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise InputError(f"{path} does not hold a state dict of tensors")
+        raise InputError(f"{path} does not hold a state dict of tensors; {_SAVE_HINT}")
     return state
 
 
+def _listing(names: list[str], limit: int = 3) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
-    """Load weights from ``path`` into ``model`` (strict: every key must match)."""
+    """Load weights from ``path`` into ``model`` (strict: every key and shape must match)."""
     state = read_state_dict(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing {_listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected {_listing(unexpected)}")
+    if shapes:
+        problems.append(f"shape of {_listing(shapes)} (file vs model)")
+    if problems:
+        raise InputError(
+            f"weights in {path} do not fit the model: {'; '.join(problems)}; give the weights saved from this model"
+        )
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        msg = " ".join(str(exc).split())
-        raise InputError(f"weights in {path} do not fit the model: {msg[:300]}") from None
+        raise InputError(f"weights in {path} do not fit the model: {_one_line(exc)}") from None
     return model.eval()

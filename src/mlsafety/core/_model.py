@@ -65,6 +65,24 @@ def frozen(module: nn.Module, train: bool = False) -> Iterator[nn.Module]:
             p.requires_grad_(flag)
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
+    """Put ``module`` in eval mode for the body (a no-op when ``enabled`` is False); restore on exit.
+
+    Unlike :func:`frozen` it leaves ``requires_grad`` alone, so gradients with respect to the
+    parameters still flow when the caller wants them. Every submodule's ``training`` flag is
+    restored, also when the body raises.
+    """
+    modes = [(m, m.training) for m in module.modules()] if enabled else []
+    try:
+        if enabled and any(mode for _, mode in modes):
+            module.train(False)
+        yield module
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
 class Classifier:
     """Adapter around any ``nn.Module`` that maps inputs ``(N, ...)`` to logits ``(N, K)``.
 
@@ -154,10 +172,17 @@ class Classifier:
 
     __call__ = logits
 
-    def features_and_logits(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def features_and_logits(self, x: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Penultimate features ``(N, D)`` (the head's input, flattened) and logits ``(N, K)``.
 
-        One forward pass; the hook that captures the features is always removed.
+        One forward pass, in eval mode (dropout off, batch-norm running statistics used, the global
+        random generator untouched) unless ``train`` is True, which runs the model in whatever mode
+        it is in. The model's modes are restored and the hook that captures the features is
+        removed before the call returns, also when the forward pass raises.
+
+        Args:
+            x: inputs ``(N, ...)`` on the model's device.
+            train: run in the model's current mode instead of eval mode (e.g. for MC dropout).
         """
         if self.head is None:
             raise InputError("cannot read features: no nn.Linear head found; pass head= naming the final layer")
@@ -168,7 +193,8 @@ class Classifier:
 
         handle = self.head.register_forward_pre_hook(hook)
         try:
-            logits = self.logits(x)
+            with eval_mode(self.module, enabled=not train):
+                logits = self.logits(x)
         finally:
             handle.remove()
         if not captured:
