@@ -40,11 +40,28 @@ def test_listing_and_unknown_names():
 
 
 @pytest.mark.slow
-def test_recipe_reproduces_shipped_weights(tmp_path):
+def test_retrained_model_can_stand_in_for_the_shipped_one(tmp_path, digits_model, digits_test):
+    """`mlsafety zoo train digits-cnn` gives, on any CPU, a model that behaves as the shipped one.
+
+    Bit-identical weights hold only on the CPU kind that trained the shipped file (float sums in
+    training depend on the CPU's kernels, not only on the thread count; ``bench/reproduce.py``
+    records where they hold). What a user relies on everywhere: the test accuracy lies in the
+    shipped model's exact 95% interval and the predictions agree on at least 99% of the test set.
+    Measured on the development machine: re-training with 1 or 2 threads, or from initial weights
+    perturbed by 1e-7 or 1e-6 (a stand-in for another CPU's rounding), changed none of the 360
+    predictions; re-training with seed 1 or 2 instead of 0 changed 4 (98.9%), so the bar can fail.
+    """
     from safetensors.torch import load_file
 
+    from mlsafety.metrics import clopper_pearson
+
     path = zoo.train_model("digits-cnn", out=tmp_path / "w.safetensors")
-    ours, shipped = load_file(str(path)), load_file(str(zoo.weights_path("digits-cnn")))
-    assert ours.keys() == shipped.keys()
-    for k in ours:
-        torch.testing.assert_close(ours[k], shipped[k], rtol=0, atol=1e-5)
+    ours = zoo.model_info("digits-cnn").build()
+    ours.load_state_dict(load_file(str(path)))
+    ours.eval()
+    x, y = digits_test.x, digits_test.y
+    with torch.inference_mode():
+        pred, pred_shipped = ours(x).argmax(1), digits_model(x).argmax(1)
+    lo, hi = clopper_pearson(int((pred_shipped == y).sum()), len(y))
+    assert lo <= (pred == y).float().mean().item() <= hi
+    assert (pred == pred_shipped).float().mean().item() >= 0.99

@@ -1,4 +1,4 @@
-"""The shipped digits denoisers: small, they help smoothing, and their recipe reproduces them."""
+"""The shipped digits denoisers: small, they help smoothing, and their recipe gives an equivalent one."""
 
 from __future__ import annotations
 
@@ -41,10 +41,37 @@ def test_train_denoiser_lowers_the_error_of_a_fresh_network(tiny_data) -> None: 
 
 
 @pytest.mark.slow
-def test_recipe_reproduces_the_shipped_denoiser(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_retrained_denoiser_can_stand_in_for_the_shipped_one(tmp_path, digits_model, digits_test) -> None:  # type: ignore[no-untyped-def]
+    """`mlsafety zoo train digits-denoiser-50` gives, on any CPU, a denoiser as good as the shipped one.
+
+    Bit-identical weights hold only on the CPU kind that trained the shipped file (see
+    ``bench/reproduce.py``). What holds everywhere, on the test images under the noise the denoiser
+    is made for: its mean squared error lies in the shipped one's 95% interval (mean +- 1.96 standard
+    errors over the 360 images); the digits CNN's accuracy on its outputs (the base classifier's
+    accuracy that denoised smoothing certifies) lies in the shipped one's exact interval; and the
+    two denoisers' outputs differ by less than a tenth of the shipped one's own RMS error. Measured:
+    re-training with 1 or 2 threads, or from initial weights perturbed by 1e-8 to 1e-6 (a stand-in for
+    another CPU's rounding; 17 runs), moved the outputs by 0.0015 to 0.0104 RMS against a bound of
+    0.020; another seed moves them by 0.055 and the 25% denoiser by 0.125 (its error is also out of
+    the interval), so the test can fail.
+    """
     from safetensors.torch import load_file
 
+    from mlsafety.metrics import clopper_pearson
+
     path = zoo.train_model("digits-denoiser-50", out=tmp_path / "d.safetensors")
-    ours, shipped = load_file(str(path)), load_file(str(zoo.weights_path("digits-denoiser-50")))
-    assert ours.keys() == shipped.keys()
-    assert all(torch.allclose(ours[k], shipped[k], atol=1e-6) for k in ours)
+    ours = zoo.model_info("digits-denoiser-50").build()
+    ours.load_state_dict(load_file(str(path)))
+    ours.eval()
+    shipped = zoo.load_model("digits-denoiser-50")
+    x, y = digits_test.x, digits_test.y
+    noisy = x + torch.randn(x.shape, generator=generator(0, "noise")) * 0.5
+    with torch.inference_mode():
+        out, out_shipped = ours(noisy), shipped(noisy)
+        pred, pred_shipped = digits_model(out).argmax(1), digits_model(out_shipped).argmax(1)
+    err, err_shipped = ((out - x) ** 2).flatten(1).mean(1), ((out_shipped - x) ** 2).flatten(1).mean(1)
+    half_width = 1.96 * err_shipped.std().item() / len(x) ** 0.5
+    assert abs(err.mean().item() - err_shipped.mean().item()) <= half_width
+    lo, hi = clopper_pearson(int((pred_shipped == y).sum()), len(y))
+    assert lo <= (pred == y).float().mean().item() <= hi
+    assert ((out - out_shipped) ** 2).mean().sqrt() < 0.1 * err_shipped.mean().sqrt()
