@@ -157,6 +157,17 @@ def test_fmea_rows_sorted_and_raw_probabilities_kept(result: Any) -> None:
             assert r.params["failure_rate"] == pytest.approx(fr.value)
     adversarial = next(r.hazard for r in rpn if r.hazard.startswith("adversarial/"))
     assert _get(rows, adversarial, "severity").value == 8  # documented default for the kind
+    for r in rpn:  # issue 12 point 11: severity is a setting, the measured ranks carry their band range
+        sev, occ, det = (_get(rows, r.hazard, m) for m in ("severity", "occurrence", "detection"))
+        assert sev.kind == "setting" and sev.ci_low is None
+        for rank in (occ, det, r):
+            assert rank.kind == "estimate" and rank.ci_low is not None and rank.ci_high is not None
+            assert rank.ci_low <= rank.value <= rank.ci_high
+        # RPN's range comes from 97.5% ranges (joint 95%), so it contains the product of the 95% ones
+        assert r.ci_low <= sev.value * occ.ci_low * det.ci_low and r.ci_high >= sev.value * occ.ci_high * det.ci_high
+        assert 1 <= occ.ci_low and occ.ci_high <= 10 and 1 <= det.ci_low and det.ci_high <= 10
+    for r in (r for r in rows if r.metric == "validation_escape"):
+        assert r.ci_low is not None and r.ci_high is not None and r.ci_low <= r.value <= r.ci_high
 
 
 def test_monitor_choice_ignores_test_hazards(setting: Any, result: Any) -> None:
@@ -280,3 +291,41 @@ def test_headless_model_uses_logit_detectors_by_default() -> None:
     chosen = [r.hazard for r in rows if r.metric == "validation_escape"]
     assert chosen and not any("mahalanobis" in h or "knn" in h or "vim" in h for h in chosen)
     assert _get(rows, "clean", "escaped_failure_rate").n == 40
+
+
+def test_adaptive_attack_draws_one_generator_per_task_and_rows_do_not_depend_on_order(
+    setting: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 12 point 8: the monitor-aware attack takes the generator derived from (run seed, check,
+    task), neither a truncated re-hashed seed nor the attack's own default one."""
+    from mlsafety.core import generator
+    from mlsafety.robustness.attacks import PGD
+
+    clf, data, _ = setting
+    g = torch.Generator().manual_seed(1)
+    x, y = data.test.x[:24], data.test.y[:24]
+    hazards = ["adversarial/a/0.1", "adversarial/b/0.1"]
+    extra = {h: ArrayDataset((x + 0.1 * (2 * torch.rand(x.shape, generator=g) - 1)).clamp(0, 1), y) for h in hazards}
+    seen: dict[str, torch.Tensor] = {}
+    original = PGD.__call__
+
+    def spy(self: Any, model: Any, xs: Any, ys: Any, target: Any = None, generator: Any = None) -> Any:
+        assert generator is not None, "the adaptive attack must receive the task's generator"
+        seen[f"call{len(seen)}"] = generator.get_state().clone()
+        return original(self, model, xs, ys, target=target, generator=generator)
+
+    monkeypatch.setattr(PGD, "__call__", spy)
+
+    def run(order: list[str]) -> dict[str, Row]:
+        ctx = _Context(clf, data, seed=3, extra=extra)
+        check = CHECKS.create("defence-in-depth", monitors=["energy"], adaptive_steps=2)
+        tasks = {t.key: t for t in check.tasks(ctx)}
+        rows = [r for key in ["monitor", *order] for r in tasks[key].run().rows]
+        return {f"{r.hazard}/{r.metric}": r for r in rows if r.metric == "adaptive_escaped_failure_rate"}
+
+    forward_order = run(hazards)
+    states = list(seen.values())
+    want = [generator(3, "defence-in-depth", "adaptive", h).get_state() for h in hazards]
+    assert torch.equal(states[0], want[0]) and torch.equal(states[1], want[1])
+    assert not torch.equal(want[0], want[1])  # two tasks, two streams
+    assert run(hazards[::-1]) == forward_order  # the same rows whichever task runs first

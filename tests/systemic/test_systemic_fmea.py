@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mlsafety.core import InputError
+from mlsafety.metrics import clopper_pearson
 from mlsafety.systemic import (
     DEFAULT_SEVERITY,
     DETECTION_TABLE,
@@ -96,3 +97,40 @@ def test_fmea_table_scores_rpn_and_order() -> None:
 def test_detection_is_monotone_in_the_miss_share() -> None:
     scores = [detection_score(m / 1000) for m in range(1001)]
     assert scores == sorted(scores) and scores[0] == 1 and scores[-1] == 10
+
+
+def test_ranks_carry_the_band_range_of_their_exact_interval() -> None:
+    # clean: 4 failures of 400 (p = 0.01, exact 95% interval [0.00273, 0.0254]): O bands 5 (>= 1/400) .. 6 (>= 1/80);
+    # 1 of the 4 failures missed (0.25, interval [0.0063, 0.806]): D bands 1 (<= 0.01) .. 9 (> 0.75)
+    e = fmea_table({"clean": _outcome(400, 4, 3)})[0]
+    lo, hi = clopper_pearson(4, 400)
+    assert (lo, hi) == pytest.approx((0.0027312, 0.0254048), abs=1e-6)
+    assert e.occurrence_range == (occurrence_score(lo), occurrence_score(hi)) == (5, 6)
+    m_lo, m_hi = clopper_pearson(1, 4)
+    assert e.detection_range == (detection_score(m_lo), detection_score(m_hi)) == (1, 9)
+    # RPN: S x O x D at the ends of the 97.5% ranges (Bonferroni over the two proportions)
+    o_lo, o_hi = (occurrence_score(v) for v in clopper_pearson(4, 400, 0.975))
+    d_lo, d_hi = (detection_score(v) for v in clopper_pearson(1, 4, 0.975))
+    assert e.rpn_range == (5 * o_lo * d_lo, 5 * o_hi * d_hi)
+    assert e.rpn_range[0] <= e.rpn <= e.rpn_range[1]
+    for rank, (a, b) in ((e.occurrence, e.occurrence_range), (e.detection, e.detection_range)):
+        assert a <= rank <= b
+
+
+def test_a_hazard_without_failures_has_the_whole_detection_range() -> None:
+    e = fmea_table({"corruption/blur/1": _outcome(100, 0, 0)})[0]
+    assert e.detection == 10 and e.detection_range == (1, 10)  # no failure: the miss share is unknown
+    assert e.occurrence_range == (1, occurrence_score(clopper_pearson(0, 100)[1]))
+    assert e.rpn_range[0] == 6 * 1 * 1
+
+
+def test_a_measured_range_never_leaves_out_the_score() -> None:
+    g = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n = int(torch.randint(1, 300, (1,), generator=g))
+        failed = int(torch.randint(0, n + 1, (1,), generator=g))
+        caught = int(torch.randint(0, failed + 1, (1,), generator=g))
+        e = fmea_table({"clean": _outcome(n, failed, caught)})[0]
+        assert e.occurrence_range[0] <= e.occurrence <= e.occurrence_range[1]
+        assert e.detection_range[0] <= e.detection <= e.detection_range[1]
+        assert e.rpn_range[0] <= e.rpn <= e.rpn_range[1]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mlsafety.core import InputError, generator
+from mlsafety.metrics import clopper_pearson
 from mlsafety.systemic import (
     CONFIDENCE,
     Monitor,
@@ -103,9 +104,21 @@ def test_choose_monitor_picks_the_detector_that_separates_outliers() -> None:
     assert [m.name for m in cands] == [CONFIDENCE, "bad", f"bad+{CONFIDENCE}", "good", f"good+{CONFIDENCE}"]
     best, crit = choose_monitor(cands, val, outliers)
     assert best.name == "good"
-    assert crit["good"] == pytest.approx(0.0)  # every outlier caught, no clean failure
-    assert crit["bad"] > 0.4
+    assert crit["good"].value == pytest.approx(0.0)  # every outlier caught, no clean failure
+    assert crit["bad"].value > 0.4
     assert validation_escape(best, val, outliers) == crit["good"]
+
+
+def test_validation_escape_interval_is_the_bonferroni_exact_one() -> None:
+    # 2 escapes of 40 clean validation inputs, 10 of 20 outliers; each exact interval at 97.5%, averaged
+    val = ScoredSet(torch.arange(40) < 2, torch.full((40,), 0.99), {"d": torch.zeros(40)})
+    out = ScoredSet(torch.ones(20, dtype=torch.bool), torch.full((20,), 0.99), {"d": torch.arange(20.0)})
+    mon = Monitor("d", detector="d", score_threshold=9.5)  # flags outliers 10..19 only (scores above)
+    est = validation_escape(mon, val, out)
+    a, b = clopper_pearson(2, 40, 0.975), clopper_pearson(10, 20, 0.975)
+    assert est.value == pytest.approx(0.5 * 2 / 40 + 0.5 * 10 / 20)
+    assert (est.ci_low, est.ci_high) == pytest.approx((0.5 * a[0] + 0.5 * b[0], 0.5 * a[1] + 0.5 * b[1]))
+    assert est.n == 60 and est.ci_low < est.value < est.ci_high
 
 
 def test_scored_set_needs_the_monitor_detector() -> None:

@@ -56,6 +56,14 @@ D     miss share above
 
 A hazard with no measured failure has no measured miss share; it gets D = 10 (detection not
 demonstrated), which is harmless in the product because its O is low.
+
+Intervals. O and D are read off measured proportions, so each carries the band range its
+proportion's exact (Clopper-Pearson) 95% interval spans: O runs from the band of the failure
+rate's lower end to that of its upper end, D likewise from the miss share's ends (a hazard with no
+failure has an unknown miss share, anywhere in [0, 1]: D in [1, 10]). The bands are monotone, so
+the score always lies in its range. RPN's range is ``S x O x D`` at the ends of O's and D's ranges,
+taken from 97.5% intervals (Bonferroni over the two proportions), so both ends hold together with
+probability at least 95%. S is a setting, not a measurement, and carries no range.
 """
 
 from __future__ import annotations
@@ -64,7 +72,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mlsafety.core import InputError
-from mlsafety.metrics import Estimate, proportion
+from mlsafety.metrics import Estimate, clopper_pearson, proportion
 from mlsafety.systemic._outcomes import Outcome
 
 SEVERITY_DEFAULTS: dict[str, int] = {"clean": 5, "corruption": 6, "ood": 7, "adversarial": 8, "trojan": 9}
@@ -142,9 +150,18 @@ def severity_for(hazard: str, overrides: Mapping[str, int] | None = None) -> int
     return SEVERITY_DEFAULTS.get(parts[0], DEFAULT_SEVERITY)
 
 
+RPN_CONFIDENCE = 0.975
+"""Level of each proportion's interval behind RPN's range (Bonferroni: two intervals, 95% jointly)."""
+
+
 @dataclass(frozen=True)
 class FmeaEntry:
-    """One failure mode: scores and the measured probabilities behind them."""
+    """One failure mode: scores, the band ranges their measured probabilities span, and those probabilities.
+
+    ``occurrence_range`` and ``detection_range`` are the scores at the ends of the failure rate's
+    and the miss share's exact 95% intervals; ``rpn_range`` is ``S x O x D`` at the ends of the
+    same ranges taken from 97.5% intervals (both hold together with probability at least 95%).
+    """
 
     hazard: str
     severity: int
@@ -152,6 +169,9 @@ class FmeaEntry:
     detection: int
     failure_rate: Estimate
     miss_share: Estimate | None
+    occurrence_range: tuple[int, int] = (1, 10)
+    detection_range: tuple[int, int] = (1, 10)
+    rpn_range: tuple[int, int] = (1, 1000)
 
     @property
     def rpn(self) -> int:
@@ -159,13 +179,33 @@ class FmeaEntry:
         return self.severity * self.occurrence * self.detection
 
 
+def _detection_range(missed: int, failed: int, confidence: float) -> tuple[int, int]:
+    """D at the ends of the miss share's exact interval; [1, 10] when there is no failure to miss."""
+    if failed == 0:
+        return 1, 10
+    lo, hi = clopper_pearson(missed, failed, confidence)
+    return detection_score(lo), detection_score(hi)
+
+
+def _occurrence_range(failed: int, n: int, confidence: float) -> tuple[int, int]:
+    lo, hi = clopper_pearson(failed, n, confidence)
+    return occurrence_score(lo), occurrence_score(hi)
+
+
 def fmea_entry(hazard: str, outcome: Outcome, severity: int) -> FmeaEntry:
-    """Score one hazard from its outcome (O from the failure rate, D from the miss share)."""
+    """Score one hazard from its outcome (O from the failure rate, D from the miss share), with the
+    band range each score's measured proportion spans (see the module docstring)."""
     rate = outcome.failure_rate()
     missed = ~outcome.flagged[outcome.failed]
     miss = proportion(missed) if missed.numel() else None
     detection = detection_score(None if miss is None else miss.value)
-    return FmeaEntry(hazard, severity, occurrence_score(rate.value), detection, rate, miss)
+    k_fail, k_miss, n = int(outcome.failed.sum()), int(missed.sum()), outcome.n
+    o_range = _occurrence_range(k_fail, n, 0.95)
+    d_range = _detection_range(k_miss, k_fail, 0.95)
+    o_wide = _occurrence_range(k_fail, n, RPN_CONFIDENCE)
+    d_wide = _detection_range(k_miss, k_fail, RPN_CONFIDENCE)
+    rpn_range = (severity * o_wide[0] * d_wide[0], severity * o_wide[1] * d_wide[1])
+    return FmeaEntry(hazard, severity, occurrence_score(rate.value), detection, rate, miss, o_range, d_range, rpn_range)
 
 
 def fmea_table(outcomes: Mapping[str, Outcome], severity: Mapping[str, int] | None = None) -> list[FmeaEntry]:

@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 import torch
 
 from mlsafety.core import InputError, Outputs
+from mlsafety.metrics import Estimate
 from mlsafety.systemic._monitor import Monitor
-from mlsafety.systemic._outcomes import Outcome
+from mlsafety.systemic._outcomes import Outcome, expected_escaped_rate
 
 ScoreFn = Callable[[Outputs], torch.Tensor]
 """Maps forward outputs (logits and features) to (N,) anomaly scores, higher = more anomalous."""
@@ -77,21 +78,25 @@ def candidate_monitors(
     return out
 
 
-def validation_escape(monitor: Monitor, val: ScoredSet, outliers: ScoredSet) -> float:
+def validation_escape(monitor: Monitor, val: ScoredSet, outliers: ScoredSet) -> Estimate:
     """The selection criterion: mean of the escaped-failure rates on clean validation inputs and on
-    synthetic outliers (each set weighs one half, so the few clean mistakes are not drowned)."""
-    clean = val.outcome(monitor).escaped_failure_rate().value
-    synthetic = outliers.outcome(monitor).escaped_failure_rate().value
-    return 0.5 * clean + 0.5 * synthetic
+    synthetic outliers (each set weighs one half, so the few clean mistakes are not drowned).
+
+    The interval is exact and conservative, as in :func:`expected_escaped_rate`: each rate's
+    Clopper-Pearson interval at 97.5% (Bonferroni over the two sets), averaged; ``n`` counts the
+    inputs of both sets.
+    """
+    outcomes = {"validation": val.outcome(monitor), "outliers": outliers.outcome(monitor)}
+    return expected_escaped_rate(outcomes, {"validation": 1.0, "outliers": 1.0})
 
 
 def choose_monitor(
     candidates: Sequence[Monitor], val: ScoredSet, outliers: ScoredSet
-) -> tuple[Monitor, dict[str, float]]:
-    """The candidate with the lowest :func:`validation_escape` (ties: the earlier, simpler one),
-    and every candidate's criterion by name."""
+) -> tuple[Monitor, dict[str, Estimate]]:
+    """The candidate with the lowest :func:`validation_escape` value (ties: the earlier, simpler
+    one), and every candidate's criterion (with its interval) by name."""
     if not candidates:
         raise InputError("no candidate monitors to choose from")
     crit = {m.name: validation_escape(m, val, outliers) for m in candidates}
-    best = min(candidates, key=lambda m: crit[m.name])  # min keeps the first of equal values
+    best = min(candidates, key=lambda m: crit[m.name].value)  # min keeps the first of equal values
     return best, crit

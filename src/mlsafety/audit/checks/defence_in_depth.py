@@ -43,7 +43,8 @@ from mlsafety.audit._check import (
     register_check,
 )
 from mlsafety.audit._context import AuditContext
-from mlsafety.core import InputError, Outputs, derive_seed, forward
+from mlsafety.core import InputError, Outputs, forward
+from mlsafety.metrics import Estimate
 from mlsafety.monitoring import ood
 from mlsafety.systemic import (
     Monitor,
@@ -84,7 +85,7 @@ class _State:
     params: dict[str, Any]
     detectors: list[ood.Detector] | None = None
     monitor: Monitor | None = None
-    criteria: dict[str, float] = field(default_factory=dict)
+    criteria: dict[str, Estimate] = field(default_factory=dict)
     outcomes: dict[str, Outcome] = field(default_factory=dict)
     adaptive: dict[str, Outcome] = field(default_factory=dict)
     adaptive_info: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -103,9 +104,10 @@ class DefenceInDepth(Check):
         "validation data only (clean validation inputs and synthetic outliers made from them). For adversarial "
         "hazards the monitor-aware attack (PGD with a selective loss that fools the model and stays under the "
         "thresholds) is also run; its row is the per-input worst case of both attacks. Rates carry exact "
-        "(Clopper-Pearson) 95% intervals. FMEA: severity from the configuration (defaults per hazard kind), "
-        "occurrence from the failure rate and detection from the share of failures missed, by the bands documented "
-        "in mlsafety.systemic; RPN = S x O x D."
+        "(Clopper-Pearson) 95% intervals. FMEA: severity from the configuration (defaults per hazard kind; a "
+        "setting), occurrence from the failure rate and detection from the share of failures missed, by the bands "
+        "documented in mlsafety.systemic, each with the band range its proportion's exact 95% interval spans; "
+        "RPN = S x O x D, its range the product at the ends of 97.5% ranges (both hold together at 95%)."
     )
     defaults: ClassVar[dict[str, Any]] = {
         "monitors": DEFAULT_MONITORS,
@@ -186,8 +188,8 @@ class DefenceInDepth(Check):
     def _monitor_task(self, state: _State) -> TaskResult:
         chosen = self._choose(state)
         rows = [
-            Row(f"validation/{name}", "validation_escape", value, params={"selected": name == chosen.name})
-            for name, value in state.criteria.items()
+            Row.of(f"validation/{name}", "validation_escape", est, selected=name == chosen.name)
+            for name, est in state.criteria.items()
         ]
         return TaskResult(rows)
 
@@ -257,9 +259,9 @@ class DefenceInDepth(Check):
 
         obj = MonitorAwareObjective(ctx.model, mon, score_fn, needs_features)
         steps = int(self.params["adaptive_steps"])
-        seed = derive_seed(ctx.seed, self.name, "adaptive", hazard) % (2**31)
-        attack = PGD(eps=eps, norm=norm, steps=steps, loss=obj.loss, success=obj.success, seed=seed)
-        return attack(ctx.model, x, y)
+        attack = PGD(eps=eps, norm=norm, steps=steps, loss=obj.loss, success=obj.success)
+        # one generator derived from (run seed, check, task): random starts and targets of this hazard's attack
+        return attack(ctx.model, x, y, generator=ctx.generator(self.name, "adaptive", hazard))
 
     def _hazard_task(self, state: _State, hazard: str) -> TaskResult:
         o = self._outcome(state, hazard)
@@ -299,11 +301,12 @@ class DefenceInDepth(Check):
                 "n": e.failure_rate.n,
                 "adaptive": e.hazard in adaptive,
             }
+            n = e.failure_rate.n
             rows += [
-                Row(e.hazard, "severity", e.severity, params=raw),
-                Row(e.hazard, "occurrence", e.occurrence, params=raw),
-                Row(e.hazard, "detection", e.detection, params=raw),
-                Row(e.hazard, "rpn", e.rpn, params=raw),
+                Row(e.hazard, "severity", e.severity, params=raw, kind="setting"),  # configured, not measured
+                Row(e.hazard, "occurrence", e.occurrence, *e.occurrence_range, n, raw),
+                Row(e.hazard, "detection", e.detection, *e.detection_range, n, raw),
+                Row(e.hazard, "rpn", e.rpn, *e.rpn_range, n, {**raw, "interval": "S x O x D at 97.5% ranges"}),
             ]
         exposure = dict(self.params["exposure"])
         if exposure:
@@ -379,23 +382,37 @@ def fmea_report_table(by: dict[str, dict[str, StoredRow]]) -> Table | None:
                 str(rank),
                 h,
                 fmt_value(m["severity"].value),
-                f"{fmt_value(m['occurrence'].value)} (p = {fmt_value(raw.get('failure_rate'))})",
-                f"{fmt_value(m['detection'].value)} (missed = {'n/a' if miss is None else fmt_value(miss)})",
-                fmt_value(m["rpn"].value),
+                f"{_rank(m['occurrence'])} (p = {fmt_value(raw.get('failure_rate'))})",
+                f"{_rank(m['detection'])} (missed = {'n/a' if miss is None else fmt_value(miss)})",
+                _rank(m["rpn"]),
             ]
         )
-    headers = ["rank", "hazard", "S", "O (failure rate)", "D (share of failures missed)", "RPN"]
-    return Table("FMEA: failure modes by risk priority number RPN = S x O x D", headers, body)
+    headers = ["rank", "hazard", "S (setting)", "O (failure rate)", "D (share of failures missed)", "RPN"]
+    note = (
+        "In brackets: the band range each score's measured proportion spans (its exact 95% interval); RPN's range "
+        "is S x O x D at the ends of 97.5% ranges, so both ends hold together with probability at least 95%."
+    )
+    return Table("FMEA: failure modes by risk priority number RPN = S x O x D", headers, body, note)
+
+
+def _rank(r: StoredRow) -> str:
+    """A score with its band range, e.g. ``5 [5-6]`` (just the score when the range is one band)."""
+    if r.ci_low is None or r.ci_high is None or r.ci_low == r.ci_high:
+        return fmt_value(r.value)
+    return f"{fmt_value(r.value)} [{fmt_value(r.ci_low)}-{fmt_value(r.ci_high)}]"
 
 
 def _validation_table(rows: Sequence[StoredRow]) -> Table | None:
     val = sorted((r for r in rows if r.metric == "validation_escape"), key=lambda r: r.value)
     if not val:
         return None
-    body = [[r.hazard.removeprefix("validation/"), fmt_value(r.value), "yes" if r.params.get("selected") else ""]
-            for r in val]  # fmt: skip
+    body = [
+        [r.hazard.removeprefix("validation/"), fmt_value(r.value), fmt_ci(r), "yes" if r.params.get("selected") else ""]
+        for r in val
+    ]
     title = "Monitor chosen on validation data (mean escaped rate on clean validation inputs and synthetic outliers)"
-    return Table(title, ["monitor", "validation escape", "chosen"], body)
+    note = "Intervals: each set's exact interval at 97.5% (Bonferroni over the two sets), averaged."
+    return Table(title, ["monitor", "validation escape", "95% CI", "chosen"], body, note)
 
 
 def _deployment_table(rows: Sequence[StoredRow]) -> Table | None:
