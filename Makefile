@@ -6,11 +6,22 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench install browser clean
 
-$(STAMP): pyproject.toml constraints.txt
+# The `bench` extra's peer libraries, installed with --no-deps: torchattacks declares torchvision,
+# which it never imports, and any torchvision wheel the resolver finds may be built against another
+# torch (0.28.0 fails to load against the 2.13 CPU build and then breaks `import torchmetrics`).
+# BENCH_DEPS are the peers' other declared dependencies (pinned in constraints.txt); setuptools is
+# among them (ART's, and imagecorruptions imports pkg_resources, which setuptools 81 removed).
+# The uninstall removes the torchvision an older `make install` left behind (a no-op otherwise).
+BENCH_PEERS := torchattacks adversarial-robustness-toolbox captum torchmetrics imagecorruptions
+BENCH_DEPS := requests tqdm six setuptools lightning-utilities opencv-python scikit-image
+
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,bench]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' $(BENCH_DEPS)
+	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps $(BENCH_PEERS)
+	$(BIN)/python -m pip uninstall -qq -y torchvision
 	touch $(STAMP)
 
 install: $(STAMP)

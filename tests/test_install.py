@@ -1,0 +1,61 @@
+"""The install leaves no broken package behind.
+
+Every peer library of the ``bench`` extra imports in a fresh interpreter, and torchvision, which
+torchattacks declares but never imports, is not installed: a torchvision wheel built against another
+torch fails at import (``operator torchvision::nms does not exist``) and takes ``import torchmetrics``
+down with it, since torchmetrics imports torchvision whenever it is installed. ``make install``
+installs the peers with ``--no-deps`` and their other dependencies from ``constraints.txt``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+
+import pytest
+from packaging.requirements import Requirement
+
+IMPORT_NAMES = {"adversarial-robustness-toolbox": "art"}
+"""Import name of each peer whose import name is not its distribution name."""
+
+
+def bench_peers() -> list[str]:
+    """Distribution names of the ``bench`` extra, read from the installed mlsafety's metadata."""
+    reqs = [Requirement(r) for r in importlib.metadata.requires("mlsafety") or []]
+    return sorted(r.name for r in reqs if r.marker is not None and r.marker.evaluate({"extra": "bench"}))
+
+
+def installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def import_in_subprocess(module: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=600)
+
+
+def test_the_bench_extra_lists_the_peer_libraries() -> None:
+    assert {"torchattacks", "adversarial-robustness-toolbox", "captum", "torchmetrics", "imagecorruptions"} <= set(
+        bench_peers()
+    )
+
+
+@pytest.mark.parametrize("dist", bench_peers())
+def test_every_bench_peer_imports(dist: str) -> None:
+    if not any(installed(d) for d in bench_peers()):
+        pytest.skip("the `bench` extra is not installed (`make install` installs it)")
+    assert installed(dist), f"{dist} is missing while other peers of the `bench` extra are installed"
+    module = IMPORT_NAMES.get(dist, dist.replace("-", "_"))
+    done = import_in_subprocess(module)
+    assert done.returncode == 0, f"`import {module}` failed:\n{done.stderr[-2000:]}"
+
+
+def test_torchvision_is_not_installed_or_imports() -> None:
+    if not installed("torchvision"):
+        return
+    done = import_in_subprocess("torchvision")
+    assert done.returncode == 0, f"torchvision is installed and does not import:\n{done.stderr[-2000:]}"
