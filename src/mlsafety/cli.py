@@ -1,43 +1,115 @@
 """The ``mlsafety`` command: parses arguments, calls the library, prints. Nothing else lives here.
 
-Exit codes: 0 ok, 1 a gate failed, 2 bad usage or bad input.
+Exit codes: 0 ok, 1 a gate failed, 2 bad usage or bad input, 130 stopped by SIGINT (Ctrl-C),
+143 stopped by SIGTERM.
+
+User text (paths, names, messages) is printed literally: both consoles have Rich markup off, and
+styles are applied with :class:`rich.text.Text` spans only.
 """
 
 from __future__ import annotations
 
 import functools
+import shlex
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any, TypeVar
 
 import click
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mlsafety.core import MlsafetyError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-err_console = Console(stderr=True)
-out_console = Console()
+err_console = Console(stderr=True, markup=False, highlight=False)
+out_console = Console(markup=False, highlight=False)
+
+
+def _line(label: str, message: str, style: str = "bold red") -> None:
+    """One styled label and a literal message on stderr, never wrapped into several lines."""
+    text = Text.assemble((label, style), " ", " ".join(message.splitlines()))
+    err_console.print(text, soft_wrap=True)
 
 
 def friendly(fn: F) -> F:
-    """Turn a user-caused :class:`MlsafetyError` into one red line and exit code 2."""
+    """Turn a user-caused :class:`MlsafetyError` into one red line and exit code 2.
+
+    Only :class:`MlsafetyError` (bad input, an unusable database or output path, a refused resume)
+    is caught; any other exception is a bug and keeps its traceback.
+    """
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
         except MlsafetyError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            _line("error:", str(exc))
             sys.exit(2)
 
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Stop(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program is, so it can stop cleanly."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+class _Main(click.Group):
+    """The root group: keeps the raw arguments (for the `--resume` hint) and handles SIGINT / SIGTERM."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["mlsafety.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, _raise_stop)
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            _line("interrupted:", f"stopped by {signal.Signals(signum).name}")
+            ctx.exit(128 + signum)
+        finally:
+            for signum_, handler in old.items():
+                signal.signal(signum_, handler)
+
+
+def _resume_command(ctx: click.Context) -> str:
+    """The command line that was run, with ``--resume`` added (literal, shell-quoted)."""
+    root = ctx.find_root()
+    argv = list(root.meta.get("mlsafety.argv", sys.argv[1:]))
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return " ".join([root.info_name or "mlsafety", *(shlex.quote(a) for a in argv)])
+
+
+def _print_wide(table: Table) -> None:
+    """Print a table at its natural width even past the terminal's: ids and keys are never cut."""
+    width = table.__rich_measure__(out_console, out_console.options.update(width=100_000)).maximum
+    if width <= out_console.width:
+        out_console.print(table)
+    else:
+        Console(width=width, markup=False, highlight=False, file=out_console.file).print(table)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mlsafety")
 def main() -> None:
     """Measure how safe a trained PyTorch classifier is, and guard it."""
@@ -91,6 +163,7 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
     "--ood", multiple=True, help="OOD set (zoo name, .npz or folder); repeatable. Default: all embedded sets."
 )
 @click.option("--image-size", nargs=2, type=int, help="H W to resize image folders to.")
+@click.option("--channels", type=int, help="Convert image folders to 1 or 3 channels.  [default: the model's]")
 @click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--seed", type=int, help="Run seed.  [default: 0]")
@@ -114,6 +187,7 @@ def audit(
     train_data: str | None,
     ood: tuple[str, ...],
     image_size: tuple[int, int] | None,
+    channels: int | None,
     checks: tuple[str, ...],
     config_path: str | None,
     seed: int | None,
@@ -135,6 +209,7 @@ def audit(
     import json
 
     from mlsafety.audit import AuditConfig, load_config, run_audit
+    from mlsafety.audit._engine import AuditInterrupted
     from mlsafety.core import Progress
 
     cfg = load_config(config_path) if config_path else AuditConfig()
@@ -148,6 +223,7 @@ def audit(
         ("quick", quick),
         ("device", device),
         ("batch_size", batch_size),
+        ("channels", channels),
     ):
         if value is not None:
             setattr(cfg, name, value)
@@ -171,6 +247,25 @@ def audit(
         status.start()
     try:
         result = run_audit(cfg, db=db, report=report_path, resume=resume, progress=progress, on_task=on_task)
+    except AuditInterrupted as stop:
+        if status is not None:
+            status.stop()
+        name = signal.Signals(stop.signum).name
+        if stop.run_id is None:
+            _line("interrupted:", f"stopped by {name} before the run started; nothing was stored")
+        elif stop.complete:
+            _line(
+                "interrupted:",
+                f"stopped by {name} while writing the report; run {stop.run_id} is complete and stored; "
+                f"write its report with: mlsafety report {stop.run_id}" + (f" --db {shlex.quote(db)}" if db else ""),
+            )
+        else:
+            _line(
+                "interrupted:",
+                f"stopped by {name}; {stop.stored} of {stop.total} tasks of run {stop.run_id} are stored; "
+                f"continue with: {_resume_command(click.get_current_context())}",
+            )
+        sys.exit(128 + stop.signum)
     finally:
         if status is not None:
             status.stop()
@@ -199,7 +294,7 @@ def audit(
         _print_summary(result)
     if result.gate_failures:
         for f in result.gate_failures:
-            err_console.print(f"[bold red]gate failed:[/] {f}", highlight=False)
+            _line("gate failed:", str(f))
         sys.exit(1)
 
 
@@ -215,22 +310,36 @@ def _print_summary(result: Any) -> None:
         heads = CHECKS.get(check).headlines(rows) if check in CHECKS else []
         for h in heads:
             table.add_row(h.row.key, fmt_value(h.row.value), fmt_ci(h.row), str(h.row.n or ""))
-    out_console.print(table)
+    _print_wide(table)
     resumed = f", {result.resumed_tasks} tasks resumed from the store" if result.resumed_tasks else ""
     out_console.print(f"{len(result.rows)} numbers stored in {result.seconds:.1f} s{resumed}.")
     if result.report_path:
-        out_console.print(f"Report: [bold]{result.report_path.resolve()}[/]")
+        out_console.print(Text.assemble("Report: ", (str(result.report_path.resolve()), "bold")))
 
 
 # -- runs, report, compare -------------------------------------------------------------------
-def _open_store(db: str | None, create: bool = False) -> Any:
+def _open_store(db: str | None) -> Any:
+    """The results database, opened read-only (SQLite ``mode=ro``): commands that only read it
+    work on a read-only file or folder, and can never change it."""
     from mlsafety.audit import Store
 
-    return Store(db, create=create)
+    return Store(db, create=False, readonly=True)
+
+
+def _unfinished_note(run: Any, tasks: int) -> str:
+    return (
+        f"run {run.run_id} is not complete (status: {run.status}): {tasks} tasks are stored; "
+        "continue it with the same `mlsafety audit` command and --resume"
+    )
+
+
+DB_OPTION = click.option(
+    "--db", type=click.Path(dir_okay=False), help="Results database.  [default: $MLSAFETY_DB or ./mlsafety-runs.sqlite]"
+)
 
 
 @main.group(invoke_without_command=True)
-@click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
+@DB_OPTION
 @click.pass_context
 @friendly
 def runs(ctx: click.Context, db: str | None) -> None:
@@ -241,9 +350,9 @@ def runs(ctx: click.Context, db: str | None) -> None:
     import time
 
     with _open_store(db) as store:
+        counts = store.result_counts()
         table = Table("run", "created", "status", "model", "data", "seed", "numbers", box=None)
         for run in store.runs():
-            n = store.conn.execute("SELECT COUNT(*) FROM results WHERE run_id=?", (run.run_id,)).fetchone()[0]
             table.add_row(
                 run.run_id,
                 time.strftime("%Y-%m-%d %H:%M", time.localtime(run.created)),
@@ -251,25 +360,29 @@ def runs(ctx: click.Context, db: str | None) -> None:
                 run.model,
                 run.data,
                 str(run.seed),
-                str(n),
+                str(counts.get(run.run_id, 0)),
             )
-        out_console.print(table)
+    _print_wide(table)
 
 
 @runs.command("show")
 @click.argument("run_id")
+@DB_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_obj
 @friendly
-def runs_show(db: str | None, run_id: str, as_json: bool) -> None:
-    """Every stored number of run RUN_ID (or `latest`)."""
+def runs_show(group_db: str | None, run_id: str, db: str | None, as_json: bool) -> None:
+    """Every stored number of run RUN_ID (or `latest`); --db may come before or after `show`."""
     import json
 
     from mlsafety.audit._check import fmt_ci, fmt_value
 
-    with _open_store(db) as store:
+    with _open_store(db or group_db) as store:
         run = store.run(run_id)
         rows = store.results(run.run_id)
+        tasks = len(store.done_tasks(run.run_id))
+    if run.status != "complete":  # on stderr, so --json output keeps its shape
+        _line("warning:", _unfinished_note(run, tasks), style="bold yellow")
     if as_json:
         click.echo(
             json.dumps(
@@ -281,7 +394,7 @@ def runs_show(db: str | None, run_id: str, as_json: bool) -> None:
     table = Table("metric", "value", "95% CI", "n", title=f"run {run.run_id} ({run.status})", box=None)
     for r in rows:
         table.add_row(r.key, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n))
-    out_console.print(table)
+    _print_wide(table)
 
 
 @main.command()
@@ -295,7 +408,7 @@ def report(run_id: str, db: str | None, out: Path | None) -> None:
 
     with _open_store(db) as store:
         path = write_report(store, run_id, out)
-    out_console.print(f"Report: [bold]{path.resolve()}[/]")
+    out_console.print(Text.assemble("Report: ", (str(path.resolve()), "bold")))
 
 
 @main.command()
@@ -321,7 +434,12 @@ def compare(run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_chan
         raise MlsafetyError(f"runs {a.run_id} and {b.run_id} share no metric")
     table = Table("metric", a.run_id, b.run_id, "delta", "change", title="comparison", box=None)
     changed = [c for c in comparisons if c.significant]
-    style = {"worse": "[bold red]worse[/]", "better": "[green]better[/]", "changed": "[yellow]changed[/]", "": ""}
+    style = {
+        "worse": Text("worse", "bold red"),
+        "better": Text("better", "green"),
+        "changed": Text("changed", "yellow"),
+        "": Text(""),
+    }
     for c in comparisons if show_all else changed:
         table.add_row(
             c.key,
@@ -352,7 +470,7 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
     from mlsafety.core import InputError
 
     if scales:
-        sev = Table("hazard kind", "S (default)", title="Severity (config: \\[params.defence-in-depth] severity)")
+        sev = Table("hazard kind", "S (default)", title="Severity (config: [params.defence-in-depth] severity)")
         for kind, value in systemic.SEVERITY_DEFAULTS.items():
             sev.add_row(kind, str(value))
         sev.add_row("other kinds", str(systemic.DEFAULT_SEVERITY))

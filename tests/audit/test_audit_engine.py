@@ -24,7 +24,7 @@ def test_resume_skips_stored_tasks(tmp_path, counting_check):
     assert counting_check.calls == ["t0"]
     with Store(db) as store:
         (run,) = store.runs()
-        assert run.status == "running" and store.done_tasks(run.run_id) == {("test-counting", "t0")}
+        assert run.status == "failed" and store.done_tasks(run.run_id) == {("test-counting", "t0")}
         first_value = store.results(run.run_id)[0].value
     counting_check.crash_at = -1
     counting_check.calls.clear()

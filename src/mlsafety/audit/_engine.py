@@ -1,27 +1,34 @@
-"""The executor: resolve inputs, plan checks and tasks, run them, store rows as each task ends."""
+"""The executor: resolve and check every input, plan checks and tasks, run them, store rows as each task ends.
+
+Everything a user can get wrong (model, data, checks and their parameters, gates, the report path,
+the database) is checked before the run's row is created, so a bad input leaves nothing stored.
+An interruption (Ctrl-C, SIGTERM, a full disk) leaves the run resumable: every finished task is
+stored in its own transaction, the task in flight is rolled back, and the run is marked
+``interrupted`` (or ``failed``) so that ``--resume`` can continue it and the report says it is
+unfinished.
+"""
 
 from __future__ import annotations
 
+import os
+import signal
+import sqlite3
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
+from mlsafety.audit import _fingerprint
 from mlsafety.audit import checks as _checks  # noqa: F401  (registers every check)
-from mlsafety.audit._check import CHECKS, PILLARS, Check, StoredRow
+from mlsafety.audit._check import CHECKS, PILLARS, Check, StoredRow, Task
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit._gates import GateFailure, evaluate_gates, parse_gate_keys
 from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model, validate
-from mlsafety.audit._store import Store
+from mlsafety.audit._store import Store, default_db_path
 from mlsafety.core import InputError, Progress
 
-
-def package_version() -> str:
-    try:
-        return version("mlsafety")
-    except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        return "0+unknown"
+package_version = _fingerprint.package_version
 
 
 @dataclass
@@ -35,6 +42,25 @@ class AuditResult:
     seconds: float = 0.0
 
 
+class AuditInterrupted(KeyboardInterrupt):
+    """An audit stopped by a signal (SIGINT, SIGTERM) after its inputs were checked.
+
+    A :class:`KeyboardInterrupt`, so code that stops on Ctrl-C still does. The stored tasks are
+    consistent and the run (if one was created) is resumable with ``--resume``.
+
+    Attributes:
+        run_id: the run that was stopped, or None when it stopped before the run was created.
+        stored: tasks of the run stored (including those resumed from an earlier attempt).
+        total: tasks the run plans.
+        signum: the signal's number (``signal.SIGINT`` for Ctrl-C / a plain KeyboardInterrupt).
+        complete: True when every task was stored and only the report was not written.
+    """
+
+    def __init__(self, run_id: str | None, stored: int, total: int, signum: int, complete: bool = False) -> None:
+        super().__init__(run_id, stored, total, signum)
+        self.run_id, self.stored, self.total, self.signum, self.complete = run_id, stored, total, signum, complete
+
+
 def build_checks(config: AuditConfig) -> list[Check]:
     """Instantiate the configured checks (validating names and parameters), in report order."""
     names = config.checks if config.checks is not None else CHECKS.available()
@@ -46,6 +72,52 @@ def build_checks(config: AuditConfig) -> list[Check]:
     if not built:
         raise InputError("no checks selected; name at least one with --check")
     return sorted(built, key=lambda c: (PILLARS.index(c.pillar), c.name))
+
+
+def check_report_path(report: str | Path | None) -> None:
+    """Raise :class:`InputError` unless the report can be written at ``report`` (None: the default path).
+
+    Nothing is created: the nearest existing folder must be writable (probed with a temporary
+    file that is removed at once, so a read-only file system is caught for root too).
+    """
+    from mlsafety.audit._report import default_report_path
+
+    path = Path(report) if report else default_report_path("x")
+    if path.is_dir():
+        raise InputError(f"report path {path} is a folder; pass --report path/to/report.html")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise InputError(f"report file {path} is not writable; change its permissions or pass another --report")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise InputError(f"cannot write the report to {path}: {folder} is not a folder; pass another --report")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".mlsafety-probe-", dir=folder)
+    except OSError as exc:
+        raise InputError(
+            f"cannot write the report to {path}: folder {folder} is not writable ({exc.strerror or exc}); "
+            "pass another --report"
+        ) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _tasks_stored(store: Store, run_id: str) -> int:
+    try:
+        return len(store.done_tasks(run_id))
+    except InputError:
+        return -1
+
+
+def _close_run(store: Store, run_id: str, status: str) -> None:
+    """Best effort after an interruption or error: roll back the task in flight, mark the run."""
+    try:
+        if store.conn.in_transaction:
+            store.conn.execute("ROLLBACK")
+        store.finish_run(run_id, status=status)
+    except (InputError, sqlite3.Error):
+        pass  # a full or vanished database: the run stays as it was, still resumable
 
 
 def run_audit(
@@ -63,9 +135,17 @@ def run_audit(
         db: results database (default ``$MLSAFETY_DB`` or ``./mlsafety-runs.sqlite``).
         report: where to write the HTML report (default ``reports/<run id>.html``; None-like
             ``""`` skips it).
-        resume: continue the newest unfinished run with the same configuration, skipping stored tasks.
+        resume: continue the newest unfinished run with the same inputs, skipping stored tasks. An
+            unfinished run whose inputs differ (other data content, weights, settings, versions)
+            is refused with :class:`InputError` naming what changed.
         progress: progress display (None: silent).
         on_task: called after each task with (check, task key, seconds).
+
+    Raises:
+        InputError: a bad input, an unusable database or report path, a refused resume; or a
+            storage failure during the run (the run is then marked ``failed`` and resumable).
+        AuditInterrupted: a KeyboardInterrupt (SIGINT, or SIGTERM turned into one by the caller)
+            arrived; the run is marked ``interrupted`` and resumable.
     """
     start = time.perf_counter()
     parse_gate_keys({**config.fail_under, **config.fail_over})
@@ -84,43 +164,106 @@ def run_audit(
         check_params={c.name: c.params for c in checks},
     )
     ctx.planned_hazards = list(dict.fromkeys(h for c in checks for h in c.hazards(ctx)))
+    plan: list[tuple[Check, Task]] = [(check, task) for check in checks for task in check.tasks(ctx)]
+    parts = _fingerprint.components(config, model, data)
+    fingerprint = _fingerprint.fingerprint(parts)
+    if report != "":
+        check_report_path(report)
 
     store = Store(db)
+    run_id: str | None = None
+    done: set[tuple[str, str]] = set()
     try:
-        fingerprint = config.fingerprint()
-        previous = store.resumable(fingerprint) if resume else None
-        if previous is not None:
-            run_id = previous.run_id
-            done = store.done_tasks(run_id)
-        else:
-            run_id = store.create_run(
-                config.model, config.data, config.seed, fingerprint, _config_record(config), package_version()
-            )
-            done = set()
+        store.check_writable()
+        if resume:
+            run_id, done = _resumable(store, fingerprint, parts)
+        if run_id is None:
+            record = _config_record(config)
+            record["inputs"] = _fingerprint.record(parts)
+            run_id = store.create_run(config.model, config.data, config.seed, fingerprint, record, package_version())
         ran = skipped = 0
-        for check in checks:
-            for task in check.tasks(ctx):
-                if (check.name, task.key) in done:
-                    skipped += 1
-                    continue
-                t0 = time.perf_counter()
-                result = task.run()
-                seconds = time.perf_counter() - t0
-                store.write_task(run_id, check.name, task.key, result.rows, result.artifacts, seconds)
-                ran += 1
-                if on_task is not None:
-                    on_task(check.name, task.key, seconds)
+        for check, task in plan:
+            if (check.name, task.key) in done:
+                skipped += 1
+                continue
+            t0 = time.perf_counter()
+            result = task.run()
+            seconds = time.perf_counter() - t0
+            store.write_task(run_id, check.name, task.key, result.rows, result.artifacts, seconds)
+            ran += 1
+            if on_task is not None:
+                on_task(check.name, task.key, seconds)
         store.finish_run(run_id)
         rows = store.results(run_id)
+    except KeyboardInterrupt as exc:
+        old = _ignore_signals()
+        try:
+            if run_id is not None:
+                _close_run(store, run_id, "interrupted")
+            stored = _tasks_stored(store, run_id) if run_id is not None else 0
+        finally:
+            store.close()
+            _restore_signals(old)
+        signum = getattr(exc, "signum", signal.SIGINT)
+        raise AuditInterrupted(run_id, stored, len(plan), signum) from None
+    except BaseException:
+        if run_id is not None:
+            _close_run(store, run_id, "failed")
+        store.close()
+        raise
+
+    try:
         report_path = None
         if report != "":
             from mlsafety.audit._report import write_report
 
             report_path = write_report(store, run_id, Path(report) if report else None)
+    except KeyboardInterrupt as exc:
+        signum = getattr(exc, "signum", signal.SIGINT)
+        raise AuditInterrupted(run_id, len(plan), len(plan), signum, complete=True) from None
     finally:
         store.close()
     failures = evaluate_gates(rows, config.fail_under, config.fail_over)
     return AuditResult(run_id, rows, report_path, failures, skipped, ran, time.perf_counter() - start)
+
+
+def _resumable(
+    store: Store, fingerprint: str, parts: dict[str, _fingerprint.Component]
+) -> tuple[str | None, set[tuple[str, str]]]:
+    """The run ``--resume`` continues and its stored tasks; (None, {}) when no run is unfinished.
+
+    The newest unfinished run with exactly these inputs is continued. Otherwise, when the newest
+    unfinished run has other inputs, resuming is refused with one line naming what changed.
+    """
+    same = store.resumable(fingerprint)
+    if same is not None:
+        return same.run_id, store.done_tasks(same.run_id)
+    unfinished = store.unfinished()
+    if not unfinished:
+        return None, set()
+    latest = unfinished[0]
+    changes = _fingerprint.differences(latest.config.get("inputs"), parts)
+    if not changes:  # equal inputs under another fingerprint formula: continue it
+        return latest.run_id, store.done_tasks(latest.run_id)
+    raise InputError(
+        f"cannot resume run {latest.run_id}: {'; '.join(changes)}; run without --resume to start a new run"
+    )
+
+
+def _ignore_signals() -> dict[int, object]:
+    """Ignore SIGINT and SIGTERM while the interrupted run is closed (main thread only)."""
+    old: dict[int, object] = {}
+    try:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            old[s] = signal.signal(s, signal.SIG_IGN)
+    except ValueError:  # not the main thread: signals cannot be handled here anyway
+        pass
+    return old
+
+
+def _restore_signals(old: dict[int, object]) -> None:
+    for s, handler in old.items():
+        signal.signal(s, handler)  # type: ignore[arg-type]
 
 
 def _config_record(config: AuditConfig) -> dict[str, object]:
@@ -129,3 +272,6 @@ def _config_record(config: AuditConfig) -> dict[str, object]:
     record = asdict(config)
     record["gates"] = {"fail_under": record.pop("fail_under"), "fail_over": record.pop("fail_over")}
     return record
+
+
+__all__ = ["AuditInterrupted", "AuditResult", "build_checks", "check_report_path", "default_db_path", "run_audit"]

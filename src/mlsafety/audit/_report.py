@@ -134,7 +134,9 @@ def render_report(store: Store, run_id: str) -> str:
             for p in SECTION_ORDER
         ],
         config_json=json.dumps(run.config, sort_keys=True),
-        unfinished=None if run.status == "complete" else {"status": run.status, "tasks": len(store.done_tasks(run.run_id))},
+        unfinished=None
+        if run.status == "complete"
+        else {"status": run.status, "tasks": len(store.done_tasks(run.run_id))},
     )
 
 
@@ -159,7 +161,9 @@ def write_report(store: Store, run_id: str, path: Path | None = None) -> Path:
         tmp.replace(path)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise InputError(f"cannot write the report to {path}: {exc.strerror or exc}; free space or pass another path") from None
+        raise InputError(
+            f"cannot write the report to {path}: {exc.strerror or exc}; free space or pass another path"
+        ) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

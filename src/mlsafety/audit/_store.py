@@ -6,12 +6,14 @@ mark, so a crash loses at most the task in flight and ``--resume`` skips exactly
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
 import time
+import urllib.parse
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,37 +88,105 @@ class RunInfo:
     version: str
 
 
+def storage_error(path: Path, exc: sqlite3.Error) -> InputError:
+    """One line naming what went wrong with the results database at ``path`` and what to do."""
+    text = str(exc)
+    low = text.lower()
+    if "full" in low:
+        fix = f"the disk holding {path} is full ({text}); free some space, or pass another --db"
+    elif "readonly" in low or "read-only" in low:
+        fix = f"results database {path} is read-only ({text}); make it writable, or pass another --db"
+    elif "unable to open" in low:
+        fix = f"cannot open results database {path} ({text}); check the permissions of it and its folder"
+    elif "malformed" in low or "not a database" in low or "corrupt" in low:
+        fix = f"results database {path} is damaged ({text}); restore it from a backup, or pass another --db"
+    elif "locked" in low or "busy" in low:
+        fix = f"results database {path} is locked by another process ({text}); retry when that process ends"
+    elif "disk i/o" in low:
+        fix = f"results database {path} cannot be read or written ({text}); check the disk, or pass another --db"
+    else:
+        fix = f"results database {path} failed ({text}); pass another --db"
+    return InputError(fix)
+
+
+def _storage_errors(cls: type[Store]) -> type[Store]:
+    """Turn any :class:`sqlite3.Error` of a public method into an :class:`InputError` (one line)."""
+
+    def guard(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except sqlite3.Error as exc:
+                raise storage_error(self.path, exc) from None
+
+        return wrapper
+
+    for name, fn in list(vars(cls).items()):
+        if callable(fn) and not name.startswith("_") and name not in ("transaction", "close"):
+            setattr(cls, name, guard(fn))
+    return cls
+
+
 def default_db_path() -> Path:
     """``$MLSAFETY_DB`` if set, else ``./mlsafety-runs.sqlite``."""
     return Path(os.environ.get("MLSAFETY_DB", DEFAULT_DB))
 
 
+@_storage_errors
 class Store:
     """Open (creating if needed) a results database.
 
     A file that is not SQLite, or an SQLite file that is not an mlsafety store, raises
-    :class:`InputError` and is left untouched.
+    :class:`InputError` and is left untouched. Every SQLite error of a public method (a read-only
+    file, a full disk, damaged pages) becomes an :class:`InputError` of one line.
+
+    Args:
+        path: the database file (default ``$MLSAFETY_DB`` or ``./mlsafety-runs.sqlite``).
+        create: create the file when it does not exist (else :class:`InputError`).
+        readonly: open with SQLite's ``mode=ro`` (for commands that only read), so a read-only
+            file works; in a folder this process cannot write, also ``immutable=1`` (SQLite can
+            then create no ``-wal`` / ``-shm`` files), unless both already exist.
     """
 
-    def __init__(self, path: str | Path | None = None, create: bool = True) -> None:
+    def __init__(self, path: str | Path | None = None, create: bool = True, readonly: bool = False) -> None:
         self.path = Path(path) if path is not None else default_db_path()
+        self.readonly = readonly
         exists = self.path.exists()
-        if not exists and not create:
+        if not exists and (not create or readonly):
             raise InputError(f"results database not found: {self.path}; run `mlsafety audit` first or pass --db")
         if exists and self.path.is_dir():
             raise InputError(f"results database path {self.path} is a directory; pass --db FILE")
         if not exists and not self.path.parent.exists():
             raise InputError(f"folder {self.path.parent} does not exist; create it or pass another --db")
         try:
-            self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            if readonly:
+                self.conn = sqlite3.connect(self._readonly_uri(), uri=True, timeout=30, isolation_level=None)
+            else:
+                self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             self._check_or_create(exists)
         except sqlite3.DatabaseError as exc:
-            raise InputError(
-                f"{self.path} is not a usable mlsafety results database ({exc}); pass another --db"
-            ) from None
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise InputError(
+                    f"{self.path} is not a usable mlsafety results database ({exc}); pass another --db"
+                ) from None
+            raise storage_error(self.path, exc) from None
+
+    def _readonly_uri(self) -> str:
+        path = self.path.resolve()
+        uri = "file:" + urllib.parse.quote(str(path), safe="/") + "?mode=ro"
+        folder_writable = os.access(path.parent, os.W_OK)
+        wal_present = all(path.with_name(path.name + s).exists() for s in ("-wal", "-shm"))
+        if not folder_writable and not wal_present:
+            uri += "&immutable=1"
+        return uri
 
     def _check_or_create(self, existed: bool) -> None:
         tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if self.readonly and "schema_version" not in tables:
+            self.conn.close()
+            what = f"an SQLite file of another program (tables: {', '.join(sorted(tables))})" if tables else "empty"
+            raise InputError(f"{self.path} is {what}, not an mlsafety results database; pass another --db")
         if existed and tables and "schema_version" not in tables:
             self.conn.close()
             raise InputError(
@@ -195,17 +265,54 @@ class Store:
         return [self._run(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY created DESC, run_id DESC")]
 
     def run(self, run_id: str) -> RunInfo:
-        """One run; ``latest`` names the newest. An unknown id raises :class:`InputError`."""
+        """One run by its id or a unique prefix of it (taken literally); ``latest`` names the newest.
+
+        An empty, unknown or ambiguous id raises :class:`InputError` (an ambiguous one lists the
+        runs it matches).
+        """
+        if not run_id.strip():
+            raise InputError("the run id is empty; give a run id, a unique prefix of one, or `latest`")
         if run_id == "latest":
             r = self.conn.execute("SELECT * FROM runs ORDER BY created DESC, run_id DESC LIMIT 1").fetchone()
-        else:
-            r = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
             if r is None:
-                matches = self.conn.execute("SELECT * FROM runs WHERE run_id LIKE ?", (run_id + "%",)).fetchall()
-                r = matches[0] if len(matches) == 1 else None
-        if r is None:
+                raise InputError(f"no run in {self.path} yet; run `mlsafety audit` first")
+            return self._run(r)
+        r = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
+        if r is not None:
+            return self._run(r)
+        matches = self.conn.execute(
+            "SELECT * FROM runs WHERE substr(run_id, 1, ?) = ? ORDER BY created DESC, run_id DESC",
+            (len(run_id), run_id),
+        ).fetchall()
+        if len(matches) == 1:
+            return self._run(matches[0])
+        if not matches:
             raise InputError(f"no run {run_id!r} in {self.path}; `mlsafety runs` lists them")
-        return self._run(r)
+        shown = ", ".join(m[0] for m in matches[:5]) + (f" and {len(matches) - 5} more" if len(matches) > 5 else "")
+        raise InputError(f"run id {run_id!r} is ambiguous: it starts {len(matches)} runs ({shown}); give more of it")
+
+    def unfinished(self) -> list[RunInfo]:
+        """Runs not marked complete (running, interrupted or failed), newest first."""
+        return [
+            self._run(r)
+            for r in self.conn.execute("SELECT * FROM runs WHERE status!='complete' ORDER BY created DESC, run_id DESC")
+        ]
+
+    def check_writable(self) -> None:
+        """Raise :class:`InputError` now if the database cannot be written (a write that is rolled back)."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("UPDATE schema_version SET version=version")
+        finally:
+            self.conn.execute("ROLLBACK")
+
+    def task_counts(self) -> dict[str, int]:
+        """Stored tasks per run id."""
+        return dict(self.conn.execute("SELECT run_id, COUNT(*) FROM tasks GROUP BY run_id").fetchall())
+
+    def result_counts(self) -> dict[str, int]:
+        """Stored numbers per run id."""
+        return dict(self.conn.execute("SELECT run_id, COUNT(*) FROM results GROUP BY run_id").fetchall())
 
     def resumable(self, fingerprint: str) -> RunInfo | None:
         """The newest unfinished run with this configuration fingerprint, if any."""
