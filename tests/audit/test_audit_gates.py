@@ -53,3 +53,52 @@ def test_compare_uses_the_interval_of_the_difference_and_direction():
     assert not compare_rows(a[:1], small)[0].significant
     unknown = compare_rows([row("nope", "h", "m", 1.0, 0.9, 1.1)], [row("nope", "h", "m", 2.0, 1.9, 2.1)])[0]
     assert unknown.verdict == "changed"
+
+
+@pytest.mark.parametrize("text", ["clean/clean/accuracy=nan", "clean/clean/accuracy=inf", "clean/clean/accuracy=-inf"])
+def test_non_finite_bounds_are_refused(text):
+    with pytest.raises(InputError, match="not a finite number"):
+        parse_gate_option(text)
+
+
+def test_gates_are_checked_against_the_selected_checks(monkeypatch):
+    from mlsafety.audit import CHECKS
+    from mlsafety.audit._gates import validate_gates
+
+    clean, calib = CHECKS.create("clean"), CHECKS.create("calibration-basic")
+    keys = validate_gates({"clean/clean/accuracy": 0.9}, {"calibration-basic/clean/ece": 0.1}, [clean, calib])
+    assert [str(k) for k in keys] == ["clean/clean/accuracy", "calibration-basic/clean/ece"]
+    with pytest.raises(InputError, match="check 'calibration-basic' is not selected"):
+        validate_gates({}, {"calibration-basic/clean/ece": 0.1}, [clean])
+    with pytest.raises(InputError, match="--fail-under gate 'claen/clean/accuracy': unknown check 'claen'"):
+        validate_gates({"claen/clean/accuracy": 0.5}, {}, [clean])
+    with pytest.raises(InputError, match="bound nan is not a finite number"):
+        validate_gates({"clean/clean/accuracy": math.nan}, {}, None)
+    with pytest.raises(InputError, match="metric 'Accuracy' cannot exist"):
+        validate_gates({"clean/clean/Accuracy": 0.5}, {}, None)
+    validate_gates({"clean/clean/accuracyy": 0.5}, {}, [clean])  # undeclared metrics: checked after the run
+    monkeypatch.setattr(type(clean), "metrics", ("accuracy", "class_*_accuracy"))
+    validate_gates({"clean/*/class_3_accuracy": 0.5}, {}, [clean])
+    with pytest.raises(InputError, match="stores no metric 'accuracyy'; its metrics: accuracy, class_\\*_accuracy"):
+        validate_gates({"clean/clean/accuracyy": 0.5}, {}, [clean])
+
+
+def test_config_file_values_are_checked(tmp_path):
+    from mlsafety.audit import load_config
+
+    cases = {
+        "batch_size = 0": "batch_size must be a positive integer, got 0; use e.g. batch_size = 256",
+        "seed = -1": r"seed must be an integer in \[0, 2\*\*63 - 1\]",
+        "image_size = [8, 0]": "image_size must be two positive integers H W, got 8 0",
+        "channels = 4": "channels must be 1 .grayscale. or 3",
+        '[fail_under]\n"clean/clean/accuracy" = nan': r"\[fail_under\] 'clean/clean/accuracy': bound nan is not",
+        '[fail_over]\n"clean/clean/accuracy" = "high"': r"\[fail_over\] 'clean/clean/accuracy': bound 'high' is not",
+    }
+    for i, (text, message) in enumerate(cases.items()):
+        path = tmp_path / f"c{i}.toml"
+        path.write_text(text + "\n")
+        with pytest.raises(InputError, match=rf"c{i}\.toml: {message}"):
+            load_config(path)
+    (tmp_path / "ok.toml").write_text("channels = 1\nseed = 9223372036854775807\n")
+    cfg = load_config(tmp_path / "ok.toml")
+    assert cfg.channels == 1 and cfg.seed == 2**63 - 1

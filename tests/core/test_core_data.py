@@ -7,6 +7,7 @@ from PIL import Image
 from torch import nn
 
 from mlsafety.core import (
+    ArrayDataset,
     InputError,
     check_images,
     check_labels,
@@ -14,6 +15,7 @@ from mlsafety.core import (
     load_image_folder,
     load_npz,
     load_weights,
+    validate_dataset,
 )
 
 
@@ -102,3 +104,70 @@ def test_pickle_that_runs_code_is_refused(tmp_path, capsys):
     with pytest.raises(InputError, match="refused to load"):
         load_weights(nn.Linear(1, 1), tmp_path / "evil.pt")
     assert "pwned" not in capsys.readouterr().out
+
+
+def test_labels_must_be_one_dimensional_whole_numbers():
+    x = torch.rand(4, 1, 2, 2)
+    assert ArrayDataset(x, torch.tensor([0.0, 1.0, 2.0, 1.0])).y.dtype == torch.int64
+    with pytest.raises(InputError, match=r"shape \(4, 1\); y must be 1-D \(N,\)"):
+        ArrayDataset(x, torch.zeros(4, 1, dtype=torch.long))
+    with pytest.raises(InputError, match=r"must be whole numbers \(found 0\.4\)"):
+        ArrayDataset(x, torch.tensor([0, 1, 2, 1]).float() + 0.4)
+    with pytest.raises(InputError, match="NaN"):
+        ArrayDataset(x, torch.tensor([0.0, float("nan"), 1.0, 1.0]))
+    with pytest.raises(InputError, match="integer class indices"):
+        ArrayDataset(x, torch.tensor([True, False, True, False]))
+    with pytest.raises(InputError, match="whole numbers"):
+        check_labels(torch.tensor([0.5]), 3)
+
+
+def test_npz_labels_are_refused_not_truncated_and_named_by_source(tmp_path):
+    x = np.random.default_rng(0).random((6, 1, 4, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    np.savez(tmp_path / "frac.npz", x=x, y=y.astype("f4") + 0.4)
+    with pytest.raises(InputError, match=r"labels of --data .*frac\.npz \(test data\) must be whole numbers"):
+        load_npz(tmp_path / "frac.npz", source=f"--data {tmp_path / 'frac.npz'} (test data)")
+    np.savez(tmp_path / "col.npz", x=x, y=y[:, None])
+    with pytest.raises(InputError, match=r"y must be 1-D \(N,\)"):
+        load_npz(tmp_path / "col.npz")
+    np.savez(tmp_path / "str.npz", x=x, y=np.array(list("abcabc")))
+    with pytest.raises(InputError, match="dtype <U1; save y as integer class indices"):
+        load_npz(tmp_path / "str.npz")
+    np.savez(tmp_path / "strx.npz", x=np.array(["a"] * 6), y=y)
+    with pytest.raises(InputError, match="save x as float32"):
+        load_npz(tmp_path / "strx.npz")
+    np.savez(tmp_path / "ood.npz", x=x, y=y.astype("f4") + 0.4)  # labels of an OOD file are not used
+    assert (load_npz(tmp_path / "ood.npz", kind="far").y == -1).all()
+
+
+def test_validate_dataset_names_source_channels_and_classes():
+    ds = ArrayDataset(torch.rand(3, 3, 4, 4), torch.tensor([0, 1, 5]), source="--val v.npz (validation data)")
+    with pytest.raises(
+        InputError,
+        match=r"inputs of --val v\.npz \(validation data\) have 3 channels but the model takes 1; convert them",
+    ):
+        validate_dataset(ds, 6, channels=1)
+    with pytest.raises(InputError, match=r"labels of --val v\.npz \(validation data\) must lie in \[0, 3\)"):
+        validate_dataset(ds, 3, channels=3)
+    validate_dataset(ds, 6, channels=3)
+    ood = ArrayDataset(torch.rand(2, 3, 4, 4), torch.full((2,), -1), kind="far", source="--ood o.npz (OOD set)")
+    validate_dataset(ood, 3, channels=3)  # OOD sets carry -1 and are not checked against the classes
+    bad = ArrayDataset(torch.full((2, 3, 4, 4), 2.0), torch.zeros(2), source="--ood o.npz (OOD set)")
+    with pytest.raises(InputError, match=r"inputs of --ood o\.npz \(OOD set\) must lie in \[0, 1\]"):
+        validate_dataset(bad)
+
+
+def test_image_folder_converts_to_the_requested_channels(tmp_path):
+    (tmp_path / "a").mkdir()
+    rgb = np.random.default_rng(0).integers(0, 256, (6, 6, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "a" / "0.png")
+    Image.fromarray(rgb[:, :, 0]).save(tmp_path / "a" / "1.png")  # a grayscale file in the same folder
+    gray = load_image_folder(tmp_path, (6, 6), channels=1)
+    color = load_image_folder(tmp_path, (6, 6), channels=3)
+    assert gray.x.shape == (2, 1, 6, 6) and color.x.shape == (2, 3, 6, 6)
+    expected = np.array(Image.fromarray(rgb).convert("L"), dtype=np.float32) / 255
+    torch.testing.assert_close(gray.x[0, 0], torch.from_numpy(expected))
+    with pytest.raises(InputError, match="1 or 3 channels, not 2"):
+        load_image_folder(tmp_path, (6, 6), channels=2)
+    with pytest.raises(InputError, match=r"two positive integers H W, got \(0, 6\)"):
+        load_image_folder(tmp_path, (0, 6))

@@ -63,3 +63,50 @@ def test_normalize():
     torch.testing.assert_close(norm(x)[:, 1], (x[:, 1] - 0.25) / 0.25)
     with pytest.raises(InputError):
         Normalize(0.0, 0.0)
+
+
+class _DropoutNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Dropout(0.5))
+        self.fc = nn.Linear(32, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.body(x))
+
+
+def test_features_and_logits_use_eval_mode_and_leave_the_model_and_rng_alone():
+    torch.manual_seed(0)
+    model = _DropoutNet().train()
+    x = torch.rand(8, 1, 4, 4)
+    clf = Classifier(model)
+    state = torch.get_rng_state()
+    f1, l1 = clf.features_and_logits(x)
+    f2, l2 = clf.features_and_logits(x)
+    assert torch.equal(f1, f2) and torch.equal(l1, l2)  # same pass, same CPU: no dropout mask drawn
+    assert torch.equal(torch.get_rng_state(), state)
+    assert model.training and all(m.training for m in model.modules())
+    with torch.no_grad():
+        model.eval()
+        torch.testing.assert_close(l1, model(x))
+        model.train()
+    # asking for the model's own mode runs dropout (and draws from the global generator)
+    f3, _ = clf.features_and_logits(x, train=True)
+    assert not torch.equal(torch.get_rng_state(), state) and not torch.equal(f3, f1)
+    assert model.training
+
+
+def test_features_and_logits_restore_modes_after_an_exception():
+    model = _DropoutNet().train()
+    model.body[3].eval()  # a mixed state must come back exactly
+    with pytest.raises(RuntimeError):
+        Classifier(model).features_and_logits(torch.rand(2, 2, 4, 4))  # 32 inputs for a 16-input layer
+    assert model.training and model.body[1].training and not model.body[3].training
+
+
+def test_forward_refuses_non_finite_logits():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    with torch.no_grad():
+        model[1].bias[0] = float("inf")
+    with pytest.raises(InputError, match=r"NaN or infinite logits for 5 of 5 inputs \(the first at index 0\)"):
+        forward(model, torch.rand(5, 1, 2, 2))

@@ -172,7 +172,12 @@ def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classi
     except RuntimeError:
         raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' requested but no CUDA device is available; use --device cpu")
+        raise InputError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(
+            f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
     return Classifier(module.to(dev).eval())
 
 
@@ -336,7 +341,11 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
             raise InputError(f"{test.source} has {len(test)} inputs; give at least 10, or pass --val")
         perm = torch.randperm(len(test), generator=generator(config.seed, "holdout-val"))
         cut = round(0.3 * len(test))
-        val = test.subset(perm[:cut], name=f"{test.name}-val", source=f"{test.source}, share held out for validation")
+        val = test.subset(
+            perm[:cut],
+            name=f"{test.name}-val",
+            source=f"--data {config.data} (the share of the test data held out for validation)",
+        )
         test = test.subset(perm[cut:])
     train = None
     if config.train is not None:
@@ -372,20 +381,20 @@ def validate(model: Classifier, data: AuditData, channels: int | None = None) ->
         InputError: the first problem found, in one line with its fix.
     """
     sets = _sources(data)
-    for ds in sets:
-        validate_dataset(ds, None, channels)
     first = data.test
+    validate_dataset(first, None, channels)
+    k = probe_model(model, first)
+    takes = int(first.x.shape[1])  # the probe passed: the model takes the test data's channels
     for ds in sets[1:]:
+        validate_dataset(ds, None, takes)
         if ds.x.shape[1:] != first.x.shape[1:]:
             raise InputError(
                 f"inputs of {ds.source} have shape {tuple(ds.x.shape[1:])} but the test data has "
                 f"{tuple(first.x.shape[1:])}; give every data set one image shape (C, H, W)"
             )
-    k = probe_model(model, first)
-    for ds in sets[1:]:
         probe_model(model, ds, k)
     for ds in sets:
-        validate_dataset(ds, k, channels)
+        validate_dataset(ds, k, takes)
 
 
 def prepare_inputs(config: AuditConfig, checks: Sequence[Check] | None = None) -> tuple[Classifier, AuditData]:
