@@ -708,10 +708,12 @@ def ood_list() -> None:
 @friendly
 def ood_eval(model: str, weights: str | None, data: str, train: str | None, ood_sets: tuple[str, ...],
              detectors: tuple[str, ...], n_boot: int, seed: int, as_json: bool) -> None:  # fmt: skip
-    """Fit detectors on in-distribution data and report AUROC, AUPR-In/Out and FPR@95TPR per OOD set.
+    """Fit detectors on in-distribution data and report AUROC, AUPR-In/Out and FPR@95 per OOD set.
 
-    FPR@95TPR is the share of OOD inputs accepted at the threshold that keeps 95% of the
-    in-distribution inputs. Intervals are seeded 95% bootstrap intervals.
+    FPR@95 ID+ is the share of OOD inputs accepted at the threshold that keeps 95% of the
+    in-distribution inputs (ODIN, OpenOOD v1.0); FPR@95 OOD+ the share of in-distribution inputs
+    flagged at the threshold that catches 95% of the OOD inputs (OpenOOD v1.5, pytorch-ood).
+    Intervals are seeded 95% bootstrap intervals.
     """
     import json
 
@@ -730,7 +732,9 @@ def ood_eval(model: str, weights: str | None, data: str, train: str | None, ood_
         out = {s: {d: {m: e.__dict__ for m, e in ms.items()} for d, ms in ds.items()} for s, ds in result.items()}
         click.echo(json.dumps(out, indent=2))
         return
-    table = Table("OOD set", "detector", "AUROC", "95% CI", "AUPR-In", "AUPR-Out", "FPR@95TPR", box=None)
+    table = Table(
+        "OOD set", "detector", "AUROC", "95% CI", "AUPR-In", "AUPR-Out", "FPR@95 ID+", "FPR@95 OOD+", box=None
+    )
     for set_name, by_det in result.items():
         for det, m in sorted(by_det.items(), key=lambda kv: -kv[1]["auroc"].value):
             auc = m["auroc"]
@@ -741,7 +745,8 @@ def ood_eval(model: str, weights: str | None, data: str, train: str | None, ood_
                 f"[{auc.ci_low:.4f}, {auc.ci_high:.4f}]",
                 f"{m['aupr_in'].value:.4f}",
                 f"{m['aupr_out'].value:.4f}",
-                f"{m['fpr_at_95_tpr'].value:.4f}",
+                f"{m['fpr95_id_positive'].value:.4f}",
+                f"{m['fpr95_ood_positive'].value:.4f}",
             )
     out_console.print(table)
     out_console.print(

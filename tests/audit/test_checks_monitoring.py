@@ -13,7 +13,7 @@ from mlsafety.monitoring import calibration as cal
 from mlsafety.monitoring import ood
 
 MONITORING = ["ood-basic", "ood", "calibration-basic", "calibration", "selective"]
-OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr")
+OOD_METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,15 @@ def test_ood_basic_rows_names_and_plots(model, data) -> None:
     assert arts and all(a.data.startswith(b"\x89PNG") for a in arts)
     table = CHECKS.get("ood-basic").tables(stored("ood-basic", rows))[0]
     assert {row[1] for row in table.rows} == {"msp", "energy"}
+    # issue 12 point 10: both FPR@95 conventions under unambiguous names, the table says which is which
+    from mlsafety.metrics import fpr95_id_positive, fpr95_ood_positive
+
+    assert by[("ood/noise", "fpr95_id_positive")].value == pytest.approx(float(fpr95_id_positive(sid, sout)))
+    assert by[("ood/noise", "fpr95_ood_positive")].value == pytest.approx(float(fpr95_ood_positive(sid, sout)))
+    assert not any(r.metric.endswith("fpr_at_95_tpr") for r in rows)
+    assert "ODIN" in table.note and "OpenOOD v1.5" in table.note and "fpr95_ood_positive" in table.note
+    msp_cell = next(row for row in table.rows if row[1] == "msp")[3]
+    assert msp_cell.count(" / ") == 2  # AUROC / FPR@95 ID+ / FPR@95 OOD+
 
 
 def test_ood_check_quick_profile(model, data) -> None:

@@ -76,4 +76,5 @@ def test_bootstrap_is_seeded_and_covers_the_value():
     assert e1 == e2 and e1.ci_low < e1.value < e1.ci_high
     # the analytic AUROC of N(0,1) vs N(1,1) is Phi(1/sqrt(2)) ~ 0.76; the interval should be near it
     assert e1.ci_low < 0.80 and e1.ci_high > 0.70
-    assert set(ood_metrics(a, b, n_boot=50)) == {"auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr"}
+    want = {"auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive"}
+    assert set(ood_metrics(a, b, n_boot=50)) == want

@@ -13,12 +13,29 @@ from mlsafety.metrics._intervals import (
     proportion,
     wilson,
 )
-from mlsafety.metrics._ranking import aupr_in, aupr_out, auroc, fpr_at_95_tpr, fpr_at_tpr
+from mlsafety.metrics._ranking import (
+    FPR_CONVENTIONS,
+    aupr_in,
+    aupr_out,
+    auroc,
+    fpr95_id_positive,
+    fpr95_ood_positive,
+    fpr_at_95_tpr,
+    fpr_at_tpr,
+)
 
-OOD_METRICS = {"auroc": auroc, "aupr_in": aupr_in, "aupr_out": aupr_out, "fpr_at_95_tpr": fpr_at_95_tpr}
-"""The four detection metrics the audit stores for every detector and OOD set, by metric name."""
+OOD_METRICS = {
+    "auroc": auroc,
+    "aupr_in": aupr_in,
+    "aupr_out": aupr_out,
+    "fpr95_id_positive": fpr95_id_positive,
+    "fpr95_ood_positive": fpr95_ood_positive,
+}
+"""The detection metrics the audit stores for every detector and OOD set, by metric name (FPR@95 in
+both conventions: in-distribution positive and OOD positive)."""
 
 __all__ = [
+    "FPR_CONVENTIONS",
     "OOD_METRICS",
     "Estimate",
     "accuracy",
@@ -29,6 +46,8 @@ __all__ = [
     "bootstrap_statistic",
     "bootstrap_two_sample",
     "clopper_pearson",
+    "fpr95_id_positive",
+    "fpr95_ood_positive",
     "fpr_at_95_tpr",
     "fpr_at_tpr",
     "ood_metrics",

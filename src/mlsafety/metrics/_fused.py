@@ -1,4 +1,4 @@
-"""AUROC, AUPR-In, AUPR-Out and FPR@TPR with bootstrap intervals, all four from one histogram pass.
+"""AUROC, AUPR-In, AUPR-Out and FPR@95 (both conventions) with bootstrap intervals, from one histogram pass.
 
 The scores are mapped once to their distinct values and each bootstrap resample becomes two
 histograms over those values, from which the four metrics follow by cumulative sums, ties counting
@@ -15,11 +15,11 @@ import torch
 from mlsafety.core import InputError, generator
 from mlsafety.metrics._intervals import Estimate
 
-METRICS = ("auroc", "aupr_in", "aupr_out", "fpr_at_95_tpr")
+METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive")
 
 
 def _from_histograms(ha: torch.Tensor, hb: torch.Tensor, tpr: float) -> torch.Tensor:
-    """The four metrics (B, 4) from in/out counts (B, U) over distinct scores in ascending order."""
+    """The five metrics (B, 5) from in/out counts (B, U) over distinct scores in ascending order."""
     n = ha.sum(dim=1, keepdim=True)
     m = hb.sum(dim=1, keepdim=True)
     cum_a = ha.cumsum(dim=1)  # in-distribution scores <= each distinct value
@@ -31,10 +31,15 @@ def _from_histograms(ha: torch.Tensor, hb: torch.Tensor, tpr: float) -> torch.Te
     up_a = n - cum_a + ha
     up_b = m - cum_b + hb
     aupr_out = (hb * up_b / (up_a + up_b)).nan_to_num_(0.0).sum(dim=1) / m[:, 0]
+    # FPR@95, in-distribution positive: the lowest threshold keeping tpr of ID inputs, share of OOD accepted
     hit = cum_a >= (tpr - 1e-12) * n
     idx = hit.to(torch.uint8).argmax(dim=1, keepdim=True)
-    fpr = cum_b.gather(1, idx)[:, 0] / m[:, 0]
-    return torch.stack([auroc, aupr_in, aupr_out, fpr], dim=1)
+    fpr_id = cum_b.gather(1, idx)[:, 0] / m[:, 0]
+    # FPR@95, OOD positive: the highest threshold catching tpr of OOD inputs, share of ID flagged
+    caught = up_b >= (tpr - 1e-12) * m  # a prefix of the ascending values
+    last = (caught.sum(dim=1, keepdim=True) - 1).clamp_min(0)
+    fpr_ood = up_a.gather(1, last)[:, 0] / n[:, 0]
+    return torch.stack([auroc, aupr_in, aupr_out, fpr_id, fpr_ood], dim=1)
 
 
 def ood_metrics(
@@ -45,7 +50,11 @@ def ood_metrics(
     confidence: float = 0.95,
     chunk: int = 250,
 ) -> dict[str, Estimate]:
-    """AUROC, AUPR-In, AUPR-Out and FPR@95TPR with seeded percentile-bootstrap intervals.
+    """AUROC, AUPR-In, AUPR-Out and FPR@95 in both conventions with seeded percentile-bootstrap intervals.
+
+    ``fpr95_id_positive`` is :func:`~mlsafety.metrics.fpr95_id_positive` (in-distribution positive,
+    ODIN / OpenOOD v1.0), ``fpr95_ood_positive`` is :func:`~mlsafety.metrics.fpr95_ood_positive`
+    (OOD positive, OpenOOD v1.5 / pytorch-ood).
 
     Args:
         in_scores: anomaly scores of in-distribution inputs (N,).

@@ -97,24 +97,61 @@ def aupr_in(in_scores: torch.Tensor, out_scores: torch.Tensor) -> torch.Tensor:
     return _out(_average_precision(*_stack(-a, -b, b_positive=False)), squeeze)
 
 
-def fpr_at_tpr(in_scores: torch.Tensor, out_scores: torch.Tensor, tpr: float = 0.95) -> torch.Tensor:
-    """Share of OOD inputs accepted at the threshold that keeps ``tpr`` of in-distribution inputs.
+FPR_CONVENTIONS = ("in", "ood")
+"""Which inputs are the positives of :func:`fpr_at_tpr`: ``"in"`` (in-distribution) or ``"ood"``."""
 
-    In-distribution inputs are the positives, ranked by ``-score`` (most normal first); the
-    threshold is the first one on the ROC curve whose true-positive rate reaches ``tpr``, and the
-    result is the false-positive rate there (the ODIN / Hendrycks convention). Lower is better.
+
+def fpr_at_tpr(
+    in_scores: torch.Tensor, out_scores: torch.Tensor, tpr: float = 0.95, positive: str = "in"
+) -> torch.Tensor:
+    """False-positive rate at the first threshold whose true-positive rate reaches ``tpr``. Lower is better.
+
+    Two conventions are in use and they give different numbers on the same scores (on the embedded
+    letters set with Energy, 0.706 with ``"in"`` and 0.575 with ``"ood"``), so a figure compared with
+    a published table must use that table's one:
+
+    * ``positive="in"`` (the default): in-distribution inputs are the positives, ranked by
+      ``-score`` (most normal first); the threshold keeps ``tpr`` of the in-distribution inputs and
+      the result is the share of OOD inputs accepted. This is ODIN's (Liang et al., "Enhancing the
+      Reliability of Out-of-distribution Image Detection in Neural Networks", ICLR 2018), Hendrycks &
+      Gimpel's baseline and OpenOOD v1.0's convention.
+    * ``positive="ood"``: OOD inputs are the positives, ranked by score; the threshold catches
+      ``tpr`` of the OOD inputs and the result is the share of in-distribution inputs flagged.
+      This is OpenOOD v1.5's (Zhang et al., "OpenOOD v1.5: Enhanced Benchmark for Out-of-Distribution
+      Detection", 2023: ``roc_curve(ood_indicator, -conf)``) and pytorch-ood's convention.
+
+    In both, tied scores form one threshold, as in scikit-learn's ``roc_curve``: the result is
+    ``fpr[argmax(tpr_curve >= tpr)]`` of the curve with the chosen positives.
     """
     if not 0.0 < tpr <= 1.0:
         raise InputError(f"tpr must be in (0, 1], got {tpr}")
+    if positive not in FPR_CONVENTIONS:
+        raise InputError(f"positive must be 'in' (in-distribution) or 'ood', got {positive!r}")
     a, b, squeeze = _as_rows(in_scores, out_scores)
-    scores, positive = _stack(-a, -b, b_positive=False)
-    tp, fp, end = _curve(scores, positive)
-    rate = tp / a.shape[1]
-    hit = end & (rate >= tpr - 1e-12)
+    if positive == "in":
+        scores, is_positive = _stack(-a, -b, b_positive=False)
+        n_pos, n_neg = a.shape[1], b.shape[1]
+    else:
+        scores, is_positive = _stack(a, b, b_positive=True)
+        n_pos, n_neg = b.shape[1], a.shape[1]
+    tp, fp, end = _curve(scores, is_positive)
+    hit = end & (tp / n_pos >= tpr - 1e-12)
     idx = hit.double().argmax(dim=1, keepdim=True)
-    return _out(fp.gather(1, idx)[:, 0] / b.shape[1], squeeze)
+    return _out(fp.gather(1, idx)[:, 0] / n_neg, squeeze)
+
+
+def fpr95_id_positive(in_scores: torch.Tensor, out_scores: torch.Tensor) -> torch.Tensor:
+    """FPR@95 with in-distribution inputs as positives: the share of OOD inputs accepted at the
+    threshold that keeps 95% of in-distribution inputs (ODIN / OpenOOD v1.0); see :func:`fpr_at_tpr`."""
+    return fpr_at_tpr(in_scores, out_scores, 0.95, positive="in")
+
+
+def fpr95_ood_positive(in_scores: torch.Tensor, out_scores: torch.Tensor) -> torch.Tensor:
+    """FPR@95 with OOD inputs as positives: the share of in-distribution inputs flagged at the
+    threshold that catches 95% of OOD inputs (OpenOOD v1.5, pytorch-ood); see :func:`fpr_at_tpr`."""
+    return fpr_at_tpr(in_scores, out_scores, 0.95, positive="ood")
 
 
 def fpr_at_95_tpr(in_scores: torch.Tensor, out_scores: torch.Tensor) -> torch.Tensor:
-    """:func:`fpr_at_tpr` at 95% TPR."""
-    return fpr_at_tpr(in_scores, out_scores, 0.95)
+    """The former name of :func:`fpr95_id_positive` (in-distribution = positive), kept for existing code."""
+    return fpr95_id_positive(in_scores, out_scores)

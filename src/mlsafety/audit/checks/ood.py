@@ -62,7 +62,8 @@ class OOD(Check):
     description = (
         "Every applicable detector, fitted on in-distribution data only, scored on the test data against each OOD "
         "set (one shared forward pass feeds all logit and feature detectors). AUROC, AUPR-In, AUPR-Out and "
-        "FPR@95TPR with seeded bootstrap 95% intervals; `ood-near`/`ood-far` pool the sets of each kind. "
+        "FPR@95 (both conventions) with seeded bootstrap 95% intervals; `ood-near`/`ood-far` pool the sets of "
+        "each kind. "
         "Hyper-parameters are the papers' defaults unless tuned on synthetic outliers made from validation data "
         "(never on the OOD test sets unless `tune_on_ood` is set, which the table marks). " + FPR_NOTE
     )

@@ -30,8 +30,11 @@ from mlsafety.metrics import OOD_METRICS, ood_metrics
 from mlsafety.monitoring import ood
 
 FPR_NOTE = (
-    "FPR@95TPR is the share of OOD inputs accepted at the threshold that keeps 95% of in-distribution inputs "
-    "(the ODIN / Hendrycks convention); AUROC treats OOD inputs as positives, AUPR-In and AUPR-Out as in OpenOOD."
+    "FPR@95 is stored in both conventions: fpr95_id_positive is the share of OOD inputs accepted at the threshold "
+    "that keeps 95% of in-distribution inputs (in-distribution = positive: ODIN, OpenOOD v1.0), fpr95_ood_positive "
+    "the share of in-distribution inputs flagged at the threshold that catches 95% of OOD inputs (OOD = positive: "
+    "OpenOOD v1.5, pytorch-ood); compare each with a published table of the same convention. AUROC treats OOD "
+    "inputs as positives; AUPR-In and AUPR-Out as in OpenOOD."
 )
 
 
@@ -51,7 +54,8 @@ def detector_rows(
     plain: bool = False,
     **params: Any,
 ) -> list[Row]:
-    """The four OOD metrics with bootstrap intervals, named per detector (and plainly for the default).
+    """The OOD metrics (:data:`~mlsafety.metrics.OOD_METRICS`) with bootstrap intervals, named per
+    detector (and plainly for the default).
 
     Intervals come from :func:`~mlsafety.metrics.ood_metrics` (a fused, seeded bootstrap). The
     leading arguments are positional-only so a detector's own hyper-parameters (which may include
@@ -174,7 +178,7 @@ def roc_png(panels: Mapping[str, Mapping[str, tuple[torch.Tensor, torch.Tensor]]
 
 
 def ranking_table(rows: Sequence[StoredRow], title: str) -> list[Table]:
-    """Detectors ranked by mean AUROC over the OOD sets, with per-set AUROC and FPR@95TPR."""
+    """Detectors ranked by mean AUROC over the OOD sets, with per-set AUROC and FPR@95 in both conventions."""
     per: dict[str, dict[str, dict[str, StoredRow]]] = {}
     for r in rows:
         det = r.params.get("detector")
@@ -195,19 +199,30 @@ def ranking_table(rows: Sequence[StoredRow], title: str) -> list[Table]:
         cells = [str(rank), det, fmt_value(sum(aurocs) / len(aurocs)) if aurocs else ""]
         for h in hazards:
             v = by_h.get(h, {})
-            cells.append(
-                f"{fmt_value(v['auroc'].value)} / {fmt_value(v['fpr_at_95_tpr'].value)}"
-                if "auroc" in v and "fpr_at_95_tpr" in v
-                else ""
-            )
+            shown = [v[m] for m in ("auroc", "fpr95_id_positive", "fpr95_ood_positive") if m in v]
+            cells.append(" / ".join(fmt_value(r.value) for r in shown) if len(shown) == 3 else "")
         first = next(iter(by_h[next(iter(by_h))].values()))
         hyper = {k: v for k, v in first.params.items() if k not in ("detector", "kind", "sets", "tuned_on")}
         text = ", ".join(f"{k}={v}" for k, v in sorted(hyper.items())) or "none"
         tuned = first.params.get("tuned_on")
         cells.append(f"{text} (tuned on {tuned} outliers)" if tuned else f"{text} (paper defaults)")
         body.append(cells)
-    headers = ["rank", "detector", "mean AUROC", *[f"{h[4:]} AUROC / FPR@95" for h in hazards], "hyper-parameters"]
-    return [Table(title, headers, body)]
+    headers = [
+        "rank",
+        "detector",
+        "mean AUROC",
+        *[f"{h[4:]} AUROC / FPR@95 ID+ / FPR@95 OOD+" for h in hazards],
+        "hyper-parameters",
+    ]
+    return [Table(title, headers, body, FPR_TABLE_NOTE)]
+
+
+FPR_TABLE_NOTE = (
+    "FPR@95 ID+ (fpr95_id_positive): share of OOD inputs accepted at the threshold that keeps 95% of the test "
+    "inputs (in-distribution = positive; ODIN, OpenOOD v1.0). FPR@95 OOD+ (fpr95_ood_positive): share of test "
+    "inputs flagged at the threshold that catches 95% of the OOD inputs (OOD = positive; OpenOOD v1.5, "
+    "pytorch-ood). Lower is better for both; they differ, so compare each with a table of the same convention."
+)
 
 
 def plain_headlines(rows: Sequence[StoredRow], label: str) -> list[Headline]:
@@ -220,7 +235,7 @@ class OODBasic(Check):
     title = "OOD detection (baseline)"
     description = (
         "Maximum softmax probability and Energy, fitted on nothing, scored on the test data against every OOD set: "
-        "AUROC, AUPR-In, AUPR-Out and FPR@95TPR with seeded bootstrap 95% intervals. " + FPR_NOTE
+        "AUROC, AUPR-In, AUPR-Out and FPR@95 (both conventions) with seeded bootstrap 95% intervals. " + FPR_NOTE
     )
     defaults: ClassVar[dict[str, Any]] = {"detectors": ["msp", "energy"], "default": "msp", "n_boot": 500}
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}

@@ -37,8 +37,10 @@ def evaluate(
         batch_size: inputs per forward pass.
 
     Returns:
-        ``result[set][detector][metric]`` with metrics ``auroc``, ``aupr_in``, ``aupr_out`` and
-        ``fpr_at_95_tpr``, each an :class:`~mlsafety.metrics.Estimate` with a 95% interval.
+        ``result[set][detector][metric]`` with metrics ``auroc``, ``aupr_in``, ``aupr_out``,
+        ``fpr95_id_positive`` (in-distribution positive: ODIN, OpenOOD v1.0) and
+        ``fpr95_ood_positive`` (OOD positive: OpenOOD v1.5, pytorch-ood), each an
+        :class:`~mlsafety.metrics.Estimate` with a 95% interval.
     """
     clf = as_classifier(model)
     dets = [DETECTORS.create(d) if isinstance(d, str) else d for d in detectors]
