@@ -128,7 +128,10 @@ def test_jpeg_matches_pillow_round_trip(encoder, channels, severity):
         buf = io.BytesIO()
         pil.save(buf, "JPEG", quality=quality)
         ref = np.asarray(Image.open(io.BytesIO(buf.getvalue()))).reshape(arr.shape)
-        assert np.array_equal((y[i].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), ref)
+        diff = np.abs((y[i].permute(1, 2, 0).numpy() * 255).round() - ref)
+        # Pillow's own codec is exact; the torch one floors float32 matrix products, whose rounding depends
+        # on the CPU's kernels: one level where a product meets a DESCALE boundary (the codec's documented bound)
+        assert diff.max() <= (1 if encoder == "torch" else 0) and (diff == 0).mean() > 0.999
 
 
 @pytest.mark.parametrize("size", [64, 224])

@@ -100,7 +100,11 @@ def test_batched_equals_per_image_for_deterministic_ones(name):
     x = smooth_images(3, 3, 24)
     whole = corrupt(x, name, 3)
     parts = torch.cat([corrupt(x[i : i + 1], name, 3) for i in range(3)])
-    assert torch.allclose(whole, parts, atol=1e-6)
+    diff = (whole - parts).abs()
+    # other batch shapes may take other float kernels; the JPEG codec floors float32 matrix products, so a
+    # product on a DESCALE boundary may move one level (1/255) on a rare pixel (its bound against Pillow)
+    tol = 1 / 255 + 1e-6 if name == "jpeg-compression" else 1e-6
+    assert diff.max() <= tol and (diff > 1e-6).float().mean() < 1e-3
 
 
 def test_bad_inputs_raise_input_error():
