@@ -15,6 +15,7 @@ from mlsafety.core import (
     Outputs,
     Progress,
     UnknownNameError,
+    derive_seed,
     forward,
     generator,
 )
@@ -116,8 +117,18 @@ class AuditContext:
         return self.model.device
 
     def generator(self, *names: object) -> torch.Generator:
-        """A CPU generator derived from the run seed and ``names`` (order-independent)."""
+        """A CPU generator derived from the run seed and ``names`` (order-independent).
+
+        Name the check and the task (``ctx.generator("certified", sigma, "inputs")``): two tasks
+        never share a stream, and a task's stream does not depend on which other tasks run.
+        """
         return generator(self.seed, *names)
+
+    def seed_for(self, *names: object) -> int:
+        """An integer seed derived like :meth:`generator`, for the seeded APIs that take one (the
+        bootstrap intervals of :mod:`mlsafety.metrics`, an algorithm's ``seed`` hyper-parameter,
+        a training recipe). Never the raw run seed."""
+        return derive_seed(self.seed, *names)
 
     def hazard(self, name: str) -> ArrayDataset:
         """Inputs and true labels of hazard ``name`` (e.g. ``clean``, ``ood/letters``), cached."""

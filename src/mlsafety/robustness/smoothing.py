@@ -38,9 +38,10 @@ from scipy import stats
 from torch import nn
 
 from mlsafety.core import (
-    ArrayDataset,
     Classifier,
+    DataLike,
     InputError,
+    as_array_dataset,
     as_classifier,
     check_images,
     frozen,
@@ -379,18 +380,20 @@ def gaussian_augment(
 
 
 def train_noisy_classifier(
-    model: nn.Module, data: ArrayDataset, sigma: float, epochs: int = 40, seed: int = 0, **kwargs: object
+    model: nn.Module, data: DataLike, sigma: float, epochs: int = 40, seed: int = 0, **kwargs: object
 ) -> nn.Module:
     """Gaussian-noise training (Cohen et al. 2019, Section 4): the shared training loop with inputs
     corrupted by ``N(0, sigma^2)`` (after the loop's usual random shift); returns the model in eval mode.
 
-    ``kwargs`` go to :func:`mlsafety.zoo.train_classifier` (``lr``, ``batch_size``, ``progress``...).
+    ``data`` is labelled training data in any form of :data:`mlsafety.core.DataLike`; ``seed`` is the
+    recipe's seed. ``kwargs`` go to :func:`mlsafety.zoo.train_classifier` (``lr``, ``batch_size``,
+    ``progress``...).
     """
     from mlsafety.zoo import random_shift, train_classifier
 
     return train_classifier(
         model,
-        data,
+        as_array_dataset(data, "data"),
         epochs=epochs,
         seed=seed,
         augment=gaussian_augment(sigma, random_shift),
@@ -526,12 +529,14 @@ def attack_certificates(
 
 
 def registry_attack(
-    name: str, **budget: object
+    name: str, generator: torch.Generator | None = None, **budget: object
 ) -> Callable[[nn.Module, torch.Tensor, torch.Tensor, float], torch.Tensor]:
     """An ``attack(module, x, y, eps)`` callable for :func:`attack_certificates` from the attack registry.
 
     Builds ``mlsafety.robustness.attacks.create(name, eps=eps, norm="l2", **budget)`` for each call;
     budget entries the attack does not take (``steps`` for Square, ``n_queries`` for PGD) are dropped.
+    ``generator`` feeds the random starts and proposals of every call in turn (default: each attack's
+    own seeded generator).
     """
     import inspect
 
@@ -544,7 +549,7 @@ def registry_attack(
     kept = {k: v for k, v in budget.items() if k in accepted}
 
     def run(module: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
-        return attacks.create(name, eps=eps, norm="l2", **kept).attack(module, x, y)
+        return attacks.create(name, eps=eps, norm="l2", **kept).attack(module, x, y, generator=generator)
 
     return run
 

@@ -3,7 +3,8 @@
 Hazards ``adversarial/<attack>/<eps>`` are a fixed subset of the test data (``n`` inputs drawn with
 the run seed, kept in test order) attacked with the registry attack ``<attack>`` at radius ``<eps>``
 in the check's norm. Only correctly classified inputs are attacked (clean errors stay as they
-are, as in AutoAttack); the attack's generator is ``ctx.generator(hazard)``, so any check can ask
+are, as in AutoAttack); the attack's generator is ``ctx.generator("adversarial", attack, eps)`` (the
+attack is created without a ``seed``: one source of randomness, never two), so any check can ask
 for any hazard in any order and gets the same inputs. The hazard's dataset also carries the clean
 source of every input (``x_clean``, ``index`` into the test set) and the attack's sanity flags.
 
@@ -131,7 +132,13 @@ def _adversarial(ctx: AuditContext, rest: str) -> ArrayDataset:
     index = _subset(ctx, int(p["n"]))
     test = ctx.data.test
     x, y = test.x[index], test.y[index]
-    attack = atk.create(name, eps=eps, norm=p["norm"], seed=ctx.seed, **dict(p["attack_params"]).get(name, {}))
+    params = dict(dict(p["attack_params"]).get(name, {}))
+    if "seed" in params:
+        raise InputError(
+            f"adversarial attack_params for {name!r} set 'seed'; remove it: the attack's generator is derived "
+            "from the run seed and the hazard (--seed)"
+        )
+    attack = atk.create(name, eps=eps, norm=p["norm"], **params)
     correct = (ctx.outputs("clean").pred[index.to(ctx.device)] == y.to(ctx.device)).cpu()
     x_adv = x.clone()
     warnings: dict[str, str] = {}
@@ -233,8 +240,8 @@ class Adversarial(Check):
         if bool(broken.any()):
             norms = atk.lp_norm((data.x[broken] - data.x_clean[broken]).double(), data.norm)
             est = bootstrap_statistic(
-                lambda v: v.median(dim=-1).values, norms, n_boot=int(self.params["n_boot"]), seed=ctx.seed,
-                name=f"{hazard}-norm",
+                lambda v: v.median(dim=-1).values, norms, n_boot=int(self.params["n_boot"]),
+                seed=ctx.seed_for(KIND, hazard, "median_perturbation_norm"), name="norm",
             )  # fmt: skip
             rows.append(Row.of(hazard, "median_perturbation_norm", est, **info))
         for flag, text in sorted(data.warnings.items()):

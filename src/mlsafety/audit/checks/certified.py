@@ -43,6 +43,7 @@ from mlsafety.robustness.smoothing import (
     registry_attack,
 )
 
+CHECK = "certified"
 ATTACK_BUDGET = {"steps": 10, "n_queries": 100, "n_target_classes": 2, "restarts": 1}
 """Budgets of the registry attacks against the smoothed classifier (every call costs ``m`` forwards)."""
 
@@ -151,7 +152,7 @@ class Certified(Check):
                 Row.of(
                     "clean",
                     f"{prefix}mean_certified_radius_sigma_{tag}",
-                    bootstrap_mean(correct_radius, seed=ctx.seed, name=f"radius-{sigma}-{prefix}"),
+                    bootstrap_mean(correct_radius, seed=ctx.seed_for(CHECK, sigma, prefix or "plain"), name="radius"),
                     **common,
                 )
             )
@@ -193,7 +194,8 @@ class Certified(Check):
         for name in names:
             label = name or "smoothed-pgd-l2"
             try:
-                attack = None if name is None else registry_attack(name, **ATTACK_BUDGET)
+                starts = ctx.generator(CHECK, sigma, label, "attack")
+                attack = None if name is None else registry_attack(name, generator=starts, **ATTACK_BUDGET)
             except UnknownNameError:
                 raise InputError(f"check 'certified': unknown attack {name!r} in attacks=") from None
             result = attack_certificates(

@@ -40,9 +40,17 @@ from mlsafety.core import ArrayDataset, InputError, forward
 from mlsafety.metrics import bootstrap_mean
 from mlsafety.monitoring import transparency as tr
 
+CHECK = "transparency"
+
 
 def _metric(method: str) -> str:
     return method.replace("-", "_")
+
+
+def _method(ctx: AuditContext, name: str) -> tr.Attribution:
+    """The attribution method ``name``; a method that draws noise (SmoothGrad) gets a derived seed."""
+    params = tr.ATTRIBUTIONS.parameters(name) or []
+    return tr.create(name, **({"seed": ctx.seed_for(CHECK, "method", name)} if "seed" in params else {}))
 
 
 @register_check("transparency")
@@ -87,7 +95,7 @@ class Transparency(Check):
         verdicts: dict[str, dict[str, tr.SanityResult]] = {}
         recipe = _label_recipe(ctx, int(p["label_epochs"])) if "label" in p["sanity_modes"] else None
         for name in p["methods"]:
-            method = tr.create(name)
+            method = _method(ctx, name)
             verdicts[name] = {}
             for mode in p["sanity_modes"]:
                 res = tr.sanity_check(
@@ -96,7 +104,7 @@ class Transparency(Check):
                     x_s,
                     mode=mode,
                     threshold=float(p["threshold"]),
-                    seed=ctx.seed,
+                    generator=ctx.generator(CHECK, "sanity", mode),  # every method sees the same re-inits
                     train=recipe,
                     data=ctx.data.train,
                 )
@@ -104,7 +112,7 @@ class Transparency(Check):
                 per_input = res.spearman.mean(dim=0) if mode == "independent" else res.spearman[-1]
                 per_ssim = res.ssim.mean(dim=0) if mode == "independent" else res.ssim[-1]
                 common = {"method": name, "mode": mode, "threshold": res.threshold, "stages": res.stages}
-                seed = ctx.seed
+                seed = ctx.seed_for(CHECK, "clean", name, mode)
                 rows.append(
                     Row.of(
                         "clean",
@@ -149,7 +157,7 @@ class Transparency(Check):
             Row.of(
                 "clean",
                 "ig_completeness_gap",
-                bootstrap_mean(delta.abs().cpu(), seed=ctx.seed, name="ig"),
+                bootstrap_mean(delta.abs().cpu(), seed=ctx.seed_for(CHECK, "clean", "ig"), name="ig"),
                 steps=ig.steps,
                 method=ig.method,
             )
@@ -183,7 +191,12 @@ class Transparency(Check):
             if len(shape) != 3:
                 raise InputError("class visualisation needs image inputs (C, H, W); set visualize=false")
             imgs = tr.visualize(
-                ctx.model, list(range(ctx.model.num_classes)), shape, steps=int(p["vis_steps"]), lr=0.1, seed=ctx.seed
+                ctx.model,
+                list(range(ctx.model.num_classes)),
+                shape,
+                steps=int(p["vis_steps"]),
+                lr=0.1,
+                generator=ctx.generator(CHECK, "class-visualisation"),
             )
             probs = forward(ctx.model, imgs, features=False).probs.diagonal().cpu()
             rows.append(
@@ -259,8 +272,9 @@ def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset], nn
 
     def recipe(data: ArrayDataset) -> nn.Module:
         if not trained:
-            model = zoo.seeded_init(copy.deepcopy(ctx.model.module), ctx.seed, "label-randomisation")
-            trained.append(zoo.train_classifier(model, data, epochs=epochs, seed=ctx.seed, augment=None))
+            seed = ctx.seed_for(CHECK, "label-randomisation")  # a training recipe takes an integer seed
+            model = zoo.seeded_init(copy.deepcopy(ctx.model.module), seed, "label-randomisation")
+            trained.append(zoo.train_classifier(model, data, epochs=epochs, seed=seed, augment=None))
         return trained[0]
 
     return recipe
@@ -269,12 +283,12 @@ def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset], nn
 def _adversarial(ctx: AuditContext, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
     from mlsafety.robustness import attacks
 
-    return attacks.create("pgd", eps=eps, steps=20, seed=ctx.seed).attack(ctx.model, x, y)
+    return attacks.create("pgd", eps=eps, steps=20).attack(ctx.model, x, y, generator=ctx.generator(CHECK, "pgd"))
 
 
 def _grid_png(ctx: AuditContext, x: torch.Tensor, methods: Sequence[str]) -> bytes:
     target = forward(ctx.model, x, features=False).pred
-    maps = [tr.create(m).attribute(ctx.model, x, target).abs().sum(dim=1).cpu() for m in methods]
+    maps = [_method(ctx, m).attribute(ctx.model, x, target).abs().sum(dim=1).cpu() for m in methods]
     rows = [[_rgb(x[i].cpu()), *[_heat(mp[i]) for mp in maps]] for i in range(x.shape[0])]
     labels = [f"pred {int(t)}" for t in target]
     return _mosaic_png(rows, ["input", *methods], labels)

@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, as_classifier, frozen, generator, rand_like, randn_like
+from mlsafety.core import Classifier, InputError, as_classifier, frozen, rand_like, randn_like
+from mlsafety.core import generator as make_generator
 
 # Square root of the colour correlation of ImageNet (from Lucid), columns scaled to unit max norm.
 _COLOR_SQRT = torch.tensor([[0.26, 0.09, 0.02], [0.27, 0.00, -0.05], [0.27, -0.09, 0.03]])
@@ -138,7 +139,7 @@ def visualize(
     scale: float = 0.1,
     degrees: float = 10.0,
     transforms: int = 4,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Images (B, C, H, W) in [0, 1] that maximise ``objective`` (B = number of classes given, else 1).
 
@@ -154,13 +155,14 @@ def visualize(
         scale: maximum relative zoom per step.
         degrees: maximum rotation per step.
         transforms: randomly transformed copies averaged in each step.
-        seed: seed of the initialisation and the transforms.
+        generator: source of the initialisation and the transforms (default: one seeded from 0
+            and the objective).
     """
     clf = as_classifier(model)
     if steps < 1 or transforms < 1:
         raise InputError("steps and transforms must be at least 1")
     device = clf.device
-    g = generator(seed, "feature-vis", str(objective))
+    g = generator if generator is not None else make_generator(0, "feature-vis", str(objective))
     classes: list[int] = []
     if not isinstance(objective, ChannelObjective):
         classes = [int(objective)] if isinstance(objective, int) else [int(c) for c in objective]

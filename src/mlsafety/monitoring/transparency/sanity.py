@@ -28,7 +28,17 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
-from mlsafety.core import ArrayDataset, Classifier, InputError, as_classifier, forward, generator
+from mlsafety.core import (
+    ArrayDataset,
+    Classifier,
+    DataLike,
+    InputError,
+    as_array_dataset,
+    as_classifier,
+    draw_seed,
+    forward,
+)
+from mlsafety.core import generator as _generator
 from mlsafety.monitoring.transparency.base import Attribution, Target
 
 MODES = ("cascading", "independent", "label")
@@ -108,10 +118,14 @@ def randomizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def _default_generator() -> torch.Generator:
+    return _generator(0, "sanity")
+
+
 def _reinit(module: nn.Module, seed: int, name: str) -> None:
-    g = generator(seed, "sanity", name)
+    g = _generator(seed, "sanity", name)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+        torch.manual_seed(draw_seed(g))
         module.reset_parameters()  # type: ignore[operator]
 
 
@@ -135,9 +149,9 @@ def sanity_check(
     target: Target | None = None,
     mode: str = "cascading",
     threshold: float = 0.5,
-    seed: int = 0,
+    generator: torch.Generator | None = None,
     train: Callable[[ArrayDataset], nn.Module] | None = None,
-    data: ArrayDataset | None = None,
+    data: DataLike | None = None,
 ) -> SanityResult:
     """Run one sanity test of ``method`` on ``model`` for inputs ``x``.
 
@@ -148,12 +162,17 @@ def sanity_check(
         target: classes to explain (default: the model's predictions).
         mode: ``cascading``, ``independent`` or ``label``.
         threshold: rank correlation below which maps count as changed.
-        seed: seed of the re-initialisation (and of the label permutation).
+        generator: source of the re-initialisation and of the label permutation (default: one
+            seeded from 0). One draw from it seeds every layer's re-initialisation by the layer's
+            name, so two calls with equal generators re-initialise each layer alike, whatever the
+            mode or the method.
         train: for ``label``: a recipe that trains a fresh model on the data it is given.
-        data: for ``label``: the training data whose labels are permuted.
+        data: for ``label``: the training data whose labels are permuted (any form of
+            :data:`mlsafety.core.DataLike`).
     """
     if mode not in MODES:
         raise InputError(f"unknown sanity test {mode!r}; choose one of {', '.join(MODES)}")
+    seed = draw_seed(generator if generator is not None else _default_generator())
     clf = as_classifier(model)
     tgt = _target(clf, x, target)
     ref = method.attribute(clf, x, tgt).abs()
@@ -163,7 +182,8 @@ def sanity_check(
     if mode == "label":
         if train is None or data is None:
             raise InputError("the label-randomisation test needs a training recipe (train=) and its data (data=)")
-        perm = torch.randperm(len(data), generator=generator(seed, "sanity", "labels"))
+        data = as_array_dataset(data, "data")
+        perm = torch.randperm(len(data), generator=_generator(seed, "sanity", "labels"))
         shuffled = ArrayDataset(data.x, data.y[perm], name=f"{data.name}-random-labels", kind=data.kind)
         rand_model = train(shuffled).to(clf.device).eval()
         rho, ss = _compare(method, rand_model, x, tgt, ref)
