@@ -23,8 +23,8 @@ from mlsafety.audit import _fingerprint
 from mlsafety.audit import checks as _checks  # noqa: F401  (registers every check)
 from mlsafety.audit._check import CHECKS, PILLARS, Check, StoredRow, Task
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit._gates import GateFailure, evaluate_gates, parse_gate_keys
-from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model, validate
+from mlsafety.audit._gates import GateFailure, evaluate_gates
+from mlsafety.audit._inputs import AuditConfig, prepare_inputs
 from mlsafety.audit._store import Store, default_db_path
 from mlsafety.core import InputError, Progress
 
@@ -148,11 +148,8 @@ def run_audit(
             arrived; the run is marked ``interrupted`` and resumable.
     """
     start = time.perf_counter()
-    parse_gate_keys({**config.fail_under, **config.fail_over})
     checks = build_checks(config)
-    model = resolve_model(config.model, config.weights, config.device)
-    data = resolve_data(config)
-    validate(model, data)
+    model, data = prepare_inputs(config, checks)  # settings, gates, model, data: all checked here
 
     ctx = AuditContext(
         model,

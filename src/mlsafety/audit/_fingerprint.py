@@ -26,7 +26,7 @@ from mlsafety.audit._context import AuditData
 from mlsafety.audit._inputs import AuditConfig
 from mlsafety.core import ArrayDataset, Classifier
 
-_SETTINGS = ("checks", "check_params", "seed", "quick", "batch_size", "image_size")
+_SETTINGS = ("checks", "check_params", "seed", "quick", "batch_size", "image_size", "channels")
 """The configuration fields that change a stored number (gates and output paths do not)."""
 
 
@@ -81,6 +81,13 @@ def _model_digests(spec: str, clf: Classifier) -> tuple[str, str]:
     return code.hexdigest(), weights.hexdigest()
 
 
+_UNSEEDED = " (no --weights)"
+
+
+def _builtin_weights(spec: str) -> str:
+    return f"{spec}{_UNSEEDED}" if ".py" in spec else f"{spec}'s shipped weights"
+
+
 def _value_digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -90,7 +97,7 @@ def components(config: AuditConfig, model: Classifier, data: AuditData) -> dict[
     code, weights = _model_digests(config.model, model)
     out = {
         "model": Component("the model code", code, config.model),
-        "weights": Component("the model weights", weights, config.weights or f"{config.model}'s weights"),
+        "weights": Component("the model weights", weights, config.weights or _builtin_weights(config.model)),
         "data": Component("the test data", _dataset_digest(data.test), config.data),
         "val": Component("the validation data", _dataset_digest(data.val), config.val or f"the split of {config.data}"),
         "train": Component(
@@ -102,7 +109,7 @@ def components(config: AuditConfig, model: Classifier, data: AuditData) -> dict[
     for name, ds in data.ood.items():
         out[f"ood:{name}"] = Component(f"the OOD set {name!r}", _dataset_digest(ds), name)
     for name in _SETTINGS:
-        value = getattr(config, name)
+        value = getattr(config, name, None)
         if name == "checks" and value is not None:
             value = sorted(value)
         if name == "image_size" and value is not None:
@@ -145,6 +152,12 @@ def differences(stored: Any, parts: dict[str, Component]) -> list[str]:
             before = old.get("source", "")
             if key.startswith(("setting:", "version:")):
                 changes.append(f"{new.what} changed ({before} -> {new.source})")
+            elif before == new.source and new.source.endswith(_UNSEEDED):
+                factory = new.source[: -len(_UNSEEDED)]
+                changes.append(
+                    f"{new.what} changed ({factory} built other weights; give --weights, or seed the factory, "
+                    "so that a run can be resumed)"
+                )
             elif before == new.source:
                 changes.append(f"{new.what} changed ({new.source} has other content)")
             else:
