@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from mlsafety.audit import CHECKS, AuditContext, AuditData, StoredRow
-from mlsafety.core import Classifier, UnknownNameError
+from mlsafety.audit._check import KINDS, interval_problem
+from mlsafety.audit.checks.trojans import class_draws, mad_index_bootstrap
+from mlsafety.core import Classifier, InputError, UnknownNameError
 from mlsafety.monitoring.trojans import demo_attack
 from mlsafety.zoo import load_dataset, load_model
 
@@ -64,11 +67,75 @@ def test_trojan_hazard_is_triggered_test_data_with_true_labels(audited: tuple[Au
 def test_trojans_tables_render(audited: tuple[AuditContext, list]) -> None:
     _, (_, result) = audited
     stored = [
-        StoredRow("trojans", r.hazard, r.metric, r.value, r.ci_low, r.ci_high, r.n, dict(r.params)) for r in result.rows
+        StoredRow("trojans", r.hazard, r.metric, r.value, r.ci_low, r.ci_high, r.n, dict(r.params), r.kind)
+        for r in result.rows
     ]
     tables = CHECKS.get("trojans").tables(stored)
     titles = [t.title for t in tables]
     assert titles == ["Verdicts", "Neural Cleanse per class", "Recovered triggers on the test data"]
     verdicts = {row[0]: row for row in tables[0].rows}
-    assert verdicts["neural-cleanse"][3] == "TROJANED" and verdicts["neural-cleanse"][5] == "7"
+    assert verdicts["neural-cleanse"][4] == "TROJANED" and verdicts["neural-cleanse"][6] == "7"
     assert [h.label for h in CHECKS.get("trojans").headlines(stored)] == ["Trojan: Neural Cleanse anomaly index"]
+
+
+def test_every_row_is_an_estimate_with_its_interval_or_says_what_it_is(audited: tuple[AuditContext, list]) -> None:
+    """Issue 12 point 11: scores, per-class indices and shares carry intervals; verdicts and targets are decisions."""
+    _, (hazards, result) = audited
+    rows = {(r.hazard, r.metric): r for r in result.rows}
+    for r in result.rows:
+        assert r.kind in KINDS and interval_problem(r.kind, r.value, r.ci_low, r.ci_high) is None, (r.metric, r)
+    for scanner in ("neural_cleanse", "strip", "spectral_signatures"):
+        assert rows[("clean", f"{scanner}_score")].kind == "estimate"
+        assert rows[("clean", f"{scanner}_flagged")].kind == "decision"
+        assert rows[("clean", f"{scanner}_target")].kind == "decision"
+        assert rows[("clean", f"{scanner}_flag_rate")].kind == "estimate"
+    # the planted class 7 lies below the median of every plausible reference (10 classes make a wide interval)
+    seven = rows[("clean", "neural_cleanse_anomaly_index_class_7")]
+    assert seven.ci_low is not None and seven.ci_high is not None
+    assert 1.0 < seven.ci_low < seven.value < seven.ci_high
+    assert seven.params["mask_l1"] == pytest.approx(seven.params["mask_l1_by_seed"][0])
+    assert not any("_l1_class_" in m or m.endswith("_score_std") for _, m in rows)
+    # STRIP's score is a share of the probe inputs: its exact interval
+    strip = rows[("clean", "strip_score")]
+    assert strip.params["interval"] == "exact (Clopper-Pearson)"
+    assert rows[(hazards[0], "strip_input_auroc")].ci_low is not None
+
+
+def test_class_bootstrap_at_the_identity_resample_is_the_scanners_index() -> None:
+    from mlsafety.monitoring.trojans import anomaly_index
+
+    g = torch.Generator().manual_seed(0)
+    norms = torch.rand(2, 10, generator=g, dtype=torch.float64) * 30 + 5
+    identity = torch.arange(10)[None]
+    got = mad_index_bootstrap(norms, -1.0, identity)[0]
+    for s in range(2):
+        assert torch.allclose(got[s], anomaly_index(norms[s]), rtol=1e-12, atol=0)
+    # an index is invariant under increasing affine maps: the indices stand for the raw values (+1 side)
+    draws = class_draws(10, g, 300)
+    raw = mad_index_bootstrap(norms, 1.0, draws)
+    from_index = mad_index_bootstrap(-anomaly_index(norms[0])[None], 1.0, draws)
+    ok = raw[:, 0].abs().amax(dim=1) < 1e6  # resamples whose MAD is not 0 (there the index is clamped, not affine)
+    assert int(ok.sum()) > 250
+    assert torch.allclose(raw[ok, 0], from_index[ok, 0], rtol=1e-9, atol=1e-9)
+
+
+def test_class_bootstrap_by_brute_force() -> None:
+    g = torch.Generator().manual_seed(3)
+    v = torch.rand(1, 9, generator=g, dtype=torch.float64)
+    draws = class_draws(9, g, 40)
+    got = mad_index_bootstrap(v, -1.0, draws)
+    for b in range(40):
+        ref = v[0, draws[b]]
+        med = ref.median()
+        mad = (ref - med).abs().median() * 1.4826
+        assert torch.allclose(got[b, 0], (med - v[0]) / mad.clamp_min(1e-12), rtol=1e-12)
+
+
+def test_a_seed_spread_interval_needs_two_seeds() -> None:
+    data = AuditData(
+        test=load_dataset("digits", "test"), val=load_dataset("digits", "val"), train=load_dataset("digits", "train")
+    )
+    params = {**PARAMS, "scanners": ["activation-clustering"], "n_seeds": 1}
+    ctx = AuditContext(Classifier(load_model("digits-cnn")), data, seed=0, check_params={"trojans": params})
+    with pytest.raises(InputError, match="n_seeds to 2 or more"):
+        CHECKS.create("trojans", **params).run(ctx)

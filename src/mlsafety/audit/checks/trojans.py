@@ -15,15 +15,35 @@ several seeds so every verdict comes with its spread:
 When Neural Cleanse flags a class, hazard ``trojan/neural-cleanse-class-<k>`` is added: the clean
 test inputs of the other classes with the recovered trigger stamped on, with their true labels,
 so the systemic check measures how many triggered inputs fail and escape the monitor.
+
+Intervals (every score is an estimate; verdicts and targets are decisions). A scanner's score is
+the mean over seeds of its model-level score; its 95% interval depends on what the score is:
+
+* MAD anomaly indices (Neural Cleanse, spectral signatures): a robust z-score of one class against
+  the median and MAD of the K classes. With K = 10 the reference itself is the main uncertainty,
+  so the interval is a percentile bootstrap over the K classes (:data:`N_CLASS_BOOT` resamples of
+  the classes' values, each class's index recomputed against the resampled median and MAD, seeds
+  averaged within each resample). It does not cover the reverse-engineering's own randomness (its
+  spread over seeds is in the row's params); a bootstrap over the inputs used to reverse-engineer
+  would need hundreds of optimisations. Neural Cleanse's per-class indices get the same interval;
+  the mask L1 norms behind them (an optimisation's output, one per seed) stay in those rows' params.
+* Shares of inputs (STRIP's share of flagged probe inputs, ABS's REASR): exact Clopper-Pearson;
+  with several seeds, each seed's exact interval at ``1 - 0.05 / S`` (Bonferroni), averaged.
+  ABS's REASR is that of the best of its candidates, so the interval does not correct for the
+  choice.
+* Any other score (activation clustering): Student's t interval over the seeds (needs two or
+  more seeds).
 """
 
 from __future__ import annotations
 
+import math
 import weakref
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
+from scipy import stats
 
 from mlsafety.audit._check import (
     Artifact,
@@ -33,17 +53,26 @@ from mlsafety.audit._check import (
     StoredRow,
     Table,
     TaskResult,
+    fmt_ci,
     fmt_value,
     register_check,
 )
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit._plots import figure, to_png
-from mlsafety.core import ArrayDataset, InputError, UnknownNameError
-from mlsafety.metrics import auroc, proportion
+from mlsafety.core import ArrayDataset, InputError, UnknownNameError, derive_seed
+from mlsafety.metrics import Estimate, auroc, bootstrap_two_sample, clopper_pearson, proportion
 from mlsafety.monitoring.trojans import SCANNERS, ScanResult, Trigger, triggered_inputs
+from mlsafety.monitoring.trojans.scanners.neural_cleanse import MAD_CONSISTENCY
 
 KIND = "trojan"
 NC = "neural-cleanse"
+SS = "spectral-signatures"
+N_CLASS_BOOT = 2000
+"""Resamples of the class bootstrap of MAD anomaly indices (K values per resample: cheap)."""
+SHARE_SCANNERS = frozenset({"strip", "abs"})
+"""Scanners whose score is a share of inputs (exact intervals)."""
+MAD_SCANNERS = frozenset({NC, SS})
+"""Scanners whose score is the largest MAD anomaly index over classes (class bootstrap)."""
 _SCANS: weakref.WeakKeyDictionary[AuditContext, dict[str, ScanResult]] = weakref.WeakKeyDictionary()
 """Memo of scan results per audit context (scans are pure functions of the context's model, data,
 seed and parameters; the hazard provider and the check share them)."""
@@ -143,6 +172,17 @@ class Trojans(Check):
         names = list(self.params["scanners"])
         for n in names:
             SCANNERS.get(n)  # unknown names fail with a suggestion
+        seeded = [
+            n
+            for n in names
+            if n not in SHARE_SCANNERS | MAD_SCANNERS
+            and not ("train" in SCANNERS.get(n).needs and ctx.data.train is None)
+        ]
+        if seeded and int(self.params["n_seeds"]) < 2:
+            raise InputError(
+                f"trojans: the interval of {seeded[0]}'s score is its spread over seeds; "
+                f"set n_seeds to 2 or more (got {self.params['n_seeds']})"
+            )
         rows: list[Row] = []
         artifacts: list[Artifact] = []
         triggers = _recovered(ctx)
@@ -162,13 +202,14 @@ class Trojans(Check):
                 trig_x = ctx.hazard(hazard_name(triggers[0])).x[:200] if triggers else clean_x[:0]
                 probe = torch.cat([clean_x, trig_x])
             res = _scan(ctx, name, probe)
-            rows += _scanner_rows(res)
+            rows += _scanner_rows(ctx, res, probe)
             if name == "strip" and triggers:
                 s = res.sample_scores
                 assert s is not None
                 n_clean = min(200, len(ctx.hazard("clean")))
-                val = float(auroc(s[:n_clean], s[n_clean:]))
-                rows.append(Row(hazard_name(triggers[0]), "strip_input_auroc", val, n=len(s)))
+                seed = derive_seed(ctx.seed, self.name, "strip-input-auroc")
+                est = bootstrap_two_sample(auroc, s[:n_clean], s[n_clean:], n_boot=1000, seed=seed)
+                rows.append(Row.of(hazard_name(triggers[0]), "strip_input_auroc", est))
             if name == NC:
                 artifacts += _nc_artifacts(res)
         return TaskResult(rows, artifacts)
@@ -186,26 +227,31 @@ class Trojans(Check):
         by = {r.metric: r for r in rows if r.hazard == "clean"}
         verdicts = []
         for metric, r in by.items():
-            if not metric.endswith("_score") or metric.endswith("_score_std"):
+            if not metric.endswith("_score"):
                 continue
             prefix = metric[: -len("_score")]
             flagged = by.get(f"{prefix}_flagged")
             target = by.get(f"{prefix}_target")
+            rate = by.get(f"{prefix}_flag_rate")
             verdicts.append(
                 [
                     prefix.replace("_", "-"),
-                    f"{fmt_value(r.value)} ± {fmt_value(by[f'{prefix}_score_std'].value)}",
+                    f"{fmt_value(r.value)} {fmt_ci(r)}",
+                    fmt_value(r.params.get("score_std")),
                     fmt_value(r.params.get("threshold")),
                     "TROJANED" if flagged is not None and flagged.value > 0.5 else "clean",
-                    fmt_value(by[f"{prefix}_flag_rate"].value),
+                    "" if rate is None else fmt_value(rate.value),
                     "" if target is None or target.value < 0 else str(int(target.value)),
                 ]
             )
         tables = [
             Table(
                 "Verdicts",
-                ["scanner", "score ± sd over seeds", "threshold", "verdict", "seeds flagging", "target"],
+                ["scanner", "score [95% CI]", "sd over seeds", "threshold", "verdict", "seeds flagging", "target"],
                 verdicts,
+                "Verdict and target are decisions (score above the threshold); the score's interval is a bootstrap "
+                "over the classes for MAD anomaly indices, exact for shares of inputs, Student's t over seeds "
+                "otherwise (see the check's documentation).",
             )
         ]
         index = sorted(
@@ -216,13 +262,9 @@ class Trojans(Check):
             tables.append(
                 Table(
                     "Neural Cleanse per class",
-                    ["class", "anomaly index", "mask L1"],
+                    ["class", "anomaly index", "95% CI (class bootstrap)", "mask L1 (mean over seeds)"],
                     [
-                        [
-                            r.metric.rsplit("_", 1)[1],
-                            fmt_value(r.value),
-                            fmt_value(by[f"neural_cleanse_l1_class_{r.metric.rsplit('_', 1)[1]}"].value),
-                        ]
+                        [r.metric.rsplit("_", 1)[1], fmt_value(r.value), fmt_ci(r), fmt_value(r.params.get("mask_l1"))]
                         for r in index
                     ],
                 )
@@ -233,35 +275,127 @@ class Trojans(Check):
                 Table(
                     "Recovered triggers on the test data",
                     ["hazard", "metric", "value", "95% CI", "n"],
-                    [
-                        [
-                            r.hazard,
-                            r.metric,
-                            fmt_value(r.value),
-                            "" if r.ci_low is None else f"[{fmt_value(r.ci_low)}, {fmt_value(r.ci_high)}]",
-                            "" if r.n is None else str(r.n),
-                        ]
-                        for r in hz
-                    ],
+                    [[r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in hz],
                 )
             )
         return tables
 
 
-def _scanner_rows(res: ScanResult) -> list[Row]:
+def class_draws(k: int, g: torch.Generator, n_boot: int = N_CLASS_BOOT) -> torch.Tensor:
+    """(n_boot, k) bootstrap resamples of ``k`` classes (indices drawn with replacement)."""
+    return torch.randint(0, k, (n_boot, k), generator=g)
+
+
+def mad_index_bootstrap(values: torch.Tensor, sign: float, draws: torch.Tensor) -> torch.Tensor:
+    """Each class's MAD anomaly index against bootstrap resamples of the classes (the reference).
+
+    The index of class k is a robust z-score ``sign * (v_k - median(v)) / (1.4826 * MAD(v))``
+    (Neural Cleanse, Wang et al., "Neural Cleanse: Identifying and Mitigating Backdoor Attacks in
+    Neural Networks", IEEE S&P 2019). Here ``v_k`` stays fixed and the median and MAD come from a
+    resample ``v*`` of the K classes, so the spread over resamples is the sampling error of the
+    reference the index is measured against.
+
+    An index is invariant under increasing affine maps of the values, so with ``sign=+1`` the
+    indices themselves can stand for the raw values (used for spectral signatures, whose raw
+    strengths are not kept).
+
+    Args:
+        values: (S, K) per seed, the K classes' values (Neural Cleanse's mask norms).
+        sign: -1 for an index positive below the median (Neural Cleanse), +1 above it.
+        draws: (B, K) class indices of each resample (:func:`class_draws`); the same for every seed.
+
+    Returns:
+        (B, S, K); with ``draws = arange(K)`` it is the scanner's own index (torch's lower median).
+    """
+    ref = values.double()[:, draws].permute(1, 0, 2)  # (B, S, K)
+    med = ref.median(dim=2, keepdim=True).values
+    mad = (ref - med).abs().median(dim=2, keepdim=True).values * MAD_CONSISTENCY
+    return sign * (values.double()[None] - med) / mad.clamp_min(1e-12)
+
+
+def _percentile(boot: torch.Tensor, value: float, n: int) -> Estimate:
+    lo, hi = torch.quantile(boot.double(), torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return Estimate(value, min(lo, value), max(hi, value), n)
+
+
+def _mean_of_shares(ks: Sequence[int], ns: Sequence[int], value: float) -> Estimate:
+    """A mean of S proportions: each exact interval at ``1 - 0.05 / S`` (Bonferroni), averaged."""
+    level = 1.0 - 0.05 / len(ks)
+    ends = [clopper_pearson(k, n, level) for k, n in zip(ks, ns)]
+    lo = sum(e[0] for e in ends) / len(ends)
+    hi = sum(e[1] for e in ends) / len(ends)
+    return Estimate(value, min(lo, value), max(hi, value), sum(ns))
+
+
+def _score_estimate(ctx: AuditContext, res: ScanResult, probe: torch.Tensor | None) -> tuple[Estimate, str]:
+    """The scanner's mean score over seeds with its 95% interval, and how the interval was made."""
+    runs = res.runs
+    g = ctx.generator("trojans", res.scanner, "class-bootstrap")
+    if res.scanner == NC:
+        assert runs[0].per_class is not None
+        k = int(runs[0].per_class.numel())
+        norms = torch.tensor([[r.extra[f"l1_class_{c}"] for c in range(k)] for r in runs])
+        boot = mad_index_bootstrap(norms, -1.0, class_draws(k, g)).amax(dim=2).mean(dim=1)
+        return _percentile(boot, res.score, k), f"bootstrap over the {k} classes ({N_CLASS_BOOT} resamples)"
+    if res.scanner == SS:
+        train = ctx.data.train
+        assert train is not None and runs[0].per_class is not None
+        k = int(runs[0].per_class.numel())
+        min_class = int(getattr(SCANNERS.create(SS), "min_class", 1))
+        present = torch.bincount(train.y.long().cpu(), minlength=k)[:k] >= min_class
+        index = torch.stack([r.per_class for r in runs])[:, present]  # type: ignore[misc]
+        n = int(present.sum())
+        boot = mad_index_bootstrap(index, 1.0, class_draws(n, g)).amax(dim=2).mean(dim=1)
+        return _percentile(boot, res.score, n), f"bootstrap over the {n} classes ({N_CLASS_BOOT} resamples)"
+    if res.scanner == "strip":
+        assert probe is not None
+        ns = [len(probe)] * len(runs)
+    elif res.scanner == "abs":
+        clean_y = _clean_set(ctx, _params(ctx)).y
+        ns = [int((clean_y != next(iter(r.triggers))).sum()) for r in runs]
+    else:
+        scores = torch.tensor(res.scores, dtype=torch.float64)
+        s = len(scores)
+        if s < 2:
+            raise InputError(f"trojans: the interval of {res.scanner}'s score needs n_seeds >= 2 (got {s})")
+        half = float(stats.t.ppf(0.975, s - 1)) * float(scores.std()) / math.sqrt(s)
+        return Estimate(res.score, res.score - half, res.score + half, s), f"Student's t over {s} seeds"
+    ks = [round(float(r.score) * n) for r, n in zip(runs, ns)]
+    if len(runs) == 1:
+        lo, hi = clopper_pearson(ks[0], ns[0])
+        return Estimate(res.score, min(lo, res.score), max(hi, res.score), ns[0]), "exact (Clopper-Pearson)"
+    return _mean_of_shares(ks, ns, res.score), f"exact, Bonferroni over {len(runs)} seeds"
+
+
+def _scanner_rows(ctx: AuditContext, res: ScanResult, probe: torch.Tensor | None = None) -> list[Row]:
     key = res.scanner.replace("-", "_")
-    params = {"threshold": res.threshold, "scores": res.scores}
+    est, how = _score_estimate(ctx, res, probe)
+    params = {"threshold": res.threshold, "scores": res.scores, "score_std": res.score_std, "interval": how}
+    seeds_flagging = sum(v > res.threshold for v in res.scores)
     rows = [
-        Row("clean", f"{key}_score", res.score, n=len(res.scores), params=params),
-        Row("clean", f"{key}_score_std", res.score_std, n=len(res.scores)),
-        Row("clean", f"{key}_flagged", float(res.flagged), params={"threshold": res.threshold}),
-        Row("clean", f"{key}_flag_rate", res.flag_rate, n=len(res.scores)),
-        Row("clean", f"{key}_target", float(res.target if res.target is not None else -1), params={"all": res.targets}),
+        Row.of("clean", f"{key}_score", est, **params),
+        Row.exact("clean", f"{key}_flagged", float(res.flagged), "decision", threshold=res.threshold),
+        Row.of("clean", f"{key}_flag_rate", proportion(seeds_flagging, len(res.scores)), over="seeds"),
+        Row.exact(
+            "clean", f"{key}_target", float(res.target if res.target is not None else -1), "decision", all=res.targets
+        ),
     ]
     if res.scanner == NC and res.per_class is not None:
-        for k, v in enumerate(res.per_class.tolist()):
-            rows.append(Row("clean", f"{key}_anomaly_index_class_{k}", float(v)))
-            rows.append(Row("clean", f"{key}_l1_class_{k}", float(res.extra[f"l1_class_{k}"])))
+        k = int(res.per_class.numel())
+        norms = torch.tensor([[r.extra[f"l1_class_{c}"] for c in range(k)] for r in res.runs])
+        g = ctx.generator("trojans", NC, "class-bootstrap-per-class")
+        boot = mad_index_bootstrap(norms, -1.0, class_draws(k, g)).mean(dim=1)  # (B, K)
+        for c, v in enumerate(res.per_class.tolist()):
+            rows.append(
+                Row.of(
+                    "clean",
+                    f"{key}_anomaly_index_class_{c}",
+                    _percentile(boot[:, c], float(v), k),
+                    mask_l1=float(norms[:, c].mean()),
+                    mask_l1_by_seed=norms[:, c].tolist(),
+                    interval=f"bootstrap over the {k} classes ({N_CLASS_BOOT} resamples)",
+                )
+            )
     return rows
 
 

@@ -106,6 +106,8 @@ class ScanResult:
         triggers: recovered triggers by class, from the first seed.
         sample_scores: mean over seeds of the per-sample scores (N,), or None.
         extra: the first seed's extra figures.
+        runs: every seed's own findings, in the order of ``seeds`` (for intervals over seeds or
+            over what each seed measured).
     """
 
     scanner: str
@@ -120,6 +122,7 @@ class ScanResult:
     triggers: dict[int, Trigger] = field(default_factory=dict)
     sample_scores: torch.Tensor | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    runs: list[SeedScan] = field(default_factory=list)
 
     @property
     def target(self) -> int | None:
@@ -228,6 +231,7 @@ class Scanner:
             triggers=runs[0].triggers,
             sample_scores=samples,
             extra=runs[0].extra,
+            runs=list(runs),
         )
 
     def __repr__(self) -> str:
