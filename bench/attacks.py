@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import time
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,17 +43,10 @@ Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _import_torchattacks() -> Any:
-    """torchattacks, with a stub ``torchvision`` when the installed one cannot be imported."""
-    try:
-        import torchattacks
+    """torchattacks, imported when a comparison needs it."""
+    import torchattacks
 
-        return torchattacks
-    except Exception:  # torchvision built against another torch: stub it, torchattacks needs none of it here
-        for name in ("torchvision", "torchvision.transforms", "torchvision.datasets", "torchvision.models"):
-            sys.modules[name] = types.ModuleType(name)
-        import torchattacks
-
-        return torchattacks
+    return torchattacks
 
 
 # -- models ------------------------------------------------------------------------------------

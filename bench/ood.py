@@ -175,37 +175,6 @@ def quality(model: nn.Module, names: list[str]) -> dict[str, dict[str, dict[str,
     return out
 
 
-def _stub_torchvision() -> None:
-    """torchvision fails to import against this torch, and torchmetrics imports it: stand in for it."""
-    import importlib.abc
-    import importlib.machinery
-    import sys
-    import types
-
-    class Stub(types.ModuleType):
-        def __getattr__(self, name: str) -> object:
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return type(name, (), {"__init__": lambda self, *a, **k: None})
-
-    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, fullname, path, target=None):  # type: ignore[no-untyped-def]
-            if fullname == "torchvision" or fullname.startswith("torchvision."):
-                return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-            return None
-
-        def create_module(self, spec):  # type: ignore[no-untyped-def]
-            module = Stub(spec.name)
-            module.__path__ = []
-            module.__version__ = "0.0"
-            return module
-
-        def exec_module(self, module):  # type: ignore[no-untyped-def]
-            pass
-
-    sys.meta_path.insert(0, Finder())
-
-
 def metric_speed(repeats: int) -> dict[str, object]:
     """Bootstrap intervals of the four detection metrics, and ECE, against peers on the same scores."""
     import numpy as np
@@ -241,7 +210,6 @@ def metric_speed(repeats: int) -> dict[str, object]:
     fast, ref = ood_metrics(a, b, n_boot=n_boot), separate_bootstraps(a, b, n_boot)
     max_diff = max(abs(x - y) for k in ref for x, y in zip(fast[k], ref[k]))
 
-    _stub_torchvision()
     from torchmetrics.functional.classification import multiclass_calibration_error
 
     logits = torch.randn(20000, 10, generator=g) * 3

@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
-import sys
-import types
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -16,44 +11,11 @@ from mlsafety.core import InputError, NotFittedError, generator
 from mlsafety.monitoring import calibration as cal
 
 
-class _Stub(types.ModuleType):
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return type(name, (), {"__init__": lambda self, *a, **k: None})
-
-
-class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """torchvision fails to import against this torch and torchmetrics imports it: stand in for it."""
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> importlib.machinery.ModuleSpec | None:
-        if fullname == "torchvision" or fullname.startswith("torchvision."):
-            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
-        return None
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
-        module = _Stub(spec.name)
-        module.__path__ = []
-        module.__version__ = "0.0"  # type: ignore[attr-defined]
-        return module
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
-def tm_calibration_error() -> Iterator[Callable[..., torch.Tensor]]:
-    finder = _StubFinder()
-    saved = {k: v for k, v in sys.modules.items() if k == "torchvision" or k.startswith("torchvision.")}
-    sys.meta_path.insert(0, finder)
-    try:
-        from torchmetrics.functional.classification import multiclass_calibration_error
-    finally:
-        sys.meta_path.remove(finder)
-        for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
-            del sys.modules[k]
-        sys.modules.update(saved)
-    yield multiclass_calibration_error
+def tm_calibration_error() -> Callable[..., torch.Tensor]:
+    from torchmetrics.functional.classification import multiclass_calibration_error
+
+    return multiclass_calibration_error
 
 
 def _sample(n: int, k: int, name: str, scale: float = 3.0) -> tuple[torch.Tensor, torch.Tensor]:
