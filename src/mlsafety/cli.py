@@ -635,14 +635,20 @@ def trojans_population(out: Path, n: int, seed: int, epochs: int) -> None:
 @click.option(
     "--reference-size",
     type=float,
-    default=224,
-    show_default=True,
-    help="Image side the published pixel lengths refer to (ImageNet-C: 224).",
+    default=None,
+    help="Image side ImageNet-C's pixel lengths refer to (default: the published table nearest the image size).",
 )
 @click.option("--seed", default=0, show_default=True, help="Seed of the corruptions' random draws.")
 @friendly
 def corrupt(
-    source: str, out: Path, names: str, severities: str, size: int | None, grey: bool, reference_size: float, seed: int
+    source: str,
+    out: Path,
+    names: str,
+    severities: str,
+    size: int | None,
+    grey: bool,
+    reference_size: float | None,
+    seed: int,
 ) -> None:
     """Write a grid of every corruption at every severity for one image SOURCE (a file or zoo:digits:0)."""
     from mlsafety.core import InputError

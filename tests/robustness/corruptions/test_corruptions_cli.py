@@ -42,3 +42,19 @@ def test_grid_layout_and_clean_column():
     assert read_image("zoo:digits:0", size=16).shape == (1, 16, 16)
     with pytest.raises(InputError):
         corruption_grid(img[None], ["fog"])
+
+
+def test_grid_marks_cells_where_a_corruption_is_not_applicable():
+    img = read_image("zoo:digits:0")  # one channel: saturate has nothing to change
+    grid = corruption_grid(img, ["saturate", "defocus-blur"], [1, 5])
+    assert torch.isnan(grid[0, 1:]).all() and not torch.isnan(grid[1]).any()
+    assert not torch.equal(grid[1, 1], grid[1, 0])  # defocus blurs an 8-pixel digit (CIFAR-10-C parameters)
+    shrunk = corruption_grid(img, ["defocus-blur"], [1], reference_size=224)  # ImageNet-C shrunk to 8 px
+    assert torch.isnan(shrunk[0, 1]).all()  # a sub-pixel disk: not applicable, not a clean copy
+
+
+def test_corrupt_command_draws_grey_saturate_as_not_applicable(tmp_path):
+    out = tmp_path / "grey.png"
+    res = CliRunner().invoke(main, ["corrupt", "zoo:digits:3", "--out", str(out), "--corruptions", "saturate,fog"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file()

@@ -159,9 +159,9 @@ def test_frost_blend_equals_texture_crops():
 
     x = planes(5, 3, 48, 40).float()
     frost = create("frost")
-    a, b = frost.levels[1]
+    a, b = frost.level_for((48, 40), 2)  # CIFAR-10-C's (short side 40 < 46), lengths scaled by 40 / 32
     got = frost(x, 2, generator(0, "frost"))
-    tex = frost_texture(5, (48, 40), 40 / 224, generator(0, "frost"), x)  # the same draws, in the same order
+    tex = frost_texture(5, (48, 40), 40 / 32, generator(0, "frost"), x)  # the same draws, in the same order
     assert torch.allclose(got, (a * x + b * tex).clamp(0, 1), atol=1e-6)
     assert len({float(t.mean()) for t in tex}) == 5  # each image its own crop
 

@@ -27,12 +27,30 @@ def test_gaussian_blur_matches_scipy_at_reference_size(severity):
     assert np.abs(y.numpy() - ref).max() < 1e-5
 
 
-def test_gaussian_blur_sigma_scales_with_image_size():
+@pytest.mark.parametrize(
+    ("size", "sigma"),
+    [
+        (8, 1.0),  # CIFAR-10-C's 1 px, not shrunk below 32 px
+        (40, 1.25),  # CIFAR-10-C's 1 px scaled by 40 / 32
+        (56, 1.3125),  # Tiny-ImageNet-C's 1.5 px scaled by 56 / 64
+        (160, 6 * 160 / 224),  # ImageNet-C's 6 px scaled by 160 / 224
+    ],
+)
+def test_gaussian_blur_sigma_follows_the_table_of_the_image_size(size, sigma):
     from scipy.ndimage import gaussian_filter
 
-    x = uint8_images(1, 1, 56)
-    y = corrupt(x, "gaussian-blur", 5)  # 6 px at 224 -> 1.5 px at 56
-    ref = gaussian_filter(x.numpy().astype(np.float64), sigma=(0, 0, 1.5, 1.5), mode="nearest", truncate=4.0)
+    x = uint8_images(1, 1, size)
+    y = corrupt(x, "gaussian-blur", 5)
+    ref = gaussian_filter(x.numpy().astype(np.float64), sigma=(0, 0, sigma, sigma), mode="nearest", truncate=4.0)
+    assert np.abs(y.numpy() - ref).max() < 1e-5
+
+
+def test_explicit_table_scales_its_lengths_without_a_floor():
+    from scipy.ndimage import gaussian_filter
+
+    x = uint8_images(1, 1, 16)
+    y = corrupt(x, "gaussian-blur", 5, table="cifar-10-c")  # 1 px at 32 -> 0.5 px at 16
+    ref = gaussian_filter(x.numpy().astype(np.float64), sigma=(0, 0, 0.5, 0.5), mode="nearest", truncate=4.0)
     assert np.abs(y.numpy() - ref).max() < 1e-5
 
 
@@ -75,7 +93,7 @@ def test_zoom_blur_averages_centre_zooms():
     size = 64
     ramp = torch.linspace(0.2, 0.8, size).view(1, 1, 1, size).expand(1, 1, size, size).contiguous()
     factors = CORRUPTIONS.get("zoom-blur").levels[4]
-    y = corrupt(ramp, "zoom-blur", 5)
+    y = corrupt(ramp, "zoom-blur", 5, table="imagenet-c")
     slope_in = float(ramp[0, 0, 0, 33] - ramp[0, 0, 0, 31]) / 2
     slope_out = float(y[0, 0, 32, 33] - y[0, 0, 32, 31]) / 2
     # clipped_zoom enlarges the central ceil(size / z) pixels to round(ceil(size / z) * z), corners aligned
@@ -100,7 +118,7 @@ def test_glass_blur_keeps_flat_images_and_scrambles_edges():
 # -- weather -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("severity", [1, 5])
 def test_fog_range_on_white(severity):
-    strength = CORRUPTIONS.get("fog").levels[severity - 1][0]
+    strength = create("fog").level_for(64, severity)[0]  # Tiny-ImageNet-C at 64 px
     y = corrupt(const(1.0, n=2), "fog", severity, generator=generator(0))
     for img in y:  # (1 + a * fog) / (1 + a) with a fractal spanning [0, 1]
         assert abs(float(img.min()) - 1 / (1 + strength)) < 1e-5
@@ -108,7 +126,7 @@ def test_fog_range_on_white(severity):
 
 
 def test_frost_is_a_blend_with_frost_coloured_texture():
-    a, b = CORRUPTIONS.get("frost").levels[2]
+    a, b = create("frost").level_for(64, 3)
     y = corrupt(const(0.0, n=4), "frost", 3, generator=generator(0))
     means = (y.mean(dim=(0, 2, 3)) / b).tolist()
     for got, want in zip(means, FROST_COLOUR):
@@ -118,7 +136,7 @@ def test_frost_is_a_blend_with_frost_coloured_texture():
 
 
 def test_snow_whitens_and_adds_flakes():
-    keep = CORRUPTIONS.get("snow").levels[4][-1]
+    keep = create("snow").level_for(64, 5)[-1]
     y = corrupt(const(0.0, n=2), "snow", 5, generator=generator(0))
     floor = (1 - keep) * 0.5  # max(x, 1.5 grey + 0.5) on black
     assert abs(float(y.min()) - floor) < 1e-5

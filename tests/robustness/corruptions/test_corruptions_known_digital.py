@@ -17,7 +17,7 @@ from tests.corruption_images import const, uint8_images
 # -- noise ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("severity", [1, 2, 3])
 def test_gaussian_noise_has_published_std(severity):
-    c = CORRUPTIONS.get("gaussian-noise").levels[severity - 1]
+    c = create("gaussian-noise").level_for(64, severity)  # Tiny-ImageNet-C at 64 px
     x = const(0.5, n=4, size=64)
     y = corrupt(x, "gaussian-noise", severity, generator=generator(0))
     noise = y - x  # clipping at 0.5 +- 2.8 sigma is negligible for these severities
@@ -26,7 +26,7 @@ def test_gaussian_noise_has_published_std(severity):
 
 
 def test_shot_noise_is_poisson():
-    level = CORRUPTIONS.get("shot-noise").levels[0]
+    level = create("shot-noise").level_for(64, 1)
     x = const(0.3, n=4, size=64)
     y = corrupt(x, "shot-noise", 1, generator=generator(0))
     counts = y * level
@@ -37,7 +37,7 @@ def test_shot_noise_is_poisson():
 
 @pytest.mark.parametrize("severity", [1, 5])
 def test_impulse_noise_sets_published_share_to_zero_and_one(severity):
-    amount = CORRUPTIONS.get("impulse-noise").levels[severity - 1]
+    amount = create("impulse-noise").level_for(64, severity)
     x = const(0.5, n=4, size=64)
     y = corrupt(x, "impulse-noise", severity, generator=generator(0))
     assert set(torch.unique(y).tolist()) == {0.0, 0.5, 1.0}
@@ -47,7 +47,7 @@ def test_impulse_noise_sets_published_share_to_zero_and_one(severity):
 
 
 def test_speckle_noise_is_multiplicative():
-    c = CORRUPTIONS.get("speckle-noise").levels[0]
+    c = create("speckle-noise").level_for(64, 1)
     x = const(0.25, n=4, size=64)
     y = corrupt(x, "speckle-noise", 1, generator=generator(0))
     assert abs(float(((y - x) / x).std()) - c) < 0.03 * c
@@ -59,7 +59,7 @@ def test_speckle_noise_is_multiplicative():
 def test_brightness_matches_scikit_image_hsv(severity):
     from skimage.color import hsv2rgb, rgb2hsv
 
-    c = CORRUPTIONS.get("brightness").levels[severity - 1]
+    c = create("brightness").level_for(16, severity)  # CIFAR-10-C below 46 px
     x = uint8_images(2, 3, 16)
     x[0, :, 0, 0] = 0.0  # black pixel
     x[0, :, 0, 1] = 0.5  # grey pixel
@@ -77,7 +77,7 @@ def test_brightness_matches_scikit_image_hsv(severity):
 def test_saturate_matches_scikit_image_hsv(severity):
     from skimage.color import hsv2rgb, rgb2hsv
 
-    a, b = CORRUPTIONS.get("saturate").levels[severity - 1]
+    a, b = create("saturate").level_for(16, severity)
     x = uint8_images(2, 3, 16)
     x[0, :, 0, 0] = 0.0
     x[0, :, 0, 1] = 0.5
@@ -91,7 +91,7 @@ def test_saturate_matches_scikit_image_hsv(severity):
 
 @pytest.mark.parametrize("severity", [1, 5])
 def test_contrast_closed_form(severity):
-    c = CORRUPTIONS.get("contrast").levels[severity - 1]
+    c = create("contrast").level_for(16, severity)
     x = uint8_images(2, 3, 16)
     mean = x.mean(dim=(2, 3), keepdim=True)
     assert torch.allclose(corrupt(x, "contrast", severity), ((x - mean) * c + mean).clamp(0, 1), atol=1e-6)
@@ -106,7 +106,7 @@ def _pillow_pixelate(img: np.ndarray, c: float) -> np.ndarray:
 @pytest.mark.parametrize("size", [8, 32, 37])
 @pytest.mark.parametrize("severity", [1, 2, 3, 4, 5])
 def test_pixelate_matches_pillow_and_reduces_resolution(size, severity):
-    c = CORRUPTIONS.get("pixelate").levels[severity - 1]
+    c = create("pixelate").level_for(size, severity)
     x = uint8_images(1, 3, size)
     y = corrupt(x, "pixelate", severity)[0]
     ref = _pillow_pixelate((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), c)
@@ -119,7 +119,7 @@ def test_pixelate_matches_pillow_and_reduces_resolution(size, severity):
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("severity", [1, 3, 5])
 def test_jpeg_matches_pillow_round_trip(encoder, channels, severity):
-    quality = CORRUPTIONS.get("jpeg-compression").levels[severity - 1]
+    quality = create("jpeg-compression").level_for(40, severity)  # CIFAR-10-C qualities
     x = uint8_images(2, channels, 40)
     y = create("jpeg-compression", encoder=encoder)(x, severity)
     for i in range(2):

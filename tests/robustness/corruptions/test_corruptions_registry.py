@@ -50,6 +50,8 @@ def test_public_api_sorted():
 @pytest.mark.parametrize(("channels", "size", "n"), [(1, 8, 3), (3, 8, 2), (1, 32, 2), (3, 32, 2), (3, 224, 1)])
 def test_shape_dtype_range_and_input_kept(name, channels, size, n):
     x = smooth_images(n, channels, size)
+    if name == "saturate" and channels == 1:
+        pytest.skip("saturate is not applicable to one channel (test_saturate_refuses_grey_images)")
     before = x.clone()
     y = corrupt(x, name, 3, generator=generator(0, name))
     assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
@@ -61,6 +63,8 @@ def test_shape_dtype_range_and_input_kept(name, channels, size, n):
 @pytest.mark.parametrize("shape", [(1, 1, 1, 1), (2, 3, 1, 5), (1, 1, 3, 40), (1, 3, 7, 5)])
 def test_odd_sizes(name, shape):
     x = torch.rand(shape, generator=torch.Generator().manual_seed(0))
+    if name == "saturate" and shape[1] == 1:
+        pytest.skip("saturate is not applicable to one channel (test_saturate_refuses_grey_images)")
     for severity in (1, 5):
         y = corrupt(x, name, severity, generator=generator(0, name))
         assert y.shape == x.shape and torch.isfinite(y).all() and y.min() >= 0 and y.max() <= 1
@@ -88,6 +92,8 @@ def test_deterministic_for_fixed_generator(name):
 @pytest.mark.parametrize("channels", [1, 3])
 def test_distance_grows_with_severity(name, channels):
     x = smooth_images(4, channels, 32)
+    if name == "saturate" and channels == 1:
+        pytest.skip("saturate is not applicable to one channel (test_saturate_refuses_grey_images)")
     dist = [float((corrupt(x, name, s, generator=generator(0, name, s)) - x).abs().mean()) for s in (1, 3, 5)]
     assert dist[2] > dist[0]
     assert dist[2] > 0.01
@@ -125,6 +131,17 @@ def test_bad_inputs_raise_input_error():
         corrupt(x, "gaussian-nois", 1)
     with pytest.raises(InputError):
         create("fog", reference_size=0)
+    with pytest.raises(InputError, match="table"):
+        create("fog", table="cifar-100-c")
+
+
+def test_saturate_refuses_grey_images():
+    sat = create("saturate")
+    reason = sat.not_applicable(8, 1, 1)
+    assert reason is not None and reason == sat.not_applicable(224, 1, 5)
+    assert all(sat.applicable(size, 3, s) for size in (8, 224) for s in (1, 5))
+    with pytest.raises(InputError, match="saturate is not applicable here: a one-channel"):
+        sat(smooth_images(1, 1, 8), 4)
 
 
 @pytest.mark.cuda

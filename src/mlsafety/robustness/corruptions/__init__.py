@@ -1,8 +1,10 @@
 """ImageNet-C corruptions in torch: batched, deterministic, any size, one or three channels, any device.
 
 The 15 corruptions of Hendrycks & Dietterich (2019) and their 4 extra ones, at severities 1..5 with
-the published parameters (lengths scaled to the image size, see :mod:`.base`), plus corruption error
-metrics (CE, mCE, relative mCE) and a grid picture of them all.
+the published parameters of the table nearest to the image size (CIFAR-10-C, Tiny-ImageNet-C or
+ImageNet-C; lengths scaled to the image size, see :mod:`.base`), an applicability test for each
+(size, channels, severity), plus corruption error metrics (CE, mCE, relative mCE) and a grid picture
+of them all.
 
 Example:
     >>> from mlsafety.robustness.corruptions import corrupt, available
@@ -13,14 +15,17 @@ from mlsafety.robustness.corruptions import blur, digital, noise, weather
 from mlsafety.robustness.corruptions._grid import corruption_grid, grid_figure, read_image
 from mlsafety.robustness.corruptions._metrics import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, CorruptionSummary, mce
 from mlsafety.robustness.corruptions.base import (
+    CHANGE_FLOOR,
     CORRUPTIONS,
     MIN_FIELD,
     SEVERITIES,
+    TABLES,
     Corruption,
     available,
     corrupt,
     create,
     register_corruption,
+    table_for,
 )
 
 del blur, digital, noise, weather
@@ -28,9 +33,11 @@ del blur, digital, noise, weather
 __all__ = [
     "ALEXNET_CLEAN_ERROR",
     "ALEXNET_ERRORS",
+    "CHANGE_FLOOR",
     "CORRUPTIONS",
     "MIN_FIELD",
     "SEVERITIES",
+    "TABLES",
     "Corruption",
     "CorruptionSummary",
     "available",
@@ -41,4 +48,5 @@ __all__ = [
     "mce",
     "read_image",
     "register_corruption",
+    "table_for",
 ]

@@ -60,20 +60,30 @@ def corruption_grid(
     names: Sequence[str] | None = None,
     severities: Sequence[int] = SEVERITIES,
     seed: int = 0,
-    reference_size: float = 224,
+    reference_size: float | None = None,
+    table: str | None = None,
 ) -> torch.Tensor:
     """Every corruption of one image (C, H, W): a tensor (len(names), 1 + len(severities), C, H, W).
 
-    Column 0 is the clean image; each corruption uses the generator ``(seed, name, severity)``.
+    Column 0 is the clean image; each corruption uses the generator ``(seed, name, severity)`` and
+    the parameters ``reference_size`` and ``table`` choose (:class:`Corruption`; default: the table
+    nearest to the image size). A cell where the corruption is not applicable
+    (:meth:`Corruption.not_applicable`) is NaN, never a copy of the clean image.
     """
     if image.ndim != 3:
         raise InputError(f"give one image (C, H, W), got shape {tuple(image.shape)}")
     names = list(names) if names is not None else available()
     x = image[None]
+    c, h, w = image.shape
     rows = []
     for name in names:
-        corruption = create(name, reference_size=reference_size)
-        cells = [x] + [corruption(x, s, make_generator(seed, "corruption-grid", name, s)) for s in severities]
+        corruption = create(name, reference_size=reference_size, table=table)
+        cells = [x]
+        for s in severities:
+            if corruption.applicable((h, w), c, s):
+                cells.append(corruption(x, s, make_generator(seed, "corruption-grid", name, s)))
+            else:
+                cells.append(torch.full_like(x, float("nan")))
         rows.append(torch.cat(cells))
     return torch.stack(rows)
 
@@ -83,14 +93,16 @@ def grid_figure(
     names: Sequence[str] | None = None,
     severities: Sequence[int] = SEVERITIES,
     seed: int = 0,
-    reference_size: float = 224,
+    reference_size: float | None = None,
     cell_inches: float = 1.1,
+    table: str | None = None,
 ) -> Figure:
-    """A labelled matplotlib figure of :func:`corruption_grid` (rows: corruptions, columns: severities)."""
+    """A labelled matplotlib figure of :func:`corruption_grid` (rows: corruptions, columns: severities);
+    cells where a corruption is not applicable say so."""
     from matplotlib.figure import Figure
 
     names = list(names) if names is not None else available()
-    grid = corruption_grid(image, names, severities, seed, reference_size).detach().cpu()
+    grid = corruption_grid(image, names, severities, seed, reference_size, table).detach().cpu()
     rows, cols = grid.shape[:2]
     fig = Figure(figsize=(cell_inches * cols + 1.4, cell_inches * rows + 0.4))
     axes = fig.subplots(rows, cols, squeeze=False)
@@ -98,7 +110,9 @@ def grid_figure(
         for c in range(cols):
             ax = axes[r][c]
             img = grid[r, c]
-            if img.shape[0] == 1:
+            if bool(torch.isnan(img).any()):
+                ax.text(0.5, 0.5, "not\napplicable", ha="center", va="center", fontsize=7, transform=ax.transAxes)
+            elif img.shape[0] == 1:
                 ax.imshow(img[0].numpy(), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             else:
                 ax.imshow(img.permute(1, 2, 0).numpy(), interpolation="nearest")

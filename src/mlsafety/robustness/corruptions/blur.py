@@ -10,6 +10,7 @@ import functools
 import math
 
 import torch
+import torch.nn.functional as F
 
 from mlsafety.robustness.corruptions._filters import (
     centre_zoom,
@@ -62,6 +63,8 @@ class DefocusBlur(Corruption):
 
     group = "blur"
     levels = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))
+    cifar_levels = ((0.3, 0.4), (0.4, 0.5), (0.5, 0.6), (1, 0.2), (1.5, 0.1))
+    tiny_levels = ((0.5, 0.6), (1, 0.1), (1.5, 0.1), (2.5, 0.01), (3, 0.1))
 
     def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         s = self.scale(x)
@@ -81,6 +84,8 @@ class GlassBlur(Corruption):
 
     group = "blur"
     levels = ((0.7, 1, 2), (0.9, 2, 1), (1.0, 2, 3), (1.1, 3, 2), (1.5, 4, 2))
+    cifar_levels = ((0.05, 1, 1), (0.25, 1, 1), (0.4, 1, 1), (0.25, 1, 2), (0.4, 1, 2))
+    tiny_levels = ((0.1, 1, 1), (0.5, 1, 1), (0.6, 1, 2), (0.7, 2, 1), (0.9, 2, 2))
 
     def apply(self, x: torch.Tensor, level: tuple[float, int, int], g: torch.Generator) -> torch.Tensor:
         s = self.scale(x)
@@ -104,6 +109,8 @@ class MotionBlur(Corruption):
 
     group = "blur"
     levels = ((10, 3), (15, 5), (15, 8), (15, 12), (20, 15))
+    cifar_levels = ((6, 1), (6, 1.5), (6, 2), (8, 2), (9, 2.5))
+    tiny_levels = ((10, 1), (10, 1.5), (10, 2), (10, 2.5), (12, 3))
 
     def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         s = self.scale(x)
@@ -113,7 +120,12 @@ class MotionBlur(Corruption):
 
 @register_corruption("zoom-blur")
 class ZoomBlur(Corruption):
-    """The mean of the image and its centre zooms by each published factor (a camera moving forward)."""
+    """The mean of the image and its centre zooms by each published factor (a camera moving forward).
+
+    Each zoom is ImageNet-C's ``clipped_zoom`` (whole-pixel crop, enlarged and trimmed), except where
+    that crop is the whole image at its own size (small zooms on small images: the identity); there the
+    zoom is made about the centre at sub-pixel precision (:func:`subpixel_zoom`), so it is not lost.
+    """
 
     group = "blur"
     levels = (
@@ -123,6 +135,14 @@ class ZoomBlur(Corruption):
         tuple(round(1 + 0.02 * k, 2) for k in range(13)),
         tuple(round(1 + 0.03 * k, 2) for k in range(11)),
     )
+    cifar_levels = (
+        tuple(round(1 + 0.01 * k, 2) for k in range(7)),
+        tuple(round(1 + 0.01 * k, 2) for k in range(12)),
+        tuple(round(1 + 0.01 * k, 2) for k in range(16)),
+        tuple(round(1 + 0.01 * k, 2) for k in range(21)),
+        tuple(round(1 + 0.01 * k, 2) for k in range(26)),
+    )
+    tiny_levels = cifar_levels  # make_tinyimagenet_c.py uses CIFAR-10-C's zooms
 
     def apply(self, x: torch.Tensor, level: tuple[float, ...], g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -131,8 +151,30 @@ class ZoomBlur(Corruption):
         planes = x.reshape(1, n * c, h, w).contiguous(memory_format=torch.channels_last)
         out = planes.clone()
         for zoom in level:
-            out += centre_zoom(planes, zoom)
+            out += centre_zoom(planes, zoom) if _crops(h, w, zoom) else subpixel_zoom(planes, zoom)
         return out.div_(len(level) + 1).contiguous().view(n, c, h, w)
+
+
+def _crops(h: int, w: int, zoom: float) -> bool:
+    """Whether ImageNet-C's ``clipped_zoom`` by ``zoom`` moves pixels of an ``h`` x ``w`` image.
+
+    It crops ``ceil(size / zoom)`` pixels and enlarges them to ``round(crop * zoom)``; on small images
+    a small zoom gives back the whole image at its own size (8 px: every zoom below 1.07), the identity.
+    """
+    return any(math.ceil(s / zoom) != s or round(math.ceil(s / zoom) * zoom) != s for s in (h, w))
+
+
+def subpixel_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
+    """Enlarge (N, C, H, W) by ``zoom`` about the image centre (bilinear, borders replicated, same size).
+
+    The zoom :func:`~mlsafety.robustness.corruptions._filters.centre_zoom` cannot make where whole-pixel
+    crops round it away: each output pixel reads the input at ``centre + (p - centre) / zoom``.
+    """
+    if zoom == 1:
+        return x
+    theta = torch.tensor([[1 / zoom, 0.0, 0.0], [0.0, 1 / zoom, 0.0]], dtype=x.dtype, device=x.device)
+    grid = F.affine_grid(theta[None].expand(x.shape[0], 2, 3), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 @register_corruption("gaussian-blur")
@@ -142,6 +184,8 @@ class GaussianBlur(Corruption):
     group = "blur"
     extra = True
     levels = (1.0, 2.0, 3.0, 4.0, 6.0)
+    cifar_levels = (0.4, 0.6, 0.7, 0.8, 1.0)
+    tiny_levels = (0.5, 0.75, 1.0, 1.25, 1.5)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         return gaussian_blur(x, level * self.scale(x))

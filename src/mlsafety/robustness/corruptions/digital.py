@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,11 +20,10 @@ from mlsafety.robustness.corruptions._filters import (
     field_size,
     gaussian_blur,
     gaussian_kernel1d,
-    grey,
     resize,
     uniform,
 )
-from mlsafety.robustness.corruptions.base import MIN_FIELD, Corruption, register_corruption
+from mlsafety.robustness.corruptions.base import MIN_FIELD, TABLES, Corruption, register_corruption
 
 
 @register_corruption("brightness")
@@ -32,6 +32,8 @@ class Brightness(Corruption):
 
     group = "weather"
     levels = (0.1, 0.2, 0.3, 0.4, 0.5)
+    cifar_levels = (0.05, 0.1, 0.15, 0.2, 0.3)
+    tiny_levels = (0.1, 0.2, 0.3, 0.4, 0.5)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         if x.shape[1] == 1:
@@ -47,6 +49,8 @@ class Contrast(Corruption):
 
     group = "digital"
     levels = (0.4, 0.3, 0.2, 0.1, 0.05)
+    cifar_levels = (0.75, 0.5, 0.4, 0.3, 0.15)
+    tiny_levels = (0.4, 0.3, 0.2, 0.1, 0.05)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         mean = x.mean(dim=(2, 3), keepdim=True)
@@ -72,17 +76,23 @@ def saturate_rgb(x: torch.Tensor, factor: float, offset: float) -> torch.Tensor:
 class Saturate(Corruption):
     """HSV saturation ``S * a + b``; levels are (a, b) (an extra corruption).
 
-    Grey images are treated as RGB images with equal channels and brought back to grey by their
-    luminance, so severities 1-3 leave them unchanged and 4-5 darken them slightly.
+    Not applicable to one-channel images (:meth:`undefined`): a grey image has no saturation, so
+    severities 1-3 would leave it unchanged and 4-5 would only darken it through the hue-0 (red)
+    convention of grey pixels. Calling it on one channel raises :class:`~mlsafety.core.InputError`.
     """
 
     group = "digital"
     extra = True
     levels = ((0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (20.0, 0.2))
+    cifar_levels = ((0.3, 0.0), (0.1, 0.0), (1.5, 0.0), (2.0, 0.1), (2.5, 0.2))
+    tiny_levels = ((0.3, 0.0), (0.1, 0.0), (2.0, 0.0), (5.0, 0.1), (30.0, 0.2))
+
+    def undefined(self, channels: int) -> str | None:
+        if channels == 1:
+            return "a one-channel (grey) image has no saturation to change"
+        return None
 
     def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
-        if x.shape[1] == 1:
-            return grey(saturate_rgb(x.expand(-1, 3, -1, -1), *level))
         return saturate_rgb(x, *level)
 
 
@@ -99,9 +109,14 @@ class ElasticTransform(Corruption):
     times the image size (truncated at 3 sigma) and multiplied by ``alpha`` (the level). That
     formulation is relative to the image size, except that a blur of fewer pixels shrinks the noise
     less; the field is rescaled so displacements have the size, relative to the image, that they have
-    at ``reference_size``. It is drawn at a working size of at least ``MIN_FIELD`` pixels (and, on
-    images larger than twice ``_ELASTIC_FIELD``, at an integer fraction of the size that keeps the
-    blur above a working pixel) and resampled. Sampling is bilinear with mirrored borders.
+    at ``reference_size`` (224 unless given). It is drawn at a working size of at least ``MIN_FIELD``
+    pixels (and, on images larger than twice ``_ELASTIC_FIELD``, at an integer fraction of the size
+    that keeps the blur above a working pixel) and resampled. Sampling is bilinear with mirrored borders.
+
+    The same (ImageNet-C) levels serve every image size: CIFAR-10-C's and Tiny-ImageNet-C's generators
+    use another formulation (a random affine warp plus an elastic field, three parameters per level)
+    whose tables do not translate into this one's ``alpha``; this formulation is already relative to
+    the image size.
     """
 
     group = "digital"
@@ -130,7 +145,7 @@ class ElasticTransform(Corruption):
         Blurring white noise scales its deviation by the kernel's L2 norm, which depends on sigma in
         pixels; this factor gives displacements the same size, relative to the image, at every size.
         """
-        ref = 0.01 * self.reference_size
+        ref = 0.01 * (self.reference_size or TABLES["imagenet-c"])
         norm_ref = gaussian_kernel1d(ref, 3.0, like).square().sum()
         norm = (
             gaussian_kernel1d(sigma[0], 3.0, like).square().sum()
@@ -221,6 +236,8 @@ class Pixelate(Corruption):
 
     group = "digital"
     levels = (0.6, 0.5, 0.4, 0.3, 0.25)
+    cifar_levels = (0.95, 0.9, 0.85, 0.75, 0.65)
+    tiny_levels = (0.9, 0.8, 0.7, 0.6, 0.5)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
@@ -241,6 +258,7 @@ class JpegCompression(Corruption):
 
     Args:
         reference_size: see :class:`Corruption` (JPEG has no length parameter).
+        table: see :class:`Corruption` (the quality is the table's).
         encoder: ``"torch"`` (the default): the codec written in torch, batched on the input's device,
             Pillow's output up to rare one-level differences (see :func:`jpeg_round_trip`); ``"pillow"``:
             each image through Pillow's encoder and decoder on the CPU.
@@ -248,9 +266,11 @@ class JpegCompression(Corruption):
 
     group = "digital"
     levels = (25, 18, 15, 10, 7)
+    cifar_levels = (80, 65, 58, 50, 40)
+    tiny_levels = (65, 58, 50, 40, 25)
 
-    def __init__(self, reference_size: float = 224, encoder: str = "torch") -> None:
-        super().__init__(reference_size)
+    def __init__(self, reference_size: float | None = None, table: str | None = None, encoder: str = "torch") -> None:
+        super().__init__(reference_size, table)
         if encoder not in ("torch", "pillow"):
             raise InputError(f"encoder must be 'torch' or 'pillow', got {encoder!r}")
         self.encoder = encoder
@@ -269,7 +289,10 @@ class JpegCompression(Corruption):
         return back.to(x.dtype).div_(255)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(reference_size={self.reference_size:g}, encoder={self.encoder!r})"
+        return f"{super().__repr__()[:-1]}, encoder={self.encoder!r})"
+
+    def _key(self) -> tuple[Any, ...]:
+        return (*super()._key(), self.encoder)
 
 
 # -- JPEG in torch ---------------------------------------------------------------------------------

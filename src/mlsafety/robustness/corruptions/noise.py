@@ -20,6 +20,8 @@ class GaussianNoise(Corruption):
 
     group = "noise"
     levels = (0.08, 0.12, 0.18, 0.26, 0.38)
+    cifar_levels = (0.04, 0.06, 0.08, 0.09, 0.10)
+    tiny_levels = (0.04, 0.08, 0.12, 0.15, 0.18)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         noise = randn(tuple(x.shape), g, x)
@@ -35,6 +37,8 @@ class ShotNoise(Corruption):
 
     group = "noise"
     levels = (60.0, 25.0, 12.0, 5.0, 3.0)
+    cifar_levels = (500.0, 250.0, 100.0, 75.0, 50.0)
+    tiny_levels = (250.0, 100.0, 50.0, 30.0, 15.0)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         return poisson_counts(x, level, g).div_(level)
@@ -172,6 +176,8 @@ class ImpulseNoise(Corruption):
 
     group = "noise"
     levels = (0.03, 0.06, 0.09, 0.17, 0.27)
+    cifar_levels = (0.01, 0.02, 0.03, 0.05, 0.07)
+    tiny_levels = (0.01, 0.02, 0.05, 0.08, 0.14)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         positions, salt = bernoulli_positions(x.numel(), level, g, x)
@@ -218,6 +224,8 @@ class SpeckleNoise(Corruption):
     group = "noise"
     extra = True
     levels = (0.15, 0.2, 0.35, 0.45, 0.6)
+    cifar_levels = (0.06, 0.1, 0.12, 0.16, 0.2)
+    tiny_levels = (0.15, 0.2, 0.25, 0.3, 0.35)
 
     def apply(self, x: torch.Tensor, level: float, g: torch.Generator) -> torch.Tensor:
         noise = randn(tuple(x.shape), g, x)

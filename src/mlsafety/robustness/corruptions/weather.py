@@ -53,12 +53,26 @@ class Snow(Corruption):
         (0.55, 0.3, 4.5, 0.85, 12, 8, 0.65),
         (0.55, 0.3, 2.5, 0.85, 12, 12, 0.55),
     )
+    cifar_levels = (
+        (0.1, 0.2, 1.0, 0.6, 8, 3, 0.95),
+        (0.1, 0.2, 1.0, 0.5, 10, 4, 0.9),
+        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.9),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.85),
+        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.8),
+    )
+    tiny_levels = (
+        (0.1, 0.2, 1.0, 0.6, 8, 3, 0.8),
+        (0.1, 0.2, 1.0, 0.5, 10, 4, 0.8),
+        (0.15, 0.3, 1.75, 0.55, 10, 4, 0.7),
+        (0.25, 0.3, 2.25, 0.6, 12, 6, 0.65),
+        (0.3, 0.3, 1.25, 0.65, 14, 12, 0.6),
+    )
 
     def apply(self, x: torch.Tensor, level: tuple[float, ...], g: torch.Generator) -> torch.Tensor:
         loc, std, zoom, thr, radius, sigma, keep = level
         n, _, h, w = x.shape
         fh, fw = field_size(h, w, MIN_FIELD)
-        sf = min(fh, fw) / self.reference_size
+        sf = self.scale(x, min(fh, fw))
         z = max(zoom * sf, 1.0)
         layer = resize(normal((n, 1, math.ceil(fh / z), math.ceil(fw / z)), loc, std, g, x), (fh, fw))
         layer = zero_below_(layer, thr).clamp_(0, 1)
@@ -175,12 +189,14 @@ class Frost(Corruption):
 
     group = "weather"
     levels = ((1.0, 0.4), (0.8, 0.6), (0.7, 0.7), (0.65, 0.7), (0.6, 0.75))
+    cifar_levels = ((1.0, 0.2), (1.0, 0.3), (0.9, 0.4), (0.85, 0.4), (0.75, 0.45))
+    tiny_levels = ((1.0, 0.3), (0.9, 0.4), (0.8, 0.45), (0.75, 0.5), (0.7, 0.55))
 
     def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
         a, b = level
         fh, fw = field_size(h, w, MIN_FIELD)
-        scale = min(fh, fw) / self.reference_size
+        scale = self.scale(x, min(fh, fw))
         if (fh, fw) != (h, w):  # small images: the texture is made at the working size and shrunk
             tex = resize(frost_texture(n, (fh, fw), scale, g, x), (h, w))
             return a * x + b * (grey(tex) if c == 1 else tex)
@@ -202,6 +218,8 @@ class Fog(Corruption):
 
     group = "weather"
     levels = ((1.5, 2.0), (2.0, 2.0), (2.5, 1.7), (2.5, 1.5), (3.0, 1.4))
+    cifar_levels = ((0.2, 3.0), (0.5, 3.0), (0.75, 2.5), (1.0, 2.0), (1.5, 1.75))
+    tiny_levels = ((0.4, 3.0), (0.7, 3.0), (1.0, 2.5), (1.5, 2.0), (2.0, 1.75))
 
     def apply(self, x: torch.Tensor, level: tuple[float, float], g: torch.Generator) -> torch.Tensor:
         n, _, h, w = x.shape
@@ -262,12 +280,26 @@ class Spatter(Corruption):
         (0.65, 0.3, 1, 0.65, 1.5, 1),
         (0.67, 0.4, 1, 0.65, 1.5, 1),
     )
+    cifar_levels = (
+        (0.62, 0.1, 0.7, 0.7, 0.5, 0),
+        (0.65, 0.1, 0.8, 0.7, 0.5, 0),
+        (0.65, 0.3, 1, 0.69, 0.5, 0),
+        (0.65, 0.1, 0.7, 0.69, 0.6, 1),
+        (0.65, 0.1, 0.5, 0.68, 0.6, 1),
+    )
+    tiny_levels = (
+        (0.62, 0.1, 0.7, 0.7, 0.6, 0),
+        (0.65, 0.1, 0.8, 0.7, 0.6, 0),
+        (0.65, 0.3, 1, 0.69, 0.6, 0),
+        (0.65, 0.1, 0.7, 0.68, 0.6, 1),
+        (0.65, 0.1, 0.5, 0.67, 0.6, 1),
+    )
 
     def apply(self, x: torch.Tensor, level: tuple[float, ...], g: torch.Generator) -> torch.Tensor:
         loc, std, sigma, thr, intensity, mud = level
         n, c, h, w = x.shape
         fh, fw = field_size(h, w, MIN_FIELD)
-        sf = min(fh, fw) / self.reference_size
+        sf = self.scale(x, min(fh, fw))
         liquid = gaussian_blur(normal((n, 1, fh, fw), loc, std, g, x), sigma * sf)
         if mud:
             m = gaussian_blur(indicator(liquid, thr), intensity * sf)
