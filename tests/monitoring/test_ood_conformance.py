@@ -142,3 +142,21 @@ def noise_x() -> torch.Tensor:
     from mlsafety import zoo
 
     return zoo.load_dataset("noise").x[::3]
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_fit_reads_a_dataloader_and_a_torch_dataset_like_an_array_dataset(name: str, small_net, small_data, small_test):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    want = ood.create(name).fit(small_net, small_data).score(small_net, small_test)
+    pairs = TensorDataset(small_data.x, small_data.y)
+    for form in (pairs, DataLoader(pairs, batch_size=16)):
+        got = ood.create(name).fit(small_net, form).score(small_net, small_test)
+        torch.testing.assert_close(got, want)  # a loader's own batches may round differently
+
+
+def test_fit_refuses_data_it_cannot_read(small_net) -> None:
+    from mlsafety.core import InputError
+
+    with pytest.raises(InputError, match="data: cannot read data of type str"):
+        ood.create("mahalanobis").fit(small_net, "train.npz")

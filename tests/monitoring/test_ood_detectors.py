@@ -350,10 +350,12 @@ def test_fit_accepts_loaders_datasets_and_pairs(model, fit_x, x) -> None:
 
     y = torch.randint(0, 3, (80,), generator=generator(0, "y"))
     ref = ood.create("mahalanobis").fit(model, (fit_x, y)).score(model, x)
-    for data in (ArrayDataset(fit_x, y), DataLoader(TensorDataset(fit_x, y), batch_size=16)):
+    for data in (ArrayDataset(fit_x, y), TensorDataset(fit_x, y), DataLoader(TensorDataset(fit_x, y), batch_size=16)):
         torch.testing.assert_close(ood.create("mahalanobis").fit(model, data).score(model, x), ref)
-    with pytest.raises(InputError, match="cannot read data"):
+    with pytest.raises(InputError, match="data: batches must be tensors x or pairs"):
         ood.create("knn").fit(model, [1, 2, 3])  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="data: cannot read data of type dict"):
+        ood.create("knn").fit(model, {"x": fit_x})  # type: ignore[arg-type]
 
 
 def test_synthetic_outliers_are_images_and_seeded() -> None:

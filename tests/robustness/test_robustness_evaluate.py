@@ -96,3 +96,32 @@ def test_autoattack_reports_square_beating_white_box() -> None:
     res = evaluate(_Quantised(model), (x, y), create("autoattack", eps=0.3, steps=5, n_queries=200))
     assert "square_beats_white_box" in res.warnings
     assert res.broken_by.get("square", 0) > 0
+
+
+def test_every_data_form_gives_the_same_result() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, x, y = _linear_data()
+    attack = PGD(eps=0.05, steps=3, random_start=True)
+    want = evaluate(model, ArrayDataset(x, y), attack, batch_size=8, keep_adversarials=True)
+    for data in (TensorDataset(x, y), DataLoader(TensorDataset(x, y), batch_size=8), (x, y)):
+        got = evaluate(model, data, attack, batch_size=8, keep_adversarials=True)
+        assert got.robust_accuracy == want.robust_accuracy and got.clean_accuracy == want.clean_accuracy
+        assert got.x_adv is not None and want.x_adv is not None and torch.equal(got.x_adv, want.x_adv)
+    with pytest.raises(InputError, match="data: cannot read data of type str"):
+        evaluate(model, "test.npz", attack)  # type: ignore[arg-type]
+
+
+def test_the_generator_runs_on_across_batches() -> None:
+    """Each batch draws fresh random starts: the same inputs in two batches are not attacked alike."""
+    from mlsafety.core import generator
+
+    model, x, y = _linear_data()
+    attack = PGD(eps=0.05, steps=1, step_size=1e-4, random_start=True)
+    res = evaluate(model, (torch.cat([x, x]), torch.cat([y, y])), attack, batch_size=30, keep_adversarials=True)
+    assert res.x_adv is not None and not torch.equal(res.x_adv[5:30], res.x_adv[35:])
+    a = evaluate(model, (x, y), attack, keep_adversarials=True, generator=generator(0, "a"))
+    b = evaluate(model, (x, y), attack, keep_adversarials=True, generator=generator(0, "a"))
+    c = evaluate(model, (x, y), attack, keep_adversarials=True, generator=generator(0, "c"))
+    assert a.x_adv is not None and b.x_adv is not None and c.x_adv is not None
+    assert torch.equal(a.x_adv, b.x_adv) and not torch.equal(a.x_adv, c.x_adv)

@@ -49,3 +49,18 @@ def test_cli_writes_a_loadable_hardened_copy(tmp_path: Path) -> None:
     assert any(not torch.equal(state[k], original[k]) for k in state)
     bad = runner.invoke(main, ["harden", "--eps", "0.1", "--out", str(tmp_path / "hard.pt")])
     assert bad.exit_code == 2 and ".safetensors" in bad.output
+
+
+def test_harden_reads_every_data_form_and_names_its_parameters() -> None:
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model, data = _toy()
+    want = harden(model, data, eps=0.05, steps=2, epochs=1, seed=1)
+    for form in (TensorDataset(data.x, data.y), DataLoader(TensorDataset(data.x, data.y), batch_size=5)):
+        got = harden(model, form, eps=0.05, steps=2, epochs=1, seed=1)
+        for k, v in want.state_dict().items():
+            torch.testing.assert_close(got.state_dict()[k], v)
+    with pytest.raises(InputError, match=r"'pgd' has no parameter 'step'\. Valid parameters: eps, norm, steps"):
+        harden(model, data, eps=0.05, step=2)
+    with pytest.raises(InputError, match="data: cannot read data of type str"):
+        harden(model, "train.npz", eps=0.05)  # type: ignore[arg-type]

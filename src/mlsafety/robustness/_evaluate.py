@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import ArrayDataset, Classifier, InputError, Progress, as_classifier, frozen, track
+from mlsafety.core import Classifier, DataLike, InputError, Progress, as_classifier, frozen, iter_batches, track
 from mlsafety.metrics import Estimate, proportion
 from mlsafety.robustness.attacks.base import Attack, lp_norm
-
-DataLike = ArrayDataset | tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 @dataclass
@@ -46,15 +43,6 @@ class RobustnessResult:
     pred_adv: torch.Tensor | None = None
 
 
-def _as_batches(data: DataLike, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
-    if isinstance(data, ArrayDataset):
-        return data.batches(batch_size)
-    if isinstance(data, tuple) and len(data) == 2 and isinstance(data[0], torch.Tensor):
-        x, y = data
-        return ArrayDataset(x, y).batches(batch_size)
-    return data  # a DataLoader or any iterable of (x, y) batches
-
-
 def evaluate(
     model: nn.Module | Classifier,
     data: DataLike,
@@ -62,17 +50,21 @@ def evaluate(
     batch_size: int = 512,
     keep_adversarials: bool = False,
     progress: Progress | None = None,
+    generator: torch.Generator | None = None,
 ) -> RobustnessResult:
     """Robust accuracy of ``model`` on ``data`` under ``attack``.
 
     Args:
         model: the classifier.
-        data: an :class:`~mlsafety.core.ArrayDataset`, a tuple ``(x, y)`` or an iterable of
-            ``(x, y)`` batches (e.g. a DataLoader); inputs in [0, 1].
+        data: labelled inputs in [0, 1], any form of :data:`mlsafety.core.DataLike`: an
+            :class:`~mlsafety.core.ArrayDataset`, a torch Dataset of ``(x, y)``, a DataLoader of
+            ``(x, y)`` batches (streamed, never gathered) or tensors ``(x, y)``.
         attack: any registered attack, e.g. ``create("autoattack", eps=8/255)``.
         batch_size: inputs per attack call when ``data`` is not already batched.
         keep_adversarials: keep ``x_adv`` and its predictions in the result.
         progress: show progress over batches.
+        generator: source of the attack's random starts and targets, continued from batch to batch
+            (default: the attack's own generator, from its ``seed``).
 
     Example:
         >>> res = evaluate(model, (x, y), create("apgd-ce", eps=0.1))
@@ -84,8 +76,9 @@ def evaluate(
     warnings: dict[str, str] = {}
     broken_by: dict[str, int] = {}
     flagged = False
-    for xb, yb in track(_as_batches(data, batch_size), progress, f"attack {getattr(attack, 'name', '')}"):
-        yb = yb.long()
+    g = generator if generator is not None else attack.generator()
+    for xb, yb in track(iter_batches(data, batch_size, "data"), progress, f"attack {getattr(attack, 'name', '')}"):
+        assert yb is not None  # labelled data: iter_batches refuses batches without labels
         with frozen(clf.module), torch.inference_mode():
             ok = clf.logits(xb.to(device)).argmax(dim=1).cpu() == yb.cpu()
         x_adv = xb.clone()
@@ -94,7 +87,7 @@ def evaluate(
             if not flagged:
                 warnings.update(sanity_flags(clf, xb[idx], yb[idx]))
                 flagged = True
-            out = attack.run(clf, xb[idx], yb[idx])
+            out = attack.run(clf, xb[idx], yb[idx], generator=g)
             warnings.update(out.warnings)
             for key, count in out.broken_by.items():
                 broken_by[key] = broken_by.get(key, 0) + count

@@ -12,6 +12,7 @@ mode (:class:`~mlsafety.robustness.attacks.PGD` freezes it and restores train mo
 from __future__ import annotations
 
 import copy
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -19,14 +20,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import ArrayDataset, InputError, Progress
+from mlsafety.core import DataLike, InputError, Progress, as_array_dataset
 from mlsafety.robustness.attacks.pgd import PGD
 from mlsafety.zoo import Augment, train_classifier
 
 
 def adversarial_training(
     model: nn.Module,
-    data: ArrayDataset,
+    data: DataLike,
     eps: float,
     norm: str = "linf",
     steps: int = 7,
@@ -43,7 +44,7 @@ def adversarial_training(
 
     Args:
         model: trained in place (its parameters must require gradients); returned in eval mode.
-        data: labelled training data in [0, 1].
+        data: labelled training data in [0, 1], any form of :data:`mlsafety.core.DataLike`.
         eps: training radius in [0, 1] pixel units.
         norm: ``"linf"`` or ``"l2"``.
         steps: PGD steps per batch; ``step_size`` None means PGD's ``2.5 * eps / steps``.
@@ -64,7 +65,7 @@ def adversarial_training(
 
     return train_classifier(
         model,
-        data,
+        as_array_dataset(data, "data"),
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
@@ -80,7 +81,7 @@ def adversarial_training(
 
 def trades_training(
     model: nn.Module,
-    data: ArrayDataset,
+    data: DataLike,
     eps: float,
     beta: float = 6.0,
     norm: str = "linf",
@@ -123,7 +124,7 @@ def trades_training(
 
     return train_classifier(
         model,
-        data,
+        as_array_dataset(data, "data"),
         epochs=epochs,
         lr=lr,
         batch_size=batch_size,
@@ -143,7 +144,7 @@ METHODS: dict[str, Callable[..., nn.Module]] = {"pgd": adversarial_training, "tr
 
 def harden(
     model: nn.Module,
-    data: ArrayDataset,
+    data: DataLike,
     method: str = "pgd",
     from_scratch: bool = False,
     seed: int = 0,
@@ -163,6 +164,14 @@ def harden(
         raise InputError(f"unknown hardening method {method!r}; use one of {', '.join(METHODS)}")
     if "eps" not in params:
         raise InputError("hardening needs eps, the training radius in [0, 1] pixel units")
+    valid = [p for p in inspect.signature(METHODS[method]).parameters if p not in ("model", "data", "seed")]
+    unknown = [k for k in params if k not in valid]
+    if unknown:
+        raise InputError(
+            f"hardening method {method!r} has no parameter {', '.join(map(repr, unknown))}. "
+            f"Valid parameters: {', '.join(valid)}"
+        )
+    data = as_array_dataset(data, "data")
     hardened = copy.deepcopy(model)
     if from_scratch:
         from mlsafety.zoo import seeded_init

@@ -70,3 +70,28 @@ def test_label_randomisation_uses_the_recipe(tiny_net, tiny_data) -> None:  # ty
         tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], mode="label")
     with pytest.raises(InputError):
         tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], mode="shuffled")
+
+
+def test_sanity_generator_decides_and_data_may_be_a_loader(tiny_net, tiny_data) -> None:  # type: ignore[no-untyped-def]
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mlsafety.core import generator
+
+    seen: list[ArrayDataset] = []
+
+    def recipe(data: ArrayDataset) -> nn.Module:
+        seen.append(data)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1)
+            return type(tiny_net)().eval()
+
+    x = tiny_data.x[:4]
+    for data in (tiny_data, DataLoader(TensorDataset(tiny_data.x, tiny_data.y), batch_size=7)):
+        tr.sanity_check(
+            tr.create("saliency"), tiny_net, x, mode="label", train=recipe, data=data, generator=generator(0, "s")
+        )
+    assert torch.equal(seen[0].x, seen[1].x) and torch.equal(seen[0].y, seen[1].y)
+    a = tr.sanity_check(tr.create("saliency"), tiny_net, x, generator=generator(0, "a"))
+    b = tr.sanity_check(tr.create("saliency"), tiny_net, x, generator=generator(0, "a"))
+    c = tr.sanity_check(tr.create("saliency"), tiny_net, x, generator=generator(0, "c"))
+    assert torch.equal(a.spearman, b.spearman) and not torch.equal(a.spearman, c.spearman)

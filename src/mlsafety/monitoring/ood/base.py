@@ -28,21 +28,23 @@ from typing import Any, ClassVar, NamedTuple, TypeAlias, TypeVar
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from mlsafety.core import (
-    ArrayDataset,
     Classifier,
+    DataLike,
     InputError,
     NotFittedError,
     Outputs,
     Registry,
     as_classifier,
     frozen,
+    iter_batches,
 )
 
-FitData: TypeAlias = "DataLoader[Any] | ArrayDataset | torch.Tensor | tuple[torch.Tensor, torch.Tensor]"
-"""In-distribution data: a loader of ``(x, y)`` or ``x`` batches, an ArrayDataset, ``x`` or ``(x, y)``."""
+FitData: TypeAlias = "DataLike"
+"""In-distribution data, any form of :data:`mlsafety.core.DataLike`: an ArrayDataset, a torch Dataset
+of ``(x, y)`` (or ``x``), a DataLoader of ``(x, y)`` or ``x`` batches, ``x`` or ``(x, y)``; labels are
+optional (the model's predictions stand in)."""
 
 SHARED_NEEDS = frozenset({"logits", "features"})
 """What one shared forward pass provides."""
@@ -192,27 +194,8 @@ def _labels_or_pred(labels: torch.Tensor | None, outputs: Outputs) -> torch.Tens
 
 
 def _batches(data: FitData, batch_size: int) -> Iterable[tuple[torch.Tensor, torch.Tensor | None]]:
-    if isinstance(data, ArrayDataset):
-        yield from data.batches(batch_size)
-    elif isinstance(data, torch.Tensor):
-        for start in range(0, data.shape[0], batch_size):
-            yield data[start : start + batch_size], None
-    elif isinstance(data, tuple) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
-        x, y = data
-        for start in range(0, x.shape[0], batch_size):
-            yield x[start : start + batch_size], y[start : start + batch_size]
-    elif isinstance(data, DataLoader):
-        for batch in data:
-            if isinstance(batch, torch.Tensor):
-                yield batch, None
-            elif isinstance(batch, (list, tuple)) and batch and isinstance(batch[0], torch.Tensor):
-                yield batch[0], batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
-            else:
-                raise InputError("the data loader must yield tensors x or pairs (x, y)")
-    else:
-        raise InputError(
-            f"cannot read data of type {type(data).__name__}; give a DataLoader, an ArrayDataset, x or (x, y)"
-        )
+    """``(x, y)`` batches of any data form (:func:`mlsafety.core.iter_batches`); ``y`` is None when unlabelled."""
+    return iter_batches(data, batch_size, "data", labelled=False)
 
 
 def collect_inputs(data: FitData) -> tuple[torch.Tensor, torch.Tensor | None]:

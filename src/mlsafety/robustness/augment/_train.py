@@ -12,14 +12,14 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mlsafety.core import ArrayDataset, InputError, Progress, generator
+from mlsafety.core import DataLike, InputError, Progress, as_array_dataset, generator
 from mlsafety.robustness.augment.base import Augmentation, create
 from mlsafety.zoo import train_classifier
 
 
 def train_augmented(
     model: nn.Module,
-    data: ArrayDataset,
+    data: DataLike,
     augmentation: Augmentation | str = "standard",
     epochs: int = 40,
     lr: float = 1e-3,
@@ -33,7 +33,7 @@ def train_augmented(
 
     Args:
         model: the classifier (its parameters' device is used).
-        data: labelled training data.
+        data: labelled training data, any form of :data:`mlsafety.core.DataLike`.
         augmentation: an :class:`Augmentation` or a registered name (``standard``, ``mixup``,
             ``cutmix``, ``augmix``, ``pixmix``).
         epochs, lr, batch_size, weight_decay: the optimiser's settings (as the zoo's loop).
@@ -41,6 +41,7 @@ def train_augmented(
         base_augment: applied to every batch before the augmentation (e.g. ``zoo.random_shift``).
         progress: progress display.
     """
+    data = as_array_dataset(data, "data")
     if len(data) == 0:
         raise InputError("cannot train on an empty dataset")
     aug = create(augmentation) if isinstance(augmentation, str) else augmentation
