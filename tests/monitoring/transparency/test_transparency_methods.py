@@ -90,6 +90,18 @@ def test_quadrature_weights_integrate_polynomials() -> None:
     assert abs(float((w * a**9).sum()) - 0.1) < 1e-12  # exact up to degree 2n - 1
 
 
+@pytest.mark.parametrize("steps", [2, 3, 50])
+def test_trapezoid_is_the_textbook_rule_not_captums(steps: int) -> None:
+    a, w = tr.quadrature("riemann-trapezoid", steps)
+    h = 1 / (steps - 1)
+    want = torch.full((steps,), h, dtype=torch.float64)
+    want[0] = want[-1] = h / 2
+    torch.testing.assert_close(w, want, rtol=1e-15, atol=0)
+    torch.testing.assert_close(a, torch.linspace(0, 1, steps, dtype=torch.float64), rtol=0, atol=1e-15)
+    assert math.isclose(float(w.sum()), 1.0, rel_tol=1e-14)  # Captum's weights sum to (steps - 1) / steps
+    assert math.isclose(float((w * a).sum()), 0.5, rel_tol=1e-14)  # exact for a linear integrand
+
+
 captum = pytest.importorskip("captum.attr")
 # Captum warns when it switches on requires_grad for the inputs it is given; that is its documented behaviour.
 CAPTUM_WARNING = "ignore:Input Tensor.*did not already require gradients:UserWarning"

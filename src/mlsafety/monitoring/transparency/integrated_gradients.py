@@ -26,7 +26,16 @@ METHODS = ("gausslegendre", "riemann-left", "riemann-right", "riemann-middle", "
 
 
 def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Points ``a_k`` in [0, 1] and weights ``w_k`` of the rule (float64), as in Captum."""
+    """Points ``a_k`` in [0, 1] and weights ``w_k`` (float64) of the quadrature rule ``method``.
+
+    ``gausslegendre`` and the ``riemann-left`` / ``-right`` / ``-middle`` rules place their points and
+    weights as Captum does. ``riemann-trapezoid`` is the textbook composite trapezoid rule on ``steps``
+    equally spaced points including both ends: weights ``1 / (steps - 1)``, halved at the two ends,
+    summing to 1 (exact for linear integrands). It is *not* Captum's: Captum's ``riemann_trapezoid``
+    weighs the same points by ``1 / steps`` with halved ends, which sum to ``(steps - 1) / steps``
+    (49/50 at 50 steps), so Captum's trapezoid attributions are ours times ``(steps - 1) / steps``.
+    Every rule's weights here sum to 1, so completeness holds up to the quadrature error alone.
+    """
     if steps < 1 or (method == "riemann-trapezoid" and steps < 2):
         raise InputError(f"integrated gradients needs at least {2 if method == 'riemann-trapezoid' else 1} steps")
     n = steps
