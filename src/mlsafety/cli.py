@@ -82,6 +82,10 @@ class _Main(click.Group):
                 old[sig] = signal.signal(sig, _raise_stop)
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option value of a subcommand: one line, like bad input
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            _line("error:", f"{exc.format_message()} (see `{where} --help`)")
+            ctx.exit(2)
         except KeyboardInterrupt as exc:
             signum = getattr(exc, "signum", signal.SIGINT)
             _line("interrupted:", f"stopped by {signal.Signals(signum).name}")

@@ -25,7 +25,7 @@ from mlsafety.audit._check import CHECKS, PILLARS, Check, StoredRow, Task
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit._gates import GateFailure, evaluate_gates
 from mlsafety.audit._inputs import AuditConfig, prepare_inputs
-from mlsafety.audit._store import Store, default_db_path
+from mlsafety.audit._store import StorageError, Store, default_db_path
 from mlsafety.core import InputError, Progress
 
 package_version = _fingerprint.package_version
@@ -203,6 +203,15 @@ def run_audit(
             _restore_signals(old)
         signum = getattr(exc, "signum", signal.SIGINT)
         raise AuditInterrupted(run_id, stored, len(plan), signum) from None
+    except StorageError as exc:
+        if run_id is None:
+            store.close()
+            raise
+        _close_run(store, run_id, "failed")
+        stored = _tasks_stored(store, run_id)
+        store.close()
+        kept = f"{stored} of {len(plan)} tasks" if stored >= 0 else "the finished tasks"
+        raise StorageError(f"{exc}; run {run_id} keeps {kept}: continue it with --resume once fixed") from None
     except BaseException:
         if run_id is not None:
             _close_run(store, run_id, "failed")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,28 +78,6 @@ class AuditConfig:
     device: str = "cpu"
     fail_under: dict[str, float] = field(default_factory=dict)
     fail_over: dict[str, float] = field(default_factory=dict)
-
-    def fingerprint(self) -> str:
-        """A hash of what determines the results (not gates, paths of outputs or the device)."""
-        h = hashlib.sha256()
-        parts: list[Any] = [
-            self.model,
-            self.data,
-            self.val,
-            self.train,
-            self.ood,
-            self.image_size,
-            sorted(self.checks) if self.checks is not None else None,
-            sorted((k, sorted(v.items())) for k, v in self.check_params.items()),
-            self.seed,
-            self.quick,
-            self.batch_size,
-        ]
-        h.update(repr(parts).encode())
-        for spec in (self.weights, self.model.rpartition(":")[0] if ":" in self.model else None):
-            if spec and Path(spec).is_file():
-                h.update(Path(spec).read_bytes())
-        return h.hexdigest()[:16]
 
 
 def _positive_int(value: object) -> bool:

@@ -88,7 +88,11 @@ class RunInfo:
     version: str
 
 
-def storage_error(path: Path, exc: sqlite3.Error) -> InputError:
+class StorageError(InputError):
+    """The results database cannot be opened, read or written (read-only, full, damaged, locked)."""
+
+
+def storage_error(path: Path, exc: sqlite3.Error) -> StorageError:
     """One line naming what went wrong with the results database at ``path`` and what to do."""
     text = str(exc)
     low = text.lower()
@@ -106,7 +110,7 @@ def storage_error(path: Path, exc: sqlite3.Error) -> InputError:
         fix = f"results database {path} cannot be read or written ({text}); check the disk, or pass another --db"
     else:
         fix = f"results database {path} failed ({text}); pass another --db"
-    return InputError(fix)
+    return StorageError(fix)
 
 
 def _storage_errors(cls: type[Store]) -> type[Store]:
