@@ -121,3 +121,22 @@ def test_no_check_hands_the_raw_run_seed_to_a_seeded_api(tmp_path: Path, monkeyp
     assert {n for n, _ in seen} >= {"bootstrap_mean", "bootstrap_statistic", "create"}
     assert all(seed != run_seed for _, seed in seen), seen
     assert all(seed is None for name, seed in seen if name == "create"), "attacks take the task's generator only"
+
+
+@pytest.mark.parametrize(
+    ("attack_params", "message"),
+    [
+        ({"pgd": {"seed": 3}}, r"attack_params for 'pgd' set 'seed'; remove it"),
+        ({"pgd": {"step": 3}}, r"'pgd' has no parameter 'step'\. Did you mean 'steps'\?"),
+    ],
+)
+def test_a_second_seed_or_a_misspelt_attack_parameter_is_refused_before_anything_is_stored(
+    attack_params: dict[str, Any], message: str, tmp_path: Path
+):
+    from mlsafety.core import InputError
+
+    params = {"adversarial": {**SMALL["adversarial"], "attack_params": attack_params}}
+    db = tmp_path / "r.sqlite"
+    with pytest.raises(InputError, match=message):
+        run_audit(AuditConfig(quick=True, checks=["adversarial"], check_params=params), db=db, report="")
+    assert not db.exists()

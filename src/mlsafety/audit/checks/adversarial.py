@@ -93,6 +93,18 @@ def _subset(ctx: AuditContext, n: int) -> torch.Tensor:
     return torch.randperm(total, generator=ctx.generator(KIND, "subset"))[:n].sort().values
 
 
+def _attack_params(p: dict[str, Any], name: str) -> dict[str, Any]:
+    """The configured hyper-parameters of attack ``name``; a ``seed`` among them is refused (the
+    attack's randomness is the hazard's generator: one source, never two)."""
+    params = dict(dict(p["attack_params"]).get(name, {}))
+    if "seed" in params:
+        raise InputError(
+            f"adversarial attack_params for {name!r} set 'seed'; remove it: the attack's random draws come "
+            "from the run seed (--seed) and the hazard"
+        )
+    return params
+
+
 class AdversarialSet(ArrayDataset):
     """The inputs of an adversarial hazard, with their clean sources and the attack's report.
 
@@ -132,13 +144,7 @@ def _adversarial(ctx: AuditContext, rest: str) -> ArrayDataset:
     index = _subset(ctx, int(p["n"]))
     test = ctx.data.test
     x, y = test.x[index], test.y[index]
-    params = dict(dict(p["attack_params"]).get(name, {}))
-    if "seed" in params:
-        raise InputError(
-            f"adversarial attack_params for {name!r} set 'seed'; remove it: the attack's generator is derived "
-            "from the run seed and the hazard (--seed)"
-        )
-    attack = atk.create(name, eps=eps, norm=p["norm"], **params)
+    attack = atk.create(name, eps=eps, norm=p["norm"], **_attack_params(p, name))
     correct = (ctx.outputs("clean").pred[index.to(ctx.device)] == y.to(ctx.device)).cpu()
     x_adv = x.clone()
     warnings: dict[str, str] = {}
@@ -193,6 +199,7 @@ class Adversarial(Check):
             raise InputError("adversarial attacks is empty; name at least one attack, e.g. [autoattack-fast]")
         for n in names:
             atk.ATTACKS.get(n)  # raises UnknownNameError with a suggestion
+            atk.ATTACKS.check_parameters(n, {"eps": 0.0, "norm": "linf", **_attack_params(self.params, n)})
         norm = self.params["norm"]
         if norm not in ("linf", "l2"):
             raise InputError(f"adversarial norm must be 'linf' or 'l2', got {norm!r}")
