@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, check_images, frozen, generator
+from mlsafety.core import Classifier, InputError, check_images, draw_seed, frozen, generator
 from mlsafety.monitoring.ood.base import Detector, register
 from mlsafety.monitoring.ood.deep_ensemble import STATISTICS, predictive_uncertainty
 
@@ -45,7 +45,7 @@ class MCDropout(Detector):
             raise InputError("mc-dropout needs a model with dropout layers; this one has none")
         device = clf.device
         devices = [device] if device.type == "cuda" else []
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator(self.seed, "mc-dropout")))
+        seed = draw_seed(generator(self.seed, "mc-dropout"))
         probs = []
         with frozen(clf.module), torch.inference_mode(), torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)

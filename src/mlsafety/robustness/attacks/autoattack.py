@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mlsafety.core import Classifier, InputError, generator
+from mlsafety.core import Classifier, InputError, draw_seed, generator
 from mlsafety.robustness.attacks.apgd import APGD
 from mlsafety.robustness.attacks.apgd_t import APGDT
 from mlsafety.robustness.attacks.base import Attack, AttackOutput, project, register_attack
@@ -90,7 +90,7 @@ class AutoAttack(Attack):
         robust = logits.argmax(dim=1) == y
         x_adv = x.clone()
         broken: dict[str, int] = {}
-        batch_seed = int(torch.randint(0, 2**62, (1,), generator=g))
+        batch_seed = draw_seed(g)
         for name in self.members:
             idx = robust.nonzero()[:, 0]
             if idx.numel() == 0:

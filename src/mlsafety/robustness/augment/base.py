@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import Registry
+from mlsafety.core import Registry, draw_seed
 
 
 class Augmentation:
@@ -80,7 +80,7 @@ class MixedBatch:
 
 def numpy_rng(g: torch.Generator) -> np.random.Generator:
     """A NumPy generator seeded from ``g`` (for Beta and Dirichlet draws, which torch cannot seed)."""
-    return np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=g)))
+    return np.random.default_rng(draw_seed(g))
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
