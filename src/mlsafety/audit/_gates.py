@@ -68,12 +68,14 @@ def check_gate_bound(key: str, value: object, where: str = "gate") -> float:
     A NaN bound can never fail (every comparison with NaN is false) and an infinite one always
     or never does, so both are refused rather than silently accepted.
     """
+    example = f'"{key}" = 0.95' if "[" in where else f"{key}=0.95"  # a config file's table, or an option
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{where} {key!r}: bound {value!r} is not a number; give e.g. {key}=0.95")
+        raise InputError(f"{where} {key!r}: bound {value!r} is not a number; give e.g. {example}")
     bound = float(value)
     if not math.isfinite(bound):
         raise InputError(
-            f"{where} {key!r}: bound {bound} is not a finite number and could never fail or pass; give e.g. {key}=0.95"
+            f"{where} {key!r}: bound {bound} is not a finite number, so the gate could never work "
+            f"(a NaN bound never fails); give e.g. {example}"
         )
     return bound
 
