@@ -78,3 +78,87 @@ def test_bootstrap_is_seeded_and_covers_the_value():
     assert e1.ci_low < 0.80 and e1.ci_high > 0.70
     want = {"auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive"}
     assert set(ood_metrics(a, b, n_boot=50)) == want
+
+
+# -- bootstrap from weights (issue 12 point 6): memory O(N + chunk x N), same draws as resampling --
+
+
+def _reference_bootstrap(statistic, values, n_boot, seed, name, confidence=0.95):  # type: ignore[no-untyped-def]
+    """The former implementation: one (n_boot, N, ...) resampled array, for comparison only."""
+    from mlsafety.core import generator
+
+    n = values.shape[0]
+    idx = torch.randint(0, n, (n_boot, n), generator=generator(seed, "bootstrap", name, n))
+    boot = statistic(values[idx]).double()
+    q = torch.tensor([(1 - confidence) / 2, 1 - (1 - confidence) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(boot, q).tolist()
+    value = float(statistic(values.unsqueeze(0))[0])
+    return value, min(lo, value), max(hi, value), n
+
+
+def test_bootstrap_counts_are_the_explicit_resamples_whatever_the_chunk():
+    from mlsafety.core import generator
+    from mlsafety.metrics import bootstrap_counts
+
+    n, n_boot = 37, 50
+    idx = torch.randint(0, n, (n_boot, n), generator=generator(4, "bootstrap", "x", n))
+    want = torch.stack([torch.bincount(row, minlength=n) for row in idx]).double()
+    for chunk in (n, 5 * n + 3, 10**6):  # 1 row, 5 rows and all rows per chunk
+        counts = list(bootstrap_counts(n, n_boot, seed=4, name="x", chunk_elements=chunk))
+        assert max(c.shape[0] for c in counts) == min(n_boot, max(1, chunk // n))
+        torch.testing.assert_close(torch.cat(counts), want, rtol=0, atol=0)  # integer counts
+    assert (want.sum(dim=1) == n).all()
+
+
+def test_weighted_bootstrap_never_sees_more_than_a_chunk_of_draws():
+    from mlsafety.metrics import bootstrap_weighted
+
+    n, seen = 400, []
+    x = torch.linspace(0, 1, n, dtype=torch.float64)
+
+    def mean(w: torch.Tensor) -> torch.Tensor:
+        seen.append(w.shape)
+        return w @ x / w.sum(dim=1)
+
+    for n_boot in (200, 2000):
+        seen.clear()
+        bootstrap_weighted(mean, n, n_boot, seed=1, chunk_elements=10 * n)
+        assert sum(s[0] for s in seen[1:]) == n_boot  # the first call is the point value at unit weights
+        assert max(s[0] for s in seen) == 10 and all(s[1] == n for s in seen)
+
+
+def test_bootstrap_mean_equals_resampling_the_values():
+    from mlsafety.metrics import bootstrap_mean
+
+    g = torch.Generator().manual_seed(2)
+    v = torch.randn(300, generator=g, dtype=torch.float64).exp()
+    got = bootstrap_mean(v, n_boot=400, seed=9, name="m")
+    want = _reference_bootstrap(lambda r: r.mean(dim=-1), v, 400, 9, "m")
+    assert tuple(got) == pytest.approx(want, rel=1e-12, abs=1e-15)
+    assert got.value == pytest.approx(float(v.mean()), rel=1e-15)
+    assert bootstrap_mean(v, n_boot=400, seed=9, name="m") == got  # seeded: identical run to run
+    assert bootstrap_mean(v, n_boot=400, seed=9, name="other") != got  # another statistic, other draws
+
+
+def test_bootstrap_statistic_in_chunks_equals_one_resampled_array():
+    from mlsafety.metrics import bootstrap_statistic
+
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(120, 2, generator=g, dtype=torch.float64)
+
+    def stat(r: torch.Tensor) -> torch.Tensor:  # a median: not a function of sums
+        return (r[..., 0] - r[..., 1]).median(dim=-1).values
+
+    want = _reference_bootstrap(stat, v, 300, 5, "med")
+    for chunk in (240, 240 * 7, None):
+        got = bootstrap_statistic(stat, v, n_boot=300, seed=5, name="med", chunk_elements=chunk)
+        assert tuple(got) == pytest.approx(want, rel=1e-12)
+
+
+def test_bootstrap_refuses_an_empty_sample_and_no_draws():
+    from mlsafety.metrics import bootstrap_counts, bootstrap_mean
+
+    with pytest.raises(InputError, match="empty"):
+        bootstrap_mean(torch.empty(0))
+    with pytest.raises(InputError, match="n_boot"):
+        next(bootstrap_counts(5, 0))

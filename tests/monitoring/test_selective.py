@@ -73,3 +73,19 @@ def test_bad_inputs() -> None:
         sel.aurc(torch.rand(3), torch.ones(4, dtype=torch.bool))
     with pytest.raises(InputError, match="coverage"):
         sel.risk_at_coverage(torch.rand(3), torch.ones(3, dtype=torch.bool), 0.0)
+
+
+@pytest.mark.parametrize("metric", ["aurc", "eaurc", "augrc", "risk_at_coverage", "coverage_at_risk"])
+def test_weighted_metrics_equal_the_metrics_of_explicit_resamples(metric: str) -> None:
+    # issue 12 point 6: the bootstrap weights inputs by their counts instead of copying them
+    g = generator(0, "selective-weights", metric)
+    conf = (torch.rand(150, generator=g) * 8).round() / 8  # many ties, some split across resamples
+    correct = torch.rand(150, generator=g) < 0.7
+    idx = torch.randint(0, 150, (25, 150), generator=g)
+    w = torch.zeros(25, 150, dtype=torch.float64).scatter_add_(1, idx, torch.ones(25, 150, dtype=torch.float64))
+    stats = sel.SelectiveStats(conf, correct)
+    extra = {"risk_at_coverage": (0.7,), "coverage_at_risk": (0.2,)}.get(metric, ())
+    want = getattr(sel, metric)(conf[idx], correct[idx], *extra)
+    torch.testing.assert_close(getattr(stats, metric)(w, *extra), want, rtol=1e-12, atol=1e-15)
+    one = getattr(stats, metric)(torch.ones(1, 150), *extra)[0]
+    torch.testing.assert_close(one, getattr(sel, metric)(conf, correct, *extra), rtol=1e-12, atol=1e-15)

@@ -1,9 +1,16 @@
-"""Confidence intervals: exact for proportions, seeded and vectorised bootstrap for the rest."""
+"""Confidence intervals: exact for proportions, a seeded percentile bootstrap for the rest.
+
+The bootstrap (Efron & Tibshirani, "An Introduction to the Bootstrap", 1993) is computed from
+multinomial resampling weights applied to per-input terms (:func:`bootstrap_weighted`): a
+resample is the vector of counts of each input, so memory is O(N + n_boot + chunk x N) and never
+O(n_boot x N x K). The counts are those of explicit index resampling with the same generator, so
+the intervals equal those of resampling the data itself.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -102,11 +109,127 @@ def bootstrap_two_sample(
     return Estimate(value, min(lo, value), max(hi, value), int(a.shape[-1] + b.shape[-1]))
 
 
-def bootstrap_mean(
-    values: torch.Tensor, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95, name: str = "mean"
+CHUNK_ELEMENTS = 1 << 22
+"""Draws are made and evaluated in chunks of about this many (draw, input) entries (32 MB of float64),
+so a bootstrap's memory is O(N + n_boot + chunk x N), whatever ``n_boot`` is."""
+
+
+def _rows_per_chunk(width: int, chunk_elements: int | None) -> int:
+    return max(1, (chunk_elements or CHUNK_ELEMENTS) // max(1, width))
+
+
+def bootstrap_counts(
+    n: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    name: str = "statistic",
+    generator: torch.Generator | None = None,
+    chunk_elements: int | None = None,
+) -> Iterator[torch.Tensor]:
+    """Multinomial bootstrap weights: how often each of ``n`` inputs appears in each resample.
+
+    Yields float64 tensors (B, n) of counts, chunk by chunk (B at most ``chunk_elements / n``),
+    ``n_boot`` rows in all; every row sums to ``n``. Row ``b`` counts the indices
+    ``torch.randint(0, n, (n_boot, n), generator=g)[b]``, drawn chunk by chunk from the same stream
+    (PyTorch's CPU ``randint`` is sequential), so a statistic weighted by these counts equals the
+    statistic of the explicitly resampled data, and the draws do not depend on the chunk size.
+
+    Args:
+        n: number of inputs.
+        n_boot: number of resamples.
+        seed: seed of the draws, used with ``name`` when no ``generator`` is given
+            (``mlsafety.core.generator(seed, "bootstrap", name, n)``).
+        name: the statistic's name, so two statistics of one run draw different resamples.
+        generator: the CPU generator to draw from instead of the seed-derived one.
+        chunk_elements: entries per chunk (default :data:`CHUNK_ELEMENTS`).
+    """
+    if n <= 0:
+        raise InputError("cannot bootstrap an empty sample")
+    if n_boot < 1:
+        raise InputError(f"n_boot must be at least 1, got {n_boot}")
+    g = generator if generator is not None else make_generator(seed, "bootstrap", name, n)
+    rows = _rows_per_chunk(n, chunk_elements)
+    for start in range(0, n_boot, rows):
+        b = min(rows, n_boot - start)
+        idx = torch.randint(0, n, (b, n), generator=g)
+        counts = torch.zeros(b, n, dtype=torch.float64)
+        counts.scatter_add_(1, idx, torch.ones(b, n, dtype=torch.float64))
+        del idx
+        yield counts
+
+
+def percentile_interval(boot: torch.Tensor, value: float, n: int, confidence: float = 0.95) -> Estimate:
+    """``value`` with the percentile interval of its bootstrap replicates ``boot`` (B,).
+
+    The interval is widened to contain ``value`` when the replicates all fall on one side of it.
+    """
+    boot = boot.double().cpu()
+    q = torch.tensor([(1 - confidence) / 2, 1 - (1 - confidence) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(boot, q).tolist()
+    return Estimate(value, min(lo, value), max(hi, value), n)
+
+
+def bootstrap_weighted(
+    statistic: Callable[[torch.Tensor], torch.Tensor],
+    n: int,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    name: str = "statistic",
+    value: float | None = None,
+    generator: torch.Generator | None = None,
+    chunk_elements: int | None = None,
 ) -> Estimate:
-    """Percentile bootstrap interval of the mean of per-sample ``values``."""
-    return bootstrap_statistic(lambda v: v.mean(dim=-1), values, n_boot, seed, confidence, name)
+    """Percentile bootstrap of a statistic written as a function of per-input weights.
+
+    ``statistic`` maps weights (B, n) (float64 counts from :func:`bootstrap_counts`: how often each
+    input is drawn into each resample) to (B,) values, e.g. ``lambda w: w @ x / w.sum(1)`` for a
+    mean. Only sufficient statistics are formed, never a (n_boot, n, ...) resampled array, so the
+    memory is O(n + n_boot + chunk x n). With the same seed and name it gives the interval
+    :func:`bootstrap_statistic` gives for the equivalent statistic of resampled data.
+
+    Args:
+        statistic: the statistic of weighted data, batched over rows of weights.
+        n: number of inputs.
+        n_boot: number of resamples.
+        seed: seed of the draws (see :func:`bootstrap_counts`).
+        confidence: interval level.
+        name: the statistic's name (part of the derived generator).
+        value: the point estimate; by default ``statistic`` at unit weights.
+        generator: draw from this CPU generator instead of the seed-derived one.
+        chunk_elements: memory bound per chunk (see :data:`CHUNK_ELEMENTS`).
+    """
+    if n <= 0:
+        raise InputError("cannot bootstrap an empty sample")
+    if value is None:
+        value = float(statistic(torch.ones(1, n, dtype=torch.float64))[0])
+    boot = torch.cat(
+        [statistic(w).double().cpu() for w in bootstrap_counts(n, n_boot, seed, name, generator, chunk_elements)]
+    )
+    return percentile_interval(boot, value, n, confidence)
+
+
+def bootstrap_mean(
+    values: torch.Tensor,
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    name: str = "mean",
+    generator: torch.Generator | None = None,
+) -> Estimate:
+    """Percentile bootstrap interval of the mean of per-sample ``values`` (N,).
+
+    Each resample's mean is a weighted mean of ``values`` (multinomial counts as weights), so
+    memory is O(N + chunk x N) whatever ``n_boot`` is.
+    """
+    v = values.detach().reshape(-1)
+    n = int(v.numel())
+    if n == 0:
+        raise InputError("cannot bootstrap an empty sample")
+    v64 = v.double().cpu()
+    return bootstrap_weighted(
+        lambda w: w @ v64 / n, n, n_boot, seed, confidence, name, value=float(v.mean()), generator=generator
+    )
 
 
 def bootstrap_statistic(
@@ -116,19 +239,28 @@ def bootstrap_statistic(
     seed: int = 0,
     confidence: float = 0.95,
     name: str = "statistic",
+    generator: torch.Generator | None = None,
+    chunk_elements: int | None = None,
 ) -> Estimate:
     """Percentile bootstrap of ``statistic`` over the first dimension of ``values``.
 
     ``values`` is (N,) or (N, F) per-sample data (resampled together along N); ``statistic`` maps
-    a batch of samples (B, N[, F]) to (B,).
+    a batch of samples (B, N[, F]) to (B,). Resamples are built and evaluated a chunk at a time
+    (B x N x F at most about ``chunk_elements``), so memory does not grow with ``n_boot``. For
+    statistics that are functions of per-input sums (means, binned errors, risk-coverage areas)
+    prefer :func:`bootstrap_weighted`, which never forms resampled copies of the data; both draw
+    the same resamples for the same seed and name.
     """
     n = int(values.shape[0])
     if n == 0:
         raise InputError("cannot bootstrap an empty sample")
+    if n_boot < 1:
+        raise InputError(f"n_boot must be at least 1, got {n_boot}")
     value = float(statistic(values.unsqueeze(0))[0])
-    g = make_generator(seed, "bootstrap", name, n)
-    idx = torch.randint(0, n, (n_boot, n), generator=g).to(values.device)
-    boot = statistic(values[idx]).double()
-    q = torch.tensor([(1 - confidence) / 2, 1 - (1 - confidence) / 2], dtype=torch.float64, device=boot.device)
-    lo, hi = torch.quantile(boot, q).tolist()
-    return Estimate(value, min(lo, value), max(hi, value), n)
+    g = generator if generator is not None else make_generator(seed, "bootstrap", name, n)
+    rows = _rows_per_chunk(n * max(1, values[0].numel()), chunk_elements)
+    boots = []
+    for start in range(0, n_boot, rows):
+        idx = torch.randint(0, n, (min(rows, n_boot - start), n), generator=g).to(values.device)
+        boots.append(statistic(values[idx]).double().cpu())
+    return percentile_interval(torch.cat(boots), value, n, confidence)

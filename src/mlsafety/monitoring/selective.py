@@ -14,7 +14,9 @@ threshold could not reach.
   accepted and wrong.
 
 Every function takes ``confidence`` (N,) (higher = more trusted; use ``-score`` for an anomaly
-score) and ``correct`` (N,) booleans, or 2-D batches of rows (used by the bootstrap).
+score) and ``correct`` (N,) booleans, or 2-D batches of rows. :class:`SelectiveStats` gives the
+same metrics for integer weights over the inputs (bootstrap counts) from one sort, in O(B x N)
+memory, without resampled copies.
 """
 
 from __future__ import annotations
@@ -136,8 +138,86 @@ def coverage_at_risk(confidence: torch.Tensor, correct: torch.Tensor, risk: floa
     return _out(cov.amax(dim=1), squeeze)
 
 
+class SelectiveStats:
+    """The selective metrics of weighted versions of one set of predictions (bootstrap resamples).
+
+    The inputs are sorted once by confidence (descending) and cut into tie groups. A resample that
+    holds input ``i`` ``w_i`` times has the same tie groups, less those it holds no copy of, so its
+    curve is made of cumulative weighted counts at the group ends: each metric of a row of weights
+    equals the metric of the explicitly resampled data (tested), in O(B x N) memory.
+
+    Args:
+        confidence: (N,) higher = more trusted.
+        correct: (N,) booleans or 0/1.
+    """
+
+    def __init__(self, confidence: torch.Tensor, correct: torch.Tensor) -> None:
+        c, ok, squeeze = _rows(confidence, correct)
+        if not squeeze:
+            raise InputError("SelectiveStats takes 1-D inputs")
+        self.n = int(c.shape[1])
+        self._order = c[0].argsort(descending=True, stable=True).cpu()
+        s = c[0].cpu()[self._order]
+        self._err = 1.0 - ok[0].cpu()[self._order]
+        end = torch.ones(self.n, dtype=torch.bool)
+        end[:-1] = s[:-1] != s[1:]
+        self._ends = end.nonzero()[:, 0]
+
+    def _curve(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Accepted and wrong counts at each group end (B, G), group sizes (B, G), totals (B,)."""
+        w = weights.double().cpu().reshape(-1, self.n)[:, self._order]
+        accepted = w.cumsum(dim=1)[:, self._ends]
+        errors = (w * self._err).cumsum(dim=1)[:, self._ends]
+        size = accepted.diff(dim=1, prepend=torch.zeros_like(accepted[:, :1]))
+        return accepted, errors, size, accepted[:, -1]
+
+    @staticmethod
+    def _risk(errors: torch.Tensor, accepted: torch.Tensor) -> torch.Tensor:
+        return errors / accepted.clamp_min(1e-300)
+
+    def aurc(self, weights: torch.Tensor) -> torch.Tensor:
+        """:func:`aurc` of each row of weights (B, N); returns (B,)."""
+        a, e, size, total = self._curve(weights)
+        return (size * self._risk(e, a)).sum(dim=1) / total
+
+    def augrc(self, weights: torch.Tensor) -> torch.Tensor:
+        """:func:`augrc` of each row of weights (B, N)."""
+        _, e, size, total = self._curve(weights)
+        return (size * e).sum(dim=1) / total**2
+
+    def eaurc(self, weights: torch.Tensor) -> torch.Tensor:
+        """:func:`eaurc` of each row of integer weights (B, N)."""
+        a, e, size, total = self._curve(weights)
+        n = total.round().long()
+        wrong = e[:, -1].round().long()
+        harmonic = torch.cat([torch.zeros(1, dtype=torch.float64),
+                              (1.0 / torch.arange(1, int(n.max()) + 1, dtype=torch.float64)).cumsum(0)])  # fmt: skip
+        # oracle: 1/n sum_{k > n - e} (k - (n - e)) / k = (e - (n - e)(H_n - H_{n-e})) / n
+        oracle = (wrong - (n - wrong) * (harmonic[n] - harmonic[n - wrong])) / n
+        aurc = (size * self._risk(e, a)).sum(dim=1) / total
+        return (aurc - oracle).clamp_min(0.0)
+
+    def risk_at_coverage(self, weights: torch.Tensor, coverage: float = 0.9) -> torch.Tensor:
+        """:func:`risk_at_coverage` of each row of weights (B, N)."""
+        if not 0 < coverage <= 1:
+            raise InputError(f"coverage must lie in (0, 1], got {coverage}")
+        a, e, size, total = self._curve(weights)
+        hit = (size > 0) & (a / total[:, None] >= coverage - 1e-12)
+        idx = hit.double().argmax(dim=1, keepdim=True)
+        return self._risk(e, a).gather(1, idx)[:, 0]
+
+    def coverage_at_risk(self, weights: torch.Tensor, risk: float = 0.05) -> torch.Tensor:
+        """:func:`coverage_at_risk` of each row of weights (B, N)."""
+        if not 0 <= risk <= 1:
+            raise InputError(f"risk must lie in [0, 1], got {risk}")
+        a, e, size, total = self._curve(weights)
+        good = (size > 0) & (self._risk(e, a) <= risk + 1e-12)
+        return torch.where(good, a / total[:, None], torch.zeros_like(a)).amax(dim=1)
+
+
 __all__ = [
     "RiskCoverage",
+    "SelectiveStats",
     "augrc",
     "aurc",
     "coverage_at_risk",

@@ -23,7 +23,7 @@ from mlsafety.audit._context import AuditContext
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.checks.ood_basic import ScoreCache
 from mlsafety.core import derive_seed
-from mlsafety.metrics import bootstrap_statistic
+from mlsafety.metrics import bootstrap_weighted
 from mlsafety.monitoring import selective as sel
 
 METRICS = ("aurc", "eaurc", "augrc", "risk_at_coverage", "coverage_at_risk")
@@ -37,7 +37,7 @@ class Selective(Check):
         "Risk-coverage analysis on the test data: the model answers when its confidence (minus a detector's anomaly "
         "score) reaches a threshold. AURC, excess AURC, AUGRC (areas, tie-aware, lower is better), the selective "
         "risk at the target coverage and the largest coverage at the target risk, with seeded bootstrap 95% "
-        "intervals. Plain metric names use the default confidence (MSP)."
+        "intervals (resamples as weights over one sorted order). Plain metric names use the default confidence (MSP)."
     )
     defaults: ClassVar[dict[str, Any]] = {
         "detectors": ["msp", "max-logit", "energy", "entropy"],
@@ -53,23 +53,32 @@ class Selective(Check):
         cache = ScoreCache(ctx, p["detectors"])
         scores = cache.scores("clean")
         correct = (ctx.outputs("clean").pred == ctx.labels("clean")).double().cpu()
-        fns: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-            "aurc": sel.aurc,
-            "eaurc": sel.eaurc,
-            "augrc": sel.augrc,
-            "risk_at_coverage": lambda c, k: sel.risk_at_coverage(c, k, p["coverage"]),
-            "coverage_at_risk": lambda c, k: sel.coverage_at_risk(c, k, p["risk"]),
+        cov, risk = p["coverage"], p["risk"]
+        # the point value from the direct function, resamples from weights over one sorted order
+        fns: dict[str, tuple[Callable[..., torch.Tensor], Callable[[sel.SelectiveStats, torch.Tensor], torch.Tensor]]]
+        fns = {
+            "aurc": (sel.aurc, lambda s, w: s.aurc(w)),
+            "eaurc": (sel.eaurc, lambda s, w: s.eaurc(w)),
+            "augrc": (sel.augrc, lambda s, w: s.augrc(w)),
+            "risk_at_coverage": (lambda c, k: sel.risk_at_coverage(c, k, cov), lambda s, w: s.risk_at_coverage(w, cov)),
+            "coverage_at_risk": (
+                lambda c, k: sel.coverage_at_risk(c, k, risk),
+                lambda s, w: s.coverage_at_risk(w, risk),
+            ),
         }
         rows: list[Row] = []
         curves = {}
         for name in cache.names:
             conf = -scores[name].double()
-            values = torch.stack([conf, correct], dim=1)
+            stats = sel.SelectiveStats(conf, correct)
             curves[name] = sel.risk_coverage(conf, correct)
-            for m, fn in fns.items():
+            for m, (direct, weighted) in fns.items():
                 seed = derive_seed(ctx.seed, self.name, name, m)
-                est = bootstrap_statistic(_on_pairs(fn), values, p["n_boot"], seed, name=m)
-                level = {"risk_at_coverage": {"coverage": p["coverage"]}, "coverage_at_risk": {"risk": p["risk"]}}
+                est = bootstrap_weighted(
+                    lambda w, weighted=weighted, stats=stats: weighted(stats, w),  # type: ignore[misc]
+                    stats.n, p["n_boot"], seed, name=m, value=float(direct(conf, correct)),
+                )  # fmt: skip
+                level = {"risk_at_coverage": {"coverage": cov}, "coverage_at_risk": {"risk": risk}}
                 extra = level.get(m, {})
                 rows.append(Row.of("clean", f"{name.replace('-', '_')}_{m}", est, detector=name, **extra))
                 if name == p["default"]:
@@ -89,10 +98,6 @@ class Selective(Check):
                 per.setdefault(det, {})[r.metric[len(det) + 1 :]] = r
         body = [[d, *[_cell(v.get(m)) for m in METRICS]] for d, v in sorted(per.items(), key=lambda kv: _aurc(kv[1]))]
         return [Table("Confidence sources ranked by AURC [95% CI]", ["confidence = -score of", *METRICS], body)]
-
-
-def _on_pairs(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
-    return lambda v: fn(v[..., 0], v[..., 1])
 
 
 _CAPTION = "Risk-coverage curves on the test data (one point per distinct confidence)."
