@@ -146,3 +146,199 @@ def test_calibrator_registry_conformance(name: str) -> None:
 def test_public_api_sorted() -> None:
     # isort-style, as ruff keeps it: CONSTANTS, then Classes, then functions, each sorted
     assert list(cal.__all__) == sorted(cal.__all__, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n))
+
+
+# -- binning convention at confidence exactly 1 and on bin edges (issue 12 point 10) ---------------
+
+
+def test_confidence_one_shares_the_last_bin_unlike_torchmetrics(tm_calibration_error) -> None:
+    # confidence 1.0 (wrong) and 0.95 (right): one last bin [0.9, 1], accuracy 0.5, confidence 0.975
+    probs = torch.tensor([[1.0, 0.0], [0.95, 0.05]], dtype=torch.float64)
+    labels = torch.tensor([1, 0])
+    assert cal.ece(probs, labels, n_bins=10) == pytest.approx(0.475, abs=1e-12)
+    assert cal.mce(probs, labels, n_bins=10) == pytest.approx(0.475, abs=1e-12)
+    assert cal.reliability(probs, labels, n_bins=10).count.tolist() == [0] * 9 + [2]
+    # torchmetrics gives 1.0 a bin of its own, as the module docstring says: 0.525 and 1.000
+    tm = {n: float(tm_calibration_error(probs, labels, num_classes=2, n_bins=10, norm=n)) for n in ("l1", "max")}
+    assert tm["l1"] == pytest.approx(0.525, abs=1e-6) and tm["max"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_confidence_on_an_inner_edge_goes_to_the_bin_above() -> None:
+    # 4 bins [0, .25) [.25, .5) [.5, .75) [.75, 1]; 0.5 and 0.75 are exact in binary
+    conf = torch.tensor([0.5, 0.75, 0.7499999, 1.0], dtype=torch.float64)
+    assert cal.bin_index(conf, 4).tolist() == [2, 3, 2, 3]
+    probs = torch.stack([conf, 1 - conf], dim=1)
+    assert cal.reliability(probs, torch.zeros(4, dtype=torch.long), n_bins=4).count.tolist() == [0, 0, 2, 2]
+    assert "own bin" not in cal.metrics.__doc__ and "a bin of its own" in cal.metrics.__doc__
+
+
+def test_nll_floors_the_true_class_probability_at_1e_12() -> None:
+    probs = torch.tensor([[1.0, 0.0], [1.0 - 1e-15, 1e-15], [0.5, 0.5]], dtype=torch.float64)
+    labels = torch.tensor([1, 1, 1])
+    cap = -torch.tensor(cal.NLL_EPS, dtype=torch.float64).log().item()
+    assert cap == pytest.approx(27.631021115928547)
+    # p_y = 0 and p_y = 1e-15 both count as 1e-12: the mean is below the true one (infinite, 34.5)
+    torch.testing.assert_close(cal.nll_per_sample(probs, labels), torch.tensor([cap, cap, 0.6931471805599453],
+                               dtype=torch.float64))  # fmt: skip
+    assert "1e-12" in cal.nll.__doc__ and "lower" in cal.nll.__doc__
+
+
+# -- the memory-bounded path: same point values, weights = explicit resamples (issue 12 point 6) ----
+
+
+def _old_classwise(probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float:
+    """The former (N, K)-copying classwise ECE, for comparison."""
+    p = probs.double()
+    onehot = torch.nn.functional.one_hot(labels, p.shape[1]).double()
+    return float(cal.calibration_error(p.T.contiguous(), onehot.T.contiguous(), n_bins, "l1", "width").mean())
+
+
+def _direct(metric: str, probs: torch.Tensor, labels: torch.Tensor, n_bins: int) -> float:
+    fn = getattr(cal, metric)
+    return float(fn(probs, labels)) if metric in ("brier", "nll") else float(fn(probs, labels, n_bins))
+
+
+def _counts(n: int, b: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    idx = torch.randint(0, n, (b, n), generator=generator(0, "counts", name))
+    return idx, torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(b, n, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("metric", cal.METRICS)
+def test_stats_give_the_direct_formulas_and_weights_give_the_resampled_metric(metric: str) -> None:
+    probs, labels = _sample(240, 6, f"stats-{metric}")
+    stats = cal.CalibrationStats.from_probs(probs, labels, n_bins=9)
+    direct = _direct(metric, probs, labels, 9)
+    assert stats.value(metric) == pytest.approx(direct, rel=1e-12, abs=1e-15)
+    if metric == "classwise_ece":
+        assert direct == pytest.approx(_old_classwise(probs, labels, 9), rel=1e-12)
+    brute = {
+        "brier": lambda p, y: float(((p.double() - torch.nn.functional.one_hot(y, 6)) ** 2).sum(1).mean()),
+        "nll": lambda p, y: float(-p.double().gather(1, y[:, None]).log().mean()),
+    }
+    if metric in brute:
+        assert direct == pytest.approx(brute[metric](probs, labels), rel=1e-12)
+    idx, w = _counts(240, 12, metric)
+    want = torch.tensor([_direct(metric, probs[i], labels[i], 9) for i in idx], dtype=torch.float64)
+    torch.testing.assert_close(stats.weighted(metric, w), want, rtol=1e-12, atol=1e-14)
+
+
+def test_stats_from_logits_equal_softmax_in_float64_and_take_a_transform() -> None:
+    g = generator(0, "from-logits")
+    logits = torch.randn(150, 5, generator=g) * 4
+    labels = torch.randint(0, 5, (150,), generator=g)
+    for transform, scale in ((None, 1.0), (lambda z: z / 2.5, 2.5)):
+        stats = cal.CalibrationStats.from_logits(logits, labels, 15, transform=transform)
+        probs = (logits.double() / scale).softmax(1)
+        for m in cal.METRICS:
+            assert stats.value(m) == pytest.approx(_direct(m, probs, labels, 15), rel=1e-12, abs=1e-15)
+
+
+def test_calibration_bootstrap_equals_resampling_the_predictions() -> None:
+    from mlsafety.audit.checks.calibration_basic import estimate
+    from mlsafety.metrics import bootstrap_statistic
+
+    probs, labels = _sample(300, 4, "boot-ref")
+    stats = cal.CalibrationStats.from_probs(probs, labels, 15)
+    conf, correct = cal.confidence_and_correct(probs, labels)
+    onehot = torch.nn.functional.one_hot(labels, 4).double()
+    refs = {
+        "ece": (lambda v: cal.calibration_error(v[..., 0], v[..., 1], 15), torch.stack([conf, correct], 1)),
+        "adaptive_ece": (
+            lambda v: cal.calibration_error(v[..., 0], v[..., 1], 15, "l1", "mass"),
+            torch.stack([conf, correct], 1),
+        ),
+        "classwise_ece": (
+            lambda v: (
+                cal.calibration_error(
+                    v[..., :4].transpose(1, 2).reshape(-1, 300), v[..., 4:].transpose(1, 2).reshape(-1, 300), 15
+                )
+                .reshape(-1, 4)
+                .mean(1)
+            ),
+            torch.cat([probs.double(), onehot], 1),
+        ),
+    }
+    for metric, (stat, values) in refs.items():
+        want = bootstrap_statistic(stat, values, n_boot=200, seed=11, name=metric)
+        got = estimate(metric, stats, n_boot=200, seed=11)
+        assert tuple(got) == pytest.approx(tuple(want), rel=1e-12, abs=1e-15), metric
+
+
+def test_stats_refuse_bad_input_in_one_line() -> None:
+    with pytest.raises(InputError, match="softmax"):
+        cal.CalibrationStats.from_probs(torch.tensor([[3.0, -1.0]]), torch.tensor([0]))
+    with pytest.raises(InputError, match="fractions"):
+        cal.CalibrationStats.from_probs(torch.tensor([[0.5, 0.5]]), torch.tensor([0.4]))
+    with pytest.raises(InputError, match="NaN"):
+        cal.CalibrationStats.from_logits(torch.tensor([[float("nan"), 0.0]]), torch.tensor([0]))
+    with pytest.raises(InputError, match="unknown calibration metric"):
+        cal.CalibrationStats.from_probs(torch.tensor([[0.5, 0.5]]), torch.tensor([0])).value("ecee")
+
+
+# -- the fitted temperature and its interval (issue 12 point 11) ------------------------------------
+
+
+def _tempered(n: int, k: int, t: float, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    g = generator(0, "tempered", name)
+    base = torch.randn(n, k, generator=g) * 2
+    labels = torch.multinomial(base.softmax(1), 1, generator=g)[:, 0]
+    return (base * t).float(), labels
+
+
+def test_temperature_fit_is_the_nll_minimiser() -> None:
+    from scipy.optimize import minimize_scalar
+
+    logits, labels = _tempered(500, 4, 1.7, "minimiser")
+    z = logits.double()
+    t = cal.TemperatureScaler().fit(logits, labels).temperature_
+
+    def nll(log_t: float) -> float:
+        return float(torch.nn.functional.cross_entropy(z / torch.tensor(log_t).exp(), labels))
+
+    ref = minimize_scalar(nll, bounds=(-3, 3), method="bounded", options={"xatol": 1e-10}).x
+    assert t == pytest.approx(float(torch.tensor(ref).exp()), rel=1e-6)
+    log_t = torch.tensor(t, dtype=torch.float64).log().requires_grad_()
+    torch.nn.functional.cross_entropy(z / log_t.exp(), labels).backward()
+    assert abs(float(log_t.grad)) < 1e-9  # a stationary point, not just close
+
+
+def test_temperature_sits_at_its_bound_when_the_nll_keeps_falling() -> None:
+    logits = torch.tensor([[2.0, 0.0], [0.0, 3.0], [1.0, 0.0]])
+    labels = logits.argmax(1)  # every input right with a margin: the NLL falls as T -> 0
+    assert cal.TemperatureScaler().fit(logits, labels).temperature_ == pytest.approx(1 / cal.scaling.S_MAX)
+
+
+@pytest.mark.parametrize("n,exact", [(60, True), (2000, False)])
+def test_bootstrap_temperatures_equal_refits_on_explicit_resamples(monkeypatch, n: int, exact: bool) -> None:
+    from mlsafety.metrics import bootstrap_counts
+
+    if not exact:  # the grid interpolation alone, as used when N x K is large
+        monkeypatch.setattr(cal.scaling, "_EXACT_BUDGET", 0)
+    logits, labels = _tempered(n, 5, 0.6, f"refit-{n}")
+    t = cal.TemperatureScaler().fit(logits, labels).temperature_
+    draws = bootstrap_counts(n, 12, seed=3, name="temperature")
+    got = 1 / cal.scaling._bootstrap_inverse_temperatures(logits, labels, 1 / t, draws)
+    idx = torch.randint(0, n, (12, n), generator=generator(3, "bootstrap", "temperature", n))
+    want = torch.tensor(
+        [cal.TemperatureScaler().fit(logits[i], labels[i]).temperature_ for i in idx], dtype=torch.float64
+    )
+    torch.testing.assert_close(got, want, rtol=1e-9 if exact else 1e-7, atol=0)
+
+
+def test_temperature_estimate_is_seeded_and_covers_the_true_temperature() -> None:
+    logits, labels = _tempered(3000, 5, 2.0, "estimate")
+    t = cal.TemperatureScaler().fit(logits, labels).temperature_
+    est = cal.temperature_estimate(logits, labels, t, n_boot=200, seed=1)
+    assert est.value == t and est.n == 3000 and est.ci_low < t < est.ci_high < 1.1 * est.ci_low
+    assert cal.temperature_estimate(logits, labels, n_boot=200, seed=1) == est  # fits T itself, same draws
+    with pytest.raises(InputError, match="positive"):
+        cal.temperature_estimate(logits, labels, -1.0)
+
+
+def test_temperature_interval_covers_the_true_temperature_about_95_percent_of_the_time() -> None:
+    covered = 0
+    for rep in range(40):  # 40 validation sets drawn at T = 2: expect ~38 covered, < 32 has p < 1e-3
+        logits, labels = _tempered(400, 3, 2.0, f"coverage-{rep}")
+        est = cal.temperature_estimate(logits, labels, n_boot=200, seed=rep)
+        covered += est.ci_low <= 2.0 <= est.ci_high
+    assert covered >= 32

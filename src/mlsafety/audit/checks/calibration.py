@@ -19,6 +19,7 @@ from mlsafety.audit._check import (
 )
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks.calibration_basic import metric_rows, reliability_png
+from mlsafety.core import derive_seed
 from mlsafety.monitoring import calibration as cal
 
 METRICS = ["ece", "adaptive_ece", "mce", "rms_calibration_error", "classwise_ece", "brier", "nll"]
@@ -32,31 +33,31 @@ class Calibration(Check):
     description = (
         "ECE (equal-width and equal-mass bins), MCE, RMS calibration error, classwise ECE, Brier score and NLL on the "
         "test data, before and after recalibration fitted on the validation data only (temperature scaling: "
-        "`_after_ts`; vector scaling when enabled: `_after_vs`), each with a seeded bootstrap 95% interval."
+        "`_after_ts`; vector scaling when enabled: `_after_vs`), each with a seeded bootstrap 95% interval; the "
+        "fitted temperature with a bootstrap 95% interval from refits on resampled validation data."
     )
     defaults: ClassVar[dict[str, Any]] = {"n_bins": 15, "n_boot": 500, "calibrators": ["temperature"]}
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
-        logits = ctx.outputs("clean").logits.double()
+        logits = ctx.outputs("clean").logits
         labels = ctx.labels("clean")
         val = ctx.outputs_for(ctx.data.val).logits
-        probs = logits.softmax(dim=1)
-        rows = metric_rows(ctx, self.name, "clean", METRICS, probs, labels, p["n_bins"], p["n_boot"],
-                           calibration="none")  # fmt: skip
-        panels = [("before", probs, labels)]
+        before = cal.CalibrationStats.from_logits(logits, labels, p["n_bins"])
+        rows = metric_rows(ctx, self.name, "clean", METRICS, before, p["n_boot"], calibration="none")
+        panels = [("before", before)]
         for name in p["calibrators"]:
             scaler = cal.create(name).fit(val, ctx.data.val.y)
-            after = scaler.predict_proba(logits)
-            rows += metric_rows(ctx, self.name, "clean", METRICS, after, labels, p["n_bins"], p["n_boot"],
-                                suffix=SUFFIX[name], calibration=name)  # fmt: skip
+            after = cal.CalibrationStats.from_logits(logits, labels, p["n_bins"], transform=scaler.transform)
+            rows += metric_rows(ctx, self.name, "clean", METRICS, after, p["n_boot"], suffix=SUFFIX[name],
+                                calibration=name)  # fmt: skip
             if isinstance(scaler, cal.TemperatureScaler):
-                rows.append(
-                    Row("clean", "temperature", scaler.temperature_, n=len(ctx.data.val), params={"fit": "val"})
-                )
-            panels.append((f"after {name} scaling", after, labels))
-        png = reliability_png(panels, p["n_bins"])
+                seed = derive_seed(ctx.seed, self.name, "clean", "temperature")
+                est = cal.temperature_estimate(val, ctx.data.val.y, scaler.temperature_, p["n_boot"], seed)
+                rows.append(Row.of("clean", "temperature", est, fit="val"))
+            panels.append((f"after {name} scaling", after))
+        png = reliability_png(panels)
         caption = "Reliability diagrams on the test data before and after recalibration (fitted on validation data)."
         return TaskResult(rows, [Artifact("reliability", png, caption=caption)])
 
@@ -79,7 +80,8 @@ class Calibration(Check):
         headers = ["metric (lower is better)", "before", *[f"after {c} scaling" for c in cols]]
         tables = [Table("Calibration before and after recalibration [95% CI]", headers, body)]
         if "temperature" in by:
-            tables.append(Table("Fitted temperature", ["T"], [[fmt_value(by["temperature"].value)]]))
+            t = by["temperature"]
+            tables.append(Table("Fitted temperature (validation data) [95% CI]", ["T"], [[_cell(t)]]))
         return tables
 
 

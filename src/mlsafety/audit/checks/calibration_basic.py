@@ -14,53 +14,32 @@ from mlsafety.audit._check import Artifact, Check, Headline, Row, StoredRow, Tas
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.core import derive_seed
-from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_statistic
+from mlsafety.metrics import Estimate, bootstrap_weighted
 from mlsafety.monitoring import calibration as cal
 
-BINNED: dict[str, tuple[str, str]] = {
-    "ece": ("l1", "width"),
-    "adaptive_ece": ("l1", "mass"),
-    "mce": ("max", "width"),
-    "rms_calibration_error": ("l2", "width"),
-}
-"""Binned metrics as (norm, binning) of :func:`mlsafety.monitoring.calibration.calibration_error`."""
+BINNED = ("ece", "adaptive_ece", "mce", "rms_calibration_error", "classwise_ece")
+"""Metrics that depend on the number of bins (stored with ``n_bins`` in their params)."""
 
 
-def estimate(metric: str, probs: torch.Tensor, labels: torch.Tensor, n_bins: int, n_boot: int, seed: int) -> Estimate:
-    """A calibration metric of ``probs`` (N, K) with a seeded bootstrap 95% interval over inputs."""
-    probs, labels = probs.double().cpu(), labels.cpu()
-    if metric == "brier":
-        return bootstrap_mean(cal.brier_per_sample(probs, labels), n_boot, seed, name=metric)
-    if metric == "nll":
-        return bootstrap_mean(cal.nll_per_sample(probs, labels), n_boot, seed, name=metric)
-    conf, correct = cal.confidence_and_correct(probs, labels)
-    if metric in BINNED:
-        norm, binning = BINNED[metric]
+def estimate(metric: str, stats: cal.CalibrationStats, n_boot: int, seed: int) -> Estimate:
+    """A calibration metric with a seeded percentile-bootstrap 95% interval over inputs.
 
-        def stat(v: torch.Tensor) -> torch.Tensor:
-            return cal.calibration_error(v[..., 0], v[..., 1], n_bins, norm, binning)
-
-        return bootstrap_statistic(stat, torch.stack([conf, correct], dim=1), n_boot, seed, name=metric)
-    if metric == "classwise_ece":
-        k = probs.shape[1]
-        onehot = torch.nn.functional.one_hot(labels, k).double()
-
-        def stat_cw(v: torch.Tensor) -> torch.Tensor:  # v: (B, N, 2K)
-            p, o = v[..., :k].transpose(1, 2), v[..., k:].transpose(1, 2)  # (B, K, N)
-            b = p.shape[0]
-            err = cal.calibration_error(p.reshape(b * k, -1), o.reshape(b * k, -1), n_bins, "l1", "width")
-            return err.reshape(b, k).mean(dim=1)
-
-        return bootstrap_statistic(stat_cw, torch.cat([probs, onehot], dim=1), n_boot, seed, name=metric)
-    raise ValueError(f"unknown calibration metric {metric!r}")
+    Each resample is a row of multinomial counts over the inputs and the metric is computed from
+    the per-input terms of ``stats`` with those weights (:meth:`CalibrationStats.weighted`), so
+    memory is O(N + chunk x N) for any number of classes and resamples; the resamples are those of
+    :func:`mlsafety.metrics.bootstrap_statistic` with the same seed and name.
+    """
+    return bootstrap_weighted(
+        lambda w: stats.weighted(metric, w), stats.n, n_boot, seed, name=metric, value=stats.value(metric)
+    )
 
 
-def reliability_png(panels: Sequence[tuple[str, torch.Tensor, torch.Tensor]], n_bins: int) -> bytes:
-    """Reliability diagrams side by side: (title, probs, labels) per panel, with a count histogram."""
+def reliability_png(panels: Sequence[tuple[str, cal.CalibrationStats]]) -> bytes:
+    """Reliability diagrams side by side: (title, stats) per panel, with a count histogram."""
     fig = figure(3.4 * len(panels), 3.4)
-    for i, (title, probs, labels) in enumerate(panels, 1):
+    for i, (title, stats) in enumerate(panels, 1):
         ax = fig.add_subplot(1, len(panels), i)
-        rel = cal.reliability(probs.cpu(), labels.cpu(), n_bins)
+        rel = stats.reliability()
         centres = ((rel.edges[:-1] + rel.edges[1:]) / 2).numpy()
         width = float(rel.edges[1] - rel.edges[0])
         filled = rel.count > 0
@@ -76,21 +55,20 @@ def reliability_png(panels: Sequence[tuple[str, torch.Tensor, torch.Tensor]], n_
         ax.set_xlabel("confidence (max softmax)")
         if i == 1:
             ax.set_ylabel("accuracy")
-        ece = cal.ece(probs.cpu(), labels.cpu(), n_bins)
-        ax.set_title(f"{title}  (ECE {ece:.3f})", fontsize=9)
+        ax.set_title(f"{title}  (ECE {stats.value('ece'):.3f})", fontsize=9)
         ax.legend(fontsize=7, loc="upper left")
     return to_png(fig)
 
 
 def metric_rows(
-    ctx: AuditContext, check: str, hazard: str, metrics: Sequence[str], probs: torch.Tensor, labels: torch.Tensor,
-    n_bins: int, n_boot: int, suffix: str = "", **params: Any,
+    ctx: AuditContext, check: str, hazard: str, metrics: Sequence[str], stats: cal.CalibrationStats, n_boot: int,
+    suffix: str = "", **params: Any,
 ) -> list[Row]:  # fmt: skip
     rows = []
     for m in metrics:
         seed = derive_seed(ctx.seed, check, hazard, m, suffix)
-        est = estimate(m, probs, labels, n_bins, n_boot, seed)
-        extra = {"n_bins": n_bins} if m in BINNED or m == "classwise_ece" else {}
+        est = estimate(m, stats, n_boot, seed)
+        extra = {"n_bins": stats.n_bins} if m in BINNED else {}
         rows.append(Row.of(hazard, f"{m}{suffix}", est, **extra, **params))
     return rows
 
@@ -107,11 +85,10 @@ class CalibrationBasic(Check):
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
 
     def run(self, ctx: AuditContext) -> TaskResult:
-        probs = ctx.outputs("clean").logits.double().softmax(dim=1)
-        labels = ctx.labels("clean")
         p = self.params
-        rows = metric_rows(ctx, self.name, "clean", ["ece", "brier", "nll"], probs, labels, p["n_bins"], p["n_boot"])
-        png = reliability_png([("test data", probs, labels)], p["n_bins"])
+        stats = cal.CalibrationStats.from_logits(ctx.outputs("clean").logits, ctx.labels("clean"), p["n_bins"])
+        rows = metric_rows(ctx, self.name, "clean", ["ece", "brier", "nll"], stats, p["n_boot"])
+        png = reliability_png([("test data", stats)])
         return TaskResult(rows, [Artifact("reliability", png, caption="Reliability diagram on the test data.")])
 
     @classmethod

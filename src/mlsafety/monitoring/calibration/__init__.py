@@ -5,11 +5,15 @@ Example:
     >>> calibration.ece(logits.softmax(1), labels)
     >>> scaler = calibration.TemperatureScaler().fit(val_logits, val_labels)
     >>> calibration.ece(scaler.predict_proba(test_logits), test_labels)
+    >>> calibration.temperature_estimate(val_logits, val_labels, scaler.temperature_)  # T with 95% CI
 """
 
 from typing import Any
 
 from mlsafety.monitoring.calibration.metrics import (
+    METRICS,
+    NLL_EPS,
+    CalibrationStats,
     Reliability,
     adaptive_ece,
     bin_index,
@@ -24,8 +28,16 @@ from mlsafety.monitoring.calibration.metrics import (
     nll_per_sample,
     reliability,
     rms_calibration_error,
+    weighted_calibration_error,
 )
-from mlsafety.monitoring.calibration.scaling import CALIBRATORS, Calibrator, TemperatureScaler, VectorScaler
+from mlsafety.monitoring.calibration.scaling import (
+    CALIBRATORS,
+    Calibrator,
+    TemperatureScaler,
+    VectorScaler,
+    fit_inverse_temperature,
+    temperature_estimate,
+)
 
 
 def create(name: str, **params: Any) -> Calibrator:
@@ -40,6 +52,9 @@ def available() -> list[str]:
 
 __all__ = [
     "CALIBRATORS",
+    "METRICS",
+    "NLL_EPS",
+    "CalibrationStats",
     "Calibrator",
     "Reliability",
     "TemperatureScaler",
@@ -54,9 +69,12 @@ __all__ = [
     "confidence_and_correct",
     "create",
     "ece",
+    "fit_inverse_temperature",
     "mce",
     "nll",
     "nll_per_sample",
     "reliability",
     "rms_calibration_error",
+    "temperature_estimate",
+    "weighted_calibration_error",
 ]
