@@ -2,7 +2,16 @@
 
 Hazards ``corruption/<name>/<severity>`` are the test data corrupted with a generator derived from
 the run seed and the hazard's name, so any check (the systemic one included) can ask for them in any
-order and get the same inputs.
+order and get the same inputs. Parameters come from the published table nearest to the image size
+(CIFAR-10-C, Tiny-ImageNet-C or ImageNet-C; see :mod:`mlsafety.robustness.corruptions.base`).
+
+A corruption that cannot change the audited images at a severity (``saturate`` on one channel, or a
+blur below a pixel under an explicit table) is not applicable there: its hazard is not planned (so no
+other check counts it either), it gets one ``decision`` row saying why, and it is kept out of CE and
+mCE, never counted as robustness. Every other row is an estimate with a 95% interval: accuracy and
+error per severity exactly (Clopper-Pearson over the N inputs), CE and the summaries by a bootstrap
+over inputs (each input with all its severities: the N x S outcomes share inputs, so they are not
+N x S independent trials), from generators derived from the run seed, the check and the task.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from typing import Any, ClassVar
 import torch
 
 from mlsafety.audit._check import (
+    DECISION,
     Artifact,
     Check,
     Headline,
@@ -28,7 +38,7 @@ from mlsafety.audit._check import (
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.core import ArrayDataset, InputError, UnknownNameError
-from mlsafety.metrics import Estimate, bootstrap_statistic, proportion
+from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_statistic, proportion
 from mlsafety.robustness import corruptions as corr
 
 KIND = "corruption"
@@ -56,9 +66,19 @@ def _severities(spec: Any) -> list[int]:
     return sorted(set(sevs))
 
 
-def _reference_size(ctx: AuditContext) -> float:
-    params = ctx.check_params.get("corruptions", {})
-    return float(params.get("reference_size", Corruptions.defaults["reference_size"]))
+def _corruption(ctx: AuditContext | None, name: str, params: dict[str, Any] | None = None) -> corr.Corruption:
+    """The corruption ``name`` with the check's ``reference_size`` and ``table`` (its own or the context's)."""
+    if params is None:
+        params = ctx.check_params.get("corruptions", {}) if ctx is not None else {}
+    ref = params.get("reference_size", Corruptions.defaults["reference_size"])
+    table = params.get("table", Corruptions.defaults["table"])
+    return corr.create(name, reference_size=None if ref is None else float(ref), table=table)
+
+
+def _image_shape(ctx: AuditContext) -> tuple[int, int, int]:
+    """(C, H, W) of the audited test images."""
+    c, h, w = (int(v) for v in ctx.data.test.x.shape[1:4])
+    return c, h, w
 
 
 @hazard_provider(KIND)
@@ -71,9 +91,14 @@ def _corrupted(ctx: AuditContext, rest: str) -> ArrayDataset:
             f"{', '.join(corr.available())}"
         )
     test = ctx.data.test
+    corruption = _corruption(ctx, name)
+    c, h, w = _image_shape(ctx)
+    reason = corruption.not_applicable((h, w), c, int(sev))
+    if reason is not None:
+        raise InputError(f"hazard corruption/{rest} is not applicable to these {c}-channel images: {reason}")
     g = ctx.generator(KIND, name, int(sev))
     # corrupt on the model's device (the CPU generator keeps results device-independent), store on the CPU
-    x = corr.create(name, reference_size=_reference_size(ctx))(test.x.to(ctx.device), int(sev), g).cpu()
+    x = corruption(test.x.to(ctx.device), int(sev), g).cpu()
     return ArrayDataset(x, test.y, name=f"{test.name}-{name}-{sev}", kind="in", description=f"{name} severity {sev}")
 
 
@@ -87,17 +112,21 @@ class Corruptions(Check):
     title = "Corruption robustness"
     description = (
         "Top-1 accuracy on the test data under each ImageNet-C corruption (Hendrycks & Dietterich, 2019) at each "
-        "severity, computed in torch on the model's device with lengths scaled from 224 px to the image size "
-        "(reference_size), with exact (Clopper-Pearson) 95% intervals; the corruption error per corruption (CE, the "
-        "mean error over severities), the mean corruption error (mCE), the relative mCE (CE minus the clean error) "
-        "and the mean accuracy over every cell, with seeded bootstrap intervals over test inputs. mCE is "
-        "normalised by AlexNet's published ImageNet-C errors only when baseline is 'alexnet' (ImageNet models); "
-        "otherwise it is the unnormalised mean error."
+        "severity, computed in torch on the model's device with the published parameter table nearest to the image "
+        "size (CIFAR-10-C below 46 px, Tiny-ImageNet-C to 119 px, ImageNet-C above; lengths scaled to the image "
+        "size, never shrunk below CIFAR-10-C's), with exact (Clopper-Pearson) 95% intervals; the corruption error "
+        "per corruption (CE, the mean error over severities), the mean corruption error (mCE), the relative mCE (CE "
+        "minus the clean error) and the mean accuracy over every cell, with seeded bootstrap intervals over test "
+        "inputs (each input with all its severities). A corruption that cannot change these images at a severity "
+        "is reported as not applicable there and kept out of CE and mCE. mCE is normalised by AlexNet's published "
+        "ImageNet-C errors only when baseline is 'alexnet' (ImageNet models); otherwise it is the unnormalised "
+        "mean error."
     )
     defaults: ClassVar[dict[str, Any]] = {
         "corruptions": "all",
         "severities": [1, 2, 3, 4, 5],
-        "reference_size": 224,
+        "reference_size": None,
+        "table": None,
         "baseline": None,
         "n_boot": 500,
     }
@@ -112,38 +141,71 @@ class Corruptions(Check):
             raise InputError(
                 f"corruptions baseline must be None, 'alexnet' or a mapping name -> error, got {baseline!r}"
             )
-        if float(self.params["reference_size"]) <= 0:
-            raise InputError("corruptions reference_size must be positive")
+        ref = self.params["reference_size"]
+        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float)) or not ref > 0):
+            raise InputError(f"corruptions reference_size must be a positive number of pixels or omitted, got {ref!r}")
+        table = self.params["table"]
+        if table is not None and table not in corr.TABLES:
+            raise InputError(
+                f"corruptions table must be one of {', '.join(corr.TABLES)} or omitted (by image size), got {table!r}"
+            )
         return names, sevs
 
+    def _skipped(self, ctx: AuditContext, names: Sequence[str], sevs: Sequence[int]) -> dict[tuple[str, int], str]:
+        """(corruption, severity) -> why it is not applicable to the audited images."""
+        c, h, w = _image_shape(ctx)
+        out = {}
+        for n in names:
+            corruption = _corruption(None, n, self.params)
+            for s in sevs:
+                reason = corruption.not_applicable((h, w), c, s)
+                if reason is not None:
+                    out[n, s] = reason
+        return out
+
     def hazards(self, ctx: AuditContext) -> list[str]:
+        """The applicable hazards (all of them without a context, e.g. to list a profile)."""
         names, sevs = self._plan()
-        return [hazard_name(n, s) for n in names for s in sevs]
+        skipped = self._skipped(ctx, names, sevs) if ctx is not None else {}
+        return [hazard_name(n, s) for n in names for s in sevs if (n, s) not in skipped]
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         names, sevs = self._plan()
-        tasks = [Task(n, _bind(self._corruption_task, ctx, n, sevs)) for n in names]
-        tasks.append(Task("summary", lambda: self._summary_task(ctx, names, sevs)))
+        skipped = self._skipped(ctx, names, sevs)
+        tasks = [Task(n, _bind(self._corruption_task, ctx, n, sevs, skipped)) for n in names]
+        tasks.append(Task("summary", lambda: self._summary_task(ctx, names, sevs, skipped)))
         return tasks
 
     # -- work ----------------------------------------------------------------------------------
     def _correct(self, ctx: AuditContext, hazard: str) -> torch.Tensor:
         return (ctx.outputs(hazard).pred == ctx.labels(hazard)).cpu()
 
-    def _corruption_task(self, ctx: AuditContext, name: str, sevs: Sequence[int]) -> TaskResult:
+    def _corruption_task(
+        self, ctx: AuditContext, name: str, sevs: Sequence[int], skipped: dict[tuple[str, int], str]
+    ) -> TaskResult:
         rows = []
-        errors = []
+        wrong = []
+        _, h, w = _image_shape(ctx)
+        table, ref = _corruption(None, name, self.params).setting(h, w)
         for s in sevs:
-            h = hazard_name(name, s)
-            correct = self._correct(ctx, h)
-            acc = proportion(correct)
-            err = proportion(~correct)
-            errors.append(err.value)
-            params = {"corruption": name, "severity": s, "reference_size": float(self.params["reference_size"])}
-            rows.append(Row.of(h, "accuracy", acc, **params))
-            rows.append(Row.of(h, "corruption_error", err, **params))
-        rows.append(Row(f"{KIND}/{name}", "ce", sum(errors) / len(errors), n=len(ctx.data.test),
-                        params={"severities": list(sevs), "normalised": False}))  # fmt: skip
+            hz = hazard_name(name, s)
+            params: dict[str, Any] = {"corruption": name, "severity": s, "table": table, "reference_size": ref}
+            if (name, s) in skipped:
+                rows.append(Row.exact(hz, "not_applicable", 1.0, DECISION, reason=skipped[name, s], **params))
+                continue
+            correct = self._correct(ctx, hz)
+            wrong.append(~correct)
+            rows.append(Row.of(hz, "accuracy", proportion(correct), **params))
+            rows.append(Row.of(hz, "corruption_error", proportion(~correct), **params))
+        if len(wrong) == len(sevs):  # CE only where every severity applies, so CEs stay comparable
+            per_input = torch.stack(wrong, dim=1).double().mean(dim=1)  # each input's error over severities
+            seed = ctx.seed_for(self.name, name, "ce")  # derived from (run seed, check, task), never the raw seed
+            ce = bootstrap_mean(per_input, n_boot=int(self.params["n_boot"]), seed=seed, name=f"{name}-ce")
+            rows.append(Row.of(f"{KIND}/{name}", "ce", ce, severities=list(sevs), normalised=False, table=table,
+                               interval="bootstrap over inputs, each with all its severities"))  # fmt: skip
+        else:
+            why = f"not applicable at severities {[s for s in sevs if (name, s) in skipped]}; left out of CE and mCE"
+            rows.append(Row.exact(f"{KIND}/{name}", "ce_not_applicable", 1.0, DECISION, table=table, reason=why))
         return TaskResult(rows)
 
     def _baseline(self, names: Sequence[str], sevs: Sequence[int]) -> tuple[dict[str, float], float] | None:
@@ -158,22 +220,32 @@ class Corruptions(Check):
             raise InputError("a normalised mCE (baseline) needs all five severities; set severities to [1, 2, 3, 4, 5]")
         return {n: float(table[n]) for n in names if n in table}, clean
 
-    def _summary_task(self, ctx: AuditContext, names: Sequence[str], sevs: Sequence[int]) -> TaskResult:
+    def _summary_task(
+        self, ctx: AuditContext, all_names: Sequence[str], sevs: Sequence[int], skipped: dict[tuple[str, int], str]
+    ) -> TaskResult:
+        excluded = sorted({n for n, _ in skipped})
+        names = [n for n in all_names if n not in excluded]  # never count a no-op as robustness
+        if not names:
+            reason = "no selected corruption applies to these images at every selected severity"
+            return TaskResult([Row.exact(KIND, "mce_not_applicable", 1.0, DECISION, reason=reason, excluded=excluded)])
         clean = self._correct(ctx, "clean")
         cells = torch.stack([self._correct(ctx, hazard_name(n, s)) for n in names for s in sevs], dim=1)
         c, s = len(names), len(sevs)
         cell_err = (~cells).double().reshape(-1, c, s)
         # every statistic uses errors averaged over severities, so bootstrap (N, 1 + C) per-input values
         wrong = torch.cat([(~clean).double()[:, None], cell_err.mean(dim=2)], dim=1)
-        n_boot, seed = int(self.params["n_boot"]), ctx.seed
+        n_boot = int(self.params["n_boot"])
         base = self._baseline(names, sevs)
         info: dict[str, Any] = {"corruptions": list(names), "severities": list(sevs), "normalised": base is not None}
+        if excluded:
+            info["excluded_not_applicable"] = excluded
 
         def stat(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label: str) -> Estimate:
             def statistic(v: torch.Tensor) -> torch.Tensor:
                 rates = v.mean(dim=-2)  # (B, 1 + C): clean error, then CE of each corruption
                 return fn(rates[:, 0], rates[:, 1:])
 
+            seed = ctx.seed_for(self.name, "summary", label)  # one stream per statistic, from (seed, check, task)
             return bootstrap_statistic(statistic, wrong, n_boot=n_boot, seed=seed, name=f"corruptions-{label}")
 
         rows = [Row.of(KIND, "mean_accuracy", stat(lambda e0, e: 1 - e.mean(dim=1), "acc"), **info)]
@@ -201,10 +273,14 @@ class Corruptions(Check):
         acc = 1 - cell_err.mean(dim=0)
         clean_acc = 1 - float(wrong[:, 0].mean())
         png = heat_map_png(acc, list(names), list(sevs), clean_acc)
+        _, h, w = _image_shape(ctx)
+        used, ref_px = _corruption(None, names[0], self.params).setting(h, w)
         caption = (
             f"Accuracy under each corruption (rows) and severity (columns); clean accuracy {clean_acc:.3f}. "
-            f"Lengths scaled from {fmt_value(float(self.params['reference_size']))} px to the image size."
+            f"Parameters: the {used} table, lengths scaled from {fmt_value(ref_px)} px to {h} x {w} px."
         )
+        if excluded:
+            caption += f" Not applicable to these images, left out: {', '.join(excluded)}."
         return TaskResult(rows, [Artifact("corruption-heat-map", png, caption=caption)])
 
     # -- report --------------------------------------------------------------------------------
@@ -221,30 +297,52 @@ class Corruptions(Check):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        cells: dict[str, dict[int, StoredRow]] = {}
+        cells: dict[str, dict[int, StoredRow | None]] = {}
         ce: dict[str, StoredRow] = {}
         summary = []
+        skipped = []
         for r in rows:
             parts = r.hazard.split("/")
             if len(parts) == 3 and r.metric == "accuracy":
                 cells.setdefault(parts[1], {})[int(parts[2])] = r
+            elif len(parts) == 3 and r.metric == "not_applicable":
+                cells.setdefault(parts[1], {})[int(parts[2])] = None
+                skipped.append([parts[1], parts[2], str(r.params.get("reason", ""))])
             elif len(parts) == 2 and r.metric == "ce":
                 ce[parts[1]] = r
-            elif r.hazard == KIND:
+            elif r.hazard == KIND and r.metric != "mce_not_applicable":
                 summary.append(
                     [r.metric.replace("_", " "), fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)]
                 )
         tables = []
         if cells:
             sevs = sorted({s for by in cells.values() for s in by})
-            body = [[name, *[fmt_value(by[s].value) if s in by else "" for s in sevs],
-                     fmt_value(ce[name].value) if name in ce else ""] for name, by in cells.items()]  # fmt: skip
+            body = [[name, *[_cell(by, s) for s in sevs], fmt_value(ce[name].value) if name in ce else "n/a"]
+                    for name, by in cells.items()]  # fmt: skip
             tables.append(
                 Table("Accuracy per corruption and severity", ["corruption", *[f"s{s}" for s in sevs], "CE"], body)
             )
+        if ce:
+            body = [[name, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for name, r in ce.items()]
+            tables.append(Table("Corruption error per corruption", ["corruption", "CE", "95% CI", "n"], body))
         if summary:
             tables.append(Table("Corruption summary", ["metric", "value", "95% CI", "n"], summary))
+        if skipped:
+            tables.append(
+                Table(
+                    "Not applicable to these images (not run, not counted in CE or mCE)",
+                    ["corruption", "severity", "why"],
+                    skipped,
+                )
+            )
         return tables
+
+
+def _cell(by: dict[int, StoredRow | None], severity: int) -> str:
+    if severity not in by:
+        return ""
+    r = by[severity]
+    return "n/a" if r is None else fmt_value(r.value)
 
 
 def heat_map_png(acc: torch.Tensor, names: list[str], sevs: list[int], clean_acc: float) -> bytes:
