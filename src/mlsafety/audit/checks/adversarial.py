@@ -27,6 +27,8 @@ from typing import Any, ClassVar
 import torch
 
 from mlsafety.audit._check import (
+    COUNT,
+    DECISION,
     Artifact,
     Check,
     Headline,
@@ -252,9 +254,9 @@ class Adversarial(Check):
             )  # fmt: skip
             rows.append(Row.of(hazard, "median_perturbation_norm", est, **info))
         for flag, text in sorted(data.warnings.items()):
-            rows.append(Row(hazard, f"warning_{flag}", 1.0, params={**info, "message": text}))
+            rows.append(Row.exact(hazard, f"warning_{flag}", 1.0, DECISION, **info, message=text))
         for member, count in sorted(data.broken_by.items()):
-            rows.append(Row(hazard, f"broken_by_{member.replace('-', '_')}", float(count), params=info))
+            rows.append(Row.exact(hazard, f"broken_by_{member.replace('-', '_')}", float(count), COUNT, **info))
         return TaskResult(rows)
 
     def _plots_task(self, ctx: AuditContext, names: list[str], grid: list[float]) -> TaskResult:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from mlsafety.audit._check import (
+    DECISION,
     Artifact,
     Check,
     Headline,
@@ -129,16 +130,19 @@ class Transparency(Check):
                         **common,
                     )
                 )
-                rows.append(Row("clean", f"{_metric(name)}_{mode}_pass", float(res.passed), n=len(pick), params=common))
+                rows.append(
+                    Row.exact("clean", f"{_metric(name)}_{mode}_pass", float(res.passed), DECISION, len(pick), **common)
+                )
         if verdicts and p["sanity_modes"]:
             passed = [all(r.passed for r in v.values()) for v in verdicts.values()]
-            rows.append(
-                Row(
+            rows.append(  # a summary of the methods' verdicts, not a sample estimate
+                Row.exact(
                     "clean",
                     "sanity_pass_share",
                     sum(passed) / len(passed),
-                    n=len(passed),
-                    params={"passed": [n for n, ok in zip(verdicts, passed) if ok]},
+                    DECISION,
+                    len(passed),
+                    passed=[n for n, ok in zip(verdicts, passed) if ok],
                 )
             )
             artifacts.append(
@@ -200,12 +204,11 @@ class Transparency(Check):
             )
             probs = forward(ctx.model, imgs, features=False).probs.diagonal().cpu()
             rows.append(
-                Row(
+                Row.of(
                     "clean",
                     "class_visualisation_confidence",
-                    float(probs.mean()),
-                    n=len(probs),
-                    params={"steps": p["vis_steps"]},
+                    bootstrap_mean(probs.double(), seed=ctx.seed_for(CHECK, "class-visualisation"), name="confidence"),
+                    steps=p["vis_steps"],
                 )
             )
             artifacts.append(
