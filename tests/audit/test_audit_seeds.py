@@ -27,7 +27,7 @@ SMALL: dict[str, dict[str, Any]] = {
 }
 """Small settings for the checks whose randomness this file pins (the quick profile otherwise)."""
 
-ALONE = [*SMALL, "clean", "calibration-basic", "selective"]
+ALONE = [*SMALL, "clean", "calibration-basic", "selective", "corruptions"]
 """Checks run alone and with every other check; their rows must be the same."""
 
 
