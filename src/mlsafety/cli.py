@@ -266,7 +266,8 @@ def audit(
         else:
             _line(
                 "interrupted:",
-                f"stopped by {name}; {stop.stored} of {stop.total} tasks of run {stop.run_id} are stored; "
+                f"stopped by {name}; {stop.stored if stop.stored >= 0 else 'the finished'} of {stop.total} tasks "
+                f"of run {stop.run_id} are stored; "
                 f"continue with: {_resume_command(click.get_current_context())}",
             )
         sys.exit(128 + stop.signum)

@@ -240,3 +240,21 @@ def test_real_read_only_folder_and_files(tmp_path):
     assert _statuses(db) == ["complete"]  # nothing was added to the read-only database
     assert not (writable / "w.sqlite").exists() or _statuses(writable / "w.sqlite") == []
     assert not list(ro.glob("*.html*")) and not list(ro.glob("*-wal"))
+
+
+def test_full_disk_while_the_audit_writes_its_report(tmp_path, monkeypatch):
+    """The numbers are stored and the run complete; the line says how to write the report later."""
+    db = tmp_path / "runs.sqlite"
+    out = tmp_path / "r.html"
+    real_write = Path.write_text
+
+    def full(self, text, *args, **kwargs):
+        real_write(self, text[:100], *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", full)
+    result = CliRunner().invoke(main, ["audit", "--check", "clean", "--db", str(db), "--report", str(out)])
+    line = _one_line(result, f"cannot write the report to {out}: No space left on device", "is complete and stored")
+    assert "mlsafety report " in line
+    assert _statuses(db) == ["complete"]
+    assert not list(tmp_path.glob("*.html*"))

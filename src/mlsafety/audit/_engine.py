@@ -224,6 +224,10 @@ def run_audit(
             from mlsafety.audit._report import write_report
 
             report_path = write_report(store, run_id, Path(report) if report else None)
+    except InputError as exc:  # e.g. the disk filled up since the path was checked
+        raise InputError(
+            f"{exc}; run {run_id} is complete and stored: write its report with `mlsafety report {run_id} --out PATH`"
+        ) from None
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
         raise AuditInterrupted(run_id, len(plan), len(plan), signum, complete=True) from None

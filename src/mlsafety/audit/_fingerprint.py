@@ -99,11 +99,13 @@ def components(config: AuditConfig, model: Classifier, data: AuditData) -> dict[
         "model": Component("the model code", code, config.model),
         "weights": Component("the model weights", weights, config.weights or _builtin_weights(config.model)),
         "data": Component("the test data", _dataset_digest(data.test), config.data),
-        "val": Component("the validation data", _dataset_digest(data.val), config.val or f"the split of {config.data}"),
+        "val": Component(
+            "the validation data", _dataset_digest(data.val), config.val or f"the validation part of {config.data}"
+        ),
         "train": Component(
             "the training data",
             "none" if data.train is None else _dataset_digest(data.train),
-            config.train or ("none" if data.train is None else f"the split of {config.data}"),
+            config.train or ("none" if data.train is None else f"the training part of {config.data}"),
         ),
     }
     for name, ds in data.ood.items():

@@ -7,6 +7,8 @@ every user-supplied string (model and data names, hazards, captions).
 from __future__ import annotations
 
 import base64
+import contextlib
+import errno
 import json
 import time
 from dataclasses import dataclass
@@ -160,11 +162,15 @@ def write_report(store: Store, run_id: str, path: Path | None = None) -> Path:
         tmp.write_text(html, encoding="utf-8")
         tmp.replace(path)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise InputError(
-            f"cannot write the report to {path}: {exc.strerror or exc}; free space or pass another path"
-        ) from None
+        _remove(tmp)
+        fix = "free some space, or write it elsewhere" if exc.errno == errno.ENOSPC else "write it elsewhere"
+        raise InputError(f"cannot write the report to {path}: {exc.strerror or exc}; {fix}") from None
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _remove(tmp)
         raise
     return path
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink(missing_ok=True)
