@@ -56,3 +56,11 @@ def test_draw_seed_comes_from_the_generator_only():
     torch.manual_seed(123)  # global state must not matter
     assert a == draw_seed(generator(3, "task")) and 0 <= a < 2**62
     assert a != draw_seed(generator(3, "other-task"))
+
+
+def test_core_public_api_is_sorted_and_complete():
+    import mlsafety.core as core
+
+    assert core.__all__ == sorted(core.__all__)
+    assert all(hasattr(core, name) for name in core.__all__)
+    assert {"DataLike", "as_array_dataset", "iter_batches", "draw_seed", "generator"} <= set(core.__all__)
