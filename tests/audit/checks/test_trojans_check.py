@@ -7,7 +7,7 @@ import torch
 
 from mlsafety.audit import CHECKS, AuditContext, AuditData, StoredRow
 from mlsafety.audit._check import KINDS, interval_problem
-from mlsafety.audit.checks.trojans import class_draws, mad_index_bootstrap
+from mlsafety.audit.checks.trojans import class_draws, mad_index_bootstrap, silverman_bandwidth
 from mlsafety.core import Classifier, InputError, UnknownNameError
 from mlsafety.monitoring.trojans import demo_attack
 from mlsafety.zoo import load_dataset, load_model
@@ -139,3 +139,21 @@ def test_a_seed_spread_interval_needs_two_seeds() -> None:
     ctx = AuditContext(Classifier(load_model("digits-cnn")), data, seed=0, check_params={"trojans": params})
     with pytest.raises(InputError, match="n_seeds to 2 or more"):
         CHECKS.create("trojans", **params).run(ctx)
+
+
+def test_smoothing_keeps_a_resample_with_repeated_classes_from_exploding() -> None:
+    """A plain resample of 10 classes that repeats one value five times has MAD 0: every index is
+    divided by the 1e-12 floor. The smoothed bootstrap moves each value by Silverman's bandwidth."""
+    v = torch.tensor([[15.1, 20.1, 12.5, 12.1, 14.0, 12.5, 16.1, 16.0, 11.5, 12.3]], dtype=torch.float64)
+    # lower median 12.5, deviations 0, 0, 0.2, 0.4, 1.0, ...: MAD 1.0
+    assert float(silverman_bandwidth(v)[0, 0]) == pytest.approx(1.06 * 1.4826 * 1.0 * 10**-0.2, rel=1e-9)
+    g = torch.Generator().manual_seed(0)
+    draws = class_draws(10, g, 4000)
+    draws[0] = torch.tensor([8, 8, 8, 8, 8, 1, 2, 3, 4, 5])  # half the resample is class 8
+    noise = torch.randn((4000, 1, 10), generator=g, dtype=torch.float64)
+    plain = mad_index_bootstrap(v, -1.0, draws)
+    smooth = mad_index_bootstrap(v, -1.0, draws, noise)
+    assert float(plain[0].abs().max()) > 1e9  # MAD 0: the plain bootstrap explodes
+    assert float(smooth[0].abs().max()) < 100
+    q = torch.tensor([0.975], dtype=torch.float64)
+    assert float(torch.quantile(smooth.amax(dim=2)[:, 0], q)) < float(torch.quantile(plain.amax(dim=2)[:, 0], q))

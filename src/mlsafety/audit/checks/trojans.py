@@ -21,9 +21,10 @@ the mean over seeds of its model-level score; its 95% interval depends on what t
 
 * MAD anomaly indices (Neural Cleanse, spectral signatures): a robust z-score of one class against
   the median and MAD of the K classes. With K = 10 the reference itself is the main uncertainty,
-  so the interval is a percentile bootstrap over the K classes (:data:`N_CLASS_BOOT` resamples of
-  the classes' values, each class's index recomputed against the resampled median and MAD, seeds
-  averaged within each resample). It does not cover the reverse-engineering's own randomness (its
+  so the interval is a smoothed percentile bootstrap over the K classes (:data:`N_CLASS_BOOT`
+  resamples of the classes' values with Gaussian noise of Silverman's bandwidth, each class's
+  index recomputed against the resampled median and MAD, seeds averaged within each resample; see
+  :func:`mad_index_bootstrap`). It does not cover the reverse-engineering's own randomness (its
   spread over seeds is in the row's params); a bootstrap over the inputs used to reverse-engineer
   would need hundreds of optimisations. Neural Cleanse's per-class indices get the same interval;
   the mask L1 norms behind them (an optimisation's output, one per seed) stay in those rows' params.
@@ -249,9 +250,9 @@ class Trojans(Check):
                 "Verdicts",
                 ["scanner", "score [95% CI]", "sd over seeds", "threshold", "verdict", "seeds flagging", "target"],
                 verdicts,
-                "Verdict and target are decisions (score above the threshold); the score's interval is a bootstrap "
-                "over the classes for MAD anomaly indices, exact for shares of inputs, Student's t over seeds "
-                "otherwise (see the check's documentation).",
+                "Verdict and target are decisions (score above the threshold); the score's interval is a smoothed "
+                "bootstrap over the classes for MAD anomaly indices, exact for shares of inputs, Student's t over "
+                "seeds otherwise (see the check's documentation).",
             )
         ]
         index = sorted(
@@ -286,7 +287,18 @@ def class_draws(k: int, g: torch.Generator, n_boot: int = N_CLASS_BOOT) -> torch
     return torch.randint(0, k, (n_boot, k), generator=g)
 
 
-def mad_index_bootstrap(values: torch.Tensor, sign: float, draws: torch.Tensor) -> torch.Tensor:
+def silverman_bandwidth(values: torch.Tensor) -> torch.Tensor:
+    """(S, 1) kernel bandwidth per row of ``values`` (S, K): Silverman's rule ``1.06 sigma K^(-1/5)``
+    with the robust scale ``sigma = 1.4826 MAD`` (B. W. Silverman, "Density Estimation", 1986)."""
+    v = values.double()
+    med = v.median(dim=1, keepdim=True).values
+    sigma = (v - med).abs().median(dim=1, keepdim=True).values * MAD_CONSISTENCY
+    return 1.06 * sigma * v.shape[1] ** -0.2
+
+
+def mad_index_bootstrap(
+    values: torch.Tensor, sign: float, draws: torch.Tensor, noise: torch.Tensor | None = None
+) -> torch.Tensor:
     """Each class's MAD anomaly index against bootstrap resamples of the classes (the reference).
 
     The index of class k is a robust z-score ``sign * (v_k - median(v)) / (1.4826 * MAD(v))``
@@ -295,22 +307,36 @@ def mad_index_bootstrap(values: torch.Tensor, sign: float, draws: torch.Tensor) 
     resample ``v*`` of the K classes, so the spread over resamples is the sampling error of the
     reference the index is measured against.
 
-    An index is invariant under increasing affine maps of the values, so with ``sign=+1`` the
-    indices themselves can stand for the raw values (used for spectral signatures, whose raw
-    strengths are not kept).
+    With few classes a plain resample repeats values, and when half of it is one value its MAD is 0
+    and every index explodes (a known failure of the bootstrap for medians). ``noise`` makes it a
+    smoothed bootstrap (Silverman & Young, "The bootstrap: to smooth or not to smooth?",
+    Biometrika 1987; Hall, DiCiccio & Romano, "On smoothing and the bootstrap", Ann. Stat. 1989):
+    each resampled value moves by ``noise`` times :func:`silverman_bandwidth` of its row.
+
+    An index is invariant under increasing affine maps of the values (the bandwidth scales with
+    the MAD too), so with ``sign=+1`` the indices themselves can stand for the raw values (used for
+    spectral signatures, whose raw strengths are not kept).
 
     Args:
         values: (S, K) per seed, the K classes' values (Neural Cleanse's mask norms).
         sign: -1 for an index positive below the median (Neural Cleanse), +1 above it.
         draws: (B, K) class indices of each resample (:func:`class_draws`); the same for every seed.
+        noise: (B, S, K) standard normal draws, or None for the plain bootstrap.
 
     Returns:
-        (B, S, K); with ``draws = arange(K)`` it is the scanner's own index (torch's lower median).
+        (B, S, K); with ``draws = arange(K)`` and no noise it is the scanner's own index (torch's
+        lower median).
     """
     ref = values.double()[:, draws].permute(1, 0, 2)  # (B, S, K)
+    if noise is not None:
+        ref = ref + noise.double() * silverman_bandwidth(values)[None]
     med = ref.median(dim=2, keepdim=True).values
     mad = (ref - med).abs().median(dim=2, keepdim=True).values * MAD_CONSISTENCY
     return sign * (values.double()[None] - med) / mad.clamp_min(1e-12)
+
+
+def _noise(values: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    return torch.randn((N_CLASS_BOOT, *values.shape), generator=g, dtype=torch.float64)
 
 
 def _percentile(boot: torch.Tensor, value: float, n: int) -> Estimate:
@@ -335,8 +361,8 @@ def _score_estimate(ctx: AuditContext, res: ScanResult, probe: torch.Tensor | No
         assert runs[0].per_class is not None
         k = int(runs[0].per_class.numel())
         norms = torch.tensor([[r.extra[f"l1_class_{c}"] for c in range(k)] for r in runs])
-        boot = mad_index_bootstrap(norms, -1.0, class_draws(k, g)).amax(dim=2).mean(dim=1)
-        return _percentile(boot, res.score, k), f"bootstrap over the {k} classes ({N_CLASS_BOOT} resamples)"
+        boot = mad_index_bootstrap(norms, -1.0, class_draws(k, g), _noise(norms, g)).amax(dim=2).mean(dim=1)
+        return _percentile(boot, res.score, k), f"smoothed bootstrap over the {k} classes ({N_CLASS_BOOT} resamples)"
     if res.scanner == SS:
         train = ctx.data.train
         assert train is not None and runs[0].per_class is not None
@@ -345,8 +371,8 @@ def _score_estimate(ctx: AuditContext, res: ScanResult, probe: torch.Tensor | No
         present = torch.bincount(train.y.long().cpu(), minlength=k)[:k] >= min_class
         index = torch.stack([r.per_class for r in runs])[:, present]  # type: ignore[misc]
         n = int(present.sum())
-        boot = mad_index_bootstrap(index, 1.0, class_draws(n, g)).amax(dim=2).mean(dim=1)
-        return _percentile(boot, res.score, n), f"bootstrap over the {n} classes ({N_CLASS_BOOT} resamples)"
+        boot = mad_index_bootstrap(index, 1.0, class_draws(n, g), _noise(index, g)).amax(dim=2).mean(dim=1)
+        return _percentile(boot, res.score, n), f"smoothed bootstrap over the {n} classes ({N_CLASS_BOOT} resamples)"
     if res.scanner == "strip":
         assert probe is not None
         ns = [len(probe)] * len(runs)
@@ -384,7 +410,7 @@ def _scanner_rows(ctx: AuditContext, res: ScanResult, probe: torch.Tensor | None
         k = int(res.per_class.numel())
         norms = torch.tensor([[r.extra[f"l1_class_{c}"] for c in range(k)] for r in res.runs])
         g = ctx.generator("trojans", NC, "class-bootstrap-per-class")
-        boot = mad_index_bootstrap(norms, -1.0, class_draws(k, g)).mean(dim=1)  # (B, K)
+        boot = mad_index_bootstrap(norms, -1.0, class_draws(k, g), _noise(norms, g)).mean(dim=1)  # (B, K)
         for c, v in enumerate(res.per_class.tolist()):
             rows.append(
                 Row.of(
@@ -393,7 +419,7 @@ def _scanner_rows(ctx: AuditContext, res: ScanResult, probe: torch.Tensor | None
                     _percentile(boot[:, c], float(v), k),
                     mask_l1=float(norms[:, c].mean()),
                     mask_l1_by_seed=norms[:, c].tolist(),
-                    interval=f"bootstrap over the {k} classes ({N_CLASS_BOOT} resamples)",
+                    interval=f"smoothed bootstrap over the {k} classes ({N_CLASS_BOOT} resamples)",
                 )
             )
     return rows
