@@ -110,10 +110,10 @@ def test_jsd_known_values():
 
 
 def test_mixing_pictures():
-    pics = mixing_pictures(16, (3, 16, 16), seed=0)
+    pics = mixing_pictures(16, (3, 16, 16), generator(0, "pictures"))
     assert pics.shape == (16, 3, 16, 16) and pics.min() >= 0 and pics.max() <= 1
-    assert torch.equal(pics, mixing_pictures(16, (3, 16, 16), seed=0))
-    assert not torch.equal(pics, mixing_pictures(16, (3, 16, 16), seed=1))
+    assert torch.equal(pics, mixing_pictures(16, (3, 16, 16), generator(0, "pictures")))
+    assert not torch.equal(pics, mixing_pictures(16, (3, 16, 16), generator(1, "pictures")))
     fr = fractals(6, (1, 16, 16), generator(0, "f"))
     assert torch.allclose(fr.amax(dim=(1, 2, 3)), fr.amax(dim=(1, 2, 3)).clamp(0.3, 1.0))  # bright attractor
     assert float((fr == 0).float().mean()) > 0.1  # sparse: much of the picture is background

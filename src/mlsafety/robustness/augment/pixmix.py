@@ -87,11 +87,17 @@ def patterns(n: int, shape: tuple[int, int, int], g: torch.Generator, waves: int
     return (out - lo) / (hi - lo).clamp_min(1e-6)
 
 
-def mixing_pictures(n: int, shape: tuple[int, int, int], seed: int = 0) -> torch.Tensor:
-    """``n`` mixing pictures (n, C, H, W) on the CPU: half fractals, half patterns, deterministic in ``seed``."""
+def picture_generator(seed: int, shape: tuple[int, int, int]) -> torch.Generator:
+    """The generator of :class:`PixMix`'s picture bank for ``seed`` and image ``shape``."""
+    return make_generator(seed, "pixmix-pictures", *shape)
+
+
+def mixing_pictures(n: int, shape: tuple[int, int, int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """``n`` mixing pictures (n, C, H, W) on the CPU: half fractals, half patterns, drawn from ``generator``
+    (default: :func:`picture_generator` with seed 0)."""
     if n < 1:
         raise InputError(f"pixmix needs at least one mixing picture, got {n}")
-    g = make_generator(seed, "pixmix-pictures", *shape)
+    g = generator if generator is not None else picture_generator(0, shape)
     half = n // 2
     return torch.cat([fractals(half, shape, g), patterns(n - half, shape, g)])
 
@@ -172,7 +178,7 @@ class PixMix(Augmentation):
     def bank(self, shape: tuple[int, int, int]) -> torch.Tensor:
         """The mixing pictures for images of ``shape`` (made on first use)."""
         if shape not in self._bank:
-            self._bank[shape] = mixing_pictures(self.pictures, shape, self.seed)
+            self._bank[shape] = mixing_pictures(self.pictures, shape, picture_generator(self.seed, shape))
         return self._bank[shape]
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
