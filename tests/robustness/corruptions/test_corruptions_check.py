@@ -187,6 +187,8 @@ def test_default_tables_make_every_corruption_applicable_to_small_images(tiny_ne
     rows, _ = run_all(check, ctx)
     assert {r.params["table"] for r in rows if "table" in r.params} == {"cifar-10-c"}
     assert not any(r.kind == "decision" for r in rows)
+    _, artifacts = run_all(check, ctx)
+    assert "cifar-10-c table, its pixel lengths times 1 for 8 x 8" in artifacts[0].caption  # not shrunk below 32 px
 
 
 def test_everything_is_not_applicable_gives_one_decision(tiny_net, tiny_data):

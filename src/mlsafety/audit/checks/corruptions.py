@@ -274,10 +274,11 @@ class Corruptions(Check):
         clean_acc = 1 - float(wrong[:, 0].mean())
         png = heat_map_png(acc, list(names), list(sevs), clean_acc)
         _, h, w = _image_shape(ctx)
-        used, ref_px = _corruption(None, names[0], self.params).setting(h, w)
+        first = _corruption(None, names[0], self.params)
+        used, scale = first.setting(h, w)[0], first.scale(torch.zeros(1, 1, h, w))
         caption = (
             f"Accuracy under each corruption (rows) and severity (columns); clean accuracy {clean_acc:.3f}. "
-            f"Parameters: the {used} table, lengths scaled from {fmt_value(ref_px)} px to {h} x {w} px."
+            f"Parameters: the published {used} table, its pixel lengths times {scale:.3g} for {h} x {w} px images."
         )
         if excluded:
             caption += f" Not applicable to these images, left out: {', '.join(excluded)}."
