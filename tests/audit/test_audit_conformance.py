@@ -64,3 +64,39 @@ def test_same_seed_gives_identical_stored_values(quick_audit, tmp_path):
     assert {r.key: (r.value, r.ci_low, r.ci_high) for r in again.rows} == {
         r.key: (r.value, r.ci_low, r.ci_high) for r in first.rows
     }
+
+
+def _interval_gaps(rows):  # type: ignore[no-untyped-def]
+    """Rows that break the kind contract: an estimate without a valid 95% interval, or an unknown kind."""
+    from mlsafety.audit._check import interval_problem
+
+    return [
+        f"{r.key} ({r.kind}): {problem}"
+        for r in rows
+        if (problem := interval_problem(r.kind, r.value, r.ci_low, r.ci_high)) is not None
+    ]
+
+
+def test_every_stored_row_is_an_estimate_with_its_interval_or_says_what_it_is(quick_audit):
+    """Issue 12 point 11, over a full quick audit as stored: an estimate carries ci_low <= value <= ci_high;
+    anything else is a decision, count or setting."""
+    _, result = quick_audit
+    gaps = _interval_gaps(result.rows)
+    assert not gaps, f"{len(gaps)} rows: " + "; ".join(gaps[:20])
+    kinds = {r.kind for r in result.rows}
+    assert "estimate" in kinds and kinds <= {"estimate", "decision", "count", "setting"}
+
+
+@pytest.mark.slow
+def test_every_row_of_the_default_full_audit_is_an_estimate_with_its_interval_or_says_what_it_is(tmp_path):
+    result = run_audit(AuditConfig(), db=tmp_path / "full.sqlite", report="")
+    gaps = _interval_gaps(result.rows)
+    assert not gaps, f"{len(gaps)} of {len(result.rows)} rows: " + "; ".join(gaps[:20])
+
+
+def test_report_says_which_fpr_convention_and_shows_kinds(quick_audit):
+    """The OOD tables state both FPR@95 conventions (issue 12 point 10); settings show as such (point 11)."""
+    folder, _ = quick_audit
+    html = (folder / "report.html").read_text(encoding="utf-8")
+    for text in ("fpr95_id_positive", "fpr95_ood_positive", "OpenOOD v1.5", "ODIN", "S (setting)"):
+        assert text in html, text
