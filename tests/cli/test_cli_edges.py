@@ -176,3 +176,15 @@ def test_device_index_is_kept_in_the_message(tmp_path):
     result = CliRunner().invoke(main, ["audit", "--check", "clean", "--device", "cuda:5", "--db", str(tmp_path / "r")])
     _one_line(result, "device 'cuda:5' requested")
     assert _runs(tmp_path / "r") == []
+
+
+def test_ctrl_c_in_any_command_exits_130_not_the_gate_code(two_runs, monkeypatch):
+    """Click turns KeyboardInterrupt into 'Aborted!' and exit 1, the gate-failure code; we do not."""
+
+    def interrupted(self):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Store, "runs", interrupted)
+    result = CliRunner().invoke(main, ["runs", "--db", str(two_runs)])
+    assert result.exit_code == 130
+    assert result.output.strip() == "interrupted: stopped by SIGINT"
