@@ -11,7 +11,9 @@ other check counts it either), it gets one ``decision`` row saying why, and it i
 mCE, never counted as robustness. Every other row is an estimate with a 95% interval: accuracy and
 error per severity exactly (Clopper-Pearson over the N inputs), CE and the summaries by a bootstrap
 over inputs (each input with all its severities: the N x S outcomes share inputs, so they are not
-N x S independent trials), from generators derived from the run seed, the check and the task.
+N x S independent trials), from seeds derived from the run seed, the check and the task. A
+normalised mCE divides by AlexNet's published ImageNet-C errors, constants without an interval: its
+interval (the same input bootstrap) covers the audited model's sampling error only.
 """
 
 from __future__ import annotations
