@@ -258,3 +258,17 @@ def test_full_disk_while_the_audit_writes_its_report(tmp_path, monkeypatch):
     assert "mlsafety report " in line
     assert _statuses(db) == ["complete"]
     assert not list(tmp_path.glob("*.html*"))
+
+
+def test_reading_commands_cannot_write_and_leave_no_files(tmp_path):
+    db = tmp_path / "runs.sqlite"
+    _database_with_rows(db, n=5)
+    store = Store(db, create=False, readonly=True)
+    try:
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            store.conn.execute("DELETE FROM results")
+    finally:
+        store.close()
+    for args in (["runs"], ["runs", "show", "latest"], ["compare", "latest", "latest"]):
+        assert CliRunner().invoke(main, [*args, "--db", str(db)]).exit_code == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs.sqlite"]

@@ -148,9 +148,11 @@ class Store:
     Args:
         path: the database file (default ``$MLSAFETY_DB`` or ``./mlsafety-runs.sqlite``).
         create: create the file when it does not exist (else :class:`InputError`).
-        readonly: open with SQLite's ``mode=ro`` (for commands that only read), so a read-only
-            file works; in a folder this process cannot write, also ``immutable=1`` (SQLite can
-            then create no ``-wal`` / ``-shm`` files), unless both already exist.
+        readonly: for commands that only read: the connection can never write (``PRAGMA
+            query_only``). Where the file or its folder is not writable it is opened with SQLite's
+            ``mode=ro``, so a read-only file works, and in a folder this process cannot write also
+            ``immutable=1`` (SQLite can then create no ``-wal`` / ``-shm`` files), unless both
+            already exist.
     """
 
     def __init__(self, path: str | Path | None = None, create: bool = True, readonly: bool = False) -> None:
@@ -164,10 +166,12 @@ class Store:
         if not exists and not self.path.parent.exists():
             raise InputError(f"folder {self.path.parent} does not exist; create it or pass another --db")
         try:
-            if readonly:
+            if readonly and not self._writable():
                 self.conn = sqlite3.connect(self._readonly_uri(), uri=True, timeout=30, isolation_level=None)
             else:
                 self.conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+                if readonly:  # a normal connection (it tidies the -wal / -shm files) that cannot write
+                    self.conn.execute("PRAGMA query_only=1")
             self._check_or_create(exists)
         except sqlite3.DatabaseError as exc:
             if "not a database" in str(exc) or "malformed" in str(exc):
@@ -175,6 +179,9 @@ class Store:
                     f"{self.path} is not a usable mlsafety results database ({exc}); pass another --db"
                 ) from None
             raise storage_error(self.path, exc) from None
+
+    def _writable(self) -> bool:
+        return os.access(self.path, os.W_OK) and os.access(self.path.resolve().parent, os.W_OK)
 
     def _readonly_uri(self) -> str:
         path = self.path.resolve()
