@@ -189,6 +189,10 @@ CASES = {
         ["--model", M + "conv_gray", "--data", "{d}/folder", "--image-size", "8", "8", "--channels", "3", *OK[2:]],
         "have 3 channels but the model takes 1",
     ),
+    "--channels 1 for an RGB npz": (
+        ["--model", M + "conv_rgb", "--data", "{d}/rgb.npz", "--channels", "1", *OK[2:]],
+        "inputs of --data {d}/rgb.npz (test data) have 3 channels but --channels asks for 1",
+    ),
     "--channels 2": (["--channels", "2", *OK], "--channels must be 1 (grayscale) or 3 (RGB)"),
     "channels = 2 in TOML": (["--config", "{d}/bad_channels.toml"], "bad_channels.toml: channels must be 1"),
     "--image-size 0 8": (["--data", "{d}/folder", "--image-size", "0", "8", *OK[2:]], "--image-size must be two"),

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 MAX_SEED = 2**63 - 1
 """The largest run seed: seeds are stored as SQLite integers (signed 64-bit)."""
 
+_ASKED = "--channels asks for"
+
 PROBE_INPUTS = 16
 """Inputs of each data source the model is run on before the audit starts (spread over the set)."""
 
@@ -299,7 +301,7 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
     shape = tuple(int(s) for s in test.x.shape[1:])
     k = None
     if model is not None:
-        validate_dataset(test, None, config.channels)
+        validate_dataset(test, None, config.channels, _ASKED)
         k = probe_model(model, test)
         validate_dataset(test, k, channels)
 
@@ -359,7 +361,7 @@ def validate(model: Classifier, data: AuditData, channels: int | None = None) ->
     """
     sets = _sources(data)
     first = data.test
-    validate_dataset(first, None, channels)
+    validate_dataset(first, None, channels, _ASKED)
     k = probe_model(model, first)
     takes = int(first.x.shape[1])  # the probe passed: the model takes the test data's channels
     for ds in sets[1:]:

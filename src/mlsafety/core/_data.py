@@ -126,12 +126,19 @@ def check_labels(y: torch.Tensor, num_classes: int, what: str = "labels") -> tor
     return y
 
 
-def validate_dataset(ds: ArrayDataset, num_classes: int | None = None, channels: int | None = None) -> None:
+def validate_dataset(
+    ds: ArrayDataset,
+    num_classes: int | None = None,
+    channels: int | None = None,
+    channels_from: str = "the model takes",
+) -> None:
     """Check one dataset before an audit uses it; every message names ``ds.source``.
 
     Inputs must be finite floats (N, C, H, W) in [0, 1] with ``channels`` channels (when given);
     in-distribution labels (``ds.kind == "in"``) must be integers in [0, num_classes) (when
     given). OOD sets carry no labels (``-1``) and are not checked against the classes.
+    ``channels_from`` says where the channel count comes from in the message (e.g.
+    ``"--channels asks for"``).
 
     Raises:
         InputError: naming the problem, the source and the fix.
@@ -141,7 +148,7 @@ def validate_dataset(ds: ArrayDataset, num_classes: int | None = None, channels:
         have = int(ds.x.shape[1])
         how = "convert them to grayscale" if channels == 1 else f"give images with {channels} channels"
         raise InputError(
-            f"inputs of {ds.source} have {have} channel{'s' if have != 1 else ''} but the model takes "
+            f"inputs of {ds.source} have {have} channel{'s' if have != 1 else ''} but {channels_from} "
             f"{channels}; {how} (shape (N, {channels}, H, W))"
         )
     if ds.kind == "in" and num_classes is not None:
