@@ -331,11 +331,16 @@ def _open_store(db: str | None) -> Any:
     return Store(db, create=False, readonly=True)
 
 
-def _unfinished_note(run: Any, tasks: int) -> str:
-    return (
-        f"run {run.run_id} is not complete (status: {run.status}): {tasks} tasks are stored; "
-        "continue it with the same `mlsafety audit` command and --resume"
-    )
+def _warn_unfinished(store: Any, run: Any) -> None:
+    """One warning line on stderr (so --json output keeps its shape) when ``run`` is not complete."""
+    if run.status != "complete":
+        tasks = len(store.done_tasks(run.run_id))
+        _line(
+            "warning:",
+            f"run {run.run_id} is not complete (status: {run.status}): {tasks} tasks are stored; "
+            "continue it with the same `mlsafety audit` command and --resume",
+            style="bold yellow",
+        )
 
 
 DB_OPTION = click.option(
@@ -385,9 +390,7 @@ def runs_show(group_db: str | None, run_id: str, db: str | None, as_json: bool) 
     with _open_store(db or group_db) as store:
         run = store.run(run_id)
         rows = store.results(run.run_id)
-        tasks = len(store.done_tasks(run.run_id))
-    if run.status != "complete":  # on stderr, so --json output keeps its shape
-        _line("warning:", _unfinished_note(run, tasks), style="bold yellow")
+        _warn_unfinished(store, run)
     if as_json:
         click.echo(
             json.dumps(
@@ -413,6 +416,7 @@ def report(run_id: str, db: str | None, out: Path | None) -> None:
 
     with _open_store(db) as store:
         path = write_report(store, run_id, out)
+        _warn_unfinished(store, store.run(run_id))
     out_console.print(Text.assemble("Report: ", (str(path.resolve()), "bold")))
 
 
@@ -435,6 +439,8 @@ def compare(run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_chan
     with _open_store(db) as store:
         a, b = store.run(run_a), store.run(run_b)
         comparisons = compare_rows(store.results(a.run_id), store.results(b.run_id))
+        for run in [a] if a.run_id == b.run_id else [a, b]:
+            _warn_unfinished(store, run)
     if not comparisons:
         raise MlsafetyError(f"runs {a.run_id} and {b.run_id} share no metric")
     table = Table("metric", a.run_id, b.run_id, "delta", "change", title="comparison", box=None)
@@ -497,6 +503,7 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
     with _open_store(db) as store:
         run = store.run(run_id)
         rows = [r for r in store.results(run.run_id) if r.check == "defence-in-depth"]
+        _warn_unfinished(store, run)
     by: dict[str, dict[str, Any]] = {}
     for r in rows:
         by.setdefault(r.hazard, {})[r.metric] = r

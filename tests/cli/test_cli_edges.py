@@ -127,7 +127,10 @@ def test_unfinished_run_is_said_to_be_unfinished(tmp_path):
         store.write_task(run_id, "clean", "clean", [Row("clean", "accuracy", 0.5)], [], 1.0)
         store.finish_run(run_id, status="interrupted")
     out = tmp_path / "r.html"
-    assert CliRunner().invoke(main, ["report", run_id, "--db", str(db), "--out", str(out)]).exit_code == 0
+    written = CliRunner().invoke(main, ["report", run_id, "--db", str(db), "--out", str(out)])
+    assert written.exit_code == 0 and f"warning: run {run_id} is not complete" in written.output
+    compared = CliRunner().invoke(main, ["compare", run_id, run_id, "--db", str(db)])
+    assert compared.exit_code == 0 and compared.output.count(f"warning: run {run_id} is not complete") == 1
     html = out.read_text()
     assert 'id="unfinished"' in html and "Unfinished run (interrupted)" in html
     assert "Only 1 task of this audit is stored" in html
