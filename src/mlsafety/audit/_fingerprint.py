@@ -117,7 +117,8 @@ def components(config: AuditConfig, model: Classifier, data: AuditData) -> dict[
         if name == "image_size" and value is not None:
             value = list(value)
         out[f"setting:{name}"] = Component(f"--{name.replace('_', '-')}", _value_digest(value), json.dumps(value))
-    out["setting:device"] = Component("the device type", _value_digest(model.device.type), model.device.type)
+    # the type decides the kernels (and so the numbers); the index is kept for messages
+    out["setting:device"] = Component("the device type", _value_digest(model.device.type), str(model.device))
     out["version:mlsafety"] = Component("the mlsafety version", package_version(), package_version())
     out["version:torch"] = Component("the torch version", torch.__version__, torch.__version__)
     return out
