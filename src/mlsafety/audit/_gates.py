@@ -74,8 +74,8 @@ def check_gate_bound(key: str, value: object, where: str = "gate") -> float:
     bound = float(value)
     if not math.isfinite(bound):
         raise InputError(
-            f"{where} {key!r}: bound {bound} is not a finite number, so the gate could never work "
-            f"(a NaN bound never fails); give e.g. {example}"
+            f"{where} {key!r}: bound {bound} is not a finite number (a gate with it "
+            f"{'never fails' if math.isnan(bound) else 'always or never fails'}); give e.g. {example}"
         )
     return bound
 
