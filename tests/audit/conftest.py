@@ -28,7 +28,7 @@ def counting_check() -> Iterator[type[Check]]:
                     g = ctx.generator("counting", i)
                     import torch
 
-                    return TaskResult([Row("clean", f"value_{i}", float(torch.rand(1, generator=g)))])
+                    return TaskResult([Row("clean", f"value_{i}", float(torch.rand(1, generator=g)), kind="setting")])
 
                 return Task(f"t{i}", run)
 

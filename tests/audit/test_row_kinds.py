@@ -27,6 +27,16 @@ def test_kinds_and_their_contract() -> None:
         assert interval_problem(kind, 3.0, None, None) is None
 
 
+def test_a_row_refuses_an_estimate_without_its_interval() -> None:
+    with pytest.raises(ValueError, match="must carry a 95% interval"):
+        Row("clean", "accuracy", 0.9)
+    with pytest.raises(ValueError, match="outside its interval"):
+        Row("clean", "accuracy", 0.9, 0.91, 0.95, 100)
+    with pytest.raises(ValueError, match="not finite"):
+        Row("clean", "accuracy", 0.9, float("nan"), 0.95, 100)
+    assert Row("clean", "threshold", 0.5, kind="setting").ci_low is None
+
+
 def test_a_row_refuses_an_unknown_kind_and_an_interval_on_a_non_estimate() -> None:
     with pytest.raises(ValueError, match="not one of"):
         Row("clean", "x", 1.0, kind="guess")

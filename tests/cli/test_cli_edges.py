@@ -76,7 +76,8 @@ def _store_with(db, run_ids):
                 "INSERT INTO runs VALUES (?,?,?,?,?,?,?,?,?,?)",
                 (run_id, 1.0, 2.0, "complete", "digits-cnn", "digits", 0, "f", "{}", "0"),
             )
-        store.write_task("20260101-000000-aaaaaa", "clean", "clean", [Row("clean", "accuracy", 0.5)], [], 1.0)
+        row = Row("clean", "accuracy", 0.5, 0.4, 0.6, 100)
+        store.write_task("20260101-000000-aaaaaa", "clean", "clean", [row], [], 1.0)
     return db
 
 
@@ -124,7 +125,7 @@ def test_unfinished_run_is_said_to_be_unfinished(tmp_path):
     db = tmp_path / "runs.sqlite"
     with Store(db) as store:
         run_id = store.create_run("digits-cnn", "digits", 0, "f", {"quick": True}, "0")
-        store.write_task(run_id, "clean", "clean", [Row("clean", "accuracy", 0.5)], [], 1.0)
+        store.write_task(run_id, "clean", "clean", [Row("clean", "accuracy", 0.5, 0.4, 0.6, 100)], [], 1.0)
         store.finish_run(run_id, status="interrupted")
     out = tmp_path / "r.html"
     written = CliRunner().invoke(main, ["report", run_id, "--db", str(db), "--out", str(out)])

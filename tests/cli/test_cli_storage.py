@@ -90,7 +90,8 @@ def test_read_only_database_is_refused_before_the_run(tmp_path, monkeypatch):
 def _database_with_rows(path, n=3000):
     store = Store(path)
     run_id = store.create_run("digits-cnn", "digits", 0, "f", {"quick": True}, "0")
-    store.write_task(run_id, "clean", "clean", [Row("clean", f"m_{i}", float(i)) for i in range(n)], [], 1.0)
+    rows = [Row("clean", f"m_{i}", float(i), kind="count") for i in range(n)]
+    store.write_task(run_id, "clean", "clean", rows, [], 1.0)
     store.finish_run(run_id)
     store.close()
     return run_id

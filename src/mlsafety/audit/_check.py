@@ -73,9 +73,9 @@ def interval_problem(kind: str, value: float, ci_low: float | None, ci_high: flo
 class Row:
     """One measured number: ``<check>/<hazard>/<metric>`` with its kind, interval and sample size.
 
-    ``kind`` says what the number is (:data:`KINDS`): an ``estimate`` (the default) carries its 95%
-    interval ``ci_low <= value <= ci_high``; a ``decision``, ``count`` or ``setting`` carries none.
-    ``params`` records what produced the number.
+    ``kind`` says what the number is (:data:`KINDS`): an ``estimate`` (the default) must carry its
+    95% interval ``ci_low <= value <= ci_high`` (a ``ValueError`` otherwise); a ``decision``,
+    ``count`` or ``setting`` carries none. ``params`` records what produced the number.
     """
 
     hazard: str
@@ -94,10 +94,11 @@ class Row:
             raise ValueError(f"bad hazard name {self.hazard!r}")
         if not math.isfinite(float(self.value)):
             raise ValueError(f"{self.hazard}/{self.metric}: value {self.value} is not finite")
-        if self.kind not in KINDS:
-            raise ValueError(f"{self.hazard}/{self.metric}: kind {self.kind!r} is not one of {', '.join(KINDS)}")
         if self.kind != ESTIMATE and (self.ci_low is not None or self.ci_high is not None):
             raise ValueError(f"{self.hazard}/{self.metric}: a {self.kind} carries no interval")
+        problem = interval_problem(self.kind, float(self.value), self.ci_low, self.ci_high)
+        if problem is not None:
+            raise ValueError(f"{self.hazard}/{self.metric}: {problem} (or give a non-estimate its kind)")
 
     @classmethod
     def of(cls, hazard: str, metric: str, estimate: Estimate, **params: Any) -> Row:
