@@ -106,8 +106,10 @@ class Row:
         return cls(hazard, metric, estimate.value, estimate.ci_low, estimate.ci_high, estimate.n, params)
 
     @classmethod
-    def exact(cls, hazard: str, metric: str, value: float, kind: str, n: int | None = None, **params: Any) -> Row:
-        """A row that is not an estimate (a ``decision``, ``count`` or ``setting``): no interval."""
+    def exact(cls, hazard: str, metric: str, value: float, kind: str, n: int | None = None, /, **params: Any) -> Row:
+        """A row that is not an estimate (a ``decision``, ``count`` or ``setting``): no interval.
+
+        The leading arguments are positional-only, so ``params`` may hold any name (``n`` too)."""
         if kind == ESTIMATE:
             raise ValueError(f"{hazard}/{metric}: use Row.of for an estimate (it needs an interval)")
         return cls(hazard, metric, value, None, None, n, params, kind)
