@@ -150,8 +150,12 @@ class Trojans(Check):
     description = (
         "Trojan (backdoor) scanners with several seeds each: Neural Cleanse (trigger reverse-engineering, MAD "
         "anomaly index, flagged above 2), ABS (neuron stimulation, REASR), STRIP (superimposition entropy), and, "
-        "with a training set, activation clustering and spectral signatures. Scores: higher = more suspicious; "
-        "spread = standard deviation over seeds."
+        "with a training set, activation clustering and spectral signatures. Scores: higher = more suspicious, "
+        "mean over seeds, with a 95% interval: for MAD anomaly indices (Neural Cleanse, spectral signatures) a "
+        "smoothed bootstrap over the classes that form the median/MAD reference (it leaves out the "
+        "reverse-engineering's own randomness), exact for shares of inputs (STRIP, ABS's REASR), Student's t over "
+        "seeds otherwise (activation clustering: k-means initialisation only, zero width when every seed agrees). "
+        "Verdicts and targets are decisions."
     )
     defaults: ClassVar[dict[str, Any]] = {
         "scanners": ["neural-cleanse", "abs", "strip", "activation-clustering", "spectral-signatures"],
