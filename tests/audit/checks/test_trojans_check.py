@@ -157,3 +157,21 @@ def test_smoothing_keeps_a_resample_with_repeated_classes_from_exploding() -> No
     assert float(smooth[0].abs().max()) < 100
     q = torch.tensor([0.975], dtype=torch.float64)
     assert float(torch.quantile(smooth.amax(dim=2)[:, 0], q)) < float(torch.quantile(plain.amax(dim=2)[:, 0], q))
+
+
+def test_scanner_seeds_come_from_the_run_seed_check_and_scanner() -> None:
+    """Issue 12 point 8: not ``run seed + i`` (run seed 1's first scan would be run seed 0's second)."""
+    from mlsafety.audit.checks.trojans import _scanner_kwargs
+    from mlsafety.core import generator
+
+    params = {**PARAMS, "n_seeds": 3}
+    seeds = {
+        (run, name): _scanner_kwargs(name, params, generator(run, "trojans", name, "seeds"))["seeds"]
+        for run in (0, 1)
+        for name in ("neural-cleanse", "strip")
+    }
+    assert all(len(set(s)) == 3 for s in seeds.values())
+    assert not set(seeds[0, "neural-cleanse"]) & set(seeds[1, "neural-cleanse"])
+    assert not set(seeds[0, "neural-cleanse"]) & set(seeds[0, "strip"])
+    again = _scanner_kwargs("neural-cleanse", params, generator(0, "trojans", "neural-cleanse", "seeds"))["seeds"]
+    assert again == seeds[0, "neural-cleanse"]

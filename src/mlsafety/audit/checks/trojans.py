@@ -60,7 +60,7 @@ from mlsafety.audit._check import (
 )
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit._plots import figure, to_png
-from mlsafety.core import ArrayDataset, InputError, UnknownNameError, derive_seed
+from mlsafety.core import ArrayDataset, InputError, UnknownNameError, derive_seed, draw_seed
 from mlsafety.metrics import Estimate, auroc, bootstrap_two_sample, clopper_pearson, proportion
 from mlsafety.monitoring.trojans import SCANNERS, ScanResult, Trigger, triggered_inputs
 from mlsafety.monitoring.trojans.scanners.neural_cleanse import MAD_CONSISTENCY
@@ -88,11 +88,14 @@ def _params(ctx: AuditContext) -> dict[str, Any]:
     return params
 
 
-def _scanner_kwargs(name: str, params: dict[str, Any], seed: int) -> dict[str, Any]:
+def _scanner_kwargs(name: str, params: dict[str, Any], g: torch.Generator) -> dict[str, Any]:
+    """Constructor arguments of scanner ``name``; its seeds are drawn from ``g`` (derived from the run
+    seed, the check and the scanner), so two run seeds never share a scan and two scanners never share
+    a stream."""
     n = int(params["n_seeds"])
     if n < 1:
         raise InputError(f"trojans n_seeds must be at least 1, got {n}")
-    kw: dict[str, Any] = {"seeds": tuple(seed + i for i in range(n))}
+    kw: dict[str, Any] = {"seeds": tuple(draw_seed(g) for _ in range(n))}
     if name == NC:
         kw["steps"] = int(params["nc_steps"])
     if name == "abs":
@@ -113,7 +116,7 @@ def _scan(ctx: AuditContext, name: str, probe: torch.Tensor | None = None) -> Sc
     memo = _SCANS.setdefault(ctx, {})
     if name not in memo:
         params = _params(ctx)
-        scanner = SCANNERS.create(name, **_scanner_kwargs(name, params, ctx.seed))
+        scanner = SCANNERS.create(name, **_scanner_kwargs(name, params, ctx.generator("trojans", name, "seeds")))
         memo[name] = scanner.scan(ctx.model, _clean_set(ctx, params), train=ctx.data.train, probe=probe)
     return memo[name]
 
