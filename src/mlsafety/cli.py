@@ -518,6 +518,8 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
     for cells in found.rows:
         table.add_row(*cells)
     out_console.print(table)
+    if found.note:
+        out_console.print(found.note, markup=False, highlight=False)
 
 
 # -- harden ------------------------------------------------------------------------------------

@@ -46,6 +46,8 @@ def test_fmea_table_of_the_stored_run_uses_configured_severity(audited: tuple[Pa
     lines = {r[1]: r for r in rows if len(r) >= 6 and r[0].isdigit()}
     assert lines["ood/letters"][2] == "3" and lines["ood/noise"][2] == "4" and lines["clean"][2] == "5"
     assert "RPN" in res.output
+    assert "S (setting)" in " ".join(res.output.split())  # severity is configured, not measured
+    assert "97.5% ranges" in " ".join(res.output.split())  # the note says what the bracketed ranges are
 
 
 def test_scales_list_every_band() -> None:
