@@ -394,7 +394,10 @@ def runs_show(group_db: str | None, run_id: str, db: str | None, as_json: bool) 
     if as_json:
         click.echo(
             json.dumps(
-                [{"key": r.key, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n} for r in rows],
+                [
+                    {"key": r.key, "kind": r.kind, "value": r.value, "ci_low": r.ci_low, "ci_high": r.ci_high, "n": r.n}
+                    for r in rows
+                ],
                 indent=1,
             )
         )

@@ -92,3 +92,22 @@ def test_a_database_without_kinds_is_refused_with_one_line(tmp_path) -> None:  #
     assert out.exit_code == 2, out.output
     lines = [line for line in out.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "schema version 1" in lines[0] and "pass another --db" in lines[0]
+
+
+def test_runs_show_gives_each_number_its_kind(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    db = tmp_path / "runs.sqlite"
+    with Store(db) as store:
+        run = store.create_run("m", "d", 0, "fp", {}, "0")
+        rows = [Row("clean", "accuracy", 0.9, 0.85, 0.93, 100), Row.exact("clean", "threshold", 0.5, "setting")]
+        store.write_task(run, "c", "t", rows, [], 0.1)
+        store.finish_run(run)
+    out = CliRunner().invoke(main, ["runs", "show", run, "--db", str(db), "--json"])
+    assert out.exit_code == 0, out.output
+    assert {r["key"]: r["kind"] for r in json.loads(out.output)} == {
+        "c/clean/accuracy": "estimate",
+        "c/clean/threshold": "setting",
+    }
+    table = CliRunner().invoke(main, ["runs", "show", run, "--db", str(db)])
+    assert table.exit_code == 0 and "(setting)" in table.output and "[0.85, 0.93]" in table.output
