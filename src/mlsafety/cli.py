@@ -285,6 +285,7 @@ def audit(
                     "check": r.check,
                     "hazard": r.hazard,
                     "metric": r.metric,
+                    "kind": r.kind,
                     "value": r.value,
                     "ci_low": r.ci_low,
                     "ci_high": r.ci_high,

@@ -34,6 +34,7 @@ def test_gates_json_runs_report_compare(tmp_path):
     payload = json.loads(ok.output)
     keys = {r["key"]: r for r in payload["results"]}
     assert keys["clean/clean/accuracy"]["ci_low"] <= keys["clean/clean/accuracy"]["value"]
+    assert keys["clean/clean/accuracy"]["kind"] == "estimate"
     bad = runner.invoke(
         main,
         [
