@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import pytest
 import torch
 
@@ -175,3 +177,29 @@ def test_scanner_seeds_come_from_the_run_seed_check_and_scanner() -> None:
     assert not set(seeds[0, "neural-cleanse"]) & set(seeds[0, "strip"])
     again = _scanner_kwargs("neural-cleanse", params, generator(0, "trojans", "neural-cleanse", "seeds"))["seeds"]
     assert again == seeds[0, "neural-cleanse"]
+
+
+def test_a_seed_spread_interval_with_one_seed_is_refused_before_the_run_is_stored(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from click.testing import CliRunner
+
+    from mlsafety.cli import main
+
+    config = tmp_path / "audit.toml"
+    config.write_text('[params.trojans]\nscanners = ["activation-clustering"]\nn_seeds = 1\n')
+    db = tmp_path / "runs.sqlite"
+    args = [
+        "audit",
+        "--check",
+        "trojans",
+        "--config",
+        str(config),
+        "--db",
+        str(db),
+        "--report",
+        str(tmp_path / "r.html"),
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "set n_seeds to 2 or more (got 1)" in lines[0]
+    assert not db.exists() or not sqlite3.connect(db).execute("SELECT count(*) FROM runs").fetchone()[0]

@@ -53,6 +53,7 @@ from mlsafety.audit._check import (
     Row,
     StoredRow,
     Table,
+    Task,
     TaskResult,
     fmt_ci,
     fmt_value,
@@ -174,9 +175,15 @@ class Trojans(Check):
     }
 
     def hazards(self, ctx: AuditContext) -> list[str]:
+        self._validate(ctx)  # the engine asks for hazards first: refuse bad settings before any scan
         return [hazard_name(t) for t in _recovered(ctx)]
 
-    def run(self, ctx: AuditContext) -> TaskResult:
+    def tasks(self, ctx: AuditContext) -> list[Task]:
+        self._validate(ctx)  # when the audit is planned, before its run is stored
+        return super().tasks(ctx)
+
+    def _validate(self, ctx: AuditContext) -> list[str]:
+        """The scanner names, after checking them and that every score can carry its interval."""
         names = list(self.params["scanners"])
         for n in names:
             SCANNERS.get(n)  # unknown names fail with a suggestion
@@ -191,6 +198,10 @@ class Trojans(Check):
                 f"trojans: the interval of {seeded[0]}'s score is its spread over seeds; "
                 f"set n_seeds to 2 or more (got {self.params['n_seeds']})"
             )
+        return names
+
+    def run(self, ctx: AuditContext) -> TaskResult:
+        names = self._validate(ctx)
         rows: list[Row] = []
         artifacts: list[Artifact] = []
         triggers = _recovered(ctx)
