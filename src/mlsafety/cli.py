@@ -741,15 +741,14 @@ def ood_eval(model: str, weights: str | None, data: str, train: str | None, ood_
     """
     import json
 
-    from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model
+    from mlsafety.audit._inputs import AuditConfig, prepare_inputs
     from mlsafety.monitoring import ood
 
     names = list(detectors) or list(OOD_EVAL_DEFAULT)
     for name in names:
         ood.DETECTORS.get(name)  # an unknown name fails before any work, with a suggestion
     config = AuditConfig(model=model, weights=weights, data=data, train=train, ood=list(ood_sets) or None, seed=seed)
-    clf = resolve_model(config.model, config.weights)
-    audit_data = resolve_data(config)
+    clf, audit_data = prepare_inputs(config)  # the audit's validation: labels, probe pass, finite logits
     sets = {n: d.x for n, d in audit_data.ood.items()}
     result = ood.evaluate(names, clf, audit_data.fit, audit_data.test.x, sets, n_boot=n_boot, seed=seed)
     if as_json:
@@ -833,13 +832,13 @@ def certify(model: str, weights: str | None, data: str, sigma: float, n0: int, n
     import json
 
     from mlsafety import zoo as zoo_lib
-    from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model
+    from mlsafety.audit._inputs import AuditConfig, prepare_inputs
     from mlsafety.core import generator
     from mlsafety.metrics import proportion
     from mlsafety.robustness.smoothing import ABSTAIN, SmoothedClassifier
 
-    clf = resolve_model(model, weights)
-    test = resolve_data(AuditConfig(model=model, weights=weights, data=data, ood=[], seed=seed)).test
+    clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, ood=[], seed=seed))
+    test = checked.test
     x, y = test.x[:inputs], test.y[:inputs]
     den = zoo_lib.load_model(denoiser).to(clf.device) if denoiser else None
     smoothed = SmoothedClassifier(clf, clf.num_classes, sigma, denoiser=den)
@@ -923,14 +922,14 @@ def explain_sanity(model: str, weights: str | None, data: str, methods: tuple[st
     """Sanity checks (Adebayo et al. 2018): do the maps change when the model's layers are re-initialised?"""
     import json
 
-    from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model
+    from mlsafety.audit._inputs import AuditConfig, prepare_inputs
     from mlsafety.monitoring import transparency as tr
 
     names = list(methods) or tr.available()
     for name in names:
         tr.ATTRIBUTIONS.get(name)  # an unknown name fails before any work, with a suggestion
-    clf = resolve_model(model, weights)
-    x = resolve_data(AuditConfig(model=model, weights=weights, data=data, ood=[])).test.x[:inputs]
+    clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, ood=[]))
+    x = checked.test.x[:inputs]
     results = [
         tr.sanity_check(tr.create(name), clf, x, mode=mode, threshold=threshold)
         for name in names

@@ -192,3 +192,31 @@ def test_ctrl_c_in_any_command_exits_130_not_the_gate_code(two_runs, monkeypatch
     result = CliRunner().invoke(main, ["runs", "--db", str(two_runs)])
     assert result.exit_code == 130
     assert result.output.strip() == "interrupted: stopped by SIGINT"
+
+
+NAN_MODEL = """
+from torch import nn
+
+
+class NaN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1)) * float("nan")
+
+
+def nan():
+    return NaN()
+"""
+
+
+@pytest.mark.parametrize(
+    "command", [["ood", "eval"], ["certify", "--inputs", "2", "--n", "10"], ["explain", "sanity", "--inputs", "2"]]
+)
+def test_other_commands_validate_like_the_audit(tmp_path, command):
+    """ood eval, certify and explain sanity go through the audit's one validation layer."""
+    (tmp_path / "m.py").write_text(NAN_MODEL)
+    result = CliRunner().invoke(main, [*command, "--model", f"{tmp_path}/m.py:nan"])
+    _one_line(result, "NaN or infinite logits", "probe inputs")
