@@ -203,8 +203,13 @@ def _counts(n: int, b: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return idx, torch.zeros(b, n, dtype=torch.float64).scatter_add_(1, idx, torch.ones(b, n, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("small_blocks", [False, True])
 @pytest.mark.parametrize("metric", cal.METRICS)
-def test_stats_give_the_direct_formulas_and_weights_give_the_resampled_metric(metric: str) -> None:
+def test_stats_give_the_direct_formulas_and_weights_give_the_resampled_metric(
+    monkeypatch, metric: str, small_blocks: bool
+) -> None:
+    if small_blocks:  # 16 rows of probabilities, one draw of classwise bin sums at a time
+        monkeypatch.setattr(cal.metrics, "_BLOCK_ELEMENTS", 100)
     probs, labels = _sample(240, 6, f"stats-{metric}")
     stats = cal.CalibrationStats.from_probs(probs, labels, n_bins=9)
     direct = _direct(metric, probs, labels, 9)
@@ -342,3 +347,32 @@ def test_temperature_interval_covers_the_true_temperature_about_95_percent_of_th
         est = cal.temperature_estimate(logits, labels, n_boot=200, seed=rep)
         covered += est.ci_low <= 2.0 <= est.ci_high
     assert covered >= 32
+
+
+def test_calibration_check_stores_the_temperature_as_an_estimate_with_its_interval() -> None:
+    from torch import nn
+
+    from mlsafety.audit import CHECKS, AuditContext, AuditData
+    from mlsafety.audit import checks as _checks  # noqa: F401  (registers the checks)
+    from mlsafety.core import ArrayDataset, Classifier
+
+    g = generator(0, "check-temperature")
+    head = nn.Linear(16, 4)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(4, 16, generator=g) * 3)
+        head.bias.zero_()
+    model = Classifier(nn.Sequential(nn.Flatten(), head).eval())
+
+    def data(n: int) -> ArrayDataset:
+        x = torch.rand(n, 1, 4, 4, generator=g)
+        with torch.no_grad():
+            y = torch.multinomial((head(x.flatten(1)) / 3).softmax(1), 1, generator=g)[:, 0]  # T = 3
+        return ArrayDataset(x, y)
+
+    ctx = AuditContext(model, AuditData(test=data(300), val=data(600)), seed=0)
+    rows = [r for task in CHECKS.create("calibration", n_boot=100).tasks(ctx) for r in task.run().rows]
+    t = next(r for r in rows if r.metric == "temperature")
+    assert t.kind == "estimate" and t.n == 600 and t.ci_low < t.value < t.ci_high
+    val = ctx.outputs_for(ctx.data.val).logits
+    assert t.value == pytest.approx(cal.TemperatureScaler().fit(val, ctx.data.val.y).temperature_, rel=1e-12)
+    assert all(r.ci_low is not None and r.ci_low <= r.value <= r.ci_high for r in rows)

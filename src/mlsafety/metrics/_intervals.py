@@ -109,8 +109,8 @@ def bootstrap_two_sample(
     return Estimate(value, min(lo, value), max(hi, value), int(a.shape[-1] + b.shape[-1]))
 
 
-CHUNK_ELEMENTS = 1 << 22
-"""Draws are made and evaluated in chunks of about this many (draw, input) entries (32 MB of float64),
+CHUNK_ELEMENTS = 1 << 21
+"""Draws are made and evaluated in chunks of about this many (draw, input) entries (16 MB of float64),
 so a bootstrap's memory is O(N + n_boot + chunk x N), whatever ``n_boot`` is."""
 
 
@@ -149,12 +149,14 @@ def bootstrap_counts(
         raise InputError(f"n_boot must be at least 1, got {n_boot}")
     g = generator if generator is not None else make_generator(seed, "bootstrap", name, n)
     rows = _rows_per_chunk(n, chunk_elements)
+    sub = max(1, min(rows, (1 << 18) // n))  # indices are drawn a few rows at a time, then counted
+    ones = torch.ones(sub, n, dtype=torch.float64)
     for start in range(0, n_boot, rows):
         b = min(rows, n_boot - start)
-        idx = torch.randint(0, n, (b, n), generator=g)
         counts = torch.zeros(b, n, dtype=torch.float64)
-        counts.scatter_add_(1, idx, torch.ones(b, n, dtype=torch.float64))
-        del idx
+        for r in range(0, b, sub):
+            idx = torch.randint(0, n, (min(sub, b - r), n), generator=g)
+            counts[r : r + idx.shape[0]].scatter_add_(1, idx, ones[: idx.shape[0]])
         yield counts
 
 

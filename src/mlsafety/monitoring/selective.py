@@ -166,8 +166,8 @@ class SelectiveStats:
     def _curve(self, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Accepted and wrong counts at each group end (B, G), group sizes (B, G), totals (B,)."""
         w = weights.double().cpu().reshape(-1, self.n)[:, self._order]
-        accepted = w.cumsum(dim=1)[:, self._ends]
-        errors = (w * self._err).cumsum(dim=1)[:, self._ends]
+        errors = torch.mul(w, self._err).cumsum_(dim=1)[:, self._ends]
+        accepted = w.cumsum_(dim=1)[:, self._ends]
         size = accepted.diff(dim=1, prepend=torch.zeros_like(accepted[:, :1]))
         return accepted, errors, size, accepted[:, -1]
 

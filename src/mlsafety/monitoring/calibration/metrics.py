@@ -179,26 +179,27 @@ def weighted_calibration_error(
         raise InputError(f"n_bins must be at least 1, got {n_bins}")
     order = conf.argsort(stable=True)
     cs, ks, ws = conf[order], acc[order], w[:, order]
-    zero = torch.zeros(w.shape[0], 1, dtype=torch.float64, device=conf.device)
-    cum = torch.cat([zero, ws.cumsum(dim=1)], dim=1)  # (B, N+1): copies of the first j inputs
-    cum_conf = torch.cat([zero, (ws * cs).cumsum(dim=1)], dim=1)
-    cum_acc = torch.cat([zero, (ws * ks).cumsum(dim=1)], dim=1)
-    del ws
     n_b = total.round().long()
     j = torch.arange(n_bins + 1, device=conf.device)
     edges = ((j[None, :] * n_b[:, None] + n_bins - 1) // n_bins).double()  # first rank of each bin
     # the input holding rank `edge - 1` is the first one whose cumulative count reaches `edge`
-    pos = torch.searchsorted(cum[:, 1:].contiguous(), edges.contiguous()).clamp_max(conf.shape[0] - 1)
-    before = cum.gather(1, pos)  # copies of earlier inputs, all below the edge
-    part = edges - before  # copies of input `pos` below the edge
+    cum = ws.cumsum(dim=1)  # copies of the first j + 1 inputs
+    pos = torch.searchsorted(cum, edges).clamp_max(conf.shape[0] - 1)
+    has_before = pos > 0
+    prev = (pos - 1).clamp_min(0)
 
-    def below(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:  # sum of x over ranks < edge
-        return c.gather(1, pos) + x[pos] * part
+    def upto(c: torch.Tensor) -> torch.Tensor:  # cumulative sums over the inputs before `pos`
+        return torch.where(has_before, c.gather(1, prev), torch.zeros_like(edges))
 
-    count = edges.diff(dim=1)
-    sconf = below(cum_conf, cs).diff(dim=1)
-    sacc = below(cum_acc, ks).diff(dim=1)
-    return _error_from_sums(count, sconf, sacc, total, norm)
+    part = edges - upto(cum)  # copies of input `pos` below the edge
+    del cum
+    sums = []
+    for x in (cs, ks):
+        c = torch.mul(ws, x).cumsum_(dim=1)
+        sums.append((upto(c) + x[pos] * part).diff(dim=1))  # sum of x over the ranks in each bin
+        del c
+    del ws
+    return _error_from_sums(edges.diff(dim=1), sums[0], sums[1], total, norm)
 
 
 def ece(probs: torch.Tensor, labels: torch.Tensor, n_bins: int = 15) -> float:
@@ -441,9 +442,11 @@ class CalibrationStats:
             return w @ getattr(self, metric) / w.sum(dim=1)
         if metric == "classwise_ece":
             total = torch.zeros(self.num_classes, w.shape[0], dtype=torch.float64)
-            for sl, p in self._blocks():
+            for sl, p in self._blocks():  # one pass over the probabilities per chunk of draws
                 total += p.T @ w[:, sl].T
-            return self._classwise(w, total)
+            step = max(1, _BLOCK_ELEMENTS // (self.num_classes * self.n_bins))  # (K x bins, draws) sums
+            return torch.cat([self._classwise(w[s : s + step], total[:, s : s + step])
+                              for s in range(0, w.shape[0], step)])  # fmt: skip
         raise InputError(f"unknown calibration metric {metric!r}; known: {', '.join(METRICS)}")
 
     def _classwise(self, w: torch.Tensor, class_total: torch.Tensor) -> torch.Tensor:
@@ -452,7 +455,7 @@ class CalibrationStats:
         wt = w.T.contiguous()  # (N, B)
         count = torch.zeros(k * nb, b, dtype=torch.float64)
         conf = torch.zeros(k * nb, b, dtype=torch.float64)
-        step = max(1, (1 << 22) // b)
+        step = max(1, _BLOCK_ELEMENTS // b)
         for s in range(0, self._rows.shape[0], step):
             rows, cols = self._rows[s : s + step], self._cols[s : s + step]
             wr = wt[rows]
