@@ -6,6 +6,12 @@ as one threshold exactly as in :mod:`mlsafety.metrics._ranking`. The resampling 
 :func:`~mlsafety.metrics.bootstrap_two_sample` with the same seed, so the intervals equal what four
 separate bootstraps would give (a test checks it), at a fraction of the cost: an audit scores dozens
 of detectors on several OOD sets.
+
+Memory is bounded whatever ``n_boot`` is: the resamples are evaluated a few at a time, so that no
+(resamples x distinct scores) array has more than :data:`BLOCK_ELEMENTS` entries, and the draws of
+each chunk of ``chunk`` resamples are read from two copies of the generator (one at the start of the
+in-distribution indices, one past them at the start of the OOD indices), which reproduces the stream
+of :func:`~mlsafety.metrics.bootstrap_two_sample` exactly: PyTorch's CPU ``randint`` is sequential.
 """
 
 from __future__ import annotations
@@ -13,9 +19,13 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import InputError, generator
-from mlsafety.metrics._intervals import Estimate
+from mlsafety.metrics._intervals import CHUNK_ELEMENTS, Estimate
 
 METRICS = ("auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive")
+BLOCK_ELEMENTS = CHUNK_ELEMENTS // 8
+"""Entries of the widest (resamples, max(N, M, distinct scores)) array evaluated at once (2 MB of
+float64): :func:`_from_histograms` keeps about fifteen such arrays alive, so a block needs ~30 MB
+and the bootstrap's memory is O(N + M + n_boot) with a small constant."""
 
 
 def _from_histograms(ha: torch.Tensor, hb: torch.Tensor, tpr: float) -> torch.Tensor:
@@ -49,6 +59,7 @@ def ood_metrics(
     seed: int = 0,
     confidence: float = 0.95,
     chunk: int = 250,
+    block_elements: int | None = None,
 ) -> dict[str, Estimate]:
     """AUROC, AUPR-In, AUPR-Out and FPR@95 in both conventions with seeded percentile-bootstrap intervals.
 
@@ -62,7 +73,10 @@ def ood_metrics(
         n_boot: bootstrap resamples (each sample resampled independently).
         seed: seed of the resampling (the generator of :func:`mlsafety.metrics.bootstrap_two_sample`).
         confidence: interval level.
-        chunk: resamples evaluated at once.
+        chunk: resamples per chunk of the random stream (as in
+            :func:`~mlsafety.metrics.bootstrap_two_sample`: this fixes which draws a seed gives, not
+            the memory, which ``block_elements`` bounds).
+        block_elements: entries of the widest array evaluated at once (default :data:`BLOCK_ELEMENTS`).
     """
     a = torch.as_tensor(in_scores).double().reshape(-1).cpu()
     b = torch.as_tensor(out_scores).double().reshape(-1).cpu()
@@ -70,25 +84,36 @@ def ood_metrics(
         raise InputError("detection metrics need at least one in-distribution and one OOD score")
     if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
         raise InputError("scores contain NaN or infinite values")
+    if n_boot < 1:
+        raise InputError(f"n_boot must be at least 1, got {n_boot}")
     n, m = a.numel(), b.numel()
     _, inverse = torch.unique(torch.cat([a, b]), return_inverse=True)
     ua, ub = inverse[:n], inverse[n:]
     u = int(inverse.max()) + 1
 
+    width = max(n, m, u)
+    block = max(1, min(chunk, (block_elements or BLOCK_ELEMENTS) // width))
+    ones = torch.ones(block, max(n, m), dtype=torch.float64)
+
     def hist(index: torch.Tensor) -> torch.Tensor:
-        return torch.zeros(index.shape[0], u, dtype=torch.float64).scatter_add_(
-            1, index, torch.ones(index.shape, dtype=torch.float64)
-        )
+        rows, cols = index.shape
+        return torch.zeros(rows, u, dtype=torch.float64).scatter_add_(1, index, ones[:rows, :cols])
 
     value = _from_histograms(hist(ua[None]), hist(ub[None]), 0.95)[0]
     g = generator(seed, "bootstrap", n, m)
-    boots = []
+    boot = torch.empty(n_boot, len(METRICS), dtype=torch.float64)
     for start in range(0, n_boot, chunk):
         rows = min(chunk, n_boot - start)
-        ia = torch.randint(0, n, (rows, n), generator=g)
-        ib = torch.randint(0, m, (rows, m), generator=g)
-        boots.append(_from_histograms(hist(ua[ia]), hist(ub[ib]), 0.95))
-    boot = torch.cat(boots)
+        # this chunk's stream: rows x n indices into the ID scores, then rows x m into the OOD scores
+        g_in = torch.Generator()
+        g_in.set_state(g.get_state())
+        for r in range(0, rows, block):  # move g past the ID indices, to the first OOD index
+            torch.randint(0, n, (min(block, rows - r), n), generator=g)
+        for r in range(0, rows, block):
+            size = min(block, rows - r)
+            ia = torch.randint(0, n, (size, n), generator=g_in)
+            ib = torch.randint(0, m, (size, m), generator=g)
+            boot[start + r : start + r + size] = _from_histograms(hist(ua[ia]), hist(ub[ib]), 0.95)
     q = torch.tensor([(1 - confidence) / 2, 1 - (1 - confidence) / 2], dtype=torch.float64)
     out = {}
     for j, name in enumerate(METRICS):
