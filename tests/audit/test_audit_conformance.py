@@ -92,6 +92,10 @@ def test_every_row_of_the_default_full_audit_is_an_estimate_with_its_interval_or
     result = run_audit(AuditConfig(), db=tmp_path / "full.sqlite", report="")
     gaps = _interval_gaps(result.rows)
     assert not gaps, f"{len(gaps)} of {len(result.rows)} rows: " + "; ".join(gaps[:20])
+    from mlsafety.audit._gates import metric_problem  # what a gate on the metric would be told
+
+    undeclared = sorted({f"{r.check}/{r.metric}" for r in result.rows if metric_problem(r.check, r.metric)})
+    assert not undeclared, "metrics stored but not declared by their check: " + ", ".join(undeclared)
 
 
 def test_report_says_which_fpr_convention_and_shows_kinds(quick_audit):

@@ -14,7 +14,6 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from mlsafety.audit._check import CHECKS
 from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model
 from mlsafety.cli import main
 from mlsafety.core import generator
@@ -130,6 +129,7 @@ def d(tmp_path_factory):
     (d / "big_seed.toml").write_text(f'checks = ["clean"]\nseed = {2**63 - 1}\nbatch_size = -3\n')
     (d / "nan_gate.toml").write_text('checks = ["clean"]\n[fail_under]\n"clean/clean/accuracy" = nan\n')
     (d / "bad_channels.toml").write_text('checks = ["clean"]\nchannels = 2\n')
+    (d / "typo_gate.toml").write_text('checks = ["clean"]\n[fail_under]\n"clean/*/class_1_acc" = 0.5\n')
     return d
 
 
@@ -213,6 +213,21 @@ CASES = {
     ),
     "gate on a misspelt check": (["--fail-under", "claen/clean/accuracy=0.5", *OK], "unknown check 'claen'"),
     "gate metric that cannot exist": (["--fail-under", "clean/clean/Accuracy=0.5", *OK], "cannot exist"),
+    "gate on a misspelt metric": (
+        ["--fail-under", "clean/clean/acuracy=0.5", *OK],
+        "--fail-under gate 'clean/clean/acuracy': check 'clean' stores no metric 'acuracy'; did you mean 'accuracy'? "
+        "Its metrics: accuracy, class_*_accuracy",
+    ),
+    "gate on a misspelt metric under a * hazard": (
+        ["--fail-over", "ood-basic/*/msp_aurox=0.5", "--check", "ood-basic", *OK],
+        "--fail-over gate 'ood-basic/*/msp_aurox': check 'ood-basic' stores no metric 'msp_aurox'; did you mean "
+        "'msp_auroc'?",
+    ),
+    "gate on the old FPR@95 name": (
+        ["--fail-over", "ood-basic/*/fpr_at_95_tpr=0.5", "--check", "ood-basic", *OK],
+        "metric 'fpr_at_95_tpr' was renamed; use 'fpr95_id_positive' (in-distribution inputs as positive",
+    ),
+    "misspelt metric in a TOML gate": (["--config", "{d}/typo_gate.toml"], "stores no metric 'class_1_acc'"),
 }
 
 
@@ -250,12 +265,14 @@ def test_refusal_messages_are_whole(d):
         )
 
 
-def test_misspelt_metric_is_refused_when_the_check_declares_its_metrics(d, monkeypatch):
-    monkeypatch.setattr(CHECKS.get("clean"), "metrics", ("accuracy", "class_*_accuracy"))
-    result, db = _run(d, ["--fail-under", "clean/clean/acuracy=0.5", *OK])
-    _assert_refused(result, db, "check 'clean' stores no metric 'acuracy'; its metrics: accuracy, class_*_accuracy", d)
-    result, db = _run(d, ["--fail-under", "clean/clean/class_2_accuracy=0.0", *OK])
+def test_gates_on_declared_metrics_pass_validation(d):
+    """The counterpart of the misspelt-metric cases: a metric within the check's declared patterns,
+    also under a ``*`` hazard, passes validation and gates the stored rows."""
+    result, db = _run(d, ["--fail-under", "clean/*/class_2_accuracy=0.0", "--fail-over", "clean/clean/accuracy=1", *OK])
     assert result.exit_code == 0, result.output
+    assert sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs WHERE status = 'complete'").fetchone()[0] == 1
+    result, db = _run(d, ["--fail-under", "clean/*/accuracy=1.01", *OK])
+    assert result.exit_code == 1 and "clean/clean/accuracy" in result.output, result.output
 
 
 def test_image_folder_is_converted_for_a_one_channel_model(d):

@@ -203,8 +203,10 @@ class Check:
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     """Metric names for which a smaller value is better."""
     metrics: ClassVar[tuple[str, ...]] = ()
-    """Every metric name the check can store, as ``fnmatch`` patterns (``"class_*_accuracy"``); empty
-    when undeclared. A gate on a metric outside a declaration is refused before the audit runs."""
+    """Every metric name the check can store, for any parameters, as ``fnmatch`` patterns
+    (``"class_*_accuracy"``). A gate on a metric outside the declaration is refused before the audit
+    runs. Every built-in check declares it (a conformance test holds it to the stored rows); a
+    third-party check may leave it empty, and its gates are then checked only after the run."""
 
     def __init__(self, quick: bool = False, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))

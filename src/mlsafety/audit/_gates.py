@@ -7,6 +7,7 @@ hazard, so ``defence-in-depth/*/escaped_failure_rate`` bounds every hazard at on
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import math
 from collections.abc import Mapping, Sequence
@@ -100,10 +101,14 @@ def validate_gates(
     """Check every gate before the audit runs; return the parsed keys.
 
     A gate must look like ``<check>/<hazard>/<metric>`` with a finite bound, name a registered
-    check that is among ``checks`` (the selected checks, when given), and a metric name that can
-    exist (lower-case with underscores, and among the check's declared ``metrics`` patterns when
-    the check declares them). A gate that passes here but matches no stored row is still refused
-    after the run by :func:`evaluate_gates`.
+    check that is among ``checks`` (the selected checks, when given), and a metric the check can
+    store: lower-case with underscores and matching one of the check's declared ``metrics``
+    patterns (every built-in check declares them, a conformance test holds them to what the
+    checks store; a third-party check registered without a declaration has its gates checked
+    only after the run). A misspelt metric is refused with the closest declared name, a renamed
+    one with its new names (:data:`RENAMED_METRICS`). A gate that passes here but matches no
+    stored row (e.g. a hazard that was not run) is still refused after the run by
+    :func:`evaluate_gates`.
 
     Raises:
         InputError: one line naming the gate, the problem and the fix.
@@ -130,14 +135,60 @@ def validate_gates(
                     f"{option} gate {text!r}: metric {key.metric!r} cannot exist (metric names are lower-case "
                     "with underscores); `mlsafety runs show RUN_ID` lists the metric keys"
                 )
-            declared: tuple[str, ...] = tuple(getattr(CHECKS.get(key.check), "metrics", ()) or ())
-            if declared and not any(fnmatch.fnmatchcase(key.metric, p) for p in declared):
-                raise InputError(
-                    f"{option} gate {text!r}: check {key.check!r} stores no metric {key.metric!r}; "
-                    f"its metrics: {', '.join(declared)}"
-                )
+            problem = metric_problem(key.check, key.metric)
+            if problem:
+                raise InputError(f"{option} gate {text!r}: {problem}")
             keys.append(key)
     return keys
+
+
+RENAMED_METRICS: dict[str, tuple[str, ...]] = {
+    "fpr_at_95_tpr": ("fpr95_id_positive", "fpr95_ood_positive"),
+}
+"""Metric names the audit no longer stores, with the names that replaced them (matched as the
+whole metric or its ``_``-separated tail, so ``msp_fpr_at_95_tpr`` is caught too)."""
+
+_RENAMED_HINTS = {
+    "fpr_at_95_tpr": "{0} (in-distribution inputs as positive, the figure the old name gave: ODIN, OpenOOD v1.0) "
+    "or {1} (OOD inputs as positive: OpenOOD v1.5, pytorch-ood)",
+}
+
+
+def metric_problem(check: str, metric: str) -> str | None:
+    """Why ``check`` cannot store ``metric`` (one clause with the fix), or None when it can.
+
+    None too when the check declares no ``metrics`` (a third-party check): its gates are then
+    matched against the stored rows after the run.
+    """
+    from mlsafety.audit._check import CHECKS
+
+    declared: tuple[str, ...] = tuple(getattr(CHECKS.get(check), "metrics", ()) or ())
+    if not declared or any(fnmatch.fnmatchcase(metric, p) for p in declared):
+        return None
+    for old, new in RENAMED_METRICS.items():
+        if metric == old or metric.endswith("_" + old):
+            stem = metric[: len(metric) - len(old)]
+            names = [f"'{stem}{n}'" for n in new]
+            hint = _RENAMED_HINTS.get(old, " or ".join(["{}"] * len(names))).format(*names)
+            return f"metric {metric!r} was renamed; use {hint}"
+    close = difflib.get_close_matches(metric, _candidates(metric, declared), n=1, cutoff=0.75)
+    guess = f"did you mean {close[0]!r}? Its" if close else "its"
+    return f"check {check!r} stores no metric {metric!r}; {guess} metrics: {', '.join(declared)}"
+
+
+def _candidates(metric: str, patterns: Sequence[str]) -> list[str]:
+    """Concrete names for a close-match search: each pattern's ``*`` filled with a run of the
+    metric's own ``_``-separated words, never all of them (``*_auroc`` and ``msp_aurox`` give
+    ``msp_auroc``)."""
+    words = metric.split("_")
+    runs = ["_".join(words[i:j]) for i in range(len(words)) for j in range(i + 1, len(words) + 1) if j - i < len(words)]
+    out: list[str] = []
+    for p in patterns:
+        if p.count("*") == 1:
+            out += [p.replace("*", run) for run in runs]
+        elif "*" not in p:
+            out.append(p)
+    return out
 
 
 def evaluate_gates(

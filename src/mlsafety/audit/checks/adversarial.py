@@ -192,6 +192,10 @@ class Adversarial(Check):
         "attack_params": {"autoattack-fast": {"steps": 10}, "autoattack": {"steps": 10, "n_queries": 200}},
         "n_boot": 200,
     }
+    metrics = (
+        "robust_accuracy", "attack_success_rate", "median_perturbation_norm", "clean_accuracy_subset",
+        "warning_*", "broken_by_*",  # an attack's sanity flags; the members of an ensemble
+    )  # fmt: skip
 
     # -- plan ----------------------------------------------------------------------------------
     def _plan(self, ctx: AuditContext) -> tuple[list[str], list[float]]:

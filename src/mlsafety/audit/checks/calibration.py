@@ -38,6 +38,7 @@ class Calibration(Check):
     )
     defaults: ClassVar[dict[str, Any]] = {"n_bins": 15, "n_boot": 500, "calibrators": ["temperature"]}
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
+    metrics = (*METRICS, *(m + suffix for suffix in SUFFIX.values() for m in METRICS), "temperature")
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params

@@ -83,6 +83,7 @@ class CalibrationBasic(Check):
     )
     defaults: ClassVar[dict[str, Any]] = {"n_bins": 15, "n_boot": 500}
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
+    metrics = ("ece", "brier", "nll")
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params

@@ -93,6 +93,11 @@ class Certified(Check):
         "attacks": ["pgd"],
         "num_attacked": 4,
     }
+    metrics = (
+        "certified_accuracy_sigma_*", "abstain_rate_sigma_*", "mean_certified_radius_sigma_*",
+        "denoised_certified_accuracy_sigma_*", "denoised_abstain_rate_sigma_*",
+        "denoised_mean_certified_radius_sigma_*", "violation_rate_sigma_*",
+    )  # fmt: skip
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params

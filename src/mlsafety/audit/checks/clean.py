@@ -31,6 +31,7 @@ class Clean(Check):
         "Top-1 accuracy on the in-distribution test data with its exact (Clopper-Pearson) 95% interval, "
         "accuracy per class and the confusion matrix."
     )
+    metrics = ("accuracy", "class_*_accuracy")
 
     def run(self, ctx: AuditContext) -> TaskResult:
         logits = ctx.outputs("clean").logits

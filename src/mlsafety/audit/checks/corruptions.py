@@ -133,6 +133,10 @@ class Corruptions(Check):
         "n_boot": 500,
     }
     quick: ClassVar[dict[str, Any]] = {"corruptions": QUICK_CORRUPTIONS, "severities": [1, 3, 5], "n_boot": 200}
+    metrics = (
+        "accuracy", "corruption_error", "not_applicable", "ce", "ce_not_applicable", "mean_accuracy", "mce",
+        "relative_mce", "mce_unnormalised", "relative_mce_unnormalised", "mce_not_applicable",
+    )  # fmt: skip
 
     # -- plan ----------------------------------------------------------------------------------
     def _plan(self) -> tuple[list[str], list[int]]:

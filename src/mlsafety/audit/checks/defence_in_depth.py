@@ -119,6 +119,10 @@ class DefenceInDepth(Check):
         "adaptive_steps": 20,
     }
     quick: ClassVar[dict[str, Any]] = {"adaptive_steps": 10}
+    metrics = (
+        "failure_rate", "caught_share", "escaped_failure_rate", "false_alarm_rate", "adaptive_escaped_failure_rate",
+        "expected_escaped_failure_rate", "validation_escape", "severity", "occurrence", "detection", "rpn",
+    )  # fmt: skip
     lower_is_better: ClassVar[frozenset[str]] = LOWER_IS_BETTER
 
     # -- plan ----------------------------------------------------------------------------------

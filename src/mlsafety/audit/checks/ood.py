@@ -76,6 +76,10 @@ class OOD(Check):
         "params": {},
     }
     quick: ClassVar[dict[str, Any]] = {"detectors": "quick", "n_boot": 200}
+    metrics = (
+        *("auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive"),  # the default detector's
+        *("*_auroc", "*_aupr_in", "*_aupr_out", "*_fpr95_id_positive", "*_fpr95_ood_positive"),  # per detector
+    )
     """The full profile uses 200 resamples too: with ~20 detectors x (sets + groups) intervals, 500 would
     double the check's time for intervals that move in the third decimal."""
 

@@ -239,6 +239,7 @@ class OODBasic(Check):
     )
     defaults: ClassVar[dict[str, Any]] = {"detectors": ["msp", "energy"], "default": "msp", "n_boot": 500}
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
+    metrics = (*OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS))  # plain for the default, then per detector
 
     def hazards(self, ctx: AuditContext) -> list[str]:
         return [f"ood/{n}" for n in ctx.data.ood]

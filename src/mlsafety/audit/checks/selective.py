@@ -47,6 +47,7 @@ class Selective(Check):
         "n_boot": 500,
     }
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
+    metrics = (*METRICS, *(f"*_{m}" for m in METRICS))  # plain for the default, then per confidence source
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params

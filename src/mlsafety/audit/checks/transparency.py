@@ -76,6 +76,10 @@ class Transparency(Check):
         "vis_steps": 60,
     }
     quick: ClassVar[dict[str, Any]] = {"sanity_inputs": 8, "sanity_modes": ["cascading"], "vis_steps": 40}
+    metrics = (
+        *(f"*_{mode}_{m}" for mode in ("cascading", "independent", "label") for m in ("spearman", "ssim", "pass")),
+        "sanity_pass_share", "ig_completeness_gap", "class_visualisation_confidence",
+    )  # fmt: skip
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params

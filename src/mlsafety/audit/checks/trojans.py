@@ -173,6 +173,10 @@ class Trojans(Check):
         "nc_steps": 150,
         "max_clean": 200,
     }
+    metrics = (
+        "attack_success_rate", "accuracy", "strip_input_auroc",  # on the recovered triggers
+        "*_score", "*_flagged", "*_flag_rate", "*_target", "neural_cleanse_anomaly_index_class_*",  # per scanner
+    )  # fmt: skip
 
     def hazards(self, ctx: AuditContext) -> list[str]:
         self._validate(ctx)  # the engine asks for hazards first: refuse bad settings before any scan
