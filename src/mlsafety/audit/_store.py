@@ -210,7 +210,8 @@ class Store:
                 self.conn.close()
                 raise InputError(
                     f"{self.path} has results schema version {row[0] if row else 'none'}, this mlsafety "
-                    f"reads version {SCHEMA_VERSION}; pass another --db"
+                    f"reads version {SCHEMA_VERSION} (rows now carry a kind); keep that file for the mlsafety "
+                    "that wrote it and pass another --db, or move it aside to start a new one"
                 )
         else:
             self.conn.execute("PRAGMA journal_mode=WAL")
