@@ -105,10 +105,10 @@ def test_unknown_gate_metric_and_run_ids(files):
             "--report",
             str(files / "r.html"),
             "--fail-under",
-            "clean/clean/nope=0.5",
+            "clean/ood/nope/accuracy=0.5",  # a metric the check declares, on a hazard it never stores
         ],
     )
-    assert result.exit_code == 2 and "matches no stored metric" in result.output
+    assert result.exit_code == 2 and "matches no stored metric" in result.output, result.output
     for args in (["report", "nope"], ["runs", "show", "nope"], ["compare", "nope", "latest"]):
         out = CliRunner().invoke(main, [*args, "--db", db] if args[0] != "runs" else ["runs", "--db", db, *args[1:]])
         assert out.exit_code == 2 and "no run 'nope'" in out.output, out.output
