@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, float64, register
+from mlsafety.monitoring.ood.base import Detector, register
 
 
 @register("kl-matching")
@@ -29,8 +29,13 @@ class KLMatching(Detector):
         self.templates_ = templates.clamp_min(1e-12)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        logp = float64(outputs.logits).log_softmax(dim=1)
-        p = logp.exp()
-        # KL(p || d_k) = sum_j p_j log p_j - sum_j p_j log d_kj, for all k at once
-        kl = (p * logp).sum(dim=1, keepdim=True) - p @ self.templates_.log().T
-        return kl.amin(dim=1)
+        log_templates = self.templates_.log().T
+        rows = max(1, (1 << 21) // max(1, log_templates.shape[1]))  # (rows, K) float64 blocks of 16 MB
+        scores = []
+        for logits in outputs.logits.split(rows):
+            logp = logits.double().log_softmax(dim=1)  # per block, not the engine's shared (N, K) copy
+            p = logp.exp()
+            # KL(p || d_k) = sum_j p_j log p_j - sum_j p_j log d_kj, for all k at once
+            kl = (p * logp).sum(dim=1, keepdim=True) - p @ log_templates
+            scores.append(kl.amin(dim=1))
+        return torch.cat(scores)
