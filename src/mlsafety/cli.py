@@ -147,7 +147,7 @@ def zoo_train(name: str, out: Path | None, seed: int) -> None:
     from mlsafety.core import Progress
 
     path = zoo_lib.train_model(name, out=out, seed=seed, progress=Progress())
-    out_console.print(f"wrote {path}")
+    out_console.print(f"wrote {path}", soft_wrap=True)
 
 
 # -- audit -------------------------------------------------------------------------------------
@@ -320,7 +320,7 @@ def _print_summary(result: Any) -> None:
     resumed = f", {result.resumed_tasks} tasks resumed from the store" if result.resumed_tasks else ""
     out_console.print(f"{len(result.rows)} numbers stored in {result.seconds:.1f} s{resumed}.")
     if result.report_path:
-        out_console.print(Text.assemble("Report: ", (str(result.report_path.resolve()), "bold")))
+        out_console.print(Text.assemble("Report: ", (str(result.report_path.resolve()), "bold")), soft_wrap=True)
 
 
 # -- runs, report, compare -------------------------------------------------------------------
@@ -421,7 +421,7 @@ def report(run_id: str, db: str | None, out: Path | None) -> None:
     with _open_store(db) as store:
         path = write_report(store, run_id, out)
         _warn_unfinished(store, store.run(run_id))
-    out_console.print(Text.assemble("Report: ", (str(path.resolve()), "bold")))
+    out_console.print(Text.assemble("Report: ", (str(path.resolve()), "bold")), soft_wrap=True)
 
 
 @main.command()
@@ -597,7 +597,7 @@ def harden(
     hardened = harden_lib(
         model, train, method=method, from_scratch=from_scratch, seed=seed, eps=eps, progress=Progress(), **params
     )
-    out_console.print(f"wrote {zoo_lib.save_weights(hardened, out)}")
+    out_console.print(f"wrote {zoo_lib.save_weights(hardened, out)}", soft_wrap=True)
 
 
 # -- trojans ----------------------------------------------------------------------------------
@@ -631,7 +631,7 @@ def trojans_population(out: Path, n: int, seed: int, epochs: int) -> None:
         kind = m.attack if m.trojaned else f"clean (probe: {m.attack})"
         table.add_row(m.name, kind, str(m.target), f"{m.clean_accuracy:.3f}", f"{m.attack_success_rate:.3f}")
     out_console.print(table)
-    out_console.print(f"wrote {len(members)} models and {out / 'manifest.json'}")
+    out_console.print(f"wrote {len(members)} models and {out / 'manifest.json'}", soft_wrap=True)
 
 
 # -- corruptions -------------------------------------------------------------------------------
@@ -685,7 +685,7 @@ def corrupt(
     fig = corr.grid_figure(image, chosen, sevs, seed=seed, reference_size=reference_size)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    out_console.print(f"wrote {out} ({len(chosen)} corruptions x {len(sevs)} severities)")
+    out_console.print(f"wrote {out} ({len(chosen)} corruptions x {len(sevs)} severities)", soft_wrap=True)
 
 
 # -- ood (monitoring) ------------------------------------------------------------------------------
