@@ -10,15 +10,7 @@ from click.testing import CliRunner
 
 from mlsafety.audit import Row, Store
 from mlsafety.cli import main
-
-
-def _one_line(result, *needles):
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
+from tests.cli.cli_support import one_error_line as _one_line
 
 
 def _runs(db):

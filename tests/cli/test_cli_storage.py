@@ -23,17 +23,9 @@ from click.testing import CliRunner
 from mlsafety.audit import Row, Store
 from mlsafety.audit._store import storage_error
 from mlsafety.cli import main
+from tests.cli.cli_support import one_error_line as _one_line
 
 _REAL_CONNECT = sqlite3.connect
-
-
-def _one_line(result, *needles):
-    assert result.exit_code == 2, (result.output, result.exception)
-    lines = [line for line in result.output.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    return lines[0]
 
 
 def _statuses(db):
