@@ -54,14 +54,21 @@ def test_cascading_randomisation_accumulates(digits_model, digits_test) -> None:
     assert abs(float(res.spearman[-1].mean())) < 0.3
 
 
-def test_label_randomisation_uses_the_recipe(tiny_net, tiny_data) -> None:  # type: ignore[no-untyped-def]
-    seen: list[ArrayDataset] = []
+def _recording_recipe(net: nn.Module, seen: list[ArrayDataset]):  # type: ignore[no-untyped-def]
+    """A label-randomisation recipe that records the data it was given and returns a fresh seeded copy of net."""
 
     def recipe(data: ArrayDataset) -> nn.Module:
         seen.append(data)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1)
-            return type(tiny_net)().eval()
+            return type(net)().eval()
+
+    return recipe
+
+
+def test_label_randomisation_uses_the_recipe(tiny_net, tiny_data) -> None:  # type: ignore[no-untyped-def]
+    seen: list[ArrayDataset] = []
+    recipe = _recording_recipe(tiny_net, seen)
 
     res = tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], mode="label", train=recipe, data=tiny_data)
     assert res.stages == ["labels"] and res.spearman.shape == (1, 4)
@@ -78,12 +85,7 @@ def test_sanity_generator_decides_and_data_may_be_a_loader(tiny_net, tiny_data) 
     from mlsafety.core import generator
 
     seen: list[ArrayDataset] = []
-
-    def recipe(data: ArrayDataset) -> nn.Module:
-        seen.append(data)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1)
-            return type(tiny_net)().eval()
+    recipe = _recording_recipe(tiny_net, seen)
 
     x = tiny_data.x[:4]
     for data in (tiny_data, DataLoader(TensorDataset(tiny_data.x, tiny_data.y), batch_size=7)):
