@@ -12,8 +12,10 @@ from mlsafety.core._data import (
 )
 from mlsafety.core._errors import InputError, MlsafetyError, NotFittedError, UnknownNameError
 from mlsafety.core._forward import Outputs, forward
+from mlsafety.core._hazard import Hazard
 from mlsafety.core._loading import load_factory, load_weights, read_state_dict
 from mlsafety.core._model import Classifier, Normalize, as_classifier, device_of, frozen
+from mlsafety.core._params import HyperParams, Param, check_is_fitted
 from mlsafety.core._progress import Progress, track
 from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like
 from mlsafety.core._registry import Registry
@@ -22,17 +24,21 @@ __all__ = [
     "ArrayDataset",
     "Classifier",
     "DataLike",
+    "Hazard",
+    "HyperParams",
     "InputError",
     "MlsafetyError",
     "Normalize",
     "NotFittedError",
     "Outputs",
+    "Param",
     "Progress",
     "Registry",
     "UnknownNameError",
     "as_array_dataset",
     "as_classifier",
     "check_images",
+    "check_is_fitted",
     "check_label_form",
     "check_labels",
     "derive_seed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import difflib
 import inspect
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, Generic, TypeVar
 
 from mlsafety.core._errors import InputError, UnknownNameError
@@ -28,16 +28,27 @@ class Registry(Generic[T]):
     def __init__(self, family: str) -> None:
         self.family = family
         self._entries: dict[str, type[T]] = {}
+        self._tags: dict[str, frozenset[str]] = {}
 
-    def register(self, name: str) -> Callable[[type[T]], type[T]]:
-        """Class decorator that registers ``cls`` under ``name`` (a duplicate name is an error)."""
+    def register(self, name: str, *, tags: Iterable[str] = ()) -> Callable[[type[T]], type[T]]:
+        """Class decorator that registers ``cls`` under ``name`` (a duplicate name is an error).
+
+        ``tags`` are plain words the callers select on instead of lists of names (``quick``: in
+        the reduced audit profile; ``image`` / ``text``: the modalities it supports; ``needs-grad``
+        ...); :meth:`tagged` lists the entries carrying one, :meth:`tags` an entry's tags.
+        """
         if not _NAME.match(name):
             raise ValueError(f"{self.family} name {name!r} must be lower-case words joined by dashes")
+        tag_set = frozenset(tags)
+        bad = sorted(t for t in tag_set if not _NAME.match(t))
+        if bad:
+            raise ValueError(f"{self.family} {name!r}: tag {bad[0]!r} must be lower-case words joined by dashes")
 
         def decorator(cls: type[T]) -> type[T]:
             if name in self._entries:
                 raise ValueError(f"{self.family} {name!r} is already registered by {self._entries[name]!r}")
             self._entries[name] = cls
+            self._tags[name] = tag_set
             cls.name = name  # type: ignore[attr-defined]
             return cls
 
@@ -98,6 +109,16 @@ class Registry(Generic[T]):
     def available(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._entries)
+
+    def tags(self, name: str) -> frozenset[str]:
+        """The tags entry ``name`` was registered with."""
+        self.get(name)
+        return self._tags[name]
+
+    def tagged(self, *tags: str) -> list[str]:
+        """Registered names carrying every one of ``tags``, sorted."""
+        want = set(tags)
+        return [n for n in self.available() if want <= self._tags[n]]
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
