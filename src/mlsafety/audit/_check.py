@@ -184,6 +184,27 @@ class Table:
     """A sentence shown under the table (e.g. which convention a column follows)."""
 
 
+class View:
+    """How a check's stored rows read in the report: scorecard entries and tables.
+
+    A check's view lives in ``audit/views/<check>.py`` (rendering is not computing) and the check
+    points at it with ``view = MyView``. The base class shows every row, one line each.
+    """
+
+    @classmethod
+    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
+        """Scorecard entries taken from the check's stored rows (none by default)."""
+        return []
+
+    @classmethod
+    def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        """Tables for the report section; by default every row, one line each."""
+        if not rows:
+            return []
+        body = [[r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in rows]
+        return [Table(title or "Results", ["hazard", "metric", "value", "95% CI", "n"], body)]
+
+
 class Check:
     """Base class of audit checks.
 
@@ -233,19 +254,21 @@ class Check:
     def run(self, ctx: AuditContext) -> TaskResult | list[Row]:
         raise NotImplementedError(f"check {self.name!r} must implement run() or tasks()")
 
-    # -- report --------------------------------------------------------------------------------
+    # -- report (rendering lives in the check's view, audit/views/<check>.py) ------------------
+    view: ClassVar[type[View]] = View
+    """The check's report view; the base :class:`View` lists every row."""
+
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        """Scorecard entries taken from this check's stored rows (none by default)."""
-        return []
+        """Scorecard entries from this check's stored rows (its view's)."""
+        return cls.view.headlines(rows)
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        """Tables for the report section; by default every row, one line each."""
-        if not rows:
-            return []
-        body = [[r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in rows]
-        return [Table(cls.title or cls.name, ["hazard", "metric", "value", "95% CI", "n"], body)]
+        """Tables for the report section (its view's)."""
+        if cls.view is View:
+            return View.tables(rows, cls.title or getattr(cls, "name", ""))
+        return cls.view.tables(rows)
 
 
 def _as_result(out: TaskResult | list[Row]) -> TaskResult:

@@ -11,6 +11,7 @@ import torch
 from mlsafety.core import (
     ArrayDataset,
     Classifier,
+    Hazard,
     InputError,
     Outputs,
     Progress,
@@ -43,16 +44,17 @@ class AuditData:
         return self.train if self.train is not None else self.val
 
 
-HazardProvider = Callable[["AuditContext", str], ArrayDataset]
+HazardProvider = Callable[["AuditContext", Hazard], ArrayDataset]
 _PROVIDERS: dict[str, HazardProvider] = {}
 
 
 def hazard_provider(kind: str) -> Callable[[HazardProvider], HazardProvider]:
-    """Register the function that makes the inputs of hazards ``<kind>/...``.
+    """Register the function that makes the inputs of hazards of ``kind`` (``Hazard.kind``).
 
-    The function gets the context and the rest of the hazard name (after ``<kind>/``) and returns
-    an :class:`ArrayDataset` with the true labels (``-1`` for OOD). It must be deterministic given
-    ``ctx.generator(hazard)``, so any check can ask for any hazard in any order.
+    The function gets the context and the typed :class:`~mlsafety.core.Hazard` (its ``name``,
+    ``severity``, ``eps`` ...; never a string to split) and returns an :class:`ArrayDataset` with
+    the true labels (``-1`` for OOD). It must be deterministic given the run seed and the hazard,
+    so any check can ask for any hazard in any order.
     """
 
     def decorator(fn: HazardProvider) -> HazardProvider:
@@ -65,17 +67,17 @@ def hazard_provider(kind: str) -> Callable[[HazardProvider], HazardProvider]:
 
 
 @hazard_provider("clean")
-def _clean(ctx: AuditContext, rest: str) -> ArrayDataset:
-    if rest:
-        raise UnknownNameError(f"unknown hazard 'clean/{rest}'")
+def _clean(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
+    if hazard != Hazard.clean():
+        raise UnknownNameError(f"unknown hazard {str(hazard)!r}; the clean test data is the hazard 'clean'")
     return ctx.data.test
 
 
 @hazard_provider("ood")
-def _ood(ctx: AuditContext, rest: str) -> ArrayDataset:
-    if rest not in ctx.data.ood:
-        raise UnknownNameError(f"unknown OOD set {rest!r}; this audit has: {', '.join(ctx.data.ood) or 'none'}")
-    return ctx.data.ood[rest]
+def _ood(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
+    if hazard.name not in ctx.data.ood:
+        raise UnknownNameError(f"unknown OOD set {hazard.name!r}; this audit has: {', '.join(ctx.data.ood) or 'none'}")
+    return ctx.data.ood[hazard.name]
 
 
 class AuditContext:
@@ -108,7 +110,9 @@ class AuditContext:
         self.progress = progress
         self.batch_size = batch_size
         self.check_params: dict[str, dict[str, Any]] = check_params or {}
-        self.planned_hazards: list[str] = []
+        self.planned_hazards: list[Hazard] = []
+        """The hazards the enabled checks produce (typed: an attack's ``norm`` and producing check
+        travel with them), so a consumer such as defence-in-depth never re-derives them."""
         self._hazards: dict[str, ArrayDataset] = {}
         self._outputs: dict[str, Outputs] = {}
 
@@ -130,27 +134,30 @@ class AuditContext:
         a training recipe). Never the raw run seed."""
         return derive_seed(self.seed, *names)
 
-    def hazard(self, name: str) -> ArrayDataset:
-        """Inputs and true labels of hazard ``name`` (e.g. ``clean``, ``ood/letters``), cached."""
-        if name not in self._hazards:
-            kind, _, rest = name.partition("/")
-            provider = _PROVIDERS.get(kind)
+    def hazard(self, hazard: Hazard | str) -> ArrayDataset:
+        """Inputs and true labels of ``hazard`` (a :class:`Hazard`, or its string form such as
+        ``clean`` or ``ood/letters``), cached."""
+        h = Hazard.parse(hazard)
+        key = str(h)
+        if key not in self._hazards:
+            provider = _PROVIDERS.get(h.kind)
             if provider is None:
                 raise UnknownNameError(
-                    f"unknown hazard kind {kind!r} in {name!r}; known: {', '.join(sorted(_PROVIDERS))}"
+                    f"unknown hazard kind {h.kind!r} in {key!r}; known: {', '.join(sorted(_PROVIDERS))}"
                 )
-            self._hazards[name] = provider(self, rest)
-        return self._hazards[name]
+            self._hazards[key] = provider(self, h)
+        return self._hazards[key]
 
-    def outputs(self, name: str) -> Outputs:
-        """Logits and features of hazard ``name`` from one shared forward pass, cached."""
-        if name not in self._outputs:
-            self._outputs[name] = forward(self.model, self.hazard(name).x, self.batch_size, progress=self.progress)
-        return self._outputs[name]
+    def outputs(self, hazard: Hazard | str) -> Outputs:
+        """Logits and features of ``hazard`` from one shared forward pass, cached."""
+        key = str(Hazard.parse(hazard))
+        if key not in self._outputs:
+            self._outputs[key] = forward(self.model, self.hazard(key).x, self.batch_size, progress=self.progress)
+        return self._outputs[key]
 
-    def labels(self, name: str) -> torch.Tensor:
-        """True labels of hazard ``name`` on the model's device (-1 for OOD inputs)."""
-        return self.hazard(name).y.to(self.device)
+    def labels(self, hazard: Hazard | str) -> torch.Tensor:
+        """True labels of ``hazard`` on the model's device (-1 for OOD inputs)."""
+        return self.hazard(hazard).y.to(self.device)
 
     def outputs_for(self, data: ArrayDataset) -> Outputs:
         """Forward outputs for a named dataset that is not a hazard (``val``, ``train``), cached."""

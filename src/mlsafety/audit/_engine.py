@@ -26,7 +26,7 @@ from mlsafety.audit._context import AuditContext
 from mlsafety.audit._gates import GateFailure, evaluate_gates
 from mlsafety.audit._inputs import AuditConfig, prepare_inputs
 from mlsafety.audit._store import StorageError, Store, default_db_path
-from mlsafety.core import InputError, Progress
+from mlsafety.core import Hazard, InputError, Progress
 
 package_version = _fingerprint.package_version
 
@@ -160,7 +160,7 @@ def run_audit(
         batch_size=config.batch_size,
         check_params={c.name: c.params for c in checks},
     )
-    ctx.planned_hazards = list(dict.fromkeys(h for c in checks for h in c.hazards(ctx)))
+    ctx.planned_hazards = list(dict.fromkeys(Hazard.parse(h) for c in checks for h in c.hazards(ctx)))
     plan: list[tuple[Check, Task]] = [(check, task) for check in checks for task in check.tasks(ctx)]
     parts = _fingerprint.components(config, model, data)
     fingerprint = _fingerprint.fingerprint(parts)

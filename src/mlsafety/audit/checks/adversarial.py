@@ -43,7 +43,7 @@ from mlsafety.audit._check import (
 )
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit._plots import figure, to_png
-from mlsafety.core import ArrayDataset, InputError, UnknownNameError
+from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
 from mlsafety.metrics import bootstrap_statistic, proportion
 from mlsafety.robustness import attacks as atk
 from mlsafety.robustness import sanity_flags
@@ -130,18 +130,15 @@ class AdversarialSet(ArrayDataset):
 
 
 @hazard_provider(KIND)
-def _adversarial(ctx: AuditContext, rest: str) -> ArrayDataset:
+def _adversarial(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
     """``adversarial/<attack>/<eps>``: the check's test subset attacked (deterministic given the seed)."""
-    name, _, eps_text = rest.rpartition("/")
-    try:
-        eps = float(eps_text)
-    except ValueError:
-        eps = -1.0
-    if name not in atk.ATTACKS or eps < 0:
+    name, eps = hazard.name, hazard.eps
+    if name not in atk.ATTACKS or eps is None:
         raise UnknownNameError(
-            f"unknown hazard 'adversarial/{rest}'; use adversarial/<attack>/<eps> with an attack from "
+            f"unknown hazard {str(hazard)!r}; use adversarial/<attack>/<eps> with an attack from "
             f"{', '.join(atk.available())}"
         )
+    assert name is not None
     p = _params(ctx)
     index = _subset(ctx, int(p["n"]))
     test = ctx.data.test

@@ -39,7 +39,7 @@ from mlsafety.audit._check import (
 )
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit._plots import figure, to_png
-from mlsafety.core import ArrayDataset, InputError, UnknownNameError
+from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
 from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_statistic, proportion
 from mlsafety.robustness import corruptions as corr
 
@@ -84,20 +84,21 @@ def _image_shape(ctx: AuditContext) -> tuple[int, int, int]:
 
 
 @hazard_provider(KIND)
-def _corrupted(ctx: AuditContext, rest: str) -> ArrayDataset:
+def _corrupted(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
     """``corruption/<name>/<severity>``: the test data corrupted (deterministic given the run seed)."""
-    name, _, sev = rest.partition("/")
-    if name not in corr.CORRUPTIONS or not sev.isdigit() or int(sev) not in corr.SEVERITIES:
+    name, sev = hazard.name, hazard.severity
+    if name not in corr.CORRUPTIONS or sev not in corr.SEVERITIES:
         raise UnknownNameError(
-            f"unknown hazard 'corruption/{rest}'; use corruption/<name>/<severity 1-5> with a name from "
+            f"unknown hazard {str(hazard)!r}; use corruption/<name>/<severity 1-5> with a name from "
             f"{', '.join(corr.available())}"
         )
+    assert name is not None and sev is not None
     test = ctx.data.test
     corruption = _corruption(ctx, name)
     c, h, w = _image_shape(ctx)
     reason = corruption.not_applicable((h, w), c, int(sev))
     if reason is not None:
-        raise InputError(f"hazard corruption/{rest} is not applicable to these {c}-channel images: {reason}")
+        raise InputError(f"hazard {hazard} is not applicable to these {c}-channel images: {reason}")
     g = ctx.generator(KIND, name, int(sev))
     # corrupt on the model's device (the CPU generator keeps results device-independent), store on the CPU
     x = corruption(test.x.to(ctx.device), int(sev), g).cpu()

@@ -128,7 +128,9 @@ class DefenceInDepth(Check):
     # -- plan ----------------------------------------------------------------------------------
     def consumed(self, ctx: AuditContext) -> list[str]:
         """The hazards measured: ``clean``, every planned hazard, every OOD set (in that order)."""
-        return list(dict.fromkeys(["clean", *ctx.planned_hazards, *(f"ood/{n}" for n in ctx.data.ood)]))
+        return list(
+            dict.fromkeys(["clean", *(str(h) for h in ctx.planned_hazards), *(f"ood/{n}" for n in ctx.data.ood)])
+        )
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params

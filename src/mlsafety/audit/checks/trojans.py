@@ -61,7 +61,7 @@ from mlsafety.audit._check import (
 )
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit._plots import figure, to_png
-from mlsafety.core import ArrayDataset, InputError, UnknownNameError, derive_seed, draw_seed
+from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError, derive_seed, draw_seed
 from mlsafety.metrics import Estimate, auroc, bootstrap_two_sample, clopper_pearson, proportion
 from mlsafety.monitoring.trojans import SCANNERS, ScanResult, Trigger, triggered_inputs
 from mlsafety.monitoring.trojans.scanners.neural_cleanse import MAD_CONSISTENCY
@@ -135,9 +135,10 @@ def hazard_name(trigger: Trigger) -> str:
 
 
 @hazard_provider(KIND)
-def _triggered(ctx: AuditContext, rest: str) -> ArrayDataset:
+def _triggered(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
     """``trojan/<trigger>``: clean test inputs of the other classes with a recovered trigger, true labels."""
     found = {t.name: t for t in _recovered(ctx)}
+    rest = hazard.name or ""
     if rest not in found:
         raise UnknownNameError(
             f"unknown hazard 'trojan/{rest}'; this audit recovered: {', '.join(found) or 'no trigger'}"
