@@ -1,0 +1,1 @@
+"""Test helpers shared across the suite (conformance suites, assertions); not tests themselves."""
