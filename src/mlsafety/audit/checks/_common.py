@@ -1,0 +1,62 @@
+"""Helpers shared by the built-in checks (a ``_`` module: the package does not load it as a check).
+
+* :func:`bind`: a task's work as a closure over its arguments, ``Task(key, bind(self._task, ctx, h))``
+  (a lambda in a comprehension would see only the loop's last values).
+* :func:`params_of`: a check's parameters as this audit runs it, or its defaults when it is not part
+  of the audit (a hazard provider needs them either way: any check may ask for any hazard).
+* :func:`metric_name`: the one way a metric name folds an identity (a noise level, an ensemble
+  member, a scanner, a detector): ``metric_name("certified_accuracy_sigma", 0.25)`` is
+  ``certified_accuracy_sigma_0_25``. Names are built, never parsed back: a view reads the identity
+  from the row's params, or builds the name it looks for from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from mlsafety.audit._check import TaskResult
+
+if TYPE_CHECKING:
+    from mlsafety.audit._check import Check
+    from mlsafety.audit._context import AuditContext
+
+__all__ = ["bind", "metric_name", "params_of"]
+
+
+def bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
+    """``fn(*args)`` as a task's argument-free ``run`` (the arguments are bound now, not at call time).
+
+    Example:
+        >>> tasks = [Task(str(h), bind(self._hazard_task, ctx, h)) for h in hazards]
+    """
+    return lambda: fn(*args)
+
+
+def params_of(ctx: AuditContext, check: type[Check]) -> dict[str, Any]:
+    """The parameters of ``check`` in this audit: its own when the audit runs it (over its defaults),
+    else its defaults, with its quick profile when the audit is quick.
+
+    Args:
+        ctx: the audit's context (``ctx.check_params``, ``ctx.quick``).
+        check: the check's class (registered, so it has a ``name``).
+    """
+    merged = dict(check.defaults)
+    if check.name in ctx.check_params:
+        merged.update(ctx.check_params[check.name])
+    elif ctx.quick:
+        merged.update(check.quick)
+    return merged
+
+
+def metric_name(*parts: object) -> str:
+    """A metric name that folds an identity: the parts joined by ``_``, floats written as ``{:g}``,
+    and every ``-`` or ``.`` turned into ``_`` (``metric_name("broken_by", "apgd-ce")`` is
+    ``broken_by_apgd_ce``; ``metric_name("denoised_certified_accuracy_sigma", 0.5)`` is
+    ``denoised_certified_accuracy_sigma_0_5``).
+
+    Build each family of names in one function of its check, from the identity the row's params
+    also carry, so a view can rebuild a name to find a row and never has to parse one.
+    """
+    text = "_".join(f"{p:g}" if isinstance(p, float) else str(p) for p in parts)
+    return text.replace("-", "_").replace(".", "_")
