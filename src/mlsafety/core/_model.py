@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, TypeAlias
 
 import torch
 from torch import nn
@@ -206,6 +206,10 @@ class Classifier:
         return f"Classifier({type(self.module).__name__}, head={self.head_name!r})"
 
 
-def as_classifier(model: nn.Module | Classifier) -> Classifier:
+ModelLike: TypeAlias = nn.Module | Classifier
+"""What every public function that takes a model accepts: a plain ``nn.Module`` or a :class:`Classifier`."""
+
+
+def as_classifier(model: ModelLike) -> Classifier:
     """Wrap a plain ``nn.Module`` (a :class:`Classifier` passes through unchanged)."""
     return model if isinstance(model, Classifier) else Classifier(model)
