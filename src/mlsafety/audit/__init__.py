@@ -14,6 +14,8 @@ from mlsafety.audit._check import (
     Table,
     Task,
     TaskResult,
+    fmt_ci,
+    fmt_value,
     register_check,
 )
 from mlsafety.audit._config import config_from_mapping, load_config
@@ -21,11 +23,12 @@ from mlsafety.audit._context import AuditContext, AuditData, hazard_provider
 
 # Last: the engine and the report import every check module, and check modules may import the
 # names above from this package.
-from mlsafety.audit._engine import AuditResult, run_audit
+from mlsafety.audit._engine import AuditInterrupted, AuditResult, run_audit
 from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluate_gates, parse_gate_option
-from mlsafety.audit._inputs import AuditConfig, resolve_data, resolve_model
+from mlsafety.audit._inputs import AuditConfig, prepare_inputs, resolve_data, resolve_model
 from mlsafety.audit._report import render_report, write_report
 from mlsafety.audit._store import Store
+from mlsafety.audit.checks.defence_in_depth import fmea_report_table
 
 __all__ = [
     "CHECKS",
@@ -34,6 +37,7 @@ __all__ = [
     "AuditConfig",
     "AuditContext",
     "AuditData",
+    "AuditInterrupted",
     "AuditResult",
     "Check",
     "Comparison",
@@ -48,9 +52,13 @@ __all__ = [
     "compare_rows",
     "config_from_mapping",
     "evaluate_gates",
+    "fmea_report_table",
+    "fmt_ci",
+    "fmt_value",
     "hazard_provider",
     "load_config",
     "parse_gate_option",
+    "prepare_inputs",
     "register_check",
     "render_report",
     "resolve_data",

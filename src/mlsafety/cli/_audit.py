@@ -1,0 +1,210 @@
+"""``mlsafety audit``: run every check, store every number, write one HTML report (and ``--resume``)."""
+
+from __future__ import annotations
+
+import shlex
+import signal
+import sys
+from typing import Any, NoReturn
+
+import click
+from rich.table import Table
+
+from mlsafety.cli._common import (
+    DB_OPTION,
+    EXIT_FAILED,
+    err_console,
+    exit_code_for,
+    friendly,
+    line,
+    out_console,
+    print_path,
+    print_wide,
+    resume_command,
+)
+from mlsafety.cli._help import EntryDefault
+
+CONFIG = "mlsafety.audit:AuditConfig"  # the settings' defaults live there, once
+
+
+def _gates(values: tuple[str, ...]) -> dict[str, float]:
+    from mlsafety.audit import parse_gate_option
+
+    return dict(parse_gate_option(v) for v in values)
+
+
+@click.command()
+@click.option("--model", cls=EntryDefault, default_from=CONFIG, help="Zoo model name, or path/to/file.py:factory.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
+@click.option(
+    "--data",
+    cls=EntryDefault,
+    default_from=CONFIG,
+    help="Test data: zoo name, .npz file (arrays x, y) or image folder.",
+)
+@click.option("--val", help="Validation data (same forms); default: the zoo split, or 30% held out of --data.")
+@click.option("--train", "train_data", help="Training data (optional; detectors fit on it when given).")
+@click.option(
+    "--ood", multiple=True, help="OOD set (zoo name, .npz or folder); repeatable. Default: all embedded sets."
+)
+@click.option("--image-size", nargs=2, type=int, help="H W to resize image folders to.")
+@click.option("--channels", type=int, help="Convert image folders to 1 or 3 channels.  [default: the model's]")
+@click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--seed", type=int, cls=EntryDefault, default_from=CONFIG, help="Run seed.")
+@click.option("--quick", is_flag=True, default=None, help="Reduced profile (fewer attacks, samples, detectors).")
+@click.option("--device", cls=EntryDefault, default_from=CONFIG, help="cpu, cuda or cuda:N.")
+@click.option("--batch-size", type=int, cls=EntryDefault, default_from=CONFIG, help="Inputs per forward pass.")
+@DB_OPTION
+@click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Where to write the HTML report.")
+@click.option("--resume", is_flag=True, help="Continue the newest unfinished run with the same configuration.")
+@click.option("--fail-under", multiple=True, metavar="METRIC=VALUE", help="Exit 1 if METRIC < VALUE; repeatable.")
+@click.option("--fail-over", multiple=True, metavar="METRIC=VALUE", help="Exit 1 if METRIC > VALUE; repeatable.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results instead of the summary.")
+@friendly
+def audit(
+    model: str | None,
+    weights: str | None,
+    data: str | None,
+    val: str | None,
+    train_data: str | None,
+    ood: tuple[str, ...],
+    image_size: tuple[int, int] | None,
+    channels: int | None,
+    checks: tuple[str, ...],
+    config_path: str | None,
+    seed: int | None,
+    quick: bool | None,
+    device: str | None,
+    batch_size: int | None,
+    db: str | None,
+    report_path: str | None,
+    resume: bool,
+    fail_under: tuple[str, ...],
+    fail_over: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Audit a model: run every check, store every number, write one HTML report.
+
+    With no arguments it audits the embedded digits-cnn on the digits data and all embedded OOD sets.
+    Exit codes: 0 ok, 1 a gate failed, 2 bad usage or bad input.
+    """
+    import json
+
+    from mlsafety.audit import AuditConfig, AuditInterrupted, load_config, run_audit
+    from mlsafety.core import Progress
+
+    cfg = load_config(config_path) if config_path else AuditConfig()
+    for name, value in (
+        ("model", model),
+        ("weights", weights),
+        ("data", data),
+        ("val", val),
+        ("train", train_data),
+        ("seed", seed),
+        ("quick", quick),
+        ("device", device),
+        ("batch_size", batch_size),
+        ("channels", channels),
+    ):
+        if value is not None:
+            setattr(cfg, name, value)
+    if ood:
+        cfg.ood = list(ood)
+    if image_size:
+        cfg.image_size = image_size
+    if checks:
+        cfg.checks = list(checks)
+    cfg.fail_under.update(_gates(fail_under))
+    cfg.fail_over.update(_gates(fail_over))
+
+    progress = Progress(enabled=False if as_json else None)
+    status = err_console.status("auditing", spinner="dots") if progress.enabled else None
+
+    def on_task(check: str, key: str, seconds: float) -> None:
+        if status is not None:
+            status.update(f"{check}: {key} done ({seconds:.1f} s)")
+
+    if status is not None:
+        status.start()
+    try:
+        result = run_audit(cfg, db=db, report=report_path, resume=resume, progress=progress, on_task=on_task)
+    except AuditInterrupted as stop:
+        if status is not None:
+            status.stop()
+        _interrupted(stop, db)
+    finally:
+        if status is not None:
+            status.stop()
+
+    if as_json:
+        click.echo(json.dumps(_payload(result), indent=1))
+    else:
+        _print_summary(result)
+    if result.gate_failures:
+        for f in result.gate_failures:
+            line("gate failed:", str(f))
+        sys.exit(EXIT_FAILED)
+
+
+def _interrupted(stop: Any, db: str | None) -> NoReturn:
+    """Say what a signal left stored and how to continue, then exit 128 + the signal's number."""
+    name = signal.Signals(stop.signum).name
+    if stop.run_id is None:
+        line("interrupted:", f"stopped by {name} before the run started; nothing was stored")
+    elif stop.complete:
+        line(
+            "interrupted:",
+            f"stopped by {name} while writing the report; run {stop.run_id} is complete and stored; "
+            f"write its report with: mlsafety report {stop.run_id}" + (f" --db {shlex.quote(db)}" if db else ""),
+        )
+    else:
+        line(
+            "interrupted:",
+            f"stopped by {name}; {stop.stored if stop.stored >= 0 else 'the finished'} of {stop.total} tasks "
+            f"of run {stop.run_id} are stored; "
+            f"continue with: {resume_command(click.get_current_context())}",
+        )
+    sys.exit(exit_code_for(stop.signum))
+
+
+def _payload(result: Any) -> dict[str, Any]:
+    """``audit --json``: the run, its report and every stored number with its kind."""
+    return {
+        "run_id": result.run_id,
+        "report": str(result.report_path) if result.report_path else None,
+        "results": [
+            {
+                "key": r.key,
+                "check": r.check,
+                "hazard": r.hazard,
+                "metric": r.metric,
+                "kind": r.kind,
+                "value": r.value,
+                "ci_low": r.ci_low,
+                "ci_high": r.ci_high,
+                "n": r.n,
+            }
+            for r in result.rows
+        ],
+        "gate_failures": [str(f) for f in result.gate_failures],
+    }
+
+
+def _print_summary(result: Any) -> None:
+    """Each check's headline numbers, the count stored and the report's path."""
+    from mlsafety.audit import CHECKS, fmt_ci, fmt_value
+
+    by_check: dict[str, list[Any]] = {}
+    for r in result.rows:
+        by_check.setdefault(r.check, []).append(r)
+    table = Table("metric", "value", "95% CI", "n", title=f"mlsafety audit {result.run_id}", box=None)
+    for check, rows in by_check.items():
+        heads = CHECKS.get(check).headlines(rows) if check in CHECKS else []
+        for h in heads:
+            table.add_row(h.row.key, fmt_value(h.row.value), fmt_ci(h.row), str(h.row.n or ""))
+    print_wide(table)
+    resumed = f", {result.resumed_tasks} tasks resumed from the store" if result.resumed_tasks else ""
+    out_console.print(f"{len(result.rows)} numbers stored in {result.seconds:.1f} s{resumed}.")
+    if result.report_path:
+        print_path("Report: ", result.report_path)

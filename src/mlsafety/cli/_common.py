@@ -1,0 +1,161 @@
+"""What every command shares: the two consoles, one-line errors, exit codes, paths and tables.
+
+Exit codes: 0 ok, 1 a gate failed (or a compared metric got worse), 2 bad usage or bad input,
+128 + the signal's number when stopped by one (130 SIGINT / Ctrl-C, 143 SIGTERM).
+
+User text (paths, names, messages) is printed literally: both consoles have Rich markup off, and
+styles are applied with :class:`rich.text.Text` spans only.
+"""
+
+from __future__ import annotations
+
+import functools
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from mlsafety.core import MlsafetyError
+
+if TYPE_CHECKING:
+    from mlsafety.audit import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_FAILED = 1
+"""A gate failed, or ``compare --fail-on-change`` found a metric that got worse."""
+EXIT_BAD_INPUT = 2
+"""Bad usage or bad input (one red line on stderr)."""
+
+err_console = Console(stderr=True, markup=False, highlight=False)
+out_console = Console(markup=False, highlight=False)
+
+
+def exit_code_for(signum: int) -> int:
+    """The exit status of a run stopped by signal ``signum`` (the shell's 128 + N)."""
+    return 128 + signum
+
+
+def line(label: str, message: str, style: str = "bold red") -> None:
+    """One styled label and a literal message on stderr, never wrapped into several lines."""
+    text = Text.assemble((label, style), " ", " ".join(message.splitlines()))
+    err_console.print(text, soft_wrap=True)
+
+
+def friendly(fn: F) -> F:
+    """Turn a user-caused :class:`MlsafetyError` into one red line and exit code 2.
+
+    Only :class:`MlsafetyError` (bad input, an unusable database or output path, a refused resume)
+    is caught; any other exception is a bug and keeps its traceback.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MlsafetyError as exc:
+            line("error:", str(exc))
+            sys.exit(EXIT_BAD_INPUT)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class _Stop(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program is, so it can stop cleanly."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, frame: FrameType | None) -> None:
+    raise _Stop(signum)
+
+
+class MainGroup(click.Group):
+    """The root group: keeps the raw arguments (for the `--resume` hint) and handles SIGINT / SIGTERM."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["mlsafety.argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        old: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old[sig] = signal.signal(sig, _raise_stop)
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as exc:  # a bad option value of a subcommand: one line, like bad input
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            line("error:", f"{exc.format_message()} (see `{where} --help`)")
+            ctx.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", signal.SIGINT)
+            line("interrupted:", f"stopped by {signal.Signals(signum).name}")
+            ctx.exit(exit_code_for(signum))
+        finally:
+            for signum_, handler in old.items():
+                signal.signal(signum_, handler)
+
+
+def resume_command(ctx: click.Context) -> str:
+    """The command line that was run, with ``--resume`` added (literal, shell-quoted)."""
+    root = ctx.find_root()
+    argv = list(root.meta.get("mlsafety.argv", sys.argv[1:]))
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return " ".join([root.info_name or "mlsafety", *(shlex.quote(a) for a in argv)])
+
+
+def print_wide(table: Table) -> None:
+    """Print a table at its natural width even past the terminal's: ids and keys are never cut."""
+    width = table.__rich_measure__(out_console, out_console.options.update(width=100_000)).maximum
+    if width <= out_console.width:
+        out_console.print(table)
+    else:
+        Console(width=width, markup=False, highlight=False, file=out_console.file).print(table)
+
+
+def print_path(label: str, path: Path) -> None:
+    """``label`` and the absolute path in bold, on one line however wide (so it copies whole)."""
+    out_console.print(Text.assemble(label, (str(path.resolve()), "bold")), soft_wrap=True)
+
+
+def print_wrote(message: str) -> None:
+    """A ``wrote ...`` line naming written files, never wrapped."""
+    out_console.print(message, soft_wrap=True)
+
+
+DB_OPTION = click.option(
+    "--db", type=click.Path(dir_okay=False), help="Results database.  [default: $MLSAFETY_DB or ./mlsafety-runs.sqlite]"
+)
+
+
+def open_store(db: str | None) -> Store:
+    """The results database, opened read-only (SQLite ``mode=ro``): commands that only read it
+    work on a read-only file or folder, and can never change it."""
+    from mlsafety.audit import Store
+
+    return Store(db, create=False, readonly=True)
+
+
+def warn_unfinished(store: Store, run: Any) -> None:
+    """One warning line on stderr (so --json output keeps its shape) when ``run`` is not complete."""
+    if run.status != "complete":
+        tasks = len(store.done_tasks(run.run_id))
+        line(
+            "warning:",
+            f"run {run.run_id} is not complete (status: {run.status}): {tasks} tasks are stored; "
+            "continue it with the same `mlsafety audit` command and --resume",
+            style="bold yellow",
+        )

@@ -1,0 +1,87 @@
+"""``mlsafety harden``: adversarial training (PGD / TRADES) of a model, written as .safetensors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from mlsafety.cli._common import friendly, print_wrote
+from mlsafety.cli._help import EntryDefault
+
+PGD = "mlsafety.robustness:adversarial_training"  # the training methods hold their defaults
+TRADES = "mlsafety.robustness:trades_training"
+
+
+@click.command()
+@click.option(
+    "--model", "model_spec", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory."
+)
+@click.option("--weights", type=click.Path(dir_okay=False), help="Starting weights (.safetensors or .pt).")
+@click.option(
+    "--data",
+    default="digits",
+    show_default=True,
+    help="Training data: a zoo dataset name (its train split) or an .npz file with arrays x, y.",
+)
+@click.option(
+    "--method",
+    type=click.Choice(["pgd", "trades"]),
+    default="pgd",
+    show_default=True,
+    help="PGD adversarial training (Madry) or TRADES.",
+)
+@click.option("--eps", type=float, required=True, help="Training radius in [0, 1] pixel units, e.g. 0.1.")
+@click.option("--norm", type=click.Choice(["linf", "l2"]), cls=EntryDefault, default_from=PGD, help="Threat model.")
+@click.option("--steps", type=int, cls=EntryDefault, default_from=PGD, help="PGD steps per batch.")
+@click.option("--epochs", type=int, cls=EntryDefault, default_from=PGD, help="Training epochs.")
+@click.option("--lr", type=float, cls=EntryDefault, default_from=PGD, help="Adam learning rate.")
+@click.option("--beta", type=float, cls=EntryDefault, default_from=TRADES, help="TRADES robustness weight.")
+@click.option("--shift", type=int, default=0, show_default=True, help="Random shifts of up to N pixels (augmentation).")
+@click.option("--from-scratch", is_flag=True, help="Re-initialise the model (seeded) instead of fine-tuning it.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the hardened weights (.safetensors).",
+)
+@friendly
+def harden(
+    model_spec: str,
+    weights: str | None,
+    data: str,
+    method: str,
+    eps: float,
+    norm: str | None,
+    steps: int | None,
+    epochs: int | None,
+    lr: float | None,
+    beta: float | None,
+    shift: int,
+    from_scratch: bool,
+    seed: int,
+    out: Path,
+) -> None:
+    """Train a hardened copy of a model against L-inf/L2 attacks and write it as .safetensors."""
+    from mlsafety import zoo as zoo_lib
+    from mlsafety.core import InputError, Progress, load_factory, load_npz, load_weights
+    from mlsafety.robustness import harden as harden_lib
+
+    if out.suffix != ".safetensors":
+        raise InputError(f"--out must end in .safetensors, got {out.name}")
+    model = load_factory(model_spec) if ":" in model_spec else zoo_lib.load_model(model_spec)
+    if weights:
+        load_weights(model, weights)
+    train = load_npz(data) if data.endswith(".npz") else zoo_lib.load_dataset(data, "train")
+    options = {"norm": norm, "steps": steps, "epochs": epochs, "lr": lr, "beta": beta}
+    params: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
+    if "beta" in params and method != "trades":
+        raise InputError("--beta applies to --method trades only")
+    if shift:
+        params["augment"] = lambda x, g: zoo_lib.random_shift(x, g, shift)
+    hardened = harden_lib(
+        model, train, method=method, from_scratch=from_scratch, seed=seed, eps=eps, progress=Progress(), **params
+    )
+    print_wrote(f"wrote {zoo_lib.save_weights(hardened, out)}")
