@@ -19,14 +19,27 @@ from mlsafety.core._params import HyperParams, Param, check_is_fitted
 from mlsafety.core._progress import Progress, track
 from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like
 from mlsafety.core._registry import Registry
+from mlsafety.core._train import (
+    BatchHook,
+    LossFn,
+    TrainConfig,
+    cross_entropy_loss,
+    random_shift,
+    register_recipe,
+    seeded_init,
+    train,
+    training_recipe,
+)
 
 __all__ = [
     "ArrayDataset",
+    "BatchHook",
     "Classifier",
     "DataLike",
     "Hazard",
     "HyperParams",
     "InputError",
+    "LossFn",
     "MlsafetyError",
     "Normalize",
     "NotFittedError",
@@ -34,6 +47,7 @@ __all__ = [
     "Param",
     "Progress",
     "Registry",
+    "TrainConfig",
     "UnknownNameError",
     "as_array_dataset",
     "as_classifier",
@@ -41,6 +55,7 @@ __all__ = [
     "check_is_fitted",
     "check_label_form",
     "check_labels",
+    "cross_entropy_loss",
     "derive_seed",
     "device_of",
     "draw_seed",
@@ -54,7 +69,12 @@ __all__ = [
     "load_weights",
     "rand_like",
     "randn_like",
+    "random_shift",
     "read_state_dict",
+    "register_recipe",
+    "seeded_init",
     "track",
+    "train",
+    "training_recipe",
     "validate_dataset",
 ]

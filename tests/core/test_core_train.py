@@ -1,0 +1,156 @@
+"""The one training loop (``mlsafety.core.train``): its configuration, hooks and documented order."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mlsafety.core import (
+    ArrayDataset,
+    InputError,
+    TrainConfig,
+    UnknownNameError,
+    generator,
+    random_shift,
+    register_recipe,
+    seeded_init,
+    train,
+    training_recipe,
+)
+
+
+def _data(n: int = 40) -> ArrayDataset:
+    g = generator(0, "test-train-data")
+    x = torch.rand(n, 1, 4, 4, generator=g)
+    y = (x.mean(dim=(1, 2, 3)) > 0.5).long()
+    return ArrayDataset(x, y, name="toy")
+
+
+def _net(seed: int = 0) -> nn.Module:
+    return seeded_init(nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Dropout(0.2), nn.Linear(8, 2)), seed)
+
+
+def _mean_loss(model: nn.Module, data: ArrayDataset) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model.eval()(data.x), data.y))
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_train_lowers_the_loss_is_seeded_and_returns_eval_mode(optimizer: str) -> None:
+    data = _data()
+    before = _mean_loss(_net(), data)
+    a = train(_net(), data, TrainConfig(epochs=30, lr=0.05, batch_size=8, optimizer=optimizer))
+    assert not a.training and _mean_loss(a, data) < before
+    assert _same(a, train(_net(), data, TrainConfig(epochs=30, lr=0.05, batch_size=8, optimizer=optimizer)))
+    assert not _same(a, train(_net(), data, TrainConfig(epochs=30, lr=0.05, batch_size=8, optimizer=optimizer, seed=1)))
+
+
+def test_settings_as_keywords_override_the_config() -> None:
+    data = _data()
+    config = TrainConfig(epochs=3, lr=0.01)
+    assert _same(train(_net(), data, config, seed=4), train(_net(), data, config.replace(seed=4)))
+    assert config.seed == 0  # replace gives a copy
+
+
+def test_the_global_generator_is_left_as_it_was() -> None:
+    net, data = _net(), _data()
+    state = torch.get_rng_state()
+    train(net, data, epochs=2)
+    assert torch.equal(state, torch.get_rng_state())
+
+
+@pytest.mark.parametrize("seed_dropout", [True, False])
+def test_batch_order_follows_the_documented_draw_order(seed_dropout: bool) -> None:
+    """One ``randperm`` per epoch from ``generator(seed, *stream)``, after the dropout seed draw if any."""
+    n = 10
+    data = ArrayDataset(torch.rand(n, 1, 2, 2), torch.arange(n), name="order")
+    seen: list[torch.Tensor] = []
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        seen.append(y.clone())
+        return model(x).sum() * 0
+
+    net = nn.Sequential(nn.Flatten(), nn.Linear(4, n))
+    train(net, data, epochs=1, batch_size=n, seed=3, stream=("s", 1), seed_dropout=seed_dropout, loss=loss)
+    g = generator(3, "s", 1)
+    if seed_dropout:
+        torch.randint(0, 2**62, (1,), generator=g)
+    assert torch.equal(seen[0], torch.randperm(n, generator=g))
+
+
+def test_hooks_see_every_batch_and_the_batch_hook_runs_on_the_cpu() -> None:
+    data, calls = _data(25), {"augment": 0, "loss": 0}
+
+    def augment(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        assert x.device.type == "cpu" and isinstance(g, torch.Generator)
+        calls["augment"] += 1
+        return x
+
+    def loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        calls["loss"] += 1
+        return F.cross_entropy(model(x), y)
+
+    train(_net(), data, TrainConfig(epochs=3, batch_size=10, augment=augment), loss=loss)
+    assert calls == {"augment": 3 * math.ceil(25 / 10), "loss": 3 * math.ceil(25 / 10)}
+
+
+def test_the_schedule_changes_the_learning_rate_after_the_first_epoch() -> None:
+    """Cosine annealing starts at ``lr`` and steps once per epoch; ``constant`` keeps ``lr``."""
+    data = _data()
+
+    def run(epochs: int, schedule: str) -> nn.Module:
+        return train(_net(), data, epochs=epochs, schedule=schedule, lr=0.05)
+
+    assert _same(run(1, "constant"), run(1, "cosine"))
+    assert not _same(run(2, "constant"), run(2, "cosine"))
+
+
+def test_bad_input_is_one_clear_error() -> None:
+    with pytest.raises(InputError, match="epochs must be >= 1"):
+        TrainConfig(epochs=0)
+    with pytest.raises(InputError, match="optimizer must be one of"):
+        TrainConfig(optimizer="lbfgs")
+    with pytest.raises(InputError, match="augment must be a function"):
+        TrainConfig(augment=3)
+    with pytest.raises(InputError, match="empty dataset"):
+        train(_net(), ArrayDataset(torch.rand(0, 1, 4, 4), torch.zeros(0, dtype=torch.long)))
+    with pytest.raises(InputError, match="no parameters"):
+        train(nn.Flatten(), _data())
+    with pytest.raises(InputError, match="unexpected keyword argument 'epoch'"):
+        train(_net(), _data(), epoch=3)
+
+
+def test_random_shift_moves_images_by_at_most_the_shift() -> None:
+    x = torch.zeros(50, 1, 5, 5)
+    x[:, :, 2, 2] = 1.0
+    out = random_shift(x, generator(0, "shift"))
+    where = out[:, 0].flatten(1).argmax(dim=1)
+    rows, cols = where // 5, where % 5
+    assert out.shape == x.shape and torch.equal(out.sum(dim=(1, 2, 3)), x.sum(dim=(1, 2, 3)))
+    assert ((rows - 2).abs() <= 1).all() and ((cols - 2).abs() <= 1).all() and len(set(where.tolist())) > 1
+    assert torch.equal(random_shift(x, generator(0, "shift"), max_shift=0), x)
+
+
+def test_seeded_init_depends_only_on_seed_and_names() -> None:
+    a, b, c = _net(0), _net(0), _net(1)
+    assert _same(a, b) and not _same(a, c)
+
+
+def test_recipes_are_found_by_name() -> None:
+    def recipe(seed: int = 0, progress: object = None) -> nn.Module:
+        return _net(seed)
+
+    assert register_recipe("test-core-train-recipe", recipe) is recipe
+    assert training_recipe("test-core-train-recipe") is recipe
+    with pytest.raises(ValueError, match="already registered"):
+        register_recipe("test-core-train-recipe", lambda **kw: _net())
+    with pytest.raises(UnknownNameError, match=r"import some\.module first"):
+        training_recipe("no-such-recipe", home="some.module")
