@@ -13,6 +13,7 @@ from mlsafety.metrics import (
     auroc,
     bootstrap_two_sample,
     clopper_pearson,
+    clopper_pearson_lower,
     fpr_at_tpr,
     ood_metrics,
     proportion,
@@ -66,6 +67,28 @@ def test_exact_intervals():
     assert wilson(7, 20) == pytest.approx(tuple(stats.binomtest(7, 20).proportion_ci(method="wilson")))
     est = proportion(torch.tensor([True, False, True, True]))
     assert est.value == 0.75 and est.n == 4 and est.ci_low < 0.75 < est.ci_high
+
+
+def test_one_sided_clopper_pearson_lower_bound() -> None:
+    k = torch.tensor([0, 10, 100])
+    lo = clopper_pearson_lower(k, 100, 0.01)
+    assert lo.dtype == torch.float64 and lo.shape == (3,) and lo[0] == 0.0
+    assert lo[2].item() == pytest.approx(0.01 ** (1 / 100), rel=1e-9)  # all successes: alpha^(1/n)
+    assert lo[1].item() == pytest.approx(stats.beta.ppf(0.01, 10, 91), rel=1e-9)
+    # the lower end of the two-sided interval at confidence 1 - 2 alpha, and that interval's own lower end
+    assert lo[1].item() == pytest.approx(clopper_pearson(10, 100, 0.98)[0], rel=1e-9)
+    # ints, per-count trials, and exact coverage: P(bound > p) <= alpha for every true p
+    assert float(clopper_pearson_lower(7, 20, 0.05)) == pytest.approx(clopper_pearson(7, 20, 0.9)[0])
+    assert clopper_pearson_lower(3, torch.tensor([10, 20])).tolist() == [
+        pytest.approx(stats.beta.ppf(0.05, 3, m - 2)) for m in (10, 20)
+    ]
+    n, alpha, ks = 50, 0.1, torch.arange(51)
+    for p in (0.05, 0.3, 0.5, 0.77, 0.95):
+        miss = clopper_pearson_lower(ks, n, alpha) > p
+        assert 0 < stats.binom.pmf(ks[miss].numpy(), n, p).sum() <= alpha
+    for bad in (dict(k=5, n=4), dict(k=-1, n=4), dict(k=1, n=0), dict(k=1, n=4, alpha=1.0)):
+        with pytest.raises(InputError):
+            clopper_pearson_lower(**bad)  # type: ignore[arg-type]
 
 
 def test_bootstrap_is_seeded_and_covers_the_value():

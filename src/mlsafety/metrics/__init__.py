@@ -12,6 +12,7 @@ from mlsafety.metrics._intervals import (
     bootstrap_two_sample,
     bootstrap_weighted,
     clopper_pearson,
+    clopper_pearson_lower,
     percentile_interval,
     proportion,
     wilson,
@@ -26,6 +27,7 @@ from mlsafety.metrics._ranking import (
     fpr_at_95_tpr,
     fpr_at_tpr,
 )
+from mlsafety.metrics._roc import roc_points
 
 OOD_METRICS = {
     "auroc": auroc,
@@ -51,6 +53,7 @@ __all__ = [
     "bootstrap_two_sample",
     "bootstrap_weighted",
     "clopper_pearson",
+    "clopper_pearson_lower",
     "fpr95_id_positive",
     "fpr95_ood_positive",
     "fpr_at_95_tpr",
@@ -58,5 +61,6 @@ __all__ = [
     "ood_metrics",
     "percentile_interval",
     "proportion",
+    "roc_points",
     "wilson",
 ]

@@ -34,15 +34,51 @@ class Estimate:
 
 
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """Exact two-sided Clopper-Pearson interval for ``k`` successes in ``n`` trials."""
+    """Exact two-sided Clopper-Pearson interval for ``k`` successes in ``n`` trials.
+
+    Clopper & Pearson, "The use of confidence or fiducial limits illustrated in the case of the
+    binomial", Biometrika 1934. Each end is a beta quantile at ``(1 - confidence) / 2``; the lower
+    end is :func:`clopper_pearson_lower` at that tail probability.
+    """
     if n <= 0:
         raise InputError("a proportion needs at least one trial")
     if not 0 <= k <= n:
         raise InputError(f"successes k={k} must lie in [0, n={n}]")
     alpha = 1.0 - confidence
-    lo = 0.0 if k == 0 else float(stats.beta.ppf(alpha / 2, k, n - k + 1))
+    lo = 0.0 if k == 0 else float(clopper_pearson_lower(k, n, alpha / 2))
     hi = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
     return lo, hi
+
+
+def clopper_pearson_lower(k: torch.Tensor | int, n: torch.Tensor | int, alpha: float = 0.05) -> torch.Tensor:
+    """One-sided exact (Clopper-Pearson) lower bounds: ``P(p >= bound) >= 1 - alpha`` for each count.
+
+    The ``alpha`` quantile of Beta(k, n - k + 1), 0 where ``k = 0``: the lower end of the two-sided
+    interval at confidence ``1 - 2 alpha``. Randomized smoothing's ``CERTIFY`` bounds the top class's
+    probability with it (Cohen et al. 2019 write it as ``proportion_confint(k, n, alpha=2 * alpha,
+    method="beta")[0]``).
+
+    Args:
+        k: successes, an int or an integer tensor of any shape.
+        n: trials, an int or a tensor broadcastable with ``k``.
+        alpha: the bound's error probability, in (0, 1); ``alpha``, not ``1 - alpha``, is passed on
+            to the quantile unchanged.
+
+    Returns:
+        float64 bounds of ``k``'s shape, on ``k``'s device (the CPU for an int).
+    """
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha must lie in (0, 1), got {alpha}")
+    kt, nt = torch.as_tensor(k), torch.as_tensor(n)
+    k_np = kt.detach().cpu().double().numpy()
+    n_np = nt.detach().cpu().double().numpy()
+    if (n_np <= 0).any():
+        raise InputError("a proportion needs at least one trial")
+    if ((k_np < 0) | (k_np > n_np)).any():
+        raise InputError("successes k must lie in [0, n]")
+    out = torch.as_tensor(stats.beta.ppf(alpha, k_np, n_np - k_np + 1), dtype=torch.float64)
+    out[torch.as_tensor(k_np == 0)] = 0.0  # Beta(0, .) is undefined: no success bounds nothing
+    return out.to(kt.device)
 
 
 def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from scipy import stats
@@ -66,12 +64,10 @@ def test_certified_radius_matches_distance_to_hyperplane() -> None:
     assert (cert.samples == 20_000).all()
 
 
-def test_clopper_pearson_lower_known_answers() -> None:
-    k = torch.tensor([0, 10, 100])
-    lo = clopper_pearson_lower(k, 100, 0.01)
-    assert lo[0] == 0.0
-    assert math.isclose(float(lo[2]), 0.01 ** (1 / 100), rel_tol=1e-9)  # all successes: alpha^(1/n)
-    assert math.isclose(float(lo[1]), stats.beta.ppf(0.01, 10, 91), rel_tol=1e-9)
+def test_the_certificate_uses_the_metrics_clopper_pearson() -> None:
+    from mlsafety import metrics
+
+    assert clopper_pearson_lower is metrics.clopper_pearson_lower  # one Clopper-Pearson in the package
 
 
 def test_predict_abstains_on_a_coin_flip_and_not_far_from_the_boundary() -> None:
