@@ -169,7 +169,7 @@ def test_a_confidence_on_an_inner_edge_goes_to_the_bin_above() -> None:
     assert cal.bin_index(conf, 4).tolist() == [2, 3, 2, 3]
     probs = torch.stack([conf, 1 - conf], dim=1)
     assert cal.reliability(probs, torch.zeros(4, dtype=torch.long), n_bins=4).count.tolist() == [0, 0, 2, 2]
-    assert "own bin" not in cal.metrics.__doc__ and "a bin of its own" in cal.metrics.__doc__
+    assert "own bin" not in cal.binned.__doc__ and "a bin of its own" in cal.binned.__doc__
 
 
 def test_nll_floors_the_true_class_probability_at_1e_12() -> None:
@@ -209,7 +209,7 @@ def test_stats_give_the_direct_formulas_and_weights_give_the_resampled_metric(
     monkeypatch, metric: str, small_blocks: bool
 ) -> None:
     if small_blocks:  # 16 rows of probabilities, one draw of classwise bin sums at a time
-        monkeypatch.setattr(cal.metrics, "_BLOCK_ELEMENTS", 100)
+        monkeypatch.setattr(cal._validate, "BLOCK_ELEMENTS", 100)
     probs, labels = _sample(240, 6, f"stats-{metric}")
     stats = cal.CalibrationStats.from_probs(probs, labels, n_bins=9)
     direct = _direct(metric, probs, labels, 9)
@@ -239,7 +239,6 @@ def test_stats_from_logits_equal_softmax_in_float64_and_take_a_transform() -> No
 
 
 def test_calibration_bootstrap_equals_resampling_the_predictions() -> None:
-    from mlsafety.audit.checks.calibration_basic import estimate
     from mlsafety.metrics import bootstrap_statistic
 
     probs, labels = _sample(300, 4, "boot-ref")
@@ -265,7 +264,7 @@ def test_calibration_bootstrap_equals_resampling_the_predictions() -> None:
     }
     for metric, (stat, values) in refs.items():
         want = bootstrap_statistic(stat, values, n_boot=200, seed=11, name=metric)
-        got = estimate(metric, stats, n_boot=200, seed=11)
+        got = cal.metric_estimate(metric, stats, n_boot=200, seed=11)
         assert tuple(got) == pytest.approx(tuple(want), rel=1e-12, abs=1e-15), metric
 
 

@@ -6,26 +6,31 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mlsafety.core import InputError, NotFittedError, Registry
+from mlsafety.core import HyperParams, InputError, Param, Registry, check_is_fitted
 from mlsafety.metrics import Estimate, bootstrap_counts, percentile_interval
 
 C = TypeVar("C", bound="Calibrator")
 
 
-class Calibrator:
+class Calibrator(HyperParams):
     """Base class: ``fit(logits, labels)`` on validation data, then ``transform(logits)``.
 
-    Subclasses write :meth:`_fit` (returning nothing, setting state that ends in ``_``) and
-    :meth:`_transform`. Fitting runs in float64 (``_fit`` gets the logits as given, detached).
+    Subclasses declare their hyper-parameters as :class:`~mlsafety.core.Param` class attributes
+    (the constructor, its validation, ``repr`` and ``get_params`` follow), write :meth:`_fit`
+    (returning nothing, setting state that ends in ``_``) and :meth:`_transform`, and set
+    ``abbrev``, the short tag of their metric names (``ece_after_ts``). Fitting runs in float64
+    (``_fit`` gets the logits as given, detached). Transforming before fitting raises
+    :class:`~mlsafety.core.NotFittedError`.
     """
 
-    name: str
+    name: ClassVar[str]
+    abbrev: ClassVar[str] = ""
 
     def fit(self: C, logits: torch.Tensor, labels: torch.Tensor) -> C:
         """Fit on validation logits (N, K) and labels (N,) by minimising the NLL; returns self."""
@@ -37,8 +42,7 @@ class Calibrator:
 
     def transform(self, logits: torch.Tensor) -> torch.Tensor:
         """Recalibrated logits (N, K), same dtype and device as ``logits``."""
-        if not getattr(self, "fitted_", False):
-            raise NotFittedError(f"{type(self).__name__} is not fitted; call .fit(val_logits, val_labels) first")
+        check_is_fitted(self, ["fitted_"], hint="call .fit(val_logits, val_labels) first")
         return self._transform(logits.detach().double()).to(logits.dtype)
 
     def predict_proba(self, logits: torch.Tensor) -> torch.Tensor:
@@ -202,8 +206,8 @@ class TemperatureScaler(Calibrator):
         max_iter: Newton steps at most.
     """
 
-    def __init__(self, max_iter: int = 100) -> None:
-        self.max_iter = max_iter
+    abbrev = "ts"
+    max_iter = Param(100, int, low=1, doc="Newton steps at most")
 
     def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         s = fit_inverse_temperature(logits, labels, max_iter=self.max_iter)
@@ -319,8 +323,8 @@ class VectorScaler(Calibrator):
         max_iter: L-BFGS iterations.
     """
 
-    def __init__(self, max_iter: int = 100) -> None:
-        self.max_iter = max_iter
+    abbrev = "vs"
+    max_iter = Param(100, int, low=1, doc="L-BFGS iterations at most")
 
     def _fit(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         logits = logits.double()
