@@ -89,3 +89,26 @@ def test_weighted_metrics_equal_the_metrics_of_explicit_resamples(metric: str) -
     torch.testing.assert_close(getattr(stats, metric)(w, *extra), want, rtol=1e-12, atol=1e-15)
     one = getattr(stats, metric)(torch.ones(1, 150), *extra)[0]
     torch.testing.assert_close(one, getattr(sel, metric)(conf, correct, *extra), rtol=1e-12, atol=1e-15)
+
+
+def test_evaluate_selective_gives_the_direct_values_with_intervals_from_named_seeds() -> None:
+    from mlsafety.core import derive_seed
+    from mlsafety.metrics import bootstrap_weighted
+
+    g = generator(0, "evaluate-selective")
+    conf = (torch.rand(200, generator=g) * 10).round() / 10
+    correct = torch.rand(200, generator=g) < conf  # confident inputs are more often right
+    res = sel.evaluate_selective(conf, correct, coverage=0.8, risk=0.1, n_boot=80, seed=5, stream=("s", "msp"))
+    assert list(res.metrics) == list(sel.METRICS)
+    assert res.metrics["aurc"].value == pytest.approx(float(sel.aurc(conf, correct)), rel=1e-12)
+    assert res.metrics["risk_at_coverage"].value == float(sel.risk_at_coverage(conf, correct, 0.8))
+    assert res.metrics["coverage_at_risk"].value == float(sel.coverage_at_risk(conf, correct, 0.1))
+    stats = sel.SelectiveStats(conf, correct)
+    want = bootstrap_weighted(stats.augrc, 200, 80, derive_seed(5, "s", "msp", "augrc"), name="augrc",
+                              value=float(sel.augrc(conf, correct)))  # fmt: skip
+    assert res.metrics["augrc"] == want
+    assert torch.equal(res.curve.risk, sel.risk_coverage(conf, correct).risk)
+    assert res.params("risk_at_coverage") == {"coverage": 0.8} and res.params("aurc") == {}
+    assert sel.aurc(conf, correct) < sel.aurc(-conf, correct)  # the informative ranking has the smaller area
+    for est in res.metrics.values():
+        assert est.ci_low <= est.value <= est.ci_high

@@ -21,11 +21,16 @@ memory, without resampled copies.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 
-from mlsafety.core import InputError
+from mlsafety.core import InputError, derive_seed
+from mlsafety.metrics import Estimate, bootstrap_weighted
+
+METRICS = ("aurc", "eaurc", "augrc", "risk_at_coverage", "coverage_at_risk")
+"""The selective metrics :func:`evaluate_selective` estimates, in order."""
 
 
 def _rows(confidence: torch.Tensor, correct: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -215,13 +220,86 @@ class SelectiveStats:
         return torch.where(good, a / total[:, None], torch.zeros_like(a)).amax(dim=1)
 
 
+@dataclass(frozen=True)
+class SelectiveResult:
+    """Risk-coverage analysis of one confidence source.
+
+    Attributes:
+        curve: the tie-aware risk-coverage curve.
+        metrics: each of :data:`METRICS` with its seeded bootstrap 95% interval.
+        coverage: the target coverage of ``risk_at_coverage``.
+        risk: the target risk of ``coverage_at_risk``.
+    """
+
+    curve: RiskCoverage
+    metrics: dict[str, Estimate]
+    coverage: float
+    risk: float
+
+    def params(self, metric: str) -> dict[str, float]:
+        """The target ``metric`` is read at (``{"coverage": ...}`` or ``{"risk": ...}``), else empty."""
+        targets = {"risk_at_coverage": {"coverage": self.coverage}, "coverage_at_risk": {"risk": self.risk}}
+        return targets.get(metric, {})
+
+
+def evaluate_selective(
+    confidence: torch.Tensor,
+    correct: torch.Tensor,
+    coverage: float = 0.9,
+    risk: float = 0.05,
+    n_boot: int = 500,
+    seed: int = 0,
+    stream: Sequence[object] = (),
+) -> SelectiveResult:
+    """The risk-coverage curve and every selective metric with a seeded bootstrap 95% interval.
+
+    Point values come from the direct functions (:func:`aurc` ...); resamples are rows of
+    multinomial counts evaluated on one sorted order (:class:`SelectiveStats`), so no resampled copy
+    is formed. Metric ``m`` draws from ``derive_seed(seed, *stream, m)``.
+
+    Args:
+        confidence: (N,) higher = more trusted (``-score`` for an anomaly score).
+        correct: (N,) booleans or 0/1.
+        coverage: target coverage of ``risk_at_coverage``, in (0, 1].
+        risk: target selective risk of ``coverage_at_risk``, in [0, 1].
+        n_boot: bootstrap resamples per interval.
+        seed: the run seed.
+        stream: names that make this evaluation's seeds its own (the audit passes its check and
+            the confidence source).
+    """
+    stats = SelectiveStats(confidence, correct)
+    direct: dict[str, Callable[[], torch.Tensor]] = {
+        "aurc": lambda: aurc(confidence, correct),
+        "eaurc": lambda: eaurc(confidence, correct),
+        "augrc": lambda: augrc(confidence, correct),
+        "risk_at_coverage": lambda: risk_at_coverage(confidence, correct, coverage),
+        "coverage_at_risk": lambda: coverage_at_risk(confidence, correct, risk),
+    }
+    weighted: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+        "aurc": stats.aurc,
+        "eaurc": stats.eaurc,
+        "augrc": stats.augrc,
+        "risk_at_coverage": lambda w: stats.risk_at_coverage(w, coverage),
+        "coverage_at_risk": lambda w: stats.coverage_at_risk(w, risk),
+    }
+    curve = risk_coverage(confidence, correct)
+    metrics: dict[str, Estimate] = {}
+    for m in METRICS:
+        value, m_seed = float(direct[m]()), derive_seed(seed, *stream, m)
+        metrics[m] = bootstrap_weighted(weighted[m], stats.n, n_boot, m_seed, name=m, value=value)
+    return SelectiveResult(curve, metrics, coverage, risk)
+
+
 __all__ = [
+    "METRICS",
     "RiskCoverage",
+    "SelectiveResult",
     "SelectiveStats",
     "augrc",
     "aurc",
     "coverage_at_risk",
     "eaurc",
+    "evaluate_selective",
     "risk_at_coverage",
     "risk_coverage",
 ]

@@ -8,33 +8,29 @@ with parameter gradients off (restored afterwards, also on error) and never touc
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, Registry, as_classifier, frozen
+from mlsafety.core import Classifier, HyperParams, InputError, Registry, as_classifier, frozen
 
 Target = int | torch.Tensor
 """A class index for every input, or one per input (N,)."""
 
 
-class Attribution:
+class Attribution(HyperParams):
     """Base class: constructor stores hyper-parameters, :meth:`attribute` computes maps.
 
-    Subclasses set ``needs_grad`` (False for perturbation methods) and implement
+    Subclasses declare their hyper-parameters as :class:`~mlsafety.core.Param` class attributes
+    (the constructor, its validation, ``repr`` and ``get_params`` follow from the declaration),
+    set ``needs_grad`` (False for perturbation methods) and implement
     :meth:`_attribute(clf, x, target) <_attribute>` where ``x`` is already on the model's device
     and ``target`` is an int64 tensor (N,).
     """
 
     name: ClassVar[str]
     needs_grad: ClassVar[bool] = True
-
-    def get_params(self) -> dict[str, Any]:
-        """The constructor's hyper-parameters and their current values."""
-        sig = inspect.signature(type(self).__init__)
-        return {p: getattr(self, p) for p in sig.parameters if p != "self"}
 
     def attribute(self, model: nn.Module | Classifier, x: torch.Tensor, target: Target, **params: Any) -> torch.Tensor:
         """Attribution maps for ``target``, the same shape, dtype and device as ``x``.
@@ -69,10 +65,6 @@ class Attribution:
 
     def _attribute(self, clf: Classifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
-        return f"{type(self).__name__}({args})"
 
 
 def resolve_target(target: Target, n: int, device: torch.device) -> torch.Tensor:

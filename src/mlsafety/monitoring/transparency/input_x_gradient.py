@@ -13,8 +13,5 @@ class InputXGradient(Attribution):
     """The input times the gradient of the target logit: a first-order contribution of each feature
     relative to an all-zero input."""
 
-    def __init__(self) -> None:
-        pass
-
     def _attribute(self, clf: Classifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return x * input_gradient(clf, x, target)

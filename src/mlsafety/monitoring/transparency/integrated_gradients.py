@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, as_classifier, frozen
+from mlsafety.core import Classifier, InputError, Param, as_classifier, frozen
 from mlsafety.monitoring.transparency.base import (
     Attribution,
     Target,
@@ -70,20 +70,13 @@ class IntegratedGradients(Attribution):
         batch_size: path points per backward pass (bounds memory for large inputs or many steps).
     """
 
-    def __init__(
-        self,
-        steps: int = 50,
-        method: str = "gausslegendre",
-        baseline: float | torch.Tensor = 0.0,
-        batch_size: int = 256,
-    ) -> None:
-        quadrature(method, steps)  # validates
-        if batch_size < 1:
-            raise InputError("batch_size must be at least 1")
-        self.steps = steps
-        self.method = method
-        self.baseline = baseline
-        self.batch_size = batch_size
+    steps = Param(50, int, low=1, doc="quadrature points on the path")
+    method = Param("gausslegendre", str, choices=METHODS, doc="quadrature rule")
+    baseline: Param[float | torch.Tensor] = Param(0.0, None, doc="reference input: a number or a broadcastable tensor")
+    batch_size = Param(256, int, low=1, store=False, doc="path points per backward pass")
+
+    def __post_init__(self) -> None:
+        quadrature(self.method, self.steps)  # the trapezoid rule needs two points
 
     def _baseline(self, x: torch.Tensor) -> torch.Tensor:
         b = torch.as_tensor(self.baseline, dtype=x.dtype, device=x.device)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError
+from mlsafety.core import Classifier, InputError, Param
 from mlsafety.monitoring.transparency.base import Attribution, register, target_logit
 
 
@@ -24,13 +24,10 @@ class Occlusion(Attribution):
 
     needs_grad = False
 
-    def __init__(self, window: int = 2, stride: int = 1, baseline: float = 0.0, batch_size: int = 512) -> None:
-        if window < 1 or stride < 1 or batch_size < 1:
-            raise InputError("window, stride and batch_size must be positive")
-        self.window = window
-        self.stride = stride
-        self.baseline = baseline
-        self.batch_size = batch_size
+    window = Param(2, int, low=1, doc="patch side in pixels")
+    stride = Param(1, int, low=1, doc="step between patch positions")
+    baseline = Param(0.0, float, doc="value that replaces occluded pixels")
+    batch_size = Param(512, int, low=1, store=False, doc="occluded copies per forward pass")
 
     def _masks(self, h: int, w: int, device: torch.device) -> torch.Tensor:
         wh, ww = min(self.window, h), min(self.window, w)

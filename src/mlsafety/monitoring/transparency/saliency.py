@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier
+from mlsafety.core import Classifier, Param
 from mlsafety.monitoring.transparency.base import Attribution, input_gradient, register
 
 
@@ -16,8 +16,7 @@ class Saliency(Attribution):
         abs: return the gradient's absolute value (the paper's saliency map); False keeps the sign.
     """
 
-    def __init__(self, abs: bool = True) -> None:
-        self.abs = abs
+    abs = Param(True, bool, doc="absolute value of the gradient (the paper's map); False keeps the sign")
 
     def _attribute(self, clf: Classifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         grad = input_gradient(clf, x, target)

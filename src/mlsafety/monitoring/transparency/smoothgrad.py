@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import torch
 
-from mlsafety.core import Classifier, InputError, generator, randn_like
+from mlsafety.core import Classifier, Param, generator, randn_like
 from mlsafety.monitoring.transparency.base import Attribution, input_gradient, register
 
 
@@ -28,13 +28,10 @@ class _NoisyGradients(Attribution):
 
     reduction: ClassVar[str] = "mean"
 
-    def __init__(self, n_samples: int = 25, stdev: float = 0.15, batch_size: int = 256, seed: int = 0) -> None:
-        if n_samples < 1 or batch_size < 1 or stdev < 0:
-            raise InputError("n_samples and batch_size must be positive and stdev non-negative")
-        self.n_samples = n_samples
-        self.stdev = stdev
-        self.batch_size = batch_size
-        self.seed = seed
+    n_samples = Param(25, int, low=1, doc="noisy copies per input")
+    stdev = Param(0.15, float, low=0, doc="noise standard deviation in input units")
+    batch_size = Param(256, int, low=1, store=False, doc="noisy copies per backward pass")
+    seed = Param(0, int, doc="seed of the noise generator")
 
     def _attribute(self, clf: Classifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         g = generator(self.seed, self.name)
