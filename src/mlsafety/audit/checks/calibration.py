@@ -1,29 +1,19 @@
-"""Check ``calibration``: every calibration metric before and after temperature scaling."""
+"""Check ``calibration``: every calibration metric before and after temperature scaling.
+
+The computing is :func:`mlsafety.monitoring.calibration.evaluate_calibration`; the rendering lives in
+:mod:`mlsafety.audit.views.calibration`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from mlsafety.audit._check import (
-    Artifact,
-    Check,
-    Headline,
-    Row,
-    StoredRow,
-    Table,
-    TaskResult,
-    fmt_ci,
-    fmt_value,
-    register_check,
-)
+from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks.calibration_basic import metric_rows, reliability_png
-from mlsafety.core import derive_seed
+from mlsafety.audit.views.calibration import SUFFIX, CalibrationView, reliability_png
 from mlsafety.monitoring import calibration as cal
 
-METRICS = ["ece", "adaptive_ece", "mce", "rms_calibration_error", "classwise_ece", "brier", "nll"]
-SUFFIX = {"temperature": "_after_ts", "vector": "_after_vs"}
+METRICS = list(cal.METRICS)
 
 
 @register_check("calibration")
@@ -39,52 +29,21 @@ class Calibration(Check):
     defaults: ClassVar[dict[str, Any]] = {"n_bins": 15, "n_boot": 500, "calibrators": ["temperature"]}
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
     metrics = (*METRICS, *(m + suffix for suffix in SUFFIX.values() for m in METRICS), "temperature")
+    view = CalibrationView
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
-        logits = ctx.outputs("clean").logits
-        labels = ctx.labels("clean")
-        val = ctx.outputs_for(ctx.data.val).logits
-        before = cal.CalibrationStats.from_logits(logits, labels, p["n_bins"])
-        rows = metric_rows(ctx, self.name, "clean", METRICS, before, p["n_boot"], calibration="none")
-        panels = [("before", before)]
-        for name in p["calibrators"]:
-            scaler = cal.create(name).fit(val, ctx.data.val.y)
-            after = cal.CalibrationStats.from_logits(logits, labels, p["n_bins"], transform=scaler.transform)
-            rows += metric_rows(ctx, self.name, "clean", METRICS, after, p["n_boot"], suffix=SUFFIX[name],
-                                calibration=name)  # fmt: skip
-            if isinstance(scaler, cal.TemperatureScaler):
-                seed = derive_seed(ctx.seed, self.name, "clean", "temperature")
-                est = cal.temperature_estimate(val, ctx.data.val.y, scaler.temperature_, p["n_boot"], seed)
-                rows.append(Row.of("clean", "temperature", est, fit="val"))
-            panels.append((f"after {name} scaling", after))
-        png = reliability_png(panels)
+        res = cal.evaluate_calibration(
+            ctx.outputs("clean").logits, ctx.labels("clean"), ctx.outputs_for(ctx.data.val).logits, ctx.data.val.y,
+            calibrators=p["calibrators"], metrics=METRICS, n_bins=p["n_bins"], n_boot=p["n_boot"], seed=ctx.seed,
+            stream=(self.name, "clean"),
+        )  # fmt: skip
+        rows = [Row.of("clean", m, est, **res.params(m), calibration="none") for m, est in res.before.items()]
+        for name, after in res.after.items():
+            rows += [Row.of("clean", m + after.tag, est, **res.params(m), calibration=name)
+                     for m, est in after.metrics.items()]  # fmt: skip
+        if res.temperature is not None:  # a temperature scaler was among the calibrators
+            rows.append(Row.of("clean", "temperature", res.temperature, fit="val"))
+        panels = [("before", res.stats), *((f"after {name} scaling", a.stats) for name, a in res.after.items())]
         caption = "Reliability diagrams on the test data before and after recalibration (fitted on validation data)."
-        return TaskResult(rows, [Artifact("reliability", png, caption=caption)])
-
-    @classmethod
-    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        return [Headline(f"ECE{' after TS' if r.metric.endswith('_ts') else ''}", r, higher_is_better=False)
-                for r in rows if r.metric in ("ece", "ece_after_ts")]  # fmt: skip
-
-    @classmethod
-    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        by = {r.metric: r for r in rows}
-        cols = [c for c in ("temperature", "vector") if any(m + SUFFIX[c] in by for m in METRICS)]
-        body = []
-        for m in METRICS:
-            if m not in by:
-                continue
-            cells = [m.replace("_", " "), _cell(by[m])]
-            cells += [_cell(by.get(m + SUFFIX[c])) for c in cols]
-            body.append(cells)
-        headers = ["metric (lower is better)", "before", *[f"after {c} scaling" for c in cols]]
-        tables = [Table("Calibration before and after recalibration [95% CI]", headers, body)]
-        if "temperature" in by:
-            t = by["temperature"]
-            tables.append(Table("Fitted temperature (validation data) [95% CI]", ["T"], [[_cell(t)]]))
-        return tables
-
-
-def _cell(r: StoredRow | None) -> str:
-    return "" if r is None else f"{fmt_value(r.value)} {fmt_ci(r)}"
+        return TaskResult(rows, [Artifact("reliability", reliability_png(panels), caption=caption)])

@@ -16,36 +16,27 @@ gap is stored as a numerical health figure. Finally an image per class that maxi
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
 from torch import nn
 
-from mlsafety.audit._check import (
-    DECISION,
-    Artifact,
-    Check,
-    Headline,
-    Row,
-    StoredRow,
-    Table,
-    TaskResult,
-    fmt_value,
-    register_check,
-)
+from mlsafety.audit._check import DECISION, Artifact, Check, Row, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit._plots import figure, to_png
-from mlsafety.core import ArrayDataset, InputError, forward
-from mlsafety.metrics import bootstrap_mean
+from mlsafety.audit.views.transparency import (
+    SANITY_CAPTION,
+    VIS_CAPTION,
+    TransparencyView,
+    grid_png,
+    images_png,
+    sanity_metric,
+    sanity_png,
+)
+from mlsafety.core import ArrayDataset, Hazard, InputError, forward
 from mlsafety.monitoring import transparency as tr
 
 CHECK = "transparency"
-
-
-def _metric(method: str) -> str:
-    return method.replace("-", "_")
 
 
 def _method(ctx: AuditContext, name: str) -> tr.Attribution:
@@ -80,187 +71,85 @@ class Transparency(Check):
         *(f"*_{mode}_{m}" for mode in ("cascading", "independent", "label") for m in ("spearman", "ssim", "pass")),
         "sanity_pass_share", "ig_completeness_gap", "class_visualisation_confidence",
     )  # fmt: skip
+    view = TransparencyView
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
         for name in [*p["methods"], *p["grid_methods"]]:
             tr.ATTRIBUTIONS.get(name)  # unknown names fail before any work
-        rows: list[Row] = []
-        artifacts: list[Artifact] = []
-        data = ctx.hazard("clean")
-        pred = ctx.outputs("clean").pred.cpu()
+        data = ctx.hazard(Hazard.clean())
+        pred = ctx.outputs(Hazard.clean()).pred.cpu()
         correct = (pred == data.y).nonzero()[:, 0]
         wrong = (pred != data.y).nonzero()[:, 0]
-        g = ctx.generator("transparency", "inputs")
-        order = torch.randperm(len(data), generator=g)
+        order = torch.randperm(len(data), generator=ctx.generator(CHECK, "inputs"))
         pick = order[torch.isin(order, correct)][: int(p["sanity_inputs"])]
         x_s = data.x[pick]
-
-        # -- sanity checks -------------------------------------------------------------------
-        verdicts: dict[str, dict[str, tr.SanityResult]] = {}
-        recipe = _label_recipe(ctx, int(p["label_epochs"])) if "label" in p["sanity_modes"] else None
-        for name in p["methods"]:
-            method = _method(ctx, name)
-            verdicts[name] = {}
-            for mode in p["sanity_modes"]:
-                res = tr.sanity_check(
-                    method,
-                    ctx.model,
-                    x_s,
-                    mode=mode,
-                    threshold=float(p["threshold"]),
-                    generator=ctx.generator(CHECK, "sanity", mode),  # every method sees the same re-inits
-                    train=recipe,
-                    data=ctx.data.train,
-                )
-                verdicts[name][mode] = res
-                per_input = res.spearman.mean(dim=0) if mode == "independent" else res.spearman[-1]
-                per_ssim = res.ssim.mean(dim=0) if mode == "independent" else res.ssim[-1]
-                common = {"method": name, "mode": mode, "threshold": res.threshold, "stages": res.stages}
-                seed = ctx.seed_for(CHECK, "clean", name, mode)
-                rows.append(
-                    Row.of(
-                        "clean",
-                        f"{_metric(name)}_{mode}_spearman",
-                        bootstrap_mean(per_input.float(), seed=seed, name=f"{name}-{mode}"),
-                        **common,
-                    )
-                )
-                rows.append(
-                    Row.of(
-                        "clean",
-                        f"{_metric(name)}_{mode}_ssim",
-                        bootstrap_mean(per_ssim.float(), seed=seed, name=f"{name}-{mode}-ssim"),
-                        **common,
-                    )
-                )
-                rows.append(
-                    Row.exact("clean", f"{_metric(name)}_{mode}_pass", float(res.passed), DECISION, len(pick), **common)
-                )
-        if verdicts and p["sanity_modes"]:
-            passed = [all(r.passed for r in v.values()) for v in verdicts.values()]
-            rows.append(  # a summary of the methods' verdicts, not a sample estimate
-                Row.exact(
-                    "clean",
-                    "sanity_pass_share",
-                    sum(passed) / len(passed),
-                    DECISION,
-                    len(passed),
-                    passed=[n for n, ok in zip(verdicts, passed) if ok],
-                )
-            )
-            artifacts.append(
-                Artifact(
-                    "sanity-checks",
-                    _sanity_png(verdicts),
-                    caption="Similarity of each method's maps to the original ones as layers are "
-                    "re-initialised (lower = the method depends on the model).",
-                )
-            )
-
-        # -- integrated gradients' completeness ------------------------------------------------
+        rows, artifacts = self._sanity(ctx, x_s)
         ig = tr.IntegratedGradients()
-        _, delta = ig.attribute_with_delta(ctx.model, x_s, pred[pick])
-        rows.append(
-            Row.of(
-                "clean",
-                "ig_completeness_gap",
-                bootstrap_mean(delta.abs().cpu(), seed=ctx.seed_for(CHECK, "clean", "ig"), name="ig"),
-                steps=ig.steps,
-                method=ig.method,
-            )
-        )
+        gap = tr.ig_completeness(ctx.model, x_s, pred[pick], ig, seed=ctx.seed_for(CHECK, "clean", "ig"))
+        rows.append(Row.of("clean", "ig_completeness_gap", gap, steps=ig.steps, method=ig.method))
 
-        # -- attribution grids -------------------------------------------------------------------
+        # -- attribution grids: (caption label, artifact slug, inputs) ---------------------------
         k = int(p["examples"])
-        groups: dict[str, torch.Tensor] = {}
+        groups: list[tuple[str, str, torch.Tensor]] = []
         if k > 0:
-            groups["correct"] = data.x[order[torch.isin(order, correct)][:k]]
+            first = order[torch.isin(order, correct)][:k]
+            groups.append(("correct", "correct", data.x[first]))
             if wrong.numel():
-                groups["misclassified"] = data.x[order[torch.isin(order, wrong)][:k]]
-            clean_x = groups["correct"]
-            groups["adversarial"] = _adversarial(
-                ctx, clean_x, data.y[order[torch.isin(order, correct)][:k]], float(p["adversarial_eps"])
-            )
+                groups.append(("misclassified", "misclassified", data.x[order[torch.isin(order, wrong)][:k]]))
+            groups.append(("adversarial", "adversarial", _adversarial(ctx, data.x[first], data.y[first],
+                                                                       float(p["adversarial_eps"]))))  # fmt: skip
             for ood_name in sorted(ctx.data.ood)[:1]:
-                groups[f"ood/{ood_name}"] = ctx.hazard(f"ood/{ood_name}").x[:k]
-            for group, xg in groups.items():
-                artifacts.append(
-                    Artifact(
-                        f"attributions-{group.replace('/', '-')}",
-                        _grid_png(ctx, xg, p["grid_methods"]),
-                        caption=f"Attributions for the predicted class: {group} inputs.",
-                    )
-                )
+                h = Hazard.ood(ood_name)
+                groups.append((str(h), f"{h.kind}-{h.name}", ctx.hazard(h).x[:k]))
+        for label, slug, xg in groups:
+            target = forward(ctx.model, xg, features=False).pred
+            maps = {
+                m: _method(ctx, m).attribute(ctx.model, xg, target).abs().sum(dim=1).cpu() for m in p["grid_methods"]
+            }
+            caption = f"Attributions for the predicted class: {label} inputs."
+            artifacts.append(Artifact(f"attributions-{slug}", grid_png(xg, target, maps), caption=caption))
 
-        # -- class visualisations ------------------------------------------------------------------
+        # -- class visualisations --------------------------------------------------------------
         if p["visualize"]:
             shape = tuple(data.x.shape[1:])
             if len(shape) != 3:
                 raise InputError("class visualisation needs image inputs (C, H, W); set visualize=false")
-            imgs = tr.visualize(
-                ctx.model,
-                list(range(ctx.model.num_classes)),
-                shape,
-                steps=int(p["vis_steps"]),
-                lr=0.1,
-                generator=ctx.generator(CHECK, "class-visualisation"),
-            )
-            probs = forward(ctx.model, imgs, features=False).probs.diagonal().cpu()
-            rows.append(
-                Row.of(
-                    "clean",
-                    "class_visualisation_confidence",
-                    bootstrap_mean(probs.double(), seed=ctx.seed_for(CHECK, "class-visualisation"), name="confidence"),
-                    steps=p["vis_steps"],
-                )
-            )
+            vis = tr.class_visualisations(ctx.model, shape, ctx.model.num_classes, steps=int(p["vis_steps"]), lr=0.1,
+                                          generator=ctx.generator(CHECK, "class-visualisation"),
+                                          seed=ctx.seed_for(CHECK, "class-visualisation"))  # fmt: skip
+            rows.append(Row.of("clean", "class_visualisation_confidence", vis.mean_confidence, steps=p["vis_steps"]))
             artifacts.append(
-                Artifact(
-                    "class-visualisations",
-                    _images_png(imgs.cpu(), probs),
-                    caption="Inputs optimised to maximise each class logit (with the model's softmax confidence).",
-                )
+                Artifact("class-visualisations", images_png(vis.images, vis.confidence), caption=VIS_CAPTION)
             )
         return TaskResult(rows, artifacts)
 
-    @classmethod
-    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        return [
-            Headline("Attribution methods passing sanity checks", r) for r in rows if r.metric == "sanity_pass_share"
-        ]
-
-    @classmethod
-    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        by_method: dict[str, dict[str, StoredRow]] = {}
-        for r in rows:
-            method = r.params.get("method")
-            if isinstance(method, str) and "mode" in r.params:
-                by_method.setdefault(method, {})[r.metric.removeprefix(_metric(method) + "_")] = r
-        modes = sorted({key.split("_")[0] for v in by_method.values() for key in v})
-        body = []
-        for method, cells in by_method.items():
-            line = [method]
-            for mode in modes:
-                rho, ss, ok = cells.get(f"{mode}_spearman"), cells.get(f"{mode}_ssim"), cells.get(f"{mode}_pass")
-                line += [
-                    fmt_value(rho.value) if rho else "",
-                    fmt_value(ss.value) if ss else "",
-                    ("pass" if ok.value else "FAIL") if ok else "",
-                ]
-            body.append(line)
-        headers = ["method"] + [f"{m} {h}" for m in modes for h in ("Spearman", "SSIM", "verdict")]
-        tables = [Table("Sanity checks (similarity to the original maps; lower is better)", headers, body)]
-        other = [r for r in rows if "mode" not in r.params]
-        if other:
-            tables.append(
-                Table(
-                    "Other figures",
-                    ["metric", "value", "n"],
-                    [[r.metric, fmt_value(r.value), "" if r.n is None else str(r.n)] for r in other],
-                )
-            )
-        return tables
+    def _sanity(self, ctx: AuditContext, x: torch.Tensor) -> tuple[list[Row], list[Artifact]]:
+        """Rows and the picture of the sanity checks of every method on inputs ``x``."""
+        p = self.params
+        recipe = _label_recipe(ctx, int(p["label_epochs"])) if "label" in p["sanity_modes"] else None
+        report = tr.sanity_summary(
+            {name: _method(ctx, name) for name in p["methods"]}, ctx.model, x, p["sanity_modes"], float(p["threshold"]),
+            generator_for=lambda mode: ctx.generator(CHECK, "sanity", mode),  # every method sees the same re-inits
+            seed_for=lambda name, mode: ctx.seed_for(CHECK, "clean", name, mode),
+            train=recipe, data=ctx.data.train,
+        )  # fmt: skip
+        rows: list[Row] = []
+        for name, by_mode in report.results.items():
+            for mode, s in by_mode.items():
+                common = {"method": name, "mode": mode, "threshold": s.result.threshold, "stages": s.result.stages}
+                rows.append(Row.of("clean", sanity_metric(name, mode, "spearman"), s.spearman, **common))
+                rows.append(Row.of("clean", sanity_metric(name, mode, "ssim"), s.ssim, **common))
+                passed = float(s.passed)
+                rows.append(Row.exact("clean", sanity_metric(name, mode, "pass"), passed, DECISION, len(x), **common))
+        share = report.pass_share
+        if share is None:
+            return rows, []
+        rows.append(  # a summary of the methods' verdicts, not a sample estimate
+            Row.exact("clean", "sanity_pass_share", share, DECISION, len(report.results), passed=report.passed_methods)
+        )
+        verdicts = {name: {mode: s.result for mode, s in by_mode.items()} for name, by_mode in report.results.items()}
+        return rows, [Artifact("sanity-checks", sanity_png(verdicts), caption=SANITY_CAPTION)]
 
 
 def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset], nn.Module]:
@@ -291,70 +180,3 @@ def _adversarial(ctx: AuditContext, x: torch.Tensor, y: torch.Tensor, eps: float
     from mlsafety.robustness import attacks
 
     return attacks.create("pgd", eps=eps, steps=20).attack(ctx.model, x, y, generator=ctx.generator(CHECK, "pgd"))
-
-
-def _grid_png(ctx: AuditContext, x: torch.Tensor, methods: Sequence[str]) -> bytes:
-    target = forward(ctx.model, x, features=False).pred
-    maps = [_method(ctx, m).attribute(ctx.model, x, target).abs().sum(dim=1).cpu() for m in methods]
-    rows = [[_rgb(x[i].cpu()), *[_heat(mp[i]) for mp in maps]] for i in range(x.shape[0])]
-    labels = [f"pred {int(t)}" for t in target]
-    return _mosaic_png(rows, ["input", *methods], labels)
-
-
-def _rgb(img: torch.Tensor) -> np.ndarray:
-    """An image (C, H, W) in [0, 1] as RGB (H, W, 3)."""
-    arr = img.clamp(0, 1).permute(1, 2, 0).numpy()
-    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., :3]
-
-
-def _heat(m: torch.Tensor) -> np.ndarray:
-    """A map (H, W) scaled to its maximum, coloured with 'inferno'."""
-    from matplotlib import colormaps
-
-    arr = (m / m.max().clamp_min(1e-12)).numpy()
-    return colormaps["inferno"](arr)[..., :3]
-
-
-def _mosaic_png(tiles: list[list[np.ndarray]], col_titles: Sequence[str], row_titles: Sequence[str]) -> bytes:
-    """Tiles (rows of equal-size RGB arrays) drawn as one image on a single axes (fast to render)."""
-    h, w = tiles[0][0].shape[:2]
-    pad = max(1, h // 8)
-    n_rows, n_cols = len(tiles), len(tiles[0])
-    canvas = np.ones((n_rows * (h + pad) - pad, n_cols * (w + pad) - pad, 3))
-    for i, row in enumerate(tiles):
-        for j, tile in enumerate(row):
-            canvas[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = tile
-    fig = figure(0.9 * n_cols + 0.6, 0.9 * n_rows + 0.4)
-    ax = fig.add_subplot()
-    ax.imshow(canvas, interpolation="nearest")
-    ax.set_xticks([j * (w + pad) + w / 2 - 0.5 for j in range(n_cols)], list(col_titles), fontsize=7, rotation=20)
-    ax.set_yticks([i * (h + pad) + h / 2 - 0.5 for i in range(n_rows)], list(row_titles), fontsize=7)
-    ax.xaxis.tick_top()
-    ax.tick_params(length=0)
-    for side in ax.spines.values():
-        side.set_visible(False)
-    return to_png(fig)
-
-
-def _images_png(imgs: torch.Tensor, probs: torch.Tensor) -> bytes:
-    tiles = [[_rgb(img) for img in imgs]]
-    return _mosaic_png(tiles, [f"{i}: {float(p):.2f}" for i, p in enumerate(probs)], ["class"])
-
-
-def _sanity_png(verdicts: dict[str, dict[str, tr.SanityResult]]) -> bytes:
-    modes = sorted({m for v in verdicts.values() for m in v})
-    fig = figure(3.4 * len(modes), 3.0)
-    for j, mode in enumerate(modes):
-        ax = fig.add_subplot(1, len(modes), j + 1)
-        for name, results in verdicts.items():
-            if mode in results:
-                res = results[mode]
-                ax.plot(range(len(res.stages)), res.spearman.mean(dim=1).numpy(), marker="o", label=name)
-                ax.set_xticks(range(len(res.stages)), res.stages, rotation=45, fontsize=6)
-        ax.axhline(float(next(iter(verdicts.values()))[mode].threshold), color="grey", ls="--", lw=0.8)
-        ax.set_title(f"{mode} randomisation", fontsize=8)
-        ax.set_ylabel("Spearman rank correlation")
-        ax.set_ylim(-0.2, 1.05)
-        if j == 0:
-            ax.legend(fontsize=6, frameon=False)
-    return to_png(fig)

@@ -1,0 +1,61 @@
+"""How the ``selective`` check reads in the report: the AURC headline, confidence sources ranked by
+AURC, and the risk-coverage curves (drawn during the run, by :func:`curves_png`)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_value
+from mlsafety.audit._plots import figure, to_png
+from mlsafety.monitoring import selective as sel
+
+CAPTION = "Risk-coverage curves on the test data (one point per distinct confidence)."
+
+
+def source_metric(source: str, metric: str) -> str:
+    """The metric name of ``metric`` for the confidence source ``source`` (``energy_aurc``)."""
+    return f"{source.replace('-', '_')}_{metric}"
+
+
+class SelectiveView(View):
+    """Headline: AURC of the default confidence; table: every confidence source ranked by AURC."""
+
+    @classmethod
+    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
+        return [Headline("AURC (MSP)", r, higher_is_better=False) for r in rows if r.metric == "aurc"]
+
+    @classmethod
+    def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        by = {r.metric: r for r in rows}
+        per: dict[str, dict[str, StoredRow]] = {}
+        for r in rows:
+            det = r.params.get("detector")
+            if isinstance(det, str) and det not in per:
+                found = {m: by[source_metric(det, m)] for m in sel.METRICS if source_metric(det, m) in by}
+                if found:
+                    per[det] = found
+        body = [
+            [d, *[_cell(v.get(m)) for m in sel.METRICS]] for d, v in sorted(per.items(), key=lambda kv: _aurc(kv[1]))
+        ]
+        return [Table("Confidence sources ranked by AURC [95% CI]", ["confidence = -score of", *sel.METRICS], body)]
+
+
+def _aurc(v: dict[str, StoredRow]) -> float:
+    return v["aurc"].value if "aurc" in v else float("inf")
+
+
+def _cell(r: StoredRow | None) -> str:
+    return "" if r is None else f"{fmt_value(r.value)} {fmt_ci(r)}"
+
+
+def curves_png(curves: dict[str, sel.RiskCoverage]) -> bytes:
+    """Risk-coverage step curves, one per confidence source."""
+    fig = figure(4.6, 3.4)
+    ax = fig.add_subplot()
+    for name, rc in curves.items():
+        ax.step(rc.coverage.numpy(), rc.risk.numpy(), where="post", linewidth=1.3, label=name)
+    ax.set_xlabel("coverage (share answered)")
+    ax.set_ylabel("selective risk (error rate when answering)")
+    ax.set_xlim(0, 1)
+    ax.legend(fontsize=7)
+    return to_png(fig)

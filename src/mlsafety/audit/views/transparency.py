@@ -1,0 +1,134 @@
+"""How the ``transparency`` check reads in the report: the sanity-check headline and table, and the
+layout of its pictures (drawn during the run from tensors: attribution grids, class visualisations,
+sanity curves)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+
+from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_value
+from mlsafety.audit._plots import figure, to_png
+from mlsafety.monitoring import transparency as tr
+
+SANITY_CAPTION = (
+    "Similarity of each method's maps to the original ones as layers are re-initialised (lower = the method "
+    "depends on the model)."
+)
+VIS_CAPTION = "Inputs optimised to maximise each class logit (with the model's softmax confidence)."
+
+
+def sanity_metric(method: str, mode: str, figure_name: str) -> str:
+    """The metric name of a sanity figure (``spearman``, ``ssim``, ``pass``) of ``method`` in ``mode``."""
+    return f"{method.replace('-', '_')}_{mode}_{figure_name}"
+
+
+class TransparencyView(View):
+    """Headline: the share of methods passing the sanity checks; tables: each method's similarities
+    and verdict per test, and the other figures."""
+
+    @classmethod
+    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
+        return [
+            Headline("Attribution methods passing sanity checks", r) for r in rows if r.metric == "sanity_pass_share"
+        ]
+
+    @classmethod
+    def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        by = {r.metric: r for r in rows}
+        methods = list(dict.fromkeys(r.params["method"] for r in rows if isinstance(r.params.get("method"), str)
+                                     and "mode" in r.params))  # fmt: skip
+        modes = sorted({str(r.params["mode"]) for r in rows if "mode" in r.params})
+        body = []
+        for method in methods:
+            line = [method]
+            for mode in modes:
+                rho, ss, ok = (by.get(sanity_metric(method, mode, f)) for f in ("spearman", "ssim", "pass"))
+                line += [
+                    fmt_value(rho.value) if rho else "",
+                    fmt_value(ss.value) if ss else "",
+                    ("pass" if ok.value else "FAIL") if ok else "",
+                ]
+            body.append(line)
+        headers = ["method"] + [f"{m} {h}" for m in modes for h in ("Spearman", "SSIM", "verdict")]
+        tables = [Table("Sanity checks (similarity to the original maps; lower is better)", headers, body)]
+        other = [r for r in rows if "mode" not in r.params]
+        if other:
+            tables.append(
+                Table(
+                    "Other figures",
+                    ["metric", "value", "n"],
+                    [[r.metric, fmt_value(r.value), "" if r.n is None else str(r.n)] for r in other],
+                )
+            )
+        return tables
+
+
+def _rgb(img: torch.Tensor) -> np.ndarray:
+    """An image (C, H, W) in [0, 1] as RGB (H, W, 3)."""
+    arr = img.clamp(0, 1).permute(1, 2, 0).numpy()
+    return np.repeat(arr, 3, axis=2) if arr.shape[2] == 1 else arr[..., :3]
+
+
+def _heat(m: torch.Tensor) -> np.ndarray:
+    """A map (H, W) scaled to its maximum, coloured with 'inferno'."""
+    from matplotlib import colormaps
+
+    arr = (m / m.max().clamp_min(1e-12)).numpy()
+    return colormaps["inferno"](arr)[..., :3]
+
+
+def _mosaic_png(tiles: list[list[np.ndarray]], col_titles: Sequence[str], row_titles: Sequence[str]) -> bytes:
+    """Tiles (rows of equal-size RGB arrays) drawn as one image on a single axes (fast to render)."""
+    h, w = tiles[0][0].shape[:2]
+    pad = max(1, h // 8)
+    n_rows, n_cols = len(tiles), len(tiles[0])
+    canvas = np.ones((n_rows * (h + pad) - pad, n_cols * (w + pad) - pad, 3))
+    for i, row in enumerate(tiles):
+        for j, tile in enumerate(row):
+            canvas[i * (h + pad) : i * (h + pad) + h, j * (w + pad) : j * (w + pad) + w] = tile
+    fig = figure(0.9 * n_cols + 0.6, 0.9 * n_rows + 0.4)
+    ax = fig.add_subplot()
+    ax.imshow(canvas, interpolation="nearest")
+    ax.set_xticks([j * (w + pad) + w / 2 - 0.5 for j in range(n_cols)], list(col_titles), fontsize=7, rotation=20)
+    ax.set_yticks([i * (h + pad) + h / 2 - 0.5 for i in range(n_rows)], list(row_titles), fontsize=7)
+    ax.xaxis.tick_top()
+    ax.tick_params(length=0)
+    for side in ax.spines.values():
+        side.set_visible(False)
+    return to_png(fig)
+
+
+def grid_png(x: torch.Tensor, target: torch.Tensor, maps: Mapping[str, torch.Tensor]) -> bytes:
+    """Inputs (N, C, H, W) in [0, 1], one row each, beside each method's map (N, H, W) as a heat map."""
+    rows = [[_rgb(x[i].cpu()), *[_heat(mp[i]) for mp in maps.values()]] for i in range(x.shape[0])]
+    labels = [f"pred {int(t)}" for t in target]
+    return _mosaic_png(rows, ["input", *maps], labels)
+
+
+def images_png(imgs: torch.Tensor, probs: torch.Tensor) -> bytes:
+    """Class visualisations (K, C, H, W) in one row, titled with the class and its confidence."""
+    tiles = [[_rgb(img) for img in imgs]]
+    return _mosaic_png(tiles, [f"{i}: {float(p):.2f}" for i, p in enumerate(probs)], ["class"])
+
+
+def sanity_png(verdicts: Mapping[str, Mapping[str, tr.SanityResult]]) -> bytes:
+    """Mean rank correlation per randomisation stage, one panel per test and one line per method."""
+    modes = sorted({m for v in verdicts.values() for m in v})
+    fig = figure(3.4 * len(modes), 3.0)
+    for j, mode in enumerate(modes):
+        ax = fig.add_subplot(1, len(modes), j + 1)
+        for name, results in verdicts.items():
+            if mode in results:
+                res = results[mode]
+                ax.plot(range(len(res.stages)), res.spearman.mean(dim=1).numpy(), marker="o", label=name)
+                ax.set_xticks(range(len(res.stages)), res.stages, rotation=45, fontsize=6)
+        ax.axhline(float(next(iter(verdicts.values()))[mode].threshold), color="grey", ls="--", lw=0.8)
+        ax.set_title(f"{mode} randomisation", fontsize=8)
+        ax.set_ylabel("Spearman rank correlation")
+        ax.set_ylim(-0.2, 1.05)
+        if j == 0:
+            ax.legend(fontsize=6, frameon=False)
+    return to_png(fig)
