@@ -7,14 +7,15 @@ from collections.abc import Sequence
 
 from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
+from mlsafety.audit.checks._common import metric_name
 from mlsafety.monitoring import selective as sel
 
 CAPTION = "Risk-coverage curves on the test data (one point per distinct confidence)."
 
 
 def source_metric(source: str, metric: str) -> str:
-    """The metric name of ``metric`` for the confidence source ``source`` (``energy_aurc``)."""
-    return f"{source.replace('-', '_')}_{metric}"
+    """The metric name of ``metric`` for the confidence source ``source`` (``max-logit``: ``max_logit_aurc``)."""
+    return metric_name(source, metric)
 
 
 class SelectiveView(View):

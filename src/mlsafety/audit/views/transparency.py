@@ -11,6 +11,7 @@ import torch
 
 from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_value
 from mlsafety.audit._plots import figure, to_png
+from mlsafety.audit.checks._common import metric_name
 from mlsafety.monitoring import transparency as tr
 
 SANITY_CAPTION = (
@@ -22,7 +23,7 @@ VIS_CAPTION = "Inputs optimised to maximise each class logit (with the model's s
 
 def sanity_metric(method: str, mode: str, figure_name: str) -> str:
     """The metric name of a sanity figure (``spearman``, ``ssim``, ``pass``) of ``method`` in ``mode``."""
-    return f"{method.replace('-', '_')}_{mode}_{figure_name}"
+    return metric_name(method, mode, figure_name)
 
 
 class TransparencyView(View):

@@ -1,0 +1,81 @@
+"""Views of the clean, calibration, calibration-basic, selective and transparency checks: tables and
+headlines read stored rows only, and find rows by the names the checks build from row params."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlsafety.audit import CHECKS, StoredRow
+from mlsafety.audit._check import DECISION
+from mlsafety.audit.views.calibration import CalibrationView
+from mlsafety.audit.views.calibration_basic import CalibrationBasicView
+from mlsafety.audit.views.clean import CleanView
+from mlsafety.audit.views.selective import SelectiveView, source_metric
+from mlsafety.audit.views.transparency import TransparencyView, sanity_metric
+
+
+def _row(check: str, metric: str, value: float, kind: str = "estimate", **params: Any) -> StoredRow:
+    ci = (value - 0.01, value + 0.01) if kind == "estimate" else (None, None)
+    return StoredRow(check, "clean", metric, value, ci[0], ci[1], 100, params, kind)
+
+
+def test_checks_point_at_their_views() -> None:
+    views = {"clean": CleanView, "calibration": CalibrationView, "calibration-basic": CalibrationBasicView,
+             "selective": SelectiveView, "transparency": TransparencyView}  # fmt: skip
+    for name, view in views.items():
+        assert CHECKS.get(name).view is view
+
+
+def test_calibration_table_puts_each_calibrator_in_its_column() -> None:
+    rows = [_row("calibration", "ece", 0.10, n_bins=15, calibration="none"),
+            _row("calibration", "ece_after_ts", 0.03, n_bins=15, calibration="temperature"),
+            _row("calibration", "nll_after_vs", 0.50, calibration="vector"),
+            _row("calibration", "nll", 0.70, calibration="none"),
+            _row("calibration", "temperature", 1.8, fit="val")]  # fmt: skip
+    table, temp = CHECKS.get("calibration").tables(rows)
+    assert table.headers == ["metric (lower is better)", "before", "after temperature scaling", "after vector scaling"]
+    assert [r[0] for r in table.rows] == ["ece", "nll"]  # METRICS order, not the rows' order
+    assert table.rows[0][2].startswith("0.03 [") and table.rows[0][3] == ""
+    assert table.rows[1][3].startswith("0.5 [") and temp.rows == [["1.8 [1.79, 1.81]"]]
+    assert [h.label for h in CalibrationView.headlines(rows)] == ["ECE", "ECE after TS"]
+
+
+def test_calibration_basic_lists_rows_under_its_title() -> None:
+    rows = [_row("calibration-basic", "ece", 0.1, n_bins=15)]
+    (table,) = CHECKS.get("calibration-basic").tables(rows)
+    assert table.title == "Calibration (baseline)" and len(table.rows) == 1
+    assert [h.label for h in CalibrationBasicView.headlines(rows)] == ["ECE"]
+
+
+def test_selective_ranks_confidence_sources_by_aurc() -> None:
+    rows = []
+    for det, aurc in (("msp", 0.05), ("max-logit", 0.02), ("energy", 0.09)):
+        rows.append(_row("selective", source_metric(det, "aurc"), aurc, detector=det))
+        rows.append(_row("selective", source_metric(det, "risk_at_coverage"), aurc * 2, detector=det, coverage=0.9))
+    rows.append(_row("selective", "aurc", 0.05, detector="msp"))  # the default source's plain name
+    (table,) = SelectiveView.tables(rows)
+    assert [r[0] for r in table.rows] == ["max-logit", "msp", "energy"]
+    assert table.rows[0][1].startswith("0.02 [") and table.rows[0][2] == ""  # eaurc not stored
+    assert [h.row.metric for h in SelectiveView.headlines(rows)] == ["aurc"]
+
+
+def test_clean_table_labels_classes_from_params() -> None:
+    rows = [_row("clean", "accuracy", 0.9), _row("clean", "class_3_accuracy", 0.8, label=3)]
+    (table,) = CleanView.tables(rows)
+    assert [r[0] for r in table.rows] == ["all classes", "class 3"]
+
+
+def test_transparency_table_has_a_verdict_per_method_and_test() -> None:
+    rows = []
+    for method, rho in (("saliency", 0.2), ("input-x-gradient", 0.7)):
+        common = {"method": method, "mode": "cascading", "threshold": 0.5, "stages": ["fc"]}
+        rows.append(_row("transparency", sanity_metric(method, "cascading", "spearman"), rho, **common))
+        rows.append(_row("transparency", sanity_metric(method, "cascading", "pass"), float(rho < 0.5), DECISION,
+                         **common))  # fmt: skip
+    rows.append(_row("transparency", "sanity_pass_share", 0.5, DECISION, passed=["saliency"]))
+    rows.append(_row("transparency", "ig_completeness_gap", 0.01, steps=50, method="gausslegendre"))
+    sanity, other = TransparencyView.tables(rows)
+    assert sanity.headers == ["method", "cascading Spearman", "cascading SSIM", "cascading verdict"]
+    assert sanity.rows == [["saliency", "0.2", "", "pass"], ["input-x-gradient", "0.7", "", "FAIL"]]
+    assert [r[0] for r in other.rows] == ["sanity_pass_share", "ig_completeness_gap"]
+    assert [h.row.metric for h in TransparencyView.headlines(rows)] == ["sanity_pass_share"]
