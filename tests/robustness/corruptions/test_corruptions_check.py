@@ -98,17 +98,6 @@ def test_bad_parameters(tiny_net, tiny_data):
         CHECKS.create("corruptions", severities=[0]).hazards(None)  # type: ignore[arg-type]
 
 
-def test_jpeg_mosaic_equals_per_image_round_trips():
-    import numpy as np
-
-    from mlsafety.robustness.corruptions.digital import _jpeg, _jpeg_mosaic
-
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (300, 8, 16), dtype=np.uint8)  # several mosaic rows and a padded last row
-    want = np.stack([_jpeg(img, 10) for img in images])
-    assert np.array_equal(_jpeg_mosaic(images, 10), want)
-
-
 def test_quick_profile_is_a_subset():
     quick = CHECKS.create("corruptions", quick=True)
     full = CHECKS.create("corruptions")

@@ -1,4 +1,4 @@
-"""The torch JPEG codec and the gather-based pixelate against Pillow, which ImageNet-C calls."""
+"""The torch JPEG codec (`_jpeg.py`) and the gather-based pixelate against Pillow, which ImageNet-C calls."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from PIL import Image
 
 from mlsafety.core import InputError
 from mlsafety.robustness.corruptions import CORRUPTIONS, create
-from mlsafety.robustness.corruptions.digital import jpeg_round_trip, quant_table
+from mlsafety.robustness.corruptions._jpeg import jpeg_round_trip, pillow_jpeg_mosaic, pillow_round_trip, quant_table
 
 
 def photo_like(c: int, h: int, w: int, seed: int = 0) -> np.ndarray:
@@ -131,3 +131,16 @@ def test_torch_jpeg_clips_unless_asked_not_to():
     raw = jpeg_round_trip(x, 7, clip=False)
     assert float(raw.max()) > 1.0 or float(raw.min()) < 0.0
     assert torch.equal(jpeg_round_trip(x, 7), raw.clamp(0, 1))
+
+
+def test_pillow_mosaic_equals_per_image_round_trips():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (300, 8, 16), dtype=np.uint8)  # several mosaic rows and a padded last row
+    want = np.stack([pillow_jpeg(img, 10) for img in images])
+    assert np.array_equal(pillow_jpeg_mosaic(images, 10), want)
+    # the tensor entry point takes grey block-aligned batches through the mosaic, colour ones image by image
+    x = torch.from_numpy(images[:5, None]).double() / 255
+    assert torch.equal(pillow_round_trip(x, 10), torch.from_numpy(want[:5, None]).double() / 255)
+    rgb = photo_like(3, 9, 13)
+    back = pillow_round_trip(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, 25)
+    assert np.array_equal((back[0].permute(1, 2, 0) * 255).round().byte().numpy(), pillow_jpeg(rgb, 25))

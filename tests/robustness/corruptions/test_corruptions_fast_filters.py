@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mlsafety.robustness.corruptions import _filters
+from mlsafety.robustness.corruptions import _filters, _fractal, _warps
 from mlsafety.robustness.corruptions.blur import disk_kernel
 
 
@@ -110,10 +110,10 @@ def reference_plasma(n: int, mapsize: int, decay: float, g: torch.Generator) -> 
 @pytest.mark.parametrize(("mapsize", "decay"), [(1, 2.0), (2, 2.0), (16, 1.4), (64, 2.0)])
 def test_plasma_matches_the_reference_diamond_square(mapsize, decay):
     like = torch.zeros((), dtype=torch.float64)
-    got = _filters.plasma_raw(3, mapsize, decay, torch.Generator().manual_seed(5), like)
+    got = _fractal.plasma_raw(3, mapsize, decay, torch.Generator().manual_seed(5), like)
     ref = reference_plasma(3, mapsize, decay, torch.Generator().manual_seed(5))
     assert np.allclose(got.numpy(), ref, rtol=1e-12, atol=1e-9)
-    unit = _filters.plasma_fractal(3, mapsize, decay, torch.Generator().manual_seed(5), like)
+    unit = _fractal.plasma_fractal(3, mapsize, decay, torch.Generator().manual_seed(5), like)
     if mapsize > 1:
         span = ref.max(axis=(1, 2), keepdims=True) - ref.min(axis=(1, 2), keepdims=True)
         assert np.allclose(unit.numpy(), (ref - ref.min(axis=(1, 2), keepdims=True)) / span, atol=1e-12)
@@ -121,8 +121,8 @@ def test_plasma_matches_the_reference_diamond_square(mapsize, decay):
 
 def test_plasma_float32_follows_float64():
     g32, g64 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    a = _filters.plasma_fractal(2, 64, 1.5, g32, torch.zeros(()))
-    b = _filters.plasma_fractal(2, 64, 1.5, g64, torch.zeros((), dtype=torch.float64))
+    a = _fractal.plasma_fractal(2, 64, 1.5, g32, torch.zeros(()))
+    b = _fractal.plasma_fractal(2, 64, 1.5, g64, torch.zeros((), dtype=torch.float64))
     assert a.dtype == torch.float32
     assert b.dtype == torch.float64
     assert math.isclose(float(a.amin()), 0.0, abs_tol=1e-6) and math.isclose(float(a.amax()), 1.0, abs_tol=1e-6)
@@ -175,13 +175,13 @@ def test_frost_streaks_are_the_brightest_motion_blur_of_the_seeds(length):
     inner = torch.rand(3, 1, 20, 24, generator=g, dtype=torch.float64)
     seeds[:, :, 14:34, 14:38] = (inner < 0.05) * inner  # at least `length` from every border
     angles = torch.rand(4, 3, generator=g, dtype=torch.float64) * 360 - 180
-    want = torch.stack([_filters.motion_blur(seeds, length, 5.0, a) for a in angles]).amax(dim=0)
+    want = torch.stack([_warps.motion_blur(seeds, length, 5.0, a) for a in angles]).amax(dim=0)
     assert torch.allclose(streaks(seeds, length, 5.0, angles), want, atol=1e-12)
     edge = torch.zeros(1, 1, 9, 9, dtype=torch.float64)
     edge[0, 0, 0, 4] = 1.0  # a seed on the border: each copy once (replicated borders would repeat it)
     got = streaks(edge, 4.0, 2.0, torch.full((1, 1), -90.0, dtype=torch.float64))
     assert abs(float(got.sum()) - 1.0) < 1e-12 and float(got[0, 0, :5, 4].min()) > 0
-    assert float(_filters.motion_blur(edge, 4.0, 2.0, torch.tensor([-90.0])).sum()) > 1.5
+    assert float(_warps.motion_blur(edge, 4.0, 2.0, torch.tensor([-90.0])).sum()) > 1.5
 
 
 @pytest.mark.parametrize(

@@ -13,15 +13,12 @@ import torch
 import torch.nn.functional as F
 
 from mlsafety.robustness.corruptions._filters import (
-    centre_zoom,
     filter2d,
     gaussian_blur,
     gaussian_kernel1d,
-    motion_blur,
-    pixel_grid,
-    sample,
     uniform,
 )
+from mlsafety.robustness.corruptions._warps import centre_zoom, motion_blur, pixel_grid, sample
 from mlsafety.robustness.corruptions.base import Corruption, register_corruption
 
 _SUPERSAMPLE = 8
@@ -167,7 +164,7 @@ def _crops(h: int, w: int, zoom: float) -> bool:
 def subpixel_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     """Enlarge (N, C, H, W) by ``zoom`` about the image centre (bilinear, borders replicated, same size).
 
-    The zoom :func:`~mlsafety.robustness.corruptions._filters.centre_zoom` cannot make where whole-pixel
+    The zoom :func:`~mlsafety.robustness.corruptions._warps.centre_zoom` cannot make where whole-pixel
     crops round it away: each output pixel reads the input at ``centre + (p - centre) / zoom``.
     """
     if zoom == 1:

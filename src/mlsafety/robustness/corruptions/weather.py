@@ -20,16 +20,15 @@ from mlsafety.robustness.corruptions._filters import (
     gaussian_blur,
     grey,
     indicator,
-    motion_blur,
     next_power_of_two,
     normal,
-    plasma_fractal,
-    plasma_raw,
     rand,
     resize,
     uniform,
     zero_below_,
 )
+from mlsafety.robustness.corruptions._fractal import plasma_fractal, plasma_raw
+from mlsafety.robustness.corruptions._warps import motion_blur
 from mlsafety.robustness.corruptions.base import MIN_FIELD, Corruption, register_corruption
 
 FROST_COLOUR = (0.572, 0.656, 0.702)
@@ -104,7 +103,7 @@ def frost_texture(n: int, size: tuple[int, int], scale: float, g: torch.Generato
 def streaks(seeds: torch.Tensor, length: float, sigma: float, angles: torch.Tensor) -> torch.Tensor:
     """The brightest of several motion blurs of sparse seeds (K, 1, H, W), one per row of ``angles`` (D, K).
 
-    Each blur is :func:`~mlsafety.robustness.corruptions._filters.motion_blur` (the same integer
+    Each blur is :func:`~mlsafety.robustness.corruptions._warps.motion_blur` (the same integer
     shifts and Gaussian weights) with nothing beyond the borders instead of replicated borders; it is
     computed by scattering each seed's weighted copies, a few thousand entries instead of a pass over
     the planes per shift.
