@@ -11,8 +11,11 @@ from typing import Any, ClassVar
 from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.views.calibration import SUFFIX, CalibrationView, reliability_png
+from mlsafety.core import Hazard
 from mlsafety.monitoring import calibration as cal
 
+CLEAN = Hazard.clean()
+"""The test data as given: the hazard every row of this check is stored under."""
 METRICS = list(cal.METRICS)
 
 
@@ -34,16 +37,16 @@ class Calibration(Check):
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
         res = cal.evaluate_calibration(
-            ctx.outputs("clean").logits, ctx.labels("clean"), ctx.outputs_for(ctx.data.val).logits, ctx.data.val.y,
+            ctx.outputs(CLEAN).logits, ctx.labels(CLEAN), ctx.outputs_for(ctx.data.val).logits, ctx.data.val.y,
             calibrators=p["calibrators"], metrics=METRICS, n_bins=p["n_bins"], n_boot=p["n_boot"], seed=ctx.seed,
-            stream=(self.name, "clean"),
+            stream=(self.name, str(CLEAN)),
         )  # fmt: skip
-        rows = [Row.of("clean", m, est, **res.params(m), calibration="none") for m, est in res.before.items()]
+        rows = [Row.of(str(CLEAN), m, est, **res.params(m), calibration="none") for m, est in res.before.items()]
         for name, after in res.after.items():
-            rows += [Row.of("clean", m + after.tag, est, **res.params(m), calibration=name)
+            rows += [Row.of(str(CLEAN), m + after.tag, est, **res.params(m), calibration=name)
                      for m, est in after.metrics.items()]  # fmt: skip
         if res.temperature is not None:  # a temperature scaler was among the calibrators
-            rows.append(Row.of("clean", "temperature", res.temperature, fit="val"))
+            rows.append(Row.of(str(CLEAN), "temperature", res.temperature, fit="val"))
         panels = [("before", res.stats), *((f"after {name} scaling", a.stats) for name, a in res.after.items())]
         caption = "Reliability diagrams on the test data before and after recalibration (fitted on validation data)."
         return TaskResult(rows, [Artifact("reliability", reliability_png(panels), caption=caption)])

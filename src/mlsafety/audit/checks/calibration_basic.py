@@ -15,9 +15,11 @@ from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_che
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.views.calibration import reliability_png
 from mlsafety.audit.views.calibration_basic import CalibrationBasicView
-from mlsafety.core import derive_seed
+from mlsafety.core import Hazard, derive_seed
 from mlsafety.monitoring import calibration as cal
 
+CLEAN = Hazard.clean()
+"""The test data as given: the hazard every row of this check is stored under."""
 BINNED = cal.BINNED_METRICS
 """Old name of :data:`mlsafety.monitoring.calibration.BINNED_METRICS`."""
 estimate = cal.metric_estimate
@@ -56,9 +58,9 @@ class CalibrationBasic(Check):
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
         res = cal.evaluate_calibration(
-            ctx.outputs("clean").logits, ctx.labels("clean"), calibrators=(), metrics=self.metrics,
-            n_bins=p["n_bins"], n_boot=p["n_boot"], seed=ctx.seed, stream=(self.name, "clean"),
+            ctx.outputs(CLEAN).logits, ctx.labels(CLEAN), calibrators=(), metrics=self.metrics,
+            n_bins=p["n_bins"], n_boot=p["n_boot"], seed=ctx.seed, stream=(self.name, str(CLEAN)),
         )  # fmt: skip
-        rows = [Row.of("clean", m, est, **res.params(m)) for m, est in res.before.items()]
+        rows = [Row.of(str(CLEAN), m, est, **res.params(m)) for m, est in res.before.items()]
         png = reliability_png([("test data", res.stats)])
         return TaskResult(rows, [Artifact("reliability", png, caption="Reliability diagram on the test data.")])

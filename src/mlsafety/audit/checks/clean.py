@@ -9,8 +9,13 @@ import torch
 
 from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks._common import metric_name
 from mlsafety.audit.views.clean import CAPTION, CleanView, confusion_png
+from mlsafety.core import Hazard
 from mlsafety.metrics import accuracy
+
+CLEAN = Hazard.clean()
+"""The test data as given: the hazard every row of this check is stored under."""
 
 
 @register_check("clean")
@@ -25,14 +30,15 @@ class Clean(Check):
     view = CleanView
 
     def run(self, ctx: AuditContext) -> TaskResult:
-        y = ctx.labels("clean")
-        pred = ctx.outputs("clean").logits.argmax(dim=1)
-        rows = [Row.of("clean", "accuracy", accuracy(pred, y))]
+        y = ctx.labels(CLEAN)
+        pred = ctx.outputs(CLEAN).logits.argmax(dim=1)
+        rows = [Row.of(str(CLEAN), "accuracy", accuracy(pred, y))]
         k = ctx.model.num_classes
         for c in range(k):
             mask = y == c
             if mask.any():
-                rows.append(Row.of("clean", f"class_{c}_accuracy", accuracy(pred[mask], y[mask]), label=c))
+                est = accuracy(pred[mask], y[mask])
+                rows.append(Row.of(str(CLEAN), metric_name("class", c, "accuracy"), est, label=c))
         confusion = torch.zeros(k, k, dtype=torch.long, device=y.device)
         confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
         return TaskResult(rows, [Artifact("confusion-matrix", confusion_png(confusion.cpu()), caption=CAPTION)])

@@ -12,8 +12,11 @@ from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_che
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks.ood_basic import ScoreCache
 from mlsafety.audit.views.selective import CAPTION, SelectiveView, curves_png, source_metric
+from mlsafety.core import Hazard
 from mlsafety.monitoring import selective as sel
 
+CLEAN = Hazard.clean()
+"""The test data as given: the hazard every row of this check is stored under."""
 METRICS = sel.METRICS
 
 
@@ -41,8 +44,8 @@ class Selective(Check):
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
         cache = ScoreCache(ctx, p["detectors"])
-        scores = cache.scores("clean")
-        correct = (ctx.outputs("clean").pred == ctx.labels("clean")).double().cpu()
+        scores = cache.scores(str(CLEAN))
+        correct = (ctx.outputs(CLEAN).pred == ctx.labels(CLEAN)).double().cpu()
         rows: list[Row] = []
         curves = {}
         for name in cache.names:
@@ -50,7 +53,7 @@ class Selective(Check):
                                          seed=ctx.seed, stream=(self.name, name))  # fmt: skip
             curves[name] = res.curve
             for m, est in res.metrics.items():
-                rows.append(Row.of("clean", source_metric(name, m), est, detector=name, **res.params(m)))
+                rows.append(Row.of(str(CLEAN), source_metric(name, m), est, detector=name, **res.params(m)))
                 if name == p["default"]:
-                    rows.append(Row.of("clean", m, est, detector=name, **res.params(m)))
+                    rows.append(Row.of(str(CLEAN), m, est, detector=name, **res.params(m)))
         return TaskResult(rows, [Artifact("risk-coverage", curves_png(curves), caption=CAPTION)])

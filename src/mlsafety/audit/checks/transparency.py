@@ -36,6 +36,8 @@ from mlsafety.audit.views.transparency import (
 from mlsafety.core import ArrayDataset, Hazard, InputError, forward
 from mlsafety.monitoring import transparency as tr
 
+CLEAN = Hazard.clean()
+"""The test data as given: the hazard every row of this check is stored under."""
 CHECK = "transparency"
 
 
@@ -77,8 +79,8 @@ class Transparency(Check):
         p = self.params
         for name in [*p["methods"], *p["grid_methods"]]:
             tr.ATTRIBUTIONS.get(name)  # unknown names fail before any work
-        data = ctx.hazard(Hazard.clean())
-        pred = ctx.outputs(Hazard.clean()).pred.cpu()
+        data = ctx.hazard(CLEAN)
+        pred = ctx.outputs(CLEAN).pred.cpu()
         correct = (pred == data.y).nonzero()[:, 0]
         wrong = (pred != data.y).nonzero()[:, 0]
         order = torch.randperm(len(data), generator=ctx.generator(CHECK, "inputs"))
@@ -86,8 +88,8 @@ class Transparency(Check):
         x_s = data.x[pick]
         rows, artifacts = self._sanity(ctx, x_s)
         ig = tr.IntegratedGradients()
-        gap = tr.ig_completeness(ctx.model, x_s, pred[pick], ig, seed=ctx.seed_for(CHECK, "clean", "ig"))
-        rows.append(Row.of("clean", "ig_completeness_gap", gap, steps=ig.steps, method=ig.method))
+        gap = tr.ig_completeness(ctx.model, x_s, pred[pick], ig, seed=ctx.seed_for(CHECK, str(CLEAN), "ig"))
+        rows.append(Row.of(str(CLEAN), "ig_completeness_gap", gap, steps=ig.steps, method=ig.method))
 
         # -- attribution grids: (caption label, artifact slug, inputs) ---------------------------
         k = int(p["examples"])
@@ -118,7 +120,7 @@ class Transparency(Check):
             vis = tr.class_visualisations(ctx.model, shape, ctx.model.num_classes, steps=int(p["vis_steps"]), lr=0.1,
                                           generator=ctx.generator(CHECK, "class-visualisation"),
                                           seed=ctx.seed_for(CHECK, "class-visualisation"))  # fmt: skip
-            rows.append(Row.of("clean", "class_visualisation_confidence", vis.mean_confidence, steps=p["vis_steps"]))
+            rows.append(Row.of(str(CLEAN), "class_visualisation_confidence", vis.mean_confidence, steps=p["vis_steps"]))
             artifacts.append(
                 Artifact("class-visualisations", images_png(vis.images, vis.confidence), caption=VIS_CAPTION)
             )
@@ -131,22 +133,25 @@ class Transparency(Check):
         report = tr.sanity_summary(
             {name: _method(ctx, name) for name in p["methods"]}, ctx.model, x, p["sanity_modes"], float(p["threshold"]),
             generator_for=lambda mode: ctx.generator(CHECK, "sanity", mode),  # every method sees the same re-inits
-            seed_for=lambda name, mode: ctx.seed_for(CHECK, "clean", name, mode),
+            seed_for=lambda name, mode: ctx.seed_for(CHECK, str(CLEAN), name, mode),
             train=recipe, data=ctx.data.train,
         )  # fmt: skip
         rows: list[Row] = []
+        key = str(CLEAN)
         for name, by_mode in report.results.items():
             for mode, s in by_mode.items():
                 common = {"method": name, "mode": mode, "threshold": s.result.threshold, "stages": s.result.stages}
-                rows.append(Row.of("clean", sanity_metric(name, mode, "spearman"), s.spearman, **common))
-                rows.append(Row.of("clean", sanity_metric(name, mode, "ssim"), s.ssim, **common))
+                rows.append(Row.of(key, sanity_metric(name, mode, "spearman"), s.spearman, **common))
+                rows.append(Row.of(key, sanity_metric(name, mode, "ssim"), s.ssim, **common))
                 passed = float(s.passed)
-                rows.append(Row.exact("clean", sanity_metric(name, mode, "pass"), passed, DECISION, len(x), **common))
+                rows.append(Row.exact(key, sanity_metric(name, mode, "pass"), passed, DECISION, len(x), **common))
         share = report.pass_share
         if share is None:
             return rows, []
         rows.append(  # a summary of the methods' verdicts, not a sample estimate
-            Row.exact("clean", "sanity_pass_share", share, DECISION, len(report.results), passed=report.passed_methods)
+            Row.exact(
+                str(CLEAN), "sanity_pass_share", share, DECISION, len(report.results), passed=report.passed_methods
+            )
         )
         verdicts = {name: {mode: s.result for mode, s in by_mode.items()} for name, by_mode in report.results.items()}
         return rows, [Artifact("sanity-checks", sanity_png(verdicts), caption=SANITY_CAPTION)]
