@@ -50,7 +50,27 @@ def resolve(spec: str) -> Any:
     return getattr(importlib.import_module(module), attr)
 
 
-class EntryDefault(click.Option):
+class LazyHelp(click.Option):
+    """An option whose help has a ``{}`` filled in when the help is shown (importing nothing before).
+
+    Args:
+        fill: returns the text for ``{}`` (e.g. a registry's tagged names).
+    """
+
+    def __init__(self, *args: Any, fill: Callable[[], str], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fill = fill
+
+    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
+        template = self.help
+        self.help = (template or "").replace("{}", self.fill())
+        try:
+            return super().get_help_record(ctx)
+        finally:
+            self.help = template
+
+
+class EntryDefault(LazyHelp):
     """An option whose help ends with ``[default: X]``, X read from a library entry when help is shown.
 
     Args:
@@ -60,18 +80,11 @@ class EntryDefault(click.Option):
     """
 
     def __init__(self, *args: Any, default_from: str, param: str | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+        help_text = kwargs.pop("help", None) or ""
+        super().__init__(*args, fill=self.entry_default, help=f"{help_text}  [default: {{}}]".lstrip(), **kwargs)
         self.default_from = default_from
         self.entry_param = param or self.name or ""
 
     def entry_default(self) -> str:
         """The shown default: the entry's parameter default, formatted."""
         return show_default(param_default(resolve(self.default_from), self.entry_param))
-
-    def get_help_record(self, ctx: click.Context) -> tuple[str, str] | None:
-        plain = self.help
-        self.help = f"{plain or ''}  [default: {self.entry_default()}]".lstrip()
-        try:
-            return super().get_help_record(ctx)
-        finally:
-            self.help = plain
