@@ -189,3 +189,19 @@ def test_noise_training_recipe_returns_a_trained_model_in_eval_mode(tiny_net, ti
     out = train_noisy_classifier(tiny_net, tiny_data, sigma=0.25, epochs=1)
     assert out is tiny_net and not out.training
     assert any(not torch.equal(a, b) for a, b in zip(before, out.parameters()))
+
+
+def test_noise_training_is_the_one_loop_with_shift_then_noise(tiny_data) -> None:  # type: ignore[no-untyped-def]
+    from mlsafety.core import random_shift, train
+
+    def net() -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+    a = train_noisy_classifier(net(), tiny_data, sigma=0.5, epochs=2, seed=3, lr=1e-2, batch_size=8)
+    b = train(net(), tiny_data, epochs=2, seed=3, lr=1e-2, batch_size=8, augment=gaussian_augment(0.5, random_shift))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    # the noise is part of the recipe: without it (or with another sigma) the weights differ
+    c = train(net(), tiny_data, epochs=2, seed=3, lr=1e-2, batch_size=8, augment=random_shift)
+    assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
