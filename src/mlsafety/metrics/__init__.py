@@ -27,7 +27,6 @@ from mlsafety.metrics._ranking import (
     fpr_at_95_tpr,
     fpr_at_tpr,
 )
-from mlsafety.metrics._roc import roc_points
 
 OOD_METRICS = {
     "auroc": auroc,
@@ -61,6 +60,5 @@ __all__ = [
     "ood_metrics",
     "percentile_interval",
     "proportion",
-    "roc_points",
     "wilson",
 ]
