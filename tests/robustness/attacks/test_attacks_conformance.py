@@ -11,6 +11,7 @@ from torch import nn
 from mlsafety.core import InputError, UnknownNameError
 from mlsafety.robustness import attacks
 from mlsafety.robustness.attacks import ATTACKS, Attack, create, lp_norm
+from tests.support.family import check_family
 
 # Cheap settings so the whole registry runs in seconds; an attack missing here runs with defaults.
 FAST: dict[str, dict[str, Any]] = {
@@ -36,23 +37,47 @@ def test_registry_lists_the_issue_attacks() -> None:
     assert expected <= set(NAMES)
     with pytest.raises(UnknownNameError):
         create("pgdd", eps=0.1)
-    with pytest.raises(InputError):
-        create("pgd", eps=0.1, no_such_parameter=1)
 
 
-def _isort_key(name: str) -> tuple[int, str]:
-    """Ruff's RUF022 order, which the package follows: CONSTANTS, then Classes, then functions."""
-    kind = 0 if name.isupper() and len(name) > 1 else 1 if name[:1].isupper() else 2
-    return kind, name
+# The family contract (names, docstrings, declared parameters, rebuild, repr, unknown parameters,
+# out-of-bounds values, tags) over every registered attack.
+test_attack_family = check_family(
+    ATTACKS,
+    make_params=lambda name: {"eps": 0.1, **FAST.get(name, {})},
+    known_tags=("white-box", "black-box", "ensemble", "minimum-norm"),
+)
 
 
-def test_public_api_sorted() -> None:
-    import mlsafety.robustness as rob
+def test_signatures_keep_their_order() -> None:
+    """Positional calls stay valid: eps and norm first, each attack's own, then seed and batch_size."""
+    assert ATTACKS.parameters("pgd") == [
+        "eps", "norm", "steps", "step_size", "random_start", "restarts", "targeted", "loss", "success",
+        "early_stop", "seed", "batch_size",
+    ]  # fmt: skip
+    assert ATTACKS.parameters("apgd-t") == [
+        "eps", "norm", "steps", "n_target_classes", "restarts", "rho", "early_stop", "seed", "batch_size",
+    ]  # fmt: skip
+    for name in NAMES:
+        params = ATTACKS.parameters(name) or []
+        assert params[:2] == ["eps", "norm"] and params[-2:] == ["seed", "batch_size"], name
+    assert create("pgd", eps=0.1).get_params() == type(create("pgd", eps=0.1))(0.1, "linf").get_params()
 
-    for mod in (attacks, rob):
-        assert list(mod.__all__) == sorted(mod.__all__, key=_isort_key)
-        for name in mod.__all__:
-            assert hasattr(mod, name)
+
+def test_ensemble_members_get_the_ensemble_budget() -> None:
+    aa = create("autoattack", eps=0.1, steps=7, n_target_classes=5, n_queries=30, seed=4, batch_size=8)
+    common = {"eps": 0.1, "norm": "linf", "seed": 4, "batch_size": 8}
+    assert aa.build("apgd-ce", 10).stored_params() == create("apgd-ce", steps=7, **common).stored_params()
+    assert aa.build("apgd-t", 4).get_params()["n_target_classes"] == 3  # capped at K - 1
+    assert aa.build("fab-t", 10).get_params()["n_target_classes"] == 5
+    assert aa.build("square", 10).get_params()["n_queries"] == 30
+
+
+def test_step_size_default_follows_eps_and_steps(net: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> None:
+    x, y = data
+    auto = create("pgd", eps=0.1, steps=4, random_start=False, early_stop=False)
+    explicit = create("pgd", eps=0.1, steps=4, step_size=2.5 * 0.1 / 4, random_start=False, early_stop=False)
+    assert auto.step_size is None  # stored as given; resolved when attacking
+    assert torch.equal(auto(net, x, y), explicit(net, x, y))
 
 
 @pytest.mark.parametrize(("name", "norm"), CASES)
@@ -180,10 +205,9 @@ def test_input_checks(net: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -
         atk(net, x, y[:-1])
     with pytest.raises(InputError):
         atk(net, x, y + 10)
-    with pytest.raises(InputError):
+    with pytest.raises(InputError, match="pgd eps must be <= 1 for norm 'linf'"):
         create("pgd", eps=1.5)
-    with pytest.raises(InputError):
-        create("pgd", eps=0.1, norm="l1")
+    assert create("pgd", eps=1.5, norm="l2").eps == 1.5  # L2 radii may exceed 1
     with pytest.raises(InputError):
         atk(net, x, y, target=y)  # target without targeted mode
 

@@ -5,6 +5,7 @@ Every attack is called as ``attack(model, x, y) -> x_adv`` with inputs in [0, 1]
 pixel units; see :class:`Attack` for the contract and :mod:`.base` for the loss hooks.
 """
 
+from mlsafety.robustness.attacks._objectives import LossFn, SuccessFn, dlr_loss, dlr_targeted_loss, margin
 from mlsafety.robustness.attacks.apgd import APGD, APGDDLR, apgd_run
 from mlsafety.robustness.attacks.apgd_t import APGDT
 from mlsafety.robustness.attacks.autoattack import AutoAttack, AutoAttackFast
@@ -12,14 +13,9 @@ from mlsafety.robustness.attacks.base import (
     ATTACKS,
     Attack,
     AttackOutput,
-    LossFn,
-    SuccessFn,
     available,
     create,
-    dlr_loss,
-    dlr_targeted_loss,
     lp_norm,
-    margin,
     project,
     register_attack,
 )

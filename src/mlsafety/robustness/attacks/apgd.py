@@ -7,18 +7,19 @@ different objectives, and it accepts any per-sample objective, so adaptive attac
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from mlsafety.core import Classifier, InputError
+from mlsafety.core import Classifier, Param
+from mlsafety.robustness.attacks._objectives import Objective, input_gradient, make_objective, make_success
 from mlsafety.robustness.attacks.base import (
+    EARLY_STOP,
+    LOSS,
+    SUCCESS,
+    TARGETED,
     Attack,
-    LossFn,
-    Objective,
-    SuccessFn,
-    input_gradient,
     lp_norm,
-    make_objective,
-    make_success,
     normalize_step,
     project,
     rand_like,
@@ -28,6 +29,10 @@ from mlsafety.robustness.attacks.base import (
 
 ALPHA = 0.75
 """Momentum weight of the APGD update (the paper's alpha)."""
+
+RHO = Param(
+    0.75, float, low=0, high=1, doc="checkpoint test: share of steps that must raise the loss (the paper's rho)"
+)
 
 
 def _start(x: torch.Tensor, eps: float, norm: str, g: torch.Generator) -> torch.Tensor:
@@ -154,49 +159,22 @@ def apgd_run(
     return x_out, hit_all, loss_out
 
 
-@register_attack("apgd-ce")
+@register_attack("apgd-ce", tags=("white-box",))
 class APGD(Attack):
-    """APGD on the cross-entropy (``apgd-ce``); the loss and success hooks make it a general core.
+    """APGD on the cross-entropy (``apgd-ce``); the loss and success hooks make it a general core."""
 
-    Args:
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: iterations per restart (AutoAttack uses 100).
-        restarts: runs from new random starts on the points not yet broken.
-        loss: ``"ce"``, ``"dlr"`` or a hook ``(logits, y, x) -> (N,)`` to maximise.
-        success: hook ``(logits, y, x) -> bool (N,)``; None means misclassified (or on target).
-        rho: the checkpoint test's share of steps that must raise the loss (the paper's rho).
-        targeted: push towards a target class (CE of the target, or targeted DLR).
-        early_stop: drop broken points from the batch (does not change the result).
-        seed: seed of the random starts and targets.
-        batch_size: inputs attacked together.
-    """
+    steps = Param(100, int, low=1, doc="iterations per restart (AutoAttack uses 100)")
+    restarts = Param(1, int, low=1, doc="runs from new random starts on the points not yet broken")
+    loss = LOSS
+    success = SUCCESS
+    rho = RHO
+    targeted = TARGETED
+    early_stop = EARLY_STOP
 
-    default_loss = "ce"
-
-    def __init__(
-        self,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 100,
-        restarts: int = 1,
-        loss: str | LossFn | None = None,
-        success: SuccessFn | None = None,
-        rho: float = 0.75,
-        targeted: bool = False,
-        early_stop: bool = True,
-        seed: int = 0,
-        batch_size: int = 512,
-    ) -> None:
-        super().__init__(eps, norm=norm, targeted=targeted, seed=seed, batch_size=batch_size)
-        if int(steps) < 1 or int(restarts) < 1:
-            raise InputError("APGD needs steps >= 1 and restarts >= 1")
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.loss = self.default_loss if loss is None else loss
-        self.success = success
-        self.rho = float(rho)
-        self.early_stop = bool(early_stop)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss is None:  # None: this attack's own loss (as the signature's default says)
+            self.loss = self.param_specs()["loss"].default
 
     def perturb(
         self, clf: Classifier, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, g: torch.Generator
@@ -207,7 +185,7 @@ class APGD(Attack):
 
 
 def run_restarts(
-    attack: APGD | Attack,
+    attack: Attack,
     clf: Classifier,
     x: torch.Tensor,
     objective: Objective,
@@ -235,12 +213,12 @@ def run_restarts(
     return x_adv, done, best_loss
 
 
-@register_attack("apgd-dlr")
+@register_attack("apgd-dlr", tags=("white-box",))
 class APGDDLR(APGD):
     """APGD on the Difference of Logits Ratio loss (``apgd-dlr``), robust to logit rescaling.
 
-    Same arguments as :class:`APGD`; the loss defaults to ``"dlr"`` (needs at least three classes,
+    Same parameters as :class:`APGD`; the loss defaults to ``"dlr"`` (needs at least three classes,
     four when targeted).
     """
 
-    default_loss = "dlr"
+    loss = replace(LOSS, default="dlr")

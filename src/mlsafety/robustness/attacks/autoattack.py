@@ -12,69 +12,58 @@ a substitute for the standard ensemble in a robustness claim.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import replace
+from typing import ClassVar
 
 import torch
 
-from mlsafety.core import Classifier, InputError, draw_seed, generator
-from mlsafety.robustness.attacks.apgd import APGD
-from mlsafety.robustness.attacks.apgd_t import APGDT
-from mlsafety.robustness.attacks.base import Attack, AttackOutput, project, register_attack
-from mlsafety.robustness.attacks.fab import FABT
-from mlsafety.robustness.attacks.square import Square
-
-WHITE_BOX = ("apgd-ce", "apgd-t", "fab-t")
+import mlsafety.robustness.attacks.apgd
+import mlsafety.robustness.attacks.apgd_t
+import mlsafety.robustness.attacks.fab
+import mlsafety.robustness.attacks.square  # noqa: F401
+from mlsafety.core import Classifier, InputError, Param, draw_seed, generator
+from mlsafety.robustness.attacks.base import ATTACKS, Attack, AttackOutput, project, register_attack
 
 
-@register_attack("autoattack")
+@register_attack("autoattack", tags=("ensemble",))
 class AutoAttack(Attack):
     """The standard AutoAttack ensemble; reports ``square_beats_white_box`` when it applies.
 
-    Args:
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: iterations of APGD-CE, APGD-T and FAB-T.
-        n_target_classes: targets of APGD-T and FAB-T.
-        n_queries: Square's query budget per point.
-        members: which members run, in order (a subset of the standard four).
-        seed: each member's generator is derived from it and the member's name.
-        batch_size: inputs attacked together.
+    Each member is the registered attack of that name, built with the ensemble's ``eps``, ``norm``,
+    ``seed`` and ``batch_size`` plus whichever of ``steps``, ``n_target_classes`` (capped at the
+    number of classes minus one) and ``n_queries`` it takes; its generator is derived from the
+    batch's seed and its name.
     """
 
-    supports_targeted = False
+    steps = Param(100, int, low=1, doc="iterations of APGD-CE, APGD-T and FAB-T")
+    n_target_classes = Param(9, int, low=1, doc="targets of APGD-T and FAB-T")
+    n_queries = Param(5000, int, low=1, doc="Square's query budget per point")
+    members = Param(None, tuple, doc="which members run, in order (a subset of the standard four); None: all")
+
     default_members: ClassVar[tuple[str, ...]] = ("apgd-ce", "apgd-t", "fab-t", "square")
 
-    def __init__(
-        self,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 100,
-        n_target_classes: int = 9,
-        n_queries: int = 5000,
-        members: tuple[str, ...] | list[str] | None = None,
-        seed: int = 0,
-        batch_size: int = 512,
-    ) -> None:
-        super().__init__(eps, norm=norm, seed=seed, batch_size=batch_size)
-        self.steps = int(steps)
-        self.n_target_classes = int(n_target_classes)
-        self.n_queries = int(n_queries)
-        self.members = tuple(self.default_members if members is None else members)
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.members = tuple(self.default_members if self.members is None else self.members)
         unknown = sorted(set(self.members) - set(AutoAttack.default_members))
         if unknown or not self.members:
-            raise InputError(f"AutoAttack members must be among {', '.join(AutoAttack.default_members)}")
+            raise InputError(
+                f"{self.name} members must be among {', '.join(AutoAttack.default_members)}, got {self.members!r}"
+            )
 
     def build(self, name: str, num_classes: int) -> Attack:
-        """Member ``name`` with the ensemble's settings."""
-        common: dict[str, Any] = {"eps": self.eps, "norm": self.norm, "seed": self.seed, "batch_size": self.batch_size}
-        targets = min(self.n_target_classes, num_classes - 1)
-        factories = {
-            "apgd-ce": lambda: APGD(steps=self.steps, **common),
-            "apgd-t": lambda: APGDT(steps=self.steps, n_target_classes=targets, **common),
-            "fab-t": lambda: FABT(steps=self.steps, n_target_classes=targets, **common),
-            "square": lambda: Square(n_queries=self.n_queries, **common),
+        """Member ``name`` with the ensemble's settings (the parameters of the ensemble it takes)."""
+        budget = {
+            "eps": self.eps,
+            "norm": self.norm,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "steps": self.steps,
+            "n_target_classes": min(self.n_target_classes, num_classes - 1),
+            "n_queries": self.n_queries,
         }
-        return factories[name]()
+        takes = ATTACKS.parameters(name) or []
+        return ATTACKS.create(name, **{k: v for k, v in budget.items() if k in takes})
 
     def perturb(
         self, clf: Classifier, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, g: torch.Generator
@@ -91,12 +80,12 @@ class AutoAttack(Attack):
         x_adv = x.clone()
         broken: dict[str, int] = {}
         batch_seed = draw_seed(g)
-        for name in self.members:
+        for name in self.members or self.default_members:
             idx = robust.nonzero()[:, 0]
             if idx.numel() == 0:
                 break
-            if name == "apgd-t" and k < 4:
-                continue  # the targeted DLR loss needs at least four classes
+            if k < ATTACKS.get(name).min_classes:
+                continue  # e.g. APGD-T's targeted DLR loss needs four classes
             member = self.build(name, k)
             mg = generator(batch_seed, "autoattack", name)
             out = member.perturb(clf, x[idx], y[idx], None, mg)
@@ -107,33 +96,24 @@ class AutoAttack(Attack):
             robust[idx[fooled]] = False
             broken[name] = int(fooled.sum())
         warnings: dict[str, str] = {}
-        if broken.get("square", 0) > 0 and any(m in self.members for m in WHITE_BOX):
+        black_box = sum(n for m, n in broken.items() if m in ATTACKS.tagged("black-box"))
+        if black_box > 0 and any(m in ATTACKS.tagged("white-box") for m in self.members or ()):
             warnings["square_beats_white_box"] = (
-                f"the black-box Square attack broke {broken['square']} points the gradient attacks did not: "
+                f"the black-box Square attack broke {black_box} points the gradient attacks did not: "
                 "gradients may be masked or obfuscated, so white-box numbers overstate robustness"
             )
         return AttackOutput(x_adv, warnings, broken)
 
 
-@register_attack("autoattack-fast")
+@register_attack("autoattack-fast", tags=("ensemble",))
 class AutoAttackFast(AutoAttack):
     """The default audit's cheap profile: APGD-CE and APGD-T (3 targets), 25 iterations each.
 
-    Same arguments as :class:`AutoAttack` with cheaper defaults; an upper bound on the robust
+    Same parameters as :class:`AutoAttack` with cheaper defaults; an upper bound on the robust
     accuracy the standard ensemble would report.
     """
 
+    steps = replace(AutoAttack.steps, default=25)
+    n_target_classes = replace(AutoAttack.n_target_classes, default=3)
+    n_queries = replace(AutoAttack.n_queries, default=1000)
     default_members = ("apgd-ce", "apgd-t")
-
-    def __init__(
-        self,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 25,
-        n_target_classes: int = 3,
-        n_queries: int = 1000,
-        members: tuple[str, ...] | list[str] | None = None,
-        seed: int = 0,
-        batch_size: int = 512,
-    ) -> None:
-        super().__init__(eps, norm, steps, n_target_classes, n_queries, members, seed, batch_size)

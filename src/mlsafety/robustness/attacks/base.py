@@ -10,30 +10,23 @@ class does the chores: wrapping the model, checking inputs and labels, batching,
 drawing targets, the seeded generator, the final projection and restoring the model, also when the
 attack raises.
 
-Loss hooks
-    :class:`~mlsafety.robustness.attacks.PGD` and the APGD attacks accept ``loss=`` a callable
-    ``(logits, y, x) -> per-sample loss (N,)`` that the attack *maximises* (``x`` is the current
-    adversarial batch, with gradients enabled, so the loss may run other modules on it, e.g. a
-    detector), and ``success=`` a callable ``(logits, y, x) -> bool (N,)`` saying which points are
-    already adversarial (the attack keeps the first successful iterate of each point and, with
-    ``early_stop``, stops working on it). In targeted mode both receive the target labels as ``y``.
-    An adaptive attack on a model plus a monitor is written with these two hooks alone.
+The losses, the loss and success hooks and the input gradient live in :mod:`._objectives`.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mlsafety.core import (
     Classifier,
+    HyperParams,
     InputError,
+    Param,
     Registry,
     as_classifier,
     check_images,
@@ -43,16 +36,7 @@ from mlsafety.core import (
     rand_like,
     randn_like,
 )
-
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(logits (N, K), y (N,), x (N, C, H, W)) -> loss (N,)``: a per-sample loss the attack maximises."""
-
-SuccessFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``(logits (N, K), y (N,), x (N, C, H, W)) -> bool (N,)``: which points count as adversarial."""
-
-Objective = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-"""Internal form of a loss or success test: ``(logits, x_active, idx) -> (n_active,)``; ``idx``
-indexes the active points within the batch, so attacks may drop finished points."""
+from mlsafety.robustness.attacks._objectives import BUILTIN_LOSSES
 
 NORMS = ("linf", "l2")
 
@@ -73,42 +57,80 @@ class AttackOutput:
     broken_by: dict[str, int] = field(default_factory=dict)
 
 
-class Attack:
+def _loss_problem(value: object) -> str | None:
+    if callable(value) or value in BUILTIN_LOSSES:
+        return None
+    return f"must be {' or '.join(map(repr, BUILTIN_LOSSES))} or a callable (logits, y, x) -> loss (N,)"
+
+
+def _hook_problem(value: object) -> str | None:
+    return None if value is None or callable(value) else "must be a callable (logits, y, x) -> bool (N,) or None"
+
+
+# Parameters several attacks share, declared once; an attack lists the ones it takes, in its order.
+TARGETED = Param(
+    False, bool, doc="move each input towards a target class (target= in the call, else a random other class)"
+)
+LOSS = Param("ce", check=_loss_problem, doc="'ce', 'dlr' or a hook (logits, y, x) -> (N,) to maximise")
+SUCCESS = Param(None, check=_hook_problem, doc="hook (logits, y, x) -> bool (N,); None: misclassified (or on target)")
+EARLY_STOP = Param(True, bool, doc="stop working on a point once adversarial (the robust accuracy is the same)")
+TAIL = ("seed", "batch_size")
+"""Base parameters that close every attack's signature (after the attack's own)."""
+
+
+class Attack(HyperParams):
     """Base class of attacks: the constructor stores hyper-parameters, ``attack(model, x, y)`` runs.
 
-    Args:
-        eps: radius of the threat model in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        targeted: move each input towards a target class (``target=`` in the call, or a random
-            class other than the label drawn from the attack's generator) instead of away from its
-            label.
-        seed: seed of the attack's generator (random starts, targets, Square's proposals).
-        batch_size: inputs attacked together.
+    Every attack takes ``eps``, ``norm``, ``seed`` and ``batch_size`` (declared here; ``seed`` and
+    ``batch_size`` close the signature); one that supports targeted mode declares ``targeted =
+    TARGETED`` (and gets ``supports_targeted``). ``describe_params()`` lists them with their docs.
 
     Example:
         >>> x_adv = PGD(eps=0.1)(model, x, y)
     """
 
-    name: ClassVar[str]
-    supports_targeted: ClassVar[bool] = True
-    norms: ClassVar[tuple[str, ...]] = NORMS
+    eps = Param(cast=float, low=0, doc="radius of the threat model in [0, 1] pixel units (at most 1 for L-inf)")
+    norm = Param("linf", str, choices=NORMS, doc="the threat model's norm, 'linf' or 'l2'")
+    seed = Param(0, int, doc="seed of the attack's own generator (random starts, targets, proposals)")
+    batch_size = Param(512, int, low=1, store=False, doc="inputs attacked together")
 
-    def __init__(
-        self, eps: float, norm: str = "linf", targeted: bool = False, seed: int = 0, batch_size: int = 512
-    ) -> None:
-        if not isinstance(eps, (int, float)) or not 0.0 <= float(eps) <= (1.0 if norm == "linf" else math.inf):
-            raise InputError(f"eps must be a number in [0, 1] pixel units for L-inf (>= 0 for L2), got {eps!r}")
-        if norm not in self.norms:
-            raise InputError(f"{type(self).__name__} supports norm {' or '.join(self.norms)}, not {norm!r}")
-        if targeted and not self.supports_targeted:
-            raise InputError(f"{type(self).__name__} chooses its own targets; leave targeted=False")
-        if int(batch_size) < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        self.eps = float(eps)
-        self.norm = norm
-        self.targeted = bool(targeted)
-        self.seed = int(seed)
-        self.batch_size = int(batch_size)
+    name: ClassVar[str]
+    supports_targeted: ClassVar[bool] = False
+    norms: ClassVar[tuple[str, ...]] = NORMS
+    min_classes: ClassVar[int] = 1
+    """Classes the model needs for this attack's loss (an ensemble skips the attack below it)."""
+    targeted = False
+    """An attack without the ``targeted`` parameter is untargeted (or picks its own targets)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        generated = "__init__" not in vars(cls)
+        super().__init_subclass__(**kwargs)
+        specs = cls._params
+        cls._params = {**{k: p for k, p in specs.items() if k not in TAIL}, **{k: specs[k] for k in TAIL}}
+        cls.supports_targeted = "targeted" in cls._params
+        if generated:
+            sig = inspect.signature(cls)
+            sig = sig.replace(parameters=sorted(sig.parameters.values(), key=lambda q: q.name in TAIL))
+            cls.__signature__ = sig  # type: ignore[attr-defined]
+            # Callers that read inspect.signature(cls.__init__) (robustness.smoothing.registry_attack)
+            # get the same parameters; the kit's shared generated __init__ shows only *args, **kwargs.
+            init = cls.__init__
+
+            def __init__(self: Attack, *args: Any, **kwargs: Any) -> None:
+                init(self, *args, **kwargs)
+
+            self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            __init__.__signature__ = sig.replace(parameters=[self_param, *sig.parameters.values()])  # type: ignore[attr-defined]
+            __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+            cls.__init__ = __init__  # type: ignore[method-assign, assignment]
+
+    def __post_init__(self) -> None:
+        """Checks across parameters (a subclass that adds its own calls ``super().__post_init__()``)."""
+        who = getattr(self, "name", type(self).__name__)
+        if self.norm not in self.norms:
+            raise InputError(f"{who} norm must be one of {', '.join(map(repr, self.norms))}, got {self.norm!r}")
+        if self.norm == "linf" and self.eps > 1:
+            raise InputError(f"{who} eps must be <= 1 for norm 'linf' (pixel units in [0, 1]), got {self.eps!r}")
 
     # -- the algorithm -------------------------------------------------------------------------
     def perturb(
@@ -202,13 +224,26 @@ class Attack:
         shift = torch.randint(1, k, y.shape, generator=g).to(y.device)
         return (y + shift) % k
 
-    def hyper_parameters(self) -> dict[str, Any]:
-        """The constructor's arguments as stored (for result rows and reports)."""
-        return {k: v for k, v in vars(self).items() if not k.startswith("_") and not callable(v)}
 
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in self.hyper_parameters().items())
-        return f"{type(self).__name__}({args})"
+class TargetSweep(Attack):
+    """Base of attacks run in turn towards each of the most likely other classes (APGD-T, FAB-T).
+
+    Untargeted in effect: a point counts as broken when it is misclassified, whichever target
+    produced it; each target runs only on the points the earlier ones did not break.
+    """
+
+    steps = Param(100, int, low=1, doc="iterations per target and restart (AutoAttack uses 100)")
+    n_target_classes = Param(9, int, low=1, doc="most likely other classes to try (AutoAttack uses 9); at most K - 1")
+    restarts = Param(1, int, low=1, doc="runs per target")
+
+    def target_classes(self, clf: Classifier, x: torch.Tensor) -> list[torch.Tensor]:
+        """The targets (N,) of ``x``, one tensor per turn: the runner-up clean class first, then the next."""
+        with torch.no_grad():
+            order = clf.logits(x).argsort(dim=1)
+        k = order.shape[1]
+        if k < self.min_classes:
+            raise InputError(f"{self.name} needs a model with at least {self.min_classes} classes, got {k}")
+        return [order[:, -rank] for rank in range(2, min(self.n_target_classes, k - 1) + 2)]
 
 
 def _param_dtype(module: nn.Module, default: torch.dtype) -> torch.dtype:
@@ -289,84 +324,3 @@ def random_start(x: torch.Tensor, eps: float, norm: str, g: torch.Generator) -> 
         radius = rand_like(x[:, :1, :1, :1], g) ** (1.0 / d) * eps
         delta = direction * radius
     return (x + delta).clamp(0.0, 1.0)
-
-
-# -- losses ------------------------------------------------------------------------------------
-def ce_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Per-sample cross-entropy."""
-    return F.cross_entropy(logits, y, reduction="none")
-
-
-def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Difference of Logits Ratio (Croce & Hein 2020): ``-(z_y - max_{i!=y} z_i) / (z_pi1 - z_pi3)``.
-
-    Invariant to shifting and scaling the logits; needs at least three classes.
-    """
-    if logits.shape[1] < 3:
-        raise InputError("the DLR loss needs at least three classes; use loss='ce'")
-    z_sorted = logits.sort(dim=1).values
-    z_y = logits.gather(1, y[:, None])[:, 0]
-    top_is_y = logits.argmax(dim=1) == y
-    z_other = torch.where(top_is_y, z_sorted[:, -2], z_sorted[:, -1])
-    return -(z_y - z_other) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
-
-
-def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Targeted DLR: ``-(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2)``; needs at least four classes."""
-    if logits.shape[1] < 4:
-        raise InputError("the targeted DLR loss needs at least four classes")
-    z_sorted = logits.sort(dim=1).values
-    z_y = logits.gather(1, y[:, None])[:, 0]
-    z_t = logits.gather(1, target[:, None])[:, 0]
-    return -(z_y - z_t) / (z_sorted[:, -1] - 0.5 * (z_sorted[:, -3] + z_sorted[:, -4]) + 1e-12)
-
-
-def margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``z_y - max_{i!=y} z_i``: positive while ``y`` wins (the class of ``y`` keeps the lead)."""
-    z_y = logits.gather(1, y[:, None])[:, 0]
-    other = logits.scatter(1, y[:, None], float("-inf")).amax(dim=1)
-    return z_y - other
-
-
-BUILTIN_LOSSES: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {"ce": ce_loss, "dlr": dlr_loss}
-
-
-def make_objective(loss: str | LossFn, y: torch.Tensor, target: torch.Tensor | None, targeted: bool) -> Objective:
-    """The per-sample quantity an attack maximises, from a built-in name or a user's loss hook."""
-    if callable(loss):
-        labels = target if targeted and target is not None else y
-
-        def user(logits: torch.Tensor, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-            return loss(logits, labels[idx], x)
-
-        return user
-    if loss not in BUILTIN_LOSSES:
-        raise InputError(f"unknown loss {loss!r}; use one of {', '.join(BUILTIN_LOSSES)} or a callable")
-    if not targeted or target is None:
-        fn = BUILTIN_LOSSES[loss]
-        return lambda logits, x, idx: fn(logits, y[idx])
-    if loss == "dlr":
-        return lambda logits, x, idx: dlr_targeted_loss(logits, y[idx], target[idx])
-    fn = BUILTIN_LOSSES[loss]
-    return lambda logits, x, idx: -fn(logits, target[idx])
-
-
-def make_success(success: SuccessFn | None, y: torch.Tensor, target: torch.Tensor | None, targeted: bool) -> Objective:
-    """Which points are adversarial: misclassified (or on target), or the user's success hook."""
-    labels = target if targeted and target is not None else y
-    if success is not None:
-        return lambda logits, x, idx: success(logits, labels[idx], x).bool()
-    if targeted and target is not None:
-        return lambda logits, x, idx: logits.argmax(dim=1) == labels[idx]
-    return lambda logits, x, idx: logits.argmax(dim=1) != labels[idx]
-
-
-def input_gradient(
-    clf: Classifier, x: torch.Tensor, objective: Objective, idx: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``(logits, loss, grad)`` of the summed objective at ``x`` with respect to ``x`` only; no graph kept."""
-    xg = x.detach().requires_grad_(True)
-    logits = clf.logits(xg)
-    loss = objective(logits, xg, idx)
-    (grad,) = torch.autograd.grad(loss.sum(), xg)
-    return logits.detach(), loss.detach(), grad.detach()

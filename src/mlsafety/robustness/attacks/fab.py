@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError
-from mlsafety.robustness.attacks.base import Attack, lp_norm, project, rand_like, randn_like, register_attack
+from mlsafety.core import Classifier, Param
+from mlsafety.robustness.attacks.base import TargetSweep, lp_norm, project, rand_like, randn_like, register_attack
 
 BISECTION_STEPS = 40
 
@@ -54,8 +54,8 @@ def boundary_step(p: torch.Tensor, w: torch.Tensor, r: torch.Tensor, norm: str) 
     return torch.minimum(torch.maximum(hi.reshape(view) * u, lo_box), hi_box)
 
 
-@register_attack("fab-t")
-class FABT(Attack):
+@register_attack("fab-t", tags=("white-box", "minimum-norm"))
+class FABT(TargetSweep):
     """Targeted FAB: walk to the linearised boundary towards each of the top-k other classes.
 
     Each step linearises ``z_t - z_y`` at the current point, projects both the current point and
@@ -63,59 +63,25 @@ class FABT(Attack):
     biased towards the original input, with a slight overshoot. Once adversarial, it steps back
     towards the input to shrink the perturbation. A point counts as broken only with a successful
     point inside the eps-ball; the best one found is also projected onto the ball and re-checked.
-
-    Args:
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: iterations per target and restart (AutoAttack uses 100).
-        n_target_classes: most likely other classes to try (AutoAttack uses 9).
-        restarts: runs per target; after the first, starts are random points of the ball.
-        alpha_max: largest weight of the original input in the combination.
-        eta: overshoot of the projection.
-        beta: how far back towards the input a successful point moves.
-        seed: seed of the random restarts.
-        batch_size: inputs attacked together.
+    Restarts after the first start from random points of the ball.
     """
 
-    supports_targeted = False
-
-    def __init__(
-        self,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 100,
-        n_target_classes: int = 9,
-        restarts: int = 1,
-        alpha_max: float = 0.1,
-        eta: float = 1.05,
-        beta: float = 0.9,
-        seed: int = 0,
-        batch_size: int = 512,
-    ) -> None:
-        super().__init__(eps, norm=norm, seed=seed, batch_size=batch_size)
-        if int(steps) < 1 or int(n_target_classes) < 1 or int(restarts) < 1:
-            raise InputError("FAB-T needs steps, n_target_classes and restarts of at least 1")
-        self.steps = int(steps)
-        self.n_target_classes = int(n_target_classes)
-        self.restarts = int(restarts)
-        self.alpha_max = float(alpha_max)
-        self.eta = float(eta)
-        self.beta = float(beta)
+    alpha_max = Param(0.1, float, low=0, high=1, doc="largest weight of the original input in the combination")
+    eta = Param(1.05, float, low=0, low_open=True, doc="overshoot of the projection onto the boundary")
+    beta = Param(0.9, float, low=0, high=1, doc="how far back towards the input a successful point moves")
 
     def perturb(
         self, clf: Classifier, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, g: torch.Generator
     ) -> torch.Tensor:
-        with torch.no_grad():
-            order = clf.logits(x).argsort(dim=1)
-        k = order.shape[1]
+        targets = self.target_classes(clf, x)
         x_adv = x.clone()
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        for rank in range(2, min(self.n_target_classes, k - 1) + 2):
+        for tgt in targets:
             for restart in range(self.restarts):
                 idx = (~done).nonzero()[:, 0]
                 if idx.numel() == 0:
                     return x_adv
-                out, hit = self._run(clf, x[idx], y[idx], order[idx, -rank], g, restart > 0)
+                out, hit = self._run(clf, x[idx], y[idx], tgt[idx], g, restart > 0)
                 x_adv[idx[hit]] = out[hit]
                 done[idx[hit]] = True
         return x_adv

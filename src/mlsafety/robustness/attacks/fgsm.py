@@ -6,20 +6,20 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier
-from mlsafety.robustness.attacks.base import Attack, input_gradient, make_objective, normalize_step, register_attack
+from mlsafety.robustness.attacks._objectives import input_gradient, make_objective
+from mlsafety.robustness.attacks.base import TARGETED, Attack, normalize_step, register_attack
 
 
-@register_attack("fgsm")
+@register_attack("fgsm", tags=("white-box",))
 class FGSM(Attack):
     """``x_adv = clip(x + eps * sign(grad_x CE(f(x), y)))`` (towards the target when targeted).
 
-    Args:
-        eps: step size and radius, in [0, 1] pixel units.
-        norm: ``"linf"`` (sign step) or ``"l2"`` (step along the gradient, of length ``eps``).
-        targeted: minimise the cross-entropy of a target class instead.
-        seed: seed of the generator (only used to draw targets).
-        batch_size: inputs attacked together.
+    ``eps`` is both the step and the radius; with ``norm="l2"`` the step follows the gradient with
+    length ``eps``. In targeted mode it lowers the cross-entropy of the target class instead. The
+    generator is only used to draw targets.
     """
+
+    targeted = TARGETED
 
     def perturb(
         self, clf: Classifier, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, g: torch.Generator

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError
+from mlsafety.core import Classifier, Param
+from mlsafety.robustness.attacks._objectives import make_objective, make_success
 from mlsafety.robustness.attacks.base import (
+    EARLY_STOP,
+    LOSS,
+    SUCCESS,
+    TARGETED,
     Attack,
-    LossFn,
-    SuccessFn,
-    make_objective,
-    make_success,
     normalize_step,
     project,
     random_start,
@@ -19,63 +20,33 @@ from mlsafety.robustness.attacks.base import (
 )
 
 
-@register_attack("pgd")
+@register_attack("pgd", tags=("white-box",))
 class PGD(Attack):
     """Projected gradient ascent on a per-sample loss inside the eps-ball, kept in [0, 1].
 
     Every iterate is checked (its logits come from the forward pass that also gives the gradient,
     so checking is free): each point returns its first successful iterate, or else the iterate with
     the highest loss over all steps and restarts (the per-sample worst case). Restarts only run on
-    points not yet broken.
-
-    Args:
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        steps: gradient steps per restart.
-        step_size: step length; None means ``2.5 * eps / steps`` (Madry et al.'s rule).
-        random_start: start from a uniform random point of the ball (else from ``x``).
-        restarts: independent runs; each point keeps its worst case.
-        targeted: push towards a target class (see :class:`~mlsafety.robustness.attacks.Attack`).
-        loss: ``"ce"``, ``"dlr"`` or a hook ``(logits, y, x) -> (N,)`` to maximise (module docs of
-            :mod:`mlsafety.robustness.attacks.base`).
-        success: hook ``(logits, y, x) -> bool (N,)``; None means misclassified (or on target).
-        early_stop: stop working on a point once it is successful (saves time; the robust
-            accuracy is the same as checking every iterate). Turn off to keep maximising the loss.
-        seed: seed of the random starts and targets.
-        batch_size: inputs attacked together.
+    points not yet broken. The loss and success hooks are described in
+    :mod:`mlsafety.robustness.attacks.base`; with ``early_stop=False`` PGD keeps maximising the loss
+    of points already broken.
     """
 
-    def __init__(
-        self,
-        eps: float,
-        norm: str = "linf",
-        steps: int = 10,
-        step_size: float | None = None,
-        random_start: bool = True,
-        restarts: int = 1,
-        targeted: bool = False,
-        loss: str | LossFn = "ce",
-        success: SuccessFn | None = None,
-        early_stop: bool = True,
-        seed: int = 0,
-        batch_size: int = 512,
-    ) -> None:
-        super().__init__(eps, norm=norm, targeted=targeted, seed=seed, batch_size=batch_size)
-        if int(steps) < 0 or int(restarts) < 1:
-            raise InputError("PGD needs steps >= 0 and restarts >= 1")
-        self.steps = int(steps)
-        self.step_size = 2.5 * self.eps / max(self.steps, 1) if step_size is None else float(step_size)
-        self.random_start = bool(random_start)
-        self.restarts = int(restarts)
-        self.loss = loss
-        self.success = success
-        self.early_stop = bool(early_stop)
+    steps = Param(10, int, low=0, doc="gradient steps per restart")
+    step_size = Param(None, float, low=0, low_open=True, doc="step length; None: 2.5 * eps / steps (Madry et al.)")
+    random_start = Param(True, bool, doc="start from a uniform random point of the ball (else from x)")
+    restarts = Param(1, int, low=1, doc="independent runs; each point keeps its worst case")
+    targeted = TARGETED
+    loss = LOSS
+    success = SUCCESS
+    early_stop = EARLY_STOP
 
     def perturb(
         self, clf: Classifier, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, g: torch.Generator
     ) -> torch.Tensor:
         objective = make_objective(self.loss, y, target, self.targeted)
         succeeded = make_success(self.success, y, target, self.targeted)
+        step_size = 2.5 * self.eps / max(self.steps, 1) if self.step_size is None else self.step_size
         n = x.shape[0]
         view = (-1,) + (1,) * (x.ndim - 1)
         best_x = x.clone()
@@ -118,5 +89,5 @@ class PGD(Attack):
                         idx, xa, x0, grad = idx[keep], xa[keep], x0[keep], grad[keep]
                         if idx.numel() == 0:
                             break
-                    xa = project(xa + self.step_size * normalize_step(grad, self.norm), x0, self.eps, self.norm)
+                    xa = project(xa + step_size * normalize_step(grad, self.norm), x0, self.eps, self.norm)
         return best_x

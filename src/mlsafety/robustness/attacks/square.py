@@ -8,8 +8,9 @@ import math
 
 import torch
 
-from mlsafety.core import Classifier, InputError
-from mlsafety.robustness.attacks.base import Attack, ce_loss, lp_norm, margin, register_attack
+from mlsafety.core import Classifier, Param
+from mlsafety.robustness.attacks._objectives import ce_loss, margin
+from mlsafety.robustness.attacks.base import TARGETED, Attack, lp_norm, register_attack
 
 _SCHEDULE = ((10, 1), (50, 2), (200, 4), (500, 8), (1000, 16), (2000, 32), (4000, 64), (6000, 128), (8000, 256))
 
@@ -58,40 +59,22 @@ def _meta_pseudo_gaussian(s: int, g: torch.Generator) -> torch.Tensor:
     return delta
 
 
-@register_attack("square")
+@register_attack("square", tags=("black-box",))
 class Square(Attack):
     """Random search: propose a square window change, keep it when the margin loss drops.
 
     L-inf proposals set one random square per image (per-image location and per-channel sign) to
     the corner ``x +- eps``; L2 proposals move mass between two windows with a pseudo-Gaussian
     pattern, keeping the norm at ``eps``. The window area follows ``p_init`` and the paper's
-    halving schedule. Points stop querying once misclassified (or on target).
-
-    Args:
-        eps: radius in [0, 1] pixel units.
-        norm: ``"linf"`` or ``"l2"``.
-        n_queries: model queries per point (AutoAttack uses 5000).
-        p_init: initial share of pixels in a window (0.8 as in AutoAttack).
-        targeted: decrease the cross-entropy of a target class instead of the margin.
-        seed: seed of the proposals.
-        batch_size: inputs attacked together.
+    halving schedule. Points stop querying once misclassified (or on target); in targeted mode the
+    search lowers the cross-entropy of the target class instead of the margin.
     """
 
-    def __init__(
-        self,
-        eps: float,
-        norm: str = "linf",
-        n_queries: int = 5000,
-        p_init: float = 0.8,
-        targeted: bool = False,
-        seed: int = 0,
-        batch_size: int = 512,
-    ) -> None:
-        super().__init__(eps, norm=norm, targeted=targeted, seed=seed, batch_size=batch_size)
-        if int(n_queries) < 1 or not 0 < float(p_init) <= 1:
-            raise InputError("Square needs n_queries >= 1 and p_init in (0, 1]")
-        self.n_queries = int(n_queries)
-        self.p_init = float(p_init)
+    n_queries = Param(5000, int, low=1, doc="model queries per point (AutoAttack uses 5000)")
+    p_init = Param(
+        0.8, float, low=0, low_open=True, high=1, doc="initial share of pixels in a window (AutoAttack: 0.8)"
+    )
+    targeted = TARGETED
 
     def _scores(
         self, clf: Classifier, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None
