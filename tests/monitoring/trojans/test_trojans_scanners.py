@@ -16,6 +16,7 @@ from mlsafety.monitoring.trojans import SCANNERS, anomaly_index
 from mlsafety.monitoring.trojans.scanners import ScanResult, create, strip_entropy
 from mlsafety.monitoring.trojans.scanners._features import kmeans2, silhouette
 from mlsafety.monitoring.trojans.scanners.abs import ABS, _margins, last_feature_map
+from tests.support.family import check_family
 
 FAST: dict[str, dict[str, Any]] = {
     "neural-cleanse": {"steps": 20, "batch_size": 4, "epoch_steps": 5, "max_inputs": 64},
@@ -42,6 +43,35 @@ def _hooks(model: nn.Module) -> int:
 
 def test_every_scanner_has_fast_settings() -> None:
     assert sorted(FAST) == SCANNERS.available()
+
+
+# The family contract (names, docstrings, declared parameters, rebuild, repr, unknown parameters,
+# out-of-bounds values, tags) over every registered scanner.
+test_scanner_family = check_family(
+    SCANNERS,
+    make_params=lambda name: FAST[name],
+    known_tags=("share-score", "mad-score", "seed-spread"),
+)
+
+
+@pytest.mark.parametrize(
+    ("params", "fragment"),
+    [
+        ({"seeds": ()}, "neural-cleanse seeds must hold at least one seed"),
+        ({"seeds": "012"}, "neural-cleanse seeds must be a tuple of integers"),
+        ({"seeds": (0, 1.5)}, "neural-cleanse seeds must be a tuple of integers"),
+        ({"steps": 3, "epoch_steps": 5}, "neural-cleanse steps must be >= epoch_steps (5), got 3"),
+    ],
+)
+def test_scanner_cross_parameter_checks(params: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(InputError) as info:
+        create("neural-cleanse", **params)
+    assert fragment in str(info.value) and "\n" not in str(info.value)
+
+
+def test_seeds_are_stored_as_a_tuple_of_ints() -> None:
+    assert create("strip", seeds=[3, 4.0]).seeds == (3, 4)
+    assert create("spectral-signatures").seeds == (0,)  # a scanner may change a base default
 
 
 @pytest.mark.parametrize("name", SCANNERS.available())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -22,7 +22,9 @@ from mlsafety.core import (
     ArrayDataset,
     Classifier,
     DataLike,
+    HyperParams,
     InputError,
+    Param,
     Progress,
     Registry,
     as_array_dataset,
@@ -145,22 +147,40 @@ class ScanData:
     probe: torch.Tensor | None = None
 
 
-class Scanner:
+def int_tuple(value: Iterable[Any]) -> tuple[int, ...]:
+    """``value`` as a tuple of ints (a string or a non-integral number is refused)."""
+    if isinstance(value, (str, bytes)):
+        raise TypeError(value)
+    out = []
+    for v in value:
+        if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+            raise ValueError(v)
+        out.append(int(v))
+    return tuple(out)
+
+
+int_tuple.__name__ = "tuple of integers"  # read by the one-line error for a value it refuses
+
+
+def _one_seed_at_least(seeds: tuple[int, ...]) -> str | None:
+    return None if seeds else "must hold at least one seed"
+
+
+class Scanner(HyperParams):
     """Base class of trojan scanners; subclasses write :meth:`_scan` for one seed.
 
-    Subclasses set ``needs`` (which of ``clean``, ``train``, ``probe`` they read) and take their
-    hyper-parameters in the constructor, ``seeds`` and ``threshold`` included (defaults in the
-    signature). Constructors only store hyper-parameters.
+    Subclasses set ``needs`` (which of ``clean``, ``train``, ``probe`` they read) and declare their
+    hyper-parameters with :class:`~mlsafety.core.Param`; ``seeds`` and ``threshold`` are declared
+    here (a scanner re-declares ``threshold`` with its own default). Constructors only store them.
     """
+
+    seeds: Param[tuple[int, ...]] = Param(
+        (0, 1, 2), int_tuple, check=_one_seed_at_least, doc="one run per seed; the score is their mean"
+    )
+    threshold = Param(0.0, float, doc="score above which the model is flagged")
 
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset({"clean"})
-
-    def __init__(self, seeds: Sequence[int] = (0, 1, 2), threshold: float = 0.0) -> None:
-        if not seeds:
-            raise InputError("give at least one seed")
-        self.seeds = tuple(int(s) for s in seeds)
-        self.threshold = float(threshold)
 
     def scan(
         self,
@@ -234,10 +254,6 @@ class Scanner:
             runs=list(runs),
         )
 
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
-        return f"{type(self).__name__}({params})"
-
 
 def _mean_or_none(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
     present = [t for t in tensors if t is not None]
@@ -263,8 +279,3 @@ def class_balanced(data: ArrayDataset, per_class: int, g: torch.Generator) -> Ar
         pool = (data.y == k).nonzero().flatten()
         picks.append(pool[torch.randperm(len(pool), generator=g)[:per_class]])
     return data.subset(torch.cat(picks))
-
-
-def kwargs_of(scanner: Scanner) -> dict[str, Any]:
-    """A scanner's hyper-parameters (for reports and result rows)."""
-    return {k: v for k, v in vars(scanner).items() if not k.startswith("_")}

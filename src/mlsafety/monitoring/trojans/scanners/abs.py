@@ -16,13 +16,11 @@ Artificial Brain Stimulation", CCS 2019), re-implemented from the paper (the aut
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, rand_like
+from mlsafety.core import Classifier, InputError, Param, rand_like
 from mlsafety.monitoring.trojans.scanners._base import (
     ScanData,
     Scanner,
@@ -64,58 +62,28 @@ def _margins(logits: torch.Tensor) -> torch.Tensor:
     return logits - best_other
 
 
-@register_scanner("abs")
+@register_scanner("abs", tags=("share-score",))
 class ABS(Scanner):
     """Neuron stimulation analysis, candidate neurons, trigger reverse-engineering, REASR.
 
     Score: the largest REASR among candidates (in [0, 1]; higher = more likely trojaned); verdict:
     score > ``threshold``. ``per_class`` holds, per label, the largest elevation any channel
-    gives it; ``triggers`` the trigger recovered from the best candidate.
-
-    Args:
-        seeds: one run per seed.
-        threshold: REASR above which the model is flagged.
-        layer: name of the module whose output is stimulated (default: the last 4-D feature map).
-        per_class: clean images per class used for stimulation.
-        levels: stimulation values per channel.
-        max_level: the largest stimulation, in multiples of the largest clean activation.
-        candidates: channels reverse-engineered.
-        mask_budget: the largest mask L1, as a share of the image's pixels.
-        steps: reverse-engineering steps (Adam).
-        batch_size: clean inputs per candidate and step.
-        lr: Adam's learning rate.
-        logit_weight: weight of a cross-entropy term towards the label the candidate elevated (the
-            "logits loss" of the authors' later TrojAI release; 0 gives the paper's pure neuron loss).
+    gives it; ``triggers`` the trigger recovered from the best candidate. ``logit_weight`` weighs a
+    cross-entropy term towards the label the candidate elevated (the "logits loss" of the authors'
+    later TrojAI release; 0 gives the paper's pure neuron loss).
     """
 
-    def __init__(
-        self,
-        seeds: Sequence[int] = (0, 1, 2),
-        threshold: float = 0.9,
-        layer: str | None = None,
-        per_class: int = 2,
-        levels: int = 8,
-        max_level: float = 4.0,
-        candidates: int = 3,
-        mask_budget: float = 0.15,
-        steps: int = 150,
-        batch_size: int = 32,
-        lr: float = 0.1,
-        logit_weight: float = 1.0,
-    ) -> None:
-        super().__init__(seeds, threshold)
-        if levels < 2 or candidates < 1 or not 0.0 < mask_budget <= 1.0:
-            raise InputError("abs needs levels >= 2, candidates >= 1 and mask_budget in (0, 1]")
-        self.layer = layer
-        self.per_class = per_class
-        self.levels = levels
-        self.max_level = max_level
-        self.candidates = candidates
-        self.mask_budget = mask_budget
-        self.steps = steps
-        self.batch_size = batch_size
-        self.lr = lr
-        self.logit_weight = logit_weight
+    threshold = Param(0.9, float, doc="REASR above which the model is flagged")
+    layer = Param(None, str, doc="module whose output is stimulated; None: the last 4-D feature map")
+    per_class = Param(2, int, low=1, doc="clean images per class used for stimulation")
+    levels = Param(8, int, low=2, doc="stimulation values per channel")
+    max_level = Param(4.0, float, low=0, low_open=True, doc="largest stimulation, in multiples of the top activation")
+    candidates = Param(3, int, low=1, doc="channels reverse-engineered")
+    mask_budget = Param(0.15, float, low=0, low_open=True, high=1, doc="largest mask L1, as a share of the pixels")
+    steps = Param(150, int, low=1, doc="reverse-engineering steps (Adam)")
+    batch_size = Param(32, int, low=1, doc="clean inputs per candidate and step")
+    lr = Param(0.1, float, low=0, low_open=True, doc="Adam's learning rate")
+    logit_weight = Param(1.0, float, low=0, doc="weight of the cross-entropy towards the elevated label")
 
     # -- stimulation -------------------------------------------------------------------------
     def _stimulate(self, clf: Classifier, module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

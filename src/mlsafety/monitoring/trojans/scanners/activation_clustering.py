@@ -11,16 +11,14 @@ coefficient. The smaller cluster of a well-split class is the suspected poison.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from mlsafety.core import Classifier, InputError
+from mlsafety.core import Classifier, Param
 from mlsafety.monitoring.trojans.scanners._base import ScanData, Scanner, SeedScan, register_scanner
 from mlsafety.monitoring.trojans.scanners._features import kmeans2, pca, silhouette, train_features
 
 
-@register_scanner("activation-clustering")
+@register_scanner("activation-clustering", tags=("seed-spread",))
 class ActivationClustering(Scanner):
     """Two-means clustering of each class's activations on the training set.
 
@@ -28,32 +26,23 @@ class ActivationClustering(Scanner):
     ``max_share`` of the class (higher = more likely trojaned); verdict: score > ``threshold``.
     ``per_class`` holds every class's silhouette (0 for classes whose split is too even);
     ``sample_scores`` for each training sample the standardised distance to its class's large
-    cluster minus the distance to the small one (higher = more likely poisoned).
-
-    Args:
-        seeds: one clustering per seed (k-means initialisations differ).
-        threshold: silhouette above which the model is flagged.
-        dims: dimensions kept before clustering (10 in the paper).
-        max_share: the largest share of a class the poison cluster may hold (the paper's 35%).
-        min_class: classes with fewer samples are skipped.
+    cluster minus the distance to the small one (higher = more likely poisoned). The seeds change
+    the k-means initialisations.
     """
 
     needs = frozenset({"clean", "train"})
-
-    def __init__(
-        self,
-        seeds: Sequence[int] = (0, 1, 2),
-        threshold: float = 0.55,
-        dims: int = 10,
-        max_share: float = 0.35,
-        min_class: int = 10,
-    ) -> None:
-        super().__init__(seeds, threshold)
-        if dims < 1 or not 0.0 < max_share < 0.5:
-            raise InputError("activation-clustering needs dims >= 1 and max_share in (0, 0.5)")
-        self.dims = dims
-        self.max_share = max_share
-        self.min_class = min_class
+    threshold = Param(0.55, float, doc="silhouette above which the model is flagged")
+    dims = Param(10, int, low=1, doc="dimensions kept before clustering (10 in the paper)")
+    max_share = Param(
+        0.35,
+        float,
+        low=0,
+        low_open=True,
+        high=0.5,
+        high_open=True,
+        doc="largest share of a class the poison cluster may hold (the paper's 35%)",
+    )
+    min_class = Param(10, int, low=1, doc="classes with fewer samples are skipped")
 
     def _scan(self, clf: Classifier, data: ScanData, g: torch.Generator) -> SeedScan:
         assert data.train is not None

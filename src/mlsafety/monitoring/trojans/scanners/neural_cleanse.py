@@ -26,7 +26,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from mlsafety.core import Classifier, InputError, rand_like
+from mlsafety.core import Classifier, InputError, Param, rand_like
 from mlsafety.monitoring.trojans.scanners._base import (
     ScanData,
     Scanner,
@@ -143,46 +143,29 @@ def reverse_engineer(
     ]
 
 
-@register_scanner("neural-cleanse")
+@register_scanner("neural-cleanse", tags=("mad-score",))
 class NeuralCleanse(Scanner):
     """Trigger reverse-engineering for every class and a MAD outlier test on the mask norms.
 
     Score: the largest anomaly index (higher = more likely trojaned); verdict: score >
     ``threshold``. ``per_class`` holds each class's anomaly index; ``triggers`` the recovered
-    trigger of every class; ``extra`` the L1 norm of each class's mask (``l1_class_<k>``).
-
-    Args:
-        seeds: one reverse-engineering run per seed.
-        threshold: anomaly index above which a class (and so the model) is flagged.
-        steps, batch_size, lr, init_cost, epoch_steps, patience, success: see
-            :func:`reverse_engineer`.
-        max_inputs: clean inputs used (a random subset when there are more).
+    trigger of every class; ``extra`` the L1 norm of each class's mask (``l1_class_<k>``). The
+    optimisation settings are those of :func:`reverse_engineer`.
     """
 
-    def __init__(
-        self,
-        seeds: Sequence[int] = (0, 1, 2),
-        threshold: float = 2.0,
-        steps: int = 200,
-        batch_size: int = 16,
-        lr: float = 0.1,
-        init_cost: float = 1e-3,
-        epoch_steps: int = 5,
-        patience: int = 5,
-        success: float = 0.99,
-        max_inputs: int = 512,
-    ) -> None:
-        super().__init__(seeds, threshold)
-        if steps < epoch_steps or batch_size < 1:
-            raise InputError("neural-cleanse needs steps >= epoch_steps and batch_size >= 1")
-        self.steps = steps
-        self.batch_size = batch_size
-        self.lr = lr
-        self.init_cost = init_cost
-        self.epoch_steps = epoch_steps
-        self.patience = patience
-        self.success = success
-        self.max_inputs = max_inputs
+    threshold = Param(2.0, float, doc="anomaly index above which a class (and so the model) is flagged")
+    steps = Param(200, int, low=1, doc="optimisation steps (Adam, betas (0.5, 0.9) as in the reference code)")
+    batch_size = Param(16, int, low=1, doc="clean inputs per class and step")
+    lr = Param(0.1, float, low=0, low_open=True, doc="Adam's learning rate on the tanh parameters")
+    init_cost = Param(1e-3, float, low=0, low_open=True, doc="the first non-zero L1 weight")
+    epoch_steps = Param(5, int, low=1, doc="steps per schedule epoch")
+    patience = Param(5, int, low=1, doc="epochs before the cost changes")
+    success = Param(0.99, float, low=0, high=1, doc="attack success a mask must reach on a batch to count")
+    max_inputs = Param(512, int, low=1, doc="clean inputs used (a random subset when there are more)")
+
+    def __post_init__(self) -> None:
+        if self.steps < self.epoch_steps:
+            raise InputError(f"neural-cleanse steps must be >= epoch_steps ({self.epoch_steps}), got {self.steps}")
 
     def _scan(self, clf: Classifier, data: ScanData, g: torch.Generator) -> SeedScan:
         x = data.clean.x
@@ -190,19 +173,8 @@ class NeuralCleanse(Scanner):
             x = x[torch.randperm(x.shape[0], generator=g)[: self.max_inputs]]
         x = x.to(clf.device)
         classes = list(range(clf.num_classes))
-        triggers = reverse_engineer(
-            clf,
-            x,
-            classes,
-            g,
-            self.steps,
-            self.batch_size,
-            self.lr,
-            self.init_cost,
-            self.epoch_steps,
-            self.patience,
-            self.success,
-        )
+        settings = {k: v for k, v in self.get_params().items() if k not in ("seeds", "threshold", "max_inputs")}
+        triggers = reverse_engineer(clf, x, classes, g, **settings)
         norms = torch.tensor([t.l1 for t in triggers])
         index = anomaly_index(norms)
         flagged = [int(k) for k in index.argsort(descending=True).tolist() if float(index[k]) > self.threshold]

@@ -12,17 +12,17 @@ the others. The score is the largest MAD anomaly index of these strengths (above
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
 
-from mlsafety.core import Classifier
+from mlsafety.core import Classifier, Param
 from mlsafety.monitoring.trojans.scanners._base import ScanData, Scanner, SeedScan, register_scanner
 from mlsafety.monitoring.trojans.scanners._features import train_features
 from mlsafety.monitoring.trojans.scanners.neural_cleanse import anomaly_index
 
 
-@register_scanner("spectral-signatures")
+@register_scanner("spectral-signatures", tags=("mad-score",))
 class SpectralSignatures(Scanner):
     """Top-singular-vector outlier scores per class of the training set.
 
@@ -30,18 +30,12 @@ class SpectralSignatures(Scanner):
     likely trojaned); verdict: score > ``threshold``. ``per_class`` holds each class's index;
     ``sample_scores`` every training sample's squared projection, divided by its class's median
     (higher = more likely poisoned). Deterministic: the seeds only repeat the computation.
-
-    Args:
-        seeds: runs (the method draws no random numbers).
-        threshold: anomaly index above which the model is flagged.
-        min_class: classes with fewer samples are skipped.
     """
 
     needs = frozenset({"clean", "train"})
-
-    def __init__(self, seeds: Sequence[int] = (0,), threshold: float = 3.5, min_class: int = 10) -> None:
-        super().__init__(seeds, threshold)
-        self.min_class = min_class
+    seeds = replace(Scanner.seeds, default=(0,), doc="runs (the method draws no random numbers)")
+    threshold = Param(3.5, float, doc="anomaly index above which the model is flagged")
+    min_class = Param(10, int, low=1, doc="classes with fewer samples are skipped")
 
     def _scan(self, clf: Classifier, data: ScanData, g: torch.Generator) -> SeedScan:
         assert data.train is not None

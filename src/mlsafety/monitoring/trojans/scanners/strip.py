@@ -14,11 +14,9 @@ probe traffic is flagged much more often than ``frr`` is serving triggered input
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import torch
 
-from mlsafety.core import Classifier, InputError
+from mlsafety.core import Classifier, Param
 from mlsafety.monitoring.trojans.scanners._base import ScanData, Scanner, SeedScan, register_scanner
 
 
@@ -51,32 +49,24 @@ def strip_entropy(
     return out
 
 
-@register_scanner("strip")
+@register_scanner("strip", tags=("share-score",))
 class STRIP(Scanner):
     """Input-level trojan detection by superimposition entropy; model-level score from the probe traffic.
 
     Score: share of ``probe`` inputs whose entropy falls below the clean ``frr`` quantile;
     verdict: score > ``threshold``. ``sample_scores`` are minus the entropies of the probe inputs
     (higher = more likely triggered), for input-level AUROC. The suspected target is the most
-    common prediction among the flagged probe inputs.
-
-    Args:
-        seeds: one run per seed (overlay choices differ).
-        threshold: share of flagged probe inputs above which the model is flagged.
-        overlays: superimpositions per input (the paper uses 100 on CIFAR; small images need fewer).
-        frr: false-rejection rate on clean inputs that sets the entropy threshold.
+    common prediction among the flagged probe inputs. The seeds change the overlay choices.
     """
 
     needs = frozenset({"clean", "probe"})
-
-    def __init__(
-        self, seeds: Sequence[int] = (0, 1, 2), threshold: float = 0.1, overlays: int = 16, frr: float = 0.01
-    ) -> None:
-        super().__init__(seeds, threshold)
-        if overlays < 1 or not 0.0 < frr < 1.0:
-            raise InputError("strip needs overlays >= 1 and frr in (0, 1)")
-        self.overlays = overlays
-        self.frr = frr
+    threshold = Param(0.1, float, doc="share of flagged probe inputs above which the model is flagged")
+    overlays = Param(
+        16, int, low=1, doc="superimpositions per input (the paper: 100 on CIFAR; small images need fewer)"
+    )
+    frr = Param(
+        0.01, float, low=0, low_open=True, high=1, high_open=True, doc="clean false-rejection rate setting the cut"
+    )
 
     def _scan(self, clf: Classifier, data: ScanData, g: torch.Generator) -> SeedScan:
         assert data.probe is not None
