@@ -87,7 +87,9 @@ def test_each_floor_rule(tmp_path: Path) -> None:
             "monitoring/ood.py": "from mlsafety.core import _a\nfrom mlsafety.zoo import _data\n",
             "zoo/_data.py": "",
             "audit/_engine.py": "import mlsafety.cli\n",
-            "cli/__init__.py": "import mlsafety.serve\nfrom mlsafety.audit import _store\n",
+            "cli/__init__.py": "import mlsafety.serve\nfrom mlsafety.audit import _store\nfrom mlsafety import audit\n",
+            "cli/_common.py": "from mlsafety.cli import _zoo\n",  # its own private modules: fine
+            "cli/_zoo.py": "",
             "audit/_store.py": "",
             "serve.py": "",
             "extra.py": "",
@@ -102,6 +104,8 @@ def test_each_floor_rule(tmp_path: Path) -> None:
         "[layer]",
         "src/mlsafety/cli/__init__.py:1: imports mlsafety.serve: cli imports the library and audit, never another "
         "edge [layer]",
+        "src/mlsafety/cli/__init__.py:2: imports mlsafety.audit._store: cli uses only public API (a package's "
+        "__init__, no _private module) [private]",
         "src/mlsafety/core/_a.py:1: imports mlsafety.metrics: core imports only core [layer]",
         "src/mlsafety/metrics/__init__.py:1: imports mlsafety.zoo: metrics imports only core and metrics [layer]",
         "src/mlsafety/robustness/_denoise.py:1: imports mlsafety.monitoring.ood: pillar robustness imports only "

@@ -12,7 +12,8 @@ Floors, bottom to top (docs/architecture.md draws the same map)::
 Rules:
 - a module imports its own floor and the floors below it; the four pillars are side by side and
   import each other never (only through ``core``, ``metrics`` and ``zoo``);
-- the edges (``cli``, the future ``serve``) import everything below them, never each other;
+- the edges (``cli``, the future ``serve``) import everything below them, never each other, and
+  only through public API (a package's ``__init__``, never a ``_private`` module of another floor);
 - the package root ``mlsafety/__init__.py`` is a facade over the library: it imports the library,
   never ``audit`` or an edge, and only ``audit`` and the edges import it;
 - no import cycles between modules. Imports inside functions count (a deferred import hides a
@@ -183,8 +184,8 @@ def _where(imp: Import, cwd: Path) -> str:
     return f"{shown}:{imp.line}: imports {imp.target}{how}"
 
 
-def layer_violations(imports: list[Import]) -> list[tuple[Import, str]]:
-    """Imports that go to a floor their module may not import, with the rule they break."""
+def layer_violations(imports: list[Import]) -> list[tuple[Import, str, str]]:
+    """Imports that break a floor rule: (the import, the rule, ``layer`` or ``private``)."""
     bad = []
     for imp in imports:
         src_floor, dst_floor = floor(imp.importer), floor(imp.target)
@@ -192,11 +193,13 @@ def layer_violations(imports: list[Import]) -> list[tuple[Import, str]]:
         if src_floor == dst_floor:
             continue
         if src_floor not in ALLOWED:
-            bad.append((imp, f"{PACKAGE}.{src_floor} has no floor: place it in tools/check_layers.py"))
+            bad.append((imp, f"{PACKAGE}.{src_floor} has no floor: place it in tools/check_layers.py", "layer"))
             continue
         allowed, rule = ALLOWED[src_floor]
         if dst_floor not in allowed:
-            bad.append((imp, rule))
+            bad.append((imp, rule, "layer"))
+        elif src_floor in EDGES and any(part.startswith("_") for part in imp.target.split(".")[1:]):
+            bad.append((imp, f"{src_floor} uses only public API (a package's __init__, no _private module)", "private"))
     return bad
 
 
@@ -285,8 +288,8 @@ def check(src: Path, cwd: Path | None = None) -> tuple[list[str], list[str]]:
     problems: list[str] = []
     notes: list[str] = []
     used: set[tuple[str, str]] = set()
-    for imp, rule in layer_violations(imports):
-        line = f"{_where(imp, cwd)}: {rule} [layer]"
+    for imp, rule, tag in layer_violations(imports):
+        line = f"{_where(imp, cwd)}: {rule} [{tag}]"
         if (imp.importer, imp.target) in ALLOW:
             used.add((imp.importer, imp.target))
             notes.append(f"allowed for now ({ALLOW[imp.importer, imp.target]}): {line}")
