@@ -1,0 +1,65 @@
+"""Corruption estimates from per-input correctness: their point values agree with the published
+formulas (``corruptions.mce``) and their intervals come from an input bootstrap."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlsafety.core import InputError
+from mlsafety.metrics import clopper_pearson
+from mlsafety.robustness.corruptions import ALEXNET_ERRORS, mce
+from mlsafety.robustness.corruptions.evaluate import estimate_corruption, estimate_mce
+
+
+def test_one_corruption_by_hand() -> None:
+    correct = {1: torch.tensor([True, True, False, True]), 3: torch.tensor([True, False, False, True])}
+    est = estimate_corruption(correct, n_boot=200, seed=0, name="fog-ce")
+    assert est.accuracy[1].value == 0.75 and est.error[3].value == 0.5
+    assert (est.accuracy[3].ci_low, est.accuracy[3].ci_high) == pytest.approx(clopper_pearson(2, 4))
+    assert est.ce is not None and est.ce.value == pytest.approx((0 + 0.5 + 1 + 0) / 4) and est.ce.n == 4
+    assert est.ce.ci_low <= est.ce.value <= est.ce.ci_high
+    assert estimate_corruption(correct, ce=False).ce is None
+    with pytest.raises(InputError):
+        estimate_corruption({})
+
+
+@pytest.mark.parametrize("normalised", [False, True])
+def test_summaries_equal_the_published_formulas(normalised: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    names = ["gaussian-noise", "fog", "not-in-the-baseline"]
+    correct = torch.rand(40, 3, 5, generator=g) > 0.4
+    clean = torch.rand(40, generator=g) > 0.2
+    baseline = {**ALEXNET_ERRORS} if normalised else None
+    est = estimate_mce(clean, correct, names, baseline=baseline, n_boot=100, seed=4)
+    errors = {n: (~correct[:, i, :]).double().mean(dim=0).tolist() for i, n in enumerate(names)}
+    clean_error = float((~clean).double().mean())
+    raw = mce(errors, clean_error)
+    assert est.mce_unnormalised.value == pytest.approx(raw.mce)
+    assert est.relative_mce_unnormalised.value == pytest.approx(raw.relative_mce)
+    assert est.mean_accuracy.value == pytest.approx(float(correct.double().mean()))
+    assert est.clean_accuracy == pytest.approx(1 - clean_error)
+    assert est.accuracy_grid.shape == (3, 5)
+    if normalised:
+        kept = {n: errors[n] for n in names[:2]}
+        want = mce(kept, clean_error, baseline=ALEXNET_ERRORS)
+        assert est.normalised and est.normalised_names == tuple(names[:2])
+        assert (est.mce.value, est.relative_mce.value) == pytest.approx((want.mce, want.relative_mce))
+    else:
+        assert not est.normalised and est.mce == est.mce_unnormalised
+    for e in (est.mce, est.relative_mce, est.mean_accuracy):
+        assert e.ci_low <= e.value <= e.ci_high and e.n == 40
+
+
+def test_seeds_per_statistic_and_bad_shapes() -> None:
+    g = torch.Generator().manual_seed(1)
+    correct, clean = torch.rand(30, 2, 3, generator=g) > 0.5, torch.rand(30, generator=g) > 0.5
+    a = estimate_mce(clean, correct, ["fog", "snow"], n_boot=50, seed=lambda label: len(label))
+    b = estimate_mce(clean, correct, ["fog", "snow"], n_boot=50, seed=lambda label: len(label))
+    c = estimate_mce(clean, correct, ["fog", "snow"], n_boot=50, seed=7)
+    assert (a.mce, a.relative_mce, a.mean_accuracy) == (b.mce, b.relative_mce, b.mean_accuracy)
+    assert a.mce != c.mce  # another stream, another interval
+    with pytest.raises(InputError, match=r"\(N, C, S\)"):
+        estimate_mce(clean, correct, ["fog"])
+    with pytest.raises(InputError, match="baseline"):
+        estimate_mce(clean, correct, ["fog-x", "snow-x"], baseline=ALEXNET_ERRORS)
