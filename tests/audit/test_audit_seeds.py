@@ -95,8 +95,9 @@ def test_two_tasks_draw_different_streams_and_each_stream_is_reproducible():
 def test_no_check_hands_the_raw_run_seed_to_a_seeded_api(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """Bootstrap seeds, attack and sanity-check randomness are derived from (run seed, check, task):
     the raw run seed reaching a seeded API would give two tasks the same stream."""
-    from mlsafety.audit.checks import adversarial, certified, transparency
-    from mlsafety.robustness import attacks
+    from mlsafety.audit.checks import adversarial, certified
+    from mlsafety.monitoring.transparency import evaluate as transparency  # the check's bootstraps run here
+    from mlsafety.robustness import _evaluate, attacks
 
     run_seed = 12345
     seen: list[tuple[str, Any]] = []
@@ -110,7 +111,7 @@ def test_no_check_hands_the_raw_run_seed_to_a_seeded_api(tmp_path: Path, monkeyp
 
         monkeypatch.setattr(module, name, wrapper)
 
-    for module in (adversarial, certified, transparency):
+    for module in (adversarial, certified, transparency, _evaluate):
         for name in ("bootstrap_mean", "bootstrap_statistic"):
             if hasattr(module, name):
                 spy(module, name)
