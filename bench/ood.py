@@ -35,7 +35,7 @@ from torch import nn
 
 from mlsafety import zoo
 from mlsafety.core import Classifier, generator
-from mlsafety.metrics import auroc, fpr_at_95_tpr
+from mlsafety.metrics import auroc, fpr95_id_positive
 from mlsafety.monitoring import ood
 from mlsafety.monitoring.training import outlier_exposure, outlier_set
 
@@ -142,7 +142,7 @@ def per_detector_in_one_call(
 ) -> dict[str, float]:
     """Each detector's time within one engine call on cached outputs (best of ``repeats``): work that
     detectors share (e.g. the similarity search of KNN and NNGuide) counts where it is first done."""
-    from mlsafety.monitoring.ood.base import sharing
+    from mlsafety.monitoring.ood import sharing
 
     best: dict[str, float] = {}
     for _ in range(repeats):
@@ -168,7 +168,7 @@ def quality(model: nn.Module, names: list[str]) -> dict[str, dict[str, dict[str,
     for set_name, data in sets.items():
         sout = ood.score_detectors(dets, model, data.x)
         out[set_name] = {
-            n: {"auroc": float(auroc(sid[n], sout[n])), "fpr_at_95_tpr": float(fpr_at_95_tpr(sid[n], sout[n]))}
+            n: {"auroc": float(auroc(sid[n], sout[n])), "fpr_at_95_tpr": float(fpr95_id_positive(sid[n], sout[n]))}
             for n in sid
         }
     del shared

@@ -4,7 +4,7 @@ Example:
     >>> from mlsafety.monitoring import ood
     >>> det = ood.create("knn", k=50).fit(model, train_data)   # in-distribution data only
     >>> det.score(model, x)                                     # (N,)
-    >>> dets = [ood.create(n) for n in ood.available() if ood.DETECTORS.get(n).needs <= ood.SHARED_NEEDS]
+    >>> dets = [ood.create(n) for n in ood.DETECTORS.tagged(ood.QUICK)]
     >>> ood.fit_detectors(dets, model, train_data)
     >>> ood.score_detectors(dets, model, x)                     # one forward pass feeds them all
 """
@@ -13,25 +13,29 @@ from mlsafety.monitoring.ood.ash import ASH
 from mlsafety.monitoring.ood.base import (
     DETECTORS,
     KNOWN_NEEDS,
+    NEEDS_DROPOUT,
+    NEEDS_MEMBERS,
+    QUICK,
     SHARED_NEEDS,
-    BankDetector,
     Detector,
-    FitData,
-    Search,
     available,
-    collect_outputs,
     create,
-    fit_detectors,
     register,
-    reuse,
-    score_detectors,
-    sharing,
 )
 from mlsafety.monitoring.ood.deep_ensemble import DeepEnsemble, predictive_uncertainty
 from mlsafety.monitoring.ood.dice import DICE
 from mlsafety.monitoring.ood.energy import Energy
+from mlsafety.monitoring.ood.engine import (
+    FitData,
+    collect_outputs,
+    detector_keys,
+    fit_detectors,
+    reuse,
+    score_detectors,
+    sharing,
+)
 from mlsafety.monitoring.ood.entropy import Entropy
-from mlsafety.monitoring.ood.evaluation import evaluate
+from mlsafety.monitoring.ood.evaluation import InputSource, ScoreCache, evaluate
 from mlsafety.monitoring.ood.fdbd import FDBD
 from mlsafety.monitoring.ood.gen import GEN
 from mlsafety.monitoring.ood.gradnorm import GradNorm
@@ -39,7 +43,7 @@ from mlsafety.monitoring.ood.kl_matching import KLMatching
 from mlsafety.monitoring.ood.knn import KNN
 from mlsafety.monitoring.ood.mahalanobis import Mahalanobis
 from mlsafety.monitoring.ood.max_logit import MaxLogit
-from mlsafety.monitoring.ood.mc_dropout import MCDropout
+from mlsafety.monitoring.ood.mc_dropout import MCDropout, dropout_layers
 from mlsafety.monitoring.ood.msp import MSP
 from mlsafety.monitoring.ood.nnguide import NNGuide
 from mlsafety.monitoring.ood.odin import ODIN
@@ -47,6 +51,7 @@ from mlsafety.monitoring.ood.react import ReAct
 from mlsafety.monitoring.ood.residual import Residual
 from mlsafety.monitoring.ood.rmd import RMD
 from mlsafety.monitoring.ood.scale import SCALE
+from mlsafety.monitoring.ood.search import BankDetector, Search, bank_search, kth_largest, top_k_sum, unit_bank
 from mlsafety.monitoring.ood.she import SHE
 from mlsafety.monitoring.ood.temperature_msp import TemperatureMSP
 from mlsafety.monitoring.ood.tuning import Tuned, synthetic_outliers, tune
@@ -61,7 +66,10 @@ __all__ = [
     "KNN",
     "KNOWN_NEEDS",
     "MSP",
+    "NEEDS_DROPOUT",
+    "NEEDS_MEMBERS",
     "ODIN",
+    "QUICK",
     "RMD",
     "SCALE",
     "SHARED_NEEDS",
@@ -73,6 +81,7 @@ __all__ = [
     "Entropy",
     "FitData",
     "GradNorm",
+    "InputSource",
     "KLMatching",
     "MCDropout",
     "Mahalanobis",
@@ -80,20 +89,27 @@ __all__ = [
     "NNGuide",
     "ReAct",
     "Residual",
+    "ScoreCache",
     "Search",
     "TemperatureMSP",
     "Tuned",
     "ViM",
     "available",
+    "bank_search",
     "collect_outputs",
     "create",
+    "detector_keys",
+    "dropout_layers",
     "evaluate",
     "fit_detectors",
+    "kth_largest",
     "predictive_uncertainty",
     "register",
     "reuse",
     "score_detectors",
     "sharing",
     "synthetic_outliers",
+    "top_k_sum",
     "tune",
+    "unit_bank",
 ]

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, kth_largest, register
+from mlsafety.core import Classifier, Outputs, Param
+from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, register
+from mlsafety.monitoring.ood.search import kth_largest
 
 
 def prune_mask(features: torch.Tensor, percentile: float) -> torch.Tensor:
@@ -37,13 +38,8 @@ class ASH(Detector):
 
     needs = frozenset({"features", "logits"})
 
-    def __init__(self, percentile: float = 90.0, variant: str = "s") -> None:
-        if not 0 <= percentile < 100:
-            raise InputError(f"ash percentile must lie in [0, 100), got {percentile}")
-        if variant not in ("s", "p", "b"):
-            raise InputError(f"ash variant must be 's', 'p' or 'b', got {variant!r}")
-        self.percentile = percentile
-        self.variant = variant
+    percentile = Param(90.0, float, low=0, high=100, high_open=True, doc="pruning percentile (ASH-S, CIFAR)")
+    variant = Param("s", str, choices=("s", "p", "b"), doc="s: prune and scale, p: prune, b: binarise")
 
     def shape(self, features: torch.Tensor) -> torch.Tensor:
         """The shaped features (N, D)."""

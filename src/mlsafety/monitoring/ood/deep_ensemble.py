@@ -8,8 +8,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, as_classifier, check_images, frozen
-from mlsafety.monitoring.ood.base import Detector, register
+from mlsafety.core import Classifier, InputError, Param, as_classifier, check_images, frozen
+from mlsafety.monitoring.ood.base import NEEDS_MEMBERS, Detector, register
 
 STATISTICS = ("entropy", "mutual-information")
 
@@ -32,7 +32,7 @@ def predictive_uncertainty(probs: torch.Tensor, statistic: str = "entropy") -> t
     return (total - each).clamp_min(0)
 
 
-@register("deep-ensemble")
+@register("deep-ensemble", tags=(NEEDS_MEMBERS,))
 class DeepEnsemble(Detector):
     """Anomaly score = predictive entropy or mutual information of an ensemble of models.
 
@@ -46,11 +46,10 @@ class DeepEnsemble(Detector):
 
     needs = frozenset({"multi-pass"})
 
-    def __init__(self, members: Sequence[nn.Module] | None = None, statistic: str = "entropy") -> None:
-        if statistic not in STATISTICS:
-            raise InputError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
-        self.members = members
-        self.statistic = statistic
+    members: Param[Sequence[nn.Module] | None] = Param(
+        None, store=False, doc="the ensemble's models (None: score's model argument)"
+    )
+    statistic = Param("entropy", str, choices=STATISTICS, doc="entropy or mutual-information")
 
     def fit(self, model, data, batch_size: int = 256):  # type: ignore[no-untyped-def,override]
         """Nothing to learn; returns ``self``."""

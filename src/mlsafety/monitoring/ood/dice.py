@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
+from mlsafety.core import Classifier, Outputs, Param
 from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, register
 
 
@@ -23,10 +23,7 @@ class DICE(Detector):
     needs = frozenset({"features", "logits"})
     requires_fit = True
 
-    def __init__(self, percentile: float = 90.0) -> None:
-        if not 0 <= percentile < 100:
-            raise InputError(f"dice percentile must lie in [0, 100), got {percentile}")
-        self.percentile = percentile
+    percentile = Param(90.0, float, low=0, high=100, high_open=True, doc="weight sparsity percentile")
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
         w, b = head_of(clf)

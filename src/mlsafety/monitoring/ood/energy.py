@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import Detector, energy_of, register
+from mlsafety.core import Classifier, Outputs, Param
+from mlsafety.monitoring.ood.base import QUICK, Detector, energy_of, register
 
 
-@register("energy")
+@register("energy", tags=(QUICK,))
 class Energy(Detector):
     """Anomaly score = free energy ``-T logsumexp(logits / T)``.
 
@@ -18,10 +18,7 @@ class Energy(Detector):
 
     needs = frozenset({"logits"})
 
-    def __init__(self, temperature: float = 1.0) -> None:
-        if temperature <= 0:
-            raise InputError(f"energy temperature must be positive, got {temperature}")
-        self.temperature = temperature
+    temperature = Param(1.0, float, low=0, low_open=True, doc="temperature T of the energy")
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         return energy_of(outputs.logits, self.temperature)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
+from mlsafety.core import Classifier, Outputs, Param
 from mlsafety.monitoring.ood.base import Detector, register
 
 
@@ -21,11 +21,8 @@ class GEN(Detector):
 
     needs = frozenset({"logits"})
 
-    def __init__(self, gamma: float = 0.1, top_m: int = 100) -> None:
-        if not 0 < gamma < 1 or top_m < 1:
-            raise InputError("gen needs 0 < gamma < 1 and top_m >= 1")
-        self.gamma = gamma
-        self.top_m = top_m
+    gamma = Param(0.1, float, low=0, high=1, low_open=True, high_open=True, doc="the exponent")
+    top_m = Param(100, int, low=1, doc="largest probabilities summed (all when fewer classes)")
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         p = outputs.logits.softmax(dim=1)

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, float64, register
+from mlsafety.core import Classifier, Outputs, Param
+from mlsafety.monitoring.ood.base import Detector, features_of, register
+from mlsafety.monitoring.ood.engine import float64
 
 
 @register("gradnorm")
@@ -25,10 +26,7 @@ class GradNorm(Detector):
 
     needs = frozenset({"features", "logits"})
 
-    def __init__(self, temperature: float = 1.0) -> None:
-        if temperature <= 0:
-            raise InputError(f"gradnorm temperature must be positive, got {temperature}")
-        self.temperature = temperature
+    temperature = Param(1.0, float, low=0, low_open=True, doc="temperature T of the softmax")
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         logits = float64(outputs.logits)

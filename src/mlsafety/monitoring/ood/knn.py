@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import BankDetector, Search, register
+from mlsafety.core import Classifier, Outputs, Param
+from mlsafety.monitoring.ood.base import QUICK, register
+from mlsafety.monitoring.ood.search import BankDetector, Search
 
 
-@register("knn")
+@register("knn", tags=(QUICK,))
 class KNN(BankDetector):
     """Anomaly score = distance from the L2-normalised feature to its ``k``-th nearest neighbour
     among the normalised in-distribution features (exact search in torch, in batches).
@@ -23,8 +24,7 @@ class KNN(BankDetector):
             on the CPU blocks are sized to stay in cache).
     """
 
-    def __init__(self, k: int = 50, chunk: int = 1024) -> None:
-        super().__init__(k, chunk)
+    k = Param(50, int, low=1, doc="the neighbour whose distance is the score (capped at the bank size)")
 
     def _search(self) -> Search:
         return Search("kth", min(self.k, self.bank_.shape[0]))

@@ -8,7 +8,8 @@ from typing import TypeAlias
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, float64, register, reuse
+from mlsafety.monitoring.ood.base import QUICK, Detector, features_of, register
+from mlsafety.monitoring.ood.engine import float64, reuse
 
 
 def class_gaussians(
@@ -85,7 +86,7 @@ def shared_mahalanobis_sq(
     )
 
 
-@register("mahalanobis")
+@register("mahalanobis", tags=(QUICK,))
 class Mahalanobis(Detector):
     """Anomaly score ``min_k (f - mu_k)^T Sigma^+ (f - mu_k)`` on penultimate features ``f``.
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, register
+from mlsafety.monitoring.ood.base import QUICK, Detector, register
 
 
-@register("max-logit")
+@register("max-logit", tags=(QUICK,))
 class MaxLogit(Detector):
     """Anomaly score ``-max_k logits_k``."""
 

@@ -6,14 +6,19 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, check_images, draw_seed, frozen, generator
-from mlsafety.monitoring.ood.base import Detector, register
+from mlsafety.core import Classifier, InputError, Param, check_images, draw_seed, frozen, generator
+from mlsafety.monitoring.ood.base import NEEDS_DROPOUT, Detector, register
 from mlsafety.monitoring.ood.deep_ensemble import STATISTICS, predictive_uncertainty
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
 
 
-@register("mc-dropout")
+def dropout_layers(module: nn.Module) -> list[nn.Module]:
+    """The dropout layers of ``module`` (those MC dropout switches on); empty when it has none."""
+    return [m for m in module.modules() if isinstance(m, _DROPOUT)]
+
+
+@register("mc-dropout", tags=(NEEDS_DROPOUT,))
 class MCDropout(Detector):
     """Anomaly score = predictive entropy or mutual information over ``samples`` forward passes
     with dropout active (every other layer, e.g. batch norm, stays in eval mode).
@@ -29,18 +34,13 @@ class MCDropout(Detector):
 
     needs = frozenset({"multi-pass"})
 
-    def __init__(self, samples: int = 10, statistic: str = "mutual-information", seed: int = 0) -> None:
-        if samples < 1:
-            raise InputError(f"mc-dropout needs samples >= 1, got {samples}")
-        if statistic not in STATISTICS:
-            raise InputError(f"statistic must be one of {', '.join(STATISTICS)}, got {statistic!r}")
-        self.samples = samples
-        self.statistic = statistic
-        self.seed = seed
+    samples = Param(10, int, low=1, doc="stochastic forward passes")
+    statistic = Param("mutual-information", str, choices=STATISTICS, doc="entropy or mutual-information")
+    seed = Param(0, int, doc="seed of the dropout masks")
 
     def _score_model(self, clf: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         check_images(x)
-        dropouts = [m for m in clf.module.modules() if isinstance(m, _DROPOUT)]
+        dropouts = dropout_layers(clf.module)
         if not dropouts:
             raise InputError("mc-dropout needs a model with dropout layers; this one has none")
         device = clf.device

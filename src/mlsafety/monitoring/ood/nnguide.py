@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import BankDetector, Search, register
+from mlsafety.core import Classifier, Outputs, Param
+from mlsafety.monitoring.ood.base import register
+from mlsafety.monitoring.ood.search import BankDetector, Search
 
 
 @register("nnguide")
@@ -26,8 +27,7 @@ class NNGuide(BankDetector):
 
     needs = frozenset({"features", "logits"})
 
-    def __init__(self, k: int = 100, chunk: int = 1024) -> None:
-        super().__init__(k, chunk)
+    k = Param(100, int, low=1, doc="neighbours averaged in the guidance (capped at the bank size)")
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
         super()._fit(clf, outputs, labels)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, check_images, frozen
+from mlsafety.core import Classifier, Param, check_images, frozen
 from mlsafety.monitoring.ood.base import Detector, register
 
 
@@ -24,11 +24,8 @@ class ODIN(Detector):
 
     needs = frozenset({"logits", "input-grad"})
 
-    def __init__(self, temperature: float = 1000.0, noise: float = 0.0014) -> None:
-        if temperature <= 0 or noise < 0:
-            raise InputError("odin needs temperature > 0 and noise >= 0")
-        self.temperature = temperature
-        self.noise = noise
+    temperature = Param(1000.0, float, low=0, low_open=True, doc="temperature T of the softmax")
+    noise = Param(0.0014, float, low=0, doc="input step eps in pixel units (0: no pre-processing)")
 
     def _score_model(self, clf: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         check_images(x)

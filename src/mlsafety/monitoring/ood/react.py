@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
-from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, register
+from mlsafety.core import Classifier, Outputs, Param
+from mlsafety.monitoring.ood.base import QUICK, Detector, energy_of, features_of, head_of, register
 
 
-@register("react")
+@register("react", tags=(QUICK,))
 class ReAct(Detector):
     """Anomaly score = energy of the logits recomputed from features clipped at ``c``:
     ``-logsumexp(W min(f, c) + b)``.
@@ -24,10 +24,7 @@ class ReAct(Detector):
     needs = frozenset({"features", "logits"})
     requires_fit = True
 
-    def __init__(self, percentile: float = 90.0) -> None:
-        if not 0 < percentile <= 100:
-            raise InputError(f"react percentile must lie in (0, 100], got {percentile}")
-        self.percentile = percentile
+    percentile = Param(90.0, float, low=0, high=100, low_open=True, doc="clipping percentile of activations")
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
         f = features_of(outputs).float().flatten()

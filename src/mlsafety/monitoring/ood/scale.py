@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
+from mlsafety.core import Classifier, Outputs, Param
 from mlsafety.monitoring.ood.ash import keep_count
-from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, register, top_k_sum
+from mlsafety.monitoring.ood.base import Detector, energy_of, features_of, head_of, register
+from mlsafety.monitoring.ood.search import top_k_sum
 
 
 @register("scale")
@@ -22,10 +23,7 @@ class SCALE(Detector):
 
     needs = frozenset({"features", "logits"})
 
-    def __init__(self, percentile: float = 85.0) -> None:
-        if not 0 <= percentile < 100:
-            raise InputError(f"scale percentile must lie in [0, 100), got {percentile}")
-        self.percentile = percentile
+    percentile = Param(85.0, float, low=0, high=100, high_open=True, doc="percentile of the scale's top sum")
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         w, b = head_of(clf)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, float64, register
+from mlsafety.monitoring.ood.base import Detector, features_of, register
+from mlsafety.monitoring.ood.engine import float64
 
 
 @register("she")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Outputs
+from mlsafety.core import Classifier, Outputs, Param
 from mlsafety.monitoring.calibration.scaling import TemperatureScaler
 from mlsafety.monitoring.ood.base import Detector, register
 
@@ -20,10 +20,9 @@ class TemperatureMSP(Detector):
     needs = frozenset({"logits"})
     requires_fit = True
 
-    def __init__(self, temperature: float | None = None) -> None:
-        if temperature is not None and temperature <= 0:
-            raise InputError(f"temperature must be positive, got {temperature}")
-        self.temperature = temperature
+    temperature: Param[float | None] = Param(
+        None, float, low=0, low_open=True, doc="a fixed temperature; None fits it by NLL on the fit data"
+    )
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
         if self.temperature is not None:

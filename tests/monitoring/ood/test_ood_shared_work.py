@@ -10,7 +10,7 @@ from torch.overrides import TorchFunctionMode
 
 from mlsafety.core import Classifier, InputError, Outputs, generator
 from mlsafety.monitoring import ood
-from mlsafety.monitoring.ood import base
+from mlsafety.monitoring.ood import engine, search
 
 
 def matrix(n: int, m: int, name: str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -27,9 +27,9 @@ def test_selection_matches_topk_across_blocks(dtype: torch.dtype, k: int, signs:
         if dtype == torch.float32:
             x[::7, ::5] = -0.0
     ref = x.topk(k, dim=1).values
-    torch.testing.assert_close(base.kth_largest(x, k), ref[:, -1])
+    torch.testing.assert_close(search.kth_largest(x, k), ref[:, -1])
     tol = {"rtol": 1e-5, "atol": 1e-6 * k} if dtype == torch.float32 else {}  # summation order differs
-    torch.testing.assert_close(base.top_k_sum(x, k), ref.sum(dim=1), **tol)
+    torch.testing.assert_close(search.top_k_sum(x, k), ref.sum(dim=1), **tol)
     assert torch.equal(x, matrix(700, 1078, "select", dtype) if signs == "mixed" else x.clone())
 
 
@@ -40,49 +40,49 @@ def test_integer_keyed_selection_orders_every_float(dtype: type) -> None:
     rows = np.stack([rng.permutation(np.array(special, dtype=dtype)) for _ in range(20)])
     ordered = np.sort(rows, axis=1)
     for k in range(1, len(special) + 1):
-        kth = base._select(rows.copy(), k, "kth")
+        kth = search._select(rows.copy(), k, "kth")
         np.testing.assert_array_equal(kth, ordered[:, -k])
         if k < len(special):  # with -inf and +inf both in, the full sum is undefined
-            sums = base._select(rows.copy(), k, "top-sum")
+            sums = search._select(rows.copy(), k, "top-sum")
             np.testing.assert_array_equal(sums, ordered[:, -k:].sum(axis=1))
 
 
 def test_selection_off_the_cpu_path_agrees(monkeypatch: pytest.MonkeyPatch) -> None:
     x = matrix(30, 40, "other-device")
-    cpu = (base.kth_largest(x, 7), base.top_k_sum(x, 7))
-    monkeypatch.setattr(base, "_on_cpu", lambda t: False)  # the torch.topk path other devices take
-    torch.testing.assert_close(base.kth_largest(x, 7), cpu[0])
-    torch.testing.assert_close(base.top_k_sum(x, 7), cpu[1])
+    cpu = (search.kth_largest(x, 7), search.top_k_sum(x, 7))
+    monkeypatch.setattr(search, "_on_cpu", lambda t: False)  # the torch.topk path other devices take
+    torch.testing.assert_close(search.kth_largest(x, 7), cpu[0])
+    torch.testing.assert_close(search.top_k_sum(x, 7), cpu[1])
 
 
 @pytest.mark.parametrize("k", [0, 41])
 def test_selection_rejects_k_outside_the_row(k: int) -> None:
     with pytest.raises(InputError, match="k must lie in"):
-        base.kth_largest(matrix(3, 40, "bad-k"), k)
+        search.kth_largest(matrix(3, 40, "bad-k"), k)
 
 
 def test_unit_bank_drops_dead_columns_and_bank_search_is_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     bank = matrix(300, 8, "bank").relu()
     bank[:, [1, 4]] = 0  # two units dead on all in-distribution data
     query = matrix(700, 8, "query").abs()  # ... but alive on the queries
-    unit, columns = base.unit_bank(bank)
+    unit, columns = search.unit_bank(bank)
     assert columns.tolist() == [0, 2, 3, 5, 6, 7]
     sims = nn.functional.normalize(query, dim=1) @ nn.functional.normalize(bank, dim=1).T
     scale = matrix(1, 300, "conf").reshape(-1)
-    searches = [base.Search("kth", 1), base.Search("kth", 9), base.Search("top-sum", 30, scale)]
+    searches = [search.Search("kth", 1), search.Search("kth", 9), search.Search("top-sum", 30, scale)]
     want = [sims.amax(dim=1), sims.topk(9, dim=1).values[:, -1], (sims * scale).topk(30, dim=1).values.sum(dim=1)]
     for chunk in (1024, 50):  # blocks of 873 and of 50 rows (the last one short)
-        for got, ref in zip(base._fused_search(query, unit, columns, searches, chunk), want, strict=True):
+        for got, ref in zip(search._fused_search(query, unit, columns, searches, chunk), want, strict=True):
             torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    monkeypatch.setattr(base, "_on_cpu", lambda t: False)  # the topk path other devices take
-    for got, ref in zip(base._fused_search(query, unit, columns, searches, 64), want, strict=True):
+    monkeypatch.setattr(search, "_on_cpu", lambda t: False)  # the topk path other devices take
+    for got, ref in zip(search._fused_search(query, unit, columns, searches, 64), want, strict=True):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
 
 
 def test_bank_search_rejects_a_bad_search() -> None:
-    unit, columns = base.unit_bank(matrix(10, 4, "b"))
+    unit, columns = search.unit_bank(matrix(10, 4, "b"))
     with pytest.raises(InputError, match="bad bank search"):
-        base.bank_search(matrix(3, 4, "q"), unit, columns, base.Search("kth", 11))
+        search.bank_search(matrix(3, 4, "q"), unit, columns, search.Search("kth", 11))
 
 
 def test_reuse_computes_once_per_sharing_block() -> None:
@@ -93,16 +93,16 @@ def test_reuse_computes_once_per_sharing_block() -> None:
         calls.append(1)
         return len(calls)
 
-    assert base.reuse("x", (t,), compute) == 1
-    assert base.reuse("x", (t,), compute) == 2  # no block: nothing is kept
-    with base.sharing():
-        assert base.reuse("x", (t,), compute) == 3
-        with base.sharing():  # a nested block joins the outer one
-            assert base.reuse("x", (t,), compute) == 3
-        assert base.reuse("x", (t,), compute, 5) == 4  # other params: another result
-        assert base.reuse("x", (t.clone(),), compute) == 5  # another tensor: another result
-    with base.sharing():
-        assert base.reuse("x", (t,), compute) == 6  # a new block starts empty
+    assert engine.reuse("x", (t,), compute) == 1
+    assert engine.reuse("x", (t,), compute) == 2  # no block: nothing is kept
+    with engine.sharing():
+        assert engine.reuse("x", (t,), compute) == 3
+        with engine.sharing():  # a nested block joins the outer one
+            assert engine.reuse("x", (t,), compute) == 3
+        assert engine.reuse("x", (t,), compute, 5) == 4  # other params: another result
+        assert engine.reuse("x", (t.clone(),), compute) == 5  # another tensor: another result
+    with engine.sharing():
+        assert engine.reuse("x", (t,), compute) == 6  # a new block starts empty
 
 
 def relu_net(seed: int = 0) -> nn.Module:
@@ -187,7 +187,7 @@ def test_ash_and_scale_thresholds_equal_the_top_k_mask() -> None:
         ash_ref = pruned * torch.exp(s1 / s2.clamp_min(1e-12))
         torch.testing.assert_close(ood.create("ash", percentile=percentile).shape(f), ash_ref)
         torch.testing.assert_close(ood.create("ash", percentile=percentile, variant="p").shape(f), pruned)
-        torch.testing.assert_close(base.top_k_sum(f, keep)[:, None], s2)
+        torch.testing.assert_close(search.top_k_sum(f, keep)[:, None], s2)
 
 
 @pytest.mark.parametrize("name", [n for n in ood.available() if ood.DETECTORS.get(n).needs <= ood.SHARED_NEEDS])
