@@ -27,6 +27,7 @@ from mlsafety.metrics._ranking import (
     fpr_at_95_tpr,
     fpr_at_tpr,
 )
+from mlsafety.metrics._roc import roc_points
 
 OOD_METRICS = {
     "auroc": auroc,
@@ -60,5 +61,6 @@ __all__ = [
     "ood_metrics",
     "percentile_interval",
     "proportion",
+    "roc_points",
     "wilson",
 ]
