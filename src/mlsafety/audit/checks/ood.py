@@ -1,32 +1,25 @@
-"""Check ``ood``: every applicable OOD detector against every OOD set, with near/far grouping."""
+"""Check ``ood``: every applicable OOD detector against every OOD set, with near/far grouping.
+
+The work is the library's (:class:`mlsafety.monitoring.ood.ScoreCache`, :func:`mlsafety.monitoring.ood.tune`,
+:func:`mlsafety.metrics.roc_points`); this module chooses the detectors and turns their scores into
+rows and plots. The report view is :class:`~mlsafety.audit.views.ood.OODView`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from mlsafety.audit._check import Artifact, Check, Headline, Row, StoredRow, Table, Task, TaskResult, register_check
+from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks.ood_basic import (
-    FPR_NOTE,
-    ScoreCache,
-    _bind,
-    detector_rows,
-    histograms_png,
-    plain_headlines,
-    ranking_table,
-    roc_png,
-    roc_points,
-)
-from mlsafety.core import InputError, derive_seed
-from mlsafety.metrics import auroc
+from mlsafety.audit.checks._common import bind
+from mlsafety.audit.checks.ood_basic import ScoreCache, detector_rows, ood_hazards
+from mlsafety.audit.views.ood import OODView
+from mlsafety.audit.views.ood_basic import FPR_NOTE, histograms_png, roc_png
+from mlsafety.core import Hazard, InputError, derive_seed
+from mlsafety.metrics import OOD_METRICS, auroc, roc_points
 from mlsafety.monitoring import ood
-from mlsafety.monitoring.ood.mc_dropout import _DROPOUT
-
-QUICK_DETECTORS = ["msp", "max-logit", "energy", "mahalanobis", "knn", "vim", "react"]
-"""The handful of detectors of the quick profile (logit, distance and shaping families)."""
 
 TUNE_GRIDS: dict[str, dict[str, list[Any]]] = {
     "react": {"percentile": [80, 85, 90, 95, 99]},
@@ -40,19 +33,30 @@ TUNE_GRIDS: dict[str, dict[str, list[Any]]] = {
 
 
 def applicable(ctx: AuditContext) -> list[str]:
-    """Detectors that can run on the audited model: no features without a Linear head, no MC
-    dropout without dropout layers, no deep ensemble from a single model."""
+    """Detectors that can run on the audited model, sorted: none that needs features without a Linear
+    head, dropout layers the model lacks (tag ``needs-dropout``) or several models (``needs-members``)."""
     has_head = ctx.model.head is not None
-    has_dropout = any(isinstance(m, _DROPOUT) for m in ctx.model.module.modules())
+    has_dropout = bool(ood.dropout_layers(ctx.model.module))
     names = []
     for name in ood.available():
-        needs = ood.DETECTORS.get(name).needs
-        if name == "deep-ensemble" or ("features" in needs and not has_head):
+        tags = ood.DETECTORS.tags(name)
+        if ood.NEEDS_MEMBERS in tags or ("features" in ood.DETECTORS.get(name).needs and not has_head):
             continue
-        if name == "mc-dropout" and not has_dropout:
+        if ood.NEEDS_DROPOUT in tags and not has_dropout:
             continue
         names.append(name)
     return names
+
+
+def quick_detectors(ctx: AuditContext) -> list[str]:
+    """The quick profile's detectors (tag ``quick``) that can run on the audited model, sorted."""
+    runnable = set(applicable(ctx))
+    return [n for n in ood.DETECTORS.tagged(ood.QUICK) if n in runnable]
+
+
+def group_hazard(kind: str) -> str:
+    """The hazard of an OOD group's pooled sets (``ood-near``, ``ood-far``)."""
+    return str(Hazard(f"ood-{kind}"))
 
 
 @register_check("ood")
@@ -76,19 +80,17 @@ class OOD(Check):
         "params": {},
     }
     quick: ClassVar[dict[str, Any]] = {"detectors": "quick", "n_boot": 200}
-    metrics = (
-        *("auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive"),  # the default detector's
-        *("*_auroc", "*_aupr_in", "*_aupr_out", "*_fpr95_id_positive", "*_fpr95_ood_positive"),  # per detector
-    )
+    metrics = (*OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS))  # plain for the default, then per detector
     """The full profile uses 200 resamples too: with ~20 detectors x (sets + groups) intervals, 500 would
     double the check's time for intervals that move in the third decimal."""
+    view = OODView
 
     def names(self, ctx: AuditContext) -> list[str]:
         chosen = self.params["detectors"]
         if chosen is None:
             names = applicable(ctx)
         elif chosen == "quick":
-            names = [n for n in QUICK_DETECTORS if n in applicable(ctx)]
+            names = quick_detectors(ctx)
         elif isinstance(chosen, str):
             raise InputError(f"the ood check's detectors must be a list of names, 'quick' or none, not {chosen!r}")
         else:
@@ -103,7 +105,7 @@ class OOD(Check):
         return names
 
     def hazards(self, ctx: AuditContext) -> list[str]:
-        return [f"ood/{n}" for n in ctx.data.ood]
+        return ood_hazards(ctx)
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         hazards = self.hazards(ctx)
@@ -112,62 +114,62 @@ class OOD(Check):
         cache = ScoreCache(ctx, self.names(ctx), self.params["params"])
         if self.params["tune"] or self.params["tune_on_ood"]:
             cache.prepare = lambda: self._tune(ctx, cache)
-        tasks = [Task(h, _bind(self._task, ctx, cache, h)) for h in hazards]
-        kinds = sorted({ctx.data.ood[h[4:]].kind for h in hazards})
-        tasks += [Task(f"group/{k}", _bind(self._group, ctx, cache, k)) for k in kinds]
-        tasks.append(Task("plots", _bind(self._plots, ctx, cache)))
+        tasks = [Task(h, bind(self._task, ctx, cache, h)) for h in hazards]
+        kinds = sorted({self._kind(ctx, h) for h in hazards})
+        tasks += [Task(f"group/{k}", bind(self._group, ctx, cache, k)) for k in kinds]
+        tasks.append(Task("plots", bind(self._plots, ctx, cache)))
         return tasks
 
     # -- work ----------------------------------------------------------------------------------
-    def _row_params(self, cache: ScoreCache, name: str) -> dict[str, Any]:
-        return dict(cache.info[name])
+    @staticmethod
+    def _kind(ctx: AuditContext, hazard: str) -> str:
+        """``near`` or ``far``: the kind of the OOD set behind ``hazard``."""
+        return ctx.hazard(hazard).kind
 
     def _task(self, ctx: AuditContext, cache: ScoreCache, hazard: str) -> TaskResult:
         sid, sout = cache.scores("clean"), cache.scores(hazard)
-        kind = ctx.data.ood[hazard[4:]].kind
+        kind = self._kind(ctx, hazard)
         rows: list[Row] = []
         for name in cache.names:
             seed = derive_seed(ctx.seed, self.name, hazard, name)
             rows += detector_rows(
                 hazard, name, sid[name], sout[name], self.params["n_boot"], seed,
-                plain=name == self.params["default"], kind=kind, **self._row_params(cache, name),
+                plain=name == self.params["default"], kind=kind, **cache.info[name],
             )  # fmt: skip
         return TaskResult(rows)
 
     def _group(self, ctx: AuditContext, cache: ScoreCache, kind: str) -> TaskResult:
-        sets = [h for h in self.hazards(ctx) if ctx.data.ood[h[4:]].kind == kind]
+        sets = [h for h in self.hazards(ctx) if self._kind(ctx, h) == kind]
         sid = cache.scores("clean")
-        hazard = f"ood-{kind}"
+        hazard = group_hazard(kind)
         rows: list[Row] = []
         for name in cache.names:
             pooled = torch.cat([cache.scores(h)[name] for h in sets])
             seed = derive_seed(ctx.seed, self.name, hazard, name)
             rows += detector_rows(
                 hazard, name, sid[name], pooled, self.params["n_boot"], seed,
-                plain=name == self.params["default"], sets=[h[4:] for h in sets], **self._row_params(cache, name),
+                plain=name == self.params["default"], sets=[Hazard.parse(h).name for h in sets], **cache.info[name],
             )  # fmt: skip
         return TaskResult(rows)
 
     def _plots(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
         sid = cache.scores("clean")
-        hazards = self.hazards(ctx)
-        mean_auroc = {
-            n: sum(float(auroc(sid[n], cache.scores(h)[n])) for h in hazards) / len(hazards) for n in cache.names
-        }
+        sets = {h: Hazard.parse(h).name or h for h in self.hazards(ctx)}
+        mean_auroc = {n: sum(float(auroc(sid[n], cache.scores(h)[n])) for h in sets) / len(sets) for n in cache.names}
         best = max(cache.names, key=lambda n: mean_auroc[n])
         default = self.params["default"]
         shown = list(dict.fromkeys([best, default]))
         role = {n: "best" if n == best else "default" for n in shown}
         rocs = {
-            f"test data vs {h[4:]}": {
+            f"test data vs {s}": {
                 f"{n} ({role[n]}), AUROC {float(auroc(sid[n], cache.scores(h)[n])):.3f}": roc_points(
                     sid[n], cache.scores(h)[n]
                 )
                 for n in shown
             }
-            for h in hazards
+            for h, s in sets.items()
         }
-        hists = {f"{n} ({role[n]})": (sid[n], {h[4:]: cache.scores(h)[n] for h in hazards}) for n in shown}
+        hists = {f"{n} ({role[n]})": (sid[n], {s: cache.scores(h)[n] for h, s in sets.items()}) for n in shown}
         return TaskResult(
             [],
             [
@@ -190,26 +192,3 @@ class OOD(Check):
                 continue
             tuned = ood.tune(name, grid, ctx.model, ctx.data.fit, val.x, g, ood_data=ood_x, use_ood_data=on_ood)
             cache.replace(name, tuned.detector, tuned_on=tuned.tuned_on, **tuned.params)
-
-    # -- report --------------------------------------------------------------------------------
-    @classmethod
-    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        return plain_headlines(rows, "OOD AUROC (energy)")[:3]
-
-    @classmethod
-    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        tables = ranking_table(rows, "Detectors ranked by mean AUROC over the OOD sets (OOD = positive)")
-        groups = [r for r in rows if r.hazard.startswith("ood-") and r.metric.endswith("_auroc")]
-        if groups:
-            kinds = sorted({r.hazard for r in groups})
-            dets = list(dict.fromkeys(r.params.get("detector", "") for r in groups))
-            val = {(r.params.get("detector"), r.hazard): r for r in groups}
-            body = [[d, *[_cell(val.get((d, k))) for k in kinds]] for d in dets]
-            tables.append(Table("Near vs far OOD (pooled sets): AUROC [95% CI]", ["detector", *kinds], body))
-        return tables
-
-
-def _cell(r: StoredRow | None) -> str:
-    from mlsafety.audit._check import fmt_ci, fmt_value
-
-    return "" if r is None else f"{fmt_value(r.value)} {fmt_ci(r)}"
