@@ -28,7 +28,7 @@ def _setup(quick: bool = True, model: nn.Module | None = None, **params: object)
 
 def test_hazards_rows_and_artifacts() -> None:
     check, ctx = _setup(eps=[0.0, 0.05, 0.3], n=30)
-    hazards = check.hazards(ctx)  # type: ignore[attr-defined]
+    hazards = [str(h) for h in check.hazards(ctx)]  # type: ignore[attr-defined]
     assert hazards == [f"adversarial/autoattack-fast/{e:g}" for e in (0.0, 0.05, 0.3)]
     results = [t.run() for t in check.tasks(ctx)]  # type: ignore[attr-defined]
     rows = [r for res in results for r in res.rows]

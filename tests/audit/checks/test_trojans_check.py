@@ -5,11 +5,9 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
-import torch
 
 from mlsafety.audit import CHECKS, AuditContext, AuditData, StoredRow
 from mlsafety.audit._check import KINDS, interval_problem
-from mlsafety.audit.checks.trojans import class_draws, mad_index_bootstrap, silverman_bandwidth
 from mlsafety.core import Classifier, InputError, UnknownNameError
 from mlsafety.monitoring.trojans import demo_attack
 from mlsafety.zoo import load_dataset, load_model
@@ -29,7 +27,7 @@ def audited() -> tuple[AuditContext, list]:
     )
     ctx = AuditContext(Classifier(load_model("digits-cnn-badnets")), data, seed=0, check_params={"trojans": PARAMS})
     check = CHECKS.create("trojans", **PARAMS)
-    hazards = check.hazards(ctx)
+    hazards = [str(h) for h in check.hazards(ctx)]
     result = check.run(ctx)
     return ctx, [hazards, result]
 
@@ -103,36 +101,6 @@ def test_every_row_is_an_estimate_with_its_interval_or_says_what_it_is(audited: 
     assert rows[(hazards[0], "strip_input_auroc")].ci_low is not None
 
 
-def test_class_bootstrap_at_the_identity_resample_is_the_scanners_index() -> None:
-    from mlsafety.monitoring.trojans import anomaly_index
-
-    g = torch.Generator().manual_seed(0)
-    norms = torch.rand(2, 10, generator=g, dtype=torch.float64) * 30 + 5
-    identity = torch.arange(10)[None]
-    got = mad_index_bootstrap(norms, -1.0, identity)[0]
-    for s in range(2):
-        assert torch.allclose(got[s], anomaly_index(norms[s]), rtol=1e-12, atol=0)
-    # an index is invariant under increasing affine maps: the indices stand for the raw values (+1 side)
-    draws = class_draws(10, g, 300)
-    raw = mad_index_bootstrap(norms, 1.0, draws)
-    from_index = mad_index_bootstrap(-anomaly_index(norms[0])[None], 1.0, draws)
-    ok = raw[:, 0].abs().amax(dim=1) < 1e6  # resamples whose MAD is not 0 (there the index is clamped, not affine)
-    assert int(ok.sum()) > 250
-    assert torch.allclose(raw[ok, 0], from_index[ok, 0], rtol=1e-9, atol=1e-9)
-
-
-def test_class_bootstrap_by_brute_force() -> None:
-    g = torch.Generator().manual_seed(3)
-    v = torch.rand(1, 9, generator=g, dtype=torch.float64)
-    draws = class_draws(9, g, 40)
-    got = mad_index_bootstrap(v, -1.0, draws)
-    for b in range(40):
-        ref = v[0, draws[b]]
-        med = ref.median()
-        mad = (ref - med).abs().median() * 1.4826
-        assert torch.allclose(got[b, 0], (med - v[0]) / mad.clamp_min(1e-12), rtol=1e-12)
-
-
 def test_a_seed_spread_interval_needs_two_seeds() -> None:
     data = AuditData(
         test=load_dataset("digits", "test"), val=load_dataset("digits", "val"), train=load_dataset("digits", "train")
@@ -141,24 +109,6 @@ def test_a_seed_spread_interval_needs_two_seeds() -> None:
     ctx = AuditContext(Classifier(load_model("digits-cnn")), data, seed=0, check_params={"trojans": params})
     with pytest.raises(InputError, match="n_seeds to 2 or more"):
         CHECKS.create("trojans", **params).run(ctx)
-
-
-def test_smoothing_keeps_a_resample_with_repeated_classes_from_exploding() -> None:
-    """A plain resample of 10 classes that repeats one value five times has MAD 0: every index is
-    divided by the 1e-12 floor. The smoothed bootstrap moves each value by Silverman's bandwidth."""
-    v = torch.tensor([[15.1, 20.1, 12.5, 12.1, 14.0, 12.5, 16.1, 16.0, 11.5, 12.3]], dtype=torch.float64)
-    # lower median 12.5, deviations 0, 0, 0.2, 0.4, 1.0, ...: MAD 1.0
-    assert float(silverman_bandwidth(v)[0, 0]) == pytest.approx(1.06 * 1.4826 * 1.0 * 10**-0.2, rel=1e-9)
-    g = torch.Generator().manual_seed(0)
-    draws = class_draws(10, g, 4000)
-    draws[0] = torch.tensor([8, 8, 8, 8, 8, 1, 2, 3, 4, 5])  # half the resample is class 8
-    noise = torch.randn((4000, 1, 10), generator=g, dtype=torch.float64)
-    plain = mad_index_bootstrap(v, -1.0, draws)
-    smooth = mad_index_bootstrap(v, -1.0, draws, noise)
-    assert float(plain[0].abs().max()) > 1e9  # MAD 0: the plain bootstrap explodes
-    assert float(smooth[0].abs().max()) < 100
-    q = torch.tensor([0.975], dtype=torch.float64)
-    assert float(torch.quantile(smooth.amax(dim=2)[:, 0], q)) < float(torch.quantile(plain.amax(dim=2)[:, 0], q))
 
 
 def test_scanner_seeds_come_from_the_run_seed_check_and_scanner() -> None:

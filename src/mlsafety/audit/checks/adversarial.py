@@ -21,32 +21,19 @@ For a robustness claim, set ``attacks: [autoattack]`` (the standard ensemble) in
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from mlsafety.audit._check import (
-    COUNT,
-    DECISION,
-    Artifact,
-    Check,
-    Headline,
-    Row,
-    StoredRow,
-    Table,
-    Task,
-    TaskResult,
-    fmt_ci,
-    fmt_value,
-    register_check,
-)
+from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
-from mlsafety.audit._plots import figure, to_png
+from mlsafety.audit.checks._common import bind, metric_name, params_of
+from mlsafety.audit.views.adversarial import AdversarialView, Curve, curve_png, pairs_png
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
-from mlsafety.metrics import bootstrap_statistic, proportion
 from mlsafety.robustness import attacks as atk
 from mlsafety.robustness import sanity_flags
+from mlsafety.robustness._evaluate import AttackSummary, evaluate_outputs
 
 KIND = "adversarial"
 EPS_FRACTIONS = (0.05, 0.2, 0.3, 0.4, 0.5, 0.8)
@@ -78,14 +65,8 @@ def default_eps(x: torch.Tensor, norm: str, fractions: Sequence[float] = EPS_FRA
     return [e for e in eps if e > 0 and (norm != "linf" or e <= 1)]
 
 
-def hazard_name(attack: str, eps: float) -> str:
-    return f"{KIND}/{attack}/{eps:g}"
-
-
 def _params(ctx: AuditContext) -> dict[str, Any]:
-    if KIND in ctx.check_params:
-        return ctx.params_of(KIND)
-    return {**Adversarial.defaults, **(Adversarial.quick if ctx.quick else {})}
+    return params_of(ctx, Adversarial)
 
 
 def _subset(ctx: AuditContext, n: int) -> torch.Tensor:
@@ -194,6 +175,8 @@ class Adversarial(Check):
         "warning_*", "broken_by_*",  # an attack's sanity flags; the members of an ensemble
     )  # fmt: skip
 
+    view = AdversarialView
+
     # -- plan ----------------------------------------------------------------------------------
     def _plan(self, ctx: AuditContext) -> tuple[list[str], list[float]]:
         spec = self.params["attacks"]
@@ -219,153 +202,79 @@ class Adversarial(Check):
                 raise InputError(f"adversarial eps must be numbers in [0, 1] pixel units, got {eps!r}")
         return names, grid
 
-    def hazards(self, ctx: AuditContext) -> list[str]:
+    def _hazard(self, attack: str, eps: float) -> Hazard:
+        return Hazard.adversarial(attack, eps, norm=self.params["norm"], source=KIND)
+
+    def hazards(self, ctx: AuditContext) -> list[Hazard]:  # type: ignore[override]
         names, grid = self._plan(ctx)
-        return [hazard_name(n, e) for n in names for e in grid]
+        return [self._hazard(n, e) for n in names for e in grid]
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         names, grid = self._plan(ctx)
-        tasks = [Task(hazard_name(n, e), _bind(self._hazard_task, ctx, n, e)) for n in names for e in grid]
+        tasks = [Task(str(self._hazard(n, e)), bind(self._hazard_task, ctx, n, e)) for n in names for e in grid]
         tasks.append(Task("plots", lambda: self._plots_task(ctx, names, grid)))
         return tasks
 
     # -- work ----------------------------------------------------------------------------------
-    def _outcome(self, ctx: AuditContext, hazard: str) -> tuple[AdversarialSet, torch.Tensor, torch.Tensor]:
+    def _summary(self, ctx: AuditContext, hazard: Hazard, norms: bool = True) -> tuple[AdversarialSet, AttackSummary]:
+        """The hazard's data and the pillar's summary of it (the median norm only with ``norms``)."""
         data = ctx.hazard(hazard)
         assert isinstance(data, AdversarialSet)
-        y = data.y.to(ctx.device)
-        clean_ok = (ctx.outputs("clean").pred[data.index.to(ctx.device)] == y).cpu()
-        adv_ok = (ctx.outputs(hazard).pred == y).cpu() & clean_ok
-        return data, clean_ok, adv_ok
+        pred_clean = ctx.outputs(Hazard.clean()).pred[data.index.to(ctx.device)]
+        inputs = (data.x_clean, data.x) if norms else (None, None)
+        seed = ctx.seed_for(KIND, str(hazard), "median_perturbation_norm")
+        summary = evaluate_outputs(pred_clean, ctx.outputs(hazard).pred, data.y.to(ctx.device), data.norm, *inputs,
+                                   n_boot=int(self.params["n_boot"]), seed=seed)  # fmt: skip
+        return data, summary
 
     def _hazard_task(self, ctx: AuditContext, name: str, eps: float) -> TaskResult:
-        hazard = hazard_name(name, eps)
-        data, clean_ok, adv_ok = self._outcome(ctx, hazard)
+        hazard = self._hazard(name, eps)
+        key = str(hazard)
+        data, s = self._summary(ctx, hazard)
         info = {"attack": name, "eps": eps, "norm": data.norm, "subset": len(data)}
-        rows = [Row.of(hazard, "robust_accuracy", proportion(adv_ok), **info)]
-        n_ok = int(clean_ok.sum())
-        broken = clean_ok & ~adv_ok
-        if n_ok:
-            rows.append(Row.of(hazard, "attack_success_rate", proportion(int(broken.sum()), n_ok), **info))
-        if bool(broken.any()):
-            norms = atk.lp_norm((data.x[broken] - data.x_clean[broken]).double(), data.norm)
-            est = bootstrap_statistic(
-                lambda v: v.median(dim=-1).values, norms, n_boot=int(self.params["n_boot"]),
-                seed=ctx.seed_for(KIND, hazard, "median_perturbation_norm"), name="norm",
-            )  # fmt: skip
-            rows.append(Row.of(hazard, "median_perturbation_norm", est, **info))
+        rows = [Row.of(key, "robust_accuracy", s.robust_accuracy, **info)]
+        if s.attack_success_rate is not None:
+            rows.append(Row.of(key, "attack_success_rate", s.attack_success_rate, **info))
+        if s.median_perturbation_norm is not None:
+            rows.append(Row.of(key, "median_perturbation_norm", s.median_perturbation_norm, **info))
         for flag, text in sorted(data.warnings.items()):
-            rows.append(Row.exact(hazard, f"warning_{flag}", 1.0, DECISION, **info, message=text))
+            rows.append(Row.exact(key, metric_name("warning", flag), 1.0, DECISION, **info, message=text))
         for member, count in sorted(data.broken_by.items()):
-            rows.append(Row.exact(hazard, f"broken_by_{member.replace('-', '_')}", float(count), COUNT, **info))
+            rows.append(Row.exact(key, metric_name("broken_by", member), float(count), COUNT, **info))
         return TaskResult(rows)
 
     def _plots_task(self, ctx: AuditContext, names: list[str], grid: list[float]) -> TaskResult:
-        curves: dict[str, list[tuple[float, float, float, float]]] = {}
+        curves: dict[str, Curve] = {}
         clean_acc = None
         for name in names:
             points = []
             for e in grid:
-                _, clean_ok, adv_ok = self._outcome(ctx, hazard_name(name, e))
+                _, s = self._summary(ctx, self._hazard(name, e), norms=False)
                 if clean_acc is None:
-                    c = proportion(clean_ok)
+                    c = s.clean_accuracy
                     clean_acc = (c.value, c.ci_low, c.ci_high)
-                est = proportion(adv_ok)
+                est = s.robust_accuracy
                 points.append((e, est.value, est.ci_low, est.ci_high))
             curves[name] = points
         assert clean_acc is not None
         norm = self.params["norm"]
-        rows = [Row(KIND, "clean_accuracy_subset", clean_acc[0], clean_acc[1], clean_acc[2],
+        rows = [Row(str(Hazard.adversarial()), "clean_accuracy_subset", clean_acc[0], clean_acc[1], clean_acc[2],
                     len(_subset(ctx, int(self.params["n"]))), {"norm": norm})]  # fmt: skip
-        curve_png = _curve_png(curves, clean_acc, norm)
-        mid = grid[len(grid) // 2]
-        data, clean_ok, adv_ok = self._outcome(ctx, hazard_name(names[0], mid))
         artifacts = [
-            Artifact("robust-accuracy-curve", curve_png, caption=f"Robust accuracy against {norm} eps (95% CIs)."),
-        ]
-        pick = (clean_ok & ~adv_ok).nonzero()[:, 0][: int(self.params["pairs"])]
+            Artifact("robust-accuracy-curve", curve_png(curves, clean_acc, norm),
+                     caption=f"Robust accuracy against {norm} eps (95% CIs)."),
+        ]  # fmt: skip
+        mid = grid[len(grid) // 2]
+        hazard = self._hazard(names[0], mid)
+        data, s = self._summary(ctx, hazard, norms=False)
+        pick = s.broken.nonzero()[:, 0][: int(self.params["pairs"])]
         if pick.numel():
             with torch.inference_mode():
-                pred_c = ctx.outputs("clean").pred[data.index.to(ctx.device)][pick.to(ctx.device)].cpu()
-                pred_a = ctx.outputs(hazard_name(names[0], mid)).pred[pick.to(ctx.device)].cpu()
-            png = _pairs_png(data.x_clean[pick], data.x[pick], pred_c, pred_a)
+                pred_c = ctx.outputs(Hazard.clean()).pred[data.index.to(ctx.device)][pick.to(ctx.device)].cpu()
+                pred_a = ctx.outputs(hazard).pred[pick.to(ctx.device)].cpu()
+            png = pairs_png(data.x_clean[pick], data.x[pick], pred_c, pred_a)
             artifacts.append(
                 Artifact("adversarial-pairs", png, caption=f"Clean (top) and {names[0]} adversarial (bottom) inputs at "
                          f"{norm} eps {mid:g}, with predicted classes.")
             )  # fmt: skip
         return TaskResult(rows, artifacts)
-
-    # -- report --------------------------------------------------------------------------------
-    @classmethod
-    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        robust = [r for r in rows if r.metric == "robust_accuracy"]
-        if not robust:
-            return []
-        first = robust[0].params.get("attack")
-        mine = [r for r in robust if r.params.get("attack") == first]
-        mid = sorted(mine, key=lambda r: float(r.params.get("eps", 0)))[len(mine) // 2]
-        return [Headline(f"Robust accuracy ({first}, eps {fmt_value(float(mid.params.get('eps', 0)))})", mid)]
-
-    @classmethod
-    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        by: dict[str, dict[str, StoredRow]] = {}
-        warn = []
-        for r in rows:
-            if r.hazard.startswith(f"{KIND}/"):
-                by.setdefault(r.hazard, {})[r.metric] = r
-                if r.metric.startswith("warning_"):
-                    warn.append([r.hazard, r.metric.removeprefix("warning_"), str(r.params.get("message", ""))])
-        body = []
-        for hazard, m in by.items():
-            ra, asr, med = m.get("robust_accuracy"), m.get("attack_success_rate"), m.get("median_perturbation_norm")
-            body.append([
-                hazard.split("/")[1], hazard.split("/")[2],
-                "" if ra is None else f"{fmt_value(ra.value)} {fmt_ci(ra)}",
-                "" if asr is None else fmt_value(asr.value),
-                "" if med is None else fmt_value(med.value),
-                "" if ra is None or ra.n is None else str(ra.n),
-            ])  # fmt: skip
-        tables = [Table("Robust accuracy", ["attack", "eps", "robust accuracy [95% CI]", "success rate",
-                                            "median norm", "n"], body)]  # fmt: skip
-        if warn:
-            tables.append(Table("Sanity flags", ["hazard", "flag", "meaning"], warn))
-        return tables
-
-
-def _curve_png(curves: dict[str, list[tuple[float, float, float, float]]], clean: tuple[float, float, float],
-               norm: str) -> bytes:  # fmt: skip
-    fig = figure(5.0, 3.4)
-    ax = fig.add_subplot()
-    for name, pts in curves.items():
-        xs = [0.0] + [p[0] for p in pts]
-        ys = [clean[0]] + [p[1] for p in pts]
-        lo = [clean[1]] + [p[2] for p in pts]
-        hi = [clean[2]] + [p[3] for p in pts]
-        ax.plot(xs, ys, marker="o", label=name)
-        ax.fill_between(xs, lo, hi, alpha=0.2)
-    ax.set_xlabel(f"eps ({norm}, pixel units)")
-    ax.set_ylabel("robust accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return to_png(fig)
-
-
-def _image(x: torch.Tensor) -> Any:
-    return x[0].numpy() if x.shape[0] == 1 else x.permute(1, 2, 0).numpy()
-
-
-def _pairs_png(clean: torch.Tensor, adv: torch.Tensor, pred_c: torch.Tensor, pred_a: torch.Tensor) -> bytes:
-    k = clean.shape[0]
-    fig = figure(1.1 * k + 0.4, 2.6)
-    for i in range(k):
-        for row, (img, pred) in enumerate(((clean[i], pred_c[i]), (adv[i], pred_a[i]))):
-            ax = fig.add_subplot(2, k, row * k + i + 1)
-            ax.imshow(_image(img.cpu().float()), cmap="gray", vmin=0.0, vmax=1.0)
-            ax.set_title(f"{'clean' if row == 0 else 'adv'}: {int(pred)}", fontsize=7)
-            ax.axis("off")
-    return to_png(fig)
-
-
-def _bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
-    return lambda: fn(*args)

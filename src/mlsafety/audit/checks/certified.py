@@ -13,43 +13,22 @@ certificate allows a violation only with probability about 2 alpha per input.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from mlsafety.audit._check import (
-    Artifact,
-    Check,
-    Headline,
-    Row,
-    StoredRow,
-    Table,
-    Task,
-    TaskResult,
-    fmt_value,
-    register_check,
-)
+from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit._plots import figure, to_png
-from mlsafety.core import InputError, UnknownNameError
-from mlsafety.metrics import bootstrap_mean, proportion
-from mlsafety.robustness.smoothing import (
-    ABSTAIN,
-    Certificate,
-    SmoothedClassifier,
-    attack_certificates,
-    registry_attack,
-)
+from mlsafety.audit.views.certified import CertifiedView, certified_metric, curve_png
+from mlsafety.core import Hazard, InputError, UnknownNameError
+from mlsafety.metrics import proportion
+from mlsafety.robustness._evaluate import summarize_certificates
+from mlsafety.robustness.smoothing import ABSTAIN, Certificate, SmoothedClassifier, attack_certificates, registry_attack
 
 CHECK = "certified"
 ATTACK_BUDGET = {"steps": 10, "n_queries": 100, "n_target_classes": 2, "restarts": 1}
 """Budgets of the registry attacks against the smoothed classifier (every call costs ``m`` forwards)."""
-
-
-def _tag(sigma: float) -> str:
-    return f"{sigma:g}".replace(".", "_")
 
 
 def _denoiser(ctx: AuditContext, sigma: float) -> nn.Module | None:
@@ -98,6 +77,7 @@ class Certified(Check):
         "denoised_certified_accuracy_sigma_*", "denoised_abstain_rate_sigma_*",
         "denoised_mean_certified_radius_sigma_*", "violation_rate_sigma_*",
     )  # fmt: skip
+    view = CertifiedView
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params
@@ -117,64 +97,38 @@ class Certified(Check):
             raise InputError("check 'certified' needs at least one test input (num_inputs >= 1)")
         idx = torch.randperm(len(data), generator=ctx.generator("certified", "inputs"))[:k]
         x, y = data.x[idx], data.y[idx]
-        tag = _tag(sigma)
         common = {"sigma": sigma, "n0": p["n0"], "n": p["n"], "alpha": p["alpha"]}
         rows: list[Row] = []
         curves: dict[str, Certificate] = {}
-        variants: list[tuple[str, nn.Module | None]] = [("", None)]
+        variants: list[tuple[bool, nn.Module | None]] = [(False, None)]
         if p["denoised"]:
             den = _denoiser(ctx, sigma)
             if den is not None:
-                variants.append(("denoised_", den))
-        for prefix, den in variants:
+                variants.append((True, den))
+        clean = str(Hazard.clean())
+        for denoised, den in variants:
             smoothed = SmoothedClassifier(ctx.model, ctx.model.num_classes, sigma, den, int(p["batch_size"]))
-            gen = ctx.generator("certified", sigma, prefix or "plain")
+            variant = "denoised_" if denoised else "plain"
+            gen = ctx.generator("certified", sigma, variant)
             cert = smoothed.certify(x, int(p["n0"]), int(p["n"]), float(p["alpha"]), generator=gen)
-            curves[prefix.rstrip("_") or "smoothed"] = cert
-            for r in p["radii"]:
-                est = proportion(cert.certified_accuracy(y, float(r)).cpu())
-                rows.append(
-                    Row.of(
-                        f"adversarial/any-l2/{float(r):g}",
-                        f"{prefix}certified_accuracy_sigma_{tag}",
-                        est,
-                        radius=float(r),
-                        **common,
-                    )
-                )
-            rows.append(
-                Row.of(
-                    "clean",
-                    f"{prefix}abstain_rate_sigma_{tag}",
-                    proportion((cert.prediction == ABSTAIN).cpu()),
-                    **common,
-                )
-            )
-            correct_radius = torch.where(
-                cert.prediction.cpu() == y, cert.radius.cpu(), torch.zeros_like(cert.radius.cpu())
-            )
-            rows.append(
-                Row.of(
-                    "clean",
-                    f"{prefix}mean_certified_radius_sigma_{tag}",
-                    bootstrap_mean(correct_radius, seed=ctx.seed_for(CHECK, sigma, prefix or "plain"), name="radius"),
-                    **common,
-                )
-            )
-            if prefix:
-                continue
-            rows += self._consistency(ctx, smoothed, x, cert, sigma, tag, common)
-        return TaskResult(
-            rows,
-            [
-                Artifact(
-                    f"certified-accuracy-sigma-{tag}",
-                    _curve_png(curves, y, sigma),
-                    caption=f"Certified L2 accuracy against radius, sigma = {sigma:g}, "
-                    f"{k} test inputs, n = {p['n']}, alpha = {p['alpha']}.",
-                )
-            ],
+            curves["denoised" if denoised else "smoothed"] = cert
+            radii = [float(r) for r in p["radii"]]
+            s = summarize_certificates(cert, y, radii, seed=ctx.seed_for(CHECK, sigma, variant))
+            for r, est in s.certified_accuracy:
+                hazard = str(Hazard.adversarial("any-l2", r, norm="l2"))
+                rows.append(Row.of(hazard, certified_metric("certified_accuracy", sigma, denoised), est, radius=r,
+                                   **common))  # fmt: skip
+            rows.append(Row.of(clean, certified_metric("abstain_rate", sigma, denoised), s.abstain_rate, **common))
+            radius_metric = certified_metric("mean_certified_radius", sigma, denoised)
+            rows.append(Row.of(clean, radius_metric, s.mean_certified_radius, **common))
+            if not denoised:
+                rows += self._consistency(ctx, smoothed, x, cert, sigma, common)
+        caption = (
+            f"Certified L2 accuracy against radius, sigma = {sigma:g}, {k} test inputs, n = {p['n']}, "
+            f"alpha = {p['alpha']}."
         )
+        return TaskResult(rows, [Artifact(f"certified-accuracy-sigma-{sigma:g}".replace(".", "_"),
+                                          curve_png(curves, y, sigma), caption=caption)])  # fmt: skip
 
     def _consistency(
         self,
@@ -183,7 +137,6 @@ class Certified(Check):
         x: torch.Tensor,
         cert: Certificate,
         sigma: float,
-        tag: str,
         common: dict[str, object],
     ) -> list[Row]:
         p = self.params
@@ -213,83 +166,7 @@ class Certified(Check):
                 alpha=float(p["alpha"]),
                 generator=ctx.generator("certified", sigma, label),
             )
-            rows.append(
-                Row.of(
-                    f"adversarial/{label}/certified-radius",
-                    f"violation_rate_sigma_{tag}",
-                    proportion(result.violated),
-                    attack=label,
-                    **common,
-                )
-            )
+            hazard = str(Hazard.adversarial(label, at="certified-radius", norm="l2"))
+            metric = certified_metric("violation_rate", sigma)
+            rows.append(Row.of(hazard, metric, proportion(result.violated), attack=label, **common))
         return rows
-
-    @classmethod
-    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        plain = [r for r in rows if r.metric.startswith("certified_accuracy_sigma_") and r.hazard.endswith("/0.25")]
-        if not plain:
-            return []
-        best = max(plain, key=lambda r: r.value)
-        return [Headline("Certified L2 accuracy at r = 0.25", best)]
-
-    @classmethod
-    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        curve = [r for r in rows if "certified_accuracy_sigma_" in r.metric]
-        cols = sorted({r.metric for r in curve})
-        radii = sorted({r.hazard.rsplit("/", 1)[-1] for r in curve}, key=float)
-        cell = {(r.hazard.rsplit("/", 1)[-1], r.metric): r for r in curve}
-        body = []
-        for rad in radii:
-            line = [rad]
-            for c in cols:
-                r = cell.get((rad, c))
-                line.append(
-                    "" if r is None else f"{fmt_value(r.value)} [{fmt_value(r.ci_low)}, {fmt_value(r.ci_high)}]"
-                )
-            body.append(line)
-        headers = [
-            "L2 radius",
-            *[
-                c.replace("_certified_accuracy_sigma_", " sigma ")
-                .replace("certified_accuracy_sigma_", "sigma ")
-                .replace("_", ".")
-                for c in cols
-            ],
-        ]
-        tables = [Table("Certified accuracy (95% CI)", headers, body)] if curve else []
-        other = [r for r in rows if r not in curve]
-        if other:
-            tables.append(
-                Table(
-                    "Abstentions, radii and attack consistency",
-                    ["hazard", "metric", "value", "95% CI", "n"],
-                    [
-                        [
-                            r.hazard,
-                            r.metric,
-                            fmt_value(r.value),
-                            f"[{fmt_value(r.ci_low)}, {fmt_value(r.ci_high)}]",
-                            str(r.n),
-                        ]
-                        for r in other
-                    ],
-                )
-            )
-        return tables
-
-
-def _curve_png(curves: dict[str, Certificate], y: torch.Tensor, sigma: float) -> bytes:
-    fig = figure(4.6, 3.2)
-    ax = fig.add_subplot()
-    for label, cert in curves.items():
-        radius = torch.where(cert.prediction.cpu() == y, cert.radius.cpu(), torch.full_like(cert.radius.cpu(), -1.0))
-        top = max(float(radius.max()), 0.05) * 1.1
-        grid = torch.linspace(0, top, 200, dtype=torch.float64)
-        acc = (radius[None, :] >= grid[:, None]).double().mean(dim=1)
-        ax.plot(grid.numpy(), acc.numpy(), label=label)
-    ax.set_xlabel("L2 radius")
-    ax.set_ylabel("certified accuracy")
-    ax.set_ylim(0, 1.02)
-    ax.set_title(f"sigma = {sigma:g}")
-    ax.legend(frameon=False)
-    return to_png(fig)

@@ -18,32 +18,22 @@ interval (the same input bootstrap) covers the audited model's sampling error on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import torch
 
-from mlsafety.audit._check import (
-    DECISION,
-    Artifact,
-    Check,
-    Headline,
-    Row,
-    StoredRow,
-    Table,
-    Task,
-    TaskResult,
-    fmt_ci,
-    fmt_value,
-    register_check,
-)
+from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
-from mlsafety.audit._plots import figure, to_png
+from mlsafety.audit.checks._common import bind, params_of
+from mlsafety.audit.views.corruptions import CorruptionsView, heat_map_png
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
-from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_statistic, proportion
 from mlsafety.robustness import corruptions as corr
+from mlsafety.robustness.corruptions.evaluate import estimate_corruption, estimate_mce
 
 KIND = "corruption"
+ALL = str(Hazard.corruption())
+"""The hazard of the summaries over every corruption (``corruption``)."""
 QUICK_CORRUPTIONS = ["gaussian-noise", "motion-blur", "fog", "contrast", "jpeg-compression"]
 """One corruption of each ImageNet-C group (noise, blur, weather, digital) plus JPEG, for ``--quick``."""
 
@@ -68,12 +58,9 @@ def _severities(spec: Any) -> list[int]:
     return sorted(set(sevs))
 
 
-def _corruption(ctx: AuditContext | None, name: str, params: dict[str, Any] | None = None) -> corr.Corruption:
-    """The corruption ``name`` with the check's ``reference_size`` and ``table`` (its own or the context's)."""
-    if params is None:
-        params = ctx.check_params.get("corruptions", {}) if ctx is not None else {}
-    ref = params.get("reference_size", Corruptions.defaults["reference_size"])
-    table = params.get("table", Corruptions.defaults["table"])
+def _corruption(name: str, params: dict[str, Any]) -> corr.Corruption:
+    """The corruption ``name`` with the check's ``reference_size`` and ``table``."""
+    ref, table = params["reference_size"], params["table"]
     return corr.create(name, reference_size=None if ref is None else float(ref), table=table)
 
 
@@ -94,7 +81,7 @@ def _corrupted(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
         )
     assert name is not None and sev is not None
     test = ctx.data.test
-    corruption = _corruption(ctx, name)
+    corruption = _corruption(name, params_of(ctx, Corruptions))
     c, h, w = _image_shape(ctx)
     reason = corruption.not_applicable((h, w), c, int(sev))
     if reason is not None:
@@ -103,10 +90,6 @@ def _corrupted(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
     # corrupt on the model's device (the CPU generator keeps results device-independent), store on the CPU
     x = corruption(test.x.to(ctx.device), int(sev), g).cpu()
     return ArrayDataset(x, test.y, name=f"{test.name}-{name}-{sev}", kind="in", description=f"{name} severity {sev}")
-
-
-def hazard_name(name: str, severity: int) -> str:
-    return f"{KIND}/{name}/{severity}"
 
 
 @register_check("corruptions")
@@ -138,6 +121,7 @@ class Corruptions(Check):
         "accuracy", "corruption_error", "not_applicable", "ce", "ce_not_applicable", "mean_accuracy", "mce",
         "relative_mce", "mce_unnormalised", "relative_mce_unnormalised", "mce_not_applicable",
     )  # fmt: skip
+    view = CorruptionsView
 
     # -- plan ----------------------------------------------------------------------------------
     def _plan(self) -> tuple[list[str], list[int]]:
@@ -163,56 +147,58 @@ class Corruptions(Check):
         c, h, w = _image_shape(ctx)
         out = {}
         for n in names:
-            corruption = _corruption(None, n, self.params)
+            corruption = _corruption(n, self.params)
             for s in sevs:
                 reason = corruption.not_applicable((h, w), c, s)
                 if reason is not None:
                     out[n, s] = reason
         return out
 
-    def hazards(self, ctx: AuditContext) -> list[str]:
+    def hazards(self, ctx: AuditContext) -> list[Hazard]:  # type: ignore[override]
         """The applicable hazards (all of them without a context, e.g. to list a profile)."""
         names, sevs = self._plan()
         skipped = self._skipped(ctx, names, sevs) if ctx is not None else {}
-        return [hazard_name(n, s) for n in names for s in sevs if (n, s) not in skipped]
+        return [Hazard.corruption(n, s) for n in names for s in sevs if (n, s) not in skipped]
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         names, sevs = self._plan()
         skipped = self._skipped(ctx, names, sevs)
-        tasks = [Task(n, _bind(self._corruption_task, ctx, n, sevs, skipped)) for n in names]
+        tasks = [Task(n, bind(self._corruption_task, ctx, n, sevs, skipped)) for n in names]
         tasks.append(Task("summary", lambda: self._summary_task(ctx, names, sevs, skipped)))
         return tasks
 
     # -- work ----------------------------------------------------------------------------------
-    def _correct(self, ctx: AuditContext, hazard: str) -> torch.Tensor:
+    def _correct(self, ctx: AuditContext, hazard: Hazard) -> torch.Tensor:
         return (ctx.outputs(hazard).pred == ctx.labels(hazard)).cpu()
 
     def _corruption_task(
         self, ctx: AuditContext, name: str, sevs: Sequence[int], skipped: dict[tuple[str, int], str]
     ) -> TaskResult:
-        rows = []
-        wrong = []
         _, h, w = _image_shape(ctx)
-        table, ref = _corruption(None, name, self.params).setting(h, w)
+        table, ref = _corruption(name, self.params).setting(h, w)
+        applies = [s for s in sevs if (name, s) not in skipped]
+        correct = {s: self._correct(ctx, Hazard.corruption(name, s)) for s in applies}
+        seed = ctx.seed_for(self.name, name, "ce")  # derived from (run seed, check, task), never the raw seed
+        # CE only where every severity applies, so CEs stay comparable
+        est = estimate_corruption(correct, ce=len(applies) == len(sevs), n_boot=int(self.params["n_boot"]),
+                                  seed=seed, name=f"{name}-ce") if correct else None  # fmt: skip
+        rows = []
         for s in sevs:
-            hz = hazard_name(name, s)
+            hz = str(Hazard.corruption(name, s))
             params: dict[str, Any] = {"corruption": name, "severity": s, "table": table, "reference_size": ref}
             if (name, s) in skipped:
                 rows.append(Row.exact(hz, "not_applicable", 1.0, DECISION, reason=skipped[name, s], **params))
                 continue
-            correct = self._correct(ctx, hz)
-            wrong.append(~correct)
-            rows.append(Row.of(hz, "accuracy", proportion(correct), **params))
-            rows.append(Row.of(hz, "corruption_error", proportion(~correct), **params))
-        if len(wrong) == len(sevs):  # CE only where every severity applies, so CEs stay comparable
-            per_input = torch.stack(wrong, dim=1).double().mean(dim=1)  # each input's error over severities
-            seed = ctx.seed_for(self.name, name, "ce")  # derived from (run seed, check, task), never the raw seed
-            ce = bootstrap_mean(per_input, n_boot=int(self.params["n_boot"]), seed=seed, name=f"{name}-ce")
-            rows.append(Row.of(f"{KIND}/{name}", "ce", ce, severities=list(sevs), normalised=False, table=table,
+            assert est is not None
+            rows.append(Row.of(hz, "accuracy", est.accuracy[s], **params))
+            rows.append(Row.of(hz, "corruption_error", est.error[s], **params))
+        family = str(Hazard.corruption(name))
+        if est is not None and est.ce is not None:
+            rows.append(Row.of(family, "ce", est.ce, severities=list(sevs), normalised=False, table=table,
                                interval="bootstrap over inputs, each with all its severities"))  # fmt: skip
         else:
             why = f"not applicable at severities {[s for s in sevs if (name, s) in skipped]}; left out of CE and mCE"
-            rows.append(Row.exact(f"{KIND}/{name}", "ce_not_applicable", 1.0, DECISION, table=table, reason=why))
+            rows.append(Row.exact(family, "ce_not_applicable", 1.0, DECISION, table=table, reason=why))
         return TaskResult(rows)
 
     def _baseline(self, names: Sequence[str], sevs: Sequence[int]) -> tuple[dict[str, float], float] | None:
@@ -234,140 +220,39 @@ class Corruptions(Check):
         names = [n for n in all_names if n not in excluded]  # never count a no-op as robustness
         if not names:
             reason = "no selected corruption applies to these images at every selected severity"
-            return TaskResult([Row.exact(KIND, "mce_not_applicable", 1.0, DECISION, reason=reason, excluded=excluded)])
-        clean = self._correct(ctx, "clean")
-        cells = torch.stack([self._correct(ctx, hazard_name(n, s)) for n in names for s in sevs], dim=1)
-        c, s = len(names), len(sevs)
-        cell_err = (~cells).double().reshape(-1, c, s)
-        # every statistic uses errors averaged over severities, so bootstrap (N, 1 + C) per-input values
-        wrong = torch.cat([(~clean).double()[:, None], cell_err.mean(dim=2)], dim=1)
-        n_boot = int(self.params["n_boot"])
+            return TaskResult([Row.exact(ALL, "mce_not_applicable", 1.0, DECISION, reason=reason, excluded=excluded)])
+        clean = self._correct(ctx, Hazard.clean())
+        cells = torch.stack([self._correct(ctx, Hazard.corruption(n, s)) for n in names for s in sevs], dim=1)
         base = self._baseline(names, sevs)
+        table, clean_base = base if base is not None else (None, corr.ALEXNET_CLEAN_ERROR)
+        est = estimate_mce(
+            clean, cells.reshape(-1, len(names), len(sevs)), names, baseline=table, baseline_clean_error=clean_base,
+            n_boot=int(self.params["n_boot"]),
+            seed=lambda label: ctx.seed_for(self.name, "summary", label),  # one stream per statistic
+        )  # fmt: skip
         info: dict[str, Any] = {"corruptions": list(names), "severities": list(sevs), "normalised": base is not None}
         if excluded:
             info["excluded_not_applicable"] = excluded
-
-        def stat(fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], label: str) -> Estimate:
-            def statistic(v: torch.Tensor) -> torch.Tensor:
-                rates = v.mean(dim=-2)  # (B, 1 + C): clean error, then CE of each corruption
-                return fn(rates[:, 0], rates[:, 1:])
-
-            seed = ctx.seed_for(self.name, "summary", label)  # one stream per statistic, from (seed, check, task)
-            return bootstrap_statistic(statistic, wrong, n_boot=n_boot, seed=seed, name=f"corruptions-{label}")
-
-        rows = [Row.of(KIND, "mean_accuracy", stat(lambda e0, e: 1 - e.mean(dim=1), "acc"), **info)]
-        raw_mce = stat(lambda e0, e: e.mean(dim=1), "mce-raw")
-        raw_rel = stat(lambda e0, e: e.mean(dim=1) - e0, "rmce-raw")
+        rows = [Row.of(ALL, "mean_accuracy", est.mean_accuracy, **info)]
         if base is None:
-            rows += [Row.of(KIND, "mce", raw_mce, **info), Row.of(KIND, "relative_mce", raw_rel, **info)]
+            rows += [Row.of(ALL, "mce", est.mce, **info), Row.of(ALL, "relative_mce", est.relative_mce, **info)]
         else:
-            table, clean_base = base
-            keep = [i for i, n in enumerate(names) if n in table]
-            if not keep:
-                raise InputError("none of the audited corruptions has a baseline error; audit the ImageNet-C ones")
-            ref = torch.tensor([table[names[i]] for i in keep], dtype=torch.float64)
-            idx = torch.tensor(keep)
-            norm = {**info, "corruptions": [names[i] for i in keep], "baseline_clean_error": clean_base}
-            mce = stat(lambda e0, e: (e[:, idx] / ref).mean(dim=1), "mce")
-            rel = stat(lambda e0, e: ((e[:, idx] - e0[:, None]) / (ref - clean_base)).mean(dim=1), "rmce")
+            norm = {**info, "corruptions": list(est.normalised_names), "baseline_clean_error": clean_base}
             raw = {**info, "normalised": False}
             rows += [
-                Row.of(KIND, "mce", mce, **norm),
-                Row.of(KIND, "relative_mce", rel, **norm),
-                Row.of(KIND, "mce_unnormalised", raw_mce, **raw),
-                Row.of(KIND, "relative_mce_unnormalised", raw_rel, **raw),
+                Row.of(ALL, "mce", est.mce, **norm),
+                Row.of(ALL, "relative_mce", est.relative_mce, **norm),
+                Row.of(ALL, "mce_unnormalised", est.mce_unnormalised, **raw),
+                Row.of(ALL, "relative_mce_unnormalised", est.relative_mce_unnormalised, **raw),
             ]
-        acc = 1 - cell_err.mean(dim=0)
-        clean_acc = 1 - float(wrong[:, 0].mean())
-        png = heat_map_png(acc, list(names), list(sevs), clean_acc)
+        png = heat_map_png(est.accuracy_grid, list(names), list(sevs), est.clean_accuracy)
         _, h, w = _image_shape(ctx)
-        first = _corruption(None, names[0], self.params)
+        first = _corruption(names[0], self.params)
         used, scale = first.setting(h, w)[0], first.scale(torch.zeros(1, 1, h, w))
         caption = (
-            f"Accuracy under each corruption (rows) and severity (columns); clean accuracy {clean_acc:.3f}. "
+            f"Accuracy under each corruption (rows) and severity (columns); clean accuracy {est.clean_accuracy:.3f}. "
             f"Parameters: the published {used} table, its pixel lengths times {scale:.3g} for {h} x {w} px images."
         )
         if excluded:
             caption += f" Not applicable to these images, left out: {', '.join(excluded)}."
         return TaskResult(rows, [Artifact("corruption-heat-map", png, caption=caption)])
-
-    # -- report --------------------------------------------------------------------------------
-    @classmethod
-    def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        out = []
-        for r in rows:
-            if r.hazard == KIND and r.metric == "mean_accuracy":
-                out.append(Headline("Mean accuracy under corruptions", r))
-            elif r.hazard == KIND and r.metric == "mce":
-                label = "mCE (AlexNet-normalised)" if r.params.get("normalised") else "mCE (mean error)"
-                out.append(Headline(label, r, higher_is_better=False))
-        return out
-
-    @classmethod
-    def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        cells: dict[str, dict[int, StoredRow | None]] = {}
-        ce: dict[str, StoredRow] = {}
-        summary = []
-        skipped = []
-        for r in rows:
-            parts = r.hazard.split("/")
-            if len(parts) == 3 and r.metric == "accuracy":
-                cells.setdefault(parts[1], {})[int(parts[2])] = r
-            elif len(parts) == 3 and r.metric == "not_applicable":
-                cells.setdefault(parts[1], {})[int(parts[2])] = None
-                skipped.append([parts[1], parts[2], str(r.params.get("reason", ""))])
-            elif len(parts) == 2 and r.metric == "ce":
-                ce[parts[1]] = r
-            elif r.hazard == KIND and r.metric != "mce_not_applicable":
-                summary.append(
-                    [r.metric.replace("_", " "), fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)]
-                )
-        tables = []
-        if cells:
-            sevs = sorted({s for by in cells.values() for s in by})
-            body = [[name, *[_cell(by, s) for s in sevs], fmt_value(ce[name].value) if name in ce else "n/a"]
-                    for name, by in cells.items()]  # fmt: skip
-            tables.append(
-                Table("Accuracy per corruption and severity", ["corruption", *[f"s{s}" for s in sevs], "CE"], body)
-            )
-        if ce:
-            body = [[name, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for name, r in ce.items()]
-            tables.append(Table("Corruption error per corruption", ["corruption", "CE", "95% CI", "n"], body))
-        if summary:
-            tables.append(Table("Corruption summary", ["metric", "value", "95% CI", "n"], summary))
-        if skipped:
-            tables.append(
-                Table(
-                    "Not applicable to these images (not run, not counted in CE or mCE)",
-                    ["corruption", "severity", "why"],
-                    skipped,
-                )
-            )
-        return tables
-
-
-def _cell(by: dict[int, StoredRow | None], severity: int) -> str:
-    if severity not in by:
-        return ""
-    r = by[severity]
-    return "n/a" if r is None else fmt_value(r.value)
-
-
-def heat_map_png(acc: torch.Tensor, names: list[str], sevs: list[int], clean_acc: float) -> bytes:
-    """A heat map of accuracy (corruptions x severities) as PNG bytes."""
-    fig = figure(1.6 + 0.55 * len(sevs), 0.9 + 0.28 * len(names))
-    ax = fig.add_subplot()
-    im = ax.imshow(acc.numpy(), cmap="RdYlGn", vmin=0.0, vmax=1.0, aspect="auto")
-    ax.set_xticks(range(len(sevs)), [str(s) for s in sevs])
-    ax.set_yticks(range(len(names)), names, fontsize=7)
-    ax.set_xlabel("severity")
-    ax.set_title(f"accuracy (clean {clean_acc:.3f})", fontsize=9)
-    for i in range(len(names)):
-        for j in range(len(sevs)):
-            ax.text(j, i, f"{float(acc[i, j]):.2f}", ha="center", va="center", fontsize=6)
-    fig.colorbar(im, ax=ax, fraction=0.05)
-    return to_png(fig)
-
-
-def _bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
-    return lambda: fn(*args)
