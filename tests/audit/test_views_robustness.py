@@ -1,0 +1,94 @@
+"""Report views of the adversarial, certified, corruptions and trojans checks, on hand-made stored
+rows: identity comes from hazard fields and params (names are rebuilt, never parsed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlsafety.audit._check import StoredRow
+from mlsafety.audit.checks._common import metric_name
+from mlsafety.audit.views.adversarial import AdversarialView
+from mlsafety.audit.views.certified import CertifiedView, certified_metric
+from mlsafety.audit.views.corruptions import CorruptionsView
+from mlsafety.audit.views.trojans import TrojansView, scanner_metric
+
+
+def _row(check: str, hazard: str, metric: str, value: float, kind: str = "estimate", **params: Any) -> StoredRow:
+    ci = (value - 0.1, value + 0.1) if kind == "estimate" else (None, None)
+    return StoredRow(check, hazard, metric, value, ci[0], ci[1], 50, params, kind)
+
+
+def test_metric_names_fold_identity_one_way() -> None:
+    assert certified_metric("certified_accuracy", 0.25) == "certified_accuracy_sigma_0_25"
+    assert certified_metric("abstain_rate", 0.5, denoised=True) == "denoised_abstain_rate_sigma_0_5"
+    assert certified_metric("violation_rate", 1.0) == "violation_rate_sigma_1"
+    assert scanner_metric("neural-cleanse", "anomaly_index", 3) == "neural_cleanse_anomaly_index_class_3"
+    assert scanner_metric("activation-clustering", "flag_rate") == "activation_clustering_flag_rate"
+    assert metric_name("broken_by", "apgd-t") == "broken_by_apgd_t"
+
+
+def test_adversarial_view() -> None:
+    rows = [
+        _row("adversarial", f"adversarial/pgd/{e:g}", "robust_accuracy", v, attack="pgd", eps=e)
+        for e, v in ((0.1, 0.8), (0.2, 0.5), (0.3, 0.1))
+    ]
+    rows += [
+        _row("adversarial", "adversarial/pgd/0.2", "warning_zero_gradients", 1.0, "decision", message="masked"),
+        _row("adversarial", "adversarial", "clean_accuracy_subset", 0.9),
+    ]
+    (headline,) = AdversarialView.headlines(rows)
+    assert headline.label == "Robust accuracy (pgd, eps 0.2)" and headline.row.value == 0.5
+    robust, flags = AdversarialView.tables(rows)
+    assert [r[:2] for r in robust.rows] == [["pgd", "0.1"], ["pgd", "0.2"], ["pgd", "0.3"]]
+    assert flags.rows == [["adversarial/pgd/0.2", "warning_zero_gradients", "masked"]]
+
+
+def test_certified_view() -> None:
+    rows = []
+    for sigma, denoised in ((0.25, False), (0.5, False), (0.25, True)):
+        for r, v in ((0.0, 0.9), (0.25, 0.7 if not denoised else 0.75)):
+            m = certified_metric("certified_accuracy", sigma, denoised)
+            rows.append(_row("certified", f"adversarial/any-l2/{r:g}", m, v, radius=r, sigma=sigma))
+    rows.append(_row("certified", "clean", certified_metric("abstain_rate", 0.25), 0.1, sigma=0.25))
+    (headline,) = CertifiedView.headlines(rows)
+    assert headline.row.metric == "certified_accuracy_sigma_0_25" and headline.row.params["radius"] == 0.25
+    curve, other = CertifiedView.tables(rows)
+    assert curve.headers == ["L2 radius", "sigma 0.25", "sigma 0.5", "denoised sigma 0.25"]
+    assert [r[0] for r in curve.rows] == ["0", "0.25"] and curve.rows[1][3].startswith("0.75 ")
+    assert [r[1] for r in other.rows] == ["abstain_rate_sigma_0_25"]
+
+
+def test_corruptions_view() -> None:
+    rows = [
+        _row("corruptions", "corruption/fog/1", "accuracy", 0.8),
+        _row("corruptions", "corruption/fog/3", "not_applicable", 1.0, "decision", reason="no-op"),
+        _row("corruptions", "corruption/fog", "ce", 0.3),
+        _row("corruptions", "corruption", "mce", 0.3, normalised=False),
+    ]
+    assert [h.label for h in CorruptionsView.headlines(rows)] == ["mCE (mean error)"]
+    tables = {t.title: t for t in CorruptionsView.tables(rows)}
+    assert tables["Accuracy per corruption and severity"].rows == [["fog", "0.8", "n/a", "0.3"]]
+    assert tables["Corruption summary"].rows[0][0] == "mce"
+    assert [r[:2] for r in tables["Not applicable to these images (not run, not counted in CE or mCE)"].rows] == [
+        ["fog", "3"]
+    ]
+
+
+def test_trojans_view() -> None:
+    rows = [
+        _row("trojans", "clean", scanner_metric("strip", "score"), 0.2, threshold=0.5, score_std=0.0),
+        _row("trojans", "clean", scanner_metric("strip", "flagged"), 0.0, "decision"),
+        _row("trojans", "clean", scanner_metric("neural-cleanse", "score"), 3.0, threshold=2.0, score_std=0.1),
+        _row("trojans", "clean", scanner_metric("neural-cleanse", "flagged"), 1.0, "decision"),
+        _row("trojans", "clean", scanner_metric("neural-cleanse", "target"), 7.0, "decision"),
+        *[
+            _row("trojans", "clean", scanner_metric("neural-cleanse", "anomaly_index", c), float(c), mask_l1=1.0)
+            for c in range(3)
+        ],
+        _row("trojans", "trojan/neural-cleanse-class-7", "attack_success_rate", 0.95),
+    ]
+    assert [h.row.metric for h in TrojansView.headlines(rows)] == ["neural_cleanse_score"]
+    verdicts, per_class, hazards = TrojansView.tables(rows)
+    assert [(r[0], r[4], r[6]) for r in verdicts.rows] == [("strip", "clean", ""), ("neural-cleanse", "TROJANED", "7")]
+    assert [r[0] for r in per_class.rows] == ["0", "1", "2"]
+    assert hazards.rows[0][0] == "trojan/neural-cleanse-class-7"
