@@ -65,10 +65,6 @@ def default_eps(x: torch.Tensor, norm: str, fractions: Sequence[float] = EPS_FRA
     return [e for e in eps if e > 0 and (norm != "linf" or e <= 1)]
 
 
-def _params(ctx: AuditContext) -> dict[str, Any]:
-    return params_of(ctx, Adversarial)
-
-
 def _subset(ctx: AuditContext, n: int) -> torch.Tensor:
     total = len(ctx.data.test)
     if n <= 0 or n >= total:
@@ -120,12 +116,12 @@ def _adversarial(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
             f"{', '.join(atk.available())}"
         )
     assert name is not None
-    p = _params(ctx)
+    p = params_of(ctx, Adversarial)
     index = _subset(ctx, int(p["n"]))
     test = ctx.data.test
     x, y = test.x[index], test.y[index]
     attack = atk.create(name, eps=eps, norm=p["norm"], **_attack_params(p, name))
-    correct = (ctx.outputs("clean").pred[index.to(ctx.device)] == y.to(ctx.device)).cpu()
+    correct = (ctx.outputs(Hazard.clean()).pred[index.to(ctx.device)] == y.to(ctx.device)).cpu()
     x_adv = x.clone()
     warnings: dict[str, str] = {}
     broken_by: dict[str, int] = {}

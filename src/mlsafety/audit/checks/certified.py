@@ -91,7 +91,7 @@ class Certified(Check):
 
     def _run_sigma(self, ctx: AuditContext, sigma: float) -> TaskResult:
         p = self.params
-        data = ctx.hazard("clean")
+        data = ctx.hazard(Hazard.clean())
         k = min(int(p["num_inputs"]), len(data))
         if k < 1:
             raise InputError("check 'certified' needs at least one test input (num_inputs >= 1)")
