@@ -33,6 +33,19 @@ from mlsafety.metrics import Estimate, clopper_pearson, proportion
 from mlsafety.monitoring.trojans.scanners import SCANNERS, ScanResult
 from mlsafety.monitoring.trojans.scanners.neural_cleanse import MAD_CONSISTENCY
 
+__all__ = [
+    "MAD_SCORE",
+    "NC",
+    "N_CLASS_BOOT",
+    "SHARE_SCORE",
+    "ScanSummary",
+    "class_draws",
+    "mad_index_bootstrap",
+    "needs_seed_spread",
+    "silverman_bandwidth",
+    "summarize_scan",
+]
+
 NC = "neural-cleanse"
 N_CLASS_BOOT = 2000
 """Resamples of the class bootstrap of MAD anomaly indices (K values per resample: cheap)."""

@@ -26,6 +26,8 @@ from mlsafety.core import InputError, derive_seed
 from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_statistic, proportion
 from mlsafety.robustness.corruptions._metrics import ALEXNET_CLEAN_ERROR
 
+__all__ = ["CorruptionEstimates", "MCEEstimates", "Seed", "estimate_corruption", "estimate_mce"]
+
 Seed = int | Callable[[str], int]
 """A bootstrap seed, or the seed of each statistic by its label (see :func:`estimate_mce`)."""
 
