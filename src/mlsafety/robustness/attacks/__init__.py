@@ -2,7 +2,7 @@
 
 ``create(name, **params)`` builds one (``create("pgd", eps=0.1)``), ``available()`` lists them.
 Every attack is called as ``attack(model, x, y) -> x_adv`` with inputs in [0, 1] and ``eps`` in
-pixel units; see :class:`Attack` for the contract and :mod:`.base` for the loss hooks.
+pixel units; see :class:`Attack` for the contract and :mod:`._objectives` for the loss hooks.
 """
 
 from mlsafety.robustness.attacks._objectives import LossFn, SuccessFn, dlr_loss, dlr_targeted_loss, margin

@@ -17,7 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from mlsafety.core import Classifier, InputError
+from mlsafety.core import Classifier, InputError, Param
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 """``(logits (N, K), y (N,), x (N, C, H, W)) -> loss (N,)``: a per-sample loss the attack maximises."""
@@ -108,3 +108,17 @@ def input_gradient(
     loss = objective(logits, xg, idx)
     (grad,) = torch.autograd.grad(loss.sum(), xg)
     return logits.detach(), loss.detach(), grad.detach()
+
+
+def _loss_problem(value: object) -> str | None:
+    if callable(value) or value in BUILTIN_LOSSES:
+        return None
+    return f"must be {' or '.join(map(repr, BUILTIN_LOSSES))} or a callable (logits, y, x) -> loss (N,)"
+
+
+def _hook_problem(value: object) -> str | None:
+    return None if value is None or callable(value) else "must be a callable (logits, y, x) -> bool (N,) or None"
+
+
+LOSS = Param("ce", check=_loss_problem, doc="'ce', 'dlr' or a hook (logits, y, x) -> (N,) to maximise")
+SUCCESS = Param(None, check=_hook_problem, doc="hook (logits, y, x) -> bool (N,); None: misclassified (or on target)")

@@ -11,19 +11,22 @@ from dataclasses import replace
 
 import torch
 
-from mlsafety.core import Classifier, Param
-from mlsafety.robustness.attacks._objectives import Objective, input_gradient, make_objective, make_success
-from mlsafety.robustness.attacks.base import (
-    EARLY_STOP,
+from mlsafety.core import Classifier, Param, rand_like, randn_like
+from mlsafety.robustness.attacks._objectives import (
     LOSS,
     SUCCESS,
+    Objective,
+    input_gradient,
+    make_objective,
+    make_success,
+)
+from mlsafety.robustness.attacks.base import (
+    EARLY_STOP,
     TARGETED,
     Attack,
     lp_norm,
     normalize_step,
     project,
-    rand_like,
-    randn_like,
     register_attack,
 )
 

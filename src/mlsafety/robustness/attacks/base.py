@@ -36,7 +36,6 @@ from mlsafety.core import (
     rand_like,
     randn_like,
 )
-from mlsafety.robustness.attacks._objectives import BUILTIN_LOSSES
 
 NORMS = ("linf", "l2")
 
@@ -57,22 +56,11 @@ class AttackOutput:
     broken_by: dict[str, int] = field(default_factory=dict)
 
 
-def _loss_problem(value: object) -> str | None:
-    if callable(value) or value in BUILTIN_LOSSES:
-        return None
-    return f"must be {' or '.join(map(repr, BUILTIN_LOSSES))} or a callable (logits, y, x) -> loss (N,)"
-
-
-def _hook_problem(value: object) -> str | None:
-    return None if value is None or callable(value) else "must be a callable (logits, y, x) -> bool (N,) or None"
-
-
-# Parameters several attacks share, declared once; an attack lists the ones it takes, in its order.
+# Parameters several attacks share, declared once; an attack lists the ones it takes, in its order
+# (LOSS and SUCCESS, the hooks, are declared in _objectives).
 TARGETED = Param(
     False, bool, doc="move each input towards a target class (target= in the call, else a random other class)"
 )
-LOSS = Param("ce", check=_loss_problem, doc="'ce', 'dlr' or a hook (logits, y, x) -> (N,) to maximise")
-SUCCESS = Param(None, check=_hook_problem, doc="hook (logits, y, x) -> bool (N,); None: misclassified (or on target)")
 EARLY_STOP = Param(True, bool, doc="stop working on a point once adversarial (the robust accuracy is the same)")
 TAIL = ("seed", "batch_size")
 """Base parameters that close every attack's signature (after the attack's own)."""

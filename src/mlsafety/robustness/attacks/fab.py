@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, Param
-from mlsafety.robustness.attacks.base import TargetSweep, lp_norm, project, rand_like, randn_like, register_attack
+from mlsafety.core import Classifier, Param, rand_like, randn_like
+from mlsafety.robustness.attacks.base import TargetSweep, lp_norm, project, register_attack
 
 BISECTION_STEPS = 40
 

@@ -6,11 +6,9 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Param
-from mlsafety.robustness.attacks._objectives import make_objective, make_success
+from mlsafety.robustness.attacks._objectives import LOSS, SUCCESS, make_objective, make_success
 from mlsafety.robustness.attacks.base import (
     EARLY_STOP,
-    LOSS,
-    SUCCESS,
     TARGETED,
     Attack,
     normalize_step,
@@ -28,7 +26,7 @@ class PGD(Attack):
     so checking is free): each point returns its first successful iterate, or else the iterate with
     the highest loss over all steps and restarts (the per-sample worst case). Restarts only run on
     points not yet broken. The loss and success hooks are described in
-    :mod:`mlsafety.robustness.attacks.base`; with ``early_stop=False`` PGD keeps maximising the loss
+    :mod:`mlsafety.robustness.attacks._objectives`; with ``early_stop=False`` PGD keeps maximising the loss
     of points already broken.
     """
 
