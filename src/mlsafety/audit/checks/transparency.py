@@ -91,26 +91,7 @@ class Transparency(Check):
         gap = tr.ig_completeness(ctx.model, x_s, pred[pick], ig, seed=ctx.seed_for(CHECK, str(CLEAN), "ig"))
         rows.append(Row.of(str(CLEAN), "ig_completeness_gap", gap, steps=ig.steps, method=ig.method))
 
-        # -- attribution grids: (caption label, artifact slug, inputs) ---------------------------
-        k = int(p["examples"])
-        groups: list[tuple[str, str, torch.Tensor]] = []
-        if k > 0:
-            first = order[torch.isin(order, correct)][:k]
-            groups.append(("correct", "correct", data.x[first]))
-            if wrong.numel():
-                groups.append(("misclassified", "misclassified", data.x[order[torch.isin(order, wrong)][:k]]))
-            groups.append(("adversarial", "adversarial", _adversarial(ctx, data.x[first], data.y[first],
-                                                                       float(p["adversarial_eps"]))))  # fmt: skip
-            for ood_name in sorted(ctx.data.ood)[:1]:
-                h = Hazard.ood(ood_name)
-                groups.append((str(h), f"{h.kind}-{h.name}", ctx.hazard(h).x[:k]))
-        for label, slug, xg in groups:
-            target = forward(ctx.model, xg, features=False).pred
-            maps = {
-                m: _method(ctx, m).attribute(ctx.model, xg, target).abs().sum(dim=1).cpu() for m in p["grid_methods"]
-            }
-            caption = f"Attributions for the predicted class: {label} inputs."
-            artifacts.append(Artifact(f"attributions-{slug}", grid_png(xg, target, maps), caption=caption))
+        artifacts += self._grids(ctx, data, order, correct, wrong)
 
         # -- class visualisations --------------------------------------------------------------
         if p["visualize"]:
@@ -155,6 +136,31 @@ class Transparency(Check):
         )
         verdicts = {name: {mode: s.result for mode, s in by_mode.items()} for name, by_mode in report.results.items()}
         return rows, [Artifact("sanity-checks", sanity_png(verdicts), caption=SANITY_CAPTION)]
+
+    def _grids(self, ctx: AuditContext, data: ArrayDataset, order: torch.Tensor, correct: torch.Tensor,
+               wrong: torch.Tensor) -> list[Artifact]:  # fmt: skip
+        """Attribution grids of correct, misclassified, adversarial and OOD inputs (the first few of ``order``)."""
+        p = self.params
+        k = int(p["examples"])
+        groups: list[tuple[str, str, torch.Tensor]] = []  # (caption label, artifact slug, inputs)
+        if k > 0:
+            first = order[torch.isin(order, correct)][:k]
+            groups.append(("correct", "correct", data.x[first]))
+            if wrong.numel():
+                groups.append(("misclassified", "misclassified", data.x[order[torch.isin(order, wrong)][:k]]))
+            adversarial = _adversarial(ctx, data.x[first], data.y[first], float(p["adversarial_eps"]))
+            groups.append(("adversarial", "adversarial", adversarial))
+            for ood_name in sorted(ctx.data.ood)[:1]:
+                h = Hazard.ood(ood_name)
+                groups.append((str(h), f"{h.kind}-{h.name}", ctx.hazard(h).x[:k]))
+        artifacts = []
+        for label, slug, xg in groups:
+            target = forward(ctx.model, xg, features=False).pred
+            maps = {m: _method(ctx, m).attribute(ctx.model, xg, target).abs().sum(dim=1).cpu()
+                    for m in p["grid_methods"]}  # fmt: skip
+            caption = f"Attributions for the predicted class: {label} inputs."
+            artifacts.append(Artifact(f"attributions-{slug}", grid_png(xg, target, maps), caption=caption))
+        return artifacts
 
 
 def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset], nn.Module]:
