@@ -16,7 +16,8 @@ threshold could not reach.
 Every function takes ``confidence`` (N,) (higher = more trusted; use ``-score`` for an anomaly
 score) and ``correct`` (N,) booleans, or 2-D batches of rows. :class:`SelectiveStats` gives the
 same metrics for integer weights over the inputs (bootstrap counts) from one sort, in O(B x N)
-memory, without resampled copies.
+memory, without resampled copies. :func:`evaluate_selective` gives the curve and every metric with
+its seeded bootstrap 95% interval, as the audit stores them.
 """
 
 from __future__ import annotations
