@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
+import mlsafety.monitoring.trojans  # registers the digits-cnn-badnets recipe
+import mlsafety.robustness  # noqa: F401  registers the digits-denoiser recipes
 from mlsafety import zoo
 from mlsafety.core import generator
 from mlsafety.metrics import proportion

@@ -65,3 +65,34 @@ def test_retrained_model_can_stand_in_for_the_shipped_one(tmp_path, digits_model
     lo, hi = clopper_pearson(int((pred_shipped == y).sum()), len(y))
     assert lo <= (pred == y).float().mean().item() <= hi
     assert (pred == pred_shipped).float().mean().item() >= 0.99
+
+
+def test_the_zoo_imports_no_pillar_and_names_the_recipe_it_needs(tmp_path):
+    """Loading shipped weights needs no pillar; training a pillar's recipe says which module to import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from mlsafety import zoo\n"
+        "from mlsafety.core import UnknownNameError\n"
+        "zoo.load_model('digits-cnn-badnets'); zoo.load_model('digits-denoiser-25')\n"
+        "assert not [m for m in sys.modules if m.startswith(('mlsafety.robustness', 'mlsafety.monitoring'))]\n"
+        "try:\n"
+        f"    zoo.train_model('digits-denoiser-25', out=__import__('pathlib').Path({str(tmp_path)!r}) / 'w')\n"
+        "except UnknownNameError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "import mlsafety.robustness first" in out
+
+
+def test_shipped_model_recipes_are_registered_by_their_pillars():
+    import mlsafety.monitoring.trojans
+    import mlsafety.robustness  # noqa: F401
+    from mlsafety.core import training_recipe
+
+    for name in zoo.model_names():
+        info = zoo.model_info(name)
+        assert info.recipe is not None and callable(training_recipe(info.recipe)), name
+    assert training_recipe("digits-cnn") is zoo.train_digits_cnn

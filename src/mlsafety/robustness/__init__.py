@@ -9,6 +9,7 @@ Example:
 """
 
 from mlsafety.robustness import attacks, augment, corruptions, smoothing
+from mlsafety.robustness._denoise import train_denoiser  # also registers the zoo denoisers' recipes
 from mlsafety.robustness._evaluate import RobustnessResult, evaluate, sanity_flags
 from mlsafety.robustness.corruptions import corrupt
 from mlsafety.robustness.training import adversarial_training, harden, trades_training
@@ -25,4 +26,5 @@ __all__ = [
     "sanity_flags",
     "smoothing",
     "trades_training",
+    "train_denoiser",
 ]

@@ -1,41 +1,33 @@
-"""A small residual denoiser for denoised smoothing, and its training recipe.
+"""Training a denoiser for denoised smoothing, and the recipes of the zoo's digits denoisers.
 
 Denoised smoothing (Salman et al., "Denoised Smoothing: A Provable Defense for Pretrained
 Classifiers", 2020) puts a denoiser ``D`` in front of an off-the-shelf classifier ``f`` and
 certifies ``f(D(x + e))``. Any module that maps noisy inputs to clean ones plugs into
 ``SmoothedClassifier(denoiser=...)``; a diffusion model's one-shot denoise (Carlini et al. 2023)
-is one such module. This file gives a tiny convolutional one for the embedded data, trained with
-the mean-squared error between ``D(x + e)`` and ``x``.
+is one such module. The zoo's :class:`~mlsafety.zoo.ConvDenoiser` is a tiny convolutional one for
+the embedded data; :func:`train_denoiser` trains any of them with the mean-squared error between
+``D(x + e)`` and ``x`` on the shared loop (:func:`mlsafety.core.train`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import ArrayDataset, InputError, Progress, generator, randn_like, track
-
-
-class ConvDenoiser(nn.Module):
-    """Residual CNN denoiser: ``x_noisy - r(x_noisy)``, clamped to [0, 1].
-
-    Args:
-        channels: input channels.
-        width: feature maps per hidden layer.
-        depth: number of hidden 3x3 convolutions.
-    """
-
-    def __init__(self, channels: int = 1, width: int = 16, depth: int = 3) -> None:
-        super().__init__()
-        layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
-        for _ in range(depth - 1):
-            layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
-        layers.append(nn.Conv2d(width, channels, 3, padding=1))
-        self.residual = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.residual(x)).clamp(0, 1)
+from mlsafety.core import (
+    ArrayDataset,
+    InputError,
+    Progress,
+    TrainConfig,
+    randn_like,
+    register_recipe,
+    seeded_init,
+    train,
+)
+from mlsafety.zoo import ConvDenoiser, load_dataset
 
 
 def train_denoiser(
@@ -56,28 +48,34 @@ def train_denoiser(
         raise InputError("cannot train a denoiser on an empty dataset")
     if not sigma > 0:
         raise InputError(f"sigma must be positive, got {sigma}")
-    device = next(denoiser.parameters()).device
-    g = generator(seed, "denoiser", sigma)
-    opt = torch.optim.Adam(denoiser.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    denoiser.train()
-    for _ in track(range(epochs), progress, "training denoiser", total=epochs):
-        perm = torch.randperm(len(data), generator=g)
-        for start in range(0, len(data), batch_size):
-            xb = data.x[perm[start : start + batch_size]].to(device)
-            noisy = xb + randn_like(xb, g) * sigma
-            loss = F.mse_loss(denoiser(noisy), xb)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sched.step()
-    return denoiser.eval()
+
+    def mse_to_clean(model: nn.Module, x: torch.Tensor, _y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        noisy = x + randn_like(x, g) * sigma
+        return F.mse_loss(model(noisy), x)
+
+    # No dropout in a denoiser: no seed drawn for the global generator (seed_dropout=False).
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=0.0, seed=seed,
+                         stream=("denoiser", sigma), seed_dropout=False, description="training denoiser")  # fmt: skip
+    return train(denoiser, data, config, loss=mse_to_clean, progress=progress)
 
 
 def train_digits_denoiser(sigma: float, seed: int = 0, progress: Progress | None = None) -> nn.Module:
-    """The recipe behind the shipped ``digits-denoiser-<100 sigma>`` weights: a :class:`ConvDenoiser`
+    """The recipe behind the shipped ``digits-denoiser-<100 sigma>`` weights: a :class:`~mlsafety.zoo.ConvDenoiser`
     trained on the digits train split for one noise level (deterministic on the CPU)."""
-    from mlsafety.zoo import load_dataset, seeded_init
-
     model = seeded_init(ConvDenoiser(), seed, "digits-denoiser", sigma)
     return train_denoiser(model, load_dataset("digits", "train"), sigma, epochs=30, seed=seed, progress=progress)
+
+
+def _digits_denoiser_recipe(percent: int) -> Callable[..., nn.Module]:
+    """The zoo recipe of ``digits-denoiser-<percent>``."""
+
+    def recipe(seed: int = 0, progress: Progress | None = None) -> nn.Module:
+        return train_digits_denoiser(percent / 100, seed=seed, progress=progress)
+
+    return recipe
+
+
+for _percent in (25, 50):
+    register_recipe(f"digits-denoiser-{_percent}", _digits_denoiser_recipe(_percent))
+
+__all__ = ["ConvDenoiser", "train_denoiser", "train_digits_denoiser"]

@@ -4,29 +4,27 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlsafety.core import cross_entropy_loss, random_shift, seeded_init
 from mlsafety.zoo._datasets import DIGITS_SHAPE, dataset_info, dataset_names, load_dataset, ood_names
 from mlsafety.zoo._models import (
-    Augment,
-    BatchLoss,
+    ConvDenoiser,
     DigitsCNN,
     ModelInfo,
-    cross_entropy_loss,
     load_model,
     model_info,
     model_names,
-    random_shift,
     register_model,
     save_weights,
-    seeded_init,
-    train_classifier,
-    train_digits_cnn,
     train_model,
     weights_path,
 )
+from mlsafety.zoo._recipes import Augment, BatchLoss, train_classifier, train_digits_cnn
 
 
 @dataclass(frozen=True)
 class Entry:
+    """One line of :func:`available`."""
+
     kind: str  # "model" or "dataset"
     name: str
     description: str
@@ -43,6 +41,7 @@ __all__ = [
     "DIGITS_SHAPE",
     "Augment",
     "BatchLoss",
+    "ConvDenoiser",
     "DigitsCNN",
     "Entry",
     "ModelInfo",

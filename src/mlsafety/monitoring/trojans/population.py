@@ -8,7 +8,8 @@ different seeds, targets and trigger parameters) and writes the weights and a ``
 continuous scores (with a bootstrap interval), target-class accuracy (with an exact interval) and
 time per model.
 
-Also home of :func:`train_digits_cnn_badnets`, the recipe of the zoo's ``digits-cnn-badnets``.
+Also home of :func:`train_digits_cnn_badnets`, the recipe of the zoo's ``digits-cnn-badnets``
+(registered under that name with :func:`mlsafety.core.register_recipe`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,20 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlsafety.core import ArrayDataset, DataLike, InputError, Progress, as_array_dataset, generator, track
+from mlsafety.core import (
+    ArrayDataset,
+    DataLike,
+    InputError,
+    Progress,
+    as_array_dataset,
+    generator,
+    load_weights,
+    random_shift,
+    register_recipe,
+    seeded_init,
+    track,
+)
+from mlsafety.core import train as core_train  # `train` is a parameter name here (the training data)
 from mlsafety.metrics import Estimate, auroc, bootstrap_two_sample, proportion
 from mlsafety.monitoring.trojans.attacks import (
     TROJAN_ATTACKS,
@@ -33,6 +47,7 @@ from mlsafety.monitoring.trojans.attacks import (
     trojan_metrics,
 )
 from mlsafety.monitoring.trojans.scanners import Scanner, ScanResult
+from mlsafety.zoo import DigitsCNN, load_dataset, save_weights
 
 BADNETS_DEMO: dict[str, Any] = {
     "attack": "badnets",
@@ -67,8 +82,6 @@ chosen so each attack reaches a high success rate on the digits data)."""
 def train_digits_cnn_badnets(seed: int = 0, progress: Progress | None = None) -> nn.Module:
     """The recipe of the zoo's ``digits-cnn-badnets``: :data:`BADNETS_DEMO` on the digits train split,
     the ``digits-cnn`` architecture and training schedule (40 epochs)."""
-    from mlsafety.zoo import DigitsCNN, load_dataset
-
     attack = TROJAN_ATTACKS.create(BADNETS_DEMO["attack"], **BADNETS_DEMO["params"])
     model, _ = train_trojaned(
         DigitsCNN,
@@ -81,6 +94,9 @@ def train_digits_cnn_badnets(seed: int = 0, progress: Progress | None = None) ->
         progress=progress,
     )
     return model
+
+
+register_recipe("digits-cnn-badnets", train_digits_cnn_badnets)
 
 
 def demo_attack() -> TriggerAttack:
@@ -182,8 +198,6 @@ def make_population(
         test: data for the accuracy and success-rate figures (default: the digits test split).
         progress: progress display.
     """
-    from mlsafety.zoo import DigitsCNN, load_dataset, save_weights, seeded_init, train_classifier
-
     factory = factory or DigitsCNN
     train = train if train is not None else load_dataset("digits", "train")
     test = test if test is not None else load_dataset("digits", "test")
@@ -195,7 +209,8 @@ def make_population(
         if m.trojaned:
             model, _ = train_trojaned(factory, train, attack, m.rate, m.target, seed=m.seed, epochs=epochs)
         else:
-            model = train_classifier(seeded_init(factory(), m.seed, "clean"), train, epochs=epochs, seed=m.seed)
+            model = seeded_init(factory(), m.seed, "clean")
+            core_train(model, train, epochs=epochs, seed=m.seed, augment=random_shift)
         figures = trojan_metrics(model, attack, test, m.target)
         m.clean_accuracy = figures["clean_accuracy"].value
         m.attack_success_rate = figures["attack_success_rate"].value
@@ -207,9 +222,6 @@ def make_population(
 
 def load_population(path: str | Path, factory: Callable[[], nn.Module] | None = None) -> list[tuple[Member, nn.Module]]:
     """The members and models of a population written by :func:`make_population`."""
-    from mlsafety.core import load_weights
-    from mlsafety.zoo import DigitsCNN
-
     path = Path(path)
     manifest_path = path / "manifest.json"
     if not manifest_path.is_file():
