@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import ArrayDataset, Classifier, InputError, Progress, check_images, generator, track
+from mlsafety.core import ArrayDataset, Classifier, InputError, Progress, TrainConfig, check_images, generator, train
 from mlsafety.monitoring.ood.tuning import synthetic_outliers
 
 
@@ -44,8 +44,10 @@ def outlier_exposure(
 
     The loss is ``CE(f(x), y) + weight * CE(f(x_out), uniform)`` where the second term is the
     cross-entropy between the uniform distribution and the softmax on outliers (the paper's
-    classification variant), with Adam. Each step draws twice as many outliers as inliers
-    (the paper's ratio). Dropout draws from a forked global RNG seeded from ``seed``.
+    classification variant), with Adam at a constant learning rate on the shared loop
+    (:func:`mlsafety.core.train`; the outliers are drawn in the loss hook). Each step draws twice
+    as many outliers as inliers (the paper's ratio). Dropout draws from a forked global RNG seeded
+    from ``seed``.
 
     Args:
         model: the classifier to fine-tune (a copy is made).
@@ -69,26 +71,16 @@ def outlier_exposure(
     tuned = copy.deepcopy(module)
     for p in tuned.parameters():
         p.requires_grad_(True)
-    device = next(tuned.parameters()).device
-    g = generator(seed, "outlier-exposure")
-    opt = torch.optim.Adam(tuned.parameters(), lr=lr)
-    n, m = len(data), out_x.shape[0]
-    tuned.train()
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
-        for _ in track(range(epochs), progress, "outlier exposure", total=epochs):
-            perm = torch.randperm(n, generator=g)
-            for start in range(0, n, batch_size):
-                idx = perm[start : start + batch_size]
-                oidx = torch.randint(0, m, (2 * len(idx),), generator=g)
-                xb = torch.cat([data.x[idx], out_x[oidx]]).to(device)
-                logits = tuned(xb)
-                k = len(idx)
-                loss_in = F.cross_entropy(logits[:k], data.y[idx].to(device))
-                loss_out = -logits[k:].log_softmax(dim=1).mean(dim=1).mean()
-                loss = loss_in + weight * loss_out
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-    return tuned.eval()
+    m = out_x.shape[0]
+
+    def oe_loss(net: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        oidx = torch.randint(0, m, (2 * len(x),), generator=g)  # twice as many outliers as inliers
+        logits = net(torch.cat([x, out_x[oidx].to(x.device)]))
+        k = len(x)
+        loss_in = F.cross_entropy(logits[:k], y)
+        loss_out = -logits[k:].log_softmax(dim=1).mean(dim=1).mean()
+        return loss_in + weight * loss_out
+
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=0.0, schedule="constant",
+                         seed=seed, stream=("outlier-exposure",), description="outlier exposure")  # fmt: skip
+    return train(tuned, data, config, loss=oe_loss, progress=progress)

@@ -2,7 +2,7 @@
 Adversarial Attacks", 2018) and TRADES (Zhang et al., "Theoretically Principled Trade-off between
 Robustness and Accuracy", 2019).
 
-Both follow the conventions of the shared training loop (:func:`mlsafety.zoo.train_classifier`):
+Both run the shared training loop (:func:`mlsafety.core.train`) with the attack in the loss hook:
 Adam with cosine annealing, a generator derived from ``seed`` for shuffling, augmentation and the
 attack's random starts, dropout drawn under a forked seeded global generator, the model returned
 in eval mode. The model is trained in place; adversarial examples are made with the model in eval
@@ -20,9 +20,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import DataLike, InputError, Progress, as_array_dataset
+from mlsafety.core import (
+    BatchHook,
+    DataLike,
+    InputError,
+    LossFn,
+    Progress,
+    TrainConfig,
+    as_array_dataset,
+    seeded_init,
+    train,
+)
 from mlsafety.robustness.attacks.pgd import PGD
-from mlsafety.zoo import Augment, train_classifier
 
 
 def adversarial_training(
@@ -36,7 +45,7 @@ def adversarial_training(
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
-    augment: Augment | None = None,
+    augment: BatchHook | None = None,
     weight_decay: float = 1e-4,
     progress: Progress | None = None,
 ) -> nn.Module:
@@ -50,7 +59,8 @@ def adversarial_training(
         steps: PGD steps per batch; ``step_size`` None means PGD's ``2.5 * eps / steps``.
         epochs, lr, batch_size, weight_decay: the optimiser's settings (Adam, cosine schedule).
         seed: seeds shuffling, augmentation, random starts and dropout.
-        augment: ``(x, generator) -> x`` applied before the attack (e.g. ``zoo.random_shift``).
+        augment: the batch hook ``(x, generator) -> x``, applied before the attack (e.g.
+            :func:`mlsafety.core.random_shift`).
         progress: show progress over epochs.
 
     Example:
@@ -63,20 +73,8 @@ def adversarial_training(
         x_adv = attack(m, x, y, generator=g)
         return F.cross_entropy(m(x_adv), y)
 
-    return train_classifier(
-        model,
-        as_array_dataset(data, "data"),
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        augment=augment,
-        weight_decay=weight_decay,
-        progress=progress,
-        batch_loss=batch_loss,
-        stream=("pgd-at",),
-        description="pgd-at",
-    )
+    return _train(model, data, batch_loss, "pgd-at", progress, epochs=epochs, lr=lr, batch_size=batch_size,
+                  weight_decay=weight_decay, seed=seed, augment=augment)  # fmt: skip
 
 
 def trades_training(
@@ -91,7 +89,7 @@ def trades_training(
     lr: float = 1e-3,
     batch_size: int = 64,
     seed: int = 0,
-    augment: Augment | None = None,
+    augment: BatchHook | None = None,
     weight_decay: float = 1e-4,
     progress: Progress | None = None,
 ) -> nn.Module:
@@ -122,20 +120,16 @@ def trades_training(
         robust = F.kl_div(F.log_softmax(m(x_adv), dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
         return F.cross_entropy(logits_clean, y) + beta * robust
 
-    return train_classifier(
-        model,
-        as_array_dataset(data, "data"),
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        augment=augment,
-        weight_decay=weight_decay,
-        progress=progress,
-        batch_loss=batch_loss,
-        stream=("trades",),
-        description="trades",
-    )
+    return _train(model, data, batch_loss, "trades", progress, epochs=epochs, lr=lr, batch_size=batch_size,
+                  weight_decay=weight_decay, seed=seed, augment=augment)  # fmt: skip
+
+
+def _train(
+    model: nn.Module, data: DataLike, loss: LossFn, method: str, progress: Progress | None, **settings: Any
+) -> nn.Module:
+    """The shared loop with the method's loss hook, generator ``generator(seed, "train", method)``."""
+    config = TrainConfig(stream=("train", method), description=method, **settings)
+    return train(model, as_array_dataset(data, "data"), config, loss=loss, progress=progress)
 
 
 METHODS: dict[str, Callable[..., nn.Module]] = {"pgd": adversarial_training, "trades": trades_training}
@@ -174,7 +168,5 @@ def harden(
     data = as_array_dataset(data, "data")
     hardened = copy.deepcopy(model)
     if from_scratch:
-        from mlsafety.zoo import seeded_init
-
         seeded_init(hardened, seed, "harden", method)
     return METHODS[method](hardened, data, seed=seed, **params)

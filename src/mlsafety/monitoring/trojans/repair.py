@@ -31,6 +31,9 @@ from mlsafety.core import (
     device_of,
     forward,
     frozen,
+    generator,
+    random_shift,
+    train,
 )
 
 
@@ -137,12 +140,10 @@ def fine_pruning(
         layer: the convolution to prune (default: the last ``nn.Conv2d``).
         max_drop: largest accuracy drop accepted while pruning.
         step: channels pruned per trial.
-        epochs: fine-tuning epochs (Adam, the shared training loop).
+        epochs: fine-tuning epochs (Adam, the shared training loop :func:`mlsafety.core.train`).
         lr: fine-tuning learning rate.
         seed: fine-tuning seed.
     """
-    from mlsafety.zoo import train_classifier
-
     clean = as_array_dataset(clean, "clean")
     net = _copy(model)
     name, conv = _conv(net, layer)
@@ -162,7 +163,7 @@ def fine_pruning(
     net.load_state_dict(state)
     if kept:
         _prune_channels(conv, kept)
-    train_classifier(net, clean, epochs=epochs, lr=lr, seed=seed)
+    train(net, clean, epochs=epochs, lr=lr, seed=seed, augment=random_shift)
     if kept:
         _make_permanent(conv)
     return Repaired(net.eval(), "fine-pruning", name, sorted(kept), _accuracy(net, clean))
@@ -197,9 +198,7 @@ def nc_unlearning(
         rounds: unlearning rounds (1 = the paper's single pass).
         target: the trigger's target class (needed when ``rounds > 1``).
     """
-    from mlsafety.core import generator
     from mlsafety.monitoring.trojans.scanners.neural_cleanse import reverse_engineer
-    from mlsafety.zoo import random_shift, train_classifier
 
     clean = as_array_dataset(clean, "clean")
     if not 0.0 < rate < 1.0:
@@ -229,7 +228,7 @@ def nc_unlearning(
                     as_classifier(net), clean.x.to(device_of(net)), [target], generator(seed, "unlearn", r)
                 )
             triggers.append(found[0].apply_trigger)
-        train_classifier(net, clean, epochs=epochs, lr=lr, seed=seed + r, augment=augment)
+        train(net, clean, epochs=epochs, lr=lr, seed=seed + r, augment=augment)
     return Repaired(net.eval(), "nc-unlearning", clean_accuracy=_accuracy(net, clean))
 
 

@@ -1,20 +1,26 @@
 """A training recipe that trains a classifier with an augmentation's loss.
 
-The loop is :func:`mlsafety.zoo.train_classifier` (Adam, cosine schedule, seeded batches, dropout
-under a forked seeded global generator, the zoo's one-pixel random shifts), with the loss replaced
-by the augmentation's, so a comparison between augmentations changes nothing else.
+The loop is :func:`mlsafety.core.train` (Adam, cosine schedule, seeded batches, dropout under a
+forked seeded global generator, optionally the zoo recipe's one-pixel random shifts), with the loss
+hook replaced by the augmentation's, so a comparison between augmentations changes nothing else.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
-import torch
 from torch import nn
 
-from mlsafety.core import DataLike, InputError, Progress, as_array_dataset, generator
+from mlsafety.core import (
+    BatchHook,
+    DataLike,
+    Progress,
+    TrainConfig,
+    generator,
+    random_shift,
+    seeded_init,
+    train,
+)
 from mlsafety.robustness.augment.base import Augmentation, create
-from mlsafety.zoo import train_classifier
+from mlsafety.zoo import DigitsCNN, load_dataset
 
 
 def train_augmented(
@@ -26,7 +32,7 @@ def train_augmented(
     batch_size: int = 64,
     seed: int = 0,
     weight_decay: float = 1e-4,
-    base_augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None = None,
+    base_augment: BatchHook | None = None,
     progress: Progress | None = None,
 ) -> nn.Module:
     """Train ``model`` on ``data`` with ``augmentation``'s loss; returns the model in eval mode.
@@ -38,27 +44,15 @@ def train_augmented(
             ``cutmix``, ``augmix``, ``pixmix``).
         epochs, lr, batch_size, weight_decay: the optimiser's settings (as the zoo's loop).
         seed: seeds batches, augmentation draws and dropout.
-        base_augment: applied to every batch before the augmentation (e.g. ``zoo.random_shift``).
+        base_augment: the batch hook, applied before the augmentation (e.g. :func:`mlsafety.core.random_shift`).
         progress: progress display.
     """
-    data = as_array_dataset(data, "data")
-    if len(data) == 0:
-        raise InputError("cannot train on an empty dataset")
     aug = create(augmentation) if isinstance(augmentation, str) else augmentation
     g_aug = generator(seed, "augment", aug.name)
-    return train_classifier(
-        model,
-        data,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        seed=seed,
-        augment=base_augment,
-        weight_decay=weight_decay,
-        progress=progress,
-        description=f"training ({aug.name})",
-        batch_loss=lambda m, x, y, _g: aug.loss(m, x, y, g_aug),
-    )
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=weight_decay, seed=seed,
+                         augment=base_augment, description=f"training ({aug.name})")  # fmt: skip
+    # The augmentation draws from its own generator, the loop's draws the batches and shifts.
+    return train(model, data, config, loss=lambda m, x, y, _g: aug.loss(m, x, y, g_aug), progress=progress)
 
 
 def train_digits_cnn(augmentation: Augmentation | str = "standard", seed: int = 0, epochs: int = 40,
@@ -67,8 +61,6 @@ def train_digits_cnn(augmentation: Augmentation | str = "standard", seed: int = 
 
     ``standard`` reproduces the zoo's recipe up to the augmentation generator.
     """
-    from mlsafety.zoo import DigitsCNN, load_dataset, random_shift, seeded_init
-
     model = seeded_init(DigitsCNN(), seed, "digits-cnn")
     return train_augmented(model, load_dataset("digits", "train"), augmentation, epochs=epochs, seed=seed,
                            base_augment=random_shift, progress=progress)  # fmt: skip
