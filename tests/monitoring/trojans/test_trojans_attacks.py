@@ -7,6 +7,9 @@ import torch
 
 from mlsafety.core import ArrayDataset, InputError, generator
 from mlsafety.monitoring.trojans import TROJAN_ATTACKS, BadNets, Blended, LabelConsistent, WaNet, trojan_metrics
+from tests.support.family import check_family
+
+test_trojan_attack_family = check_family(TROJAN_ATTACKS)
 
 
 def _data(n: int = 60, seed: int = 0) -> ArrayDataset:
@@ -91,12 +94,28 @@ def test_bad_parameters_are_input_errors() -> None:
         BadNets(corner="middle")
     with pytest.raises(InputError):
         Blended(alpha=1.5)
+    with pytest.raises(InputError, match="hardness"):
+        LabelConsistent(hardness=0.5)
+    with pytest.raises(InputError, match="corner"):
+        LabelConsistent(corner="middle")
+    with pytest.raises(InputError, match="strength"):
+        WaNet(strength=0)
     with pytest.raises(InputError):
         BadNets(size=9).apply_trigger(torch.zeros(1, 1, 8, 8))
     with pytest.raises(InputError):
         BadNets().poison(_data(), 0.0, 1)
     with pytest.raises(InputError):
         BadNets().poison(_data(), 0.1, 7)  # class 7 is absent
+
+
+def test_parameters_keep_their_names_defaults_and_order() -> None:
+    """The declared parameters are the constructors' of before the family kit (positional order too)."""
+    assert BadNets(2, "top-left", 1, "solid").get_params() == {"size": 2, "corner": "top-left", "margin": 1,
+                                                               "pattern": "solid"}  # fmt: skip
+    assert Blended().get_params() == {"alpha": 0.3, "pattern_seed": 0, "block": 2}
+    assert WaNet().get_params() == {"k": 4, "strength": 1.5, "cross_ratio": 1.0, "field_seed": 0}
+    assert LabelConsistent().get_params() == {"hardness": 0.3, "size": 3, "corner": "top-left"}
+    assert repr(BadNets()) == "BadNets(size=3, corner='bottom-right', margin=0, pattern='checker')"
 
 
 def test_trojan_metrics_on_hand_made_models() -> None:
