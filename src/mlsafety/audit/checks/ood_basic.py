@@ -4,8 +4,9 @@ The work is the library's (:class:`mlsafety.monitoring.ood.ScoreCache`: detector
 from the audit's shared forward passes; :func:`mlsafety.metrics.ood_metrics`: the metrics with
 intervals); this module turns them into rows. The report view is
 :class:`~mlsafety.audit.views.ood_basic.OODBasicView`. :class:`ScoreCache` (the library's cache bound
-to an audit) and :func:`detector_rows` serve the ``ood``, ``selective`` and ``defence-in-depth`` checks
-too.
+to an audit) and :func:`detector_rows` serve the ``ood`` and ``selective`` checks too; the other names
+imported from here before (plots, notes, ``metric_name``, ``roc_points``) are re-exported from where they
+now live (the view, :mod:`mlsafety.metrics`).
 """
 
 from __future__ import annotations
