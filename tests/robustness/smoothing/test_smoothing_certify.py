@@ -205,3 +205,20 @@ def test_noise_training_is_the_one_loop_with_shift_then_noise(tiny_data) -> None
     # the noise is part of the recipe: without it (or with another sigma) the weights differ
     c = train(net(), tiny_data, epochs=2, seed=3, lr=1e-2, batch_size=8, augment=random_shift)
     assert not all(torch.equal(p, q) for p, q in zip(a.parameters(), c.parameters()))
+
+
+def test_sample_until_decided_stops_each_input_on_its_own_evidence() -> None:
+    from mlsafety.robustness.smoothing import sample_until_decided
+
+    calls: list[tuple[list[int], int]] = []
+    rates = torch.tensor([1.0, 0.0, 0.5])  # clearly above, clearly below, exactly at the target
+
+    def hits(idx: torch.Tensor, step: int) -> torch.Tensor:
+        calls.append((idx.tolist(), step))
+        return (rates[idx] * step).round().long()
+
+    lower, used = sample_until_decided(hits, 3, 5000, 0.01, 0.5, 30, (1.0, 1.0), torch.device("cpu"))
+    assert used[2] == 5000 and used[0] < 200 and used[1] < 200  # the undecidable one runs to n_max
+    assert lower[0] > 0.5 and lower[1] < 0.5 and lower[2] < 0.5
+    assert all(step <= 5000 for _, step in calls) and calls[-1][0] == [2]
+    assert int(used.max()) == sum(step for idx, step in calls if 2 in idx)
