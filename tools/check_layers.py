@@ -61,18 +61,12 @@ ALLOWED: dict[str, tuple[frozenset[str], str]] = {
     },
 }
 
-# Edges that break the contract today and are being removed, with who removes them. Each entry is
-# (importing module, imported module): the violation is reported as allowed, not as a failure. An
-# entry that no longer matches an import is reported as stale: delete it.
-# A cycle with an allowed edge is allowed as a whole.
-ALLOW: dict[tuple[str, str], str] = {
-    # The zoo's recipes call pillar training code (trojan planting, denoiser training) through
-    # in-function imports, which also closes the cycle trojans.attacks -> zoo -> zoo._models ->
-    # trojans.population -> trojans.attacks. Helper B of issue 21 moves the training loop to
-    # core/_train.py so the recipes refer to it by name and the zoo imports no pillar.
-    ("mlsafety.zoo._models", "mlsafety.monitoring.trojans.population"): "issue 21 helper B: training loop to core",
-    ("mlsafety.zoo._models", "mlsafety.robustness._denoise"): "issue 21 helper B: training loop to core",
-}
+# Edges that break the contract and are being removed, each with who removes it and why it must
+# wait: (importing module, imported module) -> reason. The violation is then reported as allowed,
+# not as a failure; a cycle with an allowed edge is allowed as a whole. An entry that no longer
+# matches an import is reported as stale: delete it. Empty since issue 21 (the zoo's in-function
+# imports of trojans.population and robustness._denoise went when the training loop moved to core).
+ALLOW: dict[tuple[str, str], str] = {}
 
 
 @dataclass(frozen=True)

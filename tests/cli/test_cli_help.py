@@ -96,3 +96,13 @@ def test_cli_help_defaults_match_the_library(args: list[str], entry: object, opt
     for option, name in options.items():
         line = next(chunk for chunk in text.split(" --") if chunk.startswith(f"{option} "))
         assert line.endswith(f"[default: {show_default(params[name].default)}]"), line
+
+
+def test_ood_eval_default_detectors_are_the_quick_tagged_ones() -> None:
+    from mlsafety.cli._ood import default_detectors
+    from mlsafety.monitoring import ood
+
+    quick = ood.DETECTORS.tagged(ood.QUICK)
+    assert quick and default_detectors() == quick
+    text = " ".join(CliRunner().invoke(main, ["ood", "eval", "--help"], terminal_width=400).output.split())
+    assert f"Default: {', '.join(quick)}." in text
