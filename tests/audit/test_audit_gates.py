@@ -4,7 +4,7 @@ import pytest
 
 from mlsafety.audit import StoredRow, compare_rows, evaluate_gates, parse_gate_option
 from mlsafety.audit._gates import parse_gate_key
-from mlsafety.core import InputError, UnknownNameError
+from mlsafety.core import Hazard, InputError, UnknownNameError
 
 
 def row(check, hazard, metric, value, lo=None, hi=None):
@@ -13,9 +13,20 @@ def row(check, hazard, metric, value, lo=None, hi=None):
 
 def test_gate_keys_split_at_first_and_last_slash():
     key = parse_gate_key("defence-in-depth/adversarial/pgd/0.1/escaped_failure_rate")
-    assert (key.check, key.hazard, key.metric) == ("defence-in-depth", "adversarial/pgd/0.1", "escaped_failure_rate")
-    with pytest.raises(InputError):
-        parse_gate_key("accuracy")
+    assert (key.check, key.hazard, key.metric) == (
+        "defence-in-depth",
+        Hazard.adversarial("pgd", 0.1),
+        "escaped_failure_rate",
+    )
+    assert str(key) == "defence-in-depth/adversarial/pgd/0.1/escaped_failure_rate"
+    assert parse_gate_key("clean/*/accuracy").hazard == "*"
+    for bad in ("accuracy", "clean/accuracy", "clean//accuracy", "/clean/accuracy", "clean/clean/"):
+        with pytest.raises(InputError, match="must look like"):
+            parse_gate_key(bad)
+    with pytest.raises(InputError, match=r"gate metric 'x/corruption/fog/high/m'.*severity is an integer"):
+        parse_gate_key("x/corruption/fog/high/m")
+    with pytest.raises(InputError, match="empty part"):
+        parse_gate_key("x/ood//*/m")
     assert parse_gate_option("clean/clean/accuracy=0.9") == ("clean/clean/accuracy", 0.9)
     with pytest.raises(InputError, match="not a number"):
         parse_gate_option("clean/clean/accuracy=high")
@@ -38,6 +49,11 @@ def test_fail_under_fail_over_and_star():
     assert [f.key for f in only_ood] == ["defence-in-depth/ood/a/escaped_failure_rate"]
     with pytest.raises(UnknownNameError, match="matches no stored metric"):
         evaluate_gates(rows, {"clean/clean/nope": 0.5}, {})
+    # the hazard is read as a hazard: another spelling of the same eps names the same row
+    (same,) = evaluate_gates(rows, {}, {"defence-in-depth/adversarial/pgd/0.10/escaped_failure_rate": 0.2})
+    assert same.key == "defence-in-depth/adversarial/pgd/0.1/escaped_failure_rate"
+    every_pgd = evaluate_gates(rows, {}, {"defence-in-depth/adversarial/pgd/*/escaped_failure_rate": 0.2})
+    assert [f.value for f in every_pgd] == [0.5]
 
 
 def test_compare_uses_the_interval_of_the_difference_and_direction():

@@ -1,8 +1,11 @@
 """Pass/fail gates over stored metrics, and run-to-run comparison.
 
 A metric key is ``<check>/<hazard>/<metric>``: the check is the first segment, the metric the last,
-the hazard everything between (it may contain ``/``). In a gate, a hazard of ``*`` matches any one
-hazard, so ``defence-in-depth/*/escaped_failure_rate`` bounds every hazard at once.
+the hazard everything between (it may contain ``/``; it is read by :meth:`Hazard.parse
+<mlsafety.core.Hazard.parse>`, so ``adversarial/pgd/0.10`` names the row ``adversarial/pgd/0.1``).
+In a gate, a hazard of ``*`` matches any one hazard, so ``defence-in-depth/*/escaped_failure_rate``
+bounds every hazard at once; a hazard with a ``*`` inside (``ood/*``, ``adversarial/pgd/*``) is a
+pattern over hazards' string forms.
 """
 
 from __future__ import annotations
@@ -14,21 +17,33 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mlsafety.audit._check import _METRIC, Check, StoredRow
-from mlsafety.core import InputError, UnknownNameError
+from mlsafety.core import Hazard, InputError, UnknownNameError
+
+ANY = "*"
+"""A gate's hazard that matches any one hazard."""
 
 
 @dataclass(frozen=True)
 class GateKey:
+    """A parsed gate key (:func:`parse_gate_key`).
+
+    Attributes:
+        check: the check's registry name.
+        hazard: the typed hazard, or a pattern with ``*`` over hazards' string forms (``*``: any).
+        metric: the metric name.
+    """
+
     check: str
-    hazard: str
+    hazard: Hazard | str
     metric: str
 
     def matches(self, row: StoredRow) -> bool:
+        """Whether the stored ``row`` is one this gate bounds."""
         if row.check != self.check or row.metric != self.metric:
             return False
-        if self.hazard == "*":
-            return True
-        return fnmatch.fnmatchcase(row.hazard, self.hazard) if "*" in self.hazard else row.hazard == self.hazard
+        if isinstance(self.hazard, Hazard):
+            return row.hazard == str(self.hazard)
+        return fnmatch.fnmatchcase(row.hazard, self.hazard)
 
     def __str__(self) -> str:
         return f"{self.check}/{self.hazard}/{self.metric}"
@@ -47,20 +62,23 @@ class GateFailure:
 
 
 def parse_gate_key(key: str) -> GateKey:
-    parts = key.split("/")
-    if len(parts) < 3 or not all(parts):
+    """The one reader of a gate's metric key ``<check>/<hazard>/<metric>`` (see the module docs).
+
+    Raises:
+        InputError: the key has fewer than three parts, or its hazard is not a hazard's string form.
+    """
+    check, _, rest = key.partition("/")
+    hazard, _, metric = rest.rpartition("/")
+    if not check or not hazard or not metric:
         raise InputError(f"gate metric {key!r} must look like <check>/<hazard>/<metric>, e.g. clean/clean/accuracy")
-    return GateKey(parts[0], "/".join(parts[1:-1]), parts[-1])
-
-
-def parse_gate_keys(gates: Mapping[str, float]) -> list[GateKey]:
-    """Parse gate keys and check their check names exist (before any work is done)."""
-    from mlsafety.audit._check import CHECKS
-
-    keys = [parse_gate_key(k) for k in gates]
-    for key in keys:
-        CHECKS.get(key.check)
-    return keys
+    if ANY in hazard:
+        if hazard.startswith("/") or hazard.endswith("/") or "//" in hazard:
+            raise InputError(f"gate metric {key!r}: hazard pattern {hazard!r} has an empty part")
+        return GateKey(check, hazard, metric)
+    try:
+        return GateKey(check, Hazard.parse(hazard), metric)
+    except InputError as err:
+        raise InputError(f"gate metric {key!r}: {err}") from None
 
 
 def check_gate_bound(key: str, value: object, where: str = "gate") -> float:
