@@ -1,6 +1,7 @@
 """Check ``defence-in-depth`` on the embedded model, consuming the hazards of the adversarial check
 (its quick profile on a few test inputs), of the corruptions check and an OOD set, through the
-context as the engine would; hazards made in the test exercise the fallbacks for other providers.
+context as the engine would; hazards made in the test stand for other providers' (typed hazards:
+an adversarial one carries its attack, eps and norm, and its inputs their clean sources).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 import mlsafety.audit.checks  # noqa: F401  (registers every check)
 from mlsafety import zoo
 from mlsafety.audit import CHECKS, AuditContext, AuditData, Row, StoredRow
-from mlsafety.core import ArrayDataset, Classifier, InputError, forward
+from mlsafety.core import ArrayDataset, Classifier, Hazard, InputError, forward
 from mlsafety.systemic import Outcome, failures
 
 N_ADV = 60
@@ -23,17 +24,26 @@ N_ADV = 60
 class _Context(AuditContext):
     """An audit context with extra hazards given as datasets (what providers would make)."""
 
-    def __init__(self, *args: Any, extra: dict[str, ArrayDataset], **kw: Any) -> None:
+    def __init__(self, *args: Any, extra: dict[Hazard, ArrayDataset], **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.extra = extra
         self.planned_hazards = list(extra)
 
-    def hazard(self, name: str) -> ArrayDataset:
-        return self.extra[name] if name in self.extra else super().hazard(name)
+    def hazard(self, hazard: Hazard | str) -> ArrayDataset:
+        h = Hazard.parse(hazard)
+        return self.extra[h] if h in self.extra else super().hazard(h)
+
+
+class _Attacked(ArrayDataset):
+    """Adversarial inputs with their clean sources (what the adversarial check's provider keeps)."""
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, x_clean: torch.Tensor) -> None:
+        super().__init__(x, y)
+        self.x_clean = x_clean
 
 
 @pytest.fixture(scope="module")
-def setting() -> tuple[Classifier, AuditData, list[str]]:
+def setting() -> tuple[Classifier, AuditData, list[Hazard]]:
     clf = Classifier(zoo.load_model("digits-cnn"))
     data = AuditData(
         test=zoo.load_dataset("digits", "test"),
@@ -43,7 +53,7 @@ def setting() -> tuple[Classifier, AuditData, list[str]]:
     )
     # the adversarial check's quick profile (autoattack-fast, 10 iterations) on 60 test inputs
     ctx = AuditContext(clf, data, quick=True, check_params={"adversarial": _adversarial_params()})
-    planned = [*CHECKS.create("adversarial", quick=True).hazards(ctx), "corruption/gaussian-noise/3"]
+    planned = [*CHECKS.create("adversarial", quick=True).hazards(ctx), Hazard.corruption("gaussian-noise", 3)]
     return clf, data, planned
 
 
@@ -69,20 +79,20 @@ def _run(setting: Any, **params: Any) -> tuple[list[Row], list[Any], AuditContex
 @pytest.fixture(scope="module")
 def result(setting: Any) -> tuple[list[Row], list[Any], AuditContext, float]:
     t0 = time.perf_counter()
-    adversarial = [h for h in setting[2] if h.startswith("adversarial/")]
-    rows, arts, ctx = _run(setting, exposure={"clean": 0.9, adversarial[-1]: 0.1})
+    adversarial = [h for h in setting[2] if h.kind == "adversarial"]
+    rows, arts, ctx = _run(setting, exposure={"clean": 0.9, str(adversarial[-1]): 0.1})
     return rows, arts, ctx, time.perf_counter() - t0
 
 
-def _get(rows: list[Row], hazard: str, metric: str) -> Row:
-    found = [r for r in rows if r.hazard == hazard and r.metric == metric]
+def _get(rows: list[Row], hazard: Hazard | str, metric: str) -> Row:
+    found = [r for r in rows if r.hazard == str(hazard) and r.metric == metric]
     assert len(found) == 1, (hazard, metric)
     return found[0]
 
 
 def test_every_hazard_has_escaped_rate_with_interval(result: Any) -> None:
     rows, arts, ctx, _ = result
-    hazards = ["clean", *ctx.planned_hazards, "ood/letters"]
+    hazards = [Hazard.clean(), *ctx.planned_hazards, Hazard.ood("letters")]
     for h in hazards:
         r = _get(rows, h, "escaped_failure_rate")
         assert r.ci_low is not None and r.ci_high is not None and r.ci_low <= r.value <= r.ci_high
@@ -105,7 +115,7 @@ def test_clean_rates_match_a_hand_recomputation(result: Any, setting: Any) -> No
     assert len(chosen) == 1
     esc = _get(rows, "clean", "escaped_failure_rate")
     p = esc.params
-    assert p["monitor"] == chosen[0].hazard.removeprefix("validation/")
+    assert Hazard.parse(chosen[0].hazard) == Hazard("validation", p["monitor"])
     # recompute every cell from scratch: a fresh detector, the stored thresholds, the test data
     out = forward(clf, data.test.x)
     failed = failures(out.logits, data.test.y)
@@ -131,14 +141,14 @@ def test_clean_rates_match_a_hand_recomputation(result: Any, setting: Any) -> No
 
 def test_adaptive_attack_escapes_at_least_as_often(result: Any) -> None:
     rows, _, ctx, _ = result
-    adversarial = [h for h in ctx.planned_hazards if h.startswith("adversarial/")]
-    assert len(adversarial) >= 2
+    adversarial = [h for h in ctx.planned_hazards if h.kind == "adversarial"]
+    assert len(adversarial) >= 2 and all(h.norm == "linf" for h in adversarial)
     for h in adversarial:
         plain = _get(rows, h, "escaped_failure_rate")
         adaptive = _get(rows, h, "adaptive_escaped_failure_rate")
         assert adaptive.value >= plain.value, h
         assert adaptive.n == plain.n == N_ADV
-        assert adaptive.params["norm"] == "linf" and adaptive.params["eps"] == float(h.split("/")[-1])
+        assert adaptive.params["norm"] == "linf" and adaptive.params["eps"] == h.eps
     # on the largest budget the monitor-aware attack alone lets more failures through than autoattack
     h = adversarial[-1]
     alone = _get(rows, h, "adaptive_escaped_failure_rate").params["adaptive_only_escaped_failure_rate"]
@@ -155,7 +165,7 @@ def test_fmea_rows_sorted_and_raw_probabilities_kept(result: Any) -> None:
             assert r.params["failure_rate"] >= fr.value
         else:
             assert r.params["failure_rate"] == pytest.approx(fr.value)
-    adversarial = next(r.hazard for r in rpn if r.hazard.startswith("adversarial/"))
+    adversarial = next(r.hazard for r in rpn if Hazard.parse(r.hazard).kind == "adversarial")
     assert _get(rows, adversarial, "severity").value == 8  # documented default for the kind
     for r in rpn:  # issue 12 point 11: severity is a setting, the measured ranks carry their band range
         sev, occ, det = (_get(rows, r.hazard, m) for m in ("severity", "occurrence", "detection"))
@@ -231,46 +241,48 @@ def test_worst_case_outcome_is_what_the_row_reports() -> None:
 
 
 def test_plot_pools_corruption_severities_when_there_are_many_hazards() -> None:
-    from mlsafety.audit.checks.defence_in_depth import PLOT_MAX_BARS, _for_plot
+    from mlsafety.audit.views.defence_in_depth import PLOT_MAX_BARS, plot_bars
 
     def o(k: int) -> Outcome:
         return Outcome(torch.arange(4) < k, torch.zeros(4, dtype=torch.bool))
 
-    few = {"clean": o(1), "corruption/blur/1": o(2)}
-    assert _for_plot(few, {}) == (few, {})
-    many = {"clean": o(0), **{f"corruption/c{i}/{s}": o(s) for i in range(PLOT_MAX_BARS) for s in (1, 3)}}
-    shown, _ = _for_plot(many, {})
-    assert len(shown) == PLOT_MAX_BARS + 1
+    pgd = Hazard.adversarial("pgd", 0.1, norm="linf")
+    clean, blur = o(1), o(2)
+    few = {Hazard.clean(): clean, Hazard.corruption("blur", 1): blur}
+    assert plot_bars(few, {}) == ({"clean": clean, "corruption/blur/1": blur}, {})
+    many = {Hazard.clean(): o(0), pgd: o(1)}
+    many.update({Hazard.corruption(f"c{i}", s): o(s) for i in range(PLOT_MAX_BARS) for s in (1, 3)})
+    shown, adaptive = plot_bars(many, {pgd: o(2)})
+    assert len(shown) == PLOT_MAX_BARS + 2 and list(adaptive) == ["adversarial/pgd/0.1"]
     pooled = shown["corruption/c0 (all severities)"]
     assert pooled.n == 8 and pooled.failure_rate().value == (1 + 3) / 8
 
 
-def test_attack_source_found_by_order_or_nearest_input_and_norm_inferred(setting: Any) -> None:
-    from mlsafety.audit.checks.defence_in_depth import _attack_source
+def test_attack_source_is_read_from_the_typed_hazard_never_guessed(setting: Any) -> None:
+    """eps and norm come from the hazard, the clean source from its inputs; without them the
+    adaptive attack is not run (and says so), where it used to guess the source by nearest input."""
+    from mlsafety.audit.checks.defence_in_depth import NOT_RUN, _attack_source
 
     clf, data, _ = setting
     test = data.test
     g = torch.Generator().manual_seed(0)
-    perm = torch.randperm(len(test), generator=g)[:50]
-    x = test.x[perm]
+    x, y = test.x[:30], test.y[:30]
     linf = (x + 0.1 * (2 * torch.rand(x.shape, generator=g) - 1)).clamp(0, 1)
-    direction = torch.randn(x.shape, generator=g)
-    l2 = (x + 0.5 * direction / direction.flatten(1).norm(dim=1)[:, None, None, None]).clamp(0, 1)
-    full = (test.x + 0.1 * torch.sign(torch.randn(test.x.shape, generator=g))).clamp(0, 1)
-    extra = {
-        "adversarial/a/0.1": ArrayDataset(linf, test.y[perm]),
-        "adversarial/b/0.5": ArrayDataset(l2, test.y[perm]),
-        "adversarial/c/0.1": ArrayDataset(full, test.y),
-        "adversarial/d/0.01": ArrayDataset(linf, test.y[perm]),  # outside its own ball: no source
-    }
+    typed = Hazard.adversarial("a", 0.1, norm="l2")
+    no_norm = Hazard.adversarial("b", 0.1)
+    no_source = Hazard.adversarial("c", 0.1, norm="linf")
+    extra = {typed: _Attacked(linf, y, x), no_norm: _Attacked(linf, y, x), no_source: ArrayDataset(linf, y)}
     ctx = _Context(clf, data, seed=0, extra=extra)
-    src, y, eps, norm = _attack_source(ctx, "adversarial/a/0.1")  # type: ignore[misc]
-    assert torch.equal(src, x) and torch.equal(y, test.y[perm]) and (eps, norm) == (0.1, "linf")
-    src, _, eps, norm = _attack_source(ctx, "adversarial/b/0.5")  # type: ignore[misc]
-    assert torch.equal(src, x) and (eps, norm) == (0.5, "l2")
-    src, _, _, norm = _attack_source(ctx, "adversarial/c/0.1")  # type: ignore[misc]
-    assert torch.equal(src, test.x) and norm == "linf"
-    assert _attack_source(ctx, "adversarial/d/0.01") is None
+    src, labels, eps, norm = _attack_source(ctx, typed)  # type: ignore[misc]
+    assert torch.equal(src, x) and torch.equal(labels, y) and (eps, norm) == (0.1, "l2")
+    assert _attack_source(ctx, no_norm) is None and _attack_source(ctx, no_source) is None
+    check = CHECKS.create("defence-in-depth", monitors=["energy"], adaptive_steps=1)
+    tasks = {t.key: t for t in check.tasks(ctx)}
+    rows = tasks["adversarial/c/0.1"].run().rows
+    assert {r.metric for r in rows} >= {"failure_rate", "escaped_failure_rate"}
+    assert "adaptive_escaped_failure_rate" not in {r.metric for r in rows}
+    assert all(r.params["adaptive"] == NOT_RUN for r in rows)
+    assert "adaptive_escaped_failure_rate" in {r.metric for r in tasks["adversarial/a/0.1"].run().rows}
 
 
 def test_headless_model_uses_logit_detectors_by_default() -> None:
@@ -304,8 +316,8 @@ def test_adaptive_attack_draws_one_generator_per_task_and_rows_do_not_depend_on_
     clf, data, _ = setting
     g = torch.Generator().manual_seed(1)
     x, y = data.test.x[:24], data.test.y[:24]
-    hazards = ["adversarial/a/0.1", "adversarial/b/0.1"]
-    extra = {h: ArrayDataset((x + 0.1 * (2 * torch.rand(x.shape, generator=g) - 1)).clamp(0, 1), y) for h in hazards}
+    hazards = [Hazard.adversarial("a", 0.1, norm="linf"), Hazard.adversarial("b", 0.1, norm="linf")]
+    extra = {h: _Attacked((x + 0.1 * (2 * torch.rand(x.shape, generator=g) - 1)).clamp(0, 1), y, x) for h in hazards}
     seen: dict[str, torch.Tensor] = {}
     original = PGD.__call__
 
@@ -316,16 +328,16 @@ def test_adaptive_attack_draws_one_generator_per_task_and_rows_do_not_depend_on_
 
     monkeypatch.setattr(PGD, "__call__", spy)
 
-    def run(order: list[str]) -> dict[str, Row]:
+    def run(order: list[Hazard]) -> dict[str, Row]:
         ctx = _Context(clf, data, seed=3, extra=extra)
         check = CHECKS.create("defence-in-depth", monitors=["energy"], adaptive_steps=2)
         tasks = {t.key: t for t in check.tasks(ctx)}
-        rows = [r for key in ["monitor", *order] for r in tasks[key].run().rows]
+        rows = [r for key in ["monitor", *map(str, order)] for r in tasks[key].run().rows]
         return {f"{r.hazard}/{r.metric}": r for r in rows if r.metric == "adaptive_escaped_failure_rate"}
 
     forward_order = run(hazards)
     states = list(seen.values())
-    want = [generator(3, "defence-in-depth", "adaptive", h).get_state() for h in hazards]
+    want = [generator(3, "defence-in-depth", "adaptive", str(h)).get_state() for h in hazards]
     assert torch.equal(states[0], want[0]) and torch.equal(states[1], want[1])
     assert not torch.equal(want[0], want[1])  # two tasks, two streams
     assert run(hazards[::-1]) == forward_order  # the same rows whichever task runs first

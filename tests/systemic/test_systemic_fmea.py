@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlsafety.core import InputError
+from mlsafety.core import Hazard, InputError
 from mlsafety.metrics import clopper_pearson
 from mlsafety.systemic import (
     DEFAULT_SEVERITY,
@@ -61,6 +61,18 @@ def test_severity_lookup_longest_prefix_then_kind_default() -> None:
         severity_for("clean", {"clean": 11})
     with pytest.raises(InputError):
         severity_for("clean", {"clean": 2.5})  # type: ignore[dict-item]
+
+
+def test_severity_reads_typed_hazards_most_specific_override_first() -> None:
+    over = {"corruption": 4, "corruption/fog/3": 2, "corruption/fog": 3, "adversarial/pgd/0.10": 10}
+    assert severity_for(Hazard.corruption("fog", 3), over) == 2
+    assert severity_for(Hazard.corruption("fog", 5), over) == 3
+    assert severity_for(Hazard.corruption("blur", 3), over) == 4
+    # keys are read as hazards: 0.10 and 0.1 are the same radius; norm is not part of the key
+    assert severity_for(Hazard.adversarial("pgd", 0.1, norm="l2"), over) == 10
+    assert severity_for("corruption/fogs/3", over) == 4  # a family, not a string prefix
+    with pytest.raises(InputError, match="severity is an integer"):
+        severity_for("clean", {"corruption/fog/high": 3})
 
 
 def _outcome(n: int, failed: int, caught: int) -> Outcome:

@@ -15,6 +15,7 @@ from mlsafety.core._forward import Outputs, forward
 from mlsafety.core._hazard import Hazard
 from mlsafety.core._loading import load_factory, load_weights, read_state_dict
 from mlsafety.core._model import Classifier, Normalize, as_classifier, device_of, frozen
+from mlsafety.core._outliers import OUTLIER_TRANSFORMS, permute_noise_mosaic_outliers, transform_mix_outliers
 from mlsafety.core._params import HyperParams, Param, check_is_fitted
 from mlsafety.core._progress import Progress, track
 from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like
@@ -32,6 +33,7 @@ from mlsafety.core._train import (
 )
 
 __all__ = [
+    "OUTLIER_TRANSFORMS",
     "ArrayDataset",
     "BatchHook",
     "Classifier",
@@ -67,6 +69,7 @@ __all__ = [
     "load_image_folder",
     "load_npz",
     "load_weights",
+    "permute_noise_mosaic_outliers",
     "rand_like",
     "randn_like",
     "random_shift",
@@ -76,5 +79,6 @@ __all__ = [
     "track",
     "train",
     "training_recipe",
+    "transform_mix_outliers",
     "validate_dataset",
 ]

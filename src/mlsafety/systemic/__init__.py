@@ -6,6 +6,9 @@ false alarm, a caught failure or an **escaped failure**; the escaped-failure rat
 risk of the whole system. Hazards become failure modes of an FMEA table whose occurrence and
 detection scores come from those measurements.
 
+:class:`DefenceInDepthEvaluator` is the whole evaluation from precomputed forward outputs (what the
+audit's ``defence-in-depth`` check calls). The pieces, for use on their own:
+
 Example:
     >>> mon = Monitor.fit("energy", val_scores, val_correct, false_alarm_rate=0.05, detector="energy")
     >>> outcome = Outcome(failures(logits, labels), mon.flags(scores))
@@ -13,6 +16,7 @@ Example:
 """
 
 from mlsafety.systemic._adaptive import MonitorAwareObjective, wrong_margin
+from mlsafety.systemic._evaluate import DefenceInDepthEvaluator, DetectorScores, HazardResult, MonitorChoice
 from mlsafety.systemic._fmea import (
     DEFAULT_SEVERITY,
     DETECTION_TABLE,
@@ -27,7 +31,6 @@ from mlsafety.systemic._fmea import (
 )
 from mlsafety.systemic._monitor import Monitor, threshold_at_rate
 from mlsafety.systemic._outcomes import Outcome, expected_escaped_rate, failures
-from mlsafety.systemic._outliers import OUTLIER_TRANSFORMS, synthetic_outliers
 from mlsafety.systemic._plot import swiss_cheese_png
 from mlsafety.systemic._select import (
     CONFIDENCE,
@@ -43,11 +46,14 @@ __all__ = [
     "DEFAULT_SEVERITY",
     "DETECTION_TABLE",
     "OCCURRENCE_TABLE",
-    "OUTLIER_TRANSFORMS",
     "SEVERITY_DEFAULTS",
+    "DefenceInDepthEvaluator",
+    "DetectorScores",
     "FmeaEntry",
+    "HazardResult",
     "Monitor",
     "MonitorAwareObjective",
+    "MonitorChoice",
     "Outcome",
     "ScoreFn",
     "ScoredSet",
@@ -61,7 +67,6 @@ __all__ = [
     "occurrence_score",
     "severity_for",
     "swiss_cheese_png",
-    "synthetic_outliers",
     "threshold_at_rate",
     "validation_escape",
     "wrong_margin",

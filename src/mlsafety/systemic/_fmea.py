@@ -5,7 +5,8 @@ modes by the *risk priority number* ``RPN = S * O * D``, each factor on a 1-10 s
 factor but severity comes from a measurement, so the table is reproducible:
 
 Severity S (how bad the effect is) is a judgement: it comes from the configuration, with these
-defaults per hazard kind (override per kind, per hazard-name prefix or per full hazard name):
+defaults per hazard kind (override per kind, per hazard family such as ``corruption/fog``, or per
+full hazard name; :func:`severity_for`):
 
 ==============  ==  =========================================================================
 kind            S   why
@@ -71,12 +72,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from mlsafety.core import InputError
+from mlsafety.core import Hazard, InputError
 from mlsafety.metrics import Estimate, clopper_pearson, proportion
 from mlsafety.systemic._outcomes import Outcome
 
 SEVERITY_DEFAULTS: dict[str, int] = {"clean": 5, "corruption": 6, "ood": 7, "adversarial": 8, "trojan": 9}
-"""Default severity per hazard kind (the first segment of the hazard name)."""
+"""Default severity per hazard kind (:attr:`Hazard.kind <mlsafety.core.Hazard.kind>`)."""
 
 DEFAULT_SEVERITY = 5
 """Severity of hazard kinds missing from :data:`SEVERITY_DEFAULTS` and from the overrides."""
@@ -130,24 +131,25 @@ def detection_score(miss_share: float | None) -> int:
     return 1
 
 
-def severity_for(hazard: str, overrides: Mapping[str, int] | None = None) -> int:
-    """S for ``hazard``: the longest matching override (full name, or a prefix ending at a ``/``),
-    else the default of its kind.
+def severity_for(hazard: Hazard | str, overrides: Mapping[str, int] | None = None) -> int:
+    """S for ``hazard``: the most specific override the hazard lies within (its full name, its
+    family such as ``adversarial/pgd`` or ``corruption/fog``, or its kind), else the default of its
+    kind. Override keys are hazards' string forms (:meth:`~mlsafety.core.Hazard.parse`).
 
     Example:
         >>> severity_for("adversarial/pgd/0.1", {"adversarial/pgd": 9})
         9
     """
-    overrides = dict(overrides or {})
-    for key, value in overrides.items():
+    h = Hazard.parse(hazard)
+    parsed: dict[Hazard, int] = {}
+    for key, value in (overrides or {}).items():
         if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 10:
             raise InputError(f"severity for {key!r} must be an integer from 1 to 10, got {value!r}")
-    parts = hazard.split("/")
-    for end in range(len(parts), 0, -1):
-        prefix = "/".join(parts[:end])
-        if prefix in overrides:
-            return overrides[prefix]
-    return SEVERITY_DEFAULTS.get(parts[0], DEFAULT_SEVERITY)
+        parsed[Hazard.parse(key)] = value
+    matches = [k for k in parsed if h.within(k)]
+    if matches:  # the hazards h lies within form a chain: the most specific lies within all others
+        return parsed[next(m for m in matches if all(m.within(o) for o in matches))]
+    return SEVERITY_DEFAULTS.get(h.kind, DEFAULT_SEVERITY)
 
 
 RPN_CONFIDENCE = 0.975
@@ -164,6 +166,7 @@ class FmeaEntry:
     """
 
     hazard: str
+    """The hazard's string form (the database key)."""
     severity: int
     occurrence: int
     detection: int
@@ -192,7 +195,7 @@ def _occurrence_range(failed: int, n: int, confidence: float) -> tuple[int, int]
     return occurrence_score(lo), occurrence_score(hi)
 
 
-def fmea_entry(hazard: str, outcome: Outcome, severity: int) -> FmeaEntry:
+def fmea_entry(hazard: Hazard | str, outcome: Outcome, severity: int) -> FmeaEntry:
     """Score one hazard from its outcome (O from the failure rate, D from the miss share), with the
     band range each score's measured proportion spans (see the module docstring)."""
     rate = outcome.failure_rate()
@@ -205,15 +208,19 @@ def fmea_entry(hazard: str, outcome: Outcome, severity: int) -> FmeaEntry:
     o_wide = _occurrence_range(k_fail, n, RPN_CONFIDENCE)
     d_wide = _detection_range(k_miss, k_fail, RPN_CONFIDENCE)
     rpn_range = (severity * o_wide[0] * d_wide[0], severity * o_wide[1] * d_wide[1])
-    return FmeaEntry(hazard, severity, occurrence_score(rate.value), detection, rate, miss, o_range, d_range, rpn_range)
+    entry = (occurrence_score(rate.value), detection, rate, miss, o_range, d_range, rpn_range)
+    return FmeaEntry(str(Hazard.parse(hazard)), severity, *entry)
 
 
-def fmea_table(outcomes: Mapping[str, Outcome], severity: Mapping[str, int] | None = None) -> list[FmeaEntry]:
-    """Every hazard scored, sorted by RPN (highest first; ties by hazard name).
+def fmea_table(
+    outcomes: Mapping[Hazard, Outcome] | Mapping[str, Outcome], severity: Mapping[str, int] | None = None
+) -> list[FmeaEntry]:
+    """Every hazard scored, sorted by RPN (highest first; ties by hazard string form).
 
     Args:
-        outcomes: per hazard, the per-input failures and flags.
-        severity: overrides by hazard kind, prefix or full name (see :func:`severity_for`).
+        outcomes: per hazard (a :class:`~mlsafety.core.Hazard` or its string form), the per-input
+            failures and flags.
+        severity: overrides by hazard kind, family or full name (see :func:`severity_for`).
     """
     entries = [fmea_entry(h, o, severity_for(h, severity)) for h, o in outcomes.items()]
     return sorted(entries, key=lambda e: (-e.rpn, e.hazard))

@@ -17,13 +17,16 @@ failure, since no label is right, so only a flag prevents harm. The residual ris
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
 from mlsafety.core import InputError
 from mlsafety.metrics import Estimate, clopper_pearson, proportion
+
+K = TypeVar("K", bound=Hashable)
 
 
 def failures(pred: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -107,7 +110,7 @@ def _severity_rank(o: Outcome) -> torch.Tensor:
 
 
 def expected_escaped_rate(
-    outcomes: Mapping[str, Outcome], exposure: Mapping[str, float], confidence: float = 0.95
+    outcomes: Mapping[K, Outcome], exposure: Mapping[K, float], confidence: float = 0.95
 ) -> Estimate:
     """Deployment's expected escaped-failure rate: ``sum_h w_h * e_h`` with exposure weights normalised.
 
@@ -115,7 +118,8 @@ def expected_escaped_rate(
     are divided by their sum). The interval is conservative and needs no resampling: each hazard's
     exact (Clopper-Pearson) interval at confidence ``1 - (1 - confidence) / H`` (Bonferroni over the
     ``H`` hazards with positive weight), combined with the weights; all of them hold at once with
-    probability at least ``confidence``, and then so does the weighted sum.
+    probability at least ``confidence``, and then so does the weighted sum. Hazards are keys of one
+    kind in both mappings (typed :class:`~mlsafety.core.Hazard` values, or names).
 
     Returns:
         An :class:`~mlsafety.metrics.Estimate` whose ``n`` is the total number of inputs behind it.
@@ -123,9 +127,9 @@ def expected_escaped_rate(
     weights = {h: float(w) for h, w in exposure.items() if float(w) != 0.0}
     if any(w < 0 for w in weights.values()):
         raise InputError("exposure weights must be non-negative")
-    missing = sorted(set(weights) - set(outcomes))
+    missing = sorted(str(h) for h in set(weights) - set(outcomes))
     if missing:
-        known = ", ".join(outcomes)
+        known = ", ".join(str(h) for h in outcomes)
         raise InputError(f"exposure names hazard {missing[0]!r}, which was not measured; measured: {known}")
     total = sum(weights.values())
     if total <= 0:
