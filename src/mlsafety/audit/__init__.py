@@ -28,7 +28,7 @@ from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluat
 from mlsafety.audit._inputs import AuditConfig, prepare_inputs, resolve_data, resolve_model
 from mlsafety.audit._report import render_report, write_report
 from mlsafety.audit._store import Store
-from mlsafety.audit.checks.defence_in_depth import fmea_report_table
+from mlsafety.audit.views.defence_in_depth import fmea_report_table
 
 __all__ = [
     "CHECKS",
