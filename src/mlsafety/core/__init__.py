@@ -14,7 +14,7 @@ from mlsafety.core._errors import InputError, MlsafetyError, NotFittedError, Unk
 from mlsafety.core._forward import Outputs, forward
 from mlsafety.core._hazard import Hazard
 from mlsafety.core._loading import load_factory, load_weights, read_state_dict
-from mlsafety.core._model import Classifier, Normalize, as_classifier, device_of, frozen
+from mlsafety.core._model import Classifier, ModelLike, Normalize, as_classifier, device_of, frozen
 from mlsafety.core._outliers import OUTLIER_TRANSFORMS, permute_noise_mosaic_outliers, transform_mix_outliers
 from mlsafety.core._params import HyperParams, Param, check_is_fitted
 from mlsafety.core._progress import Progress, track
@@ -43,6 +43,7 @@ __all__ = [
     "InputError",
     "LossFn",
     "MlsafetyError",
+    "ModelLike",
     "Normalize",
     "NotFittedError",
     "Outputs",
