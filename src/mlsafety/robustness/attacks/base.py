@@ -100,7 +100,7 @@ class Attack(HyperParams):
             sig = inspect.signature(cls)
             sig = sig.replace(parameters=sorted(sig.parameters.values(), key=lambda q: q.name in TAIL))
             cls.__signature__ = sig  # type: ignore[attr-defined]
-            # Callers that read inspect.signature(cls.__init__) (robustness.smoothing.registry_attack)
+            # Callers that read inspect.signature(cls.__init__) (smoothing.attacks.registry_attack)
             # get the same parameters; the kit's shared generated __init__ shows only *args, **kwargs.
             init = cls.__init__
 
