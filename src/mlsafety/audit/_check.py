@@ -266,9 +266,7 @@ class Check:
     @classmethod
     def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
         """Tables for the report section (its view's)."""
-        if cls.view is View:
-            return View.tables(rows, cls.title or getattr(cls, "name", ""))
-        return cls.view.tables(rows)
+        return cls.view.tables(rows, cls.title or getattr(cls, "name", ""))
 
 
 def _as_result(out: TaskResult | list[Row]) -> TaskResult:
