@@ -77,7 +77,7 @@ def main() -> None:
                 fresh.fit_outputs(clf, Outputs(fit_out.logits.clone(), fit_out.features.clone()), train.y)
 
                 def score_fn(out: Outputs, d: ood.Detector = fresh) -> torch.Tensor:
-                    return d._score(clf, out)
+                    return d.score_graph(clf, out)
 
             else:
                 score_fn = None  # type: ignore[assignment]
