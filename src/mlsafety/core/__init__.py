@@ -15,7 +15,7 @@ from mlsafety.core._forward import Outputs, forward
 from mlsafety.core._hazard import Hazard
 from mlsafety.core._loading import load_factory, load_weights, read_state_dict
 from mlsafety.core._model import Classifier, ModelLike, Normalize, as_classifier, device_of, frozen
-from mlsafety.core._outliers import OUTLIER_TRANSFORMS, permute_noise_mosaic_outliers, transform_mix_outliers
+from mlsafety.core._outliers import permute_noise_mosaic_outliers, transform_mix_outliers
 from mlsafety.core._params import HyperParams, Param, check_is_fitted
 from mlsafety.core._progress import Progress, track
 from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like
@@ -33,7 +33,6 @@ from mlsafety.core._train import (
 )
 
 __all__ = [
-    "OUTLIER_TRANSFORMS",
     "ArrayDataset",
     "BatchHook",
     "Classifier",
