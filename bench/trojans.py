@@ -70,7 +70,7 @@ def scanners(pop: list, only: list[str] | None) -> dict[str, Any]:
         scanner = SCANNERS.create(name, **SETTINGS.get(name, {}))
         s = score_scanner(scanner, pop, clean, test, train)
         out[name] = {
-            "params": {k: v for k, v in vars(scanner).items() if not k.startswith("_")},
+            "params": scanner.get_params(),
             "auroc": _est(s.auroc),
             "target_accuracy": _est(s.target_accuracy),
             "verdict_accuracy": _est(s.verdict_accuracy),

@@ -100,3 +100,25 @@ def test_check_is_fitted() -> None:
     check_is_fitted(c)
     with pytest.raises(NotFittedError):
         check_is_fitted(c, ["cov_"])
+
+
+def test_the_generated_constructor_shows_its_signature() -> None:
+    # Callers that read inspect.signature(cls.__init__) (not only cls) see the declared parameters.
+    assert list(inspect.signature(Child.__init__).parameters) == [
+        "self",
+        "eps",
+        "norm",
+        "batch_size",
+        "steps",
+        "step_size",
+    ]
+    assert Child.__init__ is not Base.__init__
+
+
+def test_param_tail_closes_the_signature() -> None:
+    class Tail(Base):
+        param_tail = ("batch_size",)
+        steps = Param(10, int, low=1, doc="iterations")
+
+    assert list(inspect.signature(Tail).parameters) == ["eps", "norm", "steps", "batch_size"]
+    assert Tail(0.1, "l2", 3).steps == 3

@@ -58,9 +58,7 @@ def test_draw_seed_comes_from_the_generator_only():
     assert a != draw_seed(generator(3, "other-task"))
 
 
-def test_core_public_api_is_sorted_and_complete():
-    import mlsafety.core as core
+def test_core_public_api_has_the_foundation_names():
+    import mlsafety.core as core  # order and resolvability: tests/test_public_api.py
 
-    assert core.__all__ == sorted(core.__all__)
-    assert all(hasattr(core, name) for name in core.__all__)
     assert {"DataLike", "as_array_dataset", "iter_batches", "draw_seed", "generator"} <= set(core.__all__)

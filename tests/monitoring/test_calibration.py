@@ -143,11 +143,6 @@ def test_calibrator_registry_conformance(name: str) -> None:
     torch.testing.assert_close(cal.create(name).fit(logits, labels).transform(logits), out)
 
 
-def test_public_api_sorted() -> None:
-    # isort-style, as ruff keeps it: CONSTANTS, then Classes, then functions, each sorted
-    assert list(cal.__all__) == sorted(cal.__all__, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n))
-
-
 # -- binning convention at confidence exactly 1 and on bin edges (issue 12 point 10) ---------------
 
 

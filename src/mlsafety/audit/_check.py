@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mlsafety.core import InputError, Registry
+from mlsafety.core import Hazard, InputError, Registry
 from mlsafety.metrics import Estimate
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ class Check:
         self.params: dict[str, Any] = merged
 
     # -- work ----------------------------------------------------------------------------------
-    def hazards(self, ctx: AuditContext) -> list[str]:
+    def hazards(self, ctx: AuditContext) -> Sequence[Hazard | str]:
         """Hazards this check produces (so the systemic check can consume them); none by default."""
         return []
 

@@ -153,6 +153,8 @@ class HyperParams:
     """
 
     _params: ClassVar[dict[str, Param[Any]]] = {}
+    param_tail: ClassVar[tuple[str, ...]] = ()
+    """Parameters that close the signature whatever a subclass adds (e.g. ``seed``, ``batch_size``)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -162,10 +164,23 @@ class HyperParams:
         for key, value in list(vars(cls).items()):
             if isinstance(value, Param):
                 declared[key] = value  # a re-declaration keeps its place and changes the rest
+        tail = [k for k in cls.param_tail if k in declared]
+        declared = {**{k: p for k, p in declared.items() if k not in tail}, **{k: declared[k] for k in tail}}
         cls._params = declared
         if "__init__" not in vars(cls):
-            cls.__init__ = _generated_init  # type: ignore[method-assign]
-            cls.__signature__ = _signature(declared)  # type: ignore[attr-defined]
+            sig = _signature(declared)
+
+            def __init__(self: HyperParams, *args: Any, **kwargs: Any) -> None:
+                _generated_init(self, *args, **kwargs)
+
+            # Each class gets its own constructor whose signature is the declaration, so both
+            # inspect.signature(cls) and inspect.signature(cls.__init__) show the parameters.
+            this = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
+            __init__.__signature__ = sig.replace(parameters=[this, *sig.parameters.values()])  # type: ignore[attr-defined]
+            __init__.__qualname__ = f"{cls.__qualname__}.__init__"
+            __init__.__doc__ = f"Store and validate the hyper-parameters of {cls.__name__} (see the class docstring)."
+            cls.__init__ = __init__  # type: ignore[method-assign]
+            cls.__signature__ = sig  # type: ignore[attr-defined]
         else:  # a hand-written constructor: inspect reads its own signature
             cls.__signature__ = None  # type: ignore[attr-defined]
 

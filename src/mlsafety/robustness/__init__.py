@@ -10,11 +10,22 @@ Example:
 
 from mlsafety.robustness import attacks, augment, corruptions, smoothing
 from mlsafety.robustness._denoise import train_denoiser  # also registers the zoo denoisers' recipes
-from mlsafety.robustness._evaluate import RobustnessResult, evaluate, sanity_flags
+from mlsafety.robustness._evaluate import (
+    AttackSummary,
+    CertificationSummary,
+    RobustnessResult,
+    evaluate,
+    evaluate_outputs,
+    sanity_flags,
+    summarize_attack,
+    summarize_certificates,
+)
 from mlsafety.robustness.corruptions import corrupt
 from mlsafety.robustness.training import adversarial_training, harden, trades_training
 
 __all__ = [
+    "AttackSummary",
+    "CertificationSummary",
     "RobustnessResult",
     "adversarial_training",
     "attacks",
@@ -22,9 +33,12 @@ __all__ = [
     "corrupt",
     "corruptions",
     "evaluate",
+    "evaluate_outputs",
     "harden",
     "sanity_flags",
     "smoothing",
+    "summarize_attack",
+    "summarize_certificates",
     "trades_training",
     "train_denoiser",
 ]

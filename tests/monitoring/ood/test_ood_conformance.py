@@ -38,11 +38,6 @@ def test_registry_has_the_issue_detectors() -> None:
         assert cls.needs and cls.needs <= ood.KNOWN_NEEDS
 
 
-def test_public_api_sorted() -> None:
-    # isort-style, as ruff keeps it: CONSTANTS, then Classes, then functions, each sorted
-    assert list(ood.__all__) == sorted(ood.__all__, key=lambda n: (0 if n.isupper() else 1 if n[0].isupper() else 2, n))
-
-
 @pytest.mark.parametrize("name", ALL)
 def test_fit_takes_in_distribution_data_only(name: str) -> None:
     params = list(inspect.signature(ood.DETECTORS.get(name).fit).parameters)

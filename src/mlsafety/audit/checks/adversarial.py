@@ -31,9 +31,8 @@ from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks._common import bind, metric_name, params_of
 from mlsafety.audit.views.adversarial import AdversarialView, Curve, curve_png, pairs_png
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
+from mlsafety.robustness import AttackSummary, evaluate_outputs, sanity_flags
 from mlsafety.robustness import attacks as atk
-from mlsafety.robustness import sanity_flags
-from mlsafety.robustness._evaluate import AttackSummary, evaluate_outputs
 
 KIND = "adversarial"
 EPS_FRACTIONS = (0.05, 0.2, 0.3, 0.4, 0.5, 0.8)
@@ -201,7 +200,7 @@ class Adversarial(Check):
     def _hazard(self, attack: str, eps: float) -> Hazard:
         return Hazard.adversarial(attack, eps, norm=self.params["norm"], source=KIND)
 
-    def hazards(self, ctx: AuditContext) -> list[Hazard]:  # type: ignore[override]
+    def hazards(self, ctx: AuditContext) -> list[Hazard]:
         names, grid = self._plan(ctx)
         return [self._hazard(n, e) for n in names for e in grid]
 

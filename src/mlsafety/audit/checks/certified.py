@@ -23,7 +23,7 @@ from mlsafety.audit._context import AuditContext
 from mlsafety.audit.views.certified import CertifiedView, certified_metric, curve_png
 from mlsafety.core import Hazard, InputError, UnknownNameError
 from mlsafety.metrics import proportion
-from mlsafety.robustness._evaluate import summarize_certificates
+from mlsafety.robustness import summarize_certificates
 from mlsafety.robustness.smoothing import ABSTAIN, Certificate, SmoothedClassifier, attack_certificates, registry_attack
 
 CHECK = "certified"

@@ -154,7 +154,7 @@ class Corruptions(Check):
                     out[n, s] = reason
         return out
 
-    def hazards(self, ctx: AuditContext) -> list[Hazard]:  # type: ignore[override]
+    def hazards(self, ctx: AuditContext) -> list[Hazard]:
         """The applicable hazards (all of them without a context, e.g. to list a profile)."""
         names, sevs = self._plan()
         skipped = self._skipped(ctx, names, sevs) if ctx is not None else {}

@@ -139,7 +139,7 @@ class Trojans(Check):
     )  # fmt: skip
     view = TrojansView
 
-    def hazards(self, ctx: AuditContext) -> list[Hazard]:  # type: ignore[override]
+    def hazards(self, ctx: AuditContext) -> list[Hazard]:
         self._validate(ctx)  # the engine asks for hazards first: refuse bad settings before any scan
         return [_hazard(t) for t in _recovered(ctx)]
 

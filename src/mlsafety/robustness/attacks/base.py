@@ -15,7 +15,6 @@ The losses, the loss and success hooks and the input gradient live in :mod:`._ob
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -90,27 +89,11 @@ class Attack(HyperParams):
     targeted = False
     """An attack without the ``targeted`` parameter is untargeted (or picks its own targets)."""
 
+    param_tail = TAIL
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
-        generated = "__init__" not in vars(cls)
         super().__init_subclass__(**kwargs)
-        specs = cls._params
-        cls._params = {**{k: p for k, p in specs.items() if k not in TAIL}, **{k: specs[k] for k in TAIL}}
         cls.supports_targeted = "targeted" in cls._params
-        if generated:
-            sig = inspect.signature(cls)
-            sig = sig.replace(parameters=sorted(sig.parameters.values(), key=lambda q: q.name in TAIL))
-            cls.__signature__ = sig  # type: ignore[attr-defined]
-            # Callers that read inspect.signature(cls.__init__) (smoothing.attacks.registry_attack)
-            # get the same parameters; the kit's shared generated __init__ shows only *args, **kwargs.
-            init = cls.__init__
-
-            def __init__(self: Attack, *args: Any, **kwargs: Any) -> None:
-                init(self, *args, **kwargs)
-
-            self_param = inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)
-            __init__.__signature__ = sig.replace(parameters=[self_param, *sig.parameters.values()])  # type: ignore[attr-defined]
-            __init__.__qualname__ = f"{cls.__qualname__}.__init__"
-            cls.__init__ = __init__  # type: ignore[method-assign, assignment]
 
     def __post_init__(self) -> None:
         """Checks across parameters (a subclass that adds its own calls ``super().__post_init__()``)."""
