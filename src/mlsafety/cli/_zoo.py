@@ -33,7 +33,7 @@ def zoo_list() -> None:
 @friendly
 def zoo_train(name: str, out: Path | None, seed: int) -> None:
     """Re-train embedded model NAME with its recipe (deterministic on the CPU)."""
-    import mlsafety.monitoring.trojans  # noqa: F401  registers the digits-cnn-badnets recipe
+    import mlsafety.monitoring.trojans
     import mlsafety.robustness  # noqa: F401  registers the digits-denoiser recipes
     from mlsafety import zoo as zoo_lib
     from mlsafety.core import Progress

@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
 from mlsafety.core._errors import InputError
-from mlsafety.core._model import Classifier, as_classifier, frozen
+from mlsafety.core._model import ModelLike, as_classifier, frozen
 from mlsafety.core._progress import Progress, track
 
 
@@ -32,7 +31,7 @@ class Outputs:
 
 
 def forward(
-    model: nn.Module | Classifier,
+    model: ModelLike,
     x: torch.Tensor,
     batch_size: int = 256,
     features: bool = True,

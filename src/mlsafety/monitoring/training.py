@@ -3,7 +3,7 @@ ICLR 2019): fine-tune a classifier so that it is uniformly unsure on auxiliary o
 
 For the embedded data, :func:`outlier_set` makes the auxiliary outliers from the training digits
 themselves (pixel permutations, noise blends, quadrant mosaics; see
-:func:`~mlsafety.monitoring.ood.synthetic_outliers`): no OOD test set (letters, photo patches,
+:func:`~mlsafety.core.permute_noise_mosaic_outliers`): no OOD test set (letters, photo patches,
 noise/blobs) and none of their generators is used, so the evaluation stays honest.
 """
 
@@ -15,8 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import ArrayDataset, Classifier, InputError, Progress, TrainConfig, check_images, generator, train
-from mlsafety.monitoring.ood.tuning import synthetic_outliers
+from mlsafety.core import (
+    ArrayDataset,
+    Classifier,
+    InputError,
+    ModelLike,
+    Progress,
+    TrainConfig,
+    check_images,
+    generator,
+    permute_noise_mosaic_outliers,
+    train,
+)
 
 
 def outlier_set(data: ArrayDataset, seed: int = 0, copies: int = 1) -> ArrayDataset:
@@ -24,13 +34,13 @@ def outlier_set(data: ArrayDataset, seed: int = 0, copies: int = 1) -> ArrayData
     if copies < 1:
         raise InputError(f"copies must be at least 1, got {copies}")
     g = generator(seed, "outlier-exposure", data.name)
-    x = torch.cat([synthetic_outliers(data.x, g) for _ in range(copies)])
+    x = torch.cat([permute_noise_mosaic_outliers(data.x, g) for _ in range(copies)])
     return ArrayDataset(x, torch.full((x.shape[0],), -1), name=f"{data.name}-outliers", kind="far",
                         description=f"synthetic outliers made from {data.name}")  # fmt: skip
 
 
 def outlier_exposure(
-    model: nn.Module | Classifier,
+    model: ModelLike,
     data: ArrayDataset,
     outliers: ArrayDataset | torch.Tensor,
     epochs: int = 10,

@@ -13,9 +13,17 @@ from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from mlsafety.core import Classifier, DataLike, InputError, Progress, as_classifier, frozen, iter_batches, track
+from mlsafety.core import (
+    DataLike,
+    InputError,
+    ModelLike,
+    Progress,
+    as_classifier,
+    frozen,
+    iter_batches,
+    track,
+)
 from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_statistic, proportion
 from mlsafety.robustness.attacks.base import Attack, lp_norm
 from mlsafety.robustness.smoothing import ABSTAIN, Certificate
@@ -139,7 +147,7 @@ def evaluate_outputs(
 
 
 def evaluate(
-    model: nn.Module | Classifier,
+    model: ModelLike,
     data: DataLike,
     attack: Attack,
     batch_size: int = 512,
@@ -217,7 +225,7 @@ def evaluate(
     )
 
 
-def sanity_flags(model: nn.Module | Classifier, x: torch.Tensor, y: torch.Tensor) -> dict[str, str]:
+def sanity_flags(model: ModelLike, x: torch.Tensor, y: torch.Tensor) -> dict[str, str]:
     """AutoAttack's checks that a robustness number may be an artefact of the defence.
 
     * ``zero_gradients``: some inputs have an all-zero input gradient of the cross-entropy, so

@@ -27,9 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from mlsafety.core import Classifier, Outputs, as_classifier
+from mlsafety.core import ModelLike, Outputs, as_classifier
 from mlsafety.systemic._monitor import Monitor
 from mlsafety.systemic._select import ScoreFn
 
@@ -54,7 +53,7 @@ class MonitorAwareObjective:
             forward pass on ``x`` to get them (the attack's logits carry no features).
     """
 
-    model: nn.Module | Classifier
+    model: ModelLike
     monitor: Monitor
     score_fn: ScoreFn | None = None
     needs_features: bool = False

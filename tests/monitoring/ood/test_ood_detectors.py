@@ -358,10 +358,12 @@ def test_fit_accepts_loaders_datasets_and_pairs(model, fit_x, x) -> None:
         ood.create("knn").fit(model, {"x": fit_x})  # type: ignore[arg-type]
 
 
-def test_synthetic_outliers_are_images_and_seeded() -> None:
+def test_tuning_outliers_are_images_and_seeded() -> None:
+    from mlsafety.core import permute_noise_mosaic_outliers
+
     x = images(30, "synth", d=16)
-    a = ood.synthetic_outliers(x, generator(0, "o"))
-    b = ood.synthetic_outliers(x, generator(0, "o"))
+    a = permute_noise_mosaic_outliers(x, generator(0, "o"))
+    b = permute_noise_mosaic_outliers(x, generator(0, "o"))
     assert torch.equal(a, b) and a.shape == x.shape
     assert a.min() >= 0 and a.max() <= 1
     # the permuted third keeps each image's pixel values, in another order

@@ -54,7 +54,7 @@ from mlsafety.monitoring.ood.scale import SCALE
 from mlsafety.monitoring.ood.search import BankDetector, Search, bank_search, kth_largest, top_k_sum, unit_bank
 from mlsafety.monitoring.ood.she import SHE
 from mlsafety.monitoring.ood.temperature_msp import TemperatureMSP
-from mlsafety.monitoring.ood.tuning import Tuned, synthetic_outliers, tune
+from mlsafety.monitoring.ood.tuning import Tuned, tune
 from mlsafety.monitoring.ood.vim import ViM
 
 __all__ = [
@@ -108,7 +108,6 @@ __all__ = [
     "reuse",
     "score_detectors",
     "sharing",
-    "synthetic_outliers",
     "top_k_sum",
     "tune",
     "unit_bank",

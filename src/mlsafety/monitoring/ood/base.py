@@ -26,9 +26,17 @@ from __future__ import annotations
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from torch import nn
 
-from mlsafety.core import Classifier, HyperParams, InputError, Outputs, Registry, as_classifier, check_is_fitted
+from mlsafety.core import (
+    Classifier,
+    HyperParams,
+    InputError,
+    ModelLike,
+    Outputs,
+    Registry,
+    as_classifier,
+    check_is_fitted,
+)
 from mlsafety.monitoring.ood.engine import FitData, collect_inputs, collect_outputs, labels_or_pred, reuse
 
 SHARED_NEEDS = frozenset({"logits", "features"})
@@ -68,7 +76,7 @@ class Detector(HyperParams):
         """True when one shared forward pass (logits, features) is all the detector needs."""
         return self.needs <= SHARED_NEEDS
 
-    def fit(self: D, model: nn.Module | Classifier, data: FitData, batch_size: int = 256) -> D:
+    def fit(self: D, model: ModelLike, data: FitData, batch_size: int = 256) -> D:
         """Learn what the detector needs from in-distribution ``data`` only; returns ``self``.
 
         Labels are used where the method needs classes (e.g. Mahalanobis' class means); where
@@ -86,7 +94,7 @@ class Detector(HyperParams):
             self.fitted_ = True
         return self
 
-    def score(self, model: nn.Module | Classifier, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    def score(self, model: ModelLike, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
         """Anomaly scores ``(N,)`` for inputs ``x`` (N, C, H, W) in [0, 1]; higher = more anomalous."""
         clf = as_classifier(model)
         self._check_fitted()
@@ -95,7 +103,7 @@ class Detector(HyperParams):
             return self.score_outputs(clf, outputs)
         return self._finish(self._score_model(clf, x, batch_size))
 
-    def fit_outputs(self: D, model: nn.Module | Classifier, outputs: Outputs, labels: torch.Tensor | None = None) -> D:
+    def fit_outputs(self: D, model: ModelLike, outputs: Outputs, labels: torch.Tensor | None = None) -> D:
         """Fit from forward outputs of in-distribution data (``labels`` (N,) optional); returns self."""
         self._check_shared()
         clf = as_classifier(model)
@@ -105,11 +113,11 @@ class Detector(HyperParams):
         self.fitted_ = True
         return self
 
-    def score_outputs(self, model: nn.Module | Classifier, outputs: Outputs) -> torch.Tensor:
+    def score_outputs(self, model: ModelLike, outputs: Outputs) -> torch.Tensor:
         """Anomaly scores ``(N,)`` from forward outputs (no forward pass of its own), detached, float32."""
         return self._finish(self.score_graph(model, outputs))
 
-    def score_graph(self, model: nn.Module | Classifier, outputs: Outputs) -> torch.Tensor:
+    def score_graph(self, model: ModelLike, outputs: Outputs) -> torch.Tensor:
         """Anomaly scores ``(N,)`` from forward outputs as the method computes them: not detached, in
         the method's own dtype, so gradients flow back to the outputs (a monitor-aware attack
         differentiates them). Fit the detector on tensors made outside ``torch.inference_mode``

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, Param, as_classifier, check_images, frozen
+from mlsafety.core import Classifier, InputError, ModelLike, Param, as_classifier, check_images, frozen
 from mlsafety.monitoring.ood.base import NEEDS_MEMBERS, Detector, register
 
 STATISTICS = ("entropy", "mutual-information")
@@ -57,11 +57,11 @@ class DeepEnsemble(Detector):
         return self
 
     def score(  # type: ignore[override]
-        self, model: nn.Module | Classifier | Sequence[nn.Module | Classifier], x: torch.Tensor, batch_size: int = 256
+        self, model: ModelLike | Sequence[ModelLike], x: torch.Tensor, batch_size: int = 256
     ) -> torch.Tensor:
         """Anomaly scores (N,) of inputs ``x`` under the ensemble."""
         check_images(x)
-        members: Sequence[nn.Module | Classifier]
+        members: Sequence[ModelLike]
         if self.members is not None:
             members = self.members
         elif isinstance(model, (nn.Module, Classifier)):

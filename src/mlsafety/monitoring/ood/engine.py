@@ -20,9 +20,8 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import torch
-from torch import nn
 
-from mlsafety.core import Classifier, DataLike, InputError, Outputs, as_classifier, frozen, iter_batches
+from mlsafety.core import DataLike, InputError, ModelLike, Outputs, as_classifier, frozen, iter_batches
 
 if TYPE_CHECKING:
     from mlsafety.monitoring.ood.base import Detector
@@ -60,7 +59,7 @@ def collect_inputs(data: FitData) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def collect_outputs(
-    model: nn.Module | Classifier, data: FitData, batch_size: int = 256, features: bool = True
+    model: ModelLike, data: FitData, batch_size: int = 256, features: bool = True
 ) -> tuple[Outputs, torch.Tensor | None]:
     """One forward pass over ``data`` in eval mode: logits and (optionally) features, plus labels."""
     clf = as_classifier(model)
@@ -90,7 +89,7 @@ def collect_outputs(
 # -- the engine ----------------------------------------------------------------------------------
 def fit_detectors(
     detectors: Sequence[Detector],
-    model: nn.Module | Classifier,
+    model: ModelLike,
     data: FitData,
     batch_size: int = 256,
     outputs: Outputs | None = None,
@@ -123,7 +122,7 @@ def fit_detectors(
 
 def score_detectors(
     detectors: Sequence[Detector],
-    model: nn.Module | Classifier,
+    model: ModelLike,
     x: torch.Tensor | None = None,
     batch_size: int = 256,
     outputs: Outputs | None = None,

@@ -18,9 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch import nn
 
-from mlsafety.core import Classifier, InputError, Outputs, as_classifier, derive_seed
+from mlsafety.core import InputError, ModelLike, Outputs, as_classifier, derive_seed
 from mlsafety.metrics import Estimate, ood_metrics
 from mlsafety.monitoring.ood.base import DETECTORS, Detector
 from mlsafety.monitoring.ood.engine import FitData, detector_keys, fit_detectors, score_detectors
@@ -52,7 +51,7 @@ class ScoreCache:
 
     def __init__(
         self,
-        model: nn.Module | Classifier,
+        model: ModelLike,
         fit_data: FitData,
         detectors: Sequence[str | Detector],
         params: Mapping[str, Mapping[str, Any]] | None = None,
@@ -135,7 +134,7 @@ class ScoreCache:
 
 def evaluate(
     detectors: Sequence[str | Detector],
-    model: nn.Module | Classifier,
+    model: ModelLike,
     fit_data: FitData,
     in_x: torch.Tensor,
     ood_sets: Mapping[str, torch.Tensor],

@@ -14,15 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
-from mlsafety.core import Classifier, InputError, as_classifier, permute_noise_mosaic_outliers
+from mlsafety.core import InputError, ModelLike, as_classifier, permute_noise_mosaic_outliers
 from mlsafety.metrics import auroc
 from mlsafety.monitoring.ood.base import DETECTORS, Detector, FitData, collect_inputs
-
-synthetic_outliers = permute_noise_mosaic_outliers
-"""The outliers :func:`tune` uses by default: :func:`mlsafety.core.permute_noise_mosaic_outliers`
-(kept under this name for ``mlsafety.monitoring.ood.synthetic_outliers``; new code uses core's)."""
 
 
 @dataclass(frozen=True)
@@ -48,7 +43,7 @@ class Tuned:
 def tune(
     name: str,
     grid: Mapping[str, Sequence[Any]],
-    model: nn.Module | Classifier,
+    model: ModelLike,
     fit_data: FitData,
     val_x: torch.Tensor,
     generator: torch.Generator,

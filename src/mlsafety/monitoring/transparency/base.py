@@ -11,9 +11,8 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
-from mlsafety.core import Classifier, HyperParams, InputError, Registry, as_classifier, frozen
+from mlsafety.core import Classifier, HyperParams, InputError, ModelLike, Registry, as_classifier, frozen
 
 Target = int | torch.Tensor
 """A class index for every input, or one per input (N,)."""
@@ -32,7 +31,7 @@ class Attribution(HyperParams):
     name: ClassVar[str]
     needs_grad: ClassVar[bool] = True
 
-    def attribute(self, model: nn.Module | Classifier, x: torch.Tensor, target: Target, **params: Any) -> torch.Tensor:
+    def attribute(self, model: ModelLike, x: torch.Tensor, target: Target, **params: Any) -> torch.Tensor:
         """Attribution maps for ``target``, the same shape, dtype and device as ``x``.
 
         Args:
@@ -106,6 +105,6 @@ def available() -> list[str]:
     return ATTRIBUTIONS.available()
 
 
-def attribute(name: str, model: nn.Module | Classifier, x: torch.Tensor, target: Target, **params: Any) -> torch.Tensor:
+def attribute(name: str, model: ModelLike, x: torch.Tensor, target: Target, **params: Any) -> torch.Tensor:
     """One call: ``create(name, **params).attribute(model, x, target)``."""
     return create(name, **params).attribute(model, x, target)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlsafety.core import ArrayDataset, Classifier, DataLike, InputError, derive_seed, forward, generator
+from mlsafety.core import ArrayDataset, DataLike, InputError, ModelLike, derive_seed, forward, generator
 from mlsafety.metrics import Estimate, bootstrap_mean
 from mlsafety.monitoring.transparency.base import Attribution, Target
 from mlsafety.monitoring.transparency.feature_vis import visualize
@@ -78,7 +78,7 @@ def _per_input(result: SanityResult, sims: torch.Tensor) -> torch.Tensor:
 
 def sanity_summary(
     methods: Mapping[str, Attribution],
-    model: nn.Module | Classifier,
+    model: ModelLike,
     x: torch.Tensor,
     modes: Sequence[str] = ("cascading", "independent"),
     threshold: float = 0.5,
@@ -124,7 +124,7 @@ def sanity_summary(
 
 
 def ig_completeness(
-    model: nn.Module | Classifier, x: torch.Tensor, target: Target, ig: IntegratedGradients | None = None,
+    model: ModelLike, x: torch.Tensor, target: Target, ig: IntegratedGradients | None = None,
     seed: int = 0,
 ) -> Estimate:  # fmt: skip
     """Integrated gradients' mean absolute completeness gap ``|sum(attr) - (F(x) - F(baseline))|``
@@ -159,7 +159,7 @@ class ClassVisualisations:
 
 
 def class_visualisations(
-    model: nn.Module | Classifier,
+    model: ModelLike,
     shape: Sequence[int],
     num_classes: int,
     steps: int = 60,

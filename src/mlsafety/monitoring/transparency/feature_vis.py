@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, as_classifier, frozen, rand_like, randn_like
+from mlsafety.core import InputError, ModelLike, as_classifier, frozen, rand_like, randn_like
 from mlsafety.core import generator as make_generator
 
 # Square root of the colour correlation of ImageNet (from Lucid), columns scaled to unit max norm.
@@ -128,7 +128,7 @@ def random_transform(
 
 
 def visualize(
-    model: nn.Module | Classifier,
+    model: ModelLike,
     objective: Objective,
     shape: tuple[int, int, int],
     steps: int = 256,

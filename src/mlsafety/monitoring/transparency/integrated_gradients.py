@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import nn
 
-from mlsafety.core import Classifier, InputError, Param, as_classifier, frozen
+from mlsafety.core import Classifier, InputError, ModelLike, Param, as_classifier, frozen
 from mlsafety.monitoring.transparency.base import (
     Attribution,
     Target,
@@ -102,7 +101,7 @@ class IntegratedGradients(Attribution):
         return diff * acc
 
     def attribute_with_delta(
-        self, model: nn.Module | Classifier, x: torch.Tensor, target: Target
+        self, model: ModelLike, x: torch.Tensor, target: Target
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Attributions and the convergence delta (N,): ``sum(attributions) - (F(x) - F(baseline))``."""
         attr = self.attribute(model, x, target)

@@ -33,6 +33,7 @@ from mlsafety.core import (
     Classifier,
     DataLike,
     InputError,
+    ModelLike,
     as_array_dataset,
     as_classifier,
     draw_seed,
@@ -130,7 +131,7 @@ def _reinit(module: nn.Module, seed: int, name: str) -> None:
 
 
 def _compare(
-    method: Attribution, model: nn.Module | Classifier, x: torch.Tensor, target: torch.Tensor, ref: torch.Tensor
+    method: Attribution, model: ModelLike, x: torch.Tensor, target: torch.Tensor, ref: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     maps = method.attribute(model, x, target).abs()
     return spearman(ref, maps), ssim(ref.reshape(maps.shape), maps) if maps.ndim == 4 else spearman(ref, maps)
@@ -144,7 +145,7 @@ def _target(clf: Classifier, x: torch.Tensor, target: Target | None) -> torch.Te
 
 def sanity_check(
     method: Attribution,
-    model: nn.Module | Classifier,
+    model: ModelLike,
     x: torch.Tensor,
     target: Target | None = None,
     mode: str = "cascading",

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, as_classifier, frozen
+from mlsafety.core import InputError, ModelLike, as_classifier, frozen
 from mlsafety.monitoring.transparency.base import Target, resolve_target
 
 REDUCTIONS = ("norm", "grad-x-input")
@@ -31,7 +31,7 @@ def find_embedding(model: nn.Module, name: str | None = None) -> nn.Module:
 
 
 def token_saliency(
-    model: nn.Module | Classifier,
+    model: ModelLike,
     tokens: torch.Tensor,
     target: Target,
     embedding: str | None = None,

@@ -25,6 +25,7 @@ from mlsafety.core import (
     Classifier,
     HyperParams,
     InputError,
+    ModelLike,
     Param,
     Registry,
     as_classifier,
@@ -122,7 +123,7 @@ class Attack(HyperParams):
     # -- the chores ----------------------------------------------------------------------------
     def __call__(
         self,
-        model: nn.Module | Classifier,
+        model: ModelLike,
         x: torch.Tensor,
         y: torch.Tensor,
         target: torch.Tensor | None = None,
@@ -146,7 +147,7 @@ class Attack(HyperParams):
 
     def run(
         self,
-        model: nn.Module | Classifier,
+        model: ModelLike,
         x: torch.Tensor,
         y: torch.Tensor,
         target: torch.Tensor | None = None,

@@ -22,7 +22,7 @@ import torch
 from scipy import stats
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, as_classifier, check_images, frozen, generator, randn_like
+from mlsafety.core import InputError, ModelLike, as_classifier, check_images, frozen, generator, randn_like
 from mlsafety.metrics import clopper_pearson_lower
 from mlsafety.robustness.smoothing._sequential import sample_until_decided
 
@@ -71,7 +71,7 @@ class SmoothedClassifier:
 
     def __init__(
         self,
-        model: nn.Module | Classifier,
+        model: ModelLike,
         num_classes: int | None = None,
         sigma: float = 0.25,
         denoiser: nn.Module | None = None,

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
 from mlsafety.core import (
     ArrayDataset,
@@ -24,6 +23,7 @@ from mlsafety.core import (
     DataLike,
     HyperParams,
     InputError,
+    ModelLike,
     Param,
     Progress,
     Registry,
@@ -184,7 +184,7 @@ class Scanner(HyperParams):
 
     def scan(
         self,
-        model: nn.Module | Classifier,
+        model: ModelLike,
         clean: DataLike,
         train: DataLike | None = None,
         probe: torch.Tensor | None = None,
