@@ -8,20 +8,24 @@
   member, a scanner, a detector): ``metric_name("certified_accuracy_sigma", 0.25)`` is
   ``certified_accuracy_sigma_0_25``. Names are built, never parsed back: a view reads the identity
   from the row's params, or builds the name it looks for from them.
+* :class:`ScoreCache`: the library's OOD score cache bound to the audit's shared forward outputs
+  (the ``ood``, ``ood-basic``, ``selective`` checks share its fitted detectors and scores).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlsafety.audit._check import TaskResult
+from mlsafety.core import InputError
+from mlsafety.monitoring import ood
 
 if TYPE_CHECKING:
     from mlsafety.audit._check import Check
     from mlsafety.audit._context import AuditContext
 
-__all__ = ["bind", "metric_name", "params_of"]
+__all__ = ["ScoreCache", "bind", "metric_name", "params_of"]
 
 
 def bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
@@ -60,3 +64,25 @@ def metric_name(*parts: object) -> str:
     """
     text = "_".join(f"{p:g}" if isinstance(p, float) else str(p) for p in parts)
     return text.replace("-", "_").replace(".", "_")
+
+
+class ScoreCache(ood.ScoreCache):
+    """The library's :class:`~mlsafety.monitoring.ood.ScoreCache` bound to an audit: detectors fitted on
+    ``ctx.data.fit`` (from its shared forward outputs) on first use, inside a task; scores keyed by
+    hazard, from the hazard's inputs and shared forward outputs.
+
+    Args:
+        ctx: the audit's context.
+        names: detector registry names (each at most once).
+        params: hyper-parameters by detector name.
+    """
+
+    def __init__(self, ctx: AuditContext, names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None):
+        if len(set(names)) != len(names):
+            raise InputError(f"detectors are listed more than once: {list(names)}")
+        fit = ctx.data.fit
+        super().__init__(
+            ctx.model, fit, list(names), params, inputs=lambda h: (ctx.hazard(h).x, ctx.outputs(h)),
+            batch_size=ctx.batch_size, fit_outputs=lambda: ctx.outputs_for(fit), fit_labels=fit.y,
+        )  # fmt: skip
+        self.ctx = ctx

@@ -1,9 +1,8 @@
 """Check ``calibration-basic``: are the model's confidences honest on the test data?
 
 The computing lives in the pillar (:func:`mlsafety.monitoring.calibration.evaluate_calibration`)
-and the rendering in :mod:`mlsafety.audit.views.calibration_basic`. The names other code imported
-from here while this module also held the shared helpers (``BINNED``, ``estimate``,
-``reliability_png``, ``metric_rows``) still resolve, to their new homes.
+and the rendering in :mod:`mlsafety.audit.views.calibration_basic`; :func:`metric_rows` turns the
+pillar's estimates into rows.
 """
 
 from __future__ import annotations
@@ -20,12 +19,8 @@ from mlsafety.monitoring import calibration as cal
 
 CLEAN = Hazard.clean()
 """The test data as given: the hazard every row of this check is stored under."""
-BINNED = cal.BINNED_METRICS
-"""Old name of :data:`mlsafety.monitoring.calibration.BINNED_METRICS`."""
-estimate = cal.metric_estimate
-"""Old name of :func:`mlsafety.monitoring.calibration.metric_estimate`."""
 
-__all__ = ["BINNED", "CalibrationBasic", "estimate", "metric_rows", "reliability_png"]
+__all__ = ["CalibrationBasic", "metric_rows"]
 
 
 def metric_rows(
@@ -37,7 +32,7 @@ def metric_rows(
     rows = []
     for m in metrics:
         est = cal.metric_estimate(m, stats, n_boot, derive_seed(ctx.seed, check, hazard, m, suffix))
-        extra = {"n_bins": stats.n_bins} if m in BINNED else {}
+        extra = {"n_bins": stats.n_bins} if m in cal.BINNED_METRICS else {}
         rows.append(Row.of(hazard, f"{m}{suffix}", est, **extra, **params))
     return rows
 

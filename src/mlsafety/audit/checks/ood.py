@@ -13,8 +13,8 @@ import torch
 
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import bind
-from mlsafety.audit.checks.ood_basic import ScoreCache, detector_rows, ood_hazards
+from mlsafety.audit.checks._common import ScoreCache, bind
+from mlsafety.audit.checks.ood_basic import detector_rows, ood_hazards
 from mlsafety.audit.views.ood import OODView
 from mlsafety.audit.views.ood_basic import FPR_NOTE, histograms_png, roc_png
 from mlsafety.core import Hazard, InputError, derive_seed

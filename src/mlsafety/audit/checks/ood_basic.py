@@ -3,66 +3,22 @@
 The work is the library's (:class:`mlsafety.monitoring.ood.ScoreCache`: detectors fitted once, scores
 from the audit's shared forward passes; :func:`mlsafety.metrics.ood_metrics`: the metrics with
 intervals); this module turns them into rows. The report view is
-:class:`~mlsafety.audit.views.ood_basic.OODBasicView`. :class:`ScoreCache` (the library's cache bound
-to an audit) and :func:`detector_rows` serve the ``ood`` and ``selective`` checks too; the other names
-imported from here before (plots, notes, ``metric_name``, ``roc_points``) are re-exported from where they
-now live (the view, :mod:`mlsafety.metrics`).
+:class:`~mlsafety.audit.views.ood_basic.OODBasicView`. :func:`detector_rows` serves the ``ood`` check
+too; the audit-bound score cache is :class:`mlsafety.audit.checks._common.ScoreCache`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import torch
 
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import bind
-from mlsafety.audit.views.ood_basic import (  # noqa: F401  (re-exported: the names other checks imported from here)
-    FPR_NOTE,
-    FPR_TABLE_NOTE,
-    OODBasicView,
-    detector_metric,
-    histogram_png,
-    histograms_png,
-    plain_headlines,
-    ranking_table,
-    roc_png,
-)
-from mlsafety.core import Hazard, InputError, derive_seed
-from mlsafety.metrics import OOD_METRICS, ood_metrics, roc_points  # noqa: F401  (roc_points: re-exported)
-from mlsafety.monitoring import ood
-
-metric_name = detector_metric
-"""The former name of :func:`~mlsafety.audit.views.ood_basic.detector_metric`."""
-
-
-class ScoreCache(ood.ScoreCache):
-    """The library's :class:`~mlsafety.monitoring.ood.ScoreCache` bound to an audit: detectors fitted on
-    ``ctx.data.fit`` (from its shared forward outputs) on first use, inside a task; scores keyed by
-    hazard, from the hazard's inputs and shared forward outputs.
-
-    Args:
-        ctx: the audit's context.
-        names: detector registry names (each at most once).
-        params: hyper-parameters by detector name.
-    """
-
-    def __init__(self, ctx: AuditContext, names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None):
-        if len(set(names)) != len(names):
-            raise InputError(f"detectors are listed more than once: {list(names)}")
-        fit = ctx.data.fit
-        super().__init__(
-            ctx.model, fit, list(names), params, inputs=lambda h: (ctx.hazard(h).x, ctx.outputs(h)),
-            batch_size=ctx.batch_size, fit_outputs=lambda: ctx.outputs_for(fit), fit_labels=fit.y,
-        )  # fmt: skip
-        self.ctx = ctx
-
-
-def hyper_parameters(detector: ood.Detector) -> dict[str, Any]:
-    """The detector's stored hyper-parameters (what produced its numbers), for the row params."""
-    return detector.stored_params()
+from mlsafety.audit.checks._common import ScoreCache, bind
+from mlsafety.audit.views.ood_basic import FPR_NOTE, OODBasicView, detector_metric, histograms_png
+from mlsafety.core import Hazard, derive_seed
+from mlsafety.metrics import OOD_METRICS, ood_metrics
 
 
 def detector_rows(

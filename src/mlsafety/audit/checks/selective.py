@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks.ood_basic import ScoreCache
+from mlsafety.audit.checks._common import ScoreCache
 from mlsafety.audit.views.selective import CAPTION, SelectiveView, curves_png, source_metric
 from mlsafety.core import Hazard
 from mlsafety.monitoring import selective as sel
