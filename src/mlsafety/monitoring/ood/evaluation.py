@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mlsafety.core import InputError, ModelLike, Outputs, as_classifier, derive_seed
+from mlsafety.core import Hazard, InputError, ModelLike, Outputs, as_classifier, derive_seed
 from mlsafety.metrics import Estimate, ood_metrics
 from mlsafety.monitoring.ood.base import DETECTORS, Detector
 from mlsafety.monitoring.ood.engine import FitData, detector_keys, fit_detectors, score_detectors
@@ -166,7 +166,7 @@ def evaluate(
     in_scores = cache.scores("in-distribution", in_x)
     result: dict[str, dict[str, dict[str, Estimate]]] = {}
     for set_name, x in ood_sets.items():
-        out_scores = cache.scores(f"ood/{set_name}", x)
+        out_scores = cache.scores(str(Hazard.ood(set_name)), x)
         result[set_name] = {
             name: ood_metrics(in_scores[name], out_scores[name], n_boot, derive_seed(seed, set_name, name))
             for name in in_scores
