@@ -7,6 +7,7 @@ import torch
 
 from mlsafety.core import ArrayDataset, generator
 from mlsafety.robustness.augment import AUGMENTATIONS, available, create, train_augmented
+from tests.support.family import check_family
 
 NAMES = available()
 
@@ -50,3 +51,6 @@ def test_training_recipe_is_deterministic_and_learns(tiny_net):
             assert torch.equal(p, q)
         acc = float((nets[0](x).argmax(1) == y).float().mean())
         assert acc > 0.6, (name, acc)
+
+
+test_augmentation_family = check_family(AUGMENTATIONS)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import InputError
+from mlsafety.core import InputError, Param
 from mlsafety.robustness.augment._ops import OPS, random_ops
 from mlsafety.robustness.augment.base import Augmentation, numpy_rng, register_augmentation
 
@@ -65,20 +65,15 @@ class AugMix(Augmentation):
 
     The three views go through the model in one batch (as the reference implementation does).
 
-    Args:
-        severity: operation strength; width, depth, alpha: see :func:`augmix`.
-        jsd_weight: weight of the consistency term (the paper's lambda); 0 trains on one AugMix view
-            with cross-entropy only.
+    ``jsd_weight`` 0 trains on one AugMix view with cross-entropy only.
     """
 
-    def __init__(
-        self, severity: float = 3.0, width: int = 3, depth: int = -1, alpha: float = 1.0, jsd_weight: float = 12.0
-    ) -> None:
-        self.severity = severity
-        self.width = width
-        self.depth = depth
-        self.alpha = alpha
-        self.jsd_weight = jsd_weight
+    severity = Param(3.0, float, low=0, low_open=True, doc="operation strength (see augmix)")
+    width = Param(3, int, low=1, doc="augmentation chains mixed per image")
+    depth = Param(-1, int, check=lambda v: None if v == -1 or v >= 1 else "must be -1 (random 1-3) or >= 1",
+                  doc="operations per chain; -1: 1 to 3 at random")  # fmt: skip
+    alpha = Param(1.0, float, low=0, low_open=True, doc="Dirichlet and Beta parameter of the mixing weights")
+    jsd_weight = Param(12.0, float, low=0, doc="weight of the Jensen-Shannon consistency term (the paper's lambda)")
 
     def views(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         return augmix(x, g, self.severity, self.width, self.depth, self.alpha)

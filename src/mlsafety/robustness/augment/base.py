@@ -20,20 +20,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import Registry, draw_seed
+from mlsafety.core import HyperParams, Registry, draw_seed
 
 
-class Augmentation:
-    """Base class: set ``name`` through the registry and write :meth:`loss`."""
+class Augmentation(HyperParams):
+    """Base class: declare the hyper-parameters with :class:`~mlsafety.core.Param` (the family kit gives
+    the constructor, validation, ``repr`` and ``get_params``), register a name and write :meth:`loss`."""
 
     name: ClassVar[str]
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_"))
-        return f"{type(self).__name__}({params})"
 
 
 AUGMENTATIONS: Registry[Augmentation] = Registry("augmentation")

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from mlsafety.core import InputError
+from mlsafety.core import InputError, Param
 from mlsafety.robustness.augment.base import Augmentation, MixedBatch, numpy_rng, register_augmentation
 
 
@@ -38,8 +38,7 @@ def cutmix(x: torch.Tensor, y: torch.Tensor, alpha: float, g: torch.Generator) -
 class CutMix(Augmentation):
     """CutMix with ``lam ~ Beta(alpha, alpha)`` and the cross-entropy against the area-mixed labels."""
 
-    def __init__(self, alpha: float = 1.0) -> None:
-        self.alpha = alpha
+    alpha = Param(1.0, float, low=0, low_open=True, doc="Beta(alpha, alpha) of the kept area share")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch = cutmix(x, y, self.alpha, generator)

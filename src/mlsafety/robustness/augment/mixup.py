@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlsafety.core import InputError
+from mlsafety.core import InputError, Param
 from mlsafety.robustness.augment.base import Augmentation, MixedBatch, numpy_rng, register_augmentation
 
 
@@ -23,14 +23,9 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, g: torch.Generator) ->
 
 @register_augmentation("mixup")
 class Mixup(Augmentation):
-    """Mixup with ``lam ~ Beta(alpha, alpha)`` and the cross-entropy against the mixed labels.
+    """Mixup with ``lam ~ Beta(alpha, alpha)`` and the cross-entropy against the mixed labels."""
 
-    Args:
-        alpha: the Beta distribution's parameter (1: ``lam`` uniform).
-    """
-
-    def __init__(self, alpha: float = 1.0) -> None:
-        self.alpha = alpha
+    alpha = Param(1.0, float, low=0, low_open=True, doc="Beta(alpha, alpha) of the mixing weight (1: uniform)")
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch = mixup(x, y, self.alpha, generator)

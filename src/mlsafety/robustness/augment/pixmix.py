@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import InputError
+from mlsafety.core import InputError, Param
 from mlsafety.core import generator as make_generator
 from mlsafety.robustness.augment._ops import OPS, random_ops
 from mlsafety.robustness.augment.base import Augmentation, numpy_rng, register_augmentation
@@ -160,19 +160,16 @@ def pixmix(
 class PixMix(Augmentation):
     """PixMix training loss: cross-entropy on PixMix images, with procedural mixing pictures.
 
-    Args:
-        pictures: how many mixing pictures to make (per image shape; made once and kept).
-        k: the most mixing rounds; beta: the mixing weights' Beta parameter.
-        severity: augmentation strength.
-        seed: seed of the mixing pictures.
+    The mixing pictures are made once per image shape and kept.
     """
 
-    def __init__(self, pictures: int = 256, k: int = 4, beta: float = 3.0, severity: float = 3.0, seed: int = 0):
-        self.pictures = pictures
-        self.k = k
-        self.beta = beta
-        self.severity = severity
-        self.seed = seed
+    pictures = Param(256, int, low=1, doc="how many mixing pictures to make (per image shape)")
+    k = Param(4, int, low=1, doc="the most mixing rounds")
+    beta = Param(3.0, float, low=0, low_open=True, doc="Beta parameter of the mixing weights")
+    severity = Param(3.0, float, low=0, low_open=True, doc="augmentation strength")
+    seed = Param(0, int, doc="seed of the mixing pictures")
+
+    def __post_init__(self) -> None:
         self._bank: dict[tuple[int, ...], torch.Tensor] = {}
 
     def bank(self, shape: tuple[int, int, int]) -> torch.Tensor:
