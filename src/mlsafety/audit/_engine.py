@@ -10,10 +10,8 @@ unfinished.
 
 from __future__ import annotations
 
-import os
 import signal
 import sqlite3
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,7 +24,7 @@ from mlsafety.audit._context import AuditContext
 from mlsafety.audit._gates import GateFailure, evaluate_gates
 from mlsafety.audit._inputs import AuditConfig, prepare_inputs
 from mlsafety.audit._store import StorageError, Store, default_db_path
-from mlsafety.core import Hazard, InputError, Progress
+from mlsafety.core import Hazard, InputError, Progress, check_output_path
 
 package_version = _fingerprint.package_version
 
@@ -77,30 +75,12 @@ def build_checks(config: AuditConfig) -> list[Check]:
 def check_report_path(report: str | Path | None) -> None:
     """Raise :class:`InputError` unless the report can be written at ``report`` (None: the default path).
 
-    Nothing is created: the nearest existing folder must be writable (probed with a temporary
-    file that is removed at once, so a read-only file system is caught for root too).
+    Nothing is created (:func:`mlsafety.core.check_output_path`).
     """
     from mlsafety.audit._report import default_report_path
 
     path = Path(report) if report else default_report_path("x")
-    if path.is_dir():
-        raise InputError(f"report path {path} is a folder; pass --report path/to/report.html")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise InputError(f"report file {path} is not writable; change its permissions or pass another --report")
-    folder = path.parent
-    while not folder.exists() and folder != folder.parent:
-        folder = folder.parent
-    if not folder.is_dir():
-        raise InputError(f"cannot write the report to {path}: {folder} is not a folder; pass another --report")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".mlsafety-probe-", dir=folder)
-    except OSError as exc:
-        raise InputError(
-            f"cannot write the report to {path}: folder {folder} is not writable ({exc.strerror or exc}); "
-            "pass another --report"
-        ) from None
-    os.close(fd)
-    os.unlink(probe)
+    check_output_path(path, what="report", flag="--report", example="path/to/report.html")
 
 
 def _tasks_stored(store: Store, run_id: str) -> int:

@@ -43,7 +43,7 @@ def corrupt(
     seed: int,
 ) -> None:
     """Write a grid of every corruption at every severity for one image SOURCE (a file or zoo:digits:0)."""
-    from mlsafety.core import InputError
+    from mlsafety.core import InputError, check_output_path
     from mlsafety.robustness import corruptions as corr
 
     chosen = corr.available() if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
@@ -55,6 +55,7 @@ def corrupt(
         raise InputError(f"--severities must be integers from 1 to 5 separated by commas, got {severities!r}") from None
     if not sevs or any(s not in corr.SEVERITIES for s in sevs):
         raise InputError(f"--severities must be integers from 1 to 5 separated by commas, got {severities!r}")
+    check_output_path(out, what="picture", example="path/to/corruptions.png")
     image = corr.read_image(source, size=size, grey=grey)
     fig = corr.grid_figure(image, chosen, sevs, seed=seed, reference_size=reference_size)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -66,11 +66,10 @@ def harden(
 ) -> None:
     """Train a hardened copy of a model against L-inf/L2 attacks and write it as .safetensors."""
     from mlsafety import zoo as zoo_lib
-    from mlsafety.core import InputError, Progress, load_factory, load_npz, load_weights
+    from mlsafety.core import InputError, Progress, check_output_path, load_factory, load_npz, load_weights
     from mlsafety.robustness import harden as harden_lib
 
-    if out.suffix != ".safetensors":
-        raise InputError(f"--out must end in .safetensors, got {out.name}")
+    check_output_path(out, what="weights", example="path/to/hardened.safetensors", suffix=".safetensors")
     model = load_factory(model_spec) if ":" in model_spec else zoo_lib.load_model(model_spec)
     if weights:
         load_weights(model, weights)

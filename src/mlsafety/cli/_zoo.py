@@ -36,7 +36,10 @@ def zoo_train(name: str, out: Path | None, seed: int) -> None:
     import mlsafety.monitoring.trojans
     import mlsafety.robustness  # noqa: F401  registers the digits-denoiser recipes
     from mlsafety import zoo as zoo_lib
-    from mlsafety.core import Progress
+    from mlsafety.core import Progress, check_output_path
 
+    zoo_lib.model_info(name)  # an unknown name fails before the output is checked
+    if out is not None:
+        check_output_path(out, what="weights", example="path/to/weights.safetensors", suffix=".safetensors")
     path = zoo_lib.train_model(name, out=out, seed=seed, progress=Progress())
     print_wrote(f"wrote {path}")

@@ -17,6 +17,7 @@ from mlsafety.core._loading import load_factory, load_weights, read_state_dict
 from mlsafety.core._model import Classifier, ModelLike, Normalize, as_classifier, device_of, frozen
 from mlsafety.core._outliers import permute_noise_mosaic_outliers, transform_mix_outliers
 from mlsafety.core._params import HyperParams, Param, check_is_fitted
+from mlsafety.core._paths import check_output_path
 from mlsafety.core._progress import Progress, track
 from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like
 from mlsafety.core._registry import Registry
@@ -57,6 +58,7 @@ __all__ = [
     "check_is_fitted",
     "check_label_form",
     "check_labels",
+    "check_output_path",
     "cross_entropy_loss",
     "derive_seed",
     "device_of",
