@@ -57,3 +57,17 @@ def test_outlier_set_is_made_from_the_data_only() -> None:
     assert torch.equal(out.x, outlier_set(data, seed=1, copies=2).x)
     with pytest.raises(InputError):
         outlier_set(data, copies=0)
+
+
+def test_outlier_exposure_takes_any_data_form(small_net) -> None:
+    # Tensors, or a DataLoader read in order, train exactly as the same ArrayDataset does.
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = _data()
+    outliers = outlier_set(data)
+    ref = outlier_exposure(small_net, data, outliers, epochs=1, seed=3)
+    for form in ((data.x, data.y), DataLoader(TensorDataset(data.x, data.y), batch_size=32, shuffle=False)):
+        got = outlier_exposure(small_net, form, outliers, epochs=1, seed=3)
+        assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), got.parameters()))
+    with pytest.raises(InputError, match="data"):
+        outlier_exposure(small_net, data.x, outliers, epochs=1)  # no labels

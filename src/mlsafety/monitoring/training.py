@@ -18,10 +18,12 @@ from torch import nn
 from mlsafety.core import (
     ArrayDataset,
     Classifier,
+    DataLike,
     InputError,
     ModelLike,
     Progress,
     TrainConfig,
+    as_array_dataset,
     check_images,
     generator,
     permute_noise_mosaic_outliers,
@@ -41,7 +43,7 @@ def outlier_set(data: ArrayDataset, seed: int = 0, copies: int = 1) -> ArrayData
 
 def outlier_exposure(
     model: ModelLike,
-    data: ArrayDataset,
+    data: DataLike,
     outliers: ArrayDataset | torch.Tensor,
     epochs: int = 10,
     lr: float = 5e-4,
@@ -61,7 +63,7 @@ def outlier_exposure(
 
     Args:
         model: the classifier to fine-tune (a copy is made).
-        data: labelled in-distribution training data.
+        data: labelled in-distribution training data (any :data:`~mlsafety.core.DataLike`).
         outliers: auxiliary outlier images (never the OOD sets used for evaluation).
         epochs: passes over ``data``.
         lr: Adam learning rate.
@@ -76,6 +78,7 @@ def outlier_exposure(
     module = model.module if isinstance(model, Classifier) else model
     out_x = outliers.x if isinstance(outliers, ArrayDataset) else outliers
     check_images(out_x, "outliers")
+    data = as_array_dataset(data, "data")
     if len(data) == 0:
         raise InputError("outlier exposure needs in-distribution training data")
     tuned = copy.deepcopy(module)

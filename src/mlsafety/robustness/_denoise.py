@@ -18,10 +18,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlsafety.core import (
-    ArrayDataset,
+    DataLike,
     InputError,
     Progress,
     TrainConfig,
+    as_array_dataset,
     randn_like,
     register_recipe,
     seeded_init,
@@ -32,7 +33,7 @@ from mlsafety.zoo import ConvDenoiser, load_dataset
 
 def train_denoiser(
     denoiser: nn.Module,
-    data: ArrayDataset,
+    data: DataLike,
     sigma: float,
     epochs: int = 60,
     lr: float = 2e-3,
@@ -42,8 +43,10 @@ def train_denoiser(
 ) -> nn.Module:
     """Train ``denoiser`` to map ``x + N(0, sigma^2)`` back to ``x`` (MSE, Adam, cosine schedule), seeded.
 
-    Returns the denoiser in eval mode.
+    ``data`` is any :data:`~mlsafety.core.DataLike` (its labels, if any, are not used). Returns the
+    denoiser in eval mode.
     """
+    data = as_array_dataset(data, "data", labelled=False)
     if len(data) == 0:
         raise InputError("cannot train a denoiser on an empty dataset")
     if not sigma > 0:

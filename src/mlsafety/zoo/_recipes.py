@@ -10,8 +10,8 @@ from __future__ import annotations
 from torch import nn
 
 from mlsafety.core import (
-    ArrayDataset,
     BatchHook,
+    DataLike,
     LossFn,
     Progress,
     TrainConfig,
@@ -33,7 +33,7 @@ BatchLoss = LossFn
 
 def train_classifier(
     model: nn.Module,
-    data: ArrayDataset,
+    data: DataLike,
     epochs: int = 40,
     lr: float = 1e-3,
     batch_size: int = 64,
@@ -49,7 +49,7 @@ def train_classifier(
 
     Args:
         model: the classifier; its parameters' device is used.
-        data: labelled training data.
+        data: labelled training data (any :data:`~mlsafety.core.DataLike`).
         epochs, lr, batch_size, weight_decay: the optimiser's settings (Adam, cosine schedule).
         seed: seeds the batch order, ``augment`` and the dropout masks.
         augment: the batch hook, applied on the CPU before the batch moves to the device.

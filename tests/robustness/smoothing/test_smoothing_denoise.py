@@ -40,6 +40,13 @@ def test_train_denoiser_lowers_the_error_of_a_fresh_network(tiny_data) -> None: 
     assert after < before and not den.training
 
 
+def test_train_denoiser_takes_unlabelled_images(tiny_data) -> None:  # type: ignore[no-untyped-def]
+    # A plain image tensor (no labels: a denoiser needs none) trains exactly as the dataset does.
+    a = train_denoiser(zoo.seeded_init(ConvDenoiser(width=8, depth=2), 0, "t"), tiny_data, 0.25, epochs=1)
+    b = train_denoiser(zoo.seeded_init(ConvDenoiser(width=8, depth=2), 0, "t"), tiny_data.x, 0.25, epochs=1)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
 @pytest.mark.slow
 def test_retrained_denoiser_can_stand_in_for_the_shipped_one(tmp_path, digits_model, digits_test) -> None:  # type: ignore[no-untyped-def]
     """`mlsafety zoo train digits-denoiser-50` gives, on any CPU, a denoiser as good as the shipped one.
