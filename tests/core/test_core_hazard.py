@@ -87,3 +87,9 @@ def test_bad_forms_are_refused_with_one_line(text: str) -> None:
 def test_inconsistent_fields_are_refused(kwargs: dict) -> None:
     with pytest.raises(InputError):
         Hazard(**kwargs)
+
+
+@pytest.mark.parametrize("text", ["adversarial/pgd/inf", "adversarial/pgd/nan", "adversarial/pgd/-0.1"])
+def test_a_non_finite_or_negative_eps_is_refused_not_taken_as_a_symbolic_radius(text: str) -> None:
+    with pytest.raises(InputError, match="eps"):
+        Hazard.parse(text)

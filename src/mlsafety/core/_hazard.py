@@ -31,7 +31,7 @@ from dataclasses import dataclass, field, replace
 from mlsafety.core._errors import InputError
 
 _KIND = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
-_LEVEL = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
+_LEVEL = _KIND  # a symbolic radius (certified-radius) is spelled like a kind
 
 CLEAN = "clean"
 CORRUPTION = "corruption"
@@ -49,7 +49,7 @@ class Hazard:
             ``trojan``, or any other lower-case dashed word a check introduces).
         name: the member of the family (a corruption, an attack, an OOD set, a trigger, a
             monitor); None for the family as a whole.
-        severity: a corruption's severity (1..5).
+        severity: a corruption's severity (an integer >= 0; the built-in corruptions use 1..5).
         eps: an attack's radius, in [0, 1] pixel units; kept to the 6 significant digits of its
             string form, so a parsed hazard attacks at exactly the radius its key names.
         at: a symbolic radius instead of ``eps`` (``certified-radius``).
@@ -158,13 +158,14 @@ class Hazard:
             if not name:
                 return cls(kind, level)
             try:
-                return cls(kind, name, eps=float(level))
+                eps = float(level)
             except ValueError:
                 if not _LEVEL.match(level):
                     raise InputError(
                         f"bad hazard {text!r}: use adversarial/<attack>/<eps> with eps a number in pixel units"
                     ) from None
                 return cls(kind, name, at=level)
+            return cls(kind, name, eps=eps)  # a non-finite or negative eps is refused here
         return cls(kind, rest)
 
     # -- helpers -------------------------------------------------------------------------------
