@@ -54,16 +54,13 @@ def permute_noise_mosaic_outliers(x: torch.Tensor, generator: torch.Generator) -
         Same shape as ``x``, in [0, 1], on ``x``'s device.
     """
     check_images(x)
-    n, c, h, w = x.shape
+    n, _, h, w = x.shape
     parts = torch.arange(n) % 3
     out = x.clone()
     # 1. pixel permutations (one permutation per image, shared by its channels)
-    idx = (parts == 0).nonzero()[:, 0]
+    idx = (parts == 0).nonzero()[:, 0].to(x.device)
     if len(idx):
-        keys = torch.rand(len(idx), h * w, generator=generator)
-        perm = keys.argsort(dim=1).to(x.device)
-        flat = x[idx.to(x.device)].reshape(len(idx), c, h * w)
-        out[idx.to(x.device)] = flat.gather(2, perm[:, None, :].expand(-1, c, -1)).reshape(len(idx), c, h, w)
+        out[idx] = _pixel_shuffle(x[idx], generator)
     # 2. heavy noise
     idx = (parts == 1).nonzero()[:, 0].to(x.device)
     if len(idx):
