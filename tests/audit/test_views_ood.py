@@ -37,6 +37,6 @@ def test_ranking_and_groups_from_params() -> None:
     assert groups.headers == ["detector", "ood-far"]
     assert [r[0] for r in groups.rows] == ["max-logit", "msp"] and groups.rows[0][1].startswith("0.7 ")
     (headline,) = OODView.headlines(rows)
-    assert headline.label == "OOD AUROC (energy) letters"
+    assert headline.label == "OOD AUROC (msp) letters"  # the detector the row was measured with
     assert [h.label for h in OODBasicView.headlines(rows)] == ["MSP AUROC letters"]
     assert len(OODBasicView.tables(rows)) == 1  # no group table in the baseline check

@@ -12,7 +12,6 @@ from mlsafety.core import (
     ArrayDataset,
     Classifier,
     Hazard,
-    InputError,
     Outputs,
     Progress,
     UnknownNameError,
@@ -165,9 +164,3 @@ class AuditContext:
         if key not in self._outputs:
             self._outputs[key] = forward(self.model, data.x, self.batch_size, progress=self.progress)
         return self._outputs[key]
-
-    def params_of(self, check: str) -> dict[str, Any]:
-        """The parameters of an enabled check (for hazard providers that need them)."""
-        if check not in self.check_params:
-            raise InputError(f"check {check!r} is not part of this audit")
-        return self.check_params[check]

@@ -65,9 +65,13 @@ def test_certified_radius_matches_distance_to_hyperplane() -> None:
 
 
 def test_the_certificate_uses_the_metrics_clopper_pearson() -> None:
+    # The module that certifies (not only the package's re-export) calls the one Clopper-Pearson.
     from mlsafety import metrics
+    from mlsafety.robustness.smoothing import _sequential, base
 
-    assert clopper_pearson_lower is metrics.clopper_pearson_lower  # one Clopper-Pearson in the package
+    assert base.clopper_pearson_lower is metrics.clopper_pearson_lower
+    assert not any(n.startswith("clopper") and getattr(_sequential, n) is not getattr(metrics, n, None)
+                   for n in vars(_sequential))  # fmt: skip
 
 
 def test_predict_abstains_on_a_coin_flip_and_not_far_from_the_boundary() -> None:

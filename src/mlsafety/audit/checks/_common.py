@@ -9,7 +9,8 @@
   ``certified_accuracy_sigma_0_25``. Names are built, never parsed back: a view reads the identity
   from the row's params, or builds the name it looks for from them.
 * :class:`ScoreCache`: the library's OOD score cache bound to the audit's shared forward outputs
-  (the ``ood``, ``ood-basic``, ``selective`` checks share its fitted detectors and scores).
+  (each of the ``ood``, ``ood-basic``, ``selective`` checks makes one; within a check, every detector
+  is fitted once and every hazard scored once).
 """
 
 from __future__ import annotations

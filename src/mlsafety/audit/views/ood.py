@@ -13,7 +13,7 @@ class OODView(OODBasicView):
     """Headlines: the default detector's AUROC on (at most) three OOD sets; tables: the ranking, and
     AUROC per detector on each pooled group of sets (rows whose params list their ``sets``)."""
 
-    headline_label = "OOD AUROC (energy)"
+    headline_label = "OOD AUROC ({detector})"
     ranking_title = "Detectors ranked by mean AUROC over the OOD sets (OOD = positive)"
 
     @classmethod

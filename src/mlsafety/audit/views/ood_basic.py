@@ -69,8 +69,15 @@ class OODBasicView(View):
 
 
 def plain_headlines(rows: Sequence[StoredRow], label: str) -> list[Headline]:
-    """One scorecard entry per OOD set: the default detector's AUROC (the plain ``auroc`` rows)."""
-    return [Headline(f"{label} {ood_set(r)}", r) for r in rows if r.metric == "auroc" and ood_set(r) is not None]
+    """One scorecard entry per OOD set: the default detector's AUROC (the plain ``auroc`` rows).
+
+    ``label`` may name the detector as ``{detector}``, filled from the row's params (the default
+    can change per model: the ``ood`` check falls back from energy when the model cannot use it)."""
+    return [
+        Headline(f"{label.format(detector=r.params.get('detector', '?'))} {ood_set(r)}", r)
+        for r in rows
+        if r.metric == "auroc" and ood_set(r) is not None
+    ]
 
 
 def ranking_table(rows: Sequence[StoredRow], title: str) -> list[Table]:
@@ -114,11 +121,6 @@ def ranking_table(rows: Sequence[StoredRow], title: str) -> list[Table]:
 
 
 # -- plots (drawn during the run, from the scores) ------------------------------------------------
-def histogram_png(title: str, in_scores: torch.Tensor, outs: Mapping[str, torch.Tensor]) -> bytes:
-    """Overlaid score histograms: in-distribution against each OOD set."""
-    return histograms_png({title: (in_scores, outs)})
-
-
 def histograms_png(panels: Mapping[str, tuple[torch.Tensor, Mapping[str, torch.Tensor]]]) -> bytes:
     """One histogram panel per title: (in-distribution scores, OOD scores by set)."""
     fig = figure(4.6 * len(panels), 3.2)
