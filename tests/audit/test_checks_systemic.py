@@ -216,6 +216,12 @@ def test_report_side_from_stored_rows(result: Any) -> None:
         {"monitors": ["odin"]},
         {"monitors": ["no-such-detector"]},
         {"severity": {"clean": 11}},
+        {"exposure": {"clean": -0.5}},
+        {"exposure": {"clean": float("nan")}},
+        {"exposure": {"clean": "much"}},
+        {"exposure": {"clean": 0.0}},
+        {"adaptive_steps": 0},
+        {"adaptive_steps": 2.5},
     ],
 )
 def test_bad_parameters_are_input_errors(setting: Any, params: dict[str, Any]) -> None:
@@ -225,13 +231,13 @@ def test_bad_parameters_are_input_errors(setting: Any, params: dict[str, Any]) -
         CHECKS.create("defence-in-depth", **params).tasks(ctx)
 
 
-def test_unknown_exposure_hazard_is_an_input_error(setting: Any) -> None:
+def test_unknown_exposure_hazard_is_refused_before_any_work(setting: Any) -> None:
+    # Planning refuses it: no hazard task (attacks included) runs and stores rows first.
     clf, data, _ = setting
     ctx = _Context(clf, data, seed=0, extra={})
     check = CHECKS.create("defence-in-depth", monitors=["energy"], exposure={"adversarial/nope/1": 1.0})
-    summary = next(t for t in check.tasks(ctx) if t.key == "summary")
-    with pytest.raises(InputError, match="not measured"):
-        summary.run()
+    with pytest.raises(InputError, match="does not measure"):
+        check.tasks(ctx)
 
 
 def test_worst_case_outcome_is_what_the_row_reports() -> None:

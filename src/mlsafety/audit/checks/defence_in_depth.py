@@ -29,6 +29,7 @@ Configuration (``mlsafety audit --config ci.toml``), e.g. for a CI pipeline::
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -146,7 +147,10 @@ class DefenceInDepth(Check):
         hazards = self.consumed(ctx)
         for h in hazards:
             severity_for(h, p["severity"])  # validates the overrides before any work
-        _exposure(p["exposure"])
+        _check_exposure(_exposure(p["exposure"]), [str(h) for h in hazards])
+        steps = p["adaptive_steps"]
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise InputError(f"defence-in-depth adaptive_steps must be an integer >= 1, got {steps!r}")
         state = _State(ctx, names)
         tasks = [Task("monitor", lambda: self._monitor_task(state))]
         tasks += [Task(str(h), bind(self._hazard_task, state, h)) for h in hazards]
@@ -300,6 +304,21 @@ class DefenceInDepth(Check):
 def _exposure(exposure: Mapping[str, float]) -> dict[Hazard, float]:
     """The exposure weights keyed by typed hazard (same order; a bad hazard name is an InputError)."""
     return {Hazard.parse(h): w for h, w in exposure.items()}
+
+
+def _check_exposure(exposure: Mapping[Hazard, object], measured: list[str]) -> None:
+    """Refuse, before any work, exposure weights the summary task would refuse after the hazards ran."""
+    for h, w in exposure.items():
+        ok = isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
+        if not ok:
+            raise InputError(f"defence-in-depth exposure of {str(h)!r} must be a number >= 0, got {w!r}")
+        if str(h) not in measured and w != 0:
+            raise InputError(
+                f"defence-in-depth exposure names hazard {str(h)!r}, which this audit does not measure; "
+                f"measured: {', '.join(measured)}"
+            )
+    if exposure and not any(float(w) > 0 for w in exposure.values()):  # type: ignore[arg-type]
+        raise InputError("defence-in-depth exposure weights must include at least one positive weight")
 
 
 def _differentiable_copy(ctx: AuditContext, name: str) -> ood.Detector:
