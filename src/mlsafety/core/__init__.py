@@ -21,6 +21,7 @@ from mlsafety.core._paths import check_output_path
 from mlsafety.core._progress import Progress, track
 from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like
 from mlsafety.core._registry import Registry
+from mlsafety.core._text import TextBatch, TextDataset, Texts, encode, modality_of
 from mlsafety.core._train import (
     BatchHook,
     LossFn,
@@ -50,6 +51,9 @@ __all__ = [
     "Param",
     "Progress",
     "Registry",
+    "TextBatch",
+    "TextDataset",
+    "Texts",
     "TrainConfig",
     "UnknownNameError",
     "as_array_dataset",
@@ -63,6 +67,7 @@ __all__ = [
     "derive_seed",
     "device_of",
     "draw_seed",
+    "encode",
     "forward",
     "frozen",
     "generator",
@@ -71,6 +76,7 @@ __all__ = [
     "load_image_folder",
     "load_npz",
     "load_weights",
+    "modality_of",
     "permute_noise_mosaic_outliers",
     "rand_like",
     "randn_like",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -28,6 +29,8 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         source: where the data came from, for error messages (e.g. ``"--data x.npz (test data)"``);
             default: the name.
     """
+
+    modality: Literal["image", "text"] = "image"
 
     def __init__(
         self,
