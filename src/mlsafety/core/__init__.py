@@ -13,8 +13,18 @@ from mlsafety.core._data import (
 from mlsafety.core._errors import InputError, MlsafetyError, NotFittedError, UnknownNameError
 from mlsafety.core._forward import Outputs, forward
 from mlsafety.core._hazard import Hazard
+from mlsafety.core._hookpoints import HookFn, HookPoints, HookTable
+from mlsafety.core._lm import LanguageModel
 from mlsafety.core._loading import load_factory, load_weights, read_state_dict
-from mlsafety.core._model import Classifier, ModelLike, Normalize, as_classifier, device_of, frozen
+from mlsafety.core._model import (
+    Classifier,
+    ModelLike,
+    Normalize,
+    as_classifier,
+    device_of,
+    frozen,
+    unwrap_logits,
+)
 from mlsafety.core._outliers import permute_noise_mosaic_outliers, transform_mix_outliers
 from mlsafety.core._params import HyperParams, Param, check_is_fitted
 from mlsafety.core._paths import check_output_path
@@ -40,8 +50,12 @@ __all__ = [
     "Classifier",
     "DataLike",
     "Hazard",
+    "HookFn",
+    "HookPoints",
+    "HookTable",
     "HyperParams",
     "InputError",
+    "LanguageModel",
     "LossFn",
     "MlsafetyError",
     "ModelLike",
@@ -88,5 +102,6 @@ __all__ = [
     "train",
     "training_recipe",
     "transform_mix_outliers",
+    "unwrap_logits",
     "validate_dataset",
 ]

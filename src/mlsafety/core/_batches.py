@@ -2,7 +2,8 @@
 
 The accepted forms (:data:`DataLike`):
 
-* an :class:`~mlsafety.core.ArrayDataset` (the library's own, tensors ``.x`` and ``.y``);
+* an :class:`~mlsafety.core.ArrayDataset` (the library's own, tensors ``.x`` and ``.y``), or a
+  :class:`~mlsafety.core.TextDataset` (its batches are ``(Texts, y)``);
 * any map-style or iterable torch ``Dataset`` whose items are ``(x, y)`` pairs (e.g.
   ``TensorDataset(x, y)``, a torchvision dataset with a ``ToTensor`` transform);
 * a ``DataLoader`` (or any other iterable) of ``(x, y)`` batches;
@@ -21,7 +22,7 @@ forms accepted.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sized
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, overload
 
 import numpy as np
 import torch
@@ -29,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, default_colla
 
 from mlsafety.core._data import ArrayDataset
 from mlsafety.core._errors import InputError
+from mlsafety.core._text import TextDataset, Texts
 
 DataLike: TypeAlias = (
     "ArrayDataset | Dataset[Any] | DataLoader[Any] | Iterable[Any] | tuple[torch.Tensor, torch.Tensor] | torch.Tensor"
@@ -101,9 +103,21 @@ def _split(batch: Any, what: str, labelled: bool) -> tuple[torch.Tensor, torch.T
     return x, _labels(y, x.shape[0], what)
 
 
+@overload
+def iter_batches(  # type: ignore[overload-overlap]  # a TextDataset is also a Dataset
+    data: TextDataset, batch_size: int = 256, what: str = "data", labelled: bool = True
+) -> Iterator[tuple[Texts, torch.Tensor | None]]: ...
+
+
+@overload
 def iter_batches(
     data: DataLike, batch_size: int = 256, what: str = "data", labelled: bool = True
-) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]: ...
+
+
+def iter_batches(
+    data: DataLike | TextDataset, batch_size: int = 256, what: str = "data", labelled: bool = True
+) -> Iterator[tuple[torch.Tensor | Texts, torch.Tensor | None]]:
     """Stream ``data`` as ``(x, y)`` batches of at most ``batch_size`` inputs (a loader keeps its own).
 
     Args:
@@ -117,7 +131,7 @@ def iter_batches(
     """
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
-    if isinstance(data, ArrayDataset):
+    if isinstance(data, (ArrayDataset, TextDataset)):
         yield from data.batches(batch_size)
         return
     if isinstance(data, torch.Tensor):
@@ -145,10 +159,22 @@ def iter_batches(
         yield _split(batch, what, labelled)
 
 
+@overload
+def as_array_dataset(  # type: ignore[overload-overlap]  # a TextDataset is also a Dataset
+    data: TextDataset, what: str = "data", labelled: bool = True, name: str | None = None
+) -> TextDataset: ...
+
+
+@overload
 def as_array_dataset(
     data: DataLike, what: str = "data", labelled: bool = True, name: str | None = None
-) -> ArrayDataset:
-    """``data`` as an :class:`ArrayDataset` (returned as is when it already is one).
+) -> ArrayDataset: ...
+
+
+def as_array_dataset(
+    data: DataLike | TextDataset, what: str = "data", labelled: bool = True, name: str | None = None
+) -> ArrayDataset | TextDataset:
+    """``data`` as an :class:`ArrayDataset` (returned as is when it already is one, or a :class:`TextDataset`).
 
     A Dataset or DataLoader is read once, in its own order (use ``shuffle=False`` for results that
     match the same data given as tensors).
@@ -166,7 +192,7 @@ def as_array_dataset(
     Example:
         >>> as_array_dataset(DataLoader(TensorDataset(x, y), batch_size=64)).x.shape
     """
-    if isinstance(data, ArrayDataset):
+    if isinstance(data, (ArrayDataset, TextDataset)):
         return data
     xs: list[torch.Tensor] = []
     ys: list[torch.Tensor] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from mlsafety.core._errors import InputError
 from mlsafety.core._model import ModelLike, as_classifier, frozen
 from mlsafety.core._progress import Progress, track
+from mlsafety.core._text import TextBatch, Texts
 
 
 @dataclass(frozen=True)
@@ -16,10 +18,12 @@ class Outputs:
     """What one forward pass over a set of inputs gives: logits ``(N, K)``, features ``(N, D)``.
 
     ``features`` is None when the model has no Linear head. Tensors live on the model's device.
+    ``truncated`` counts the texts cut at the model's maximum length (0 for images).
     """
 
     logits: torch.Tensor
     features: torch.Tensor | None
+    truncated: int = 0
 
     @property
     def probs(self) -> torch.Tensor:
@@ -32,7 +36,7 @@ class Outputs:
 
 def forward(
     model: ModelLike,
-    x: torch.Tensor,
+    x: torch.Tensor | Texts | TextBatch | Sequence[str],
     batch_size: int = 256,
     features: bool = True,
     progress: Progress | None = None,
@@ -44,19 +48,31 @@ def forward(
 
     Args:
         model: the classifier.
-        x: inputs (N, ...) on any device; batches move to the model's device.
+        x: inputs (N, ...) on any device (batches move to the model's device); or, for a text model,
+            texts (tokenised per batch by the classifier, padded to each batch's longest) or a
+            ``TextBatch``.
         batch_size: inputs per forward pass.
         features: also capture the head's input features.
         progress: show progress when given.
     """
     clf = as_classifier(model)
+    if not isinstance(x, (torch.Tensor, TextBatch)):
+        x = Texts(x)
     want_feats = features and clf.head is not None
     logits, feats = [], []
     device = clf.device
-    starts = range(0, x.shape[0], batch_size)
+    n = len(x) if isinstance(x, (Texts, TextBatch)) else x.shape[0]
+    starts = range(0, n, batch_size)
+    truncated = 0
     with frozen(clf.module), torch.inference_mode():
         for start in track(starts, progress, "forward", total=len(starts)):
-            xb = x[start : start + batch_size].to(device)
+            xb: torch.Tensor | TextBatch
+            if isinstance(x, Texts):
+                xb = clf.encode(x[start : start + batch_size]).to(device)
+            else:
+                xb = x[start : start + batch_size].to(device)
+            if isinstance(xb, TextBatch):
+                truncated += int(xb.truncated.sum())
             if want_feats:
                 fb, lb = clf.features_and_logits(xb)
                 feats.append(fb)
@@ -74,4 +90,4 @@ def forward(
             f"the model returned NaN or infinite logits for {int(bad.sum())} of {out.shape[0]} inputs "
             f"(the first at index {first}); fix the model before measuring it"
         )
-    return Outputs(out, torch.cat(feats) if want_feats else None)
+    return Outputs(out, torch.cat(feats) if want_feats else None, truncated)

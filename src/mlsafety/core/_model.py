@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+import inspect
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeAlias
 
 import torch
 from torch import nn
 
 from mlsafety.core._errors import InputError
+from mlsafety.core._text import Modality, TextBatch, Texts, encode, model_max_length
+
+ModelInput: TypeAlias = "torch.Tensor | TextBatch | Texts | Sequence[str]"
+"""What a :class:`Classifier` takes: an image batch ``(N, C, H, W)``, token ids, or texts."""
 
 
 class Normalize(nn.Module):
@@ -83,6 +88,37 @@ def eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
             m.training = mode
 
 
+def unwrap_logits(output: Any) -> torch.Tensor:
+    """The logits tensor in a model's output: a tensor, a tuple or list (logits first), a dict with
+    ``"logits"``, or an object with ``.logits`` (every ``transformers`` model output).
+
+    Raises:
+        InputError: the output is none of these, naming what was returned and how to adapt the model.
+    """
+    if isinstance(output, torch.Tensor):
+        return output
+    if isinstance(output, Mapping):
+        if "logits" in output and isinstance(output["logits"], torch.Tensor):
+            return output["logits"]
+        raise InputError(
+            f"the model returned a {type(output).__name__} with keys {sorted(map(str, output))} but no 'logits' "
+            "tensor; wrap the model so forward() returns the logits tensor"
+        )
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], torch.Tensor):
+        return output[0]
+    raise InputError(
+        f"the model returned {type(output).__name__}, not logits; make forward() return a tensor, a tuple with "
+        "the logits first, a dict with 'logits' or an object with .logits"
+    )
+
+
+def _is_texts(x: Any) -> bool:
+    return isinstance(x, Texts) or (isinstance(x, (list, tuple)) and bool(x) and all(isinstance(t, str) for t in x))
+
+
 class Classifier:
     """Adapter around any ``nn.Module`` that maps inputs ``(N, ...)`` to logits ``(N, K)``.
 
@@ -91,23 +127,40 @@ class Classifier:
     same forward pass that computes the logits, so asking for them never costs a second pass. The
     hook is removed before the call returns, also when the forward pass raises.
 
+    A model's forward may return a tensor, a tuple (logits first), a dict with ``"logits"`` or an
+    object with ``.logits`` (see :func:`unwrap_logits`). Text models (``modality == "text"``) take
+    a :class:`~mlsafety.core.TextBatch`, a :class:`~mlsafety.core.Texts` or a list of strings; texts
+    are tokenised by the classifier's tokenizer (:meth:`encode`) and the module is called as
+    ``module(input_ids=..., attention_mask=...)``.
+
     Args:
-        module: the model; torchvision/timm-style models work unchanged.
+        module: the model; torchvision/timm-style and ``transformers`` models work unchanged.
         head: dotted name of the head module (e.g. ``"fc"``), or None to find the last Linear.
+        tokenizer: the text model's tokenizer; None: ``module.tokenizer`` when the module has one.
+        max_length: tokens per text at most; None: the tokenizer's ``model_max_length``, else the
+            model config's ``max_position_embeddings``, else no limit.
 
     Example:
         >>> clf = Classifier(model)
         >>> feats, logits = clf.features_and_logits(x)
+        >>> Classifier(bert, tokenizer=tok).logits(["a fine film", "a dull one"])
     """
 
-    def __init__(self, module: nn.Module, head: str | None = None) -> None:
+    def __init__(
+        self, module: nn.Module, head: str | None = None, tokenizer: Any = None, max_length: int | None = None
+    ) -> None:
         if isinstance(module, Classifier):
             raise TypeError("module is already a Classifier; use it directly")
         if not isinstance(module, nn.Module):
             raise InputError(f"model must be a torch.nn.Module, got {type(module).__name__}")
+        if max_length is not None and int(max_length) < 1:
+            raise InputError(f"max_length must be a positive number of tokens, got {max_length}")
         self.module = module
+        self.tokenizer = tokenizer if tokenizer is not None else getattr(module, "tokenizer", None)
+        self.max_length = max_length
         self.head_name, self.head = self._find_head(module, head)
         self._num_classes: int | None = self.head.out_features if isinstance(self.head, nn.Linear) else None
+        self._params: tuple[frozenset[str], bool] | None = None
 
     @staticmethod
     def _find_head(module: nn.Module, head: str | None) -> tuple[str | None, nn.Module | None]:
@@ -156,6 +209,11 @@ class Classifier:
     def _check_logits(self, logits: Any, n: int) -> torch.Tensor:
         if not isinstance(logits, torch.Tensor) or logits.ndim != 2 or logits.shape[0] != n:
             shape = tuple(logits.shape) if isinstance(logits, torch.Tensor) else type(logits).__name__
+            if isinstance(logits, torch.Tensor) and logits.ndim == 3 and self.modality == "text":
+                raise InputError(
+                    f"model output has shape {shape}, per-token logits of a language model, not class logits (N, K); "
+                    "use mlsafety.core.LanguageModel for causal LMs"
+                )
             raise InputError(
                 f"model output must be logits of shape (N, K) with N={n}, got {shape}; "
                 "wrap the model so forward() returns one logits tensor"
@@ -166,13 +224,21 @@ class Classifier:
             raise InputError(f"model returned {logits.shape[1]} logits but its head has {self._num_classes} outputs")
         return logits
 
-    def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(N, K)`` for inputs ``x``; gradients flow if the caller enables them."""
-        return self._check_logits(self.module(x), x.shape[0])
+    def logits(self, x: ModelInput) -> torch.Tensor:
+        """Logits ``(N, K)`` for inputs ``x``; gradients flow if the caller enables them.
+
+        ``x`` is an image batch (any tensor the module takes), or for text models a
+        :class:`~mlsafety.core.TextBatch`, :class:`~mlsafety.core.Texts` or list of strings.
+        """
+        if isinstance(x, torch.Tensor):
+            return self._check_logits(unwrap_logits(self.module(x)), x.shape[0])
+        batch = self._as_batch(x)
+        out = self._call_text(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+        return self._check_logits(unwrap_logits(out), len(batch))
 
     __call__ = logits
 
-    def features_and_logits(self, x: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def features_and_logits(self, x: ModelInput, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Penultimate features ``(N, D)`` (the head's input, flattened) and logits ``(N, K)``.
 
         One forward pass, in eval mode (dropout off, batch-norm running statistics used, the global
@@ -181,7 +247,7 @@ class Classifier:
         removed before the call returns, also when the forward pass raises.
 
         Args:
-            x: inputs ``(N, ...)`` on the model's device.
+            x: inputs ``(N, ...)`` on the model's device, or texts / a ``TextBatch`` (see :meth:`logits`).
             train: run in the model's current mode instead of eval mode (e.g. for MC dropout).
         """
         if self.head is None:
@@ -201,6 +267,150 @@ class Classifier:
             raise InputError("the head was not called during the forward pass; pass head= naming the final layer")
         feats = captured[-1]
         return feats.reshape(feats.shape[0], -1), logits
+
+    # ---------------------------------------------------------------------------------- text
+    @property
+    def modality(self) -> Modality:
+        """``"text"`` for a model with a tokenizer or one whose forward takes ``input_ids``, else ``"image"``."""
+        if self.tokenizer is not None or getattr(self.module, "main_input_name", None) == "input_ids":
+            return "text"
+        return "image"
+
+    @property
+    def text_max_length(self) -> int | None:
+        """Tokens per text at most: ``max_length``, else the tokenizer's, else the model config's, else None."""
+        if self.max_length is not None:
+            return int(self.max_length)
+        limit = model_max_length(self.tokenizer)
+        if limit is None:
+            positions = getattr(getattr(self.module, "config", None), "max_position_embeddings", None)
+            limit = int(positions) if isinstance(positions, int) and positions > 0 else None
+        return limit
+
+    def encode(self, texts: Sequence[str]) -> TextBatch:
+        """Token ids of ``texts`` by the classifier's tokenizer (see :func:`~mlsafety.core.encode`), on the CPU."""
+        if self.tokenizer is None:
+            raise InputError(
+                f"{type(self.module).__name__} has no tokenizer, so it cannot read texts; "
+                "pass Classifier(model, tokenizer=...) or give a TextBatch"
+            )
+        return encode(self.tokenizer, texts, max_length=self.text_max_length)
+
+    def _as_batch(self, x: Any) -> TextBatch:
+        """``x`` as a :class:`TextBatch` on the model's device, its token ids checked against the vocabulary."""
+        if _is_texts(x):
+            x = self.encode(x)
+        if not isinstance(x, TextBatch):
+            raise InputError(
+                f"model inputs must be a tensor, a TextBatch, Texts or a list of strings, got {type(x).__name__}"
+            )
+        batch = x.to(self.device)
+        layer = self._find_embedding()
+        vocab = getattr(layer, "num_embeddings", None)
+        if isinstance(vocab, int) and batch.input_ids.numel():
+            hi, lo = int(batch.input_ids.max()), int(batch.input_ids.min())
+            if hi >= vocab or lo < 0:
+                raise InputError(
+                    f"token id {hi if hi >= vocab else lo} is outside the model's vocabulary of {vocab} embeddings: "
+                    "the tokenizer does not match the model; pass the tokenizer the model was trained with"
+                )
+        return batch
+
+    def _accepted(self) -> tuple[frozenset[str], bool]:
+        """Names the module's forward takes, and whether it takes ``**kwargs``."""
+        if self._params is None:
+            try:
+                params = inspect.signature(self.module.forward).parameters.values()
+            except (TypeError, ValueError):  # builtins or C extensions without a signature
+                self._params = (frozenset(), True)
+            else:
+                names = frozenset(p.name for p in params)
+                self._params = (names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params))
+        return self._params
+
+    def _takes(self, name: str) -> bool:
+        names, var_kw = self._accepted()
+        return name in names or var_kw
+
+    def _call_text(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+    ) -> Any:
+        kwargs: dict[str, torch.Tensor] = {}
+        if attention_mask is not None and self._takes("attention_mask"):
+            kwargs["attention_mask"] = attention_mask
+        if inputs_embeds is not None:
+            return self.module(inputs_embeds=inputs_embeds, **kwargs)
+        if self._takes("input_ids"):
+            return self.module(input_ids=input_ids, **kwargs)
+        return self.module(input_ids, **kwargs)
+
+    def _find_embedding(self) -> nn.Module | None:
+        get = getattr(self.module, "get_input_embeddings", None)
+        if callable(get):
+            try:
+                layer = get()
+            except (NotImplementedError, AttributeError):
+                layer = None
+            if isinstance(layer, nn.Module):
+                return layer
+        return next((m for m in self.module.modules() if isinstance(m, nn.Embedding)), None)
+
+    @property
+    def embedding_layer(self) -> nn.Module:
+        """The input (word) embedding layer: ``get_input_embeddings()`` of a ``transformers`` model, else the
+        first ``nn.Embedding``."""
+        layer = self._find_embedding()
+        if layer is None:
+            raise InputError(
+                f"{type(self.module).__name__} has no input embedding layer (no get_input_embeddings() and no "
+                "nn.Embedding); embeddings need a text model"
+            )
+        return layer
+
+    def embeddings(self, x: TextBatch | Texts | Sequence[str]) -> torch.Tensor:
+        """Input (word) embeddings ``(N, L, D)`` of a batch: the embedding layer's output for its token ids.
+
+        Positions and token types are added inside the model, as in a normal forward pass, so
+        ``logits_from_embeddings(embeddings(b), b.attention_mask)`` equals ``logits(b)``.
+        """
+        batch = self._as_batch(x)
+        return self.embedding_layer(batch.input_ids)  # type: ignore[no-any-return]
+
+    def logits_from_embeddings(self, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits ``(N, K)`` from input embeddings ``(N, L, D)`` in place of token ids; gradients flow to them.
+
+        The module's forward receives ``inputs_embeds=`` when it takes it (``transformers`` models);
+        otherwise a forward hook makes the embedding layer return ``embeddings`` (the hook is removed
+        before the call returns, also when the forward pass raises). Runs in the model's current mode.
+
+        Args:
+            embeddings: ``(N, L, D)`` on the model's device, e.g. from :meth:`embeddings`, perturbed.
+            attention_mask: ``(N, L)``, 1 on real tokens, 0 on padding.
+        """
+        if embeddings.ndim != 3 or attention_mask.shape != embeddings.shape[:2]:
+            raise InputError(
+                f"embeddings must be (N, L, D) with an attention_mask (N, L), got {tuple(embeddings.shape)} and "
+                f"{tuple(attention_mask.shape)}"
+            )
+        n = int(embeddings.shape[0])
+        if "inputs_embeds" in self._accepted()[0]:  # named, not merely swallowed by **kwargs
+            return self._check_logits(
+                unwrap_logits(self._call_text(attention_mask=attention_mask, inputs_embeds=embeddings)), n
+            )
+
+        def replace(_m: nn.Module, _inputs: Any, _output: Any) -> torch.Tensor:
+            return embeddings
+
+        handle = self.embedding_layer.register_forward_hook(replace)
+        try:
+            ids = torch.zeros(embeddings.shape[:2], dtype=torch.long, device=embeddings.device)
+            out = self._call_text(input_ids=ids, attention_mask=attention_mask)
+        finally:
+            handle.remove()
+        return self._check_logits(unwrap_logits(out), n)
 
     def __repr__(self) -> str:
         return f"Classifier({type(self.module).__name__}, head={self.head_name!r})"
