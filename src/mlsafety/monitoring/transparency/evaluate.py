@@ -17,9 +17,18 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mlsafety.core import ArrayDataset, DataLike, InputError, ModelLike, derive_seed, forward, generator
+from mlsafety.core import (
+    ArrayDataset,
+    DataLike,
+    InputError,
+    ModelLike,
+    TextDataset,
+    derive_seed,
+    forward,
+    generator,
+)
 from mlsafety.metrics import Estimate, bootstrap_mean
-from mlsafety.monitoring.transparency.base import Attribution, Target
+from mlsafety.monitoring.transparency.base import Attribution, Target, TextLike
 from mlsafety.monitoring.transparency.feature_vis import visualize
 from mlsafety.monitoring.transparency.integrated_gradients import IntegratedGradients
 from mlsafety.monitoring.transparency.sanity import SanityResult, sanity_check
@@ -33,12 +42,12 @@ class SanitySummary:
         result: the test's similarities per stage and input.
         spearman: mean rank correlation with the original maps, per input at the last cascading
             stage (averaged over layers for the independent test), with a bootstrap 95% interval.
-        ssim: the same for SSIM.
+        ssim: the same for SSIM (None on text, where SSIM is not computed).
     """
 
     result: SanityResult
     spearman: Estimate
-    ssim: Estimate
+    ssim: Estimate | None
 
     @property
     def passed(self) -> bool:
@@ -79,14 +88,14 @@ def _per_input(result: SanityResult, sims: torch.Tensor) -> torch.Tensor:
 def sanity_summary(
     methods: Mapping[str, Attribution],
     model: ModelLike,
-    x: torch.Tensor,
+    x: torch.Tensor | TextLike,
     modes: Sequence[str] = ("cascading", "independent"),
     threshold: float = 0.5,
     *,
     generator_for: Callable[[str], torch.Generator] | None = None,
     seed_for: Callable[[str, str], int] | None = None,
-    train: Callable[[ArrayDataset], nn.Module] | None = None,
-    data: DataLike | None = None,
+    train: Callable[[ArrayDataset | TextDataset], nn.Module] | None = None,
+    data: DataLike | TextDataset | None = None,
     target: Target | None = None,
 ) -> SanityReport:
     """Sanity checks (Adebayo et al., "Sanity Checks for Saliency Maps", 2018) of every method in
@@ -95,7 +104,7 @@ def sanity_summary(
     Args:
         methods: attribution methods by name (the name labels the results).
         model: the model whose explanations are tested (left unchanged).
-        x: inputs (N, ...), usually correctly classified ones.
+        x: inputs (N, ...) or texts, usually correctly classified ones.
         modes: tests among ``cascading``, ``independent``, ``label``.
         threshold: rank correlation below which maps count as changed.
         generator_for: the generator of each mode's re-initialisations; a fresh one per call, so
@@ -118,13 +127,17 @@ def sanity_summary(
                                generator=generator_for(mode), train=train, data=data)  # fmt: skip
             seed = seed_for(name, mode)
             rho = bootstrap_mean(_per_input(res, res.spearman).float(), seed=seed, name=f"{name}-{mode}")
-            ss = bootstrap_mean(_per_input(res, res.ssim).float(), seed=seed, name=f"{name}-{mode}-ssim")
+            ss = (
+                None
+                if res.ssim is None
+                else bootstrap_mean(_per_input(res, res.ssim).float(), seed=seed, name=f"{name}-{mode}-ssim")
+            )
             results[name][mode] = SanitySummary(res, rho, ss)
-    return SanityReport(results, int(x.shape[0]))
+    return SanityReport(results, len(x))
 
 
 def ig_completeness(
-    model: ModelLike, x: torch.Tensor, target: Target, ig: IntegratedGradients | None = None,
+    model: ModelLike, x: torch.Tensor | TextLike, target: Target, ig: IntegratedGradients | None = None,
     seed: int = 0,
 ) -> Estimate:  # fmt: skip
     """Integrated gradients' mean absolute completeness gap ``|sum(attr) - (F(x) - F(baseline))|``
@@ -133,7 +146,7 @@ def ig_completeness(
 
     Args:
         model: the classifier.
-        x: inputs (N, ...).
+        x: inputs (N, ...), or texts (the gap of the token scores' sum).
         target: classes to explain, one for all or one per input.
         ig: the method (default: :class:`IntegratedGradients` with its defaults).
         seed: bootstrap seed.

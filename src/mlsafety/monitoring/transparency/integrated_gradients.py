@@ -4,6 +4,11 @@
 rule. By completeness the attributions sum to ``F(x) - F(b)``; the gap left by the quadrature is the
 *convergence delta* (:meth:`IntegratedGradients.attribute_with_delta`), the number to watch when
 choosing ``steps``.
+
+On text the path runs in the space of the token embeddings (N, L, D), from a baseline sentence in
+which every real token is replaced by the ``[PAD]`` token's embedding (``text_baseline="pad"``) or
+by zeros (``"zero"``), while special tokens (``[CLS]``, ``[SEP]``, ...) stay as they are and the
+attention mask is kept; a token's score sums its D attributions, so completeness holds per sentence.
 """
 
 from __future__ import annotations
@@ -11,16 +16,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from mlsafety.core import Classifier, InputError, ModelLike, Param, as_classifier, frozen
+from mlsafety.core import Classifier, InputError, ModelLike, Param, TextBatch, as_classifier, frozen
 from mlsafety.monitoring.transparency.base import (
+    IMAGE,
+    TEXT,
     Attribution,
+    InputSpace,
     Target,
+    TextLike,
     input_gradient,
+    is_text,
+    reduce_tokens,
     register,
     resolve_target,
     target_logit,
 )
+from mlsafety.monitoring.transparency.words import special_mask
 
+TEXT_BASELINES = ("pad", "zero")
 METHODS = ("gausslegendre", "riemann-left", "riemann-right", "riemann-middle", "riemann-trapezoid")
 
 
@@ -57,7 +70,7 @@ def quadrature(method: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.linspace(lo, hi, n, dtype=torch.float64), torch.full((n,), 1 / n, dtype=torch.float64)
 
 
-@register("integrated-gradients")
+@register("integrated-gradients", tags=(IMAGE, TEXT))
 class IntegratedGradients(Attribution):
     """Integrated gradients of the target logit along the straight path from a baseline.
 
@@ -65,13 +78,16 @@ class IntegratedGradients(Attribution):
         steps: quadrature points on the path.
         method: ``gausslegendre`` or ``riemann-left``/``-right``/``-middle``/``-trapezoid``.
         baseline: the reference input: a number (every feature), or a tensor broadcastable to the
-            inputs (one per input or one for all).
+            inputs (one per input or one for all). Images and features only.
+        text_baseline: on text, what replaces each real token's embedding in the baseline: the
+            ``pad`` token's embedding or ``zero``; special tokens and the attention mask are kept.
         batch_size: path points per backward pass (bounds memory for large inputs or many steps).
     """
 
     steps = Param(50, int, low=1, doc="quadrature points on the path")
     method = Param("gausslegendre", str, choices=METHODS, doc="quadrature rule")
     baseline: Param[float | torch.Tensor] = Param(0.0, None, doc="reference input: a number or a broadcastable tensor")
+    text_baseline = Param("pad", str, choices=TEXT_BASELINES, doc="on text: the [PAD] embedding or zero")
     batch_size = Param(256, int, low=1, store=False, doc="path points per backward pass")
 
     def __post_init__(self) -> None:
@@ -84,8 +100,30 @@ class IntegratedGradients(Attribution):
         except RuntimeError:
             raise InputError(f"baseline of shape {tuple(b.shape)} does not fit inputs {tuple(x.shape)}") from None
 
-    def _attribute(self, clf: Classifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        base = self._baseline(x)
+    def text_baseline_embeddings(self, clf: Classifier, batch: TextBatch, emb: torch.Tensor) -> torch.Tensor:
+        """The baseline sentence's embeddings (N, L, D) for a batch whose embeddings are ``emb``."""
+        keep = special_mask(clf.tokenizer, batch.input_ids) | ~batch.attention_mask.bool()
+        if self.text_baseline == "zero":
+            fill = torch.zeros_like(emb)
+        else:
+            pad = getattr(clf.tokenizer, "pad_token_id", None)
+            if pad is None:
+                raise InputError("the tokenizer has no pad token; use integrated gradients with text_baseline='zero'")
+            fill = clf.embeddings(TextBatch(torch.full_like(batch.input_ids, int(pad)), batch.attention_mask,
+                                            batch.truncated)).detach()  # fmt: skip
+        return torch.where(keep[..., None], emb, fill)
+
+    def _attribute_text(self, clf: Classifier, batch: TextBatch, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            emb = clf.embeddings(batch).detach().clone()
+            base = self.text_baseline_embeddings(clf, batch, emb)
+        attr = self._integrate(InputSpace(clf, batch.attention_mask), emb, base, target)
+        return reduce_tokens(attr, self.token_reduction)
+
+    def _attribute(self, space: InputSpace, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self._integrate(space, x, self._baseline(x), target)
+
+    def _integrate(self, space: InputSpace, x: torch.Tensor, base: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         alphas, weights = quadrature(self.method, self.steps)
         alphas, weights = alphas.to(x.device, x.dtype), weights.to(x.device, x.dtype)
         n, m = x.shape[0], self.steps
@@ -96,17 +134,31 @@ class IntegratedGradients(Attribution):
             flat = torch.arange(start, min(start + self.batch_size, n * m), device=x.device)
             owner, k = flat // m, flat % m
             points = base[owner] + alphas[k].view(view) * diff[owner]
-            grad = input_gradient(clf, points, target[owner])
+            grad = input_gradient(space, points, target[owner], owner)
             acc.index_add_(0, owner, grad * weights[k].view(view))
         return diff * acc
 
     def attribute_with_delta(
-        self, model: ModelLike, x: torch.Tensor, target: Target
+        self, model: ModelLike, x: torch.Tensor | TextLike, target: Target
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Attributions and the convergence delta (N,): ``sum(attributions) - (F(x) - F(baseline))``."""
+        """Attributions and the convergence delta (N,): ``sum(attributions) - (F(x) - F(baseline))``.
+
+        On text the attributions are token scores (N, L) and the baseline the one described in
+        ``text_baseline``.
+        """
         attr = self.attribute(model, x, target)
         clf = as_classifier(model)
         device = clf.device
+        if is_text(x):
+            batch = (x if isinstance(x, TextBatch) else clf.encode(x)).to(device)  # type: ignore[arg-type]
+            tgt = resolve_target(target, len(batch), device)
+            with frozen(clf.module), torch.inference_mode():
+                emb = clf.embeddings(batch)
+                base = self.text_baseline_embeddings(clf, batch, emb)
+                space = InputSpace(clf, batch.attention_mask)
+                gap = target_logit(space, emb, tgt) - target_logit(space, base, tgt)
+            return attr, attr.sum(dim=1) - gap.cpu()
+        assert isinstance(x, torch.Tensor)  # attribute() refused anything else
         xd = x.detach().to(device)
         tgt = resolve_target(target, x.shape[0], device)
         with frozen(clf.module), torch.inference_mode():

@@ -10,6 +10,10 @@ trained on random labels, cannot be explaining the model. Three tests:
   on the same data with permuted labels.
 
 Similarity is the Spearman rank correlation and the SSIM of the absolute maps, per input, averaged.
+On text the maps are token scores and the rank correlation runs over each text's real tokens (special
+tokens and padding left out); SSIM, a measure of image structure, is not computed.
+Layers inside one block of a ``nn.ModuleList`` (a transformer layer) are randomised together, so a
+cascading test on a transformer walks from the head down through the encoder layers to the embeddings.
 The target stays the original model's class. A method *passes* a test when the mean rank correlation
 falls below ``threshold`` (at the last cascading stage; averaged over layers for the independent
 test): its maps depend on the parameters. The model given is never changed: randomisation works on
@@ -34,13 +38,17 @@ from mlsafety.core import (
     DataLike,
     InputError,
     ModelLike,
+    TextBatch,
+    TextDataset,
+    Texts,
     as_array_dataset,
     as_classifier,
     draw_seed,
     forward,
 )
 from mlsafety.core import generator as _generator
-from mlsafety.monitoring.transparency.base import Attribution, Target
+from mlsafety.monitoring.transparency.base import Attribution, Target, TextLike, is_text
+from mlsafety.monitoring.transparency.words import special_mask
 
 MODES = ("cascading", "independent", "label")
 
@@ -52,9 +60,9 @@ class SanityResult:
     Attributes:
         method: the attribution method's name.
         mode: ``cascading``, ``independent`` or ``label``.
-        stages: what was randomised at each stage (layer names; ``labels`` for the label test).
+        stages: what was randomised at each stage (layer or block names; ``labels`` for the label test).
         spearman: (S, N) Spearman rank correlation of absolute maps, per stage and input.
-        ssim: (S, N) SSIM of absolute maps scaled to [0, 1], per stage and input.
+        ssim: (S, N) SSIM of absolute maps scaled to [0, 1], per stage and input (None on text).
         threshold: rank correlation below which maps count as changed.
     """
 
@@ -62,7 +70,7 @@ class SanityResult:
     mode: str
     stages: list[str]
     spearman: torch.Tensor
-    ssim: torch.Tensor
+    ssim: torch.Tensor | None
     threshold: float
 
     @property
@@ -77,8 +85,13 @@ class SanityResult:
         return self.score < self.threshold
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Spearman rank correlation (average ranks for ties) of each pair of rows of (N, ...) tensors."""
+def spearman(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Spearman rank correlation (average ranks for ties) of each pair of rows of (N, ...) tensors,
+    over the entries where ``mask`` (N, ...) is True when given (e.g. a text's real tokens)."""
+    if mask is not None:
+        keep = mask.detach().flatten(1).bool().cpu()
+        rows = [spearman(a[i].flatten()[keep[i]][None], b[i].flatten()[keep[i]][None]) for i in range(keep.shape[0])]
+        return torch.cat(rows) if rows else torch.zeros(0, dtype=torch.float64)
     ra = stats.rankdata(a.detach().flatten(1).double().cpu().numpy(), axis=1)
     rb = stats.rankdata(b.detach().flatten(1).double().cpu().numpy(), axis=1)
     ra = ra - ra.mean(axis=1, keepdims=True)
@@ -119,6 +132,25 @@ def randomizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     ]
 
 
+def randomization_stages(model: nn.Module) -> list[tuple[str, list[str]]]:
+    """The randomisation stages, input to output: ``(stage name, layer names)``.
+
+    A layer inside an element of a ``nn.ModuleList`` (a transformer block such as
+    ``bert.encoder.layer.3``) belongs to that block's stage; any other layer is a stage of its own.
+    """
+    blocks = [
+        f"{name}.{i}" if name else str(i)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.ModuleList)
+        for i in range(len(m))
+    ]
+    stages: dict[str, list[str]] = {}
+    for name, _ in randomizable_layers(model):
+        owner = max((b for b in blocks if name.startswith(b + ".")), key=len, default=name)
+        stages.setdefault(owner, []).append(name)
+    return list(stages.items())
+
+
 def _default_generator() -> torch.Generator:
     return _generator(0, "sanity")
 
@@ -131,35 +163,54 @@ def _reinit(module: nn.Module, seed: int, name: str) -> None:
 
 
 def _compare(
-    method: Attribution, model: ModelLike, x: torch.Tensor, target: torch.Tensor, ref: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+    method: Attribution,
+    model: ModelLike,
+    x: torch.Tensor | TextBatch,
+    target: torch.Tensor,
+    ref: torch.Tensor,
+    mask: torch.Tensor | None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     maps = method.attribute(model, x, target).abs()
+    if mask is not None:
+        return spearman(ref, maps, mask), None
     return spearman(ref, maps), ssim(ref.reshape(maps.shape), maps) if maps.ndim == 4 else spearman(ref, maps)
 
 
-def _target(clf: Classifier, x: torch.Tensor, target: Target | None) -> torch.Tensor:
+def _target(clf: Classifier, x: torch.Tensor | Texts, target: Target | None) -> torch.Tensor:
     if target is not None:
-        return torch.as_tensor(target).long().expand(x.shape[0]).clone()
+        return torch.as_tensor(target).long().expand(len(x)).clone()
     return forward(clf, x, features=False).pred.cpu().clone()
+
+
+def _like(clf: Classifier, module: nn.Module) -> Classifier:
+    """A classifier over ``module`` (a copy of ``clf.module``) read the way ``clf`` reads its module."""
+    tokenizer = getattr(clf, "tokenizer", None)
+    if tokenizer is None:
+        return Classifier(module, clf.head_name)
+    return Classifier(module, clf.head_name, tokenizer=tokenizer, max_length=getattr(clf, "max_length", None))
+
+
+def _stack(parts: list[torch.Tensor | None]) -> torch.Tensor | None:
+    return None if any(p is None for p in parts) else torch.stack([p for p in parts if p is not None])
 
 
 def sanity_check(
     method: Attribution,
     model: ModelLike,
-    x: torch.Tensor,
+    x: torch.Tensor | TextLike,
     target: Target | None = None,
     mode: str = "cascading",
     threshold: float = 0.5,
     generator: torch.Generator | None = None,
-    train: Callable[[ArrayDataset], nn.Module] | None = None,
-    data: DataLike | None = None,
+    train: Callable[[ArrayDataset | TextDataset], nn.Module] | None = None,
+    data: DataLike | TextDataset | None = None,
 ) -> SanityResult:
     """Run one sanity test of ``method`` on ``model`` for inputs ``x``.
 
     Args:
         method: the attribution method.
         model: the model whose explanations are tested (left unchanged).
-        x: inputs (N, ...).
+        x: inputs (N, ...), or texts (then ``model`` needs a tokenizer).
         target: classes to explain (default: the model's predictions).
         mode: ``cascading``, ``independent`` or ``label``.
         threshold: rank correlation below which maps count as changed.
@@ -169,38 +220,55 @@ def sanity_check(
             mode or the method.
         train: for ``label``: a recipe that trains a fresh model on the data it is given.
         data: for ``label``: the training data whose labels are permuted (any form of
-            :data:`mlsafety.core.DataLike`).
+            :data:`mlsafety.core.DataLike`, or a :class:`~mlsafety.core.TextDataset`).
     """
     if mode not in MODES:
         raise InputError(f"unknown sanity test {mode!r}; choose one of {', '.join(MODES)}")
     seed = draw_seed(generator if generator is not None else _default_generator())
     clf = as_classifier(model)
-    tgt = _target(clf, x, target)
-    ref = method.attribute(clf, x, tgt).abs()
+    mask: torch.Tensor | None = None
+    inputs: torch.Tensor | TextBatch
+    if is_text(x):
+        texts = x if isinstance(x, Texts | TextBatch) else Texts(x)  # type: ignore[arg-type]
+        if isinstance(texts, TextBatch):
+            raise InputError("the sanity check takes the texts themselves (Texts or a list of str), not a TextBatch")
+        tgt = _target(clf, texts, target)
+        inputs = clf.encode(texts)  # type: ignore[attr-defined]
+        mask = inputs.attention_mask.bool() & ~special_mask(clf.tokenizer, inputs.input_ids)  # type: ignore[attr-defined]
+    else:
+        inputs = x  # type: ignore[assignment]
+        tgt = _target(clf, inputs, target)  # type: ignore[arg-type]
+    ref = method.attribute(clf, inputs, tgt).abs()
     rhos: list[torch.Tensor] = []
-    ssims: list[torch.Tensor] = []
+    ssims: list[torch.Tensor | None] = []
     stages: list[str] = []
     if mode == "label":
         if train is None or data is None:
             raise InputError("the label-randomisation test needs a training recipe (train=) and its data (data=)")
-        data = as_array_dataset(data, "data")
-        perm = torch.randperm(len(data), generator=_generator(seed, "sanity", "labels"))
-        shuffled = ArrayDataset(data.x, data.y[perm], name=f"{data.name}-random-labels", kind=data.kind)
+        shuffled: ArrayDataset | TextDataset
+        if isinstance(data, TextDataset):
+            perm = torch.randperm(len(data), generator=_generator(seed, "sanity", "labels"))
+            shuffled = TextDataset(data.x, data.y[perm], name=f"{data.name}-random-labels", kind=data.kind)
+        else:
+            arrays = as_array_dataset(data, "data")
+            perm = torch.randperm(len(arrays), generator=_generator(seed, "sanity", "labels"))
+            shuffled = ArrayDataset(arrays.x, arrays.y[perm], name=f"{arrays.name}-random-labels", kind=arrays.kind)
         rand_model = train(shuffled).to(clf.device).eval()
-        rho, ss = _compare(method, rand_model, x, tgt, ref)
-        return SanityResult(method.name, mode, ["labels"], rho[None], ss[None], threshold)
-    layers = [name for name, _ in randomizable_layers(clf.module)]
-    if not layers:
+        rho, ss = _compare(method, _like(clf, rand_model), inputs, tgt, ref, mask)
+        return SanityResult(method.name, mode, ["labels"], rho[None], None if ss is None else ss[None], threshold)
+    plan = randomization_stages(clf.module)
+    if not plan:
         raise InputError("the model has no layers with parameters to randomise")
     work = copy.deepcopy(clf.module)
     named = dict(work.named_modules())
-    for name in reversed(layers):  # output to input
+    for stage, layers in reversed(plan):  # output to input
         if mode == "independent":
             work = copy.deepcopy(clf.module)
             named = dict(work.named_modules())
-        _reinit(named[name], seed, name)
-        rho, ss = _compare(method, Classifier(work, clf.head_name), x, tgt, ref)
+        for name in layers:
+            _reinit(named[name], seed, name)
+        rho, ss = _compare(method, _like(clf, work), inputs, tgt, ref, mask)
         rhos.append(rho)
         ssims.append(ss)
-        stages.append(name)
-    return SanityResult(method.name, mode, stages, torch.stack(rhos), torch.stack(ssims), threshold)
+        stages.append(stage)
+    return SanityResult(method.name, mode, stages, torch.stack(rhos), _stack(ssims), threshold)

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import torch
 
-from mlsafety.core import Classifier, Param, generator, randn_like
-from mlsafety.monitoring.transparency.base import Attribution, input_gradient, register
+from mlsafety.core import Param, generator, randn_like
+from mlsafety.monitoring.transparency.base import IMAGE, TEXT, Attribution, InputSpace, input_gradient, register
 
 
 class _NoisyGradients(Attribution):
@@ -20,8 +20,9 @@ class _NoisyGradients(Attribution):
 
     Args:
         n_samples: noisy copies per input.
-        stdev: noise standard deviation in input units (for images in [0, 1] this is the paper's
-            noise level, the fraction of the value range).
+        stdev: the paper's noise level: the noise standard deviation as a fraction of the input's
+            value range (1 for images in [0, 1]; for text, the range of the input's token embedding
+            values).
         batch_size: noisy copies per backward pass (bounds memory for large inputs).
         seed: seed of the noise generator.
     """
@@ -29,19 +30,22 @@ class _NoisyGradients(Attribution):
     reduction: ClassVar[str] = "mean"
 
     n_samples = Param(25, int, low=1, doc="noisy copies per input")
-    stdev = Param(0.15, float, low=0, doc="noise standard deviation in input units")
+    stdev = Param(0.15, float, low=0, doc="noise standard deviation as a fraction of the input's value range")
     batch_size = Param(256, int, low=1, store=False, doc="noisy copies per backward pass")
     seed = Param(0, int, doc="seed of the noise generator")
 
-    def _attribute(self, clf: Classifier, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def _attribute(self, space: InputSpace, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         g = generator(self.seed, self.name)
+        sigma = space.scale(x) * self.stdev  # (N,)
+        view = (-1,) + (1,) * (x.ndim - 1)
         total = torch.zeros_like(x)
         total_sq = torch.zeros_like(x)
         n, m = x.shape[0], self.n_samples
         for start in range(0, n * m, self.batch_size):
             owner = torch.arange(start, min(start + self.batch_size, n * m), device=x.device) // m
             clean = x[owner]
-            grad = input_gradient(clf, clean + randn_like(clean, g) * self.stdev, target[owner])
+            noisy = clean + randn_like(clean, g) * sigma[owner].view(view)
+            grad = input_gradient(space, noisy, target[owner], owner)
             total.index_add_(0, owner, grad)
             total_sq.index_add_(0, owner, grad * grad)
         mean, mean_sq = total / m, total_sq / m
@@ -52,20 +56,22 @@ class _NoisyGradients(Attribution):
         return mean
 
 
-@register("smoothgrad")
+@register("smoothgrad", tags=(IMAGE, TEXT))
 class SmoothGrad(_NoisyGradients):
-    """Mean gradient over noisy copies of the input."""
+    """Mean gradient over noisy copies of the input (on text: its L2 norm per token)."""
+
+    token_reduction = "norm"
 
 
-@register("smoothgrad-sq")
+@register("smoothgrad-sq", tags=(IMAGE, TEXT))
 class SmoothGradSquared(_NoisyGradients):
-    """Mean squared gradient over noisy copies of the input."""
+    """Mean squared gradient over noisy copies of the input (on text: summed over a token's embedding)."""
 
     reduction = "sq"
 
 
-@register("vargrad")
+@register("vargrad", tags=(IMAGE, TEXT))
 class VarGrad(_NoisyGradients):
-    """Variance of the gradient over noisy copies of the input."""
+    """Variance of the gradient over noisy copies of the input (on text: summed over a token's embedding)."""
 
     reduction = "var"
