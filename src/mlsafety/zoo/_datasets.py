@@ -22,12 +22,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal, overload
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mlsafety.core import ArrayDataset, InputError, UnknownNameError, generator
+from mlsafety.core import ArrayDataset, InputError, TextDataset, UnknownNameError, generator
 
 DIGITS_SHAPE = (1, 8, 8)
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -35,10 +36,26 @@ SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """An embedded dataset.
+
+    Attributes:
+        name: the zoo name.
+        kind: ``"in"`` (labelled, in-distribution), ``"near"`` or ``"far"`` (OOD, ``y = -1``).
+        description: one line for ``mlsafety zoo list``.
+        make: ``make(split=..., shape=...)`` returns the data (an ``ArrayDataset`` for images, a
+            ``TextDataset`` for text).
+        modality: ``"image"`` or ``"text"``.
+        size: its size for ``mlsafety zoo list`` (rows of its ``all`` split, or per split).
+        source: where it comes from (package, version, licence).
+    """
+
     name: str
     kind: str  # "in", "near" or "far"
     description: str
-    make: Callable[..., ArrayDataset]
+    make: Callable[..., Any]
+    modality: str = "image"
+    size: str = ""
+    source: str = ""
 
 
 def _digits(split: str = "test", shape: tuple[int, int, int] | None = None) -> ArrayDataset:
@@ -149,16 +166,45 @@ def _noise(split: str = "test", shape: tuple[int, int, int] | None = None, n: in
 
 _INFO: dict[str, DatasetInfo] = {
     "digits": DatasetInfo(
-        "digits", "in", "scikit-learn handwritten digits, 8x8 grey, 10 classes, train/val/test 60/20/20", _digits
+        "digits",
+        "in",
+        "scikit-learn handwritten digits, 8x8 grey, 10 classes, train/val/test 60/20/20",
+        _digits,
+        size="1,797 rows",
+        source="scikit-learn (UCI, CC BY 4.0)",
     ),
     "letters": DatasetInfo(
-        "letters", "near", "near-OOD: letters A-Z rendered in DejaVu fonts, reduced like the digits", _letters
+        "letters",
+        "near",
+        "near-OOD: letters A-Z rendered in DejaVu fonts, reduced like the digits",
+        _letters,
+        size="520 rows/split",
+        source="made here (DejaVu fonts)",
     ),
     "natural-patches": DatasetInfo(
-        "natural-patches", "far", "far-OOD: grey patches of scikit-learn's sample photographs", _natural_patches
+        "natural-patches",
+        "far",
+        "far-OOD: grey patches of scikit-learn's sample photographs",
+        _natural_patches,
+        size="500 rows/split",
+        source="made here (sklearn photos)",
     ),
-    "noise": DatasetInfo("noise", "far", "far-OOD: uniform noise and random Gaussian blobs", _noise),
+    "noise": DatasetInfo(
+        "noise",
+        "far",
+        "far-OOD: uniform noise and random Gaussian blobs",
+        _noise,
+        size="500 rows/split",
+        source="made here (seeded)",
+    ),
 }
+
+
+def register_dataset(info: DatasetInfo) -> None:
+    """Add an embedded dataset (the text sets register themselves this way)."""
+    if info.name in _INFO:
+        raise ValueError(f"zoo dataset {info.name!r} already exists")
+    _INFO[info.name] = info
 
 
 def dataset_names() -> list[str]:
@@ -171,17 +217,43 @@ def dataset_info(name: str) -> DatasetInfo:
     return _INFO[name]
 
 
-def load_dataset(name: str, split: str = "test", shape: tuple[int, int, int] | None = None) -> ArrayDataset:
-    """An embedded dataset as an :class:`~mlsafety.core.ArrayDataset`.
+TextSetName = Literal["mr", "tweets", "nyt", "amazon"]
+"""The embedded text sets (``load_dataset`` is typed to return a ``TextDataset`` for these)."""
+
+
+# A name known only at run time is typed as an image set (the overlap mypy reports): code that takes
+# either modality checks dataset_info(name).modality and calls load_text_dataset for text.
+@overload
+def load_dataset(name: TextSetName, split: str = "test", shape: None = None) -> TextDataset: ...  # type: ignore[overload-overlap]
+@overload
+def load_dataset(name: str, split: str = "test", shape: tuple[int, int, int] | None = None) -> ArrayDataset: ...
+def load_dataset(
+    name: str, split: str = "test", shape: tuple[int, int, int] | None = None
+) -> ArrayDataset | TextDataset:
+    """An embedded dataset: an :class:`~mlsafety.core.ArrayDataset` of images or a ``TextDataset``.
 
     Args:
-        name: ``digits``, ``letters``, ``natural-patches`` or ``noise``.
-        split: ``train``, ``val`` or ``test`` (``all`` for digits); OOD sets draw a different,
-            deterministic sample per split.
-        shape: (C, H, W) to make an OOD set at another image shape (digits exist only at 1x8x8).
+        name: see :func:`dataset_names` (``dataset_info(name).modality`` says which kind it is);
+            a text set's name known only at run time is better loaded with :func:`load_text_dataset`,
+            which is typed for it.
+        split: ``train``, ``val`` or ``test`` (``all`` for digits and the text sets); image OOD sets
+            draw a different, deterministic sample per split.
+        shape: (C, H, W) to make an image OOD set at another image shape (digits exist only at
+            1x8x8; text sets take none).
     """
-    return dataset_info(name).make(split=split, shape=shape)
+    return dataset_info(name).make(split=split, shape=shape)  # type: ignore[no-any-return]
 
 
-def ood_names() -> list[str]:
-    return [n for n in dataset_names() if _INFO[n].kind != "in"]
+def load_text_dataset(name: str, split: str = "test") -> TextDataset:
+    """An embedded text set (``mr``, ``tweets``, ``nyt``, ``amazon``) as a ``TextDataset``."""
+    info = dataset_info(name)
+    if info.modality != "text":
+        texts = ", ".join(n for n in dataset_names() if _INFO[n].modality == "text")
+        raise InputError(f"zoo dataset {name!r} holds {info.modality}s, not text; text sets: {texts}")
+    data: TextDataset = info.make(split=split, shape=None)
+    return data
+
+
+def ood_names(modality: str = "image") -> list[str]:
+    """The OOD sets of one modality (``"image"`` or ``"text"``), sorted."""
+    return [n for n in dataset_names() if _INFO[n].kind != "in" and _INFO[n].modality == modality]

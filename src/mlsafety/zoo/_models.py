@@ -80,6 +80,16 @@ class ModelInfo:
             count, so :func:`train_model` trains with exactly this many (bit-identical weights also
             need the same kind of CPU).
         trained_by: the module that registers ``recipe`` (named in the error when it is not imported).
+        modality: ``"image"`` or ``"text"`` (a causal LM is ``"text"`` too).
+        size: its size for ``mlsafety zoo list`` (parameters).
+        source: where its weights come from (trained here, or a registry ``package==version`` and
+            its licence).
+        load: how :func:`load_model` makes it when the default (``build()`` plus the shipped
+            ``weights_path(name)``) does not fit: a model built from installed assets, or one whose
+            shipped weights cover only its trained part (an encoder from the assets plus a head
+            read from ``weights_path(name)``). It returns the model with its weights.
+        role: what it is: ``"classifier"`` (logits), ``"encoder"`` (embeddings), ``"causal-lm"``
+            (next-token logits; :func:`mlsafety.zoo.load_language_model` wraps it) or ``"denoiser"``.
     """
 
     name: str
@@ -89,6 +99,11 @@ class ModelInfo:
     dataset: str
     threads: int = 1
     trained_by: str = "mlsafety.zoo"
+    modality: str = "image"
+    size: str = ""
+    source: str = "trained here (Apache-2.0)"
+    load: Callable[[], nn.Module] | None = None
+    role: str = "classifier"
 
 
 _MODELS: dict[str, ModelInfo] = {}
@@ -109,6 +124,7 @@ register_model(
         "digits-cnn",
         "digits",
         threads=2,
+        size="71.8k params",
     )
 )
 register_model(
@@ -119,6 +135,7 @@ register_model(
         "digits-cnn-badnets",
         "digits",
         trained_by="mlsafety.monitoring.trojans",
+        size="71.8k params",
     )
 )
 for _percent in (25, 50):
@@ -130,6 +147,8 @@ for _percent in (25, 50):
             f"digits-denoiser-{_percent}",
             "digits",
             trained_by="mlsafety.robustness",
+            size="4.9k params",
+            role="denoiser",
         )
     )
 
@@ -152,10 +171,12 @@ def weights_path(name: str) -> Path:
 
 
 def load_model(name: str) -> nn.Module:
-    """An embedded model with its shipped weights, in eval mode."""
+    """An embedded model with its shipped (or installed) weights, in eval mode."""
     from safetensors.torch import load_file
 
     info = model_info(name)
+    if info.load is not None:
+        return info.load().eval()
     path = weights_path(name)
     if not path.is_file():
         raise InputError(f"weights for {name!r} are missing ({path}); run `mlsafety zoo train {name}`")

