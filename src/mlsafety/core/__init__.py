@@ -32,6 +32,7 @@ from mlsafety.core._progress import Progress, track
 from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like
 from mlsafety.core._registry import Registry
 from mlsafety.core._text import TextBatch, TextDataset, Texts, encode, modality_of
+from mlsafety.core._textdata import load_hf_dataset, load_text_csv, load_text_jsonl, validate_text_dataset
 from mlsafety.core._train import (
     BatchHook,
     LossFn,
@@ -87,8 +88,11 @@ __all__ = [
     "generator",
     "iter_batches",
     "load_factory",
+    "load_hf_dataset",
     "load_image_folder",
     "load_npz",
+    "load_text_csv",
+    "load_text_jsonl",
     "load_weights",
     "modality_of",
     "permute_noise_mosaic_outliers",
@@ -104,4 +108,5 @@ __all__ = [
     "transform_mix_outliers",
     "unwrap_logits",
     "validate_dataset",
+    "validate_text_dataset",
 ]

@@ -115,6 +115,20 @@ def unwrap_logits(output: Any) -> torch.Tensor:
     )
 
 
+def _right_aligned(mask: torch.Tensor) -> torch.Tensor | None:
+    """Gather index ``(N, L)`` that moves each row's leading padding to its end, or None when no row has any.
+
+    Models with absolute or rotary positions number tokens from the first column, so a left-padded
+    text would be read at shifted positions; moving the padding to the right makes every score
+    independent of the padding side.
+    """
+    lead = (mask.cumsum(dim=1) == 0).sum(dim=1)
+    if not bool((lead > 0).any()):
+        return None
+    width = mask.shape[1]
+    return (torch.arange(width, device=mask.device) + lead[:, None]) % width
+
+
 def _is_texts(x: Any) -> bool:
     return isinstance(x, Texts) or (isinstance(x, (list, tuple)) and bool(x) and all(isinstance(t, str) for t in x))
 
@@ -131,7 +145,9 @@ class Classifier:
     object with ``.logits`` (see :func:`unwrap_logits`). Text models (``modality == "text"``) take
     a :class:`~mlsafety.core.TextBatch`, a :class:`~mlsafety.core.Texts` or a list of strings; texts
     are tokenised by the classifier's tokenizer (:meth:`encode`) and the module is called as
-    ``module(input_ids=..., attention_mask=...)``.
+    ``module(input_ids=..., attention_mask=...)``. Texts are padded on the right, and a batch padded
+    on the left is re-aligned to the right first, so that position numbering (absolute or rotary)
+    starts at each text's first token: padding never changes a score.
 
     Args:
         module: the model; torchvision/timm-style and ``transformers`` models work unchanged.
@@ -294,10 +310,11 @@ class Classifier:
                 f"{type(self.module).__name__} has no tokenizer, so it cannot read texts; "
                 "pass Classifier(model, tokenizer=...) or give a TextBatch"
             )
-        return encode(self.tokenizer, texts, max_length=self.text_max_length)
+        return encode(self.tokenizer, texts, max_length=self.text_max_length, padding_side="right")
 
-    def _as_batch(self, x: Any) -> TextBatch:
-        """``x`` as a :class:`TextBatch` on the model's device, its token ids checked against the vocabulary."""
+    def _as_batch(self, x: Any, align: bool = True) -> TextBatch:
+        """``x`` as a :class:`TextBatch` on the model's device, its token ids checked against the vocabulary,
+        its padding moved to the right when ``align``."""
         if _is_texts(x):
             x = self.encode(x)
         if not isinstance(x, TextBatch):
@@ -305,6 +322,9 @@ class Classifier:
                 f"model inputs must be a tensor, a TextBatch, Texts or a list of strings, got {type(x).__name__}"
             )
         batch = x.to(self.device)
+        index = _right_aligned(batch.attention_mask) if align else None
+        if index is not None:
+            batch = TextBatch(batch.input_ids.gather(1, index), batch.attention_mask.gather(1, index), batch.truncated)
         layer = self._find_embedding()
         vocab = getattr(layer, "num_embeddings", None)
         if isinstance(vocab, int) and batch.input_ids.numel():
@@ -374,9 +394,10 @@ class Classifier:
         """Input (word) embeddings ``(N, L, D)`` of a batch: the embedding layer's output for its token ids.
 
         Positions and token types are added inside the model, as in a normal forward pass, so
-        ``logits_from_embeddings(embeddings(b), b.attention_mask)`` equals ``logits(b)``.
+        ``logits_from_embeddings(embeddings(b), b.attention_mask)`` equals ``logits(b)``. The rows
+        keep ``b``'s layout (left padding stays left).
         """
-        batch = self._as_batch(x)
+        batch = self._as_batch(x, align=False)
         return self.embedding_layer(batch.input_ids)  # type: ignore[no-any-return]
 
     def logits_from_embeddings(self, embeddings: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -396,6 +417,10 @@ class Classifier:
                 f"{tuple(attention_mask.shape)}"
             )
         n = int(embeddings.shape[0])
+        index = _right_aligned(attention_mask)
+        if index is not None:  # as in logits(): positions count from each text's first token
+            attention_mask = attention_mask.gather(1, index)
+            embeddings = embeddings.gather(1, index[:, :, None].expand_as(embeddings))
         if "inputs_embeds" in self._accepted()[0]:  # named, not merely swallowed by **kwargs
             return self._check_logits(
                 unwrap_logits(self._call_text(attention_mask=attention_mask, inputs_embeds=embeddings)), n
