@@ -84,8 +84,8 @@ def test_entry_default_option_shows_the_entry_default_and_stays_none() -> None:
 @pytest.mark.parametrize(
     ("args", "entry", "options"),
     [
-        (["audit"], AuditConfig, {"model": "model", "data": "data", "seed": "seed", "device": "device",
-                                   "batch-size": "batch_size"}),
+        (["audit"], AuditConfig, {"model": "model", "seed": "seed", "device": "device", "batch-size": "batch_size",
+                                   "text-column": "text_column"}),  # --data's default depends on the model
         (["harden"], adversarial_training, {"norm": "norm", "steps": "steps", "epochs": "epochs", "lr": "lr"}),
         (["harden"], trades_training, {"beta": "beta"}),
     ],

@@ -5,7 +5,9 @@ The library never imports this package; this package imports the library.
 
 from mlsafety.audit._check import (
     CHECKS,
+    NOT_APPLICABLE,
     PILLARS,
+    TRUNCATED,
     Artifact,
     Check,
     Headline,
@@ -32,7 +34,9 @@ from mlsafety.audit.views.defence_in_depth import fmea_report_table
 
 __all__ = [
     "CHECKS",
+    "NOT_APPLICABLE",
     "PILLARS",
+    "TRUNCATED",
     "Artifact",
     "AuditConfig",
     "AuditContext",

@@ -223,6 +223,10 @@ class Check:
     """Metric names for which a larger value is better (``compare`` calls a drop a regression)."""
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     """Metric names for which a smaller value is better."""
+    modalities: ClassVar[tuple[str, ...]] = ("image",)
+    """The input modalities the check can measure (``"image"``, ``"text"``); on a model of another
+    modality the engine does not plan the check and stores one :data:`NOT_APPLICABLE` row saying
+    why (:meth:`not_applicable`). A check is image-only unless it says otherwise."""
     metrics: ClassVar[tuple[str, ...]] = ()
     """Every metric name the check can store, for any parameters, as ``fnmatch`` patterns
     (``"class_*_accuracy"``). A gate on a metric outside the declaration is refused before the audit
@@ -242,6 +246,15 @@ class Check:
         merged.update(params)
         self.params: dict[str, Any] = merged
 
+    @classmethod
+    def not_applicable(cls, modality: str) -> str | None:
+        """Why the check cannot run on inputs of ``modality`` (``image-only: needs pixel inputs``), or
+        None when it can."""
+        if modality in cls.modalities:
+            return None
+        needs = ", ".join(INPUTS.get(m, f"{m} inputs") for m in cls.modalities)
+        return f"{'/'.join(cls.modalities)}-only: needs {needs}"
+
     # -- work ----------------------------------------------------------------------------------
     def hazards(self, ctx: AuditContext) -> Sequence[Hazard | str]:
         """Hazards this check produces (so the systemic check can consume them); none by default."""
@@ -260,13 +273,54 @@ class Check:
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        """Scorecard entries from this check's stored rows (its view's)."""
-        return cls.view.headlines(rows)
+        """Scorecard entries from this check's stored rows (its view's; none when it was not run)."""
+        measured = [r for r in rows if not is_skip(r) and r.metric != TRUNCATED]
+        return cls.view.headlines(measured) if measured else []
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
-        """Tables for the report section (its view's)."""
-        return cls.view.tables(rows, cls.title or getattr(cls, "name", ""))
+        """Tables for the report section: why the check was not run (if so), how many texts were
+        truncated (if any input was), then its view's."""
+        out = []
+        skips = [r for r in rows if is_skip(r)]
+        if skips:
+            why = [[str(r.params.get("modality", "")), str(r.params.get("reason", ""))] for r in skips]
+            out.append(Table("Not run", ["inputs", "reason"], why))
+        cut = [r for r in rows if r.metric == TRUNCATED]
+        if any(r.value > 0 for r in cut):
+            body = [[r.hazard, fmt_value(r.value), "" if r.n is None else str(r.n), str(r.params.get("max_length", ""))]
+                    for r in cut]  # fmt: skip
+            note = "Warning: these texts were longer than the model takes; it judged only their first tokens."
+            out.append(Table("Truncated inputs", ["hazard", "truncated", "of n", "max tokens"], body, note))
+        measured = [r for r in rows if not is_skip(r) and r.metric != TRUNCATED]
+        if measured:
+            out += cls.view.tables(measured, cls.title or getattr(cls, "name", ""))
+        return out
+
+
+NOT_APPLICABLE = "not_applicable"
+"""The metric of the row a check stores when it does not apply to the audited inputs (a ``decision``
+row, value 1, with ``reason`` and ``modality`` params); any check may store it."""
+
+TRUNCATED = "truncated_inputs"
+"""The metric of the warning row of a text hazard: how many of its texts were cut at the model's
+maximum length (a ``count``; ``n`` is the hazard's size, ``max_length`` a param)."""
+
+INPUTS = {"image": "pixel inputs", "text": "text inputs"}
+"""What each modality's checks need, for the reason a skipped check gives."""
+
+
+def skip_row(check: type[Check], modality: str) -> Row:
+    """The row stored for ``check`` on inputs of ``modality`` it does not support (under ``clean``)."""
+    reason = check.not_applicable(modality)
+    if reason is None:
+        raise ValueError(f"check {check.name!r} supports {modality} inputs")
+    return Row.exact("clean", NOT_APPLICABLE, 1.0, DECISION, modality=modality, reason=reason)
+
+
+def is_skip(row: StoredRow) -> bool:
+    """True for the row a check stored because it did not apply to the audited inputs."""
+    return row.metric == NOT_APPLICABLE and row.kind == DECISION and "modality" in row.params
 
 
 def _as_result(out: TaskResult | list[Row]) -> TaskResult:

@@ -8,6 +8,8 @@ Example::
     seed = 0
     batch_size = 256              # positive
     channels = 1                  # optional: image folders converted to 1 (grayscale) or 3 (RGB) channels
+    text_column = "text"          # text data files: the columns of the text and the label
+    label_column = "label"
     checks = ["clean", "ood-basic", "calibration-basic"]
 
     [params.ood-basic]            # per-check parameters
@@ -46,6 +48,8 @@ _SCALARS = {
     "batch_size": int,
     "channels": int,
     "device": str,
+    "text_column": str,
+    "label_column": str,
 }
 
 

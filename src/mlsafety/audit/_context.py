@@ -18,12 +18,15 @@ from mlsafety.core import (
     derive_seed,
     forward,
     generator,
+    modality_of,
 )
 
 
 @dataclass
 class AuditData:
-    """The data an audit runs on.
+    """The data an audit runs on: :class:`~mlsafety.core.ArrayDataset` for an image model,
+    :class:`~mlsafety.core.TextDataset` for a text model (same interface: ``.x``, ``.y``, ``.name``,
+    ``.kind``, ``.source``; ``.x`` is a :class:`~mlsafety.core.Texts`).
 
     Attributes:
         test: labelled in-distribution test data (the ``clean`` hazard).
@@ -41,6 +44,11 @@ class AuditData:
     def fit(self) -> ArrayDataset:
         """In-distribution data to fit detectors on: the training split when given, else val."""
         return self.train if self.train is not None else self.val
+
+    @property
+    def modality(self) -> str:
+        """``"image"`` or ``"text"``: what the test data holds."""
+        return modality_of(self.test)
 
 
 HazardProvider = Callable[["AuditContext", Hazard], ArrayDataset]
@@ -118,6 +126,11 @@ class AuditContext:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def modality(self) -> str:
+        """``"image"`` or ``"text"``: the audited model's inputs (checks declare which they support)."""
+        return modality_of(self.model)
 
     def generator(self, *names: object) -> torch.Generator:
         """A CPU generator derived from the run seed and ``names`` (order-independent).

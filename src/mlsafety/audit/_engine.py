@@ -14,12 +14,12 @@ import signal
 import sqlite3
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from mlsafety.audit import _fingerprint
 from mlsafety.audit import checks as _checks  # noqa: F401  (registers every check)
-from mlsafety.audit._check import CHECKS, PILLARS, Check, StoredRow, Task
+from mlsafety.audit._check import CHECKS, NOT_APPLICABLE, PILLARS, Check, StoredRow, Task, TaskResult, skip_row
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit._gates import GateFailure, evaluate_gates
 from mlsafety.audit._inputs import AuditConfig, prepare_inputs
@@ -128,6 +128,7 @@ def run_audit(
             arrived; the run is marked ``interrupted`` and resumable.
     """
     start = time.perf_counter()
+    config = replace(config)  # prepare_inputs names the data when config.data is None; the caller's stays
     checks = build_checks(config)
     model, data = prepare_inputs(config, checks)  # settings, gates, model, data: all checked here
 
@@ -140,8 +141,11 @@ def run_audit(
         batch_size=config.batch_size,
         check_params={c.name: c.params for c in checks},
     )
-    ctx.planned_hazards = list(dict.fromkeys(Hazard.parse(h) for c in checks for h in c.hazards(ctx)))
-    plan: list[tuple[Check, Task]] = [(check, task) for check in checks for task in check.tasks(ctx)]
+    runnable = [c for c in checks if c.not_applicable(ctx.modality) is None]
+    ctx.planned_hazards = list(dict.fromkeys(Hazard.parse(h) for c in runnable for h in c.hazards(ctx)))
+    plan: list[tuple[Check, Task]] = [
+        (check, task) for check in checks for task in (check.tasks(ctx) if check in runnable else [_skip(check, ctx)])
+    ]
     parts = _fingerprint.components(config, model, data)
     fingerprint = _fingerprint.fingerprint(parts)
     if report != "":
@@ -215,6 +219,12 @@ def run_audit(
         store.close()
     failures = evaluate_gates(rows, config.fail_under, config.fail_over)
     return AuditResult(run_id, rows, report_path, failures, skipped, ran, time.perf_counter() - start)
+
+
+def _skip(check: Check, ctx: AuditContext) -> Task:
+    """The one task of a check that does not apply to the audited inputs: it stores why."""
+    row = skip_row(type(check), ctx.modality)
+    return Task(NOT_APPLICABLE.replace("_", "-"), lambda: TaskResult([row]))
 
 
 def _resumable(

@@ -24,10 +24,11 @@ import torch
 
 from mlsafety.audit._context import AuditData
 from mlsafety.audit._inputs import AuditConfig
-from mlsafety.core import ArrayDataset, Classifier
+from mlsafety.core import ArrayDataset, Classifier, modality_of
 
 _SETTINGS = ("checks", "check_params", "seed", "quick", "batch_size", "image_size", "channels")
-"""The configuration fields that change a stored number (gates and output paths do not)."""
+"""The configuration fields that change a stored number (gates and output paths do not; text columns
+change the data, which is hashed by content)."""
 
 
 def package_version() -> str:
@@ -60,10 +61,33 @@ def _update_tensor(h: Any, t: torch.Tensor) -> None:
         h.update(t.reshape(-1).view(torch.uint8).numpy())
 
 
+def _update_texts(h: Any, texts: Any) -> None:
+    """Every text with its length in bytes, so no two different sequences hash alike."""
+    h.update(f"texts({len(texts)})".encode())
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(f"{len(b)}:".encode())
+        h.update(b)
+
+
 def _dataset_digest(ds: ArrayDataset) -> str:
     h = hashlib.sha256()
-    _update_tensor(h, ds.x)
+    if modality_of(ds) == "text":
+        _update_texts(h, ds.x)
+    else:
+        _update_tensor(h, ds.x)
     _update_tensor(h, ds.y)
+    return h.hexdigest()
+
+
+def _tokenizer_digest(clf: Classifier) -> str:
+    """The tokenizer's vocabulary and rules (its serialised form) and the truncation length."""
+    tok = clf.tokenizer
+    h = hashlib.sha256(type(tok).__name__.encode())
+    backend = getattr(tok, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True).encode())
+    limits = (clf.max_length, getattr(tok, "model_max_length", None), getattr(tok, "padding_side", None))
+    h.update(repr(limits).encode())
     return h.hexdigest()
 
 
@@ -108,6 +132,8 @@ def components(config: AuditConfig, model: Classifier, data: AuditData) -> dict[
             config.train or ("none" if data.train is None else f"the training part of {config.data}"),
         ),
     }
+    if modality_of(model) == "text":  # image runs keep their components (and their fingerprints)
+        out["tokenizer"] = Component("the tokenizer", _tokenizer_digest(model), config.model)
     for name, ds in data.ood.items():
         out[f"ood:{name}"] = Component(f"the OOD set {name!r}", _dataset_digest(ds), name)
     for name in _SETTINGS:

@@ -176,12 +176,13 @@ def metric_problem(check: str, metric: str) -> str | None:
     """Why ``check`` cannot store ``metric`` (one clause with the fix), or None when it can.
 
     None too when the check declares no ``metrics`` (a third-party check): its gates are then
-    matched against the stored rows after the run.
+    matched against the stored rows after the run, and for ``not_applicable``, which any check
+    stores when it does not apply to the audited inputs.
     """
-    from mlsafety.audit._check import CHECKS
+    from mlsafety.audit._check import CHECKS, NOT_APPLICABLE
 
     declared: tuple[str, ...] = tuple(getattr(CHECKS.get(check), "metrics", ()) or ())
-    if not declared or any(fnmatch.fnmatchcase(metric, p) for p in declared):
+    if not declared or metric == NOT_APPLICABLE or any(fnmatch.fnmatchcase(metric, p) for p in declared):
         return None
     for old, new in RENAMED_METRICS.items():
         if metric == old or metric.endswith("_" + old):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,19 +11,23 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mlsafety import zoo
+from mlsafety import core, zoo
 from mlsafety.audit._context import AuditData
 from mlsafety.audit._gates import validate_gates
 from mlsafety.core import (
     ArrayDataset,
     Classifier,
     InputError,
+    MlsafetyError,
+    TextDataset,
+    Texts,
     frozen,
     generator,
     load_factory,
     load_image_folder,
     load_npz,
     load_weights,
+    modality_of,
     validate_dataset,
 )
 
@@ -43,17 +48,23 @@ class AuditConfig:
     """Everything that defines an audit; two audits with equal configs give equal stored values.
 
     Attributes:
-        model: a zoo model name or ``path/to/file.py:factory``.
+        model: a zoo model name, ``path/to/file.py:factory``, or a folder holding a saved
+            ``transformers`` sequence classifier and its tokenizer (``save_pretrained``, safetensors).
         weights: weights for a factory model (``.safetensors``, or ``.pt`` read with weights_only).
-        data: in-distribution test data: a zoo dataset name, an ``.npz`` file or an image folder.
+        data: in-distribution test data: a zoo dataset name, an ``.npz`` file or an image folder;
+            for a text model a zoo text dataset, a ``.csv`` / ``.jsonl`` file or a folder saved by
+            ``datasets.Dataset.save_to_disk``. None: the zoo dataset a zoo model was trained on
+            (``digits`` for any other image model; a text model that is not in the zoo needs it).
         val: validation data (same forms); default: the zoo split ``val``, or a seeded 30% of
             ``data`` held out for files and folders.
         train: training data (optional; detectors fit on it when given).
-        ood: OOD sets (zoo names, ``.npz`` files or folders); default: every embedded OOD set, made
-            at the data's image shape.
+        ood: OOD sets (zoo names, ``.npz`` files or folders; text files and folders for a text
+            model); default: every embedded OOD set of the model's modality (image sets made at
+            the data's image shape).
         image_size: (H, W) for image folders.
         channels: channels image folders are converted to (1 or 3); None: the model's, found by a
             probe pass (folders are read as RGB and converted).
+        text_column / label_column: the columns of text data files and folders.
         checks: check names to run; None runs every registered check.
         check_params: per-check parameters (``[checks.<name>]`` in the TOML config).
         seed: the run seed.
@@ -66,12 +77,14 @@ class AuditConfig:
 
     model: str = "digits-cnn"
     weights: str | None = None
-    data: str = "digits"
+    data: str | None = None
     val: str | None = None
     train: str | None = None
     ood: list[str] | None = None
     image_size: tuple[int, int] | None = None
     channels: int | None = None
+    text_column: str = "text"
+    label_column: str = "label"
     checks: list[str] | None = None
     check_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
@@ -134,12 +147,73 @@ def validate_config(config: AuditConfig, checks: Sequence[Check] | None = None) 
     validate_gates(config.fail_under, config.fail_over, checks)
 
 
+WEIGHT_FILES = "*.safetensors"
+"""What a model folder's weights must be saved as (safetensors: no pickled code is ever run)."""
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json", "spiece.model")
+"""Files of which a model folder's saved tokenizer holds at least one."""
+
+
+def load_hf_classifier(folder: str | Path) -> nn.Module:
+    """A saved ``transformers`` sequence classifier and its tokenizer (``module.tokenizer``), offline.
+
+    The folder is what ``model.save_pretrained(folder)`` and ``tokenizer.save_pretrained(folder)``
+    write: ``config.json``, weights as ``.safetensors`` and the tokenizer's files. Nothing is
+    fetched (``HF_HUB_OFFLINE=1``, ``local_files_only=True``).
+
+    Raises:
+        InputError: a folder without a config, without weights or without a tokenizer; a model that
+            transformers cannot load as a sequence classifier; a tokenizer whose vocabulary is
+            larger than the model's embedding table (it would index past it).
+    """
+    path = Path(folder)
+    if not (path / "config.json").is_file():
+        raise InputError(
+            f"--model {folder}: a model folder needs config.json; save the model with model.save_pretrained(folder)"
+        )
+    if not any(path.glob(WEIGHT_FILES)):
+        raise InputError(
+            f"--model {folder}: the folder has no weights (.safetensors); save them with "
+            "model.save_pretrained(folder) (safetensors is its default)"
+        )
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(
+            f"--model {folder}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the one the model "
+            "was trained with: tokenizer.save_pretrained(folder)"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        module = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True,
+                                                                    use_safetensors=True)  # fmt: skip
+    except Exception as exc:  # a user's folder: any failure of transformers becomes one line
+        msg = " ".join(str(exc).split())
+        raise InputError(
+            f"--model {folder}: transformers cannot load it as a sequence classifier: {type(exc).__name__}: {msg}"
+        ) from None
+    rows = module.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise InputError(
+            f"--model {folder}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has {rows} "
+            "rows; save the tokenizer the model was trained with in the folder"
+        )
+    module.tokenizer = tokenizer
+    return module  # type: ignore[no-any-return]
+
+
 def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classifier:
-    """A Classifier for a zoo name or ``file.py:factory`` (with ``weights``), on ``device``."""
+    """A Classifier for a zoo name, ``file.py:factory`` (with ``weights``) or a saved ``transformers``
+    model folder (:func:`load_hf_classifier`), on ``device``. A module with a ``tokenizer``
+    attribute (a zoo text model, a model folder) is a text classifier."""
     if spec.endswith(".py") or ".py:" in spec:
         module: nn.Module = load_factory(spec)
         if weights is not None:
             load_weights(module, weights)
+    elif spec not in zoo.model_names() and Path(spec).is_dir():
+        if weights is not None:
+            raise InputError(f"--weights does not apply to a model folder ({spec}); its weights are in the folder")
+        module = load_hf_classifier(spec)
     else:
         if weights is not None:
             module = zoo.model_info(spec).build()
@@ -180,6 +254,8 @@ def _load(
     source = _ROLES[role].format(spec=spec)
     kind = "far" if role == "ood" else "in"
     if spec in zoo.dataset_names():
+        if zoo_modality(spec) != "image":
+            raise InputError(f"{source}: zoo dataset {spec!r} holds {zoo_modality(spec)} but the model takes images")
         return _with_source(zoo.load_dataset(spec, split=split, shape=shape if kind != "in" else None), source)
     if path.suffix == ".npz":
         return load_npz(path, kind=kind, source=source)
@@ -197,6 +273,111 @@ def _load(
 
 def _with_source(ds: ArrayDataset, source: str) -> ArrayDataset:
     return ArrayDataset(ds.x, ds.y, ds.name, ds.kind, ds.description, source)
+
+
+def zoo_modality(name: str) -> str:
+    """``"image"`` or ``"text"``: what the zoo dataset ``name`` holds."""
+    return str(getattr(zoo.dataset_info(name), "modality", "image"))
+
+
+def zoo_ood_names(modality: str) -> list[str]:
+    """The embedded OOD sets of ``modality``: an audit's default OOD sets."""
+    return [n for n in zoo.ood_names() if zoo_modality(n) == modality]
+
+
+def data_spec(config: AuditConfig, model: Classifier | None = None) -> str:
+    """``config.data``, or when it is None the zoo dataset a zoo model was trained on (``digits``
+    for any other image model).
+
+    Raises:
+        InputError: a text model that is not in the zoo, given no ``--data``.
+    """
+    if config.data is not None:
+        return config.data
+    if config.model in zoo.model_names():
+        return zoo.model_info(config.model).dataset
+    if model is not None and modality_of(model) == "text":
+        raise InputError(
+            f"--model {config.model} is a text model outside the zoo: give its test data with --data "
+            "(a .csv or .jsonl file, a folder saved by datasets.Dataset.save_to_disk, or a zoo text set such as mr)"
+        )
+    return "digits"
+
+
+_TEXT_FORMS = "a zoo text dataset, a .csv or .jsonl file, or a folder saved by datasets.Dataset.save_to_disk"
+
+
+def _load_text(spec: str, role: str, split: str, config: AuditConfig) -> TextDataset:
+    """A text dataset from a zoo name, a CSV / JSONL file or a saved Hugging Face dataset folder."""
+    path = Path(spec)
+    source = _ROLES[role].format(spec=spec)
+    ood = role == "ood"
+    if spec in zoo.dataset_names():
+        if zoo_modality(spec) != "text":
+            raise InputError(f"{source}: zoo dataset {spec!r} holds images but the model takes text; "
+                             f"give {_TEXT_FORMS}")  # fmt: skip
+        ds = zoo.load_dataset(spec, split=split)
+        return TextDataset(ds.x, ds.y, ds.name, ds.kind, ds.description, source)
+    columns: dict[str, Any] = {"text": config.text_column, "label": None if ood else config.label_column}
+    if path.suffix == ".csv" and path.is_file():
+        ds = core.load_text_csv(path, **columns)
+    elif path.suffix == ".jsonl" and path.is_file():
+        ds = core.load_text_jsonl(path, **columns)
+    elif path.is_dir():
+        ds = core.load_hf_dataset(path, **columns)
+    elif path.suffix or "/" in spec:
+        raise InputError(f"{source}: not found or not supported (use {_TEXT_FORMS})")
+    else:
+        texts = [n for n in zoo.dataset_names() if zoo_modality(n) == "text"]
+        raise InputError(f"{source}: unknown zoo dataset {spec!r}; zoo text datasets: {', '.join(texts) or 'none'}")
+    y = torch.full((len(ds),), -1, dtype=torch.int64) if ood else ds.y
+    return TextDataset(ds.x, y, ds.name, "far" if ood else "in", ds.description, source)
+
+
+def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
+    """:func:`resolve_data` for a text model: every source loaded and validated as it is loaded."""
+    spec = data_spec(config, model)
+    is_zoo = spec in zoo.dataset_names()
+    test = _load_text(spec, "data", "test", config)
+    if is_zoo and test.kind != "in":
+        raise InputError(f"{spec!r} is an OOD set; pass in-distribution data with --data")
+    k = probe_model(model, test)
+    core.validate_text_dataset(test, k)
+
+    def load_checked(spec_: str, role: str, split: str) -> TextDataset:
+        ds = _load_text(spec_, role, split, config)
+        core.validate_text_dataset(ds, k)
+        probe_model(model, ds, k)
+        return ds
+
+    if config.val is not None:
+        val = load_checked(config.val, "val", "val")
+    elif is_zoo:
+        val = load_checked(spec, "val", "val")
+        val = TextDataset(val.x, val.y, val.name, val.kind, val.description,
+                          f"the validation split of zoo data {spec!r}")  # fmt: skip
+    else:
+        if len(test) < 10:
+            raise InputError(f"{test.source} has {len(test)} inputs; give at least 10, or pass --val")
+        perm = torch.randperm(len(test), generator=generator(config.seed, "holdout-val"))
+        cut = round(0.3 * len(test))
+        val = test.subset(perm[:cut], name=f"{test.name}-val",
+                          source=f"--data {spec} (the share of the test data held out for validation)")  # fmt: skip
+        test = test.subset(perm[cut:])
+    train = None
+    if config.train is not None:
+        train = load_checked(config.train, "train", "train")
+    elif is_zoo and config.val is None:
+        train = load_checked(spec, "train", "train")
+        train = TextDataset(train.x, train.y, train.name, train.kind, train.description,
+                            f"the training split of zoo data {spec!r}")  # fmt: skip
+    ood: dict[str, TextDataset] = {}
+    for ood_spec in config.ood if config.ood is not None else zoo_ood_names("text"):
+        ds = load_checked(ood_spec, "ood", "test")
+        if ds.name in ood:
+            raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
+        ood[ds.name] = ds
+    return AuditData(test=test, val=val, train=train, ood=ood)  # type: ignore[arg-type]
 
 
 def _is_folder(spec: str) -> bool:
@@ -224,18 +405,35 @@ def model_channels(model: Classifier, size: tuple[int, int], prefer: int = 3) ->
     return None
 
 
-def probe_model(model: Classifier, ds: ArrayDataset, num_classes: int | None = None) -> int:
+def _run_text(model: Classifier, texts: Texts) -> torch.Tensor:
+    with frozen(model.module), torch.inference_mode():
+        return model.logits(texts)
+
+
+def probe_model(model: Classifier, ds: ArrayDataset | TextDataset, num_classes: int | None = None) -> int:
     """Run the model on a few real inputs of ``ds``; return K, the number of logits.
 
     Up to :data:`PROBE_INPUTS` inputs spread over the set go through the model in eval mode (its
-    modes are restored). The output must be one logits tensor (N, K) with K >= 2 (K equal to
-    ``num_classes`` when given) and finite values.
+    modes are restored); texts through the model's tokenizer. The output must be one logits tensor
+    (N, K) with K >= 2 (K equal to ``num_classes`` when given) and finite values.
 
     Raises:
         InputError: naming ``ds.source``, what the model returned and the fix.
     """
     n = min(PROBE_INPUTS, len(ds))
     idx = torch.linspace(0, len(ds) - 1, n).round().long().unique()
+    if isinstance(ds, TextDataset):
+        try:
+            out = _run_text(model, ds.x[idx])
+        except MlsafetyError:
+            raise
+        except Exception as exc:  # the user's model: any failure becomes one line
+            msg = " ".join(str(exc).split())
+            raise InputError(
+                f"the model failed on {len(idx)} texts of {ds.source}: {type(exc).__name__}: {msg}; "
+                "give the tokenizer the model was trained with"
+            ) from None
+        return _check_logits(out, len(idx), ds.source, num_classes)
     x = ds.x[idx]
     shape = tuple(int(s) for s in x.shape[1:])
     try:
@@ -254,10 +452,15 @@ def probe_model(model: Classifier, ds: ArrayDataset, num_classes: int | None = N
             f"the model failed on {len(idx)} inputs of {ds.source} of shape {shape}: {type(exc).__name__}: {msg}; "
             "give inputs of the shape the model takes (see --image-size, --channels)"
         ) from None
-    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != len(idx):
+    return _check_logits(out, len(idx), ds.source, num_classes)
+
+
+def _check_logits(out: Any, n: int, source: str, num_classes: int | None) -> int:
+    """K, after checking that ``out`` is finite logits (n, K), K >= 2 (= ``num_classes`` when given)."""
+    if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != n:
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise InputError(
-            f"model output must be logits of shape (N, K), got {got} for {len(idx)} inputs of {ds.source}; "
+            f"model output must be logits of shape (N, K), got {got} for {n} inputs of {source}; "
             "wrap the model so forward() returns one logits tensor"
         )
     k = int(out.shape[1])
@@ -268,14 +471,14 @@ def probe_model(model: Classifier, ds: ArrayDataset, num_classes: int | None = N
         )
     if num_classes is not None and k != num_classes:
         raise InputError(
-            f"the model returned {k} logits for {ds.source} but {num_classes} for the test data; "
+            f"the model returned {k} logits for {source} but {num_classes} for the test data; "
             "return one logit per class for every input"
         )
     bad = ~torch.isfinite(out).all(dim=1)
     if bad.any():
         raise InputError(
-            f"the model returned NaN or infinite logits for {int(bad.sum())} of {len(idx)} probe inputs of "
-            f"{ds.source}; fix the model (look for NaN weights, division by zero, log of 0) before auditing it"
+            f"the model returned NaN or infinite logits for {int(bad.sum())} of {n} probe inputs of "
+            f"{source}; fix the model (look for NaN weights, division by zero, log of 0) before auditing it"
         )
     return k
 
@@ -289,12 +492,15 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
     Without it, folders are read as RGB (or as ``config.channels``) and :func:`validate` checks
     the rest.
     """
+    if model is not None and modality_of(model) == "text":
+        return _resolve_text_data(config, model)
+    spec = data_spec(config, model)
     channels = config.channels
-    if channels is None and model is not None and _is_folder(config.data) and config.image_size is not None:
+    if channels is None and model is not None and _is_folder(spec) and config.image_size is not None:
         channels = model_channels(model, tuple(config.image_size))  # type: ignore[arg-type]
-    test = _load(config.data, "data", "test", None, config.image_size, channels or 3)
-    if config.data in zoo.dataset_names() and test.kind != "in":
-        raise InputError(f"{config.data!r} is an OOD set; pass in-distribution data with --data")
+    test = _load(spec, "data", "test", None, config.image_size, channels or 3)
+    if spec in zoo.dataset_names() and test.kind != "in":
+        raise InputError(f"{spec!r} is an OOD set; pass in-distribution data with --data")
     if channels is None and model is not None:
         channels = model_channels(model, (int(test.x.shape[2]), int(test.x.shape[3])), prefer=int(test.x.shape[1]))
     folder_channels = channels or int(test.x.shape[1])
@@ -313,8 +519,8 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
 
     if config.val is not None:
         val = load_checked(config.val, "val", "val", None)
-    elif config.data in zoo.dataset_names():
-        val = _with_source(zoo.load_dataset(config.data, "val"), f"the validation split of zoo data {config.data!r}")
+    elif spec in zoo.dataset_names():
+        val = _with_source(zoo.load_dataset(spec, "val"), f"the validation split of zoo data {spec!r}")
     else:
         if len(test) < 10:
             raise InputError(f"{test.source} has {len(test)} inputs; give at least 10, or pass --val")
@@ -323,15 +529,15 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
         val = test.subset(
             perm[:cut],
             name=f"{test.name}-val",
-            source=f"--data {config.data} (the share of the test data held out for validation)",
+            source=f"--data {spec} (the share of the test data held out for validation)",
         )
         test = test.subset(perm[cut:])
     train = None
     if config.train is not None:
         train = load_checked(config.train, "train", "train", None)
-    elif config.data in zoo.dataset_names() and config.val is None:
-        train = _with_source(zoo.load_dataset(config.data, "train"), f"the training split of zoo data {config.data!r}")
-    ood_specs = config.ood if config.ood is not None else zoo.ood_names()
+    elif spec in zoo.dataset_names() and config.val is None:
+        train = _with_source(zoo.load_dataset(spec, "train"), f"the training split of zoo data {spec!r}")
+    ood_specs = config.ood if config.ood is not None else zoo_ood_names("image")
     ood: dict[str, ArrayDataset] = {}
     for spec in ood_specs:
         ds = load_checked(spec, "ood", "test", shape)  # type: ignore[arg-type]
@@ -341,7 +547,7 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
     return AuditData(test=test, val=val, train=train, ood=ood)
 
 
-def _sources(data: AuditData) -> list[ArrayDataset]:
+def _sources(data: AuditData) -> list[Any]:
     sets = [data.test, data.val]
     if data.train is not None:
         sets.append(data.train)
@@ -361,6 +567,14 @@ def validate(model: Classifier, data: AuditData, channels: int | None = None) ->
     """
     sets = _sources(data)
     first = data.test
+    if isinstance(first, TextDataset):
+        k = probe_model(model, first)
+        for ds in sets:
+            if not isinstance(ds, TextDataset):
+                raise InputError(f"{ds.source} holds images but the test data is text; give text for every data set")
+            core.validate_text_dataset(ds, k)
+            probe_model(model, ds, k)
+        return
     validate_dataset(first, None, channels, _ASKED)
     k = probe_model(model, first)
     takes = int(first.x.shape[1])  # the probe passed: the model takes the test data's channels
@@ -382,9 +596,11 @@ def prepare_inputs(config: AuditConfig, checks: Sequence[Check] | None = None) -
     The one call the engine makes before it creates a run: :func:`validate_config`,
     :func:`resolve_model`, :func:`resolve_data` (with the model, so folders get its channels)
     and :func:`validate`. Any problem raises :class:`InputError` before anything is stored.
+    ``config.data`` is set to the data's name when it was None (:func:`data_spec`).
     """
     validate_config(config, checks)
     model = resolve_model(config.model, config.weights, config.device)
+    config.data = data_spec(config, model)  # None: the model's zoo data (the run records the name)
     data = resolve_data(config, model)
     validate(model, data, config.channels)
     return model, data

@@ -34,13 +34,18 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 
 
 @click.command()
-@click.option("--model", cls=EntryDefault, default_from=CONFIG, help="Zoo model name, or path/to/file.py:factory.")
+@click.option(
+    "--model",
+    cls=EntryDefault,
+    default_from=CONFIG,
+    help="Zoo model name (e.g. minilm-mr), path/to/file.py:factory, or a folder with a saved transformers "
+    "sequence classifier and its tokenizer.",
+)
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option(
     "--data",
-    cls=EntryDefault,
-    default_from=CONFIG,
-    help="Test data: zoo name, .npz file (arrays x, y) or image folder.",
+    help="Test data: zoo name, .npz file (arrays x, y) or image folder; for a text model a zoo text set, .csv, "
+    ".jsonl or a saved Hugging Face dataset folder.  [default: the zoo data of a zoo model, else digits]",
 )
 @click.option("--val", help="Validation data (same forms); default: the zoo split, or 30% held out of --data.")
 @click.option("--train", "train_data", help="Training data (optional; detectors fit on it when given).")
@@ -49,6 +54,8 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 )
 @click.option("--image-size", nargs=2, type=int, help="H W to resize image folders to.")
 @click.option("--channels", type=int, help="Convert image folders to 1 or 3 channels.  [default: the model's]")
+@click.option("--text-column", cls=EntryDefault, default_from=CONFIG, help="Text column of text data files.")
+@click.option("--label-column", cls=EntryDefault, default_from=CONFIG, help="Label column of text data files.")
 @click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--seed", type=int, cls=EntryDefault, default_from=CONFIG, help="Run seed.")
@@ -71,6 +78,8 @@ def audit(
     ood: tuple[str, ...],
     image_size: tuple[int, int] | None,
     channels: int | None,
+    text_column: str | None,
+    label_column: str | None,
     checks: tuple[str, ...],
     config_path: str | None,
     seed: int | None,
@@ -87,6 +96,8 @@ def audit(
     """Audit a model: run every check, store every number, write one HTML report.
 
     With no arguments it audits the embedded digits-cnn on the digits data and all embedded OOD sets.
+    A text model (`--model minilm-mr`, or a saved transformers classifier folder with --data) runs
+    every check that applies to text; the others are stored as not applicable, with the reason.
     Exit codes: 0 ok, 1 a gate failed, 2 bad usage or bad input.
     """
     import json
@@ -106,6 +117,8 @@ def audit(
         ("device", device),
         ("batch_size", batch_size),
         ("channels", channels),
+        ("text_column", text_column),
+        ("label_column", label_column),
     ):
         if value is not None:
             setattr(cfg, name, value)
@@ -141,6 +154,7 @@ def audit(
         click.echo(json.dumps(_payload(result), indent=1))
     else:
         _print_summary(result)
+    _warn_truncated(result.rows)
     if result.gate_failures:
         for f in result.gate_failures:
             line("gate failed:", str(f))
@@ -166,6 +180,21 @@ def _interrupted(stop: Any, db: str | None) -> NoReturn:
             f"continue with: {resume_command(click.get_current_context())}",
         )
     sys.exit(exit_code_for(stop.signum))
+
+
+def _warn_truncated(rows: Any) -> None:
+    """One warning line on stderr when texts of a hazard were cut at the model's maximum length."""
+    from mlsafety.audit import TRUNCATED
+
+    cut = {r.hazard: r for r in rows if r.metric == TRUNCATED and r.value > 0}
+    if cut:
+        counts = ", ".join(f"{h} {int(r.value)} of {r.n}" for h, r in cut.items())
+        limit = next(iter(cut.values())).params.get("max_length")
+        line(
+            "warning:",
+            f"texts longer than the model's maximum length ({limit} tokens) were truncated: {counts}",
+            style="bold yellow",
+        )
 
 
 def _payload(result: Any) -> dict[str, Any]:

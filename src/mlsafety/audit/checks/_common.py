@@ -8,6 +8,7 @@
   member, a scanner, a detector): ``metric_name("certified_accuracy_sigma", 0.25)`` is
   ``certified_accuracy_sigma_0_25``. Names are built, never parsed back: a view reads the identity
   from the row's params, or builds the name it looks for from them.
+* :func:`truncation_rows`: the warning row of a text hazard (texts cut at the model's maximum length).
 * :class:`ScoreCache`: the library's OOD score cache bound to the audit's shared forward outputs
   (each of the ``ood``, ``ood-basic``, ``selective`` checks makes one; within a check, every detector
   is fitted once and every hazard scored once).
@@ -18,15 +19,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from mlsafety.audit._check import TaskResult
-from mlsafety.core import InputError
+from mlsafety.audit._check import COUNT, TRUNCATED, Row, TaskResult
+from mlsafety.core import Hazard, InputError
 from mlsafety.monitoring import ood
 
 if TYPE_CHECKING:
     from mlsafety.audit._check import Check
     from mlsafety.audit._context import AuditContext
 
-__all__ = ["ScoreCache", "bind", "metric_name", "params_of"]
+__all__ = ["ScoreCache", "bind", "metric_name", "params_of", "truncation_rows"]
 
 
 def bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
@@ -65,6 +66,17 @@ def metric_name(*parts: object) -> str:
     """
     text = "_".join(f"{p:g}" if isinstance(p, float) else str(p) for p in parts)
     return text.replace("-", "_").replace(".", "_")
+
+
+def truncation_rows(ctx: AuditContext, hazard: Hazard | str) -> list[Row]:
+    """For a text model, the warning row of ``hazard``: how many of its texts the shared forward pass
+    truncated at the model's maximum length (:data:`~mlsafety.audit._check.TRUNCATED`, a count, also
+    when it is 0); none for an image model."""
+    if ctx.modality != "text":
+        return []
+    out, n = ctx.outputs(hazard), len(ctx.hazard(hazard))
+    limit = ctx.model.max_length or getattr(ctx.model.tokenizer, "model_max_length", None)
+    return [Row.exact(str(Hazard.parse(hazard)), TRUNCATED, float(out.truncated), COUNT, n, max_length=limit)]
 
 
 class ScoreCache(ood.ScoreCache):

@@ -22,6 +22,7 @@ METRICS = list(cal.METRICS)
 @register_check("calibration")
 class Calibration(Check):
     pillar = "monitoring"
+    modalities = ("image", "text")
     title = "Calibration"
     description = (
         "ECE (equal-width and equal-mass bins), MCE, RMS calibration error, classwise ECE, Brier score and NLL on the "

@@ -40,6 +40,7 @@ def metric_rows(
 @register_check("calibration-basic")
 class CalibrationBasic(Check):
     pillar = "monitoring"
+    modalities = ("image", "text")
     title = "Calibration (baseline)"
     description = (
         "Expected calibration error (equal-width bins of the max softmax probability), Brier score and negative "

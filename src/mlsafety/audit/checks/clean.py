@@ -9,7 +9,7 @@ import torch
 
 from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import metric_name
+from mlsafety.audit.checks._common import metric_name, truncation_rows
 from mlsafety.audit.views.clean import CAPTION, CleanView, confusion_png
 from mlsafety.core import Hazard
 from mlsafety.metrics import accuracy
@@ -21,12 +21,14 @@ CLEAN = Hazard.clean()
 @register_check("clean")
 class Clean(Check):
     pillar = "performance"
+    modalities = ("image", "text")
     title = "Clean accuracy"
     description = (
         "Top-1 accuracy on the in-distribution test data with its exact (Clopper-Pearson) 95% interval, "
-        "accuracy per class and the confusion matrix."
+        "accuracy per class and the confusion matrix. For text, how many test texts were truncated at the model's "
+        "maximum length (a warning when any was)."
     )
-    metrics = ("accuracy", "class_*_accuracy")
+    metrics = ("accuracy", "class_*_accuracy", "truncated_inputs")
     view = CleanView
 
     def run(self, ctx: AuditContext) -> TaskResult:
@@ -41,4 +43,5 @@ class Clean(Check):
                 rows.append(Row.of(str(CLEAN), metric_name("class", c, "accuracy"), est, label=c))
         confusion = torch.zeros(k, k, dtype=torch.long, device=y.device)
         confusion.index_put_((y, pred), torch.ones_like(y), accumulate=True)
+        rows += truncation_rows(ctx, CLEAN)
         return TaskResult(rows, [Artifact("confusion-matrix", confusion_png(confusion.cpu()), caption=CAPTION)])

@@ -10,7 +10,8 @@ Nothing is recomputed: the check reads every hazard's inputs and forward outputs
 (``ctx.hazard``, ``ctx.outputs``), the ones other enabled checks declared (``ctx.planned_hazards``,
 typed: an adversarial hazard carries its attack, ``eps`` and ``norm``) plus ``clean`` and every OOD
 set. The monitor is chosen on validation data only (clean validation inputs and synthetic outliers
-made from them, :func:`mlsafety.core.transform_mix_outliers`), never on the test hazards.
+made from them: :func:`mlsafety.core.transform_mix_outliers` for images, :func:`word_shuffle_outliers`
+for text), never on the test hazards.
 
 Configuration (``mlsafety audit --config ci.toml``), e.g. for a CI pipeline::
 
@@ -40,7 +41,7 @@ from mlsafety.audit._check import Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks._common import bind
 from mlsafety.audit.views.defence_in_depth import DefenceInDepthView, fmea_report_table, swiss_cheese_artifact
-from mlsafety.core import Hazard, InputError, Outputs, forward, transform_mix_outliers
+from mlsafety.core import Hazard, InputError, Outputs, TextDataset, Texts, forward, transform_mix_outliers
 from mlsafety.monitoring import ood
 from mlsafety.robustness.attacks import PGD
 from mlsafety.systemic import (
@@ -87,6 +88,7 @@ class _State:
 @register_check("defence-in-depth")
 class DefenceInDepth(Check):
     pillar = "systemic"
+    modalities = ("image", "text")
     title = "Defence in depth"
     description = (
         "For every hazard of the audit, each input is served correctly, a false alarm, a failure caught by the "
@@ -139,6 +141,9 @@ class DefenceInDepth(Check):
         if ctx.model.head is None and names == DEFAULT_MONITORS:  # no features to read: logit detectors only
             names = [n for n in names if "features" not in ood.DETECTORS.get(n).needs]
         for n in names:
+            if ctx.modality not in ood.modalities(n):
+                raise InputError(f"monitor detector {n!r} does not work on {ctx.modality} models; "
+                                 f"use detectors tagged {ctx.modality!r} (`mlsafety ood list`)")  # fmt: skip
             if not ood.DETECTORS.get(n).needs <= ood.SHARED_NEEDS:
                 raise InputError(
                     f"monitor detector {n!r} needs {sorted(ood.DETECTORS.get(n).needs - ood.SHARED_NEEDS)}; "
@@ -185,7 +190,8 @@ class DefenceInDepth(Check):
             ctx = state.ctx
             val = ctx.data.val
             val_set = ev.scored(val.x, ctx.outputs_for(val), val.y)
-            outliers = transform_mix_outliers(val, ctx.generator(self.name, "outliers"))
+            g = ctx.generator(self.name, "outliers")
+            outliers = transform_mix_outliers(val, g) if ctx.modality == "image" else word_shuffle_outliers(val, g)
             out_set = ev.scored(outliers.x, forward(ctx.model, outliers.x, ctx.batch_size), outliers.y)
             ev.choose(val_set, out_set)
         return ev.monitor
@@ -299,6 +305,22 @@ class DefenceInDepth(Check):
         outcomes = {h: r.outcome for h, r in results.items()}
         adaptive = {h: r.adaptive for h, r in results.items() if r.adaptive is not None}
         return TaskResult(rows, [swiss_cheese_artifact(outcomes, adaptive, self._choose(state).name)])
+
+
+def word_shuffle_outliers(val: TextDataset, g: torch.Generator) -> TextDataset:
+    """Synthetic text outliers for choosing the monitor: each validation text with its words in a
+    seeded random order (the vocabulary stays in distribution, the sentence does not), labels -1.
+
+    The text counterpart of :func:`mlsafety.core.transform_mix_outliers` (which needs pixels).
+    """
+    shuffled = []
+    for text in val.x:
+        words = text.split()
+        order = torch.randperm(len(words), generator=g).tolist()
+        shuffled.append(" ".join(words[i] for i in order))
+    y = torch.full((len(shuffled),), -1, dtype=torch.int64)
+    return TextDataset(Texts(shuffled), y, name=f"{val.name}-word-shuffle", kind="far",
+                       description="validation texts with their words shuffled")  # fmt: skip
 
 
 def _exposure(exposure: Mapping[str, float]) -> dict[Hazard, float]:

@@ -13,7 +13,7 @@ import torch
 
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import ScoreCache, bind
+from mlsafety.audit.checks._common import ScoreCache, bind, truncation_rows
 from mlsafety.audit.checks.ood_basic import detector_rows, ood_hazards
 from mlsafety.audit.views.ood import OODView
 from mlsafety.audit.views.ood_basic import FPR_NOTE, histograms_png, roc_png
@@ -33,13 +33,17 @@ TUNE_GRIDS: dict[str, dict[str, list[Any]]] = {
 
 
 def applicable(ctx: AuditContext) -> list[str]:
-    """Detectors that can run on the audited model, sorted: none that needs features without a Linear
-    head, dropout layers the model lacks (tag ``needs-dropout``) or several models (``needs-members``)."""
+    """Detectors that can run on the audited model, sorted: none for another modality
+    (:func:`mlsafety.monitoring.ood.modalities`: on text, only those fed by the shared forward pass),
+    none that needs features without a Linear head, dropout layers the model lacks (tag
+    ``needs-dropout``) or several models (``needs-members``)."""
     has_head = ctx.model.head is not None
     has_dropout = bool(ood.dropout_layers(ctx.model.module))
     names = []
     for name in ood.available():
         tags = ood.DETECTORS.tags(name)
+        if ctx.modality not in ood.modalities(name):
+            continue
         if ood.NEEDS_MEMBERS in tags or ("features" in ood.DETECTORS.get(name).needs and not has_head):
             continue
         if ood.NEEDS_DROPOUT in tags and not has_dropout:
@@ -62,6 +66,7 @@ def group_hazard(kind: str) -> str:
 @register_check("ood")
 class OOD(Check):
     pillar = "monitoring"
+    modalities = ("image", "text")
     title = "OOD detection"
     description = (
         "Every applicable detector, fitted on in-distribution data only, scored on the test data against each OOD "
@@ -80,7 +85,8 @@ class OOD(Check):
         "params": {},
     }
     quick: ClassVar[dict[str, Any]] = {"detectors": "quick", "n_boot": 200}
-    metrics = (*OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS))  # plain for the default, then per detector
+    # plain for the default, then per detector, then the warning row of texts cut at the maximum length
+    metrics = (*OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS), "truncated_inputs")
     """The full profile uses 200 resamples too: with ~20 detectors x (sets + groups) intervals, 500 would
     double the check's time for intervals that move in the third decimal."""
     view = OODView
@@ -111,8 +117,12 @@ class OOD(Check):
         hazards = self.hazards(ctx)
         if not hazards:
             return []
+        tune = self.params["tune"] or self.params["tune_on_ood"]
+        if tune and ctx.modality != "image":
+            raise InputError(f"the ood check's tune and tune_on_ood need image inputs (synthetic outliers "
+                             f"made of pixels); turn them off for a {ctx.modality} model")  # fmt: skip
         cache = ScoreCache(ctx, self.names(ctx), self.params["params"])
-        if self.params["tune"] or self.params["tune_on_ood"]:
+        if tune:
             cache.prepare = lambda: self._tune(ctx, cache)
         tasks = [Task(h, bind(self._task, ctx, cache, h)) for h in hazards]
         kinds = sorted({self._kind(ctx, h) for h in hazards})
@@ -136,7 +146,7 @@ class OOD(Check):
                 hazard, name, sid[name], sout[name], self.params["n_boot"], seed,
                 plain=name == self.params["default"], kind=kind, **cache.info[name],
             )  # fmt: skip
-        return TaskResult(rows)
+        return TaskResult(rows + truncation_rows(ctx, hazard))
 
     def _group(self, ctx: AuditContext, cache: ScoreCache, kind: str) -> TaskResult:
         sets = [h for h in self.hazards(ctx) if self._kind(ctx, h) == kind]

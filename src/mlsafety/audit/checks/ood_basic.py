@@ -15,7 +15,7 @@ import torch
 
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import ScoreCache, bind
+from mlsafety.audit.checks._common import ScoreCache, bind, truncation_rows
 from mlsafety.audit.views.ood_basic import FPR_NOTE, OODBasicView, detector_metric, histograms_png
 from mlsafety.core import Hazard, derive_seed
 from mlsafety.metrics import OOD_METRICS, ood_metrics
@@ -54,6 +54,7 @@ def ood_hazards(ctx: AuditContext) -> list[str]:
 @register_check("ood-basic")
 class OODBasic(Check):
     pillar = "monitoring"
+    modalities = ("image", "text")
     title = "OOD detection (baseline)"
     description = (
         "Maximum softmax probability and Energy, fitted on nothing, scored on the test data against every OOD set: "
@@ -61,7 +62,8 @@ class OODBasic(Check):
     )
     defaults: ClassVar[dict[str, Any]] = {"detectors": ["msp", "energy"], "default": "msp", "n_boot": 500}
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
-    metrics = (*OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS))  # plain for the default, then per detector
+    # plain for the default, then per detector, then the warning row of texts cut at the maximum length
+    metrics = (*OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS), "truncated_inputs")
     view = OODBasicView
 
     def hazards(self, ctx: AuditContext) -> list[str]:
@@ -83,7 +85,7 @@ class OODBasic(Check):
                 hazard, name, sid[name], sout[name], self.params["n_boot"], seed, plain=name == self.params["default"],
                 **cache.info[name],
             )  # fmt: skip
-        return TaskResult(rows)
+        return TaskResult(rows + truncation_rows(ctx, hazard))
 
     def _plots(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
         sid = cache.scores("clean")

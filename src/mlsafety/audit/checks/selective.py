@@ -23,6 +23,7 @@ METRICS = sel.METRICS
 @register_check("selective")
 class Selective(Check):
     pillar = "monitoring"
+    modalities = ("image", "text")
     title = "Selective prediction"
     description = (
         "Risk-coverage analysis on the test data: the model answers when its confidence (minus a detector's anomaly "

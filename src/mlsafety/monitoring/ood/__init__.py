@@ -12,11 +12,13 @@ Example:
 from mlsafety.monitoring.ood.ash import ASH
 from mlsafety.monitoring.ood.base import (
     DETECTORS,
+    IMAGE,
     KNOWN_NEEDS,
     NEEDS_DROPOUT,
     NEEDS_MEMBERS,
     QUICK,
     SHARED_NEEDS,
+    TEXT,
     Detector,
     available,
     create,
@@ -35,7 +37,7 @@ from mlsafety.monitoring.ood.engine import (
     sharing,
 )
 from mlsafety.monitoring.ood.entropy import Entropy
-from mlsafety.monitoring.ood.evaluation import InputSource, ScoreCache, evaluate
+from mlsafety.monitoring.ood.evaluation import InputSource, ScoreCache, evaluate, modalities
 from mlsafety.monitoring.ood.fdbd import FDBD
 from mlsafety.monitoring.ood.gen import GEN
 from mlsafety.monitoring.ood.gradnorm import GradNorm
@@ -63,6 +65,7 @@ __all__ = [
     "DICE",
     "FDBD",
     "GEN",
+    "IMAGE",
     "KNN",
     "KNOWN_NEEDS",
     "MSP",
@@ -74,6 +77,7 @@ __all__ = [
     "SCALE",
     "SHARED_NEEDS",
     "SHE",
+    "TEXT",
     "BankDetector",
     "DeepEnsemble",
     "Detector",
@@ -103,6 +107,7 @@ __all__ = [
     "evaluate",
     "fit_detectors",
     "kth_largest",
+    "modalities",
     "predictive_uncertainty",
     "register",
     "reuse",

@@ -13,7 +13,8 @@ A detector turns inputs into anomaly scores (higher = more anomalous). It declar
 Hyper-parameters are declared with :class:`~mlsafety.core.Param` (the family kit gives the
 constructor, validation, ``repr``, ``get_params`` and the parameters stored in result rows);
 registry tags select groups of detectors (:data:`QUICK`: the handful of the quick audit profile and
-of ``mlsafety ood eval``; :data:`NEEDS_DROPOUT`, :data:`NEEDS_MEMBERS`: what a model must offer).
+of ``mlsafety ood eval``; :data:`IMAGE`, :data:`TEXT`: the modalities a detector supports;
+:data:`NEEDS_DROPOUT`, :data:`NEEDS_MEMBERS`: what a model must offer).
 
 Example:
     >>> det = DETECTORS.create("energy").fit(model, train_data)
@@ -47,6 +48,12 @@ KNOWN_NEEDS = frozenset({"logits", "features", "grad", "input-grad", "multi-pass
 QUICK = "quick"
 """Tag of the detectors of the quick audit profile and of ``mlsafety ood eval``'s default (logit,
 distance and shaping families)."""
+IMAGE = "image"
+"""Tag of detectors that work on image models (each one does)."""
+TEXT = "text"
+"""Tag of detectors that work on text models: those fed by the shared forward pass (logits and the
+head's input features). Detectors that perturb or differentiate the input (ODIN) or run the inputs
+through the model again (MC dropout, ensembles) are image-only: they need pixel inputs."""
 NEEDS_DROPOUT = "needs-dropout"
 """Tag of detectors that need dropout layers in the model."""
 NEEDS_MEMBERS = "needs-members"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mlsafety.core import Classifier, InputError, ModelLike, Param, as_classifier, check_images, frozen
-from mlsafety.monitoring.ood.base import NEEDS_MEMBERS, Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, NEEDS_MEMBERS, Detector, register
 
 STATISTICS = ("entropy", "mutual-information")
 
@@ -32,7 +32,7 @@ def predictive_uncertainty(probs: torch.Tensor, statistic: str = "entropy") -> t
     return (total - each).clamp_min(0)
 
 
-@register("deep-ensemble", tags=(NEEDS_MEMBERS,))
+@register("deep-ensemble", tags=(NEEDS_MEMBERS, IMAGE))
 class DeepEnsemble(Detector):
     """Anomaly score = predictive entropy or mutual information of an ensemble of models.
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import QUICK, Detector, energy_of, register
+from mlsafety.monitoring.ood.base import IMAGE, QUICK, TEXT, Detector, energy_of, register
 
 
-@register("energy", tags=(QUICK,))
+@register("energy", tags=(QUICK, IMAGE, TEXT))
 class Energy(Detector):
     """Anomaly score = free energy ``-T logsumexp(logits / T)``.
 

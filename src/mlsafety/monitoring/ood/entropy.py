@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, register
 
 
-@register("entropy")
+@register("entropy", tags=(IMAGE, TEXT))
 class Entropy(Detector):
     """Anomaly score ``H(p) = -sum_k p_k log p_k`` with ``p = softmax(logits)`` (nats)."""
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from mlsafety.core import Hazard, InputError, ModelLike, Outputs, as_classifier, derive_seed
+from mlsafety.core import Hazard, InputError, ModelLike, Outputs, as_classifier, derive_seed, modality_of
 from mlsafety.metrics import Estimate, ood_metrics
-from mlsafety.monitoring.ood.base import DETECTORS, Detector
+from mlsafety.monitoring.ood.base import DETECTORS, IMAGE, TEXT, Detector
 from mlsafety.monitoring.ood.engine import FitData, detector_keys, fit_detectors, score_detectors
 
 InputSource = Mapping[str, torch.Tensor] | Callable[[str], tuple[torch.Tensor, Outputs | None]]
@@ -35,6 +35,10 @@ class ScoreCache:
     The detectors are created and fitted on first use (:attr:`detectors`), every one that needs only
     logits and features from one forward pass; each input set is scored by all of them in one engine
     call (:func:`~mlsafety.monitoring.ood.score_detectors`) and kept on the CPU by key.
+
+    A detector must work on the model's modality (:func:`modalities`: a text classifier takes the
+    detectors tagged :data:`~mlsafety.monitoring.ood.TEXT`, those fed by the shared pass); another is
+    refused with one line.
 
     Args:
         model: the classifier.
@@ -63,9 +67,15 @@ class ScoreCache:
         self.model = as_classifier(model)
         self.fit_data = fit_data
         self._specs = list(detectors)
+        modality = modality_of(self.model)
         for d in self._specs:
-            if isinstance(d, str):
-                DETECTORS.get(d)  # an unknown name fails now, with a suggestion
+            name = d if isinstance(d, str) else d.name
+            if modality not in modalities(name):  # an unknown name fails here, with a suggestion
+                able = DETECTORS.tagged(modality)
+                raise InputError(
+                    f"detector {name!r} does not work on {modality} models ({needs_phrase(name)}); "
+                    f"use one of: {', '.join(able)}"
+                )
         self.names = detector_keys([d if isinstance(d, str) else d.name for d in self._specs])
         """The detectors' keys, in the order given."""
         self.params = {k: dict((params or {}).get(k, {})) for k in self.names}
@@ -130,6 +140,23 @@ class ScoreCache:
         if key not in self.inputs:
             raise InputError(f"no input set {key!r}; this cache has: {', '.join(self.inputs) or 'none'}")
         return self.inputs[key], None
+
+
+def modalities(name: str) -> frozenset[str]:
+    """The modalities detector ``name`` works on: its :data:`IMAGE` / :data:`TEXT` tags (a detector
+    registered with neither, e.g. a user's own, is taken as image-only)."""
+    tags = DETECTORS.tags(name) & {IMAGE, TEXT}
+    return tags or frozenset({IMAGE})
+
+
+def needs_phrase(name: str) -> str:
+    """What detector ``name`` needs that another modality lacks (``image-only: needs pixel inputs``)."""
+    tags = modalities(name)
+    if TEXT not in tags:
+        return "image-only: needs pixel inputs"
+    if IMAGE not in tags:
+        return "text-only: needs text inputs"
+    return "works on image and text models"
 
 
 def evaluate(

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, register
 
 
-@register("gen")
+@register("gen", tags=(IMAGE, TEXT))
 class GEN(Detector):
     """Anomaly score ``G_gamma(p) = sum over the top-M probabilities of p^gamma (1 - p)^gamma``.
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import Detector, features_of, register
+from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, features_of, register
 from mlsafety.monitoring.ood.engine import float64
 
 
-@register("gradnorm")
+@register("gradnorm", tags=(IMAGE, TEXT))
 class GradNorm(Detector):
     """Anomaly score ``-||d KL(u || softmax(logits / T)) / d W||_1``, the L1 norm of the gradient
     with respect to the head's weight of the KL divergence to the uniform distribution ``u``.

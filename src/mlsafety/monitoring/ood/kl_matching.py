@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, register
 
 
-@register("kl-matching")
+@register("kl-matching", tags=(IMAGE, TEXT))
 class KLMatching(Detector):
     """Anomaly score ``min_k KL(p || d_k)``, where ``d_k`` is the mean softmax of in-distribution
     inputs the model assigns to class ``k`` (predicted, not true, classes, as in the paper).

@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import QUICK, register
+from mlsafety.monitoring.ood.base import IMAGE, QUICK, TEXT, register
 from mlsafety.monitoring.ood.search import BankDetector, Search
 
 
-@register("knn", tags=(QUICK,))
+@register("knn", tags=(QUICK, IMAGE, TEXT))
 class KNN(BankDetector):
     """Anomaly score = distance from the L2-normalised feature to its ``k``-th nearest neighbour
     among the normalised in-distribution features (exact search in torch, in batches).

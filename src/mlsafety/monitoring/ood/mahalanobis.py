@@ -8,7 +8,7 @@ from typing import TypeAlias
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import QUICK, Detector, features_of, register
+from mlsafety.monitoring.ood.base import IMAGE, QUICK, TEXT, Detector, features_of, register
 from mlsafety.monitoring.ood.engine import float64, reuse
 
 
@@ -86,7 +86,7 @@ def shared_mahalanobis_sq(
     )
 
 
-@register("mahalanobis", tags=(QUICK,))
+@register("mahalanobis", tags=(QUICK, IMAGE, TEXT))
 class Mahalanobis(Detector):
     """Anomaly score ``min_k (f - mu_k)^T Sigma^+ (f - mu_k)`` on penultimate features ``f``.
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import QUICK, Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, QUICK, TEXT, Detector, register
 
 
-@register("max-logit", tags=(QUICK,))
+@register("max-logit", tags=(QUICK, IMAGE, TEXT))
 class MaxLogit(Detector):
     """Anomaly score ``-max_k logits_k``."""
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from mlsafety.core import Classifier, InputError, Param, check_images, draw_seed, frozen, generator
-from mlsafety.monitoring.ood.base import NEEDS_DROPOUT, Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, NEEDS_DROPOUT, Detector, register
 from mlsafety.monitoring.ood.deep_ensemble import STATISTICS, predictive_uncertainty
 
 _DROPOUT = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout)
@@ -18,7 +18,7 @@ def dropout_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, _DROPOUT)]
 
 
-@register("mc-dropout", tags=(NEEDS_DROPOUT,))
+@register("mc-dropout", tags=(NEEDS_DROPOUT, IMAGE))
 class MCDropout(Detector):
     """Anomaly score = predictive entropy or mutual information over ``samples`` forward passes
     with dropout active (every other layer, e.g. batch norm, stays in eval mode).

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import QUICK, Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, QUICK, TEXT, Detector, register
 
 
-@register("msp", tags=(QUICK,))
+@register("msp", tags=(QUICK, IMAGE, TEXT))
 class MSP(Detector):
     """Anomaly score ``-max_k softmax(logits)_k``: the less confident, the more anomalous."""
 

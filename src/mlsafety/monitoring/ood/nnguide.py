@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import register
+from mlsafety.monitoring.ood.base import IMAGE, TEXT, register
 from mlsafety.monitoring.ood.search import BankDetector, Search
 
 
-@register("nnguide")
+@register("nnguide", tags=(IMAGE, TEXT))
 class NNGuide(BankDetector):
     """Anomaly score ``-(logsumexp(logits) * g(f))`` with guidance ``g(f)`` = the mean of the ``k``
     largest inner products between the normalised feature and the bank of normalised

@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Param, check_images, frozen
-from mlsafety.monitoring.ood.base import Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, Detector, register
 
 
-@register("odin")
+@register("odin", tags=(IMAGE,))
 class ODIN(Detector):
     """Anomaly score ``-max softmax(f(x') / T)`` with ``x' = clip(x + eps * sign(grad_x log S_max(x)))``.
 

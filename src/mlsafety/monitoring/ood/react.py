@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import QUICK, Detector, energy_of, features_of, head_of, register
+from mlsafety.monitoring.ood.base import IMAGE, QUICK, TEXT, Detector, energy_of, features_of, head_of, register
 
 
-@register("react", tags=(QUICK,))
+@register("react", tags=(QUICK, IMAGE, TEXT))
 class ReAct(Detector):
     """Anomaly score = energy of the logits recomputed from features clipped at ``c``:
     ``-logsumexp(W min(f, c) + b)``.

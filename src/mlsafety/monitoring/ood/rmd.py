@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, register
+from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, features_of, register
 from mlsafety.monitoring.ood.mahalanobis import (
     class_gaussians,
     mahalanobis_sq,
@@ -16,7 +16,7 @@ from mlsafety.monitoring.ood.mahalanobis import (
 )
 
 
-@register("rmd")
+@register("rmd", tags=(IMAGE, TEXT))
 class RMD(Detector):
     """Anomaly score ``min_k [MD_k(f) - MD_0(f)]``.
 

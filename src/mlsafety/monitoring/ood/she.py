@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import Detector, features_of, register
+from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, features_of, register
 from mlsafety.monitoring.ood.engine import float64
 
 
-@register("she")
+@register("she", tags=(IMAGE, TEXT))
 class SHE(Detector):
     """Anomaly score ``-<f, m_c>``: minus the inner product of the feature with the stored pattern
     ``m_c`` of its predicted class ``c``.

@@ -6,10 +6,10 @@ import torch
 
 from mlsafety.core import Classifier, Outputs, Param
 from mlsafety.monitoring.calibration.scaling import TemperatureScaler
-from mlsafety.monitoring.ood.base import Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, register
 
 
-@register("temperature-msp")
+@register("temperature-msp", tags=(IMAGE, TEXT))
 class TemperatureMSP(Detector):
     """Anomaly score ``-max softmax(logits / T)``.
 
