@@ -36,8 +36,10 @@ def _read_utf8(path: Path, source: str) -> str:
     return content
 
 
-def _label(value: Any, where: str) -> int:
+def _label(value: Any, where: str, column: str) -> int:
     """An integer class index from a cell or JSON value (whole-valued floats accepted)."""
+    if value is None:
+        raise InputError(f"{where} has no value in {column!r}; give every row an integer label")
     if isinstance(value, bool):
         raise InputError(f"{where} has label {value!r}, not an integer class index; number the classes 0..K-1")
     if isinstance(value, int):
@@ -122,7 +124,7 @@ def load_text_csv(
             where = f"row {reader.line_num} of {source}"
             texts.append(_text(row.get(text), where, text))
             if want_label and label is not None:
-                labels.append(_label(row.get(label), where))
+                labels.append(_label(row.get(label), where, label))
     except csv.Error as exc:
         raise InputError(f"cannot read {source} as CSV at line {reader.line_num}: {exc}") from None
     return _dataset(texts, labels if want_label else None, name or path.stem, kind, source, f"texts from {path.name}")
@@ -174,7 +176,7 @@ def load_text_jsonl(
                 raise InputError(f"{where} has no key {key!r} (found {sorted(record)}); pass {arg}= naming the key")
         texts.append(_text(record[text], where, text))
         if want_label and label is not None:
-            labels.append(_label(record[label], where))
+            labels.append(_label(record[label], where, label))
     return _dataset(texts, labels if want_label else None, name or path.stem, kind, source, f"texts from {path.name}")
 
 
@@ -237,7 +239,7 @@ def load_hf_dataset(
             raise InputError(f"{source} has no column {column!r} (found {found}); pass {arg}= naming the column")
     texts = [_text(value, f"row {i} of {source}", text) for i, value in enumerate(table[text])]
     labels = (
-        [_label(value, f"row {i} of {source}") for i, value in enumerate(table[label])]
+        [_label(value, f"row {i} of {source}", label) for i, value in enumerate(table[label])]
         if want_label and label is not None
         else None
     )
