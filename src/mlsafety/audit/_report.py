@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 
 from mlsafety.audit import checks as _checks  # noqa: F401  (registers every check)
 from mlsafety.audit._check import CHECKS, PILLARS, Check, StoredRow, Table, fmt_ci, fmt_value
@@ -94,6 +95,9 @@ def render_report(store: Store, run_id: str) -> str:
             for c, a in artifacts
             if c == name and a.mime.startswith("image/")
         ]
+        # HTML a view draws from its other artifacts (e.g. highlighted text); the view escapes every string.
+        draw = getattr(cls.view, "html_fragments", None) if cls else None
+        fragments = [Markup(f) for f in draw([a for c, a in artifacts if c == name])] if draw else []
         sections[pillar].append(
             {
                 "name": name,
@@ -101,6 +105,7 @@ def render_report(store: Store, run_id: str) -> str:
                 "description": cls.description if cls else "",
                 "seconds": seconds.get(name),
                 "images": images,
+                "fragments": fragments,
                 "tables": tables,
             }
         )

@@ -11,6 +11,13 @@ re-initialised and trained for ``label_epochs`` on permuted labels with the shar
 (the label-randomisation test; off by default, it trains a model). Integrated gradients' completeness
 gap is stored as a numerical health figure. Finally an image per class that maximises its logit
 (Fourier parameterisation, random jitter/scale/rotation).
+
+On a text model the same methods (those tagged ``text``) explain token embeddings, the sanity checks
+re-initialise the head, then each transformer block from the top down, then the embeddings, and
+compare token scores over each sentence's real tokens (Spearman; SSIM is an image measure and is not
+stored). Instead of grids, a few correct, misclassified and OOD test sentences are shown with their
+words highlighted by ``text_method``; adversarial grids and class visualisations are image-only and
+are not drawn for text.
 """
 
 from __future__ import annotations
@@ -26,14 +33,16 @@ from mlsafety.audit._check import DECISION, Artifact, Check, Row, TaskResult, re
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.views.transparency import (
     SANITY_CAPTION,
+    TEXT_SALIENCY_MIME,
     VIS_CAPTION,
     TransparencyView,
     grid_png,
     images_png,
     sanity_metric,
     sanity_png,
+    text_saliency_json,
 )
-from mlsafety.core import ArrayDataset, Hazard, InputError, forward
+from mlsafety.core import ArrayDataset, Hazard, InputError, TextDataset, Texts, forward
 from mlsafety.monitoring import transparency as tr
 
 CLEAN = Hazard.clean()
@@ -50,6 +59,7 @@ def _method(ctx: AuditContext, name: str) -> tr.Attribution:
 @register_check("transparency")
 class Transparency(Check):
     pillar = "monitoring"
+    modalities = ("image", "text")
     title = "Transparency: attributions, sanity checks, feature visualisation"
     description = (
         "Attribution maps on correct, misclassified, adversarial and OOD inputs; sanity checks (Adebayo et al. 2018): "
@@ -67,6 +77,7 @@ class Transparency(Check):
         "adversarial_eps": 0.1,
         "visualize": True,
         "vis_steps": 60,
+        "text_method": "integrated-gradients",
     }
     quick: ClassVar[dict[str, Any]] = {"sanity_inputs": 8, "sanity_modes": ["cascading"], "vis_steps": 40}
     metrics = (
@@ -77,8 +88,14 @@ class Transparency(Check):
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
-        for name in [*p["methods"], *p["grid_methods"]]:
+        for name in [*p["methods"], *p["grid_methods"], p["text_method"]]:
             tr.ATTRIBUTIONS.get(name)  # unknown names fail before any work
+        text = ctx.modality == tr.TEXT
+        if text and "label" in p["sanity_modes"]:
+            raise InputError("label randomisation is not available for text models yet; drop 'label' from sanity_modes")
+        if text and tr.TEXT not in tr.ATTRIBUTIONS.tags(p["text_method"]):
+            raise InputError(f"text_method {p['text_method']!r} does not explain text; choose one of "
+                             f"{', '.join(tr.available(tr.TEXT))}")  # fmt: skip
         data = ctx.hazard(CLEAN)
         pred = ctx.outputs(CLEAN).pred.cpu()
         correct = (pred == data.y).nonzero()[:, 0]
@@ -91,6 +108,9 @@ class Transparency(Check):
         gap = tr.ig_completeness(ctx.model, x_s, pred[pick], ig, seed=ctx.seed_for(CHECK, str(CLEAN), "ig"))
         rows.append(Row.of(str(CLEAN), "ig_completeness_gap", gap, steps=ig.steps, method=ig.method))
 
+        if text:
+            artifacts += self._sentences(ctx, data, order, correct, wrong)  # type: ignore[arg-type]
+            return TaskResult(rows, artifacts)
         artifacts += self._grids(ctx, data, order, correct, wrong)
 
         # -- class visualisations --------------------------------------------------------------
@@ -111,8 +131,9 @@ class Transparency(Check):
         """Rows and the picture of the sanity checks of every method on inputs ``x``."""
         p = self.params
         recipe = _label_recipe(ctx, int(p["label_epochs"])) if "label" in p["sanity_modes"] else None
+        names = [name for name in p["methods"] if ctx.modality in tr.ATTRIBUTIONS.tags(name)]
         report = tr.sanity_summary(
-            {name: _method(ctx, name) for name in p["methods"]}, ctx.model, x, p["sanity_modes"], float(p["threshold"]),
+            {name: _method(ctx, name) for name in names}, ctx.model, x, p["sanity_modes"], float(p["threshold"]),
             generator_for=lambda mode: ctx.generator(CHECK, "sanity", mode),  # every method sees the same re-inits
             seed_for=lambda name, mode: ctx.seed_for(CHECK, str(CLEAN), name, mode),
             train=recipe, data=ctx.data.train,
@@ -123,7 +144,8 @@ class Transparency(Check):
             for mode, s in by_mode.items():
                 common = {"method": name, "mode": mode, "threshold": s.result.threshold, "stages": s.result.stages}
                 rows.append(Row.of(key, sanity_metric(name, mode, "spearman"), s.spearman, **common))
-                rows.append(Row.of(key, sanity_metric(name, mode, "ssim"), s.ssim, **common))
+                if s.ssim is not None:  # text: no SSIM
+                    rows.append(Row.of(key, sanity_metric(name, mode, "ssim"), s.ssim, **common))
                 passed = float(s.passed)
                 rows.append(Row.exact(key, sanity_metric(name, mode, "pass"), passed, DECISION, len(x), **common))
         share = report.pass_share
@@ -162,8 +184,48 @@ class Transparency(Check):
             artifacts.append(Artifact(f"attributions-{slug}", grid_png(xg, target, maps), caption=caption))
         return artifacts
 
+    def _sentences(self, ctx: AuditContext, data: TextDataset, order: torch.Tensor, correct: torch.Tensor,
+                   wrong: torch.Tensor) -> list[Artifact]:  # fmt: skip
+        """Correct, misclassified and OOD test sentences (the first few of ``order``) with their words
+        highlighted by ``text_method`` for the predicted class."""
+        p = self.params
+        k = int(p["examples"])
+        if k < 1:
+            return []
+        groups: list[tuple[str, str, Texts, torch.Tensor | None]] = []  # (label, slug, texts, true labels)
+        first = order[torch.isin(order, correct)][:k]
+        groups.append(("correct", "correct", data.x[first], data.y[first]))
+        if wrong.numel():
+            miss = order[torch.isin(order, wrong)][:k]
+            groups.append(("misclassified", "misclassified", data.x[miss], data.y[miss]))
+        for ood_name in sorted(ctx.data.ood)[:1]:
+            h = Hazard.ood(ood_name)
+            groups.append((str(h), f"{h.kind}-{h.name}", Texts(ctx.hazard(h).x[:k]), None))
+        method = _method(ctx, p["text_method"])
+        artifacts = []
+        for label, slug, texts, truth in groups:
+            res = tr.explain_text(method, ctx.model, texts)
+            examples = [
+                {
+                    "text": t,
+                    "label": None if truth is None else int(truth[i]),
+                    "pred": int(res.target[i]),
+                    "words": [[w.text, w.score, w.start, w.end] for w in res.words[i]],
+                }
+                for i, t in enumerate(res.texts)
+            ]
+            artifacts.append(
+                Artifact(
+                    f"text-saliency-{slug}",
+                    text_saliency_json(label, method.name, examples),
+                    TEXT_SALIENCY_MIME,
+                    caption=f"Token attributions for the predicted class: {label} inputs.",
+                )
+            )
+        return artifacts
 
-def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset], nn.Module]:
+
+def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset | TextDataset], nn.Module]:
     """Re-initialise a copy of the audited model and train it on the (label-permuted) data it is given.
 
     The permutation depends only on the seed, so every method sees the same data: the model is trained
@@ -177,7 +239,7 @@ def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset], nn
         raise InputError("label_epochs must be at least 1")
     trained: list[nn.Module] = []
 
-    def recipe(data: ArrayDataset) -> nn.Module:
+    def recipe(data: ArrayDataset | TextDataset) -> nn.Module:
         if not trained:
             seed = ctx.seed_for(CHECK, "label-randomisation")  # a training recipe takes an integer seed
             model = zoo.seeded_init(copy.deepcopy(ctx.model.module), seed, "label-randomisation")

@@ -1,15 +1,19 @@
-"""How the ``transparency`` check reads in the report: the sanity-check headline and table, and the
+"""How the ``transparency`` check reads in the report: the sanity-check headline and table, the
 layout of its pictures (drawn during the run from tensors: attribution grids, class visualisations,
-sanity curves)."""
+sanity curves), and, for text models, sentences with their words highlighted by attribution (stored
+as JSON during the run, rendered here as inline HTML: every string escaped, no network assets)."""
 
 from __future__ import annotations
 
+import html
+import json
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_value
+from mlsafety.audit._check import Artifact, Headline, StoredRow, Table, View, fmt_value
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.checks._common import metric_name
 from mlsafety.monitoring import transparency as tr
@@ -19,6 +23,16 @@ SANITY_CAPTION = (
     "depends on the model)."
 )
 VIS_CAPTION = "Inputs optimised to maximise each class logit (with the model's softmax confidence)."
+TEXT_SALIENCY_MIME = "application/vnd.mlsafety.text-saliency+json"
+"""The artifact type of highlighted text examples (JSON; :func:`text_saliency_json`)."""
+POSITIVE_RGB = (214, 69, 40)
+NEGATIVE_RGB = (38, 110, 214)
+TEXT_LEGEND = (
+    "Each word's background shows its attribution to the explained (predicted) class: "
+    '<span style="background:rgba({p},0.8)">for</span> or '
+    '<span style="background:rgba({n},0.8)">against</span>; the stronger the colour, the larger the share of '
+    "the sentence's largest attribution. Hover a word for its score."
+).format(p=",".join(map(str, POSITIVE_RGB)), n=",".join(map(str, NEGATIVE_RGB)))
 
 
 def sanity_metric(method: str, mode: str, figure_name: str) -> str:
@@ -26,9 +40,67 @@ def sanity_metric(method: str, mode: str, figure_name: str) -> str:
     return metric_name(method, mode, figure_name)
 
 
+def text_saliency_json(group: str, method: str, examples: Sequence[Mapping[str, Any]]) -> bytes:
+    """The stored form of highlighted sentences: ``examples`` holds, per sentence, ``text``, ``label``,
+    ``pred`` and ``words`` (a list of ``[word, score, start, end]``, start/end None when unknown)."""
+    return json.dumps({"group": group, "method": method, "examples": list(examples)}).encode("utf-8")
+
+
+def _word_span(word: str, score: float, top: float) -> str:
+    rgb = POSITIVE_RGB if score >= 0 else NEGATIVE_RGB
+    alpha = 0.85 * min(1.0, abs(score) / top) if top > 0 else 0.0
+    colour = f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha:.2f})"
+    return f'<span class="tok" style="background:{colour}" title="{score:+.4g}">{html.escape(word)}</span>'
+
+
+def highlight_sentence(text: str, words: Sequence[Sequence[Any]]) -> str:
+    """One sentence as HTML, each word in a span whose background alpha is its share of the
+    sentence's largest absolute attribution (red for, blue against). The original characters
+    between words are kept when the words carry offsets; every piece of text is escaped."""
+    scores = [float(w[1]) for w in words]
+    top = max((abs(v) for v in scores), default=0.0)
+    spans = all(len(w) >= 4 and w[2] is not None and w[3] is not None for w in words)
+    if not spans:
+        return " ".join(_word_span(str(w[0]), float(w[1]), top) for w in words)
+    out, pos = [], 0
+    for w in sorted(words, key=lambda w: int(w[2])):
+        start, end = int(w[2]), int(w[3])
+        if start < pos:  # overlapping offsets: show the word, not the characters twice
+            continue
+        out.append(html.escape(text[pos:start]))
+        out.append(_word_span(text[start:end], float(w[1]), top))
+        pos = end
+    out.append(html.escape(text[pos:]))
+    return "".join(out)
+
+
+def text_saliency_html(payload: Mapping[str, Any]) -> str:
+    """A stored group of highlighted sentences (:func:`text_saliency_json`) as an HTML fragment."""
+    group, method = html.escape(str(payload.get("group", ""))), html.escape(str(payload.get("method", "")))
+    lines = [
+        '<div class="text-saliency">',
+        f'<p class="caption">Token attributions ({method}) for the predicted class: {group} inputs.</p>',
+        f'<p class="legend" style="font-size:12px">{TEXT_LEGEND}</p>',
+        "<table><thead><tr><th>label</th><th>pred</th><th>text</th></tr></thead><tbody>",
+    ]
+    for ex in payload.get("examples", []):
+        label = "" if ex.get("label") is None or int(ex["label"]) < 0 else str(int(ex["label"]))
+        lines.append(
+            f'<tr><td class="num">{html.escape(label)}</td><td class="num">{html.escape(str(ex.get("pred", "")))}</td>'
+            f'<td style="line-height:1.9">{highlight_sentence(str(ex.get("text", "")), ex.get("words", []))}</td></tr>'
+        )
+    lines.append("</tbody></table></div>")
+    return "\n".join(lines)
+
+
 class TransparencyView(View):
     """Headline: the share of methods passing the sanity checks; tables: each method's similarities
-    and verdict per test, and the other figures."""
+    and verdict per test, and the other figures; for text models, highlighted sentences."""
+
+    @classmethod
+    def html_fragments(cls, artifacts: Sequence[Artifact]) -> list[str]:
+        """HTML fragments for the report drawn from the check's non-image artifacts (highlighted text)."""
+        return [text_saliency_html(json.loads(a.data)) for a in artifacts if a.mime == TEXT_SALIENCY_MIME]
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
@@ -42,6 +114,7 @@ class TransparencyView(View):
         methods = list(dict.fromkeys(r.params["method"] for r in rows if isinstance(r.params.get("method"), str)
                                      and "mode" in r.params))  # fmt: skip
         modes = sorted({str(r.params["mode"]) for r in rows if "mode" in r.params})
+        with_ssim = any(r.metric.endswith("_ssim") for r in rows)  # text has no SSIM
         body = []
         for method in methods:
             line = [method]
@@ -49,11 +122,12 @@ class TransparencyView(View):
                 rho, ss, ok = (by.get(sanity_metric(method, mode, f)) for f in ("spearman", "ssim", "pass"))
                 line += [
                     fmt_value(rho.value) if rho else "",
-                    fmt_value(ss.value) if ss else "",
+                    *([fmt_value(ss.value) if ss else ""] if with_ssim else []),
                     ("pass" if ok.value else "FAIL") if ok else "",
                 ]
             body.append(line)
-        headers = ["method"] + [f"{m} {h}" for m in modes for h in ("Spearman", "SSIM", "verdict")]
+        figures = ("Spearman", "SSIM", "verdict") if with_ssim else ("Spearman", "verdict")
+        headers = ["method"] + [f"{m} {h}" for m in modes for h in figures]
         tables = [Table("Sanity checks (similarity to the original maps; lower is better)", headers, body)]
         other = [r for r in rows if "mode" not in r.params]
         if other:
