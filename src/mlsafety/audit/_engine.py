@@ -161,7 +161,9 @@ def run_audit(
         if run_id is None:
             record = _config_record(config)
             record["inputs"] = _fingerprint.record(parts)
-            run_id = store.create_run(config.model, config.data, config.seed, fingerprint, record, package_version())
+            run_id = store.create_run(
+                config.model, str(config.data), config.seed, fingerprint, record, package_version()
+            )
         ran = skipped = 0
         for check, task in plan:
             if (check.name, task.key) in done:

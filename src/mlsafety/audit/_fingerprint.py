@@ -82,7 +82,7 @@ def _dataset_digest(ds: ArrayDataset) -> str:
 
 def _tokenizer_digest(clf: Classifier) -> str:
     """The tokenizer's vocabulary and rules (its serialised form) and the truncation length."""
-    tok = clf.tokenizer
+    tok: Any = clf.tokenizer
     h = hashlib.sha256(type(tok).__name__.encode())
     backend = getattr(tok, "backend_tokenizer", None)
     h.update(backend.to_str().encode() if backend is not None else json.dumps(tok.get_vocab(), sort_keys=True).encode())
@@ -117,12 +117,13 @@ def _value_digest(value: Any) -> str:
 
 
 def components(config: AuditConfig, model: Classifier, data: AuditData) -> dict[str, Component]:
-    """Every input of a run, keyed by a stable name, each with its content hash."""
+    """Every input of a run, keyed by a stable name, each with its content hash (``config.data``
+    named, as :func:`~mlsafety.audit.prepare_inputs` leaves it)."""
     code, weights = _model_digests(config.model, model)
     out = {
         "model": Component("the model code", code, config.model),
         "weights": Component("the model weights", weights, config.weights or _builtin_weights(config.model)),
-        "data": Component("the test data", _dataset_digest(data.test), config.data),
+        "data": Component("the test data", _dataset_digest(data.test), str(config.data)),
         "val": Component(
             "the validation data", _dataset_digest(data.val), config.val or f"the validation part of {config.data}"
         ),

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from mlsafety import core, zoo
+from mlsafety import zoo
 from mlsafety.audit._context import AuditData
 from mlsafety.audit._gates import validate_gates
 from mlsafety.core import (
@@ -24,11 +24,15 @@ from mlsafety.core import (
     frozen,
     generator,
     load_factory,
+    load_hf_dataset,
     load_image_folder,
     load_npz,
+    load_text_csv,
+    load_text_jsonl,
     load_weights,
     modality_of,
     validate_dataset,
+    validate_text_dataset,
 )
 
 if TYPE_CHECKING:
@@ -182,7 +186,10 @@ def load_hf_classifier(folder: str | Path) -> nn.Module:
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr: a refusal stays one line
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
         module = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True,
@@ -192,6 +199,9 @@ def load_hf_classifier(folder: str | Path) -> nn.Module:
         raise InputError(
             f"--model {folder}: transformers cannot load it as a sequence classifier: {type(exc).__name__}: {msg}"
         ) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     rows = module.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise InputError(
@@ -277,12 +287,7 @@ def _with_source(ds: ArrayDataset, source: str) -> ArrayDataset:
 
 def zoo_modality(name: str) -> str:
     """``"image"`` or ``"text"``: what the zoo dataset ``name`` holds."""
-    return str(getattr(zoo.dataset_info(name), "modality", "image"))
-
-
-def zoo_ood_names(modality: str) -> list[str]:
-    """The embedded OOD sets of ``modality``: an audit's default OOD sets."""
-    return [n for n in zoo.ood_names() if zoo_modality(n) == modality]
+    return zoo.dataset_info(name).modality
 
 
 def data_spec(config: AuditConfig, model: Classifier | None = None) -> str:
@@ -316,22 +321,24 @@ def _load_text(spec: str, role: str, split: str, config: AuditConfig) -> TextDat
         if zoo_modality(spec) != "text":
             raise InputError(f"{source}: zoo dataset {spec!r} holds images but the model takes text; "
                              f"give {_TEXT_FORMS}")  # fmt: skip
-        ds = zoo.load_dataset(spec, split=split)
+        ds = zoo.load_text_dataset(spec, split=split)
         return TextDataset(ds.x, ds.y, ds.name, ds.kind, ds.description, source)
-    columns: dict[str, Any] = {"text": config.text_column, "label": None if ood else config.label_column}
+    columns: dict[str, Any] = {
+        "text": config.text_column, "label": None if ood else config.label_column, "kind": "far" if ood else "in",
+        "source": source,
+    }  # fmt: skip
     if path.suffix == ".csv" and path.is_file():
-        ds = core.load_text_csv(path, **columns)
+        ds = load_text_csv(path, **columns)
     elif path.suffix == ".jsonl" and path.is_file():
-        ds = core.load_text_jsonl(path, **columns)
+        ds = load_text_jsonl(path, **columns)
     elif path.is_dir():
-        ds = core.load_hf_dataset(path, **columns)
+        ds = load_hf_dataset(path, **columns)
     elif path.suffix or "/" in spec:
         raise InputError(f"{source}: not found or not supported (use {_TEXT_FORMS})")
     else:
         texts = [n for n in zoo.dataset_names() if zoo_modality(n) == "text"]
         raise InputError(f"{source}: unknown zoo dataset {spec!r}; zoo text datasets: {', '.join(texts) or 'none'}")
-    y = torch.full((len(ds),), -1, dtype=torch.int64) if ood else ds.y
-    return TextDataset(ds.x, y, ds.name, "far" if ood else "in", ds.description, source)
+    return ds
 
 
 def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
@@ -342,11 +349,11 @@ def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
     if is_zoo and test.kind != "in":
         raise InputError(f"{spec!r} is an OOD set; pass in-distribution data with --data")
     k = probe_model(model, test)
-    core.validate_text_dataset(test, k)
+    validate_text_dataset(test, k)
 
     def load_checked(spec_: str, role: str, split: str) -> TextDataset:
         ds = _load_text(spec_, role, split, config)
-        core.validate_text_dataset(ds, k)
+        validate_text_dataset(ds, k)
         probe_model(model, ds, k)
         return ds
 
@@ -372,7 +379,7 @@ def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
         train = TextDataset(train.x, train.y, train.name, train.kind, train.description,
                             f"the training split of zoo data {spec!r}")  # fmt: skip
     ood: dict[str, TextDataset] = {}
-    for ood_spec in config.ood if config.ood is not None else zoo_ood_names("text"):
+    for ood_spec in config.ood if config.ood is not None else zoo.ood_names("text"):
         ds = load_checked(ood_spec, "ood", "test")
         if ds.name in ood:
             raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
@@ -537,7 +544,7 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
         train = load_checked(config.train, "train", "train", None)
     elif spec in zoo.dataset_names() and config.val is None:
         train = _with_source(zoo.load_dataset(spec, "train"), f"the training split of zoo data {spec!r}")
-    ood_specs = config.ood if config.ood is not None else zoo_ood_names("image")
+    ood_specs = config.ood if config.ood is not None else zoo.ood_names("image")
     ood: dict[str, ArrayDataset] = {}
     for spec in ood_specs:
         ds = load_checked(spec, "ood", "test", shape)  # type: ignore[arg-type]
@@ -572,7 +579,7 @@ def validate(model: Classifier, data: AuditData, channels: int | None = None) ->
         for ds in sets:
             if not isinstance(ds, TextDataset):
                 raise InputError(f"{ds.source} holds images but the test data is text; give text for every data set")
-            core.validate_text_dataset(ds, k)
+            validate_text_dataset(ds, k)
             probe_model(model, ds, k)
         return
     validate_dataset(first, None, channels, _ASKED)

@@ -41,7 +41,16 @@ from mlsafety.audit._check import Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks._common import bind
 from mlsafety.audit.views.defence_in_depth import DefenceInDepthView, fmea_report_table, swiss_cheese_artifact
-from mlsafety.core import Hazard, InputError, Outputs, TextDataset, Texts, forward, transform_mix_outliers
+from mlsafety.core import (
+    ArrayDataset,
+    Hazard,
+    InputError,
+    Outputs,
+    TextDataset,
+    Texts,
+    forward,
+    transform_mix_outliers,
+)
 from mlsafety.monitoring import ood
 from mlsafety.robustness.attacks import PGD
 from mlsafety.systemic import (
@@ -191,8 +200,11 @@ class DefenceInDepth(Check):
             val = ctx.data.val
             val_set = ev.scored(val.x, ctx.outputs_for(val), val.y)
             g = ctx.generator(self.name, "outliers")
-            outliers = transform_mix_outliers(val, g) if ctx.modality == "image" else word_shuffle_outliers(val, g)
-            out_set = ev.scored(outliers.x, forward(ctx.model, outliers.x, ctx.batch_size), outliers.y)
+            outliers: ArrayDataset | TextDataset = (
+                transform_mix_outliers(val, g) if ctx.modality == "image" else word_shuffle_outliers(val, g)  # type: ignore[arg-type]
+            )
+            out_x: Any = outliers.x  # the evaluator passes the inputs through to the shared-pass detectors
+            out_set = ev.scored(out_x, forward(ctx.model, outliers.x, ctx.batch_size), outliers.y)
             ev.choose(val_set, out_set)
         return ev.monitor
 
