@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import shutil
 import tarfile
 import zipfile
@@ -228,3 +229,30 @@ def test_cli_install_assets_from_a_folder(tmp_path: Path, wheelhouse: Path, monk
     shutil.rmtree(dest / "fakemodel")
     bad = CliRunner().invoke(main, args, terminal_width=200)
     assert bad.exit_code == 2 and "does not match its pinned SHA-256" in bad.output
+
+
+def fake_cache(root: Path, gguf_sha256: str, weights: bytes, weights_sha256: str) -> Path:
+    cache = root / "smollm2" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "model.safetensors").write_bytes(weights)
+    meta = {"gguf_sha256": gguf_sha256, "weights_sha256": weights_sha256}
+    (cache / "mlsafety-cache.json").write_text(json.dumps(meta), encoding="utf-8")
+    return cache
+
+
+def test_a_tampered_smollm2_cache_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSAFETY_ASSETS", str(tmp_path))
+    pinned = zoo.asset_info("smollm2").file("SmolLM2-135M-Instruct.Q4_1.gguf").sha256
+    cache = fake_cache(tmp_path, pinned, b"tampered weights", sha(b"original weights"))
+    assert zoo.smollm2_cache_ready() and zoo.smollm2_cache_dir() == cache
+    with pytest.raises(InputError) as err:
+        zoo.load_model("smollm2-135m")
+    assert str(cache / "model.safetensors") in str(err.value) and "does not match its pinned SHA-256" in str(err.value)
+
+
+def test_a_stale_smollm2_cache_is_rebuilt_from_the_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLSAFETY_ASSETS", str(tmp_path))
+    fake_cache(tmp_path, "0" * 64, b"w", sha(b"w"))  # made from another GGUF
+    assert not zoo.smollm2_cache_ready()
+    with pytest.raises(InputError, match=r"^smollm2 is not installed; run `make assets`"):
+        zoo.load_model("smollm2-135m")  # it goes back to the GGUF, which is not installed here

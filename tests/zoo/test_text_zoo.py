@@ -188,7 +188,8 @@ def test_minilm_embeds_sentences_like_sentence_transformers() -> None:
 
 @pytest.mark.slow
 def test_smollm2_loads_from_the_cache_and_knows_paris() -> None:
-    model = zoo.load_model("smollm2-135m")
+    lm = zoo.load_language_model("smollm2-135m")
+    model = lm.module
     assert zoo.smollm2_cache_ready() and (zoo.smollm2_cache_dir() / "model.safetensors").is_file()
     assert sum(p.numel() for p in model.parameters()) == 134_515_008
     assert next(model.parameters()).dtype == torch.float32
@@ -203,3 +204,5 @@ def test_smollm2_loads_from_the_cache_and_knows_paris() -> None:
 
     assert logprob(" Paris") == pytest.approx(-0.26, abs=0.05)
     assert logprob(" Rome") < -5
+    batched = lm.logprobs(["The capital of France is"] * 2, [" Paris", " Rome"])
+    torch.testing.assert_close(batched, torch.tensor([logprob(" Paris"), logprob(" Rome")]), atol=1e-4, rtol=0)
