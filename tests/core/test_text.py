@@ -165,3 +165,12 @@ def test_modality_of():
     assert modality_of(torch.rand(2, 1, 8, 8)) == "image"
     assert modality_of(ArrayDataset(torch.rand(2, 1, 4, 4), torch.zeros(2))) == "image"
     assert modality_of(torch.nn.Linear(3, 2)) == "image" and modality_of(Classifier(torch.nn.Linear(3, 2))) == "image"
+
+
+def test_texts_in_other_containers_point_to_text_dataset():
+    from torch.utils.data import DataLoader
+
+    pairs = [("a good film", 1), ("bad", 0)]
+    for data in (pairs, DataLoader(pairs, batch_size=2)):
+        with pytest.raises(InputError, match=r"inputs are str values; .*give texts as a TextDataset"):
+            list(iter_batches(data))

@@ -39,6 +39,13 @@ DataLike: TypeAlias = (
 ``(x, y)`` batches, or tensors ``(x, y)`` (``x`` alone where labels are optional)."""
 
 FORMS = "an ArrayDataset, a torch Dataset of (x, y) pairs, a DataLoader of (x, y) batches, or tensors (x, y)"
+TEXT_FORM = "give texts as a TextDataset (mlsafety.core.TextDataset, load_text_csv, load_text_jsonl, load_hf_dataset)"
+
+
+def _or_texts(kind: str) -> str:
+    return f", or if they are texts, {TEXT_FORM}" if kind == "str" else ""
+
+
 _COLLATE_BATCH = 256
 
 
@@ -76,7 +83,7 @@ def _collate(what: str) -> Any:
         except TypeError:
             kind = type(items[0][0] if isinstance(items[0], (tuple, list)) and items[0] else items[0]).__name__
             raise InputError(
-                f"{what}: the inputs are {kind} values; make them tensors (e.g. a ToTensor transform)"
+                f"{what}: the inputs are {kind} values; make them tensors (e.g. a ToTensor transform){_or_texts(kind)}"
             ) from None
 
     return collate
@@ -90,9 +97,13 @@ def _split(batch: Any, what: str, labelled: bool) -> tuple[torch.Tensor, torch.T
         x = _tensor(batch[0])
         y = batch[1] if len(batch) > 1 else None
     if x is None:
+        if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], str):
+            raise InputError(f"{what}: the inputs are str values; {TEXT_FORM}")
         if isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], (tuple, list)) and batch[0]:
             kind = type(batch[0][0]).__name__  # what default_collate left as a list: strings, images...
-            raise InputError(f"{what}: the inputs are {kind} values; make them tensors (e.g. a ToTensor transform)")
+            raise InputError(
+                f"{what}: the inputs are {kind} values; make them tensors (e.g. a ToTensor transform){_or_texts(kind)}"
+            )
         raise InputError(f"{what}: batches must be tensors x or pairs (x, y), got {type(batch).__name__}; give {FORMS}")
     if x.ndim == 0:
         raise InputError(f"{what}: inputs must have a batch dimension, got a scalar")
