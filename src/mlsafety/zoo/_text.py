@@ -30,7 +30,7 @@ Models
 ``minilm``
     :class:`SentenceEncoder`: sentence-transformers all-MiniLM-L6-v2 (Reimers & Gurevych,
     "Sentence-BERT", 2019; Wang et al., "MiniLM", 2020): a 6-layer BERT, mean pooling over the
-    attention mask, (N, 384) sentence embeddings.
+    attention mask, (N, 384) sentence embeddings (BERT's pooler, unused, is left out).
 ``smollm2-135m``
     SmolLM2-135M-Instruct (Allal et al., 2025) as a ``LlamaForCausalLM`` in fp32: its 4-bit (Q4_1)
     quantised weights dequantised to fp32, not the original bf16 release. Read from the GGUF once
@@ -260,15 +260,27 @@ class SentenceEncoder(nn.Module):
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
+_UNUSED_KEYS = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
+"""Checkpoint entries the encoder does not use: BERT's pooler (mean pooling replaces it) and a buffer."""
+
+
 def load_minilm(normalize: bool = False) -> SentenceEncoder:
-    """The ``minilm`` encoder from the installed assets (every file's SHA-256 checked), in eval mode."""
+    """The ``minilm`` encoder from the installed assets (every file's SHA-256 checked), in eval mode.
+
+    The BERT is built without its pooler (unused by mean pooling: 22.6M parameters rather than the
+    checkpoint's 22.7M) and every other checkpoint tensor must match it (``strict`` loading).
+    """
+    from safetensors.torch import load_file
+
     folder = asset_dir("minilm")
     for f in ASSETS["minilm"].files:
         asset_file("minilm", f.name)
     tf = _transformers()
     tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     tokenizer.model_max_length = MINILM_MAX_LENGTH
-    bert = tf.BertModel.from_pretrained(str(folder), local_files_only=True, dtype=torch.float32)
+    bert = tf.BertModel(tf.BertConfig.from_json_file(str(folder / "config.json")), add_pooling_layer=False)
+    state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if k not in _UNUSED_KEYS}
+    bert.load_state_dict(state, strict=True)
     return SentenceEncoder(bert, tokenizer, normalize=normalize).eval()
 
 
@@ -393,7 +405,7 @@ register_model(
         None,
         "",
         modality="text",
-        size="22.7M params",
+        size="22.6M params",
         source=f"{_MINI.requirement} (Apache-2.0)",
         load=load_minilm,
         role="encoder",
