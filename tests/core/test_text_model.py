@@ -256,3 +256,43 @@ def test_forward_on_texts_batches_and_counts_truncation(bert):
     from_batch = forward(clf, clf.encode(SENTENCES), batch_size=2, features=False)
     assert torch.allclose(from_batch.logits, logits, atol=ATOL) and from_batch.truncated == 2
     assert Outputs(logits, None).truncated == 0  # the old two-field form still works
+
+
+class MeanPooled(nn.Module):
+    """A sentence-transformers style classifier: mean of the last hidden states, then a Linear head."""
+
+    def __init__(self, encoder: nn.Module, k: int = 2) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.fc = nn.Linear(encoder.config.hidden_size, k)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask[..., None].to(hidden.dtype)
+        return self.fc((hidden * mask).sum(1) / mask.sum(1))
+
+
+@pytest.mark.slow
+def test_the_embedded_minilm_reads_texts_padding_free():
+    from transformers import AutoModel, AutoTokenizer
+
+    from mlsafety.zoo import asset_dir
+
+    folder = asset_dir("minilm")
+    if not (folder / "model.safetensors").is_file():
+        pytest.skip(f"the minilm asset is not installed in {folder} (make assets)")
+    tok = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+    torch.manual_seed(0)
+    model = MeanPooled(AutoModel.from_pretrained(str(folder), local_files_only=True)).eval()
+    texts = ["A gripping, beautifully shot film.", "Dull.", "word " * 600]
+    batch = Classifier(model, tokenizer=tok).encode(texts)  # the tokenizer's own limit
+    assert batch.shape == (3, 512) and batch.truncated.tolist() == [False, False, True]
+    assert int(batch.input_ids[2, -1]) == tok.sep_token_id
+    clf = Classifier(model, tokenizer=tok, max_length=32)  # short passes keep the test fast
+    batch = clf.encode(texts)
+    with torch.no_grad():
+        together = clf.logits(batch)
+        alone = torch.cat([clf.logits([t]) for t in texts])
+        left = clf.logits(encode(tok, texts, max_length=32, padding_side="left"))
+    assert torch.allclose(together, alone, atol=1e-4) and torch.allclose(left, alone, atol=1e-4)
+    assert forward(clf, texts, batch_size=2).truncated == 1
