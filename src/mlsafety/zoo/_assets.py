@@ -44,6 +44,7 @@ from mlsafety.core import InputError, UnknownNameError
 
 ENV_VAR = "MLSAFETY_ASSETS"
 INSTALL_HINT = "run `make assets` or `mlsafety zoo install-assets`"
+WRITE_HINT = f"choose a writable folder with --dest DIR or ${ENV_VAR}"
 
 
 @dataclass(frozen=True)
@@ -457,7 +458,10 @@ def install_assets(
                 archive = downloads / a.archive
                 if not archive.is_file():
                     raise InputError(f"{a.requirement}: the download did not produce {a.archive}; {INSTALL_HINT}")
-                extract_asset(a, archive, root)
+                try:
+                    extract_asset(a, archive, root)
+                except OSError as exc:
+                    raise InputError(f"cannot write {a.name} to {root} ({exc.strerror}); {WRITE_HINT}") from None
     done = {a.name for a in todo}
     return InstallResult(
         root, tuple(a.name for a in chosen if a.name in done), tuple(a.name for a in chosen if a.name not in done)

@@ -53,7 +53,7 @@ import torch
 from torch import nn
 
 from mlsafety.core import InputError, TextDataset, generator
-from mlsafety.zoo._assets import ASSETS, INSTALL_HINT, asset_dir, asset_file, sha256_file, verify_file
+from mlsafety.zoo._assets import ASSETS, INSTALL_HINT, WRITE_HINT, asset_dir, asset_file, sha256_file, verify_file
 from mlsafety.zoo._datasets import SPLIT_FRACTIONS, DatasetInfo, register_dataset
 from mlsafety.zoo._models import ModelInfo, register_model
 
@@ -278,7 +278,8 @@ def load_minilm(normalize: bool = False) -> SentenceEncoder:
     tf = _transformers()
     tokenizer = tf.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     tokenizer.model_max_length = MINILM_MAX_LENGTH
-    bert = tf.BertModel(tf.BertConfig.from_json_file(str(folder / "config.json")), add_pooling_layer=False)
+    with torch.random.fork_rng(devices=[]):  # the throw-away initial weights leave the caller's RNG alone
+        bert = tf.BertModel(tf.BertConfig.from_json_file(str(folder / "config.json")), add_pooling_layer=False)
     state = {k: v for k, v in load_file(str(folder / "model.safetensors")).items() if k not in _UNUSED_KEYS}
     bert.load_state_dict(state, strict=True)
     return SentenceEncoder(bert, tokenizer, normalize=normalize).eval()
@@ -322,20 +323,22 @@ def convert_smollm2(root: Path | None = None) -> Path:
 
     cache = smollm2_cache_dir(root)
     gguf = asset_file("smollm2", SMOLLM2_GGUF, root)
-    tf = _transformers()
-    model = tf.AutoModelForCausalLM.from_pretrained(
-        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
-    )
-    tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    if getattr(model.config, "tie_word_embeddings", False):
-        state.pop("lm_head.weight", None)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    config = copy.deepcopy(model.config)
-    if hasattr(config, "quantization_config"):  # the cache is plain fp32: no GGUF quantiser on load
-        del config.quantization_config
-    tmp = Path(tempfile.mkdtemp(prefix=".cache-", dir=cache.parent))
+    try:  # before the slow read: an unwritable install fails at once
+        tmp = Path(tempfile.mkdtemp(prefix=".cache-", dir=cache.parent))
+    except OSError as exc:
+        raise InputError(f"cannot write SmolLM2's cache to {cache.parent} ({exc.strerror}); {WRITE_HINT}") from None
     try:
+        tf = _transformers()
+        model = tf.AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+        )
+        tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+        state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+        if getattr(model.config, "tie_word_embeddings", False):
+            state.pop("lm_head.weight", None)
+        config = copy.deepcopy(model.config)
+        if hasattr(config, "quantization_config"):  # the cache is plain fp32: no GGUF quantiser on load
+            del config.quantization_config
         config.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         save_file(state, str(tmp / _CACHE_WEIGHTS), metadata={"format": "pt"})
