@@ -479,8 +479,9 @@ def _sequence_logits(output: Any, input_ids: torch.Tensor) -> torch.Tensor:
 
 def _target_logprobs(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log p(ids[:, t + 1] | ids[:, :t + 1]) for every t, ``(N, L - 1)``, in float32."""
-    logits = logits[:, :-1].float()
-    return logits.gather(-1, ids[:, 1:, None])[..., 0] - logits.logsumexp(-1)
+    # log_softmax subtracts the maximum first: gather(logits) - logsumexp(logits) would lose digits when
+    # the logits are large (|logit| ~ 500 leaves float32 a resolution of ~3e-5)
+    return logits[:, :-1].float().log_softmax(-1).gather(-1, ids[:, 1:, None])[..., 0]
 
 
 def _choose(

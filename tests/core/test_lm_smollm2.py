@@ -1,0 +1,62 @@
+"""LanguageModel on the embedded SmolLM2-135M-Instruct (4-bit weights dequantised to fp32): known answers."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from mlsafety.core import LanguageModel
+
+GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _smollm2_dir() -> Path:
+    root = os.environ.get("MLSAFETY_ASSETS")
+    return (Path(root) if root else Path(sys.prefix) / "share" / "mlsafety" / "assets") / "smollm2"
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> Any:
+    folder = _smollm2_dir()
+    if not (folder / GGUF).is_file():
+        pytest.skip(f"SmolLM2 asset not installed at {folder}")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=GGUF)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF, dtype=torch.float32).eval()
+    return model, tokenizer
+
+
+@pytest.mark.slow
+def test_smollm2_paris_padding_hooks_and_generation(smollm2: Any) -> None:
+    model, tokenizer = smollm2
+    prompts = ["The capital of France is"] * 2 + ["Water boils at a temperature of 100 degrees", "Hello, my name is"]
+    conts = [" Paris", " Rome", " Celsius", " John"]
+    scores = {}
+    for side in ("left", "right"):
+        lm = LanguageModel(model, tokenizer, padding_side=side)
+        scores[side] = lm.logprobs(prompts, conts, batch_size=4)
+    alone = []
+    for prompt, cont in zip(prompts, conts):  # unbatched, unpadded, no mask: the reference
+        ids = torch.tensor([tokenizer(prompt + cont)["input_ids"]])
+        n_prompt = len(tokenizer(prompt)["input_ids"])
+        with torch.no_grad():
+            logp = model(input_ids=ids).logits[0].log_softmax(-1)
+        alone.append(sum(logp[t - 1, ids[0, t]] for t in range(n_prompt, ids.shape[1])))
+    reference = torch.stack(alone).float()
+    for side in ("left", "right"):
+        torch.testing.assert_close(scores[side], reference, rtol=0, atol=1e-5)
+    assert abs(float(scores["left"][0]) - (-0.26)) < 0.01
+    assert abs(float(scores["left"][1]) - (-7.57)) < 0.01
+
+    lm = LanguageModel(model, tokenizer)
+    assert lm.points.family == "llama" and lm.n_layers == 30 and lm.points.n_heads == 9
+    states = lm.hidden_states(prompts[:1], layers=[0, 30])
+    assert states.shape == (1, 2, 576)
+    assert lm.generate(["The capital of France is"], max_new_tokens=2) == [" Paris."]
