@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -33,6 +34,7 @@ def test_texts_indexing_like_a_tensor_batch():
     assert t[torch.tensor([True, False, True, False])] == ["a good film", "the cat sat on the mat"]
     assert t[[1, 3]] == ["bad", "fine"]
     assert t[[False, True, False, True]] == ["bad", "fine"]
+    assert t[np.array([2, 1])] == ["the cat sat on the mat", "bad"] and t[np.int64(3)] == "fine"
     assert t.to("cpu") is t and list(t) == SENTENCES
     assert Texts.cat([t[:1], ["x"]]) == ["a good film", "x"]
     assert isinstance(t[:1] + ["y"], Texts)  # noqa: RUF005 (Texts.__add__ is what is tested)

@@ -11,6 +11,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, overload
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -84,9 +85,11 @@ class Texts(Sequence[str]):
     def __getitem__(self, index: int) -> str: ...
 
     @overload
-    def __getitem__(self, index: slice | torch.Tensor | Sequence[int] | Sequence[bool]) -> Texts: ...
+    def __getitem__(self, index: slice | torch.Tensor | np.ndarray | Sequence[int] | Sequence[bool]) -> Texts: ...
 
     def __getitem__(self, index: Any) -> str | Texts:
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
         if isinstance(index, slice):
             return Texts(self._items[index])
         if isinstance(index, torch.Tensor):
