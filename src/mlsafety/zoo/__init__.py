@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mlsafety.core import cross_entropy_loss, random_shift, seeded_init
+from mlsafety.zoo import _minilm_mr  # noqa: F401  (registers the minilm-mr model and recipe)
 from mlsafety.zoo._assets import (
     ASSETS,
     Asset,
