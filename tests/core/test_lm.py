@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mlsafety.core import InputError, LanguageModel, UnknownNameError
+from mlsafety.core import InputError, LanguageModel, Progress, UnknownNameError
 from tests.support.text import VOCAB, tiny_bert_classifier, tiny_gpt2, tiny_llama
 
 MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
@@ -166,7 +166,7 @@ def test_modes_and_flags_restored_also_after_errors() -> None:
     before = ([m.training for m in model.modules()], [p.requires_grad for p in model.parameters()])
     state = {k: v.clone() for k, v in model.state_dict().items()}
     lm = LanguageModel(model)
-    lm.logprobs(PROMPTS, CONTS)
+    lm.logprobs(PROMPTS, CONTS, progress=Progress(enabled=False))
     lm.hidden_states(PROMPTS)
     lm.generate(PROMPTS, max_new_tokens=3)
     lm.run_with_cache(PROMPTS, ["embed"])
@@ -194,6 +194,7 @@ def test_hooks_through_the_adapter() -> None:
 def test_bad_input_is_one_line() -> None:
     model = tiny_llama()
     lm = LanguageModel(model)
+    short = LanguageModel(model, max_length=4)
     cases: list[tuple[Any, str]] = [
         (lambda: lm.logprobs([], []), "no prompts"),
         (lambda: lm.logprobs(["a"], ["b", "c"]), "1 prompts but 2 continuations"),
@@ -202,7 +203,7 @@ def test_bad_input_is_one_line() -> None:
         (lambda: lm.logprobs(["  "], [" b"]), "only whitespace"),
         (lambda: lm.logprobs("a good", " film"), "one string"),
         (lambda: lm.logprobs(["the capital of fra"], ["nce"]), "not followed by continuation tokens"),
-        (lambda: LanguageModel(model, max_length=4).logprobs(["a b c"], [" d e"]), "longer than max_length=4"),
+        (lambda: short.logprobs(["a", "a b c"], [" b", " d e"]), "continuation 1 is longer"),
         (lambda: lm.hidden_states([]), "no texts"),
         (lambda: lm.generate(["a"], temperature=0.5), "needs generator="),
         (lambda: lm.generate(["a"], max_new_tokens=0), "max_new_tokens"),

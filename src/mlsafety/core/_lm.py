@@ -19,6 +19,7 @@ from torch import nn
 from mlsafety.core._errors import InputError
 from mlsafety.core._hookpoints import HookFn, HookPoints, HookTable
 from mlsafety.core._model import device_of, frozen, unwrap_logits
+from mlsafety.core._progress import Progress, track
 from mlsafety.core._text import Modality, TextBatch, Texts, encode
 
 PaddingSide = Literal["left", "right"]
@@ -122,20 +123,24 @@ class LanguageModel:
         """Token ids of ``texts`` as this adapter feeds them to the model (its max length and padding side)."""
         return encode(self.tokenizer, _texts(texts, "texts"), self.max_length, padding_side or self.padding_side)
 
-    def _encode_whole(self, texts: Sequence[str], side: PaddingSide, what: str) -> TextBatch:
+    def _encode_whole(
+        self, texts: Sequence[str], side: PaddingSide, what: str, index: Sequence[int] | None = None
+    ) -> TextBatch:
+        """:func:`encode` refusing truncation; ``index`` maps batch rows to the caller's numbering."""
         batch = encode(self.tokenizer, texts, self.max_length, side)
         if bool(batch.truncated.any()):
-            i = int(batch.truncated.nonzero()[0])
+            row = int(batch.truncated.nonzero()[0])
+            i = index[row] if index is not None else row
             raise InputError(
                 f"{what} {i} is longer than max_length={self.max_length or 'the tokenizer limit'} tokens; "
                 "shorten it or pass a larger max_length"
             )
         return batch
 
-    def _logits(self, batch: TextBatch, **extra: Any) -> tuple[torch.Tensor, Any]:
+    def _logits(self, batch: TextBatch) -> tuple[torch.Tensor, Any]:
         """One forward pass: ``(logits (N, L, V), raw output)``."""
         batch = batch.to(self.device)
-        kwargs: dict[str, Any] = dict(extra)
+        kwargs: dict[str, Any] = {}
         if "attention_mask" in self._takes:
             kwargs["attention_mask"] = batch.attention_mask
         if "position_ids" in self._takes:
@@ -148,7 +153,11 @@ class LanguageModel:
 
     # ------------------------------------------------------------------------------------------
     def token_logprobs(
-        self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str],
+        batch_size: int = 16,
+        progress: Progress | None = None,
     ) -> list[torch.Tensor]:
         """Log-probability of each token of each continuation given its prompt: a list of ``(T_i,)`` tensors.
 
@@ -164,6 +173,7 @@ class LanguageModel:
             prompts: N non-empty strings.
             continuations: N non-empty strings.
             batch_size: texts per forward pass (texts are sorted by length first to pad little).
+            progress: shows a bar over the batches; None: silent.
 
         Returns:
             N float32 CPU tensors, natural-log probabilities; their sums are :meth:`logprobs`.
@@ -187,9 +197,11 @@ class LanguageModel:
         result: list[torch.Tensor] = [torch.empty(0)] * len(pairs)
         side = self.padding_side
         with frozen(self.module), torch.no_grad():
-            for start in range(0, len(order), batch_size):
+            for start in track(range(0, len(order), batch_size), progress, "scoring continuations"):
                 index = order[start : start + batch_size]
-                whole = self._encode_whole([pairs[i][0] + pairs[i][1] for i in index], side, "prompt+continuation")
+                whole = self._encode_whole(
+                    [pairs[i][0] + pairs[i][1] for i in index], side, "prompt+continuation", index
+                )
                 head = encode(self.tokenizer, [pairs[i][0] for i in index], self.max_length, side)
                 n_prompt = self._check_prefix(head, whole, index)
                 logits, _ = self._logits(whole)
@@ -221,7 +233,13 @@ class LanguageModel:
                 )
         return n_prompt
 
-    def logprobs(self, prompts: Sequence[str], continuations: Sequence[str], batch_size: int = 16) -> torch.Tensor:
+    def logprobs(
+        self,
+        prompts: Sequence[str],
+        continuations: Sequence[str],
+        batch_size: int = 16,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
         """Summed log p(continuation | prompt) for each pair, ``(N,)`` float32 on CPU.
 
         The scoring primitive of multiple-choice evaluations; see :meth:`token_logprobs` for how text
@@ -230,7 +248,7 @@ class LanguageModel:
         Example:
             >>> lm.logprobs(["The capital of France is"] * 2, [" Paris", " Rome"])
         """
-        parts = self.token_logprobs(prompts, continuations, batch_size)
+        parts = self.token_logprobs(prompts, continuations, batch_size, progress)
         return torch.stack([part.sum() for part in parts])
 
     # ------------------------------------------------------------------------------------------
@@ -240,6 +258,7 @@ class LanguageModel:
         layers: Sequence[int] | None = None,
         positions: int | Sequence[int] = -1,
         batch_size: int = 16,
+        progress: Progress | None = None,
     ) -> torch.Tensor:
         """The residual stream at chosen token positions after the embeddings and after each block.
 
@@ -255,6 +274,7 @@ class LanguageModel:
                 last token), non-negative from the first (0 is the first token, a BOS when the tokenizer
                 adds one); one int or a sequence.
             batch_size: texts per forward pass.
+            progress: shows a bar over the batches; None: silent.
 
         Returns:
             float tensor on CPU, ``(N, n_layers_chosen, D)`` for one position, ``(N, n_layers_chosen, P, D)``
@@ -289,9 +309,9 @@ class LanguageModel:
         out: list[torch.Tensor] = []
         side = self.padding_side
         with frozen(self.module), torch.no_grad():
-            for start in range(0, len(items), batch_size):
+            for start in track(range(0, len(items), batch_size), progress, "hidden states"):
                 chunk = items[start : start + batch_size]
-                batch = self._encode_whole(chunk, side, "text")
+                batch = self._encode_whole(chunk, side, "text", range(start, start + len(chunk)))
                 n_real = batch.lengths
                 first = batch.shape[1] - n_real if side == "left" else torch.zeros_like(n_real)
                 rel = torch.where(pos_t[None, :] < 0, n_real[:, None] + pos_t[None, :], pos_t[None, :])
@@ -319,6 +339,7 @@ class LanguageModel:
         top_k: int | None = None,
         generator: torch.Generator | None = None,
         batch_size: int = 16,
+        progress: Progress | None = None,
     ) -> list[str]:
         """Continue each prompt: greedy when ``temperature`` is 0, else sampled with ``generator``.
 
@@ -334,6 +355,7 @@ class LanguageModel:
             generator: the ``torch.Generator`` every draw uses (required when sampling); the same seed,
                 prompts and batch size give the same texts.
             batch_size: prompts decoded together.
+            progress: shows a bar over the batches; None: silent.
 
         Returns:
             N strings: the generated continuations only (without the prompts, end token and special tokens).
@@ -356,8 +378,8 @@ class LanguageModel:
         stops = self._stop_ids()
         texts: list[str] = []
         with frozen(self.module), torch.no_grad():
-            for start in range(0, len(items), size):
-                batch = self._encode_whole(items[start : start + size], "left", "prompt")
+            for start in track(range(0, len(items), size), progress, "generating"):
+                batch = self._encode_whole(items[start : start + size], "left", "prompt", range(start, start + size))
                 self._check_room(batch.shape[1] + max_new_tokens)
                 new = self._decode(batch, max_new_tokens, temperature, top_k, generator, stops)
                 for row in new.tolist():
