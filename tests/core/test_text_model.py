@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mlsafety.core import Classifier, InputError, Outputs, Texts, encode, forward, unwrap_logits
-from tests.support.text import VOCAB, tiny_bert_classifier, tiny_llama, tiny_tokenizer
+from tests.support.text import VOCAB, tiny_bert_classifier, tiny_llama, tiny_text_dataset, tiny_tokenizer
 
 SENTENCES = ["a good film", "bad", "the cat sat on the mat with a dog", "not a great day"]
 ATOL = 1e-5
@@ -296,3 +296,15 @@ def test_the_embedded_minilm_reads_texts_padding_free():
         left = clf.logits(encode(tok, texts, max_length=32, padding_side="left"))
     assert torch.allclose(together, alone, atol=1e-4) and torch.allclose(left, alone, atol=1e-4)
     assert forward(clf, texts, batch_size=2).truncated == 1
+
+
+def test_forward_groups_texts_by_length_and_keeps_the_callers_order(bert):
+    clf = Classifier(bert)
+    texts = [s for s in tiny_text_dataset(n=12, seed=1).x]
+    assert sorted(texts, key=len) != texts  # the grouping really reorders
+    out = forward(clf, texts, batch_size=5)
+    with torch.no_grad():
+        pairs = [clf.features_and_logits([t]) for t in texts]
+    assert out.features is not None
+    assert torch.allclose(out.logits, torch.cat([lg for _, lg in pairs]), atol=ATOL)
+    assert torch.allclose(out.features, torch.cat([f for f, _ in pairs]), atol=ATOL)

@@ -49,7 +49,8 @@ def forward(
     Args:
         model: the classifier.
         x: inputs (N, ...) on any device (batches move to the model's device); or, for a text model,
-            texts (tokenised per batch by the classifier, padded to each batch's longest) or a
+            texts (tokenised per batch by the classifier, padded to each batch's longest; batches
+            are formed from texts of similar length, the outputs keep the order of ``x``) or a
             ``TextBatch``.
         batch_size: inputs per forward pass.
         features: also capture the head's input features.
@@ -61,6 +62,10 @@ def forward(
     want_feats = features and clf.head is not None
     logits, feats = [], []
     device = clf.device
+    order: torch.Tensor | None = None
+    if isinstance(x, Texts) and len(x) > batch_size:  # batch texts of like length: less padding to compute
+        order = torch.tensor(sorted(range(len(x)), key=lambda i: len(x[i])), dtype=torch.long)
+        x = x[order]
     n = len(x) if isinstance(x, (Texts, TextBatch)) else x.shape[0]
     starts = range(0, n, batch_size)
     truncated = 0
@@ -83,6 +88,13 @@ def forward(
         k = clf.num_classes
         return Outputs(torch.empty(0, k, device=device), None)
     out = torch.cat(logits)
+    feat = torch.cat(feats) if want_feats else None
+    if order is not None:  # back to the caller's order
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel())
+        inverse = inverse.to(out.device)
+        out = out[inverse]
+        feat = None if feat is None else feat[inverse]
     bad = ~torch.isfinite(out).all(dim=1)
     if bad.any():
         first = int(bad.nonzero()[0, 0])
@@ -90,4 +102,4 @@ def forward(
             f"the model returned NaN or infinite logits for {int(bad.sum())} of {out.shape[0]} inputs "
             f"(the first at index {first}); fix the model before measuring it"
         )
-    return Outputs(out, torch.cat(feats) if want_feats else None, truncated)
+    return Outputs(out, feat, truncated)
