@@ -164,6 +164,7 @@ def test_modality_of():
     assert modality_of(model) == "text" and modality_of(Classifier(model)) == "text"
     assert modality_of(tiny_text_dataset(4)) == "text" and modality_of(Texts(["a"])) == "text"
     assert modality_of(["a", "b"]) == "text"
+    assert modality_of(torch.utils.data.DataLoader(tiny_text_dataset(4), batch_size=2)) == "text"
     assert modality_of(torch.rand(2, 1, 8, 8)) == "image"
     assert modality_of(ArrayDataset(torch.rand(2, 1, 4, 4), torch.zeros(2))) == "image"
     assert modality_of(torch.nn.Linear(3, 2)) == "image" and modality_of(Classifier(torch.nn.Linear(3, 2))) == "image"

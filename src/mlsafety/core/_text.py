@@ -359,8 +359,9 @@ def modality_of(obj: Any) -> Modality:
     Text: :class:`Texts`, :class:`TextBatch`, :class:`TextDataset`, a list of strings, anything with a
     ``modality`` attribute of ``"text"`` (a :class:`~mlsafety.core.Classifier` with a tokenizer, a
     language model), an ``nn.Module`` carrying a ``tokenizer`` or whose ``main_input_name`` is
-    ``"input_ids"`` (``transformers`` text models). Everything else (tensors, ``ArrayDataset``, image
-    models, loaders of image batches) is ``"image"``, the first wave's default.
+    ``"input_ids"`` (``transformers`` text models), a ``DataLoader`` over a text dataset. Everything
+    else (tensors, ``ArrayDataset``, image models, loaders of image batches) is ``"image"``, the first
+    wave's default.
     """
     if isinstance(obj, (Texts, TextBatch, TextDataset)):
         return "text"
@@ -372,4 +373,6 @@ def modality_of(obj: Any) -> Modality:
     if isinstance(obj, torch.nn.Module):
         if getattr(obj, "tokenizer", None) is not None or getattr(obj, "main_input_name", None) == "input_ids":
             return "text"
+    if isinstance(obj, torch.utils.data.DataLoader):
+        return modality_of(obj.dataset)
     return "image"
