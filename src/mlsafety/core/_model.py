@@ -130,7 +130,7 @@ def _right_aligned(mask: torch.Tensor) -> torch.Tensor | None:
 
 
 def _is_texts(x: Any) -> bool:
-    return isinstance(x, Texts) or (isinstance(x, (list, tuple)) and bool(x) and all(isinstance(t, str) for t in x))
+    return isinstance(x, Texts) or (isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x))
 
 
 class Classifier:
