@@ -113,9 +113,10 @@ def test_listed_sizes_are_the_real_sizes() -> None:
 
 
 def test_zoo_list_shows_the_text_entries_with_sources() -> None:
-    result = CliRunner().invoke(main, ["zoo", "list"], env={"COLUMNS": "250"})
+    result = CliRunner().invoke(main, ["zoo", "list"], env={"COLUMNS": "1000"})  # one line per entry
     assert result.exit_code == 0
-    lines = {line.split()[1]: " ".join(line.split()) for line in result.output.splitlines()[1:] if line.strip()}
+    rows = [line.split() for line in result.output.splitlines()[1:]]
+    lines = {row[1]: " ".join(row) for row in rows if row and row[0] in ("model", "dataset")}
     assert "modality" in result.output.splitlines()[0] and "source" in result.output.splitlines()[0]
     assert lines["mr"].startswith("dataset mr text 10,072 rows vaderSentiment==3.3.2 (MIT)")
     assert lines["tweets"].startswith("dataset tweets text 4,200 rows")
