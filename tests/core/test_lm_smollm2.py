@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
 from mlsafety.core import LanguageModel
-
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def _smollm2_dir() -> Path:
-    root = os.environ.get("MLSAFETY_ASSETS")
-    return (Path(root) if root else Path(sys.prefix) / "share" / "mlsafety" / "assets") / "smollm2"
+from mlsafety.zoo import load_model
 
 
 @pytest.fixture(scope="module")
 def smollm2() -> Any:
-    folder = _smollm2_dir()
-    if not (folder / GGUF).is_file():
-        pytest.skip(f"SmolLM2 asset not installed at {folder}")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF, dtype=torch.float32).eval()
-    return model, tokenizer
+    model = load_model("smollm2-135m")  # from the .safetensors cache (made from the pinned GGUF once)
+    return model, model.tokenizer
 
 
 @pytest.mark.slow
