@@ -33,8 +33,8 @@ from typing import Any
 import torch
 
 from mlsafety.core import LanguageModel
+from mlsafety.zoo import load_model
 
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 QUESTIONS = [
     ("The capital of France is", " Paris", " Rome"),
     ("The largest planet in the solar system is", " Jupiter", " Mars"),
@@ -57,11 +57,6 @@ QUESTIONS = [
     ("Honey is made by", " bees", " cows"),
     ("The freezing point of water in Fahrenheit is", " 32 degrees", " 0 degrees"),
 ]
-
-
-def _assets() -> Path:
-    root = os.environ.get("MLSAFETY_ASSETS")
-    return (Path(root) if root else Path(sys.prefix) / "share" / "mlsafety" / "assets") / "smollm2"
 
 
 def _reference(model: Any, tokenizer: Any, prompts: list[str], conts: list[str]) -> torch.Tensor:
@@ -108,13 +103,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "lm_padding.json"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    folder = _assets()
     start = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=GGUF)
-    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=GGUF, dtype=torch.float32).eval()
+    model = load_model("smollm2-135m")
+    tokenizer = model.tokenizer
     load_s = time.perf_counter() - start
 
     prompts = [q for q, _, _ in QUESTIONS for _ in range(2)]
@@ -140,13 +131,13 @@ def main() -> None:
     paris, rome = lm.logprobs(["The capital of France is"] * 2, [" Paris", " Rome"]).tolist()
     correct = lm.logprobs(prompts, conts).reshape(-1, 2)
     result = {
-        "model": "SmolLM2-135M-Instruct, Q4_1 weights dequantised to fp32 (transformers + gguf)",
+        "model": "smollm2-135m (SmolLM2-135M-Instruct, Q4_1 weights dequantised to fp32)",
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "threads": args.threads,
         "torch": torch.__version__,
         "pairs": len(prompts),
-        "load_from_gguf_s": round(load_s, 2),
+        "load_s": round(load_s, 2),
         "max_abs_diff_vs_unbatched_unpadded": diffs,
         "max_rel_diff_vs_unbatched_unpadded": rel,
         "max_abs_diff_naive_left_padding_without_position_ids": naive,

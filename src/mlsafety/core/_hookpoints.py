@@ -205,7 +205,7 @@ class HookPoints:
         return self.prefix + self._locate(name)[0]
 
     def _locate(self, name: str) -> tuple[str, str]:
-        """``(module path relative to the model root minus prefix, kind)``; kind is input, output or heads."""
+        """``(module path relative to the trunk, kind)``; kind is input, output or heads."""
         table = self.table
         if name == "embed":
             return table.embed, "output"
