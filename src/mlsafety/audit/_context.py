@@ -160,11 +160,15 @@ class AuditContext:
             self._hazards[key] = provider(self, h)
         return self._hazards[key]
 
+    def forward(self, x: Any) -> Outputs:
+        """One forward pass over inputs ``x`` (images or texts; :meth:`outputs` caches per hazard)."""
+        return forward(self.model, x, self.batch_size, progress=self.progress)
+
     def outputs(self, hazard: Hazard | str) -> Outputs:
         """Logits and features of ``hazard`` from one shared forward pass, cached."""
         key = str(Hazard.parse(hazard))
         if key not in self._outputs:
-            self._outputs[key] = forward(self.model, self.hazard(key).x, self.batch_size, progress=self.progress)
+            self._outputs[key] = self.forward(self.hazard(key).x)
         return self._outputs[key]
 
     def labels(self, hazard: Hazard | str) -> torch.Tensor:
@@ -175,5 +179,5 @@ class AuditContext:
         """Forward outputs for a named dataset that is not a hazard (``val``, ``train``), cached."""
         key = f"#data/{data.name}/{id(data)}"
         if key not in self._outputs:
-            self._outputs[key] = forward(self.model, data.x, self.batch_size, progress=self.progress)
+            self._outputs[key] = self.forward(data.x)
         return self._outputs[key]

@@ -204,7 +204,7 @@ class DefenceInDepth(Check):
                 transform_mix_outliers(val, g) if ctx.modality == "image" else word_shuffle_outliers(val, g)  # type: ignore[arg-type]
             )
             out_x: Any = outliers.x  # the evaluator passes the inputs through to the shared-pass detectors
-            out_set = ev.scored(out_x, forward(ctx.model, outliers.x, ctx.batch_size), outliers.y)
+            out_set = ev.scored(out_x, ctx.forward(outliers.x), outliers.y)
             ev.choose(val_set, out_set)
         return ev.monitor
 
