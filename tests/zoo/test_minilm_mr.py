@@ -23,9 +23,10 @@ from tests.support.text import tiny_bert_classifier, tiny_text_dataset
 SENTENCES = ["a good film", "the movie was really very bad and sad", "love it"]
 
 
-def tiny_model(seed: int = 0) -> SentenceClassifier:
+def tiny_model(seed: int = 0, attention: str = "eager") -> SentenceClassifier:
     """A SentenceClassifier over a random two-layer BERT (hidden 32), eval mode."""
     hf = tiny_bert_classifier(seed=seed)
+    hf.set_attn_implementation(attention)
     torch.manual_seed(seed)
     return SentenceClassifier(SentenceEncoder(hf.bert, hf.tokenizer)).eval()
 
@@ -70,10 +71,11 @@ def _ids(model: SentenceClassifier, texts: list[str]) -> dict[str, torch.Tensor]
     return {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
 
 
-@pytest.mark.parametrize("k", [0, 1, 2])
-def test_top_layers_on_lower_hidden_states_give_the_whole_models_logits(k):
-    """The training path (hidden states computed once, then the top k layers) is the deployed path."""
-    model = tiny_model()
+@pytest.mark.parametrize(("k", "attention"), [(0, "eager"), (1, "eager"), (2, "eager"), (1, "sdpa")])
+def test_top_layers_on_lower_hidden_states_give_the_whole_models_logits(k, attention):
+    """The training path (hidden states computed once, then the top k layers) is the deployed path
+    (with either attention kernel: the real MiniLM runs SDPA, the tiny one eager)."""
+    model = tiny_model(attention=attention)
     x = lower_hidden_states(model, SENTENCES, k=k)
     assert x.shape[0] == 3 and x.shape[-1] == 33
     mask = x[..., -1].long()

@@ -34,7 +34,7 @@ from mlsafety.core import (
     train,
 )
 from mlsafety.zoo._datasets import load_dataset
-from mlsafety.zoo._models import WEIGHTS_DIR, ModelInfo, register_model
+from mlsafety.zoo._models import ModelInfo, register_model, weights_path
 from mlsafety.zoo._text import load_minilm
 
 NAME = "minilm-mr"
@@ -229,7 +229,7 @@ def load_minilm_mr() -> SentenceClassifier:
     """``minilm-mr``: the ``minilm`` asset with the shipped top layer(s) and head, in eval mode."""
     from safetensors.torch import load_file
 
-    path = WEIGHTS_DIR / f"{NAME}.safetensors"
+    path = weights_path(NAME)
     if not path.is_file():
         raise InputError(f"weights for {NAME!r} are missing ({path}); run `mlsafety zoo train {NAME}`")
     model = SentenceClassifier(load_minilm())
