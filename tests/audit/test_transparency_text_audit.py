@@ -28,10 +28,10 @@ def checked():  # type: ignore[no-untyped-def]
     ctx = AuditContext(Classifier(tiny_bert_classifier(num_labels=2, seed=0)), AuditData(test, test, ood=ood))
     check = CHECKS.create(
         "transparency",
-        methods=["saliency", "integrated-gradients", "occlusion"],
+        text_methods=["saliency", "integrated-gradients", "occlusion"],
         examples=2,
-        sanity_inputs=4,
-        sanity_modes=["cascading"],
+        text_sanity_inputs=4,
+        text_sanity_modes=["cascading"],
     )
     return check, check.tasks(ctx)[0].run()
 
@@ -44,7 +44,8 @@ def test_the_check_runs_on_text_and_stores_rows_like_for_images(checked) -> None
         r = rows[f"{name}_cascading_spearman"]
         assert r.ci_low is not None and r.ci_high is not None and r.ci_low <= r.value <= r.ci_high and r.n == 4
         assert f"{name}_cascading_ssim" not in rows  # SSIM is an image measure
-        assert "bert.encoder.layer.0" in r.params["stages"]
+        assert r.params["stages"] == ["classifier", "bert.pooler", "bert.encoder.layer.1", "bert.encoder.layer.0",
+                                      "bert.embeddings"]  # fmt: skip
     assert 0 <= rows["sanity_pass_share"].value <= 1 and rows["ig_completeness_gap"].value < 0.05
     assert "class_visualisation_confidence" not in rows
     names = {a.name: a for a in result.artifacts}

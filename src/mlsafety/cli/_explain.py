@@ -1,4 +1,4 @@
-"""``mlsafety explain``: list the attribution methods, or run their sanity checks on a model."""
+"""``mlsafety explain``: list the attribution methods, run their sanity checks on a model, or explain texts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ MODES = ("cascading", "independent")
 
 @click.group("explain")
 def explain_group() -> None:
-    """Attribution methods: list them, or run their sanity checks on a model."""
+    """Attribution methods: list them, run their sanity checks on a model, or explain texts word by word."""
 
 
 @explain_group.command("list")
@@ -24,17 +24,21 @@ def explain_list() -> None:
 
     from mlsafety.monitoring import transparency as tr
 
-    table = Table("name", "method", box=None)
+    table = Table("name", "inputs", "method", box=None)
     for name in tr.available():
         doc = inspect.getdoc(tr.ATTRIBUTIONS.get(name)) or ""
-        table.add_row(name, " ".join(doc.split("\n\n")[0].split()))
+        inputs = ", ".join(sorted(tr.ATTRIBUTIONS.tags(name) & {tr.IMAGE, tr.TEXT}))
+        table.add_row(name, inputs, " ".join(doc.split("\n\n")[0].split()))
     out_console.print(table)
 
 
 @explain_group.command("sanity")
 @click.option("--model", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
-@click.option("--data", default="digits", show_default=True, help="Test data (zoo name, .npz file or image folder).")
+@click.option(
+    "--data",
+    help="Test data (zoo name, .npz file, image folder, or .csv/.jsonl text).  [default: the zoo model's own data]",
+)
 @click.option("--method", "-m", "methods", multiple=True, help="Attribution method; repeatable. Default: all.")
 @click.option(
     "--mode",
@@ -47,7 +51,7 @@ def explain_list() -> None:
 @click.option("--threshold", default=0.5, show_default=True, help="Rank correlation below which maps count as changed.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @friendly
-def explain_sanity(model: str, weights: str | None, data: str, methods: tuple[str, ...], modes: tuple[str, ...],
+def explain_sanity(model: str, weights: str | None, data: str | None, methods: tuple[str, ...], modes: tuple[str, ...],
                    inputs: int, threshold: float, as_json: bool) -> None:  # fmt: skip
     """Sanity checks (Adebayo et al. 2018): do the maps change when the model's layers are re-initialised?"""
     import json
@@ -55,10 +59,10 @@ def explain_sanity(model: str, weights: str | None, data: str, methods: tuple[st
     from mlsafety.audit import AuditConfig, prepare_inputs
     from mlsafety.monitoring import transparency as tr
 
-    names = list(methods) or tr.available()
-    for name in names:
+    for name in methods:
         tr.ATTRIBUTIONS.get(name)  # an unknown name fails before any work, with a suggestion
     clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, ood=[]))
+    names = list(methods) or tr.available(clf.modality)
     x = checked.test.x[:inputs]
     results = [
         tr.sanity_check(tr.create(name), clf, x, mode=mode, threshold=threshold)
@@ -74,7 +78,7 @@ def explain_sanity(model: str, weights: str | None, data: str, methods: tuple[st
                         "mode": r.mode,
                         "spearman": r.score,
                         "passed": r.passed,
-                        "ssim": float(r.ssim.mean()),
+                        "ssim": None if r.ssim is None else float(r.ssim.mean()),
                     }
                     for r in results
                 ],
@@ -84,6 +88,62 @@ def explain_sanity(model: str, weights: str | None, data: str, methods: tuple[st
         return
     table = Table("method", "test", "Spearman", "SSIM", "verdict", box=None)
     for r in results:
-        ssim = r.ssim.mean(dim=0).mean() if r.mode == "independent" else r.ssim[-1].mean()
-        table.add_row(r.method, r.mode, f"{r.score:.3f}", f"{float(ssim):.3f}", "pass" if r.passed else "FAIL")
+        if r.ssim is None:  # text: SSIM is an image measure
+            cell = "-"
+        else:
+            cell = f"{float(r.ssim.mean(dim=0).mean() if r.mode == 'independent' else r.ssim[-1].mean()):.3f}"
+        table.add_row(r.method, r.mode, f"{r.score:.3f}", cell, "pass" if r.passed else "FAIL")
     out_console.print(table)
+
+
+@explain_group.command("text")
+@click.option(
+    "--model", default="minilm-mr", show_default=True, help="Text model: zoo name or a saved transformers folder."
+)
+@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
+@click.option("--text", "texts", multiple=True, required=True, help="A text to explain; repeatable.")
+@click.option("--method", "-m", default="integrated-gradients", show_default=True, help="Attribution method (text).")
+@click.option("--target", type=click.IntRange(min=0), help="Class to explain.  [default: the predicted class]")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@friendly
+def explain_text(model: str, weights: str | None, texts: tuple[str, ...], method: str, target: int | None,
+                 as_json: bool) -> None:  # fmt: skip
+    """Token attributions of a text model, merged into words (red: for the class, blue: against)."""
+    import json
+
+    from rich.text import Text
+
+    from mlsafety.audit import resolve_model
+    from mlsafety.core import InputError
+    from mlsafety.monitoring import transparency as tr
+
+    tr.ATTRIBUTIONS.get(method)  # an unknown name fails before any work, with a suggestion
+    if tr.TEXT not in tr.ATTRIBUTIONS.tags(method):
+        raise InputError(f"method {method!r} does not explain text; choose one of {', '.join(tr.available(tr.TEXT))}")
+    clf = resolve_model(model, weights)
+    if clf.modality != "text":
+        raise InputError(f"model {model!r} takes images; explain text needs a text model (e.g. minilm-mr)")
+    res = tr.explain_text(tr.create(method), clf, list(texts), target)
+    if as_json:
+        out = [
+            {
+                "text": t,
+                "target": int(res.target[i]),
+                "words": [{"word": w.text, "score": w.score} for w in res.words[i]],
+            }
+            for i, t in enumerate(res.texts)
+        ]
+        click.echo(json.dumps({"method": method, "model": model, "results": out}, indent=2))
+        return
+    for i, ws in enumerate(res.words):
+        top = max((abs(w.score) for w in ws), default=0.0) or 1.0
+        line = Text(f"class {int(res.target[i])}: ")
+        for j, w in enumerate(ws):
+            share = min(1.0, abs(w.score) / top)
+            fg = (214, 69, 40) if w.score >= 0 else (38, 110, 214)
+            r, g, b = (int(255 - share * (255 - c)) for c in fg)  # blended onto white
+            line.append("" if j == 0 else " ")
+            line.append(w.text, style=f"black on rgb({r},{g},{b})")
+        out_console.print(line, soft_wrap=True)
+        scores = "  ".join(f"{w.text}={w.score:+.3g}" for w in ws)
+        out_console.print(Text(f"  {method}: {scores}", style="dim"), soft_wrap=True)

@@ -12,7 +12,8 @@ re-initialised and trained for ``label_epochs`` on permuted labels with the shar
 gap is stored as a numerical health figure. Finally an image per class that maximises its logit
 (Fourier parameterisation, random jitter/scale/rotation).
 
-On a text model the same methods (those tagged ``text``) explain token embeddings, the sanity checks
+On a text model the methods of ``text_methods`` (tagged ``text``; smaller defaults, since every
+pass costs a transformer's forward and backward) explain token embeddings, the sanity checks
 re-initialise the head, then each transformer block from the top down, then the embeddings, and
 compare token scores over each sentence's real tokens (Spearman; SSIM is an image measure and is not
 stored). Instead of grids, a few correct, misclassified and OOD test sentences are shown with their
@@ -50,10 +51,14 @@ CLEAN = Hazard.clean()
 CHECK = "transparency"
 
 
-def _method(ctx: AuditContext, name: str) -> tr.Attribution:
-    """The attribution method ``name``; a method that draws noise (SmoothGrad) gets a derived seed."""
+def _method(ctx: AuditContext, name: str, steps: int | None = None) -> tr.Attribution:
+    """The attribution method ``name``; a method that draws noise (SmoothGrad) gets a derived seed, and a
+    path method (integrated gradients) ``steps`` quadrature points when given."""
     params = tr.ATTRIBUTIONS.parameters(name) or []
-    return tr.create(name, **({"seed": ctx.seed_for(CHECK, "method", name)} if "seed" in params else {}))
+    kw: dict[str, Any] = {"seed": ctx.seed_for(CHECK, "method", name)} if "seed" in params else {}
+    if steps is not None and "steps" in params:
+        kw["steps"] = steps
+    return tr.create(name, **kw)
 
 
 @register_check("transparency")
@@ -78,8 +83,17 @@ class Transparency(Check):
         "visualize": True,
         "vis_steps": 60,
         "text_method": "integrated-gradients",
+        "text_methods": ["saliency", "input-x-gradient", "integrated-gradients"],
+        "text_sanity_inputs": 4,
+        "text_sanity_modes": ["cascading"],
+        "text_ig_steps": 8,
     }
-    quick: ClassVar[dict[str, Any]] = {"sanity_inputs": 8, "sanity_modes": ["cascading"], "vis_steps": 40}
+    quick: ClassVar[dict[str, Any]] = {
+        "sanity_inputs": 8,
+        "sanity_modes": ["cascading"],
+        "vis_steps": 40,
+        "text_methods": ["saliency", "input-x-gradient"],
+    }
     metrics = (
         *(f"*_{mode}_{m}" for mode in ("cascading", "independent", "label") for m in ("spearman", "ssim", "pass")),
         "sanity_pass_share", "ig_completeness_gap", "class_visualisation_confidence",
@@ -88,11 +102,11 @@ class Transparency(Check):
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
-        for name in [*p["methods"], *p["grid_methods"], p["text_method"]]:
+        for name in [*p["methods"], *p["grid_methods"], p["text_method"], *p["text_methods"]]:
             tr.ATTRIBUTIONS.get(name)  # unknown names fail before any work
         text = ctx.modality == tr.TEXT
-        if text and "label" in p["sanity_modes"]:
-            raise InputError("label randomisation is not available for text models yet; drop 'label' from sanity_modes")
+        if text and "label" in p["text_sanity_modes"]:
+            raise InputError("label randomisation is not available for text models yet; drop it from text_sanity_modes")
         if text and tr.TEXT not in tr.ATTRIBUTIONS.tags(p["text_method"]):
             raise InputError(f"text_method {p['text_method']!r} does not explain text; choose one of "
                              f"{', '.join(tr.available(tr.TEXT))}")  # fmt: skip
@@ -101,10 +115,10 @@ class Transparency(Check):
         correct = (pred == data.y).nonzero()[:, 0]
         wrong = (pred != data.y).nonzero()[:, 0]
         order = torch.randperm(len(data), generator=ctx.generator(CHECK, "inputs"))
-        pick = order[torch.isin(order, correct)][: int(p["sanity_inputs"])]
+        pick = order[torch.isin(order, correct)][: int(p["text_sanity_inputs" if text else "sanity_inputs"])]
         x_s = data.x[pick]
         rows, artifacts = self._sanity(ctx, x_s)
-        ig = tr.IntegratedGradients()
+        ig = tr.IntegratedGradients(steps=int(p["text_ig_steps"])) if text else tr.IntegratedGradients()
         gap = tr.ig_completeness(ctx.model, x_s, pred[pick], ig, seed=ctx.seed_for(CHECK, str(CLEAN), "ig"))
         rows.append(Row.of(str(CLEAN), "ig_completeness_gap", gap, steps=ig.steps, method=ig.method))
 
@@ -130,10 +144,15 @@ class Transparency(Check):
     def _sanity(self, ctx: AuditContext, x: torch.Tensor) -> tuple[list[Row], list[Artifact]]:
         """Rows and the picture of the sanity checks of every method on inputs ``x``."""
         p = self.params
-        recipe = _label_recipe(ctx, int(p["label_epochs"])) if "label" in p["sanity_modes"] else None
-        names = [name for name in p["methods"] if ctx.modality in tr.ATTRIBUTIONS.tags(name)]
+        text = ctx.modality == tr.TEXT
+        modes = p["text_sanity_modes"] if text else p["sanity_modes"]
+        recipe = _label_recipe(ctx, int(p["label_epochs"])) if "label" in modes else None
+        names = [
+            name for name in (p["text_methods"] if text else p["methods"]) if ctx.modality in tr.ATTRIBUTIONS.tags(name)
+        ]
+        steps = int(p["text_ig_steps"]) if text else None
         report = tr.sanity_summary(
-            {name: _method(ctx, name) for name in names}, ctx.model, x, p["sanity_modes"], float(p["threshold"]),
+            {name: _method(ctx, name, steps) for name in names}, ctx.model, x, modes, float(p["threshold"]),
             generator_for=lambda mode: ctx.generator(CHECK, "sanity", mode),  # every method sees the same re-inits
             seed_for=lambda name, mode: ctx.seed_for(CHECK, str(CLEAN), name, mode),
             train=recipe, data=ctx.data.train,
@@ -201,7 +220,7 @@ class Transparency(Check):
         for ood_name in sorted(ctx.data.ood)[:1]:
             h = Hazard.ood(ood_name)
             groups.append((str(h), f"{h.kind}-{h.name}", Texts(ctx.hazard(h).x[:k]), None))
-        method = _method(ctx, p["text_method"])
+        method = _method(ctx, p["text_method"], int(p["text_ig_steps"]))
         artifacts = []
         for label, slug, texts, truth in groups:
             res = tr.explain_text(method, ctx.model, texts)

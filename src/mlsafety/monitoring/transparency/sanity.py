@@ -135,8 +135,11 @@ def randomizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 def randomization_stages(model: nn.Module) -> list[tuple[str, list[str]]]:
     """The randomisation stages, input to output: ``(stage name, layer names)``.
 
-    A layer inside an element of a ``nn.ModuleList`` (a transformer block such as
-    ``bert.encoder.layer.3``) belongs to that block's stage; any other layer is a stage of its own.
+    In a model built of blocks (a ``nn.ModuleList``, as every transformer is), a layer inside a block
+    (``bert.encoder.layer.3``) belongs to that block's stage, and a layer outside the blocks to the
+    stage of its parent module (``bert.embeddings`` with the word, position and type embeddings and
+    their LayerNorm; ``bert.pooler``; the head): the cascade walks from the head down through the
+    blocks to the embeddings. In a model without blocks (a CNN) every layer is a stage of its own.
     """
     blocks = [
         f"{name}.{i}" if name else str(i)
@@ -146,7 +149,9 @@ def randomization_stages(model: nn.Module) -> list[tuple[str, list[str]]]:
     ]
     stages: dict[str, list[str]] = {}
     for name, _ in randomizable_layers(model):
-        owner = max((b for b in blocks if name.startswith(b + ".")), key=len, default=name)
+        owner = max((b for b in blocks if name.startswith(b + ".")), key=len, default=None)
+        if owner is None:
+            owner = name.rsplit(".", 1)[0] if blocks and "." in name else name
         stages.setdefault(owner, []).append(name)
     return list(stages.items())
 
