@@ -12,7 +12,9 @@ from mlsafety.metrics import ood_metrics
 from mlsafety.monitoring import ood
 from tests.support.family import check_family
 
-test_detector_family = check_family(ood.DETECTORS, known_tags=(ood.QUICK, ood.NEEDS_DROPOUT, ood.NEEDS_MEMBERS))
+test_detector_family = check_family(
+    ood.DETECTORS, known_tags=(ood.QUICK, ood.NEEDS_DROPOUT, ood.NEEDS_MEMBERS, ood.IMAGE, ood.TEXT)
+)
 
 
 def _former_row_params(det: ood.Detector) -> dict[str, Any]:
