@@ -44,3 +44,14 @@ def test_smollm2_paris_padding_hooks_and_generation(smollm2: Any) -> None:
     states = lm.hidden_states(prompts[:1], layers=[0, 30])
     assert states.shape == (1, 2, 576)
     assert lm.generate(["The capital of France is"], max_new_tokens=2) == [" Paris."]
+    pair = ["The capital of France is", "Hello"]  # left-padded batch = one by one
+    assert lm.generate(pair, max_new_tokens=6) == [lm.generate([p], max_new_tokens=6)[0] for p in pair]
+    batch = lm.encode(prompts)
+    with torch.no_grad():
+        positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        plain = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions).logits
+    hooked, cache = lm.run_with_cache(batch, ["blocks.29.resid_post", "final_norm"])
+    assert torch.equal(hooked, plain)  # hooks that only read change nothing
+    scale = float(states.abs().max())  # the last residual stream is large: compare relative to it
+    last = cache["blocks.29.resid_post"][:1, batch.lengths[0] - 1]
+    torch.testing.assert_close(states[:, 1], last, rtol=0, atol=1e-5 * scale)
