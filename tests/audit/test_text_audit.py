@@ -229,3 +229,19 @@ def test_the_run_fingerprint_covers_the_texts_and_the_tokenizer(files, tmp_path)
     assert base["tokenizer"].digest == changed["tokenizer"].digest
     clf2.tokenizer.model_max_length = 32
     assert components(other, clf2, data2)["tokenizer"].digest != base["tokenizer"].digest
+
+
+@pytest.mark.slow
+def test_zoo_text_data_defaults_to_mr_splits_and_the_text_ood_sets(files):
+    """The embedded data (installed assets): val is mr's validation split, the detectors fit on a
+    seeded sample of its training split, and the OOD sets are tweets, nyt and amazon."""
+    from mlsafety.audit import resolve_data, resolve_model
+    from mlsafety.audit._inputs import TEXT_FIT_SIZE
+
+    clf = resolve_model(str(files / "model"), None)
+    data = resolve_data(AuditConfig(model=str(files / "model"), data="mr"), clf)
+    assert sorted(data.ood) == ["amazon", "nyt", "tweets"]
+    assert data.train is not None and len(data.train) == TEXT_FIT_SIZE and "seeded sample" in data.train.source
+    assert len(data.val) > TEXT_FIT_SIZE and set(data.test.y.tolist()) == {0, 1}
+    again = resolve_data(AuditConfig(model=str(files / "model"), data="mr", ood=[]), clf)
+    assert again.train is not None and list(again.train.x) == list(data.train.x)

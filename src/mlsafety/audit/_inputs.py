@@ -309,6 +309,11 @@ def data_spec(config: AuditConfig, model: Classifier | None = None) -> str:
     return "digits"
 
 
+TEXT_FIT_SIZE = 2000
+"""Texts of a zoo text set's training split the OOD detectors are fitted on by default: a seeded
+sample, because every text costs a transformer pass and the text audit is meant to finish within
+minutes on a CPU. ``--train`` fits them on every text of a file."""
+
 _TEXT_FORMS = "a zoo text dataset, a .csv or .jsonl file, or a folder saved by datasets.Dataset.save_to_disk"
 
 
@@ -376,8 +381,12 @@ def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
         train = load_checked(config.train, "train", "train")
     elif is_zoo and config.val is None:
         train = load_checked(spec, "train", "train")
-        train = TextDataset(train.x, train.y, train.name, train.kind, train.description,
-                            f"the training split of zoo data {spec!r}")  # fmt: skip
+        source = f"the training split of zoo data {spec!r}"
+        if len(train) > TEXT_FIT_SIZE:
+            keep = torch.randperm(len(train), generator=generator(config.seed, "text-fit"))[:TEXT_FIT_SIZE]
+            source = f"a seeded sample of {TEXT_FIT_SIZE} texts of {source}"
+            train = train.subset(keep.sort().values)
+        train = TextDataset(train.x, train.y, train.name, train.kind, train.description, source)
     ood: dict[str, TextDataset] = {}
     for ood_spec in config.ood if config.ood is not None else zoo.ood_names("text"):
         ds = load_checked(ood_spec, "ood", "test")
