@@ -17,9 +17,9 @@ pass costs a transformer's forward and backward: on MiniLM, integrated gradients
 costs as much as the two gradient methods' together, so it runs only when listed) explain token
 embeddings; the sanity checks re-initialise the head, then each transformer block from the top
 down, then the embeddings, and compare token scores over each sentence's real tokens (Spearman;
-SSIM is an image measure and is not stored). Instead of grids, a few correct, misclassified and OOD test sentences are shown with their
-words highlighted by ``text_method``; adversarial grids and class visualisations are image-only and
-are not drawn for text.
+SSIM is an image measure and is not stored). Instead of grids, a few correct, misclassified and
+OOD test sentences are shown with their words highlighted by ``text_method``; adversarial grids and
+class visualisations are image-only and are not drawn for text.
 """
 
 from __future__ import annotations
@@ -163,6 +163,8 @@ class Transparency(Check):
         for name, by_mode in report.results.items():
             for mode, s in by_mode.items():
                 common = {"method": name, "mode": mode, "threshold": s.result.threshold, "stages": s.result.stages}
+                if text:
+                    common["modality"] = "text"  # the view leaves out the SSIM column
                 rows.append(Row.of(key, sanity_metric(name, mode, "spearman"), s.spearman, **common))
                 if s.ssim is not None:  # text: no SSIM
                     rows.append(Row.of(key, sanity_metric(name, mode, "ssim"), s.ssim, **common))

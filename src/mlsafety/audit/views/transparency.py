@@ -114,7 +114,7 @@ class TransparencyView(View):
         methods = list(dict.fromkeys(r.params["method"] for r in rows if isinstance(r.params.get("method"), str)
                                      and "mode" in r.params))  # fmt: skip
         modes = sorted({str(r.params["mode"]) for r in rows if "mode" in r.params})
-        with_ssim = any(r.metric.endswith("_ssim") for r in rows)  # text has no SSIM
+        with_ssim = any(r.params.get("modality") != "text" for r in rows if "mode" in r.params)  # text: no SSIM
         body = []
         for method in methods:
             line = [method]
