@@ -317,3 +317,35 @@ def test_token_saliency_hooks_an_embedding_layer_for_raw_token_models() -> None:
     model.head(torch.tanh(e).sum(dim=1))[:, 1].sum().backward()
     assert e.grad is not None and torch.allclose(sal, e.grad.norm(dim=-1), atol=1e-6)
     assert not model.emb._forward_hooks
+
+
+def test_bad_text_inputs_raise_one_line_input_errors(bert: nn.Module, tiny_net: nn.Module) -> None:
+    with pytest.raises(InputError, match="tokenizer"):
+        tr.create("saliency").attribute(tiny_net, ["a text"], 0)  # an image model has no tokenizer
+    with pytest.raises(InputError, match="not one str"):
+        tr.create("saliency").attribute(bert, "the movie was good", 0)
+    with pytest.raises(InputError):
+        tr.create("saliency").attribute(bert, ["good", ""], 0)  # an empty text
+    with pytest.raises(InputError):
+        tr.create("occlusion").attribute(bert, TEXTS, torch.tensor([0, 1]))  # one target too few
+    with pytest.raises(InputError, match="text_baseline"):
+        tok = bert.tokenizer
+        clf = Classifier(bert, tokenizer=_NoPad(tok))
+        tr.IntegratedGradients(steps=2).attribute(clf, TEXTS[:1], 0)
+
+
+class _NoPad:
+    """A tokenizer proxy that reports no pad token (IG's [PAD] baseline must then be refused)."""
+
+    def __init__(self, tok: object) -> None:
+        self._tok = tok
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._tok, name)
+
+    def __call__(self, *args: object, **kwargs: object) -> object:
+        return self._tok(*args, **kwargs)  # type: ignore[operator]
+
+    @property
+    def pad_token_id(self) -> None:
+        return None

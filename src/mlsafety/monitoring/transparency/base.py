@@ -121,8 +121,8 @@ class Attribution(HyperParams):
 
         Returns:
             For a tensor: maps of the same shape, dtype and device as ``x``. For text: token scores
-            (N, L) aligned with ``clf.encode(x)`` (the batch the classifier builds from the texts),
-            zero at padding.
+            (N, L) on the CPU, aligned with ``clf.encode(x)`` (the batch the classifier builds from
+            the texts), zero at padding.
         """
         if params:
             unknown = sorted(set(params) - set(self.get_params()))
