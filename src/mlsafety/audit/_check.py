@@ -275,7 +275,7 @@ class Check:
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
         """Scorecard entries from this check's stored rows (its view's; none when it was not run)."""
         measured = [r for r in rows if not is_skip(r) and r.metric != TRUNCATED]
-        return cls.view.headlines(measured) if measured else []
+        return cls.view.headlines(measured) if measured or len(measured) == len(rows) else []
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
@@ -293,7 +293,7 @@ class Check:
             note = "Warning: these texts were longer than the model takes; it judged only their first tokens."
             out.append(Table("Truncated inputs", ["hazard", "truncated", "of n", "max tokens"], body, note))
         measured = [r for r in rows if not is_skip(r) and r.metric != TRUNCATED]
-        if measured:
+        if measured or len(measured) == len(rows):  # a view is never shown only the rows taken out above
             out += cls.view.tables(measured, cls.title or getattr(cls, "name", ""))
         return out
 
