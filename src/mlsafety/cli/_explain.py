@@ -138,12 +138,19 @@ def explain_text(model: str, weights: str | None, texts: tuple[str, ...], method
     for i, ws in enumerate(res.words):
         top = max((abs(w.score) for w in ws), default=0.0) or 1.0
         line = Text(f"class {int(res.target[i])}: ")
+        text, pos = res.texts[i], 0
         for j, w in enumerate(ws):
             share = min(1.0, abs(w.score) / top)
             fg = (214, 69, 40) if w.score >= 0 else (38, 110, 214)
             r, g, b = (int(255 - share * (255 - c)) for c in fg)  # blended onto white
-            line.append("" if j == 0 else " ")
+            if w.start is not None and w.end is not None and w.start >= pos:  # the characters between words
+                line.append(text[pos : w.start])
+                pos = w.end
+            elif j > 0:
+                line.append(" ")
             line.append(w.text, style=f"black on rgb({r},{g},{b})")
+        if pos:
+            line.append(text[pos:])
         out_console.print(line, soft_wrap=True)
         scores = "  ".join(f"{w.text}={w.score:+.3g}" for w in ws)
         out_console.print(Text(f"  {method}: {scores}", style="dim"), soft_wrap=True)
