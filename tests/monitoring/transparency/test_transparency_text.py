@@ -349,3 +349,16 @@ class _NoPad:
     @property
     def pad_token_id(self) -> None:
         return None
+
+
+def test_a_truncated_text_keeps_the_words_that_remain_with_their_offsets() -> None:
+    from tests.support.text import tiny_tokenizer
+
+    tok = tiny_tokenizer("cls", max_length=5)  # [CLS] + 3 words + [SEP]
+    texts = ["the movie was really good", "a bad day"]
+    enc = tok(texts, padding=True, truncation=True, return_tensors="pt")
+    batch = TextBatch(enc["input_ids"], enc["attention_mask"], torch.tensor([True, False]))
+    scores = torch.ones(batch.input_ids.shape) * batch.attention_mask
+    got = tr.words(tok, texts, batch, scores)
+    assert [(w.text, w.start, w.end) for w in got[0]] == [("the", 0, 3), ("movie", 4, 9), ("was", 10, 13)]
+    assert [w.text for w in got[1]] == ["a", "bad", "day"]

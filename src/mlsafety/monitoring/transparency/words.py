@@ -93,10 +93,12 @@ def _by_word_ids(tokenizer: Any, text: str, batch: TextBatch, i: int, scores: to
     or its tokens differ from the batch's (then the marks decide)."""
     if not getattr(tokenizer, "is_fast", False):
         return None
-    enc = tokenizer(text, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=False)
     real = batch.attention_mask[i].bool().cpu()
     ids = batch.input_ids[i].cpu()[real].tolist()
-    if enc["input_ids"][: len(ids)] != ids:
+    enc = tokenizer(
+        text, return_offsets_mapping=True, return_special_tokens_mask=True, truncation=True, max_length=len(ids)
+    )  # cut where the batch was cut
+    if enc["input_ids"] != ids:
         return None
     kept = scores[i].cpu()[real]
     word_ids = enc.word_ids()
