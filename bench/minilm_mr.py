@@ -58,7 +58,7 @@ def accuracy(model: torch.nn.Module, data: TextDataset, batch_size: int = 128) -
     lo, hi = wilson(k, n)
     return {
         "accuracy": est.value,
-        "clopper_pearson_95": [est.low, est.high],
+        "clopper_pearson_95": [est.ci_low, est.ci_high],
         "wilson_95": [lo, hi],
         "n": n,
     }
