@@ -48,7 +48,8 @@ def test_misspelt_metric_gets_the_closest_declared_name():
     problem = metric_problem("clean", "acuracy")
     assert (
         problem
-        == "check 'clean' stores no metric 'acuracy'; did you mean 'accuracy'? Its metrics: accuracy, class_*_accuracy"
+        == "check 'clean' stores no metric 'acuracy'; did you mean 'accuracy'? "
+        "Its metrics: accuracy, class_*_accuracy, truncated_inputs"
     )
     # a pattern's * is filled from the metric's own words
     assert "did you mean 'class_3_accuracy'?" in metric_problem("clean", "class_3_acuracy")  # type: ignore[operator]
