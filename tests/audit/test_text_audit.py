@@ -245,3 +245,11 @@ def test_zoo_text_data_defaults_to_mr_splits_and_the_text_ood_sets(files):
     assert len(data.val) > TEXT_FIT_SIZE and set(data.test.y.tolist()) == {0, 1}
     again = resolve_data(AuditConfig(model=str(files / "model"), data="mr", ood=[]), clf)
     assert again.train is not None and list(again.train.x) == list(data.train.x)
+
+
+def test_an_image_audit_stores_no_skip_or_truncation_rows(quick_audit):
+    """Every check runs on images, and images are never truncated: the image audit's rows are as before."""
+    from mlsafety.audit._check import is_skip
+
+    _, result = quick_audit
+    assert not [r.key for r in result.rows if is_skip(r) or r.metric == TRUNCATED]
