@@ -112,6 +112,7 @@ CASES = {
     "label outside [0, K)": (["--model", "{d}/model", "--data", "{d}/bad_label.csv"], "5"),
     "empty text": (["--model", "{d}/model", "--data", "{d}/empty.csv"], "empty"),
     "non-UTF-8 file": (["--model", "{d}/model", "--data", "{d}/latin1.csv"], "UTF-8"),
+    "text column for an image model": (["--text-column", "body"], "names a column of text data, but the model takes"),
     "missing file": (["--model", "{d}/model", "--data", "{d}/nope.csv"], "not found or not supported"),
     "image-only detector": (
         ["--model", "{d}/model", "--data", "{d}/data.csv", "--ood", "{d}/ood.jsonl", "--config", "{d}/odin.toml"],

@@ -510,6 +510,12 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
     """
     if model is not None and modality_of(model) == "text":
         return _resolve_text_data(config, model)
+    defaults = AuditConfig()
+    for key in ("text_column", "label_column"):
+        if getattr(config, key) != getattr(defaults, key):
+            raise InputError(
+                f"--{key.replace('_', '-')} names a column of text data, but the model takes images; drop it"
+            )
     spec = data_spec(config, model)
     channels = config.channels
     if channels is None and model is not None and _is_folder(spec) and config.image_size is not None:
