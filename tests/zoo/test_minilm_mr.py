@@ -16,6 +16,7 @@ from mlsafety.zoo._minilm_mr import (
     mean_pool,
     pack,
     packed_loss,
+    seeded_head,
 )
 from mlsafety.zoo._text import SentenceEncoder
 from tests.support.text import tiny_bert_classifier, tiny_text_dataset
@@ -126,6 +127,20 @@ def test_recipe_is_deterministic_learns_and_trains_only_the_top_layer():
     )
     accuracy = (Classifier(model).logits(data.texts).argmax(1) == data.y).float().mean().item()
     assert accuracy >= 0.9
+
+
+def test_the_recipes_head_depends_on_its_seed_only_and_the_encoder_is_kept():
+    """The recipe's starting point is a function of its seed, whatever the global generator's state."""
+    model = tiny_model()
+    encoder = {k: v.clone() for k, v in model.encoder.state_dict().items()}
+    first = seeded_head(model, 0).fc.weight.clone()
+    torch.manual_seed(123)
+    torch.rand(7)
+    again = seeded_head(tiny_model(), 0).fc.weight.clone()
+    torch.testing.assert_close(again, first, atol=0, rtol=0)
+    assert not torch.equal(seeded_head(tiny_model(), 1).fc.weight, first)
+    for key, value in model.encoder.state_dict().items():
+        assert torch.equal(value, encoder[key]), key
 
 
 def test_the_zoo_lists_minilm_mr_with_its_recipe():

@@ -195,6 +195,16 @@ def lower_hidden_states(
     return pack(hidden, tokens.attention_mask)
 
 
+def seeded_head(model: SentenceClassifier, seed: int) -> SentenceClassifier:
+    """Re-draw ``model``'s head from ``seed`` alone (PyTorch's default init), in place; the encoder is kept.
+
+    The head's first draw came from the global generator when it was built; this makes the
+    recipe's starting point a function of its seed only.
+    """
+    seeded_init(nn.ModuleList([model.fc]), seed, NAME, "head")  # seeded_init resets the children of its argument
+    return model
+
+
 def fit_top_layers(
     model: SentenceClassifier,
     data: TextDataset,
@@ -220,8 +230,7 @@ def train_minilm_mr(seed: int = 0, progress: Progress | None = None) -> TopLayer
     Returns the trained part (:class:`TopLayers`: what the weights file holds); :func:`load_minilm_mr`
     puts it on top of the ``minilm`` asset.
     """
-    model = SentenceClassifier(load_minilm())
-    seeded_init(model.fc, seed, NAME, "head")
+    model = seeded_head(SentenceClassifier(load_minilm()), seed)
     data: TextDataset = load_dataset("mr", "train")  # type: ignore[assignment]
     return fit_top_layers(model, data, TRAIN_CONFIG.replace(seed=seed), progress=progress)
 
