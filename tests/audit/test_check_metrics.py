@@ -47,8 +47,7 @@ def test_a_declaration_that_drifts_is_caught(quick_audit, monkeypatch):
 def test_misspelt_metric_gets_the_closest_declared_name():
     problem = metric_problem("clean", "acuracy")
     assert (
-        problem
-        == "check 'clean' stores no metric 'acuracy'; did you mean 'accuracy'? "
+        problem == "check 'clean' stores no metric 'acuracy'; did you mean 'accuracy'? "
         "Its metrics: accuracy, class_*_accuracy, truncated_inputs"
     )
     # a pattern's * is filled from the metric's own words
