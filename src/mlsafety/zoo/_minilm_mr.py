@@ -11,7 +11,7 @@ The recipe (:func:`train_minilm_mr`, ``mlsafety zoo train minilm-mr``): the froz
 once over ``mr``'s train split (their hidden states are the training inputs), then
 :func:`mlsafety.core.train` fine-tunes the top layer(s) and trains the head on them (Adam, cosine
 schedule, seeded batch order and dropout). On ``mr``'s split, logistic and MLP heads on the frozen
-mean-pooled embeddings scored 2.4 to 2.6 points lower on val and 0.5 to 1.5 lower on test than
+mean-pooled embeddings scored 2.3 to 2.5 points lower on val and 0.9 to 1.9 lower on test than
 tuning the top layer too; ``bench/minilm_mr.py`` measures the shipped model's accuracy with its
 95% interval and records the options tried.
 """
