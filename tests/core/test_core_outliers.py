@@ -99,3 +99,21 @@ def test_the_two_recipes_differ() -> None:
     a = permute_noise_mosaic_outliers(x, generator(0, "o"))
     b = transform_mix_outliers(ArrayDataset(x, torch.zeros(12, dtype=torch.long)), generator(0, "o")).x
     assert not torch.equal(a, b)
+
+
+def test_word_shuffle_outliers_permute_each_texts_words_and_sample_without_replacement() -> None:
+    from mlsafety.core import TextDataset, Texts, word_shuffle_outliers
+
+    texts = [f"w{i}a w{i}b w{i}c w{i}d w{i}e" for i in range(20)]
+    data = TextDataset(Texts(texts), torch.zeros(20, dtype=torch.long), name="val")
+    out = word_shuffle_outliers(data, torch.Generator().manual_seed(0), n=8)
+    assert len(out) == 8 and out.kind == "far" and out.name == "val-word-shuffle"
+    assert (out.y == -1).all()
+    sources = [next(t for t in texts if sorted(t.split()) == sorted(s.split())) for s in out.x]
+    assert len(set(sources)) == 8  # a sample without replacement, each a permutation of one text
+    assert any(s != src for s, src in zip(out.x, sources, strict=True))  # the order does change
+    again = word_shuffle_outliers(data, torch.Generator().manual_seed(0), n=8)
+    assert list(again.x) == list(out.x)
+    assert len(word_shuffle_outliers(data, torch.Generator().manual_seed(0))) == 20
+    with pytest.raises(InputError, match="at least one"):
+        word_shuffle_outliers(data, torch.Generator().manual_seed(0), n=0)

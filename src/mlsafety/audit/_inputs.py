@@ -309,7 +309,7 @@ def data_spec(config: AuditConfig, model: Classifier | None = None) -> str:
     return "digits"
 
 
-TEXT_FIT_SIZE = 2000
+TEXT_FIT_SIZE = 1000
 """Texts of a zoo text set's training split the OOD detectors are fitted on by default: a seeded
 sample, because every text costs a transformer pass and the text audit is meant to finish within
 minutes on a CPU. ``--train`` fits them on every text of a file."""

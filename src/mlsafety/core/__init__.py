@@ -25,7 +25,7 @@ from mlsafety.core._model import (
     frozen,
     unwrap_logits,
 )
-from mlsafety.core._outliers import permute_noise_mosaic_outliers, transform_mix_outliers
+from mlsafety.core._outliers import permute_noise_mosaic_outliers, transform_mix_outliers, word_shuffle_outliers
 from mlsafety.core._params import HyperParams, Param, check_is_fitted
 from mlsafety.core._paths import check_output_path
 from mlsafety.core._progress import Progress, track
@@ -109,4 +109,5 @@ __all__ = [
     "unwrap_logits",
     "validate_dataset",
     "validate_text_dataset",
+    "word_shuffle_outliers",
 ]

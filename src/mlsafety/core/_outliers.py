@@ -1,4 +1,4 @@
-"""Synthetic outliers made from in-distribution images: two recipes, one module.
+"""Synthetic outliers made from in-distribution inputs: two recipes for images, one for text.
 
 Tuning a detector or choosing a monitor on the OOD sets it is then evaluated on overstates how well
 it works (Hsu et al., "Generalized ODIN: Detecting Out-of-distribution Image without Learning from
@@ -23,6 +23,9 @@ recipe                                 what it makes, who uses it
                                        two images, photometric negative, uniform-noise blend) applied
                                        to inputs drawn with replacement. Choosing the monitor of the
                                        defence-in-depth evaluation (``mlsafety.systemic``).
+:func:`word_shuffle_outliers`          the text counterpart of the one above: texts with their words
+                                       in a seeded random order (the vocabulary stays in
+                                       distribution, the sentence does not), for the same choice.
 =====================================  ================================================================
 
 Each recipe is deterministic given its CPU generator; the draws, and so the outliers, differ
@@ -38,6 +41,7 @@ import torch
 from mlsafety.core._data import ArrayDataset, check_images
 from mlsafety.core._errors import InputError
 from mlsafety.core._random import rand_like, randn_like
+from mlsafety.core._text import TextDataset, Texts
 
 
 def permute_noise_mosaic_outliers(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -146,4 +150,37 @@ def transform_mix_outliers(data: ArrayDataset, generator: torch.Generator, n: in
         name="synthetic-outliers",
         kind="far",
         description=f"validation inputs transformed by {', '.join(names)}",
+    )
+
+
+def word_shuffle_outliers(data: TextDataset, generator: torch.Generator, n: int | None = None) -> TextDataset:
+    """Text outliers (label ``-1``): texts of ``data`` with their whitespace-separated words in a
+    seeded random order.
+
+    Args:
+        data: in-distribution validation texts.
+        generator: CPU generator for every random choice.
+        n: number of outliers (default ``len(data)``): a seeded sample of ``n`` texts without
+            replacement when ``n < len(data)`` (every text is a transformer pass, so callers cap it).
+
+    Returns:
+        An OOD dataset (``kind="far"``) named ``<data.name>-word-shuffle``.
+    """
+    if len(data) == 0:
+        raise InputError("cannot make outliers from an empty dataset")
+    n = len(data) if n is None else n
+    if n < 1:
+        raise InputError(f"ask for at least one synthetic outlier, not {n}")
+    texts = data.x if n >= len(data) else data.x[torch.randperm(len(data), generator=generator)[:n]]
+    shuffled = []
+    for text in texts:
+        words = text.split()
+        order = torch.randperm(len(words), generator=generator).tolist()
+        shuffled.append(" ".join(words[i] for i in order))
+    return TextDataset(
+        Texts(shuffled),
+        torch.full((len(shuffled),), -1, dtype=torch.long),
+        name=f"{data.name}-word-shuffle",
+        kind="far",
+        description="validation texts with their words shuffled",
     )

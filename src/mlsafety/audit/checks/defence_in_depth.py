@@ -10,7 +10,7 @@ Nothing is recomputed: the check reads every hazard's inputs and forward outputs
 (``ctx.hazard``, ``ctx.outputs``), the ones other enabled checks declared (``ctx.planned_hazards``,
 typed: an adversarial hazard carries its attack, ``eps`` and ``norm``) plus ``clean`` and every OOD
 set. The monitor is chosen on validation data only (clean validation inputs and synthetic outliers
-made from them: :func:`mlsafety.core.transform_mix_outliers` for images, :func:`word_shuffle_outliers`
+made from them: :func:`mlsafety.core.transform_mix_outliers` for images, :func:`mlsafety.core.word_shuffle_outliers`
 for text), never on the test hazards.
 
 Configuration (``mlsafety audit --config ci.toml``), e.g. for a CI pipeline::
@@ -47,9 +47,9 @@ from mlsafety.core import (
     InputError,
     Outputs,
     TextDataset,
-    Texts,
     forward,
     transform_mix_outliers,
+    word_shuffle_outliers,
 )
 from mlsafety.monitoring import ood
 from mlsafety.robustness.attacks import PGD
@@ -76,6 +76,10 @@ LOWER_IS_BETTER = frozenset({
 })  # fmt: skip
 """Metrics of this check where a smaller number is safer (``caught_share`` is the one that is not)."""
 DEPLOYMENT = Hazard("deployment")
+
+TEXT_OUTLIERS = 1000
+"""Word-shuffled validation texts the monitor is chosen against on a text model (a seeded sample:
+each is a transformer pass; images use as many synthetic outliers as validation inputs)."""
 """The row key of the exposure-weighted figure (all hazards together, as deployment meets them)."""
 NOT_RUN = "not run: the hazard does not carry its clean inputs, eps and norm"
 
@@ -201,7 +205,9 @@ class DefenceInDepth(Check):
             val_set = ev.scored(val.x, ctx.outputs_for(val), val.y)
             g = ctx.generator(self.name, "outliers")
             outliers: ArrayDataset | TextDataset = (
-                transform_mix_outliers(val, g) if ctx.modality == "image" else word_shuffle_outliers(val, g)  # type: ignore[arg-type]
+                transform_mix_outliers(val, g)  # type: ignore[arg-type]
+                if ctx.modality == "image"
+                else word_shuffle_outliers(val, g, n=TEXT_OUTLIERS)  # type: ignore[arg-type]
             )
             out_x: Any = outliers.x  # the evaluator passes the inputs through to the shared-pass detectors
             out_set = ev.scored(out_x, ctx.forward(outliers.x), outliers.y)
@@ -317,22 +323,6 @@ class DefenceInDepth(Check):
         outcomes = {h: r.outcome for h, r in results.items()}
         adaptive = {h: r.adaptive for h, r in results.items() if r.adaptive is not None}
         return TaskResult(rows, [swiss_cheese_artifact(outcomes, adaptive, self._choose(state).name)])
-
-
-def word_shuffle_outliers(val: TextDataset, g: torch.Generator) -> TextDataset:
-    """Synthetic text outliers for choosing the monitor: each validation text with its words in a
-    seeded random order (the vocabulary stays in distribution, the sentence does not), labels -1.
-
-    The text counterpart of :func:`mlsafety.core.transform_mix_outliers` (which needs pixels).
-    """
-    shuffled = []
-    for text in val.x:
-        words = text.split()
-        order = torch.randperm(len(words), generator=g).tolist()
-        shuffled.append(" ".join(words[i] for i in order))
-    y = torch.full((len(shuffled),), -1, dtype=torch.int64)
-    return TextDataset(Texts(shuffled), y, name=f"{val.name}-word-shuffle", kind="far",
-                       description="validation texts with their words shuffled")  # fmt: skip
 
 
 def _exposure(exposure: Mapping[str, float]) -> dict[Hazard, float]:
