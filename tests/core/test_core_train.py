@@ -144,6 +144,16 @@ def test_seeded_init_depends_only_on_seed_and_names() -> None:
     assert _same(a, b) and not _same(a, c)
 
 
+def test_seeded_init_seeds_a_bare_layer_too() -> None:
+    # a single Linear has no children: it must still be re-drawn from the seed, not keep the
+    # global generator's draw (minilm-mr's head was not reproducible before this)
+    torch.manual_seed(1)
+    a = seeded_init(nn.Linear(4, 3), 0, "head")
+    torch.manual_seed(2)
+    b = seeded_init(nn.Linear(4, 3), 0, "head")
+    assert torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
 def test_recipes_are_found_by_name() -> None:
     def recipe(seed: int = 0, progress: object = None) -> nn.Module:
         return _net(seed)

@@ -174,13 +174,16 @@ def seeded_init(model: nn.Module, seed: int, *names: object) -> nn.Module:
 
     Layer constructors draw from the global generator; this re-draws under a forked, seeded one
     so the result depends only on ``seed`` and ``names`` and the caller's global state is kept.
+    A model's own ``reset_parameters`` is called only when it is a single layer (no children), such
+    as a bare ``nn.Linear`` head; a composite model's own reset would re-draw its children twice.
     """
     g = generator(seed, "init", *names)
+    leaf = next(model.children(), None) is None
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(draw_seed(g))
         for m in model.modules():
             reset = getattr(m, "reset_parameters", None)
-            if callable(reset) and m is not model:
+            if callable(reset) and (m is not model or leaf):
                 reset()
     return model
 
