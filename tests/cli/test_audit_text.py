@@ -108,7 +108,10 @@ CASES = {
         ["--model", "{d}/model", "--data", "digits"],
         "holds images but the model takes text",
     ),
-    "missing text column": (["--model", "{d}/model", "--data", "{d}/data.csv", "--text-column", "body"], "body"),
+    "missing text column": (
+        ["--model", "{d}/model", "--data", "{d}/data.csv", "--text-column", "body"],
+        "no column 'body' (found ['text', 'label']); pass --text-column naming the column",
+    ),
     "label outside [0, K)": (["--model", "{d}/model", "--data", "{d}/bad_label.csv"], "5"),
     "empty text": (["--model", "{d}/model", "--data", "{d}/empty.csv"], "empty"),
     "non-UTF-8 file": (["--model", "{d}/model", "--data", "{d}/latin1.csv"], "UTF-8"),

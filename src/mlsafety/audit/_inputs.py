@@ -330,7 +330,7 @@ def _load_text(spec: str, role: str, split: str, config: AuditConfig) -> TextDat
         return TextDataset(ds.x, ds.y, ds.name, ds.kind, ds.description, source)
     columns: dict[str, Any] = {
         "text": config.text_column, "label": None if ood else config.label_column, "kind": "far" if ood else "in",
-        "source": source,
+        "source": source, "options": {"text": "--text-column", "label": "--label-column"},
     }  # fmt: skip
     if path.suffix == ".csv" and path.is_file():
         ds = load_text_csv(path, **columns)

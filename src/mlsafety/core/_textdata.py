@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +71,11 @@ def _text(value: Any, where: str, column: str) -> str:
     return value
 
 
+def _option(options: Mapping[str, str] | None, arg: str) -> str:
+    """How the caller names setting ``arg`` (``text`` / ``label``) in a message."""
+    return (options or {}).get(arg, f"{arg}=")
+
+
 def _dataset(
     texts: list[str], labels: list[int] | None, name: str, kind: str, source: str, description: str
 ) -> TextDataset:
@@ -87,6 +93,7 @@ def load_text_csv(
     kind: str = "in",
     source: str | None = None,
     delimiter: str = ",",
+    options: Mapping[str, str] | None = None,
 ) -> TextDataset:
     """Load texts and labels from a UTF-8 CSV file with a header row (read with the stdlib ``csv`` module).
 
@@ -99,6 +106,8 @@ def load_text_csv(
         kind: ``"in"`` for in-distribution data, ``"near"`` or ``"far"`` for OOD sets.
         source: names the file in error messages (default: its path).
         delimiter: the field separator (``"\\t"`` for TSV).
+        options: how the caller names the ``text`` / ``label`` settings in messages (e.g.
+            ``{"text": "--text-column"}``); default: the keywords ``text=`` / ``label=``.
 
     Raises:
         InputError: a missing or non-UTF-8 file, no header or rows, a missing column, an empty text,
@@ -115,7 +124,8 @@ def load_text_csv(
             what = "texts" if column == text else "labels"
             arg = "text" if column == text else "label"
             raise InputError(
-                f"{source} has no column {column!r} (found {found}); pass {arg}= naming the column with the {what}"
+                f"{source} has no column {column!r} (found {found}); "
+                f"pass {_option(options, arg)} naming the column with the {what}"
             )
     texts: list[str] = []
     labels: list[int] = []
@@ -137,6 +147,7 @@ def load_text_jsonl(
     name: str | None = None,
     kind: str = "in",
     source: str | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> TextDataset:
     """Load texts and labels from a UTF-8 JSON Lines file: one object per line (blank lines skipped).
 
@@ -148,6 +159,7 @@ def load_text_jsonl(
         name: the dataset's name (default: the file's stem).
         kind: ``"in"`` for in-distribution data, ``"near"`` or ``"far"`` for OOD sets.
         source: names the file in error messages (default: its path).
+        options: how the caller names the ``text`` / ``label`` settings in messages.
 
     Raises:
         InputError: a missing or non-UTF-8 file, a line that is not a JSON object, a missing key,
@@ -173,7 +185,9 @@ def load_text_jsonl(
         for key in keys:
             if key not in record:
                 arg = "text" if key == text else "label"
-                raise InputError(f"{where} has no key {key!r} (found {sorted(record)}); pass {arg}= naming the key")
+                raise InputError(
+                    f"{where} has no key {key!r} (found {sorted(record)}); pass {_option(options, arg)} naming the key"
+                )
         texts.append(_text(record[text], where, text))
         if want_label and label is not None:
             labels.append(_label(record[label], where, label))
@@ -188,6 +202,7 @@ def load_hf_dataset(
     name: str | None = None,
     kind: str = "in",
     source: str | None = None,
+    options: Mapping[str, str] | None = None,
 ) -> TextDataset:
     """Load a Hugging Face dataset saved with ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (offline).
 
@@ -200,6 +215,7 @@ def load_hf_dataset(
         name: the dataset's name (default: the folder's name, with the split).
         kind: ``"in"`` for in-distribution data, ``"near"`` or ``"far"`` for OOD sets.
         source: names the folder in error messages (default: its path).
+        options: how the caller names the ``text`` / ``label`` settings in messages.
 
     Raises:
         InputError: ``datasets`` is not installed, the folder is missing or not a saved dataset, an
@@ -236,7 +252,9 @@ def load_hf_dataset(
     for column in [text] + ([label] if want_label and label is not None else []):
         if column not in found:
             arg = "text" if column == text else "label"
-            raise InputError(f"{source} has no column {column!r} (found {found}); pass {arg}= naming the column")
+            raise InputError(
+                f"{source} has no column {column!r} (found {found}); pass {_option(options, arg)} naming the column"
+            )
     texts = [_text(value, f"row {i} of {source}", text) for i, value in enumerate(table[text])]
     labels = (
         [_label(value, f"row {i} of {source}", label) for i, value in enumerate(table[label])]
