@@ -42,7 +42,11 @@ def ood_list() -> None:
 @ood_group.command("eval")
 @click.option("--model", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
-@click.option("--data", default="digits", show_default=True, help="In-distribution test data (zoo name, .npz, folder).")
+@click.option(
+    "--data",
+    help="In-distribution test data (zoo name, .npz, image folder; .csv, .jsonl or saved dataset folder for a "
+    "text model).  [default: the zoo data of a zoo model, else digits]",
+)
 @click.option("--train", help="In-distribution data to fit the detectors on (default: the zoo train split, else val).")
 @click.option("--ood", "ood_sets", multiple=True, help="OOD set (zoo name, .npz or folder); repeatable. Default: all.")
 @click.option(
@@ -58,7 +62,7 @@ def ood_list() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @friendly
-def ood_eval(model: str, weights: str | None, data: str, train: str | None, ood_sets: tuple[str, ...],
+def ood_eval(model: str, weights: str | None, data: str | None, train: str | None, ood_sets: tuple[str, ...],
              detectors: tuple[str, ...], n_boot: int, seed: int, as_json: bool) -> None:  # fmt: skip
     """Fit detectors on in-distribution data and report AUROC, AUPR-In/Out and FPR@95 per OOD set.
 

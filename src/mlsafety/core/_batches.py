@@ -145,10 +145,10 @@ def iter_batches(
     if isinstance(data, (ArrayDataset, TextDataset)):
         yield from data.batches(batch_size)
         return
-    if isinstance(data, torch.Tensor):
+    if isinstance(data, (torch.Tensor, Texts)):
         if labelled:
             raise InputError(f"{what}: got inputs without labels; give {FORMS}")
-        for start in range(0, data.shape[0], batch_size):
+        for start in range(0, len(data), batch_size):
             yield data[start : start + batch_size], None
         return
     if isinstance(data, (tuple, list)) and len(data) == 2 and _tensor(data[0]) is not None:
