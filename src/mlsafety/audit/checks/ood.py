@@ -78,7 +78,7 @@ class OOD(Check):
     )
     defaults: ClassVar[dict[str, Any]] = {
         "detectors": None,
-        "default": "energy",
+        "default": None,
         "n_boot": 200,
         "tune": False,
         "tune_on_ood": False,
@@ -90,6 +90,13 @@ class OOD(Check):
     """The full profile uses 200 resamples too: with ~20 detectors x (sets + groups) intervals, 500 would
     double the check's time for intervals that move in the third decimal."""
     view = OODView
+
+    DEFAULT_DETECTOR: ClassVar[dict[str, str]] = {"image": "energy", "text": "mahalanobis"}
+    """The headline detector when ``default`` is not set, per modality: energy for images (Liu et al.,
+    "Energy-based Out-of-distribution Detection", NeurIPS 2020); Mahalanobis distance on the
+    classifier's features for text (Podolskiy et al., "Revisiting Mahalanobis Distance for
+    Transformer-Based Out-of-Domain Detection", AAAI 2021, where it led the logit-based scores on
+    fine-tuned transformers)."""
 
     def names(self, ctx: AuditContext) -> list[str]:
         chosen = self.params["detectors"]
@@ -103,6 +110,8 @@ class OOD(Check):
             names = list(chosen)
         for n in names:
             ood.DETECTORS.get(n)  # unknown names raise with a suggestion
+        if self.params["default"] is None:
+            self.params["default"] = self.DEFAULT_DETECTOR[ctx.modality]
         default = self.params["default"]
         if default not in names and chosen in (None, "quick"):
             default = self.params["default"] = names[0]
