@@ -216,3 +216,32 @@ def test_bad_input_is_one_line() -> None:
         with pytest.raises(InputError, match=message) as err:
             call()
         assert "\n" not in str(err.value), message
+
+
+def test_max_length_defaults_to_the_models_positions_when_the_tokenizer_states_no_limit() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from tests.support.text import tiny_tokenizer
+
+    tok = tiny_tokenizer("bos", max_length=int(1e30))  # like SmolLM2's: no stated limit
+    config = LlamaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=8,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        attn_implementation="eager",
+    )
+    lm = LanguageModel(LlamaForCausalLM(config).eval(), tok)
+    assert lm.max_length == 8
+    assert lm.logprobs(["the cat"], [" sat"]).shape == (1,)
+    with pytest.raises(InputError, match="longer than max_length=8 tokens") as info:
+        lm.logprobs(["the cat sat on the mat with a dog and"], [" ran"])
+    assert "\n" not in str(info.value)
+    assert LanguageModel(tiny_llama(), max_length=5).max_length == 5
+    assert LanguageModel(tiny_llama()).max_length == 64  # the tokenizer's limit, under the model's 128 positions

@@ -177,3 +177,37 @@ def test_texts_in_other_containers_point_to_text_dataset():
     for data in (pairs, DataLoader(pairs, batch_size=2)):
         with pytest.raises(InputError, match=r"inputs are str values; .*give texts as a TextDataset"):
             list(iter_batches(data))
+
+
+# ------------------------------------------------------------------------------------------ review fixes
+def test_text_batch_negative_int_index_is_the_row_from_the_end():
+    batch = encode(tiny_tokenizer(), ["a good film", "bad", "the cat sat"])
+    last = batch[-1]
+    assert len(last) == 1 and torch.equal(last.input_ids, batch[2].input_ids)
+    assert torch.equal(batch[-3].input_ids, batch[0].input_ids)
+    with pytest.raises(IndexError):
+        batch[3]
+    with pytest.raises(IndexError):
+        batch[-4]
+
+
+def test_a_list_of_numpy_bools_is_a_mask():
+    t = Texts(["a", "b", "c"])
+    assert t[[np.bool_(True), np.bool_(False), np.bool_(True)]] == ["a", "c"]
+    assert t[list(np.array([False, True, False]))] == ["b"]
+
+
+def test_whitespace_only_texts_are_refused_like_empty_ones():
+    with pytest.raises(InputError, match="text 1 is empty or only whitespace") as info:
+        encode(tiny_tokenizer(), ["a good film", "  \t\n "])
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="text 0 of dataset 'data' is empty or only whitespace"):
+        TextDataset(["   "], [0])
+
+
+def test_a_label_too_large_for_int64_is_one_line():
+    with pytest.raises(InputError, match="label 1 of dataset 'data' is 100000000000000000000, too large") as info:
+        TextDataset(["a", "b"], [0, 10**20])
+    assert "\n" not in str(info.value)
+    with pytest.raises(InputError, match="too large"):
+        TextDataset(["a", "b"], [0, -(10**20)])

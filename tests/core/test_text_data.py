@@ -201,3 +201,37 @@ def test_validate_text_dataset_checks_labels_against_the_classes():
     validate_text_dataset(TextDataset(["a"], None, kind="far"), num_classes=2)  # OOD: no labels to check
     with pytest.raises(InputError, match="expected a TextDataset"):
         validate_text_dataset(torch.zeros(2), num_classes=2)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------ review fixes
+def test_jsonl_keeps_unicode_line_separators_inside_strings(tmp_path):
+    texts = ["a\u2028b", "c\u2029d", "e\u0085f"]
+    lines = [json.dumps({"text": t, "label": i % 2}, ensure_ascii=False) for i, t in enumerate(texts)]
+    path = tmp_path / "seps.jsonl"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+    ds = load_text_jsonl(path)
+    assert list(ds.x) == texts and ds.y.tolist() == [0, 1, 0]
+
+
+def test_a_label_too_large_for_int64_is_one_line(tmp_path):
+    csv_path = tmp_path / "huge.csv"
+    csv_path.write_text("text,label\na good film,1\nbad,100000000000000000000\n", encoding="utf-8")
+    with pytest.raises(InputError, match=r"row 3 of .*huge\.csv has label 100000000000000000000, too large") as info:
+        load_text_csv(csv_path)
+    one_line(info)
+    jsonl_path = tmp_path / "huge.jsonl"
+    jsonl_path.write_text('{"text": "fine", "label": 0}\n{"text": "bad", "label": 100000000000000000000}\n')
+    with pytest.raises(InputError, match=r"line 2 of .*huge\.jsonl has label 100000000000000000000, too large") as info:
+        load_text_jsonl(jsonl_path)
+    one_line(info)
+    float_path = tmp_path / "huge_float.jsonl"
+    float_path.write_text('{"text": "bad", "label": 1e20}\n')
+    with pytest.raises(InputError, match="too large"):
+        load_text_jsonl(float_path)
+
+
+def test_a_corrupted_saved_dataset_is_one_line_naming_the_folder(saved):
+    (saved / "single" / "state.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(InputError, match=r"single could not be read as a saved dataset \(JSONDecodeError") as info:
+        load_hf_dataset(saved / "single")
+    one_line(info)

@@ -308,3 +308,84 @@ def test_forward_groups_texts_by_length_and_keeps_the_callers_order(bert):
     assert out.features is not None
     assert torch.allclose(out.logits, torch.cat([lg for _, lg in pairs]), atol=ATOL)
     assert torch.allclose(out.features, torch.cat([f for f, _ in pairs]), atol=ATOL)
+
+
+# ------------------------------------------------------------------------------------------ review fixes
+def _decoder_classifier(pad_token_id: int = 0, seed: int = 0) -> nn.Module:
+    """A tiny GPT2ForSequenceClassification over the tiny tokenizer (last-token pooling, a ``score`` head)."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    tok = tiny_tokenizer("bos")
+    config = GPT2Config(
+        vocab_size=len(VOCAB),
+        n_embd=32,
+        n_layer=2,
+        n_head=2,
+        n_positions=128,
+        pad_token_id=pad_token_id,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        num_labels=2,
+        initializer_range=0.2,
+        attn_implementation="eager",
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPT2ForSequenceClassification(config).eval()
+    model.tokenizer = tok
+    return model
+
+
+def test_max_length_is_capped_by_the_models_position_embeddings(bert):
+    clf = Classifier(bert, tokenizer=tiny_tokenizer(max_length=512))  # the tokenizer claims more than 64 positions
+    assert clf.text_max_length == bert.config.max_position_embeddings == 64
+    long_text = " ".join(["good"] * 200)
+    batch = clf.encode([long_text, "a bad film"])
+    assert batch.truncated.tolist() == [True, False] and batch.shape[1] == 64
+    assert clf.logits(batch).shape[0] == 2
+
+
+def test_roberta_style_models_lose_the_padding_offset_from_their_positions():
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    config = RobertaConfig(
+        vocab_size=len(VOCAB),
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=34,
+        pad_token_id=0,
+    )
+    model = RobertaForSequenceClassification(config).eval()
+    clf = Classifier(model, tokenizer=tiny_tokenizer(max_length=512))
+    assert clf.text_max_length == 32
+    batch = clf.encode([" ".join(["good"] * 100)])
+    assert bool(batch.truncated[0]) and clf.logits(batch).shape == (1, 2)
+
+
+def test_logits_from_embeddings_equal_logits_for_a_decoder_classifier():
+    clf = Classifier(_decoder_classifier())
+    texts = ["good film", "the movie was really very bad and sad", "fine"]
+    for side in ("right", "left"):
+        batch = encode(clf.tokenizer, texts, padding_side=side)  # type: ignore[arg-type]
+        logits = clf.logits(batch)
+        emb = clf.embeddings(batch).detach().requires_grad_(True)
+        from_emb = clf.logits_from_embeddings(emb, batch.attention_mask)
+        assert torch.allclose(from_emb, logits, atol=1e-5)
+        from_emb[:, 0].sum().backward()
+        assert emb.grad is not None
+        assert (emb.grad.norm(dim=2)[batch.attention_mask.bool()] > 0).all()
+    assert not clf.embedding_layer._forward_hooks
+
+
+def test_padding_uses_the_models_pad_id_when_it_differs_from_the_tokenizers():
+    model = _decoder_classifier(pad_token_id=5)  # the tokenizer pads with 0
+    clf = Classifier(model)
+    texts = ["good film", "the movie was really very bad and sad"]
+    with torch.no_grad():
+        batched = clf.logits(texts)
+        one_by_one = torch.cat([clf.logits([t]) for t in texts])
+        from_emb = clf.logits_from_embeddings(clf.embeddings(texts), clf.encode(texts).attention_mask)
+    assert torch.allclose(batched, one_by_one, atol=ATOL)
+    assert torch.allclose(from_emb, batched, atol=ATOL)

@@ -20,7 +20,7 @@ from mlsafety.core._errors import InputError
 from mlsafety.core._hookpoints import HookFn, HookPoints, HookTable
 from mlsafety.core._model import device_of, frozen, unwrap_logits
 from mlsafety.core._progress import Progress, track
-from mlsafety.core._text import Modality, TextBatch, Texts, encode
+from mlsafety.core._text import Modality, TextBatch, Texts, encode, text_limit
 
 PaddingSide = Literal["left", "right"]
 
@@ -57,7 +57,8 @@ class LanguageModel:
             ``position_ids`` is always fed right-padded batches (and one prompt at a time when generating),
             the only layout under which a causal model ignores padding it cannot see.
         tokenizer: a ``transformers`` tokenizer; None: ``module.tokenizer``.
-        max_length: tokens per text at most (special tokens included); None: the tokenizer's limit. A
+        max_length: tokens per text at most (special tokens included); None: the smaller of the tokenizer's
+            limit and the model config's ``max_position_embeddings`` (either when only one is stated). A
             text over it is refused (scoring a cut text would give a wrong number).
         padding_side: padding for scoring and hidden states; None: the tokenizer's. Generation always
             pads on the left.
@@ -91,7 +92,8 @@ class LanguageModel:
             raise InputError(f"max_length must be an integer of at least 2 tokens, got {max_length!r}")
         if padding_side not in (None, "left", "right"):
             raise InputError(f"padding_side must be 'left', 'right' or None, got {padding_side!r}")
-        self.max_length = max_length
+        # None: the smaller of the tokenizer's limit and the model's positions (SmolLM2's tokenizer states none)
+        self.max_length: int | None = max_length if max_length is not None else text_limit(tokenizer, module)
         params = inspect.signature(module.forward).parameters
         self._takes = {
             name for name in ("input_ids", "attention_mask", "position_ids", "past_key_values") if name in params

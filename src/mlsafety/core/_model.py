@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mlsafety.core._errors import InputError
-from mlsafety.core._text import Modality, TextBatch, Texts, encode, model_max_length
+from mlsafety.core._text import Modality, TextBatch, Texts, encode, text_limit
 
 ModelInput: TypeAlias = "torch.Tensor | TextBatch | Texts | Sequence[str]"
 """What a :class:`Classifier` takes: an image batch ``(N, C, H, W)``, token ids, or texts."""
@@ -294,14 +294,11 @@ class Classifier:
 
     @property
     def text_max_length(self) -> int | None:
-        """Tokens per text at most: ``max_length``, else the tokenizer's, else the model config's, else None."""
+        """Tokens per text at most: ``max_length``, else the smaller of the tokenizer's limit and the model's
+        position embeddings (less RoBERTa's padding offset), else None."""
         if self.max_length is not None:
             return int(self.max_length)
-        limit = model_max_length(self.tokenizer)
-        if limit is None:
-            positions = getattr(getattr(self.module, "config", None), "max_position_embeddings", None)
-            limit = int(positions) if isinstance(positions, int) and positions > 0 else None
-        return limit
+        return text_limit(self.tokenizer, self.module)
 
     def encode(self, texts: Sequence[str]) -> TextBatch:
         """Token ids of ``texts`` by the classifier's tokenizer (see :func:`~mlsafety.core.encode`), on the CPU."""
@@ -322,6 +319,10 @@ class Classifier:
                 f"model inputs must be a tensor, a TextBatch, Texts or a list of strings, got {type(x).__name__}"
             )
         batch = x.to(self.device)
+        pad = self._config_pad_id()
+        if pad is not None:  # the model finds padding by its own pad id (decoder classifiers pool the last real token)
+            ids = torch.where(batch.attention_mask.bool(), batch.input_ids, torch.full_like(batch.input_ids, pad))
+            batch = TextBatch(ids, batch.attention_mask, batch.truncated)
         index = _right_aligned(batch.attention_mask) if align else None
         if index is not None:
             batch = TextBatch(batch.input_ids.gather(1, index), batch.attention_mask.gather(1, index), batch.truncated)
@@ -335,6 +336,18 @@ class Classifier:
                     "the tokenizer does not match the model; pass the tokenizer the model was trained with"
                 )
         return batch
+
+    def _config_pad_id(self) -> int | None:
+        """The model config's ``pad_token_id`` when it states one, else None."""
+        pad = getattr(getattr(self.module, "config", None), "pad_token_id", None)
+        if isinstance(pad, list):
+            pad = pad[0] if pad else None
+        return pad if isinstance(pad, int) and not isinstance(pad, bool) and pad >= 0 else None
+
+    def _pools_last_token(self) -> bool:
+        """Whether the forward pools on the last non-pad token it finds in ``input_ids`` (``transformers``
+        decoder sequence classifiers: GPT-2, Llama, ... with a ``score`` head), which ``inputs_embeds`` hides."""
+        return isinstance(getattr(self.module, "score", None), nn.Linear) and self._config_pad_id() is not None
 
     def _accepted(self) -> tuple[frozenset[str], bool]:
         """Names the module's forward takes, and whether it takes ``**kwargs``."""
@@ -421,7 +434,8 @@ class Classifier:
         if index is not None:  # as in logits(): positions count from each text's first token
             attention_mask = attention_mask.gather(1, index)
             embeddings = embeddings.gather(1, index[:, :, None].expand_as(embeddings))
-        if "inputs_embeds" in self._accepted()[0]:  # named, not merely swallowed by **kwargs
+        last_token = self._pools_last_token()
+        if "inputs_embeds" in self._accepted()[0] and not last_token:  # named, not merely swallowed by **kwargs
             return self._check_logits(
                 unwrap_logits(self._call_text(attention_mask=attention_mask, inputs_embeds=embeddings)), n
             )
@@ -432,6 +446,10 @@ class Classifier:
         handle = self.embedding_layer.register_forward_hook(replace)
         try:
             ids = torch.zeros(embeddings.shape[:2], dtype=torch.long, device=embeddings.device)
+            pad = self._config_pad_id()
+            if last_token and pad is not None:  # stand-in ids that show the model where each text ends
+                real = 1 if pad != 1 else 0
+                ids = torch.where(attention_mask.bool(), torch.full_like(ids, real), torch.full_like(ids, pad))
             out = self._call_text(input_ids=ids, attention_mask=attention_mask)
         finally:
             handle.remove()

@@ -107,7 +107,7 @@ class Texts(Sequence[str]):
                 )
             return Texts([self._items[i] for i in index.tolist()])
         if isinstance(index, (list, tuple)):
-            if index and all(isinstance(i, bool) for i in index):
+            if index and all(isinstance(i, (bool, np.bool_)) for i in index):
                 return self[torch.tensor(index, dtype=torch.bool)]
             return Texts([self._items[int(i)] for i in index])
         return self._items[int(index)]
@@ -176,8 +176,12 @@ class TextBatch:
 
     def __getitem__(self, index: slice | torch.Tensor | Sequence[int]) -> TextBatch:
         """The texts at ``index`` (a slice, indices or a mask); padding columns no text needs are dropped."""
-        if isinstance(index, int):
-            index = slice(index, index + 1)
+        if isinstance(index, (int, np.integer)) and not isinstance(index, bool):
+            n = len(self)
+            if not -n <= int(index) < n:
+                raise IndexError(f"index {int(index)} is out of range for a TextBatch of {n} texts")
+            start = int(index) % n
+            index = slice(start, start + 1)
         ids, mask = self.input_ids[index], self.attention_mask[index]
         keep = mask.any(dim=0)
         if ids.shape[0] and not bool(keep.all()):
@@ -194,6 +198,42 @@ def model_max_length(tokenizer: Any) -> int | None:
     """The tokenizer's ``model_max_length`` when it states a real limit, else None."""
     limit = getattr(tokenizer, "model_max_length", None)
     return int(limit) if isinstance(limit, int) and 0 < limit < _NO_LIMIT else None
+
+
+_OFFSET_POSITIONS = frozenset(
+    {
+        "roberta",
+        "xlm-roberta",
+        "xlm-roberta-xl",
+        "camembert",
+        "longformer",
+        "data2vec-text",
+        "xmod",
+        "roberta-prelayernorm",
+        "ibert",
+        "mpnet",
+    }
+)
+
+
+def position_limit(module: Any) -> int | None:
+    """Tokens per text the model's position embeddings allow (``config.max_position_embeddings`` or
+    ``n_positions``), less the ``padding_idx + 1`` offset of RoBERTa-style models; None when not stated."""
+    config = getattr(module, "config", None)
+    positions = getattr(config, "max_position_embeddings", None)
+    if not isinstance(positions, int) or isinstance(positions, bool):
+        positions = getattr(config, "n_positions", None)
+    if not isinstance(positions, int) or isinstance(positions, bool) or positions <= 0:
+        return None
+    if getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        positions -= 2
+    return positions if 0 < positions < _NO_LIMIT else None
+
+
+def text_limit(tokenizer: Any, module: Any) -> int | None:
+    """The smaller of the tokenizer's stated limit and the model's position limit; None when neither states one."""
+    limits = [x for x in (model_max_length(tokenizer), position_limit(module)) if x is not None]
+    return min(limits) if limits else None
 
 
 def pad_token_id(tokenizer: Any) -> int:
@@ -239,8 +279,10 @@ def encode(
     if len(texts) == 0:
         raise InputError("no texts to encode; give at least one string")
     for i, text in enumerate(texts):
-        if text == "":
-            raise InputError(f"text {i} is empty; remove empty texts or replace them with real content")
+        if not text.strip():
+            raise InputError(
+                f"text {i} is empty or only whitespace; remove empty texts or replace them with real content"
+            )
     limit = max_length if max_length is not None else model_max_length(tokenizer)
     if limit is not None and int(limit) < 1:
         raise InputError(f"max_length must be a positive number of tokens, got {max_length}")
@@ -310,12 +352,27 @@ class TextDataset(Dataset[tuple[str, torch.Tensor]]):
         self.source = source or f"dataset {name!r}"
         self.x = Texts(texts)
         for i, text in enumerate(self.x):
-            if text == "":
-                raise InputError(f"text {i} of {self.source} is empty; remove empty texts or give them content")
+            if not text.strip():
+                raise InputError(
+                    f"text {i} of {self.source} is empty or only whitespace; remove empty texts or give them content"
+                )
         if y is None:
             y = torch.full((len(self.x),), -1, dtype=torch.long)
         elif not isinstance(y, torch.Tensor):
-            y = torch.as_tensor(list(y))
+            values = list(y)
+            for i, value in enumerate(values):
+                if isinstance(value, (int, np.integer)) and not -(2**63) <= int(value) < 2**63:
+                    raise InputError(
+                        f"label {i} of {self.source} is {int(value)}, too large for a class index; "
+                        "number the classes 0..K-1"
+                    )
+            try:
+                y = torch.as_tensor(values)
+            except (OverflowError, RuntimeError, TypeError, ValueError) as exc:
+                raise InputError(
+                    f"labels of {self.source} are not numbers a tensor can hold ({type(exc).__name__}); "
+                    "give integer labels"
+                ) from None
         y = check_label_form(y, f"labels of {self.source}")
         if len(self.x) != y.shape[0]:
             raise InputError(f"{self.source} has {len(self.x)} texts but {y.shape[0]} labels; give one label per text")

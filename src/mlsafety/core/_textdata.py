@@ -44,13 +44,13 @@ def _label(value: Any, where: str, column: str) -> int:
     if isinstance(value, bool):
         raise InputError(f"{where} has label {value!r}, not an integer class index; number the classes 0..K-1")
     if isinstance(value, int):
-        return value
+        return _in_range(value, where)
     number: float | None = None
     if isinstance(value, float):
         number = value
     elif isinstance(value, str):
         try:
-            return int(value.strip())
+            return _in_range(int(value.strip()), where)
         except ValueError:
             try:
                 number = float(value.strip())
@@ -58,7 +58,13 @@ def _label(value: Any, where: str, column: str) -> int:
                 number = None
     if number is None or not math.isfinite(number) or number != round(number):
         raise InputError(f"{where} has label {value!r}, not an integer class index; number the classes 0..K-1")
-    return int(number)
+    return _in_range(int(number), where)
+
+
+def _in_range(value: int, where: str) -> int:
+    if not -(2**63) <= value < 2**63:
+        raise InputError(f"{where} has label {value}, too large for a class index; number the classes 0..K-1")
+    return value
 
 
 def _text(value: Any, where: str, column: str) -> str:
@@ -171,7 +177,9 @@ def load_text_jsonl(
     want_label = label is not None and kind == "in"
     texts: list[str] = []
     labels: list[int] = []
-    for number, line in enumerate(content.splitlines(), start=1):
+    # split on "\n" only: str.splitlines() also breaks at U+2028, U+2029 and U+0085, which JSON leaves raw in strings
+    for number, raw_line in enumerate(content.split("\n"), start=1):
+        line = raw_line.removesuffix("\r")
         if not line.strip():
             continue
         where = f"line {number} of {source}"
@@ -235,6 +243,12 @@ def load_hf_dataset(
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError as exc:
         raise InputError(f"{source} is not a dataset saved with save_to_disk: {exc}") from None
+    except Exception as exc:  # a corrupted folder: bad state.json, unreadable arrow files, ...
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise InputError(
+            f"{source} could not be read as a saved dataset ({type(exc).__name__}: {detail}); "
+            "save it again with save_to_disk"
+        ) from None
     if isinstance(loaded, datasets.DatasetDict):
         splits = sorted(loaded)
         if split is None and len(splits) == 1:
