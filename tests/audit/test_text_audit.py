@@ -234,6 +234,39 @@ def test_the_run_fingerprint_covers_the_texts_and_the_tokenizer(files, tmp_path)
     assert components(other, clf2, data2)["tokenizer"].digest != base["tokenizer"].digest
 
 
+def test_a_folder_without_a_trained_head_is_refused_without_the_load_report(tmp_path, capfd):
+    """A bare encoder (or a causal LM) saved with save_pretrained would get a random head: refused in one
+    line, with transformers' MISSING-keys table kept off stderr and its verbosity restored."""
+    from transformers import BertModel
+    from transformers.utils import logging as hf_logging
+
+    from mlsafety.audit import resolve_model
+
+    model = tiny_bert_classifier()
+    BertModel(model.config).save_pretrained(tmp_path / "bare")
+    model.tokenizer.save_pretrained(tmp_path / "bare")
+    capfd.readouterr()
+    verbosity = hf_logging.get_verbosity()
+    with pytest.raises(InputError, match=r"has no trained weights for classifier\.bias, classifier\.weight: it is not"):
+        resolve_model(str(tmp_path / "bare"), None)
+    err = capfd.readouterr().err
+    assert "LOAD REPORT" not in err and "MISSING" not in err, err
+    assert hf_logging.get_verbosity() == verbosity
+
+
+@pytest.mark.parametrize("name", ["minilm", "smollm2-135m", "digits-denoiser-25"])
+def test_a_zoo_model_that_is_not_a_classifier_is_refused_before_it_is_loaded(name, monkeypatch):
+    from mlsafety import zoo
+    from mlsafety.audit import resolve_model
+
+    def loaded(_name):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(zoo, "load_model", loaded)
+    with pytest.raises(InputError, match=rf"zoo model '{name}' is an? .*not a classifier; use a zoo classifier \("):
+        resolve_model(name, None)
+
+
 @pytest.mark.slow
 def test_zoo_text_data_defaults_to_mr_splits_and_the_text_ood_sets(files):
     """The embedded data (installed assets): val is mr's validation split, the detectors fit on a

@@ -40,6 +40,10 @@ def d(tmp_path_factory):
     config = BertConfig(**{**small.config.to_dict(), "vocab_size": 20})
     BertForSequenceClassification(config).save_pretrained(d / "mismatch")
     small.tokenizer.save_pretrained(d / "mismatch")
+    from transformers import BertModel  # a bare encoder: its folder has no classifier head
+
+    BertModel(small.config).save_pretrained(d / "bare")
+    small.tokenizer.save_pretrained(d / "bare")
     return d
 
 
@@ -117,6 +121,14 @@ CASES = {
     "non-UTF-8 file": (["--model", "{d}/model", "--data", "{d}/latin1.csv"], "UTF-8"),
     "text column for an image model": (["--text-column", "body"], "names a column of text data, but the model takes"),
     "missing file": (["--model", "{d}/model", "--data", "{d}/nope.csv"], "not found or not supported"),
+    "bare encoder without a classifier head": (
+        ["--model", "{d}/bare", *DATA],
+        "has no trained weights for classifier.bias, classifier.weight: it is not a saved sequence classifier",
+    ),
+    "zoo sentence encoder": (["--model", "minilm"], "zoo model 'minilm' is an encoder (it returns embeddings), not"),
+    "zoo sentence encoder with text data": (["--model", "minilm", "--data", "mr"], "'minilm' is an encoder"),
+    "zoo causal LM": (["--model", "smollm2-135m"], "zoo model 'smollm2-135m' is a causal language model, not a"),
+    "empty data": (["--model", "{d}/model", "--data", ""], "--data is empty; give a zoo dataset name"),
     "image-only detector": (
         ["--model", "{d}/model", "--data", "{d}/data.csv", "--ood", "{d}/ood.jsonl", "--config", "{d}/odin.toml"],
         "detector 'odin' does not work on text models",

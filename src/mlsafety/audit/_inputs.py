@@ -138,6 +138,13 @@ def check_settings(config: AuditConfig, where: str | None = None) -> None:
             f"{name('channels')} must be 1 (grayscale) or 3 (RGB), got {config.channels!r}; "
             "leave it out to use the model's channel count"
         )
+    for key in ("data", "val", "train", "ood"):
+        value = getattr(config, key)
+        specs = value if isinstance(value, list) else [value]
+        if any(isinstance(v, str) and not v.strip() for v in specs):
+            raise InputError(
+                f"{name(key)} is empty; give a zoo dataset name, a file or a folder, or leave it out for the default"
+            )
 
 
 def validate_config(config: AuditConfig, checks: Sequence[Check] | None = None) -> None:
@@ -166,8 +173,10 @@ def load_hf_classifier(folder: str | Path) -> nn.Module:
 
     Raises:
         InputError: a folder without a config, without weights or without a tokenizer; a model that
-            transformers cannot load as a sequence classifier; a tokenizer whose vocabulary is
-            larger than the model's embedding table (it would index past it).
+            transformers cannot load as a sequence classifier, or whose weights lack part of it (a
+            bare encoder or a causal LM: transformers would initialise the head at random); a
+            tokenizer whose vocabulary is larger than the model's embedding table (it would index
+            past it).
     """
     path = Path(folder)
     if not (path / "config.json").is_file():
@@ -189,19 +198,31 @@ def load_hf_classifier(folder: str | Path) -> nn.Module:
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr: a refusal stays one line
+    hf_logging.set_verbosity_error()  # nor the LOAD REPORT table of missing keys: the refusal below says it
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        module = AutoModelForSequenceClassification.from_pretrained(str(path), local_files_only=True,
-                                                                    use_safetensors=True)  # fmt: skip
+        module, info = AutoModelForSequenceClassification.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, output_loading_info=True
+        )
     except Exception as exc:  # a user's folder: any failure of transformers becomes one line
         msg = " ".join(str(exc).split())
         raise InputError(
             f"--model {folder}: transformers cannot load it as a sequence classifier: {type(exc).__name__}: {msg}"
         ) from None
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:  # transformers initialised these at random: a bare encoder or a language model, not a classifier
+        shown = ", ".join(missing[:3]) + (f" ... ({len(missing)} in all)" if len(missing) > 3 else "")
+        raise InputError(
+            f"--model {folder} has no trained weights for {shown}: it is not a saved sequence classifier; "
+            f"train a {type(module).__name__} (or another ...ForSequenceClassification) and save it with "
+            "model.save_pretrained(folder)"
+        )
     rows = module.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise InputError(
@@ -212,10 +233,26 @@ def load_hf_classifier(folder: str | Path) -> nn.Module:
     return module  # type: ignore[no-any-return]
 
 
+_ROLE_NAMES = {"encoder": "an encoder (it returns embeddings)", "causal-lm": "a causal language model",
+               "denoiser": "a denoiser"}  # fmt: skip
+
+
+def _check_zoo_classifier(name: str) -> None:
+    """Raise :class:`InputError` when zoo model ``name`` is not a classifier (an encoder, a causal LM...)."""
+    role = zoo.model_info(name).role
+    if role != "classifier":
+        classifiers = [n for n in zoo.model_names() if zoo.model_info(n).role == "classifier"]
+        raise InputError(
+            f"zoo model {name!r} is {_ROLE_NAMES.get(role, f'a {role}')}, not a classifier; "
+            f"use a zoo classifier ({', '.join(classifiers)}) or a classifier of your own"
+        )
+
+
 def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classifier:
     """A Classifier for a zoo name, ``file.py:factory`` (with ``weights``) or a saved ``transformers``
     model folder (:func:`load_hf_classifier`), on ``device``. A module with a ``tokenizer``
-    attribute (a zoo text model, a model folder) is a text classifier."""
+    attribute (a zoo text model, a model folder) is a text classifier. A zoo model that is not a
+    classifier (an encoder, a causal LM, a denoiser) is refused before it is loaded."""
     if spec.endswith(".py") or ".py:" in spec:
         module: nn.Module = load_factory(spec)
         if weights is not None:
@@ -225,6 +262,7 @@ def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classi
             raise InputError(f"--weights does not apply to a model folder ({spec}); its weights are in the folder")
         module = load_hf_classifier(spec)
     else:
+        _check_zoo_classifier(spec)  # before anything is loaded
         if weights is not None:
             module = zoo.model_info(spec).build()
             load_weights(module, weights)
