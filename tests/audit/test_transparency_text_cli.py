@@ -40,6 +40,10 @@ def test_explain_text_refuses_an_image_only_choice_with_one_line(model_dir: Path
     assert out.exit_code == 2 and "text model" in out.output
     out = CliRunner().invoke(main, ["explain", "text", "--model", str(model_dir), "--text", "hi", "-m", "salency"])
     assert out.exit_code == 2 and "saliency" in out.output
+    out = CliRunner().invoke(main, ["explain", "text", "--model", str(model_dir), "--text", "good", "--target", "5"])
+    assert out.exit_code == 2 and out.output.strip().splitlines() == [
+        "error: --target 5 is not a class of this model (it has 2: 0..1)"
+    ]
 
 
 def test_explain_sanity_on_text_data(model_dir: Path, tmp_path: Path) -> None:

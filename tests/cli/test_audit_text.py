@@ -119,6 +119,11 @@ CASES = {
     "label outside [0, K)": (["--model", "{d}/model", "--data", "{d}/bad_label.csv"], "5"),
     "empty text": (["--model", "{d}/model", "--data", "{d}/empty.csv"], "empty"),
     "non-UTF-8 file": (["--model", "{d}/model", "--data", "{d}/latin1.csv"], "UTF-8"),
+    "image size for a text model": (
+        ["--model", "{d}/model", *DATA, "--image-size", "32", "32"],
+        "--image-size sets how image folders are read, but the model takes text; drop it",
+    ),
+    "channels for a text model": (["--model", "{d}/model", *DATA, "--channels", "3"], "--channels sets how image"),
     "text column for an image model": (["--text-column", "body"], "names a column of text data, but the model takes"),
     "missing file": (["--model", "{d}/model", "--data", "{d}/nope.csv"], "not found or not supported"),
     "bare encoder without a classifier head": (
@@ -146,3 +151,25 @@ def test_bad_text_input_exits_2_with_one_line_and_stores_nothing(d, case):
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     assert needle in lines[0], lines[0]
     assert runs_in(db) == 0
+
+
+def test_the_truncation_warning_names_the_length_texts_are_cut_to(d):
+    # the tokenizer claims 512 tokens, the model has 64 positions: texts are cut at 64, and the
+    # warning line and the row's max_length say 64 (they used to repeat the tokenizer's 512)
+    import json
+
+    from tests.support.text import tiny_tokenizer
+
+    folder = d / "claims512"
+    model = tiny_bert_classifier(num_labels=2, seed=0)
+    model.save_pretrained(folder)
+    tiny_tokenizer(max_length=512).save_pretrained(folder)
+    result, db = run(d, "--model", str(folder), "--data", str(d / "long.csv"), "--quick", "--json", "--check", "clean",
+                     db_name="claims512.sqlite")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    warning = [line for line in result.output.splitlines() if line.startswith("warning:")]
+    assert len(warning) == 1 and "(64 tokens)" in warning[0], result.output
+    (params,) = (
+        sqlite3.connect(db).execute("SELECT params_json FROM results WHERE metric = 'truncated_inputs'").fetchone()
+    )
+    assert json.loads(params)["max_length"] == 64

@@ -168,9 +168,28 @@ def test_hf_dataset_happy_path(saved):
     assert list(single.x) == ["one", "two"] and single.y.tolist() == [0, 1] and single.name == "single"
 
 
+def test_a_split_folder_of_a_saved_dataset_dict_loads_as_the_message_says(saved):
+    # the CLI has no split option: the refusal's advice (give the split's folder) must work
+    ds = load_hf_dataset(saved / "sst" / "test", text="sentence")
+    assert ds.y.tolist() == [1, 0, 1]
+
+
+def test_a_csv_text_longer_than_the_csv_modules_default_field_limit_loads(tmp_path):
+    # the csv module refuses fields over 131,072 characters by default; an over-long text must reach
+    # the tokenizer, which truncates it (and the audit counts it), not be refused here
+    long = "good " * 40_000
+    path = tmp_path / "long.csv"
+    path.write_text(f"text,label\n{long},1\nshort,0\n", encoding="utf-8")
+    ds = load_text_csv(path)
+    assert len(ds.x[0]) == len(long) and ds.y.tolist() == [1, 0]
+
+
 def test_hf_dataset_bad_input_is_one_line(saved):
     cases = [
-        (lambda: load_hf_dataset(saved / "sst", text="sentence"), r"has splits \['test', 'train'\]; pass split="),
+        (
+            lambda: load_hf_dataset(saved / "sst", text="sentence"),
+            r"has splits \['test', 'train'\]; give one split's folder \(.*sst/test\) or pass split=",
+        ),
         (lambda: load_hf_dataset(saved / "sst", split="dev", text="sentence"), "pass split="),
         (lambda: load_hf_dataset(saved / "sst", split="test"), r"no column 'text' \(found \['sentence', 'label'\]\)"),
         (lambda: load_hf_dataset(saved / "single", split="test"), "without splits"),

@@ -547,6 +547,11 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
     the rest.
     """
     if model is not None and modality_of(model) == "text":
+        for key in ("image_size", "channels"):
+            if getattr(config, key) is not None:
+                raise InputError(
+                    f"--{key.replace('_', '-')} sets how image folders are read, but the model takes text; drop it"
+                )
         return _resolve_text_data(config, model)
     defaults = AuditConfig()
     for key in ("text_column", "label_column"):

@@ -111,6 +111,7 @@ def explain_text(model: str, weights: str | None, texts: tuple[str, ...], method
     """Token attributions of a text model, merged into words (red: for the class, blue: against)."""
     import json
 
+    import torch
     from rich.text import Text
 
     from mlsafety.audit import resolve_model
@@ -123,6 +124,11 @@ def explain_text(model: str, weights: str | None, texts: tuple[str, ...], method
     clf = resolve_model(model, weights)
     if clf.modality != "text":
         raise InputError(f"model {model!r} takes images; explain text needs a text model (e.g. minilm-mr)")
+    if target is not None and texts:
+        with torch.inference_mode():
+            k = int(clf.logits(list(texts[:1])).shape[1])
+        if target >= k:
+            raise InputError(f"--target {target} is not a class of this model (it has {k}: 0..{k - 1})")
     res = tr.explain_text(tr.create(method), clf, list(texts), target)
     if as_json:
         out = [

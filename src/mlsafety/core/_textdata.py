@@ -77,6 +77,10 @@ def _text(value: Any, where: str, column: str) -> str:
     return value
 
 
+_FIELD_LIMIT = 2**31 - 1
+"""The largest field the csv module accepts on every platform (a C long)."""
+
+
 def _option(options: Mapping[str, str] | None, arg: str) -> str:
     """How the caller names setting ``arg`` (``text`` / ``label``) in a message."""
     return (options or {}).get(arg, f"{arg}=")
@@ -122,6 +126,9 @@ def load_text_csv(
     path = Path(path)
     source = source or str(path)
     content = _read_utf8(path, source)
+    # no cap on a field's size: an over-long text is truncated by the model's tokenizer (and counted), not
+    # refused by the csv module's 131,072-character default
+    csv.field_size_limit(max(csv.field_size_limit(), _FIELD_LIMIT))
     reader = csv.DictReader(io.StringIO(content, newline=""), delimiter=delimiter)
     found = [c for c in reader.fieldnames or [] if c is not None]
     want_label = label is not None and kind == "in"
@@ -254,7 +261,10 @@ def load_hf_dataset(
         if split is None and len(splits) == 1:
             split = splits[0]
         if split not in loaded:
-            raise InputError(f"{source} has splits {splits}; pass split= one of them")
+            raise InputError(
+                f"{source} has splits {splits}; give one split's folder ({Path(path) / splits[0]}) "
+                "or pass split= one of them"
+            )
         table = loaded[split]
         source = f"{source} (split {split!r})"
     else:

@@ -75,7 +75,7 @@ def truncation_rows(ctx: AuditContext, hazard: Hazard | str) -> list[Row]:
     if ctx.modality != "text":
         return []
     out, n = ctx.outputs(hazard), len(ctx.hazard(hazard))
-    limit = ctx.model.max_length or getattr(ctx.model.tokenizer, "model_max_length", None)
+    limit = ctx.model.text_max_length  # what texts are cut to: the tokenizer's and the model's limits
     return [Row.exact(str(Hazard.parse(hazard)), TRUNCATED, float(out.truncated), COUNT, n, max_length=limit)]
 
 
