@@ -289,3 +289,47 @@ def test_an_image_audit_stores_no_skip_or_truncation_rows(quick_audit):
 
     _, result = quick_audit
     assert not [r.key for r in result.rows if is_skip(r) or r.metric == TRUNCATED]
+
+
+@pytest.mark.parametrize(
+    "option, gate",
+    [("--fail-under", "corruptions/*/accuracy=0.5"), ("--fail-over", "adversarial/pgd/*/attack_success_rate=0.2")],
+)
+def test_a_gate_on_an_image_only_check_is_refused_on_text_before_anything_is_stored(files, option, gate):
+    """The check is selected but skipped on text, so it stores no metric to bound: the gate is refused in
+    one line (exit 2) once the model's modality is known, and no run is stored."""
+    from click.testing import CliRunner
+
+    from mlsafety.cli import main
+
+    check = gate.split("/")[0]
+    db = files / f"gate-{check}.sqlite"
+    args = [
+        "audit",
+        "--model",
+        str(files / "model"),
+        "--data",
+        str(files / "data.csv"),
+        "--ood",
+        str(files / "far.jsonl"),
+        "--quick",
+    ]
+    result = CliRunner().invoke(
+        main, [*args, "--check", "clean", "--check", check, option, gate, "--db", str(db), "--report", ""]
+    )
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    key = gate.partition("=")[0]
+    assert f"gate '{key}': the {check} check is image-only and is not run on text models; remove the gate" in lines[0]
+    assert not db.exists() or sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0
+
+
+def test_a_gate_on_a_skipped_checks_not_applicable_row_is_allowed(files):
+    config = AuditConfig(
+        model=str(files / "model"), data=str(files / "data.csv"), ood=[], checks=["clean", "corruptions"],
+        quick=True, fail_under={f"corruptions/clean/{NOT_APPLICABLE}": 1.0},
+    )  # fmt: skip
+    result = run_audit(config, db=files / "gate-skip.sqlite", report="")
+    assert result.gate_failures == []
+    assert [r.key for r in rows_of(result, "corruptions")] == [f"corruptions/clean/{NOT_APPLICABLE}"]

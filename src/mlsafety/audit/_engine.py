@@ -21,7 +21,7 @@ from mlsafety.audit import _fingerprint
 from mlsafety.audit import checks as _checks  # noqa: F401  (registers every check)
 from mlsafety.audit._check import CHECKS, NOT_APPLICABLE, PILLARS, Check, StoredRow, Task, TaskResult, skip_row
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit._gates import GateFailure, evaluate_gates
+from mlsafety.audit._gates import GateFailure, check_gates_apply, evaluate_gates
 from mlsafety.audit._inputs import AuditConfig, prepare_inputs
 from mlsafety.audit._store import StorageError, Store, default_db_path
 from mlsafety.core import Hazard, InputError, Progress, check_output_path
@@ -141,6 +141,7 @@ def run_audit(
         batch_size=config.batch_size,
         check_params={c.name: c.params for c in checks},
     )
+    check_gates_apply(config.fail_under, config.fail_over, checks, ctx.modality)  # a skipped check stores no metric
     runnable = [c for c in checks if c.not_applicable(ctx.modality) is None]
     ctx.planned_hazards = list(dict.fromkeys(Hazard.parse(h) for c in runnable for h in c.hazards(ctx)))
     plan: list[tuple[Check, Task]] = [

@@ -126,7 +126,8 @@ def validate_gates(
     only after the run). A misspelt metric is refused with the closest declared name, a renamed
     one with its new names (:data:`RENAMED_METRICS`). A gate that passes here but matches no
     stored row (e.g. a hazard that was not run) is still refused after the run by
-    :func:`evaluate_gates`.
+    :func:`evaluate_gates`; one on a check that does not apply to the model's modality is refused
+    once the model is loaded, before anything is stored (:func:`check_gates_apply`).
 
     Raises:
         InputError: one line naming the gate, the problem and the fix.
@@ -158,6 +159,34 @@ def validate_gates(
                 raise InputError(f"{option} gate {text!r}: {problem}")
             keys.append(key)
     return keys
+
+
+def check_gates_apply(
+    fail_under: Mapping[str, float], fail_over: Mapping[str, float], checks: Sequence[Check], modality: str
+) -> None:
+    """Refuse a gate on a selected check that does not apply to the model's ``modality``.
+
+    Such a check is not run (it stores only its ``clean/not_applicable`` row, :meth:`Check.not_applicable`),
+    so the gate could only fail after the run with no metric to bound; it is refused once the model
+    is loaded, before anything is stored. A gate on ``not_applicable`` itself stays allowed.
+
+    Raises:
+        InputError: one line naming the gate, the check's modalities and the fix.
+    """
+    from mlsafety.audit._check import NOT_APPLICABLE
+
+    by_name = {c.name: type(c) for c in checks}
+    for option, gates in (("--fail-under", fail_under), ("--fail-over", fail_over)):
+        for text in gates:
+            key = parse_gate_key(text)
+            cls = by_name.get(key.check)
+            if cls is None or key.metric == NOT_APPLICABLE or cls.not_applicable(modality) is None:
+                continue
+            kinds = "/".join(cls.modalities)
+            raise InputError(
+                f"{option} gate {text!r}: the {key.check} check is {kinds}-only and is not run on {modality} "
+                f"models; remove the gate, or audit a model with {kinds} inputs"
+            )
 
 
 RENAMED_METRICS: dict[str, tuple[str, ...]] = {
