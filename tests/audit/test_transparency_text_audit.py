@@ -86,3 +86,72 @@ def test_the_report_shows_highlighted_sentences_escaped(checked, tmp_path: Path)
     assert '<div class="text-saliency">' in html and html.count('class="tok"') > 4
     assert "<script>alert(1)</script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert 'src="http' not in html and "<link" not in html  # no network assets
+
+
+def test_a_model_that_gets_nothing_right_still_shows_its_mistakes() -> None:
+    """With no correct test input, the sanity checks and the correct examples are skipped with a stored
+    reason (they used to end the run with 'no texts to encode'); misclassified and OOD sentences are shown."""
+    import mlsafety.audit.checks  # noqa: F401  (registers the checks)
+
+    model = Classifier(tiny_bert_classifier(num_labels=2, seed=0))
+    data = tiny_text_dataset(n=12, seed=3)
+    from mlsafety.core import forward
+
+    wrong = TextDataset(list(data.x), 1 - forward(model, data.x, features=False).pred.cpu(), name="wrong")
+    ood = {"odd": TextDataset(["the red cat", "q: a dog ?"], torch.full((2,), -1), name="odd", kind="ood")}
+    ctx = AuditContext(model, AuditData(wrong, wrong, ood=ood))
+    check = CHECKS.create("transparency", text_methods=["saliency"], examples=2)
+    result = check.tasks(ctx)[0].run()
+    rows = {r.metric: r for r in result.rows}
+    assert "no test input is classified correctly" in str(rows["sanity_not_run"].params["reason"])
+    assert rows["correct_examples_not_shown"].params["group"] == "correct"
+    assert "sanity_pass_share" not in rows and "ig_completeness_gap" not in rows
+    names = {a.name for a in result.artifacts}
+    assert names == {"text-saliency-misclassified", "text-saliency-ood-odd"}
+    stored = [StoredRow("transparency", r.hazard, r.metric, r.value, r.ci_low, r.ci_high, r.n, dict(r.params), r.kind)
+              for r in result.rows]  # fmt: skip
+    (table,) = [t for t in check.tables(stored) if t.title == "Not shown"]
+    assert [row[0] for row in table.rows] == ["sanity checks", "correct"]
+
+
+def test_an_empty_ood_group_is_not_drawn_but_said() -> None:
+    import mlsafety.audit.checks  # noqa: F401
+
+    test = tiny_text_dataset(n=8, seed=3)
+    ood = {"none": TextDataset([], torch.zeros(0, dtype=torch.long), name="none", kind="ood")}
+    ctx = AuditContext(Classifier(tiny_bert_classifier(num_labels=2, seed=0)), AuditData(test, test, ood=ood))
+    check = CHECKS.create("transparency", text_methods=["saliency"], examples=2, text_sanity_inputs=2)
+    result = check.tasks(ctx)[0].run()
+    assert {r.metric: r for r in result.rows}["ood_examples_not_shown"].hazard == "ood/none"
+    assert "text-saliency-ood-none" not in {a.name for a in result.artifacts}
+
+
+BAD_SETTINGS = {
+    "label randomisation": ('text_sanity_modes = ["label"]', "label randomisation is not available for text"),
+    "unknown text_method": ('text_method = "salency"', "unknown attribution 'salency'"),
+    "unknown text_methods": ('text_methods = ["saliency", "nope"]', "'nope'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_bad_text_settings_are_refused_before_a_run_is_stored(tmp_path: Path, case: str) -> None:
+    import sqlite3
+
+    from click.testing import CliRunner
+
+    from mlsafety.cli import main
+    from tests.audit.test_text_audit import save_model, write_csv
+    from tests.support.text import tiny_sentences
+
+    setting, needle = BAD_SETTINGS[case]
+    save_model(tmp_path / "model")
+    write_csv(tmp_path / "data.csv", *tiny_sentences(12, seed=4))
+    (tmp_path / "c.toml").write_text(f'checks = ["transparency"]\n[params.transparency]\n{setting}\n')
+    db = tmp_path / "runs.sqlite"
+    args = ["audit", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.csv"),
+            "--config", str(tmp_path / "c.toml"), "--db", str(db), "--report", ""]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], result.output
+    assert not db.exists() or sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from mlsafety.audit._check import DECISION, Artifact, Check, Row, TaskResult, register_check
+from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.views.transparency import (
     SANITY_CAPTION,
@@ -97,36 +97,54 @@ class Transparency(Check):
     }
     metrics = (
         *(f"*_{mode}_{m}" for mode in ("cascading", "independent", "label") for m in ("spearman", "ssim", "pass")),
-        "sanity_pass_share", "ig_completeness_gap", "class_visualisation_confidence",
+        "sanity_pass_share", "ig_completeness_gap", "class_visualisation_confidence", "sanity_not_run",
+        "*_examples_not_shown",
     )  # fmt: skip
     view = TransparencyView
 
-    def run(self, ctx: AuditContext) -> TaskResult:
+    def tasks(self, ctx: AuditContext) -> list[Task]:
+        self._validate(ctx)  # when the audit is planned, before its run is stored
+        return super().tasks(ctx)
+
+    def _validate(self, ctx: AuditContext) -> None:
+        """Refuse unknown method names and settings the audited modality cannot run."""
         p = self.params
         for name in [*p["methods"], *p["grid_methods"], p["text_method"], *p["text_methods"]]:
-            tr.ATTRIBUTIONS.get(name)  # unknown names fail before any work
-        text = ctx.modality == tr.TEXT
-        if text and "label" in p["text_sanity_modes"]:
+            tr.ATTRIBUTIONS.get(name)  # unknown names fail with a suggestion
+        if ctx.modality != tr.TEXT:
+            return
+        if "label" in p["text_sanity_modes"]:
             raise InputError("label randomisation is not available for text models yet; drop it from text_sanity_modes")
-        if text and tr.TEXT not in tr.ATTRIBUTIONS.tags(p["text_method"]):
+        if tr.TEXT not in tr.ATTRIBUTIONS.tags(p["text_method"]):
             raise InputError(f"text_method {p['text_method']!r} does not explain text; choose one of "
                              f"{', '.join(tr.available(tr.TEXT))}")  # fmt: skip
+
+    def run(self, ctx: AuditContext) -> TaskResult:
+        p = self.params
+        self._validate(ctx)
+        text = ctx.modality == tr.TEXT
         data = ctx.hazard(CLEAN)
         pred = ctx.outputs(CLEAN).pred.cpu()
         correct = (pred == data.y).nonzero()[:, 0]
         wrong = (pred != data.y).nonzero()[:, 0]
         order = torch.randperm(len(data), generator=ctx.generator(CHECK, "inputs"))
         pick = order[torch.isin(order, correct)][: int(p["text_sanity_inputs" if text else "sanity_inputs"])]
-        x_s = data.x[pick]
-        rows, artifacts = self._sanity(ctx, x_s)
-        ig = tr.IntegratedGradients(steps=int(p["text_ig_steps"])) if text else tr.IntegratedGradients()
-        gap = tr.ig_completeness(ctx.model, x_s, pred[pick], ig, seed=ctx.seed_for(CHECK, str(CLEAN), "ig"))
-        rows.append(Row.of(str(CLEAN), "ig_completeness_gap", gap, steps=ig.steps, method=ig.method))
+        rows: list[Row] = []
+        artifacts: list[Artifact] = []
+        if pick.numel():
+            x_s = data.x[pick]
+            rows, artifacts = self._sanity(ctx, x_s)
+            ig = tr.IntegratedGradients(steps=int(p["text_ig_steps"])) if text else tr.IntegratedGradients()
+            gap = tr.ig_completeness(ctx.model, x_s, pred[pick], ig, seed=ctx.seed_for(CHECK, str(CLEAN), "ig"))
+            rows.append(Row.of(str(CLEAN), "ig_completeness_gap", gap, steps=ig.steps, method=ig.method))
+        else:  # the sanity checks explain correct predictions: there are none to explain
+            why = f"no test input is classified correctly (0 of {len(data)}): nothing to explain"
+            rows.append(Row.exact(str(CLEAN), "sanity_not_run", 1.0, DECISION, len(data), reason=why))
 
         if text:
-            artifacts += self._sentences(ctx, data, order, correct, wrong)  # type: ignore[arg-type]
+            artifacts += self._sentences(ctx, data, order, correct, wrong, rows)  # type: ignore[arg-type]
             return TaskResult(rows, artifacts)
-        artifacts += self._grids(ctx, data, order, correct, wrong)
+        artifacts += self._grids(ctx, data, order, correct, wrong, rows)
 
         # -- class visualisations --------------------------------------------------------------
         if p["visualize"]:
@@ -182,23 +200,29 @@ class Transparency(Check):
         return rows, [Artifact("sanity-checks", sanity_png(verdicts), caption=SANITY_CAPTION)]
 
     def _grids(self, ctx: AuditContext, data: ArrayDataset, order: torch.Tensor, correct: torch.Tensor,
-               wrong: torch.Tensor) -> list[Artifact]:  # fmt: skip
-        """Attribution grids of correct, misclassified, adversarial and OOD inputs (the first few of ``order``)."""
+               wrong: torch.Tensor, rows: list[Row]) -> list[Artifact]:  # fmt: skip
+        """Attribution grids of correct, misclassified, adversarial and OOD inputs (the first few of ``order``);
+        an empty group gets a row in ``rows`` saying why it is not shown."""
         p = self.params
         k = int(p["examples"])
         groups: list[tuple[str, str, torch.Tensor]] = []  # (caption label, artifact slug, inputs)
         if k > 0:
             first = order[torch.isin(order, correct)][:k]
             groups.append(("correct", "correct", data.x[first]))
-            if wrong.numel():
-                groups.append(("misclassified", "misclassified", data.x[order[torch.isin(order, wrong)][:k]]))
-            adversarial = _adversarial(ctx, data.x[first], data.y[first], float(p["adversarial_eps"]))
-            groups.append(("adversarial", "adversarial", adversarial))
+            groups.append(("misclassified", "misclassified", data.x[order[torch.isin(order, wrong)][:k]]))
+            if first.numel():
+                adversarial = _adversarial(ctx, data.x[first], data.y[first], float(p["adversarial_eps"]))
+                groups.append(("adversarial", "adversarial", adversarial))
+            else:
+                rows.append(_not_shown("adversarial", "no test input is classified correctly to attack"))
             for ood_name in sorted(ctx.data.ood)[:1]:
                 h = Hazard.ood(ood_name)
                 groups.append((str(h), f"{h.kind}-{h.name}", ctx.hazard(h).x[:k]))
         artifacts = []
         for label, slug, xg in groups:
+            if not len(xg):
+                rows.append(_not_shown(label, _EMPTY.get(label, f"the {label} data is empty")))
+                continue
             target = forward(ctx.model, xg, features=False).pred
             maps = {m: _method(ctx, m).attribute(ctx.model, xg, target).abs().sum(dim=1).cpu()
                     for m in p["grid_methods"]}  # fmt: skip
@@ -207,9 +231,10 @@ class Transparency(Check):
         return artifacts
 
     def _sentences(self, ctx: AuditContext, data: TextDataset, order: torch.Tensor, correct: torch.Tensor,
-                   wrong: torch.Tensor) -> list[Artifact]:  # fmt: skip
+                   wrong: torch.Tensor, rows: list[Row]) -> list[Artifact]:  # fmt: skip
         """Correct, misclassified and OOD test sentences (the first few of ``order``) with their words
-        highlighted by ``text_method`` for the predicted class."""
+        highlighted by ``text_method`` for the predicted class; an empty group gets a row in ``rows``
+        saying why it is not shown."""
         p = self.params
         k = int(p["examples"])
         if k < 1:
@@ -217,15 +242,17 @@ class Transparency(Check):
         groups: list[tuple[str, str, Texts, torch.Tensor | None]] = []  # (label, slug, texts, true labels)
         first = order[torch.isin(order, correct)][:k]
         groups.append(("correct", "correct", data.x[first], data.y[first]))
-        if wrong.numel():
-            miss = order[torch.isin(order, wrong)][:k]
-            groups.append(("misclassified", "misclassified", data.x[miss], data.y[miss]))
+        miss = order[torch.isin(order, wrong)][:k]
+        groups.append(("misclassified", "misclassified", data.x[miss], data.y[miss]))
         for ood_name in sorted(ctx.data.ood)[:1]:
             h = Hazard.ood(ood_name)
             groups.append((str(h), f"{h.kind}-{h.name}", Texts(ctx.hazard(h).x[:k]), None))
         method = _method(ctx, p["text_method"], int(p["text_ig_steps"]))
         artifacts = []
         for label, slug, texts, truth in groups:
+            if not len(texts):
+                rows.append(_not_shown(label, _EMPTY.get(label, f"the {label} data is empty")))
+                continue
             res = tr.explain_text(method, ctx.model, texts)
             examples = [
                 {
@@ -245,6 +272,22 @@ class Transparency(Check):
                 )
             )
         return artifacts
+
+
+_EMPTY = {
+    "correct": "no test input is classified correctly",
+    "misclassified": "no test input is misclassified",
+}
+"""Why a group of examples is empty, by group (any other group: its data is empty)."""
+
+
+def _not_shown(group: str, why: str) -> Row:
+    """The row saying that the examples of ``group`` (``correct``, ``misclassified``, ``adversarial``, or
+    an OOD hazard) are not shown, and why: ``<group>_examples_not_shown`` under that hazard (clean for the
+    test set's groups)."""
+    hazard = group if group.startswith("ood/") else str(CLEAN)
+    kind = "ood" if group.startswith("ood/") else group
+    return Row.exact(hazard, f"{kind}_examples_not_shown", 1.0, DECISION, 0, group=group, reason=why)
 
 
 def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset | TextDataset], nn.Module]:

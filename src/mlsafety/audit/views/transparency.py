@@ -128,8 +128,19 @@ class TransparencyView(View):
             body.append(line)
         figures = ("Spearman", "SSIM", "verdict") if with_ssim else ("Spearman", "verdict")
         headers = ["method"] + [f"{m} {h}" for m in modes for h in figures]
-        tables = [Table("Sanity checks (similarity to the original maps; lower is better)", headers, body)]
-        other = [r for r in rows if "mode" not in r.params]
+        tables = (
+            [Table("Sanity checks (similarity to the original maps; lower is better)", headers, body)] if body else []
+        )
+        skipped = [r for r in rows if "mode" not in r.params and "reason" in r.params]
+        if skipped:  # a part left out (no correct input to explain, an empty group of examples) and why
+            tables.append(
+                Table(
+                    "Not shown",
+                    ["part", "reason"],
+                    [[str(r.params.get("group", "sanity checks")), str(r.params["reason"])] for r in skipped],
+                )
+            )
+        other = [r for r in rows if "mode" not in r.params and "reason" not in r.params]
         if other:
             tables.append(
                 Table(
