@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mlsafety.core import Classifier, InputError, Outputs, Texts, encode, forward, unwrap_logits
-from tests.support.text import VOCAB, tiny_bert_classifier, tiny_llama, tiny_text_dataset, tiny_tokenizer
+from tests.support.text import VOCAB, tiny_bert_classifier, tiny_gpt2, tiny_llama, tiny_text_dataset, tiny_tokenizer
 
 SENTENCES = ["a good film", "bad", "the cat sat on the mat with a dog", "not a great day"]
 ATOL = 1e-5
@@ -313,27 +313,7 @@ def test_forward_groups_texts_by_length_and_keeps_the_callers_order(bert):
 # ------------------------------------------------------------------------------------------ review fixes
 def _decoder_classifier(pad_token_id: int = 0, seed: int = 0) -> nn.Module:
     """A tiny GPT2ForSequenceClassification over the tiny tokenizer (last-token pooling, a ``score`` head)."""
-    from transformers import GPT2Config, GPT2ForSequenceClassification
-
-    tok = tiny_tokenizer("bos")
-    config = GPT2Config(
-        vocab_size=len(VOCAB),
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=128,
-        pad_token_id=pad_token_id,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        num_labels=2,
-        initializer_range=0.2,
-        attn_implementation="eager",
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = GPT2ForSequenceClassification(config).eval()
-    model.tokenizer = tok
-    return model
+    return tiny_gpt2(seed, classifier=True, pad_token_id=pad_token_id)
 
 
 def test_max_length_is_capped_by_the_models_position_embeddings(bert):

@@ -134,9 +134,12 @@ def tiny_llama(seed: int = 0) -> Any:
     return model
 
 
-def tiny_gpt2(seed: int = 0) -> Any:
-    """A random ``GPT2LMHeadModel`` (hidden 32, 2 layers, 2 heads), eval mode, ``.tokenizer`` set."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def tiny_gpt2(seed: int = 0, classifier: bool = False, pad_token_id: int | None = None, n_positions: int = 0) -> Any:
+    """A random GPT-2 (hidden 32, 2 layers, 2 heads), eval mode, ``.tokenizer`` set: a ``GPT2LMHeadModel``,
+    or with ``classifier`` a two-class ``GPT2ForSequenceClassification`` (last-token pooling, a ``score``
+    head). ``pad_token_id`` sets the config's pad id (default: the tokenizer's); ``n_positions`` the
+    position table (default: twice the tokenizer's maximum length)."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
 
     tokenizer = tiny_tokenizer("bos")
     config = GPT2Config(
@@ -144,14 +147,16 @@ def tiny_gpt2(seed: int = 0) -> Any:
         n_embd=32,
         n_layer=2,
         n_head=2,
-        n_positions=2 * MAX_LENGTH,
-        pad_token_id=tokenizer.pad_token_id,
+        n_positions=n_positions or 2 * MAX_LENGTH,
+        pad_token_id=tokenizer.pad_token_id if pad_token_id is None else pad_token_id,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
+        num_labels=2,
         initializer_range=0.2,
         attn_implementation="eager",
     )
-    model = _seeded(seed, lambda: GPT2LMHeadModel(config)).eval()
+    cls = GPT2ForSequenceClassification if classifier else GPT2LMHeadModel
+    model = _seeded(seed, lambda: cls(config)).eval()
     model.tokenizer = tokenizer
     return model
 
