@@ -66,7 +66,7 @@ def forward(
     if isinstance(x, Texts) and len(x) > batch_size:  # batch texts of like length: less padding to compute
         order = torch.tensor(sorted(range(len(x)), key=lambda i: len(x[i])), dtype=torch.long)
         x = x[order]
-    n = len(x) if isinstance(x, (Texts, TextBatch)) else x.shape[0]
+    n = len(x)
     starts = range(0, n, batch_size)
     truncated = 0
     with frozen(clf.module), torch.inference_mode():

@@ -31,9 +31,7 @@ def position_ids(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def _texts(texts: Sequence[str] | str, what: str) -> Texts:
-    if isinstance(texts, str):
-        raise InputError(f"{what} must be a list of strings, got one string; wrap it in a list: [text]")
-    items = Texts(texts)
+    items = Texts(texts)  # refuses a bare str with one line
     if len(items) == 0:
         raise InputError(f"no {what} given; pass at least one string")
     for i, text in enumerate(items):

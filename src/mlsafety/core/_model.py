@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mlsafety.core._errors import InputError
-from mlsafety.core._text import Modality, TextBatch, Texts, encode, text_limit
+from mlsafety.core._text import Modality, TextBatch, Texts, encode, modality_of, text_limit
 
 ModelInput: TypeAlias = "torch.Tensor | TextBatch | Texts | Sequence[str]"
 """What a :class:`Classifier` takes: an image batch ``(N, C, H, W)``, token ids, or texts."""
@@ -288,9 +288,7 @@ class Classifier:
     @property
     def modality(self) -> Modality:
         """``"text"`` for a model with a tokenizer or one whose forward takes ``input_ids``, else ``"image"``."""
-        if self.tokenizer is not None or getattr(self.module, "main_input_name", None) == "input_ids":
-            return "text"
-        return "image"
+        return "text" if self.tokenizer is not None else modality_of(self.module)
 
     @property
     def text_max_length(self) -> int | None:

@@ -36,7 +36,7 @@ from mlsafety.core import (
 )
 from mlsafety.zoo._datasets import load_dataset
 from mlsafety.zoo._models import ModelInfo, register_model, weights_path
-from mlsafety.zoo._text import load_minilm
+from mlsafety.zoo._text import load_minilm, mean_pool
 
 NAME = "minilm-mr"
 TOP_LAYERS = 1
@@ -100,12 +100,6 @@ class SentenceClassifier(nn.Module):
         )
         logits: torch.Tensor = self.fc(pooled)
         return logits
-
-
-def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """The mean of ``hidden`` (N, L, D) over the positions where ``attention_mask`` (N, L) is 1 -> (N, D)."""
-    mask = attention_mask.to(hidden.dtype)[..., None]
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
 
 
 class TopLayers(nn.Module):
@@ -201,7 +195,7 @@ def seeded_head(model: SentenceClassifier, seed: int) -> SentenceClassifier:
     The head's first draw came from the global generator when it was built; this makes the
     recipe's starting point a function of its seed only.
     """
-    seeded_init(nn.ModuleList([model.fc]), seed, NAME, "head")  # seeded_init resets the children of its argument
+    seeded_init(model.fc, seed, NAME, "head")
     return model
 
 

@@ -218,6 +218,12 @@ MINILM_MAX_LENGTH = 256
 """all-MiniLM-L6-v2's training length (its ``sentence_bert_config.json``); longer texts are truncated."""
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``hidden`` (N, L, D) over the positions where ``attention_mask`` (N, L) is 1 -> (N, D)."""
+    mask = attention_mask.to(hidden.dtype)[..., None]
+    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1e-9)
+
+
 class SentenceEncoder(nn.Module):
     """A BERT encoder with mean pooling over the attention mask: texts -> (N, D) sentence embeddings.
 
@@ -261,11 +267,8 @@ class SentenceEncoder(nn.Module):
             token_type_ids=token_type_ids,
         )
         hidden = out.last_hidden_state
-        if attention_mask is None:
-            mask = torch.ones(hidden.shape[:2], dtype=hidden.dtype, device=hidden.device)
-        else:
-            mask = attention_mask.to(hidden.dtype)
-        pooled = (hidden * mask[..., None]).sum(dim=1) / mask.sum(dim=1, keepdim=True).clamp_min(1e-9)
+        mask = torch.ones(hidden.shape[:2], device=hidden.device) if attention_mask is None else attention_mask
+        pooled = mean_pool(hidden, mask)
         return nn.functional.normalize(pooled, dim=-1) if self.normalize else pooled
 
 
