@@ -76,11 +76,10 @@ LOWER_IS_BETTER = frozenset({
 })  # fmt: skip
 """Metrics of this check where a smaller number is safer (``caught_share`` is the one that is not)."""
 DEPLOYMENT = Hazard("deployment")
-
+"""The row key of the exposure-weighted figure (all hazards together, as deployment meets them)."""
 TEXT_OUTLIERS = 1000
 """Word-shuffled validation texts the monitor is chosen against on a text model (a seeded sample:
 each is a transformer pass; images use as many synthetic outliers as validation inputs)."""
-"""The row key of the exposure-weighted figure (all hazards together, as deployment meets them)."""
 NOT_RUN = "not run: the hazard does not carry its clean inputs, eps and norm"
 
 

@@ -121,7 +121,6 @@ class Transparency(Check):
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
-        self._validate(ctx)
         text = ctx.modality == tr.TEXT
         data = ctx.hazard(CLEAN)
         pred = ctx.outputs(CLEAN).pred.cpu()
@@ -239,21 +238,25 @@ class Transparency(Check):
         k = int(p["examples"])
         if k < 1:
             return []
-        groups: list[tuple[str, str, Texts, torch.Tensor | None]] = []  # (label, slug, texts, true labels)
+        # (label, slug, texts, true labels, predictions from the shared pass: explained, not recomputed)
+        groups: list[tuple[str, str, Texts, torch.Tensor | None, torch.Tensor]] = []
+        pred = ctx.outputs(CLEAN).pred.cpu()
         first = order[torch.isin(order, correct)][:k]
-        groups.append(("correct", "correct", data.x[first], data.y[first]))
+        groups.append(("correct", "correct", data.x[first], data.y[first], pred[first]))
         miss = order[torch.isin(order, wrong)][:k]
-        groups.append(("misclassified", "misclassified", data.x[miss], data.y[miss]))
+        groups.append(("misclassified", "misclassified", data.x[miss], data.y[miss], pred[miss]))
         for ood_name in sorted(ctx.data.ood)[:1]:
             h = Hazard.ood(ood_name)
-            groups.append((str(h), f"{h.kind}-{h.name}", Texts(ctx.hazard(h).x[:k]), None))
+            groups.append(
+                (str(h), f"{h.kind}-{h.name}", Texts(ctx.hazard(h).x[:k]), None, ctx.outputs(h).pred.cpu()[:k])
+            )
         method = _method(ctx, p["text_method"], int(p["text_ig_steps"]))
         artifacts = []
-        for label, slug, texts, truth in groups:
+        for label, slug, texts, truth, target in groups:
             if not len(texts):
                 rows.append(_not_shown(label, _EMPTY.get(label, f"the {label} data is empty")))
                 continue
-            res = tr.explain_text(method, ctx.model, texts)
+            res = tr.explain_text(method, ctx.model, texts, target)
             examples = [
                 {
                     "text": t,
