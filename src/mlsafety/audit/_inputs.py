@@ -385,25 +385,18 @@ def _load_text(spec: str, role: str, split: str, config: AuditConfig) -> TextDat
 
 
 def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
-    """:func:`resolve_data` for a text model: every source loaded and validated as it is loaded."""
+    """:func:`resolve_data` for a text model: every source loaded; :func:`validate` then checks the labels
+    against the model and probes it on each set (once, as for images)."""
     spec = data_spec(config, model)
     is_zoo = spec in zoo.dataset_names()
     test = _load_text(spec, "data", "test", config)
     if is_zoo and test.kind != "in":
         raise InputError(f"{spec!r} is an OOD set; pass in-distribution data with --data")
-    k = probe_model(model, test)
-    validate_text_dataset(test, k)
-
-    def load_checked(spec_: str, role: str, split: str) -> TextDataset:
-        ds = _load_text(spec_, role, split, config)
-        validate_text_dataset(ds, k)
-        probe_model(model, ds, k)
-        return ds
 
     if config.val is not None:
-        val = load_checked(config.val, "val", "val")
+        val = _load_text(config.val, "val", "val", config)
     elif is_zoo:
-        val = load_checked(spec, "val", "val")
+        val = _load_text(spec, "val", "val", config)
         val = TextDataset(val.x, val.y, val.name, val.kind, val.description,
                           f"the validation split of zoo data {spec!r}")  # fmt: skip
     else:
@@ -416,9 +409,9 @@ def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
         test = test.subset(perm[cut:])
     train = None
     if config.train is not None:
-        train = load_checked(config.train, "train", "train")
+        train = _load_text(config.train, "train", "train", config)
     elif is_zoo and config.val is None:
-        train = load_checked(spec, "train", "train")
+        train = _load_text(spec, "train", "train", config)
         source = f"the training split of zoo data {spec!r}"
         if len(train) > TEXT_FIT_SIZE:
             keep = torch.randperm(len(train), generator=generator(config.seed, "text-fit"))[:TEXT_FIT_SIZE]
@@ -427,7 +420,7 @@ def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
         train = TextDataset(train.x, train.y, train.name, train.kind, train.description, source)
     ood: dict[str, TextDataset] = {}
     for ood_spec in config.ood if config.ood is not None else zoo.ood_names("text"):
-        ds = load_checked(ood_spec, "ood", "test")
+        ds = _load_text(ood_spec, "ood", "test", config)
         if ds.name in ood:
             raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
         ood[ds.name] = ds
