@@ -27,7 +27,14 @@ from mlsafety.audit._context import AuditContext, AuditData, hazard_provider
 # names above from this package.
 from mlsafety.audit._engine import AuditInterrupted, AuditResult, run_audit
 from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluate_gates, parse_gate_option
-from mlsafety.audit._inputs import AuditConfig, prepare_inputs, resolve_data, resolve_model
+from mlsafety.audit._inputs import (
+    AuditConfig,
+    is_language_model,
+    prepare_inputs,
+    resolve_data,
+    resolve_language_model,
+    resolve_model,
+)
 from mlsafety.audit._report import render_report, write_report
 from mlsafety.audit._store import Store
 from mlsafety.audit.views.defence_in_depth import fmea_report_table
@@ -60,12 +67,14 @@ __all__ = [
     "fmt_ci",
     "fmt_value",
     "hazard_provider",
+    "is_language_model",
     "load_config",
     "parse_gate_option",
     "prepare_inputs",
     "register_check",
     "render_report",
     "resolve_data",
+    "resolve_language_model",
     "resolve_model",
     "run_audit",
     "write_report",

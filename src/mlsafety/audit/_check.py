@@ -224,7 +224,8 @@ class Check:
     lower_is_better: ClassVar[frozenset[str]] = frozenset()
     """Metric names for which a smaller value is better."""
     modalities: ClassVar[tuple[str, ...]] = ("image",)
-    """The input modalities the check can measure (``"image"``, ``"text"``); on a model of another
+    """The input modalities the check can measure (``"image"``, ``"text"``: classifiers of either;
+    ``"lm"``: a causal language model, read as ``ctx.lm``); on a model of another
     modality the engine does not plan the check and stores one :data:`NOT_APPLICABLE` row saying
     why (:meth:`not_applicable`). A check is image-only unless it says otherwise."""
     metrics: ClassVar[tuple[str, ...]] = ()
@@ -252,6 +253,8 @@ class Check:
         None when it can."""
         if modality in cls.modalities:
             return None
+        if modality == "lm":
+            return f"{'/'.join(cls.modalities)}-only: needs a classifier's logits"
         needs = ", ".join(INPUTS.get(m, f"{m} inputs") for m in cls.modalities)
         return f"{'/'.join(cls.modalities)}-only: needs {needs}"
 
@@ -284,7 +287,8 @@ class Check:
         out = []
         skips = [r for r in rows if is_skip(r)]
         if skips:
-            why = [[str(r.params.get("modality", "")), str(r.params.get("reason", ""))] for r in skips]
+            why = [[MODALITY_NAMES.get(m, m), str(r.params.get("reason", ""))]
+                   for r in skips for m in [str(r.params.get("modality", ""))]]  # fmt: skip
             out.append(Table("Not run", ["inputs", "reason"], why))
         cut = [r for r in rows if r.metric == TRUNCATED]
         if any(r.value > 0 for r in cut):
@@ -306,7 +310,10 @@ TRUNCATED = "truncated_inputs"
 """The metric of the warning row of a text hazard: how many of its texts were cut at the model's
 maximum length (a ``count``; ``n`` is the hazard's size, ``max_length`` a param)."""
 
-INPUTS = {"image": "pixel inputs", "text": "text inputs"}
+MODALITY_NAMES = {"image": "image", "text": "text", "lm": "language model"}
+"""How the report and the CLI name each audit modality (``ctx.modality``)."""
+
+INPUTS = {"image": "pixel inputs", "text": "text inputs", "lm": "a causal language model"}
 """What each modality's checks need, for the reason a skipped check gives."""
 
 

@@ -50,6 +50,8 @@ _SCALARS = {
     "device": str,
     "text_column": str,
     "label_column": str,
+    "reward": str,
+    "gold": str,
 }
 
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -12,6 +12,8 @@ from mlsafety.core import (
     ArrayDataset,
     Classifier,
     Hazard,
+    InputError,
+    LanguageModel,
     Outputs,
     Progress,
     UnknownNameError,
@@ -26,11 +28,14 @@ from mlsafety.core import (
 class AuditData:
     """The data an audit runs on: :class:`~mlsafety.core.ArrayDataset` for an image model,
     :class:`~mlsafety.core.TextDataset` for a text model (same interface: ``.x``, ``.y``, ``.name``,
-    ``.kind``, ``.source``; ``.x`` is a :class:`~mlsafety.core.Texts`).
+    ``.kind``, ``.source``; ``.x`` is a :class:`~mlsafety.core.Texts`). For a causal language model
+    ``test`` is the prompt set (a ``TextDataset``), ``val`` may be empty (``len(val) == 0``) and ``ood``
+    holds only the sets the user named.
 
     Attributes:
         test: labelled in-distribution test data (the ``clean`` hazard).
-        val: labelled in-distribution validation data (thresholds, temperatures, tuning).
+        val: labelled in-distribution validation data (thresholds, temperatures, tuning); empty
+            for a language model given no ``--val``.
         train: training data when available (detectors fit on it; trojan data scanners read it).
         ood: out-of-distribution sets by name (hazards ``ood/<name>``).
     """
@@ -50,6 +55,9 @@ class AuditData:
         """``"image"`` or ``"text"``: what the test data holds."""
         return modality_of(self.test)
 
+
+Scorer = Callable[[Sequence[str]], torch.Tensor]
+"""A reward function ``scorer(texts) -> Tensor (N,)`` (``--reward`` / ``--gold``)."""
 
 HazardProvider = Callable[["AuditContext", Hazard], ArrayDataset]
 _PROVIDERS: dict[str, HazardProvider] = {}
@@ -91,26 +99,35 @@ class AuditContext:
     """Everything a check may use; forward outputs and hazard inputs are computed once and shared.
 
     Args:
-        model: the audited classifier.
-        data: the audit's data.
+        model: the audited classifier, or the audited :class:`~mlsafety.core.LanguageModel` (modality
+            ``"lm"``; :attr:`lm` gives it typed).
+        data: the audit's data (for a language model, ``data.test`` is the prompt set).
         seed: the run seed; :meth:`generator` derives task generators from it.
         quick: the reduced profile (``--quick``).
         progress: progress display for long loops (None: silent).
         batch_size: inputs per forward pass.
         check_params: the parameters of every enabled check, by check name.
+        reward: the proxy reward being optimised (``--reward``), language models only; None when not given.
+        gold: the gold (trusted) reward (``--gold``); None when not given.
     """
 
     def __init__(
         self,
-        model: Classifier,
+        model: Classifier | LanguageModel,
         data: AuditData,
         seed: int = 0,
         quick: bool = False,
         progress: Progress | None = None,
         batch_size: int = 256,
         check_params: dict[str, dict[str, Any]] | None = None,
+        reward: Scorer | None = None,
+        gold: Scorer | None = None,
     ) -> None:
-        self.model = model
+        self._lm = model if isinstance(model, LanguageModel) else None
+        # typed as the classifier the image and text checks take; an "lm" check reads ctx.lm
+        self.model: Classifier = cast(Classifier, model)
+        self.reward = reward
+        self.gold = gold
         self.data = data
         self.seed = seed
         self.quick = quick
@@ -129,8 +146,17 @@ class AuditContext:
 
     @property
     def modality(self) -> str:
-        """``"image"`` or ``"text"``: the audited model's inputs (checks declare which they support)."""
-        return modality_of(self.model)
+        """``"image"``, ``"text"`` (a classifier of either) or ``"lm"`` (a causal language model): what
+        the audited model is (checks declare which they support)."""
+        return "lm" if self._lm is not None else modality_of(self.model)
+
+    @property
+    def lm(self) -> LanguageModel:
+        """The audited causal language model (``ctx.model`` typed as such); only when ``modality == "lm"``."""
+        if self._lm is None:
+            raise InputError(f"the audited model is a {self.modality} classifier, not a language model; "
+                             "declare modalities = (\"lm\",) on checks that read ctx.lm")  # fmt: skip
+        return self._lm
 
     def generator(self, *names: object) -> torch.Generator:
         """A CPU generator derived from the run seed and ``names`` (order-independent).

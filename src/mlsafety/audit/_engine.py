@@ -22,7 +22,7 @@ from mlsafety.audit import checks as _checks  # noqa: F401  (registers every che
 from mlsafety.audit._check import CHECKS, NOT_APPLICABLE, PILLARS, Check, StoredRow, Task, TaskResult, skip_row
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit._gates import GateFailure, check_gates_apply, evaluate_gates
-from mlsafety.audit._inputs import AuditConfig, prepare_inputs
+from mlsafety.audit._inputs import AuditConfig, prepare_audit_inputs
 from mlsafety.audit._store import StorageError, Store, default_db_path
 from mlsafety.core import Hazard, InputError, Progress, check_output_path
 
@@ -130,7 +130,8 @@ def run_audit(
     start = time.perf_counter()
     config = replace(config)  # prepare_inputs names the data when config.data is None; the caller's stays
     checks = build_checks(config)
-    model, data = prepare_inputs(config, checks)  # settings, gates, model, data: all checked here
+    inputs = prepare_audit_inputs(config, checks)  # settings, gates, model, data, rewards: all checked here
+    model, data = inputs.model, inputs.data
 
     ctx = AuditContext(
         model,
@@ -140,6 +141,8 @@ def run_audit(
         progress=progress,
         batch_size=config.batch_size,
         check_params={c.name: c.params for c in checks},
+        reward=inputs.reward,
+        gold=inputs.gold,
     )
     check_gates_apply(config.fail_under, config.fail_over, checks, ctx.modality)  # a skipped check stores no metric
     runnable = [c for c in checks if c.not_applicable(ctx.modality) is None]

@@ -24,7 +24,7 @@ import torch
 
 from mlsafety.audit._context import AuditData
 from mlsafety.audit._inputs import AuditConfig
-from mlsafety.core import ArrayDataset, Classifier, modality_of
+from mlsafety.core import ArrayDataset, Classifier, LanguageModel, modality_of
 
 _SETTINGS = ("checks", "check_params", "seed", "quick", "batch_size", "image_size", "channels")
 """The configuration fields that change a stored number (gates and output paths do not; text columns
@@ -80,7 +80,7 @@ def _dataset_digest(ds: ArrayDataset) -> str:
     return h.hexdigest()
 
 
-def _tokenizer_digest(clf: Classifier) -> str:
+def _tokenizer_digest(clf: Classifier | LanguageModel) -> str:
     """The tokenizer's vocabulary and rules (its serialised form) and the truncation length."""
     tok: Any = clf.tokenizer
     h = hashlib.sha256(type(tok).__name__.encode())
@@ -91,7 +91,7 @@ def _tokenizer_digest(clf: Classifier) -> str:
     return h.hexdigest()
 
 
-def _model_digests(spec: str, clf: Classifier) -> tuple[str, str]:
+def _model_digests(spec: str, clf: Classifier | LanguageModel) -> tuple[str, str]:
     """(code, weights): the factory file's bytes and the architecture; every parameter and buffer."""
     code = hashlib.sha256(spec.encode())
     file = spec.rpartition(":")[0] if ":" in spec else spec
@@ -116,9 +116,20 @@ def _value_digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def components(config: AuditConfig, model: Classifier, data: AuditData) -> dict[str, Component]:
+def _factory_digest(spec: str) -> str:
+    """A ``file.py:factory`` spec and the file's bytes (a reward or gold scorer's code)."""
+    h = hashlib.sha256(spec.encode())
+    file = spec.rpartition(":")[0]
+    if Path(file).is_file():
+        h.update(Path(file).read_bytes())
+    return h.hexdigest()
+
+
+def components(config: AuditConfig, model: Classifier | LanguageModel, data: AuditData) -> dict[str, Component]:
     """Every input of a run, keyed by a stable name, each with its content hash (``config.data``
-    named, as :func:`~mlsafety.audit.prepare_inputs` leaves it)."""
+    named, as :func:`~mlsafety.audit.prepare_inputs` leaves it). A language model is hashed as a
+    text model is (code, every weight, tokenizer); its ``--reward`` / ``--gold`` factories by their
+    file's bytes (only when given, so other runs keep their fingerprints)."""
     code, weights = _model_digests(config.model, model)
     out = {
         "model": Component("the model code", code, config.model),
@@ -135,6 +146,10 @@ def components(config: AuditConfig, model: Classifier, data: AuditData) -> dict[
     }
     if modality_of(model) == "text":  # image runs keep their components (and their fingerprints)
         out["tokenizer"] = Component("the tokenizer", _tokenizer_digest(model), config.model)
+    for key, what in (("reward", "the proxy reward (--reward)"), ("gold", "the gold reward (--gold)")):
+        spec = getattr(config, key, None)
+        if spec is not None:
+            out[key] = Component(what, _factory_digest(spec), spec)
     for name, ds in data.ood.items():
         out[f"ood:{name}"] = Component(f"the OOD set {name!r}", _dataset_digest(ds), name)
     for name in _SETTINGS:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
+import inspect
+import json
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -18,9 +22,11 @@ from mlsafety.core import (
     ArrayDataset,
     Classifier,
     InputError,
+    LanguageModel,
     MlsafetyError,
     TextDataset,
     Texts,
+    encode,
     frozen,
     generator,
     load_factory,
@@ -77,6 +83,9 @@ class AuditConfig:
         device: where the model runs (``cpu``, ``cuda``, ``cuda:1``...).
         fail_under / fail_over: gates, metric key to bound.
         exposure / severity: systemic settings passed to the defence-in-depth check.
+        reward / gold: for a causal language model, ``path/to/file.py:factory`` of the proxy reward
+            being optimised and of the gold (trusted) reward; a factory returns a scorer
+            ``scorer(texts) -> Tensor (N,)`` of float rewards. Both or neither.
     """
 
     model: str = "digits-cnn"
@@ -97,6 +106,8 @@ class AuditConfig:
     device: str = "cpu"
     fail_under: dict[str, float] = field(default_factory=dict)
     fail_over: dict[str, float] = field(default_factory=dict)
+    reward: str | None = None
+    gold: str | None = None
 
 
 def _positive_int(value: object) -> bool:
@@ -236,6 +247,128 @@ def load_hf_classifier(folder: str | Path) -> nn.Module:
 _ROLE_NAMES = {"encoder": "an encoder (it returns embeddings)", "causal-lm": "a causal language model",
                "denoiser": "a denoiser"}  # fmt: skip
 
+LM_ROLE = "causal-lm"
+"""The zoo role of the causal language models the audit takes (``smollm2-135m``)."""
+
+
+def _folder_architectures(path: Path) -> list[str]:
+    """The ``architectures`` a saved ``transformers`` folder's config.json names ([] when unreadable)."""
+    try:
+        raw = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return []
+    names = raw.get("architectures") if isinstance(raw, dict) else None
+    return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
+
+
+def is_language_model(spec: str) -> bool:
+    """True when ``spec`` names a causal language model: a zoo model of role ``causal-lm``, or a folder
+    whose config.json names an architecture ending in ``ForCausalLM`` (``save_pretrained``)."""
+    if spec in zoo.model_names():
+        return zoo.model_info(spec).role == LM_ROLE
+    path = Path(spec)
+    if ".py" in spec or not path.is_dir():
+        return False
+    return any(a.endswith("ForCausalLM") for a in _folder_architectures(path))
+
+
+def load_hf_language_model(folder: str | Path) -> nn.Module:
+    """A saved ``transformers`` causal LM and its tokenizer (``module.tokenizer``), offline, eval mode.
+
+    Raises:
+        InputError: no config, weights or tokenizer; a model transformers cannot load as a causal LM
+            or whose weights lack part of it; a tokenizer larger than the embedding table.
+    """
+    path = Path(folder)
+    if not any(path.glob(WEIGHT_FILES)):
+        raise InputError(
+            f"--model {folder}: the folder has no weights (.safetensors); save them with "
+            "model.save_pretrained(folder) (safetensors is its default)"
+        )
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(
+            f"--model {folder}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the one the model "
+            "was trained with: tokenizer.save_pretrained(folder)"
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, output_loading_info=True
+        )
+        module, info = loaded
+    except Exception as exc:  # a user's folder: any failure of transformers becomes one line
+        msg = " ".join(str(exc).split())
+        raise InputError(
+            f"--model {folder}: transformers cannot load it as a causal language model: {type(exc).__name__}: {msg}"
+        ) from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:3]) + (f" ... ({len(missing)} in all)" if len(missing) > 3 else "")
+        raise InputError(
+            f"--model {folder} has no trained weights for {shown}; save the whole causal LM with "
+            "model.save_pretrained(folder)"
+        )
+    rows = module.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise InputError(
+            f"--model {folder}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has {rows} "
+            "rows; save the tokenizer the model was trained with in the folder"
+        )
+    module.tokenizer = tokenizer
+    return module.eval()  # type: ignore[no-any-return]
+
+
+def _device(device: str) -> torch.device:
+    """``device`` checked: a known type, and a CUDA device that exists."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(
+            f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+    return dev
+
+
+def resolve_language_model(spec: str, weights: str | None = None, device: str = "cpu") -> LanguageModel:
+    """A :class:`~mlsafety.core.LanguageModel` for a zoo causal LM (``smollm2-135m``) or a folder holding a
+    saved ``transformers`` ``*ForCausalLM`` and its tokenizer, on ``device``, loaded offline.
+
+    Raises:
+        InputError: ``spec`` is not a causal LM (naming the ones there are), ``weights`` given (the
+            weights are the zoo's or the folder's), a folder transformers cannot load, a bad device.
+    """
+    if not is_language_model(spec):
+        lms = [n for n in zoo.model_names() if zoo.model_info(n).role == LM_ROLE]
+        raise InputError(
+            f"--model {spec} is not a causal language model; give {' or '.join(lms)} or a folder holding a saved "
+            "transformers ...ForCausalLM (model.save_pretrained) and its tokenizer"
+        )
+    if weights is not None:
+        raise InputError(f"--weights does not apply to the causal language model {spec}; its weights come with it")
+    dev = _device(device)
+    if spec in zoo.model_names():
+        lm = zoo.load_language_model(spec)
+        lm.module.to(dev)
+        return lm
+    return LanguageModel(load_hf_language_model(spec).to(dev))
+
 
 def _check_zoo_classifier(name: str) -> None:
     """Raise :class:`InputError` when zoo model ``name`` is not a classifier (an encoder, a causal LM...)."""
@@ -258,6 +391,11 @@ def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classi
         if weights is not None:
             load_weights(module, weights)
     elif spec not in zoo.model_names() and Path(spec).is_dir():
+        if is_language_model(spec):
+            raise InputError(
+                f"--model {spec} is a causal language model, not a classifier; mlsafety audit and mlsafety interp "
+                "take it, this command needs a classifier"
+            )
         if weights is not None:
             raise InputError(f"--weights does not apply to a model folder ({spec}); its weights are in the folder")
         module = load_hf_classifier(spec)
@@ -268,18 +406,7 @@ def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classi
             load_weights(module, weights)
         else:
             module = zoo.load_model(spec)
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(
-            f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
-            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-        )
-    return Classifier(module.to(dev).eval())
+    return Classifier(module.to(_device(device)).eval())
 
 
 _ROLES = {
@@ -355,11 +482,12 @@ minutes on a CPU. ``--train`` fits them on every text of a file."""
 _TEXT_FORMS = "a zoo text dataset, a .csv or .jsonl file, or a folder saved by datasets.Dataset.save_to_disk"
 
 
-def _load_text(spec: str, role: str, split: str, config: AuditConfig) -> TextDataset:
-    """A text dataset from a zoo name, a CSV / JSONL file or a saved Hugging Face dataset folder."""
+def _load_text(spec: str, role: str, split: str, config: AuditConfig, labelled: bool = True) -> TextDataset:
+    """A text dataset from a zoo name, a CSV / JSONL file or a saved Hugging Face dataset folder
+    (``labelled=False``: a file's labels are not read, each is -1)."""
     path = Path(spec)
     source = _ROLES[role].format(spec=spec)
-    ood = role == "ood"
+    ood = role == "ood" or not labelled
     if spec in zoo.dataset_names():
         if zoo_modality(spec) != "text":
             raise InputError(f"{source}: zoo dataset {spec!r} holds images but the model takes text; "
@@ -367,7 +495,8 @@ def _load_text(spec: str, role: str, split: str, config: AuditConfig) -> TextDat
         ds = zoo.load_text_dataset(spec, split=split)
         return TextDataset(ds.x, ds.y, ds.name, ds.kind, ds.description, source)
     columns: dict[str, Any] = {
-        "text": config.text_column, "label": None if ood else config.label_column, "kind": "far" if ood else "in",
+        "text": config.text_column, "label": None if ood else config.label_column,
+        "kind": "far" if role == "ood" else "in",
         "source": source, "options": {"text": "--text-column", "label": "--label-column"},
     }  # fmt: skip
     if path.suffix == ".csv" and path.is_file():
@@ -425,6 +554,196 @@ def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
             raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
         ood[ds.name] = ds
     return AuditData(test=test, val=val, train=train, ood=ood)  # type: ignore[arg-type]
+
+
+LM_DATA = "mr"
+"""The zoo text set whose test reviews open the prompts of a language-model audit given no ``--data``."""
+LM_PROMPT_WORDS = 8
+"""Words of each review kept as a prompt (its opening); the review's sentiment label is kept with it."""
+
+
+def review_openings(ds: TextDataset, words: int = LM_PROMPT_WORDS, source: str | None = None) -> TextDataset:
+    """The first ``words`` words of every text of ``ds`` (labels kept): prompts for a language model."""
+    texts = [" ".join(t.split()[:words]) for t in ds.x]
+    return TextDataset(texts, ds.y, ds.name, ds.kind, f"openings ({words} words) of {ds.description or ds.name}",
+                       source or ds.source)  # fmt: skip
+
+
+def _empty_texts(what: str) -> TextDataset:
+    return TextDataset([], None, name="none", source=f"no {what} (a language-model audit needs none)")
+
+
+def resolve_lm_data(config: AuditConfig) -> AuditData:
+    """The prompt set of a language-model audit: ``AuditData.test`` holds the prompts.
+
+    Without ``--data`` they are the openings (:data:`LM_PROMPT_WORDS` words) of the test reviews of
+    zoo set :data:`LM_DATA`, each with its review's sentiment label. A zoo text set given with
+    ``--data`` is used whole; a CSV / JSONL file or a saved dataset folder gives its ``--text-column``
+    (labels read only when ``--label-column`` is given; else -1). ``val`` is empty unless ``--val``
+    is given, ``train`` None unless ``--train`` is; OOD sets only those named with ``--ood``.
+
+    Raises:
+        InputError: image-only options, an unreadable or empty source.
+    """
+    for key in ("image_size", "channels"):
+        if getattr(config, key) is not None:
+            raise InputError(f"--{key.replace('_', '-')} sets how image folders are read, but the model is a "
+                             "language model; drop it")  # fmt: skip
+    labelled = config.label_column != AuditConfig().label_column
+    if config.data is None or config.data == LM_DATA:
+        test = review_openings(_load_text(LM_DATA, "data", "test", config),
+                               source=f"openings of the test reviews of zoo data {LM_DATA!r}")  # fmt: skip
+    else:
+        test = _load_text(config.data, "data", "test", config, labelled)
+        if test.kind != "in":
+            raise InputError(f"{config.data!r} is an OOD set; pass the prompts with --data")
+    if len(test) == 0:
+        raise InputError(f"{test.source} holds no prompts; give at least one text")
+    val = (
+        _load_text(config.val, "val", "val", config, labelled)
+        if config.val is not None
+        else _empty_texts("validation data")
+    )
+    train = _load_text(config.train, "train", "train", config, labelled) if config.train is not None else None
+    ood: dict[str, TextDataset] = {}
+    for spec in config.ood or []:
+        ds = _load_text(spec, "ood", "test", config)
+        if ds.name in ood:
+            raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
+        ood[ds.name] = ds
+    return AuditData(test=test, val=val, train=train, ood=ood)  # type: ignore[arg-type]
+
+
+def validate_lm(model: LanguageModel, data: AuditData) -> None:
+    """Every prompt of every set fits the model's length, and the model returns finite logits on a
+    probe of :data:`PROBE_INPUTS` prompts of each non-empty set (modes restored).
+
+    Raises:
+        InputError: naming the set, the prompt and the fix.
+    """
+    for ds in _sources(data):
+        if not isinstance(ds, TextDataset):
+            raise InputError(f"{ds.source} holds images but a language model takes text; give text")
+        if len(ds) == 0:
+            continue
+        batch = encode(model.tokenizer, ds.x, model.max_length, "right")
+        if bool(batch.truncated.any()):
+            i = int(batch.truncated.nonzero()[0])
+            raise InputError(
+                f"text {i} of {ds.source} is longer than the model's {model.max_length} tokens; shorten the prompts"
+            )
+        idx = torch.linspace(0, len(ds) - 1, min(PROBE_INPUTS, len(ds))).round().long().unique()
+        try:
+            logits, _ = model.run_with_cache(list(ds.x[idx]), [])
+        except MlsafetyError:
+            raise
+        except Exception as exc:  # the user's model: any failure becomes one line
+            msg = " ".join(str(exc).split())
+            raise InputError(
+                f"the language model failed on {len(idx)} prompts of {ds.source}: {type(exc).__name__}: {msg}; "
+                "give the tokenizer the model was trained with"
+            ) from None
+        if not bool(torch.isfinite(logits).all()):
+            raise InputError(
+                f"the language model returned NaN or infinite logits on prompts of {ds.source}; fix its weights "
+                "before auditing it"
+            )
+
+
+Scorer = Callable[[Sequence[str]], torch.Tensor]
+"""A reward: ``scorer(texts) -> Tensor (N,)`` of finite float rewards, one per text."""
+
+PROBE_PROMPTS = ("The movie was", "I did not expect")
+"""The two texts each ``--reward`` / ``--gold`` scorer is tried on before anything is stored."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def load_scorer(spec: str, flag: str = "--reward") -> Scorer:
+    """The scorer that factory ``path/to/file.py:factory`` returns, tried on :data:`PROBE_PROMPTS`.
+
+    The factory is called without arguments and returns a callable (a function, or a module whose
+    forward takes texts) mapping a sequence of N strings to a float tensor (N,).
+
+    Raises:
+        InputError: naming ``flag``, the file, what came back and the fix: a malformed spec, a
+            missing file or function, an exception in the file or the factory, a result that is not
+            callable, a probe that fails or returns anything but finite floats of shape (2,).
+    """
+    file, sep, func = spec.rpartition(":")
+    if not sep or not file.endswith(".py") or not func:
+        raise InputError(f"{flag} {spec!r} must look like path/to/file.py:factory_function")
+    path = Path(file)
+    if not path.is_file():
+        raise InputError(f"{flag} {spec}: file not found: {path}; give an existing path/to/file.py:factory")
+    mod_name = f"_mlsafety_scorer_{abs(hash(str(path.resolve())))}"
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise InputError(f"{flag} {spec}: cannot import {path}; give a Python source file")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[mod_name] = module
+    try:
+        module_spec.loader.exec_module(module)
+    except (Exception, SystemExit) as exc:  # the user's code
+        sys.modules.pop(mod_name, None)
+        raise InputError(f"{flag} {spec}: importing {path} failed with {_one_line(exc)}; fix the file") from None
+    factory = getattr(module, func, None)
+    if not callable(factory):
+        names = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_"))
+        raise InputError(
+            f"{flag} {spec}: {path} defines no function {func!r}; it defines: {', '.join(names) or 'none'}"
+        )
+    try:
+        scorer = factory()
+    except (Exception, SystemExit) as exc:  # the user's code
+        raise InputError(
+            f"{flag} {spec} raised {_one_line(exc)}; fix the factory so that {func}() returns a scorer"
+        ) from None
+    if not callable(scorer):
+        raise InputError(
+            f"{flag} {spec} returned {type(scorer).__name__}, not a callable; return scorer(texts) -> Tensor (N,)"
+        )
+    try:
+        out = scorer(list(PROBE_PROMPTS))
+    except (Exception, SystemExit) as exc:  # the user's code
+        raise InputError(
+            f"{flag} {spec}: the scorer failed on 2 probe texts with {_one_line(exc)}; it must take a list of str"
+        ) from None
+    got = f"a tensor of shape {tuple(out.shape)} and dtype {out.dtype}" if isinstance(out, torch.Tensor) else (
+        type(out).__name__)  # fmt: skip
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2,) or not out.dtype.is_floating_point:
+        raise InputError(
+            f"{flag} {spec}: the scorer returned {got} for 2 texts; return a float tensor of shape (N,), one reward "
+            "per text"
+        )
+    if not bool(torch.isfinite(out).all()):
+        raise InputError(f"{flag} {spec}: the scorer returned non-finite rewards {out.tolist()} for 2 texts; "
+                         "return finite floats")  # fmt: skip
+    return scorer  # type: ignore[no-any-return]
+
+
+def resolve_scorers(config: AuditConfig, is_lm: bool) -> tuple[Scorer | None, Scorer | None]:
+    """``(reward, gold)`` from ``config.reward`` / ``config.gold`` (each :func:`load_scorer`), or (None, None).
+
+    Raises:
+        InputError: one given without the other, either given for a model that is not a causal
+            language model, or a scorer that fails its probe.
+    """
+    if config.reward is None and config.gold is None:
+        return None, None
+    if not is_lm:
+        given = "--reward" if config.reward is not None else "--gold"
+        raise InputError(f"{given} applies to a causal language model (e.g. smollm2-135m); --model {config.model} "
+                         "is a classifier: drop it")  # fmt: skip
+    if config.reward is None or config.gold is None:
+        missing = "--gold" if config.reward is not None else "--reward"
+        raise InputError(
+            f"{missing} is missing: proxy gaming compares the proxy reward (--reward FILE.py:factory) with a gold "
+            "reward (--gold FILE.py:factory); give both or neither"
+        )
+    return load_scorer(config.reward, "--reward"), load_scorer(config.gold, "--gold")
 
 
 def _is_folder(spec: str) -> bool:
@@ -657,8 +976,48 @@ def prepare_inputs(config: AuditConfig, checks: Sequence[Check] | None = None) -
     ``config.data`` is set to the data's name when it was None (:func:`data_spec`).
     """
     validate_config(config, checks)
+    if is_language_model(config.model):
+        raise InputError(
+            f"--model {config.model} is a causal language model; this command needs a classifier "
+            "(mlsafety audit and mlsafety interp take language models)"
+        )
+    if config.reward is not None or config.gold is not None:
+        resolve_scorers(config, False)  # refused: a classifier takes no reward
     model = resolve_model(config.model, config.weights, config.device)
     config.data = data_spec(config, model)  # None: the model's zoo data (the run records the name)
     data = resolve_data(config, model)
     validate(model, data, config.channels)
     return model, data
+
+
+@dataclass
+class AuditInputs:
+    """What :func:`prepare_audit_inputs` checked: the model (a :class:`~mlsafety.core.Classifier`, or a
+    :class:`~mlsafety.core.LanguageModel` for a causal LM), its data and the proxy / gold rewards
+    (None unless given, language models only)."""
+
+    model: Classifier | LanguageModel
+    data: AuditData
+    reward: Scorer | None = None
+    gold: Scorer | None = None
+
+
+def prepare_audit_inputs(config: AuditConfig, checks: Sequence[Check] | None = None) -> AuditInputs:
+    """:func:`prepare_inputs`, also taking a causal language model (:func:`is_language_model`).
+
+    For a language model: :func:`resolve_language_model`, :func:`resolve_lm_data`, :func:`validate_lm`
+    and the rewards (:func:`resolve_scorers`); ``config.data`` is set to :data:`LM_DATA` when None.
+    Any problem raises :class:`InputError` before anything is stored.
+    """
+    if not is_language_model(config.model):
+        model, data = prepare_inputs(config, checks)
+        return AuditInputs(model, data)
+    validate_config(config, checks)
+    if (config.reward is None) != (config.gold is None):
+        resolve_scorers(config, True)  # one without the other: refused before the model loads
+    lm = resolve_language_model(config.model, config.weights, config.device)
+    data = resolve_lm_data(config)
+    config.data = config.data or LM_DATA
+    validate_lm(lm, data)
+    reward, gold = resolve_scorers(config, True)
+    return AuditInputs(lm, data, reward, gold)

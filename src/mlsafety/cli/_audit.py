@@ -38,8 +38,8 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
     "--model",
     cls=EntryDefault,
     default_from=CONFIG,
-    help="Zoo model name (e.g. minilm-mr), path/to/file.py:factory, or a folder with a saved transformers "
-    "sequence classifier and its tokenizer.",
+    help="Zoo model name (e.g. minilm-mr, or the causal LM smollm2-135m), path/to/file.py:factory, or a folder "
+    "with a saved transformers sequence classifier or ...ForCausalLM and its tokenizer.",
 )
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option(
@@ -65,6 +65,12 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 @DB_OPTION
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Where to write the HTML report.")
 @click.option("--resume", is_flag=True, help="Continue the newest unfinished run with the same configuration.")
+@click.option(
+    "--reward",
+    metavar="FILE.py:factory",
+    help="Proxy reward of a language model: factory() returns scorer(texts) -> Tensor (N,). Needs --gold.",
+)
+@click.option("--gold", metavar="FILE.py:factory", help="Gold (trusted) reward, same form as --reward.")
 @click.option("--fail-under", multiple=True, metavar="METRIC=VALUE", help="Exit 1 if METRIC < VALUE; repeatable.")
 @click.option("--fail-over", multiple=True, metavar="METRIC=VALUE", help="Exit 1 if METRIC > VALUE; repeatable.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results instead of the summary.")
@@ -89,6 +95,8 @@ def audit(
     db: str | None,
     report_path: str | None,
     resume: bool,
+    reward: str | None,
+    gold: str | None,
     fail_under: tuple[str, ...],
     fail_over: tuple[str, ...],
     as_json: bool,
@@ -97,7 +105,9 @@ def audit(
 
     With no arguments it audits the embedded digits-cnn on the digits data and all embedded OOD sets.
     A text model (`--model minilm-mr`, or a saved transformers classifier folder with --data) runs
-    every check that applies to text; the others are stored as not applicable, with the reason.
+    every check that applies to text; the others are stored as not applicable, with the reason. A causal
+    language model (`--model smollm2-135m`, or a saved ...ForCausalLM folder) is audited on prompts
+    (default: openings of mr test reviews) by the checks that take language models.
     Exit codes: 0 ok, 1 a gate failed, 2 bad usage or bad input.
     """
     import json
@@ -119,6 +129,8 @@ def audit(
         ("channels", channels),
         ("text_column", text_column),
         ("label_column", label_column),
+        ("reward", reward),
+        ("gold", gold),
     ):
         if value is not None:
             setattr(cfg, name, value)
