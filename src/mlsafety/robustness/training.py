@@ -28,10 +28,13 @@ from mlsafety.core import (
     Progress,
     TrainConfig,
     as_array_dataset,
+    random_shift,
+    register_recipe,
     seeded_init,
     train,
 )
 from mlsafety.robustness.attacks.pgd import PGD
+from mlsafety.zoo import DigitsCNNBN, load_dataset
 
 
 def adversarial_training(
@@ -170,3 +173,15 @@ def harden(
     if from_scratch:
         seeded_init(hardened, seed, "harden", method)
     return METHODS[method](hardened, data, seed=seed, **params)
+
+
+def train_digits_cnn_bn_at(seed: int = 0, progress: Progress | None = None) -> nn.Module:
+    """The recipe behind the shipped ``digits-cnn-bn-at`` weights: :func:`adversarial_training` (PGD
+    Linf eps 0.1, one-pixel random shifts) of a seeded :class:`~mlsafety.zoo.DigitsCNNBN` on the
+    digits train split (deterministic on the CPU)."""
+    model = seeded_init(DigitsCNNBN(), seed, "digits-cnn-bn-at")
+    data = load_dataset("digits", "train")
+    return adversarial_training(model, data, eps=0.1, seed=seed, augment=random_shift, progress=progress)
+
+
+register_recipe("digits-cnn-bn-at", train_digits_cnn_bn_at)

@@ -34,6 +34,7 @@ from mlsafety.zoo._datasets import (
 from mlsafety.zoo._models import (
     ConvDenoiser,
     DigitsCNN,
+    DigitsCNNBN,
     ModelInfo,
     load_model,
     model_info,
@@ -43,7 +44,7 @@ from mlsafety.zoo._models import (
     train_model,
     weights_path,
 )
-from mlsafety.zoo._recipes import Augment, BatchLoss, train_classifier, train_digits_cnn
+from mlsafety.zoo._recipes import Augment, BatchLoss, train_classifier, train_digits_cnn, train_digits_cnn_bn
 from mlsafety.zoo._text import (
     SentenceEncoder,
     convert_smollm2,
@@ -98,6 +99,7 @@ __all__ = [
     "ConvDenoiser",
     "DatasetInfo",
     "DigitsCNN",
+    "DigitsCNNBN",
     "Entry",
     "InstallResult",
     "ModelInfo",
@@ -133,6 +135,7 @@ __all__ = [
     "smollm2_cache_ready",
     "train_classifier",
     "train_digits_cnn",
+    "train_digits_cnn_bn",
     "train_model",
     "weights_path",
 ]

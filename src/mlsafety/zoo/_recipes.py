@@ -22,7 +22,7 @@ from mlsafety.core import (
     train,
 )
 from mlsafety.zoo._datasets import load_dataset
-from mlsafety.zoo._models import DigitsCNN
+from mlsafety.zoo._models import DigitsCNN, DigitsCNNBN
 
 Augment = BatchHook
 """``(x, generator) -> x'``: a random input transform applied to each training batch (a batch hook)."""
@@ -77,4 +77,11 @@ def train_digits_cnn(seed: int = 0, progress: Progress | None = None) -> nn.Modu
     return train_classifier(model, load_dataset("digits", "train"), seed=seed, progress=progress)
 
 
+def train_digits_cnn_bn(seed: int = 0, progress: Progress | None = None) -> nn.Module:
+    """The recipe behind the shipped ``digits-cnn-bn`` weights: :func:`train_digits_cnn`'s, on :class:`DigitsCNNBN`."""
+    model = seeded_init(DigitsCNNBN(), seed, "digits-cnn-bn")
+    return train_classifier(model, load_dataset("digits", "train"), seed=seed, progress=progress)
+
+
 register_recipe("digits-cnn", train_digits_cnn)
+register_recipe("digits-cnn-bn", train_digits_cnn_bn)
