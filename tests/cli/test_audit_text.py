@@ -132,7 +132,7 @@ CASES = {
     ),
     "zoo sentence encoder": (["--model", "minilm"], "zoo model 'minilm' is an encoder (it returns embeddings), not"),
     "zoo sentence encoder with text data": (["--model", "minilm", "--data", "mr"], "'minilm' is an encoder"),
-    "zoo causal LM": (["--model", "smollm2-135m"], "zoo model 'smollm2-135m' is a causal language model, not a"),
+    "zoo causal LM with a reward but no gold": (["--model", "smollm2-135m", "--reward", "r.py:f"], "--gold is missing"),
     "empty data": (["--model", "{d}/model", "--data", ""], "--data is empty; give a zoo dataset name"),
     "image-only detector": (
         ["--model", "{d}/model", "--data", "{d}/data.csv", "--ood", "{d}/ood.jsonl", "--config", "{d}/odin.toml"],
