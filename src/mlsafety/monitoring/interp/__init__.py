@@ -1,0 +1,26 @@
+"""Mechanistic interpretability: interventions on named hook points, activation / head / path / attribution
+patching, the logit lens, and the patching metrics.
+
+Every method takes a :class:`~mlsafety.core.LanguageModel` (or a causal LM module with ``.tokenizer``) and
+works through its hook points (:class:`~mlsafety.core.HookPoints`), so the model is used as the user has it.
+"""
+
+from mlsafety.monitoring.interp.interventions import ActivationCache, ablated, cache, mean_activations, patched
+from mlsafety.monitoring.interp.metrics import PromptMetric, logit_diff, normalised, t_interval
+from mlsafety.monitoring.interp.patching import PatchingResult, Site, activation_patching, head_patching
+
+__all__ = [
+    "ActivationCache",
+    "PatchingResult",
+    "PromptMetric",
+    "Site",
+    "ablated",
+    "activation_patching",
+    "cache",
+    "head_patching",
+    "logit_diff",
+    "mean_activations",
+    "normalised",
+    "patched",
+    "t_interval",
+]
