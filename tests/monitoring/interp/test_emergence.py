@@ -1,0 +1,94 @@
+"""Emergence monitor: planted step functions are found with an interval that holds them; noise is not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mlsafety.core import InputError, generator
+from mlsafety.monitoring.interp.emergence import (
+    change_point,
+    detect_emergence,
+    leading_indicators,
+    probe_checkpoints,
+)
+
+STEPS = list(range(0, 3000, 100))
+
+
+def planted(jump_at: int, before: float = 0.1, after: float = 0.95, n: int = 300, seed: int = 0) -> torch.Tensor:
+    g = generator(seed, "planted")
+    p = torch.tensor([after if s >= jump_at else before for s in STEPS])
+    return torch.rand(len(STEPS), n, generator=g) < p[:, None]
+
+
+def test_planted_step_is_found_and_inside_its_interval() -> None:
+    e = detect_emergence(STEPS, planted(1700), threshold=0.5)
+    assert e.emerged and e.step == 1700
+    assert e.ci_low is not None and e.ci_high is not None
+    assert e.ci_low <= 1700 <= e.ci_high
+    assert e.emerged_share > 0.95
+    assert e.accuracy[0].value < 0.2 and e.accuracy[-1].ci_low > 0.9
+
+
+def test_gradual_rise_gives_a_wider_interval_that_holds_the_crossing() -> None:
+    g = generator(1, "ramp")
+    p = torch.linspace(0.0, 1.0, len(STEPS))  # crosses 0.5 between index 14 and 15
+    out = torch.rand(len(STEPS), 200, generator=g) < p[:, None]
+    e = detect_emergence(STEPS, out, threshold=0.5)
+    assert e.step is not None and 1500 <= e.step <= 2200
+    assert e.ci_low is not None and e.ci_high is not None and e.ci_low <= e.step <= e.ci_high
+
+
+@pytest.mark.parametrize("level", [0.1, 0.5, 0.9])
+def test_noise_only_series_do_not_emerge(level: float) -> None:
+    g = generator(2, "noise", level)
+    out = torch.rand(len(STEPS), 300, generator=g) < level
+    e = detect_emergence(STEPS, out, threshold=0.5)
+    assert not e.emerged and e.ci_low is None
+
+
+def test_change_point_of_a_planted_step_and_leading_indicators() -> None:
+    values = [3.0 if s < 900 else 1.0 for s in STEPS]
+    assert change_point(STEPS, values) == 900
+    noisy = torch.tensor(values) + 0.1 * torch.randn(len(STEPS), generator=generator(3, "cp"))
+    assert change_point(STEPS, noisy) == 900
+    e = detect_emergence(STEPS, planted(1700), threshold=0.5)
+    late = [0.0 if s < 2500 else 1.0 for s in STEPS]
+    rows = leading_indicators(STEPS, {"late": late, "early": values}, e)
+    assert [(r.name, r.step, r.precedes) for r in rows] == [("early", 900, True), ("late", 2500, False)]
+
+
+def test_probe_checkpoints_restores_the_model_and_feeds_the_monitor() -> None:
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.constant_(model.weight, 7.0)
+    model.train()
+    x = torch.linspace(0.1, 1.0, 50)[:, None]
+    ckpts = [(s, {"weight": torch.tensor([[1.0 if s >= 1200 else -1.0]])}) for s in STEPS]
+
+    def probe(m: nn.Module) -> torch.Tensor:
+        return m(x).squeeze(1) > 0
+
+    steps, out = probe_checkpoints(ckpts, probe, model=model)
+    assert steps == STEPS and out.shape == (len(STEPS), 50)
+    assert float(model.weight.detach()) == 7.0 and model.training
+    assert detect_emergence(steps, out).step == 1200
+    loaders = [(s, (lambda w=w: _fixed(w["weight"]))) for s, w in ckpts]
+    assert probe_checkpoints(loaders, probe)[1].equal(out)
+
+
+def _fixed(w: torch.Tensor) -> nn.Module:
+    m = nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        m.weight.copy_(w)
+    return m
+
+
+def test_bad_input_is_one_line() -> None:
+    with pytest.raises(InputError, match="outcomes must be"):
+        detect_emergence(STEPS, torch.ones(3, 4, dtype=torch.bool))
+    with pytest.raises(InputError, match="strictly increasing"):
+        detect_emergence([0, 0], torch.ones(2, 4, dtype=torch.bool))
+    with pytest.raises(InputError, match="need model="):
+        probe_checkpoints([(0, {"weight": torch.ones(1, 1)})], lambda m: torch.ones(1))
