@@ -17,6 +17,7 @@ Language Models") is measured here over training steps, as in grokking (Power et
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -102,7 +103,7 @@ def detect_emergence(
         raise InputError(f"outcomes must be (checkpoints={len(steps)}, examples), got {tuple(out.shape)}")
     if out.shape[1] == 0:
         raise InputError("outcomes hold no probe examples: give at least one example per checkpoint")
-    if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+    if any(b <= a for a, b in itertools.pairwise(steps)):
         raise InputError("steps must be strictly increasing")
     if not 0 < threshold < 1:
         raise InputError(f"threshold must lie in (0, 1), got {threshold}")
