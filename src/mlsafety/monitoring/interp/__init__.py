@@ -5,19 +5,28 @@ Every method takes a :class:`~mlsafety.core.LanguageModel` (or a causal LM modul
 works through its hook points (:class:`~mlsafety.core.HookPoints`), so the model is used as the user has it.
 """
 
+from mlsafety.monitoring.interp.attention import attention_patterns
+from mlsafety.monitoring.interp.circuit import CircuitReport, HeadScore, ioi_circuit_report
 from mlsafety.monitoring.interp.interventions import ActivationCache, ablated, cache, mean_activations, patched
+from mlsafety.monitoring.interp.ioi import IOIDataset, ioi_dataset
 from mlsafety.monitoring.interp.metrics import PromptMetric, logit_diff, normalised, t_interval
 from mlsafety.monitoring.interp.patching import PatchingResult, Site, activation_patching, head_patching
 
 __all__ = [
     "ActivationCache",
+    "CircuitReport",
+    "HeadScore",
+    "IOIDataset",
     "PatchingResult",
     "PromptMetric",
     "Site",
     "ablated",
     "activation_patching",
+    "attention_patterns",
     "cache",
     "head_patching",
+    "ioi_circuit_report",
+    "ioi_dataset",
     "logit_diff",
     "mean_activations",
     "normalised",
