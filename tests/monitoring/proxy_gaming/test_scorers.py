@@ -1,0 +1,76 @@
+"""Sentiment reward scorers: proxies learn sentiment from few labels; the scorer contract is enforced."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mlsafety.core import InputError
+from mlsafety.metrics import auroc
+from mlsafety.monitoring.proxy_gaming.scorers import LinearProxy, check_scorers, train_text_proxy
+from tests.support.text import tiny_sentences
+
+
+def test_bow_proxy_learns_planted_sentiment() -> None:
+    texts, labels = tiny_sentences(200, seed=0)
+    proxy = LinearProxy("bow").fit(texts, torch.tensor(labels))
+    held, y = tiny_sentences(200, seed=1)
+    scores = proxy(held)
+    assert scores.shape == (200,) and scores.dtype == torch.float64
+    pos, neg = scores[torch.tensor(y) == 1], scores[torch.tensor(y) == 0]
+    assert float(auroc(neg, pos)) > 0.95  # the sentiment word decides the label
+
+
+def test_proxy_needs_both_classes_and_fit() -> None:
+    with pytest.raises(InputError, match="both classes"):
+        LinearProxy("bow").fit(["good", "great"], torch.tensor([1, 1]))
+    with pytest.raises(InputError, match="not fitted"):
+        LinearProxy("bow")(["good"])
+    with pytest.raises(InputError, match="features"):
+        LinearProxy("words")  # type: ignore[arg-type]
+
+
+def test_train_text_proxy_is_deterministic_and_stronger_with_more_labels() -> None:
+    a, b = train_text_proxy(50, "bow", seed=3), train_text_proxy(50, "bow", seed=3)
+    probe = ["a wonderful , moving film", "a dull , lifeless mess", "the plot is thin but the cast is great"]
+    torch.testing.assert_close(a(probe), b(probe))
+    assert not torch.equal(a(probe), train_text_proxy(50, "bow", seed=4)(probe))
+    strong = train_text_proxy(1000, "bow", seed=0)
+    assert float(strong(["a wonderful , moving film"])[0]) > float(strong(["a dull , lifeless mess"])[0])
+    with pytest.raises(InputError, match="n_labels"):
+        train_text_proxy(1)
+
+
+def _tensor_scorer(x: torch.Tensor) -> torch.Tensor:
+    return x.float().sum(-1)
+
+
+class _Declared:
+    input_type = "tensor"
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        return torch.zeros(len(texts))
+
+
+def test_check_scorers_refuses_mixed_or_broken_rewards() -> None:
+    def good(texts: list[str]) -> torch.Tensor:
+        return torch.tensor([float(len(t)) for t in texts])
+
+    check_scorers({"proxy": good, "gold": good}, ["a", "bb"])
+    with pytest.raises(InputError, match="different input types"):
+        check_scorers({"proxy": good, "gold": _Declared()}, ["a", "bb"])
+    with pytest.raises(InputError, match="gold reward does not take a list of texts"):
+        check_scorers({"proxy": good, "gold": _tensor_scorer}, ["a", "bb"])
+    with pytest.raises(InputError, match=r"returned \(1,\) for 2 texts"):
+        check_scorers({"proxy": lambda t: torch.zeros(1), "gold": good}, ["a", "bb"])
+    with pytest.raises(InputError, match="non-finite"):
+        check_scorers({"proxy": lambda t: torch.full((len(t),), float("nan")), "gold": good}, ["a", "bb"])
+
+
+@pytest.mark.slow
+def test_gold_scorer_ranks_clear_reviews() -> None:
+    from mlsafety.monitoring.proxy_gaming.scorers import GoldScorer
+
+    gold = GoldScorer()
+    s = gold(["A wonderful, moving film with a superb cast.", "A dull, lifeless mess that wastes its cast."])
+    assert s.shape == (2,) and float(s[0]) > 2.0 > -2.0 > float(s[1])
