@@ -191,10 +191,13 @@ class AuditContext:
         return forward(self.model, x, self.batch_size, progress=self.progress)
 
     def outputs(self, hazard: Hazard | str) -> Outputs:
-        """Logits and features of ``hazard`` from one shared forward pass, cached."""
+        """Logits and features of ``hazard`` from one shared forward pass, cached (or the outputs its
+        inputs carry as ``outputs``: what a test-time-adapted model gave them)."""
         key = str(Hazard.parse(hazard))
         if key not in self._outputs:
-            self._outputs[key] = self.forward(self.hazard(key).x)
+            data = self.hazard(key)
+            own = getattr(data, "outputs", None)  # a hazard whose model adapts to it (tta-attack) brings its own
+            self._outputs[key] = own if isinstance(own, Outputs) else self.forward(data.x)
         return self._outputs[key]
 
     def labels(self, hazard: Hazard | str) -> torch.Tensor:
