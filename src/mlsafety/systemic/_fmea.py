@@ -16,6 +16,7 @@ kind            S   why
 ``ood``         7   confident answers on inputs outside the model's competence
 ``adversarial`` 8   an attacker chooses the wrong answer
 ``trojan``      9   an attacker controls the answer with a trigger of their choosing
+``tta-attack``  8   an attacker in the batch changes what an adapted model answers others
 other kinds     5   (``DEFAULT_SEVERITY``)
 ==============  ==  =========================================================================
 
@@ -76,7 +77,14 @@ from mlsafety.core import Hazard, InputError
 from mlsafety.metrics import Estimate, clopper_pearson, proportion
 from mlsafety.systemic._outcomes import Outcome
 
-SEVERITY_DEFAULTS: dict[str, int] = {"clean": 5, "corruption": 6, "ood": 7, "adversarial": 8, "trojan": 9}
+SEVERITY_DEFAULTS: dict[str, int] = {
+    "clean": 5,
+    "corruption": 6,
+    "ood": 7,
+    "adversarial": 8,
+    "trojan": 9,
+    "tta-attack": 8,
+}
 """Default severity per hazard kind (:attr:`Hazard.kind <mlsafety.core.Hazard.kind>`)."""
 
 DEFAULT_SEVERITY = 5
