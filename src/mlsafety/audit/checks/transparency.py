@@ -20,11 +20,27 @@ down, then the embeddings, and compare token scores over each sentence's real to
 SSIM is an image measure and is not stored). Instead of grids, a few correct, misclassified and
 OOD test sentences are shown with their words highlighted by ``text_method``; adversarial grids and
 class visualisations are image-only and are not drawn for text.
+
+On a causal language model (modality ``lm``) the check reads the model's internals instead
+(:mod:`mlsafety.monitoring.interp`). The logit lens (nostalgebraist, 2020, "interpreting GPT: the logit
+lens") decodes the residual stream after every layer at the last token of ``lm_prompts`` prompts of the
+prompt set: per layer, the mean log-probability of the model's own final prediction (bootstrap 95%
+interval) and the share of prompts whose top-1 token already agrees with the final one (Clopper-Pearson).
+The patching summary runs an indirect-object-identification sweep (Wang et al., 2022, "Interpretability in
+the Wild") on ``ioi_prompts`` generated IOI prompts and their ABC corruptions: the model's IOI logit
+difference, then attribution patching (Nanda, 2023, "Attribution Patching") over every head as a first-order
+screen, and exact head patching (clean head output into the corrupted run) in the ``ioi_patch_layers``
+layers the screen ranks highest; the ``ioi_top_heads`` heads that restore most of the clean logit
+difference are stored with Student-t 95% intervals. Departure from a full head sweep: exact patching
+covers only the screened layers (a full sweep costs layers x heads x prompts forward passes, minutes on a
+CPU). A tokenizer for which no IOI prompts can be drawn (names not single tokens) stores ``ioi_not_run``
+with the reason. Heat maps (lens log-probabilities, attribution and exact head effects) go in the report.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -34,18 +50,28 @@ from torch import nn
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.views.transparency import (
+    ATTRIBUTION_CAPTION,
+    HEADS_CAPTION,
+    LENS_CAPTION,
+    LENS_COLUMNS,
     SANITY_CAPTION,
     TEXT_SALIENCY_MIME,
     VIS_CAPTION,
     TransparencyView,
     grid_png,
+    heatmap_png,
     images_png,
     sanity_metric,
     sanity_png,
     text_saliency_json,
 )
-from mlsafety.core import ArrayDataset, Hazard, InputError, TextDataset, Texts, forward
+from mlsafety.core import ArrayDataset, Hazard, InputError, LanguageModel, TextDataset, Texts, forward
+from mlsafety.metrics import bootstrap_mean, proportion
+from mlsafety.monitoring import interp
 from mlsafety.monitoring import transparency as tr
+from mlsafety.monitoring.interp.attribution_patching import attribution_patching
+from mlsafety.monitoring.interp.ioi import ioi_dataset
+from mlsafety.monitoring.interp.logit_lens import logit_lens
 
 CLEAN = Hazard.clean()
 """The test data as given: the hazard every row of this check is stored under."""
@@ -65,7 +91,7 @@ def _method(ctx: AuditContext, name: str, steps: int | None = None) -> tr.Attrib
 @register_check("transparency")
 class Transparency(Check):
     pillar = "monitoring"
-    modalities = ("image", "text")
+    modalities = ("image", "text", "lm")
     title = "Transparency: attributions, sanity checks, feature visualisation"
     description = (
         "Attribution maps on correct, misclassified, adversarial and OOD inputs; sanity checks (Adebayo et al. 2018): "
@@ -88,22 +114,37 @@ class Transparency(Check):
         "text_sanity_inputs": 4,
         "text_sanity_modes": ["cascading"],
         "text_ig_steps": 16,
+        "lm_prompts": 64,
+        "ioi_prompts": 16,
+        "ioi_patch_layers": 4,
+        "ioi_top_heads": 5,
+        "ioi_names": None,
+        "ioi_places": None,
+        "ioi_objects": None,
+        "ioi_templates": None,
     }
     quick: ClassVar[dict[str, Any]] = {
         "sanity_inputs": 8,
         "sanity_modes": ["cascading"],
         "vis_steps": 40,
         "text_methods": ["saliency"],
+        "lm_prompts": 16,
+        "ioi_prompts": 8,
+        "ioi_patch_layers": 2,
     }
     metrics = (
         *(f"*_{mode}_{m}" for mode in ("cascading", "independent", "label") for m in ("spearman", "ssim", "pass")),
         "sanity_pass_share", "ig_completeness_gap", "class_visualisation_confidence", "sanity_not_run",
-        "*_examples_not_shown",
+        "*_examples_not_shown", "lens_logprob_layer_*", "lens_top1_layer_*", "ioi_logit_diff",
+        "ioi_logit_diff_corrupted", "ioi_head_*_restored", "ioi_not_run",
     )  # fmt: skip
     view = TransparencyView
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         self._validate(ctx)  # when the audit is planned, before its run is stored
+        if ctx.modality == "lm":
+            return [Task("logit-lens", lambda: _lens(ctx, self.params)),
+                    Task("ioi-patching", lambda: _ioi(ctx, self.params))]  # fmt: skip
         return super().tasks(ctx)
 
     def _validate(self, ctx: AuditContext) -> None:
@@ -111,6 +152,11 @@ class Transparency(Check):
         p = self.params
         for name in [*p["methods"], *p["grid_methods"], p["text_method"], *p["text_methods"]]:
             tr.ATTRIBUTIONS.get(name)  # unknown names fail with a suggestion
+        if ctx.modality == "lm":
+            for key, least in (("lm_prompts", 1), ("ioi_prompts", 2), ("ioi_top_heads", 1), ("ioi_patch_layers", 0)):
+                if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < least:
+                    raise InputError(f"transparency: {key} must be an integer >= {least}, got {p[key]!r}")
+            return
         if ctx.modality != tr.TEXT:
             return
         if "label" in p["text_sanity_modes"]:
@@ -321,3 +367,97 @@ def _adversarial(ctx: AuditContext, x: torch.Tensor, y: torch.Tensor, eps: float
     from mlsafety.robustness import attacks
 
     return attacks.create("pgd", eps=eps, steps=20).attack(ctx.model, x, y, generator=ctx.generator(CHECK, "pgd"))
+
+
+LM_HAZARD = str(CLEAN)
+"""The hazard a language model's rows are stored under (the prompt set, as given)."""
+
+
+# -- language models ---------------------------------------------------------------------------------
+
+
+def _prompt_subset(ctx: AuditContext, n: int) -> list[str]:
+    """``n`` prompts of the prompt set (a seeded sample when it holds more), in the set's order."""
+    data = ctx.data.test
+    if len(data) <= n:
+        return list(data.x)
+    keep = torch.randperm(len(data), generator=ctx.generator(CHECK, "lm-prompts"))[:n].sort().values
+    return list(data.x[keep])
+
+
+def _lens(ctx: AuditContext, p: dict[str, Any]) -> TaskResult:
+    """Logit lens at the last token: per layer, the log-prob of the final prediction and top-1 agreement."""
+    lm = ctx.lm
+    prompts = _prompt_subset(ctx, p["lm_prompts"])
+    first = logit_lens(lm, prompts, top_k=1, batch_size=ctx.batch_size)
+    final = first.top_ids[-1, :, 0]
+    lens = logit_lens(lm, prompts, top_k=1, targets=final, batch_size=ctx.batch_size)
+    if lens.target_logprob is None:  # pragma: no cover - targets were given
+        raise RuntimeError("logit_lens returned no target log-probabilities")
+    rows: list[Row] = []
+    for i, name in enumerate(lens.layers):
+        est = bootstrap_mean(lens.target_logprob[i].float(), seed=ctx.seed_for(CHECK, "lens", i), name="lens")
+        rows.append(Row.of(LM_HAZARD, f"lens_logprob_layer_{i:02d}", est, layer=i, point=name))
+        agree = proportion(lens.top_ids[i, :, 0] == final)
+        rows.append(Row.of(LM_HAZARD, f"lens_top1_layer_{i:02d}", agree, layer=i, point=name))
+    shown = min(LENS_COLUMNS, len(prompts))
+    png = heatmap_png(
+        lens.target_logprob[:, :shown].float(),
+        [name.removeprefix("blocks.") for name in lens.layers],
+        [str(j) for j in range(shown)],
+        "log-prob of the final prediction",
+        xlabel="prompt",
+        ylabel="residual stream read",
+    )
+    return TaskResult(rows, [Artifact("logit-lens", png, caption=LENS_CAPTION)])
+
+
+def _ioi(ctx: AuditContext, p: dict[str, Any]) -> TaskResult:
+    """IOI logit difference, attribution-patching screen over heads, exact head patching on the top layers."""
+    lm: LanguageModel = ctx.lm
+    words = {k: p[f"ioi_{k}"] for k in ("names", "places", "objects", "templates") if p[f"ioi_{k}"] is not None}
+    try:
+        data = ioi_dataset(lm, n=p["ioi_prompts"], seed=ctx.seed_for(CHECK, "ioi"), **words)
+    except InputError as exc:  # a tokenizer without single-token names: say why, store nothing else
+        return TaskResult([Row.exact(LM_HAZARD, "ioi_not_run", 1.0, DECISION, group="IOI patching", reason=str(exc))])
+    args = (lm, data.prompts, data.corrupted, data.io_ids, data.s_ids)
+    screen = attribution_patching(*args, point="head_out", positions=None, batch_size=min(ctx.batch_size, 32))
+    n = len(data)
+    clean = bootstrap_mean(screen.clean.values.float(), seed=ctx.seed_for(CHECK, "ioi", "clean"), name="ioi")
+    corrupted = bootstrap_mean(screen.corrupted.values.float(), seed=ctx.seed_for(CHECK, "ioi", "abc"), name="ioi")
+    rows = [
+        Row.of(LM_HAZARD, "ioi_logit_diff", clean, prompts="IOI clean"),
+        Row.of(LM_HAZARD, "ioi_logit_diff_corrupted", corrupted, prompts="IOI ABC"),
+    ]
+    layers = [int(v) for v in screen.labels[0] if v is not None]
+    heads = int(screen.mean.shape[1])
+    strength = screen.mean.nan_to_num(nan=0.0).abs().amax(dim=1)
+    top_layers = sorted(layers[int(i)] for i in strength.argsort(descending=True)[: p["ioi_patch_layers"]])
+    artifacts = [
+        Artifact(
+            "ioi-attribution",
+            heatmap_png(screen.mean, [f"L{v}" for v in layers], [f"H{h}" for h in range(heads)],
+                        "estimated share of the clean logit diff restored", xlabel="head", ylabel="layer"),
+            caption=ATTRIBUTION_CAPTION,
+        )
+    ]  # fmt: skip
+    if top_layers:
+        exact = interp.head_patching(*args, positions=None, layers=top_layers, batch_size=ctx.batch_size)
+        order = exact.mean.flatten().nan_to_num(nan=-float("inf")).argsort(descending=True)
+        for rank, k in enumerate(order[: p["ioi_top_heads"]].tolist()):
+            li, h = divmod(int(k), heads)
+            layer = top_layers[li]
+            value, low, high = (float(t[li, h]) for t in (exact.mean, exact.ci_low, exact.ci_high))
+            if not all(math.isfinite(v) for v in (value, low, high)):
+                continue  # a NaN site or a single prompt (no interval): not a measurement to store
+            rows.append(Row(LM_HAZARD, f"ioi_head_l{layer}_h{h}_restored", value, low, high, n,
+                            {"layer": layer, "head": h, "rank": rank + 1}))  # fmt: skip
+        artifacts.append(
+            Artifact(
+                "ioi-heads",
+                heatmap_png(exact.mean, [f"L{v}" for v in top_layers], [f"H{h}" for h in range(heads)],
+                            "share of the clean logit diff restored", xlabel="head", ylabel="layer"),
+                caption=HEADS_CAPTION,
+            )
+        )  # fmt: skip
+    return TaskResult(rows, artifacts)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mlsafety.audit._check import Artifact, Headline, StoredRow, Table, View, fmt_value
+from mlsafety.audit._check import Artifact, Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.checks._common import metric_name
 from mlsafety.monitoring import transparency as tr
@@ -23,6 +23,22 @@ SANITY_CAPTION = (
     "depends on the model)."
 )
 VIS_CAPTION = "Inputs optimised to maximise each class logit (with the model's softmax confidence)."
+LENS_CAPTION = (
+    "Logit lens: the log-probability of the model's final next-token prediction when the residual stream read "
+    "after each layer is decoded with the final norm and unembedding (one column per prompt)."
+)
+LENS_COLUMNS = 32
+"""Prompts shown as columns of the logit-lens heat map."""
+ATTRIBUTION_CAPTION = (
+    "IOI, attribution patching (first-order estimate) of every head: the share of the clean logit difference "
+    "restored when the head's clean output is patched into the ABC-corrupted run (1 = all of it)."
+)
+HEADS_CAPTION = (
+    "IOI, exact head patching in the layers the attribution screen ranked highest: share of the clean logit "
+    "difference restored (mean over prompts)."
+)
+LM_PREFIXES = ("lens_", "ioi_")
+"""Metric prefixes of the rows stored for a causal language model."""
 TEXT_SALIENCY_MIME = "application/vnd.mlsafety.text-saliency+json"
 """The artifact type of highlighted text examples (JSON; :func:`text_saliency_json`)."""
 POSITIVE_RGB = (214, 69, 40)
@@ -104,12 +120,20 @@ class TransparencyView(View):
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        return [
+        heads = [
             Headline("Attribution methods passing sanity checks", r) for r in rows if r.metric == "sanity_pass_share"
         ]
+        heads += [Headline("IOI logit difference (clean prompts)", r) for r in rows if r.metric == "ioi_logit_diff"]
+        return heads
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        lm_rows = [r for r in rows if r.metric.startswith(LM_PREFIXES)]
+        rows = [r for r in rows if not r.metric.startswith(LM_PREFIXES)]
+        return [*lm_tables(lm_rows), *cls._classifier_tables(rows)] if lm_rows else cls._classifier_tables(rows)
+
+    @classmethod
+    def _classifier_tables(cls, rows: Sequence[StoredRow]) -> list[Table]:
         by = {r.metric: r for r in rows}
         methods = list(dict.fromkeys(r.params["method"] for r in rows if isinstance(r.params.get("method"), str)
                                      and "mode" in r.params))  # fmt: skip
@@ -150,6 +174,66 @@ class TransparencyView(View):
                 )
             )
         return tables
+
+
+def lm_tables(rows: Sequence[StoredRow]) -> list[Table]:
+    """A language model's rows: the logit lens per layer, the IOI logit differences, the top heads."""
+    by = {r.metric: r for r in rows}
+    tables: list[Table] = []
+    layers = sorted({int(r.params["layer"]) for r in rows if r.metric.startswith("lens_")})
+    if layers:
+        body = []
+        for i in layers:
+            lp, top = by.get(f"lens_logprob_layer_{i:02d}"), by.get(f"lens_top1_layer_{i:02d}")
+            point = str((lp or top).params.get("point", i)) if (lp or top) else str(i)  # type: ignore[union-attr]
+            body.append([point, *(x for r in (lp, top) for x in ((fmt_value(r.value), fmt_ci(r)) if r else ("", "")))])
+        n = next((r.n for r in rows if r.metric.startswith("lens_") and r.n), None)
+        tables.append(Table(
+            "Logit lens (last token)",
+            ["residual stream", "log-prob of final prediction", "95% CI", "top-1 = final", "95% CI"],
+            body,
+            f"Over {n} prompts of the prompt set; the last row is the model's own output.",
+        ))  # fmt: skip
+    ioi = [by[m] for m in ("ioi_logit_diff", "ioi_logit_diff_corrupted") if m in by]
+    heads = sorted((r for r in rows if r.metric.startswith("ioi_head_")), key=lambda r: int(r.params.get("rank", 0)))
+    if ioi or heads:
+        body = [[r.params.get("prompts", r.metric), "logit(IO) - logit(S)", fmt_value(r.value), fmt_ci(r),
+                 str(r.n or "")] for r in ioi]  # fmt: skip
+        body += [[f"head L{r.params['layer']}.H{r.params['head']}", "share of clean logit diff restored",
+                  fmt_value(r.value), fmt_ci(r), str(r.n or "")] for r in heads]  # fmt: skip
+        note = "Heads ranked by exact patching of their clean output into the ABC-corrupted run."
+        tables.append(Table("IOI patching summary", ["prompts / site", "measure", "value", "95% CI", "n"], body, note))
+    skipped = [r for r in rows if "reason" in r.params]
+    if skipped:
+        why = [[str(r.params.get("group", r.metric)), str(r.params["reason"])] for r in skipped]
+        tables.append(Table("Not shown", ["part", "reason"], why))
+    return tables
+
+
+def heatmap_png(
+    values: torch.Tensor,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    label: str,
+    xlabel: str = "",
+    ylabel: str = "",
+) -> bytes:
+    """A (R, C) matrix as a heat map with labelled rows and columns and a colour bar (NaN left blank)."""
+    m = values.detach().float().cpu().numpy()
+    fig = figure(min(2.0 + 0.3 * m.shape[1], 12.0), min(1.5 + 0.22 * m.shape[0], 10.0))
+    ax = fig.add_subplot()
+    finite = m[np.isfinite(m)]
+    top = float(np.abs(finite).max()) if finite.size else 1.0
+    diverging = finite.size > 0 and float(finite.min()) < 0 < float(finite.max())
+    kw = {"cmap": "RdBu_r", "vmin": -top, "vmax": top} if diverging else {"cmap": "viridis"}
+    image = ax.imshow(np.ma.masked_invalid(m), aspect="auto", interpolation="nearest", **kw)
+    ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=6)
+    step = max(1, len(cols) // 24)
+    ax.set_xticks(range(0, len(cols), step), [str(c) for c in cols][::step], fontsize=6)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    fig.colorbar(image, ax=ax, label=label)
+    return to_png(fig)
 
 
 def _rgb(img: torch.Tensor) -> np.ndarray:
