@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mlsafety.core import InputError, LanguageModel
-from mlsafety.monitoring.interp.attention import attention_patterns
+from mlsafety.monitoring.interp.attention import attention_patterns, eager_attention
 from mlsafety.monitoring.interp.circuit import (
     abc_means,
     circuit_logit_diffs,
@@ -94,6 +94,15 @@ def test_attention_rows_sum_to_one(which: str, request: pytest.FixtureRequest, d
     end = end_attention(lm, data, [(1, 0)])[(1, 0)]
     assert end.shape == (len(data), 3) and bool((end >= 0).all()) and bool((end.sum(1) <= 1 + 1e-5).all())
     assert lm.module.config._attn_implementation == "sdpa"
+
+
+def test_eager_attention_is_undone_after_an_exception(gpt2: LanguageModel) -> None:
+    with pytest.raises(RuntimeError, match="boom"), eager_attention(gpt2.module):
+        assert gpt2.module.config._attn_implementation == "eager"
+        raise RuntimeError("boom")
+    assert gpt2.module.config._attn_implementation == "sdpa"
+    with pytest.raises(InputError, match="transformers"), eager_attention(torch.nn.Linear(2, 2)):
+        pass
 
 
 def _all_heads_ablated_by_hand(lm: LanguageModel, data: IOIDataset) -> torch.Tensor:
