@@ -22,6 +22,7 @@ from mlsafety.cli._harden import harden
 from mlsafety.cli._ood import ood_group
 from mlsafety.cli._runs import compare, report, runs
 from mlsafety.cli._trojans import trojans
+from mlsafety.cli._tta import tta
 from mlsafety.cli._zoo import zoo
 
 
@@ -31,7 +32,21 @@ def main() -> None:
     """Measure how safe a trained PyTorch classifier is, and guard it."""
 
 
-for _command in (zoo, audit, runs, report, compare, fmea, harden, trojans, corrupt, ood_group, certify, explain_group):
+for _command in (
+    zoo,
+    audit,
+    runs,
+    report,
+    compare,
+    fmea,
+    harden,
+    trojans,
+    corrupt,
+    ood_group,
+    certify,
+    explain_group,
+    tta,
+):
     main.add_command(_command)
 
 __all__ = ["main"]

@@ -1,0 +1,39 @@
+"""`mlsafety tta`: the table of accuracy with and without adaptation and attack success, and its refusals."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from mlsafety.cli import main
+from tests.cli.cli_support import one_error_line
+
+
+def test_tta_prints_accuracy_with_and_without_adaptation_and_attack_success():
+    args = ["tta", "--method", "tebn", "--share", "0.1", "--objective", "indiscriminate", "--batch-size", "32",
+            "--corruption", "contrast:3", "--batches", "3", "--steps", "2"]  # fmt: skip
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, (result.output, result.exception)
+    out = result.output
+    assert "accuracy, no adaptation (contrast severity 3)" in out and "accuracy, tebn (contrast severity 3)" in out
+    assert "indiscriminate attack success (per batch)" in out and "benign error under attack" in out
+    assert "3 batches of 32: 3 malicious" in out
+    rows = {line.split("  ")[0].strip(): line.split() for line in out.splitlines() if line.strip()}
+    static = float(rows["accuracy, no adaptation (contrast severity 3)"][-4])
+    adapted = float(rows["accuracy, tebn (contrast severity 3)"][-4])
+    assert adapted > static + 0.2  # contrast shrinks the statistics TeBN re-estimates
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--share", "1.5"], ["--share", "(0, 1)"]),
+        (["--share", "0"], ["--share", "(0, 1)"]),
+        (["--batch-size", "1"], ["--batch-size", "at least 2"]),
+        (["--method", "tnet"], ["unknown test-time adaptation method 'tnet'", "tent"]),
+        (["--model", "digits-cnn"], ["no batch-norm layers", "digits-cnn-bn"]),
+        (["--corruption", "fog:9"], ["NAME:SEVERITY"]),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, needles):
+    one_error_line(CliRunner().invoke(main, ["tta", "--steps", "1", "--batches", "1", *args]), *needles)
