@@ -13,6 +13,7 @@ from mlsafety.monitoring.interp.ioi import IOIDataset, ioi_dataset
 from mlsafety.monitoring.interp.logit_lens import LogitLensResult, logit_lens
 from mlsafety.monitoring.interp.metrics import PromptMetric, logit_diff, normalised, t_interval
 from mlsafety.monitoring.interp.patching import PatchingResult, Site, activation_patching, head_patching
+from mlsafety.monitoring.interp.path_patching import path_patching
 
 __all__ = [
     "ActivationCache",
@@ -38,5 +39,6 @@ __all__ = [
     "mean_activations",
     "normalised",
     "patched",
+    "path_patching",
     "t_interval",
 ]
