@@ -38,6 +38,7 @@ from mlsafety.audit._inputs import (
 from mlsafety.audit._report import render_report, write_report
 from mlsafety.audit._store import Store
 from mlsafety.audit.views.defence_in_depth import fmea_report_table
+from mlsafety.audit.views.transparency import heatmap_png
 
 __all__ = [
     "CHECKS",
@@ -67,6 +68,7 @@ __all__ = [
     "fmt_ci",
     "fmt_value",
     "hazard_provider",
+    "heatmap_png",
     "is_language_model",
     "load_config",
     "parse_gate_option",

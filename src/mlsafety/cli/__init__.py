@@ -19,6 +19,7 @@ from mlsafety.cli._corrupt import corrupt
 from mlsafety.cli._explain import explain_group
 from mlsafety.cli._fmea import fmea
 from mlsafety.cli._harden import harden
+from mlsafety.cli._interp import interp_group
 from mlsafety.cli._ood import ood_group
 from mlsafety.cli._runs import compare, report, runs
 from mlsafety.cli._trojans import trojans
@@ -46,6 +47,7 @@ for _command in (
     certify,
     explain_group,
     tta,
+    interp_group,
 ):
     main.add_command(_command)
 
