@@ -1,0 +1,185 @@
+"""Toy models of superposition: many sparse features stored in fewer dimensions.
+
+Elhage et al. 2022, "Toy Models of Superposition". ``n`` features ``x_i`` are 0 with probability
+``S`` (the sparsity) and uniform on [0, 1] otherwise; a model with ``m < n`` hidden dimensions
+reconstructs them as ``x' = ReLU(W^T W x + b)`` (``W`` is ``m x n``) and is trained on the
+importance-weighted error ``sum_i I_i (x_i - x'_i)^2`` with ``I_i = r^i``. Dense features give the
+PCA solution (the ``m`` most important features each get a dimension, the rest are dropped); as the
+features get sparser the ReLU model packs more features than dimensions into ``W`` (superposition),
+through sharp phase changes, in geometric arrangements (antipodal pairs, pentagons) whose feature
+dimensionalities sit at 1, 3/4, 2/3, 1/2, 2/5... The linear model ``x' = W^T W x + b`` never does.
+
+:func:`train_toy_models` trains many instances (one per sparsity / importance setting) at once,
+with a leading instance dimension on every tensor, as the paper does. It has its own Adam loop:
+:func:`mlsafety.core.train` trains one classifier on a dataset with a classification loss, while
+this trains a whole batch of independent autoencoders on freshly drawn synthetic batches with a
+per-instance weighted reconstruction loss, which that loop has no place for.
+
+Departures from the paper: a constant learning rate (the paper uses a cosine or warm-up schedule in
+some figures), and the batch size and step count are the defaults of the signature, chosen to fit a
+CPU. The measures follow the paper's definitions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mlsafety.core import InputError, generator
+
+
+def geometric_importance(n_features: int, decay: float) -> torch.Tensor:
+    """Feature importances ``decay ** i`` for ``i = 0 .. n_features - 1`` ``(n_features,)``."""
+    if n_features < 1 or decay <= 0:
+        raise InputError(f"need n_features >= 1 and decay > 0, got {n_features} and {decay}")
+    return decay ** torch.arange(n_features, dtype=torch.float32)
+
+
+def sample_features(
+    n_instances: int, n_features: int, sparsity: torch.Tensor, batch: int, g: torch.Generator
+) -> torch.Tensor:
+    """A batch ``(batch, n_instances, n_features)``: 0 with probability ``sparsity[i]``, else U[0, 1]."""
+    values = torch.rand(batch, n_instances, n_features, generator=g)
+    keep = torch.rand(batch, n_instances, n_features, generator=g) >= sparsity[None, :, None]
+    return values * keep
+
+
+@dataclass(frozen=True)
+class ToyModels:
+    """Trained instances: ``W`` ``(I, m, n)``, ``b`` ``(I, n)``, and each instance's final loss ``(I,)``."""
+
+    W: torch.Tensor
+    b: torch.Tensor
+    loss: torch.Tensor
+    linear: bool
+
+
+def reconstruct(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, linear: bool = False) -> torch.Tensor:
+    """``x' = ReLU(W^T W x + b)`` (or without the ReLU) for ``x`` ``(B, I, n)``, per instance."""
+    h = torch.einsum("bin,imn->bim", x, W)
+    out = torch.einsum("bim,imn->bin", h, W) + b
+    return out if linear else torch.relu(out)
+
+
+def train_toy_models(
+    n_features: int,
+    n_hidden: int,
+    sparsity: torch.Tensor,
+    importance: torch.Tensor,
+    linear: bool = False,
+    steps: int = 4000,
+    batch: int = 1024,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> ToyModels:
+    """Train one toy model per (sparsity, importance) setting, all at once.
+
+    Args:
+        n_features: ``n``.
+        n_hidden: ``m`` (usually < n).
+        sparsity: ``(I,)`` probability that a feature is zero, per instance, in [0, 1).
+        importance: ``(n,)`` shared or ``(I, n)`` per-instance importances.
+        linear: train the linear model ``W^T W x + b`` instead of the ReLU one.
+        steps: Adam steps (a fresh batch each step).
+        batch: examples per step.
+        lr: Adam learning rate.
+        seed: seed of the initialisation and the data.
+
+    Returns:
+        The trained :class:`ToyModels`; ``loss`` is each instance's mean weighted error over the
+        last step's batch.
+    """
+    sparsity = torch.as_tensor(sparsity, dtype=torch.float32).reshape(-1)
+    n_inst = sparsity.numel()
+    if n_features < 1 or n_hidden < 1:
+        raise InputError(f"need n_features >= 1 and n_hidden >= 1, got {n_features} and {n_hidden}")
+    if ((sparsity < 0) | (sparsity >= 1)).any():
+        raise InputError("sparsity must lie in [0, 1) for every instance")
+    imp = torch.as_tensor(importance, dtype=torch.float32)
+    if imp.shape not in ((n_features,), (n_inst, n_features)):
+        raise InputError(f"importance must be ({n_features},) or ({n_inst}, {n_features}), got {tuple(imp.shape)}")
+    imp = imp.expand(n_inst, n_features)
+    g = generator(seed, "superposition", n_features, n_hidden)
+    W = torch.nn.init.xavier_normal_(torch.empty(n_inst, n_hidden, n_features), generator=g).requires_grad_()
+    b = torch.zeros(n_inst, n_features, requires_grad=True)
+    opt = torch.optim.Adam([W, b], lr=lr)
+    per_instance = torch.zeros(n_inst)
+    for _ in range(steps):
+        x = sample_features(n_inst, n_features, sparsity, batch, g)
+        err = imp * (x - reconstruct(W, b, x, linear)).pow(2)
+        per_instance = err.sum(2).mean(0)
+        opt.zero_grad(set_to_none=True)
+        per_instance.sum().backward()
+        opt.step()
+    return ToyModels(W.detach(), b.detach(), per_instance.detach(), linear)
+
+
+def feature_norms(W: torch.Tensor) -> torch.Tensor:
+    """``||W_i||`` for each feature (column) of ``W`` ``(..., m, n)`` -> ``(..., n)``."""
+    return W.norm(dim=-2)
+
+
+def _overlaps(W: torch.Tensor) -> torch.Tensor:
+    """``(W_i_hat . W_j)^2`` ``(..., n, n)`` (row i, column j); zero rows for zero features."""
+    norms = feature_norms(W)
+    unit = W / norms.clamp_min(1e-12).unsqueeze(-2)
+    return (unit.transpose(-1, -2) @ W).pow(2)
+
+
+def superposition(W: torch.Tensor) -> torch.Tensor:
+    """Interference of each feature with the others: ``sum_{j != i} (W_i_hat . W_j)^2`` -> ``(..., n)``."""
+    ov = _overlaps(W)
+    return ov.sum(-1) - ov.diagonal(dim1=-2, dim2=-1)
+
+
+def dimensions_per_feature(W: torch.Tensor) -> torch.Tensor:
+    """``D* = m / ||W||_F^2``: hidden dimensions per (effectively) represented feature -> ``(...)``."""
+    return W.shape[-2] / W.pow(2).sum((-2, -1))
+
+
+def feature_dimensionality(W: torch.Tensor) -> torch.Tensor:
+    """``D_i = ||W_i||^2 / sum_j (W_i_hat . W_j)^2`` per feature -> ``(..., n)`` (0 for a zero feature).
+
+    1 for a feature with a dimension of its own, 1/2 for each of an antipodal pair, 2/5 for the
+    vertices of a pentagon in a plane.
+    """
+    denom = _overlaps(W).sum(-1)
+    return W.pow(2).sum(-2) / denom.clamp_min(1e-12) * (denom > 0)
+
+
+def antipodal_pairs(W: torch.Tensor, min_norm: float = 0.5, max_cos: float = -0.9) -> list[tuple[int, int]]:
+    """Pairs of represented features of one instance ``W`` ``(m, n)`` that point in opposite directions.
+
+    Args:
+        W: one instance's weights.
+        min_norm: a feature counts as represented when ``||W_i||`` exceeds it.
+        max_cos: the pair's cosine must be below it.
+    """
+    if W.ndim != 2:
+        raise InputError(f"antipodal_pairs takes one instance's W (m, n), got shape {tuple(W.shape)}")
+    norms = feature_norms(W)
+    unit = W / norms.clamp_min(1e-12)
+    cos = unit.T @ unit
+    idx = [int(i) for i in torch.nonzero(norms > min_norm).flatten()]
+    return [(i, j) for a, i in enumerate(idx) for j in idx[a + 1 :] if float(cos[i, j]) < max_cos]
+
+
+REPRESENTATION = ("not represented", "dedicated", "superposed")
+"""Labels of :func:`classify_feature`."""
+
+
+def classify_feature(
+    W: torch.Tensor, feature: int, min_norm: float = 0.5, min_superposition: float = 0.5
+) -> torch.Tensor:
+    """How ``feature`` is stored, per instance of ``W`` ``(..., m, n)``: an index into :data:`REPRESENTATION`.
+
+    0: ``||W_i|| <= min_norm``; 2: represented and ``superposition > min_superposition``; else 1.
+    This is the colouring of the paper's two-features-in-one-dimension phase diagram.
+    """
+    norm = feature_norms(W)[..., feature]
+    sup = superposition(W)[..., feature]
+    out = torch.ones_like(norm, dtype=torch.long)
+    out[sup > min_superposition] = 2
+    out[norm <= min_norm] = 0
+    return out

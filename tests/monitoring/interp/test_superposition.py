@@ -1,0 +1,93 @@
+"""Toy models of superposition: the measures on hand-made geometries, and the dense / sparse / linear regimes."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mlsafety.core import InputError
+from mlsafety.monitoring.interp.superposition import (
+    antipodal_pairs,
+    classify_feature,
+    dimensions_per_feature,
+    feature_dimensionality,
+    feature_norms,
+    geometric_importance,
+    superposition,
+    train_toy_models,
+)
+
+
+def polygon(k: int) -> torch.Tensor:
+    """``k`` unit features evenly spaced on a circle: W (2, k)."""
+    a = 2 * math.pi * torch.arange(k, dtype=torch.float64) / k
+    return torch.stack([a.cos(), a.sin()])
+
+
+def test_antipodal_pair_has_dimensionality_one_half() -> None:
+    W = torch.tensor([[1.0, -1.0]])  # n=2 features in m=1 dimension
+    assert torch.allclose(feature_dimensionality(W), torch.tensor([0.5, 0.5]))
+    assert torch.allclose(superposition(W), torch.tensor([1.0, 1.0]))
+    assert float(dimensions_per_feature(W)) == pytest.approx(0.5)
+    assert antipodal_pairs(W) == [(0, 1)]
+
+
+@pytest.mark.parametrize(("k", "expected"), [(3, 2 / 3), (5, 2 / 5)])
+def test_regular_polygons_have_dimensionality_two_over_k(k: int, expected: float) -> None:
+    W = polygon(k)
+    assert torch.allclose(feature_dimensionality(W), torch.full((k,), expected, dtype=torch.float64))
+    assert float(dimensions_per_feature(W)) == pytest.approx(expected)
+    assert antipodal_pairs(W) == []
+
+
+def test_dedicated_and_dropped_features() -> None:
+    W = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # two dedicated dimensions, one dropped feature
+    assert torch.allclose(feature_dimensionality(W), torch.tensor([1.0, 1.0, 0.0]))
+    assert torch.allclose(superposition(W)[:2], torch.zeros(2))
+    assert classify_feature(W, 0).item() == 1 and classify_feature(W, 2).item() == 0
+    assert classify_feature(torch.tensor([[1.0, -1.0]]), 1).item() == 2
+    tetra = torch.tensor([[1.0, 1, -1, -1], [1, -1, 1, -1], [1, -1, -1, 1]]) / math.sqrt(3)
+    assert torch.allclose(feature_dimensionality(tetra), torch.full((4,), 0.75))  # 3/4 in 3 dimensions
+
+
+TRAIN = {"steps": 800, "batch": 256, "lr": 2e-2, "seed": 0}
+
+
+@pytest.fixture(scope="module")
+def relu_models():  # type: ignore[no-untyped-def]
+    return train_toy_models(5, 2, torch.tensor([0.0, 0.99]), geometric_importance(5, 0.7), **TRAIN)
+
+
+def test_dense_features_give_the_top_m_features_and_no_superposition(relu_models) -> None:  # type: ignore[no-untyped-def]
+    norms, sup = feature_norms(relu_models.W[0]), superposition(relu_models.W[0])
+    represented = norms > 0.5
+    assert represented.tolist() == [True, True, False, False, False]  # the two most important, as PCA
+    assert sup[represented].max() < 0.05
+
+
+def test_sparse_features_are_superposed_in_antipodal_pairs(relu_models) -> None:  # type: ignore[no-untyped-def]
+    W = relu_models.W[1]
+    represented = feature_norms(W) > 0.5
+    assert int(represented.sum()) > 2
+    assert superposition(W)[represented].min() > 0.5
+    assert len(antipodal_pairs(W)) >= 1 or int(represented.sum()) == 5
+
+
+def test_linear_model_never_superposes() -> None:
+    S = torch.tensor([0.0, 0.9, 0.99])
+    tm = train_toy_models(5, 2, S, geometric_importance(5, 0.7), linear=True, **TRAIN)
+    norms = feature_norms(tm.W)
+    represented = norms > 0.5
+    assert (represented.sum(1) <= 2).all()
+    assert superposition(tm.W)[represented].max() < 0.05
+
+
+def test_bad_input_is_one_line() -> None:
+    with pytest.raises(InputError, match="sparsity"):
+        train_toy_models(3, 2, torch.tensor([1.0]), torch.ones(3), steps=1)
+    with pytest.raises(InputError, match="importance must be"):
+        train_toy_models(3, 2, torch.tensor([0.5]), torch.ones(4), steps=1)
+    with pytest.raises(InputError, match="one instance"):
+        antipodal_pairs(torch.ones(2, 2, 3))
