@@ -110,7 +110,7 @@ def _as_curves(
         r = r.unsqueeze(0)
     if r.ndim != 2 or r.numel() == 0:
         raise InputError("reward must be (T,) or (seeds, T) with at least one point")
-    if dd.ndim == 1:
+    if dd.ndim == 1 and dd.shape[0] == r.shape[1]:
         dd = dd.unsqueeze(0).expand_as(r)
     if dd.shape != r.shape:
         raise InputError(f"d and reward must have matching shapes, got {tuple(dd.shape)} and {tuple(r.shape)}")

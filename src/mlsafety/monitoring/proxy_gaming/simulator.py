@@ -26,9 +26,10 @@ from mlsafety.core import InputError, generator
 def standardise(reward: torch.Tensor, pi0: torch.Tensor) -> torch.Tensor:
     """``(r - E_pi0 r) / sd_pi0 r``: zero mean and unit variance under ``pi0`` (as in the paper)."""
     r = reward.double()
-    mean = (pi0 * r).sum()
-    var = (pi0 * (r - mean) ** 2).sum()
-    if float(var) <= 0:
+    p = pi0.double()
+    mean = (p * r).sum()
+    var = (p * (r - mean) ** 2).sum()
+    if float(var) <= 1e-12 * (float(mean) ** 2 + 1.0):
         raise InputError("the reward is constant under pi0; it cannot be standardised")
     return (r - mean) / var.sqrt()
 

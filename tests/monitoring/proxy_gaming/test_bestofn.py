@@ -1,0 +1,116 @@
+"""Best-of-n: exact order statistics against Monte Carlo and hand answers; the sample-reuse
+estimator against brute-force enumeration of subsets."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from mlsafety.core import InputError, generator
+from mlsafety.monitoring.proxy_gaming import (
+    best_of_n_exact,
+    best_of_n_from_samples,
+    best_of_n_probs,
+    bon_kl,
+    mean_interval,
+)
+
+
+def test_hand_answer_two_draws_from_four() -> None:
+    pi0 = torch.full((4,), 0.25)
+    r = torch.arange(4.0)
+    c = best_of_n_exact(pi0, r, r, [1, 2])
+    assert float(c.gold[0]) == pytest.approx(1.5)
+    assert float(c.gold[1]) == pytest.approx(2.125)  # sum_v v ((v+1)^2 - v^2) / 16
+    assert float(c.kl_exact[0]) == pytest.approx(0.0, abs=1e-12)
+    assert float(c.kl[0]) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_all_tied_proxy_leaves_pi0_unchanged() -> None:
+    pi0 = torch.tensor([0.1, 0.2, 0.3, 0.4], dtype=torch.float64)
+    probs = best_of_n_probs(pi0, torch.zeros(4), [1, 5, 50])
+    torch.testing.assert_close(probs, pi0.expand(3, 4))
+
+
+def test_exact_expectation_matches_monte_carlo_with_ties() -> None:
+    g = generator(0, "bon-mc")
+    k, n, draws = 30, 6, 40_000
+    pi0 = torch.rand(k, generator=g, dtype=torch.float64) + 0.2
+    pi0 = pi0 / pi0.sum()
+    proxy = torch.randint(0, 8, (k,), generator=g).double()  # many ties
+    gold = torch.randn(k, generator=g, dtype=torch.float64)
+    exact = best_of_n_exact(pi0, proxy, gold, [n])
+    idx = torch.multinomial(pi0, draws * n, replacement=True, generator=g).reshape(draws, n)
+    jitter = torch.rand(draws, n, generator=g, dtype=torch.float64) * 0.5  # uniform tie-breaking
+    pick = idx.gather(1, (proxy[idx] + jitter).argmax(1, keepdim=True)).squeeze(1)
+    _, lo, hi = mean_interval(gold[pick].unsqueeze(1), confidence=0.999)
+    assert float(lo[0]) <= float(exact.gold[0]) <= float(hi[0])
+    _, lo, hi = mean_interval(proxy[pick].unsqueeze(1), confidence=0.999)
+    assert float(lo[0]) <= float(exact.proxy[0]) <= float(hi[0])
+
+
+def test_kl_closed_form_matches_exact_on_a_continuous_like_space() -> None:
+    k = 20_000
+    g = generator(1, "bon-kl")
+    proxy = torch.randn(k, generator=g, dtype=torch.float64)  # distinct values: continuous-like
+    ns = [1, 2, 4, 16, 64]
+    c = best_of_n_exact(torch.full((k,), 1.0 / k, dtype=torch.float64), proxy, proxy, ns)
+    torch.testing.assert_close(c.kl_exact, bon_kl(ns), atol=2e-3, rtol=0)
+    assert float(c.kl_exact[0]) == pytest.approx(0.0, abs=1e-12)
+    assert float(bon_kl(64)) == pytest.approx(math.log(64) - 63 / 64)
+
+
+def _brute_force(proxy: list[float], gold: list[float], n: int) -> float:
+    total, count = 0.0, 0
+    for subset in itertools.combinations(range(len(proxy)), n):
+        top = max(proxy[i] for i in subset)
+        tied = [gold[i] for i in subset if proxy[i] == top]
+        total += sum(tied) / len(tied)  # uniform tie-breaking among the subset's maxima
+        count += 1
+    return total / count
+
+
+def test_sample_reuse_estimator_equals_enumeration_of_subsets() -> None:
+    proxy = torch.tensor([[3.0, 1.0, 3.0, 2.0, 0.0, 1.0, 5.0], [0.5, -1.0, 2.0, 2.0, 2.0, 0.0, 1.0]])
+    gold = torch.tensor([[1.0, -2.0, 4.0, 0.5, 3.0, 1.5, -1.0], [2.0, 0.0, -3.0, 1.0, 5.0, 2.5, 0.25]])
+    ns = list(range(1, 8))
+    est = best_of_n_from_samples(proxy, gold, ns)
+    for row in range(2):
+        want = [_brute_force(proxy[row].tolist(), gold[row].tolist(), n) for n in ns]
+        torch.testing.assert_close(est.gold[row], torch.tensor(want, dtype=torch.float64))
+        want_p = [_brute_force(proxy[row].tolist(), proxy[row].tolist(), n) for n in ns]
+        torch.testing.assert_close(est.proxy[row], torch.tensor(want_p, dtype=torch.float64))
+
+
+def test_sample_reuse_estimator_is_unbiased_for_exact_best_of_n(world) -> None:  # type: ignore[no-untyped-def]
+    from mlsafety.monitoring.proxy_gaming import train_proxy
+
+    proxy = train_proxy(world, 100, seed=0)
+    g = generator(2, "bon-pool")
+    prompts, m = 4000, 32
+    idx = torch.multinomial(world.pi0, prompts * m, replacement=True, generator=g).reshape(prompts, m)
+    est = best_of_n_from_samples(proxy[idx], world.gold[idx], [1, 4, 16, 32])
+    exact = best_of_n_exact(world.pi0, proxy, world.gold, [1, 4, 16, 32])
+    _, lo, hi = est.mean("gold", confidence=0.999)
+    assert bool(((lo <= exact.gold) & (exact.gold <= hi)).all())
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: best_of_n_exact(torch.full((3,), 1 / 3), torch.zeros(3), torch.zeros(4), [1]), "same shape"),
+        (lambda: best_of_n_exact(torch.full((3,), 1 / 3), torch.zeros(3), torch.zeros(3), [0]), "n must"),
+        (lambda: best_of_n_exact(torch.full((3,), 1 / 3), torch.zeros(3), torch.zeros(3), []), "empty"),
+        (lambda: best_of_n_from_samples(torch.zeros(2, 4), torch.zeros(2, 4), [5]), "exceeds"),
+        (lambda: best_of_n_from_samples(torch.zeros(0), torch.zeros(0), [1]), "empty"),
+        (lambda: best_of_n_from_samples(torch.zeros(3), [0.0, 1.0, 2.0], [1]), "tensors"),  # type: ignore[arg-type]
+        (lambda: best_of_n_probs(torch.tensor([0.5, 0.6]), torch.zeros(2), [1]), "sum to 1"),
+    ],
+)
+def test_bad_input_is_one_line(call, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)

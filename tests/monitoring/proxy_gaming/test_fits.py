@@ -1,0 +1,78 @@
+"""Scaling-law fits recover planted alpha, beta and peaks; observed peaks and size trends."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mlsafety.core import InputError, generator
+from mlsafety.monitoring.proxy_gaming import fit_scaling_law, observed_peak, predict, size_trend
+
+D = torch.linspace(0.0, 3.0, 31, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("form", "peak"), [("bon", 1.2 / 0.6), ("rl", math.exp(1.2 / 0.3 - 1))])
+def test_noiseless_curve_recovers_alpha_beta_and_peak(form: str, peak: float) -> None:
+    reward = predict(form, D, 1.2, 0.3) + 5.0  # an offset: the initial policy's gold, removed by relative
+    fit = fit_scaling_law(D, reward, form, n_boot=200)
+    assert fit.alpha.value == pytest.approx(1.2, abs=1e-9)
+    assert fit.beta.value == pytest.approx(0.3, abs=1e-9)
+    assert fit.r2 == pytest.approx(1.0, abs=1e-12)
+    assert fit.peak.value == pytest.approx(peak, rel=1e-9)
+
+
+@pytest.mark.parametrize("form", ["bon", "rl"])
+def test_noisy_seeds_intervals_contain_the_truth(form: str) -> None:
+    g = generator(0, "fits-noisy", form)
+    clean = predict(form, D, 1.0, 0.35)
+    curves = clean + 0.05 * torch.randn(12, D.numel(), generator=g, dtype=torch.float64)
+    curves[:, 0] = 0.0
+    fit = fit_scaling_law(D, curves, form, n_boot=500)
+    assert fit.alpha.ci_low <= 1.0 <= fit.alpha.ci_high
+    assert fit.beta.ci_low <= 0.35 <= fit.beta.ci_high
+    truth = 1.0 / 0.7 if form == "bon" else math.exp(1.0 / 0.35 - 1)
+    assert fit.peak.ci_low <= truth <= fit.peak.ci_high
+    assert fit.alpha.n == 12
+    assert fit.r2 > 0.95
+
+
+def test_wrong_form_fits_worse_than_the_right_one() -> None:
+    reward = predict("rl", D, 1.0, 0.6)
+    assert fit_scaling_law(D, reward, "rl", n_boot=50).r2 > fit_scaling_law(D, reward, "bon", n_boot=50).r2
+
+
+def test_observed_peak_of_planted_parabolas() -> None:
+    peaks = torch.tensor([1.0, 1.3, 1.6, 1.9], dtype=torch.float64)
+    curves = torch.stack([D * (2 * p - D) for p in peaks])  # maximum at d = p
+    obs = observed_peak(D, curves, n_boot=300)
+    torch.testing.assert_close(obs.per_seed, peaks)  # parabolic refinement is exact for a parabola
+    assert obs.d.value == pytest.approx(1.45)
+    assert obs.d.ci_low < 1.45 < obs.d.ci_high
+    assert obs.reward.value == pytest.approx(float((peaks**2).mean()), abs=0.02)
+
+
+def test_size_trend_recovers_planted_slopes() -> None:
+    sizes = [30, 100, 300, 1000, 3000]
+    curves = [predict("bon", D, 0.5 + 0.1 * math.log(n), 0.4 - 0.02 * math.log(n)) for n in sizes]
+    fits = [fit_scaling_law(D, c, n_boot=20) for c in curves]
+    trend = size_trend(sizes, fits, n_boot=200)
+    assert trend.alpha_slope.value == pytest.approx(0.1, abs=1e-9)
+    assert trend.beta_slope.value == pytest.approx(-0.02, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: fit_scaling_law(D, D, "cubic"), "unknown functional form"),
+        (lambda: fit_scaling_law(D[:2], D[:2]), "at least 3 points"),
+        (lambda: fit_scaling_law(D, D[:-1]), "matching shapes"),
+        (lambda: fit_scaling_law(-D, D), ">= 0"),
+        (lambda: size_trend([10], []), "one fit per size"),
+    ],
+)
+def test_bad_input_is_one_line(call, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)

@@ -1,0 +1,92 @@
+"""The simulated world, the exact KL-regularised optimum and the REINFORCE run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mlsafety.core import InputError
+from mlsafety.monitoring.proxy_gaming import (
+    best_of_n_exact,
+    kl_regularised,
+    make_world,
+    reinforce,
+    standardise,
+    train_proxy,
+)
+
+
+def test_world_and_proxies_are_standardised_under_pi0_and_seeded(world) -> None:  # type: ignore[no-untyped-def]
+    p = train_proxy(world, 50, width=16, seed=1)
+    for r in (world.gold, p):
+        assert float(world.pi0 @ r) == pytest.approx(0.0, abs=1e-9)
+        assert float(world.pi0 @ r**2) == pytest.approx(1.0, abs=1e-9)
+    torch.testing.assert_close(p, train_proxy(world, 50, width=16, seed=1))
+    assert not torch.equal(p, train_proxy(world, 50, width=16, seed=2))
+    torch.testing.assert_close(make_world(64, 4, seed=5).gold, make_world(64, 4, seed=5).gold)
+
+
+def test_more_labels_give_a_better_proxy(world) -> None:  # type: ignore[no-untyped-def]
+    def corr(n: int) -> float:
+        return sum(float(world.pi0 @ (train_proxy(world, n, seed=s) * world.gold)) for s in range(5)) / 5
+
+    assert corr(1000) > corr(20) + 0.05
+
+
+def test_best_of_n_gold_peaks_and_falls_while_the_proxy_rises(world) -> None:  # type: ignore[no-untyped-def]
+    proxy = train_proxy(world, 30, label_noise=1.0, seed=0)
+    c = best_of_n_exact(world.pi0, proxy, world.gold, range(1, 257))
+    assert bool((c.proxy[1:] >= c.proxy[:-1] - 1e-12).all())
+    peak = int(c.gold.argmax())
+    assert 0 < peak < 255
+    assert float(c.gold[-1]) < float(c.gold[peak]) - 0.05
+
+
+def test_kl_regularised_hand_answer_and_limits(world) -> None:  # type: ignore[no-untyped-def]
+    c = kl_regularised(torch.tensor([0.5, 0.5]), torch.tensor([0.0, 1.0]), torch.tensor([2.0, -1.0]), [1.0])
+    p1 = math.e / (1 + math.e)
+    assert float(c.probs[0, 1]) == pytest.approx(p1)
+    assert float(c.gold[0]) == pytest.approx(2 * (1 - p1) - p1)
+    assert float(c.kl[0]) == pytest.approx(p1 * math.log(2 * p1) + (1 - p1) * math.log(2 * (1 - p1)))
+    proxy = train_proxy(world, 100, seed=0)
+    c = kl_regularised(world.pi0, proxy, world.gold, [math.inf, 1e6, 1e-4])
+    torch.testing.assert_close(c.probs[0], world.pi0)
+    assert float(c.kl[0]) == pytest.approx(0.0, abs=1e-12)
+    assert float(c.kl[1]) < 1e-8
+    top = int(proxy.argmax())
+    assert float(c.probs[2, top]) > 0.999
+    assert float(c.gold[2]) == pytest.approx(float(world.gold[top]), abs=1e-2)
+    assert float(c.kl[2]) == pytest.approx(-math.log(float(world.pi0[top])), abs=1e-2)
+
+
+def test_reinforce_raises_the_proxy_and_starts_at_pi0(world) -> None:  # type: ignore[no-untyped-def]
+    proxy = train_proxy(world, 100, seed=0)
+    run = reinforce(world.pi0, proxy, world.gold, features=world.features, steps=40, lr=0.02, checkpoint_every=10)
+    assert run.step.tolist() == [0, 10, 20, 30, 40]
+    assert float(run.kl[0]) == pytest.approx(0.0, abs=1e-12)
+    assert float(run.proxy[-1]) > float(run.proxy[0]) + 0.3
+    assert float(run.kl[-1]) > 0.05
+    again = reinforce(world.pi0, proxy, world.gold, features=world.features, steps=40, lr=0.02, checkpoint_every=10)
+    torch.testing.assert_close(run.gold, again.gold)
+    tab = reinforce(world.pi0, proxy, world.gold, steps=20, lr=0.05, checkpoint_every=20)
+    assert float(tab.proxy[-1]) > float(tab.proxy[0])
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda w: kl_regularised(w.pi0, w.gold, w.gold, [0.0]), "lambda"),
+        (lambda w: kl_regularised(w.pi0, w.gold, w.gold, [-1.0]), "lambda"),
+        (lambda w: kl_regularised(w.pi0, w.gold, w.gold[:-1], [1.0]), "one shape"),
+        (lambda w: reinforce(w.pi0, w.gold, w.gold, steps=0), "steps"),
+        (lambda w: train_proxy(w, 1), "at least 2"),
+        (lambda w: make_world(1), "at least 2 outputs"),
+        (lambda w: standardise(torch.ones(3), torch.full((3,), 1 / 3)), "constant"),
+    ],
+)
+def test_bad_input_is_one_line(world, call, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match=match) as info:
+        call(world)
+    assert "\n" not in str(info.value)
