@@ -1,0 +1,40 @@
+"""Pseudo-labelling at test time: hard (Lee 2013, "Pseudo-Label: The Simple and Efficient
+Semi-Supervised Learning Method for Deep Neural Networks") and soft pseudo-labels, adapting the
+batch-norm affine parameters as TENT does (the test-time variants compared by Wu et al. 2023)."""
+
+from __future__ import annotations
+
+import torch
+
+from mlsafety.core import Param
+from mlsafety.robustness.tta.base import GradientTTA, register_tta
+
+
+@register_tta("hard-pl", tags=("image", "gradient"))
+class HardPseudoLabel(GradientTTA):
+    """Cross-entropy of each test input against its own predicted class (the arg-max, held fixed).
+
+    The labels are the predictions of the forward pass that also gives the gradient (batch
+    statistics, current parameters). Departs from Lee 2013 (a term added to supervised training)
+    in having no labelled loss: the test batch is all there is.
+    """
+
+    def objective(self, logits: torch.Tensor) -> torch.Tensor:
+        labels = logits.detach().argmax(dim=-1)
+        return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=-1)
+
+
+@register_tta("soft-pl", tags=("image", "gradient"))
+class SoftPseudoLabel(GradientTTA):
+    """Cross-entropy against the sharpened, fixed prediction ``softmax(logits / temperature)``.
+
+    With ``temperature = 1`` the fixed target equals the prediction and the gradient vanishes
+    (``softmax - target = 0``), so the target is sharpened; as the temperature goes to 0 this
+    becomes :class:`HardPseudoLabel`.
+    """
+
+    temperature = Param(0.5, float, low=0, low_open=True, high=1, high_open=True, doc="sharpening of the targets")
+
+    def objective(self, logits: torch.Tensor) -> torch.Tensor:
+        target = (logits.detach() / self.temperature).softmax(dim=-1)
+        return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean(dim=-1)
