@@ -8,7 +8,7 @@ Example:
     >>> res = evaluate(model, (x, y), attacks.create("autoattack", eps=8 / 255))
 """
 
-from mlsafety.robustness import attacks, augment, corruptions, smoothing
+from mlsafety.robustness import attacks, augment, corruptions, smoothing, tta
 from mlsafety.robustness._denoise import train_denoiser  # also registers the zoo denoisers' recipes
 from mlsafety.robustness._evaluate import (
     AttackSummary,
@@ -41,4 +41,5 @@ __all__ = [
     "summarize_certificates",
     "trades_training",
     "train_denoiser",
+    "tta",
 ]
