@@ -26,6 +26,14 @@ from mlsafety.robustness.tta.base import (
     register_tta,
 )
 from mlsafety.robustness.tta.dia import DIA, OBJECTIVES, DIAResult
+from mlsafety.robustness.tta.evaluate import (
+    SHARES,
+    AdaptationAccuracy,
+    AttackSuccess,
+    adaptation_accuracy,
+    attack_success,
+    malicious_count,
+)
 from mlsafety.robustness.tta.medbn import MedBN, median_statistics
 from mlsafety.robustness.tta.pseudo_label import HardPseudoLabel, SoftPseudoLabel
 from mlsafety.robustness.tta.robust_bn import AlphaBN
@@ -36,8 +44,11 @@ from mlsafety.robustness.tta.tent import Tent, entropy
 __all__ = [
     "DIA",
     "OBJECTIVES",
+    "SHARES",
     "TTA_METHODS",
+    "AdaptationAccuracy",
     "AlphaBN",
+    "AttackSuccess",
     "DIAResult",
     "GradientTTA",
     "HardPseudoLabel",
@@ -48,10 +59,13 @@ __all__ = [
     "TTAState",
     "TeBN",
     "Tent",
+    "adaptation_accuracy",
+    "attack_success",
     "available",
     "batch_statistics",
     "create",
     "entropy",
+    "malicious_count",
     "median_statistics",
     "norm_layers",
     "normalised_logits",
