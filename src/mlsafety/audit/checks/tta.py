@@ -207,16 +207,15 @@ class TTA(Check):
         "batch_size": 64,
         "shares": [0.01, 0.05, 0.1, 0.2],
         "objectives": ["targeted", "indiscriminate"],
-        "attack_batches": 20,
-        "attack_steps": 20,
+        "attack_batches": 8,
+        "attack_steps": 10,
         "eps": None,
     }
     quick: ClassVar[dict[str, Any]] = {
         "methods": QUICK_METHODS,
         "corruptions": ["gaussian-noise", "contrast"],
         "shares": [0.1],
-        "attack_batches": 10,
-        "attack_steps": 10,
+        "attack_batches": 5,
     }
     metrics = (
         "accuracy_no_adaptation", "*_accuracy", "targeted_success_rate", "indiscriminate_success_rate",
