@@ -1,0 +1,359 @@
+"""Toy models of superposition and grokking reproduced on a CPU, with the emergence monitor.
+
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/interp_toys.py [--part superposition|grokking|all]``.
+
+Superposition (Elhage et al. 2022): the two-features-in-one-dimension phase diagram (feature density
+x relative importance), the five-features-in-two-dimensions geometry as sparsity grows (ReLU and
+linear), and the dimensions-per-feature curve with the feature dimensionalities' clustering at simple
+fractions. Writes ``bench/results/interp_superposition.{json,md,png}``.
+
+Grokking (Power et al. 2022; Nanda et al. 2023): ``grokking_recipe``'s defaults, the progress
+measures at every checkpoint, the emergence step of test accuracy with its bootstrap interval, and
+the change point of every progress measure. Writes ``bench/results/interp_grokking.{json,md,png}``
+and the cached run the tests read, ``tests/data/interp_grokking_run.json`` (measures and packed
+per-example test outcomes, no weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from mlsafety.monitoring.interp.emergence import detect_emergence, leading_indicators
+from mlsafety.monitoring.interp.grokking import grokking_recipe, progress_measures
+from mlsafety.monitoring.interp.superposition import (
+    REPRESENTATION,
+    antipodal_pairs,
+    classify_feature,
+    dimensions_per_feature,
+    feature_dimensionality,
+    feature_norms,
+    geometric_importance,
+    superposition,
+    train_toy_models,
+)
+
+RESULTS = Path(__file__).parent / "results"
+CACHED = Path(__file__).parents[1] / "tests" / "data" / "interp_grokking_run.json"
+FRACTIONS = {"1": 1.0, "3/4": 0.75, "2/3": 2 / 3, "1/2": 0.5, "2/5": 0.4, "1/3": 1 / 3}
+
+
+def _env() -> dict[str, Any]:
+    return {"python": platform.python_version(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
+def phase_diagram(steps: int, size: int) -> dict[str, Any]:
+    """n=2 features in m=1 dimension; feature 0 has importance 1, feature 1 the relative importance."""
+    density = torch.logspace(0, -2, size)  # 1 - S
+    rel = torch.logspace(-1, 1, size)
+    dd, rr = torch.meshgrid(density, rel, indexing="ij")
+    imp = torch.stack([torch.ones(size * size), rr.reshape(-1)], 1)
+    tm = train_toy_models(2, 1, 1 - dd.reshape(-1), imp, steps=steps, batch=512, lr=1e-2, seed=0)
+    cls = classify_feature(tm.W, 1).reshape(size, size)
+    return {
+        "density": density.tolist(),
+        "relative_importance": rel.tolist(),
+        "extra_feature": cls.tolist(),
+        "labels": list(REPRESENTATION),
+    }
+
+
+def geometry(steps: int) -> dict[str, Any]:
+    """n=5 features in m=2 dimensions, importance 0.7^i, as sparsity grows; ReLU and linear."""
+    sparsity = torch.tensor([0.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99])
+    out: dict[str, Any] = {"sparsity": sparsity.tolist()}
+    for name, linear in (("relu", False), ("linear", True)):
+        tm = train_toy_models(
+            5, 2, sparsity, geometric_importance(5, 0.7), linear=linear, steps=steps, batch=512, lr=1e-2
+        )
+        norms = feature_norms(tm.W)
+        rep = norms > 0.5
+        out[name] = {
+            "W": tm.W.tolist(),
+            "norms": norms.tolist(),
+            "superposition": superposition(tm.W).tolist(),
+            "represented": rep.sum(1).tolist(),
+            "max_superposition_represented": [
+                float(superposition(w)[r].max()) if r.any() else 0.0 for w, r in zip(tm.W, rep, strict=True)
+            ],
+            "antipodal_pairs": [antipodal_pairs(w) for w in tm.W],
+        }
+    return out
+
+
+def dimensionality(n: int, m: int, steps: int, levels: int) -> dict[str, Any]:
+    """Uniform importance, n features in m dimensions, over feature densities 1 .. 0.01."""
+    density = torch.logspace(0, -2, levels)
+    tm = train_toy_models(n, m, 1 - density, torch.ones(n), steps=steps, batch=512, lr=3e-3, seed=0)
+    d_star = dimensions_per_feature(tm.W)
+    d_i = feature_dimensionality(tm.W)
+    rep = feature_norms(tm.W) > 0.5
+    counts = {}
+    for label, f in FRACTIONS.items():
+        counts[label] = int(((d_i - f).abs() < 0.03)[rep].sum())
+    return {
+        "n": n,
+        "m": m,
+        "density": density.tolist(),
+        "dimensions_per_feature": d_star.tolist(),
+        "feature_dimensionality": [[float(v) for v in d[r]] for d, r in zip(d_i, rep, strict=True)],
+        "represented": rep.sum(1).tolist(),
+        "near_fraction_counts": counts,
+        "represented_total": int(rep.sum()),
+    }
+
+
+def run_superposition(quick: bool) -> None:
+    start = time.perf_counter()
+    steps = 1000 if quick else 3000
+    res: dict[str, Any] = {"env": _env()}
+    res["phase_diagram"] = phase_diagram(steps, 6 if quick else 10)
+    res["geometry"] = geometry(steps)
+    res["dimensionality"] = dimensionality(80, 10, steps, 8 if quick else 12)
+    res["seconds"] = time.perf_counter() - start
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "interp_superposition.json").write_text(json.dumps(res, indent=1))
+    _plot_superposition(res)
+    (RESULTS / "interp_superposition.md").write_text(_md_superposition(res))
+
+
+def _plot_superposition(res: dict[str, Any]) -> None:
+    fig = plt.figure(figsize=(16, 9))
+    pd = res["phase_diagram"]
+    ax = fig.add_subplot(2, 3, 1)
+    ax.imshow(
+        torch.tensor(pd["extra_feature"]),
+        origin="upper",
+        cmap=matplotlib.colors.ListedColormap(["#ddd", "#4a4", "#c33"]),
+        vmin=0,
+        vmax=2,
+        aspect="auto",
+    )
+    ax.set_xticks(range(len(pd["relative_importance"])), [f"{v:.2g}" for v in pd["relative_importance"]], rotation=60)
+    ax.set_yticks(range(len(pd["density"])), [f"{v:.2g}" for v in pd["density"]])
+    ax.set_xlabel("relative importance of feature 2")
+    ax.set_ylabel("feature density 1 - S")
+    ax.set_title("n=2, m=1: grey not represented, green dedicated, red superposed", fontsize=9)
+    geo = res["geometry"]
+    for row, name in enumerate(("relu", "linear")):
+        ax = fig.add_subplot(2, 3, 2 + 3 * row if row else 2)
+        for k, (s, W) in enumerate(zip(geo["sparsity"], geo[name]["W"], strict=True)):
+            w = torch.tensor(W)
+            for i in range(w.shape[1]):
+                ax.plot([3 * k, 3 * k + float(w[0, i])], [0, float(w[1, i])], color=plt.get_cmap("viridis")(i / 4))
+            ax.text(3 * k, -1.6, f"S={s:g}", ha="center", fontsize=7)
+        ax.set_ylim(-1.8, 1.4)
+        ax.set_aspect("equal")
+        ax.set_axis_off()
+        ax.set_title(f"{name}: columns W_i of W (n=5, m=2, importance 0.7^i)", fontsize=9)
+    dim = res["dimensionality"]
+    ax = fig.add_subplot(2, 3, 3)
+    inv = [1 / d for d in dim["density"]]
+    ax.plot(inv, dim["dimensions_per_feature"], "k-", label="D* = m / ||W||_F^2")
+    for x, ds in zip(inv, dim["feature_dimensionality"], strict=True):
+        ax.scatter([x] * len(ds), ds, s=6, alpha=0.4, color="tab:blue")
+    for label, f in FRACTIONS.items():
+        ax.axhline(f, color="grey", lw=0.5, ls=":")
+        ax.text(inv[-1] * 1.1, f, label, fontsize=7, va="center")
+    ax.set_xscale("log")
+    ax.set_xlabel("1 / (1 - S)")
+    ax.set_ylabel("dimensions per feature")
+    ax.set_title(f"n={dim['n']}, m={dim['m']}, uniform importance", fontsize=9)
+    ax = fig.add_subplot(2, 3, 6)
+    all_d = [v for ds in dim["feature_dimensionality"] for v in ds]
+    ax.hist(all_d, bins=60, range=(0, 1.05), color="tab:blue")
+    for f in FRACTIONS.values():
+        ax.axvline(f, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("feature dimensionality D_i (represented features, all densities)")
+    ax = fig.add_subplot(2, 3, 4)
+    for name, style in (("relu", "-o"), ("linear", "--s")):
+        ax.plot(geo["sparsity"], geo[name]["represented"], style, label=f"{name}: features with ||W_i|| > 0.5")
+    ax.axhline(2, color="grey", lw=0.5)
+    ax.set_xlabel("sparsity S (n=5, m=2)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "interp_superposition.png", dpi=110)
+    plt.close(fig)
+
+
+def _md_superposition(res: dict[str, Any]) -> str:
+    geo, dim, pd = res["geometry"], res["dimensionality"], res["phase_diagram"]
+    lines = [
+        "# Toy models of superposition (Elhage et al. 2022), reproduced on a CPU",
+        "",
+        f"Wall time {res['seconds']:.0f} s ({res['env']}); `bench/interp_toys.py --part superposition`.",
+        "The figures are single seeded runs (seed 0), counts of features, not measurements with sampling error.",
+        "",
+        "## n=5 features in m=2 dimensions, importance 0.7^i",
+        "",
+        "| S | ReLU: represented | ReLU: max interference | ReLU: antipodal pairs "
+        "| linear: represented | linear: max interference |",
+        "|---|---|---|---|---|---|",
+    ]
+    for k, s in enumerate(geo["sparsity"]):
+        r, li = geo["relu"], geo["linear"]
+        lines.append(
+            f"| {s:g} | {r['represented'][k]} | {r['max_superposition_represented'][k]:.2f} "
+            f"| {r['antipodal_pairs'][k]} "
+            f"| {li['represented'][k]} | {li['max_superposition_represented'][k]:.2f} |"
+        )
+    counts = torch.tensor(pd["extra_feature"])
+    lines += [
+        "",
+        "## Phase diagram, n=2 in m=1 (rows: density 1 - S from 1 to 0.01; columns: relative importance 0.1 to 10)",
+        "",
+        "0 = extra feature not represented, 1 = dedicated dimension, 2 = superposed (antipodal pair).",
+        "",
+        "```",
+        *(
+            " ".join(str(int(v)) for v in row) + f"   density {d:.3g}"
+            for row, d in zip(counts, pd["density"], strict=True)
+        ),
+        "```",
+        "",
+        f"## Dimensionality, n={dim['n']} in m={dim['m']}, uniform importance",
+        "",
+        "| density 1 - S | represented | D* = m / ‖W‖_F² |",
+        "|---|---|---|",
+        *(
+            f"| {d:.3g} | {r} | {ds:.3f} |"
+            for d, r, ds in zip(dim["density"], dim["represented"], dim["dimensions_per_feature"], strict=True)
+        ),
+        "",
+        "Represented features (all densities) whose D_i lies within 0.03 of a fraction, "
+        f"of {dim['represented_total']}: " + ", ".join(f"{k}: {v}" for k, v in dim["near_fraction_counts"].items()),
+        "",
+        "![superposition](interp_superposition.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _pack(row: torch.Tensor) -> str:
+    bits = "".join("1" if b else "0" for b in row.tolist())
+    return f"{int(bits, 2):x}"
+
+
+def run_grokking(steps: int | None, p: int | None) -> None:
+    start = time.perf_counter()
+    overrides = {k: v for k, v in (("steps", steps), ("p", p)) if v is not None}
+    run = grokking_recipe(**overrides)
+    p, steps = run.model.p, run.steps[-1]
+    m = progress_measures(run)
+    e = detect_emergence(m.steps, m.test_correct, threshold=0.5, n_boot=1000)
+    series = {k: getattr(m, k) for k in ("weight_norm", "restricted_loss", "excluded_loss", "train_loss", "test_loss")}
+    lead = leading_indicators(m.steps, series, e)
+    memorised = next((s for s, a in zip(m.steps, m.train_acc, strict=True) if a > 0.99), None)
+    res = {
+        "env": _env(),
+        "recipe": {"p": p, "steps": steps, "defaults": "grokking_recipe signature"},
+        "train_seconds": run.seconds,
+        "seconds": time.perf_counter() - start,
+        "n_test": int(run.test.numel()),
+        "key_freqs": m.key_freqs,
+        "train_acc_above_0.99_at": memorised,
+        "emergence": {
+            "threshold": e.threshold,
+            "step": e.step,
+            "ci_low": e.ci_low,
+            "ci_high": e.ci_high,
+            "emerged_share": e.emerged_share,
+        },
+        "final_test_acc": {
+            "value": e.accuracy[-1].value,
+            "ci_low": e.accuracy[-1].ci_low,
+            "ci_high": e.accuracy[-1].ci_high,
+        },
+        "indicators": [{"name": r.name, "change_point": r.step, "precedes": r.precedes} for r in lead],
+        "measures": m.as_dict(),
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "interp_grokking.json").write_text(json.dumps(res, indent=1))
+    cached = {k: res[k] for k in ("recipe", "n_test", "key_freqs", "emergence", "measures")}
+    cached["test_correct_hex"] = [_pack(r) for r in m.test_correct]
+    CACHED.parent.mkdir(exist_ok=True)
+    CACHED.write_text(json.dumps(cached, separators=(",", ":")))
+    _plot_grokking(res)
+    (RESULTS / "interp_grokking.md").write_text(_md_grokking(res))
+
+
+def _plot_grokking(res: dict[str, Any]) -> None:
+    m = res["measures"]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    axes[0].plot(m["steps"], m["train_acc"], label="train accuracy")
+    axes[0].plot(m["steps"], m["test_acc"], label="test accuracy")
+    e = res["emergence"]
+    if e["step"] is not None:
+        axes[0].axvline(e["step"], color="k", ls="--", lw=0.8, label="emergence (test acc. > 0.5, 95%)")
+        axes[0].axvspan(e["ci_low"], e["ci_high"], color="k", alpha=0.1)
+    axes[0].legend(fontsize=8)
+    for key in ("train_loss", "test_loss", "restricted_loss", "excluded_loss"):
+        axes[1].plot(m["steps"], m[key], label=key.replace("_", " "))
+    axes[1].set_yscale("log")
+    axes[1].legend(fontsize=8)
+    axes[2].plot(m["steps"], m["weight_norm"], color="tab:purple", label="weight norm (sum of squares)")
+    axes[2].legend(fontsize=8)
+    for ax in axes:
+        ax.set_xlabel("step")
+        for r in res["indicators"]:
+            if r["name"] in ("weight_norm", "restricted_loss", "excluded_loss"):
+                ax.axvline(r["change_point"], color="grey", lw=0.5, ls=":")
+    fig.suptitle(f"Grokking a + b mod {res['recipe']['p']}: key frequencies {m['key_freqs']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "interp_grokking.png", dpi=110)
+    plt.close(fig)
+
+
+def _md_grokking(res: dict[str, Any]) -> str:
+    e, f = res["emergence"], res["final_test_acc"]
+    lines = [
+        f"# Grokking a + b mod {res['recipe']['p']} (Power et al. 2022; Nanda et al. 2023)",
+        "",
+        f"`grokking_recipe(p={res['recipe']['p']}, steps={res['recipe']['steps']})`: training took "
+        f"{res['train_seconds']:.0f} s, everything {res['seconds']:.0f} s ({res['env']}).",
+        "",
+        f"- Train accuracy above 0.99 from step {res['train_acc_above_0.99_at']}.",
+        f"- Test accuracy emerges (first checkpoint from which its exact 95% lower bound stays above "
+        f"{e['threshold']}) at step {e['step']}, 95% bootstrap interval over the {res['n_test']} test pairs "
+        f"[{e['ci_low']}, {e['ci_high']}] (emerged in {e['emerged_share']:.0%} of resamples).",
+        f"- Final test accuracy {f['value']:.3f} [{f['ci_low']:.3f}, {f['ci_high']:.3f}].",
+        f"- Key frequencies (final embedding, 80% of its Fourier norm): {res['key_freqs']}.",
+        "",
+        "| measure | change point (step) | before emergence? |",
+        "|---|---|---|",
+        *(f"| {r['name']} | {r['change_point']} | {r['precedes']} |" for r in res["indicators"]),
+        "",
+        "Change points are least-squares single breaks of a piecewise-constant fit; a smooth decline",
+        "is dated at its middle, so a measure that starts moving early may still be dated late.",
+        "",
+        "![grokking](interp_grokking.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("superposition", "grokking", "all"), default="all")
+    parser.add_argument("--quick", action="store_true", help="smaller superposition grids and fewer steps")
+    parser.add_argument("--steps", type=int, default=None, help="grokking steps (default: the recipe's)")
+    parser.add_argument("--p", type=int, default=None, help="grokking modulus (default: the recipe's)")
+    args = parser.parse_args()
+    if args.part in ("superposition", "all"):
+        run_superposition(args.quick)
+    if args.part in ("grokking", "all"):
+        run_grokking(args.steps, args.p)
+
+
+if __name__ == "__main__":
+    main()
