@@ -38,8 +38,8 @@ from mlsafety.monitoring.interp.superposition import (
     dimensions_per_feature,
     feature_dimensionality,
     feature_norms,
+    feature_superposition,
     geometric_importance,
-    superposition,
     train_toy_models,
 )
 
@@ -81,10 +81,10 @@ def geometry(steps: int) -> dict[str, Any]:
         out[name] = {
             "W": tm.W.tolist(),
             "norms": norms.tolist(),
-            "superposition": superposition(tm.W).tolist(),
+            "superposition": feature_superposition(tm.W).tolist(),
             "represented": rep.sum(1).tolist(),
             "max_superposition_represented": [
-                float(superposition(w)[r].max()) if r.any() else 0.0 for w, r in zip(tm.W, rep, strict=True)
+                float(feature_superposition(w)[r].max()) if r.any() else 0.0 for w, r in zip(tm.W, rep, strict=True)
             ],
             "antipodal_pairs": [antipodal_pairs(w) for w in tm.W],
         }

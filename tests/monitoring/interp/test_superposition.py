@@ -14,8 +14,8 @@ from mlsafety.monitoring.interp.superposition import (
     dimensions_per_feature,
     feature_dimensionality,
     feature_norms,
+    feature_superposition,
     geometric_importance,
-    superposition,
     train_toy_models,
 )
 
@@ -29,7 +29,7 @@ def polygon(k: int) -> torch.Tensor:
 def test_antipodal_pair_has_dimensionality_one_half() -> None:
     W = torch.tensor([[1.0, -1.0]])  # n=2 features in m=1 dimension
     assert torch.allclose(feature_dimensionality(W), torch.tensor([0.5, 0.5]))
-    assert torch.allclose(superposition(W), torch.tensor([1.0, 1.0]))
+    assert torch.allclose(feature_superposition(W), torch.tensor([1.0, 1.0]))
     assert float(dimensions_per_feature(W)) == pytest.approx(0.5)
     assert antipodal_pairs(W) == [(0, 1)]
 
@@ -45,7 +45,7 @@ def test_regular_polygons_have_dimensionality_two_over_k(k: int, expected: float
 def test_dedicated_and_dropped_features() -> None:
     W = torch.tensor([[1.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # two dedicated dimensions, one dropped feature
     assert torch.allclose(feature_dimensionality(W), torch.tensor([1.0, 1.0, 0.0]))
-    assert torch.allclose(superposition(W)[:2], torch.zeros(2))
+    assert torch.allclose(feature_superposition(W)[:2], torch.zeros(2))
     assert classify_feature(W, 0).item() == 1 and classify_feature(W, 2).item() == 0
     assert classify_feature(torch.tensor([[1.0, -1.0]]), 1).item() == 2
     tetra = torch.tensor([[1.0, 1, -1, -1], [1, -1, 1, -1], [1, -1, -1, 1]]) / math.sqrt(3)
@@ -61,7 +61,7 @@ def relu_models():  # type: ignore[no-untyped-def]
 
 
 def test_dense_features_give_the_top_m_features_and_no_superposition(relu_models) -> None:  # type: ignore[no-untyped-def]
-    norms, sup = feature_norms(relu_models.W[0]), superposition(relu_models.W[0])
+    norms, sup = feature_norms(relu_models.W[0]), feature_superposition(relu_models.W[0])
     represented = norms > 0.5
     assert represented.tolist() == [True, True, False, False, False]  # the two most important, as PCA
     assert sup[represented].max() < 0.05
@@ -71,7 +71,7 @@ def test_sparse_features_are_superposed_in_antipodal_pairs(relu_models) -> None:
     W = relu_models.W[1]
     represented = feature_norms(W) > 0.5
     assert int(represented.sum()) > 2
-    assert superposition(W)[represented].min() > 0.5
+    assert feature_superposition(W)[represented].min() > 0.5
     assert len(antipodal_pairs(W)) >= 1 or int(represented.sum()) == 5
 
 
@@ -81,7 +81,7 @@ def test_linear_model_never_superposes() -> None:
     norms = feature_norms(tm.W)
     represented = norms > 0.5
     assert (represented.sum(1) <= 2).all()
-    assert superposition(tm.W)[represented].max() < 0.05
+    assert feature_superposition(tm.W)[represented].max() < 0.05
 
 
 def test_bad_input_is_one_line() -> None:

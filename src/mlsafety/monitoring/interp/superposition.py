@@ -127,8 +127,14 @@ def _overlaps(W: torch.Tensor) -> torch.Tensor:
     return (unit.transpose(-1, -2) @ W).pow(2)
 
 
-def superposition(W: torch.Tensor) -> torch.Tensor:
-    """Interference of each feature with the others: ``sum_{j != i} (W_i_hat . W_j)^2`` -> ``(..., n)``."""
+def feature_superposition(W: torch.Tensor) -> torch.Tensor:
+    """Interference of each feature with the others: ``sum_{j != i} (W_i_hat . W_j)^2`` -> ``(..., n)``.
+
+    The paper's superposition measure (its colour in the ``W`` figures). It uses the unit vector of
+    ``W_i``, so it is meaningful only for represented features: a feature with a tiny ``W_i`` along
+    a represented one scores 1. Read it together with :func:`feature_norms` (as
+    :func:`classify_feature` does).
+    """
     ov = _overlaps(W)
     return ov.sum(-1) - ov.diagonal(dim1=-2, dim2=-1)
 
@@ -178,7 +184,7 @@ def classify_feature(
     This is the colouring of the paper's two-features-in-one-dimension phase diagram.
     """
     norm = feature_norms(W)[..., feature]
-    sup = superposition(W)[..., feature]
+    sup = feature_superposition(W)[..., feature]
     out = torch.ones_like(norm, dtype=torch.long)
     out[sup > min_superposition] = 2
     out[norm <= min_norm] = 0
