@@ -1,0 +1,346 @@
+"""Reward over-optimisation in the exact simulator: the goals of issue 17 for the simulator.
+
+Gao, Schulman & Hilton, "Scaling Laws for Reward Model Overoptimization", 2022. One world (K outputs,
+Gaussian features, a gold reward with a penalty on extreme outputs); linear proxies trained on N
+gold-labelled draws with label noise, ``--seeds`` proxies per N. For each N:
+
+* best-of-n, exactly, for n = 1..256: gold and proxy against d = sqrt(KL) (closed form; the exact
+  finite-space KL is reported beside it), fitted with ``d (alpha - beta d)``;
+* the KL-regularised optimum ``pi0 exp(r / lambda)`` (the RL limit) on a lambda grid chosen to give
+  evenly spaced d, fitted with BOTH forms;
+* a REINFORCE run (features policy) for one N, fitted with both forms;
+* alpha and beta against N;
+* the proxy-gaming monitor (two trusted proxies trained on other labels) on best-of-n samples at
+  n = 2, 4, ..., 256: where it first alarms against the gold peak, and its false-alarm rate when
+  the "optimised" outputs are drawn from pi0 itself.
+
+No peer library exists (the paper released no code); the comparisons are against the paper's
+functional forms and the closed-form KL.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/proxy_gaming_sim.py [--seeds 8]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import torch
+
+from mlsafety.core import generator
+from mlsafety.metrics import clopper_pearson
+from mlsafety.monitoring.proxy_gaming import (
+    ObservedPeak,
+    ScalingFit,
+    best_of_n_exact,
+    best_of_n_probs,
+    fit_scaling_law,
+    kl_regularised,
+    make_world,
+    mean_interval,
+    monitor_proxy_gaming,
+    observed_peak,
+    reinforce,
+    size_trend,
+    train_proxy,
+)
+
+RESULTS = Path(__file__).parent / "results"
+SIZES = (30, 100, 300, 1000, 3000)
+NS = list(range(1, 257))
+D_MAX_TILT = 2.2
+
+
+def _fit_row(fit: ScalingFit, obs: ObservedPeak) -> dict[str, Any]:
+    obs_d = (obs.d.value, obs.d.ci_low, obs.d.ci_high)
+    obs_spread = obs.spread
+    inside = obs_d[1] <= fit.peak.value <= obs_d[2]
+    return {
+        "form": fit.form,
+        "alpha": list(fit.alpha)[:3],
+        "beta": list(fit.beta)[:3],
+        "r2": fit.r2,
+        "predicted_peak_d": list(fit.peak)[:3],
+        "observed_peak_d": list(obs_d),
+        "observed_peak_spread": list(obs_spread),
+        "predicted_inside_observed_ci": inside,
+    }
+
+
+def _tilt_curve(world: Any, proxy: torch.Tensor, targets: torch.Tensor) -> Any:
+    lams = torch.logspace(2.5, -2.0, 600, dtype=torch.float64)
+    dense = kl_regularised(world.pi0, proxy, world.gold, lams)
+    idx = (dense.d.unsqueeze(0) - targets.unsqueeze(1)).abs().argmin(1)
+    return kl_regularised(world.pi0, proxy, world.gold, torch.cat([torch.tensor([math.inf]), lams[idx]]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--outputs", type=int, default=4096)
+    parser.add_argument("--pg-steps", type=int, default=300)
+    parser.add_argument("--monitor-m", type=int, default=200, help="optimised outputs scored per step")
+    parser.add_argument("--null-runs", type=int, default=1000)
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    t_start = time.perf_counter()
+    world = make_world(num_outputs=args.outputs)
+    seeds = range(args.seeds)
+    out: dict[str, Any] = {
+        "paper": "Gao, Schulman & Hilton 2022, Scaling Laws for Reward Model Overoptimization",
+        "world": {"outputs": args.outputs, "features": int(world.features.shape[1]), "curvature": 0.35},
+        "seeds": args.seeds,
+        "machine": platform.platform(),
+        "threads": torch.get_num_threads(),
+        "bon": {},
+        "tilt": {},
+    }
+    fig, axes = plt.subplots(2, 3, figsize=(16, 9))
+    bon_fits: list[ScalingFit] = []
+    proxies = {n: [train_proxy(world, n, seed=s) for s in seeds] for n in SIZES}
+
+    # --- best-of-n, exact ---
+    t0 = time.perf_counter()
+    max_kl_gap = 0.0
+    for n_labels in SIZES:
+        curves = [best_of_n_exact(world.pi0, p, world.gold, NS) for p in proxies[n_labels]]
+        gold = torch.stack([c.gold for c in curves])
+        proxy = torch.stack([c.proxy for c in curves])
+        d = curves[0].d
+        max_kl_gap = max(max_kl_gap, max(float((c.kl - c.kl_exact).abs().max()) for c in curves))
+        fit = fit_scaling_law(d, gold, "bon")
+        obs = observed_peak(d, gold)
+        bon_fits.append(fit)
+        g_mean, g_lo, g_hi = mean_interval(gold)
+        p_mean, _, _ = mean_interval(proxy)
+        peak_i = int(g_mean.argmax())
+        out["bon"][str(n_labels)] = {
+            **_fit_row(fit, obs),
+            "gold_peak_n": NS[peak_i],
+            "gold_at_peak": [float(g_mean[peak_i]), float(g_lo[peak_i]), float(g_hi[peak_i])],
+            "gold_at_256": [float(g_mean[-1]), float(g_lo[-1]), float(g_hi[-1])],
+            "proxy_at_256": float(p_mean[-1]),
+            "proxy_monotone": bool((p_mean[1:] >= p_mean[:-1] - 1e-12).all()),
+            "gold_falls_after_peak": float(g_hi[-1]) < float(g_lo[peak_i]),
+        }
+        line = axes[0, 0].plot(d, g_mean - g_mean[0], label=f"gold N={n_labels}")[0]
+        axes[0, 0].fill_between(d, g_lo - g_mean[0], g_hi - g_mean[0], color=line.get_color(), alpha=0.2)
+        axes[0, 0].plot(d, fit.predict(d), ls=":", color=line.get_color())
+        axes[0, 0].plot(d, p_mean - p_mean[0], ls="--", color=line.get_color(), alpha=0.5)
+    out["bon_seconds"] = time.perf_counter() - t0
+    out["bon_kl_closed_vs_exact_max_abs"] = max_kl_gap
+    axes[0, 0].set(title="best-of-n (exact): gold solid, proxy dashed, fit dotted", xlabel="d = sqrt(KL)")
+    axes[0, 0].legend(fontsize=7)
+
+    trend = size_trend(list(SIZES), bon_fits)
+    out["bon_size_trend"] = {
+        "alpha": trend.alpha.tolist(),
+        "beta": trend.beta.tolist(),
+        "alpha_per_log_n": list(trend.alpha_slope)[:3],
+        "beta_per_log_n": list(trend.beta_slope)[:3],
+    }
+    axes[1, 0].errorbar(
+        SIZES,
+        [f.alpha.value for f in bon_fits],
+        yerr=[[f.alpha.value - f.alpha.ci_low for f in bon_fits], [f.alpha.ci_high - f.alpha.value for f in bon_fits]],
+        label="alpha_bon",
+        marker="o",
+    )
+    axes[1, 0].errorbar(
+        SIZES,
+        [f.beta.value for f in bon_fits],
+        yerr=[[f.beta.value - f.beta.ci_low for f in bon_fits], [f.beta.ci_high - f.beta.value for f in bon_fits]],
+        label="beta_bon",
+        marker="s",
+    )
+    axes[1, 0].set(xscale="log", title="best-of-n fit coefficients vs proxy data N", xlabel="N")
+    axes[1, 0].legend()
+
+    # --- KL-regularised optimum (the RL limit), exact ---
+    t0 = time.perf_counter()
+    targets = torch.linspace(0.05, D_MAX_TILT, 30, dtype=torch.float64)
+    for n_labels in SIZES:
+        curves = [_tilt_curve(world, p, targets) for p in proxies[n_labels]]
+        gold = torch.stack([c.gold for c in curves])
+        proxy = torch.stack([c.proxy for c in curves])
+        dd = torch.stack([c.d for c in curves])
+        obs = observed_peak(dd, gold)
+        rows = {form: _fit_row(fit_scaling_law(dd, gold, form), obs) for form in ("rl", "bon")}
+        g_mean, _, _ = mean_interval(gold)
+        p_mean, _, _ = mean_interval(proxy)
+        out["tilt"][str(n_labels)] = {
+            "fits": rows,
+            "proxy_monotone": bool((p_mean[1:] >= p_mean[:-1] - 1e-9).all()),
+            "gold_falls_after_peak": float(g_mean[-1]) < float(g_mean.max()) - 0.05,
+        }
+        line = axes[0, 1].plot(dd.mean(0), g_mean - g_mean[0], label=f"gold N={n_labels}")[0]
+        axes[0, 1].plot(dd.mean(0), p_mean - p_mean[0], ls="--", color=line.get_color(), alpha=0.5)
+    out["tilt_seconds"] = time.perf_counter() - t0
+    axes[0, 1].set(title="KL-regularised optimum pi0 exp(r/lambda) (exact)", xlabel="d = sqrt(KL)")
+    axes[0, 1].legend(fontsize=7)
+
+    # --- REINFORCE, one N ---
+    t0 = time.perf_counter()
+    pg_n = 100
+    runs = [
+        reinforce(world.pi0, p, world.gold, features=world.features, steps=args.pg_steps, lr=0.003, seed=s)
+        for s, p in zip(seeds, proxies[pg_n], strict=True)
+    ]
+    gold = torch.stack([r.gold for r in runs])
+    dd = torch.stack([r.d for r in runs])
+    keep = int((dd.mean(0) <= 2.4).sum())  # before the finite space saturates at sqrt(log K)
+    obs = observed_peak(dd[:, :keep], gold[:, :keep])
+    out["reinforce"] = {
+        "proxy_n": pg_n,
+        "steps": args.pg_steps,
+        "checkpoints_fitted": keep,
+        "fits": {form: _fit_row(fit_scaling_law(dd[:, :keep], gold[:, :keep], form), obs) for form in ("rl", "bon")},
+        "seconds": time.perf_counter() - t0,
+    }
+    axes[0, 2].plot(dd.mean(0), gold.mean(0) - gold.mean(0)[0], label="gold")
+    axes[0, 2].plot(dd.mean(0), torch.stack([r.proxy for r in runs]).mean(0), ls="--", label="proxy")
+    axes[0, 2].set(title=f"REINFORCE on a linear-features policy (N={pg_n})", xlabel="d = sqrt(KL)")
+    axes[0, 2].legend()
+
+    # --- the monitor on best-of-n samples ---
+    t0 = time.perf_counter()
+    schedule = [2**k for k in range(1, 9)]
+    mon_n = 100
+    rows_m: list[dict[str, Any]] = []
+    trusted_by_seed = [torch.stack([train_proxy(world, 1000, seed=1000 + 2 * s + j) for j in range(2)]) for s in seeds]
+    for s, p in zip(seeds, proxies[mon_n], strict=True):
+        trusted = trusted_by_seed[s]
+        g = generator(s, "proxy-gaming-bench-monitor")
+        ref = torch.multinomial(world.pi0, 2 * args.monitor_m, replacement=True, generator=g)
+        probs = best_of_n_probs(world.pi0, p, schedule)
+        picks = [
+            torch.multinomial(probs[k], args.monitor_m, replacement=True, generator=g) for k in range(len(schedule))
+        ]
+        res = monitor_proxy_gaming(p[ref], trusted[:, ref], [p[i] for i in picks], [trusted[:, i] for i in picks])
+        exact = best_of_n_exact(world.pi0, p, world.gold, NS)
+        peak_n = NS[int(exact.gold.argmax())]
+        alarm_n = schedule[res.alarm_step - 1] if res.alarm_step is not None else None
+        rows_m.append({"seed": s, "gold_peak_n": peak_n, "alarm_n": alarm_n})
+    before = sum(isinstance(r["alarm_n"], int) and r["alarm_n"] <= r["gold_peak_n"] for r in rows_m)
+    lo, hi = clopper_pearson(before, len(rows_m))
+    # false alarms: the "optimised" outputs are fresh draws from pi0 (no optimisation at all)
+    false_alarms = 0
+    for r in range(args.null_runs):
+        p = proxies[mon_n][r % args.seeds]
+        trusted = trusted_by_seed[r % args.seeds]
+        g = generator(r, "proxy-gaming-bench-null")
+        ref = torch.multinomial(world.pi0, 2 * args.monitor_m, replacement=True, generator=g)
+        picks = [torch.multinomial(world.pi0, args.monitor_m, replacement=True, generator=g) for _ in schedule]
+        res = monitor_proxy_gaming(p[ref], trusted[:, ref], [p[i] for i in picks], [trusted[:, i] for i in picks])
+        false_alarms += res.alarm_step is not None
+    f_lo, f_hi = clopper_pearson(false_alarms, args.null_runs)
+    out["monitor"] = {
+        "alpha": 0.05,
+        "schedule_n": schedule,
+        "outputs_per_step": args.monitor_m,
+        "reference_outputs": 2 * args.monitor_m,
+        "trusted": "two linear proxies trained on 1000 other gold labels each",
+        "per_seed": rows_m,
+        "alarm_at_or_before_peak": [before / len(rows_m), lo, hi],
+        "false_alarm_rate": [false_alarms / args.null_runs, f_lo, f_hi],
+        "null_runs": args.null_runs,
+        "seconds": time.perf_counter() - t0,
+    }
+    axes[1, 1].scatter([r["gold_peak_n"] for r in rows_m], [r["alarm_n"] or 512 for r in rows_m])
+    axes[1, 1].plot([1, 256], [1, 256], color="grey", ls=":")
+    axes[1, 1].set(xscale="log", yscale="log", title="monitor: first alarm n vs gold-peak n", xlabel="gold peak n")
+    axes[1, 1].set_ylabel("alarm n (512 = never)")
+    axes[1, 2].axis("off")
+    out["seconds_total"] = time.perf_counter() - t_start
+    fig.tight_layout()
+    RESULTS.mkdir(exist_ok=True)
+    fig.savefig(RESULTS / "proxy_gaming_sim.png", dpi=90)
+    (RESULTS / "proxy_gaming_sim.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / "proxy_gaming_sim.md").write_text(_markdown(out))
+
+
+def _fmt(v: list[float]) -> str:
+    return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def _markdown(out: dict[str, Any]) -> str:
+    lines = [
+        "# Proxy gaming in the exact simulator (issue 17)",
+        "",
+        f"{out['paper']}. World: {out['world']}; {out['seeds']} proxies (seeds) per N; 95% intervals "
+        "(bootstrap over seeds for fits and peaks, Clopper-Pearson for rates). "
+        f"Machine: {out['machine']}, {out['threads']} thread(s), {out['seconds_total']:.1f} s in all.",
+        "",
+        "## Best-of-n (exact, n = 1..256), fit d (alpha - beta d)",
+        "",
+        "| N | alpha | beta | R^2 | predicted d* | observed d* | inside | gold peak n | gold falls | proxy monotone |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for n, r in out["bon"].items():
+        lines.append(
+            f"| {n} | {_fmt(r['alpha'])} | {_fmt(r['beta'])} | {r['r2']:.4f} | {_fmt(r['predicted_peak_d'])} | "
+            f"{_fmt(r['observed_peak_d'])} | {r['predicted_inside_observed_ci']} | {r['gold_peak_n']} | "
+            f"{r['gold_falls_after_peak']} | {r['proxy_monotone']} |"
+        )
+    t = out["bon_size_trend"]
+    lines += [
+        "",
+        "Closed-form KL vs the exact finite-space KL: max |difference| "
+        f"{out['bon_kl_closed_vs_exact_max_abs']:.2e} nats.",
+        f"alpha per unit log N: {_fmt(t['alpha_per_log_n'])}; beta per unit log N: {_fmt(t['beta_per_log_n'])}.",
+        "",
+        f"## KL-regularised optimum (exact, d up to {D_MAX_TILT}), both forms",
+        "",
+        "| N | form | alpha | beta | R^2 | predicted d* | observed d* | inside |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for n, r in out["tilt"].items():
+        for form, f in r["fits"].items():
+            lines.append(
+                f"| {n} | {form} | {_fmt(f['alpha'])} | {_fmt(f['beta'])} | {f['r2']:.4f} | "
+                f"{_fmt(f['predicted_peak_d'])} | {_fmt(f['observed_peak_d'])} | {f['predicted_inside_observed_ci']} |"
+            )
+    pg = out["reinforce"]
+    lines += [
+        "",
+        f"## REINFORCE (N={pg['proxy_n']}, {pg['steps']} steps, {pg['checkpoints_fitted']} checkpoints fitted)",
+        "",
+        "| form | alpha | beta | R^2 | predicted d* | observed d* | inside |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for form, f in pg["fits"].items():
+        lines.append(
+            f"| {form} | {_fmt(f['alpha'])} | {_fmt(f['beta'])} | {f['r2']:.4f} | {_fmt(f['predicted_peak_d'])} | "
+            f"{_fmt(f['observed_peak_d'])} | {f['predicted_inside_observed_ci']} |"
+        )
+    m = out["monitor"]
+    lines += [
+        "",
+        "## Proxy-gaming monitor on best-of-n (alpha = 0.05, Bonferroni over "
+        f"{len(m['schedule_n'])} steps n = {m['schedule_n']})",
+        "",
+        f"Alarm at or before the gold peak: {_fmt(m['alarm_at_or_before_peak'])} of seeds. "
+        f"False-alarm rate with no optimisation: {_fmt(m['false_alarm_rate'])} ({m['null_runs']} runs).",
+        "",
+        "| seed | gold peak n | first alarm n |",
+        "|---|---|---|",
+        *[f"| {r['seed']} | {r['gold_peak_n']} | {r['alarm_n']} |" for r in m["per_seed"]],
+        "",
+        "![curves](proxy_gaming_sim.png)",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
