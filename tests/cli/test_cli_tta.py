@@ -15,12 +15,12 @@ def test_tta_prints_accuracy_with_and_without_adaptation_and_attack_success():
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, (result.output, result.exception)
     out = result.output
-    assert "accuracy, no adaptation (contrast severity 3)" in out and "accuracy, tebn (contrast severity 3)" in out
-    assert "indiscriminate attack success (per batch)" in out and "benign error under attack" in out
-    assert "3 batches of 32: 3 malicious" in out
+    assert "accuracy, no adaptation" in out and "accuracy, tebn" in out and "data: contrast severity 3" in out
+    assert "attack success (indiscriminate)" in out and "random inputs, same budget" in out
+    assert "3 attacked batches of 32: 3 malicious" in out
     rows = {line.split("  ")[0].strip(): line.split() for line in out.splitlines() if line.strip()}
-    static = float(rows["accuracy, no adaptation (contrast severity 3)"][-4])
-    adapted = float(rows["accuracy, tebn (contrast severity 3)"][-4])
+    static = float(rows["accuracy, no adaptation"][-5])
+    adapted = float(rows["accuracy, tebn"][-5])
     assert adapted > static + 0.2  # contrast shrinks the statistics TeBN re-estimates
 
 

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import click
 
 from mlsafety.cli._common import friendly, out_console
-
-if TYPE_CHECKING:
-    import torch
 
 
 @click.command("tta")
@@ -51,14 +46,13 @@ def tta(
 
     Accuracy streams the test data in batches (the adaptation state carried forward); the attack
     draws BATCHES batches of the (shifted) test data, makes a share m of each malicious and optimises
-    them through the adaptation step. Success is counted per attacked batch, benign error per benign input.
+    them through the adaptation step, next to random malicious inputs of the same budget. Targeted success
+    is counted per attacked batch, indiscriminate success (benign error) per benign input.
     """
-    import torch
     from rich.table import Table
 
     from mlsafety.audit import AuditConfig, prepare_inputs
-    from mlsafety.core import InputError, forward, generator
-    from mlsafety.metrics import proportion
+    from mlsafety.core import InputError, generator
     from mlsafety.robustness import corruptions as corr
     from mlsafety.robustness import tta as tta_lib
 
@@ -67,7 +61,7 @@ def tta(
     if batch_size < 2:
         raise InputError(f"--batch-size must be at least 2 (adaptation needs a batch), got {batch_size}")
     adapt = tta_lib.create(method)  # an unknown method fails here, with a suggestion
-    shift = _parse_corruption(corruption, corr.available(), corr.SEVERITIES) if corruption else None
+    shift = _parse_corruption(corruption) if corruption else None
     clf, audit_data = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, seed=seed))
     tta_lib.norm_layers(clf.module)  # a model without batch norm: one line
     test = audit_data.test
@@ -78,58 +72,40 @@ def tta(
     x, y = test.x, test.y
     if shift is not None:
         x = corr.corrupt(x, shift[0], shift[1], generator=generator(seed, "tta", "corruption", *shift))
-    static = proportion(forward(clf, x).pred.cpu() == y)
-    stream = tta_lib.Stream(adapt, clf)
-    parts = list(x.split(batch_size))
-    if len(parts) > 1 and parts[-1].shape[0] < 2:
-        parts[-2:] = [torch.cat(parts[-2:])]
-    adapted = proportion(stream.run(parts).argmax(1).cpu() == y)
-    nm = min(max(1, round(share * batch_size)), batch_size - 1)
-    benign, malicious, yb = _draw(x, y, batches, batch_size, nm, generator(seed, "tta", method, f"{share:g}"))
+    acc = tta_lib.adaptation_accuracy(clf, adapt, x, y, batch_size=batch_size)
     attack = tta_lib.DIA(objective=objective, eps=eps, steps=steps, seed=seed)
-    res = attack.run(clf, adapt, benign, malicious, y=yb, groups=batches)
-    success = proportion(res.success.cpu())
-    error = proportion(res.benign_error.cpu())
-    error0 = proportion(res.clean_error.cpu())
-
-    table = Table("measure", "value", "95% CI", "n", box=None)
-    where = f"{shift[0]} severity {shift[1]}" if shift else "clean"
-    for label, est in (
-        (f"accuracy, no adaptation ({where})", static),
-        (f"accuracy, {method} ({where})", adapted),
-        (f"{objective} attack success (per batch)", success),
-        ("benign error under attack", error),
-        ("benign error, adapted, no attack", error0),
+    (res,) = tta_lib.attack_success(
+        clf, adapt, x, y, attack, shares=[share], batch_sizes=[batch_size], n_batches=batches, seed=seed
+    )
+    trials = "batches" if objective != "indiscriminate" else "inputs"
+    table = Table("measure", "value", "95% CI", "n", "of", box=None)
+    for label, est, of in (
+        ("accuracy, no adaptation", acc.source, "inputs"),
+        (f"accuracy, {method}", acc.adapted, "inputs"),
+        (f"attack success ({objective})", res.success, trials),
+        ("random inputs, same budget", res.random_success, trials),
+        ("benign error under attack", res.benign_error, "inputs"),
+        ("benign error, no attack", res.clean_error, "inputs"),
+        *((("other predictions kept", res.others_kept, "inputs"),) if res.others_kept is not None else ()),
     ):
-        table.add_row(label, f"{est.value:.4f}", f"[{est.ci_low:.4f}, {est.ci_high:.4f}]", str(est.n))
+        table.add_row(label, f"{est.value:.4f}", f"[{est.ci_low:.4f}, {est.ci_high:.4f}]", str(est.n), of)
     out_console.print(table)
     out_console.print(
-        f"{batches} batches of {batch_size}: {nm} malicious ({nm / batch_size:.1%}), "
+        f"data: {f'{shift[0]} severity {shift[1]}' if shift else 'clean'}; "
+        f"{batches} attacked batches of {batch_size}: {res.n_malicious} malicious "
+        f"({res.n_malicious / batch_size:.1%}), "
         f"{'unconstrained' if eps is None else f'L-inf eps {eps:g}'}, {steps} steps",
         highlight=False,
     )
 
 
-def _parse_corruption(spec: str, names: list[str], severities: tuple[int, ...]) -> tuple[str, int]:
+def _parse_corruption(spec: str) -> tuple[str, int]:
+    """``NAME:SEVERITY`` as (registered corruption, severity 1-5); anything else is one line."""
     from mlsafety.core import InputError
+    from mlsafety.robustness import corruptions as corr
 
     name, _, sev = spec.partition(":")
-    if not sev.isdigit() or int(sev) not in severities:
+    if not sev.isdigit() or int(sev) not in corr.SEVERITIES:
         raise InputError(f"--corruption must be NAME:SEVERITY with severity 1-5, e.g. fog:3; got {spec!r}")
-    if name not in names:
-        from mlsafety.robustness import corruptions as corr
-
-        corr.CORRUPTIONS.get(name)  # unknown: one line with a suggestion
+    corr.CORRUPTIONS.get(name)  # an unknown name: one line with a suggestion
     return name, int(sev)
-
-
-def _draw(
-    x: torch.Tensor, y: torch.Tensor, groups: int, batch_size: int, nm: int, g: torch.Generator
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``groups`` batches drawn without replacement: benign inputs, malicious starts, benign labels."""
-    import torch
-
-    perms = torch.stack([torch.randperm(x.shape[0], generator=g)[:batch_size] for _ in range(groups)])
-    nb = batch_size - nm
-    benign, mal = perms[:, :nb].reshape(-1), perms[:, nb:].reshape(-1)
-    return x[benign], x[mal], y[benign]
