@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mlsafety.core import InputError, LanguageModel
+from mlsafety.core import InputError, LanguageModel, Progress
 from mlsafety.monitoring.interp import activation_patching, head_patching, logit_diff, normalised, patched
 from mlsafety.monitoring.interp._common import answer_ids, encode_pairs, forward_last
 from tests.monitoring.interp.conftest import make_pairs
@@ -33,7 +33,8 @@ def _naive(lm: LanguageModel, pairs: dict, point: str, direction: str = "denoise
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
 def test_batched_sweep_equals_a_naive_loop(lm: LanguageModel, direction: str) -> None:
     pairs = make_pairs(3, 4)
-    result = activation_patching(lm, **pairs, direction=direction, batch_size=7)  # type: ignore[arg-type]
+    quiet = Progress(enabled=False)
+    result = activation_patching(lm, **pairs, direction=direction, batch_size=7, progress=quiet)  # type: ignore[arg-type]
     naive = _naive(lm, pairs, "resid_pre", direction)
     assert result.raw.shape == naive.shape == (3, lm.n_layers, result.raw.shape[2])
     torch.testing.assert_close(result.raw, naive, atol=1e-4, rtol=1e-4)
@@ -99,5 +100,7 @@ def test_bad_input(llama: LanguageModel) -> None:
         activation_patching(llama, **pairs, point="resid_mid")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="direction"):
         activation_patching(llama, **pairs, direction="sideways")  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="batch_size"):
+        activation_patching(llama, **pairs, batch_size=0)  # type: ignore[arg-type]
     with pytest.raises(InputError, match="prompt 0"):
         activation_patching(llama, pairs["clean"], pairs["clean"], pairs["correct"], pairs["wrong"])

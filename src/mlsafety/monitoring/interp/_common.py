@@ -115,6 +115,11 @@ def forward_last(
     mask = attention_mask.to(device)
     if "attention_mask" in params:
         kwargs["attention_mask"] = mask
+    elif not bool(mask.all()):
+        raise InputError(
+            "this model's forward takes no attention_mask, so left-padded prompts of different token lengths "
+            "would change its output: give prompts of one token length"
+        )
     if "position_ids" in params:
         kwargs["position_ids"] = _position_ids(mask)
     if "logits_to_keep" in params:
@@ -132,19 +137,8 @@ def _forward_params(module: nn.Module) -> set[str]:
     return set(inspect.signature(module.forward).parameters)
 
 
-def logit_diff_of(logits: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
-    """``logit[correct] - logit[wrong]`` per row ``(n,)``."""
-    rows = torch.arange(len(logits), device=logits.device)
-    return logits[rows, correct.to(logits.device)] - logits[rows, wrong.to(logits.device)]
-
-
 def chunks(n: int, size: int) -> list[tuple[int, int]]:
     """``[(start, stop), ...]`` covering ``range(n)`` in pieces of ``size``."""
     if not isinstance(size, int) or size < 1:
         raise InputError(f"batch_size must be a positive integer, got {size!r}")
     return [(s, min(s + size, n)) for s in range(0, n, size)]
-
-
-def layer_of(name: str) -> int:
-    """The block index in ``blocks.{i}.<point>``."""
-    return int(name.split(".")[1])
