@@ -1,0 +1,196 @@
+"""Cost and fidelity of the batched activation-patching sweep on the embedded SmolLM2-135M.
+
+On IOI-like prompt pairs (Wang et al., 2022; "When Mary and John went to the store, John gave a drink to"
+-> " Mary", corrupted by replacing the second "John" with a third name, the ABC distribution) it measures:
+
+1. cost: the seconds of a full layers x positions ``resid_pre`` activation-patching sweep
+   (``activation_patching``, caches and hooks included) against the bare forward passes the sweep needs
+   (``prompts x sites`` rows, batched the same way, no hooks), as a ratio (goal: at most 1.1x);
+2. fidelity: the agreement (Pearson, Spearman over sites, 95% intervals) of attribution patching with the
+   exact sweep, for ``resid_pre`` and, with ``--heads``, for per-head patching;
+3. the model's IOI logit difference on clean and corrupted prompts, with 95% bootstrap intervals.
+
+Run on an idle machine: ``.venv/bin/python bench/interp_patching.py`` (defaults: 16 pairs, every layer, one
+thread per core); ``--pairs``, ``--layers 0,10,20`` and ``--threads`` shrink it for a quick look. Writes
+``bench/results/interp_patching.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlsafety.core import LanguageModel
+from mlsafety.monitoring.interp import (
+    PatchingResult,
+    activation_patching,
+    agreement,
+    attribution_patching,
+    head_patching,
+)
+from mlsafety.monitoring.interp._common import encode_pairs, forward_last
+from mlsafety.zoo import load_language_model
+
+NAMES = ["Mary", "John", "Tom", "James", "Sarah", "David", "Paul", "Anna", "Mark", "Lisa", "Peter", "Emma"]
+PLACES = ["store", "park", "school", "garden"]
+OBJECTS = ["drink", "book", "ball", "gift"]
+TEMPLATE = "When {a} and {b} went to the {place}, {s} gave a {obj} to"
+
+
+def ioi_pairs(lm: LanguageModel, n: int) -> dict[str, list[str]]:
+    """``n`` seeded IOI pairs with single-token names, token-aligned (checked by the sweep)."""
+    single = [x for x in NAMES if len(lm.tokenizer(" " + x, add_special_tokens=False)["input_ids"]) == 1]
+    g = torch.Generator().manual_seed(0)
+    out: dict[str, list[str]] = {"clean": [], "corrupted": [], "correct": [], "wrong": []}
+    for i in range(n):
+        a, b, c = (single[int(j)] for j in torch.randperm(len(single), generator=g)[:3])
+        place, obj = PLACES[i % len(PLACES)], OBJECTS[(i // len(PLACES)) % len(OBJECTS)]
+        out["clean"].append(TEMPLATE.format(a=a, b=b, place=place, s=b, obj=obj))
+        out["corrupted"].append(TEMPLATE.format(a=a, b=b, place=place, s=c, obj=obj))
+        out["correct"].append(" " + a)
+        out["wrong"].append(" " + b)
+    return out
+
+
+def bare_forwards(lm: LanguageModel, pairs: dict[str, list[str]], n_sites: int, batch_size: int) -> float:
+    """Seconds of the ``prompts x sites`` forward passes the sweep runs, same batching, no hooks."""
+    _, corrupted = encode_pairs(lm, pairs["clean"], pairs["corrupted"])
+    n = len(corrupted.input_ids)
+    total = n * n_sites
+    start = time.perf_counter()
+    with torch.no_grad():
+        for s in range(0, total, batch_size):
+            rows = torch.arange(s, min(s + batch_size, total)) % n
+            forward_last(lm, corrupted.input_ids[rows], corrupted.attention_mask[rows])
+    return time.perf_counter() - start
+
+
+def timed(fn: Any) -> tuple[Any, float]:
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def summary(result: PatchingResult, top: int = 5) -> list[dict[str, Any]]:
+    flat = result.mean.reshape(-1).nan_to_num(nan=float("-inf"))
+    best = flat.topk(min(top, flat.numel())).indices
+    cols = result.mean.shape[1]
+    return [
+        {
+            result.axes[0]: result.labels[0][int(i) // cols],
+            result.axes[1]: result.labels[1][int(i) % cols],
+            "mean": round(float(result.mean.reshape(-1)[i]), 4),
+            "ci": [round(float(result.ci_low.reshape(-1)[i]), 4), round(float(result.ci_high.reshape(-1)[i]), 4)],
+        }
+        for i in best
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--layers", default="all", help="'all' or comma-separated layer numbers")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--heads", action="store_true", help="also compare head patching with its attribution")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "interp_patching"))
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    lm, load_s = timed(lambda: load_language_model("smollm2-135m"))
+    pairs = ioi_pairs(lm, args.pairs)
+    layers = None if args.layers == "all" else [int(x) for x in args.layers.split(",")]
+    # warm-up (allocator, first-call costs) so that neither timing pays them
+    activation_patching(lm, **pairs, layers=[0], positions=[-1], batch_size=args.batch_size)  # type: ignore[arg-type]
+    exact, sweep_s = timed(lambda: activation_patching(lm, **pairs, layers=layers, batch_size=args.batch_size))  # type: ignore[arg-type]
+    n_sites = int(exact.mean.numel())
+    bare_s = bare_forwards(lm, pairs, n_sites, args.batch_size)
+    approx, attr_s = timed(lambda: attribution_patching(lm, **pairs, layers=layers, batch_size=16))  # type: ignore[arg-type]
+    agree = agreement(exact, approx)
+    result: dict[str, Any] = {
+        "model": "smollm2-135m",
+        "pairs": args.pairs,
+        "tokens": int(exact.values.shape[2]),
+        "layers": len(exact.labels[0]),
+        "sites": n_sites,
+        "rows": n_sites * args.pairs,
+        "batch_size": args.batch_size,
+        "threads": torch.get_num_threads(),
+        "load_s": round(load_s, 2),
+        "sweep_s": round(sweep_s, 2),
+        "bare_forwards_s": round(bare_s, 2),
+        "ratio": round(sweep_s / bare_s, 3),
+        "goal_ratio": 1.1,
+        "attribution_s": round(attr_s, 2),
+        "clean_logit_diff": [exact.clean.mean, exact.clean.ci_low, exact.clean.ci_high],
+        "corrupted_logit_diff": [exact.corrupted.mean, exact.corrupted.ci_low, exact.corrupted.ci_high],
+        "agreement_resid_pre": {
+            "pearson": agree.pearson,
+            "pearson_ci": agree.pearson_ci,
+            "spearman": agree.spearman,
+            "spearman_ci": agree.spearman_ci,
+            "sites": agree.n_sites,
+        },
+        "top_sites": summary(exact),
+        "machine": f"{platform.machine()} {platform.processor()} python {platform.python_version()}",
+        "torch": torch.__version__,
+    }
+    if args.heads:
+        heads, heads_s = timed(lambda: head_patching(lm, **pairs, layers=layers, batch_size=args.batch_size))  # type: ignore[arg-type]
+        heads_approx = attribution_patching(lm, **pairs, point="head_out", layers=layers, batch_size=16)  # type: ignore[arg-type]
+        h = agreement(heads, heads_approx)
+        result["head_patching_s"] = round(heads_s, 2)
+        result["agreement_heads"] = {"pearson": h.pearson, "pearson_ci": h.pearson_ci, "spearman": h.spearman,
+                                     "spearman_ci": h.spearman_ci, "sites": h.n_sites}  # fmt: skip
+        result["top_heads"] = summary(heads)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    out.with_suffix(".md").write_text(markdown(result))
+    sys.stdout.write(json.dumps(result, indent=2) + "\n")
+
+
+def _ci(d: dict[str, Any], key: str) -> str:
+    low, high = d[f"{key}_ci"]
+    return f"{d[key]:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def markdown(r: dict[str, Any]) -> str:
+    a = r["agreement_resid_pre"]
+    lines = [
+        "# Activation-patching sweep on smollm2-135m",
+        "",
+        f"{r['pairs']} IOI-like pairs x {r['layers']} layers x {r['tokens']} positions = {r['rows']} patched rows "
+        f"(batch {r['batch_size']}, {r['threads']} threads, {r['machine']}).",
+        "",
+        "| measure | value |",
+        "|---|---|",
+        f"| sweep (caches + patched runs) | {r['sweep_s']} s |",
+        f"| bare forward passes it needs | {r['bare_forwards_s']} s |",
+        f"| ratio (goal <= {r['goal_ratio']}) | {r['ratio']} |",
+        f"| attribution patching (all sites) | {r['attribution_s']} s |",
+        f"| agreement resid_pre: Pearson | {_ci(a, 'pearson')} |",
+        f"| agreement resid_pre: Spearman | {_ci(a, 'spearman')} |",
+        "| clean logit diff | {:.3f} [{:.3f}, {:.3f}] |".format(*r["clean_logit_diff"]),
+        "| corrupted logit diff | {:.3f} [{:.3f}, {:.3f}] |".format(*r["corrupted_logit_diff"]),
+    ]
+    if "agreement_heads" in r:
+        h = r["agreement_heads"]
+        lines.append(
+            f"| agreement heads: Pearson | {h['pearson']:.3f} [{h['pearson_ci'][0]:.3f}, {h['pearson_ci'][1]:.3f}] |"
+        )
+        lines.append(f"| agreement heads: Spearman | {h['spearman']:.3f} |")
+    lines += ["", "Top resid_pre sites (mean normalised effect, 95% t interval over prompts):", ""]
+    lines += [f"- {s}" for s in r["top_sites"]]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
