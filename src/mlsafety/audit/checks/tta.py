@@ -72,11 +72,6 @@ def attack_setting(hazard: Hazard) -> tuple[str, float]:
     return method, value
 
 
-def malicious_count(share: float, batch_size: int) -> int:
-    """Malicious inputs per batch for share m: ``round(m * batch_size)``, at least 1, leaving a benign one."""
-    return min(max(1, round(share * batch_size)), batch_size - 1)
-
-
 def _has_batch_norm(model: Classifier) -> str | None:
     """Why TTA cannot run on the model (no batch-norm layers), or None."""
     try:
@@ -148,7 +143,7 @@ def _attack(ctx: AuditContext, method_name: str, share: float, objective: str) -
     """DIA with ``objective`` on the check's attacked batches for (method, share) (inputs seeded by both)."""
     p = params_of(ctx, TTA)
     b, groups = int(p["batch_size"]), int(p["attack_batches"])
-    nm = malicious_count(share, b)
+    nm = tta.malicious_count(share, b)
     batches = _draw_batches(ctx.data.test, groups, b, nm, ctx.generator(KIND, method_name, f"{share:g}", "inputs"))
     attack = tta.DIA(objective=objective, eps=p["eps"], steps=int(p["attack_steps"]))
     g = ctx.generator(KIND, method_name, f"{share:g}", objective)
@@ -271,9 +266,8 @@ class TTA(Check):
         key = str(hazard)
         rows = [Row.of(key, "accuracy_no_adaptation", proportion(ctx.outputs(hazard).pred == y), batch_size=b)]
         for m in methods:
-            stream = tta.Stream(tta.create(m), ctx.model)
-            pred = torch.cat([stream(xb).argmax(1) for xb in _chunks(data.x, b)])
-            rows.append(Row.of(key, accuracy_metric(m), proportion(pred.to(y.device) == y), method=m, batch_size=b,
+            acc = tta.adaptation_accuracy(ctx.model, tta.create(m), data.x, data.y, batch_size=b)
+            rows.append(Row.of(key, accuracy_metric(m), acc.adapted, method=m, batch_size=b,
                                stream="test order, state carried forward"))  # fmt: skip
         return TaskResult(rows)
 
@@ -285,7 +279,7 @@ class TTA(Check):
         for share in shares:
             h = attack_hazard(method, share)
             key = str(h)
-            nm = malicious_count(share, b)
+            nm = tta.malicious_count(share, b)
             info = {"method": method, "share": share, "malicious": nm, "batch_size": b,
                     "eps": self.params["eps"], "steps": int(self.params["attack_steps"])}  # fmt: skip
             for objective in objectives:
@@ -304,11 +298,3 @@ class TTA(Check):
                     rows.append(Row.of(key, "benign_error_rate_no_attack", proportion(res.clean_error.cpu()),
                                        **per_input))  # fmt: skip
         return TaskResult(rows)
-
-
-def _chunks(x: torch.Tensor, b: int) -> list[torch.Tensor]:
-    """Consecutive batches of ``b``; a last batch of one input joins the one before (TTA needs two)."""
-    parts = list(torch.split(x, b))
-    if len(parts) > 1 and parts[-1].shape[0] < 2:
-        parts[-2:] = [torch.cat(parts[-2:])]
-    return parts
