@@ -76,3 +76,11 @@ def test_bad_input_is_one_line(call, match) -> None:  # type: ignore[no-untyped-
     with pytest.raises(InputError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_a_curve_without_a_peak_gets_an_infinite_upper_end() -> None:
+    g = generator(5, "fits-no-peak")
+    curves = 0.5 * D + 0.2 * torch.randn(6, D.numel(), generator=g, dtype=torch.float64)  # beta near 0
+    fit = fit_scaling_law(D, curves, "bon", n_boot=400)
+    assert not math.isnan(fit.peak.ci_low) and not math.isnan(fit.peak.ci_high)
+    assert fit.peak.ci_high == math.inf or fit.peak.ci_high > 10

@@ -173,8 +173,22 @@ def fit_scaling_law(
     beta_e = percentile_interval(boot[:, 1], float(coef[1]), size, confidence)
     peak_boot = peak_fn(boot[:, 0], boot[:, 1])
     peak_value = float(peak_fn(coef[0:1], coef[1:2])[0])
-    peak_e = percentile_interval(peak_boot, peak_value, size, confidence)
+    peak_e = _peak_interval(peak_boot, peak_value, size, confidence)
     return ScalingFit(form, alpha_e, beta_e, r2, peak_e, dd.mean(0), mean_r)
+
+
+def _peak_interval(boot: torch.Tensor, value: float, n: int, confidence: float) -> Estimate:
+    """Percentile interval of peak replicates, some of which may be ``inf`` (beta <= 0: no peak).
+
+    Quantiles are taken at order statistics (no interpolation), so an infinite replicate never
+    meets ``inf - inf``; an infinite upper end says the data do not rule out a curve without a peak.
+    """
+    if bool(torch.isfinite(boot).all()):
+        return percentile_interval(boot, value, n, confidence)
+    q = torch.tensor([(1 - confidence) / 2, 1 - (1 - confidence) / 2], dtype=torch.float64)
+    lo = float(torch.quantile(boot.double(), q[0], interpolation="lower"))
+    hi = float(torch.quantile(boot.double(), q[1], interpolation="higher"))
+    return Estimate(value, min(lo, value), max(hi, value), n)
 
 
 def _refine_peak(d: torch.Tensor, r: torch.Tensor) -> float:
