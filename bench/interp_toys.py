@@ -121,6 +121,7 @@ def run_superposition(quick: bool) -> None:
     res["geometry"] = geometry(steps)
     res["dimensionality"] = dimensionality(80, 10, steps, 8 if quick else 12)
     res["seconds"] = time.perf_counter() - start
+    res["cpu_seconds"] = time.process_time()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "interp_superposition.json").write_text(json.dumps(res, indent=1))
     _plot_superposition(res)
@@ -259,6 +260,7 @@ def run_grokking(steps: int | None, p: int | None) -> None:
         "recipe": {"p": p, "steps": steps, "defaults": "grokking_recipe signature"},
         "train_seconds": run.seconds,
         "seconds": time.perf_counter() - start,
+        "cpu_seconds": time.process_time(),
         "n_test": int(run.test.numel()),
         "key_freqs": m.key_freqs,
         "train_acc_above_0.99_at": memorised,
