@@ -322,7 +322,8 @@ def _md_grokking(res: dict[str, Any]) -> str:
         f"# Grokking a + b mod {res['recipe']['p']} (Power et al. 2022; Nanda et al. 2023)",
         "",
         f"`grokking_recipe(p={res['recipe']['p']}, steps={res['recipe']['steps']})`: training took "
-        f"{res['train_seconds']:.0f} s, everything {res['seconds']:.0f} s ({res['env']}).",
+        f"{res['train_seconds']:.0f} s, everything {res['seconds']:.0f} s wall, "
+        f"{res.get('cpu_seconds', float('nan')):.0f} s of process CPU ({res['env']}).",
         "",
         f"- Train accuracy above 0.99 from step {res['train_acc_above_0.99_at']}.",
         f"- Test accuracy emerges (first checkpoint from which its exact 95% lower bound stays above "
