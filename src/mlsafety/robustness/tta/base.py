@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -103,7 +104,11 @@ def batch_statistics(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _bn_forward(method: TTAMethod, layer: _BatchNorm, name: str, params: dict[str, torch.Tensor], groups: int) -> Any:
+    native = type(method).statistics is TTAMethod.statistics
+
     def forward(inp: torch.Tensor) -> torch.Tensor:
+        if native:
+            return _native_batch_norm(layer, name, params, groups, inp)
         xs = inp.reshape(groups, -1, *inp.shape[1:])
         mean, var = method.statistics(layer, xs)
         shape = (groups, 1, inp.shape[1]) + (1,) * (inp.ndim - 2)
@@ -117,6 +122,26 @@ def _bn_forward(method: TTAMethod, layer: _BatchNorm, name: str, params: dict[st
         return out.reshape(inp.shape)
 
     return forward
+
+
+def _native_batch_norm(
+    layer: _BatchNorm, name: str, params: dict[str, torch.Tensor], groups: int, inp: torch.Tensor
+) -> torch.Tensor:
+    """Batch statistics per group through PyTorch's own kernel: group g's channel c becomes channel
+    ``g * C + c`` of one batch (the same numbers as :func:`batch_statistics`, a faster backward)."""
+    c = inp.shape[1]
+    weight = params.get(f"{name}.weight", layer.weight)
+    bias = params.get(f"{name}.bias", layer.bias)
+    if groups == 1:
+        w = None if weight is None else weight.reshape(c)
+        b = None if bias is None else bias.reshape(c)
+        return F.batch_norm(inp, None, None, w, b, training=True, eps=layer.eps)
+    xs = inp.reshape(groups, -1, *inp.shape[1:]).transpose(0, 1)  # (B, G, C, ...)
+    wide = xs.reshape(xs.shape[0], groups * c, *inp.shape[2:])
+    w = None if weight is None else weight.expand(groups, c).reshape(-1)
+    b = None if bias is None else bias.expand(groups, c).reshape(-1)
+    out = F.batch_norm(wide, None, None, w, b, training=True, eps=layer.eps)
+    return out.reshape(xs.shape).transpose(0, 1).reshape(inp.shape)
 
 
 @contextlib.contextmanager
