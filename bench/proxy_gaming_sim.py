@@ -43,6 +43,7 @@ from mlsafety.monitoring.proxy_gaming import (
     ObservedPeak,
     ScalingFit,
     best_of_n_exact,
+    best_of_n_from_samples,
     best_of_n_probs,
     fit_scaling_law,
     kl_regularised,
@@ -260,13 +261,45 @@ def main() -> None:
     axes[1, 1].plot([1, 256], [1, 256], color="grey", ls=":")
     axes[1, 1].set(xscale="log", yscale="log", title="monitor: first alarm n vs gold-peak n", xlabel="gold peak n")
     axes[1, 1].set_ylabel("alarm n (512 = never)")
-    axes[1, 2].axis("off")
+
+    # --- the monitor on the KL-regularised path (8 lambdas, d evenly spaced) ---
+    tilt_targets = torch.linspace(D_MAX_TILT / 8, D_MAX_TILT, 8, dtype=torch.float64)
+    rows_t: list[dict[str, Any]] = []
+    for s, p in zip(seeds, proxies[mon_n], strict=True):
+        trusted = trusted_by_seed[s]
+        g = generator(s, "proxy-gaming-bench-monitor-tilt")
+        curve = _tilt_curve(world, p, tilt_targets)  # row 0 is pi0 itself
+        ref = torch.multinomial(world.pi0, 2 * args.monitor_m, replacement=True, generator=g)
+        picks = [torch.multinomial(row, args.monitor_m, replacement=True, generator=g) for row in curve.probs[1:]]
+        res = monitor_proxy_gaming(p[ref], trusted[:, ref], [p[i] for i in picks], [trusted[:, i] for i in picks])
+        peak_d = observed_peak(_tilt_curve(world, p, targets).d, _tilt_curve(world, p, targets).gold).d.value
+        alarm_d = float(curve.d[res.alarm_step]) if res.alarm_step is not None else None
+        rows_t.append({"seed": s, "gold_peak_d": peak_d, "alarm_d": alarm_d})
+    before_t = sum(isinstance(r["alarm_d"], float) and r["alarm_d"] <= r["gold_peak_d"] for r in rows_t)
+    lo_t, hi_t = clopper_pearson(before_t, len(rows_t))
+    out["monitor_tilt"] = {"per_seed": rows_t, "alarm_at_or_before_peak": [before_t / len(rows_t), lo_t, hi_t]}
+
+    # --- speed: the sample-reuse estimator, 256 n values from one pool ---
+    g = generator(0, "proxy-gaming-bench-speed")
+    pool_p = torch.randn(500, 256, generator=g, dtype=torch.float64)
+    pool_g = pool_p + torch.randn(500, 256, generator=g, dtype=torch.float64)
+    t0 = time.perf_counter()
+    best_of_n_from_samples(pool_p, pool_g, NS)
+    out["sample_reuse_seconds_500_prompts_256_samples_256_n"] = time.perf_counter() - t0
+    axes[1, 2].scatter([r["gold_peak_d"] for r in rows_t], [r["alarm_d"] or 2.5 for r in rows_t])
+    axes[1, 2].plot([0, 2.2], [0, 2.2], color="grey", ls=":")
+    axes[1, 2].set(title="monitor on the KL-regularised path: alarm d vs gold-peak d", xlabel="gold peak d")
+    axes[1, 2].set_ylabel("alarm d (2.5 = never)")
     out["seconds_total"] = time.perf_counter() - t_start
     fig.tight_layout()
     RESULTS.mkdir(exist_ok=True)
     fig.savefig(RESULTS / "proxy_gaming_sim.png", dpi=90)
     (RESULTS / "proxy_gaming_sim.json").write_text(json.dumps(out, indent=1))
     (RESULTS / "proxy_gaming_sim.md").write_text(_markdown(out))
+
+
+def _opt(v: float | None) -> str:
+    return "never" if v is None else f"{v:.3f}"
 
 
 def _fmt(v: list[float]) -> str:
@@ -335,6 +368,27 @@ def _markdown(out: dict[str, Any]) -> str:
         "| seed | gold peak n | first alarm n |",
         "|---|---|---|",
         *[f"| {r['seed']} | {r['gold_peak_n']} | {r['alarm_n']} |" for r in m["per_seed"]],
+        "",
+        f"On the KL-regularised path (8 lambdas, d = {D_MAX_TILT / 8:.3f}..{D_MAX_TILT}): alarm at or before the "
+        f"gold peak in {_fmt(out['monitor_tilt']['alarm_at_or_before_peak'])} of seeds.",
+        "",
+        "| seed | gold peak d | first alarm d |",
+        "|---|---|---|",
+        *[f"| {r['seed']} | {r['gold_peak_d']:.3f} | {_opt(r['alarm_d'])} |" for r in out["monitor_tilt"]["per_seed"]],
+        "",
+        "Sample-reuse estimator (500 prompts x 256 cached samples, all 256 n): "
+        f"{out['sample_reuse_seconds_500_prompts_256_samples_256_n']:.3f} s (one sort per prompt, one matrix product).",
+        "",
+        "## Reading",
+        "",
+        "Best-of-n: the gold peaks and falls while the proxy rises for every N; ``d (alpha - beta d)`` fits "
+        "with R^2 >= 0.99 and alpha grows with N (beta flat), as in the paper. The KL-regularised optimum "
+        "and REINFORCE also over-optimise, but in this world their gold curve follows the best-of-n form "
+        "better than the RL form ``d (alpha - beta log d)``: with Gaussian features and a linear proxy, "
+        "tilting ``pi0`` by ``exp(r / lambda)`` shifts the features' mean by ``sqrt(2) d`` along the proxy "
+        "direction, so a quadratic gold is quadratic in d whatever the optimiser. The paper's RL form is "
+        "an empirical finding for PPO on language models; this simulator does not reproduce it, and the "
+        "table reports both forms rather than pick the world to suit the law.",
         "",
         "![curves](proxy_gaming_sim.png)",
         "",
