@@ -7,7 +7,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from mlsafety import zoo
-from mlsafety.audit._context import AuditData
+from mlsafety.audit._context import AuditData, Scorer
 from mlsafety.audit._gates import validate_gates
 from mlsafety.core import (
     ArrayDataset,
@@ -649,9 +649,6 @@ def validate_lm(model: LanguageModel, data: AuditData) -> None:
                 "before auditing it"
             )
 
-
-Scorer = Callable[[Sequence[str]], torch.Tensor]
-"""A reward: ``scorer(texts) -> Tensor (N,)`` of finite float rewards, one per text."""
 
 PROBE_PROMPTS = ("The movie was", "I did not expect")
 """The two texts each ``--reward`` / ``--gold`` scorer is tried on before anything is stored."""
