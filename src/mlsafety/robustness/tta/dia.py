@@ -103,7 +103,9 @@ class DIA(HyperParams):
     eps = Param(None, float, low=0, high=1, doc="L-inf radius around the real inputs; None: unconstrained in [0, 1]")
     steps = Param(40, int, low=0, doc="gradient steps (0: the starting point only)")
     step_size = Param(None, float, low=0, low_open=True, doc="step length; None: 2.5 * eps / steps (eps None: 1)")
-    random_start = Param(False, bool, doc="start from a uniform point of the eps-ball (else from the real inputs)")
+    random_start = Param(
+        False, bool, doc="start uniformly in the eps-ball, or in [0, 1] when unconstrained (else at the real inputs)"
+    )
     stealth_weight = Param(1.0, float, low=0, doc="weight of keeping the other benign predictions (stealthy)")
     seed = Param(0, int, doc="seed of the attack's generator (targets, random start)")
 
@@ -187,8 +189,9 @@ class DIA(HyperParams):
         eps = 1.0 if self.eps is None else self.eps
         step_size = (2.5 * eps / max(self.steps, 1)) if self.step_size is None else self.step_size
         xm = xm0.clone()
-        if self.random_start and nm:
-            xm = (xm0 + (2 * rand_like(xm0, g) - 1) * eps).clamp(0, 1)
+        if self.random_start and nm:  # uniform in the ball (clipped to the box), or in the box when unconstrained
+            noise = rand_like(xm0, g)
+            xm = noise if self.eps is None else (xm0 + (2 * noise - 1) * eps).clamp(0, 1)
         clean_pred = clean.argmax(-1)
         best_x, best_logits = xm.clone(), clean
         best_score = torch.full((groups,), -1.0, device=xb.device)
