@@ -92,3 +92,15 @@ def test_bad_input_is_one_line() -> None:
         detect_emergence([0, 0], torch.ones(2, 4, dtype=torch.bool))
     with pytest.raises(InputError, match="need model="):
         probe_checkpoints([(0, {"weight": torch.ones(1, 1)})], lambda m: torch.ones(1))
+
+
+def test_probe_checkpoints_restores_the_model_after_an_exception() -> None:
+    model = nn.Linear(1, 1, bias=False)
+    nn.init.constant_(model.weight, 7.0)
+
+    def probe(m: nn.Module) -> torch.Tensor:
+        raise RuntimeError("probe failed")
+
+    with pytest.raises(RuntimeError, match="probe failed"):
+        probe_checkpoints([(0, {"weight": torch.zeros(1, 1)})], probe, model=model)
+    assert float(model.weight.detach()) == 7.0 and model.training
