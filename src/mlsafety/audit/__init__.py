@@ -30,6 +30,7 @@ from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluat
 from mlsafety.audit._inputs import (
     AuditConfig,
     is_language_model,
+    load_scorer,
     prepare_inputs,
     resolve_data,
     resolve_language_model,
@@ -71,6 +72,7 @@ __all__ = [
     "heatmap_png",
     "is_language_model",
     "load_config",
+    "load_scorer",
     "parse_gate_option",
     "prepare_inputs",
     "register_check",

@@ -21,6 +21,7 @@ from mlsafety.cli._fmea import fmea
 from mlsafety.cli._harden import harden
 from mlsafety.cli._interp import interp_group
 from mlsafety.cli._ood import ood_group
+from mlsafety.cli._overopt import overopt_group
 from mlsafety.cli._runs import compare, report, runs
 from mlsafety.cli._trojans import trojans
 from mlsafety.cli._tta import tta
@@ -48,6 +49,7 @@ for _command in (
     explain_group,
     tta,
     interp_group,
+    overopt_group,
 ):
     main.add_command(_command)
 
