@@ -202,7 +202,7 @@ class TTA(Check):
         "batch_size": 64,
         "shares": [0.01, 0.05, 0.1, 0.2],
         "objectives": ["targeted", "indiscriminate"],
-        "attack_batches": 8,
+        "attack_batches": 6,
         "attack_steps": 10,
         "eps": None,
     }
