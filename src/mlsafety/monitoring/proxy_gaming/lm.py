@@ -319,9 +319,10 @@ def monitor_alarm(
     """
     if not trusted:
         raise InputError("the monitor needs at least one trusted reward")
-    steps = [n for n in curve.ns if n > 1]
+    p, m = proxy_scores.shape
+    steps = [n for n in curve.ns if n > 1 and p * (m // n) >= 2]  # a step's t-test needs two outputs
     if not steps:
-        raise InputError("the monitor needs a curve with some n > 1")
+        raise InputError("the monitor needs a curve with some n > 1 that leaves at least 2 best-of-n outputs")
     t_all = torch.stack([v.double() for v in trusted.values()])  # (J, P, m)
     g = generator(seed, "proxy-gaming", "monitor")
     proxy_steps, trusted_steps = [], []

@@ -102,8 +102,10 @@ class LinearProxy:
             self.encoder = load_model("minilm")
         return embed_minilm(texts, self.encoder).numpy()
 
-    def fit(self, texts: Sequence[str], labels: torch.Tensor) -> LinearProxy:
-        """Learn from ``texts`` and 0/1 ``labels`` (1 = positive); both classes must occur."""
+    def fit(self, texts: Sequence[str], labels: torch.Tensor, embeddings: torch.Tensor | None = None) -> LinearProxy:
+        """Learn from ``texts`` and 0/1 ``labels`` (1 = positive); both classes must occur.
+
+        ``embeddings``: the texts' ``minilm`` embeddings (N, 384) when already computed (``"minilm"`` only)."""
         from sklearn.feature_extraction.text import CountVectorizer
         from sklearn.linear_model import LogisticRegression
 
@@ -112,8 +114,17 @@ class LinearProxy:
             raise InputError("a proxy needs as many 0/1 labels as texts, with both classes present")
         if self.features == "bow":
             self.vectorizer_ = CountVectorizer(binary=True, lowercase=True).fit(list(texts))
-        self.classifier_ = LogisticRegression(C=self.c, max_iter=2000).fit(self._x(texts), y)
+        x = self._x(texts) if embeddings is None else embeddings.detach().double().cpu().numpy()
+        self.classifier_ = LogisticRegression(C=self.c, max_iter=2000).fit(x, y)
         return self
+
+    def score_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The reward from precomputed ``minilm`` embeddings (N, 384) (:func:`embed_minilm`), so several
+        ``"minilm"`` proxies share one encoder pass; float64 (N,)."""
+        if self.features != "minilm" or self.classifier_ is None:
+            raise InputError("score_embeddings needs a fitted proxy with features='minilm'")
+        x = embeddings.detach().double().cpu().numpy()
+        return torch.from_numpy(np.asarray(self.classifier_.decision_function(x), dtype=np.float64))
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
         if self.classifier_ is None:
@@ -122,12 +133,18 @@ class LinearProxy:
 
 
 def train_text_proxy(
-    n_labels: int, features: Features = "minilm", seed: int = 0, c: float = 1.0, encoder: nn.Module | None = None
+    n_labels: int,
+    features: Features = "minilm",
+    seed: int = 0,
+    c: float = 1.0,
+    encoder: nn.Module | None = None,
+    train_embeddings: torch.Tensor | None = None,
 ) -> LinearProxy:
     """A proxy trained on ``n_labels`` ``mr`` training sentences drawn without replacement by ``seed``.
 
     The draw is stratified only by chance (redrawn with the next stream until both classes occur),
-    so the same ``(n_labels, seed)`` always gives the same proxy.
+    so the same ``(n_labels, seed)`` always gives the same proxy. ``train_embeddings``: the ``minilm``
+    embeddings of the whole ``mr`` training split (:func:`embed_minilm`), so many proxies share one pass.
     """
     if not isinstance(n_labels, int) or n_labels < 2:
         raise InputError(f"n_labels must be an integer >= 2, got {n_labels!r}")
@@ -140,7 +157,8 @@ def train_text_proxy(
         if 0 < int(y.sum()) < n_labels:
             break
     texts = [train.x[int(i)] for i in idx]
-    return LinearProxy(features, c, encoder).fit(texts, y)
+    emb = None if train_embeddings is None or features != "minilm" else train_embeddings[idx]
+    return LinearProxy(features, c, encoder).fit(texts, y, emb)
 
 
 def check_scorers(scorers: dict[str, Any], probe: Sequence[str]) -> None:

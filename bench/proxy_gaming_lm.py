@@ -1,0 +1,208 @@
+"""Best-of-n over-optimisation on smollm2-135m from one cached pool of samples (issue 17, real-LM goals).
+
+Gao, Schulman & Hilton 2022, "Scaling Laws for Reward Model Overoptimization". The model continues
+``--prompts`` openings of ``mr`` test reviews, ``--samples`` times each (``--new-tokens`` tokens,
+temperature 1); the pool is sampled once and cached in bench/results/proxy_gaming_lm_samples.json
+(resumable; a second run samples nothing). Gold = ``minilm-mr`` log-odds of positive; proxies =
+logistic regression on N in {50, 200, 1000} ``mr`` training labels over bag-of-words or frozen MiniLM
+embeddings, one proxy per seed (seeds = proxy seeds: which labels are drawn). Trusted proxies for the
+monitor: the proxies of both feature sets trained on 1000 labels with another seed (100 + seed).
+
+Run: ``.venv/bin/python bench/proxy_gaming_lm.py`` (writes bench/results/proxy_gaming_lm.{json,md,png}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlsafety import zoo
+from mlsafety.metrics import proportion
+from mlsafety.monitoring.proxy_gaming import lm as pg
+from mlsafety.monitoring.proxy_gaming import size_trend
+from mlsafety.monitoring.proxy_gaming.fits import fit_scaling_law
+from mlsafety.monitoring.proxy_gaming.scorers import Features, GoldScorer, LinearProxy, embed_minilm, train_text_proxy
+
+RESULTS = Path(__file__).parent / "results"
+SIZES = (50, 200, 1000)
+FEATURES: tuple[Features, ...] = ("bow", "minilm")
+
+
+def pool(prompts: int, samples: int, new_tokens: int, cache: Path) -> pg.Samples:
+    """The cached pool when it holds these prompts with these settings, else sample what is missing."""
+    texts = pg.review_openings(prompts)
+    settings = pg.SampleSettings("smollm2-135m", samples, new_tokens, 1.0, 0, 128)
+    if cache.exists():
+        old = pg.Samples.load(cache)
+        have = dict(zip(old.prompts, old.continuations, strict=True))
+        if old.settings == settings and all(t in have for t in texts):
+            return pg.Samples(texts, [have[t] for t in texts], settings, old.tokens_per_second)
+    lm = zoo.load_language_model("smollm2-135m")
+    return pg.sample_continuations(lm, texts, samples, new_tokens, 1.0, 0, 128, "smollm2-135m", cache=cache)
+
+
+def score(proxy: LinearProxy, texts: list[str], emb: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    out = proxy.score_embeddings(emb) if proxy.features == "minilm" else proxy(texts)
+    return out.reshape(shape)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--samples", type=int, default=256)
+    ap.add_argument("--new-tokens", type=int, default=16)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--n-boot", type=int, default=1000)
+    ap.add_argument("--cache", type=Path, default=RESULTS / "proxy_gaming_lm_samples.json")
+    args = ap.parse_args()
+    start = time.perf_counter()
+    samples = pool(args.prompts, args.samples, args.new_tokens, args.cache)
+    t_sample = time.perf_counter() - start
+    texts = samples.texts()
+    shape = samples.shape
+    t0 = time.perf_counter()
+    gold = GoldScorer()(texts).reshape(shape)
+    emb = embed_minilm(texts)
+    train_emb = embed_minilm(list(zoo.load_dataset("mr", split="train").x))  # shared by every minilm proxy
+    t_encode = time.perf_counter() - t0
+    passes = {"minilm-mr (gold)": 1, "minilm encoder (shared by every minilm proxy)": 1}  # + mr train, once
+    trusted: dict[int, dict[str, torch.Tensor]] = {}
+    for s in range(args.seeds):
+        trusted[s] = {}
+        for f in FEATURES:
+            held_out = train_text_proxy(1000, f, seed=100 + s, train_embeddings=train_emb)
+            trusted[s][f"{f}-1000-seed{100 + s}"] = score(held_out, texts, emb, shape)
+    passes["trusted proxies (bow pass or minilm head)"] = 2 * args.seeds
+    ns = pg.powers_of_two(args.samples)
+    results: list[dict[str, Any]] = []
+    curves: dict[tuple[str, int], pg.Curve] = {}
+    for feat in FEATURES:
+        fits = []
+        for n_labels in SIZES:
+            per_seed = []
+            for s in range(args.seeds):
+                proxy = score(train_text_proxy(n_labels, feat, seed=s, train_embeddings=train_emb), texts, emb, shape)
+                curve = pg.overoptimization_curve(proxy, gold, ns, args.n_boot, seed=s)
+                summary = pg.curve_summary(curve, proxy, trusted[s], args.n_boot, seed=s)
+                per_seed.append(summary)
+                if s == 0:
+                    curves[(feat, n_labels)] = curve
+            passes[f"{feat} proxies N={n_labels}"] = args.seeds
+            g = torch.tensor([[e[0] for e in r["gold"]] for r in per_seed], dtype=torch.float64)  # (S, T)
+            d = torch.tensor(per_seed[0]["d"], dtype=torch.float64)
+            fit = fit_scaling_law(d, g, "bon", True, args.n_boot)  # over proxy seeds
+            fits.append(fit)
+            before = sum(bool(r["monitor"]["before_peak"]) for r in per_seed)
+            fired = sum(r["monitor"]["alarm_n"] is not None for r in per_seed)
+            results.append({
+                "features": feat, "labels": n_labels, "seed0": per_seed[0],
+                "peak_n_per_seed": [r["peak"]["n"] for r in per_seed],
+                "peak_interior_per_seed": [r["peak"]["interior"] for r in per_seed],
+                "alarm_n_per_seed": [r["monitor"]["alarm_n"] for r in per_seed],
+                "fit_over_seeds": {"alpha": list(fit.alpha)[:3], "beta": list(fit.beta)[:3], "r2": fit.r2,
+                                   "peak_d": list(fit.peak)[:3]},
+                "alarm_before_peak": list(proportion(before, args.seeds))[:3], "alarm_fired": fired,
+            })  # fmt: skip
+        trend = size_trend(list(SIZES), fits, args.n_boot)
+        results.append({"features": feat, "trend": {"alpha_slope_per_logN": list(trend.alpha_slope)[:3],
+                                                    "beta_slope_per_logN": list(trend.beta_slope)[:3]}})  # fmt: skip
+    elapsed = time.perf_counter() - start
+    out = {
+        "settings": {**vars(args), "cache": str(args.cache), "ns": list(ns)},
+        "prompts": samples.prompts,
+        "samples": shape[0] * shape[1],
+        "tokens_per_second_when_sampled": samples.tokens_per_second,
+        "seconds": {"sampling_this_run": t_sample, "gold_and_encoder": t_encode, "total": elapsed},
+        "scoring_passes": passes,
+        "machine": f"{platform.platform()}, {torch.get_num_threads()} thread(s)",
+        "results": results,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "proxy_gaming_lm.json").write_text(json.dumps(out, indent=1, default=str))
+    (RESULTS / "proxy_gaming_lm.md").write_text(markdown(out))
+    plot(curves, RESULTS / "proxy_gaming_lm.png")
+
+
+def _ci(v: list[float], fmt: str = "{:.3f}") -> str:
+    return f"{fmt.format(v[0])} [{fmt.format(v[1])}, {fmt.format(v[2])}]"
+
+
+def markdown(out: dict[str, Any]) -> str:
+    s = out["settings"]
+    lines = [
+        "# Proxy gaming on smollm2-135m: best-of-n from one cached pool (issue 17)",
+        "",
+        f"Gao, Schulman & Hilton 2022. {len(out['prompts'])} mr review openings x {s['samples']} samples x "
+        f"{s['new_tokens']} new tokens (temperature 1); sampled at {out['tokens_per_second_when_sampled']:.1f} "
+        f"tokens/s; gold = minilm-mr log-odds; proxies = logistic regression on N mr labels; seeds = proxy seeds "
+        f"({s['seeds']}); rewards standardised under the pool; 95% intervals: bootstrap over prompts (curves, "
+        f"peaks), over proxy seeds (fits), Clopper-Pearson (rates). Machine: {out['machine']}; "
+        f"{out['seconds']['total']:.0f} s in all (sampling this run {out['seconds']['sampling_this_run']:.0f} s).",
+        "",
+        "Scoring passes over the pool (one per sample per scorer): "
+        + "; ".join(f"{k}: {v}" for k, v in out["scoring_passes"].items())
+        + ". Every n in "
+        + ", ".join(map(str, s["ns"]))
+        + " reuses them.",
+        "",
+        "| proxy | N | gold peak n (seed 0) | peak d [CI] | peak KL [CI] | interior peaks / seeds | alpha [CI] | "
+        "beta [CI] | R^2 | alarm before peak [CI] | alarm n per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in out["results"]:
+        if "trend" in r:
+            continue
+        p, f = r["seed0"]["peak"], r["fit_over_seeds"]
+        lines.append(
+            f"| {r['features']} | {r['labels']} | {p['n']} | {_ci(p['d'])} | {_ci(p['kl'])} | "
+            f"{sum(r['peak_interior_per_seed'])}/{len(r['peak_interior_per_seed'])} | {_ci(f['alpha'])} | "
+            f"{_ci(f['beta'])} | {f['r2']:.3f} | {_ci(r['alarm_before_peak'], '{:.2f}')} | {r['alarm_n_per_seed']} |"
+        )
+    lines.append("")
+    for r in out["results"]:
+        if "trend" in r:
+            t = r["trend"]
+            lines.append(f"- {r['features']}: alpha per unit log N {_ci(t['alpha_slope_per_logN'])}, "
+                         f"beta per unit log N {_ci(t['beta_slope_per_logN'])}.")  # fmt: skip
+    lines += [
+        "",
+        "A peak at the largest n (interior = 0) means gold had not fallen by n = "
+        f"{s['samples']}: no over-optimisation observed for that proxy within this budget.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def plot(curves: dict[tuple[str, int], pg.Curve], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(FEATURES), figsize=(9, 3.4), sharey=True)
+    for ax, feat in zip(axes, FEATURES, strict=True):
+        for n_labels in SIZES:
+            c = curves[(feat, n_labels)]
+            x = c.d.numpy()
+            gv = [e.value for e in c.gold]
+            (line,) = ax.plot(x, gv, "-o", markersize=3, label=f"gold, N={n_labels}")
+            ax.fill_between(x, [e.ci_low for e in c.gold], [e.ci_high for e in c.gold], alpha=0.15,
+                            color=line.get_color())  # fmt: skip
+            ax.plot(x, [e.value for e in c.proxy], "--", color=line.get_color(), label=f"proxy, N={n_labels}")
+        ax.set_title(f"{feat} proxies (seed 0)")
+        ax.set_xlabel("d = sqrt(KL), KL = log n - (n-1)/n")
+    axes[0].set_ylabel("reward (standardised under the pool)")
+    axes[0].legend(fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""``mlsafety overoptimization``: the simulator and the LM experiment write results; bad input is one line, exit 2."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from mlsafety.cli import main
+from tests.support.text import tiny_llama
+
+REWARDS = """
+import torch
+
+
+def length():
+    return lambda texts: torch.tensor([float(len(t)) for t in texts])
+
+
+def words():
+    return lambda texts: torch.tensor([float(len(t.split())) - 0.05 * len(t) for t in texts])
+
+
+def takes_tensors():
+    return lambda x: x.float().sum(-1)
+"""
+
+
+@pytest.fixture(scope="module")
+def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("overopt")
+    model = tiny_llama(0)
+    model.save_pretrained(folder / "llama")
+    model.tokenizer.save_pretrained(folder / "llama")
+    (folder / "rewards.py").write_text(REWARDS)
+    return folder
+
+
+def test_sim_writes_plot_and_results(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["overoptimization", "sim", "--seeds", "2", "--n-max", "16", "--n-boot", "50",
+                                    "--out", str(tmp_path)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "sim.json").read_text())
+    assert out["ns"] == [1, 2, 4, 8, 16] and (tmp_path / "sim.png").stat().st_size > 0
+    assert out["proxy"] == sorted(out["proxy"]) and "alpha" in out["fit"]
+
+
+def test_lm_runs_and_reuses_its_samples(lm_dir: Path, tmp_path: Path) -> None:
+    r = lm_dir / "rewards.py"
+    args = ["overoptimization", "lm", "--model", str(lm_dir / "llama"), "--reward", f"{r}:length", "--gold",
+            f"{r}:words", "--n-max", "8", "--prompts", "3", "--max-new-tokens", "4", "--n-boot", "50",
+            "--out", str(tmp_path)]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "results.json").read_text())
+    assert out["ns"] == [1, 2, 4, 8] and out["prompts"] == 3 and "monitor" in out
+    cached = (tmp_path / "samples.json").read_text()
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0 and (tmp_path / "samples.json").read_text() == cached
+    assert json.loads((tmp_path / "results.json").read_text())["gold"] == out["gold"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--n-max", "0"], "at least 1"),
+        (["--prompts", "0"], "prompt set is empty"),
+        (["--gold", "{r}:takes_tensors"], "--gold"),
+    ],
+)
+def test_lm_bad_input_is_one_line_exit_2(lm_dir: Path, tmp_path: Path, extra: list[str], message: str) -> None:
+    r = lm_dir / "rewards.py"
+    base = {"--model": str(lm_dir / "llama"), "--reward": f"{r}:length", "--gold": f"{r}:words", "--out": str(tmp_path)}
+    for i in range(0, len(extra), 2):
+        base[extra[i]] = extra[i + 1].format(r=r)
+    args = ["overoptimization", "lm", *[x for kv in base.items() for x in kv]]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and message in res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_sim_bad_input(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["overoptimization", "sim", "--seeds", "0", "--out", str(tmp_path)])
+    assert res.exit_code == 2 and "--seeds must be at least 1" in res.output
