@@ -127,21 +127,18 @@ def _bn_forward(method: TTAMethod, layer: _BatchNorm, name: str, params: dict[st
 def _native_batch_norm(
     layer: _BatchNorm, name: str, params: dict[str, torch.Tensor], groups: int, inp: torch.Tensor
 ) -> torch.Tensor:
-    """Batch statistics per group through PyTorch's own kernel: group g's channel c becomes channel
-    ``g * C + c`` of one batch (the same numbers as :func:`batch_statistics`, a faster backward)."""
+    """Batch statistics per group through PyTorch's own kernel, one call per group (the same numbers
+    as :func:`batch_statistics`, with the kernel's faster backward)."""
     c = inp.shape[1]
     weight = params.get(f"{name}.weight", layer.weight)
     bias = params.get(f"{name}.bias", layer.bias)
-    if groups == 1:
-        w = None if weight is None else weight.reshape(c)
-        b = None if bias is None else bias.reshape(c)
-        return F.batch_norm(inp, None, None, w, b, training=True, eps=layer.eps)
-    xs = inp.reshape(groups, -1, *inp.shape[1:]).transpose(0, 1)  # (B, G, C, ...)
-    wide = xs.reshape(xs.shape[0], groups * c, *inp.shape[2:])
-    w = None if weight is None else weight.expand(groups, c).reshape(-1)
-    b = None if bias is None else bias.expand(groups, c).reshape(-1)
-    out = F.batch_norm(wide, None, None, w, b, training=True, eps=layer.eps)
-    return out.reshape(xs.shape).transpose(0, 1).reshape(inp.shape)
+    ws = [None] * groups if weight is None else list(weight.reshape(-1, c).expand(groups, c))
+    bs = [None] * groups if bias is None else list(bias.reshape(-1, c).expand(groups, c))
+    parts = inp.chunk(groups)
+    out = [
+        F.batch_norm(xg, None, None, w, b, training=True, eps=layer.eps) for xg, w, b in zip(parts, ws, bs, strict=True)
+    ]
+    return out[0] if groups == 1 else torch.cat(out)
 
 
 @contextlib.contextmanager
