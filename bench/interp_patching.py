@@ -10,8 +10,9 @@ On IOI-like prompt pairs (Wang et al., 2022; "When Mary and John went to the sto
    exact sweep, for ``resid_pre`` and, with ``--heads``, for per-head patching;
 3. the model's IOI logit difference on clean and corrupted prompts, with 95% bootstrap intervals.
 
-Run on an idle machine: ``.venv/bin/python bench/interp_patching.py`` (defaults: 16 pairs, every layer, one
-thread per core); ``--pairs``, ``--layers 0,10,20`` and ``--threads`` shrink it for a quick look. Writes
+Run on an idle machine: ``.venv/bin/python bench/interp_patching.py`` (defaults: 16 pairs, every layer, three
+interleaved repeats of each timing, medians); ``--pairs``, ``--layers 0,10,20``, ``--repeats`` and
+``--threads`` shrink it for a quick look. Writes
 ``bench/results/interp_patching.json`` and ``.md``.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -99,6 +101,7 @@ def main() -> None:
     parser.add_argument("--layers", default="all", help="'all' or comma-separated layer numbers")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved timings; medians are reported")
     parser.add_argument("--heads", action="store_true", help="also compare head patching with its attribution")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "interp_patching"))
     args = parser.parse_args()
@@ -109,9 +112,14 @@ def main() -> None:
     layers = None if args.layers == "all" else [int(x) for x in args.layers.split(",")]
     # warm-up (allocator, first-call costs) so that neither timing pays them
     activation_patching(lm, **pairs, layers=[0], positions=[-1], batch_size=args.batch_size)  # type: ignore[arg-type]
-    exact, sweep_s = timed(lambda: activation_patching(lm, **pairs, layers=layers, batch_size=args.batch_size))  # type: ignore[arg-type]
-    n_sites = int(exact.mean.numel())
-    bare_s = bare_forwards(lm, pairs, n_sites, args.batch_size)
+    # interleaved repeats, medians: a shared machine's load drifts between two back-to-back timings
+    sweeps, bares = [], []
+    for _ in range(args.repeats):
+        exact, sweep_s = timed(lambda: activation_patching(lm, **pairs, layers=layers, batch_size=args.batch_size))  # type: ignore[arg-type]
+        n_sites = int(exact.mean.numel())
+        sweeps.append(sweep_s)
+        bares.append(bare_forwards(lm, pairs, n_sites, args.batch_size))
+    sweep_s, bare_s = statistics.median(sweeps), statistics.median(bares)
     approx, attr_s = timed(lambda: attribution_patching(lm, **pairs, layers=layers, batch_size=16))  # type: ignore[arg-type]
     agree = agreement(exact, approx)
     result: dict[str, Any] = {
@@ -127,6 +135,9 @@ def main() -> None:
         "sweep_s": round(sweep_s, 2),
         "bare_forwards_s": round(bare_s, 2),
         "ratio": round(sweep_s / bare_s, 3),
+        "repeats": args.repeats,
+        "sweep_runs_s": [round(x, 2) for x in sweeps],
+        "bare_runs_s": [round(x, 2) for x in bares],
         "goal_ratio": 1.1,
         "attribution_s": round(attr_s, 2),
         "clean_logit_diff": [exact.clean.mean, exact.clean.ci_low, exact.clean.ci_high],
@@ -172,8 +183,8 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| sweep (caches + patched runs) | {r['sweep_s']} s |",
-        f"| bare forward passes it needs | {r['bare_forwards_s']} s |",
+        f"| sweep (caches + patched runs), median of {r['repeats']} | {r['sweep_s']} s {r['sweep_runs_s']} |",
+        f"| bare forward passes it needs, median | {r['bare_forwards_s']} s {r['bare_runs_s']} |",
         f"| ratio (goal <= {r['goal_ratio']}) | {r['ratio']} |",
         f"| attribution patching (all sites) | {r['attribution_s']} s |",
         f"| agreement resid_pre: Pearson | {_ci(a, 'pearson')} |",
