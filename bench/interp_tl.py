@@ -129,7 +129,11 @@ def part_theirs(n: int, layers: int | None) -> dict[str, Any]:
     peak = _peak_mib()
     hf = bridge.original_model
     weights_mib = sum(p.numel() * p.element_size() for p in hf.parameters()) / 2**20
-    clean_ids, corrupted_ids = _ids(bridge.tokenizer, clean), _ids(bridge.tokenizer, corrupted)
+    from transformers import AutoTokenizer
+
+    # the tokenizer mlsafety uses (the bridge's own prepends a BOS token SmolLM2's does not): equal inputs
+    tokenizer = AutoTokenizer.from_pretrained(str(_cache()), local_files_only=True)
+    clean_ids, corrupted_ids = _ids(tokenizer, clean), _ids(tokenizer, corrupted)
     plain = hf(input_ids=clean_ids).logits  # the HF model inside the bridge (eager attention, as they force it)
     names = list(bridge.hook_dict)
     # a filter attaches the identity to every hook point the bridge enables by default (gated ones, such as
@@ -218,7 +222,8 @@ def _md(out: dict[str, Any]) -> str:
             f"| load time | {ours['load_s']:.1f} s | {theirs['load_s']:.1f} s |",
             "",
             f"Sweep time ratio ours / theirs: **{out['sweep_ratio']:.2f}** (goal <= {GOAL_RATIO}); patched logit "
-            f"differences agree to max abs {out['raw_max_abs_diff']:.3g}.",
+            f"differences agree to max abs {out['raw_max_abs_diff']:.3g} (shapes {out['raw_shapes']}, "
+            f"NaN sites ours/theirs {out['raw_nan']}).",
         ]
         if "patching_util_s" in theirs:
             lines.append(
@@ -262,7 +267,10 @@ def main() -> None:
     if "error" not in ours and "error" not in theirs:
         out["sweep_ratio"] = ours["sweep_s"] / theirs["sweep_s"]
         a, b = torch.tensor(ours["raw"]), torch.tensor(theirs["raw"])
-        out["raw_max_abs_diff"] = float((a - b).abs().max()) if a.shape == b.shape else float("nan")
+        out["raw_shapes"] = [list(a.shape), list(b.shape)]
+        out["raw_nan"] = [int(a.isnan().sum()), int(b.isnan().sum())]
+        gap = (a - b).abs() if a.shape == b.shape else torch.tensor([float("nan")])
+        out["raw_max_abs_diff"] = float(gap[gap.isfinite()].max()) if bool(gap.isfinite().any()) else float("nan")
     for part in (ours, theirs):
         part.pop("raw", None)
     RESULTS.mkdir(exist_ok=True)
