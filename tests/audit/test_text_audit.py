@@ -19,7 +19,8 @@ from mlsafety.core import InputError
 from mlsafety.monitoring import ood
 from tests.support.text import NEUTRAL_WORDS, tiny_bert_classifier, tiny_sentences
 
-IMAGE_ONLY = ("adversarial", "certified", "corruptions", "trojans")
+IMAGE_ONLY = ("adversarial", "certified", "corruptions", "trojans", "tta")
+LM_ONLY = ("proxy-gaming",)
 TEXT_CHECKS = ("clean", "calibration", "calibration-basic", "selective", "ood", "ood-basic", "defence-in-depth")
 LONG = " ".join(["the movie was good"] * 30)  # 120 words: past the tiny tokenizer's 64 tokens
 
@@ -207,7 +208,10 @@ def test_each_check_declares_its_modalities(name):
     cls: type[Check] = CHECKS.get(name)
     if name.startswith("test-"):
         return
-    assert "image" in cls.modalities
+    assert cls.modalities and set(cls.modalities) <= {"image", "text", "lm"}
+    if name in LM_ONLY:
+        assert cls.modalities == ("lm",) and cls.not_applicable("image") is not None
+        return
     if name in IMAGE_ONLY:
         assert cls.not_applicable("text") == "image-only: needs pixel inputs"
     elif name in TEXT_CHECKS:
@@ -284,11 +288,14 @@ def test_zoo_text_data_defaults_to_mr_splits_and_the_text_ood_sets(files):
 
 
 def test_an_image_audit_stores_no_skip_or_truncation_rows(quick_audit):
-    """Every check runs on images, and images are never truncated: the image audit's rows are as before."""
+    """Every image-capable check runs on images (only the language-model checks, and tta on a model
+    without batch norm, say why not), and images are never truncated."""
     from mlsafety.audit._check import is_skip
 
     _, result = quick_audit
-    assert not [r.key for r in result.rows if is_skip(r) or r.metric == TRUNCATED]
+    skipped = sorted(r.key for r in result.rows if is_skip(r))
+    assert skipped == [f"{name}/clean/not_applicable" for name in sorted(LM_ONLY)] + ["tta/clean/not_applicable"]
+    assert not [r.key for r in result.rows if r.metric == TRUNCATED]
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
@@ -109,7 +110,8 @@ def test_listed_sizes_are_the_real_sizes() -> None:
         info = zoo.model_info(name)
         if info.modality == "image":
             params = sum(p.numel() for p in info.build().parameters())
-            assert info.size == f"{params / 1000:.1f}k params", name
+            thousands = Decimal(params) / 1000  # rounded half up: 71,850 parameters are 71.9k
+            assert info.size == f"{thousands.quantize(Decimal('0.1'), ROUND_HALF_UP)}k params", name
 
 
 def test_zoo_list_shows_the_text_entries_with_sources() -> None:
