@@ -12,9 +12,13 @@ ASSETS_STAMP := $(VENV)/.assets-installed
 # torch (0.28.0 fails to load against the 2.13 CPU build and then breaks `import torchmetrics`).
 # BENCH_DEPS are the peers' other declared dependencies (pinned in constraints.txt); setuptools is
 # among them (ART's, and imagecorruptions imports pkg_resources, which setuptools 81 removed).
+# transformer-lens (bench/interp_tl.py) also goes in with --no-deps: it declares wandb, vllm-era
+# extras and transformers-stream-generator, none of which its bridge imports to load a local Llama;
+# what it does import (beartype, einops, fancy-einsum, jaxtyping, typeguard) is in BENCH_DEPS.
 # The uninstall removes the torchvision an older `make install` left behind (a no-op otherwise).
-BENCH_PEERS := torchattacks adversarial-robustness-toolbox captum torchmetrics imagecorruptions
-BENCH_DEPS := requests tqdm six setuptools lightning-utilities opencv-python scikit-image
+BENCH_PEERS := torchattacks adversarial-robustness-toolbox captum torchmetrics imagecorruptions transformer-lens
+BENCH_DEPS := requests tqdm six setuptools lightning-utilities opencv-python scikit-image \
+  beartype einops fancy-einsum jaxtyping wadler-lindig typeguard
 
 $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
