@@ -6,7 +6,14 @@ import pytest
 import torch
 from torch import nn
 
-from mlsafety.robustness.tta import DIA, adaptation_accuracy, attack_success, create, malicious_count
+from mlsafety.robustness.tta import (
+    DIA,
+    adaptation_accuracy,
+    attack_success,
+    create,
+    draw_batches,
+    malicious_count,
+)
 from tests.robustness.tta._support import head_bn, images
 from tests.support.family import one_line_input_error
 
@@ -76,7 +83,9 @@ def test_malicious_count_and_bad_shares() -> None:
     assert [malicious_count(s, 64) for s in (0.01, 0.05, 0.1, 0.2)] == [1, 3, 6, 13]
     for share in (0.0, 1.0, -0.1, 1.5):
         one_line_input_error(lambda share=share: malicious_count(share, 64), "(0, 1)")
-    one_line_input_error(lambda: malicious_count(0.9, 2), "no benign input")
+    one_line_input_error(lambda: malicious_count(0.9, 2), "need at least 2")
+    one_line_input_error(lambda: malicious_count(0.5, 3), "need at least 2")  # one benign input: no reference
+    assert malicious_count(0.5, 4) == 2
     net = head_bn()
     x = images(8)
     y = torch.zeros(8, dtype=torch.long)
@@ -84,3 +93,17 @@ def test_malicious_count_and_bad_shares() -> None:
     one_line_input_error(lambda: attack_success(net, create("tebn"), x, y, DIA(), batch_sizes=(9,)), "batch size")
     one_line_input_error(lambda: adaptation_accuracy(net, create("tebn"), x, y, batch_size=1), "at least 2")
     one_line_input_error(lambda: adaptation_accuracy(net, create("tebn"), x, y[:3]), "labels")
+
+
+def test_draw_batches_splits_each_batch() -> None:
+    x = images(20, seed=3)
+    y = torch.arange(20)
+    d = draw_batches(x, y, 6, 2, 3, torch.Generator().manual_seed(0))
+    assert d.index.shape == (3, 6) and d.groups == 3 and d.n_malicious == 2
+    assert all(len(set(row.tolist())) == 6 for row in d.index)  # distinct inputs within a batch
+    assert torch.equal(d.benign_index, d.index[:, :4].reshape(-1)) and torch.equal(d.y, d.benign_index)
+    assert torch.equal(d.benign, x[d.benign_index]) and torch.equal(d.malicious, x[d.index[:, 4:].reshape(-1)])
+    again = draw_batches(x, y, 6, 2, 3, torch.Generator().manual_seed(0))
+    assert torch.equal(again.index, d.index)
+    one_line_input_error(lambda: draw_batches(x, y, 3, 2, 1, torch.Generator()), "at least 2 benign")
+    one_line_input_error(lambda: draw_batches(x, y, 21, 1, 1, torch.Generator()), "batch size")

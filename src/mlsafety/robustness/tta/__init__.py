@@ -29,9 +29,11 @@ from mlsafety.robustness.tta.dia import DIA, OBJECTIVES, DIAResult
 from mlsafety.robustness.tta.evaluate import (
     SHARES,
     AdaptationAccuracy,
+    AttackBatches,
     AttackSuccess,
     adaptation_accuracy,
     attack_success,
+    draw_batches,
     malicious_count,
 )
 from mlsafety.robustness.tta.medbn import MedBN, median_statistics
@@ -48,6 +50,7 @@ __all__ = [
     "TTA_METHODS",
     "AdaptationAccuracy",
     "AlphaBN",
+    "AttackBatches",
     "AttackSuccess",
     "DIAResult",
     "GradientTTA",
@@ -64,6 +67,7 @@ __all__ = [
     "available",
     "batch_statistics",
     "create",
+    "draw_batches",
     "entropy",
     "malicious_count",
     "median_statistics",

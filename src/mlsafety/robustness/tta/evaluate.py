@@ -120,13 +120,77 @@ def adaptation_accuracy(
 
 
 def malicious_count(share: float, batch_size: int) -> int:
-    """Malicious inputs in a batch: ``round(share * batch_size)``, at least 1 and at most ``batch_size - 1``."""
+    """Malicious inputs in a batch: ``round(share * batch_size)``, at least 1, leaving at least 2 benign.
+
+    Two benign inputs are the least the no-attack reference can adapt on (batch statistics of one
+    input are its own values).
+    """
     if not 0 < share < 1:
         raise InputError(f"the malicious share must lie in (0, 1), got {share!r}")
     m = max(1, round(share * batch_size))
-    if m >= batch_size:
-        raise InputError(f"share {share:g} of a batch of {batch_size} leaves no benign input; use a smaller share")
+    if batch_size - m < 2:
+        raise InputError(
+            f"share {share:g} of a batch of {batch_size} leaves {batch_size - m} benign input(s), need at least 2; "
+            "use a smaller share or a larger batch"
+        )
     return m
+
+
+@dataclass(frozen=True)
+class AttackBatches:
+    """Attacked test batches drawn by :func:`draw_batches`, stacked as :meth:`DIA.run` takes them.
+
+    Attributes:
+        index: positions in the data of each batch ``(groups, batch_size)``; the last
+            ``n_malicious`` of each row are the malicious inputs' starting points.
+        benign: benign inputs ``(groups * nb, C, H, W)``, batch ``g`` holding rows ``g*nb:(g+1)*nb``.
+        malicious: real inputs the malicious ones start from ``(groups * n_malicious, C, H, W)``.
+        y: labels of the benign inputs ``(groups * nb,)``.
+        benign_index: positions of the benign inputs ``(groups * nb,)``.
+        groups: attacked batches.
+        n_malicious: malicious inputs per batch.
+    """
+
+    index: torch.Tensor
+    benign: torch.Tensor
+    malicious: torch.Tensor
+    y: torch.Tensor
+    benign_index: torch.Tensor
+    groups: int
+    n_malicious: int
+
+
+def draw_batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, n_malicious: int, n_batches: int, generator: torch.Generator
+) -> AttackBatches:
+    """Draw ``n_batches`` test batches of ``batch_size`` distinct inputs of ``(x, y)`` and split each
+    into benign inputs (the first ``batch_size - n_malicious``) and malicious starting points (the rest).
+
+    The batches are independent draws (an input can appear in several batches), one
+    ``torch.randperm`` from ``generator`` per batch in order, as :func:`attack_success` uses them.
+
+    Args:
+        x: inputs ``(N, C, H, W)``.
+        y: their labels ``(N,)``.
+        batch_size: inputs per batch, in 2..N.
+        n_malicious: malicious inputs per batch (e.g. :func:`malicious_count`); at least 2 benign must remain.
+        n_batches: batches to draw.
+        generator: the draw's generator.
+    """
+    if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
+        raise InputError(f"labels must be a tensor of shape ({x.shape[0]},), one per input")
+    if not 2 <= batch_size <= x.shape[0]:
+        raise InputError(f"batch size must lie in 2..{x.shape[0]} (the inputs given), got {batch_size}")
+    if n_malicious < 0 or batch_size - n_malicious < 2:
+        raise InputError(
+            f"{n_malicious} malicious inputs in a batch of {batch_size} must leave at least 2 benign; use fewer"
+        )
+    if n_batches < 1:
+        raise InputError(f"n_batches must be at least 1, got {n_batches}")
+    index = torch.stack([torch.randperm(x.shape[0], generator=generator)[:batch_size] for _ in range(n_batches)])
+    nb = batch_size - n_malicious
+    benign_index, mal_index = index[:, :nb].reshape(-1), index[:, nb:].reshape(-1)
+    return AttackBatches(index, x[benign_index], x[mal_index], y[benign_index], benign_index, n_batches, n_malicious)
 
 
 def attack_success(
@@ -174,7 +238,7 @@ def attack_success(
         for share in shares:
             m = malicious_count(share, b)
             g = generator(seed, "tta-attack", "batches", f"{share:g}", str(b))
-            index = torch.stack([torch.randperm(x.shape[0], generator=g)[:b] for _ in range(n_batches)])
+            index = draw_batches(x, y, b, m, n_batches, g).index
             found = [_attack_groups(a, model, method, x, y, index, m, groups_per_call) for a in (attack, random)]
             rows.append(_row(method, attack, share, b, m, *found))
     return rows
