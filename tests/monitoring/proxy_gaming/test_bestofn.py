@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -114,3 +115,17 @@ def test_bad_input_is_one_line(call, match) -> None:  # type: ignore[no-untyped-
     with pytest.raises(InputError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+def test_lm_pool_cache_is_keyed_on_the_weights_and_saved_atomically(tmp_path: Path) -> None:
+    from mlsafety.core import LanguageModel
+    from mlsafety.monitoring.proxy_gaming import lm as pg
+    from tests.support.text import tiny_llama
+
+    a, b = LanguageModel(tiny_llama(0)), LanguageModel(tiny_llama(1))
+    cache = tmp_path / "samples.json"
+    first = pg.sample_continuations(a, ["the movie was"], 3, 2, 1.0, cache=cache)
+    assert first.settings.model == pg.weights_fingerprint(a) != pg.weights_fingerprint(b)
+    other = pg.sample_continuations(b, ["the movie was"], 3, 2, 1.0, cache=cache)  # other weights: resampled
+    assert other.settings.model == pg.weights_fingerprint(b) and other.continuations != first.continuations
+    assert pg.Samples.load(cache).settings == other.settings and not (tmp_path / "samples.json.tmp").exists()

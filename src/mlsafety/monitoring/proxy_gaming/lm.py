@@ -17,8 +17,10 @@ unit; the paper shows none).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -67,12 +69,15 @@ class Samples:
         return [p + c for p, row in zip(self.prompts, self.continuations, strict=True) for c in row]
 
     def save(self, path: str | Path) -> Path:
-        """Write the pool as JSON (prompts, continuations, settings); returns the path."""
+        """Write the pool as JSON (prompts, continuations, settings) via a ``.tmp`` file and an atomic
+        rename; returns the path."""
         out = Path(path)
         out.parent.mkdir(parents=True, exist_ok=True)
         body = {"format": SAMPLES_FORMAT, "prompts": self.prompts, "continuations": self.continuations,
                 "settings": asdict(self.settings), "tokens_per_second": self.tokens_per_second}  # fmt: skip
-        out.write_text(json.dumps(body))
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, out)  # atomic: a run killed mid-write leaves the previous pool intact
         return out
 
     @classmethod
@@ -111,6 +116,17 @@ def review_openings(n_prompts: int, n_words: int = 7, split: str = "test") -> li
     return out[:n_prompts]
 
 
+def weights_fingerprint(lm: LanguageModel) -> str:
+    """``"sha256:<hex>"`` of the model's parameters (names, shapes, dtypes and bytes): the cache key of
+    a pool sampled from an unnamed model."""
+    h = hashlib.sha256()
+    for name, p in lm.module.named_parameters():
+        t = p.detach().cpu().contiguous()
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return f"sha256:{h.hexdigest()}"
+
+
 def sample_continuations(
     lm: LanguageModel,
     prompts: Sequence[str],
@@ -130,6 +146,9 @@ def sample_continuations(
     saved after every prompt and the prompts already there (same settings) are reused, so an
     interrupted run resumes and a second run samples nothing. ``tokens_per_second`` counts
     ``max_new_tokens`` per newly drawn sample (an upper bound: sequences may end early).
+
+    The cache is keyed on ``model_name`` (trusted: name the weights, e.g. the zoo name or folder);
+    without one, on :func:`weights_fingerprint` of ``lm``, so a pool from other weights is never reused.
     """
     import time
 
@@ -139,6 +158,8 @@ def sample_continuations(
         raise InputError(f"n (the samples per prompt) must be at least 1, got {n_samples!r}")
     if not temperature > 0:
         raise InputError(f"temperature must be > 0 to sample (0 is greedy: every sample equal), got {temperature!r}")
+    if cache is not None and not model_name:
+        model_name = weights_fingerprint(lm)
     settings = SampleSettings(model_name, n_samples, max_new_tokens, float(temperature), seed, batch_size)
     done: dict[str, list[str]] = {}
     rate = float("nan")
