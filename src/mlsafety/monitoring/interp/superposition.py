@@ -15,9 +15,14 @@ with a leading instance dimension on every tensor, as the paper does. It has its
 this trains a whole batch of independent autoencoders on freshly drawn synthetic batches with a
 per-instance weighted reconstruction loss, which that loop has no place for.
 
-Departures from the paper: a constant learning rate (the paper uses a cosine or warm-up schedule in
-some figures), and the batch size and step count are the defaults of the signature, chosen to fit a
-CPU. The measures follow the paper's definitions.
+Like the paper, it can train several restarts of every setting from different initialisations and
+keep the one with the lowest loss (toy models often settle in local minima, e.g. four features in
+antipodal pairs where a pentagon is better); the restarts are compared on one shared evaluation
+batch, so their losses differ by the models, not by the data.
+
+Departures from the paper: the learning rate is constant or cosine-decayed to zero (the paper uses
+a constant, warm-up or cosine schedule depending on the figure), and the batch size and step count
+are the defaults of the signature, chosen to fit a CPU. The measures follow the paper's definitions.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ def sample_features(
 
 @dataclass(frozen=True)
 class ToyModels:
-    """Trained instances: ``W`` ``(I, m, n)``, ``b`` ``(I, n)``, and each instance's final loss ``(I,)``."""
+    """Trained instances: ``W`` ``(I, m, n)``, ``b`` ``(I, n)``, each one's loss ``(I,)`` on the evaluation batch."""
 
     W: torch.Tensor
     b: torch.Tensor
@@ -72,6 +77,9 @@ def train_toy_models(
     batch: int = 1024,
     lr: float = 1e-3,
     seed: int = 0,
+    restarts: int = 1,
+    cosine: bool = False,
+    eval_batch: int = 8192,
 ) -> ToyModels:
     """Train one toy model per (sparsity, importance) setting, all at once.
 
@@ -83,36 +91,53 @@ def train_toy_models(
         linear: train the linear model ``W^T W x + b`` instead of the ReLU one.
         steps: Adam steps (a fresh batch each step).
         batch: examples per step.
-        lr: Adam learning rate.
-        seed: seed of the initialisation and the data.
+        lr: Adam learning rate (the peak one when ``cosine``).
+        seed: seed of the initialisations and the data.
+        restarts: independent initialisations per setting; the one with the lowest loss on the
+            evaluation batch is kept.
+        cosine: decay the learning rate to zero on a cosine over the steps.
+        eval_batch: examples of the evaluation batch (drawn once, shared by a setting's restarts).
 
     Returns:
-        The trained :class:`ToyModels`; ``loss`` is each instance's mean weighted error over the
-        last step's batch.
+        The trained :class:`ToyModels`, one per setting; ``loss`` is each kept model's mean weighted
+        error on the evaluation batch.
     """
     sparsity = torch.as_tensor(sparsity, dtype=torch.float32).reshape(-1)
-    n_inst = sparsity.numel()
+    n_set = sparsity.numel()
     if n_features < 1 or n_hidden < 1:
         raise InputError(f"need n_features >= 1 and n_hidden >= 1, got {n_features} and {n_hidden}")
     if ((sparsity < 0) | (sparsity >= 1)).any():
         raise InputError("sparsity must lie in [0, 1) for every instance")
+    if restarts < 1 or steps < 1 or batch < 1 or eval_batch < 1:
+        raise InputError(
+            f"restarts, steps, batch and eval_batch must be >= 1, got {restarts}, {steps}, {batch}, {eval_batch}"
+        )
     imp = torch.as_tensor(importance, dtype=torch.float32)
-    if imp.shape not in ((n_features,), (n_inst, n_features)):
-        raise InputError(f"importance must be ({n_features},) or ({n_inst}, {n_features}), got {tuple(imp.shape)}")
-    imp = imp.expand(n_inst, n_features)
+    if imp.shape not in ((n_features,), (n_set, n_features)):
+        raise InputError(f"importance must be ({n_features},) or ({n_set}, {n_features}), got {tuple(imp.shape)}")
+    imp = imp.expand(n_set, n_features)
+    # Instance r * n_set + i is restart r of setting i.
+    all_sparsity, all_imp = sparsity.repeat(restarts), imp.repeat(restarts, 1)
+    n_inst = n_set * restarts
     g = generator(seed, "superposition", n_features, n_hidden)
     W = torch.nn.init.xavier_normal_(torch.empty(n_inst, n_hidden, n_features), generator=g).requires_grad_()
     b = torch.zeros(n_inst, n_features, requires_grad=True)
     opt = torch.optim.Adam([W, b], lr=lr)
-    per_instance = torch.zeros(n_inst)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
     for _ in range(steps):
-        x = sample_features(n_inst, n_features, sparsity, batch, g)
-        err = imp * (x - reconstruct(W, b, x, linear)).pow(2)
-        per_instance = err.sum(2).mean(0)
+        x = sample_features(n_inst, n_features, all_sparsity, batch, g)
+        err = all_imp * (x - reconstruct(W, b, x, linear)).pow(2)
         opt.zero_grad(set_to_none=True)
-        per_instance.sum().backward()
+        err.sum(2).mean(0).sum().backward()
         opt.step()
-    return ToyModels(W.detach(), b.detach(), per_instance.detach(), linear)
+        if sched is not None:
+            sched.step()
+    with torch.no_grad():
+        x = sample_features(n_set, n_features, sparsity, eval_batch, g).repeat(1, restarts, 1)
+        loss = (all_imp * (x - reconstruct(W, b, x, linear)).pow(2)).sum(2).mean(0).reshape(restarts, n_set)
+        best = loss.argmin(0)
+        pick = best * n_set + torch.arange(n_set)
+        return ToyModels(W[pick].detach().clone(), b[pick].detach().clone(), loss.min(0).values, linear)
 
 
 def feature_norms(W: torch.Tensor) -> torch.Tensor:
