@@ -16,6 +16,7 @@ String forms (the database keys, unchanged since the first wave)::
     adversarial/pgd/certified-radius       Hazard.adversarial("pgd", at="certified-radius")
     ood/letters                            Hazard.ood("letters")
     trojan/patch                           Hazard.trojan("patch")
+    tta-attack/tent/0.1                    Hazard.tta_attack("tent", 0.1)      (DIA, malicious share 0.1)
     <kind>[/<name>]                        Hazard(kind, name)                   (any other kind)
 
 ``norm`` and ``source`` are carried with the value but are not part of its string or its
@@ -38,6 +39,7 @@ CORRUPTION = "corruption"
 ADVERSARIAL = "adversarial"
 OOD = "ood"
 TROJAN = "trojan"
+TTA_ATTACK = "tta-attack"
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,8 @@ class Hazard:
         eps: an attack's radius, in [0, 1] pixel units; kept to the 6 significant digits of its
             string form, so a parsed hazard attacks at exactly the radius its key names.
         at: a symbolic radius instead of ``eps`` (``certified-radius``).
+        share: the malicious share of each test batch of a ``tta-attack`` hazard, in (0, 1); kept to
+            the 6 significant digits of its string form.
         norm: the threat model's norm (``linf`` / ``l2``) when known; not part of the key.
         source: what makes the inputs (e.g. the producing check), when known; not part of the key.
     """
@@ -62,6 +66,7 @@ class Hazard:
     severity: int | None = None
     eps: float | None = None
     at: str | None = None
+    share: float | None = None
     norm: str | None = field(default=None, compare=False)
     source: str | None = field(default=None, compare=False)
 
@@ -71,9 +76,9 @@ class Hazard:
         if self.name is not None and (not isinstance(self.name, str) or not self.name or self.name.startswith("/")
                                       or self.name.endswith("/")):  # fmt: skip
             raise InputError(f"hazard name {self.name!r} must be a non-empty string without a leading or trailing '/'")
-        levels = sum(v is not None for v in (self.severity, self.eps, self.at))
+        levels = sum(v is not None for v in (self.severity, self.eps, self.at, self.share))
         if levels > 1:
-            raise InputError("a hazard has at most one of severity, eps and at")
+            raise InputError("a hazard has at most one of severity, eps, at and share")
         if levels and self.name is None:
             raise InputError(f"a {self.kind} hazard with a severity or radius needs a name")
         if self.severity is not None:
@@ -85,6 +90,11 @@ class Hazard:
             if not math.isfinite(eps) or eps < 0:
                 raise InputError(f"hazard eps must be a finite number >= 0, got {self.eps!r}")
             object.__setattr__(self, "eps", float(f"{eps:g}"))
+        if self.share is not None:
+            share = self.share
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share < 1:
+                raise InputError(f"hazard share must be a malicious share of a batch in (0, 1), got {share!r}")
+            object.__setattr__(self, "share", float(f"{float(share):g}"))
         if self.at is not None and not _LEVEL.match(self.at):
             raise InputError(f"hazard level {self.at!r} must be lower-case words joined by dashes")
         if self.norm is not None and self.norm not in ("linf", "l2"):
@@ -114,6 +124,11 @@ class Hazard:
     def trojan(cls, trigger: str) -> Hazard:
         return cls(TROJAN, trigger)
 
+    @classmethod
+    def tta_attack(cls, method: str, share: float) -> Hazard:
+        """The Distribution Invading Attack on test-time adaptation ``method`` with malicious ``share``."""
+        return cls(TTA_ATTACK, method, share=share)
+
     # -- the one string form -------------------------------------------------------------------
     def __str__(self) -> str:
         parts = [self.kind]
@@ -125,6 +140,8 @@ class Hazard:
             parts.append(f"{self.eps:g}")
         elif self.at is not None:
             parts.append(self.at)
+        elif self.share is not None:
+            parts.append(f"{self.share:g}")
         return "/".join(parts)
 
     @property
@@ -166,6 +183,17 @@ class Hazard:
                     ) from None
                 return cls(kind, name, at=level)
             return cls(kind, name, eps=eps)  # a non-finite or negative eps is refused here
+        if kind == TTA_ATTACK:
+            name, _, level = rest.rpartition("/")
+            if not name:
+                return cls(kind, level)  # the family of one method
+            try:
+                share = float(level)
+            except ValueError:
+                share = math.nan
+            if not 0 < share < 1:
+                raise InputError(f"bad hazard {text!r}: use tta-attack/<method>/<share> with a share in (0, 1)")
+            return cls(kind, name, share=share)
         return cls(kind, rest)
 
     # -- helpers -------------------------------------------------------------------------------
@@ -175,7 +203,7 @@ class Hazard:
 
     def family(self) -> Hazard:
         """The hazard one level up: ``corruption/fog/3`` -> ``corruption/fog`` -> ``corruption``."""
-        if self.severity is not None or self.eps is not None or self.at is not None:
+        if any(v is not None for v in (self.severity, self.eps, self.at, self.share)):
             return Hazard(self.kind, self.name, norm=self.norm, source=self.source)
         if self.name is not None:
             return Hazard(self.kind, norm=self.norm, source=self.source)
