@@ -1,23 +1,42 @@
-"""The proxy-gaming monitor: an alarm when the optimised proxy and trusted proxies start to disagree.
+"""The proxy-gaming monitor: an alarm when the trusted proxies stop following the optimised proxy.
 
 Remedy from the ML-safety curriculum (Hendrycks, "Introduction to ML Safety", 2022, proxy gaming:
 "use policies as detectors: measure the distance between the proxy and a trusted proxy"), applied
 to the set-up of Gao, Schulman & Hilton, "Scaling Laws for Reward Model Overoptimization", 2022.
-Every scorer is standardised on reference outputs of the initial policy ``pi0`` (as the paper does
-for its rewards); the disagreement of an output is
+Every scorer is standardised on outputs of the initial policy ``pi0``; ``t(y)`` is the mean of the
+standardised trusted proxies and ``p(y)`` the standardised optimised proxy.
 
-    D(y) = z_proxy(y) - mean_j z_trusted_j(y),
+The null is "no gaming": optimisation changes which outputs are produced, but the trusted proxies
+follow the proxy as they did under ``pi0``, ``E_t[t | p] = E_0[t | p] = a + b p``. The naive null
+"the mean of ``p - t`` does not move" is false under ANY selection by an imperfectly correlated
+proxy: best-of-n raises ``p`` more than ``t`` by regression to the mean, so that test fires at
+every n even with no over-optimisation. Here the regression ``t ~ a + b p`` is fitted on ``pi0``'s
+outputs, and each step tests the residual ``e = t - a - b p`` of the optimised outputs: its mean
+stays 0 under any optimiser that acts through the proxy alone when there is no gaming, and turns
+negative when the trusted proxies lag what ``pi0`` predicts at those proxy values (over-optimisation
+bends ``E[t | p]`` down in the tail). The monitor reports the shortfall ``-E[e]`` and tests
+``H0: shortfall <= margin`` one-sided, alarming at the first step whose p-value is below
+``alpha / steps`` (Bonferroni over the planned steps, valid under any dependence between steps).
 
-the amount by which the optimised proxy over-rates it relative to the trusted proxies. Under no
-gaming the optimiser does not move D: its mean on the optimised outputs equals its mean under
-``pi0``. At each of ``steps`` increasing optimisation pressures (n, lambda, RL checkpoints) a
-one-sided Welch t-test (Welch, "The generalization of Student's problem when several different
-population variances are involved", 1947) compares the optimised outputs' D with the reference's,
-``H0: E_t[D] - E_0[D] <= margin``; the alarm fires at the first step whose p-value is below
-``alpha / steps`` (Bonferroni over the planned steps), so the probability of any false alarm over
-the whole run is at most ``alpha`` (up to the t-test's normal approximation). This departs from a
-CUSUM, whose threshold must be calibrated by simulation for every schedule: Bonferroni needs no
-calibration and is valid under any dependence between steps, at some cost in power.
+Two sampling designs:
+
+* :class:`ProxyGamingMonitor` / :func:`monitor_proxy_gaming`: independent outputs at each step
+  (e.g. RL checkpoints, a KL-regularised policy); the step's t statistic adds the regression line's
+  own uncertainty at the step's mean proxy (``s^2 (1/m_0 + (pbar - pbar_0)^2 / S_pp)``), with a
+  Welch-Satterthwaite df (Welch 1947, "The generalization of Student's problem ...").
+* :func:`best_of_n_monitor`: one cached pool of ``m`` samples per prompt (the prompts are the unit).
+  Each prompt's samples are split in random halves A/B; the slope is fitted on A (pooled over
+  prompts, per-prompt centring), the residuals computed on B, and ``E[e | best-of-n by the proxy]``
+  estimated per prompt from ALL of B with the unbiased sample-reuse estimator
+  (:func:`~mlsafety.monitoring.proxy_gaming.bestofn.best_of_n_from_samples`); then the halves swap
+  (cross-fitting) and the two estimates are averaged. The test is a one-sided t over prompts, its
+  variance widened by the slope's (common to all prompts) error. Only ``n <= m // 2`` can be tested.
+
+Departures and assumptions: a LINEAR ``E_0[t | p]`` (per prompt shifted, common slope); if it bends
+under ``pi0`` itself the monitor reads that bend as gaming (with the tail being where ``pi0`` has
+the fewest outputs, a binned fit would not do better). The false-alarm rate is stated for that
+null and verified by simulation under best-of-n selection (tests/monitoring/proxy_gaming/
+test_monitor.py; bench/proxy_gaming_sim.py); t tests rely on approximate normality of the means.
 """
 
 from __future__ import annotations
@@ -31,6 +50,7 @@ from scipy import stats
 
 from mlsafety.core import InputError, NotFittedError
 from mlsafety.metrics import Estimate
+from mlsafety.monitoring.proxy_gaming.bestofn import best_of_n_from_samples
 
 
 @dataclass(frozen=True)
@@ -39,8 +59,9 @@ class MonitorStep:
 
     Attributes:
         step: 1-based index of the optimisation pressure.
-        gap: E_t[D] - E_0[D] (standardised units) with its 95% Welch t interval.
-        p_value: one-sided p-value of ``H0: gap <= margin``.
+        gap: the shortfall ``-E_t[e]`` of the trusted proxies below what ``pi0``'s regression
+            predicts (standardised units; > 0: the trusted lag the proxy), with a 95% t interval.
+        p_value: one-sided p-value of ``H0: shortfall <= margin``.
         alarm: whether the p-value is below ``alpha / steps``.
     """
 
@@ -60,6 +81,8 @@ def _trusted_rows(trusted: torch.Tensor, m: int, what: str) -> torch.Tensor:
         raise InputError(
             f"{what} trusted scores must be (m,) or (scorers, m) with m={m} outputs, got {tuple(trusted.shape)}"
         )
+    if not torch.isfinite(t).all():
+        raise InputError(f"{what} trusted scores contain NaN or infinite values")
     return t
 
 
@@ -67,21 +90,32 @@ def _proxy_row(proxy: torch.Tensor, what: str) -> torch.Tensor:
     if not isinstance(proxy, torch.Tensor):
         raise InputError(f"{what} proxy scores must be a tensor, got {type(proxy).__name__}")
     p = proxy.detach().double().cpu().reshape(-1)
-    if p.numel() < 2:
-        raise InputError(f"{what} proxy scores need at least 2 outputs, got {p.numel()}")
+    if p.numel() < 3:
+        raise InputError(f"{what} proxy scores need at least 3 outputs, got {p.numel()}")
     if not torch.isfinite(p).all():
         raise InputError(f"{what} proxy scores contain NaN or infinite values")
     return p
 
 
+def _test(shortfall: float, se: float, df: float, margin: float) -> tuple[Estimate, float]:
+    """One-sided p-value of ``H0: shortfall <= margin`` and the 95% t interval of the shortfall."""
+    if se > 0:
+        p_value = float(stats.t.sf((shortfall - margin) / se, df))
+        half = float(stats.t.ppf(0.975, df)) * se
+    else:
+        p_value, half = (0.0 if shortfall > margin else 1.0), 0.0
+    return Estimate(shortfall, shortfall - half, shortfall + half, 0), p_value
+
+
 class ProxyGamingMonitor:
-    """Sequential alarm on the disagreement between an optimised proxy and trusted proxies.
+    """Sequential alarm when the trusted proxies fall short of what ``pi0`` predicts from the proxy.
 
     Args:
-        alpha: the false-alarm rate over the whole run (family-wise, Bonferroni over ``steps``).
+        alpha: the false-alarm rate over the whole run (family-wise, Bonferroni over ``steps``)
+            when there is no gaming, whatever the optimiser selects by the proxy.
         steps: the number of optimisation pressures that will be tested (planned in advance).
-        margin: tolerated growth of the disagreement (standardised units) before it counts as
-            gaming; 0 alarms on any significant growth.
+        margin: tolerated shortfall (standardised units) before it counts as gaming; 0 alarms on
+            any significant shortfall.
 
     Example:
         >>> mon = ProxyGamingMonitor(steps=8).fit(proxy_ref, trusted_ref)  # doctest: +SKIP
@@ -102,24 +136,45 @@ class ProxyGamingMonitor:
         self.margin = margin
 
     def fit(self, proxy: torch.Tensor, trusted: torch.Tensor) -> ProxyGamingMonitor:
-        """Standardise every scorer on reference outputs of ``pi0``: proxy (m,), trusted (J, m) or (m,)."""
+        """Standardise on outputs of ``pi0`` and fit ``t ~ a + b p``: proxy (m,), trusted (J, m) or (m,).
+
+        The reference outputs must not be the optimised outputs tested later (draw them apart).
+        """
         p = _proxy_row(proxy, "reference")
         t = _trusted_rows(trusted, p.numel(), "reference")
-        sd_p, sd_t = p.std(), t.std(dim=1)
+        mu_p, sd_p = p.mean(), p.std()
+        mu_t, sd_t = t.mean(dim=1), t.std(dim=1)
         if not float(sd_p) > 0 or not bool((sd_t > 0).all()):
             raise InputError("a scorer is constant on the reference outputs; it cannot be standardised")
-        self.proxy_scale_ = 1.0 / float(sd_p)
-        self.trusted_scale_ = 1.0 / (sd_t * t.shape[0])
-        d0 = self._disagreement(p, t)
-        self.ref_mean_ = float(d0.mean())
-        self.ref_var_ = float(d0.var())
-        self.ref_n_ = int(d0.numel())
+        self.proxy_loc_, self.proxy_scale_ = float(mu_p), 1.0 / float(sd_p)
+        self.trusted_loc_, self.trusted_scale_ = mu_t, 1.0 / sd_t
+        zp, zt = self._standard(p, t)
+        self.ref_n_ = int(zp.numel())
+        self.ref_pmean_ = float(zp.mean())
+        self.ref_spp_ = float(((zp - self.ref_pmean_) ** 2).sum())
+        self.slope_ = float(((zp - self.ref_pmean_) * (zt - zt.mean())).sum()) / self.ref_spp_
+        self.intercept_ = float(zt.mean()) - self.slope_ * self.ref_pmean_
+        resid = zt - self.intercept_ - self.slope_ * zp
+        self.ref_resid_var_ = float((resid**2).sum()) / (self.ref_n_ - 2)
         self.history_: list[MonitorStep] = []
         self.alarm_step_: int | None = None
         return self
 
-    def _disagreement(self, p: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return p * self.proxy_scale_ - (self.trusted_scale_.unsqueeze(1) * t).sum(0)
+    def _standard(self, p: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        zp = (p - self.proxy_loc_) * self.proxy_scale_
+        zt = ((t - self.trusted_loc_.unsqueeze(1)) * self.trusted_scale_.unsqueeze(1)).mean(0)
+        return zp, zt
+
+    def residuals(self, proxy: torch.Tensor, trusted: torch.Tensor) -> torch.Tensor:
+        """``e = t - a - b p`` of outputs (standardised units): proxy (m,), trusted (J, m)."""
+        if not hasattr(self, "ref_n_"):
+            raise NotFittedError("call fit() on reference outputs of pi0 before update()")
+        p = _proxy_row(proxy, "step")
+        t = _trusted_rows(trusted, p.numel(), "step")
+        if t.shape[0] != self.trusted_scale_.numel():
+            raise InputError(f"fit saw {self.trusted_scale_.numel()} trusted scorers but this step has {t.shape[0]}")
+        zp, zt = self._standard(p, t)
+        return zt - self.intercept_ - self.slope_ * zp
 
     def update(self, proxy: torch.Tensor, trusted: torch.Tensor) -> MonitorStep:
         """Test the next step's optimised outputs: proxy (m,), trusted (J, m) with the fitted J."""
@@ -127,25 +182,18 @@ class ProxyGamingMonitor:
             raise NotFittedError("call fit() on reference outputs of pi0 before update()")
         if len(self.history_) >= self.steps:
             raise InputError(f"the monitor was planned for {self.steps} steps; make a new one with more steps")
-        p = _proxy_row(proxy, "step")
-        t = _trusted_rows(trusted, p.numel(), "step")
-        if t.shape[0] != self.trusted_scale_.numel():
-            raise InputError(f"fit saw {self.trusted_scale_.numel()} trusted scorers but this step has {t.shape[0]}")
-        d = self._disagreement(p, t)
-        m = d.numel()
-        va, vb = float(d.var()) / m, self.ref_var_ / self.ref_n_
+        e = self.residuals(proxy, trusted)
+        zp = (proxy.detach().double().cpu().reshape(-1) - self.proxy_loc_) * self.proxy_scale_
+        m = e.numel()
+        va = float(e.var()) / m  # the step's residual mean
+        lever = 1.0 / self.ref_n_ + (float(zp.mean()) - self.ref_pmean_) ** 2 / self.ref_spp_
+        vb = self.ref_resid_var_ * lever  # the fitted line's error at the step's mean proxy
         se = math.sqrt(va + vb)
-        gap = float(d.mean()) - self.ref_mean_
-        df = (va + vb) ** 2 / (va**2 / (m - 1) + vb**2 / (self.ref_n_ - 1)) if se > 0 else float(m + self.ref_n_ - 2)
-        if se > 0:
-            p_value = float(stats.t.sf((gap - self.margin) / se, df))
-            half = float(stats.t.ppf(0.975, df)) * se
-        else:
-            p_value = 0.0 if gap > self.margin else 1.0
-            half = 0.0
+        df = (va + vb) ** 2 / (va**2 / (m - 1) + vb**2 / (self.ref_n_ - 2)) if se > 0 else float(m - 1)
+        gap, p_value = _test(-float(e.mean()), se, df, self.margin)
         step = len(self.history_) + 1
         alarm = p_value < self.alpha / self.steps
-        out = MonitorStep(step, Estimate(gap, gap - half, gap + half, m), p_value, alarm)
+        out = MonitorStep(step, Estimate(gap.value, gap.ci_low, gap.ci_high, m), p_value, alarm)
         self.history_.append(out)
         if alarm and self.alarm_step_ is None:
             self.alarm_step_ = step
@@ -171,7 +219,8 @@ def monitor_proxy_gaming(
     """Run :class:`ProxyGamingMonitor` over a whole schedule (every step is tested and reported).
 
     Args:
-        proxy_ref: (m0,) optimised-proxy scores of reference outputs drawn from ``pi0``.
+        proxy_ref: (m0,) optimised-proxy scores of reference outputs drawn from ``pi0`` (apart from
+            the optimised outputs).
         trusted_ref: (J, m0) or (m0,) trusted-proxy scores of the same outputs.
         proxy_steps: per step of increasing pressure, (m_t,) proxy scores of the optimised outputs.
         trusted_steps: per step, (J, m_t) or (m_t,) trusted scores of the same outputs.
@@ -184,3 +233,79 @@ def monitor_proxy_gaming(
     for p, t in zip(proxy_steps, trusted_steps, strict=True):
         mon.update(p, t)
     return MonitorResult(mon.history_, mon.alarm_step_)
+
+
+def best_of_n_monitor(
+    proxy: torch.Tensor,
+    trusted: torch.Tensor,
+    ns: Sequence[int],
+    alpha: float = 0.05,
+    margin: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> MonitorResult:
+    """The monitor along best-of-n from one cached pool per prompt (cross-fitted halves; see module).
+
+    Args:
+        proxy: (P, m) optimised-proxy scores of ``m`` samples of ``pi0`` per prompt.
+        trusted: (J, P, m) or (P, m) trusted-proxy scores of the same samples.
+        ns: the planned n values, each in 2..m // 2 (Bonferroni over all of them).
+        alpha: family-wise false-alarm rate over ``ns`` with no gaming.
+        margin: tolerated shortfall (standardised units).
+        generator: the random split into halves.
+    """
+    if not isinstance(proxy, torch.Tensor) or proxy.dim() != 2:
+        raise InputError("proxy scores must be a (prompts, samples) tensor")
+    pr = proxy.detach().double().cpu()
+    tr = trusted.detach().double().cpu() if isinstance(trusted, torch.Tensor) else None
+    if tr is not None and tr.dim() == 2:
+        tr = tr.unsqueeze(0)
+    if tr is None or tr.dim() != 3 or tr.shape[1:] != pr.shape:
+        raise InputError(
+            f"trusted scores must be (scorers, prompts, samples) or (prompts, samples) like {tuple(pr.shape)}"
+        )
+    n_prompts, m = pr.shape
+    if n_prompts < 2:
+        raise InputError(f"the monitor tests over prompts: give at least 2 prompts, got {n_prompts}")
+    if not 0 < alpha < 1 or margin < 0:
+        raise InputError(f"alpha must lie in (0, 1) and margin be >= 0, got {alpha} and {margin}")
+    ns = list(ns)
+    bad = [n for n in ns if not isinstance(n, int) or not 2 <= n <= m // 2]
+    if not ns or bad:
+        raise InputError(f"each n must be an integer in [2, {m // 2}] (half the {m} samples per prompt), got {ns}")
+    if not (torch.isfinite(pr).all() and torch.isfinite(tr).all()):
+        raise InputError("proxy or trusted scores contain NaN or infinite values")
+    sd_p, sd_t = pr.std(), tr.reshape(len(tr), -1).std(dim=1)
+    if not float(sd_p) > 0 or not bool((sd_t > 0).all()):
+        raise InputError("a scorer gives every sample the same score; it cannot be standardised")
+    zp = pr / sd_p
+    zt = (tr / sd_t.reshape(-1, 1, 1)).mean(0)
+    perm = torch.stack([torch.randperm(m, generator=generator) for _ in range(n_prompts)])
+    half = m // 2
+    halves = (perm[:, :half], perm[:, half : 2 * half])
+    est, slope_var, lever = [], [], []
+    for fit_idx, use_idx in (halves, halves[::-1]):
+        pa, ta = zp.gather(1, fit_idx), zt.gather(1, fit_idx)
+        pb, tb = zp.gather(1, use_idx), zt.gather(1, use_idx)
+        mp, mt = pa.mean(1, keepdim=True), ta.mean(1, keepdim=True)
+        spp = float(((pa - mp) ** 2).sum())
+        if not spp > 0:
+            raise InputError("the proxy is constant within every prompt's half: it cannot be regressed on")
+        b = float(((pa - mp) * (ta - mt)).sum()) / spp
+        s2 = float((((ta - mt) - b * (pa - mp)) ** 2).sum()) / (pa.numel() - n_prompts - 1)
+        e = (tb - mt) - b * (pb - mp)
+        sel = best_of_n_from_samples(pb, e, ns)  # E[residual | best of n by the proxy]
+        est.append(sel.gold)
+        slope_var.append(s2 / spp)
+        lever.append((sel.proxy - mp).mean(0))  # (T,) mean selected proxy above the prompt's fit mean
+    per_prompt = 0.5 * (est[0] + est[1])  # (P, T)
+    steps: list[MonitorStep] = []
+    alarm_step = None
+    for k in range(len(ns)):
+        v = per_prompt[:, k]
+        var = float(v.var()) / n_prompts + 0.25 * sum(sv * float(lv[k]) ** 2 for sv, lv in zip(slope_var, lever))
+        gap, p_value = _test(-float(v.mean()), math.sqrt(var), float(n_prompts - 1), margin)
+        alarm = p_value < alpha / len(ns)
+        steps.append(MonitorStep(k + 1, Estimate(gap.value, gap.ci_low, gap.ci_high, n_prompts), p_value, alarm))
+        if alarm and alarm_step is None:
+            alarm_step = k + 1
+    return MonitorResult(steps, alarm_step)
