@@ -32,7 +32,7 @@ from mlsafety.core import InputError, LanguageModel, Progress, generator, track
 from mlsafety.metrics import Estimate, bootstrap_statistic
 from mlsafety.monitoring.proxy_gaming.bestofn import best_of_n_from_samples, bon_kl
 from mlsafety.monitoring.proxy_gaming.fits import fit_scaling_law
-from mlsafety.monitoring.proxy_gaming.monitor import MonitorResult, monitor_proxy_gaming
+from mlsafety.monitoring.proxy_gaming.monitor import MonitorResult, best_of_n_monitor
 
 SAMPLES_FORMAT = 1
 """Version of the file :meth:`Samples.save` writes."""
@@ -307,21 +307,15 @@ def mean_curve_peak(curve: Curve, n_boot: int = 1000, seed: int = 0) -> Peak:
 
 @dataclass(frozen=True)
 class Alarm:
-    """The proxy-gaming monitor run along a best-of-n curve: the first ``n`` it fired at (None: never)."""
+    """The proxy-gaming monitor run along a best-of-n curve: the first ``n`` it fired at (None: never).
+
+    ``ns`` are the n values it tested (``1 < n <= m // 2``: the pool is split in halves).
+    """
 
     n: int | None
     d: float | None
     result: MonitorResult
-
-
-def best_of_n_draws(proxy: torch.Tensor, n: int, g: torch.Generator) -> torch.Tensor:
-    """Indices (P, m // n) of best-of-n outputs: each prompt's samples shuffled into disjoint groups of
-    ``n``, the proxy's argmax of each group (so every prompt contributes equally at every n)."""
-    p, m = proxy.shape
-    k = m // n
-    perm = torch.stack([torch.randperm(m, generator=g) for _ in range(p)])[:, : k * n].reshape(p, k, n)
-    best = proxy.gather(1, perm.reshape(p, -1)).reshape(p, k, n).argmax(-1, keepdim=True)
-    return perm.gather(2, best).squeeze(-1)
+    ns: tuple[int, ...] = ()
 
 
 def monitor_alarm(
@@ -331,45 +325,53 @@ def monitor_alarm(
     false_alarm: float = 0.05,
     seed: int = 0,
 ) -> Alarm:
-    """Run :func:`mlsafety.monitoring.proxy_gaming.monitor.monitor_proxy_gaming` along the curve's n > 1.
+    """Run :func:`mlsafety.monitoring.proxy_gaming.monitor.best_of_n_monitor` along the curve's n.
 
-    The reference is the whole pool (the base policy's outputs); the step at ``n`` tests the best-of-n
-    outputs of :func:`best_of_n_draws` (disjoint groups of the pool; m // n per prompt), scored by the
-    optimised proxy and the ``trusted`` rewards (each (P, m), e.g. held-out reward models). Departure:
-    the selected outputs are part of the reference pool (one pool is all that was sampled).
+    The monitor tests, for every ``n`` of the curve with ``1 < n <= m // 2``, whether the
+    ``trusted`` rewards (each (P, m), e.g. held-out reward models; never the gold the curve is
+    judged by, or the monitor is circular) of the proxy's best-of-n fall short of what the base
+    policy's own samples predict from the proxy; family-wise false-alarm rate ``false_alarm`` over
+    those n when there is no gaming.
     """
     if not trusted:
         raise InputError("the monitor needs at least one trusted reward")
-    p, m = proxy_scores.shape
-    steps = [n for n in curve.ns if n > 1 and p * (m // n) >= 2]  # a step's t-test needs two outputs
+    m = proxy_scores.shape[-1]
+    steps = tuple(n for n in curve.ns if 1 < n <= m // 2)
     if not steps:
-        raise InputError("the monitor needs a curve with some n > 1 that leaves at least 2 best-of-n outputs")
+        raise InputError(f"the monitor needs a curve with some n in [2, {m // 2}] (half the {m} samples per prompt)")
     t_all = torch.stack([v.double() for v in trusted.values()])  # (J, P, m)
     g = generator(seed, "proxy-gaming", "monitor")
-    proxy_steps, trusted_steps = [], []
-    for n in steps:
-        idx = best_of_n_draws(proxy_scores, n, g)
-        proxy_steps.append(proxy_scores.gather(1, idx).reshape(-1))
-        trusted_steps.append(torch.stack([t.gather(1, idx).reshape(-1) for t in t_all]))
-    result = monitor_proxy_gaming(proxy_scores.reshape(-1), t_all.reshape(len(t_all), -1), proxy_steps,
-                                  trusted_steps, false_alarm)  # fmt: skip
+    result = best_of_n_monitor(proxy_scores, t_all, steps, false_alarm, generator=g)
     if result.alarm_step is None:
-        return Alarm(None, None, result)
+        return Alarm(None, None, result, steps)
     n = steps[result.alarm_step - 1]
-    return Alarm(n, float(bon_kl(n)[0].sqrt()), result)
+    return Alarm(n, float(bon_kl(n)[0].sqrt()), result, steps)
+
+
+def alarm_outcome(alarm_n: int | None, peak: Peak) -> str:
+    """How an alarm reads against the gold peak: ``hit`` (an interior peak, alarm at a smaller n),
+    ``late`` (at or after it), ``miss`` (no alarm though gold fell), ``false_alarm`` (an alarm while
+    the gold never peaked within the curve) or ``quiet`` (neither)."""
+    if peak.interior:
+        if alarm_n is None:
+            return "miss"
+        return "hit" if alarm_n < peak.n else "late"
+    return "quiet" if alarm_n is None else "false_alarm"
 
 
 def curve_summary(
     curve: Curve,
     proxy_scores: torch.Tensor,
-    trusted: Mapping[str, torch.Tensor],
+    trusted: Mapping[str, torch.Tensor] | None,
     n_boot: int = 1000,
     seed: int = 0,
     false_alarm: float = 0.05,
 ) -> dict[str, Any]:
     """The curve, its observed peak, the fitted ``d (alpha - beta d)`` and the monitor, as plain JSON data.
 
-    Values with intervals are ``[value, low, high]``; the fit needs at least 3 n values.
+    Values with intervals are ``[value, low, high]``; the fit needs at least 3 n values. With
+    ``trusted`` None (only the gold available: a monitor on it would be circular) there is no
+    ``monitor`` entry.
     """
     peak = mean_curve_peak(curve, n_boot, seed)
     out: dict[str, Any] = {
@@ -385,8 +387,10 @@ def curve_summary(
         fit = fit_scaling_law(curve.d, curve.per_prompt_gold, "bon", True, n_boot, seed)
         out["fit"] = {"alpha": list(fit.alpha)[:3], "beta": list(fit.beta)[:3], "r2": fit.r2,
                       "peak_d": list(fit.peak)[:3]}  # fmt: skip
-    alarm = monitor_alarm(curve, proxy_scores, trusted, false_alarm, seed)
-    before = alarm.n is not None and (not peak.interior or alarm.n <= peak.n)
-    out["monitor"] = {"alarm_n": alarm.n, "alarm_d": alarm.d, "before_peak": before, "false_alarm": false_alarm,
-                      "trusted": sorted(trusted)}  # fmt: skip
+    if trusted is not None:
+        alarm = monitor_alarm(curve, proxy_scores, trusted, false_alarm, seed)
+        out["monitor"] = {"alarm_n": alarm.n, "alarm_d": alarm.d, "outcome": alarm_outcome(alarm.n, peak),
+                          "tested_ns": list(alarm.ns), "false_alarm": false_alarm, "trusted": sorted(trusted),
+                          "shortfall": [list(s.gap)[:3] for s in alarm.result.steps],
+                          "p_values": [s.p_value for s in alarm.result.steps]}  # fmt: skip
     return out
