@@ -80,3 +80,17 @@ def test_retrained_bn_model_can_stand_in_for_the_shipped_one(tmp_path, digits_te
     lo, hi = clopper_pearson(int((pred_shipped == y).sum()), len(y))
     assert lo <= (pred == y).float().mean().item() <= hi
     assert (pred == pred_shipped).float().mean().item() >= 0.98
+
+
+@pytest.mark.parametrize(("name", "cls"), [("digits-cnn", zoo.DigitsCNN), ("digits-cnn-bn", zoo.DigitsCNNBN),
+                                           ("digits-cnn-bn-at", zoo.DigitsCNNBN)])  # fmt: skip
+def test_the_shared_builder_keeps_the_shipped_state_dict_keys(name, cls):
+    """DigitsCNN and DigitsCNNBN share one builder (batch_norm flag); the shipped weights' keys and
+    shapes are exactly the architecture's, so every shipped file still loads strictly."""
+    from safetensors.torch import load_file
+
+    shipped = load_file(str(zoo.weights_path(name)))
+    model = cls()
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in shipped.items()}
+    model.load_state_dict(shipped, strict=True)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == (cls is zoo.DigitsCNNBN)

@@ -32,18 +32,23 @@ WEIGHTS_DIR = Path(__file__).parent / "weights"
 
 
 class DigitsCNN(nn.Module):
-    """Small CNN for 1x8x8 inputs in [0, 1] (the normalisation is the first layer)."""
+    """Small CNN for 1x8x8 inputs in [0, 1] (the normalisation is the first layer).
 
-    def __init__(self, num_classes: int = 10, width: int = 32, dropout: float = 0.25) -> None:
+    Args:
+        num_classes: outputs of the head.
+        width: feature maps of the second convolution (the first has half).
+        dropout: dropout before the head.
+        batch_norm: put ``nn.BatchNorm2d`` after each convolution (before its ReLU); see :class:`DigitsCNNBN`.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 32, dropout: float = 0.25, batch_norm: bool = False) -> None:
         super().__init__()
         self.normalize = Normalize(0.30, 0.38)
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width // 2, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(width // 2, width, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
+
+        def conv(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1), *([nn.BatchNorm2d(c_out)] if batch_norm else []), nn.ReLU()]
+
+        self.features = nn.Sequential(*conv(1, width // 2), *conv(width // 2, width), nn.MaxPool2d(2))
         self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(width * 16, 128), nn.ReLU(), nn.Dropout(dropout))
         self.fc = nn.Linear(128, num_classes)
 
@@ -51,7 +56,7 @@ class DigitsCNN(nn.Module):
         return self.fc(self.hidden(self.features(self.normalize(x))))
 
 
-class DigitsCNNBN(nn.Module):
+class DigitsCNNBN(DigitsCNN):
     """:class:`DigitsCNN` with ``nn.BatchNorm2d`` after each convolution (before its ReLU).
 
     The image zoo's model with normalisation layers, for test-time adaptation (TeBN, TENT, ...) and
@@ -59,22 +64,7 @@ class DigitsCNNBN(nn.Module):
     """
 
     def __init__(self, num_classes: int = 10, width: int = 32, dropout: float = 0.25) -> None:
-        super().__init__()
-        self.normalize = Normalize(0.30, 0.38)
-        self.features = nn.Sequential(
-            nn.Conv2d(1, width // 2, 3, padding=1),
-            nn.BatchNorm2d(width // 2),
-            nn.ReLU(),
-            nn.Conv2d(width // 2, width, 3, padding=1),
-            nn.BatchNorm2d(width),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        )
-        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(width * 16, 128), nn.ReLU(), nn.Dropout(dropout))
-        self.fc = nn.Linear(128, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(self.hidden(self.features(self.normalize(x))))
+        super().__init__(num_classes, width, dropout, batch_norm=True)
 
 
 class ConvDenoiser(nn.Module):
