@@ -75,3 +75,20 @@ def test_bad_input_is_one_line(name: str, net: nn.Module, x: torch.Tensor) -> No
     one_line_input_error(lambda: create(name).adapt(net, x[:1]), "at least 2")
     one_line_input_error(lambda: Stream(create(name), net)(x[:1]), "at least 2")
     one_line_input_error(lambda: create(name).adapt(net, x * 2), "[0, 1]")
+
+
+@pytest.mark.parametrize("name", ["tent", "soft-pl"])
+def test_adaptation_works_under_inference_mode(name: str, net: nn.Module, x: torch.Tensor) -> None:
+    """Adaptation differentiates: callers inside torch.inference_mode() (inputs made there too) get
+    the same logits as outside it, from adapt, a stream and the attack."""
+    method = create(name)
+    expected = method.adapt(net, x)
+    streamed = Stream(method, net)(x)
+    attacked = DIA(steps=1).run(net, method, x[:8], x[8:10], groups=2)
+    with torch.inference_mode():
+        xi = x.clone()
+        torch.testing.assert_close(method.adapt(net, xi), expected)
+        torch.testing.assert_close(Stream(method, net)(xi), streamed)
+        got = DIA(steps=1).run(net, method, xi[:8], xi[8:10], groups=2)
+    torch.testing.assert_close(got.logits, attacked.logits)
+    torch.testing.assert_close(got.x_malicious, attacked.x_malicious)

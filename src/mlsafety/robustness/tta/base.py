@@ -70,6 +70,14 @@ class TTAState:
         )
 
 
+@contextlib.contextmanager
+def adaptation_mode() -> Iterator[None]:
+    """Gradients on, also inside ``torch.inference_mode()`` or ``torch.no_grad()`` (adaptation and the
+    attack differentiate); clone inputs made under inference mode inside it before use."""
+    with torch.inference_mode(False), torch.enable_grad():
+        yield
+
+
 def norm_layers(module: nn.Module) -> dict[str, _BatchNorm]:
     """The batch-norm layers of ``module`` by qualified name; an :class:`InputError` if it has none."""
     layers = {name: m for name, m in module.named_modules() if isinstance(m, _BatchNorm)}
@@ -214,8 +222,8 @@ class TTAMethod(HyperParams):
         """
         clf = as_classifier(model)
         check_batch(x)
-        x0 = x.detach().to(clf.device)
-        with frozen(clf.module), torch.enable_grad():
+        with frozen(clf.module), adaptation_mode():
+            x0 = x.detach().to(clf.device).clone()  # a normal tensor even when x was made under inference mode
             logits, _ = self.step(clf, x0, self.init_state(clf))
         return logits.detach()
 
@@ -247,8 +255,17 @@ class GradientTTA(TTAMethod):
         doc="predict the batch with the updated parameters (TENT's code returns the outputs before the update)",
     )
 
-    def objective(self, logits: torch.Tensor) -> torch.Tensor:
-        """The loss per group ``(G,)`` from logits ``(G, B, K)`` (a mean over each batch)."""
+    fixed_target: ClassVar[bool] = False
+    """Whether :meth:`objective` builds a fixed target from ``reference`` (then an unrolled step
+    computes it in a pass of its own, see :meth:`step`)."""
+
+    def objective(self, logits: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        """The loss per group ``(G,)`` from logits ``(G, B, K)`` (a mean over each batch).
+
+        ``reference``: the same logits as a function of the inputs and of the parameters' values,
+        but not of the parameters the optimiser differentiates (what a fixed target is built
+        from); None: ``logits.detach()`` serves (nothing differentiates through the update).
+        """
         raise NotImplementedError
 
     def init_state(self, clf: Classifier, groups: int = 1) -> TTAState:
@@ -272,9 +289,17 @@ class GradientTTA(TTAMethod):
         moments, t = dict(state.moments), state.steps
         logits = normalised_logits(self, clf, x, params, groups)
         for s in range(self.steps):
-            loss = self.objective(logits.reshape(groups, -1, logits.shape[-1])).sum()
             names = list(params)
-            grads = torch.autograd.grad(loss, [params[k] for k in names], create_graph=create_graph)
+            wrt, reference = params, None
+            if create_graph and self.fixed_target:
+                # the optimiser's gradient holds the target fixed, but the target still depends on the
+                # inputs (the malicious ones too): differentiate the loss with respect to copies of the
+                # parameters, and build the target from the pass with the parameters themselves
+                wrt = {k: v.clone() for k, v in params.items()}
+                reference = logits.reshape(groups, -1, logits.shape[-1])
+                logits = normalised_logits(self, clf, x, wrt, groups)
+            loss = self.objective(logits.reshape(groups, -1, logits.shape[-1]), reference).sum()
+            grads = torch.autograd.grad(loss, [wrt[k] for k in names], create_graph=create_graph)
             t += 1
             new: dict[str, torch.Tensor] = {}
             for k, g in zip(names, grads, strict=True):

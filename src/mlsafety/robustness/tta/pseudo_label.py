@@ -19,8 +19,8 @@ class HardPseudoLabel(GradientTTA):
     in having no labelled loss: the test batch is all there is.
     """
 
-    def objective(self, logits: torch.Tensor) -> torch.Tensor:
-        labels = logits.detach().argmax(dim=-1)
+    def objective(self, logits: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        labels = logits.detach().argmax(dim=-1)  # piecewise constant: no gradient through it either way
         return torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(dim=-1)
 
 
@@ -30,11 +30,16 @@ class SoftPseudoLabel(GradientTTA):
 
     With ``temperature = 1`` the fixed target equals the prediction and the gradient vanishes
     (``softmax - target = 0``), so the target is sharpened; as the temperature goes to 0 this
-    becomes :class:`HardPseudoLabel`.
+    becomes :class:`HardPseudoLabel`. The target is held fixed for the optimiser's gradient but
+    not for the attack's: unrolled (``create_graph``), it is built from a pass that depends on the
+    inputs, so the gradient with respect to malicious inputs includes their effect on the target.
     """
 
     temperature = Param(0.5, float, low=0, low_open=True, high=1, high_open=True, doc="sharpening of the targets")
 
-    def objective(self, logits: torch.Tensor) -> torch.Tensor:
-        target = (logits.detach() / self.temperature).softmax(dim=-1)
+    fixed_target = True
+
+    def objective(self, logits: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
+        ref = logits.detach() if reference is None else reference
+        target = (ref / self.temperature).softmax(dim=-1)
         return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean(dim=-1)

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 import torch
 
 from mlsafety.core import InputError, ModelLike, as_classifier, frozen
-from mlsafety.robustness.tta.base import TTAMethod, TTAState, check_batch
+from mlsafety.robustness.tta.base import TTAMethod, TTAState, adaptation_mode, check_batch
 
 
 class Stream:
@@ -39,8 +39,8 @@ class Stream:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Adapt on the next batch ``x`` (B >= 2, in [0, 1]) and return its logits (B, K)."""
         check_batch(x)
-        x0 = x.detach().to(self.clf.device)
-        with frozen(self.clf.module), torch.enable_grad():
+        with frozen(self.clf.module), adaptation_mode():
+            x0 = x.detach().to(self.clf.device).clone()  # a normal tensor even when x was made under inference mode
             state = self.method.init_state(self.clf) if self.state_ is None else self.state_
             logits, new = self.method.step(self.clf, x0, state)
         self.state_ = new.detached()

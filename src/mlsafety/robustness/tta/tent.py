@@ -27,5 +27,5 @@ class Tent(GradientTTA):
     (``predict_after_update=False``).
     """
 
-    def objective(self, logits: torch.Tensor) -> torch.Tensor:
+    def objective(self, logits: torch.Tensor, reference: torch.Tensor | None = None) -> torch.Tensor:
         return entropy(logits).mean(dim=-1)
