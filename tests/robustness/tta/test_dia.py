@@ -10,7 +10,7 @@ from torch import nn
 
 from mlsafety.core import as_classifier
 from mlsafety.robustness import tta
-from mlsafety.robustness.tta import DIA, Tent, create, normalised_logits
+from mlsafety.robustness.tta import DIA, SoftPseudoLabel, Tent, attack_success, create, normalised_logits
 from tests.robustness.tta._support import conv_bn, head_bn, images
 from tests.support.family import one_line_input_error
 
@@ -41,7 +41,17 @@ def test_malicious_inputs_stay_in_the_budget(eps: float | None, net: nn.Module, 
     assert r.x_malicious.min() >= 0 and r.x_malicious.max() <= 1
     if eps is not None:
         assert (r.x_malicious - start).abs().max() <= eps + 1e-6
-    assert not torch.equal(r.x_malicious, start)
+    # the PGD steps moved the random start in the attack's favour: the same start (same seed), no steps
+    first = DIA(eps=eps, steps=0, random_start=True).run(net, create("tebn"), benign, start, groups=2)
+    assert torch.equal(first.target, r.target)  # type: ignore[arg-type]
+    assert r.target is not None and r.target_index is not None
+
+    def target_ce(res: tta.DIAResult) -> torch.Tensor:
+        hit = res.logits[torch.arange(2), r.target_index]  # type: ignore[index]
+        return F.cross_entropy(hit, r.target, reduction="none")  # type: ignore[arg-type]
+
+    assert not torch.equal(r.x_malicious, first.x_malicious)
+    assert (target_ce(r) <= target_ce(first) + 1e-6).all() and target_ce(r).sum() < target_ce(first).sum() - 1e-3
 
 
 def test_gradient_through_the_unrolled_tent_step_matches_finite_differences() -> None:
@@ -64,6 +74,54 @@ def test_gradient_through_the_unrolled_tent_step_matches_finite_differences() ->
     plain = normalised_logits(create("tebn"), clf, torch.cat([benign, malicious]), {})
     grad_tebn = torch.autograd.grad(F.cross_entropy(plain[:4], torch.tensor([0, 1, 2, 0])), malicious)[0]
     assert not torch.allclose(grad_tent, grad_tebn, atol=1e-6)
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_gradient_through_the_unrolled_soft_pseudo_label_step_matches_finite_differences(steps: int) -> None:
+    """The soft target depends on the malicious inputs too (through the batch statistics): the
+    attack's gradient must include that path, while the optimiser holds the target fixed."""
+    net = head_bn().double()
+    x = images(6, seed=3).double()
+    benign, malicious = x[:4], x[4:].clone().requires_grad_()
+    method = SoftPseudoLabel(optimizer="sgd", lr=0.5, momentum=0.0, temperature=0.5, steps=steps)
+    clf = as_classifier(net)
+    for p in net.parameters():
+        p.requires_grad_(False)
+
+    def benign_loss(xm: torch.Tensor) -> torch.Tensor:
+        logits, _ = method.step(clf, torch.cat([benign, xm]), method.init_state(clf), create_graph=True)
+        return F.cross_entropy(logits[:4], torch.tensor([0, 1, 2, 0]))
+
+    assert torch.autograd.gradcheck(benign_loss, (malicious,), eps=1e-6, atol=1e-5)
+    # the unrolled step lands where the plain (not unrolled) step does
+    plain, _ = method.step(clf, torch.cat([benign, malicious.detach()]), method.init_state(clf))
+    unrolled, _ = method.step(clf, torch.cat([benign, malicious]), method.init_state(clf), create_graph=True)
+    torch.testing.assert_close(unrolled.detach(), plain.detach())
+
+
+def test_groups_per_call_leaves_targets_and_random_starts_unchanged() -> None:
+    """Each batch draws its target and random start from its own generator: how many batches are
+    attacked together changes nothing, and the random baseline is paired with the attack."""
+    net = head_bn()
+    x = images(40, seed=2)
+    benign, start = _split(x[:30], 5, 6, 2)
+    gens = [torch.Generator().manual_seed(i) for i in range(5)]
+    attack = DIA(eps=0.1, steps=0, random_start=True)
+    whole = attack.run(net, create("tebn"), benign, start, groups=5, generator=gens)
+    gens = [torch.Generator().manual_seed(i) for i in range(5)]
+    parts = [
+        attack.run(net, create("tebn"), benign[4 * i : 4 * j], start[2 * i : 2 * j], groups=j - i, generator=gens[i:j])
+        for i, j in ((0, 2), (2, 3), (3, 5))
+    ]
+    assert torch.equal(whole.x_malicious, torch.cat([p.x_malicious for p in parts]))
+    assert torch.equal(whole.target, torch.cat([p.target for p in parts]))  # type: ignore[arg-type,misc]
+    y = net(x).argmax(1).detach()
+    rows = [
+        attack_success(net, create("tebn"), x, y, DIA(eps=0.1, steps=1), shares=(0.25,), batch_sizes=(8,),
+                       n_batches=5, groups_per_call=per_call)[0]
+        for per_call in (1, 2, 5)
+    ]  # fmt: skip
+    assert rows[0] == rows[1] == rows[2]
 
 
 def test_dia_beats_random_malicious_inputs_of_the_same_budget() -> None:
@@ -115,6 +173,9 @@ def test_bad_input_is_one_line(net: nn.Module, x: torch.Tensor) -> None:
     tebn = create("tebn")
     one_line_input_error(lambda: DIA().run(net, tebn, x[:5], x[5:7], groups=2), "equal batches")
     one_line_input_error(lambda: DIA().run(net, tebn, x[:1], x[:0]), "at least 2")
+    one_line_input_error(lambda: DIA().run(net, tebn, x[:1], x[1:2]), "at least 2 benign")  # no reference batch
+    one_line_input_error(lambda: DIA().run(net, tebn, x[:3], x[3:6], groups=3), "at least 2 benign")
+    one_line_input_error(lambda: DIA().run(net, tebn, x[:4], x[4:6], groups=2, generator=[torch.Generator()]), "one")
     one_line_input_error(lambda: DIA().run(net, tebn, x[:4], x[4:6, :, :2]), "malicious inputs must have shape")
     one_line_input_error(
         lambda: DIA(objective="indiscriminate").run(net, tebn, x[:4], x[4:5], target=torch.tensor([1])), "target"

@@ -3,6 +3,7 @@ Adversarial Risks of Test-Time Adaptation", ICML)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -21,7 +22,7 @@ from mlsafety.core import (
     generator,
     rand_like,
 )
-from mlsafety.robustness.tta.base import TTAMethod
+from mlsafety.robustness.tta.base import TTAMethod, adaptation_mode
 
 OBJECTIVES = ("targeted", "indiscriminate", "stealthy")
 
@@ -121,7 +122,7 @@ class DIA(HyperParams):
         target: torch.Tensor | None = None,
         target_index: torch.Tensor | None = None,
         groups: int = 1,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
     ) -> DIAResult:
         """Attack ``groups`` test batches at once.
 
@@ -136,7 +137,9 @@ class DIA(HyperParams):
                 other than the clean adapted prediction, from ``generator``).
             target_index: the attacked benign input of each batch ``(groups,)`` (default: the first).
             groups: number of independent batches stacked in ``benign`` and ``malicious``.
-            generator: overrides the attack's own seeded generator.
+            generator: overrides the attack's own seeded generator; a sequence of ``groups``
+                generators gives each batch its own (its target, then its random start, are drawn
+                from it), so a batch's draws do not depend on which batches it is attacked with.
         """
         clf = as_classifier(model)
         check_images(benign, "benign inputs")
@@ -149,14 +152,23 @@ class DIA(HyperParams):
             check_images(malicious, "malicious inputs")
         if groups < 1 or benign.shape[0] % groups or malicious.shape[0] % groups:
             raise InputError(f"benign and malicious inputs must split into {groups} equal batches")
-        nb, nm = benign.shape[0] // groups, malicious.shape[0] // groups
-        if nb + nm < 2:
-            raise InputError(f"test-time adaptation needs batches of at least 2 inputs, got {nb + nm}")
-        g = generator if generator is not None else self.generator()
+        nb = benign.shape[0] // groups
+        if nb < 2:
+            raise InputError(
+                f"each batch needs at least 2 benign inputs (the no-attack reference adapts on them alone), got {nb}"
+            )
+        if generator is None:
+            g: torch.Generator | list[torch.Generator] = self.generator()
+        elif isinstance(generator, torch.Generator):
+            g = generator
+        else:
+            g = list(generator)
+            if len(g) != groups:
+                raise InputError(f"give one generator per batch ({groups}), got {len(g)}")
         device = clf.device
-        xb = benign.detach().to(device)
-        xm0 = malicious.detach().to(device)
-        with frozen(clf.module), torch.enable_grad():
+        with frozen(clf.module), adaptation_mode():
+            xb = benign.detach().to(device).clone()
+            xm0 = malicious.detach().to(device).clone()
             clean, _ = method.step(clf, xb, method.init_state(clf, groups), groups)
             clean = clean.detach().reshape(groups, nb, -1)
             k = clean.shape[-1]
@@ -182,7 +194,7 @@ class DIA(HyperParams):
         tindex: torch.Tensor | None,
         tgt: torch.Tensor | None,
         groups: int,
-        g: torch.Generator,
+        g: torch.Generator | list[torch.Generator],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         nb, nm = xb.shape[0] // groups, xm0.shape[0] // groups
         shape = xb.shape[1:]
@@ -190,7 +202,7 @@ class DIA(HyperParams):
         step_size = (2.5 * eps / max(self.steps, 1)) if self.step_size is None else self.step_size
         xm = xm0.clone()
         if self.random_start and nm:  # uniform in the ball (clipped to the box), or in the box when unconstrained
-            noise = rand_like(xm0, g)
+            noise = rand_like(xm0, g) if isinstance(g, torch.Generator) else _per_group(xm0, g, rand_like)
             xm = noise if self.eps is None else (xm0 + (2 * noise - 1) * eps).clamp(0, 1)
         clean_pred = clean.argmax(-1)
         best_x, best_logits = xm.clone(), clean
@@ -274,7 +286,7 @@ class DIA(HyperParams):
         groups: int,
         nb: int,
         k: int,
-        g: torch.Generator,
+        g: torch.Generator | list[torch.Generator],
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         device = clean.device
         if self.objective == "indiscriminate":
@@ -291,9 +303,20 @@ class DIA(HyperParams):
                 raise InputError(f"target_index must hold one index in 0..{nb - 1} per batch ({groups} batches)")
         if target is None:
             pred = clean.argmax(-1).gather(1, tindex[:, None])[:, 0]
-            shift = torch.randint(1, k, (groups,), generator=g).to(device)
+            if isinstance(g, torch.Generator):
+                shift = torch.randint(1, k, (groups,), generator=g)
+            else:
+                shift = torch.cat([torch.randint(1, k, (1,), generator=gi) for gi in g])
+            shift = shift.to(device)
             return tindex, (pred + shift) % k
         tgt = target.to(device).long()
         if tgt.shape != (groups,) or bool(((tgt < 0) | (tgt >= k)).any()):
             raise InputError(f"target must hold one class in 0..{k - 1} per batch ({groups} batches)")
         return tindex, tgt
+
+
+def _per_group(
+    x: torch.Tensor, gens: list[torch.Generator], draw: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+) -> torch.Tensor:
+    """``draw`` for each of ``len(gens)`` equal row blocks of ``x`` from its own generator."""
+    return torch.cat([draw(part, gi) for part, gi in zip(x.chunk(len(gens)), gens, strict=True)])

@@ -220,8 +220,10 @@ def attack_success(
         shares: malicious shares of each batch, each in (0, 1).
         batch_sizes: test batch sizes, each at most N.
         n_batches: attacked batches per (share, batch size).
-        groups_per_call: batches attacked together (memory knob; does not change the result).
-        seed: seed of the batch draws (the attack's own generator draws targets).
+        groups_per_call: batches attacked together (memory knob; does not change the result: each
+            batch draws its target and random start from its own generator, seeded by the attack's
+            seed, the share, the batch size and the batch's index).
+        seed: seed of the batch draws.
     """
     check_images(x)
     if not isinstance(y, torch.Tensor) or y.shape != (x.shape[0],):
@@ -239,13 +241,14 @@ def attack_success(
             m = malicious_count(share, b)
             g = generator(seed, "tta-attack", "batches", f"{share:g}", str(b))
             index = draw_batches(x, y, b, m, n_batches, g).index
-            found = [_attack_groups(a, model, method, x, y, index, m, groups_per_call) for a in (attack, random)]
-            rows.append(_row(method, attack, share, b, m, *found))
+            found, rand = _attack_groups(attack, random, model, method, x, y, index, m, groups_per_call, share)
+            rows.append(_row(method, attack, share, b, m, found, rand))
     return rows
 
 
 def _attack_groups(
     attack: DIA,
+    random: DIA,
     model: ModelLike,
     method: TTAMethod,
     x: torch.Tensor,
@@ -253,14 +256,29 @@ def _attack_groups(
     index: torch.Tensor,
     m: int,
     per_call: int,
-) -> list[DIAResult]:
-    out = []
-    g = attack.generator()
+    share: float,
+) -> tuple[list[DIAResult], list[DIAResult]]:
+    """The attack and the random baseline on the same batches, paired: each batch draws its target
+    (and random start) from its own generator (the attack's seed, share, batch size, batch index),
+    and the baseline gets the attack's targets, so ``per_call`` changes nothing."""
+
+    def gens(lo: int, hi: int) -> list[torch.Generator]:
+        return [
+            generator(attack.seed, "tta-attack", "batch", f"{share:g}", str(index.shape[1]), str(i))
+            for i in range(lo, hi)
+        ]
+
+    found, rand = [], []
     for lo in range(0, index.shape[0], per_call):
         idx = index[lo : lo + per_call]
+        hi = lo + idx.shape[0]
         benign, malicious = idx[:, :-m].reshape(-1), idx[:, -m:].reshape(-1)
-        out.append(attack.run(model, method, x[benign], x[malicious], y=y[benign], groups=idx.shape[0], generator=g))
-    return out
+        xb, xm, yb = x[benign], x[malicious], y[benign]
+        res = attack.run(model, method, xb, xm, y=yb, groups=idx.shape[0], generator=gens(lo, hi))
+        found.append(res)
+        rand.append(random.run(model, method, xb, xm, y=yb, target=res.target, target_index=res.target_index,
+                               groups=idx.shape[0], generator=gens(lo, hi)))  # fmt: skip
+    return found, rand
 
 
 def _row(
