@@ -68,3 +68,46 @@ def test_bad_input(llama: LanguageModel) -> None:
         path_patching(llama, **pairs, senders=[(5, 0)], receivers=["final_norm"])  # type: ignore[arg-type]
     with pytest.raises(InputError, match="unknown hook point"):
         path_patching(llama, **pairs, senders=[(0, 0)], receivers=["blocks.1.resid_mid"])  # type: ignore[arg-type]
+
+
+def _three_layer_llama() -> LanguageModel:
+    from transformers import LlamaForCausalLM
+
+    from tests.support.text import tiny_llama
+
+    base = tiny_llama(0)
+    config = base.config
+    config.num_hidden_layers = 3
+    torch.manual_seed(3)
+    model = LlamaForCausalLM(config).eval()
+    model.tokenizer = base.tokenizer  # type: ignore[assignment]
+    return LanguageModel(model)
+
+
+def test_receivers_at_two_layers_are_frozen_in_run_two() -> None:
+    """Wang et al.'s run 2 freezes the receivers too and only records what they compute, so a path
+    sender -> receiver (1, 0) -> receiver (2, 0) is not counted as direct into (2, 0)."""
+    lm = _three_layer_llama()
+    pairs = make_pairs(4, 5, seed=9)
+    sender, receivers = (0, 0), [(1, 0), (2, 0)]
+    clean_b, corr_b = encode_pairs(lm, pairs["clean"], pairs["corrupted"])
+    correct, wrong = answer_ids(lm, pairs["correct"], 4, "c"), answer_ids(lm, pairs["wrong"], 4, "w")
+    names = [f"blocks.{i}.head_out" for i in range(3)]
+    _, clean_acts = lm.run_with_cache(clean_b, names)
+    _, corr_acts = lm.run_with_cache(corr_b, names)
+    seen: dict[str, torch.Tensor] = {}
+
+    def freeze(act: torch.Tensor, name: str) -> torch.Tensor:  # run 2: only the sender moves
+        seen[name] = act.clone()
+        new = corr_acts[name].clone()
+        if name == names[sender[0]]:
+            new[:, :, sender[1]] = clean_acts[name][:, :, sender[1]]
+        return new
+
+    with torch.no_grad(), lm.hooks(dict.fromkeys(names, freeze)):
+        forward_last(lm, corr_b.input_ids, corr_b.attention_mask)
+    fns = {names[layer]: seen[names[layer]] for layer, _ in receivers}
+    with torch.no_grad(), patched(lm, fns, heads=[0]):  # run 3: both receivers get their run-2 outputs
+        expected = logit_diff(forward_last(lm, corr_b.input_ids, corr_b.attention_mask), correct, wrong)
+    path = path_patching(lm, **pairs, senders=[sender], receivers=receivers)  # type: ignore[arg-type]
+    torch.testing.assert_close(path.raw[:, 0], expected, atol=1e-4, rtol=1e-4)

@@ -5,8 +5,10 @@ Wang et al. (2022, "Interpretability in the Wild", section 3.1 and appendix B) a
 
 1. the source and target runs, caching every head's output (``head_out``);
 2. the target run with the sender heads' outputs taken from the source run and **every other attention
-   head frozen** at its target-run output, so the senders' change reaches later layers only through the
-   residual stream, the MLPs and the receivers themselves; the receivers' activations are recorded;
+   head, the receivers included, frozen** at its target-run output, so the senders' change reaches later
+   layers only through the residual stream and the MLPs; what the receivers *would* compute on that
+   stream is recorded (for a head receiver: its recomputed output, which is not passed on, so a path
+   sender -> receiver 1 -> receiver 2 does not count as direct into receiver 2);
 3. the target run with only the receivers patched to their values from run 2; the logit difference of this
    run is the path's effect.
 
@@ -14,8 +16,8 @@ Wang et al. (2022, "Interpretability in the Wild", section 3.1 and appendix B) a
 ``"noise"`` (Wang et al.'s choice) runs the clean prompt with the senders from the corrupted one. Values are
 normalised like activation patching (0 = corrupted run, 1 = clean run).
 
-Simplifications: MLPs and norms are recomputed in run 2, not frozen (as in Wang et al.), so "through the
-receivers" means through the receivers and any MLPs before them; a receiver head is patched as a whole
+MLPs and norms are recomputed in run 2, not frozen, as in Wang et al., so "through the receivers" means
+through the receivers and any MLPs before them. Simplifications: a receiver head is patched as a whole
 output (its query, key and value inputs all see the senders), not per q / k / v input, because the hook
 points give head outputs only; patches cover every position. With the final residual stream
 (``blocks.{n-1}.resid_post``) as the receiver, the result is the senders' effect not mediated by later
@@ -176,9 +178,10 @@ def _freezer(
     prompts: torch.Tensor,
     recorded: dict[str, torch.Tensor],
 ) -> HookFn:
-    """Run 2 at one ``head_out``: senders from the source run, receivers as computed, other heads frozen.
+    """Run 2 at one ``head_out``: senders from the source run, every other head (receivers too) frozen.
 
-    ``senders`` is ``(rows, layers, H)``: each batch row's sender heads; ``receivers`` ``(layers, H)``.
+    The receivers' recomputed outputs are recorded (for run 3) but not passed on. ``senders`` is
+    ``(rows, layers, H)``: each batch row's sender heads; ``receivers`` ``(layers, H)``.
     """
 
     def fn(act: torch.Tensor, name: str) -> torch.Tensor:
@@ -186,9 +189,8 @@ def _freezer(
         from_source = senders[:, layer][:, None, :, None]
         keep = receivers[layer][None, None, :, None]
         frozen_at = target[name][prompts].to(act.dtype)
-        new = torch.where(from_source, source[name][prompts].to(act.dtype), torch.where(keep, act, frozen_at))
-        recorded[name] = new.clone()
-        return new
+        recorded[name] = torch.where(keep, act, frozen_at).detach().clone()
+        return torch.where(from_source, source[name][prompts].to(act.dtype), frozen_at)
 
     return fn
 
