@@ -18,6 +18,7 @@ from mlsafety.monitoring.interp.grokking import (
     grokking_recipe,
     key_frequencies,
     progress_measures,
+    restricted_contrast,
     restricted_loss,
 )
 
@@ -46,6 +47,21 @@ def test_restricted_loss_of_a_model_made_of_key_frequencies_is_its_loss() -> Non
     train = torch.arange(0, p * p, 3)
     assert excluded_loss(logits, freqs, train) == pytest.approx(math.log(p), rel=1e-9)  # nothing left
     assert restricted_loss(logits, [3]) == pytest.approx(math.log(p), rel=1e-9)  # wrong frequency
+
+
+def test_a_memoriser_has_no_key_frequency_contrast_but_a_fourier_model_does() -> None:
+    p, freqs = 53, [4, 11, 17]
+    _, y = all_pairs(p)
+    g = torch.Generator().manual_seed(0)
+    train = torch.randperm(p * p, generator=g)[: round(0.3 * p * p)]
+    memoriser = torch.randn(p * p, p, generator=g, dtype=torch.float64)
+    memoriser[train, y[train]] += 40.0  # a lookup table: right on the training pairs only
+    # the linear restriction keeps part of any margin, in key and non-key frequencies alike ...
+    assert restricted_loss(memoriser, freqs) < math.log(p) - 0.5
+    # ... so only the contrast with random non-key sets says whether the key frequencies matter
+    assert abs(restricted_contrast(memoriser, freqs)) < 0.1
+    fourier = _key_logits(p, freqs) + torch.randn(p * p, p, generator=g, dtype=torch.float64)
+    assert restricted_contrast(fourier, freqs) < -2.0
 
 
 def test_key_frequencies_are_read_from_the_embedding() -> None:
@@ -99,5 +115,7 @@ def test_cached_recipe_run_shows_a_delayed_jump_led_by_the_progress_measures() -
     memorised = next(s for s, a in zip(steps, m["train_acc"], strict=True) if a > 0.99)
     assert memorised < e.step  # train accuracy first, test accuracy much later: grokking
     assert e.ci_low is not None and e.ci_high is not None and e.ci_high - e.ci_low <= 0.2 * steps[-1]
-    rows = {r.name: r for r in leading_indicators(steps, {k: m[k] for k in ("restricted_loss", "weight_norm")}, e)}
-    assert rows["restricted_loss"].precedes
+    leads = leading_indicators(steps, {k: m[k] for k in ("restricted_contrast", "test_loss")}, outcomes, n_boot=50)
+    rows = {r.name: r for r in leads.indicators}
+    assert leads.accuracy_low <= leads.accuracy_step <= leads.accuracy_high
+    assert rows["restricted_contrast"].precedes  # the key frequencies' advantage forms before the accuracy moves

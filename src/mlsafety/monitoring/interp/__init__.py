@@ -11,6 +11,7 @@ from mlsafety.monitoring.interp.circuit import CircuitReport, HeadScore, ioi_cir
 from mlsafety.monitoring.interp.emergence import (
     Emergence,
     Indicator,
+    Leads,
     change_point,
     detect_emergence,
     leading_indicators,
@@ -25,6 +26,7 @@ from mlsafety.monitoring.interp.grokking import (
     grokking_recipe,
     key_frequencies,
     progress_measures,
+    restricted_contrast,
     restricted_loss,
 )
 from mlsafety.monitoring.interp.interventions import ActivationCache, ablated, cache, mean_activations, patched
@@ -54,6 +56,7 @@ __all__ = [
     "HeadScore",
     "IOIDataset",
     "Indicator",
+    "Leads",
     "LogitLensResult",
     "OneLayerTransformer",
     "PatchingResult",
@@ -92,6 +95,7 @@ __all__ = [
     "path_patching",
     "probe_checkpoints",
     "progress_measures",
+    "restricted_contrast",
     "restricted_loss",
     "t_interval",
     "train_toy_models",

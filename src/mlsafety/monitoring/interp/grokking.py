@@ -14,11 +14,13 @@ excluded losses, with the key frequencies read from the final checkpoint's embed
 
 Departures from Nanda et al.: the key frequencies are found from the Fourier spectrum of the token
 embedding (the frequencies holding ``key_share`` of its norm), not from the neuron-logit map; the
-restricted and excluded losses project the *logits* (as a function of ``a``, ``b`` and the answer
-``c``) onto the directions ``cos(w_k (a + b - c))`` and ``sin(w_k (a + b - c))`` of the key
-frequencies, instead of projecting the neuron activations and mapping them through the unembedding.
-The restricted loss is measured on all ``p^2`` pairs and the excluded loss on the training pairs, as
-in the paper. The model is trained with its own full-batch loop: :func:`mlsafety.core.train` is a
+restricted and excluded losses project each answer's *logit* column (a function of ``(a, b)`` over
+all ``p^2`` pairs) onto ``cos/sin(w_k (a + b))``, where the paper projects the MLP neurons and maps
+them through the unembedding (the same subspace: the map is linear). The restricted loss is measured
+on all ``p^2`` pairs and the excluded loss on the training pairs, as in the paper. Added:
+:func:`restricted_contrast`, the restricted loss minus that of random non-key frequency sets of the
+same size, because the restricted loss alone also falls for a pure memoriser as its margin grows.
+The model is trained with its own full-batch loop: :func:`mlsafety.core.train` is a
 mini-batch classifier loop over a dataset and has no place for a full-batch, every-step
 checkpointing run of a few thousand steps on a fixed tensor; the step here is four lines.
 """
@@ -137,21 +139,36 @@ def key_frequencies(embedding: torch.Tensor, key_share: float = 0.8) -> list[int
     return sorted(int(k) + 1 for k in order[:n_key])
 
 
-def _key_component(logits: torch.Tensor, freqs: list[int]) -> torch.Tensor:
-    """The projection of logits ``(p^2, p)`` onto ``cos/sin(w_k (a + b - c))`` for the key ``freqs``."""
-    p = logits.shape[1]
+def _key_directions(p: int, freqs: list[int]) -> torch.Tensor:
+    """Orthonormal functions of the input pair over all ``p^2`` pairs: ``cos/sin(w_k (a + b))`` (``(2K, p^2)``)."""
+    if not freqs or any(not 1 <= int(k) <= (p - 1) // 2 for k in freqs) or len(set(freqs)) != len(freqs):
+        raise InputError(f"freqs must be distinct frequencies in 1..{(p - 1) // 2}, got {list(freqs)}")
     ab, _ = all_pairs(p)
-    s = (ab[:, 0] + ab[:, 1]).double()[:, None] - torch.arange(p, dtype=torch.float64)[None, :]
-    lg = logits.double()
-    out = torch.zeros_like(lg)
+    s = (ab[:, 0] + ab[:, 1]).double()
+    rows = []
     for k in freqs:
-        for v in (torch.cos(2 * math.pi * k * s / p), torch.sin(2 * math.pi * k * s / p)):
-            out += (lg * v).sum() / v.pow(2).sum() * v
-    return out
+        rows += [torch.cos(2 * math.pi * int(k) * s / p), torch.sin(2 * math.pi * int(k) * s / p)]
+    v = torch.stack(rows)
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def _key_component(logits: torch.Tensor, freqs: list[int]) -> torch.Tensor:
+    """Each answer's logit column, as a function of ``(a, b)`` over all ``p^2`` pairs, projected onto
+    ``cos/sin(w_k (a + b))`` for the key ``freqs`` (Nanda et al.'s restriction, applied to the logits)."""
+    v = _key_directions(logits.shape[1], freqs)
+    lg = logits.double()
+    return v.T @ (v @ lg)
 
 
 def restricted_loss(logits: torch.Tensor, freqs: list[int]) -> float:
-    """Cross-entropy on all pairs when the logits keep only the key frequencies' components.
+    """Cross-entropy on all pairs when the logits keep only their mean and the key frequencies' components.
+
+    As Nanda et al. 2023 (section 5.1): per answer ``c``, the logit as a function of the pair ``(a, b)``
+    keeps its mean over all ``p^2`` pairs and its components along ``cos(w_k (a + b))`` and
+    ``sin(w_k (a + b))``. The restriction is linear, so a lookup-table memoriser (a large logit on the
+    right answer for the training pairs only) also keeps a share of its margin in *any* frequency set
+    and its restricted loss falls below ``log p`` as its margin grows; :func:`restricted_contrast`
+    subtracts that share.
 
     Args:
         logits: ``(p^2, p)`` logits on :func:`all_pairs`, row ``a * p + b``.
@@ -159,7 +176,35 @@ def restricted_loss(logits: torch.Tensor, freqs: list[int]) -> float:
     """
     p = _check_logits(logits)
     _, y = all_pairs(p)
-    return float(nn.functional.cross_entropy(_key_component(logits, freqs), y))
+    kept = logits.double().mean(0, keepdim=True) + _key_component(logits, freqs)
+    return float(nn.functional.cross_entropy(kept, y))
+
+
+def restricted_contrast(logits: torch.Tensor, freqs: list[int], n_sets: int = 8, seed: int = 0) -> float:
+    """Restricted loss with the key frequencies minus its mean over random equal-sized sets of non-key ones.
+
+    Near 0 for a model with no Fourier circuit at the key frequencies (a memoriser spreads its logits over
+    all frequencies alike); clearly negative once the key frequencies carry the answer.
+
+    Args:
+        logits: ``(p^2, p)`` logits on :func:`all_pairs`.
+        freqs: the key frequencies.
+        n_sets: random control sets drawn from the other frequencies.
+        seed: seed of the control sets.
+    """
+    p = _check_logits(logits)
+    others = [k for k in range(1, (p - 1) // 2 + 1) if k not in set(freqs)]
+    if len(others) < len(freqs) or n_sets < 1:
+        raise InputError(
+            f"restricted_contrast needs n_sets >= 1 and at least {len(freqs)} non-key frequencies, "
+            f"got n_sets={n_sets} and {len(others)}: use fewer key frequencies or a larger p"
+        )
+    g = generator(seed, "grokking", "control", p, len(freqs))
+    control = [
+        restricted_loss(logits, [others[int(i)] for i in torch.randperm(len(others), generator=g)[: len(freqs)]])
+        for _ in range(n_sets)
+    ]
+    return restricted_loss(logits, freqs) - sum(control) / n_sets
 
 
 def excluded_loss(logits: torch.Tensor, freqs: list[int], train: torch.Tensor) -> float:
@@ -271,7 +316,8 @@ class ProgressMeasures:
     """Per-checkpoint measures of a :class:`GrokkingRun` (lists aligned with ``steps``).
 
     ``test_correct`` holds each checkpoint's per-example test outcomes (``(T, N_test)`` bool), the
-    input of :func:`mlsafety.monitoring.interp.emergence.detect_emergence`.
+    input of :func:`mlsafety.monitoring.interp.emergence.detect_emergence`. ``restricted_contrast`` is
+    None when the modulus has fewer non-key than key frequencies (no control set can be drawn).
     """
 
     steps: list[int]
@@ -282,6 +328,7 @@ class ProgressMeasures:
     test_acc: list[float]
     weight_norm: list[float]
     restricted_loss: list[float]
+    restricted_contrast: list[float] | None
     excluded_loss: list[float]
     test_correct: torch.Tensor
 
@@ -298,6 +345,7 @@ class ProgressMeasures:
                 "test_acc",
                 "weight_norm",
                 "restricted_loss",
+                "restricted_contrast",
                 "excluded_loss",
             )
         }
@@ -322,6 +370,7 @@ def progress_measures(run: GrokkingRun, key_share: float = 0.8) -> ProgressMeasu
     freqs = key_frequencies(run.states[-1]["embed"][:p], key_share)
     names = ("train_loss", "test_loss", "train_acc", "test_acc", "weight_norm", "restricted_loss", "excluded_loss")
     cols: dict[str, list[float]] = {k: [] for k in names}
+    contrast: list[float] | None = [] if (p - 1) // 2 - len(freqs) >= len(freqs) else None
     correct = []
     was_training = model.training
     model.eval()
@@ -337,9 +386,17 @@ def progress_measures(run: GrokkingRun, key_share: float = 0.8) -> ProgressMeasu
             cols["test_acc"].append(float(hit[run.test].float().mean()))
             cols["weight_norm"].append(float(sum(v.double().pow(2).sum() for v in state.values())))
             cols["restricted_loss"].append(restricted_loss(logits, freqs))
+            if contrast is not None:
+                contrast.append(restricted_contrast(logits, freqs))
             cols["excluded_loss"].append(excluded_loss(logits, freqs, run.train))
             correct.append(hit[run.test])
     finally:
         model.load_state_dict(final)
         model.train(was_training)
-    return ProgressMeasures(list(run.steps), freqs, test_correct=torch.stack(correct), **cols)  # type: ignore[arg-type]
+    return ProgressMeasures(
+        list(run.steps),
+        freqs,
+        restricted_contrast=contrast,
+        test_correct=torch.stack(correct),
+        **cols,  # type: ignore[arg-type]
+    )
