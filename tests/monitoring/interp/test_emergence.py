@@ -54,10 +54,26 @@ def test_change_point_of_a_planted_step_and_leading_indicators() -> None:
     assert change_point(STEPS, values) == 900
     noisy = torch.tensor(values) + 0.1 * torch.randn(len(STEPS), generator=generator(3, "cp"))
     assert change_point(STEPS, noisy) == 900
-    e = detect_emergence(STEPS, planted(1700), threshold=0.5)
+    outcomes = planted(1700)
     late = [0.0 if s < 2500 else 1.0 for s in STEPS]
-    rows = leading_indicators(STEPS, {"late": late, "early": values}, e)
-    assert [(r.name, r.step, r.precedes) for r in rows] == [("early", 900, True), ("late", 2500, False)]
+    leads = leading_indicators(STEPS, {"late": late, "early": noisy}, outcomes, n_boot=100)
+    assert leads.accuracy_step == 1700 and leads.accuracy_low <= 1700 <= leads.accuracy_high
+    rows = [(r.name, r.step, r.lead, r.precedes) for r in leads.indicators]
+    assert rows == [("early", 900, 800, True), ("late", 2500, -800, False)]
+    early = leads.indicators[0]
+    assert early.ci_low <= 900 <= early.ci_high and 0 < early.lead_low <= 800 <= early.lead_high
+
+
+def test_a_measure_made_from_the_accuracy_itself_does_not_lead() -> None:
+    g = generator(4, "ramp")
+    p = torch.linspace(0.0, 1.0, len(STEPS))
+    outcomes = torch.rand(len(STEPS), 200, generator=g) < p[:, None]
+    error = 1 - outcomes.double().mean(1)  # a "progress measure" that is the test error
+    leads = leading_indicators(STEPS, {"error": error, "accuracy": 2 * (1 - error) + 3}, outcomes, n_boot=100)
+    rows = {r.name: r for r in leads.indicators}
+    assert rows["error"].lead == 0 and not rows["error"].precedes
+    assert rows["error"].lead_low <= 0 <= rows["error"].lead_high
+    assert rows["accuracy"].lead == 0 and not rows["accuracy"].precedes
 
 
 def test_probe_checkpoints_restores_the_model_and_feeds_the_monitor() -> None:

@@ -7,11 +7,13 @@ and at every later one), after a checkpoint at which it was confidently below (u
 threshold): a capability present from the start has not emerged. The step's interval is a
 percentile bootstrap over the probe's examples (Efron & Tibshirani 1993): the examples are
 resampled, the rule is applied again to the resampled accuracies, and the 2.5% and 97.5% quantiles
-of the resulting steps are reported. :func:`leading_indicators` locates, for any other series
-(progress measures such as a weight norm or Nanda et al. 2023's restricted loss), the step at which
-it moves: the least-squares single change point of a piecewise-constant fit (Hinkley 1970,
-"Inference about the change-point in a sequence of random variables"), and says whether it comes
-before the emergence step. Emergence in the sense of Wei et al. 2022 ("Emergent Abilities of Large
+of the resulting steps are reported. :func:`leading_indicators` dates the probe accuracy and any
+other series (progress measures such as a weight norm or Nanda et al. 2023's restricted loss) with
+one estimator, the least-squares single change point of a piecewise-constant fit (Hinkley 1970,
+"Inference about the change-point in a sequence of random variables"), and reports each measure's
+lead over the accuracy with a bootstrap interval; a measure precedes when that interval lies above 0.
+All intervals here are conditional on one training run: grokking time also varies with the seed,
+which only repeated runs measure. Emergence in the sense of Wei et al. 2022 ("Emergent Abilities of Large
 Language Models") is measured here over training steps, as in grokking (Power et al. 2022).
 """
 
@@ -143,6 +145,27 @@ def _snap(value: float, steps: list[int], down: bool) -> int:
     return min(s for s in steps if s >= value - 1e-9)
 
 
+def _change_index(v: torch.Tensor) -> torch.Tensor:
+    """Per row of ``(B, T)`` values: the index of the first value of the least-squares second segment."""
+    t = v.shape[1]
+    c1, c2 = v.cumsum(1), v.pow(2).cumsum(1)
+    i = torch.arange(1, t, dtype=torch.float64)  # size of the first segment
+    left = c2[:, :-1] - c1[:, :-1].pow(2) / i
+    right_sum, right_sq = c1[:, -1:] - c1[:, :-1], c2[:, -1:] - c2[:, :-1]
+    right = right_sq - right_sum.pow(2) / (t - i)
+    return (left + right).argmin(1) + 1
+
+
+def _as_series(steps: Sequence[int], values: Sequence[float] | torch.Tensor, what: str) -> torch.Tensor:
+    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    t = v.numel()
+    if t < 2 or len(steps) != t:
+        raise InputError(f"{what} needs at least 2 values, one per step; got {t} values, {len(steps)} steps")
+    if not torch.isfinite(v).all():
+        raise InputError(f"{what} got a non-finite value: drop or fill it first")
+    return v
+
+
 def change_point(steps: Sequence[int], values: Sequence[float] | torch.Tensor) -> int:
     """The least-squares single change point of a series: the first step of its second segment.
 
@@ -153,49 +176,125 @@ def change_point(steps: Sequence[int], values: Sequence[float] | torch.Tensor) -
         steps: ``(T,)`` steps, ``T >= 2``.
         values: ``(T,)`` values.
     """
-    v = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    v = _as_series(steps, values, "change_point")
+    return int(steps[int(_change_index(v[None])[0])])
+
+
+def _residual_boot(v: torch.Tensor, n_boot: int, g: torch.Generator) -> torch.Tensor:
+    """``(B, T)`` series: the piecewise-constant fit plus circular moving blocks of its residuals."""
     t = v.numel()
-    if t < 2 or len(steps) != t:
-        raise InputError(f"change_point needs at least 2 values, one per step; got {t} values, {len(steps)} steps")
-    if not torch.isfinite(v).all():
-        raise InputError("change_point got a non-finite value: drop or fill it first")
-    c1, c2 = v.cumsum(0), v.pow(2).cumsum(0)
-    i = torch.arange(1, t, dtype=torch.float64)  # size of the first segment
-    left = c2[:-1] - c1[:-1].pow(2) / i
-    right_sum, right_sq = c1[-1] - c1[:-1], c2[-1] - c2[:-1]
-    right = right_sq - right_sum.pow(2) / (t - i)
-    split = int((left + right).argmin()) + 1
-    return int(steps[split])
+    cut = int(_change_index(v[None])[0])
+    fit = torch.cat([v[:cut].mean().expand(cut), v[cut:].mean().expand(t - cut)])
+    res = v - fit
+    block = max(1, round(t ** (1 / 3)))
+    n_blocks = -(-t // block)
+    starts = torch.randint(0, t, (n_boot, n_blocks), generator=g)
+    idx = (starts[:, :, None] + torch.arange(block)).reshape(n_boot, -1)[:, :t] % t
+    return fit + res[idx]
 
 
 @dataclass(frozen=True)
 class Indicator:
-    """When a progress measure moved: its change point, and whether that precedes emergence."""
+    """When a progress measure moved, and by how much it led the probe accuracy's own change point.
+
+    Attributes:
+        name: the measure.
+        step: its change point; ``ci_low``/``ci_high`` the 95% bootstrap interval.
+        lead: the accuracy's change point minus ``step`` (positive: the measure moved first);
+            ``lead_low``/``lead_high`` its 95% bootstrap interval.
+        precedes: whether ``lead_low > 0``.
+    """
 
     name: str
     step: int
-    precedes: bool | None
+    ci_low: int
+    ci_high: int
+    lead: int
+    lead_low: int
+    lead_high: int
+    precedes: bool
+
+
+@dataclass(frozen=True)
+class Leads:
+    """:func:`leading_indicators`' result: the accuracy's change point and each measure's lead over it.
+
+    Attributes:
+        accuracy_step: the probe accuracy's change point; ``accuracy_low``/``accuracy_high`` its 95%
+            bootstrap interval over the probe examples.
+        indicators: one :class:`Indicator` per measure, earliest first.
+    """
+
+    accuracy_step: int
+    accuracy_low: int
+    accuracy_high: int
+    indicators: list[Indicator]
 
 
 def leading_indicators(
-    steps: Sequence[int], measures: Mapping[str, Sequence[float] | torch.Tensor], emergence: Emergence
-) -> list[Indicator]:
-    """The change point of each progress-measure series and whether it comes before the emergence step.
+    steps: Sequence[int],
+    measures: Mapping[str, Sequence[float] | torch.Tensor],
+    outcomes: torch.Tensor,
+    n_boot: int = 200,
+    seed: int = 0,
+) -> Leads:
+    """Each progress measure's change point and its lead over the probe accuracy's change point.
+
+    Both are dated with the same estimator (:func:`change_point`), so a measure that merely mirrors
+    the accuracy (or an affine map of it) leads by 0. A least-squares break is not invariant under
+    non-linear maps: a convex one such as ``-log(accuracy)`` moves most near the start and is dated
+    earlier, so compare measures on their natural scales and read a lead as "moved first on this
+    scale", not as a mechanism. Intervals are percentile bootstraps (Efron & Tibshirani 1993): the
+    accuracy's over the probe examples, each measure's over circular moving blocks (length
+    ``round(T^(1/3))``) of the residuals of its one-break fit (the measures are aggregates with no
+    examples to resample). Draw ``b`` of the accuracy is paired with draw ``b`` of each measure for the
+    lead's interval. All intervals are conditional on the one training run the checkpoints come from:
+    they hold no seed-to-seed variation.
 
     Args:
-        steps: the checkpoint steps (as in ``emergence``).
+        steps: the checkpoint steps.
         measures: series by name, one value per step.
-        emergence: the output of :func:`detect_emergence`; ``precedes`` is None when nothing emerged.
+        outcomes: ``(T, N)`` per-checkpoint per-example probe outcomes (as for :func:`detect_emergence`).
+        n_boot: bootstrap resamples.
+        seed: seed of the resamples.
 
     Returns:
-        One :class:`Indicator` per measure, earliest first.
+        A :class:`Leads`.
     """
-    out = []
+    steps = [int(s) for s in steps]
+    out = torch.as_tensor(outcomes)
+    if out.ndim != 2 or out.shape[0] != len(steps) or out.shape[1] == 0:
+        raise InputError(f"outcomes must be (checkpoints={len(steps)}, examples >= 1), got {tuple(out.shape)}")
+    if n_boot < 1:
+        raise InputError(f"n_boot must be at least 1, got {n_boot}")
+    out = out.bool().cpu().double()
+    n = out.shape[1]
+    acc = _as_series(steps, out.mean(1), "the probe accuracy")
+    g = generator(seed, "leads", n)
+    counts = torch.stack(
+        [torch.bincount(torch.randint(0, n, (n,), generator=g), minlength=n) for _ in range(n_boot)]
+    ).double()
+    acc_b = _change_index((counts @ out.T) / n)  # (B,)
+    at = torch.tensor(steps, dtype=torch.float64)
+    ref = change_point(steps, acc)
+    rows = []
     for name, values in measures.items():
-        cp = change_point(steps, values)
-        precedes = None if emergence.step is None else cp < emergence.step
-        out.append(Indicator(name, cp, precedes))
-    return sorted(out, key=lambda r: r.step)
+        v = _as_series(steps, values, f"measure {name!r}")
+        cp = change_point(steps, v)
+        cp_b = _change_index(_residual_boot(v, n_boot, g))
+        lo, hi = _interval(at[cp_b], steps)
+        lead_b = at[acc_b] - at[cp_b]
+        q = torch.quantile(lead_b, torch.tensor([0.025, 0.975], dtype=torch.float64))
+        lead = ref - cp
+        lead_lo, lead_hi = min(int(q[0]), lead), max(int(q[1]), lead)
+        rows.append(Indicator(name, cp, min(lo, cp), max(hi, cp), lead, lead_lo, lead_hi, lead_lo > 0))
+    a_lo, a_hi = _interval(at[acc_b], steps)
+    return Leads(ref, min(a_lo, ref), max(a_hi, ref), sorted(rows, key=lambda r: r.step))
+
+
+def _interval(values: torch.Tensor, steps: list[int]) -> tuple[int, int]:
+    q = torch.quantile(values, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return _snap(float(q[0]), steps, down=True), _snap(float(q[1]), steps, down=False)
 
 
 Checkpoint = Mapping[str, torch.Tensor] | Callable[[], nn.Module]
