@@ -36,12 +36,19 @@ def test_tta_undoes_a_planted_shift() -> None:
     res = adaptation_accuracy(net, create("tebn"), shifted, y, batch_size=32)
     with torch.no_grad():
         source = (net(shifted).argmax(1) == y).float().mean().item()
-    assert res.source.value == pytest.approx(source) and res.source.n == 96
+    assert res.source is not None and res.source.value == pytest.approx(source) and res.source.n == 96
     assert res.source.value < 0.5 and res.adapted.value > 0.85  # the shift breaks the model, TeBN mends it
     assert res.adapted.ci_low <= res.adapted.value <= res.adapted.ci_high
     assert res.method == "tebn" and res.stream and res.batch_size == 32
     expected = torch.cat([create("tebn").adapt(net, shifted[i : i + 32]).argmax(1) for i in range(0, 96, 32)])
     assert res.adapted.value == pytest.approx((expected == y).float().mean().item())
+
+
+def test_adapted_only_skips_the_source_pass() -> None:
+    net, _, shifted, y = _shifted_task()
+    full = adaptation_accuracy(net, create("tebn"), shifted, y, batch_size=32)
+    only = adaptation_accuracy(net, create("tebn"), shifted, y, batch_size=32, source=False)
+    assert only.source is None and only.adapted == full.adapted
 
 
 def test_a_last_batch_of_one_joins_the_one_before() -> None:
