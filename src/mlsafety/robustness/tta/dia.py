@@ -98,6 +98,15 @@ class DIA(HyperParams):
     around the real inputs they start from (``eps=None``: anywhere in [0, 1], the paper's
     unconstrained setting). Departs from the paper in using signed gradient steps (PGD) instead of
     Adam on the malicious inputs.
+
+    How much the unrolling matters: at TENT's learning rate (1e-3) one update moves the affine
+    parameters so little that differentiating through it changes the attack's gradient by about
+    1.3e-5 relative to the gradient through the batch statistics alone with Adam and 1.3e-4 with
+    SGD (reviewer's measurement on ``digits-cnn-bn``), with every sign equal, so the signed steps
+    are the same; the attack on gradient methods is then in effect the attack on their batch
+    statistics. The unrolled gradient is exact all the same (tested against finite differences,
+    soft pseudo-labels' input-dependent target included), and it matters at larger learning rates
+    or with more adaptation steps.
     """
 
     objective = Param("targeted", str, choices=OBJECTIVES, doc="what the attacker wants of the benign inputs")

@@ -26,10 +26,17 @@ class MedBN(TTAMethod):
     """Normalise with the median instead of the mean, and the median squared deviation from it
     instead of the variance, so a minority of malicious inputs cannot drag the statistics far.
 
-    Departures from Park et al.: only the statistics-only form (MedBN applied to TeBN) is
-    registered here, and the median squared deviation is used as the variance without a Gaussian
-    consistency factor (for normal activations it is about 0.45 of the variance, a constant the
-    scale of the next layers sees as a fixed gain).
+    Which variance: the authors' code (github.com/ml-postech/MedBN-robust-test-time-adaptation,
+    ``models/norm.py``) has two median variants. Its ``med`` norm (``MedNorm`` / ``RobustMedBN2d``)
+    centres at the median but scales by the *mean* squared deviation from it; its ``mm`` norm
+    (``MMNorm`` / ``RobustMMBN2d``) scales by the squared median absolute deviation, which equals
+    the median squared deviation used here. Neither applies a Gaussian consistency factor (for
+    normal activations the median squared deviation is about 0.45 of the variance, a fixed gain the
+    next layers see), and neither does this module. It follows ``mm``: a minority of malicious
+    inputs moves neither of its statistics far, whereas the mean squared deviation grows without
+    bound with one extreme input. Departures from Park et al.: where their MedBN is the ``med``
+    norm, the variance here is the median one; only the statistics-only form (MedBN applied to
+    TeBN) is registered.
     """
 
     def statistics(self, layer: _BatchNorm, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
