@@ -1,7 +1,10 @@
-"""The proxy-gaming monitor: Welch p-values by hand, the false-alarm rate under no gaming, power
-under planted divergence."""
+"""The proxy-gaming monitor: the residual test by hand, its false-alarm rate UNDER best-of-n selection
+in a world with no gaming (where the old mean-disagreement test fired every time), power under a
+planted over-optimisation, margin and misuse."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -10,79 +13,108 @@ from scipy import stats
 from mlsafety.core import InputError, NotFittedError, generator
 from mlsafety.metrics import clopper_pearson
 from mlsafety.monitoring.proxy_gaming import ProxyGamingMonitor, monitor_proxy_gaming
+from mlsafety.monitoring.proxy_gaming.monitor import best_of_n_monitor
+
+NS = [2, 4, 8, 16, 32]
 
 
-def _scores(g: torch.Generator, m: int, shift: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A proxy that over-rates by ``shift`` (in sd units) and two trusted proxies; all share a signal."""
-    signal = torch.randn(m, generator=g, dtype=torch.float64)
-    proxy = signal + 0.5 * torch.randn(m, generator=g, dtype=torch.float64) + shift
-    trusted = signal + 0.7 * torch.randn(2, m, generator=g, dtype=torch.float64)
-    return proxy, trusted
+def _world(g: torch.Generator, shape: tuple[int, ...], gaming: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Proxy = signal + hack; trusted = an independent noisy copy of the gold = signal - gaming * relu(hack)^2.
+
+    ``gaming`` 0: the gold (and the trusted) rise linearly with the proxy in expectation: no gaming.
+    """
+    signal = torch.randn(shape, generator=g, dtype=torch.float64)
+    hack = torch.randn(shape, generator=g, dtype=torch.float64)
+    gold = signal - gaming * torch.relu(hack) ** 2
+    return signal + hack, gold + 0.5 * torch.randn(shape, generator=g, dtype=torch.float64)
 
 
-def test_p_value_is_welchs_one_sided_test() -> None:
-    g = generator(0, "monitor-welch")
-    p0, t0 = _scores(g, 80)
-    p1, t1 = _scores(g, 50, shift=0.4)
-    mon = ProxyGamingMonitor(steps=1).fit(p0, t0)
-    step = mon.update(p1, t1)
-    d0 = p0 * mon.proxy_scale_ - (mon.trusted_scale_.unsqueeze(1) * t0).sum(0)
-    d1 = p1 * mon.proxy_scale_ - (mon.trusted_scale_.unsqueeze(1) * t1).sum(0)
-    want = stats.ttest_ind(d1.numpy(), d0.numpy(), equal_var=False, alternative="greater").pvalue
-    assert step.p_value == pytest.approx(float(want), rel=1e-6)
+def _best_of(g: torch.Generator, k: int, n: int, gaming: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``k`` independent best-of-n outputs by the proxy."""
+    p, t = _world(g, (k, n), gaming)
+    i = p.argmax(1, keepdim=True)
+    return p.gather(1, i).squeeze(1), t.gather(1, i).squeeze(1)
+
+
+def test_step_is_the_regression_residual_test_by_hand() -> None:
+    g = generator(0, "monitor-hand")
+    p0, t0 = _world(g, (80,))
+    p1, t1 = _best_of(g, 30, 8)
+    step = ProxyGamingMonitor(steps=1).fit(p0, t0).update(p1, t1)
+    z0, w0 = (p0 - p0.mean()) / p0.std(), (t0 - t0.mean()) / t0.std()
+    z1, w1 = (p1 - p0.mean()) / p0.std(), (t1 - t0.mean()) / t0.std()
+    fit = stats.linregress(z0.numpy(), w0.numpy())
+    e = w1 - fit.intercept - fit.slope * z1
+    s2 = float(((w0 - fit.intercept - fit.slope * z0) ** 2).sum()) / 78
+    va = float(e.var()) / 30
+    vb = s2 * (1 / 80 + float(z1.mean() - z0.mean()) ** 2 / float(((z0 - z0.mean()) ** 2).sum()))
+    df = (va + vb) ** 2 / (va**2 / 29 + vb**2 / 78)
+    assert step.gap.value == pytest.approx(-float(e.mean()), abs=1e-9)
+    assert step.p_value == pytest.approx(float(stats.t.sf(-float(e.mean()) / math.sqrt(va + vb), df)), rel=1e-6)
     assert step.gap.ci_low < step.gap.value < step.gap.ci_high
 
 
-def test_false_alarm_rate_under_no_gaming_is_at_most_alpha() -> None:
+def test_false_alarm_rate_under_best_of_n_selection_without_gaming() -> None:
     g = generator(1, "monitor-null")
-    runs, steps, alpha = 300, 8, 0.1
-    alarms = 0
+    runs, alpha, alarms = 120, 0.1, 0
     for _ in range(runs):
-        ref = _scores(g, 60)
-        schedule = [_scores(g, 40) for _ in range(steps)]
-        result = monitor_proxy_gaming(*ref, [p for p, _ in schedule], [t for _, t in schedule], alpha=alpha)
+        steps = [_best_of(g, 40, n) for n in NS]  # the proxy's best of n: p rises more than t
+        ref = _world(g, (200,))
+        result = monitor_proxy_gaming(*ref, [p for p, _ in steps], [t for _, t in steps], alpha=alpha)
         alarms += result.alarm_step is not None
     low, _ = clopper_pearson(alarms, runs)
-    assert low <= alpha  # the rate is not significantly above alpha
+    assert low <= alpha  # the mean-disagreement test fired in every run here
 
 
-def test_fires_after_planted_divergence_and_not_before() -> None:
-    g = generator(2, "monitor-power")
-    fired = []
-    for _ in range(20):
-        ref = _scores(g, 200)
-        schedule = [_scores(g, 200, shift=0.0 if k < 4 else 0.6) for k in range(8)]
-        result = monitor_proxy_gaming(*ref, [p for p, _ in schedule], [t for _, t in schedule], alpha=0.05)
-        fired.append(result.alarm_step)
-    assert all(step is not None and step >= 5 for step in fired)
-    assert sum(step == 5 for step in fired) >= 18
+def test_pool_false_alarm_rate_under_selection_without_gaming() -> None:
+    g = generator(2, "monitor-pool-null")
+    runs, alpha, alarms = 100, 0.1, 0
+    for _ in range(runs):
+        proxy, trusted = _world(g, (8, 64))
+        alarms += best_of_n_monitor(proxy, trusted, NS, alpha, generator=g).alarm_step is not None
+    low, _ = clopper_pearson(alarms, runs)
+    assert low <= alpha
 
 
-def test_margin_tolerates_small_drift() -> None:
-    g = generator(3, "monitor-margin")
-    ref = _scores(g, 400)
-    drift = [_scores(g, 400, shift=0.2) for _ in range(3)]
-    args = (*ref, [p for p, _ in drift], [t for _, t in drift])
+def test_fires_on_planted_over_optimisation() -> None:
+    g = generator(3, "monitor-power")
+    fired = [monitor_proxy_gaming(*_world(g, (1000,), 1.0), *zip(*[_best_of(g, 300, n, 1.0) for n in NS]))
+             .alarm_step for _ in range(10)]  # fmt: skip
+    assert sum(step is not None for step in fired) >= 8
+    pool = [best_of_n_monitor(*_world(g, (32, 64), 1.0), NS, generator=g).alarm_step for _ in range(10)]
+    assert sum(step is not None for step in pool) >= 8
+
+
+def test_margin_tolerates_small_shortfall() -> None:
+    g = generator(4, "monitor-margin")
+    p0, t0 = _world(g, (2000,))
+    p1, t1 = _world(g, (2000,))
+    drift = [(p1, t1 - 0.1 * t1.std())]  # the trusted lag by 0.1 sd at every proxy value
+    args = (p0, t0, [p for p, _ in drift], [t for _, t in drift])
     assert monitor_proxy_gaming(*args, margin=0.0).alarm_step == 1
     assert monitor_proxy_gaming(*args, margin=0.5).alarm_step is None
 
 
 def test_misuse_is_one_line() -> None:
-    g = generator(4, "monitor-misuse")
-    p, t = _scores(g, 20)
+    g = generator(5, "monitor-misuse")
+    p, t = _world(g, (20,))
     with pytest.raises(NotFittedError):
         ProxyGamingMonitor().update(p, t)
     mon = ProxyGamingMonitor(steps=1).fit(p, t)
     with pytest.raises(InputError, match="trusted scorers"):
-        mon.update(p, t[:1])
+        mon.update(p, torch.stack([t, t]))
     mon.update(p, t)
     with pytest.raises(InputError, match="planned for 1 steps"):
         mon.update(p, t)
+    pp, tt = _world(g, (4, 16))
     for call, match in [
         (lambda: ProxyGamingMonitor(alpha=0.0), "alpha"),
-        (lambda: ProxyGamingMonitor().fit(p, t[:, :-1]), "trusted scores must be"),
+        (lambda: ProxyGamingMonitor().fit(p, t[:-1]), "trusted scores must be"),
         (lambda: ProxyGamingMonitor().fit(torch.ones(5), torch.randn(5)), "constant"),
         (lambda: monitor_proxy_gaming(p, t, [], []), "non-empty"),
+        (lambda: best_of_n_monitor(pp, tt, [16]), r"\[2, 8\]"),
+        (lambda: best_of_n_monitor(pp, tt[:, :8], [2]), "trusted scores must be"),
+        (lambda: best_of_n_monitor(pp[:1], tt[:1], [2]), "at least 2 prompts"),
     ]:
         with pytest.raises(InputError, match=match) as info:
             call()

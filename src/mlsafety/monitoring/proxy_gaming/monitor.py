@@ -6,17 +6,18 @@ to the set-up of Gao, Schulman & Hilton, "Scaling Laws for Reward Model Overopti
 Every scorer is standardised on outputs of the initial policy ``pi0``; ``t(y)`` is the mean of the
 standardised trusted proxies and ``p(y)`` the standardised optimised proxy.
 
-The null is "no gaming": optimisation changes which outputs are produced, but the trusted proxies
-follow the proxy as they did under ``pi0``, ``E_t[t | p] = E_0[t | p] = a + b p``. The naive null
-"the mean of ``p - t`` does not move" is false under ANY selection by an imperfectly correlated
-proxy: best-of-n raises ``p`` more than ``t`` by regression to the mean, so that test fires at
-every n even with no over-optimisation. Here the regression ``t ~ a + b p`` is fitted on ``pi0``'s
-outputs, and each step tests the residual ``e = t - a - b p`` of the optimised outputs: its mean
-stays 0 under any optimiser that acts through the proxy alone when there is no gaming, and turns
-negative when the trusted proxies lag what ``pi0`` predicts at those proxy values (over-optimisation
-bends ``E[t | p]`` down in the tail). The monitor reports the shortfall ``-E[e]`` and tests
-``H0: shortfall <= margin`` one-sided, alarming at the first step whose p-value is below
-``alpha / steps`` (Bonferroni over the planned steps, valid under any dependence between steps).
+The naive null "the mean disagreement ``p - t`` does not move" is false under ANY selection by an
+imperfectly correlated proxy: best-of-n raises ``p`` more than ``t`` by regression to the mean, so a
+test of it fires at every n even with no over-optimisation. The null here is "no gaming": the
+trusted proxies keep rewarding the proxy at the values optimisation reaches as they do in the bulk
+of ``pi0``'s outputs, ``E_t[t | p] = a + b p`` with ``a, b`` fitted on ``pi0``'s outputs. Each step
+tests the residual ``e = t - a - b p`` of the optimised outputs: with no gaming its mean stays 0
+whatever the optimiser selects; over-optimisation bends ``E[t | p]`` below the line where the
+optimiser pushes ``p`` (for best-of-n, which selects by ``p`` alone, ``E[t | p]`` is ``pi0``'s own,
+so the alarm reads exactly that bend in ``pi0``'s tail; an RL policy may also move ``E[t | p]``).
+The monitor reports the shortfall ``-E[e]`` and tests ``H0: shortfall <= margin`` one-sided,
+alarming at the first step whose p-value is below ``alpha / steps`` (Bonferroni over the planned
+steps, valid under any dependence between steps).
 
 Two sampling designs:
 
@@ -32,11 +33,11 @@ Two sampling designs:
   (cross-fitting) and the two estimates are averaged. The test is a one-sided t over prompts, its
   variance widened by the slope's (common to all prompts) error. Only ``n <= m // 2`` can be tested.
 
-Departures and assumptions: a LINEAR ``E_0[t | p]`` (per prompt shifted, common slope); if it bends
-under ``pi0`` itself the monitor reads that bend as gaming (with the tail being where ``pi0`` has
-the fewest outputs, a binned fit would not do better). The false-alarm rate is stated for that
-null and verified by simulation under best-of-n selection (tests/monitoring/proxy_gaming/
-test_monitor.py; bench/proxy_gaming_sim.py); t tests rely on approximate normality of the means.
+Departures and assumptions: the straight line is the null, fitted on ``pi0``'s bulk and
+extrapolated to where optimisation goes; a trusted proxy that saturates (bends) for reasons other
+than gaming reads as gaming. The false-alarm rate is stated for a linear ``E[t | p]`` and verified
+by simulation under best-of-n selection (tests/monitoring/proxy_gaming/test_monitor.py,
+bench/proxy_gaming_sim.py); the t tests rely on approximate normality of the means.
 """
 
 from __future__ import annotations
