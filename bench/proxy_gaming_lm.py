@@ -109,7 +109,7 @@ def main() -> None:
                                    "peak_d": list(fit.peak)[:3]},
                 "alarm_before_peak": list(proportion(before, args.seeds))[:3], "alarm_fired": fired,
             })  # fmt: skip
-        trend = size_trend(list(SIZES), fits, args.n_boot)
+        trend = size_trend(list(SIZES), fits)
         results.append({"features": feat, "trend": {"alpha_slope_per_logN": list(trend.alpha_slope)[:3],
                                                     "beta_slope_per_logN": list(trend.beta_slope)[:3]}})  # fmt: skip
     elapsed = time.perf_counter() - start

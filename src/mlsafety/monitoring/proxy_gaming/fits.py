@@ -8,8 +8,11 @@ Gao, Schulman & Hilton, "Scaling Laws for Reward Model Overoptimization", 2022 (
 
 Both are linear in (alpha, beta), so the fit is ordinary least squares on the design
 ``[d, -d^2]`` or ``[d, -d log d]`` (the paper fits the same forms; it does not say how). Intervals
-are percentile bootstraps: over seeds when the curves are given as rows (S, T) (a resample of seeds
-is refit on its pooled points), else over the points. Departures: the paper reports no intervals,
+are percentile bootstraps over seeds when the curves are given as rows (S, T) (a resample of seeds
+is refit on its pooled points); a single curve (S = 1) gets NaN intervals: its points are not
+independent draws (they are one deterministic curve), so resampling them would measure nothing.
+:func:`size_trend` regresses alpha and beta on log N per bootstrap replicate (a nested bootstrap:
+seeds resampled within each N). Departures: the paper reports no intervals,
 and does not fit a free intercept (neither do we: subtract the initial policy's gold first, which
 :func:`fit_scaling_law` does when ``relative=True``).
 """
@@ -35,12 +38,23 @@ def _design_rl(d: torch.Tensor) -> torch.Tensor:
     return torch.stack([d, -dlog], dim=-1)
 
 
+RL_LOG_PEAK_MAX = 50.0
+"""Largest ``alpha / beta - 1`` (the log of the RL form's d*) reported as a finite peak; beyond it
+(d* > e^50, far past any KL an optimiser reaches) the fitted curve has no peak in reach: ``inf``."""
+
+
 def _peak_bon(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    return torch.where(beta > 0, alpha / (2 * beta), torch.full_like(alpha, math.inf))
+    """``alpha / (2 beta)``; ``inf`` when beta <= 0 (no fall), 0 when alpha <= 0 < beta (gold falls from d = 0)."""
+    d = (alpha / (2 * beta)).clamp_min(0.0)
+    return torch.where(beta > 0, d, torch.full_like(alpha, math.inf))
 
 
 def _peak_rl(alpha: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
-    return torch.where(beta > 0, torch.exp((alpha / beta - 1).clamp_max(700.0)), torch.full_like(alpha, math.inf))
+    """``exp(alpha / beta - 1)`` (positive for any alpha); ``inf`` when beta <= 0 or the log exceeds
+    :data:`RL_LOG_PEAK_MAX`."""
+    log_d = alpha / beta - 1
+    ok = (beta > 0) & (log_d <= RL_LOG_PEAK_MAX)
+    return torch.where(ok, torch.exp(log_d.clamp_max(RL_LOG_PEAK_MAX)), torch.full_like(alpha, math.inf))
 
 
 FORMS: dict[
@@ -73,12 +87,15 @@ class ScalingFit:
 
     Attributes:
         form: ``"bon"`` or ``"rl"``.
-        alpha: alpha with its bootstrap interval (n = number of seeds, or of points).
+        alpha: alpha with its bootstrap interval over seeds (n = seeds; NaN ends for one curve).
         beta: beta likewise.
         r2: coefficient of determination of the fit to the mean curve (1 - SSE / SST).
-        peak: predicted peak d* with its bootstrap interval (``inf`` where beta <= 0).
+        peak: predicted peak d* with its bootstrap interval (``inf`` where beta <= 0; for best-of-n 0
+            where alpha <= 0 < beta; for RL ``inf`` past ``exp(RL_LOG_PEAK_MAX)``).
         d: (T,) the d values fitted.
         reward: (T,) the (mean, relative) gold reward fitted.
+        boot: (B, 2) the bootstrap replicates of (alpha, beta) (resampled seeds, degenerate resamples
+            dropped), or None for a single curve; :func:`size_trend` regresses them on log N.
     """
 
     form: str
@@ -88,6 +105,7 @@ class ScalingFit:
     peak: Estimate
     d: torch.Tensor
     reward: torch.Tensor
+    boot: torch.Tensor | None = None
 
     def predict(self, d: torch.Tensor) -> torch.Tensor:
         """The fitted curve at ``d``."""
@@ -139,7 +157,7 @@ def fit_scaling_law(
         form: ``"bon"`` (``d (alpha - beta d)``) or ``"rl"`` (``d (alpha - beta log d)``).
         relative: subtract each curve's reward at its smallest d (the initial policy's gold) first,
             as the paper does; the curve must then include d = 0 (n = 1 or lambda -> inf).
-        n_boot: bootstrap resamples (seeds when S > 1, else points).
+        n_boot: bootstrap resamples of the seeds (unused for one curve: its intervals are NaN).
         seed: seeds the bootstrap generator.
         confidence: interval level.
     """
@@ -157,24 +175,21 @@ def fit_scaling_law(
     fitted = (x.mean(0) @ coef) if s == 1 else (design(dd.mean(0)) @ coef)
     sst = float(((mean_r - mean_r.mean()) ** 2).sum())
     r2 = 1.0 - float(((mean_r - fitted) ** 2).sum()) / sst if sst > 0 else float("nan")
+    peak_value = float(peak_fn(coef[0:1], coef[1:2])[0])
+    if s == 1:
+        nan = math.nan
+        return ScalingFit(form, Estimate(float(coef[0]), nan, nan, 1), Estimate(float(coef[1]), nan, nan, 1), r2,
+                          Estimate(peak_value, nan, nan, 1), dd.mean(0), mean_r)  # fmt: skip
     g = generator(seed, "fit_scaling_law", form, s, t)
-    if s > 1:
-        idx = torch.randint(0, s, (n_boot, s), generator=g)
-        xb = x[idx].reshape(n_boot, s * t, 2)
-        yb = r[idx].reshape(n_boot, s * t)
-        size = s
-    else:
-        idx = torch.randint(0, t, (n_boot, t), generator=g)
-        xb, yb = x[0][idx], r[0][idx]
-        size = t
+    idx = torch.randint(0, s, (n_boot, s), generator=g)
+    xb = x[idx].reshape(n_boot, s * t, 2)
+    yb = r[idx].reshape(n_boot, s * t)
     ok = torch.linalg.det(xb.transpose(-1, -2) @ xb).abs() > 1e-12
     boot = _lstsq(xb[ok], yb[ok])
-    alpha_e = percentile_interval(boot[:, 0], float(coef[0]), size, confidence)
-    beta_e = percentile_interval(boot[:, 1], float(coef[1]), size, confidence)
-    peak_boot = peak_fn(boot[:, 0], boot[:, 1])
-    peak_value = float(peak_fn(coef[0:1], coef[1:2])[0])
-    peak_e = _peak_interval(peak_boot, peak_value, size, confidence)
-    return ScalingFit(form, alpha_e, beta_e, r2, peak_e, dd.mean(0), mean_r)
+    alpha_e = percentile_interval(boot[:, 0], float(coef[0]), s, confidence)
+    beta_e = percentile_interval(boot[:, 1], float(coef[1]), s, confidence)
+    peak_e = _peak_interval(peak_fn(boot[:, 0], boot[:, 1]), peak_value, s, confidence)
+    return ScalingFit(form, alpha_e, beta_e, r2, peak_e, dd.mean(0), mean_r, boot)
 
 
 def _peak_interval(boot: torch.Tensor, value: float, n: int, confidence: float) -> Estimate:
@@ -212,17 +227,28 @@ def _refine_peak(d: torch.Tensor, r: torch.Tensor) -> float:
 class ObservedPeak:
     """Where the gold reward curve peaks, over seeds.
 
+    A seed whose maximum is the LAST grid point has not peaked yet (its peak lies beyond the grid:
+    right-censored); it is flagged in ``interior`` and left out of ``d``, ``spread`` and ``reward``,
+    so compare a predicted peak with ``d`` only together with ``censored``.
+
     Attributes:
-        d: mean peak d over seeds with its bootstrap interval (over seeds).
+        d: mean peak d over the interior seeds with its bootstrap interval (over them; NaN when none).
         per_seed: (S,) the peak d of each seed's curve (parabolic refinement at the grid maximum).
-        spread: (2.5%, 97.5%) quantiles of ``per_seed`` (where single runs peak).
-        reward: the gold reward at the peak (mean over seeds, with interval).
+        interior: (S,) bool, False where the seed's maximum is the grid's end (censored).
+        spread: (2.5%, 97.5%) quantiles of the interior ``per_seed`` (where single runs peak).
+        reward: the gold reward at the peak (mean over the interior seeds, with interval).
     """
 
     d: Estimate
     per_seed: torch.Tensor
+    interior: torch.Tensor
     spread: tuple[float, float]
     reward: Estimate
+
+    @property
+    def censored(self) -> int:
+        """Seeds whose gold still rises at the grid's end (no observed peak)."""
+        return int((~self.interior).sum())
 
 
 def observed_peak(
@@ -233,7 +259,7 @@ def observed_peak(
     confidence: float = 0.95,
 ) -> ObservedPeak:
     """The observed gold peak's d (per seed, refined by a parabola through the grid maximum) with
-    a bootstrap interval of its mean over seeds.
+    a bootstrap interval of its mean over the seeds that peak inside the grid.
 
     Args:
         d: (T,) or (S, T) sqrt-KL values, increasing along T.
@@ -241,14 +267,18 @@ def observed_peak(
     """
     dd, r = _as_curves(d, reward)
     peaks = torch.tensor([_refine_peak(dd[i], r[i]) for i in range(r.shape[0])], dtype=torch.float64)
-    tops = r.max(dim=1).values
-    s = peaks.numel()
+    interior = r.argmax(dim=1) < r.shape[1] - 1
+    inner, tops = peaks[interior], r.max(dim=1).values[interior]
+    s = inner.numel()
+    if s == 0:
+        nan = math.nan
+        return ObservedPeak(Estimate(nan, nan, nan, 0), peaks, interior, (nan, nan), Estimate(nan, nan, nan, 0))
     g = generator(seed, "observed_peak", s)
     idx = torch.randint(0, s, (n_boot, s), generator=g)
-    d_e = percentile_interval(peaks[idx].mean(1), float(peaks.mean()), s, confidence)
+    d_e = percentile_interval(inner[idx].mean(1), float(inner.mean()), s, confidence)
     r_e = percentile_interval(tops[idx].mean(1), float(tops.mean()), s, confidence)
-    q = torch.quantile(peaks, torch.tensor([0.025, 0.975], dtype=torch.float64))
-    return ObservedPeak(d_e, peaks, (float(q[0]), float(q[1])), r_e)
+    q = torch.quantile(inner, torch.tensor([0.025, 0.975], dtype=torch.float64))
+    return ObservedPeak(d_e, peaks, interior, (float(q[0]), float(q[1])), r_e)
 
 
 @dataclass(frozen=True)
@@ -258,7 +288,9 @@ class SizeTrend:
     Attributes:
         sizes: (M,) the N values.
         alpha: (M,) alpha at each N; ``beta`` likewise.
-        alpha_slope: d alpha / d log N with a bootstrap interval over the sizes; ``beta_slope`` likewise.
+        alpha_slope: d alpha / d log N with a nested-bootstrap interval (the slope refitted on each
+            bootstrap replicate of the per-N fits: seeds resampled within each N; NaN ends when a
+            fit has no replicates); ``beta_slope`` likewise.
     """
 
     sizes: torch.Tensor
@@ -268,24 +300,34 @@ class SizeTrend:
     beta_slope: Estimate
 
 
-def size_trend(sizes: Sequence[float], fits: Sequence[ScalingFit], n_boot: int = 1000, seed: int = 0) -> SizeTrend:
-    """Slopes of alpha and beta against log N across fits made at proxy data sizes ``sizes``."""
+def size_trend(sizes: Sequence[float], fits: Sequence[ScalingFit], *, confidence: float = 0.95) -> SizeTrend:
+    """Slopes of alpha and beta against log N across fits made at proxy data sizes ``sizes``.
+
+    The interval is a nested bootstrap: replicate ``b`` of every fit (its seeds resampled, refitted)
+    gives one (alpha, beta) per N, regressed on log N; the slopes' percentile interval over ``b``
+    carries each alpha's uncertainty (a bootstrap over the few sizes would ignore it). Fits with
+    unequal replicate counts use the first ``min`` replicates of each (replicates are independent).
+    """
     if len(sizes) != len(fits) or len(sizes) < 2:
         raise InputError("size_trend needs one fit per size and at least two sizes")
     n = torch.as_tensor(list(sizes), dtype=torch.float64)
     if (n <= 0).any():
         raise InputError("proxy data sizes must be positive")
+    if len(set(n.tolist())) < 2:
+        raise InputError("size_trend needs at least two distinct sizes")
     a = torch.tensor([f.alpha.value for f in fits], dtype=torch.float64)
     b = torch.tensor([f.beta.value for f in fits], dtype=torch.float64)
-    x = torch.stack([torch.ones_like(n), n.log()], dim=1)
+    x = torch.stack([torch.ones_like(n), n.log()], dim=1).unsqueeze(0)  # (1, M, 2)
     m = n.numel()
-    g = generator(seed, "size_trend", m)
-    idx = torch.randint(0, m, (n_boot, m), generator=g)
-    xb = x[idx]
-    ok = torch.linalg.det(xb.transpose(-1, -2) @ xb).abs() > 1e-12
+    boots = [f.boot for f in fits]
     slopes = []
-    for y in (a, b):
-        value = float(_lstsq(x.unsqueeze(0), y.unsqueeze(0))[0, 1])
-        boot = _lstsq(xb[ok], y[idx][ok])[:, 1] if bool(ok.any()) else torch.tensor([value], dtype=torch.float64)
-        slopes.append(percentile_interval(boot, value, m))
+    for k, y in enumerate((a, b)):
+        point = float(_lstsq(x, y.unsqueeze(0))[0, 1])
+        if any(bt is None or bt.shape[0] == 0 for bt in boots):
+            slopes.append(Estimate(point, math.nan, math.nan, m))
+            continue
+        reps = min(int(bt.shape[0]) for bt in boots if bt is not None)
+        yb = torch.stack([bt[:reps, k] for bt in boots if bt is not None], dim=1)  # (B, M)
+        slope_b = _lstsq(x.expand(reps, m, 2), yb)[:, 1]
+        slopes.append(percentile_interval(slope_b, point, m, confidence))
     return SizeTrend(n, a, b, slopes[0], slopes[1])
