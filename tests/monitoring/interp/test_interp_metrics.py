@@ -39,3 +39,18 @@ def test_prompt_metric_interval_contains_the_mean() -> None:
     m = PromptMetric.of(torch.arange(20.0))
     assert m.n == 20 and m.mean == pytest.approx(9.5)
     assert m.ci_low < 9.5 < m.ci_high
+
+
+def test_ratio_of_means_is_not_dominated_by_a_near_tied_prompt() -> None:
+    from mlsafety.monitoring.interp.metrics import ratio_of_means
+
+    clean = torch.tensor([2.0, 3.0, 1.0, 0.01])
+    corrupted = torch.tensor([0.0, 1.0, -1.0, 0.0])
+    raw = torch.tensor([[1.0, float("nan")], [2.0, 3.0], [0.0, 1.0], [0.5, 0.0]])  # prompt 3: ratio 50
+    est, low, high = ratio_of_means(raw, clean, corrupted)
+    # site 0: (3.5 - 0) / (6.01 - 0); site 1 leaves prompt 0 out: (4 - 0) / (4.01 - 0)
+    torch.testing.assert_close(est, torch.tensor([3.5 / 6.01, 4.0 / 4.01]))
+    assert bool((low <= est).all() and (est <= high).all()) and float(high[0]) < 2
+    # the bootstrap pairs each prompt's three values: an exact copy of the clean run gives [1, 1]
+    one, lo1, hi1 = ratio_of_means(clean[:, None].expand(4, 3), clean, corrupted)
+    torch.testing.assert_close(torch.stack([one, lo1, hi1]), torch.ones(3, 3))

@@ -14,7 +14,7 @@ import torch
 from scipy import stats
 
 from mlsafety.core import InputError
-from mlsafety.metrics import bootstrap_mean
+from mlsafety.metrics import bootstrap_counts, bootstrap_mean
 
 
 def logit_diff(logits_last: torch.Tensor, correct: torch.Tensor, wrong: torch.Tensor) -> torch.Tensor:
@@ -84,6 +84,53 @@ def t_interval(values: torch.Tensor, confidence: float = 0.95) -> tuple[torch.Te
     half = torch.where(n > 1, q.to(v.device) * (var / n.clamp(min=1)).sqrt(), torch.zeros_like(mean))
     mean = torch.where(n > 0, mean, torch.full_like(mean, float("nan")))
     return mean.float(), (mean - half).float(), (mean + half).float()
+
+
+def ratio_of_means(
+    raw: torch.Tensor,
+    clean: torch.Tensor,
+    corrupted: torch.Tensor,
+    confidence: float = 0.95,
+    n_boot: int = 1000,
+    seed: int = 0,
+    name: str = "patching",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(mean raw - mean corrupted) / (mean clean - mean corrupted)`` per site, with a paired bootstrap interval.
+
+    The normalised effect of a set of prompts as a ratio of means, not a mean of per-prompt ratios: a
+    prompt whose clean and corrupted logit differences nearly tie has a huge per-prompt ratio and would
+    dominate the mean. Prompts are resampled together with their clean and corrupted values (paired
+    percentile bootstrap, :func:`mlsafety.metrics.bootstrap_counts`); the interval is widened to contain
+    the estimate. NaN entries of ``raw`` (a prompt without the site's position) leave that prompt out of
+    that site's three means.
+
+    Args:
+        raw: ``(N, ...)`` patched runs' metric values.
+        clean, corrupted: ``(N,)`` the unpatched runs' values.
+
+    Returns:
+        ``(estimate, low, high)``, each ``raw.shape[1:]``; NaN where the sites' prompts' mean clean and
+        corrupted values are equal or no prompt has the site.
+    """
+    n = raw.shape[0]
+    flat = raw.detach().double().cpu().reshape(n, -1)
+    ok = ~torch.isnan(flat)
+    shape = (-1, 1)
+    gap = (clean.detach().double().cpu() - corrupted.detach().double().cpu()).reshape(shape)
+    num = torch.where(ok, flat - corrupted.detach().double().cpu().reshape(shape), torch.zeros_like(flat))
+    den = torch.where(ok, gap.expand_as(flat), torch.zeros_like(flat))
+
+    def ratio(w: torch.Tensor) -> torch.Tensor:
+        top, bottom = w @ num, w @ den
+        return torch.where(bottom != 0, top / torch.where(bottom != 0, bottom, 1.0), float("nan"))
+
+    value = ratio(torch.ones(1, n, dtype=torch.float64))[0]
+    boot = torch.cat([ratio(w) for w in bootstrap_counts(n, n_boot, seed, name)])
+    q = torch.tensor([(1 - confidence) / 2, 1 - (1 - confidence) / 2], dtype=torch.float64)
+    low, high = torch.nanquantile(boot, q, dim=0)
+    low, high = torch.minimum(low, value), torch.maximum(high, value)
+    out = raw.shape[1:]
+    return value.float().reshape(out), low.float().reshape(out), high.float().reshape(out)
 
 
 @dataclass(frozen=True)

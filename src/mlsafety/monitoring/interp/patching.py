@@ -10,12 +10,13 @@ another, and measures how much the answer's logit difference moves.
 * ``direction="noise"``: run the **clean** prompt and patch in the **corrupted** activation; a site whose
   patch destroys the answer (normalised value near 0) is *necessary*.
 
-Values are normalised per prompt so that 0 is the corrupted run's logit difference and 1 the clean run's,
-in both directions. Cost: the clean and corrupted runs once (caching the patched activations), then
-``prompts x sites`` patched forward passes, stacked ``batch_size`` rows at a time: row ``r`` of a batch
-is a copy of one prompt with one site patched, so the sweep costs the forward passes it needs and never
-one call per site per prompt. Prompts are left-padded, so position ``-1`` is every prompt's last token
-(the answer position); a site at a position a shorter prompt does not have gives NaN for that prompt.
+Values are normalised so that 0 is the corrupted run's logit difference and 1 the clean run's, in both
+directions: per prompt in ``values``, and as a ratio of means over prompts in ``mean``. Cost: the clean
+and corrupted runs once (caching the patched activations), then ``prompts x sites`` patched forward
+passes, stacked ``batch_size`` rows at a time: row ``r`` of a batch is a copy of one prompt with one site
+patched, so the sweep costs the forward passes it needs and never one call per site per prompt. Prompts
+are left-padded, so position ``-1`` is every prompt's last token (the answer position); a site at a
+position a shorter prompt does not have gives NaN for that prompt.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from torch import nn
 
 from mlsafety.core import HookFn, InputError, LanguageModel, Progress, TextBatch, track
 from mlsafety.monitoring.interp._common import Answers, answer_ids, as_lm, chunks, encode_pairs, forward_last
-from mlsafety.monitoring.interp.metrics import PromptMetric, logit_diff, normalised, t_interval
+from mlsafety.monitoring.interp.metrics import PromptMetric, logit_diff, normalised, ratio_of_means
 
 Direction = Literal["denoise", "noise"]
 PATCH_POINTS = ("resid_pre", "resid_post", "attn_out", "mlp_out")
@@ -65,8 +66,10 @@ class PatchingResult:
             has no token at the site's position.
         raw: ``(P, *sites)`` the patched runs' logit differences.
         clean, corrupted: the logit differences of the unpatched clean and corrupted runs.
-        mean, ci_low, ci_high: ``sites`` shape: the mean of ``values`` over prompts and its Student-t 95%
-            interval.
+        mean, ci_low, ci_high: ``sites`` shape: the normalised effect over prompts as a ratio of means,
+            ``(mean raw - mean corrupted) / (mean clean - mean corrupted)`` (not the mean of ``values``, which
+            near-tied prompts dominate), with its paired-bootstrap 95% interval
+            (:func:`~mlsafety.monitoring.interp.metrics.ratio_of_means`).
         axes: the names of the site axes, e.g. ``("layer", "position")`` or ``("layer", "head")``.
         labels: the coordinates along each axis (layer numbers; position columns, negative from the end,
             or None for "all positions together"; head numbers).
@@ -244,7 +247,7 @@ def make_result(
     if missing is not None:
         values = values.masked_fill(missing, float("nan"))
         raw = raw.masked_fill(missing, float("nan"))
-    mean, low, high = t_interval(values)
+    mean, low, high = ratio_of_means(raw, clean_ld, corrupted_ld)
     return PatchingResult(
         values=values,
         raw=raw,
