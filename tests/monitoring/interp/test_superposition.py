@@ -84,10 +84,39 @@ def test_linear_model_never_superposes() -> None:
     assert feature_superposition(tm.W)[represented].max() < 0.05
 
 
+def test_phase_diagram_corners_two_features_in_one_dimension() -> None:
+    # (density 1 - S, importance of feature 1 relative to feature 0): dense and less important -> dropped,
+    # dense and more important -> it takes the dimension, sparse -> the two share it as an antipodal pair.
+    cells = [(1.0, 0.3), (1.0, 3.0), (0.03, 0.3), (0.03, 3.0)]
+    sparsity = torch.tensor([1 - d for d, _ in cells])
+    importance = torch.tensor([[1.0, r] for _, r in cells])
+    tm = train_toy_models(2, 1, sparsity, importance, steps=400, batch=1024, lr=1e-2, restarts=3, cosine=True)
+    assert classify_feature(tm.W, 1).tolist() == [0, 1, 2, 2]
+    assert antipodal_pairs(tm.W[2]) == [(0, 1)] and antipodal_pairs(tm.W[3]) == [(0, 1)]
+
+
+def test_restarts_keep_the_lowest_loss_and_find_the_pentagon() -> None:
+    # Five features in two dimensions at high sparsity: a regular pentagon, D_i = 2/5 for each.
+    args = (5, 2, torch.tensor([0.97]), geometric_importance(5, 0.9))
+    kw = {"steps": 400, "batch": 1024, "lr": 2e-2, "cosine": True}
+    one = train_toy_models(*args, restarts=1, **kw)
+    best = train_toy_models(*args, restarts=4, **kw)
+    assert float(best.loss[0]) <= float(one.loss[0]) + 1e-6  # restart 0 is the single run; the best is kept
+    W = best.W[0]
+    assert int((feature_norms(W) > 0.5).sum()) == 5
+    assert torch.allclose(feature_dimensionality(W), torch.full((5,), 0.4), atol=0.03)
+    unit = W / feature_norms(W)
+    angles = torch.atan2(unit[1], unit[0]).sort().values
+    gaps = torch.diff(torch.cat([angles, angles[:1] + 2 * math.pi]))
+    assert torch.allclose(gaps, torch.full((5,), 2 * math.pi / 5), atol=0.1)
+
+
 def test_bad_input_is_one_line() -> None:
     with pytest.raises(InputError, match="sparsity"):
         train_toy_models(3, 2, torch.tensor([1.0]), torch.ones(3), steps=1)
     with pytest.raises(InputError, match="importance must be"):
         train_toy_models(3, 2, torch.tensor([0.5]), torch.ones(4), steps=1)
+    with pytest.raises(InputError, match="restarts"):
+        train_toy_models(3, 2, torch.tensor([0.5]), torch.ones(3), restarts=0)
     with pytest.raises(InputError, match="one instance"):
         antipodal_pairs(torch.ones(2, 2, 3))
