@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mlsafety.core import InputError, LanguageModel
+from mlsafety.metrics import Estimate
 from mlsafety.monitoring.proxy_gaming import lm as pg
 from tests.support.text import tiny_llama
 
@@ -113,24 +114,27 @@ def test_samples_file_round_trip_and_refusal(tmp_path: Path) -> None:
         pg.Samples.load(tmp_path / "bad.json")
 
 
-def test_best_of_n_draws_pick_group_maxima() -> None:
-    proxy = torch.arange(16.0, dtype=torch.float64).reshape(2, 8)
-    idx = pg.best_of_n_draws(proxy, 8, torch.Generator().manual_seed(0))
-    assert idx.tolist() == [[7], [7]]
-    idx = pg.best_of_n_draws(proxy, 3, torch.Generator().manual_seed(0))
-    assert idx.shape == (2, 2) and len(set(idx[0].tolist())) == 2
-
-
 def test_monitor_fires_on_gaming_and_not_without_it() -> None:
     proxy, gold = _planted()
+    noise = torch.randn(proxy.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     curve = pg.overoptimization_curve(proxy, gold, n_boot=100)
     peak = pg.mean_curve_peak(curve, n_boot=100)
-    alarm = pg.monitor_alarm(curve, proxy, {"gold": gold})
-    assert alarm.n is not None and alarm.n <= peak.n  # the trusted reward disagrees before gold falls
+    alarm = pg.monitor_alarm(curve, proxy, {"held-out": gold + 0.3 * noise})  # a noisy copy of the gold
+    assert alarm.ns == (2, 4, 8, 16, 32)  # n <= m / 2: the pool is split in halves
+    assert alarm.n is not None and alarm.n < peak.n and peak.interior  # fires before the gold falls
     assert alarm.d is not None and abs(alarm.d - float(pg.bon_kl(alarm.n)[0]) ** 0.5) < 1e-12
-    same = pg.monitor_alarm(curve, proxy, {"trusted": proxy.clone()})  # agrees everywhere: no gaming
-    assert same.n is None
-    summary = pg.curve_summary(curve, proxy, {"gold": gold}, n_boot=100)
-    assert summary["peak"]["n"] == peak.n and summary["monitor"]["before_peak"]
+    rising = pg.monitor_alarm(curve, proxy, {"held-out": proxy + noise})  # trusted rises with the proxy: no gaming
+    assert rising.n is None
+    summary = pg.curve_summary(curve, proxy, {"held-out": gold + 0.3 * noise}, n_boot=100)
+    assert summary["peak"]["n"] == peak.n and summary["monitor"]["outcome"] == "hit"
+    assert len(summary["monitor"]["shortfall"]) == len(summary["monitor"]["p_values"]) == 5
     assert summary["fit"]["alpha"][1] <= summary["fit"]["alpha"][0] <= summary["fit"]["alpha"][2]
     assert summary["fit"]["beta"][0] > 0  # the planted gold turns down
+    assert "monitor" not in pg.curve_summary(curve, proxy, None, n_boot=20)  # only the gold: no monitor
+
+
+def test_alarm_outcome_against_the_peak() -> None:
+    d = Estimate(1.0, 0.5, 1.5, 10)
+    interior, edge = pg.Peak(3, 8, d, d, True), pg.Peak(5, 32, d, d, False)
+    assert [pg.alarm_outcome(n, interior) for n in (4, 8, 16, None)] == ["hit", "late", "late", "miss"]
+    assert [pg.alarm_outcome(n, edge) for n in (4, None)] == ["false_alarm", "quiet"]
