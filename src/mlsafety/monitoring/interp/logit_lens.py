@@ -86,23 +86,19 @@ def logit_lens(
     n, length = batch.input_ids.shape
     if not -length <= position < length:
         raise InputError(f"position {position} is out of range for prompts of {length} padded tokens")
-    vocab = None
     if not isinstance(top_k, int) or top_k < 1:
         raise InputError(f"top_k must be a positive integer, got {top_k!r}")
     target_ids = answer_ids(lm, targets, n, "target") if targets is not None else None
     last = lm.n_layers - 1
     names = [f"blocks.{i}.resid_pre" for i in range(lm.n_layers)] + [f"blocks.{last}.resid_post"]
     norm, unembed = lens_modules(lm)
-    streams: dict[str, list[torch.Tensor]] = {name: [] for name in names}
     with torch.no_grad(), lm.points.cache(names, select=lambda act: act[:, position]) as store:
         for start, stop in chunks(n, batch_size):
             forward_last(lm, batch.input_ids[start:stop], batch.attention_mask[start:stop])
-    for name in names:
-        streams[name] = store[name]
     top_ids, top_lp, target_lp, target_rank = [], [], [], []
     with torch.no_grad(), frozen(lm.module):
         for name in names:
-            resid = torch.cat(streams[name])  # (N, D)
+            resid = torch.cat(store[name])  # (N, D)
             logprobs = unembed(norm(resid[:, None]))[:, 0].float().log_softmax(-1)
             vocab = logprobs.shape[-1]
             k = min(top_k, vocab)
