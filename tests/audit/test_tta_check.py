@@ -20,6 +20,7 @@ SMALL: dict[str, Any] = {
     "shares": [0.2],
     "attack_batches": 4,
     "attack_steps": 3,
+    "attack_on": "clean",
 }
 
 
@@ -72,16 +73,24 @@ def test_accuracy_rows_match_a_hand_stream_and_tta_helps_under_contrast(bn_setti
 
 def test_attack_rows_and_the_tta_attack_hazard_reach_defence_in_depth(bn_setting):
     """The monitor sees the adapted model's outputs: defence in depth's failure rate on the hazard is
-    the tta check's benign error under attack (same inputs, labels and adapted predictions)."""
-    tta_params = {**SMALL, "objectives": ["targeted", "indiscriminate"]}
+    the tta check's indiscriminate success, the benign error under attack (same inputs, labels and
+    adapted predictions). The attacked batches come from the ``attack_on`` corruption."""
+    tta_params = {
+        **SMALL,
+        "objectives": ["targeted", "stealthy", "indiscriminate"],
+        "attack_on": "corruption/contrast/3",
+    }
     rows, ctx = _run(bn_setting, {"tta": tta_params, "defence-in-depth": {"monitors": ["energy"], "adaptive": False}})
     key = "tta-attack/tebn/0.2"
-    assert Hazard.parse(key) in ctx.planned_hazards
-    for metric in ("targeted_success_rate", "indiscriminate_success_rate"):
+    assert Hazard.tta_attack("tebn", 0.2) in ctx.planned_hazards
+    for metric in ("targeted_success_rate", "stealthy_success_rate", "batches_flipped_rate"):
         assert _get(rows, key, metric).n == 4  # one trial per attacked batch
-    err = _get(rows, key, "benign_error_rate")
-    assert err.n == 4 * (32 - 6) and err.params["malicious"] == 6
+    assert _get(rows, key, "stealthy_others_kept_rate").n == 4 * (32 - 6 - 1)  # the target is not an other
+    err = _get(rows, key, "indiscriminate_success_rate")
+    assert err.n == 4 * (32 - 6) and err.params["malicious"] == 6 and err.params["attack_on"] == "corruption/contrast/3"
     data = ctx.hazard(key)
+    assert err.value == pytest.approx(data.result.benign_error.float().mean().item())  # the paper's measure
+    assert torch.equal(data.x, ctx.hazard("corruption/contrast/3").x[data.index])  # attacked under the shift
     assert torch.equal(ctx.outputs(key).logits, data.outputs.logits)
     assert torch.equal(ctx.outputs(key).pred.reshape(4, -1), data.result.logits.argmax(-1))  # the best iterate
     failure = [r for r in rows if r.hazard == key and r.metric == "failure_rate"]
@@ -117,6 +126,9 @@ def test_a_model_without_batch_norm_gets_one_row_saying_so(digits_model):
         ({"batch_size": 1}, "batch_size must be an integer >= 2"),
         ({"methods": ["tnet"]}, "method 'tnet' is unknown"),
         ({"eps": 2.0}, "eps must be a radius"),
+        ({"severity": True}, "severity must be an integer"),
+        ({"attack_on": "corruption/fog"}, "attack_on must be"),
+        ({"attack_on": "ood/letters"}, "attack_on must be"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(bn_setting, params, message):
@@ -129,3 +141,15 @@ def test_a_malformed_tta_attack_hazard_is_refused(bn_setting):
     clf, data = bn_setting
     with pytest.raises(InputError, match="tta-attack/<method>/<share>"):
         AuditContext(clf, data).hazard("tta-attack/tent/1.5")
+
+
+def test_non_finite_adapted_logits_are_refused(bn_setting):
+    """The hazard's outputs come from the adaptation step's own pass: NaN logits there are refused as
+    the shared forward pass refuses them, not handed to a monitor."""
+    clf, data = bn_setting
+    broken = copy.deepcopy(clf.module)
+    with torch.no_grad():
+        broken.fc.bias[0] = float("nan")
+    ctx = AuditContext(Classifier(broken), data, seed=0, check_params={"tta": {**SMALL, "attack_steps": 0}})
+    with pytest.raises(InputError, match=r"NaN or infinite logits .* under tebn"):
+        ctx.hazard("tta-attack/tebn/0.2")

@@ -8,31 +8,43 @@ method of the profile (``quick``: TeBN and TENT; full: every registered method, 
 defences included) the check stores:
 
 * benign accuracy with and without adaptation on the clean test data and on a few corruptions at
-  severity 3 (the shift; inputs from the shared corruption hazard provider), the data streamed in
-  batches of ``batch_size`` in the test set's order with the adaptation state carried forward
-  (:class:`mlsafety.robustness.tta.Stream`);
-* DIA success against the malicious share m of a batch (``shares``), for the ``targeted`` and
-  ``indiscriminate`` objectives: ``attack_batches`` batches per share, each of ``batch_size`` inputs
-  drawn without replacement from the clean test data (a generator derived from the run seed, the
-  method and the share), of which ``max(1, round(m * batch_size))`` are malicious (they start at
-  real test inputs; ``eps`` bounds them in L-inf, None: anywhere in [0, 1], the paper's
-  unconstrained setting).
+  ``severity`` (the shift; inputs from the shared corruption hazard provider, the unadapted pass
+  from the audit's shared outputs), the data streamed in batches of ``batch_size`` in the test
+  set's order with the adaptation state carried forward (:class:`mlsafety.robustness.tta.Stream`);
+* DIA success against the malicious share m of a batch (``shares``), for each of ``objectives``:
+  ``attack_batches`` batches per share, drawn by :func:`mlsafety.robustness.tta.draw_batches` from
+  the inputs of the hazard ``attack_on`` (the paper attacks under corruption: default one
+  corruption at severity 3; ``clean`` attacks the clean test data), with a generator derived from
+  the run seed, the method and the share; ``malicious_count(m, batch_size)`` inputs of each batch are
+  malicious (they start at real inputs; ``eps`` bounds them in L-inf, None: anywhere in [0, 1], the
+  paper's unconstrained setting).
 
-Every rate carries an exact (Clopper-Pearson) 95% interval: targeted and indiscriminate success over
-attacked batches, benign error over the benign inputs of those batches (different batches may share
-inputs; the interval treats them as independent trials).
+Metrics of the attack (exact Clopper-Pearson 95% intervals):
 
-The indiscriminate attack is also the hazard ``tta-attack/<method>/<share>`` (this module's provider):
-its inputs are the benign inputs of the attacked batches with their true labels, and its outputs are
-what the *adapted* model gave them with the malicious inputs in the batch (logits and the head's
-input), so defence in depth measures how many of the failures the attack caused the monitor lets
-through. A model without batch-norm layers gets one ``not_applicable`` row saying so.
+* ``targeted_success_rate`` / ``stealthy_success_rate``: the targeted benign input predicted as its
+  target, over attacked batches; ``stealthy_others_kept_rate``: the other benign inputs whose
+  prediction the stealthy attack left unchanged, over those inputs;
+* ``indiscriminate_success_rate``: the paper's measure, the benign error rate under the
+  indiscriminate attack, over the benign inputs of the attacked batches (different batches may
+  share inputs; the interval treats them as independent trials); ``benign_error_rate_no_attack``:
+  the same inputs with the method adapting on them alone; ``batches_flipped_rate``: attacked
+  batches in which at least one benign input right without the attack became wrong.
+
+The indiscriminate attack is also the hazard ``tta-attack/<method>/<share>``
+(:meth:`Hazard.tta_attack`, this module's provider): its inputs are the benign inputs of the
+attacked batches with their true labels, and its outputs are what the *adapted* model gave them
+with the malicious inputs in the batch (logits and the head's input), so defence in depth measures
+how many of the failures the attack caused the monitor lets through. A model without batch-norm
+layers gets one ``not_applicable`` row saying so.
+
+Departs from the paper in attacking one test batch size per audit (``batch_size``; the library's
+:func:`~mlsafety.robustness.tta.attack_success` sweeps several) and in the attack's PGD steps (see
+:class:`~mlsafety.robustness.tta.DIA`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -41,7 +53,7 @@ import mlsafety.robustness.tta as tta
 from mlsafety.audit._check import DECISION, NOT_APPLICABLE, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks._common import bind, metric_name, params_of
-from mlsafety.audit.views.tta import TTAView, accuracy_metric
+from mlsafety.audit.views.tta import TTAView
 from mlsafety.core import ArrayDataset, Classifier, Hazard, InputError, Outputs, UnknownNameError, frozen
 from mlsafety.metrics import proportion
 from mlsafety.robustness import corruptions as corr
@@ -52,24 +64,15 @@ CORRUPTIONS = ["gaussian-noise", "motion-blur", "fog", "contrast", "jpeg-compres
 """The shifts of the full profile (one ImageNet-C corruption of each group, plus JPEG), at ``severity``."""
 
 
-def attack_hazard(method: str, share: float) -> Hazard:
-    """The hazard ``tta-attack/<method>/<share>`` (the method and share travel in its name)."""
-    return Hazard(KIND, f"{method}/{float(share):g}")
-
-
 def attack_setting(hazard: Hazard) -> tuple[str, float]:
-    """``(method, share)`` of a ``tta-attack`` hazard; a malformed one is an :class:`UnknownNameError`."""
-    method, _, share = (hazard.name or "").rpartition("/")
-    try:
-        value = float(share)
-    except ValueError:
-        value = float("nan")
-    if hazard.kind != KIND or method not in tta.TTA_METHODS or not 0 < value < 1:
+    """``(method, share)`` of a ``tta-attack`` hazard; another is an :class:`UnknownNameError`."""
+    method, share = hazard.name, hazard.share
+    if hazard.kind != KIND or method is None or method not in tta.TTA_METHODS or share is None:
         raise UnknownNameError(
             f"unknown hazard {str(hazard)!r}; use tta-attack/<method>/<share> with a method from "
             f"{', '.join(tta.available())} and a share in (0, 1)"
         )
-    return method, value
+    return method, share
 
 
 def _has_batch_norm(model: Classifier) -> str | None:
@@ -81,42 +84,39 @@ def _has_batch_norm(model: Classifier) -> str | None:
     return None
 
 
-@dataclass(frozen=True)
-class _Batches:
-    """Attacked batches: benign ``(G * nb, ...)`` and malicious starts ``(G * nm, ...)``, labels, positions."""
-
-    benign: torch.Tensor
-    malicious: torch.Tensor
-    y: torch.Tensor
-    index: torch.Tensor
-    groups: int
-
-
-def _draw_batches(data: ArrayDataset, groups: int, batch_size: int, nm: int, g: torch.Generator) -> _Batches:
-    if batch_size > len(data):
-        raise InputError(f"tta batch_size {batch_size} exceeds the {len(data)} test inputs; use a smaller batch_size")
-    perms = torch.stack([torch.randperm(len(data), generator=g)[:batch_size] for _ in range(groups)])
-    nb = batch_size - nm
-    benign_idx, mal_idx = perms[:, :nb].reshape(-1), perms[:, nb:].reshape(-1)
-    return _Batches(data.x[benign_idx], data.x[mal_idx], data.y[benign_idx], benign_idx, groups)
+def _attack_on(spec: Any) -> Hazard:
+    """The hazard the attacked batches come from: ``clean`` or ``corruption/<name>/<severity>``."""
+    h = Hazard.parse(spec) if isinstance(spec, (str, Hazard)) else None
+    if h is None or not (
+        h.kind == "clean" or (h.kind == "corruption" and h.name in corr.available() and h.severity is not None)
+    ):
+        raise InputError(
+            f"tta attack_on must be 'clean' or corruption/<name>/<severity>, e.g. corruption/fog/3; got {spec!r}"
+        )
+    return h
 
 
 class AttackData(ArrayDataset):
     """The hazard ``tta-attack/<method>/<share>``: benign inputs of attacked batches, their true labels,
     and the adapted model's outputs on them with the malicious inputs in the batch (``outputs``)."""
 
-    def __init__(self, batches: _Batches, outputs: Outputs, result: tta.DIAResult, **info: Any) -> None:
+    def __init__(self, batches: tta.AttackBatches, outputs: Outputs, result: tta.DIAResult, **info: Any) -> None:
         super().__init__(batches.benign, batches.y, name=info["name"], kind="in", description=info["description"])
         self.outputs = outputs
         self.result = result
-        self.index = batches.index
+        self.index = batches.benign_index
         self.info = info
 
 
 def _adapted_outputs(
     clf: Classifier, method: tta.TTAMethod, benign: torch.Tensor, malicious: torch.Tensor, groups: int
 ) -> Outputs:
-    """Logits and head inputs of the benign inputs, adapted on each batch with its malicious inputs."""
+    """Logits and head inputs of the benign inputs, adapted on each batch with its malicious inputs.
+
+    The adaptation step runs the model itself (batch statistics swapped in, updated affine
+    parameters for TENT), so the head's input is read by a hook on that pass; non-finite logits are
+    refused as :func:`mlsafety.core.forward` refuses them.
+    """
     shape = benign.shape[1:]
     view = (groups, -1, *shape)
     batch = torch.cat([benign.reshape(view), malicious.reshape(view)], dim=1).reshape(-1, *shape).to(clf.device)
@@ -131,6 +131,12 @@ def _adapted_outputs(
     finally:
         if handle is not None:
             handle.remove()
+    bad = ~torch.isfinite(logits.detach()).all(dim=1)
+    if bad.any():
+        raise InputError(
+            f"the adapted model returned NaN or infinite logits for {int(bad.sum())} of {logits.shape[0]} inputs "
+            f"under {method.name}; fix the model before measuring it"
+        )
 
     def benign_rows(t: torch.Tensor) -> torch.Tensor:
         return t.detach().reshape(groups, -1, *t.shape[1:])[:, :nb].reshape(-1, *t.shape[1:])
@@ -139,30 +145,35 @@ def _adapted_outputs(
     return Outputs(benign_rows(logits), features)
 
 
-def _attack(ctx: AuditContext, method_name: str, share: float, objective: str) -> tuple[_Batches, tta.DIAResult, int]:
+def _attack(
+    ctx: AuditContext, method_name: str, share: float, objective: str
+) -> tuple[tta.AttackBatches, tta.DIAResult]:
     """DIA with ``objective`` on the check's attacked batches for (method, share) (inputs seeded by both)."""
     p = params_of(ctx, TTA)
     b, groups = int(p["batch_size"]), int(p["attack_batches"])
-    nm = tta.malicious_count(share, b)
-    batches = _draw_batches(ctx.data.test, groups, b, nm, ctx.generator(KIND, method_name, f"{share:g}", "inputs"))
+    source = _attack_on(p["attack_on"])
+    data = ctx.hazard(source)
+    g = ctx.generator(KIND, method_name, f"{share:g}", "inputs")
+    batches = tta.draw_batches(data.x, data.y, b, tta.malicious_count(share, b), groups, g)
     attack = tta.DIA(objective=objective, eps=p["eps"], steps=int(p["attack_steps"]))
     g = ctx.generator(KIND, method_name, f"{share:g}", objective)
     result = attack.run(ctx.model, tta.create(method_name), batches.benign, batches.malicious, y=batches.y,
                         groups=groups, generator=g)  # fmt: skip
-    return batches, result, nm
+    return batches, result
 
 
 @hazard_provider(KIND)
 def _tta_attack(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
     """``tta-attack/<method>/<share>``: benign inputs under the indiscriminate DIA, with adapted outputs."""
     method_name, share = attack_setting(hazard)
-    batches, result, nm = _attack(ctx, method_name, share, "indiscriminate")
+    batches, result = _attack(ctx, method_name, share, "indiscriminate")
     p = params_of(ctx, TTA)
     outputs = _adapted_outputs(ctx.model, tta.create(method_name), batches.benign, result.x_malicious, batches.groups)
+    nm, b = batches.n_malicious, int(p["batch_size"])
     return AttackData(
         batches, outputs, result, name=f"{ctx.data.test.name}-{KIND}-{method_name}-{share:g}",
-        description=f"benign inputs of batches with {nm} of {p['batch_size']} inputs from DIA against {method_name}",
-        method=method_name, share=share, malicious=nm, batch_size=int(p["batch_size"]),
+        description=f"benign inputs of {p['attack_on']} batches with {nm} of {b} inputs from DIA on {method_name}",
+        method=method_name, share=share, malicious=nm, batch_size=b, attack_on=str(p["attack_on"]),
     )  # fmt: skip
 
 
@@ -189,19 +200,20 @@ class TTA(Check):
     description = (
         "Benign accuracy with and without test-time adaptation (TTA) on the clean test data and under corruptions "
         "(does TTA help under this shift?), the test data streamed in batches with the adaptation state carried "
-        "forward; and the Distribution Invading Attack (Wu et al. 2023): a malicious share m of each batch, optimised "
-        "by PGD through the adaptation step, flips one targeted benign input (targeted) or as many benign inputs as "
-        "it can (indiscriminate) of other users in the same batch. Exact (Clopper-Pearson) 95% intervals over "
-        "attacked batches (success) or benign inputs (error). Needs batch-norm layers; a model without is reported "
-        "as not applicable."
+        "forward; and the Distribution Invading Attack (Wu et al. 2023) on batches of (by default corrupted) test "
+        "data: a malicious share m of each batch, optimised by PGD through the adaptation step, flips one targeted "
+        "benign input of another user (targeted; stealthy keeps the others) or raises the benign error rate "
+        "(indiscriminate, the paper's measure). Exact (Clopper-Pearson) 95% intervals over attacked batches "
+        "(targeted) or benign inputs (error). Needs batch-norm layers; a model without is reported as not applicable."
     )
     defaults: ClassVar[dict[str, Any]] = {
         "methods": "all",
         "corruptions": CORRUPTIONS,
         "severity": 3,
         "batch_size": 64,
-        "shares": [0.01, 0.05, 0.1, 0.2],
+        "shares": list(tta.SHARES),
         "objectives": ["targeted", "indiscriminate"],
+        "attack_on": "corruption/fog/3",
         "attack_batches": 6,
         "attack_steps": 10,
         "eps": None,
@@ -210,14 +222,16 @@ class TTA(Check):
         "methods": QUICK_METHODS,
         "corruptions": ["gaussian-noise", "contrast"],
         "shares": [0.1],
+        "attack_on": "corruption/contrast/3",
         "attack_batches": 5,
     }
     metrics = (
-        "accuracy_no_adaptation", "*_accuracy", "targeted_success_rate", "indiscriminate_success_rate",
-        "benign_error_rate", "benign_error_rate_no_attack", NOT_APPLICABLE,
+        "accuracy_no_adaptation", "*_accuracy", "targeted_success_rate", "stealthy_success_rate",
+        "stealthy_others_kept_rate", "indiscriminate_success_rate", "batches_flipped_rate",
+        "benign_error_rate_no_attack", NOT_APPLICABLE,
     )  # fmt: skip
     lower_is_better: ClassVar[frozenset[str]] = frozenset(
-        {"targeted_success_rate", "indiscriminate_success_rate", "benign_error_rate"}
+        {"targeted_success_rate", "stealthy_success_rate", "indiscriminate_success_rate", "batches_flipped_rate"}
     )
     view = TTAView
 
@@ -226,17 +240,22 @@ class TTA(Check):
         p = self.params
         methods = _names(p["methods"], "method", tta.available())
         corruptions = _names(p["corruptions"], "corruption", corr.available())
-        objectives = _names(p["objectives"], "objective", [o for o in tta.OBJECTIVES if o != "stealthy"])
+        objectives = _names(p["objectives"], "objective", tta.OBJECTIVES)
         for key, low in (("batch_size", 2), ("attack_batches", 1), ("attack_steps", 0)):
             v = p[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise InputError(f"tta {key} must be an integer >= {low}, got {v!r}")
-        if p["severity"] not in corr.SEVERITIES:
-            raise InputError(f"tta severity must be an integer from 1 to 5, got {p['severity']!r}")
+        sev = p["severity"]
+        if isinstance(sev, bool) or not isinstance(sev, int) or sev not in corr.SEVERITIES:
+            raise InputError(f"tta severity must be an integer from 1 to 5, got {sev!r}")
         eps = p["eps"]
         if eps is not None and (isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps <= 1):
             raise InputError(f"tta eps must be a radius in (0, 1] pixel units or omitted (unconstrained), got {eps!r}")
-        return methods, corruptions, _shares(p["shares"]), objectives
+        _attack_on(p["attack_on"])
+        shares = _shares(p["shares"])
+        for share in shares:
+            tta.malicious_count(share, int(p["batch_size"]))  # at least 2 benign inputs must remain
+        return methods, corruptions, shares, objectives
 
     def _shifts(self, corruptions: Sequence[str]) -> list[Hazard]:
         return [Hazard.clean(), *(Hazard.corruption(n, int(self.params["severity"])) for n in corruptions)]
@@ -246,7 +265,7 @@ class TTA(Check):
         methods, _, shares, _ = self._plan()
         if ctx is not None and _has_batch_norm(ctx.model) is not None:
             return []
-        return [attack_hazard(m, s) for m in methods for s in shares]
+        return [Hazard.tta_attack(m, s) for m in methods for s in shares]
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         methods, corruptions, shares, objectives = self._plan()
@@ -267,7 +286,7 @@ class TTA(Check):
         rows = [Row.of(key, "accuracy_no_adaptation", proportion(ctx.outputs(hazard).pred == y), batch_size=b)]
         for m in methods:
             acc = tta.adaptation_accuracy(ctx.model, tta.create(m), data.x, data.y, batch_size=b)
-            rows.append(Row.of(key, accuracy_metric(m), acc.adapted, method=m, batch_size=b,
+            rows.append(Row.of(key, metric_name(m, "accuracy"), acc.adapted, method=m, batch_size=b,
                                stream="test order, state carried forward"))  # fmt: skip
         return TaskResult(rows)
 
@@ -277,24 +296,29 @@ class TTA(Check):
         rows = []
         b = int(self.params["batch_size"])
         for share in shares:
-            h = attack_hazard(method, share)
-            key = str(h)
-            nm = tta.malicious_count(share, b)
-            info = {"method": method, "share": share, "malicious": nm, "batch_size": b,
-                    "eps": self.params["eps"], "steps": int(self.params["attack_steps"])}  # fmt: skip
+            key = str(Hazard.tta_attack(method, share))
+            info = {"method": method, "share": share, "malicious": tta.malicious_count(share, b), "batch_size": b,
+                    "eps": self.params["eps"], "steps": int(self.params["attack_steps"]),
+                    "attack_on": str(self.params["attack_on"])}  # fmt: skip
             for objective in objectives:
+                per_batch = {**info, "objective": objective, "trials": "attacked batches"}
+                per_input = {**info, "objective": objective, "trials": "benign inputs of attacked batches"}
                 if objective == "indiscriminate":
-                    data = ctx.hazard(h)
+                    data = ctx.hazard(key)
                     assert isinstance(data, AttackData)
                     res = data.result
-                else:
-                    _, res, _ = _attack(ctx, method, share, objective)
-                per_batch = {**info, "objective": objective, "trials": "attacked batches"}
+                    rows += [
+                        Row.of(key, "indiscriminate_success_rate", proportion(res.benign_error.cpu()), **per_input),
+                        Row.of(key, "benign_error_rate_no_attack", proportion(res.clean_error.cpu()), **per_input),
+                        Row.of(key, "batches_flipped_rate", proportion(res.success.cpu()), **per_batch),
+                    ]
+                    continue
+                _, res = _attack(ctx, method, share, objective)
                 rows.append(Row.of(key, metric_name(objective, "success_rate"), proportion(res.success.cpu()),
                                    **per_batch))  # fmt: skip
-                if objective == "indiscriminate":
-                    per_input = {**info, "objective": objective, "trials": "benign inputs of attacked batches"}
-                    rows.append(Row.of(key, "benign_error_rate", proportion(res.benign_error.cpu()), **per_input))
-                    rows.append(Row.of(key, "benign_error_rate_no_attack", proportion(res.clean_error.cpu()),
-                                       **per_input))  # fmt: skip
+                if objective == "stealthy" and res.logits.shape[1] > 1:
+                    others = res.logits.shape[0] * (res.logits.shape[1] - 1)  # the target is not one of the others
+                    kept = proportion(int(res.others_kept.sum()), others)
+                    per_other = {**per_input, "trials": "other benign inputs of attacked batches"}
+                    rows.append(Row.of(key, "stealthy_others_kept_rate", kept, **per_other))
         return TaskResult(rows)

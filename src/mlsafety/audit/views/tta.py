@@ -6,19 +6,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_value
-from mlsafety.core import Hazard
+from mlsafety.audit.checks._common import metric_name
 
-ATTACK_METRICS = (
-    "targeted_success_rate",
-    "indiscriminate_success_rate",
-    "benign_error_rate",
-    "benign_error_rate_no_attack",
+ATTACK_COLUMNS = (
+    ("targeted_success_rate", "targeted success"),
+    ("stealthy_success_rate", "stealthy success"),
+    ("stealthy_others_kept_rate", "stealthy: others kept"),
+    ("indiscriminate_success_rate", "indiscriminate success (benign error)"),
+    ("benign_error_rate_no_attack", "benign error, no attack"),
+    ("batches_flipped_rate", "batches with a benign input flipped"),
 )
-
-
-def accuracy_metric(method: str) -> str:
-    """The metric of benign accuracy under adaptation method ``method`` (``tent_accuracy``, ``hard_pl_accuracy``)."""
-    return f"{method.replace('-', '_')}_accuracy"
+ATTACK_METRICS = tuple(m for m, _ in ATTACK_COLUMNS)
 
 
 def _cell(r: StoredRow | None) -> str:
@@ -26,12 +24,12 @@ def _cell(r: StoredRow | None) -> str:
 
 
 class TTAView(View):
-    """Headline: the highest benign error the indiscriminate attack reached; tables: accuracy with and
-    without adaptation per shift, attack success per method and share."""
+    """Headline: the highest indiscriminate success (benign error under attack); tables: accuracy with
+    and without adaptation per shift, attack success per method and share."""
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        errs = [r for r in rows if r.metric == "benign_error_rate"]
+        errs = [r for r in rows if r.metric == "indiscriminate_success_rate"]
         if not errs:
             return []
         worst = max(errs, key=lambda r: r.value)
@@ -47,7 +45,7 @@ class TTAView(View):
         if shifts:
             body = [
                 [h, _cell(by.get((h, "accuracy_no_adaptation")))]
-                + [_cell(by.get((h, accuracy_metric(m)))) for m in methods]
+                + [_cell(by.get((h, metric_name(m, "accuracy")))) for m in methods]
                 for h in shifts
             ]
             out.append(
@@ -58,29 +56,22 @@ class TTAView(View):
                     "Exact 95% intervals; test data streamed in batches, state carried.",
                 )
             )
-        attacked = list(dict.fromkeys(r.hazard for r in rows if r.metric in ATTACK_METRICS))
+        attack_rows = [r for r in rows if r.metric in ATTACK_METRICS]
+        attacked = list(dict.fromkeys(r.hazard for r in attack_rows))
+        columns = [(m, label) for m, label in ATTACK_COLUMNS if any(r.metric == m for r in attack_rows)]
         if attacked:
             body = []
             for h in attacked:
-                hz = Hazard.parse(h)
-                method, _, share = (hz.name or "").rpartition("/")
-                any_row = next(r for r in rows if r.hazard == h)
-                malicious = f"{any_row.params.get('malicious')}/{any_row.params.get('batch_size')}"
-                body.append([method, share, malicious, *(_cell(by.get((h, m))) for m in ATTACK_METRICS)])
+                p = next(r for r in attack_rows if r.hazard == h).params
+                setting = [str(p.get("method")), f"{p.get('share')}", f"{p.get('malicious')}/{p.get('batch_size')}"]
+                body.append([*setting, str(p.get("attack_on", "")), *(_cell(by.get((h, m))) for m, _ in columns)])
             out.append(
                 Table(
                     "Distribution Invading Attack (DIA) on test-time adaptation",
-                    [
-                        "method",
-                        "share m",
-                        "malicious/batch",
-                        "targeted success",
-                        "indiscriminate success",
-                        "benign error",
-                        "benign error, no attack",
-                    ],
+                    ["method", "share m", "malicious/batch", "attacked data", *(label for _, label in columns)],
                     body,
-                    "Success over attacked batches, error over their benign inputs; exact 95% intervals.",
+                    "Targeted and stealthy success and flipped batches over attacked batches; benign error and kept "
+                    "predictions over their benign inputs; exact 95% intervals.",
                 )
             )
         rest = [r for r in rows if r.metric not in ATTACK_METRICS and r.hazard not in shifts]
