@@ -33,7 +33,18 @@ def test_tta_prints_accuracy_with_and_without_adaptation_and_attack_success():
         (["--method", "tnet"], ["unknown test-time adaptation method 'tnet'", "tent"]),
         (["--model", "digits-cnn"], ["no batch-norm layers", "digits-cnn-bn"]),
         (["--corruption", "fog:9"], ["NAME:SEVERITY"]),
+        (["--eps", "2"], ["eps"]),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args, needles):
     one_error_line(CliRunner().invoke(main, ["tta", "--steps", "1", "--batches", "1", *args]), *needles)
+
+
+def test_a_bad_eps_is_refused_before_the_model_and_data_are_prepared(monkeypatch):
+    import mlsafety.audit
+
+    def fail(*_a, **_k):
+        raise AssertionError("prepare_inputs ran before --eps was checked")
+
+    monkeypatch.setattr(mlsafety.audit, "prepare_inputs", fail)
+    one_error_line(CliRunner().invoke(main, ["tta", "--eps", "-0.1"]), "eps")

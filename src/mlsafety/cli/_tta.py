@@ -61,6 +61,7 @@ def tta(
     if batch_size < 2:
         raise InputError(f"--batch-size must be at least 2 (adaptation needs a batch), got {batch_size}")
     adapt = tta_lib.create(method)  # an unknown method fails here, with a suggestion
+    attack = tta_lib.DIA(objective=objective, eps=eps, steps=steps, seed=seed)  # a bad --eps: before any data work
     shift = _parse_corruption(corruption) if corruption else None
     clf, audit_data = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, seed=seed))
     tta_lib.norm_layers(clf.module)  # a model without batch norm: one line
@@ -73,7 +74,6 @@ def tta(
     if shift is not None:
         x = corr.corrupt(x, shift[0], shift[1], generator=generator(seed, "tta", "corruption", *shift))
     acc = tta_lib.adaptation_accuracy(clf, adapt, x, y, batch_size=batch_size)
-    attack = tta_lib.DIA(objective=objective, eps=eps, steps=steps, seed=seed)
     (res,) = tta_lib.attack_success(
         clf, adapt, x, y, attack, shares=[share], batch_sizes=[batch_size], n_batches=batches, seed=seed
     )
