@@ -183,3 +183,31 @@ def test_bad_input_is_one_line(net: nn.Module, x: torch.Tensor) -> None:
     one_line_input_error(lambda: DIA().run(net, tebn, x[:4], x[4:5], target_index=torch.tensor([4])), "target_index")
     one_line_input_error(lambda: DIA().run(net, tebn, x[:4], x[4:5], target=torch.tensor([9])), "target")
     one_line_input_error(lambda: DIA(objective="flip"), "objective")
+
+
+def _grad_to_malicious(method: Tent, create_graph: bool) -> torch.Tensor:
+    net = head_bn().double()
+    x = images(6, seed=3).double()
+    clf = as_classifier(net)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    xm = x[4:].clone().requires_grad_()
+    logits, _ = method.step(clf, torch.cat([x[:4], xm]), method.init_state(clf), create_graph=create_graph)
+    return torch.autograd.grad(F.cross_entropy(logits[:4], torch.tensor([0, 1, 2, 0])), xm)[0]
+
+
+def test_first_order_attack_gradient_is_close_at_small_steps_only() -> None:
+    small = Tent(optimizer="sgd", lr=1e-3, momentum=0.0)
+    full, first = _grad_to_malicious(small, True), _grad_to_malicious(small, False)
+    # measured 3.3e-5 relative at lr 1e-3, 1.4e-2 at lr 0.5
+    assert (full - first).norm() < 1e-3 * first.norm() and not torch.allclose(full, first, rtol=0, atol=1e-12)
+    big = Tent(optimizer="sgd", lr=0.5, momentum=0.0)
+    full, first = _grad_to_malicious(big, True), _grad_to_malicious(big, False)
+    assert (full - first).norm() > 5e-3 * first.norm()
+
+
+def test_first_order_dia_runs(net: nn.Module, x: torch.Tensor) -> None:
+    benign, start = _split(x, 2, 6, 2)
+    for method in (Tent(), Tent(predict_after_update=False), SoftPseudoLabel()):
+        r = DIA(steps=2, unroll=False, objective="indiscriminate").run(net, method, benign, start, groups=2)
+        assert r.x_malicious.shape == start.shape and torch.isfinite(r.logits).all()

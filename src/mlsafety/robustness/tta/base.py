@@ -299,7 +299,9 @@ class GradientTTA(TTAMethod):
                 reference = logits.reshape(groups, -1, logits.shape[-1])
                 logits = normalised_logits(self, clf, x, wrt, groups)
             loss = self.objective(logits.reshape(groups, -1, logits.shape[-1]), reference).sum()
-            grads = torch.autograd.grad(loss, [wrt[k] for k in names], create_graph=create_graph)
+            # keep the graph when the caller differentiates the logits to the inputs (first order)
+            keep = create_graph or x.requires_grad
+            grads = torch.autograd.grad(loss, [wrt[k] for k in names], create_graph=create_graph, retain_graph=keep)
             t += 1
             new: dict[str, torch.Tensor] = {}
             for k, g in zip(names, grads, strict=True):
