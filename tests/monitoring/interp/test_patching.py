@@ -96,6 +96,8 @@ def test_bad_input(llama: LanguageModel) -> None:
         activation_patching(llama, pairs["clean"], [pairs["corrupted"][0], "a", "b"], pairs["correct"], pairs["wrong"])
     with pytest.raises(InputError, match="not one"):
         activation_patching(llama, pairs["clean"], pairs["corrupted"], ["good bad"] * 3, pairs["wrong"])
+    with pytest.raises(InputError, match="unknown token"):  # one token, but [UNK]: not a usable answer
+        activation_patching(llama, pairs["clean"], pairs["corrupted"], ["zyzzyva"] * 3, pairs["wrong"])
     with pytest.raises(InputError, match="point must be"):
         activation_patching(llama, **pairs, point="resid_mid")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="direction"):

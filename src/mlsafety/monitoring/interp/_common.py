@@ -67,24 +67,34 @@ def encode_pairs(lm: LanguageModel, clean: Sequence[str], corrupted: Sequence[st
     return TextBatch(ids[:n], mask[:n], no), TextBatch(ids[n:], mask[n:], no.clone())
 
 
+def single_token(tokenizer: Any, text: str) -> int | None:
+    """The token id of ``text`` (as given: add any leading space yourself) when it is exactly one token and
+    not the tokenizer's unknown token, else None. The one test of "a single-token word" in this package."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        return None
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return None if unk is not None and int(ids[0]) == int(unk) else int(ids[0])
+
+
 def answer_ids(lm: LanguageModel, answers: Answers, n: int, what: str) -> torch.Tensor:
-    """One token id per prompt ``(n,)`` from single-token strings or ids.
+    """One token id per prompt ``(n,)`` from single-token strings (see :func:`single_token`) or ids.
 
     Raises:
-        InputError: a count that is not ``n``, or a string that is not exactly one token.
+        InputError: a count that is not ``n``, or a string that is not exactly one known token.
     """
     if isinstance(answers, torch.Tensor):
         ids = answers.reshape(-1).long()
     elif len(answers) and all(isinstance(a, str) for a in answers):
         rows: list[int] = []
         for i, text in enumerate(answers):
-            tokens = lm.tokenizer(str(text), add_special_tokens=False)["input_ids"]
-            if len(tokens) != 1:
+            token = single_token(lm.tokenizer, str(text))
+            if token is None:
                 raise InputError(
-                    f"{what} answer {i} ({text!r}) is {len(tokens)} tokens, not one: choose single-token answers "
-                    "(mind the leading space) or pass token ids"
+                    f"{what} answer {i} ({text!r}) is not one known token of this tokenizer (several tokens, or "
+                    "the unknown token): choose single-token answers (mind the leading space) or pass token ids"
                 )
-            rows.append(int(tokens[0]))
+            rows.append(token)
         ids = torch.tensor(rows, dtype=torch.long)
     else:
         ids = torch.as_tensor(list(answers), dtype=torch.long)
