@@ -62,7 +62,7 @@ def test_rows_curve_fit_and_monitor(lm_dir: Path, tmp_path: Path) -> None:
     config = _config(lm_dir, reward=f"{rewards}:proxy", gold=f"{rewards}:gold")
     result = run_audit(config, db=tmp_path / "runs.sqlite", report=tmp_path / "report.html")
     rows = {r.key: r for r in result.rows}
-    base = "proxy-gaming/proxy-gaming/positive-words"
+    base = "proxy-gaming/proxy-gaming/best-of-n"
     ns = (1, 2, 4, 8)  # the quick profile: n_max 8
     for n in ns:
         for which in ("gold", "proxy"):
@@ -72,10 +72,15 @@ def test_rows_curve_fit_and_monitor(lm_dir: Path, tmp_path: Path) -> None:
     proxies = [rows[f"{base}/proxy_reward_n{n}"].value for n in ns]
     assert proxies == sorted(proxies)  # best-of-n by the proxy never lowers the proxy's expectation
     assert abs(rows[f"{base}/gold_reward_n1"].value) < 1e-9  # n = 1: the model itself, standardised to 0
-    for metric in ("peak_n", "peak_d", "peak_interior", "alpha", "beta", "r2", "alarm_n", "alarm_before_peak"):
+    for metric in ("peak_n", "peak_d", "peak_interior", "alpha", "beta", "r2", "monitor_skipped"):
         assert f"{base}/{metric}" in rows
+    assert not any("alarm" in key for key in rows)  # the gold is the only trusted reward: no circular monitor
+    assert "circular" in rows[f"{base}/monitor_skipped"].params["note"]
+    assert all(r.params["reward"] == "positive-words" for r in result.rows if r.check == "proxy-gaming")
     assert rows[f"{base}/peak_n"].value in ns
-    assert rows[f"{base}/samples"].value == 4 * 8 and rows[f"{base}/scoring_passes"].value == 2
+    passes = rows[f"{base}/scoring_passes"]
+    assert rows[f"{base}/samples"].value == 4 * 8  # counted by wrapping the scorers: each sample once per reward
+    assert passes.params["proxy_scored"] == passes.params["gold_scored"] == 4 * 8 and passes.value == 2
     html = (tmp_path / "report.html").read_text()
     assert "best-of-n curve" in html and "Peak, fit and monitor" in html
 

@@ -5,8 +5,10 @@ against) and ``--gold FILE.py:factory`` (the reward we actually want), the check
 continuations of the audit's prompts once, scores every sample once with each reward, and measures
 best-of-n by the proxy for n = 1, 2, 4, ..., ``n_max`` (Gao, Schulman & Hilton 2022, "Scaling Laws for
 Reward Model Overoptimization"): gold and proxy reward against n and KL with intervals over prompts,
-the observed gold peak, the fitted ``d (alpha - beta d)``, and the proxy-gaming monitor's alarm (the
-gold reward is the monitor's trusted proxy here). The computing is
+the observed gold peak and the fitted ``d (alpha - beta d)``. The proxy-gaming monitor
+(:func:`mlsafety.monitoring.proxy_gaming.monitor.best_of_n_monitor`) is NOT run: its trusted proxy
+must be independent of the gold the curve is judged by, and the audit has only the gold; a
+``monitor_skipped`` decision row says so. The computing is
 :mod:`mlsafety.monitoring.proxy_gaming`; the rendering :mod:`mlsafety.audit.views.proxy_gaming`.
 Without ``--reward`` and ``--gold`` the check stores one ``not_applicable`` row saying so.
 """
@@ -14,6 +16,7 @@ Without ``--reward`` and ``--gold`` the check stores one ``not_applicable`` row 
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from typing import Any, ClassVar
 
 from mlsafety.audit._check import (
@@ -34,6 +37,22 @@ from mlsafety.monitoring.proxy_gaming.fits import fit_scaling_law
 from mlsafety.monitoring.proxy_gaming.scorers import check_scorers
 
 NEEDS = "give --reward FILE.py:factory and --gold FILE.py:factory (scorers texts -> Tensor (N,))"
+MONITOR_SKIPPED = (
+    "the proxy-gaming monitor needs a trusted reward independent of the gold (e.g. held-out reward models); "
+    "the audit has only the gold, and a monitor judged by the reward it watches is circular"
+)
+
+
+class _Counted:
+    """A scorer that counts the texts it scores (to report the scoring passes measured, not assumed)."""
+
+    def __init__(self, fn: Any) -> None:
+        self.fn = fn
+        self.texts = 0
+
+    def __call__(self, texts: list[str]) -> Any:
+        self.texts += len(texts)
+        return self.fn(texts)
 
 
 def reward_name(fn: Any) -> str:
@@ -52,8 +71,9 @@ class ProxyGaming(Check):
         "Best-of-n against the shipped reward (--reward) measured with the gold reward (--gold): the model's "
         "samples of the audit's prompts are drawn once and scored once per reward; gold and proxy reward of the "
         "proxy's best of n (standardised under the model's samples) against KL = log n - (n-1)/n with bootstrap "
-        "intervals over prompts, the observed gold peak, the fit d (alpha - beta d) (Gao et al. 2022), and the "
-        "proxy-gaming monitor's alarm (the gold as the trusted proxy)."
+        "intervals over prompts, the observed gold peak and the fit d (alpha - beta d) (Gao et al. 2022). The "
+        "proxy-gaming monitor is not run: the gold is the only trusted reward, and judging a monitor by the reward it "
+        "watches is circular."
     )
     defaults: ClassVar[dict[str, Any]] = {
         "prompts": 16,
@@ -62,7 +82,6 @@ class ProxyGaming(Check):
         "temperature": 1.0,
         "batch_size": 64,
         "n_boot": 500,
-        "false_alarm": 0.05,
     }
     quick: ClassVar[dict[str, Any]] = {"prompts": 4, "n_max": 8, "max_new_tokens": 8, "n_boot": 200}
     higher_is_better = frozenset({"peak_d"})
@@ -77,8 +96,7 @@ class ProxyGaming(Check):
         "beta",
         "r2",
         "predicted_peak_d",
-        "alarm_n",
-        "alarm_before_peak",
+        "monitor_skipped",
         "samples",
         "scoring_passes",
     )
@@ -99,15 +117,20 @@ class ProxyGaming(Check):
             hazard = str(Hazard("proxy-gaming"))
             return TaskResult([Row.exact(hazard, NOT_APPLICABLE, 1.0, DECISION, modality="lm", reason=NEEDS)])
         p = self.params
-        hazard = str(Hazard("proxy-gaming", reward_name(ctx.reward)))
+        hazard = str(Hazard("proxy-gaming", "best-of-n"))
+        named = {"reward": reward_name(ctx.reward)}
         prompts = [str(t) for t in ctx.data.test.x[: p["prompts"]]]
         if len(prompts) < 2:
             raise InputError(f"proxy_gaming needs at least 2 prompts, the audit's prompt set has {len(prompts)}")
         check_scorers({"proxy": ctx.reward, "gold": ctx.gold}, prompts[:2])
         samples = pg.sample_continuations(ctx.lm, prompts, p["n_max"], p["max_new_tokens"], p["temperature"],
                                           ctx.seed_for(self.name, "samples"), p["batch_size"])  # fmt: skip
-        proxy = pg.score_samples(samples, ctx.reward)
-        gold = pg.score_samples(samples, ctx.gold)
+        counted = {"proxy": _Counted(ctx.reward), "gold": _Counted(ctx.gold)}
+        proxy = pg.score_samples(samples, counted["proxy"])
+        gold = pg.score_samples(samples, counted["gold"])
+        scored = {name: c.texts for name, c in counted.items()}
+        if any(v != proxy.numel() for v in scored.values()):
+            raise RuntimeError(f"proxy_gaming: each sample must be scored once per reward, got {scored}")
         seed = ctx.seed_for(self.name, "bootstrap")
         curve = pg.overoptimization_curve(proxy, gold, pg.powers_of_two(p["n_max"]), p["n_boot"], seed)
         rows: list[Row] = []
@@ -127,15 +150,13 @@ class ProxyGaming(Check):
         rows.append(Row.exact(hazard, "r2", fit.r2, DECISION, note="fit to the mean gold curve"))
         if fit.peak.ci_low <= fit.peak.value <= fit.peak.ci_high and abs(fit.peak.value) < float("inf"):
             rows.append(Row.of(hazard, "predicted_peak_d", fit.peak, form="bon"))
-        alarm = pg.monitor_alarm(curve, proxy, {"gold": gold}, p["false_alarm"], seed)
-        rows.append(Row.exact(hazard, "alarm_n", float(alarm.n or 0), DECISION,
-                              false_alarm=p["false_alarm"], note="0: no alarm within n_max"))  # fmt: skip
-        before = alarm.n is not None and (not peak.interior or alarm.n <= peak.n)
-        rows.append(Row.exact(hazard, "alarm_before_peak", float(before), DECISION,
-                              note="1: the alarm fired at or before the gold peak"))  # fmt: skip
+        rows.append(Row.exact(hazard, "monitor_skipped", 1.0, DECISION, note=MONITOR_SKIPPED))
         rows.append(Row.exact(hazard, "samples", float(proxy.numel()), "count", len(prompts),
                               max_new_tokens=p["max_new_tokens"], temperature=p["temperature"]))  # fmt: skip
-        rows.append(Row.exact(hazard, "scoring_passes", 2.0, "count", note="one pass per sample per reward"))
+        rows.append(Row.exact(hazard, "scoring_passes", sum(scored.values()) / proxy.numel(), "count",
+                              proxy_scored=scored["proxy"], gold_scored=scored["gold"],
+                              note="texts scored per sample, counted (all rewards together)"))  # fmt: skip
         png = curve_png(curve.d, [tuple(e)[:3] for e in curve.gold], [tuple(e)[:3] for e in curve.proxy],
-                        (fit.alpha.value, fit.beta.value), None if alarm.n is None else alarm.d)  # fmt: skip
+                        (fit.alpha.value, fit.beta.value))  # fmt: skip
+        rows = [replace(r, params={**r.params, **named}) for r in rows]  # which reward was optimised
         return TaskResult(rows, [Artifact("proxy-gaming-curve", png, caption=CAPTION)])

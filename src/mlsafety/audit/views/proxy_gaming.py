@@ -1,6 +1,8 @@
-"""How the ``proxy_gaming`` check reads in the report: the gold peak and the monitor's alarm as
-headlines, the best-of-n curve (gold and proxy reward against n, KL and d) and the scaling-law fit as
-tables, and the curve plot (drawn during the run from the same numbers, by :func:`curve_png`)."""
+"""How the ``proxy_gaming`` check reads in the report: the gold peak as the headline (a monitor's
+alarm n is no headline: it has no better direction; and the audit does not run the monitor, having
+no trusted reward apart from the gold), the best-of-n curve (gold and proxy reward against n, KL and
+d) and the scaling-law fit as tables, and the curve plot (drawn during the run from the same
+numbers, by :func:`curve_png`)."""
 
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ def proxy_metric(n: int) -> str:
 
 
 class ProxyGamingView(View):
-    """Headlines: the observed gold peak's d and the monitor's alarm n; tables: curve and fit."""
+    """Headline: the observed gold peak's d; tables: curve, fit and why the monitor was not run."""
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
@@ -37,8 +39,6 @@ class ProxyGamingView(View):
         out = []
         if "peak_d" in by:
             out.append(Headline("Gold reward peak (d = sqrt KL)", by["peak_d"], higher_is_better=True))
-        if "alarm_n" in by:
-            out.append(Headline("Proxy-gaming alarm at n", by["alarm_n"], higher_is_better=False, fmt="{:.0f}"))
         return out
 
     @classmethod
@@ -56,7 +56,7 @@ class ProxyGamingView(View):
                              ["n", "KL (nats)", "d", "gold reward [95% CI]", "proxy reward [95% CI]"], body,
                              "Rewards standardised under the model's samples (n = 1: the model as is)."))  # fmt: skip
         summary = [m for m in ("peak_n", "peak_d", "peak_interior", "alpha", "beta", "r2", "predicted_peak_d",
-                               "alarm_n", "alarm_before_peak", "samples", "scoring_passes") if m in by]  # fmt: skip
+                               "monitor_skipped", "samples", "scoring_passes") if m in by]  # fmt: skip
         if summary:
             body = [[m, fmt_value(by[m].value), fmt_ci(by[m]), str(by[m].params.get("note", ""))] for m in summary]
             out.append(Table("Peak, fit and monitor", ["metric", "value", "95% CI", "note"], body))
