@@ -13,11 +13,13 @@ from mlsafety.core import InputError, LanguageModel
 from mlsafety.monitoring.interp.attention import attention_patterns, eager_attention
 from mlsafety.monitoring.interp.circuit import (
     abc_means,
+    abc_reference,
     circuit_logit_diffs,
     end_attention,
     faithfulness,
     ioi_circuit_report,
     logit_diffs,
+    reference_counts,
 )
 from mlsafety.monitoring.interp.ioi import IOIDataset, ioi_dataset
 from tests.monitoring.interp.test_ioi import ioi_gpt2, ioi_llama
@@ -36,6 +38,26 @@ def gpt2() -> LanguageModel:
 @pytest.fixture(scope="module")
 def data(llama: LanguageModel) -> IOIDataset:
     return ioi_dataset(llama, n=12, seed=0)
+
+
+@pytest.fixture(scope="module")
+def reference(llama: LanguageModel, data: IOIDataset) -> IOIDataset:
+    return abc_reference(llama, data, per_template=6, seed=0)
+
+
+def test_the_abc_reference_is_a_separate_sample_with_its_counts(
+    llama: LanguageModel, data: IOIDataset, reference: IOIDataset
+) -> None:
+    assert not set(reference.corrupted) & set(data.corrupted)  # never a prompt's own ABC run
+    assert len(reference) > 0.9 * 6 * len(data.template_texts)
+    counts = reference_counts(data, reference)
+    assert counts.shape == (len(data),) and bool((counts >= 1).all())
+    assert float(counts.double().mean()) > 3  # a mean over several prompts, not one
+    keep = [i for i, t in enumerate(reference.templates) if t != data.templates[0]]
+    from mlsafety.monitoring.interp.circuit import _subset
+
+    with pytest.raises(InputError, match="no reference ABC prompt"):
+        abc_means(llama, data, _subset(reference, keep))
 
 
 def _llama_by_hand(lm: LanguageModel, text: str, layer: int) -> torch.Tensor:
@@ -105,17 +127,19 @@ def test_eager_attention_is_undone_after_an_exception(gpt2: LanguageModel) -> No
         pass
 
 
-def _all_heads_ablated_by_hand(lm: LanguageModel, data: IOIDataset) -> torch.Tensor:
-    """Per-prompt logit differences with every head replaced by its template-position ABC mean, prompt by prompt."""
+def _all_heads_ablated_by_hand(lm: LanguageModel, data: IOIDataset, reference: IOIDataset) -> torch.Tensor:
+    """Per-prompt logit differences with every head replaced by its template-length-position reference ABC mean."""
     names = [f"blocks.{i}.head_out" for i in range(lm.n_layers)]
-    means: dict[int, dict[str, torch.Tensor]] = {}
-    for t in set(data.templates):
-        group = [c for c, tt in zip(data.corrupted, data.templates) if tt == t]
-        _, acts = lm.run_with_cache(group, names)  # one template: one length, no padding
-        means[t] = {name: acts[name].mean(0) for name in names}
+    means: dict[tuple[int, int], dict[str, torch.Tensor]] = {}
+    keys = list(zip(reference.templates, reference.lengths.tolist(), strict=True))
+    for key in set(keys):
+        group = [c for c, k in zip(reference.corrupted, keys, strict=True) if k == key]
+        _, acts = lm.run_with_cache(group, names)  # one template and length: no padding
+        means[key] = {name: acts[name].mean(0) for name in names}
     out = []
     for i, prompt in enumerate(data.prompts):
-        fns = {name: (lambda act, name, m=means[data.templates[i]]: m[name][None].expand_as(act)) for name in names}
+        m_i = means[(data.templates[i], int(data.lengths[i]))]
+        fns = {name: (lambda act, name, m=m_i: m[name][None].expand_as(act)) for name in names}
         with lm.hooks(fns), torch.no_grad():
             logits, _ = lm.run_with_cache([prompt], [])
         last = logits[0, -1]
@@ -125,7 +149,7 @@ def _all_heads_ablated_by_hand(lm: LanguageModel, data: IOIDataset) -> torch.Ten
 
 @pytest.mark.parametrize("which", ["llama", "gpt2"])
 def test_faithfulness_of_every_head_is_one_and_of_no_head_the_ablated_models(
-    which: str, request: pytest.FixtureRequest, data: IOIDataset
+    which: str, request: pytest.FixtureRequest, data: IOIDataset, reference: IOIDataset
 ) -> None:
     lm = request.getfixturevalue(which)
     heads = lm.points.n_heads
@@ -133,20 +157,23 @@ def test_faithfulness_of_every_head_is_one_and_of_no_head_the_ablated_models(
     every = [(layer, h) for layer in range(lm.n_layers) for h in range(heads)]
     full = faithfulness(circuit_logit_diffs(lm, data, every, batch_size=5), model_ld)
     assert full.value == 1.0 and full.ci_low == full.ci_high == 1.0
-    empty_ld = circuit_logit_diffs(lm, data, [], abc_means(lm, data, batch_size=5), batch_size=5)
-    hand = _all_heads_ablated_by_hand(lm, data)
+    empty_ld = circuit_logit_diffs(lm, data, [], abc_means(lm, data, reference, batch_size=5), batch_size=5)
+    hand = _all_heads_ablated_by_hand(lm, data, reference)
     torch.testing.assert_close(empty_ld, hand, atol=1e-4, rtol=1e-4)
     empty = faithfulness(empty_ld, model_ld)
     assert empty.value == pytest.approx(float(hand.mean() / model_ld.mean()), rel=1e-3, abs=1e-4)
     assert empty.ci_low <= empty.value <= empty.ci_high
     # keeping one head changes the answer only through that head
-    one = circuit_logit_diffs(lm, data, [(1, 0)], batch_size=5)
+    one = circuit_logit_diffs(lm, data, [(1, 0)], abc_means(lm, data, reference, batch_size=5), batch_size=5)
     assert not torch.allclose(one, empty_ld)
 
 
 def test_report_on_tiny_models(llama: LanguageModel, gpt2: LanguageModel, data: IOIDataset) -> None:
     for lm in (llama, gpt2):
-        report = ioi_circuit_report(lm, data, top_k=3, circuit_sizes=[0, 3, 2 * lm.points.n_heads], batch_size=32)
+        report = ioi_circuit_report(
+            lm, data, top_k=3, circuit_sizes=[0, 3, 2 * lm.points.n_heads], batch_size=32, reference_per_template=4
+        )
+        assert report.reference_prompts > 0 and bool((report.reference_counts >= 1).all())
         n_heads = lm.points.n_heads
         assert report.effect.shape == (2, n_heads) and len(report.heads) == 3
         scores = [abs(h.effect.value) for h in report.heads]

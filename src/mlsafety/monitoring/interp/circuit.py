@@ -19,8 +19,10 @@ patching from the logits backwards, so the circuit is the set of heads whose own
 a graph of head classes; the patching effect of a head is normalised by the MEAN gap between clean and ABC
 logit differences (``(patched_i - clean_i) / (mean clean - mean ABC)`` when noising), not per prompt, since
 a prompt whose clean and ABC logit differences happen to be close would otherwise dominate the mean. Mean
-ablation uses, per template and token position, the mean head output over the dataset's ABC prompts of that
-template (Wang et al. average per template position too; all prompts of a template have one token length).
+ablation uses, per template, token length and position, the mean head output over a SEPARATE reference
+sample of ABC prompts (:func:`abc_reference`: 32 draws per template by default, its own seed, the evaluated
+prompts' corruptions excluded), so a prompt's ablation is a mean and not its own ABC run (Wang et al. average
+per template position too).
 
 The circuit found on SmolLM2-135M is SmolLM2's own; nothing here claims it matches the GPT-2 small circuit
 of Wang et al. (GPT-2 small cannot be installed offline, so no comparison was made).
@@ -29,7 +31,7 @@ of Wang et al. (GPT-2 small cannot be installed offline, so no comparison was ma
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import torch
@@ -40,7 +42,7 @@ from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_weighted, propo
 from mlsafety.monitoring.interp._common import as_lm, chunks, encode_left, forward_last
 from mlsafety.monitoring.interp.attention import attention_patterns
 from mlsafety.monitoring.interp.interventions import ablated, cache
-from mlsafety.monitoring.interp.ioi import IOIDataset
+from mlsafety.monitoring.interp.ioi import IOIDataset, ioi_dataset
 from mlsafety.monitoring.interp.metrics import logit_diff, t_interval
 from mlsafety.monitoring.interp.patching import Direction, head_patching
 
@@ -88,6 +90,8 @@ class CircuitReport:
         faithfulness: ``{k: F(top k heads) / F(model)}`` with 95% bootstrap intervals; ``k = 0`` is every
             head mean-ablated.
         attention_method: how the attention probabilities were obtained.
+        reference_prompts: ABC prompts in the separate reference sample behind the means (0: none needed).
+        reference_counts: ``(N,)`` reference prompts (same template and length) behind each prompt's mean.
     """
 
     n_prompts: int
@@ -103,6 +107,8 @@ class CircuitReport:
     heads: list[HeadScore]
     faithfulness: dict[int, Estimate]
     attention_method: str = ATTENTION_METHOD
+    reference_prompts: int = 0
+    reference_counts: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready summary (estimates as ``[value, low, high, n]``)."""
@@ -132,6 +138,8 @@ class CircuitReport:
             ],
             "faithfulness": {str(k): est(v) for k, v in self.faithfulness.items()},
             "attention_method": self.attention_method,
+            "reference_prompts": self.reference_prompts,
+            "reference_counts": self.reference_counts.tolist(),
         }
 
 
@@ -154,28 +162,151 @@ def logit_diffs(
     return torch.cat(out)
 
 
-def abc_means(model: LanguageModel | nn.Module, data: IOIDataset, batch_size: int = 32) -> dict[str, torch.Tensor]:
-    """Per-template, per-position mean head outputs over the ABC prompts, laid out for the clean batch.
+def abc_reference(
+    model: LanguageModel | nn.Module, data: IOIDataset, per_template: int = 32, seed: int = 0
+) -> IOIDataset:
+    """A separate sample of IOI prompts for the ABC means: ``per_template`` x templates draws, own seed.
+
+    Each template gets its own :func:`~mlsafety.monitoring.interp.ioi.ioi_dataset` draw from ``data``'s words
+    (seed offset by :data:`REFERENCE_SEED_OFFSET` per template), and every draw whose ABC prompt is one of
+    ``data``'s is removed, so the mean ablating a prompt's heads
+    never holds that prompt's own corruption.
+    """
+    _check_data(data)
+    if data.vocabulary is None:
+        raise InputError("data has no vocabulary (it was not made by ioi_dataset): pass reference= explicitly")
+    if not isinstance(per_template, int) or per_template < 1:
+        raise InputError(f"per_template must be a positive integer, got {per_template!r}")
+    names, places, objects = data.vocabulary
+    used = set(data.corrupted)
+    parts = []
+    for t, text in enumerate(data.template_texts):
+        part = ioi_dataset(
+            as_lm(model),
+            n=per_template,
+            seed=REFERENCE_SEED_OFFSET * (t + 1) + int(seed),
+            names=names,
+            places=places,
+            objects=objects,
+            templates=[text],
+        )
+        keep = [i for i, abc in enumerate(part.corrupted) if abc not in used]
+        parts.append(replace(_subset(part, keep), templates=[t] * len(keep)))
+    return _concat(parts, data)
+
+
+REFERENCE_SEED_OFFSET = 7919
+"""Added to the report's seed for the reference draw, so it does not repeat the evaluated prompts' draw."""
+
+
+def _subset(data: IOIDataset, rows: list[int]) -> IOIDataset:
+    idx = torch.tensor(rows, dtype=torch.int64)
+    return IOIDataset(
+        prompts=[data.prompts[i] for i in rows],
+        corrupted=[data.corrupted[i] for i in rows],
+        io_ids=data.io_ids[idx],
+        s_ids=data.s_ids[idx],
+        io_names=[data.io_names[i] for i in rows],
+        s_names=[data.s_names[i] for i in rows],
+        positions={k: v[idx] for k, v in data.positions.items()},
+        lengths=data.lengths[idx],
+        templates=[data.templates[i] for i in rows],
+        orders=[data.orders[i] for i in rows],
+        template_texts=data.template_texts,
+        vocabulary=data.vocabulary,
+    )
+
+
+def _concat(parts: list[IOIDataset], like: IOIDataset) -> IOIDataset:
+    def cat(attr: str) -> list[Any]:
+        return [x for part in parts for x in getattr(part, attr)]
+
+    return IOIDataset(
+        prompts=cat("prompts"),
+        corrupted=cat("corrupted"),
+        io_ids=torch.cat([p.io_ids for p in parts]),
+        s_ids=torch.cat([p.s_ids for p in parts]),
+        io_names=cat("io_names"),
+        s_names=cat("s_names"),
+        positions={k: torch.cat([p.positions[k] for p in parts]) for k in like.positions},
+        lengths=torch.cat([p.lengths for p in parts]),
+        templates=cat("templates"),
+        orders=cat("orders"),
+        template_texts=like.template_texts,
+        vocabulary=like.vocabulary,
+    )
+
+
+def _groups(data: IOIDataset) -> list[tuple[int, int]]:
+    return [(t, int(n)) for t, n in zip(data.templates, data.lengths.tolist(), strict=True)]
+
+
+def reference_counts(data: IOIDataset, reference: IOIDataset) -> torch.Tensor:
+    """``(N,)``: how many reference ABC prompts (same template and token length) make each prompt's mean."""
+    counts: dict[tuple[int, int], int] = {}
+    for key in _groups(reference):
+        counts[key] = counts.get(key, 0) + 1
+    return torch.tensor([counts.get(key, 0) for key in _groups(data)], dtype=torch.int64)
+
+
+def abc_means(
+    model: LanguageModel | nn.Module,
+    data: IOIDataset,
+    reference: IOIDataset | None = None,
+    batch_size: int = 32,
+) -> dict[str, torch.Tensor]:
+    """Per-template, per-position mean head outputs over a separate ABC sample, laid out for the clean batch.
+
+    Args:
+        model: the language model.
+        data: the evaluated prompts.
+        reference: the prompts whose ABC corruptions are averaged (:func:`abc_reference` of ``data`` when
+            None). Prompt ``i``'s mean is over the reference prompts with its template and its token length.
+        batch_size: prompts per forward pass.
 
     Returns:
         ``{"blocks.{i}.head_out": (N, L, H, d_head)}``: row ``i`` holds, at each of prompt ``i``'s real token
-        positions (left-padded to the longest prompt, as the interp methods run prompts), the mean over the
-        ABC prompts of prompt ``i``'s template of the head outputs at that position; padding is 0.
+        positions (left-padded to the longest prompt, as the interp methods run prompts), the mean head output
+        at that position; padding is 0.
+
+    Raises:
+        InputError: a prompt whose template and length no reference prompt shares.
     """
     lm = as_lm(model)
     _check_data(data)
+    reference = abc_reference(lm, data) if reference is None else reference
+    _check_data(reference)
+    counts = reference_counts(data, reference)
+    if bool((counts == 0).any()):
+        i = int((counts == 0).nonzero()[0, 0])
+        raise InputError(
+            f"prompt {i} (template {data.templates[i]}, {int(data.lengths[i])} tokens) has no reference ABC prompt "
+            "of the same template and length: draw a larger reference sample"
+        )
     names = [f"blocks.{i}.head_out" for i in range(lm.n_layers)]
-    recorded = cache(lm, data.corrupted, names, batch_size)
-    width = recorded.batch.input_ids.shape[1]
-    templates = torch.tensor(data.templates)
+    needed = set(_groups(data))
+    ref_keys = _groups(reference)
+    rows = [i for i, key in enumerate(ref_keys) if key in needed]
+    sums: dict[str, dict[tuple[int, int], torch.Tensor]] = {name: {} for name in names}
+    for start, stop in chunks(len(rows), batch_size):
+        part = rows[start:stop]
+        recorded = cache(lm, [reference.corrupted[i] for i in part], names, batch_size)
+        width = recorded.batch.input_ids.shape[1]
+        for j, i in enumerate(part):
+            key = ref_keys[i]
+            for name in names:
+                act = recorded[name][j, width - key[1] :].double()
+                sums[name][key] = sums[name][key] + act if key in sums[name] else act
+    n_ref: dict[tuple[int, int], int] = {}
+    for i in rows:
+        n_ref[ref_keys[i]] = n_ref.get(ref_keys[i], 0) + 1
+    width = int(data.lengths.max())
     out: dict[str, torch.Tensor] = {}
     for name in names:
-        act = recorded[name].float()
-        means = torch.zeros_like(act)
-        for t in templates.unique().tolist():
-            rows = (templates == t).nonzero()[:, 0]
-            length = int(data.lengths[rows[0]])
-            means[rows, width - length :] = act[rows, width - length :].mean(0)
+        first = next(iter(sums[name].values()))
+        means = torch.zeros(len(data), width, *first.shape[1:])
+        for i, key in enumerate(_groups(data)):
+            means[i, width - key[1] :] = (sums[name][key] / n_ref[key]).float()
         out[name] = means
     return out
 
@@ -209,7 +340,7 @@ def circuit_logit_diffs(
         model: the language model.
         data: the IOI prompts.
         circuit: ``(layer, head)`` pairs kept; every other head's output is replaced by its ABC mean.
-        means: :func:`abc_means` of ``data`` (computed when None).
+        means: :func:`abc_means` of ``data`` (computed from :func:`abc_reference` when None).
         batch_size: prompts per forward pass.
     """
     lm = as_lm(model)
@@ -217,7 +348,7 @@ def circuit_logit_diffs(
     plan = _ablate_map(lm, circuit)
     if not plan:
         return logit_diffs(lm, data.prompts, data, batch_size)
-    means = abc_means(lm, data, batch_size) if means is None else means
+    means = abc_means(lm, data, batch_size=batch_size) if means is None else means
     batch = encode_left(lm, data.prompts)
     out = []
     with torch.no_grad():
@@ -279,6 +410,7 @@ def ioi_circuit_report(
     batch_size: int = 64,
     seed: int = 0,
     progress: Progress | None = None,
+    reference_per_template: int = 32,
 ) -> CircuitReport:
     """The IOI circuit report of a causal LM (see the module docstring for what is measured and how).
 
@@ -292,8 +424,9 @@ def ioi_circuit_report(
             needed for); ``"denoise"``: the reverse.
         positions: ``"all"``: patch each head at every position; ``"end"``: at END only.
         batch_size: rows per forward pass.
-        seed: seeds the bootstrap intervals.
+        seed: seeds the bootstrap intervals and the reference ABC sample.
         progress: shows the patching sweep's progress.
+        reference_per_template: draws per template of the reference ABC sample behind the mean ablation.
 
     Returns:
         A :class:`CircuitReport`.
@@ -358,7 +491,11 @@ def ioi_circuit_report(
         for layer, head in top
     ]
 
-    means = abc_means(lm, data, batch_size) if any(k < total for k in sizes) else None
+    means, counts, n_reference = None, torch.zeros(0, dtype=torch.int64), 0
+    if any(k < total for k in sizes):
+        reference = abc_reference(lm, data, reference_per_template, seed)
+        counts, n_reference = reference_counts(data, reference), len(reference)
+        means = abc_means(lm, data, reference, batch_size=batch_size)
     model_ld = logit_diffs(lm, data.prompts, data, batch_size)  # the same passes as a circuit of every head
     faith = {
         k: faithfulness(circuit_logit_diffs(lm, data, ranked[:k], means, batch_size), model_ld, seed, f"ioi-faith-{k}")
@@ -377,6 +514,8 @@ def ioi_circuit_report(
         positions=positions,
         heads=heads,
         faithfulness=faith,
+        reference_prompts=n_reference,
+        reference_counts=counts,
     )
 
 

@@ -91,6 +91,9 @@ class IOIDataset:
         lengths: ``(N,)`` int64 token counts (clean = corrupted).
         templates: the template index of each prompt (into :data:`TEMPLATES` or the caller's list).
         orders: ``"ABBA"`` (IO named first) or ``"BABA"`` per prompt.
+        template_texts: the templates ``templates`` indexes.
+        vocabulary: the single-token names, places and objects the prompts were drawn from (so that a
+            separate reference sample can be drawn from the same distribution).
     """
 
     prompts: list[str]
@@ -103,6 +106,8 @@ class IOIDataset:
     lengths: torch.Tensor
     templates: list[int]
     orders: list[Order]
+    template_texts: tuple[str, ...] = TEMPLATES
+    vocabulary: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]] | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -280,4 +285,6 @@ def ioi_dataset(
         lengths=torch.tensor(lengths, dtype=torch.int64),
         templates=chosen,
         orders=orders,
+        template_texts=tuple(templates),
+        vocabulary=(tuple(name_list), tuple(place_list), tuple(object_list)),
     )
