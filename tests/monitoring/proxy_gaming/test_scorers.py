@@ -66,6 +66,16 @@ def test_check_scorers_refuses_mixed_or_broken_rewards() -> None:
     with pytest.raises(InputError, match="non-finite"):
         check_scorers({"proxy": lambda t: torch.full((len(t),), float("nan")), "gold": good}, ["a", "bb"])
 
+    def broken(texts: list[str]) -> torch.Tensor:
+        raise KeyError("vocab")
+
+    with pytest.raises(InputError, match=r"proxy reward does not take a list of texts \(KeyError") as info:
+        check_scorers({"proxy": broken, "gold": good}, ["a", "bb"])
+    assert "\n" not in str(info.value)
+    check_scorers({"proxy": broken, "gold": good}, None)  # input types only: already probed elsewhere
+    with pytest.raises(InputError, match="different input types"):
+        check_scorers({"proxy": good, "gold": _Declared()}, None)
+
 
 @pytest.mark.slow
 def test_gold_scorer_ranks_clear_reviews() -> None:

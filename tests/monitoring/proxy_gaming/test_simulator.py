@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from mlsafety.core import InputError
+from mlsafety.core import InputError, generator
 from mlsafety.monitoring.proxy_gaming import (
     best_of_n_exact,
     kl_regularised,
@@ -74,12 +74,28 @@ def test_reinforce_raises_the_proxy_and_starts_at_pi0(world) -> None:  # type: i
     assert float(tab.proxy[-1]) > float(tab.proxy[0])
 
 
+def test_reinforce_with_a_kl_penalty_reaches_the_tilted_optimum() -> None:
+    # Korbak et al. 2022: the optimum of E[r] - lambda KL is pi0 exp(r / lambda) / Z; there every sample's
+    # penalised reward is lambda log Z (advantage 0), so a tabular REINFORCE run settles on it exactly.
+    g = generator(0, "pg-kl-test")
+    pi0 = torch.softmax(torch.randn(6, generator=g, dtype=torch.float64), 0)
+    proxy, gold = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    exact = kl_regularised(pi0, proxy, gold, [0.5])
+    run = reinforce(pi0, proxy, gold, steps=600, batch_size=128, lr=0.05, kl_coef=0.5, checkpoint_every=600)
+    assert float(run.kl[-1]) == pytest.approx(float(exact.kl[0]), rel=1e-3)
+    assert float(run.proxy[-1]) == pytest.approx(float(exact.proxy[0]), rel=1e-3, abs=1e-4)
+    assert float(run.gold[-1]) == pytest.approx(float(exact.gold[0]), rel=1e-3, abs=1e-4)
+    free = reinforce(pi0, proxy, gold, steps=600, batch_size=128, lr=0.05, checkpoint_every=600)
+    assert float(free.kl[-1]) > 1.5 * float(exact.kl[0])  # without the penalty it runs past the optimum
+
+
 @pytest.mark.parametrize(
     ("call", "match"),
     [
         (lambda w: kl_regularised(w.pi0, w.gold, w.gold, [0.0]), "lambda"),
         (lambda w: kl_regularised(w.pi0, w.gold, w.gold, [-1.0]), "lambda"),
         (lambda w: kl_regularised(w.pi0, w.gold, w.gold[:-1], [1.0]), "one shape"),
+        (lambda w: kl_regularised(w.pi0, w.gold.clone().fill_(math.nan), w.gold, [1.0]), "finite"),
         (lambda w: reinforce(w.pi0, w.gold, w.gold, steps=0), "steps"),
         (lambda w: train_proxy(w, 1), "at least 2"),
         (lambda w: make_world(1), "at least 2 outputs"),

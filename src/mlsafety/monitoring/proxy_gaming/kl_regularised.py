@@ -67,6 +67,8 @@ def kl_regularised(
         raise InputError("pi0 must be non-negative and sum to 1; normalise it first")
     r = proxy.detach().double().cpu()
     g = gold.detach().double().cpu()
+    if not (torch.isfinite(r).all() and torch.isfinite(g).all()):
+        raise InputError("proxy and gold must be finite everywhere; drop or fix the non-finite rewards")
     log_p0 = torch.log(p0)  # -inf where pi0 = 0: those outputs stay impossible
     tilt = r.unsqueeze(0) / lams.unsqueeze(1)  # (T, K)
     logits = log_p0.unsqueeze(0) + tilt

@@ -161,23 +161,24 @@ def train_text_proxy(
     return LinearProxy(features, c, encoder).fit(texts, y, emb)
 
 
-def check_scorers(scorers: dict[str, Any], probe: Sequence[str]) -> None:
-    """Refuse scorers that break the contract ``texts -> Tensor (N,)`` on ``probe`` texts, or differ in input type.
+def check_scorers(scorers: dict[str, Any], probe: Sequence[str] | None) -> None:
+    """Refuse scorers that differ in input type or break the contract ``texts -> Tensor (N,)`` on ``probe``.
 
     A scorer may declare ``input_type`` (``"text"`` here); two scorers that declare different ones, a
-    scorer that raises on a list of str, or one that returns anything but N finite numbers raise
-    :class:`InputError` (one line naming the scorer).
+    scorer that raises (any exception) on a list of str, or one that returns anything but N finite
+    numbers raise :class:`InputError` (one line naming the scorer). ``probe=None`` checks the input
+    types only (for scorers already probed, e.g. by :func:`mlsafety.audit.load_scorer`).
     """
     types = {name: getattr(fn, "input_type", "text") for name, fn in scorers.items()}
     if len(set(types.values())) > 1:
         listed = ", ".join(f"{k} takes {v}" for k, v in types.items())
         raise InputError(f"the rewards take different input types ({listed}): give scorers of texts -> Tensor (N,)")
-    for name, fn in scorers.items():
+    for name, fn in scorers.items() if probe is not None else ():
         if not callable(fn):
             raise InputError(f"the {name} reward is not callable: give a function texts -> Tensor (N,)")
         try:
             out = fn(list(probe))
-        except (TypeError, AttributeError, ValueError) as e:
+        except Exception as e:  # a user's scorer may raise anything; one line either way
             raise InputError(
                 f"the {name} reward does not take a list of texts ({type(e).__name__}: {e}): "
                 "give a function texts -> Tensor (N,)"
