@@ -173,7 +173,9 @@ def check_scorers(scorers: dict[str, Any], probe: Sequence[str] | None) -> None:
     if len(set(types.values())) > 1:
         listed = ", ".join(f"{k} takes {v}" for k, v in types.items())
         raise InputError(f"the rewards take different input types ({listed}): give scorers of texts -> Tensor (N,)")
-    for name, fn in scorers.items() if probe is not None else ():
+    if probe is None:
+        return
+    for name, fn in scorers.items():
         if not callable(fn):
             raise InputError(f"the {name} reward is not callable: give a function texts -> Tensor (N,)")
         try:
