@@ -285,7 +285,7 @@ class TTA(Check):
         key = str(hazard)
         rows = [Row.of(key, "accuracy_no_adaptation", proportion(ctx.outputs(hazard).pred == y), batch_size=b)]
         for m in methods:
-            acc = tta.adaptation_accuracy(ctx.model, tta.create(m), data.x, data.y, batch_size=b)
+            acc = tta.adaptation_accuracy(ctx.model, tta.create(m), data.x, data.y, batch_size=b, source=False)
             rows.append(Row.of(key, metric_name(m, "accuracy"), acc.adapted, method=m, batch_size=b,
                                stream="test order, state carried forward"))  # fmt: skip
         return TaskResult(rows)
