@@ -39,6 +39,7 @@ from mlsafety.audit._inputs import (
 from mlsafety.audit._report import render_report, write_report
 from mlsafety.audit._store import Store
 from mlsafety.audit.views.defence_in_depth import fmea_report_table
+from mlsafety.audit.views.proxy_gaming import curve_png
 from mlsafety.audit.views.transparency import heatmap_png
 
 __all__ = [
@@ -64,6 +65,7 @@ __all__ = [
     "TaskResult",
     "compare_rows",
     "config_from_mapping",
+    "curve_png",
     "evaluate_gates",
     "fmea_report_table",
     "fmt_ci",
