@@ -93,3 +93,26 @@ def test_zero_and_mean_ablation(llama: LanguageModel) -> None:
         pass
     with pytest.raises(InputError, match="how"), ablated(llama, [name], how="half"):  # type: ignore[arg-type]
         pass
+
+
+def test_per_position_means_average_each_left_padded_column(llama: LanguageModel) -> None:
+    texts = ["the cat sat on the mat", "a dog ran", "we saw a big film"]
+    names = ["blocks.1.resid_pre", "blocks.0.head_out"]
+    means = mean_activations(llama, texts, names, per_position=True)
+    recorded = cache(llama, texts, names)
+    real = recorded.batch.attention_mask.bool()
+    width = real.shape[1]
+    assert means["blocks.0.head_out"].shape == (width, llama.points.n_heads, llama.points.d_head)
+    act = recorded["blocks.1.resid_pre"]
+    for col in (0, 1, width - 1):  # the longest prompt only (its BOS); two prompts; all three (last tokens)
+        torch.testing.assert_close(means["blocks.1.resid_pre"][col], act[real[:, col], col].mean(0))
+    # the last column's mean is the last tokens' mean, not the pooled one (which the BOS column pulls)
+    pooled = mean_activations(llama, texts, names)["blocks.1.resid_pre"]
+    assert not torch.allclose(means["blocks.1.resid_pre"][-1], pooled, atol=1e-3)
+    seen: list[torch.Tensor] = []
+    with (
+        ablated(llama, ["blocks.1.resid_pre"], means=means),
+        llama.hooks({"blocks.1.resid_pre": lambda a, n: seen.append(a.clone())}),  # type: ignore[arg-type]
+    ):
+        cache(llama, texts, [])
+    torch.testing.assert_close(seen[-1], means["blocks.1.resid_pre"].expand_as(seen[-1]))

@@ -102,8 +102,14 @@ def patched(
         UnknownNameError: a name that is not a hook point (the message lists the valid ones).
 
     Example:
+        Positions are columns of the batch, so run it **left-padded** (column -1 is then every prompt's
+        last token; with right padding it is padding for the shorter prompts). ``clean`` and
+        ``corrupted`` pair up with equal token lengths, so their left-padded columns line up:
+
+        >>> clean_heads = cache(lm, clean, ["blocks.3.head_out"])["blocks.3.head_out"]  # left-padded
+        >>> batch = mlsafety.core.encode(lm.tokenizer, corrupted, lm.max_length, "left")
         >>> with patched(lm, {"blocks.3.head_out": clean_heads}, positions=[-1], heads=[5]):
-        ...     logits = lm.run_with_cache(corrupted, [])[0]
+        ...     logits = lm.run_with_cache(batch, [])[0]
     """
     lm = as_lm(model)
     fns: dict[str, HookFn] = {name: _replacer(value, positions, heads) for name, value in patches.items()}
@@ -123,14 +129,19 @@ def ablated(
     """Ablate the activations at ``names`` for the body: set them to zero or to a reference mean.
 
     Mean ablation (Wang et al., 2022, "Interpretability in the Wild", section 2) replaces an activation by
-    its mean over a reference distribution, which keeps the activation on-distribution; zero ablation
-    sets it to 0.
+    its mean over a reference distribution; zero ablation sets it to 0. Wang et al. average each position
+    of a template separately (over the ABC distribution): pass ``means=mean_activations(...,
+    per_position=True)`` from reference prompts of the ablated prompts' token layout to do the same. The
+    pooled default averages over every real token, the first (BOS) token included, whose activations in
+    Llama-type models are far larger than the rest: it is one vector for all positions and is not
+    on-distribution at any one of them.
 
     Args:
         model: a :class:`~mlsafety.core.LanguageModel` or a causal LM module with ``.tokenizer``.
         names: hook point names.
         how: ``"mean"`` or ``"zero"``.
-        means: for ``"mean"``, ``{name: mean}`` from :func:`mean_activations`, one per name.
+        means: for ``"mean"``, ``{name: mean}`` from :func:`mean_activations`, one per name: pooled
+            ``(D,)`` / ``(H, d_head)``, or per position ``(L, ...)`` for batches of ``L`` left-padded columns.
         positions: token positions to ablate (None: all).
         heads: for ``head_out`` points, the heads to ablate (a list, or ``{name: list}``); None: all.
 
@@ -196,13 +207,37 @@ def cache(
 
 
 def mean_activations(
-    model: LanguageModel | nn.Module, texts: Sequence[str], names: Sequence[str], batch_size: int = 32
+    model: LanguageModel | nn.Module,
+    texts: Sequence[str],
+    names: Sequence[str],
+    batch_size: int = 32,
+    per_position: bool = False,
 ) -> dict[str, torch.Tensor]:
-    """The mean activation at each of ``names`` over every real token of ``texts`` (padding excluded).
+    """The mean activation at each of ``names`` over the real tokens of ``texts`` (padding excluded).
+
+    Args:
+        model: a :class:`~mlsafety.core.LanguageModel` or a causal LM module with ``.tokenizer``.
+        texts: the reference prompts.
+        names: hook point names.
+        batch_size: texts per forward pass.
+        per_position: average each column of the left-padded batch separately (over the prompts that
+            have a real token there), as Wang et al. (2022) average each template position; the means
+            line up with a left-padded batch of the same width (prompts of the reference's token
+            layout). Columns where no prompt has a real token get 0. False: one mean pooled over every
+            real token, the first (BOS) token included.
 
     Returns:
-        ``{name: (D,)}``, or ``(H, d_head)`` for ``head_out`` points: what :func:`ablated` takes.
+        ``{name: (D,)}``, or ``(H, d_head)`` for ``head_out`` points; with ``per_position`` a leading
+        ``L`` (the padded width): what :func:`ablated` takes.
     """
     recorded = cache(model, texts, names, batch_size)
     mask = recorded.batch.attention_mask.bool()
-    return {name: act[mask].float().mean(0).to(act.dtype) for name, act in recorded.activations.items()}
+    if not per_position:
+        return {name: act[mask].float().mean(0).to(act.dtype) for name, act in recorded.activations.items()}
+    out = {}
+    count = mask.sum(0).clamp(min=1).float()
+    for name, act in recorded.activations.items():
+        real = mask.reshape(*mask.shape, *([1] * (act.ndim - 2)))
+        total = torch.where(real, act.float(), 0.0).sum(0)
+        out[name] = (total / count.reshape(-1, *([1] * (act.ndim - 2)))).to(act.dtype)
+    return out
