@@ -11,8 +11,9 @@ gold-labelled draws with label noise, ``--seeds`` proxies per N. For each N:
 * a REINFORCE run (features policy) for one N, fitted with both forms;
 * alpha and beta against N;
 * the proxy-gaming monitor (two trusted proxies trained on other labels) on best-of-n samples at
-  n = 2, 4, ..., 256: where it first alarms against the gold peak, and its false-alarm rate when
-  the "optimised" outputs are drawn from pi0 itself.
+  n = 2, 4, ..., 256: where it first alarms against the gold peak (hit / late / miss / false alarm),
+  and its false-alarm rate under the same best-of-n selection in a world with no gaming (trusted
+  scorers that follow the proxy linearly).
 
 No peer library exists (the paper released no code); the comparisons are against the paper's
 functional forms and the closed-form KL.
@@ -219,31 +220,38 @@ def main() -> None:
     mon_n = 100
     rows_m: list[dict[str, Any]] = []
     trusted_by_seed = [torch.stack([train_proxy(world, 1000, seed=1000 + 2 * s + j) for j in range(2)]) for s in seeds]
-    for s, p in zip(seeds, proxies[mon_n], strict=True):
-        trusted = trusted_by_seed[s]
-        g = generator(s, "proxy-gaming-bench-monitor")
+
+    def run_monitor(p: torch.Tensor, trusted: torch.Tensor, g: torch.Generator) -> int | None:
+        """Reference draws of pi0, then independent best-of-n draws (exact best-of-n probabilities) per step."""
         ref = torch.multinomial(world.pi0, 2 * args.monitor_m, replacement=True, generator=g)
         probs = best_of_n_probs(world.pi0, p, schedule)
         picks = [
             torch.multinomial(probs[k], args.monitor_m, replacement=True, generator=g) for k in range(len(schedule))
         ]
         res = monitor_proxy_gaming(p[ref], trusted[:, ref], [p[i] for i in picks], [trusted[:, i] for i in picks])
+        return schedule[res.alarm_step - 1] if res.alarm_step is not None else None
+
+    for s, p in zip(seeds, proxies[mon_n], strict=True):
+        alarm_n = run_monitor(p, trusted_by_seed[s], generator(s, "proxy-gaming-bench-monitor"))
         exact = best_of_n_exact(world.pi0, p, world.gold, NS)
-        peak_n = NS[int(exact.gold.argmax())]
-        alarm_n = schedule[res.alarm_step - 1] if res.alarm_step is not None else None
-        rows_m.append({"seed": s, "gold_peak_n": peak_n, "alarm_n": alarm_n})
-    before = sum(isinstance(r["alarm_n"], int) and r["alarm_n"] <= r["gold_peak_n"] for r in rows_m)
-    lo, hi = clopper_pearson(before, len(rows_m))
-    # false alarms: the "optimised" outputs are fresh draws from pi0 (no optimisation at all)
-    false_alarms = 0
+        peak_i = int(exact.gold.argmax())
+        peak_n, interior = NS[peak_i], peak_i < len(NS) - 1
+        rows_m.append(
+            {"seed": s, "gold_peak_n": peak_n, "alarm_n": alarm_n, "outcome": _outcome(alarm_n, peak_n, interior)}
+        )
+    hits = sum(r["outcome"] == "hit" for r in rows_m)
+    interior_m = sum(r["outcome"] in ("hit", "late", "miss") for r in rows_m)
+    lo, hi = clopper_pearson(hits, interior_m) if interior_m else (math.nan, math.nan)
+    # false alarms UNDER SELECTION in a world with no gaming: two trusted scorers that follow the proxy
+    # linearly (rho = 0.7 with it under pi0, plus noise fixed per output, redrawn per run), and the
+    # same best-of-n draws as above; the naive mean-disagreement test fired here at every n
+    false_alarms, rho = 0, 0.7
     for r in range(args.null_runs):
         p = proxies[mon_n][r % args.seeds]
-        trusted = trusted_by_seed[r % args.seeds]
         g = generator(r, "proxy-gaming-bench-null")
-        ref = torch.multinomial(world.pi0, 2 * args.monitor_m, replacement=True, generator=g)
-        picks = [torch.multinomial(world.pi0, args.monitor_m, replacement=True, generator=g) for _ in schedule]
-        res = monitor_proxy_gaming(p[ref], trusted[:, ref], [p[i] for i in picks], [trusted[:, i] for i in picks])
-        false_alarms += res.alarm_step is not None
+        zp = (p - p.mean()) / p.std()
+        noise = torch.randn(2, p.numel(), generator=g, dtype=torch.float64)
+        false_alarms += run_monitor(p, rho * zp + math.sqrt(1 - rho**2) * noise, g) is not None
     f_lo, f_hi = clopper_pearson(false_alarms, args.null_runs)
     out["monitor"] = {
         "alpha": 0.05,
@@ -252,8 +260,11 @@ def main() -> None:
         "reference_outputs": 2 * args.monitor_m,
         "trusted": "two linear proxies trained on 1000 other gold labels each",
         "per_seed": rows_m,
-        "alarm_at_or_before_peak": [before / len(rows_m), lo, hi],
-        "false_alarm_rate": [false_alarms / args.null_runs, f_lo, f_hi],
+        "hits": hits,
+        "interior_peaks": interior_m,
+        "hit_rate_over_interior_peaks": [hits / interior_m if interior_m else math.nan, lo, hi],
+        "false_alarm_rate_under_selection_no_gaming": [false_alarms / args.null_runs, f_lo, f_hi],
+        "null": f"trusted = {rho} z_proxy + noise fixed per output (2 scorers), best-of-n draws as above",
         "null_runs": args.null_runs,
         "seconds": time.perf_counter() - t0,
     }
@@ -272,12 +283,18 @@ def main() -> None:
         ref = torch.multinomial(world.pi0, 2 * args.monitor_m, replacement=True, generator=g)
         picks = [torch.multinomial(row, args.monitor_m, replacement=True, generator=g) for row in curve.probs[1:]]
         res = monitor_proxy_gaming(p[ref], trusted[:, ref], [p[i] for i in picks], [trusted[:, i] for i in picks])
-        peak_d = observed_peak(_tilt_curve(world, p, targets).d, _tilt_curve(world, p, targets).gold).d.value
+        fine = _tilt_curve(world, p, targets)
+        obs = observed_peak(fine.d, fine.gold)
+        peak_d, interior_t = obs.d.value, bool(obs.interior.all())
         alarm_d = float(curve.d[res.alarm_step]) if res.alarm_step is not None else None
-        rows_t.append({"seed": s, "gold_peak_d": peak_d, "alarm_d": alarm_d})
-    before_t = sum(isinstance(r["alarm_d"], float) and r["alarm_d"] <= r["gold_peak_d"] for r in rows_t)
-    lo_t, hi_t = clopper_pearson(before_t, len(rows_t))
-    out["monitor_tilt"] = {"per_seed": rows_t, "alarm_at_or_before_peak": [before_t / len(rows_t), lo_t, hi_t]}
+        rows_t.append({"seed": s, "gold_peak_d": peak_d, "alarm_d": alarm_d,
+                       "outcome": _outcome(alarm_d, peak_d, interior_t)})  # fmt: skip
+    hits_t = sum(r["outcome"] == "hit" for r in rows_t)
+    interior_t_count = sum(r["outcome"] in ("hit", "late", "miss") for r in rows_t)
+    lo_t, hi_t = clopper_pearson(hits_t, interior_t_count) if interior_t_count else (math.nan, math.nan)
+    out["monitor_tilt"] = {"per_seed": rows_t, "hits": hits_t, "interior_peaks": interior_t_count,
+                           "hit_rate_over_interior_peaks": [hits_t / interior_t_count if interior_t_count else math.nan,
+                                                            lo_t, hi_t]}  # fmt: skip
 
     # --- speed: the sample-reuse estimator, 256 n values from one pool ---
     g = generator(0, "proxy-gaming-bench-speed")
@@ -304,6 +321,13 @@ def _opt(v: float | None) -> str:
 
 def _fmt(v: list[float]) -> str:
     return f"{v[0]:.3f} [{v[1]:.3f}, {v[2]:.3f}]"
+
+
+def _outcome(alarm: float | None, peak: float, interior: bool) -> str:
+    """hit (alarm below an interior peak), late, miss, false_alarm (alarm, no interior peak) or quiet."""
+    if interior:
+        return "miss" if alarm is None else ("hit" if alarm < peak else "late")
+    return "quiet" if alarm is None else "false_alarm"
 
 
 def _markdown(out: dict[str, Any]) -> str:
@@ -362,19 +386,28 @@ def _markdown(out: dict[str, Any]) -> str:
         "## Proxy-gaming monitor on best-of-n (alpha = 0.05, Bonferroni over "
         f"{len(m['schedule_n'])} steps n = {m['schedule_n']})",
         "",
-        f"Alarm at or before the gold peak: {_fmt(m['alarm_at_or_before_peak'])} of seeds. "
-        f"False-alarm rate with no optimisation: {_fmt(m['false_alarm_rate'])} ({m['null_runs']} runs).",
+        "The monitor tests the trusted proxies' residual from the line ``t ~ a + b p`` fitted on pi0's draws "
+        "(mlsafety.monitoring.proxy_gaming.monitor). Outcome per seed: hit = alarm at an n below an interior gold "
+        "peak; late = at or after it; miss = no alarm; false_alarm = alarm while gold never peaked; quiet.",
         "",
-        "| seed | gold peak n | first alarm n |",
-        "|---|---|---|",
-        *[f"| {r['seed']} | {r['gold_peak_n']} | {r['alarm_n']} |" for r in m["per_seed"]],
+        f"Hits among seeds whose gold peaks inside the schedule: {m['hits']}/{m['interior_peaks']} "
+        f"{_fmt(m['hit_rate_over_interior_peaks'])}. False-alarm rate under best-of-n selection in a world with "
+        f"no gaming ({m['null']}): {_fmt(m['false_alarm_rate_under_selection_no_gaming'])} ({m['null_runs']} runs).",
         "",
-        f"On the KL-regularised path (8 lambdas, d = {D_MAX_TILT / 8:.3f}..{D_MAX_TILT}): alarm at or before the "
-        f"gold peak in {_fmt(out['monitor_tilt']['alarm_at_or_before_peak'])} of seeds.",
+        "| seed | gold peak n | first alarm n | outcome |",
+        "|---|---|---|---|",
+        *[f"| {r['seed']} | {r['gold_peak_n']} | {r['alarm_n']} | {r['outcome']} |" for r in m["per_seed"]],
         "",
-        "| seed | gold peak d | first alarm d |",
-        "|---|---|---|",
-        *[f"| {r['seed']} | {r['gold_peak_d']:.3f} | {_opt(r['alarm_d'])} |" for r in out["monitor_tilt"]["per_seed"]],
+        f"On the KL-regularised path (8 lambdas, d = {D_MAX_TILT / 8:.3f}..{D_MAX_TILT}): hits "
+        f"{out['monitor_tilt']['hits']}/{out['monitor_tilt']['interior_peaks']} "
+        f"{_fmt(out['monitor_tilt']['hit_rate_over_interior_peaks'])}.",
+        "",
+        "| seed | gold peak d | first alarm d | outcome |",
+        "|---|---|---|---|",
+        *[
+            f"| {r['seed']} | {r['gold_peak_d']:.3f} | {_opt(r['alarm_d'])} | {r['outcome']} |"
+            for r in out["monitor_tilt"]["per_seed"]
+        ],
         "",
         "Sample-reuse estimator (500 prompts x 256 cached samples, all 256 n): "
         f"{out['sample_reuse_seconds_500_prompts_256_samples_256_n']:.3f} s (one sort per prompt, one matrix product).",
