@@ -91,6 +91,44 @@ def test_head_out_through_the_projection_gives_attn_out(family: str) -> None:
 
 
 @pytest.mark.parametrize("family", sorted(CAUSAL))
+def test_head_out_is_each_heads_attention_times_its_values(family: str) -> None:
+    """``head_out[..., h, :]`` is head h's own ``attn_probs[h] @ V[kv(h)]`` (GQA: query heads share KV heads).
+
+    Shares summing to ``attn_out`` follow from linearity for any split, so this checks the split itself.
+    """
+    model = CAUSAL[family]()
+    points = HookPoints(model)
+    values: dict[int, torch.Tensor] = {}
+    handles = []
+    for i in range(points.n_layers):
+        if family == "llama":
+            proj, cut = model.model.layers[i].self_attn.v_proj, None
+        else:
+            proj, cut = model.transformer.h[i].attn.c_attn, model.config.n_embd
+        handles.append(
+            proj.register_forward_hook(
+                lambda m, a, out, i=i, cut=cut: values.__setitem__(i, out if cut is None else out[..., 2 * cut :])
+            )
+        )
+    heads: dict[str, torch.Tensor] = {}
+    names = [f"blocks.{i}.head_out" for i in range(points.n_layers)]
+    try:
+        with torch.no_grad(), points.hooks(dict.fromkeys(names, lambda act, name: heads.__setitem__(name, act))):
+            probs = model(**_inputs(model), output_attentions=True).attentions
+    finally:
+        for handle in handles:
+            handle.remove()
+    n_heads, d_head = points.n_heads, points.d_head
+    for i, name in enumerate(names):
+        v = values[i].reshape(*values[i].shape[:2], -1, d_head)  # (N, L, KV, d_head)
+        group = n_heads // v.shape[2]
+        assert (group > 1) == (family == "llama")  # the tiny Llama has grouped-query attention
+        for h in range(n_heads):
+            expected = probs[i][:, h] @ v[:, :, h // group]
+            torch.testing.assert_close(heads[name][:, :, h], expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", sorted(CAUSAL))
 def test_replacing_an_activation_changes_what_follows(family: str) -> None:
     model = CAUSAL[family]()
     points = HookPoints(model)
