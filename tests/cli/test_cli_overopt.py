@@ -44,7 +44,19 @@ def test_sim_writes_plot_and_results(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "sim.json").read_text())
     assert out["ns"] == [1, 2, 4, 8, 16] and (tmp_path / "sim.png").stat().st_size > 0
-    assert out["proxy"] == sorted(out["proxy"]) and "alpha" in out["fit"]
+    proxy = [v[0] for v in out["proxy"]]
+    assert proxy == sorted(proxy) and "alpha" in out["fit"] and set(out["fits"]) == {"bon", "rl"}
+    assert all(lo <= v <= hi for v, lo, hi in out["gold"])  # bands over seeds
+
+
+def test_sim_tilt_sweeps_lambda_with_bands(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["overoptimization", "sim", "--optimiser", "tilt", "--seeds", "3", "--width", "8",
+                                    "--lambdas", "2,1,0.5,0.2", "--n-boot", "50", "--out", str(tmp_path)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    out = json.loads((tmp_path / "sim.json").read_text())
+    assert out["lambdas"] == ["inf", 2.0, 1.0, 0.5, 0.2] and out["d"][0] == 0.0 and out["width"] == 8
+    assert out["d"] == sorted(out["d"]) and out["gold"][1][1] < out["gold"][1][0] < out["gold"][1][2]
+    assert out["fit"] == out["fits"]["rl"]
 
 
 def test_lm_runs_and_reuses_its_samples(lm_dir: Path, tmp_path: Path) -> None:
@@ -65,7 +77,7 @@ def test_lm_runs_and_reuses_its_samples(lm_dir: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--n-max", "0"], "at least 1"),
+        (["--n-max", "2"], "--n-max must be at least 4"),
         (["--prompts", "0"], "prompt set is empty"),
         (["--gold", "{r}:takes_tensors"], "--gold"),
     ],
@@ -79,8 +91,19 @@ def test_lm_bad_input_is_one_line_exit_2(lm_dir: Path, tmp_path: Path, extra: li
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and message in res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "samples.json").exists()  # refused before any sampling
 
 
-def test_sim_bad_input(tmp_path: Path) -> None:
-    res = CliRunner().invoke(main, ["overoptimization", "sim", "--seeds", "0", "--out", str(tmp_path)])
-    assert res.exit_code == 2 and "--seeds must be at least 1" in res.output
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--n-max", "3"], "--n-max must be at least 4"),
+        (["--optimiser", "tilt", "--lambdas", "1,0.5,-1"], "each > 0"),
+        (["--optimiser", "tilt", "--lambdas", "1,x,2"], "comma-separated numbers"),
+    ],
+)
+def test_sim_bad_input(tmp_path: Path, extra: list[str], message: str) -> None:
+    res = CliRunner().invoke(main, ["overoptimization", "sim", *extra, "--out", str(tmp_path)])
+    assert res.exit_code == 2 and message in res.output, res.output
+    assert len(res.output.strip().splitlines()) == 1, res.output

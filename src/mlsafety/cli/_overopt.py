@@ -1,7 +1,8 @@
 """``mlsafety overoptimization``: reward over-optimisation in the exact simulator or on a language model.
 
 Gao, Schulman & Hilton (2022, "Scaling Laws for Reward Model Overoptimization"): ``sim`` runs the
-exact best-of-n simulator over seeds, ``lm`` the best-of-n experiment on a causal language model
+simulator over seeds (exact best-of-n, the exact KL-regularised optimum over ``--lambdas``, or
+REINFORCE), ``lm`` the best-of-n experiment on a causal language model
 from samples drawn once and cached in ``--out``; both write a plot, a JSON file and print a table.
 """
 
@@ -29,63 +30,114 @@ def _positive(name: str, value: float) -> None:
         raise InputError(f"{name} must be at least 1, got {value}")
 
 
-def _ns(n_max: int) -> tuple[int, ...]:
+def _n_max(value: int) -> tuple[int, ...]:
+    """1, 2, 4, ..., --n-max, refused up front (before any sampling) when the fit would get < 3 points."""
+    from mlsafety.core import InputError
     from mlsafety.monitoring.proxy_gaming import lm as pg
 
-    return pg.powers_of_two(n_max)
+    if not value >= 4:
+        raise InputError(f"--n-max must be at least 4 (the fit needs n = 1, 2, 4), got {value}")
+    return pg.powers_of_two(value)
+
+
+def _lambdas(text: str) -> list[float]:
+    from mlsafety.core import InputError
+
+    try:
+        lams = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--lambdas must be comma-separated numbers, got {text!r}") from None
+    if len(lams) < 3 or not all(v > 0 for v in lams):
+        raise InputError(f"--lambdas needs at least 3 values, each > 0 (the KL penalty's weight), got {text!r}")
+    return sorted(set(lams), reverse=True)
+
+
+def _triples(values: Any) -> list[tuple[float, float, float]]:
+    """Mean over seeds (rows) with its 95% t interval, per column."""
+    from mlsafety.monitoring.proxy_gaming import mean_interval
+
+    m, lo, hi = mean_interval(values)
+    return [(float(a), float(b), float(c)) for a, b, c in zip(m, lo, hi, strict=True)]
 
 
 @overopt_group.command("sim")
-@click.option("--seeds", default=8, show_default=True, type=int, help="Worlds (and proxies) drawn, one per seed.")
+@click.option("--optimiser", default="bon", show_default=True, type=click.Choice(["bon", "tilt", "reinforce"]),
+              help="bon: exact best-of-n; tilt: the exact KL-regularised optimum pi0 exp(r / lambda); "
+                   "reinforce: REINFORCE on a features policy.")  # fmt: skip
+@click.option("--seeds", default=8, show_default=True, type=int, help="Proxies drawn, one per seed.")
 @click.option("--labels", default=64, show_default=True, type=int, help="Gold labels each proxy is trained on (N).")
-@click.option("--n-max", default=256, show_default=True, type=int, help="Largest n of best-of-n.")
+@click.option("--width", default=0, show_default=True, type=int, help="Random ReLU features of the proxy (its size).")
+@click.option("--n-max", default=256, show_default=True, type=int, help="Largest n of best-of-n (bon).")
+@click.option("--lambdas", default="10,5,2,1,0.5,0.3,0.2,0.15,0.1,0.07,0.05", show_default=True,
+              help="KL-penalty weights swept (tilt), comma-separated, each > 0.")  # fmt: skip
+@click.option("--steps", default=300, show_default=True, type=int, help="REINFORCE steps (reinforce).")
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap resamples (over seeds).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the plot and results.")
 @friendly
-def overopt_sim(seeds: int, labels: int, n_max: int, n_boot: int, out: str) -> None:
-    """Exact best-of-n in the simulator: gold and proxy reward against d = sqrt(KL), the fit d (alpha - beta d)."""
+def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int, lambdas: str, steps: int,
+                n_boot: int, out: str) -> None:  # fmt: skip
+    """The exact simulator: gold and proxy reward against d = sqrt(KL) over seeds, fitted with both forms."""
     import torch
 
+    from mlsafety.audit import curve_png
     from mlsafety.core import InputError
     from mlsafety.monitoring.proxy_gaming import (
         best_of_n_exact,
         fit_scaling_law,
+        kl_regularised,
         make_world,
         observed_peak,
+        reinforce,
         train_proxy,
     )
 
     _positive("--seeds", seeds)
-    _positive("--n-max", n_max)
     if labels < 2:
         raise InputError(f"--labels must be at least 2, got {labels}")
-    ns = _ns(n_max)
-    curves = []
+    if width < 0:
+        raise InputError(f"--width must be >= 0, got {width}")
+    ns = _n_max(n_max) if optimiser == "bon" else ()
+    lams = _lambdas(lambdas) if optimiser == "tilt" else []
+    if optimiser == "reinforce":
+        _positive("--steps", steps)
+    world = make_world()
+    gold_rows, proxy_rows, d_rows = [], [], []
     for s in range(seeds):
-        world = make_world(seed=s)
-        proxy = train_proxy(world, labels, seed=s)
-        curves.append(best_of_n_exact(world.pi0, proxy, world.gold, list(ns)))
-    gold = torch.stack([c.gold for c in curves])
-    prox = torch.stack([c.proxy for c in curves])
-    d = curves[0].d
-    fit = fit_scaling_law(d, gold, "bon", True, n_boot) if len(ns) >= 3 else None
-    peak = observed_peak(d, gold, n_boot) if seeds > 1 else None
-    result: dict[str, Any] = {"ns": list(ns), "d": d.tolist(), "gold": gold.mean(0).tolist(),
-                              "proxy": prox.mean(0).tolist(), "seeds": seeds, "labels": labels}  # fmt: skip
-    if fit is not None:
-        result["fit"] = {
-            "alpha": list(fit.alpha)[:3],
-            "beta": list(fit.beta)[:3],
-            "r2": fit.r2,
-            "peak_d": list(fit.peak)[:3],
-        }
-    if peak is not None:
-        result["observed_peak_d"] = list(peak.d)[:3]
+        proxy = train_proxy(world, labels, width=width, seed=s)
+        if optimiser == "bon":
+            c: Any = best_of_n_exact(world.pi0, proxy, world.gold, list(ns))
+        elif optimiser == "tilt":
+            c = kl_regularised(world.pi0, proxy, world.gold, [float("inf"), *lams])
+        else:
+            c = reinforce(world.pi0, proxy, world.gold, features=world.features, steps=steps, lr=0.003, seed=s)
+        gold_rows.append(c.gold)
+        proxy_rows.append(c.proxy)
+        d_rows.append(c.d)
+    gold, prox, dd = torch.stack(gold_rows), torch.stack(proxy_rows), torch.stack(d_rows)
+    d = dd.mean(0)
+    fits = {form: fit_scaling_law(dd, gold, form, True, n_boot) for form in ("bon", "rl")}
+    peak = observed_peak(dd, gold, n_boot)
+    gold_t, proxy_t = _triples(gold), _triples(prox)
+    result: dict[str, Any] = {"optimiser": optimiser, "seeds": seeds, "labels": labels, "width": width,
+                              "d": d.tolist(), "gold": [list(t) for t in gold_t],
+                              "proxy": [list(t) for t in proxy_t]}  # fmt: skip
+    if optimiser == "bon":
+        result["ns"] = list(ns)
+    elif optimiser == "tilt":
+        result["lambdas"] = ["inf", *lams]
+    else:
+        result["steps"] = c.step.tolist()
+    result["fits"] = {form: {"alpha": list(f.alpha)[:3], "beta": list(f.beta)[:3], "r2": f.r2,
+                             "peak_d": list(f.peak)[:3]} for form, f in fits.items()}  # fmt: skip
+    result["fit"] = result["fits"]["bon" if optimiser == "bon" else "rl"]
+    result["observed_peak_d"] = list(peak.d)[:3]
+    result["censored_seeds"] = peak.censored
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sim.json").write_text(json.dumps(result, indent=1))
-    _plot(folder / "sim.png", d, gold.mean(0), prox.mean(0), None if fit is None else (fit.alpha.value, fit.beta.value))
-    _print_curve(ns, d, gold.mean(0).tolist(), prox.mean(0).tolist())
+    (folder / "sim.png").write_bytes(curve_png(d, gold_t, proxy_t, (fits["bon"].alpha.value, fits["bon"].beta.value)))
+    _print_curve(result.get("ns") or result.get("lambdas") or result["steps"], d, [t[0] for t in gold_t],
+                 [t[0] for t in proxy_t], {"bon": "n", "tilt": "lambda", "reinforce": "step"}[optimiser])  # fmt: skip
     out_console.print(f"wrote {folder / 'sim.json'} and {folder / 'sim.png'}")
 
 
@@ -104,19 +156,19 @@ def overopt_sim(seeds: int, labels: int, n_max: int, n_boot: int, out: str) -> N
 def overopt_lm(model: str, reward: str, gold: str, n_max: int, prompts: int, max_new_tokens: int,
                temperature: float, seed: int, n_boot: int, out: str) -> None:  # fmt: skip
     """Best-of-n on a language model: samples drawn once (cached in --out), scored once per reward."""
-    from mlsafety.audit import load_scorer, resolve_language_model
+    from mlsafety.audit import curve_png, load_scorer, resolve_language_model
     from mlsafety.core import InputError
     from mlsafety.monitoring.proxy_gaming import lm as pg
     from mlsafety.monitoring.proxy_gaming.scorers import check_scorers
 
-    _positive("--n-max", n_max)
+    ns = _n_max(n_max)
     if prompts < 1:
         raise InputError(f"the prompt set is empty: --prompts must be at least 1, got {prompts}")
     if not temperature > 0:
         raise InputError(f"--temperature must be > 0 (best-of-n needs distinct samples), got {temperature}")
     proxy_fn, gold_fn = load_scorer(reward, "--reward"), load_scorer(gold, "--gold")
     texts = pg.review_openings(prompts)
-    check_scorers({"proxy": proxy_fn, "gold": gold_fn}, texts[:2])
+    check_scorers({"proxy": proxy_fn, "gold": gold_fn}, None)  # input types only: load_scorer probed both
     lm = resolve_language_model(model)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -124,14 +176,16 @@ def overopt_lm(model: str, reward: str, gold: str, n_max: int, prompts: int, max
                                       cache=folder / "samples.json")  # fmt: skip
     proxy = pg.score_samples(samples, proxy_fn)
     gold_scores = pg.score_samples(samples, gold_fn)
-    curve = pg.overoptimization_curve(proxy, gold_scores, _ns(n_max), n_boot, seed)
+    curve = pg.overoptimization_curve(proxy, gold_scores, ns, n_boot, seed)
     result = pg.curve_summary(curve, proxy, {"gold": gold_scores}, n_boot, seed)
     result["tokens_per_second"] = samples.tokens_per_second
     (folder / "results.json").write_text(json.dumps(result, indent=1))
     fit = result.get("fit")
-    _plot(folder / "curve.png", curve.d, curve.gold_mean, curve.per_prompt_proxy.mean(0),
-          None if fit is None else (fit["alpha"][0], fit["beta"][0]))  # fmt: skip
-    _print_curve(curve.ns, curve.d, [e.value for e in curve.gold], [e.value for e in curve.proxy])
+    (folder / "curve.png").write_bytes(curve_png(curve.d, [tuple(e)[:3] for e in curve.gold],
+                                                 [tuple(e)[:3] for e in curve.proxy],
+                                                 None if fit is None else (fit["alpha"][0], fit["beta"][0]),
+                                                 result["monitor"]["alarm_d"]))  # fmt: skip
+    _print_curve(curve.ns, curve.d, [e.value for e in curve.gold], [e.value for e in curve.proxy], "n")
     peak = result["peak"]
     out_console.print(f"gold peak at n={peak['n']} (d={peak['d'][0]:.3f} [{peak['d'][1]:.3f}, {peak['d'][2]:.3f}]"
                       f"{'' if peak['interior'] else ', still rising at n-max'}); "
@@ -141,31 +195,8 @@ def overopt_lm(model: str, reward: str, gold: str, n_max: int, prompts: int, max
     )
 
 
-def _print_curve(ns: Any, d: Any, gold: list[float], proxy: list[float]) -> None:
-    table = Table("n", "d = sqrt(KL)", "gold", "proxy", box=None)
-    for i, n in enumerate(ns):
-        table.add_row(str(int(n)), f"{float(d[i]):.3f}", f"{gold[i]:+.3f}", f"{proxy[i]:+.3f}")
+def _print_curve(steps: Any, d: Any, gold: list[float], proxy: list[float], label: str) -> None:
+    table = Table(label, "d = sqrt(KL)", "gold", "proxy", box=None)
+    for i, n in enumerate(steps):
+        table.add_row(str(n), f"{float(d[i]):.3f}", f"{gold[i]:+.3f}", f"{proxy[i]:+.3f}")
     out_console.print(table)
-
-
-def _plot(path: Path, d: Any, gold: Any, proxy: Any, fit: tuple[float, float] | None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-
-    fig, ax = plt.subplots(figsize=(4.6, 3.4))
-    x = torch.as_tensor(d, dtype=torch.float64)
-    ax.plot(x.numpy(), torch.as_tensor(gold).numpy(), "-o", markersize=3, label="gold")
-    ax.plot(x.numpy(), torch.as_tensor(proxy).numpy(), "--o", markersize=3, label="proxy")
-    if fit is not None:
-        a, b = fit
-        grid = torch.linspace(0, float(x.max()), 100, dtype=torch.float64)
-        ax.plot(grid.numpy(), (grid * (a - b * grid)).numpy(), ":", color="black", label="fit d(a - b d)")
-    ax.set_xlabel("d = sqrt(KL)")
-    ax.set_ylabel("reward (standardised)")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
