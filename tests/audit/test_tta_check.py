@@ -129,6 +129,7 @@ def test_a_model_without_batch_norm_gets_one_row_saying_so(digits_model):
         ({"severity": True}, "severity must be an integer"),
         ({"attack_on": "corruption/fog"}, "attack_on must be"),
         ({"attack_on": "ood/letters"}, "attack_on must be"),
+        ({"attack_batch_sizes": [2]}, "attack_batch_sizes must be"),
     ],
 )
 def test_bad_settings_are_refused_in_one_line(bn_setting, params, message):
@@ -153,3 +154,21 @@ def test_non_finite_adapted_logits_are_refused(bn_setting):
     ctx = AuditContext(Classifier(broken), data, seed=0, check_params={"tta": {**SMALL, "attack_steps": 0}})
     with pytest.raises(InputError, match=r"NaN or infinite logits .* under tebn"):
         ctx.hazard("tta-attack/tebn/0.2")
+
+
+def test_extra_attack_batch_sizes_get_their_own_rows_and_view_lines(bn_setting):
+    """A second batch size reruns the attack on its own batches (rows suffixed _batch_<b>, carrying
+    the measure and batch size); the view puts one line per (hazard, batch size)."""
+    from mlsafety.audit import StoredRow
+    from mlsafety.audit.views.tta import TTAView
+
+    params = {**SMALL, "corruptions": [], "objectives": ["indiscriminate"], "attack_steps": 1, "attack_batches": 2}
+    rows, _ = _run(bn_setting, {"tta": {**params, "attack_batch_sizes": [16, 32]}})
+    key = "tta-attack/tebn/0.2"
+    small = _get(rows, key, "indiscriminate_success_rate_batch_16")
+    assert small.params["measure"] == "indiscriminate_success_rate" and small.params["malicious"] == 3
+    assert small.n == 2 * (16 - 3) and _get(rows, key, "batches_flipped_rate_batch_16").n == 2
+    assert _get(rows, key, "indiscriminate_success_rate").n == 2 * (32 - 6)  # batch_size: the hazard's rows
+    stored = [StoredRow("tta", r.hazard, r.metric, r.value, r.ci_low, r.ci_high, r.n, dict(r.params)) for r in rows]
+    (attack_table,) = [t for t in TTAView.tables(stored) if t.title.startswith("Distribution Invading")]
+    assert [line[:3] for line in attack_table.rows] == [["tebn", "0.2", "3/16"], ["tebn", "0.2", "6/32"]]

@@ -146,17 +146,20 @@ def _adapted_outputs(
 
 
 def _attack(
-    ctx: AuditContext, method_name: str, share: float, objective: str
+    ctx: AuditContext, method_name: str, share: float, objective: str, batch_size: int | None = None
 ) -> tuple[tta.AttackBatches, tta.DIAResult]:
-    """DIA with ``objective`` on the check's attacked batches for (method, share) (inputs seeded by both)."""
+    """DIA with ``objective`` on the check's attacked batches for (method, share) (inputs seeded by both,
+    and by ``batch_size`` when it is not the check's ``batch_size``)."""
     p = params_of(ctx, TTA)
     b, groups = int(p["batch_size"]), int(p["attack_batches"])
+    other = () if batch_size is None or batch_size == b else (f"batch-{batch_size}",)
+    b = b if batch_size is None else batch_size
     source = _attack_on(p["attack_on"])
     data = ctx.hazard(source)
-    g = ctx.generator(KIND, method_name, f"{share:g}", "inputs")
+    g = ctx.generator(KIND, method_name, f"{share:g}", "inputs", *other)
     batches = tta.draw_batches(data.x, data.y, b, tta.malicious_count(share, b), groups, g)
     attack = tta.DIA(objective=objective, eps=p["eps"], steps=int(p["attack_steps"]))
-    g = ctx.generator(KIND, method_name, f"{share:g}", objective)
+    g = ctx.generator(KIND, method_name, f"{share:g}", objective, *other)
     result = attack.run(ctx.model, tta.create(method_name), batches.benign, batches.malicious, y=batches.y,
                         groups=groups, generator=g)  # fmt: skip
     return batches, result
@@ -183,6 +186,41 @@ def _names(spec: Any, what: str, available: Sequence[str]) -> list[str]:
         if n not in available:
             raise InputError(f"tta {what} {n!r} is unknown; use some of {', '.join(available)} or 'all'")
     return list(dict.fromkeys(names))
+
+
+def attack_metric(measure: str, batch_size: int, default_batch_size: int) -> str:
+    """The metric of ``measure`` at ``batch_size``: the plain name at the check's ``batch_size``, else
+    suffixed ``_batch_<b>`` (``indiscriminate_success_rate_batch_32``); rows carry ``measure`` too."""
+    return measure if batch_size == default_batch_size else metric_name(measure, "batch", batch_size)
+
+
+def _attack_rows(key: str, res: tta.DIAResult, objective: str, info: dict[str, Any], default_b: int) -> list[Row]:
+    """The rows of one objective's attack (see the module docstring for the measures)."""
+    b = int(info["batch_size"])
+    per_batch = {**info, "objective": objective, "trials": "attacked batches"}
+    per_input = {**info, "objective": objective, "trials": "benign inputs of attacked batches"}
+    found: list[tuple[str, Any, dict[str, Any]]] = []
+    if objective == "indiscriminate":
+        found += [
+            ("indiscriminate_success_rate", proportion(res.benign_error.cpu()), per_input),
+            ("benign_error_rate_no_attack", proportion(res.clean_error.cpu()), per_input),
+            ("batches_flipped_rate", proportion(res.success.cpu()), per_batch),
+        ]
+    else:
+        found.append((metric_name(objective, "success_rate"), proportion(res.success.cpu()), per_batch))
+        if objective == "stealthy" and res.logits.shape[1] > 1:
+            others = res.logits.shape[0] * (res.logits.shape[1] - 1)  # the target is not one of the others
+            kept = proportion(int(res.others_kept.sum()), others)
+            found.append(("stealthy_others_kept_rate", kept, {**per_input, "trials": "other benign inputs"}))
+    return [Row.of(key, attack_metric(m, b, default_b), e, measure=m, **params) for m, e, params in found]
+
+
+def _batch_sizes(spec: Any, default: int) -> list[int]:
+    sizes = [default] if spec is None else [spec] if isinstance(spec, int) else list(spec)
+    for b in sizes:
+        if isinstance(b, bool) or not isinstance(b, int) or b < 3:
+            raise InputError(f"tta attack_batch_sizes must be integers >= 3 (or omitted: batch_size), got {b!r}")
+    return list(dict.fromkeys(sizes))
 
 
 def _shares(spec: Any) -> list[float]:
@@ -214,6 +252,7 @@ class TTA(Check):
         "shares": list(tta.SHARES),
         "objectives": ["targeted", "indiscriminate"],
         "attack_on": "corruption/fog/3",
+        "attack_batch_sizes": None,
         "attack_batches": 6,
         "attack_steps": 10,
         "eps": None,
@@ -228,7 +267,7 @@ class TTA(Check):
     metrics = (
         "accuracy_no_adaptation", "*_accuracy", "targeted_success_rate", "stealthy_success_rate",
         "stealthy_others_kept_rate", "indiscriminate_success_rate", "batches_flipped_rate",
-        "benign_error_rate_no_attack", NOT_APPLICABLE,
+        "benign_error_rate_no_attack", "*_rate_batch_*", NOT_APPLICABLE,
     )  # fmt: skip
     lower_is_better: ClassVar[frozenset[str]] = frozenset(
         {"targeted_success_rate", "stealthy_success_rate", "indiscriminate_success_rate", "batches_flipped_rate"}
@@ -253,8 +292,9 @@ class TTA(Check):
             raise InputError(f"tta eps must be a radius in (0, 1] pixel units or omitted (unconstrained), got {eps!r}")
         _attack_on(p["attack_on"])
         shares = _shares(p["shares"])
-        for share in shares:
-            tta.malicious_count(share, int(p["batch_size"]))  # at least 2 benign inputs must remain
+        for b in {int(p["batch_size"]), *_batch_sizes(p["attack_batch_sizes"], int(p["batch_size"]))}:
+            for share in shares:
+                tta.malicious_count(share, b)  # at least 2 benign inputs must remain
         return methods, corruptions, shares, objectives
 
     def _shifts(self, corruptions: Sequence[str]) -> list[Hazard]:
@@ -293,32 +333,22 @@ class TTA(Check):
     def _attack_task(
         self, ctx: AuditContext, method: str, shares: Sequence[float], objectives: Sequence[str]
     ) -> TaskResult:
+        """Rows per share, batch size (``attack_batch_sizes``) and objective; the indiscriminate attack
+        at ``batch_size`` is the hazard's (computed once, shared with defence in depth)."""
         rows = []
-        b = int(self.params["batch_size"])
+        p = self.params
+        default_b = int(p["batch_size"])
         for share in shares:
             key = str(Hazard.tta_attack(method, share))
-            info = {"method": method, "share": share, "malicious": tta.malicious_count(share, b), "batch_size": b,
-                    "eps": self.params["eps"], "steps": int(self.params["attack_steps"]),
-                    "attack_on": str(self.params["attack_on"])}  # fmt: skip
-            for objective in objectives:
-                per_batch = {**info, "objective": objective, "trials": "attacked batches"}
-                per_input = {**info, "objective": objective, "trials": "benign inputs of attacked batches"}
-                if objective == "indiscriminate":
-                    data = ctx.hazard(key)
-                    assert isinstance(data, AttackData)
-                    res = data.result
-                    rows += [
-                        Row.of(key, "indiscriminate_success_rate", proportion(res.benign_error.cpu()), **per_input),
-                        Row.of(key, "benign_error_rate_no_attack", proportion(res.clean_error.cpu()), **per_input),
-                        Row.of(key, "batches_flipped_rate", proportion(res.success.cpu()), **per_batch),
-                    ]
-                    continue
-                _, res = _attack(ctx, method, share, objective)
-                rows.append(Row.of(key, metric_name(objective, "success_rate"), proportion(res.success.cpu()),
-                                   **per_batch))  # fmt: skip
-                if objective == "stealthy" and res.logits.shape[1] > 1:
-                    others = res.logits.shape[0] * (res.logits.shape[1] - 1)  # the target is not one of the others
-                    kept = proportion(int(res.others_kept.sum()), others)
-                    per_other = {**per_input, "trials": "other benign inputs of attacked batches"}
-                    rows.append(Row.of(key, "stealthy_others_kept_rate", kept, **per_other))
+            for b in _batch_sizes(p["attack_batch_sizes"], default_b):
+                info = {"method": method, "share": share, "malicious": tta.malicious_count(share, b), "batch_size": b,
+                        "eps": p["eps"], "steps": int(p["attack_steps"]), "attack_on": str(p["attack_on"])}  # fmt: skip
+                for objective in objectives:
+                    if objective == "indiscriminate" and b == default_b:
+                        data = ctx.hazard(key)
+                        assert isinstance(data, AttackData)
+                        res = data.result
+                    else:
+                        _, res = _attack(ctx, method, share, objective, b)
+                    rows += _attack_rows(key, res, objective, info, default_b)
         return TaskResult(rows)

@@ -56,15 +56,16 @@ class TTAView(View):
                     "Exact 95% intervals; test data streamed in batches, state carried.",
                 )
             )
-        attack_rows = [r for r in rows if r.metric in ATTACK_METRICS]
-        attacked = list(dict.fromkeys(r.hazard for r in attack_rows))
-        columns = [(m, label) for m, label in ATTACK_COLUMNS if any(r.metric == m for r in attack_rows)]
+        attack_rows = [r for r in rows if r.params.get("measure") in ATTACK_METRICS]
+        cells = {(r.hazard, r.params.get("batch_size"), r.params["measure"]): r for r in attack_rows}
+        attacked = list(dict.fromkeys((r.hazard, r.params.get("batch_size")) for r in attack_rows))
+        columns = [(m, label) for m, label in ATTACK_COLUMNS if any(r.params["measure"] == m for r in attack_rows)]
         if attacked:
             body = []
-            for h in attacked:
-                p = next(r for r in attack_rows if r.hazard == h).params
-                setting = [str(p.get("method")), f"{p.get('share')}", f"{p.get('malicious')}/{p.get('batch_size')}"]
-                body.append([*setting, str(p.get("attack_on", "")), *(_cell(by.get((h, m))) for m, _ in columns)])
+            for h, b in attacked:
+                p = next(r for r in attack_rows if (r.hazard, r.params.get("batch_size")) == (h, b)).params
+                setting = [str(p.get("method")), f"{p.get('share')}", f"{p.get('malicious')}/{b}"]
+                body.append([*setting, str(p.get("attack_on", "")), *(_cell(cells.get((h, b, m))) for m, _ in columns)])
             out.append(
                 Table(
                     "Distribution Invading Attack (DIA) on test-time adaptation",
@@ -74,7 +75,7 @@ class TTAView(View):
                     "predictions over their benign inputs; exact 95% intervals.",
                 )
             )
-        rest = [r for r in rows if r.metric not in ATTACK_METRICS and r.hazard not in shifts]
+        rest = [r for r in rows if r.params.get("measure") not in ATTACK_METRICS and r.hazard not in shifts]
         if rest:
             out += View.tables(rest, title)
         return out
