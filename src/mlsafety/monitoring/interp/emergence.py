@@ -284,9 +284,10 @@ def leading_indicators(
         cp_b = _change_index(_residual_boot(v, n_boot, g))
         lo, hi = _interval(at[cp_b], steps)
         lead_b = at[acc_b] - at[cp_b]
-        q = torch.quantile(lead_b, torch.tensor([0.025, 0.975], dtype=torch.float64))
+        q_lo = torch.quantile(lead_b, 0.025, interpolation="lower")
+        q_hi = torch.quantile(lead_b, 0.975, interpolation="higher")
         lead = ref - cp
-        lead_lo, lead_hi = min(int(q[0]), lead), max(int(q[1]), lead)
+        lead_lo, lead_hi = min(int(q_lo), lead), max(int(q_hi), lead)
         rows.append(Indicator(name, cp, min(lo, cp), max(hi, cp), lead, lead_lo, lead_hi, lead_lo > 0))
     a_lo, a_hi = _interval(at[acc_b], steps)
     return Leads(ref, min(a_lo, ref), max(a_hi, ref), sorted(rows, key=lambda r: r.step))
