@@ -37,9 +37,10 @@ with the malicious inputs in the batch (logits and the head's input), so defence
 how many of the failures the attack caused the monitor lets through. A model without batch-norm
 layers gets one ``not_applicable`` row saying so.
 
-Departs from the paper in attacking one test batch size per audit (``batch_size``; the library's
-:func:`~mlsafety.robustness.tta.attack_success` sweeps several) and in the attack's PGD steps (see
-:class:`~mlsafety.robustness.tta.DIA`).
+``attack_batch_sizes`` (default: ``batch_size`` only) adds the paper's batch-size sweep: each extra
+size attacks its own batches, its rows suffixed ``_batch_<b>`` (``indiscriminate_success_rate_batch_32``)
+and carrying ``measure`` and ``batch_size``; the hazard is always the attack at ``batch_size``.
+Departs from the paper in the attack's PGD steps (see :class:`~mlsafety.robustness.tta.DIA`).
 """
 
 from __future__ import annotations
