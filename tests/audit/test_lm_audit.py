@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mlsafety.audit import CHECKS, AuditConfig, Check, Row, Task, TaskResult, register_check, run_audit
 from mlsafety.cli import main
 from mlsafety.core import InputError, LanguageModel
-from tests.support.text import tiny_llama
+from tests.support.text import tiny_gpt2, tiny_llama
 
 SCORERS = """
 import torch
@@ -34,6 +34,14 @@ def wrong_shape():
 
 def not_finite():
     return lambda texts: torch.full((len(texts),), float("nan"))
+
+
+def token_ids():
+    def score(texts):
+        return torch.tensor([float(len(t)) for t in texts])
+
+    score.input_type = "token ids"
+    return score
 """
 
 PROMPTS = "text\n" + "".join(f"{w} movie was quite\n" for w in ("the", "a", "this", "that", "one", "good"))
@@ -45,6 +53,10 @@ def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = tiny_llama(0)
     model.save_pretrained(folder / "llama")
     model.tokenizer.save_pretrained(folder / "llama")
+    gpt2 = tiny_gpt2(0)
+    gpt2.save_pretrained(folder / "gpt2")
+    gpt2.tokenizer.save_pretrained(folder / "gpt2")
+    (folder / "labelled.csv").write_text("text,label\nthe movie was,1\na movie was,0\n")
     (folder / "prompts.csv").write_text(PROMPTS)
     (folder / "scorers.py").write_text(SCORERS)
     return folder
@@ -64,7 +76,9 @@ def lm_check() -> Iterator[type[Check]]:
         seen: ClassVar[dict[str, Any]] = {}
 
         def tasks(self, ctx):  # type: ignore[no-untyped-def]
-            LmCounting.seen.update(lm=ctx.lm, reward=ctx.reward, gold=ctx.gold, prompts=len(ctx.data.test))
+            test = ctx.data.test
+            LmCounting.seen.update(lm=ctx.lm, reward=ctx.reward, gold=ctx.gold, prompts=len(test),
+                                   texts=list(test.x[:2]), labels=test.y[:2].tolist())  # fmt: skip
 
             def make(i: int) -> Task:
                 def run() -> TaskResult:
@@ -113,10 +127,41 @@ def test_the_default_prompts_are_mr_openings_with_labels(lm_dir, lm_check):
     assert isinstance(seen["lm"], LanguageModel) and seen["reward"] is None and seen["gold"] is None
     reviews = zoo.load_text_dataset("mr", split="test")
     assert seen["prompts"] == len(reviews)
+    assert seen["texts"] == [
+        "An enigmatic film that's too clever for its",
+        "From its invitingly upbeat overture to its pathos",
+    ]
+    assert seen["labels"] == [0, 1]
+
+
+def test_a_saved_gpt2_lm_head_model_is_a_language_model(lm_dir, lm_check):
+    from mlsafety.audit._inputs import is_language_model
+
+    assert is_language_model(str(lm_dir / "gpt2")) and is_language_model(str(lm_dir / "llama"))
+    config = AuditConfig(model=str(lm_dir / "gpt2"), data=str(lm_dir / "prompts.csv"), checks=["test-lm-counting"])
+    run_audit(config, db=None, report="")
+    assert type(lm_check.seen["lm"].module).__name__ == "GPT2LMHeadModel" and lm_check.seen["prompts"] == 6
+
+
+def test_label_column_label_given_explicitly_reads_the_labels(lm_dir, lm_check):
+    base = {"model": str(lm_dir / "llama"), "data": str(lm_dir / "labelled.csv"), "checks": ["test-lm-counting"]}
+    run_audit(AuditConfig(**base), db=None, report="")
+    assert lm_check.seen["labels"] == [-1, -1]
+    run_audit(AuditConfig(**base, label_column="label"), db=None, report="")
+    assert lm_check.seen["labels"] == [1, 0]
+
+
+@pytest.mark.parametrize("extra", [{"val": "mr"}, {"train": "mr"}, {"ood": ["mr"]}])
+def test_val_train_and_ood_are_refused_for_a_language_model(lm_dir, extra, tmp_path):
+    flag = "--" + next(iter(extra))
+    with pytest.raises(InputError, match=f"^{flag} does not apply to a language model"):
+        run_audit(AuditConfig(model=str(lm_dir / "llama"), **extra), db=tmp_path / "runs.sqlite", report="")
+    assert not (tmp_path / "runs.sqlite").exists() or _counts(tmp_path / "runs.sqlite")[0] == 0
 
 
 def test_rewards_reach_the_checks_and_refusals_store_nothing(lm_dir, lm_check, tmp_path):
     scorers = lm_dir / "scorers.py"
+    (lm_dir / "one.csv").write_text("text\nthe movie was\n")
     base = {"model": str(lm_dir / "llama"), "data": str(lm_dir / "prompts.csv"), "checks": ["test-lm-counting"]}
     db = tmp_path / "runs.sqlite"
     run_audit(AuditConfig(**base, reward=f"{scorers}:length", gold=f"{scorers}:words"), db=db, report="")
@@ -130,9 +175,14 @@ def test_rewards_reach_the_checks_and_refusals_store_nothing(lm_dir, lm_check, t
         ({"reward": f"{scorers}:wrong_shape", "gold": f"{scorers}:words"}, r"returned a tensor of shape \(2, 3\)"),
         ({"reward": f"{scorers}:length", "gold": f"{scorers}:not_finite"}, "non-finite rewards"),
         ({"reward": f"{scorers}:nope", "gold": f"{scorers}:words"}, "defines no function 'nope'"),
+        ({"reward": f"{scorers}:length", "gold": f"{scorers}:token_ids"}, "take different input types"),
+        (
+            {"reward": f"{scorers}:length", "gold": f"{scorers}:words", "data": str(lm_dir / "one.csv")},
+            "holds 1 prompt; proxy gaming .* needs at least 2",
+        ),
     ]:
         with pytest.raises(InputError, match=needle) as info:
-            run_audit(AuditConfig(**base, **extra), db=db, report="")
+            run_audit(AuditConfig(**{**base, **extra}), db=db, report="")
         assert "\n" not in str(info.value)
     assert _counts(db)[0] == 1  # only the first run
     with pytest.raises(InputError, match="--reward applies to a causal language model"):
@@ -186,3 +236,25 @@ def test_lm_fingerprint_follows_the_weights_and_the_reward_file(lm_dir, tmp_path
     scorers = lm_dir / "scorers.py"
     rewarded = AuditConfig(**{**config.__dict__, "reward": f"{scorers}:length", "gold": f"{scorers}:words"})
     assert {"reward", "gold"} <= set(components(rewarded, inputs.model, inputs.data))
+
+
+def test_editing_the_reward_file_changes_its_digest_and_refuses_resume(lm_dir, lm_check, tmp_path):
+    from mlsafety.audit._fingerprint import components
+    from mlsafety.audit._inputs import prepare_audit_inputs
+
+    scorers = tmp_path / "scorers.py"
+    scorers.write_text(SCORERS)
+    db = tmp_path / "runs.sqlite"
+    config = AuditConfig(model=str(lm_dir / "llama"), data=str(lm_dir / "prompts.csv"), checks=["test-lm-counting"],
+                         reward=f"{scorers}:length", gold=f"{scorers}:words")  # fmt: skip
+    inputs = prepare_audit_inputs(config)
+    before = components(config, inputs.model, inputs.data)["reward"].digest
+    lm_check.crash_at = 1
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_audit(config, db=db, report="")
+    lm_check.crash_at = -1
+    scorers.write_text(SCORERS + "\n# edited\n")
+    assert components(config, inputs.model, inputs.data)["reward"].digest != before
+    with pytest.raises(InputError, match=r"cannot resume run \S+: the proxy reward \(--reward\) changed") as info:
+        run_audit(config, db=db, report="", resume=True)
+    assert "\n" not in str(info.value)

@@ -12,7 +12,6 @@ from mlsafety.core import (
     ArrayDataset,
     Classifier,
     Hazard,
-    InputError,
     LanguageModel,
     Outputs,
     Progress,
@@ -152,9 +151,14 @@ class AuditContext:
 
     @property
     def lm(self) -> LanguageModel:
-        """The audited causal language model (``ctx.model`` typed as such); only when ``modality == "lm"``."""
+        """The audited causal language model (``ctx.model`` typed as such); only when ``modality == "lm"``.
+
+        Raises:
+            TypeError: the model is a classifier (a check that reads ``ctx.lm`` without declaring
+                ``modalities = ("lm",)``: a programming error, not the user's input).
+        """
         if self._lm is None:
-            raise InputError(f"the audited model is a {self.modality} classifier, not a language model; "
+            raise TypeError(f"the audited model is a {self.modality} classifier, not a language model; "
                              "declare modalities = (\"lm\",) on checks that read ctx.lm")  # fmt: skip
         return self._lm
 

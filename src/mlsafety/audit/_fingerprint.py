@@ -136,7 +136,9 @@ def components(config: AuditConfig, model: Classifier | LanguageModel, data: Aud
         "weights": Component("the model weights", weights, config.weights or _builtin_weights(config.model)),
         "data": Component("the test data", _dataset_digest(data.test), str(config.data)),
         "val": Component(
-            "the validation data", _dataset_digest(data.val), config.val or f"the validation part of {config.data}"
+            "the validation data",
+            _dataset_digest(data.val),
+            config.val or (data.val.source if len(data.val) == 0 else f"the validation part of {config.data}"),
         ),
         "train": Component(
             "the training data",

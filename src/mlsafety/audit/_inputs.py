@@ -7,7 +7,8 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,6 +41,7 @@ from mlsafety.core import (
     validate_dataset,
     validate_text_dataset,
 )
+from mlsafety.monitoring.proxy_gaming.scorers import check_scorers
 
 if TYPE_CHECKING:
     from mlsafety.audit._check import Check
@@ -97,7 +99,7 @@ class AuditConfig:
     image_size: tuple[int, int] | None = None
     channels: int | None = None
     text_column: str = "text"
-    label_column: str = "label"
+    label_column: str | None = None
     checks: list[str] | None = None
     check_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     seed: int = 0
@@ -206,26 +208,18 @@ def load_hf_classifier(folder: str | Path) -> nn.Module:
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr: a refusal stays one line
-    hf_logging.set_verbosity_error()  # nor the LOAD REPORT table of missing keys: the refusal below says it
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        module, info = AutoModelForSequenceClassification.from_pretrained(
-            str(path), local_files_only=True, use_safetensors=True, output_loading_info=True
-        )
+    try:  # quiet: no "Loading weights" bar nor LOAD REPORT table on stderr (the refusal below says it)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            module, info = AutoModelForSequenceClassification.from_pretrained(
+                str(path), local_files_only=True, use_safetensors=True, output_loading_info=True
+            )
     except Exception as exc:  # a user's folder: any failure of transformers becomes one line
         msg = " ".join(str(exc).split())
         raise InputError(
             f"--model {folder}: transformers cannot load it as a sequence classifier: {type(exc).__name__}: {msg}"
         ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys") or ())
     if missing:  # transformers initialised these at random: a bare encoder or a language model, not a classifier
         shown = ", ".join(missing[:3]) + (f" ... ({len(missing)} in all)" if len(missing) > 3 else "")
@@ -261,15 +255,42 @@ def _folder_architectures(path: Path) -> list[str]:
     return [n for n in names if isinstance(n, str)] if isinstance(names, list) else []
 
 
+def _causal_lm_classes() -> frozenset[str]:
+    """The class names ``AutoModelForCausalLM`` loads (``GPT2LMHeadModel``, ``LlamaForCausalLM``...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+@contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence ``transformers``' progress bars and warnings while loading, restoring both after (also on
+    errors), so that a refusal stays one line on stderr."""
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
 def is_language_model(spec: str) -> bool:
     """True when ``spec`` names a causal language model: a zoo model of role ``causal-lm``, or a folder
-    whose config.json names an architecture ending in ``ForCausalLM`` (``save_pretrained``)."""
+    whose config.json names an architecture ``transformers`` loads as a causal LM (any value of its
+    ``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES``: ``LlamaForCausalLM``, ``GPT2LMHeadModel``...)."""
     if spec in zoo.model_names():
         return zoo.model_info(spec).role == LM_ROLE
     path = Path(spec)
     if ".py" in spec or not path.is_dir():
         return False
-    return any(a.endswith("ForCausalLM") for a in _folder_architectures(path))
+    names = _causal_lm_classes()
+    return any(a in names or a.endswith("ForCausalLM") for a in _folder_architectures(path))
 
 
 def load_hf_language_model(folder: str | Path) -> nn.Module:
@@ -292,27 +313,19 @@ def load_hf_language_model(folder: str | Path) -> nn.Module:
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
-    bars = hf_logging.is_progress_bar_enabled()
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        loaded: Any = AutoModelForCausalLM.from_pretrained(
-            str(path), local_files_only=True, use_safetensors=True, output_loading_info=True
-        )
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            loaded: Any = AutoModelForCausalLM.from_pretrained(
+                str(path), local_files_only=True, use_safetensors=True, output_loading_info=True
+            )
         module, info = loaded
     except Exception as exc:  # a user's folder: any failure of transformers becomes one line
         msg = " ".join(str(exc).split())
         raise InputError(
             f"--model {folder}: transformers cannot load it as a causal language model: {type(exc).__name__}: {msg}"
         ) from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
     missing = sorted(info.get("missing_keys") or ())
     if missing:
         shown = ", ".join(missing[:3]) + (f" ... ({len(missing)} in all)" if len(missing) > 3 else "")
@@ -348,7 +361,7 @@ def _device(device: str) -> torch.device:
 
 def resolve_language_model(spec: str, weights: str | None = None, device: str = "cpu") -> LanguageModel:
     """A :class:`~mlsafety.core.LanguageModel` for a zoo causal LM (``smollm2-135m``) or a folder holding a
-    saved ``transformers`` ``*ForCausalLM`` and its tokenizer, on ``device``, loaded offline.
+    saved ``transformers`` causal LM (:func:`is_language_model`) and its tokenizer, on ``device``, loaded offline.
 
     Raises:
         InputError: ``spec`` is not a causal LM (naming the ones there are), ``weights`` given (the
@@ -358,13 +371,14 @@ def resolve_language_model(spec: str, weights: str | None = None, device: str = 
         lms = [n for n in zoo.model_names() if zoo.model_info(n).role == LM_ROLE]
         raise InputError(
             f"--model {spec} is not a causal language model; give {' or '.join(lms)} or a folder holding a saved "
-            "transformers ...ForCausalLM (model.save_pretrained) and its tokenizer"
+            "transformers causal LM (...ForCausalLM, GPT2LMHeadModel; model.save_pretrained) and its tokenizer"
         )
     if weights is not None:
         raise InputError(f"--weights does not apply to the causal language model {spec}; its weights come with it")
     dev = _device(device)
     if spec in zoo.model_names():
-        lm = zoo.load_language_model(spec)
+        with quiet_transformers():
+            lm = zoo.load_language_model(spec)
         lm.module.to(dev)
         return lm
     return LanguageModel(load_hf_language_model(spec).to(dev))
@@ -495,7 +509,7 @@ def _load_text(spec: str, role: str, split: str, config: AuditConfig, labelled: 
         ds = zoo.load_text_dataset(spec, split=split)
         return TextDataset(ds.x, ds.y, ds.name, ds.kind, ds.description, source)
     columns: dict[str, Any] = {
-        "text": config.text_column, "label": None if ood else config.label_column,
+        "text": config.text_column, "label": None if ood else (config.label_column or "label"),
         "kind": "far" if role == "ood" else "in",
         "source": source, "options": {"text": "--text-column", "label": "--label-column"},
     }  # fmt: skip
@@ -577,19 +591,24 @@ def resolve_lm_data(config: AuditConfig) -> AuditData:
     """The prompt set of a language-model audit: ``AuditData.test`` holds the prompts.
 
     Without ``--data`` they are the openings (:data:`LM_PROMPT_WORDS` words) of the test reviews of
-    zoo set :data:`LM_DATA`, each with its review's sentiment label. A zoo text set given with
-    ``--data`` is used whole; a CSV / JSONL file or a saved dataset folder gives its ``--text-column``
-    (labels read only when ``--label-column`` is given; else -1). ``val`` is empty unless ``--val``
-    is given, ``train`` None unless ``--train`` is; OOD sets only those named with ``--ood``.
+    zoo set :data:`LM_DATA`, each with its review's sentiment label;
+    ``--data mr`` gives the same openings. Another zoo text set given with ``--data`` is used whole;
+    a CSV / JSONL file or a saved dataset folder gives its ``--text-column`` (labels read only when
+    ``--label-column`` is given, even as ``label``; else -1). ``val`` is empty, ``train`` None and
+    there are no OOD sets: no check on a language model reads them.
 
     Raises:
-        InputError: image-only options, an unreadable or empty source.
+        InputError: image-only options, ``--val`` / ``--train`` / ``--ood`` (unused, they would only
+            block ``--resume``), an unreadable or empty source.
     """
     for key in ("image_size", "channels"):
         if getattr(config, key) is not None:
             raise InputError(f"--{key.replace('_', '-')} sets how image folders are read, but the model is a "
                              "language model; drop it")  # fmt: skip
-    labelled = config.label_column != AuditConfig().label_column
+    for key, flag in (("val", "--val"), ("train", "--train"), ("ood", "--ood")):
+        if getattr(config, key):
+            raise InputError(f"{flag} does not apply to a language model (no check on one reads it); drop it")
+    labelled = config.label_column is not None
     if config.data is None or config.data == LM_DATA:
         test = review_openings(_load_text(LM_DATA, "data", "test", config),
                                source=f"openings of the test reviews of zoo data {LM_DATA!r}")  # fmt: skip
@@ -599,19 +618,7 @@ def resolve_lm_data(config: AuditConfig) -> AuditData:
             raise InputError(f"{config.data!r} is an OOD set; pass the prompts with --data")
     if len(test) == 0:
         raise InputError(f"{test.source} holds no prompts; give at least one text")
-    val = (
-        _load_text(config.val, "val", "val", config, labelled)
-        if config.val is not None
-        else _empty_texts("validation data")
-    )
-    train = _load_text(config.train, "train", "train", config, labelled) if config.train is not None else None
-    ood: dict[str, TextDataset] = {}
-    for spec in config.ood or []:
-        ds = _load_text(spec, "ood", "test", config)
-        if ds.name in ood:
-            raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
-        ood[ds.name] = ds
-    return AuditData(test=test, val=val, train=train, ood=ood)  # type: ignore[arg-type]
+    return AuditData(test=test, val=_empty_texts("validation data"), train=None, ood={})  # type: ignore[arg-type]
 
 
 def validate_lm(model: LanguageModel, data: AuditData) -> None:
@@ -726,7 +733,9 @@ def resolve_scorers(config: AuditConfig, is_lm: bool) -> tuple[Scorer | None, Sc
 
     Raises:
         InputError: one given without the other, either given for a model that is not a causal
-            language model, or a scorer that fails its probe.
+            language model, a scorer that fails its probe, or a pair that breaks
+            :func:`~mlsafety.monitoring.proxy_gaming.scorers.check_scorers` (e.g. different
+            ``input_type``).
     """
     if config.reward is None and config.gold is None:
         return None, None
@@ -740,7 +749,9 @@ def resolve_scorers(config: AuditConfig, is_lm: bool) -> tuple[Scorer | None, Sc
             f"{missing} is missing: proxy gaming compares the proxy reward (--reward FILE.py:factory) with a gold "
             "reward (--gold FILE.py:factory); give both or neither"
         )
-    return load_scorer(config.reward, "--reward"), load_scorer(config.gold, "--gold")
+    reward, gold = load_scorer(config.reward, "--reward"), load_scorer(config.gold, "--gold")
+    check_scorers({"proxy": reward, "gold": gold}, list(PROBE_PROMPTS))  # e.g. different input types
+    return reward, gold
 
 
 def _is_folder(spec: str) -> bool:
@@ -1017,4 +1028,7 @@ def prepare_audit_inputs(config: AuditConfig, checks: Sequence[Check] | None = N
     config.data = config.data or LM_DATA
     validate_lm(lm, data)
     reward, gold = resolve_scorers(config, True)
+    if reward is not None and len(data.test) < 2:
+        raise InputError(f"{data.test.source} holds {len(data.test)} prompt; proxy gaming (--reward / --gold) "
+                         "needs at least 2 (its intervals are over prompts)")  # fmt: skip
     return AuditInputs(lm, data, reward, gold)
