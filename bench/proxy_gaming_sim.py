@@ -59,6 +59,9 @@ from mlsafety.monitoring.proxy_gaming import (
 
 RESULTS = Path(__file__).parent / "results"
 SIZES = (30, 100, 300, 1000, 3000)
+WIDTHS = (0, 16, 64, 256)
+"""Proxy sizes (random ReLU features beyond the linear ones) swept at N = WIDTH_N labels."""
+WIDTH_N = 300
 NS = list(range(1, 257))
 D_MAX_TILT = 2.2
 
@@ -66,7 +69,8 @@ D_MAX_TILT = 2.2
 def _fit_row(fit: ScalingFit, obs: ObservedPeak) -> dict[str, Any]:
     obs_d = (obs.d.value, obs.d.ci_low, obs.d.ci_high)
     obs_spread = obs.spread
-    inside = obs_d[1] <= fit.peak.value <= obs_d[2]
+    # observed d* is over the seeds whose gold peaks inside the grid (right-censored seeds left out)
+    inside = obs.d.n > 0 and obs_d[1] <= fit.peak.value <= obs_d[2]
     return {
         "form": fit.form,
         "alpha": list(fit.alpha)[:3],
@@ -76,6 +80,7 @@ def _fit_row(fit: ScalingFit, obs: ObservedPeak) -> dict[str, Any]:
         "observed_peak_d": list(obs_d),
         "observed_peak_spread": list(obs_spread),
         "predicted_inside_observed_ci": inside,
+        "censored_seeds": obs.censored,
     }
 
 
@@ -167,6 +172,17 @@ def main() -> None:
     )
     axes[1, 0].set(xscale="log", title="best-of-n fit coefficients vs proxy data N", xlabel="N")
     axes[1, 0].legend()
+
+    # --- best-of-n against proxy size (random-feature width) at one N ---
+    t0 = time.perf_counter()
+    out["bon_width"] = {"labels": WIDTH_N}
+    for width in WIDTHS:
+        wp = [train_proxy(world, WIDTH_N, width=width, seed=s) for s in seeds]
+        curves = [best_of_n_exact(world.pi0, p, world.gold, NS) for p in wp]
+        gold = torch.stack([c.gold for c in curves])
+        d = curves[0].d
+        out["bon_width"][str(width)] = _fit_row(fit_scaling_law(d, gold, "bon"), observed_peak(d, gold))
+    out["bon_width_seconds"] = time.perf_counter() - t0
 
     # --- KL-regularised optimum (the RL limit), exact ---
     t0 = time.perf_counter()
@@ -330,6 +346,24 @@ def _outcome(alarm: float | None, peak: float, interior: bool) -> str:
     return "quiet" if alarm is None else "false_alarm"
 
 
+def _goal_status(out: dict[str, Any]) -> str:
+    """The issue's simulator goal (both forms R^2 >= 0.95, predicted peak inside the observed interval),
+    stated as met or not from the numbers."""
+    bon = [r for r in out["bon"].values()]
+    rl = [r["fits"]["rl"] for r in out["tilt"].values()] + [out["reinforce"]["fits"]["rl"]]
+    bon_r2, rl_r2 = [r["r2"] for r in bon], [r["r2"] for r in rl]
+    bon_in = sum(r["predicted_inside_observed_ci"] for r in bon)
+    rl_in = sum(r["predicted_inside_observed_ci"] for r in rl)
+    met = min(bon_r2) >= 0.95 and min(rl_r2) >= 0.95 and bon_in == len(bon) and rl_in == len(rl)
+    return (
+        f"**Goal {'met' if met else 'NOT met'}.** Best-of-n form on best-of-n: "
+        f"R^2 {min(bon_r2):.3f}-{max(bon_r2):.3f}, "
+        f"predicted peak inside the observed interval for {bon_in}/{len(bon)} N. RL form on the KL-regularised "
+        f"optimum and REINFORCE: R^2 {min(rl_r2):.3f}-{max(rl_r2):.3f} (goal >= 0.95), predicted peak inside "
+        f"for {rl_in}/{len(rl)} fits."
+    )
+
+
 def _markdown(out: dict[str, Any]) -> str:
     lines = [
         "# Proxy gaming in the exact simulator (issue 17)",
@@ -340,21 +374,37 @@ def _markdown(out: dict[str, Any]) -> str:
         "",
         "## Best-of-n (exact, n = 1..256), fit d (alpha - beta d)",
         "",
-        "| N | alpha | beta | R^2 | predicted d* | observed d* | inside | gold peak n | gold falls | proxy monotone |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Observed d*: mean over the seeds whose gold peaks inside the grid, with a bootstrap interval over "
+        "them; `censored` counts the seeds still rising at the grid's end (left out of observed d*).",
+        "",
+        "| N | alpha | beta | R^2 | predicted d* | observed d* | censored | inside | gold peak n | gold falls "
+        "| proxy monotone |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for n, r in out["bon"].items():
         lines.append(
             f"| {n} | {_fmt(r['alpha'])} | {_fmt(r['beta'])} | {r['r2']:.4f} | {_fmt(r['predicted_peak_d'])} | "
-            f"{_fmt(r['observed_peak_d'])} | {r['predicted_inside_observed_ci']} | {r['gold_peak_n']} | "
-            f"{r['gold_falls_after_peak']} | {r['proxy_monotone']} |"
+            f"{_fmt(r['observed_peak_d'])} | {r['censored_seeds']} | {r['predicted_inside_observed_ci']} | "
+            f"{r['gold_peak_n']} | {r['gold_falls_after_peak']} | {r['proxy_monotone']} |"
         )
     t = out["bon_size_trend"]
     lines += [
         "",
         "Closed-form KL vs the exact finite-space KL: max |difference| "
         f"{out['bon_kl_closed_vs_exact_max_abs']:.2e} nats.",
-        f"alpha per unit log N: {_fmt(t['alpha_per_log_n'])}; beta per unit log N: {_fmt(t['beta_per_log_n'])}.",
+        f"alpha per unit log N: {_fmt(t['alpha_per_log_n'])}; beta per unit log N: {_fmt(t['beta_per_log_n'])} "
+        "(nested bootstrap: seeds resampled within each N, slope refitted per replicate).",
+        "",
+        f"### Best-of-n against proxy size (random ReLU features), N = {out['bon_width']['labels']}",
+        "",
+        "| width | alpha | beta | R^2 | predicted d* | observed d* | censored | inside |",
+        "|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {w} | {_fmt(r['alpha'])} | {_fmt(r['beta'])} | {r['r2']:.4f} | {_fmt(r['predicted_peak_d'])} | "
+            f"{_fmt(r['observed_peak_d'])} | {r['censored_seeds']} | {r['predicted_inside_observed_ci']} |"
+            for w, r in out["bon_width"].items()
+            if w != "labels"
+        ],
         "",
         f"## KL-regularised optimum (exact, d up to {D_MAX_TILT}), both forms",
         "",
@@ -414,8 +464,10 @@ def _markdown(out: dict[str, Any]) -> str:
         "",
         "## Reading",
         "",
+        _goal_status(out),
+        "",
         "Best-of-n: the gold peaks and falls while the proxy rises for every N; ``d (alpha - beta d)`` fits "
-        "with R^2 >= 0.99 and alpha grows with N (beta flat), as in the paper. The KL-regularised optimum "
+        "(R^2 in the line above) and alpha moves with N as the slope above says. The KL-regularised optimum "
         "and REINFORCE also over-optimise, but in this world their gold curve follows the best-of-n form "
         "better than the RL form ``d (alpha - beta log d)``: with Gaussian features and a linear proxy, "
         "tilting ``pi0`` by ``exp(r / lambda)`` shifts the features' mean by ``sqrt(2) d`` along the proxy "
