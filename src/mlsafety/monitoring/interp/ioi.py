@@ -25,6 +25,7 @@ from typing import Any, Literal
 import torch
 
 from mlsafety.core import InputError, LanguageModel, encode, generator
+from mlsafety.monitoring.interp._common import single_token
 
 Order = Literal["ABBA", "BABA"]
 
@@ -118,12 +119,11 @@ def _tokenizer_of(model_or_tokenizer: Any) -> Any:
 
 
 def single_token_id(tokenizer: Any, word: str) -> int | None:
-    """The token id of ``" " + word`` when it is one token (and not the unknown token), else None."""
-    ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
-    if len(ids) != 1:
-        return None
-    unk = getattr(tokenizer, "unk_token_id", None)
-    return None if unk is not None and ids[0] == unk else int(ids[0])
+    """The token id of ``" " + word`` when it is one token (and not the unknown token), else None.
+
+    Through :func:`~mlsafety.monitoring.interp._common.single_token`, the package's one such test.
+    """
+    return single_token(tokenizer, " " + word)
 
 
 def _words(tokenizer: Any, given: Sequence[str] | None, default: Sequence[str], what: str, least: int) -> list[str]:
