@@ -62,7 +62,7 @@ def _planted(p: int = 40, m: int = 64, seed: int = 0) -> tuple[torch.Tensor, tor
 def test_curve_known_answers() -> None:
     proxy, gold = _planted()
     curve = pg.overoptimization_curve(proxy, gold, (1, 2, 4, 8, 16, 32, 64), n_boot=200)
-    zp, zg = pg.standardise(proxy), pg.standardise(gold)
+    zp, zg = pg.standardise_pool(proxy), pg.standardise_pool(gold)
     # n = 1 is the base policy: the pool mean of the standardised rewards, 0
     assert abs(curve.gold[0].value) < 1e-9 and abs(curve.proxy[0].value) < 1e-9
     # n = m picks each prompt's proxy-argmax: its gold, averaged over prompts

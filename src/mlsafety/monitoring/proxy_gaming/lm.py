@@ -201,12 +201,13 @@ def powers_of_two(n_max: int) -> tuple[int, ...]:
     return tuple(ns if ns[-1] == n_max else [*ns, n_max])
 
 
-def standardise(scores: torch.Tensor) -> torch.Tensor:
-    """Scores minus their mean over the whole pool, over their standard deviation (the base policy's)."""
+def standardise_pool(scores: torch.Tensor) -> torch.Tensor:
+    """Scores minus their mean over the whole pool (all prompts), over their sd: the base policy's samples
+    stand in for pi0 (cf. :func:`mlsafety.monitoring.proxy_gaming.standardise`, exact under a known pi0)."""
     sd = scores.std()
     if not sd > 0:
         raise InputError(
-            "a reward gives every sample the same score: it cannot be optimised (standardise needs sd > 0)"
+            "a reward gives every sample the same score: it cannot be optimised (standardise_pool needs sd > 0)"
         )
     return (scores - scores.mean()) / sd
 
@@ -264,8 +265,8 @@ def overoptimization_curve(
     bad = [n for n in ns if not isinstance(n, int) or not 1 <= n <= m]
     if bad:
         raise InputError(f"every n must be an integer in [1, {m}] (the samples per prompt), got {bad[0]!r}")
-    proxy = standardise(proxy_scores.double())
-    gold = standardise(gold_scores.double())
+    proxy = standardise_pool(proxy_scores.double())
+    gold = standardise_pool(gold_scores.double())
     est = best_of_n_from_samples(proxy, gold, ns)
     g, r = est.gold, est.proxy
     gold_est = [_over_prompts(g[:, i], n_boot, seed, f"gold-{n}") for i, n in enumerate(ns)]
