@@ -97,7 +97,9 @@ def detect_emergence(
         seed: seed of the resamples.
 
     Returns:
-        An :class:`Emergence`.
+        An :class:`Emergence`. Its interval resamples the probe examples of one run's checkpoints: it is
+        conditional on that run and holds no seed-to-seed variation of when the capability appears
+        (for grokking that variation is real; measure it over several training seeds).
     """
     steps = [int(s) for s in steps]
     out = torch.as_tensor(outcomes)
