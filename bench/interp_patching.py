@@ -1,19 +1,21 @@
 """Cost and fidelity of the batched activation-patching sweep on the embedded SmolLM2-135M.
 
-On IOI-like prompt pairs (Wang et al., 2022; "When Mary and John went to the store, John gave a drink to"
--> " Mary", corrupted by replacing the second "John" with a third name, the ABC distribution) it measures:
+On IOI prompt pairs from :func:`mlsafety.monitoring.interp.ioi_dataset` (Wang et al., 2022; clean "When Mary
+and John went to the store, John gave a drink to" -> " Mary", corrupted by the ABC distribution: the same
+template with three other names) it measures:
 
 1. cost: the seconds of a full layers x positions ``resid_pre`` activation-patching sweep
    (``activation_patching``, caches and hooks included) against the bare forward passes the sweep needs
-   (``prompts x sites`` rows, batched the same way, no hooks), as a ratio (goal: at most 1.1x);
+   (``prompts x sites`` rows, batched the same way, no hooks), as a ratio; the output states whether the
+   goal (at most 1.1x) is met;
 2. fidelity: the agreement (Pearson, Spearman over sites, 95% intervals) of attribution patching with the
-   exact sweep, for ``resid_pre`` and, with ``--heads``, for per-head patching;
+   exact sweep, for ``resid_pre`` and for per-head patching (``--no-heads`` skips the heads);
 3. the model's IOI logit difference on clean and corrupted prompts, with 95% bootstrap intervals.
 
-Run on an idle machine: ``.venv/bin/python bench/interp_patching.py`` (defaults: 16 pairs, every layer, three
-interleaved repeats of each timing, medians); ``--pairs``, ``--layers 0,10,20``, ``--repeats`` and
-``--threads`` shrink it for a quick look. Writes
-``bench/results/interp_patching.json`` and ``.md``.
+Run on an idle machine: ``.venv/bin/python bench/interp_patching.py`` (defaults, what the note needs: 16
+pairs, every layer, ``resid_pre`` and heads, three interleaved repeats of each timing, medians);
+``--pairs``, ``--layers 0,10,20``, ``--repeats``, ``--no-heads`` and ``--threads`` shrink it for a quick
+look. Writes ``bench/results/interp_patching.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -36,32 +38,21 @@ from mlsafety.monitoring.interp import (
     agreement,
     attribution_patching,
     head_patching,
+    ioi_dataset,
 )
 from mlsafety.monitoring.interp._common import encode_pairs, forward_last
 from mlsafety.zoo import load_language_model
 
-NAMES = ["Mary", "John", "Tom", "James", "Sarah", "David", "Paul", "Anna", "Mark", "Lisa", "Peter", "Emma"]
-PLACES = ["store", "park", "school", "garden"]
-OBJECTS = ["drink", "book", "ball", "gift"]
-TEMPLATE = "When {a} and {b} went to the {place}, {s} gave a {obj} to"
+GOAL_RATIO = 1.1
 
 
-def ioi_pairs(lm: LanguageModel, n: int) -> dict[str, list[str]]:
-    """``n`` seeded IOI pairs with single-token names, token-aligned (checked by the sweep)."""
-    single = [x for x in NAMES if len(lm.tokenizer(" " + x, add_special_tokens=False)["input_ids"]) == 1]
-    g = torch.Generator().manual_seed(0)
-    out: dict[str, list[str]] = {"clean": [], "corrupted": [], "correct": [], "wrong": []}
-    for i in range(n):
-        a, b, c = (single[int(j)] for j in torch.randperm(len(single), generator=g)[:3])
-        place, obj = PLACES[i % len(PLACES)], OBJECTS[(i // len(PLACES)) % len(OBJECTS)]
-        out["clean"].append(TEMPLATE.format(a=a, b=b, place=place, s=b, obj=obj))
-        out["corrupted"].append(TEMPLATE.format(a=a, b=b, place=place, s=c, obj=obj))
-        out["correct"].append(" " + a)
-        out["wrong"].append(" " + b)
-    return out
+def ioi_pairs(lm: LanguageModel, n: int) -> dict[str, Any]:
+    """``n`` seeded IOI prompts and their ABC corruptions (token-aligned), answers IO (correct) and S (wrong)."""
+    data = ioi_dataset(lm, n)
+    return {"clean": data.prompts, "corrupted": data.corrupted, "correct": data.io_ids, "wrong": data.s_ids}
 
 
-def bare_forwards(lm: LanguageModel, pairs: dict[str, list[str]], n_sites: int, batch_size: int) -> float:
+def bare_forwards(lm: LanguageModel, pairs: dict[str, Any], n_sites: int, batch_size: int) -> float:
     """Seconds of the ``prompts x sites`` forward passes the sweep runs, same batching, no hooks."""
     _, corrupted = encode_pairs(lm, pairs["clean"], pairs["corrupted"])
     n = len(corrupted.input_ids)
@@ -102,7 +93,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved timings; medians are reported")
-    parser.add_argument("--heads", action="store_true", help="also compare head patching with its attribution")
+    parser.add_argument(
+        "--heads",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also compare head patching with its attribution (default: yes)",
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "interp_patching"))
     args = parser.parse_args()
     if args.threads:
@@ -138,7 +134,8 @@ def main() -> None:
         "repeats": args.repeats,
         "sweep_runs_s": [round(x, 2) for x in sweeps],
         "bare_runs_s": [round(x, 2) for x in bares],
-        "goal_ratio": 1.1,
+        "goal_ratio": GOAL_RATIO,
+        "goal_met": sweep_s / bare_s <= GOAL_RATIO,
         "attribution_s": round(attr_s, 2),
         "clean_logit_diff": [exact.clean.mean, exact.clean.ci_low, exact.clean.ci_high],
         "corrupted_logit_diff": [exact.corrupted.mean, exact.corrupted.ci_low, exact.corrupted.ci_high],
@@ -178,14 +175,18 @@ def markdown(r: dict[str, Any]) -> str:
     lines = [
         "# Activation-patching sweep on smollm2-135m",
         "",
-        f"{r['pairs']} IOI-like pairs x {r['layers']} layers x {r['tokens']} positions = {r['rows']} patched rows "
+        f"Goal: the sweep costs at most {r['goal_ratio']}x the bare forward passes it needs: "
+        f"**{'met' if r['goal_met'] else 'NOT met'}** ({r['ratio']}x).",
+        "",
+        f"{r['pairs']} IOI pairs (ABC corruption) x {r['layers']} layers x {r['tokens']} positions = "
+        f"{r['rows']} patched rows "
         f"(batch {r['batch_size']}, {r['threads']} threads, {r['machine']}).",
         "",
         "| measure | value |",
         "|---|---|",
         f"| sweep (caches + patched runs), median of {r['repeats']} | {r['sweep_s']} s {r['sweep_runs_s']} |",
         f"| bare forward passes it needs, median | {r['bare_forwards_s']} s {r['bare_runs_s']} |",
-        f"| ratio (goal <= {r['goal_ratio']}) | {r['ratio']} |",
+        f"| ratio (goal <= {r['goal_ratio']}) | {r['ratio']}: goal {'met' if r['goal_met'] else 'NOT met'} |",
         f"| attribution patching (all sites) | {r['attribution_s']} s |",
         f"| agreement resid_pre: Pearson | {_ci(a, 'pearson')} |",
         f"| agreement resid_pre: Spearman | {_ci(a, 'spearman')} |",
@@ -194,12 +195,18 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     if "agreement_heads" in r:
         h = r["agreement_heads"]
-        lines.append(
-            f"| agreement heads: Pearson | {h['pearson']:.3f} [{h['pearson_ci'][0]:.3f}, {h['pearson_ci'][1]:.3f}] |"
-        )
-        lines.append(f"| agreement heads: Spearman | {h['spearman']:.3f} |")
-    lines += ["", "Top resid_pre sites (mean normalised effect, 95% t interval over prompts):", ""]
+        lines.append(f"| head patching (all heads) | {r['head_patching_s']} s |")
+        lines.append(f"| agreement heads: Pearson | {_ci(h, 'pearson')} |")
+        lines.append(f"| agreement heads: Spearman | {_ci(h, 'spearman')} |")
+    lines += [
+        "",
+        "Top resid_pre sites (normalised effect as a ratio of means over prompts, paired 95% bootstrap interval):",
+        "",
+    ]
     lines += [f"- {s}" for s in r["top_sites"]]
+    if "top_heads" in r:
+        lines += ["", "Top heads (same summary):", ""]
+        lines += [f"- {s}" for s in r["top_heads"]]
     return "\n".join(lines) + "\n"
 
 
