@@ -108,6 +108,8 @@ def test_observed_peak_leaves_out_seeds_still_rising_at_the_grid_end() -> None:
     obs = observed_peak(D, curves, n_boot=200)
     assert obs.interior.tolist() == [True, True, False] and obs.censored == 1
     assert obs.d.value == pytest.approx(1.3) and obs.d.n == 2
+    one = observed_peak(D, curves[1:], n_boot=50)  # one interior seed: its peak, no interval
+    assert one.d.value == pytest.approx(1.6) and math.isnan(one.d.ci_low) and one.d.n == 1
 
 
 @pytest.mark.parametrize(

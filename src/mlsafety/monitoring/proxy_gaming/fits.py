@@ -232,7 +232,8 @@ class ObservedPeak:
     so compare a predicted peak with ``d`` only together with ``censored``.
 
     Attributes:
-        d: mean peak d over the interior seeds with its bootstrap interval (over them; NaN when none).
+        d: mean peak d over the interior seeds with its bootstrap interval over them (NaN ends with
+            fewer than two; NaN value with none).
         per_seed: (S,) the peak d of each seed's curve (parabolic refinement at the grid maximum).
         interior: (S,) bool, False where the seed's maximum is the grid's end (censored).
         spread: (2.5%, 97.5%) quantiles of the interior ``per_seed`` (where single runs peak).
@@ -270,9 +271,10 @@ def observed_peak(
     interior = r.argmax(dim=1) < r.shape[1] - 1
     inner, tops = peaks[interior], r.max(dim=1).values[interior]
     s = inner.numel()
-    if s == 0:
-        nan = math.nan
-        return ObservedPeak(Estimate(nan, nan, nan, 0), peaks, interior, (nan, nan), Estimate(nan, nan, nan, 0))
+    nan = math.nan
+    if s < 2:  # one interior seed has no spread to bootstrap: its value, no interval
+        v, top = (float(inner[0]), float(tops[0])) if s else (nan, nan)
+        return ObservedPeak(Estimate(v, nan, nan, s), peaks, interior, (v, v), Estimate(top, nan, nan, s))
     g = generator(seed, "observed_peak", s)
     idx = torch.randint(0, s, (n_boot, s), generator=g)
     d_e = percentile_interval(inner[idx].mean(1), float(inner.mean()), s, confidence)
