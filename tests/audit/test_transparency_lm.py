@@ -92,3 +92,31 @@ def test_bad_lm_settings_are_refused_before_the_run(audited, tmp_path):
     with pytest.raises(InputError, match="ioi_prompts must be an integer >= 2"):
         run_audit(config, db=tmp_path / "db.sqlite", report="")
     assert not (tmp_path / "db.sqlite").exists()  # refused while the audit was planned: nothing stored
+
+
+def test_a_mistake_in_the_users_ioi_lists_is_refused_before_the_run(audited, tmp_path):
+    folder, _, _ = audited
+    bad = {**IOI, "ioi_names": ["cat"]}  # one name: IOI prompts need more
+    config = AuditConfig(model=str(folder / "llama"), data=str(folder / "prompts.csv"), checks=["transparency"],
+                         quick=True, check_params={"transparency": bad})  # fmt: skip
+    with pytest.raises(InputError, match=r"only 1 names are single tokens .* pass names= with more") as info:
+        run_audit(config, db=tmp_path / "db.sqlite", report="")
+    assert "\n" not in str(info.value)
+    assert not (tmp_path / "db.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("model", "gate", "needle"),
+    [
+        ("lm", "transparency/clean/sanity_pass_share", "does not store sanity_pass_share on language models"),
+        ("digits-cnn", "transparency/clean/ioi_logit_diff", "does not store ioi_logit_diff on image models"),
+    ],
+)
+def test_a_gate_on_a_metric_of_another_modality_is_refused_before_the_run(audited, tmp_path, model, gate, needle):
+    folder, _, _ = audited
+    spec = str(folder / "llama") if model == "lm" else model
+    data = str(folder / "prompts.csv") if model == "lm" else None
+    config = AuditConfig(model=spec, data=data, checks=["transparency"], quick=True, fail_under={gate: 0.0})
+    with pytest.raises(InputError, match=needle):
+        run_audit(config, db=tmp_path / "db.sqlite", report="")
+    assert not (tmp_path / "db.sqlite").exists()

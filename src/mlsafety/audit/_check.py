@@ -233,6 +233,10 @@ class Check:
     (``"class_*_accuracy"``). A gate on a metric outside the declaration is refused before the audit
     runs. Every built-in check declares it (a conformance test holds it to the stored rows); a
     third-party check may leave it empty, and its gates are then checked only after the run."""
+    metrics_by_modality: ClassVar[dict[str, tuple[str, ...]]] = {}
+    """The patterns of :attr:`metrics` the check stores on each modality, when they differ by modality
+    (a modality not listed: all of :attr:`metrics`). A gate on a metric the audited modality does not
+    store is refused once the model is loaded, before anything is stored."""
 
     def __init__(self, quick: bool = False, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))

@@ -168,25 +168,35 @@ def check_gates_apply(
 
     Such a check is not run (it stores only its ``clean/not_applicable`` row, :meth:`Check.not_applicable`),
     so the gate could only fail after the run with no metric to bound; it is refused once the model
-    is loaded, before anything is stored. A gate on ``not_applicable`` itself stays allowed.
+    is loaded, before anything is stored. So is a gate on a metric the check does not store on that
+    modality (:attr:`~mlsafety.audit.Check.metrics_by_modality`). A gate on ``not_applicable`` itself
+    stays allowed.
 
     Raises:
         InputError: one line naming the gate, the check's modalities and the fix.
     """
-    from mlsafety.audit._check import NOT_APPLICABLE
+    from mlsafety.audit._check import MODALITY_NAMES, NOT_APPLICABLE
 
     by_name = {c.name: type(c) for c in checks}
     for option, gates in (("--fail-under", fail_under), ("--fail-over", fail_over)):
         for text in gates:
             key = parse_gate_key(text)
             cls = by_name.get(key.check)
-            if cls is None or key.metric == NOT_APPLICABLE or cls.not_applicable(modality) is None:
+            if cls is None or key.metric == NOT_APPLICABLE:
                 continue
-            kinds = "/".join(cls.modalities)
-            raise InputError(
-                f"{option} gate {text!r}: the {key.check} check is {kinds}-only and is not run on {modality} "
-                f"models; remove the gate, or audit a model with {kinds} inputs"
-            )
+            named = f"{MODALITY_NAMES.get(modality, modality)} models".replace("model models", "models")
+            if cls.not_applicable(modality) is not None:
+                kinds = "/".join(MODALITY_NAMES.get(m, m) for m in cls.modalities)
+                raise InputError(
+                    f"{option} gate {text!r}: the {key.check} check is {kinds}-only and is not run on {named}; "
+                    f"remove the gate, or audit a model with {kinds} inputs"
+                )
+            stored = cls.metrics_by_modality.get(modality)
+            if stored is not None and not any(fnmatch.fnmatchcase(key.metric, pat) for pat in stored):
+                raise InputError(
+                    f"{option} gate {text!r}: the {key.check} check does not store {key.metric} on {named} "
+                    f"(it stores {', '.join(stored)}); remove the gate or gate one of those"
+                )
 
 
 RENAMED_METRICS: dict[str, tuple[str, ...]] = {

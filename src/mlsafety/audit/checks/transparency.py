@@ -31,10 +31,13 @@ the Wild") on ``ioi_prompts`` generated IOI prompts and their ABC corruptions: t
 difference, then attribution patching (Nanda, 2023, "Attribution Patching") over every head as a first-order
 screen, and exact head patching (clean head output into the corrupted run) in the ``ioi_patch_layers``
 layers the screen ranks highest; the ``ioi_top_heads`` heads that restore most of the clean logit
-difference are stored with Student-t 95% intervals. Departure from a full head sweep: exact patching
+difference are stored as a ratio of means over prompts with a paired bootstrap 95% interval
+(:class:`~mlsafety.monitoring.interp.PatchingResult`). Departure from a full head sweep: exact patching
 covers only the screened layers (a full sweep costs layers x heads x prompts forward passes, minutes on a
-CPU). A tokenizer for which no IOI prompts can be drawn (names not single tokens) stores ``ioi_not_run``
-with the reason. Heat maps (lens log-probabilities, attribution and exact head effects) go in the report.
+CPU). A tokenizer for which no IOI prompts can be drawn from the default word lists (names not single tokens)
+stores ``ioi_not_run`` with the reason; ``ioi_*`` word lists the user gives are checked when the audit is
+planned, and a mistake in them is refused before anything is stored. Heat maps (lens log-probabilities,
+attribution and exact head effects) go in the report.
 """
 
 from __future__ import annotations
@@ -69,9 +72,6 @@ from mlsafety.core import ArrayDataset, Hazard, InputError, LanguageModel, TextD
 from mlsafety.metrics import bootstrap_mean, proportion
 from mlsafety.monitoring import interp
 from mlsafety.monitoring import transparency as tr
-from mlsafety.monitoring.interp.attribution_patching import attribution_patching
-from mlsafety.monitoring.interp.ioi import ioi_dataset
-from mlsafety.monitoring.interp.logit_lens import logit_lens
 
 CLEAN = Hazard.clean()
 """The test data as given: the hazard every row of this check is stored under."""
@@ -86,6 +86,17 @@ def _method(ctx: AuditContext, name: str, steps: int | None = None) -> tr.Attrib
     if steps is not None and "steps" in params:
         kw["steps"] = steps
     return tr.create(name, **kw)
+
+
+_CLASSIFIER_METRICS = (
+    *(f"*_{mode}_{m}" for mode in ("cascading", "independent", "label") for m in ("spearman", "ssim", "pass")),
+    "sanity_pass_share", "ig_completeness_gap", "class_visualisation_confidence", "sanity_not_run",
+    "*_examples_not_shown",
+)  # fmt: skip
+"""What the check stores on a classifier (image or text)."""
+_LM_METRICS = ("lens_logprob_layer_*", "lens_top1_layer_*", "ioi_logit_diff", "ioi_logit_diff_corrupted",
+               "ioi_head_*_restored", "ioi_not_run")  # fmt: skip
+"""What the check stores on a causal language model."""
 
 
 @register_check("transparency")
@@ -132,12 +143,10 @@ class Transparency(Check):
         "ioi_prompts": 8,
         "ioi_patch_layers": 2,
     }
-    metrics = (
-        *(f"*_{mode}_{m}" for mode in ("cascading", "independent", "label") for m in ("spearman", "ssim", "pass")),
-        "sanity_pass_share", "ig_completeness_gap", "class_visualisation_confidence", "sanity_not_run",
-        "*_examples_not_shown", "lens_logprob_layer_*", "lens_top1_layer_*", "ioi_logit_diff",
-        "ioi_logit_diff_corrupted", "ioi_head_*_restored", "ioi_not_run",
-    )  # fmt: skip
+    metrics = (*_CLASSIFIER_METRICS, *_LM_METRICS)
+    metrics_by_modality: ClassVar[dict[str, tuple[str, ...]]] = {
+        "image": _CLASSIFIER_METRICS, "text": _CLASSIFIER_METRICS, "lm": _LM_METRICS
+    }  # fmt: skip
     view = TransparencyView
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
@@ -156,6 +165,8 @@ class Transparency(Check):
             for key, least in (("lm_prompts", 1), ("ioi_prompts", 2), ("ioi_top_heads", 1), ("ioi_patch_layers", 0)):
                 if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < least:
                     raise InputError(f"transparency: {key} must be an integer >= {least}, got {p[key]!r}")
+            if _ioi_words(p):  # the user's word lists: their mistakes are refused now, not stored as ioi_not_run
+                interp.ioi_dataset(ctx.lm, n=p["ioi_prompts"], seed=ctx.seed_for(CHECK, "ioi"), **_ioi_words(p))
             return
         if ctx.modality != tr.TEXT:
             return
@@ -389,9 +400,9 @@ def _lens(ctx: AuditContext, p: dict[str, Any]) -> TaskResult:
     """Logit lens at the last token: per layer, the log-prob of the final prediction and top-1 agreement."""
     lm = ctx.lm
     prompts = _prompt_subset(ctx, p["lm_prompts"])
-    first = logit_lens(lm, prompts, top_k=1, batch_size=ctx.batch_size)
+    first = interp.logit_lens(lm, prompts, top_k=1, batch_size=ctx.batch_size)
     final = first.top_ids[-1, :, 0]
-    lens = logit_lens(lm, prompts, top_k=1, targets=final, batch_size=ctx.batch_size)
+    lens = interp.logit_lens(lm, prompts, top_k=1, targets=final, batch_size=ctx.batch_size)
     if lens.target_logprob is None:  # pragma: no cover - targets were given
         raise RuntimeError("logit_lens returned no target log-probabilities")
     rows: list[Row] = []
@@ -412,16 +423,25 @@ def _lens(ctx: AuditContext, p: dict[str, Any]) -> TaskResult:
     return TaskResult(rows, [Artifact("logit-lens", png, caption=LENS_CAPTION)])
 
 
+def _ioi_words(p: dict[str, Any]) -> dict[str, Any]:
+    """The ``ioi_*`` word lists the user gave (``names``, ``places``, ``objects``, ``templates``)."""
+    return {k: p[f"ioi_{k}"] for k in ("names", "places", "objects", "templates") if p[f"ioi_{k}"] is not None}
+
+
 def _ioi(ctx: AuditContext, p: dict[str, Any]) -> TaskResult:
     """IOI logit difference, attribution-patching screen over heads, exact head patching on the top layers."""
     lm: LanguageModel = ctx.lm
-    words = {k: p[f"ioi_{k}"] for k in ("names", "places", "objects", "templates") if p[f"ioi_{k}"] is not None}
-    try:
-        data = ioi_dataset(lm, n=p["ioi_prompts"], seed=ctx.seed_for(CHECK, "ioi"), **words)
-    except InputError as exc:  # a tokenizer without single-token names: say why, store nothing else
-        return TaskResult([Row.exact(LM_HAZARD, "ioi_not_run", 1.0, DECISION, group="IOI patching", reason=str(exc))])
+    words = _ioi_words(p)
+    if words:  # checked when the audit was planned (Transparency._validate)
+        data = interp.ioi_dataset(lm, n=p["ioi_prompts"], seed=ctx.seed_for(CHECK, "ioi"), **words)
+    else:
+        try:
+            data = interp.ioi_dataset(lm, n=p["ioi_prompts"], seed=ctx.seed_for(CHECK, "ioi"))
+        except InputError as exc:  # the default names are not single tokens of this tokenizer: say why
+            why = str(exc)
+            return TaskResult([Row.exact(LM_HAZARD, "ioi_not_run", 1.0, DECISION, group="IOI patching", reason=why)])
     args = (lm, data.prompts, data.corrupted, data.io_ids, data.s_ids)
-    screen = attribution_patching(*args, point="head_out", positions=None, batch_size=min(ctx.batch_size, 32))
+    screen = interp.attribution_patching(*args, point="head_out", positions=None, batch_size=min(ctx.batch_size, 32))
     n = len(data)
     clean = bootstrap_mean(screen.clean.values.float(), seed=ctx.seed_for(CHECK, "ioi", "clean"), name="ioi")
     corrupted = bootstrap_mean(screen.corrupted.values.float(), seed=ctx.seed_for(CHECK, "ioi", "abc"), name="ioi")
