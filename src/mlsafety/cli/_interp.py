@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import click
 from rich.table import Table
@@ -38,23 +38,76 @@ def interp_group() -> None:
 @click.option("--model", default="smollm2-135m", show_default=True, help=MODEL_HELP)
 @click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeatable.")
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Tokens shown per layer.")
+@click.option(
+    "--out", type=click.Path(dir_okay=False), help="Write the heat map: FILE.png, or an HTML section FILE.html."
+)
 @friendly
-def interp_lens(model: str, prompts: tuple[str, ...], top_k: int) -> None:
+def interp_lens(model: str, prompts: tuple[str, ...], top_k: int, out: str | None) -> None:
     """Decode the residual stream after every layer at each prompt's last token (nostalgebraist 2020)."""
     from mlsafety.monitoring.interp import logit_lens
 
     if any(not p.strip() for p in prompts):
         raise _bad("--prompt is empty; give text to decode")
+    _check_out(out)
     lm = _lm(model)
     result = logit_lens(lm, list(prompts), top_k=top_k)
     probs = result.top_logprobs.exp()
+    shown = int(result.top_ids.shape[-1])  # top_k, or the vocabulary when it is smaller
     for j, prompt in enumerate(prompts):
-        table = Table("residual stream", *(f"top {k + 1}" for k in range(top_k)), title=f"logit lens: {prompt!r}",
+        table = Table("residual stream", *(f"top {k + 1}" for k in range(shown)), title=f"logit lens: {prompt!r}",
                       box=None)  # fmt: skip
         for i, name in enumerate(result.layers):
-            cells = [f"{result.top_tokens[i][j][k]!r} {float(probs[i, j, k]):.2f}" for k in range(top_k)]
+            cells = [f"{result.top_tokens[i][j][k]!r} {float(probs[i, j, k]):.2f}" for k in range(shown)]
             table.add_row(name, *cells)
         print_wide(table)
+    if out is not None:
+        _write_lens(result, list(prompts), Path(out))
+
+
+def _check_out(out: str | None) -> None:
+    """Refuse an ``--out`` that is neither .png nor .html, or that cannot be written."""
+    from mlsafety.core import check_output_path
+
+    if out is None:
+        return
+    if Path(out).suffix not in (".png", ".html"):
+        raise _bad(f"--out {out}: give a .png (heat map) or .html (report section) path")
+    check_output_path(Path(out), what="heat map", flag="--out", example="interp.html")
+
+
+def _write_lens(result: Any, prompts: list[str], path: Path) -> None:
+    """The lens heat map (probability of the final layer's top-1 token, per layer and prompt) as PNG or HTML."""
+    import torch
+
+    from mlsafety.audit import heatmap_png
+
+    final = result.top_ids[-1, :, 0]
+    agree = result.top_ids[:, :, 0] == final  # (layers, N): the lens' top-1 is already the final prediction
+    png = heatmap_png(agree.float(), [n.removeprefix("blocks.") for n in result.layers],
+                      [f"{j}" for j in range(len(prompts))], "top-1 = final prediction (1) or not (0)",
+                      xlabel="prompt", ylabel="residual stream read")  # fmt: skip
+    first = [int(torch.nonzero(agree[:, j])[0]) for j in range(len(prompts))]
+    listed = "".join(
+        f"<li>{j}: {html.escape(p)!s} &rarr; {html.escape(result.top_tokens[-1][j][0])!r}, first agreeing read "
+        f"{html.escape(result.layers[first[j]])}</li>"
+        for j, p in enumerate(prompts)
+    )
+    _write(path, png, "Logit lens (last token)",
+           "Each column is a prompt, each row a residual stream read (block inputs, then the last block's output, "
+           "decoded with the final norm and unembedding; nostalgebraist 2020). Colour: whether the read's top-1 "
+           f"token is already the model's final prediction.</p><ol start=\"0\">{listed}</ol><p>",
+           "logit lens heat map")  # fmt: skip
+
+
+def _write(path: Path, png: bytes, title: str, text: str, alt: str) -> None:
+    """``png`` to ``path`` (.png), or an HTML section with ``title``, ``text`` (HTML) and the image; folders made."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".png":
+        path.write_bytes(png)
+    else:
+        path.write_text(f'<section class="interp">\n<h2>{html.escape(title)}</h2>\n<p>{text}</p>\n'
+                        f"{_img(png, alt)}\n</section>\n", encoding="utf-8")  # fmt: skip
+    print_wrote(f"wrote {path}")
 
 
 def _read_prompts(path: str, flag: str) -> list[str]:
@@ -78,6 +131,14 @@ def _read_prompts(path: str, flag: str) -> list[str]:
 @click.option("--point", default="resid_pre", show_default=True, help=f"Hook point patched: {', '.join(POINTS)}.")
 @click.option("--correct", help="Answer token of the clean prompts.  [default: the model's top token on each]")
 @click.option("--wrong", help="Answer token of the corrupted prompts.  [default: the model's top token on each]")
+@click.option(
+    "--direction",
+    type=click.Choice(["denoise", "noise"]),
+    default="denoise",
+    show_default=True,
+    help="denoise: run corrupted, patch clean in; noise: run clean, patch corrupted in.",
+)
+@click.option("--layers", help="Layers swept, comma-separated (e.g. 0,3,7).  [default: all]")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Strongest sites printed.")
 @click.option(
     "--out", type=click.Path(dir_okay=False), help="Write the heat map: FILE.png, or an HTML section FILE.html."
@@ -90,38 +151,60 @@ def interp_patch(
     point: str,
     correct: str | None,
     wrong: str | None,
+    direction: Literal["denoise", "noise"],
+    layers: str | None,
     top: int,
     out: str | None,
 ) -> None:
     """Activation patching (clean into corrupted): layers x positions, or layers x heads for head_out."""
-    from mlsafety.core import check_output_path
     from mlsafety.monitoring.interp import activation_patching, head_patching, logit_lens
 
     if point not in POINTS:
         raise _bad(f"--point {point!r} is not a hook point that can be patched; valid: {', '.join(POINTS)}")
-    if out is not None and Path(out).suffix not in (".png", ".html"):
-        raise _bad(f"--out {out}: give a .png (heat map) or .html (report section) path")
-    if out is not None:
-        check_output_path(Path(out), what="heat map", flag="--out", example="patching.html")
+    _check_out(out)
+    chosen = _parse_layers(layers)
     clean = _read_prompts(clean_file, "--clean")
     corrupted = _read_prompts(corrupted_file, "--corrupted")
     if len(clean) != len(corrupted):
         raise _bad(f"--clean has {len(clean)} prompts but --corrupted has {len(corrupted)}; give one corrupted "
                    "prompt per clean prompt")  # fmt: skip
     lm = _lm(model)
+    if chosen is not None and max(chosen) >= lm.n_layers:
+        raise _bad(f"--layers {layers}: the model has {lm.n_layers} layers (0 to {lm.n_layers - 1})")
     answers: list[Any] = []
     for given, prompts in ((correct, clean), (wrong, corrupted)):
         if given is not None:
             answers.append([given] * len(prompts))
         else:  # the model's own top prediction on each prompt
             answers.append(logit_lens(lm, prompts, top_k=1).top_ids[-1, :, 0])
+    if correct is None and wrong is None:
+        same = (answers[0] == answers[1]).nonzero()
+        if len(same):
+            i = int(same[0])
+            token = lm.tokenizer.decode([int(answers[0][i])])
+            raise _bad(f"prompt {i}: the clean and corrupted answers are the same token ({token!r}); pass --correct "
+                       "and --wrong")  # fmt: skip
     if point == "head_out":
-        result = head_patching(lm, clean, corrupted, answers[0], answers[1])
+        result = head_patching(lm, clean, corrupted, answers[0], answers[1], direction=direction, layers=chosen)
     else:
-        result = activation_patching(lm, clean, corrupted, answers[0], answers[1], point=point)
+        result = activation_patching(lm, clean, corrupted, answers[0], answers[1], point=point, direction=direction,
+                                     layers=chosen)  # fmt: skip
     _print_sites(result, top)
     if out is not None:
         _write_patch(result, Path(out), clean_file, corrupted_file)
+
+
+def _parse_layers(text: str | None) -> list[int] | None:
+    """``--layers 0,3,7`` as sorted distinct integers (None: every layer)."""
+    if text is None:
+        return None
+    try:
+        values = sorted({int(v) for v in text.split(",") if v.strip()})
+    except ValueError:
+        raise _bad(f"--layers {text!r}: give layer numbers separated by commas, e.g. 0,3,7") from None
+    if not values or values[0] < 0:
+        raise _bad(f"--layers {text!r}: give layer numbers >= 0 separated by commas, e.g. 0,3,7")
+    return values
 
 
 def _site_label(result: Any, index: tuple[int, ...]) -> str:
@@ -178,21 +261,13 @@ def _img(png: bytes, alt: str) -> str:
 
 
 def _write_patch(result: Any, path: Path, clean_file: str, corrupted_file: str) -> None:
-    png = _heat(result)
-    if path.suffix == ".png":
-        path.write_bytes(png)
-    else:
-        c = result.clean
-        path.write_text(
-            '<section class="interp-patching">\n'
-            f"<h2>Activation patching: {html.escape(result.point)} ({html.escape(result.direction)})</h2>\n"
-            f"<p>Clean prompts {html.escape(clean_file)}, corrupted {html.escape(corrupted_file)}; clean logit diff "
-            f"{c.mean:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}] over {c.n} prompts. Colour: share of the clean logit "
-            "difference restored when the clean activation is patched into the corrupted run.</p>\n"
-            f"{_img(png, 'patching heat map')}\n</section>\n",
-            encoding="utf-8",
-        )
-    print_wrote(f"wrote {path}")
+    c = result.clean
+    how = ("the clean activation is patched into the corrupted run" if result.direction == "denoise"
+           else "the corrupted activation is patched into the clean run (near 0: the site is necessary)")  # fmt: skip
+    _write(path, _heat(result), f"Activation patching: {result.point} ({result.direction})",
+           f"Clean prompts {html.escape(clean_file)}, corrupted {html.escape(corrupted_file)}; clean logit diff "
+           f"{c.mean:.3f} [{c.ci_low:.3f}, {c.ci_high:.3f}] over {c.n} prompts. Colour: share of the clean logit "
+           f"difference restored when {how}.", "patching heat map")  # fmt: skip
 
 
 @interp_group.command("ioi")
