@@ -73,6 +73,10 @@ def test_ioi_logit_diff_matches_the_model_and_top_heads_are_ranked(audited):
     assert [r.value for r in heads] == sorted((r.value for r in heads), reverse=True)
     html = (folder / "report.html").read_text()
     assert "Logit lens (last token)" in html and "IOI patching summary" in html
+    assert "Transparency: logit lens and IOI patching" in html and "Attribution maps on correct" not in html
+    first = min(i for i in range(lm.n_layers + 1) if rows[f"lens_top1_layer_{i:02d}"].value >= 0.5)
+    point = rows[f"lens_top1_layer_{first:02d}"].params["point"]
+    assert f"Logit lens: first read ({point}) whose top-1 is the final prediction" in html
     assert html.count("data:image/png") >= 3  # lens, attribution screen and exact heads heat maps
 
 

@@ -98,11 +98,15 @@ def render_report(store: Store, run_id: str) -> str:
         # HTML a view draws from its other artifacts (e.g. highlighted text); the view escapes every string.
         draw = getattr(cls.view, "html_fragments", None) if cls else None
         fragments = [Markup(f) for f in draw([a for c, a in artifacts if c == name])] if draw else []
+        # a view may title the section by what was run (e.g. transparency on a language model)
+        own = getattr(cls.view, "section_text", None) if cls else None
+        title, description = (own(crow) if own else None) or (cls.title if cls and cls.title else name,
+                                                              cls.description if cls else "")  # fmt: skip
         sections[pillar].append(
             {
                 "name": name,
-                "title": (cls.title if cls and cls.title else name),
-                "description": cls.description if cls else "",
+                "title": title,
+                "description": description,
                 "seconds": seconds.get(name),
                 "images": images,
                 "fragments": fragments,

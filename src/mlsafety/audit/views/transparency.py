@@ -35,9 +35,19 @@ ATTRIBUTION_CAPTION = (
 )
 HEADS_CAPTION = (
     "IOI, exact head patching in the layers the attribution screen ranked highest: share of the clean logit "
-    "difference restored (mean over prompts)."
+    "difference restored (ratio of means over prompts)."
 )
 LM_PREFIXES = ("lens_", "ioi_")
+LM_TITLE = "Transparency: logit lens and IOI patching"
+"""The section title on a causal language model."""
+LM_DESCRIPTION = (
+    "Logit lens (nostalgebraist 2020): the residual stream after every layer decoded at each prompt's last token; "
+    "per layer the log-probability of the model's final prediction and the share of prompts whose top-1 token "
+    "already is it. IOI patching (Wang et al. 2022): the logit difference between the indirect object and the "
+    "subject, an attribution-patching screen over every head, and exact head patching on the screened layers; "
+    "each head's share of the clean logit difference restored (ratio of means, bootstrap 95% interval)."
+)
+"""The section description on a causal language model."""
 """Metric prefixes of the rows stored for a causal language model."""
 TEXT_SALIENCY_MIME = "application/vnd.mlsafety.text-saliency+json"
 """The artifact type of highlighted text examples (JSON; :func:`text_saliency_json`)."""
@@ -119,10 +129,22 @@ class TransparencyView(View):
         return [text_saliency_html(json.loads(a.data)) for a in artifacts if a.mime == TEXT_SALIENCY_MIME]
 
     @classmethod
+    def section_text(cls, rows: Sequence[StoredRow]) -> tuple[str, str] | None:
+        """The section's title and description on a language model (None: the check's own, a classifier's)."""
+        if not any(r.metric.startswith(LM_PREFIXES) for r in rows):
+            return None
+        return LM_TITLE, LM_DESCRIPTION
+
+    @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
         heads = [
             Headline("Attribution methods passing sanity checks", r) for r in rows if r.metric == "sanity_pass_share"
         ]
+        lens = sorted((r for r in rows if r.metric.startswith("lens_top1_layer_")), key=lambda r: r.metric)
+        first = next((r for r in lens if r.value >= 0.5), None)
+        if first is not None:
+            heads.append(Headline(f"Logit lens: first read ({first.params.get('point', first.metric)}) whose top-1 "
+                                  "is the final prediction on at least half of the prompts", first))  # fmt: skip
         heads += [Headline("IOI logit difference (clean prompts)", r) for r in rows if r.metric == "ioi_logit_diff"]
         return heads
 
