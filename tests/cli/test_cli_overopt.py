@@ -67,11 +67,19 @@ def test_lm_runs_and_reuses_its_samples(lm_dir: Path, tmp_path: Path) -> None:
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     out = json.loads((tmp_path / "results.json").read_text())
-    assert out["ns"] == [1, 2, 4, 8] and out["prompts"] == 3 and "monitor" in out
+    assert out["ns"] == [1, 2, 4, 8] and out["prompts"] == 3 and "monitor" not in out  # no --trusted: no monitor
+    assert "no monitor (give --trusted)" in " ".join(res.output.split())
     cached = (tmp_path / "samples.json").read_text()
-    res = CliRunner().invoke(main, args)
+    res = CliRunner().invoke(main, [*args, "--trusted", f"{r}:words"])
     assert res.exit_code == 0 and (tmp_path / "samples.json").read_text() == cached
-    assert json.loads((tmp_path / "results.json").read_text())["gold"] == out["gold"]
+    again = json.loads((tmp_path / "results.json").read_text())
+    assert again["gold"] == out["gold"] and again["monitor"]["outcome"] in {
+        "hit",
+        "late",
+        "miss",
+        "false_alarm",
+        "quiet",
+    }
 
 
 @pytest.mark.parametrize(

@@ -145,6 +145,12 @@ def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int,
 @click.option("--model", default="smollm2-135m", show_default=True, help="A causal LM: zoo name or saved folder.")
 @click.option("--reward", required=True, help="The proxy reward optimised: path/to/file.py:factory.")
 @click.option("--gold", required=True, help="The gold reward: path/to/file.py:factory.")
+@click.option(
+    "--trusted",
+    multiple=True,
+    help="A trusted proxy watched by the proxy-gaming monitor: "
+    "path/to/file.py:factory; repeatable. Without one no monitor runs (the gold would be circular).",
+)
 @click.option("--n-max", default=256, show_default=True, type=int, help="Largest n of best-of-n (samples per prompt).")
 @click.option("--prompts", default=16, show_default=True, type=int, help="mr review openings continued.")
 @click.option("--max-new-tokens", default=16, show_default=True, type=int, help="Tokens per continuation.")
@@ -153,8 +159,8 @@ def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int,
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap resamples (over prompts).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder: samples cache, plot, results.")
 @friendly
-def overopt_lm(model: str, reward: str, gold: str, n_max: int, prompts: int, max_new_tokens: int,
-               temperature: float, seed: int, n_boot: int, out: str) -> None:  # fmt: skip
+def overopt_lm(model: str, reward: str, gold: str, trusted: tuple[str, ...], n_max: int, prompts: int,
+               max_new_tokens: int, temperature: float, seed: int, n_boot: int, out: str) -> None:  # fmt: skip
     """Best-of-n on a language model: samples drawn once (cached in --out), scored once per reward."""
     from mlsafety.audit import curve_png, load_scorer, resolve_language_model
     from mlsafety.core import InputError
@@ -167,8 +173,9 @@ def overopt_lm(model: str, reward: str, gold: str, n_max: int, prompts: int, max
     if not temperature > 0:
         raise InputError(f"--temperature must be > 0 (best-of-n needs distinct samples), got {temperature}")
     proxy_fn, gold_fn = load_scorer(reward, "--reward"), load_scorer(gold, "--gold")
+    trusted_fns = {f"trusted {i + 1} ({spec})": load_scorer(spec, "--trusted") for i, spec in enumerate(trusted)}
     texts = pg.review_openings(prompts)
-    check_scorers({"proxy": proxy_fn, "gold": gold_fn}, None)  # input types only: load_scorer probed both
+    check_scorers({"proxy": proxy_fn, "gold": gold_fn, **trusted_fns}, None)  # input types only: load_scorer probed
     lm = resolve_language_model(model)
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -177,19 +184,22 @@ def overopt_lm(model: str, reward: str, gold: str, n_max: int, prompts: int, max
     proxy = pg.score_samples(samples, proxy_fn)
     gold_scores = pg.score_samples(samples, gold_fn)
     curve = pg.overoptimization_curve(proxy, gold_scores, ns, n_boot, seed)
-    result = pg.curve_summary(curve, proxy, {"gold": gold_scores}, n_boot, seed)
+    watched = {name: pg.score_samples(samples, fn) for name, fn in trusted_fns.items()} or None
+    result = pg.curve_summary(curve, proxy, watched, n_boot, seed)
+    monitor = result.get("monitor")
     result["tokens_per_second"] = samples.tokens_per_second
     (folder / "results.json").write_text(json.dumps(result, indent=1))
     fit = result.get("fit")
     (folder / "curve.png").write_bytes(curve_png(curve.d, [tuple(e)[:3] for e in curve.gold],
                                                  [tuple(e)[:3] for e in curve.proxy],
                                                  None if fit is None else (fit["alpha"][0], fit["beta"][0]),
-                                                 result["monitor"]["alarm_d"]))  # fmt: skip
+                                                 None if monitor is None else monitor["alarm_d"]))  # fmt: skip
     _print_curve(curve.ns, curve.d, [e.value for e in curve.gold], [e.value for e in curve.proxy], "n")
     peak = result["peak"]
     out_console.print(f"gold peak at n={peak['n']} (d={peak['d'][0]:.3f} [{peak['d'][1]:.3f}, {peak['d'][2]:.3f}]"
                       f"{'' if peak['interior'] else ', still rising at n-max'}); "
-                      f"monitor alarm at n={result['monitor']['alarm_n']}")  # fmt: skip
+                      + ("no monitor (give --trusted)" if monitor is None
+                         else f"monitor alarm at n={monitor['alarm_n']} ({monitor['outcome']})"))  # fmt: skip
     out_console.print(
         f"wrote {folder / 'results.json'} and {folder / 'curve.png'} (samples: {folder / 'samples.json'})"
     )

@@ -34,6 +34,7 @@ from mlsafety.monitoring.proxy_gaming.monitor import (
     MonitorResult,
     MonitorStep,
     ProxyGamingMonitor,
+    best_of_n_monitor,
     monitor_proxy_gaming,
 )
 from mlsafety.monitoring.proxy_gaming.policy_gradient import PolicyGradientRun, reinforce
@@ -54,6 +55,7 @@ __all__ = [
     "World",
     "best_of_n_exact",
     "best_of_n_from_samples",
+    "best_of_n_monitor",
     "best_of_n_probs",
     "bon_kl",
     "fit_scaling_law",
