@@ -51,6 +51,14 @@ def test_the_last_lens_layer_is_the_models_own_prediction(audited):
     assert rows[f"lens_top1_layer_{layers - 1:02d}"].value == 1.0
     assert f"lens_logprob_layer_{layers:02d}" not in rows
     assert all(rows[f"lens_top1_layer_{i:02d}"].ci_low <= rows[f"lens_top1_layer_{i:02d}"].value for i in range(layers))
+    from mlsafety.monitoring.interp import logit_lens  # the one-pass lens agrees with the library's at every read
+
+    ref = logit_lens(lm, texts, top_k=1, targets=logits.argmax(-1))
+    assert ref.target_mean is not None
+    for i in range(layers):
+        assert rows[f"lens_logprob_layer_{i:02d}"].value == pytest.approx(float(ref.target_mean[i]), abs=1e-4)
+        share = float((ref.top_ids[i, :, 0] == logits.argmax(-1)).float().mean())
+        assert rows[f"lens_top1_layer_{i:02d}"].value == pytest.approx(share)
 
 
 def test_ioi_logit_diff_matches_the_model_and_top_heads_are_ranked(audited):

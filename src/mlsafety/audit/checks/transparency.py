@@ -68,7 +68,7 @@ from mlsafety.audit.views.transparency import (
     sanity_png,
     text_saliency_json,
 )
-from mlsafety.core import ArrayDataset, Hazard, InputError, LanguageModel, TextDataset, Texts, forward
+from mlsafety.core import ArrayDataset, Hazard, InputError, LanguageModel, TextDataset, Texts, forward, frozen
 from mlsafety.metrics import bootstrap_mean, proportion
 from mlsafety.monitoring import interp
 from mlsafety.monitoring import transparency as tr
@@ -396,25 +396,52 @@ def _prompt_subset(ctx: AuditContext, n: int) -> list[str]:
     return list(data.x[keep])
 
 
+def _lens_pass(lm: LanguageModel, prompts: list[str], batch_size: int) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """The logit lens in one forward pass per batch: ``(reads, log-probs (reads, N, V), top-1 ids (reads, N))``.
+
+    The reads are every block's ``resid_pre`` and the last block's ``resid_post`` at each prompt's last
+    token (left padding), decoded with the final norm and the unembedding, as
+    :func:`~mlsafety.monitoring.interp.logit_lens` does; the final prediction is the last read's top-1,
+    so no second pass is needed to track it.
+    """
+    if lm.points.table.final_norm is None:
+        raise InputError(f"the logit lens needs a final norm; {lm.points.family} models have none")
+    last = lm.n_layers - 1
+    names = [f"blocks.{i}.resid_pre" for i in range(lm.n_layers)] + [f"blocks.{last}.resid_post"]
+    norm = lm.module.get_submodule(lm.points.module_name("final_norm"))
+    get_unembed: Any = getattr(lm.module, "get_output_embeddings", None)
+    unembed = get_unembed() if callable(get_unembed) else None
+    if not isinstance(unembed, nn.Module):
+        raise InputError("the logit lens needs the unembedding: the model's get_output_embeddings() gave none")
+    reads: dict[str, list[torch.Tensor]] = {name: [] for name in names}
+    for start in range(0, len(prompts), batch_size):
+        _, cache = lm.run_with_cache(lm.encode(prompts[start : start + batch_size], padding_side="left"), names)
+        for name in names:
+            reads[name].append(cache[name][:, -1])
+    with frozen(lm.module), torch.no_grad():
+        logprob = torch.stack(
+            [unembed(norm(torch.cat(reads[n])[:, None]))[:, 0].float().log_softmax(-1).cpu() for n in names]
+        )
+    return names, logprob, logprob.argmax(-1)
+
+
 def _lens(ctx: AuditContext, p: dict[str, Any]) -> TaskResult:
     """Logit lens at the last token: per layer, the log-prob of the final prediction and top-1 agreement."""
     lm = ctx.lm
     prompts = _prompt_subset(ctx, p["lm_prompts"])
-    first = interp.logit_lens(lm, prompts, top_k=1, batch_size=ctx.batch_size)
-    final = first.top_ids[-1, :, 0]
-    lens = interp.logit_lens(lm, prompts, top_k=1, targets=final, batch_size=ctx.batch_size)
-    if lens.target_logprob is None:  # pragma: no cover - targets were given
-        raise RuntimeError("logit_lens returned no target log-probabilities")
+    layers, logprob, top1 = _lens_pass(lm, prompts, ctx.batch_size)
+    final = top1[-1]  # the last read is the model's output: its top-1 is the final prediction
+    target = logprob.gather(-1, final[None, :, None].expand(len(layers), -1, 1))[..., 0]  # (layers, N)
     rows: list[Row] = []
-    for i, name in enumerate(lens.layers):
-        est = bootstrap_mean(lens.target_logprob[i].float(), seed=ctx.seed_for(CHECK, "lens", i), name="lens")
+    for i, name in enumerate(layers):
+        est = bootstrap_mean(target[i], seed=ctx.seed_for(CHECK, "lens", i), name="lens")
         rows.append(Row.of(LM_HAZARD, f"lens_logprob_layer_{i:02d}", est, layer=i, point=name))
-        agree = proportion(lens.top_ids[i, :, 0] == final)
+        agree = proportion(top1[i] == final)
         rows.append(Row.of(LM_HAZARD, f"lens_top1_layer_{i:02d}", agree, layer=i, point=name))
     shown = min(LENS_COLUMNS, len(prompts))
     png = heatmap_png(
-        lens.target_logprob[:, :shown].float(),
-        [name.removeprefix("blocks.") for name in lens.layers],
+        target[:, :shown],
+        [name.removeprefix("blocks.") for name in layers],
         [str(j) for j in range(shown)],
         "log-prob of the final prediction",
         xlabel="prompt",
