@@ -10,7 +10,10 @@ local cache folder; no hub), each in its own subprocess so that memory figures d
     (prompt-site rows stacked ``batch_size`` at a time), theirs a plain loop over (layer, position) with
     ``run_with_hooks`` on the batch of prompts (TransformerLens' ``patching`` utilities are tried too and
     timed when they accept the bridge); both sweeps' patched logit differences are compared;
-(c) peak resident memory while loading, minus the resident memory before, against the weights' size.
+(c) memory after loading AND one forward pass (so memory-mapped weights have been read), above the memory
+    before loading, as anonymous (RssAnon: copies, activations) and file-backed (RssFile: mmapped weight
+    files) resident memory from /proc/self/status, against the weights' size; and for TransformerLens
+    whether the bridge's parameters share storage with the Hugging Face module inside it (no second copy).
 
 TransformerLens is not a dependency: install it beside the venv and put it on PYTHONPATH for this script only::
 
@@ -46,6 +49,26 @@ def _rss_mib() -> float:
 
 def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _status_mib() -> dict[str, float]:
+    """RssAnon and RssFile of this process (MiB), from /proc/self/status."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("RssAnon", "RssFile"):
+                out[key] = int(rest.split()[0]) / 1024  # kB
+    return out
+
+
+def _memory(before: dict[str, float]) -> dict[str, float]:
+    """Resident memory now (after a forward pass) above ``before``, anonymous and file-backed."""
+    now = _status_mib()
+    return {
+        "rss_anon_extra_mib": now["RssAnon"] - before["RssAnon"],
+        "rss_file_extra_mib": now["RssFile"] - before["RssFile"],
+    }
 
 
 def _prompts(n: int) -> tuple[list[str], list[str], Any, Any]:
@@ -84,13 +107,15 @@ def part_ours(n: int, layers: int | None) -> dict[str, Any]:
     clean, corrupted, io, s = _prompts(n)
     torch.set_grad_enabled(False)
     before = _rss_mib()
+    status = _status_mib()
     t0 = time.perf_counter()
     lm = zoo.load_language_model("smollm2-135m")
     load_s = time.perf_counter() - t0
-    peak = _peak_mib()
     weights_mib = sum(p.numel() * p.element_size() for p in lm.module.parameters()) / 2**20
     ids = _ids(lm.tokenizer, clean)
     plain = lm.module(input_ids=ids).logits
+    memory = _memory(status)  # after one forward pass: every weight page has been touched
+    peak = _peak_mib()
     with lm.hooks({name: (lambda act, name: act) for name in lm.hook_points()}):
         hooked = lm.module(input_ids=ids).logits
     sweep_layers = list(range(layers)) if layers else None
@@ -102,6 +127,7 @@ def part_ours(n: int, layers: int | None) -> dict[str, Any]:
         "rss_before_mib": before,
         "peak_mib": peak,
         "load_peak_extra_mib": peak - before,
+        **memory,
         "weights_mib": weights_mib,
         "hooks_max_abs_logit_diff": float((hooked - plain).abs().max()),
         "hook_points": len(lm.hook_points()),
@@ -123,18 +149,24 @@ def part_theirs(n: int, layers: int | None) -> dict[str, Any]:
     clean, corrupted, io, s = _prompts(n)
     torch.set_grad_enabled(False)
     before = _rss_mib()
+    status = _status_mib()
     t0 = time.perf_counter()
     bridge = TransformerBridge.boot_transformers(str(_cache()), device="cpu", dtype=torch.float32)
     load_s = time.perf_counter() - t0
-    peak = _peak_mib()
     hf = bridge.original_model
     weights_mib = sum(p.numel() * p.element_size() for p in hf.parameters()) / 2**20
+    hf_ptrs = {p.data_ptr() for p in hf.parameters()}
+    bridge_params = list(bridge.parameters())
+    shared = sum(p.data_ptr() in hf_ptrs for p in bridge_params)
     from transformers import AutoTokenizer
 
     # the tokenizer mlsafety uses (the bridge's own prepends a BOS token SmolLM2's does not): equal inputs
     tokenizer = AutoTokenizer.from_pretrained(str(_cache()), local_files_only=True)
     clean_ids, corrupted_ids = _ids(tokenizer, clean), _ids(tokenizer, corrupted)
     plain = hf(input_ids=clean_ids).logits  # the HF model inside the bridge (eager attention, as they force it)
+    bridge(clean_ids)  # one forward pass through the bridge too, before memory is read
+    memory = _memory(status)
+    peak = _peak_mib()
     names = list(bridge.hook_dict)
     # a filter attaches the identity to every hook point the bridge enables by default (gated ones, such as
     # hook_mlp_in, need set_use_...(True), which changes the computation path; they are skipped)
@@ -177,6 +209,8 @@ def part_theirs(n: int, layers: int | None) -> dict[str, Any]:
         "rss_before_mib": before,
         "peak_mib": peak,
         "load_peak_extra_mib": peak - before,
+        **memory,
+        "bridge_params_sharing_hf_storage": f"{shared} of {len(bridge_params)}",
         "weights_mib": weights_mib,
         "hooks_max_abs_logit_diff": float((hooked - plain).abs().max()),
         "hook_points": len(names),  # all named points, gated ones included
@@ -216,8 +250,13 @@ def _md(out: dict[str, Any]) -> str:
             f"({theirs['hook_points']} hook points) |",
             f"| (b) resid_pre sweep, {ours['sweep_sites']} sites x {ours['prompts']} prompts ({ours['tokens']} tokens) "
             f"| {ours['sweep_s']:.1f} s | {theirs['sweep_s']:.1f} s (plain run_with_hooks loop) |",
-            f"| (c) peak RSS while loading, above the RSS before | {ours['load_peak_extra_mib']:.0f} MiB "
+            f"| (c) RssAnon after load + one forward, above before | {ours['rss_anon_extra_mib']:.0f} MiB "
+            f"| {theirs['rss_anon_extra_mib']:.0f} MiB |",
+            f"| (c) RssFile (mmapped files) after load + one forward, above before | "
+            f"{ours['rss_file_extra_mib']:.0f} MiB | {theirs['rss_file_extra_mib']:.0f} MiB |",
+            f"| peak RSS (ru_maxrss) above the RSS before | {ours['load_peak_extra_mib']:.0f} MiB "
             f"| {theirs['load_peak_extra_mib']:.0f} MiB |",
+            f"| bridge parameters sharing the HF module's storage | - | {theirs['bridge_params_sharing_hf_storage']} |",
             f"| weights (fp32) | {ours['weights_mib']:.0f} MiB | {theirs['weights_mib']:.0f} MiB |",
             f"| load time | {ours['load_s']:.1f} s | {theirs['load_s']:.1f} s |",
             "",
