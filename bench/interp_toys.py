@@ -410,6 +410,17 @@ def _md_grokking(out: dict[str, Any]) -> str:
         "",
         "Every interval below is conditional on one training run (it resamples that run's test pairs or "
         "its measures' residuals); the seed-to-seed spread is the list of seeds itself.",
+        "",
+        "Emergence step by seed: "
+        + ", ".join(f"seed {r['seed']}: {r['emergence']['step']}" for r in out["runs"])
+        + "; restricted_contrast's lead by seed: "
+        + ", ".join(
+            f"seed {r['seed']}: {i['lead']} [{i['lead_ci'][0]}, {i['lead_ci'][1]}]"
+            for r in out["runs"]
+            for i in r["indicators"]
+            if i["name"] == "restricted_contrast"
+        )
+        + ".",
     ]
     for res in out["runs"]:
         e, f, acp = res["emergence"], res["final_test_acc"], res["accuracy_change_point"]
