@@ -14,7 +14,7 @@ from mlsafety.cli._common import friendly, out_console, print_wide, print_wrote
 POINTS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head_out")
 """The hook points a patching sweep takes (``head_out``: each attention head separately)."""
 
-MODEL_HELP = "Causal LM: a zoo name (smollm2-135m) or a folder with a saved transformers ...ForCausalLM and tokenizer."
+MODEL_HELP = "Causal LM: a zoo name (smollm2-135m) or a folder with a saved transformers causal LM and tokenizer."
 
 
 def _lm(model: str) -> Any:
