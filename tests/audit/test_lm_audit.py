@@ -258,3 +258,28 @@ def test_editing_the_reward_file_changes_its_digest_and_refuses_resume(lm_dir, l
     with pytest.raises(InputError, match=r"cannot resume run \S+: the proxy reward \(--reward\) changed") as info:
         run_audit(config, db=db, report="", resume=True)
     assert "\n" not in str(info.value)
+
+
+def test_what_a_reward_file_reads_counts_in_its_digest(lm_dir, tmp_path):
+    from mlsafety.audit._fingerprint import components
+    from mlsafety.audit._inputs import prepare_audit_inputs
+
+    (tmp_path / "w.txt").write_text("1.0")
+    scorers = tmp_path / "reads.py"
+    scorers.write_text(
+        "from pathlib import Path\nimport torch\n\n\ndef weighted():\n"
+        "    w = float((Path(__file__).parent / 'w.txt').read_text())\n"
+        "    return lambda texts: torch.tensor([w * len(t) for t in texts])\n"
+    )
+    config = AuditConfig(model=str(lm_dir / "llama"), data=str(lm_dir / "prompts.csv"),
+                         reward=f"{scorers}:weighted", gold=f"{lm_dir / 'scorers.py'}:words")  # fmt: skip
+
+    def digest() -> str:
+        inputs = prepare_audit_inputs(config)
+        scored = {"reward": inputs.reward, "gold": inputs.gold}
+        return components(config, inputs.model, inputs.data, scored)["reward"].digest
+
+    before = digest()
+    assert digest() == before  # deterministic scorer: resumable
+    (tmp_path / "w.txt").write_text("2.0")  # the .py file is unchanged, its outputs are not
+    assert digest() != before

@@ -150,7 +150,7 @@ def run_audit(
     plan: list[tuple[Check, Task]] = [
         (check, task) for check in checks for task in (check.tasks(ctx) if check in runnable else [_skip(check, ctx)])
     ]
-    parts = _fingerprint.components(config, model, data)
+    parts = _fingerprint.components(config, model, data, {"reward": inputs.reward, "gold": inputs.gold})
     fingerprint = _fingerprint.fingerprint(parts)
     if report != "":
         check_report_path(report)

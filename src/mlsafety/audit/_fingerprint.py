@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from mlsafety.audit._context import AuditData
-from mlsafety.audit._inputs import AuditConfig
+from mlsafety.audit._context import AuditData, Scorer
+from mlsafety.audit._inputs import PROBE_PROMPTS, AuditConfig
 from mlsafety.core import ArrayDataset, Classifier, LanguageModel, modality_of
 
 _SETTINGS = ("checks", "check_params", "seed", "quick", "batch_size", "image_size", "channels")
@@ -116,20 +116,33 @@ def _value_digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _factory_digest(spec: str) -> str:
-    """A ``file.py:factory`` spec and the file's bytes (a reward or gold scorer's code)."""
+def _factory_digest(spec: str, scorer: Scorer | None = None) -> str:
+    """A ``file.py:factory`` spec, the file's bytes (a reward or gold scorer's code) and, when the loaded
+    ``scorer`` is given, its outputs on :data:`~mlsafety.audit._inputs.PROBE_PROMPTS` (to 6 significant
+    digits): what the file reads (a helper module, a weights file) counts too."""
     h = hashlib.sha256(spec.encode())
     file = spec.rpartition(":")[0]
     if Path(file).is_file():
         h.update(Path(file).read_bytes())
+    if scorer is not None:
+        with torch.no_grad():
+            out = scorer(list(PROBE_PROMPTS))
+        h.update(json.dumps([f"{float(v):.6g}" for v in out.detach().flatten().cpu().tolist()]).encode())
     return h.hexdigest()
 
 
-def components(config: AuditConfig, model: Classifier | LanguageModel, data: AuditData) -> dict[str, Component]:
+def components(
+    config: AuditConfig,
+    model: Classifier | LanguageModel,
+    data: AuditData,
+    scorers: dict[str, Scorer | None] | None = None,
+) -> dict[str, Component]:
     """Every input of a run, keyed by a stable name, each with its content hash (``config.data``
     named, as :func:`~mlsafety.audit.prepare_inputs` leaves it). A language model is hashed as a
     text model is (code, every weight, tokenizer); its ``--reward`` / ``--gold`` factories by their
-    file's bytes (only when given, so other runs keep their fingerprints)."""
+    file's bytes and, when the loaded ``scorers`` (``{"reward": ..., "gold": ...}``) are given, their
+    outputs on two probe texts (only when given, so other runs keep their fingerprints). A scorer whose
+    outputs are random (sampling, dropout) therefore blocks ``--resume``: make it deterministic."""
     code, weights = _model_digests(config.model, model)
     out = {
         "model": Component("the model code", code, config.model),
@@ -151,7 +164,7 @@ def components(config: AuditConfig, model: Classifier | LanguageModel, data: Aud
     for key, what in (("reward", "the proxy reward (--reward)"), ("gold", "the gold reward (--gold)")):
         spec = getattr(config, key, None)
         if spec is not None:
-            out[key] = Component(what, _factory_digest(spec), spec)
+            out[key] = Component(what, _factory_digest(spec, (scorers or {}).get(key)), spec)
     for name, ds in data.ood.items():
         out[f"ood:{name}"] = Component(f"the OOD set {name!r}", _dataset_digest(ds), name)
     for name in _SETTINGS:
