@@ -7,7 +7,7 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -177,19 +177,16 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json
 """Files of which a model folder's saved tokenizer holds at least one."""
 
 
-def load_hf_classifier(folder: str | Path) -> nn.Module:
-    """A saved ``transformers`` sequence classifier and its tokenizer (``module.tokenizer``), offline.
-
-    The folder is what ``model.save_pretrained(folder)`` and ``tokenizer.save_pretrained(folder)``
-    write: ``config.json``, weights as ``.safetensors`` and the tokenizer's files. Nothing is
-    fetched (``HF_HUB_OFFLINE=1``, ``local_files_only=True``).
+def _load_hf_folder(folder: str | Path, auto_class: str, what: str, missing_fix: Callable[[str, str], str]) -> Any:
+    """A saved ``transformers`` model of ``auto_class`` (e.g. ``AutoModelForCausalLM``) and its tokenizer
+    (``module.tokenizer``), offline and quietly: the one folder loader behind :func:`load_hf_classifier`
+    and :func:`load_hf_language_model`. ``what`` names the model in messages; ``missing_fix(class name,
+    missing keys shown)`` is the refusal when the weights lack part of the model.
 
     Raises:
-        InputError: a folder without a config, without weights or without a tokenizer; a model that
-            transformers cannot load as a sequence classifier, or whose weights lack part of it (a
-            bare encoder or a causal LM: transformers would initialise the head at random); a
-            tokenizer whose vocabulary is larger than the model's embedding table (it would index
-            past it).
+        InputError: no config, weights or tokenizer; a folder transformers cannot load as ``what``;
+            weights lacking part of it (transformers would initialise it at random); a tokenizer larger
+            than the embedding table (it would index past it).
     """
     path = Path(folder)
     if not (path / "config.json").is_file():
@@ -207,26 +204,25 @@ def load_hf_classifier(folder: str | Path) -> nn.Module:
             "was trained with: tokenizer.save_pretrained(folder)"
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    import transformers
 
-    try:  # quiet: no "Loading weights" bar nor LOAD REPORT table on stderr (the refusal below says it)
+    try:  # quiet: no "Loading weights" bar nor LOAD REPORT table on stderr (the refusals below say it)
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            module, info = AutoModelForSequenceClassification.from_pretrained(
+            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            loaded: Any = getattr(transformers, auto_class).from_pretrained(
                 str(path), local_files_only=True, use_safetensors=True, output_loading_info=True
             )
+        module, info = loaded
     except Exception as exc:  # a user's folder: any failure of transformers becomes one line
         msg = " ".join(str(exc).split())
         raise InputError(
-            f"--model {folder}: transformers cannot load it as a sequence classifier: {type(exc).__name__}: {msg}"
+            f"--model {folder}: transformers cannot load it as {what}: {type(exc).__name__}: {msg}"
         ) from None
     missing = sorted(info.get("missing_keys") or ())
-    if missing:  # transformers initialised these at random: a bare encoder or a language model, not a classifier
+    if missing:
         shown = ", ".join(missing[:3]) + (f" ... ({len(missing)} in all)" if len(missing) > 3 else "")
         raise InputError(
-            f"--model {folder} has no trained weights for {shown}: it is not a saved sequence classifier; "
-            f"train a {type(module).__name__} (or another ...ForSequenceClassification) and save it with "
-            "model.save_pretrained(folder)"
+            f"--model {folder} has no trained weights for {shown}{missing_fix(type(module).__name__, shown)}"
         )
     rows = module.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
@@ -235,7 +231,29 @@ def load_hf_classifier(folder: str | Path) -> nn.Module:
             "rows; save the tokenizer the model was trained with in the folder"
         )
     module.tokenizer = tokenizer
-    return module  # type: ignore[no-any-return]
+    return module
+
+
+def load_hf_classifier(folder: str | Path) -> nn.Module:
+    """A saved ``transformers`` sequence classifier and its tokenizer (``module.tokenizer``), offline.
+
+    The folder is what ``model.save_pretrained(folder)`` and ``tokenizer.save_pretrained(folder)``
+    write: ``config.json``, weights as ``.safetensors`` and the tokenizer's files. Nothing is
+    fetched (``HF_HUB_OFFLINE=1``, ``local_files_only=True``).
+
+    Raises:
+        InputError: a folder without a config, without weights or without a tokenizer; a model that
+            transformers cannot load as a sequence classifier, or whose weights lack part of it (a
+            bare encoder or a causal LM: transformers would initialise the head at random); a
+            tokenizer whose vocabulary is larger than the model's embedding table (it would index
+            past it).
+    """
+
+    def fix(cls: str, shown: str) -> str:
+        return (f": it is not a saved sequence classifier; train a {cls} (or another ...ForSequenceClassification) "
+                "and save it with model.save_pretrained(folder)")  # fmt: skip
+
+    return _load_hf_folder(folder, "AutoModelForSequenceClassification", "a sequence classifier", fix)  # type: ignore[no-any-return]
 
 
 _ROLE_NAMES = {"encoder": "an encoder (it returns embeddings)", "causal-lm": "a causal language model",
@@ -300,47 +318,11 @@ def load_hf_language_model(folder: str | Path) -> nn.Module:
         InputError: no config, weights or tokenizer; a model transformers cannot load as a causal LM
             or whose weights lack part of it; a tokenizer larger than the embedding table.
     """
-    path = Path(folder)
-    if not any(path.glob(WEIGHT_FILES)):
-        raise InputError(
-            f"--model {folder}: the folder has no weights (.safetensors); save them with "
-            "model.save_pretrained(folder) (safetensors is its default)"
-        )
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
-        raise InputError(
-            f"--model {folder}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the one the model "
-            "was trained with: tokenizer.save_pretrained(folder)"
-        )
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-            loaded: Any = AutoModelForCausalLM.from_pretrained(
-                str(path), local_files_only=True, use_safetensors=True, output_loading_info=True
-            )
-        module, info = loaded
-    except Exception as exc:  # a user's folder: any failure of transformers becomes one line
-        msg = " ".join(str(exc).split())
-        raise InputError(
-            f"--model {folder}: transformers cannot load it as a causal language model: {type(exc).__name__}: {msg}"
-        ) from None
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:
-        shown = ", ".join(missing[:3]) + (f" ... ({len(missing)} in all)" if len(missing) > 3 else "")
-        raise InputError(
-            f"--model {folder} has no trained weights for {shown}; save the whole causal LM with "
-            "model.save_pretrained(folder)"
-        )
-    rows = module.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
-        raise InputError(
-            f"--model {folder}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has {rows} "
-            "rows; save the tokenizer the model was trained with in the folder"
-        )
-    module.tokenizer = tokenizer
-    return module.eval()  # type: ignore[no-any-return]
+    def fix(cls: str, shown: str) -> str:
+        return "; save the whole causal LM with model.save_pretrained(folder)"
+
+    return _load_hf_folder(folder, "AutoModelForCausalLM", "a causal language model", fix).eval()  # type: ignore[no-any-return]
 
 
 def _device(device: str) -> torch.device:
