@@ -55,7 +55,10 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--image-size", nargs=2, type=int, help="H W to resize image folders to.")
 @click.option("--channels", type=int, help="Convert image folders to 1 or 3 channels.  [default: the model's]")
 @click.option("--text-column", cls=EntryDefault, default_from=CONFIG, help="Text column of text data files.")
-@click.option("--label-column", cls=EntryDefault, default_from=CONFIG, help="Label column of text data files.")
+@click.option(
+    "--label-column",
+    help="Label column of text data files.  [default: label; a language model's prompt file: no labels unless given]",
+)
 @click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--seed", type=int, cls=EntryDefault, default_from=CONFIG, help="Run seed.")
