@@ -97,6 +97,13 @@ def _attack_on(spec: Any) -> Hazard:
     return h
 
 
+_BATCH_MEASURES = (
+    "targeted_success_rate", "stealthy_success_rate", "stealthy_others_kept_rate", "indiscriminate_success_rate",
+    "batches_flipped_rate", "benign_error_rate_no_attack",
+)  # fmt: skip
+"""The measures stored again per extra attack batch size, suffixed ``_batch_<b>``."""
+
+
 class AttackData(ArrayDataset):
     """The hazard ``tta-attack/<method>/<share>``: benign inputs of attacked batches, their true labels,
     and the adapted model's outputs on them with the malicious inputs in the batch (``outputs``)."""
@@ -268,7 +275,7 @@ class TTA(Check):
     metrics = (
         "accuracy_no_adaptation", "*_accuracy", "targeted_success_rate", "stealthy_success_rate",
         "stealthy_others_kept_rate", "indiscriminate_success_rate", "batches_flipped_rate",
-        "benign_error_rate_no_attack", "*_rate_batch_*", NOT_APPLICABLE,
+        "benign_error_rate_no_attack", *(f"{m}_batch_*" for m in _BATCH_MEASURES), NOT_APPLICABLE,
     )  # fmt: skip
     lower_is_better: ClassVar[frozenset[str]] = frozenset(
         {"targeted_success_rate", "stealthy_success_rate", "indiscriminate_success_rate", "batches_flipped_rate"}
