@@ -15,11 +15,10 @@ local cache folder; no hub), each in its own subprocess so that memory figures d
     files) resident memory from /proc/self/status, against the weights' size; and for TransformerLens
     whether the bridge's parameters share storage with the Hugging Face module inside it (no second copy).
 
-TransformerLens is not a dependency: install it beside the venv and put it on PYTHONPATH for this script only::
+TransformerLens is a peer of the `bench` extra: `make install` installs it with --no-deps plus the
+libraries its bridge imports (pinned in constraints.txt; see the Makefile). Run::
 
-    .venv/bin/python -m pip install --no-deps --target /tmp/peers/tl transformer-lens==4.3.0 \\
-        beartype einops fancy-einsum jaxtyping typeguard
-    PYTHONPATH=/tmp/peers/tl .venv/bin/python bench/interp_tl.py
+    .venv/bin/python bench/interp_tl.py [--prompts 4] [--layers 0]
 
 Writes bench/results/interp_tl.json and .md. Timings need an idle machine (rerun there for the figures).
 """
@@ -275,7 +274,7 @@ def _md(out: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "Rerun on an idle machine for timings: `PYTHONPATH=/tmp/peers/tl .venv/bin/python bench/interp_tl.py`.",
+        "Rerun on an idle machine for timings: `.venv/bin/python bench/interp_tl.py`.",
     ]
     return "\n".join(lines) + "\n"
 
