@@ -90,3 +90,15 @@ def test_without_rewards_the_check_says_what_to_give(lm_dir: Path) -> None:
     (row,) = [r for r in result.rows if r.check == "proxy-gaming"]
     assert row.metric == "not_applicable" and row.kind == "decision"
     assert "give --reward" in row.params["reason"] and "--gold" in row.params["reason"]
+
+
+def test_a_predicted_peak_without_a_finite_interval_is_not_stored_as_an_estimate() -> None:
+    """A resample with beta <= 0 predicts no peak (d* = inf): the row would not be a storable estimate."""
+    from types import SimpleNamespace
+
+    from mlsafety.audit.checks.proxy_gaming import finite_interval
+
+    assert finite_interval(SimpleNamespace(value=1.2, ci_low=0.9, ci_high=1.5))
+    assert not finite_interval(SimpleNamespace(value=0.0, ci_low=0.0, ci_high=float("inf")))
+    assert not finite_interval(SimpleNamespace(value=float("nan"), ci_low=0.0, ci_high=1.0))
+    assert not finite_interval(SimpleNamespace(value=2.0, ci_low=0.0, ci_high=1.0))

@@ -15,6 +15,7 @@ Without ``--reward`` and ``--gold`` the check stores one ``not_applicable`` row 
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from typing import Any, ClassVar
@@ -41,6 +42,12 @@ MONITOR_SKIPPED = (
     "the proxy-gaming monitor needs a trusted reward independent of the gold (e.g. held-out reward models); "
     "the audit has only the gold, and a monitor judged by the reward it watches is circular"
 )
+
+
+def finite_interval(est: Any) -> bool:
+    """Whether an estimate and both ends of its interval are finite and ordered (a storable estimate row)."""
+    values = (float(est.ci_low), float(est.value), float(est.ci_high))
+    return all(math.isfinite(v) for v in values) and values[0] <= values[1] <= values[2]
 
 
 class _Counted:
@@ -148,7 +155,7 @@ class ProxyGaming(Check):
         rows.append(Row.of(hazard, "alpha", fit.alpha, form="bon"))
         rows.append(Row.of(hazard, "beta", fit.beta, form="bon"))
         rows.append(Row.exact(hazard, "r2", fit.r2, DECISION, note="fit to the mean gold curve"))
-        if fit.peak.ci_low <= fit.peak.value <= fit.peak.ci_high and abs(fit.peak.value) < float("inf"):
+        if finite_interval(fit.peak):  # no peak within reach (beta <= 0 in a resample) has no finite estimate
             rows.append(Row.of(hazard, "predicted_peak_d", fit.peak, form="bon"))
         rows.append(Row.exact(hazard, "monitor_skipped", 1.0, DECISION, note=MONITOR_SKIPPED))
         rows.append(Row.exact(hazard, "samples", float(proxy.numel()), "count", len(prompts),
