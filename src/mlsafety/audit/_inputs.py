@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
-import inspect
 import json
 import os
-import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,6 +24,7 @@ from mlsafety.core import (
     MlsafetyError,
     TextDataset,
     Texts,
+    call_factory,
     encode,
     frozen,
     generator,
@@ -658,35 +656,10 @@ def load_scorer(spec: str, flag: str = "--reward") -> Scorer:
             missing file or function, an exception in the file or the factory, a result that is not
             callable, a probe that fails or returns anything but finite floats of shape (2,).
     """
-    file, sep, func = spec.rpartition(":")
-    if not sep or not file.endswith(".py") or not func:
-        raise InputError(f"{flag} {spec!r} must look like path/to/file.py:factory_function")
-    path = Path(file)
-    if not path.is_file():
-        raise InputError(f"{flag} {spec}: file not found: {path}; give an existing path/to/file.py:factory")
-    mod_name = f"_mlsafety_scorer_{abs(hash(str(path.resolve())))}"
-    module_spec = importlib.util.spec_from_file_location(mod_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise InputError(f"{flag} {spec}: cannot import {path}; give a Python source file")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[mod_name] = module
     try:
-        module_spec.loader.exec_module(module)
-    except (Exception, SystemExit) as exc:  # the user's code
-        sys.modules.pop(mod_name, None)
-        raise InputError(f"{flag} {spec}: importing {path} failed with {_one_line(exc)}; fix the file") from None
-    factory = getattr(module, func, None)
-    if not callable(factory):
-        names = sorted(n for n, v in vars(module).items() if inspect.isfunction(v) and not n.startswith("_"))
-        raise InputError(
-            f"{flag} {spec}: {path} defines no function {func!r}; it defines: {', '.join(names) or 'none'}"
-        )
-    try:
-        scorer = factory()
-    except (Exception, SystemExit) as exc:  # the user's code
-        raise InputError(
-            f"{flag} {spec} raised {_one_line(exc)}; fix the factory so that {func}() returns a scorer"
-        ) from None
+        scorer = call_factory(spec, flag, "scorer")
+    except InputError as exc:
+        raise InputError(f"{flag} {spec}: {exc}") from None
     if not callable(scorer):
         raise InputError(
             f"{flag} {spec} returned {type(scorer).__name__}, not a callable; return scorer(texts) -> Tensor (N,)"

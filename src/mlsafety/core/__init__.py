@@ -15,7 +15,7 @@ from mlsafety.core._forward import Outputs, forward
 from mlsafety.core._hazard import Hazard
 from mlsafety.core._hookpoints import HookFn, HookPoints, HookTable
 from mlsafety.core._lm import LanguageModel
-from mlsafety.core._loading import load_factory, load_weights, read_state_dict
+from mlsafety.core._loading import call_factory, load_factory, load_weights, read_state_dict
 from mlsafety.core._model import (
     Classifier,
     ModelLike,
@@ -73,6 +73,7 @@ __all__ = [
     "UnknownNameError",
     "as_array_dataset",
     "as_classifier",
+    "call_factory",
     "check_images",
     "check_is_fitted",
     "check_label_form",

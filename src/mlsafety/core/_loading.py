@@ -9,6 +9,7 @@ import re
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -24,19 +25,20 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def load_factory(spec: str) -> nn.Module:
-    """Build a model from ``"path/to/file.py:factory"`` (a function that returns an ``nn.Module``).
+def call_factory(spec: str, option: str = "--model", what: str = "model") -> Any:
+    """Import ``"path/to/file.py:factory"`` and return what ``factory()`` returns (called without arguments).
 
-    The factory is called without arguments. Whatever goes wrong in the user's file (an exception
-    or ``sys.exit()`` while importing it or calling the factory, a factory that needs arguments or
-    returns something other than a module) raises :class:`InputError` naming the file and the fix.
+    Whatever goes wrong in the user's file (an exception or ``sys.exit()`` while importing it or
+    calling the factory, a missing function, a factory that needs arguments) raises
+    :class:`InputError` naming the file and the fix; ``option`` and ``what`` name the flag and the
+    thing the factory makes in those messages (``--reward``, ``scorer``).
     """
     file, sep, func = spec.rpartition(":")
     if not sep or not file.endswith(".py") or not func:
-        raise InputError(f"model spec {spec!r} must look like path/to/file.py:factory_function")
+        raise InputError(f"{what} spec {spec!r} must look like path/to/file.py:factory_function")
     path = Path(file)
     if not path.is_file():
-        raise InputError(f"model file not found: {path}; give an existing path/to/file.py:factory_function")
+        raise InputError(f"{what} file not found: {path}; give an existing path/to/file.py:factory_function")
     mod_name = f"_mlsafety_user_{abs(hash(str(path.resolve())))}"
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     if module_spec is None or module_spec.loader is None:
@@ -48,7 +50,7 @@ def load_factory(spec: str) -> nn.Module:
     except (Exception, SystemExit) as exc:  # the user's code: any failure, sys.exit() included
         sys.modules.pop(mod_name, None)
         raise InputError(
-            f"importing {path} failed with {_one_line(exc)}; fix the file so that importing it only defines the model"
+            f"importing {path} failed with {_one_line(exc)}; fix the file so that importing it only defines the {what}"
         ) from None
     factory = getattr(module, func, None)
     if not callable(factory):
@@ -65,15 +67,24 @@ def load_factory(spec: str) -> nn.Module:
         required = []
     if required:
         raise InputError(
-            f"{spec} needs arguments ({', '.join(required)}); point --model at a function that takes none, "
+            f"{spec} needs arguments ({', '.join(required)}); point {option} at a function that takes none, "
             f"e.g. def make(): return {func}(...)"
         )
     try:
-        model = factory()
+        return factory()
     except (Exception, SystemExit) as exc:  # the user's code
         raise InputError(
-            f"{spec} raised {_one_line(exc)}; fix the factory so that {func}() returns the model"
+            f"{spec} raised {_one_line(exc)}; fix the factory so that {func}() returns the {what}"
         ) from None
+
+
+def load_factory(spec: str) -> nn.Module:
+    """Build a model from ``"path/to/file.py:factory"`` (a function that returns an ``nn.Module``).
+
+    The factory is called without arguments (:func:`call_factory`, which turns whatever goes wrong in
+    the user's file into one :class:`InputError` line); a result that is not a module is refused too.
+    """
+    model = call_factory(spec)
     if not isinstance(model, nn.Module):
         raise InputError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module; return the model itself")
     return model.eval()
