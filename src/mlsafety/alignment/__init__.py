@@ -1,7 +1,9 @@
-"""Alignment: probes and contrast-consistent search on hidden states arrive in a later release.
+"""Alignment: does the model say what it knows? Hidden-state probes on contrast pairs, and evaluations.
 
-Nothing is exported yet; the package exists so the layout of DESIGN.md holds and the report can say
-plainly that this pillar was not audited.
+Probes live in :mod:`mlsafety.alignment.probes` (one method per file); :func:`answer_states` reads every
+layer's residual stream at an answer's last token and the answer's log-probability from one forward pass.
 """
 
-__all__: list[str] = []
+from mlsafety.alignment._hidden import AnswerStates, answer_states, check_hidden_access
+
+__all__ = ["AnswerStates", "answer_states", "check_hidden_access"]
