@@ -17,6 +17,10 @@ or ``mlsafety zoo install-assets``) and never at run time:
 
 Each archive's SHA-256 is checked (pip's ``--require-hashes`` and again here), then only the named
 members are read (never ``extractall``) and each one's SHA-256 is checked before it is written.
+The full install also builds WordNet 3.0 as an NLTK data folder (``<root>/nltk_data/corpora/wordnet``)
+from Debian's ``wordnet-base`` and ``wordnet-sense-index`` files plus the ``lexnames`` file Debian
+omits (:func:`install_wordnet`); :func:`load_wordnet` builds it on first use when missing.
+
 Installation is atomic (a temporary folder renamed into place) and idempotent (an asset whose files
 all verify is skipped). The asset root is ``$MLSAFETY_ASSETS`` when set, else
 ``<sys.prefix>/share/mlsafety/assets``.
@@ -35,6 +39,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -463,6 +468,127 @@ def install_assets(
                 except OSError as exc:
                     raise InputError(f"cannot write {a.name} to {root} ({exc.strerror}); {WRITE_HINT}") from None
     done = {a.name for a in todo}
-    return InstallResult(
-        root, tuple(a.name for a in chosen if a.name in done), tuple(a.name for a in chosen if a.name not in done)
-    )
+    installed = tuple(a.name for a in chosen if a.name in done)
+    skipped = tuple(a.name for a in chosen if a.name not in done)
+    if names is None and assets is None:  # the full install also builds WordNet's NLTK folder
+        if wordnet_ready(root):
+            skipped += ("nltk_data",)
+        elif all((WORDNET_SOURCE / f).is_file() for f in WORDNET_FILES):
+            install_wordnet(root)
+            installed += ("nltk_data",)
+        # else: Debian's packages come later (`make debs`); load_wordnet builds it on first use or names them
+    return InstallResult(root, installed, skipped)
+
+
+# --- WordNet (Debian's files as an NLTK data folder) ------------------------------------------------
+
+WORDNET_SOURCE = Path("/usr/share/wordnet")
+"""Where Debian's ``wordnet-base`` (and ``wordnet-sense-index``) put the WordNet 3.0 database."""
+
+WORDNET_PACKAGES = "apt-get install wordnet-base wordnet-sense-index (or `make debs`)"
+WORDNET_FILES = (
+    *(f"{kind}.{pos}" for kind in ("data", "index") for pos in ("noun", "verb", "adj", "adv")),
+    *(f"{pos}.exc" for pos in ("noun", "verb", "adj", "adv")),
+    "index.sense",
+    "cntlist.rev",
+)
+"""The database files NLTK's WordNet reader reads (``index.sense`` comes from ``wordnet-sense-index``)."""
+
+WORDNET_SYNSETS = 117_659
+"""Synsets in WordNet 3.0 (82,115 noun, 13,767 verb, 18,156 adjective, 3,621 adverb)."""
+
+_LEXNAMES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+).split()
+_LEX_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
+
+
+def lexnames_text() -> str:
+    """WordNet 3.0's ``lexnames`` file: the 45 lexicographer files, numbered 00-44, with their syntactic
+    category (1 noun, 2 verb, 3 adjective, 4 adverb), tab separated, as lexnames(5WN) lists them.
+    Debian's package omits it; NLTK's reader needs it."""
+    return "".join(f"{i:02d}\t{n}\t{_LEX_CATEGORY[n.split('.')[0]]}\n" for i, n in enumerate(_LEXNAMES))
+
+
+def nltk_data_dir(root: Path | None = None) -> Path:
+    """The NLTK data folder the library builds (``<asset root>/nltk_data``; WordNet is ``corpora/wordnet``)."""
+    return (root or asset_root()) / "nltk_data"
+
+
+def wordnet_dir(root: Path | None = None) -> Path:
+    """WordNet's folder inside :func:`nltk_data_dir` (not checked)."""
+    return nltk_data_dir(root) / "corpora" / "wordnet"
+
+
+def wordnet_ready(root: Path | None = None) -> bool:
+    """Whether the WordNet folder is built (every file and ``lexnames`` present)."""
+    folder = wordnet_dir(root)
+    return all((folder / f).is_file() for f in (*WORDNET_FILES, "lexnames"))
+
+
+def install_wordnet(root: Path | None = None, source: Path = WORDNET_SOURCE) -> Path:
+    """Build the NLTK WordNet folder from Debian's files (copied) plus ``lexnames``, atomically.
+
+    A temporary folder next to the target is filled and renamed into place, so a reader never sees
+    half a database. Returns the folder.
+
+    Raises:
+        InputError: Debian's files are missing (the line names the packages), or the folder cannot be written.
+    """
+    missing = [f for f in WORDNET_FILES if not (source / f).is_file()]
+    if missing:
+        raise InputError(f"WordNet is not installed ({source / missing[0]} is missing); {WORDNET_PACKAGES}")
+    target = wordnet_dir(root)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
+        try:
+            tmp.chmod(0o755)
+            for f in WORDNET_FILES:
+                shutil.copyfile(source / f, tmp / f)
+            (tmp / "lexnames").write_text(lexnames_text(), encoding="ascii")
+            if target.exists():
+                old = Path(tempfile.mkdtemp(prefix=".wordnet-old-", dir=target.parent))
+                target.rename(old / "wordnet")
+                shutil.rmtree(old, ignore_errors=True)
+            tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as exc:
+        raise InputError(f"cannot write WordNet to {target} ({exc.strerror}); {WRITE_HINT}") from None
+    return target
+
+
+_WORDNET: dict[str, object] = {}
+
+
+def load_wordnet(root: Path | None = None) -> object:
+    """NLTK's ``WordNetCorpusReader`` on the built folder, built first if missing (one per folder and process).
+
+    The NLTK data folder is appended to ``nltk.data.path`` (NLTK refuses to read corpora outside its
+    data paths), so code that loads ``nltk.corpus.wordnet`` itself finds the same database.
+
+    Raises:
+        InputError: WordNet's Debian packages are not installed (one line naming them).
+    """
+    folder = wordnet_dir(root)
+    key = str(folder)
+    if key not in _WORDNET:
+        if not wordnet_ready(root):
+            install_wordnet(root)
+        import nltk.data
+        from nltk.corpus.reader.wordnet import WordNetCorpusReader
+
+        data = str(nltk_data_dir(root))
+        if data not in nltk.data.path:  # NLTK reads only below its data paths (nltk.pathsec)
+            nltk.data.path.append(data)
+        with warnings.catch_warnings():  # no Open Multilingual Wordnet: English only, as the attacks need
+            warnings.filterwarnings("ignore", message="The multilingual functions are not available")
+            _WORDNET[key] = WordNetCorpusReader(str(folder), None)
+    return _WORDNET[key]
