@@ -17,7 +17,8 @@ from mlsafety.core._text import TextBatch, Texts
 class Outputs:
     """What one forward pass over a set of inputs gives: logits ``(N, K)``, features ``(N, D)``.
 
-    ``features`` is None when the model has no Linear head. Tensors live on the model's device.
+    ``features`` is None when the model has no head (no layer with weights produces the logits; see
+    :meth:`~mlsafety.core.Classifier.trace`). Tensors live on the model's device.
     ``truncated`` counts the texts cut at the model's maximum length (0 for images).
     """
 
@@ -79,8 +80,11 @@ def forward(
             if isinstance(xb, TextBatch):
                 truncated += int(xb.truncated.sum())
             if want_feats:
-                fb, lb = clf.features_and_logits(xb)
-                feats.append(fb)
+                fb, lb = clf._features_and_logits(xb)  # traces the head on the first batch
+                if fb is None:  # tracing found no layer with weights that gives the logits
+                    want_feats = False
+                else:
+                    feats.append(fb)
             else:
                 lb = clf.logits(xb)
             logits.append(lb)

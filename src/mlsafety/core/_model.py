@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import torch
@@ -129,6 +131,155 @@ def _right_aligned(mask: torch.Tensor) -> torch.Tensor | None:
     return (torch.arange(width, device=mask.device) + lead[:, None]) % width
 
 
+def _has_matrix_weight(module: nn.Module) -> bool:
+    """Whether ``module`` itself holds a weight of two or more dimensions (Linear, Conv, ...; not an Embedding)."""
+    weight = module._parameters.get("weight")
+    return weight is not None and weight.ndim >= 2 and not isinstance(module, nn.Embedding)
+
+
+def _out_channels(module: nn.Module) -> int | None:
+    """K of a Linear (``out_features``) or a convolution (``out_channels``); None for other layers."""
+    if isinstance(module, nn.Linear):
+        return int(module.out_features)
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return int(module.out_channels)
+    return None
+
+
+def pool_features(x: torch.Tensor, head: nn.Module | None) -> torch.Tensor:
+    """The head's input as features ``(N, D)``: a convolution's map ``(N, C, *spatial)`` is mean-pooled over its
+    spatial dimensions, a Linear's input ``(N, *, D)`` over the middle ones, anything else is flattened.
+
+    A 1x1 convolution followed by global average pooling equals a Linear layer on the pooled map, so the
+    pooled map is what the head reads (never the flattened ``C * H * W`` map).
+    """
+    if x.ndim <= 2:
+        return x.reshape(x.shape[0], -1)
+    if isinstance(head, nn.modules.conv._ConvNd):
+        return x.mean(dim=tuple(range(2, x.ndim)))
+    if isinstance(head, nn.Linear):
+        return x.mean(dim=tuple(range(1, x.ndim - 1)))
+    return x.reshape(x.shape[0], -1)
+
+
+def _affine_map(head: nn.Module | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(W (K, D), b (K,))`` when the head computes ``W f + b`` of its pooled input ``f`` (a Linear, or a 1x1
+    convolution without groups), else None."""
+    if isinstance(head, nn.Linear):
+        w = head.weight.detach()
+    elif (
+        isinstance(head, nn.modules.conv._ConvNd)
+        and all(k == 1 for k in head.kernel_size)
+        and head.groups == 1
+        and not head.transposed
+    ):
+        w = head.weight.detach().reshape(head.out_channels, head.in_channels)
+    else:
+        return None
+    b = head.bias.detach() if head.bias is not None else torch.zeros(w.shape[0], device=w.device, dtype=w.dtype)
+    return w, b
+
+
+@dataclass(frozen=True)
+class HeadInfo:
+    """Which layer a :class:`Classifier` treats as its head (features are the head's input), and how it was chosen.
+
+    Attributes:
+        name: the head's dotted module name (``"classifier"``, ``"fc"``); None when no layer was found.
+        kind: the head's class name (``"Linear"``, ``"Conv2d"``).
+        feature_dim: D, the width of the features (the head's input, pooled); None before a pass has run.
+        how: ``"named"`` (``head=``), ``"traced"`` (its output is the returned logits), ``"traced-upstream"``
+            (the last layer with weights before the parameter-free layers, pooling or flattening, that produce
+            the logits), or ``"none"``.
+        pooled: the head's input was a spatial map and was mean-pooled into the features.
+        affine: the logits equal ``W f + b`` of the features ``f`` (checked on the probe pass), so detectors
+            that recompute logits from features (ReAct, ViM, DICE, ASH...) may use the head's weights.
+    """
+
+    name: str | None
+    kind: str
+    feature_dim: int | None
+    how: str
+    pooled: bool = False
+    affine: bool = False
+
+    def describe(self) -> str:
+        """One line for reports: ``classifier (Linear, 768 features; traced: its output is the logits)``."""
+        if self.name is None:
+            return "none found (no layer with weights produces the logits); feature-based detectors are skipped"
+        why = {
+            "named": "named by head=",
+            "traced": "traced: its output is the logits",
+            "traced-upstream": "traced: the last layer with weights before the pooling that gives the logits",
+        }.get(self.how, self.how)
+        dim = f", {self.feature_dim} features" if self.feature_dim is not None else ""
+        pooled = ", spatially mean-pooled" if self.pooled else ""
+        return f"{self.name} ({self.kind}{dim}{pooled}; {why})"
+
+
+@dataclass
+class _Call:
+    """One module call of a tracing pass: its output (weakly held, so the pass keeps no activations alive) and,
+    for a Linear or 1x1 convolution, its pooled input (the features it would give as the head)."""
+
+    name: str
+    module: nn.Module
+    feats: torch.Tensor | None
+    output: weakref.ref[torch.Tensor] | None
+    out_shape: tuple[int, ...] | None
+
+
+def _first_tensor(value: Any) -> torch.Tensor | None:
+    if isinstance(value, torch.Tensor):
+        return value
+    if isinstance(value, (tuple, list)) and value and isinstance(value[0], torch.Tensor):
+        return value[0]
+    return None
+
+
+def _output_tensor(output: Any) -> torch.Tensor | None:
+    """The tensor a module returned: itself, the first of a tuple, or the ``logits`` of a dict / output object."""
+    out = _first_tensor(output)
+    if out is None and output is not None:
+        found = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+        out = found if isinstance(found, torch.Tensor) else None
+    return out
+
+
+def _same_tensor(a: torch.Tensor | None, b: torch.Tensor) -> bool:
+    """``a`` is ``b`` or a view of the same storage with the same shape (what a Flatten or Identity returns)."""
+    if a is None:
+        return False
+    if a is b:
+        return True
+    return (
+        a.shape == b.shape
+        and a.device == b.device
+        and a.numel() > 0
+        and a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
+        and a.storage_offset() == b.storage_offset()
+    )
+
+
+def _pick_head(calls: list[_Call], logits: torch.Tensor) -> tuple[_Call | None, str]:
+    """The call that is the head, and how it was found (see :class:`HeadInfo`), from one pass's calls."""
+    k = int(logits.shape[1])
+    producers = [i for i, c in enumerate(calls) if c.output is not None and _same_tensor(c.output(), logits)]
+    if producers:
+        first = producers[0]  # innermost: a module finishes before the container that returned its output
+        if _has_matrix_weight(calls[first].module):
+            return calls[first], "traced"
+        upto = first
+    else:
+        upto = len(calls) - 1
+    for c in reversed(calls[: upto + 1]):  # a head whose logits pass through pooling: a Linear or 1x1 convolution
+        if c.feats is not None and c.out_shape is not None and len(c.out_shape) >= 2:
+            width = c.out_shape[-1] if isinstance(c.module, nn.Linear) else c.out_shape[1]
+            if int(width) == k:
+                return c, "traced-upstream"
+    return None, "none"
+
+
 def _is_texts(x: Any) -> bool:
     return isinstance(x, Texts) or (isinstance(x, (list, tuple)) and all(isinstance(t, str) for t in x))
 
@@ -136,10 +287,20 @@ def _is_texts(x: Any) -> bool:
 class Classifier:
     """Adapter around any ``nn.Module`` that maps inputs ``(N, ...)`` to logits ``(N, K)``.
 
-    The head is the final ``nn.Linear`` of the module (the last one registered) unless ``head``
-    names another submodule. Features are the head's input, captured by a forward hook during the
-    same forward pass that computes the logits, so asking for them never costs a second pass. The
-    hook is removed before the call returns, also when the forward pass raises.
+    The head is found by tracing (:meth:`trace`): during one probe pass on a few inputs, hooks on
+    every submodule record which one returns the very tensor the model returns as its logits; that
+    layer is the head when it has weights (a Linear, a convolution). When the logits come out of a
+    parameter-free layer (global pooling, flattening), the head is the last layer with weights and K
+    outputs before it (a 1x1 convolution + pooling head). ``head="name"`` overrides the search.
+    Registration order plays no part: a model that registers its classifier first works. The first
+    :meth:`features_and_logits` (or :func:`~mlsafety.core.forward`) traces by itself; before that,
+    :attr:`head` is a guess (the last Linear registered). :attr:`head_info` says which layer was
+    chosen and how.
+
+    Features are the head's input, captured by a forward hook during the same forward pass that
+    computes the logits, so asking for them never costs a second pass; a convolution's input map is
+    mean-pooled over its spatial dimensions (:func:`pool_features`). The hook is removed before the
+    call returns, also when the forward pass raises.
 
     A model's forward may return a tensor, a tuple (logits first), a dict with ``"logits"`` or an
     object with ``.logits`` (see :func:`unwrap_logits`). Text models (``modality == "text"``) take
@@ -151,7 +312,7 @@ class Classifier:
 
     Args:
         module: the model; torchvision/timm-style and ``transformers`` models work unchanged.
-        head: dotted name of the head module (e.g. ``"fc"``), or None to find the last Linear.
+        head: dotted name of the head module (e.g. ``"fc"``), or None to find it by tracing.
         tokenizer: the text model's tokenizer; None: ``module.tokenizer`` when the module has one.
         max_length: tokens per text at most; None: the tokenizer's ``model_max_length``, else the
             model config's ``max_position_embeddings``, else no limit.
@@ -174,22 +335,114 @@ class Classifier:
         self.module = module
         self.tokenizer = tokenizer if tokenizer is not None else getattr(module, "tokenizer", None)
         self.max_length = max_length
-        self.head_name, self.head = self._find_head(module, head)
-        self._num_classes: int | None = self.head.out_features if isinstance(self.head, nn.Linear) else None
+        self._named = head is not None
+        self._head_name, self._head = self._find_head(module, head)
+        self._info: HeadInfo | None = None
+        self._num_classes: int | None = _out_channels(self._head) if self._named and self._head is not None else None
         self._params: tuple[frozenset[str], bool] | None = None
 
     @staticmethod
     def _find_head(module: nn.Module, head: str | None) -> tuple[str | None, nn.Module | None]:
+        """The named head, or before any pass a guess: the last Linear registered (else the last layer with weights)."""
         named = dict(module.named_modules())
         if head is not None:
-            if head not in named:
-                raise InputError(f"model has no submodule named {head!r}; pass head= one of its module names")
+            if head not in named or not head:
+                shown = [n for n, m in named.items() if n and _has_matrix_weight(m)][-5:]
+                raise InputError(
+                    f"model has no submodule named {head!r}; pass head= one of its module names "
+                    f"(its last layers with weights: {', '.join(shown) or 'none'})"
+                )
             return head, named[head]
-        last: tuple[str | None, nn.Module | None] = (None, None)
+        last_linear: tuple[str | None, nn.Module | None] = (None, None)
+        last_weighted: tuple[str | None, nn.Module | None] = (None, None)
         for name, sub in named.items():
             if isinstance(sub, nn.Linear):
-                last = (name, sub)
-        return last
+                last_linear = (name, sub)
+            if name and _has_matrix_weight(sub):
+                last_weighted = (name, sub)
+        return last_linear if last_linear[1] is not None else last_weighted
+
+    @property
+    def head(self) -> nn.Module | None:
+        """The head module (see the class docs); None when tracing found none."""
+        return self._head
+
+    @property
+    def head_name(self) -> str | None:
+        """The head's dotted module name."""
+        return self._head_name
+
+    @property
+    def head_info(self) -> HeadInfo | None:
+        """Which layer is the head and how it was found; None until a pass has traced it (:meth:`trace`)."""
+        return self._info
+
+    def trace(self, x: ModelInput, force: bool = False) -> HeadInfo:
+        """Find the head by one probe pass on ``x`` (a few inputs are enough), in eval mode, without gradients.
+
+        Returns the cached answer after the first call unless ``force``. The model's modes are restored and
+        every hook removed before it returns, also when the forward pass raises.
+        """
+        if self._info is None or force:
+            with eval_mode(self.module), torch.no_grad():
+                self._trace_pass(x)
+        assert self._info is not None
+        return self._info
+
+    def _trace_pass(self, x: ModelInput) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """One forward pass with a hook on every submodule; sets the head and :attr:`head_info`; returns
+        ``(features or None, logits)`` of ``x``. Outputs are held weakly and only the pooled inputs of
+        Linear and 1x1 convolution layers are kept, so the pass costs little more memory than a plain one."""
+        calls: list[_Call] = []
+
+        def record(name: str) -> Any:
+            def hook(m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any], output: Any) -> None:
+                feats = None
+                if _affine_map(m) is not None or (self._named and m is self._head):
+                    first = _first_tensor(args)
+                    if first is None:
+                        first = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+                    feats = None if first is None else pool_features(first, m)
+                out = _output_tensor(output)
+                ref = weakref.ref(out) if out is not None else None
+                calls.append(_Call(name, m, feats, ref, tuple(out.shape) if out is not None else None))
+
+            return hook
+
+        handles = [m.register_forward_hook(record(n), with_kwargs=True) for n, m in self.module.named_modules() if n]
+        try:
+            logits = self.logits(x)
+        finally:
+            for h in handles:
+                h.remove()
+        if self._named:
+            mine = [c for c in calls if c.module is self._head]
+            call, how = (mine[-1] if mine else None), "named"
+            if call is None:
+                raise InputError(
+                    f"the head {self._head_name!r} was not called during the forward pass; pass head= naming the "
+                    "layer that computes the logits"
+                )
+        else:
+            call, how = _pick_head(calls, logits)
+            self._head_name, self._head = (call.name, call.module) if call is not None else (None, None)
+        feats = call.feats if call is not None else None
+        affine = False
+        wb = _affine_map(call.module) if call is not None else None
+        if feats is not None and wb is not None and feats.shape[1] == wb[0].shape[1]:
+            w, b = wb
+            again = feats.detach().to(w.dtype) @ w.T + b
+            scale = max(1.0, float(logits.detach().abs().max())) if logits.numel() else 1.0
+            affine = bool(torch.allclose(again, logits.detach().to(w.dtype), rtol=1e-3, atol=1e-4 * scale))
+        self._info = HeadInfo(
+            name=self._head_name if call is not None else None,
+            kind=type(call.module).__name__ if call is not None else "",
+            feature_dim=int(feats.shape[1]) if feats is not None else None,
+            how=how,
+            pooled=feats is not None and call is not None and isinstance(call.module, nn.modules.conv._ConvNd),
+            affine=affine,
+        )
+        return feats, logits
 
     # ----------------------------------------------------------------------------------------
     @property
@@ -198,28 +451,39 @@ class Classifier:
 
     @property
     def num_classes(self) -> int:
-        """K, from the head's ``out_features`` (or from the first forward pass when no Linear head)."""
-        if self._num_classes is None:
-            raise InputError("number of classes unknown: run logits() once or pass head= naming a Linear layer")
-        return self._num_classes
+        """K: from the first forward pass, else from the (named or guessed) head's outputs."""
+        if self._num_classes is not None:
+            return self._num_classes
+        guess = _out_channels(self._head) if self._head is not None else None
+        if guess is None:
+            raise InputError("number of classes unknown: run logits() once or pass head= naming the final layer")
+        return guess
 
     @property
     def head_weight(self) -> torch.Tensor:
-        """The head's weight ``(K, D)`` (detached)."""
-        return self._linear_head().weight.detach()
+        """The head's weight ``(K, D)`` (detached; a 1x1 convolution's kernel as a matrix)."""
+        return self._affine_head()[0]
 
     @property
     def head_bias(self) -> torch.Tensor:
         """The head's bias ``(K,)`` (zeros when the head has none)."""
-        head = self._linear_head()
-        if head.bias is None:
-            return torch.zeros(head.out_features, device=head.weight.device, dtype=head.weight.dtype)
-        return head.bias.detach()
+        return self._affine_head()[1]
 
-    def _linear_head(self) -> nn.Linear:
-        if not isinstance(self.head, nn.Linear):
-            raise InputError("this model has no nn.Linear head; pass head= naming its final Linear layer")
-        return self.head
+    def _affine_head(self) -> tuple[torch.Tensor, torch.Tensor]:
+        wb = _affine_map(self._head)
+        if wb is None:
+            kind = type(self._head).__name__ if self._head is not None else "no head"
+            raise InputError(
+                f"the head {self._head_name!r} ({kind}) is not a Linear or 1x1 convolution, so the logits are not "
+                "W f + b of the features; pass head= naming the final Linear layer"
+            )
+        if self._info is not None and self._info.feature_dim is not None and not self._info.affine:
+            raise InputError(
+                f"the logits are not W f + b of the head {self._head_name!r}'s pooled input (something non-linear "
+                "follows the head, e.g. max pooling or a temperature); detectors that use the head's weights "
+                "(ReAct, ViM, DICE, ASH...) cannot run on this model"
+            )
+        return wb
 
     # ----------------------------------------------------------------------------------------
     def _check_logits(self, logits: Any, n: int) -> torch.Tensor:
@@ -237,7 +501,10 @@ class Classifier:
         if self._num_classes is None:
             self._num_classes = int(logits.shape[1])
         elif logits.shape[1] != self._num_classes:
-            raise InputError(f"model returned {logits.shape[1]} logits but its head has {self._num_classes} outputs")
+            raise InputError(
+                f"model returned {logits.shape[1]} logits but its head {self._head_name!r} has {self._num_classes} "
+                "outputs; pass head= naming the layer that computes the logits"
+            )
         return logits
 
     def logits(self, x: ModelInput) -> torch.Tensor:
@@ -255,7 +522,7 @@ class Classifier:
     __call__ = logits
 
     def features_and_logits(self, x: ModelInput, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Penultimate features ``(N, D)`` (the head's input, flattened) and logits ``(N, K)``.
+        """Penultimate features ``(N, D)`` (the head's input; pooled, see :func:`pool_features`) and logits ``(N, K)``.
 
         One forward pass, in eval mode (dropout off, batch-norm running statistics used, the global
         random generator untouched) unless ``train`` is True, which runs the model in whatever mode
@@ -266,23 +533,43 @@ class Classifier:
             x: inputs ``(N, ...)`` on the model's device, or texts / a ``TextBatch`` (see :meth:`logits`).
             train: run in the model's current mode instead of eval mode (e.g. for MC dropout).
         """
-        if self.head is None:
-            raise InputError("cannot read features: no nn.Linear head found; pass head= naming the final layer")
+        feats, logits = self._features_and_logits(x, train)
+        if feats is None:
+            raise InputError(
+                "cannot read features: no layer with weights produces the logits; pass head= naming the final layer"
+            )
+        return feats, logits
+
+    def _features_and_logits(self, x: ModelInput, train: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """:meth:`features_and_logits`, with None for the features when the model has no head (traced first)."""
+        if self._info is None:  # the first pass traces the head: no extra pass
+            with eval_mode(self.module, enabled=not train):
+                return self._trace_pass(x)
+        head = self._head
+        if head is None:
+            with eval_mode(self.module, enabled=not train):
+                return None, self.logits(x)
         captured: list[torch.Tensor] = []
 
-        def hook(_m: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            captured.append(inputs[0])
+        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            first = _first_tensor(args)
+            if first is None:
+                first = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+            if first is not None:
+                captured.append(first)
 
-        handle = self.head.register_forward_pre_hook(hook)
+        handle = head.register_forward_pre_hook(hook, with_kwargs=True)
         try:
             with eval_mode(self.module, enabled=not train):
                 logits = self.logits(x)
         finally:
             handle.remove()
         if not captured:
-            raise InputError("the head was not called during the forward pass; pass head= naming the final layer")
-        feats = captured[-1]
-        return feats.reshape(feats.shape[0], -1), logits
+            raise InputError(
+                f"the head {self._head_name!r} was not called during the forward pass; "
+                "pass head= naming the final layer"
+            )
+        return pool_features(captured[-1], head), logits
 
     # ---------------------------------------------------------------------------------- text
     @property
