@@ -67,18 +67,35 @@ def zoo_install_assets(dest: Path | None, wheelhouse: Path | None, no_cache: boo
 
 @zoo.command("train")
 @click.argument("name")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the weights.")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write the weights.  [default: <cache>/zoo-trained/NAME-seedSEED.safetensors, where <cache> is "
+    "$MLSAFETY_CACHE, $XDG_CACHE_HOME/mlsafety or ~/.cache/mlsafety]",
+)
 @click.option("--seed", default=0, show_default=True, help="Training seed (the shipped weights use 0).")
+@click.option(
+    "--overwrite-shipped",
+    is_flag=True,
+    help="Replace the weights shipped in the package (what `mlsafety audit --model NAME` loads) instead.",
+)
 @friendly
-def zoo_train(name: str, out: Path | None, seed: int) -> None:
-    """Re-train embedded model NAME with its recipe (deterministic on the CPU)."""
+def zoo_train(name: str, out: Path | None, seed: int, overwrite_shipped: bool) -> None:
+    """Re-train embedded model NAME with its recipe (deterministic on the CPU).
+
+    The shipped weights are left alone unless --overwrite-shipped is given.
+    """
     import mlsafety.monitoring.trojans
     import mlsafety.robustness  # noqa: F401  registers the digits-denoiser recipes
     from mlsafety import zoo as zoo_lib
-    from mlsafety.core import Progress, check_output_path
+    from mlsafety.core import InputError, Progress, check_output_path
 
     zoo_lib.model_info(name)  # an unknown name fails before the output is checked
-    if out is not None:
-        check_output_path(out, what="weights", example="path/to/weights.safetensors", suffix=".safetensors")
+    if overwrite_shipped and out is not None:
+        raise InputError("--out and --overwrite-shipped name two places for the weights; give one")
+    if overwrite_shipped:
+        out = zoo_lib.weights_path(name)
+    out = out or zoo_lib.trained_path(name, seed)
+    check_output_path(out, what="weights", example="path/to/weights.safetensors", suffix=".safetensors")
     path = zoo_lib.train_model(name, out=out, seed=seed, progress=Progress())
     print_wrote(f"wrote {path}")

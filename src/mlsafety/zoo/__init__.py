@@ -36,20 +36,38 @@ from mlsafety.zoo._datasets import (
     ood_names,
     register_dataset,
 )
+from mlsafety.zoo._fashion import (
+    FASHION_CLASSES,
+    FASHION_MNIST_FILES,
+    check_fashion_mnist,
+    fashion_mnist_dir,
+    read_fashion_pair,
+)
+from mlsafety.zoo._idx import read_idx, write_idx
 from mlsafety.zoo._models import (
     ConvDenoiser,
     DigitsCNN,
     DigitsCNNBN,
+    FashionCNN,
     ModelInfo,
+    cache_dir,
     load_model,
     model_info,
     model_names,
     register_model,
     save_weights,
     train_model,
+    trained_path,
     weights_path,
 )
-from mlsafety.zoo._recipes import Augment, BatchLoss, train_classifier, train_digits_cnn, train_digits_cnn_bn
+from mlsafety.zoo._recipes import (
+    Augment,
+    BatchLoss,
+    train_classifier,
+    train_digits_cnn,
+    train_digits_cnn_bn,
+    train_fashion_cnn,
+)
 from mlsafety.zoo._text import (
     SentenceEncoder,
     convert_smollm2,
@@ -97,6 +115,8 @@ def available() -> list[Entry]:
 __all__ = [
     "ASSETS",
     "DIGITS_SHAPE",
+    "FASHION_CLASSES",
+    "FASHION_MNIST_FILES",
     "Asset",
     "AssetFile",
     "Augment",
@@ -106,6 +126,7 @@ __all__ = [
     "DigitsCNN",
     "DigitsCNNBN",
     "Entry",
+    "FashionCNN",
     "InstallResult",
     "ModelInfo",
     "SentenceEncoder",
@@ -115,11 +136,14 @@ __all__ = [
     "asset_installed",
     "asset_root",
     "available",
+    "cache_dir",
+    "check_fashion_mnist",
     "convert_smollm2",
     "copy_from",
     "cross_entropy_loss",
     "dataset_info",
     "dataset_names",
+    "fashion_mnist_dir",
     "install_assets",
     "install_wordnet",
     "load_dataset",
@@ -134,6 +158,8 @@ __all__ = [
     "pip_commands",
     "pip_download",
     "random_shift",
+    "read_fashion_pair",
+    "read_idx",
     "read_rated_sentences",
     "register_dataset",
     "register_model",
@@ -144,8 +170,11 @@ __all__ = [
     "train_classifier",
     "train_digits_cnn",
     "train_digits_cnn_bn",
+    "train_fashion_cnn",
     "train_model",
+    "trained_path",
     "weights_path",
     "wordnet_dir",
     "wordnet_ready",
+    "write_idx",
 ]

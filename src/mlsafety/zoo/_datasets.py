@@ -12,6 +12,10 @@
     grey-scale patches of scikit-learn's two sample photographs, area-downsampled to 8x8.
 ``noise`` (far-OOD)
     half uniform noise, half random Gaussian blobs.
+``fashion-mnist``
+    Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (see :mod:`mlsafety.zoo._fashion`), with its
+    own near-OOD sets ``letters-28`` and ``digits-28`` (:mod:`mlsafety.zoo._mnist_like`); its far-OOD sets
+    are ``natural-patches`` and ``noise`` made at 28x28.
 
 Every OOD set is deterministic and can be made at another shape (``shape=(C, H, W)``) so it can
 serve any image model.
@@ -21,7 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, overload
 
 import numpy as np
@@ -29,6 +32,9 @@ import torch
 import torch.nn.functional as F
 
 from mlsafety.core import ArrayDataset, InputError, TextDataset, UnknownNameError, generator
+from mlsafety.zoo._fashion import load_fashion_mnist
+from mlsafety.zoo._images import font_files, resize_images
+from mlsafety.zoo._mnist_like import make_digits_28, make_letters_28
 
 DIGITS_SHAPE = (1, 8, 8)
 SPLIT_FRACTIONS = (0.6, 0.2, 0.2)
@@ -47,6 +53,10 @@ class DatasetInfo:
         modality: ``"image"`` or ``"text"``.
         size: its size for ``mlsafety zoo list`` (rows of its ``all`` split, or per split).
         source: where it comes from (package, version, licence).
+        ood: for an in-distribution set, the OOD sets made for it (what an audit of a model trained on
+            it uses by default); empty: the generic ones (:func:`ood_names`).
+        generic: for an OOD set, whether it serves any image or text model of its modality (False: it was
+            made for one in-distribution set, which names it in ``ood``).
     """
 
     name: str
@@ -56,6 +66,8 @@ class DatasetInfo:
     modality: str = "image"
     size: str = ""
     source: str = ""
+    ood: tuple[str, ...] = ()
+    generic: bool = True
 
 
 def _digits(split: str = "test", shape: tuple[int, int, int] | None = None) -> ArrayDataset:
@@ -77,31 +89,11 @@ def _digits(split: str = "test", shape: tuple[int, int, int] | None = None) -> A
     return ArrayDataset(x[idx], y[idx], name="digits", kind="in", description=_INFO["digits"].description)
 
 
-def _resize(x: torch.Tensor, shape: tuple[int, int, int]) -> torch.Tensor:
-    c, h, w = shape
-    if x.shape[-2:] != (h, w):
-        x = F.interpolate(x, size=(h, w), mode="area" if x.shape[-1] >= w else "bilinear", align_corners=None)
-    if x.shape[1] != c:
-        x = x.expand(-1, c, -1, -1) if x.shape[1] == 1 else x.mean(dim=1, keepdim=True)
-    return x.clamp(0, 1).contiguous()
-
-
-def _font_files() -> list[Path]:
-    import matplotlib
-
-    ttf = Path(matplotlib.get_data_path()) / "fonts" / "ttf"
-    names = ["DejaVuSans.ttf", "DejaVuSans-Bold.ttf", "DejaVuSerif.ttf", "DejaVuSansMono.ttf", "DejaVuSerif-Bold.ttf"]
-    files = [ttf / n for n in names if (ttf / n).is_file()]
-    if not files:
-        raise InputError(f"no DejaVu fonts found under {ttf}; reinstall matplotlib")
-    return files
-
-
 def _letters(split: str = "test", shape: tuple[int, int, int] | None = None, n: int = 520) -> ArrayDataset:
     from PIL import Image, ImageDraw, ImageFont
 
     g = generator(0, "letters", split)
-    fonts = _font_files()
+    fonts = font_files()
     params = torch.rand(n, 6, generator=g)
     images = np.zeros((n, 32, 32), dtype=np.float32)
     for i in range(n):
@@ -120,7 +112,7 @@ def _letters(split: str = "test", shape: tuple[int, int, int] | None = None, n: 
     # The digits were made by counting "on" pixels in 4x4 blocks of a 32x32 bitmap (0..16).
     blocks = torch.from_numpy(images)[:, None]
     x = F.avg_pool2d(blocks, 4)
-    x = _resize(x, shape or DIGITS_SHAPE)
+    x = resize_images(x, shape or DIGITS_SHAPE)
     return ArrayDataset(x, torch.full((n,), -1), name="letters", kind="near", description=_INFO["letters"].description)
 
 
@@ -139,7 +131,7 @@ def _natural_patches(split: str = "test", shape: tuple[int, int, int] | None = N
         patch = photo[:, top : top + side, left : left + side][None]
         if shape[0] == 1:
             patch = 0.299 * patch[:, 0:1] + 0.587 * patch[:, 1:2] + 0.114 * patch[:, 2:3]
-        out.append(_resize(patch, shape))
+        out.append(resize_images(patch, shape))
     x = torch.cat(out)
     return ArrayDataset(
         x, torch.full((n,), -1), name="natural-patches", kind="far", description=_INFO["natural-patches"].description
@@ -172,6 +164,35 @@ _INFO: dict[str, DatasetInfo] = {
         _digits,
         size="1,797 rows",
         source="scikit-learn (UCI, CC BY 4.0)",
+        ood=("letters", "natural-patches", "noise"),
+    ),
+    "fashion-mnist": DatasetInfo(
+        "fashion-mnist",
+        "in",
+        "Fashion-MNIST (Xiao et al. 2017), 28x28 grey, 10 classes; train 55,000 / val 5,000 (seeded, "
+        "from the official training set) / test 10,000",
+        lambda split="test", shape=None: load_fashion_mnist(split, shape, _INFO["fashion-mnist"].description),
+        size="70,000 rows",
+        source="Debian dataset-fashion-mnist (MIT)",
+        ood=("letters-28", "digits-28", "natural-patches", "noise"),
+    ),
+    "letters-28": DatasetInfo(
+        "letters-28",
+        "near",
+        "near-OOD for 28x28 sets: letters A-Z, a-z in DejaVu fonts framed like EMNIST (constructed)",
+        lambda split="test", shape=None: make_letters_28(split, shape, description=_INFO["letters-28"].description),
+        size="520 rows/split",
+        source="made here (DejaVu fonts)",
+        generic=False,
+    ),
+    "digits-28": DatasetInfo(
+        "digits-28",
+        "near",
+        "near-OOD for 28x28 sets: the 8x8 digits up-sampled and framed like MNIST (constructed)",
+        lambda split="test", shape=None: make_digits_28(split, shape, description=_INFO["digits-28"].description),
+        size="500 rows/split",
+        source="made here (sklearn digits)",
+        generic=False,
     ),
     "letters": DatasetInfo(
         "letters",
@@ -254,6 +275,15 @@ def load_text_dataset(name: str, split: str = "test") -> TextDataset:
     return data
 
 
-def ood_names(modality: str = "image") -> list[str]:
-    """The OOD sets of one modality (``"image"`` or ``"text"``), sorted."""
-    return [n for n in dataset_names() if _INFO[n].kind != "in" and _INFO[n].modality == modality]
+def ood_names(modality: str = "image", data: str | None = None) -> list[str]:
+    """The OOD sets an audit uses by default.
+
+    Args:
+        modality: ``"image"`` or ``"text"``.
+        data: the zoo in-distribution set of the audit: its own OOD sets (``DatasetInfo.ood``, in their
+            order) when it names them. None, a set that names none, or a name outside the zoo: the
+            generic OOD sets of ``modality``, sorted.
+    """
+    if data is not None and data in _INFO and _INFO[data].ood:
+        return list(_INFO[data].ood)
+    return [n for n in dataset_names() if _INFO[n].kind != "in" and _INFO[n].modality == modality and _INFO[n].generic]

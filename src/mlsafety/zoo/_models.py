@@ -15,10 +15,17 @@
 ``digits-cnn-bn-at``
     :class:`DigitsCNNBN` adversarially trained from scratch (Madry PGD, Linf eps 0.1); its recipe is
     owned by :mod:`mlsafety.robustness` (``train_digits_cnn_bn_at`` in ``robustness/training.py``).
+``fashion-cnn``
+    :class:`FashionCNN` on Fashion-MNIST (three 3x3 convolution blocks with batch normalisation and
+    max-pooling, a 128-unit hidden layer with dropout, a linear head), trained by
+    :func:`~mlsafety.zoo.train_fashion_cnn` (Adam, cosine schedule, no augmentation, one CPU thread, seed 0) on
+    the 55,000-image ``train`` split. A re-run on another CPU gives other weights (float sums differ);
+    ``bench/fashion.py`` measures how far its test accuracy and predictions move.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +72,42 @@ class DigitsCNNBN(DigitsCNN):
 
     def __init__(self, num_classes: int = 10, width: int = 32, dropout: float = 0.25) -> None:
         super().__init__(num_classes, width, dropout, batch_norm=True)
+
+
+class FashionCNN(nn.Module):
+    """Small CNN for 1x28x28 inputs in [0, 1] (Fashion-MNIST; the normalisation is the first layer).
+
+    Three blocks of (3x3 convolution, batch normalisation, ReLU, 2x2 max-pooling) take 28x28 to 3x3;
+    a hidden layer with dropout gives the 128-d features the feature-based detectors read, and
+    ``fc`` is the linear head.
+
+    Args:
+        num_classes: outputs of the head.
+        widths: feature maps of the three convolutions.
+        hidden: units of the hidden layer (the features).
+        dropout: dropout before the head.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 10,
+        widths: tuple[int, int, int] = (32, 64, 128),
+        hidden: int = 128,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        self.normalize = Normalize(0.286, 0.353)  # Fashion-MNIST's training mean and std
+
+        def block(c_in: int, c_out: int) -> list[nn.Module]:
+            return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)]
+
+        a, b, c = widths
+        self.features = nn.Sequential(*block(1, a), *block(a, b), *block(b, c))
+        self.hidden = nn.Sequential(nn.Flatten(), nn.Linear(c * 9, hidden), nn.ReLU(), nn.Dropout(dropout))
+        self.fc = nn.Linear(hidden, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.hidden(self.features(self.normalize(x))))
 
 
 class ConvDenoiser(nn.Module):
@@ -184,6 +227,17 @@ register_model(
         size="71.9k params",
     )
 )
+register_model(
+    ModelInfo(
+        "fashion-cnn",
+        "small CNN on Fashion-MNIST (3 conv+BN blocks, 2 linear), Adam, no augmentation",
+        FashionCNN,
+        "fashion-cnn",
+        "fashion-mnist",
+        threads=1,
+        size="242k params",
+    )
+)
 for _percent in (25, 50):
     register_model(
         ModelInfo(
@@ -216,6 +270,20 @@ def weights_path(name: str) -> Path:
     return WEIGHTS_DIR / f"{name}.safetensors"
 
 
+def cache_dir() -> Path:
+    """The user's mlsafety cache: ``$MLSAFETY_CACHE``, else ``$XDG_CACHE_HOME/mlsafety``, else ``~/.cache/mlsafety``."""
+    if os.environ.get("MLSAFETY_CACHE"):
+        return Path(os.environ["MLSAFETY_CACHE"])
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "mlsafety"
+
+
+def trained_path(name: str, seed: int = 0) -> Path:
+    """Where :func:`train_model` writes a re-trained zoo model by default (never the shipped file):
+    ``<cache>/zoo-trained/<name>-seed<seed>.safetensors``, ``<cache>`` being :func:`cache_dir`."""
+    return cache_dir() / "zoo-trained" / f"{name}-seed{seed}.safetensors"
+
+
 def load_model(name: str) -> nn.Module:
     """An embedded model with its shipped (or installed) weights, in eval mode."""
     from safetensors.torch import load_file
@@ -225,7 +293,9 @@ def load_model(name: str) -> nn.Module:
         return info.load().eval()
     path = weights_path(name)
     if not path.is_file():
-        raise InputError(f"weights for {name!r} are missing ({path}); run `mlsafety zoo train {name}`")
+        raise InputError(
+            f"weights for {name!r} are missing ({path}); run `mlsafety zoo train {name} --overwrite-shipped`"
+        )
     model = info.build()
     model.load_state_dict(load_file(str(path)))
     return model.eval()
@@ -241,7 +311,8 @@ def save_weights(model: nn.Module, path: Path) -> Path:
 
 
 def train_model(name: str, out: Path | None = None, seed: int = 0, progress: Progress | None = None) -> Path:
-    """Run the recipe of zoo model ``name`` and write its weights (default: the shipped file).
+    """Run the recipe of zoo model ``name`` and write its weights to ``out`` (default: :func:`trained_path`,
+    in the user's cache; the shipped file is written only when ``out`` is :func:`weights_path` itself).
 
     The recipe is looked up by name (:func:`mlsafety.core.training_recipe`): a model whose recipe a
     pillar owns needs that pillar imported first (``ModelInfo.trained_by`` names it).
@@ -256,4 +327,4 @@ def train_model(name: str, out: Path | None = None, seed: int = 0, progress: Pro
         model = recipe(seed=seed, progress=progress)
     finally:
         torch.set_num_threads(threads)
-    return save_weights(model, out or weights_path(name))
+    return save_weights(model, out or trained_path(name, seed))

@@ -7,6 +7,7 @@ pillar (the BadNets demo, the denoisers) are registered by that pillar under the
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
 from mlsafety.core import (
@@ -22,7 +23,7 @@ from mlsafety.core import (
     train,
 )
 from mlsafety.zoo._datasets import load_dataset
-from mlsafety.zoo._models import DigitsCNN, DigitsCNNBN
+from mlsafety.zoo._models import DigitsCNN, DigitsCNNBN, FashionCNN
 
 Augment = BatchHook
 """``(x, generator) -> x'``: a random input transform applied to each training batch (a batch hook)."""
@@ -83,5 +84,34 @@ def train_digits_cnn_bn(seed: int = 0, progress: Progress | None = None) -> nn.M
     return train_classifier(model, load_dataset("digits", "train"), seed=seed, progress=progress)
 
 
+FASHION_EPOCHS = 15
+"""Epochs of the ``fashion-cnn`` recipe."""
+
+
+def train_fashion_cnn(
+    seed: int = 0, progress: Progress | None = None, epochs: int = FASHION_EPOCHS, n_train: int | None = None
+) -> nn.Module:
+    """The recipe behind the shipped ``fashion-cnn`` weights: :class:`FashionCNN` on the ``train`` split
+    of ``fashion-mnist`` (55,000 images), Adam (lr 1e-3, weight decay 1e-4), batch 128, cosine schedule,
+    no augmentation.
+
+    Args:
+        seed: seeds the initialisation, batch order and dropout.
+        progress: progress display over epochs.
+        epochs: passes over the data (the shipped weights: the default).
+        n_train: train on only the first ``n_train`` images of the split (a quick check of the recipe);
+            None: all of them.
+    """
+    model = seeded_init(FashionCNN(), seed, "fashion-cnn")
+    data = load_dataset("fashion-mnist", "train")
+    if n_train is not None:
+        data = data.subset(torch.arange(min(n_train, len(data))))
+    return train_classifier(
+        model, data, epochs=epochs, lr=1e-3, batch_size=128, seed=seed, augment=None, progress=progress,
+        description="training fashion-cnn",
+    )  # fmt: skip
+
+
 register_recipe("digits-cnn", train_digits_cnn)
 register_recipe("digits-cnn-bn", train_digits_cnn_bn)
+register_recipe("fashion-cnn", train_fashion_cnn)
