@@ -877,7 +877,7 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
         train = load_checked(config.train, "train", "train", None)
     elif spec in zoo.dataset_names() and config.val is None:
         train = _with_source(zoo.load_dataset(spec, "train"), f"the training split of zoo data {spec!r}")
-    ood_specs = config.ood if config.ood is not None else zoo.ood_names("image")
+    ood_specs = config.ood if config.ood is not None else zoo.ood_names("image", spec)
     ood: dict[str, ArrayDataset] = {}
     for spec in ood_specs:
         ds = load_checked(spec, "ood", "test", shape)  # type: ignore[arg-type]
