@@ -43,6 +43,7 @@ from torch import nn
 
 from mlsafety.core._batches import DataLike, as_array_dataset
 from mlsafety.core._errors import InputError, UnknownNameError
+from mlsafety.core._model import unwrap_logits
 from mlsafety.core._params import HyperParams, Param
 from mlsafety.core._progress import Progress, track
 from mlsafety.core._random import draw_seed, generator
@@ -59,8 +60,8 @@ on the CPU, before it moves to the device (e.g. :func:`random_shift`)."""
 
 
 def cross_entropy_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """The plain supervised loss hook: cross-entropy of ``model(x)`` against ``y``."""
-    return F.cross_entropy(model(x), y)
+    """The plain supervised loss hook: cross-entropy of ``model(x)`` (its logits, any output form) against ``y``."""
+    return F.cross_entropy(unwrap_logits(model(x)), y)
 
 
 def _callable(value: Any) -> str | None:

@@ -32,6 +32,7 @@ from mlsafety.core import (
     register_recipe,
     seeded_init,
     train,
+    unwrap_logits,
 )
 from mlsafety.robustness.attacks.pgd import PGD
 from mlsafety.zoo import DigitsCNNBN, load_dataset
@@ -74,7 +75,7 @@ def adversarial_training(
 
     def batch_loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         x_adv = attack(m, x, y, generator=g)
-        return F.cross_entropy(m(x_adv), y)
+        return F.cross_entropy(unwrap_logits(m(x_adv)), y)
 
     return _train(model, data, batch_loss, "pgd-at", progress, epochs=epochs, lr=lr, batch_size=batch_size,
                   weight_decay=weight_decay, seed=seed, augment=augment)  # fmt: skip
@@ -111,7 +112,7 @@ def trades_training(
         with torch.no_grad():
             was = m.training
             m.eval()
-            p_clean = F.softmax(m(x), dim=1)
+            p_clean = F.softmax(unwrap_logits(m(x)), dim=1)
             m.train(was)
 
         def kl(logits: torch.Tensor, _y: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
@@ -119,8 +120,9 @@ def trades_training(
 
         attack = PGD(eps=eps, norm=norm, steps=steps, step_size=step_size, loss=kl, early_stop=False)
         x_adv = attack(m, x, y, generator=g)
-        logits_clean = m(x)
-        robust = F.kl_div(F.log_softmax(m(x_adv), dim=1), F.softmax(logits_clean, dim=1), reduction="batchmean")
+        logits_clean = unwrap_logits(m(x))
+        adv_log_probs = F.log_softmax(unwrap_logits(m(x_adv)), dim=1)
+        robust = F.kl_div(adv_log_probs, F.softmax(logits_clean, dim=1), reduction="batchmean")
         return F.cross_entropy(logits_clean, y) + beta * robust
 
     return _train(model, data, batch_loss, "trades", progress, epochs=epochs, lr=lr, batch_size=batch_size,

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import InputError, Param
+from mlsafety.core import InputError, Param, unwrap_logits
 from mlsafety.robustness.augment._ops import OPS, random_ops
 from mlsafety.robustness.augment.base import Augmentation, numpy_rng, register_augmentation
 
@@ -80,8 +80,8 @@ class AugMix(Augmentation):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.jsd_weight == 0:
-            return F.cross_entropy(model(self.views(x, generator)), y)
+            return F.cross_entropy(unwrap_logits(model(self.views(x, generator))), y)
         a1, a2 = self.views(x, generator), self.views(x, generator)
-        logits = model(torch.cat([x, a1, a2]))
+        logits = unwrap_logits(model(torch.cat([x, a1, a2])))
         clean, l1, l2 = logits.chunk(3)
         return F.cross_entropy(clean, y) + self.jsd_weight * jsd_loss(clean, l1, l2)

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import HyperParams, Registry, draw_seed
+from mlsafety.core import HyperParams, Registry, draw_seed, unwrap_logits
 
 
 class Augmentation(HyperParams):
@@ -52,7 +52,7 @@ class Standard(Augmentation):
     """No mixing: plain cross-entropy on the batch as given (the baseline of a comparison)."""
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return F.cross_entropy(model(x), y)
+        return F.cross_entropy(unwrap_logits(model(x)), y)
 
 
 @dataclass(frozen=True)

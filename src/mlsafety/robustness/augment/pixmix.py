@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import InputError, Param
+from mlsafety.core import InputError, Param, unwrap_logits
 from mlsafety.core import generator as make_generator
 from mlsafety.robustness.augment._ops import OPS, random_ops
 from mlsafety.robustness.augment.base import Augmentation, numpy_rng, register_augmentation
@@ -181,4 +181,4 @@ class PixMix(Augmentation):
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
         mixed = pixmix(x, self.bank(shape), generator, self.k, self.beta, self.severity)
-        return F.cross_entropy(model(mixed), y)
+        return F.cross_entropy(unwrap_logits(model(mixed)), y)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import InputError, check_images, randn_like
+from mlsafety.core import InputError, check_images, randn_like, unwrap_logits
 from mlsafety.robustness.smoothing.base import ABSTAIN, Certificate, SmoothedClassifier
 
 
@@ -43,7 +43,7 @@ class SmoothedSoftmax(nn.Module):
         noisy = rep + randn_like(rep, self.gen) * self.smoothed.sigma
         if self.denoiser is not None:
             noisy = self.denoiser(noisy)
-        probs = self.base(noisy).softmax(dim=1).view(n, self.m, -1).mean(dim=1)
+        probs = unwrap_logits(self.base(noisy)).softmax(dim=1).view(n, self.m, -1).mean(dim=1)
         return probs.clamp_min(1e-12).log()
 
 
