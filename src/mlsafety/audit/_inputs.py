@@ -36,6 +36,7 @@ from mlsafety.core import (
     load_text_jsonl,
     load_weights,
     modality_of,
+    unwrap_logits,
     validate_dataset,
     validate_text_dataset,
 )
@@ -714,8 +715,9 @@ def _is_folder(spec: str) -> bool:
 
 
 def _run_model(model: Classifier, x: torch.Tensor) -> Any:
+    """The model's logits for ``x`` (any output form, :func:`~mlsafety.core.unwrap_logits`), frozen, no gradients."""
     with frozen(model.module), torch.inference_mode():
-        return model.module(x.to(model.device))
+        return unwrap_logits(model.module(x.to(model.device)))
 
 
 def model_channels(model: Classifier, size: tuple[int, int], prefer: int = 3) -> int | None:
@@ -781,7 +783,10 @@ def probe_model(model: Classifier, ds: ArrayDataset | TextDataset, num_classes: 
             f"the model failed on {len(idx)} inputs of {ds.source} of shape {shape}: {type(exc).__name__}: {msg}; "
             "give inputs of the shape the model takes (see --image-size, --channels)"
         ) from None
-    return _check_logits(out, len(idx), ds.source, num_classes)
+    k = _check_logits(out, len(idx), ds.source, num_classes)
+    if model.head_info is None:  # find the head (and so the features) on these inputs: one more small pass
+        model.trace(x.to(model.device))
+    return k
 
 
 def _check_logits(out: Any, n: int, source: str, num_classes: int | None) -> int:
