@@ -15,6 +15,14 @@ The pillars are sub-packages, imported on first use::
 from __future__ import annotations
 
 import importlib
+import os
+import sys
+
+if "torch" not in sys.modules:  # OpenMP reads it when torch loads its threads: later it has no effect
+    # Idle OpenMP threads sleep instead of spinning, so a loaded machine (more busy threads than cores)
+    # does not collapse (issue 22: a 30 s audit took 559 s next to other processes). A user's own
+    # OMP_WAIT_POLICY wins; see bench/results/audit_threads.md for the effect.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 from typing import Any
 
 from mlsafety import metrics, zoo

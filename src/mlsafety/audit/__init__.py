@@ -3,6 +3,7 @@
 The library never imports this package; this package imports the library.
 """
 
+from mlsafety.audit._budget import fmt_duration, parse_duration
 from mlsafety.audit._check import (
     CHECKS,
     NOT_APPLICABLE,
@@ -37,6 +38,7 @@ from mlsafety.audit._inputs import (
     resolve_model,
 )
 from mlsafety.audit._report import render_report, write_report
+from mlsafety.audit._settings import SettingsDiff, settings_diff
 from mlsafety.audit._store import Store
 from mlsafety.audit.views.defence_in_depth import fmea_report_table
 from mlsafety.audit.views.proxy_gaming import curve_png
@@ -58,6 +60,7 @@ __all__ = [
     "GateFailure",
     "Headline",
     "Row",
+    "SettingsDiff",
     "Store",
     "StoredRow",
     "Table",
@@ -69,12 +72,14 @@ __all__ = [
     "evaluate_gates",
     "fmea_report_table",
     "fmt_ci",
+    "fmt_duration",
     "fmt_value",
     "hazard_provider",
     "heatmap_png",
     "is_language_model",
     "load_config",
     "load_scorer",
+    "parse_duration",
     "parse_gate_option",
     "prepare_inputs",
     "register_check",
@@ -83,5 +88,6 @@ __all__ = [
     "resolve_language_model",
     "resolve_model",
     "run_audit",
+    "settings_diff",
     "write_report",
 ]

@@ -7,6 +7,8 @@ Example::
     ood = ["letters", "noise"]
     seed = 0
     batch_size = 256              # positive
+    budget = "5m"                 # optional: choose sample sizes so the audit fits (90s, 5m, 1h)
+    max_samples = 1000            # optional: at most this many inputs of each data source
     channels = 1                  # optional: image folders converted to 1 (grayscale) or 3 (RGB) channels
     text_column = "text"          # text data files: the columns of the text and the label
     label_column = "label"
@@ -52,6 +54,8 @@ _SCALARS = {
     "label_column": str,
     "reward": str,
     "gold": str,
+    "budget": str,
+    "max_samples": int,
 }
 
 

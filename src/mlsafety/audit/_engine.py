@@ -16,15 +16,31 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from mlsafety.audit import _fingerprint
 from mlsafety.audit import checks as _checks  # noqa: F401  (registers every check)
-from mlsafety.audit._check import CHECKS, NOT_APPLICABLE, PILLARS, Check, StoredRow, Task, TaskResult, skip_row
-from mlsafety.audit._context import AuditContext
+from mlsafety.audit._budget import TEST, Plan, Rates, Sizes, check_costs, make_plan, measure_rates, parse_duration
+from mlsafety.audit._check import (
+    CHECKS,
+    COUNT,
+    DECISION,
+    NOT_APPLICABLE,
+    PILLARS,
+    Check,
+    Row,
+    StoredRow,
+    Task,
+    TaskResult,
+    skip_row,
+)
+from mlsafety.audit._context import AuditContext, AuditData
 from mlsafety.audit._gates import GateFailure, check_gates_apply, evaluate_gates
 from mlsafety.audit._inputs import AuditConfig, prepare_audit_inputs
 from mlsafety.audit._store import StorageError, Store, default_db_path
-from mlsafety.core import Hazard, InputError, Progress, check_output_path
+from mlsafety.core import ArrayDataset, Classifier, Hazard, InputError, Progress, check_output_path, generator
 
 package_version = _fingerprint.package_version
 
@@ -38,6 +54,10 @@ class AuditResult:
     resumed_tasks: int = 0
     ran_tasks: int = 0
     seconds: float = 0.0
+    plan: Plan | None = None
+    """The cost plan (predicted seconds; with --budget, the sample sizes chosen), None when not costed."""
+    held_out: tuple[int, int] | None = None
+    """(validation inputs, test inputs before the split) when validation data was held out of --data."""
 
 
 class AuditInterrupted(KeyboardInterrupt):
@@ -107,6 +127,8 @@ def run_audit(
     resume: bool = False,
     progress: Progress | None = None,
     on_task: Callable[[str, str, float], None] | None = None,
+    on_plan: Callable[[Plan | None, int], None] | None = None,
+    on_progress: Callable[[str, str, int, int, float, float | None], None] | None = None,
 ) -> AuditResult:
     """Run an audit end to end; every input problem raises :class:`InputError` before anything is stored.
 
@@ -120,6 +142,10 @@ def run_audit(
             is refused with :class:`InputError` naming what changed.
         progress: progress display (None: silent).
         on_task: called after each task with (check, task key, seconds).
+        on_plan: called once before the first task with the cost plan (the estimate; None for text and
+            language models, which are not costed) and the number of tasks.
+        on_progress: called after each task with (check, task key, tasks done including resumed ones,
+            tasks in all, the task's seconds, the predicted seconds left or None).
 
     Raises:
         InputError: a bad input, an unusable database or report path, a refused resume; or a
@@ -132,6 +158,20 @@ def run_audit(
     checks = build_checks(config)
     inputs = prepare_audit_inputs(config, checks)  # settings, gates, model, data, rewards: all checked here
     model, data = inputs.model, inputs.data
+    # the run is fingerprinted on the data as given (a budget's cut is recorded and reused on --resume)
+    parts = _fingerprint.components(config, model, data, {"reward": inputs.reward, "gold": inputs.gold})
+    fingerprint = _fingerprint.fingerprint(parts)
+    held_out = _held_out(data)
+    data = cap_data(data, config.max_samples, config.seed)
+    budget = parse_duration(config.budget) if config.budget is not None else None
+    stored_plan = _stored_plan(db, fingerprint) if resume else None
+    plan: Plan | None = None
+    if isinstance(model, Classifier) and data.modality == "image":
+        plan = _plan(checks, model, data, config, budget, time.perf_counter() - start, stored_plan)
+        if budget is not None:
+            data = _apply_plan(plan, checks, data, config.seed)
+    elif budget is not None:
+        raise InputError("--budget sizes image audits only; for this model give --max-samples or check parameters")
 
     ctx = AuditContext(
         model,
@@ -147,14 +187,13 @@ def run_audit(
     check_gates_apply(config.fail_under, config.fail_over, checks, ctx.modality)  # a skipped check stores no metric
     runnable = [c for c in checks if c.not_applicable(ctx.modality) is None]
     ctx.planned_hazards = list(dict.fromkeys(Hazard.parse(h) for c in runnable for h in c.hazards(ctx)))
-    plan: list[tuple[Check, Task]] = [
+    work: list[tuple[Check, Task]] = [
         (check, task) for check in checks for task in (check.tasks(ctx) if check in runnable else [_skip(check, ctx)])
     ]
-    parts = _fingerprint.components(config, model, data, {"reward": inputs.reward, "gold": inputs.gold})
-    fingerprint = _fingerprint.fingerprint(parts)
     if report != "":
         check_report_path(report)
-
+    if on_plan is not None:
+        on_plan(plan, len(work))
     store = Store(db)
     run_id: str | None = None
     done: set[tuple[str, str]] = set()
@@ -165,21 +204,36 @@ def run_audit(
         if run_id is None:
             record = _config_record(config)
             record["inputs"] = _fingerprint.record(parts)
+            record["effective_params"] = {c.name: c.params for c in checks}
+            if plan is not None:
+                record["plan"] = plan_record(plan)
             run_id = store.create_run(
                 config.model, str(config.data), config.seed, fingerprint, record, package_version()
             )
+            extra = _plan_rows(plan, held_out, data)
+            if extra:
+                store.write_task(run_id, PLAN_CHECK, "plan", extra, [], 0.0)
         ran = skipped = 0
-        for check, task in plan:
+        tracker = _Tracker(plan, budget, start, checks) if plan is not None else None
+        started: set[str] = set()
+        for i, (check, task) in enumerate(work):
             if (check.name, task.key) in done:
                 skipped += 1
                 continue
+            if tracker is not None and check.name not in started and stored_plan is None:
+                tracker.replan(check.name)  # sizes of the checks not yet started, from what the done ones cost
+            started.add(check.name)
             t0 = time.perf_counter()
             result = task.run()
             seconds = time.perf_counter() - t0
             store.write_task(run_id, check.name, task.key, result.rows, result.artifacts, seconds)
             ran += 1
+            if tracker is not None:
+                tracker.done(check.name, seconds)
             if on_task is not None:
                 on_task(check.name, task.key, seconds)
+            if on_progress is not None:
+                on_progress(check.name, task.key, i + 1, len(work), seconds, tracker.eta() if tracker else None)
         store.finish_run(run_id)
         rows = store.results(run_id)
     except KeyboardInterrupt as exc:
@@ -192,7 +246,7 @@ def run_audit(
             store.close()
             _restore_signals(old)
         signum = getattr(exc, "signum", signal.SIGINT)
-        raise AuditInterrupted(run_id, stored, len(plan), signum) from None
+        raise AuditInterrupted(run_id, stored, len(work), signum) from None
     except StorageError as exc:
         if run_id is None:
             store.close()
@@ -200,7 +254,7 @@ def run_audit(
         _close_run(store, run_id, "failed")
         stored = _tasks_stored(store, run_id)
         store.close()
-        kept = f"{stored} of {len(plan)} tasks" if stored >= 0 else "the finished tasks"
+        kept = f"{stored} of {len(work)} tasks" if stored >= 0 else "the finished tasks"
         raise StorageError(f"{exc}; run {run_id} keeps {kept}: continue it with --resume once fixed") from None
     except BaseException:
         if run_id is not None:
@@ -220,11 +274,241 @@ def run_audit(
         ) from None
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        raise AuditInterrupted(run_id, len(plan), len(plan), signum, complete=True) from None
+        raise AuditInterrupted(run_id, len(work), len(work), signum, complete=True) from None
     finally:
         store.close()
     failures = evaluate_gates(rows, config.fail_under, config.fail_over)
-    return AuditResult(run_id, rows, report_path, failures, skipped, ran, time.perf_counter() - start)
+    return AuditResult(run_id, rows, report_path, failures, skipped, ran, time.perf_counter() - start, plan, held_out)
+
+
+PLAN_CHECK = "audit-plan"
+"""The check name under which the engine stores what it decided about the data and sample sizes: the
+validation share held out of ``--data``, and with ``--budget`` every chosen n and its interval width."""
+
+
+def cap_data(data: AuditData, max_samples: int | None, seed: int) -> AuditData:
+    """At most ``max_samples`` inputs of every data source: a seeded subset (same seed, same inputs),
+    in the source's order."""
+    if max_samples is None:
+        return data
+
+    def cap(ds: ArrayDataset, role: str) -> ArrayDataset:
+        if len(ds) <= max_samples:
+            return ds
+        keep = torch.randperm(len(ds), generator=generator(seed, "max-samples", role, ds.name))[:max_samples]
+        return ds.subset(keep.sort().values)
+
+    return AuditData(
+        test=cap(data.test, "test"),
+        val=cap(data.val, "val"),
+        train=None if data.train is None else cap(data.train, "train"),
+        ood={k: cap(v, "ood") for k, v in data.ood.items()},
+    )
+
+
+def _held_out(data: AuditData) -> tuple[int, int] | None:
+    """(validation inputs, test inputs before the split) when the validation data was held out of --data."""
+    if "held out for validation" in str(getattr(data.val, "source", "")):
+        return len(data.val), len(data.val) + len(data.test)
+    return None
+
+
+def _stored_plan(db: str | Path | None, fingerprint: str) -> dict[str, Any] | None:
+    """The plan recorded by the unfinished run ``--resume`` would continue (its sizes are reused, so a
+    resumed run measures what the first attempt measured), or None."""
+    try:
+        with Store(db, create=False, readonly=True) as store:
+            run = store.resumable(fingerprint)
+    except (InputError, sqlite3.Error):
+        return None
+    plan = run.config.get("plan") if run is not None else None
+    return plan if isinstance(plan, dict) else None
+
+
+def _derived(check: Check, ctx: AuditContext, checks: list[Check]) -> dict[str, Any]:
+    """A check's parameters plus what its cost model needs that the parameters only imply (``#grid``...)."""
+    from mlsafety.audit.checks import corruptions
+    from mlsafety.monitoring import ood
+
+    p: dict[str, Any] = dict(check.params)
+    adv = next((c for c in checks if c.name == "adversarial"), None)
+    try:
+        if adv is not None:
+            p["#grid"] = len(adv._plan(ctx)[1])  # type: ignore[attr-defined]
+            p["#n"] = int(adv.params["n"])
+        if check.name == "corruptions":
+            p["#corruptions"] = corruptions._names(check.params["corruptions"])
+        if check.name == "ood":
+            spec = check.params.get("detectors", "all")
+            names = ood.DETECTORS.tagged(ood.QUICK) if spec == "quick" else ood.available() if spec == "all" else spec
+            p["#grad_detectors"] = sum(1 for n in names if {"grad", "input-grad"} & set(ood.DETECTORS.get(n).needs))
+    except Exception:
+        pass
+    if check.name == "adversarial":
+        p.setdefault("#grid", 5)
+    return p
+
+
+def _attack_factories(check: Check | None, ctx: AuditContext) -> dict[str, Callable[[], Any]]:
+    """Factories of the configured attacks at a mid-grid eps, for timing them on the probe."""
+    if check is None:
+        return {}
+    from mlsafety.audit.checks import adversarial
+    from mlsafety.robustness import attacks as atk
+
+    try:
+        names, grid = check._plan(ctx)  # type: ignore[attr-defined]
+    except Exception:
+        return {}
+    eps = grid[len(grid) // 2] if grid else 0.03
+    p = check.params
+
+    def factory(name: str) -> Callable[[], Any]:
+        return lambda: atk.create(name, eps=eps, norm=p["norm"], **adversarial._attack_params(p, name))
+
+    return {n: factory(n) for n in names}
+
+
+def _plan(
+    checks: list[Check],
+    model: Classifier,
+    data: AuditData,
+    config: AuditConfig,
+    budget: float | None,
+    spent: float,
+    stored: dict[str, Any] | None,
+) -> Plan:
+    """Measure the model on a probe batch and cost every check; with a budget, choose sample sizes."""
+    t0 = time.perf_counter()
+    probe_ctx = AuditContext(model, data, seed=config.seed, quick=config.quick, batch_size=config.batch_size,
+                             check_params={c.name: c.params for c in checks})  # fmt: skip
+    by_name = {c.name: c for c in checks}
+    corr_names = []
+    if "corruptions" in by_name:
+        corr_names = list(_derived(by_name["corruptions"], probe_ctx, checks).get("#corruptions", []))
+    rates: Rates = measure_rates(
+        model, data.test.x, data.test.y, corr_names, _attack_factories(by_name.get("adversarial"), probe_ctx)
+    )
+    sizes = Sizes(
+        len(data.test), len(data.val), 0 if data.train is None else len(data.train),
+        sum(len(d) for d in data.ood.values()), model.num_classes,
+    )  # fmt: skip
+    params = {c.name: _derived(c, probe_ctx, checks) for c in checks}
+    costs = check_costs(params, sizes, rates)
+    probe = time.perf_counter() - t0
+    plan = make_plan(costs, budget, spent + probe)
+    plan.probe_seconds = probe
+    if stored is not None:  # --resume: the first attempt's sizes
+        for entry in stored.get("knobs", []):
+            k = plan.knobs.get((entry["check"], entry["param"]))
+            if k is not None:
+                k.chosen = int(entry["chosen"])
+    return plan
+
+
+def _apply_plan(plan: Plan, checks: list[Check], data: AuditData, seed: int) -> AuditData:
+    """Set the chosen sample sizes: check parameters, and the shared test set (a seeded subset)."""
+    for c in checks:
+        for (check, param), k in plan.knobs.items():
+            if check == c.name and param in c.params:
+                c.params[param] = k.chosen
+    n = plan.chosen(TEST, TEST)
+    if n is None or n >= len(data.test):
+        return data
+    keep = torch.randperm(len(data.test), generator=generator(seed, "budget", "test"))[:n].sort().values
+    return replace(data, test=data.test.subset(keep))
+
+
+def plan_record(plan: Plan) -> dict[str, Any]:
+    """The plan as stored in the run's configuration record."""
+    return {
+        "budget_s": plan.budget,
+        "predicted_s": plan.seconds,
+        "probe_s": plan.probe_seconds,
+        "fits": plan.fits,
+        "checks": {c.check: c.seconds() for c in plan.costs},
+        "knobs": [
+            {"check": k.check, "param": k.param, "configured": k.value, "chosen": k.chosen, "unit_s": k.unit}
+            for k in plan.knobs.values()
+        ],
+    }
+
+
+def _plan_rows(plan: Plan | None, held_out: tuple[int, int] | None, data: AuditData) -> list[Row]:
+    """What the engine decided, as rows of :data:`PLAN_CHECK` (none for a plain run: its rows stay as they were)."""
+    rows: list[Row] = []
+    if held_out is not None:
+        n_val, n_all = held_out
+        note = "no --val: this share of --data became validation"
+        rows.append(Row.exact("validation", "held_out_of_test", float(n_val), COUNT, n_all,
+                              share=round(n_val / n_all, 4), note=note))  # fmt: skip
+    if plan is not None and plan.budget is not None:
+        rows.append(Row.exact("clean", "budget_seconds", plan.budget, "setting"))
+        rows.append(Row.exact("clean", "predicted_seconds", round(plan.seconds, 1), DECISION, fits=plan.fits))
+        for k in plan.knobs.values():
+            name = "test_inputs" if k.check == TEST else f"{k.check}_{k.param}".replace("-", "_")
+            info = {"check": k.check, "param": k.param, "configured": k.value}
+            rows.append(Row.exact("clean", f"{name}_chosen", float(k.chosen), DECISION, **info))
+            rows.append(Row.exact("clean", f"{name}_worst_interval_width", round(k.width, 4), DECISION,
+                                  k.chosen, **info, note="95% width of a proportion at p = 1/2"))  # fmt: skip
+    return rows
+
+
+class _Tracker:
+    """Predicted against measured seconds while the audit runs: the ETA, and re-planning of the checks
+    not yet started so that errors of the cost models are absorbed by the later checks."""
+
+    def __init__(self, plan: Plan, budget: float | None, start: float, checks: list[Check]) -> None:
+        self.plan, self.budget, self.start = plan, budget, start
+        self.checks = {c.name: c for c in checks}
+        self.predicted = {c.check: c.seconds() for c in plan.costs}
+        self.spent: dict[str, float] = {}
+        self.begun = time.perf_counter()
+
+    def _factor(self) -> float:
+        """Measured / predicted seconds of the checks run so far (1 before any), clamped to [0.25, 4]."""
+        if not self.spent:
+            return 1.0
+        done = [c for c in self.spent if c in self.predicted]
+        shared = self.predicted.get("forward passes", 0.0)
+        pred = sum(self.predicted[c] for c in done) + shared
+        return min(4.0, max(0.25, sum(self.spent.values()) / pred)) if pred > 0 else 1.0
+
+    def done(self, check: str, seconds: float) -> None:
+        self.spent[check] = self.spent.get(check, 0.0) + seconds
+
+    def eta(self) -> float:
+        f = self._factor()
+        left = sum(max(0.0, self.predicted[c] * f - self.spent.get(c, 0.0)) for c in self.predicted
+                   if c != "forward passes" and c in self.checks)  # fmt: skip
+        return left
+
+    def replan(self, check: str) -> None:
+        """Choose the sizes of the knobs of checks not yet started to fit what is left of the budget."""
+        if self.budget is None or not self.spent:
+            return
+        from mlsafety.audit._budget import RESERVE, allocate
+
+        f = self._factor()
+        free = [k for k in self.plan.knobs.values() if k.check != TEST and k.check not in self.spent]
+        free = [k for k in free if k.check in self.checks]
+        if not free:
+            return
+        elapsed = time.perf_counter() - self.start
+        later = [c for c in self.plan.costs if c.check not in self.spent and c.check in self.checks]
+        fixed = sum(c.fixed for c in later) * f
+        free_keys = {(k.check, k.param) for k in free}
+        bound = sum(k.unit * k.chosen for c in later for k in c.knobs if (k.check, k.param) not in free_keys) * f
+        scaled = [type(k)(k.check, k.param, k.value, k.floor, k.unit * f) for k in free]
+        allocate(scaled, self.budget * (1 - RESERVE) - elapsed - fixed - bound)
+        for k, s in zip(free, scaled, strict=True):
+            k.chosen = s.chosen
+            c = self.checks[k.check]
+            if k.param in c.params:
+                c.params[k.param] = s.chosen
+        self.predicted = {c.check: c.seconds() for c in self.plan.costs} | {
+            c: self.predicted[c] for c in self.spent if c in self.predicted
+        }
 
 
 def _skip(check: Check, ctx: AuditContext) -> Task:
@@ -280,4 +564,13 @@ def _config_record(config: AuditConfig) -> dict[str, object]:
     return record
 
 
-__all__ = ["AuditInterrupted", "AuditResult", "build_checks", "check_report_path", "default_db_path", "run_audit"]
+__all__ = [
+    "PLAN_CHECK",
+    "AuditInterrupted",
+    "AuditResult",
+    "build_checks",
+    "cap_data",
+    "check_report_path",
+    "default_db_path",
+    "run_audit",
+]

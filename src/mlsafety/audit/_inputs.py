@@ -84,6 +84,10 @@ class AuditConfig:
         device: where the model runs (``cpu``, ``cuda``, ``cuda:1``...).
         fail_under / fail_over: gates, metric key to bound.
         exposure / severity: systemic settings passed to the defence-in-depth check.
+        budget: a time budget for the whole audit (``90s``, ``5m``, ``1h``): sample sizes are chosen
+            per check so the run fits it (:mod:`mlsafety.audit._budget`); None: the profile's sizes.
+        max_samples: at most this many inputs of each data source (test, validation, training, every
+            OOD set), a seeded subset; None: all.
         reward / gold: for a causal language model, ``path/to/file.py:factory`` of the proxy reward
             being optimised and of the gold (trusted) reward; a factory returns a scorer
             ``scorer(texts) -> Tensor (N,)`` of float rewards. Both or neither.
@@ -109,6 +113,8 @@ class AuditConfig:
     fail_over: dict[str, float] = field(default_factory=dict)
     reward: str | None = None
     gold: str | None = None
+    budget: str | None = None
+    max_samples: int | None = None
 
 
 def _positive_int(value: object) -> bool:
@@ -128,6 +134,15 @@ def check_settings(config: AuditConfig, where: str | None = None) -> None:
     def example(key: str, value: str) -> str:
         return f"{key} = {value}" if where else f"--{key.replace('_', '-')} {value}"
 
+    if config.max_samples is not None and not _positive_int(config.max_samples):
+        raise InputError(
+            f"{name('max_samples')} must be a positive integer, got {config.max_samples!r}; "
+            f"use e.g. {example('max_samples', '500')}"
+        )
+    if config.budget is not None:
+        from mlsafety.audit._budget import parse_duration
+
+        parse_duration(config.budget)
     if not _positive_int(config.batch_size):
         raise InputError(
             f"{name('batch_size')} must be a positive integer, got {config.batch_size!r}; "
@@ -330,6 +345,8 @@ def _device(device: str) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {device!r} is not supported by the audit; use cpu, cuda or cuda:N")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise InputError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():

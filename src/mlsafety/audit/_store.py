@@ -277,17 +277,22 @@ class Store:
         return [self._run(r) for r in self.conn.execute("SELECT * FROM runs ORDER BY created DESC, run_id DESC")]
 
     def run(self, run_id: str) -> RunInfo:
-        """One run by its id or a unique prefix of it (taken literally); ``latest`` names the newest.
+        """One run by its id or a unique prefix of it (taken literally); ``latest`` names the newest,
+        ``previous`` the one before it.
 
         An empty, unknown or ambiguous id raises :class:`InputError` (an ambiguous one lists the
         runs it matches).
         """
         if not run_id.strip():
             raise InputError("the run id is empty; give a run id, a unique prefix of one, or `latest`")
-        if run_id == "latest":
-            r = self.conn.execute("SELECT * FROM runs ORDER BY created DESC, run_id DESC LIMIT 1").fetchone()
+        if run_id in ("latest", "previous"):
+            skip = 0 if run_id == "latest" else 1
+            r = self.conn.execute(
+                "SELECT * FROM runs ORDER BY created DESC, run_id DESC LIMIT 1 OFFSET ?", (skip,)
+            ).fetchone()
             if r is None:
-                raise InputError(f"no run in {self.path} yet; run `mlsafety audit` first")
+                have = "no run" if skip == 0 else "fewer than two runs"
+                raise InputError(f"{have} in {self.path} yet; run `mlsafety audit` first")
             return self._run(r)
         r = self.conn.execute("SELECT * FROM runs WHERE run_id=?", (run_id,)).fetchone()
         if r is not None:

@@ -13,6 +13,7 @@ from rich.table import Table
 from mlsafety.cli._common import (
     DB_OPTION,
     EXIT_FAILED,
+    choose_threads,
     err_console,
     exit_code_for,
     friendly,
@@ -25,6 +26,50 @@ from mlsafety.cli._common import (
 from mlsafety.cli._help import EntryDefault
 
 CONFIG = "mlsafety.audit:AuditConfig"  # the settings' defaults live there, once
+QUICK_BUDGET = "2m"
+"""The budget ``--quick`` presets (unless --budget is given): its reduced profile's sizes are kept
+wherever they fit, so on small models --quick is unchanged, and a large model still finishes."""
+
+
+class ProgressLines:
+    """The estimate before the first task, then a count and an ETA after each task: on a terminal in the
+    status line, otherwise one plain line per check on stderr (CI logs); nothing under --json."""
+
+    def __init__(self, quiet: bool, status: Any = None) -> None:
+        self.quiet, self.status = quiet, status
+
+    def plan(self, plan: Any, tasks: int) -> None:
+        from mlsafety.audit import fmt_duration
+
+        if self.quiet:
+            return
+        if plan is None:
+            line("estimate:", f"{tasks} tasks; the cost of text and language-model audits is not estimated",
+                 style="bold")  # fmt: skip
+            return
+        about = f"about {fmt_duration(plan.seconds)} with these checks ({tasks} tasks)"
+        if plan.budget is None:
+            line("estimate:", f"{about}; --budget to change it (e.g. --budget 2m)", style="bold")
+            return
+        line("estimate:", f"{about}, fitted to --budget {fmt_duration(plan.budget)}", style="bold")
+        for k in plan.cut():
+            what = "test inputs (every check)" if k.check == "#test" else f"{k.check} {k.param}"
+            line("  budget:", f"{what} {k.value} -> {k.chosen} (95% interval of a proportion at most "
+                 f"{k.width:.2f} wide)", style="bold")  # fmt: skip
+        if not plan.fits:
+            line("warning:", "the budget is too small even at the smallest sample sizes; the audit will overrun it",
+                 style="bold yellow")  # fmt: skip
+
+    def task(self, check: str, key: str, i: int, total: int, seconds: float, left: float | None) -> None:
+        from mlsafety.audit import fmt_duration
+
+        if self.quiet:
+            return
+        eta = f", about {fmt_duration(left)} left" if left is not None else ""
+        if self.status is not None:
+            self.status.update(f"[{i}/{total}] {check}: {key} ({seconds:.1f} s){eta}")
+            return
+        err_console.print(f"[{i}/{total}] {check}: {key} done ({seconds:.1f} s){eta}", soft_wrap=True)
 
 
 def _gates(values: tuple[str, ...]) -> dict[str, float]:
@@ -62,7 +107,19 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--seed", type=int, cls=EntryDefault, default_from=CONFIG, help="Run seed.")
-@click.option("--quick", is_flag=True, default=None, help="Reduced profile (fewer attacks, samples, detectors).")
+@click.option(
+    "--quick",
+    is_flag=True,
+    default=None,
+    help="Reduced profile (fewer attacks, samples, detectors) with a preset budget of 2m (QUICK_BUDGET).",
+)
+@click.option(
+    "--budget",
+    metavar="DURATION",
+    help="Time budget (90s, 5m, 1h): sample sizes are chosen per check so the whole audit fits; the report "
+    "states every n used and the interval width it bought.  [--quick: 2m unless given]",
+)
+@click.option("--max-samples", type=int, help="At most N inputs of each data source (a seeded subset).")
 @click.option("--device", cls=EntryDefault, default_from=CONFIG, help="cpu, cuda or cuda:N.")
 @click.option("--batch-size", type=int, cls=EntryDefault, default_from=CONFIG, help="Inputs per forward pass.")
 @DB_OPTION
@@ -93,6 +150,8 @@ def audit(
     config_path: str | None,
     seed: int | None,
     quick: bool | None,
+    budget: str | None,
+    max_samples: int | None,
     device: str | None,
     batch_size: int | None,
     db: str | None,
@@ -127,6 +186,8 @@ def audit(
         ("train", train_data),
         ("seed", seed),
         ("quick", quick),
+        ("budget", budget),
+        ("max_samples", max_samples),
         ("device", device),
         ("batch_size", batch_size),
         ("channels", channels),
@@ -146,17 +207,20 @@ def audit(
     cfg.fail_under.update(_gates(fail_under))
     cfg.fail_over.update(_gates(fail_over))
 
+    if cfg.quick and cfg.budget is None:
+        cfg.budget = QUICK_BUDGET
+    choose_threads()
     progress = Progress(enabled=False if as_json else None)
     status = err_console.status("auditing", spinner="dots") if progress.enabled else None
-
-    def on_task(check: str, key: str, seconds: float) -> None:
-        if status is not None:
-            status.update(f"{check}: {key} done ({seconds:.1f} s)")
+    shown = ProgressLines(quiet=as_json, status=status)
 
     if status is not None:
         status.start()
     try:
-        result = run_audit(cfg, db=db, report=report_path, resume=resume, progress=progress, on_task=on_task)
+        result = run_audit(
+            cfg, db=db, report=report_path, resume=resume, progress=progress,
+            on_plan=shown.plan, on_progress=shown.task,
+        )  # fmt: skip
     except AuditInterrupted as stop:
         if status is not None:
             status.stop()
@@ -164,7 +228,6 @@ def audit(
     finally:
         if status is not None:
             status.stop()
-
     if as_json:
         click.echo(json.dumps(_payload(result), indent=1))
     else:
@@ -248,6 +311,21 @@ def _print_summary(result: Any) -> None:
         for h in heads:
             table.add_row(h.row.key, fmt_value(h.row.value), fmt_ci(h.row), str(h.row.n or ""))
     print_wide(table)
+    if result.held_out is not None:
+        n_val, n_all = result.held_out
+        out_console.print(
+            f"Validation: {n_val} of the {n_all} inputs of --data ({n_val / n_all:.0%}) were held out as validation "
+            "data (no --val given); the test numbers use the other "
+            f"{n_all - n_val}.",
+            soft_wrap=True,
+        )
+    if result.plan is not None and result.plan.budget is not None:
+        used = ", ".join(
+            f"{'test inputs' if k.check == '#test' else k.check + ' ' + k.param} {k.chosen}"
+            + (f" (of {k.value})" if k.chosen < k.value else "")
+            for k in result.plan.knobs.values()
+        )
+        out_console.print(f"Sample sizes under the budget: {used}.", soft_wrap=True)
     resumed = f", {result.resumed_tasks} tasks resumed from the store" if result.resumed_tasks else ""
     out_console.print(f"{len(result.rows)} numbers stored in {result.seconds:.1f} s{resumed}.")
     if result.report_path:

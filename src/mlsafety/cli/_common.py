@@ -10,6 +10,7 @@ styles are applied with :class:`rich.text.Text` spans only.
 from __future__ import annotations
 
 import functools
+import os
 import shlex
 import signal
 import sys
@@ -159,3 +160,34 @@ def warn_unfinished(store: Store, run: Any) -> None:
             "continue it with the same `mlsafety audit` command and --resume",
             style="bold yellow",
         )
+
+
+THREADS_ENV = ("MLSAFETY_THREADS", "OMP_NUM_THREADS")
+"""Environment variables that fix the number of torch threads (the first set wins); unset, it is chosen
+from the free cores (:func:`choose_threads`)."""
+
+
+def free_cores() -> int:
+    """Cores this process may use (its CPU affinity) minus the load other processes put on them (the
+    one-minute load average), at least 1."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
+def choose_threads() -> int:
+    """Set torch's intra-op threads from the free cores (or ``$MLSAFETY_THREADS`` / ``$OMP_NUM_THREADS``)
+    and return the number: oversubscribed threads on a loaded machine wait on each other and collapse."""
+    import torch
+
+    for var in THREADS_ENV:
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            torch.set_num_threads(int(value))
+            return int(value)
+    n = free_cores()
+    torch.set_num_threads(n)
+    return n

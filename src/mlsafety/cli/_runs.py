@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -16,6 +17,7 @@ from mlsafety.cli._common import (
     DB_OPTION,
     EXIT_FAILED,
     friendly,
+    line,
     open_store,
     out_console,
     print_path,
@@ -110,10 +112,24 @@ def report(run_id: str, db: str | None, out: Path | None) -> None:
     is_flag=True,
     help="Exit 1 when a metric got worse (or changed, where its direction is unknown) beyond its intervals.",
 )
+@click.option(
+    "--across-settings",
+    is_flag=True,
+    help="Count changes of checks whose settings differ between the runs (profile, budget, parameters) as real "
+    "changes, for --fail-on-change too.  [default: shown as 'settings', never worse]",
+)
 @friendly
-def compare(run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_change: bool) -> None:
-    """Compare two runs metric by metric: deltas, and which changed beyond their 95% intervals."""
-    from mlsafety.audit import compare_rows, fmt_ci, fmt_value
+def compare(
+    run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_change: bool, across_settings: bool
+) -> None:
+    """Compare two runs metric by metric: deltas, and which changed beyond their 95% intervals.
+
+    RUN_A and RUN_B are run ids, unique prefixes, `latest` or `previous` (the run before latest). When the
+    runs were made with different settings (--quick, --budget, --max-samples, --seed, check parameters), the
+    settings that differ are listed first, and the changes of the checks they touch are marked 'settings'
+    and not counted as worse (unless --across-settings).
+    """
+    from mlsafety.audit import compare_rows, fmt_ci, fmt_value, settings_diff
 
     with open_store(db) as store:
         a, b = store.run(run_a), store.run(run_b)
@@ -122,12 +138,34 @@ def compare(run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_chan
             warn_unfinished(store, run)
     if not comparisons:
         raise MlsafetyError(f"runs {a.run_id} and {b.run_id} share no metric")
+    diff = settings_diff(a.config, b.config)
+    if diff:
+        what = (
+            "counted as real changes (--across-settings)"
+            if across_settings
+            else "marked 'settings', not counted as worse"
+        )
+        line(
+            "warning:",
+            f"runs {a.run_id} and {b.run_id} were made with different settings; changes in the checks they touch "
+            f"are {what}:",
+            style="bold yellow",
+        )
+        for d in diff.lines():
+            line("  differs:", d, style="bold yellow")
+
+    def verdict(c: Any) -> str:
+        if c.verdict and diff.affects(c.a.check) and not across_settings:
+            return "settings"
+        return str(c.verdict)
+
     table = Table("metric", a.run_id, b.run_id, "delta", "change", title="comparison", box=None)
     changed = [c for c in comparisons if c.significant]
     style = {
         "worse": Text("worse", "bold red"),
         "better": Text("better", "green"),
         "changed": Text("changed", "yellow"),
+        "settings": Text("settings", "yellow"),
         "": Text(""),
     }
     for c in comparisons if show_all else changed:
@@ -136,13 +174,15 @@ def compare(run_a: str, run_b: str, db: str | None, show_all: bool, fail_on_chan
             f"{fmt_value(c.a.value)} {fmt_ci(c.a)}",
             f"{fmt_value(c.b.value)} {fmt_ci(c.b)}",
             f"{c.delta:+.4g}",
-            style[c.verdict],
+            style[verdict(c)],
         )
-    out_console.print(table)
-    worse = [c for c in changed if c.verdict in ("worse", "changed")]
+    print_wide(table)
+    worse = [c for c in changed if verdict(c) in ("worse", "changed")]
+    by_settings = [c for c in changed if verdict(c) == "settings"]
+    extra = f"; {len(by_settings)} in checks whose settings differ, not counted" if by_settings else ""
     out_console.print(
         f"{len(comparisons)} shared metrics, {len(changed)} changed beyond their 95% intervals "
-        f"({len(worse)} worse or of unknown direction)."
+        f"({len(worse)} worse or of unknown direction{extra})."
     )
     if fail_on_change and worse:
         sys.exit(EXIT_FAILED)

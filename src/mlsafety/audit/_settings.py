@@ -1,0 +1,95 @@
+"""What two runs were measured with, and where it differs: ``compare`` compares like with like.
+
+A run records its configuration (``RunInfo.config``) and, since issue 22, the parameters every
+check ran with after the profile (``--quick``) and the budget (``--budget``, ``--max-samples``) were
+applied (``effective_params``). Two runs whose settings differ measure different things (other sample
+sizes, attack steps, severities...): a difference in such a check's numbers may be caused by the
+settings, not by the model, so ``compare`` names the settings that differ and does not count those
+checks' changes as regressions unless asked.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+RUN_WIDE = ("seed", "quick", "budget", "max_samples")
+"""Run settings that change what every check measures (a profile, the sample sizes, every random draw)."""
+
+
+@dataclass(frozen=True)
+class SettingsDiff:
+    """The settings two runs differ in.
+
+    Attributes:
+        run_wide: ``setting: a -> b`` for each run-wide setting that differs (:data:`RUN_WIDE`).
+        by_check: check name -> ``param: a -> b`` lines, for each check whose effective parameters differ.
+    """
+
+    run_wide: list[str] = field(default_factory=list)
+    by_check: dict[str, list[str]] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.run_wide or self.by_check)
+
+    def affects(self, check: str) -> bool:
+        """Whether ``check``'s numbers may differ because of the settings (run-wide ones touch every check)."""
+        return bool(self.run_wide) or check in self.by_check
+
+    def lines(self) -> list[str]:
+        """One line per differing setting, run-wide first."""
+        out = list(self.run_wide)
+        for check, diffs in sorted(self.by_check.items()):
+            out += [f"{check}: {d}" for d in diffs]
+        return out
+
+
+def _show(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def effective_params(config: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every check's parameters as a run recorded them; for runs stored before they were recorded,
+    rebuilt from the profile (``quick``) and the user's ``check_params`` with today's defaults."""
+    recorded = config.get("effective_params")
+    if isinstance(recorded, dict):
+        return {k: dict(v) for k, v in recorded.items()}
+    from mlsafety.audit._check import CHECKS
+
+    quick = bool(config.get("quick", False))
+    given: dict[str, dict[str, Any]] = config.get("check_params") or {}
+    names = config.get("checks") or CHECKS.available()
+    out: dict[str, dict[str, Any]] = {}
+    for name in names:
+        if name in CHECKS:
+            try:
+                out[name] = CHECKS.create(name, quick=quick, **given.get(name, {})).params
+            except Exception:
+                out[name] = {"quick": quick, **given.get(name, {})}
+    return out
+
+
+def settings_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> SettingsDiff:
+    """The settings in which run configurations ``a`` and ``b`` (``RunInfo.config``) differ."""
+    run_wide = [
+        f"{key}: {_show(a.get(key))} -> {_show(b.get(key))}"
+        for key in RUN_WIDE
+        if _show(a.get(key)) != _show(b.get(key))
+    ]
+    pa, pb = effective_params(a), effective_params(b)
+    by_check: dict[str, list[str]] = {}
+    for check in sorted(set(pa) & set(pb)):
+        keys = sorted(set(pa[check]) | set(pb[check]))
+        diffs = [
+            f"{k}: {_show(pa[check].get(k))} -> {_show(pb[check].get(k))}"
+            for k in keys
+            if _show(pa[check].get(k)) != _show(pb[check].get(k))
+        ]
+        if diffs:
+            by_check[check] = diffs
+    return SettingsDiff(run_wide, by_check)
+
+
+__all__ = ["RUN_WIDE", "SettingsDiff", "effective_params", "settings_diff"]
