@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mlsafety.core import Classifier, InputError, ModelLike, Param
+from mlsafety.core import Classifier, InputError, ModelLike, Param, as_classifier
 from mlsafety.robustness.text._base import (
     Attack,
     AttackedText,
@@ -36,6 +36,7 @@ from mlsafety.robustness.text._base import (
     QueryResult,
     SearchMethod,
     Transformation,
+    check_text_classifier,
 )
 from mlsafety.robustness.text._gradients import (
     embedding_gradients,
@@ -72,8 +73,6 @@ class GradientWordSwap(Transformation):
     name: ClassVar[str] = "gradient-word-swap"
 
     def __init__(self, model: ModelLike, top_n: int = 5) -> None:
-        from mlsafety.core import as_classifier
-
         self.clf: Classifier = as_classifier(model)
         self.top_n = int(top_n)
         self._vocab: tuple[torch.Tensor, list[str]] | None = None
@@ -195,15 +194,23 @@ class HotFlipSearch(SearchMethod):
 
 
 def hotflip_constraints(model: ModelLike, max_words: int, min_cos_sim: float) -> list[Constraint]:
-    """The recipe's constraints (TextAttack's ``HotFlipEbrahimi2017`` set), from the building blocks."""
-    from mlsafety.robustness.text import constraints as C
+    """The recipe's constraints (TextAttack's ``HotFlipEbrahimi2017`` set), from the building blocks; the word
+    vectors are the victim's input embeddings."""
+    from mlsafety.robustness.text.constraints import (
+        MaxWordsPerturbed,
+        PartOfSpeech,
+        RepeatModification,
+        StopWords,
+        WordEmbeddingDistance,
+    )
+    from mlsafety.robustness.text.transformations import word_vectors
 
     return [
-        C.RepeatModification(),
-        C.StopwordModification(),
-        C.MaxWordsPerturbed(max_words=max_words),
-        C.WordEmbeddingDistance(model, min_cos_sim=min_cos_sim),
-        C.PartOfSpeech(),
+        RepeatModification(),
+        StopWords(),
+        MaxWordsPerturbed(max_words=max_words),
+        WordEmbeddingDistance(word_vectors("victim", as_classifier(model)), min_cos_sim),
+        PartOfSpeech(),
     ]
 
 
@@ -219,12 +226,15 @@ class HotFlip(Recipe):
     name: ClassVar[str] = "hotflip"
 
     def build(self, model: ModelLike, **parts: Any) -> Attack:
-        swap = GradientWordSwap(model, top_n=self.top_n)
+        """The attack on ``model``; ``constraints=`` replaces the recipe's constraint list."""
+        clf = as_classifier(model)
+        check_text_classifier(clf, "hotflip")
+        swap = GradientWordSwap(clf, top_n=self.top_n)
         constraints = parts.get("constraints")
         if constraints is None:
-            constraints = hotflip_constraints(model, self.max_words, self.min_cos_sim)
+            constraints = hotflip_constraints(clf, self.max_words, self.min_cos_sim)
         return Attack(
-            model,
+            clf,
             Untargeted(),
             swap,
             constraints,
