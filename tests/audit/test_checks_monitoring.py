@@ -106,11 +106,13 @@ def test_ood_check_quick_profile(model, data) -> None:
     for n in data.ood:
         for d in names:
             assert (f"ood/{n}", f"{d.replace('-', '_')}_auroc") in by
-        # the default detector (energy) also under the plain names: ood/ood/<set>/auroc
-        assert by[(f"ood/{n}", "auroc")].value == by[(f"ood/{n}", "energy_auroc")].value
+        # the monitored detector (chosen on held-out data) also under the plain names: ood/ood/<set>/auroc
+        monitored = by[(f"ood/{n}", "auroc")].params["detector"]
+        assert by[(f"ood/{n}", "auroc")].value == by[(f"ood/{n}", f"{monitored}_auroc")].value
         assert by[(f"ood/{n}", "auroc")].params["kind"] == data.ood[n].kind
-    far = by[("ood-far", "energy_auroc")]
-    assert far.n == len(data.test) + sum(len(d) for d in data.ood.values() if d.kind == "far")
+    assert by[("ood", "monitored_detector")].params["detector"] == monitored
+    far = by[("ood-far", "energy_auroc")]  # the report halves of the far sets, against the whole test data
+    assert far.n == len(data.test) + sum(len(d) - len(d) // 2 for d in data.ood.values() if d.kind == "far")
     _intervals_hold(rows)
     assert len(arts) == 2
     tables = CHECKS.get("ood").tables(stored("ood", rows))
@@ -123,7 +125,8 @@ def test_ood_check_quick_profile(model, data) -> None:
 def test_ood_check_mixes_shared_and_own_pass_detectors(model, data) -> None:
     from mlsafety.metrics import auroc
 
-    rows, _, _ = run("ood", model, data, plots=False, n_boot=20, detectors=["odin", "msp", "energy"])
+    # a named monitored detector: no selection half, every figure on the whole sets
+    rows, _, _ = run("ood", model, data, plots=False, n_boot=20, detectors=["odin", "msp", "energy"], default="msp")
     by = {(r.hazard, r.metric): r.value for r in rows}
     for name in ("msp", "odin"):
         det = ood.create(name)
@@ -131,15 +134,29 @@ def test_ood_check_mixes_shared_and_own_pass_detectors(model, data) -> None:
         assert by[("ood/letters", f"{name}_auroc")] == pytest.approx(want)
 
 
-def test_ood_check_on_a_model_without_linear_head(data) -> None:
-    from torch import nn
+class _NoHead(torch.nn.Module):
+    """Logits from a bare matrix product: no layer returns them, so no head (and no features) is found."""
 
-    conv = Classifier(nn.Sequential(nn.Conv2d(1, 10, 8), nn.Flatten()).eval())
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.randn(64, 10, generator=torch.Generator().manual_seed(0)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1) @ self.w
+
+
+def test_ood_check_on_a_model_without_head(data) -> None:
+    conv = Classifier(_NoHead().eval())
+    assert conv.head is None
     ctx = AuditContext(conv, data, quick=True)
     assert CHECKS.create("ood", quick=True).names(ctx) == ["energy", "max-logit", "msp"]  # tag "quick", sorted
     assert not any("features" in ood.DETECTORS.get(n).needs for n in CHECKS.create("ood").names(ctx))
     rows, _, _ = run("ood", conv, data, plots=False, n_boot=20)
-    assert {r.params["detector"] for r in rows} == {"msp", "max-logit", "energy"}
+    measured = [r for r in rows if r.hazard != "ood"]
+    assert {r.params["detector"] for r in measured} == {"msp", "max-logit", "energy"}
+    skipped = {r.params["detector"]: r.params["reason"] for r in rows if r.metric.startswith("skipped_")}
+    quick_features = {n for n in ood.DETECTORS.tagged(ood.QUICK) if "features" in ood.DETECTORS.get(n).needs}
+    assert set(skipped) == quick_features and all("--head" in why for why in skipped.values())
 
 
 def test_ood_check_all_applicable_detectors(model, data) -> None:
@@ -154,7 +171,7 @@ def test_ood_check_full_profile_runs_every_detector(model, data) -> None:
     check = CHECKS.create("ood", n_boot=20)
     ctx = AuditContext(model, data)
     rows = [r for t in check.tasks(ctx) if t.key != "plots" for r in t.run().rows]
-    detectors = {r.params["detector"] for r in rows}
+    detectors = {r.params["detector"] for r in rows if r.hazard != "ood"}
     assert detectors == set(check.names(ctx))
     assert any("seed" in r.params for r in rows)  # a detector whose own hyper-parameters include a seed
     _intervals_hold(rows)
@@ -165,17 +182,17 @@ def test_ood_check_refuses_unknown_detectors(model, data) -> None:
     with pytest.raises(InputError, match="unknown detector"):
         CHECKS.create("ood", detectors=["msp", "energie"], default="msp").names(ctx)
     with pytest.raises(InputError, match="default detector"):
-        CHECKS.create("ood", detectors=["msp"]).names(ctx)
+        CHECKS.create("ood", detectors=["msp"], default="energy").names(ctx)
 
 
 def test_ood_tuning_is_marked(model, data) -> None:
     rows, _, _ = run("ood", model, data, plots=False, n_boot=20, detectors=["energy", "react"], tune=True)
-    react = [r for r in rows if r.params.get("detector") == "react"]
+    react = [r for r in rows if r.params.get("detector") == "react" and r.hazard != "ood"]  # not the monitor's row
     assert react and all(r.params["tuned_on"] == "synthetic" and "percentile" in r.params for r in react)
     energy = [r for r in rows if r.params.get("detector") == "energy"]
     assert all("tuned_on" not in r.params for r in energy)
     rows, _, _ = run("ood", model, data, plots=False, n_boot=20, detectors=["energy", "react"], tune_on_ood=True)
-    assert {r.params["tuned_on"] for r in rows if r.params.get("detector") == "react"} == {"ood"}
+    assert {r.params["tuned_on"] for r in rows if r.params.get("detector") == "react" and r.hazard != "ood"} == {"ood"}
     table = CHECKS.get("ood").tables(stored("ood", rows))[0]
     assert any(row[-1].endswith("(tuned on ood outliers)") for row in table.rows)
     assert any(row[-1] == "temperature=1.0 (paper defaults)" for row in table.rows)

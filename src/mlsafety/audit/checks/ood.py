@@ -1,21 +1,24 @@
-"""Check ``ood``: every applicable OOD detector against every OOD set, with near/far grouping.
+"""Check ``ood``: every OOD detector that can run on the model against every OOD set, with near/far
+grouping, and the monitored detector named by the user or chosen on held-out data.
 
 The work is the library's (:class:`mlsafety.monitoring.ood.ScoreCache`, :func:`mlsafety.monitoring.ood.tune`,
-:func:`mlsafety.metrics.roc_points`); this module chooses the detectors and turns their scores into
-rows and plots. The report view is :class:`~mlsafety.audit.views.ood.OODView`.
+:func:`mlsafety.metrics.roc_points`); this module chooses the detectors and the monitored one
+(:meth:`OOD.plan`), and turns their scores into rows and plots, including a row per detector it could
+not run and why (:func:`skipped`). The report view is :class:`~mlsafety.audit.views.ood.OODView`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
 
-from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
+from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import ScoreCache, bind, truncation_rows
-from mlsafety.audit.checks.ood_basic import detector_rows, ood_hazards
-from mlsafety.audit.views.ood import OODView
+from mlsafety.audit.checks._common import ScoreCache, bind, metric_name, truncation_rows
+from mlsafety.audit.checks.ood_basic import CONSTRUCTED, constructed_set_rows, detector_rows, ood_hazards
+from mlsafety.audit.views.ood import MONITORED, OODView
 from mlsafety.audit.views.ood_basic import FPR_NOTE, histograms_png, roc_png
 from mlsafety.core import Hazard, InputError, derive_seed
 from mlsafety.metrics import OOD_METRICS, auroc, roc_points
@@ -32,24 +35,32 @@ TUNE_GRIDS: dict[str, dict[str, list[Any]]] = {
 """Hyper-parameters searched when the check's ``tune`` parameter is on."""
 
 
-def applicable(ctx: AuditContext) -> list[str]:
-    """Detectors that can run on the audited model, sorted: none for another modality
-    (:func:`mlsafety.monitoring.ood.modalities`: on text, only those fed by the shared forward pass),
-    none that needs features without a Linear head, dropout layers the model lacks (tag
-    ``needs-dropout``) or several models (``needs-members``)."""
+def skipped(ctx: AuditContext) -> dict[str, str]:
+    """Registered detectors that cannot run on the audited model, each with why (sorted by name): another
+    modality (:func:`mlsafety.monitoring.ood.modalities`: on text, only those fed by the shared forward
+    pass run), features without a head whose input could be taken as them, dropout layers the model
+    lacks (tag ``needs-dropout``) or several models (``needs-members``)."""
     has_head = ctx.model.head is not None
     has_dropout = bool(ood.dropout_layers(ctx.model.module))
-    names = []
+    why: dict[str, str] = {}
     for name in ood.available():
         tags = ood.DETECTORS.tags(name)
         if ctx.modality not in ood.modalities(name):
-            continue
-        if ood.NEEDS_MEMBERS in tags or ("features" in ood.DETECTORS.get(name).needs and not has_head):
-            continue
-        if ood.NEEDS_DROPOUT in tags and not has_dropout:
-            continue
-        names.append(name)
-    return names
+            why[name] = f"works on {'/'.join(sorted(ood.modalities(name)))} models, not {ctx.modality} ones"
+        elif ood.NEEDS_MEMBERS in tags:
+            why[name] = "needs several trained models (an ensemble); the audit has one"
+        elif "features" in ood.DETECTORS.get(name).needs and not has_head:
+            why[name] = ("needs the classifier's features, and no head layer was found whose input could be "
+                         "taken as them; name it with --head")  # fmt: skip
+        elif ood.NEEDS_DROPOUT in tags and not has_dropout:
+            why[name] = "needs dropout layers (Monte Carlo dropout); the model has none"
+    return why
+
+
+def applicable(ctx: AuditContext) -> list[str]:
+    """Detectors that can run on the audited model, sorted (every registered one not in :func:`skipped`)."""
+    out = skipped(ctx)
+    return [n for n in ood.available() if n not in out]
 
 
 def quick_detectors(ctx: AuditContext) -> list[str]:
@@ -63,42 +74,91 @@ def group_hazard(kind: str) -> str:
     return str(Hazard(f"ood-{kind}"))
 
 
+AUTO = "auto"
+"""The ``default`` parameter's value (and its meaning when unset) that chooses the monitored detector
+on held-out data (:meth:`OOD.plan`)."""
+
+MONITOR_RULE = (
+    "chosen on held-out data: the detector with the highest mean AUROC over the OOD sets, measured on a seeded "
+    "half of each OOD set (the selection half) against {id_side}; every figure of this check is measured on the "
+    "other half of each OOD set (the report half) against {report_side}, inputs the choice never saw"
+)
+"""How the monitored detector is chosen when the user names none (filled in by :meth:`OOD.plan`)."""
+
+
+@dataclass(frozen=True)
+class MonitorPlan:
+    """Which detector the ``ood`` check monitors, why, and which inputs its figures are measured on.
+
+    Attributes:
+        detector: the monitored detector (its figures are the headlines and the plain metric names).
+        rule: how it was chosen, in words (stored with the rows).
+        chosen: ``"held-out"`` (chosen on selection halves), ``"named"`` (by the user) or ``"only"``
+            (the one detector run).
+        report: per hazard (``clean`` and ``ood/<set>``), the indices of the inputs every figure uses;
+            a hazard not listed is used whole.
+        selection: per detector, its mean AUROC on the selection halves (empty unless ``held-out``).
+    """
+
+    detector: str
+    rule: str
+    chosen: str
+    report: dict[str, torch.Tensor] = field(default_factory=dict)
+    selection: dict[str, float] = field(default_factory=dict)
+
+    def reported(self, hazard: str, scores: torch.Tensor) -> torch.Tensor:
+        """``scores`` of ``hazard`` restricted to the inputs its figures are measured on."""
+        index = self.report.get(hazard)
+        return scores if index is None else scores[index]
+
+
+def halves(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of ``range(n)`` into a selection half (``n // 2`` indices) and a report half
+    (the rest), each sorted."""
+    perm = torch.randperm(n, generator=g)
+    return perm[: n // 2].sort().values, perm[n // 2 :].sort().values
+
+
 @register_check("ood")
 class OOD(Check):
     pillar = "monitoring"
     modalities = ("image", "text")
     title = "OOD detection"
     description = (
-        "Every applicable detector, fitted on in-distribution data only, scored on the test data against each OOD "
-        "set (one shared forward pass feeds all logit and feature detectors). AUROC, AUPR-In, AUPR-Out and "
-        "FPR@95 (both conventions) with seeded bootstrap 95% intervals; `ood-near`/`ood-far` pool the sets of "
-        "each kind. "
+        "Every detector that can run on the model (the report lists any skipped, and why), fitted on "
+        "in-distribution data only, scored on the test data against each OOD set (one shared forward pass feeds "
+        "all logit and feature detectors). AUROC, AUPR-In, AUPR-Out and FPR@95 (both conventions) with seeded "
+        "bootstrap 95% intervals, stored per detector (`<detector>_auroc`); `ood-near`/`ood-far` pool the sets of "
+        "each kind (a user's set is far unless given as `--ood near:PATH`). The monitored detector is the one named "
+        "with `--ood-detector` (`[params.ood] default`), else the one chosen on held-out data (the selection half "
+        "of each OOD set, never in a reported figure); its figures are also stored under the plain names "
+        "(`auroc`, ...), which a gate such as `ood/*/auroc` bounds. "
         "Hyper-parameters are the papers' defaults unless tuned on synthetic outliers made from validation data "
         "(never on the OOD test sets unless `tune_on_ood` is set, which the table marks). " + FPR_NOTE
     )
     defaults: ClassVar[dict[str, Any]] = {
         "detectors": None,
-        "default": None,
+        "default": AUTO,
         "n_boot": 200,
         "tune": False,
         "tune_on_ood": False,
         "params": {},
     }
     quick: ClassVar[dict[str, Any]] = {"detectors": "quick", "n_boot": 200}
-    # plain for the default, then per detector, then the warning row of texts cut at the maximum length
-    metrics = (*OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS), "truncated_inputs")
+    # per detector and plain for the monitored one, then the choice, skipped detectors, warnings
+    metrics = (
+        *OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS), "truncated_inputs", MONITORED, "skipped_*", CONSTRUCTED,
+    )  # fmt: skip
     """The full profile uses 200 resamples too: with ~20 detectors x (sets + groups) intervals, 500 would
     double the check's time for intervals that move in the third decimal."""
     view = OODView
 
-    DEFAULT_DETECTOR: ClassVar[dict[str, str]] = {"image": "energy", "text": "mahalanobis"}
-    """The headline detector when ``default`` is not set, per modality: energy for images (Liu et al.,
-    "Energy-based Out-of-distribution Detection", NeurIPS 2020); Mahalanobis distance on the
-    classifier's features for text (Podolskiy et al., "Revisiting Mahalanobis Distance for
-    Transformer-Based Out-of-Domain Detection", AAAI 2021, where it led the logit-based scores on
-    fine-tuned transformers)."""
+    def __init__(self, quick: bool = False, **params: Any) -> None:
+        super().__init__(quick, **params)
+        self._plan: MonitorPlan | None = None
 
     def names(self, ctx: AuditContext) -> list[str]:
+        """The detectors this check runs (validated), with the monitored one among them."""
         chosen = self.params["detectors"]
         if chosen is None:
             names = applicable(ctx)
@@ -110,14 +170,35 @@ class OOD(Check):
             names = list(chosen)
         for n in names:
             ood.DETECTORS.get(n)  # unknown names raise with a suggestion
-        if self.params["default"] is None:
-            self.params["default"] = self.DEFAULT_DETECTOR[ctx.modality]
         default = self.params["default"]
-        if default not in names and chosen in (None, "quick"):
-            default = self.params["default"] = names[0]
-        if default not in names:
-            raise InputError(f"the ood check's default detector {default!r} is not among its detectors {names}")
-        return names
+        if default is None or default == AUTO:
+            if not names:
+                raise InputError("the ood check has no detector to run on this model; name some in [params.ood] "
+                                 "detectors (`mlsafety ood list`)")  # fmt: skip
+            return names
+        if not isinstance(default, str):
+            raise InputError(f"the ood check's monitored detector must be a detector name or {AUTO!r}, not {default!r}")
+        ood.DETECTORS.get(default)  # an unknown name fails with a suggestion
+        if default in names:
+            return names
+        why = skipped(ctx).get(default)
+        if why is not None:
+            raise InputError(f"--ood-detector {default}: the detector {why}; choose another (`mlsafety ood list`) "
+                             f"or {AUTO!r}")  # fmt: skip
+        if chosen in (None, "quick"):  # the user's monitor joins the profile's detectors
+            return sorted([*names, default])
+        raise InputError(f"the ood check's default detector {default!r} is not among its detectors {names}; "
+                         "add it to [params.ood] detectors")  # fmt: skip
+
+    def skipped(self, ctx: AuditContext) -> dict[str, str]:
+        """The detectors of this check's profile that cannot run on the model, with why (none when the
+        user listed the detectors: an unusable one among them is refused instead)."""
+        chosen = self.params["detectors"]
+        if chosen is None:
+            return skipped(ctx)
+        if chosen == "quick":
+            return {n: why for n, why in skipped(ctx).items() if n in ood.DETECTORS.tagged(ood.QUICK)}
+        return {}
 
     def hazards(self, ctx: AuditContext) -> list[str]:
         return ood_hazards(ctx)
@@ -133,11 +214,84 @@ class OOD(Check):
         cache = ScoreCache(ctx, self.names(ctx), self.params["params"])
         if tune:
             cache.prepare = lambda: self._tune(ctx, cache)
-        tasks = [Task(h, bind(self._task, ctx, cache, h)) for h in hazards]
+        tasks = [Task("detectors", bind(self._detectors, ctx, cache))]
+        tasks += [Task(h, bind(self._task, ctx, cache, h)) for h in hazards]
         kinds = sorted({self._kind(ctx, h) for h in hazards})
         tasks += [Task(f"group/{k}", bind(self._group, ctx, cache, k)) for k in kinds]
         tasks.append(Task("plots", bind(self._plots, ctx, cache)))
         return tasks
+
+    # -- the monitored detector ----------------------------------------------------------------
+    def plan(self, ctx: AuditContext, cache: ScoreCache) -> MonitorPlan:
+        """The monitored detector and the inputs every figure is measured on (computed once).
+
+        Named by the user (``default``), or the only detector run: every input is reported. Else
+        (``default`` is ``"auto"``) it is chosen on held-out data, so no reported figure saw the choice:
+        each OOD set is split by a seeded generator (named after the check, ``monitor-split`` and the
+        set) into a selection half and a report half. The in-distribution side of the choice is the
+        validation data when the detectors are fitted on training data (the validation data then
+        takes no other part in this check), else a seeded half of the test data (the detectors are
+        fitted on the validation data, whose scores would flatter the detectors that memorise it, such
+        as KNN). The detector with the highest mean AUROC over the sets' selection halves is chosen
+        (ties: the first in name order). Choosing on the same inputs that are reported would bias the
+        monitored detector's figures upwards (the maximum of noisy estimates); the report half's figures
+        carry no such bias, at about 1.4 times the interval width of the whole set.
+
+        Raises:
+            InputError: an OOD set or the test data too small to split (fewer than 2 inputs).
+        """
+        if self._plan is not None:
+            return self._plan
+        names = cache.names
+        default = self.params["default"]
+        if default is not None and default != AUTO:
+            self._plan = MonitorPlan(default, "named by the user (--ood-detector, or default in [params.ood])", "named")
+            return self._plan
+        if len(names) == 1:
+            self._plan = MonitorPlan(names[0], "the only detector run", "only")
+            return self._plan
+        report: dict[str, torch.Tensor] = {}
+        select: dict[str, torch.Tensor] = {}
+        for h in self.hazards(ctx):
+            n = len(ctx.hazard(h))
+            if n < 2:
+                raise InputError(f"OOD set {Hazard.parse(h).name!r} has {n} input; the ood check needs at least 2 per "
+                                 "set to choose its monitored detector on held-out data, or name one with "
+                                 "--ood-detector")  # fmt: skip
+            select[h], report[h] = halves(n, ctx.generator(self.name, "monitor-split", h))
+        val, clean = ctx.data.val, str(Hazard.clean())
+        if ctx.data.train is not None and len(val) >= 2:
+            sid = cache.scores(_VAL_KEY, x=val.x, outputs=ctx.outputs_for(val))
+            id_side = f"the validation data ({len(val)} inputs; the detectors are fitted on the training data)"
+            report_side = "the whole test data"
+        else:
+            n = len(ctx.data.test)
+            if n < 2:
+                raise InputError(f"the test data has {n} input; the ood check needs at least 2, or name the "
+                                 "monitored detector with --ood-detector")  # fmt: skip
+            sel, report[clean] = halves(n, ctx.generator(self.name, "monitor-split", clean))
+            sid = {k: v[sel] for k, v in cache.scores(clean).items()}
+            id_side = "a seeded half of the test data (the detectors are fitted on the validation data)"
+            report_side = "the other half of the test data"
+        mean = {
+            d: sum(float(auroc(sid[d], cache.scores(h)[d][idx])) for h, idx in select.items()) / len(select)
+            for d in names
+        }
+        best = max(names, key=lambda d: mean[d])  # the first of equal ones
+        rule = MONITOR_RULE.format(id_side=id_side, report_side=report_side)
+        self._plan = MonitorPlan(best, rule, "held-out", report, mean)
+        return self._plan
+
+    def _detectors(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
+        """The monitored detector (a count row: how many it was chosen among) and every skipped detector."""
+        plan = self.plan(ctx, cache)
+        where = str(Hazard("ood"))
+        selection = {d: round(v, 4) for d, v in sorted(plan.selection.items(), key=lambda kv: -kv[1])}
+        rows = [Row.exact(where, MONITORED, float(len(cache.names)), COUNT, len(cache.names), detector=plan.detector,
+                          chosen=plan.chosen, rule=plan.rule, selection_auroc=selection)]  # fmt: skip
+        for name, why in self.skipped(ctx).items():
+            rows.append(Row.exact(where, metric_name("skipped", name), 1.0, DECISION, detector=name, reason=why))
+        return TaskResult(rows)
 
     # -- work ----------------------------------------------------------------------------------
     @staticmethod
@@ -146,57 +300,68 @@ class OOD(Check):
         return ctx.hazard(hazard).kind
 
     def _task(self, ctx: AuditContext, cache: ScoreCache, hazard: str) -> TaskResult:
-        sid, sout = cache.scores("clean"), cache.scores(hazard)
+        plan = self.plan(ctx, cache)
+        clean = str(Hazard.clean())
+        sid, sout = cache.scores(clean), cache.scores(hazard)
         kind = self._kind(ctx, hazard)
         rows: list[Row] = []
         for name in cache.names:
             seed = derive_seed(ctx.seed, self.name, hazard, name)
             rows += detector_rows(
-                hazard, name, sid[name], sout[name], self.params["n_boot"], seed,
-                plain=name == self.params["default"], kind=kind, **cache.info[name],
+                hazard, name, plan.reported(clean, sid[name]), plan.reported(hazard, sout[name]),
+                self.params["n_boot"], seed, plain=name == plan.detector, monitored=plan.chosen, kind=kind,
+                **_inputs(plan), **cache.info[name],
             )  # fmt: skip
-        return TaskResult(rows + truncation_rows(ctx, hazard))
+        return TaskResult(rows + truncation_rows(ctx, hazard) + constructed_set_rows(ctx, hazard))
 
     def _group(self, ctx: AuditContext, cache: ScoreCache, kind: str) -> TaskResult:
+        plan = self.plan(ctx, cache)
+        clean = str(Hazard.clean())
         sets = [h for h in self.hazards(ctx) if self._kind(ctx, h) == kind]
-        sid = cache.scores("clean")
+        sid = cache.scores(clean)
         hazard = group_hazard(kind)
         rows: list[Row] = []
         for name in cache.names:
-            pooled = torch.cat([cache.scores(h)[name] for h in sets])
+            pooled = torch.cat([plan.reported(h, cache.scores(h)[name]) for h in sets])
             seed = derive_seed(ctx.seed, self.name, hazard, name)
             rows += detector_rows(
-                hazard, name, sid[name], pooled, self.params["n_boot"], seed,
-                plain=name == self.params["default"], sets=[Hazard.parse(h).name for h in sets], **cache.info[name],
+                hazard, name, plan.reported(clean, sid[name]), pooled, self.params["n_boot"], seed,
+                plain=name == plan.detector, monitored=plan.chosen, sets=[Hazard.parse(h).name for h in sets],
+                **_inputs(plan), **cache.info[name],
             )  # fmt: skip
         return TaskResult(rows)
 
     def _plots(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
-        sid = cache.scores("clean")
+        plan = self.plan(ctx, cache)
+        clean = str(Hazard.clean())
+        sid = {n: plan.reported(clean, s) for n, s in cache.scores(clean).items()}
         sets = {h: Hazard.parse(h).name or h for h in self.hazards(ctx)}
-        mean_auroc = {n: sum(float(auroc(sid[n], cache.scores(h)[n])) for h in sets) / len(sets) for n in cache.names}
+        out = {h: {n: plan.reported(h, s) for n, s in cache.scores(h).items()} for h in sets}
+        mean_auroc = {n: sum(float(auroc(sid[n], out[h][n])) for h in sets) / len(sets) for n in cache.names}
         best = max(cache.names, key=lambda n: mean_auroc[n])
-        default = self.params["default"]
-        shown = list(dict.fromkeys([best, default]))
-        role = {n: "best" if n == best else "default" for n in shown}
+        monitored = plan.detector
+        shown = list(dict.fromkeys([best, monitored]))
+        role = {n: "best" if n == best else "monitored" for n in shown}
+        if best == monitored:
+            role[best] = "best, monitored"
         rocs = {
             f"test data vs {s}": {
-                f"{n} ({role[n]}), AUROC {float(auroc(sid[n], cache.scores(h)[n])):.3f}": roc_points(
-                    sid[n], cache.scores(h)[n]
-                )
+                f"{n} ({role[n]}), AUROC {float(auroc(sid[n], out[h][n])):.3f}": roc_points(sid[n], out[h][n])
                 for n in shown
             }
             for h, s in sets.items()
         }
-        hists = {f"{n} ({role[n]})": (sid[n], {s: cache.scores(h)[n] for h, s in sets.items()}) for n in shown}
+        hists = {f"{n} ({role[n]})": (sid[n], {s: out[h][n] for h, s in sets.items()}) for n in shown}
+        where = " (report halves)" if plan.report else ""
         return TaskResult(
             [],
             [
-                Artifact("roc", roc_png(rocs), caption=f"ROC curves of the best detector ({best}) and the default "
-                         f"({default}) on each OOD set (mean AUROC {mean_auroc[best]:.3f} vs "
-                         f"{mean_auroc[default]:.3f})."),
+                Artifact("roc", roc_png(rocs), caption=f"ROC curves of the best detector ({best}) and the monitored "
+                         f"one ({monitored}) on each OOD set{where} (mean AUROC {mean_auroc[best]:.3f} vs "
+                         f"{mean_auroc[monitored]:.3f})."),
                 Artifact("histograms", histograms_png(hists),
-                         caption="Anomaly scores of the best and the default detector: test data vs each OOD set."),
+                         caption=f"Anomaly scores of the best and the monitored detector: test data vs each OOD "
+                                 f"set{where}."),
             ],
         )  # fmt: skip
 
@@ -211,3 +376,12 @@ class OOD(Check):
                 continue
             tuned = ood.tune(name, grid, ctx.model, ctx.data.fit, val.x, g, ood_data=ood_x, use_ood_data=on_ood)
             cache.replace(name, tuned.detector, tuned_on=tuned.tuned_on, **tuned.params)
+
+
+_VAL_KEY = "#validation"
+"""The score cache's key of the validation data's scores (not a hazard)."""
+
+
+def _inputs(plan: MonitorPlan) -> dict[str, str]:
+    """The row param that says a figure is measured on the report halves (none when on whole sets)."""
+    return {"inputs": "report half"} if plan.report else {}

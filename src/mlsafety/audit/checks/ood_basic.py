@@ -9,15 +9,17 @@ too; the audit-bound score cache is :class:`mlsafety.audit.checks._common.ScoreC
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any, ClassVar
 
 import torch
 
-from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
+from mlsafety import zoo
+from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks._common import ScoreCache, bind, truncation_rows
-from mlsafety.audit.views.ood_basic import FPR_NOTE, OODBasicView, detector_metric, histograms_png
-from mlsafety.core import Hazard, derive_seed
+from mlsafety.audit.views.ood_basic import CONSTRUCTED, FPR_NOTE, OODBasicView, detector_metric, histograms_png
+from mlsafety.core import ArrayDataset, Hazard, derive_seed
 from mlsafety.metrics import OOD_METRICS, ood_metrics
 
 
@@ -30,20 +32,62 @@ def detector_rows(
     seed: int,
     /,
     plain: bool = False,
+    monitored: str | None = None,
     **params: Any,
 ) -> list[Row]:
     """The OOD metrics (:data:`~mlsafety.metrics.OOD_METRICS`) with bootstrap intervals, named per
-    detector (:func:`~mlsafety.audit.views.ood_basic.detector_metric`) and plainly for the default.
+    detector (:func:`~mlsafety.audit.views.ood_basic.detector_metric`) and, with ``plain``, also under
+    the plain names for the check's monitored (default) detector; ``monitored`` (how that detector was
+    chosen) is then stored with both, so a view can tell the monitored detector's rows.
 
     Intervals come from :func:`~mlsafety.metrics.ood_metrics` (a fused, seeded bootstrap). The
     leading arguments are positional-only so a detector's own hyper-parameters (which may include
     ``seed``) can pass through ``params`` into the rows.
     """
     est = ood_metrics(in_scores, out_scores, n_boot=n_boot, seed=seed)
+    if plain and monitored is not None:
+        params = {**params, "monitored": monitored}
     rows = [Row.of(hazard, detector_metric(detector, m), e, detector=detector, **params) for m, e in est.items()]
     if plain:
         rows += [Row.of(hazard, m, e, detector=detector, **params) for m, e in est.items()]
     return rows
+
+
+@cache
+def native_shape(name: str) -> tuple[int, ...]:
+    """The image shape (C, H, W) the zoo OOD set ``name`` is constructed at (what
+    :func:`mlsafety.zoo.load_dataset` gives without a ``shape``: the data it was made for)."""
+    made_for = getattr(zoo.dataset_info(name), "made_for", None)
+    if made_for is not None:
+        return tuple(made_for)
+    return tuple(int(s) for s in zoo.load_dataset(name).x.shape[1:])
+
+
+def is_constructed(data: ArrayDataset) -> bool:
+    """Whether ``data`` is one of the zoo's constructed image OOD sets (not a user's file of that name)."""
+    if data.name not in zoo.dataset_names():
+        return False
+    info = zoo.dataset_info(data.name)
+    return info.kind != "in" and info.modality == "image" and data.description == info.description
+
+
+def constructed_set_rows(ctx: AuditContext, hazard: str) -> list[Row]:
+    """The warning row of an OOD hazard whose set is one of the zoo's constructed sets made for inputs of
+    another shape than the audited model's (resized for it: e.g. 8x8 grey letters up-sampled for a
+    3x32x32 model), so its figures say little about the model's real OOD inputs; none otherwise."""
+    data = ctx.hazard(hazard)
+    if ctx.modality != "image" or not is_constructed(data):
+        return []
+    made, used = native_shape(data.name), tuple(int(s) for s in data.x.shape[1:])
+    if made == used:
+        return []
+    shown = {"made_for": "x".join(map(str, made)), "used_at": "x".join(map(str, used))}
+    message = (
+        f"the constructed OOD set {data.name!r} was made for {shown['made_for']} inputs and is resized to "
+        f"{shown['used_at']} for this model, so its figures say little about the OOD inputs this model will "
+        "meet; give your own with --ood near:PATH / --ood far:PATH"
+    )
+    return [Row.exact(str(Hazard.parse(hazard)), CONSTRUCTED, 1.0, DECISION, **shown, message=message)]
 
 
 def ood_hazards(ctx: AuditContext) -> list[str]:
@@ -62,8 +106,8 @@ class OODBasic(Check):
     )
     defaults: ClassVar[dict[str, Any]] = {"detectors": ["msp", "energy"], "default": "msp", "n_boot": 500}
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
-    # plain for the default, then per detector, then the warning row of texts cut at the maximum length
-    metrics = (*OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS), "truncated_inputs")
+    # plain for the default, then per detector, then the warning rows (texts cut, a resized constructed set)
+    metrics = (*OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS), "truncated_inputs", CONSTRUCTED)
     view = OODBasicView
 
     def hazards(self, ctx: AuditContext) -> list[str]:
@@ -85,7 +129,7 @@ class OODBasic(Check):
                 hazard, name, sid[name], sout[name], self.params["n_boot"], seed, plain=name == self.params["default"],
                 **cache.info[name],
             )  # fmt: skip
-        return TaskResult(rows + truncation_rows(ctx, hazard))
+        return TaskResult(rows + truncation_rows(ctx, hazard) + constructed_set_rows(ctx, hazard))
 
     def _plots(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
         sid = cache.scores("clean")

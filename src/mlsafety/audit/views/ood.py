@@ -1,17 +1,33 @@
-"""How the ``ood`` check reads in the report: the default detector's AUROC on the first OOD sets, the
-ranking of every detector, and near vs far OOD (pooled sets) per detector."""
+"""How the ``ood`` check reads in the report: the monitored detector's AUROC on the first OOD sets (keys
+that name the detector), how it was chosen, the ranking of every detector, near vs far OOD (pooled
+sets) per detector, the detectors that could not run and why, and warnings about resized constructed sets."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 from mlsafety.audit._check import Headline, StoredRow, Table, fmt_ci, fmt_value
-from mlsafety.audit.views.ood_basic import OODBasicView, detector_metric, plain_headlines, ranking_table
+from mlsafety.audit.views.ood_basic import (
+    OODBasicView,
+    constructed_table,
+    detector_metric,
+    plain_headlines,
+    ranking_table,
+)
+
+MONITORED = "monitored_detector"
+"""The metric of the row that names the monitored detector (a ``count``: how many detectors it was
+chosen among; params ``detector``, ``chosen``, ``rule``, ``selection_auroc``)."""
+
+SKIPPED_PREFIX = "skipped_"
+"""The metric prefix of the row of a detector the check could not run (a ``decision``; params
+``detector``, ``reason``)."""
 
 
 class OODView(OODBasicView):
-    """Headlines: the default detector's AUROC on (at most) three OOD sets; tables: the ranking, and
-    AUROC per detector on each pooled group of sets (rows whose params list their ``sets``)."""
+    """Headlines: the monitored detector's AUROC on (at most) three OOD sets; tables: the ranking, the
+    monitored detector and how it was chosen, AUROC per detector on each pooled group of sets (rows
+    whose params list their ``sets``), the detectors not run, the warnings."""
 
     headline_label = "OOD AUROC ({detector})"
     ranking_title = "Detectors ranked by mean AUROC over the OOD sets (OOD = positive)"
@@ -22,7 +38,7 @@ class OODView(OODBasicView):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
-        tables = ranking_table(rows, title or cls.ranking_title)
+        tables = ranking_table(rows, title or cls.ranking_title) + monitor_table(rows)
         groups = [r for r in rows if "sets" in r.params and r.metric == _auroc_metric(r)]
         if groups:
             kinds = sorted({r.hazard for r in groups})
@@ -30,7 +46,28 @@ class OODView(OODBasicView):
             val = {(r.params["detector"], r.hazard): r for r in groups}
             body = [[d, *[_cell(val.get((d, k))) for k in kinds]] for d in dets]
             tables.append(Table("Near vs far OOD (pooled sets): AUROC [95% CI]", ["detector", *kinds], body))
-        return tables
+        return tables + skipped_table(rows) + constructed_table(rows)
+
+
+def monitor_table(rows: Sequence[StoredRow]) -> list[Table]:
+    """The monitored detector, how it was chosen and, when chosen on held-out data, the candidates'
+    mean AUROC on the selection halves (the best five)."""
+    chosen = [r for r in rows if r.metric == MONITORED]
+    if not chosen:
+        return []
+    r = chosen[0]
+    selection = dict(r.params.get("selection_auroc") or {})
+    shown = ", ".join(f"{d} {fmt_value(v)}" for d, v in list(selection.items())[:5])
+    body = [[str(r.params.get("detector", "")), str(r.params.get("rule", "")), shown]]
+    note = "The scorecard and the plain metric names (ood/<set>/auroc, the gate `ood/*/auroc`) show this detector."
+    return [Table("Monitored detector", ["detector", "how it was chosen", "selection-half mean AUROC"], body, note)]
+
+
+def skipped_table(rows: Sequence[StoredRow]) -> list[Table]:
+    """The detectors the check could not run on this model, with why."""
+    body = [[str(r.params.get("detector", "")), str(r.params.get("reason", ""))]
+            for r in rows if r.metric.startswith(SKIPPED_PREFIX) and "reason" in r.params]  # fmt: skip
+    return [Table("Detectors not run on this model", ["detector", "why"], body)] if body else []
 
 
 def _auroc_metric(r: StoredRow) -> str | None:

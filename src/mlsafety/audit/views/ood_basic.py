@@ -37,8 +37,12 @@ FPR_TABLE_NOTE = (
 _OOD = Hazard("ood")
 """Every OOD set (``ood/<set>`` is within it)."""
 
-_NOT_HYPER = ("detector", "kind", "sets", "tuned_on")
+_NOT_HYPER = ("detector", "kind", "sets", "tuned_on", "monitored", "inputs")
 """Row params that describe the row, not the detector's hyper-parameters."""
+
+CONSTRUCTED = "warning_constructed_set"
+"""The metric of the warning row of an OOD set the zoo constructed for inputs of another shape (a
+``decision``; params ``made_for``, ``used_at``, ``message``)."""
 
 
 def detector_metric(detector: str, measure: str) -> str:
@@ -54,7 +58,8 @@ def ood_set(row: StoredRow) -> str | None:
 
 
 class OODBasicView(View):
-    """Headlines: the default detector's AUROC on each OOD set; table: detectors ranked by mean AUROC."""
+    """Headlines: the default detector's AUROC on each OOD set; tables: detectors ranked by mean AUROC,
+    and the warnings about constructed sets resized for the model."""
 
     headline_label = "MSP AUROC"
     ranking_title = "Detectors ranked by mean AUROC (OOD = positive)"
@@ -65,19 +70,38 @@ class OODBasicView(View):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
-        return ranking_table(rows, title or cls.ranking_title)
+        return ranking_table(rows, title or cls.ranking_title) + constructed_table(rows)
 
 
 def plain_headlines(rows: Sequence[StoredRow], label: str) -> list[Headline]:
-    """One scorecard entry per OOD set: the default detector's AUROC (the plain ``auroc`` rows).
+    """One scorecard entry per OOD set: the default (monitored) detector's AUROC, shown by the row whose
+    key names the detector (``ood/ood/letters/knn_auroc``), found from the plain ``auroc`` row's
+    ``detector`` param; a run stored before the per-detector rows keeps its plain row.
 
-    ``label`` may name the detector as ``{detector}``, filled from the row's params (the default
-    can change per model: the ``ood`` check falls back from energy when the model cannot use it)."""
-    return [
-        Headline(f"{label.format(detector=r.params.get('detector', '?'))} {ood_set(r)}", r)
-        for r in rows
-        if r.metric == "auroc" and ood_set(r) is not None
-    ]
+    ``label`` may name the detector as ``{detector}``, filled from the row's params (the ``ood``
+    check's monitored detector differs per model: named by the user or chosen on held-out data)."""
+    by_key = {(r.hazard, r.metric): r for r in rows}
+    out = []
+    for r in rows:
+        if r.metric != "auroc" or ood_set(r) is None:
+            continue
+        det = r.params.get("detector")
+        named = by_key.get((r.hazard, detector_metric(det, "auroc"))) if isinstance(det, str) else None
+        out.append(Headline(f"{label.format(detector=det or '?')} {ood_set(r)}", named or r))
+    return out
+
+
+def constructed_table(rows: Sequence[StoredRow]) -> list[Table]:
+    """The warnings of constructed OOD sets used at a shape they were not made for (none: no table)."""
+    warned = [r for r in rows if r.metric == CONSTRUCTED]
+    if not warned:
+        return []
+    body = [[str(ood_set(r)), str(r.params.get("made_for", "")), str(r.params.get("used_at", ""))] for r in warned]
+    note = (
+        "Warning: these OOD sets were constructed for inputs of another shape and resized for this model, so their "
+        "figures say little about the OOD inputs it will meet; give your own sets with --ood near:PATH / far:PATH."
+    )
+    return [Table("Constructed OOD sets resized for this model", ["OOD set", "made for", "used at"], body, note)]
 
 
 def ranking_table(rows: Sequence[StoredRow], title: str) -> list[Table]:
