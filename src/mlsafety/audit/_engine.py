@@ -210,18 +210,21 @@ def run_audit(
             run_id = store.create_run(
                 config.model, str(config.data), config.seed, fingerprint, record, package_version()
             )
-            extra = _plan_rows(plan, held_out, data)
+            extra = _plan_rows(plan, held_out)
             if extra:
                 store.write_task(run_id, PLAN_CHECK, "plan", extra, [], 0.0)
         ran = skipped = 0
-        tracker = _Tracker(plan, budget, start, checks) if plan is not None else None
+        tracker = _Tracker(plan, budget, start, checks, set(stored_plan or {})) if plan is not None else None
         started: set[str] = set()
         for i, (check, task) in enumerate(work):
             if (check.name, task.key) in done:
                 skipped += 1
                 continue
-            if tracker is not None and check.name not in started and stored_plan is None:
+            if tracker is not None and check.name not in started:
                 tracker.replan(check.name)  # sizes of the checks not yet started, from what the done ones cost
+                sizes = _size_rows(tracker.plan, check.name) if budget is not None else []
+                if sizes and (PLAN_CHECK, f"sizes/{check.name}") not in done:
+                    store.write_task(run_id, PLAN_CHECK, f"sizes/{check.name}", sizes, [], 0.0)
             started.add(check.name)
             t0 = time.perf_counter()
             result = task.run()
@@ -313,16 +316,21 @@ def _held_out(data: AuditData) -> tuple[int, int] | None:
     return None
 
 
-def _stored_plan(db: str | Path | None, fingerprint: str) -> dict[str, Any] | None:
-    """The plan recorded by the unfinished run ``--resume`` would continue (its sizes are reused, so a
-    resumed run measures what the first attempt measured), or None."""
+def _stored_plan(db: str | Path | None, fingerprint: str) -> dict[tuple[str, str], int] | None:
+    """The sample sizes the unfinished run ``--resume`` would continue has stored (rows of
+    :data:`PLAN_CHECK` that name a check and a parameter), so a resumed run measures the checks it had
+    started (and the shared test set) with the sizes of its first attempt; None when there is none."""
     try:
         with Store(db, create=False, readonly=True) as store:
             run = store.resumable(fingerprint)
+            rows = store.results(run.run_id, PLAN_CHECK) if run is not None else []
     except (InputError, sqlite3.Error):
         return None
-    plan = run.config.get("plan") if run is not None else None
-    return plan if isinstance(plan, dict) else None
+    return {
+        (str(r.params["check"]), str(r.params["param"])): int(r.value)
+        for r in rows
+        if r.metric.endswith("_chosen") and "check" in r.params
+    } or None
 
 
 def _derived(check: Check, ctx: AuditContext, checks: list[Check]) -> dict[str, Any]:
@@ -376,7 +384,7 @@ def _plan(
     config: AuditConfig,
     budget: float | None,
     spent: float,
-    stored: dict[str, Any] | None,
+    stored: dict[tuple[str, str], int] | None,
 ) -> Plan:
     """Measure the model on a probe batch and cost every check; with a budget, choose sample sizes."""
     t0 = time.perf_counter()
@@ -398,11 +406,9 @@ def _plan(
     probe = time.perf_counter() - t0
     plan = make_plan(costs, budget, spent + probe)
     plan.probe_seconds = probe
-    if stored is not None:  # --resume: the first attempt's sizes
-        for entry in stored.get("knobs", []):
-            k = plan.knobs.get((entry["check"], entry["param"]))
-            if k is not None:
-                k.chosen = int(entry["chosen"])
+    for key, chosen in (stored or {}).items():  # --resume: the first attempt's sizes
+        if key in plan.knobs:
+            plan.knobs[key].chosen = chosen
     return plan
 
 
@@ -434,8 +440,26 @@ def plan_record(plan: Plan) -> dict[str, Any]:
     }
 
 
-def _plan_rows(plan: Plan | None, held_out: tuple[int, int] | None, data: AuditData) -> list[Row]:
-    """What the engine decided, as rows of :data:`PLAN_CHECK` (none for a plain run: its rows stay as they were)."""
+def _size_rows(plan: Plan, check: str) -> list[Row]:
+    """The sample sizes a budget chose for ``check`` (``#test``: the shared test set), each with the
+    worst-case interval width it bought: rows of :data:`PLAN_CHECK`."""
+    rows = []
+    for k in plan.knobs.values():
+        if k.check != check:
+            continue
+        name = "test_inputs" if k.check == TEST else f"{k.check}_{k.param}".replace("-", "_")
+        info = {"check": k.check, "param": k.param, "configured": k.value}
+        rows.append(Row.exact("clean", f"{name}_chosen", float(k.chosen), DECISION, **info))
+        note = "95% interval width of a proportion at p = 1/2 with this n"
+        rows.append(Row.exact("clean", f"{name}_worst_interval_width", round(k.width, 4), DECISION, k.chosen,
+                              **info, note=note))  # fmt: skip
+    return rows
+
+
+def _plan_rows(plan: Plan | None, held_out: tuple[int, int] | None) -> list[Row]:
+    """What the engine decided before the first task, as rows of :data:`PLAN_CHECK`: the validation share
+    held out of --data, and the budget with the test-set size it chose (none for a plain run, whose rows
+    stay as they were)."""
     rows: list[Row] = []
     if held_out is not None:
         n_val, n_all = held_out
@@ -445,12 +469,7 @@ def _plan_rows(plan: Plan | None, held_out: tuple[int, int] | None, data: AuditD
     if plan is not None and plan.budget is not None:
         rows.append(Row.exact("clean", "budget_seconds", plan.budget, "setting"))
         rows.append(Row.exact("clean", "predicted_seconds", round(plan.seconds, 1), DECISION, fits=plan.fits))
-        for k in plan.knobs.values():
-            name = "test_inputs" if k.check == TEST else f"{k.check}_{k.param}".replace("-", "_")
-            info = {"check": k.check, "param": k.param, "configured": k.value}
-            rows.append(Row.exact("clean", f"{name}_chosen", float(k.chosen), DECISION, **info))
-            rows.append(Row.exact("clean", f"{name}_worst_interval_width", round(k.width, 4), DECISION,
-                                  k.chosen, **info, note="95% width of a proportion at p = 1/2"))  # fmt: skip
+        rows += _size_rows(plan, TEST)
     return rows
 
 
@@ -458,8 +477,10 @@ class _Tracker:
     """Predicted against measured seconds while the audit runs: the ETA, and re-planning of the checks
     not yet started so that errors of the cost models are absorbed by the later checks."""
 
-    def __init__(self, plan: Plan, budget: float | None, start: float, checks: list[Check]) -> None:
-        self.plan, self.budget, self.start = plan, budget, start
+    def __init__(
+        self, plan: Plan, budget: float | None, start: float, checks: list[Check], fixed: set[tuple[str, str]]
+    ) -> None:
+        self.plan, self.budget, self.start, self.fixed = plan, budget, start, fixed
         self.checks = {c.name: c for c in checks}
         self.predicted = {c.check: c.seconds() for c in plan.costs}
         self.spent: dict[str, float] = {}
@@ -491,7 +512,7 @@ class _Tracker:
 
         f = self._factor()
         free = [k for k in self.plan.knobs.values() if k.check != TEST and k.check not in self.spent]
-        free = [k for k in free if k.check in self.checks]
+        free = [k for k in free if k.check in self.checks and (k.check, k.param) not in self.fixed]
         if not free:
             return
         elapsed = time.perf_counter() - self.start
