@@ -462,6 +462,36 @@ def _with_source(ds: ArrayDataset, source: str) -> ArrayDataset:
     return ArrayDataset(ds.x, ds.y, ds.name, ds.kind, ds.description, source)
 
 
+OOD_GROUPS = ("near", "far")
+"""The groups an OOD set is put in by ``--ood near:PATH`` / ``--ood far:PATH`` (``ood = ["near:PATH"]`` in
+the config file); a user's set given without one is far, a zoo set keeps the zoo's group."""
+
+
+def ood_group(spec: str) -> tuple[str, str | None]:
+    """``(spec, group)``: an ``--ood`` value without its ``near:`` / ``far:`` prefix, and that group (None:
+    no prefix given).
+
+    Raises:
+        InputError: a prefix with nothing after it, or a word prefix that is neither group (a typo such
+            as ``naer:x.npz``) on a path that does not exist.
+    """
+    head, sep, rest = spec.partition(":")
+    if sep and head in OOD_GROUPS:
+        if not rest.strip():
+            raise InputError(f"--ood {spec}: give the set after {head}:, e.g. --ood {head}:data/ood.npz")
+        return rest, head
+    if sep and len(head) > 1 and head.isalpha() and not Path(spec).exists():
+        raise InputError(f"--ood {spec}: unknown group {head!r}; mark a set with near: or far:, e.g. --ood near:{rest}")
+    return spec, None
+
+
+def _in_group(ds: Any, group: str | None) -> Any:
+    """``ds`` (an image or text dataset) in OOD group ``group`` (unchanged when None)."""
+    if group is None or ds.kind == group:
+        return ds
+    return type(ds)(ds.x, ds.y, ds.name, group, ds.description, ds.source)
+
+
 def zoo_modality(name: str) -> str:
     """``"image"`` or ``"text"``: what the zoo dataset ``name`` holds."""
     return zoo.dataset_info(name).modality
@@ -561,7 +591,8 @@ def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
         train = TextDataset(train.x, train.y, train.name, train.kind, train.description, source)
     ood: dict[str, TextDataset] = {}
     for ood_spec in config.ood if config.ood is not None else zoo.ood_names("text"):
-        ds = _load_text(ood_spec, "ood", "test", config)
+        ood_spec, group = ood_group(ood_spec)
+        ds = _in_group(_load_text(ood_spec, "ood", "test", config), group)
         if ds.name in ood:
             raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
         ood[ds.name] = ds
@@ -902,7 +933,8 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
     ood_specs = config.ood if config.ood is not None else zoo.ood_names("image", spec)
     ood: dict[str, ArrayDataset] = {}
     for spec in ood_specs:
-        ds = load_checked(spec, "ood", "test", shape)  # type: ignore[arg-type]
+        spec, group = ood_group(spec)
+        ds = _in_group(load_checked(spec, "ood", "test", shape), group)  # type: ignore[arg-type]
         if ds.name in ood:
             raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
         ood[ds.name] = ds
