@@ -4,7 +4,8 @@ Example::
 
     model = "digits-cnn"          # or "path/to/model.py:factory" with weights = "model.safetensors"
     data = "digits"               # zoo name, .npz file or image folder
-    ood = ["letters", "noise"]
+    ood = ["letters", "noise", "far:data/photos.npz"]   # near:PATH / far:PATH sets a set's group
+    ood_detector = "knn"          # the monitored OOD detector (default: auto, chosen on held-out data)
     seed = 0
     batch_size = 256              # positive
     budget = "5m"                 # optional: choose sample sizes so the audit fits (90s, 5m, 1h)
@@ -76,6 +77,7 @@ def config_from_mapping(raw: dict[str, Any], where: str = "config") -> AuditConf
     range (a batch size below 1, a seed outside [0, 2**63 - 1], a non-finite gate bound...) raise
     :class:`InputError` naming ``where`` and the key."""
     cfg = AuditConfig()
+    ood_detector = None
     for key, value in raw.items():
         if key in _SCALARS:
             if not isinstance(value, _SCALARS[key]) or (_SCALARS[key] is int and isinstance(value, bool)):
@@ -85,6 +87,10 @@ def config_from_mapping(raw: dict[str, Any], where: str = "config") -> AuditConf
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise InputError(f"{where}: ood must be a list of names or paths")
             cfg.ood = value
+        elif key == "ood_detector":
+            if not isinstance(value, str):
+                raise InputError(f"{where}: ood_detector must be a detector name (`mlsafety ood list`) or 'auto'")
+            ood_detector = value
         elif key == "image_size":
             if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
                 raise InputError(f"{where}: image_size must be [height, width]")
@@ -103,5 +109,11 @@ def config_from_mapping(raw: dict[str, Any], where: str = "config") -> AuditConf
             setattr(cfg, key, {k: check_gate_bound(k, v, f"{where}: [{key}]") for k, v in value.items()})
         else:
             raise InputError(f"{where}: unknown key {key!r}")
+    if ood_detector is not None:  # after [params]: a table written later in the file must not drop it
+        ood = cfg.check_params.setdefault("ood", {})
+        if ood.get("default", ood_detector) != ood_detector:
+            raise InputError(f"{where}: ood_detector = {ood_detector!r} and [params.ood] default = "
+                             f"{ood['default']!r} disagree; keep one")  # fmt: skip
+        ood["default"] = ood_detector
     check_settings(cfg, where)
     return cfg

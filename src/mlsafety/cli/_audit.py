@@ -95,7 +95,16 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--val", help="Validation data (same forms); default: the zoo split, or 30% held out of --data.")
 @click.option("--train", "train_data", help="Training data (optional; detectors fit on it when given).")
 @click.option(
-    "--ood", multiple=True, help="OOD set (zoo name, .npz or folder); repeatable. Default: all embedded sets."
+    "--ood",
+    multiple=True,
+    help="OOD set (zoo name, .npz or folder), as near:PATH or far:PATH to set its group (without one: far; a zoo "
+    "set keeps its own); repeatable. Default: the embedded sets made for the data.",
+)
+@click.option(
+    "--ood-detector",
+    metavar="NAME",
+    help="The OOD detector the audit monitors: its figures are the OOD headlines and the plain metric names "
+    "(ood/*/auroc); see `mlsafety ood list`.  [default: auto, chosen on held-out data]",
 )
 @click.option("--image-size", nargs=2, type=int, help="H W to resize image folders to.")
 @click.option("--channels", type=int, help="Convert image folders to 1 or 3 channels.  [default: the model's]")
@@ -142,6 +151,7 @@ def audit(
     val: str | None,
     train_data: str | None,
     ood: tuple[str, ...],
+    ood_detector: str | None,
     image_size: tuple[int, int] | None,
     channels: int | None,
     text_column: str | None,
@@ -200,6 +210,8 @@ def audit(
             setattr(cfg, name, value)
     if ood:
         cfg.ood = list(ood)
+    if ood_detector is not None:
+        cfg.check_params.setdefault("ood", {})["default"] = ood_detector
     if image_size:
         cfg.image_size = image_size
     if checks:
