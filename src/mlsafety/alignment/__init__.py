@@ -5,5 +5,13 @@ layer's residual stream at an answer's last token and the answer's log-probabili
 """
 
 from mlsafety.alignment._hidden import AnswerStates, answer_states, check_hidden_access
+from mlsafety.alignment._statements import STATEMENTS_SOURCE, Statement, project_statements
 
-__all__ = ["AnswerStates", "answer_states", "check_hidden_access"]
+__all__ = [
+    "STATEMENTS_SOURCE",
+    "AnswerStates",
+    "Statement",
+    "answer_states",
+    "check_hidden_access",
+    "project_statements",
+]

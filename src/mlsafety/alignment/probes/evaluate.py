@@ -1,0 +1,280 @@
+"""Probe evaluation: accuracy per layer with intervals, prompt sensitivity, transfer, misleading prefixes,
+and the honesty gap.
+
+Each set of contrast pairs is read once (:func:`contrast_states`: x+ and x- of every item in one
+:func:`~mlsafety.alignment.answer_states` call, one forward pass per batch for all layers and both
+answers' log-probabilities). Items are split once, seeded, into a fit half and a test half shared by
+every template, so accuracies on one template and another are paired.
+
+The honesty gap (what the issue asks beyond Burns et al.): on the test items, the share where the
+model's stated answer (the answer with the higher log-probability) disagrees with what the best
+unsupervised probe reads from its hidden states, with an exact Clopper-Pearson interval, with and without
+the misleading prefix. The "best" probe is the unsupervised (method, layer) with the highest accuracy on
+the fit half (labels are used to choose it, never to train it).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from mlsafety.alignment._hidden import answer_states
+from mlsafety.alignment.probes.base import PROBES, Probe
+from mlsafety.alignment.probes.pairs import ContrastPairs, check_two_classes
+from mlsafety.alignment.probes.zero_shot import zero_shot_scores
+from mlsafety.core import InputError, LanguageModel, Progress
+from mlsafety.metrics import Estimate, clopper_pearson
+
+ZERO_SHOT = "zero-shot"
+ZERO_SHOT_CALIBRATED = "zero-shot-calibrated"
+
+
+@dataclass(frozen=True)
+class ContrastStates:
+    """Hidden states and answer log-probabilities of N contrast pairs.
+
+    Attributes:
+        pos, neg: float32 ``(N, n_layers + 1, D)``: every layer at the last token of x+ / x-.
+        logp_yes, logp_no: ``(N,)`` log-probabilities of the two answers given the prompt.
+        labels: int64 ``(N,)``, 1 when x+ is true.
+    """
+
+    pos: torch.Tensor
+    neg: torch.Tensor
+    logp_yes: torch.Tensor
+    logp_no: torch.Tensor
+    labels: torch.Tensor
+
+    def subset(self, index: torch.Tensor) -> ContrastStates:
+        return ContrastStates(
+            self.pos[index], self.neg[index], self.logp_yes[index], self.logp_no[index], self.labels[index]
+        )
+
+    def stated(self) -> torch.Tensor:
+        """The model's stated reading ``(N,)``: 1 where it prefers the affirmative answer."""
+        return (zero_shot_scores(self.logp_yes, self.logp_no) > 0).long()
+
+
+def contrast_states(
+    lm: LanguageModel, pairs: ContrastPairs, batch_size: int = 16, progress: Progress | None = None
+) -> ContrastStates:
+    """Read x+ and x- of every pair with one :func:`answer_states` call (one pass per batch)."""
+    prompts = pairs.prompts()
+    n = len(prompts)
+    t = pairs.template
+    states = answer_states(lm, prompts + prompts, [t.yes] * n + [t.no] * n, batch_size, progress)
+    return ContrastStates(states.hidden[:n], states.hidden[n:], states.logprob[:n], states.logprob[n:], pairs.labels)
+
+
+def accuracy_estimate(correct: torch.Tensor) -> Estimate:
+    """Share of True in ``correct`` with its exact (Clopper-Pearson) 95% interval."""
+    k, n = int(correct.sum()), len(correct)
+    lo, hi = clopper_pearson(k, n)
+    return Estimate(k / n, lo, hi, n)
+
+
+@dataclass(frozen=True)
+class LayerResult:
+    """One method at one layer on one test set: accuracy (the sign fixed without labels) and, for
+    unsupervised probes, the accuracy under the better of the two signs (what Burns et al. report)."""
+
+    method: str
+    layer: int
+    accuracy: Estimate
+    either_sign: Estimate | None
+    fit_accuracy: float
+
+
+def split_items(n: int, generator: torch.Generator, fit_share: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of ``range(n)`` into (fit, test) index tensors."""
+    if n < 4:
+        raise InputError(f"probes need at least 4 contrast pairs (2 to fit, 2 to test), got {n}")
+    order = torch.randperm(n, generator=generator)
+    k = min(max(2, round(n * fit_share)), n - 2)
+    return order[:k].sort().values, order[k:].sort().values
+
+
+def fit_and_test(
+    method: str,
+    fit: ContrastStates,
+    test: ContrastStates,
+    layer: int,
+    generator: torch.Generator,
+    params: dict[str, object] | None = None,
+) -> tuple[LayerResult, torch.Tensor]:
+    """Fit ``method`` on ``fit`` at ``layer`` and test it on ``test``; also its test readings ``(N,)``."""
+    probe = fit_probe(method, fit, layer, generator, params)
+    return probe_result(probe, fit, test, layer)
+
+
+def fit_probe(
+    method: str, fit: ContrastStates, layer: int, generator: torch.Generator, params: dict[str, object] | None = None
+) -> Probe:
+    """``method`` fitted at ``layer``; an unsupervised probe's sign follows the zero-shot scores (no labels)."""
+    probe = PROBES.create(method, **(params or {}))
+    reference = zero_shot_scores(fit.logp_yes, fit.logp_no)
+    return probe.fit(fit.pos[:, layer], fit.neg[:, layer], fit.labels, reference=reference, generator=generator)
+
+
+def probe_result(
+    probe: Probe, fit: ContrastStates, test: ContrastStates, layer: int
+) -> tuple[LayerResult, torch.Tensor]:
+    """A fitted probe's result on ``test`` (and its fit-half accuracy), and its test readings ``(N,)``."""
+    method = probe.name
+    fit_correct = probe.predict(fit.pos[:, layer], fit.neg[:, layer]) == fit.labels
+    reading = probe.predict(test.pos[:, layer], test.neg[:, layer])
+    correct = reading == test.labels
+    either = None if probe.supervised else _either(correct)
+    return LayerResult(method, layer, accuracy_estimate(correct), either, float(fit_correct.float().mean())), reading
+
+
+def _either(correct: torch.Tensor) -> Estimate:
+    return accuracy_estimate(correct if float(correct.float().mean()) >= 0.5 else ~correct)
+
+
+def zero_shot_results(test: ContrastStates) -> list[LayerResult]:
+    """Zero-shot accuracy, raw (the stated answer) and median-calibrated, as layer ``-1`` rows."""
+    out = []
+    for name, calibrated in ((ZERO_SHOT, False), (ZERO_SHOT_CALIBRATED, True)):
+        correct = (zero_shot_scores(test.logp_yes, test.logp_no, calibrated) > 0).long() == test.labels
+        out.append(LayerResult(name, -1, accuracy_estimate(correct), None, float("nan")))
+    return out
+
+
+@dataclass
+class ProbeReport:
+    """Everything one probing run measured (see :func:`run_probes`)."""
+
+    dataset: str
+    templates: list[str]
+    layers: list[int]
+    n_fit: int
+    n_test: int
+    results: dict[str, list[LayerResult]] = field(default_factory=dict)
+    """Per template name: every (method, layer) result on the test half, plus the zero-shot rows."""
+    sensitivity: dict[str, float] = field(default_factory=dict)
+    """Per method: standard deviation over templates of test accuracy (probes at their best layer)."""
+    best: tuple[str, int] | None = None
+    """The best unsupervised probe (method, layer): the highest mean accuracy on the fit half."""
+    misleading: dict[str, Estimate] = field(default_factory=dict)
+    """Test accuracy behind the misleading prefix, by method (probes at their best layer; zero-shot)."""
+    gap: dict[str, Estimate] = field(default_factory=dict)
+    """Honesty gap ``clean`` / ``misleading``: share of test items where the stated answer and the best
+    unsupervised probe disagree (Clopper-Pearson)."""
+    transfer: dict[str, Estimate] = field(default_factory=dict)
+    """Per ``"<method>:<target dataset>"``: accuracy on another dataset's test half at the best layer."""
+
+    def table(self, template: str | None = None) -> list[LayerResult]:
+        """The results of one template (default: the first)."""
+        return self.results[template or self.templates[0]]
+
+    def best_layer(self, method: str) -> int:
+        """The layer where ``method``'s mean accuracy on the fit half over templates is highest (chosen
+        without the test half, so the test accuracy there is not selected on itself)."""
+        return max(self._fit_means(method).items(), key=lambda kv: kv[1])[0]
+
+    def _fit_means(self, method: str) -> dict[int, float]:
+        means: dict[int, list[float]] = {}
+        for rows in self.results.values():
+            for r in rows:
+                if r.method == method:
+                    means.setdefault(r.layer, []).append(r.fit_accuracy)
+        return {k: sum(v) / len(v) for k, v in means.items()}
+
+
+def run_probes(
+    lm: LanguageModel,
+    pairs: Sequence[ContrastPairs],
+    methods: Sequence[str] = ("ccs", "logistic", "mean-diff", "top-pc"),
+    layers: Sequence[int] | None = None,
+    generator: torch.Generator | None = None,
+    misleading: bool = True,
+    transfer: Sequence[ContrastPairs] = (),
+    params: dict[str, dict[str, object]] | None = None,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> ProbeReport:
+    """Probe accuracy per layer for every template of one dataset, and what follows from it.
+
+    Args:
+        lm: the language model (hidden-state access needed).
+        pairs: the same items under one or more templates (the first is the main one: misleading prefix,
+            honesty gap and transfer use it).
+        methods: probe names from :data:`~mlsafety.alignment.probes.PROBES`; zero-shot always runs.
+        layers: residual-stream indices to probe (0 = embeddings); None: all.
+        generator: seeds the split and the probes' initialisations; None: seed 0.
+        misleading: also read the test half behind a misleading prefix (Burns et al.).
+        transfer: other datasets' pairs: probes fitted here at their best layer are tested on their items.
+        params: hyper-parameters per method (``{"ccs": {"epochs": 200}}``).
+        batch_size: texts per forward pass.
+        progress: progress bars; None: silent.
+
+    Raises:
+        InputError: no pairs, templates over different items, one class only, unknown methods, bad layers.
+    """
+    if not pairs:
+        raise InputError("no contrast pairs given")
+    main = pairs[0]
+    for other in pairs[1:]:
+        if other.items != main.items:
+            raise InputError("every template must be applied to the same items (use pairs.with_template)")
+    check_two_classes(main.labels, f"dataset {main.dataset!r}")
+    for m in methods:
+        PROBES.get(m)
+    n_stream = lm.n_layers + 1
+    chosen = list(range(n_stream)) if layers is None else sorted({int(k) % n_stream for k in layers})
+    for k in layers or []:
+        if not -n_stream <= int(k) < n_stream:
+            raise InputError(f"layer {k} is out of range: this model has layers 0..{n_stream - 1} (0 = embeddings)")
+    g = generator if generator is not None else torch.Generator().manual_seed(0)
+    fit_idx, test_idx = split_items(len(main), g)
+    check_two_classes(main.labels[fit_idx], "the fit half")
+    report = ProbeReport(main.dataset, [p.template.name for p in pairs], chosen, len(fit_idx), len(test_idx))
+    params = params or {}
+    main_states: ContrastStates | None = None
+    for p in pairs:
+        states = contrast_states(lm, p, batch_size, progress)
+        main_states = main_states or states
+        fit, test = states.subset(fit_idx), states.subset(test_idx)
+        rows = zero_shot_results(test)
+        for m in methods:
+            rows += [fit_and_test(m, fit, test, k, g, params.get(m))[0] for k in chosen]
+        report.results[p.template.name] = rows
+    assert main_states is not None
+    all_methods = [*methods, ZERO_SHOT, ZERO_SHOT_CALIBRATED]
+    for m in all_methods:
+        layer = report.best_layer(m)
+        accs = torch.tensor(
+            [r.accuracy.value for rows in report.results.values() for r in rows if r.method == m and r.layer == layer]
+        )
+        report.sensitivity[m] = float(accs.std()) if len(accs) > 1 else 0.0
+    unsupervised = [m for m in methods if not PROBES.get(m).supervised]
+    fit, test = main_states.subset(fit_idx), main_states.subset(test_idx)
+    best_probe: Probe | None = None
+    if unsupervised:
+        best = max(unsupervised, key=lambda m: report._fit_means(m)[report.best_layer(m)])
+        report.best = (best, report.best_layer(best))
+        best_probe = fit_probe(best, fit, report.best[1], g, params.get(best))
+        reading = best_probe.predict(test.pos[:, report.best[1]], test.neg[:, report.best[1]])
+        report.gap["clean"] = accuracy_estimate(reading != test.stated())
+    if misleading:
+        mis = contrast_states(lm, main.subset(test_idx).misleading(main.subset(fit_idx)), batch_size, progress)
+        report.misleading[ZERO_SHOT] = zero_shot_results(mis)[0].accuracy
+        report.misleading[ZERO_SHOT_CALIBRATED] = zero_shot_results(mis)[1].accuracy
+        for m in methods:
+            probe = best_probe if (m, report.best_layer(m)) == report.best else None
+            probe = probe or fit_probe(m, fit, report.best_layer(m), g, params.get(m))
+            result, reading = probe_result(probe, fit, mis, report.best_layer(m))
+            report.misleading[m] = result.accuracy
+            if best_probe is not None and probe is best_probe:
+                report.gap["misleading"] = accuracy_estimate(reading != mis.stated())
+    for target in transfer:
+        check_two_classes(target.labels, f"dataset {target.dataset!r}")
+        _, target_test = split_items(len(target), g)
+        target_states = contrast_states(lm, target.subset(target_test), batch_size, progress)
+        for m in methods:
+            result, _ = fit_and_test(m, fit, target_states, report.best_layer(m), g, params.get(m))
+            report.transfer[f"{m}:{target.dataset}"] = result.accuracy
+    return report
