@@ -2,10 +2,14 @@
 
 ``create(name, model, **params)`` builds a recipe's :class:`Attack` on a text classifier,
 ``available()`` lists the recipes; ``attack.attack(texts, labels)`` returns one
-:class:`AttackResult` per text. The parts live in their own modules: goal functions (``goals``),
-transformations, constraints and search methods; see :mod:`._base` for the protocols.
+:class:`AttackResult` per text and :func:`evaluate_text_attack` summarises them with 95% intervals.
+The parts live in their own modules: goal functions (``goals``), ``transformations``,
+``constraints`` and ``search`` methods; see :mod:`._base` for the protocols.
+
+Recipes: ``textfooler`` (Jin et al. 2020), ``pwws`` (Ren et al. 2019), ``deepwordbug`` (Gao et al. 2018).
 """
 
+from mlsafety.robustness.text import constraints, search, transformations
 from mlsafety.robustness.text._base import (
     WORD,
     Attack,
@@ -19,28 +23,52 @@ from mlsafety.robustness.text._base import (
     SearchMethod,
     SimilarityFn,
     Transformation,
+    check_text_classifier,
 )
 from mlsafety.robustness.text._recipe import RECIPES, Recipe, available, create, register_text_attack
+from mlsafety.robustness.text._resources import SentenceEncoder, WordVectors, minilm_encoder, minilm_word_vectors
+from mlsafety.robustness.text.deepwordbug import DeepWordBug
+from mlsafety.robustness.text.evaluation import TextAttackSummary, evaluate_text_attack, examples_jsonl
 from mlsafety.robustness.text.goals import Targeted, Untargeted
+from mlsafety.robustness.text.hotflip import HotFlip
+from mlsafety.robustness.text.pwws import PWWS
+from mlsafety.robustness.text.textfooler import TextFooler
+from mlsafety.robustness.text.textgrad import TextGrad
 
 __all__ = [
+    "PWWS",
     "RECIPES",
     "WORD",
     "Attack",
     "AttackResult",
     "AttackedText",
     "Constraint",
+    "DeepWordBug",
     "GoalFunction",
+    "HotFlip",
     "ModelQueries",
     "Problem",
     "QueryResult",
     "Recipe",
     "SearchMethod",
+    "SentenceEncoder",
     "SimilarityFn",
     "Targeted",
+    "TextAttackSummary",
+    "TextFooler",
+    "TextGrad",
     "Transformation",
     "Untargeted",
+    "WordVectors",
     "available",
+    "check_text_classifier",
+    "constraints",
     "create",
+    "evaluate_text_attack",
+    "examples_jsonl",
+    "minilm_encoder",
+    "minilm_word_vectors",
     "register_text_attack",
+    "search",
+    "transformations",
 ]

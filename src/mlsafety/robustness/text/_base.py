@@ -235,6 +235,15 @@ class QueryResult:
         return int(key.argmax())
 
 
+def check_text_classifier(clf: Classifier, who: str = "text attacks") -> None:
+    """One :class:`InputError` line unless ``clf`` is a text classifier (a model with a tokenizer)."""
+    if clf.modality != "text":
+        raise InputError(
+            f"{who} need a text classifier (a model with a tokenizer), got {type(clf.module).__name__}; "
+            "pass Classifier(model, tokenizer=...)"
+        )
+
+
 class ModelQueries:
     """Batched, counted queries of a text classifier (frozen, in eval mode, without gradients).
 
@@ -248,11 +257,7 @@ class ModelQueries:
 
     def __init__(self, model: ModelLike, batch_size: int = 128) -> None:
         clf = as_classifier(model)
-        if clf.modality != "text":
-            raise InputError(
-                f"text attacks need a text classifier (a model with a tokenizer), got {type(clf.module).__name__}; "
-                "pass Classifier(model, tokenizer=...)"
-            )
+        check_text_classifier(clf)
         if int(batch_size) < 1:
             raise InputError(f"batch_size must be >= 1, got {batch_size}")
         self.clf: Classifier = clf

@@ -1,0 +1,253 @@
+"""Constraints: which words may change and which perturbed texts are acceptable (TextAttack's split).
+
+Word choice (:meth:`~mlsafety.robustness.text.Constraint.modifiable`): :class:`StopWords`,
+:class:`RepeatModification`. Candidates (:meth:`~mlsafety.robustness.text.Constraint.allows`, one
+batch per step): :class:`MaxWordsPerturbed`, :class:`SentenceSimilarity`,
+:class:`WordEmbeddingDistance`, :class:`PartOfSpeech`, :class:`EditDistance`.
+
+Every constraint's :meth:`check` on a finished text is what the search enforced on it, so "no
+returned text violates a constraint" is a property the tests can check.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import ClassVar, Literal
+
+import torch
+
+from mlsafety.core import InputError
+from mlsafety.robustness.text._base import AttackedText, Constraint
+from mlsafety.robustness.text._resources import SentenceEncoder, WordVectors, angular, wordnet_pos
+
+
+def default_stop_words() -> frozenset[str]:
+    """scikit-learn's English stop words (318, Glasgow IR group's list) plus the clitics ``n't``, ``'s``, ``'re``,
+    ``'ve``, ``'ll``, ``'d``, ``'m`` (TextFooler and TextAttack ship their own, similar lists)."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(ENGLISH_STOP_WORDS) | {"n't", "'s", "'re", "'ve", "'ll", "'d", "'m", "s", "t"}
+
+
+class StopWords(Constraint):
+    """Stop words (compared lower-case) are never changed.
+
+    Args:
+        words: the stop words; None: :func:`default_stop_words`.
+    """
+
+    name: ClassVar[str] = "stop-words"
+
+    def __init__(self, words: Iterable[str] | None = None) -> None:
+        self.words = frozenset(w.lower() for w in (default_stop_words() if words is None else words))
+
+    def modifiable(self, text: AttackedText, indices: set[int]) -> set[int]:
+        return {i for i in indices if text.original_words[i].lower() not in self.words}
+
+    def check(self, original: AttackedText, final: AttackedText) -> bool:
+        return all(original.words[i].lower() not in self.words for i in final.changed)
+
+
+class RepeatModification(Constraint):
+    """A word is changed at most once (its index leaves the modifiable set once touched)."""
+
+    name: ClassVar[str] = "repeat-modification"
+
+    def modifiable(self, text: AttackedText, indices: set[int]) -> set[int]:
+        return indices - text.modified
+
+    def check(self, original: AttackedText, final: AttackedText) -> bool:
+        return True  # a finished text cannot show how often an index changed; the search never repeats one
+
+
+class MaxWordsPerturbed(Constraint):
+    """At most ``max_share`` of the original's words (and at most ``max_words``) differ from it.
+
+    Args:
+        max_share: share of words in (0, 1] (None: no share limit).
+        max_words: number of words (None: no count limit).
+    """
+
+    name: ClassVar[str] = "max-words-perturbed"
+
+    def __init__(self, max_share: float | None = None, max_words: int | None = None) -> None:
+        if max_share is None and max_words is None:
+            raise InputError("MaxWordsPerturbed needs max_share or max_words")
+        if max_share is not None and not 0 < max_share <= 1:
+            raise InputError(f"max_share must be in (0, 1], got {max_share}")
+        self.max_share = max_share
+        self.max_words = max_words
+
+    def _ok(self, text: AttackedText) -> bool:
+        k = len(text.changed)
+        if self.max_share is not None and k > self.max_share * text.num_words:
+            return False
+        return not (self.max_words is not None and k > self.max_words)
+
+    def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
+        return [self._ok(c) for c in candidates]
+
+
+class WordEmbeddingDistance(Constraint):
+    """Every changed word's vector has cosine >= ``min_cos`` with the original word's (TextFooler: 0.5).
+
+    A word outside the vectors' whole-word vocabulary fails (as TextAttack's constraint does).
+    """
+
+    name: ClassVar[str] = "word-embedding-distance"
+
+    def __init__(self, vectors: WordVectors, min_cos: float = 0.5) -> None:
+        self.vectors = vectors
+        self.min_cos = min_cos
+
+    def _ok(self, original: AttackedText, text: AttackedText) -> bool:
+        for i in text.changed:
+            cos = self.vectors.cosine(original.words[i], text.words[i])
+            if cos is None or cos < self.min_cos:
+                return False
+        return True
+
+    def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
+        return [self._ok(original, c) for c in candidates]
+
+
+class PartOfSpeech(Constraint):
+    """Every changed word keeps a part of speech of the original word, by WordNet's synsets.
+
+    Deviation: TextFooler tags each word in context (NLTK's perceptron tagger, whose model is a
+    download); here a word's parts of speech are those of its WordNet synsets (nouns, verbs,
+    adjectives, adverbs), so the check asks that the two words share one. A word WordNet does not
+    know (a name, a function word) may only become another such word.
+
+    Args:
+        allow_noun_verb: treat nouns and verbs as one class (TextAttack's ``allow_verb_noun_swap``,
+            on in its TextFooler recipe).
+    """
+
+    name: ClassVar[str] = "part-of-speech"
+
+    def __init__(self, allow_noun_verb: bool = True) -> None:
+        self.allow_noun_verb = allow_noun_verb
+
+    def _tags(self, word: str) -> frozenset[str]:
+        tags = wordnet_pos(word)
+        if self.allow_noun_verb and tags & {"n", "v"}:
+            tags = tags | {"n", "v"}
+        return tags
+
+    def _ok(self, original: AttackedText, text: AttackedText) -> bool:
+        for i in text.changed:
+            a, b = self._tags(original.words[i]), self._tags(text.words[i])
+            if (a or b) and not a & b:
+                return False
+        return True
+
+    def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
+        return [self._ok(original, c) for c in candidates]
+
+
+def levenshtein(a: str, b: str) -> int:
+    """Edit distance (insertions, deletions, substitutions of characters); common ends are stripped first."""
+    lo = 0
+    while lo < len(a) and lo < len(b) and a[lo] == b[lo]:
+        lo += 1
+    ha, hb = len(a), len(b)
+    while ha > lo and hb > lo and a[ha - 1] == b[hb - 1]:
+        ha, hb = ha - 1, hb - 1
+    a, b = a[lo:ha], b[lo:hb]
+    prev = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        cur = [i]
+        for j, cb in enumerate(b, 1):
+            cur.append(min(prev[j] + 1, cur[j - 1] + 1, prev[j - 1] + (ca != cb)))
+        prev = cur
+    return prev[-1]
+
+
+class EditDistance(Constraint):
+    """The character edit distance between the original and the perturbed text is at most ``max_edits``
+    (DeepWordBug's recipe in TextAttack: 30)."""
+
+    name: ClassVar[str] = "edit-distance"
+
+    def __init__(self, max_edits: int = 30) -> None:
+        self.max_edits = max_edits
+
+    def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
+        return [levenshtein(original.text, c.text) <= self.max_edits for c in candidates]
+
+
+class SentenceSimilarity(Constraint):
+    """The sentence embeddings of original and perturbed text stay similar (TextFooler's USE constraint).
+
+    The embedded MiniLM encoder stands in for the Universal Sentence Encoder: cosine (or angular
+    similarity ``1 - arccos(cos) / pi``, TextAttack's metric for TextFooler) of mean-pooled
+    embeddings of the ``window`` words around the changed word, in the original and in the
+    candidate (TextFooler's window of 15; None: whole texts). Which changed words: ``last``, the one
+    each step changes (as TextAttack), or ``all``, every changed word's window (stricter). A text
+    shorter than the window is compared whole, or accepted when ``skip_short`` (TextAttack's
+    ``skip_text_shorter_than_window``, on in its TextFooler recipe).
+
+    Args:
+        encoder: the sentence encoder (default: the shared MiniLM one).
+        threshold: similarity at least (TextFooler in TextAttack: 0.840845057, angular).
+        metric: ``angular`` or ``cosine``.
+        window: words in the window (None: whole texts).
+        windows: ``last`` or ``all``.
+        skip_short: accept texts shorter than the window without comparing.
+    """
+
+    name: ClassVar[str] = "sentence-similarity"
+
+    def __init__(
+        self,
+        encoder: SentenceEncoder,
+        threshold: float = 0.840845057,
+        metric: Literal["angular", "cosine"] = "angular",
+        window: int | None = 15,
+        windows: Literal["last", "all"] = "last",
+        skip_short: bool = True,
+    ) -> None:
+        if metric not in ("angular", "cosine"):
+            raise InputError(f"metric must be 'angular' or 'cosine', got {metric!r}")
+        if windows not in ("last", "all"):
+            raise InputError(f"windows must be 'last' or 'all', got {windows!r}")
+        self.encoder = encoder
+        self.threshold = threshold
+        self.metric = metric
+        self.window = window
+        self.windows = windows
+        self.skip_short = skip_short
+
+    def _pairs(self, original: AttackedText, text: AttackedText) -> list[tuple[str, str]] | None:
+        """Window pairs to compare; None: accepted without comparing."""
+        if self.window is not None and text.num_words < self.window:
+            if self.skip_short:
+                return None
+            return [(original.text, text.text)]
+        if self.window is None:
+            return [(original.text, text.text)]
+        if self.windows == "last":
+            idx = [text.last] if text.last is not None else list(text.changed[-1:])
+        else:
+            idx = list(text.changed)
+        return [(original.window(i, self.window), text.window(i, self.window)) for i in idx]
+
+    def similarity(self, a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
+        cos = self.encoder.cosine(a, b)
+        return angular(cos) if self.metric == "angular" else cos
+
+    def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
+        pairs = [self._pairs(original, c) for c in candidates]
+        flat = [p for ps in pairs if ps for p in ps]
+        if not flat:
+            return [True] * len(candidates)
+        sims = self.similarity([p[0] for p in flat], [p[1] for p in flat]).tolist()
+        out, k = [], 0
+        for ps in pairs:
+            if not ps:
+                out.append(True)
+                continue
+            out.append(all(s >= self.threshold - 1e-6 for s in sims[k : k + len(ps)]))
+            k += len(ps)
+        return out

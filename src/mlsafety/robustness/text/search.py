@@ -1,0 +1,143 @@
+"""Search methods: greedy word substitution in order of word importance, and beam search.
+
+:class:`GreedyWordImportance` ranks the modifiable words once, then walks them in order, each time
+querying every acceptable replacement of the word in one batch and keeping the best if it raises
+the attacker's score (TextAttack's ``GreedyWordSwapWIR``). The ranking:
+
+- ``delete``: the goal score of the text with the word deleted (TextFooler, Jin et al. 2020);
+- ``unk``: the same with the word replaced by the tokenizer's unknown token (DeepWordBug's default
+  in TextAttack);
+- ``pwws``: probability-weighted word saliency (Ren et al. 2019): ``softmax(S)_i * dP*_i``, with
+  saliency ``S_i`` the score gain of replacing word ``i`` by the unknown token and ``dP*_i`` the
+  largest score gain among word ``i``'s acceptable replacements;
+- ``random``: a seeded shuffle.
+
+When several replacements of one word reach the goal, the one with the highest score is kept.
+:class:`BeamSearch` keeps the ``beam_width`` best texts and expands each at every modifiable word.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+import torch
+
+from mlsafety.core import InputError
+from mlsafety.robustness.text._base import AttackedText, Problem, QueryResult, SearchMethod
+
+Importance = Literal["delete", "unk", "pwws", "random"]
+
+
+def unknown_token(problem: Problem) -> str:
+    """The victim tokenizer's unknown token (``[UNK]`` when it names none)."""
+    tok = getattr(problem.model.clf.tokenizer, "unk_token", None)
+    return tok if isinstance(tok, str) and tok else "[UNK]"
+
+
+class GreedyWordImportance(SearchMethod):
+    """Greedy substitution in order of word importance (see the module docstring).
+
+    Args:
+        importance: ``delete``, ``unk``, ``pwws`` or ``random``.
+    """
+
+    name: ClassVar[str] = "greedy-word-importance"
+
+    def __init__(self, importance: Importance = "delete") -> None:
+        if importance not in ("delete", "unk", "pwws", "random"):
+            raise InputError(f"importance must be delete, unk, pwws or random, got {importance!r}")
+        self.importance = importance
+
+    def order(self, problem: Problem, start: QueryResult) -> list[int]:
+        """Modifiable word indices with at least one raw replacement, most important first."""
+        text = problem.original
+        indices = [
+            i for i in problem.modifiable(text) if problem.attack.transformation.replacements(text, i, problem.g)
+        ]
+        if len(indices) <= 1 or self.importance == "random":
+            perm = torch.randperm(len(indices), generator=problem.g).tolist()
+            return [indices[k] for k in perm] if self.importance == "random" else indices
+        base = float(start.scores[0])
+        if self.importance == "delete":
+            probes = [text.without_word(i) for i in indices]
+        else:
+            probes = [text.without_word(i, mask=unknown_token(problem)) for i in indices]
+        _, scores, _, n = problem.score_texts(probes)
+        if n < len(indices):  # the budget ran out while ranking: rank what was scored, the rest after
+            scores = torch.cat([scores, torch.full((len(indices) - n,), -float("inf"))])
+        if self.importance == "pwws":
+            saliency = torch.softmax(scores - base, dim=0)
+            gains = torch.zeros(len(indices))
+            groups = [problem.candidates(text, [i]) for i in indices]
+            res = problem.query([c for grp in groups for c in grp])  # every word's replacements in one batch
+            lo = 0
+            for k, grp in enumerate(groups):
+                got = res.scores[lo : min(lo + len(grp), len(res))]
+                if len(got):
+                    gains[k] = float(got.max()) - base
+                lo += len(grp)
+            scores = saliency * gains
+        ranked = sorted(range(len(indices)), key=lambda k: (-float(scores[k]), k))
+        return [indices[k] for k in ranked]
+
+    def search(self, problem: Problem, start: QueryResult) -> AttackedText:
+        current, score = problem.original, float(start.scores[0])
+        for i in self.order(problem, start):
+            if problem.exhausted:
+                break
+            cands = problem.candidates(current, [i])
+            if not cands:
+                continue
+            res = problem.query(cands)
+            if not len(res):
+                break
+            k = res.best()
+            if bool(res.reached[k]):
+                return res.texts[k]
+            if float(res.scores[k]) > score:
+                current, score = res.texts[k], float(res.scores[k])
+        return current
+
+
+class BeamSearch(SearchMethod):
+    """Beam search over single-word substitutions (TextAttack's ``BeamSearch``).
+
+    Each step expands every text in the beam at every modifiable word, queries all candidates in one
+    batch and keeps the ``beam_width`` best; it stops at the first candidate that reaches the goal,
+    when no candidate is left, or when the budget runs out.
+
+    Args:
+        beam_width: texts kept per step.
+    """
+
+    name: ClassVar[str] = "beam"
+
+    def __init__(self, beam_width: int = 8) -> None:
+        if beam_width < 1:
+            raise InputError(f"beam_width must be >= 1, got {beam_width}")
+        self.beam_width = beam_width
+
+    def search(self, problem: Problem, start: QueryResult) -> AttackedText:
+        beam = [problem.original]
+        best, best_score = problem.original, float(start.scores[0])
+        while not problem.exhausted:
+            seen: set[str] = set()
+            cands: list[AttackedText] = []
+            for text in beam:
+                for c in problem.candidates(text):
+                    if c.text not in seen:
+                        seen.add(c.text)
+                        cands.append(c)
+            if not cands:
+                break
+            res = problem.query(cands)
+            if not len(res):
+                break
+            k = res.best()
+            if bool(res.reached[k]):
+                return res.texts[k]
+            if float(res.scores[k]) > best_score:
+                best, best_score = res.texts[k], float(res.scores[k])
+            top = res.scores.topk(min(self.beam_width, len(res))).indices.tolist()
+            beam = [res.texts[j] for j in top]
+        return best
