@@ -22,6 +22,7 @@ from mlsafety.cli._harden import harden
 from mlsafety.cli._interp import interp_group
 from mlsafety.cli._ood import ood_group
 from mlsafety.cli._overopt import overopt_group
+from mlsafety.cli._probe import probe
 from mlsafety.cli._runs import compare, report, runs
 from mlsafety.cli._trojans import trojans
 from mlsafety.cli._tta import tta
@@ -50,6 +51,7 @@ for _command in (
     tta,
     interp_group,
     overopt_group,
+    probe,
 ):
     main.add_command(_command)
 
