@@ -12,8 +12,9 @@ Profiles (defaults stated once, in ``Adversarial.defaults`` / ``Adversarial.quic
 
 * full: ``autoattack-fast`` (APGD-CE + APGD-T with 3 targets, 25 iterations each; an upper bound
   on what the standard AutoAttack reports) on ``n`` test inputs over six radii scaled to the data
-  (:func:`default_eps`);
-* quick: the same attack with 10 iterations on fewer inputs and three radii.
+  (:func:`default_eps`) and the field's standard radii for the input's resolution (:func:`standard_eps`);
+* quick: the same attack with 10 iterations on fewer inputs and three radii (the same rule on a
+  coarser grid; the standard radii alone where there are three): :func:`eps_grid`.
 
 For a robustness claim, set ``attacks: [autoattack]`` (the standard ensemble) in the config file.
 """
@@ -62,6 +63,81 @@ def default_eps(x: torch.Tensor, norm: str, fractions: Sequence[float] = EPS_FRA
     scale = sigma if norm == "linf" else sigma * math.sqrt(x[0].numel()) / 3
     eps = sorted({_nice(f * scale) for f in fractions})
     return [e for e in eps if e > 0 and (norm != "linf" or e <= 1)]
+
+
+STANDARD_EPS: dict[str, dict[str, tuple[float, ...]]] = {
+    "mnist": {"linf": (0.1, 0.2, 0.3)},
+    "cifar": {"linf": (8 / 255,), "l2": (0.5,)},
+    "imagenet": {"linf": (4 / 255,)},
+}
+"""The radii papers report by resolution (pixel units): L-inf 0.1 / 0.2 / 0.3 for 28 px grey digits
+(MNIST family: 0.3 in Madry et al., "Towards Deep Learning Models Resistant to Adversarial Attacks",
+ICLR 2018, with 0.1 and 0.2 common alongside); L-inf 8/255 and L2 0.5 for 32 px colour (CIFAR-10 in
+RobustBench, Croce et al., NeurIPS 2021 Datasets and Benchmarks); L-inf 4/255 for 224 px colour
+(ImageNet in RobustBench). Which row applies is :func:`resolution_family`."""
+
+
+def resolution_family(shape: Sequence[int]) -> str | None:
+    """The row of :data:`STANDARD_EPS` for inputs of ``shape`` (C, H, W), or None below 16 px (the 8x8
+    digits: no standard exists, their grid stays scaled to the data).
+
+    Grey inputs up to 48 px are the MNIST family (28 px); others up to 96 px take the CIFAR radii (32 px;
+    64 px sets such as Tiny-ImageNet are usually attacked at 8/255 too); larger ones the ImageNet radii.
+    """
+    c, h, w = (int(v) for v in shape[-3:])
+    side = min(h, w)
+    if side < 16:
+        return None
+    if c == 1 and side <= 48:
+        return "mnist"
+    return "cifar" if side <= 96 else "imagenet"
+
+
+def standard_eps(shape: Sequence[int], norm: str) -> tuple[float, ...]:
+    """The standard radii of :data:`STANDARD_EPS` for inputs of ``shape`` in ``norm`` (may be none),
+    kept to the 6 significant digits a hazard keeps (``8/255`` is ``0.0313725``)."""
+    family = resolution_family(shape)
+    values = STANDARD_EPS.get(family, {}).get(norm, ()) if family is not None else ()
+    return tuple(float(f"{v:g}") for v in values)
+
+
+def eps_grid(x: torch.Tensor, norm: str, quick: bool = False) -> list[float]:
+    """The default radii for data ``x`` (N, C, H, W): the data-scaled grid (:func:`default_eps`, quick or
+    full) with the standard radii of its resolution (:func:`standard_eps`) in it, each taking the place
+    of the grid's nearest radius (in log scale), so the grid keeps its length and cost. Quick, with three
+    or more standard radii: those alone (0.1 / 0.2 / 0.3 for 28 px grey). The 8x8 digits, with none,
+    keep the data-scaled grids unchanged.
+    """
+    grid = default_eps(x, norm, QUICK_FRACTIONS if quick else EPS_FRACTIONS)
+    std = standard_eps(x.shape[1:], norm)
+    if quick and len(std) >= 3:
+        return sorted(std)
+    out = list(grid)
+    free = [i for i, v in enumerate(out) if v not in std]
+    for value in std:
+        if value in out:
+            continue
+        if not free:
+            out.append(value)
+            continue
+        nearest = min(free, key=lambda i: abs(math.log(out[i] / value)))
+        out[nearest] = value
+        free.remove(nearest)
+    return sorted(set(out))
+
+
+def typical_eps(x: torch.Tensor) -> float:
+    """One L-inf radius typical of data ``x`` (N, C, H, W), for checks that attack at a single radius
+    (transparency's adversarial examples): the smallest standard radius of its resolution
+    (:func:`standard_eps`: 0.1 for 28 px grey, 8/255 for 32 px colour, 4/255 for 224 px), else
+    :data:`TYPICAL_FRACTION` of the pixel standard deviation, rounded as the grid is (0.1 for the digits).
+    """
+    std = standard_eps(x.shape[1:], "linf")
+    return min(std) if std else default_eps(x, "linf", (TYPICAL_FRACTION,))[0]
+
+
+TYPICAL_FRACTION = 0.3
+"""The fraction of the pixel standard deviation :func:`typical_eps` takes where no standard radius exists."""
 
 
 def _subset(ctx: AuditContext, n: int) -> torch.Tensor:
@@ -186,8 +262,7 @@ class Adversarial(Check):
             raise InputError(f"adversarial norm must be 'linf' or 'l2', got {norm!r}")
         eps = self.params["eps"]
         if eps in ("auto", "auto-quick"):
-            fractions = QUICK_FRACTIONS if eps == "auto-quick" else EPS_FRACTIONS
-            grid = default_eps(ctx.data.test.x, norm, fractions)
+            grid = eps_grid(ctx.data.test.x, norm, quick=eps == "auto-quick")
         else:
             try:
                 grid = sorted({float(e) for e in ([eps] if isinstance(eps, (int, float)) else eps)})

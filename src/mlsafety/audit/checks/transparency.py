@@ -52,6 +52,7 @@ from torch import nn
 
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks.adversarial import typical_eps
 from mlsafety.audit.views.transparency import (
     ATTRIBUTION_CAPTION,
     HEADS_CAPTION,
@@ -117,7 +118,7 @@ class Transparency(Check):
         "sanity_modes": ["cascading", "independent"],
         "label_epochs": 10,
         "threshold": 0.5,
-        "adversarial_eps": 0.1,
+        "adversarial_eps": "auto",  # adversarial.typical_eps of the test data: 8/255 at 32 px colour, 0.1 for digits
         "visualize": True,
         "vis_steps": 60,
         "text_method": "integrated-gradients",
@@ -267,7 +268,7 @@ class Transparency(Check):
             groups.append(("correct", "correct", data.x[first]))
             groups.append(("misclassified", "misclassified", data.x[order[torch.isin(order, wrong)][:k]]))
             if first.numel():
-                adversarial = _adversarial(ctx, data.x[first], data.y[first], float(p["adversarial_eps"]))
+                adversarial = _adversarial(ctx, data.x[first], data.y[first], _eps(p["adversarial_eps"], data.x))
                 groups.append(("adversarial", "adversarial", adversarial))
             else:
                 rows.append(_not_shown("adversarial", "no test input is classified correctly to attack"))
@@ -372,6 +373,17 @@ def _label_recipe(ctx: AuditContext, epochs: int) -> Callable[[ArrayDataset | Te
         return trained[0]
 
     return recipe
+
+
+def _eps(value: object, x: torch.Tensor) -> float:
+    """The L-inf radius of the adversarial examples: ``"auto"`` follows the input's resolution
+    (:func:`mlsafety.audit.checks.adversarial.typical_eps`), else a number in [0, 1] pixel units."""
+    if value == "auto":
+        return typical_eps(x)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise InputError(f"transparency adversarial_eps must be 'auto' or a number in [0, 1] (pixel units), "
+                         f"got {value!r}")  # fmt: skip
+    return float(value)
 
 
 def _adversarial(ctx: AuditContext, x: torch.Tensor, y: torch.Tensor, eps: float) -> torch.Tensor:
