@@ -246,3 +246,15 @@ def test_zoo_train_writes_to_the_cache_unless_asked(tmp_path: Path, monkeypatch:
     assert len(calls) == 3
     # the library's own default is the cache too
     assert zoo.trained_path("digits-cnn", 0) == tmp_path / "cache" / "zoo-trained" / "digits-cnn-seed0.safetensors"
+
+
+@installed
+def test_an_audit_of_fashion_cnn_takes_fashion_data_and_its_ood_sets() -> None:
+    from mlsafety.audit import AuditConfig, resolve_data
+
+    data = resolve_data(AuditConfig(model="fashion-cnn"))
+    assert (data.test.name, len(data.test), len(data.val)) == ("fashion-mnist", 10000, 5000)
+    assert data.train is not None and len(data.train) == 55000
+    assert list(data.ood) == ["letters-28", "digits-28", "natural-patches", "noise"]
+    assert {tuple(ds.x.shape[1:]) for ds in data.ood.values()} == {(1, 28, 28)}
+    assert {ds.kind for ds in data.ood.values()} == {"near", "far"}
