@@ -192,8 +192,6 @@ def run_audit(
     ]
     if report != "":
         check_report_path(report)
-    if on_plan is not None:
-        on_plan(plan, len(work))
     store = Store(db)
     run_id: str | None = None
     done: set[tuple[str, str]] = set()
@@ -213,6 +211,8 @@ def run_audit(
             extra = _plan_rows(plan, held_out)
             if extra:
                 store.write_task(run_id, PLAN_CHECK, "plan", extra, [], 0.0)
+        if on_plan is not None:  # after a refused --resume, which stays one line
+            on_plan(plan, len(work))
         ran = skipped = 0
         tracker = _Tracker(plan, budget, start, checks, set(stored_plan or {})) if plan is not None else None
         started: set[str] = set()
