@@ -12,13 +12,13 @@ returned text violates a constraint" is a property the tests can check.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Protocol
 
 import torch
 
 from mlsafety.core import InputError
 from mlsafety.robustness.text._base import AttackedText, Constraint
-from mlsafety.robustness.text._resources import SentenceEncoder, WordVectors, angular, wordnet_pos
+from mlsafety.robustness.text._resources import WordVectors, angular, wordnet_pos
 
 
 def default_stop_words() -> frozenset[str]:
@@ -177,6 +177,12 @@ class EditDistance(Constraint):
         return [levenshtein(original.text, c.text) <= self.max_edits for c in candidates]
 
 
+class PairEncoder(Protocol):
+    """Anything with ``cosine(texts_a, texts_b) -> (N,)`` (e.g. :class:`~mlsafety.robustness.text.SentenceEncoder`)."""
+
+    def cosine(self, a: Sequence[str], b: Sequence[str]) -> torch.Tensor: ...
+
+
 class SentenceSimilarity(Constraint):
     """The sentence embeddings of original and perturbed text stay similar (TextFooler's USE constraint).
 
@@ -189,7 +195,7 @@ class SentenceSimilarity(Constraint):
     ``skip_text_shorter_than_window``, on in its TextFooler recipe).
 
     Args:
-        encoder: the sentence encoder (default: the shared MiniLM one).
+        encoder: the sentence encoder (the recipes pass the shared MiniLM one).
         threshold: similarity at least (TextFooler in TextAttack: 0.840845057, angular).
         metric: ``angular`` or ``cosine``.
         window: words in the window (None: whole texts).
@@ -201,7 +207,7 @@ class SentenceSimilarity(Constraint):
 
     def __init__(
         self,
-        encoder: SentenceEncoder,
+        encoder: PairEncoder,
         threshold: float = 0.840845057,
         metric: Literal["angular", "cosine"] = "angular",
         window: int | None = 15,

@@ -1,0 +1,297 @@
+"""Text attacks on a model with a known decision rule: minimal flips, budgets, batching, constraints.
+
+The victim (``tests.support.linear_text.sentiment_model``) predicts class 1 exactly when the summed
+sentiment strength of the text's words is positive, so the cheapest flip can be worked out by hand
+or by brute force, and every returned text can be checked against the rule.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import pytest
+import torch
+from torch import nn
+
+from mlsafety.core import InputError
+from mlsafety.robustness.text import (
+    Attack,
+    AttackedText,
+    Targeted,
+    Transformation,
+    Untargeted,
+    evaluate_text_attack,
+)
+from mlsafety.robustness.text import constraints as C
+from mlsafety.robustness.text import search as S
+from tests.support.linear_text import STRENGTH, sentiment, sentiment_model
+from tests.support.text import NEGATIVE_WORDS, POSITIVE_WORDS, tiny_sentences
+
+
+class ListSwap(Transformation):
+    """Every word may become any of ``words`` (the same set for every word)."""
+
+    def __init__(self, words: list[str]) -> None:
+        self.words = words
+
+    def replacements(self, text: AttackedText, index: int, g: torch.Generator | None = None) -> list[str]:
+        return list(self.words)
+
+
+class CountingModel(nn.Module):
+    """Wraps a text model and records the batch size of every forward call."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.tokenizer = inner.tokenizer
+        self.batches: list[int] = []
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.inner.get_input_embeddings()  # type: ignore[operator,no-any-return]
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        self.batches.append(int(input_ids.shape[0]))
+        return self.inner(input_ids=input_ids, attention_mask=attention_mask)  # type: ignore[no-any-return]
+
+
+TEXT = "the film was good but excellent and wonderful"
+"""Sentiment 1.0 + 2.0 + 2.25 = 5.25; no single swap to "bad" (-1) or "awful" (-1.25) flips it."""
+SWAPS = ["bad", "awful"]
+
+
+def minimal_flip(text: str, swaps: list[str], stop: frozenset[str]) -> int:
+    """Fewest words to replace (each by its best swap) so that the sentiment is <= 0, by brute force."""
+    words = text.split()
+    free = [i for i, w in enumerate(words) if w not in stop]
+    worst = min(STRENGTH[s] for s in swaps)
+    for k in range(1, len(free) + 1):
+        for chosen in itertools.combinations(free, k):
+            total = sum(worst if i in chosen else STRENGTH.get(w, 0.0) for i, w in enumerate(words))
+            if total <= 0:
+                return k
+    return -1
+
+
+SEARCHES = [
+    S.GreedyWordImportance("delete"),
+    S.GreedyWordImportance("unk"),
+    S.GreedyWordImportance("pwws"),
+    S.BeamSearch(beam_width=3),
+]
+
+
+@pytest.mark.parametrize("search", SEARCHES, ids=lambda s: getattr(s, "importance", s.name))
+def test_search_finds_the_known_minimal_flip(search: S.SearchMethod) -> None:
+    stop = C.StopWords()
+    k = minimal_flip(TEXT, SWAPS, stop.words)
+    assert k == 2
+    attack = Attack(sentiment_model(), Untargeted(), ListSwap(SWAPS), [C.RepeatModification(), stop], search)
+    (res,) = attack.attack([TEXT], [1])
+    assert res.status == "succeeded" and res.perturbed_pred == 0
+    assert sentiment(res.perturbed) <= 0
+    words = TEXT.split()
+    # the two strongest positive words, each turned into the most negative swap
+    assert res.changed == (words.index("excellent"), words.index("wonderful"))
+    assert len(res.changed) == k
+    assert res.perturbed.split()[res.changed[0]] == "awful"
+    assert res.marked == "the film was good but [[awful]] and [[awful]]"
+
+
+def test_random_order_is_not_minimal_on_this_text() -> None:
+    """The planted text separates ranking from luck: some seeds' random order spends a third word."""
+    counts = set()
+    for seed in range(6):
+        attack = Attack(
+            sentiment_model(),
+            Untargeted(),
+            ListSwap(SWAPS),
+            [C.RepeatModification(), C.StopWords()],
+            S.GreedyWordImportance("random"),
+            seed=seed,
+        )
+        (res,) = attack.attack([TEXT], [1])
+        counts.add(len(res.changed))
+    assert max(counts) > 2
+
+
+def test_targeted_goal_and_skipped_examples() -> None:
+    attack = Attack(
+        sentiment_model(), Targeted(), ListSwap(SWAPS), [C.RepeatModification()], S.GreedyWordImportance("delete")
+    )
+    res = attack.attack([TEXT, "the film was bad"], [1, 0], targets=[0, 1])
+    assert res[0].status == "succeeded" and res[0].perturbed_pred == 0 and res[0].target == 0
+    assert res[1].status == "failed"  # only negative swaps: a negative text cannot become positive
+    untargeted = Attack(sentiment_model(), Untargeted(), ListSwap(SWAPS), [], S.GreedyWordImportance("delete"))
+    (skip,) = untargeted.attack(["the film was bad"], [1])  # already misclassified
+    assert skip.status == "skipped" and skip.queries == 1 and skip.perturbed == skip.original
+
+
+def test_one_padded_batch_per_step() -> None:
+    """Original (1 text), importance (one batch of every word), then one batch per word tried."""
+    model = CountingModel(sentiment_model())
+    attack = Attack(
+        model,
+        Untargeted(),
+        ListSwap(SWAPS),
+        [C.RepeatModification(), C.StopWords()],
+        S.GreedyWordImportance("delete"),
+    )
+    (res,) = attack.attack([TEXT], [1])
+    modifiable = 4  # film, good, excellent, wonderful
+    assert model.batches == [1, modifiable, len(SWAPS), len(SWAPS)]
+    assert attack.queries.calls == len(model.batches) and res.queries == sum(model.batches)
+    beam = CountingModel(sentiment_model())
+    Attack(beam, Untargeted(), ListSwap(SWAPS), [C.RepeatModification(), C.StopWords()], S.BeamSearch(2)).attack(
+        [TEXT], [1]
+    )
+    assert beam.batches[0] == 1 and beam.batches[1] == modifiable * len(SWAPS)  # the whole first expansion at once
+    assert len(beam.batches) <= 1 + modifiable
+
+
+def test_batches_are_split_at_batch_size() -> None:
+    model = CountingModel(sentiment_model())
+    attack = Attack(model, Untargeted(), ListSwap(SWAPS), [C.RepeatModification()], S.BeamSearch(4), batch_size=3)
+    attack.attack([TEXT], [1])
+    assert max(model.batches) <= 3 and sum(model.batches) == attack.queries.texts
+
+
+@pytest.mark.parametrize("budget", [1, 2, 5, 9, 40])
+def test_query_budget_is_respected(budget: int) -> None:
+    many = POSITIVE_WORDS + NEGATIVE_WORDS
+    for search in SEARCHES:
+        attack = Attack(
+            sentiment_model(), Untargeted(), ListSwap(many), [C.RepeatModification()], search, query_budget=budget
+        )
+        results = attack.attack([TEXT, "the movie was very good and fine"], [1, 1])
+        for r in results:
+            assert r.queries <= budget
+            if r.success:
+                assert sentiment(r.perturbed) <= 0
+    # without a budget the attack succeeds in its last batch; a budget that stops before that batch fails,
+    # and one that just covers it succeeds with exactly the queries it needed
+    counted = CountingModel(sentiment_model())
+    free = Attack(counted, Untargeted(), ListSwap(many), [C.RepeatModification()], SEARCHES[0])
+    (full,) = free.attack([TEXT], [1])
+    assert full.success and full.queries == sum(counted.batches)
+    last = counted.batches[-1]
+
+    def run(budget: int) -> str:
+        attack = Attack(
+            sentiment_model(), Untargeted(), ListSwap(many), [C.RepeatModification()], SEARCHES[0], query_budget=budget
+        )
+        return attack.attack([TEXT], [1])[0].status
+
+    assert run(full.queries - last) == "failed"
+    assert run(full.queries) == "succeeded"
+
+
+class BagEncoder:
+    """A stand-in sentence encoder: cosine of bag-of-words count vectors (exact, hand-checkable)."""
+
+    def cosine(self, a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
+        out = []
+        for x, y in zip(a, b):
+            wa, wb = x.lower().split(), y.lower().split()
+            vocab = sorted(set(wa) | set(wb))
+            va = torch.tensor([wa.count(w) for w in vocab], dtype=torch.float64)
+            vb = torch.tensor([wb.count(w) for w in vocab], dtype=torch.float64)
+            out.append(float(va @ vb / (va.norm() * vb.norm())))
+        return torch.tensor(out)
+
+
+def _constraints(vectors: object) -> list[C.Constraint]:
+    return [
+        C.RepeatModification(),
+        C.StopWords(),
+        C.MaxWordsPerturbed(max_share=0.3),
+        C.EditDistance(max_edits=14),
+        C.SentenceSimilarity(BagEncoder(), threshold=0.6, metric="cosine", window=4, windows="all", skip_short=False),
+    ]
+
+
+def test_no_returned_text_violates_a_constraint() -> None:
+    """Property over 40 seeded sentences and every search: each success keeps every constraint's check."""
+    texts, labels = tiny_sentences(40, seed=3, min_words=4, max_words=9)
+    swaps = POSITIVE_WORDS + NEGATIVE_WORDS + ["movie", "film", "day"]
+    n_success = 0
+    for search in SEARCHES:
+        cons = _constraints(None)
+        attack = Attack(sentiment_model(), Untargeted(), ListSwap(swaps), cons, search, query_budget=300)
+        results = attack.attack(texts, labels)
+        for text, r in zip(texts, results):
+            if not r.success:
+                continue
+            n_success += 1
+            original = AttackedText.from_text(text)
+            final = original.replace_words({i: r.perturbed.split()[i] for i in r.changed})
+            assert final.text == r.perturbed
+            for c in cons:
+                assert c.check(original, final), (type(c).__name__, r.marked)
+            assert (sentiment(r.perturbed) > 0) != (r.label == 1)
+    assert n_success >= 20  # the property is exercised, not vacuous
+
+
+def test_constraints_reject_what_they_should() -> None:
+    o = AttackedText.from_text("the movie was good and very fine")
+    one = o.replace_word(3, "bad")
+    two = one.replace_word(6, "awful")
+    assert C.MaxWordsPerturbed(max_share=0.2).allows(o, [one, two]) == [True, False]
+    assert C.MaxWordsPerturbed(max_words=1).allows(o, [one, two]) == [True, False]
+    assert C.StopWords().modifiable(o, set(range(o.num_words))) == {1, 3, 6}
+    assert C.RepeatModification().modifiable(one, {1, 3, 6}) == {1, 6}
+    assert C.EditDistance(3).allows(o, [one, two]) == [True, False]  # good->bad is 3 edits, fine->awful 5 more
+    sim = C.SentenceSimilarity(BagEncoder(), threshold=0.7, metric="cosine", window=3, windows="all", skip_short=False)
+    # window of 3 around index 3: "was good and" vs "was bad and": cosine 2/3 < 0.7
+    assert sim.allows(o, [one]) == [False]
+    assert C.SentenceSimilarity(BagEncoder(), threshold=0.66, metric="cosine", window=3, skip_short=False).allows(
+        o, [one]
+    ) == [True]
+
+
+def test_levenshtein_known_values() -> None:
+    assert C.levenshtein("kitten", "sitting") == 3
+    assert C.levenshtein("flaw", "lawn") == 2
+    assert C.levenshtein("same", "same") == 0
+    assert C.levenshtein("", "abc") == 3
+
+
+def test_bad_input_is_one_line() -> None:
+    def make(budget: int | None = None) -> Attack:
+        return Attack(
+            sentiment_model(), Untargeted(), ListSwap(SWAPS), [C.StopWords()], S.BeamSearch(), query_budget=budget
+        )
+
+    with pytest.raises(InputError, match="empty"):
+        make().attack(["   "], [1])
+    with pytest.raises(InputError, match="only stop words"):
+        make().attack([TEXT, "the and but was"], [1, 1])
+    with pytest.raises(InputError, match="query_budget"):
+        make(budget=0)
+    with pytest.raises(InputError, match="one label per text"):
+        make().attack([TEXT], [1, 0])
+    with pytest.raises(InputError, match="text classifier"):
+        Attack(nn.Linear(4, 2), Untargeted(), ListSwap(SWAPS), [], S.BeamSearch())
+    with pytest.raises(InputError, match="targets="):
+        Attack(sentiment_model(), Targeted(), ListSwap(SWAPS), [], S.BeamSearch()).attack([TEXT], [1])
+
+
+def test_evaluation_counts_and_intervals() -> None:
+    attack = Attack(
+        sentiment_model(), Untargeted(), ListSwap(SWAPS), [C.RepeatModification()], S.GreedyWordImportance()
+    )
+    texts = [TEXT, "the film was bad", "good", "the movie was good"]
+    results = attack.attack(texts, [1, 0, 1, 1])
+    # "the film was bad" with label 0 can only get worse for class 1: negative swaps keep it class 0
+    assert [r.status for r in results] == ["succeeded", "failed", "succeeded", "succeeded"]
+    s = evaluate_text_attack(results)
+    assert (s.n, s.attacked, s.succeeded) == (4, 4, 3)
+    assert s.success_rate is not None and s.success_rate.value == pytest.approx(0.75)
+    assert s.accuracy_under_attack.value == pytest.approx(0.25)
+    assert s.success_rate.ci_low < 0.75 < s.success_rate.ci_high
+    shares = [2 / 8, 1 / 1, 1 / 4]
+    assert s.perturbed_share is not None and s.perturbed_share.value == pytest.approx(sum(shares) / 3)
+    assert s.perturbed_share.ci_low <= s.perturbed_share.value <= s.perturbed_share.ci_high
+    assert s.queries is not None and s.queries.value == pytest.approx(sum(r.queries for r in results) / 4)
+    assert "sentence_similarity" not in s.metrics()
