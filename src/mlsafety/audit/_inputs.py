@@ -19,9 +19,11 @@ from mlsafety.audit._gates import validate_gates
 from mlsafety.core import (
     ArrayDataset,
     Classifier,
+    ImagePreprocess,
     InputError,
     LanguageModel,
     MlsafetyError,
+    PreprocessedModel,
     TextDataset,
     Texts,
     call_factory,
@@ -191,11 +193,18 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer.model", "vocab.json
 """Files of which a model folder's saved tokenizer holds at least one."""
 
 
-def _load_hf_folder(folder: str | Path, auto_class: str, what: str, missing_fix: Callable[[str, str], str]) -> Any:
+def _load_hf_folder(
+    folder: str | Path,
+    auto_class: str,
+    what: str,
+    missing_fix: Callable[[str, str], str],
+    tokenizer: bool = True,
+) -> Any:
     """A saved ``transformers`` model of ``auto_class`` (e.g. ``AutoModelForCausalLM``) and its tokenizer
     (``module.tokenizer``), offline and quietly: the one folder loader behind :func:`load_hf_classifier`
     and :func:`load_hf_language_model`. ``what`` names the model in messages; ``missing_fix(class name,
-    missing keys shown)`` is the refusal when the weights lack part of the model.
+    missing keys shown)`` is the refusal when the weights lack part of the model. ``tokenizer=False`` (image
+    models) neither needs nor loads one.
 
     Raises:
         InputError: no config, weights or tokenizer; a folder transformers cannot load as ``what``;
@@ -212,7 +221,7 @@ def _load_hf_folder(folder: str | Path, auto_class: str, what: str, missing_fix:
             f"--model {folder}: the folder has no weights (.safetensors); save them with "
             "model.save_pretrained(folder) (safetensors is its default)"
         )
-    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+    if tokenizer and not any((path / f).is_file() for f in TOKENIZER_FILES):
         raise InputError(
             f"--model {folder}: the folder has no tokenizer ({', '.join(TOKENIZER_FILES)}); save the one the model "
             "was trained with: tokenizer.save_pretrained(folder)"
@@ -222,7 +231,7 @@ def _load_hf_folder(folder: str | Path, auto_class: str, what: str, missing_fix:
 
     try:  # quiet: no "Loading weights" bar nor LOAD REPORT table on stderr (the refusals below say it)
         with quiet_transformers():
-            tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+            tok = transformers.AutoTokenizer.from_pretrained(str(path), local_files_only=True) if tokenizer else None
             loaded: Any = getattr(transformers, auto_class).from_pretrained(
                 str(path), local_files_only=True, use_safetensors=True, output_loading_info=True
             )
@@ -238,14 +247,81 @@ def _load_hf_folder(folder: str | Path, auto_class: str, what: str, missing_fix:
         raise InputError(
             f"--model {folder} has no trained weights for {shown}{missing_fix(type(module).__name__, shown)}"
         )
+    if tok is None:
+        return module
     rows = module.get_input_embeddings().num_embeddings
-    if len(tokenizer) > rows:
+    if len(tok) > rows:
         raise InputError(
-            f"--model {folder}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table has {rows} "
+            f"--model {folder}: the tokenizer has {len(tok)} tokens but the model's embedding table has {rows} "
             "rows; save the tokenizer the model was trained with in the folder"
         )
-    module.tokenizer = tokenizer
+    module.tokenizer = tok
     return module
+
+
+IMAGE_PROCESSOR_FILE = "preprocessor_config.json"
+"""The saved image processor of a ``transformers`` image model folder (``processor.save_pretrained``)."""
+
+
+def _image_classifier_classes() -> frozenset[str]:
+    """The class names ``AutoModelForImageClassification`` loads (``ViTForImageClassification``...)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES
+
+    names: set[str] = set()
+    for value in MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES.values():
+        names.update(value if isinstance(value, (tuple, list)) else (value,))
+    return frozenset(names)
+
+
+def is_image_model_folder(spec: str) -> bool:
+    """True when ``spec`` is a folder holding a saved ``transformers`` image model: its config.json names an
+    image classifier architecture, or it holds an image processor and no tokenizer (a bare ``ViTModel``
+    too, which :func:`load_hf_image_classifier` then refuses)."""
+    path = Path(spec)
+    if ".py" in spec or not path.is_dir() or not (path / "config.json").is_file():
+        return False
+    archs = _folder_architectures(path)
+    if any(a in _image_classifier_classes() or a.endswith("ForImageClassification") for a in archs):
+        return True
+    return (path / IMAGE_PROCESSOR_FILE).is_file() and not any((path / f).is_file() for f in TOKENIZER_FILES)
+
+
+def load_hf_image_classifier(folder: str | Path) -> nn.Module:
+    """A saved ``transformers`` image classifier with its image processor folded in front, offline, eval mode.
+
+    The folder is what ``model.save_pretrained(folder)`` and ``processor.save_pretrained(folder)`` write:
+    ``config.json``, weights as ``.safetensors`` and ``preprocessor_config.json``. The processor's resize,
+    crop, rescale and normalisation (:class:`~mlsafety.core.ImagePreprocess`) run in torch inside the
+    model, so inputs stay in [0, 1] ``(N, C, H, W)`` and every epsilon is in those pixel units. Without a
+    saved processor the model gets the [0, 1] inputs as they are. Nothing is fetched
+    (``HF_HUB_OFFLINE=1``, ``local_files_only=True``).
+
+    Raises:
+        InputError: no config or weights; a model transformers cannot load as an image classifier, or whose
+            weights lack its head (a bare ``ViTModel``: transformers would initialise the head at random);
+            an unreadable processor configuration.
+    """
+    path = Path(folder)
+    archs = ", ".join(_folder_architectures(path)) or "the saved model"
+
+    def fix(cls: str, shown: str) -> str:
+        return (f": {archs} has no classification head; train a {cls} (or another ...ForImageClassification) "
+                "and save it with model.save_pretrained(folder)")  # fmt: skip
+
+    module = _load_hf_folder(folder, "AutoModelForImageClassification", "an image classifier", fix, tokenizer=False)
+    module.eval()
+    processor = path / IMAGE_PROCESSOR_FILE
+    if not processor.is_file():
+        return module  # type: ignore[no-any-return]
+    try:
+        config = json.loads(processor.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"--model {folder}: cannot read {IMAGE_PROCESSOR_FILE}: {_one_line(exc)}; save the "
+                         "processor with processor.save_pretrained(folder)") from None  # fmt: skip
+    if not isinstance(config, dict):
+        raise InputError(f"--model {folder}: {IMAGE_PROCESSOR_FILE} is not a JSON object; save the processor with "
+                         "processor.save_pretrained(folder)")  # fmt: skip
+    return PreprocessedModel(ImagePreprocess(config), module).eval()
 
 
 def load_hf_classifier(folder: str | Path) -> nn.Module:
@@ -410,7 +486,7 @@ def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classi
             )
         if weights is not None:
             raise InputError(f"--weights does not apply to a model folder ({spec}); its weights are in the folder")
-        module = load_hf_classifier(spec)
+        module = load_hf_image_classifier(spec) if is_image_model_folder(spec) else load_hf_classifier(spec)
     else:
         _check_zoo_classifier(spec)  # before anything is loaded
         if weights is not None:

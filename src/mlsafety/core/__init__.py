@@ -15,9 +15,17 @@ from mlsafety.core._forward import Outputs, forward
 from mlsafety.core._hazard import Hazard
 from mlsafety.core._hookpoints import HookFn, HookPoints, HookTable
 from mlsafety.core._lm import LanguageModel
-from mlsafety.core._loading import call_factory, load_factory, load_weights, read_state_dict
+from mlsafety.core._loading import (
+    ImagePreprocess,
+    PreprocessedModel,
+    call_factory,
+    load_factory,
+    load_weights,
+    read_state_dict,
+)
 from mlsafety.core._model import (
     Classifier,
+    HeadInfo,
     ModelLike,
     Normalize,
     as_classifier,
@@ -51,10 +59,12 @@ __all__ = [
     "Classifier",
     "DataLike",
     "Hazard",
+    "HeadInfo",
     "HookFn",
     "HookPoints",
     "HookTable",
     "HyperParams",
+    "ImagePreprocess",
     "InputError",
     "LanguageModel",
     "LossFn",
@@ -64,6 +74,7 @@ __all__ = [
     "NotFittedError",
     "Outputs",
     "Param",
+    "PreprocessedModel",
     "Progress",
     "Registry",
     "TextBatch",

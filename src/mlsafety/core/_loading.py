@@ -178,3 +178,111 @@ def load_weights(model: nn.Module, path: str | Path) -> nn.Module:
     except RuntimeError as exc:
         raise InputError(f"weights in {path} do not fit the model: {_one_line(exc)}") from None
     return model.eval()
+
+
+_RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
+"""PIL resampling codes of an image processor's ``resample`` and the torch interpolation modes that match them."""
+
+
+def _size_pair(value: Any, what: str) -> tuple[int, int] | None:
+    """``(H, W)`` from a processor's ``{"height", "width"}`` dict (or one int for both), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value, value
+    if isinstance(value, dict) and isinstance(value.get("height"), int) and isinstance(value.get("width"), int):
+        return int(value["height"]), int(value["width"])
+    if value is None or (isinstance(value, dict) and "shortest_edge" in value):
+        return None
+    raise InputError(f"{what} {value!r} is not a size this reader understands; give {{'height': H, 'width': W}}")
+
+
+class ImagePreprocess(nn.Module):
+    """A ``transformers`` image processor's resize, centre crop, rescale and normalisation as a torch module.
+
+    Inputs stay in [0, 1] ``(N, C, H, W)`` as everywhere in mlsafety (pixel values divided by 255); the
+    module maps them to what the model was trained on, differentiably, so attacks and gradient methods
+    see through it. What the processor's saved configuration (``preprocessor_config.json``) says is
+    applied in its order: resize (``size`` as height/width, or ``shortest_edge`` with the aspect ratio
+    kept; ConvNeXt's ``crop_pct`` enlarges it before the crop), centre crop (``crop_size``), rescale
+    (``rescale_factor`` times the pixel value in 0..255) and ``(x - mean) / std``.
+
+    Deviation: resizing is torch's interpolation with anti-aliasing (``resample`` 2 bilinear, 3 bicubic,
+    0 nearest), not PIL's, so values differ from the processor's by interpolation round-off.
+
+    Args:
+        config: the processor's saved configuration (the JSON object).
+    """
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__()
+        self.resize: tuple[int, int] | None = None
+        self.shortest_edge: int | None = None
+        self.crop: tuple[int, int] | None = None
+        if config.get("do_resize", True):
+            size = config.get("size")
+            self.resize = _size_pair(size, "the image processor's size")
+            if isinstance(size, dict) and isinstance(size.get("shortest_edge"), int):
+                edge = int(size["shortest_edge"])
+                crop_pct = config.get("crop_pct")
+                if isinstance(crop_pct, (int, float)) and 0 < crop_pct < 1 and edge < 384:  # ConvNeXt's rule
+                    self.shortest_edge, self.crop = int(edge / crop_pct), (edge, edge)
+                else:
+                    self.shortest_edge = edge
+        if config.get("do_center_crop", False):
+            self.crop = _size_pair(config.get("crop_size"), "the image processor's crop_size") or self.crop
+        self.mode = _RESAMPLE.get(int(config.get("resample", 2) or 0), "bilinear")
+        factor = float(config.get("rescale_factor", 1 / 255)) if config.get("do_rescale", True) else 1.0
+        self.scale = 255.0 * factor
+        mean = config.get("image_mean") if config.get("do_normalize", True) else None
+        std = config.get("image_std") if config.get("do_normalize", True) else None
+        mean_t = torch.as_tensor(mean if mean is not None else 0.0, dtype=torch.float32).reshape(1, -1, 1, 1)
+        std_t = torch.as_tensor(std if std is not None else 1.0, dtype=torch.float32).reshape(1, -1, 1, 1)
+        if (std_t <= 0).any():
+            raise InputError("the image processor's image_std must be positive in every channel")
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.register_buffer("mean", mean_t)
+        self.register_buffer("std", std_t)
+
+    def _interpolate(self, x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        if tuple(x.shape[-2:]) == size:
+            return x
+        if self.mode == "nearest":
+            return torch.nn.functional.interpolate(x, size=size, mode="nearest")
+        return torch.nn.functional.interpolate(x, size=size, mode=self.mode, align_corners=False, antialias=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.resize is not None:
+            x = self._interpolate(x, self.resize)
+        elif self.shortest_edge is not None:
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            short = self.shortest_edge
+            size = (short, max(1, round(w * short / h))) if h <= w else (max(1, round(h * short / w)), short)
+            x = self._interpolate(x, size)
+        if self.crop is not None:
+            ch, cw = self.crop
+            h, w = int(x.shape[-2]), int(x.shape[-1])
+            if h >= ch and w >= cw:
+                top, left = (h - ch) // 2, (w - cw) // 2
+                x = x[..., top : top + ch, left : left + cw]
+            else:
+                x = self._interpolate(x, (ch, cw))
+        return (x * self.scale - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"resize={self.resize or self.shortest_edge}, crop={self.crop}, mode={self.mode}, scale={self.scale:g}"
+
+
+class PreprocessedModel(nn.Module):
+    """``model(preprocess(x))``: an image model with its processor folded in front (inputs in [0, 1]).
+
+    The model's own output passes through unchanged (a ``transformers`` output object: the adapter reads
+    its ``.logits``).
+    """
+
+    def __init__(self, preprocess: nn.Module, model: nn.Module) -> None:
+        super().__init__()
+        self.preprocess = preprocess
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return self.model(self.preprocess(x))
