@@ -11,7 +11,7 @@ import torch
 
 from mlsafety.audit import AuditConfig, fmt_duration, parse_duration, run_audit
 from mlsafety.audit import _engine as engine
-from mlsafety.audit._budget import TEST, CheckCost, Knob, Rates, allocate, make_plan
+from mlsafety.audit._budget import CheckCost, Knob, Rates, allocate, make_plan
 from mlsafety.core import InputError
 
 MODEL = """
