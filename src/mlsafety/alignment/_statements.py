@@ -21,11 +21,14 @@ STATEMENTS_SOURCE = "written by the mlsafety project (generated arithmetic, unit
 
 @dataclass(frozen=True)
 class Statement:
-    """One statement, whether it is true, and its topic (``arithmetic``, ``units``, ...)."""
+    """One statement, whether it is true, its topic (``arithmetic``, ``units``, ...) and its group: statements
+    about the same fact (a true one and its false twin, or two phrasings) share a group, so a fit/test split
+    can keep them on one side (a probe could otherwise read a twin's label off surface features)."""
 
     text: str
     label: bool
     topic: str
+    group: str = ""
 
 
 _CAPITALS = (
@@ -63,18 +66,19 @@ def _arithmetic() -> list[Statement]:
     for a in range(1, 13):
         for b in (2, 3, 5, 7, 9):
             right, wrong = a + b, a + b + (1 if (a + b) % 2 else -1)
-            out += [Statement(f"{a} + {b} = {right}.", True, "arithmetic")]
-            out += [Statement(f"{a} + {b} = {wrong}.", False, "arithmetic")]
+            out += [Statement(f"{a} + {b} = {right}.", True, "arithmetic", f"{a}+{b}")]
+            out += [Statement(f"{a} + {b} = {wrong}.", False, "arithmetic", f"{a}+{b}")]
     for a in range(2, 10):
         for b in (3, 4, 6):
-            out += [Statement(f"{a} times {b} is {a * b}.", True, "arithmetic")]
-            out += [Statement(f"{a} times {b} is {a * b + b}.", False, "arithmetic")]
+            out += [Statement(f"{a} times {b} is {a * b}.", True, "arithmetic", f"{a}*{b}")]
+            out += [Statement(f"{a} times {b} is {a * b + b}.", False, "arithmetic", f"{a}*{b}")]
     for a in range(1, 10):
         for b in (1, 2):
             if a > b:
                 words = _NUMBER_WORDS
-                out += [Statement(f"{words[a]} minus {words[b]} is {words[a - b]}.", True, "arithmetic")]
-                out += [Statement(f"{words[a]} minus {words[b]} is {words[a - b + 1]}.", False, "arithmetic")]
+                group = f"{a}-{b}"
+                out += [Statement(f"{words[a]} minus {words[b]} is {words[a - b]}.", True, "arithmetic", group)]
+                out += [Statement(f"{words[a]} minus {words[b]} is {words[a - b + 1]}.", False, "arithmetic", group)]
     return out
 
 
@@ -82,8 +86,8 @@ def _comparisons() -> list[Statement]:
     out: list[Statement] = []
     pairs = sorted({(max(a, b), min(a, b)) for a in range(1, 40, 3) for b in range(2, 40, 5) if a != b})[:96]
     for big, small in pairs:
-        out += [Statement(f"{big} is larger than {small}.", True, "comparisons")]
-        out += [Statement(f"{small} is larger than {big}.", False, "comparisons")]
+        out += [Statement(f"{big} is larger than {small}.", True, "comparisons", f"{big}>{small}")]
+        out += [Statement(f"{small} is larger than {big}.", False, "comparisons", f"{big}>{small}")]
     return out
 
 
@@ -94,8 +98,8 @@ def _units() -> list[Statement]:
         wrong = n * 10 if n < 10 else n // 2 if n % 2 == 0 else n + 1
         for phrase in ("There are {n} {small} in {article} {big}.", "{Article} {big} has {n} {small}."):
             fill = {"small": small, "big": big, "article": article, "Article": article.capitalize()}
-            out += [Statement(phrase.format(n=n, **fill), True, "units")]
-            out += [Statement(phrase.format(n=wrong, **fill), False, "units")]
+            out += [Statement(phrase.format(n=n, **fill), True, "units", f"{small}/{big}")]
+            out += [Statement(phrase.format(n=wrong, **fill), False, "units", f"{small}/{big}")]
     return out
 
 
@@ -104,15 +108,16 @@ def _geography() -> list[Statement]:
     n = len(_CAPITALS)
     for i, (country, capital) in enumerate(_CAPITALS):
         other = _CAPITALS[(i + 7) % n][1]
-        out += [Statement(f"The capital of {country} is {capital}.", True, "geography")]
-        out += [Statement(f"The capital of {country} is {other}.", False, "geography")]
-        out += [Statement(f"{capital} is the capital of {country}.", True, "geography")]
-        out += [Statement(f"{other} is the capital of {country}.", False, "geography")]
+        group = f"capital:{country}"
+        out += [Statement(f"The capital of {country} is {capital}.", True, "geography", group)]
+        out += [Statement(f"The capital of {country} is {other}.", False, "geography", group)]
+        out += [Statement(f"{capital} is the capital of {country}.", True, "geography", group)]
+        out += [Statement(f"{other} is the capital of {country}.", False, "geography", group)]
     for i, (country, continent) in enumerate(_CONTINENTS):
         others = [c for _, c in _CONTINENTS if c != continent]
         wrong = others[i % len(others)]
-        out += [Statement(f"{country} is in {continent}.", True, "geography")]
-        out += [Statement(f"{country} is in {wrong}.", False, "geography")]
+        out += [Statement(f"{country} is in {continent}.", True, "geography", f"continent:{country}")]
+        out += [Statement(f"{country} is in {wrong}.", False, "geography", f"continent:{country}")]
     return out
 
 

@@ -68,3 +68,17 @@ def test_refusals_come_before_any_forward_pass() -> None:
     finally:
         handle.remove()
     assert calls == []
+
+
+def test_split_keeps_each_group_on_one_side_and_is_seeded() -> None:
+    from mlsafety.alignment.probes import split_items
+
+    pairs = statement_pairs(40)
+    fit, test = split_items(40, torch.Generator().manual_seed(3), groups=pairs.groups)
+    assert pairs.groups is not None
+    assert set(pairs.groups[fit].tolist()).isdisjoint(pairs.groups[test].tolist())
+    assert sorted(fit.tolist() + test.tolist()) == list(range(40)) and 16 <= len(fit) <= 24
+    again, _ = split_items(40, torch.Generator().manual_seed(3), groups=pairs.groups)
+    assert torch.equal(fit, again)
+    # a true statement and its false twin share a group
+    assert int(pairs.groups[0]) == int(pairs.groups[1]) and pairs.labels[:2].tolist() == [1, 0]

@@ -87,13 +87,26 @@ class LayerResult:
     fit_accuracy: float
 
 
-def split_items(n: int, generator: torch.Generator, fit_share: float = 0.5) -> tuple[torch.Tensor, torch.Tensor]:
-    """A seeded split of ``range(n)`` into (fit, test) index tensors."""
+def split_items(
+    n: int, generator: torch.Generator, fit_share: float = 0.5, groups: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded split of ``range(n)`` into (fit, test) index tensors, whole groups to one side.
+
+    Groups (e.g. a true statement and its false twin) are shuffled and given to the fit half until it holds
+    ``fit_share`` of the items; None: every item is its own group.
+    """
     if n < 4:
         raise InputError(f"probes need at least 4 contrast pairs (2 to fit, 2 to test), got {n}")
-    order = torch.randperm(n, generator=generator)
-    k = min(max(2, round(n * fit_share)), n - 2)
-    return order[:k].sort().values, order[k:].sort().values
+    group_of = torch.arange(n) if groups is None else groups.long()
+    unique = torch.unique(group_of)
+    if len(unique) < 2:
+        raise InputError("every item is in one group; a fit/test split needs at least two groups")
+    order = unique[torch.randperm(len(unique), generator=generator)]
+    sizes = torch.stack([(group_of == g).sum() for g in order])
+    k = int((sizes.cumsum(0) < round(n * fit_share)).sum()) + 1
+    k = min(max(k, 1), len(order) - 1)
+    fit_mask = torch.isin(group_of, order[:k])
+    return fit_mask.nonzero()[:, 0], (~fit_mask).nonzero()[:, 0]
 
 
 def fit_and_test(
@@ -229,7 +242,7 @@ def run_probes(
         if not -n_stream <= int(k) < n_stream:
             raise InputError(f"layer {k} is out of range: this model has layers 0..{n_stream - 1} (0 = embeddings)")
     g = generator if generator is not None else torch.Generator().manual_seed(0)
-    fit_idx, test_idx = split_items(len(main), g)
+    fit_idx, test_idx = split_items(len(main), g, groups=main.groups)
     check_two_classes(main.labels[fit_idx], "the fit half")
     report = ProbeReport(main.dataset, [p.template.name for p in pairs], chosen, len(fit_idx), len(test_idx))
     params = params or {}
@@ -272,7 +285,7 @@ def run_probes(
                 report.gap["misleading"] = accuracy_estimate(reading != mis.stated())
     for target in transfer:
         check_two_classes(target.labels, f"dataset {target.dataset!r}")
-        _, target_test = split_items(len(target), g)
+        _, target_test = split_items(len(target), g, groups=target.groups)
         target_states = contrast_states(lm, target.subset(target_test), batch_size, progress)
         for m in methods:
             result, _ = fit_and_test(m, fit, target_states, report.best_layer(m), g, params.get(m))

@@ -17,7 +17,7 @@ import csv
 import json
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -109,6 +109,8 @@ class ContrastPairs:
         labels: int64 ``(N,)``: 1 when ``x+`` (the affirmative answer) is right, else 0.
         template: the :class:`Template`; dataset: the source's name.
         prefix: text put before every prompt (empty, or a misleading prefix).
+        groups: int64 ``(N,)`` or None: items of one group (a true statement and its false twin) go to the
+            same side of a fit/test split; None: every item is its own group.
     """
 
     items: tuple[Mapping[str, str], ...]
@@ -116,10 +118,15 @@ class ContrastPairs:
     template: Template
     dataset: str
     prefix: str = ""
+    groups: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         if len(self.items) != len(self.labels):
             raise InputError(f"{len(self.items)} items but {len(self.labels)} labels")
+        if self.groups is not None and self.groups.shape != self.labels.shape:
+            raise InputError(
+                f"groups must have one entry per item ({len(self.labels)}), got {tuple(self.groups.shape)}"
+            )
         missing = sorted(self.template.fields() - set(self.items[0])) if self.items else []
         if missing:
             raise InputError(f"template {self.template.name!r} reads field(s) {', '.join(missing)} the items lack")
@@ -141,7 +148,7 @@ class ContrastPairs:
 
     def with_template(self, template: Template) -> ContrastPairs:
         """The same items under another template."""
-        return ContrastPairs(self.items, self.labels, template, self.dataset, self.prefix)
+        return replace(self, template=template)
 
     def misleading(self, demos: ContrastPairs | None = None) -> ContrastPairs:
         """The same pairs behind a misleading prefix: :data:`MISLEADING_PREFIX` then two demonstrations
@@ -154,7 +161,7 @@ class ContrastPairs:
             wrong = self.template.no if int(source.labels[k]) == 1 else self.template.yes
             shown.append(self.template.fill(source.items[k], wrong))
         prefix = MISLEADING_PREFIX + "\n\n".join(shown) + "\n\n"
-        return ContrastPairs(self.items, self.labels, self.template, self.dataset, prefix)
+        return replace(self, prefix=prefix)
 
 
 def check_two_classes(labels: torch.Tensor, what: str) -> None:
@@ -176,7 +183,9 @@ def statement_pairs(n: int | None = None, template: Template | None = None) -> C
         statements = statements[:n]
     items = tuple({"text": s.text} for s in statements)
     labels = torch.tensor([int(s.label) for s in statements])
-    return ContrastPairs(items, labels, template or TEMPLATES["statements"][0], "statements")
+    ids: dict[str, int] = {}
+    groups = torch.tensor([ids.setdefault(f"{s.topic}:{s.group}", len(ids)) for s in statements])
+    return ContrastPairs(items, labels, template or TEMPLATES["statements"][0], "statements", groups=groups)
 
 
 def text_pairs(
