@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import click
 
+from mlsafety.cli._attack_text import attack_text
 from mlsafety.cli._audit import audit
 from mlsafety.cli._certify import certify
 from mlsafety.cli._common import MainGroup
@@ -52,6 +53,7 @@ for _command in (
     interp_group,
     overopt_group,
     probe,
+    attack_text,
 ):
     main.add_command(_command)
 
