@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 import torch
 
 from mlsafety.core import Classifier, InputError, ModelLike, Param, as_classifier
+from mlsafety.robustness.text import _resources
 from mlsafety.robustness.text._base import (
     Attack,
     AttackedText,
@@ -232,6 +233,7 @@ class HotFlip(Recipe):
         swap = GradientWordSwap(clf, top_n=self.top_n)
         constraints = parts.get("constraints")
         if constraints is None:
+            _resources.wordnet()  # a missing WordNet is named before any work
             constraints = hotflip_constraints(clf, self.max_words, self.min_cos_sim)
         return Attack(
             clf,

@@ -40,6 +40,7 @@ from typing import Any, ClassVar
 import torch
 
 from mlsafety.core import Classifier, LanguageModel, ModelLike, Param, as_classifier, frozen
+from mlsafety.robustness.text import _resources
 from mlsafety.robustness.text._base import (
     Attack,
     AttackedText,
@@ -341,6 +342,8 @@ class TextGrad(Recipe):
         and ``goal=`` replace the recipe's own."""
         clf = as_classifier(model)
         check_text_classifier(clf, "textgrad")
+        if parts.get("constraints") is None or parts.get("transformation") is None:
+            _resources.wordnet()  # a missing WordNet is named before any work
         lm = parts.get("lm")
         if lm is None and self.fluency != "none" and parts.get("constraints") is None:
             from mlsafety.zoo import load_model
