@@ -53,46 +53,51 @@ def detector_rows(
     return rows
 
 
-@cache
-def native_shape(name: str) -> tuple[int, ...]:
-    """The image shape (C, H, W) the zoo OOD set ``name`` is constructed at (what
-    :func:`mlsafety.zoo.load_dataset` gives without a ``shape``: the data it was made for)."""
-    made_for = getattr(zoo.dataset_info(name), "made_for", None)
-    if made_for is not None:
-        return tuple(made_for)
-    return tuple(int(s) for s in zoo.load_dataset(name).x.shape[1:])
-
-
-def is_constructed(data: ArrayDataset) -> bool:
-    """Whether ``data`` is one of the zoo's constructed image OOD sets (not a user's file of that name)."""
-    if data.name not in zoo.dataset_names():
-        return False
-    info = zoo.dataset_info(data.name)
-    return info.kind != "in" and info.modality == "image" and data.description == info.description
-
-
-def constructed_set_rows(ctx: AuditContext, hazard: str) -> list[Row]:
-    """The warning row of an OOD hazard whose set is one of the zoo's constructed sets made for inputs of
-    another shape than the audited model's (resized for it: e.g. 8x8 grey letters up-sampled for a
-    3x32x32 model), so its figures say little about the model's real OOD inputs; none otherwise."""
-    data = ctx.hazard(hazard)
-    if ctx.modality != "image" or not is_constructed(data):
-        return []
-    made, used = native_shape(data.name), tuple(int(s) for s in data.x.shape[1:])
-    if made == used:
-        return []
-    shown = {"made_for": "x".join(map(str, made)), "used_at": "x".join(map(str, used))}
-    message = (
-        f"the constructed OOD set {data.name!r} was made for {shown['made_for']} inputs and is resized to "
-        f"{shown['used_at']} for this model, so its figures say little about the OOD inputs this model will "
-        "meet; give your own with --ood near:PATH / --ood far:PATH"
-    )
-    return [Row.exact(str(Hazard.parse(hazard)), CONSTRUCTED, 1.0, DECISION, **shown, message=message)]
-
-
 def ood_hazards(ctx: AuditContext) -> list[str]:
     """The audit's OOD sets as hazards (``ood/<set>``), in the data's order."""
     return [str(Hazard.ood(n)) for n in ctx.data.ood]
+
+
+@cache
+def native_shape(name: str) -> tuple[int, ...]:
+    """The image shape (C, H, W) the zoo OOD set ``name`` is constructed at (what
+    :func:`mlsafety.zoo.load_dataset` gives without a ``shape``)."""
+    return tuple(int(s) for s in zoo.load_dataset(name).x.shape[1:])
+
+
+def zoo_set(data: ArrayDataset) -> str | None:
+    """The zoo name of ``data`` when it is the zoo's own set (not a user's file that shares the name)."""
+    if data.name not in zoo.dataset_names():
+        return None
+    return data.name if data.description == zoo.dataset_info(data.name).description else None
+
+
+def made_for(name: str) -> list[str]:
+    """The zoo in-distribution sets the zoo OOD set ``name`` was made for (those that list it)."""
+    return [n for n in zoo.dataset_names() if name in zoo.dataset_info(n).ood]
+
+
+def constructed_set_rows(ctx: AuditContext, hazard: str) -> list[Row]:
+    """The warning row of an OOD hazard whose set is one of the zoo's constructed sets used on data it was
+    not made for (a user's data, or a zoo set that does not list it): its figures say little about the OOD
+    inputs the model will meet, the more so when it was resized (8x8 grey letters up-sampled for a
+    3x32x32 model). None for a user's set, or a constructed set on the data it was made for."""
+    data = ctx.hazard(hazard)
+    name = zoo_set(data)
+    if ctx.modality != "image" or name is None or zoo.dataset_info(name).kind == "in":
+        return []
+    targets = made_for(name)
+    if zoo_set(ctx.data.test) in targets:
+        return []
+    made, used = "x".join(map(str, native_shape(name))), "x".join(str(int(s)) for s in data.x.shape[1:])
+    resized = f", made at {made} and resized to {used} for this model" if made != used else ""
+    message = (
+        f"the constructed OOD set {name!r} was made for {' and '.join(targets) or 'no particular data'}{resized}; "
+        "its figures say little about the OOD inputs this model will meet: give your own with --ood near:PATH "
+        "or --ood far:PATH"
+    )
+    return [Row.exact(str(Hazard.parse(hazard)), CONSTRUCTED, 1.0, DECISION, made_for=targets, made_at=made,
+                      used_at=used, message=message)]  # fmt: skip
 
 
 @register_check("ood-basic")

@@ -41,8 +41,8 @@ _NOT_HYPER = ("detector", "kind", "sets", "tuned_on", "monitored", "inputs")
 """Row params that describe the row, not the detector's hyper-parameters."""
 
 CONSTRUCTED = "warning_constructed_set"
-"""The metric of the warning row of an OOD set the zoo constructed for inputs of another shape (a
-``decision``; params ``made_for``, ``used_at``, ``message``)."""
+"""The metric of the warning row of an OOD set the zoo constructed for other data (a ``decision``;
+params ``made_for``, ``made_at``, ``used_at``, ``message``)."""
 
 
 def detector_metric(detector: str, measure: str) -> str:
@@ -92,16 +92,22 @@ def plain_headlines(rows: Sequence[StoredRow], label: str) -> list[Headline]:
 
 
 def constructed_table(rows: Sequence[StoredRow]) -> list[Table]:
-    """The warnings of constructed OOD sets used at a shape they were not made for (none: no table)."""
+    """The warnings of constructed OOD sets used on data they were not made for (none: no table)."""
     warned = [r for r in rows if r.metric == CONSTRUCTED]
     if not warned:
         return []
-    body = [[str(ood_set(r)), str(r.params.get("made_for", "")), str(r.params.get("used_at", ""))] for r in warned]
+    body = [
+        [str(ood_set(r)), ", ".join(r.params.get("made_for") or []) or "no particular data",
+         str(r.params.get("made_at", "")), str(r.params.get("used_at", ""))]
+        for r in warned
+    ]  # fmt: skip
     note = (
-        "Warning: these OOD sets were constructed for inputs of another shape and resized for this model, so their "
-        "figures say little about the OOD inputs it will meet; give your own sets with --ood near:PATH / far:PATH."
+        "Warning: these OOD sets were constructed for other data (and resized for this model where the shapes "
+        "differ), so their figures say little about the OOD inputs it will meet; give your own sets with "
+        "--ood near:PATH / --ood far:PATH."
     )
-    return [Table("Constructed OOD sets resized for this model", ["OOD set", "made for", "used at"], body, note)]
+    headers = ["OOD set", "made for", "made at", "used at"]
+    return [Table("Constructed OOD sets used on data they were not made for", headers, body, note)]
 
 
 def ranking_table(rows: Sequence[StoredRow], title: str) -> list[Table]:
