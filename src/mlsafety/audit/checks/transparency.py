@@ -155,7 +155,12 @@ class Transparency(Check):
         if ctx.modality == "lm":
             return [Task("logit-lens", lambda: _lens(ctx, self.params)),
                     Task("ioi-patching", lambda: _ioi(ctx, self.params))]  # fmt: skip
-        return super().tasks(ctx)
+        # three resumable tasks (issue 22: one task ran too long to resume); each draws from its own named
+        # generators, so the rows are those of one task running them in this order
+        tasks = [Task("sanity", lambda: self._sanity_task(ctx)), Task("examples", lambda: self._examples_task(ctx))]
+        if ctx.modality != tr.TEXT and self.params["visualize"]:
+            tasks.append(Task("visualisations", lambda: self._visualisation_task(ctx)))
+        return tasks
 
     def _validate(self, ctx: AuditContext) -> None:
         """Refuse unknown method names and settings the audited modality cannot run."""
@@ -177,14 +182,21 @@ class Transparency(Check):
             raise InputError(f"text_method {p['text_method']!r} does not explain text; choose one of "
                              f"{', '.join(tr.available(tr.TEXT))}")  # fmt: skip
 
-    def run(self, ctx: AuditContext) -> TaskResult:
-        p = self.params
-        text = ctx.modality == tr.TEXT
+    def _picks(self, ctx: AuditContext) -> tuple[Any, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The test data, its predictions, the correct and misclassified indices and the seeded input order
+        (the same in every task)."""
         data = ctx.hazard(CLEAN)
         pred = ctx.outputs(CLEAN).pred.cpu()
         correct = (pred == data.y).nonzero()[:, 0]
         wrong = (pred != data.y).nonzero()[:, 0]
         order = torch.randperm(len(data), generator=ctx.generator(CHECK, "inputs"))
+        return data, pred, correct, wrong, order
+
+    def _sanity_task(self, ctx: AuditContext) -> TaskResult:
+        """Sanity checks of every method and integrated gradients' completeness on correct test inputs."""
+        p = self.params
+        text = ctx.modality == tr.TEXT
+        data, pred, correct, _, order = self._picks(ctx)
         pick = order[torch.isin(order, correct)][: int(p["text_sanity_inputs" if text else "sanity_inputs"])]
         rows: list[Row] = []
         artifacts: list[Artifact] = []
@@ -197,25 +209,31 @@ class Transparency(Check):
         else:  # the sanity checks explain correct predictions: there are none to explain
             why = f"no test input is classified correctly (0 of {len(data)}): nothing to explain"
             rows.append(Row.exact(str(CLEAN), "sanity_not_run", 1.0, DECISION, len(data), reason=why))
-
-        if text:
-            artifacts += self._sentences(ctx, data, order, correct, wrong, rows)  # type: ignore[arg-type]
-            return TaskResult(rows, artifacts)
-        artifacts += self._grids(ctx, data, order, correct, wrong, rows)
-
-        # -- class visualisations --------------------------------------------------------------
-        if p["visualize"]:
-            shape = tuple(data.x.shape[1:])
-            if len(shape) != 3:
-                raise InputError("class visualisation needs image inputs (C, H, W); set visualize=false")
-            vis = tr.class_visualisations(ctx.model, shape, ctx.model.num_classes, steps=int(p["vis_steps"]), lr=0.1,
-                                          generator=ctx.generator(CHECK, "class-visualisation"),
-                                          seed=ctx.seed_for(CHECK, "class-visualisation"))  # fmt: skip
-            rows.append(Row.of(str(CLEAN), "class_visualisation_confidence", vis.mean_confidence, steps=p["vis_steps"]))
-            artifacts.append(
-                Artifact("class-visualisations", images_png(vis.images, vis.confidence), caption=VIS_CAPTION)
-            )
         return TaskResult(rows, artifacts)
+
+    def _examples_task(self, ctx: AuditContext) -> TaskResult:
+        """Attribution grids (images) or highlighted sentences (text) of correct, misclassified,
+        adversarial and OOD inputs."""
+        data, _, correct, wrong, order = self._picks(ctx)
+        rows: list[Row] = []
+        if ctx.modality == tr.TEXT:
+            artifacts = self._sentences(ctx, data, order, correct, wrong, rows)
+        else:
+            artifacts = self._grids(ctx, data, order, correct, wrong, rows)
+        return TaskResult(rows, artifacts)
+
+    def _visualisation_task(self, ctx: AuditContext) -> TaskResult:
+        """Class visualisations (images only)."""
+        p = self.params
+        shape = tuple(ctx.hazard(CLEAN).x.shape[1:])
+        if len(shape) != 3:
+            raise InputError("class visualisation needs image inputs (C, H, W); set visualize=false")
+        vis = tr.class_visualisations(ctx.model, shape, ctx.model.num_classes, steps=int(p["vis_steps"]), lr=0.1,
+                                      generator=ctx.generator(CHECK, "class-visualisation"),
+                                      seed=ctx.seed_for(CHECK, "class-visualisation"))  # fmt: skip
+        row = Row.of(str(CLEAN), "class_visualisation_confidence", vis.mean_confidence, steps=p["vis_steps"])
+        art = Artifact("class-visualisations", images_png(vis.images, vis.confidence), caption=VIS_CAPTION)
+        return TaskResult([row], [art])
 
     def _sanity(self, ctx: AuditContext, x: torch.Tensor) -> tuple[list[Row], list[Artifact]]:
         """Rows and the picture of the sanity checks of every method on inputs ``x``."""
