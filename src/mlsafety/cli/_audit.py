@@ -310,6 +310,19 @@ def _payload(result: Any) -> dict[str, Any]:
     }
 
 
+def _print_ood_notes(rows: Any) -> None:
+    """The OOD checks' warnings (constructed sets used on data they were not made for, once per set) and
+    the detectors the ood check could not run on the model."""
+    warned = {r.hazard: r.params.get("message", "") for r in rows if r.metric == "warning_constructed_set"}
+    for message in warned.values():
+        err_console.print(f"Warning: {message}", soft_wrap=True)
+    skipped = [str(r.params.get("detector")) for r in rows
+               if r.check == "ood" and r.metric.startswith("skipped_") and "reason" in r.params]  # fmt: skip
+    if skipped:
+        out_console.print(f"OOD detectors not run on this model: {', '.join(skipped)} (why: in the report).",
+                          soft_wrap=True)  # fmt: skip
+
+
 def _print_summary(result: Any) -> None:
     """Each check's headline numbers, the count stored and the report's path."""
     from mlsafety.audit import CHECKS, fmt_ci, fmt_value
@@ -338,6 +351,7 @@ def _print_summary(result: Any) -> None:
             for k in result.plan.knobs.values()
         )
         out_console.print(f"Sample sizes under the budget: {used}.", soft_wrap=True)
+    _print_ood_notes(result.rows)
     resumed = f", {result.resumed_tasks} tasks resumed from the store" if result.resumed_tasks else ""
     out_console.print(f"{len(result.rows)} numbers stored in {result.seconds:.1f} s{resumed}.")
     if result.report_path:
