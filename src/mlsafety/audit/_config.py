@@ -11,6 +11,8 @@ Example::
     budget = "5m"                 # optional: choose sample sizes so the audit fits (90s, 5m, 1h)
     max_samples = 1000            # optional: at most this many inputs of each data source
     channels = 1                  # optional: image folders converted to 1 (grayscale) or 3 (RGB) channels
+    classes = ["circle", "square"] # optional: class names in the order of the model's outputs
+    head = "classifier"           # optional: the model's head module (default: traced)
     text_column = "text"          # text data files: the columns of the text and the label
     label_column = "label"
     checks = ["clean", "ood-basic", "calibration-basic"]
@@ -57,6 +59,7 @@ _SCALARS = {
     "gold": str,
     "budget": str,
     "max_samples": int,
+    "head": str,
 }
 
 
@@ -95,6 +98,12 @@ def config_from_mapping(raw: dict[str, Any], where: str = "config") -> AuditConf
             if not (isinstance(value, list) and len(value) == 2 and all(isinstance(v, int) for v in value)):
                 raise InputError(f"{where}: image_size must be [height, width]")
             cfg.image_size = (value[0], value[1])
+        elif key == "classes":
+            if isinstance(value, str):
+                value = [c.strip() for c in value.split(",")]
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise InputError(f"{where}: classes must be a list of class names in the order of the model's outputs")
+            cfg.classes = list(value)
         elif key == "checks":
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise InputError(f"{where}: checks must be a list of check names")

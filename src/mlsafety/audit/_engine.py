@@ -208,7 +208,7 @@ def run_audit(
             run_id = store.create_run(
                 config.model, str(config.data), config.seed, fingerprint, record, package_version()
             )
-            extra = _plan_rows(plan, held_out)
+            extra = _plan_rows(plan, held_out) + inputs.rows  # head, class mapping, val/test gap (_inputs)
             if extra:
                 store.write_task(run_id, PLAN_CHECK, "plan", extra, [], 0.0)
         if on_plan is not None:  # after a refused --resume, which stays one line

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from mlsafety import zoo
+from mlsafety.audit._check import DECISION, SETTING, Check, Row
 from mlsafety.audit._context import AuditData, Scorer
 from mlsafety.audit._gates import validate_gates
 from mlsafety.core import (
@@ -28,10 +30,13 @@ from mlsafety.core import (
     Texts,
     call_factory,
     encode,
+    forward,
     frozen,
     generator,
+    is_hf_dataset_folder,
     load_factory,
     load_hf_dataset,
+    load_hf_image_dataset,
     load_image_folder,
     load_npz,
     load_text_csv,
@@ -43,9 +48,6 @@ from mlsafety.core import (
     validate_text_dataset,
 )
 from mlsafety.monitoring.proxy_gaming.scorers import check_scorers
-
-if TYPE_CHECKING:
-    from mlsafety.audit._check import Check
 
 MAX_SEED = 2**63 - 1
 """The largest run seed: seeds are stored as SQLite integers (signed 64-bit)."""
@@ -90,6 +92,11 @@ class AuditConfig:
             per check so the run fits it (:mod:`mlsafety.audit._budget`); None: the profile's sizes.
         max_samples: at most this many inputs of each data source (test, validation, training, every
             OOD set), a seeded subset; None: all.
+        classes: the class names in the order of the model's outputs (``--classes a,b,c``): the label
+            order of image folders (instead of a ``classes.txt`` / ``classes.json`` beside the data or the
+            alphabetical folder names), and the names of an ``.npz`` file's labels 0..K-1.
+        head: the dotted name of the model's head (``--head classifier``); None: found by tracing which
+            layer returns the logits (:meth:`~mlsafety.core.Classifier.trace`).
         reward / gold: for a causal language model, ``path/to/file.py:factory`` of the proxy reward
             being optimised and of the gold (trusted) reward; a factory returns a scorer
             ``scorer(texts) -> Tensor (N,)`` of float rewards. Both or neither.
@@ -115,6 +122,8 @@ class AuditConfig:
     fail_over: dict[str, float] = field(default_factory=dict)
     reward: str | None = None
     gold: str | None = None
+    classes: list[str] | None = None
+    head: str | None = None
     budget: str | None = None
     max_samples: int | None = None
 
@@ -469,11 +478,12 @@ def _check_zoo_classifier(name: str) -> None:
         )
 
 
-def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classifier:
+def resolve_model(spec: str, weights: str | None, device: str = "cpu", head: str | None = None) -> Classifier:
     """A Classifier for a zoo name, ``file.py:factory`` (with ``weights``) or a saved ``transformers``
     model folder (:func:`load_hf_classifier`), on ``device``. A module with a ``tokenizer``
     attribute (a zoo text model, a model folder) is a text classifier. A zoo model that is not a
-    classifier (an encoder, a causal LM, a denoiser) is refused before it is loaded."""
+    classifier (an encoder, a causal LM, a denoiser) is refused before it is loaded. ``head`` names the
+    head module (``--head``); None finds it by tracing."""
     if spec.endswith(".py") or ".py:" in spec:
         module: nn.Module = load_factory(spec)
         if weights is not None:
@@ -494,7 +504,11 @@ def resolve_model(spec: str, weights: str | None, device: str = "cpu") -> Classi
             load_weights(module, weights)
         else:
             module = zoo.load_model(spec)
-    return Classifier(module.to(_device(device)).eval())
+    if head is not None and head not in dict(module.named_modules()):
+        shown = [n for n, m in module.named_modules() if n and getattr(m, "weight", None) is not None][-4:]
+        raise InputError(f"--head {head}: the model has no module of that name; its last layers with weights are "
+                         f"{', '.join(shown) or 'none'}")  # fmt: skip
+    return Classifier(module.to(_device(device)).eval(), head=head)
 
 
 _ROLES = {
@@ -512,6 +526,7 @@ def _load(
     shape: tuple[int, int, int] | None,
     image_size: tuple[int, int] | None,
     channels: int,
+    classes: list[str] | None = None,
 ) -> ArrayDataset:
     path = Path(spec)
     source = _ROLES[role].format(spec=spec)
@@ -521,17 +536,38 @@ def _load(
             raise InputError(f"{source}: zoo dataset {spec!r} holds {zoo_modality(spec)} but the model takes images")
         return _with_source(zoo.load_dataset(spec, split=split, shape=shape if kind != "in" else None), source)
     if path.suffix == ".npz":
-        return load_npz(path, kind=kind, source=source)
+        ds = load_npz(path, kind=kind, source=source)
+        if classes is not None and kind == "in":
+            ds.classes, ds.classes_from = list(classes), "--classes"
+        return ds
+    if is_hf_dataset_folder(path):
+        hf_size = image_size or (shape[1:] if shape else None)
+        want = {"data": "test", "val": "validation", "train": "train"}.get(role)
+        return load_hf_image_dataset(path, hf_size, channels, _pick_split(path, want), kind=kind, source=source,  # type: ignore[arg-type]
+                                     classes=classes)  # fmt: skip
     if path.is_dir():
         size = image_size or (shape[1:] if shape else None)
         if size is None:
             raise InputError(f"image folder {source} needs --image-size H W")
-        return load_image_folder(path, tuple(size), channels=channels, kind=kind, source=source)  # type: ignore[arg-type]
+        return load_image_folder(path, tuple(size), channels=channels, kind=kind, source=source, classes=classes)  # type: ignore[arg-type]
     if path.suffix or "/" in spec:
         raise InputError(
             f"{source}: not found or not supported (use a zoo name, an existing .npz file or an image folder)"
         )
     raise InputError(f"{source}: unknown zoo dataset {spec!r}; available: {', '.join(zoo.dataset_names())}")
+
+
+def _pick_split(path: Path, want: str | None) -> str | None:
+    """The split of a saved ``DatasetDict`` a role reads: ``want`` when it has it (``validation`` also as
+    ``val`` / ``valid``), else None (the loader takes the only split or names the splits)."""
+    try:
+        splits = json.loads((path / "dataset_dict.json").read_text(encoding="utf-8")).get("splits", [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    for name in (want, "val", "valid") if want == "validation" else (want,):
+        if name in splits:
+            return name
+    return None
 
 
 def _with_source(ds: ArrayDataset, source: str) -> ArrayDataset:
@@ -967,7 +1003,7 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
     channels = config.channels
     if channels is None and model is not None and _is_folder(spec) and config.image_size is not None:
         channels = model_channels(model, tuple(config.image_size))  # type: ignore[arg-type]
-    test = _load(spec, "data", "test", None, config.image_size, channels or 3)
+    test = _load(spec, "data", "test", None, config.image_size, channels or 3, config.classes)
     if spec in zoo.dataset_names() and test.kind != "in":
         raise InputError(f"{spec!r} is an OOD set; pass in-distribution data with --data")
     if channels is None and model is not None:
@@ -979,11 +1015,14 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
         validate_dataset(test, None, config.channels, _ASKED)
         k = probe_model(model, test)
         validate_dataset(test, k, channels)
+        _check_classes(test, k)
 
     def load_checked(spec: str, role: str, split: str, shape_hint: tuple[int, int, int] | None) -> ArrayDataset:
-        ds = _load(spec, role, split, shape_hint, config.image_size, folder_channels)
+        ds = _load(spec, role, split, shape_hint, config.image_size, folder_channels, config.classes)
         if model is not None:
             validate_dataset(ds, k, channels)
+        if ds.kind == "in" and k is not None:
+            _check_classes(ds, k, test)
         return ds
 
     if config.val is not None:
@@ -1015,6 +1054,107 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
             raise InputError(f"two OOD sets are named {ds.name!r} ({ood[ds.name].source}, {ds.source}); rename one")
         ood[ds.name] = ds
     return AuditData(test=test, val=val, train=train, ood=ood)
+
+
+def _check_classes(ds: ArrayDataset, k: int, test: ArrayDataset | None = None) -> None:
+    """The class names of ``ds`` (when it has them) number the model's K outputs, and agree with the test data's.
+
+    Raises:
+        InputError: a list of another length than K; a validation or training set whose class order differs
+            from the test data's (its labels would mean other classes).
+    """
+    if ds.classes is None:
+        return
+    if len(ds.classes) != k:
+        raise InputError(
+            f"{ds.source}: the class list ({ds.classes_from}) names {len(ds.classes)} classes but the model returns "
+            f"{k} logits; give --classes with one name per output, in the model's order"
+        )
+    if test is not None and test.classes is not None and ds.classes != test.classes:
+        raise InputError(
+            f"{ds.source} orders its classes {', '.join(ds.classes)} ({ds.classes_from}) but the test data "
+            f"{', '.join(test.classes)} ({test.classes_from}); give both the same order (--classes a,b,c)"
+        )
+
+
+GAP_INPUTS = 256
+"""Inputs of the validation and of the test data (a seeded sample) whose accuracies :func:`accuracy_gap` compares."""
+GAP_MIN = 0.2
+"""How far (at least) test accuracy must fall below validation accuracy for :func:`accuracy_gap` to warn."""
+
+
+@dataclass(frozen=True)
+class AccuracyGap:
+    """Validation and test accuracy on samples of each, when the two come from different sources."""
+
+    val_accuracy: float
+    test_accuracy: float
+    n_val: int
+    n_test: int
+    val_source: str
+    test_source: str
+
+    @property
+    def far_below(self) -> bool:
+        """Test accuracy is at least :data:`GAP_MIN` below validation accuracy, and by more than three
+        standard errors of the difference (a mislabelled or reordered test set, not chance)."""
+        a, b = self.val_accuracy, self.test_accuracy
+        se = math.sqrt(max(a * (1 - a), 1e-4) / self.n_val + max(b * (1 - b), 1e-4) / self.n_test)
+        return a - b >= GAP_MIN and a - b > 3 * se
+
+    def warning(self) -> str:
+        return (
+            f"test accuracy {self.test_accuracy:.3f} (n={self.n_test}) is far below validation accuracy "
+            f"{self.val_accuracy:.3f} (n={self.n_val}), and they come from different sources ({self.test_source}; "
+            f"{self.val_source}): check that both number the classes in the model's order (--classes a,b,c)"
+        )
+
+
+def accuracy_gap(model: Classifier, data: AuditData, seed: int = 0) -> AccuracyGap | None:
+    """Accuracy on up to :data:`GAP_INPUTS` validation and test inputs, when the validation data does not come
+    from the test data (``--val`` given, or a zoo split); None otherwise or for non-image data."""
+    test, val = data.test, data.val
+    if isinstance(test, TextDataset) or isinstance(val, TextDataset) or len(val) == 0 or len(test) == 0:
+        return None
+    if "held out for validation" in val.source:
+        return None
+
+    def accuracy(ds: ArrayDataset, role: str) -> tuple[float, int]:
+        idx = torch.randperm(len(ds), generator=generator(seed, "accuracy-gap", role))[:GAP_INPUTS]
+        logits = forward(model, ds.x[idx], features=False).logits
+        return float((logits.argmax(dim=1).cpu() == ds.y[idx]).float().mean()), int(idx.numel())
+
+    (va, nv), (ta, nt) = accuracy(val, "val"), accuracy(test, "test")
+    return AccuracyGap(va, ta, nv, nt, val.source, test.source)
+
+
+def input_rows(model: Classifier | LanguageModel, data: AuditData, seed: int = 0) -> list[Row]:
+    """What the audit decided about the model and data before the first check, as rows the engine stores under its
+    plan (hazard ``clean``): the head / features layer chosen (``head_feature_dim``, a setting, with the layer's
+    name and how it was found), the class mapping used (``class_mapping``, the names in label order and where
+    the order came from), and validation against test accuracy when they come from different sources
+    (``val_test_accuracy_gap``, a decision; ``warning`` holds the line to show when test accuracy is far
+    below, see :class:`AccuracyGap`)."""
+    rows: list[Row] = []
+    if not isinstance(model, Classifier) or isinstance(data.test, TextDataset):
+        return rows
+    info = model.head_info
+    if info is not None:
+        rows.append(Row.exact("clean", "head_feature_dim", float(info.feature_dim or 0), SETTING, head=info.name,
+                              layer=info.kind, how=info.how, pooled=info.pooled, affine=info.affine,
+                              note=info.describe()))  # fmt: skip
+    classes = data.test.classes
+    if classes is not None:
+        note = ", ".join(f"{i}={c}" for i, c in enumerate(classes)) + f" (from {data.test.classes_from})"
+        rows.append(Row.exact("clean", "class_mapping", float(len(classes)), SETTING, classes=list(classes),
+                              source=data.test.classes_from, note=note))  # fmt: skip
+    gap = accuracy_gap(model, data, seed)
+    if gap is not None:
+        rows.append(Row.exact("clean", "val_test_accuracy_gap", round(gap.val_accuracy - gap.test_accuracy, 4),
+                              DECISION, gap.n_test, val_accuracy=round(gap.val_accuracy, 4),
+                              test_accuracy=round(gap.test_accuracy, 4), n_val=gap.n_val,
+                              warning=gap.warning() if gap.far_below else ""))  # fmt: skip
+    return rows
 
 
 def _sources(data: AuditData) -> list[Any]:
@@ -1076,7 +1216,7 @@ def prepare_inputs(config: AuditConfig, checks: Sequence[Check] | None = None) -
         )
     if config.reward is not None or config.gold is not None:
         resolve_scorers(config, False)  # refused: a classifier takes no reward
-    model = resolve_model(config.model, config.weights, config.device)
+    model = resolve_model(config.model, config.weights, config.device, config.head)
     config.data = data_spec(config, model)  # None: the model's zoo data (the run records the name)
     data = resolve_data(config, model)
     validate(model, data, config.channels)
@@ -1093,6 +1233,8 @@ class AuditInputs:
     data: AuditData
     reward: Scorer | None = None
     gold: Scorer | None = None
+    rows: list[Row] = field(default_factory=list)
+    """What :func:`input_rows` decided (head, class mapping, accuracy gap), for the engine to store."""
 
 
 def prepare_audit_inputs(config: AuditConfig, checks: Sequence[Check] | None = None) -> AuditInputs:
@@ -1104,7 +1246,7 @@ def prepare_audit_inputs(config: AuditConfig, checks: Sequence[Check] | None = N
     """
     if not is_language_model(config.model):
         model, data = prepare_inputs(config, checks)
-        return AuditInputs(model, data)
+        return AuditInputs(model, data, rows=input_rows(model, data, config.seed))
     validate_config(config, checks)
     if (config.reward is None) != (config.gold is None):
         resolve_scorers(config, True)  # one without the other: refused before the model loads

@@ -84,7 +84,8 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
     cls=EntryDefault,
     default_from=CONFIG,
     help="Zoo model name (e.g. minilm-mr, or the causal LM smollm2-135m), path/to/file.py:factory, or a folder "
-    "with a saved transformers sequence classifier or ...ForCausalLM and its tokenizer.",
+    "with a saved transformers image classifier (and its preprocessor_config.json), sequence classifier or "
+    "...ForCausalLM (and its tokenizer).",
 )
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option(
@@ -107,6 +108,17 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
     "(ood/*/auroc); see `mlsafety ood list`.  [default: auto, chosen on held-out data]",
 )
 @click.option("--image-size", nargs=2, type=int, help="H W to resize image folders to.")
+@click.option(
+    "--classes",
+    metavar="A,B,C",
+    help="Class names in the order of the model's outputs: the label order of image folders (else a classes.txt / "
+    "classes.json beside the data, else the folder names sorted) and the names of .npz labels 0..K-1.",
+)
+@click.option(
+    "--head",
+    metavar="NAME",
+    help="The model's head module (its input is the features); default: the layer traced as returning the logits.",
+)
 @click.option("--channels", type=int, help="Convert image folders to 1 or 3 channels.  [default: the model's]")
 @click.option("--text-column", cls=EntryDefault, default_from=CONFIG, help="Text column of text data files.")
 @click.option(
@@ -153,6 +165,8 @@ def audit(
     ood: tuple[str, ...],
     ood_detector: str | None,
     image_size: tuple[int, int] | None,
+    classes: str | None,
+    head: str | None,
     channels: int | None,
     text_column: str | None,
     label_column: str | None,
@@ -205,9 +219,12 @@ def audit(
         ("label_column", label_column),
         ("reward", reward),
         ("gold", gold),
+        ("head", head),
     ):
         if value is not None:
             setattr(cfg, name, value)
+    if classes is not None:
+        cfg.classes = [c.strip() for c in classes.split(",")]
     if ood:
         cfg.ood = list(ood)
     if ood_detector is not None:
@@ -336,6 +353,13 @@ def _print_summary(result: Any) -> None:
         for h in heads:
             table.add_row(h.row.key, fmt_value(h.row.value), fmt_ci(h.row), str(h.row.n or ""))
     print_wide(table)
+    for r in result.rows:  # what the audit decided about the model and data (audit/_inputs.py:input_rows)
+        if r.metric == "class_mapping":
+            out_console.print(f"Classes: {r.params.get('note', '')}", soft_wrap=True)
+        elif r.metric == "head_feature_dim":
+            out_console.print(f"Head (features layer): {r.params.get('note', '')}", soft_wrap=True)
+        elif r.metric == "val_test_accuracy_gap" and r.params.get("warning"):
+            err_console.print(f"Warning: {r.params['warning']}", soft_wrap=True)
     if result.held_out is not None:
         n_val, n_all = result.held_out
         out_console.print(

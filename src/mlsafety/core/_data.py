@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -28,6 +28,10 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         description: one line for listings and reports.
         source: where the data came from, for error messages (e.g. ``"--data x.npz (test data)"``);
             default: the name.
+        classes: the class names in label order (label ``i`` is ``classes[i]``) when the source names
+            them (an image folder, a saved dataset's ``ClassLabel``, ``--classes``); None otherwise.
+        classes_from: where that order came from (``"--classes"``, ``"classes.txt beside the data"``,
+            ``"folder names, alphabetical"``...), for reports.
     """
 
     modality: Literal["image", "text"] = "image"
@@ -40,8 +44,12 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         kind: str = "in",
         description: str = "",
         source: str = "",
+        classes: list[str] | None = None,
+        classes_from: str = "",
     ) -> None:
         self.source = source or f"dataset {name!r}"
+        self.classes = list(classes) if classes is not None else None
+        self.classes_from = classes_from
         y = check_label_form(y, f"labels of {self.source}")
         if x.shape[0] != y.shape[0]:
             raise InputError(f"{self.source} has {x.shape[0]} inputs but {y.shape[0]} labels; give one label per input")
@@ -63,7 +71,14 @@ class ArrayDataset(Dataset[tuple[torch.Tensor, torch.Tensor]]):
 
     def subset(self, index: torch.Tensor, name: str | None = None, source: str | None = None) -> ArrayDataset:
         return ArrayDataset(
-            self.x[index], self.y[index], name or self.name, self.kind, self.description, source or self.source
+            self.x[index],
+            self.y[index],
+            name or self.name,
+            self.kind,
+            self.description,
+            source or self.source,
+            self.classes,
+            self.classes_from,
         )
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -161,6 +176,9 @@ def validate_dataset(
 def load_npz(path: str | Path, name: str | None = None, kind: str = "in", source: str | None = None) -> ArrayDataset:
     """Load an ``.npz`` file with arrays ``x`` (N, C, H, W) or (N, H, W) and ``y`` (N,).
 
+    Channels-last arrays (N, H, W, C) with C of 1, 3 or 4 and a second dimension that cannot be a
+    channel count are converted to (N, C, H, W); the dataset's description says so.
+
     ``x`` in [0, 1] floats, or uint8 in [0, 255] (divided by 255). ``y`` holds integer class
     indices (whole-valued floats are accepted, fractional ones refused); it may be missing for OOD
     sets, whose labels are always ``-1`` (``kind`` other than ``"in"``). Pickled object arrays are
@@ -182,8 +200,17 @@ def load_npz(path: str | Path, name: str | None = None, kind: str = "in", source
     xa = arrays["x"]
     if xa.dtype == np.bool_ or not np.issubdtype(xa.dtype, np.number) or np.issubdtype(xa.dtype, np.complexfloating):
         raise InputError(f"inputs of {source} have dtype {xa.dtype}; save x as float32 in [0, 1] or uint8")
+    description = f"arrays from {path.name}"
     if xa.ndim == 3:
         xa = xa[:, None]
+    elif xa.ndim == 4 and xa.shape[-1] in (1, 3, 4) and xa.shape[1] not in (1, 3, 4):
+        xa = xa.transpose(0, 3, 1, 2)  # channels last (N, H, W, C), as PIL and TensorFlow save images
+        description += f" (converted from channels-last (N, H, W, C) = {arrays['x'].shape} to (N, C, H, W))"
+    if xa.ndim != 4:
+        raise InputError(
+            f"inputs of {source} have shape {tuple(xa.shape)}; save x as images (N, C, H, W) (or (N, H, W) for "
+            "one channel)"
+        )
     x = torch.from_numpy(np.ascontiguousarray(xa))
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     if kind != "in":
@@ -201,7 +228,64 @@ def load_npz(path: str | Path, name: str | None = None, kind: str = "in", source
     else:
         raise InputError(f"{source} has no array named 'y'; in-distribution data needs labels")
     check_images(x, f"inputs of {source}")
-    return ArrayDataset(x, y, name=name or path.stem, kind=kind, description=f"arrays from {path.name}", source=source)
+    return ArrayDataset(x, y, name=name or path.stem, kind=kind, description=description, source=source)
+
+
+CLASS_FILES = ("classes.txt", "classes.json")
+"""Files that give a data folder's class order: one name per line, or a JSON list (or name -> index)."""
+
+
+def read_class_file(file: str | Path) -> list[str]:
+    """Class names in label order from ``classes.txt`` (one per line, blank lines skipped) or ``classes.json``
+    (a list of names, or an object mapping each name to its index 0..K-1).
+
+    Raises:
+        InputError: an unreadable file, an empty or duplicated list, indices that are not 0..K-1.
+    """
+    file = Path(file)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"cannot read the class list {file}: {exc}") from None
+    if file.suffix == ".json":
+        import json
+
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"the class list {file} is not valid JSON ({exc}); give a list of class names") from None
+        if isinstance(raw, dict):
+            index = {str(k): v for k, v in raw.items()}
+            if sorted(v for v in index.values() if isinstance(v, int)) != list(range(len(index))):
+                raise InputError(f"the class list {file} maps names to {sorted(index.values())}; use indices 0..K-1")
+            names = sorted(index, key=lambda k: index[k])
+        elif isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+            names = list(raw)
+        else:
+            raise InputError(f"the class list {file} must be a JSON list of names or an object name -> index")
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    return check_class_names(names, str(file))
+
+
+def check_class_names(names: list[str], where: str) -> list[str]:
+    """``names`` checked: at least two, none empty, none repeated."""
+    names = [n.strip() for n in names]
+    if len(names) < 2 or any(not n for n in names):
+        raise InputError(f"{where}: give at least two non-empty class names in the order of the model's outputs")
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise InputError(f"{where}: class names repeated: {', '.join(repeated)}; name each class once")
+    return names
+
+
+def find_class_file(folder: Path) -> Path | None:
+    """``classes.txt`` / ``classes.json`` inside ``folder``, else beside it; None when there is none."""
+    for where in (folder, folder.parent):
+        for name in CLASS_FILES:
+            if (where / name).is_file():
+                return where / name
+    return None
 
 
 def load_image_folder(
@@ -211,11 +295,16 @@ def load_image_folder(
     name: str | None = None,
     kind: str = "in",
     source: str | None = None,
+    classes: list[str] | None = None,
 ) -> ArrayDataset:
-    """Load images from ``path/<class>/<image>`` (classes sorted by folder name), resized to ``size``.
+    """Load images from ``path/<class>/<image>``, resized to ``size``.
 
-    Every image is converted to ``channels`` channels (1: grayscale with PIL's ITU-R 601-2 luma,
-    3: RGB), whatever its mode on disk. For OOD sets (``kind != "in"``) images may also lie
+    The class order (label ``i`` is ``classes[i]``) is ``classes`` when given, else the one a
+    ``classes.txt`` / ``classes.json`` inside or beside the folder gives (:func:`read_class_file`), else
+    the folder names sorted (which is rarely the order a model was trained in: the dataset's
+    ``classes_from`` says which rule applied, so reports can show it). A folder that the class list does
+    not name is refused. Every image is converted to ``channels`` channels (1: grayscale with PIL's ITU-R
+    601-2 luma, 3: RGB), whatever its mode on disk. For OOD sets (``kind != "in"``) images may also lie
     directly in ``path``; labels are then -1. ``source`` names the folder in error messages.
     """
     from PIL import Image, UnidentifiedImageError
@@ -228,10 +317,27 @@ def load_image_folder(
         raise InputError(f"image folders are read with 1 or 3 channels, not {channels}; use --channels 1 or 3")
     if len(size) != 2 or min(size) < 1:
         raise InputError(f"image size must be two positive integers H W, got {tuple(size)}; e.g. --image-size 32 32")
-    classes = sorted(p for p in path.iterdir() if p.is_dir())
+    folders = {p.name: p for p in sorted(path.iterdir()) if p.is_dir()}
+    classes_from = "--classes"
+    if classes is None and kind == "in":
+        found = find_class_file(path)
+        if found is not None:
+            classes, classes_from = read_class_file(found), f"{found.name} at {found}"
+    if classes is None:
+        names, classes_from = sorted(folders), "folder names, alphabetical (no --classes or classes.txt given)"
+    else:
+        names = check_class_names(list(classes), classes_from)
+        unknown = sorted(set(folders) - set(names))
+        if unknown and kind == "in":
+            raise InputError(
+                f"{source}: folder{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} not in the class list of "
+                f"{classes_from} ({', '.join(names)}); add {'them' if len(unknown) > 1 else 'it'} to the list"
+            )
     items: list[tuple[Path, int]] = []
-    for label, folder in enumerate(classes):
-        items += [(f, label) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    for label, cls in enumerate(names):
+        folder = folders.get(cls)
+        if folder is not None:
+            items += [(f, label) for f in sorted(folder.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if kind != "in":
         items = [(f, -1) for f, _ in items]
         items += [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
@@ -249,5 +355,135 @@ def load_image_folder(
     x = x[:, None] if channels == 1 else x.permute(0, 3, 1, 2)
     y = torch.tensor([label for _, label in items], dtype=torch.long)
     return ArrayDataset(
-        x.contiguous(), y, name=name or path.name, kind=kind, description=f"images from {path}", source=source
+        x.contiguous(),
+        y,
+        name=name or path.name,
+        kind=kind,
+        description=f"images from {path}",
+        source=source,
+        classes=names if kind == "in" else None,
+        classes_from=classes_from if kind == "in" else "",
+    )
+
+
+HF_DATASET_MARKERS = ("dataset_dict.json", "state.json", "dataset_info.json")
+"""Files ``save_to_disk`` writes: a folder holding one of them is read as a saved Hugging Face dataset."""
+
+
+def is_hf_dataset_folder(path: str | Path) -> bool:
+    """Whether ``path`` is a folder written by ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``."""
+    p = Path(path)
+    return p.is_dir() and any((p / m).is_file() for m in HF_DATASET_MARKERS)
+
+
+def _pil_to_array(value: Any, mode: str, size: tuple[int, int] | None, where: str) -> np.ndarray:
+    from PIL import Image
+
+    if isinstance(value, np.ndarray):
+        value = Image.fromarray(value.astype(np.uint8) if value.dtype != np.uint8 else value)
+    if not isinstance(value, Image.Image):
+        raise InputError(f"{where} is a {type(value).__name__}, not an image; give a column of datasets.Image()")
+    img = value.convert(mode)
+    if size is not None and img.size != (size[1], size[0]):
+        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
+    return np.asarray(img)
+
+
+def load_hf_image_dataset(
+    path: str | Path,
+    size: tuple[int, int] | None = None,
+    channels: int = 3,
+    split: str | None = None,
+    label: str = "label",
+    name: str | None = None,
+    kind: str = "in",
+    source: str | None = None,
+    classes: list[str] | None = None,
+) -> ArrayDataset:
+    """Load an image dataset saved with ``Dataset.save_to_disk`` / ``DatasetDict.save_to_disk`` (offline).
+
+    The image column is the first of feature type ``datasets.Image`` (else one named ``image`` or
+    ``img``); every image is converted to ``channels`` channels and, when ``size`` is given, resized to
+    it (without ``size`` all images must share one size). Labels come from column ``label`` (ignored for
+    OOD sets, whose labels are -1); a ``ClassLabel`` feature's names give the class order unless
+    ``classes`` is given.
+
+    Args:
+        path: the folder written by ``save_to_disk``.
+        size: (H, W) to resize to; None keeps the images' own size.
+        channels: 1 (grayscale) or 3 (RGB).
+        split: the split of a ``DatasetDict``; None: the only split, else an error naming them.
+        label, name, kind, source, classes: as for :func:`load_image_folder`.
+
+    Raises:
+        InputError: not a saved dataset, an unknown split, no image or label column, an unreadable image
+            (naming its row), images of different sizes without ``size``.
+    """
+    import datasets
+
+    path = Path(path)
+    source = source or str(path)
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except Exception as exc:  # a damaged folder: bad state.json, unreadable arrow files, ...
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise InputError(f"{source} could not be read as a saved dataset ({type(exc).__name__}: {detail})") from None
+    if isinstance(loaded, datasets.DatasetDict):
+        splits = sorted(loaded)
+        if split not in loaded:
+            if split is None and len(splits) == 1:
+                split = splits[0]
+            else:
+                raise InputError(f"{source} has splits {splits} but not {split!r}; give one split's folder "
+                                 f"({path / splits[0]})")  # fmt: skip
+        table = loaded[split]
+        source = f"{source} (split {split!r})"
+    else:
+        table = loaded
+    features = table.features
+    image_cols = [c for c, f in features.items() if isinstance(f, datasets.Image)]
+    image_cols += [c for c in ("image", "img") if c in features and c not in image_cols]
+    if not image_cols:
+        raise InputError(f"{source} has no image column (columns: {', '.join(features)}); save the images as "
+                         "datasets.Image()")  # fmt: skip
+    column = image_cols[0]
+    mode = "L" if channels == 1 else "RGB"
+    arrays = []
+    for i in range(len(table)):
+        try:
+            value = table[i][column]
+            arrays.append(_pil_to_array(value, mode, size, f"row {i} of {source}"))
+        except InputError:
+            raise
+        except Exception as exc:  # a damaged image in the table
+            raise InputError(f"cannot read the image in row {i} of {source}: {exc}; remove or replace it") from None
+    if not arrays:
+        raise InputError(f"{source} holds no images; give at least one")
+    shapes = {a.shape for a in arrays}
+    if len(shapes) > 1:
+        raise InputError(f"images of {source} have different sizes {sorted(shapes)[:3]}; pass --image-size H W")
+    x = torch.from_numpy(np.stack(arrays)).float() / 255.0
+    x = x[:, None] if channels == 1 else x.permute(0, 3, 1, 2)
+    names: list[str] | None = None
+    classes_from = ""
+    if kind == "in":
+        if label not in features:
+            raise InputError(f"{source} has no label column {label!r} (columns: {', '.join(features)})")
+        y = torch.as_tensor(np.asarray(table[label]), dtype=torch.float64)
+        feature = features[label]
+        if classes is not None:
+            names, classes_from = check_class_names(list(classes), "--classes"), "--classes"
+        elif isinstance(feature, datasets.ClassLabel):
+            names, classes_from = list(feature.names), f"the dataset's ClassLabel feature {label!r}"
+    else:
+        y = torch.full((x.shape[0],), -1, dtype=torch.long)
+    return ArrayDataset(
+        x.contiguous(),
+        y,
+        name=name or path.name,
+        kind=kind,
+        description=f"images of saved dataset {path.name}",
+        source=source,
+        classes=names,
+        classes_from=classes_from,
     )
