@@ -37,7 +37,7 @@ HEADINGS = {
         "Can the system tell when an input is unlike its training data, when its answer is "
         "likely wrong, or when the model hides a trojan? Are its confidences honest?",
     ),
-    "alignment": ("Alignment", "Does the model say what it knows? (probes and CCS arrive in a later release)"),
+    "alignment": ("Alignment", "Does the model say what it knows, and does it know human values?"),
 }
 SECTION_ORDER = ("systemic", "performance", "robustness", "monitoring", "alignment")
 """Systemic first: the residual risk of the whole system is what a person signing off reads first."""
