@@ -173,3 +173,24 @@ def test_feature_detectors_run_on_a_conv_head_model(name):
         det.threshold_ = float("inf")
         energy = ood.create("energy").score(model, x_out)
         torch.testing.assert_close(det.score(model, x_out), energy, atol=1e-5, rtol=1e-4)
+
+
+def test_detectors_that_need_head_weights_are_tagged_so_and_only_they_fail_without_an_affine_head():
+    """On a conv head followed by max pooling, exactly the detectors tagged needs-head-weights refuse."""
+    model = _seeded(ConvHead, False, True)
+    clf = Classifier(model)
+    g = generator(0, "max-pool-data")
+    x_in = torch.rand(40, 3, 8, 8, generator=g)
+    y_in = forward(clf, x_in).pred.cpu()
+    assert not clf.head_is_affine
+    refused = set()
+    for name in ood.available():
+        det = ood.DETECTORS.get(name)
+        if not det.needs <= ood.SHARED_NEEDS or ood.IMAGE not in ood.DETECTORS.tags(name):
+            continue
+        try:
+            ood.create(name).fit(clf, (x_in, y_in)).score(clf, x_in[:5])
+        except InputError as exc:
+            assert "W f + b" in str(exc), (name, exc)
+            refused.add(name)
+    assert refused == set(ood.DETECTORS.tagged(ood.NEEDS_HEAD_WEIGHTS)) and {"react", "vim"} <= refused

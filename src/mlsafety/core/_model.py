@@ -469,6 +469,16 @@ class Classifier:
         """The head's bias ``(K,)`` (zeros when the head has none)."""
         return self._affine_head()[1]
 
+    @property
+    def head_is_affine(self) -> bool:
+        """Whether the logits are ``W f + b`` of the features with the head's weights (:attr:`head_weight` and
+        :attr:`head_bias` are then usable): a Linear head, or a 1x1 convolution followed by average pooling."""
+        try:
+            self._affine_head()
+        except InputError:
+            return False
+        return True
+
     def _affine_head(self) -> tuple[torch.Tensor, torch.Tensor]:
         wb = _affine_map(self._head)
         if wb is None:

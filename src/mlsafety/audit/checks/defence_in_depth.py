@@ -152,6 +152,8 @@ class DefenceInDepth(Check):
         names = [spec] if isinstance(spec, str) else list(spec)
         if ctx.model.head is None and names == DEFAULT_MONITORS:  # no features to read: logit detectors only
             names = [n for n in names if "features" not in ood.DETECTORS.get(n).needs]
+        if not ctx.model.head_is_affine and names == DEFAULT_MONITORS:  # no W f + b: keep those that need none
+            names = [n for n in names if ood.NEEDS_HEAD_WEIGHTS not in ood.DETECTORS.tags(n)]
         for n in names:
             if ctx.modality not in ood.modalities(n):
                 raise InputError(f"monitor detector {n!r} does not work on {ctx.modality} models; "

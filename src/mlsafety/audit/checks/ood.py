@@ -52,6 +52,9 @@ def skipped(ctx: AuditContext) -> dict[str, str]:
         elif "features" in ood.DETECTORS.get(name).needs and not has_head:
             why[name] = ("needs the classifier's features, and no head layer was found whose input could be "
                          "taken as them; name it with --head")  # fmt: skip
+        elif ood.NEEDS_HEAD_WEIGHTS in tags and not ctx.model.head_is_affine:
+            why[name] = ("recomputes the logits from the features with the head's weights, but this model's logits "
+                         f"are not W f + b of its head {ctx.model.head_name!r}'s input (e.g. max pooling after it)")
         elif ood.NEEDS_DROPOUT in tags and not has_dropout:
             why[name] = "needs dropout layers (Monte Carlo dropout); the model has none"
     return why

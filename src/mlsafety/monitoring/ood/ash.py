@@ -6,7 +6,16 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, energy_of, features_of, head_of, register
+from mlsafety.monitoring.ood.base import (
+    IMAGE,
+    NEEDS_HEAD_WEIGHTS,
+    TEXT,
+    Detector,
+    energy_of,
+    features_of,
+    head_of,
+    register,
+)
 from mlsafety.monitoring.ood.search import kth_largest
 
 
@@ -22,7 +31,7 @@ def keep_count(d: int, percentile: float) -> int:
     return max(1, d - round(d * percentile / 100.0))
 
 
-@register("ash", tags=(IMAGE, TEXT))
+@register("ash", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
 class ASH(Detector):
     """Anomaly score = energy of the logits recomputed from shaped features.
 

@@ -58,6 +58,10 @@ NEEDS_DROPOUT = "needs-dropout"
 """Tag of detectors that need dropout layers in the model."""
 NEEDS_MEMBERS = "needs-members"
 """Tag of detectors that need several models (an ensemble), not one."""
+NEEDS_HEAD_WEIGHTS = "needs-head-weights"
+"""Tag of detectors that recompute logits from features with the head's weights (``W f + b``, :func:`head_of`):
+they need a head whose logits are an affine map of its pooled input (a Linear, or a 1x1 convolution followed by
+average pooling; :attr:`~mlsafety.core.HeadInfo.affine`)."""
 
 D = TypeVar("D", bound="Detector")
 

@@ -6,10 +6,19 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, energy_of, features_of, head_of, register
+from mlsafety.monitoring.ood.base import (
+    IMAGE,
+    NEEDS_HEAD_WEIGHTS,
+    TEXT,
+    Detector,
+    energy_of,
+    features_of,
+    head_of,
+    register,
+)
 
 
-@register("dice", tags=(IMAGE, TEXT))
+@register("dice", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
 class DICE(Detector):
     """Anomaly score = energy of logits from a sparsified head ``-logsumexp(f (M * W)^T + b)``.
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, features_of, head_of, register
+from mlsafety.monitoring.ood.base import IMAGE, NEEDS_HEAD_WEIGHTS, TEXT, Detector, features_of, head_of, register
 from mlsafety.monitoring.ood.engine import float64
 
 
-@register("fdbd", tags=(IMAGE, TEXT))
+@register("fdbd", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
 class FDBD(Detector):
     """Anomaly score ``-mean_{k != c} |l_c - l_k| / ||w_c - w_k|| / ||f - mu||``.
 

@@ -6,10 +6,20 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import IMAGE, QUICK, TEXT, Detector, energy_of, features_of, head_of, register
+from mlsafety.monitoring.ood.base import (
+    IMAGE,
+    NEEDS_HEAD_WEIGHTS,
+    QUICK,
+    TEXT,
+    Detector,
+    energy_of,
+    features_of,
+    head_of,
+    register,
+)
 
 
-@register("react", tags=(QUICK, IMAGE, TEXT))
+@register("react", tags=(QUICK, IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
 class ReAct(Detector):
     """Anomaly score = energy of the logits recomputed from features clipped at ``c``:
     ``-logsumexp(W min(f, c) + b)``.

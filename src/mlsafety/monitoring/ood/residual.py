@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, InputError, Outputs, Param
-from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, features_of, head_of, register
+from mlsafety.monitoring.ood.base import IMAGE, NEEDS_HEAD_WEIGHTS, TEXT, Detector, features_of, head_of, register
 from mlsafety.monitoring.ood.engine import float64, reuse
 
 
@@ -62,7 +62,7 @@ def residual_norm(features: torch.Tensor, origin: torch.Tensor, basis: torch.Ten
     return reuse("residual-norm", (features, origin, basis), compute)
 
 
-@register("residual", tags=(IMAGE, TEXT))
+@register("residual", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
 class Residual(Detector):
     """Anomaly score ``||P_perp (f - u)||``: the part of the feature outside the principal subspace
     of in-distribution features (ViM without the logits).

@@ -7,11 +7,20 @@ import torch
 
 from mlsafety.core import Classifier, Outputs, Param
 from mlsafety.monitoring.ood.ash import keep_count
-from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, energy_of, features_of, head_of, register
+from mlsafety.monitoring.ood.base import (
+    IMAGE,
+    NEEDS_HEAD_WEIGHTS,
+    TEXT,
+    Detector,
+    energy_of,
+    features_of,
+    head_of,
+    register,
+)
 from mlsafety.monitoring.ood.search import top_k_sum
 
 
-@register("scale", tags=(IMAGE, TEXT))
+@register("scale", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
 class SCALE(Detector):
     """Anomaly score = energy of the logits recomputed from scaled, unpruned features
     ``f * exp(s1 / s2)``, where ``s1`` is the sum of the activations and ``s2`` the sum of those

@@ -9,12 +9,12 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs
-from mlsafety.monitoring.ood.base import IMAGE, QUICK, TEXT, features_of, register
+from mlsafety.monitoring.ood.base import IMAGE, NEEDS_HEAD_WEIGHTS, QUICK, TEXT, features_of, register
 from mlsafety.monitoring.ood.engine import float64
 from mlsafety.monitoring.ood.residual import Residual
 
 
-@register("vim", tags=(QUICK, IMAGE, TEXT))
+@register("vim", tags=(QUICK, IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
 class ViM(Residual):
     """Anomaly score ``alpha * ||P_perp (f - u)|| - logsumexp(logits)``.
 
