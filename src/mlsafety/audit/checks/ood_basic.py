@@ -90,7 +90,7 @@ def constructed_set_rows(ctx: AuditContext, hazard: str) -> list[Row]:
     if zoo_set(ctx.data.test) in targets:
         return []
     made, used = "x".join(map(str, native_shape(name))), "x".join(str(int(s)) for s in data.x.shape[1:])
-    resized = f", made at {made} and resized to {used} for this model" if made != used else ""
+    resized = f" (at {made}) and is resized to {used} for this model" if made != used else ""
     message = (
         f"the constructed OOD set {name!r} was made for {' and '.join(targets) or 'no particular data'}{resized}; "
         "its figures say little about the OOD inputs this model will meet: give your own with --ood near:PATH "
