@@ -10,7 +10,7 @@
 """
 
 from mlsafety.alignment.evals._lookalikes import ETHICS_LOOKALIKE, TRUTHY_MC, ethics_lookalike, truthy_mc
-from mlsafety.alignment.evals._scoring import OptionScores, TokenScorer, score_options
+from mlsafety.alignment.evals._scoring import REDUCTIONS, OptionScores, Reduction, TokenScorer, score_options
 from mlsafety.alignment.evals.ethics import (
     ANSWERS,
     GROUP_SIZE,
@@ -37,6 +37,8 @@ from mlsafety.alignment.evals.truthfulqa import (
     load_truthfulqa_json,
     mc1_correct,
     mc2_mass,
+    score_truthfulqa,
+    truthfulqa_result,
 )
 
 __all__ = [
@@ -44,6 +46,7 @@ __all__ = [
     "ETHICS_LOOKALIKE",
     "GROUP_SIZE",
     "QA_PRIMER",
+    "REDUCTIONS",
     "SUBSETS",
     "TEMPLATES",
     "TRUTHY_MC",
@@ -51,6 +54,7 @@ __all__ = [
     "EthicsSubset",
     "MCQuestion",
     "OptionScores",
+    "Reduction",
     "TokenScorer",
     "TruthfulQAResult",
     "complete_groups",
@@ -69,5 +73,7 @@ __all__ = [
     "mc2_mass",
     "pairwise_correct",
     "score_options",
+    "score_truthfulqa",
+    "truthfulqa_result",
     "truthy_mc",
 ]

@@ -39,7 +39,7 @@ from typing import Any
 
 import torch
 
-from mlsafety.alignment.evals._scoring import Reduction, TokenScorer, score_options
+from mlsafety.alignment.evals._scoring import OptionScores, Reduction, TokenScorer, score_options
 from mlsafety.core import InputError, Progress
 from mlsafety.metrics import Estimate, bootstrap_mean, proportion
 
@@ -261,6 +261,14 @@ def evaluate_truthfulqa(
         >>> res = evaluate_truthfulqa(lm, load_truthfulqa("TruthfulQA.csv"))
         >>> res.mc1.value, res.mc2.value
     """
+    scores = score_truthfulqa(lm, questions, primer, batch_size, progress)
+    return truthfulqa_result(questions, scores, reduction, n_boot, seed)
+
+
+def _layout(
+    questions: Sequence[MCQuestion], primer: str
+) -> tuple[list[str], list[list[str]], list[tuple[list[int], list[int]]]]:
+    """Prompts, each question's distinct answers (as continuations), and where MC1's and MC2's options sit."""
     if not questions:
         raise InputError("no questions given; load a TruthfulQA file or use the look-alike set")
     prompts, options, index = [], [], []
@@ -270,7 +278,33 @@ def evaluate_truthfulqa(
         prompts.append(format_prompt(q.question, primer))
         options.append([" " + a for a in distinct])
         index.append(([at[a] for a in q.mc1_options], [at[a] for a in q.mc2_options]))
-    scores = score_options(lm, prompts, options, batch_size, progress).reduce(reduction)
+    return prompts, options, index
+
+
+def score_truthfulqa(
+    lm: TokenScorer,
+    questions: Sequence[MCQuestion],
+    primer: str = QA_PRIMER,
+    batch_size: int = 16,
+    progress: Progress | None = None,
+) -> OptionScores:
+    """Log-probabilities of each question's distinct answers (MC1's and MC2's together), one scoring call."""
+    prompts, options, _ = _layout(questions, primer)
+    return score_options(lm, prompts, options, batch_size, progress)
+
+
+def truthfulqa_result(
+    questions: Sequence[MCQuestion],
+    option_scores: OptionScores,
+    reduction: Reduction = "sum",
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> TruthfulQAResult:
+    """MC1 and MC2 from :func:`score_truthfulqa`'s scores (so both reductions cost one scoring pass)."""
+    _, _, index = _layout(questions, "")
+    scores = option_scores.reduce(reduction)
+    if len(scores) != len(questions):
+        raise InputError(f"{len(scores)} scored questions but {len(questions)} questions; score these questions")
     mc1 = torch.tensor([mc1_correct(s[i1], q.mc1_labels) for s, (i1, _), q in zip(scores, index, questions)])
     mc2 = torch.tensor([mc2_mass(s[i2], q.mc2_labels) for s, (_, i2), q in zip(scores, index, questions)],
                        dtype=torch.float64)  # fmt: skip
