@@ -34,6 +34,7 @@ from mlsafety.core._model import (
     as_classifier,
     device_of,
     frozen,
+    pool_features,
     unwrap_logits,
 )
 from mlsafety.core._outliers import permute_noise_mosaic_outliers, transform_mix_outliers, word_shuffle_outliers
@@ -113,6 +114,7 @@ __all__ = [
     "load_weights",
     "modality_of",
     "permute_noise_mosaic_outliers",
+    "pool_features",
     "rand_like",
     "randn_like",
     "random_shift",

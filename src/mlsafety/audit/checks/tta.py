@@ -55,7 +55,7 @@ from mlsafety.audit._check import DECISION, NOT_APPLICABLE, Check, Row, Task, Ta
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks._common import bind, metric_name, params_of
 from mlsafety.audit.views.tta import TTAView
-from mlsafety.core import ArrayDataset, Classifier, Hazard, InputError, Outputs, UnknownNameError, frozen
+from mlsafety.core import ArrayDataset, Classifier, Hazard, InputError, Outputs, UnknownNameError, frozen, pool_features
 from mlsafety.metrics import proportion
 from mlsafety.robustness import corruptions as corr
 
@@ -149,7 +149,8 @@ def _adapted_outputs(
     def benign_rows(t: torch.Tensor) -> torch.Tensor:
         return t.detach().reshape(groups, -1, *t.shape[1:])[:, :nb].reshape(-1, *t.shape[1:])
 
-    features = benign_rows(captured[-1].flatten(1)) if captured else None  # the prediction's pass is the last
+    # the prediction's pass is the last; a conv head's input map is mean-pooled as in the shared pass
+    features = benign_rows(pool_features(captured[-1], clf.head)) if captured else None
     return Outputs(benign_rows(logits), features)
 
 
