@@ -248,3 +248,12 @@ def test_ood_group_prefixes_and_the_ood_detector_setting(tmp_path) -> None:  # t
     assert rows[("ood-near", "auroc")]["sets"] == ["shifted"] and rows[("ood-far", "auroc")]["sets"] == ["other"]
     code, rows = audit("--ood-detector", "energy")
     assert code == 1 and rows[("ood", "monitored_detector")]["chosen"] == "named"
+
+
+def test_a_set_too_small_to_split_is_refused_when_the_audit_is_planned() -> None:
+    data = _data()
+    data.ood["shifted"] = data.ood["shifted"].subset(torch.arange(1))
+    ctx = AuditContext(Classifier(_planted_model()), data)
+    with pytest.raises(InputError, match=r"OOD set 'shifted' has 1 input.*--ood-detector"):
+        CHECKS.create("ood", detectors=DETECTORS).tasks(ctx)
+    assert CHECKS.create("ood", detectors=DETECTORS, default="knn").tasks(ctx)  # a named one needs no split

@@ -53,8 +53,10 @@ def skipped(ctx: AuditContext) -> dict[str, str]:
             why[name] = ("needs the classifier's features, and no head layer was found whose input could be "
                          "taken as them; name it with --head")  # fmt: skip
         elif ood.NEEDS_HEAD_WEIGHTS in tags and not ctx.model.head_is_affine:
-            why[name] = ("recomputes the logits from the features with the head's weights, but this model's logits "
-                         f"are not W f + b of its head {ctx.model.head_name!r}'s input (e.g. max pooling after it)")
+            why[name] = (
+                "recomputes the logits from the features with the head's weights, but this model's logits "
+                f"are not W f + b of its head {ctx.model.head_name!r}'s input (e.g. max pooling after it)"
+            )
         elif ood.NEEDS_DROPOUT in tags and not has_dropout:
             why[name] = "needs dropout layers (Monte Carlo dropout); the model has none"
     return why
@@ -215,6 +217,8 @@ class OOD(Check):
             raise InputError(f"the ood check's tune and tune_on_ood need image inputs (synthetic outliers "
                              f"made of pixels); turn them off for a {ctx.modality} model")  # fmt: skip
         cache = ScoreCache(ctx, self.names(ctx), self.params["params"])
+        if self.params["default"] in (None, AUTO) and len(cache.names) > 1:
+            self._check_splittable(ctx)  # when the audit is planned, not in a task
         if tune:
             cache.prepare = lambda: self._tune(ctx, cache)
         tasks = [Task("detectors", bind(self._detectors, ctx, cache))]
@@ -241,7 +245,8 @@ class OOD(Check):
         carry no such bias, at about 1.4 times the interval width of the whole set.
 
         Raises:
-            InputError: an OOD set or the test data too small to split (fewer than 2 inputs).
+            InputError: an OOD set or the test data too small to split (fewer than 2 inputs; :meth:`tasks`
+                refuses it first, when the audit is planned).
         """
         if self._plan is not None:
             return self._plan
@@ -253,26 +258,18 @@ class OOD(Check):
         if len(names) == 1:
             self._plan = MonitorPlan(names[0], "the only detector run", "only")
             return self._plan
+        self._check_splittable(ctx)
         report: dict[str, torch.Tensor] = {}
         select: dict[str, torch.Tensor] = {}
         for h in self.hazards(ctx):
-            n = len(ctx.hazard(h))
-            if n < 2:
-                raise InputError(f"OOD set {Hazard.parse(h).name!r} has {n} input; the ood check needs at least 2 per "
-                                 "set to choose its monitored detector on held-out data, or name one with "
-                                 "--ood-detector")  # fmt: skip
-            select[h], report[h] = halves(n, ctx.generator(self.name, "monitor-split", h))
+            select[h], report[h] = halves(len(ctx.hazard(h)), ctx.generator(self.name, "monitor-split", h))
         val, clean = ctx.data.val, str(Hazard.clean())
         if ctx.data.train is not None and len(val) >= 2:
             sid = cache.scores(_VAL_KEY, x=val.x, outputs=ctx.outputs_for(val))
             id_side = f"the validation data ({len(val)} inputs; the detectors are fitted on the training data)"
             report_side = "the whole test data"
         else:
-            n = len(ctx.data.test)
-            if n < 2:
-                raise InputError(f"the test data has {n} input; the ood check needs at least 2, or name the "
-                                 "monitored detector with --ood-detector")  # fmt: skip
-            sel, report[clean] = halves(n, ctx.generator(self.name, "monitor-split", clean))
+            sel, report[clean] = halves(len(ctx.data.test), ctx.generator(self.name, "monitor-split", clean))
             sid = {k: v[sel] for k, v in cache.scores(clean).items()}
             id_side = "a seeded half of the test data (the detectors are fitted on the validation data)"
             report_side = "the other half of the test data"
@@ -284,6 +281,15 @@ class OOD(Check):
         rule = MONITOR_RULE.format(id_side=id_side, report_side=report_side)
         self._plan = MonitorPlan(best, rule, "held-out", report, mean)
         return self._plan
+
+    def _check_splittable(self, ctx: AuditContext) -> None:
+        """Refuse sets too small to split into a selection and a report half (fewer than 2 inputs)."""
+        sizes = {f"OOD set {Hazard.parse(h).name!r}": len(ctx.hazard(h)) for h in self.hazards(ctx)}
+        sizes["the test data"] = len(ctx.data.test)
+        for what, n in sizes.items():
+            if n < 2:
+                raise InputError(f"{what} has {n} input; the ood check needs at least 2 to choose its monitored "
+                                 "detector on held-out data: give more, or name one with --ood-detector")  # fmt: skip
 
     def _detectors(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
         """The monitored detector (a count row: how many it was chosen among) and every skipped detector."""
