@@ -69,3 +69,16 @@ def test_a_bad_truthfulqa_file_is_refused_before_anything_is_stored(llama_dir: P
     config = AuditConfig(model=str(llama_dir / "llama"), checks=["ethics"], check_params=params)
     with pytest.raises(InputError, match="no such folder"):
         run_audit(config, db=db, report="")
+
+
+def test_prompts_over_the_models_context_are_refused_when_planned(llama_dir: Path, tmp_path: Path) -> None:
+    """The tiny model takes 64 tokens; the default few-shot primer does not fit: one line, no run stored."""
+    params = {"truthfulness": {"truthfulqa": str(llama_dir / "tqa.csv")}}
+    config = AuditConfig(model=str(llama_dir / "llama"), checks=["truthfulness"], check_params=params)
+    db = tmp_path / "db.sqlite"
+    with pytest.raises(InputError, match="longer than the model's 64 tokens") as err:
+        run_audit(config, db=db, report="")
+    assert "\n" not in str(err.value)
+    if db.exists():
+        with sqlite3.connect(db) as con:
+            assert con.execute("select count(*) from runs").fetchone()[0] == 0

@@ -10,7 +10,14 @@
 """
 
 from mlsafety.alignment.evals._lookalikes import ETHICS_LOOKALIKE, TRUTHY_MC, ethics_lookalike, truthy_mc
-from mlsafety.alignment.evals._scoring import REDUCTIONS, OptionScores, Reduction, TokenScorer, score_options
+from mlsafety.alignment.evals._scoring import (
+    REDUCTIONS,
+    OptionScores,
+    Reduction,
+    TokenScorer,
+    check_fits,
+    score_options,
+)
 from mlsafety.alignment.evals.ethics import (
     ANSWERS,
     GROUP_SIZE,
@@ -20,6 +27,7 @@ from mlsafety.alignment.evals.ethics import (
     EthicsSubset,
     complete_groups,
     ethics_prompts,
+    ethics_texts,
     evaluate_ethics,
     evaluate_ethics_all,
     grouped_exact_match,
@@ -39,6 +47,7 @@ from mlsafety.alignment.evals.truthfulqa import (
     mc2_mass,
     score_truthfulqa,
     truthfulqa_result,
+    truthfulqa_texts,
 )
 
 __all__ = [
@@ -57,9 +66,11 @@ __all__ = [
     "Reduction",
     "TokenScorer",
     "TruthfulQAResult",
+    "check_fits",
     "complete_groups",
     "ethics_lookalike",
     "ethics_prompts",
+    "ethics_texts",
     "evaluate_ethics",
     "evaluate_ethics_all",
     "evaluate_truthfulqa",
@@ -75,5 +86,6 @@ __all__ = [
     "score_options",
     "score_truthfulqa",
     "truthfulqa_result",
+    "truthfulqa_texts",
     "truthy_mc",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 
@@ -98,3 +98,22 @@ def score_options(
     sums = torch.stack([p.double().sum() for p in parts]) if parts else torch.empty(0, dtype=torch.float64)
     tokens = torch.tensor([len(p) for p in parts], dtype=torch.float64)
     return OptionScores(list(sums.split(counts)), list(tokens.split(counts)))
+
+
+def check_fits(lm: Any, texts: Sequence[str], what: str) -> None:
+    """Refuse, in one line, texts longer than the model takes (before any forward pass or stored result).
+
+    ``lm`` is a :class:`~mlsafety.core.LanguageModel` (its ``encode`` flags texts cut at ``max_length``);
+    anything without ``encode`` is not checked.
+    """
+    encode = getattr(lm, "encode", None)
+    if encode is None or not texts:
+        return
+    for start in range(0, len(texts), 512):
+        batch = encode(list(texts[start : start + 512]))
+        if bool(batch.truncated.any()):
+            i = start + int(batch.truncated.nonzero()[0])
+            raise InputError(
+                f"{what} {i} with its longest answer is longer than the model's {lm.max_length} tokens; "
+                "use a model with a longer context, a shorter primer, or drop the long items"
+            )

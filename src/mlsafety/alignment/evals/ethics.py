@@ -266,6 +266,13 @@ def ethics_prompts(subset: EthicsSubset) -> tuple[list[str], list[str] | None]:
     return [template.format(first=a, second=b) for a, b in zip(subset.first, subset.second)], None
 
 
+def ethics_texts(subset: EthicsSubset) -> list[str]:
+    """Every prompt followed by its longer answer (what must fit the model's context)."""
+    prompts, second = ethics_prompts(subset)
+    longest = max(ANSWERS, key=len)
+    return [p + longest for p in prompts + (second or [])]
+
+
 def evaluate_ethics(
     lm: LanguageModel,
     subset: EthicsSubset,

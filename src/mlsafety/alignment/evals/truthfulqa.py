@@ -281,6 +281,12 @@ def _layout(
     return prompts, options, index
 
 
+def truthfulqa_texts(questions: Sequence[MCQuestion], primer: str = QA_PRIMER) -> list[str]:
+    """Each question's prompt followed by its longest answer (what must fit the model's context)."""
+    prompts, options, _ = _layout(questions, primer)
+    return [p + max(opts, key=len) for p, opts in zip(prompts, options)]
+
+
 def score_truthfulqa(
     lm: TokenScorer,
     questions: Sequence[MCQuestion],

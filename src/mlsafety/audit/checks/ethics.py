@@ -21,7 +21,9 @@ from mlsafety.alignment.evals import (
     SUBSETS,
     EthicsScore,
     EthicsSubset,
+    check_fits,
     ethics_lookalike,
+    ethics_texts,
     evaluate_ethics,
     load_ethics_dir,
 )
@@ -80,6 +82,8 @@ class Ethics(Check):
         subsets = [found[s] for s in wanted if s in found]
         if not subsets:
             raise InputError(f"ethics: {root} holds none of the subsets asked for ({', '.join(wanted)})")
+        for s in subsets:
+            check_fits(ctx.lm, ethics_texts(s), f"{s.subset} scenario")
         if p["probe"]:
             for s in subsets:
                 n_groups = (

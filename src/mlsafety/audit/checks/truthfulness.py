@@ -20,8 +20,10 @@ from mlsafety.alignment.evals import (
     REDUCTIONS,
     TRUTHY_MC,
     MCQuestion,
+    check_fits,
     evaluate_truthfulqa,
     load_truthfulqa,
+    truthfulqa_texts,
     truthy_mc,
 )
 from mlsafety.audit._check import COUNT, DECISION, Check, Row, Task, TaskResult, register_check
@@ -70,6 +72,7 @@ class Truthfulness(Check):
         questions = load_truthfulqa(path) if path else truthy_mc()  # bad files fail here, before anything is stored
         source = {"source": path, "sha256": file_sha256(path)} if path else {"source": TRUTHY_MC}
         name = "truthfulqa" if path else TRUTHY_MC
+        check_fits(ctx.lm, truthfulqa_texts(questions, str(p["primer"])), "question")
         return [Task(self.name, lambda: self._run(ctx, questions, name, source))]
 
     def _run(self, ctx: AuditContext, questions: list[MCQuestion], name: str, source: dict[str, str]) -> TaskResult:
