@@ -194,3 +194,16 @@ def test_detectors_that_need_head_weights_are_tagged_so_and_only_they_fail_witho
             assert "W f + b" in str(exc), (name, exc)
             refused.add(name)
     assert refused == set(ood.DETECTORS.tagged(ood.NEEDS_HEAD_WEIGHTS)) and {"react", "vim"} <= refused
+
+
+def test_no_traceable_head_gives_logits_without_features():
+    """A 3x3 convolution head with pooling is no Linear / 1x1 head: logit detectors run, feature ones refuse."""
+    model = _seeded(lambda: nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten()))
+    clf = Classifier(model)
+    x = _x(6)
+    out = forward(clf, x)
+    assert out.features is None and clf.head is None and clf.head_info is not None and clf.head_info.how == "none"
+    assert "none found" in clf.head_info.describe()
+    assert ood.create("energy").fit(clf, (x, out.pred.cpu())).score(clf, x).shape == (6,)
+    with pytest.raises(InputError, match="features"):
+        ood.create("mahalanobis").fit(clf, (x, out.pred.cpu()))

@@ -60,7 +60,7 @@ def forward(
     clf = as_classifier(model)
     if not isinstance(x, (torch.Tensor, TextBatch)):
         x = Texts(x)
-    want_feats = features and clf.head is not None
+    want_feats = features and (clf.head is not None or clf.head_info is None)  # untraced: the first batch traces
     logits, feats = [], []
     device = clf.device
     order: torch.Tensor | None = None
@@ -80,7 +80,7 @@ def forward(
             if isinstance(xb, TextBatch):
                 truncated += int(xb.truncated.sum())
             if want_feats:
-                fb, lb = clf._features_and_logits(xb)  # traces the head on the first batch
+                fb, lb = clf.maybe_features_and_logits(xb)  # traces the head on the first batch
                 if fb is None:  # tracing found no layer with weights that gives the logits
                     want_feats = False
                 else:

@@ -343,7 +343,7 @@ class Classifier:
 
     @staticmethod
     def _find_head(module: nn.Module, head: str | None) -> tuple[str | None, nn.Module | None]:
-        """The named head, or before any pass a guess: the last Linear registered (else the last layer with weights)."""
+        """The named head, or before any pass a guess: the last Linear registered (else the last 1x1 convolution)."""
         named = dict(module.named_modules())
         if head is not None:
             if head not in named or not head:
@@ -358,7 +358,7 @@ class Classifier:
         for name, sub in named.items():
             if isinstance(sub, nn.Linear):
                 last_linear = (name, sub)
-            if name and _has_matrix_weight(sub):
+            if name and _affine_map(sub) is not None:
                 last_weighted = (name, sub)
         return last_linear if last_linear[1] is not None else last_weighted
 
@@ -543,15 +543,15 @@ class Classifier:
             x: inputs ``(N, ...)`` on the model's device, or texts / a ``TextBatch`` (see :meth:`logits`).
             train: run in the model's current mode instead of eval mode (e.g. for MC dropout).
         """
-        feats, logits = self._features_and_logits(x, train)
+        feats, logits = self.maybe_features_and_logits(x, train)
         if feats is None:
             raise InputError(
                 "cannot read features: no layer with weights produces the logits; pass head= naming the final layer"
             )
         return feats, logits
 
-    def _features_and_logits(self, x: ModelInput, train: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """:meth:`features_and_logits`, with None for the features when the model has no head (traced first)."""
+    def maybe_features_and_logits(self, x: ModelInput, train: bool = False) -> tuple[torch.Tensor | None, torch.Tensor]:
+        """:meth:`features_and_logits`, with None for the features when tracing found no head (no error)."""
         if self._info is None:  # the first pass traces the head: no extra pass
             with eval_mode(self.module, enabled=not train):
                 return self._trace_pass(x)

@@ -63,7 +63,7 @@ def collect_outputs(
 ) -> tuple[Outputs, torch.Tensor | None]:
     """One forward pass over ``data`` in eval mode: logits and (optionally) features, plus labels."""
     clf = as_classifier(model)
-    want = features and clf.head is not None
+    want = features and (clf.head is not None or clf.head_info is None)  # untraced: the first batch traces
     logits, feats, labels = [], [], []
     have_labels = True
     device = clf.device
@@ -71,8 +71,11 @@ def collect_outputs(
         for xb, yb in iter_batches(data, batch_size, "data", labelled=False):
             xb = xb.to(device)
             if want:
-                fb, lb = clf.features_and_logits(xb)
-                feats.append(fb)
+                fb, lb = clf.maybe_features_and_logits(xb)  # the first batch traces the head
+                if fb is None:  # no layer with weights gives the logits: no features
+                    want = False
+                else:
+                    feats.append(fb)
             else:
                 lb = clf.logits(xb)
             logits.append(lb)
