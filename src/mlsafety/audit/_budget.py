@@ -43,11 +43,14 @@ TEST = "#test"
 RESERVE = 0.05
 """Share of the budget kept for what no cost model covers (planning, the report, start-up)."""
 
-PROBE_INPUTS = 16
+TEST_FLOOR = 100
+"""The fewest test inputs a budget keeps (every check reads them; accuracy is then known to about +-0.1)."""
+
+PROBE_INPUTS = 64
 """Test inputs the model is timed on."""
 
-ATTACK_PROBE = 4
-"""Inputs each configured attack is timed on."""
+ATTACK_PROBE = 8
+"""Inputs each configured attack is run on (on a linear stand-in) to count what it forwards."""
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(s|sec|m|min|h)?\s*$")
 
@@ -95,6 +98,32 @@ def _timed(fn: Callable[[], object], repeats: int = 2) -> float:
     return best
 
 
+def _attack_rows(make: Callable[[], Any], x: torch.Tensor, classes: int) -> float:
+    """Inputs an attack forwards per attacked input, counted on a linear stand-in of the audited model's
+    input shape (its own predictions as labels, so every input is attacked): what the attack costs
+    depends on its steps and restarts, which the stand-in shows in milliseconds, not on the model."""
+    g = torch.Generator().manual_seed(0)
+    stand_in = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(x[0].numel(), classes))
+    with torch.no_grad():
+        for p in stand_in.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+    stand_in.eval()
+    xs = x[:ATTACK_PROBE].detach().cpu()
+    with torch.no_grad():
+        ys = stand_in(xs).argmax(dim=1)
+    rows = [0]
+
+    def count(_m: torch.nn.Module, _a: Any, out: torch.Tensor) -> None:
+        rows[0] += int(out.shape[0])
+
+    handle = stand_in.register_forward_hook(count)
+    try:
+        make().run(Classifier(stand_in), xs, ys, generator=torch.Generator().manual_seed(0))
+    finally:
+        handle.remove()
+    return rows[0] / max(1, len(xs))
+
+
 def measure_rates(
     model: Classifier,
     x: torch.Tensor,
@@ -102,14 +131,15 @@ def measure_rates(
     corruptions: Sequence[str] = (),
     attacks: Mapping[str, Callable[[], Any]] | None = None,
 ) -> Rates:
-    """Time the model on the probe inputs ``x`` (N, C, H, W): forward, forward + input gradient,
-    each corruption at severity 3 and each attack (``attacks`` maps a name to a factory of the
-    configured attack at a mid-grid eps). The model is left as it was."""
+    """Time the model on the probe inputs ``x`` (N, C, H, W): forward, forward + input gradient (each
+    after a warm-up pass of the same shape), each corruption at severity 3; an attack (``attacks`` maps
+    a name to a factory of the configured attack at a mid-grid eps) costs the inputs it forwards per
+    attacked input (:func:`_attack_rows`) times the gradient rate. The model is left as it was."""
     x = x[:PROBE_INPUTS].to(model.device)
     y = y[: len(x)].to(model.device)
     n = max(1, len(x))
     with torch.inference_mode():
-        model.logits(x[:2])  # warm-up (lazy initialisation, kernels)
+        model.logits(x)  # warm-up at the probe's shape (lazy initialisation, kernels)
         forward = _timed(lambda: model.logits(x)) / n
     params = [p for p in model.module.parameters() if p.requires_grad]
     try:
@@ -118,8 +148,9 @@ def measure_rates(
 
         def grad() -> None:
             xi = x.detach().clone().requires_grad_(True)
-            torch.nn.functional.cross_entropy(model.logits(xi), y).backward()
+            torch.nn.functional.cross_entropy(model.logits(xi), y.clamp(min=0)).backward()
 
+        grad()  # warm-up
         backward = _timed(grad) / n
     finally:
         for p in params:
@@ -137,14 +168,11 @@ def measure_rates(
             continue
         corrupt[c] = (time.perf_counter() - t0) / len(xc)
     attack_rates: dict[str, float] = {}
-    xa, ya = x[:ATTACK_PROBE], y[:ATTACK_PROBE]
     for name, make in (attacks or {}).items():
-        t0 = time.perf_counter()
         try:
-            make().run(model, xa, ya, generator=torch.Generator().manual_seed(0))
+            attack_rates[name] = _attack_rows(make, x, model.num_classes) * backward
         except MlsafetyError:  # refused for this model: the check says why when it runs; costed as 20 gradients
             continue
-        attack_rates[name] = (time.perf_counter() - t0) / max(1, len(xa))
     return Rates(forward, backward, corrupt, attack_rates)
 
 
@@ -218,9 +246,17 @@ def _adversarial(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
 def _certified(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
     sig = len(_list(p["sigmas"]))
     per = sig * (int(p["n0"]) + int(p["n"])) * r.forward
-    # the consistency attacks: each step of each attack estimates the smoothed gradient from n noise draws
-    attacked = sig * int(p["num_attacked"]) * (1 + len(_list(p["attacks"]))) * 10 * 32 * r.backward
-    return CheckCost("certified", attacked + 1.0, [Knob("certified", "num_inputs", int(p["num_inputs"]), 10, per)])
+    # the consistency test: per attacked input, each attack takes 10 steps, each a Monte-Carlo gradient of the
+    # smoothed classifier over about 100 noise draws, and its result is re-certified with n draws
+    per_attacked = sig * (1 + len(_list(p["attacks"]))) * (10 * 100 * r.backward + int(p["n"]) * r.forward)
+    return CheckCost(
+        "certified",
+        1.0,
+        [
+            Knob("certified", "num_inputs", int(p["num_inputs"]), 10, per),
+            Knob("certified", "num_attacked", int(p["num_attacked"]), 1, per_attacked),
+        ],
+    )
 
 
 @cost_model("trojans")
@@ -236,6 +272,9 @@ def _trojans(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
         if name in scanners:
             fixed += s.train * 0.5 * r.forward
     knobs = []
+    if seeds > 2:  # every seeded scanner's interval needs at least 2 seeds
+        per_seed = fixed + (s.classes * 16 * int(p["nc_steps"]) * r.backward if "neural-cleanse" in scanners else 0)
+        knobs.append(Knob("trojans", "n_seeds", seeds, 2, per_seed / seeds))
     if "neural-cleanse" in scanners:
         per_step = seeds * s.classes * 16 * r.backward
         knobs.append(Knob("trojans", "nc_steps", int(p["nc_steps"]), 20, per_step))
@@ -303,7 +342,10 @@ def _default(check: str) -> CostModel:
 
 def shared_cost(s: Sizes, r: Rates) -> CheckCost:
     """The one forward pass of every data source that the checks share."""
-    return CheckCost("forward passes", (s.val + s.train + s.ood) * r.forward, [Knob(TEST, TEST, s.test, 0, r.forward)])
+    floor = min(s.test, TEST_FLOOR)
+    return CheckCost(
+        "forward passes", (s.val + s.train + s.ood) * r.forward, [Knob(TEST, TEST, s.test, floor, r.forward)]
+    )
 
 
 def check_costs(params: Mapping[str, Mapping[str, Any]], s: Sizes, r: Rates) -> list[CheckCost]:
@@ -373,6 +415,12 @@ class Plan:
         k = self.knobs.get((check, param))
         return None if k is None else k.chosen
 
+    def sync(self) -> None:
+        """Copy the chosen sizes of the merged knobs into every check's own knobs (what ``seconds`` reads)."""
+        for c in self.costs:
+            for k in c.knobs:
+                k.chosen = self.knobs[(k.check, k.param)].chosen
+
     def cut(self) -> list[Knob]:
         """Knobs the budget cut below their configured size."""
         return [k for k in self.knobs.values() if k.chosen < k.value]
@@ -387,7 +435,9 @@ def make_plan(costs: list[CheckCost], budget: float | None, spent: float = 0.0) 
     if budget is not None:
         fixed = sum(c.fixed for c in costs)
         fits = allocate(list(knobs.values()), budget * (1 - RESERVE) - spent - fixed)
-    return Plan(costs, knobs, budget, fits)
+    plan = Plan(costs, knobs, budget, fits)
+    plan.sync()
+    return plan
 
 
 __all__ = [

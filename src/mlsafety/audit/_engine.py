@@ -214,7 +214,9 @@ def run_audit(
         if on_plan is not None:  # after a refused --resume, which stays one line
             on_plan(plan, len(work))
         ran = skipped = 0
-        tracker = _Tracker(plan, budget, start, checks, set(stored_plan or {})) if plan is not None else None
+        # trojans scans while the audit is planned (its hazards name the triggers it finds): its sizes are spent
+        fixed = set(stored_plan or {}) | {key for key in (plan.knobs if plan else {}) if key[0] == "trojans"}
+        tracker = _Tracker(plan, budget, start, checks, fixed) if plan is not None else None
         started: set[str] = set()
         for i, (check, task) in enumerate(work):
             if (check.name, task.key) in done:
@@ -409,6 +411,7 @@ def _plan(
     for key, chosen in (stored or {}).items():  # --resume: the first attempt's sizes
         if key in plan.knobs:
             plan.knobs[key].chosen = chosen
+    plan.sync()
     return plan
 
 
@@ -527,6 +530,7 @@ class _Tracker:
             c = self.checks[k.check]
             if k.param in c.params:
                 c.params[k.param] = s.chosen
+        self.plan.sync()
         self.predicted = {c.check: c.seconds() for c in self.plan.costs} | {
             c: self.predicted[c] for c in self.spent if c in self.predicted
         }
