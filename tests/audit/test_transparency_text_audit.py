@@ -17,6 +17,18 @@ from mlsafety.core import Classifier, TextDataset
 from tests.support.text import tiny_bert_classifier, tiny_text_dataset
 
 
+def _run_tasks(check, ctx):  # type: ignore[no-untyped-def]
+    """Every task of the check (sanity, examples, visualisations) run in order, as one result."""
+    from mlsafety.audit import TaskResult
+
+    out = TaskResult()
+    for task in check.tasks(ctx):
+        r = task.run()
+        out.rows += r.rows
+        out.artifacts += r.artifacts
+    return out
+
+
 @pytest.fixture(scope="module")
 def checked():  # type: ignore[no-untyped-def]
     """The check and what it produced (run once for the module: it is the slow part)."""
@@ -33,7 +45,7 @@ def checked():  # type: ignore[no-untyped-def]
         text_sanity_inputs=4,
         text_sanity_modes=["cascading"],
     )
-    return check, check.tasks(ctx)[0].run()
+    return check, _run_tasks(check, ctx)
 
 
 def test_the_check_runs_on_text_and_stores_rows_like_for_images(checked) -> None:  # type: ignore[no-untyped-def]
@@ -101,7 +113,7 @@ def test_a_model_that_gets_nothing_right_still_shows_its_mistakes() -> None:
     ood = {"odd": TextDataset(["the red cat", "q: a dog ?"], torch.full((2,), -1), name="odd", kind="ood")}
     ctx = AuditContext(model, AuditData(wrong, wrong, ood=ood))
     check = CHECKS.create("transparency", text_methods=["saliency"], examples=2)
-    result = check.tasks(ctx)[0].run()
+    result = _run_tasks(check, ctx)
     rows = {r.metric: r for r in result.rows}
     assert "no test input is classified correctly" in str(rows["sanity_not_run"].params["reason"])
     assert rows["correct_examples_not_shown"].params["group"] == "correct"
@@ -121,7 +133,7 @@ def test_an_empty_ood_group_is_not_drawn_but_said() -> None:
     ood = {"none": TextDataset([], torch.zeros(0, dtype=torch.long), name="none", kind="ood")}
     ctx = AuditContext(Classifier(tiny_bert_classifier(num_labels=2, seed=0)), AuditData(test, test, ood=ood))
     check = CHECKS.create("transparency", text_methods=["saliency"], examples=2, text_sanity_inputs=2)
-    result = check.tasks(ctx)[0].run()
+    result = _run_tasks(check, ctx)
     assert {r.metric: r for r in result.rows}["ood_examples_not_shown"].hazard == "ood/none"
     assert "text-saliency-ood-none" not in {a.name for a in result.artifacts}
 

@@ -1,10 +1,22 @@
 """Assertions shared by the command-line tests."""
 
+import re
+
+PROGRESS = re.compile(r"^(estimate: |  budget: |\[\d+/\d+\] |warning: the budget is too small)")
+"""The audit's progress lines on stderr when not on a terminal (issue 22): the estimate before the first
+task, the sizes a budget cut, one line per finished task. They precede an error raised mid-run."""
+
+
+def without_progress(text):
+    """The non-empty lines of ``text`` that are not progress lines."""
+    return [line for line in text.splitlines() if line.strip() and not PROGRESS.match(line)]
+
 
 def one_error_line(result, *needles):
-    """The one ``error:`` line of a CLI result that exited 2, checked to contain every needle."""
+    """The one ``error:`` line of a CLI result that exited 2 (after any progress lines), checked to contain
+    every needle."""
     assert result.exit_code == 2, (result.output, result.exception)
-    lines = [line for line in result.output.splitlines() if line.strip()]
+    lines = without_progress(result.output)
     assert len(lines) == 1 and lines[0].startswith("error: "), result.output
     for needle in needles:
         assert needle in lines[0], lines[0]

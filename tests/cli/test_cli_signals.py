@@ -18,6 +18,8 @@ import time
 
 import pytest
 
+from tests.cli.cli_support import without_progress
+
 SLOW = """
 import time
 
@@ -74,7 +76,7 @@ def test_signal_stops_the_audit_resumably(tmp_path, signum, code):
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == code, err
 
-    lines = [line for line in err.splitlines() if line.strip()]
+    lines = without_progress(err)
     assert len(lines) == 1, err
     name = signal.Signals(signum).name
     before = _tasks(db)
