@@ -170,8 +170,7 @@ def run_audit(
         plan = _plan(checks, model, data, config, budget, time.perf_counter() - start, stored_plan)
         if budget is not None:
             data = _apply_plan(plan, checks, data, config.seed)
-    elif budget is not None:
-        raise InputError("--budget sizes image audits only; for this model give --max-samples or check parameters")
+    # a text or language-model audit is not costed: a budget (--quick presets one) leaves its sizes as they are
 
     ctx = AuditContext(
         model,

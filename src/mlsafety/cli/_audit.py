@@ -35,8 +35,8 @@ class ProgressLines:
     """The estimate before the first task, then a count and an ETA after each task: on a terminal in the
     status line, otherwise one plain line per check on stderr (CI logs); nothing under --json."""
 
-    def __init__(self, quiet: bool, status: Any = None) -> None:
-        self.quiet, self.status = quiet, status
+    def __init__(self, quiet: bool, status: Any = None, asked_budget: bool = False) -> None:
+        self.quiet, self.status, self.asked_budget = quiet, status, asked_budget
 
     def plan(self, plan: Any, tasks: int) -> None:
         from mlsafety.audit import fmt_duration
@@ -46,6 +46,9 @@ class ProgressLines:
         if plan is None:
             line("estimate:", f"{tasks} tasks; the cost of text and language-model audits is not estimated",
                  style="bold")  # fmt: skip
+            if self.asked_budget:
+                line("warning:", "--budget sizes image audits only; this audit keeps its sample sizes (use "
+                     "--max-samples or check parameters)", style="bold yellow")  # fmt: skip
             return
         about = f"about {fmt_duration(plan.seconds)} with these checks ({tasks} tasks)"
         if plan.budget is None:
@@ -236,12 +239,13 @@ def audit(
     cfg.fail_under.update(_gates(fail_under))
     cfg.fail_over.update(_gates(fail_over))
 
+    asked_budget = cfg.budget is not None
     if cfg.quick and cfg.budget is None:
         cfg.budget = QUICK_BUDGET
     choose_threads()
     progress = Progress(enabled=False if as_json else None)
     status = err_console.status("auditing", spinner="dots") if progress.enabled else None
-    shown = ProgressLines(quiet=as_json, status=status)
+    shown = ProgressLines(quiet=as_json, status=status, asked_budget=asked_budget)
 
     if status is not None:
         status.start()
@@ -358,6 +362,8 @@ def _print_summary(result: Any) -> None:
             out_console.print(f"Classes: {r.params.get('note', '')}", soft_wrap=True)
         elif r.metric == "head_feature_dim":
             out_console.print(f"Head (features layer): {r.params.get('note', '')}", soft_wrap=True)
+        elif r.metric == "data_note":
+            out_console.print(f"Note: {r.params.get('note', '')}", soft_wrap=True)
         elif r.metric == "val_test_accuracy_gap" and r.params.get("warning"):
             err_console.print(f"Warning: {r.params['warning']}", soft_wrap=True)
     if result.held_out is not None:
