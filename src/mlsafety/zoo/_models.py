@@ -230,7 +230,8 @@ register_model(
 register_model(
     ModelInfo(
         "fashion-cnn",
-        "small CNN on Fashion-MNIST (3 conv+BN blocks, 2 linear), Adam, no augmentation",
+        "small CNN on Fashion-MNIST (3 conv+BN blocks, 2 linear), Adam 15 epochs, no augmentation; test accuracy "
+        "0.927 [0.922, 0.932]",
         FashionCNN,
         "fashion-cnn",
         "fashion-mnist",
