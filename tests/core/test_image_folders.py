@@ -157,3 +157,22 @@ def test_audit_stores_and_shows_the_class_mapping_and_warns_on_a_far_lower_test_
     assert "Warning: test accuracy" in result.output and "alphabetical" in result.output
     assert "far below validation accuracy" in (tmp_path / "r.html").read_text()
     assert any(m == "head_feature_dim" for m, _, _ in rows)
+
+
+def test_audit_of_a_channels_last_npz_says_it_converted_it(tmp_path):
+    model = tmp_path / "m.py"
+    model.write_text(MODEL_FILE)
+    y = np.arange(30) % 3
+    levels = np.array([LEVELS[c] for c in TRAINING_ORDER])[y] / 255
+    np.savez(
+        tmp_path / "nhwc.npz", x=np.broadcast_to(levels[:, None, None, None], (30, 8, 8, 3)).astype("float32"), y=y
+    )
+    result = CliRunner().invoke(
+        main,
+        ["audit", "--model", f"{model}:make", "--data", str(tmp_path / "nhwc.npz"), "--check", "clean",
+         "--db", str(tmp_path / "runs.sqlite"), "--report", str(tmp_path / "r.html")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "Note: --data" in result.output and "channels-last" in result.output
+    assert "different image shapes" not in result.output
+    assert "converted from channels-last" in (tmp_path / "r.html").read_text()

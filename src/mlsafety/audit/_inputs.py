@@ -1134,7 +1134,8 @@ def input_rows(model: Classifier | LanguageModel, data: AuditData, seed: int = 0
     name and how it was found), the class mapping used (``class_mapping``, the names in label order and where
     the order came from), and validation against test accuracy when they come from different sources
     (``val_test_accuracy_gap``, a decision; ``warning`` holds the line to show when test accuracy is far
-    below, see :class:`AccuracyGap`)."""
+    below, see :class:`AccuracyGap`), and a ``data_note`` for each source converted on loading (a channels-last
+    ``.npz``)."""
     rows: list[Row] = []
     if not isinstance(model, Classifier) or isinstance(data.test, TextDataset):
         return rows
@@ -1148,6 +1149,10 @@ def input_rows(model: Classifier | LanguageModel, data: AuditData, seed: int = 0
         note = ", ".join(f"{i}={c}" for i, c in enumerate(classes)) + f" (from {data.test.classes_from})"
         rows.append(Row.exact("clean", "class_mapping", float(len(classes)), SETTING, classes=list(classes),
                               source=data.test.classes_from, note=note))  # fmt: skip
+    for ds in _sources(data):
+        if "converted from channels-last" in ds.description:
+            note = f"{ds.source}: {ds.description}"
+            rows.append(Row.exact("clean", "data_note", float(len(ds)), SETTING, source=ds.source, note=note))
     gap = accuracy_gap(model, data, seed)
     if gap is not None:
         rows.append(Row.exact("clean", "val_test_accuracy_gap", round(gap.val_accuracy - gap.test_accuracy, 4),

@@ -66,6 +66,8 @@ def input_notes(rows: list[StoredRow]) -> list[dict[str, Any]]:
             notes.append({"label": "Head (features layer)", "text": str(r.params.get("note", "")), "warning": False})
         elif r.metric == "class_mapping":
             notes.append({"label": "Class mapping used", "text": str(r.params.get("note", "")), "warning": False})
+        elif r.metric == "data_note":
+            notes.append({"label": "Data", "text": str(r.params.get("note", "")), "warning": False})
         elif r.metric == "val_test_accuracy_gap" and r.params.get("warning"):
             notes.append({"label": "Warning", "text": str(r.params["warning"]), "warning": True})
     return notes
