@@ -72,7 +72,8 @@ class ProbeRun:
 
     ``per_layer`` is ``(L, N)`` boolean: whether each row was right with layer ``l``'s probe (trained on
     the other folds). ``nested`` is ``(N,)`` boolean: right with the layer chosen inside the training folds
-    alone (an inner split), so its accuracy is not inflated by picking the best layer on the test rows;
+    alone (on an inner split of a quarter of their groups; by the training fit's own accuracy when they hold
+    fewer than 4 groups), so its accuracy is not inflated by picking the best layer on the test rows;
     ``chosen`` holds the layer picked for each fold.
     """
 
@@ -116,8 +117,9 @@ def cross_validate(
         right = _fit_and_judge(x[:, train], y[train], x[:, test], y[test], pairwise)
         per_layer[:, test] = right
         inner = group_folds(groups[train], 4, generator) == 0 if len(torch.unique(groups[train])) >= 4 else None
-        if inner is None:
-            layer = int(right.double().mean(1).argmax())  # too few groups to split: no nesting possible
+        if inner is None:  # too few groups to split: the training fit's own accuracy, never the test rows
+            xt, yt = x[:, train], y[train]
+            layer = int(_fit_and_judge(xt, yt, xt, yt, pairwise).double().mean(1).argmax())
         else:
             xt, yt = x[:, train], y[train]
             inner_right = _fit_and_judge(xt[:, ~inner], yt[~inner], xt[:, inner], yt[inner], pairwise)
