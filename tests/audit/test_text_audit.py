@@ -19,9 +19,11 @@ from mlsafety.core import InputError
 from mlsafety.monitoring import ood
 from tests.support.text import NEUTRAL_WORDS, tiny_bert_classifier, tiny_sentences
 
-IMAGE_ONLY = ("adversarial", "certified", "corruptions", "trojans", "tta")
+IMAGE_ONLY = ("certified", "corruptions", "trojans", "tta")
 LM_ONLY = ("proxy-gaming",)
-TEXT_CHECKS = ("clean", "calibration", "calibration-basic", "selective", "ood", "ood-basic", "defence-in-depth")
+TEXT_CHECKS = (
+    "clean", "calibration", "calibration-basic", "selective", "ood", "ood-basic", "defence-in-depth", "adversarial",
+)  # fmt: skip
 LONG = " ".join(["the movie was good"] * 30)  # 120 words: past the tiny tokenizer's 64 tokens
 
 
@@ -187,7 +189,8 @@ def test_defence_in_depth_measures_clean_and_every_ood_set(audit):
     _, result = audit
     did = rows_of(result, "defence-in-depth")
     hazards = {r.hazard for r in did if r.metric == "escaped_failure_rate"}
-    assert hazards == {"clean", "ood/far", "ood/near"}
+    # the adversarial check's text attack is a hazard too (issue 14)
+    assert hazards == {"clean", "ood/far", "ood/near", "text-adversarial/deepwordbug"}
     assert any(r.metric == "validation_escape" for r in did)
 
 
@@ -301,7 +304,7 @@ def test_an_image_audit_stores_no_skip_or_truncation_rows(quick_audit):
 
 @pytest.mark.parametrize(
     "option, gate",
-    [("--fail-under", "corruptions/*/accuracy=0.5"), ("--fail-over", "adversarial/pgd/*/attack_success_rate=0.2")],
+    [("--fail-under", "corruptions/*/accuracy=0.5"), ("--fail-over", "trojans/*/attack_success_rate=0.2")],
 )
 def test_a_gate_on_an_image_only_check_is_refused_on_text_before_anything_is_stored(files, option, gate):
     """The check is selected but skipped on text, so it stores no metric to bound: the gate is refused in

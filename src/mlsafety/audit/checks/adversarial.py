@@ -29,6 +29,7 @@ import torch
 
 from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
+from mlsafety.audit.checks import _adversarial_text as text_adv
 from mlsafety.audit.checks._common import bind, metric_name, params_of
 from mlsafety.audit.views.adversarial import AdversarialView, Curve, curve_png, pairs_png
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
@@ -234,8 +235,10 @@ class Adversarial(Check):
         "attack_params": {},
         "pairs": 8,
         "n_boot": 500,
+        **text_adv.TEXT_DEFAULTS,  # a text classifier: the text-attack recipes (checks/_adversarial_text.py)
     }
     quick: ClassVar[dict[str, Any]] = {
+        **text_adv.TEXT_QUICK,
         "eps": "auto-quick",
         "n": 100,
         "attack_params": {"autoattack-fast": {"steps": 10}, "autoattack": {"steps": 10, "n_queries": 200}},
@@ -243,8 +246,11 @@ class Adversarial(Check):
     }
     metrics = (
         "robust_accuracy", "attack_success_rate", "median_perturbation_norm", "clean_accuracy_subset",
+        *text_adv.TEXT_METRICS[1:],  # on text (attack_success_rate is shared)
         "warning_*", "broken_by_*",  # an attack's sanity flags; the members of an ensemble
     )  # fmt: skip
+    modalities = ("image", "text")
+    metrics_by_modality: ClassVar[dict[str, tuple[str, ...]]] = {"text": text_adv.TEXT_METRICS}
 
     view = AdversarialView
 
@@ -276,10 +282,14 @@ class Adversarial(Check):
         return Hazard.adversarial(attack, eps, norm=self.params["norm"], source=KIND)
 
     def hazards(self, ctx: AuditContext) -> list[Hazard]:
+        if ctx.modality == "text":
+            return text_adv.hazards(self, ctx)
         names, grid = self._plan(ctx)
         return [self._hazard(n, e) for n in names for e in grid]
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
+        if ctx.modality == "text":
+            return text_adv.tasks(self, ctx)
         names, grid = self._plan(ctx)
         tasks = [Task(str(self._hazard(n, e)), bind(self._hazard_task, ctx, n, e)) for n in names for e in grid]
         tasks.append(Task("plots", lambda: self._plots_task(ctx, names, grid)))

@@ -10,6 +10,7 @@ import torch
 
 from mlsafety.audit._check import DECISION, Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
+from mlsafety.audit.views._adversarial_text import text_headlines, text_tables
 from mlsafety.core import Hazard
 
 Curve = list[tuple[float, float, float, float]]
@@ -24,7 +25,7 @@ class AdversarialView(View):
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
         robust = [r for r in rows if r.metric == "robust_accuracy"]
         if not robust:
-            return []
+            return text_headlines(rows)  # a text model: the text-attack recipes' rows
         first = robust[0].params.get("attack")
         mine = [r for r in robust if r.params.get("attack") == first]
         mid = sorted(mine, key=lambda r: float(r.params.get("eps", 0)))[len(mine) // 2]
@@ -54,7 +55,8 @@ class AdversarialView(View):
                                             "median norm", "n"], body)]  # fmt: skip
         if warn:
             tables.append(Table("Sanity flags", ["hazard", "flag", "meaning"], warn))
-        return tables
+        text = text_tables(rows)
+        return text if text and not body else tables + text
 
 
 def curve_png(curves: dict[str, Curve], clean: tuple[float, float, float], norm: str) -> bytes:
