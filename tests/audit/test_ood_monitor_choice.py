@@ -257,3 +257,27 @@ def test_a_set_too_small_to_split_is_refused_when_the_audit_is_planned() -> None
     with pytest.raises(InputError, match=r"OOD set 'shifted' has 1 input.*--ood-detector"):
         CHECKS.create("ood", detectors=DETECTORS).tasks(ctx)
     assert CHECKS.create("ood", detectors=DETECTORS, default="knn").tasks(ctx)  # a named one needs no split
+
+
+def test_defence_in_depth_says_which_default_monitors_it_could_not_try() -> None:
+    class NoHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.tensor([[-10.0, 10.0], [0, 0], [0, 0], [0, 0]]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x.flatten(1) @ self.w
+
+    ctx = AuditContext(Classifier(NoHead()), _data())
+    check = CHECKS.create("defence-in-depth", adaptive=False)
+    (monitor,) = [t for t in check.tasks(ctx) if t.key == "monitor"]
+    rows = monitor.run().rows
+    skipped = {r.hazard: r.params["reason"] for r in rows if r.metric == "monitor_skipped"}
+    features = {n for n in check.params["monitors"] if "features" in ood.DETECTORS.get(n).needs}
+    assert set(skipped) == {f"validation/{n}" for n in features} and all("--head" in w for w in skipped.values())
+    tried = {r.hazard for r in rows if r.metric == "validation_escape"}
+    assert tried and not tried & set(skipped)
+    stored = [StoredRow("defence-in-depth", r.hazard, r.metric, r.value, r.ci_low, r.ci_high, r.n, dict(r.params),
+                        r.kind) for r in rows]  # fmt: skip
+    note = next(t.note for t in CHECKS.get("defence-in-depth").tables(stored) if t.title.startswith("Monitor chosen"))
+    assert "Not tried: " in note and all(n in note for n in features)

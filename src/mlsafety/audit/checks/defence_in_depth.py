@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from mlsafety.audit._check import Check, Row, Task, TaskResult, register_check
+from mlsafety.audit._check import DECISION, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks._common import bind
 from mlsafety.audit.views.defence_in_depth import DefenceInDepthView, fmea_report_table, swiss_cheese_artifact
@@ -95,6 +95,7 @@ class _State:
     results: dict[Hazard, HazardResult] = field(default_factory=dict)
     adaptive_info: dict[Hazard, dict[str, Any]] = field(default_factory=dict)
     differentiable: ood.Detector | None = None  # the monitor's detector, refitted for autograd
+    skipped: dict[str, str] = field(default_factory=dict)  # default monitors the model cannot feed, with why
 
 
 @register_check("defence-in-depth")
@@ -128,6 +129,7 @@ class DefenceInDepth(Check):
     metrics = (
         "failure_rate", "caught_share", "escaped_failure_rate", "false_alarm_rate", "adaptive_escaped_failure_rate",
         "expected_escaped_failure_rate", "validation_escape", "severity", "occurrence", "detection", "rpn",
+        "monitor_skipped",  # a default candidate the model cannot feed (no features layer), with why
     )  # fmt: skip
     lower_is_better: ClassVar[frozenset[str]] = LOWER_IS_BETTER
     view = DefenceInDepthView
@@ -150,8 +152,15 @@ class DefenceInDepth(Check):
                 raise InputError(f"defence-in-depth {key} must map hazard names (or kinds) to numbers, got {p[key]!r}")
         spec = p["monitors"]
         names = [spec] if isinstance(spec, str) else list(spec)
+        skipped: dict[str, str] = {}
         if ctx.model.head is None and names == DEFAULT_MONITORS:  # no features to read: logit detectors only
-            names = [n for n in names if "features" not in ood.DETECTORS.get(n).needs]
+            skipped = {
+                n: "needs the classifier's features, and no head layer was found whose input could be taken "
+                "as them; name it with --head"
+                for n in names
+                if "features" in ood.DETECTORS.get(n).needs
+            }
+            names = [n for n in names if n not in skipped]
         if not ctx.model.head_is_affine and names == DEFAULT_MONITORS:  # no W f + b: keep those that need none
             names = [n for n in names if ood.NEEDS_HEAD_WEIGHTS not in ood.DETECTORS.tags(n)]
         for n in names:
@@ -170,7 +179,7 @@ class DefenceInDepth(Check):
         steps = p["adaptive_steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise InputError(f"defence-in-depth adaptive_steps must be an integer >= 1, got {steps!r}")
-        state = _State(ctx, names)
+        state = _State(ctx, names, skipped=skipped)
         tasks = [Task("monitor", lambda: self._monitor_task(state))]
         tasks += [Task(str(h), bind(self._hazard_task, state, h)) for h in hazards]
         tasks.append(Task("summary", lambda: self._summary_task(state, hazards)))
@@ -222,6 +231,8 @@ class DefenceInDepth(Check):
             Row.of(str(Hazard("validation", name)), "validation_escape", est, selected=name == chosen.name)
             for name, est in criteria.items()
         ]
+        rows += [Row.exact(str(Hazard("validation", name)), "monitor_skipped", 1.0, DECISION, reason=why)
+                 for name, why in state.skipped.items()]  # fmt: skip
         return TaskResult(rows)
 
     # -- hazards -------------------------------------------------------------------------------

@@ -122,6 +122,10 @@ def _validation_table(rows: Sequence[StoredRow]) -> Table | None:
     ]
     title = "Monitor chosen on validation data (mean escaped rate on clean validation inputs and synthetic outliers)"
     note = "Intervals: each set's exact interval at 97.5% (Bonferroni over the two sets), averaged."
+    skipped = [r for r in rows if r.metric == "monitor_skipped"]
+    if skipped:
+        names = ", ".join(str(Hazard.parse(r.hazard).name) for r in skipped)
+        note += f" Not tried: {names} ({skipped[0].params.get('reason', '')})."
     return Table(title, ["monitor", "validation escape", "95% CI", "chosen"], body, note)
 
 
