@@ -134,7 +134,8 @@ class Ethics(Check):
             )
             rows += [Row.of(hazard, layer_metric(i), e, layer=i, **at) for i, e in enumerate(probe.per_layer)]
             png = layers_png({subset.subset: [e.value for e in probe.per_layer]}, {subset.subset: zero.majority})
-            artifacts.append(Artifact(f"ethics-probe-layers-{subset.subset}", png, caption=CAPTION))
+            caption = f"{subset.subset.capitalize()}: {CAPTION}"
+            artifacts.append(Artifact(f"ethics-probe-layers-{subset.subset}", png, caption=caption))
         return TaskResult(rows, artifacts)
 
 

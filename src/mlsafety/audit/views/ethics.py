@@ -9,7 +9,7 @@ from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_
 from mlsafety.audit._plots import figure, to_png
 
 CAPTION = (
-    "Cross-validated accuracy of a linear probe on h(' yes') - h(' no') at each layer (0: embeddings), per subset; "
+    "cross-validated accuracy of a linear probe on h(' yes') - h(' no') at each layer (0: embeddings); "
     "dashed: the majority label's share (0.5 for utilitarianism's pairs)."
 )
 NOTE = (
