@@ -134,7 +134,7 @@ def test_audit_stores_and_shows_the_class_mapping_and_warns_on_a_far_lower_test_
              y=y_val)  # fmt: skip
     runner = CliRunner()
 
-    def audit(*extra: str) -> tuple[object, list[tuple]]:
+    def audit(*extra: str) -> tuple[object, list[dict]]:
         db = tmp_path / f"runs{len(extra)}.sqlite"
         result = runner.invoke(
             main,
@@ -143,20 +143,20 @@ def test_audit_stores_and_shows_the_class_mapping_and_warns_on_a_far_lower_test_
              *extra],
         )  # fmt: skip
         assert result.exit_code == 0, result.output
-        rows = sqlite3.connect(db).execute("select metric, value, params_json from results").fetchall()
-        return result, rows
+        (record,) = sqlite3.connect(db).execute("select config_json from runs").fetchone()
+        return result, json.loads(record)["notes"]  # stored with the run
 
-    result, rows = audit("--classes", ",".join(TRAINING_ORDER))
-    mapping = [json.loads(p) for m, _, p in rows if m == "class_mapping"]
+    result, notes = audit("--classes", ",".join(TRAINING_ORDER))
+    mapping = [n for n in notes if n["kind"] == "classes"]
     assert mapping and mapping[0]["classes"] == TRAINING_ORDER and mapping[0]["source"] == "--classes"
     assert "Classes: 0=square, 1=circle, 2=bar" in result.output and "Warning" not in result.output
     assert "0=square, 1=circle, 2=bar" in (tmp_path / "r.html").read_text()
-    result, rows = audit()  # folder names in alphabetical order: the labels disagree with the model's order
-    gap = [json.loads(p) for m, _, p in rows if m == "val_test_accuracy_gap"]
+    result, notes = audit()  # folder names in alphabetical order: the labels disagree with the model's order
+    gap = [n for n in notes if n["kind"] == "accuracy-gap"]
     assert gap and gap[0]["warning"] and gap[0]["val_accuracy"] == 1.0 and gap[0]["test_accuracy"] < 0.5
     assert "Warning: test accuracy" in result.output and "alphabetical" in result.output
     assert "far below validation accuracy" in (tmp_path / "r.html").read_text()
-    assert any(m == "head_feature_dim" for m, _, _ in rows)
+    assert any(n["kind"] == "head" and n["head"] == "fc" for n in notes)
 
 
 def test_audit_of_a_channels_last_npz_says_it_converted_it(tmp_path):

@@ -58,6 +58,8 @@ class AuditResult:
     """The cost plan (predicted seconds; with --budget, the sample sizes chosen), None when not costed."""
     held_out: tuple[int, int] | None = None
     """(validation inputs, test inputs before the split) when validation data was held out of --data."""
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    """What the audit decided about the model and data (``audit/_inputs.py:input_notes``): lines for the summary."""
 
 
 class AuditInterrupted(KeyboardInterrupt):
@@ -202,12 +204,13 @@ def run_audit(
             record = _config_record(config)
             record["inputs"] = _fingerprint.record(parts)
             record["effective_params"] = {c.name: c.params for c in checks}
+            record["notes"] = inputs.notes  # head chosen, class mapping, conversions, val/test gap (_inputs.py)
             if plan is not None:
                 record["plan"] = plan_record(plan)
             run_id = store.create_run(
                 config.model, str(config.data), config.seed, fingerprint, record, package_version()
             )
-            extra = _plan_rows(plan, held_out) + inputs.rows  # head, class mapping, val/test gap (_inputs)
+            extra = _plan_rows(plan, held_out)
             if extra:
                 store.write_task(run_id, PLAN_CHECK, "plan", extra, [], 0.0)
         if on_plan is not None:  # after a refused --resume, which stays one line
@@ -282,7 +285,9 @@ def run_audit(
     finally:
         store.close()
     failures = evaluate_gates(rows, config.fail_under, config.fail_over)
-    return AuditResult(run_id, rows, report_path, failures, skipped, ran, time.perf_counter() - start, plan, held_out)
+    return AuditResult(
+        run_id, rows, report_path, failures, skipped, ran, time.perf_counter() - start, plan, held_out, inputs.notes
+    )
 
 
 PLAN_CHECK = "audit-plan"

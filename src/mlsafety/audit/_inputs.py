@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mlsafety import zoo
-from mlsafety.audit._check import DECISION, SETTING, Check, Row
+from mlsafety.audit._check import Check
 from mlsafety.audit._context import AuditData, Scorer
 from mlsafety.audit._gates import validate_gates
 from mlsafety.core import (
@@ -1065,12 +1065,13 @@ def _check_classes(ds: ArrayDataset, k: int, test: ArrayDataset | None = None) -
     """
     if ds.classes is None:
         return
-    if len(ds.classes) != k:
+    alphabetical = ds.classes_from.startswith("folder names")  # a test folder may hold only some classes
+    if len(ds.classes) > k or (len(ds.classes) != k and not alphabetical):
         raise InputError(
             f"{ds.source}: the class list ({ds.classes_from}) names {len(ds.classes)} classes but the model returns "
             f"{k} logits; give --classes with one name per output, in the model's order"
         )
-    if test is not None and test.classes is not None and ds.classes != test.classes:
+    if test is not None and test.classes is not None and ds.classes != test.classes and not alphabetical:
         raise InputError(
             f"{ds.source} orders its classes {', '.join(ds.classes)} ({ds.classes_from}) but the test data "
             f"{', '.join(test.classes)} ({test.classes_from}); give both the same order (--classes a,b,c)"
@@ -1128,38 +1129,40 @@ def accuracy_gap(model: Classifier, data: AuditData, seed: int = 0) -> AccuracyG
     return AccuracyGap(va, ta, nv, nt, val.source, test.source)
 
 
-def input_rows(model: Classifier | LanguageModel, data: AuditData, seed: int = 0) -> list[Row]:
-    """What the audit decided about the model and data before the first check, as rows the engine stores under its
-    plan (hazard ``clean``): the head / features layer chosen (``head_feature_dim``, a setting, with the layer's
-    name and how it was found), the class mapping used (``class_mapping``, the names in label order and where
-    the order came from), and validation against test accuracy when they come from different sources
-    (``val_test_accuracy_gap``, a decision; ``warning`` holds the line to show when test accuracy is far
-    below, see :class:`AccuracyGap`), and a ``data_note`` for each source converted on loading (a channels-last
-    ``.npz``)."""
-    rows: list[Row] = []
+def input_notes(model: Classifier | LanguageModel, data: AuditData, seed: int = 0) -> list[dict[str, Any]]:
+    """What the audit decided about the model and data before the first check, for the run record (``notes``),
+    the summary and the report: the head / features layer chosen (``kind`` ``head``: the layer's name, width and
+    how it was found), the class mapping used (``classes``: the names in label order and where the order came
+    from), each source converted on loading (``data``: a channels-last ``.npz``) and validation against test
+    accuracy when they come from different sources (``accuracy-gap``; ``warning`` True when test accuracy is
+    far below, see :class:`AccuracyGap`). Each note has ``kind``, ``label``, ``text`` and ``warning``."""
+    notes: list[dict[str, Any]] = []
     if not isinstance(model, Classifier) or isinstance(data.test, TextDataset):
-        return rows
+        return notes
     info = model.head_info
     if info is not None:
-        rows.append(Row.exact("clean", "head_feature_dim", float(info.feature_dim or 0), SETTING, head=info.name,
-                              layer=info.kind, how=info.how, pooled=info.pooled, affine=info.affine,
-                              note=info.describe()))  # fmt: skip
+        notes.append({"kind": "head", "label": "Head (features layer)", "text": info.describe(), "warning": False,
+                      "head": info.name, "layer": info.kind, "feature_dim": info.feature_dim, "how": info.how,
+                      "pooled": info.pooled, "affine": info.affine})  # fmt: skip
     classes = data.test.classes
     if classes is not None:
-        note = ", ".join(f"{i}={c}" for i, c in enumerate(classes)) + f" (from {data.test.classes_from})"
-        rows.append(Row.exact("clean", "class_mapping", float(len(classes)), SETTING, classes=list(classes),
-                              source=data.test.classes_from, note=note))  # fmt: skip
+        text = ", ".join(f"{i}={c}" for i, c in enumerate(classes)) + f" (from {data.test.classes_from})"
+        notes.append({"kind": "classes", "label": "Class mapping used", "text": text, "warning": False,
+                      "classes": list(classes), "source": data.test.classes_from})  # fmt: skip
     for ds in _sources(data):
         if "converted from channels-last" in ds.description:
-            note = f"{ds.source}: {ds.description}"
-            rows.append(Row.exact("clean", "data_note", float(len(ds)), SETTING, source=ds.source, note=note))
+            notes.append({"kind": "data", "label": "Note", "text": f"{ds.source}: {ds.description}",
+                          "warning": False})  # fmt: skip
     gap = accuracy_gap(model, data, seed)
     if gap is not None:
-        rows.append(Row.exact("clean", "val_test_accuracy_gap", round(gap.val_accuracy - gap.test_accuracy, 4),
-                              DECISION, gap.n_test, val_accuracy=round(gap.val_accuracy, 4),
-                              test_accuracy=round(gap.test_accuracy, 4), n_val=gap.n_val,
-                              warning=gap.warning() if gap.far_below else ""))  # fmt: skip
-    return rows
+        text = gap.warning() if gap.far_below else (
+            f"test accuracy {gap.test_accuracy:.3f} (n={gap.n_test}), validation accuracy {gap.val_accuracy:.3f} "
+            f"(n={gap.n_val})")  # fmt: skip
+        notes.append({"kind": "accuracy-gap", "label": "Warning" if gap.far_below else "Validation and test",
+                      "text": text, "warning": gap.far_below, "val_accuracy": round(gap.val_accuracy, 4),
+                      "test_accuracy": round(gap.test_accuracy, 4), "n_val": gap.n_val,
+                      "n_test": gap.n_test})  # fmt: skip
+    return notes
 
 
 def _sources(data: AuditData) -> list[Any]:
@@ -1238,8 +1241,8 @@ class AuditInputs:
     data: AuditData
     reward: Scorer | None = None
     gold: Scorer | None = None
-    rows: list[Row] = field(default_factory=list)
-    """What :func:`input_rows` decided (head, class mapping, accuracy gap), for the engine to store."""
+    notes: list[dict[str, Any]] = field(default_factory=list)
+    """What :func:`input_notes` decided (head, class mapping, conversions, accuracy gap), for the run record."""
 
 
 def prepare_audit_inputs(config: AuditConfig, checks: Sequence[Check] | None = None) -> AuditInputs:
@@ -1251,7 +1254,7 @@ def prepare_audit_inputs(config: AuditConfig, checks: Sequence[Check] | None = N
     """
     if not is_language_model(config.model):
         model, data = prepare_inputs(config, checks)
-        return AuditInputs(model, data, rows=input_rows(model, data, config.seed))
+        return AuditInputs(model, data, notes=input_notes(model, data, config.seed))
     validate_config(config, checks)
     if (config.reward is None) != (config.gold is None):
         resolve_scorers(config, True)  # one without the other: refused before the model loads

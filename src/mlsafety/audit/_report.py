@@ -56,21 +56,18 @@ def _check_class(name: str) -> type[Check] | None:
     return CHECKS.get(name) if name in CHECKS else None
 
 
-def input_notes(rows: list[StoredRow]) -> list[dict[str, Any]]:
-    """The lines on what the audit decided about the model and data (``audit/_inputs.py:input_rows``): the head /
-    features layer chosen, the class mapping used, and a warning when test accuracy is far below validation
-    accuracy from another source."""
-    notes: list[dict[str, Any]] = []
-    for r in rows:
-        if r.metric == "head_feature_dim":
-            notes.append({"label": "Head (features layer)", "text": str(r.params.get("note", "")), "warning": False})
-        elif r.metric == "class_mapping":
-            notes.append({"label": "Class mapping used", "text": str(r.params.get("note", "")), "warning": False})
-        elif r.metric == "data_note":
-            notes.append({"label": "Data", "text": str(r.params.get("note", "")), "warning": False})
-        elif r.metric == "val_test_accuracy_gap" and r.params.get("warning"):
-            notes.append({"label": "Warning", "text": str(r.params["warning"]), "warning": True})
-    return notes
+def input_notes(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The lines on what the audit decided about the model and data, from the run record's ``notes``
+    (``audit/_inputs.py:input_notes``): the head / features layer chosen, the class mapping used, conversions,
+    and a warning when test accuracy is far below validation accuracy from another source."""
+    notes = config.get("notes")
+    if not isinstance(notes, list):
+        return []
+    return [
+        {"label": str(n.get("label", "")), "text": str(n.get("text", "")), "warning": bool(n.get("warning"))}
+        for n in notes
+        if isinstance(n, dict)
+    ]
 
 
 def render_report(store: Store, run_id: str) -> str:
@@ -155,7 +152,7 @@ def render_report(store: Store, run_id: str) -> str:
         created=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(run.created)),
         profile="quick" if run.config.get("quick") else "full",
         n_rows=len(rows),
-        input_notes=input_notes(rows),
+        input_notes=input_notes(run.config),
         headlines=headlines,
         gates=gates,
         sections=[

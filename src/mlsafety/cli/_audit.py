@@ -357,15 +357,12 @@ def _print_summary(result: Any) -> None:
         for h in heads:
             table.add_row(h.row.key, fmt_value(h.row.value), fmt_ci(h.row), str(h.row.n or ""))
     print_wide(table)
-    for r in result.rows:  # what the audit decided about the model and data (audit/_inputs.py:input_rows)
-        if r.metric == "class_mapping":
-            out_console.print(f"Classes: {r.params.get('note', '')}", soft_wrap=True)
-        elif r.metric == "head_feature_dim":
-            out_console.print(f"Head (features layer): {r.params.get('note', '')}", soft_wrap=True)
-        elif r.metric == "data_note":
-            out_console.print(f"Note: {r.params.get('note', '')}", soft_wrap=True)
-        elif r.metric == "val_test_accuracy_gap" and r.params.get("warning"):
-            err_console.print(f"Warning: {r.params['warning']}", soft_wrap=True)
+    for note in getattr(result, "notes", []):  # what the audit decided about the model and data (input_notes)
+        if note.get("warning"):
+            err_console.print(f"Warning: {note['text']}", soft_wrap=True)
+        elif note.get("kind") in ("head", "classes", "data"):
+            label = {"classes": "Classes", "data": "Note"}.get(note["kind"], note.get("label", ""))
+            out_console.print(f"{label}: {note.get('text', '')}", soft_wrap=True)
     if result.held_out is not None:
         n_val, n_all = result.held_out
         out_console.print(
