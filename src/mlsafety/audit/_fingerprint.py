@@ -26,7 +26,9 @@ from mlsafety.audit._context import AuditData, Scorer
 from mlsafety.audit._inputs import PROBE_PROMPTS, AuditConfig
 from mlsafety.core import ArrayDataset, Classifier, LanguageModel, modality_of
 
-_SETTINGS = ("checks", "check_params", "seed", "quick", "batch_size", "image_size", "channels", "budget", "max_samples")
+_SETTINGS = (
+    "checks", "check_params", "seed", "quick", "batch_size", "image_size", "channels", "budget", "max_samples", "head",
+)  # fmt: skip
 """The configuration fields that change a stored number (gates and output paths do not; text columns
 change the data, which is hashed by content)."""
 
@@ -169,7 +171,7 @@ def components(
         out[f"ood:{name}"] = Component(f"the OOD set {name!r}", _dataset_digest(ds), name)
     for name in _SETTINGS:
         value = getattr(config, name, None)
-        if name in ("budget", "max_samples") and value is None:
+        if name in ("budget", "max_samples", "head") and value is None:
             continue  # runs without them keep the fingerprints they had before these settings existed
         if name == "checks" and value is not None:
             value = sorted(value)
