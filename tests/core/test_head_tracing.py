@@ -207,3 +207,33 @@ def test_no_traceable_head_gives_logits_without_features():
     assert ood.create("energy").fit(clf, (x, out.pred.cpu())).score(clf, x).shape == (6,)
     with pytest.raises(InputError, match="features"):
         ood.create("mahalanobis").fit(clf, (x, out.pred.cpu()))
+
+
+def test_cli_head_option_names_the_head_and_a_wrong_name_is_one_line(tmp_path):
+    import json
+    import sqlite3
+
+    import numpy as np
+    from click.testing import CliRunner
+
+    from mlsafety.cli import main
+
+    (tmp_path / "m.py").write_text(
+        "import torch\nfrom torch import nn\n"
+        "def make():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 4, 1),"
+        " nn.AdaptiveAvgPool2d(1), nn.Flatten())\n"
+    )
+    g = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=g.random((40, 3, 8, 8)).astype("float32"), y=g.integers(0, 4, 40))
+    base = ["audit", "--model", f"{tmp_path}/m.py:make", "--data", str(tmp_path / "d.npz"), "--check", "clean",
+            "--db", str(tmp_path / "runs.sqlite"), "--report", str(tmp_path / "r.html")]  # fmt: skip
+    bad = CliRunner().invoke(main, [*base, "--head", "nope"])
+    lines = [line for line in bad.output.splitlines() if line.strip()]
+    assert bad.exit_code == 2 and len(lines) == 1 and "--head nope" in lines[0] and "0, 2" in lines[0], bad.output
+    ok = CliRunner().invoke(main, [*base, "--head", "2"])
+    assert ok.exit_code == 0, ok.output
+    assert "Head (features layer): 2 (Conv2d, 6 features, spatially mean-pooled; named by head=)" in ok.output
+    (record,) = sqlite3.connect(tmp_path / "runs.sqlite").execute("select config_json from runs").fetchone()
+    (head,) = [n for n in json.loads(record)["notes"] if n["kind"] == "head"]
+    assert head["how"] == "named" and head["feature_dim"] == 6
