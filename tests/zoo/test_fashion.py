@@ -212,7 +212,6 @@ def test_emnist_frame_centres_a_glyph_with_a_border() -> None:
 # -- the recipe and `zoo train` -------------------------------------------------------------------
 @installed
 def test_fashion_recipe_learns_on_a_small_subset_and_is_deterministic() -> None:
-    torch.set_num_threads(1)
     a = zoo.train_fashion_cnn(n_train=1500, epochs=2)
     b = zoo.train_fashion_cnn(n_train=1500, epochs=2)
     for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
