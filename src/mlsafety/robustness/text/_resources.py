@@ -210,3 +210,8 @@ def angular(cos: torch.Tensor) -> torch.Tensor:
 def minilm_encoder() -> SentenceEncoder:
     """One shared MiniLM sentence encoder per process."""
     return SentenceEncoder()
+
+
+def minilm_similarity(a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
+    """Cosine of the shared MiniLM encoder's embeddings of each pair (the encoder loads on first call)."""
+    return minilm_encoder().cosine(a, b)

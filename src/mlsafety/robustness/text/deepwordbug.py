@@ -12,9 +12,9 @@ TextAttack; the substitution uses QWERTY neighbours rather than any letter (the 
 from __future__ import annotations
 
 from mlsafety.core import ModelLike, Param, as_classifier
-from mlsafety.robustness.text._base import Attack
+from mlsafety.robustness.text._base import Attack, check_text_classifier
 from mlsafety.robustness.text._recipe import Recipe, register_text_attack
-from mlsafety.robustness.text._resources import minilm_encoder
+from mlsafety.robustness.text._resources import minilm_similarity
 from mlsafety.robustness.text.constraints import EditDistance, RepeatModification, StopWords
 from mlsafety.robustness.text.goals import Untargeted
 from mlsafety.robustness.text.search import GreedyWordImportance
@@ -28,15 +28,17 @@ class DeepWordBug(Recipe):
     max_edits = Param(30, int, low=1, doc="character edit distance from the original at most")
 
     def build(self, model: ModelLike) -> Attack:
+        clf = as_classifier(model)
+        check_text_classifier(clf, "deepwordbug")
         return Attack(
-            as_classifier(model),
+            clf,
             Untargeted(),
             CharEdits(),
             [RepeatModification(), StopWords(), EditDistance(self.max_edits)],
             GreedyWordImportance("unk"),
             query_budget=self.query_budget,
             batch_size=self.batch_size,
-            similarity=minilm_encoder().cosine,
+            similarity=minilm_similarity,
             seed=self.seed,
             name="deepwordbug",
         )

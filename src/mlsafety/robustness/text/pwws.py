@@ -11,9 +11,9 @@ used (neither does TextAttack's recipe); stop words are scikit-learn's list plus
 from __future__ import annotations
 
 from mlsafety.core import ModelLike, as_classifier
-from mlsafety.robustness.text._base import Attack
+from mlsafety.robustness.text._base import Attack, check_text_classifier
 from mlsafety.robustness.text._recipe import Recipe, register_text_attack
-from mlsafety.robustness.text._resources import minilm_encoder, wordnet
+from mlsafety.robustness.text._resources import minilm_similarity, wordnet
 from mlsafety.robustness.text.constraints import RepeatModification, StopWords
 from mlsafety.robustness.text.goals import Untargeted
 from mlsafety.robustness.text.search import GreedyWordImportance
@@ -25,16 +25,18 @@ class PWWS(Recipe):
     """PWWS (Ren et al. 2019); see the module docstring."""
 
     def build(self, model: ModelLike) -> Attack:
+        clf = as_classifier(model)
+        check_text_classifier(clf, "pwws")
         wordnet()  # a missing WordNet is one line naming its packages before anything runs
         return Attack(
-            as_classifier(model),
+            clf,
             Untargeted(),
             WordNetSwap(),
             [RepeatModification(), StopWords()],
             GreedyWordImportance("pwws"),
             query_budget=self.query_budget,
             batch_size=self.batch_size,
-            similarity=minilm_encoder().cosine,
+            similarity=minilm_similarity,
             seed=self.seed,
             name="pwws",
         )

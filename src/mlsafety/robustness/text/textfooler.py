@@ -29,7 +29,7 @@ from typing import Literal
 from mlsafety.core import ModelLike, Param, as_classifier
 from mlsafety.robustness.text._base import Attack, check_text_classifier
 from mlsafety.robustness.text._recipe import Recipe, register_text_attack
-from mlsafety.robustness.text._resources import minilm_encoder
+from mlsafety.robustness.text._resources import minilm_encoder, minilm_similarity
 from mlsafety.robustness.text.constraints import (
     PartOfSpeech,
     RepeatModification,
@@ -75,7 +75,7 @@ class TextFooler(Recipe):
             GreedyWordImportance("delete"),
             query_budget=self.query_budget,
             batch_size=self.batch_size,
-            similarity=encoder.cosine,
+            similarity=minilm_similarity,
             seed=self.seed,
             name="textfooler",
         )

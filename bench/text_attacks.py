@@ -1,0 +1,259 @@
+"""Text attacks on ``minilm-mr`` (issue 14): our recipes next to TextAttack 0.3.11 and its published anchors.
+
+For each recipe on the same seeded ``mr`` test examples: success rate, accuracy under attack,
+perturbed-word share, queries per example (each with its 95% interval) and wall time. TextAttack's
+PWWS and DeepWordBug recipes run on the same victim (wrapped so both call the same forward), the same
+examples, the same WordNet database (our NLTK folder) and the same stop words (our list, given to
+TextAttack as NLTK's ``stopwords`` corpus, which its recipes read), with the same query budget.
+Strength: paired successes compared with an exact McNemar test (one-sided: is ours worse?).
+
+TextAttack's published anchors (BERT on MR, Morris et al. 2020, Table 2/3): TextFooler succeeds on
+86.6% of attacked examples; with the human-calibrated constraints on 10.6%.
+
+TextAttack as a bench peer (``pip install --target`` outside the venv, see the results file for the
+lines): ``textattack==0.3.11 --no-deps`` plus ``lru-dict``, ``levenshtein``, ``rapidfuzz``,
+``langdetect``, ``pinyin``, ``lemminflect``, ``more-itertools``, ``num2words``, ``word2number``,
+``language-tool-python``, ``toml``, ``bert-score``, ``editdistance``, ``terminaltables``; flair, jieba
+and OpenHowNet are imported by ``import textattack`` but never called by these recipes, so import-only
+stand-ins (raising if called) are put on the path instead of the real packages (flair alone pulls in
+dozens of packages).
+
+Run: ``PYTHONPATH=... .venv/bin/python bench/text_attacks.py --n 20`` (writes bench/results/text_attacks.{json,md}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlsafety import zoo
+from mlsafety.core import Classifier, generator
+from mlsafety.metrics import Estimate, bootstrap_mean, proportion
+from mlsafety.robustness import text as T
+
+RESULTS = Path(__file__).parent / "results"
+MORRIS = {"min_word_cos": 0.9, "sim_threshold": 0.98, "sim_metric": "cosine"}
+"""Morris et al. 2020's tightened TextFooler thresholds (word cosine 0.9, sentence similarity 0.98), without
+their grammar checker."""
+ANCHORS = {"textfooler (BERT/MR, TextAttack)": 0.866, "textfooler + Morris et al. 2020 constraints": 0.106}
+
+
+def est(e: Estimate | None) -> dict[str, float] | None:
+    return None if e is None else {"value": e.value, "ci_low": e.ci_low, "ci_high": e.ci_high, "n": e.n}
+
+
+def fmt(e: dict[str, float] | None, pct: bool = False) -> str:
+    if e is None:
+        return "-"
+    k = 100.0 if pct else 1.0
+    unit = "%" if pct else ""
+    return f"{k * e['value']:.1f}{unit} [{k * e['ci_low']:.1f}, {k * e['ci_high']:.1f}] (n={int(e['n'])})"
+
+
+def summarise(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
+    attacked = [r for r in rows if r["status"] != "skipped"]
+    won = [r for r in attacked if r["status"] == "succeeded"]
+
+    def mean(v: list[float], name: str) -> dict[str, float] | None:
+        return est(bootstrap_mean(torch.tensor(v, dtype=torch.float64), name=name)) if v else None
+
+    return {
+        "n": len(rows),
+        "attacked": len(attacked),
+        "succeeded": len(won),
+        "success_rate": est(proportion(len(won), len(attacked))) if attacked else None,
+        "accuracy_under_attack": est(proportion(len(attacked) - len(won), len(rows))),
+        "perturbed_word_share": mean([r["share"] for r in won], "share"),
+        "queries_per_example": mean([float(r["queries"]) for r in attacked], "queries"),
+        "wall_s": wall,
+        "s_per_attacked_example": wall / max(1, len(attacked)),
+    }
+
+
+def ours(name: str, model: Any, texts: list[str], labels: list[int], budget: int, **kw: Any) -> dict[str, Any]:
+    attack = T.create(name, model, query_budget=budget, **kw)
+    t0 = time.perf_counter()
+    results = attack.attack(texts, labels)
+    wall = time.perf_counter() - t0
+    rows = [{"status": r.status, "share": r.perturbed_share, "queries": r.queries, "marked": r.marked} for r in results]
+    out = summarise(rows, wall)
+    out["rows"] = rows
+    out["forward_calls"] = attack.queries.calls
+    out["texts_scored"] = attack.queries.texts
+    return out
+
+
+def textattack_run(recipe: str, clf: Classifier, texts: list[str], labels: list[int], budget: int) -> dict[str, Any]:
+    import numpy as np
+    import textattack
+    from textattack.attack_recipes import DeepWordBugGao2018, PWWSRen2019
+    from textattack.attack_results import SkippedAttackResult, SuccessfulAttackResult
+
+    calls = {"n": 0, "texts": 0}
+
+    class Wrapper(textattack.models.wrappers.ModelWrapper):  # type: ignore[misc,name-defined]
+        def __init__(self) -> None:
+            self.model = clf.module
+
+        def __call__(self, text_list: list[str]) -> Any:
+            calls["n"] += 1
+            calls["texts"] += len(text_list)
+            with torch.inference_mode():
+                return np.asarray(clf.logits(list(text_list)).float().cpu())
+
+    build = {"pwws": PWWSRen2019, "deepwordbug": DeepWordBugGao2018}[recipe]
+    attack = build.build(Wrapper())
+    attack.goal_function.query_budget = budget
+    rows = []
+    t0 = time.perf_counter()
+    for text, y in zip(texts, labels):
+        res = attack.attack(text, int(y))
+        if isinstance(res, SkippedAttackResult):
+            rows.append({"status": "skipped", "share": 0.0, "queries": 1})
+            continue
+        orig = res.original_result.attacked_text
+        adv = res.perturbed_result.attacked_text
+        ok = isinstance(res, SuccessfulAttackResult)
+        changed = len(orig.all_words_diff(adv)) if ok else 0
+        rows.append(
+            {
+                "status": "succeeded" if ok else "failed",
+                "share": changed / max(1, len(orig.words)),
+                "queries": int(res.perturbed_result.num_queries),
+                "marked": adv.text if ok else "",
+            }
+        )
+    wall = time.perf_counter() - t0
+    out = summarise(rows, wall)
+    out["rows"] = rows
+    out["forward_calls"] = calls["n"]
+    out["texts_scored"] = calls["texts"]
+    return out
+
+
+def mcnemar(ours_rows: list[dict[str, Any]], theirs_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Exact McNemar on paired successes: b = ours only, c = theirs only; p = P(X >= c | b + c, 1/2),
+    the one-sided chance of seeing ``c`` or more theirs-only wins if both were equally strong."""
+    b = sum(1 for o, t in zip(ours_rows, theirs_rows) if o["status"] == "succeeded" and t["status"] != "succeeded")
+    c = sum(1 for o, t in zip(ours_rows, theirs_rows) if o["status"] != "succeeded" and t["status"] == "succeeded")
+    n = b + c
+    p = sum(math.comb(n, k) for k in range(c, n + 1)) / 2**n if n else 1.0
+    return {"ours_only": b, "textattack_only": c, "p_ours_worse": p}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=20, help="examples per recipe")
+    ap.add_argument("--budget", type=int, default=1000, help="queries per example")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-textattack", action="store_true")
+    ap.add_argument("--only", default="", help="comma-separated stages to run (default all)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model = zoo.load_model("minilm-mr")
+    clf = Classifier(model)
+    data = zoo.load_dataset("mr", "test")
+    idx = torch.randperm(len(data.x), generator=generator(args.seed, "bench", "text-attacks"))[: args.n]
+    texts, labels = list(data.x[idx]), data.y[idx].tolist()
+    out: dict[str, Any] = {
+        "victim": "minilm-mr",
+        "data": f"mr test, {args.n} examples (seeded permutation, seed {args.seed})",
+        "budget": args.budget,
+        "threads": args.threads,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "note": "8 engineers share 2 CPU cores while this runs: absolute times are noisy; compare ratios within a run",
+        "anchors": ANCHORS,
+        "runs": {},
+        "comparisons": {},
+    }
+    path = RESULTS / "text_attacks.json"
+    if path.exists():
+        try:
+            prev = json.loads(path.read_text())
+            if prev.get("budget") == args.budget and prev.get("data") == out["data"]:
+                out["runs"].update(prev.get("runs", {}))
+                out["comparisons"].update(prev.get("comparisons", {}))
+        except (OSError, ValueError):
+            pass
+    only = set(filter(None, args.only.split(",")))
+    stages: list[tuple[str, Any]] = [
+        ("ours/deepwordbug", lambda: ours("deepwordbug", model, texts, labels, args.budget)),
+        ("textattack/deepwordbug", lambda: textattack_run("deepwordbug", clf, texts, labels, args.budget)),
+        ("ours/pwws", lambda: ours("pwws", model, texts, labels, args.budget)),
+        ("textattack/pwws", lambda: textattack_run("pwws", clf, texts, labels, args.budget)),
+        ("ours/textfooler", lambda: ours("textfooler", model, texts, labels, args.budget)),
+        (
+            "ours/textfooler-morris",
+            lambda: ours("textfooler", model, texts, labels, args.budget, **MORRIS),
+        ),
+    ]
+    for key, run in stages:
+        if only and key not in only:
+            continue
+        if key.startswith("textattack") and args.skip_textattack:
+            continue
+        print(f"running {key} ...", flush=True)
+        try:
+            out["runs"][key] = run()
+        except Exception as exc:  # a peer that cannot run is reported, not fatal
+            out["runs"][key] = {"error": f"{type(exc).__name__}: {exc}"}
+        r = out["runs"][key]
+        print(key, {k: v for k, v in r.items() if k != "rows"}, flush=True)
+        for recipe in ("pwws", "deepwordbug"):
+            a, b = out["runs"].get(f"ours/{recipe}"), out["runs"].get(f"textattack/{recipe}")
+            if a and b and "rows" in a and "rows" in b:
+                cmp = mcnemar(a["rows"], b["rows"])
+                cmp["wall_ratio_textattack_over_ours"] = b["wall_s"] / a["wall_s"]
+                cmp["forward_calls"] = {"ours": a["forward_calls"], "textattack": b["forward_calls"]}
+                out["comparisons"][recipe] = cmp
+        RESULTS.mkdir(exist_ok=True)
+        path.write_text(json.dumps(out, indent=1))
+        write_md(out)
+
+
+def write_md(out: dict[str, Any]) -> None:
+    lines = [
+        "# Text attacks on minilm-mr (issue 14)",
+        "",
+        f"Victim `{out['victim']}`, data: {out['data']}, query budget {out['budget']} per example, "
+        f"{out['threads']} torch threads. {out['note']}.",
+        "",
+        "| run | success rate | accuracy under attack | perturbed-word share | queries / attacked example "
+        "| wall s | s / attacked example | forward calls |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in out["runs"].items():
+        if "error" in r:
+            lines.append(f"| {key} | could not run: {r['error']} | | | | | | |")
+            continue
+        lines.append(
+            f"| {key} | {fmt(r['success_rate'], True)} | {fmt(r['accuracy_under_attack'], True)} | "
+            f"{fmt(r['perturbed_word_share'], True)} | {fmt(r['queries_per_example'])} | {r['wall_s']:.0f} | "
+            f"{r['s_per_attacked_example']:.1f} | {r['forward_calls']} |"
+        )
+    lines += ["", "Anchors (TextAttack's published tables, BERT on MR):", ""]
+    lines += [f"- {k}: {100 * v:.1f}% attack success" for k, v in out["anchors"].items()]
+    if out["comparisons"]:
+        lines += ["", "## Against TextAttack 0.3.11 (same victim, examples, WordNet, stop words, budget)", ""]
+        lines += ["| recipe | ours only | TextAttack only | McNemar p (ours worse) | wall time TextAttack / ours |"]
+        lines += ["|---|---|---|---|---|"]
+        for recipe, c in out["comparisons"].items():
+            lines.append(
+                f"| {recipe} | {c['ours_only']} | {c['textattack_only']} | {c['p_ours_worse']:.3g} | "
+                f"{c['wall_ratio_textattack_over_ours']:.2f}x |"
+            )
+    (RESULTS / "text_attacks.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
