@@ -74,8 +74,9 @@ class AuditConfig:
             ``data`` held out for files and folders.
         train: training data (optional; detectors fit on it when given).
         ood: OOD sets (zoo names, ``.npz`` files or folders; text files and folders for a text
-            model); default: every embedded OOD set of the model's modality (image sets made at
-            the data's image shape).
+            model); default: the zoo data's own OOD sets when it names them (``fashion-mnist``:
+            letters-28, digits-28, natural-patches, noise), else every generic embedded OOD set of the
+            model's modality (image sets made at the data's image shape).
         image_size: (H, W) for image folders.
         channels: channels image folders are converted to (1 or 3); None: the model's, found by a
             probe pass (folders are read as RGB and converted).
