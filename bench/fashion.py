@@ -19,7 +19,7 @@ Parts (each can be skipped), written to ``bench/results/fashion.{json,md}``:
    their difference and the share of test images on which the two models agree.
 
     .venv/bin/python bench/fashion.py [--models fashion-cnn digits-cnn] [--n-adv 500] [--max-samples 1000]
-        [--threads 2] [--skip clean figures time] [--retrain] [--retrain-threads 2]
+        [--threads 2] [--skip clean figures time] [--retrain] [--retrain-threads 2] [--merge]
 """
 
 from __future__ import annotations
@@ -74,20 +74,32 @@ def _rows(db: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def _audit(args: list[str], threads: int) -> tuple[float, Path, list[dict[str, Any]], dict[str, float], str]:
-    """One ``mlsafety audit`` in a subprocess: wall seconds, the rows, seconds per check, stderr tail."""
+def _audit(
+    args: list[str], threads: int, timeout: float | None = None
+) -> tuple[float, Path, list[dict[str, Any]], dict[str, float], str]:
+    """One ``mlsafety audit`` in a subprocess: wall seconds, the rows, seconds per check, stderr tail.
+
+    Past ``timeout`` seconds the audit is stopped (SIGTERM: it keeps its finished tasks) and the wall
+    time returned is negative: more than ``-wall`` seconds; the per-check times are those stored by then.
+    """
     tmp = Path(tempfile.mkdtemp(prefix="fashion-bench-"))
     db = tmp / "runs.sqlite"
     cmd = [sys.executable, "-m", "mlsafety.cli", "audit", "--db", str(db), "--report", str(tmp / "r.html"), "--json"]
     t0 = time.perf_counter()
-    done = subprocess.run(cmd + args, env=_env(threads), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    wall = time.perf_counter() - t0
-    if done.returncode not in (0, 1):  # 1: a gate failed (none are set here)
-        raise SystemExit(f"audit {' '.join(args)} failed ({done.returncode}): {done.stderr[-2000:]}")
+    proc = subprocess.Popen(cmd + args, env=_env(threads), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+        wall = time.perf_counter() - t0
+    except subprocess.TimeoutExpired:
+        proc.terminate()
+        _, stderr = proc.communicate()
+        wall = -(time.perf_counter() - t0)
+    if wall > 0 and proc.returncode not in (0, 1):  # 1: a gate failed (none are set here)
+        raise SystemExit(f"audit {' '.join(args)} failed ({proc.returncode}): {stderr[-2000:]}")
     con = sqlite3.connect(db)
     per_check = dict(con.execute("SELECT check_name, SUM(seconds) FROM tasks GROUP BY check_name").fetchall())
     con.close()
-    return wall, db, _rows(db), per_check, done.stderr[-500:]
+    return wall, db, _rows(db), per_check, stderr[-500:]
 
 
 def _fmt(r: dict[str, Any] | None) -> str:
@@ -145,15 +157,16 @@ def figures(name: str, n_adv: int, max_samples: int, threads: int) -> dict[str, 
     }
 
 
-def timing(name: str, threads: int, repeats: int) -> dict[str, Any]:
-    """The default full-profile audit of ``name``: wall seconds per run, seconds per check, load."""
+def timing(name: str, threads: int, repeats: int, timeout: float | None) -> dict[str, Any]:
+    """The default full-profile audit of ``name``: wall seconds per run (negative: stopped after that
+    many), seconds per check, load."""
     runs = []
     for _ in range(repeats):
         before = _load()
-        wall, _db, rows, per_check, _ = _audit(["--model", name], threads)
+        wall, _db, rows, per_check, _ = _audit(["--model", name], threads, timeout)
         runs.append({"wall_s": wall, "per_check_s": per_check, "rows": len(rows), "load_before": before,
                      "load_after": _load()})  # fmt: skip
-    return {"runs": runs, "median_s": sorted(r["wall_s"] for r in runs)[len(runs) // 2]}
+    return {"runs": runs, "median_s": sorted(r["wall_s"] for r in runs)[len(runs) // 2], "timeout_s": timeout}
 
 
 def reproduce(threads: int) -> dict[str, Any]:
@@ -249,7 +262,9 @@ def markdown(out: dict[str, Any]) -> str:
         for name, m in models.items():
             if "time" in m:
                 runs = m["time"]["runs"]
-                walls = ", ".join(f"{r['wall_s']:.1f}" for r in runs)
+                walls = ", ".join(
+                    f"{r['wall_s']:.1f}" if r["wall_s"] > 0 else f"> {-r['wall_s']:.0f} (stopped)" for r in runs
+                )
                 load = ", ".join(f"{r['load_before']:.1f} -> {r['load_after']:.1f}" for r in runs)
                 top = sorted(runs[-1]["per_check_s"].items(), key=lambda kv: -kv[1])[:6]
                 lines.append(f"| {name} | {walls} | {load} | " + ", ".join(f"{k} {v:.1f}" for k, v in top) + " |")
@@ -268,15 +283,17 @@ def markdown(out: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["fashion-cnn", "digits-cnn"])
+    parser.add_argument("--models", nargs="*", default=["fashion-cnn", "digits-cnn"])
     parser.add_argument("--n-adv", type=int, default=500, help="test images attacked per eps")
     parser.add_argument("--max-samples", type=int, default=1000, help="inputs per data source in the figure audits")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=1, help="runs of each timed default audit")
+    parser.add_argument("--timeout", type=float, default=None, help="stop a timed default audit after this many s")
     parser.add_argument("--skip", nargs="*", default=[], choices=("clean", "figures", "time"))
     parser.add_argument("--retrain", action="store_true", help="also re-run the fashion-cnn recipe (minutes)")
     parser.add_argument("--retrain-threads", type=int, default=2)
     parser.add_argument("--out", default="fashion", help="stem of the result files in bench/results/")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' (and parts') entries of --out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     out: dict[str, Any] = {
@@ -285,8 +302,11 @@ def main() -> None:
         "threads": args.threads,
         "models": {},
     }
+    previous = RESULTS / f"{args.out}.json"
+    if args.merge and previous.is_file():
+        out = {**json.loads(previous.read_text()), **{k: out[k] for k in ("machine", "cpus", "threads")}}
     for name in args.models:
-        m: dict[str, Any] = {}
+        m: dict[str, Any] = dict(out["models"].get(name, {}))
         if "clean" not in args.skip:
             m["clean"] = clean(name)
             print(name, "clean", m["clean"], flush=True)
@@ -294,7 +314,7 @@ def main() -> None:
             m["figures"] = figures(name, args.n_adv, args.max_samples, args.threads)
             print(name, "figures in", f"{m['figures']['wall_s']:.0f} s", flush=True)
         if "time" not in args.skip:
-            m["time"] = timing(name, args.threads, args.repeats)
+            m["time"] = timing(name, args.threads, args.repeats, args.timeout)
             print(name, "default audit", [round(r["wall_s"], 1) for r in m["time"]["runs"]], flush=True)
         out["models"][name] = m
     if args.retrain:
