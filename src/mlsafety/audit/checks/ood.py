@@ -40,7 +40,7 @@ def skipped(ctx: AuditContext) -> dict[str, str]:
     modality (:func:`mlsafety.monitoring.ood.modalities`: on text, only those fed by the shared forward
     pass run), features without a head whose input could be taken as them, dropout layers the model
     lacks (tag ``needs-dropout``) or several models (``needs-members``)."""
-    has_head = ctx.model.head is not None
+    has_head = traced_head(ctx) is not None
     has_dropout = bool(ood.dropout_layers(ctx.model.module))
     why: dict[str, str] = {}
     for name in ood.available():
@@ -60,6 +60,16 @@ def skipped(ctx: AuditContext) -> dict[str, str]:
         elif ood.NEEDS_DROPOUT in tags and not has_dropout:
             why[name] = "needs dropout layers (Monte Carlo dropout); the model has none"
     return why
+
+
+def traced_head(ctx: AuditContext) -> torch.nn.Module | None:
+    """The audited classifier's head, traced on a few test inputs first when no pass has traced it yet
+    (the audit's input checks usually have), so a head the pre-trace guess misses is not taken for none."""
+    model = ctx.model
+    if model.head_info is None and len(ctx.data.test):
+        x = ctx.data.test.x[:4]
+        model.trace(x.to(ctx.device) if isinstance(x, torch.Tensor) else x)
+    return model.head
 
 
 def applicable(ctx: AuditContext) -> list[str]:
