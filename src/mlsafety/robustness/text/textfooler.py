@@ -29,7 +29,7 @@ from typing import Literal
 from mlsafety.core import ModelLike, Param, as_classifier
 from mlsafety.robustness.text._base import Attack, check_text_classifier
 from mlsafety.robustness.text._recipe import Recipe, register_text_attack
-from mlsafety.robustness.text._resources import minilm_encoder, minilm_similarity
+from mlsafety.robustness.text._resources import minilm_encoder, minilm_similarity, wordnet
 from mlsafety.robustness.text.constraints import (
     PartOfSpeech,
     RepeatModification,
@@ -58,6 +58,7 @@ class TextFooler(Recipe):
     def build(self, model: ModelLike) -> Attack:
         clf = as_classifier(model)
         check_text_classifier(clf, "textfooler")
+        wordnet()  # the part-of-speech constraint reads WordNet: a missing package is one line, now
         vectors = word_vectors(self.embeddings, clf)
         encoder = minilm_encoder()
         metric: Literal["angular", "cosine"] = "angular" if self.sim_metric == "angular" else "cosine"
