@@ -40,6 +40,13 @@ from mlsafety.metrics import Estimate, bootstrap_mean, proportion
 from mlsafety.robustness import text as T
 
 RESULTS = Path(__file__).parent / "results"
+PEER_PINS = (
+    "textattack==0.3.11 lru-dict==1.4.1 levenshtein==0.27.5 rapidfuzz==3.14.6 langdetect==1.0.9 pinyin==0.4.0 "
+    "lemminflect==0.2.3 more-itertools==11.2.1 num2words==0.5.14 word2number==1.1 language-tool-python==3.4.0 "
+    "toml==0.10.2 bert-score==0.3.13 editdistance==0.8.1 terminaltables==3.1.10"
+)
+"""What TextAttack's PWWS and DeepWordBug recipes import, installed with --no-deps (flair, jieba and OpenHowNet,
+imported by ``import textattack`` but never called by these recipes, are import-only stand-ins instead)."""
 MORRIS = {"min_word_cos": 0.9, "sim_threshold": 0.98, "sim_metric": "cosine"}
 """Morris et al. 2020's tightened TextFooler thresholds (word cosine 0.9, sentence similarity 0.98), without
 their grammar checker."""
@@ -157,7 +164,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--skip-textattack", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated stages to run (default all)")
+    ap.add_argument("--md-only", action="store_true", help="rewrite the .md from the .json and stop")
     args = ap.parse_args()
+    if args.md_only:
+        write_md(json.loads((RESULTS / "text_attacks.json").read_text()))
+        return
     torch.set_num_threads(args.threads)
     model = zoo.load_model("minilm-mr")
     clf = Classifier(model)
@@ -189,6 +200,7 @@ def main() -> None:
     stages: list[tuple[str, Any]] = [
         ("ours/deepwordbug", lambda: ours("deepwordbug", model, texts, labels, args.budget)),
         ("textattack/deepwordbug", lambda: textattack_run("deepwordbug", clf, texts, labels, args.budget)),
+        ("ours/deepwordbug-unbatched", lambda: ours("deepwordbug", model, texts, labels, args.budget, batch_size=1)),
         ("ours/pwws", lambda: ours("pwws", model, texts, labels, args.budget)),
         ("textattack/pwws", lambda: textattack_run("pwws", clf, texts, labels, args.budget)),
         ("ours/textfooler", lambda: ours("textfooler", model, texts, labels, args.budget)),
@@ -252,6 +264,22 @@ def write_md(out: dict[str, Any]) -> None:
                 f"| {recipe} | {c['ours_only']} | {c['textattack_only']} | {c['p_ours_worse']:.3g} | "
                 f"{c['wall_ratio_textattack_over_ours']:.2f}x |"
             )
+    lines += [
+        "",
+        "## TextAttack as a bench peer",
+        "",
+        "Installed outside the venv, no dependency resolution (their own pins would replace the project's torch "
+        "and transformers):",
+        "",
+        f"    pip install --target <peers>/textattack --no-deps {PEER_PINS}",
+        "",
+        "`import textattack` also imports flair, jieba and OpenHowNet (POS tagging for other recipes, Chinese); "
+        "PWWS and DeepWordBug never call them, so import-only stand-ins that raise when called are put on "
+        "`PYTHONPATH` (`bench/text_attacks.py` documents them). TextAttack's stop-word constraint reads NLTK's "
+        "`stopwords` corpus (a download): it is given our list as that corpus, so both libraries skip the same "
+        "words; `NLTK_DATA` points at the same WordNet folder the library builds. Its PWWS asks NLTK for "
+        "`omw-1.4` once (refused: no network) and carries on with English WordNet.",
+    ]
     (RESULTS / "text_attacks.md").write_text("\n".join(lines) + "\n")
 
 
