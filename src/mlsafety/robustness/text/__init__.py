@@ -27,6 +27,14 @@ from mlsafety.robustness.text._base import (
 )
 from mlsafety.robustness.text._recipe import RECIPES, Recipe, available, create, register_text_attack
 from mlsafety.robustness.text._resources import SentenceEncoder, WordVectors, minilm_encoder, minilm_word_vectors
+from mlsafety.robustness.text._train import (
+    A2T,
+    GradientImportanceSearch,
+    RobustTrainingRow,
+    TextTrainingLog,
+    adversarial_train_text,
+    evaluate_robust_training,
+)
 from mlsafety.robustness.text.deepwordbug import DeepWordBug
 from mlsafety.robustness.text.evaluation import TextAttackSummary, evaluate_text_attack, examples_jsonl
 from mlsafety.robustness.text.goals import Targeted, Untargeted
@@ -36,6 +44,7 @@ from mlsafety.robustness.text.textfooler import TextFooler
 from mlsafety.robustness.text.textgrad import TextGrad
 
 __all__ = [
+    "A2T",
     "PWWS",
     "RECIPES",
     "WORD",
@@ -45,11 +54,13 @@ __all__ = [
     "Constraint",
     "DeepWordBug",
     "GoalFunction",
+    "GradientImportanceSearch",
     "HotFlip",
     "ModelQueries",
     "Problem",
     "QueryResult",
     "Recipe",
+    "RobustTrainingRow",
     "SearchMethod",
     "SentenceEncoder",
     "SimilarityFn",
@@ -57,13 +68,16 @@ __all__ = [
     "TextAttackSummary",
     "TextFooler",
     "TextGrad",
+    "TextTrainingLog",
     "Transformation",
     "Untargeted",
     "WordVectors",
+    "adversarial_train_text",
     "available",
     "check_text_classifier",
     "constraints",
     "create",
+    "evaluate_robust_training",
     "evaluate_text_attack",
     "examples_jsonl",
     "minilm_encoder",

@@ -1,0 +1,110 @@
+"""A2T-style adversarial training for text: the cheap attack's search and the before/after row."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mlsafety.core import Classifier, InputError, TextDataset, TrainConfig
+from mlsafety.robustness.text import Attack, AttackedText, Constraint, Transformation, Untargeted
+from mlsafety.robustness.text._train import (
+    GradientImportanceSearch,
+    adversarial_train_text,
+    evaluate_robust_training,
+)
+from tests.support.linear_text import MeanEmbeddingClassifier
+from tests.support.text import (
+    NEGATIVE_WORDS,
+    NEUTRAL_WORDS,
+    POSITIVE_WORDS,
+    VOCAB,
+    tiny_bert_classifier,
+    tiny_sentences,
+    tiny_tokenizer,
+)
+
+SENTIMENT = set(POSITIVE_WORDS + NEGATIVE_WORDS)
+
+
+class _Neutral(Transformation):
+    def replacements(self, text: AttackedText, index: int, g: torch.Generator | None = None) -> list[str]:
+        return NEUTRAL_WORDS[:40]
+
+
+class _KeepSentiment(Constraint):
+    """Sentiment words (which carry the label) and changed words stay; at most two words change."""
+
+    def modifiable(self, text: AttackedText, indices: set[int]) -> set[int]:
+        return {i for i in indices if text.original_words[i] not in SENTIMENT and i not in text.modified}
+
+    def allows(self, original: AttackedText, candidates: list[AttackedText]) -> list[bool]:  # type: ignore[override]
+        return [len(c.changed) <= 2 for c in candidates]
+
+
+def _attack(model: torch.nn.Module, budget: int = 30) -> Attack:
+    return Attack(model, Untargeted(), _Neutral(), [_KeepSentiment()], GradientImportanceSearch(), query_budget=budget)
+
+
+def _fresh(seed: int = 0) -> MeanEmbeddingClassifier:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = MeanEmbeddingClassifier(len(VOCAB), 16)
+    model.tokenizer = tiny_tokenizer("cls")
+    return model
+
+
+def test_gradient_importance_order_is_the_gradient_norm_order() -> None:
+    """Words are tried in the order of the L1 norm of the loss gradient at their embeddings (by hand here)."""
+    model = tiny_bert_classifier(seed=3)
+    text = "the film was good and the day was fine"
+    clf = Classifier(model)
+    batch = clf.encode([text])
+    emb = clf.embeddings(batch).detach().requires_grad_(True)
+    label = int(clf.logits([text]).argmax())
+    loss = F.cross_entropy(clf.logits_from_embeddings(emb, batch.attention_mask), torch.tensor([label]))
+    (grad,) = torch.autograd.grad(loss, emb)
+    norms = grad[0].abs().sum(dim=-1)[1:-1]  # one token per word between [CLS] and [SEP]
+    expected = norms.argsort(descending=True).tolist()
+
+    asked: list[int] = []
+
+    class _Recorder(Transformation):
+        def replacements(self, text: AttackedText, index: int, g: torch.Generator | None = None) -> list[str]:
+            asked.append(index)
+            return []  # nothing to try: the search moves on to the next word
+
+    Attack(model, Untargeted(), _Recorder(), [], GradientImportanceSearch()).attack([text], [label])
+    assert asked == expected
+
+
+def test_a2t_training_lowers_the_attack_success_on_held_out_texts() -> None:
+    texts, labels = tiny_sentences(120, seed=11, min_words=6, max_words=12)
+    data = TextDataset(texts, torch.tensor(labels))
+    held, held_y = tiny_sentences(60, seed=12, min_words=6, max_words=12)
+    config = TrainConfig(epochs=3, lr=0.05, batch_size=32, schedule="constant", weight_decay=0.0)
+
+    clean = _fresh()
+    plain_log = adversarial_train_text(clean, data, _attack, config, warmup=3)  # the same loop, never attacking
+    assert plain_log.added == [0, 0, 0]
+    before = evaluate_robust_training(held, torch.tensor(held_y), _attack(clean))
+
+    robust = _fresh()
+    log = adversarial_train_text(robust, data, _attack, config, warmup=1, attack_share=0.5, adv_weight=1.0)
+    assert log.attacked == [0, 60, 60] and all(k > 0 for k in log.added[1:])
+    after = evaluate_robust_training(held, torch.tensor(held_y), _attack(robust))
+
+    assert before.attack_success_rate is not None and after.attack_success_rate is not None
+    assert after.accuracy_under_attack.value > before.accuracy_under_attack.value + 0.05
+    assert after.attack_success_rate.value < before.attack_success_rate.value
+    for row in (before, after):
+        est = row.accuracy_under_attack
+        assert est.ci_low <= est.value <= est.ci_high and est.n == 60
+
+
+def test_bad_settings_are_refused() -> None:
+    data = TextDataset(["good film", "bad film"], torch.tensor([1, 0]))
+    with pytest.raises(InputError, match="attack_share"):
+        adversarial_train_text(_fresh(), data, _attack, attack_share=0.0)
+    with pytest.raises(InputError, match="adv_weight"):
+        adversarial_train_text(_fresh(), data, _attack, adv_weight=0.0)
