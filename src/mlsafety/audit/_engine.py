@@ -193,6 +193,9 @@ def run_audit(
     ]
     if report != "":
         check_report_path(report)
+    # the engine's own audit-plan tasks (what it decided; sizes per check under a budget) count as stored tasks
+    sized = {c.name for c, _ in work if budget is not None and plan is not None and _size_rows(plan, c.name)}
+    total = len(work) + (1 if _plan_rows(plan, held_out) else 0) + len(sized)
     store = Store(db)
     run_id: str | None = None
     done: set[tuple[str, str]] = set()
@@ -253,7 +256,7 @@ def run_audit(
             store.close()
             _restore_signals(old)
         signum = getattr(exc, "signum", signal.SIGINT)
-        raise AuditInterrupted(run_id, stored, len(work), signum) from None
+        raise AuditInterrupted(run_id, stored, total, signum) from None
     except StorageError as exc:
         if run_id is None:
             store.close()
@@ -261,7 +264,7 @@ def run_audit(
         _close_run(store, run_id, "failed")
         stored = _tasks_stored(store, run_id)
         store.close()
-        kept = f"{stored} of {len(work)} tasks" if stored >= 0 else "the finished tasks"
+        kept = f"{stored} of {total} tasks" if stored >= 0 else "the finished tasks"
         raise StorageError(f"{exc}; run {run_id} keeps {kept}: continue it with --resume once fixed") from None
     except BaseException:
         if run_id is not None:
@@ -281,7 +284,7 @@ def run_audit(
         ) from None
     except KeyboardInterrupt as exc:
         signum = getattr(exc, "signum", signal.SIGINT)
-        raise AuditInterrupted(run_id, len(work), len(work), signum, complete=True) from None
+        raise AuditInterrupted(run_id, total, total, signum, complete=True) from None
     finally:
         store.close()
     failures = evaluate_gates(rows, config.fail_under, config.fail_over)
