@@ -258,22 +258,25 @@ def nc_pruning(
     clean = as_array_dataset(clean, "clean")
     net = _copy(model)
     clf = as_classifier(net)
-    head = clf._linear_head()
     other = clean.y != target
     if not bool(other.any()):
         raise InputError(f"the clean set holds only class {target}; give inputs of other classes")
     x_trig = apply_trigger(clean.x[other])
     base = _accuracy(net, clean)
-    f_trig, f_clean = forward(clf, x_trig).features, forward(clf, clean.x).features
-    assert f_trig is not None and f_clean is not None
+    f_trig, f_clean = forward(clf, x_trig).features, forward(clf, clean.x).features  # the first pass traces the head
+    head = clf.head
+    weight = getattr(head, "weight", None)
+    if f_trig is None or f_clean is None or not isinstance(weight, torch.Tensor) or not clf.head_is_affine:
+        raise InputError("nc-pruning zeroes the head's weights of excited features: the model needs a Linear (or 1x1 "
+                         "convolution) head whose input are its features")  # fmt: skip
     order = (f_trig.mean(dim=0) - f_clean.mean(dim=0)).argsort(descending=True).tolist()
     pruned: list[int] = []
     with frozen(net), torch.no_grad():
         for j in order[:-1]:
-            saved = head.weight[:, j].clone()
-            head.weight[:, j] = 0
+            saved = weight[:, j].clone()
+            weight[:, j] = 0
             if _accuracy(net, clean) < base - max_drop:
-                head.weight[:, j] = saved
+                weight[:, j] = saved
                 break
             pruned.append(j)
             asr = float((forward(net, x_trig, features=False).pred.cpu() == target).float().mean())
