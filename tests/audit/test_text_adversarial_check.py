@@ -63,9 +63,14 @@ def test_examples_are_stored_with_changed_words_marked(audit, files) -> None:
             assert e["perturbed"] == e["original"]
 
 
-def test_defence_in_depth_measures_the_adversarial_texts(audit) -> None:
-    keys = {r.key for r in audit.rows if r.check == "defence-in-depth"}
-    assert "defence-in-depth/text-adversarial/deepwordbug/escaped_failure_rate" in keys
+def test_defence_in_depth_measures_the_adversarial_texts_and_an_adaptive_attack(audit) -> None:
+    rows = {
+        r.metric: r for r in audit.rows if r.check == "defence-in-depth" and r.hazard == "text-adversarial/deepwordbug"
+    }
+    plain, adaptive = rows["escaped_failure_rate"], rows["adaptive_escaped_failure_rate"]
+    # the adaptive figure is the per-text worst case of the plain attack and the monitor-aware one
+    assert adaptive.value >= plain.value
+    assert adaptive.n == plain.n == 10
 
 
 def test_unknown_recipe_is_refused_before_anything_is_stored(files) -> None:
@@ -82,3 +87,24 @@ def test_the_report_shows_the_text_attack_table(audit, files) -> None:
     html = (files / "report.html").read_text(encoding="utf-8")
     assert "Text attacks" in html and "deepwordbug" in html
     assert "Accuracy under text attack (deepwordbug)" in html
+
+
+def test_the_monitor_aware_goal_needs_a_wrong_answer_the_monitor_lets_through() -> None:
+    from mlsafety.audit.checks._adversarial_text import MonitorAwareGoal, _MonitoredQueries
+    from mlsafety.robustness.text import ModelQueries
+    from mlsafety.systemic import Monitor
+    from tests.support.linear_text import sentiment_model
+
+    queries = _MonitoredQueries(ModelQueries(sentiment_model()))
+    # flags answers less confident than 0.7 (class-1 logit = mean sentiment, class 0's = 0)
+    goal = MonitorAwareGoal(queries, Monitor("confidence", confidence_threshold=0.7), None)  # type: ignore[arg-type]
+    texts = ["good film", "worse film", "bad film", "worse worse worse film"]  # sentiment 1, -2.75, -1, -8.25
+    logits = queries.logits(texts)
+    conf = logits.softmax(dim=1).amax(dim=1)
+    wrong = logits.argmax(dim=1) != 1
+    assert wrong.tolist() == [False, True, True, True]
+    expected = wrong & (conf >= 0.7)
+    assert goal.reached(logits, 1, None).tolist() == expected.tolist()
+    assert expected.any() and not expected.all()
+    scores = goal.score(logits, 1, None)
+    assert scores[0] <= 0 < scores[1] and bool((scores[expected] == 1).all())

@@ -21,6 +21,7 @@ runs ``deepwordbug`` on few texts with a small query budget.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -28,8 +29,9 @@ import torch
 from mlsafety.audit._check import CHECKS, Artifact, Check, Row, Task, TaskResult
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks._common import bind
-from mlsafety.core import ArrayDataset, Hazard, InputError, TextDataset, Texts
+from mlsafety.core import ArrayDataset, Hazard, InputError, Outputs, TextDataset, Texts, forward
 from mlsafety.robustness import text
+from mlsafety.systemic import DefenceInDepthEvaluator, HazardResult, Monitor, Outcome, wrong_margin
 
 KIND = "text-adversarial"
 CHECK = "adversarial"
@@ -156,3 +158,79 @@ def _recipe_task(ctx: AuditContext, recipe: str) -> TaskResult:
                  EXAMPLES_MIME, f"{recipe}: every attacked text, changed words marked [[like this]]"),
     ]  # fmt: skip
     return TaskResult(rows, artifacts)
+
+
+# --- the adaptive variant (defence in depth) -----------------------------------------------------
+
+
+class _MonitoredQueries(text.ModelQueries):
+    """Model queries that keep the last batch's texts and forward outputs (logits and features), so a
+    monitor-aware goal can score the monitor's detector on exactly the texts it judges."""
+
+    def __init__(self, base: text.ModelQueries) -> None:
+        super().__init__(base.clf, base.batch_size)
+        self.last: tuple[Texts, Outputs] | None = None
+
+    def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        batch = Texts(list(texts))
+        out = forward(self.clf, batch, self.batch_size)
+        self.calls += -(-len(batch) // self.batch_size)
+        self.texts += len(batch)
+        self.last = (batch, out)
+        return out.logits.float().cpu()
+
+
+class MonitorAwareGoal(text.GoalFunction):
+    """The adaptive attacker's goal on a guarded text model: misclassified *and* not flagged by the monitor.
+
+    The text counterpart of :class:`mlsafety.systemic.MonitorAwareObjective` (same selective score:
+    the margin ``max_{j != y} z_j - z_y`` (at most 0) while the text is classified correctly, then
+    ``1 / (1 + v)`` with ``v`` the monitor's violation), read from the outputs of the texts just queried.
+    """
+
+    name = "monitor-aware"
+
+    def __init__(self, queries: _MonitoredQueries, monitor: Monitor, evaluator: DefenceInDepthEvaluator) -> None:
+        self.queries = queries
+        self.monitor = monitor
+        self.evaluator = evaluator
+
+    def _violation(self, logits: torch.Tensor) -> torch.Tensor:
+        assert self.queries.last is not None and len(self.queries.last[0]) == logits.shape[0]
+        texts, out = self.queries.last
+        scores = None
+        if self.monitor.detector is not None:
+            scores = next(iter(self.evaluator.scores(texts, out, [self.monitor.detector]).values())).cpu()  # type: ignore[arg-type]  # texts, as for text hazards
+        return self.monitor.violation(scores, out.probs.amax(dim=1).cpu()).float()
+
+    def score(self, logits: torch.Tensor, label: int, target: int | None) -> torch.Tensor:
+        y = torch.full((logits.shape[0],), label, dtype=torch.long)
+        m = wrong_margin(logits.float(), y)
+        return torch.where(m > 0, (1.0 + self._violation(logits).clamp_min(0)).reciprocal(), m.clamp_max(0))
+
+    def reached(self, logits: torch.Tensor, label: int, target: int | None) -> torch.Tensor:
+        return (logits.argmax(dim=-1) != label) & (self._violation(logits) <= 0)
+
+
+def adaptive_result(
+    ctx: AuditContext, hazard: Hazard, evaluator: DefenceInDepthEvaluator, outcome: Outcome
+) -> tuple[HazardResult, dict[str, Any]]:
+    """Defence in depth's adaptive variant of a ``text-adversarial`` hazard: the same recipe, budget and
+    texts, with :class:`MonitorAwareGoal` as its goal; the outcome is the per-text worst case of both."""
+    data = ctx.hazard(hazard)
+    assert isinstance(data, TextAdversarialSet) and hazard.name is not None
+    p = text_params(ctx, CHECKS.get(CHECK))
+    extra = dict(dict(p["text_params"]).get(hazard.name, {}))
+    attack = text.create(hazard.name, ctx.model, **extra, query_budget=p["text_budget"],
+                         seed=ctx.seed_for(KIND, hazard.name, "adaptive"))  # fmt: skip
+    queries = _MonitoredQueries(attack.queries)
+    attack.queries = queries
+    attack.goal = MonitorAwareGoal(queries, evaluator.monitor, evaluator)
+    results = attack.attack([r.original for r in data.results], data.y)
+    texts = Texts([r.perturbed for r in results])
+    out = forward(ctx.model, texts, ctx.batch_size)
+    result = evaluator.adaptive(outcome, texts, out, data.y.to(out.logits.device))  # type: ignore[arg-type]
+    won = sum(r.success for r in results)
+    info = {"attack": hazard.name, "goal": "misclassified and not flagged (monitor-aware)",
+            "adaptive_successes": won, "monitor": evaluator.monitor.name}  # fmt: skip
+    return result, info

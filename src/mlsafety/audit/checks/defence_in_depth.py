@@ -39,6 +39,7 @@ import torch
 
 from mlsafety.audit._check import DECISION, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks import _adversarial_text as text_adv
 from mlsafety.audit.checks._common import bind
 from mlsafety.audit.views.defence_in_depth import DefenceInDepthView, fmea_report_table, swiss_cheese_artifact
 from mlsafety.core import (
@@ -248,6 +249,14 @@ class DefenceInDepth(Check):
         """The hazard's outcome, with the monitor-aware attack's for an adversarial hazard."""
         if hazard in state.results:
             return state.results[hazard]
+        if self.params["adaptive"] and hazard.kind == text_adv.KIND:  # a text attack: its monitor-aware variant
+            self._choose(state)
+            result, info = text_adv.adaptive_result(
+                state.ctx, hazard, self._evaluator(state), self._outcome(state, hazard)
+            )
+            state.results[hazard] = result
+            state.adaptive_info[hazard] = info
+            return result
         if not self.params["adaptive"] or not hazard.within(Hazard.adversarial()):
             return HazardResult(self._outcome(state, hazard))
         source = _attack_source(state.ctx, hazard)
