@@ -338,7 +338,9 @@ class Classifier:
         self._named = head is not None
         self._head_name, self._head = self._find_head(module, head)
         self._info: HeadInfo | None = None
-        self._num_classes: int | None = _out_channels(self._head) if self._named and self._head is not None else None
+        # K from the named (or, until the first pass, the guessed) head; a pass's logits confirm or replace a guess
+        self._num_classes: int | None = _out_channels(self._head) if self._head is not None else None
+        self._k_known = self._named and self._num_classes is not None
         self._params: tuple[frozenset[str], bool] | None = None
 
     @staticmethod
@@ -452,12 +454,9 @@ class Classifier:
     @property
     def num_classes(self) -> int:
         """K: from the first forward pass, else from the (named or guessed) head's outputs."""
-        if self._num_classes is not None:
-            return self._num_classes
-        guess = _out_channels(self._head) if self._head is not None else None
-        if guess is None:
+        if self._num_classes is None:
             raise InputError("number of classes unknown: run logits() once or pass head= naming the final layer")
-        return guess
+        return self._num_classes
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -508,8 +507,8 @@ class Classifier:
                 f"model output must be logits of shape (N, K) with N={n}, got {shape}; "
                 "wrap the model so forward() returns one logits tensor"
             )
-        if self._num_classes is None:
-            self._num_classes = int(logits.shape[1])
+        if not self._k_known:
+            self._num_classes, self._k_known = int(logits.shape[1]), True
         elif logits.shape[1] != self._num_classes:
             raise InputError(
                 f"model returned {logits.shape[1]} logits but its head {self._head_name!r} has {self._num_classes} "
