@@ -163,7 +163,13 @@ class DefenceInDepth(Check):
             }
             names = [n for n in names if n not in skipped]
         if not ctx.model.head_is_affine and names == DEFAULT_MONITORS:  # no W f + b: keep those that need none
-            names = [n for n in names if ood.NEEDS_HEAD_WEIGHTS not in ood.DETECTORS.tags(n)]
+            skipped = {
+                n: "recomputes the logits from the features with the head's weights, but this model's logits are "
+                f"not W f + b of its head {ctx.model.head_name!r}'s input (e.g. max pooling after it)"
+                for n in names
+                if ood.NEEDS_HEAD_WEIGHTS in ood.DETECTORS.tags(n)
+            }
+            names = [n for n in names if n not in skipped]
         for n in names:
             if ctx.modality not in ood.modalities(n):
                 raise InputError(f"monitor detector {n!r} does not work on {ctx.modality} models; "
