@@ -119,9 +119,11 @@ def answer_states(
         lo = (first + n_head - 1).to(logits.device)[:, None]
         hi = last[:, None]
         scored = (pos >= lo) & (pos < hi)
-        targets = whole.input_ids.to(logits.device)[:, 1:]
-        token_lp = logits[:, :-1].float().log_softmax(-1).gather(-1, targets[..., None])[..., 0]
-        sums = (token_lp * scored).sum(-1).cpu()
+        targets = whole.input_ids.to(logits.device)[:, 1:][scored]
+        # log-softmax only at the answer's positions: the (n, L, V) tensor is never normalised whole
+        token_lp = logits[:, :-1][scored].float().log_softmax(-1).gather(-1, targets[:, None])[:, 0]
+        owner = rows[:, None].expand_as(scored)[scored]
+        sums = torch.zeros(len(index), device=logits.device).index_add_(0, owner, token_lp).cpu()
         for row, i in enumerate(index):
             hidden[i] = states[row]
             logprob[i] = sums[row]
