@@ -55,8 +55,10 @@ ALLOWED: dict[str, tuple[frozenset[str], str]] = {
     },
     ROOT: (frozenset(LIBRARY), "the mlsafety facade imports only the library (never audit, cli or serve)"),
     "audit": (frozenset({*LIBRARY, ROOT}), "audit imports only the library (never cli or serve)"),
+    # the runtime guard (issue 20) sits beside audit, above the pillars: it reads stored runs through audit
+    "guard": (frozenset({*LIBRARY, ROOT, "audit"}), "guard imports the library and audit (never cli or serve)"),
     **{
-        e: (frozenset({*LIBRARY, ROOT, "audit"}), f"{e} imports the library and audit, never another edge")
+        e: (frozenset({*LIBRARY, ROOT, "audit", "guard"}), f"{e} imports the library and audit, never another edge")
         for e in EDGES
     },
 }

@@ -19,12 +19,14 @@ from mlsafety.cli._common import MainGroup
 from mlsafety.cli._corrupt import corrupt
 from mlsafety.cli._explain import explain_group
 from mlsafety.cli._fmea import fmea
+from mlsafety.cli._guard import guard_group
 from mlsafety.cli._harden import harden
 from mlsafety.cli._interp import interp_group
 from mlsafety.cli._ood import ood_group
 from mlsafety.cli._overopt import overopt_group
 from mlsafety.cli._probe import probe
 from mlsafety.cli._runs import compare, report, runs
+from mlsafety.cli._serve import serve
 from mlsafety.cli._trojans import trojans
 from mlsafety.cli._tta import tta
 from mlsafety.cli._zoo import zoo
@@ -54,6 +56,8 @@ for _command in (
     overopt_group,
     probe,
     attack_text,
+    guard_group,
+    serve,
 ):
     main.add_command(_command)
 

@@ -1,0 +1,174 @@
+"""The runtime guard: the model and the monitor the audit chose, in one ``nn.Module``.
+
+``guard(x)`` runs the model once (a hook on the head reads the features, as the shared forward
+pass does, :meth:`mlsafety.core.Classifier.features_and_logits`) and returns the logits, the
+monitor's decision (accept / reject), its score and a reason for every input. The decision is
+:meth:`mlsafety.systemic.Monitor.flags` on the same detector score and confidence the audit's
+defence-in-depth check computes, so a guard flags exactly the inputs the audit's monitor flags.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mlsafety.core import Classifier, InputError, Outputs
+from mlsafety.monitoring import ood
+from mlsafety.systemic import Monitor
+
+ACCEPTED = "accepted"
+HIGH_SCORE = "detector score above threshold"
+LOW_CONFIDENCE = "confidence below threshold"
+
+
+@dataclass(frozen=True)
+class GuardOutput:
+    """What the guard says about a batch of N inputs.
+
+    Attributes:
+        logits: (N, K) the model's logits.
+        accept: (N,) bool, True when the monitor lets the answer through.
+        score: (N,) float, the monitor's violation (:meth:`~mlsafety.systemic.Monitor.violation`:
+            how far inside the rejected region, in validation standard deviations; > 0 is rejected).
+        reasons: one reason per input (``accepted``, or which part of the monitor rejected it).
+    """
+
+    logits: torch.Tensor
+    accept: torch.Tensor
+    score: torch.Tensor
+    reasons: list[str]
+
+    @property
+    def pred(self) -> torch.Tensor:
+        return self.logits.argmax(dim=1)
+
+
+SEP = "::"
+
+
+def detector_state(det: ood.Detector) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The fitted detector's learned state (attributes ending in ``_``) as flat tensors and plain values.
+
+    A tuple or list of tensors is stored element by element (``name::0``, ``name::1``...) and its
+    kind and length recorded among the plain values (``{"name": {"sequence": "tuple", "len": 3}}``).
+
+    Raises:
+        InputError: state of another type (the detector cannot be exported).
+    """
+    tensors: dict[str, torch.Tensor] = {}
+    plain: dict[str, Any] = {}
+    for k, v in vars(det).items():
+        if not k.endswith("_"):
+            continue
+        if isinstance(v, torch.Tensor):
+            tensors[k] = v
+        elif isinstance(v, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in v):
+            tensors.update({f"{k}{SEP}{i}": t for i, t in enumerate(v)})
+            plain[k] = {"sequence": type(v).__name__, "len": len(v)}
+        elif isinstance(v, (bool, int, float, str, type(None))):
+            plain[k] = {"value": v}
+        else:
+            raise InputError(
+                f"detector {det.name!r} keeps state {k} of type {type(v).__name__}, which a guard cannot store"
+            )
+    return tensors, plain
+
+
+def restore_state(det: ood.Detector, tensors: dict[str, torch.Tensor], plain: dict[str, Any]) -> None:
+    """Set the state :func:`detector_state` took apart back on ``det``."""
+    for k, v in tensors.items():
+        if SEP not in k:
+            setattr(det, k, v)
+    for k, spec in plain.items():
+        if "value" in spec:
+            setattr(det, k, spec["value"])
+        else:
+            items = [tensors[f"{k}{SEP}{i}"] for i in range(int(spec["len"]))]
+            setattr(det, k, tuple(items) if spec["sequence"] == "tuple" else items)
+
+
+def _move(v: Any, fn: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return fn(v)
+    if isinstance(v, (tuple, list)) and all(isinstance(t, torch.Tensor) for t in v):
+        return type(v)(fn(t) for t in v)
+    return v
+
+
+class Guard(nn.Module):
+    """A classifier guarded by a fitted monitor (one forward pass for logits, score and decision).
+
+    Device follows the model: ``guard.to("cuda")`` moves the model and the detector's state, and
+    inputs are moved to the model's device. Use it as any module in an inference loop::
+
+        guard = load_guard("guard-dir", model)
+        with torch.no_grad():
+            out = guard(x)          # GuardOutput: logits, accept, score, reasons
+            answered = out.pred[out.accept]
+
+    Args:
+        model: the classifier module (inputs in [0, 1], as the audit fed it).
+        monitor: thresholds and parts, as the audit's defence-in-depth check chose them.
+        detector: the monitor's fitted detector (None for a confidence-only monitor).
+        head: the dotted name of the layer whose input is the features (None: found by tracing).
+    """
+
+    def __init__(
+        self, model: nn.Module, monitor: Monitor, detector: ood.Detector | None = None, head: str | None = None
+    ) -> None:
+        super().__init__()
+        if (monitor.detector is None) != (detector is None):
+            raise InputError(
+                f"monitor {monitor.name!r} and the detector given do not match (detector {monitor.detector!r})"
+            )
+        if detector is not None and not detector.shared:
+            raise InputError(
+                f"detector {detector.name!r} needs more than one forward pass; a guard takes shared-pass detectors"
+            )
+        self.model = model
+        self.monitor = monitor
+        self.detector = detector
+        self.head = head
+        self._clf = Classifier(model, head=head)
+        self._needs_features = detector is not None and "features" in detector.needs
+
+    def _apply(self, fn: Any, recurse: bool = True) -> Guard:  # type: ignore[override]
+        super()._apply(fn, recurse)
+        if self.detector is not None:  # the detector's learned state follows the model's device
+            for k, v in list(vars(self.detector).items()):
+                if k.endswith("_"):
+                    setattr(self.detector, k, _move(v, fn))
+        return self
+
+    def outputs(self, x: torch.Tensor) -> Outputs:
+        """Logits (and the features the detector needs) from one forward pass, on the model's device."""
+        x = x.to(self._clf.device)
+        with torch.no_grad():
+            if self._needs_features:
+                feats, logits = self._clf.features_and_logits(x)
+                return Outputs(logits, feats)
+            return Outputs(self._clf.logits(x), None)
+
+    def decide(self, outputs: Outputs) -> GuardOutput:
+        """The monitor's decision on forward ``outputs`` (no forward pass)."""
+        mon = self.monitor
+        scores = None
+        if self.detector is not None:
+            scores = self.detector.score_outputs(self._clf, outputs)
+        confidence = outputs.probs.amax(dim=1)
+        flagged = mon.flags(scores, confidence)
+        violation = mon.violation(None if scores is None else scores.double(), confidence.double()).float()
+        high = scores > mon.score_threshold if scores is not None and mon.score_threshold is not None else None
+        low = confidence < mon.confidence_threshold if mon.confidence_threshold is not None else None
+        reasons = []
+        for i in range(flagged.shape[0]):
+            why = [r for r, m in ((HIGH_SCORE, high), (LOW_CONFIDENCE, low)) if m is not None and bool(m[i])]
+            reasons.append(" and ".join(why) if why else ACCEPTED)
+        return GuardOutput(outputs.logits, ~flagged, violation, reasons)
+
+    def forward(self, x: torch.Tensor) -> GuardOutput:  # type: ignore[override]
+        """Logits, decision, score and reason for inputs ``x`` (N, C, H, W) in [0, 1]."""
+        return self.decide(self.outputs(x))
