@@ -14,7 +14,7 @@ thread, so the event loop keeps accepting), updates the drift alarm in arrival o
 request with its own slice. Bad requests get a 4xx with one line (``{"detail": "..."}``).
 """
 
-from __future__ import annotations
+# no `from __future__ import annotations`: FastAPI reads the endpoints' annotations (Request) at runtime
 
 import asyncio
 import base64

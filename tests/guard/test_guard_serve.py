@@ -1,0 +1,184 @@
+"""`mlsafety serve`: a real uvicorn server on 127.0.0.1 (a free port, in a thread), bounded load, bad requests."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+from torch import nn
+
+from mlsafety.core import Classifier, forward
+from mlsafety.guard import ACCEPTED, DriftAlarm, Guard
+from mlsafety.monitoring import ood
+from mlsafety.systemic import Monitor
+
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+serve_mod = pytest.importorskip("mlsafety.cli._serve")
+
+SHAPE = (1, 8, 8)
+MAX_BODY = 200_000
+
+
+def tiny_guard(seed: int = 0) -> tuple[Guard, DriftAlarm]:
+    """A seeded conv net on 1x8x8 inputs guarded by mahalanobis+confidence fitted on random inputs."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 64, 16), nn.ReLU(), nn.Linear(16, 3)
+    ).eval()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(300, *SHAPE, generator=g)
+    clf = Classifier(model)
+    out = forward(clf, x)
+    labels = out.logits.argmax(1)
+    det = ood.create("mahalanobis").fit_outputs(clf, out, labels)
+    scores = det.score_outputs(clf, out)
+    correct = torch.ones(300, dtype=torch.bool)
+    mon = Monitor.fit(
+        "mahalanobis+confidence", scores, correct, 0.1, val_confidence=out.probs.amax(1), detector="mahalanobis"
+    )
+    guard = Guard(model, mon, det).eval()
+    drift = DriftAlarm(guard.decide(out).score, arl=1000)
+    return guard, drift
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[str, Guard]]:
+    guard, drift = tiny_guard()
+    app = serve_mod.build_app(guard, drift, SHAPE, max_batch=16, max_wait_ms=10, max_images=32, max_body_bytes=MAX_BODY)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on"))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started:
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", guard
+    srv.should_exit = True
+    thread.join(10)
+    sock.close()
+
+
+def _expected(guard: Guard, x: torch.Tensor) -> Any:
+    with torch.no_grad():
+        return guard(x)
+
+
+def test_concurrent_load_no_request_lost_or_doubled(server: tuple[str, Guard]) -> None:
+    url, guard = server
+    g = torch.Generator().manual_seed(5)
+    sizes = [1 + i % 3 for i in range(48)]
+    batches = [torch.rand(k, *SHAPE, generator=g) for k in sizes]
+    batches[7] = batches[7] * 0 + 1.0  # a far-off input among them (likely rejected)
+
+    async def go() -> list[Any]:
+        limits = httpx.Limits(max_connections=24)
+        async with httpx.AsyncClient(base_url=url, timeout=30, limits=limits) as client:
+            calls = [client.post("/predict", json={"id": f"r{i}", "images": b.tolist()}) for i, b in enumerate(batches)]
+            return await asyncio.wait_for(asyncio.gather(*calls), 60)
+
+    responses = asyncio.run(go())
+    ids = []
+    for i, (r, x) in enumerate(zip(responses, batches)):
+        assert r.status_code == 200, r.text
+        body = r.json()
+        ids.append(body["id"])
+        assert body["id"] == f"r{i}"
+        exp = _expected(guard, x)
+        got = body["results"]
+        assert len(got) == x.shape[0]
+        assert [row["label"] for row in got] == exp.pred.tolist()
+        assert [row["accept"] for row in got] == exp.accept.tolist()
+        assert [row["reason"] for row in got] == exp.reasons
+        assert torch.allclose(torch.tensor([row["score"] for row in got]), exp.score, rtol=1e-4, atol=1e-4)
+        assert torch.allclose(torch.tensor([row["logits"] for row in got]), exp.logits, rtol=1e-4, atol=1e-5)
+    assert sorted(ids) == sorted(f"r{i}" for i in range(len(batches)))  # each answered exactly once
+    metrics = httpx.get(f"{url}/metrics", timeout=10).text
+    values = {ln.split(" ")[0]: float(ln.split(" ")[1]) for ln in metrics.splitlines() if ln and ln[0] != "#"}
+    assert values["mlsafety_inputs_total"] >= sum(sizes)
+    assert values["mlsafety_batches_total"] < values["mlsafety_requests_total"]  # requests were grouped
+    assert 'mlsafety_request_latency_seconds_bucket{le="+Inf"}' in values
+    assert "mlsafety_drift_statistic" in values and "mlsafety_drift_alarm" in values
+
+
+def test_png_input_equals_array_input(server: tuple[str, Guard]) -> None:
+    from PIL import Image
+
+    url, guard = server
+    x = torch.rand(2, *SHAPE, generator=torch.Generator().manual_seed(6))
+    q = (x * 255).round().to(torch.uint8)
+    pngs = []
+    for img in q:
+        buf = io.BytesIO()
+        Image.fromarray(img[0].numpy(), mode="L").save(buf, format="PNG")
+        pngs.append(base64.b64encode(buf.getvalue()).decode())
+    r = httpx.post(f"{url}/predict", json={"png": pngs}, timeout=30)
+    assert r.status_code == 200, r.text
+    exp = _expected(guard, q.float() / 255)
+    assert [row["label"] for row in r.json()["results"]] == exp.pred.tolist()
+    assert [row["reason"] for row in r.json()["results"]] == exp.reasons
+
+
+def _gif() -> str:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (8, 8)).save(buf, format="GIF")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "words"),
+    [
+        (b"{not json", 400, "malformed JSON"),
+        (b"[1, 2]", 400, "JSON object"),
+        (b'{"images": [[[0.5]]]}', 422, "shape"),
+        (b'{"images": [[[' + b",".join([b"[" + b",".join([b"2.0"] * 8) + b"]"] * 8) + b"]]]}", 422, "[0, 1]"),
+        (b'{"images": "x"}', 400, "non-empty list"),
+        (b'{"images": [[["a"]]]}', 422, "numbers"),
+        (b'{"png": ["@@@"]}', 400, "base64"),
+        (('{"png": ["' + _gif() + '"]}').encode(), 415, "unsupported image"),
+        (b'{"png": ["aGVsbG8="]}', 415, "PNG"),
+        (b'{"images": [], "png": []}', 400, "exactly one"),
+        (b"{" + b" " * (MAX_BODY + 10) + b"}", 413, "at most"),
+        (('{"images": ' + str([[[[0.5] * 8] * 8]] * 33) + "}").encode(), 413, "at most 32"),
+    ],
+)
+def test_bad_requests_are_one_clear_4xx(server: tuple[str, Guard], body: bytes, status: int, words: str) -> None:
+    url, _ = server
+    r = httpx.post(f"{url}/predict", content=body, headers={"content-type": "application/json"}, timeout=30)
+    assert r.status_code == status, r.text
+    detail = r.json()["detail"]
+    assert words in detail and "\n" not in detail
+    assert httpx.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"  # still serving
+
+
+def test_reasons_name_the_part_that_rejected() -> None:
+    guard, _ = tiny_guard()
+    x = torch.cat([torch.rand(20, *SHAPE, generator=torch.Generator().manual_seed(8)), torch.ones(2, *SHAPE) * 50])
+    out = _expected(guard, x)
+    assert not bool(out.accept[-1])
+    assert out.reasons[-1] != ACCEPTED and "detector score" in out.reasons[-1]
+    for acc, why, s in zip(out.accept.tolist(), out.reasons, out.score.tolist()):
+        assert acc == (why == ACCEPTED) and acc == (s <= 0)
+
+
+def test_serve_without_extra_names_the_install(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    from mlsafety.cli import main
+
+    monkeypatch.setattr(serve_mod, "_has_serve_extra", lambda: False)
+    r = CliRunner().invoke(main, ["serve", str(tmp_path)])
+    assert r.exit_code == 2
+    assert "pip install 'mlsafety[serve]'" in r.output
