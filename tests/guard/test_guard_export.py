@@ -1,0 +1,143 @@
+"""`mlsafety guard export`: a stored audit run's monitor shipped with the model, loaded back and checked."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mlsafety.audit import AuditConfig, Store, prepare_inputs, run_audit
+from mlsafety.audit._engine import cap_data
+from mlsafety.cli import main
+from mlsafety.core import InputError
+from mlsafety.guard import Guard, load_guard, model_fingerprint, verify_guard_dir
+
+CHECK = "defence-in-depth"
+
+
+def _config() -> AuditConfig:
+    return AuditConfig(
+        model="digits-cnn", checks=[CHECK], max_samples=150, seed=3, check_params={CHECK: {"adaptive": False}}
+    )
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("guard")
+    db = tmp / "runs.sqlite"
+    run_audit(_config(), db=db, report="")
+    out = tmp / "guard"
+    r = CliRunner().invoke(main, ["guard", "export", "latest", "--out", str(out), "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    assert "refit at export" in r.output
+    return db, out
+
+
+def _stored(db: Path) -> dict[tuple[str, str], Any]:
+    with Store(db, create=False) as store:
+        run = store.run("latest")
+        return {(r.hazard, r.metric): r for r in store.results(run.run_id, CHECK)}
+
+
+@pytest.mark.slow
+def test_guard_flags_equal_the_audits_monitor(exported: tuple[Path, Path]) -> None:
+    """On the audit's own test and OOD inputs the guard's decisions give exactly the stored counts."""
+    db, out = exported
+    loaded = load_guard(out)
+    config = _config()
+    _, data = prepare_inputs(config)
+    data = cap_data(data, config.max_samples, config.seed)
+    stored = _stored(db)
+    with torch.no_grad():
+        clean = loaded.guard(data.test.x)
+    failed = clean.pred.cpu() != data.test.y
+    escaped = int((failed & clean.accept.cpu()).sum())
+    row = stored[("clean", "escaped_failure_rate")]
+    assert escaped == round(row.value * row.n)
+    fa = stored[("clean", "false_alarm_rate")]
+    assert int((~failed & ~clean.accept.cpu()).sum()) == round(fa.value * fa.n)
+    for name, ds in data.ood.items():
+        with torch.no_grad():
+            accepted = int(loaded.guard(ds.x).accept.sum())
+        r = stored[(f"ood/{name}", "escaped_failure_rate")]
+        assert accepted == round(r.value * r.n), name
+
+
+@pytest.mark.slow
+def test_export_contents_and_provenance(exported: tuple[Path, Path]) -> None:
+    db, out = exported
+    cfg = verify_guard_dir(out)
+    prov = json.loads((out / "provenance.json").read_text())
+    with Store(db, create=False) as store:
+        run = store.run("latest")
+    assert prov["run_id"] == run.run_id
+    assert prov["model_fingerprint"] == run.config["inputs"]["weights"]["digest"]  # the audit's weights digest
+    assert prov["state"].startswith("refit at export")
+    chosen = [c for c in prov["validation"]["candidates"] if c["selected"]]
+    assert [c["monitor"] for c in chosen] == [cfg["monitor"]["name"]]
+    clean = [r for r in prov["escaped_failure_rates"] if (r["hazard"], r["metric"]) == ("clean", "escaped_failure_rate")]
+    assert len(clean) == 1 and clean[0]["ci"][0] <= clean[0]["value"] <= clean[0]["ci"][1]
+    stored = _stored(db)[("clean", "escaped_failure_rate")].params
+    assert cfg["monitor"]["score_threshold"] == pytest.approx(stored["score_threshold"], rel=1e-5)
+
+
+@pytest.mark.slow
+def test_altered_missing_file_and_wrong_model_are_refused(exported: tuple[Path, Path], tmp_path: Path) -> None:
+    _, out = exported
+    bad = tmp_path / "altered"
+    shutil.copytree(out, bad)
+    data = bytearray((bad / "monitor.safetensors").read_bytes())
+    data[-1] ^= 1
+    (bad / "monitor.safetensors").write_bytes(bytes(data))
+    with pytest.raises(InputError, match="altered") as e:
+        load_guard(bad)
+    assert "\n" not in str(e.value)
+    r = CliRunner().invoke(main, ["serve", str(bad)])
+    assert r.exit_code == 2 and "altered" in r.output and len(r.output.strip().splitlines()) == 1
+    gone = tmp_path / "missing"
+    shutil.copytree(out, gone)
+    (gone / "guard.json").unlink()
+    with pytest.raises(InputError, match="missing"):
+        load_guard(gone)
+    other = load_guard(out).guard.model
+    with torch.no_grad():
+        next(other.parameters()).add_(0.01)
+    with pytest.raises(InputError, match="not the one exported"):
+        load_guard(out, model=other)
+
+
+@pytest.mark.slow
+def test_guard_in_a_plain_inference_loop(exported: tuple[Path, Path]) -> None:
+    _, out = exported
+    loaded = load_guard(out)
+    model = loaded.guard.model
+    guard = Guard(model, loaded.guard.monitor, loaded.guard.detector, head=loaded.guard.head).to("cpu")
+    assert model_fingerprint(model) == loaded.provenance["model_fingerprint"]
+    x = torch.rand(40, *loaded.config["input"]["shape"], generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole = guard(x)
+        parts = [guard(b) for b in torch.utils.data.DataLoader(x, batch_size=16)]
+    assert torch.equal(torch.cat([p.accept for p in parts]), whole.accept)
+    assert torch.allclose(torch.cat([p.logits for p in parts]), whole.logits, atol=1e-5)
+    assert torch.allclose(whole.logits, model(x), atol=1e-5)  # the same logits as the bare model
+
+
+def test_run_without_defence_in_depth_names_the_check(tmp_path: Path) -> None:
+    db = tmp_path / "runs.sqlite"
+    with Store(db) as store:
+        run_id = store.create_run("digits-cnn", "digits", 0, "f" * 16, {}, "0")
+        store.finish_run(run_id)
+    r = CliRunner().invoke(main, ["guard", "export", run_id, "--out", str(tmp_path / "g"), "--db", str(db)])
+    assert r.exit_code == 2
+    assert "--check defence-in-depth" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not (tmp_path / "g").exists()
+
+
+def test_not_a_guard_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="not a guard directory"):
+        load_guard(tmp_path)
