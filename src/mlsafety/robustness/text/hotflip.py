@@ -10,14 +10,19 @@ first candidate that reaches the goal.
 
 As TextAttack's ``HotFlipEbrahimi2017`` recipe (the word-level form the paper sketches in section 5),
 the recipe keeps stop words, changes each word at most once, at most ``max_words`` words, requires a
-word-embedding cosine of ``min_cos_sim`` between a word and its replacement (the victim's own input
-embeddings: no counter-fitted vectors are installed) and the same WordNet part of speech.
+word-embedding cosine of ``min_cos_sim`` between a word and its replacement and the same WordNet part of
+speech. The vectors are the victim's own input embeddings (no counter-fitted vectors are installed),
+whose cosines run lower than counter-fitted ones: the default is 0.5 (TextFooler's threshold, as the
+textfooler recipe here) instead of TextAttack's 0.8 for HotFlip.
 
 Deviations from the paper: whole-word swaps over the vocabulary entries that are one alphabetic
 word (:func:`~._gradients.whole_word_vocabulary`), not character flips; a word the tokenizer splits
 into several tokens is not swapped (its first-order estimate would compare token sequences of
-different lengths); gradient passes (one batched forward and backward over the beam per step) are
-not counted as queries, as in TextAttack, only the texts the model scores.
+different lengths); the first-order ranking is taken among the words the embedding-cosine constraint
+accepts (TextAttack ranks the whole vocabulary and lets the constraint reject the winners afterwards,
+which on input-embedding neighbours leaves almost nothing to try); gradient passes (one batched
+forward and backward over the beam per step) are not counted as queries, as in TextAttack, only the
+texts the model scores.
 """
 
 from __future__ import annotations
@@ -69,13 +74,16 @@ class GradientWordSwap(Transformation):
     Args:
         model: the white-box victim (a text classifier with an input-embedding layer).
         top_n: replacements per word, best estimate first.
+        min_cos: only vocabulary words whose input embedding has at least this cosine with the word's
+            are ranked (-1: all), so the ``top_n`` tried are ones a word-embedding constraint can accept.
     """
 
     name: ClassVar[str] = "gradient-word-swap"
 
-    def __init__(self, model: ModelLike, top_n: int = 5) -> None:
+    def __init__(self, model: ModelLike, top_n: int = 5, min_cos: float = -1.0) -> None:
         self.clf: Classifier = as_classifier(model)
         self.top_n = int(top_n)
+        self.min_cos = float(min_cos)
         self._vocab: tuple[torch.Tensor, list[str]] | None = None
 
     @property
@@ -115,6 +123,9 @@ class GradientWordSwap(Transformation):
             g = eg.grad[b, pos].float()  # (P, D)
             old = eg.embeddings[b, pos].float()
             est = g @ table.T - (old * g).sum(dim=1, keepdim=True)  # (P, V'): first-order loss rise
+            if self.min_cos > -1.0:
+                cos = torch.nn.functional.normalize(old, dim=1) @ torch.nn.functional.normalize(table, dim=1).T
+                est = est.masked_fill(cos < self.min_cos, float("-inf"))
             current = [text.words[i].lower() for i in single]
             for p, word in enumerate(current):  # swapping a word for itself is no swap
                 same = [k for k, w in enumerate(words) if w.lower() == word]
@@ -222,7 +233,9 @@ class HotFlip(Recipe):
     beam_width = Param(10, int, low=1, doc="texts kept per beam-search step")
     top_n = Param(5, int, low=1, doc="gradient-ranked replacements tried per word per step")
     max_words = Param(2, int, low=1, doc="words changed at most")
-    min_cos_sim = Param(0.8, float, low=-1, high=1, doc="input-embedding cosine between a word and its replacement")
+    min_cos_sim = Param(
+        0.5, float, low=-1, high=1, doc="input-embedding cosine between a word and its replacement (TextAttack: 0.8)"
+    )
 
     name: ClassVar[str] = "hotflip"
 
@@ -230,8 +243,9 @@ class HotFlip(Recipe):
         """The attack on ``model``; ``constraints=`` replaces the recipe's constraint list."""
         clf = as_classifier(model)
         check_text_classifier(clf, "hotflip")
-        swap = GradientWordSwap(clf, top_n=self.top_n)
         constraints = parts.get("constraints")
+        # the ranking filter mirrors the recipe's own embedding constraint (given constraints: no filter)
+        swap = GradientWordSwap(clf, top_n=self.top_n, min_cos=self.min_cos_sim if constraints is None else -1.0)
         if constraints is None:
             _resources.wordnet()  # a missing WordNet is named before any work
             constraints = hotflip_constraints(clf, self.max_words, self.min_cos_sim)
