@@ -80,7 +80,8 @@ def test_export_contents_and_provenance(exported: tuple[Path, Path]) -> None:
     assert prov["state"].startswith("refit at export")
     chosen = [c for c in prov["validation"]["candidates"] if c["selected"]]
     assert [c["monitor"] for c in chosen] == [cfg["monitor"]["name"]]
-    clean = [r for r in prov["escaped_failure_rates"] if (r["hazard"], r["metric"]) == ("clean", "escaped_failure_rate")]
+    rates = prov["escaped_failure_rates"]
+    clean = [r for r in rates if (r["hazard"], r["metric"]) == ("clean", "escaped_failure_rate")]
     assert len(clean) == 1 and clean[0]["ci"][0] <= clean[0]["value"] <= clean[0]["ci"][1]
     stored = _stored(db)[("clean", "escaped_failure_rate")].params
     assert cfg["monitor"]["score_threshold"] == pytest.approx(stored["score_threshold"], rel=1e-5)
