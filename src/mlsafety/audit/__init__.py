@@ -27,6 +27,7 @@ from mlsafety.audit._context import AuditContext, AuditData, hazard_provider
 # Last: the engine and the report import every check module, and check modules may import the
 # names above from this package.
 from mlsafety.audit._engine import AuditInterrupted, AuditResult, run_audit
+from mlsafety.audit._executors import EXECUTORS, INSTALL_RAY, LocalExecutor, RayExecutor, make_executor
 from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluate_gates, parse_gate_option
 from mlsafety.audit._inputs import (
     AuditConfig,
@@ -37,6 +38,7 @@ from mlsafety.audit._inputs import (
     resolve_language_model,
     resolve_model,
 )
+from mlsafety.audit._many import run_many
 from mlsafety.audit._report import render_report, write_report
 from mlsafety.audit._settings import SettingsDiff, settings_diff
 from mlsafety.audit._store import Store
@@ -46,6 +48,8 @@ from mlsafety.audit.views.transparency import heatmap_png
 
 __all__ = [
     "CHECKS",
+    "EXECUTORS",
+    "INSTALL_RAY",
     "NOT_APPLICABLE",
     "PILLARS",
     "TRUNCATED",
@@ -59,6 +63,8 @@ __all__ = [
     "Comparison",
     "GateFailure",
     "Headline",
+    "LocalExecutor",
+    "RayExecutor",
     "Row",
     "SettingsDiff",
     "Store",
@@ -79,6 +85,7 @@ __all__ = [
     "is_language_model",
     "load_config",
     "load_scorer",
+    "make_executor",
     "parse_duration",
     "parse_gate_option",
     "prepare_inputs",
@@ -88,6 +95,7 @@ __all__ = [
     "resolve_language_model",
     "resolve_model",
     "run_audit",
+    "run_many",
     "settings_diff",
     "write_report",
 ]

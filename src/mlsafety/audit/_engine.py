@@ -37,6 +37,7 @@ from mlsafety.audit._check import (
     skip_row,
 )
 from mlsafety.audit._context import AuditContext, AuditData
+from mlsafety.audit._executors import Executor, LocalExecutor
 from mlsafety.audit._gates import GateFailure, check_gates_apply, evaluate_gates
 from mlsafety.audit._inputs import AuditConfig, prepare_audit_inputs
 from mlsafety.audit._store import StorageError, Store, default_db_path
@@ -131,6 +132,7 @@ def run_audit(
     on_task: Callable[[str, str, float], None] | None = None,
     on_plan: Callable[[Plan | None, int], None] | None = None,
     on_progress: Callable[[str, str, int, int, float, float | None], None] | None = None,
+    executor: Executor | None = None,
 ) -> AuditResult:
     """Run an audit end to end; every input problem raises :class:`InputError` before anything is stored.
 
@@ -148,6 +150,8 @@ def run_audit(
             language models, which are not costed) and the number of tasks.
         on_progress: called after each task with (check, task key, tasks done including resumed ones,
             tasks in all, the task's seconds, the predicted seconds left or None).
+        executor: where the tasks run (``audit/_executors.py``; None: one after another in this process).
+            Only this process writes the store, whichever executor runs the tasks.
 
     Raises:
         InputError: a bad input, an unusable database or report path, a refused resume; or a
@@ -196,6 +200,8 @@ def run_audit(
     # the engine's own audit-plan tasks (what it decided; sizes per check under a budget) count as stored tasks
     sized = {c.name for c, _ in work if budget is not None and plan is not None and _size_rows(plan, c.name)}
     total = len(work) + (1 if _plan_rows(plan, held_out) else 0) + len(sized)
+    runner = executor if executor is not None else LocalExecutor()
+    runner.start()  # after every input is checked, before anything is stored (a Ray address that does not answer)
     store = Store(db)
     run_id: str | None = None
     done: set[tuple[str, str]] = set()
@@ -218,24 +224,21 @@ def run_audit(
                 store.write_task(run_id, PLAN_CHECK, "plan", extra, [], 0.0)
         if on_plan is not None:  # after a refused --resume, which stays one line
             on_plan(plan, len(work))
-        ran = skipped = 0
+        ran = 0
         # trojans scans while the audit is planned (its hazards name the triggers it finds): its sizes are spent
         fixed = set(stored_plan or {}) | {key for key in (plan.knobs if plan else {}) if key[0] == "trojans"}
         tracker = _Tracker(plan, budget, start, checks, fixed) if plan is not None else None
-        started: set[str] = set()
-        for i, (check, task) in enumerate(work):
-            if (check.name, task.key) in done:
-                skipped += 1
-                continue
-            if tracker is not None and check.name not in started:
+        pending = [(i, c, t) for i, (c, t) in enumerate(work) if (c.name, t.key) not in done]
+        skipped = len(work) - len(pending)
+
+        def before(check: Check) -> None:  # before a check's first task starts
+            if tracker is not None:
                 tracker.replan(check.name)  # sizes of the checks not yet started, from what the done ones cost
                 sizes = _size_rows(tracker.plan, check.name) if budget is not None else []
                 if sizes and (PLAN_CHECK, f"sizes/{check.name}") not in done:
                     store.write_task(run_id, PLAN_CHECK, f"sizes/{check.name}", sizes, [], 0.0)
-            started.add(check.name)
-            t0 = time.perf_counter()
-            result = task.run()
-            seconds = time.perf_counter() - t0
+
+        for i, check, task, result, seconds in runner.run(ctx, pending, before):
             store.write_task(run_id, check.name, task.key, result.rows, result.artifacts, seconds)
             ran += 1
             if tracker is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import click
 
 from mlsafety.cli._attack_text import attack_text
-from mlsafety.cli._audit import audit
+from mlsafety.cli._audit import audit, audit_many
 from mlsafety.cli._certify import certify
 from mlsafety.cli._common import MainGroup
 from mlsafety.cli._corrupt import corrupt
@@ -41,6 +41,7 @@ def main() -> None:
 for _command in (
     zoo,
     audit,
+    audit_many,
     runs,
     report,
     compare,

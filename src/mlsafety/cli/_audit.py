@@ -12,6 +12,7 @@ from rich.table import Table
 
 from mlsafety.cli._common import (
     DB_OPTION,
+    EXIT_BAD_INPUT,
     EXIT_FAILED,
     choose_threads,
     err_console,
@@ -150,6 +151,15 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
 @click.option("--report", "report_path", type=click.Path(dir_okay=False), help="Where to write the HTML report.")
 @click.option("--resume", is_flag=True, help="Continue the newest unfinished run with the same configuration.")
 @click.option(
+    "--executor",
+    type=click.Choice(["local", "ray"]),
+    default="local",
+    show_default=True,
+    help="Where tasks run: this process, or Ray tasks (a local Ray on 127.0.0.1, or the cluster in "
+    "--ray-address / RAY_ADDRESS). Needs the ray extra: pip install 'mlsafety[ray]'.",
+)
+@click.option("--ray-address", metavar="HOST:PORT", help="Join this Ray cluster (with --executor ray).")
+@click.option(
     "--reward",
     metavar="FILE.py:factory",
     help="Proxy reward of a language model: factory() returns scorer(texts) -> Tensor (N,). Needs --gold.",
@@ -184,6 +194,8 @@ def audit(
     db: str | None,
     report_path: str | None,
     resume: bool,
+    executor: str,
+    ray_address: str | None,
     reward: str | None,
     gold: str | None,
     fail_under: tuple[str, ...],
@@ -201,9 +213,10 @@ def audit(
     """
     import json
 
-    from mlsafety.audit import AuditConfig, AuditInterrupted, load_config, run_audit
+    from mlsafety.audit import AuditConfig, AuditInterrupted, load_config, make_executor, run_audit
     from mlsafety.core import Progress
 
+    runner = make_executor(executor, ray_address)  # Ray missing or an address that does not answer: one line
     cfg = load_config(config_path) if config_path else AuditConfig()
     for name, value in (
         ("model", model),
@@ -252,7 +265,7 @@ def audit(
     try:
         result = run_audit(
             cfg, db=db, report=report_path, resume=resume, progress=progress,
-            on_plan=shown.plan, on_progress=shown.task,
+            on_plan=shown.plan, on_progress=shown.task, executor=runner,
         )  # fmt: skip
     except AuditInterrupted as stop:
         if status is not None:
@@ -261,6 +274,7 @@ def audit(
     finally:
         if status is not None:
             status.stop()
+        getattr(runner, "close", lambda: None)()  # a Ray this command started is shut down
     if as_json:
         click.echo(json.dumps(_payload(result), indent=1))
     else:
@@ -383,3 +397,88 @@ def _print_summary(result: Any) -> None:
     out_console.print(f"{len(result.rows)} numbers stored in {result.seconds:.1f} s{resumed}.")
     if result.report_path:
         print_path("Report: ", result.report_path)
+
+
+@click.command("audit-many")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--data", help="Test data for every model (same forms as audit --data); default: the zoo split.")
+@click.option("--val", help="Validation data (same forms).")
+@click.option("--ood", multiple=True, help="An OOD data set (repeatable), same forms as audit --ood.")
+@click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file (shared).")
+@click.option("--seed", type=int, help="Run seed (the same for every model).")
+@click.option("--quick", is_flag=True, default=None, help="Reduced profile, as audit --quick.")
+@click.option("--max-samples", type=int, help="At most N inputs of each data source (a seeded subset).")
+@click.option("--batch-size", type=int, help="Inputs per forward pass.")
+@DB_OPTION
+@click.option("--report-dir", type=click.Path(file_okay=False), help="Write each run's report there (<run id>.html).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: the models one after another; ray: in parallel as Ray tasks.")  # fmt: skip
+@click.option("--ray-address", metavar="HOST:PORT", help="Join this Ray cluster (with --executor ray).")
+@click.option("--json", "as_json", is_flag=True, help="Print each model's run id and status as JSON.")
+@friendly
+def audit_many(
+    models: tuple[str, ...],
+    data: str | None,
+    val: str | None,
+    ood: tuple[str, ...],
+    checks: tuple[str, ...],
+    config_path: str | None,
+    seed: int | None,
+    quick: bool | None,
+    max_samples: int | None,
+    batch_size: int | None,
+    db: str | None,
+    report_dir: str | None,
+    executor: str,
+    ray_address: str | None,
+    as_json: bool,
+) -> None:
+    """Audit several models or checkpoints (MODEL as audit --model takes it), one run each.
+
+    With --executor ray the models' tasks run in parallel on Ray; each run is stored like one of
+    `mlsafety audit` (see `mlsafety runs`). A model refused for bad input is one line and does not stop
+    the others; the exit code is then 2.
+    """
+    import json
+
+    from mlsafety.audit import AuditConfig, load_config, make_executor, run_many
+    from mlsafety.core import InputError
+
+    runner = make_executor(executor, ray_address)
+    cfg = load_config(config_path) if config_path else AuditConfig()
+    for name, value in (("data", data), ("val", val), ("seed", seed), ("quick", quick),
+                        ("max_samples", max_samples), ("batch_size", batch_size)):  # fmt: skip
+        if value is not None:
+            setattr(cfg, name, value)
+    if ood:
+        cfg.ood = list(ood)
+    if checks:
+        cfg.checks = list(checks)
+    if cfg.quick and cfg.budget is None:
+        cfg.budget = QUICK_BUDGET
+    if executor == "local":
+        choose_threads()
+
+    def done(model: str, result: Any) -> None:
+        if as_json:
+            return
+        if isinstance(result, InputError):
+            line("error:", f"{model}: {result}")
+        else:
+            out_console.print(f"{model}: run {result.run_id}, {len(result.rows)} numbers in {result.seconds:.1f} s",
+                              soft_wrap=True)  # fmt: skip
+
+    try:
+        results = run_many(cfg, list(models), db=db, executor=runner, report_dir=report_dir, on_done=done)
+    finally:
+        getattr(runner, "close", lambda: None)()
+    if as_json:
+        click.echo(json.dumps([
+            {"model": m, "run_id": None, "error": str(r)} if isinstance(r, InputError)
+            else {"model": m, "run_id": r.run_id, "numbers": len(r.rows), "seconds": round(r.seconds, 2),
+                  "report": str(r.report_path) if r.report_path else None}
+            for m, r in zip(models, results, strict=True)
+        ], indent=1))  # fmt: skip
+    if any(isinstance(r, InputError) for r in results):
+        sys.exit(EXIT_BAD_INPUT)

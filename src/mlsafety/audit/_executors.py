@@ -1,0 +1,300 @@
+"""Where an audit's tasks run: in the driver process, one after another (:class:`LocalExecutor`), or as
+Ray tasks on a local or remote Ray cluster (:class:`RayExecutor`, the ``ray`` extra).
+
+The engine (``_engine.py:run_audit``) plans the tasks, hands the ones not yet stored to an executor and
+writes what comes back: only the driver writes the SQLite store, so ``--resume``, the report and gates
+work the same with either executor. An executor yields results in the tasks' order (a Ray task that
+finishes early waits in the driver's memory until those before it are stored), so the store's rows are
+in the same order as a local run's.
+
+What travels (Ray): the audit context once per run (``ray.put``: the model, the data, the seed and the
+checks' parameters, plus anything computed while the audit was planned, such as the trojan scan that
+names the trojan hazards); each Ray task names its check and task key and returns the task's rows and
+artifacts. A worker keeps the context of the run it last worked on, so tasks of one run that land on
+the same worker share forward passes and hazard inputs as they do in one process; a task on another
+worker recomputes what it needs, which gives the same numbers because every random choice is seeded by
+the task's names (``core/_random.py:derive_seed``), not by the order tasks run in.
+
+Deviation from a local run: with a budget (``--budget``, or the one ``--quick`` presets) a local run
+re-plans the sample sizes of checks not yet started from the measured times of those done; on Ray all
+tasks are sent at once, so the first plan's sizes are kept (and stored as such).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.machinery
+import os
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from mlsafety.audit._check import Check, Task, TaskResult
+from mlsafety.audit._context import AuditContext
+from mlsafety.core import InputError
+
+EXECUTORS = ("local", "ray")
+"""The names ``--executor`` takes."""
+
+INSTALL_RAY = "pip install 'mlsafety[ray]'"
+
+CONNECT_TIMEOUT_S = 5.0
+"""How long joining a Ray cluster waits for its address to answer before the audit is refused."""
+
+Pending = Sequence[tuple[int, Check, Task]]
+"""Tasks to run: (index in the run's task list, check, task), in the run's order."""
+
+
+class Executor(Protocol):
+    """Runs an audit's tasks and streams back what each produced, in the order given."""
+
+    name: str
+
+    def start(self) -> None:
+        """Acquire what running needs (a Ray session); called once inputs are checked, before a run is
+        stored. Raises :class:`InputError` in one line when it cannot (an address that does not answer)."""
+
+    def run(
+        self, ctx: AuditContext, pending: Pending, before: Callable[[Check], None]
+    ) -> Iterator[tuple[int, Check, Task, TaskResult, float]]:
+        """Yield (index, check, task, result, seconds) for every pending task, in ``pending``'s order.
+
+        ``before(check)`` is called once per check, before its first task is started (the engine writes
+        the check's chosen sample sizes there)."""
+        ...
+
+
+class LocalExecutor:
+    """The tasks one after another in this process (the default)."""
+
+    name = "local"
+
+    def start(self) -> None:
+        return None
+
+    def run(
+        self, ctx: AuditContext, pending: Pending, before: Callable[[Check], None]
+    ) -> Iterator[tuple[int, Check, Task, TaskResult, float]]:
+        started: set[str] = set()
+        for i, check, task in pending:
+            if check.name not in started:
+                before(check)
+                started.add(check.name)
+            t0 = time.perf_counter()
+            result = task.run()
+            yield i, check, task, result, time.perf_counter() - t0
+
+
+@dataclass
+class _Job:
+    """What a Ray worker needs to rebuild a run's tasks: the context (model and data included) and the
+    run's checks. Put into the object store once per run."""
+
+    token: str
+    ctx: AuditContext
+    checks: dict[str, Check]
+
+
+_WORKER_JOBS: dict[str, tuple[_Job, dict[str, dict[str, Task]]]] = {}
+"""On a Ray worker: the jobs it has run tasks of (at most :data:`_KEEP_JOBS`, newest last), with the tasks
+each check planned there, so the tasks of one run that land on one worker share the context's caches."""
+
+_KEEP_JOBS = 2
+
+
+def _worker_task(job: _Job, check_name: str, key: str) -> tuple[TaskResult, float]:
+    """Run one task of ``job`` on a Ray worker (the remote function's body)."""
+    cached = _WORKER_JOBS.pop(job.token, None)
+    if cached is None:
+        cached = (job, {})
+    _WORKER_JOBS[job.token] = cached  # newest last
+    while len(_WORKER_JOBS) > _KEEP_JOBS:
+        _WORKER_JOBS.pop(next(iter(_WORKER_JOBS)))
+    held, tasks = cached
+    if check_name not in tasks:
+        check = held.checks[check_name]
+        tasks[check_name] = {t.key: t for t in check.tasks(held.ctx)}
+    t0 = time.perf_counter()
+    result = tasks[check_name][key].run()
+    return result, time.perf_counter() - t0
+
+
+def import_ray() -> Any:
+    """The ``ray`` module, or :class:`InputError` saying how to install it."""
+    try:
+        import ray
+    except ImportError:
+        raise InputError(f"--executor ray needs Ray, which is not installed: {INSTALL_RAY}") from None
+    return ray
+
+
+def _check_address(address: str, timeout: float) -> None:
+    """Refuse (one line) a ``host:port`` or ``ray://host:port`` address that does not accept a connection."""
+    if address == "auto" or address.startswith("local"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InputError(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001)")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise InputError(
+            f"Ray address {address} does not answer ({exc.strerror or type(exc).__name__} within {timeout:g} s); "
+            "start the cluster (`ray start --head`) or fix --ray-address / RAY_ADDRESS"
+        ) from None
+
+
+def _pickle_user_modules(ctx: AuditContext) -> None:
+    """Send the classes of a model loaded from a user's file (``--model FILE.py:factory``) by value, since
+    Ray workers cannot import that file by name."""
+    from ray import cloudpickle  # Ray's own copy, the one that serialises task arguments
+
+    module = getattr(ctx.model, "module", ctx.model)
+    names = {type(m).__module__ for m in module.modules()} if hasattr(module, "modules") else set()
+    for name in names:
+        mod = sys.modules.get(name)
+        if mod is None or name == "__main__":
+            continue
+        try:  # the path finder, not find_spec: that one answers from sys.modules
+            spec = importlib.machinery.PathFinder.find_spec(name.partition(".")[0])
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None:  # loaded from a path, not importable by name
+            cloudpickle.register_pickle_by_value(mod)
+
+
+class RayExecutor:
+    """The audit's tasks as Ray tasks, each asking for one CPU (and one GPU when the model is on one).
+
+    Args:
+        address: a cluster to join (``HOST:PORT``, ``ray://HOST:PORT`` or ``auto``); None: ``$RAY_ADDRESS``,
+            else a local Ray is started (no dashboard, no usage statistics). A Ray session this process
+            already holds (``ray.init`` called by the caller) is used as it is.
+        num_cpus: CPUs of a local Ray (None: the machine's); ignored when joining a cluster.
+        connect_timeout: seconds an address may take to accept a connection.
+
+    An executor that started or joined Ray shuts its session down in :meth:`close` (for a cluster: the
+    driver disconnects); a session the caller started is left running.
+
+    Deviation: Ray 2.60 cannot be bound to 127.0.0.1 from ``ray.init``: it replaces a loopback node address
+    with the machine's reachable one (``ray._private.services.resolve_ip_for_localhost``) and its gRPC
+    servers listen on every interface. The dashboard (the HTTP service) is off; on a shared network,
+    firewall the machine or run ``ray start --head --node-ip-address=127.0.0.1`` yourself and join it.
+    """
+
+    name = "ray"
+
+    def __init__(
+        self, address: str | None = None, num_cpus: int | None = None, connect_timeout: float = CONNECT_TIMEOUT_S
+    ) -> None:
+        self.ray = import_ray()  # refused before anything else happens when Ray is missing
+        self.address = address or os.environ.get("RAY_ADDRESS") or None
+        if self.address is not None:
+            _check_address(self.address, connect_timeout)
+        if num_cpus is not None and num_cpus < 1:
+            raise InputError(f"a local Ray needs at least 1 CPU (got {num_cpus})")
+        self.num_cpus = num_cpus
+        self.connect_timeout = connect_timeout
+        self.startup_seconds: float | None = None
+        self._owned = False
+        self._remote: Any = None
+
+    def start(self) -> None:
+        ray = self.ray
+        if ray.is_initialized():
+            self._remote = self._remote or ray.remote(_worker_task)
+            return
+        t0 = time.perf_counter()
+        os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
+        common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
+        try:
+            if self.address is None:
+                ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **common)
+                self._owned = True
+            else:
+                common.pop("include_dashboard")
+                ray.init(address=self.address, **common)
+                self._owned = True
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"cannot start or join Ray ({self.address or 'local'}): {first}") from None
+        self.startup_seconds = time.perf_counter() - t0
+        self._remote = ray.remote(_worker_task)
+
+    def close(self) -> None:
+        if self._owned and self.ray.is_initialized():
+            self.ray.shutdown()
+        self._owned = False
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(
+        self, ctx: AuditContext, pending: Pending, before: Callable[[Check], None]
+    ) -> Iterator[tuple[int, Check, Task, TaskResult, float]]:
+        if self._remote is None:
+            self.start()
+        ray = self.ray
+        remote = [(i, c, t) for i, c, t in pending if c.not_applicable(ctx.modality) is None]
+        inline = {i for i, c, t in pending if c.not_applicable(ctx.modality) is not None}
+        shipped = copy.copy(ctx)
+        shipped.progress = None  # a progress display belongs to the driver's terminal
+        _pickle_user_modules(ctx)
+        job = _Job(uuid.uuid4().hex, shipped, {c.name: c for _, c, _ in remote})
+        gpus = 1 if ctx.device.type == "cuda" else 0
+        fn = self._remote.options(num_cpus=1, num_gpus=gpus, max_retries=0)
+        started: set[str] = set()
+        for _, check, _ in pending:  # sizes rows first, in the run's order (all tasks go out at once)
+            if check.name not in started:
+                before(check)
+                started.add(check.name)
+        job_ref = ray.put(job) if remote else None
+        refs = {fn.remote(job_ref, c.name, t.key): i for i, c, t in remote}
+        by_index = {i: (c, t) for i, c, t in pending}
+        ready: dict[int, tuple[TaskResult, float]] = {}
+        waiting = list(refs)
+        try:
+            for i, check, task in pending:
+                if i in inline:
+                    t0 = time.perf_counter()
+                    result = task.run()
+                    yield i, check, task, result, time.perf_counter() - t0
+                    continue
+                while i not in ready:
+                    done, waiting = ray.wait(waiting, num_returns=1)
+                    for ref in done:
+                        ready[refs[ref]] = ray.get(ref)
+                result, seconds = ready.pop(i)
+                c, t = by_index[i]
+                yield i, c, t, result, seconds
+        finally:
+            for ref in waiting:  # an interruption or a failed task: stop what is still queued
+                ray.cancel(ref, force=True)
+
+
+def make_executor(name: str, address: str | None = None, num_cpus: int | None = None) -> Executor:
+    """The executor ``--executor NAME`` names; a Ray address only goes with ``ray``.
+
+    Raises:
+        InputError: an unknown name, an address given to the local executor, Ray not installed, or
+            an address that does not answer.
+    """
+    if name not in EXECUTORS:
+        raise InputError(f"unknown executor {name!r}; choose one of: {', '.join(EXECUTORS)}")
+    if name == "local":
+        if address:
+            raise InputError("--ray-address goes with --executor ray")
+        return LocalExecutor()
+    return RayExecutor(address=address, num_cpus=num_cpus)
+
+
+__all__ = ["EXECUTORS", "Executor", "LocalExecutor", "RayExecutor", "import_ray", "make_executor"]
