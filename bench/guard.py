@@ -1,0 +1,227 @@
+"""The runtime guard (issue 20): overhead, served throughput and latency, drift detection delay.
+
+For each zoo image classifier: a small defence-in-depth audit (``--max-samples``, no adaptive attack) is
+stored in a temporary database and exported with :func:`mlsafety.guard.export_guard`, then
+
+1. **Overhead**: ``Guard`` forward vs the bare model's forward on the same batch (goal <= 1.15x),
+   interleaved repeats, the median of per-pair ratios with its 2.5-97.5% spread;
+2. **Drift**: the conformal Shiryaev-Roberts alarm (level ``--arl``) on streams of the model's test data
+   (clean), of a corruption of it and of each of the zoo's OOD sets: false alarms on the clean stream and
+   the detection delay (inputs until the first alarm) over replicate streams (seeded permutations), its
+   mean with a bootstrap 95% interval and the median;
+3. **Served** (first model only): a real uvicorn server on 127.0.0.1, 1 / 8 / 32 concurrent clients each
+   posting single images: throughput, p50 / p99 latency, and the share of the wall time outside the
+   guard's forward pass (``1 - model_seconds / wall``).
+
+Timings are taken on a shared, loaded machine (other sessions running on 2 cores): read the ratios,
+which are measured side by side in one run, not the absolute numbers.
+
+Run: ``.venv/bin/python bench/guard.py [--quick]`` (writes bench/results/guard.{json,md}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import platform
+import socket
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlsafety.audit import AuditConfig, Store, prepare_inputs, run_audit
+from mlsafety.audit._engine import cap_data
+from mlsafety.cli._serve import build_app
+from mlsafety.guard import DriftAlarm, export_guard, load_guard
+from mlsafety.robustness.corruptions import corrupt
+
+RESULTS = Path(__file__).parent / "results"
+CHECK = "defence-in-depth"
+
+
+def quantile(v: list[float], q: float) -> float:
+    return float(torch.tensor(v, dtype=torch.float64).quantile(q))
+
+
+def overhead(guard: Any, x: torch.Tensor, repeats: int) -> dict[str, float]:
+    model = guard.model
+    ratios, tg, tm = [], [], []
+    with torch.no_grad():
+        guard(x)
+        model(x)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            t1 = time.perf_counter()
+            guard(x)
+            t2 = time.perf_counter()
+            tm.append(t1 - t0)
+            tg.append(t2 - t1)
+            ratios.append((t2 - t1) / (t1 - t0))
+    return {
+        "batch": x.shape[0],
+        "model_ms_median": 1000 * statistics.median(tm),
+        "guard_ms_median": 1000 * statistics.median(tg),
+        "ratio_median": statistics.median(ratios),
+        "ratio_p2_5": quantile(ratios, 0.025),
+        "ratio_p97_5": quantile(ratios, 0.975),
+        "repeats": repeats,
+    }
+
+
+def delays(guard: Any, reference: torch.Tensor, x: torch.Tensor, arl: float, reps: int, seed: int) -> dict[str, Any]:
+    with torch.no_grad():
+        scores = guard(x).score.cpu()
+    g = torch.Generator().manual_seed(seed)
+    first, alarms = [], 0
+    for r in range(reps):
+        alarm = DriftAlarm(reference, arl=arl, seed=r)
+        alarm.update(scores[torch.randperm(scores.numel(), generator=g)])
+        first.append(alarm.first_alarm)
+        alarms += alarm.alarms
+    hit = [f for f in first if f is not None]
+    out: dict[str, Any] = {
+        "stream_length": int(scores.numel()), "replicates": reps, "alarmed": len(hit), "alarms": alarms,
+    }  # fmt: skip
+    if hit:
+        t = torch.tensor(hit, dtype=torch.float64)
+        boot = [float(t[torch.randint(len(hit), (len(hit),), generator=g)].mean()) for _ in range(2000)]
+        out.update(
+            delay_mean=float(t.mean()),
+            delay_ci=[quantile(boot, 0.025), quantile(boot, 0.975)],
+            delay_median=float(t.median()),
+        )
+    return out
+
+
+def served(guard: Any, drift: DriftAlarm, x: torch.Tensor, clients: list[int], per_client: int) -> list[dict[str, Any]]:
+    import httpx
+    import uvicorn
+
+    app = build_app(guard, drift, tuple(x.shape[1:]), max_batch=64, max_wait_ms=2)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="error"))
+    th = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    th.start()
+    while not srv.started:
+        time.sleep(0.05)
+    url = f"http://127.0.0.1:{port}"
+    rows = []
+    try:
+        for c in clients:
+            m0 = app.state.metrics.model_seconds
+            lat: list[float] = []
+
+            async def client(k: int, http: Any, lat: list[float] = lat) -> None:
+                for i in range(per_client):
+                    img = x[(k * per_client + i) % x.shape[0]].unsqueeze(0).tolist()
+                    t0 = time.perf_counter()
+                    r = await http.post("/predict", json={"id": f"{k}-{i}", "images": img})
+                    lat.append(time.perf_counter() - t0)
+                    assert r.status_code == 200, r.text
+
+            async def run(c: int = c) -> float:
+                async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=c)) as h:
+                    t0 = time.perf_counter()
+                    await asyncio.gather(*(client(k, h) for k in range(c)))
+                    return time.perf_counter() - t0
+
+            wall = asyncio.run(run())
+            model_s = app.state.metrics.model_seconds - m0
+            rows.append({
+                "clients": c, "requests": c * per_client, "throughput_rps": c * per_client / wall,
+                "p50_ms": 1000 * quantile(lat, 0.5), "p99_ms": 1000 * quantile(lat, 0.99),
+                "share_outside_model": 1 - model_s / wall,
+            })  # fmt: skip
+    finally:
+        srv.should_exit = True
+        th.join(10)
+        sock.close()
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["digits-cnn", "fashion-cnn"])
+    ap.add_argument("--max-samples", type=int, default=400)
+    ap.add_argument("--arl", type=float, default=1000.0)
+    ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats and requests (a smoke run)")
+    args = ap.parse_args()
+    repeats, per_client = (10, 5) if args.quick else (40, 20)
+    result: dict[str, Any] = {
+        "machine": f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; shared and loaded (other sessions on 2 cores): ratios only",
+        "arl": args.arl,
+        "models": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, name in enumerate(args.models):
+            db = Path(tmp) / "runs.sqlite"
+            config = AuditConfig(model=name, checks=[CHECK], max_samples=args.max_samples, seed=0,
+                                 check_params={CHECK: {"adaptive": False}})  # fmt: skip
+            run_audit(config, db=db, report="")
+            with Store(db, create=False) as store:
+                export_guard(store, "latest", Path(tmp) / name, arl=args.arl)
+            loaded = load_guard(Path(tmp) / name)
+            guard = loaded.guard
+            cfg = AuditConfig(model=name, checks=[CHECK], max_samples=args.max_samples, seed=0)
+            _, data = prepare_inputs(cfg)
+            data = cap_data(data, cfg.max_samples, cfg.seed)
+            x = data.test.x
+            entry: dict[str, Any] = {"monitor": guard.monitor.name, "input_shape": list(x.shape[1:])}
+            entry["overhead"] = [overhead(guard, x[:b], repeats) for b in (1, 64, min(256, x.shape[0]))]
+            ref = loaded.drift.reference
+            streams = {"clean (test data)": x}
+            g = torch.Generator().manual_seed(1)
+            for corr, sev in (("gaussian-noise", 3), ("contrast", 5)):
+                streams[f"corruption/{corr}/{sev}"] = corrupt(x, corr, sev, generator=g)
+            streams.update({f"ood/{k}": v.x for k, v in data.ood.items()})
+            entry["drift"] = {k: delays(guard, ref, v, args.arl, args.reps, 7) for k, v in streams.items()}
+            if i == 0:
+                entry["served"] = served(guard, loaded.new_drift(), x, [1, 8, 32], per_client)
+            result["models"][name] = entry
+            print(name, json.dumps(entry["overhead"][-1]), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "guard.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / "guard.md").write_text(markdown(result))
+    print((RESULTS / "guard.md").read_text())
+
+
+def markdown(r: dict[str, Any]) -> str:
+    out = ["# Runtime guard (issue 20)", "", f"Machine: {r['machine']}.", ""]
+    out += ["Goal: `Guard` forward <= 1.15x the bare model's forward.", ""]
+    for name, e in r["models"].items():
+        out += [f"## {name} (monitor `{e['monitor']}`, input {e['input_shape']})", ""]
+        out += ["| batch | model ms | guard ms | ratio (median) | ratio 2.5-97.5% |", "|---|---|---|---|---|"]
+        for o in e["overhead"]:
+            out.append(f"| {o['batch']} | {o['model_ms_median']:.2f} | {o['guard_ms_median']:.2f} | "
+                       f"{o['ratio_median']:.2f} | {o['ratio_p2_5']:.2f}-{o['ratio_p97_5']:.2f} |")  # fmt: skip
+        out += ["", f"Drift alarm (level {r['arl']:g}: mean clean inputs before a false alarm >= level):", ""]
+        out += ["| stream | length | streams alarmed | mean delay [95% CI] | median |", "|---|---|---|---|---|"]
+        for k, d in e["drift"].items():
+            ci = (f"{d['delay_mean']:.1f} [{d['delay_ci'][0]:.1f}, {d['delay_ci'][1]:.1f}]" if "delay_mean" in d
+                  else "no alarm")  # fmt: skip
+            med = f"{d['delay_median']:.0f}" if "delay_median" in d else "-"
+            out.append(f"| {k} | {d['stream_length']} | {d['alarmed']}/{d['replicates']} | {ci} | {med} |")
+        if "served" in e:
+            out += ["", "Served (uvicorn on 127.0.0.1, single-image requests, micro-batched):", ""]
+            out += ["| clients | requests | req/s | p50 ms | p99 ms | share of wall time outside the guard forward |",
+                    "|---|---|---|---|---|---|"]  # fmt: skip
+            for s in e["served"]:
+                out.append(f"| {s['clients']} | {s['requests']} | {s['throughput_rps']:.1f} | {s['p50_ms']:.1f} | "
+                           f"{s['p99_ms']:.1f} | {s['share_outside_model']:.2f} |")  # fmt: skip
+        out.append("")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()
