@@ -182,3 +182,17 @@ def test_serve_without_extra_names_the_install(monkeypatch: pytest.MonkeyPatch, 
     r = CliRunner().invoke(main, ["serve", str(tmp_path)])
     assert r.exit_code == 2
     assert "pip install 'mlsafety[serve]'" in r.output
+
+
+def test_detector_state_follows_the_module() -> None:
+    """`guard.to(...)` converts the detector's learned tensors with the model (dtype here; device alike)."""
+    guard, _ = tiny_guard()
+    x = torch.rand(5, *SHAPE, generator=torch.Generator().manual_seed(9))
+    with torch.no_grad():
+        ref = guard(x)
+        guard.double()
+        out = guard(x.double())
+    assert out.logits.dtype == torch.float64
+    assert guard.detector is not None
+    assert all(t.dtype == torch.float64 for k, t in vars(guard.detector).items() if isinstance(t, torch.Tensor))
+    assert torch.equal(out.accept, ref.accept)
