@@ -22,7 +22,7 @@ from mlsafety.alignment.evals import (
 )
 from mlsafety.alignment.evals._probe import cross_validate
 from mlsafety.core import InputError, LanguageModel, generator
-from tests.support.text import tiny_llama
+from tests.support.text import VOCAB, tiny_llama
 
 
 def _write(path: Path, rows: list[list[str]]) -> Path:
@@ -185,3 +185,22 @@ def test_zero_shot_equals_the_log_probability_comparison_on_a_tiny_lm() -> None:
     assert scores["zero-shot"].exact_match is not None and scores["zero-shot"].exact_match.n == 2
     probe = scores["probe"]
     assert len(probe.per_layer) == 3 and len(probe.layers) == 2  # embeddings + 2 blocks; one layer per fold
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_one_prompt_pass_equals_the_adapter_and_the_two_completion_fallback(
+    side: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlsafety.alignment.evals import ethics as ethics_module
+
+    lm = LanguageModel(tiny_llama(), padding_side=side)
+    prompts = ["claim one is good answer:", "a dog ran answer:", "the cat sat on the mat and it was red answer:"]
+    logp, hidden = ethics_module.prompt_pass(lm, prompts, [VOCAB.index("no"), VOCAB.index("yes")], batch_size=2)
+    torch.testing.assert_close(logp[:, 1], lm.logprobs(prompts, [" yes"] * 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(logp[:, 0], lm.logprobs(prompts, [" no"] * 3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(hidden, lm.hidden_states(prompts), atol=1e-5, rtol=0)
+    subset = EthicsSubset("commonsense", ("i ran", "i sat", "a cat", "a dog"), ("",) * 4,
+                          torch.tensor([1, 0, 1, 0]), torch.arange(4))  # fmt: skip
+    one_pass = evaluate_ethics(lm, subset, probe=False)["zero-shot"].correct
+    monkeypatch.setattr(ethics_module, "_answer_tokens", lambda lm, texts: None)  # force the two-pass path
+    assert evaluate_ethics(lm, subset, probe=False)["zero-shot"].correct.tolist() == one_pass.tolist()

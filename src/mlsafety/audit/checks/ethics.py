@@ -40,8 +40,8 @@ class Ethics(Check):
     title = "Machine ethics (ETHICS-style)"
     description = (
         "Everyday moral judgements (Hendrycks et al. 2021): each scenario as a yes/no question, answered zero-shot by "
-        "comparing log p(' yes') and log p(' no'), and by a linear probe on the contrast of the two answers' hidden "
-        "states (k-fold by whole groups, layer chosen inside the training folds); accuracy, the grouped exact match "
+        "comparing log p(' yes') and log p(' no'), and by a linear probe on the hidden states at the question's end "
+        "(k-fold by whole groups, layer chosen inside the training folds); accuracy, the grouped exact match "
         "(deontology and justice 4, virtue 5) and utilitarianism as pairwise ranking. Data: the release folder given "
         "as ethics = DIR, else the project's own look-alike mlsafety-ethics-lookalike (not the benchmark)."
     )

@@ -9,7 +9,8 @@ from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_
 from mlsafety.audit._plots import figure, to_png
 
 CAPTION = (
-    "cross-validated accuracy of a linear probe on h(' yes') - h(' no') at each layer (0: embeddings); "
+    "cross-validated accuracy of a linear probe on the residual stream at the prompt's last token, at each layer "
+    "(0: embeddings); "
     "dashed: the majority label's share (0.5 for utilitarianism's pairs)."
 )
 NOTE = (
