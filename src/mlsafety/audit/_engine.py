@@ -233,7 +233,8 @@ def run_audit(
 
         def before(check: Check) -> None:  # before a check's first task starts
             if tracker is not None:
-                tracker.replan(check.name)  # sizes of the checks not yet started, from what the done ones cost
+                if runner.replans:  # sizes of the checks not yet started, from what the done ones cost
+                    tracker.replan(check.name)
                 sizes = _size_rows(tracker.plan, check.name) if budget is not None else []
                 if sizes and (PLAN_CHECK, f"sizes/{check.name}") not in done:
                     store.write_task(run_id, PLAN_CHECK, f"sizes/{check.name}", sizes, [], 0.0)

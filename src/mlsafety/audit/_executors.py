@@ -53,6 +53,9 @@ class Executor(Protocol):
     """Runs an audit's tasks and streams back what each produced, in the order given."""
 
     name: str
+    replans: bool
+    """Whether a check's ``before`` comes after the tasks before it have run, so the engine may re-plan its
+    sample sizes from their measured times (False: every task is sent at once and the first plan holds)."""
 
     def start(self) -> None:
         """Acquire what running needs (a Ray session); called once inputs are checked, before a run is
@@ -63,8 +66,8 @@ class Executor(Protocol):
     ) -> Iterator[tuple[int, Check, Task, TaskResult, float]]:
         """Yield (index, check, task, result, seconds) for every pending task, in ``pending``'s order.
 
-        ``before(check)`` is called once per check, before its first task is started (the engine writes
-        the check's chosen sample sizes there)."""
+        ``before(check)`` is called once per check, before its first result is yielded (the engine writes
+        the check's chosen sample sizes there); with :attr:`replans`, also before its first task starts."""
         ...
 
 
@@ -72,6 +75,7 @@ class LocalExecutor:
     """The tasks one after another in this process (the default)."""
 
     name = "local"
+    replans = True
 
     def start(self) -> None:
         return None
@@ -189,6 +193,7 @@ class RayExecutor:
     """
 
     name = "ray"
+    replans = False
 
     def __init__(
         self, address: str | None = None, num_cpus: int | None = None, connect_timeout: float = CONNECT_TIMEOUT_S
@@ -252,18 +257,17 @@ class RayExecutor:
         job = _Job(uuid.uuid4().hex, shipped, {c.name: c for _, c, _ in remote})
         gpus = 1 if ctx.device.type == "cuda" else 0
         fn = self._remote.options(num_cpus=1, num_gpus=gpus, max_retries=0)
-        started: set[str] = set()
-        for _, check, _ in pending:  # sizes rows first, in the run's order (all tasks go out at once)
-            if check.name not in started:
-                before(check)
-                started.add(check.name)
         job_ref = ray.put(job) if remote else None
         refs = {fn.remote(job_ref, c.name, t.key): i for i, c, t in remote}
         by_index = {i: (c, t) for i, c, t in pending}
         ready: dict[int, tuple[TaskResult, float]] = {}
         waiting = list(refs)
+        started: set[str] = set()
         try:
             for i, check, task in pending:
+                if check.name not in started:  # the check's size rows before its results, as in a local run
+                    before(check)
+                    started.add(check.name)
                 if i in inline:
                     t0 = time.perf_counter()
                     result = task.run()
