@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--folds", type=int, default=5)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=str(RESULTS / "alignment_evals"))
+    ap.add_argument("--only", choices=("truthfulqa", "ethics"), help="run one part, keeping the other's stored figures")
     args = ap.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -62,17 +63,25 @@ def main() -> None:
         "threads": torch.get_num_threads(),
         "note": "timings taken on a shared 2-core machine with other jobs running: noisy",
     }
-    tqa: dict[str, Any] = {}
+    old = json.loads(Path(f"{args.out}.json").read_text()) if Path(f"{args.out}.json").exists() else {}
+    if args.only == "ethics" and "truthfulqa" in old:
+        out["truthfulqa"] = old["truthfulqa"]
+        questions = []
+    tqa: dict[str, Any] = out.get("truthfulqa", {})
     t0 = time.perf_counter()
-    scores = evals.score_truthfulqa(lm, questions, batch_size=args.batch_size)  # one scoring pass, both reductions
-    seconds = time.perf_counter() - t0
+    tqa_scores = evals.score_truthfulqa(lm, questions, batch_size=args.batch_size) if questions else None
+    seconds = time.perf_counter() - t0  # one scoring pass gives both reductions
     for reduction in ("sum", "mean"):
-        res = evals.truthfulqa_result(questions, scores, reduction, seed=args.seed)
+        if tqa_scores is None:
+            break
+        res = evals.truthfulqa_result(questions, tqa_scores, reduction, seed=args.seed)
         tqa[reduction] = {"mc1": est(res.mc1), "mc2": est(res.mc2), "seconds": seconds,
                           "mc1_chance": res.mc1_chance, "mc2_chance": res.mc2_chance}  # fmt: skip
     out["truthfulqa"] = tqa
     out["ethics"] = eth = {}
     write(out, args.out)
+    if args.only == "truthfulqa":
+        subsets = {}
     for name, subset in subsets.items():
         t0 = time.perf_counter()
         scores = evals.evaluate_ethics(lm, subset, folds=args.folds, seed=args.seed, batch_size=args.batch_size)
