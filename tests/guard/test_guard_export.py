@@ -142,3 +142,21 @@ def test_run_without_defence_in_depth_names_the_check(tmp_path: Path) -> None:
 def test_not_a_guard_directory(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="not a guard directory"):
         load_guard(tmp_path)
+
+
+@pytest.mark.slow
+def test_drift_alarm_on_zoo_streams(exported: tuple[Path, Path]) -> None:
+    """The audit's clean test stream raises no alarm; every zoo OOD stream alarms within a few inputs."""
+    _, out = exported
+    loaded = load_guard(out)
+    config = _config()
+    _, data = prepare_inputs(config)
+    data = cap_data(data, config.max_samples, config.seed)
+    with torch.no_grad():
+        clean = loaded.new_drift()
+        clean.update(loaded.guard(data.test.x).score)
+        assert not clean.alarm
+        for name, ds in data.ood.items():
+            drift = loaded.new_drift()
+            drift.update(loaded.guard(ds.x).score)
+            assert drift.first_alarm is not None and drift.first_alarm <= 50, name
