@@ -26,7 +26,7 @@ from mlsafety.audit._context import AuditContext, AuditData, hazard_provider
 
 # Last: the engine and the report import every check module, and check modules may import the
 # names above from this package.
-from mlsafety.audit._engine import AuditInterrupted, AuditResult, run_audit
+from mlsafety.audit._engine import AuditInterrupted, AuditResult, budget_cuts, run_audit
 from mlsafety.audit._executors import EXECUTORS, INSTALL_RAY, LocalExecutor, RayExecutor, make_executor
 from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluate_gates, parse_gate_option
 from mlsafety.audit._inputs import (
@@ -40,7 +40,7 @@ from mlsafety.audit._inputs import (
 )
 from mlsafety.audit._many import run_many
 from mlsafety.audit._report import render_report, write_report
-from mlsafety.audit._settings import SettingsDiff, settings_diff
+from mlsafety.audit._settings import SettingsDiff, row_setting_diff, settings_diff
 from mlsafety.audit._store import Store
 from mlsafety.audit.views.defence_in_depth import fmea_report_table
 from mlsafety.audit.views.proxy_gaming import curve_png
@@ -72,6 +72,7 @@ __all__ = [
     "Table",
     "Task",
     "TaskResult",
+    "budget_cuts",
     "compare_rows",
     "config_from_mapping",
     "curve_png",
@@ -94,6 +95,7 @@ __all__ = [
     "resolve_data",
     "resolve_language_model",
     "resolve_model",
+    "row_setting_diff",
     "run_audit",
     "run_many",
     "settings_diff",

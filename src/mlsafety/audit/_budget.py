@@ -205,7 +205,7 @@ class Knob:
     @property
     def width(self) -> float:
         """Worst-case (p = 1/2) width of a proportion's 95% interval at the chosen size."""
-        return 2 * 1.96 * math.sqrt(0.25 / max(1, self.chosen))
+        return min(1.0, 2 * 1.96 * math.sqrt(0.25 / max(1, self.chosen)))  # a proportion's interval is within [0, 1]
 
 
 @dataclass

@@ -229,6 +229,14 @@ def run_audit(
         fixed = set(stored_plan or {}) | {key for key in (plan.knobs if plan else {}) if key[0] == "trojans"}
         tracker = _Tracker(plan, budget, start, checks, fixed) if plan is not None else None
         pending = [(i, c, t) for i, (c, t) in enumerate(work) if (c.name, t.key) not in done]
+        if tracker is not None and budget is not None and getattr(runner, "name", "") == "local":
+            # the last resort of a budget, after every sample size is at its floor: a task predicted not to
+            # finish within what is left of the budget is not run, and says so in a row (never a silent overrun)
+            counts: dict[str, int] = {}
+            for c, _t in work:
+                counts[c.name] = counts.get(c.name, 0) + 1
+            tracker.tasks_per_check = counts
+            pending = [(i, c, _budgeted(c, t, tracker)) for i, c, t in pending]
         skipped = len(work) - len(pending)
 
         def before(check: Check) -> None:  # before a check's first task starts
@@ -499,6 +507,20 @@ class _Tracker:
         self.predicted = {c.check: c.seconds() for c in plan.costs}
         self.spent: dict[str, float] = {}
         self.begun = time.perf_counter()
+        self.tasks_per_check: dict[str, int] = {}
+
+    def task_seconds(self, check: str) -> float:
+        """Predicted seconds of one task of ``check``: the check's prediction over its tasks, times the
+        measured / predicted ratio of the checks run so far."""
+        n = max(1, self.tasks_per_check.get(check, 1))
+        return self.predicted.get(check, 0.0) / n * self._factor()
+
+    def left(self) -> float:
+        """Seconds of the budget left (less the reserve for the report)."""
+        from mlsafety.audit._budget import RESERVE
+
+        assert self.budget is not None
+        return self.budget * (1 - RESERVE) - (time.perf_counter() - self.start)
 
     def _factor(self) -> float:
         """Measured / predicted seconds of the checks run so far (1 before any), clamped to [0.25, 4]."""
@@ -545,6 +567,34 @@ class _Tracker:
         self.predicted = {c.check: c.seconds() for c in self.plan.costs} | {
             c: self.predicted[c] for c in self.spent if c in self.predicted
         }
+
+
+BUDGET_CUT = "budget_cut"
+"""The metric prefix of the row a task stores instead of its results when the budget cut it
+(``budget_cut_<task key>``: a decision row, value 1, with the predicted and the remaining seconds)."""
+
+
+def _budgeted(check: Check, task: Task, tracker: _Tracker) -> Task:
+    """``task``, run only when its predicted seconds (its check's prediction shared over its tasks,
+    scaled by how far the measured checks were off) fit in what is left of the budget; otherwise one
+    :data:`BUDGET_CUT` row saying what was cut and why."""
+
+    def run() -> TaskResult:
+        need, left = tracker.task_seconds(check.name), tracker.left()
+        # a not-applicable task stores one row; a task under 1% of the budget is not worth a gap in the report
+        if need <= left or task.key == "not-applicable" or need < 0.01 * (tracker.budget or 0.0):
+            return task.run()
+        metric = BUDGET_CUT + "_" + "".join(ch if ch.isalnum() else "_" for ch in task.key)
+        reason = f"predicted {need:.1f} s, {max(0.0, left):.1f} s of the budget left; run without --budget for it"
+        return TaskResult([Row.exact("clean", metric, 1.0, DECISION, task=task.key, predicted_s=round(need, 2),
+                                     left_s=round(max(0.0, left), 2), reason=reason)])  # fmt: skip
+
+    return Task(task.key, run)
+
+
+def budget_cuts(rows: list[StoredRow]) -> list[str]:
+    """``check task`` of every task a budget cut (its :data:`BUDGET_CUT` rows)."""
+    return [f"{r.check} {r.params.get('task', '')}".strip() for r in rows if r.metric.startswith(BUDGET_CUT + "_")]
 
 
 def _skip(check: Check, ctx: AuditContext) -> Task:
@@ -601,9 +651,11 @@ def _config_record(config: AuditConfig) -> dict[str, object]:
 
 
 __all__ = [
+    "BUDGET_CUT",
     "PLAN_CHECK",
     "AuditInterrupted",
     "AuditResult",
+    "budget_cuts",
     "build_checks",
     "cap_data",
     "check_report_path",

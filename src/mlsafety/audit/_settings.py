@@ -18,6 +18,22 @@ from typing import Any
 RUN_WIDE = ("seed", "quick", "budget", "max_samples")
 """Run settings that change what every check measures (a profile, the sample sizes, every random draw)."""
 
+ROW_SETTINGS = ("detector",)
+"""Row parameters that say what a metric measures: the ``ood`` check's plain keys (``ood/<set>/auroc``)
+hold the monitored detector, which a run chooses (Energy in runs made before the choice existed). Two
+rows of one key with different values here measure different things: a settings difference, not a change
+of the model."""
+
+
+def row_setting_diff(a: Any, b: Any) -> str | None:
+    """``param: a -> b`` when stored rows ``a`` and ``b`` (of one key) differ in a :data:`ROW_SETTINGS`
+    parameter, else None."""
+    pa, pb = getattr(a, "params", None) or {}, getattr(b, "params", None) or {}
+    for key in ROW_SETTINGS:
+        if key in pa and key in pb and _show(pa[key]) != _show(pb[key]):
+            return f"{key}: {_show(pa[key])} -> {_show(pb[key])}"
+    return None
+
 
 @dataclass(frozen=True)
 class SettingsDiff:
@@ -92,4 +108,4 @@ def settings_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> SettingsDiff:
     return SettingsDiff(run_wide, by_check)
 
 
-__all__ = ["RUN_WIDE", "SettingsDiff", "effective_params", "settings_diff"]
+__all__ = ["ROW_SETTINGS", "RUN_WIDE", "SettingsDiff", "effective_params", "row_setting_diff", "settings_diff"]

@@ -61,7 +61,8 @@ class ProgressLines:
             line("  budget:", f"{what} {k.value} -> {k.chosen} (95% interval of a proportion at most "
                  f"{k.width:.2f} wide)", style="bold")  # fmt: skip
         if not plan.fits:
-            line("warning:", "the budget is too small even at the smallest sample sizes; the audit will overrun it",
+            line("warning:", "the budget is too small even at the smallest sample sizes; tasks that would overrun it "
+                 "are cut (not run), and the summary names them",
                  style="bold yellow")  # fmt: skip
 
     def task(self, check: str, key: str, i: int, total: int, seconds: float, left: float | None) -> None:
@@ -392,6 +393,15 @@ def _print_summary(result: Any) -> None:
             for k in result.plan.knobs.values()
         )
         out_console.print(f"Sample sizes under the budget: {used}.", soft_wrap=True)
+        from mlsafety.audit import budget_cuts
+
+        cuts = budget_cuts(result.rows)
+        if cuts:  # every size at its floor and still over: these tasks were not run (each stored a budget_cut row)
+            err_console.print(
+                f"Warning: cut by the budget (not run, {len(cuts)} tasks): {', '.join(cuts)}; "
+                "run with a larger --budget or none for them",
+                soft_wrap=True,
+            )
     _print_ood_notes(result.rows)
     resumed = f", {result.resumed_tasks} tasks resumed from the store" if result.resumed_tasks else ""
     out_console.print(f"{len(result.rows)} numbers stored in {result.seconds:.1f} s{resumed}.")

@@ -129,7 +129,7 @@ def compare(
     settings that differ are listed first, and the changes of the checks they touch are marked 'settings'
     and not counted as worse (unless --across-settings).
     """
-    from mlsafety.audit import compare_rows, fmt_ci, fmt_value, settings_diff
+    from mlsafety.audit import compare_rows, fmt_ci, fmt_value, row_setting_diff, settings_diff
 
     with open_store(db) as store:
         a, b = store.run(run_a), store.run(run_b)
@@ -139,7 +139,10 @@ def compare(
     if not comparisons:
         raise MlsafetyError(f"runs {a.run_id} and {b.run_id} share no metric")
     diff = settings_diff(a.config, b.config)
-    if diff:
+    # rows whose own parameters say they measure something else (the ood check's plain keys: another monitored detector)
+    by_row = {c.key: d for c in comparisons if (d := row_setting_diff(c.a, c.b)) is not None}
+    row_lines = sorted({f"{k.split('/', 1)[0]} rows: {d}" for k, d in by_row.items()})
+    if diff or row_lines:
         what = (
             "counted as real changes (--across-settings)"
             if across_settings
@@ -151,11 +154,11 @@ def compare(
             f"are {what}:",
             style="bold yellow",
         )
-        for d in diff.lines():
+        for d in diff.lines() + row_lines:
             line("  differs:", d, style="bold yellow")
 
     def verdict(c: Any) -> str:
-        if c.verdict and diff.affects(c.a.check) and not across_settings:
+        if c.verdict and (diff.affects(c.a.check) or c.key in by_row) and not across_settings:
             return "settings"
         return str(c.verdict)
 

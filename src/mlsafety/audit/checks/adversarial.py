@@ -45,7 +45,7 @@ _NICE = (1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0)
 
 def _nice(v: float) -> float:
     """``v`` rounded (in log scale) to 1, 1.5, 2, 3, 5 or 7.5 times a power of ten."""
-    if v <= 0:
+    if not math.isfinite(v) or v <= 0:
         return 0.0
     p = math.floor(math.log10(v))
     m = v / 10**p
@@ -60,7 +60,12 @@ def default_eps(x: torch.Tensor, norm: str, fractions: Sequence[float] = EPS_FRA
     0.2, 0.3: it ends where the embedded model's robust accuracy has reached zero. For CIFAR-like
     data (about 0.25) it runs from 0.015 to 0.2 and brackets the customary 8/255.
     """
-    sigma = float(x.float().std())
+    sigma = float(x.float().std()) if x.numel() > 1 else math.nan
+    if not math.isfinite(sigma):  # no test inputs (e.g. an empty subset): the spread is undefined
+        raise InputError(
+            f"the adversarial eps grid is scaled by the test images' pixel spread, which is {sigma:g} on "
+            f"{x.shape[0]} inputs; give test inputs, or set [params.adversarial] eps = [...]"
+        )
     scale = sigma if norm == "linf" else sigma * math.sqrt(x[0].numel()) / 3
     eps = sorted({_nice(f * scale) for f in fractions})
     return [e for e in eps if e > 0 and (norm != "linf" or e <= 1)]

@@ -13,6 +13,7 @@ certificate allows a violation only with probability about 2 alpha per input.
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, ClassVar
 
 import torch
@@ -20,6 +21,7 @@ from torch import nn
 
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks._common import bind
 from mlsafety.audit.views.certified import CertifiedView, certified_metric, curve_png
 from mlsafety.core import Hazard, InputError, UnknownNameError
 from mlsafety.metrics import proportion
@@ -27,6 +29,8 @@ from mlsafety.robustness import summarize_certificates
 from mlsafety.robustness.smoothing import ABSTAIN, Certificate, SmoothedClassifier, attack_certificates, registry_attack
 
 CHECK = "certified"
+_CERTS: weakref.WeakKeyDictionary[AuditContext, dict[tuple[float, bool], Certificate]] = weakref.WeakKeyDictionary()
+"""Certificates per audit context, (sigma, denoised): the certification task's, reused by the consistency tasks."""
 ATTACK_BUDGET = {"steps": 10, "n_queries": 100, "n_target_classes": 2, "restarts": 1}
 """Budgets of the registry attacks against the smoothed classifier (every call costs ``m`` forwards)."""
 
@@ -80,23 +84,60 @@ class Certified(Check):
     view = CertifiedView
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
+        """Per sigma: the certification (rows and curve), then one task per consistency attack (the
+        dear part), so an interrupted run resumes between them and a budget can cut attacks one by one."""
         p = self.params
         for s in p["sigmas"]:
             if not float(s) > 0:
                 raise InputError(f"check 'certified': every sigma must be positive, got {s}")
-        return [self._task(ctx, float(s)) for s in p["sigmas"]]
+        tasks = []
+        for s in p["sigmas"]:
+            sigma = float(s)
+            tasks.append(Task(f"sigma-{sigma:g}", bind(self._run_sigma, ctx, sigma)))
+            if int(p["num_attacked"]) > 0:
+                tasks += [
+                    Task(f"sigma-{sigma:g}/consistency/{name or 'smoothed-pgd-l2'}",
+                         bind(self._consistency_task, ctx, sigma, name))
+                    for name in [None, *p["attacks"]]
+                ]  # fmt: skip
+        return tasks
 
-    def _task(self, ctx: AuditContext, sigma: float) -> Task:
-        return Task(f"sigma-{sigma:g}", lambda: self._run_sigma(ctx, sigma))
-
-    def _run_sigma(self, ctx: AuditContext, sigma: float) -> TaskResult:
+    def _inputs(self, ctx: AuditContext) -> tuple[torch.Tensor, torch.Tensor]:
         p = self.params
         data = ctx.hazard(Hazard.clean())
         k = min(int(p["num_inputs"]), len(data))
         if k < 1:
             raise InputError("check 'certified' needs at least one test input (num_inputs >= 1)")
         idx = torch.randperm(len(data), generator=ctx.generator("certified", "inputs"))[:k]
-        x, y = data.x[idx], data.y[idx]
+        return data.x[idx], data.y[idx]
+
+    def _smoothed(self, ctx: AuditContext, sigma: float, den: nn.Module | None = None) -> SmoothedClassifier:
+        return SmoothedClassifier(ctx.model, ctx.model.num_classes, sigma, den, int(self.params["batch_size"]))
+
+    def _certify(self, ctx: AuditContext, sigma: float, denoised: bool, den: nn.Module | None) -> Certificate:
+        """The certificates of the check's inputs at ``sigma`` (seeded: a resumed run recomputes the same
+        ones; kept per context so the consistency tasks reuse the certification task's)."""
+        memo = _CERTS.setdefault(ctx, {})
+        key = (sigma, denoised)
+        if key not in memo:
+            p = self.params
+            x, _ = self._inputs(ctx)
+            gen = ctx.generator("certified", sigma, "denoised_" if denoised else "plain")
+            smoothed = self._smoothed(ctx, sigma, den)
+            memo[key] = smoothed.certify(x, int(p["n0"]), int(p["n"]), float(p["alpha"]), generator=gen)
+        return memo[key]
+
+    def _consistency_task(self, ctx: AuditContext, sigma: float, name: str | None) -> TaskResult:
+        p = self.params
+        x, _ = self._inputs(ctx)
+        cert = self._certify(ctx, sigma, False, None)
+        common = {"sigma": sigma, "n0": p["n0"], "n": p["n"], "alpha": p["alpha"]}
+        return TaskResult(self._consistency(ctx, self._smoothed(ctx, sigma), x, cert, sigma, common, [name]))
+
+    def _run_sigma(self, ctx: AuditContext, sigma: float) -> TaskResult:
+        p = self.params
+        x, y = self._inputs(ctx)
+        k = len(x)
         common = {"sigma": sigma, "n0": p["n0"], "n": p["n"], "alpha": p["alpha"]}
         rows: list[Row] = []
         curves: dict[str, Certificate] = {}
@@ -107,10 +148,8 @@ class Certified(Check):
                 variants.append((True, den))
         clean = str(Hazard.clean())
         for denoised, den in variants:
-            smoothed = SmoothedClassifier(ctx.model, ctx.model.num_classes, sigma, den, int(p["batch_size"]))
+            cert = self._certify(ctx, sigma, denoised, den)
             variant = "denoised_" if denoised else "plain"
-            gen = ctx.generator("certified", sigma, variant)
-            cert = smoothed.certify(x, int(p["n0"]), int(p["n"]), float(p["alpha"]), generator=gen)
             curves["denoised" if denoised else "smoothed"] = cert
             radii = [float(r) for r in p["radii"]]
             s = summarize_certificates(cert, y, radii, seed=ctx.seed_for(CHECK, sigma, variant))
@@ -121,8 +160,6 @@ class Certified(Check):
             rows.append(Row.of(clean, certified_metric("abstain_rate", sigma, denoised), s.abstain_rate, **common))
             radius_metric = certified_metric("mean_certified_radius", sigma, denoised)
             rows.append(Row.of(clean, radius_metric, s.mean_certified_radius, **common))
-            if not denoised:
-                rows += self._consistency(ctx, smoothed, x, cert, sigma, common)
         caption = (
             f"Certified L2 accuracy against radius, sigma = {sigma:g}, {k} test inputs, n = {p['n']}, "
             f"alpha = {p['alpha']}."
@@ -138,6 +175,7 @@ class Certified(Check):
         cert: Certificate,
         sigma: float,
         common: dict[str, object],
+        names: list[str | None],
     ) -> list[Row]:
         p = self.params
         certified = (cert.prediction != ABSTAIN).nonzero()[:, 0][: int(p["num_attacked"])]
@@ -148,7 +186,6 @@ class Certified(Check):
         )
         xs = x[certified.cpu()]
         rows = []
-        names: list[str | None] = [None, *p["attacks"]]
         for name in names:
             label = name or "smoothed-pgd-l2"
             try:

@@ -309,16 +309,39 @@ class TTA(Check):
     def _shifts(self, corruptions: Sequence[str]) -> list[Hazard]:
         return [Hazard.clean(), *(Hazard.corruption(n, int(self.params["severity"])) for n in corruptions)]
 
+    def _fit_batches(self, ctx: AuditContext, shares: Sequence[float]) -> str | None:
+        """Clamp ``batch_size`` (and ``attack_batch_sizes``) to the test inputs there are, when fewer than a
+        batch (a small test set, or a budget's cut): the clamped size is what the run records and its rows
+        carry. Returns why the check cannot run (no batch leaves 2 benign inputs next to the malicious
+        ones), or None."""
+        p = self.params
+        n = len(ctx.data.test)
+        if n >= int(p["batch_size"]):
+            return None
+        try:
+            for share in shares:
+                tta.malicious_count(share, n)
+        except InputError:
+            return (
+                f"the test set has {n} inputs, too few for one attacked batch with at least 2 benign inputs at "
+                f"shares {', '.join(f'{s:g}' for s in shares)}; give more test data"
+            )
+        p["batch_size"] = n
+        if p["attack_batch_sizes"] is not None:
+            p["attack_batch_sizes"] = [b for b in _batch_sizes(p["attack_batch_sizes"], n) if b <= n] or None
+        return None
+
     def hazards(self, ctx: AuditContext) -> list[Hazard]:
-        """``tta-attack/<method>/<share>`` for every method and share (none for a model without batch norm)."""
+        """``tta-attack/<method>/<share>`` for every method and share (none for a model without batch norm,
+        or a test set too small for one attacked batch)."""
         methods, _, shares, _ = self._plan()
-        if ctx is not None and _has_batch_norm(ctx.model) is not None:
+        if ctx is not None and (_has_batch_norm(ctx.model) is not None or self._fit_batches(ctx, shares)):
             return []
         return [Hazard.tta_attack(m, s) for m in methods for s in shares]
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         methods, corruptions, shares, objectives = self._plan()
-        reason = _has_batch_norm(ctx.model)
+        reason = _has_batch_norm(ctx.model) or self._fit_batches(ctx, shares)
         if reason is not None:
             row = Row.exact("clean", NOT_APPLICABLE, 1.0, DECISION, modality=ctx.modality, reason=reason)
             return [Task("not-applicable", lambda: TaskResult([row]))]

@@ -1,0 +1,164 @@
+"""Budget cuts, resumable certified tasks, small test sets for tta, the eps grid on empty data, and
+row-level settings in compare (issue 22)."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from mlsafety.audit import AuditConfig, run_audit
+from mlsafety.audit import _engine as engine
+from mlsafety.audit._settings import row_setting_diff
+from mlsafety.audit.checks.adversarial import default_eps
+from mlsafety.core import InputError
+
+MODEL = """
+import torch
+from torch import nn
+
+
+def small():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+
+
+def bn():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                         nn.Flatten(), nn.Linear(4, 3))
+"""
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "m.py").write_text(MODEL)
+    rng = np.random.default_rng(0)
+    for name, n in (("data", 120), ("val", 40), ("few", 30), ("tiny", 2)):
+        np.savez(tmp_path / f"{name}.npz", x=rng.random((n, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, n))
+    np.savez(tmp_path / "ood.npz", x=rng.random((30, 1, 8, 8)).astype(np.float32), y=-np.ones(30, dtype=np.int64))
+    return tmp_path
+
+
+CERT = {"num_inputs": 12, "n": 40, "n0": 16, "num_attacked": 2, "attacks": ["pgd"], "sigmas": [0.25, 0.5]}
+
+
+def _config(files, **kw):
+    return AuditConfig(
+        model=f"{files / 'm.py'}:small",
+        data=str(files / "data.npz"),
+        val=str(files / "val.npz"),
+        ood=[str(files / "ood.npz")],
+        checks=["clean", "certified"],
+        check_params={"certified": CERT},
+        **kw,
+    )
+
+
+def _rows(db):
+    con = sqlite3.connect(db)
+    try:
+        return {
+            (c, h, m): (v, lo, hi, n)
+            for c, h, m, v, lo, hi, n in con.execute(
+                "SELECT check_name, hazard, metric, value, ci_low, ci_high, n FROM results "
+                "WHERE check_name != 'audit-plan'"
+            )
+        }
+    finally:
+        con.close()
+
+
+def test_certified_resumes_between_its_tasks_and_equals_a_clean_run(files):
+    """Certification and each consistency attack are tasks: stopped after 3 tasks, the resume stores the
+    rest, and every row equals those of an uninterrupted run."""
+    clean_db, db = files / "clean.sqlite", files / "runs.sqlite"
+    full = run_audit(_config(files), db=clean_db, report="")
+    keys = [k for (c, k) in engine.Store(clean_db).done_tasks(full.run_id) if c == "certified"]
+    assert sorted(keys) == sorted(
+        f"sigma-{s}{part}" for s in ("0.25", "0.5") for part in ("", "/consistency/smoothed-pgd-l2", "/consistency/pgd")
+    )
+    calls = {"n": 0}
+
+    def stop_after_three(check, key, seconds):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(engine.AuditInterrupted):
+        run_audit(_config(files), db=db, report="", on_task=stop_after_three)
+    partial = _rows(db)
+    resumed = run_audit(_config(files), db=db, report="", resume=True)
+    assert resumed.resumed_tasks == 3 and resumed.ran_tasks > 0
+    again = _rows(db)
+    assert len(again) > len(partial)
+    want = _rows(clean_db)
+    assert again.keys() == want.keys()
+    for key, (v, lo, _hi, n) in want.items():
+        got = again[key]
+        assert got[3] == n and got[0] == pytest.approx(v, abs=1e-9), key
+        assert (got[1] is None) == (lo is None) and (lo is None or got[1] == pytest.approx(lo, abs=1e-9)), key
+
+
+def test_a_task_predicted_past_the_budget_is_cut_with_a_row(files, monkeypatch):
+    """Every size at its floor and a task still predicted longer than the budget left: it is not run, and
+    one budget_cut row per task says so (what was cut, predicted and remaining seconds)."""
+    real = engine._Tracker.task_seconds
+    monkeypatch.setattr(
+        engine._Tracker, "task_seconds", lambda self, check: 1e6 if check == "certified" else real(self, check)
+    )
+    result = run_audit(_config(files, budget="60s"), db=files / "runs.sqlite", report="")
+    cert = [r for r in result.rows if r.check == "certified"]
+    assert cert and all(r.metric.startswith(engine.BUDGET_CUT) for r in cert)
+    assert len(cert) == 6 and all(r.params["predicted_s"] == 1e6 and r.params["left_s"] < 60 for r in cert)
+    assert sorted(engine.budget_cuts(result.rows)) == sorted(f"certified {r.params['task']}" for r in cert)
+    assert any(r.key == "clean/clean/accuracy" for r in result.rows)  # the cheap check ran
+
+
+def test_without_a_budget_no_task_is_cut(files, monkeypatch):
+    monkeypatch.setattr(engine._Tracker, "task_seconds", lambda self, check: 1e6)
+    result = run_audit(_config(files), db=files / "runs.sqlite", report="")
+    assert not engine.budget_cuts(result.rows)
+    assert any(r.metric.startswith("certified_accuracy") for r in result.rows)
+
+
+TTA = {"methods": ["tebn"], "corruptions": [], "attack_batches": 1, "attack_steps": 1, "objectives": ["indiscriminate"],
+       "attack_on": "clean"}  # fmt: skip
+
+
+def _tta(files, data):
+    cfg = AuditConfig(model=f"{files / 'm.py'}:bn", data=str(files / data), val=str(files / "val.npz"),
+                      checks=["tta"], check_params={"tta": TTA})  # fmt: skip
+    return run_audit(cfg, db=files / f"{data}.sqlite", report="")
+
+
+def test_tta_clamps_its_batch_to_a_small_test_set(files):
+    rows = _tta(files, "few.npz").rows  # 30 test inputs, batch_size 64
+    tta_rows = [r for r in rows if r.check == "tta" and "batch_size" in r.params]
+    assert tta_rows and {r.params["batch_size"] for r in tta_rows} == {30}
+    assert any(r.metric == "indiscriminate_success_rate" for r in tta_rows)
+
+
+def test_tta_on_too_few_inputs_is_not_applicable_with_why(files):
+    rows = [r for r in _tta(files, "tiny.npz").rows if r.check == "tta"]
+    assert [r.metric for r in rows] == ["not_applicable"]
+    assert "2 inputs" in rows[0].params["reason"]
+
+
+def test_the_eps_grid_on_no_images_is_one_line():
+    with pytest.raises(InputError, match="eps"):
+        default_eps(torch.zeros(0, 3, 8, 8), "linf")
+    assert default_eps(torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)), "linf")
+
+
+class _Row:
+    def __init__(self, **params):
+        self.params = params
+
+
+def test_a_differing_detector_is_a_row_setting():
+    assert row_setting_diff(_Row(detector="energy"), _Row(detector="knn")) == 'detector: "energy" -> "knn"'
+    assert row_setting_diff(_Row(detector="energy"), _Row(detector="energy")) is None
+    assert row_setting_diff(_Row(kind="far"), _Row(detector="knn")) is None
