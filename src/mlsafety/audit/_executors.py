@@ -232,6 +232,12 @@ class RayExecutor:
         self.startup_seconds = time.perf_counter() - t0
         self._remote = ray.remote(_worker_task)
 
+    def slots(self) -> int:
+        """CPUs of the Ray cluster (started or joined on first use)."""
+        if self._remote is None:
+            self.start()
+        return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
+
     def close(self) -> None:
         if self._owned and self.ray.is_initialized():
             self.ray.shutdown()

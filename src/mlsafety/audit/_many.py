@@ -2,13 +2,17 @@
 
 With a Ray executor the runs go in parallel: each run is planned and stored by its own driver thread
 (only the driver writes the store; every run has its own SQLite connection) and all runs' tasks share
-the executor's workers, so a slow model does not hold up the others. With the local executor the runs
-go one after another. Every run is an ordinary audit: ``mlsafety runs``, ``--resume`` (per model) and
-``mlsafety report RUN`` treat it like one started by ``mlsafety audit``.
+the executor's workers, so a slow model does not hold up the others. The driver prepares one run at a
+time (loading the model, hashing, planning, up to the run's creation): a model factory that seeds
+torch's global generator (``torch.manual_seed(0)`` then building layers) would otherwise get other
+threads' draws, and the probe that times the model for a budget would time several at once. With the
+local executor the runs go one after another. Every run is an ordinary audit: ``mlsafety runs``,
+``--resume`` (per model) and ``mlsafety report RUN`` treat it like one started by ``mlsafety audit``.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -27,6 +31,7 @@ def run_many(
     executor: Executor | None = None,
     report_dir: str | Path | None = None,
     on_done: Callable[[str, AuditResult | InputError], None] | None = None,
+    parallel: int | None = None,
 ) -> list[AuditResult | InputError]:
     """Audit each of ``models`` with ``config`` (its ``model`` replaced), one run each.
 
@@ -38,6 +43,8 @@ def run_many(
             in this process).
         report_dir: write each run's report there as ``<run id>.html``; None: no reports.
         on_done: called as each model's run ends, with the model and its result or its one-line error.
+        parallel: runs in flight at once on a Ray executor (each a driver thread that plans and stores
+            it); None: as many as the cluster has CPUs, at most the number of models.
 
     Returns:
         Per model, in ``models``' order, its :class:`AuditResult`, or the :class:`InputError` that refused
@@ -54,36 +61,47 @@ def run_many(
     if weights is not None and len(models) > 1:
         raise InputError("--weights names one model's weights; give each model as FILE.py:factory or a folder")
 
+    preparing = threading.Lock()
+
     def one(model: str) -> AuditResult | InputError:
         cfg = replace(config, model=model, check_params={k: dict(v) for k, v in config.check_params.items()})
         result: AuditResult | InputError
+        held = [preparing.acquire()]
+
+        def prepared(plan: object, tasks: int) -> None:  # the run is stored: its tasks may overlap others'
+            if held[0]:
+                held[0] = False
+                preparing.release()
+
         try:
-            if report_dir is None:
-                result = run_audit(cfg, db=db, report="", executor=runner)
-            else:
-                result = _with_report(cfg, db, Path(report_dir), runner)
+            result = run_audit(cfg, db=db, report="", executor=runner, on_plan=prepared)
+            if report_dir is not None:
+                result.report_path = _report(db, result.run_id, Path(report_dir))
         except InputError as exc:
             result = exc
+        finally:
+            prepared(None, 0)
         if on_done is not None:
             on_done(model, result)
         return result
 
-    if isinstance(runner, LocalExecutor) or len(models) == 1:
+    if parallel is not None and parallel < 1:
+        raise InputError(f"parallel must be at least 1 (got {parallel})")
+    width = min(len(models), parallel or getattr(runner, "slots", lambda: 1)())
+    if isinstance(runner, LocalExecutor) or width <= 1:
         return [one(m) for m in models]
-    with ThreadPoolExecutor(max_workers=len(models), thread_name_prefix="audit-many") as pool:
+    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="audit-many") as pool:
         return list(pool.map(one, models))
 
 
-def _with_report(cfg: AuditConfig, db: str | Path | None, folder: Path, runner: Executor) -> AuditResult:
-    """A run whose report goes to ``folder/<run id>.html`` (written once the run id is known)."""
+def _report(db: str | Path | None, run_id: str, folder: Path) -> Path:
+    """Write run ``run_id``'s report to ``folder/<run id>.html``."""
     from mlsafety.audit._report import write_report
     from mlsafety.audit._store import Store
 
-    result = run_audit(cfg, db=db, report="", executor=runner)
     folder.mkdir(parents=True, exist_ok=True)
     with Store(db) as store:
-        result.report_path = write_report(store, result.run_id, folder / f"{result.run_id}.html")
-    return result
+        return write_report(store, run_id, folder / f"{run_id}.html")
 
 
 __all__ = ["run_many"]
