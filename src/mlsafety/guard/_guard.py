@@ -163,10 +163,12 @@ class Guard(nn.Module):
         violation = mon.violation(None if scores is None else scores.double(), confidence.double()).float()
         high = scores > mon.score_threshold if scores is not None and mon.score_threshold is not None else None
         low = confidence < mon.confidence_threshold if mon.confidence_threshold is not None else None
-        reasons = []
-        for i in range(flagged.shape[0]):
-            why = [r for r, m in ((HIGH_SCORE, high), (LOW_CONFIDENCE, low)) if m is not None and bool(m[i])]
-            reasons.append(" and ".join(why) if why else ACCEPTED)
+        n = flagged.shape[0]
+        hi = high.tolist() if high is not None else [False] * n  # one transfer each, not one per input
+        lo = low.tolist() if low is not None else [False] * n
+        names = {(True, True): f"{HIGH_SCORE} and {LOW_CONFIDENCE}", (True, False): HIGH_SCORE}
+        names.update({(False, True): LOW_CONFIDENCE, (False, False): ACCEPTED})
+        reasons = [names[(h, c)] for h, c in zip(hi, lo)]
         return GuardOutput(outputs.logits, ~flagged, violation, reasons)
 
     def forward(self, x: torch.Tensor) -> GuardOutput:  # type: ignore[override]
