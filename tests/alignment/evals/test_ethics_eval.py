@@ -204,3 +204,12 @@ def test_one_prompt_pass_equals_the_adapter_and_the_two_completion_fallback(
     one_pass = evaluate_ethics(lm, subset, probe=False)["zero-shot"].correct
     monkeypatch.setattr(ethics_module, "_answer_tokens", lambda lm, texts: None)  # force the two-pass path
     assert evaluate_ethics(lm, subset, probe=False)["zero-shot"].correct.tolist() == one_pass.tolist()
+
+
+def test_stratified_folds_keep_each_folds_label_balance() -> None:
+    from mlsafety.alignment.evals._probe import group_folds
+
+    labels = torch.tensor([0, 1] * 10)
+    folds = group_folds(torch.arange(20), 5, generator(0, "s"), labels)
+    for f in range(5):
+        assert labels[folds == f].tolist().count(1) == 2  # 2 of each label per fold of 4

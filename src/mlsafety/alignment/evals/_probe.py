@@ -53,14 +53,25 @@ def _standardise(train: torch.Tensor, *others: torch.Tensor, centre: bool = True
     return [(a - mean) / std for a in (train, *others)]
 
 
-def group_folds(groups: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
-    """A fold index ``(N,)`` in ``0..k-1`` per row, whole groups per fold, groups shuffled with ``generator``."""
+def group_folds(
+    groups: torch.Tensor, k: int, generator: torch.Generator, labels: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A fold index ``(N,)`` in ``0..k-1`` per row, whole groups per fold, groups shuffled with ``generator``.
+
+    With ``labels`` the folds are stratified (groups dealt out in order of their mean label), so every
+    training fold keeps about the overall label balance: on small sets, unstratified folds tilt each
+    training fold against its test fold's labels and push a signal-free probe below chance.
+    """
     unique, inverse = torch.unique(groups, return_inverse=True)
     if len(unique) < k:
         raise InputError(
             f"a {k}-fold probe needs at least {k} groups, got {len(unique)}; give more data or fewer folds"
         )
     perm = torch.randperm(len(unique), generator=generator)
+    if labels is not None:  # stratify: deal groups out in order of their mean label, shuffled within ties
+        mean = torch.zeros(len(unique), dtype=torch.float64).index_add_(0, inverse, labels.double())
+        mean /= torch.bincount(inverse, minlength=len(unique)).double()
+        perm = perm[torch.argsort(mean[perm], stable=True)]
     fold_of_group = torch.empty(len(unique), dtype=torch.long)
     fold_of_group[perm] = torch.arange(len(unique)) % k
     return fold_of_group[inverse]
@@ -108,7 +119,7 @@ def cross_validate(
     y = labels.long()
     if not pairwise and len(torch.unique(y)) < 2:
         raise InputError("a probe needs both labels among the rows; this subset has one class only")
-    folds = group_folds(groups, k, generator)
+    folds = group_folds(groups, k, generator, None if pairwise else y)
     per_layer = torch.zeros(x.shape[0], x.shape[1], dtype=torch.bool)
     nested = torch.zeros(x.shape[1], dtype=torch.bool)
     chosen = []
@@ -116,7 +127,9 @@ def cross_validate(
         test, train = folds == f, folds != f
         right = _fit_and_judge(x[:, train], y[train], x[:, test], y[test], pairwise)
         per_layer[:, test] = right
-        inner = group_folds(groups[train], 4, generator) == 0 if len(torch.unique(groups[train])) >= 4 else None
+        inner = None
+        if len(torch.unique(groups[train])) >= 4:
+            inner = group_folds(groups[train], 4, generator, None if pairwise else y[train]) == 0
         if inner is None:  # too few groups to split: the training fit's own accuracy, never the test rows
             xt, yt = x[:, train], y[train]
             layer = int(_fit_and_judge(xt, yt, xt, yt, pairwise).double().mean(1).argmax())
