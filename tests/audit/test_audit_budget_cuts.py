@@ -162,3 +162,39 @@ def test_a_differing_detector_is_a_row_setting():
     assert row_setting_diff(_Row(detector="energy"), _Row(detector="knn")) == 'detector: "energy" -> "knn"'
     assert row_setting_diff(_Row(detector="energy"), _Row(detector="energy")) is None
     assert row_setting_diff(_Row(kind="far"), _Row(detector="knn")) is None
+
+
+TROJANS = {"scanners": ["neural-cleanse", "strip"], "n_seeds": 2, "nc_steps": 5, "max_clean": 30}
+
+
+def test_neural_cleanse_runs_as_a_task_after_the_run_is_recorded_and_resumes(files):
+    """No trigger search while the audit is planned (the memo of scans is empty when the plan is announced,
+    after the run row exists); stopped after the Neural Cleanse task, the resume stores the rest and every
+    row equals an uninterrupted run's."""
+    from mlsafety.audit.checks import trojans
+
+    def cfg():
+        return AuditConfig(model=f"{files / 'm.py'}:small", data=str(files / "data.npz"), val=str(files / "val.npz"),
+                           checks=["clean", "trojans"], check_params={"trojans": TROJANS})  # fmt: skip
+
+    scanned_at_plan = []
+    clean_db, db = files / "clean.sqlite", files / "runs.sqlite"
+    run_audit(cfg(), db=clean_db, report="", on_plan=lambda plan, n: scanned_at_plan.append(len(trojans._SCANS)))
+    assert scanned_at_plan == [0]
+    calls = {"n": 0}
+
+    def stop_after_two(check, key, seconds):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            assert (check, key) == ("trojans", "neural-cleanse")
+            raise KeyboardInterrupt
+
+    with pytest.raises(engine.AuditInterrupted):
+        run_audit(cfg(), db=db, report="", on_task=stop_after_two)
+    partial = _rows(db)
+    resumed = run_audit(cfg(), db=db, report="", resume=True)
+    assert resumed.resumed_tasks == 2 and resumed.ran_tasks == 1  # strip
+    again, want = _rows(db), _rows(clean_db)
+    assert len(again) > len(partial) and again.keys() == want.keys()
+    for key, (v, _lo, _hi, n) in want.items():
+        assert again[key][3] == n and again[key][0] == pytest.approx(v, abs=1e-9), key

@@ -309,6 +309,14 @@ class DefenceInDepth(Check):
         return attack(ctx.model, x, y, generator=ctx.generator(self.name, "adaptive", str(hazard)))
 
     def _hazard_task(self, state: _State, hazard: Hazard) -> TaskResult:
+        from mlsafety.audit.checks.trojans import expand_hazard  # trojan/neural-cleanse: the triggers found in the run
+
+        rows = []
+        for h in expand_hazard(state.ctx, hazard):
+            rows += self._one_hazard(state, h).rows
+        return TaskResult(rows)
+
+    def _one_hazard(self, state: _State, hazard: Hazard) -> TaskResult:
         result = self._result(state, hazard)
         info = self._choose(state).describe()
         if result.adaptive is None:
@@ -322,6 +330,9 @@ class DefenceInDepth(Check):
 
     # -- summary -------------------------------------------------------------------------------
     def _summary_task(self, state: _State, hazards: Sequence[Hazard]) -> TaskResult:
+        from mlsafety.audit.checks.trojans import expand_hazard
+
+        hazards = [x for h in hazards for x in expand_hazard(state.ctx, h)]
         results = {h: self._result(state, h) for h in hazards}
         # FMEA of adversarial hazards uses the worst case the adaptive attacker reaches
         measured = {h: r.measured for h, r in results.items()}

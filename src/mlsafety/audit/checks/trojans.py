@@ -31,7 +31,7 @@ import torch
 
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
-from mlsafety.audit.checks._common import params_of
+from mlsafety.audit.checks._common import bind, params_of
 from mlsafety.audit.views.trojans import TrojansView, nc_artifacts, scanner_metric
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError, derive_seed, draw_seed
 from mlsafety.metrics import auroc, bootstrap_two_sample, proportion
@@ -93,6 +93,21 @@ def _hazard(trigger: Trigger) -> Hazard:
     return Hazard.trojan(trigger.name).with_(source="trojans")
 
 
+PENDING = Hazard.trojan(NC)
+"""The hazard the check declares when the audit is planned: ``trojan/neural-cleanse``, the triggers
+Neural Cleanse will recover. The search itself runs in the check's first task, after the run is
+recorded (so an interrupted audit does not repeat it while planning); :func:`expand_hazard` turns this
+hazard into the recovered triggers' hazards (none, one or several) once it has run."""
+
+
+def expand_hazard(ctx: AuditContext, hazard: Hazard) -> list[Hazard]:
+    """``hazard``, or for :data:`PENDING` the hazards of the triggers Neural Cleanse recovered (running
+    the search when this context has not yet: a resumed audit in a new process recomputes it, seeded)."""
+    if hazard.kind != KIND or hazard.name != NC:
+        return [hazard]
+    return [_hazard(t) for t in _recovered(ctx)]
+
+
 @hazard_provider(KIND)
 def _triggered(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
     """``trojan/<trigger>``: clean test inputs of the other classes with a recovered trigger, true labels."""
@@ -140,12 +155,26 @@ class Trojans(Check):
     view = TrojansView
 
     def hazards(self, ctx: AuditContext) -> list[Hazard]:
-        self._validate(ctx)  # the engine asks for hazards first: refuse bad settings before any scan
-        return [_hazard(t) for t in _recovered(ctx)]
+        """:data:`PENDING` when Neural Cleanse is among the scanners: no scan runs while the audit is planned."""
+        names = self._validate(ctx)  # the engine asks for hazards first: refuse bad settings before any scan
+        return [PENDING.with_(source="trojans")] if NC in names else []
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
-        self._validate(ctx)  # when the audit is planned, before its run is stored
-        return super().tasks(ctx)
+        """One task per scanner (Neural Cleanse first, with the recovered triggers' rows), so an interrupted
+        audit resumes between scans and a budget can cut one."""
+        names = self._validate(ctx)  # when the audit is planned, before its run is stored
+        order = [n for n in names if n == NC] + [n for n in names if n != NC]
+        return [Task(n, bind(self._scanner_task, ctx, n, n == order[0])) for n in order]
+
+    def run(self, ctx: AuditContext) -> TaskResult:
+        """Every task's rows, in task order (a single call; the engine runs the tasks)."""
+        rows: list[Row] = []
+        artifacts: list[Artifact] = []
+        for task in self.tasks(ctx):
+            out = task.run()
+            rows += out.rows
+            artifacts += out.artifacts
+        return TaskResult(rows, artifacts)
 
     def _validate(self, ctx: AuditContext) -> list[str]:
         """The scanner names, after checking them and that every score can carry its interval."""
@@ -164,18 +193,18 @@ class Trojans(Check):
             )
         return names
 
-    def run(self, ctx: AuditContext) -> TaskResult:
-        names = self._validate(ctx)
+    def _scanner_task(self, ctx: AuditContext, scanner: str, first: bool) -> TaskResult:
+        """Scanner ``scanner``'s rows (the first task also stores the recovered triggers' rows)."""
         rows: list[Row] = []
         artifacts: list[Artifact] = []
         triggers = _recovered(ctx)
-        for trig in triggers:
+        for trig in triggers if first else []:
             hz = _hazard(trig)
             data = ctx.hazard(hz)
             pred = ctx.outputs(hz).pred
             rows.append(Row.of(str(hz), "attack_success_rate", proportion(pred == trig.target), mask_l1=trig.l1))
             rows.append(Row.of(str(hz), "accuracy", proportion(pred == data.y.to(pred.device))))
-        for name in names:
+        for name in [scanner]:
             needs = SCANNERS.get(name).needs
             if "train" in needs and ctx.data.train is None:
                 continue
