@@ -19,9 +19,17 @@ never raised above what the profile configured. The engine re-plans the checks n
 each check starts, scaling the predicted costs by how far the measured ones were off, so estimation
 errors of the early checks are absorbed by the later ones.
 
+When even every floor does not fit (or the measured speed falls behind the prediction on a loaded
+machine), the engine cuts whole tasks as the last resort: before each task it compares the task's
+predicted seconds (its check's prediction shared over its tasks, scaled by the measured / predicted
+ratio so far) with what is left of the budget, and a task that would overrun it is not run; it stores
+one ``budget_cut_<task>`` row with the predicted and remaining seconds, and the summary names every cut
+task. Tasks of a not-applicable check and tasks under 1% of the budget always run.
+
 Deviation: the cost models are per-check formulas kept in this module (a table by check name), not
-declared by each check; a third-party check is costed as one forward pass of the test set and is
-never cut.
+declared by each check; a third-party check is costed as 0.3 s and its sizes are never cut (its tasks
+can be). The Monte-Carlo counts of ``certified`` (``n0``, ``n``), the attack steps of ``tta`` and the
+STRIP/ABS work of ``trojans`` have no knob: their tasks are cut instead.
 """
 
 from __future__ import annotations

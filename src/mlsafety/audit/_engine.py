@@ -225,8 +225,9 @@ def run_audit(
         if on_plan is not None:  # after a refused --resume, which stays one line
             on_plan(plan, len(work))
         ran = 0
-        # trojans scans while the audit is planned (its hazards name the triggers it finds): its sizes are spent
-        fixed = set(stored_plan or {}) | {key for key in (plan.knobs if plan else {}) if key[0] == "trojans"}
+        # a resumed run keeps its first attempt's sizes; every other size may be re-planned (trojans too: its
+        # trigger search is a task now, not part of planning)
+        fixed = set(stored_plan or {})
         tracker = _Tracker(plan, budget, start, checks, fixed) if plan is not None else None
         pending = [(i, c, t) for i, (c, t) in enumerate(work) if (c.name, t.key) not in done]
         if tracker is not None and budget is not None and getattr(runner, "name", "") == "local":
