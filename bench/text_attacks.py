@@ -204,6 +204,7 @@ def main() -> None:
         ("ours/pwws", lambda: ours("pwws", model, texts, labels, args.budget)),
         ("textattack/pwws", lambda: textattack_run("pwws", clf, texts, labels, args.budget)),
         ("ours/textfooler", lambda: ours("textfooler", model, texts, labels, args.budget)),
+        ("ours/textfooler-cos0.3", lambda: ours("textfooler", model, texts, labels, args.budget, min_word_cos=0.3)),
         (
             "ours/textfooler-morris",
             lambda: ours("textfooler", model, texts, labels, args.budget, **MORRIS),
