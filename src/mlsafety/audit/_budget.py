@@ -24,7 +24,8 @@ machine), the engine cuts whole tasks as the last resort: before each task it co
 predicted seconds (its check's prediction shared over its tasks, scaled by the measured / predicted
 ratio so far) with what is left of the budget, and a task that would overrun it is not run; it stores
 one ``budget_cut_<task>`` row with the predicted and remaining seconds, and the summary names every cut
-task. Tasks of a not-applicable check and tasks under 1% of the budget always run.
+task. A check's tasks already run predict its next ones when they took longer (defence-in-depth builds
+the TTA attacks itself when the tta check's tasks were cut). Not-applicable tasks always run.
 
 Deviation: the cost models are per-check formulas kept in this module (a table by check name), not
 declared by each check; a third-party check is costed as 0.3 s and its sizes are never cut (its tasks

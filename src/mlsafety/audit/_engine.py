@@ -509,12 +509,17 @@ class _Tracker:
         self.spent: dict[str, float] = {}
         self.begun = time.perf_counter()
         self.tasks_per_check: dict[str, int] = {}
+        self.ran: dict[str, int] = {}
 
     def task_seconds(self, check: str) -> float:
         """Predicted seconds of one task of ``check``: the check's prediction over its tasks, times the
-        measured / predicted ratio of the checks run so far."""
+        measured / predicted ratio of the checks run so far, or the mean of its tasks already run when
+        larger (a task may build another check's hazards, e.g. defence-in-depth's TTA attacks when the tta
+        check's own tasks were cut: its cost model cannot know)."""
         n = max(1, self.tasks_per_check.get(check, 1))
-        return self.predicted.get(check, 0.0) / n * self._factor()
+        ran = self.ran.get(check, 0)
+        measured = self.spent.get(check, 0.0) / ran if ran else 0.0
+        return max(self.predicted.get(check, 0.0) / n * self._factor(), measured)
 
     def left(self) -> float:
         """Seconds of the budget left (less the reserve for the report)."""
@@ -534,6 +539,7 @@ class _Tracker:
 
     def done(self, check: str, seconds: float) -> None:
         self.spent[check] = self.spent.get(check, 0.0) + seconds
+        self.ran[check] = self.ran.get(check, 0) + 1
 
     def eta(self) -> float:
         f = self._factor()
@@ -582,8 +588,7 @@ def _budgeted(check: Check, task: Task, tracker: _Tracker) -> Task:
 
     def run() -> TaskResult:
         need, left = tracker.task_seconds(check.name), tracker.left()
-        # a not-applicable task stores one row; a task under 1% of the budget is not worth a gap in the report
-        if need <= left or task.key == "not-applicable" or need < 0.01 * (tracker.budget or 0.0):
+        if need <= left or task.key == "not-applicable":  # a not-applicable task stores one row, at no cost
             return task.run()
         metric = BUDGET_CUT + "_" + "".join(ch if ch.isalnum() else "_" for ch in task.key)
         reason = f"predicted {need:.1f} s, {max(0.0, left):.1f} s of the budget left; run without --budget for it"
