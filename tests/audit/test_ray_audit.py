@@ -112,3 +112,15 @@ def test_cli_audit_on_ray_matches_local_and_resume_sees_a_complete_run(files, ra
     assert again.exit_code == 0, again.output  # nothing unfinished: a new run, same numbers
     assert rows(again.output) == rows(on_ray.output)
     assert ray.is_initialized()  # the CLI left the caller's session running
+
+
+def test_a_failing_task_raises_its_own_error_not_rays_wrapper(ray_session):
+    from mlsafety.audit._executors import _get
+    from mlsafety.core import InputError
+
+    def refuse():
+        raise InputError("trojans: set n_seeds to 2 or more (got 1)")
+
+    with pytest.raises(InputError) as info:
+        _get(ray, ray.remote(refuse).remote())
+    assert type(info.value) is InputError and str(info.value) == "trojans: set n_seeds to 2 or more (got 1)"

@@ -127,6 +127,14 @@ def _worker_task(job: _Job, check_name: str, key: str) -> tuple[TaskResult, floa
     return result, time.perf_counter() - t0
 
 
+def _worker_run(job: _Job, items: list[tuple[int, str, str]]) -> Iterator[tuple[int, TaskResult, float]]:
+    """All of a run's tasks on one Ray worker, each result streamed back as it ends (a Ray generator task):
+    (index, result, seconds)."""
+    for i, check_name, key in items:
+        result, seconds = _worker_task(job, check_name, key)
+        yield i, result, seconds
+
+
 def import_ray() -> Any:
     """The ``ray`` module, or :class:`InputError` saying how to install it."""
     try:
@@ -209,11 +217,14 @@ class RayExecutor:
         self.startup_seconds: float | None = None
         self._owned = False
         self._remote: Any = None
+        self._remote_run: Any = None
+        self.per_run = False
 
     def start(self) -> None:
         ray = self.ray
         if ray.is_initialized():
             self._remote = self._remote or ray.remote(_worker_task)
+            self._remote_run = self._remote_run or ray.remote(_worker_run)
             return
         t0 = time.perf_counter()
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
@@ -231,6 +242,15 @@ class RayExecutor:
             raise InputError(f"cannot start or join Ray ({self.address or 'local'}): {first}") from None
         self.startup_seconds = time.perf_counter() - t0
         self._remote = ray.remote(_worker_task)
+        self._remote_run = ray.remote(_worker_run)
+
+    def per_run_view(self) -> RayExecutor:
+        """This executor (same session) sending each run's tasks to one worker as one streaming Ray task:
+        what ``audit-many`` uses when there are at least as many models as CPUs, so no worker recomputes
+        another's forward passes and hazard inputs (the runs, not the tasks, go in parallel)."""
+        view = copy.copy(self)
+        view.per_run = True
+        return view
 
     def slots(self) -> int:
         """CPUs of the Ray cluster (started or joined on first use)."""
@@ -264,8 +284,13 @@ class RayExecutor:
         gpus = 1 if ctx.device.type == "cuda" else 0
         fn = self._remote.options(num_cpus=1, num_gpus=gpus, max_retries=0)
         job_ref = ray.put(job) if remote else None
-        refs = {fn.remote(job_ref, c.name, t.key): i for i, c, t in remote}
-        by_index = {i: (c, t) for i, c, t in pending}
+        stream: Any = None
+        refs: dict[Any, int] = {}
+        if self.per_run and remote:
+            run_fn = self._remote_run.options(num_cpus=1, num_gpus=gpus, max_retries=0)
+            stream = run_fn.remote(job_ref, [(i, c.name, t.key) for i, c, t in remote])
+        else:
+            refs = {fn.remote(job_ref, c.name, t.key): i for i, c, t in remote}
         ready: dict[int, tuple[TaskResult, float]] = {}
         waiting = list(refs)
         started: set[str] = set()
@@ -279,16 +304,34 @@ class RayExecutor:
                     result = task.run()
                     yield i, check, task, result, time.perf_counter() - t0
                     continue
+                if stream is not None:  # one worker, results in the run's order
+                    j, result, seconds = _get(ray, next(stream))
+                    assert j == i, (j, i)
+                    yield i, check, task, result, seconds
+                    continue
                 while i not in ready:
                     done, waiting = ray.wait(waiting, num_returns=1)
                     for ref in done:
-                        ready[refs[ref]] = ray.get(ref)
+                        ready[refs[ref]] = _get(ray, ref)
                 result, seconds = ready.pop(i)
-                c, t = by_index[i]
-                yield i, c, t, result, seconds
+                yield i, check, task, result, seconds
         finally:
             for ref in waiting:  # an interruption or a failed task: stop what is still queued
                 ray.cancel(ref, force=True)
+            if stream is not None and not stream.is_finished():
+                ray.cancel(stream, force=True)
+
+
+def _get(ray: Any, ref: Any) -> Any:
+    """A task's result; a task that raised re-raises its own exception here, as in a local run (an
+    :class:`InputError` stays one line), not Ray's wrapper with the worker's traceback in its message."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, Exception):
+            raise cause from None
+        raise
 
 
 def make_executor(name: str, address: str | None = None, num_cpus: int | None = None) -> Executor:

@@ -90,6 +90,8 @@ def run_many(
     width = min(len(models), parallel or getattr(runner, "slots", lambda: 1)())
     if isinstance(runner, LocalExecutor) or width <= 1:
         return [one(m) for m in models]
+    if len(models) >= width and hasattr(runner, "per_run_view"):
+        runner = runner.per_run_view()  # enough runs to fill the workers: each run on one worker
     with ThreadPoolExecutor(max_workers=width, thread_name_prefix="audit-many") as pool:
         return list(pool.map(one, models))
 
