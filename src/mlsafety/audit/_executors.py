@@ -315,11 +315,15 @@ class RayExecutor:
                         ready[refs[ref]] = _get(ray, ref)
                 result, seconds = ready.pop(i)
                 yield i, check, task, result, seconds
+            if stream is not None:
+                for _ in stream:  # the generator's end: Ray finishes the task before it is forgotten
+                    pass
+                stream = None
         finally:
             for ref in waiting:  # an interruption or a failed task: stop what is still queued
                 ray.cancel(ref, force=True)
-            if stream is not None and not stream.is_finished():
-                ray.cancel(stream, force=True)
+            if stream is not None:  # stopped early (cancelling a finished generator task crashes Ray 2.60)
+                ray.cancel(stream)
 
 
 def _get(ray: Any, ref: Any) -> Any:
