@@ -173,7 +173,8 @@ def run_audit(
     stored_plan = _stored_plan(db, fingerprint) if resume else None
     plan: Plan | None = None
     if isinstance(model, Classifier) and data.modality == "image":
-        plan = _plan(checks, model, data, config, budget, time.perf_counter() - start, stored_plan)
+        spent = time.perf_counter() - start + _startup(budget, start)  # the command's start-up counts too
+        plan = _plan(checks, model, data, config, budget, spent, stored_plan)
         if budget is not None:
             data = _apply_plan(plan, checks, data, config.seed)
     # a text or language-model audit is not costed: a budget (--quick presets one) leaves its sizes as they are
@@ -228,7 +229,7 @@ def run_audit(
         # a resumed run keeps its first attempt's sizes; every other size may be re-planned (trojans too: its
         # trigger search is a task now, not part of planning)
         fixed = set(stored_plan or {})
-        tracker = _Tracker(plan, budget, start, checks, fixed) if plan is not None else None
+        tracker = _Tracker(plan, budget, start - _startup(budget, start), checks, fixed) if plan is not None else None
         pending = [(i, c, t) for i, (c, t) in enumerate(work) if (c.name, t.key) not in done]
         if tracker is not None and budget is not None and getattr(runner, "name", "") == "local":
             # the last resort of a budget, after every sample size is at its floor: a task predicted not to
@@ -574,6 +575,32 @@ class _Tracker:
         self.predicted = {c.check: c.seconds() for c in self.plan.costs} | {
             c: self.predicted[c] for c in self.spent if c in self.predicted
         }
+
+
+_STARTUP: dict[float, float] = {}
+
+
+def _startup(budget: float | None, start: float) -> float:
+    """Seconds this process ran before the audit that began at ``start`` (``perf_counter``): the command's
+    start-up (Python, torch and the package imported), which a ``--budget`` on the command also pays.
+    Counted for the first audit of a process only (a library caller running several pays the imports once);
+    0 without a budget or where the process's start time cannot be read (outside Linux)."""
+    if budget is None:
+        return 0.0
+    if start not in _STARTUP:
+        age = 0.0
+        if not _STARTUP:
+            try:
+                import os
+
+                with open("/proc/self/stat") as f:
+                    started = int(f.read().rsplit(")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+                with open("/proc/uptime") as f:
+                    age = float(f.read().split()[0]) - started - (time.perf_counter() - start)
+            except (OSError, ValueError, IndexError):
+                age = 0.0
+        _STARTUP[start] = min(max(0.0, age), 600.0)
+    return _STARTUP[start]
 
 
 BUDGET_CUT = "budget_cut"
