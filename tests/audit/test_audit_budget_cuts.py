@@ -198,3 +198,28 @@ def test_neural_cleanse_runs_as_a_task_after_the_run_is_recorded_and_resumes(fil
     assert len(again) > len(partial) and again.keys() == want.keys()
     for key, (v, _lo, _hi, n) in want.items():
         assert again[key][3] == n and again[key][0] == pytest.approx(v, abs=1e-9), key
+
+
+class _FakeCheck:
+    def __init__(self, name):
+        self.name, self.params = name, {"n": 100}
+
+
+@pytest.mark.parametrize(("measured", "expected"), [(10.0, 85), (20.0, 42)])
+def test_re_planning_follows_the_measured_speed(measured, expected):
+    """Check a was predicted 10 s and took ``measured``; 20 s of the 30 s budget are spent. Check b's unit
+    cost (0.1 s) is scaled by measured / predicted and its n fits what is left: 30 * 0.95 - 20 = 8.5 s, so
+    n = 8.5 / (0.1 * measured / 10): 85 at the predicted speed, 42 at half of it."""
+    import time
+
+    from mlsafety.audit._budget import CheckCost, Knob, make_plan
+
+    costs = [CheckCost("a", 0.0, [Knob("a", "n", 100, 10, 0.1)]), CheckCost("b", 0.0, [Knob("b", "n", 100, 10, 0.1)])]
+    plan = make_plan(costs, budget=30.0)
+    assert plan.chosen("b", "n") == 100
+    checks = [_FakeCheck("a"), _FakeCheck("b")]
+    tracker = engine._Tracker(plan, 30.0, time.perf_counter() - 20.0, checks, set())  # 20 s spent so far
+    tracker.done("a", measured)
+    tracker.replan("b")
+    # factor = measured / 10; left = 28.5 - 20 = 8.5 s; n_b = 8.5 / (0.1 * factor)
+    assert abs(plan.chosen("b", "n") - expected) <= 1 and checks[1].params["n"] == plan.chosen("b", "n")
