@@ -24,8 +24,9 @@ machine), the engine cuts whole tasks as the last resort: before each task it co
 predicted seconds (its check's prediction shared over its tasks, scaled by the measured / predicted
 ratio so far) with what is left of the budget, and a task that would overrun it is not run; it stores
 one ``budget_cut_<task>`` row with the predicted and remaining seconds, and the summary names every cut
-task. A check's tasks already run predict its next ones when they took longer (defence-in-depth builds
-the TTA attacks itself when the tta check's tasks were cut). Not-applicable tasks always run.
+task. The longest of a check's tasks already run predicts its next ones when it took longer (tta's
+attack tasks after its accuracy tasks; defence-in-depth builds the TTA attacks itself when the tta
+check's tasks were cut). Not-applicable tasks always run.
 
 Deviation: the cost models are per-check formulas kept in this module (a table by check name), not
 declared by each check; a third-party check is costed as 0.3 s and its sizes are never cut (its tasks

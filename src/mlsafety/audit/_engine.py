@@ -510,17 +510,16 @@ class _Tracker:
         self.spent: dict[str, float] = {}
         self.begun = time.perf_counter()
         self.tasks_per_check: dict[str, int] = {}
-        self.ran: dict[str, int] = {}
+        self.longest: dict[str, float] = {}
 
     def task_seconds(self, check: str) -> float:
         """Predicted seconds of one task of ``check``: the check's prediction over its tasks, times the
-        measured / predicted ratio of the checks run so far, or the mean of its tasks already run when
-        larger (a task may build another check's hazards, e.g. defence-in-depth's TTA attacks when the tta
-        check's own tasks were cut: its cost model cannot know)."""
+        measured / predicted ratio of the checks run so far, or the longest of its tasks already run when
+        larger: a check's tasks differ (tta's accuracy tasks take 0.1 s, its attack tasks 20 s), and a task
+        may build another check's hazards (defence-in-depth's TTA attacks when the tta check's own tasks
+        were cut), which no cost model knows. So at most one task per check overruns its prediction."""
         n = max(1, self.tasks_per_check.get(check, 1))
-        ran = self.ran.get(check, 0)
-        measured = self.spent.get(check, 0.0) / ran if ran else 0.0
-        return max(self.predicted.get(check, 0.0) / n * self._factor(), measured)
+        return max(self.predicted.get(check, 0.0) / n * self._factor(), self.longest.get(check, 0.0))
 
     def left(self) -> float:
         """Seconds of the budget left (less the reserve for the report)."""
@@ -540,7 +539,7 @@ class _Tracker:
 
     def done(self, check: str, seconds: float) -> None:
         self.spent[check] = self.spent.get(check, 0.0) + seconds
-        self.ran[check] = self.ran.get(check, 0) + 1
+        self.longest[check] = max(self.longest.get(check, 0.0), seconds)
 
     def eta(self) -> float:
         f = self._factor()
