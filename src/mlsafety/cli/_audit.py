@@ -476,8 +476,7 @@ def audit_many(
         if isinstance(result, InputError):
             line("error:", f"{model}: {result}")
         else:
-            out_console.print(f"{model}: run {result.run_id}, {len(result.rows)} numbers in {result.seconds:.1f} s",
-                              soft_wrap=True)  # fmt: skip
+            click.echo(f"{model}: run {result.run_id}, {len(result.rows)} numbers in {result.seconds:.1f} s")
 
     try:
         results = run_many(cfg, list(models), db=db, executor=runner, report_dir=report_dir, on_done=done)
