@@ -124,3 +124,24 @@ def test_a_failing_task_raises_its_own_error_not_rays_wrapper(ray_session):
     with pytest.raises(InputError) as info:
         _get(ray, ray.remote(refuse).remote())
     assert type(info.value) is InputError and str(info.value) == "trojans: set n_seeds to 2 or more (got 1)"
+
+
+def test_an_interrupted_ray_run_resumes_to_the_local_rows(files, ray_session):
+    from mlsafety.audit import AuditInterrupted
+
+    config = _config(files)
+    local = run_audit(config, db=files / "local.sqlite", report="")
+    seen = []
+
+    def stop_after_two(*args):
+        seen.append(args)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    db = files / "ray.sqlite"
+    with pytest.raises(AuditInterrupted) as info:
+        run_audit(config, db=db, report="", executor=RayExecutor(), on_progress=stop_after_two)
+    assert info.value.run_id is not None and 2 <= info.value.stored < info.value.total
+    resumed = run_audit(config, db=db, report="", resume=True, executor=RayExecutor())
+    assert resumed.run_id == info.value.run_id and resumed.resumed_tasks == 2
+    _same_rows(local.rows, resumed.rows)
