@@ -51,8 +51,10 @@ from mlsafety.monitoring.ood.msp import MSP
 from mlsafety.monitoring.ood.nnguide import NNGuide
 from mlsafety.monitoring.ood.odin import ODIN
 from mlsafety.monitoring.ood.react import ReAct
+from mlsafety.monitoring.ood.reconstruction import Reconstruction
 from mlsafety.monitoring.ood.residual import Residual
 from mlsafety.monitoring.ood.rmd import RMD
+from mlsafety.monitoring.ood.rotation import Rotation
 from mlsafety.monitoring.ood.scale import SCALE
 from mlsafety.monitoring.ood.search import BankDetector, Search, bank_search, kth_largest, top_k_sum, unit_bank
 from mlsafety.monitoring.ood.she import SHE
@@ -94,7 +96,9 @@ __all__ = [
     "MaxLogit",
     "NNGuide",
     "ReAct",
+    "Reconstruction",
     "Residual",
+    "Rotation",
     "ScoreCache",
     "Search",
     "TemperatureMSP",
