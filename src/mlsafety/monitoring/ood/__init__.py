@@ -9,11 +9,13 @@ Example:
     >>> ood.score_detectors(dets, model, x)                     # one forward pass feeds them all
 """
 
+from mlsafety.monitoring.ood.adascale import AdaSCALEA, AdaSCALEL
 from mlsafety.monitoring.ood.ash import ASH
 from mlsafety.monitoring.ood.base import (
     DETECTORS,
     IMAGE,
     KNOWN_NEEDS,
+    LAYERED_NEEDS,
     NEEDS_DROPOUT,
     NEEDS_HEAD_WEIGHTS,
     NEEDS_MEMBERS,
@@ -41,17 +43,26 @@ from mlsafety.monitoring.ood.entropy import Entropy
 from mlsafety.monitoring.ood.evaluation import InputSource, ScoreCache, evaluate, modalities
 from mlsafety.monitoring.ood.fdbd import FDBD
 from mlsafety.monitoring.ood.gen import GEN
+from mlsafety.monitoring.ood.gmm import GMM
 from mlsafety.monitoring.ood.gradnorm import GradNorm
+from mlsafety.monitoring.ood.gram import Gram
 from mlsafety.monitoring.ood.kl_matching import KLMatching
 from mlsafety.monitoring.ood.knn import KNN
 from mlsafety.monitoring.ood.mahalanobis import Mahalanobis
+from mlsafety.monitoring.ood.mahalanobis_pre import MahalanobisPre
 from mlsafety.monitoring.ood.max_logit import MaxLogit
 from mlsafety.monitoring.ood.mc_dropout import MCDropout, dropout_layers
+from mlsafety.monitoring.ood.mds_ensemble import MDSEnsemble
 from mlsafety.monitoring.ood.msp import MSP
+from mlsafety.monitoring.ood.nac import NAC
+from mlsafety.monitoring.ood.nci import NCI
 from mlsafety.monitoring.ood.nnguide import NNGuide
 from mlsafety.monitoring.ood.odin import ODIN
+from mlsafety.monitoring.ood.rankfeat import RankFeat
+from mlsafety.monitoring.ood.openmax import OpenMax
 from mlsafety.monitoring.ood.react import ReAct
 from mlsafety.monitoring.ood.reconstruction import Reconstruction
+from mlsafety.monitoring.ood.relation import Relation
 from mlsafety.monitoring.ood.residual import Residual
 from mlsafety.monitoring.ood.rmd import RMD
 from mlsafety.monitoring.ood.rotation import Rotation
@@ -61,6 +72,8 @@ from mlsafety.monitoring.ood.she import SHE
 from mlsafety.monitoring.ood.temperature_msp import TemperatureMSP
 from mlsafety.monitoring.ood.tuning import Tuned, tune
 from mlsafety.monitoring.ood.vim import ViM
+from mlsafety.monitoring.ood.vra import VRA
+from mlsafety.monitoring.ood.weiper import WeiPer
 
 __all__ = [
     "ASH",
@@ -68,10 +81,14 @@ __all__ = [
     "DICE",
     "FDBD",
     "GEN",
+    "GMM",
     "IMAGE",
     "KNN",
     "KNOWN_NEEDS",
+    "LAYERED_NEEDS",
     "MSP",
+    "NAC",
+    "NCI",
     "NEEDS_DROPOUT",
     "NEEDS_HEAD_WEIGHTS",
     "NEEDS_MEMBERS",
@@ -82,6 +99,9 @@ __all__ = [
     "SHARED_NEEDS",
     "SHE",
     "TEXT",
+    "VRA",
+    "AdaSCALEA",
+    "AdaSCALEL",
     "BankDetector",
     "DeepEnsemble",
     "Detector",
@@ -89,14 +109,20 @@ __all__ = [
     "Entropy",
     "FitData",
     "GradNorm",
+    "Gram",
     "InputSource",
     "KLMatching",
     "MCDropout",
+    "MDSEnsemble",
     "Mahalanobis",
+    "MahalanobisPre",
     "MaxLogit",
     "NNGuide",
+    "OpenMax",
+    "RankFeat",
     "ReAct",
     "Reconstruction",
+    "Relation",
     "Residual",
     "Rotation",
     "ScoreCache",
@@ -104,6 +130,7 @@ __all__ = [
     "TemperatureMSP",
     "Tuned",
     "ViM",
+    "WeiPer",
     "available",
     "bank_search",
     "collect_outputs",

@@ -1,0 +1,128 @@
+"""WeiPer (Granz et al., "WeiPer: OOD Detection using Weight Perturbations of Class Projections",
+NeurIPS 2024), its KL-divergence score WeiPer+KLD."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from mlsafety.core import Classifier, Outputs, Param, generator
+from mlsafety.monitoring.ood.base import IMAGE, NEEDS_HEAD_WEIGHTS, TEXT, Detector, features_of, head_of, register
+
+
+def row_histograms(values: torch.Tensor, low: float, high: float, bins: int) -> torch.Tensor:
+    """Each row's histogram ``(N, bins)`` over ``bins`` equal half-open bins of ``[low, high)``, as a share of
+    the row's ``M`` values (values outside the range count in ``M`` but in no bin)."""
+    edges = torch.linspace(low, high, bins + 1, dtype=values.dtype, device=values.device)
+    idx = torch.bucketize(values, edges, right=True) - 1  # bin i holds edges[i] <= v < edges[i + 1]
+    inside = (idx >= 0) & (idx < bins)
+    counts = torch.zeros(values.shape[0], bins + 1, dtype=values.dtype, device=values.device)
+    counts.scatter_add_(1, torch.where(inside, idx, bins), inside.to(values.dtype))
+    return counts[:, :bins] / values.shape[1]
+
+
+def smooth(density: torch.Tensor, width: int) -> torch.Tensor:
+    """Moving average of width ``width`` along each row ``(N, B)``, edges replicated ("same" alignment:
+    ``(width - 1) // 2`` bins before, the rest after)."""
+    if width <= 1:
+        return density
+    before = (width - 1) // 2
+    padded = F.pad(density[:, None], (before, width - 1 - before), mode="replicate")
+    return F.avg_pool1d(padded, width, stride=1)[:, 0]
+
+
+def symmetric_kl(train_mean: torch.Tensor, density: torch.Tensor, eps: float, width: int) -> torch.Tensor:
+    """``KL(p || q) + KL(q || p)`` (N,) of the mean fit density ``p`` (B,) and each row's smoothed density ``q``."""
+    q = smooth(density, width) + eps
+    q = q / q.sum(dim=1, keepdim=True)
+    p = train_mean + eps
+    p = (p / p.sum())[None]
+    return ((p - q) * (p.log() - q.log())).sum(dim=1)
+
+
+@register("weiper", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
+class WeiPer(Detector):
+    """Anomaly score ``KL(f) + lambda_1 KL(W~ f + b~) - lambda_2 MSP~`` (WeiPer+KLD).
+
+    WeiPer perturbs the head's class projections ``repeats`` times: each row ``w_k`` of the head's
+    weight becomes ``w_k + delta ||w_k|| n / ||n||`` with ``n`` standard normal (seeded), so the
+    perturbed head ``W~`` ((repeats K, D), bias repeated; ``weight_``, ``bias_``) spans a cone of
+    directions around every class projection. For an input, the ``D`` values of its penultimate
+    feature vector and, separately, the ``repeats K`` values of its perturbed logits are treated as
+    samples of a 1-D distribution: a histogram of ``bins`` bins over the range of all fit values
+    (widened by one mean gap each side; ``range_``, ``range_perturbed_``), each smoothed by a moving
+    average (``smoothing``, ``smoothing_perturbed`` bins), compared with the mean fit histogram
+    (``density_``, ``density_perturbed_``) by the symmetric KL divergence (``eps``/``eps_perturbed``
+    added before normalising). ``MSP~`` is the mean over the ``repeats`` perturbed heads of the top
+    softmax probability. Defaults: the reference implementation's.
+
+    Deviations: none in the formula; the noise is drawn from a torch generator, so the perturbed head
+    (and the scores, slightly) differ from the authors' run for run.
+
+    Args:
+        delta: perturbation length relative to each class projection's norm.
+        repeats: perturbed copies of the head (``r``).
+        bins: histogram bins.
+        smoothing: moving-average width of the feature histogram (``s_1``).
+        smoothing_perturbed: moving-average width of the perturbed-logit histogram (``s_2``).
+        eps: added to the feature densities before normalising.
+        eps_perturbed: added to the perturbed-logit densities before normalising.
+        lambda_1: weight of the perturbed-logit KL divergence.
+        lambda_2: weight of the perturbed heads' mean top softmax probability.
+        seed: seed of the perturbations.
+    """
+
+    needs = frozenset({"features", "logits"})
+    requires_fit = True
+
+    delta = Param(2.1, float, low=0, doc="perturbation length relative to each class projection's norm")
+    repeats = Param(100, int, low=1, doc="perturbed copies of the head")
+    bins = Param(100, int, low=1, doc="histogram bins")
+    smoothing = Param(20, int, low=1, doc="moving-average width of the feature histogram")
+    smoothing_perturbed = Param(20, int, low=1, doc="moving-average width of the perturbed-logit histogram")
+    eps = Param(0.01, float, low=0, low_open=True, doc="added to the feature densities")
+    eps_perturbed = Param(0.025, float, low=0, low_open=True, doc="added to the perturbed-logit densities")
+    lambda_1 = Param(1.0, float, doc="weight of the perturbed-logit KL divergence")
+    lambda_2 = Param(1.0, float, doc="weight of the perturbed heads' mean top softmax probability")
+    seed = Param(0, int, doc="seed of the perturbations")
+
+    def perturbed_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits of the ``repeats`` perturbed heads ``(N, repeats K)``, head after head."""
+        f = features.float()
+        return f @ self.weight_.to(f.device).T + self.bias_.to(f.device)
+
+    def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
+        w, b = head_of(clf)
+        w, b = w.float().cpu(), b.float().cpu()
+        noise = torch.randn(self.repeats, *w.shape, generator=generator(self.seed, "weiper"))
+        noise = F.normalize(noise, dim=2) * (self.delta * torch.linalg.vector_norm(w, dim=1))[None, :, None]
+        f = features_of(outputs).float()
+        self.weight_ = (w[None] + noise).reshape(-1, w.shape[1]).to(f.device)
+        self.bias_ = b.repeat(self.repeats).to(f.device)
+        z = self.perturbed_logits(f)
+        self.range_ = self._widened(f)
+        self.range_perturbed_ = self._widened(z)
+        self.density_ = row_histograms(f, *self.range_, self.bins).mean(dim=0)
+        self.density_perturbed_ = row_histograms(z, *self.range_perturbed_, self.bins).mean(dim=0)
+
+    @staticmethod
+    def _widened(values: torch.Tensor) -> tuple[float, float]:
+        low, high = float(values.min()), float(values.max())
+        gap = (high - low) / values.shape[0]
+        return low - gap, high + gap + 1e-8
+
+    def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
+        f = features_of(outputs).float()
+        z = self.perturbed_logits(f)
+        kl = symmetric_kl(
+            self.density_.to(f.device), row_histograms(f, *self.range_, self.bins), self.eps, self.smoothing
+        )
+        kl_perturbed = symmetric_kl(
+            self.density_perturbed_.to(f.device),
+            row_histograms(z, *self.range_perturbed_, self.bins),
+            self.eps_perturbed,
+            self.smoothing_perturbed,
+        )
+        k = z.shape[1] // self.repeats
+        msp = z.reshape(z.shape[0], self.repeats, k).softmax(dim=2).amax(dim=2).mean(dim=1)
+        return kl + self.lambda_1 * kl_perturbed - self.lambda_2 * msp
