@@ -62,6 +62,7 @@ from mlsafety.monitoring.ood.rankfeat import RankFeat
 from mlsafety.monitoring.ood.openmax import OpenMax
 from mlsafety.monitoring.ood.react import ReAct
 from mlsafety.monitoring.ood.reconstruction import Reconstruction
+from mlsafety.monitoring.ood.reject import RejectRow, RejectTable, combined_risk, evaluate_reject, reject_table
 from mlsafety.monitoring.ood.relation import Relation
 from mlsafety.monitoring.ood.residual import Residual
 from mlsafety.monitoring.ood.rmd import RMD
@@ -122,6 +123,8 @@ __all__ = [
     "RankFeat",
     "ReAct",
     "Reconstruction",
+    "RejectRow",
+    "RejectTable",
     "Relation",
     "Residual",
     "Rotation",
@@ -134,15 +137,18 @@ __all__ = [
     "available",
     "bank_search",
     "collect_outputs",
+    "combined_risk",
     "create",
     "detector_keys",
     "dropout_layers",
     "evaluate",
+    "evaluate_reject",
     "fit_detectors",
     "kth_largest",
     "modalities",
     "predictive_uncertainty",
     "register",
+    "reject_table",
     "reuse",
     "score_detectors",
     "sharing",
