@@ -14,7 +14,17 @@ from mlsafety.core._data import (
     validate_dataset,
 )
 from mlsafety.core._errors import InputError, MlsafetyError, NotFittedError, UnknownNameError
-from mlsafety.core._forward import Outputs, forward
+from mlsafety.core._forward import (
+    LayerReduce,
+    LayerRequest,
+    Outputs,
+    block_layers,
+    bounded_map,
+    check_layer_names,
+    forward,
+    pool_map,
+    tap_layers,
+)
 from mlsafety.core._hazard import Hazard
 from mlsafety.core._hookpoints import HookFn, HookPoints, HookTable
 from mlsafety.core._lm import LanguageModel
@@ -71,6 +81,8 @@ __all__ = [
     "ImagePreprocess",
     "InputError",
     "LanguageModel",
+    "LayerReduce",
+    "LayerRequest",
     "LossFn",
     "MlsafetyError",
     "ModelLike",
@@ -88,11 +100,14 @@ __all__ = [
     "UnknownNameError",
     "as_array_dataset",
     "as_classifier",
+    "block_layers",
+    "bounded_map",
     "call_factory",
     "check_images",
     "check_is_fitted",
     "check_label_form",
     "check_labels",
+    "check_layer_names",
     "check_output_path",
     "cross_entropy_loss",
     "derive_seed",
@@ -115,6 +130,7 @@ __all__ = [
     "modality_of",
     "permute_noise_mosaic_outliers",
     "pool_features",
+    "pool_map",
     "rand_like",
     "randn_like",
     "random_shift",
@@ -122,6 +138,7 @@ __all__ = [
     "read_state_dict",
     "register_recipe",
     "seeded_init",
+    "tap_layers",
     "track",
     "train",
     "training_recipe",

@@ -6,9 +6,16 @@ A detector turns inputs into anomaly scores (higher = more anomalous). It declar
     computable from one forward pass (:class:`~mlsafety.core.Outputs`). Such detectors implement
     :meth:`Detector._fit` / :meth:`Detector._score`, so the engine
     (:mod:`~mlsafety.monitoring.ood.engine`) can feed every one of them from the same pass.
-``grad``, ``input-grad``, ``multi-pass``
-    need the model itself (gradients, input pre-processing, several stochastic passes); they
-    override :meth:`Detector._fit_model` / :meth:`Detector._score_model` and run on their own.
+``layers``
+    intermediate activations (the outputs of named layers, pooled or reduced as the detector asks:
+    :meth:`Detector.layer_taps`), taken by forward hooks in the same pass as the logits. A detector that
+    needs no more than ``logits``, ``features`` and ``layers`` is *layered*: it implements
+    :meth:`Detector._fit` / :meth:`Detector._score` reading :attr:`~mlsafety.core.Outputs.layers`, and the
+    engine feeds it from the pass it makes anyway. Default layers: :func:`~mlsafety.core.block_layers`.
+``grad``, ``input-grad``, ``multi-pass``, ``intervention``
+    need the model itself (gradients, input pre-processing, several stochastic passes, a pass with a
+    layer's output changed); they override :meth:`Detector._fit_model` / :meth:`Detector._score_model`
+    and run on their own (with ``layers`` too when they read intermediate layers).
 
 Hyper-parameters are declared with :class:`~mlsafety.core.Param` (the family kit gives the
 constructor, validation, ``repr``, ``get_params`` and the parameters stored in result rows);
@@ -32,18 +39,24 @@ from mlsafety.core import (
     Classifier,
     HyperParams,
     InputError,
+    LayerReduce,
     ModelLike,
     Outputs,
     Registry,
     as_classifier,
+    block_layers,
     check_is_fitted,
+    check_layer_names,
 )
 from mlsafety.monitoring.ood.engine import FitData, collect_inputs, collect_outputs, labels_or_pred, reuse
 
 SHARED_NEEDS = frozenset({"logits", "features"})
 """What one shared forward pass provides."""
 
-KNOWN_NEEDS = frozenset({"logits", "features", "grad", "input-grad", "multi-pass"})
+LAYERED_NEEDS = SHARED_NEEDS | {"layers"}
+"""What one forward pass with hooks on intermediate layers provides."""
+
+KNOWN_NEEDS = frozenset({"logits", "features", "layers", "grad", "input-grad", "multi-pass", "intervention"})
 
 QUICK = "quick"
 """Tag of the detectors of the quick audit profile and of ``mlsafety ood eval``'s default (logit,
@@ -87,6 +100,17 @@ class Detector(HyperParams):
         """True when one shared forward pass (logits, features) is all the detector needs."""
         return self.needs <= SHARED_NEEDS
 
+    @property
+    def layered(self) -> bool:
+        """True when a forward pass with hooks on intermediate layers is all the detector needs (it reads
+        :attr:`~mlsafety.core.Outputs.layers`, asked for by :meth:`layer_taps`)."""
+        return "layers" in self.needs and self.needs <= LAYERED_NEEDS
+
+    def layer_taps(self, clf: Classifier) -> dict[str, tuple[str, LayerReduce]]:
+        """The intermediate activations this detector reads: ``{key: (module name, reduce)}`` (none by
+        default; layered detectors override it)."""
+        return {}
+
     def fit(self: D, model: ModelLike, data: FitData, batch_size: int = 256) -> D:
         """Learn what the detector needs from in-distribution ``data`` only; returns ``self``.
 
@@ -98,6 +122,9 @@ class Detector(HyperParams):
             self.fitted_ = True  # stateless: no forward pass needed
         elif self.shared:
             outputs, labels = collect_outputs(clf, data, batch_size, features="features" in self.needs)
+            self.fit_outputs(clf, outputs, labels)
+        elif self.layered:
+            outputs, labels = collect_outputs(clf, data, batch_size, layers=self.layer_taps(clf))
             self.fit_outputs(clf, outputs, labels)
         else:
             x, y = collect_inputs(data)
@@ -112,6 +139,9 @@ class Detector(HyperParams):
         if self.shared:
             outputs, _ = collect_outputs(clf, x, batch_size, features="features" in self.needs)
             return self.score_outputs(clf, outputs)
+        if self.layered:
+            outputs, _ = collect_outputs(clf, x, batch_size, layers=self.layer_taps(clf))
+            return self.score_outputs(clf, outputs)
         return self._finish(self._score_model(clf, x, batch_size))
 
     def fit_outputs(self: D, model: ModelLike, outputs: Outputs, labels: torch.Tensor | None = None) -> D:
@@ -119,6 +149,7 @@ class Detector(HyperParams):
         self._check_shared()
         clf = as_classifier(model)
         self._check_outputs(outputs)
+        self._check_layers(clf, outputs)
         labels = reuse("labels", (outputs, labels), lambda: labels_or_pred(labels, outputs))
         self._fit(clf, outputs, labels)
         self.fitted_ = True
@@ -136,7 +167,9 @@ class Detector(HyperParams):
         self._check_shared()
         self._check_fitted()
         self._check_outputs(outputs)
-        return self._score(as_classifier(model), outputs)
+        clf = as_classifier(model)
+        self._check_layers(clf, outputs)
+        return self._score(clf, outputs)
 
     def plan(self, outputs: Outputs) -> None:
         """Announce work this detector will ask of the bank search when scoring ``outputs``, so
@@ -161,7 +194,7 @@ class Detector(HyperParams):
             check_is_fitted(self, hint="call .fit(model, in_distribution_data) first")
 
     def _check_shared(self) -> None:
-        if not self.shared:
+        if not (self.shared or self.layered):
             raise InputError(
                 f"detector {self.name!r} needs {sorted(self.needs - SHARED_NEEDS)}, which a shared forward pass "
                 "cannot give; call fit(model, data) / score(model, x) instead"
@@ -173,6 +206,15 @@ class Detector(HyperParams):
                 f"detector {self.name!r} needs penultimate features; the model has no nn.Linear head "
                 "(wrap it with mlsafety.core.Classifier(model, head='name'))"
             )
+
+    def _check_layers(self, clf: Classifier, outputs: Outputs) -> None:
+        if self.layered:
+            missing = [k for k in self.layer_taps(clf) if k not in (outputs.layers or {})]
+            if missing:
+                raise InputError(
+                    f"detector {self.name!r} needs intermediate layers {missing}, which these forward outputs lack; "
+                    "call fit(model, data) / score(model, x), or fit_detectors / score_detectors with the inputs"
+                )
 
     @staticmethod
     def _finish(scores: torch.Tensor) -> torch.Tensor:
@@ -202,6 +244,22 @@ def head_of(clf: Classifier) -> tuple[torch.Tensor, torch.Tensor]:
 def energy_of(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """Free energy ``-T logsumexp(logits / T)`` (N,); higher = more anomalous."""
     return -temperature * torch.logsumexp(logits / temperature, dim=1)
+
+
+def resolve_layers(clf: Classifier, layers: tuple[str, ...] | None, who: str) -> list[str]:
+    """The layers a detector reads: ``layers`` (checked: a missing one is named with the valid names), else
+    :func:`~mlsafety.core.block_layers` of the model (its block outputs, the head left out)."""
+    if layers is not None:
+        names = list(layers)
+        check_layer_names(clf.module, names)
+    else:
+        names = block_layers(clf.module, clf.head_name)
+    if not names:
+        raise InputError(
+            f"{who} found no intermediate layer in this model (no child with parameters besides the head); "
+            "name some with layers=[module names]"
+        )
+    return names
 
 
 def features_of(outputs: Outputs) -> torch.Tensor:

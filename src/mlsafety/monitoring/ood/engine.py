@@ -6,6 +6,12 @@ from it. Within one engine call, :func:`reuse` computes each intermediate result
 Gaussians of Mahalanobis and RMD, the principal subspace of Residual and ViM, the similarity search
 of KNN and NNGuide), in a cache that lives only inside a :func:`sharing` block.
 
+Detectors that also read intermediate layers (need ``layers``: Gram, MDS ensemble) are fed from the
+same pass: the engine asks each for its layer requests, installs forward hooks for their union only
+when one of them is in the call (:func:`collect_outputs` ``layers=``), and removes the hooks when the
+pass ends, also on errors. When the caller hands over outputs already computed (the audit's shared
+pass, which has no layers), the layered detectors get one pass of their own, together.
+
 Example:
     >>> many = [create(n) for n in ("msp", "knn", "vim")]
     >>> fit_detectors(many, model, train_data)
@@ -21,7 +27,17 @@ from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import torch
 
-from mlsafety.core import DataLike, InputError, ModelLike, Outputs, as_classifier, frozen, iter_batches
+from mlsafety.core import (
+    DataLike,
+    InputError,
+    LayerReduce,
+    ModelLike,
+    Outputs,
+    as_classifier,
+    frozen,
+    iter_batches,
+    tap_layers,
+)
 
 if TYPE_CHECKING:
     from mlsafety.monitoring.ood.base import Detector
@@ -59,15 +75,24 @@ def collect_inputs(data: FitData) -> tuple[torch.Tensor, torch.Tensor | None]:
 
 
 def collect_outputs(
-    model: ModelLike, data: FitData, batch_size: int = 256, features: bool = True
+    model: ModelLike,
+    data: FitData,
+    batch_size: int = 256,
+    features: bool = True,
+    layers: dict[str, tuple[str, LayerReduce]] | None = None,
 ) -> tuple[Outputs, torch.Tensor | None]:
-    """One forward pass over ``data`` in eval mode: logits and (optionally) features, plus labels."""
+    """One forward pass over ``data`` in eval mode: logits and (optionally) features, plus labels.
+
+    ``layers`` (``{key: (module name, reduce)}``, see :func:`mlsafety.core.tap_layers`) adds those
+    intermediate activations from the same pass as :attr:`~mlsafety.core.Outputs.layers`; None hooks nothing.
+    """
     clf = as_classifier(model)
     want = features and (clf.head is not None or clf.head_info is None)  # untraced: the first batch traces
     logits, feats, labels = [], [], []
     have_labels = True
     device = clf.device
-    with frozen(clf.module), torch.inference_mode():
+    acts: dict[str, list[torch.Tensor]] = {k: [] for k in layers or {}}
+    with frozen(clf.module), torch.inference_mode(), tap_layers(clf.module, layers) as tap:
         for xb, yb in iter_batches(data, batch_size, "data", labelled=False):
             xb = xb.to(device)
             if want:
@@ -79,13 +104,16 @@ def collect_outputs(
             else:
                 lb = clf.logits(xb)
             logits.append(lb)
+            for k, v in tap.take(lb.shape[0]).items():
+                acts[k].append(v)
             if yb is None:
                 have_labels = False
             else:
                 labels.append(yb.to(device))
     if not logits:
         raise InputError("the data is empty: give at least one input")
-    out = Outputs(torch.cat(logits), torch.cat(feats) if want else None)
+    taken = {k: torch.cat(v) for k, v in acts.items()} if layers else None
+    out = Outputs(torch.cat(logits), torch.cat(feats) if want else None, layers=taken)
     return out, (torch.cat(labels) if have_labels and labels else None)
 
 
@@ -110,15 +138,21 @@ def fit_detectors(
         labels: labels of ``outputs``.
     """
     clf = as_classifier(model)
-    if any(d.shared for d in detectors):
+    taps = layer_taps(detectors, clf)
+    if any(d.shared for d in detectors) or taps:
         if outputs is None:
-            outputs, labels = collect_outputs(clf, data, batch_size)
+            outputs, labels = collect_outputs(clf, data, batch_size, layers=taps or None)
+        louts, llabels = outputs, labels
+        if taps and not _has_layers(outputs, taps):  # given outputs without layers: one pass for the layered
+            louts, llabels = collect_outputs(clf, data, batch_size, layers=taps)
         with sharing():
             for det in detectors:
                 if det.shared:
                     det.fit_outputs(clf, outputs, labels)
+                elif det.layered:
+                    det.fit_outputs(clf, louts, llabels)
     for det in detectors:
-        if not det.shared:
+        if not (det.shared or det.layered):
             det.fit(clf, data, batch_size)
     return list(detectors)
 
@@ -139,11 +173,19 @@ def score_detectors(
     clf = as_classifier(model)
     keys = detector_keys([d.name for d in detectors])
     scores: dict[int, torch.Tensor] = {}
-    if any(d.shared for d in detectors):
+    taps = layer_taps(detectors, clf)
+    if taps and x is None and (outputs is None or not _has_layers(outputs, taps)):
+        named = [d.name for d in detectors if d.layered]
+        raise InputError(f"detectors {named} need intermediate layers: give the inputs x, not only forward outputs")
+    if any(d.shared for d in detectors) or taps:
         if outputs is None:
             if x is None:
                 raise InputError("give inputs x or forward outputs")
-            outputs, _ = collect_outputs(clf, x, batch_size)
+            outputs, _ = collect_outputs(clf, x, batch_size, layers=taps or None)
+        louts = outputs
+        if taps and not _has_layers(outputs, taps):  # given outputs without layers: one pass for the layered
+            assert x is not None  # checked above
+            louts, _ = collect_outputs(clf, x, batch_size, layers=taps)
         with sharing():
             for det in detectors:
                 if det.shared and getattr(det, "fitted_", False):
@@ -151,14 +193,30 @@ def score_detectors(
             for i, det in enumerate(detectors):
                 if det.shared:
                     scores[i] = det.score_outputs(clf, outputs)
-    others = [d.name for d in detectors if not d.shared]
+                elif det.layered:
+                    scores[i] = det.score_outputs(clf, louts)
+    others = [d.name for d in detectors if not (d.shared or d.layered)]
     if others and x is None:
         raise InputError(f"detectors {others} need the inputs x, not only forward outputs")
     for i, det in enumerate(detectors):
-        if not det.shared:
+        if not (det.shared or det.layered):
             assert x is not None
             scores[i] = det.score(clf, x, batch_size)
     return {keys[i]: scores[i] for i in range(len(detectors))}
+
+
+def layer_taps(detectors: Sequence[Detector], model: ModelLike) -> dict[str, tuple[str, LayerReduce]]:
+    """The union of the layer requests of the detectors fed from a pass with layers (need ``layers``)."""
+    clf = as_classifier(model)
+    taps: dict[str, tuple[str, LayerReduce]] = {}
+    for det in detectors:
+        if det.layered:
+            taps.update(det.layer_taps(clf))
+    return taps
+
+
+def _has_layers(outputs: Outputs, taps: dict[str, tuple[str, LayerReduce]]) -> bool:
+    return outputs.layers is not None and all(k in outputs.layers for k in taps)
 
 
 def detector_keys(names: Sequence[str]) -> list[str]:
