@@ -42,20 +42,24 @@ def test_model_left_unchanged_by_the_audit(quick_audit, digits_model):
 
     state = {k: v.clone() for k, v in digits_model.state_dict().items()}
     digits_model.train()
-    flags = [p.requires_grad for p in digits_model.parameters()]
-    cfg = AuditConfig(quick=True)
-    ctx = AuditContext(Classifier(digits_model), resolve_data(cfg), quick=True)
-    checks = [CHECKS.create(n, quick=True) for n in NAMES]
-    ctx.check_params = {c.name: c.params for c in checks}
-    ctx.planned_hazards = [h for c in checks for h in c.hazards(ctx)]
-    for check in checks:
-        for task in check.tasks(ctx):
-            task.run()
-    assert digits_model.training and [p.requires_grad for p in digits_model.parameters()] == flags
-    for k, v in digits_model.state_dict().items():
-        assert torch.equal(v, state[k]), k
-    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in digits_model.modules())
-    digits_model.eval()
+    try:  # the model is the session's shared fixture: back to eval mode whatever happens here
+        flags = [p.requires_grad for p in digits_model.parameters()]
+        cfg = AuditConfig(quick=True)
+        ctx = AuditContext(Classifier(digits_model), resolve_data(cfg), quick=True)
+        # the language-model checks do not apply to an image classifier (the engine stores their skip row)
+        checks = [CHECKS.create(n, quick=True) for n in NAMES if CHECKS.get(n).not_applicable("image") is None]
+        assert len(checks) >= len(NAMES) - 4
+        ctx.check_params = {c.name: c.params for c in checks}
+        ctx.planned_hazards = [h for c in checks for h in c.hazards(ctx)]
+        for check in checks:
+            for task in check.tasks(ctx):
+                task.run()
+        assert digits_model.training and [p.requires_grad for p in digits_model.parameters()] == flags
+        for k, v in digits_model.state_dict().items():
+            assert torch.equal(v, state[k]), k
+        assert all(not m._forward_hooks and not m._forward_pre_hooks for m in digits_model.modules())
+    finally:
+        digits_model.eval()
 
 
 def test_same_seed_gives_identical_stored_values(quick_audit, tmp_path):

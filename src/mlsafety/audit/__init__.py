@@ -26,7 +26,7 @@ from mlsafety.audit._context import AuditContext, AuditData, hazard_provider
 
 # Last: the engine and the report import every check module, and check modules may import the
 # names above from this package.
-from mlsafety.audit._engine import AuditInterrupted, AuditResult, budget_cuts, run_audit
+from mlsafety.audit._engine import PLAN_CHECK, AuditInterrupted, AuditResult, budget_cuts, run_audit
 from mlsafety.audit._executors import EXECUTORS, INSTALL_RAY, LocalExecutor, RayExecutor, make_executor
 from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluate_gates, parse_gate_option
 from mlsafety.audit._inputs import (
@@ -52,6 +52,7 @@ __all__ = [
     "INSTALL_RAY",
     "NOT_APPLICABLE",
     "PILLARS",
+    "PLAN_CHECK",
     "TRUNCATED",
     "Artifact",
     "AuditConfig",

@@ -236,7 +236,7 @@ register_model(
         "fashion-cnn",
         "fashion-mnist",
         threads=1,
-        size="242k params",
+        size="241.8k params",
     )
 )
 for _percent in (25, 50):
