@@ -39,12 +39,14 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
+from mlsafety.audit._check import DECISION, Row
 from mlsafety.core import Classifier, InputError, MlsafetyError
 
 TEST = "#test"
@@ -323,7 +325,7 @@ def _tta(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
         fixed,
         [
             Knob(TEST, TEST, s.test, 0, shifts * methods * 2 * r.backward),
-            Knob("tta", "attack_batches", int(p["attack_batches"]), 2, per_batch),
+            Knob("tta", "attack_batches", int(p["attack_batches"]), 1, per_batch),
         ],
     )
 
@@ -341,6 +343,45 @@ def _ood(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
     grad = int(p.get("#grad_detectors", 0))
     fixed = 1.0 + s.ood * (grad * r.backward)
     return CheckCost("ood", fixed, [Knob(TEST, TEST, s.test, 0, grad * r.backward)])
+
+
+T = TypeVar("T")
+
+_UNIT_SECONDS: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKeyDictionary()
+"""Per audit context: the longest unit of work of each kind seen so far (what :func:`until_deadline` predicts)."""
+
+
+def until_deadline(ctx: Any, items: Iterable[T], kind: str, first: int = 1) -> Iterator[T]:
+    """The ``items`` in order, while the running task's deadline (``ctx.deadline``, set under ``--budget``)
+    allows: after the first ``first`` items (a check's headline unit: 1; an optional one: 0) an item comes
+    only when the longest unit of this ``kind`` seen so far in the run still fits before the deadline (the
+    time between two requests of the loop is the unit's). Consume it lazily (a ``for`` loop). Without a
+    deadline every item comes."""
+    units = _UNIT_SECONDS.setdefault(ctx, {})
+    for i, item in enumerate(items):
+        if ctx.deadline is not None and i >= first and time.perf_counter() + units.get(kind, 0.0) > ctx.deadline:
+            return
+        t0 = time.perf_counter()
+        yield item
+        units[kind] = max(units.get(kind, 0.0), time.perf_counter() - t0)
+
+
+BUDGET_NOT_MEASURED = "budget_not_measured"
+"""The metric of a decision row saying what a task did not measure because its deadline (``--budget``) came
+first; its ``reason`` says what, and how to get it (no budget)."""
+
+
+def not_measured_row(hazard: str, what: str) -> Row:
+    """The :data:`BUDGET_NOT_MEASURED` row of ``hazard``: ``what`` was not measured before the deadline."""
+    why = f"{what}: not measured, the task's deadline (--budget) came first; run without --budget for them"
+    return Row.exact(hazard, BUDGET_NOT_MEASURED, 1.0, DECISION, reason=why)
+
+
+def stopped_note(reached: int, planned: int, unit: str) -> dict[str, Any]:
+    """Row parameters saying a loop stopped at the budget's deadline (empty when it did not)."""
+    if reached >= planned:
+        return {}
+    return {"budget_stopped": f"{reached} of {planned} {unit} before the task's deadline (--budget)"}
 
 
 def _default(check: str) -> CostModel:
@@ -451,6 +492,7 @@ def make_plan(costs: list[CheckCost], budget: float | None, spent: float = 0.0) 
 
 
 __all__ = [
+    "BUDGET_NOT_MEASURED",
     "RESERVE",
     "TEST",
     "CheckCost",
@@ -464,5 +506,8 @@ __all__ = [
     "fmt_duration",
     "make_plan",
     "measure_rates",
+    "not_measured_row",
     "parse_duration",
+    "stopped_note",
+    "until_deadline",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -138,6 +139,18 @@ class AuditContext:
         travel with them), so a consumer such as defence-in-depth never re-derives them."""
         self._hazards: dict[str, ArrayDataset] = {}
         self._outputs: dict[str, Outputs] = {}
+        self.deadline: float | None = None
+        """Under ``--budget``: the ``time.perf_counter()`` by which the running task should end (the engine
+        sets it before each task); a task's long loops stop there after their first unit of work and store
+        rows for the n they reached. None (no budget): every loop runs to its configured size."""
+
+    def past_deadline(self) -> bool:
+        """True when the running task has a deadline (``--budget``) and it has passed."""
+        return self.deadline is not None and time.perf_counter() >= self.deadline
+
+    def has_hazard(self, hazard: Hazard | str) -> bool:
+        """Whether the inputs of ``hazard`` were already built in this run (nothing is computed)."""
+        return str(Hazard.parse(hazard)) in self._hazards
 
     @property
     def device(self) -> torch.device:

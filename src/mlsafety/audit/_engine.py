@@ -10,6 +10,7 @@ unfinished.
 
 from __future__ import annotations
 
+import math
 import signal
 import sqlite3
 import time
@@ -232,13 +233,15 @@ def run_audit(
         tracker = _Tracker(plan, budget, start - _startup(budget, start), checks, fixed) if plan is not None else None
         pending = [(i, c, t) for i, (c, t) in enumerate(work) if (c.name, t.key) not in done]
         if tracker is not None and budget is not None and getattr(runner, "name", "") == "local":
-            # the last resort of a budget, after every sample size is at its floor: a task predicted not to
-            # finish within what is left of the budget is not run, and says so in a row (never a silent overrun)
+            # every task gets a deadline from the budget's share of its check; its long loops stop there and
+            # store rows for the n they reached, so every check is present and no task is cut whole
             counts: dict[str, int] = {}
             for c, _t in work:
                 counts[c.name] = counts.get(c.name, 0) + 1
             tracker.tasks_per_check = counts
-            pending = [(i, c, _budgeted(c, t, tracker)) for i, c, t in pending]
+            for _i, c, _t in pending:
+                tracker.tasks_left[c.name] = tracker.tasks_left.get(c.name, 0) + 1
+            pending = [(i, c, _budgeted(c, t, tracker, ctx)) for i, c, t in pending]
         skipped = len(work) - len(pending)
 
         def before(check: Check) -> None:  # before a check's first task starts
@@ -511,6 +514,23 @@ class _Tracker:
         self.begun = time.perf_counter()
         self.tasks_per_check: dict[str, int] = {}
         self.longest: dict[str, float] = {}
+        self.tasks_left: dict[str, int] = {}
+        """Tasks of each check not yet run (in the run's order: the checks still to come are those with some)."""
+        self.check_end: dict[str, float] = {}
+        """``perf_counter()`` by which each started check should end: its share of the budget left when it began."""
+
+    def allot(self, check: str) -> float:
+        """Seconds the next task of ``check`` may take. When a check starts it gets a share of what is left of
+        the budget, in proportion to the square root of its predicted seconds (a dear check gets more, but no
+        check is starved: every one keeps at least :data:`MIN_SHARE_S` of weight); its tasks then share what is
+        left of that, equally over the tasks still to run, so a cheap task hands its time on to the next."""
+        now = time.perf_counter()
+        if check not in self.check_end:
+            rest = [c for c, n in self.tasks_left.items() if n > 0 or c == check]
+            weight = {c: math.sqrt(max(MIN_SHARE_S, self.predicted.get(c, 0.0))) for c in rest}
+            share = max(0.0, self.left()) * weight[check] / sum(weight.values())
+            self.check_end[check] = now + share
+        return max(0.0, self.check_end[check] - now) / max(1, self.tasks_left.get(check, 1))
 
     def task_seconds(self, check: str) -> float:
         """Predicted seconds of one task of ``check``: the check's prediction over its tasks, times the
@@ -602,24 +622,28 @@ def _startup(budget: float | None, start: float) -> float:
     return _STARTUP[start]
 
 
+MIN_SHARE_S = 0.25
+"""The least predicted seconds a check's share of the budget is weighted by (a check costed at nothing still
+gets a share for its first unit of work)."""
+
 BUDGET_CUT = "budget_cut"
 """The metric prefix of the row a task stores instead of its results when the budget cut it
 (``budget_cut_<task key>``: a decision row, value 1, with the predicted and the remaining seconds)."""
 
 
-def _budgeted(check: Check, task: Task, tracker: _Tracker) -> Task:
-    """``task``, run only when its predicted seconds (its check's prediction shared over its tasks,
-    scaled by how far the measured checks were off) fit in what is left of the budget; otherwise one
-    :data:`BUDGET_CUT` row saying what was cut and why."""
+def _budgeted(check: Check, task: Task, tracker: _Tracker, ctx: AuditContext) -> Task:
+    """``task`` run with a deadline (``ctx.deadline``): its share of its check's share of the budget
+    (:meth:`_Tracker.allot`). The long loops of the dear checks (attack batches, certified inputs, TTA
+    attack settings, trigger-search steps...) stop at it after their first unit and store rows for the
+    n they reached (a ``budget_stopped`` parameter says so); the deadline is cleared after the task."""
 
     def run() -> TaskResult:
-        need, left = tracker.task_seconds(check.name), tracker.left()
-        if need <= left or task.key == "not-applicable":  # a not-applicable task stores one row, at no cost
+        ctx.deadline = time.perf_counter() + tracker.allot(check.name)
+        try:
             return task.run()
-        metric = BUDGET_CUT + "_" + "".join(ch if ch.isalnum() else "_" for ch in task.key)
-        reason = f"predicted {need:.1f} s, {max(0.0, left):.1f} s of the budget left; run without --budget for it"
-        return TaskResult([Row.exact("clean", metric, 1.0, DECISION, task=task.key, predicted_s=round(need, 2),
-                                     left_s=round(max(0.0, left), 2), reason=reason)])  # fmt: skip
+        finally:
+            ctx.deadline = None
+            tracker.tasks_left[check.name] = max(0, tracker.tasks_left.get(check.name, 1) - 1)
 
     return Task(task.key, run)
 

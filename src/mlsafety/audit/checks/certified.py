@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, stopped_note, until_deadline
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks._common import bind
@@ -31,6 +32,9 @@ from mlsafety.robustness.smoothing import ABSTAIN, Certificate, SmoothedClassifi
 CHECK = "certified"
 _CERTS: weakref.WeakKeyDictionary[AuditContext, dict[tuple[float, bool], Certificate]] = weakref.WeakKeyDictionary()
 """Certificates per audit context, (sigma, denoised): the certification task's, reused by the consistency tasks."""
+DEADLINE_CHUNK = 2
+"""Inputs certified per step under ``--budget`` (the loop stops at the task's deadline between steps)."""
+_CERT_FIELDS = ("prediction", "radius", "p_lower", "samples")
 ATTACK_BUDGET = {"steps": 10, "n_queries": 100, "n_target_classes": 2, "restarts": 1}
 """Budgets of the registry attacks against the smoothed classifier (every call costs ``m`` forwards)."""
 
@@ -79,7 +83,7 @@ class Certified(Check):
     metrics = (
         "certified_accuracy_sigma_*", "abstain_rate_sigma_*", "mean_certified_radius_sigma_*",
         "denoised_certified_accuracy_sigma_*", "denoised_abstain_rate_sigma_*",
-        "denoised_mean_certified_radius_sigma_*", "violation_rate_sigma_*",
+        "denoised_mean_certified_radius_sigma_*", "violation_rate_sigma_*", BUDGET_NOT_MEASURED,
     )  # fmt: skip
     view = CertifiedView
 
@@ -124,7 +128,13 @@ class Certified(Check):
             x, _ = self._inputs(ctx)
             gen = ctx.generator("certified", sigma, "denoised_" if denoised else "plain")
             smoothed = self._smoothed(ctx, sigma, den)
-            memo[key] = smoothed.certify(x, int(p["n0"]), int(p["n"]), float(p["alpha"]), generator=gen)
+            if ctx.deadline is None:
+                memo[key] = smoothed.certify(x, int(p["n0"]), int(p["n"]), float(p["alpha"]), generator=gen)
+            else:  # under --budget: chunks of inputs until the task's deadline (the first chunk always)
+                starts = until_deadline(ctx, range(0, len(x), DEADLINE_CHUNK), f"certify/{sigma:g}/{denoised}")
+                parts = [smoothed.certify(x[i : i + DEADLINE_CHUNK], int(p["n0"]), int(p["n"]), float(p["alpha"]),
+                                          generator=gen) for i in starts]  # fmt: skip
+                memo[key] = Certificate(*(torch.cat([getattr(c, f) for c in parts]) for f in _CERT_FIELDS))
         return memo[key]
 
     def _consistency_task(self, ctx: AuditContext, sigma: float, name: str | None) -> TaskResult:
@@ -132,13 +142,20 @@ class Certified(Check):
         x, _ = self._inputs(ctx)
         cert = self._certify(ctx, sigma, False, None)
         common = {"sigma": sigma, "n0": p["n0"], "n": p["n"], "alpha": p["alpha"]}
-        return TaskResult(self._consistency(ctx, self._smoothed(ctx, sigma), x, cert, sigma, common, [name]))
+        label = name or "smoothed-pgd-l2"
+        # not a headline: under --budget it runs only when an attack of it fits before the task's deadline
+        for _ in until_deadline(ctx, [name], f"certified/consistency/{label}", first=0):
+            return TaskResult(self._consistency(ctx, self._smoothed(ctx, sigma), x, cert, sigma, common, [name]))
+        hazard = str(Hazard.adversarial(label, at="certified-radius", norm="l2"))
+        return TaskResult([not_measured_row(hazard, f"the consistency attack {label} at sigma {sigma:g}")])
 
     def _run_sigma(self, ctx: AuditContext, sigma: float) -> TaskResult:
         p = self.params
         x, y = self._inputs(ctx)
-        k = len(x)
-        common = {"sigma": sigma, "n0": p["n0"], "n": p["n"], "alpha": p["alpha"]}
+        k = len(self._certify(ctx, sigma, False, None).prediction)  # fewer than len(x) when a deadline stopped it
+        y = y[:k]
+        common = {"sigma": sigma, "n0": p["n0"], "n": p["n"], "alpha": p["alpha"],
+                  **stopped_note(k, len(x), "inputs certified")}  # fmt: skip
         rows: list[Row] = []
         curves: dict[str, Certificate] = {}
         variants: list[tuple[bool, nn.Module | None]] = [(False, None)]
@@ -149,10 +166,12 @@ class Certified(Check):
         clean = str(Hazard.clean())
         for denoised, den in variants:
             cert = self._certify(ctx, sigma, denoised, den)
+            if len(cert.prediction) > k:  # the denoised variant reached more inputs before its deadline
+                cert = Certificate(*(getattr(cert, f)[:k] for f in _CERT_FIELDS))
             variant = "denoised_" if denoised else "plain"
             curves["denoised" if denoised else "smoothed"] = cert
             radii = [float(r) for r in p["radii"]]
-            s = summarize_certificates(cert, y, radii, seed=ctx.seed_for(CHECK, sigma, variant))
+            s = summarize_certificates(cert, y[: len(cert.prediction)], radii, seed=ctx.seed_for(CHECK, sigma, variant))
             for r, est in s.certified_accuracy:
                 hazard = str(Hazard.adversarial("any-l2", r, norm="l2"))
                 rows.append(Row.of(hazard, certified_metric("certified_accuracy", sigma, denoised), est, radius=r,
@@ -160,12 +179,14 @@ class Certified(Check):
             rows.append(Row.of(clean, certified_metric("abstain_rate", sigma, denoised), s.abstain_rate, **common))
             radius_metric = certified_metric("mean_certified_radius", sigma, denoised)
             rows.append(Row.of(clean, radius_metric, s.mean_certified_radius, **common))
+        m = min(len(c.prediction) for c in curves.values())  # the inputs every variant reached before its deadline
+        curves = {name: Certificate(*(getattr(c, f)[:m] for f in _CERT_FIELDS)) for name, c in curves.items()}
         caption = (
             f"Certified L2 accuracy against radius, sigma = {sigma:g}, {k} test inputs, n = {p['n']}, "
             f"alpha = {p['alpha']}."
         )
         return TaskResult(rows, [Artifact(f"certified-accuracy-sigma-{sigma:g}".replace(".", "_"),
-                                          curve_png(curves, y, sigma), caption=caption)])  # fmt: skip
+                                          curve_png(curves, y[:m], sigma), caption=caption)])  # fmt: skip
 
     def _consistency(
         self,

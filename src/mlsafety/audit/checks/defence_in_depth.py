@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row
 from mlsafety.audit._check import DECISION, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks import _adversarial_text as text_adv
@@ -82,6 +83,11 @@ TEXT_OUTLIERS = 1000
 """Word-shuffled validation texts the monitor is chosen against on a text model (a seeded sample:
 each is a transformer pass; images use as many synthetic outliers as validation inputs)."""
 NOT_RUN = "not run: the hazard does not carry its clean inputs, eps and norm"
+CHEAP_KINDS = frozenset({"clean", "ood", "corruption", "validation"})
+"""Under ``--budget`` the check measures the hazards whose inputs the run has already built and these cheap
+kinds, and stores a :data:`BUDGET_NOT_MEASURED` row for the others (a TTA attack its check's deadline
+stopped before): building them here would spend another check's share of the budget."""
+NOT_RUN_BUDGET = "not run: the task's deadline (--budget) had passed"
 
 
 @dataclass
@@ -131,6 +137,7 @@ class DefenceInDepth(Check):
         "failure_rate", "caught_share", "escaped_failure_rate", "false_alarm_rate", "adaptive_escaped_failure_rate",
         "expected_escaped_failure_rate", "validation_escape", "severity", "occurrence", "detection", "rpn",
         "monitor_skipped",  # a default candidate the model cannot feed (no features layer), with why
+        BUDGET_NOT_MEASURED,  # under --budget: a dear hazard its own check did not build before its deadline
     )  # fmt: skip
     lower_is_better: ClassVar[frozenset[str]] = LOWER_IS_BETTER
     view = DefenceInDepthView
@@ -265,6 +272,9 @@ class DefenceInDepth(Check):
             return result
         if not self.params["adaptive"] or not hazard.within(Hazard.adversarial()):
             return HazardResult(self._outcome(state, hazard))
+        if state.ctx.past_deadline():
+            state.adaptive_info[hazard] = {"adaptive": NOT_RUN_BUDGET}
+            return HazardResult(self._outcome(state, hazard))
         source = _attack_source(state.ctx, hazard)
         if source is None:
             state.adaptive_info[hazard] = {"adaptive": NOT_RUN}
@@ -313,6 +323,9 @@ class DefenceInDepth(Check):
 
         rows = []
         for h in expand_hazard(state.ctx, hazard):
+            if not _affordable(state.ctx, h):
+                rows.append(not_measured_row(str(h), f"{h.kind} inputs (their check's deadline came first)"))
+                continue
             rows += self._one_hazard(state, h).rows
         return TaskResult(rows)
 
@@ -332,7 +345,7 @@ class DefenceInDepth(Check):
     def _summary_task(self, state: _State, hazards: Sequence[Hazard]) -> TaskResult:
         from mlsafety.audit.checks.trojans import expand_hazard
 
-        hazards = [x for h in hazards for x in expand_hazard(state.ctx, h)]
+        hazards = [x for h in hazards for x in expand_hazard(state.ctx, h) if _affordable(state.ctx, x)]
         results = {h: self._result(state, h) for h in hazards}
         # FMEA of adversarial hazards uses the worst case the adaptive attacker reaches
         measured = {h: r.measured for h, r in results.items()}
@@ -361,6 +374,11 @@ class DefenceInDepth(Check):
         outcomes = {h: r.outcome for h, r in results.items()}
         adaptive = {h: r.adaptive for h, r in results.items() if r.adaptive is not None}
         return TaskResult(rows, [swiss_cheese_artifact(outcomes, adaptive, self._choose(state).name)])
+
+
+def _affordable(ctx: AuditContext, hazard: Hazard) -> bool:
+    """Whether to measure ``hazard``: always without a budget; under one when its inputs are built or cheap."""
+    return ctx.deadline is None or hazard.kind in CHEAP_KINDS or ctx.has_hazard(hazard)
 
 
 def _exposure(exposure: Mapping[str, float]) -> dict[Hazard, float]:

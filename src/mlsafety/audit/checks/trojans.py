@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, until_deadline
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks._common import bind, params_of
@@ -151,6 +152,7 @@ class Trojans(Check):
     metrics = (
         "attack_success_rate", "accuracy", "strip_input_auroc",  # on the recovered triggers
         "*_score", "*_flagged", "*_flag_rate", "*_target", "neural_cleanse_anomaly_index_class_*",  # per scanner
+        BUDGET_NOT_MEASURED,
     )  # fmt: skip
     view = TrojansView
 
@@ -204,7 +206,10 @@ class Trojans(Check):
             pred = ctx.outputs(hz).pred
             rows.append(Row.of(str(hz), "attack_success_rate", proportion(pred == trig.target), mask_l1=trig.l1))
             rows.append(Row.of(str(hz), "accuracy", proportion(pred == data.y.to(pred.device))))
-        for name in [scanner]:
+        reached = False
+        # under --budget Neural Cleanse (the headline) always runs; another scanner only when it fits its deadline
+        for name in until_deadline(ctx, [scanner], f"trojans/{scanner}", first=1 if scanner == NC else 0):
+            reached = True
             needs = SCANNERS.get(name).needs
             if "train" in needs and ctx.data.train is None:
                 continue
@@ -224,6 +229,8 @@ class Trojans(Check):
                 rows.append(Row.of(str(_hazard(triggers[0])), "strip_input_auroc", est))
             if name == NC:
                 artifacts += nc_artifacts(res)
+        if not reached:
+            rows.append(not_measured_row(str(Hazard.trojan(scanner)), f"the {scanner} scan"))
         return TaskResult(rows, artifacts)
 
 

@@ -51,6 +51,7 @@ from typing import Any, ClassVar
 import torch
 
 import mlsafety.robustness.tta as tta
+from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, stopped_note, until_deadline
 from mlsafety.audit._check import DECISION, NOT_APPLICABLE, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks._common import bind, metric_name, params_of
@@ -277,6 +278,7 @@ class TTA(Check):
         "accuracy_no_adaptation", "*_accuracy", "targeted_success_rate", "stealthy_success_rate",
         "stealthy_others_kept_rate", "indiscriminate_success_rate", "batches_flipped_rate",
         "benign_error_rate_no_attack", *(f"{m}_batch_*" for m in _BATCH_MEASURES), NOT_APPLICABLE,
+        BUDGET_NOT_MEASURED,
     )  # fmt: skip
     lower_is_better: ClassVar[frozenset[str]] = frozenset(
         {"targeted_success_rate", "stealthy_success_rate", "indiscriminate_success_rate", "batches_flipped_rate"}
@@ -356,10 +358,14 @@ class TTA(Check):
         b = int(self.params["batch_size"])
         key = str(hazard)
         rows = [Row.of(key, "accuracy_no_adaptation", proportion(ctx.outputs(hazard).pred == y), batch_size=b)]
-        for m in methods:
+        found = []
+        for m in until_deadline(ctx, methods, "tta-accuracy"):  # under --budget: the methods before the deadline
             acc = tta.adaptation_accuracy(ctx.model, tta.create(m), data.x, data.y, batch_size=b, source=False)
-            rows.append(Row.of(key, metric_name(m, "accuracy"), acc.adapted, method=m, batch_size=b,
-                               stream="test order, state carried forward"))  # fmt: skip
+            found.append((m, acc.adapted))
+        note = stopped_note(len(found), len(methods), "methods")
+        for m, est in found:
+            rows.append(Row.of(key, metric_name(m, "accuracy"), est, method=m, batch_size=b,
+                               stream="test order, state carried forward", **note))  # fmt: skip
         return TaskResult(rows)
 
     def _attack_task(
@@ -370,17 +376,28 @@ class TTA(Check):
         rows = []
         p = self.params
         default_b = int(p["batch_size"])
-        for share in shares:
+        settings = [(share, b, objective) for share in shares
+                    for b in _batch_sizes(p["attack_batch_sizes"], default_b) for objective in objectives]  # fmt: skip
+        if ctx.deadline is not None:  # under --budget: the headline attack (the hazard's) first, then the others
+            settings.sort(key=lambda s: (s[1] != default_b or s[2] != "indiscriminate", shares.index(s[0])))
+        # under --budget the first method's headline attack always runs; every other attack while it fits
+        first = 1 if method == self._plan()[0][0] else 0
+        found = []
+        for share, b, objective in until_deadline(ctx, settings, f"tta-attack/{method}", first):
             key = str(Hazard.tta_attack(method, share))
-            for b in _batch_sizes(p["attack_batch_sizes"], default_b):
-                info = {"method": method, "share": share, "malicious": tta.malicious_count(share, b), "batch_size": b,
-                        "eps": p["eps"], "steps": int(p["attack_steps"]), "attack_on": str(p["attack_on"])}  # fmt: skip
-                for objective in objectives:
-                    if objective == "indiscriminate" and b == default_b:
-                        data = ctx.hazard(key)
-                        assert isinstance(data, AttackData)
-                        res = data.result
-                    else:
-                        _, res = _attack(ctx, method, share, objective, b)
-                    rows += _attack_rows(key, res, objective, info, default_b)
+            if objective == "indiscriminate" and b == default_b:
+                data = ctx.hazard(key)
+                assert isinstance(data, AttackData)
+                found.append((share, b, objective, data.result))
+            else:
+                found.append((share, b, objective, _attack(ctx, method, share, objective, b)[1]))
+        note = stopped_note(len(found), len(settings), "attack settings (share, batch size, objective)")
+        for share, b, objective, res in found:
+            key = str(Hazard.tta_attack(method, share))
+            info = {"method": method, "share": share, "malicious": tta.malicious_count(share, b), "batch_size": b,
+                    "eps": p["eps"], "steps": int(p["attack_steps"]), "attack_on": str(p["attack_on"]),
+                    **note}  # fmt: skip
+            rows += _attack_rows(key, res, objective, info, default_b)
+        if not found:
+            rows.append(not_measured_row(str(Hazard.tta_attack(method, shares[0])), "this method's attacks"))
         return TaskResult(rows)
