@@ -31,6 +31,7 @@ def test_registry_has_the_issue_detectors() -> None:
         "rmd", "knn", "vim", "residual", "she", "nnguide", "fdbd", "react", "ash", "dice", "scale", "gradnorm",
         "mc-dropout", "deep-ensemble",
     }  # fmt: skip
+    wanted |= {"adascale-a", "adascale-l", "weiper", "nci", "gmm", "openmax", "relation", "vra"}  # issue 19
     assert wanted <= set(ALL)
     for name in ALL:
         cls = ood.DETECTORS.get(name)
