@@ -31,8 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlsafety.audit import AuditConfig, Store, prepare_inputs, resolve_model
-from mlsafety.audit._engine import cap_data  # not public yet: the run's --max-samples cut (see the report)
+from mlsafety.audit import AuditConfig, Store, cap_data, prepare_inputs, resolve_model
 from mlsafety.core import InputError, forward
 from mlsafety.guard._drift import DriftAlarm
 from mlsafety.guard._guard import Guard, detector_state, restore_state
