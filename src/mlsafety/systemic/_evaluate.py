@@ -92,6 +92,8 @@ class DefenceInDepthEvaluator:
         scores: the detectors' scores from precomputed outputs (:data:`DetectorScores`).
         false_alarm_rate: the share of correct clean validation answers each candidate may flag.
         confidence_share: share of the false-alarm budget given to confidence in combined monitors.
+        ood_share: the share of OOD inputs the choice expects (the outliers' weight in
+            :func:`~mlsafety.systemic.validation_escape`).
     """
 
     def __init__(
@@ -100,11 +102,13 @@ class DefenceInDepthEvaluator:
         scores: DetectorScores,
         false_alarm_rate: float = 0.05,
         confidence_share: float = 0.5,
+        ood_share: float = 0.5,
     ) -> None:
         self.detectors = list(detectors)
         self.scores = scores
         self.false_alarm_rate = false_alarm_rate
         self.confidence_share = confidence_share
+        self.ood_share = ood_share
         self.choice_: MonitorChoice | None = None
 
     # -- the monitor ---------------------------------------------------------------------------
@@ -118,7 +122,7 @@ class DefenceInDepthEvaluator:
         """Choose among the candidates by their escaped rate on validation inputs and outliers (see
         :func:`~mlsafety.systemic.choose_monitor`); the choice is kept (:attr:`monitor`)."""
         cands = candidate_monitors(val, self.detectors, self.false_alarm_rate, self.confidence_share)
-        self.choice_ = MonitorChoice(*choose_monitor(cands, val, outliers))
+        self.choice_ = MonitorChoice(*choose_monitor(cands, val, outliers, self.ood_share))
         return self.choice_
 
     @property

@@ -78,25 +78,29 @@ def candidate_monitors(
     return out
 
 
-def validation_escape(monitor: Monitor, val: ScoredSet, outliers: ScoredSet) -> Estimate:
-    """The selection criterion: mean of the escaped-failure rates on clean validation inputs and on
-    synthetic outliers (each set weighs one half, so the few clean mistakes are not drowned).
+def validation_escape(monitor: Monitor, val: ScoredSet, outliers: ScoredSet, ood_share: float = 0.5) -> Estimate:
+    """The selection criterion: the escaped-failure rates on clean validation inputs and on synthetic
+    outliers weighed ``1 - ood_share`` and ``ood_share`` (by default one half each, so the few clean
+    mistakes are not drowned). It is the combined risk of learning to reject meets OOD
+    (:func:`mlsafety.monitoring.ood.combined_risk`, same threshold rule) for an OOD share ``ood_share``.
 
     The interval is exact and conservative, as in :func:`expected_escaped_rate`: each rate's
     Clopper-Pearson interval at 97.5% (Bonferroni over the two sets), averaged; ``n`` counts the
     inputs of both sets.
     """
     outcomes = {"validation": val.outcome(monitor), "outliers": outliers.outcome(monitor)}
-    return expected_escaped_rate(outcomes, {"validation": 1.0, "outliers": 1.0})
+    if not 0.0 <= ood_share <= 1.0:
+        raise InputError(f"ood_share must lie in [0, 1], got {ood_share}")
+    return expected_escaped_rate(outcomes, {"validation": 1.0 - ood_share, "outliers": ood_share})
 
 
 def choose_monitor(
-    candidates: Sequence[Monitor], val: ScoredSet, outliers: ScoredSet
+    candidates: Sequence[Monitor], val: ScoredSet, outliers: ScoredSet, ood_share: float = 0.5
 ) -> tuple[Monitor, dict[str, Estimate]]:
-    """The candidate with the lowest :func:`validation_escape` value (ties: the earlier, simpler
-    one), and every candidate's criterion (with its interval) by name."""
+    """The candidate with the lowest :func:`validation_escape` value at OOD share ``ood_share`` (ties: the
+    earlier, simpler one), and every candidate's criterion (with its interval) by name."""
     if not candidates:
         raise InputError("no candidate monitors to choose from")
-    crit = {m.name: validation_escape(m, val, outliers) for m in candidates}
+    crit = {m.name: validation_escape(m, val, outliers, ood_share) for m in candidates}
     best = min(candidates, key=lambda m: crit[m.name].value)  # min keeps the first of equal values
     return best, crit

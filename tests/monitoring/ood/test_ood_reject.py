@@ -107,3 +107,25 @@ def test_msp_is_best_for_rejecting_mistakes_and_not_for_ood() -> None:
     assert table.value("msp", "auroc", "far") < 0.5
     assert table.best("combined_risk") == "knn"
     assert "msp" in table.markdown() and "far combined risk" in table.markdown()
+
+
+def test_the_monitor_choice_follows_the_expected_ood_share() -> None:
+    from mlsafety.systemic import candidate_monitors, choose_monitor
+
+    g = generator(0, "reject-share")
+    n, m = 300, 200
+    wrong = torch.rand(n, generator=g) < 0.2
+    # confidence knows the mistakes (low on every wrong answer); the detector is blind to them
+    val_conf = torch.where(wrong, 0.4 + 0.1 * torch.rand(n, generator=g), 0.9 + 0.1 * torch.rand(n, generator=g))
+    val = ScoredSet(wrong, val_conf, {"d": torch.rand(n, generator=g)})
+    # outliers: confident answers, but the detector scores every one above every validation input
+    out = ScoredSet(torch.ones(m, dtype=torch.bool), 0.9 + 0.1 * torch.rand(m, generator=g),
+                    {"d": 2 + torch.rand(m, generator=g)})  # fmt: skip
+    cands = candidate_monitors(val, ["d"], 0.05, 0.5)
+    assert choose_monitor(cands, val, out, ood_share=0.0)[0].name == "confidence"
+    assert choose_monitor(cands, val, out, ood_share=1.0)[0].name in {"d", "d+confidence"}
+    best, crit = choose_monitor(cands, val, out)  # the default (one half each) keeps the former criterion
+    assert crit[best.name].value == pytest.approx(
+        0.5 * float((val.outcome(best).escaped).double().mean())
+        + 0.5 * float(out.outcome(best).escaped.double().mean())
+    )

@@ -18,6 +18,7 @@ Configuration (``mlsafety audit --config ci.toml``), e.g. for a CI pipeline::
     [params.defence-in-depth]
     monitors = ["energy", "mahalanobis", "knn"]      # candidates, alone and with the confidence part
     false_alarm_rate = 0.05                          # on correct answers of clean validation data
+    ood_share = 0.5                                  # OOD share of the mix the monitor is chosen for
     severity = { adversarial = 9, "ood/letters" = 6 } # by kind, hazard family or full name
     exposure = { clean = 0.97, "ood/letters" = 0.02, "corruption/fog/3" = 0.01 }
 
@@ -127,6 +128,7 @@ class DefenceInDepth(Check):
         "monitors": DEFAULT_MONITORS,
         "false_alarm_rate": 0.05,
         "confidence_share": 0.5,
+        "ood_share": 0.5,
         "severity": {},
         "exposure": {},
         "adaptive": True,
@@ -150,7 +152,7 @@ class DefenceInDepth(Check):
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params
-        for key, top in (("false_alarm_rate", "1)"), ("confidence_share", "1]")):
+        for key, top in (("false_alarm_rate", "1)"), ("confidence_share", "1]"), ("ood_share", "1]")):
             v = p[key]
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0
             if not ok or (top == "1)" and v == 1.0):
@@ -204,7 +206,8 @@ class DefenceInDepth(Check):
         if state.evaluator is None:
             fa, share = float(self.params["false_alarm_rate"]), float(self.params["confidence_share"])
             scores = functools.partial(self._scores, state)  # the evaluator's DetectorScores
-            state.evaluator = DefenceInDepthEvaluator(state.names, scores, fa, share)
+            # the criterion is the combined risk of mlsafety.monitoring.ood.reject at this OOD share
+            state.evaluator = DefenceInDepthEvaluator(state.names, scores, fa, share, float(self.params["ood_share"]))
         return state.evaluator
 
     def _scores(
