@@ -40,6 +40,16 @@ def symmetric_kl(train_mean: torch.Tensor, density: torch.Tensor, eps: float, wi
     return ((p - q) * (p.log() - q.log())).sum(dim=1)
 
 
+_BLOCK = 4096
+"""Fit inputs whose perturbed logits are held at once."""
+
+
+def _widened(low: float, high: float, n: int) -> tuple[float, float]:
+    """The histogram range ``[low, high)`` of ``n`` fit rows, widened by one mean gap each side."""
+    gap = (high - low) / n
+    return low - gap, high + gap + 1e-8
+
+
 @register("weiper", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
 class WeiPer(Detector):
     """Anomaly score ``KL(f) + lambda_1 KL(W~ f + b~) - lambda_2 MSP~`` (WeiPer+KLD).
@@ -99,17 +109,23 @@ class WeiPer(Detector):
         f = features_of(outputs).float()
         self.weight_ = (w[None] + noise).reshape(-1, w.shape[1]).to(f.device)
         self.bias_ = b.repeat(self.repeats).to(f.device)
-        z = self.perturbed_logits(f)
-        self.range_ = self._widened(f)
-        self.range_perturbed_ = self._widened(z)
-        self.density_ = row_histograms(f, *self.range_, self.bins).mean(dim=0)
-        self.density_perturbed_ = row_histograms(z, *self.range_perturbed_, self.bins).mean(dim=0)
+        blocks = f.split(_BLOCK)  # the perturbed logits of every fit input are made block by block, twice
+        extremes = [torch.aminmax(self.perturbed_logits(fb)) for fb in blocks]
+        z_low, z_high = min(float(e.min) for e in extremes), max(float(e.max) for e in extremes)
+        self.range_ = _widened(float(f.min()), float(f.max()), f.shape[0])
+        self.range_perturbed_ = _widened(z_low, z_high, f.shape[0])
+        self.density_ = self._mean_histogram(blocks, False)
+        self.density_perturbed_ = self._mean_histogram(blocks, True)
 
-    @staticmethod
-    def _widened(values: torch.Tensor) -> tuple[float, float]:
-        low, high = float(values.min()), float(values.max())
-        gap = (high - low) / values.shape[0]
-        return low - gap, high + gap + 1e-8
+    def _mean_histogram(self, blocks: tuple[torch.Tensor, ...], perturbed: bool) -> torch.Tensor:
+        """The mean over the fit rows of their histograms (of features, or of perturbed logits)."""
+        total = torch.zeros(self.bins, device=blocks[0].device)
+        for fb in blocks:
+            values = self.perturbed_logits(fb) if perturbed else fb
+            total += row_histograms(values, *(self.range_perturbed_ if perturbed else self.range_), self.bins).sum(
+                dim=0
+            )
+        return total / sum(fb.shape[0] for fb in blocks)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         f = features_of(outputs).float()
