@@ -29,10 +29,11 @@ def normalize(states: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return centred / centred.std(0, keepdim=True).clamp_min(eps)
 
 
-def _check_states(pos: torch.Tensor, neg: torch.Tensor) -> None:
-    if pos.ndim != 2 or pos.shape != neg.shape:
+def _check_states(pos: torch.Tensor, neg: torch.Tensor, ndim: int = 2) -> None:
+    shape = "(N, D)" if ndim == 2 else "(N, L, D)"
+    if pos.ndim != ndim or pos.shape != neg.shape:
         raise InputError(
-            f"probes take x+ and x- states of one shape (N, D), got {tuple(pos.shape)} and {tuple(neg.shape)}"
+            f"probes take x+ and x- states of one shape {shape}, got {tuple(pos.shape)} and {tuple(neg.shape)}"
         )
     if pos.shape[0] < 2:
         raise InputError(f"probes need at least 2 contrast pairs to normalise each side, got {pos.shape[0]}")
@@ -40,18 +41,38 @@ def _check_states(pos: torch.Tensor, neg: torch.Tensor) -> None:
         raise InputError("hidden states hold NaN or infinite values; check the model's numerics")
 
 
+def _by_layer(states: torch.Tensor) -> torch.Tensor:
+    """``(N, L, D)`` states normalised per side and layer, laid out ``(L, N, D)`` for batched algebra."""
+    return normalize(states.float()).transpose(0, 1).contiguous()
+
+
+def linear_scores(pos: torch.Tensor, neg: torch.Tensor, coef: torch.Tensor, intercept: torch.Tensor) -> torch.Tensor:
+    """``(L, N)`` readings ``(x+ - x-) . w_l + b_l`` of ``(L, N, D)`` states under per-layer ``(L, D)`` / ``(L,)``."""
+    return torch.baddbmm(intercept[:, None, None], pos - neg, coef[:, :, None])[:, :, 0]
+
+
 class Probe(HyperParams):
     """A linear reading of the truth from contrast-pair hidden states.
 
-    Subclasses write :meth:`_fit` and :meth:`_score` on normalised states; a score above 0 reads
-    "``x+`` is true" (the affirmative answer is right). An unsupervised probe's direction has no sign of
-    its own; :meth:`fit` fixes it without labels from ``reference`` (a label-free score per item, e.g.
-    the zero-shot log-probability difference: the sign that agrees with it on most items is kept) and
-    keeps the learned sign when none is given.
+    Subclasses write :meth:`_fit_layers` and :meth:`_score_layers` on normalised states laid out
+    ``(L, N, D)``: every probed layer is fitted at once as a batch of independent problems (one batched
+    optimisation or factorisation instead of a loop over layers). A score above 0 reads "``x+`` is true"
+    (the affirmative answer is right). An unsupervised probe's direction has no sign of its own; the fit
+    fixes it without labels from ``reference`` (a label-free score per item, e.g. the zero-shot
+    log-probability difference: per layer, the sign that agrees with it on most items is kept) and keeps
+    the learned sign when none is given.
+
+    :meth:`fit` / :meth:`score` take one layer ``(N, D)`` (attributes ``coef_ (D,)``, ``intercept_``,
+    ``sign_``); :meth:`fit_layers` / :meth:`score_layers` take ``(N, L, D)`` (attributes ``coefs_ (L, D)``,
+    ``intercepts_ (L,)``, ``signs_ (L,)``). Fitting L layers together gives each layer the result it gets
+    alone (same initialisation), up to floating-point summation order.
     """
 
     supervised: ClassVar[bool] = False
     name: ClassVar[str]
+    coefs_: torch.Tensor
+    intercepts_: torch.Tensor
+    signs_: torch.Tensor
 
     def fit(
         self,
@@ -61,36 +82,69 @@ class Probe(HyperParams):
         reference: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
     ) -> Probe:
-        """Learn from ``pos`` / ``neg`` states ``(N, D)`` (labels ``(N,)`` 0/1 for supervised probes)."""
+        """Learn from one layer's ``pos`` / ``neg`` states ``(N, D)`` (labels ``(N,)`` 0/1 for supervised probes)."""
         _check_states(pos, neg)
+        self.fit_layers(pos[:, None], neg[:, None], labels, reference, generator)
+        self.coef_ = self.coefs_[0]
+        self.intercept_ = float(self.intercepts_[0])
+        self.sign_ = float(self.signs_[0])
+        return self
+
+    def fit_layers(
+        self,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        reference: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> Probe:
+        """Learn one probe per layer from ``(N, L, D)`` states, all layers in one batched fit."""
+        _check_states(pos, neg, ndim=3)
         if self.supervised:
             if labels is None:
                 raise InputError(f"probe {self.name!r} is supervised: pass labels (1 when x+ is true)")
             n_pos = int(labels.sum())
             if labels.shape != pos.shape[:1] or n_pos in (0, len(labels)):
                 raise InputError(f"probe {self.name!r} needs labels (N,) with both classes present")
-        p, n = normalize(pos.float()), normalize(neg.float())
-        self.sign_ = 1.0
-        self._fit(p, n, labels.long() if labels is not None else None, generator)
+        p, n = _by_layer(pos), _by_layer(neg)
+        self._fit_layers(p, n, labels.long() if labels is not None else None, generator)
+        signs = torch.ones(p.shape[0])
         if not self.supervised and reference is not None:
-            agree = ((self._score(p, n) > 0) == (reference > 0)).float().mean()
-            self.sign_ = 1.0 if float(agree) >= 0.5 else -1.0
+            agree = ((self._score_layers(p, n) > 0) == (reference > 0)[None, :]).float().mean(1)
+            signs = torch.where(agree >= 0.5, 1.0, -1.0)
+        self.signs_ = signs
         return self
 
     def score(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """``(N,)`` scores, above 0 where the probe reads ``x+`` as true; each side normalised on this set."""
-        check_is_fitted(self, ["sign_"])
+        check_is_fitted(self, ["signs_"])
         _check_states(pos, neg)
-        return self.sign_ * self._score(normalize(pos.float()), normalize(neg.float()))
+        if len(self.signs_) != 1:
+            raise InputError(f"this probe was fitted on {len(self.signs_)} layers: use score_layers with (N, L, D)")
+        return self.score_layers(pos[:, None], neg[:, None])[:, 0]
+
+    def score_layers(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """``(N, L)`` scores of ``(N, L, D)`` states, layer ``l`` read by the probe fitted on layer ``l``."""
+        check_is_fitted(self, ["signs_"])
+        _check_states(pos, neg, ndim=3)
+        if pos.shape[1] != len(self.signs_):
+            raise InputError(f"this probe was fitted on {len(self.signs_)} layers, got states of {pos.shape[1]}")
+        return (self.signs_[:, None] * self._score_layers(_by_layer(pos), _by_layer(neg))).T
 
     def predict(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         """``(N,)`` int64: 1 where the probe reads ``x+`` as true."""
         return (self.score(pos, neg) > 0).long()
 
-    def _fit(
+    def predict_layers(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """``(N, L)`` int64: 1 where layer ``l``'s probe reads ``x+`` as true."""
+        return (self.score_layers(pos, neg) > 0).long()
+
+    def _fit_layers(
         self, pos: torch.Tensor, neg: torch.Tensor, labels: torch.Tensor | None, generator: torch.Generator | None
     ) -> None:
+        """Set ``coefs_ (L, D)`` and ``intercepts_ (L,)`` from normalised ``(L, N, D)`` states."""
         raise NotImplementedError
 
-    def _score(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    def _score_layers(self, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        """``(L, N)`` readings of normalised ``(L, N, D)`` states (before the sign)."""
         raise NotImplementedError

@@ -143,6 +143,38 @@ def probe_result(
     return LayerResult(method, layer, accuracy_estimate(correct), either, float(fit_correct.float().mean())), reading
 
 
+def fit_probes(
+    method: str,
+    fit: ContrastStates,
+    layers: Sequence[int],
+    generator: torch.Generator,
+    params: dict[str, object] | None = None,
+) -> Probe:
+    """``method`` fitted at every one of ``layers`` in one batched fit (see
+    :meth:`~mlsafety.alignment.probes.base.Probe.fit_layers`); unsupervised signs follow the zero-shot scores."""
+    probe = PROBES.create(method, **(params or {}))
+    reference = zero_shot_scores(fit.logp_yes, fit.logp_no)
+    index = list(layers)
+    return probe.fit_layers(fit.pos[:, index], fit.neg[:, index], fit.labels, reference=reference, generator=generator)
+
+
+def layer_results(
+    probe: Probe, fit: ContrastStates, test: ContrastStates, layers: Sequence[int]
+) -> tuple[list[LayerResult], torch.Tensor]:
+    """A probe fitted by :func:`fit_probes` on ``layers``: one result per layer on ``test``, and its test
+    readings ``(N, len(layers))``."""
+    index = list(layers)
+    fit_correct = probe.predict_layers(fit.pos[:, index], fit.neg[:, index]) == fit.labels[:, None]
+    readings = probe.predict_layers(test.pos[:, index], test.neg[:, index])
+    correct = readings == test.labels[:, None]
+    out = []
+    for j, k in enumerate(index):
+        either = None if probe.supervised else _either(correct[:, j])
+        acc = accuracy_estimate(correct[:, j])
+        out.append(LayerResult(probe.name, k, acc, either, float(fit_correct[:, j].float().mean())))
+    return out, readings
+
+
 def _either(correct: torch.Tensor) -> Estimate:
     return accuracy_estimate(correct if float(correct.float().mean()) >= 0.5 else ~correct)
 
@@ -247,13 +279,17 @@ def run_probes(
     report = ProbeReport(main.dataset, [p.template.name for p in pairs], chosen, len(fit_idx), len(test_idx))
     params = params or {}
     main_states: ContrastStates | None = None
+    main_probes: dict[str, Probe] = {}  # the first template's probes, every chosen layer, fitted once
     for p in pairs:
         states = contrast_states(lm, p, batch_size, progress)
-        main_states = main_states or states
         fit, test = states.subset(fit_idx), states.subset(test_idx)
         rows = zero_shot_results(test)
         for m in methods:
-            rows += [fit_and_test(m, fit, test, k, g, params.get(m))[0] for k in chosen]
+            probe = fit_probes(m, fit, chosen, g, params.get(m))  # all layers in one batched fit
+            rows += layer_results(probe, fit, test, chosen)[0]
+            if main_states is None:
+                main_probes[m] = probe
+        main_states = main_states or states
         report.results[p.template.name] = rows
     assert main_states is not None
     all_methods = [*methods, ZERO_SHOT, ZERO_SHOT_CALIBRATED]
@@ -265,29 +301,38 @@ def run_probes(
         report.sensitivity[m] = float(accs.std()) if len(accs) > 1 else 0.0
     unsupervised = [m for m in methods if not PROBES.get(m).supervised]
     fit, test = main_states.subset(fit_idx), main_states.subset(test_idx)
-    best_probe: Probe | None = None
+
+    def read(m: str, states: ContrastStates) -> tuple[LayerResult, torch.Tensor]:
+        """``m``'s first-template probe at its best layer on ``states`` (no refit)."""
+        j = chosen.index(report.best_layer(m))
+        results, readings = layer_results(_one_layer(main_probes[m], j), fit, states, [chosen[j]])
+        return results[0], readings[:, 0]
+
     if unsupervised:
         best = max(unsupervised, key=lambda m: report._fit_means(m)[report.best_layer(m)])
         report.best = (best, report.best_layer(best))
-        best_probe = fit_probe(best, fit, report.best[1], g, params.get(best))
-        reading = best_probe.predict(test.pos[:, report.best[1]], test.neg[:, report.best[1]])
-        report.gap["clean"] = accuracy_estimate(reading != test.stated())
+        report.gap["clean"] = accuracy_estimate(read(best, test)[1] != test.stated())
     if misleading:
         mis = contrast_states(lm, main.subset(test_idx).misleading(main.subset(fit_idx)), batch_size, progress)
         report.misleading[ZERO_SHOT] = zero_shot_results(mis)[0].accuracy
         report.misleading[ZERO_SHOT_CALIBRATED] = zero_shot_results(mis)[1].accuracy
         for m in methods:
-            probe = best_probe if (m, report.best_layer(m)) == report.best else None
-            probe = probe or fit_probe(m, fit, report.best_layer(m), g, params.get(m))
-            result, reading = probe_result(probe, fit, mis, report.best_layer(m))
+            result, reading = read(m, mis)
             report.misleading[m] = result.accuracy
-            if best_probe is not None and probe is best_probe:
+            if report.best is not None and m == report.best[0]:
                 report.gap["misleading"] = accuracy_estimate(reading != mis.stated())
     for target in transfer:
         check_two_classes(target.labels, f"dataset {target.dataset!r}")
         _, target_test = split_items(len(target), g, groups=target.groups)
         target_states = contrast_states(lm, target.subset(target_test), batch_size, progress)
         for m in methods:
-            result, _ = fit_and_test(m, fit, target_states, report.best_layer(m), g, params.get(m))
-            report.transfer[f"{m}:{target.dataset}"] = result.accuracy
+            report.transfer[f"{m}:{target.dataset}"] = read(m, target_states)[0].accuracy
     return report
+
+
+def _one_layer(probe: Probe, j: int) -> Probe:
+    """A view of a :func:`fit_probes` probe restricted to its ``j``-th fitted layer."""
+    one = PROBES.create(probe.name, **probe.get_params())
+    for attr in ("coefs_", "intercepts_", "signs_"):
+        setattr(one, attr, getattr(probe, attr)[j : j + 1])
+    return one
