@@ -32,6 +32,7 @@ def test_registry_has_the_issue_detectors() -> None:
         "mc-dropout", "deep-ensemble",
     }  # fmt: skip
     wanted |= {"adascale-a", "adascale-l", "weiper", "nci", "gmm", "openmax", "relation", "vra"}  # issue 19
+    wanted |= {"nac", "gram", "mds-ensemble", "mahalanobis-pre", "rankfeat"}  # issue 19, intermediate layers
     assert wanted <= set(ALL)
     for name in ALL:
         cls = ood.DETECTORS.get(name)
