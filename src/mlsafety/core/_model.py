@@ -67,7 +67,8 @@ def frozen(module: nn.Module, train: bool = False) -> Iterator[nn.Module]:
         yield module
     finally:
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:  # only what changed: Module.__setattr__ is slow on a guard's hot path
+                m.training = mode
         for p, flag in flags:
             p.requires_grad_(flag)
 
@@ -87,7 +88,8 @@ def eval_mode(module: nn.Module, enabled: bool = True) -> Iterator[nn.Module]:
         yield module
     finally:
         for m, mode in modes:
-            m.training = mode
+            if m.training != mode:  # only what changed: Module.__setattr__ is slow on a guard's hot path
+                m.training = mode
 
 
 def unwrap_logits(output: Any) -> torch.Tensor:
