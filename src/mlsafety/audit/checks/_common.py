@@ -16,7 +16,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from mlsafety.audit._check import COUNT, TRUNCATED, Row, TaskResult
@@ -99,3 +99,30 @@ class ScoreCache(ood.ScoreCache):
             batch_size=ctx.batch_size, fit_outputs=lambda: ctx.outputs_for(fit), fit_labels=fit.y,
         )  # fmt: skip
         self.ctx = ctx
+
+    def fit_until(self, order: Callable[[list[str]], Iterable[str]], clean: str) -> list[str]:
+        """Fit the detectors one at a time, each with its scores of the input set ``clean``, in the order
+        ``order`` yields them (under ``--budget``: :func:`~mlsafety.audit._budget.until_deadline`, so a unit is
+        one detector's fit and clean scores), and keep only those (in :attr:`names` order). Returns the names
+        dropped. A detector fitted alone gives what it gives fitted with the others (each reads the same
+        shared outputs)."""
+        outputs = self._fit_outputs() if callable(self._fit_outputs) else self._fit_outputs
+        x, out = self._source(clean)
+        fitted: dict[str, ood.Detector] = {}
+        scores: dict[str, Any] = {}
+        for name in order(list(self.names)):
+            spec = self._specs[self.names.index(name)]
+            det = ood.DETECTORS.create(spec, **self.params[name]) if isinstance(spec, str) else spec
+            labels = self._fit_labels
+            ood.fit_detectors([det], self.model, self.fit_data, self.batch_size, outputs=outputs, labels=labels)
+            scores[name] = next(iter(ood.score_detectors([det], self.model, x, self.batch_size, outputs=out).values()))
+            fitted[name] = det
+        dropped = [n for n in self.names if n not in fitted]
+        keep = [i for i, n in enumerate(self.names) if n in fitted]
+        self._specs = [self._specs[i] for i in keep]
+        self.names = [self.names[i] for i in keep]
+        self._detectors = [fitted[n] for n in self.names]
+        for n in self.names:
+            self.info[n] = {**fitted[n].stored_params(), **self.info[n]}
+        self._scores[clean] = {n: scores[n].cpu() for n in self.names}
+        return dropped

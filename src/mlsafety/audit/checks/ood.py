@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mlsafety.audit._budget import until_deadline
 from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks._common import ScoreCache, bind, metric_name, truncation_rows
@@ -60,6 +61,12 @@ def skipped(ctx: AuditContext) -> dict[str, str]:
         elif ood.NEEDS_DROPOUT in tags and not has_dropout:
             why[name] = "needs dropout layers (Monte Carlo dropout); the model has none"
     return why
+
+
+def _ordered(names: list[str], first: list[str]) -> list[str]:
+    """``names`` with those in ``first`` (the monitored one, the quick set) ahead, each group in its order."""
+    ahead = [n for n in dict.fromkeys(first) if n in names]
+    return ahead + [n for n in names if n not in ahead]
 
 
 def traced_head(ctx: AuditContext) -> torch.nn.Module | None:
@@ -303,12 +310,18 @@ class OOD(Check):
 
     def _detectors(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
         """The monitored detector (a count row: how many it was chosen among) and every skipped detector."""
+        late: dict[str, str] = {}
+        if ctx.deadline is not None and len(cache.names) > 1:  # under --budget: the detectors fitted by the deadline
+            first = [n for n in cache.names if n == self.params["default"]] + quick_detectors(ctx)
+            dropped = cache.fit_until(lambda names: until_deadline(ctx, _ordered(names, first), "ood/detector"),
+                                      str(Hazard.clean()))  # fmt: skip
+            late = {n: "not fitted before the task's deadline (--budget); run without --budget for it" for n in dropped}
         plan = self.plan(ctx, cache)
         where = str(Hazard("ood"))
         selection = {d: round(v, 4) for d, v in sorted(plan.selection.items(), key=lambda kv: -kv[1])}
         rows = [Row.exact(where, MONITORED, float(len(cache.names)), COUNT, len(cache.names), detector=plan.detector,
                           chosen=plan.chosen, rule=plan.rule, selection_auroc=selection)]  # fmt: skip
-        for name, why in self.skipped(ctx).items():
+        for name, why in (self.skipped(ctx) | late).items():
             rows.append(Row.exact(where, metric_name("skipped", name), 1.0, DECISION, detector=name, reason=why))
         return TaskResult(rows)
 
