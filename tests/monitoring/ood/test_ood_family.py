@@ -14,7 +14,15 @@ from tests.support.family import check_family
 
 test_detector_family = check_family(
     ood.DETECTORS,
-    known_tags=(ood.QUICK, ood.NEEDS_DROPOUT, ood.NEEDS_MEMBERS, ood.NEEDS_HEAD_WEIGHTS, ood.IMAGE, ood.TEXT),
+    known_tags=(
+        ood.QUICK,
+        ood.NEEDS_DROPOUT,
+        ood.NEEDS_MEMBERS,
+        ood.NEEDS_HEAD_WEIGHTS,
+        ood.IMAGE,
+        ood.TEXT,
+        ood.OPT_IN,
+    ),
 )
 
 

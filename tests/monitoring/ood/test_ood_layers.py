@@ -10,7 +10,16 @@ import torch
 from scipy.stats import spearmanr
 from torch import nn
 
-from mlsafety.core import ArrayDataset, InputError, block_layers, bounded_map, forward, generator, tap_layers
+from mlsafety.core import (
+    ArrayDataset,
+    Classifier,
+    InputError,
+    block_layers,
+    bounded_map,
+    forward,
+    generator,
+    tap_layers,
+)
 from mlsafety.metrics import auroc
 from mlsafety.monitoring import ood
 
@@ -347,3 +356,38 @@ def test_separates_digits_from_a_planted_shift(name: str) -> None:
     det = ood.create(name).fit(model, fit)
     a = float(auroc(det.score(model, x_in), det.score(model, shifted)))
     assert a > 0.75, f"{name}: AUROC {a:.3f} against shifted digits"
+
+
+# -- in the audit ------------------------------------------------------------------------------------
+def _audit_ctx(model: nn.Module):  # type: ignore[no-untyped-def]
+    from mlsafety.audit._context import AuditContext, AuditData
+
+    g = generator(0, "layers-audit")
+
+    def ds(n: int, name: str, kind: str = "in") -> ArrayDataset:
+        return ArrayDataset(
+            torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g), name, kind=kind
+        )
+
+    data = AuditData(test=ds(20, "test"), val=ds(20, "val"), train=ds(30, "train"), ood={"far": ds(10, "far", "far")})
+    return AuditContext(Classifier(model), data)
+
+
+def test_the_audit_runs_opt_in_detectors_only_when_named_and_skips_what_cannot_run(tiny: TinyCNN) -> None:
+    from mlsafety.audit import CHECKS
+
+    assert set(LAYERED) <= set(ood.DETECTORS.tagged(ood.OPT_IN))
+    ctx = _audit_ctx(tiny)
+    full = CHECKS.create("ood").names(ctx)
+    assert not set(full) & set(LAYERED) and "knn" in full  # the default profile's detectors as before
+    assert not set(CHECKS.create("ood").skipped(ctx)) & set(LAYERED)
+    assert CHECKS.create("ood", detectors=LAYERED).names(ctx) == LAYERED
+    assert "rankfeat" in CHECKS.create("ood", default="rankfeat").names(ctx)  # the user's monitor joins
+
+    mlp = _audit_ctx(nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU(), nn.Linear(8, 3)))
+    from mlsafety.audit.checks.ood import skipped
+
+    why = skipped(mlp)
+    assert why["rankfeat"].startswith("rankfeat needs a convolutional feature map") and "gram" not in why
+    with pytest.raises(InputError, match=r"--ood-detector rankfeat: the detector rankfeat needs a convolutional"):
+        CHECKS.create("ood", default="rankfeat").names(mlp)

@@ -40,7 +40,9 @@ def skipped(ctx: AuditContext) -> dict[str, str]:
     """Registered detectors that cannot run on the audited model, each with why (sorted by name): another
     modality (:func:`mlsafety.monitoring.ood.modalities`: on text, only those fed by the shared forward
     pass run), features without a head whose input could be taken as them, dropout layers the model
-    lacks (tag ``needs-dropout``) or several models (``needs-members``)."""
+    lacks (tag ``needs-dropout``) or several models (``needs-members``), or what the detector itself finds
+    missing on one test input (:meth:`~mlsafety.monitoring.ood.Detector.unusable`: e.g. RankFeat on a model
+    without a feature map). The full profile leaves out detectors tagged ``opt-in`` (and their reasons)."""
     has_head = traced_head(ctx) is not None
     has_dropout = bool(ood.dropout_layers(ctx.model.module))
     why: dict[str, str] = {}
@@ -60,6 +62,10 @@ def skipped(ctx: AuditContext) -> dict[str, str]:
             )
         elif ood.NEEDS_DROPOUT in tags and not has_dropout:
             why[name] = "needs dropout layers (Monte Carlo dropout); the model has none"
+        elif ctx.modality == "image" and len(ctx.data.test):  # e.g. rankfeat on a model without a feature map
+            reason = ood.create(name).unusable(ctx.model, ctx.data.test.x[:1])
+            if reason is not None:
+                why[name] = reason
     return why
 
 
@@ -182,8 +188,8 @@ class OOD(Check):
     def names(self, ctx: AuditContext) -> list[str]:
         """The detectors this check runs (validated), with the monitored one among them."""
         chosen = self.params["detectors"]
-        if chosen is None:
-            names = applicable(ctx)
+        if chosen is None:  # detectors tagged opt-in run only when named
+            names = [n for n in applicable(ctx) if ood.OPT_IN not in ood.DETECTORS.tags(n)]
         elif chosen == "quick":
             names = quick_detectors(ctx)
         elif isinstance(chosen, str):
@@ -217,7 +223,7 @@ class OOD(Check):
         user listed the detectors: an unusable one among them is refused instead)."""
         chosen = self.params["detectors"]
         if chosen is None:
-            return skipped(ctx)
+            return {n: why for n, why in skipped(ctx).items() if ood.OPT_IN not in ood.DETECTORS.tags(n)}
         if chosen == "quick":
             return {n: why for n, why in skipped(ctx).items() if n in ood.DETECTORS.tagged(ood.QUICK)}
         return {}

@@ -19,6 +19,7 @@ from mlsafety.monitoring.ood.base import (
     NEEDS_DROPOUT,
     NEEDS_HEAD_WEIGHTS,
     NEEDS_MEMBERS,
+    OPT_IN,
     QUICK,
     SHARED_NEEDS,
     TEXT,
@@ -58,8 +59,8 @@ from mlsafety.monitoring.ood.nac import NAC
 from mlsafety.monitoring.ood.nci import NCI
 from mlsafety.monitoring.ood.nnguide import NNGuide
 from mlsafety.monitoring.ood.odin import ODIN
-from mlsafety.monitoring.ood.rankfeat import RankFeat
 from mlsafety.monitoring.ood.openmax import OpenMax
+from mlsafety.monitoring.ood.rankfeat import RankFeat
 from mlsafety.monitoring.ood.react import ReAct
 from mlsafety.monitoring.ood.reconstruction import Reconstruction
 from mlsafety.monitoring.ood.reject import RejectRow, RejectTable, combined_risk, evaluate_reject, reject_table
@@ -94,6 +95,7 @@ __all__ = [
     "NEEDS_HEAD_WEIGHTS",
     "NEEDS_MEMBERS",
     "ODIN",
+    "OPT_IN",
     "QUICK",
     "RMD",
     "SCALE",

@@ -71,6 +71,10 @@ NEEDS_DROPOUT = "needs-dropout"
 """Tag of detectors that need dropout layers in the model."""
 NEEDS_MEMBERS = "needs-members"
 """Tag of detectors that need several models (an ensemble), not one."""
+OPT_IN = "opt-in"
+"""Tag of detectors the audit's full profile leaves out unless they are named (``[params.ood] detectors``,
+``--ood-detector``): those that cost more than a shared pass (gradients, a pass of their own) or read
+intermediate layers, added after the first wave, so the default audit's detectors and rows stay as they were."""
 NEEDS_HEAD_WEIGHTS = "needs-head-weights"
 """Tag of detectors that recompute logits from features with the head's weights (``W f + b``, :func:`head_of`):
 they need a head whose logits are an affine map of its pooled input (a Linear, or a 1x1 convolution followed by
@@ -171,6 +175,11 @@ class Detector(HyperParams):
         self._check_layers(clf, outputs)
         return self._score(clf, outputs)
 
+    def unusable(self, model: ModelLike, probe: torch.Tensor) -> str | None:
+        """Why this detector cannot run on ``model`` (one line), found on a few ``probe`` inputs without
+        fitting; None when it can (the default). The audit skips such a detector with the reason."""
+        return None
+
     def plan(self, outputs: Outputs) -> None:
         """Announce work this detector will ask of the bank search when scoring ``outputs``, so
         that the engine can do it together with other detectors' (nothing by default)."""
@@ -260,6 +269,15 @@ def resolve_layers(clf: Classifier, layers: tuple[str, ...] | None, who: str) ->
             "name some with layers=[module names]"
         )
     return names
+
+
+def layers_problem(clf: Classifier, layers: tuple[str, ...] | None, who: str) -> str | None:
+    """:func:`resolve_layers`' refusal as a phrase (None when the layers resolve): for :meth:`Detector.unusable`."""
+    try:
+        resolve_layers(clf, layers, who)
+    except InputError as e:
+        return str(e)
+    return None
 
 
 def features_of(outputs: Outputs) -> torch.Tensor:

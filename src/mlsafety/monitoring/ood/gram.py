@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, LayerReduce, Outputs, Param, generator
-from mlsafety.monitoring.ood.base import IMAGE, Detector, register, resolve_layers
+from mlsafety.core import Classifier, LayerReduce, ModelLike, Outputs, Param, as_classifier, generator
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, layers_problem, register, resolve_layers
 
 EPS = 1e-6
 """Added to a bound before dividing by it (a bound of 0 would give an infinite deviation)."""
@@ -37,7 +37,7 @@ def deviations(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> t
     return (below + above).flatten(1).sum(dim=1)
 
 
-@register("gram", tags=(IMAGE,))
+@register("gram", tags=(IMAGE, OPT_IN))
 class Gram(Detector):
     """Anomaly score ``sum_l delta_l(x) / E_val[delta_l]``: how far the Gram features of each layer lie
     outside the range seen for the predicted class, normalised per layer by the mean deviation of held-out
@@ -68,6 +68,9 @@ class Gram(Detector):
     layers: Param[tuple[str, ...] | None] = Param(None, tuple, doc="layer module names; None: block outputs")
     val_share = Param(0.1, float, low=0, high=1, low_open=True, high_open=True, doc="held-out share for E[delta]")
     seed = Param(0, int, doc="seed of the held-out split")
+
+    def unusable(self, model: ModelLike, probe: torch.Tensor) -> str | None:
+        return layers_problem(as_classifier(model), self.layers, self.name)
 
     def _names(self, clf: Classifier) -> list[str]:
         return getattr(self, "layers_", None) or resolve_layers(clf, self.layers, self.name)

@@ -6,12 +6,12 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Param, check_images, frozen
-from mlsafety.monitoring.ood.base import IMAGE, Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, register
 from mlsafety.monitoring.ood.engine import collect_outputs, labels_or_pred
 from mlsafety.monitoring.ood.mahalanobis import class_gaussians, mahalanobis_sq, whitening
 
 
-@register("mahalanobis-pre", tags=(IMAGE,))
+@register("mahalanobis-pre", tags=(IMAGE, OPT_IN))
 class MahalanobisPre(Detector):
     """Anomaly score ``min_k d_k(x')`` with ``x' = clip(x - eps * sign(grad_x d_c(x)), 0, 1)``.
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, LayerReduce, Outputs, Param, pool_map
-from mlsafety.monitoring.ood.base import IMAGE, Detector, register, resolve_layers
+from mlsafety.core import Classifier, InputError, LayerReduce, ModelLike, Outputs, Param, as_classifier, pool_map
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, layers_problem, register, resolve_layers
 from mlsafety.monitoring.ood.mahalanobis import mahalanobis_sq, shared_class_gaussians
 
 
-@register("mds-ensemble", tags=(IMAGE,))
+@register("mds-ensemble", tags=(IMAGE, OPT_IN))
 class MDSEnsemble(Detector):
     """Anomaly score ``sum_l w_l d_l(x)``, where ``d_l = min_k (f_l - mu_{l,k})^T Sigma_l^+ (f_l - mu_{l,k}) / r_l``
     is the squared Mahalanobis distance of layer ``l``'s globally average-pooled output ``f_l`` to the closest
@@ -36,6 +36,9 @@ class MDSEnsemble(Detector):
 
     layers: Param[tuple[str, ...] | None] = Param(None, tuple, doc="layer module names; None: block outputs")
     weights: Param[tuple[float, ...] | None] = Param(None, tuple, doc="one weight per layer; None: equal")
+
+    def unusable(self, model: ModelLike, probe: torch.Tensor) -> str | None:
+        return layers_problem(as_classifier(model), self.layers, self.name)
 
     def _names(self, clf: Classifier) -> list[str]:
         return getattr(self, "layers_", None) or resolve_layers(clf, self.layers, self.name)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, InputError, Param, check_images, frozen, tap_layers
-from mlsafety.monitoring.ood.base import IMAGE, Detector, register, resolve_layers
+from mlsafety.core import Classifier, InputError, ModelLike, Param, as_classifier, check_images, frozen, tap_layers
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, layers_problem, register, resolve_layers
 
 
 def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
@@ -15,7 +15,7 @@ def kl_to_uniform(logits: torch.Tensor) -> torch.Tensor:
     return -torch.log(torch.tensor(float(k), dtype=logits.dtype)) - logits.log_softmax(dim=1).mean(dim=1)
 
 
-@register("nac", tags=(IMAGE,))
+@register("nac", tags=(IMAGE, OPT_IN))
 class NAC(Detector):
     """Anomaly score ``-(1/L) sum_l (1/C_l) sum_i NAC_l,i(s_l,i(x))``: minus the mean neuron activation
     coverage of the input's neuron states.
@@ -48,6 +48,9 @@ class NAC(Detector):
     o_share = Param(0.01, float, low=0, high=1, doc="share of fitting inputs giving a bin full coverage")
     layers: Param[tuple[str, ...] | None] = Param(None, tuple, doc="layer module names; None: block outputs")
     chunk = Param(128, int, low=1, store=False, doc="inputs per backward pass")
+
+    def unusable(self, model: ModelLike, probe: torch.Tensor) -> str | None:
+        return layers_problem(as_classifier(model), self.layers, self.name)
 
     def _names(self, clf: Classifier) -> list[str]:
         return getattr(self, "layers_", None) or resolve_layers(clf, self.layers, self.name)

@@ -11,14 +11,16 @@ from torch import nn
 from mlsafety.core import (
     Classifier,
     InputError,
+    ModelLike,
     Param,
+    as_classifier,
     block_layers,
     check_images,
     check_layer_names,
     frozen,
     tap_layers,
 )
-from mlsafety.monitoring.ood.base import IMAGE, Detector, energy_of, register
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, energy_of, register
 
 METHODS = ("svd", "power")
 
@@ -41,7 +43,7 @@ def remove_rank1(x: torch.Tensor, method: str = "svd", iterations: int = 20) -> 
     return (m - top).to(x.dtype).reshape(x.shape)
 
 
-@register("rankfeat", tags=(IMAGE,))
+@register("rankfeat", tags=(IMAGE, OPT_IN))
 class RankFeat(Detector):
     """Anomaly score ``-logsumexp(f(x; X - s_1 u_1 v_1^T))``: the energy of the logits recomputed after the
     rank-1 component (the top singular value's) of a convolutional feature map ``X`` (``C x HW`` per input)
@@ -87,6 +89,14 @@ class RankFeat(Detector):
                 "name a convolutional layer with layer=, or use another detector"
             )
         return maps[-1]
+
+    def unusable(self, model: ModelLike, probe: torch.Tensor) -> str | None:
+        clf = as_classifier(model)
+        try:
+            self.map_layer(clf, probe[:1].to(clf.device))
+        except InputError as e:
+            return str(e)
+        return None
 
     def _score_model(self, clf: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         check_images(x)
