@@ -43,7 +43,7 @@ class Relation(Detector):
         bank, probs = self.bank_.to(f.device), self.probs_.to(f.device)
         out = []
         for start in range(0, f.shape[0], self.chunk):
-            cos = (f[start : start + self.chunk] @ bank.T).clamp_min(0)
-            rel = cos * (p[start : start + self.chunk] @ probs.T)
-            out.append(torch.where(rel > self.threshold, rel.pow(self.power), torch.zeros_like(rel)).sum(dim=1))
+            rel = (f[start : start + self.chunk] @ bank.T).clamp_min_(0)  # (chunk, N_fit), worked on in place
+            rel.mul_(p[start : start + self.chunk] @ probs.T).masked_fill_(rel <= self.threshold, 0.0)
+            out.append((rel if self.power == 1 else rel.pow_(self.power)).sum(dim=1))
         return -torch.cat(out) if out else f.new_zeros(0)
