@@ -115,3 +115,14 @@ def test_reconstruction_refuses_when_no_denoiser_fits() -> None:
         ood.create("reconstruction", denoiser="digits-denoiser-50").fit(net, torch.rand(4, 1, 28, 28))
     with pytest.raises(InputError, match="not an embedded denoiser"):
         ood.create("reconstruction", denoiser="fashion-cnn").fit(net, torch.rand(4, 1, 28, 28))
+
+
+def test_reconstruction_feature_term_adds_the_feature_space_error() -> None:
+    # identity denoiser and features = the pixels: each term is about sigma^2 at mid-grey (no clipping at 0.1)
+    net = _pixels_net()
+    x = torch.full((400, 1, 8, 8), 0.5)
+    kw = {"denoiser": nn.Identity(), "standardize": False, "sigma_min": 0.1, "sigma_max": 0.1, "levels": 1}
+    pixels = ood.create("reconstruction", **kw).fit(net, x[:4]).score(net, x)
+    both = ood.create("reconstruction", feature_weight=1.0, **kw).fit(net, x[:4]).score(net, x)
+    assert float(pixels.mean()) == pytest.approx(0.01, rel=0.03)
+    torch.testing.assert_close(both, 2 * pixels, rtol=1e-4, atol=1e-7)  # same draws: the same error twice
