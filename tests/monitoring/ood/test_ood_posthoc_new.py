@@ -448,3 +448,20 @@ def test_every_new_detector_is_registered_outside_the_quick_profile() -> None:
         assert ood.IMAGE in ood.DETECTORS.tags(name)
         shared = ood.DETECTORS.get(name).needs <= ood.SHARED_NEEDS
         assert shared == (ood.TEXT in ood.DETECTORS.tags(name)), name
+
+
+@pytest.mark.parametrize(
+    ("name", "uses"),
+    [("nci", "f"), ("vra", "f"), ("gmm", "f"), ("openmax", "z"), ("relation", "fz"), ("weiper", "f")],
+)
+def test_gradients_reach_the_outputs_each_score_reads(name: str, uses: str, net, fit_data, test_x) -> None:
+    """A monitor-aware attack differentiates score_graph: gradients must be finite and reach what the score reads."""
+    from mlsafety.core import Outputs
+
+    keep = fit_data.y != 3  # a class without fit inputs must not turn gradients into NaN (GMM)
+    det = ood.create(name).fit(net, ArrayDataset(fit_data.x[keep], fit_data.y[keep], name="three-classes"))
+    f, z = (torch.from_numpy(a).float().requires_grad_(True) for a in _outputs(net, test_x))
+    det.score_graph(net, Outputs(logits=z, features=f)).sum().backward()
+    for key, t in (("f", f), ("z", z)):
+        if key in uses:
+            assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0, key

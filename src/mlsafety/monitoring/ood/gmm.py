@@ -76,12 +76,16 @@ class GMM(Detector):
         k, m, d = means.shape
         const = -0.5 * d * math.log(2 * math.pi)
         log_det = chol.diagonal(dim1=-2, dim2=-1).log().sum(dim=-1)  # (C, M): log |P|^(1/2)
-        comp = torch.empty(f.shape[0], k, m, dtype=f.dtype, device=f.device)
-        for c in range(k):
+        present = torch.isfinite(log_w[:, 0]).nonzero().reshape(-1).tolist()
+        per_class = []
+        for c in present:  # a class without fit inputs stays out of the logsumexp (its gradient would be NaN)
+            comp = []
             for j in range(m):
                 z = (f - means[c, j]) @ chol[c, j]
-                comp[:, c, j] = const + log_det[c, j] - 0.5 * (z * z).sum(dim=1)
-        return torch.logsumexp(comp + log_w, dim=2)
+                comp.append(const + log_det[c, j] - 0.5 * (z * z).sum(dim=1) + log_w[c, j])
+            per_class.append(torch.logsumexp(torch.stack(comp, dim=1), dim=1))
+        out = torch.full((f.shape[0], k), -torch.inf, dtype=f.dtype, device=f.device)
+        return out.index_copy(1, torch.tensor(present, device=f.device), torch.stack(per_class, dim=1))
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         return -self.class_log_likelihoods(features_of(outputs)).amax(dim=1)
