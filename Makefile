@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ASSETS_STAMP := $(VENV)/.assets-installed
 
-.PHONY: demo test lint bench install assets browser debs clean
+.PHONY: demo test lint bench bench-peers install assets browser debs clean
 
 # The `bench` extra's peer libraries, installed with --no-deps: torchattacks declares torchvision,
 # which it never imports, and any torchvision wheel the resolver finds may be built against another
@@ -81,8 +81,18 @@ lint: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/python tools/check_layers.py
 
-bench: $(ASSETS_STAMP)
+bench: $(ASSETS_STAMP) debs bench-peers
 	for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
+
+# TextAttack 0.3.11 for bench/text_attacks.py: outside the venv (its pins would replace torch and
+# transformers), no resolver, every file hash-checked (bench/peers/textattack.txt); not needed by the tests.
+PEERS_STAMP := $(VENV)/bench-peers/.textattack-installed
+bench-peers: $(PEERS_STAMP)
+$(PEERS_STAMP): $(STAMP) bench/peers/textattack.txt
+	rm -rf $(VENV)/bench-peers/textattack
+	$(BIN)/python -m pip install --quiet --target $(VENV)/bench-peers/textattack --no-deps --require-hashes \
+	  -r bench/peers/textattack.txt
+	touch $(PEERS_STAMP)
 
 clean:
 	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

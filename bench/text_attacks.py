@@ -18,7 +18,11 @@ and OpenHowNet are imported by ``import textattack`` but never called by these r
 stand-ins (raising if called) are put on the path instead of the real packages (flair alone pulls in
 dozens of packages).
 
-Run: ``PYTHONPATH=... .venv/bin/python bench/text_attacks.py --n 20`` (writes bench/results/text_attacks.{json,md}).
+Install the peer with ``make bench-peers`` (hash-checked pins in ``bench/peers/textattack.txt``, into
+``.venv/bench-peers/textattack``; the stand-ins are ``bench/peers/textattack_stubs``); this script puts both
+on ``sys.path`` and gives NLTK our stop words as its ``stopwords`` corpus and our WordNet folder.
+
+Run: ``.venv/bin/python bench/text_attacks.py --n 20`` (writes bench/results/text_attacks.{json,md}).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from mlsafety import zoo
 from mlsafety.core import Classifier, generator
 from mlsafety.metrics import Estimate, bootstrap_mean, proportion
 from mlsafety.robustness import text as T
+from mlsafety.robustness.text.constraints import default_stop_words
 
 RESULTS = Path(__file__).parent / "results"
 PEER_PINS = (
@@ -98,7 +103,29 @@ def ours(name: str, model: Any, texts: list[str], labels: list[int], budget: int
     return out
 
 
+PEER_DIR = Path(sys.prefix) / "bench-peers" / "textattack"
+STUBS_DIR = Path(__file__).parent / "peers" / "textattack_stubs"
+
+
+def use_textattack_peer() -> None:
+    """Put the TextAttack peer (``make bench-peers``) and its import-only stand-ins on ``sys.path``, and give
+    NLTK our WordNet folder and our stop words as its ``stopwords`` corpus (TextAttack's recipes read it)."""
+    import nltk
+
+    if PEER_DIR.is_dir():
+        for p in (str(STUBS_DIR), str(PEER_DIR)):
+            if p not in sys.path:
+                sys.path.insert(0, p)
+    words = Path(sys.prefix) / "bench-peers" / "nltk" / "corpora" / "stopwords" / "english"
+    words.parent.mkdir(parents=True, exist_ok=True)
+    words.write_text("\n".join(sorted(default_stop_words())) + "\n", encoding="utf-8")
+    for folder in (str(zoo.nltk_data_dir()), str(words.parents[2])):
+        if folder not in nltk.data.path:
+            nltk.data.path.insert(0, folder)
+
+
 def textattack_run(recipe: str, clf: Classifier, texts: list[str], labels: list[int], budget: int) -> dict[str, Any]:
+    use_textattack_peer()
     import numpy as np
     import textattack
     from textattack.attack_recipes import DeepWordBugGao2018, PWWSRen2019
