@@ -1,2 +1,3 @@
 """Import-only stand-in for flair (TextAttack imports it at module load; PWWS/DeepWordBug never call it)."""
+
 from . import data, models  # noqa: F401
