@@ -43,7 +43,9 @@ class _AdaSCALE(Detector):
     Deviations: the paper's ``step`` 0.5 is in normalised-input units; here the model owns its
     normalisation and the step is in [0, 1] pixel units (0.1 is about 0.5 normalised units for the
     usual std of 0.2-0.25). The top-``k`` counts are at least one activation (``int(D k / 100)`` is 0
-    for small ``D``). The ECDF is taken over every fit input (the paper's code subsamples 5000).
+    for small ``D``). The top set at percentile ``p`` is SCALE's (:func:`keep_counts` activations) rather
+    than those above an interpolated quantile. The ECDF is taken over every fit input (the paper's code
+    subsamples 5000).
     """
 
     needs = frozenset({"features", "logits", "input-grad"})
