@@ -200,12 +200,13 @@ def check_layer_names(module: nn.Module, names: Sequence[str]) -> dict[str, nn.M
 
 
 @contextlib.contextmanager
-def tap_layers(module: nn.Module, layers: LayerRequest | None) -> Iterator[_Tap]:
+def tap_layers(module: nn.Module, layers: LayerRequest | None, strict: bool = True) -> Iterator[_Tap]:
     """Forward hooks that keep the (reduced) outputs of named layers of ``module`` for each batch.
 
     Call ``tap.take(n)`` after each forward pass for ``{key: (n, ...)}``. A layer called several times
     in one pass (a module reused) keeps its last output. The hooks are removed on exit, also when the
-    body raises; with no layers, nothing is installed.
+    body raises; with no layers, nothing is installed. With ``strict`` False, a layer that returns no
+    tensor is left out instead of failing the pass (for probing every module).
 
     Raises:
         InputError: a name that is not a submodule (naming the valid ones).
@@ -221,6 +222,8 @@ def tap_layers(module: nn.Module, layers: LayerRequest | None) -> Iterator[_Tap]
         def hook(_m: nn.Module, _args: Any, output: Any) -> None:
             out = output if isinstance(output, torch.Tensor) else _first(output)
             if out is None:
+                if not strict:
+                    return
                 raise InputError(f"layer {name!r} returns no tensor; choose another layer")
             for k, reduce in keys:
                 tap.latest[k] = reduce(out)
@@ -251,6 +254,29 @@ def _is_block_start(m: nn.Module) -> bool:
     return isinstance(w, torch.Tensor) and w.ndim >= 2  # a Linear or a convolution (not a norm layer)
 
 
+def _plain_sequential(module: nn.Module) -> bool:
+    subs = list(module.children())
+    return isinstance(module, nn.Sequential) and bool(subs) and all(not list(c.children()) for c in subs)
+
+
+def _stage_ends(module: nn.Module, prefix: str, head: str | None) -> list[str]:
+    """The last layer of each stage of a plain ``nn.Sequential`` (a stage begins at a layer with a weight
+    matrix); stages from the head on are left out."""
+    ends: list[str] = []
+    stage_end: str | None = None
+    for sub, layer in module.named_children():
+        full = f"{prefix}{sub}"
+        if full == head:
+            return [*ends, stage_end] if stage_end is not None else ends
+        if _is_block_start(layer) and stage_end is not None:
+            ends.append(stage_end)
+        if stage_end is not None or _is_block_start(layer):
+            stage_end = full
+    if stage_end is not None:
+        ends.append(stage_end)
+    return ends
+
+
 def block_layers(module: nn.Module, head: str | None = None) -> list[str]:
     """The default intermediate layers of a model: the outputs of its blocks, in the order registered.
 
@@ -261,25 +287,20 @@ def block_layers(module: nn.Module, head: str | None = None) -> list[str]:
     with a weight matrix (Linear, convolution) and ending just before the next one: the stage's last
     layer (e.g. the ReLU or pooling after a convolution and its batch norm) is taken. So a zoo CNN
     ``features = Sequential(conv, bn, relu, pool, conv, ...)`` gives one layer per conv stage, and a
-    ResNet gives ``conv1``, ``bn1``, ``layer1`` ... ``layer4``. Pass ``layers=[names]`` to a detector to
+    ResNet gives ``conv1``, ``bn1``, ``layer1`` ... ``layer4``. A model that is itself such a plain
+    ``nn.Sequential`` is split the same way, up to its head. Pass ``layers=[names]`` to a detector to
     choose others.
     """
+    if _plain_sequential(module):
+        return _stage_ends(module, "", head)
     names: list[str] = []
     for name, child in module.named_children():
         if head is not None and (name == head or head.startswith(name + ".")):
             continue
         if not _has_params(child):
             continue
-        subs = list(child.named_children()) if isinstance(child, nn.Sequential) else []
-        if subs and all(not list(c.children()) for _, c in subs):
-            stage_end: str | None = None
-            for sub, layer in subs:
-                if _is_block_start(layer) and stage_end is not None:
-                    names.append(f"{name}.{stage_end}")
-                if stage_end is not None or _is_block_start(layer):
-                    stage_end = sub
-            if stage_end is not None:
-                names.append(f"{name}.{stage_end}")
+        if _plain_sequential(child):
+            names.extend(_stage_ends(child, f"{name}.", head))
         else:
             names.append(name)
     return names

@@ -100,6 +100,8 @@ def test_block_layers_rule() -> None:
     from mlsafety import zoo
 
     assert block_layers(zoo.load_model("digits-cnn"), "fc") == ["features.1", "features.4", "hidden.3"]
+    plain = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3))
+    assert block_layers(plain, "5") == ["1", "4"]  # a plain Sequential model: its stages, up to the head
 
 
 def test_layer_collection_equals_a_manual_hook_run(tiny: TinyCNN, test_x: torch.Tensor) -> None:
@@ -341,6 +343,8 @@ def test_rankfeat_matches_the_paper_formula(tiny: TinyCNN, test_x) -> None:
     np.testing.assert_allclose(got.double().numpy(), np.array(want), rtol=1e-5, atol=1e-6)
     power = ood.create("rankfeat", method="power", iterations=50).score(tiny, test_x)
     assert _rho(power, np.array(want)) >= 0.999  # the fast variant ranks inputs alike
+    rankfeat = ood.create("rankfeat")
+    assert rankfeat.map_layer(Classifier(tiny), test_x[:1]) == "body"  # the last map before global pooling
     assert ood.create("rankfeat", layer="body.1").score(tiny, test_x).shape == (test_x.shape[0],)
 
 

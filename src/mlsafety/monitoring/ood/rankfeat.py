@@ -14,7 +14,6 @@ from mlsafety.core import (
     ModelLike,
     Param,
     as_classifier,
-    block_layers,
     check_images,
     check_layer_names,
     frozen,
@@ -50,9 +49,9 @@ class RankFeat(Detector):
     is removed. OOD inputs' maps are dominated by that component more than in-distribution ones', so
     removing it lowers their logits more.
 
-    The map's layer is ``layer``, else the last of the model's block outputs
-    (:func:`~mlsafety.core.block_layers`) whose output is a map (the paper: the output of ResNet's last block,
-    before global pooling). The remainder of the model runs from the changed map by a forward hook on that
+    The map's layer is ``layer``, else the layer giving the last feature map the model computes (more than
+    one spatial position; :meth:`map_layer`): the paper's choice, the output of ResNet's last block before
+    global pooling. The remainder of the model runs from the changed map by a forward hook on that
     layer: one pass of its own per batch (the logits of the plain pass are not used). Works on any model
     with such a layer (a ResNet or a zoo CNN, whatever follows the map: pooling or flattening); a model
     whose layers give only vectors is refused with one line.
@@ -73,19 +72,35 @@ class RankFeat(Detector):
     iterations = Param(20, int, low=1, doc="power iterations (method power)")
 
     def map_layer(self, clf: Classifier, probe: torch.Tensor) -> str:
-        """The layer whose map is changed (``layer``, else found on ``probe`` inputs); checked to give a map."""
-        names = [self.layer] if self.layer is not None else block_layers(clf.module, clf.head_name)
+        """The layer whose map is changed: ``layer``, else the layer whose output is the last feature map the
+        model computes on ``probe`` (the last module to finish, in call order, returning ``(N, C, *spatial)``
+        with more than one position, outside the head); checked to give such a map."""
+        head = clf.head_name
+        names = [self.layer] if self.layer is not None else [
+            n for n, _ in clf.module.named_modules() if n and not (head and (n == head or n.startswith(head + ".")))
+        ]  # fmt: skip
         check_layer_names(clf.module, names)
-        seen: dict[str, int] = {}
+        order: list[str] = []
+
+        def shape_of(name: str) -> Any:
+            def reduce(t: torch.Tensor) -> torch.Tensor:
+                order.append(name)
+                return torch.tensor([t.ndim, t[0, 0].numel() if t.ndim > 2 else 1]).expand(t.shape[0], 2)
+
+            return reduce
+
         with frozen(clf.module), torch.inference_mode():
-            with tap_layers(clf.module, {n: (n, lambda t: t[:, :0] if t.ndim > 2 else t) for n in names}) as tap:
+            with tap_layers(clf.module, {n: (n, shape_of(n)) for n in names}, strict=False) as tap:
                 clf.logits(probe)
-                seen = {n: t.ndim for n, t in tap.take(probe.shape[0]).items()}
-        maps = [n for n in names if seen[n] > 2]
+                try:
+                    seen = tap.take(probe.shape[0])
+                except InputError:  # a module that is not called (or returns no tensor) is no candidate
+                    seen = dict(tap.latest)
+        maps = [n for n in order if n in seen and int(seen[n][0, 0]) > 2 and int(seen[n][0, 1]) > 1]
         if not maps:
-            what = f"layer {self.layer!r} gives" if self.layer is not None else f"its block outputs {names} give"
+            what = f"layer {self.layer!r} gives none" if self.layer is not None else "no layer of this model gives one"
             raise InputError(
-                f"rankfeat needs a convolutional feature map (N, C, H, W), but {what} vectors; "
+                f"rankfeat needs a convolutional feature map (N, C, H, W) with more than one position, but {what}; "
                 "name a convolutional layer with layer=, or use another detector"
             )
         return maps[-1]
