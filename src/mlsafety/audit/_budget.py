@@ -20,18 +20,25 @@ each check starts, scaling the predicted costs by how far the measured ones were
 errors of the early checks are absorbed by the later ones.
 
 When even every floor does not fit (or the measured speed falls behind the prediction on a loaded
-machine), the engine cuts whole tasks as the last resort: before each task it compares the task's
-predicted seconds (its check's prediction shared over its tasks, scaled by the measured / predicted
-ratio so far) with what is left of the budget, and a task that would overrun it is not run; it stores
-one ``budget_cut_<task>`` row with the predicted and remaining seconds, and the summary names every cut
-task. The longest of a check's tasks already run predicts its next ones when it took longer (tta's
-attack tasks after its accuracy tasks; defence-in-depth builds the TTA attacks itself when the tta
-check's tasks were cut). Not-applicable tasks always run.
+machine), no check is cut whole: every task runs with a deadline (``AuditContext.deadline``, set by the
+engine's ``_budgeted``). When a check starts it gets a share of what is left of the budget, weighted by
+the square root of its predicted seconds (a dear check gets more, a cheap one is not starved); its tasks
+share what is left of that equally over the tasks still to run, so a cheap task hands its time on. The
+long loops inside the dear tasks stop at the deadline (:func:`until_deadline`): TTA methods and attack
+settings, certified inputs (in chunks) and consistency attacks, the trojan scanners after Neural Cleanse,
+the OOD detectors (fitted one at a time, the monitored and the quick ones first). A loop always runs its
+first (headline) unit and starts another only when the longest unit of its kind seen so far still fits
+before the deadline; rows carry the n they reached and a ``budget_stopped`` parameter saying so, and what
+was not measured at all gets a :data:`BUDGET_NOT_MEASURED` row. Defence-in-depth measures only the hazards
+already built (or cheap) under a budget. Without a budget there is no deadline and nothing changes.
 
 Deviation: the cost models are per-check formulas kept in this module (a table by check name), not
 declared by each check; a third-party check is costed as 0.3 s and its sizes are never cut (its tasks
 can be). The Monte-Carlo counts of ``certified`` (``n0``, ``n``), the attack steps of ``tta`` and the
-STRIP/ABS work of ``trojans`` have no knob: their tasks are cut instead.
+STRIP/ABS work of ``trojans`` have no knob: their loops stop at the deadline instead. A single unit of
+work (one TTA attack of one method, one detector's fit, one corruption's severities, a Neural Cleanse
+search at its floor) cannot stop inside, so a budget can still be overrun by the units every check needs
+for its headline.
 """
 
 from __future__ import annotations
@@ -355,15 +362,17 @@ def until_deadline(ctx: Any, items: Iterable[T], kind: str, first: int = 1) -> I
     """The ``items`` in order, while the running task's deadline (``ctx.deadline``, set under ``--budget``)
     allows: after the first ``first`` items (a check's headline unit: 1; an optional one: 0) an item comes
     only when the longest unit of this ``kind`` seen so far in the run still fits before the deadline (the
-    time between two requests of the loop is the unit's). Consume it lazily (a ``for`` loop). Without a
-    deadline every item comes."""
+    time between two requests of the loop, or until the loop returns from inside, is the unit's). Consume it
+    lazily (a ``for`` loop). Without a deadline every item comes."""
     units = _UNIT_SECONDS.setdefault(ctx, {})
     for i, item in enumerate(items):
         if ctx.deadline is not None and i >= first and time.perf_counter() + units.get(kind, 0.0) > ctx.deadline:
             return
         t0 = time.perf_counter()
-        yield item
-        units[kind] = max(units.get(kind, 0.0), time.perf_counter() - t0)
+        try:
+            yield item
+        finally:  # also when the loop returns from inside (the generator is closed after the unit's work)
+            units[kind] = max(units.get(kind, 0.0), time.perf_counter() - t0)
 
 
 BUDGET_NOT_MEASURED = "budget_not_measured"

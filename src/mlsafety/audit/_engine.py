@@ -513,7 +513,6 @@ class _Tracker:
         self.spent: dict[str, float] = {}
         self.begun = time.perf_counter()
         self.tasks_per_check: dict[str, int] = {}
-        self.longest: dict[str, float] = {}
         self.tasks_left: dict[str, int] = {}
         """Tasks of each check not yet run (in the run's order: the checks still to come are those with some)."""
         self.check_end: dict[str, float] = {}
@@ -531,15 +530,6 @@ class _Tracker:
             share = max(0.0, self.left()) * weight[check] / sum(weight.values())
             self.check_end[check] = now + share
         return max(0.0, self.check_end[check] - now) / max(1, self.tasks_left.get(check, 1))
-
-    def task_seconds(self, check: str) -> float:
-        """Predicted seconds of one task of ``check``: the check's prediction over its tasks, times the
-        measured / predicted ratio of the checks run so far, or the longest of its tasks already run when
-        larger: a check's tasks differ (tta's accuracy tasks take 0.1 s, its attack tasks 20 s), and a task
-        may build another check's hazards (defence-in-depth's TTA attacks when the tta check's own tasks
-        were cut), which no cost model knows. So at most one task per check overruns its prediction."""
-        n = max(1, self.tasks_per_check.get(check, 1))
-        return max(self.predicted.get(check, 0.0) / n * self._factor(), self.longest.get(check, 0.0))
 
     def left(self) -> float:
         """Seconds of the budget left (less the reserve for the report)."""
@@ -559,7 +549,6 @@ class _Tracker:
 
     def done(self, check: str, seconds: float) -> None:
         self.spent[check] = self.spent.get(check, 0.0) + seconds
-        self.longest[check] = max(self.longest.get(check, 0.0), seconds)
 
     def eta(self) -> float:
         f = self._factor()
@@ -627,8 +616,9 @@ MIN_SHARE_S = 0.25
 gets a share for its first unit of work)."""
 
 BUDGET_CUT = "budget_cut"
-"""The metric prefix of the row a task stores instead of its results when the budget cut it
-(``budget_cut_<task key>``: a decision row, value 1, with the predicted and the remaining seconds)."""
+"""The metric prefix of the row a task stored instead of its results when a budget cut it
+(``budget_cut_<task key>``), in runs made before tasks got deadlines; read so their summaries still name
+the cut tasks. A budget no longer cuts a task whole: see :func:`_budgeted`."""
 
 
 def _budgeted(check: Check, task: Task, tracker: _Tracker, ctx: AuditContext) -> Task:
@@ -649,7 +639,7 @@ def _budgeted(check: Check, task: Task, tracker: _Tracker, ctx: AuditContext) ->
 
 
 def budget_cuts(rows: list[StoredRow]) -> list[str]:
-    """``check task`` of every task a budget cut (its :data:`BUDGET_CUT` rows)."""
+    """``check task`` of every task a budget cut (its :data:`BUDGET_CUT` rows; runs made before deadlines)."""
     return [f"{r.check} {r.params.get('task', '')}".strip() for r in rows if r.metric.startswith(BUDGET_CUT + "_")]
 
 

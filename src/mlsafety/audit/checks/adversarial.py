@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, until_deadline
 from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks import _adversarial_text as text_adv
@@ -253,6 +254,7 @@ class Adversarial(Check):
         "robust_accuracy", "attack_success_rate", "median_perturbation_norm", "clean_accuracy_subset",
         *text_adv.TEXT_METRICS[1:],  # on text (attack_success_rate is shared)
         "warning_*", "broken_by_*",  # an attack's sanity flags; the members of an ensemble
+        BUDGET_NOT_MEASURED,  # under --budget: an attack and eps its task's deadline left out
     )  # fmt: skip
     modalities = ("image", "text")
     metrics_by_modality: ClassVar[dict[str, tuple[str, ...]]] = {"text": text_adv.TEXT_METRICS}
@@ -313,6 +315,15 @@ class Adversarial(Check):
         return data, summary
 
     def _hazard_task(self, ctx: AuditContext, name: str, eps: float) -> TaskResult:
+        if ctx.deadline is None:
+            return self._hazard_rows(ctx, name, eps)
+        names, grid = self._plan(ctx)  # under --budget: the headline (first attack, mid eps), others if they fit
+        first = int(name == names[0] and eps == grid[len(grid) // 2])
+        for _ in until_deadline(ctx, [name], f"adversarial/{name}", first):
+            return self._hazard_rows(ctx, name, eps)
+        return TaskResult([not_measured_row(str(self._hazard(name, eps)), f"{name} at eps {eps:g}")])
+
+    def _hazard_rows(self, ctx: AuditContext, name: str, eps: float) -> TaskResult:
         hazard = self._hazard(name, eps)
         key = str(hazard)
         data, s = self._summary(ctx, hazard)
@@ -331,9 +342,13 @@ class Adversarial(Check):
     def _plots_task(self, ctx: AuditContext, names: list[str], grid: list[float]) -> TaskResult:
         curves: dict[str, Curve] = {}
         clean_acc = None
+        headline = (names[0], grid[len(grid) // 2])
         for name in names:
             points = []
             for e in grid:
+                h = self._hazard(name, e)
+                if ctx.deadline is not None and not ctx.has_hazard(h) and (name, e) != headline:
+                    continue  # under --budget: an attack its task's deadline left out (or not built in this process)
                 _, s = self._summary(ctx, self._hazard(name, e), norms=False)
                 if clean_acc is None:
                     c = s.clean_accuracy

@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 
 import torch
 
+from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, until_deadline
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks._common import bind, params_of
@@ -49,6 +50,10 @@ def _names(spec: Any) -> list[str]:
     for n in names:
         corr.CORRUPTIONS.get(n)  # raises UnknownNameError with a suggestion
     return names
+
+
+LATE = "not measured: its task's deadline (--budget) came first"
+"""Why a corruption under a budget is left out of the summary's means (a ``budget_not_measured`` row says so)."""
 
 
 def _severities(spec: Any) -> list[int]:
@@ -120,6 +125,7 @@ class Corruptions(Check):
     metrics = (
         "accuracy", "corruption_error", "not_applicable", "ce", "ce_not_applicable", "mean_accuracy", "mce",
         "relative_mce", "mce_unnormalised", "relative_mce_unnormalised", "mce_not_applicable",
+        BUDGET_NOT_MEASURED,  # under --budget: a corruption its task's deadline left out
     )  # fmt: skip
     view = CorruptionsView
 
@@ -176,6 +182,18 @@ class Corruptions(Check):
     ) -> TaskResult:
         _, h, w = _image_shape(ctx)
         table, ref = _corruption(name, self.params).setting(h, w)
+        if ctx.deadline is not None:  # under --budget: the first corruption always, every other one if it fits
+            names, _ = self._plan()
+            for _ in until_deadline(ctx, [name], "corruptions/corruption", first=int(name == names[0])):
+                return self._corruption_rows(ctx, name, sevs, skipped, table, ref)
+            skipped.update({(name, s): LATE for s in sevs})  # the summary leaves it out of the means
+            return TaskResult([not_measured_row(str(Hazard.corruption(name)), f"the corruption {name}")])
+        return self._corruption_rows(ctx, name, sevs, skipped, table, ref)
+
+    def _corruption_rows(
+        self, ctx: AuditContext, name: str, sevs: Sequence[int], skipped: dict[tuple[str, int], str], table: str,
+        ref: float,
+    ) -> TaskResult:  # fmt: skip
         applies = [s for s in sevs if (name, s) not in skipped]
         correct = {s: self._correct(ctx, Hazard.corruption(name, s)) for s in applies}
         seed = ctx.seed_for(self.name, name, "ce")  # derived from (run seed, check, task), never the raw seed
@@ -216,8 +234,9 @@ class Corruptions(Check):
     def _summary_task(
         self, ctx: AuditContext, all_names: Sequence[str], sevs: Sequence[int], skipped: dict[tuple[str, int], str]
     ) -> TaskResult:
-        excluded = sorted({n for n, _ in skipped})
-        names = [n for n in all_names if n not in excluded]  # never count a no-op as robustness
+        late = sorted({n for (n, _), why in skipped.items() if why == LATE})  # under --budget: not measured
+        excluded = sorted({n for n, _ in skipped} - set(late))
+        names = [n for n in all_names if n not in excluded and n not in late]  # never count a no-op as robustness
         if not names:
             reason = "no selected corruption applies to these images at every selected severity"
             return TaskResult([Row.exact(ALL, "mce_not_applicable", 1.0, DECISION, reason=reason, excluded=excluded)])
@@ -233,6 +252,8 @@ class Corruptions(Check):
         info: dict[str, Any] = {"corruptions": list(names), "severities": list(sevs), "normalised": base is not None}
         if excluded:
             info["excluded_not_applicable"] = excluded
+        if late:
+            info["budget_stopped"] = f"{len(names)} of {len(names) + len(late)} corruptions before the deadline"
         rows = [Row.of(ALL, "mean_accuracy", est.mean_accuracy, **info)]
         if base is None:
             rows += [Row.of(ALL, "mce", est.mce, **info), Row.of(ALL, "relative_mce", est.relative_mce, **info)]
