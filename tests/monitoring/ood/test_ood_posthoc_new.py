@@ -372,9 +372,11 @@ def test_weiper_separates_a_planted_change_of_activation_profile() -> None:
         return torch.where(on, 0.5 + 0.5 * torch.rand(n, 1, 16, 16, generator=g), torch.zeros(n, 1, 16, 16))
 
     dense = 0.2 + 0.4 * torch.rand(100, 1, 16, 16, generator=g)
-    det = ood.create("weiper").fit(model.eval(), sparse(300))
-    a = float(auroc(det.score(model, sparse(100)), det.score(model, dense)))
-    assert a > 0.8, f"weiper: AUROC {a:.3f} on the planted shift"
+    fit_x, in_x = sparse(300), sparse(100)
+    for params in ({}, {"lambda_2": 0.0}):  # the whole score, and its KL divergences alone (their direction)
+        det = ood.create("weiper", **params).fit(model.eval(), fit_x)
+        a = float(auroc(det.score(model, in_x), det.score(model, dense)))
+        assert a > 0.8, f"weiper {params}: AUROC {a:.3f} on the planted shift"
 
 
 # -- hyper-parameter edge cases ----------------------------------------------------------------------
