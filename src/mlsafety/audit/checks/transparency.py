@@ -50,6 +50,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, stopped_note, until_deadline
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks.adversarial import typical_eps
@@ -92,7 +93,7 @@ def _method(ctx: AuditContext, name: str, steps: int | None = None) -> tr.Attrib
 _CLASSIFIER_METRICS = (
     *(f"*_{mode}_{m}" for mode in ("cascading", "independent", "label") for m in ("spearman", "ssim", "pass")),
     "sanity_pass_share", "ig_completeness_gap", "class_visualisation_confidence", "sanity_not_run",
-    "*_examples_not_shown",
+    "*_examples_not_shown", BUDGET_NOT_MEASURED,
 )  # fmt: skip
 """What the check stores on a classifier (image or text)."""
 _LM_METRICS = ("lens_logprob_layer_*", "lens_top1_layer_*", "ioi_logit_diff", "ioi_logit_diff_corrupted",
@@ -223,7 +224,12 @@ class Transparency(Check):
         return TaskResult(rows, artifacts)
 
     def _visualisation_task(self, ctx: AuditContext) -> TaskResult:
-        """Class visualisations (images only)."""
+        """Class visualisations (images only; under ``--budget`` only when they fit the task's deadline)."""
+        for _ in until_deadline(ctx, [CHECK], "transparency/visualisations", first=0):
+            return self._visualisations(ctx)
+        return TaskResult([not_measured_row(str(CLEAN), "class visualisations")])
+
+    def _visualisations(self, ctx: AuditContext) -> TaskResult:
         p = self.params
         shape = tuple(ctx.hazard(CLEAN).x.shape[1:])
         if len(shape) != 3:
@@ -245,12 +251,22 @@ class Transparency(Check):
             name for name in (p["text_methods"] if text else p["methods"]) if ctx.modality in tr.ATTRIBUTIONS.tags(name)
         ]
         steps = int(p["text_ig_steps"]) if text else None
-        report = tr.sanity_summary(
-            {name: _method(ctx, name, steps) for name in names}, ctx.model, x, modes, float(p["threshold"]),
-            generator_for=lambda mode: ctx.generator(CHECK, "sanity", mode),  # every method sees the same re-inits
-            seed_for=lambda name, mode: ctx.seed_for(CHECK, str(CLEAN), name, mode),
-            train=recipe, data=ctx.data.train,
-        )  # fmt: skip
+
+        def summary(chosen: list[str]) -> tr.SanityReport:
+            return tr.sanity_summary(
+                {name: _method(ctx, name, steps) for name in chosen}, ctx.model, x, modes, float(p["threshold"]),
+                generator_for=lambda mode: ctx.generator(CHECK, "sanity", mode),  # every method sees the same re-inits
+                seed_for=lambda name, mode: ctx.seed_for(CHECK, str(CLEAN), name, mode),
+                train=recipe, data=ctx.data.train,
+            )  # fmt: skip
+
+        note: dict[str, Any] = {}
+        if ctx.deadline is None:
+            report = summary(names)
+        else:  # under --budget: one method at a time until the task's deadline (each sees the same re-inits)
+            parts = [summary([name]) for name in until_deadline(ctx, names, "transparency/sanity")]
+            report = tr.SanityReport({k: v for r in parts for k, v in r.results.items()}, len(x))
+            note = stopped_note(len(parts), len(names), "attribution methods")
         rows: list[Row] = []
         key = str(CLEAN)
         for name, by_mode in report.results.items():
@@ -268,7 +284,13 @@ class Transparency(Check):
             return rows, []
         rows.append(  # a summary of the methods' verdicts, not a sample estimate
             Row.exact(
-                str(CLEAN), "sanity_pass_share", share, DECISION, len(report.results), passed=report.passed_methods
+                str(CLEAN),
+                "sanity_pass_share",
+                share,
+                DECISION,
+                len(report.results),
+                passed=report.passed_methods,
+                **note,
             )
         )
         verdicts = {name: {mode: s.result for mode, s in by_mode.items()} for name, by_mode in report.results.items()}
