@@ -26,7 +26,15 @@ from mlsafety.audit._context import AuditContext, AuditData, hazard_provider
 
 # Last: the engine and the report import every check module, and check modules may import the
 # names above from this package.
-from mlsafety.audit._engine import PLAN_CHECK, AuditInterrupted, AuditResult, budget_cuts, cap_data, run_audit
+from mlsafety.audit._engine import (
+    PLAN_CHECK,
+    AuditInterrupted,
+    AuditResult,
+    budget_cuts,
+    budget_stopped,
+    cap_data,
+    run_audit,
+)
 from mlsafety.audit._executors import EXECUTORS, INSTALL_RAY, LocalExecutor, RayExecutor, make_executor
 from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluate_gates, parse_gate_option
 from mlsafety.audit._inputs import (
@@ -74,6 +82,7 @@ __all__ = [
     "Task",
     "TaskResult",
     "budget_cuts",
+    "budget_stopped",
     "cap_data",
     "compare_rows",
     "config_from_mapping",

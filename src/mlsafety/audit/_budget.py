@@ -291,9 +291,17 @@ def _trojans(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
         if name in scanners:
             fixed += s.train * 0.5 * r.forward
     knobs = []
-    if seeds > 2:  # every seeded scanner's interval needs at least 2 seeds
+    # a scanner whose interval is its spread over seeds needs at least 2 (one that reads the training set
+    # only when there is one); Neural Cleanse's interval is a bootstrap over classes and STRIP's is exact
+    from mlsafety.monitoring.trojans import SCANNERS
+    from mlsafety.monitoring.trojans.evaluate import needs_seed_spread
+
+    seeded = [n for n in scanners if n in SCANNERS and needs_seed_spread(n) and ("train" not in SCANNERS.get(n).needs
+              or s.train > 0)]  # fmt: skip
+    least = 2 if seeded else 1
+    if seeds > least:
         per_seed = fixed + (s.classes * 16 * int(p["nc_steps"]) * r.backward if "neural-cleanse" in scanners else 0)
-        knobs.append(Knob("trojans", "n_seeds", seeds, 2, per_seed / seeds))
+        knobs.append(Knob("trojans", "n_seeds", seeds, least, per_seed / seeds))
     if "neural-cleanse" in scanners:
         per_step = seeds * s.classes * 16 * r.backward
         knobs.append(Knob("trojans", "nc_steps", int(p["nc_steps"]), 20, per_step))

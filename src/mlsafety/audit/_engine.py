@@ -638,6 +638,21 @@ def _budgeted(check: Check, task: Task, tracker: _Tracker, ctx: AuditContext) ->
     return Task(task.key, run)
 
 
+def budget_stopped(rows: list[StoredRow]) -> list[str]:
+    """What deadlines under ``--budget`` stopped, one line per check and hazard: the loops that stopped short
+    (rows with a ``budget_stopped`` parameter, saying how many of how many) and what was not measured at all
+    (:data:`~mlsafety.audit._budget.BUDGET_NOT_MEASURED` rows)."""
+    from mlsafety.audit._budget import BUDGET_NOT_MEASURED
+
+    out: dict[str, None] = {}
+    for r in rows:
+        if r.metric == BUDGET_NOT_MEASURED:
+            out[f"{r.check} {r.hazard}: not measured"] = None
+        elif "budget_stopped" in r.params:
+            out[f"{r.check} {r.hazard}: {r.params['budget_stopped']}"] = None
+    return list(out)
+
+
 def budget_cuts(rows: list[StoredRow]) -> list[str]:
     """``check task`` of every task a budget cut (its :data:`BUDGET_CUT` rows; runs made before deadlines)."""
     return [f"{r.check} {r.params.get('task', '')}".strip() for r in rows if r.metric.startswith(BUDGET_CUT + "_")]
@@ -702,6 +717,7 @@ __all__ = [
     "AuditInterrupted",
     "AuditResult",
     "budget_cuts",
+    "budget_stopped",
     "build_checks",
     "cap_data",
     "check_report_path",

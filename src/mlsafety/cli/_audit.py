@@ -61,9 +61,9 @@ class ProgressLines:
             line("  budget:", f"{what} {k.value} -> {k.chosen} (95% interval of a proportion at most "
                  f"{k.width:.2f} wide)", style="bold")  # fmt: skip
         if not plan.fits:
-            line("warning:", "the budget is too small even at the smallest sample sizes; tasks that would overrun it "
-                 "are cut (not run), and the summary names them",
-                 style="bold yellow")  # fmt: skip
+            line("warning:", "the budget is too small even at the smallest sample sizes; each task gets a deadline "
+                 "from its check's share, its loops stop there after their headline unit, and the summary names "
+                 "what they left out", style="bold yellow")  # fmt: skip
 
     def task(self, check: str, key: str, i: int, total: int, seconds: float, left: float | None) -> None:
         from mlsafety.audit import fmt_duration
@@ -393,8 +393,13 @@ def _print_summary(result: Any) -> None:
             for k in result.plan.knobs.values()
         )
         out_console.print(f"Sample sizes under the budget: {used}.", soft_wrap=True)
-        from mlsafety.audit import budget_cuts
+        from mlsafety.audit import budget_cuts, budget_stopped
 
+        stopped = budget_stopped(result.rows)
+        if stopped:  # every check ran; these loops stopped at their task's deadline (rows say the n reached)
+            shown = "; ".join(stopped[:12]) + (f"; and {len(stopped) - 12} more" if len(stopped) > 12 else "")
+            err_console.print(f"Stopped at the budget's deadlines ({len(stopped)}): {shown}; run with a larger "
+                              "--budget or none for the rest", soft_wrap=True)  # fmt: skip
         cuts = budget_cuts(result.rows)
         if cuts:  # every size at its floor and still over: these tasks were not run (each stored a budget_cut row)
             err_console.print(

@@ -84,7 +84,7 @@ TEXT_OUTLIERS = 1000
 """Word-shuffled validation texts the monitor is chosen against on a text model (a seeded sample:
 each is a transformer pass; images use as many synthetic outliers as validation inputs)."""
 NOT_RUN = "not run: the hazard does not carry its clean inputs, eps and norm"
-CHEAP_KINDS = frozenset({"clean", "ood", "corruption", "validation"})
+CHEAP_KINDS = frozenset({"clean", "ood", "validation"})
 """Under ``--budget`` the check measures the hazards whose inputs the run has already built and these cheap
 kinds, and stores a :data:`BUDGET_NOT_MEASURED` row for the others (a TTA attack its check's deadline
 stopped before): building them here would spend another check's share of the budget."""

@@ -316,13 +316,17 @@ class Transparency(Check):
                 h = Hazard.ood(ood_name)
                 groups.append((str(h), f"{h.kind}-{h.name}", ctx.hazard(h).x[:k]))
         artifacts = []
-        for label, slug, xg in groups:
+        for i, (label, slug, xg) in enumerate(groups):
             if not len(xg):
                 rows.append(_not_shown(label, _EMPTY.get(label, f"the {label} data is empty")))
                 continue
             target = forward(ctx.model, xg, features=False).pred
-            maps = {m: _method(ctx, m).attribute(ctx.model, xg, target).abs().sum(dim=1).cpu()
-                    for m in p["grid_methods"]}  # fmt: skip
+            # under --budget: one map of the first group always, every other map while it fits the deadline
+            methods = until_deadline(ctx, p["grid_methods"], "transparency/example-map", first=int(i == 0))
+            maps = {m: _method(ctx, m).attribute(ctx.model, xg, target).abs().sum(dim=1).cpu() for m in methods}
+            if not maps:
+                rows.append(_not_shown(label, "not measured: the task's deadline (--budget) came first"))
+                continue
             caption = f"Attributions for the predicted class: {label} inputs."
             artifacts.append(Artifact(f"attributions-{slug}", grid_png(xg, target, maps), caption=caption))
         return artifacts
