@@ -22,6 +22,7 @@ from mlsafety.core import (
 )
 from mlsafety.metrics import auroc
 from mlsafety.monitoring import ood
+from mlsafety.monitoring.ood.gram import gram_features
 
 LAYERED = ["gram", "mds-ensemble", "nac", "mahalanobis-pre", "rankfeat"]
 
@@ -230,6 +231,9 @@ def test_gram_matches_the_paper_formula(tiny: TinyCNN, fit_set, test_x) -> None:
         want += np.array([dev(fte[n_][i], lo[pte[i]], hi[pte[i]]) for i in range(len(pte))]) / expected
     assert want.std() > 0
     np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-4, atol=1e-6)
+    big = gram_features(10)(torch.full((1, 2, 3, 3), 1e4))  # 1e4 ** 20 would overflow float32 unscaled
+    known = torch.tensor([18.0 ** (1 / p) * 1e8 for p in range(1, 11)], dtype=torch.float64)  # rows: 2 * 9 a^2p
+    torch.testing.assert_close(big[0], known[:, None].expand(10, 2), rtol=1e-5, atol=0)
     assert _rho(got, want) >= 0.999
 
 

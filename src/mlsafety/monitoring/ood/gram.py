@@ -15,15 +15,22 @@ def gram_features(powers: int) -> LayerReduce:
     """The reduction of a layer's output to its Gram features ``(N, P, C)``: for each order ``p = 1..P``,
     the row sums of the Gram matrix of the map raised element-wise to the power ``p``,
     ``G_p = F^p (F^p)^T`` (``F``: the map as ``C x HW``; a vector is a ``C x 1`` map), then the signed
-    ``p``-th root. Computed in float64 inside the forward hook, so the map is never stored."""
+    ``p``-th root. The row sums are computed as ``F^p ((F^p)^T 1)``, the same numbers in ``C * HW`` instead of
+    ``C^2 * HW`` operations (powers of the map divided by its largest magnitude and sums in float32, so no
+    power overflows; the roots in float64), inside the forward hook, so the map is never stored."""
 
     def reduce(x: torch.Tensor) -> torch.Tensor:
-        f = x.detach().reshape(x.shape[0], x.shape[1], -1).double()
+        f = x.detach().reshape(x.shape[0], x.shape[1], -1).float()
+        scale = f.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)  # per input: F / scale in [-1, 1]
+        f = f / scale
         out = []
+        fp = f
         for p in range(1, powers + 1):
-            fp = f.pow(p)
-            rows = (fp @ fp.transpose(1, 2)).sum(dim=2)
-            out.append(rows.sign() * rows.abs().pow(1.0 / p))
+            if p > 1:
+                fp = fp * f  # F^p by products (faster than pow)
+            rows = torch.bmm(fp, fp.sum(dim=1).unsqueeze(2)).squeeze(2).double()  # (F^p (F^p)^T) 1, no C x C matrix
+            # rows of F are scale^(2p) times those of F / scale: the root is taken unscaled, so no power overflows
+            out.append(rows.sign() * rows.abs().pow(1.0 / p) * scale[:, :, 0].double().square())
         return torch.stack(out, dim=1)
 
     return reduce
