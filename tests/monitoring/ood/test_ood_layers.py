@@ -399,3 +399,19 @@ def test_the_audit_runs_opt_in_detectors_only_when_named_and_skips_what_cannot_r
     assert why["rankfeat"].startswith("rankfeat needs a convolutional feature map") and "gram" not in why
     with pytest.raises(InputError, match=r"--ood-detector rankfeat: the detector rankfeat needs a convolutional"):
         CHECKS.create("ood", default="rankfeat").names(mlp)
+
+
+def test_mds_ensemble_weights_fitted_on_noisy_in_distribution_inputs_match_sklearn(tiny: TinyCNN, fit_set) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    det = ood.create("mds-ensemble").fit(tiny, fit_set)
+    assert det.weights_ == [0.5, 0.5]  # equal by default
+    x = torch.rand(60, 1, 8, 8, generator=generator(0, "layers-weights"))
+    noisy = (x + 0.3 * torch.randn(x.shape, generator=generator(1, "layers-weights"))).clamp(0, 1)
+    det.fit_weights(tiny, x, noisy, l2=0.5)
+    d = np.concatenate([det.layer_scores(forward(tiny, v, layers=["body.1", "body.3"])).numpy() for v in (x, noisy)])
+    mean, std = d.mean(axis=0), d.std(axis=0, ddof=1)
+    ref = LogisticRegression(C=1 / 0.5, tol=1e-12, max_iter=10_000).fit((d - mean) / std, [0] * 60 + [1] * 60)
+    np.testing.assert_allclose(det.weights_, ref.coef_[0] / std, rtol=1e-4, atol=1e-8)
+    default = ood.create("mds-ensemble").fit(tiny, fit_set).fit_weights(tiny, x)  # seeded noise of its own
+    assert default.weights_ == ood.create("mds-ensemble").fit(tiny, fit_set).fit_weights(tiny, x).weights_
