@@ -97,16 +97,34 @@ def _user_data(folder: Path, size: int) -> list[str]:
     return ["--data", str(folder / "test.npz"), "--ood", str(folder / "near.npz"), "--ood", str(folder / "far.npz")]
 
 
-def budget_run(size: int, budget: str, factory: str) -> dict:
+def _headlines(db: Path) -> dict[str, bool]:
+    """Per image check that has a headline: whether its stored rows give it one (every check present)."""
+    from mlsafety.audit import CHECKS, Store
+
+    with Store(db, create=False, readonly=True) as store:
+        run = store.runs()[0]
+        rows = store.results(run.run_id)
+    out = {}
+    for name in ("clean", "adversarial", "certified", "corruptions", "tta", "calibration", "selective", "ood",
+                 "transparency", "trojans", "defence-in-depth"):  # fmt: skip
+        mine = [r for r in rows if r.check == name and r.metric != "budget_not_measured"]
+        out[name] = bool(mine) and bool(CHECKS.get(name).view.headlines(mine))
+    return out
+
+
+def budget_run(size: int, budget: str, factory: str, config: str | None = None) -> dict:
     """One `mlsafety audit --budget` of the ResNet-18-style model on a user's npz data: wall time, the
-    estimate, the stored checks and the sizes the budget chose."""
+    estimate, the stored checks, the sizes the budget chose, whether every check stored its headline, and
+    what the tasks' deadlines stopped (``config``: an extra ``--config`` TOML)."""
     import re
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         db = folder / "runs.sqlite"
         cmd = [sys.executable, "-m", "mlsafety.cli", "audit", "--model", f"{HERE}:{factory}", "--budget", budget,
-               *_user_data(folder, size), "--db", str(db), "--report", str(folder / "r.html")]  # fmt: skip
+               *_user_data(folder, size), "--db", str(db), "--report", str(folder / "r.html"),
+               *(["--config", config] if config else [])]  # fmt: skip
+        load_before = os.getloadavg()[0]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, env=dict(os.environ), capture_output=True, text=True)
         wall = time.perf_counter() - t0
@@ -119,19 +137,23 @@ def budget_run(size: int, budget: str, factory: str) -> dict:
         chosen = {m: v for m, v in con.execute(
             "SELECT metric, value FROM results WHERE check_name='audit-plan' AND metric LIKE '%_chosen'")}  # fmt: skip
         skipped = [m for (m,) in con.execute("SELECT metric FROM results WHERE metric='not_applicable'")]
+        stopped = con.execute("SELECT COUNT(*) FROM results WHERE metric='budget_not_measured' OR "
+                              "params_json LIKE '%budget_stopped%'").fetchone()[0]  # fmt: skip
         con.close()
+        headlines = _headlines(db)
     seconds = float(re.sub(r"[^0-9.]", "", budget)) * (60 if budget.endswith("m") else 1)
     return {"size": size, "budget": budget, "budget_s": seconds, "wall_s": wall, "ratio": wall / seconds,
             "estimate": estimate, "checks": checks, "per_check_s": per_check, "chosen": chosen,
-            "not_applicable_rows": len(skipped)}  # fmt: skip
+            "not_applicable_rows": len(skipped), "headlines": headlines, "rows_stopped_by_deadlines": stopped,
+            "load_before": load_before, "config": config}  # fmt: skip
 
 
-def budget_bench(which: str) -> None:
+def budget_bench(which: str, config: str | None = None, label: str = "") -> None:
     size, budget, factory = (32, "1m", "resnet18_style") if which == "budget32" else (224, "5m", "resnet18_style_224")
-    r = budget_run(size, budget, factory)
+    r = budget_run(size, budget, factory, config)
     out_json = RESULTS / "audit_budget.json"
     data = json.loads(out_json.read_text()) if out_json.exists() else {}
-    data[which] = {**r, "load_1min": os.getloadavg()[0], "cpus": os.cpu_count()}
+    data[which + label] = {**r, "load_1min": os.getloadavg()[0], "cpus": os.cpu_count()}
     out_json.write_text(json.dumps(data, indent=1))
     lines = ["# `mlsafety audit --budget` on a user's ResNet-18-style model (issue 22)", "",
              "Wall time of the whole command (start-up, probe, report included) against the budget; goal: within "
@@ -238,11 +260,13 @@ def main() -> None:
     parser.add_argument(
         "--only", choices=("image", "text", "budget32", "budget224", "threads"), default=None, help="Run one bench."
     )
+    parser.add_argument("--audit-config", default=None, help="An extra --config TOML for the budget runs.")
+    parser.add_argument("--label", default="", help="Suffix of the budget run's key in audit_budget.json.")
     parser.add_argument("--text-model", default="minilm-mr", help="The text model (zoo name or model folder).")
     parser.add_argument("--text-data", default=None, help="--data of the text audit (default: the model's).")
     args = parser.parse_args()
     if args.only in ("budget32", "budget224"):
-        budget_bench(args.only)
+        budget_bench(args.only, args.audit_config, args.label)
         return
     if args.only == "threads":
         threads_bench(args.repeats)

@@ -551,10 +551,12 @@ class _Tracker:
         self.spent[check] = self.spent.get(check, 0.0) + seconds
 
     def eta(self) -> float:
+        """Predicted seconds left: the checks' predictions scaled by the measured speed; under a budget at most
+        what is left of it (the tasks' deadlines stop their loops there)."""
         f = self._factor()
         left = sum(max(0.0, self.predicted[c] * f - self.spent.get(c, 0.0)) for c in self.predicted
                    if c != "forward passes" and c in self.checks)  # fmt: skip
-        return left
+        return left if self.budget is None else min(left, max(0.0, self.left()))
 
     def replan(self, check: str) -> None:
         """Choose the sizes of the knobs of checks not yet started to fit what is left of the budget."""
@@ -639,18 +641,24 @@ def _budgeted(check: Check, task: Task, tracker: _Tracker, ctx: AuditContext) ->
 
 
 def budget_stopped(rows: list[StoredRow]) -> list[str]:
-    """What deadlines under ``--budget`` stopped, one line per check and hazard: the loops that stopped short
-    (rows with a ``budget_stopped`` parameter, saying how many of how many) and what was not measured at all
-    (:data:`~mlsafety.audit._budget.BUDGET_NOT_MEASURED` rows)."""
+    """What the tasks' deadlines under ``--budget`` stopped, one line per check: how many rows come from loops
+    that stopped short (a ``budget_stopped`` parameter says how many of how many they reached) and how many
+    hazards or settings were not measured at all (:data:`~mlsafety.audit._budget.BUDGET_NOT_MEASURED` rows)."""
     from mlsafety.audit._budget import BUDGET_NOT_MEASURED
 
-    out: dict[str, None] = {}
+    short: dict[str, int] = {}
+    missing: dict[str, int] = {}
     for r in rows:
         if r.metric == BUDGET_NOT_MEASURED:
-            out[f"{r.check} {r.hazard}: not measured"] = None
+            missing[r.check] = missing.get(r.check, 0) + 1
         elif "budget_stopped" in r.params:
-            out[f"{r.check} {r.hazard}: {r.params['budget_stopped']}"] = None
-    return list(out)
+            short[r.check] = short.get(r.check, 0) + 1
+    out = []
+    for check in dict.fromkeys([*short, *missing]):
+        parts = [f"{short[check]} rows at a reduced n"] if check in short else []
+        parts += [f"{missing[check]} not measured"] if check in missing else []
+        out.append(f"{check} ({', '.join(parts)})")
+    return out
 
 
 def budget_cuts(rows: list[StoredRow]) -> list[str]:

@@ -397,9 +397,8 @@ def _print_summary(result: Any) -> None:
 
         stopped = budget_stopped(result.rows)
         if stopped:  # every check ran; these loops stopped at their task's deadline (rows say the n reached)
-            shown = "; ".join(stopped[:12]) + (f"; and {len(stopped) - 12} more" if len(stopped) > 12 else "")
-            err_console.print(f"Stopped at the budget's deadlines ({len(stopped)}): {shown}; run with a larger "
-                              "--budget or none for the rest", soft_wrap=True)  # fmt: skip
+            err_console.print(f"Stopped at the budget's deadlines: {', '.join(stopped)} (the report's rows say "
+                              "which; a larger --budget or none measures the rest)", soft_wrap=True)  # fmt: skip
         cuts = budget_cuts(result.rows)
         if cuts:  # every size at its floor and still over: these tasks were not run (each stored a budget_cut row)
             err_console.print(
