@@ -139,3 +139,67 @@ def test_every_check_is_present_with_its_headline_under_a_small_budget(files):
         rows = [r for r in by_check.get(name, []) if r.metric != BUDGET_NOT_MEASURED]
         assert rows, name
         assert CHECKS.get(name).view.headlines(rows), name
+
+
+def _ctx():
+    import torch
+    from torch import nn
+
+    from mlsafety.audit._context import AuditContext, AuditData
+    from mlsafety.core import ArrayDataset, Classifier
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    g = torch.Generator().manual_seed(0)
+
+    def ds(n: int, ood: bool = False) -> ArrayDataset:
+        y = -torch.ones(n, dtype=torch.long) if ood else torch.randint(0, 3, (n,), generator=g)
+        return ArrayDataset(torch.rand(n, 1, 8, 8, generator=g), y)
+
+    return AuditContext(Classifier(model), AuditData(test=ds(50), val=ds(40), ood={"far": ds(30, True)}))
+
+
+def test_detectors_fitted_one_at_a_time_score_as_fitted_together():
+    """The ood check under a budget fits its detectors one by one until the deadline: the ones it keeps give
+    the clean scores they give fitted together, and those not reached are dropped."""
+    import torch
+
+    from mlsafety.audit.checks._common import ScoreCache
+
+    names = ["msp", "energy", "knn", "mahalanobis"]
+    joint = ScoreCache(_ctx(), names).scores("clean")
+    ctx = _ctx()
+    cache = ScoreCache(ctx, names)
+    dropped = cache.fit_until(lambda ns: [n for n in ns if n in ("energy", "knn")], "clean")
+    assert dropped == ["msp", "mahalanobis"] and cache.names == ["energy", "knn"]
+    alone = cache.scores("clean")
+    for n in cache.names:
+        torch.testing.assert_close(alone[n], joint[n], rtol=1e-5, atol=1e-6)
+    assert set(cache.scores("ood/far")) == {"energy", "knn"}  # later sets are scored by the kept ones only
+
+
+def test_the_summary_counts_what_deadlines_stopped_per_check():
+    from mlsafety.audit import StoredRow, budget_stopped
+
+    rows = [
+        StoredRow("tta", "tta-attack/tent/0.1", "indiscriminate_success_rate", 0.5, 0.1, 0.9, 10,
+                  {"budget_stopped": "1 of 8 attack settings"}),
+        StoredRow("tta", "tta-attack/tebn/0.1", BUDGET_NOT_MEASURED, 1.0, None, None, None, {}),
+        StoredRow("tta", "tta-attack/medbn/0.1", BUDGET_NOT_MEASURED, 1.0, None, None, None, {}),
+        StoredRow("clean", "clean", "accuracy", 0.9, 0.8, 0.95, 100, {}),
+    ]  # fmt: skip
+    assert budget_stopped(rows) == ["tta (1 rows at a reduced n, 2 not measured)"]
+    assert budget_stopped(rows[3:]) == []
+
+
+@pytest.mark.parametrize(("train", "floor"), [(0, 1), (500, 2)])
+def test_one_trojan_seed_is_enough_unless_a_scanner_needs_their_spread(train, floor):
+    """Neural Cleanse's interval is a bootstrap over classes and STRIP's is exact: one seed does; activation
+    clustering (only with a training set) needs a spread over seeds, so two."""
+    from mlsafety.audit._budget import Rates, Sizes, check_costs
+
+    params = {"scanners": ["neural-cleanse", "strip", "activation-clustering"], "n_seeds": 3, "nc_steps": 200,
+              "max_clean": 100}  # fmt: skip
+    (cost,) = check_costs({"trojans": params}, Sizes(100, 50, train, 0, 10), Rates(1e-3, 2e-3))[1:]
+    (seeds,) = [k for k in cost.knobs if k.param == "n_seeds"]
+    assert seeds.floor == floor
