@@ -257,7 +257,9 @@ def energy_of(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
 
 def resolve_layers(clf: Classifier, layers: tuple[str, ...] | None, who: str) -> list[str]:
     """The layers a detector reads: ``layers`` (checked: a missing one is named with the valid names), else
-    :func:`~mlsafety.core.block_layers` of the model (its block outputs, the head left out)."""
+    :func:`~mlsafety.core.block_layers` of the model (its block outputs, the head left out). Layers are chosen
+    before the pass that traces the head, so a classifier no pass has traced leaves out the pre-trace guess
+    (the last Linear registered): give ``Classifier(model, head=...)`` or ``layers`` when the head is another."""
     if layers is not None:
         names = list(layers)
         check_layer_names(clf.module, names)

@@ -86,6 +86,8 @@ class NAC(Detector):
         return (s * self.bins).long().clamp(0, self.bins - 1)
 
     def _fit_model(self, clf: Classifier, x: torch.Tensor, y: torch.Tensor | None) -> None:
+        if clf.head_info is None:  # default layers leave out the head: find it first
+            clf.trace(x[:4].to(clf.device))
         self.layers_ = self._names(clf)
         states, logits = self.states(clf, x)
         keep = torch.ones(x.shape[0], dtype=torch.bool, device=logits.device)

@@ -75,6 +75,8 @@ class RankFeat(Detector):
         """The layer whose map is changed: ``layer``, else the layer whose output is the last feature map the
         model computes on ``probe`` (the last module to finish, in call order, returning ``(N, C, *spatial)``
         with more than one position, outside the head); checked to give such a map."""
+        if clf.head_info is None:
+            clf.trace(probe)
         head = clf.head_name
         names = [self.layer] if self.layer is not None else [
             n for n, _ in clf.module.named_modules() if n and not (head and (n == head or n.startswith(head + ".")))
