@@ -159,12 +159,17 @@ def budget_bench(which: str, config: str | None = None, label: str = "") -> None
              "Wall time of the whole command (start-up, probe, report included) against the budget; goal: within "
              "10% of it with every check present. The machine was shared (load average in the table), so the "
              "figures are noisy: one run each.", "",
-             "| model | budget | wall s | wall / budget | load | checks | estimate | sizes chosen |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    for e in data.values():
+             "| run | model | budget | wall s | wall / budget | load | headlines present | rows stopped by deadlines | "
+             "estimate | sizes chosen |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for key, e in data.items():
         sizes = ", ".join(f"{k.removesuffix('_chosen')} {int(v)}" for k, v in e["chosen"].items())
-        lines.append(f"| {e['size']} px ResNet-18-style | {e['budget']} | {e['wall_s']:.1f} | {e['ratio']:.2f} | "
-                     f"{e['load_1min']:.1f} | {len(e['checks'])} | {e['estimate'].removeprefix('estimate: ')} | "
+        load = e.get("load_1min")
+        heads = e.get("headlines")
+        present = "not recorded" if heads is None else f"{sum(heads.values())} of {len(heads)}"
+        lines.append(f"| {key} | {e['size']} px ResNet-18-style | {e['budget']} | {e['wall_s']:.1f} | "
+                     f"{e['ratio']:.2f} | {'?' if load is None else f'{load:.1f}'} | {present} | "
+                     f"{e.get('rows_stopped_by_deadlines', '-')} | {e['estimate'].removeprefix('estimate: ')} | "
                      f"{sizes} |")  # fmt: skip
     (RESULTS / "audit_budget.md").write_text("\n".join(lines) + "\n")
     print(lines[-1], flush=True)
