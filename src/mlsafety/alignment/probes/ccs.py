@@ -16,7 +16,8 @@ Deviations: every layer and every restart is trained together as ONE batched opt
 ``(layers, restarts, D)`` and ``(layers, restarts)``, the losses summed: each problem's gradient is its own
 and AdamW acts coordinate by coordinate, so each gets the result it gets alone, up to float summation
 order, at the cost of one batched matrix product per step instead of layers x restarts small ones; the
-gradient is written out rather than taken by autograd, both sides in one product: 4x faster on CPU);
+gradient is written out rather than taken by autograd, both sides in one product (4x faster on CPU), AdamW
+is the fused kernel and the loop runs on one intra-op thread (:func:`~mlsafety.alignment.probes.base.one_thread`));
 initial weights are drawn from N(0, 1/D) with the caller's generator.
 """
 
@@ -24,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.alignment.probes.base import Probe, register
+from mlsafety.alignment.probes.base import Probe, one_thread, register
 from mlsafety.core import Param
 
 
@@ -48,13 +49,20 @@ def ccs_fit(
     Returns:
         ``coef (L, D)``, ``intercept (L,)`` and final ``loss (L,)`` of each layer's best restart.
     """
+    with one_thread():
+        return _ccs_steps(pos, neg, init, epochs, lr, weight_decay)
+
+
+def _ccs_steps(
+    pos: torch.Tensor, neg: torch.Tensor, init: torch.Tensor, epochs: int, lr: float, weight_decay: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     n_layers, restarts, _ = init.shape
     n = pos.shape[1]
     x = torch.cat([pos, neg], 1)  # (L, 2N, D): both sides in one product
     x_t = x.transpose(1, 2).contiguous()
     w, b = init.clone(), torch.zeros(n_layers, restarts, 1)
     w.grad, b.grad = torch.zeros_like(w), torch.zeros_like(b)
-    opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.AdamW([w, b], lr=lr, weight_decay=weight_decay, fused=True)  # one kernel per step
     for _ in range(epochs):
         p = torch.sigmoid(torch.baddbmm(b, w, x_t))  # (L, R, 2N)
         p_pos, p_neg = p[..., :n], p[..., n:]
