@@ -369,12 +369,14 @@ _UNIT_SECONDS: weakref.WeakKeyDictionary[Any, dict[str, float]] = weakref.WeakKe
 def until_deadline(ctx: Any, items: Iterable[T], kind: str, first: int = 1) -> Iterator[T]:
     """The ``items`` in order, while the running task's deadline (``ctx.deadline``, set under ``--budget``)
     allows: after the first ``first`` items (a check's headline unit: 1; an optional one: 0) an item comes
-    only when the longest unit of this ``kind`` seen so far in the run still fits before the deadline (the
+    only when the longest unit of this ``kind`` seen so far in the run (none yet: the task's predicted seconds,
+    ``ctx.task_estimate``) still fits before the deadline (the
     time between two requests of the loop, or until the loop returns from inside, is the unit's). Consume it
     lazily (a ``for`` loop). Without a deadline every item comes."""
     units = _UNIT_SECONDS.setdefault(ctx, {})
     for i, item in enumerate(items):
-        if ctx.deadline is not None and i >= first and time.perf_counter() + units.get(kind, 0.0) > ctx.deadline:
+        need = units.get(kind, getattr(ctx, "task_estimate", 0.0))  # an unseen kind: the task's prediction
+        if ctx.deadline is not None and i >= first and time.perf_counter() + need > ctx.deadline:
             return
         t0 = time.perf_counter()
         try:

@@ -143,6 +143,10 @@ class AuditContext:
         """Under ``--budget``: the ``time.perf_counter()`` by which the running task should end (the engine
         sets it before each task); a task's long loops stop there after their first unit of work and store
         rows for the n they reached. None (no budget): every loop runs to its configured size."""
+        self.task_estimate: float = 0.0
+        """Under ``--budget``: the predicted seconds of the running task (its check's prediction over its tasks,
+        scaled by the measured speed), what an optional loop's first unit is taken to cost when no unit of its
+        kind has run yet."""
 
     def past_deadline(self) -> bool:
         """True when the running task has a deadline (``--budget``) and it has passed."""

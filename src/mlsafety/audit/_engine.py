@@ -531,6 +531,11 @@ class _Tracker:
             self.check_end[check] = now + share
         return max(0.0, self.check_end[check] - now) / max(1, self.tasks_left.get(check, 1))
 
+    def task_estimate(self, check: str) -> float:
+        """Predicted seconds of one task of ``check``: its prediction over its tasks, times the measured /
+        predicted ratio of the checks run so far (what an optional unit of a kind not yet seen is taken to cost)."""
+        return self.predicted.get(check, 0.0) / max(1, self.tasks_per_check.get(check, 1)) * self._factor()
+
     def left(self) -> float:
         """Seconds of the budget left (less the reserve for the report)."""
         from mlsafety.audit._budget import RESERVE
@@ -631,10 +636,11 @@ def _budgeted(check: Check, task: Task, tracker: _Tracker, ctx: AuditContext) ->
 
     def run() -> TaskResult:
         ctx.deadline = time.perf_counter() + tracker.allot(check.name)
+        ctx.task_estimate = tracker.task_estimate(check.name)
         try:
             return task.run()
         finally:
-            ctx.deadline = None
+            ctx.deadline, ctx.task_estimate = None, 0.0
             tracker.tasks_left[check.name] = max(0, tracker.tasks_left.get(check.name, 1) - 1)
 
     return Task(task.key, run)
