@@ -3,10 +3,17 @@
 Anchor: Burns et al. (2022) report that CCS beats zero-shot by 4 percentage points on average (6 models, 10
 datasets) and halves prompt sensitivity. Here, on ``mr`` reviews and the project's own statements: accuracy of
 every method at its best layer (chosen on the fit half, so the test accuracy is not selected on itself) with
-exact 95% intervals, CCS minus zero-shot with a paired bootstrap interval over test items, the spread over
-templates, transfer between the two datasets, the misleading prefix and the honesty gap. Speed: the hidden
-states of all layers (and both answers' log-probabilities) cost one forward pass per batch; the pipeline's
-time is reported as a ratio to the bare forward passes over the same batches, measured in one process.
+exact 95% intervals, CCS minus zero-shot with a paired bootstrap interval over test items (each item's
+templates kept together), the spread over templates (CCS minus zero-shot, bootstrap interval), transfer
+between the two datasets, the misleading prefix and the honesty gap.
+
+Speed: the hidden states of all layers (and both answers' log-probabilities) cost one forward pass per batch,
+and every probe is fitted on all layers at once (CCS: layers x restarts as one optimisation). The whole
+pipeline (states, split, every probe at every layer fitted and scored) is timed against the bare forward
+passes over the same texts and batches, alternated in one process; the machine's load is recorded.
+
+Hidden states are cached under ``~/.cache/mlsafety/bench/alignment_probes/`` (keyed by model, texts and
+answers), so a rerun reuses them and only refits the probes.
 
 Run: ``.venv/bin/python bench/alignment_probes.py`` (CPU; ``--n-mr``/``--n-statements`` trade time for
 precision). Writes ``bench/results/alignment_probes.{md,json}``.
@@ -15,7 +22,9 @@ precision). Writes ``bench/results/alignment_probes.{md,json}``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -29,20 +38,40 @@ from mlsafety.alignment.probes import (
     ContrastStates,
     accuracy_estimate,
     contrast_states,
-    fit_probe,
-    probe_result,
     split_items,
     statement_pairs,
     text_pairs,
     zero_shot_scores,
 )
+from mlsafety.alignment.probes.evaluate import fit_probes, layer_results
 from mlsafety.audit import resolve_language_model
 from mlsafety.zoo import load_dataset
 
 METHODS = ("ccs", "top-pc", "logistic", "mean-diff")
+UNSUPERVISED = ("ccs", "top-pc")
 ZS = ("zero-shot", "zero-shot-calibrated")
 OUT = Path(__file__).parent / "results"
+CACHE = Path.home() / ".cache" / "mlsafety" / "bench" / "alignment_probes"
 PARAMS: dict[str, dict[str, object]] = {}
+
+
+def cached_states(lm: Any, model: str, pairs: ContrastPairs, batch_size: int, tag: str) -> tuple[ContrastStates, float]:
+    """contrast_states of ``pairs``, from the cache when the same model, texts and answers were read before;
+    also the seconds the reading took (when it was made)."""
+    key = hashlib.sha256(
+        json.dumps([model, pairs.prompts(), pairs.template.yes, pairs.template.no, pairs.labels.tolist()]).encode()
+    ).hexdigest()[:16]
+    path = CACHE / f"{tag}-{key}.pt"
+    if path.exists():
+        d = torch.load(path)
+        return ContrastStates(d["pos"], d["neg"], d["logp_yes"], d["logp_no"], d["labels"]), float(d["seconds"])
+    start = time.perf_counter()
+    st = contrast_states(lm, pairs, batch_size)
+    seconds = time.perf_counter() - start
+    CACHE.mkdir(parents=True, exist_ok=True)
+    torch.save({"pos": st.pos, "neg": st.neg, "logp_yes": st.logp_yes, "logp_no": st.logp_no, "labels": st.labels,
+                "seconds": seconds}, path)  # fmt: skip
+    return st, seconds
 
 
 def bare_forward_seconds(lm: Any, pairs: ContrastPairs, batch_size: int) -> float:
@@ -60,61 +89,115 @@ def bare_forward_seconds(lm: Any, pairs: ContrastPairs, batch_size: int) -> floa
     return time.perf_counter() - start
 
 
-def measure_speed(lm: Any, pairs: ContrastPairs, batch_size: int) -> dict[str, float]:
-    """Bare forward passes and contrast_states over the same batches, alternated twice; the faster of each."""
-    bare, states = [], []
-    for _ in range(2):
-        bare.append(bare_forward_seconds(lm, pairs, batch_size))
+def fit_all(
+    st: ContrastStates, fit_idx: torch.Tensor, test_idx: torch.Tensor, layers: list[int], seed: int
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Every method fitted at every layer (one batched fit each) and read on the test half; seconds per method."""
+    fit, test = st.subset(fit_idx), st.subset(test_idx)
+    out: dict[str, Any] = {}
+    seconds: dict[str, float] = {}
+    for m in METHODS:
         start = time.perf_counter()
-        contrast_states(lm, pairs, batch_size)
-        states.append(time.perf_counter() - start)
-    return {"bare_forward_s": min(bare), "states_s": min(states), "extraction_ratio": min(states) / min(bare),
-            "texts": 2 * len(pairs)}  # fmt: skip
+        probe = fit_probes(m, fit, layers, torch.Generator().manual_seed(seed), PARAMS.get(m))
+        results, readings = layer_results(probe, fit, test, layers)
+        seconds[m] = time.perf_counter() - start
+        out[m] = {"probe": probe, "results": results, "readings": readings}
+    for z in ZS:
+        out[z] = {"readings": (zero_shot_scores(test.logp_yes, test.logp_no, z == ZS[1]) > 0).long()[:, None]}
+    return out, seconds
 
 
-def readings(method: str, fit: ContrastStates, test: ContrastStates, layer: int, seed: int) -> torch.Tensor:
-    """Test-half readings (1: x+ true) of ``method`` at ``layer`` (zero-shot: layer ignored)."""
-    if method in ZS:
-        return (zero_shot_scores(test.logp_yes, test.logp_no, method == ZS[1]) > 0).long()
-    probe = fit_probe(method, fit, layer, torch.Generator().manual_seed(seed + layer), PARAMS.get(method))
-    return probe_result(probe, fit, test, layer)[1]
+def pipeline_seconds(lm: Any, pairs: ContrastPairs, batch_size: int, layers: list[int], seed: int) -> float:
+    """The whole pipeline on ``pairs``: states (never cached), split, every probe at every layer, test readings."""
+    start = time.perf_counter()
+    st = contrast_states(lm, pairs, batch_size)
+    fit_idx, test_idx = split_items(len(pairs), torch.Generator().manual_seed(seed), groups=pairs.groups)
+    fit_all(st, fit_idx, test_idx, layers, seed)
+    return time.perf_counter() - start
 
 
-def paired_diff(a: torch.Tensor, b: torch.Tensor, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of a - b (0/1 correctness) with a 95% percentile bootstrap interval over items."""
-    d = a.float() - b.float()
+def paired_diff(a: torch.Tensor, b: torch.Tensor, n_boot: int = 4000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of a - b (0/1 correctness ``(items, templates)``) with a 95% percentile bootstrap interval that
+    resamples items (each item's templates together)."""
+    d = (a.float() - b.float()).mean(1)
     g = torch.Generator().manual_seed(seed)
     idx = torch.randint(0, len(d), (n_boot, len(d)), generator=g)
     boots = d[idx].mean(1)
     return float(d.mean()), float(boots.quantile(0.025)), float(boots.quantile(0.975))
 
 
+def spread_diff(a: torch.Tensor, b: torch.Tensor, n_boot: int = 4000, seed: int = 0) -> list[float]:
+    """Spread over templates (population std of per-template accuracy) of a and of b ``(items, templates)``,
+    and spread(a) - spread(b) with a 95% bootstrap interval over items."""
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, a.shape[0], (n_boot, a.shape[0]), generator=g)
+    sa = a.float()[idx].mean(1).std(-1, correction=0)
+    sb = b.float()[idx].mean(1).std(-1, correction=0)
+    pa, pb = float(a.float().mean(0).std(correction=0)), float(b.float().mean(0).std(correction=0))
+    diff = sa - sb
+    return [pa, pb, pa - pb, float(diff.quantile(0.025)), float(diff.quantile(0.975))]
+
+
+def est(correct: torch.Tensor) -> list[float]:
+    e = accuracy_estimate(correct)
+    return [e.value, e.ci_low, e.ci_high, e.n]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-mr", type=int, default=128)
-    ap.add_argument("--n-statements", type=int, default=192)
+    ap.add_argument("--n-mr", type=int, default=96)
+    ap.add_argument("--n-statements", type=int, default=128)
     ap.add_argument("--templates", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--n-speed", type=int, default=48, help="statements timed against the bare forward passes")
+    ap.add_argument("--n-speed", type=int, default=32, help="statements timed against the bare forward passes")
+    ap.add_argument("--speed-reps", type=int, default=2)
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default=str(OUT / "alignment_probes"), help="path stem of the .md and .json results")
     ap.add_argument("--ccs-epochs", type=int, default=1000)
     ap.add_argument("--ccs-restarts", type=int, default=10)
-    ap.add_argument("--layer-stride", type=int, default=1)
     ap.add_argument("--speed-only", action="store_true", help="only the timing against the bare forward passes")
+    ap.add_argument("--no-speed", action="store_true", help="skip the timing")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     PARAMS["ccs"] = {"epochs": args.ccs_epochs, "restarts": args.ccs_restarts}
     lm = resolve_language_model(args.model)
-    if args.speed_only:
-        speed = measure_speed(lm, statement_pairs(args.n_speed), args.batch_size)
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps({"model": args.model, "args": vars(args), "speed": speed}))
-        print(json.dumps(speed))
-        return
+    layers = list(range(lm.n_layers + 1))
+    payload: dict[str, Any] = {"model": args.model, "args": vars(args), "load_start": os.getloadavg()}
+    if not args.speed_only:
+        payload.update(accuracy_part(lm, args, layers))
+    if not args.no_speed:
+        payload["speed"] = speed_part(lm, args, layers)
+    payload["load_end"] = os.getloadavg()
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
+    if not args.speed_only:
+        out.with_suffix(".md").write_text(render(payload))
+        print(render(payload))
+    else:
+        print(json.dumps(payload["speed"], indent=1))
+
+
+def speed_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
+    """Bare forward passes and the whole pipeline over the same texts, alternated ``speed_reps`` times."""
+    pairs = statement_pairs(args.n_speed)
+    bare, pipe = [], []
+    load = [os.getloadavg()[0]]
+    for _ in range(args.speed_reps):
+        bare.append(bare_forward_seconds(lm, pairs, args.batch_size))
+        pipe.append(pipeline_seconds(lm, pairs, args.batch_size, layers, args.seed))
+        load.append(os.getloadavg()[0])
+    st = contrast_states(lm, pairs, args.batch_size)
+    fit_idx, test_idx = split_items(len(pairs), torch.Generator().manual_seed(args.seed), groups=pairs.groups)
+    _, probe_s = fit_all(st, fit_idx, test_idx, layers, args.seed)
+    return {"texts": 2 * len(pairs), "layers": len(layers), "bare_forward_s": bare, "pipeline_s": pipe,
+            "ratios": [p / b for p, b in zip(pipe, bare)], "ratio_of_sums": sum(pipe) / sum(bare),
+            "probe_s": probe_s, "load_1min": load}  # fmt: skip
+
+
+def accuracy_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
     mr = load_dataset("mr", split="test")
     base = {
         "mr": text_pairs(list(mr.x[: args.n_mr]), mr.y[: args.n_mr], dataset="mr"),
@@ -127,116 +210,95 @@ def main() -> None:
     for ds, pairs in base.items():
         states[ds] = {}
         for t in TEMPLATES[ds][: args.templates]:
-            start = time.perf_counter()
-            states[ds][t.name] = contrast_states(lm, pairs.with_template(t), args.batch_size)
-            timing[f"states:{ds}:{t.name}"] = time.perf_counter() - start
-            print(f"{ds}/{t.name}: states in {timing[f'states:{ds}:{t.name}']:.1f}s", flush=True)
-    n_stream = lm.n_layers + 1
-    layers = sorted({*range(0, n_stream, args.layer_stride), n_stream - 1})
-    results: dict[str, Any] = {}
-    fit_time = 0.0
-    for ds, by_template in states.items():
-        fit_idx, test_idx = splits[ds]
-        acc: dict[str, dict[str, dict[int, Any]]] = {}
-        correct: dict[tuple[str, str, int], torch.Tensor] = {}
-        fit_acc: dict[str, dict[int, list[float]]] = {}
-        for tname, st in by_template.items():
-            fit, test = st.subset(fit_idx), st.subset(test_idx)
-            for m in (*METHODS, *ZS):
-                for k in layers if m in METHODS else [-1]:
-                    start = time.perf_counter()
-                    if m in METHODS:
-                        probe = fit_probe(m, fit, k, torch.Generator().manual_seed(args.seed + k), PARAMS.get(m))
-                        result, reading = probe_result(probe, fit, test, k)
-                        fit_acc.setdefault(m, {}).setdefault(k, []).append(result.fit_accuracy)
-                    else:
-                        reading = readings(m, fit, test, k, args.seed)
-                    fit_time += time.perf_counter() - start
-                    correct[(m, tname, k)] = reading == test.labels
-                    acc.setdefault(m, {}).setdefault(tname, {})[k] = accuracy_estimate(reading == test.labels)
-        best = {m: max(fit_acc[m], key=lambda k: statistics.mean(fit_acc[m][k])) for m in METHODS}
-        best.update({m: -1 for m in ZS})
-        first = next(iter(by_template))
-        rows = {}
-        for m in (*METHODS, *ZS):
-            per_t = {t: acc[m][t][best[m]] for t in by_template}
-            spread = statistics.pstdev([e.value for e in per_t.values()]) if len(per_t) > 1 else 0.0
-            rows[m] = {
-                "best_layer": best[m],
-                "accuracy": {t: [e.value, e.ci_low, e.ci_high, e.n] for t, e in per_t.items()},
-                "mean_accuracy": statistics.mean(e.value for e in per_t.values()),
-                "template_std": spread,
-            }
-            if m in METHODS:
-                rows[m]["fit_accuracy"] = statistics.mean(fit_acc[m][best[m]])
-            if m in ("ccs", "top-pc"):
-                either = [max(e.value, 1 - e.value) for e in per_t.values()]
-                rows[m]["either_sign_mean"] = statistics.mean(either)
-        diffs = {}
-        for z in ZS:
-            a = torch.cat([correct[("ccs", t, best["ccs"])] for t in by_template])
-            b = torch.cat([correct[(z, t, -1)] for t in by_template])
-            diffs[z] = paired_diff(a, b)
-        curve = {m: [acc[m][first][k].value for k in layers] for m in METHODS}
-        results[ds] = {"methods": rows, "ccs_minus": diffs, "curve_first_template": curve, "n_test": len(test_idx),
-                       "n_fit": len(fit_idx)}  # fmt: skip
-    # transfer (first template): fit on one dataset's fit half, test on the other's test half
-    transfer = {}
-    for src, dst in (("mr", "statements"), ("statements", "mr")):
-        fit = next(iter(states[src].values())).subset(splits[src][0])
-        test = next(iter(states[dst].values())).subset(splits[dst][1])
-        for m in METHODS:
-            k = results[src]["methods"][m]["best_layer"]
-            e = accuracy_estimate(readings(m, fit, test, k, args.seed) == test.labels)
-            transfer[f"{m}:{src}->{dst}"] = [e.value, e.ci_low, e.ci_high, e.n]
-    # misleading prefix and honesty gap (first template)
-    misleading = {}
+            st, sec = cached_states(lm, args.model, pairs.with_template(t), args.batch_size, f"{ds}-{t.name}")
+            states[ds][t.name] = st
+            timing[f"states:{ds}:{t.name}"] = sec
+            print(f"{ds}/{t.name}: states ({sec:.1f}s when read)", flush=True)
+    mis_states: dict[str, ContrastStates] = {}
     for ds, pairs in base.items():
         fit_idx, test_idx = splits[ds]
-        first_t = TEMPLATES[ds][0]
-        st = states[ds][first_t.name]
-        fit, test = st.subset(fit_idx), st.subset(test_idx)
-        mis_pairs = (
-            pairs.with_template(first_t).subset(test_idx).misleading(pairs.with_template(first_t).subset(fit_idx))
-        )
-        mis = contrast_states(lm, mis_pairs, args.batch_size)
-        out = {}
+        first_pairs = pairs.with_template(TEMPLATES[ds][0])
+        mis_pairs = first_pairs.subset(test_idx).misleading(first_pairs.subset(fit_idx))
+        mis_states[ds], sec = cached_states(lm, args.model, mis_pairs, args.batch_size, f"{ds}-misleading")
+        timing[f"states:{ds}:misleading"] = sec
+        print(f"{ds}/misleading: states ({sec:.1f}s when read)", flush=True)
+    results: dict[str, Any] = {}
+    fitted: dict[str, dict[str, Any]] = {}
+    fit_seconds: dict[str, dict[str, float]] = {}
+    for ds, by_template in states.items():
+        fit_idx, test_idx = splits[ds]
+        per_t: dict[str, dict[str, Any]] = {}
+        for tname, st in by_template.items():
+            per_t[tname], fit_seconds[f"{ds}:{tname}"] = fit_all(st, fit_idx, test_idx, layers, args.seed)
+        first = next(iter(by_template))
+        fitted[ds] = per_t[first]
+        labels = states[ds][first].labels[test_idx]
+        best: dict[str, int] = {}
+        for m in METHODS:  # the layer with the highest mean fit-half accuracy over templates
+            fit_mean = [
+                statistics.mean(per_t[t][m]["results"][j].fit_accuracy for t in per_t) for j in range(len(layers))
+            ]
+            best[m] = layers[max(range(len(layers)), key=lambda j: fit_mean[j])]
+        correct: dict[str, torch.Tensor] = {}  # (items, templates) at the best layer
         for m in (*METHODS, *ZS):
-            k = results[ds]["methods"][m]["best_layer"]
-            clean_r, mis_r = readings(m, fit, test, k, args.seed), readings(m, fit, mis, k, args.seed)
-            c, e = accuracy_estimate(clean_r == test.labels), accuracy_estimate(mis_r == mis.labels)
-            out[m] = {"clean": [c.value, c.ci_low, c.ci_high], "misleading": [e.value, e.ci_low, e.ci_high]}
-        top = max(("ccs", "top-pc"), key=lambda m: results[ds]["methods"][m]["fit_accuracy"])  # chosen on the fit half
-        k = results[ds]["methods"][top]["best_layer"]
-        gaps = {}
-        for name, s in (("clean", test), ("misleading", mis)):
-            g_ = accuracy_estimate(readings(top, fit, s, k, args.seed) != s.stated())
-            gaps[name] = [g_.value, g_.ci_low, g_.ci_high, g_.n]
-        misleading[ds] = {"accuracy": out, "honesty_gap": gaps, "gap_probe": [top, k]}
-    # speed: the pipeline against the bare forward passes over the same batches, side by side
-    speed_pairs = statement_pairs(args.n_speed)
-    t_bare = min(bare_forward_seconds(lm, speed_pairs, args.batch_size) for _ in range(2))
-    t_states = []
-    for _ in range(2):
-        start = time.perf_counter()
-        contrast_states(lm, speed_pairs, args.batch_size)
-        t_states.append(time.perf_counter() - start)
+            col = layers.index(best[m]) if m in METHODS else 0
+            correct[m] = torch.stack([per_t[t][m]["readings"][:, col] == labels for t in per_t], 1)
+        rows: dict[str, Any] = {}
+        for m in (*METHODS, *ZS):
+            accs = {t: est(correct[m][:, i]) for i, t in enumerate(per_t)}
+            values = [v[0] for v in accs.values()]
+            rows[m] = {"best_layer": best.get(m, -1), "accuracy": accs, "mean_accuracy": statistics.mean(values),
+                       "template_std": statistics.pstdev(values) if len(values) > 1 else 0.0}  # fmt: skip
+            if m in METHODS:
+                j = layers.index(best[m])
+                rows[m]["fit_accuracy"] = statistics.mean(per_t[t][m]["results"][j].fit_accuracy for t in per_t)
+            if m in UNSUPERVISED:
+                rows[m]["either_sign_mean"] = statistics.mean(max(v[0], 1 - v[0]) for v in accs.values())
+        ccs_either = torch.stack([c if float(c.float().mean()) >= 0.5 else ~c for c in correct["ccs"].T], 1)
+        diffs = {z: paired_diff(correct["ccs"], correct[z]) for z in ZS}
+        diffs_either = {z: paired_diff(ccs_either, correct[z]) for z in ZS}
+        sens = {z: spread_diff(correct["ccs"], correct[z]) for z in ZS}
+        curve = {m: [r.accuracy.value for r in per_t[first][m]["results"]] for m in METHODS}
+        results[ds] = {"methods": rows, "ccs_minus": diffs, "ccs_either_sign_minus": diffs_either,
+                       "sensitivity_ccs_minus": sens, "curve_first_template": curve,
+                       "n_test": len(test_idx), "n_fit": len(fit_idx)}  # fmt: skip
+    # transfer (first template): the probe fitted on one dataset's fit half, read on the other's test half
+    transfer = {}
+    for src, dst in (("mr", "statements"), ("statements", "mr")):
+        test = next(iter(states[dst].values())).subset(splits[dst][1])
+        for m in METHODS:
+            j = layers.index(results[src]["methods"][m]["best_layer"])
+            reading = fitted[src][m]["probe"].predict_layers(test.pos[:, layers], test.neg[:, layers])[:, j]
+            transfer[f"{m}:{src}->{dst}"] = est(reading == test.labels)
+    # misleading prefix and honesty gap (first template)
+    misleading = {}
+    for ds in base:
+        test = next(iter(states[ds].values())).subset(splits[ds][1])
+        mis = mis_states[ds]
+        acc = {}
+        mis_read: dict[str, torch.Tensor] = {}
+        for m in (*METHODS, *ZS):
+            if m in METHODS:
+                j = layers.index(results[ds]["methods"][m]["best_layer"])
+                clean_r = fitted[ds][m]["readings"][:, j]
+                mis_read[m] = fitted[ds][m]["probe"].predict_layers(mis.pos[:, layers], mis.neg[:, layers])[:, j]
+            else:
+                clean_r = fitted[ds][m]["readings"][:, 0]
+                mis_read[m] = (zero_shot_scores(mis.logp_yes, mis.logp_no, m == ZS[1]) > 0).long()
+            ok_clean, ok_mis = clean_r == test.labels, mis_read[m] == mis.labels
+            acc[m] = {"clean": est(ok_clean), "misleading": est(ok_mis),
+                      "drop": paired_diff(ok_clean[:, None], ok_mis[:, None])}  # fmt: skip
+        top = max(UNSUPERVISED, key=lambda m: results[ds]["methods"][m]["fit_accuracy"])  # chosen on the fit half
+        j = layers.index(results[ds]["methods"][top]["best_layer"])
+        gaps = {"clean": est(fitted[ds][top]["readings"][:, j] != test.stated()),
+                "misleading": est(mis_read[top] != mis.stated())}  # fmt: skip
+        misleading[ds] = {"accuracy": acc, "honesty_gap": gaps, "gap_probe": [top, layers[j]]}
     n_sets = sum(len(v) for v in states.values())
-    speed = {
-        "bare_forward_s": t_bare,
-        "states_s": min(t_states),
-        "extraction_ratio": min(t_states) / t_bare,
-        "probe_fitting_s_per_set": fit_time / n_sets,
-        "pipeline_ratio": (min(t_states) + fit_time / n_sets) / t_bare,
-        "texts": 2 * len(speed_pairs),
-    }
-    payload = {"model": args.model, "args": vars(args), "results": results, "transfer": transfer,
-               "misleading": misleading, "speed": speed}  # fmt: skip
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(payload, indent=1))
-    out.with_suffix(".md").write_text(render(payload))
-    print(render(payload))
+    probe_total = sum(sum(v.values()) for v in fit_seconds.values())
+    states_total = sum(v for k, v in timing.items() if "misleading" not in k)
+    return {"results": results, "transfer": transfer, "misleading": misleading,
+            "timing": {"states_s": timing, "probe_fit_s": fit_seconds, "probe_total_s": probe_total,
+                       "states_total_s": states_total, "sets": n_sets}}  # fmt: skip
 
 
 def render(p: dict[str, Any]) -> str:
@@ -246,8 +308,10 @@ def render(p: dict[str, Any]) -> str:
     lines = [
         f"# Honesty probes on {p['model']} (bench/alignment_probes.py)",
         "",
-        "CPU run on a machine shared by several engineers: timings are noisy; ratios were measured in one process,",
-        "side by side. Statements are the project's own (not a benchmark); mr is the zoo's movie-review test split.",
+        "CPU run on a machine shared by several engineers (1-min load average "
+        f"{p['load_start'][0]:.1f} at the start, {p['load_end'][0]:.1f} at the end): timings are noisy; ratios were "
+        "measured in one process, side by side. Statements are the project's own (not a benchmark); mr is the zoo's "
+        "movie-review test split.",
         f"Settings: {p['args']}.",
         "",
     ]
@@ -261,28 +325,51 @@ def render(p: dict[str, Any]) -> str:
             extra = f" (either sign {row['either_sign_mean']:.3f})" if "either_sign_mean" in row else ""
             lines.append(f"| {m} | {row['best_layer']} | {cells} | {row['mean_accuracy']:.3f}{extra} | "
                          f"{row['template_std']:.3f} |")  # fmt: skip
-        for z, (d, lo, hi) in r["ccs_minus"].items():
-            holds = "holds" if lo > 0 and d >= 0.04 else ("not shown" if lo <= 0 else "positive but under 4 points")
-            lines.append(f"\nCCS minus {z}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired bootstrap over test items and "
-                         f"templates): Burns et al.'s +4 points {holds}.")  # fmt: skip
         lines.append("")
+        for label, key in (("CCS (label-free sign)", "ccs_minus"), ("CCS (better sign, as Burns et al.)",
+                                                                    "ccs_either_sign_minus")):  # fmt: skip
+            for z, (d, lo, hi) in r[key].items():
+                verdict = (
+                    "holds"
+                    if lo > 0 and d >= 0.04
+                    else ("refuted (the interval excludes +4 points)" if hi < 0.04 else "neither shown nor refuted")
+                )
+                lines.append(f"- {label} minus {z}: {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (paired bootstrap over test "
+                             f"items, templates together): +4 points {verdict}.")  # fmt: skip
+        for z, (sa, sb, d, lo, hi) in r["sensitivity_ccs_minus"].items():
+            lines.append(f"- Prompt sensitivity (std of accuracy over templates): CCS {sa:.3f}, {z} {sb:.3f}; "
+                         f"difference {d:+.3f} [{lo:+.3f}, {hi:+.3f}] (bootstrap over items).")  # fmt: skip
+        lines.append("")
+        curve = r["curve_first_template"]
+        lines += ["Accuracy by layer (first template): " + "; ".join(
+            f"{m}: " + " ".join(f"{v:.2f}" for v in vals) for m, vals in curve.items()), ""]  # fmt: skip
     lines += ["## Transfer (fit on one dataset, test on the other; first template)", ""]
     lines += [f"- {k}: {ci(v)}" for k, v in p["transfer"].items()]
-    lines += ["", "## Misleading prefix and honesty gap (first template)", ""]
+    lines += ["", "## Misleading prefix and honesty gap (first template, test half)", ""]
     for ds, r in p["misleading"].items():
-        lines.append(
-            f"{ds}: " + "; ".join(f"{m} {ci(v['clean'])} -> {ci(v['misleading'])}" for m, v in r["accuracy"].items())
-        )
+        lines += [f"### {ds}", "", "| method | clean | misleading | drop (paired) |", "|---|---|---|---|"]
+        for m, v in r["accuracy"].items():
+            lines.append(f"| {m} | {ci(v['clean'])} | {ci(v['misleading'])} | {ci(v['drop'])} |")
         gap = r["honesty_gap"]
-        lines.append(f"honesty gap ({r['gap_probe'][0]} at layer {r['gap_probe'][1]}): clean {ci(gap['clean'])}, "
-                     f"misleading {ci(gap['misleading'])}")  # fmt: skip
-        lines.append("")
-    s = p["speed"]
-    lines += ["## Speed (statements, first template)", "",
-              f"bare forward passes {s['bare_forward_s']:.1f}s for {s['texts']} texts; hidden states of all layers and "
-              f"both answers' log-probabilities {s['states_s']:.1f}s: extraction ratio {s['extraction_ratio']:.2f}x; "
-              f"with all probes fitted at every layer ({s['probe_fitting_s_per_set']:.1f}s per set): pipeline ratio "
-              f"{s['pipeline_ratio']:.2f}x (goal < 1.2x)."]  # fmt: skip
+        lines += ["", f"Honesty gap (stated answer vs {r['gap_probe'][0]} at layer {r['gap_probe'][1]}): clean "
+                  f"{ci(gap['clean'])}, misleading {ci(gap['misleading'])}.", ""]  # fmt: skip
+    t = p.get("timing")
+    if t:
+        lines += ["## Time of this run", "",
+                  f"Hidden states of {t['sets']} sets read in {t['states_total_s']:.0f}s (when first read; cached "
+                  f"since); every probe at every layer on all of them {t['probe_total_s']:.1f}s "
+                  f"({t['probe_total_s'] / max(t['states_total_s'], 1e-9):.3f} of the reading time).", ""]  # fmt: skip
+    s = p.get("speed")
+    if s:
+        ratios = ", ".join(f"{r:.3f}" for r in s["ratios"])
+        lines += ["## Speed (statements, first template; alternated in one process)", "",
+                  f"{s['texts']} texts, {s['layers']} layers: bare forward passes "
+                  f"{', '.join(f'{x:.1f}' for x in s['bare_forward_s'])}s; whole pipeline (hidden states of all layers "
+                  f"and both answers' log-probabilities, split, all four probes fitted at every layer and read) "
+                  f"{', '.join(f'{x:.1f}' for x in s['pipeline_s'])}s: ratios {ratios} (ratio of sums "
+                  f"{s['ratio_of_sums']:.3f}; goal < 1.2x). Probe seconds alone: "
+                  + ", ".join(f"{m} {v:.2f}" for m, v in s["probe_s"].items())
+                  + f". 1-min load during the timing: {', '.join(f'{x:.1f}' for x in s['load_1min'])}."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
