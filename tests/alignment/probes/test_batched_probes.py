@@ -108,3 +108,21 @@ def _with_init(probe, init):  # type: ignore[no-untyped-def]
                                                                  probe.weight_decay)  # fmt: skip
 
     return fit
+
+
+def test_supervised_layer_choice_is_cross_validated_inside_the_fit_half() -> None:
+    from mlsafety.alignment.probes import ContrastStates
+    from mlsafety.alignment.probes.evaluate import cross_validated_fit_accuracy, fit_probes, layer_results
+
+    g = torch.Generator().manual_seed(0)
+    n, d = 64, 96  # N < D: logistic regression separates its own items at every layer
+    y = torch.arange(n) % 2
+    pos, neg = torch.randn(n, 4, d, generator=g), torch.randn(n, 4, d, generator=g)
+    pos[:, 2, :4] += 3.0 * (2 * y - 1)[:, None]  # only layer 2 carries the truth
+    neg[:, 2, :4] -= 3.0 * (2 * y - 1)[:, None]
+    st = ContrastStates(pos, neg, torch.zeros(n), torch.zeros(n), y)
+    probe = fit_probes("logistic", st, [0, 1, 2, 3], torch.Generator().manual_seed(0))
+    in_sample = [r.fit_accuracy for r in layer_results(probe, st, st, [0, 1, 2, 3])[0]]
+    assert in_sample == [1.0, 1.0, 1.0, 1.0]  # the in-sample figure cannot choose a layer
+    cv = cross_validated_fit_accuracy("logistic", st, [0, 1, 2, 3], torch.Generator().manual_seed(1))
+    assert cv is not None and int(cv.argmax()) == 2 and float(cv[2]) > 0.9 and float(cv[[0, 1, 3]].max()) < 0.75

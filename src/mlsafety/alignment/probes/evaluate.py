@@ -16,7 +16,7 @@ the fit half (labels are used to choose it, never to train it).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -85,6 +85,9 @@ class LayerResult:
     accuracy: Estimate
     either_sign: Estimate | None
     fit_accuracy: float
+    """Accuracy on the fit half; for supervised probes in :func:`run_probes`, 2-fold cross-validated inside
+    it (a supervised probe separates its own training items at every layer when N < D, so the in-sample
+    figure cannot choose a layer)."""
 
 
 def split_items(
@@ -175,6 +178,38 @@ def layer_results(
     return out, readings
 
 
+def cross_validated_fit_accuracy(
+    method: str,
+    fit: ContrastStates,
+    layers: Sequence[int],
+    generator: torch.Generator,
+    params: dict[str, object] | None = None,
+    groups: torch.Tensor | None = None,
+) -> torch.Tensor | None:
+    """``(len(layers),)`` 2-fold cross-validated accuracy of ``method`` inside the fit half (whole groups to one
+    fold); None when a fold's training part holds one class only (too few items to cross-validate)."""
+    if len(fit.labels) < 8:
+        return None
+    a, b = split_items(len(fit.labels), generator, groups=groups)
+    correct = torch.zeros(len(layers))
+    for train, held in ((a, b), (b, a)):
+        labels = fit.labels[train]
+        if int(labels.sum()) in (0, len(labels)):
+            return None
+        probe = fit_probes(method, fit.subset(train), layers, generator, params)
+        held_states = fit.subset(held)
+        index = list(layers)
+        reading = probe.predict_layers(held_states.pos[:, index], held_states.neg[:, index])
+        correct += (reading == held_states.labels[:, None]).float().sum(0)
+    return correct / len(fit.labels)
+
+
+def _with_cv(results: list[LayerResult], cv: torch.Tensor | None) -> list[LayerResult]:
+    if cv is None:
+        return results
+    return [replace(r, fit_accuracy=float(c)) for r, c in zip(results, cv)]
+
+
 def _either(correct: torch.Tensor) -> Estimate:
     return accuracy_estimate(correct if float(correct.float().mean()) >= 0.5 else ~correct)
 
@@ -217,7 +252,8 @@ class ProbeReport:
 
     def best_layer(self, method: str) -> int:
         """The layer where ``method``'s mean accuracy on the fit half over templates is highest (chosen
-        without the test half, so the test accuracy there is not selected on itself)."""
+        without the test half, so the test accuracy there is not selected on itself; supervised probes by
+        their 2-fold cross-validated accuracy inside the fit half)."""
         return max(self._fit_means(method).items(), key=lambda kv: kv[1])[0]
 
     def _fit_means(self, method: str) -> dict[int, float]:
@@ -286,7 +322,14 @@ def run_probes(
         rows = zero_shot_results(test)
         for m in methods:
             probe = fit_probes(m, fit, chosen, g, params.get(m))  # all layers in one batched fit
-            rows += layer_results(probe, fit, test, chosen)[0]
+            results = layer_results(probe, fit, test, chosen)[0]
+            if probe.supervised:
+                fit_groups = main.groups[fit_idx] if main.groups is not None else None
+                cv_g = torch.Generator().manual_seed(g.initial_seed() + 1)  # g's draws stay those of before
+                results = _with_cv(
+                    results, cross_validated_fit_accuracy(m, fit, chosen, cv_g, params.get(m), fit_groups)
+                )
+            rows += results
             if main_states is None:
                 main_probes[m] = probe
         main_states = main_states or states
