@@ -203,3 +203,20 @@ def test_one_trojan_seed_is_enough_unless_a_scanner_needs_their_spread(train, fl
     (cost,) = check_costs({"trojans": params}, Sizes(100, 50, train, 0, 10), Rates(1e-3, 2e-3))[1:]
     (seeds,) = [k for k in cost.knobs if k.param == "n_seeds"]
     assert seeds.floor == floor
+
+
+def _tracker(budget: float) -> engine._Tracker:
+    t = object.__new__(engine._Tracker)  # the allotment reads only these fields
+    t.budget, t.start, t.spent, t.check_end = budget, time.perf_counter(), {}, {}
+    t.predicted = {"a": 10.0, "b": 20.0}
+    t.tasks_per_check, t.tasks_left = {"a": 2, "b": 1}, {"a": 2, "b": 1}
+    return t
+
+
+def test_a_task_gets_the_slack_when_the_rest_fits_and_a_share_when_it_does_not():
+    """Budget 100 s (95 after the 5% reserve): what comes after a's first task is predicted at 5 + 20 s, so the
+    task may take 95 - 25 = 70 s. Budget 20 s (19): nothing fits, a gets sqrt(10) / (sqrt(10) + sqrt(20)) of the
+    19 s, shared by its 2 tasks."""
+    assert _tracker(100.0).allot("a") == pytest.approx(70.0, abs=0.05)
+    share = 19.0 * 10**0.5 / (10**0.5 + 20**0.5)
+    assert _tracker(20.0).allot("a") == pytest.approx(share / 2, abs=0.05)

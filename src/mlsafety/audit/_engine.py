@@ -519,13 +519,20 @@ class _Tracker:
         """``perf_counter()`` by which each started check should end: its share of the budget left when it began."""
 
     def allot(self, check: str) -> float:
-        """Seconds the next task of ``check`` may take. When a check starts it gets a share of what is left of
-        the budget, in proportion to the square root of its predicted seconds (a dear check gets more, but no
-        check is starved: every one keeps at least :data:`MIN_SHARE_S` of weight); its tasks then share what is
-        left of that, equally over the tasks still to run, so a cheap task hands its time on to the next."""
+        """Seconds the next task of ``check`` may take. While the work after it fits what is left of the budget
+        as predicted (scaled by the measured speed): everything but that work's predicted seconds. Otherwise,
+        when a check starts it gets a share of what is left of the budget, in proportion to the square root of
+        its predicted seconds (a dear check gets more, but no check is starved: every one keeps at least
+        :data:`MIN_SHARE_S` of weight); its tasks then share what is left of that, equally over the tasks still
+        to run, so a cheap task hands its time on to the next."""
         now = time.perf_counter()
+        rest = [c for c, n in self.tasks_left.items() if n > 0 or c == check]
+        f, left = self._factor(), self.left()
+        after = sum(self.predicted.get(c, 0.0) * f for c in rest if c != check)
+        after += self.task_estimate(check) * (max(1, self.tasks_left.get(check, 1)) - 1)
+        if after + self.task_estimate(check) <= left:  # the rest fits as predicted: all the slack until it must start
+            return left - after
         if check not in self.check_end:
-            rest = [c for c, n in self.tasks_left.items() if n > 0 or c == check]
             weight = {c: math.sqrt(max(MIN_SHARE_S, self.predicted.get(c, 0.0))) for c in rest}
             share = max(0.0, self.left()) * weight[check] / sum(weight.values())
             self.check_end[check] = now + share
