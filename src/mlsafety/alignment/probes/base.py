@@ -89,6 +89,8 @@ class Probe(HyperParams):
     """
 
     supervised: ClassVar[bool] = False
+    fits_its_items: ClassVar[bool] = False
+    """True for a probe that separates its own training items (so its layer is chosen by cross-validation)."""
     name: ClassVar[str]
     coefs_: torch.Tensor
     intercepts_: torch.Tensor

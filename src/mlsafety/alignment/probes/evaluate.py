@@ -85,9 +85,9 @@ class LayerResult:
     accuracy: Estimate
     either_sign: Estimate | None
     fit_accuracy: float
-    """Accuracy on the fit half; for supervised probes in :func:`run_probes`, 2-fold cross-validated inside
-    it (a supervised probe separates its own training items at every layer when N < D, so the in-sample
-    figure cannot choose a layer)."""
+    """Accuracy on the fit half; in :func:`run_probes`, for probes that separate their own training items
+    (``fits_its_items``: logistic regression when N < D, where the in-sample figure is 1 at every layer and
+    cannot choose one), 2-fold cross-validated inside it."""
 
 
 def split_items(
@@ -252,8 +252,8 @@ class ProbeReport:
 
     def best_layer(self, method: str) -> int:
         """The layer where ``method``'s mean accuracy on the fit half over templates is highest (chosen
-        without the test half, so the test accuracy there is not selected on itself; supervised probes by
-        their 2-fold cross-validated accuracy inside the fit half)."""
+        without the test half, so the test accuracy there is not selected on itself; logistic regression by
+        its 2-fold cross-validated accuracy inside the fit half)."""
         return max(self._fit_means(method).items(), key=lambda kv: kv[1])[0]
 
     def _fit_means(self, method: str) -> dict[int, float]:
@@ -323,7 +323,7 @@ def run_probes(
         for m in methods:
             probe = fit_probes(m, fit, chosen, g, params.get(m))  # all layers in one batched fit
             results = layer_results(probe, fit, test, chosen)[0]
-            if probe.supervised:
+            if probe.fits_its_items:
                 fit_groups = main.groups[fit_idx] if main.groups is not None else None
                 cv_g = torch.Generator().manual_seed(g.initial_seed() + 1)  # g's draws stay those of before
                 results = _with_cv(
