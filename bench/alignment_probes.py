@@ -27,6 +27,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from mlsafety.alignment.probes import (
     text_pairs,
     zero_shot_scores,
 )
-from mlsafety.alignment.probes.evaluate import fit_probes, layer_results
+from mlsafety.alignment.probes.evaluate import cross_validated_fit_accuracy, fit_probes, layer_results
 from mlsafety.audit import resolve_language_model
 from mlsafety.zoo import load_dataset
 
@@ -90,9 +91,15 @@ def bare_forward_seconds(lm: Any, pairs: ContrastPairs, batch_size: int) -> floa
 
 
 def fit_all(
-    st: ContrastStates, fit_idx: torch.Tensor, test_idx: torch.Tensor, layers: list[int], seed: int
+    st: ContrastStates,
+    fit_idx: torch.Tensor,
+    test_idx: torch.Tensor,
+    layers: list[int],
+    seed: int,
+    groups: torch.Tensor | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Every method fitted at every layer (one batched fit each) and read on the test half; seconds per method."""
+    """Every method fitted at every layer (one batched fit each) and read on the test half; seconds per method.
+    Logistic regression's fit-half accuracy (which chooses its layer) is 2-fold cross-validated inside it."""
     fit, test = st.subset(fit_idx), st.subset(test_idx)
     out: dict[str, Any] = {}
     seconds: dict[str, float] = {}
@@ -100,6 +107,12 @@ def fit_all(
         start = time.perf_counter()
         probe = fit_probes(m, fit, layers, torch.Generator().manual_seed(seed), PARAMS.get(m))
         results, readings = layer_results(probe, fit, test, layers)
+        if probe.fits_its_items:
+            fit_groups = groups[fit_idx] if groups is not None else None
+            g = torch.Generator().manual_seed(seed + 1)
+            cv = cross_validated_fit_accuracy(m, fit, layers, g, PARAMS.get(m), fit_groups)
+            if cv is not None:
+                results = [replace(r, fit_accuracy=float(c)) for r, c in zip(results, cv)]
         seconds[m] = time.perf_counter() - start
         out[m] = {"probe": probe, "results": results, "readings": readings}
     for z in ZS:
@@ -112,7 +125,7 @@ def pipeline_seconds(lm: Any, pairs: ContrastPairs, batch_size: int, layers: lis
     start = time.perf_counter()
     st = contrast_states(lm, pairs, batch_size)
     fit_idx, test_idx = split_items(len(pairs), torch.Generator().manual_seed(seed), groups=pairs.groups)
-    fit_all(st, fit_idx, test_idx, layers, seed)
+    fit_all(st, fit_idx, test_idx, layers, seed, pairs.groups)
     return time.perf_counter() - start
 
 
@@ -191,7 +204,7 @@ def speed_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[str
         load.append(os.getloadavg()[0])
     st = contrast_states(lm, pairs, args.batch_size)
     fit_idx, test_idx = split_items(len(pairs), torch.Generator().manual_seed(args.seed), groups=pairs.groups)
-    _, probe_s = fit_all(st, fit_idx, test_idx, layers, args.seed)
+    _, probe_s = fit_all(st, fit_idx, test_idx, layers, args.seed, pairs.groups)
     return {"texts": 2 * len(pairs), "layers": len(layers), "bare_forward_s": bare, "pipeline_s": pipe,
             "ratios": [p / b for p, b in zip(pipe, bare)], "ratio_of_sums": sum(pipe) / sum(bare),
             "probe_s": probe_s, "load_1min": load}  # fmt: skip
@@ -229,7 +242,9 @@ def accuracy_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[
         fit_idx, test_idx = splits[ds]
         per_t: dict[str, dict[str, Any]] = {}
         for tname, st in by_template.items():
-            per_t[tname], fit_seconds[f"{ds}:{tname}"] = fit_all(st, fit_idx, test_idx, layers, args.seed)
+            per_t[tname], fit_seconds[f"{ds}:{tname}"] = fit_all(
+                st, fit_idx, test_idx, layers, args.seed, base[ds].groups
+            )
         first = next(iter(by_template))
         fitted[ds] = per_t[first]
         labels = states[ds][first].labels[test_idx]
