@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, InputError, Param, check_images, frozen
-from mlsafety.monitoring.ood.base import IMAGE, NEEDS_HEAD_WEIGHTS, Detector, energy_of, head_of, register
+from mlsafety.monitoring.ood.base import IMAGE, NEEDS_HEAD_WEIGHTS, OPT_IN, Detector, energy_of, head_of, register
 
 
 def keep_counts(d: int, percentiles: torch.Tensor) -> torch.Tensor:
@@ -121,7 +121,7 @@ class _AdaSCALE(Detector):
         return torch.cat(out)
 
 
-@register("adascale-a", tags=(IMAGE, NEEDS_HEAD_WEIGHTS))
+@register("adascale-a", tags=(IMAGE, NEEDS_HEAD_WEIGHTS, OPT_IN))
 class AdaSCALEA(_AdaSCALE):
     """AdaSCALE-A: anomaly score = energy of the logits recomputed from the scaled activations,
     ``-logsumexp(W (r f) + b)`` (the bias unscaled). With ``p_min == p_max == p`` it is SCALE at ``p``.
@@ -134,7 +134,7 @@ class AdaSCALEA(_AdaSCALE):
         return energy_of((f @ w.T.to(f)) * r[:, None] + b.to(f))
 
 
-@register("adascale-l", tags=(IMAGE,))
+@register("adascale-l", tags=(IMAGE, OPT_IN))
 class AdaSCALEL(_AdaSCALE):
     """AdaSCALE-L: anomaly score = energy of the scaled logits, ``-logsumexp(r l)`` (the bias scaled too;
     the logits are the model's own, so no head weights are needed).

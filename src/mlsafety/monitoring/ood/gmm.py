@@ -10,11 +10,11 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, features_of, register
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, TEXT, Detector, features_of, register
 from mlsafety.monitoring.ood.engine import float64
 
 
-@register("gmm", tags=(IMAGE, TEXT))
+@register("gmm", tags=(IMAGE, TEXT, OPT_IN))
 class GMM(Detector):
     """Anomaly score ``-max_c log p(f | c)``, each class's feature density a Gaussian mixture.
 

@@ -6,11 +6,20 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import IMAGE, NEEDS_HEAD_WEIGHTS, TEXT, Detector, features_of, head_of, register
+from mlsafety.monitoring.ood.base import (
+    IMAGE,
+    NEEDS_HEAD_WEIGHTS,
+    OPT_IN,
+    TEXT,
+    Detector,
+    features_of,
+    head_of,
+    register,
+)
 from mlsafety.monitoring.ood.engine import float64
 
 
-@register("nci", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
+@register("nci", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS, OPT_IN))
 class NCI(Detector):
     """Anomaly score ``-(w_c . (f - mu) / ||f - mu|| + alpha ||f||_1)``.
 

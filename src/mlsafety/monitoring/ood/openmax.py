@@ -7,7 +7,7 @@ import torch
 from scipy.stats import weibull_min
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, TEXT, Detector, register
 from mlsafety.monitoring.ood.engine import float64
 
 
@@ -24,7 +24,7 @@ def av_distance(av: torch.Tensor, mav: torch.Tensor, kind: str, eu_weight: float
     return cos if kind == "cosine" else eu_weight * eu + cos
 
 
-@register("openmax", tags=(IMAGE, TEXT))
+@register("openmax", tags=(IMAGE, TEXT, OPT_IN))
 class OpenMax(Detector):
     """Anomaly score = OpenMax's probability of the unknown class.
 

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from mlsafety.core import Classifier, InputError, Param, check_images, frozen, generator
-from mlsafety.monitoring.ood.base import IMAGE, Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, register
 
 AUTO = "auto"
 """The ``denoiser`` value that picks an embedded denoiser trained on images of the model's input shape."""
@@ -77,7 +77,7 @@ def denoiser_for(spec: str | nn.Module, shape: Sequence[int]) -> nn.Module:
     return zoo.load_model(spec)
 
 
-@register("reconstruction", tags=(IMAGE,))
+@register("reconstruction", tags=(IMAGE, OPT_IN))
 class Reconstruction(Detector):
     """Anomaly score = denoising reconstruction error over a grid of noise levels (mean over seeded draws),
     each level z-scored on the fit data when ``standardize``; higher = more anomalous.

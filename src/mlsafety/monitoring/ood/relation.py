@@ -6,10 +6,10 @@ from __future__ import annotations
 import torch
 
 from mlsafety.core import Classifier, Outputs, Param
-from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, features_of, register
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, TEXT, Detector, features_of, register
 
 
-@register("relation", tags=(IMAGE, TEXT))
+@register("relation", tags=(IMAGE, TEXT, OPT_IN))
 class Relation(Detector):
     """Anomaly score ``-sum_j k(x, x_j)^t [k(x, x_j) > threshold]`` over the in-distribution bank ``x_j``.
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlsafety.core import Classifier, InputError, Param, check_images, frozen, generator, seeded_init
-from mlsafety.monitoring.ood.base import IMAGE, Detector, register
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, register
 
 ROTATIONS = 4
 """Quarter turns the head tells apart: 0, 90, 180 and 270 degrees."""
@@ -122,7 +122,7 @@ def train_rotation_head(
     return head.eval()
 
 
-@register("rotation", tags=(IMAGE,))
+@register("rotation", tags=(IMAGE, OPT_IN))
 class Rotation(Detector):
     """Anomaly score = rotation-prediction loss summed over the four quarter turns (+ ``kl_weight`` x the
     negated KL divergence from uniform of the softmax, the paper's combined score).

@@ -9,6 +9,7 @@ from mlsafety.core import Classifier, InputError, Outputs, Param
 from mlsafety.monitoring.ood.base import (
     IMAGE,
     NEEDS_HEAD_WEIGHTS,
+    OPT_IN,
     TEXT,
     Detector,
     energy_of,
@@ -29,7 +30,7 @@ def activation_quantiles(features: torch.Tensor, percentiles: tuple[float, ...])
     return [float(v) for v in torch.quantile(f, q)]
 
 
-@register("vra", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
+@register("vra", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS, OPT_IN))
 class VRA(Detector):
     """Anomaly score = energy of the logits recomputed from rectified features ``-logsumexp(W g(f) + b)``.
 

@@ -7,7 +7,16 @@ import torch
 import torch.nn.functional as F
 
 from mlsafety.core import Classifier, Outputs, Param, generator
-from mlsafety.monitoring.ood.base import IMAGE, NEEDS_HEAD_WEIGHTS, TEXT, Detector, features_of, head_of, register
+from mlsafety.monitoring.ood.base import (
+    IMAGE,
+    NEEDS_HEAD_WEIGHTS,
+    OPT_IN,
+    TEXT,
+    Detector,
+    features_of,
+    head_of,
+    register,
+)
 
 
 def row_histograms(values: torch.Tensor, low: float, high: float, bins: int) -> torch.Tensor:
@@ -50,7 +59,7 @@ def _widened(low: float, high: float, n: int) -> tuple[float, float]:
     return low - gap, high + gap + 1e-8
 
 
-@register("weiper", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
+@register("weiper", tags=(IMAGE, TEXT, NEEDS_HEAD_WEIGHTS, OPT_IN))
 class WeiPer(Detector):
     """Anomaly score ``KL(f) + lambda_1 KL(W~ f + b~) - lambda_2 MSP~`` (WeiPer+KLD).
 
