@@ -282,3 +282,15 @@ def test_defence_in_depth_says_which_default_monitors_it_could_not_try() -> None
                         r.kind) for r in rows]  # fmt: skip
     note = next(t.note for t in CHECKS.get("defence-in-depth").tables(stored) if t.title.startswith("Monitor chosen"))
     assert "Not tried: " in note and all(n in note for n in features)
+
+
+def test_named_detectors_that_cannot_act_on_the_inputs_are_refused_with_why() -> None:
+    """1x2x2 inputs: no embedded denoiser was trained at that shape, so reconstruction, named by the user, is
+    refused in one line before any task runs; rotation (quarter turns of a square image) runs."""
+    with pytest.raises(InputError, match=r"'reconstruction' cannot run on this model: .*no embedded denoiser fits "
+                       r"inputs of shape 1x2x2.*remove it from the list"):  # fmt: skip
+        _run({"detectors": ["energy", "reconstruction"], "default": "energy"}, _data())
+    _, _, rows = _run({"detectors": ["energy", "rotation"], "default": "energy"}, _data())
+    assert {r.params.get("detector") for r in rows if r.metric.endswith("_auroc")} == {"energy", "rotation"}
+    assert ood.create("rotation").unusable(_planted_model(), torch.rand(2, 1, 2, 3)) is not None
+    assert ood.create("rotation").unusable(_planted_model(), torch.rand(2, 1, 2, 2)) is None

@@ -198,6 +198,12 @@ class OOD(Check):
             names = list(chosen)
         for n in names:
             ood.DETECTORS.get(n)  # unknown names raise with a suggestion
+        if isinstance(chosen, list):  # the user's own list: a detector that cannot run is refused, not skipped
+            why_not = skipped(ctx)
+            for n in names:
+                if n in why_not:
+                    raise InputError(f"[params.ood] detectors: {n!r} cannot run on this model: {why_not[n]}; "
+                                     "remove it from the list (`mlsafety ood list`)")  # fmt: skip
         default = self.params["default"]
         if default is None or default == AUTO:
             if not names:

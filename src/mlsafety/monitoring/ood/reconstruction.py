@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, Param, check_images, frozen, generator
+from mlsafety.core import Classifier, InputError, ModelLike, Param, check_images, frozen, generator
 from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, register
 
 AUTO = "auto"
@@ -153,6 +153,16 @@ class Reconstruction(Detector):
                     per_level.append(err / self.draws)
                 out.append(torch.stack(per_level))
         return torch.cat(out, dim=1)
+
+    def unusable(self, model: ModelLike, probe: torch.Tensor) -> str | None:
+        """Why no denoiser fits the model's inputs (one line), so the audit skips the detector with that reason."""
+        if probe.dim() != 4:
+            return f"reconstruction needs image inputs (N, C, H, W), got {tuple(probe.shape)}"
+        try:
+            denoiser_for(self.denoiser, tuple(probe.shape[1:]))
+        except InputError as exc:
+            return str(exc)
+        return None
 
     def _fit_model(self, clf: Classifier, x: torch.Tensor, y: torch.Tensor | None) -> None:
         if self.standardize:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, Param, check_images, frozen, generator, seeded_init
+from mlsafety.core import Classifier, InputError, ModelLike, Param, check_images, frozen, generator, seeded_init
 from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, register
 
 ROTATIONS = 4
@@ -158,6 +158,12 @@ class Rotation(Detector):
         det.head_ = head.eval()
         det.fitted_ = True
         return det
+
+    def unusable(self, model: ModelLike, probe: torch.Tensor) -> str | None:
+        """Why quarter turns cannot be applied to the model's inputs (one line), so the audit skips it."""
+        if probe.dim() != 4 or probe.shape[-2] != probe.shape[-1]:
+            return f"rotation needs square images (N, C, H, W with H == W), got {tuple(probe.shape)}"
+        return None
 
     def _fit_model(self, clf: Classifier, x: torch.Tensor, y: torch.Tensor | None) -> None:
         if 0 < self.fit_samples < x.shape[0]:
