@@ -200,8 +200,8 @@ class OOD(Check):
             ood.DETECTORS.get(n)  # unknown names raise with a suggestion
         if isinstance(chosen, list):  # the user's own list: a detector that cannot run is refused, not skipped
             why_not = skipped(ctx)
-            for n in names:
-                if n in why_not:
+            for n in names:  # (another modality's detector is refused below with its own message)
+                if n in why_not and ctx.modality in ood.modalities(n):
                     raise InputError(f"[params.ood] detectors: {n!r} cannot run on this model: {why_not[n]}; "
                                      "remove it from the list (`mlsafety ood list`)")  # fmt: skip
         default = self.params["default"]
