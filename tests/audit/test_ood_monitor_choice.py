@@ -294,3 +294,30 @@ def test_named_detectors_that_cannot_act_on_the_inputs_are_refused_with_why() ->
     assert {r.params.get("detector") for r in rows if r.metric.endswith("_auroc")} == {"energy", "rotation"}
     assert ood.create("rotation").unusable(_planted_model(), torch.rand(2, 1, 2, 3)) is not None
     assert ood.create("rotation").unusable(_planted_model(), torch.rand(2, 1, 2, 2)) is None
+
+
+def test_each_detector_is_stored_on_both_tasks_learning_to_reject_meets_ood() -> None:
+    """AURC / AUGRC of rejecting the model's mistakes and the combined risk per OOD set equal the library's
+    figures computed by hand from the detectors' own scores; the report has the side-by-side table."""
+    from mlsafety.monitoring.ood.reject import combined_risk
+    from mlsafety.monitoring.selective import evaluate_selective
+
+    data = _data()
+    _, _, rows = _run({"detectors": ["energy", "msp"], "default": "energy", "ood_share": 0.3}, data)
+    by = {(r.hazard, r.metric): r for r in rows}
+    model = _planted_model()
+    correct = model(data.test.x).argmax(dim=1) == data.test.y
+    for name in ("energy", "msp"):
+        det = ood.create(name).fit(model, data.fit)
+        s_in, s_out = det.score(model, data.test.x), det.score(model, data.ood["shifted"].x)
+        sel = evaluate_selective(-s_in.double(), correct, n_boot=20, seed=0)
+        assert by[("clean", f"{name}_aurc")].value == pytest.approx(sel.metrics["aurc"].value, abs=1e-9)
+        assert by[("clean", f"{name}_augrc")].value == pytest.approx(sel.metrics["augrc"].value, abs=1e-9)
+        risk = by[("ood/shifted", f"{name}_combined_risk")]
+        assert risk.value == pytest.approx(combined_risk(s_in, correct, s_out, ood_share=0.3), abs=1e-9)
+        assert risk.ci_low <= risk.value <= risk.ci_high and risk.params["ood_share"] == 0.3
+        assert CHECKS.get("ood").lower_is_better >= {f"{name}_aurc", f"{name}_combined_risk"}
+    table = next(t for t in CHECKS.get("ood").tables(rows) if t.title.startswith("Learning to reject meets OOD"))
+    assert {r[0] for r in table.rows} == {"energy", "msp"} and "combined risk ood/shifted" in table.headers
+    with pytest.raises(InputError, match="ood_share must be a number in"):
+        _run({"detectors": ["energy"], "default": "energy", "ood_share": 2}, data)

@@ -19,11 +19,12 @@ from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, T
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks._common import ScoreCache, bind, metric_name, truncation_rows
 from mlsafety.audit.checks.ood_basic import CONSTRUCTED, constructed_set_rows, detector_rows, ood_hazards
-from mlsafety.audit.views.ood import MONITORED, OODView
-from mlsafety.audit.views.ood_basic import FPR_NOTE, histograms_png, roc_png
+from mlsafety.audit.views.ood import MONITORED, REJECT_METRICS, OODView
+from mlsafety.audit.views.ood_basic import FPR_NOTE, detector_metric, histograms_png, roc_png
 from mlsafety.core import Hazard, InputError, derive_seed
 from mlsafety.metrics import OOD_METRICS, auroc, roc_points
 from mlsafety.monitoring import ood
+from mlsafety.monitoring.ood.reject import reject_table
 
 TUNE_GRIDS: dict[str, dict[str, list[Any]]] = {
     "react": {"percentile": [80, 85, 90, 95, 99]},
@@ -171,12 +172,17 @@ class OOD(Check):
         "tune": False,
         "tune_on_ood": False,
         "params": {},
+        "ood_share": 0.5,
     }
     quick: ClassVar[dict[str, Any]] = {"detectors": "quick", "n_boot": 200}
     # per detector and plain for the monitored one, then the choice, skipped detectors, warnings
     metrics = (
         *OOD_METRICS, *(f"*_{m}" for m in OOD_METRICS), "truncated_inputs", MONITORED, "skipped_*", CONSTRUCTED,
+        *(f"*_{m}" for m in REJECT_METRICS),
     )  # fmt: skip
+    lower_is_better: ClassVar[frozenset[str]] = frozenset(
+        detector_metric(d, m) for d in ood.available() for m in REJECT_METRICS
+    )
     """The full profile uses 200 resamples too: with ~20 detectors x (sets + groups) intervals, 500 would
     double the check's time for intervals that move in the third decimal."""
     view = OODView
@@ -241,6 +247,9 @@ class OOD(Check):
         hazards = self.hazards(ctx)
         if not hazards:
             return []
+        share = self.params["ood_share"]  # checked when the audit is planned, before any row is stored
+        if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
+            raise InputError(f"the ood check's ood_share must be a number in [0, 1], not {share!r}")
         tune = self.params["tune"] or self.params["tune_on_ood"]
         if tune and ctx.modality != "image":
             raise InputError(f"the ood check's tune and tune_on_ood need image inputs (synthetic outliers "
@@ -254,6 +263,7 @@ class OOD(Check):
         tasks += [Task(h, bind(self._task, ctx, cache, h)) for h in hazards]
         kinds = sorted({self._kind(ctx, h) for h in hazards})
         tasks += [Task(f"group/{k}", bind(self._group, ctx, cache, k)) for k in kinds]
+        tasks.append(Task("reject", bind(self._reject, ctx, cache)))
         tasks.append(Task("plots", bind(self._plots, ctx, cache)))
         return tasks
 
@@ -373,6 +383,32 @@ class OOD(Check):
                 plain=name == plan.detector, monitored=plan.chosen, sets=[Hazard.parse(h).name for h in sets],
                 **_inputs(plan), **cache.info[name],
             )  # fmt: skip
+        return TaskResult(rows)
+
+    def _reject(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:
+        """Learning to reject meets OOD detection (:func:`mlsafety.monitoring.ood.reject_table`): per detector,
+        the AURC and AUGRC of rejecting the model's mistakes on the test data (``clean``) and, per OOD set, the
+        combined risk when a share ``ood_share`` of the arriving inputs is OOD (threshold flagging 5% of the
+        correct answers), on the same inputs as every other figure. Nothing without labelled test data."""
+        share = self.params["ood_share"]
+        test = ctx.data.test
+        if test.y is None or len(test) == 0 or bool((test.y < 0).any()):
+            return TaskResult([])
+        plan = self.plan(ctx, cache)
+        clean = str(Hazard.clean())
+        correct = plan.reported(clean, ctx.outputs(clean).pred.cpu() == test.y.cpu())
+        sid = {n: plan.reported(clean, s) for n, s in cache.scores(clean).items()}
+        out = {h: {n: plan.reported(h, s) for n, s in cache.scores(h).items()} for h in self.hazards(ctx)}
+        table = reject_table(sid, correct, out, float(share), n_boot=self.params["n_boot"],
+                             seed=derive_seed(ctx.seed, self.name, "reject"))  # fmt: skip
+        rule = {"ood_share": float(share), "false_alarm_rate": table.false_alarm_rate, **_inputs(plan)}
+        rows: list[Row] = []
+        for r in table.rows:
+            info = {"detector": r.detector, **cache.info[r.detector], **rule}
+            rows += [Row.of(clean, detector_metric(r.detector, "aurc"), r.aurc, **info),
+                     Row.of(clean, detector_metric(r.detector, "augrc"), r.augrc, **info)]  # fmt: skip
+            rows += [Row.of(h, detector_metric(r.detector, "combined_risk"), cells["combined_risk"], **info)
+                     for h, cells in r.ood.items()]  # fmt: skip
         return TaskResult(rows)
 
     def _plots(self, ctx: AuditContext, cache: ScoreCache) -> TaskResult:

@@ -19,6 +19,10 @@ MONITORED = "monitored_detector"
 """The metric of the row that names the monitored detector (a ``count``: how many detectors it was
 chosen among; params ``detector``, ``chosen``, ``rule``, ``selection_auroc``)."""
 
+REJECT_METRICS = ("aurc", "augrc", "combined_risk")
+"""Learning to reject meets OOD detection, per detector (``<detector>_aurc`` ...): AURC and AUGRC of rejecting
+the model's mistakes on the test data (hazard ``clean``) and, per OOD set, the combined risk (lower is better)."""
+
 SKIPPED_PREFIX = "skipped_"
 """The metric prefix of the row of a detector the check could not run (a ``decision``; params
 ``detector``, ``reason``)."""
@@ -46,7 +50,32 @@ class OODView(OODBasicView):
             val = {(r.params["detector"], r.hazard): r for r in groups}
             body = [[d, *[_cell(val.get((d, k))) for k in kinds]] for d in dets]
             tables.append(Table("Near vs far OOD (pooled sets): AUROC [95% CI]", ["detector", *kinds], body))
-        return tables + skipped_table(rows) + constructed_table(rows)
+        return tables + reject_table(rows) + skipped_table(rows) + constructed_table(rows)
+
+
+def reject_table(rows: Sequence[StoredRow]) -> list[Table]:
+    """Every detector on both tasks: misclassification rejection (AURC, AUGRC on the test data) next to the
+    combined risk on each OOD set, so a monitor can be picked for the mix of inputs expected."""
+    own = [r for r in rows if "ood_share" in r.params and r.params.get("detector")]
+    if not own:
+        return []
+    dets = list(dict.fromkeys(str(r.params["detector"]) for r in own))
+    sets = list(dict.fromkeys(r.hazard for r in own if r.hazard != "clean"))
+    val = {(str(r.params["detector"]), r.hazard, r.metric): r for r in own}
+
+    def cell(d: str, hazard: str, measure: str) -> str:
+        r = val.get((d, hazard, detector_metric(d, measure)))
+        return "" if r is None else f"{fmt_value(r.value)} {fmt_ci(r)}"
+
+    body = [[d, cell(d, "clean", "aurc"), cell(d, "clean", "augrc"), *[cell(d, h, "combined_risk") for h in sets]]
+            for d in dets]  # fmt: skip
+    body.sort(key=lambda row: float(row[1].split()[0]) if row[1] else float("inf"))
+    r0 = own[0]
+    note = (f"Combined risk: the share of all arriving inputs answered wrongly or answered although OOD, when a share "
+            f"{r0.params['ood_share']:g} of them is OOD and the threshold flags {r0.params['false_alarm_rate']:g} of "
+            "the correct answers (Learning to reject meets OOD; lower is better). Sorted by AURC.")  # fmt: skip
+    head = ["detector", "AURC (mistakes)", "AUGRC", *[f"combined risk {h}" for h in sets]]
+    return [Table("Learning to reject meets OOD: each detector on both tasks [95% CI]", head, body, note)]
 
 
 def monitor_table(rows: Sequence[StoredRow]) -> list[Table]:
