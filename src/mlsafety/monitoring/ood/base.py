@@ -31,6 +31,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 import torch
@@ -45,8 +46,10 @@ from mlsafety.core import (
     Registry,
     as_classifier,
     block_layers,
+    check_images,
     check_is_fitted,
     check_layer_names,
+    frozen,
 )
 from mlsafety.monitoring.ood.engine import FitData, collect_inputs, collect_outputs, labels_or_pred, reuse
 
@@ -245,6 +248,36 @@ def available() -> list[str]:
 
 
 # -- small helpers the detectors share -------------------------------------------------------------
+def preprocessed_scores(
+    clf: Classifier,
+    x: torch.Tensor,
+    batch_size: int,
+    step: float,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    score: Callable[[torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Scores after the input pre-processing of ODIN (Liang et al. 2018) and Mahalanobis (Lee et al. 2018):
+    per batch, one signed-gradient step of ``step`` (pixel units) that *raises* ``objective(x)`` (summed over
+    the batch; e.g. the top log-softmax, or minus the smallest Mahalanobis distance), clamped to [0, 1], then
+    ``score(x)`` of the moved inputs without gradients. ``step`` 0 scores the inputs as they are. The model
+    is frozen (no parameter gradients) and restored."""
+    check_images(x)
+    out = []
+    with frozen(clf.module):
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size].to(clf.device)
+            if step > 0:
+                with torch.enable_grad():
+                    xg = xb.detach().clone().requires_grad_(True)
+                    objective(xg).sum().backward()
+                    grad = xg.grad
+                assert grad is not None
+                xb = (xb + step * grad.sign()).clamp(0, 1)
+            with torch.inference_mode():
+                out.append(score(xb))
+    return torch.cat(out)
+
+
 def head_of(clf: Classifier) -> tuple[torch.Tensor, torch.Tensor]:
     """The head's weight ``(K, D)`` and bias ``(K,)``, detached."""
     return clf.head_weight, clf.head_bias

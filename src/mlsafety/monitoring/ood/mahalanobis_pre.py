@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, Param, check_images, frozen
-from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, register
+from mlsafety.core import Classifier, Param
+from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, preprocessed_scores, register
 from mlsafety.monitoring.ood.engine import collect_outputs, labels_or_pred
 from mlsafety.monitoring.ood.mahalanobis import class_gaussians, mahalanobis_sq, whitening
 
@@ -50,20 +50,8 @@ class MahalanobisPre(Detector):
         return mahalanobis_sq(f, self.means_, self.precision_, self.whitening_)
 
     def _score_model(self, clf: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        check_images(x)
-        device = clf.device
-        out = []
-        with frozen(clf.module):
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(device)
-                if self.eps > 0:
-                    with torch.enable_grad():
-                        xg = xb.detach().clone().requires_grad_(True)
-                        d = self._distances(clf, xg)
-                        d.amin(dim=1).sum().backward()
-                        grad = xg.grad
-                    assert grad is not None
-                    xb = (xb - self.eps * grad.sign()).clamp(0, 1)
-                with torch.inference_mode():
-                    out.append(self._distances(clf, xb).amin(dim=1))
-        return torch.cat(out)
+        return preprocessed_scores(
+            clf, x, batch_size, self.eps,
+            objective=lambda xg: -self._distances(clf, xg).amin(dim=1),  # lower the smallest distance
+            score=lambda xb: self._distances(clf, xb).amin(dim=1),
+        )  # fmt: skip

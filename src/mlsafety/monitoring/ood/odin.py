@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from mlsafety.core import Classifier, Param, check_images, frozen
-from mlsafety.monitoring.ood.base import IMAGE, Detector, register
+from mlsafety.core import Classifier, Param
+from mlsafety.monitoring.ood.base import IMAGE, Detector, preprocessed_scores, register
 
 
 @register("odin", tags=(IMAGE,))
@@ -28,21 +28,9 @@ class ODIN(Detector):
     noise = Param(0.0014, float, low=0, doc="input step eps in pixel units (0: no pre-processing)")
 
     def _score_model(self, clf: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        check_images(x)
-        device = clf.device
-        out = []
-        with frozen(clf.module):
-            for start in range(0, x.shape[0], batch_size):
-                xb = x[start : start + batch_size].to(device)
-                if self.noise > 0:
-                    with torch.enable_grad():
-                        xg = xb.detach().clone().requires_grad_(True)
-                        logp = (clf.logits(xg) / self.temperature).log_softmax(dim=1)
-                        logp.amax(dim=1).sum().backward()
-                        grad = xg.grad
-                    assert grad is not None
-                    xb = (xb + self.noise * grad.sign()).clamp(0, 1)
-                with torch.inference_mode():
-                    p = (clf.logits(xb) / self.temperature).softmax(dim=1)
-                out.append(-p.amax(dim=1))
-        return torch.cat(out)
+        t = self.temperature
+        return preprocessed_scores(
+            clf, x, batch_size, self.noise,
+            objective=lambda xg: (clf.logits(xg) / t).log_softmax(dim=1).amax(dim=1),  # raise the top softmax
+            score=lambda xb: -(clf.logits(xb) / t).softmax(dim=1).amax(dim=1),
+        )  # fmt: skip
