@@ -23,15 +23,16 @@ def gram_features(powers: int) -> LayerReduce:
         f = x.detach().reshape(x.shape[0], x.shape[1], -1).float()
         scale = f.abs().amax(dim=(1, 2), keepdim=True).clamp_min(1e-30)  # per input: F / scale in [-1, 1]
         f = f / scale
-        out = []
-        fp = f
+        fp = f.clone()
+        rows = torch.empty(x.shape[0], powers, x.shape[1], dtype=f.dtype, device=f.device)
         for p in range(1, powers + 1):
             if p > 1:
-                fp = fp * f  # F^p by products (faster than pow)
-            rows = torch.bmm(fp, fp.sum(dim=1).unsqueeze(2)).squeeze(2).double()  # (F^p (F^p)^T) 1, no C x C matrix
-            # rows of F are scale^(2p) times those of F / scale: the root is taken unscaled, so no power overflows
-            out.append(rows.sign() * rows.abs().pow(1.0 / p) * scale[:, :, 0].double().square())
-        return torch.stack(out, dim=1)
+                fp.mul_(f)  # F^p by products, in place (faster than pow, one map held)
+            rows[:, p - 1] = torch.bmm(fp, fp.sum(dim=1).unsqueeze(2)).squeeze(2)  # (F^p (F^p)^T) 1, no C x C matrix
+        # rows of F are scale^(2p) times those of F / scale: the root is taken unscaled, so no power overflows
+        r = rows.double()
+        inv = 1.0 / torch.arange(1, powers + 1, dtype=r.dtype, device=r.device)[None, :, None]
+        return r.sign() * r.abs().pow(inv) * scale.double().square()
 
     return reduce
 
