@@ -311,10 +311,12 @@ def test_each_detector_is_stored_on_both_tasks_learning_to_reject_meets_ood() ->
         det = ood.create(name).fit(model, data.fit)
         s_in, s_out = det.score(model, data.test.x), det.score(model, data.ood["shifted"].x)
         sel = evaluate_selective(-s_in.double(), correct, n_boot=20, seed=0)
-        assert by[("clean", f"{name}_aurc")].value == pytest.approx(sel.metrics["aurc"].value, abs=1e-9)
-        assert by[("clean", f"{name}_augrc")].value == pytest.approx(sel.metrics["augrc"].value, abs=1e-9)
+        # (the audit's pass may batch the inputs otherwise than det.score: equal up to float rounding, which can
+        # only swap exact near-ties; a wrong formula or sign moves these figures by far more than 1e-4)
+        assert by[("clean", f"{name}_aurc")].value == pytest.approx(sel.metrics["aurc"].value, abs=1e-4)
+        assert by[("clean", f"{name}_augrc")].value == pytest.approx(sel.metrics["augrc"].value, abs=1e-4)
         risk = by[("ood/shifted", f"{name}_combined_risk")]
-        assert risk.value == pytest.approx(combined_risk(s_in, correct, s_out, ood_share=0.3), abs=1e-9)
+        assert risk.value == pytest.approx(combined_risk(s_in, correct, s_out, ood_share=0.3), abs=1e-4)
         assert risk.ci_low <= risk.value <= risk.ci_high and risk.params["ood_share"] == 0.3
         assert CHECKS.get("ood").lower_is_better >= {f"{name}_aurc", f"{name}_combined_risk"}
     table = next(t for t in CHECKS.get("ood").tables(rows) if t.title.startswith("Learning to reject meets OOD"))
