@@ -163,7 +163,9 @@ class OOD(Check):
         "of each OOD set, never in a reported figure); its figures are also stored under the plain names "
         "(`auroc`, ...), which a gate such as `ood/*/auroc` bounds. "
         "Hyper-parameters are the papers' defaults unless tuned on synthetic outliers made from validation data "
-        "(never on the OOD test sets unless `tune_on_ood` is set, which the table marks). " + FPR_NOTE
+        "(never on the OOD test sets unless `tune_on_ood` is set, which the table marks). Every detector is also "
+        "scored on rejecting the model's mistakes (`<detector>_aurc`, `_augrc` on the test data) and on the combined "
+        "risk per OOD set when a share `ood_share` of the inputs is OOD (`<detector>_combined_risk`). " + FPR_NOTE
     )
     defaults: ClassVar[dict[str, Any]] = {
         "detectors": None,
