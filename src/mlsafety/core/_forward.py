@@ -212,8 +212,11 @@ def tap_layers(module: nn.Module, layers: LayerRequest | None, strict: bool = Tr
         InputError: a name that is not a submodule (naming the valid ones).
     """
     taps = as_taps(layers)
-    mods = check_layer_names(module, sorted({name for name, _ in taps.values()}))
     tap = _Tap(list(taps))
+    if not taps:  # every plain forward pass comes through here: no module walk, no hook
+        yield tap
+        return
+    mods = check_layer_names(module, sorted({name for name, _ in taps.values()}))
     handles = []
 
     def hook_for(name: str) -> Any:
