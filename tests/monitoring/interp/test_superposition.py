@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+import mlsafety.monitoring.interp.superposition as sp
 from mlsafety.core import InputError
 from mlsafety.monitoring.interp.superposition import (
     antipodal_pairs,
@@ -109,6 +110,64 @@ def test_restarts_keep_the_lowest_loss_and_find_the_pentagon() -> None:
     angles = torch.atan2(unit[1], unit[0]).sort().values
     gaps = torch.diff(torch.cat([angles, angles[:1] + 2 * math.pi]))
     assert torch.allclose(gaps, torch.full((5,), 2 * math.pi / 5), atol=0.1)
+
+
+@pytest.mark.parametrize("linear", [False, True])
+def test_batched_training_equals_training_each_model_alone(linear: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Record the batched trainer's initial weights and data, then train each instance alone with autograd
+    # and torch's Adam on plain (m, n) matrices: the batched run (hand-written gradient) must match it.
+    inits: list[torch.Tensor] = []
+    batches: list[torch.Tensor] = []
+    real_init, real_draw = sp._init_weights, sp.sample_features
+
+    def init(*args):  # type: ignore[no-untyped-def]
+        inits.append(real_init(*args))
+        return inits[-1].clone()
+
+    def draw(*args):  # type: ignore[no-untyped-def]
+        batches.append(real_draw(*args))
+        return batches[-1]
+
+    monkeypatch.setattr(sp, "_init_weights", init)
+    monkeypatch.setattr(sp, "sample_features", draw)
+    n, m, steps, lr = 6, 3, 40, 2e-2
+    S, imp = torch.tensor([0.0, 0.6, 0.95]), geometric_importance(n, 0.8)
+    tm = sp.train_toy_models(n, m, S, imp, linear=linear, steps=steps, batch=64, lr=lr, cosine=True, eval_batch=64)
+    for k in range(3):
+        W = inits[0][k].clone().requires_grad_()
+        b = torch.zeros(n, requires_grad=True)
+        opt = torch.optim.Adam([W, b], lr=lr)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+        for t in range(steps):
+            x = batches[t][k]
+            out = x @ W.T @ W + b
+            loss = (imp * (x - (out if linear else torch.relu(out))).pow(2)).sum(1).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        assert (W - inits[0][k]).abs().max() > 0.1  # it did train
+        assert torch.allclose(tm.W[k], W.detach(), atol=1e-4)
+        assert torch.allclose(tm.b[k], b.detach(), atol=1e-4)
+
+
+def test_sampled_features_have_the_asked_sparsity_and_uniform_values() -> None:
+    # 0.5 takes the dense path (one uniform per entry), 0.95 and 0.995 the geometric-gap path.
+    S = torch.tensor([0.5, 0.95, 0.995])
+    x = sp.sample_features(S, 50, 4000, torch.Generator().manual_seed(0))
+    assert x.shape == (3, 4000, 50)
+    for k, s in enumerate(S.tolist()):
+        active = x[k] > 0
+        p, total = 1 - s, active.numel()
+        sd = (p * (1 - p) / total) ** 0.5
+        assert abs(float(active.float().mean()) - p) < 5 * sd
+        half = total // 2  # the gaps must cover the whole batch, not stop early
+        flat = active.flatten()
+        assert abs(float(flat[:half].float().mean()) - float(flat[half:].float().mean())) < 10 * sd
+        v = x[k][active]
+        assert float(v.max()) <= 1 and float(v.min()) >= 0
+        assert abs(float(v.mean()) - 0.5) < 5 * (1 / 12 / v.numel()) ** 0.5 + 1e-3
+        assert abs(float((v < 0.25).float().mean()) - 0.25) < 0.03
 
 
 def test_bad_input_is_one_line() -> None:

@@ -22,11 +22,14 @@ batch, so their losses differ by the models, not by the data.
 
 Departures from the paper: the learning rate is constant or cosine-decayed to zero (the paper uses
 a constant, warm-up or cosine schedule depending on the figure), and the batch size and step count
-are the defaults of the signature, chosen to fit a CPU. The measures follow the paper's definitions.
+are the defaults of the signature, chosen to fit a CPU; each instance's ``W`` starts from its own
+Xavier-normal draw (std ``sqrt(2 / (m + n))``), where the paper's notebook draws the stacked tensor
+at a scale that shrinks with the number of instances. The measures follow the paper's definitions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -41,13 +44,34 @@ def geometric_importance(n_features: int, decay: float) -> torch.Tensor:
     return decay ** torch.arange(n_features, dtype=torch.float32)
 
 
-def sample_features(
-    n_instances: int, n_features: int, sparsity: torch.Tensor, batch: int, g: torch.Generator
-) -> torch.Tensor:
-    """A batch ``(batch, n_instances, n_features)``: 0 with probability ``sparsity[i]``, else U[0, 1]."""
-    values = torch.rand(batch, n_instances, n_features, generator=g)
-    keep = torch.rand(batch, n_instances, n_features, generator=g) >= sparsity[None, :, None]
-    return values * keep
+def sample_features(sparsity: torch.Tensor, n_features: int, batch: int, g: torch.Generator) -> torch.Tensor:
+    """A batch ``(n_instances, batch, n_features)``: 0 with probability ``sparsity[i]``, else U[0, 1].
+
+    Dense instances draw one uniform ``u`` per entry and keep ``u / p`` where ``u < p`` (``p = 1 - S``;
+    given ``u < p``, ``u / p`` is U[0, 1)), one random draw per entry instead of two. Sparse
+    instances (``p < 0.1``) place the nonzero entries by geometric gaps between them (an exact
+    Bernoulli(``p``) process), so their cost grows with the number of active features, not with
+    ``batch * n_features``.
+    """
+    density = (1 - torch.as_tensor(sparsity, dtype=torch.float32)).reshape(-1)
+    total = batch * n_features
+    out = torch.zeros(density.numel(), total)
+    for i, p in enumerate(density.tolist()):
+        if p >= 0.1:
+            u = torch.rand(total, generator=g)
+            out[i] = torch.where(u < p, u / p, 0.0)
+            continue
+        pos = torch.empty(0, dtype=torch.long)
+        last = -1
+        while last < total - 1:  # draw gaps until the process has passed the end of the batch
+            k = int(total * p + 6 * (total * p) ** 0.5) + 16
+            gaps = torch.empty(k).geometric_(p, generator=g).long()
+            step = last + gaps.cumsum(0)
+            pos = torch.cat([pos, step])
+            last = int(step[-1])
+        pos = pos[pos < total]
+        out[i, pos] = torch.rand(pos.numel(), generator=g)
+    return out.reshape(-1, batch, n_features)
 
 
 @dataclass(frozen=True)
@@ -61,10 +85,63 @@ class ToyModels:
 
 
 def reconstruct(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, linear: bool = False) -> torch.Tensor:
-    """``x' = ReLU(W^T W x + b)`` (or without the ReLU) for ``x`` ``(B, I, n)``, per instance."""
-    h = torch.einsum("bin,imn->bim", x, W)
-    out = torch.einsum("bim,imn->bin", h, W) + b
+    """``x' = ReLU(W^T W x + b)`` (or without the ReLU) for ``x`` ``(I, B, n)``, per instance."""
+    out = torch.baddbmm(b.unsqueeze(1), torch.bmm(x, W.transpose(1, 2)), W)
     return out if linear else torch.relu(out)
+
+
+def _init_weights(n_inst: int, n_hidden: int, n_features: int, g: torch.Generator) -> torch.Tensor:
+    """Xavier-normal ``W`` per instance: std ``sqrt(2 / (m + n))``, the same however many instances share a batch.
+
+    (The paper's notebook applies ``xavier_normal_`` to the stacked ``(I, n, m)`` tensor, whose fans
+    then count the instances; its scale shrinks as more settings are trained together.)
+    """
+    return torch.randn(n_inst, n_hidden, n_features, generator=g) * (2 / (n_hidden + n_features)) ** 0.5
+
+
+def _weighted_error(W: torch.Tensor, b: torch.Tensor, x: torch.Tensor, imp: torch.Tensor, linear: bool) -> torch.Tensor:
+    """Mean over the batch of ``sum_i I_i (x_i - x'_i)^2`` per instance ``(I,)``; ``imp`` is ``(I, n)``."""
+    return (imp.unsqueeze(1) * (x - reconstruct(W, b, x, linear)).pow(2)).sum(2).mean(1)
+
+
+def _fit(
+    W: torch.Tensor,
+    b: torch.Tensor,
+    imp: torch.Tensor,
+    draw: Callable[[], torch.Tensor],
+    linear: bool,
+    steps: int,
+    lr: float,
+    cosine: bool,
+) -> None:
+    """Adam on ``W`` ``(I, m, n)`` and ``b`` ``(I, n)`` in place, one batch ``draw()`` ``(I, B, n)`` per step.
+
+    The objective is the sum over instances of each one's :func:`_weighted_error`; the instances
+    share no parameter, and Adam's update is elementwise, so each instance trains exactly as it
+    would alone. The gradient is written out by hand (no autograd graph, in-place buffers):
+    with ``h = x W^T``, ``z = h W + b`` and ``d = 2 I (ReLU(z) - x) 1[z > 0] / B``,
+    ``dL/dW = h^T d + (d W^T)^T x`` and ``dL/db = sum_batch d``.
+    """
+    W.grad, b.grad = torch.zeros_like(W), torch.zeros_like(b)
+    opt = torch.optim.Adam([W, b], lr=lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
+    for _ in range(steps):
+        x = draw()
+        scale = imp.unsqueeze(1) * (2 / x.shape[1])
+        with torch.no_grad():
+            h = torch.bmm(x, W.transpose(1, 2))
+            z = torch.baddbmm(b.unsqueeze(1), h, W)
+            mask = None if linear else z > 0
+            d = z.sub_(x)  # z is not needed again: reuse its buffer
+            if mask is not None:
+                d.mul_(mask)
+            d.mul_(scale)
+            torch.bmm(h.transpose(1, 2), d, out=W.grad)
+            W.grad.baddbmm_(torch.bmm(d, W.transpose(1, 2)).transpose(1, 2), x)
+            torch.sum(d, 1, out=b.grad)
+        opt.step()
+        if sched is not None:
+            sched.step()
 
 
 def train_toy_models(
@@ -82,6 +159,9 @@ def train_toy_models(
     eval_batch: int = 8192,
 ) -> ToyModels:
     """Train one toy model per (sparsity, importance) setting, all at once.
+
+    Every setting and restart is one instance of a batched model (``bmm`` over a leading instance
+    dimension) trained by one optimiser; see :func:`_fit`.
 
     Args:
         n_features: ``n``.
@@ -120,21 +200,15 @@ def train_toy_models(
     all_sparsity, all_imp = sparsity.repeat(restarts), imp.repeat(restarts, 1)
     n_inst = n_set * restarts
     g = generator(seed, "superposition", n_features, n_hidden)
-    W = torch.nn.init.xavier_normal_(torch.empty(n_inst, n_hidden, n_features), generator=g).requires_grad_()
+    W = _init_weights(n_inst, n_hidden, n_features, g).requires_grad_()
     b = torch.zeros(n_inst, n_features, requires_grad=True)
-    opt = torch.optim.Adam([W, b], lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps) if cosine else None
-    for _ in range(steps):
-        x = sample_features(n_inst, n_features, all_sparsity, batch, g)
-        err = all_imp * (x - reconstruct(W, b, x, linear)).pow(2)
-        opt.zero_grad(set_to_none=True)
-        err.sum(2).mean(0).sum().backward()
-        opt.step()
-        if sched is not None:
-            sched.step()
+    _fit(W, b, all_imp, lambda: sample_features(all_sparsity, n_features, batch, g), linear, steps, lr, cosine)
     with torch.no_grad():
-        x = sample_features(n_set, n_features, sparsity, eval_batch, g).repeat(1, restarts, 1)
-        loss = (all_imp * (x - reconstruct(W, b, x, linear)).pow(2)).sum(2).mean(0).reshape(restarts, n_set)
+        loss = torch.empty(restarts, n_set)
+        for i in range(n_set):  # one setting at a time: the evaluation batch of all of them may not fit
+            x = sample_features(sparsity[i : i + 1], n_features, eval_batch, g).expand(restarts, -1, -1)
+            rows = torch.arange(restarts) * n_set + i
+            loss[:, i] = _weighted_error(W[rows], b[rows], x, all_imp[rows], linear)
         best = loss.argmin(0)
         pick = best * n_set + torch.arange(n_set)
         return ToyModels(W[pick].detach().clone(), b[pick].detach().clone(), loss.min(0).values, linear)
