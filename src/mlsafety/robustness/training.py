@@ -1,6 +1,7 @@
 """Hardening: PGD adversarial training (Madry et al., "Towards Deep Learning Models Resistant to
-Adversarial Attacks", 2018) and TRADES (Zhang et al., "Theoretically Principled Trade-off between
-Robustness and Accuracy", 2019).
+Adversarial Attacks", 2018), TRADES (Zhang et al., "Theoretically Principled Trade-off between
+Robustness and Accuracy", 2019) and fast adversarial training with FGSM from a random start (Wong,
+Rice & Kolter, "Fast is better than free: Revisiting adversarial training", 2020).
 
 Both run the shared training loop (:func:`mlsafety.core.train`) with the attack in the loss hook:
 Adam with cosine annealing, a generator derived from ``seed`` for shuffling, augmentation and the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,6 +30,8 @@ from mlsafety.core import (
     Progress,
     TrainConfig,
     as_array_dataset,
+    generator,
+    rand_like,
     random_shift,
     register_recipe,
     seeded_init,
@@ -35,7 +39,7 @@ from mlsafety.core import (
     unwrap_logits,
 )
 from mlsafety.robustness.attacks.pgd import PGD
-from mlsafety.zoo import DigitsCNNBN, load_dataset
+from mlsafety.zoo import DigitsCNNBN, FashionCNN, load_dataset
 
 
 def adversarial_training(
@@ -137,6 +141,135 @@ def _train(
     return train(model, as_array_dataset(data, "data"), config, loss=loss, progress=progress)
 
 
+def fgsm_rs(model: nn.Module, x: torch.Tensor, y: torch.Tensor, eps: float, g: torch.Generator,
+            step_size: float | None = None) -> torch.Tensor:  # fmt: skip
+    """FGSM from a random start (Wong et al., 2020), L-inf: adversarial examples for training.
+
+    ``delta`` is drawn uniformly from ``[-eps, eps]`` (then cut so ``x + delta`` stays in [0, 1]),
+    one signed-gradient step of ``step_size`` (default ``1.25 * eps``, the paper's) on the
+    cross-entropy is taken, ``delta`` is projected back onto the eps-ball and ``x + delta`` clipped
+    to [0, 1]. The gradient is taken with the model in eval mode (its mode is restored), as the
+    other hardening methods here do; the paper takes it in train mode. Only the input's gradient
+    is computed (the parameters' gradients are left untouched).
+
+    Args:
+        model: the classifier (any output form).
+        x, y: the batch, images in [0, 1].
+        eps: the L-inf radius.
+        g: the generator of the random start (on ``x``'s device or the CPU).
+        step_size: the FGSM step; None: ``1.25 * eps``.
+    """
+    alpha = 1.25 * eps if step_size is None else step_size
+    was = model.training
+    model.eval()
+    try:
+        delta = (2 * rand_like(x, g) - 1) * eps
+        delta = ((x + delta).clamp(0.0, 1.0) - x).requires_grad_(True)
+        loss = F.cross_entropy(unwrap_logits(model(x + delta)), y)
+        (grad,) = torch.autograd.grad(loss, delta)
+        delta = (delta.detach() + alpha * grad.sign()).clamp(-eps, eps)
+        return (x + delta).clamp(0.0, 1.0).detach()
+    finally:
+        model.train(was)
+
+
+class _Collapsed(Exception):
+    """Raised from the loss hook to leave the training loop after catastrophic overfitting."""
+
+
+def fast_adversarial_training(
+    model: nn.Module,
+    data: DataLike,
+    eps: float,
+    step_size: float | None = None,
+    epochs: int = 15,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+    augment: BatchHook | None = None,
+    weight_decay: float = 1e-4,
+    holdout: DataLike | None = None,
+    check_steps: int = 10,
+    collapse_ratio: float = 0.5,
+    history: list[tuple[int, float]] | None = None,
+    progress: Progress | None = None,
+) -> nn.Module:
+    """Fast adversarial training (Wong, Rice & Kolter, 2020): the cross-entropy on :func:`fgsm_rs`
+    examples (L-inf), about twice the cost of clean training, with the paper's guard against
+    catastrophic overfitting.
+
+    The guard: at the end of each epoch the model's PGD accuracy (``check_steps`` steps, step
+    ``2.5 * eps / check_steps``, one random start from a fixed generator) on ``holdout`` is
+    measured; the weights of the epoch with the best PGD accuracy are kept, and training stops when
+    an epoch's PGD accuracy falls below ``collapse_ratio`` times the best so far (FGSM training that
+    overfits catastrophically loses its PGD accuracy within an epoch while its FGSM accuracy rises).
+
+    Deviations from the paper: Adam with cosine annealing (this project's loop) instead of SGD with
+    a cyclic learning rate, no mixed precision, the attack's gradient taken in eval mode (see
+    :func:`fgsm_rs`), and the PGD check run on a held-out set every epoch rather than on a training
+    minibatch.
+
+    Args:
+        model: trained in place; returned in eval mode with the best epoch's weights.
+        data: labelled training data in [0, 1].
+        eps: the L-inf training radius in [0, 1] pixel units.
+        step_size: the FGSM step; None: ``1.25 * eps``.
+        epochs, lr, batch_size, weight_decay: the optimiser's settings (Adam, cosine schedule).
+        seed: seeds shuffling, augmentation, the random starts and dropout.
+        augment: the batch hook, applied before the attack.
+        holdout: labelled data for the guard (a few hundred images are enough); None: no guard
+            (the last epoch's weights are returned).
+        check_steps: PGD steps of the guard's check.
+        collapse_ratio: stop when the PGD accuracy falls below this share of the best.
+        history: when given, ``(epoch, PGD accuracy)`` is appended for every check.
+        progress: show progress over epochs.
+    """
+    if not 0 < eps <= 1:
+        raise InputError(f"fast adversarial training needs eps in (0, 1], got {eps}")
+    if not 0 < collapse_ratio < 1:
+        raise InputError(f"collapse_ratio must be in (0, 1), got {collapse_ratio}")
+    data = as_array_dataset(data, "data")
+    check_data = None if holdout is None else as_array_dataset(holdout, "holdout")
+    per_epoch = math.ceil(len(data) / batch_size)
+    check = PGD(eps=eps, norm="linf", steps=check_steps, early_stop=False)
+    best: dict[str, Any] = {"acc": -1.0, "state": None}
+    seen = {"batches": 0}
+
+    def guard(m: nn.Module, epoch: int) -> None:
+        assert check_data is not None
+        device = next(m.parameters()).device
+        x, y = check_data.x.to(device), check_data.y.to(device)
+        x_adv = check(m, x, y, generator=generator(seed, "fast-at-check"))
+        was = m.training
+        m.eval()
+        with torch.no_grad():
+            acc = float((unwrap_logits(m(x_adv)).argmax(1) == y).float().mean())
+        m.train(was)
+        if history is not None:
+            history.append((epoch, acc))
+        if acc > best["acc"]:
+            best.update(acc=acc, state=copy.deepcopy(m.state_dict()))
+        elif acc < collapse_ratio * best["acc"]:
+            raise _Collapsed
+
+    def batch_loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        if check_data is not None and seen["batches"] and seen["batches"] % per_epoch == 0:
+            guard(m, seen["batches"] // per_epoch)
+        seen["batches"] += 1
+        return F.cross_entropy(unwrap_logits(m(fgsm_rs(m, x, y, eps, g, step_size))), y)
+
+    try:
+        _train(model, data, batch_loss, "fast-at", progress, epochs=epochs, lr=lr, batch_size=batch_size,
+               weight_decay=weight_decay, seed=seed, augment=augment)  # fmt: skip
+        if check_data is not None:
+            guard(model, epochs)
+    except _Collapsed:
+        pass
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return model.eval()
+
+
 METHODS: dict[str, Callable[..., nn.Module]] = {"pgd": adversarial_training, "trades": trades_training}
 """Hardening methods by name (the names ``mlsafety harden --method`` takes)."""
 
@@ -187,3 +320,40 @@ def train_digits_cnn_bn_at(seed: int = 0, progress: Progress | None = None) -> n
 
 
 register_recipe("digits-cnn-bn-at", train_digits_cnn_bn_at)
+
+
+FASHION_AT_EPS = 0.1
+"""The L-inf radius of ``fashion-cnn-at`` (the MNIST family's standard small budget)."""
+
+FASHION_AT_EPOCHS = 10
+"""Epochs of the ``fashion-cnn-at`` recipe: fewer than the clean recipe's 15, for the CPU time it costs."""
+
+
+def train_fashion_cnn_at(
+    seed: int = 0,
+    progress: Progress | None = None,
+    epochs: int = FASHION_AT_EPOCHS,
+    n_train: int | None = None,
+    history: list[tuple[int, float]] | None = None,
+) -> nn.Module:
+    """The recipe behind the shipped ``fashion-cnn-at`` weights: :func:`fast_adversarial_training`
+    (FGSM from a random start, L-inf eps 0.1, step 0.125) of the ``fashion-cnn`` recipe's seeded
+    :class:`~mlsafety.zoo.FashionCNN` on the 55,000-image ``train`` split (Adam lr 1e-3, weight
+    decay 1e-4, batch 128, cosine schedule, no augmentation), the guard measuring PGD-10 accuracy on
+    the first 500 images of the ``val`` split after each epoch.
+
+    Madry's PGD-7 training would cost about 11 times the clean recipe on a CPU; FGSM-RS costs
+    about 2.3 times per epoch. Deviation from the clean recipe: :data:`FASHION_AT_EPOCHS` epochs
+    instead of 15, for the CPU time (the cosine schedule anneals over those). Args as
+    :func:`mlsafety.zoo.train_fashion_cnn`; ``history`` as for :func:`fast_adversarial_training`.
+    """
+    model = seeded_init(FashionCNN(), seed, "fashion-cnn")
+    data = load_dataset("fashion-mnist", "train")
+    if n_train is not None:
+        data = data.subset(torch.arange(min(n_train, len(data))))
+    holdout = load_dataset("fashion-mnist", "val").subset(torch.arange(500))
+    return fast_adversarial_training(model, data, eps=FASHION_AT_EPS, epochs=epochs, lr=1e-3, batch_size=128,
+                                     seed=seed, holdout=holdout, history=history, progress=progress)  # fmt: skip
+
+
+register_recipe("fashion-cnn-at", train_fashion_cnn_at)
