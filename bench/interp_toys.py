@@ -1,11 +1,13 @@
 """Toy models of superposition and grokking reproduced on a CPU, with the emergence monitor.
 
-Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/interp_toys.py [--part superposition|grokking|all]``.
+Run: ``OMP_NUM_THREADS=1 .venv/bin/python bench/interp_toys.py [--part superposition|dims|grokking|all]``.
 
 Superposition (Elhage et al. 2022): the two-features-in-one-dimension phase diagram (feature density
 x relative importance), the five-features-in-two-dimensions geometry as sparsity grows (ReLU and
 linear), and the dimensions-per-feature curve with the feature dimensionalities' clustering at simple
-fractions. Writes ``bench/results/interp_superposition.{json,md,png}``.
+fractions. Writes ``bench/results/interp_superposition.{json,md,png}``. ``--part dims`` runs the larger
+feature-dimensionality sweep alone (many sparsities x initialisations as one batched model), writes
+``bench/results/interp_superposition_dims.{json,png}`` and adds its section to the note.
 
 Grokking (Power et al. 2022; Nanda et al. 2023): ``grokking_recipe``'s defaults over ``--seeds``
 (default 0 1 2, about 10 CPU minutes each), the progress measures at every checkpoint, the emergence
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -145,10 +148,166 @@ def dimensionality(n: int, m: int, steps: int, levels: int) -> dict[str, Any]:
     }
 
 
+DIM_FRACTIONS = {"1": 1.0, "3/4": 0.75, "2/3": 2 / 3, "1/2": 0.5, "2/5": 0.4, "3/8": 0.375}
+"""The paper's feature-dimensionality fractions (uniform polytopes: dedicated, tetrahedron, triangle,
+digon, pentagon, square antiprism)."""
+DIM_TOL = 0.02
+"""A feature counts at its nearest fraction when within this of it (2/5 and 3/8 are 0.025 apart)."""
+
+
+def dimensionality_sweep(
+    n: int, m: int, inv_density: list[float], inits: int, steps: int, batch: int, lr: float
+) -> dict[str, Any]:
+    """Elhage et al.'s "Feature dimensionality" figure: uniform importance, n features in m dimensions.
+
+    Every (sparsity, initialisation) pair is its own instance of one batched model and every one is
+    kept (no best-of-restarts), so the counts are over ``inits`` trained models per sparsity.
+    """
+    inv = torch.tensor(inv_density, dtype=torch.float32)
+    sparsity = 1 - 1 / inv
+    start = time.thread_time()
+    tm = train_toy_models(
+        n,
+        m,
+        sparsity.repeat(inits),
+        torch.ones(n),
+        steps=steps,
+        batch=batch,
+        lr=lr,
+        seed=1,
+        cosine=True,
+        eval_batch=2048,
+    )
+    cpu = time.thread_time() - start
+    levels = len(inv_density)
+    W = tm.W.reshape(inits, levels, m, n)
+    d_star = dimensions_per_feature(W)  # (inits, levels)
+    d_i = feature_dimensionality(W)
+    rep = feature_norms(W) > 0.5
+    fr = torch.tensor(list(DIM_FRACTIONS.values()))
+    near = (d_i.unsqueeze(-1) - fr).abs()  # (inits, levels, n, fractions)
+    nearest = near.argmin(-1)
+    hit = rep & (near.min(-1).values < DIM_TOL)
+    counts = {
+        label: [int((hit[:, k] & (nearest[:, k] == j)).sum()) for k in range(levels)]
+        for j, label in enumerate(DIM_FRACTIONS)
+    }
+    return {
+        "n": n,
+        "m": m,
+        "inits": inits,
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "tolerance": DIM_TOL,
+        "inv_density": inv.tolist(),
+        "dimensions_per_feature": d_star.T.tolist(),  # per level: one value per init
+        "loss": tm.loss.reshape(inits, levels).T.tolist(),
+        "represented": rep.sum(-1).T.tolist(),
+        "feature_dimensionality": [
+            [round(float(v), 4) for j in range(inits) for v in d_i[j, k][rep[j, k]]] for k in range(levels)
+        ],
+        "near_fraction_counts": counts,
+        "train_cpu_seconds": cpu,
+    }
+
+
+def run_dims(quick: bool) -> None:
+    """The feature-dimensionality sweep alone (``--part dims``); it adds a section to the superposition note."""
+    inv = [float(v) for v in torch.logspace(0, 2, 8 if quick else 22)]
+    inv += [float(v) for v in torch.logspace(math.log10(1.3), math.log10(4.0), 4 if quick else 14)]
+    inv = sorted(set(round(v, 4) for v in inv))
+    res: dict[str, Any] = {"env": _env(), "trainer": TRAINER}
+    start = time.perf_counter()
+    res |= dimensionality_sweep(
+        DIMS_N, DIMS_M, inv, 2 if quick else DIMS_INITS, 500 if quick else DIMS_STEPS, 1024, 3e-3
+    )
+    res["seconds"] = time.perf_counter() - start
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "interp_superposition_dims.json").write_text(json.dumps(res, indent=1))
+    _plot_dims(res)
+    old = RESULTS / "interp_superposition.json"
+    if old.exists():
+        (RESULTS / "interp_superposition.md").write_text(_md_superposition(json.loads(old.read_text())))
+
+
+DIMS_N, DIMS_M, DIMS_INITS, DIMS_STEPS = 100, 10, 3, 6000
+"""The sweep's size: chosen to fit about 20-30 minutes of one core (see the note)."""
+
+
+def _plot_dims(res: dict[str, Any]) -> None:
+    fig, (ax, hx) = plt.subplots(1, 2, figsize=(13, 5), gridspec_kw={"width_ratios": [3, 1]})
+    inv = res["inv_density"]
+    for x, ds in zip(inv, res["feature_dimensionality"], strict=True):
+        ax.scatter([x] * len(ds), ds, s=5, alpha=0.25, color="tab:blue", lw=0)
+    ds_mean = [sum(v) / len(v) for v in res["dimensions_per_feature"]]
+    ax.plot(inv, ds_mean, "k-", lw=1.5, label="D* = m / ||W||_F^2 (mean over inits)")
+    for label, f in DIM_FRACTIONS.items():
+        ax.axhline(f, color="grey", lw=0.5, ls=":")
+        ax.text(inv[-1] * 1.12, f, label, fontsize=8, va="center")
+    ax.set_xscale("log")
+    ax.set_ylim(0, 1.1)
+    ax.set_xlabel("1 / (1 - S)")
+    ax.set_ylabel("dimensions per feature")
+    ax.legend(fontsize=8, loc="upper right")
+    ax.set_title(
+        f"n={res['n']}, m={res['m']}, uniform importance, {res['inits']} inits x {res['steps']} Adam steps; "
+        "dots: D_i of features with ||W_i|| > 0.5",
+        fontsize=9,
+    )
+    all_d = [v for ds in res["feature_dimensionality"] for v in ds]
+    hx.hist(all_d, bins=110, range=(0, 1.1), orientation="horizontal", color="tab:blue")
+    for f in DIM_FRACTIONS.values():
+        hx.axhline(f, color="grey", lw=0.5, ls=":")
+    hx.set_ylim(0, 1.1)
+    hx.set_xscale("log")
+    hx.set_xlabel("features (all sparsities)")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "interp_superposition_dims.png", dpi=110)
+    plt.close(fig)
+
+
+def _md_dims(res: dict[str, Any]) -> list[str]:
+    labels = list(DIM_FRACTIONS)
+    tot = {k: sum(v) for k, v in res["near_fraction_counts"].items()}
+    lines = [
+        f"## Feature dimensionality, n={res['n']} in m={res['m']}, uniform importance (`--part dims`)",
+        "",
+        f"`OMP_NUM_THREADS=1 .venv/bin/python bench/interp_toys.py --part dims`: {len(res['inv_density'])} "
+        f"sparsities x {res['inits']} initialisations = {len(res['inv_density']) * res['inits']} models trained "
+        f"as one batched model, {res['steps']} Adam steps each (batch {res['batch']}, lr {res['lr']} cosine-decayed "
+        f"to 0), {res['train_cpu_seconds']:.0f} s of one thread's CPU time ({res['seconds']:.0f} s wall on a "
+        f"shared 2-core machine; {res['env']}). Every model is kept (no best-of-restarts). Counts: represented "
+        f"features (||W_i|| > 0.5) summed over the {res['inits']} models whose D_i lies within {res['tolerance']} "
+        "of the fraction (nearest one when two are close); seeded run, counts, not sampled estimates.",
+        "",
+        "| 1/(1-S) | D* per init | represented per init | " + " | ".join(labels) + " |",
+        "|---|---|---|" + "---|" * len(labels),
+    ]
+    for k, x in enumerate(res["inv_density"]):
+        ds = ", ".join(f"{v:.3f}" for v in res["dimensions_per_feature"][k])
+        rep = ", ".join(str(v) for v in res["represented"][k])
+        cells = " | ".join(str(res["near_fraction_counts"][lab][k]) for lab in labels)
+        lines.append(f"| {x:.3g} | {ds} | {rep} | {cells} |")
+    total = sum(len(v) for v in res["feature_dimensionality"])
+    lines += [
+        "",
+        f"All sparsities, of {total} represented features: " + ", ".join(f"{k}: {v}" for k, v in tot.items()),
+        "",
+        "![feature dimensionality](interp_superposition_dims.png)",
+        "",
+    ]
+    return lines
+
+
+TRAINER = "batched, hand-written gradient, per-instance Xavier init (commit 87260c8)"
+"""Recorded with each run: results made before that commit used the stacked Xavier init."""
+
+
 def run_superposition(quick: bool) -> None:
     start = time.perf_counter()
     steps = 1000 if quick else 2000
-    res: dict[str, Any] = {"env": _env(), "steps": steps}
+    res: dict[str, Any] = {"env": _env(), "steps": steps, "trainer": TRAINER}
     res["phase_diagram"] = phase_diagram(steps, 6 if quick else 12)
     res["geometry"] = geometry(steps)
     res["dimensionality"] = dimensionality(80, 10, steps, 8 if quick else 16)
@@ -230,6 +389,13 @@ def _md_superposition(res: dict[str, Any]) -> str:
         f"{pd.get('restarts')} (phase diagram), {geo.get('restarts')} (n=5) or 2 (n=80) initialisations,"
         " keeping the one with the lowest loss on a shared evaluation batch, as the paper does.",
         "The figures are seeded runs (seed 0), counts of features, not measurements with sampling error.",
+        "Trainer: "
+        + res.get(
+            "trainer",
+            "the one before commit 87260c8 (autograd; Xavier init of the stacked (I, m, n) tensor, whose scale "
+            "shrinks with the instance count; two uniform draws per feature entry). The sections above the "
+            "feature-dimensionality one were not rerun with the new trainer.",
+        ),
         "",
         f"## n=5 features in m=2 dimensions, importance {geo.get('decay')}^i",
         "",
@@ -279,6 +445,9 @@ def _md_superposition(res: dict[str, Any]) -> str:
         "![superposition](interp_superposition.png)",
         "",
     ]
+    dims = RESULTS / "interp_superposition_dims.json"
+    if dims.exists():
+        lines += _md_dims(json.loads(dims.read_text()))
     return "\n".join(lines)
 
 
@@ -464,7 +633,7 @@ def _md_grokking(out: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("superposition", "grokking", "all"), default="all")
+    parser.add_argument("--part", choices=("superposition", "dims", "grokking", "all"), default="all")
     parser.add_argument("--quick", action="store_true", help="smaller superposition grids and fewer steps")
     parser.add_argument("--steps", type=int, default=None, help="grokking steps (default: the recipe's)")
     parser.add_argument("--p", type=int, default=None, help="grokking modulus (default: the recipe's)")
@@ -473,6 +642,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.part in ("superposition", "all"):
         run_superposition(args.quick)
+    if args.part in ("dims", "all"):
+        run_dims(args.quick)
     if args.part in ("grokking", "all"):
         run_grokking(args.steps, args.p, args.seeds, args.run_dir)
 
