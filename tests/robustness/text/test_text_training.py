@@ -108,3 +108,36 @@ def test_bad_settings_are_refused() -> None:
         adversarial_train_text(_fresh(), data, _attack, attack_share=0.0)
     with pytest.raises(InputError, match="adv_weight"):
         adversarial_train_text(_fresh(), data, _attack, adv_weight=0.0)
+
+
+def test_trainable_trains_only_the_named_submodules_and_keeps_the_rest_in_eval_mode() -> None:
+    """As the minilm-mr recipe trains only its top layer and head: the rest keeps its weights, runs without
+    dropout while training (eval mode), and its requires_grad flags are restored afterwards."""
+    texts, labels = tiny_sentences(40, seed=5, min_words=4, max_words=8)
+    data = TextDataset(texts, torch.tensor(labels))
+    model = _fresh(1)
+    embed_before = model.embed.weight.detach().clone()
+    fc_before = model.fc.weight.detach().clone()
+    seen: list[tuple[bool, bool]] = []  # (embed.training, fc.training) at each forward
+    handle = model.fc.register_forward_hook(lambda m, i, o: seen.append((model.embed.training, m.training)))
+    config = TrainConfig(epochs=2, lr=0.05, batch_size=16, schedule="constant", weight_decay=0.0)
+    try:
+        log = adversarial_train_text(model, data, _attack, config, warmup=1, attack_share=0.5, trainable=["fc"])
+    finally:
+        handle.remove()
+    assert log.attacked == [0, 20]
+    assert torch.equal(model.embed.weight, embed_before)
+    assert not torch.allclose(model.fc.weight, fc_before)
+    training_steps = [s for s in seen if s[1]]  # forwards of the loss (the attack's run in eval mode)
+    assert training_steps and all(embed_mode is False for embed_mode, _ in training_steps)
+    assert all(p.requires_grad for p in model.parameters()) and not model.training
+
+    everything = _fresh(1)
+    adversarial_train_text(everything, data, _attack, config, warmup=2)
+    assert not torch.equal(everything.embed.weight, embed_before)  # without trainable= the embedding trains too
+
+
+def test_trainable_names_must_exist() -> None:
+    data = TextDataset(["good film", "bad film"], torch.tensor([1, 0]))
+    with pytest.raises(InputError, match="trainable names no submodule"):
+        adversarial_train_text(_fresh(), data, _attack, trainable=["head"])

@@ -20,7 +20,8 @@ epoch (one :func:`~mlsafety.core.train` call per epoch, default ``schedule="cons
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mlsafety.core import (
+    Classifier,
     InputError,
     ModelLike,
     Param,
@@ -163,6 +165,7 @@ def adversarial_train_text(
     warmup: int = 1,
     attack_share: float = 0.2,
     adv_weight: float = 0.6,
+    trainable: Sequence[str] | None = None,
 ) -> TextTrainingLog:
     """Train ``model`` in place, A2T style: ``warmup`` clean epochs, then each epoch attacks a seeded
     ``attack_share`` of ``data`` with ``attack(model)`` and trains on the clean texts plus the successful
@@ -176,6 +179,10 @@ def adversarial_train_text(
         warmup: clean epochs first (A2T: 1).
         attack_share: share of the training texts attacked each epoch, in (0, 1].
         adv_weight: weight of an adversarial text's loss (A2T's alpha), > 0.
+        trainable: names of the submodules to train (as ``model.named_modules()`` gives them, e.g. a
+            fine-tuning recipe's top layer and head); every other parameter keeps its value and every
+            other module stays in eval mode (no dropout), as when a recipe trains on frozen features.
+            None: the whole model. The parameters' ``requires_grad`` flags are restored afterwards.
 
     Returns:
         The per-epoch log; the model is trained in place and left in eval mode.
@@ -189,6 +196,58 @@ def adversarial_train_text(
         raise InputError(f"warmup must be between 0 and epochs={config.epochs}, got {warmup}")
     clf = as_classifier(model)
     check_text_classifier(clf, "adversarial_train_text")
+    with _train_only(model, trainable) as keep_frozen_in_eval:
+        return _adversarial_epochs(
+            model, clf, data, attack, config, warmup, attack_share, adv_weight, keep_frozen_in_eval
+        )
+
+
+def _subtree(name: str, roots: Sequence[str]) -> bool:
+    return any(name == r or name.startswith(r + ".") for r in roots)
+
+
+@contextlib.contextmanager
+def _train_only(model: nn.Module, trainable: Sequence[str] | None) -> Iterator[Callable[[], None]]:
+    """Gradients off outside the ``trainable`` submodules for the body (flags restored on exit); yields a
+    function that puts every module outside them in eval mode (called before each batch's forward, as
+    :func:`mlsafety.core.train` switches the whole model to train mode)."""
+    if trainable is None:
+        yield lambda: None
+        return
+    names = dict(model.named_modules())
+    roots = list(dict.fromkeys(trainable))
+    unknown = [r for r in roots if r not in names or r == ""]
+    if unknown or not roots:
+        some = ", ".join(n for n in list(names)[1:6])
+        raise InputError(f"trainable names no submodule of the model: {unknown or roots}; use names such as {some}")
+    outside = [m for n, m in names.items() if not _subtree(n, roots)]
+    flags = [(p, p.requires_grad) for n, p in model.named_parameters() if not _subtree(n.rsplit(".", 1)[0], roots)]
+
+    def keep_frozen_in_eval() -> None:
+        for m in outside:
+            if m.training:
+                m.training = False
+
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield keep_frozen_in_eval
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _adversarial_epochs(
+    model: nn.Module,
+    clf: Classifier,
+    data: TextDataset,
+    attack: AttackFactory,
+    config: TrainConfig,
+    warmup: int,
+    attack_share: float,
+    adv_weight: float,
+    keep_frozen_in_eval: Callable[[], None],
+) -> TextTrainingLog:
     log = TextTrainingLog([], [])
     for epoch in range(config.epochs):
         epoch_data = data
@@ -215,6 +274,7 @@ def adversarial_train_text(
         def loss(
             m: nn.Module, x: Any, y: torch.Tensor, g: torch.Generator, adv: frozenset[str] = frozenset(adversarial)
         ) -> torch.Tensor:
+            keep_frozen_in_eval()
             logits = clf.logits(x)
             w = torch.tensor([adv_weight if t in adv else 1.0 for t in x], device=logits.device)
             return (F.cross_entropy(logits, y, reduction="none") * w).sum() / w.sum()
