@@ -233,7 +233,18 @@ def test_gram_matches_the_paper_formula(tiny: TinyCNN, fit_set, test_x) -> None:
     np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-4, atol=1e-6)
     big = gram_features(10)(torch.full((1, 2, 3, 3), 1e4))  # 1e4 ** 20 would overflow float32 unscaled
     known = torch.tensor([18.0 ** (1 / p) * 1e8 for p in range(1, 11)], dtype=torch.float64)  # rows: 2 * 9 a^2p
-    torch.testing.assert_close(big[0], known[:, None].expand(10, 2), rtol=1e-5, atol=0)
+    torch.testing.assert_close(big[0].double(), known[:, None].expand(10, 2), rtol=1e-5, atol=0)
+    signed = 0.1 * torch.randn(5, 3, 4, 5, generator=torch.Generator().manual_seed(0))
+    signed[:, 0] -= 0.5  # a negative channel against two positive ones: odd orders give negative rows (signed roots)
+    signed[:, 1:] += 1.0
+    brute = np.zeros((5, 4, 3))
+    for i in range(5):
+        f = signed[i].reshape(3, -1).double().numpy()
+        for p in range(1, 5):
+            rows = ((f**p) @ (f**p).T).sum(axis=1)
+            brute[i, p - 1] = np.sign(rows) * np.abs(rows) ** (1.0 / p)
+    assert (brute < 0).any()
+    np.testing.assert_allclose(gram_features(4)(signed).double().numpy(), brute, rtol=1e-4, atol=1e-5)
     assert _rho(got, want) >= 0.999
 
 
