@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from mlsafety.alignment.probes import PROBES, normalize
-from mlsafety.alignment.probes.ccs import ccs_fit, ccs_loss
+from mlsafety.alignment.probes.ccs import ccs_fit, ccs_loss, ccs_train
 from mlsafety.alignment.probes.logistic import logistic_newton
 
 
@@ -70,6 +70,54 @@ def test_ccs_fit_layers_reads_each_planted_layer_and_fixes_each_sign() -> None:
     acc = (probe.predict_layers(test_pos, test_neg) == test_y[:, None]).float().mean(0)
     assert acc[0] < 0.7  # nothing planted at layer 0
     assert bool((acc[2:] > 0.95).all()), acc
+
+
+def _early_stopping_problem():  # type: ignore[no-untyped-def]
+    """Layers 0 and 1 (no / weak truth) converge within a few hundred epochs; 2 and 3 keep sharpening."""
+    pos, neg, _ = planted_layers(n=300)
+    p, n = normalize(pos).transpose(0, 1), normalize(neg).transpose(0, 1)
+    init = torch.randn(4, 5, 12, generator=torch.Generator().manual_seed(1)) / 12**0.5
+    return p, n, init
+
+
+def test_early_stopping_returns_the_probe_of_the_full_run() -> None:
+    p, n, init = _early_stopping_problem()
+    full = ccs_train(p, n, init, 1000, 1e-2, 1e-2, tol=0.0)
+    assert bool((full.epochs == 1000).all())  # tol=0: every problem runs every epoch (the paper)
+    early = ccs_train(p, n, init, 1000, 1e-2, 1e-2, tol=1e-3, window=50)
+    assert bool((early.epochs[:2] < 500).all()), early.epochs  # the converged layers stopped early
+    assert bool((early.epochs[2:] == 1000).all()), early.epochs  # the sharpening ones did not
+    cos = torch.nn.functional.cosine_similarity(early.coef, full.coef, dim=1)
+    assert bool((cos > 0.999).all()), cos
+    torch.testing.assert_close(early.loss, full.loss, atol=1e-4, rtol=1e-3)
+    readings = torch.einsum("lnd,ld->ln", p - n, early.coef) > 0
+    assert torch.equal(readings[1:], (torch.einsum("lnd,ld->ln", p - n, full.coef) > 0)[1:])
+
+
+def test_a_stopped_problem_keeps_the_weights_of_its_stopping_epoch() -> None:
+    # problems leave the batch at different epochs and the batch is compacted around them: each stored
+    # problem must equal the same problem trained for exactly its own number of epochs
+    p, n, init = _early_stopping_problem()
+    early = ccs_train(p, n, init, 1000, 1e-2, 1e-2, tol=1e-3, window=50)
+    stops = torch.unique(early.epochs)
+    assert len(stops) >= 3, stops  # at least two stopping epochs before the end
+    for e in stops.tolist():
+        plain = ccs_train(p, n, init, e, 1e-2, 1e-2, tol=0.0)
+        mask = early.epochs == e
+        torch.testing.assert_close(early.coefs[mask], plain.coefs[mask], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(early.intercepts[mask], plain.intercepts[mask], atol=1e-5, rtol=1e-4)
+
+
+def test_ccs_probe_exposes_its_stopping_and_tol_zero_runs_every_epoch() -> None:
+    pos, neg, y = planted_layers(n=300)
+    reference = (2 * y - 1).float()
+    paper = PROBES.create("ccs", epochs=300, restarts=2, tol=0.0)
+    paper.fit_layers(pos, neg, reference=reference, generator=torch.Generator().manual_seed(0))
+    assert bool((paper.epochs_run_ == 300).all())
+    quick = PROBES.create("ccs", epochs=300, restarts=2)  # the default tol stops the converged layers
+    quick.fit_layers(pos, neg, reference=reference, generator=torch.Generator().manual_seed(0))
+    assert bool((quick.epochs_run_[0] < 300).all()) and quick.epochs_run_.shape == (4, 2)
+    assert torch.equal(quick.predict_layers(pos, neg)[:, 1:], paper.predict_layers(pos, neg)[:, 1:])
 
 
 def test_batched_logistic_matches_scikit_learn_on_every_layer() -> None:
