@@ -294,6 +294,33 @@ def test_weiper_perturbs_each_class_projection_by_delta_times_its_norm(net, fit_
     assert not torch.equal(det.weight_, other.weight_)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("low", "high"), [(-3.0, 2.5), (0.0, 1e-6), (1000.0, 1000.001)])
+def test_weiper_histograms_bin_exactly_as_the_edges_say(dtype: torch.dtype, low: float, high: float) -> None:
+    """The arithmetic first guess of each value's bin is moved to the half-open bin of the linspace edges: values on
+    an edge and one ulp either side land where a search of the edges puts them (the last case's bins are too
+    narrow for the guess: the search itself runs)."""
+    from mlsafety.monitoring.ood.weiper import row_histograms
+
+    bins = 23
+    edges = torch.linspace(low, high, bins + 1, dtype=dtype)
+    g = torch.Generator().manual_seed(0)
+    v = low + (high - low) * (1.4 * torch.rand(6, 200, generator=g, dtype=dtype) - 0.2)
+    v[0, : bins + 1] = edges
+    v[1, : bins + 1] = edges.nextafter(torch.tensor(-torch.inf, dtype=dtype))
+    v[2, : bins + 1] = edges.nextafter(torch.tensor(torch.inf, dtype=dtype))
+    v[3, :3] = torch.tensor([torch.nan, torch.inf, -torch.inf], dtype=dtype)
+    want = np.zeros((6, bins))
+    for r in range(6):
+        for x in v[r].tolist():
+            hits = [i for i in range(bins) if float(edges[i]) <= x < float(edges[i + 1])]
+            if hits:
+                want[r, hits[0]] += 1 / 200
+    got = row_histograms(v, low, high, bins)
+    assert got.dtype == dtype
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-6, atol=0)
+
+
 def test_weiper_kld_matches_the_formula(net, fit_data, test_x) -> None:
     det = ood.create("weiper", repeats=12, bins=30, smoothing=5, smoothing_perturbed=4, lambda_1=0.7, lambda_2=2.0)
     got = det.fit(net, fit_data).score(net, test_x)
