@@ -6,8 +6,10 @@ For each: success rate (exact 95% interval), accuracy under attack, perturbed-wo
 example (bootstrap 95% intervals), wall time. Strength of TextGrad over random substitution: paired
 successes with an exact one-sided McNemar test (binomial on the discordant pairs).
 
-Timings are taken on a shared 2-core machine with other jobs running: read them as rough, and compare
-ratios measured in this one run only.
+Timings are taken on a shared 2-core machine with other jobs running: the script runs torch on one
+thread (``--threads``) and reports CPU seconds of this process beside wall seconds; read wall time as
+rough and compare CPU-time ratios measured in this one run only. The results files are rewritten after
+every attack (marked partial until the last one has run), so a run cut short keeps what it finished.
 
 Run: ``.venv/bin/python bench/text_whitebox.py --n 30`` (writes bench/results/text_whitebox.{json,md}).
 """
@@ -26,6 +28,7 @@ import torch
 from mlsafety import zoo
 from mlsafety.core import Classifier, LanguageModel, generator
 from mlsafety.robustness import text as T
+from mlsafety.robustness.text._resources import minilm_encoder
 from mlsafety.robustness.text.textgrad import RandomSubstitutionSearch, TextGradSearch
 
 OUT = Path(__file__).parent / "results"
@@ -48,8 +51,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     model = zoo.load_model("minilm-mr")
     clf = Classifier(model)
     data = zoo.load_dataset("mr", "test")
@@ -60,21 +64,25 @@ def main() -> None:
     runs: dict[str, Any] = {}
 
     def run(name: str, attack: T.Attack) -> list[T.AttackResult]:
-        t0 = time.perf_counter()
+        minilm_encoder()._cache.clear()  # each run pays for its own sentence embeddings (fair times)
+        t0, c0 = time.perf_counter(), time.process_time()
         results = attack.attack(texts, labels)
-        seconds = time.perf_counter() - t0
+        seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         s = T.evaluate_text_attack(results, seed=0)
         runs[name] = {
             "seconds": seconds,
+            "cpu_seconds": cpu,
+            "forward_calls": attack.queries.calls,
+            "successes": [r.success for r in results],
             "n": s.n,
             "attacked": s.attacked,
             "succeeded": s.succeeded,
             "summary": {k: None if v is None else v.__dict__ for k, v in s.__dict__.items() if hasattr(v, "value")},
         }
-        print(name, f"{seconds:.1f}s", _fmt(s.success_rate), _fmt(s.queries), flush=True)
+        print(name, f"{seconds:.1f}s wall, {cpu:.1f}s cpu", _fmt(s.success_rate), _fmt(s.queries), flush=True)
+        write(args, runs, complete=False)
         return results
 
-    run("hotflip", T.create("hotflip", clf, query_budget=args.budget))
     tg = T.TextGrad(query_budget=args.budget, fluency="none")
     tg_attack = tg.build(clf)
     tg_results = run("textgrad (no fluency)", tg_attack)
@@ -82,22 +90,31 @@ def main() -> None:
     base.search = RandomSubstitutionSearch(clf, tg.budget_words, samples=tg.samples + tg.steps,
                                            max_candidates=tg.max_candidates)  # fmt: skip
     rnd_results = run("random substitution (same candidates, constraints, queries)", base)
+    a_only, b_only, p = mcnemar_one_sided([r.success for r in rnd_results], [r.success for r in tg_results])
+    runs["mcnemar textgrad vs random"] = {"random_only": a_only, "textgrad_only": b_only, "p_one_sided": p}
     fl = T.TextGrad(query_budget=args.budget).build(clf, lm=lm)
     assert isinstance(fl.search, TextGradSearch)
     run("textgrad + SmolLM2 perplexity <= 2x", fl)
-    a_only, b_only, p = mcnemar_one_sided([r.success for r in rnd_results], [r.success for r in tg_results])
-    runs["mcnemar textgrad vs random"] = {"random_only": a_only, "textgrad_only": b_only, "p_one_sided": p}
+    run("hotflip", T.create("hotflip", clf, query_budget=args.budget))
 
+    write(args, runs, complete=True)
+
+
+def write(args: argparse.Namespace, runs: dict[str, Any], complete: bool) -> None:
+    """Rewrite text_whitebox.{json,md} with the runs so far (``partial`` until ``complete``)."""
     OUT.mkdir(exist_ok=True)
-    (OUT / "text_whitebox.json").write_text(json.dumps({"n": args.n, "budget": args.budget, "runs": runs}, indent=2))
+    meta = {"n": args.n, "budget": args.budget, "threads": args.threads, "complete": complete}
+    (OUT / "text_whitebox.json").write_text(json.dumps({**meta, "runs": runs}, indent=2))
     lines = [
-        "# White-box text attacks on minilm-mr (mr test, seeded subset)",
+        "# White-box text attacks on minilm-mr (mr test, seeded subset)" + ("" if complete else " - partial"),
         "",
-        f"n = {args.n} texts, query budget {args.budget} per text, seed 0.",
-        "Shared 2-core machine under load: times are rough, compare them within this run only.",
+        f"n = {args.n} texts, query budget {args.budget} per text, seed 0, torch on {args.threads} thread(s).",
+        "Shared 2-core machine with other engineers' jobs: wall seconds are rough; CPU seconds (this process)",
+        "are the steadier figure; compare them within this run only.",
         "",
-        "| attack | success rate [95% CI] | accuracy under attack | words perturbed | queries / text | seconds |",
-        "|---|---|---|---|---|---|",
+        "| attack | success rate [95% CI] | accuracy under attack | words perturbed | queries / text "
+        "| forward calls | CPU s | wall s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():
         if "summary" not in r:
@@ -108,16 +125,21 @@ def main() -> None:
             e = s.get(key)
             return "-" if e is None else f"{e['value']:.3f} [{e['ci_low']:.3f}, {e['ci_high']:.3f}]"
 
-        lines.append(f"| {name} | {cell('success_rate')} | {cell('accuracy_under_attack')} | "
-                     f"{cell('perturbed_share')} | {cell('queries')} | {r['seconds']:.0f} |")  # fmt: skip
-    m = runs["mcnemar textgrad vs random"]
+        lines.append(f"| {name} | {cell('success_rate')} ({r['succeeded']} of {r['attacked']} attacked) | "
+                     f"{cell('accuracy_under_attack')} | {cell('perturbed_share')} | {cell('queries')} | "
+                     f"{r['forward_calls']} | {r['cpu_seconds']:.0f} | {r['seconds']:.0f} |")  # fmt: skip
+    m = runs.get("mcnemar textgrad vs random")
+    if m is not None:
+        lines += [
+            "",
+            f"TextGrad vs random substitution, paired on the same texts: textgrad-only successes "
+            f"{m['textgrad_only']}, random-only {m['random_only']}, "
+            f"exact one-sided McNemar p = {m['p_one_sided']:.3g}.",
+        ]
     lines += [
         "",
-        f"TextGrad vs random substitution, paired: textgrad-only successes {m['textgrad_only']}, random-only "
-        f"{m['random_only']}, exact one-sided McNemar p = {m['p_one_sided']:.3g}.",
-        "",
         "TextAttack's published anchors (BERT on MR, Morris et al. 2020): TextFooler 86.6% success; 10.6% with",
-        "human-calibrated constraints. HotFlip's recipe keeps at most 2 words changed, embedding cosine >= 0.8 and",
+        "human-calibrated constraints. HotFlip's recipe keeps at most 2 words changed, embedding cosine >= 0.5 and",
         "the part of speech, so it is expected to succeed far less often.",
     ]
     (OUT / "text_whitebox.md").write_text("\n".join(lines) + "\n")
