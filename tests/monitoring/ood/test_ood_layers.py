@@ -248,6 +248,20 @@ def test_gram_matches_the_paper_formula(tiny: TinyCNN, fit_set, test_x) -> None:
     assert _rho(got, want) >= 0.999
 
 
+def test_gram_features_are_the_same_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The power loop runs over blocks of inputs in reused buffers: blocks of 2 (the last one short), then a second
+    batch of another size through the same reduction, give each input's features as alone."""
+    from mlsafety.monitoring.ood import gram
+
+    g = torch.Generator().manual_seed(1)
+    maps = [torch.randn(5, 3, 4, 5, generator=g), 3.0 * torch.rand(4, 3, 4, 5, generator=g)]
+    alone = [torch.cat([gram_features(3)(m[i : i + 1]) for i in range(m.shape[0])]) for m in maps]
+    monkeypatch.setattr(gram, "_CHUNK", 2 * 3 * 4 * 5)
+    reduce = gram_features(3)
+    for m, want in zip(maps, alone, strict=True):
+        torch.testing.assert_close(reduce(m), want, rtol=1e-5, atol=1e-6)
+
+
 def test_mds_ensemble_matches_the_paper_formula(tiny: TinyCNN, fit_set, test_x) -> None:
     names = ["body.1", "body.3"]
     got = ood.create("mds-ensemble").fit(tiny, fit_set).score(tiny, test_x)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from mlsafety.core import Classifier, LayerReduce, ModelLike, Outputs, Param, as_classifier, generator
@@ -9,6 +11,10 @@ from mlsafety.monitoring.ood.base import IMAGE, OPT_IN, Detector, layers_problem
 
 EPS = 1e-6
 """Added to a bound before dividing by it (a bound of 0 would give an infinite deviation)."""
+
+
+_CHUNK = 1 << 18
+"""Map values per block of the power loop (1 MB of float32): a block and its power stay in cache."""
 
 
 def gram_features(powers: int) -> LayerReduce:
@@ -20,30 +26,41 @@ def gram_features(powers: int) -> LayerReduce:
     How, for speed (one thread; the costs of issue 19's one-pass goal): the row sums are ``F^p ((F^p)^T 1)``,
     the same numbers in ``C * HW`` instead of ``C^2 * HW`` operations, with the map's column sums
     ``1^T F^p`` taken over ``C`` and the product as ``(1^T F^p) (F^p)^T`` (a row vector times the map, which
-    BLAS does fast; ``F^p`` times a column vector goes through a slow batched path). The powers are of the map
-    divided by its largest magnitude, so no power overflows, and the roots are taken unscaled (rows of ``F``
-    are ``scale^(2p)`` times those of ``F / scale``, so the root is multiplied by ``scale^2``). Everything is
-    float32: the sums always were, and the float64 roots cost more than the rest of the reduction; a feature
-    beyond float32's range (a map of magnitude above about ``1e19``) becomes infinite."""
+    BLAS does fast; ``F^p`` times a column vector goes through a slow batched path). The powers are taken in
+    place, block after block of inputs small enough to stay in cache, in two work buffers that the reduction
+    keeps from batch to batch (a fresh map-sized tensor per power cost more than the arithmetic). The powers
+    are of the map divided by its largest magnitude, so no power overflows, and the roots are taken unscaled
+    (rows of ``F`` are ``scale^(2p)`` times those of ``F / scale``, so the root is multiplied by ``scale^2``).
+    Everything is float32: the sums always were, and float64 roots cost more than the rest of the reduction;
+    a feature beyond float32's range (a map of magnitude above about ``1e19``) becomes infinite."""
+    work = threading.local()  # the buffers, per thread: a hook may run in several threads at once
 
     def reduce(x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[0], x.shape[1]
         f = x.detach().reshape(n, c, -1).float()
-        low, high = f.reshape(n, -1).aminmax(dim=1)
-        scale = torch.maximum(-low, high).clamp_min(1e-30)[:, None, None]  # per input: F / scale in [-1, 1]
-        f = f / scale
+        hw = f.shape[2]
+        flat = f.reshape(n, -1)
+        scale = torch.maximum(flat.amax(dim=1), flat.amin(dim=1).neg_()).clamp_min_(1e-30)  # F / scale in [-1, 1]
         rows = torch.empty(n, powers, c, dtype=f.dtype, device=f.device)
-        fp = f
-        for p in range(1, powers + 1):
-            if p == 2:
-                fp = f * f
-            elif p > 2:
-                fp.mul_(f)  # F^p by products, in place (faster than pow, one map held)
-            rows[:, p - 1] = torch.bmm(fp.sum(dim=1, keepdim=True), fp.transpose(1, 2)).squeeze(1)
+        step = max(1, min(n, _CHUNK // max(1, c * hw)))
+        size = step * c * hw
+        buf = getattr(work, "buf", None)
+        if buf is None or buf.numel() < 2 * size or buf.device != f.device:
+            buf = work.buf = torch.empty(2 * size, dtype=f.dtype, device=f.device)
+        for s in range(0, n, step):
+            m = min(step, n - s)
+            scaled = torch.div(f[s : s + m], scale[s : s + m, None, None], out=buf[: m * c * hw].view(m, c, hw))
+            fp = scaled
+            for p in range(1, powers + 1):
+                if p == 2:
+                    fp = torch.mul(scaled, scaled, out=buf[size : size + m * c * hw].view(m, c, hw))
+                elif p > 2:
+                    fp.mul_(scaled)  # F^p by products, in place (faster than pow)
+                rows[s : s + m, p - 1] = torch.bmm(fp.sum(dim=1, keepdim=True), fp.transpose(1, 2)).squeeze(1)
         roots = rows.abs()
         for p in range(2, powers + 1):  # a scalar exponent per order: much faster than a broadcast one
             roots[:, p - 1].pow_(1.0 / p)
-        return roots.copysign_(rows).mul_(scale.square())
+        return roots.copysign_(rows).mul_(scale.square()[:, None, None])
 
     return reduce
 
