@@ -250,6 +250,31 @@ def test_constraints_reject_what_they_should() -> None:
     ) == [True]
 
 
+def test_edit_distance_decides_as_the_whole_texts_distance() -> None:
+    """The per-word bound only shortcuts the decision: every verdict equals ``levenshtein`` on the whole texts,
+    also where the bound is loose (a word's letters moved across a space: bound 6, distance 2)."""
+    o = AttackedText.from_text("abcd e")
+    moved = o.replace_words({0: "a", 1: "bcde"})
+    assert C.levenshtein(o.text, moved.text) == 2
+    assert [C.EditDistance(k).allows(o, [moved])[0] for k in (1, 2, 5, 6)] == [False, True, True, True]
+    g = torch.Generator().manual_seed(0)
+    words = ["movie", "plot", "actors", "scene", "dull", "great", "story"]
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    base = AttackedText.from_text("the " + " ".join(words) + ", it is.")
+    cands = []
+    for _ in range(300):
+        text = base
+        for i in torch.randperm(base.num_words, generator=g)[: int(torch.randint(1, 5, (1,), generator=g))].tolist():
+            w = list(text.words[i])
+            for _ in range(int(torch.randint(1, 4, (1,), generator=g))):
+                j = int(torch.randint(0, len(w), (1,), generator=g))
+                w[j] = letters[int(torch.randint(0, 26, (1,), generator=g))]
+            text = text.replace_word(i, "".join(w))
+        cands.append(text)
+    for k in (0, 2, 4, 8):
+        assert C.EditDistance(k).allows(base, cands) == [C.levenshtein(base.text, c.text) <= k for c in cands]
+
+
 def test_levenshtein_known_values() -> None:
     assert C.levenshtein("kitten", "sitting") == 3
     assert C.levenshtein("flaw", "lawn") == 2

@@ -166,15 +166,33 @@ def levenshtein(a: str, b: str) -> int:
 
 class EditDistance(Constraint):
     """The character edit distance between the original and the perturbed text is at most ``max_edits``
-    (DeepWordBug's recipe in TextAttack: 30)."""
+    (DeepWordBug's recipe in TextAttack: 30).
+
+    A candidate that keeps the original's separators (every word swap does) is first judged by the sum of
+    its changed words' distances, an upper bound of the whole texts' distance (edit each word in place):
+    at most ``max_edits`` decides it without the quadratic comparison of the whole texts, which is made
+    only otherwise. The decisions are those of :func:`levenshtein` on the whole texts.
+    """
 
     name: ClassVar[str] = "edit-distance"
 
     def __init__(self, max_edits: int = 30) -> None:
         self.max_edits = max_edits
 
+    def _within(self, original: AttackedText, text: AttackedText) -> bool:
+        if text.num_words == original.num_words and text.pieces[0::2] == original.pieces[0::2]:
+            bound = 0
+            for a, b in zip(original.words, text.words):
+                if a != b:
+                    bound += levenshtein(a, b)
+                    if bound > self.max_edits:
+                        break
+            if bound <= self.max_edits:
+                return True
+        return levenshtein(original.text, text.text) <= self.max_edits
+
     def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
-        return [levenshtein(original.text, c.text) <= self.max_edits for c in candidates]
+        return [self._within(original, c) for c in candidates]
 
 
 class PairEncoder(Protocol):
