@@ -9,12 +9,14 @@ from scipy.optimize import minimize
 
 from mlsafety.core import Classifier, LanguageModel
 from mlsafety.robustness.text import Attack, AttackedText, Constraint, Transformation, Untargeted
+from mlsafety.robustness.text._base import Problem
 from mlsafety.robustness.text._fluency import Perplexity, perplexities
 from mlsafety.robustness.text._projection import project_capped_simplex, project_simplex
 from mlsafety.robustness.text.textgrad import (
     RandomSubstitutionSearch,
     TextGradSearch,
     build_relaxation,
+    first_allowed,
     margin_loss,
 )
 from tests.support.linear_text import sentiment, sentiment_model
@@ -201,3 +203,41 @@ def test_fluency_constraint_holds_on_results() -> None:
         if r.success:
             ratio = perplexities(lm, [r.perturbed])[0] / perplexities(lm, [r.original])[0]
             assert float(ratio) <= 1.2 + 1e-4
+
+
+class _OddLength(Constraint):
+    """Allows a candidate whose newest word has an odd length; counts the candidates it judged."""
+
+    def __init__(self) -> None:
+        self.judged = 0
+
+    def allows(self, original: AttackedText, candidates: list[AttackedText]) -> list[bool]:  # type: ignore[override]
+        self.judged += len(candidates)
+        return [len(c.words[c.last]) % 2 == 1 for c in candidates if c.last is not None]
+
+
+@pytest.mark.parametrize("max_candidates", [1, 3, 100])
+def test_first_allowed_keeps_what_judging_all_at_once_keeps_and_judges_fewer(max_candidates: int) -> None:
+    """Each site keeps the first ``max_candidates`` allowed substitutes in the transformation's order, as when
+    every candidate is judged and the first ones kept; with a small cap fewer candidates are judged."""
+    model = sentiment_model()
+    counting = _OddLength()
+    attack = Attack(model, Untargeted(), _Pool(), [_NoRepeat(), counting], TextGradSearch(Classifier(model)))
+    original = AttackedText.from_text(_positive_texts(1)[0])
+    problem = attack_problem(attack, original)
+    cands = attack.transformation.transform(original, range(original.num_words), problem.g)
+    expected: dict[int, list[str]] = {}
+    for c in cands:
+        if len(c.words[c.last]) % 2 == 1 and len(expected.setdefault(c.last, [])) < max_candidates:
+            expected[c.last].append(c.words[c.last])
+    got = first_allowed(problem, cands, max_candidates)
+    assert got == {i: w for i, w in expected.items() if w}
+    assert all(len(w) <= max_candidates for w in got.values())
+    if max_candidates < 3:
+        assert counting.judged < len(cands)
+    else:
+        assert counting.judged <= len(cands)
+
+
+def attack_problem(attack: Attack, original: AttackedText) -> Problem:
+    return Problem(attack, original, 1, None, torch.Generator().manual_seed(0))

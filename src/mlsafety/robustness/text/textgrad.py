@@ -78,6 +78,42 @@ class Relaxation:
     cmask: torch.Tensor
 
 
+def first_allowed(
+    problem: Problem, cands: list[AttackedText], max_candidates: int, skip: tuple[type, ...] = ()
+) -> dict[int, list[str]]:
+    """The first ``max_candidates`` substitutes of each site (in the transformation's order) that every
+    constraint not of a type in ``skip`` allows.
+
+    Candidates are judged in rounds, each taking at most the number still missing at every site, so the
+    constraints (the sentence encoder above all) never judge a candidate that could not be kept; every
+    constraint judges each candidate on its own, so the result is that of judging them all at once.
+    """
+    pools: dict[int, list[AttackedText]] = {}
+    for c in cands:
+        assert c.last is not None
+        pools.setdefault(c.last, []).append(c)
+    kept: dict[int, list[str]] = {i: [] for i in pools}
+    taken = dict.fromkeys(pools, 0)
+    while True:
+        batch: list[AttackedText] = []
+        for i, pool in pools.items():
+            need = max_candidates - len(kept[i])
+            if need > 0 and taken[i] < len(pool):
+                batch += pool[taken[i] : taken[i] + need]
+                taken[i] += need
+        if not batch:
+            break
+        for con in problem.attack.constraints:
+            if not batch:
+                break
+            if not isinstance(con, skip):
+                batch = [c for c, ok in zip(batch, con.allows(problem.original, batch)) if ok]
+        for c in batch:
+            assert c.last is not None
+            kept[c.last].append(c.words[c.last])
+    return {i: words for i, words in kept.items() if words}
+
+
 def build_relaxation(
     clf: Classifier, problem: Problem, max_candidates: int, skip: tuple[type, ...] = (Perplexity,)
 ) -> Relaxation | None:
@@ -86,20 +122,8 @@ def build_relaxation(
     no site is left."""
     orig = problem.original
     indices = problem.modifiable(orig)
-    cands = problem.attack.transformation.transform(orig, indices, problem.g)
-    for con in problem.attack.constraints:
-        if not cands:
-            break
-        if isinstance(con, skip):
-            continue
-        keep = con.allows(orig, cands)
-        cands = [c for c, k in zip(cands, keep) if k]
-    by_site: dict[int, list[str]] = {}
-    for c in cands:
-        assert c.last is not None
-        pool = by_site.setdefault(c.last, [])
-        if len(pool) < max_candidates:
-            pool.append(c.words[c.last])
+    by_site = first_allowed(problem, problem.attack.transformation.transform(orig, indices, problem.g),
+                            max_candidates, skip)  # fmt: skip
     if not by_site:
         return None
     n_tokens = int(clf.encode([orig.text]).lengths[0])
