@@ -42,10 +42,14 @@ class SettingsDiff:
     Attributes:
         run_wide: ``setting: a -> b`` for each run-wide setting that differs (:data:`RUN_WIDE`).
         by_check: check name -> ``param: a -> b`` lines, for each check whose effective parameters differ.
+        sample_sizes: ``check: param: a -> b`` for sample sizes that differ only because one ``--budget``
+            (the same in both runs) chose them from each run's measured costs: the estimates measure the
+            same thing at another precision, which their intervals carry, so these touch no check.
     """
 
     run_wide: list[str] = field(default_factory=list)
     by_check: dict[str, list[str]] = field(default_factory=dict)
+    sample_sizes: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(self.run_wide or self.by_check)
@@ -95,17 +99,34 @@ def settings_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> SettingsDiff:
         if _show(a.get(key)) != _show(b.get(key))
     ]
     pa, pb = effective_params(a), effective_params(b)
+    planned = _budget_sizes(a, b)
     by_check: dict[str, list[str]] = {}
+    sizes: list[str] = []
     for check in sorted(set(pa) & set(pb)):
         keys = sorted(set(pa[check]) | set(pb[check]))
-        diffs = [
-            f"{k}: {_show(pa[check].get(k))} -> {_show(pb[check].get(k))}"
-            for k in keys
-            if _show(pa[check].get(k)) != _show(pb[check].get(k))
-        ]
-        if diffs:
-            by_check[check] = diffs
-    return SettingsDiff(run_wide, by_check)
+        diffs = [k for k in keys if _show(pa[check].get(k)) != _show(pb[check].get(k))]
+        lines = [f"{k}: {_show(pa[check].get(k))} -> {_show(pb[check].get(k))}" for k in diffs]
+        if diffs and all((check, k) in planned for k in diffs):
+            sizes += [f"{check}: {line}" for line in lines]
+        elif diffs:
+            by_check[check] = lines
+    return SettingsDiff(run_wide, by_check, sizes)
+
+
+def _budget_sizes(a: Mapping[str, Any], b: Mapping[str, Any]) -> set[tuple[str, str]]:
+    """The ``(check, param)`` sample sizes both runs' budget plans chose, from the same configured size,
+    under the same ``--budget`` (none when the budgets differ or a run has none). A knob counting
+    optimisation steps (``*_steps``) is left out: fewer steps change what is measured, not its precision."""
+    if a.get("budget") is None or _show(a.get("budget")) != _show(b.get("budget")):
+        return set()
+
+    def knobs(config: Mapping[str, Any]) -> dict[tuple[str, str], Any]:
+        plan = config.get("plan")
+        rows = plan.get("knobs", []) if isinstance(plan, dict) else []
+        return {(str(k.get("check")), str(k.get("param"))): k.get("configured") for k in rows if isinstance(k, dict)}
+
+    ka, kb = knobs(a), knobs(b)
+    return {key for key in ka.keys() & kb.keys() if ka[key] == kb[key] and not key[1].endswith("_steps")}
 
 
 __all__ = ["ROW_SETTINGS", "RUN_WIDE", "SettingsDiff", "effective_params", "row_setting_diff", "settings_diff"]

@@ -156,6 +156,14 @@ def compare(
         )
         for d in diff.lines() + row_lines:
             line("  differs:", d, style="bold yellow")
+    if (a.model, a.data) != (b.model, b.data):
+        line("note:", f"run {a.run_id} audited {a.model} on {a.data}, run {b.run_id} {b.model} on {b.data}: "
+                      "the changes below are the differences between them", style="bold cyan")  # fmt: skip
+    if diff.sample_sizes:
+        line("note:", "sample sizes the same --budget chose from each run's costs differ (the intervals carry "
+                      "the precision; not a settings difference):", style="bold cyan")  # fmt: skip
+        for d in diff.sample_sizes:
+            line("  sample size:", d, style="bold cyan")
 
     def verdict(c: Any) -> str:
         if c.verdict and (diff.affects(c.a.check) or c.key in by_row) and not across_settings:
