@@ -250,7 +250,8 @@ def test_gram_matches_the_paper_formula(tiny: TinyCNN, fit_set, test_x) -> None:
 
 def test_gram_features_are_the_same_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:
     """The power loop runs over blocks of inputs in reused buffers: blocks of 2 (the last one short), then a second
-    batch of another size through the same reduction, give each input's features as alone."""
+    batch of another size through the same reduction, give each input's features as alone; vectors (C x 1 maps,
+    their own path) as the brute-force Gram matrix says."""
     from mlsafety.monitoring.ood import gram
 
     g = torch.Generator().manual_seed(1)
@@ -260,6 +261,14 @@ def test_gram_features_are_the_same_block_by_block(monkeypatch: pytest.MonkeyPat
     reduce = gram_features(3)
     for m, want in zip(maps, alone, strict=True):
         torch.testing.assert_close(reduce(m), want, rtol=1e-5, atol=1e-6)
+    vectors = torch.randn(7, 6, generator=g)  # a layer's vector output: a C x 1 map, its own path
+    brute = np.zeros((7, 3, 6))
+    for i in range(7):
+        f = vectors[i].reshape(6, 1).double().numpy()
+        for p in range(1, 4):
+            rows = ((f**p) @ (f**p).T).sum(axis=1)
+            brute[i, p - 1] = np.sign(rows) * np.abs(rows) ** (1.0 / p)
+    np.testing.assert_allclose(reduce(vectors).double().numpy(), brute, rtol=1e-4, atol=1e-5)
 
 
 def test_mds_ensemble_matches_the_paper_formula(tiny: TinyCNN, fit_set, test_x) -> None:

@@ -56,7 +56,10 @@ def gram_features(powers: int) -> LayerReduce:
                     fp = torch.mul(scaled, scaled, out=buf[size : size + m * c * hw].view(m, c, hw))
                 elif p > 2:
                     fp.mul_(scaled)  # F^p by products, in place (faster than pow)
-                rows[s : s + m, p - 1] = torch.bmm(fp.sum(dim=1, keepdim=True), fp.transpose(1, 2)).squeeze(1)
+                if hw == 1:  # a vector: each row is f_c^p sum_c' f_c'^p, no product to batch
+                    rows[s : s + m, p - 1] = fp[:, :, 0] * fp[:, :, 0].sum(dim=1, keepdim=True)
+                else:
+                    rows[s : s + m, p - 1] = torch.bmm(fp.sum(dim=1, keepdim=True), fp.transpose(1, 2)).squeeze(1)
         roots = rows.abs()
         for p in range(2, powers + 1):  # a scalar exponent per order: much faster than a broadcast one
             roots[:, p - 1].pow_(1.0 / p)
