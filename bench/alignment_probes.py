@@ -29,11 +29,12 @@ import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
 from mlsafety.alignment.probes import (
+    CCS,
     TEMPLATES,
     ContrastPairs,
     ContrastStates,
@@ -157,6 +158,7 @@ def est(correct: torch.Tensor) -> list[float]:
 
 
 def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenising on this thread: its CPU time is counted
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-mr", type=int, default=96)
     ap.add_argument("--n-statements", type=int, default=128)
@@ -166,17 +168,42 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--n-speed", type=int, default=32, help="statements timed against the bare forward passes")
     ap.add_argument("--speed-reps", type=int, default=2)
+    ap.add_argument("--speed-sets", action="store_true", help="also time the bench's mr and statements sets")
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--out", default=str(OUT / "alignment_probes"), help="path stem of the .md and .json results")
     ap.add_argument("--ccs-epochs", type=int, default=1000)
     ap.add_argument("--ccs-restarts", type=int, default=10)
     ap.add_argument("--speed-only", action="store_true", help="only the timing against the bare forward passes")
     ap.add_argument("--no-speed", action="store_true", help="skip the timing")
+    ap.add_argument(
+        "--anchor-statements",
+        type=int,
+        default=0,
+        help="only Burns et al.'s +4 points on this many statements (first template), to --out",
+    )
+    ap.add_argument(
+        "--ccs-check",
+        action="store_true",
+        help="only CCS with early stopping (its default tol) against the paper's fixed epochs (tol=0) on every set",
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     PARAMS["ccs"] = {"epochs": args.ccs_epochs, "restarts": args.ccs_restarts}
     lm = resolve_language_model(args.model)
     layers = list(range(lm.n_layers + 1))
+    if args.ccs_check:
+        check = {"model": args.model, "args": vars(args), "load_start": os.getloadavg()}
+        check["sets"] = ccs_check_part(lm, args, layers)
+        check["load_end"] = os.getloadavg()
+        Path(args.out).with_suffix(".json").write_text(json.dumps(check, indent=1))
+        return
+    if args.anchor_statements:
+        anchor = {"model": args.model, "args": vars(args), "load_start": os.getloadavg()}
+        anchor.update(anchor_part(lm, args, layers))
+        anchor["load_end"] = os.getloadavg()
+        Path(args.out).with_suffix(".json").write_text(json.dumps(anchor, indent=1))
+        print(json.dumps(anchor, indent=1))
+        return
     payload: dict[str, Any] = {"model": args.model, "args": vars(args), "load_start": os.getloadavg()}
     if not args.speed_only:
         payload.update(accuracy_part(lm, args, layers))
@@ -194,20 +221,127 @@ def main() -> None:
 
 
 def speed_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
-    """Bare forward passes and the whole pipeline over the same texts, alternated ``speed_reps`` times."""
-    pairs = statement_pairs(args.n_speed)
-    bare, pipe = [], []
+    """Bare forward passes and the whole pipeline over the same texts, alternated ``speed_reps`` times, on one
+    intra-op thread (both sides): wall seconds and this thread's CPU seconds (which the other engineers' load
+    on the shared cores inflates less). ``--speed-sets`` adds the bench's own mr and statements sets."""
+    sets = {f"statements-{args.n_speed}": statement_pairs(args.n_speed)}
+    if args.speed_sets:
+        mr = load_dataset("mr", split="test")
+        sets[f"mr-{args.n_mr}"] = text_pairs(list(mr.x[: args.n_mr]), mr.y[: args.n_mr], dataset="mr")
+        sets[f"statements-{args.n_statements}"] = statement_pairs(args.n_statements)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out: dict[str, Any] = {}
+    try:
+        for name, pairs in sets.items():
+            out[name] = speed_one(lm, pairs, args, layers)
+            print(name, json.dumps({k: v for k, v in out[name].items() if "ratio" in k}), flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def speed_one(lm: Any, pairs: ContrastPairs, args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
+    times: dict[str, list[float]] = {k: [] for k in ("bare_wall_s", "bare_cpu_s", "pipeline_wall_s", "pipeline_cpu_s")}
     load = [os.getloadavg()[0]]
     for _ in range(args.speed_reps):
-        bare.append(bare_forward_seconds(lm, pairs, args.batch_size))
-        pipe.append(pipeline_seconds(lm, pairs, args.batch_size, layers, args.seed))
+        for side in ("bare", "pipeline"):
+            cpu = time.thread_time()
+            if side == "bare":
+                wall = bare_forward_seconds(lm, pairs, args.batch_size)
+            else:
+                wall = pipeline_seconds(lm, pairs, args.batch_size, layers, args.seed)
+            times[f"{side}_cpu_s"].append(time.thread_time() - cpu)
+            times[f"{side}_wall_s"].append(wall)
         load.append(os.getloadavg()[0])
     st = contrast_states(lm, pairs, args.batch_size)
     fit_idx, test_idx = split_items(len(pairs), torch.Generator().manual_seed(args.seed), groups=pairs.groups)
+    cpu = time.thread_time()
     _, probe_s = fit_all(st, fit_idx, test_idx, layers, args.seed, pairs.groups)
-    return {"texts": 2 * len(pairs), "layers": len(layers), "bare_forward_s": bare, "pipeline_s": pipe,
-            "ratios": [p / b for p, b in zip(pipe, bare)], "ratio_of_sums": sum(pipe) / sum(bare),
-            "probe_s": probe_s, "load_1min": load}  # fmt: skip
+    probe_cpu = time.thread_time() - cpu
+    cpu_ratios = [p / b for p, b in zip(times["pipeline_cpu_s"], times["bare_cpu_s"])]
+    wall_ratios = [p / b for p, b in zip(times["pipeline_wall_s"], times["bare_wall_s"])]
+    return {"texts": 2 * len(pairs), "layers": len(layers), **times, "cpu_ratios": cpu_ratios,
+            "cpu_ratio_of_sums": sum(times["pipeline_cpu_s"]) / sum(times["bare_cpu_s"]), "wall_ratios": wall_ratios,
+            "wall_ratio_of_sums": sum(times["pipeline_wall_s"]) / sum(times["bare_wall_s"]),
+            "probe_wall_s": probe_s, "probe_cpu_s": probe_cpu, "load_1min": load}  # fmt: skip
+
+
+def ccs_check_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
+    """CCS on every template of both accuracy sets (the bench's split and seed), fitted with its default early
+    stopping and with ``tol=0`` (Burns et al.'s fixed epochs) from the same initialisation: the largest
+    difference in test accuracy at any layer, how many test readings differ, the epochs each ran and this
+    thread's CPU seconds (one intra-op thread)."""
+    mr = load_dataset("mr", split="test")
+    base = {
+        "mr": text_pairs(list(mr.x[: args.n_mr]), mr.y[: args.n_mr], dataset="mr"),
+        "statements": statement_pairs(args.n_statements),
+        f"statements-{args.n_speed}": statement_pairs(args.n_speed),
+    }
+    out: dict[str, Any] = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for ds, pairs in base.items():
+            fit_idx, test_idx = split_items(len(pairs), torch.Generator().manual_seed(args.seed), groups=pairs.groups)
+            kind = ds.split("-")[0]
+            for t in TEMPLATES[kind][: args.templates if kind == ds else 1]:
+                st, _ = cached_states(lm, args.model, pairs.with_template(t), args.batch_size, f"{kind}-{t.name}")
+                fit, test = st.subset(fit_idx), st.subset(test_idx)
+                runs = {}
+                for label, tol in (("paper", 0.0), ("early", None)):
+                    params = {**PARAMS["ccs"], **({} if tol is None else {"tol": tol})}
+                    cpu = time.thread_time()
+                    probe = fit_probes("ccs", fit, layers, torch.Generator().manual_seed(args.seed), params)
+                    seconds = time.thread_time() - cpu
+                    results, readings = layer_results(probe, fit, test, layers)
+                    runs[label] = (probe, results, readings, seconds)
+                (_, pr, pread, psec), (probe, er, eread, esec) = runs["paper"], runs["early"]
+                ep = cast(CCS, probe)
+                out[f"{ds}:{t.name}"] = {
+                    "n_fit": len(fit_idx), "tol": ep.tol, "window": ep.window,
+                    "max_abs_accuracy_diff": max(abs(a.accuracy.value - b.accuracy.value) for a, b in zip(pr, er)),
+                    "max_abs_fit_accuracy_diff": max(abs(a.fit_accuracy - b.fit_accuracy) for a, b in zip(pr, er)),
+                    "readings_differ": int((pread != eread).sum()), "readings": pread.numel(),
+                    "epochs_mean": float(ep.epochs_run_.float().mean()), "epochs_min": int(ep.epochs_run_.min()),
+                    "layers_stopped_early": int((ep.epochs_run_ < ep.epochs).all(1).sum()),
+                    "cpu_s_paper": psec, "cpu_s_early": esec,
+                }  # fmt: skip
+                print(ds, t.name, json.dumps(out[f"{ds}:{t.name}"]), flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def anchor_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
+    """CCS against zero-shot on ``args.anchor_statements`` statements under the first template: every method at
+    its best layer (chosen on the fit half) with exact intervals, and CCS minus zero-shot (raw and calibrated,
+    label-free and better sign) with paired bootstrap intervals over test items."""
+    pairs = statement_pairs(args.anchor_statements)
+    g = torch.Generator().manual_seed(args.seed)
+    fit_idx, test_idx = split_items(len(pairs), g, groups=pairs.groups)
+    t = TEMPLATES["statements"][0]
+    st, states_s = cached_states(lm, args.model, pairs.with_template(t), args.batch_size, f"statements-{t.name}")
+    start = time.process_time()
+    fitted, probe_s = fit_all(st, fit_idx, test_idx, layers, args.seed, pairs.groups)
+    labels = st.labels[test_idx]
+    methods: dict[str, Any] = {}
+    correct: dict[str, torch.Tensor] = {}
+    for m in (*METHODS, *ZS):
+        if m in METHODS:
+            fit_acc = [r.fit_accuracy for r in fitted[m]["results"]]
+            j = max(range(len(layers)), key=lambda k: fit_acc[k])
+            correct[m] = fitted[m]["readings"][:, j] == labels
+            methods[m] = {"best_layer": layers[j], "fit_accuracy": fit_acc[j], "accuracy": est(correct[m])}
+        else:
+            correct[m] = fitted[m]["readings"][:, 0] == labels
+            methods[m] = {"best_layer": -1, "accuracy": est(correct[m])}
+    either = correct["ccs"] if float(correct["ccs"].float().mean()) >= 0.5 else ~correct["ccs"]
+    return {"template": t.name, "n_fit": len(fit_idx), "n_test": len(test_idx), "methods": methods,
+            "ccs_minus": {z: paired_diff(correct["ccs"][:, None], correct[z][:, None]) for z in ZS},
+            "ccs_either_sign_minus": {z: paired_diff(either[:, None], correct[z][:, None]) for z in ZS},
+            "curve": {m: [r.accuracy.value for r in fitted[m]["results"]] for m in METHODS},
+            "states_s": states_s, "probe_s": probe_s, "probe_cpu_s": time.process_time() - start}  # fmt: skip
 
 
 def accuracy_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[str, Any]:
@@ -374,17 +508,21 @@ def render(p: dict[str, Any]) -> str:
                   f"Hidden states of {t['sets']} sets read in {t['states_total_s']:.0f}s (when first read; cached "
                   f"since); every probe at every layer on all of them {t['probe_total_s']:.1f}s "
                   f"({t['probe_total_s'] / max(t['states_total_s'], 1e-9):.3f} of the reading time).", ""]  # fmt: skip
-    s = p.get("speed")
-    if s:
-        ratios = ", ".join(f"{r:.3f}" for r in s["ratios"])
-        lines += ["## Speed (statements, first template; alternated in one process)", "",
-                  f"{s['texts']} texts, {s['layers']} layers: bare forward passes "
-                  f"{', '.join(f'{x:.1f}' for x in s['bare_forward_s'])}s; whole pipeline (hidden states of all layers "
-                  f"and both answers' log-probabilities, split, all four probes fitted at every layer and read) "
-                  f"{', '.join(f'{x:.1f}' for x in s['pipeline_s'])}s: ratios {ratios} (ratio of sums "
-                  f"{s['ratio_of_sums']:.3f}; goal < 1.2x). Probe seconds alone: "
-                  + ", ".join(f"{m} {v:.2f}" for m, v in s["probe_s"].items())
-                  + f". 1-min load during the timing: {', '.join(f'{x:.1f}' for x in s['load_1min'])}."]  # fmt: skip
+
+    def nums(xs: list[float]) -> str:
+        return ", ".join(f"{x:.1f}" for x in xs)
+
+    for name, s in (p.get("speed") or {}).items():
+        lines += [f"## Speed ({name}, first template; alternated in one process, one intra-op thread)", "",
+                  f"{s['texts']} texts, {s['layers']} layers. This thread's CPU seconds: bare forward passes "
+                  f"{nums(s['bare_cpu_s'])}; whole pipeline (hidden states of all layers and both answers' "
+                  f"log-probabilities, split, all four probes fitted at every layer and read) "
+                  f"{nums(s['pipeline_cpu_s'])}: ratios {', '.join(f'{r:.3f}' for r in s['cpu_ratios'])} (ratio of "
+                  f"sums {s['cpu_ratio_of_sums']:.3f}; goal < 1.2x). Wall: ratios "
+                  f"{', '.join(f'{r:.3f}' for r in s['wall_ratios'])} (of sums "
+                  f"{s['wall_ratio_of_sums']:.3f}). Probe CPU seconds alone {s['probe_cpu_s']:.2f} (wall: "
+                  + ", ".join(f"{m} {v:.2f}" for m, v in s["probe_wall_s"].items())
+                  + f"). 1-min load during the timing: {nums(s['load_1min'])}.", ""]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
