@@ -188,7 +188,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=20, help="examples per recipe")
     ap.add_argument("--budget", type=int, default=1000, help="queries per example")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (see text_profile.md)")
     ap.add_argument("--skip-textattack", action="store_true")
     ap.add_argument("--only", default="", help="comma-separated stages to run (default all)")
     ap.add_argument("--md-only", action="store_true", help="rewrite the .md from the .json and stop")
