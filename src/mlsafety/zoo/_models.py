@@ -239,6 +239,19 @@ register_model(
         size="241.8k params",
     )
 )
+register_model(
+    ModelInfo(
+        "fashion-cnn-pixmix",
+        "fashion-cnn fine-tuned 5 epochs on PixMix images (procedural fractals and patterns); test accuracy "
+        "0.926 [0.920, 0.931]",
+        FashionCNN,
+        "fashion-cnn-pixmix",
+        "fashion-mnist",
+        threads=1,
+        trained_by="mlsafety.robustness",
+        size="241.8k params",
+    )
+)
 for _percent in (25, 50):
     register_model(
         ModelInfo(
