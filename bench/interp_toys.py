@@ -288,11 +288,33 @@ def _md_dims(res: dict[str, Any]) -> list[str]:
         ds = ", ".join(f"{v:.3f}" for v in res["dimensions_per_feature"][k])
         rep = ", ".join(str(v) for v in res["represented"][k])
         cells = " | ".join(str(res["near_fraction_counts"][lab][k]) for lab in labels)
-        lines.append(f"| {x:.3g} | {ds} | {rep} | {cells} |")
+        lines.append(f"| {x:.4g} | {ds} | {rep} | {cells} |")
     total = sum(len(v) for v in res["feature_dimensionality"])
     lines += [
         "",
         f"All sparsities, of {total} represented features: " + ", ".join(f"{k}: {v}" for k, v in tot.items()),
+        "",
+        "Where each fraction's cluster sits (1/(1-S) with at least 3 features at it, and their count):",
+        "",
+    ]
+    for lab in labels:
+        where = [
+            f"{x:.4g} ({c})"
+            for x, c in zip(res["inv_density"], res["near_fraction_counts"][lab], strict=True)
+            if c >= 3
+        ]
+        lines.append(f"- {lab}: " + (", ".join(where) if where else "nowhere"))
+    # Is the 2/3 pile a cluster or a slice of a smear? Compare it with an even spread over [0.55, 0.78].
+    lo, hi = 0.55, 0.78
+    mid = [v for ds in res["feature_dimensionality"] for v in ds if lo <= v <= hi]
+    at = sum(abs(v - 2 / 3) < res["tolerance"] for v in mid)
+    expect = len(mid) * 2 * res["tolerance"] / (hi - lo)
+    lines += [
+        "",
+        f"Of the {len(mid)} features with D_i in [{lo}, {hi}], {at} lie within {res['tolerance']} of 2/3, where an "
+        f"even spread over that range would put {expect:.0f}: the 2/3 pile stands out of a spread of values "
+        "between 1/2 and 3/4 rather than holding every feature there, unlike the 1/2 plateau, where every "
+        "represented feature of a model sits at 1/2.",
         "",
         "![feature dimensionality](interp_superposition_dims.png)",
         "",
