@@ -35,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -48,6 +49,7 @@ from mlsafety import zoo
 from mlsafety.core import ArrayDataset, Classifier, generator
 from mlsafety.metrics import Estimate
 from mlsafety.monitoring import ood
+from mlsafety.monitoring.ood.engine import collect_outputs, layer_taps, sharing
 from mlsafety.monitoring.ood.reject import RejectTable, reject_table
 from mlsafety.monitoring.training import outlier_set, rotation_training
 
@@ -210,10 +212,22 @@ def speed(label: str, model: nn.Module, fit: Any, x: torch.Tensor, repeats: int)
     wall = sorted(b[0] / a[0] for a, b in zip(t_plain, t_all, strict=True))
     cpu = sorted(b[1] / a[1] for a, b in zip(t_plain, t_all, strict=True))
     best_plain = min(t[1] for t in t_plain)
-    alone = {}  # each detector with its own pass: CPU time, best of two, over the best plain pass
-    for d in dets:
-        alone[d.name] = min(_timed(lambda d=d: ood.score_detectors([d], clf, x))[1] for _ in range(2))  # type: ignore[misc]
     cpu_ratio = min(t[1] for t in t_all) / best_plain
+    # where the time goes: the shared pass (hooks, features, layer taps) against a plain pass next to it, and each
+    # detector's scoring from the shared outputs (what it adds to the group), CPU time, best of three
+    taps = layer_taps(dets, clf)
+    pass_ratio = min(
+        _timed(lambda: collect_outputs(clf, x, 256, layers=taps or None))[1] / _timed(plain)[1] for _ in range(3)
+    )
+    outs, _ = collect_outputs(clf, x, 256, layers=taps or None)
+
+    def alone(d: ood.Detector) -> None:
+        with sharing():  # its own share of any common work, as the first detector of a call
+            if d.shared and getattr(d, "fitted_", False):
+                d.plan(outs)
+            d.score_outputs(clf, outs)
+
+    marginal = {d.name: min(_timed(lambda d=d: alone(d))[1] for _ in range(3)) / best_plain for d in dets}  # type: ignore[misc]
     return {
         "model": label,
         "n_score": int(x.shape[0]),
@@ -227,8 +241,11 @@ def speed(label: str, model: nn.Module, fit: Any, x: torch.Tensor, repeats: int)
         "all_detectors_one_pass_cpu_s": min(t[1] for t in t_all),
         "cpu_ratio_best_of": cpu_ratio,
         "cpu_ratio_per_repeat": cpu,
-        "goal_met": cpu_ratio < 1.5 if torch.get_num_threads() == 1 else min(wall) < 1.5,
-        "alone_vs_plain_forward": {n: t / best_plain for n, t in sorted(alone.items(), key=lambda kv: -kv[1])},
+        "cpu_ratio_median": statistics.median(cpu),
+        "ratio_median": statistics.median(wall),
+        "goal_met": statistics.median(cpu) < 1.5 if torch.get_num_threads() == 1 else statistics.median(wall) < 1.5,
+        "shared_pass_vs_plain_forward": pass_ratio,
+        "scoring_vs_plain_forward": dict(sorted(marginal.items(), key=lambda kv: -kv[1])),
     }
 
 
@@ -335,12 +352,17 @@ def markdown(res: dict[str, Any], table: RejectTable | None) -> str:
             "Each repeat times one plain forward pass and then the detectors' shared pass with all their scores, "
             "alternately, so both see the same load. CPU is the CPU time of the calling thread (with one torch "
             "thread, all of the work): less sensitive than wall time to the other processes of a shared machine, "
-            "so the goal is judged on it (on wall time with more threads). Best of the repeats, and every repeat's "
-            "ratio.",
+            "so the goal is judged on it (on wall time with more threads). The goal is judged on the median of the "
+            "repeats' ratios (each a pair timed back to back, so a change of load between repeats cancels out); the "
+            "ratio of the best times of each and every repeat's ratio are shown beside it. Below each model, where "
+            "the time goes, in plain passes (CPU, best of three): the shared pass "
+            "(features, hooks, layer taps) against a plain pass timed next to it, and each detector's scoring from "
+            "the shared outputs, costliest first.",
             "",
-            "| model | inputs | detectors | plain forward CPU s | all detectors CPU s | CPU ratio (best of) "
-            "| CPU ratios per repeat | wall ratio (best of) | wall ratios per repeat | goal < 1.5x |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "| model | inputs | detectors | plain forward CPU s (best) | all detectors CPU s (best) | CPU ratio, "
+            "median of repeats | CPU ratio of the bests | CPU ratios per repeat | wall ratio, median | wall ratios per "
+            "repeat | goal < 1.5x (median CPU ratio) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for s in res["speed"]:
             per = ", ".join(f"{v:.2f}" for v in s["ratio_per_repeat"])
@@ -348,14 +370,21 @@ def markdown(res: dict[str, Any], table: RejectTable | None) -> str:
             nan = float("nan")
             lines.append(
                 f"| {s['model']} | {s['n_score']} | {len(s['detectors'])} | {s.get('plain_forward_cpu_s', nan):.3f} "
-                f"| {s.get('all_detectors_one_pass_cpu_s', nan):.3f} | {s.get('cpu_ratio_best_of', nan):.2f} "
-                f"| {cpu_per} | {s['ratio_best_of']:.2f} | {per} | {'met' if s['goal_met'] else 'NOT met'} |"
+                f"| {s.get('all_detectors_one_pass_cpu_s', nan):.3f} | {s.get('cpu_ratio_median', nan):.2f} "
+                f"| {s.get('cpu_ratio_best_of', nan):.2f} | {cpu_per} | {s.get('ratio_median', nan):.2f} | {per} "
+                f"| {'met' if s['goal_met'] else 'NOT met'} |"
             )
-            top = ", ".join(f"{n} {r:.2f}x" for n, r in list(s["alone_vs_plain_forward"].items())[:6])
-            lines.append(f"| ({s['model']}: slowest alone, pass included, CPU: {top}) |" + " |" * 9)
+            if "scoring_vs_plain_forward" in s:
+                top = ", ".join(f"{n} {r:.3f}" for n, r in list(s["scoring_vs_plain_forward"].items())[:8])
+                rest = sum(list(s["scoring_vs_plain_forward"].values())[8:])
+                lines.append(
+                    f"| ({s['model']}, CPU in plain passes: the shared pass with its hooks and layer taps "
+                    f"{s['shared_pass_vs_plain_forward']:.2f}; scoring from its outputs: {top}, the other "
+                    f"{len(s['detectors']) - 8} {rest:.3f} together) |" + " |" * 10
+                )
             if s["dropped"]:
                 lines.append(f"| (left out on {s['model']}: " + "; ".join(f"{k}: {v}" for k, v in s["dropped"].items())
-                             + ") |" + " |" * 9)  # fmt: skip
+                             + ") |" + " |" * 10)  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
