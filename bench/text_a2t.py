@@ -117,7 +117,12 @@ def main() -> None:
     ap.add_argument("--other", default="deepwordbug", help="the second recipe measured")
     ap.add_argument("--no-control", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--md-only", action="store_true", help="rewrite the .md (and the paired tests) from the .json")
     args = ap.parse_args()
+    if args.md_only:
+        saved = json.loads((OUT / "text_a2t.json").read_text())
+        save(saved, complete=bool(saved.get("complete")))
+        return
     torch.set_num_threads(args.threads)
 
     train_all = zoo.load_dataset("mr", "train")
@@ -170,6 +175,18 @@ def save(record: dict[str, Any], complete: bool) -> None:
             after = record["models"][name]["attacks"][attack]["robust"]
             a, b, p = mcnemar_two_sided(before["attacks"][attack]["robust"], after)
             tests[f"{name} vs before, {attack}"] = {"robust_before_only": a, "robust_after_only": b, "p_two_sided": p}
+    names = list(record["models"])
+    if len(names) == 3:  # A2T against the control: the same training without adversarial texts
+        for attack in before["attacks"]:
+            a, b, p = mcnemar_two_sided(
+                record["models"][names[2]]["attacks"][attack]["robust"],
+                record["models"][names[1]]["attacks"][attack]["robust"],
+            )
+            tests[f"{names[1]} vs control, {attack}"] = {
+                "robust_before_only": a,
+                "robust_after_only": b,
+                "p_two_sided": p,
+            }
     record["mcnemar"] = tests
     record["complete"] = complete
     OUT.mkdir(exist_ok=True)
@@ -204,7 +221,12 @@ def write_md(record: dict[str, Any]) -> None:
             f"{fmt(a['accuracy_under_attack'])} | {fmt(a['success_rate'])} | {fmt(o['accuracy_under_attack'])} | "
             f"{fmt(o['success_rate'])} | {added} | {cpu} |"
         )
-    lines += ["", "Paired per test text (robust = correct and not flipped), exact two-sided McNemar:", ""]
+    lines += [
+        "",
+        'Paired per test text (robust = correct and not flipped), exact two-sided McNemar ("before" / "after"'
+        ' are the first / second model named; against the control, the control is "before"):',
+        "",
+    ]
     for k, v in record["mcnemar"].items():
         lines.append(
             f"- {k}: robust only before {v['robust_before_only']}, only after {v['robust_after_only']}, "
