@@ -91,7 +91,8 @@ class Gram(Detector):
     Deviations from the paper: the layers are :func:`~mlsafety.core.block_layers` (the paper takes every
     convolution's output of a ResNet / DenseNet) unless ``layers`` names them; the Gram matrix is reduced
     to its row sums (as the public implementations do); a class that no fitting input is predicted as takes
-    the bounds over all classes; a layer whose held-out mean deviation is 0 is divided by ``1e-6``.
+    the bounds over all classes; a layer whose held-out mean deviation is 0 is divided by ``1e-6``; features,
+    bounds and deviations are float32 (:func:`gram_features`).
 
     Args:
         powers: the highest order ``P`` (the paper uses 1..10).
