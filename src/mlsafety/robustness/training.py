@@ -343,10 +343,12 @@ def train_fashion_cnn_at(
     no augmentation), the guard measuring PGD-10 accuracy on the first 500 images of the ``val``
     split after each epoch.
 
-    Madry's PGD-7 training would cost about 8 times the clean recipe's forward and backward passes,
-    FGSM-RS about twice. Deviation: adversarial fine-tuning of the clean model for a few epochs, not
-    training from scratch (which costs more CPU time than this project could spend); the paper's
-    other deviations are listed at :func:`fast_adversarial_training`.
+    Madry's PGD-7 training makes 8 forward and backward passes per batch, FGSM-RS 2; measured on one
+    CPU thread an FGSM-RS epoch with its guard took 82-115 s of CPU time against about 32 s for a clean
+    epoch (``bench/results/fashion_variants.md``). Deviation: adversarial fine-tuning of the clean model
+    for a few epochs, not training from scratch (which costs more CPU time than this project could
+    spend on its shared machine); the paper's other deviations are listed at
+    :func:`fast_adversarial_training`.
 
     Args:
         seed: seeds the batch order, dropout and the random starts.
