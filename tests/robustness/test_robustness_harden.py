@@ -64,3 +64,19 @@ def test_harden_reads_every_data_form_and_names_its_parameters() -> None:
         harden(model, data, eps=0.05, step=2)
     with pytest.raises(InputError, match="data: cannot read data of type str"):
         harden(model, "train.npz", eps=0.05)  # type: ignore[arg-type]
+
+
+def test_fast_method_trains_on_fgsm_rs_and_refuses_pgd_only_options(tmp_path: Path) -> None:
+    model, data = _toy()
+    a = harden(model, data, method="fast", eps=0.05, epochs=2, seed=3)
+    b = harden(model, data, method="fast", eps=0.05, epochs=2, seed=3)
+    clean = harden(model, data, method="pgd", eps=0.05, steps=1, epochs=2, seed=3)
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())  # seeded
+    assert not all(torch.equal(a.state_dict()[k], v) for k, v in clean.state_dict().items())  # another method
+    with pytest.raises(InputError, match=r"'fast' has no parameter 'steps'"):
+        harden(model, data, method="fast", eps=0.05, steps=3)
+    res = CliRunner().invoke(
+        main, ["harden", "--method", "fast", "--eps", "0.1", "--steps", "3", "--out", str(tmp_path / "w.safetensors")]
+    )
+    assert res.exit_code == 2 and "'fast' has no parameter 'steps'" in res.output
+    assert not (tmp_path / "w.safetensors").exists()

@@ -27,10 +27,11 @@ TRADES = "mlsafety.robustness:trades_training"
 )
 @click.option(
     "--method",
-    type=click.Choice(["pgd", "trades"]),
+    type=click.Choice(["pgd", "trades", "fast"]),
     default="pgd",
     show_default=True,
-    help="PGD adversarial training (Madry) or TRADES.",
+    help="PGD adversarial training (Madry), TRADES, or fast adversarial training (FGSM from a random start, "
+    "Wong et al. 2020; L-inf, no --steps).",
 )
 @click.option("--eps", type=float, required=True, help="Training radius in [0, 1] pixel units, e.g. 0.1.")
 @click.option("--norm", type=click.Choice(["linf", "l2"]), cls=EntryDefault, default_from=PGD, help="Threat model.")

@@ -270,7 +270,11 @@ def fast_adversarial_training(
     return model.eval()
 
 
-METHODS: dict[str, Callable[..., nn.Module]] = {"pgd": adversarial_training, "trades": trades_training}
+METHODS: dict[str, Callable[..., nn.Module]] = {
+    "pgd": adversarial_training,
+    "trades": trades_training,
+    "fast": fast_adversarial_training,
+}
 """Hardening methods by name (the names ``mlsafety harden --method`` takes)."""
 
 
@@ -287,7 +291,8 @@ def harden(
     Args:
         model: the model to harden.
         data: labelled training data in [0, 1].
-        method: ``"pgd"`` (:func:`adversarial_training`) or ``"trades"`` (:func:`trades_training`).
+        method: ``"pgd"`` (:func:`adversarial_training`), ``"trades"`` (:func:`trades_training`) or
+            ``"fast"`` (:func:`fast_adversarial_training`, FGSM from a random start, L-inf only).
         from_scratch: re-initialise every layer (seeded) before training instead of fine-tuning.
         seed: the training seed (also seeds the re-initialisation).
         **params: the method's other arguments (``eps`` is required).
