@@ -61,7 +61,6 @@ from mlsafety.zoo._models import (
     weights_path,
 )
 from mlsafety.zoo._recipes import (
-    FASHION_EPOCHS,
     Augment,
     BatchLoss,
     train_classifier,
@@ -117,7 +116,6 @@ __all__ = [
     "ASSETS",
     "DIGITS_SHAPE",
     "FASHION_CLASSES",
-    "FASHION_EPOCHS",
     "FASHION_MNIST_FILES",
     "Asset",
     "AssetFile",
