@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, Outputs
+from mlsafety.core import Classifier, InputError, Outputs, device_of, pool_features
 from mlsafety.monitoring import ood
 from mlsafety.systemic import Monitor
 
@@ -98,6 +98,10 @@ def _move(v: Any, fn: Any) -> Any:
     return v
 
 
+def _first_parameter(model: nn.Module) -> list[nn.Parameter]:
+    return [p for p, _ in zip(model.parameters(), range(1), strict=False)]
+
+
 class Guard(nn.Module):
     """A classifier guarded by a fitted monitor (one forward pass for logits, score and decision).
 
@@ -134,9 +138,18 @@ class Guard(nn.Module):
         self.head = head
         self._clf = Classifier(model, head=head)
         self._needs_features = detector is not None and "features" in detector.needs
+        # The per-call fast path (same outputs, less Python per call; see forward): what the audit's
+        # general path re-derives on every call is taken once here.
+        self._params = _first_parameter(model)  # the inputs go to its device
+        self._submodules = list(model.modules())  # eval mode is checked on these, not switched and restored
+        self._fast_score = False
+        if detector is not None:
+            detector._check_fitted()  # refused now, not on the first call
+            self._fast_score = detector.shared and not detector.layered
 
     def _apply(self, fn: Any, recurse: bool = True) -> Guard:  # type: ignore[override]
         super()._apply(fn, recurse)
+        self._params = _first_parameter(self.model)  # a conversion may have replaced the parameters
         if self.detector is not None:  # the detector's learned state follows the model's device
             for k, v in list(vars(self.detector).items()):
                 if k.endswith("_"):
@@ -145,24 +158,65 @@ class Guard(nn.Module):
 
     def outputs(self, x: torch.Tensor) -> Outputs:
         """Logits (and the features the detector needs) from one forward pass, on the model's device."""
-        x = x.to(self._clf.device)
+        x = x.to(self._params[0].device if self._params else device_of(self.model))
         with torch.no_grad():
-            if self._needs_features:
-                feats, logits = self._clf.features_and_logits(x)
+            if not self._needs_features:
+                return Outputs(self._clf.logits(x), None)
+            head = self._clf.head
+            if self._clf.head_info is None or head is None or any(m.training for m in self._submodules):
+                feats, logits = self._clf.features_and_logits(x)  # traces the head / switches to eval mode
                 return Outputs(logits, feats)
-            return Outputs(self._clf.logits(x), None)
+            return self._eval_pass(x, head)
+
+    def _eval_pass(self, x: torch.Tensor, head: nn.Module) -> Outputs:
+        """:meth:`~mlsafety.core.Classifier.features_and_logits` for a model already in eval mode with its
+        head traced: the same hook on the head's input and the same pooling, without re-walking the
+        model's submodules to switch and restore their modes."""
+        captured: list[torch.Tensor] = []
+
+        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if first is None:
+                first = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
+            if first is not None:
+                captured.append(first)
+
+        handle = head.register_forward_pre_hook(hook, with_kwargs=True)
+        try:
+            logits = self._clf.logits(x)
+        finally:
+            handle.remove()
+        if not captured:
+            raise InputError(
+                f"the head {self._clf.head_name!r} was not called during the forward pass; pass head= naming "
+                "the final layer"
+            )
+        return Outputs(logits, pool_features(captured[-1], head))
 
     def decide(self, outputs: Outputs) -> GuardOutput:
         """The monitor's decision on forward ``outputs`` (no forward pass)."""
         mon = self.monitor
         scores = None
-        if self.detector is not None:
-            scores = self.detector.score_outputs(self._clf, outputs)
+        det = self.detector
+        if det is not None:  # score_outputs' body, its checks done once at construction
+            fast = self._fast_score and (outputs.features is not None or "features" not in det.needs)
+            scores = det._finish(det._score(self._clf, outputs)) if fast else det.score_outputs(self._clf, outputs)
         confidence = outputs.probs.amax(dim=1)
-        flagged = mon.flags(scores, confidence)
+        # Monitor.flags with its two comparisons kept for the reasons (each made once, not twice)
+        high = low = None
+        if mon.score_threshold is not None:
+            if scores is None:
+                raise InputError(f"monitor {mon.name!r} needs detector scores")
+            high = scores.reshape(-1) > mon.score_threshold
+        if mon.confidence_threshold is not None:
+            low = confidence.reshape(-1) < mon.confidence_threshold
+        if high is not None and low is not None:
+            flagged = high | low.to(high.device)
+        elif high is not None or low is not None:
+            flagged = high if high is not None else low  # type: ignore[assignment]
+        else:
+            flagged = mon.flags(scores, confidence)  # a monitor of neither part: its own error
         violation = mon.violation(None if scores is None else scores.double(), confidence.double()).float()
-        high = scores > mon.score_threshold if scores is not None and mon.score_threshold is not None else None
-        low = confidence < mon.confidence_threshold if mon.confidence_threshold is not None else None
         n = flagged.shape[0]
         hi = high.tolist() if high is not None else [False] * n  # one transfer each, not one per input
         lo = low.tolist() if low is not None else [False] * n
