@@ -216,8 +216,12 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=24, help="first conv's channels of the narrowest model")
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--render", action="store_true", help="rewrite OUT.md from OUT.json (no run)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "ray_audit"))
     args = ap.parse_args()
+    if args.render:
+        Path(args.out + ".md").write_text(_markdown(json.loads(Path(args.out + ".json").read_text())))
+        return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(1)  # the driver plans and stores; the workers compute (they get one thread each)
     from mlsafety.audit import run_audit
@@ -312,6 +316,15 @@ def _markdown(o: dict) -> str:
         f"Local executor, same 8 audits one after another in one process: {o['local_s']:.1f} s. "
         f"Per model: tasks {statistics.mean(o['audit_task_s_per_model']):.2f} s, driver work (load, hash, plan, "
         f"store) {statistics.mean(o['driver_prep_s']):.2f} s; mean task {o['task_s_mean']:.3f} s.",
+        "",
+        "Why 2 workers' task-seconds exceed 1 worker's (checked for issue 20): each Ray worker runs torch on 1 thread"
+        " (Ray sets OMP_NUM_THREADS=1 for a 1-CPU task: torch.get_num_threads() is 1 in the workers); the machine"
+        " has 2 cores of 1 thread each (lscpu: no hyperthread siblings); the model and data go to the object store"
+        " once per run, not per task (audit-many sends each run to one worker as one streaming task); the driver"
+        " uses the CPU seconds in the table per 8 audits (Ray's polling, storing), and Ray's raylet and GCS run"
+        " beside it, on the same 2 cores as the 2 workers, as do the other sessions (the load column). The"
+        " ceiling probe (256x256 products, in cache) likely misses the shared-cache and memory-bandwidth contention"
+        " of the audits' im2col convolutions (not measured), so it is probably an upper bound for them.",
         "",
         "## Simulated plan: 1,000 models on 50 nodes",
         "",
