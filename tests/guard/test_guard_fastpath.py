@@ -71,3 +71,18 @@ def test_fast_path_equals_general_path_in_eval_and_train_mode() -> None:
                 ]  # fmt: skip
                 assert out.reasons == want
             assert all(m.training == train for m in model.modules())  # modes left as they were
+
+
+def test_confidence_only_guard_answers_in_eval_mode_and_restores_modes() -> None:
+    model, _, _, x = _setup()
+    model.eval()
+    with torch.no_grad():
+        want = model(x)
+    conf = want.softmax(1).amax(1)
+    mon = Monitor.fit("confidence", None, torch.ones(len(x), dtype=torch.bool), 0.2, val_confidence=conf)
+    guard = Guard(model, mon)
+    model.train()  # dropout (p = 0.5) would change the logits if the guard ran the model in train mode
+    with torch.no_grad():
+        for _ in range(3):
+            torch.testing.assert_close(guard(x).logits, want)
+    assert all(m.training for m in model.modules())

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, Outputs, device_of, pool_features
+from mlsafety.core import Classifier, InputError, Outputs, device_of, eval_mode, pool_features
 from mlsafety.monitoring import ood
 from mlsafety.systemic import Monitor
 
@@ -160,8 +160,9 @@ class Guard(nn.Module):
         """Logits (and the features the detector needs) from one forward pass, on the model's device."""
         x = x.to(self._params[0].device if self._params else device_of(self.model))
         with torch.no_grad():
-            if not self._needs_features:
-                return Outputs(self._clf.logits(x), None)
+            if not self._needs_features:  # eval mode as on the features path: no dropout in a guarded answer
+                with eval_mode(self.model, any(m.training for m in self._submodules)):
+                    return Outputs(self._clf.logits(x), None)
             head = self._clf.head
             if self._clf.head_info is None or head is None or any(m.training for m in self._submodules):
                 feats, logits = self._clf.features_and_logits(x)  # traces the head / switches to eval mode
