@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, Outputs, device_of, eval_mode, pool_features
+from mlsafety.core import Classifier, InputError, Outputs, device_of, eval_mode
 from mlsafety.monitoring import ood
 from mlsafety.systemic import Monitor
 
@@ -167,32 +167,14 @@ class Guard(nn.Module):
             if self._clf.head_info is None or head is None or any(m.training for m in self._submodules):
                 feats, logits = self._clf.features_and_logits(x)  # traces the head / switches to eval mode
                 return Outputs(logits, feats)
-            return self._eval_pass(x, head)
+            return self._eval_pass(x)
 
-    def _eval_pass(self, x: torch.Tensor, head: nn.Module) -> Outputs:
+    def _eval_pass(self, x: torch.Tensor) -> Outputs:
         """:meth:`~mlsafety.core.Classifier.features_and_logits` for a model already in eval mode with its
-        head traced: the same hook on the head's input and the same pooling, without re-walking the
-        model's submodules to switch and restore their modes."""
-        captured: list[torch.Tensor] = []
-
-        def hook(_m: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
-            if first is None:
-                first = next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
-            if first is not None:
-                captured.append(first)
-
-        handle = head.register_forward_pre_hook(hook, with_kwargs=True)
-        try:
-            logits = self._clf.logits(x)
-        finally:
-            handle.remove()
-        if not captured:
-            raise InputError(
-                f"the head {self._clf.head_name!r} was not called during the forward pass; pass head= naming "
-                "the final layer"
-            )
-        return Outputs(logits, pool_features(captured[-1], head))
+        head traced: run in the model's current mode (``train=True``), so the model's submodules are not
+        walked to switch and restore their modes."""
+        feats, logits = self._clf.features_and_logits(x, train=True)
+        return Outputs(logits, feats)
 
     def decide(self, outputs: Outputs) -> GuardOutput:
         """The monitor's decision on forward ``outputs`` (no forward pass)."""
