@@ -68,12 +68,36 @@ def gram_features(powers: int) -> LayerReduce:
     return reduce
 
 
-def deviations(values: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-    """Per input, the summed relative deviation of ``values`` (N, ...) outside ``[low, high]`` (N, ...):
-    ``relu(low - v) / |low + eps| + relu(v - high) / |high + eps|``, summed over every value."""
-    below = (low - values).clamp_min(0) / (low + EPS).abs()
-    above = (values - high).clamp_min(0) / (high + EPS).abs()
-    return (below + above).flatten(1).sum(dim=1)
+def deviations(
+    values: torch.Tensor,
+    pred: torch.Tensor,
+    low: torch.Tensor,
+    high: torch.Tensor,
+    expected: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """Per input, the summed relative deviation of ``values`` (N, ...) outside its predicted class's range
+    ``[low[c], high[c]]`` (``low``, ``high``: (K, ...)), divided by ``expected``:
+    ``sum relu(low_c - v) / |low_c + eps| + relu(v - high_c) / |high_c + eps|`` over every value.
+
+    Computed class by class on the inputs sorted by predicted class, as matrix-vector products with the
+    weights ``1 / (|bound + eps| expected)``, so that no input gets a copy of its class's bounds."""
+    k = low.shape[0]
+    order = pred.argsort()
+    counts = torch.bincount(pred, minlength=k).tolist()
+    g = values.flatten(1).index_select(0, order)
+    low, high = low.flatten(1).to(g), high.flatten(1).to(g)
+    scale = torch.as_tensor(expected).to(g)
+    w_low, w_high = 1.0 / ((low + EPS).abs() * scale), 1.0 / ((high + EPS).abs() * scale)
+    inplace = not g.requires_grad
+    per_class, start = [], 0
+    for c, m in enumerate(counts):
+        v = g[start : start + m]
+        below, above = low[c] - v, v - high[c]
+        below, above = (below.clamp_min_(0), above.clamp_min_(0)) if inplace else (below.relu(), above.relu())
+        per_class.append(below @ w_low[c] + above @ w_high[c])
+        start += m
+    total = torch.cat(per_class) if per_class else g.new_zeros(0)
+    return torch.empty_like(total).index_copy(0, order, total)
 
 
 @register("gram", tags=(IMAGE, OPT_IN))
@@ -142,7 +166,7 @@ class Gram(Detector):
             lows.append(lo)
             highs.append(hi)
             if n_val:
-                dev = deviations(g[val], lo[pred[val]], hi[pred[val]]).mean()
+                dev = deviations(g[val], pred[val], lo, hi).mean()
             else:
                 dev = torch.ones((), dtype=g.dtype, device=g.device)
             expected.append(dev.clamp_min(EPS))
@@ -150,29 +174,11 @@ class Gram(Detector):
         self.lows_, self.highs_, self.expected_ = lows, highs, torch.stack(expected)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
-        # :func:`deviations` summed over the layers, each divided by its expected value, computed class by
-        # class on the inputs sorted by predicted class, so that no input gets copies of its class's bounds:
-        # for class c, relu(low_c - v) . (1 / (|low_c + eps| E_l)) and its upper twin, as matrix-vector products
         assert outputs.layers is not None
         pred = outputs.pred
-        n, k = pred.shape[0], outputs.logits.shape[1]
-        order = pred.argsort()
-        counts = torch.bincount(pred, minlength=k).tolist()
-        parts: list[torch.Tensor] = []
-        for i, name in enumerate(self.layers_):
-            g = outputs.layers[f"gram{self.powers}:{name}"]
-            g = g.flatten(1).index_select(0, order)
-            low, high = self.lows_[i].flatten(1).to(g), self.highs_[i].flatten(1).to(g)
-            expected = self.expected_[i].to(g)
-            w_low, w_high = 1.0 / ((low + EPS).abs() * expected), 1.0 / ((high + EPS).abs() * expected)
-            inplace = not g.requires_grad
-            per_class, start = [], 0
-            for c, m in enumerate(counts):
-                v = g[start : start + m]
-                below, above = low[c] - v, v - high[c]
-                below, above = (below.clamp_min_(0), above.clamp_min_(0)) if inplace else (below.relu(), above.relu())
-                per_class.append(below @ w_low[c] + above @ w_high[c])
-                start += m
-            parts.append(torch.cat(per_class) if per_class else g.new_zeros(0))
-        total = torch.stack(parts).sum(dim=0) if parts else pred.new_zeros(n, dtype=torch.float32)
-        return torch.empty_like(total).index_copy(0, order, total)
+        layers = outputs.layers
+        parts = [
+            deviations(layers[f"gram{self.powers}:{name}"], pred, self.lows_[i], self.highs_[i], self.expected_[i])
+            for i, name in enumerate(self.layers_)
+        ]
+        return torch.stack(parts).sum(dim=0) if parts else pred.new_zeros(pred.shape[0], dtype=torch.float32)
