@@ -41,6 +41,39 @@ def test_train_text_proxy_is_deterministic_and_stronger_with_more_labels() -> No
         train_text_proxy(1)
 
 
+def test_fewer_bow_features_keep_the_most_frequent_words() -> None:
+    texts = ["good film", "good plot", "good cast", "bad film", "bad plot", "dull film", "dull cast"] * 3
+    labels = torch.tensor([1, 1, 1, 0, 0, 0, 0] * 3)
+    # counts: film 9, good 9, bad 6, cast 6, dull 6, plot 6: the two most frequent are film and good
+    proxy = LinearProxy("bow", max_features=2).fit(texts, labels)
+    assert sorted(proxy.vectorizer_.vocabulary_) == ["film", "good"]
+    s = proxy(["bad cast", "dull plot", "good"])  # words it does not see score alike
+    assert float(s[0]) == float(s[1]) < float(s[2])
+    with pytest.raises(InputError, match="max_features"):
+        LinearProxy("bow", max_features=0)
+
+
+def test_fewer_embedding_features_keep_the_top_principal_components() -> None:
+    g = torch.Generator().manual_seed(0)
+    n = 400
+    y = torch.arange(n) % 2
+    emb = torch.randn(n, 6, generator=g, dtype=torch.float64) * torch.tensor([5.0, 4.0, 3.0, 0.5, 0.5, 0.5])
+    emb[:, 4] += 1.5 * (2 * y - 1)  # the label lives along a low-variance axis only
+    texts = [str(i) for i in range(n)]
+    top3 = LinearProxy("minilm", max_features=3).fit(texts, y, emb)
+    full = LinearProxy("minilm").fit(texts, y, emb)
+    assert top3.projection_[1].shape == (3, 6)
+    assert float(auroc(*[top3.score_embeddings(emb)[y == c] for c in (0, 1)])) < 0.65  # blind to axis 4
+    assert float(auroc(*[full.score_embeddings(emb)[y == c] for c in (0, 1)])) > 0.9
+    mean, comps = top3.projection_
+    # the kept directions are the principal axes 0-2 of the data (up to sign), the scores their projection
+    torch.testing.assert_close(torch.from_numpy(abs(comps)).argmax(1).sort().values, torch.tensor([0, 1, 2]))
+    manual = top3.classifier_.decision_function((emb.numpy() - mean) @ comps.T)
+    torch.testing.assert_close(top3.score_embeddings(emb), torch.from_numpy(manual))
+    with pytest.raises(InputError, match="at least 7 training texts"):
+        LinearProxy("minilm", max_features=7).fit(texts[:6], y[:6], emb[:6])
+
+
 def _tensor_scorer(x: torch.Tensor) -> torch.Tensor:
     return x.float().sum(-1)
 

@@ -10,6 +10,8 @@ have no 6B gold model; the analogue here is a sentiment task:
 * proxies (:class:`LinearProxy`, built by :func:`train_text_proxy`): logistic regression on ``n_labels``
   seeded ``mr`` training sentences, over bag-of-words counts (``"bow"``: the vocabulary of those
   sentences only) or frozen ``minilm`` sentence embeddings (``"minilm"``); reward = the log-odds.
+  Weaker by fewer labels (``n_labels``) or by fewer features (``max_features``: the ``k`` most
+  frequent words of the training sentences, or the top ``k`` principal components of their embeddings).
 
 Departures from the paper: the proxies learn from the human ``mr`` labels, not from the gold model's
 labels (both are trained on the same kind of labels, so the gold is the best-informed, not the source
@@ -80,27 +82,48 @@ class LinearProxy:
             ``"minilm"`` (frozen ``minilm`` embeddings).
         c: inverse L2 strength of the logistic regression (scikit-learn's ``C``).
         encoder: the ``minilm`` encoder for ``"minilm"`` features; default: the zoo's.
+        max_features: a proxy that sees fewer features: ``"bow"`` keeps the ``k`` most frequent words of
+            the training sentences, ``"minilm"`` the top ``k`` principal components of their embeddings
+            (at most the number of training sentences); None: all.
     """
 
     input_type = "text"
 
-    def __init__(self, features: Features = "minilm", c: float = 1.0, encoder: nn.Module | None = None) -> None:
+    def __init__(
+        self,
+        features: Features = "minilm",
+        c: float = 1.0,
+        encoder: nn.Module | None = None,
+        max_features: int | None = None,
+    ) -> None:
         if features not in FEATURES:
             raise InputError(f"features must be one of {', '.join(FEATURES)}, got {features!r}")
         if not c > 0:
             raise InputError(f"c must be > 0, got {c!r}")
+        if max_features is not None and (
+            isinstance(max_features, bool) or not isinstance(max_features, int) or max_features < 1
+        ):
+            raise InputError(f"max_features must be a positive integer or None, got {max_features!r}")
         self.features = features
         self.c = c
         self.encoder = encoder
+        self.max_features = max_features
         self.vectorizer_: Any = None
+        self.projection_: Any = None  # (mean, components) of the kept principal components ("minilm")
         self.classifier_: Any = None
+
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        if self.projection_ is None:
+            return x
+        mean, components = self.projection_
+        return np.asarray((x - mean) @ components.T)
 
     def _x(self, texts: Sequence[str]) -> Any:
         if self.features == "bow":
             return self.vectorizer_.transform(list(texts))
         if self.encoder is None:
             self.encoder = load_model("minilm")
-        return embed_minilm(texts, self.encoder).numpy()
+        return self._project(embed_minilm(texts, self.encoder).numpy())
 
     def fit(self, texts: Sequence[str], labels: torch.Tensor, embeddings: torch.Tensor | None = None) -> LinearProxy:
         """Learn from ``texts`` and 0/1 ``labels`` (1 = positive); both classes must occur.
@@ -112,9 +135,27 @@ class LinearProxy:
         y = labels.detach().cpu().numpy()
         if len(texts) != len(y) or len(set(y.tolist())) != 2:
             raise InputError("a proxy needs as many 0/1 labels as texts, with both classes present")
+        k = self.max_features
         if self.features == "bow":
-            self.vectorizer_ = CountVectorizer(binary=True, lowercase=True).fit(list(texts))
-        x = self._x(texts) if embeddings is None else embeddings.detach().double().cpu().numpy()
+            self.vectorizer_ = CountVectorizer(binary=True, lowercase=True, max_features=k).fit(list(texts))
+            x = self._x(texts)
+        else:
+            if k is not None and k > len(y):
+                raise InputError(
+                    f"max_features={k} principal components need at least {k} training texts, got {len(y)}"
+                )
+            self.projection_ = None
+            if embeddings is None:
+                if self.encoder is None:
+                    self.encoder = load_model("minilm")
+                embeddings = embed_minilm(texts, self.encoder)
+            x = embeddings.detach().double().cpu().numpy()
+            if k is not None:
+                from sklearn.decomposition import PCA
+
+                pca = PCA(n_components=k, svd_solver="full").fit(x)
+                self.projection_ = (pca.mean_, pca.components_)
+                x = self._project(x)
         self.classifier_ = LogisticRegression(C=self.c, max_iter=2000).fit(x, y)
         return self
 
@@ -123,7 +164,7 @@ class LinearProxy:
         ``"minilm"`` proxies share one encoder pass; float64 (N,)."""
         if self.features != "minilm" or self.classifier_ is None:
             raise InputError("score_embeddings needs a fitted proxy with features='minilm'")
-        x = embeddings.detach().double().cpu().numpy()
+        x = self._project(embeddings.detach().double().cpu().numpy())
         return torch.from_numpy(np.asarray(self.classifier_.decision_function(x), dtype=np.float64))
 
     def __call__(self, texts: Sequence[str]) -> torch.Tensor:
@@ -139,8 +180,11 @@ def train_text_proxy(
     c: float = 1.0,
     encoder: nn.Module | None = None,
     train_embeddings: torch.Tensor | None = None,
+    max_features: int | None = None,
 ) -> LinearProxy:
     """A proxy trained on ``n_labels`` ``mr`` training sentences drawn without replacement by ``seed``.
+
+    ``max_features``: see :class:`LinearProxy` (a proxy with fewer features, on the same labels).
 
     The draw is stratified only by chance (redrawn with the next stream until both classes occur),
     so the same ``(n_labels, seed)`` always gives the same proxy. ``train_embeddings``: the ``minilm``
@@ -158,7 +202,7 @@ def train_text_proxy(
             break
     texts = [train.x[int(i)] for i in idx]
     emb = None if train_embeddings is None or features != "minilm" else train_embeddings[idx]
-    return LinearProxy(features, c, encoder).fit(texts, y, emb)
+    return LinearProxy(features, c, encoder, max_features).fit(texts, y, emb)
 
 
 def check_scorers(scorers: dict[str, Any], probe: Sequence[str] | None) -> None:
