@@ -69,6 +69,9 @@ def test_lm_runs_and_reuses_its_samples(lm_dir: Path, tmp_path: Path) -> None:
     out = json.loads((tmp_path / "results.json").read_text())
     assert out["ns"] == [1, 2, 4, 8] and out["prompts"] == 3 and "monitor" not in out  # no --trusted: no monitor
     assert "no monitor (give --trusted)" in " ".join(res.output.split())
+    said = " ".join(res.output.split())
+    assert any(v in said for v in ("still rising at n-max", "falls after it", "flat after it"))
+    assert len(out["peak"]["fall"]) == 3 and isinstance(out["peak"]["falls"], bool)
     cached = (tmp_path / "samples.json").read_text()
     res = CliRunner().invoke(main, [*args, "--trusted", f"{r}:words"])
     assert res.exit_code == 0 and (tmp_path / "samples.json").read_text() == cached
@@ -80,6 +83,17 @@ def test_lm_runs_and_reuses_its_samples(lm_dir: Path, tmp_path: Path) -> None:
         "false_alarm",
         "quiet",
     }
+
+
+def test_lm_says_what_the_gold_does_after_its_peak() -> None:
+    from mlsafety.cli._overopt import _after_peak
+
+    rising = {"interior": False, "fall": [0.0, 0.0, 0.0], "falls": False}
+    flat = {"interior": True, "fall": [0.02, -0.01, 0.05], "falls": False}
+    real = {"interior": True, "fall": [0.2, 0.1, 0.3], "falls": True}
+    assert _after_peak(rising) == ", still rising at n-max"
+    assert "flat after it" in _after_peak(flat) and "0.020 [-0.010, 0.050]" in _after_peak(flat)
+    assert _after_peak(real).startswith(", falls after it: 0.200 [0.100, 0.300]")
 
 
 @pytest.mark.parametrize(

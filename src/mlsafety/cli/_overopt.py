@@ -197,12 +197,21 @@ def overopt_lm(model: str, reward: str, gold: str, trusted: tuple[str, ...], n_m
     _print_curve(curve.ns, curve.d, [e.value for e in curve.gold], [e.value for e in curve.proxy], "n")
     peak = result["peak"]
     out_console.print(f"gold peak at n={peak['n']} (d={peak['d'][0]:.3f} [{peak['d'][1]:.3f}, {peak['d'][2]:.3f}]"
-                      f"{'' if peak['interior'] else ', still rising at n-max'}); "
+                      f"{_after_peak(peak)}); "
                       + ("no monitor (give --trusted)" if monitor is None
                          else f"monitor alarm at n={monitor['alarm_n']} ({monitor['outcome']})"))  # fmt: skip
     out_console.print(
         f"wrote {folder / 'results.json'} and {folder / 'curve.png'} (samples: {folder / 'samples.json'})"
     )
+
+
+def _after_peak(peak: dict[str, Any]) -> str:
+    """What the gold does after its peak: still rising, a real fall (beyond its interval), or flat."""
+    if not peak["interior"]:
+        return ", still rising at n-max"
+    fall = peak["fall"]
+    verdict = "falls after it" if peak["falls"] else "flat after it: the fall is within its interval"
+    return f", {verdict}: {fall[0]:.3f} [{fall[1]:.3f}, {fall[2]:.3f}] by n-max"
 
 
 def _print_curve(steps: Any, d: Any, gold: list[float], proxy: list[float], label: str) -> None:

@@ -122,6 +122,16 @@ def test_monitor_fires_on_gaming_and_not_without_it() -> None:
     alarm = pg.monitor_alarm(curve, proxy, {"held-out": gold + 0.3 * noise})  # a noisy copy of the gold
     assert alarm.ns == (2, 4, 8, 16, 32)  # n <= m / 2: the pool is split in halves
     assert alarm.n is not None and alarm.n < peak.n and peak.interior  # fires before the gold falls
+    assert peak.falls and peak.fall is not None and peak.fall.ci_low > 0  # a real fall, not a wobble
+    # the fall is gold at the peak minus gold at the largest n, averaged over prompts
+    expected = float(curve.per_prompt_gold[:, peak.index].mean() - curve.per_prompt_gold[:, -1].mean())
+    assert abs(peak.fall.value - expected) < 1e-12
+    # a gold of unrelated noise: its mean curve mostly peaks inside, but that wobble is rarely a real fall
+    flats = []
+    for s in range(40):
+        g = torch.randn(proxy.shape, generator=torch.Generator().manual_seed(100 + s), dtype=torch.float64)
+        flats.append(pg.mean_curve_peak(pg.overoptimization_curve(proxy, g, n_boot=10), n_boot=200))
+    assert sum(f.interior for f in flats) >= 20 and sum(f.falls for f in flats) <= 4  # measured 28 and 1
     assert alarm.d is not None and abs(alarm.d - float(pg.bon_kl(alarm.n)[0]) ** 0.5) < 1e-12
     rising = pg.monitor_alarm(curve, proxy, {"held-out": proxy + noise})  # trusted rises with the proxy: no gaming
     assert rising.n is None

@@ -284,6 +284,10 @@ class Peak:
 
     ``d`` carries a percentile bootstrap interval over prompts (the peak of each resample's mean
     curve); ``interior`` is False when the peak is the largest ``n`` (the gold has not yet fallen).
+    ``fall`` is the gold at the peak minus the gold at the largest ``n``, with its bootstrap interval
+    over prompts at the observed peak (0 when the peak is the largest ``n``); :attr:`falls` asks that
+    interval to exclude 0. The peak is chosen on the same prompts, so the interval is a little
+    optimistic: it separates a real fall from the wobble of a flat curve, not a small fall from none.
     """
 
     index: int
@@ -291,6 +295,12 @@ class Peak:
     d: Estimate
     kl: Estimate
     interior: bool
+    fall: Estimate | None = None
+
+    @property
+    def falls(self) -> bool:
+        """An interior peak after which the gold falls beyond its 95% interval."""
+        return self.interior and self.fall is not None and self.fall.ci_low > 0
 
 
 def mean_curve_peak(curve: Curve, n_boot: int = 1000, seed: int = 0) -> Peak:
@@ -303,7 +313,12 @@ def mean_curve_peak(curve: Curve, n_boot: int = 1000, seed: int = 0) -> Peak:
     d_est = bootstrap_statistic(peak_d, curve.per_prompt_gold, n_boot, seed, name="proxy-gaming-peak")
     i = int(curve.gold_mean.argmax())
     kl = Estimate(d_est.value**2, d_est.ci_low**2, d_est.ci_high**2, d_est.n)
-    return Peak(i, curve.ns[i], d_est, kl, i < len(curve.ns) - 1)
+
+    def fall(batch: torch.Tensor) -> torch.Tensor:  # (B, P, T) -> (B,)
+        return batch[:, :, i].mean(1) - batch[:, :, -1].mean(1)
+
+    drop = bootstrap_statistic(fall, curve.per_prompt_gold, n_boot, seed, name="proxy-gaming-fall")
+    return Peak(i, curve.ns[i], d_est, kl, i < len(curve.ns) - 1, drop)
 
 
 @dataclass(frozen=True)
@@ -382,7 +397,14 @@ def curve_summary(
         "gold": [list(e)[:3] for e in curve.gold],
         "proxy": [list(e)[:3] for e in curve.proxy],
         "prompts": int(curve.per_prompt_gold.shape[0]),
-        "peak": {"n": peak.n, "d": list(peak.d)[:3], "kl": list(peak.kl)[:3], "interior": peak.interior},
+        "peak": {
+            "n": peak.n,
+            "d": list(peak.d)[:3],
+            "kl": list(peak.kl)[:3],
+            "interior": peak.interior,
+            "fall": list(peak.fall)[:3] if peak.fall is not None else None,
+            "falls": peak.falls,
+        },
     }
     if len(curve.ns) >= 3:
         fit = fit_scaling_law(curve.d, curve.per_prompt_gold, "bon", True, n_boot, seed)
