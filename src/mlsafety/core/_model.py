@@ -61,9 +61,11 @@ def frozen(module: nn.Module, train: bool = False) -> Iterator[nn.Module]:
     modes = [(m, m.training) for m in module.modules()]
     flags = [(p, p.requires_grad) for p in module.parameters()]
     try:
-        module.train(train)
-        for p, _ in flags:
-            p.requires_grad_(False)
+        if any(mode != train for _, mode in modes):  # a model already in that mode is not walked again
+            module.train(train)
+        for p, flag in flags:
+            if flag:
+                p.requires_grad_(False)
         yield module
     finally:
         for m, mode in modes:
