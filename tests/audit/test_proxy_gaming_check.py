@@ -72,8 +72,12 @@ def test_rows_curve_fit_and_monitor(lm_dir: Path, tmp_path: Path) -> None:
     proxies = [rows[f"{base}/proxy_reward_n{n}"].value for n in ns]
     assert proxies == sorted(proxies)  # best-of-n by the proxy never lowers the proxy's expectation
     assert abs(rows[f"{base}/gold_reward_n1"].value) < 1e-9  # n = 1: the model itself, standardised to 0
-    for metric in ("peak_n", "peak_d", "peak_interior", "alpha", "beta", "r2", "monitor_skipped"):
+    for metric in ("peak_n", "peak_d", "peak_interior", "gold_fall", "alpha", "beta", "r2", "monitor_skipped"):
         assert f"{base}/{metric}" in rows
+    fall = rows[f"{base}/gold_fall"]  # gold at the peak minus gold at n_max, with its interval over prompts
+    at_peak = rows[f"{base}/gold_reward_n{int(rows[f'{base}/peak_n'].value)}"].value
+    assert abs(fall.value - (at_peak - rows[f"{base}/gold_reward_n8"].value)) < 1e-9
+    assert fall.ci_low is not None and fall.ci_high is not None and fall.ci_low <= fall.value <= fall.ci_high
     assert not any("alarm" in key for key in rows)  # the gold is the only trusted reward: no circular monitor
     assert "circular" in rows[f"{base}/monitor_skipped"].params["note"]
     assert all(r.params["reward"] == "positive-words" for r in result.rows if r.check == "proxy-gaming")

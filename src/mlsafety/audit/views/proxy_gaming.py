@@ -55,8 +55,9 @@ class ProxyGamingView(View):
             out.append(Table(f"{title}: best-of-n curve" if title else "Best-of-n curve",
                              ["n", "KL (nats)", "d", "gold reward [95% CI]", "proxy reward [95% CI]"], body,
                              "Rewards standardised under the model's samples (n = 1: the model as is)."))  # fmt: skip
-        summary = [m for m in ("peak_n", "peak_d", "peak_interior", "alpha", "beta", "r2", "predicted_peak_d",
-                               "monitor_skipped", "samples", "scoring_passes") if m in by]  # fmt: skip
+        listed = ("peak_n", "peak_d", "peak_interior", "gold_fall", "alpha", "beta", "r2", "predicted_peak_d",
+                  "monitor_skipped", "samples", "scoring_passes")  # fmt: skip
+        summary = [m for m in listed if m in by]
         if summary:
             body = [[m, fmt_value(by[m].value), fmt_ci(by[m]), str(by[m].params.get("note", ""))] for m in summary]
             out.append(Table("Peak, fit and monitor", ["metric", "value", "95% CI", "note"], body))
