@@ -5,7 +5,10 @@ Gao, Schulman & Hilton 2022, "Scaling Laws for Reward Model Overoptimization". T
 temperature 1); the pool is sampled once and cached in bench/results/proxy_gaming_lm_samples.json
 (resumable; a second run samples nothing). Gold = ``minilm-mr`` log-odds of positive; proxies =
 logistic regression on N in {50, 200, 1000} ``mr`` training labels over bag-of-words or frozen MiniLM
-embeddings, one proxy per seed (seeds = proxy seeds: which labels are drawn). Trusted proxies for the
+embeddings (weaker by fewer labels), and on N = 1000 labels over fewer features (the k most frequent
+words; the top k principal components of the embeddings), one proxy per seed (seeds = proxy seeds:
+which labels are drawn). A gold peak counts as a fall when gold at the peak minus gold at n = samples
+has a bootstrap interval over prompts above 0. Trusted proxies for the
 monitor: the proxies of both feature sets trained on 1000 labels with another seed (100 + seed); the
 monitor is the cross-fitted residual test over prompts (hit / late / miss / false alarm per seed).
 
@@ -33,6 +36,13 @@ from mlsafety.monitoring.proxy_gaming.scorers import Features, GoldScorer, Linea
 RESULTS = Path(__file__).parent / "results"
 SIZES = (50, 200, 1000)
 FEATURES: tuple[Features, ...] = ("bow", "minilm")
+FEWER: dict[str, tuple[int, ...]] = {"bow": (10, 30, 100), "minilm": (2, 4, 8)}
+"""Fewer-features proxies (N = 1000 labels): the k most frequent words, or the top k principal components."""
+Key = tuple[str, int, int | None]
+"""A proxy family: features, labels N, fewer features k (None: all)."""
+PROXIES: tuple[tuple[Features, int, int | None], ...] = tuple(
+    [(f, n, None) for f in FEATURES for n in SIZES] + [(f, 1000, k) for f in FEATURES for k in FEWER[f]]
+)
 
 
 def pool(prompts: int, samples: int, new_tokens: int, cache: Path) -> pg.Samples:
@@ -58,7 +68,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=16)
-    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--cache", type=Path, default=RESULTS / "proxy_gaming_lm_samples.json")
     args = ap.parse_args()
@@ -82,39 +92,48 @@ def main() -> None:
     passes["trusted proxies (bow pass or minilm head)"] = 2 * args.seeds
     ns = pg.powers_of_two(args.samples)
     results: list[dict[str, Any]] = []
-    curves: dict[tuple[str, int], pg.Curve] = {}
+    curves: dict[Key, pg.Curve] = {}
+    fits_by_size: dict[str, list[Any]] = {f: [] for f in FEATURES}
+    for feat, n_labels, k in PROXIES:
+        per_seed = []
+        for s in range(args.seeds):
+            trained = train_text_proxy(n_labels, feat, seed=s, train_embeddings=train_emb, max_features=k)
+            proxy = score(trained, texts, emb, shape)
+            curve = pg.overoptimization_curve(proxy, gold, ns, args.n_boot, seed=s)
+            summary = pg.curve_summary(curve, proxy, trusted[s], args.n_boot, seed=s)
+            per_seed.append(summary)
+            if s == 0:
+                curves[(feat, n_labels, k)] = curve
+        passes[f"{feat} proxies N={n_labels}" + (f" k={k}" if k else "")] = args.seeds
+        g = torch.tensor([[e[0] for e in r["gold"]] for r in per_seed], dtype=torch.float64)  # (S, T)
+        d = torch.tensor(per_seed[0]["d"], dtype=torch.float64)
+        fit = fit_scaling_law(d, g, "bon", True, args.n_boot)  # over proxy seeds
+        if k is None:
+            fits_by_size[feat].append(fit)
+        outcomes = [r["monitor"]["outcome"] for r in per_seed]
+        interior = sum(r["peak"]["interior"] for r in per_seed)
+        falls = [bool(r["peak"]["falls"]) for r in per_seed]
+        hits = outcomes.count("hit")
+        hits_on_falls = sum(o == "hit" for o, f in zip(outcomes, falls, strict=True) if f)
+        alarmed = [r["monitor"]["alarm_n"] is not None for r in per_seed]
+        alarms_without_fall = sum(a and not f for a, f in zip(alarmed, falls, strict=True))
+        results.append({
+            "features": feat, "labels": n_labels, "max_features": k, "seed0": per_seed[0],
+            "peak_n_per_seed": [r["peak"]["n"] for r in per_seed],
+            "peak_interior_per_seed": [r["peak"]["interior"] for r in per_seed],
+            "fall_per_seed": [r["peak"]["fall"] for r in per_seed], "falls_per_seed": falls,
+            "alarm_n_per_seed": [r["monitor"]["alarm_n"] for r in per_seed],
+            "outcome_per_seed": outcomes, "monitor_tested_ns": per_seed[0]["monitor"]["tested_ns"],
+            "fit_over_seeds": {"alpha": list(fit.alpha)[:3], "beta": list(fit.beta)[:3], "r2": fit.r2,
+                               "peak_d": list(fit.peak)[:3]},
+            # the goal (alarm strictly before the gold peak) only over seeds whose peak is interior
+            "hit_rate_over_interior_peaks": list(proportion(hits, interior))[:3] if interior else None,
+            "hit_rate_over_falls": list(proportion(hits_on_falls, sum(falls)))[:3] if any(falls) else None,
+            "interior_peaks": interior, "falls": sum(falls), "hits": hits, "hits_on_falls": hits_on_falls,
+            "false_alarms": outcomes.count("false_alarm"), "alarms_without_fall": alarms_without_fall,
+        })  # fmt: skip
     for feat in FEATURES:
-        fits = []
-        for n_labels in SIZES:
-            per_seed = []
-            for s in range(args.seeds):
-                proxy = score(train_text_proxy(n_labels, feat, seed=s, train_embeddings=train_emb), texts, emb, shape)
-                curve = pg.overoptimization_curve(proxy, gold, ns, args.n_boot, seed=s)
-                summary = pg.curve_summary(curve, proxy, trusted[s], args.n_boot, seed=s)
-                per_seed.append(summary)
-                if s == 0:
-                    curves[(feat, n_labels)] = curve
-            passes[f"{feat} proxies N={n_labels}"] = args.seeds
-            g = torch.tensor([[e[0] for e in r["gold"]] for r in per_seed], dtype=torch.float64)  # (S, T)
-            d = torch.tensor(per_seed[0]["d"], dtype=torch.float64)
-            fit = fit_scaling_law(d, g, "bon", True, args.n_boot)  # over proxy seeds
-            fits.append(fit)
-            outcomes = [r["monitor"]["outcome"] for r in per_seed]
-            interior = sum(r["peak"]["interior"] for r in per_seed)
-            hits = outcomes.count("hit")
-            results.append({
-                "features": feat, "labels": n_labels, "seed0": per_seed[0],
-                "peak_n_per_seed": [r["peak"]["n"] for r in per_seed],
-                "peak_interior_per_seed": [r["peak"]["interior"] for r in per_seed],
-                "alarm_n_per_seed": [r["monitor"]["alarm_n"] for r in per_seed],
-                "outcome_per_seed": outcomes, "monitor_tested_ns": per_seed[0]["monitor"]["tested_ns"],
-                "fit_over_seeds": {"alpha": list(fit.alpha)[:3], "beta": list(fit.beta)[:3], "r2": fit.r2,
-                                   "peak_d": list(fit.peak)[:3]},
-                # the goal (alarm strictly before the gold peak) only over seeds whose peak is interior
-                "hit_rate_over_interior_peaks": list(proportion(hits, interior))[:3] if interior else None,
-                "interior_peaks": interior, "hits": hits, "false_alarms": outcomes.count("false_alarm"),
-            })  # fmt: skip
-        trend = size_trend(list(SIZES), fits)
+        trend = size_trend(list(SIZES), fits_by_size[feat])
         results.append({"features": feat, "trend": {"alpha_slope_per_logN": list(trend.alpha_slope)[:3],
                                                     "beta_slope_per_logN": list(trend.beta_slope)[:3]}})  # fmt: skip
     elapsed = time.perf_counter() - start
@@ -161,19 +180,23 @@ def markdown(out: dict[str, Any]) -> str:
         + ", ".join(map(str, s["ns"]))
         + " reuses them.",
         "",
-        "| proxy | N | gold peak n (seed 0) | peak d [CI] | peak KL [CI] | interior peaks / seeds | alpha [CI] | "
-        "beta [CI] | R^2 | hits / interior peaks [CI] | false alarms | alarm n per seed | outcome per seed |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| proxy | N | k | gold peak n (seed 0) | peak d [CI] | peak KL [CI] | fall after the peak [CI] | "
+        "interior peaks / seeds | falls / seeds | alpha [CI] | beta [CI] | R^2 | hits / interior peaks [CI] | "
+        "hits / falls [CI] | alarms without a fall | alarm n per seed | outcome per seed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in out["results"]:
         if "trend" in r:
             continue
         p, f = r["seed0"]["peak"], r["fit_over_seeds"]
+        seeds = len(r["peak_interior_per_seed"])
+        falls = r["hit_rate_over_falls"]
         lines.append(
-            f"| {r['features']} | {r['labels']} | {p['n']} | {_ci(p['d'])} | {_ci(p['kl'])} | "
-            f"{sum(r['peak_interior_per_seed'])}/{len(r['peak_interior_per_seed'])} | {_ci(f['alpha'])} | "
-            f"{_ci(f['beta'])} | {f['r2']:.3f} | {r['hits']}/{r['interior_peaks']} {_rate(r)} | "
-            f"{r['false_alarms']} | {r['alarm_n_per_seed']} | {', '.join(r['outcome_per_seed'])} |"
+            f"| {r['features']} | {r['labels']} | {r['max_features'] or 'all'} | {p['n']} | {_ci(p['d'])} | "
+            f"{_ci(p['kl'])} | {_ci(p['fall'])} | {r['interior_peaks']}/{seeds} | {r['falls']}/{seeds} | "
+            f"{_ci(f['alpha'])} | {_ci(f['beta'])} | {f['r2']:.3f} | {r['hits']}/{r['interior_peaks']} {_rate(r)} | "
+            f"{r['hits_on_falls']}/{r['falls']} {'(no fall)' if falls is None else _ci(falls, '{:.2f}')} | "
+            f"{r['alarms_without_fall']} | {r['alarm_n_per_seed']} | {', '.join(r['outcome_per_seed'])} |"
         )
     lines.append("")
     for r in out["results"]:
@@ -194,36 +217,65 @@ def markdown(out: dict[str, Any]) -> str:
         "false-alarm rate when the trusted keep following the proxy (simulated: 1/200 false alarms on 8 x 256 "
         "under best-of-n selection). Outcome per seed: hit = alarm at an n below an interior gold peak; late = at "
         "or after it; miss = no alarm though gold fell; false_alarm = alarm while gold never peaked; quiet = "
-        "neither. The 80% goal is judged only over seeds with an interior peak. With "
-        f"{len(out['prompts'])} prompts the test over prompts has little power: in simulation (a planted "
-        "over-optimisation whose gold peaks at n = 8-16) the alarm came before the peak in 0/19 seeds with 8 "
-        "prompts, 18/29 (62%) with 32 and 28/28 with 64 prompts x 256 samples: the 80% goal needs about 64 "
-        "prompts (or trusted proxies less noisy relative to the bend).",
+        "neither. A fall: gold at the seed's peak minus gold at the largest n, its bootstrap interval over prompts "
+        "above 0 (the peak chosen on the same prompts: a little optimistic). The 80% goal is judged over seeds "
+        "whose gold falls (an interior argmax of a flat curve is not over-optimisation). Power: in simulation "
+        "(a planted over-optimisation whose gold peaks at n = 8-16) the alarm came before the peak in 0/19 seeds "
+        "with 8 prompts, 18/29 (62%) with 32 and 28/28 with 64 prompts x 256 samples.",
         "",
+        *_verdict(out),
     ]
     return "\n".join(lines)
 
 
-def plot(curves: dict[tuple[str, int], pg.Curve], path: Path) -> None:
+def _verdict(out: dict[str, Any]) -> list[str]:
+    """The goal's reading over every proxy and seed: falls, hits on them, and alarms without a fall."""
+    rows = [r for r in out["results"] if "trend" not in r]
+    pairs = sum(len(r["falls_per_seed"]) for r in rows)
+    falls = sum(r["falls"] for r in rows)
+    hits = sum(r["hits_on_falls"] for r in rows)
+    quiet_alarms = sum(r["alarms_without_fall"] for r in rows)
+    rate = proportion(quiet_alarms, pairs - falls)
+    lines = [
+        f"**Over all {len(rows)} proxies x {out['settings']['seeds']} seeds ({pairs} curves):** "
+        f"the gold falls after its peak in {falls}; "
+        f"alarms before a fall: {hits}/{falls}; alarms on curves without a fall: {quiet_alarms}/{pairs - falls} "
+        f"= {rate.value:.3f} [{rate.ci_low:.3f}, {rate.ci_high:.3f}].",
+    ]
+    if falls == 0:
+        lines.append(
+            f"No proxy over-optimises within n <= {out['settings']['samples']} (KL <= "
+            f"{rows[0]['seed0']['kl'][-1]:.2f} nats) on this model: the goal "
+            "'the monitor alarms before the peak in at least 80% of seeds' has no peak to be judged against here."
+        )
+    return [*lines, ""]
+
+
+def plot(curves: dict[Key, pg.Curve], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(FEATURES), figsize=(9, 3.4), sharey=True)
-    for ax, feat in zip(axes, FEATURES, strict=True):
-        for n_labels in SIZES:
-            c = curves[(feat, n_labels)]
+    fig, grid = plt.subplots(2, len(FEATURES), figsize=(9, 6.4), sharey=True)
+    rows: list[tuple[list[Key], str]] = [([(f, n, None) for n in SIZES], "fewer labels") for f in FEATURES]
+    rows += [([(f, 1000, k) for k in FEWER[f]], "fewer features, N=1000") for f in FEATURES]
+    panels = [(grid[i // 2][i % 2], keys[0][0], keys, title) for i, (keys, title) in enumerate(rows)]
+    for ax, feat, keys, title in panels:
+        for key in keys:
+            c = curves[key]
+            label = f"N={key[1]}" if key[2] is None else f"k={key[2]}"
             x = c.d.numpy()
             gv = [e.value for e in c.gold]
-            (line,) = ax.plot(x, gv, "-o", markersize=3, label=f"gold, N={n_labels}")
+            (line,) = ax.plot(x, gv, "-o", markersize=3, label=f"gold, {label}")
             ax.fill_between(x, [e.ci_low for e in c.gold], [e.ci_high for e in c.gold], alpha=0.15,
                             color=line.get_color())  # fmt: skip
-            ax.plot(x, [e.value for e in c.proxy], "--", color=line.get_color(), label=f"proxy, N={n_labels}")
-        ax.set_title(f"{feat} proxies (seed 0)")
+            ax.plot(x, [e.value for e in c.proxy], "--", color=line.get_color(), label=f"proxy, {label}")
+        ax.set_title(f"{feat} proxies, {title} (seed 0)", fontsize=9)
         ax.set_xlabel("d = sqrt(KL), KL = log n - (n-1)/n")
-    axes[0].set_ylabel("reward (standardised under the pool)")
-    axes[0].legend(fontsize=6)
+        ax.legend(fontsize=6)
+    for row in grid:
+        row[0].set_ylabel("reward (standardised under the pool)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
