@@ -12,7 +12,9 @@ has a bootstrap interval over prompts above 0. Trusted proxies for the
 monitor: the proxies of both feature sets trained on 1000 labels with another seed (100 + seed); the
 monitor is the cross-fitted residual test over prompts (hit / late / miss / false alarm per seed).
 
-Run: ``.venv/bin/python bench/proxy_gaming_lm.py`` (writes bench/results/proxy_gaming_lm.{json,md,png}).
+Run: ``.venv/bin/python bench/proxy_gaming_lm.py`` (writes bench/results/proxy_gaming_lm.{json,md,png}); the
+larger-n pool: ``--prompts 8 --samples 4096 --cache bench/results/proxy_gaming_lm_samples4096.json --out
+proxy_gaming_lm_n4096`` (8 x 4096 continuations, about an hour of one core).
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ PROXIES: tuple[tuple[Features, int, int | None], ...] = tuple(
 def pool(prompts: int, samples: int, new_tokens: int, cache: Path) -> pg.Samples:
     """The cached pool when it holds these prompts with these settings, else sample what is missing."""
     texts = pg.review_openings(prompts)
-    settings = pg.SampleSettings("smollm2-135m", samples, new_tokens, 1.0, 0, 128)
+    settings = pg.SampleSettings("smollm2-135m", samples, new_tokens, 1.0, 0, 128)  # the committed pool's batch
     if cache.exists():
         old = pg.Samples.load(cache)
         have = dict(zip(old.prompts, old.continuations, strict=True))
@@ -65,12 +67,13 @@ def score(proxy: LinearProxy, texts: list[str], emb: torch.Tensor, shape: tuple[
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--samples", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--n-boot", type=int, default=1000)
     ap.add_argument("--cache", type=Path, default=RESULTS / "proxy_gaming_lm_samples.json")
+    ap.add_argument("--out", default="proxy_gaming_lm", help="stem of the .json / .md / .png under bench/results")
     args = ap.parse_args()
     start = time.perf_counter()
     samples = pool(args.prompts, args.samples, args.new_tokens, args.cache)
@@ -148,9 +151,9 @@ def main() -> None:
         "results": results,
     }
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "proxy_gaming_lm.json").write_text(json.dumps(out, indent=1, default=str))
-    (RESULTS / "proxy_gaming_lm.md").write_text(markdown(out))
-    plot(curves, RESULTS / "proxy_gaming_lm.png")
+    (RESULTS / f"{args.out}.json").write_text(json.dumps(out, indent=1, default=str))
+    (RESULTS / f"{args.out}.md").write_text(markdown(out))
+    plot(curves, RESULTS / f"{args.out}.png")
 
 
 def _rate(r: dict[str, Any]) -> str:
