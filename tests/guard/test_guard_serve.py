@@ -55,7 +55,7 @@ def tiny_guard(seed: int = 0) -> tuple[Guard, DriftAlarm]:
 def server() -> Iterator[tuple[str, Guard]]:
     guard, drift = tiny_guard()
     app = serve_mod.build_app(guard, drift, SHAPE, max_batch=16, max_wait_ms=10, max_images=32, max_body_bytes=MAX_BODY)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP: asyncio sets NODELAY
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(app, log_level="error", lifespan="on"))
