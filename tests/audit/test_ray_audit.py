@@ -145,3 +145,60 @@ def test_an_interrupted_ray_run_resumes_to_the_local_rows(files, ray_session):
     resumed = run_audit(config, db=db, report="", resume=True, executor=RayExecutor())
     assert resumed.run_id == info.value.run_id and resumed.resumed_tasks == 2
     _same_rows(local.rows, resumed.rows)
+
+
+SLOW = """
+import os
+import time
+
+import torch
+from torch import nn
+
+DRIVER = os.getpid()  # sent to the workers by value with the module
+
+
+class Slow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.ReLU())
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        if os.getpid() != DRIVER:  # slow on the Ray workers only: the driver's probes while preparing stay fast
+            time.sleep(0.5)
+        return self.head(self.body(x))
+
+
+def a():
+    torch.manual_seed(0)
+    return Slow()
+
+
+def b():
+    torch.manual_seed(1)
+    return Slow()
+
+
+def c():
+    torch.manual_seed(2)
+    return Slow()
+"""
+
+
+def test_audit_many_prepares_the_next_run_while_the_workers_are_busy(files, ray_session):
+    import sqlite3
+
+    (files / "slow.py").write_text(SLOW)
+    config = AuditConfig(data=str(files / "data.npz"), checks=["clean"], seed=7)
+    db = files / "many.sqlite"
+    res = run_many(config, [f"{files}/slow.py:{m}" for m in "abc"], db=db, executor=RayExecutor())
+    assert all(not isinstance(r, Exception) for r in res), res
+    con = sqlite3.connect(db)
+    try:
+        runs = list(con.execute("SELECT model, created, finished FROM runs ORDER BY created"))
+    finally:
+        con.close()
+    assert [m.rsplit(":", 1)[1] for m, _, _ in runs] == ["a", "b", "c"]
+    # 2 CPUs: the third run is stored (loaded, hashed, planned) before either of the first two has ended, and
+    # waits on Ray for a free worker; one thread per CPU would only start preparing it once one of them ended
+    assert runs[2][1] < min(runs[0][2], runs[1][2])

@@ -44,7 +44,9 @@ def run_many(
         report_dir: write each run's report there as ``<run id>.html``; None: no reports.
         on_done: called as each model's run ends, with the model and its result or its one-line error.
         parallel: runs in flight at once on a Ray executor (each a driver thread that plans and stores
-            it); None: as many as the cluster has CPUs, at most the number of models.
+            it); None: one more than the cluster has CPUs, at most the number of models (each run goes to
+            one worker whole, and the extra run is prepared while the workers are busy, so a worker that
+            ends a run starts the next at once instead of waiting for the driver to load and plan it).
 
     Returns:
         Per model, in ``models``' order, its :class:`AuditResult`, or the :class:`InputError` that refused
@@ -88,11 +90,16 @@ def run_many(
     if parallel is not None and parallel < 1:
         raise InputError(f"parallel must be at least 1 (got {parallel})")
     width = min(len(models), parallel or getattr(runner, "slots", lambda: 1)())
-    if isinstance(runner, LocalExecutor) or width <= 1:
+    if isinstance(runner, LocalExecutor) or len(models) == 1:
         return [one(m) for m in models]
+    threads = width
     if len(models) >= width and hasattr(runner, "per_run_view"):
         runner = runner.per_run_view()  # enough runs to fill the workers: each run on one worker
-    with ThreadPoolExecutor(max_workers=width, thread_name_prefix="audit-many") as pool:
+        if parallel is None:  # one run more than workers: prepared while they are busy, queued on Ray until one frees
+            threads = min(len(models), width + 1)
+    elif width <= 1:
+        return [one(m) for m in models]
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="audit-many") as pool:
         return list(pool.map(one, models))
 
 
