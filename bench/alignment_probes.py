@@ -509,10 +509,18 @@ def render(p: dict[str, Any]) -> str:
                   f"since); every probe at every layer on all of them {t['probe_total_s']:.1f}s "
                   f"({t['probe_total_s'] / max(t['states_total_s'], 1e-9):.3f} of the reading time).", ""]  # fmt: skip
 
+    lines += render_speed(p.get("speed") or {})
+    return "\n".join(lines) + "\n"
+
+
+def render_speed(speed: dict[str, Any]) -> list[str]:
+    """The speed sections of the results page, one per timed set."""
+    lines: list[str] = []
+
     def nums(xs: list[float]) -> str:
         return ", ".join(f"{x:.1f}" for x in xs)
 
-    for name, s in (p.get("speed") or {}).items():
+    for name, s in speed.items():
         lines += [f"## Speed ({name}, first template; alternated in one process, one intra-op thread)", "",
                   f"{s['texts']} texts, {s['layers']} layers. This thread's CPU seconds: bare forward passes "
                   f"{nums(s['bare_cpu_s'])}; whole pipeline (hidden states of all layers and both answers' "
@@ -523,7 +531,7 @@ def render(p: dict[str, Any]) -> str:
                   f"{s['wall_ratio_of_sums']:.3f}). Probe CPU seconds alone {s['probe_cpu_s']:.2f} (wall: "
                   + ", ".join(f"{m} {v:.2f}" for m, v in s["probe_wall_s"].items())
                   + f"). 1-min load during the timing: {nums(s['load_1min'])}.", ""]  # fmt: skip
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 if __name__ == "__main__":
