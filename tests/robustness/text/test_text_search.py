@@ -320,3 +320,19 @@ def test_evaluation_counts_and_intervals() -> None:
     assert s.perturbed_share.ci_low <= s.perturbed_share.value <= s.perturbed_share.ci_high
     assert s.queries is not None and s.queries.value == pytest.approx(sum(r.queries for r in results) / 4)
     assert "sentence_similarity" not in s.metrics()
+
+
+def test_default_texts_per_pass_follow_the_models_device() -> None:
+    from mlsafety.robustness.text._base import CPU_TEXTS_PER_PASS, texts_per_pass
+
+    assert texts_per_pass(nn.Linear(2, 2), None, gpu=128) == CPU_TEXTS_PER_PASS == 32
+    assert texts_per_pass(nn.Linear(2, 2, device="meta"), None, gpu=128) == 128  # weights off the CPU
+    assert texts_per_pass(nn.Linear(2, 2), 7, gpu=128) == 7
+    with pytest.raises(InputError, match="batch_size must be >= 1"):
+        texts_per_pass(nn.Linear(2, 2), 0, gpu=128)
+    model = CountingModel(sentiment_model())
+    beam = Attack(model, Untargeted(), ListSwap(POSITIVE_WORDS + NEGATIVE_WORDS), [C.RepeatModification()],
+                  S.BeamSearch(8))  # fmt: skip
+    assert beam.queries.batch_size == 32
+    beam.attack([TEXT], [1])
+    assert max(model.batches) == 32 and sum(model.batches) == beam.queries.texts  # a step of more texts is split

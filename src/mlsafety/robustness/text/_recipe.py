@@ -23,7 +23,9 @@ class Recipe(HyperParams):
 
     query_budget = Param(None, int, low=1, doc="model queries per example at most (None: no limit)")
     seed = Param(0, int, doc="seed of the per-example generators (random character edits)")
-    batch_size = Param(128, int, low=1, store=False, doc="texts per forward pass at most")
+    batch_size = Param(
+        None, int, low=1, store=False, doc="texts per forward pass at most (None: 32 on the CPU, 128 on a GPU)"
+    )
 
     param_tail = ("query_budget", "seed", "batch_size")
     name: ClassVar[str]

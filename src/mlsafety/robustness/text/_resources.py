@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from mlsafety.core import Classifier, InputError, frozen
+from mlsafety.robustness.text._base import texts_per_pass
 from mlsafety.zoo import load_model, load_wordnet
 
 _WHOLE_WORD = re.compile(r"^[a-z][a-z'-]*[a-z]$|^[a-z]$")
@@ -157,13 +158,14 @@ class SentenceEncoder:
     Args:
         module: a sentence encoder ``(input_ids, attention_mask) -> (N, D)`` with ``.tokenizer``;
             None loads the zoo's ``minilm``.
-        batch_size: texts per forward pass.
+        batch_size: texts per forward pass (None: 32 on the CPU, 256 on a GPU; see
+            :data:`~mlsafety.robustness.text._base.CPU_TEXTS_PER_PASS`).
     """
 
-    def __init__(self, module: nn.Module | None = None, batch_size: int = 256) -> None:
+    def __init__(self, module: nn.Module | None = None, batch_size: int | None = None) -> None:
         self.module: Any = module if module is not None else load_model("minilm")
         self.clf = Classifier(_Pooled(self.module), tokenizer=self.module.tokenizer)
-        self.batch_size = batch_size
+        self.batch_size = texts_per_pass(self.module, batch_size, gpu=256)
         self._cache: dict[str, torch.Tensor] = {}
         self.calls = 0
 
