@@ -202,3 +202,29 @@ def test_audit_many_prepares_the_next_run_while_the_workers_are_busy(files, ray_
     # 2 CPUs: the third run is stored (loaded, hashed, planned) before either of the first two has ended, and
     # waits on Ray for a free worker; one thread per CPU would only start preparing it once one of them ended
     assert runs[2][1] < min(runs[0][2], runs[1][2])
+
+
+def test_one_audit_sends_each_check_whole_when_checks_outnumber_cpus(files, ray_session, monkeypatch):
+    from mlsafety.audit._executors import RayExecutor as Executor
+
+    sent = []
+    real = Executor._groups
+
+    def spy(self, remote):
+        groups = real(self, remote)
+        sent.append({k: [key for _, _, key in v] for k, v in groups.items()})
+        return groups
+
+    monkeypatch.setattr(Executor, "_groups", spy)
+    local = run_audit(_config(files), db=files / "local.sqlite", report="")
+    on_ray = run_audit(_config(files), db=files / "ray.sqlite", report="", executor=RayExecutor())
+    _same_rows(local.rows, on_ray.rows)
+    # 4 checks on 2 CPUs: one streaming task per check, holding all of its tasks (the attacks with their plots)
+    (groups,) = sent
+    assert set(groups) == set(CHECKS)
+    assert "plots" in groups["adversarial"] and len(groups["adversarial"]) >= 2
+    # as many CPUs as checks: every task its own Ray task, spread over the workers
+    two = AuditConfig(model=f"{files}/m.py:narrow", data=str(files / "data.npz"), checks=["clean", "adversarial"],
+                      quick=True, seed=7)  # fmt: skip
+    run_audit(two, db=files / "ray2.sqlite", report="", executor=RayExecutor())
+    assert sent[1] == {}
