@@ -12,10 +12,11 @@ checks' parameters, plus anything computed while the audit was planned, such as 
 names the trojan hazards); each Ray task names its check and task key and returns the task's rows and
 artifacts. A check's tasks travel together as one streaming Ray task when the cluster has fewer CPUs than
 the run has checks (they share what they compute), each on its own otherwise; a run of ``audit-many``
-travels whole (:meth:`RayExecutor._groups`). A worker keeps the context of the run it last worked on, so tasks of one run that land on
-the same worker share forward passes and hazard inputs as they do in one process; a task on another
-worker recomputes what it needs, which gives the same numbers because every random choice is seeded by
-the task's names (``core/_random.py:derive_seed``), not by the order tasks run in.
+travels whole (:meth:`RayExecutor._groups`). A worker keeps the context of the run it last worked on,
+so tasks of one run that land on the same worker share forward passes and hazard inputs as they do in one
+process; a task on another worker recomputes what it needs, which gives the same numbers because every
+random choice is seeded by the task's names (``core/_random.py:derive_seed``), not by the order tasks run
+in.
 
 Deviation from a local run: with a budget (``--budget``, or the one ``--quick`` presets) a local run
 re-plans the sample sizes of checks not yet started from the measured times of those done; on Ray all
