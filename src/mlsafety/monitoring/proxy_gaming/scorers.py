@@ -118,12 +118,15 @@ class LinearProxy:
         mean, components = self.projection_
         return np.asarray((x - mean) @ components.T)
 
+    def _embed(self, texts: Sequence[str]) -> torch.Tensor:
+        if self.encoder is None:
+            self.encoder = load_model("minilm")
+        return embed_minilm(texts, self.encoder)
+
     def _x(self, texts: Sequence[str]) -> Any:
         if self.features == "bow":
             return self.vectorizer_.transform(list(texts))
-        if self.encoder is None:
-            self.encoder = load_model("minilm")
-        return self._project(embed_minilm(texts, self.encoder).numpy())
+        return self._project(self._embed(texts).numpy())
 
     def fit(self, texts: Sequence[str], labels: torch.Tensor, embeddings: torch.Tensor | None = None) -> LinearProxy:
         """Learn from ``texts`` and 0/1 ``labels`` (1 = positive); both classes must occur.
@@ -145,11 +148,7 @@ class LinearProxy:
                     f"max_features={k} principal components need at least {k} training texts, got {len(y)}"
                 )
             self.projection_ = None
-            if embeddings is None:
-                if self.encoder is None:
-                    self.encoder = load_model("minilm")
-                embeddings = embed_minilm(texts, self.encoder)
-            x = embeddings.detach().double().cpu().numpy()
+            x = (self._embed(texts) if embeddings is None else embeddings).detach().double().cpu().numpy()
             if k is not None:
                 from sklearn.decomposition import PCA
 
