@@ -63,3 +63,16 @@ def test_foreign_and_corrupt_databases(tmp_path):
     assert corrupt.read_bytes().startswith(b"this is not")
     with pytest.raises(InputError, match="not found"):
         Store(tmp_path / "missing.sqlite", create=False)
+
+
+def test_a_task_may_only_need_tasks_of_its_check_planned_before_it() -> None:
+    from mlsafety.audit import CHECKS, Task, TaskResult
+    from mlsafety.audit._engine import _check_needs
+
+    a, b = CHECKS.create("clean"), CHECKS.create("calibration-basic")
+    done = lambda: TaskResult()  # noqa: E731
+    _check_needs([(a, Task("x", done)), (a, Task("y", done, needs=("x",)))])
+    with pytest.raises(ValueError, match="needs 'y'"):
+        _check_needs([(a, Task("x", done, needs=("y",))), (a, Task("y", done))])  # after it
+    with pytest.raises(ValueError, match="needs 'x'"):
+        _check_needs([(a, Task("x", done)), (b, Task("y", done, needs=("x",)))])  # another check's

@@ -204,27 +204,88 @@ def test_audit_many_prepares_the_next_run_while_the_workers_are_busy(files, ray_
     assert runs[2][1] < min(runs[0][2], runs[1][2])
 
 
-def test_one_audit_sends_each_check_whole_when_checks_outnumber_cpus(files, ray_session, monkeypatch):
+def _spy_units(monkeypatch):
     from mlsafety.audit._executors import RayExecutor as Executor
 
     sent = []
-    real = Executor._groups
+    real = Executor._units
 
     def spy(self, remote):
-        groups = real(self, remote)
-        sent.append({k: [key for _, _, key in v] for k, v in groups.items()})
-        return groups
+        units = real(self, remote)
+        sent.append([[(c.name, t.key) for _, c, t in unit] for unit in units])
+        return units
 
-    monkeypatch.setattr(Executor, "_groups", spy)
+    monkeypatch.setattr(Executor, "_units", spy)
+    return sent
+
+
+def _stop_after(key):
+    def on_progress(check, task, *rest):
+        if task == key:
+            raise KeyboardInterrupt
+
+    return on_progress
+
+
+def test_one_audit_sends_each_check_whole_when_checks_outnumber_cpus(files, ray_session, monkeypatch):
+    sent = _spy_units(monkeypatch)
     local = run_audit(_config(files), db=files / "local.sqlite", report="")
     on_ray = run_audit(_config(files), db=files / "ray.sqlite", report="", executor=RayExecutor())
     _same_rows(local.rows, on_ray.rows)
-    # 4 checks on 2 CPUs: one streaming task per check, holding all of its tasks (the attacks with their plots)
-    (groups,) = sent
-    assert set(groups) == set(CHECKS)
-    assert "plots" in groups["adversarial"] and len(groups["adversarial"]) >= 2
+    # 4 checks on 2 CPUs: a streaming task per check, except the attacks, each its own Ray task (they share
+    # nothing; the plots task gets their rows from their Ray results instead of attacking again)
+    (units,) = sent
+    whole = {u[0][0]: u for u in units if u[0][0] != "adversarial"}
+    assert set(whole) == set(CHECKS) - {"adversarial"} and all(len({c for c, _ in u}) == 1 for u in units)
+    attacks = [u for u in units if u[0][0] == "adversarial"]
+    assert len(attacks) >= 2 and all(len(u) == 1 for u in attacks) and attacks[-1] == [("adversarial", "plots")]
     # as many CPUs as checks: every task its own Ray task, spread over the workers
     two = AuditConfig(model=f"{files}/m.py:narrow", data=str(files / "data.npz"), checks=["clean", "adversarial"],
                       quick=True, seed=7)  # fmt: skip
     run_audit(two, db=files / "ray2.sqlite", report="", executor=RayExecutor())
-    assert sent[1] == {}
+    assert all(len(u) == 1 for u in sent[1])
+    # defence in depth judges the attacks: the adversarial check goes whole, to the worker that builds them
+    did = AuditConfig(model=f"{files}/m.py:narrow", data=str(files / "data.npz"), ood=[str(files / "ood.npz")],
+                      checks=["clean", "adversarial", "defence-in-depth"], quick=True, seed=7)  # fmt: skip
+    run_audit(did, db=files / "ray3.sqlite", report="", executor=RayExecutor())
+    (adversarial,) = [u for u in sent[2] if u[0][0] == "adversarial"]
+    assert len(adversarial) >= 2 and adversarial[-1] == ("adversarial", "plots")
+    assert len(sent[2]) == 3
+
+
+def test_audit_many_spreads_checks_and_attacks_but_keeps_a_run_with_defence_in_depth_whole(
+    files, ray_session, monkeypatch
+):
+    sent = _spy_units(monkeypatch)
+    models = [f"{files}/m.py:narrow", f"{files}/m.py:wide"]
+    res = run_many(_config(files), models, db=files / "many.sqlite", executor=RayExecutor())
+    assert all(not isinstance(r, Exception) for r in res), res
+    assert len(sent) == 2
+    for units in sent:  # a unit per check, the attacks one by one
+        assert len(units) > len(CHECKS) and all(len({c for c, _ in u}) == 1 for u in units)
+        assert [("adversarial", "plots")] in units
+    sent.clear()
+    did = AuditConfig(data=str(files / "data.npz"), ood=[str(files / "ood.npz")], checks=["adversarial",
+                      "defence-in-depth"], quick=True, seed=7)  # fmt: skip
+    res = run_many(did, models, db=files / "did.sqlite", executor=RayExecutor())
+    assert all(not isinstance(r, Exception) for r in res), res
+    # defence in depth judges the attacks: the run stays on one worker, which builds each attack once
+    assert [len(units) for units in sent] == [1, 1]
+
+
+def test_a_run_stopped_before_its_plots_resumes_them_from_the_stored_attack_rows(files, ray_session):
+    config = _config(files)
+    local = run_audit(config, db=files / "local.sqlite", report="")
+    last_attack = [r.hazard for r in local.rows if r.metric == "robust_accuracy"][-1]
+    for name, executor in (("local", None), ("ray", RayExecutor())):
+        from mlsafety.audit import AuditInterrupted, Store
+
+        db = files / f"stopped-{name}.sqlite"
+        with pytest.raises(AuditInterrupted):
+            run_audit(config, db=db, report="", executor=executor, on_progress=_stop_after(last_attack))
+        resumed = run_audit(config, db=db, report="", resume=True, executor=executor)
+        assert resumed.resumed_tasks >= 2
+        _same_rows(local.rows, resumed.rows)
+        with Store(db) as store:
+            names = [a.name for _, a in store.artifacts(resumed.run_id, "adversarial")]
+        assert sorted(names) == ["adversarial-pairs", "robust-accuracy-curve"]

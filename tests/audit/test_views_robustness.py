@@ -92,3 +92,21 @@ def test_trojans_view() -> None:
     assert [(r[0], r[4], r[6]) for r in verdicts.rows] == [("strip", "clean", ""), ("neural-cleanse", "TROJANED", "7")]
     assert [r[0] for r in per_class.rows] == ["0", "1", "2"]
     assert hazards.rows[0][0] == "trojan/neural-cleanse-class-7"
+
+
+def test_report_shows_the_curve_before_the_pairs_whatever_task_stored_them_first(tmp_path) -> None:
+    from mlsafety.audit import Artifact, Row, Store
+    from mlsafety.audit._report import render_report
+
+    with Store(tmp_path / "r.sqlite") as store:
+        run = store.create_run("m", "d", 0, "fp", {}, "0")
+        row = Row("adversarial/pgd/0.1", "robust_accuracy", 0.5, 0.4, 0.6, 50, {"attack": "pgd", "eps": 0.1})
+        # the headline attack task stores the pairs; the plots task, last, stores the curve
+        pairs = Artifact("adversarial-pairs", b"p", caption="PAIRS-CAPTION")
+        curve = Artifact("robust-accuracy-curve", b"c", caption="CURVE-CAPTION")
+        extra = Artifact("extra-picture", b"e", caption="EXTRA-CAPTION")
+        store.write_task(run, "adversarial", "adversarial/pgd/0.1", [row], [pairs], 1.0)
+        store.write_task(run, "adversarial", "plots", [], [curve, extra], 0.1)
+        store.finish_run(run)
+        html = render_report(store, run)
+    assert html.index("CURVE-CAPTION") < html.index("PAIRS-CAPTION") < html.index("EXTRA-CAPTION")

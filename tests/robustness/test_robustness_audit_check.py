@@ -30,7 +30,7 @@ def test_hazards_rows_and_artifacts() -> None:
     check, ctx = _setup(eps=[0.0, 0.05, 0.3], n=30)
     hazards = [str(h) for h in check.hazards(ctx)]  # type: ignore[attr-defined]
     assert hazards == [f"adversarial/autoattack-fast/{e:g}" for e in (0.0, 0.05, 0.3)]
-    results = [t.run() for t in check.tasks(ctx)]  # type: ignore[attr-defined]
+    results = check.run_tasks(ctx)
     rows = [r for res in results for r in res.rows]
     robust = {r.hazard: r for r in rows if r.metric == "robust_accuracy"}
     assert set(robust) == set(hazards)
@@ -74,7 +74,7 @@ class _Quantised(nn.Module):
 
 def test_sanity_flags_become_warning_rows() -> None:
     check, ctx = _setup(model=_Quantised().eval(), eps=[0.2], n=20)
-    rows = [r for t in check.tasks(ctx) for r in t.run().rows]  # type: ignore[attr-defined]
+    rows = [r for res in check.run_tasks(ctx) for r in res.rows]
     warn = [r for r in rows if r.metric == "warning_zero_gradients"]
     assert warn and warn[0].value == 1.0 and warn[0].hazard == "adversarial/autoattack-fast/0.2"
 
@@ -94,3 +94,35 @@ def test_default_eps_scales_with_the_data() -> None:
     assert grid == sorted(grid) and 0 < grid[0] < grid[-1] <= 1
     assert default_eps(x * 0.5, "linf")[-1] < grid[-1]
     assert default_eps(x, "l2")[-1] > grid[-1]
+
+
+def test_plots_task_draws_the_curve_from_the_attack_rows_without_attacking_again(monkeypatch) -> None:
+    from mlsafety.audit.checks import adversarial as adv_module
+
+    check, ctx = _setup(eps=[0.05, 0.3], n=30)
+    tasks = check.tasks(ctx)  # type: ignore[attr-defined]
+    attacks, plots = tasks[:-1], tasks[-1]
+    assert plots.key == "plots" and plots.needs == tuple(t.key for t in attacks)
+    results = check.run_tasks(ctx, attacks)  # type: ignore[attr-defined]
+    # a fresh process (another Ray worker): only the stored rows arrive, and attacking is refused
+    _, fresh = _setup(eps=[0.05, 0.3], n=30)
+    first, second = attacks[0].key, attacks[1].key
+    fresh.earlier = {("adversarial", first): results[0].rows, ("adversarial", second): []}  # 0.3: budget left it out
+    drawn = {}
+
+    def no_attack(*args: object, **kw: object) -> None:
+        raise AssertionError("the plots task attacked again")
+
+    monkeypatch.setattr(adv_module.atk, "create", no_attack)
+    monkeypatch.setattr(adv_module, "curve_png", lambda curves, clean, norm: drawn.update(c=curves, k=clean) or b"")
+    out = check.tasks(fresh)[-1].run()  # type: ignore[attr-defined]
+    robust = next(r for r in results[0].rows if r.metric == "robust_accuracy")
+    assert drawn["c"] == {"autoattack-fast": [(0.05, robust.value, robust.ci_low, robust.ci_high)]}
+    (clean,) = out.rows
+    assert clean.metric == "clean_accuracy_subset" and drawn["k"] == (clean.value, clean.ci_low, clean.ci_high)
+    index = adv_module._subset(fresh, 30)
+    with torch.no_grad():
+        right = fresh.model(fresh.data.test.x[index]).argmax(1) == fresh.data.test.y[index]
+    assert clean.n == 30 and clean.value == int(right.sum()) / 30
+    with pytest.raises(KeyError, match="not among the needs"):
+        check.tasks(_setup(eps=[0.05, 0.3], n=30)[1])[-1].run()  # type: ignore[attr-defined]

@@ -138,10 +138,18 @@ class TaskResult:
 
 @dataclass(frozen=True)
 class Task:
-    """An independent piece of a check; ``key`` is unique within the check and stable across runs."""
+    """An independent piece of a check; ``key`` is unique within the check and stable across runs.
+
+    ``needs`` names tasks of the same check (by key, each before this one in the check's list) whose stored
+    rows this task reads with :meth:`AuditContext.rows_of` instead of recomputing what produced them (the
+    adversarial robustness curve is drawn from the attack tasks' rows). The executor hands them over: in
+    one process as they are stored, on Ray as the results of those Ray tasks, and on ``--resume`` from the
+    store; a task with needs therefore never repeats another task's work on another worker.
+    """
 
     key: str
     run: Callable[[], TaskResult]
+    needs: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -191,6 +199,10 @@ class View:
     points at it with ``view = MyView``. The base class shows every row, one line each.
     """
 
+    artifact_order: ClassVar[tuple[str, ...]] = ()
+    """Names of the check's pictures in the order the report shows them (those not named follow, in the order
+    their tasks stored them): the tasks that draw them may run in any order."""
+
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
         """Scorecard entries taken from the check's stored rows (none by default)."""
@@ -237,6 +249,16 @@ class Check:
     """The patterns of :attr:`metrics` the check stores on each modality, when they differ by modality
     (a modality not listed: all of :attr:`metrics`). A gate on a metric the audited modality does not
     store is refused once the model is loaded, before anything is stored."""
+    independent_tasks: ClassVar[bool] = False
+    """True when the check's tasks share nothing dear with each other (each builds its own hazard inputs;
+    what one reads of another comes through :attr:`Task.needs`), so an executor may send them to different
+    workers at no extra cost. False (the default): they share what they compute (a trojan scan and its
+    hazards), so a distributed executor keeps them on one worker (``audit/_executors.py``)."""
+    reads_other_checks: ClassVar[bool] = False
+    """True when the check's tasks read hazards other checks build (defence in depth judges the attacks,
+    corruptions and OOD sets the others planned): a distributed executor then keeps each check's tasks
+    together (one audit) or each run's tasks on one worker (many audits), so no worker rebuilds another's
+    attacks."""
 
     def __init__(self, quick: bool = False, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -273,6 +295,17 @@ class Check:
 
     def run(self, ctx: AuditContext) -> TaskResult | list[Row]:
         raise NotImplementedError(f"check {self.name!r} must implement run() or tasks()")
+
+    def run_tasks(self, ctx: AuditContext, tasks: Sequence[Task] | None = None) -> list[TaskResult]:
+        """Run ``tasks`` (default: all of :meth:`tasks`) one after another in this process, handing each the
+        rows of the earlier ones it :attr:`~Task.needs`, as the engine does; for using a check outside an audit.
+        """
+        results = []
+        for task in self.tasks(ctx) if tasks is None else tasks:
+            result = task.run()
+            ctx.earlier[(self.name, task.key)] = list(result.rows)
+            results.append(result)
+        return results
 
     # -- report (rendering lives in the check's view, audit/views/<check>.py) ------------------
     view: ClassVar[type[View]] = View

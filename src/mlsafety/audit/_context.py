@@ -143,10 +143,21 @@ class AuditContext:
         """Under ``--budget``: the ``time.perf_counter()`` by which the running task should end (the engine
         sets it before each task); a task's long loops stop there after their first unit of work and store
         rows for the n they reached. None (no budget): every loop runs to its configured size."""
+        self.earlier: dict[tuple[str, str], list[Any]] = {}
+        """Stored rows of tasks that a later task :attr:`~mlsafety.audit._check.Task.needs`, by (check, task
+        key): filled by the engine and the executors (:meth:`rows_of` reads them)."""
         self.task_estimate: float = 0.0
         """Under ``--budget``: the predicted seconds of the running task (its check's prediction over its tasks,
         scaled by the measured speed), what an optional loop's first unit is taken to cost when no unit of its
         kind has run yet."""
+
+    def rows_of(self, check: str, key: str) -> list[Any]:
+        """The rows (:class:`~mlsafety.audit._check.Row`) task ``key`` of ``check`` stored in this run; only for
+        a task the caller named in its ``needs`` (a :class:`KeyError` otherwise: a programming error)."""
+        try:
+            return self.earlier[(check, key)]
+        except KeyError:
+            raise KeyError(f"task {check}/{key} is not among the needs of the running task") from None
 
     def past_deadline(self) -> bool:
         """True when the running task has a deadline (``--budget``) and it has passed."""

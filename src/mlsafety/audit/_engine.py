@@ -197,6 +197,7 @@ def run_audit(
     work: list[tuple[Check, Task]] = [
         (check, task) for check in checks for task in (check.tasks(ctx) if check in runnable else [_skip(check, ctx)])
     ]
+    _check_needs(work)
     if report != "":
         check_report_path(report)
     # the engine's own audit-plan tasks (what it decided; sizes per check under a budget) count as stored tasks
@@ -243,6 +244,10 @@ def run_audit(
                 tracker.tasks_left[c.name] = tracker.tasks_left.get(c.name, 0) + 1
             pending = [(i, c, _budgeted(c, t, tracker, ctx)) for i, c, t in pending]
         skipped = len(work) - len(pending)
+        # rows a pending task needs from a task stored by an earlier attempt come from the store; the others
+        # are kept as their tasks are stored (on Ray the executor hands them to the worker itself)
+        needed = {(c.name, k) for _i, c, t in pending for k in t.needs}
+        ctx.earlier = {ck: store.task_rows(run_id, *ck) for ck in sorted(needed & done)}
 
         def before(check: Check) -> None:  # before a check's first task starts
             if tracker is not None:
@@ -254,6 +259,8 @@ def run_audit(
 
         for i, check, task, result, seconds in runner.run(ctx, pending, before):
             store.write_task(run_id, check.name, task.key, result.rows, result.artifacts, seconds)
+            if (check.name, task.key) in needed:
+                ctx.earlier[(check.name, task.key)] = list(result.rows)
             ran += 1
             if tracker is not None:
                 tracker.done(check.name, seconds)
@@ -650,7 +657,18 @@ def _budgeted(check: Check, task: Task, tracker: _Tracker, ctx: AuditContext) ->
             ctx.deadline, ctx.task_estimate = None, 0.0
             tracker.tasks_left[check.name] = max(0, tracker.tasks_left.get(check.name, 1) - 1)
 
-    return Task(task.key, run)
+    return Task(task.key, run, task.needs)
+
+
+def _check_needs(work: list[tuple[Check, Task]]) -> None:
+    """Every task's ``needs`` names a task of its own check that comes before it (a check's bug otherwise)."""
+    seen: set[tuple[str, str]] = set()
+    for check, task in work:
+        for key in task.needs:
+            if (check.name, key) not in seen:
+                raise ValueError(f"task {check.name}/{task.key} needs {key!r}, which is not a task of {check.name!r} "
+                                 "planned before it")  # fmt: skip
+        seen.add((check.name, task.key))
 
 
 def budget_stopped(rows: list[StoredRow]) -> list[str]:

@@ -11,12 +11,14 @@ What travels (Ray): the audit context once per run (``ray.put``: the model, the 
 checks' parameters, plus anything computed while the audit was planned, such as the trojan scan that
 names the trojan hazards); each Ray task names its check and task key and returns the task's rows and
 artifacts. A check's tasks travel together as one streaming Ray task when the cluster has fewer CPUs than
-the run has checks (they share what they compute), each on its own otherwise; a run of ``audit-many``
-travels whole (:meth:`RayExecutor._groups`). A worker keeps the context of the run it last worked on,
-so tasks of one run that land on the same worker share forward passes and hazard inputs as they do in one
-process; a task on another worker recomputes what it needs, which gives the same numbers because every
-random choice is seeded by the task's names (``core/_random.py:derive_seed``), not by the order tasks run
-in.
+the run has checks (they share what they compute), each on its own otherwise; the runs of ``audit-many``
+travel a unit per check, the attacks one by one, or whole when a check reads other checks' hazards
+(:meth:`RayExecutor._units`). A task that reads another's rows (``Task.needs``: the robustness curve)
+gets them as that Ray task's result, never by recomputing it. A worker keeps the context of the runs it
+last worked on, so tasks of one run that land on the same worker share forward passes and hazard inputs as
+they do in one process; a task on another worker recomputes what it needs, which gives the same numbers
+because every random choice is seeded by the task's names (``core/_random.py:derive_seed``), not by the
+order tasks run in.
 
 Deviation from a local run: with a budget (``--budget``, or the one ``--quick`` presets) a local run
 re-plans the sample sizes of checks not yet started from the measured times of those done; on Ray all
@@ -113,15 +115,25 @@ each check planned there, so the tasks of one run that land on one worker share 
 _KEEP_JOBS = 2
 
 
-def _worker_task(job: _Job, check_name: str, key: str) -> tuple[TaskResult, float]:
-    """Run one task of ``job`` on a Ray worker (the remote function's body)."""
+def _held(job: _Job) -> tuple[_Job, dict[str, dict[str, Task]]]:
+    """The worker's cached copy of ``job`` (the first one it received, whose context holds the run's caches)."""
     cached = _WORKER_JOBS.pop(job.token, None)
     if cached is None:
         cached = (job, {})
     _WORKER_JOBS[job.token] = cached  # newest last
     while len(_WORKER_JOBS) > _KEEP_JOBS:
         _WORKER_JOBS.pop(next(iter(_WORKER_JOBS)))
-    held, tasks = cached
+    return cached
+
+
+def _hand_over(held: _Job, needs: Sequence[tuple[str, str]], deps: Sequence[tuple[TaskResult, float]]) -> None:
+    """Put the results of other Ray tasks (``deps``, resolved by Ray, in ``needs``' order) where a task that
+    needs them reads them (``ctx.rows_of``)."""
+    for (check_name, key), (result, _seconds) in zip(needs, deps, strict=True):
+        held.ctx.earlier[(check_name, key)] = list(result.rows)
+
+
+def _run_held(held: _Job, tasks: dict[str, dict[str, Task]], check_name: str, key: str) -> tuple[TaskResult, float]:
     if check_name not in tasks:
         check = held.checks[check_name]
         tasks[check_name] = {t.key: t for t in check.tasks(held.ctx)}
@@ -130,11 +142,26 @@ def _worker_task(job: _Job, check_name: str, key: str) -> tuple[TaskResult, floa
     return result, time.perf_counter() - t0
 
 
-def _worker_run(job: _Job, items: list[tuple[int, str, str]]) -> Iterator[tuple[int, TaskResult, float]]:
-    """All of a run's tasks on one Ray worker, each result streamed back as it ends (a Ray generator task):
-    (index, result, seconds)."""
+def _worker_task(
+    job: _Job, check_name: str, key: str, needs: Sequence[tuple[str, str]] = (), *deps: tuple[TaskResult, float]
+) -> tuple[TaskResult, float]:
+    """Run one task of ``job`` on a Ray worker (the remote function's body); ``deps`` are the results of the
+    Ray tasks named in ``needs`` (check, key) that this task reads."""
+    held, tasks = _held(job)
+    _hand_over(held, needs, deps)
+    return _run_held(held, tasks, check_name, key)
+
+
+def _worker_run(
+    job: _Job, items: list[tuple[int, str, str]], needs: Sequence[tuple[str, str]] = (), *deps: tuple[TaskResult, float]
+) -> Iterator[tuple[int, TaskResult, float]]:
+    """Several tasks of a run on one Ray worker, in order, each result streamed back as it ends (a Ray
+    generator task): (index, result, seconds). A task's rows stay at hand for the later ones that need them."""
+    held, tasks = _held(job)
+    _hand_over(held, needs, deps)
     for i, check_name, key in items:
-        result, seconds = _worker_task(job, check_name, key)
+        result, seconds = _run_held(held, tasks, check_name, key)
+        held.ctx.earlier[(check_name, key)] = list(result.rows)  # rows are small; a later task may need them
         yield i, result, seconds
 
 
@@ -248,9 +275,9 @@ class RayExecutor:
         self._remote_run = ray.remote(_worker_run)
 
     def per_run_view(self) -> RayExecutor:
-        """This executor (same session) sending each run's tasks to one worker as one streaming Ray task:
-        what ``audit-many`` uses when there are at least as many models as CPUs, so no worker recomputes
-        another's forward passes and hazard inputs (the runs, not the tasks, go in parallel)."""
+        """This executor (same session) grouping each run's tasks for ``audit-many``, which uses it when there
+        are at least as many models as CPUs: a unit per check (per task for the attacks), or the whole run on
+        one worker when a check reads other checks' hazards (:meth:`_units`)."""
         view = copy.copy(self)
         view.per_run = True
         return view
@@ -286,15 +313,26 @@ class RayExecutor:
         job = _Job(uuid.uuid4().hex, shipped, {c.name: c for _, c, _ in remote})
         gpus = 1 if ctx.device.type == "cuda" else 0
         fn = self._remote.options(num_cpus=1, num_gpus=gpus, max_retries=0)
+        run_fn = self._remote_run.options(num_cpus=1, num_gpus=gpus, max_retries=0)
         job_ref = ray.put(job) if remote else None
-        streams: dict[str, Any] = {}  # check name (or "" for the whole run) -> its streaming Ray task
-        refs: dict[Any, int] = {}
-        groups = self._groups(remote)
-        if groups:
-            run_fn = self._remote_run.options(num_cpus=1, num_gpus=gpus, max_retries=0)
-            streams = {key: run_fn.remote(job_ref, items) for key, items in groups.items()}
-        else:
-            refs = {fn.remote(job_ref, c.name, t.key): i for i, c, t in remote}
+        streams: dict[int, Any] = {}  # a unit's number -> its streaming Ray task (a unit of several tasks)
+        unit_of: dict[int, int] = {}  # a task's index -> the number of its stream
+        refs: dict[Any, int] = {}  # a Ray task of one task -> that task's index
+        ref_of: dict[tuple[str, str], Any] = {}
+        for u, unit in enumerate(self._units(remote)):
+            inside = {(c.name, t.key) for _, c, t in unit}
+            needs = [
+                (c.name, k) for _, c, t in unit for k in t.needs if (c.name, k) not in inside and (c.name, k) in ref_of
+            ]
+            deps = [ref_of[n] for n in needs]
+            if len(unit) == 1:
+                i, c, t = unit[0]
+                ref = fn.remote(job_ref, c.name, t.key, needs, *deps)
+                refs[ref] = i
+                ref_of[(c.name, t.key)] = ref
+            else:
+                streams[u] = run_fn.remote(job_ref, [(i, c.name, t.key) for i, c, t in unit], needs, *deps)
+                unit_of.update({i: u for i, _c, _t in unit})
         ready: dict[int, tuple[TaskResult, float]] = {}
         waiting = list(refs)
         started: set[str] = set()
@@ -308,8 +346,8 @@ class RayExecutor:
                     result = task.run()
                     yield i, check, task, result, time.perf_counter() - t0
                     continue
-                if streams:  # each stream yields its tasks in the run's order
-                    j, result, seconds = _get(ray, next(streams["" if self.per_run else check.name]))
+                if i in unit_of:  # each stream yields its tasks in the run's order
+                    j, result, seconds = _get(ray, next(streams[unit_of[i]]))
                     assert j == i, (j, i)
                     yield i, check, task, result, seconds
                     continue
@@ -329,24 +367,39 @@ class RayExecutor:
             for stream in streams.values():  # stopped early (cancelling a finished generator task crashes Ray 2.60)
                 ray.cancel(stream)
 
-    def _groups(self, remote: Pending) -> dict[str, list[tuple[int, str, str]]]:
-        """How the run's tasks travel: one streaming Ray task for the whole run (``audit-many``, "" key), one per
-        check when the cluster has fewer CPUs than the run has checks to send, else none (every task its own
-        Ray task, spread over all workers).
+    def _units(self, remote: Pending) -> list[list[tuple[int, Check, Task]]]:
+        """How the run's tasks travel, in the run's order: each unit goes to one worker (a unit of several tasks
+        as one streaming Ray task, a single task as a plain one).
 
-        A check's tasks share what they compute (an attack's adversarial examples feed its plots task, a trojan
-        scan feeds its hazards), so on one worker they compute it once; sent one by one, each worker that gets
-        one recomputes it (the default digits-cnn audit on 2 CPUs spent 37 task-seconds where one process
-        spends 27). Checks still share the clean forward pass and some hazards (defence in depth judges other
-        checks' hazards), which a check on another worker recomputes: fewer, and cheaper."""
+        - ``audit-many`` (:meth:`per_run_view`): a unit per check, and a unit per task of a check whose tasks
+          are independent (:attr:`~mlsafety.audit._check.Check.independent_tasks`: the attacks), so the runs'
+          dear tasks spread over the workers and the last runs' tasks do not wait on one worker; a run with a
+          check that reads other checks' hazards (defence in depth) stays whole, so no worker rebuilds another's
+          attacks.
+        - One audit on a cluster with fewer CPUs than the run has checks: a unit per check, and the attacks one
+          by one unless a check reads other checks' hazards (the default audit on 2 CPUs: 20.5 s with the
+          adversarial check whole against 24-26 s split, as defence in depth then finds the attacks on the
+          worker that built them; ``bench/results/ray_one_audit.md``); with more CPUs, every task on its own.
+
+        A check's tasks share what they compute (a trojan scan feeds its hazards), so on one worker they compute
+        it once; sent one by one, each worker that got one would recompute it. A task that reads another's
+        rows (:attr:`~mlsafety.audit._check.Task.needs`: the robustness curve from the attacks' rows) gets
+        them from that task's Ray result, without recomputing. Checks still share the clean forward pass,
+        which a check on another worker recomputes (cheap)."""
         if not remote:
-            return {}
-        if self.per_run:
-            return {"": [(i, c.name, t.key) for i, c, t in remote]}
-        by_check: dict[str, list[tuple[int, str, str]]] = {}
-        for i, c, t in remote:
-            by_check.setdefault(c.name, []).append((i, c.name, t.key))
-        return by_check if self.slots() < len(by_check) else {}
+            return []
+        by_check: dict[str, list[tuple[int, Check, Task]]] = {}
+        for item in remote:
+            by_check.setdefault(item[1].name, []).append(item)
+        reads = any(items[0][1].reads_other_checks for items in by_check.values())
+        if self.per_run and reads:
+            return [list(remote)]
+        if not self.per_run and self.slots() >= len(by_check):
+            return [[item] for item in remote]
+        units: list[list[tuple[int, Check, Task]]] = []
+        for items in by_check.values():  # split a check's independent tasks unless another check reads them
+            units += [[item] for item in items] if items[0][1].independent_tasks and not reads else [items]
+        return sorted(units, key=lambda unit: unit[0][0])
 
 
 def _get(ray: Any, ref: Any) -> Any:

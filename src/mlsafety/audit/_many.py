@@ -44,9 +44,9 @@ def run_many(
         report_dir: write each run's report there as ``<run id>.html``; None: no reports.
         on_done: called as each model's run ends, with the model and its result or its one-line error.
         parallel: runs in flight at once on a Ray executor (each a driver thread that plans and stores
-            it); None: one more than the cluster has CPUs, at most the number of models (each run goes to
-            one worker whole, and the extra run is prepared while the workers are busy, so a worker that
-            ends a run starts the next at once instead of waiting for the driver to load and plan it).
+            it); None: one more than the cluster has CPUs, at most the number of models (the extra run is
+            prepared while the workers are busy, so a worker that ends a task of the last run in flight
+            starts one of the next at once instead of waiting for the driver to load and plan it).
 
     Returns:
         Per model, in ``models``' order, its :class:`AuditResult`, or the :class:`InputError` that refused
@@ -94,7 +94,7 @@ def run_many(
         return [one(m) for m in models]
     threads = width
     if len(models) >= width and hasattr(runner, "per_run_view"):
-        runner = runner.per_run_view()  # enough runs to fill the workers: each run on one worker
+        runner = runner.per_run_view()  # enough runs to fill the workers: units per check (RayExecutor._units)
         if parallel is None:  # one run more than workers: prepared while they are busy, queued on Ray until one frees
             threads = min(len(models), width + 1)
     elif width <= 1:

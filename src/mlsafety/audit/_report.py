@@ -104,11 +104,10 @@ def render_report(store: Store, run_id: str) -> str:
                 }
             )
         tables: list[Table] = cls.tables(crow) if cls else Check.tables(crow)
-        images = [
-            _Image(a.name, a.mime, a.caption, base64.b64encode(a.data).decode())
-            for c, a in artifacts
-            if c == name and a.mime.startswith("image/")
-        ]
+        order = list(getattr(cls.view, "artifact_order", ())) if cls else []
+        mine = [a for c, a in artifacts if c == name and a.mime.startswith("image/")]
+        mine.sort(key=lambda a: order.index(a.name) if a.name in order else len(order))  # stable: the rest as stored
+        images = [_Image(a.name, a.mime, a.caption, base64.b64encode(a.data).decode()) for a in mine]
         # HTML a view draws from its other artifacts (e.g. highlighted text); the view escapes every string.
         draw = getattr(cls.view, "html_fragments", None) if cls else None
         fragments = [Markup(f) for f in draw([a for c, a in artifacts if c == name])] if draw else []

@@ -389,6 +389,16 @@ class Store:
             for c, h, m, v, lo, hi, n, p, k in self.conn.execute(query, args)
         ]
 
+    def task_rows(self, run_id: str, check: str, task_key: str) -> list[Row]:
+        """The rows one stored task wrote, in its order, as the task returned them (what a later task that
+        ``needs`` it reads on ``--resume``)."""
+        query = "SELECT hazard, metric, value, ci_low, ci_high, n, params_json, kind FROM results "
+        query += "WHERE run_id=? AND check_name=? AND task_key=? ORDER BY rowid"
+        return [
+            Row(h, m, v, lo, hi, n, json.loads(p), k)
+            for h, m, v, lo, hi, n, p, k in self.conn.execute(query, (run_id, check, task_key))
+        ]
+
     def artifacts(self, run_id: str, check: str | None = None) -> list[tuple[str, Artifact]]:
         query = "SELECT check_name, name, mime, caption, data FROM artifacts WHERE run_id=?"
         args: tuple[Any, ...] = (run_id,)

@@ -34,6 +34,7 @@ from mlsafety.audit.checks import _adversarial_text as text_adv
 from mlsafety.audit.checks._common import bind, metric_name, params_of
 from mlsafety.audit.views.adversarial import AdversarialView, Curve, curve_png, pairs_png
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
+from mlsafety.metrics import proportion
 from mlsafety.robustness import AttackSummary, evaluate_outputs, sanity_flags
 from mlsafety.robustness import attacks as atk
 
@@ -257,6 +258,7 @@ class Adversarial(Check):
         BUDGET_NOT_MEASURED,  # under --budget: an attack and eps its task's deadline left out
     )  # fmt: skip
     modalities = ("image", "text")
+    independent_tasks = True  # each attack task builds its own inputs; the plots task reads their rows (needs)
     metrics_by_modality: ClassVar[dict[str, tuple[str, ...]]] = {"text": text_adv.TEXT_METRICS}
 
     view = AdversarialView
@@ -298,8 +300,9 @@ class Adversarial(Check):
         if ctx.modality == "text":
             return text_adv.tasks(self, ctx)
         names, grid = self._plan(ctx)
+        keys = [str(self._hazard(n, e)) for n in names for e in grid]
         tasks = [Task(str(self._hazard(n, e)), bind(self._hazard_task, ctx, n, e)) for n in names for e in grid]
-        tasks.append(Task("plots", lambda: self._plots_task(ctx, names, grid)))
+        tasks.append(Task("plots", lambda: self._plots_task(ctx, names, grid), needs=tuple(keys)))
         return tasks
 
     # -- work ----------------------------------------------------------------------------------
@@ -337,44 +340,46 @@ class Adversarial(Check):
             rows.append(Row.exact(key, metric_name("warning", flag), 1.0, DECISION, **info, message=text))
         for member, count in sorted(data.broken_by.items()):
             rows.append(Row.exact(key, metric_name("broken_by", member), float(count), COUNT, **info))
-        return TaskResult(rows)
+        names, grid = self._plan(ctx)
+        if (name, eps) != (names[0], grid[len(grid) // 2]):
+            return TaskResult(rows)
+        return TaskResult(rows, self._pairs(ctx, data, s.broken, hazard))  # the headline attack: its pairs
+
+    def _pairs(self, ctx: AuditContext, data: AdversarialSet, broken: torch.Tensor, hazard: Hazard) -> list[Artifact]:
+        """Up to ``pairs`` inputs the attack broke, clean above adversarial, with their predicted classes."""
+        pick = broken.nonzero()[:, 0][: int(self.params["pairs"])]
+        if not pick.numel():
+            return []
+        with torch.inference_mode():
+            pred_c = ctx.outputs(Hazard.clean()).pred[data.index.to(ctx.device)][pick.to(ctx.device)].cpu()
+            pred_a = ctx.outputs(hazard).pred[pick.to(ctx.device)].cpu()
+        png = pairs_png(data.x_clean[pick], data.x[pick], pred_c, pred_a)
+        caption = (f"Clean (top) and {data.attack} adversarial (bottom) inputs at {data.norm} eps {data.eps:g}, "
+                   "with predicted classes.")  # fmt: skip
+        return [Artifact("adversarial-pairs", png, caption=caption)]
 
     def _plots_task(self, ctx: AuditContext, names: list[str], grid: list[float]) -> TaskResult:
+        """The robustness curve, drawn from the rows the attack tasks stored (``ctx.rows_of``: nothing is
+        attacked again, on whichever worker this runs); an attack and eps a budget's deadline left out has no
+        point. The clean accuracy of the attacked subset (eps 0) comes from the shared clean pass."""
         curves: dict[str, Curve] = {}
-        clean_acc = None
-        headline = (names[0], grid[len(grid) // 2])
         for name in names:
             points = []
             for e in grid:
-                h = self._hazard(name, e)
-                if ctx.deadline is not None and not ctx.has_hazard(h) and (name, e) != headline:
-                    continue  # under --budget: an attack its task's deadline left out (or not built in this process)
-                _, s = self._summary(ctx, self._hazard(name, e), norms=False)
-                if clean_acc is None:
-                    c = s.clean_accuracy
-                    clean_acc = (c.value, c.ci_low, c.ci_high)
-                est = s.robust_accuracy
-                points.append((e, est.value, est.ci_low, est.ci_high))
+                key = str(self._hazard(name, e))
+                robust = [r for r in ctx.rows_of(KIND, key) if r.metric == "robust_accuracy"]
+                if robust:
+                    r = robust[0]
+                    points.append((e, r.value, r.ci_low, r.ci_high))
             curves[name] = points
-        assert clean_acc is not None
+        index = _subset(ctx, int(self.params["n"]))
+        y = ctx.data.test.y[index].to(ctx.device)
+        clean = proportion((ctx.outputs(Hazard.clean()).pred[index.to(ctx.device)] == y).cpu())
         norm = self.params["norm"]
-        rows = [Row(str(Hazard.adversarial()), "clean_accuracy_subset", clean_acc[0], clean_acc[1], clean_acc[2],
-                    len(_subset(ctx, int(self.params["n"]))), {"norm": norm})]  # fmt: skip
+        rows = [Row.of(str(Hazard.adversarial()), "clean_accuracy_subset", clean, norm=norm)]
+        clean_acc = (clean.value, clean.ci_low, clean.ci_high)
         artifacts = [
             Artifact("robust-accuracy-curve", curve_png(curves, clean_acc, norm),
                      caption=f"Robust accuracy against {norm} eps (95% CIs)."),
         ]  # fmt: skip
-        mid = grid[len(grid) // 2]
-        hazard = self._hazard(names[0], mid)
-        data, s = self._summary(ctx, hazard, norms=False)
-        pick = s.broken.nonzero()[:, 0][: int(self.params["pairs"])]
-        if pick.numel():
-            with torch.inference_mode():
-                pred_c = ctx.outputs(Hazard.clean()).pred[data.index.to(ctx.device)][pick.to(ctx.device)].cpu()
-                pred_a = ctx.outputs(hazard).pred[pick.to(ctx.device)].cpu()
-            png = pairs_png(data.x_clean[pick], data.x[pick], pred_c, pred_a)
-            artifacts.append(
-                Artifact("adversarial-pairs", png, caption=f"Clean (top) and {names[0]} adversarial (bottom) inputs at "
-                         f"{norm} eps {mid:g}, with predicted classes.")
-            )  # fmt: skip
         return TaskResult(rows, artifacts)

@@ -110,6 +110,7 @@ class _State:
 class DefenceInDepth(Check):
     pillar = "systemic"
     modalities = ("image", "text")
+    reads_other_checks = True  # it judges the hazards the other checks build (their attacks above all)
     title = "Defence in depth"
     description = (
         "For every hazard of the audit, each input is served correctly, a false alarm, a failure caught by the "

@@ -21,6 +21,8 @@ class AdversarialView(View):
     """Headline: robust accuracy of the first attack at the middle radius; tables: one line per
     attack and radius, and the sanity flags."""
 
+    artifact_order = ("robust-accuracy-curve", "adversarial-pairs")
+
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
         robust = [r for r in rows if r.metric == "robust_accuracy"]
