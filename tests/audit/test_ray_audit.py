@@ -165,7 +165,7 @@ class Slow(nn.Module):
 
     def forward(self, x):
         if os.getpid() != DRIVER:  # slow on the Ray workers only: the driver's probes while preparing stay fast
-            time.sleep(0.5)
+            time.sleep(1.5)
         return self.head(self.body(x))
 
 
@@ -201,7 +201,7 @@ def test_audit_many_prepares_the_next_run_while_the_workers_are_busy(files, ray_
     assert [m.rsplit(":", 1)[1] for m, _, _ in runs] == ["a", "b", "c"]
     # 2 CPUs: the third run is stored (loaded, hashed, planned) before either of the first two has ended, and
     # waits on Ray for a free worker; one thread per CPU would only start preparing it once one of them ended
-    assert runs[2][1] < min(runs[0][2], runs[1][2])
+    assert runs[2][1] < min(runs[0][2], runs[1][2]), runs  # each run's forward pass sleeps 1.5 s on its worker
 
 
 def _spy_units(monkeypatch):

@@ -325,6 +325,8 @@ class RayExecutor:
                 (c.name, k) for _, c, t in unit for k in t.needs if (c.name, k) not in inside and (c.name, k) in ref_of
             ]
             deps = [ref_of[n] for n in needs]
+            lost = [(c.name, k) for _, c, t in unit for k in t.needs if (c.name, k) not in inside | set(ref_of)]
+            assert all(n in ctx.earlier for n in lost), f"rows needed from another stream: {lost}"  # _units' rule
             if len(unit) == 1:
                 i, c, t = unit[0]
                 ref = fn.remote(job_ref, c.name, t.key, needs, *deps)
@@ -377,9 +379,9 @@ class RayExecutor:
           check that reads other checks' hazards (defence in depth) stays whole, so no worker rebuilds another's
           attacks.
         - One audit on a cluster with fewer CPUs than the run has checks: a unit per check, and the attacks one
-          by one unless a check reads other checks' hazards (the default audit on 2 CPUs: 20.5 s with the
-          adversarial check whole against 24-26 s split, as defence in depth then finds the attacks on the
-          worker that built them; ``bench/results/ray_one_audit.md``); with more CPUs, every task on its own.
+          by one unless a check reads other checks' hazards (the default audit on 2 CPUs took 1.14x longer
+          with the attacks split, range 0.96-1.32, as defence in depth then rebuilds those its worker lacks;
+          ``bench/results/ray_one_audit.md``); with more CPUs, every task on its own.
 
         A check's tasks share what they compute (a trojan scan feeds its hazards), so on one worker they compute
         it once; sent one by one, each worker that got one would recompute it. A task that reads another's

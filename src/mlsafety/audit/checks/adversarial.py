@@ -300,9 +300,13 @@ class Adversarial(Check):
         if ctx.modality == "text":
             return text_adv.tasks(self, ctx)
         names, grid = self._plan(ctx)
-        keys = [str(self._hazard(n, e)) for n in names for e in grid]
-        tasks = [Task(str(self._hazard(n, e)), bind(self._hazard_task, ctx, n, e)) for n in names for e in grid]
-        tasks.append(Task("plots", lambda: self._plots_task(ctx, names, grid), needs=tuple(keys)))
+        headline = (names[0], grid[len(grid) // 2])  # the first attack at the middle eps: its pairs are drawn
+        tasks = [
+            Task(str(self._hazard(n, e)), bind(self._hazard_task, ctx, n, e, (n, e) == headline))
+            for n in names
+            for e in grid
+        ]
+        tasks.append(Task("plots", lambda: self._plots_task(ctx, names, grid), needs=tuple(t.key for t in tasks)))
         return tasks
 
     # -- work ----------------------------------------------------------------------------------
@@ -317,16 +321,15 @@ class Adversarial(Check):
                                    n_boot=int(self.params["n_boot"]), seed=seed)  # fmt: skip
         return data, summary
 
-    def _hazard_task(self, ctx: AuditContext, name: str, eps: float) -> TaskResult:
+    def _hazard_task(self, ctx: AuditContext, name: str, eps: float, headline: bool) -> TaskResult:
         if ctx.deadline is None:
-            return self._hazard_rows(ctx, name, eps)
-        names, grid = self._plan(ctx)  # under --budget: the headline (first attack, mid eps), others if they fit
-        first = int(name == names[0] and eps == grid[len(grid) // 2])
-        for _ in until_deadline(ctx, [name], f"adversarial/{name}", first):
-            return self._hazard_rows(ctx, name, eps)
+            return self._hazard_rows(ctx, name, eps, headline)
+        # under --budget: the headline (first attack, mid eps), others if they fit
+        for _ in until_deadline(ctx, [name], f"adversarial/{name}", int(headline)):
+            return self._hazard_rows(ctx, name, eps, headline)
         return TaskResult([not_measured_row(str(self._hazard(name, eps)), f"{name} at eps {eps:g}")])
 
-    def _hazard_rows(self, ctx: AuditContext, name: str, eps: float) -> TaskResult:
+    def _hazard_rows(self, ctx: AuditContext, name: str, eps: float, headline: bool) -> TaskResult:
         hazard = self._hazard(name, eps)
         key = str(hazard)
         data, s = self._summary(ctx, hazard)
@@ -340,10 +343,7 @@ class Adversarial(Check):
             rows.append(Row.exact(key, metric_name("warning", flag), 1.0, DECISION, **info, message=text))
         for member, count in sorted(data.broken_by.items()):
             rows.append(Row.exact(key, metric_name("broken_by", member), float(count), COUNT, **info))
-        names, grid = self._plan(ctx)
-        if (name, eps) != (names[0], grid[len(grid) // 2]):
-            return TaskResult(rows)
-        return TaskResult(rows, self._pairs(ctx, data, s.broken, hazard))  # the headline attack: its pairs
+        return TaskResult(rows, self._pairs(ctx, data, s.broken, hazard) if headline else [])
 
     def _pairs(self, ctx: AuditContext, data: AdversarialSet, broken: torch.Tensor, hazard: Hazard) -> list[Artifact]:
         """Up to ``pairs`` inputs the attack broke, clean above adversarial, with their predicted classes."""
