@@ -227,7 +227,7 @@ def _stop_after(key):
     return on_progress
 
 
-def test_one_audit_sends_each_check_whole_when_checks_outnumber_cpus(files, ray_session, monkeypatch):
+def test_one_audit_groups_tasks_by_check_when_checks_outnumber_cpus(files, ray_session, monkeypatch):
     sent = _spy_units(monkeypatch)
     local = run_audit(_config(files), db=files / "local.sqlite", report="")
     on_ray = run_audit(_config(files), db=files / "ray.sqlite", report="", executor=RayExecutor())
