@@ -310,15 +310,14 @@ class Adversarial(Check):
         return tasks
 
     # -- work ----------------------------------------------------------------------------------
-    def _summary(self, ctx: AuditContext, hazard: Hazard, norms: bool = True) -> tuple[AdversarialSet, AttackSummary]:
-        """The hazard's data and the pillar's summary of it (the median norm only with ``norms``)."""
+    def _summary(self, ctx: AuditContext, hazard: Hazard) -> tuple[AdversarialSet, AttackSummary]:
+        """The hazard's data and the pillar's summary of it (with the median perturbation norm)."""
         data = ctx.hazard(hazard)
         assert isinstance(data, AdversarialSet)
         pred_clean = ctx.outputs(Hazard.clean()).pred[data.index.to(ctx.device)]
-        inputs = (data.x_clean, data.x) if norms else (None, None)
         seed = ctx.seed_for(KIND, str(hazard), "median_perturbation_norm")
-        summary = evaluate_outputs(pred_clean, ctx.outputs(hazard).pred, data.y.to(ctx.device), data.norm, *inputs,
-                                   n_boot=int(self.params["n_boot"]), seed=seed)  # fmt: skip
+        summary = evaluate_outputs(pred_clean, ctx.outputs(hazard).pred, data.y.to(ctx.device), data.norm,
+                                   data.x_clean, data.x, n_boot=int(self.params["n_boot"]), seed=seed)  # fmt: skip
         return data, summary
 
     def _hazard_task(self, ctx: AuditContext, name: str, eps: float, headline: bool) -> TaskResult:
