@@ -223,7 +223,14 @@ def main() -> None:
         action="store_true",
         help="re-measure the served endpoint only; the overhead and drift tables of results/guard.json are kept",
     )
+    ap.add_argument(
+        "--json-out",
+        type=Path,
+        help="with --overhead-only: write that table here and leave results/ alone (bench/guard_compare.py)",
+    )
     args = ap.parse_args()
+    if args.json_out and not args.overhead_only:
+        ap.error("--json-out goes with --overhead-only")
     torch.set_num_threads(args.threads)
     repeats, per_client = (10, 5) if args.quick else (200, 20)
     result: dict[str, Any] = {
@@ -270,6 +277,9 @@ def main() -> None:
                 entry["served"] = served(guard, loaded.new_drift(), x, [1, 8, 32], per_client)
             result["models"][name] = entry
             print(name, json.dumps(entry["overhead"][-1]), flush=True)
+    if args.json_out:
+        args.json_out.write_text(json.dumps(result, indent=2) + "\n")
+        return
     if args.overhead_only or args.served_only:  # the earlier run's other figures stay, said so in the results
         earlier = json.loads((RESULTS / "guard.json").read_text())
         for name, entry in result["models"].items():

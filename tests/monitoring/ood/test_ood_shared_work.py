@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from mlsafety.core import Classifier, InputError, Outputs, generator
+from mlsafety.core import Classifier, InputError, NotFittedError, Outputs, generator
 from mlsafety.monitoring import ood
 from mlsafety.monitoring.ood import engine, search
 
@@ -173,6 +173,32 @@ def test_mahalanobis_and_rmd_share_their_class_gaussians() -> None:
     assert maha.precision_ is rmd.precision_  # one fit for both
     alone = ood.create("mahalanobis").fit(net, fit)
     torch.testing.assert_close(alone.precision_, maha.precision_)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("name, params", [("mahalanobis", {}), ("energy", {}), ("energy", {"temperature": 0.3})])
+def test_prepared_scorer_equals_score_outputs_bit_for_bit(name: str, params: dict, dtype: torch.dtype) -> None:
+    """The runtime guard's scorers (state converted once, fewer operations) give the audit's scores exactly,
+    at every batch size, on outputs of either dtype and on queries far outside the fit (large distances)."""
+    net = relu_net()
+    fit = (torch.rand(60, 1, 2, 2, generator=generator(0, "fit")), torch.arange(60) % 3)
+    det = ood.create(name, **params).fit(net, fit)
+    assert ood.create("msp").prepared_scorer() is None  # no prepared scorer: callers use score_outputs
+    scorer = det.prepared_scorer()
+    assert scorer is not None
+    scale = torch.logspace(-1, 2, 400)[:, None, None, None]  # near the means and far from them
+    x = (torch.rand(400, 1, 2, 2, generator=generator(0, "x")) * 2 - 1) * scale
+    clf = Classifier(net)
+    with torch.no_grad():
+        feats, logits = clf.features_and_logits(x)
+    for n in (1, 2, 7, 400):
+        out = Outputs(logits[:n].to(dtype), feats[:n].to(dtype))
+        want = det.score_outputs(clf, out)
+        got = scorer(out)
+        assert got.dtype == want.dtype == torch.float32 and got.shape == (n,)
+        assert torch.equal(got, want), n
+    with pytest.raises(NotFittedError, match="fit"):
+        ood.create("mahalanobis").prepared_scorer()
 
 
 def test_ash_and_scale_thresholds_equal_the_top_k_mask() -> None:

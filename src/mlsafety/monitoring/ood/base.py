@@ -178,6 +178,14 @@ class Detector(HyperParams):
         self._check_layers(clf, outputs)
         return self._score(clf, outputs)
 
+    def prepared_scorer(self) -> Callable[[Outputs], torch.Tensor] | None:
+        """A scorer of forward outputs equal to :meth:`score_outputs` (the same float32 scores, bit for bit)
+        for callers that score many small batches with one fitted detector (the runtime guard): what
+        ``score_outputs`` derives from the fitted state on every call is derived once, and the checks
+        are left to the caller. Built from the state as it is now: build it again after moving the
+        state to another device. None (the default): no such scorer; use :meth:`score_outputs`."""
+        return None
+
     def unusable(self, model: ModelLike, probe: torch.Tensor) -> str | None:
         """Why this detector cannot run on ``model`` (one line), found on a few ``probe`` inputs without
         fitting; None when it can (the default). The audit skips such a detector with the reason."""

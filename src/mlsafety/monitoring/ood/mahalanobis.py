@@ -3,6 +3,7 @@ Simple Unified Framework for Detecting Out-of-Distribution Samples and Adversari
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TypeAlias
 
 import torch
@@ -64,6 +65,28 @@ def mahalanobis_sq(
     return sq.clamp_min(0)
 
 
+def prepared_mahalanobis_min(white: Whitening) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``features -> mahalanobis_sq(features, ..., white).amin(dim=1)`` with the whitening's float32 copies and
+    the means' squared norms taken once: equal results, bit for bit, in fewer operations per call (for
+    callers that score many small batches, :meth:`Mahalanobis.prepared_scorer`).
+
+    ``zz - 2 * cross`` is written ``zz.sub(cross, alpha=2)``: doubling is exact, so both round once to
+    the same number; clamping at 0 after the minimum over classes, not before, gives the same minimum.
+    """
+    factor, centre, white_means = white
+    c, w = centre.to(torch.float32), factor.to(torch.float32)
+    means_t = white_means.T.to(torch.float32)  # the same layout as mahalanobis_sq's (the same product)
+    m2 = white_means.square().sum(dim=1)
+
+    def scores(features: torch.Tensor) -> torch.Tensor:
+        z = (features.float() - c) @ w
+        cross = (z @ means_t).double()
+        sq = torch.sub(z.double().square().sum(dim=1, keepdim=True), cross, alpha=2).add_(m2)
+        return sq.amin(dim=1).clamp_min_(0)
+
+    return scores
+
+
 def shared_class_gaussians(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor, Whitening]:
@@ -104,3 +127,8 @@ class Mahalanobis(Detector):
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         f = features_of(outputs)
         return shared_mahalanobis_sq(f, self.means_, self.precision_, self.whitening_).amin(dim=1)
+
+    def prepared_scorer(self) -> Callable[[Outputs], torch.Tensor]:
+        self._check_fitted()
+        min_sq = prepared_mahalanobis_min(self.whitening_)
+        return lambda outputs: min_sq(features_of(outputs)).float()
