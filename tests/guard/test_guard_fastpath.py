@@ -193,3 +193,22 @@ def test_threads_sharing_a_guard_each_get_their_own_inputs_features() -> None:
         got = list(pool.map(judge, range(len(batches))))
     for a, b in zip(got, want, strict=True):
         _same(a, b)
+
+
+def test_a_guard_can_be_copied_and_saved_whole() -> None:
+    """torch.save / copy.deepcopy of a guard that has answered (head hook on, prepared scorer built)."""
+    import copy
+    import io
+
+    model, mon, det, x = _setup()
+    guard = Guard(model, mon, det)
+    with torch.no_grad():
+        guard(x[:2])
+        want = guard(x[:5])
+    buf = io.BytesIO()
+    torch.save(guard, buf)
+    buf.seek(0)
+    for other in (copy.deepcopy(guard), torch.load(buf, weights_only=False)):
+        with torch.no_grad():
+            _same(other(x[:5]), want)
+            _same(other(x[:5]), want)  # its own head hook feeds its own passes

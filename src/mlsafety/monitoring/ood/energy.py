@@ -26,7 +26,17 @@ class Energy(Detector):
         return energy_of(outputs.logits, self.temperature)
 
     def prepared_scorer(self) -> Callable[[Outputs], torch.Tensor]:
-        if self.temperature == 1.0:  # dividing and multiplying by 1 are exact: two operations fewer, same scores
-            return lambda outputs: torch.logsumexp(outputs.logits, dim=1).neg_().float()
-        t = self.temperature
-        return lambda outputs: energy_of(outputs.logits, t).float()
+        return _PreparedEnergy(self.temperature)
+
+
+class _PreparedEnergy:
+    """:meth:`Energy.score_outputs` without its checks; at temperature 1 two operations fewer (dividing and
+    multiplying by 1 are exact, so the scores are the same)."""
+
+    def __init__(self, temperature: float) -> None:
+        self.temperature = temperature
+
+    def __call__(self, outputs: Outputs) -> torch.Tensor:
+        if self.temperature == 1.0:
+            return torch.logsumexp(outputs.logits, dim=1).neg_().float()
+        return energy_of(outputs.logits, self.temperature).float()

@@ -65,26 +65,35 @@ def mahalanobis_sq(
     return sq.clamp_min(0)
 
 
-def prepared_mahalanobis_min(white: Whitening) -> Callable[[torch.Tensor], torch.Tensor]:
+class PreparedMahalanobisMin:
     """``features -> mahalanobis_sq(features, ..., white).amin(dim=1)`` with the whitening's float32 copies and
     the means' squared norms taken once: equal results, bit for bit, in fewer operations per call (for
-    callers that score many small batches, :meth:`Mahalanobis.prepared_scorer`).
+    callers that score many small batches, :meth:`Mahalanobis.prepared_scorer`). A plain object, so a
+    module holding it can be copied and saved.
 
-    ``zz - 2 * cross`` is written ``zz.sub(cross, alpha=2)``: doubling is exact, so both round once to
-    the same number; clamping at 0 after the minimum over classes, not before, gives the same minimum.
+    ``zz - 2 * cross`` is written ``torch.sub(zz, cross, alpha=2)``: doubling is exact, so both round once
+    to the same number; clamping at 0 after the minimum over classes, not before, gives the same minimum.
     """
-    factor, centre, white_means = white
-    c, w = centre.to(torch.float32), factor.to(torch.float32)
-    means_t = white_means.T.to(torch.float32)  # the same layout as mahalanobis_sq's (the same product)
-    m2 = white_means.square().sum(dim=1)
 
-    def scores(features: torch.Tensor) -> torch.Tensor:
-        z = (features.float() - c) @ w
-        cross = (z @ means_t).double()
-        sq = torch.sub(z.double().square().sum(dim=1, keepdim=True), cross, alpha=2).add_(m2)
+    def __init__(self, white: Whitening) -> None:
+        factor, centre, white_means = white
+        self.centre, self.factor = centre.to(torch.float32), factor.to(torch.float32)
+        self.means_t = white_means.T.to(torch.float32)  # the same layout as mahalanobis_sq's (the same product)
+        self.means_sq = white_means.square().sum(dim=1)
+
+    def __call__(self, features: torch.Tensor) -> torch.Tensor:
+        z = (features.float() - self.centre) @ self.factor
+        cross = (z @ self.means_t).double()
+        sq = torch.sub(z.double().square().sum(dim=1, keepdim=True), cross, alpha=2).add_(self.means_sq)
         return sq.amin(dim=1).clamp_min_(0)
 
-    return scores
+
+class _PreparedScorer:
+    def __init__(self, min_sq: PreparedMahalanobisMin) -> None:
+        self.min_sq = min_sq
+
+    def __call__(self, outputs: Outputs) -> torch.Tensor:
+        return self.min_sq(features_of(outputs)).float()
 
 
 def shared_class_gaussians(
@@ -130,5 +139,4 @@ class Mahalanobis(Detector):
 
     def prepared_scorer(self) -> Callable[[Outputs], torch.Tensor]:
         self._check_fitted()
-        min_sq = prepared_mahalanobis_min(self.whitening_)
-        return lambda outputs: min_sq(features_of(outputs)).float()
+        return _PreparedScorer(PreparedMahalanobisMin(self.whitening_))
