@@ -182,17 +182,24 @@ def test_threads_sharing_a_guard_each_get_their_own_inputs_features() -> None:
         guard(x[:2])
         want = [guard(b) for b in batches]
 
+    def close(a: GuardOutput, b: GuardOutput) -> None:
+        # close, not equal: threads running at once may split a reduction differently on another machine;
+        # another thread's features give scores that are nowhere near
+        torch.testing.assert_close(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(a.score, b.score, rtol=1e-4, atol=1e-5)
+        assert a.reasons == b.reasons
+
     def judge(i: int) -> GuardOutput:
         with torch.no_grad():
             outs = [guard(batches[i]) for _ in range(50)]
         for o in outs[1:]:
-            _same(o, outs[0])
+            close(o, outs[0])
         return outs[0]
 
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(judge, range(len(batches))))
     for a, b in zip(got, want, strict=True):
-        _same(a, b)
+        close(a, b)
 
 
 def test_a_guard_can_be_copied_and_saved_whole() -> None:
