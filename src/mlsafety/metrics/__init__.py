@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from mlsafety.metrics._exact import count_weighted_sums
 from mlsafety.metrics._fused import ood_metrics
 from mlsafety.metrics._intervals import (
     Estimate,
@@ -54,6 +55,7 @@ __all__ = [
     "bootstrap_weighted",
     "clopper_pearson",
     "clopper_pearson_lower",
+    "count_weighted_sums",
     "fpr95_id_positive",
     "fpr95_ood_positive",
     "fpr_at_95_tpr",

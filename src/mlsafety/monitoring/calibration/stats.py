@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 import torch
 
 from mlsafety.core import InputError
+from mlsafety.metrics import count_weighted_sums
 from mlsafety.monitoring.calibration import _validate
 from mlsafety.monitoring.calibration._validate import (
     check_labels,
@@ -85,7 +86,7 @@ class CalibrationStats:
             vals.append(p[i, k])
             y = labels[sl]
             label_col.append(y * n_bins + bins.gather(1, y[:, None])[:, 0])
-            total += p.sum(dim=0)
+            total += count_weighted_sums(torch.ones(1, p.shape[0], dtype=torch.float64), p)[0]  # as weighted() sums
         self._rows, self._cols, self._vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
         self._label_col = torch.cat(label_col)
         self._class_total = total
@@ -173,9 +174,11 @@ class CalibrationStats:
         if metric in ("brier", "nll"):
             return w @ getattr(self, metric) / w.sum(dim=1)
         if metric == "classwise_ece":
+            # the weighted class totals (K, B), each block's product exact (count_weighted_sums: the same
+            # bits on any thread count; a BLAS product split its sums by the threads) and the blocks added in order
             total = torch.zeros(self.num_classes, w.shape[0], dtype=torch.float64)
             for sl, p in self._blocks():  # one pass over the probabilities per chunk of draws
-                total += p.T @ w[:, sl].T
+                total += count_weighted_sums(w[:, sl], p).T
             step = max(1, _validate.BLOCK_ELEMENTS // (self.num_classes * self.n_bins))  # (K x bins, draws) sums
             return torch.cat([self._classwise(w[s : s + step], total[:, s : s + step])
                               for s in range(0, w.shape[0], step)])  # fmt: skip
