@@ -187,7 +187,9 @@ def test_the_run_record_keeps_each_component(files):
     cfg = AuditConfig(checks=["clean"], model=f"{files}/m.py:small", data=f"{files}/data.npz", ood=[])
     result = run_audit(cfg, db=db, report="")
     with Store(db) as store:
-        inputs = store.run(result.run_id).config["inputs"]
+        config = store.run(result.run_id).config
+        inputs = config["inputs"]
+    assert config["environment"] == {"torch_threads": torch.get_num_threads(), "executor": "local"}
     assert {"model", "weights", "data", "val", "train", "setting:seed", "version:mlsafety", "version:torch"} <= set(
         inputs
     )

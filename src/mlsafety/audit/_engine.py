@@ -217,6 +217,9 @@ def run_audit(
             record["inputs"] = _fingerprint.record(parts)
             record["effective_params"] = {c.name: c.params for c in checks}
             record["notes"] = inputs.notes  # head chosen, class mapping, conversions, val/test gap (_inputs.py)
+            # not part of the fingerprint (a resumed run may use other threads), but a float sum of more than
+            # 32,768 terms splits by the thread count: kept so two runs' last digits can be explained
+            record["environment"] = {"torch_threads": torch.get_num_threads(), "executor": getattr(runner, "name", "")}
             if plan is not None:
                 record["plan"] = plan_record(plan)
             run_id = store.create_run(
