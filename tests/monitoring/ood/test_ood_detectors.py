@@ -415,3 +415,30 @@ def test_score_detectors_keeps_the_given_order(model, fit_x, x) -> None:
     assert list(out) == ["odin", "msp", "msp-2"]
     torch.testing.assert_close(out["msp"], ood.create("msp").score(model, x))
     torch.testing.assert_close(out["odin"], ood.create("odin", noise=0.0).score(model, x))
+
+
+def test_rmd_keeps_its_digits_when_the_two_distances_nearly_cancel() -> None:
+    # far-away inputs: both distances are ~2e4 while their difference is ~300 times smaller, so whitening in float32
+    # (a relative error of ~1e-7 of each distance) leaves ~1e-5 of the score wrong; it must match float64 to float32
+    # rounding
+    d, n = 16, 400
+    model = linear(d=d, k=3, seed=1)
+    g = generator(0, "rmd-cancel")
+    y = torch.randint(0, 3, (n,), generator=g)
+    scales = torch.logspace(-2, 1, d)
+    fit_x = ((torch.randn(n, d, generator=g) + y[:, None] * 0.01) * scales).reshape(n, 1, 4, 4)
+    x = (fit_x[:20].flatten(1) + 40 * torch.randn(20, d, generator=g) * scales).reshape(20, 1, 4, 4)
+    det = ood.create("rmd").fit(model, (fit_x, y))
+    f = fit_x.flatten(1).double().numpy()
+    yn = y.numpy()
+    means = np.stack([f[yn == k].mean(0) for k in range(3)])
+    centred = f - means[yn]
+    prec = np.linalg.inv(centred.T @ centred / n)
+    prec0 = np.linalg.inv(np.cov(f.T, bias=True))
+    mu0 = f.mean(0)
+    q = x.flatten(1).double().numpy()
+    md = np.stack([[(qi - m) @ prec @ (qi - m) for m in means] for qi in q])
+    md0 = np.array([(qi - mu0) @ prec0 @ (qi - mu0) for qi in q])
+    want = (md - md0[:, None]).min(1)
+    assert np.median(md0) > 100 * np.median(np.abs(want))  # the cancelling case this test is about
+    np.testing.assert_allclose(det.score(model, x).double().numpy(), want, rtol=2e-6, atol=1e-6)
