@@ -129,3 +129,22 @@ def test_lm_pool_cache_is_keyed_on_the_weights_and_saved_atomically(tmp_path: Pa
     other = pg.sample_continuations(b, ["the movie was"], 3, 2, 1.0, cache=cache)  # other weights: resampled
     assert other.settings.model == pg.weights_fingerprint(b) and other.continuations != first.continuations
     assert pg.Samples.load(cache).settings == other.settings and not (tmp_path / "samples.json.tmp").exists()
+
+
+def test_best_of_n_from_samples_same_bits_on_one_and_two_threads() -> None:
+    # a BLAS product of this shape (64 prompts x 4096 samples x 13 n) split its sums by the thread count
+    g = torch.Generator().manual_seed(7)
+    proxy = torch.randn(64, 4096, generator=g, dtype=torch.float64)
+    gold = proxy + torch.randn(64, 4096, generator=g, dtype=torch.float64)
+    ns = [2**k for k in range(13)]
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = best_of_n_from_samples(proxy, gold, ns)
+        torch.set_num_threads(2)
+        two = best_of_n_from_samples(proxy, gold, ns)
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(one.gold, two.gold) and torch.equal(one.proxy, two.proxy)
+    # and the prompts are summed alone: a prompt's estimate does not depend on the others in the call
+    assert torch.equal(best_of_n_from_samples(proxy[5], gold[5], ns).gold[0], one.gold[5])
