@@ -242,7 +242,7 @@ def sharing() -> Iterator[None]:
 
     :func:`fit_detectors` and :func:`score_detectors` open one around the shared detectors, so
     e.g. KNN and NNGuide share their similarity matrix and Mahalanobis and RMD their class
-    Gaussians and distances. Nested blocks join the outer one.
+    Gaussians (not their distances: RMD whitens in float64). Nested blocks join the outer one.
     """
     if _SHARED.get() is not None:
         yield

@@ -115,15 +115,6 @@ def shared_class_gaussians(
     return reuse("class-gaussians", (features, labels), compute, num_classes)
 
 
-def shared_mahalanobis_sq(
-    features: torch.Tensor, means: torch.Tensor, precision: torch.Tensor, white: Whitening
-) -> torch.Tensor:
-    """:func:`mahalanobis_sq`, computed once per engine call for the same fitted Gaussians."""
-    return reuse(
-        "mahalanobis-sq", (features, means, precision), lambda: mahalanobis_sq(features, means, precision, white)
-    )
-
-
 @register("mahalanobis", tags=(QUICK, IMAGE, TEXT))
 class Mahalanobis(Detector):
     """Anomaly score ``min_k (f - mu_k)^T Sigma^+ (f - mu_k)`` on penultimate features ``f``.
@@ -141,7 +132,7 @@ class Mahalanobis(Detector):
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         f = features_of(outputs)
-        return shared_mahalanobis_sq(f, self.means_, self.precision_, self.whitening_).amin(dim=1)
+        return mahalanobis_sq(f, self.means_, self.precision_, self.whitening_).amin(dim=1)
 
     def prepared_scorer(self) -> Callable[[Outputs], torch.Tensor]:
         self._check_fitted()
