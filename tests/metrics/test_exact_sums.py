@@ -118,3 +118,18 @@ def test_classwise_ece_bootstrap_same_bits_on_one_and_two_threads() -> None:
     assert torch.equal(one, two)
     assert torch.equal(stats.weighted("classwise_ece", torch.ones(1, n, dtype=torch.float64)),
                        torch.tensor([stats.value("classwise_ece")], dtype=torch.float64))  # fmt: skip
+
+
+def test_tiny_columns_do_not_overflow_the_scaling() -> None:
+    v = torch.tensor([[3e-300, 1e-310], [1e-300, 2e-310]], dtype=torch.float64)  # the second column subnormal
+    w = torch.tensor([[1, 2], [3, 0]])
+    assert torch.equal(count_weighted_sums(w, v), exact(w.double(), v))
+
+
+def test_probabilities_skip_the_scan_and_stay_exact() -> None:
+    g = torch.Generator().manual_seed(6)
+    n = 150
+    p = (torch.randn(n, 5, generator=g, dtype=torch.float64) * 4).softmax(1)
+    p[0] = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # both ends of [0, 1]
+    w = resamples(n, 4, seed=1)
+    assert torch.equal(count_weighted_sums(w, p, probabilities=True), exact(w, p))

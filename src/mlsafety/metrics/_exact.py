@@ -27,12 +27,15 @@ import torch
 from mlsafety.core._errors import InputError
 
 
-def count_weighted_sums(counts: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def count_weighted_sums(counts: torch.Tensor, values: torch.Tensor, probabilities: bool = False) -> torch.Tensor:
     """``counts @ values`` in float64, the same bits whatever the thread count or summation order.
 
     Args:
         counts: (B, N) non-negative integer counts (e.g. bootstrap resamples), any dtype.
         values: (N,) or (N, K) finite values.
+        probabilities: the caller knows every value lies in [0, 1] (e.g. a softmax of finite logits): the
+            pass over the values that finds each column's scale and checks them is skipped (the scale is 1).
+            A value outside [0, 1] would then be summed without the exactness guarantee.
 
     Returns:
         (B,) or (B, K) float64.
@@ -53,8 +56,6 @@ def count_weighted_sums(counts: torch.Tensor, values: torch.Tensor) -> torch.Ten
         )
     if bool((w < 0).any()) or not torch.equal(w, w.round()):
         raise InputError("counts must be non-negative integers (bootstrap resample counts)")
-    if not bool(torch.isfinite(v).all()):
-        raise InputError("values must be finite to be summed exactly; drop or replace the NaN / inf entries")
     if w.numel() == 0 or v.numel() == 0:
         out = torch.zeros(w.shape[0], v.shape[1], dtype=torch.float64, device=w.device)
         return out[:, 0] if vector else out
@@ -63,11 +64,21 @@ def count_weighted_sums(counts: torch.Tensor, values: torch.Tensor) -> torch.Ten
     if s < 8:
         raise InputError(f"counts sum to {total:.0f} in a row, too many to sum exactly in float64 (at most 2^44)")
     # E = 2^e > max |v| per column (frexp: max |v| = m 2^e with m in [0.5, 1); 1 for an all-zero column),
-    # so u = v / E lies in (-1, 1), exactly
-    scale = torch.ldexp(torch.ones_like(v[0]), torch.frexp(v.abs().amax(dim=0))[1])
-    u = v / scale
-    hi = torch.floor(u * 2.0**s) / 2.0**s
-    rest = u - hi  # exact: the bits of u below 2^-s
-    mid = torch.floor(rest * 2.0 ** (2 * s)) / 2.0 ** (2 * s)
-    out = (w @ hi + w @ mid) * scale
+    # so u = v / E lies in (-1, 1) (or [0, 1] with E = 1 for probabilities); every step below scales by powers
+    # of two or drops bits, so is exact. In units of 2^-s and 2^-2s: hi = floor(u 2^s) and
+    # mid = floor(frac(u 2^s) 2^s), integers of at most 2^s
+    if probabilities:
+        scale = None
+        t = v * 2.0**s  # a new tensor: v may be the caller's
+    else:
+        low, high = torch.aminmax(v, dim=0)  # NaN where a column holds a NaN, +-inf where it holds an inf
+        if not bool(torch.isfinite(low).all() and torch.isfinite(high).all()):
+            raise InputError("values must be finite to be summed exactly; drop or replace the NaN / inf entries")
+        scale = torch.ldexp(torch.ones_like(v[0]), torch.frexp(torch.maximum(-low, high))[1])
+        t = (v / scale).mul_(2.0**s)  # in two steps: 2^s / E alone would overflow for tiny columns
+    hi = torch.floor(t)
+    mid = t.sub_(hi).mul_(2.0**s).floor_()
+    out = (w @ hi).mul_(2.0**-s).add_((w @ mid).mul_(2.0 ** (-2 * s)))
+    if scale is not None:
+        out.mul_(scale)
     return out[:, 0] if vector else out

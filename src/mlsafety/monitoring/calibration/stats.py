@@ -86,7 +86,8 @@ class CalibrationStats:
             vals.append(p[i, k])
             y = labels[sl]
             label_col.append(y * n_bins + bins.gather(1, y[:, None])[:, 0])
-            total += count_weighted_sums(torch.ones(1, p.shape[0], dtype=torch.float64), p)[0]  # as weighted() sums
+            ones = torch.ones(1, p.shape[0], dtype=torch.float64)
+            total += count_weighted_sums(ones, p, probabilities=True)[0]  # summed as weighted() sums
         self._rows, self._cols, self._vals = torch.cat(rows), torch.cat(cols), torch.cat(vals)
         self._label_col = torch.cat(label_col)
         self._class_total = total
@@ -178,7 +179,7 @@ class CalibrationStats:
             # bits on any thread count; a BLAS product split its sums by the threads) and the blocks added in order
             total = torch.zeros(self.num_classes, w.shape[0], dtype=torch.float64)
             for sl, p in self._blocks():  # one pass over the probabilities per chunk of draws
-                total += count_weighted_sums(w[:, sl], p).T
+                total += count_weighted_sums(w[:, sl], p, probabilities=True).T
             step = max(1, _validate.BLOCK_ELEMENTS // (self.num_classes * self.n_bins))  # (K x bins, draws) sums
             return torch.cat([self._classwise(w[s : s + step], total[:, s : s + step])
                               for s in range(0, w.shape[0], step)])  # fmt: skip
