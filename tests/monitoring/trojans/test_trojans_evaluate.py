@@ -20,6 +20,22 @@ from mlsafety.monitoring.trojans.evaluate import (
 from mlsafety.monitoring.trojans.scanners import SeedScan
 
 
+def test_anomaly_index_uses_the_median_of_an_even_count_as_neural_cleanse_does() -> None:
+    """With K = 10 the median is the mean of the 5th and 6th values (NumPy's, and the MAD test's of Wang et
+    al.); torch.median's lower middle value gives 12 / (1.4826 * 2) = 4.05 here instead of 3.37."""
+    norms = torch.tensor([1.0, 10, 11, 12, 13, 14, 15, 16, 17, 18], dtype=torch.float64)
+    # median 13.5; deviations 12.5, 3.5, 2.5, 1.5, 0.5, 0.5, 1.5, 2.5, 3.5, 4.5: MAD (2.5 + 2.5) / 2 = 2.5
+    assert float(anomaly_index(norms)[0]) == pytest.approx(12.5 / (1.4826 * 2.5), rel=1e-12)
+    g = torch.Generator().manual_seed(1)
+    for k in (9, 10, 11, 12):
+        v = torch.rand(k, generator=g, dtype=torch.float64)
+        want = torch.quantile(v, 0.5)
+        mad = torch.quantile((v - want).abs(), 0.5) * 1.4826
+        assert torch.allclose(anomaly_index(v), (want - v) / mad, rtol=1e-12, atol=0)
+        assert torch.allclose(anomaly_index(v[torch.randperm(k, generator=g)]).sort().values,
+                              anomaly_index(v).sort().values, rtol=1e-12, atol=0)  # fmt: skip
+
+
 def test_class_bootstrap_at_the_identity_resample_is_the_scanners_index() -> None:
     g = torch.Generator().manual_seed(0)
     norms = torch.rand(2, 10, generator=g, dtype=torch.float64) * 30 + 5
@@ -38,25 +54,25 @@ def test_class_bootstrap_at_the_identity_resample_is_the_scanners_index() -> Non
 
 def test_class_bootstrap_by_brute_force() -> None:
     g = torch.Generator().manual_seed(3)
-    v = torch.rand(1, 9, generator=g, dtype=torch.float64)
-    draws = class_draws(9, g, 40)
+    v = torch.rand(1, 10, generator=g, dtype=torch.float64)
+    draws = class_draws(10, g, 40)
     got = mad_index_bootstrap(v, -1.0, draws)
     for b in range(40):
         ref = v[0, draws[b]]
-        med = ref.median()
-        mad = (ref - med).abs().median() * 1.4826
+        med = torch.quantile(ref, 0.5)  # 10 classes: the mean of the two middle values
+        mad = torch.quantile((ref - med).abs(), 0.5) * 1.4826
         assert torch.allclose(got[b, 0], (med - v[0]) / mad.clamp_min(1e-12), rtol=1e-12)
 
 
 def test_smoothing_keeps_a_resample_with_repeated_classes_from_exploding() -> None:
-    """A plain resample of 10 classes that repeats one value five times has MAD 0: every index is
+    """A plain resample of 10 classes that repeats one value six times has MAD 0: every index is
     divided by the 1e-12 floor. The smoothed bootstrap moves each value by Silverman's bandwidth."""
     v = torch.tensor([[15.1, 20.1, 12.5, 12.1, 14.0, 12.5, 16.1, 16.0, 11.5, 12.3]], dtype=torch.float64)
-    # lower median 12.5, deviations 0, 0, 0.2, 0.4, 1.0, ...: MAD 1.0
-    assert float(silverman_bandwidth(v)[0, 0]) == pytest.approx(1.06 * 1.4826 * 1.0 * 10**-0.2, rel=1e-9)
+    # median (12.5 + 14.0) / 2 = 13.25; deviations 0.75, 0.75, 0.75, 0.95, 1.15, 1.75, ...: MAD 1.45
+    assert float(silverman_bandwidth(v)[0, 0]) == pytest.approx(1.06 * 1.4826 * 1.45 * 10**-0.2, rel=1e-9)
     g = torch.Generator().manual_seed(0)
     draws = class_draws(10, g, 4000)
-    draws[0] = torch.tensor([8, 8, 8, 8, 8, 1, 2, 3, 4, 5])  # half the resample is class 8
+    draws[0] = torch.tensor([8, 8, 8, 8, 8, 8, 2, 3, 4, 5])  # more than half the resample is class 8
     noise = torch.randn((4000, 1, 10), generator=g, dtype=torch.float64)
     plain = mad_index_bootstrap(v, -1.0, draws)
     smooth = mad_index_bootstrap(v, -1.0, draws, noise)

@@ -31,7 +31,7 @@ from scipy import stats
 from mlsafety.core import InputError
 from mlsafety.metrics import Estimate, clopper_pearson, proportion
 from mlsafety.monitoring.trojans.scanners import SCANNERS, ScanResult
-from mlsafety.monitoring.trojans.scanners.neural_cleanse import MAD_CONSISTENCY
+from mlsafety.monitoring.trojans.scanners.neural_cleanse import MAD_CONSISTENCY, median
 
 __all__ = [
     "MAD_SCORE",
@@ -90,8 +90,8 @@ def silverman_bandwidth(values: torch.Tensor) -> torch.Tensor:
     """(S, 1) kernel bandwidth per row of ``values`` (S, K): Silverman's rule ``1.06 sigma K^(-1/5)``
     with the robust scale ``sigma = 1.4826 MAD`` (B. W. Silverman, "Density Estimation", 1986)."""
     v = values.double()
-    med = v.median(dim=1, keepdim=True).values
-    sigma = (v - med).abs().median(dim=1, keepdim=True).values * MAD_CONSISTENCY
+    med = median(v, dim=1, keepdim=True)
+    sigma = median((v - med).abs(), dim=1, keepdim=True) * MAD_CONSISTENCY
     return 1.06 * sigma * v.shape[1] ** -0.2
 
 
@@ -106,8 +106,8 @@ def mad_index_bootstrap(
     resample ``v*`` of the K classes, so the spread over resamples is the sampling error of the
     reference the index is measured against.
 
-    With few classes a plain resample repeats values, and when half of it is one value its MAD is 0
-    and every index explodes (a known failure of the bootstrap for medians). ``noise`` makes it a
+    With few classes a plain resample repeats values, and when more than half of it is one value its MAD is
+    0 and every index explodes (a known failure of the bootstrap for medians). ``noise`` makes it a
     smoothed bootstrap (Silverman & Young, "The bootstrap: to smooth or not to smooth?",
     Biometrika 1987; Hall, DiCiccio & Romano, "On smoothing and the bootstrap", Ann. Stat. 1989):
     each resampled value moves by ``noise`` times :func:`silverman_bandwidth` of its row.
@@ -123,14 +123,15 @@ def mad_index_bootstrap(
         noise: (B, S, K) standard normal draws, or None for the plain bootstrap.
 
     Returns:
-        (B, S, K); with ``draws = arange(K)`` and no noise it is the scanner's own index (torch's
-        lower median).
+        (B, S, K); with ``draws = arange(K)`` and no noise it is the scanner's own index (medians of an
+        even count are the mean of the two middle values, :func:`~mlsafety.monitoring.trojans.scanners.
+        neural_cleanse.median`).
     """
     ref = values.double()[:, draws].permute(1, 0, 2)  # (B, S, K)
     if noise is not None:
         ref = ref + noise.double() * silverman_bandwidth(values)[None]
-    med = ref.median(dim=2, keepdim=True).values
-    mad = (ref - med).abs().median(dim=2, keepdim=True).values * MAD_CONSISTENCY
+    med = median(ref, dim=2, keepdim=True)
+    mad = median((ref - med).abs(), dim=2, keepdim=True) * MAD_CONSISTENCY
     return sign * (values.double()[None] - med) / mad.clamp_min(1e-12)
 
 

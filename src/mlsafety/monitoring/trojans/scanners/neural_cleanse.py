@@ -40,10 +40,20 @@ MAD_CONSISTENCY = 1.4826
 """Scales the median absolute deviation to the standard deviation of a normal distribution."""
 
 
+def median(values: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    """The sample median along ``dim``: the middle value, or the mean of the two middle ones when the count is
+    even (the statistical definition, NumPy's, and the one Neural Cleanse's MAD test uses). ``torch.median``
+    returns the lower of the two, which with K = 10 classes moves an anomaly index by 20% or more."""
+    ordered = values.sort(dim=dim).values
+    n = ordered.shape[dim]
+    mid = (ordered.narrow(dim, (n - 1) // 2, 1) + ordered.narrow(dim, n // 2, 1)) / 2
+    return mid if keepdim else mid.squeeze(dim)
+
+
 def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     """Signed MAD anomaly index of each value: ``(median - n_k) / (1.4826 * MAD)``; positive below the median."""
-    med = norms.median()
-    mad = (norms - med).abs().median() * MAD_CONSISTENCY
+    med = median(norms)
+    mad = median((norms - med).abs()) * MAD_CONSISTENCY
     return (med - norms) / mad.clamp_min(1e-12)
 
 

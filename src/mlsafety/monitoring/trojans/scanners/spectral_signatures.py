@@ -19,7 +19,7 @@ import torch
 from mlsafety.core import Classifier, Param
 from mlsafety.monitoring.trojans.scanners._base import ScanData, Scanner, SeedScan, register_scanner
 from mlsafety.monitoring.trojans.scanners._features import train_features
-from mlsafety.monitoring.trojans.scanners.neural_cleanse import anomaly_index
+from mlsafety.monitoring.trojans.scanners.neural_cleanse import anomaly_index, median
 
 
 @register_scanner("spectral-signatures", tags=("mad-score",))
@@ -51,7 +51,7 @@ class SpectralSignatures(Scanner):
             r = feats[idx] - feats[idx].mean(dim=0, keepdim=True)
             _, s, vh = torch.linalg.svd(r, full_matrices=False)
             proj = (r @ vh[0]) ** 2
-            sample[idx] = proj / proj.median().clamp_min(1e-12)
+            sample[idx] = proj / median(proj).clamp_min(1e-12)
             share[c] = s[0] ** 2 / (s**2).sum().clamp_min(1e-12)
         present = ~torch.isnan(share)
         index = torch.zeros(k, dtype=torch.float64)
