@@ -35,6 +35,16 @@ def test_occurrence_bands_at_their_edges() -> None:
         occurrence_score(1.5)
 
 
+def test_occurrence_bands_are_the_published_aiag_1995_rates() -> None:
+    # AIAG PFMEA occurrence ranking (2nd ed. 1995): 1 in 2, 3, 8, 20, 80, 400, 2,000, 15,000, 150,000 -> 10..2
+    published = {2: 10, 3: 9, 8: 8, 20: 7, 80: 6, 400: 5, 2000: 4, 15000: 3, 150000: 2}
+    assert [(round(1 / lowest), score) for lowest, score in OCCURRENCE_TABLE] == list(published.items())
+    for one_in, score in published.items():
+        assert occurrence_score(1 / one_in) == score
+        assert occurrence_score(1 / (one_in + 1)) == score - 1  # just below the band's lower edge
+    assert occurrence_score(1 / 1_500_000) == 1
+
+
 def test_detection_bands_at_their_edges() -> None:
     assert detection_score(1.0) == 10
     assert detection_score(0.9) == 9  # "above 0.90" is strict

@@ -21,7 +21,9 @@ other kinds     5   (``DEFAULT_SEVERITY``)
 ==============  ==  =========================================================================
 
 Occurrence O comes from the measured failure rate ``p`` (share of the hazard's inputs the model gets
-wrong), with the probability bands of the AIAG process-FMEA occurrence table:
+wrong), with the failure rates of the AIAG process-FMEA occurrence table of the 2nd edition (1995; "1 in 2"
+to "1 in 150,000"; the 4th edition's table, "1 in 10" to "1 in 1,000,000", has other bands), each rate
+read as the lower edge of its band:
 
 ====  ==========================
 O     failure rate at least
