@@ -126,3 +126,22 @@ def test_scored_set_needs_the_monitor_detector() -> None:
     mon = Monitor.fit("other", torch.arange(2.0), torch.ones(2, dtype=torch.bool), detector="other")
     with pytest.raises(InputError):
         s.flags(mon)
+
+
+def test_every_candidate_keeps_the_validation_false_alarm_budget() -> None:
+    # the combined monitors split the budget, so their union of flags stays within it too (each part
+    # with the whole budget would flag ~2x on independent scores)
+    g = generator(0, "budget")
+    for n, rate in ((200, 0.05), (333, 0.1), (50, 0.2)):
+        failed = torch.rand(n, generator=g) < 0.2
+        val = ScoredSet(failed, torch.rand(n, generator=g), {"d": torch.randn(n, generator=g)})
+        for mon in candidate_monitors(val, ["d"], rate):
+            flagged = val.flags(mon)[~failed]
+            assert float(flagged.double().mean()) <= rate + 1e-12, mon.name
+            # and the budget is used: floor(share * n_correct) flags per part on tie-free scores
+            n_ok = int((~failed).sum())
+            if mon.name in (CONFIDENCE, "d"):
+                assert int(flagged.sum()) == int(rate * n_ok + 1e-9), mon.name
+            else:
+                k_conf, k_det = int(rate / 2 * n_ok + 1e-9), int((rate - rate / 2) * n_ok + 1e-9)
+                assert max(k_conf, k_det) <= int(flagged.sum()) <= k_conf + k_det, mon.name
