@@ -226,3 +226,97 @@ def test_sample_until_decided_stops_each_input_on_its_own_evidence() -> None:
     assert lower[0] > 0.5 and lower[1] < 0.5 and lower[2] < 0.5
     assert all(step <= 5000 for _, step in calls) and calls[-1][0] == [2]
     assert int(used.max()) == sum(step for idx, step in calls if 2 in idx)
+
+
+def test_certify_is_cohen_et_al_step_by_step() -> None:
+    # Replay CERTIFY by hand with the same generator: the guess from n0 selection samples, then the
+    # top count from n *fresh* estimation samples (not the selection ones), the one-sided
+    # Clopper-Pearson bound at alpha (the alpha quantile of Beta(k, n - k + 1); a two-sided bound at
+    # alpha would be the alpha / 2 quantile), and the radius sigma * Phi^-1(pA_lower) via scipy.
+    model = Halfspace().eval()
+    x = torch.cat([_inputs(6), torch.full((1, 1, 4, 4), 0.5)])  # the last one sits close to the boundary
+    sigma, n0, n, alpha = 0.5, 30, 300, 0.01
+    g = SmoothedClassifier(model, 2, sigma=sigma, batch_size=128)
+    cert = g.certify(x, n0=n0, n=n, alpha=alpha, generator=generator(0, "replay"))
+    gen = generator(0, "replay")
+    guess = g.sample_counts(x, n0, gen).argmax(dim=1)
+    counts = g.sample_counts(x, n, gen)
+    k = counts.gather(1, guess[:, None])[:, 0].numpy()
+    p_lower = stats.beta.ppf(alpha, k, n - k + 1)
+    assert 0 < k.min() < n  # some inputs are not certain, so the bound is not trivial
+    assert torch.allclose(cert.p_lower, torch.from_numpy(p_lower), rtol=0, atol=1e-12)
+    ok = p_lower > 0.5
+    assert ok.any() and (~ok).any()
+    radius = torch.from_numpy(sigma * stats.norm.ppf(p_lower).clip(min=0) * ok)
+    assert torch.allclose(cert.radius, radius, rtol=1e-9, atol=1e-12)
+    assert torch.equal(cert.prediction, torch.where(torch.from_numpy(ok), guess, ABSTAIN))
+
+
+def test_certify_of_a_constant_classifier_has_the_closed_form_radius() -> None:
+    # f always says class 1: all n estimation samples agree, pA_lower = alpha^(1/n) (one-sided, at
+    # alpha) and the radius is sigma * Phi^-1(alpha^(1/n)); at n = 100, alpha = 0.001 that is 0.933
+    # and, with sigma = 0.25, 0.3751 (a two-sided bound would give 0.3631, sigma = 1 would give 1.500).
+    model = Halfspace(c=100.0).eval()
+    g = SmoothedClassifier(model, 2, sigma=0.25)
+    cert = g.certify(_inputs(3), n0=10, n=100, alpha=0.001, generator=generator(0, "const"))
+    assert torch.equal(cert.prediction, torch.ones(3, dtype=torch.long))
+    assert torch.allclose(cert.p_lower, torch.full((3,), 0.001 ** (1 / 100), dtype=torch.float64), atol=1e-12)
+    expected = 0.25 * stats.norm.ppf(0.001 ** (1 / 100))
+    assert abs(expected - 0.3751) < 1e-4
+    assert torch.allclose(cert.radius, torch.full((3,), expected, dtype=torch.float64), atol=1e-9)
+
+
+def test_certify_draws_selection_and_estimation_samples_separately() -> None:
+    # n0 + n noisy copies per input go through the model, never n alone (selection samples reused).
+    model = Halfspace().eval()
+    rows: list[int] = []
+    model.register_forward_pre_hook(lambda _m, inp: rows.append(inp[0].shape[0]))
+    cert = SmoothedClassifier(model, 2, sigma=0.5).certify(_inputs(3), n0=40, n=250, generator=generator(0, "rows"))
+    assert sum(rows) == 3 * (40 + 250)
+    assert (cert.samples == 250).all()
+
+
+def test_abstentions_count_as_wrong_in_certified_accuracy() -> None:
+    from mlsafety.robustness.smoothing import Certificate, certified_accuracy_curve
+
+    pred = torch.tensor([ABSTAIN, 1, 0, 2, 1])
+    radius = torch.tensor([0.0, 0.5, 0.2, 0.3, 0.1], dtype=torch.float64)
+    cert = Certificate(pred, radius, torch.full((5,), 0.6, dtype=torch.float64), torch.full((5,), 10))
+    labels = torch.tensor([0, 1, 1, 2, 1])
+    curve = certified_accuracy_curve(cert, labels, [0.0, 0.2, 0.4])
+    assert curve[0.0].tolist() == [False, True, False, True, True]  # the abstention is wrong even at radius 0
+    assert curve[0.2].tolist() == [False, True, False, True, False]  # radius >= r counts (0.2 is not at 0.2)
+    assert curve[0.4].tolist() == [False, True, False, False, False]
+
+
+def test_predict_is_the_two_sided_binomial_test_of_the_top_two_counts(monkeypatch: pytest.MonkeyPatch) -> None:
+    # PREDICT tests nA against nA + nB (the top two only) at p = 1/2, two-sided. Counts (60, 40):
+    # p = 0.057, abstain at alpha = 0.05 (one-sided, 0.028, would not); (50, 30, 20): nA + nB = 80,
+    # p = 0.033, predict (testing 50 of all 100 would give p = 1 and abstain).
+    g = SmoothedClassifier(Halfspace(), 3, sigma=0.25)
+    counts = torch.tensor([[60, 40, 0], [50, 30, 20], [0, 30, 70], [0, 59, 41]])
+    monkeypatch.setattr(g, "sample_counts", lambda x, num, gen=None: counts)
+    x = torch.zeros(4, 1, 4, 4)
+    assert stats.binomtest(60, 100, 0.5).pvalue > 0.05 > stats.binomtest(50, 80, 0.5).pvalue
+    assert g.predict(x, n=100, alpha=0.05).tolist() == [ABSTAIN, 0, 2, ABSTAIN]
+    assert g.predict(x, n=100, alpha=0.1).tolist() == [0, 0, 2, 1]  # (59, 41): p = 0.089
+
+
+def test_confidence_sequence_endpoints_solve_the_mixture_boundary() -> None:
+    # The (1 - alpha) beta-binomial sequence is {p : B(a + k, b + n - k) / B(a, b) < p^k (1 - p)^(n - k) / alpha}:
+    # the mixture martingale stays under 1 / alpha. Its endpoints, found here by a root finder, match.
+    from scipy import optimize, special
+
+    alpha, (a, b) = 0.05, (1.0, 2.0)
+    ks, ns = torch.tensor([3, 40, 95, 0]), torch.tensor([10, 50, 100, 20])
+    lo, hi = beta_binomial_cs(ks, ns, alpha, prior=(a, b))
+    for k, n, low, high in zip(ks.tolist(), ns.tolist(), lo.tolist(), hi.tolist()):
+        level = special.betaln(a + k, b + n - k) - special.betaln(a, b) + float(torch.tensor(alpha).log())
+
+        def gap(p: float, k: int = k, n: int = n, level: float = level) -> float:
+            return float(special.xlogy(k, p) + special.xlog1py(n - k, -p)) - level
+
+        phat = k / n
+        exp_lo = 0.0 if gap(0.0) > 0 else optimize.brentq(gap, 0.0, phat)
+        exp_hi = optimize.brentq(gap, phat, 1.0 - 1e-15)
+        assert abs(low - exp_lo) < 1e-7 and abs(high - exp_hi) < 1e-7

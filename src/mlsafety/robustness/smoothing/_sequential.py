@@ -20,9 +20,10 @@ def beta_binomial_cs(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Time-uniform (1 - alpha) confidence sequence for a Bernoulli mean (beta-binomial mixture).
 
-    ``{p : B(a + k, b + n - k) / B(a, b) < alpha * p^k (1 - p)^(n - k)}``; by Ville's inequality it
-    covers the true mean at every ``n`` simultaneously with probability ``1 - alpha``, so it may be
-    checked after every batch and sampling stopped at any data-dependent time. Endpoints are found by
+    ``{p : B(a + k, b + n - k) / B(a, b) < p^k (1 - p)^(n - k) / alpha}``, the ``p`` at which the
+    mixture martingale is still below ``1 / alpha``; by Ville's inequality it covers the true mean at
+    every ``n`` simultaneously with probability ``1 - alpha``, so it may be checked after every batch
+    and sampling stopped at any data-dependent time. Endpoints are found by
     bisection on each side of ``k / n`` (the log-likelihood is concave). Returns float64 (lower, upper).
     """
     kd, nd = k.double(), n.double()
