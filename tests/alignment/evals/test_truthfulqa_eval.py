@@ -141,3 +141,49 @@ def test_tiny_lm_scores_equal_the_adapter_and_padding_does_not_matter() -> None:
     scores = score_options(left, ["q: a:"], [[" yes", " no no"]])
     assert scores.tokens[0].tolist() == [1.0, 2.0]
     torch.testing.assert_close(scores.reduce("mean")[0][1], scores.sums[0][1] / 2)
+
+
+def _answer_logprob(model: Any, prompt: str, answer: str) -> float:
+    """Brute force: one unpadded text, log-softmax at every position, summed over the answer's tokens only."""
+    tok = model.tokenizer
+    n_prompt = len(tok(prompt)["input_ids"])
+    ids = torch.tensor([tok(prompt + answer)["input_ids"]])
+    with torch.no_grad():
+        logp = model(input_ids=ids).logits.log_softmax(-1)[0].double()
+    return float(sum(logp[t - 1, ids[0, t]] for t in range(n_prompt, ids.shape[1])))
+
+
+def test_multi_token_answers_are_scored_on_their_own_tokens_by_brute_force() -> None:
+    model = tiny_llama()
+    questions = [
+        MCQuestion(
+            "is paris a city ?",
+            ("yes it is a big city", "no"),
+            (1, 0),
+            ("yes it is a big city", "yes", "no", "no it is a small dog"),
+            (1, 1, 0, 0),
+        ),
+        MCQuestion("was the film good ?", ("it was very good", "bad"), (1, 0), ("it was very good", "bad"), (1, 0)),
+    ]
+    lm = LanguageModel(model, padding_side="left")
+    primer = "q: a dog ? a: a dog . "
+    res = evaluate_truthfulqa(lm, questions, primer=primer, n_boot=20, batch_size=3)
+    mean = evaluate_truthfulqa(lm, questions, primer=primer, reduction="mean", n_boot=20, batch_size=3)
+    for qi, q in enumerate(questions):
+        prompt = f"{primer}Q: {q.question}\nA:"
+        sums = {a: _answer_logprob(model, prompt, " " + a) for a in (*q.mc1_options, *q.mc2_options)}
+        n_tok = {a: len(a.split()) for a in sums}  # word-level tokenizer: one token per word
+        s1 = [sums[a] for a in q.mc1_options]
+        assert bool(res.mc1_per_question[qi]) == (s1[0] > max(s1[1:]))  # the true option is first here
+        p2 = [math.exp(sums[a]) for a in q.mc2_options]
+        true_mass = sum(p for p, lab in zip(p2, q.mc2_labels) if lab)
+        assert float(res.mc2_per_question[qi]) == pytest.approx(true_mass / sum(p2), abs=1e-5)
+        pm = [math.exp(sums[a] / n_tok[a]) for a in q.mc2_options]
+        pm_true = sum(p for p, lab in zip(pm, q.mc2_labels) if lab)
+        assert float(mean.mc2_per_question[qi]) == pytest.approx(pm_true / sum(pm), abs=1e-5)
+    scores = score_options(lm, [f"{primer}Q: {questions[0].question}\nA:"], [[" yes it is a big city", " no"]])
+    assert scores.tokens[0].tolist() == [6.0, 1.0]  # the answer's tokens, none of the prompt's
+    want = [
+        _answer_logprob(model, f"{primer}Q: {questions[0].question}\nA:", a) for a in (" yes it is a big city", " no")
+    ]
+    torch.testing.assert_close(scores.sums[0], torch.tensor(want, dtype=torch.float64), atol=1e-5, rtol=0)
