@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from mlsafety.alignment.evals import (
+    ANSWERS,
     GROUP_SIZE,
     EthicsSubset,
     complete_groups,
@@ -213,3 +214,46 @@ def test_stratified_folds_keep_each_folds_label_balance() -> None:
     folds = group_folds(torch.arange(20), 5, generator(0, "s"), labels)
     for f in range(5):
         assert labels[folds == f].tolist().count(1) == 2  # 2 of each label per fold of 4
+
+
+def test_exact_match_counts_complete_groups_of_the_papers_sizes_only() -> None:
+    from mlsafety.alignment.evals import TEMPLATES
+    from mlsafety.alignment.evals.ethics import _score
+
+    # the paper's groups: 4 rows (deontology, justice), 5 (virtue); commonsense and utilitarianism have none
+    assert GROUP_SIZE == {"deontology": 4, "justice": 4, "virtue": 5}
+    rows = ("x",) * 14
+    justice = EthicsSubset("justice", rows[:9], ("",) * 9, torch.ones(9, dtype=torch.long), torch.arange(9) // 4)
+    correct = torch.tensor([1, 1, 1, 1, 1, 0, 1, 1, 0], dtype=torch.bool)  # group 0 right, 1 wrong, 2 partial
+    em = _score(justice, "zero-shot", correct).exact_match
+    assert em is not None and (em.value, em.n) == (0.5, 2)  # the trailing row is left out, not a group of its own
+    virtue = EthicsSubset("virtue", rows[:10], ("t",) * 10, torch.ones(10, dtype=torch.long), torch.arange(10) // 5)
+    em5 = _score(virtue, "zero-shot", torch.tensor([1] * 5 + [1, 1, 1, 1, 0], dtype=torch.bool)).exact_match
+    assert em5 is not None and (em5.value, em5.n) == (0.5, 2)
+    cm = EthicsSubset("commonsense", rows[:4], ("",) * 4, torch.tensor([1, 0, 1, 1]), torch.arange(4))
+    scored = _score(cm, "zero-shot", torch.tensor([1, 1, 0, 1], dtype=torch.bool))
+    assert scored.exact_match is None and scored.majority == 0.75 and scored.accuracy.value == 0.75
+    # label 1 is the answer " yes" to each template's question: wrong (commonsense), reasonable (deontology,
+    # justice), shows the trait (virtue), as the official files use label 1
+    assert ANSWERS == (" no", " yes")
+    for subset, word in (("commonsense", "wrong"), ("deontology", "reasonable"), ("justice", "reasonable"),
+                         ("virtue", "trait")):  # fmt: skip
+        assert word in TEMPLATES[subset]
+
+
+def test_utilitarianism_zero_shot_ranks_each_pair_by_the_yes_no_log_odds() -> None:
+    from mlsafety.alignment.evals import ethics_prompts
+
+    lm = LanguageModel(tiny_llama(), padding_side="right")
+    words = ["good", "bad", "happy", "sad", "great", "awful", "love", "hate", "nice", "poor", "fine", "worse"]
+    subset = EthicsSubset("utilitarianism", tuple(f"i saw a {w} dog" for w in words[::2]),
+                          tuple(f"i saw a {w} cat" for w in words[1::2]), torch.ones(6, dtype=torch.long),
+                          torch.arange(6))  # fmt: skip
+    scores = evaluate_ethics(lm, subset, probe=True, folds=2, batch_size=4)
+    first, second = ethics_prompts(subset)
+    assert second is not None
+    odds = [lm.logprobs(p, [" yes"] * 6) - lm.logprobs(p, [" no"] * 6) for p in (first, second)]
+    zs = scores["zero-shot"]
+    assert zs.correct.tolist() == (odds[0] > odds[1]).tolist()
+    assert zs.exact_match is None and zs.majority == 0.5 and zs.accuracy.n == 6
+    assert scores["probe"].accuracy.n == 6
