@@ -25,3 +25,13 @@ def test_perfect_separator_and_empty_input() -> None:
     assert fpr.tolist() == [0.0, 0.0, 0.0, 0.5, 1.0] and tpr.tolist() == [0.0, 0.5, 1.0, 1.0, 1.0]
     with pytest.raises(InputError):
         roc_points(torch.tensor([]), torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_scores_are_refused_as_by_auroc(bad: float) -> None:
+    # a NaN used to sort as the largest score and become a threshold of its own: a curve with no meaning
+    a, b = torch.tensor([0.0, bad]), torch.tensor([1.0])
+    with pytest.raises(InputError, match="NaN or infinite"):
+        auroc(a, b)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        roc_points(a, b)

@@ -20,10 +20,15 @@ def roc_points(in_scores: torch.Tensor, out_scores: torch.Tensor) -> tuple[torch
 
     Returns:
         ``(fpr, tpr)``, float64 tensors of the same length on the CPU.
+
+    Raises:
+        InputError: an empty sample, or a NaN or infinite score (refused as by the areas).
     """
     if in_scores.numel() == 0 or out_scores.numel() == 0:
         raise InputError("roc_points needs at least one in-distribution and one OOD score")
     scores = torch.cat([in_scores.reshape(-1).cpu(), out_scores.reshape(-1).cpu()]).double()
+    if not bool(torch.isfinite(scores).all()):
+        raise InputError("scores contain NaN or infinite values")
     pos = torch.cat([torch.zeros(in_scores.numel()), torch.ones(out_scores.numel())]).double()
     order = scores.argsort(descending=True, stable=True)
     s, p = scores[order], pos[order]
