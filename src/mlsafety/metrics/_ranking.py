@@ -121,7 +121,12 @@ def fpr_at_tpr(
       Detection", 2023: ``roc_curve(ood_indicator, -conf)``) and pytorch-ood's convention.
 
     In both, tied scores form one threshold, as in scikit-learn's ``roc_curve``: the result is
-    ``fpr[argmax(tpr_curve >= tpr)]`` of the curve with the chosen positives.
+    ``fpr[argmax(tpr_curve >= tpr)]`` of the curve with the chosen positives (OpenOOD's threshold
+    rule, in v1.0 and v1.5). The papers above name only which inputs are positive; their own code
+    picks the threshold otherwise: ODIN's averages the FPR over a fine grid of thresholds whose TPR
+    lies within 0.0005 of 95%, and Hendrycks et al.'s (Outlier Exposure, 2019) takes the point whose
+    TPR is *closest* to 95%, which may lie below it. Both can differ from this one by about one
+    input's step of the curve.
     """
     if not 0.0 < tpr <= 1.0:
         raise InputError(f"tpr must be in (0, 1], got {tpr}")
