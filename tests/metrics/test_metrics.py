@@ -60,6 +60,40 @@ def test_errors():
         auroc(torch.tensor([float("nan")]), torch.tensor([1.0]))
 
 
+def test_auroc_counts_a_tie_as_one_half_by_hand():
+    # every (OOD, ID) pair: 1 if the OOD score is higher, 1/2 if equal, 0 if lower
+    assert float(auroc(torch.tensor([1.0, 1.0]), torch.tensor([1.0]))) == 0.5
+    a, b = torch.tensor([0.0, 1.0]), torch.tensor([1.0, 2.0])
+    assert float(auroc(a, b)) == (1 + 0.5 + 1 + 1) / 4  # pairs (1,0) (1,1) (2,0) (2,1)
+    assert float(auroc(b, a)) == (0 + 0 + 0.5 + 0) / 4  # swapped: 1 - 0.875
+    fused = ood_metrics(a, b, n_boot=1)
+    assert fused["auroc"].value == 0.875
+
+
+def _coverage(intervals: np.ndarray, ps: np.ndarray, pmf: np.ndarray) -> np.ndarray:
+    """P(interval of K holds p) for each p, from intervals (n + 1, 2) and pmf (p, k) of K ~ Bin(n, p)."""
+    holds = (intervals[None, :, 0] <= ps[:, None]) & (ps[:, None] <= intervals[None, :, 1])
+    return (pmf * holds).sum(1)
+
+
+def test_two_sided_intervals_cover_exactly_by_binomial_sums():
+    """Coverage P(lo(K) <= p <= hi(K)), K ~ Bin(n, p), summed exactly over K, on a grid of p: the exact
+    (Clopper-Pearson) interval never falls below its level; Wilson's is approximate, and does (well
+    known near p = 0 and 1). Fails if the two were swapped, a tail were lost (too narrow) or the level
+    raised (too wide)."""
+    for n, mean_below in ((7, 0.975), (40, 0.95)):  # the mean coverage at level 0.95 is 0.987 and 0.971
+        ks = np.arange(n + 1)
+        cp = np.array([clopper_pearson(int(k), n, 0.9) for k in ks])
+        wi = np.array([wilson(int(k), n, 0.9) for k in ks])
+        ps = np.linspace(0.002, 0.998, 499)
+        pmf = stats.binom.pmf(ks[None, :], n, ps[:, None])  # (p, k)
+
+        cov_cp, cov_wi = (_coverage(iv, ps, pmf) for iv in (cp, wi))
+        assert cov_cp.min() >= 0.9 - 1e-12
+        assert cov_cp.mean() < mean_below  # not wider than its level asks (0.95 instead of 0.9 is)
+        assert cov_wi.min() < 0.9
+
+
 def test_exact_intervals():
     lo, hi = clopper_pearson(7, 20)
     assert (lo, hi) == pytest.approx(tuple(stats.binomtest(7, 20).proportion_ci(method="exact")))
