@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import pytest
 import torch
 
@@ -59,6 +60,17 @@ def test_adaptive_ece_uses_equal_mass_bins() -> None:
     labels = torch.tensor([1, 0, 0, 0])
     # two bins of two: {0.55 wrong, 0.6 right} -> |0.5 - 0.575|; {0.9, 0.95 right} -> |1 - 0.925|
     assert cal.adaptive_ece(probs, labels, n_bins=2) == pytest.approx(0.5 * 0.075 + 0.5 * 0.075)
+
+
+def test_equal_mass_bins_of_uneven_size_follow_the_rank_rule_by_hand() -> None:
+    # 10 confidences in 4 bins: rank r goes to bin floor(4 r / 10), sizes 3, 2, 3, 2 (np.array_split's
+    # 3, 3, 2, 2 would give 0.386); given shuffled, so the bins come from the ranks, not the positions
+    conf = torch.tensor([0.55, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99], dtype=torch.float64)
+    correct = torch.tensor([0, 0, 0, 1, 1, 0, 0, 0, 1, 1], dtype=torch.float64)
+    perm = torch.tensor([7, 2, 9, 0, 4, 6, 1, 8, 3, 5])
+    assert cal.bin_index(conf[perm], 4, "mass").tolist() == [2, 0, 3, 0, 1, 2, 0, 3, 1, 2]
+    want = 0.3 * 0.6 + 0.2 * 0.275 + 0.3 * 0.85 + 0.2 * 0.03
+    assert float(cal.calibration_error(conf[perm], correct[perm], 4, "l1", "mass")) == pytest.approx(want, abs=1e-12)
 
 
 def test_classwise_ece_by_hand() -> None:
@@ -127,6 +139,32 @@ def test_vector_scaling_recovers_per_class_scales() -> None:
     scaler = cal.VectorScaler().fit(base * 2.0, labels)  # weight 0.5 undoes the factor 2
     torch.testing.assert_close(scaler.weight_, torch.full((3,), 0.5, dtype=torch.float64), atol=0.06, rtol=0)
     assert scaler.bias_.abs().max() < 0.1
+
+
+def test_vector_scaling_is_the_validation_nll_minimiser() -> None:
+    """Distinct per-class scales and shifts: the fitted (w, b) is a stationary point of the NLL of
+    ``softmax(z * w + b)`` on the data it was fitted on, and no tighter optimiser finds a lower NLL."""
+    from scipy.optimize import minimize
+
+    g = generator(0, "vector-minimiser")
+    z = (torch.randn(600, 4, generator=g) * 2).double()
+    true = z * torch.tensor([0.5, 1.0, 2.0, 1.0], dtype=torch.float64) + torch.tensor([0.0, 0.5, 0.0, -0.5])
+    labels = torch.multinomial(true.softmax(1), 1, generator=g)[:, 0]
+    scaler = cal.VectorScaler().fit(z, labels)
+    w, b = scaler.weight_.clone().requires_grad_(), scaler.bias_.clone().requires_grad_()
+    loss = torch.nn.functional.cross_entropy(z * w + b, labels)
+    loss.backward()
+    assert max(float(w.grad.abs().max()), float(b.grad.abs().max())) < 1e-4
+
+    def nll(x: np.ndarray) -> tuple[float, np.ndarray]:
+        p = torch.tensor(x, requires_grad=True)
+        out = torch.nn.functional.cross_entropy(z * p[:4] + p[4:], labels)
+        out.backward()
+        return float(out.detach()), p.grad.numpy()
+
+    ref = minimize(nll, np.r_[np.ones(4), np.zeros(4)], jac=True, method="BFGS", options={"gtol": 1e-10})
+    assert float(loss.detach()) == pytest.approx(ref.fun, abs=1e-8)
+    torch.testing.assert_close(scaler.weight_, torch.from_numpy(ref.x[:4]), atol=1e-3, rtol=0)
 
 
 @pytest.mark.parametrize("name", cal.available())
