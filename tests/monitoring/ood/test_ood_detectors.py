@@ -118,6 +118,20 @@ def test_odin_step_raises_the_top_softmax(model) -> None:
     assert (stepped < plain).all()  # a more confident top class = a lower anomaly score
 
 
+def test_odin_equals_one_signed_gradient_step_at_the_temperature(model) -> None:
+    # x' = clip(x + eps * sign(grad_x log max softmax(f(x) / T))), score -max softmax(f(x') / T): the temperature
+    # enters the gradient too (a step on the untempered softmax moves some pixels the other way)
+    x = images(20, "odin-brute").clamp(0.1, 0.9)
+    t, eps = 5.0, 0.02
+    xg = x.clone().requires_grad_(True)
+    (model(xg) / t).log_softmax(1).max(1).values.sum().backward()
+    assert xg.grad is not None
+    moved = (x + eps * xg.grad.sign()).clamp(0, 1)
+    want = -logits_of(model, moved).div(t).softmax(1).max(1).values
+    got = ood.create("odin", temperature=t, noise=eps).score(model, x)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-6)
+
+
 # -- feature and distance detectors -------------------------------------------------------------
 def test_mahalanobis_equals_the_closed_form(model, fit_x, x) -> None:
     y = torch.randint(0, 3, (80,), generator=generator(0, "maha"))
@@ -130,6 +144,26 @@ def test_mahalanobis_equals_the_closed_form(model, fit_x, x) -> None:
     q = x.flatten(1).double().numpy()
     want = [min((qi - m) @ prec @ (qi - m) for m in means) for qi in q]
     np.testing.assert_allclose(det.score(model, x).double().numpy(), want, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["mahalanobis", "rmd"])
+def test_a_class_without_fit_inputs_has_no_gaussian(name: str, model, fit_x, x) -> None:
+    # labels 0 and 1 only, for a 3-class model: class 2 has no Gaussian, so no input may be scored against one at
+    # the overall mean (where a phantom class 2 would lie: the last input, the mean image, would then score 0)
+    y = torch.randint(0, 2, (80,), generator=generator(0, "two-classes"))
+    x = torch.cat([x, fit_x.mean(0, keepdim=True)])
+    det = ood.create(name).fit(model, (fit_x, y))
+    f = fit_x.flatten(1).double().numpy()
+    yn = y.numpy()
+    means = np.stack([f[yn == k].mean(0) for k in range(2)])
+    centred = f - means[yn]
+    prec = np.linalg.inv(centred.T @ centred / len(f))
+    q = x.flatten(1).double().numpy()
+    md = np.stack([[(qi - m) @ prec @ (qi - m) for m in means] for qi in q])
+    if name == "rmd":
+        mu0, prec0 = f.mean(0), np.linalg.inv(np.cov(f.T, bias=True))
+        md = md - np.array([(qi - mu0) @ prec0 @ (qi - mu0) for qi in q])[:, None]
+    np.testing.assert_allclose(det.score(model, x).double().numpy(), md.min(1), rtol=1e-4, atol=1e-6)
 
 
 def test_rmd_subtracts_the_background_distance(model, fit_x, x) -> None:
@@ -258,6 +292,28 @@ def test_ash_s_prunes_and_scales() -> None:
     torch.testing.assert_close(det.score(model, x).double(), _energy_from_features(model, shaped), rtol=1e-5, atol=1e-5)
 
 
+def test_ash_b_binarises_the_kept_activations_to_the_row_mean_mass() -> None:
+    # ASH-B: keep each row's top 25% (4 of 16), set each kept value to s1 / 4 (the row's whole sum spread evenly)
+    model = linear(d=16, k=3, seed=2)
+    x = images(6, "ash-b", d=16)
+    f = x.flatten(1).double()
+    want = torch.zeros_like(f)
+    for i, fi in enumerate(f):
+        want[i, fi.topk(4).indices] = fi.sum() / 4
+    det = ood.create("ash", percentile=75, variant="b")
+    torch.testing.assert_close(det.shape(x.flatten(1)).double(), want, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(det.score(model, x).double(), _energy_from_features(model, want), rtol=1e-5, atol=1e-5)
+
+
+def test_scale_multiplies_by_exp_of_the_sum_over_the_top_sum() -> None:
+    model = linear(d=16, k=3, seed=2)
+    x = images(6, "scale", d=16)
+    f = x.flatten(1).double()
+    r = torch.exp(f.sum(1) / f.topk(4, dim=1).values.sum(1))  # percentile 75 of 16: the top 4
+    got = ood.create("scale", percentile=75).score(model, x)
+    torch.testing.assert_close(got.double(), _energy_from_features(model, f * r[:, None]), rtol=1e-5, atol=1e-5)
+
+
 def test_ash_p_without_pruning_is_energy(model, x) -> None:
     got = ood.create("ash", percentile=0, variant="p").score(model, x)
     torch.testing.assert_close(got, ood.create("energy").score(model, x), rtol=1e-5, atol=1e-5)
@@ -292,6 +348,18 @@ def test_gradnorm_equals_autograd(model, x) -> None:
         want.append(-float(head.weight.grad.abs().sum()))
     head.weight.grad = None
     np.testing.assert_allclose(ood.create("gradnorm").score(model, x).numpy(), want, rtol=1e-5)
+
+
+def test_gradnorm_temperature_scales_the_softmax_and_the_gradient(model, x) -> None:
+    head = model[1]
+    want = []
+    for xi in x:
+        head.weight.grad = None
+        loss = -(model(xi[None]) / 2.0).log_softmax(1).mean()  # KL(uniform || softmax(z / T)) up to a constant
+        loss.backward()
+        want.append(-float(head.weight.grad.abs().sum()))
+    head.weight.grad = None
+    np.testing.assert_allclose(ood.create("gradnorm", temperature=2.0).score(model, x).numpy(), want, rtol=1e-5)
 
 
 # -- ensembles ---------------------------------------------------------------------------------

@@ -16,19 +16,22 @@ from mlsafety.monitoring.ood.engine import float64, reuse
 def class_gaussians(
     features: torch.Tensor, labels: torch.Tensor, num_classes: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Class means ``(K, D)`` and the precision ``(D, D)`` of the shared (tied) covariance.
+    """Class means ``(K', D)`` of the ``K'`` classes with samples and the precision ``(D, D)`` of the shared
+    (tied) covariance.
 
     The covariance is ``1/N sum_i (f_i - mu_{y_i})(f_i - mu_{y_i})^T``; its pseudo-inverse is
-    taken in float64 so rank-deficient features (dead ReLUs) stay usable. Classes without any
-    sample get the overall mean.
+    taken in float64 so rank-deficient features (dead ReLUs) stay usable. A class without any
+    sample (e.g. one the model never predicts, when predictions stand in for labels) has no Gaussian
+    and is left out: giving it one at the overall mean would invent an in-distribution mode there, and
+    the minimum distance over classes would call inputs near the centre of the features typical.
     """
     f = float64(features)
     counts = torch.bincount(labels, minlength=num_classes).to(f.dtype)[:, None]
     sums = torch.zeros(num_classes, f.shape[1], dtype=f.dtype, device=f.device).index_add_(0, labels, f)
-    means = torch.where(counts > 0, sums / counts.clamp_min(1), f.mean(dim=0, keepdim=True))
+    means = sums / counts.clamp_min(1)
     centred = f - means[labels]
     cov = centred.T @ centred / f.shape[0]
-    return means, torch.linalg.pinv(cov, hermitian=True)
+    return means[counts[:, 0] > 0], torch.linalg.pinv(cov, hermitian=True)
 
 
 Whitening: TypeAlias = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
@@ -119,8 +122,9 @@ def shared_class_gaussians(
 class Mahalanobis(Detector):
     """Anomaly score ``min_k (f - mu_k)^T Sigma^+ (f - mu_k)`` on penultimate features ``f``.
 
-    Fitted on labelled in-distribution data (``means_`` (K, D), ``precision_`` (D, D)). This is
-    the feature-only variant used by most benchmarks: no input pre-processing, last layer only.
+    Fitted on labelled in-distribution data (``means_`` (K', D) of the ``K'`` classes with fit inputs,
+    ``precision_`` (D, D)). This is the feature-only variant used by most benchmarks: no input
+    pre-processing, last layer only.
     """
 
     needs = frozenset({"features", "logits"})
