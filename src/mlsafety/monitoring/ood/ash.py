@@ -21,13 +21,16 @@ from mlsafety.monitoring.ood.search import kth_largest
 
 def prune_mask(features: torch.Tensor, percentile: float) -> torch.Tensor:
     """Boolean mask (N, D) keeping each row's activations at or above its ``percentile`` (the
-    top ``ceil(D * (1 - percentile / 100))`` values)."""
+    top :func:`keep_count` values)."""
     idx = features.topk(keep_count(features.shape[1], percentile), dim=1).indices
     return torch.zeros_like(features, dtype=torch.bool).scatter_(1, idx, True)
 
 
 def keep_count(d: int, percentile: float) -> int:
-    """How many of ``d`` activations lie at or above the ``percentile``: ``ceil(d (1 - p / 100))``."""
+    """How many of ``d`` activations lie at or above the ``percentile``: ``d - round(d p / 100)``, at least 1.
+
+    The authors' count (``n - int(np.round(n * percentile / 100))``): ``round`` goes half to even, so where
+    ``d p / 100`` ends in .5 it can keep one fewer than ``ceil(d (1 - p / 100))`` (d = 10, p = 75: 2, not 3)."""
     return max(1, d - round(d * percentile / 100.0))
 
 
