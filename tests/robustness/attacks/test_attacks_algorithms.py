@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlsafety.core import generator
 from mlsafety.robustness.attacks import (
     APGD,
     FABT,
@@ -24,7 +25,9 @@ from mlsafety.robustness.attacks import (
     lp_norm,
 )
 from mlsafety.robustness.attacks.apgd import _checkpoint_lengths
+from mlsafety.robustness.attacks.base import project, random_start
 from mlsafety.robustness.attacks.fab import boundary_step
+from mlsafety.robustness.attacks.square import p_selection
 
 
 def linear(k: int = 2, d: int = 16, seed: int = 0) -> nn.Module:
@@ -268,3 +271,68 @@ def test_dlr_attacks_ignore_logit_scaling_where_cross_entropy_saturates() -> Non
     ce = create("apgd-ce", eps=0.1, steps=20)
     dlr = create("apgd-dlr", eps=0.1, steps=20)
     assert int(_robust(scaled, ce(scaled, x, y), y).sum()) > int(_robust(scaled, dlr(scaled, x, y), y).sum())
+
+
+def test_square_window_share_halves_at_the_papers_milestones() -> None:
+    # Andriushchenko et al. 2020: p_init until iteration 10 (of 10,000), then halved at 50, 200, 500,
+    # 1000, 2000, 4000, 6000 and 8000; other budgets rescale the iteration to 10,000.
+    its = [0, 10, 11, 50, 51, 200, 201, 500, 501, 1000, 1001, 2000, 2001, 4000, 4001, 6000, 6001, 8000, 8001, 9999]
+    divs = [1, 1, 2, 2, 4, 4, 8, 8, 16, 16, 32, 32, 64, 64, 128, 128, 256, 256, 512, 512]
+    assert [p_selection(0.8, it, 10_000) for it in its] == [0.8 / d for d in divs]
+    assert p_selection(0.8, 100, 1000) == 0.8 / 16  # 100 of 1000 is iteration 1000 of 10,000
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_random_start_is_uniform_in_the_ball(norm: str) -> None:
+    # Uniform in the d-dimensional L2 ball: P(||delta|| <= r eps) = r^d; uniform in the L-inf cube:
+    # every coordinate uniform on [-eps, eps]. Centred at 0.5 with eps = 0.2 so the box never clips.
+    x = torch.full((4000, 1, 2, 2), 0.5)
+    delta = random_start(x, 0.2, norm, generator(0, "start")) - x
+    if norm == "linf":
+        flat = delta.flatten()
+        assert float(flat.abs().max()) <= 0.2 + 1e-7
+        assert abs(float((flat.abs() <= 0.1).float().mean()) - 0.5) < 0.02
+    else:
+        r = lp_norm(delta, "l2") / 0.2
+        assert float(r.max()) <= 1 + 1e-6
+        for q in (0.5, 0.8, 0.95):  # d = 4
+            assert abs(float((r <= q).float().mean()) - q**4) < 0.025
+        direction = delta.flatten(1) / lp_norm(delta, "l2")[:, None]
+        assert float(direction.mean(dim=0).abs().max()) < 0.05
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_projection_is_onto_the_ball_then_the_box(norm: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(64, 1, 3, 3, generator=g)
+    far = x + torch.randn(64, 1, 3, 3, generator=g)
+    out = project(far, x, 0.3, norm)
+    assert float(out.min()) >= 0 and float(out.max()) <= 1
+    assert float(lp_norm(out - x, norm).max()) <= 0.3 + 1e-6
+    near = x + 0.01 * torch.randn(64, 1, 3, 3, generator=g)
+    inside = (near >= 0).flatten(1).all(1) & (near <= 1).flatten(1).all(1)
+    assert torch.equal(project(near, x, 0.3, norm)[inside], near[inside])  # a point inside both stays
+    if norm == "l2":  # with the box not binding the L2 projection is the radial rescaling
+        mid = torch.full((2, 1, 3, 3), 0.5)
+        step = torch.tensor([0.3, 0.0, 0.0, 0.4, 0.0, 0.0, 0.0, 0.0, 0.0]).view(1, 1, 3, 3) * torch.tensor(
+            [1.0, 0.2]
+        ).view(2, 1, 1, 1)
+        out = project(mid + step, mid, 0.25, "l2")
+        assert torch.allclose(out[0] - mid[0], step[0] * 0.25 / 0.5)
+        assert torch.allclose(out[1], mid[1] + step[1])
+
+
+@pytest.mark.parametrize(("norm", "eps", "tol"), [("l2", 0.3, 2e-3), ("linf", 0.1, 6e-3)])
+def test_apgd_step_size_schedule_settles_on_an_interior_maximum(norm: str, eps: float, tol: float) -> None:
+    # Maximise -||x_adv - c||_2 with c inside the ball: every normalised step overshoots c, so the loss
+    # oscillates; only the checkpoint rule (halve the step from 2 eps when at most rho of the steps
+    # raised the loss, restart from the best point) lets APGD settle on c. With a fixed step of 2 eps
+    # (or no checkpoints) the best point stays 0.015-0.14 away.
+    model = linear(k=3)
+    x = torch.full((4, 1, 4, 4), 0.5)
+    c = x + 0.025 * torch.randn(4, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+    closer = lambda logits, y, xa: -lp_norm(xa - c, "l2")  # noqa: E731
+    never = lambda logits, y, xa: torch.zeros(len(y), dtype=torch.bool)  # noqa: E731
+    out = APGD(eps=eps, norm=norm, steps=100, loss=closer, success=never)(model, x, torch.zeros(4, dtype=torch.long))
+    assert bool((lp_norm(c - x, norm) < eps).all())
+    assert float(lp_norm(out - c, "l2").max()) < tol

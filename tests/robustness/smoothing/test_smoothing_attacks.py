@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
-from mlsafety.core import generator
+from mlsafety.core import generator, randn_like
 from mlsafety.robustness import attacks
 from mlsafety.robustness.smoothing import (
     Certificate,
     SmoothedClassifier,
+    SmoothedSoftmax,
     attack_certificates,
     registry_attack,
+    smoothed_pgd_l2,
 )
 
 BUDGET = {"steps": 5, "n_queries": 40, "n_target_classes": 2, "restarts": 1}
@@ -50,3 +54,34 @@ def test_no_registry_attack_beats_the_certified_radius(certified, name: str) -> 
     )
     assert not result.violated.any()
     assert (result.max_perturbation <= sub.radius[result.attacked] + 1e-4).all()
+
+
+def test_smoothed_softmax_is_the_log_of_the_averaged_softmax() -> None:
+    # SmoothAdv attacks the smoothed soft classifier: log E[softmax f(x + e)], not E[log softmax f(x + e)].
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 3)).eval()
+    x = torch.rand(2, 1, 4, 4, generator=generator(0, "ss-x"))
+    out = SmoothedSoftmax(SmoothedClassifier(model, 3, sigma=0.5), m=5, generator=generator(0, "ss"))(x)
+    rep = x.repeat_interleave(5, dim=0)
+    noisy = rep + randn_like(rep, generator(0, "ss")) * 0.5
+    with torch.no_grad():
+        probs = model(noisy).softmax(dim=1).view(2, 5, 3)
+        logits = out.detach()
+    assert torch.allclose(logits, probs.mean(dim=1).log(), atol=1e-6)
+    assert not torch.allclose(logits, probs.log().mean(dim=1), atol=1e-3)
+
+
+def test_smoothed_pgd_on_a_linear_model_steps_straight_away_from_the_label() -> None:
+    # For two linear classes every noisy gradient of the smoothed cross-entropy points along
+    # -+(w1 - w0), so the normalised steps end on the L2 sphere at x -+ eps * w / ||w|| (box not binding).
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).eval()
+    w = (model[1].weight[1] - model[1].weight[0]).detach()
+    x = 0.3 + 0.4 * torch.rand(4, 1, 4, 4, generator=generator(0, "lin-x"))
+    y = torch.tensor([0, 1, 0, 1])
+    eps = 0.05 * float(w.norm() / w.abs().max())  # no coordinate moves by more than 0.05
+    g = SmoothedClassifier(model, 2, sigma=0.25)
+    x_adv = smoothed_pgd_l2(g, x, y, eps, steps=4, m=8, generator=generator(0, "lin"))
+    sign = torch.where(y == 1, -1.0, 1.0).view(-1, 1)
+    expected = x.flatten(1) + sign * eps * w / w.norm()
+    assert torch.allclose(x_adv.flatten(1), expected, atol=1e-5)
