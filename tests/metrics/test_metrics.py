@@ -15,6 +15,7 @@ from mlsafety.metrics import (
     clopper_pearson,
     clopper_pearson_lower,
     fpr_at_tpr,
+    median,
     ood_metrics,
     proportion,
     wilson,
@@ -219,3 +220,30 @@ def test_bootstrap_refuses_an_empty_sample_and_no_draws():
         bootstrap_mean(torch.empty(0))
     with pytest.raises(InputError, match="n_boot"):
         next(bootstrap_counts(5, 0))
+
+
+def test_median_of_an_even_count_is_the_mean_of_the_two_middle_values() -> None:
+    assert float(median(torch.tensor([4.0, 1.0, 3.0, 2.0]))) == 2.5  # torch.median gives 2
+    assert float(median(torch.tensor([5.0, 1.0, 3.0]))) == 3.0
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 6, 4, generator=g, dtype=torch.float64)
+    for dim in (0, 1, 2, -1):
+        want = torch.from_numpy(np.median(x.numpy(), axis=dim))
+        assert torch.equal(median(x, dim=dim), want)
+        assert torch.equal(median(x, dim=dim, keepdim=True), want.unsqueeze(dim))
+    with pytest.raises(InputError, match="empty"):
+        median(torch.zeros(2, 0))
+
+
+@pytest.mark.parametrize("confidence", [0.0, 1.0, 95.0, -0.5])
+def test_interval_levels_outside_zero_one_are_refused(confidence: float) -> None:
+    with pytest.raises(InputError, match="confidence must lie in"):
+        clopper_pearson(3, 10, confidence)
+    with pytest.raises(InputError, match="confidence must lie in"):
+        wilson(3, 10, confidence)
+
+
+def test_wilson_refuses_counts_outside_zero_n() -> None:
+    for k in (-1, 11):
+        with pytest.raises(InputError, match="must lie in"):
+            wilson(k, 10)

@@ -9,7 +9,7 @@ from torch import nn
 
 from mlsafety.core import ArrayDataset, InputError
 from mlsafety.metrics import clopper_pearson
-from mlsafety.robustness import evaluate, sanity_flags
+from mlsafety.robustness import evaluate, sanity_flags, summarize_attack
 from mlsafety.robustness.attacks import FGSM, PGD, create
 
 
@@ -51,6 +51,12 @@ def test_counts_interval_and_median_norm_on_a_linear_model() -> None:
     assert med is not None and med.ci_low <= med.value <= min(med.ci_high, eps + 1e-6) and med.n == should_break
     assert res.x_adv is not None and res.x_adv.shape == x.shape
     assert torch.equal(res.x_adv[:5], x[:5])  # clean errors are not attacked
+
+
+def test_median_perturbation_norm_of_an_even_count_is_the_mean_of_the_middle_two() -> None:
+    ok = torch.ones(4, dtype=torch.bool)
+    s = summarize_attack(ok, ~ok, torch.tensor([0.4, 0.1, 0.3, 0.2], dtype=torch.float64), "l2", n_boot=50)
+    assert s.median_perturbation_norm is not None and s.median_perturbation_norm.value == pytest.approx(0.25)
 
 
 def test_loader_style_batches() -> None:

@@ -33,6 +33,26 @@ class Estimate:
         return iter((self.value, self.ci_low, self.ci_high, self.n))
 
 
+def _check_confidence(confidence: float) -> None:
+    if not 0 < confidence < 1:
+        raise InputError(f"confidence must lie in (0, 1), e.g. 0.95; got {confidence}")
+
+
+def median(values: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
+    """The sample median along ``dim``: the middle value, or the mean of the two middle ones for an even count.
+
+    The statistical definition (NumPy's ``median``, and the one robust z-scores such as Neural Cleanse's MAD
+    test are defined with). ``torch.median`` returns the lower of the two middle values instead, which moves a
+    MAD anomaly index of K = 10 classes by 20% or more.
+    """
+    if values.shape[dim] == 0:
+        raise InputError("the median of an empty sample is undefined")
+    ordered = values.sort(dim=dim).values
+    n = ordered.shape[dim]
+    mid = (ordered.narrow(dim, (n - 1) // 2, 1) + ordered.narrow(dim, n // 2, 1)) / 2
+    return mid if keepdim else mid.squeeze(dim)
+
+
 def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Exact two-sided Clopper-Pearson interval for ``k`` successes in ``n`` trials.
 
@@ -44,6 +64,7 @@ def clopper_pearson(k: int, n: int, confidence: float = 0.95) -> tuple[float, fl
         raise InputError("a proportion needs at least one trial")
     if not 0 <= k <= n:
         raise InputError(f"successes k={k} must lie in [0, n={n}]")
+    _check_confidence(confidence)
     alpha = 1.0 - confidence
     lo = 0.0 if k == 0 else float(clopper_pearson_lower(k, n, alpha / 2))
     hi = 1.0 if k == n else float(stats.beta.ppf(1 - alpha / 2, k + 1, n - k))
@@ -85,6 +106,9 @@ def wilson(k: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
     """Wilson score interval for ``k`` successes in ``n`` trials."""
     if n <= 0:
         raise InputError("a proportion needs at least one trial")
+    if not 0 <= k <= n:
+        raise InputError(f"successes k={k} must lie in [0, n={n}]")
+    _check_confidence(confidence)
     z = float(stats.norm.ppf(1 - (1 - confidence) / 2))
     p = k / n
     denom = 1 + z * z / n

@@ -24,7 +24,7 @@ from mlsafety.core import (
     iter_batches,
     track,
 )
-from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_statistic, proportion
+from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_statistic, median, proportion
 from mlsafety.robustness.attacks.base import Attack, lp_norm
 from mlsafety.robustness.smoothing import ABSTAIN, Certificate
 
@@ -98,9 +98,7 @@ def summarize_attack(
     asr = proportion(int(broken.sum()), n_ok) if n_ok else None
     med = None
     if perturbation_norms is not None and perturbation_norms.numel():
-        med = bootstrap_statistic(
-            lambda v: v.median(dim=-1).values, perturbation_norms, n_boot=n_boot, seed=seed, name="norm"
-        )
+        med = bootstrap_statistic(median, perturbation_norms, n_boot=n_boot, seed=seed, name="norm")
     return AttackSummary(proportion(clean_ok), proportion(adv_ok), asr, med, norm, broken)
 
 

@@ -29,9 +29,9 @@ import torch
 from scipy import stats
 
 from mlsafety.core import InputError
-from mlsafety.metrics import Estimate, clopper_pearson, proportion
+from mlsafety.metrics import Estimate, clopper_pearson, median, proportion
 from mlsafety.monitoring.trojans.scanners import SCANNERS, ScanResult
-from mlsafety.monitoring.trojans.scanners.neural_cleanse import MAD_CONSISTENCY, median
+from mlsafety.monitoring.trojans.scanners.neural_cleanse import MAD_CONSISTENCY
 
 __all__ = [
     "MAD_SCORE",
@@ -124,8 +124,7 @@ def mad_index_bootstrap(
 
     Returns:
         (B, S, K); with ``draws = arange(K)`` and no noise it is the scanner's own index (medians of an
-        even count are the mean of the two middle values, :func:`~mlsafety.monitoring.trojans.scanners.
-        neural_cleanse.median`).
+        even count are the mean of the two middle values, :func:`~mlsafety.metrics.median`).
     """
     ref = values.double()[:, draws].permute(1, 0, 2)  # (B, S, K)
     if noise is not None:

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from mlsafety.core import Classifier, InputError, Param, rand_like
+from mlsafety.metrics import median
 from mlsafety.monitoring.trojans.scanners._base import (
     ScanData,
     Scanner,
@@ -38,16 +39,6 @@ from mlsafety.monitoring.trojans.scanners._base import (
 
 MAD_CONSISTENCY = 1.4826
 """Scales the median absolute deviation to the standard deviation of a normal distribution."""
-
-
-def median(values: torch.Tensor, dim: int = -1, keepdim: bool = False) -> torch.Tensor:
-    """The sample median along ``dim``: the middle value, or the mean of the two middle ones when the count is
-    even (the statistical definition, NumPy's, and the one Neural Cleanse's MAD test uses). ``torch.median``
-    returns the lower of the two, which with K = 10 classes moves an anomaly index by 20% or more."""
-    ordered = values.sort(dim=dim).values
-    n = ordered.shape[dim]
-    mid = (ordered.narrow(dim, (n - 1) // 2, 1) + ordered.narrow(dim, n // 2, 1)) / 2
-    return mid if keepdim else mid.squeeze(dim)
 
 
 def anomaly_index(norms: torch.Tensor) -> torch.Tensor:

@@ -17,9 +17,10 @@ from dataclasses import replace
 import torch
 
 from mlsafety.core import Classifier, Param
+from mlsafety.metrics import median
 from mlsafety.monitoring.trojans.scanners._base import ScanData, Scanner, SeedScan, register_scanner
 from mlsafety.monitoring.trojans.scanners._features import train_features
-from mlsafety.monitoring.trojans.scanners.neural_cleanse import anomaly_index, median
+from mlsafety.monitoring.trojans.scanners.neural_cleanse import anomaly_index
 
 
 @register_scanner("spectral-signatures", tags=("mad-score",))
