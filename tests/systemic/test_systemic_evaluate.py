@@ -102,3 +102,15 @@ def test_adaptive_is_the_per_input_worst_case() -> None:
     assert r.adaptive.escaped.tolist() == [True, True, True, False]
     assert r.estimates()["adaptive_escaped_failure_rate"].value == 0.75
     assert HazardResult(base).measured is base
+
+
+def test_a_scores_function_returning_too_few_score_sets_is_refused() -> None:
+    """Scores are paired with the names by position; one missing would silently shift every name after it."""
+
+    def short(x: torch.Tensor, outputs: Outputs, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        return {"a": x[:, 0]}
+
+    ev = DefenceInDepthEvaluator(["a", "b"], short)
+    y = torch.zeros(4, dtype=torch.long)
+    with pytest.raises(InputError, match="returned 1 score sets for 2 detectors"):
+        ev.scored(torch.rand(4, 1), Outputs(_logits(y, y.bool()), None), y)

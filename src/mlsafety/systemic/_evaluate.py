@@ -115,6 +115,11 @@ class DefenceInDepthEvaluator:
     def scored(self, x: torch.Tensor, outputs: Outputs, labels: torch.Tensor) -> ScoredSet:
         """What every candidate sees of inputs ``x`` (forward ``outputs``, true ``labels``, -1 for OOD)."""
         scores = self.scores(x, outputs, self.detectors)
+        if len(scores) != len(self.detectors):
+            raise InputError(
+                f"the detector scores function returned {len(scores)} score sets for {len(self.detectors)} detectors "
+                f"({', '.join(self.detectors)}); it must return one per detector, in the order given"
+            )
         by_name = {n: s.cpu() for n, s in zip(self.detectors, scores.values())}
         return ScoredSet(failures(outputs.logits, labels).cpu(), outputs.probs.amax(dim=1).cpu(), by_name)
 
