@@ -320,3 +320,16 @@ def test_confidence_sequence_endpoints_solve_the_mixture_boundary() -> None:
         exp_lo = 0.0 if gap(0.0) > 0 else optimize.brentq(gap, 0.0, phat)
         exp_hi = optimize.brentq(gap, phat, 1.0 - 1e-15)
         assert abs(low - exp_lo) < 1e-7 and abs(high - exp_hi) < 1e-7
+
+
+def test_a_model_with_more_classes_than_num_classes_is_refused() -> None:
+    # Counts are kept as one flat bincount over (input, class): a class index >= num_classes would
+    # silently be counted for the next input, so such a model must raise instead.
+    # (Before the check, these two inputs came back as counts [[0], [40]].)
+    model = Halfspace().eval()
+    x = torch.zeros(2, 1, 4, 4)
+    x[0, ..., 2:, :] = 1.0  # class 1, far from the boundary
+    x[1, ..., :2, :] = 1.0  # class 0, far from the boundary
+    g = SmoothedClassifier(model, 1, sigma=0.1)  # told there is one class
+    with pytest.raises(InputError, match="num_classes"):
+        g.sample_counts(x, 20, generator(0, "k"))

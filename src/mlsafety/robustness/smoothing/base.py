@@ -126,8 +126,10 @@ class SmoothedClassifier:
                 owner = torch.arange(start, stop, device=device) // num
                 clean = x[owner]
                 noisy = clean + randn_like(clean, gen) * self.sigma
-                pred = self._base_logits(noisy).argmax(dim=1)
-                counts += torch.bincount(owner * k + pred, minlength=n_in * k)
+                logits = self._base_logits(noisy)
+                if logits.shape[1] > k:  # a class >= k would be counted for the next input
+                    raise InputError(f"the model has {logits.shape[1]} classes, more than num_classes={k}")
+                counts += torch.bincount(owner * k + logits.argmax(dim=1), minlength=n_in * k)
         return counts.view(n_in, k)
 
     # -- Cohen et al. ----------------------------------------------------------------------------
