@@ -92,6 +92,20 @@ def test_kl_matching_templates_and_brute_force(model, fit_x, x) -> None:
     torch.testing.assert_close(det.score(model, x).double(), want, rtol=1e-5, atol=1e-6)
 
 
+def test_kl_matching_leaves_out_a_class_never_predicted() -> None:
+    # fit inputs the model never predicts as class 2: only classes 0 and 1 have templates (a phantom template at the
+    # overall mean softmax changed the scores of about a quarter of these 200 inputs)
+    model = linear()
+    fit_x, x = images(200, "kl-fit"), images(200, "kl-x")
+    fit_x = fit_x[logits_of(model, fit_x).argmax(1) != 2]
+    det = ood.create("kl-matching").fit(model, fit_x)
+    pf = logits_of(model, fit_x).softmax(1)
+    templates = torch.stack([pf[pf.argmax(1) == k].mean(0) for k in range(2)])
+    p = logits_of(model, x).softmax(1)
+    want = (p[:, None] * (p[:, None] / templates[None]).log()).sum(2).min(1).values
+    torch.testing.assert_close(det.score(model, x).double(), want, rtol=1e-5, atol=1e-6)
+
+
 def test_temperature_msp_with_a_fixed_temperature(model, fit_x, x) -> None:
     det = ood.create("temperature-msp", temperature=3.0).fit(model, fit_x)
     want = -(logits_of(model, x) / 3).softmax(1).max(1).values

@@ -13,7 +13,9 @@ class KLMatching(Detector):
     """Anomaly score ``min_k KL(p || d_k)``, where ``d_k`` is the mean softmax of in-distribution
     inputs the model assigns to class ``k`` (predicted, not true, classes, as in the paper).
 
-    Learned: ``templates_`` (K, K); classes the model never predicts fall back to the overall mean.
+    Learned: ``templates_`` (K', K), one per class the model predicts on the fit data. A class it never
+    predicts there has no template and is left out of the minimum (a template at the overall mean softmax, a
+    flat mixture, would make flat, OOD-like predictions look typical).
     """
 
     needs = frozenset({"logits"})
@@ -25,7 +27,7 @@ class KLMatching(Detector):
         k = p.shape[1]
         sums = torch.zeros(k, k, dtype=p.dtype, device=p.device).index_add_(0, pred, p)
         counts = torch.bincount(pred, minlength=k).to(p.dtype)[:, None]
-        templates = torch.where(counts > 0, sums / counts.clamp_min(1), p.mean(dim=0, keepdim=True))
+        templates = (sums / counts.clamp_min(1))[counts[:, 0] > 0]
         self.templates_ = templates.clamp_min(1e-12)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
