@@ -360,8 +360,9 @@ def _adascale_reference(net: TinyConv, fit_x: torch.Tensor, x: torch.Tensor, var
         d = f.shape[1]
         keep = int(min(max(1, d - np.round(d * p / 100)), d))
         a = np.maximum(f[i], 0)
-        r = np.exp(a.sum() / np.sort(a)[::-1][:keep].sum())
-        logits = (w @ f[i]) * r + b if variant == "a" else z[i] * r
+        ratio = a.sum() / np.sort(a)[::-1][:keep].sum()
+        # A: SCALE's exp(ratio) on the activations; L: LTS's ratio^2 on the logits (the authors' OpenOOD code)
+        logits = (w @ f[i]) * np.exp(ratio) + b if variant == "a" else z[i] * ratio**2
         out[i] = _energy(logits[None])[0]
     return out
 
@@ -413,12 +414,14 @@ def test_adascale_a_with_one_percentile_is_scale(net, fit_data, test_x) -> None:
     torch.testing.assert_close(det.score(net, test_x), scale.score(net, test_x), rtol=1e-5, atol=1e-5)
 
 
-def test_adascale_l_with_one_percentile_is_energy_of_scaled_logits(net, test_x, fit_data) -> None:
+def test_adascale_l_with_one_percentile_is_logit_scaling(net, test_x, fit_data) -> None:
+    # LTS (Djurisic et al. 2024) at p: the logits times (s1 / s2)^2 of the rectified features
     f, z = _outputs(net, test_x)
+    a = np.maximum(f, 0)
     keep = max(1, 16 - round(16 * 0.5))
-    r = np.exp(f.sum(1) / np.sort(f, axis=1)[:, ::-1][:, :keep].sum(1))
+    ratio = a.sum(1) / np.sort(a, axis=1)[:, ::-1][:, :keep].sum(1)
     det = ood.create("adascale-l", p_min=50.0, p_max=50.0).fit(net, fit_data)
-    _agree(det.score(net, test_x), _energy(z * r[:, None]))
+    _agree(det.score(net, test_x), _energy(z * ratio[:, None] ** 2))
 
 
 def test_adascale_refuses_p_min_above_p_max_and_text_inputs(net) -> None:

@@ -1,5 +1,6 @@
-"""AdaSCALE (Regmi, "AdaSCALE: Adaptive Scaling for OOD Detection", 2025): SCALE with a percentile
-chosen per input from how much its top activations move under a small input perturbation."""
+"""AdaSCALE (Regmi, "AdaSCALE: Adaptive Scaling for OOD Detection", 2025): SCALE (activations, AdaSCALE-A) or
+logit scaling (LTS, logits, AdaSCALE-L) with a percentile chosen per input from how much its top activations move
+under a small input perturbation."""
 
 from __future__ import annotations
 
@@ -15,14 +16,19 @@ def keep_counts(d: int, percentiles: torch.Tensor) -> torch.Tensor:
     return (d - torch.round(d * percentiles.double() / 100.0)).long().clamp(1, d)
 
 
-def adaptive_scale(features: torch.Tensor, percentiles: torch.Tensor) -> torch.Tensor:
-    """SCALE's factor ``exp(s1 / s2)`` (N,) with a percentile per row: ``s1`` the sum of the rectified
-    activations, ``s2`` the sum of the row's top ``keep_counts`` of them."""
+def adaptive_ratio(features: torch.Tensor, percentiles: torch.Tensor) -> torch.Tensor:
+    """``s1 / s2`` (N,) with a percentile per row: ``s1`` the sum of the rectified activations, ``s2`` the sum of
+    the row's top ``keep_counts`` of them. SCALE's factor is ``exp(s1 / s2)``, LTS's ``(s1 / s2)^2``."""
     f = features.double().clamp_min(0)
     top = torch.sort(f, dim=1, descending=True).values.cumsum(dim=1)
     k = keep_counts(f.shape[1], percentiles.to(f.device))
     s2 = top.gather(1, (k - 1)[:, None])[:, 0]
-    return torch.exp(f.sum(dim=1) / s2.clamp_min(1e-12))
+    return f.sum(dim=1) / s2.clamp_min(1e-12)
+
+
+def adaptive_scale(features: torch.Tensor, percentiles: torch.Tensor) -> torch.Tensor:
+    """SCALE's factor ``exp(s1 / s2)`` (N,) with a percentile per row (:func:`adaptive_ratio`)."""
+    return torch.exp(adaptive_ratio(features, percentiles))
 
 
 class _AdaSCALE(Detector):
@@ -35,7 +41,7 @@ class _AdaSCALE(Detector):
     activations, ``C_o = sum relu(f')`` over the top ``k1`` %, ``Q' = lambda Q + C_o``. The percentile
     is ``p = p_min + (1 - ECDF(Q')) (p_max - p_min)``, ``ECDF`` that of ``Q'`` on the fit inputs
     (``fit_q_``, sorted), so inputs that move more (likely OOD) get a lower percentile and a weaker
-    scale ``r = exp(s1 / s2)`` (SCALE's, at ``p``, from the rectified features).
+    scale, made from ``s1 / s2`` at ``p`` of the rectified features (:func:`adaptive_ratio`).
 
     Needs an input gradient and a second forward pass per batch (``input-grad``), so it runs on its
     own, not from the shared pass, and only on image models.
@@ -88,7 +94,8 @@ class _AdaSCALE(Detector):
         ecdf = torch.searchsorted(ref, q.contiguous(), right=True).double() / ref.numel()
         return self.p_min + (1 - ecdf) * (self.p_max - self.p_min)
 
-    def _energy(self, clf: Classifier, f: torch.Tensor, logits: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def _energy(self, clf: Classifier, f: torch.Tensor, logits: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        """The energy of the scaled outputs, from ``ratio = s1 / s2`` (N,)."""
         raise NotImplementedError
 
     # -- passes --------------------------------------------------------------------------------
@@ -116,31 +123,34 @@ class _AdaSCALE(Detector):
     def _score_model(self, clf: Classifier, x: torch.Tensor, batch_size: int) -> torch.Tensor:
         out = []
         for f, logits, fp in self._passes(clf, x, batch_size):
-            r = adaptive_scale(f, self.percentiles(self.shift_statistic(f, fp)))
-            out.append(self._energy(clf, f.double(), logits.double(), r))
+            ratio = adaptive_ratio(f, self.percentiles(self.shift_statistic(f, fp)))
+            out.append(self._energy(clf, f.double(), logits.double(), ratio))
         return torch.cat(out)
 
 
 @register("adascale-a", tags=(IMAGE, NEEDS_HEAD_WEIGHTS, OPT_IN))
 class AdaSCALEA(_AdaSCALE):
     """AdaSCALE-A: anomaly score = energy of the logits recomputed from the scaled activations,
-    ``-logsumexp(W (r f) + b)`` (the bias unscaled). With ``p_min == p_max == p`` it is SCALE at ``p``.
+    ``-logsumexp(W (r f) + b)`` with SCALE's ``r = exp(s1 / s2)`` (the bias unscaled). With ``p_min == p_max == p``
+    it is SCALE at ``p``.
     """
 
     __doc__ = (__doc__ or "") + (_AdaSCALE.__doc__ or "")
 
-    def _energy(self, clf: Classifier, f: torch.Tensor, logits: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+    def _energy(self, clf: Classifier, f: torch.Tensor, logits: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
         w, b = head_of(clf)
-        return energy_of((f @ w.T.to(f)) * r[:, None] + b.to(f))
+        return energy_of((f @ w.T.to(f)) * ratio.exp()[:, None] + b.to(f))
 
 
 @register("adascale-l", tags=(IMAGE, OPT_IN))
 class AdaSCALEL(_AdaSCALE):
-    """AdaSCALE-L: anomaly score = energy of the scaled logits, ``-logsumexp(r l)`` (the bias scaled too;
-    the logits are the model's own, so no head weights are needed).
+    """AdaSCALE-L: anomaly score = energy of the scaled logits, ``-logsumexp(r l)`` with logit scaling's
+    ``r = (s1 / s2)^2`` (Djurisic et al., "Logit Scaling for Out-of-Distribution Detection", 2024; the authors'
+    code scales the logits by this square, not by SCALE's ``exp(s1 / s2)``); the bias is scaled too, and the logits
+    are the model's own, so no head weights are needed. With ``p_min == p_max == p`` it is LTS at ``p``.
     """
 
     __doc__ = (__doc__ or "") + (_AdaSCALE.__doc__ or "")
 
-    def _energy(self, clf: Classifier, f: torch.Tensor, logits: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
-        return energy_of(logits * r[:, None])
+    def _energy(self, clf: Classifier, f: torch.Tensor, logits: torch.Tensor, ratio: torch.Tensor) -> torch.Tensor:
+        return energy_of(logits * ratio.square()[:, None])
