@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -97,3 +99,49 @@ def test_sanity_generator_decides_and_data_may_be_a_loader(tiny_net, tiny_data) 
     b = tr.sanity_check(tr.create("saliency"), tiny_net, x, generator=generator(0, "a"))
     c = tr.sanity_check(tr.create("saliency"), tiny_net, x, generator=generator(0, "c"))
     assert torch.equal(a.spearman, b.spearman) and not torch.equal(a.spearman, c.spearman)
+
+
+def test_features_get_no_ssim_and_the_summary_stores_none() -> None:
+    """SSIM is an image measure: on (N, D) features it is not computed (it used to repeat the Spearman values)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.rand(5, 6, generator=generator(0, "features"))
+    for mode in ("cascading", "independent"):
+        res = tr.sanity_check(tr.create("saliency"), net, x, mode=mode)
+        assert res.ssim is None and res.spearman.shape == (2, 5)
+    report = tr.sanity_summary({"saliency": tr.create("saliency")}, net, x, modes=("cascading",))
+    assert report.results["saliency"]["cascading"].ssim is None
+
+
+def test_ssim_equals_scikit_image_with_a_uniform_window() -> None:
+    skimage = pytest.importorskip("skimage.metrics")
+    a = torch.rand(2, 1, 12, 12, generator=generator(0, "ssim-a"))
+    b = a + 0.3 * torch.rand(2, 1, 12, 12, generator=generator(0, "ssim-b"))
+    ours = tr.ssim(a, b)
+    for i in range(2):
+        x, y = (a[i, 0] / a[i, 0].max()).double().numpy(), (b[i, 0] / b[i, 0].max()).double().numpy()
+        # population (co)variances over each 7 x 7 window, borders cropped: skimage's estimator without the
+        # N / (N - 1) sample correction
+        want = skimage.structural_similarity(x, y, data_range=1.0, win_size=7, use_sample_covariance=False)
+        assert float(ours[i]) == pytest.approx(want, abs=1e-6)
+
+
+def test_rank_correlation_with_and_without_absolute_values(tiny_net, tiny_data) -> None:  # type: ignore[no-untyped-def]
+    """Adebayo et al. report both: a model with negated head weights gives input x gradient maps of the same
+    magnitude and opposite sign, so the absolute rank correlation is 1 and the signed one -1."""
+    negated = copy.deepcopy(tiny_net)
+    with torch.no_grad():
+        for p in negated.fc.parameters():
+            p.neg_()
+    x = tiny_data.x[:4]
+    target = torch.tensor([0, 1, 2, 0])
+    res = tr.sanity_check(
+        tr.create("input-x-gradient"), tiny_net, x, target, mode="label", train=lambda d: negated, data=tiny_data
+    )
+    torch.testing.assert_close(res.spearman, torch.ones(1, 4, dtype=torch.float64))
+    assert res.spearman_signed is not None
+    torch.testing.assert_close(res.spearman_signed, -torch.ones(1, 4, dtype=torch.float64))
+    # saliency's maps are absolute values already: both measures agree
+    sal = tr.sanity_check(tr.create("saliency"), tiny_net, x, target, mode="cascading")
+    assert sal.spearman_signed is not None and torch.equal(sal.spearman, sal.spearman_signed)

@@ -9,9 +9,12 @@ trained on random labels, cannot be explaining the model. Three tests:
 * **label randomisation**: compare with the maps of a model trained (by a recipe the caller gives)
   on the same data with permuted labels.
 
-Similarity is the Spearman rank correlation and the SSIM of the absolute maps, per input, averaged.
-On text the maps are token scores and the rank correlation runs over each text's real tokens (special
-tokens and padding left out); SSIM, a measure of image structure, is not computed.
+Similarity is the Spearman rank correlation and the SSIM of the absolute maps, per input, averaged;
+the rank correlation of the signed maps (no absolute value), the paper's second rank measure, is kept
+beside it (it tells whether a map's sign survives) but the verdict uses the absolute one. SSIM is
+computed for images (N, C, H, W) only. On text the maps are token scores and the rank correlation
+runs over each text's real tokens (special tokens and padding left out); SSIM, a measure of image
+structure, is not computed.
 Layers inside one block of a ``nn.ModuleList`` (a transformer layer) are randomised together, so a
 cascading test on a transformer walks from the head down through the encoder layers to the embeddings.
 The target stays the original model's class. A method *passes* a test when the mean rank correlation
@@ -62,8 +65,11 @@ class SanityResult:
         mode: ``cascading``, ``independent`` or ``label``.
         stages: what was randomised at each stage (layer or block names; ``labels`` for the label test).
         spearman: (S, N) Spearman rank correlation of absolute maps, per stage and input.
-        ssim: (S, N) SSIM of absolute maps scaled to [0, 1], per stage and input (None on text).
+        ssim: (S, N) SSIM of absolute maps scaled to [0, 1], per stage and input (None on text and on
+            inputs that are not images (N, C, H, W)).
         threshold: rank correlation below which maps count as changed.
+        spearman_signed: (S, N) Spearman rank correlation of the maps as they are, signs kept (equal to
+            ``spearman`` for methods whose maps are non-negative); not used by the verdict.
     """
 
     method: str
@@ -72,6 +78,7 @@ class SanityResult:
     spearman: torch.Tensor
     ssim: torch.Tensor | None
     threshold: float
+    spearman_signed: torch.Tensor | None = None
 
     @property
     def score(self) -> float:
@@ -174,11 +181,15 @@ def _compare(
     target: torch.Tensor,
     ref: torch.Tensor,
     mask: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    maps = method.attribute(model, x, target).abs()
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Spearman of absolute maps, SSIM (images only, else None) and Spearman of signed maps against ``ref``
+    (the original model's signed maps)."""
+    signed = method.attribute(model, x, target)
+    maps, ref_abs = signed.abs(), ref.abs()
     if mask is not None:
-        return spearman(ref, maps, mask), None
-    return spearman(ref, maps), ssim(ref.reshape(maps.shape), maps) if maps.ndim == 4 else spearman(ref, maps)
+        return spearman(ref_abs, maps, mask), None, spearman(ref, signed, mask)
+    ss = ssim(ref_abs.reshape(maps.shape), maps) if maps.ndim == 4 else None
+    return spearman(ref_abs, maps), ss, spearman(ref, signed)
 
 
 def _target(clf: Classifier, x: torch.Tensor | Texts, target: Target | None) -> torch.Tensor:
@@ -243,8 +254,9 @@ def sanity_check(
     else:
         inputs = x  # type: ignore[assignment]
         tgt = _target(clf, inputs, target)  # type: ignore[arg-type]
-    ref = method.attribute(clf, inputs, tgt).abs()
+    ref = method.attribute(clf, inputs, tgt)
     rhos: list[torch.Tensor] = []
+    signed: list[torch.Tensor] = []
     ssims: list[torch.Tensor | None] = []
     stages: list[str] = []
     if mode == "label":
@@ -259,8 +271,10 @@ def sanity_check(
             perm = torch.randperm(len(arrays), generator=_generator(seed, "sanity", "labels"))
             shuffled = ArrayDataset(arrays.x, arrays.y[perm], name=f"{arrays.name}-random-labels", kind=arrays.kind)
         rand_model = train(shuffled).to(clf.device).eval()
-        rho, ss = _compare(method, _like(clf, rand_model), inputs, tgt, ref, mask)
-        return SanityResult(method.name, mode, ["labels"], rho[None], None if ss is None else ss[None], threshold)
+        rho, ss, rho_signed = _compare(method, _like(clf, rand_model), inputs, tgt, ref, mask)
+        return SanityResult(
+            method.name, mode, ["labels"], rho[None], None if ss is None else ss[None], threshold, rho_signed[None]
+        )
     plan = randomization_stages(clf.module)
     if not plan:
         raise InputError("the model has no layers with parameters to randomise")
@@ -272,8 +286,9 @@ def sanity_check(
             named = dict(work.named_modules())
         for name in layers:
             _reinit(named[name], seed, name)
-        rho, ss = _compare(method, _like(clf, work), inputs, tgt, ref, mask)
+        rho, ss, rho_signed = _compare(method, _like(clf, work), inputs, tgt, ref, mask)
         rhos.append(rho)
         ssims.append(ss)
+        signed.append(rho_signed)
         stages.append(stage)
-    return SanityResult(method.name, mode, stages, torch.stack(rhos), _stack(ssims), threshold)
+    return SanityResult(method.name, mode, stages, torch.stack(rhos), _stack(ssims), threshold, torch.stack(signed))
