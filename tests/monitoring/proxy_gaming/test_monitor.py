@@ -119,3 +119,18 @@ def test_misuse_is_one_line() -> None:
         with pytest.raises(InputError, match=match) as info:
             call()
         assert "\n" not in str(info.value)
+
+
+def test_pool_standard_error_matches_the_spread_of_the_shortfall_over_worlds() -> None:
+    # the slope is fitted on the same halves whose best-of-n selections it is compared with (cross-fitting), so
+    # its error and the selected residuals' largely cancel: adding the slope's variance to the prompts' instead
+    # made the interval up to 5x too wide at small n (a false-alarm rate of 0.005 at alpha 0.1, and low power)
+    g = generator(6, "monitor-pool-se")
+    prompts, runs = 16, 300
+    gaps, ses = [], []
+    for _ in range(runs):
+        steps = best_of_n_monitor(*_world(g, (prompts, 64)), NS, generator=g).steps
+        gaps.append([s.gap.value for s in steps])
+        ses.append([(s.gap.ci_high - s.gap.value) / stats.t.ppf(0.975, prompts - 1) for s in steps])
+    ratio = torch.tensor(ses).mean(0) / torch.tensor(gaps).std(0)
+    assert bool(((ratio > 0.8) & (ratio < 1.25)).all()), ratio

@@ -30,8 +30,11 @@ Two sampling designs:
   prompts, per-prompt centring), the residuals computed on B, and ``E[e | best-of-n by the proxy]``
   estimated per prompt from ALL of B with the unbiased sample-reuse estimator
   (:func:`~mlsafety.monitoring.proxy_gaming.bestofn.best_of_n_from_samples`); then the halves swap
-  (cross-fitting) and the two estimates are averaged. The test is a one-sided t over prompts, its
-  variance widened by the slope's (common to all prompts) error. Only ``n <= m // 2`` can be tested.
+  (cross-fitting) and the two estimates are averaged. The test is a one-sided t over prompts on each
+  prompt's linearised contribution (its estimate plus its share of the common slope's error, the delta
+  method): the slope is fitted on the half whose selections the other estimate reads, so its error and
+  theirs largely cancel (adding the slope's variance to the prompts' made the interval up to 5x too wide
+  at small n). Only ``n <= m // 2`` can be tested.
 
 Departures and assumptions: the straight line is the null, fitted on ``pi0``'s bulk and
 extrapolated to where optimisation goes; a trusted proxy that saturates (bends) for reasons other
@@ -283,7 +286,7 @@ def best_of_n_monitor(
     perm = torch.stack([torch.randperm(m, generator=generator) for _ in range(n_prompts)])
     half = m // 2
     halves = (perm[:, :half], perm[:, half : 2 * half])
-    est, slope_var, lever = [], [], []
+    est, influence = [], []
     for fit_idx, use_idx in (halves, halves[::-1]):
         pa, ta = zp.gather(1, fit_idx), zt.gather(1, fit_idx)
         pb, tb = zp.gather(1, use_idx), zt.gather(1, use_idx)
@@ -292,18 +295,20 @@ def best_of_n_monitor(
         if not spp > 0:
             raise InputError("the proxy is constant within every prompt's half: it cannot be regressed on")
         b = float(((pa - mp) * (ta - mt)).sum()) / spp
-        s2 = float((((ta - mt) - b * (pa - mp)) ** 2).sum()) / (pa.numel() - n_prompts - 1)
+        # the slope's error is a sum over prompts: prompt i's share, times P, is psi_i (they average to 0)
+        psi = n_prompts * ((pa - mp) * ((ta - mt) - b * (pa - mp))).sum(1) / spp  # (P,)
         e = (tb - mt) - b * (pb - mp)
         sel = best_of_n_from_samples(pb, e, ns)  # E[residual | best of n by the proxy]
         est.append(sel.gold)
-        slope_var.append(s2 / spp)
-        lever.append((sel.proxy - mp).mean(0))  # (T,) mean selected proxy above the prompt's fit mean
+        lever = (sel.proxy - mp).mean(0)  # (T,) mean selected proxy above the prompt's fit mean
+        influence.append(psi[:, None] * lever[None, :])  # (P, T): what the slope's error moves the estimate by
     per_prompt = 0.5 * (est[0] + est[1])  # (P, T)
+    linearised = per_prompt - 0.5 * (influence[0] + influence[1])  # (P, T): independent over prompts, same mean
     steps: list[MonitorStep] = []
     alarm_step = None
     for k in range(len(ns)):
         v = per_prompt[:, k]
-        var = float(v.var()) / n_prompts + 0.25 * sum(sv * float(lv[k]) ** 2 for sv, lv in zip(slope_var, lever))
+        var = float(linearised[:, k].var()) / n_prompts
         gap, p_value = _test(-float(v.mean()), math.sqrt(var), float(n_prompts - 1), margin)
         alarm = p_value < alpha / len(ns)
         steps.append(MonitorStep(k + 1, Estimate(gap.value, gap.ci_low, gap.ci_high, n_prompts), p_value, alarm))
