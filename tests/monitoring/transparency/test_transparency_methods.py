@@ -131,3 +131,32 @@ def test_saliency_and_occlusion_agree_with_captum(digits_model, digits_test) -> 
     assert torch.allclose(tr.attribute("occlusion", digits_model, x, y), theirs, atol=1e-5)
     theirs = captum.InputXGradient(digits_model).attribute(x, target=y)
     assert torch.allclose(tr.attribute("input-x-gradient", digits_model, x, y), theirs, atol=1e-6)
+
+
+class Recorder(nn.Module):
+    """A linear model that keeps every input it is run on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(16, 3)
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.fc(x.flatten(1))
+
+
+@pytest.mark.parametrize("name", ["smoothgrad", "smoothgrad-sq", "vargrad"])
+def test_noise_is_a_share_of_each_inputs_value_range(name: str) -> None:
+    """Smilkov et al.'s noise level is sigma / (x_max - x_min) of the input: 0.15 of a range of 4 is 0.6, of a
+    range of 0.2 it is 0.03, whatever the input's offset."""
+    g = generator(0, "ranges")
+    wide = 2 + 4 * torch.rand(1, 1, 4, 4, generator=g)  # values in [2, 6]
+    narrow = 0.4 + 0.2 * torch.rand(1, 1, 4, 4, generator=g)
+    x = torch.cat([wide, narrow])
+    model = Recorder().eval()
+    tr.attribute(name, model, x, 0, n_samples=400, stdev=0.15)
+    noisy = torch.cat(model.seen).view(2, 400, 16)  # copies are grouped by input
+    noise_sd = (noisy - x.view(2, 1, 16)).std(dim=(1, 2))
+    want = 0.15 * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
+    torch.testing.assert_close(noise_sd, want, rtol=0.05, atol=0)

@@ -82,10 +82,13 @@ class InputSpace:
         return self.clf.logits_from_embeddings(x, mask)
 
     def scale(self, x: torch.Tensor) -> torch.Tensor:
-        """The value range of each input (N,): 1 for images in [0, 1]; for text the range (max - min)
-        of the input's real-token embedding values, so a noise level means the same on both."""
+        """The value range ``max - min`` of each input (N,), the unit of SmoothGrad's noise level
+        (Smilkov et al. 2017: ``sigma / (x_max - x_min)``; their code takes the range of the image at
+        hand): over all of an image's or feature vector's values, or over the real tokens' embedding
+        values of a text, so a noise level means the same on both and whatever the input's scaling."""
         if self.mask is None:
-            return torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            flat = x.flatten(1)
+            return (flat.amax(dim=1) - flat.amin(dim=1)).clamp_min(1e-12)
         real = self.mask.bool()[..., None].expand_as(x)
         hi = torch.where(real, x, torch.full_like(x, -torch.inf)).flatten(1).amax(dim=1)
         lo = torch.where(real, x, torch.full_like(x, torch.inf)).flatten(1).amin(dim=1)

@@ -16,13 +16,14 @@ from mlsafety.monitoring.transparency.base import IMAGE, TEXT, Attribution, Inpu
 
 
 class _NoisyGradients(Attribution):
-    """Gradients at ``n_samples`` copies ``x + N(0, stdev^2)``, reduced by :meth:`_reduce`.
+    """Gradients at ``n_samples`` copies ``x + N(0, sigma^2)``, ``sigma = stdev * (max(x) - min(x))``,
+    reduced as :attr:`reduction` says (mean, mean square or variance).
 
     Args:
         n_samples: noisy copies per input.
-        stdev: the paper's noise level: the noise standard deviation as a fraction of the input's
-            value range (1 for images in [0, 1]; for text, the range of the input's token embedding
-            values).
+        stdev: the paper's noise level: the noise standard deviation as a fraction of each input's
+            value range ``max - min`` (over its pixels or features; for text, over its real tokens'
+            embedding values), as Smilkov et al. define it (they recommend 10-20%).
         batch_size: noisy copies per backward pass (bounds memory for large inputs).
         seed: seed of the noise generator.
     """
@@ -30,7 +31,7 @@ class _NoisyGradients(Attribution):
     reduction: ClassVar[str] = "mean"
 
     n_samples = Param(25, int, low=1, doc="noisy copies per input")
-    stdev = Param(0.15, float, low=0, doc="noise standard deviation as a fraction of the input's value range")
+    stdev = Param(0.15, float, low=0, doc="noise standard deviation as a fraction of each input's max - min")
     batch_size = Param(256, int, low=1, store=False, doc="noisy copies per backward pass")
     seed = Param(0, int, doc="seed of the noise generator")
 
