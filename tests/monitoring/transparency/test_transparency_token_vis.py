@@ -85,3 +85,21 @@ def test_colour_images_use_the_decorrelated_parameterisation() -> None:
     x = torch.rand(2, 3, 6, 6, generator=generator(0, "t"))
     out = tr.random_transform(x, generator(0, "tt"), jitter=0, scale=0.0, degrees=0.0)
     assert torch.allclose(out, x, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (1, 6, 10)])
+def test_fourier_image_is_lucids_parameterisation(shape: tuple[int, int, int]) -> None:
+    """Lucid's fft_image: spectrum * sqrt(h w) / max(f, 1 / max(h, w)) through TensorFlow's irfft2d (which
+    divides by h w), then / 4: a unitary map of the 1/f-scaled spectrum, so a pixel's scale does not grow
+    with the image size."""
+    param = tr.ImageParam(shape, decorrelate=False, generator=generator(0, "fft"))
+    with torch.no_grad():
+        param.spectrum.normal_(0, 0.05, generator=generator(0, "spectrum"))
+    _, h, w = shape
+    freqs = (torch.fft.fftfreq(h)[:, None] ** 2 + torch.fft.rfftfreq(w)[None, :] ** 2).sqrt()
+    scale = (h * w) ** 0.5 / freqs.clamp_min(1 / max(h, w))
+    spec = torch.complex(param.spectrum[0], param.spectrum[1]) * scale
+    want = torch.fft.irfft2(spec, s=(h, w), norm="backward") / 4
+    with torch.no_grad():
+        got = torch.logit(param().double()).float()
+    torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)

@@ -68,7 +68,9 @@ class ImageParam(nn.Module):
             fy = torch.fft.fftfreq(h)[:, None]
             fx = torch.fft.rfftfreq(w)[None, :]
             freqs = (fy * fy + fx * fx).sqrt()
-            self.register_buffer("scale", math.sqrt(h * w) / freqs.clamp_min(1.0 / max(h, w)))
+            # Lucid scales by sqrt(h w) and inverts with TensorFlow's irfft2d (which divides by h w):
+            # together the orthonormal inverse ("ortho") of the 1/f-scaled spectrum, written so here.
+            self.register_buffer("scale", 1.0 / freqs.clamp_min(1.0 / max(h, w)))
             init = torch.empty(2, batch, c, h, w // 2 + 1)
         else:
             init = torch.empty(1, batch, c, h, w)
