@@ -160,3 +160,32 @@ def test_noise_is_a_share_of_each_inputs_value_range(name: str) -> None:
     noise_sd = (noisy - x.view(2, 1, 16)).std(dim=(1, 2))
     want = 0.15 * (x.flatten(1).amax(1) - x.flatten(1).amin(1))
     torch.testing.assert_close(noise_sd, want, rtol=0.05, atol=0)
+
+
+class Quadratic(nn.Module):
+    """logit_c = sum_i a_ci x_i^2 / 2, so d logit_c / dx = a_c * x; keeps every input it is run on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.randn(3, 16, generator=generator(0, "quad")))
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return 0.5 * (x.flatten(1) ** 2) @ self.a.T
+
+
+def test_noisy_gradient_reductions_by_hand(x4: torch.Tensor) -> None:
+    """Mean, mean square and (population) variance of the gradients a_c * (x + noise) at the copies actually run."""
+    grads = {}
+    for name in ("smoothgrad", "smoothgrad-sq", "vargrad"):
+        model = Quadratic().eval()
+        out = tr.attribute(name, model, x4, 2, n_samples=9, batch_size=5)  # batches that split inputs
+        noisy = torch.cat(model.seen).view(4, 9, 1, 4, 4)
+        grads[name] = (out, model.a[2].detach().view(1, 1, 4, 4) * noisy)
+    out, g = grads["smoothgrad"]
+    torch.testing.assert_close(out, g.mean(1))
+    out, g = grads["smoothgrad-sq"]
+    torch.testing.assert_close(out, (g * g).mean(1))
+    out, g = grads["vargrad"]
+    torch.testing.assert_close(out, g.var(1, unbiased=False), atol=1e-6, rtol=1e-4)
