@@ -148,3 +148,39 @@ def test_best_of_n_from_samples_same_bits_on_one_and_two_threads() -> None:
     assert torch.equal(one.gold, two.gold) and torch.equal(one.proxy, two.proxy)
     # and the prompts are summed alone: a prompt's estimate does not depend on the others in the call
     assert torch.equal(best_of_n_from_samples(proxy[5], gold[5], ns).gold[0], one.gold[5])
+
+
+def _enumerate_best_of_n(pi0: list[float], proxy: list[float], n: int) -> torch.Tensor:
+    """The best-of-n distribution by enumerating every ordered n-tuple of draws (ties broken uniformly among draws)."""
+    out = torch.zeros(len(pi0), dtype=torch.float64)
+    for draws in itertools.product(range(len(pi0)), repeat=n):
+        weight = math.prod(pi0[i] for i in draws)
+        top = max(proxy[i] for i in draws)
+        winners = [i for i in draws if proxy[i] == top]
+        for i in winners:
+            out[i] += weight / len(winners)
+    return out
+
+
+def test_exact_best_of_n_equals_enumeration_with_ties_and_an_impossible_output() -> None:
+    pi0 = torch.tensor([0.1, 0.25, 0.0, 0.3, 0.05, 0.3], dtype=torch.float64)
+    proxy = torch.tensor([1.0, 2.0, 2.0, 0.0, 2.0, 1.0], dtype=torch.float64)  # a 3-way tie at the top, one impossible
+    gold = torch.tensor([0.5, -1.0, 7.0, 2.0, 3.0, -0.25], dtype=torch.float64)
+    ns = [1, 2, 3, 4]
+    c = best_of_n_exact(pi0, proxy, gold, ns)
+    for j, n in enumerate(ns):
+        want = _enumerate_best_of_n(pi0.tolist(), proxy.tolist(), n)
+        torch.testing.assert_close(c.probs[j], want, atol=1e-15, rtol=0)
+        assert float(c.gold[j]) == pytest.approx(float(want @ gold), abs=1e-14)
+        kl = sum(float(q) * math.log(float(q) / float(p)) for q, p in zip(want, pi0, strict=True) if q > 0)
+        assert float(c.kl_exact[j]) == pytest.approx(kl, abs=1e-14)  # the discrete KL, not log n - (n - 1) / n
+    assert float(c.kl_exact[3]) < float(c.kl[3]) - 0.05  # a coarse space with ties: below the closed form
+
+
+def test_a_float32_pi0_is_renormalised_before_the_order_statistics() -> None:
+    k = 3000
+    pi0 = torch.full((k,), 1.0 / k)  # float32: sums to 1 only within about 1e-8
+    r = torch.arange(k, dtype=torch.float64)
+    c = best_of_n_exact(pi0, r, r, [1, 4096])
+    torch.testing.assert_close(c.probs.sum(1), torch.ones(2, dtype=torch.float64), atol=1e-12, rtol=0)
+    assert float(c.gold[0]) == pytest.approx((k - 1) / 2, abs=1e-9)

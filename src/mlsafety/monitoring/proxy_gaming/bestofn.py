@@ -112,7 +112,10 @@ def best_of_n_probs(pi0: torch.Tensor, proxy: torch.Tensor, n: torch.Tensor | Se
     new[1:] = rs[1:] != rs[:-1]
     gid = new.cumsum(0) - 1
     mass = torch.zeros(int(gid[-1]) + 1, dtype=torch.float64).index_add_(0, gid, ps)
-    cdf_hi = mass.cumsum(0).clamp(0.0, 1.0)  # F(v) per group
+    # F(v) = 1 - P(proxy > v), the tail summed from the top: exact near the top, where F^n is sensitive (n F's
+    # error), and F(top) = 1 exactly; the bottom's F_- is 0 exactly
+    above = torch.cat([mass.flip(0).cumsum(0).flip(0)[1:], torch.zeros(1, dtype=torch.float64)])
+    cdf_hi = (1.0 - above).clamp(0.0, 1.0)  # F(v) per group
     cdf_lo = torch.cat([torch.zeros(1, dtype=torch.float64), cdf_hi[:-1]])  # F_-(v)
     group_p = cdf_hi.unsqueeze(0) ** ns.unsqueeze(1) - cdf_lo.unsqueeze(0) ** ns.unsqueeze(1)  # (T, G)
     share = torch.where(mass[gid] > 0, ps / mass[gid].clamp_min(1e-300), torch.zeros_like(ps))
@@ -132,7 +135,7 @@ def _check_pi0(pi0: torch.Tensor, proxy: torch.Tensor) -> torch.Tensor:
         raise InputError("pi0 must be non-negative and sum to 1; normalise it first")
     if not torch.isfinite(proxy).all():
         raise InputError("the proxy rewards contain NaN or infinite values")
-    return p0
+    return p0 / p0.sum()  # exactly 1 in float64: F(v)^n at the top group is 1, not (1 +- 1e-7)^n
 
 
 def _kl_rows(probs: torch.Tensor, p0: torch.Tensor) -> torch.Tensor:
@@ -159,7 +162,7 @@ def best_of_n_exact(
     """
     _check_pair(proxy, gold, "rewards")
     probs = best_of_n_probs(pi0, proxy, n)
-    p0 = pi0.detach().double().cpu()
+    p0 = _check_pi0(pi0, proxy)
     ns = _as_ns(n)
     return BestOfNCurve(
         n=ns,
