@@ -64,3 +64,29 @@ def test_normalisation_centres_each_side_and_scales_each_coordinate() -> None:
     z = normalize(pos)
     torch.testing.assert_close(z.mean(0), torch.zeros(z.shape[1]), atol=1e-5, rtol=0)
     torch.testing.assert_close(z.std(0), torch.ones(z.shape[1]), atol=1e-5, rtol=0)
+
+
+def test_the_hand_written_gradient_is_autograd_s_scale_included() -> None:
+    # AdamW's first step is -lr g / (|g| + eps): a gradient off by a constant factor moves it only where |g| is
+    # near eps, so the batched-vs-loop comparison cannot see one. With states of scale 1e-8 (weights 1e8, logits
+    # of order 1) the weights' gradients are near eps and the step reads each one, scale included: invert it.
+    from mlsafety.alignment.probes.ccs import ccs_train
+
+    g = torch.Generator().manual_seed(0)
+    n_layers, restarts, n, d = 2, 3, 9, 5
+    pos = 1e-8 * torch.randn(n_layers, n, d, generator=g, dtype=torch.float64)
+    neg = 1e-8 * torch.randn(n_layers, n, d, generator=g, dtype=torch.float64)
+    init = 1e8 * torch.randn(n_layers, restarts, d, generator=g, dtype=torch.float64)
+    run = ccs_train(pos, neg, init, epochs=1, lr=1.0, weight_decay=0.0)
+    theta0 = torch.cat([init, torch.zeros(n_layers, restarts, 1, dtype=torch.float64)], -1)
+    theta1 = torch.cat([run.coefs, run.intercepts[..., None]], -1)
+    s = theta0 - theta1  # lr g / (|g| + eps) with lr = 1
+    recovered = s * 1e-8 / (1 - s.abs())
+    theta = theta0.clone().requires_grad_(True)
+    w, b = theta[..., :d], theta[..., d]
+    loss = ccs_loss(torch.sigmoid(w @ pos.transpose(1, 2) + b[..., None]),
+                    torch.sigmoid(w @ neg.transpose(1, 2) + b[..., None]))  # fmt: skip
+    loss.sum().backward()
+    assert theta.grad is not None
+    assert float(theta.grad[..., :d].abs().max()) < 1e-7  # the weights' gradients are where the step is not sign(g)
+    torch.testing.assert_close(recovered, theta.grad, rtol=1e-4, atol=0)

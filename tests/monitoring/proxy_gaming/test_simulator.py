@@ -106,3 +106,28 @@ def test_bad_input_is_one_line(world, call, match) -> None:  # type: ignore[no-u
     with pytest.raises(InputError, match=match) as info:
         call(world)
     assert "\n" not in str(info.value)
+
+
+def test_tilted_kl_is_mean_reward_over_lambda_minus_log_z_and_the_policy_is_the_optimum() -> None:
+    g = generator(1, "tilted-identity")
+    pi0 = torch.rand(7, generator=g, dtype=torch.float64)
+    pi0[3] = 0.0  # an impossible output stays impossible
+    pi0 = pi0 / pi0.sum()
+    r = torch.randn(7, generator=g, dtype=torch.float64)
+    lams = torch.tensor([0.2, 1.0, 4.0], dtype=torch.float64)
+    c = kl_regularised(pi0, r, -r, lams)
+    log_z = torch.logsumexp(torch.log(pi0)[None] + r[None] / lams[:, None], dim=1)
+    torch.testing.assert_close(c.kl, c.proxy / lams - log_z, atol=1e-12, rtol=0)
+    assert bool((c.probs[:, 3] == 0).all())
+    torch.testing.assert_close(c.gold, -c.proxy)
+
+    def objective(q: torch.Tensor, lam: float) -> float:  # E_q[r] - lambda KL(q || pi0) on q's support
+        s = q > 0
+        return float(q @ r - lam * (q[s] * torch.log(q[s] / pi0[s])).sum())
+
+    for j, lam in enumerate(lams.tolist()):
+        best = objective(c.probs[j], lam)
+        assert best == pytest.approx(lam * float(log_z[j]), abs=1e-12)  # the optimum's value is lambda log Z
+        for _ in range(20):  # any other policy on pi0's support does worse
+            q = c.probs[j] * torch.exp(0.3 * torch.randn(7, generator=g, dtype=torch.float64))
+            assert objective(q / q.sum(), lam) < best
