@@ -336,3 +336,38 @@ def test_default_texts_per_pass_follow_the_models_device() -> None:
     assert beam.queries.batch_size == 32
     beam.attack([TEXT], [1])
     assert max(model.batches) == 32 and sum(model.batches) == beam.queries.texts  # a step of more texts is split
+
+
+def _three_class_model() -> nn.Module:
+    """Class 1's logit is the mean sentiment s, class 2's is -2 s, class 0's is 0: a negative text reads
+    as class 2, a positive one as class 1."""
+    model = sentiment_model()
+    head = nn.Linear(model.fc.in_features, 3)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+        head.weight[1, 0] = 1.0
+        head.weight[2, 0] = -2.0
+    model.fc = head
+    return model
+
+
+def test_targeted_attack_skips_misclassified_examples_and_the_summary_counts_only_correct_ones() -> None:
+    """A text the model already gets wrong is skipped under a targeted goal too: pushing it from one wrong
+    class into the target is no attack on a correct prediction. The summary's accuracies are the shares of
+    texts classified correctly before (1 of 2) and after the attack (0 of 2), the success rate 1 of the 1
+    correctly classified text."""
+    attack = Attack(
+        _three_class_model(), Targeted(), ListSwap(["excellent"]), [C.RepeatModification()],
+        S.GreedyWordImportance("delete"),
+    )  # fmt: skip
+    texts = ["the film was bad", "the film was bad"]
+    results = attack.attack(texts, [0, 2], targets=[1, 1])  # both read as class 2: the first is wrong
+    assert [r.original_pred for r in results] == [2, 2]
+    assert [r.status for r in results] == ["skipped", "succeeded"]
+    assert results[0].queries == 1 and results[1].perturbed_pred == 1
+    s = evaluate_text_attack(results)
+    assert (s.n, s.attacked, s.succeeded) == (2, 1, 1)
+    assert s.original_accuracy.value == pytest.approx(0.5)
+    assert s.accuracy_under_attack.value == 0.0
+    assert s.success_rate is not None and s.success_rate.value == 1.0

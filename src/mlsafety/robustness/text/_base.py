@@ -39,7 +39,9 @@ WORD = re.compile(r"\w+(?:['\u2019-]\w+)*")
 """What counts as a word: a run of word characters, with inner apostrophes or hyphens kept."""
 
 Status = Literal["succeeded", "failed", "skipped"]
-"""``skipped``: the model already misclassified the original (no attack run, as in TextAttack)."""
+"""``skipped``: the model already misclassified the original, or it already meets the goal (no attack run, as in
+TextAttack; a targeted attack skips every misclassified original too, where TextAttack attacks those not in the
+target class)."""
 
 
 # --- the text ---------------------------------------------------------------------------------
@@ -601,7 +603,9 @@ class Attack:
         problem = Problem(self, original, label, target, g)
         start = problem.query([original])
         pred0 = int(start.logits[0].argmax())
-        if bool(start.reached[0]) or (not self.goal.targeted and pred0 != label):
+        # A misclassified original is skipped under a targeted goal too (TextAttack attacks it): success rate,
+        # original accuracy and accuracy under attack then all count over the texts the model got right.
+        if bool(start.reached[0]) or pred0 != label:
             return AttackResult(
                 original.text, original.text, label, pred0, pred0, (), original.num_words, problem.queries,
                 "skipped", target=target, marked=original.text,
