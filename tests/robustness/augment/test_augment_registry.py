@@ -54,3 +54,24 @@ def test_training_recipe_is_deterministic_and_learns(tiny_net):
 
 
 test_augmentation_family = check_family(AUGMENTATIONS)
+
+
+class _TupleOutput(torch.nn.Module):
+    """Returns (logits, features), as many vision models do; the losses must take the logits."""
+
+    def __init__(self, inner: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner(x), x.flatten(1)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_loss_takes_the_logits_of_a_tuple_output(name, tiny_net, tiny_data):
+    x, y = tiny_data.x[:12], tiny_data.y[:12]
+    tiny_net.eval()  # no dropout: the two calls see the same network
+    aug = create(name)
+    want = aug.loss(tiny_net, x, y, generator(0, name))
+    got = aug.loss(_TupleOutput(tiny_net), x, y, generator(0, name))
+    torch.testing.assert_close(got, want)

@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from mlsafety.core import InputError, Param
+from mlsafety.core import InputError, Param, unwrap_logits
 from mlsafety.robustness.augment.base import Augmentation, MixedBatch, numpy_rng, register_augmentation
 
 
@@ -42,4 +42,4 @@ class CutMix(Augmentation):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch = cutmix(x, y, self.alpha, generator)
-        return batch.loss(model(batch.x))
+        return batch.loss(unwrap_logits(model(batch.x)))

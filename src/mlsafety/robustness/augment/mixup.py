@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mlsafety.core import InputError, Param
+from mlsafety.core import InputError, Param, unwrap_logits
 from mlsafety.robustness.augment.base import Augmentation, MixedBatch, numpy_rng, register_augmentation
 
 
@@ -29,4 +29,4 @@ class Mixup(Augmentation):
 
     def loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         batch = mixup(x, y, self.alpha, generator)
-        return batch.loss(model(batch.x))
+        return batch.loss(unwrap_logits(model(batch.x)))
