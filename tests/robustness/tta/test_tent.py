@@ -73,3 +73,28 @@ def test_prediction_before_the_update_is_tebn(net: nn.Module, x: torch.Tensor) -
 def test_entropy_by_hand() -> None:
     logits = torch.tensor([[0.0, 0.0], [100.0, 0.0]])
     torch.testing.assert_close(entropy(logits), torch.tensor([0.6931472, 0.0]), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_several_steps_per_batch_in_a_stream_equal_torch_optimisers(
+    optimizer: str, net: nn.Module, x: torch.Tensor
+) -> None:
+    """Two steps on each of two batches: SGD's momentum buffer (and Adam's moments and step count)
+    carried across steps and batches as torch.optim does; each batch predicted after its last step."""
+    lr = 0.3 if optimizer == "sgd" else 0.05
+    ref, params = _reference(net)
+    opt = _optimiser(optimizer, params, lr)
+    batches = [x[:6], x[6:]]
+    expected = []
+    for xb in batches:
+        for _ in range(2):
+            loss = entropy(ref(xb)).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        with torch.no_grad():
+            expected.append(ref(xb))
+    stream = Stream(Tent(optimizer=optimizer, lr=lr, steps=2), net)
+    for xb, want in zip(batches, expected, strict=True):
+        torch.testing.assert_close(stream(xb), want, atol=1e-5, rtol=1e-4)
+    assert stream.state_ is not None and stream.state_.steps == 4
