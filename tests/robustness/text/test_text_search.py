@@ -18,6 +18,7 @@ from mlsafety.core import InputError
 from mlsafety.robustness.text import (
     Attack,
     AttackedText,
+    Problem,
     Targeted,
     Transformation,
     Untargeted,
@@ -371,3 +372,47 @@ def test_targeted_attack_skips_misclassified_examples_and_the_summary_counts_onl
     assert s.original_accuracy.value == pytest.approx(0.5)
     assert s.accuracy_under_attack.value == 0.0
     assert s.success_rate is not None and s.success_rate.value == 1.0
+
+
+class DictSwap(Transformation):
+    """Each word's own replacement list."""
+
+    def __init__(self, table: dict[str, list[str]]) -> None:
+        self.table = table
+
+    def replacements(self, text: AttackedText, index: int, g: torch.Generator | None = None) -> list[str]:
+        return list(self.table.get(text.words[index], []))
+
+
+def test_pwws_order_is_softmax_saliency_times_the_best_swaps_probability_drop() -> None:
+    """Ren et al. 2019, eq. 7-8: H_i = softmax(S)_i * dP*_i with S_i = P(y|x) - P(y|x with word i -> UNK) and
+    dP*_i = P(y|x) - min over word i's synonyms of P(y|x with the synonym), by hand from the model's
+    probabilities. The planted words separate this order from saliency alone, the drop alone, and the
+    softmax times the candidates' raw score (without subtracting P(y|x))."""
+    from mlsafety.core import Classifier
+
+    model = sentiment_model()
+    table = {"movie": ["worse"], "day": ["fine"], "great": ["terrible"], "fine": ["movie"]}
+    text = "movie day great fine"
+    attack = Attack(model, Untargeted(), DictSwap(table), [C.RepeatModification()], S.GreedyWordImportance("pwws"))
+    original = AttackedText.from_text(text)
+    problem = Problem(attack, original, 1, None, torch.Generator().manual_seed(0))
+    order = S.GreedyWordImportance("pwws").order(problem, problem.query([original]))
+
+    words = text.split()
+
+    def p1(texts: list[str]) -> torch.Tensor:
+        with torch.no_grad():
+            return Classifier(model).logits(texts).softmax(dim=1)[:, 1].double()
+
+    p = float(p1([text])[0])
+    unk = p1([" ".join(["[UNK]" if j == i else w for j, w in enumerate(words)]) for i in range(4)])
+    saliency = p - unk
+    swapped = [" ".join([table[w][0] if j == i else w for j, w in enumerate(words)]) for i in range(4)]
+    best = p1(swapped)  # one synonym per word here
+    drop = p - best
+    expected = (saliency.softmax(0) * drop).argsort(descending=True).tolist()
+    assert expected == [2, 3, 0, 1]  # great, fine, movie, day
+    assert order == expected
+    for wrong in (saliency, drop, saliency.softmax(0) * (1 - best)):
+        assert wrong.argsort(descending=True).tolist() != expected
