@@ -93,3 +93,46 @@ def test_bad_settings_are_one_line(kwargs: dict[str, float]) -> None:
 def test_nan_scores_refused() -> None:
     with pytest.raises(InputError, match="NaN"):
         DriftAlarm(torch.randn(10)).update(torch.tensor([float("nan")]))
+
+
+def test_shiryaev_roberts_recursion_by_hand() -> None:
+    """R_t = (1 + R_{t-1}) kappa p_t^(kappa - 1) from R_0 = 0, an alarm where R_t >= A, then R restarts at 0;
+    the uniforms U_t are the seeded generator's draws, in stream order."""
+    val = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    stream = torch.tensor([9.0, 0.0, 2.5, 9.0, 9.0, 3.5])
+    kappa, seed = 0.3, 11
+    u = 1.0 - torch.rand(len(stream), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    greater = [0, 4, 2, 0, 0, 1]  # validation scores above each stream score (no ties)
+    p = [(g + float(ui)) / 5 for g, ui in zip(greater, u, strict=True)]
+    r, path = 0.0, []
+    for pi in p:
+        r = (1.0 + r) * kappa * pi ** (kappa - 1.0)
+        path.append(r)
+    assert path[0] > path[1] and path[3] > path[2]  # the recursion is not monotone
+    level = path[3] * (1 - 1e-9)  # the 4th input reaches the level (the 1st stays below it)
+    assert max(path[:3]) < level
+    alarm = DriftAlarm(val, arl=level, kappa=kappa, seed=seed)
+    raised = alarm.update(stream[:4])
+    assert raised.tolist() == [False, False, False, True] and alarm.first_alarm == 4 and alarm.statistic == 0.0
+    raised = alarm.update(stream[4:])  # restarted: R_5 = kappa p_5^(kappa - 1), R_6 = (1 + R_5) f(p_6)
+    r5 = kappa * p[4] ** (kappa - 1.0)
+    r6 = (1.0 + r5) * kappa * p[5] ** (kappa - 1.0)
+    assert max(r5, r6) < level and r6 != pytest.approx(path[5])  # below the level, and not the unrestarted path
+    assert raised.tolist() == [False, False] and alarm.statistic == pytest.approx(r6, rel=1e-12)
+    assert alarm.steps == 6 and alarm.alarms == 1
+
+
+def test_p_values_exactly_uniform_with_ties() -> None:
+    """Under exchangeability (the test score is any one of the n + 1 scores, with equal chance) the
+    randomised p-value is exactly uniform on (0, 1], also with heavy ties: its CDF averaged over which
+    score is the test one, and over U (p is linear in U), is the identity."""
+    pool = torch.tensor([0.0, 1.0, 1.0, 1.0, 2.0, 2.0, 5.0])
+    grid = torch.linspace(0.0, 1.0, 57, dtype=torch.float64)
+    cdf = torch.zeros_like(grid)
+    for j in range(len(pool)):
+        alarm = DriftAlarm(torch.cat([pool[:j], pool[j + 1 :]]))
+        s = pool[j : j + 1]
+        lo = alarm.p_values(s, torch.zeros(1, dtype=torch.float64))  # U -> 0
+        hi = alarm.p_values(s, torch.ones(1, dtype=torch.float64))  # U = 1
+        cdf += ((grid - lo) / (hi - lo)).clamp(0.0, 1.0) / len(pool)
+    torch.testing.assert_close(cdf, grid, rtol=0.0, atol=1e-12)
