@@ -56,7 +56,15 @@ def _conv_same(k: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 
 @register_corruption("defocus-blur")
 class DefocusBlur(Corruption):
-    """Convolution with a disk (an out-of-focus lens); levels are (radius, anti-alias sigma) at 224 px."""
+    """Convolution with a disk (an out-of-focus lens); levels are (radius, anti-alias sigma) at 224 px.
+
+    Departure: the disk weighs each pixel by the share of it inside the radius (supersampled), where
+    ImageNet-C's ``disk`` takes the whole pixels whose centres lie within it and softens them with a
+    3 x 3 Gaussian (5 x 5 above 8 px). The radius is the published one; the kernels' spread (second
+    moment) agrees within 6% at every table's radii except 1.5 px (CIFAR-10-C severity 5,
+    Tiny-ImageNet-C severity 3), 13% narrower here: ImageNet-C's pixel-centre disk of radius 1.5 is
+    the full 3 x 3 block (area 9 against 7.07).
+    """
 
     group = "blur"
     levels = ((3, 0.1), (4, 0.5), (6, 0.5), (8, 0.5), (10, 0.5))
