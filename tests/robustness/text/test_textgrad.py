@@ -241,3 +241,31 @@ def test_first_allowed_keeps_what_judging_all_at_once_keeps_and_judges_fewer(max
 
 def attack_problem(attack: Attack, original: AttackedText) -> Problem:
     return Problem(attack, original, 1, None, torch.Generator().manual_seed(0))
+
+
+def test_recipe_similarity_checks_every_changed_words_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TextGrad changes several words at once, so the recipe's windowed similarity must look at every changed
+    word's window: a text whose two changes share the first window (2 of its 15 words: bag-of-words cosine
+    13/15 < 0.9) and whose last change is alone in its window (14/15) is refused."""
+    from mlsafety.robustness.text import _resources
+    from mlsafety.robustness.text import constraints as C
+    from mlsafety.robustness.text.textgrad import TextGrad, textgrad_parts
+
+    class BagEncoder:  # cosine of bag-of-words counts
+        def cosine(self, a: list[str], b: list[str]) -> torch.Tensor:
+            out = []
+            for x, y in zip(a, b):
+                vocab = sorted(set(x.split()) | set(y.split()))
+                va = torch.tensor([x.split().count(w) for w in vocab], dtype=torch.float64)
+                vb = torch.tensor([y.split().count(w) for w in vocab], dtype=torch.float64)
+                out.append(float(va @ vb / (va.norm() * vb.norm())))
+            return torch.tensor(out)
+
+    monkeypatch.setattr(_resources, "minilm_encoder", BagEncoder)
+    clf = Classifier(sentiment_model())
+    _, constraints, _ = textgrad_parts(clf, TextGrad(min_similarity=0.9, fluency="none"), None)
+    (sim,) = [c for c in constraints if isinstance(c, C.SentenceSimilarity)]
+    original = AttackedText.from_text(" ".join(f"w{i}" for i in range(20)))
+    sampled = original.replace_words({0: "x", 1: "y", 19: "z"})
+    assert sim.allows(original, [original.replace_words({0: "x", 19: "z"}), sampled]) == [True, False]
+    assert sim.check(original, sampled) is False

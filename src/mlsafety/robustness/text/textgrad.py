@@ -316,7 +316,8 @@ def textgrad_parts(clf: Classifier, recipe: TextGrad, lm: Any) -> tuple[Transfor
     Candidates: WordNet synonyms and the victim's ``max_candidates`` embedding neighbours. Constraints:
     stop words and repeated modification kept, at most ``budget_words`` words and ``max_share`` of them
     changed, a shared WordNet part of speech, windowed sentence similarity (MiniLM cosine) at least
-    ``min_similarity``, and the language model's perplexity ratio (when ``lm`` is given)."""
+    ``min_similarity`` in every changed word's window, and the language model's perplexity ratio (when ``lm``
+    is given)."""
     from mlsafety.robustness.text._resources import minilm_encoder
     from mlsafety.robustness.text.constraints import (
         MaxWordsPerturbed,
@@ -336,7 +337,9 @@ def textgrad_parts(clf: Classifier, recipe: TextGrad, lm: Any) -> tuple[Transfor
         StopWords(),
         MaxWordsPerturbed(max_share=recipe.max_share, max_words=recipe.budget_words),
         PartOfSpeech(),
-        SentenceSimilarity(encoder, recipe.min_similarity, "cosine"),
+        # a sampled text changes several words at once: every changed word's window is compared ("last" would
+        # look only at the highest index's)
+        SentenceSimilarity(encoder, recipe.min_similarity, "cosine", windows="all"),
     ]
     if lm is not None:
         constraints.append(Perplexity(lm, recipe.max_perplexity_ratio))
