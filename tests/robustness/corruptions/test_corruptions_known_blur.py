@@ -162,3 +162,25 @@ def test_reference_size_scales_lengths():
     y = create("gaussian-blur", reference_size=112)(x, 5)  # scale 1/2: sigma 6 -> 3 px
     ref = gaussian_filter(x.numpy().astype(np.float64), sigma=(0, 0, 3, 3), mode="nearest", truncate=4.0)
     assert np.abs(y.numpy() - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("severity", [1, 5])
+def test_fog_scales_by_the_image_maximum(severity):
+    # ImageNet-C: (x + s * fog) * max(x) / (max(x) + s), fog spanning [0, 1]; on a flat 0.5 image
+    # the darkest pixel is 0.5 * 0.5 / (0.5 + s) and the brightest 0.5 (a scale of 1 / (1 + s) would not)
+    strength = create("fog").level_for(64, severity)[0]
+    y = corrupt(const(0.5, n=2), "fog", severity, generator=generator(0))
+    for img in y:
+        assert abs(float(img.min()) - 0.25 / (0.5 + strength)) < 1e-5
+        assert abs(float(img.max()) - 0.5) < 1e-5
+
+
+def test_snow_whitens_towards_the_luminance_of_a_coloured_image():
+    # keep * x + (1 - keep) * max(x, 1.5 * grey(x) + 0.5) where no flake falls; grey is rgb2gray's luminance
+    keep = create("snow").level_for(64, 5)[-1]
+    rgb = torch.tensor([0.2, 0.4, 0.1])
+    x = rgb.view(1, 3, 1, 1).expand(2, 3, 64, 64).contiguous()
+    y = corrupt(x, "snow", 5, generator=generator(0))
+    lift = 1.5 * float(0.2989 * rgb[0] + 0.5870 * rgb[1] + 0.1140 * rgb[2]) + 0.5
+    floor = keep * rgb + (1 - keep) * torch.clamp(rgb, min=lift)
+    torch.testing.assert_close(y.amin(dim=(0, 2, 3)), floor, atol=1e-5, rtol=0)
