@@ -365,10 +365,11 @@ class DefenceInDepth(Check):
                 "adaptive": e.hazard in adaptive_keys,
             }
             n = e.failure_rate.n
+            n_failed = 0 if e.miss_share is None else e.miss_share.n  # D's range is the miss share's, over failures
             rows += [
                 Row(e.hazard, "severity", e.severity, params=raw, kind="setting"),  # configured, not measured
                 Row(e.hazard, "occurrence", e.occurrence, *e.occurrence_range, n, raw),
-                Row(e.hazard, "detection", e.detection, *e.detection_range, n, raw),
+                Row(e.hazard, "detection", e.detection, *e.detection_range, n_failed, raw),
                 Row(e.hazard, "rpn", e.rpn, *e.rpn_range, n, {**raw, "interval": "S x O x D at 97.5% ranges"}),
             ]
         exposure = dict(self.params["exposure"])
