@@ -61,26 +61,32 @@ class RepeatModification(Constraint):
 
 
 class MaxWordsPerturbed(Constraint):
-    """At most ``max_share`` of the original's words (and at most ``max_words``) differ from it.
+    """At most ``max_share`` of the original's words, or ``min_words`` when more (and at most ``max_words``),
+    differ from it.
 
     Args:
         max_share: share of words in (0, 1] (None: no share limit).
         max_words: number of words (None: no count limit).
+        min_words: the share limit allows at least this many words (TextAttack's ``MaxModificationRate``
+            ``min_threshold``, 4 in its A2T recipe, so a short text can change some words at all).
     """
 
     name: ClassVar[str] = "max-words-perturbed"
 
-    def __init__(self, max_share: float | None = None, max_words: int | None = None) -> None:
+    def __init__(self, max_share: float | None = None, max_words: int | None = None, min_words: int = 0) -> None:
         if max_share is None and max_words is None:
             raise InputError("MaxWordsPerturbed needs max_share or max_words")
         if max_share is not None and not 0 < max_share <= 1:
             raise InputError(f"max_share must be in (0, 1], got {max_share}")
+        if min_words < 0:
+            raise InputError(f"min_words must be >= 0, got {min_words}")
         self.max_share = max_share
         self.max_words = max_words
+        self.min_words = min_words
 
     def _ok(self, text: AttackedText) -> bool:
         k = len(text.changed)
-        if self.max_share is not None and k > self.max_share * text.num_words:
+        if self.max_share is not None and k > max(self.max_share * text.num_words, self.min_words):
             return False
         return not (self.max_words is not None and k > self.max_words)
 
