@@ -416,3 +416,17 @@ def test_pwws_order_is_softmax_saliency_times_the_best_swaps_probability_drop() 
     assert order == expected
     for wrong in (saliency, drop, saliency.softmax(0) * (1 - best)):
         assert wrong.argsort(descending=True).tolist() != expected
+
+
+@pytest.mark.parametrize("budget", [3, 7, None])
+@pytest.mark.parametrize("search", SEARCHES, ids=lambda s: getattr(s, "importance", s.name))
+def test_every_text_the_model_reads_is_a_counted_query(search: S.SearchMethod, budget: int | None) -> None:
+    """The texts the victim actually reads (counted at its forward) are the results' queries, each within budget."""
+    model = CountingModel(sentiment_model())
+    attack = Attack(
+        model, Untargeted(), ListSwap(POSITIVE_WORDS + NEGATIVE_WORDS), [C.RepeatModification(), C.StopWords()],
+        search, query_budget=budget,
+    )  # fmt: skip
+    results = attack.attack([TEXT, "the movie was very good and fine", "the film was bad"], [1, 1, 1])
+    assert sum(model.batches) == sum(r.queries for r in results)
+    assert all(r.queries <= (budget or 10**9) for r in results)
