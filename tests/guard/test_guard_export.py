@@ -15,7 +15,7 @@ from mlsafety.audit import AuditConfig, Store, prepare_inputs, run_audit
 from mlsafety.audit._engine import cap_data
 from mlsafety.cli import main
 from mlsafety.core import InputError
-from mlsafety.guard import Guard, load_guard, model_fingerprint, verify_guard_dir
+from mlsafety.guard import DriftAlarm, Guard, load_guard, model_fingerprint, verify_guard_dir
 
 CHECK = "defence-in-depth"
 
@@ -160,3 +160,36 @@ def test_drift_alarm_on_zoo_streams(exported: tuple[Path, Path]) -> None:
             drift = loaded.new_drift()
             drift.update(loaded.guard(ds.x).score)
             assert drift.first_alarm is not None and drift.first_alarm <= 50, name
+
+
+@pytest.mark.slow
+def test_export_without_training_data_drift_reference_is_out_of_sample(tmp_path: Path) -> None:
+    """An audit without training data fits the detector on half the validation data and sets the thresholds
+    on the other half (the check's monitor_data); the export refits the same way (its thresholds equal the
+    stored ones, its decisions the stored counts), and the drift reference is that other half: the detector's
+    scores of its own fit inputs are in-sample, and against them the clean test stream raised the alarm."""
+    config = AuditConfig(
+        model="digits-cnn", val="digits", checks=[CHECK], max_samples=300, seed=1,
+        check_params={CHECK: {"adaptive": False, "monitors": ["mahalanobis"]}},
+    )  # fmt: skip
+    db = tmp_path / "runs.sqlite"
+    run_audit(config, db=db, report="")
+    out = tmp_path / "guard"
+    r = CliRunner().invoke(main, ["guard", "export", "latest", "--out", str(out), "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    loaded = load_guard(out)
+    assert loaded.guard.monitor.detector == "mahalanobis"
+    _, data = prepare_inputs(config)
+    data = cap_data(data, config.max_samples, config.seed)
+    assert data.train is None and len(loaded.drift.reference) == len(data.val) // 2
+    stored = _stored(db)
+    with torch.no_grad():
+        clean = loaded.guard(data.test.x)
+    failed = clean.pred.cpu() != data.test.y
+    fa = stored[("clean", "false_alarm_rate")]
+    assert int((~failed & ~clean.accept.cpu()).sum()) == round(fa.value * fa.n) and fa.value < 0.12
+    for seed in range(5):  # the clean stream in several orders: no alarm at level 1000
+        drift = DriftAlarm(loaded.drift.reference, arl=1000.0, seed=seed)
+        perm = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))
+        drift.update(clean.score[perm])
+        assert not drift.alarm, seed

@@ -13,8 +13,11 @@ A guard directory holds::
 
 The audit stores the monitor's thresholds but not the detector's fitted state, so the export refits
 the detector from the run's recorded configuration and data (same seed, same fit and validation data,
-checked against the run's data digests), sets the thresholds again on the validation data exactly
-as the defence-in-depth check does, and refuses to export when they differ from the stored ones.
+checked against the run's data digests, split as the check splits them:
+:func:`mlsafety.audit.checks.defence_in_depth.monitor_data`), sets the thresholds again on the validation
+data exactly as the defence-in-depth check does, and refuses to export when they differ from the stored
+ones. The drift alarm's reference is the monitor's score on that validation data (inputs the detector
+was not fitted on, so the stream's scores are exchangeable with them while nothing drifts).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from mlsafety.audit import AuditConfig, Store, cap_data, prepare_inputs, resolve_model
+from mlsafety.audit.checks.defence_in_depth import monitor_data
 from mlsafety.core import InputError, forward
 from mlsafety.guard._drift import DriftAlarm
 from mlsafety.guard._guard import Guard, detector_state, restore_state
@@ -151,17 +155,17 @@ def export_guard(store: Store, run_id: str, out: str | Path, arl: float = 1000.0
         )
 
     # refit exactly as the check does: detector on the fit data, thresholds on the validation data
+    fit, val = monitor_data(data, info.seed)  # without training data: disjoint halves of the validation data
     det: ood.Detector | None = None
-    val_out = forward(model, data.val.x, config.batch_size)
+    val_out = forward(model, val.x, config.batch_size)
     val_scores = None
     detector = stored.get("detector")
     if detector is not None:
         det = ood.create(str(detector))
-        fit = data.fit
-        fit_out = val_out if fit is data.val else forward(model, fit.x, config.batch_size)
+        fit_out = forward(model, fit.x, config.batch_size)
         ood.fit_detectors([det], model, fit, config.batch_size, outputs=fit_out, labels=fit.y)
-        val_scores = ood.score_detectors([det], model, data.val.x, config.batch_size, outputs=val_out)[det.name].cpu()
-    failed = failures(val_out.logits, data.val.y).cpu()
+        val_scores = ood.score_detectors([det], model, val.x, config.batch_size, outputs=val_out)[det.name].cpu()
+    failed = failures(val_out.logits, val.y).cpu()
     conf = val_out.probs.amax(dim=1).cpu()
     mon = Monitor.fit(
         name, val_scores, ~failed, fa,
@@ -185,7 +189,7 @@ def export_guard(store: Store, run_id: str, out: str | Path, arl: float = 1000.0
     tensors = {k: v.detach().cpu().contiguous() for k, v in state_tensors.items()}
     tensors[VALIDATION_SCORES] = val_violation.contiguous()
     save_file(tensors, str(out / FILES[1]))
-    sample_shape = list(data.val.x.shape[1:])
+    sample_shape = list(val.x.shape[1:])
     guard_json = {
         "monitor": dataclasses.asdict(mon),
         "detector": None if det is None else {"name": det.name, "params": det.get_params(), "state": extra},
@@ -221,7 +225,7 @@ def export_guard(store: Store, run_id: str, out: str | Path, arl: float = 1000.0
         "state": state,
         "false_alarm_rate_target": fa,
         "confidence_share": share,
-        "validation": {"n": int(data.val.x.shape[0]), "candidates": validation},
+        "validation": {"n": int(val.x.shape[0]), "candidates": validation},
         "escaped_failure_rates": rates,
     }
     (out / FILES[2]).write_text(json.dumps(guard_json, indent=2, sort_keys=True) + "\n")

@@ -11,7 +11,9 @@ Nothing is recomputed: the check reads every hazard's inputs and forward outputs
 typed: an adversarial hazard carries its attack, ``eps`` and ``norm``) plus ``clean`` and every OOD
 set. The monitor is chosen on validation data only (clean validation inputs and synthetic outliers
 made from them: :func:`mlsafety.core.transform_mix_outliers` for images, :func:`mlsafety.core.word_shuffle_outliers`
-for text), never on the test hazards.
+for text), never on the test hazards. The detectors are fitted on the training data; an audit without
+training data fits them on a seeded half of the validation data and sets the thresholds and chooses the
+monitor on the other half (:func:`monitor_data`), never on the inputs a detector was fitted on.
 
 Configuration (``mlsafety audit --config ci.toml``), e.g. for a CI pipeline::
 
@@ -40,7 +42,7 @@ import torch
 
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row
 from mlsafety.audit._check import DECISION, Check, Row, Task, TaskResult, register_check
-from mlsafety.audit._context import AuditContext
+from mlsafety.audit._context import AuditContext, AuditData
 from mlsafety.audit.checks import _adversarial_text as text_adv
 from mlsafety.audit.checks._common import bind
 from mlsafety.audit.views.defence_in_depth import DefenceInDepthView, fmea_report_table, swiss_cheese_artifact
@@ -51,6 +53,7 @@ from mlsafety.core import (
     Outputs,
     TextDataset,
     forward,
+    generator,
     transform_mix_outliers,
     word_shuffle_outliers,
 )
@@ -67,7 +70,8 @@ from mlsafety.systemic import (
     severity_for,
 )
 
-__all__ = ["DEFAULT_MONITORS", "DefenceInDepth", "fmea_report_table"]  # fmea_report_table: for mlsafety.audit
+# fmea_report_table: for mlsafety.audit; monitor_data: for the guard export
+__all__ = ["DEFAULT_MONITORS", "DefenceInDepth", "fmea_report_table", "monitor_data"]
 
 DEFAULT_MONITORS = ["energy", "max-logit", "mahalanobis", "knn", "vim"]
 """Detectors tried as monitors by default (alone and combined with the model's confidence); for a
@@ -104,6 +108,33 @@ class _State:
     adaptive_info: dict[Hazard, dict[str, Any]] = field(default_factory=dict)
     differentiable: ood.Detector | None = None  # the monitor's detector, refitted for autograd
     skipped: dict[str, str] = field(default_factory=dict)  # default monitors the model cannot feed, with why
+    data: tuple[ArrayDataset, ArrayDataset] | None = None  # (fit, validation)
+
+    def split(self) -> tuple[ArrayDataset, ArrayDataset]:
+        """The detectors' fit data and the monitor's validation data (:func:`monitor_data`), made once."""
+        if self.data is None:
+            self.data = monitor_data(self.ctx.data, self.ctx.seed)
+        return self.data
+
+
+def monitor_data(data: AuditData, seed: int) -> tuple[ArrayDataset, ArrayDataset]:
+    """The data the monitor's detectors are fitted on, and the validation data its thresholds are set on
+    (at the false-alarm rate, on the correct answers) and it is chosen on.
+
+    Image or text data alike (:class:`AuditData` types both as ``ArrayDataset``). With training data:
+    ``(train, val)``. Without, ``data.fit`` is the validation data itself, and a
+    detector's scores of the inputs it was fitted on are in-sample (Mahalanobis' covariance, KNN's own
+    neighbour): more normal than a new input's, so a threshold set on them flags far more than the
+    false-alarm rate of new correct answers (22% at a 5% target for Mahalanobis on the digits). Then a
+    seeded half of the validation data (``ceil(n / 2)`` inputs, from ``seed`` and the check's name) fits
+    the detectors and the other half sets the thresholds. The guard export calls this too.
+    """
+    if data.train is not None:
+        return data.train, data.val
+    n = len(data.val)
+    perm = torch.randperm(n, generator=generator(seed, "defence-in-depth", "fit-split"))
+    fit, val = perm[: (n + 1) // 2].sort().values, perm[(n + 1) // 2 :].sort().values
+    return data.val.subset(fit), data.val.subset(val)
 
 
 @register_check("defence-in-depth")
@@ -218,7 +249,7 @@ class DefenceInDepth(Check):
         the fit data from the shared forward pass)."""
         ctx = state.ctx
         if state.detectors is None:
-            fit = ctx.data.fit
+            fit = state.split()[0]
             dets = [ood.create(n) for n in state.names]
             ood.fit_detectors(dets, ctx.model, fit, ctx.batch_size, outputs=ctx.outputs_for(fit), labels=fit.y)
             state.detectors = dets
@@ -229,7 +260,7 @@ class DefenceInDepth(Check):
         ev = self._evaluator(state)
         if ev.choice_ is None:
             ctx = state.ctx
-            val = ctx.data.val
+            val = state.split()[1]
             val_set = ev.scored(val.x, ctx.outputs_for(val), val.y)
             g = ctx.generator(self.name, "outliers")
             outliers: ArrayDataset | TextDataset = (
@@ -310,7 +341,7 @@ class DefenceInDepth(Check):
         needs_features = False
         if mon.detector is not None:
             if state.differentiable is None:
-                state.differentiable = _differentiable_copy(ctx, mon.detector)
+                state.differentiable = _differentiable_copy(ctx, mon.detector, state.split()[0])
             det = state.differentiable
             needs_features = "features" in det.needs
 
@@ -406,10 +437,9 @@ def _check_exposure(exposure: Mapping[Hazard, object], measured: list[str]) -> N
         raise InputError("defence-in-depth exposure weights must include at least one positive weight")
 
 
-def _differentiable_copy(ctx: AuditContext, name: str) -> ood.Detector:
-    """The detector ``name`` fitted afresh on the fit data from ordinary (non-inference) tensors, so
-    its learned state can take part in autograd."""
-    fit = ctx.data.fit
+def _differentiable_copy(ctx: AuditContext, name: str, fit: ArrayDataset) -> ood.Detector:
+    """The detector ``name`` fitted afresh on the fit data (:func:`monitor_data`) from ordinary
+    (non-inference) tensors, so its learned state can take part in autograd."""
     out = ctx.outputs_for(fit)
     plain = Outputs(out.logits.clone(), None if out.features is None else out.features.clone())
     det = ood.create(name)
