@@ -13,7 +13,8 @@ A guard directory holds::
 
 The audit stores the monitor's thresholds but not the detector's fitted state, so the export refits
 the detector from the run's recorded configuration and data (same seed, same fit and validation data,
-checked against the run's data digests, split as the check splits them:
+split as the check splits them; the weights are checked against the run's digest, the data only through the
+threshold comparison below:
 :func:`mlsafety.audit.checks.defence_in_depth.monitor_data`), sets the thresholds again on the validation
 data exactly as the defence-in-depth check does, and refuses to export when they differ from the stored
 ones. The drift alarm's reference is the monitor's score on that validation data (inputs the detector
