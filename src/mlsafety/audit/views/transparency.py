@@ -35,7 +35,8 @@ ATTRIBUTION_CAPTION = (
 )
 HEADS_CAPTION = (
     "IOI, exact head patching in the layers the attribution screen ranked highest: share of the clean logit "
-    "difference restored (ratio of means over prompts)."
+    "difference restored (ratio of means over prompts). The heads shown are the highest on these same prompts, so "
+    "their shares and intervals lean high (chosen and measured on one set)."
 )
 LM_PREFIXES = ("lens_", "ioi_")
 LM_TITLE = "Transparency: logit lens and IOI patching"
@@ -45,7 +46,8 @@ LM_DESCRIPTION = (
     "per layer the log-probability of the model's final prediction and the share of prompts whose top-1 token "
     "already is it. IOI patching (Wang et al. 2022): the logit difference between the indirect object and the "
     "subject, an attribution-patching screen over every head, and exact head patching on the screened layers; "
-    "each head's share of the clean logit difference restored (ratio of means, bootstrap 95% interval)."
+    "each head's share of the clean logit difference restored (ratio of means, bootstrap 95% interval; the top "
+    "heads are picked on the prompts their intervals use, so those figures lean high)."
 )
 """The section description on a causal language model."""
 """Metric prefixes of the rows stored for a causal language model."""
