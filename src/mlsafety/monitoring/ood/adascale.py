@@ -26,11 +26,6 @@ def adaptive_ratio(features: torch.Tensor, percentiles: torch.Tensor) -> torch.T
     return f.sum(dim=1) / s2.clamp_min(1e-12)
 
 
-def adaptive_scale(features: torch.Tensor, percentiles: torch.Tensor) -> torch.Tensor:
-    """SCALE's factor ``exp(s1 / s2)`` (N,) with a percentile per row (:func:`adaptive_ratio`)."""
-    return torch.exp(adaptive_ratio(features, percentiles))
-
-
 class _AdaSCALE(Detector):
     """Shared machinery of the two variants (one adaptive percentile, two places for its scale).
 
