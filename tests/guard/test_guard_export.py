@@ -193,3 +193,28 @@ def test_export_without_training_data_drift_reference_is_out_of_sample(tmp_path:
         perm = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(seed))
         drift.update(clean.score[perm])
         assert not drift.alarm, seed
+
+
+@pytest.mark.slow
+def test_export_refuses_validation_data_changed_since_the_audit(tmp_path: Path) -> None:
+    """The monitor is refitted from the run's data: a validation file edited after the audit (one label
+    flipped) is refused with the component named, before anything is written; the threshold comparison
+    alone let such an edit through when the thresholds happened not to move."""
+    np = pytest.importorskip("numpy")
+    _, data = prepare_inputs(AuditConfig(model="digits-cnn", checks=[CHECK]))
+    val = tmp_path / "val.npz"
+    x, y = data.val.x.numpy(), data.val.y.numpy().copy()
+    np.savez(val, x=x, y=y)
+    config = AuditConfig(
+        model="digits-cnn", val=str(val), checks=[CHECK], max_samples=150, seed=3,
+        check_params={CHECK: {"adaptive": False, "monitors": ["mahalanobis"]}},
+    )  # fmt: skip
+    db = tmp_path / "runs.sqlite"
+    run_audit(config, db=db, report="")
+    y[-1] = (y[-1] + 1) % 10  # the refitted thresholds do not move (the old export wrote this guard)
+    np.savez(val, x=x, y=y)
+    out = tmp_path / "guard"
+    r = CliRunner().invoke(main, ["guard", "export", "latest", "--out", str(out), "--db", str(db)])
+    assert r.exit_code == 2, r.output
+    assert "the validation data changed" in r.output and len(r.output.strip().splitlines()) == 1
+    assert not out.exists()

@@ -36,6 +36,7 @@ from mlsafety.audit._engine import (
     run_audit,
 )
 from mlsafety.audit._executors import EXECUTORS, INSTALL_RAY, LocalExecutor, RayExecutor, make_executor
+from mlsafety.audit._fingerprint import input_changes
 from mlsafety.audit._gates import Comparison, GateFailure, compare_rows, evaluate_gates, parse_gate_option
 from mlsafety.audit._inputs import (
     AuditConfig,
@@ -94,6 +95,7 @@ __all__ = [
     "fmt_value",
     "hazard_provider",
     "heatmap_png",
+    "input_changes",
     "is_language_model",
     "load_config",
     "load_scorer",

@@ -227,3 +227,23 @@ def differences(stored: Any, parts: dict[str, Component]) -> list[str]:
             else:
                 changes.append(f"{new.what} changed ({before} -> {new.source})")
     return changes
+
+
+def input_changes(
+    stored: Any,
+    config: AuditConfig,
+    model: Classifier | LanguageModel,
+    data: AuditData,
+    keys: tuple[str, ...],
+) -> list[str]:
+    """What changed, among the components named in ``keys``, between a stored run's ``inputs`` record
+    and the inputs as prepared now (``data`` as :func:`~mlsafety.audit.prepare_inputs` returns it,
+    before any sample cap).
+
+    A record without hashes (a run stored by an older mlsafety) gives no phrase: there is nothing to
+    compare against. Used by ``mlsafety guard export``, which refits a monitor from a run's inputs.
+    """
+    if not isinstance(stored, dict) or not stored:
+        return []
+    parts = {k: c for k, c in components(config, model, data).items() if k in keys}
+    return differences({k: v for k, v in stored.items() if k in keys}, parts)

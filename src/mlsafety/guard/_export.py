@@ -13,9 +13,8 @@ A guard directory holds::
 
 The audit stores the monitor's thresholds but not the detector's fitted state, so the export refits
 the detector from the run's recorded configuration and data (same seed, same fit and validation data,
-split as the check splits them; the weights are checked against the run's digest, the data only through the
-threshold comparison below:
-:func:`mlsafety.audit.checks.defence_in_depth.monitor_data`), sets the thresholds again on the validation
+split as the check splits them; the weights, the validation and the training data are checked against the run's
+digests: :func:`mlsafety.audit.checks.defence_in_depth.monitor_data`), sets the thresholds again on the validation
 data exactly as the defence-in-depth check does, and refuses to export when they differ from the stored
 ones. The drift alarm's reference is the monitor's score on that validation data (inputs the detector
 was not fitted on, so the stream's scores are exchangeable with them while nothing drifts).
@@ -35,7 +34,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mlsafety.audit import AuditConfig, Store, cap_data, prepare_inputs, resolve_model
+from mlsafety.audit import AuditConfig, Store, cap_data, input_changes, prepare_inputs, resolve_model
 from mlsafety.audit.checks.defence_in_depth import monitor_data
 from mlsafety.core import InputError, forward
 from mlsafety.guard._drift import DriftAlarm
@@ -125,7 +124,8 @@ def export_guard(store: Store, run_id: str, out: str | Path, arl: float = 1000.0
         kappa: the drift alarm's calibrator exponent.
 
     Raises:
-        InputError: the run has no defence-in-depth result, its inputs changed since the audit,
+        InputError: the run has no defence-in-depth result, its weights, validation or training data
+            changed since the audit,
             or the refitted thresholds differ from the stored ones.
     """
     info = store.run(run_id)
@@ -143,7 +143,6 @@ def export_guard(store: Store, run_id: str, out: str | Path, arl: float = 1000.0
 
     config = _config_of(info.config)
     model, data = prepare_inputs(config)
-    data = cap_data(data, config.max_samples, config.seed)  # the subsets the engine audited
     if model.modality != "image":
         raise InputError(
             f"run {info.run_id} audited a {model.modality} model; the guard exports image classifiers only"
@@ -154,6 +153,14 @@ def export_guard(store: Store, run_id: str, out: str | Path, arl: float = 1000.0
         raise InputError(
             f"the model {config.model} no longer has the weights run {info.run_id} audited; export needs them"
         )
+    # the monitor is refitted on the run's fit and validation data: they must be the data it was audited on
+    changed = input_changes(inputs, config, model, data, ("val", "train"))
+    if changed:
+        raise InputError(
+            f"run {info.run_id}'s inputs changed since the audit ({'; '.join(changed)}); the monitor cannot be "
+            "refitted as audited: restore them, or rerun the audit and export that run"
+        )
+    data = cap_data(data, config.max_samples, config.seed)  # the subsets the engine audited
 
     # refit exactly as the check does: detector on the fit data, thresholds on the validation data
     fit, val = monitor_data(data, info.seed)  # without training data: disjoint halves of the validation data
