@@ -82,3 +82,26 @@ def test_prompts_over_the_models_context_are_refused_when_planned(llama_dir: Pat
     if db.exists():
         with sqlite3.connect(db) as con:
             assert con.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_an_answer_long_in_tokens_but_short_in_characters_is_refused_when_planned(
+    llama_dir: Path, tmp_path: Path
+) -> None:
+    """Every answer is checked against the context, not only the longest in characters: 40 one-letter
+    words (119 characters, 60 tokens) overflow the 64 tokens where a 150-letter word (one token) fits."""
+    many = " ".join(["a"] * 60)
+    tqa = tmp_path / "tqa.csv"
+    tqa.write_text(
+        "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+        f"A,Misc,is paris a city ?,yes,yes; true,{many}; {'b' * 150},x\n"
+        "A,Misc,is a cat a dog ?,no,no,yes; true,x\n"
+    )
+    params = {"truthfulness": {"truthfulqa": str(tqa), "primer": "", "n_boot": 100}}
+    config = AuditConfig(model=str(llama_dir / "llama"), checks=["truthfulness"], check_params=params)
+    db = tmp_path / "db.sqlite"
+    with pytest.raises(InputError, match=r"question 0 with one of its answers is longer than the model's 64") as err:
+        run_audit(config, db=db, report="")
+    assert "\n" not in str(err.value)
+    if db.exists():
+        with sqlite3.connect(db) as con:
+            assert con.execute("select count(*) from runs").fetchone()[0] == 0

@@ -100,20 +100,28 @@ def score_options(
     return OptionScores(list(sums.split(counts)), list(tokens.split(counts)))
 
 
-def check_fits(lm: Any, texts: Sequence[str], what: str) -> None:
+def check_fits(lm: Any, items: Sequence[str | Sequence[str]], what: str) -> None:
     """Refuse, in one line, texts longer than the model takes (before any forward pass or stored result).
 
     ``lm`` is a :class:`~mlsafety.core.LanguageModel` (its ``encode`` flags texts cut at ``max_length``);
-    anything without ``encode`` is not checked.
+    anything without ``encode`` is not checked. Each item is a text or the list of texts one item will be
+    scored as (its prompt followed by each answer): every text is checked, since the answer longest in
+    characters need not be the longest in tokens; the message names the item.
     """
     encode = getattr(lm, "encode", None)
-    if encode is None or not texts:
+    if encode is None or not items:
         return
+    texts: list[str] = []
+    owner: list[int] = []
+    for i, item in enumerate(items):
+        group = [item] if isinstance(item, str) else list(item)
+        texts += group
+        owner += [i] * len(group)
     for start in range(0, len(texts), 512):
-        batch = encode(list(texts[start : start + 512]))
+        batch = encode(texts[start : start + 512])
         if bool(batch.truncated.any()):
-            i = start + int(batch.truncated.nonzero()[0])
+            i = owner[start + int(batch.truncated.nonzero()[0])]
             raise InputError(
-                f"{what} {i} with its longest answer is longer than the model's {lm.max_length} tokens; "
+                f"{what} {i} with one of its answers is longer than the model's {lm.max_length} tokens; "
                 "use a model with a longer context, a shorter primer, or drop the long items"
             )

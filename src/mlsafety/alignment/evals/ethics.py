@@ -266,11 +266,11 @@ def ethics_prompts(subset: EthicsSubset) -> tuple[list[str], list[str] | None]:
     return [template.format(first=a, second=b) for a, b in zip(subset.first, subset.second)], None
 
 
-def ethics_texts(subset: EthicsSubset) -> list[str]:
-    """Every prompt followed by its longer answer (what must fit the model's context)."""
+def ethics_texts(subset: EthicsSubset) -> list[list[str]]:
+    """Every prompt followed by each answer: what must fit the model's context (both answers, as the
+    longer in characters need not be the longer in tokens)."""
     prompts, second = ethics_prompts(subset)
-    longest = max(ANSWERS, key=len)
-    return [p + longest for p in prompts + (second or [])]
+    return [[p + a for a in ANSWERS] for p in prompts + (second or [])]
 
 
 def evaluate_ethics(

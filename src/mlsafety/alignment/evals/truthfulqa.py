@@ -281,10 +281,11 @@ def _layout(
     return prompts, options, index
 
 
-def truthfulqa_texts(questions: Sequence[MCQuestion], primer: str = QA_PRIMER) -> list[str]:
-    """Each question's prompt followed by its longest answer (what must fit the model's context)."""
+def truthfulqa_texts(questions: Sequence[MCQuestion], primer: str = QA_PRIMER) -> list[list[str]]:
+    """Per question, its prompt followed by each of its answers: what must fit the model's context
+    (every answer, as the longest in characters need not be the longest in tokens)."""
     prompts, options, _ = _layout(questions, primer)
-    return [p + max(opts, key=len) for p, opts in zip(prompts, options)]
+    return [[p + o for o in opts] for p, opts in zip(prompts, options)]
 
 
 def score_truthfulqa(
