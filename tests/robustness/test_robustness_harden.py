@@ -80,3 +80,16 @@ def test_fast_method_trains_on_fgsm_rs_and_refuses_pgd_only_options(tmp_path: Pa
     )
     assert res.exit_code == 2 and "'fast' has no parameter 'steps'" in res.output
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_a_negative_trades_weight_or_shift_is_refused_before_training(tmp_path: Path) -> None:
+    """beta < 0 would reward the divergence TRADES penalises, and a negative shift is no augmentation: both are
+    refused in one line (the CLI: exit 2, no file written); they trained, or failed with torch's error."""
+    model, data = _toy()
+    with pytest.raises(InputError, match="TRADES beta must be >= 0"):
+        harden(model, data, method="trades", eps=0.05, beta=-1.0, epochs=1)
+    out = tmp_path / "h.safetensors"
+    for args in (["--method", "trades", "--beta", "-1"], ["--shift", "-1"]):
+        res = CliRunner().invoke(main, ["harden", "--eps", "0.1", "--epochs", "1", *args, "--out", str(out)])
+        assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
+        assert not out.exists()

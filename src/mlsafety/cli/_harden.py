@@ -71,6 +71,8 @@ def harden(
     from mlsafety.robustness import harden as harden_lib
 
     check_output_path(out, what="weights", example="path/to/hardened.safetensors", suffix=".safetensors")
+    if shift < 0:
+        raise InputError(f"--shift must be >= 0 pixels, got {shift}")
     model = load_factory(model_spec) if ":" in model_spec else zoo_lib.load_model(model_spec)
     if weights:
         load_weights(model, weights)

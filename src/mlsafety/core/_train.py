@@ -191,6 +191,8 @@ def seeded_init(model: nn.Module, seed: int, *names: object) -> nn.Module:
 
 def random_shift(x: torch.Tensor, g: torch.Generator, max_shift: int = 1) -> torch.Tensor:
     """A batch hook: shift each image by up to ``max_shift`` pixels in each direction (zero fill)."""
+    if not (isinstance(max_shift, int) and max_shift >= 0):
+        raise InputError(f"random shifts need max_shift >= 0 pixels, got {max_shift!r}")
     n, _, h, w = x.shape
     padded = F.pad(x, [max_shift] * 4)
     dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=g)

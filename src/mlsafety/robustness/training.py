@@ -111,6 +111,8 @@ def trades_training(
         beta: weight of the robustness term (6 in the paper's CIFAR-10 setting).
         Other arguments as for :func:`adversarial_training`.
     """
+    if not beta >= 0:
+        raise InputError(f"TRADES beta must be >= 0 (the robustness term's weight; 6 in the paper), got {beta}")
 
     def batch_loss(m: nn.Module, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         with torch.no_grad():
