@@ -202,8 +202,8 @@ def make_population(
     train = train if train is not None else load_dataset("digits", "train")
     test = test if test is not None else load_dataset("digits", "test")
     out = Path(out)
+    members = plan_population(n, seed)  # refuses a bad n before the folder is made
     out.mkdir(parents=True, exist_ok=True)
-    members = plan_population(n, seed)
     for m in track(members, progress, "training population", total=len(members)):
         attack = m.make_attack()
         if m.trojaned:
