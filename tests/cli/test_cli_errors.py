@@ -112,3 +112,10 @@ def test_unknown_gate_metric_and_run_ids(files):
     for args in (["report", "nope"], ["runs", "show", "nope"], ["compare", "nope", "latest"]):
         out = CliRunner().invoke(main, [*args, "--db", db] if args[0] != "runs" else ["runs", "--db", db, *args[1:]])
         assert out.exit_code == 2 and "no run 'nope'" in out.output, out.output
+
+
+def test_sanity_threshold_outside_a_rank_correlation_is_refused():
+    """A threshold above 1 made every map count as changed (every test passed): one line, exit 2."""
+    result = CliRunner().invoke(main, ["explain", "sanity", "--model", "digits-cnn", "--threshold", "5"])
+    assert result.exit_code == 2 and "threshold" in result.output, result.output
+    assert "pass" not in result.output

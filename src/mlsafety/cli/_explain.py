@@ -48,7 +48,13 @@ def explain_list() -> None:
     help=f"Randomisation test; repeatable.  [default: {show_default(MODES)}]",
 )
 @click.option("--inputs", default=16, show_default=True, type=click.IntRange(min=1), help="Test inputs to explain.")
-@click.option("--threshold", default=0.5, show_default=True, help="Rank correlation below which maps count as changed.")
+@click.option(
+    "--threshold",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(-1.0, 1.0),
+    help="Rank correlation below which maps count as changed.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @friendly
 def explain_sanity(model: str, weights: str | None, data: str | None, methods: tuple[str, ...], modes: tuple[str, ...],
