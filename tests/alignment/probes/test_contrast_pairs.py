@@ -95,3 +95,12 @@ def test_bad_user_files_are_one_line(tmp_path: Path, content: str, match: str) -
     with pytest.raises(InputError, match="no such file"):
         load_qa_rows(tmp_path / "missing.csv")
     assert torch.equal(statement_pairs(4).labels, torch.tensor([1, 0, 1, 0]))
+
+
+def test_subset_keeps_the_groups_so_a_later_split_keeps_twins_together() -> None:
+    pairs = statement_pairs(12)
+    assert pairs.groups is not None
+    part = pairs.subset([5, 0, 1, 4])
+    assert part.groups is not None and part.groups.tolist() == pairs.groups[[5, 0, 1, 4]].tolist()
+    assert part.labels.tolist() == pairs.labels[[5, 0, 1, 4]].tolist()
+    assert text_pairs(["a", "b", "c"], [1, 0, 1]).subset([2, 0]).groups is None

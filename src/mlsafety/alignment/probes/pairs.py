@@ -140,10 +140,11 @@ class ContrastPairs:
         return [self.prefix + head.format(**item) for item in self.items]
 
     def subset(self, index: torch.Tensor | Sequence[int]) -> ContrastPairs:
-        """The pairs at ``index`` (same template and prefix)."""
+        """The pairs at ``index`` (same template, prefix and groups)."""
         idx = [int(i) for i in index]
+        groups = None if self.groups is None else self.groups[idx]
         return ContrastPairs(
-            tuple(self.items[i] for i in idx), self.labels[idx], self.template, self.dataset, self.prefix
+            tuple(self.items[i] for i in idx), self.labels[idx], self.template, self.dataset, self.prefix, groups
         )
 
     def with_template(self, template: Template) -> ContrastPairs:
