@@ -17,7 +17,8 @@ def test_curve_without_ties_by_hand() -> None:
     torch.testing.assert_close(rc.risk, torch.tensor([0.0, 0.5, 1 / 3, 0.5], dtype=torch.float64))
     # AURC = mean of the risks of the n most confident (Geifman et al.)
     assert float(sel.aurc(conf, correct)) == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
-    assert float(sel.augrc(conf, correct)) == pytest.approx((0 + 0.25 + 0.25 + 0.5) / 4)
+    # AUGRC: trapezoids from (0, 0) through (.25, 0), (.5, .25), (.75, .25), (1, .5)
+    assert float(sel.augrc(conf, correct)) == pytest.approx(0.25 * (0 + 0.25 / 2 + 0.25 + 0.75 / 2))
 
 
 def test_ties_make_one_point() -> None:
@@ -112,3 +113,21 @@ def test_evaluate_selective_gives_the_direct_values_with_intervals_from_named_se
     assert sel.aurc(conf, correct) < sel.aurc(-conf, correct)  # the informative ranking has the smaller area
     for est in res.metrics.values():
         assert est.ci_low <= est.value <= est.ci_high
+
+
+@pytest.mark.parametrize("levels", [0, 4])  # 0: no ties; 4: confidences on four levels (large tie groups)
+def test_augrc_is_traubs_identity_with_the_failure_auroc(levels: int) -> None:
+    # Traub et al. 2024: AUGRC = (1 - AUROC_f) acc (1 - acc) + (1 - acc)^2 / 2, the AUROC of telling
+    # failures from successes by confidence counting ties half (brute force over all pairs here)
+    g = generator(0, "augrc-identity", levels)
+    conf = torch.rand(60, generator=g)
+    if levels:
+        conf = (conf * levels).floor()
+    correct = torch.rand(60, generator=g) < 0.3 + 0.6 * conf / conf.max()
+    good, bad = conf[correct], conf[~correct]
+    above = (good[:, None] > bad[None, :]).double() + 0.5 * (good[:, None] == bad[None, :]).double()
+    auroc_f, acc = float(above.mean()), float(correct.double().mean())
+    want = (1 - auroc_f) * acc * (1 - acc) + 0.5 * (1 - acc) ** 2
+    assert float(sel.augrc(conf, correct)) == pytest.approx(want, rel=1e-12)
+    # every input tied: a coin-flip ranking, half the error rate
+    assert float(sel.augrc(torch.zeros(60), correct)) == pytest.approx(0.5 * (1 - acc), rel=1e-12)

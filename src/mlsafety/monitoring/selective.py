@@ -10,8 +10,13 @@ threshold could not reach.
   usual mean over ``n`` of the risk of the ``n`` most confident predictions.
 * E-AURC: AURC minus the AURC of an oracle that ranks every correct prediction first.
 * AUGRC (Traub et al., "Overcoming Common Flaws in the Evaluation of Selective Classification
-  Systems", 2024): the same area for the generalized risk, the share of all inputs that are
-  accepted and wrong.
+  Systems", 2024): the area under the generalized risk, the share of all inputs that are accepted
+  and wrong, from ``(0, 0)`` through the curve's points, linear between them (as the paper's code
+  integrates it): ``sum_g (cov_g - cov_{g-1}) (grisk_{g-1} + grisk_g) / 2``. The generalized risk
+  grows linearly while a tie group is admitted in random order, so this is the paper's identity
+  ``AUGRC = (1 - AUROC_f) acc (1 - acc) + (1 - acc)^2 / 2`` exactly, ties counted half in
+  ``AUROC_f`` (tested); a step-wise sum would add ``sum_g size_g errors_g / (2 n^2)``, double the
+  value when every confidence is tied.
 
 Every function takes ``confidence`` (N,) (higher = more trusted; use ``-score`` for an anomaly
 score) and ``correct`` (N,) booleans, or 2-D batches of rows. :class:`SelectiveStats` gives the
@@ -65,6 +70,15 @@ def _at_group_end(values: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
     return values.gather(1, group_end)
 
 
+def _at_group_start(values: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
+    """Each position's value taken at the start of its tie group."""
+    pos = torch.arange(values.shape[1], device=values.device).expand_as(values)
+    start = torch.ones_like(end)
+    start[:, 1:] = end[:, :-1]
+    group_start = torch.where(start, pos, torch.zeros_like(pos)).cummax(dim=1).values
+    return values.gather(1, group_start)
+
+
 def _out(v: torch.Tensor, squeeze: bool) -> torch.Tensor:
     return v[0] if squeeze else v
 
@@ -105,10 +119,13 @@ def aurc(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
 
 
 def augrc(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-    """Area under the generalized-risk-coverage curve (step-wise, tie-aware); lower is better."""
+    """Area under the generalized-risk-coverage curve (linear between the tie-aware points); lower is better."""
     c, ok, squeeze = _rows(confidence, correct)
     _, errors, _, end = _sweep(c, ok)
-    return _out(_at_group_end(errors / c.shape[1], end).mean(dim=1), squeeze)
+    before = torch.cat([torch.zeros_like(errors[:, :1]), errors[:, :-1]], dim=1)  # errors ahead of each input
+    # each input spans 1/n of coverage, over which its tie group's trapezoid runs
+    mid = (_at_group_start(before, end) + _at_group_end(errors, end)) / (2 * c.shape[1])
+    return _out(mid.mean(dim=1), squeeze)
 
 
 def eaurc(confidence: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
@@ -189,7 +206,8 @@ class SelectiveStats:
     def augrc(self, weights: torch.Tensor) -> torch.Tensor:
         """:func:`augrc` of each row of weights (B, N)."""
         _, e, size, total = self._curve(weights)
-        return (size * e).sum(dim=1) / total**2
+        before = torch.cat([torch.zeros_like(e[:, :1]), e[:, :-1]], dim=1)
+        return (size * (before + e)).sum(dim=1) / (2 * total**2)
 
     def eaurc(self, weights: torch.Tensor) -> torch.Tensor:
         """:func:`eaurc` of each row of integer weights (B, N)."""

@@ -21,7 +21,7 @@ def test_aurc_and_augrc_against_a_hand_computation() -> None:
     # accepted in order of rising score: 0.1 ok, 0.2 wrong, 0.35 wrong, 0.4 ok, 0.8 ok, 0.9 wrong
     # cumulative errors 0 1 2 2 2 3 over accepted 1..6
     aurc = (0 + 1 / 2 + 2 / 3 + 2 / 4 + 2 / 5 + 3 / 6) / 6
-    augrc = (0 + 1 + 2 + 2 + 2 + 3) / 6 / 6
+    augrc = (0 + 1 / 2 + 3 / 2 + 2 + 2 + 5 / 2) / 6 / 6  # trapezoids: mean of the errors before and after each
     table = reject_table({"d": SCORES}, CORRECT, {"far": {"d": OOD}}, n_boot=50)
     row = table.row("d")
     assert row.aurc.value == pytest.approx(aurc, abs=1e-12)
