@@ -129,6 +129,7 @@ def d(tmp_path_factory):
     (d / "big_seed.toml").write_text(f'checks = ["clean"]\nseed = {2**63 - 1}\nbatch_size = -3\n')
     (d / "nan_gate.toml").write_text('checks = ["clean"]\n[fail_under]\n"clean/clean/accuracy" = nan\n')
     (d / "bad_channels.toml").write_text('checks = ["clean"]\nchannels = 2\n')
+    (d / "checks_table.toml").write_text('[checks.ood]\ndetectors = ["msp"]\n')
     (d / "typo_gate.toml").write_text('checks = ["clean"]\n[fail_under]\n"clean/*/class_1_acc" = 0.5\n')
     return d
 
@@ -195,6 +196,10 @@ CASES = {
     ),
     "--channels 2": (["--channels", "2", *OK], "--channels must be 1 (grayscale) or 3 (RGB)"),
     "channels = 2 in TOML": (["--config", "{d}/bad_channels.toml"], "bad_channels.toml: channels must be 1"),
+    "check parameters under [checks.X] in TOML": (
+        ["--config", "{d}/checks_table.toml"],
+        "a check's parameters go in [params.<check>], e.g. [params.ood]",
+    ),
     "--image-size 0 8": (["--data", "{d}/folder", "--image-size", "0", "8", *OK[2:]], "--image-size must be two"),
     "--image-size -4 8": (["--data", "{d}/folder", "--image-size", "-4", "8", *OK[2:]], "positive integers H W"),
     "--batch-size 0": (["--batch-size", "0", *OK], "--batch-size must be a positive integer, got 0"),

@@ -105,6 +105,11 @@ def config_from_mapping(raw: dict[str, Any], where: str = "config") -> AuditConf
                 raise InputError(f"{where}: classes must be a list of class names in the order of the model's outputs")
             cfg.classes = list(value)
         elif key == "checks":
+            if isinstance(value, dict):
+                raise InputError(
+                    f"{where}: checks must be a list of check names; a check's parameters go in [params.<check>], "
+                    f"e.g. [params.{next(iter(value), 'ood')}]"
+                )
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise InputError(f"{where}: checks must be a list of check names")
             cfg.checks = list(value)
