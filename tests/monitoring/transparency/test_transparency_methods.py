@@ -65,6 +65,28 @@ def test_occlusion_matches_a_brute_force_loop(linear: Linear, x4: torch.Tensor) 
     assert torch.allclose(out, expected / count, atol=1e-5)
 
 
+def test_occlusion_on_colour_with_a_stride_that_leaves_an_edge_and_a_grey_baseline() -> None:
+    """Every channel occluded at once; a stride of 2 over width 6 with window 3 adds the last column position
+    (3) so the edge is covered; each pixel averages the drops of the patches covering it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 5 * 6, 3)).eval()
+    x = torch.rand(2, 3, 5, 6, generator=generator(0, "occ-colour"))
+    target = torch.tensor([0, 2])
+    out = tr.attribute("occlusion", model, x, target, window=3, stride=2, baseline=0.5, batch_size=5)
+    expected, count = torch.zeros_like(x), torch.zeros_like(x)
+    with torch.no_grad():
+        full = model(x).gather(1, target[:, None])[:, 0]
+        for top in (0, 2):
+            for left in (0, 2, 3):
+                occluded = x.clone()
+                occluded[..., top : top + 3, left : left + 3] = 0.5
+                drop = (full - model(occluded).gather(1, target[:, None])[:, 0]).view(-1, 1, 1, 1)
+                expected[..., top : top + 3, left : left + 3] += drop
+                count[..., top : top + 3, left : left + 3] += 1
+    assert bool((count > 0).all())
+    torch.testing.assert_close(out, expected / count, atol=1e-6, rtol=1e-5)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_integrated_gradients_completeness_within_the_reported_delta(method: str, digits_model, digits_test) -> None:  # type: ignore[no-untyped-def]
     x, y = digits_test.x[:6], digits_test.y[:6]

@@ -33,7 +33,9 @@ def replacement_id(tokenizer: Any, replace: str) -> int:
 class Occlusion(Attribution):
     """Drop in the target logit when a square patch (all channels) is replaced by ``baseline``.
 
-    Each pixel gets the mean drop over the patches that cover it (as Captum's ``Occlusion``).
+    Each pixel gets the mean drop over the patches that cover it (as Captum's ``Occlusion``). When the
+    stride does not reach the last row or column, one more patch position flush with that edge is added
+    (Captum leaves those pixels uncovered, at 0).
     Needs no gradients: images (N, C, H, W), or text, where each real token (not special tokens,
     not padding) is replaced in turn by the token ``replace`` names and scores the logit's drop.
 
