@@ -211,3 +211,24 @@ def test_first_order_dia_runs(net: nn.Module, x: torch.Tensor) -> None:
     for method in (Tent(), Tent(predict_after_update=False), SoftPseudoLabel()):
         r = DIA(steps=2, unroll=False, objective="indiscriminate").run(net, method, benign, start, groups=2)
         assert r.x_malicious.shape == start.shape and torch.isfinite(r.logits).all()
+
+
+@pytest.mark.parametrize("k", [3, 5])
+def test_default_target_is_neither_the_label_nor_the_clean_prediction(k: int) -> None:
+    """A target equal to the true label would count the attack *correcting* a wrong prediction as a
+    success (Wu et al.'s code never targets the label); nor may it be the clean prediction (a hit
+    without any attack). Every targeted benign input here is wrong without the attack."""
+    net, groups = head_bn(k=k), 60
+    x = images(groups * 3, seed=4)
+    benign, start = _split(x, groups, 3, 1)
+    clean = create("tebn")
+    pred = torch.cat([clean.adapt(net, benign[2 * g : 2 * g + 2]).argmax(1) for g in range(groups)])
+    y = (pred + 1) % k  # every benign input misclassified by the clean adapted model
+    for gens in (None, [torch.Generator().manual_seed(i) for i in range(groups)]):
+        r = DIA(steps=0).run(net, clean, benign, start, y=y, groups=groups, generator=gens)
+        assert r.target is not None and r.target_index is not None
+        label = y.reshape(groups, 2).gather(1, r.target_index[:, None])[:, 0]
+        clean_pred = r.clean_logits.argmax(-1).gather(1, r.target_index[:, None])[:, 0]
+        assert (r.target != label).all() and (r.target != clean_pred).all()
+        if k > 3:  # the other classes are all drawn
+            assert set(r.target.sub(clean_pred).remainder(k).tolist()) == set(range(2, k))

@@ -144,7 +144,9 @@ class DIA(HyperParams):
                 may be 0 (then nothing changes: the logits are the clean adapted ones).
             y: labels of the benign inputs ``(groups * nb,)`` (default: their clean adapted predictions).
             target: target class per batch ``(groups,)`` (targeted objectives; default: a random class
-                other than the clean adapted prediction, from ``generator``).
+                other than the clean adapted prediction and other than the label (``y``), from
+                ``generator``; with two classes and a wrong clean prediction none is left, and the
+                target is the label: a hit then only means the attack made the input right).
             target_index: the attacked benign input of each batch ``(groups,)`` (default: the first).
             groups: number of independent batches stacked in ``benign`` and ``malicious``.
             generator: overrides the attack's own seeded generator; a sequence of ``groups``
@@ -183,7 +185,7 @@ class DIA(HyperParams):
             clean = clean.detach().reshape(groups, nb, -1)
             k = clean.shape[-1]
             labels = clean.argmax(-1) if y is None else self._labels(y, groups, nb, k, device)
-            tindex, tgt = self._targets(clean, target, target_index, groups, nb, k, g)
+            tindex, tgt = self._targets(clean, labels, target, target_index, groups, nb, k, g)
             result = self._attack(clf, method, xb, xm0, labels, clean, tindex, tgt, groups, g)
         x_mal, logits = result
         return DIAResult(x_mal.to(malicious.device), logits, clean, labels, tindex, tgt)
@@ -292,6 +294,7 @@ class DIA(HyperParams):
     def _targets(
         self,
         clean: torch.Tensor,
+        labels: torch.Tensor,
         target: torch.Tensor | None,
         target_index: torch.Tensor | None,
         groups: int,
@@ -313,13 +316,20 @@ class DIA(HyperParams):
             if tindex.shape != (groups,) or bool(((tindex < 0) | (tindex >= nb)).any()):
                 raise InputError(f"target_index must hold one index in 0..{nb - 1} per batch ({groups} batches)")
         if target is None:
-            pred = clean.argmax(-1).gather(1, tindex[:, None])[:, 0]
+            pred = clean.argmax(-1).gather(1, tindex[:, None])[:, 0].cpu()
+            label = labels.gather(1, tindex[:, None])[:, 0].cpu()
+            gens = [g] * groups if isinstance(g, torch.Generator) else g
             if isinstance(g, torch.Generator):
                 shift = torch.randint(1, k, (groups,), generator=g)
             else:
                 shift = torch.cat([torch.randint(1, k, (1,), generator=gi) for gi in g])
-            shift = shift.to(device)
-            return tindex, (pred + shift) % k
+            # uniform over the classes that are neither the clean prediction nor the label, by
+            # redrawing (in batch order) the targets that hit a label the clean prediction misses
+            redraw = ((pred + shift) % k == label) & (pred != label) if k > 2 else torch.zeros(groups, dtype=torch.bool)
+            for i in redraw.nonzero()[:, 0].tolist():
+                while int((pred[i] + shift[i]) % k) == int(label[i]):
+                    shift[i] = int(torch.randint(1, k, (1,), generator=gens[i]))
+            return tindex, ((pred + shift) % k).to(device)
         tgt = target.to(device).long()
         if tgt.shape != (groups,) or bool(((tgt < 0) | (tgt >= k)).any()):
             raise InputError(f"target must hold one class in 0..{k - 1} per batch ({groups} batches)")
