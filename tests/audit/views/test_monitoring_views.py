@@ -79,3 +79,28 @@ def test_transparency_table_has_a_verdict_per_method_and_test() -> None:
     assert sanity.rows == [["saliency", "0.2", "", "pass"], ["input-x-gradient", "0.7", "", "FAIL"]]
     assert [r[0] for r in other.rows] == ["sanity_pass_share", "ig_completeness_gap"]
     assert [h.row.metric for h in TransparencyView.headlines(rows)] == ["sanity_pass_share"]
+
+
+def test_selective_headline_names_the_default_source_and_headers_give_the_targets() -> None:
+    # the plain rows are the configured default source's, which need not be MSP
+    rows = [_row("selective", "aurc", 0.04, detector="energy"),
+            _row("selective", source_metric("energy", "aurc"), 0.04, detector="energy"),
+            _row("selective", source_metric("energy", "risk_at_coverage"), 0.1, detector="energy", coverage=0.9),
+            _row("selective", source_metric("energy", "coverage_at_risk"), 0.6, detector="energy",
+                 risk=0.02)]  # fmt: skip
+    assert [h.label for h in SelectiveView.headlines(rows)] == ["AURC (confidence: -energy score)"]
+    assert not SelectiveView.headlines(rows)[0].higher_is_better
+    (table,) = SelectiveView.tables(rows)
+    assert table.headers[-2:] == ["risk at coverage 0.9", "coverage at risk 0.02"]
+    assert table.rows[0][-2:] == ["0.1 [0.09, 0.11]", "0.6 [0.59, 0.61]"]
+    assert "same test data" in table.note  # the chosen threshold is not validated on new data
+
+
+def test_selective_check_declares_every_metric_direction() -> None:
+    from mlsafety.audit._gates import metric_direction
+
+    for det in ("msp", "max-logit"):
+        for metric, sign in (("aurc", -1), ("eaurc", -1), ("augrc", -1), ("risk_at_coverage", -1),
+                             ("coverage_at_risk", 1)):  # fmt: skip
+            for name in (metric, source_metric(det, metric)):
+                assert metric_direction(_row("selective", name, 0.5, detector=det), []) == sign, name

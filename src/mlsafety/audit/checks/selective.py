@@ -13,6 +13,7 @@ from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks._common import ScoreCache
 from mlsafety.audit.views.selective import CAPTION, SelectiveView, curves_png, source_metric
 from mlsafety.core import Hazard
+from mlsafety.monitoring import ood
 from mlsafety.monitoring import selective as sel
 
 CLEAN = Hazard.clean()
@@ -40,6 +41,15 @@ class Selective(Check):
     }
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
     metrics = (*METRICS, *(f"*_{m}" for m in METRICS))  # plain for the default, then per confidence source
+    higher_is_better: ClassVar[frozenset[str]] = frozenset(
+        {"coverage_at_risk", *(source_metric(d, "coverage_at_risk") for d in ood.available())}
+    )
+    lower_is_better: ClassVar[frozenset[str]] = frozenset(
+        m
+        for base in METRICS
+        if base != "coverage_at_risk"
+        for m in (base, *(source_metric(d, base) for d in ood.available()))
+    )
     view = SelectiveView
 
     def run(self, ctx: AuditContext) -> TaskResult:

@@ -10,7 +10,18 @@ from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.checks._common import metric_name
 from mlsafety.monitoring import selective as sel
 
-CAPTION = "Risk-coverage curves on the test data (one point per distinct confidence)."
+CAPTION = (
+    "Risk-coverage curves on the test data (one point per distinct confidence; each point's risk is drawn over "
+    "the coverage it adds, so the area under a curve is its AURC)."
+)
+TARGETS = {"risk_at_coverage": ("coverage", "risk at coverage"), "coverage_at_risk": ("risk", "coverage at risk")}
+"""The metrics read at a target: the row param that holds it and the column's words."""
+NOTE = (
+    "Shares, or areas under shares (AURC, E-AURC, AUGRC), from 0 to 1; lower is better except coverage at "
+    "risk. The coverage at a target risk is the largest whose risk on the same test data is at most the "
+    "target: the threshold is chosen on the data it is scored on, so its risk on new data may exceed the "
+    "target (no guarantee, e.g. SGR, is computed)."
+)
 
 
 def source_metric(source: str, metric: str) -> str:
@@ -23,7 +34,8 @@ class SelectiveView(View):
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        return [Headline("AURC (MSP)", r, higher_is_better=False) for r in rows if r.metric == "aurc"]
+        return [Headline(f"AURC (confidence: -{r.params.get('detector', 'msp')} score)", r, higher_is_better=False)
+                for r in rows if r.metric == "aurc"]  # fmt: skip
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
@@ -38,7 +50,17 @@ class SelectiveView(View):
         body = [
             [d, *[_cell(v.get(m)) for m in sel.METRICS]] for d, v in sorted(per.items(), key=lambda kv: _aurc(kv[1]))
         ]
-        return [Table("Confidence sources ranked by AURC [95% CI]", ["confidence = -score of", *sel.METRICS], body)]
+        headers = ["confidence = -score of", *[_header(m, per) for m in sel.METRICS]]
+        return [Table("Confidence sources ranked by AURC [95% CI]", headers, body, NOTE)]
+
+
+def _header(metric: str, per: dict[str, dict[str, StoredRow]]) -> str:
+    """The column's name; for a metric read at a target, with the target the rows record."""
+    if metric not in TARGETS:
+        return metric
+    param, words = TARGETS[metric]
+    targets = {float(v[metric].params[param]) for v in per.values() if metric in v and param in v[metric].params}
+    return f"{words} {fmt_value(targets.pop())}" if len(targets) == 1 else words
 
 
 def _aurc(v: dict[str, StoredRow]) -> float:
@@ -50,11 +72,14 @@ def _cell(r: StoredRow | None) -> str:
 
 
 def curves_png(curves: dict[str, sel.RiskCoverage]) -> bytes:
-    """Risk-coverage step curves, one per confidence source."""
+    """Risk-coverage step curves, one per confidence source: each point's selective risk drawn over the
+    coverage its tie group adds (from the previous point, or 0), the steps whose area is the AURC."""
     fig = figure(4.6, 3.4)
     ax = fig.add_subplot()
     for name, rc in curves.items():
-        ax.step(rc.coverage.numpy(), rc.risk.numpy(), where="post", linewidth=1.3, label=name)
+        cov = [0.0, *rc.coverage.tolist()]
+        risk = [float(rc.risk[0]), *rc.risk.tolist()]
+        ax.step(cov, risk, where="pre", linewidth=1.3, label=name)
     ax.set_xlabel("coverage (share answered)")
     ax.set_ylabel("selective risk (error rate when answering)")
     ax.set_xlim(0, 1)
