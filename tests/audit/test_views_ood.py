@@ -38,5 +38,7 @@ def test_ranking_and_groups_from_params() -> None:
     assert [r[0] for r in groups.rows] == ["max-logit", "msp"] and groups.rows[0][1].startswith("0.7 ")
     (headline,) = OODView.headlines(rows)
     assert headline.label == "OOD AUROC (msp) letters"  # the detector the row was measured with
-    assert [h.label for h in OODBasicView.headlines(rows)] == ["MSP AUROC letters"]
+    assert [h.label for h in OODBasicView.headlines(rows)] == ["OOD AUROC (msp) letters"]
+    energy = [StoredRow("ood-basic", "ood/letters", "auroc", 0.7, 0.6, 0.8, 10, {"detector": "energy"})]
+    assert [h.label for h in OODBasicView.headlines(energy)] == ["OOD AUROC (energy) letters"]  # default: energy
     assert len(OODBasicView.tables(rows)) == 1  # no group table in the baseline check

@@ -61,7 +61,7 @@ class OODBasicView(View):
     """Headlines: the default detector's AUROC on each OOD set; tables: detectors ranked by mean AUROC,
     and the warnings about constructed sets resized for the model."""
 
-    headline_label = "MSP AUROC"
+    headline_label = "OOD AUROC ({detector})"
     ranking_title = "Detectors ranked by mean AUROC (OOD = positive)"
 
     @classmethod
