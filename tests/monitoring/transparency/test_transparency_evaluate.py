@@ -50,3 +50,11 @@ def test_class_visualisations_refuse_non_images(tiny_net: nn.Module) -> None:
     assert vis.mean_confidence.value == pytest.approx(float(vis.confidence.double().mean()))
     with pytest.raises(InputError, match="image inputs"):
         tr.class_visualisations(tiny_net, (8, 8), 2)
+
+
+def test_class_visualisation_confidence_is_each_images_own_class_probability(tiny_net: nn.Module) -> None:
+    vis = tr.class_visualisations(tiny_net, (1, 8, 8), 3, steps=3, generator=generator(0, "vis-conf"))
+    tiny_net.eval()
+    with torch.no_grad():
+        probs = tiny_net(vis.images).softmax(dim=1)
+    torch.testing.assert_close(vis.confidence, probs[torch.arange(3), torch.arange(3)])  # image k, class k
