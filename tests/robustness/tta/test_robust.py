@@ -68,3 +68,12 @@ def test_alpha_bn_needs_running_statistics() -> None:
     net = nn.Sequential(nn.Flatten(), nn.BatchNorm1d(16, track_running_stats=False), nn.Linear(16, 3)).eval()
     with pytest.raises(InputError, match="running statistics"):
         AlphaBN().adapt(net, torch.rand(4, 1, 4, 4))
+
+
+def test_median_statistics_take_the_lower_middle_value_of_an_even_count() -> None:
+    """The documented convention (the authors' torch.median): an even count gives the lower of the
+    two middle values, for the centre and for the squared deviations alike."""
+    x = torch.tensor([4.0, 0.0, 1.0, 10.0]).reshape(1, 4, 1)  # one group, four inputs, one channel
+    med, var = median_statistics(x)
+    assert med.item() == 1.0  # sorted 0, 1, 4, 10: the lower middle value, not 2.5
+    assert var.item() == 1.0  # squared deviations 9, 1, 0, 81 -> sorted 0, 1, 9, 81: lower middle 1, not 5
