@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mlsafety.audit import StoredRow
-from mlsafety.audit.views.ood import OODView
+from mlsafety.audit.views.ood import OODView, monitor_table
 from mlsafety.audit.views.ood_basic import OODBasicView, detector_metric
 
 MEASURES = ("auroc", "aupr_in", "aupr_out", "fpr95_id_positive", "fpr95_ood_positive")
@@ -42,3 +42,12 @@ def test_ranking_and_groups_from_params() -> None:
     energy = [StoredRow("ood-basic", "ood/letters", "auroc", 0.7, 0.6, 0.8, 10, {"detector": "energy"})]
     assert [h.label for h in OODBasicView.headlines(energy)] == ["OOD AUROC (energy) letters"]  # default: energy
     assert len(OODBasicView.tables(rows)) == 1  # no group table in the baseline check
+
+
+def test_monitor_table_lists_the_best_five_candidates() -> None:
+    # the store returns params with sorted keys, so the candidates come back alphabetical, not by AUROC
+    selection = {"ash": 0.91, "dice": 0.82, "energy": 0.90, "entropy": 0.92, "knn": 0.95, "mahalanobis": 0.99}
+    row = StoredRow("ood", "clean", "monitored_detector", 6, None, None, 6,
+                    {"detector": "mahalanobis", "rule": "chosen", "selection_auroc": selection}, "count")  # fmt: skip
+    (table,) = monitor_table([row])
+    assert table.rows[0][2] == "mahalanobis 0.99, knn 0.95, entropy 0.92, ash 0.91, energy 0.9"

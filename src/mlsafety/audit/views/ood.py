@@ -86,7 +86,8 @@ def monitor_table(rows: Sequence[StoredRow]) -> list[Table]:
         return []
     r = chosen[0]
     selection = dict(r.params.get("selection_auroc") or {})
-    shown = ", ".join(f"{d} {fmt_value(v)}" for d, v in list(selection.items())[:5])
+    best = sorted(selection.items(), key=lambda kv: -float(kv[1]))[:5]  # the store hands params back key-sorted
+    shown = ", ".join(f"{d} {fmt_value(v)}" for d, v in best)
     body = [[str(r.params.get("detector", "")), str(r.params.get("rule", "")), shown]]
     note = "The scorecard and the plain metric names (ood/<set>/auroc, the gate `ood/*/auroc`) show this detector."
     return [Table("Monitored detector", ["detector", "how it was chosen", "selection-half mean AUROC"], body, note)]
