@@ -78,6 +78,7 @@ def test_transparency_table_has_a_verdict_per_method_and_test() -> None:
     assert sanity.headers == ["method", "cascading Spearman", "cascading SSIM", "cascading verdict"]
     assert sanity.rows == [["saliency", "0.2", "", "pass"], ["input-x-gradient", "0.7", "", "FAIL"]]
     assert [r[0] for r in other.rows] == ["sanity_pass_share", "ig_completeness_gap"]
+    assert other.rows[0][2] == "(decision)" and other.rows[1][2] == "[0, 0.02]"  # an estimate keeps its interval
     assert [h.row.metric for h in TransparencyView.headlines(rows)] == ["sanity_pass_share"]
 
 

@@ -193,8 +193,8 @@ class TransparencyView(View):
             tables.append(
                 Table(
                     "Other figures",
-                    ["metric", "value", "n"],
-                    [[r.metric, fmt_value(r.value), "" if r.n is None else str(r.n)] for r in other],
+                    ["metric", "value", "95% CI", "n"],
+                    [[r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in other],
                 )
             )
         return tables
