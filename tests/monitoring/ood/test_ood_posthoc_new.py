@@ -497,3 +497,19 @@ def test_gradients_reach_the_outputs_each_score_reads(name: str, uses: str, net,
     for key, t in (("f", f), ("z", z)):
         if key in uses:
             assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0, key
+
+
+@pytest.mark.parametrize("limit", [10**9, 2001])
+def test_vra_quantiles_are_exact_past_the_size_limit(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    # past torch.quantile's size limit (lowered here to 2001 values) the quantiles are still those of every
+    # activation; a strided sample f[::2] of these 100 x 40 activations read only the even units, all alive,
+    # and put the 10th percentile above 1 instead of at 0 (half the units are dead)
+    from mlsafety.monitoring.ood import vra
+
+    monkeypatch.setattr(vra, "_QUANTILE_LIMIT", limit)
+    f = torch.rand(100, 40, generator=generator(0, "vra-units")) + 1.0
+    f[:, 1::2] = 0.0
+    f[:7, 0] = torch.tensor([1.5, 1.25, 1.75, 1.0, 2.0, 1.5, 1.5])  # ties and a value between order statistics
+    percentiles = (0.0, 10.0, 37.3, 50.0, 90.0, 99.99, 100.0)
+    got = vra.activation_quantiles(f, percentiles)
+    np.testing.assert_allclose(got, np.percentile(f.double().numpy().ravel(), percentiles), rtol=1e-6, atol=1e-7)

@@ -3,6 +3,8 @@ Out-of-distribution Detection", NeurIPS 2023)."""
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mlsafety.core import Classifier, InputError, Outputs, Param
@@ -18,14 +20,27 @@ from mlsafety.monitoring.ood.base import (
     register,
 )
 
-_QUANTILE_LIMIT = 16_000_000  # torch.quantile's size limit; a strided sample is exact enough beyond it
+_QUANTILE_LIMIT = 16_000_000  # under torch.quantile's size limit (2^24 elements)
+
+
+def _kth_quantile(f: torch.Tensor, q: float) -> float:
+    """The quantile ``q`` of a flat tensor of any size, interpolated linearly as ``torch.quantile`` (and
+    ``numpy.percentile``) do, from the two order statistics around ``q (n - 1)`` (``kthvalue`` has no size limit)."""
+    pos = q * (f.numel() - 1)
+    lo = math.floor(pos)
+    below = float(f.kthvalue(lo + 1).values)
+    if lo + 1 >= f.numel() or pos == lo:
+        return below
+    above = float(f.kthvalue(lo + 2).values)
+    return below + (above - below) * (pos - lo)
 
 
 def activation_quantiles(features: torch.Tensor, percentiles: tuple[float, ...]) -> list[float]:
-    """Quantiles of all activations of ``features`` (N, D) at ``percentiles`` (in [0, 100])."""
+    """Quantiles of all activations of ``features`` (N, D) at ``percentiles`` (in [0, 100]), exact at any size
+    (beyond torch.quantile's limit, from order statistics: a sample would leave units out)."""
     f = features.float().flatten()
     if f.numel() > _QUANTILE_LIMIT:
-        f = f[:: f.numel() // _QUANTILE_LIMIT + 1]
+        return [_kth_quantile(f, p / 100.0) for p in percentiles]
     q = torch.tensor([p / 100.0 for p in percentiles], dtype=f.dtype, device=f.device)
     return [float(v) for v in torch.quantile(f, q)]
 
