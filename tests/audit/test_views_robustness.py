@@ -56,6 +56,12 @@ def test_certified_view() -> None:
     assert curve.headers == ["L2 radius", "sigma 0.25", "sigma 0.5", "denoised sigma 0.25"]
     assert [r[0] for r in curve.rows] == ["0", "0.25"] and curve.rows[1][3].startswith("0.75 ")
     assert [r[1] for r in other.rows] == ["abstain_rate_sigma_0_25"]
+    # the headline is the best of the noise levels on these inputs, so it names the one it shows
+    assert headline.label == "Certified L2 accuracy at r = 0.25 (sigma 0.25, best of 2)"
+    late = StoredRow("certified", "adversarial/pgd/certified-radius", "budget_not_measured", 1.0, None, None, None,
+                     {"reason": "not measured"}, "decision")  # fmt: skip
+    *_, other = CertifiedView.tables([*rows, late])
+    assert other.rows[-1][3:] == ["(decision)", ""]  # no empty interval, no 'None'
 
 
 def test_corruptions_view() -> None:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_value
+from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.checks._common import metric_name
 from mlsafety.robustness.smoothing import Certificate
@@ -52,8 +52,11 @@ class CertifiedView(View):
         ]  # fmt: skip
         if not plain:
             return []
-        best = max(plain, key=lambda r: r.value)
-        return [Headline(f"Certified L2 accuracy at r = {HEADLINE_RADIUS:g}", best)]
+        best = max(plain, key=lambda r: r.value)  # the best noise level, named: it is picked on these inputs
+        label = f"Certified L2 accuracy at r = {HEADLINE_RADIUS:g}"
+        if len(plain) > 1:
+            label += f" (sigma {float(best.params['sigma']):g}, best of {len(plain)})"
+        return [Headline(label, best)]
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
@@ -75,7 +78,10 @@ class CertifiedView(View):
                 Table(
                     "Abstentions, radii and attack consistency",
                     ["hazard", "metric", "value", "95% CI", "n"],
-                    [[r.hazard, r.metric, fmt_value(r.value), _interval(r), str(r.n)] for r in other],
+                    [
+                        [r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)]
+                        for r in other
+                    ],
                 )
             )
         return tables
