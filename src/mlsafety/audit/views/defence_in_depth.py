@@ -120,8 +120,12 @@ def _validation_table(rows: Sequence[StoredRow]) -> Table | None:
         [str(Hazard.parse(r.hazard).name), fmt_value(r.value), fmt_ci(r), "yes" if r.params.get("selected") else ""]
         for r in val
     ]
-    title = "Monitor chosen on validation data (mean escaped rate on clean validation inputs and synthetic outliers)"
-    note = "Intervals: each set's exact interval at 97.5% (Bonferroni over the two sets), averaged."
+    title = "Monitor chosen on validation data (escaped rate on clean validation inputs and synthetic outliers)"
+    note = (
+        "The two sets weighted 1 - ood_share and ood_share (the check's parameter; one half each by default). "
+        "Intervals: each set's exact interval, Bonferroni over the sets weighted (97.5% for two), combined with the "
+        "same weights."
+    )
     skipped = [r for r in rows if r.metric == "monitor_skipped"]
     if skipped:
         names = ", ".join(str(Hazard.parse(r.hazard).name) for r in skipped)
