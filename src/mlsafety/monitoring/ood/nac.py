@@ -1,4 +1,4 @@
-"""Neuron Activation Coverage (Liu, Lochman & Zach, "Neuron Activation Coverage: Rethinking
+"""Neuron Activation Coverage (Liu, Tian, Li, Ma & Wang, "Neuron Activation Coverage: Rethinking
 Out-of-distribution Detection and Generalization", ICLR 2024): the NAC-UE detector."""
 
 from __future__ import annotations
@@ -31,7 +31,11 @@ class NAC(Detector):
 
     Deviations: one ``beta`` and ``bins`` for every layer (the paper tunes them per layer on validation
     data); the layers are :func:`~mlsafety.core.block_layers` (the paper uses ResNet's ``layer1..layer4``)
-    unless ``layers`` names them; ``O`` is a share of the data rather than a count.
+    unless ``layers`` names them; ``O`` is a share of the data rather than a count. The authors' code pools a
+    map's output and its gradient separately (sums over space) and multiplies the two; here the product is
+    averaged, ``mean(z * dKL/dz)``, which for a map followed by global average pooling is theirs divided by
+    ``(H W)^2`` (a ``beta`` of theirs is ``beta (H W)^2`` here). Their bins are log-spaced, denser near 0 and 1;
+    these are equal.
 
     Args:
         beta: sigmoid steepness (the gradients of a trained model are small, hence the large default).
