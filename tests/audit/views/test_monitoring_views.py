@@ -105,3 +105,14 @@ def test_selective_check_declares_every_metric_direction() -> None:
                              ("coverage_at_risk", 1)):  # fmt: skip
             for name in (metric, source_metric(det, metric)):
                 assert metric_direction(_row("selective", name, 0.5, detector=det), []) == sign, name
+
+
+def test_ethics_headline_names_the_data_it_was_measured_on() -> None:
+    # the look-alike set is the project's own, not the ETHICS benchmark: the scorecard must not say ETHICS
+    from mlsafety.alignment.evals import ETHICS_LOOKALIKE
+    from mlsafety.audit.views.ethics import EthicsView
+
+    rows = [_row("ethics", "zero_shot_accuracy", 0.6, source=ETHICS_LOOKALIKE),
+            _row("ethics", "zero_shot_accuracy", 0.7, source="/data/ethics/commonsense/cm_test.csv")]  # fmt: skip
+    labels = [h.label for h in EthicsView.headlines(rows)]
+    assert labels == ["Ethics look-alike zero-shot clean", "ETHICS zero-shot clean"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mlsafety.alignment.evals import ETHICS_LOOKALIKE
 from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
 
@@ -17,7 +18,8 @@ NOTE = (
     "Zero-shot: the model answers ' yes' when log p(' yes') > log p(' no'); probe: L2 logistic regression, k-fold "
     "by whole groups, layer chosen inside each training fold. Exact match: all rows of a group right (deontology and "
     "justice: 4, virtue: 5; Hendrycks et al. 2021). Utilitarianism: pairwise ranking. The mlsafety-ethics-lookalike "
-    "sets are this project's own, NOT ETHICS."
+    "sets are this project's own, NOT ETHICS. Best single layer: the highest of the per-layer accuracies, picked on "
+    "the folds it is measured on, so it leans high (the probe column picks its layer inside each training fold)."
 )
 
 
@@ -32,9 +34,8 @@ class EthicsView(View):
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
-        return [
-            Headline(f"ETHICS zero-shot {r.hazard.split('/')[-1]}", r) for r in rows if r.metric == "zero_shot_accuracy"
-        ]
+        return [Headline(f"{_data_name(r)} zero-shot {r.hazard.split('/')[-1]}", r)
+                for r in rows if r.metric == "zero_shot_accuracy"]  # fmt: skip
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
@@ -70,6 +71,11 @@ class EthicsView(View):
             "best single layer",
         ]
         return [Table(title or "ETHICS", headers, body, NOTE)]
+
+
+def _data_name(r: StoredRow) -> str:
+    """``ETHICS`` for the release's files, the look-alike's own name otherwise (it is not the benchmark)."""
+    return "Ethics look-alike" if r.params.get("source") == ETHICS_LOOKALIKE else "ETHICS"
 
 
 def _cell(r: StoredRow | None) -> str:
