@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from mlsafety.audit._check import StoredRow
 from mlsafety.audit.checks._common import metric_name
 from mlsafety.audit.views.adversarial import AdversarialView
@@ -58,9 +60,8 @@ def test_certified_view() -> None:
     assert [r[1] for r in other.rows] == ["abstain_rate_sigma_0_25"]
     # the headline is the best of the noise levels on these inputs, so it names the one it shows
     assert headline.label == "Certified L2 accuracy at r = 0.25 (sigma 0.25, best of 2)"
-    late = StoredRow("certified", "adversarial/pgd/certified-radius", "budget_not_measured", 1.0, None, None, None,
-                     {"reason": "not measured"}, "decision")  # fmt: skip
-    *_, other = CertifiedView.tables([*rows, late])
+    flag = StoredRow("certified", "clean", "consistency_flag", 1.0, None, None, None, {}, "decision")
+    *_, other = CertifiedView.tables([*rows, flag])
     assert other.rows[-1][3:] == ["(decision)", ""]  # no empty interval, no 'None'
 
 
@@ -116,3 +117,19 @@ def test_report_shows_the_curve_before_the_pairs_whatever_task_stored_them_first
         store.finish_run(run)
         html = render_report(store, run)
     assert html.index("CURVE-CAPTION") < html.index("PAIRS-CAPTION") < html.index("EXTRA-CAPTION")
+
+
+@pytest.mark.parametrize("check", ["adversarial", "certified", "corruptions", "defence-in-depth", "trojans",
+                                   "transparency", "tta"])  # fmt: skip
+def test_what_a_budget_left_out_is_listed_with_its_reason_in_one_table(check: str) -> None:
+    # a not-measured row is no sanity flag, trigger or hazard figure: it was dropped (corruptions,
+    # defence in depth), shown as a flag with no meaning (adversarial) or with an empty interval
+    from mlsafety.audit import CHECKS
+    from mlsafety.audit._budget import not_measured_row
+
+    row = not_measured_row("adversarial/pgd/0.1", "pgd at eps 0.1")
+    late = StoredRow(check, row.hazard, row.metric, row.value, None, None, None, dict(row.params), row.kind)
+    tables = CHECKS.get(check).view.tables([late])
+    (shown,) = [t for t in tables if any(row.hazard in cell for line in t.rows for cell in line)]
+    assert shown.title == "Not measured before the deadline (--budget)"
+    assert shown.rows == [["adversarial/pgd/0.1", row.params["reason"]]]

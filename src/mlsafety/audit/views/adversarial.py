@@ -11,6 +11,7 @@ import torch
 from mlsafety.audit._check import DECISION, Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.views._adversarial_text import text_headlines, text_tables
+from mlsafety.audit.views._budget import split_not_measured
 from mlsafety.core import Hazard
 
 Curve = list[tuple[float, float, float, float]]
@@ -35,6 +36,7 @@ class AdversarialView(View):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        rows, late = split_not_measured(rows)
         by: dict[Hazard, dict[str, StoredRow]] = {}
         warn = []
         for r in rows:
@@ -58,7 +60,7 @@ class AdversarialView(View):
         if warn:
             tables.append(Table("Sanity flags", ["hazard", "flag", "meaning"], warn))
         text = text_tables(rows)
-        return text if text and not body else tables + text
+        return (text if text and not body else tables + text) + late
 
 
 def curve_png(curves: dict[str, Curve], clean: tuple[float, float, float], norm: str) -> bytes:

@@ -11,6 +11,7 @@ import torch
 from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.checks._common import metric_name
+from mlsafety.audit.views._budget import split_not_measured
 from mlsafety.robustness.smoothing import Certificate
 
 HEADLINE_RADIUS = 0.25
@@ -60,6 +61,7 @@ class CertifiedView(View):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        rows, late = split_not_measured(rows)
         curve = {id(r): label for r in rows if (label := _curve_label(r)) is not None}
         cols = sorted({(r.metric, curve[id(r)]) for r in rows if id(r) in curve})
         cell = {(f"{float(r.params['radius']):g}", r.metric): r for r in rows if id(r) in curve}
@@ -84,7 +86,7 @@ class CertifiedView(View):
                     ],
                 )
             )
-        return tables
+        return tables + late
 
 
 def curve_png(curves: dict[str, Certificate], y: torch.Tensor, sigma: float) -> bytes:

@@ -10,6 +10,7 @@ import torch
 
 from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
+from mlsafety.audit.views._budget import split_not_measured
 from mlsafety.core import Hazard
 
 
@@ -43,6 +44,7 @@ class CorruptionsView(View):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        rows, late = split_not_measured(rows)
         cells: dict[str, dict[int, StoredRow | None]] = {}
         ce: dict[str, StoredRow] = {}
         summary = []
@@ -80,7 +82,7 @@ class CorruptionsView(View):
                     skipped,
                 )
             )
-        return tables
+        return tables + late
 
 
 def heat_map_png(acc: torch.Tensor, names: list[str], sevs: list[int], clean_acc: float) -> bytes:

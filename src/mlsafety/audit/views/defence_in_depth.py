@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from mlsafety.audit._check import Artifact, Headline, StoredRow, Table, View, fmt_ci, fmt_value
+from mlsafety.audit.views._budget import split_not_measured
 from mlsafety.core import Hazard
 from mlsafety.systemic import Outcome, swiss_cheese_png
 
@@ -46,9 +47,10 @@ class DefenceInDepthView(View):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        rows, late = split_not_measured(rows)
         by = by_hazard(rows)
         found = (_hazard_table(by), fmea_report_table(by), _validation_table(rows), _deployment_table(rows))
-        return [t for t in found if t]
+        return [t for t in found if t] + late
 
 
 def by_hazard(rows: Sequence[StoredRow]) -> dict[str, dict[str, StoredRow]]:

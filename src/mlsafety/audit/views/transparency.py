@@ -16,6 +16,7 @@ import torch
 from mlsafety.audit._check import Artifact, Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.checks._common import metric_name
+from mlsafety.audit.views._budget import split_not_measured
 from mlsafety.monitoring import transparency as tr
 
 SANITY_CAPTION = (
@@ -152,9 +153,11 @@ class TransparencyView(View):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        rows, late = split_not_measured(rows)
         lm_rows = [r for r in rows if r.metric.startswith(LM_PREFIXES)]
         rows = [r for r in rows if not r.metric.startswith(LM_PREFIXES)]
-        return [*lm_tables(lm_rows), *cls._classifier_tables(rows)] if lm_rows else cls._classifier_tables(rows)
+        shown = [*lm_tables(lm_rows), *cls._classifier_tables(rows)] if lm_rows else cls._classifier_tables(rows)
+        return shown + late
 
     @classmethod
     def _classifier_tables(cls, rows: Sequence[StoredRow]) -> list[Table]:

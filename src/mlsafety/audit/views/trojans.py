@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from mlsafety.audit._check import Artifact, Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.checks._common import metric_name
+from mlsafety.audit.views._budget import split_not_measured
 from mlsafety.core import Hazard
 from mlsafety.monitoring.trojans import SCANNERS, ScanResult
 from mlsafety.monitoring.trojans.evaluate import NC
@@ -43,6 +44,7 @@ class TrojansView(View):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        rows, late = split_not_measured(rows)
         clean = Hazard.clean()
         by = {r.metric: r for r in rows if Hazard.parse(r.hazard) == clean}
         scores = {scanner_metric(s, "score"): s for s in SCANNERS.available()}
@@ -93,7 +95,7 @@ class TrojansView(View):
                     [[r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in hz],
                 )
             )
-        return tables
+        return tables + late
 
 
 def nc_artifacts(res: ScanResult) -> list[Artifact]:

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit.checks._common import metric_name
+from mlsafety.audit.views._budget import split_not_measured
 
 ATTACK_COLUMNS = (
     ("targeted_success_rate", "targeted success"),
@@ -38,6 +39,7 @@ class TTAView(View):
 
     @classmethod
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
+        rows, late = split_not_measured(rows)
         out = []
         methods = list(dict.fromkeys(str(r.params["method"]) for r in rows if "method" in r.params))
         shifts = list(dict.fromkeys(r.hazard for r in rows if r.metric == "accuracy_no_adaptation"))
@@ -78,4 +80,4 @@ class TTAView(View):
         rest = [r for r in rows if r.params.get("measure") not in ATTACK_METRICS and r.hazard not in shifts]
         if rest:
             out += View.tables(rest, title)
-        return out
+        return out + late
