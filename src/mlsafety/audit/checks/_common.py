@@ -9,6 +9,8 @@
   ``certified_accuracy_sigma_0_25``. Names are built, never parsed back: a view reads the identity
   from the row's params, or builds the name it looks for from them.
 * :func:`truncation_rows`: the warning row of a text hazard (texts cut at the model's maximum length).
+* :func:`require_int`, :func:`require_number`: a check's parameter refused in one line when the audit is
+  planned (from ``tasks``), before its run is stored, instead of by the library once a task runs.
 * :class:`ScoreCache`: the library's OOD score cache bound to the audit's shared forward outputs
   (each of the ``ood``, ``ood-basic``, ``selective`` checks makes one; within a check, every detector
   is fitted once and every hazard scored once).
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +30,7 @@ if TYPE_CHECKING:
     from mlsafety.audit._check import Check
     from mlsafety.audit._context import AuditContext
 
-__all__ = ["ScoreCache", "bind", "metric_name", "params_of", "truncation_rows"]
+__all__ = ["ScoreCache", "bind", "metric_name", "params_of", "require_int", "require_number", "truncation_rows"]
 
 
 def bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
@@ -53,6 +56,29 @@ def params_of(ctx: AuditContext, check: type[Check]) -> dict[str, Any]:
     elif ctx.quick:
         merged.update(check.quick)
     return merged
+
+
+def require_int(check: str, params: Mapping[str, Any], key: str, least: int) -> int:
+    """``params[key]`` as an integer at least ``least``, or one line naming the check, key and bound."""
+    v = params[key]
+    if isinstance(v, bool) or not isinstance(v, int) or v < least:
+        raise InputError(f"{check}: {key} must be an integer >= {least}, got {v!r}")
+    return v
+
+
+def require_number(
+    check: str, params: Mapping[str, Any], key: str, low: float, high: float, open_low: bool = False,
+    open_high: bool = False, value: Any = None,
+) -> float:  # fmt: skip
+    """``params[key]`` (or ``value``, an element of it) as a finite number in the interval from ``low`` to
+    ``high`` (each end open or closed), or one line naming the check, key and interval."""
+    v = params[key] if value is None else value
+    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+    ok = ok and (v > low if open_low else v >= low) and (v < high if open_high else v <= high)
+    if not ok:
+        interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
+        raise InputError(f"{check}: {key} must be a number in {interval}, got {v!r}")
+    return float(v)
 
 
 def metric_name(*parts: object) -> str:
@@ -93,6 +119,14 @@ class ScoreCache(ood.ScoreCache):
     def __init__(self, ctx: AuditContext, names: Sequence[str], params: Mapping[str, Mapping[str, Any]] | None = None):
         if len(set(names)) != len(names):
             raise InputError(f"detectors are listed more than once: {list(names)}")
+        stray = sorted(set(params or {}) - set(names))
+        if stray:
+            raise InputError(
+                f"detector parameters are given for {', '.join(map(repr, stray))}, which this check does not run "
+                f"(it runs {', '.join(names)}); fix the name or drop its parameters"
+            )
+        for name in names:  # each detector's hyper-parameters are checked when the audit is planned
+            ood.DETECTORS.create(name, **dict((params or {}).get(name, {})))
         fit = ctx.data.fit
         super().__init__(
             ctx.model, fit, list(names), params, inputs=lambda h: (ctx.hazard(h).x, ctx.outputs(h)),

@@ -31,7 +31,7 @@ from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, until_
 from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks import _adversarial_text as text_adv
-from mlsafety.audit.checks._common import bind, metric_name, params_of
+from mlsafety.audit.checks._common import bind, metric_name, params_of, require_int
 from mlsafety.audit.views.adversarial import AdversarialView, Curve, curve_png, pairs_png
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
 from mlsafety.metrics import proportion
@@ -265,6 +265,8 @@ class Adversarial(Check):
 
     # -- plan ----------------------------------------------------------------------------------
     def _plan(self, ctx: AuditContext) -> tuple[list[str], list[float]]:
+        for key, least in (("n", 1), ("pairs", 0), ("n_boot", 1)):
+            require_int("adversarial", self.params, key, least)  # when planned, not once a task runs
         spec = self.params["attacks"]
         names = [spec] if isinstance(spec, str) else list(dict.fromkeys(spec))
         if not names:

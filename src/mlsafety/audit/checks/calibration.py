@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_check
+from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks._common import require_int
 from mlsafety.audit.views.calibration import SUFFIX, CalibrationView, reliability_png
-from mlsafety.core import Hazard
+from mlsafety.core import Hazard, InputError
 from mlsafety.monitoring import calibration as cal
 
 CLEAN = Hazard.clean()
@@ -34,6 +35,18 @@ class Calibration(Check):
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
     metrics = (*METRICS, *(m + suffix for suffix in SUFFIX.values() for m in METRICS), "temperature")
     view = CalibrationView
+
+    def tasks(self, ctx: AuditContext) -> list[Task]:
+        p = self.params  # checked when the audit is planned, before its run is stored
+        require_int(self.name, p, "n_bins", 1)
+        require_int(self.name, p, "n_boot", 1)
+        if isinstance(p["calibrators"], str) or not isinstance(p["calibrators"], list):
+            raise InputError(
+                f"calibration: calibrators must be a list of names, e.g. ['temperature'], got {p['calibrators']!r}"
+            )
+        for name in p["calibrators"]:
+            cal.CALIBRATORS.get(name)  # an unknown name fails with a suggestion
+        return super().tasks(ctx)
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params

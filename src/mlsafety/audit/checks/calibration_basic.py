@@ -10,8 +10,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_check
+from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks._common import require_int
 from mlsafety.audit.views.calibration import reliability_png
 from mlsafety.audit.views.calibration_basic import CalibrationBasicView
 from mlsafety.core import Hazard, derive_seed
@@ -50,6 +51,12 @@ class CalibrationBasic(Check):
     quick: ClassVar[dict[str, Any]] = {"n_boot": 200}
     metrics = ("ece", "brier", "nll")
     view = CalibrationBasicView
+
+    def tasks(self, ctx: AuditContext) -> list[Task]:
+        p = self.params  # checked when the audit is planned, before its run is stored
+        require_int(self.name, p, "n_bins", 1)
+        require_int(self.name, p, "n_boot", 1)
+        return super().tasks(ctx)
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params

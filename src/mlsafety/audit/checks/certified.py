@@ -13,6 +13,7 @@ certificate allows a violation only with probability about 2 alpha per input.
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, ClassVar
 
@@ -22,7 +23,7 @@ from torch import nn
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, stopped_note, until_deadline
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import bind
+from mlsafety.audit.checks._common import bind, require_int, require_number
 from mlsafety.audit.views.certified import CertifiedView, certified_metric, curve_png
 from mlsafety.core import Hazard, InputError, UnknownNameError
 from mlsafety.metrics import proportion
@@ -94,6 +95,14 @@ class Certified(Check):
         for s in p["sigmas"]:
             if not float(s) > 0:
                 raise InputError(f"check 'certified': every sigma must be positive, got {s}")
+        # the rest is checked here too, when the audit is planned, not by the library once a task runs
+        for key, least in (("num_inputs", 1), ("n0", 1), ("n", 1), ("num_attacked", 0), ("batch_size", 1)):
+            require_int("certified", p, key, least)
+        require_number("certified", p, "alpha", 0.0, 1.0, open_low=True, open_high=True)
+        if isinstance(p["radii"], (str, bytes)) or not isinstance(p["radii"], (list, tuple)) or not p["radii"]:
+            raise InputError(f"certified: radii must be a non-empty list of L2 radii >= 0, got {p['radii']!r}")
+        for r in p["radii"]:
+            require_number("certified", p, "radii", 0.0, math.inf, open_high=True, value=r)
         tasks = []
         for s in p["sigmas"]:
             sigma = float(s)

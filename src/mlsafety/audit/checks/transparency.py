@@ -53,6 +53,7 @@ from torch import nn
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, stopped_note, until_deadline
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks._common import require_int, require_number
 from mlsafety.audit.checks.adversarial import typical_eps
 from mlsafety.audit.views.transparency import (
     ATTRIBUTION_CAPTION,
@@ -168,6 +169,10 @@ class Transparency(Check):
         p = self.params
         for name in [*p["methods"], *p["grid_methods"], p["text_method"], *p["text_methods"]]:
             tr.ATTRIBUTIONS.get(name)  # unknown names fail with a suggestion
+        require_int("transparency", p, "examples", 0)  # -1 took every example but the last
+        for key in ("sanity_inputs", "label_epochs", "vis_steps", "text_sanity_inputs", "text_ig_steps"):
+            require_int("transparency", p, key, 1)
+        require_number("transparency", p, "threshold", -1.0, 1.0)  # a rank correlation (above 1: every test passed)
         if ctx.modality == "lm":
             for key, least in (("lm_prompts", 1), ("ioi_prompts", 2), ("ioi_top_heads", 1), ("ioi_patch_layers", 0)):
                 if isinstance(p[key], bool) or not isinstance(p[key], int) or p[key] < least:
