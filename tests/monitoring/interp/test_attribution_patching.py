@@ -60,3 +60,46 @@ def test_model_left_unchanged_and_bad_input(llama: LanguageModel) -> None:
         attribution_patching(llama, **pairs, point="embed")  # type: ignore[arg-type]
     with pytest.raises(InputError, match="shapes"):
         agreement(torch.zeros(3), torch.zeros(4))
+
+
+def _run_with_grad(lm: LanguageModel, pairs: dict, name: str, clean: bool) -> tuple[torch.Tensor, ...]:
+    """The clean (or corrupted) run's logit differences ``(P,)``, activation at ``name`` and its gradient."""
+    from mlsafety.monitoring.interp._common import answer_ids, encode_pairs, forward_last
+    from mlsafety.monitoring.interp.metrics import logit_diff
+
+    clean_b, corr_b = encode_pairs(lm, pairs["clean"], pairs["corrupted"])
+    batch = clean_b if clean else corr_b
+    n = len(pairs["clean"])
+    correct, wrong = answer_ids(lm, pairs["correct"], n, "c"), answer_ids(lm, pairs["wrong"], n, "w")
+    seen: dict[str, torch.Tensor] = {}
+
+    def leaf(act: torch.Tensor, hook: str) -> torch.Tensor:
+        seen[hook] = act.detach().requires_grad_(True)
+        return seen[hook]
+
+    with torch.enable_grad(), lm.hooks({name: leaf}):
+        ld = logit_diff(forward_last(lm, batch.input_ids, batch.attention_mask), correct, wrong)
+        (grad,) = torch.autograd.grad(ld.sum(), [seen[name]])
+    return ld.detach(), seen[name].detach(), grad
+
+
+@pytest.mark.parametrize("direction", ["denoise", "noise"])
+def test_the_gradient_is_taken_at_the_target_run(llama: LanguageModel, direction: str) -> None:
+    """Denoising (clean into the corrupted run) expands at the corrupted run (Nanda 2023), noising at the clean
+    run (Syed et al. 2023): ``m(target) + (a_source - a_target) . dm/da (target)``, as the module docstring says.
+    At a non-linear site the gradient of the source run gives another estimate, so this pins the point."""
+    pairs = make_pairs(4, 5, seed=3)
+    name = "blocks.1.resid_pre"
+    got = attribution_patching(llama, **pairs, point="resid_pre", layers=[1], direction=direction)  # type: ignore[arg-type]
+    target_ld, target_act, target_grad = _run_with_grad(llama, pairs, name, clean=direction == "noise")
+    source_ld, source_act, source_grad = _run_with_grad(llama, pairs, name, clean=direction == "denoise")
+    expected = target_ld[:, None] + ((source_act - target_act) * target_grad).sum(-1)
+    torch.testing.assert_close(got.raw[:, 0], expected, atol=1e-4, rtol=1e-4)
+    at_source = target_ld[:, None] + ((source_act - target_act) * source_grad).sum(-1)
+    assert not torch.allclose(got.raw[:, 0], at_source, atol=1e-2)
+    # normalised like activation patching: 0 = the corrupted run, 1 = the clean run, in both directions
+    clean_ld, corrupted_ld = got.clean.values, got.corrupted.values
+    torch.testing.assert_close(clean_ld, target_ld if direction == "noise" else source_ld, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(corrupted_ld, source_ld if direction == "noise" else target_ld, atol=1e-5, rtol=1e-5)
+    gap = (clean_ld - corrupted_ld)[:, None]
+    torch.testing.assert_close(got.values[:, 0], (got.raw[:, 0] - corrupted_ld[:, None]) / gap)
