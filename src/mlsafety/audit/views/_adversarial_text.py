@@ -11,9 +11,9 @@ KIND = "text-adversarial"
 COLUMNS = (
     ("accuracy_under_attack", "accuracy under attack [95% CI]"),
     ("attack_success_rate", "success rate [95% CI]"),
-    ("perturbed_word_share", "words perturbed"),
-    ("queries_per_example", "queries / text"),
-    ("sentence_similarity", "similarity"),
+    ("perturbed_word_share", "share of words perturbed [95% CI]"),
+    ("queries_per_example", "queries per attacked text [95% CI]"),
+    ("sentence_similarity", "similarity [95% CI]"),
 )
 
 
@@ -47,5 +47,8 @@ def text_tables(rows: Sequence[StoredRow]) -> list[Table]:
         body.append(cells)
     if not body:
         return []
-    note = "Success rate among texts the model classified correctly; words perturbed and similarity among successes."
+    note = (
+        "Success rate and queries among the texts attacked (those the model classified correctly); share of words "
+        "perturbed and similarity among successes."
+    )
     return [Table("Text attacks", ["recipe", *(c for _, c in COLUMNS), "n"], body, note)]
