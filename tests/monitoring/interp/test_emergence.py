@@ -120,3 +120,24 @@ def test_probe_checkpoints_restores_the_model_after_an_exception() -> None:
     with pytest.raises(RuntimeError, match="probe failed"):
         probe_checkpoints([(0, {"weight": torch.zeros(1, 1)})], probe, model=model)
     assert float(model.weight.detach()) == 7.0 and model.training
+
+
+def _outcomes(counts: list[int], n: int = 20) -> torch.Tensor:
+    return torch.arange(n)[None, :] < torch.tensor(counts)[:, None]
+
+
+def test_the_rule_uses_two_sided_95_percent_exact_bounds() -> None:
+    """Present means the exact two-sided 95% interval (scipy's Clopper-Pearson) lies above the threshold, absent
+    below it. At 0.52 with 20 examples, 15 and 6 successes are inconclusive two-sided but decided at one-sided
+    95% (bounds 0.544 and 0.508), so an error in the bounds' level moves the answer."""
+    from scipy import stats
+
+    threshold = 0.52
+    ci = {k: stats.binomtest(k, 20).proportion_ci(0.95, "exact") for k in (5, 6, 15, 16)}
+    assert ci[15].low < threshold < ci[16].low and ci[5].high < threshold < ci[6].high
+    steps = [0, 100, 200, 300]
+    assert detect_emergence(steps, _outcomes([5, 16, 16, 16]), threshold, n_boot=20).step == 100
+    assert not detect_emergence(steps, _outcomes([5, 15, 15, 15]), threshold, n_boot=20).emerged
+    assert not detect_emergence(steps, _outcomes([6, 16, 16, 16]), threshold, n_boot=20).emerged
+    # present only from the last run on: a dip back into the inconclusive zone restarts the clock
+    assert detect_emergence(steps, _outcomes([5, 16, 15, 16]), threshold, n_boot=20).step == 300
