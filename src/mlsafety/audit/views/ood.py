@@ -72,8 +72,9 @@ def reject_table(rows: Sequence[StoredRow]) -> list[Table]:
     body.sort(key=lambda row: float(row[1].split()[0]) if row[1] else float("inf"))
     r0 = own[0]
     note = (f"Combined risk: the share of all arriving inputs answered wrongly or answered although OOD, when a share "
-            f"{r0.params['ood_share']:g} of them is OOD and the threshold flags {r0.params['false_alarm_rate']:g} of "
-            "the correct answers (Learning to reject meets OOD; lower is better). Sorted by AURC.")  # fmt: skip
+            f"{r0.params['ood_share']:g} of them is OOD and the threshold flags at most "
+            f"{r0.params['false_alarm_rate']:g} of the correct answers (Learning to reject meets OOD; lower is "
+            "better). Sorted by AURC.")  # fmt: skip
     head = ["detector", "AURC (mistakes)", "AUGRC", *[f"combined risk {h}" for h in sets]]
     return [Table("Learning to reject meets OOD: each detector on both tasks [95% CI]", head, body, note)]
 

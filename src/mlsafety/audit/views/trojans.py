@@ -70,7 +70,15 @@ class TrojansView(View):
         tables = [
             Table(
                 "Verdicts",
-                ["scanner", "score [95% CI]", "sd over seeds", "threshold", "verdict", "seeds flagging", "target"],
+                [
+                    "scanner",
+                    "score [95% CI]",
+                    "sd over seeds",
+                    "threshold",
+                    "verdict",
+                    "share of seeds flagging",
+                    "target",
+                ],
                 verdicts,
                 "Verdict and target are decisions (score above the threshold); the score's interval is a smoothed "
                 "bootstrap over the classes for MAD anomaly indices, exact for shares of inputs, Student's t over "
