@@ -145,3 +145,10 @@ def test_rank_correlation_with_and_without_absolute_values(tiny_net, tiny_data) 
     # saliency's maps are absolute values already: both measures agree
     sal = tr.sanity_check(tr.create("saliency"), tiny_net, x, target, mode="cascading")
     assert sal.spearman_signed is not None and torch.equal(sal.spearman, sal.spearman_signed)
+
+
+@pytest.mark.parametrize("threshold", [5.0, -1.5, float("nan")])
+def test_a_threshold_outside_a_rank_correlation_is_refused(tiny_net, tiny_data, threshold: float) -> None:  # type: ignore[no-untyped-def]
+    """Maps count as changed below the threshold: above 1 every test passed, below -1 every test failed."""
+    with pytest.raises(InputError, match="rank correlation in"):
+        tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], threshold=threshold)

@@ -240,6 +240,8 @@ def sanity_check(
     """
     if mode not in MODES:
         raise InputError(f"unknown sanity test {mode!r}; choose one of {', '.join(MODES)}")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not -1 <= threshold <= 1:
+        raise InputError(f"the sanity threshold is a rank correlation in [-1, 1], got {threshold!r}")
     seed = draw_seed(generator if generator is not None else _default_generator())
     clf = as_classifier(model)
     mask: torch.Tensor | None = None
