@@ -215,3 +215,25 @@ def test_smollm2_prefers_the_indirect_object(smollm2: LanguageModel) -> None:
     # measured: clean 5.4 (98% of 64 prompts IO > S), ABC 0.07 (50%); asserted with a wide margin
     assert int((clean > 0).sum()) >= 6
     assert float(clean.mean()) > float(corrupted.mean()) + 1.0
+
+
+@pytest.mark.parametrize("direction", ["noise", "denoise"])
+def test_report_effects_are_patching_shifts_over_the_mean_gap(
+    gpt2: LanguageModel, data: IOIDataset, direction: str
+) -> None:
+    """``effect = mean_i (patched_i - unpatched_i) / (mean clean - mean ABC)``, the unpatched run being the clean
+    one when noising and the ABC one when denoising; the logit difference is ``logit(IO) - logit(S)``."""
+    from mlsafety.monitoring.interp import head_patching
+
+    total = gpt2.n_layers * gpt2.points.n_heads
+    report = ioi_circuit_report(gpt2, data, top_k=1, circuit_sizes=[total], direction=direction)  # type: ignore[arg-type]
+    clean = logit_diffs(gpt2, data.prompts, data)
+    abc = logit_diffs(gpt2, data.corrupted, data)
+    heads = head_patching(gpt2, data.prompts, data.corrupted, data.io_ids, data.s_ids, direction=direction)  # type: ignore[arg-type]
+    base = clean if direction == "noise" else abc
+    expected = ((heads.raw - base[:, None, None]) / (clean.mean() - abc.mean())).mean(0)
+    torch.testing.assert_close(report.effect, expected, atol=1e-5, rtol=1e-4)
+    assert report.logit_diff_clean.value == pytest.approx(float(clean.mean()), abs=1e-5)
+    assert report.logit_diff_corrupted.value == pytest.approx(float(abc.mean()), abs=1e-5)
+    assert report.io_preferred.value == pytest.approx(float((clean > 0).double().mean()))
+    assert bool((report.effect_low <= report.effect).all() and (report.effect <= report.effect_high).all())
