@@ -237,3 +237,15 @@ def test_report_effects_are_patching_shifts_over_the_mean_gap(
     assert report.logit_diff_corrupted.value == pytest.approx(float(abc.mean()), abs=1e-5)
     assert report.io_preferred.value == pytest.approx(float((clean > 0).double().mean()))
     assert bool((report.effect_low <= report.effect).all() and (report.effect <= report.effect_high).all())
+
+
+def test_end_attention_reads_the_end_row_at_the_name_columns(llama: LanguageModel, data: IOIDataset) -> None:
+    """END's row of the pattern at the IO, S1 and S2 tokens, found by token id in each prompt's own encoding."""
+    patterns = attention_patterns(llama, data.prompts, [1])[1]
+    end = end_attention(llama, data, [(1, 3)])[(1, 3)]
+    for i, prompt in enumerate(data.prompts):
+        ids = llama.tokenizer(prompt)["input_ids"]
+        row = patterns[i, 3, -1, -len(ids) :]  # the prompt's real columns, left-padded
+        io = ids.index(int(data.io_ids[i]))
+        s1, s2 = [j for j, t in enumerate(ids) if t == int(data.s_ids[i])]
+        torch.testing.assert_close(end[i], torch.stack([row[io], row[s1], row[s2]]))

@@ -60,8 +60,9 @@ class HeadScore:
 
     Attributes:
         layer, head: where it is.
-        effect: the mean patching effect over prompts (normalised by the mean clean - ABC gap; negative: the
-            head's clean output helps IO over S) with its 95% bootstrap interval.
+        effect: the mean patching effect over prompts (normalised by the mean clean - ABC gap) with its 95%
+            bootstrap interval. A head whose clean output helps IO over S gives a negative effect when
+            noising (its ABC output lowers the clean run) and a positive one when denoising.
         attention: ``{"IO", "S1", "S2"}`` -> the mean attention probability from END to that token, with a
             95% bootstrap interval over prompts.
     """
