@@ -76,6 +76,11 @@ def test_corruptions_view() -> None:
     tables = {t.title: t for t in CorruptionsView.tables(rows)}
     assert tables["Accuracy per corruption and severity"].rows == [["fog", "0.8", "n/a", "0.3"]]
     assert tables["Corruption summary"].rows[0][0] == "mce"
+    norm = [
+        _row("corruptions", "corruption", m, 0.7, normalised=True) for m in ("mean_accuracy", "mce", "relative_mce")
+    ]
+    labels = [r[0] for r in {t.title: t for t in CorruptionsView.tables(norm)}["Corruption summary"].rows]
+    assert labels == ["mean accuracy", "mce (AlexNet-normalised)", "relative mce (AlexNet-normalised)"]
     assert [r[:2] for r in tables["Not applicable to these images (not run, not counted in CE or mCE)"].rows] == [
         ["fog", "3"]
     ]

@@ -25,6 +25,13 @@ def _cell(by: dict[int, StoredRow | None], severity: int) -> str:
     return "n/a" if r is None else fmt_value(r.value)
 
 
+def _summary_label(r: StoredRow) -> str:
+    """The summary's metric; mCE and relative mCE say when they are AlexNet-normalised (then they are not the
+    mean of the CE column, which is each corruption's plain mean error)."""
+    normalised = r.metric in ("mce", "relative_mce") and r.params.get("normalised")
+    return r.metric.replace("_", " ") + (" (AlexNet-normalised)" if normalised else "")
+
+
 class CorruptionsView(View):
     """Headlines: mean accuracy under corruptions and mCE; tables: accuracy per corruption and
     severity (with CE), CE with its interval, the summaries, and what was not applicable."""
@@ -60,7 +67,7 @@ class CorruptionsView(View):
             elif h.name is not None and sev is None and r.metric == "ce":
                 ce[name] = r
             elif h == Hazard.corruption() and r.metric != "mce_not_applicable":
-                summary.append([r.metric.replace("_", " "), fmt_value(r.value), fmt_ci(r), _n(r)])
+                summary.append([_summary_label(r), fmt_value(r.value), fmt_ci(r), _n(r)])
         tables = []
         if cells:
             sevs = sorted({s for by in cells.values() for s in by})
