@@ -386,6 +386,41 @@ def test_rankfeat_matches_the_paper_formula(tiny: TinyCNN, test_x) -> None:
     assert ood.create("rankfeat", layer="body.1").score(tiny, test_x).shape == (test_x.shape[0],)
 
 
+class SharedReLUCNN(nn.Module):
+    """Two conv stages through one ReLU module (called twice, as in many hand-written CNNs), then global average
+    pooling and a linear head: the last feature map is the ReLU's second output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv2(self.relu(self.conv1(x)))).mean(dim=(2, 3)))
+
+
+def test_rankfeat_changes_only_the_last_map_of_a_reused_layer(test_x) -> None:
+    # the ReLU module also gives the first stage's map; removing its rank-1 component there too (a hook that
+    # changed every call of the module) is not the paper's score
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = SharedReLUCNN().eval()
+    got = ood.create("rankfeat").score(net, test_x)
+    with torch.no_grad():
+        maps = net.relu(net.conv2(net.relu(net.conv1(test_x)))).double().numpy()
+    w, b = net.fc.weight.detach().double().numpy(), net.fc.bias.detach().double().numpy()
+    want = []
+    for m in maps:
+        x = m.reshape(m.shape[0], -1)
+        u, s, vt = np.linalg.svd(x, full_matrices=False)
+        logits = w @ (x - s[0] * np.outer(u[:, 0], vt[0])).mean(axis=1) + b
+        want.append(-np.log(np.exp(logits).sum()))
+    np.testing.assert_allclose(got.double().numpy(), np.array(want), rtol=1e-5, atol=1e-6)
+    assert _hooks(net) == 0
+
+
 # -- a planted shift ---------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", LAYERED)
 def test_separates_digits_from_a_planted_shift(name: str) -> None:

@@ -74,7 +74,12 @@ class RankFeat(Detector):
     def map_layer(self, clf: Classifier, probe: torch.Tensor) -> str:
         """The layer whose map is changed: ``layer``, else the layer whose output is the last feature map the
         model computes on ``probe`` (the last module to finish, in call order, returning ``(N, C, *spatial)``
-        with more than one position, outside the head); checked to give such a map."""
+        with more than one position, outside the head); checked to give such a map. Of a module called
+        several times in one pass (a reused ReLU), only the last call's map is changed."""
+        return self._map_call(clf, probe)[0]
+
+    def _map_call(self, clf: Classifier, probe: torch.Tensor) -> tuple[str, int]:
+        """:meth:`map_layer` and how many times that module runs in one forward pass (its last call is changed)."""
         if clf.head_info is None:
             clf.trace(probe)
         head = clf.head_name
@@ -105,7 +110,7 @@ class RankFeat(Detector):
                 f"rankfeat needs a convolutional feature map (N, C, H, W) with more than one position, but {what}; "
                 "name a convolutional layer with layer=, or use another detector"
             )
-        return maps[-1]
+        return maps[-1], order.count(maps[-1])
 
     def unusable(self, model: ModelLike, probe: torch.Tensor) -> str | None:
         clf = as_classifier(model)
@@ -120,10 +125,15 @@ class RankFeat(Detector):
         if x.shape[0] == 0:
             return torch.empty(0)
         device = clf.device
-        name = self.map_layer(clf, x[:1].to(device))
+        name, last = self._map_call(clf, x[:1].to(device))
         module: nn.Module = dict(clf.module.named_modules())[name]
+        calls = 0  # of the module in the current pass: only its last call gives the map
 
         def replace(_m: nn.Module, _args: Any, output: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            if calls != last:
+                return None  # an earlier call of a reused module: its output is left as it is
             if not isinstance(output, torch.Tensor):
                 raise InputError(f"rankfeat: layer {name!r} returns no single tensor; choose another layer")
             return remove_rank1(output, self.method, self.iterations)
@@ -133,6 +143,7 @@ class RankFeat(Detector):
         try:
             with frozen(clf.module), torch.inference_mode():
                 for start in range(0, x.shape[0], batch_size):
+                    calls = 0
                     out.append(energy_of(clf.logits(x[start : start + batch_size].to(device)).double()))
         finally:
             handle.remove()
