@@ -84,15 +84,15 @@ def _run_with_grad(lm: LanguageModel, pairs: dict, name: str, clean: bool) -> tu
 
 
 @pytest.mark.parametrize("direction", ["denoise", "noise"])
-def test_the_gradient_is_taken_at_the_target_run(llama: LanguageModel, direction: str) -> None:
+def test_the_gradient_is_taken_at_the_target_run(lm: LanguageModel, direction: str) -> None:
     """Denoising (clean into the corrupted run) expands at the corrupted run (Nanda 2023), noising at the clean
     run (Syed et al. 2023): ``m(target) + (a_source - a_target) . dm/da (target)``, as the module docstring says.
     At a non-linear site the gradient of the source run gives another estimate, so this pins the point."""
     pairs = make_pairs(4, 5, seed=3)
     name = "blocks.1.resid_pre"
-    got = attribution_patching(llama, **pairs, point="resid_pre", layers=[1], direction=direction)  # type: ignore[arg-type]
-    target_ld, target_act, target_grad = _run_with_grad(llama, pairs, name, clean=direction == "noise")
-    source_ld, source_act, source_grad = _run_with_grad(llama, pairs, name, clean=direction == "denoise")
+    got = attribution_patching(lm, **pairs, point="resid_pre", layers=[1], direction=direction)  # type: ignore[arg-type]
+    target_ld, target_act, target_grad = _run_with_grad(lm, pairs, name, clean=direction == "noise")
+    source_ld, source_act, source_grad = _run_with_grad(lm, pairs, name, clean=direction == "denoise")
     expected = target_ld[:, None] + ((source_act - target_act) * target_grad).sum(-1)
     torch.testing.assert_close(got.raw[:, 0], expected, atol=1e-4, rtol=1e-4)
     at_source = target_ld[:, None] + ((source_act - target_act) * source_grad).sum(-1)
@@ -103,3 +103,15 @@ def test_the_gradient_is_taken_at_the_target_run(llama: LanguageModel, direction
     torch.testing.assert_close(corrupted_ld, source_ld if direction == "noise" else target_ld, atol=1e-5, rtol=1e-5)
     gap = (clean_ld - corrupted_ld)[:, None]
     torch.testing.assert_close(got.values[:, 0], (got.raw[:, 0] - corrupted_ld[:, None]) / gap)
+
+
+def test_head_estimates_sum_each_heads_columns(lm: LanguageModel) -> None:
+    """``head_out``: one estimate per head, its first-order terms summed over d_head and over every column."""
+    pairs = make_pairs(4, 5, seed=4)
+    name = "blocks.1.head_out"
+    got = attribution_patching(lm, **pairs, point="head_out", layers=[1])  # type: ignore[arg-type]
+    target_ld, target_act, target_grad = _run_with_grad(lm, pairs, name, clean=False)
+    _, source_act, _ = _run_with_grad(lm, pairs, name, clean=True)
+    expected = target_ld[:, None] + ((source_act - target_act) * target_grad).sum((1, 3))  # (P, H)
+    assert got.raw.shape == (4, 1, lm.points.n_heads)
+    torch.testing.assert_close(got.raw[:, 0], expected, atol=1e-4, rtol=1e-4)
