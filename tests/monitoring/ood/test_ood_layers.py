@@ -185,50 +185,66 @@ def test_rankfeat_refuses_a_model_without_a_feature_map() -> None:
 
 
 # -- reference re-implementations -------------------------------------------------------------------
+def _gram_feats(model: nn.Module, names: list[str], x: torch.Tensor, powers: int) -> dict[str, np.ndarray]:
+    """Per layer (N, P, C): the row sums of each order's Gram matrix, signed p-th root (a loop per input)."""
+    out = {}
+    for n, a in _manual_acts(model, names, x).items():
+        per = np.zeros((a.shape[0], powers, a.shape[1]))
+        for i in range(a.shape[0]):
+            f = a[i].reshape(a.shape[1], -1).double().numpy()
+            for p in range(1, powers + 1):
+                rows = ((f**p) @ (f**p).T).sum(axis=1)
+                per[i, p - 1] = np.sign(rows) * np.abs(rows) ** (1.0 / p)
+        out[n] = per
+    return out
+
+
+def _gram_dev(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
+    """The paper's deviation of values ``v`` from the range [lo, hi], relative to the bound crossed."""
+    total = 0.0
+    for a, b, c in zip(v.ravel(), lo.ravel(), hi.ravel(), strict=True):
+        if a < b:
+            total += (b - a) / abs(b + 1e-6)
+        if a > c:
+            total += (a - c) / abs(c + 1e-6)
+    return total
+
+
+def _gram_brute(
+    model: nn.Module, fit_x: torch.Tensor, test_x: torch.Tensor, names: list[str], powers: int
+) -> np.ndarray:
+    """Gram's score by the paper's formula: per-class bounds of the bounding split's predicted classes, an input
+    measured against its predicted class's bounds, or where no bounding input was predicted as that class, the
+    seen class of largest logit."""
+    with torch.no_grad():
+        ztr, zte = model(fit_x).numpy(), model(test_x).numpy()
+    n = fit_x.shape[0]
+    order = torch.randperm(n, generator=generator(0, "gram", "val-split")).numpy()  # the detector's seeded split
+    val, bound = order[: round(0.1 * n)], order[round(0.1 * n) :]
+    ptr = ztr.argmax(axis=1)
+    seen = sorted({int(ptr[i]) for i in bound})
+
+    def cls(z: np.ndarray) -> int:
+        return max(seen, key=lambda c: z[c])
+
+    ftr, fte = _gram_feats(model, names, fit_x, powers), _gram_feats(model, names, test_x, powers)
+    want = np.zeros(test_x.shape[0])
+    for n_ in names:
+        lo, hi = {}, {}
+        for c in seen:
+            idx = [i for i in bound if ptr[i] == c]
+            lo[c], hi[c] = ftr[n_][idx].min(axis=0), ftr[n_][idx].max(axis=0)
+        expected = max(np.mean([_gram_dev(ftr[n_][i], lo[cls(ztr[i])], hi[cls(ztr[i])]) for i in val]), 1e-6)
+        devs = [_gram_dev(fte[n_][i], lo[cls(zte[i])], hi[cls(zte[i])]) for i in range(test_x.shape[0])]
+        want += np.array(devs) / expected
+    return want
+
+
 def test_gram_matches_the_paper_formula(tiny: TinyCNN, fit_set, test_x) -> None:
     powers, names = 4, ["body.1", "body.3"]
     det = ood.create("gram", powers=powers).fit(tiny, fit_set)
     got = det.score(tiny, test_x)
-
-    def feats(x: torch.Tensor) -> dict[str, np.ndarray]:
-        acts = _manual_acts(tiny, names, x)
-        out = {}
-        for n, a in acts.items():
-            per = np.zeros((a.shape[0], powers, a.shape[1]))
-            for i in range(a.shape[0]):
-                f = a[i].reshape(a.shape[1], -1).double().numpy()
-                for p in range(1, powers + 1):
-                    rows = ((f**p) @ (f**p).T).sum(axis=1)
-                    per[i, p - 1] = np.sign(rows) * np.abs(rows) ** (1.0 / p)
-            out[n] = per
-        return out
-
-    def pred(x: torch.Tensor) -> np.ndarray:
-        with torch.no_grad():
-            return tiny(x).argmax(dim=1).numpy()
-
-    def dev(v: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> float:
-        total = 0.0
-        for a, b, c in zip(v.ravel(), lo.ravel(), hi.ravel(), strict=True):
-            if a < b:
-                total += (b - a) / abs(b + 1e-6)
-            if a > c:
-                total += (a - c) / abs(c + 1e-6)
-        return total
-
-    n = len(fit_set)
-    order = torch.randperm(n, generator=generator(0, "gram", "val-split")).numpy()  # the detector's seeded split
-    val, bound = order[: round(0.1 * n)], order[round(0.1 * n) :]
-    ftr, ptr = feats(fit_set.x), pred(fit_set.x)
-    fte, pte = feats(test_x), pred(test_x)
-    want = np.zeros(test_x.shape[0])
-    for n_ in names:
-        lo, hi = {}, {}
-        for c in range(3):
-            idx = [i for i in bound if ptr[i] == c] or list(bound)
-            lo[c], hi[c] = ftr[n_][idx].min(axis=0), ftr[n_][idx].max(axis=0)
-        expected = max(np.mean([dev(ftr[n_][i], lo[ptr[i]], hi[ptr[i]]) for i in val]), 1e-6)
-        want += np.array([dev(fte[n_][i], lo[pte[i]], hi[pte[i]]) for i in range(len(pte))]) / expected
+    want = _gram_brute(tiny, fit_set.x, test_x, names, powers)
     assert want.std() > 0
     np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-4, atol=1e-6)
     big = gram_features(10)(torch.full((1, 2, 3, 3), 1e4))  # 1e4 ** 20 would overflow float32 unscaled
@@ -246,6 +262,27 @@ def test_gram_matches_the_paper_formula(tiny: TinyCNN, fit_set, test_x) -> None:
     assert (brute < 0).any()
     np.testing.assert_allclose(gram_features(4)(signed).double().numpy(), brute, rtol=1e-4, atol=1e-5)
     assert _rho(got, want) >= 0.999
+
+
+def test_gram_measures_an_input_of_an_unseen_class_against_the_seen_class_of_largest_logit(tiny: TinyCNN) -> None:
+    """A class no bounding input is predicted as has no range: an input predicted as it is measured against the
+    seen class of largest logit (brute force), not against pooled bounds over all classes, which are the widest
+    of all and scored such inputs as the least anomalous."""
+    g = generator(0, "layers-fit")
+    x = torch.rand(90, 1, 8, 8, generator=g)
+    test_x = torch.rand(40, 1, 8, 8, generator=generator(0, "layers-test"))
+    with torch.no_grad():
+        tiny.fc.bias -= tiny(x).mean(dim=0)  # centred logits: all three classes are predicted
+        fit_x = x[tiny(x).argmax(dim=1) != 2]  # class 2 never predicted on the fit data
+        unseen = tiny(test_x).argmax(dim=1) == 2
+    assert 0 < int(unseen.sum()) < test_x.shape[0]
+    powers, names = 3, ["body.1", "body.3"]
+    det = ood.create("gram", powers=powers).fit(tiny, fit_x)
+    assert det.seen_.tolist() == [True, True, False]
+    got = det.score(tiny, test_x).double().numpy()
+    want = _gram_brute(tiny, fit_x, test_x, names, powers)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)  # float32 features and bounds
+    assert (want[unseen.numpy()] > 0).mean() > 0.8  # mostly outside the range of the class they are measured against
 
 
 def test_gram_features_are_the_same_block_by_block(monkeypatch: pytest.MonkeyPatch) -> None:

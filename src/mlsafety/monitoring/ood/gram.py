@@ -114,9 +114,12 @@ class Gram(Detector):
 
     Deviations from the paper: the layers are :func:`~mlsafety.core.block_layers` (the paper takes every
     convolution's output of a ResNet / DenseNet) unless ``layers`` names them; the Gram matrix is reduced
-    to its row sums (as the public implementations do); a class that no fitting input is predicted as takes
-    the bounds over all classes; a layer whose held-out mean deviation is 0 is divided by ``1e-6``; features,
-    bounds and deviations are float32 (:func:`gram_features`).
+    to its row sums (as the public implementations do); a class that no bounding input is predicted as has no
+    bounds (``seen_`` is False; its rows of ``lows_`` / ``highs_`` are NaN), and an input predicted as it is
+    measured against the seen class of largest logit (the paper leaves it undefined; pooled bounds over all
+    classes would be the widest of all, scoring such inputs as the least anomalous); a layer whose held-out
+    mean deviation is 0 is divided by ``1e-6``; features, bounds and deviations are float32
+    (:func:`gram_features`).
 
     Args:
         powers: the highest order ``P`` (the paper uses 1..10).
@@ -152,30 +155,38 @@ class Gram(Detector):
         order = torch.randperm(n, generator=generator(self.seed, "gram", "val-split")).to(pred.device)
         n_val = min(max(1, round(self.val_share * n)), n - 1) if n > 1 else 0
         val, bound = order[:n_val], order[n_val:]
+        self.seen_ = torch.bincount(pred[bound], minlength=k) > 0
+        val_class = self._classes(outputs.logits[val])
         lows, highs, expected = [], [], []
         for name in names:
             g = outputs.layers[f"gram{self.powers}:{name}"]
             gb, cb = g[bound], pred[bound]
-            lo = torch.empty(k, *g.shape[1:], dtype=g.dtype, device=g.device)
-            hi = torch.empty_like(lo)
-            all_lo, all_hi = gb.amin(dim=0), gb.amax(dim=0)
-            for c in range(k):
+            lo = torch.full((k, *g.shape[1:]), torch.nan, dtype=g.dtype, device=g.device)
+            hi = lo.clone()
+            for c in self.seen_.nonzero().reshape(-1).tolist():
                 mine = gb[cb == c]
-                lo[c] = mine.amin(dim=0) if mine.shape[0] else all_lo
-                hi[c] = mine.amax(dim=0) if mine.shape[0] else all_hi
+                lo[c], hi[c] = mine.amin(dim=0), mine.amax(dim=0)
             lows.append(lo)
             highs.append(hi)
             if n_val:
-                dev = deviations(g[val], pred[val], lo, hi).mean()
+                dev = deviations(g[val], val_class, lo, hi).mean()
             else:
                 dev = torch.ones((), dtype=g.dtype, device=g.device)
             expected.append(dev.clamp_min(EPS))
         self.layers_ = names
         self.lows_, self.highs_, self.expected_ = lows, highs, torch.stack(expected)
 
+    def _classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """The class whose bounds each input is measured against: the predicted one, or where no bounding input
+        was predicted as it, the seen class of largest logit."""
+        seen = self.seen_.to(logits.device)
+        if bool(seen.all()):
+            return logits.argmax(dim=1)
+        return logits.detach().masked_fill(~seen, -torch.inf).argmax(dim=1)
+
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         assert outputs.layers is not None
-        pred = outputs.pred
+        pred = self._classes(outputs.logits)
         layers = outputs.layers
         parts = [
             deviations(layers[f"gram{self.powers}:{name}"], pred, self.lows_[i], self.highs_[i], self.expected_[i])
