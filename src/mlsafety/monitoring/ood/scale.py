@@ -24,7 +24,8 @@ from mlsafety.monitoring.ood.search import top_k_sum
 class SCALE(Detector):
     """Anomaly score = energy of the logits recomputed from scaled, unpruned features
     ``f * exp(s1 / s2)``, where ``s1`` is the sum of the activations and ``s2`` the sum of those
-    at or above the row's ``percentile`` (ASH's scale without its pruning).
+    at or above the row's ``percentile`` (ASH's scale without its pruning). Assumes non-negative (post-ReLU)
+    features, as the paper does: a row whose top sum is not positive gets an overflowing scale.
 
     Args:
         percentile: in [0, 100) (paper default).
