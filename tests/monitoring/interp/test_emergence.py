@@ -141,3 +141,12 @@ def test_the_rule_uses_two_sided_95_percent_exact_bounds() -> None:
     assert not detect_emergence(steps, _outcomes([6, 16, 16, 16]), threshold, n_boot=20).emerged
     # present only from the last run on: a dip back into the inconclusive zone restarts the clock
     assert detect_emergence(steps, _outcomes([5, 16, 15, 16]), threshold, n_boot=20).step == 300
+
+
+def test_change_point_is_the_least_squares_split_by_brute_force() -> None:
+    g = generator(5, "brute")
+    steps = list(range(0, 1300, 100))
+    for _ in range(20):
+        v = torch.randn(len(steps), generator=g, dtype=torch.float64).cumsum(0)
+        sse = [float(((v[:i] - v[:i].mean()) ** 2).sum() + ((v[i:] - v[i:].mean()) ** 2).sum()) for i in range(1, 13)]
+        assert change_point(steps, v) == steps[1 + min(range(len(sse)), key=sse.__getitem__)]
