@@ -28,15 +28,26 @@ def test_last_layer_equals_the_model_logits(lm: LanguageModel) -> None:
     top = result.target_rank == 0
     torch.testing.assert_close(result.target_logprob[top], result.top_logprobs[..., 0][top])
     assert result.top_tokens[-1][0][0] == lm.tokenizer.decode([int(best.indices[0, 0])])
+    # the summary is per layer, over prompts: a Student-t interval of the three prompts' log-probs
+    from scipy import stats
+
+    assert result.target_mean is not None and result.target_low is not None and result.target_high is not None
+    assert result.target_mean.shape == (lm.n_layers + 1,)
+    for layer, lp in enumerate(result.target_logprob.double()):
+        lo, hi = stats.t.interval(0.95, 2, loc=float(lp.mean()), scale=float(lp.std() / 3**0.5))
+        assert float(result.target_mean[layer]) == pytest.approx(float(lp.mean()), rel=1e-5, abs=1e-5)
+        assert (float(result.target_low[layer]), float(result.target_high[layer])) == pytest.approx((lo, hi), rel=1e-4)
 
 
-def test_early_layers_decode_their_own_stream(llama: LanguageModel) -> None:
-    """Layer 0's lens is unembed(norm(embedding)): computed by hand from the cached stream."""
-    result = logit_lens(llama, TEXTS, position=-2, top_k=3)
-    stream = cache(llama, TEXTS, ["blocks.0.resid_pre"])["blocks.0.resid_pre"][:, -2]
-    model = llama.module
+def test_early_layers_decode_their_own_stream(lm: LanguageModel) -> None:
+    """Layer 0's lens is unembed(final_norm(embedding)), the norm's statistics those of that stream (as
+    nostalgebraist 2020): computed by hand from the cached stream with the family's own final norm."""
+    result = logit_lens(lm, TEXTS, position=-2, top_k=3)
+    stream = cache(lm, TEXTS, ["blocks.0.resid_pre"])["blocks.0.resid_pre"][:, -2]
+    model = lm.module
+    norm = model.model.norm if lm.points.family == "llama" else model.transformer.ln_f
     with torch.no_grad():
-        by_hand = model.lm_head(model.model.norm(stream)).log_softmax(-1).topk(3, dim=-1)
+        by_hand = model.lm_head(norm(stream)).log_softmax(-1).topk(3, dim=-1)
     torch.testing.assert_close(result.top_logprobs[0], by_hand.values, atol=1e-5, rtol=1e-5)
     assert result.target_logprob is None
 
