@@ -253,6 +253,26 @@ def test_she_uses_the_pattern_of_the_predicted_class(model, fit_x, x) -> None:
     torch.testing.assert_close(det.score(model, x).double(), want, rtol=1e-5, atol=1e-6)
 
 
+def test_she_scores_an_input_of_an_unseen_class_with_the_seen_class_of_largest_logit(model, fit_x, x) -> None:
+    """A class with no fit input has no stored pattern: an input predicted as it is scored with the pattern of
+    the seen class of largest logit (a hand computation), not with a zero pattern (score 0 whatever the input)."""
+    z = logits_of(model, fit_x)
+    y = z.argmax(1).clone()
+    keep = y != 1  # no fit input of class 1
+    det = ood.create("she").fit(model, (fit_x[keep], y[keep]))
+    assert det.seen_.tolist() == [True, False, True]
+    zx = logits_of(model, x)
+    unseen = zx.argmax(1) == 1
+    assert 0 < int(unseen.sum()) < x.shape[0]
+    f = fit_x[keep].flatten(1).double()
+    patterns = {c: f[y[keep] == c].mean(0) for c in (0, 2)}  # every fit label is the prediction: all correct
+    use = torch.where(zx[:, 0] >= zx[:, 2], 0, 2)
+    want = -torch.stack([x.flatten(1).double()[i] @ patterns[int(c)] for i, c in enumerate(use)])
+    got = det.score(model, x).double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert bool((got[unseen] != 0).all())
+
+
 def test_nnguide_equals_brute_force(model, fit_x, x) -> None:
     det = ood.create("nnguide", k=7, chunk=4).fit(model, fit_x)
     bank = (

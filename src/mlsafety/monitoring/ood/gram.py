@@ -179,10 +179,10 @@ class Gram(Detector):
     def _classes(self, logits: torch.Tensor) -> torch.Tensor:
         """The class whose bounds each input is measured against: the predicted one, or where no bounding input
         was predicted as it, the seen class of largest logit."""
-        seen = self.seen_.to(logits.device)
-        if bool(seen.all()):
+        seen = getattr(self, "seen_", None)  # None: state exported before seen_ existed (scored as it was then)
+        if seen is None or bool(seen.all()):
             return logits.argmax(dim=1)
-        return logits.detach().masked_fill(~seen, -torch.inf).argmax(dim=1)
+        return logits.detach().masked_fill(~seen.to(logits.device), -torch.inf).argmax(dim=1)
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         assert outputs.layers is not None

@@ -16,7 +16,10 @@ class SHE(Detector):
     ``m_c`` of its predicted class ``c``.
 
     Patterns ``patterns_`` (K, D) are the mean features of the correctly classified
-    in-distribution inputs of each class (all inputs of the class when none is correct).
+    in-distribution inputs of each class (all inputs of the class when none is correct). A class
+    with no fit input has no pattern (``seen_`` is False, its row of ``patterns_`` is 0) and an
+    input predicted as it is scored with the pattern of the seen class of largest logit (a zero
+    pattern would give it the score 0 whatever its features).
     """
 
     needs = frozenset({"features", "logits"})
@@ -35,10 +38,15 @@ class SHE(Detector):
             patterns[fill] = (sums / counts.clamp_min(1))[fill]
             filled |= fill
         self.patterns_ = patterns
+        self.seen_ = filled
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         f = features_of(outputs)
-        pred = outputs.logits.argmax(dim=1)
+        logits = outputs.logits
+        seen = getattr(self, "seen_", None)  # None: state exported before seen_ existed (scored as it was then)
+        if seen is not None and not bool(seen.all()):
+            logits = logits.detach().masked_fill(~seen.to(logits.device), -torch.inf)
+        pred = logits.argmax(dim=1)
         # every inner product with the K patterns (one small product), then the predicted class's
         inner = f @ self.patterns_.to(f.dtype).T
         return -inner.gather(1, pred[:, None]).reshape(-1).double()
