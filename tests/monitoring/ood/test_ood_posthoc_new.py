@@ -513,3 +513,33 @@ def test_vra_quantiles_are_exact_past_the_size_limit(monkeypatch: pytest.MonkeyP
     percentiles = (0.0, 10.0, 37.3, 50.0, 90.0, 99.99, 100.0)
     got = vra.activation_quantiles(f, percentiles)
     np.testing.assert_allclose(got, np.percentile(f.double().numpy().ravel(), percentiles), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("limit", [10**9, 2001])
+def test_react_threshold_is_exact_past_the_size_limit(monkeypatch: pytest.MonkeyPatch, limit: int) -> None:
+    # ReAct's clip is the percentile of every fit activation; past the size limit it took a strided sample,
+    # which on these 100 x 40 activations (odd units dead) read only the live even units
+    from mlsafety.core import Outputs
+    from mlsafety.monitoring.ood import vra
+    from mlsafety.monitoring.ood.react import ReAct
+
+    monkeypatch.setattr(vra, "_QUANTILE_LIMIT", limit)
+    f = torch.rand(100, 40, generator=generator(0, "react-units")) + 1.0
+    f[:, 1::2] = 0.0
+    det = ReAct(percentile=40.0)
+    det._fit(None, Outputs(logits=torch.zeros(100, 2), features=f), torch.zeros(100, dtype=torch.long))  # type: ignore[arg-type]
+    assert det.threshold_ == pytest.approx(float(np.percentile(f.double().numpy().ravel(), 40.0)), abs=1e-6)
+
+
+@pytest.mark.slow
+def test_react_threshold_reads_every_unit_of_a_fit_set_past_torch_quantiles_limit() -> None:
+    # 4000 x 4002 = 16.008M activations, just past the limit: the old strided sample f[::2] read only the even
+    # units (all alive here) and clipped at about 1.4 where 40% of all activations are 0 (the odd units are dead)
+    from mlsafety.core import Outputs
+    from mlsafety.monitoring.ood.react import ReAct
+
+    f = torch.rand(4000, 4002, generator=generator(0, "react-big")) + 1.0
+    f[:, 1::2] = 0.0
+    det = ReAct(percentile=40.0)
+    det._fit(None, Outputs(logits=torch.zeros(4000, 2), features=f), torch.zeros(4000, dtype=torch.long))  # type: ignore[arg-type]
+    assert det.threshold_ == 0.0

@@ -17,6 +17,7 @@ from mlsafety.monitoring.ood.base import (
     head_of,
     register,
 )
+from mlsafety.monitoring.ood.vra import activation_quantiles
 
 
 @register("react", tags=(QUICK, IMAGE, TEXT, NEEDS_HEAD_WEIGHTS))
@@ -37,10 +38,8 @@ class ReAct(Detector):
     percentile = Param(90.0, float, low=0, high=100, low_open=True, doc="clipping percentile of activations")
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
-        f = features_of(outputs).float().flatten()
-        if f.numel() > 16_000_000:  # torch.quantile's size limit; a strided sample is exact enough
-            f = f[:: f.numel() // 16_000_000 + 1]
-        self.threshold_ = float(torch.quantile(f, self.percentile / 100.0))
+        # every activation, at any size (a strided sample past torch.quantile's limit read only some units)
+        (self.threshold_,) = activation_quantiles(features_of(outputs), (self.percentile,))
 
     def _score(self, clf: Classifier, outputs: Outputs) -> torch.Tensor:
         w, b = head_of(clf)
