@@ -59,6 +59,22 @@ def test_rotation_kl_term_is_the_negated_kl_from_uniform() -> None:
     assert float(kl_from_uniform(lg)[0]) == pytest.approx(float(sum((1 / 3) * math.log((1 / 3) / q) for q in p)))
 
 
+def test_rotation_at_kl_weight_four_ranks_as_the_papers_combined_score() -> None:
+    """The paper's (and OpenOOD's) multi-class confidence is ``KL(U || p) - mean_r CE_r``, the rotation loss averaged
+    over the four turns; this detector sums the turns, so ``kl_weight = 4`` gives that confidence times -4 (by hand,
+    from the head's logits of each turn)."""
+    g = generator(2, "rotation-test")
+    net, fit, test = _pixels_net(), _barred(100, g), torch.cat([_barred(10, g), _invariant(10, g)])
+    det = ood.create("rotation", epochs=5, kl_weight=4.0).fit(net, fit)
+    feats, logits = rotation_features(as_classifier(net), test)
+    with torch.no_grad():
+        ce = torch.stack([-det.head_(feats[r]).log_softmax(dim=1)[:, r] for r in range(4)])  # (4, N)
+    p = logits.double().softmax(dim=1)
+    kl = ((1 / 3) * ((1 / 3) / p).log()).sum(dim=1)
+    paper = kl - ce.double().mean(dim=0)
+    torch.testing.assert_close(det.score(net, test).double(), -4 * paper, rtol=1e-5, atol=1e-5)
+
+
 def test_rotation_refuses_non_square_images() -> None:
     net = nn.Sequential(nn.Flatten(), nn.Linear(48, 3))
     with pytest.raises(InputError, match="rotation needs square images"):

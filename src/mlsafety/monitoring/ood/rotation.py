@@ -5,8 +5,10 @@ head cannot tell apart are anomalous.
 
 Anomaly score = the rotation loss summed over the four rotations, ``sum_r CE(h(f(rot_r x)), r)`` (the
 paper's self-supervised score), optionally plus ``kl_weight`` times the negated KL divergence from the
-uniform distribution to the classifier's softmax on ``x`` (their combined multi-class score; the
-divergence is large on confident, in-distribution inputs, hence the sign).
+uniform distribution to the classifier's softmax on ``x`` (the divergence is large on confident,
+in-distribution inputs, hence the sign). Their combined multi-class score, ``KL(U || p) - (1/4) sum_r CE_r``
+(a confidence; the rotation loss averaged over the four turns), is this score at ``kl_weight = 4`` times
+``-1/4``, so the two rank inputs alike.
 
 Deviations from the paper, stated:
 
@@ -125,7 +127,7 @@ def train_rotation_head(
 @register("rotation", tags=(IMAGE, OPT_IN))
 class Rotation(Detector):
     """Anomaly score = rotation-prediction loss summed over the four quarter turns (+ ``kl_weight`` x the
-    negated KL divergence from uniform of the softmax, the paper's combined score).
+    negated KL divergence from uniform of the softmax; ``kl_weight = 4`` ranks as the paper's combined score).
 
     ``fit`` trains the head on the frozen model's features of the four rotations of the fit data
     (no labels needed); :meth:`from_head` takes a head trained elsewhere (e.g. by
@@ -136,7 +138,8 @@ class Rotation(Detector):
         epochs: passes of the head's training over the rotated fit features.
         lr: Adam learning rate of the head.
         fit_samples: fit inputs used (a seeded subset; 0: all).
-        kl_weight: weight of the negated KL-from-uniform term (0: rotation loss only; 1: the paper's sum).
+        kl_weight: weight of the negated KL-from-uniform term (0: rotation loss only; 4: the paper's combined
+            score, whose rotation loss is the mean over the four turns, not the sum).
         seed: seed of the head's initialisation, batch order and fit subset.
     """
 
