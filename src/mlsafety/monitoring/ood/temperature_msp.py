@@ -13,6 +13,12 @@ from mlsafety.monitoring.ood.base import IMAGE, TEXT, Detector, register
 class TemperatureMSP(Detector):
     """Anomaly score ``-max softmax(logits / T)``.
 
+    Guo et al. fit ``T`` on held-out validation data: fit this detector on such data (or give
+    ``temperature``). On the model's training data ``T`` comes out lower (sharper) than the calibrated
+    one, and where every fit input is classified as its label (or the data has no labels, so the
+    predictions stand in) the NLL has no minimum: ``T`` ends at the fitter's lower bound and the
+    scores are all (nearly) ``-1``.
+
     Args:
         temperature: a fixed ``T``; None fits it by NLL on the (labelled) in-distribution fit data.
     """
