@@ -31,6 +31,10 @@ CASES: dict[str, tuple[str, dict[str, Any], str]] = {
         {"detectors": ["msp"], "params": {"knn": {"k": 5}}},
         "parameters are given for 'knn'",
     ),
+    "selective coverage = 1.5": ("selective", {"coverage": 1.5}, "selective: coverage must be a number in (0, 1]"),
+    "selective risk = -0.1": ("selective", {"risk": -0.1}, "selective: risk must be a number in [0, 1]"),
+    "selective unknown detector": ("selective", {"detectors": ["msp", "nosuch"]}, "unknown detector 'nosuch'"),
+    "selective default not run": ("selective", {"default": "energy", "detectors": ["msp"]}, "is not among"),
     "transparency threshold = 7": ("transparency", {"threshold": 7}, "threshold must be a number in [-1, 1]"),
     "transparency examples = -1": ("transparency", {"examples": -1}, "examples must be an integer >= 0"),
 }

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from mlsafety.audit._check import Artifact, Check, Row, TaskResult, register_check
+from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import ScoreCache
+from mlsafety.audit.checks._common import ScoreCache, require_int, require_number
 from mlsafety.audit.views.selective import CAPTION, SelectiveView, curves_png, source_metric
-from mlsafety.core import Hazard
+from mlsafety.core import Hazard, InputError
 from mlsafety.monitoring import ood
 from mlsafety.monitoring import selective as sel
 
@@ -51,6 +51,19 @@ class Selective(Check):
         for m in (base, *(source_metric(d, base) for d in ood.available()))
     )
     view = SelectiveView
+
+    def tasks(self, ctx: AuditContext) -> list[Task]:
+        p = self.params  # checked when the audit is planned, before its run is stored
+        names = p["detectors"]
+        if isinstance(names, str) or not isinstance(names, list) or not names:
+            raise InputError(f"selective: detectors must be a non-empty list of names, e.g. ['msp'], got {names!r}")
+        ScoreCache(ctx, names)  # unknown names, or ones that cannot run on this model, fail here
+        if p["default"] not in names:
+            raise InputError(f"selective: default {p['default']!r} is not among its detectors {names}; add it there")
+        require_number("selective", p, "coverage", 0.0, 1.0, open_low=True)
+        require_number("selective", p, "risk", 0.0, 1.0)
+        require_int("selective", p, "n_boot", 1)
+        return super().tasks(ctx)
 
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
