@@ -422,6 +422,42 @@ def test_mc_dropout_is_seeded_and_needs_dropout(small_net, small_test, model) ->
         ood.create("mc-dropout").score(model, images(3, "nodrop"))
 
 
+def test_mc_dropout_is_the_mutual_information_of_passes_with_only_dropout_active() -> None:
+    """Brute force: ``samples`` passes with the dropout layers in training mode and batch norm in eval mode (its
+    running statistics, not the batch's), masks drawn from the seed the detector derives; the mutual information
+    ``H(mean p) - mean H(p)`` and the entropy of the mean by hand. Batch norm and the model's modes are untouched."""
+    from mlsafety.core import draw_seed
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        net = nn.Sequential(
+            nn.Flatten(), nn.Linear(4, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Dropout(0.5), nn.Linear(8, 3)
+        )
+    bn = net[2]
+    bn.running_mean.uniform_(-0.5, 0.5)
+    bn.running_var.uniform_(0.5, 2.0)
+    net.eval()
+    x = images(12, "mc")
+    before = bn.running_mean.clone()
+    passes = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(draw_seed(generator(3, "mc-dropout")))
+        net[4].train()
+        for _ in range(5):
+            passes.append(net(x).double().softmax(dim=1))
+        net[4].eval()
+    p = torch.stack(passes)
+    assert not torch.allclose(p[0], p[1])  # the masks differ from pass to pass
+    mean = p.mean(0)
+    total = -(mean * mean.log()).sum(1)
+    mi = total - (-(p * p.log()).sum(2)).mean(0)
+    got_mi = ood.create("mc-dropout", samples=5, seed=3).score(net, x)
+    got_h = ood.create("mc-dropout", samples=5, seed=3, statistic="entropy").score(net, x)
+    torch.testing.assert_close(got_mi.double(), mi, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(got_h.double(), total, rtol=1e-5, atol=1e-6)
+    assert torch.equal(bn.running_mean, before) and not net.training and not net[4].training
+
+
 def test_mc_dropout_keeps_the_global_rng(small_net, small_test) -> None:
     torch.manual_seed(123)
     want = torch.rand(3)
