@@ -164,3 +164,20 @@ def test_audit_of_a_saved_image_classifier_runs_every_image_check(tmp_path, make
     metrics = {m for _, m, _ in rows}
     for name in ("mahalanobis", "knn", "vim", "react"):
         assert any(m.startswith(name) for m in metrics), (name, sorted(metrics)[:40])
+
+
+def test_processor_fold_sizes_follow_transformers_rules_on_non_square_images():
+    from transformers.image_transforms import get_resize_output_image_size
+
+    x = torch.rand(1, 3, 3, 5, generator=generator(0, "non-square"))
+    plain = {"do_rescale": False, "do_normalize": False, "resample": 2}
+    # shortest edge 4: the long side is int(4 * 5 / 3) = 6 (transformers and torchvision floor it), not round() = 7
+    want = get_resize_output_image_size(
+        np.zeros((3, 3, 5)), 4, default_to_square=False, input_data_format="channels_first"
+    )
+    assert ImagePreprocess({**plain, "size": {"shortest_edge": 4}})(x).shape[-2:] == want == (4, 6)
+    # ConvNeXt at 384 or more warps to a square without a crop (its processor: "warping (no cropping)")
+    big = torch.rand(1, 3, 30, 47, generator=generator(0, "non-square", "384"))
+    convnext = ImagePreprocess({**plain, "crop_pct": 0.875, "size": {"shortest_edge": 384}})
+    warped = torch.nn.functional.interpolate(big, size=(384, 384), mode="bilinear", align_corners=False, antialias=True)
+    torch.testing.assert_close(convnext(big), warped * 255)  # do_rescale off: pixel values 0..255

@@ -202,7 +202,8 @@ class ImagePreprocess(nn.Module):
     module maps them to what the model was trained on, differentiably, so attacks and gradient methods
     see through it. What the processor's saved configuration (``preprocessor_config.json``) says is
     applied in its order: resize (``size`` as height/width, or ``shortest_edge`` with the aspect ratio
-    kept; ConvNeXt's ``crop_pct`` enlarges it before the crop), centre crop (``crop_size``), rescale
+    kept, the long side floored; ConvNeXt's ``crop_pct`` enlarges it before the crop below 384 and warps to a
+    square at 384 or more), centre crop (``crop_size``), rescale
     (``rescale_factor`` times the pixel value in 0..255) and ``(x - mean) / std``.
 
     Deviation: resizing is torch's interpolation with anti-aliasing (``resample`` 2 bilinear, 3 bicubic,
@@ -223,8 +224,11 @@ class ImagePreprocess(nn.Module):
             if isinstance(size, dict) and isinstance(size.get("shortest_edge"), int):
                 edge = int(size["shortest_edge"])
                 crop_pct = config.get("crop_pct")
-                if isinstance(crop_pct, (int, float)) and 0 < crop_pct < 1 and edge < 384:  # ConvNeXt's rule
-                    self.shortest_edge, self.crop = int(edge / crop_pct), (edge, edge)
+                if isinstance(crop_pct, (int, float)) and 0 < crop_pct < 1:  # ConvNeXt's rule
+                    if edge < 384:
+                        self.shortest_edge, self.crop = int(edge / crop_pct), (edge, edge)
+                    else:  # its processor warps to a square, without a crop, at 384 or more
+                        self.resize = (edge, edge)
                 else:
                     self.shortest_edge = edge
         if config.get("do_center_crop", False):
@@ -256,7 +260,8 @@ class ImagePreprocess(nn.Module):
         elif self.shortest_edge is not None:
             h, w = int(x.shape[-2]), int(x.shape[-1])
             short = self.shortest_edge
-            size = (short, max(1, round(w * short / h))) if h <= w else (max(1, round(h * short / w)), short)
+            # the long side is floored, as transformers' get_resize_output_image_size and torchvision do
+            size = (short, max(1, int(w * short / h))) if h <= w else (max(1, int(h * short / w)), short)
             x = self._interpolate(x, size)
         if self.crop is not None:
             ch, cw = self.crop
