@@ -106,6 +106,20 @@ def test_reconstruction_with_an_identity_denoiser_is_the_noise_alone() -> None:
     assert det.stored_params()["denoiser"] == "module:Identity"
 
 
+def test_reconstruction_standardises_each_level_by_its_fit_mean_and_spread() -> None:
+    """With one level the standardised score is ``(e - mean e_fit) / std e_fit`` of the raw errors (the noise is
+    seeded per call, so the raw detector's scores are the errors each call sees)."""
+    net, g = _pixels_net(), generator(4, "recon-test")
+    fit, test = torch.rand(30, 1, 8, 8, generator=g), torch.rand(12, 1, 8, 8, generator=g)
+    kw = {"denoiser": nn.Sequential(nn.AvgPool2d(2), nn.Upsample(scale_factor=2)), "sigma_min": 0.2, "sigma_max": 0.2}
+    raw = ood.create("reconstruction", standardize=False, levels=1, **kw).fit(net, fit)
+    e_fit, e_test = raw.score(net, fit).double(), raw.score(net, test).double()
+    want = (e_test - e_fit.mean()) / e_fit.std()
+    got = ood.create("reconstruction", levels=1, **kw).fit(net, fit).score(net, test).double()
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert want.abs().max() > 0.1
+
+
 def test_reconstruction_with_a_trained_denoiser_separates_a_shifted_set() -> None:
     from mlsafety.robustness import train_denoiser
     from mlsafety.zoo import ConvDenoiser
