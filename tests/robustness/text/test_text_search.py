@@ -430,3 +430,14 @@ def test_every_text_the_model_reads_is_a_counted_query(search: S.SearchMethod, b
     results = attack.attack([TEXT, "the movie was very good and fine", "the film was bad"], [1, 1, 1])
     assert sum(model.batches) == sum(r.queries for r in results)
     assert all(r.queries <= (budget or 10**9) for r in results)
+
+
+def test_a_target_equal_to_the_true_label_is_refused() -> None:
+    """A targeted attack towards the true class is no attack: the text would meet the goal at once and be
+    counted as skipped, i.e. as misclassified, so original accuracy and accuracy under attack would drop
+    (two correct texts, targets [1, 0]: original accuracy 0.5 instead of 1). Refused before any query."""
+    model = CountingModel(sentiment_model())
+    attack = Attack(model, Targeted(), ListSwap(SWAPS), [C.RepeatModification()], S.GreedyWordImportance("delete"))
+    with pytest.raises(InputError, match="target equal to its label"):
+        attack.attack(["the film was good", "the film was good"], [1, 1], targets=[1, 0])
+    assert model.batches == []

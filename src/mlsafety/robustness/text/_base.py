@@ -584,6 +584,12 @@ class Attack:
             tgts = [int(v) for v in (targets.tolist() if isinstance(targets, torch.Tensor) else targets)]
             if len(tgts) != len(texts):
                 raise InputError(f"{self.name}: {len(texts)} texts but {len(tgts)} targets")
+            same = [i for i, (y, t) in enumerate(zip(ys, tgts)) if y == t]
+            if same:  # it would meet the goal at once and count as skipped, i.e. as misclassified
+                raise InputError(
+                    f"{self.name}: text {same[0]} has a target equal to its label ({ys[same[0]]}); "
+                    "a targeted attack needs a target class other than the true one"
+                )
         else:
             tgts = [None] * len(texts)
         attacked = self.check_texts(texts)
