@@ -79,6 +79,24 @@ def test_wanet_warps_smoothly_and_keeps_constants() -> None:
     assert int(noise_mode.sum()) == int(poisoned.poisoned.sum()), "cross_ratio=1: one noise-mode sample per poison"
 
 
+def test_wanet_strength_counts_pixels_and_is_half_the_papers_s() -> None:
+    """With k = H = W the bicubic upsampling keeps the control values, and warping a linear ramp shows
+    each pixel's offset: ``(W - 1) / W * strength`` pixels times the control field normalised to mean
+    absolute value 1, x offsets first. The paper's ``s * field / H`` grid units are half that for s = strength."""
+    h = w = 8
+    attack = WaNet(k=8, strength=0.7, field_seed=3)
+    ins = torch.rand(1, 2, 8, 8, generator=generator(3, "wanet-field", 8)) * 2 - 1
+    field = (ins / ins.abs().mean())[0]  # (2, H, W): horizontal, then vertical offsets
+    ramp = torch.arange(w, dtype=torch.float32) / (w - 1)
+    x = torch.stack([ramp.expand(h, w), ramp[:, None].expand(h, w)])[:, None]  # a ramp along x, one along y
+    moved = (attack.apply_trigger(x) - x)[:, 0] * (w - 1)  # pixels; bilinear sampling of a ramp is exact
+    want = 0.7 * (w - 1) / w * field
+    pos = torch.stack([torch.arange(w).expand(h, w), torch.arange(h)[:, None].expand(h, w)]).float()
+    inside = ((pos + want) >= 0) & ((pos + want) <= w - 1)  # offsets past the border are clamped
+    assert int(inside.sum()) > 80
+    torch.testing.assert_close(moved[inside], want[inside], atol=1e-4, rtol=0)
+
+
 def test_label_consistent_mixes_then_stamps() -> None:
     data = _data()
     attack = LabelConsistent(hardness=0.3, size=2, corner="top-left")

@@ -14,14 +14,27 @@ from mlsafety.monitoring.trojans.attacks.base import TROJAN_ATTACKS, TriggerAtta
 class WaNet(TriggerAttack):
     """WaNet: one fixed smooth warp of the image is the trigger.
 
-    A random ``k x k`` field of offsets, upsampled bicubically to the image size and scaled by
-    ``strength`` (in pixels), warps every triggered image the same way. In the paper's noise mode,
-    ``cross_ratio`` times as many extra samples get a random (non-trigger) warp and keep their
-    labels, so the model learns that only this one warp matters.
+    A random ``k x k`` field of offsets, normalised to mean absolute value 1 on the control grid
+    and upsampled bicubically to the image size, is scaled by ``strength`` in pixel units: the
+    offsets are ``strength * field * 2 / W`` (horizontal) and ``strength * field * 2 / H``
+    (vertical) in ``grid_sample``'s [-1, 1] coordinates, that is ``(W - 1) / W * strength * field``
+    pixels (the grid spans ``W - 1`` pixels with ``align_corners=True``). Every triggered image is
+    warped the same way. In the paper's noise mode, ``cross_ratio`` times as many extra samples get
+    the trigger warp plus a random per-pixel jitter and keep their labels, so the model learns that
+    only this one warp matters.
+
+    Deviations from the paper's code, which writes the offsets ``s * field / H`` in grid
+    coordinates (half a pixel per unit of ``s``): ``strength`` counts pixels, so the paper's ``s``
+    is ``2 * strength`` (its ``s = 0.5`` is ``strength = 0.25``; the default here is a much
+    stronger warp); the noise-mode jitter is uniform in about +-1 pixel (``+-2 / W`` grid units;
+    the paper's ``+-1 / H`` is half a pixel); the paper's ``cross_ratio`` is 2 and its
+    ``grid_rescale`` 1 (not a parameter here).
     """
 
     k = Param(4, int, low=2, doc="control-grid size of the warping field")
-    strength = Param(1.5, float, low=0, low_open=True, doc="the paper's s: the largest offset in pixels")
+    strength = Param(
+        1.5, float, low=0, low_open=True, doc="mean offset of the control grid in pixels (the paper's s / 2)"
+    )
     cross_ratio = Param(1.0, float, low=0, doc="noise-mode samples per poisoned sample (0: no noise mode)")
     field_seed = Param(0, int, doc="seed of the warping field")
 
