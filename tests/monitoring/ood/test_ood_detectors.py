@@ -521,6 +521,15 @@ def test_tune_never_uses_ood_data_unless_asked(model, fit_x, x) -> None:
     assert marked.tuned_on == "ood"
 
 
+def test_tune_refuses_to_choose_on_the_fit_data_itself(model, fit_x) -> None:
+    """On its own fit data KNN with k=1 finds every input itself (distance 0, the lowest score), so an in-sample
+    choice always takes k=1: tuning with the fit data as validation inputs is refused."""
+    knn1 = ood.create("knn", k=1).fit(model, fit_x)
+    assert float(knn1.score(model, fit_x).abs().max()) < 1e-3
+    with pytest.raises(InputError, match="held out from the fit data"):
+        ood.tune("knn", {"k": [1, 3, 5]}, model, fit_x, fit_x.clone(), generator(0, "t"))
+
+
 @pytest.mark.parametrize("ties", [False, True])
 def test_fast_ood_metrics_equal_the_reference(ties: bool) -> None:
     g = generator(0, "fast-metrics", ties)

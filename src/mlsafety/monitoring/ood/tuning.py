@@ -58,7 +58,7 @@ def tune(
         grid: values to try per hyper-parameter, e.g. ``{"percentile": [80, 90, 95]}``.
         model: the classifier.
         fit_data: in-distribution data the detector is fitted on.
-        val_x: held-out in-distribution inputs (not in ``fit_data``).
+        val_x: held-out in-distribution inputs (not in ``fit_data``; the fit data itself is refused).
         generator: draws the synthetic outliers (:func:`~mlsafety.core.permute_noise_mosaic_outliers`).
         ood_data: real OOD inputs to tune on instead (requires ``use_ood_data=True``).
         use_ood_data: explicit consent to tune on real OOD data; the result is marked ``"ood"``.
@@ -70,8 +70,13 @@ def tune(
     if not grid:
         raise InputError("give at least one hyper-parameter with values to try")
     clf = as_classifier(model)
-    outliers = ood_data if ood_data is not None else permute_noise_mosaic_outliers(val_x, generator)
     fit_x, fit_y = collect_inputs(fit_data)
+    if isinstance(val_x, torch.Tensor) and val_x.shape == fit_x.shape and torch.equal(val_x.to(fit_x.device), fit_x):
+        raise InputError(
+            "tuning needs validation inputs held out from the fit data, but val_x is the fit data itself (the choice "
+            "would be made on in-sample scores: e.g. KNN's k=1 finds every input itself); fit on other data"
+        )
+    outliers = ood_data if ood_data is not None else permute_noise_mosaic_outliers(val_x, generator)
     keys = sorted(grid)
     tried: list[tuple[dict[str, Any], float]] = []
     best: tuple[float, Detector, dict[str, Any]] | None = None
