@@ -339,3 +339,71 @@ def test_aggregation_verdict_spread_and_targets() -> None:
     assert silent.targets == [2], "no seed names one: the arg-max of the per-class statistic"
     clean = _Scripted.aggregate([SeedScan(1.0, [1], pc), SeedScan(0.5, [], pc)])
     assert not clean.flagged and clean.targets == []
+
+
+def test_spectral_signatures_by_hand_with_numpy() -> None:
+    """Each sample's score is its squared projection on the top right singular vector of its class's centred
+    features, over the class median; each class's index is the MAD z-score (above the median) of its top
+    direction's variance share sigma_1^2 / sum sigma_i^2."""
+    import numpy as np
+
+    model, train, _ = _planted_features()
+    res = create("spectral-signatures").scan(model, train, train=train)
+    feats = train.x.flatten(1).double().numpy()  # the head's input: the pixels
+    y = train.y.numpy()
+    shares, want = [], np.zeros(len(y))
+    for c in range(4):
+        r = feats[y == c] - feats[y == c].mean(axis=0)
+        _, s, vt = np.linalg.svd(r, full_matrices=False)
+        proj = (r @ vt[0]) ** 2
+        want[y == c] = proj / np.median(proj)
+        shares.append(s[0] ** 2 / (s**2).sum())
+    share = np.array(shares)
+    med = np.median(share)
+    index = (share - med) / (1.4826 * np.median(np.abs(share - med)))
+    assert res.sample_scores is not None and res.per_class is not None
+    np.testing.assert_allclose(res.sample_scores.numpy(), want, rtol=1e-4)
+    np.testing.assert_allclose(res.per_class.numpy(), index, rtol=1e-4)
+    assert res.score == pytest.approx(index.max(), rel=1e-5)
+
+
+def test_strip_cut_is_the_clean_frr_quantile_and_the_score_the_share_below_it(
+    tiny_trojaned: Tiny, digits: dict[str, ArrayDataset]
+) -> None:
+    """The clean entropies (pool superimposed on pool) set the cut at their ``frr`` quantile; the score is the
+    share of probe inputs whose entropy is below it (low entropy = triggered), the seed's stream drawing the
+    clean overlays first."""
+    from mlsafety.core import Classifier, generator
+
+    inputs = _inputs(tiny_trojaned, digits)
+    scanner = create("strip", seeds=(5,), overlays=4, frr=0.2)
+    res = scanner.scan(tiny_trojaned.model, inputs["clean"], probe=inputs["probe"])
+    clf, pool = Classifier(tiny_trojaned.model), inputs["clean"].x
+    g = generator(5, "scanner", "strip")
+    clean_ent = strip_entropy(clf, pool, pool, 4, g)
+    probe_ent = strip_entropy(clf, inputs["probe"], pool, 4, g)
+    cut = float(torch.quantile(clean_ent.double(), 0.2))
+    assert res.extra["entropy_threshold"] == pytest.approx(cut, rel=1e-6)
+    assert float((clean_ent < cut).float().mean()) == pytest.approx(0.2, abs=1 / len(pool))
+    assert res.score == pytest.approx(float((probe_ent < cut).float().mean()))
+    torch.testing.assert_close(res.sample_scores, -probe_ent)
+
+
+def test_activation_clustering_scores_only_classes_with_a_small_cluster() -> None:
+    """A class split 8 / 32 scores its silhouette; a class split 20 / 20 (more than max_share in the smaller
+    cluster) scores 0, however well separated."""
+    import numpy as np
+    from sklearn.metrics import silhouette_score
+
+    model, train, poisoned = _planted_features()
+    x = train.x.clone().flatten(1)
+    x[40:60, 16:32] += 0.6  # class 1: half of it moves, an even split
+    even = ArrayDataset(x.clamp(0, 1).reshape(-1, 1, 8, 8), train.y)
+    res = create("activation-clustering", seeds=(0,)).scan(model, even, train=even)
+    assert res.per_class is not None
+    assert float(res.per_class[1]) == 0.0
+    z = even.x.flatten(1)[:40].double().numpy()
+    z = z - z.mean(axis=0)
+    z = z @ np.linalg.svd(z, full_matrices=False)[2][:10].T  # the top 10 principal directions
+    want = silhouette_score(z, poisoned[:40].numpy().astype(int))  # 2-means finds the planted 8 / 32 split
+    assert float(res.per_class[0]) == pytest.approx(float(want), abs=1e-5)
