@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,88 @@ def test_recipes_flip_the_known_word_on_a_known_rule_model() -> None:
             original = AttackedText.from_text(text)
             final = original.replace_words({i: r.perturbed.split()[i] for i in r.changed})
             assert all(c.check(original, final) for c in tf.constraints)
+
+
+def test_angular_similarity_and_textfoolers_window() -> None:
+    """Angular similarity 1 - arccos(cos) / pi (TextAttack's metric for TextFooler): TextFooler's threshold of 0.5
+    radians between the two embeddings is 0.840845057; its 15-word window is the word and 7 on each side, slid
+    to stay inside the text, and a text shorter than the window is accepted without comparing."""
+    from math import pi
+
+    from mlsafety.robustness.text._resources import angular
+
+    cos = torch.tensor([1.0, 0.0, -1.0, float(torch.cos(torch.tensor(0.5)))])
+    assert angular(cos).tolist() == pytest.approx([1.0, 0.5, 0.0, 1 - 0.5 / pi], abs=1e-6)
+    assert 1 - 0.5 / pi == pytest.approx(0.840845057, abs=1e-9)
+
+    words = [f"w{k}" for k in range(30)]
+    a = AttackedText.from_text(" ".join(words))
+    assert a.window(10, 15) == " ".join(words[3:18])  # 7 before, 7 after
+    assert a.window(2, 15) == " ".join(words[0:15]) and a.window(28, 15) == " ".join(words[15:30])
+
+    class FixedCos:
+        def __init__(self, value: float) -> None:
+            self.value = value
+            self.seen: list[tuple[str, str]] = []
+
+        def cosine(self, x: Sequence[str], y: Sequence[str]) -> torch.Tensor:
+            self.seen.extend(zip(x, y))
+            return torch.full((len(x),), self.value)
+
+    changed = a.replace_word(10, "v")
+    just_above, just_below = float(torch.cos(torch.tensor(0.499))), float(torch.cos(torch.tensor(0.501)))
+    assert C.SentenceSimilarity(FixedCos(just_above)).allows(a, [changed]) == [True]
+    enc = FixedCos(just_below)
+    assert C.SentenceSimilarity(enc).allows(a, [changed]) == [False]
+    assert enc.seen == [(" ".join(words[3:18]), " ".join([*words[3:10], "v", *words[11:18]]))]
+    short = AttackedText.from_text(" ".join(words[:14]))
+    assert C.SentenceSimilarity(FixedCos(-1.0)).allows(short, [short.replace_word(3, "v")]) == [True]
+    assert C.SentenceSimilarity(FixedCos(-1.0), skip_short=False).allows(short, [short.replace_word(3, "v")]) == [False]
+
+
+def test_recipes_are_composed_with_the_papers_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """TextFooler (Jin et al. 2020 as TextAttack's recipe): 50 embedding neighbours, word cosine >= 0.5, POS with
+    nouns and verbs interchangeable, angular similarity >= 0.840845057 in 15-word windows (short texts skipped),
+    deletion ranking; PWWS: WordNet synonyms, probability-weighted saliency; DeepWordBug: the four character edits
+    one each at random, edit distance <= 30, unknown-token ranking; all untargeted, stop words and repeats kept."""
+    from mlsafety.robustness.text import pwws as pwws_module
+    from mlsafety.robustness.text import search as S
+    from mlsafety.robustness.text import textfooler
+
+    # only the wiring is read: no MiniLM or WordNet load (the recipes load WordNet at build to fail early)
+    monkeypatch.setattr(textfooler, "minilm_encoder", lambda: object())
+    monkeypatch.setattr(textfooler, "wordnet", lambda: None)
+    monkeypatch.setattr(pwws_module, "wordnet", lambda: None)
+    model = sentiment_model()
+
+    def parts(attack: T.Attack) -> dict[type, object]:
+        return {type(c): c for c in attack.constraints}
+
+    tf = T.create("textfooler", model)
+    assert isinstance(tf.goal, T.Untargeted) and isinstance(tf.transformation, TR.EmbeddingSwap)
+    assert tf.transformation.max_candidates == 50 and tf.transformation.min_cos == -1.0
+    assert isinstance(tf.search, S.GreedyWordImportance) and tf.search.importance == "delete"
+    c = parts(tf)
+    assert set(c) == {C.RepeatModification, C.StopWords, C.WordEmbeddingDistance, C.PartOfSpeech, C.SentenceSimilarity}
+    wed, pos, sim = c[C.WordEmbeddingDistance], c[C.PartOfSpeech], c[C.SentenceSimilarity]
+    assert isinstance(wed, C.WordEmbeddingDistance) and wed.min_cos == 0.5
+    assert isinstance(pos, C.PartOfSpeech) and pos.allow_noun_verb
+    assert isinstance(sim, C.SentenceSimilarity)
+    assert (sim.threshold, sim.metric, sim.window, sim.windows, sim.skip_short) == (
+        0.840845057, "angular", 15, "last", True,
+    )  # fmt: skip
+
+    pwws = T.create("pwws", model)
+    assert isinstance(pwws.goal, T.Untargeted) and isinstance(pwws.transformation, TR.WordNetSwap)
+    assert pwws.transformation.max_candidates is None
+    assert isinstance(pwws.search, S.GreedyWordImportance) and pwws.search.importance == "pwws"
+    assert set(parts(pwws)) == {C.RepeatModification, C.StopWords}
+
+    dwb = T.create("deepwordbug", model)
+    assert isinstance(dwb.goal, T.Untargeted) and isinstance(dwb.transformation, TR.CharEdits)
+    assert set(dwb.transformation.kinds) == set(TR.EDITS) and dwb.transformation.random_one
+    assert isinstance(dwb.search, S.GreedyWordImportance) and dwb.search.importance == "unk"
+    c = parts(dwb)
+    assert set(c) == {C.RepeatModification, C.StopWords, C.EditDistance}
+    ed = c[C.EditDistance]
+    assert isinstance(ed, C.EditDistance) and ed.max_edits == 30
