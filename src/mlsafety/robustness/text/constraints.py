@@ -97,7 +97,8 @@ class MaxWordsPerturbed(Constraint):
 class WordEmbeddingDistance(Constraint):
     """Every changed word's vector has cosine >= ``min_cos`` with the original word's (TextFooler: 0.5).
 
-    A word outside the vectors' whole-word vocabulary fails (as TextAttack's constraint does).
+    A word outside the vectors' whole-word vocabulary fails (TextAttack's constraint accepts it by default,
+    ``include_unknown_words=True``; :class:`~.transformations.EmbeddingSwap` proposes only words inside it).
     """
 
     name: ClassVar[str] = "word-embedding-distance"
