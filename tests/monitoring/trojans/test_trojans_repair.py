@@ -85,3 +85,42 @@ def test_unlearning_rounds_need_a_target(tiny_trojaned: Tiny, digits: dict[str, 
         nc_unlearning(tiny_trojaned.model, digits["val"], tiny_trojaned.attack.apply_trigger, rounds=2)
     with pytest.raises(InputError, match="rate"):
         nc_unlearning(tiny_trojaned.model, digits["val"], tiny_trojaned.attack.apply_trigger, rate=1.0)
+
+
+def test_channel_activation_reads_the_channels_after_batch_norm() -> None:
+    """conv -> BatchNorm -> ReLU: channel 0 is busy before batch norm but its negative scale makes it dormant
+    after it, channel 1 the reverse; fine-pruning's ranking must see the block's output, not the conv's."""
+    conv = nn.Conv2d(1, 2, 1)
+    bn = nn.BatchNorm2d(2)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, -1.0]).reshape(2, 1, 1, 1))
+        conv.bias.zero_()
+        bn.weight.copy_(torch.tensor([-1.0, -1.0]))
+        bn.bias.zero_()
+    model = nn.Sequential(conv, bn, nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4, 3)).eval()  # running stats 0, 1
+    x = torch.tensor([0.0, 0.5, 1.0, 1.0]).reshape(1, 1, 2, 2).repeat(2, 1, 1, 1)
+    act = channel_activation(model, conv, x)
+    scale = 1 / (1 + bn.eps) ** 0.5
+    torch.testing.assert_close(act, torch.tensor([0.0, 0.625 * scale]))  # the conv's own output: [0.625, 0]
+
+
+def test_channel_activation_skips_a_relu_shared_by_every_block() -> None:
+    """One ReLU module applied after both convolutions: it also sees the first block's maps, so the last
+    convolution's channels are read at the convolution (clamped at 0) and not at the shared ReLU."""
+
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv1 = nn.Conv2d(1, 3, 1)
+            self.conv2 = nn.Conv2d(3, 2, 1)
+            self.relu = nn.ReLU()
+            self.fc = nn.Linear(2 * 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.relu(self.conv2(self.relu(self.conv1(x)))).flatten(1))
+
+    model = Shared().eval()
+    x = torch.rand(5, 1, 2, 2, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = model.conv2(model.relu(model.conv1(x))).clamp_min(0).mean(dim=(0, 2, 3))
+    torch.testing.assert_close(channel_activation(model, model.conv2, x), want)

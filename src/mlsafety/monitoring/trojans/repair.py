@@ -75,10 +75,45 @@ def _conv(model: nn.Module, layer: str | None) -> tuple[str, nn.Conv2d]:
     return name, module
 
 
+_BLOCK_TAIL = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU)
+"""Modules that may follow a convolution inside its block (normalisation, activation), channel for channel."""
+
+
+def _block_output(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor) -> nn.Module:
+    """The module whose output is ``layer``'s channels after its block's normalisation and activation: the
+    last of the modules run right after ``layer`` that are :data:`_BLOCK_TAIL` modules keeping its output
+    shape and run once per pass (``layer`` itself when none follows)."""
+    order: list[tuple[nn.Module, tuple[int, ...]]] = []
+
+    def hook(m: nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            order.append((m, tuple(out.shape)))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if not list(m.children())]
+    try:
+        forward(model, x[:1], 1, features=False)
+    finally:
+        for h in handles:
+            h.remove()
+    at = next(i for i, (m, _) in enumerate(order) if m is layer)
+    end: nn.Module = layer
+    shape = order[at][1]
+    for m, out_shape in order[at + 1 :]:
+        calls = sum(m is other for other, _ in order)  # a module reused elsewhere (one shared ReLU) would mix maps
+        if not isinstance(m, _BLOCK_TAIL) or out_shape != shape or calls > 1:
+            break
+        end = m
+    return end
+
+
 def channel_activation(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Mean post-ReLU activation (C,) of each output channel of ``layer`` over inputs ``x``."""
+    """Mean post-ReLU activation (C,) of each output channel of ``layer`` over inputs ``x``.
+
+    The channels are read after the normalisation and activation modules that follow ``layer`` in its
+    block (convolution, batch norm, ReLU): a channel dormant after batch norm can be busy before it.
+    """
     total: list[torch.Tensor] = []
-    handle = layer.register_forward_hook(
+    handle = _block_output(model, layer, x).register_forward_hook(
         lambda _m, _i, out: total.append(out.clamp_min(0).mean(dim=(0, 2, 3)) * out.shape[0])
     )
     try:
