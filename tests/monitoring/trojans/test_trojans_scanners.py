@@ -407,3 +407,27 @@ def test_activation_clustering_scores_only_classes_with_a_small_cluster() -> Non
     z = z @ np.linalg.svd(z, full_matrices=False)[2][:10].T  # the top 10 principal directions
     want = silhouette_score(z, poisoned[:40].numpy().astype(int))  # 2-means finds the planted 8 / 32 split
     assert float(res.per_class[0]) == pytest.approx(float(want), abs=1e-5)
+
+
+def test_neural_cleanse_flags_only_small_masks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The score is the largest signed index (a class far above the median norm is not an outlier); the
+    flagged classes are those whose index exceeds the threshold, most anomalous first; the norms are the
+    masks' L1 norms."""
+    from mlsafety.monitoring.trojans.scanners import Trigger, neural_cleanse
+
+    norms = [20.0, 21.0, 19.0, 4.0, 22.0, 20.5, 90.0, 19.5, 6.0, 21.5]
+
+    def fake(clf: Any, x: torch.Tensor, classes: list[int], g: torch.Generator, **_: Any) -> list[Trigger]:
+        masks = [torch.full((1, 8, 8), n / 64) for n in norms]
+        return [Trigger(m, torch.zeros(1, 8, 8), c, "neural-cleanse") for m, c in zip(masks, classes)]
+
+    monkeypatch.setattr(neural_cleanse, "reverse_engineer", fake)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    clean = ArrayDataset(torch.rand(20, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.arange(20) % 10)
+    res = create("neural-cleanse", seeds=(0,)).scan(model, clean)
+    med = 20.25  # the mean of the two middle norms, 20.0 and 20.5
+    mad = 1.4826 * 1.25  # deviations sorted: 0.25 0.25 0.75 0.75 1.25 1.25 1.75 14.25 16.25 69.75
+    want = (med - torch.tensor(norms, dtype=torch.float64)) / mad
+    torch.testing.assert_close(res.per_class.double(), want, rtol=1e-5, atol=1e-5)  # type: ignore[union-attr]
+    assert res.score == pytest.approx(float(want[3]), rel=1e-5)  # class 6's |index| (37.6) is larger, but above
+    assert res.targets == [3, 8] and res.extra["l1_class_6"] == pytest.approx(90.0)

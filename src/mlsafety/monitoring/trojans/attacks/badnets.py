@@ -18,7 +18,7 @@ CORNERS: dict[str, tuple[bool, bool]] = {
 
 
 def patch_values(pattern: str, size: int) -> torch.Tensor:
-    """The ``size x size`` patch: ``checker`` (white/black checkerboard, white corners) or ``solid`` (white)."""
+    """The ``size x size`` patch: ``checker`` (white/black checkerboard, white top-left pixel) or ``solid`` (white)."""
     if pattern == "checker":
         ii, jj = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
         return ((ii + jj + 1) % 2).float()
@@ -35,7 +35,7 @@ class BadNets(TriggerAttack):
     corner = Param("bottom-right", str, choices=tuple(CORNERS), doc="where the patch sits")
     margin = Param(0, int, low=0, doc="pixels between the patch and the image border")
     pattern = Param(
-        "checker", str, choices=("checker", "solid"), doc="checker (white/black, white corners) or solid (white)"
+        "checker", str, choices=("checker", "solid"), doc="checker (white/black, white top-left pixel) or solid (white)"
     )
 
     def mask_and_pattern(self, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:

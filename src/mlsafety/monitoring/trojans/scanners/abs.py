@@ -159,7 +159,7 @@ class ABS(Scanner):
         with torch.no_grad():
             mask = torch.tanh(a) / 2 + 0.5
             pattern = torch.tanh(b) / 2 + 0.5
-            # enforce the budget exactly: keep the largest mask entries up to the budget
+            # enforce the budget exactly: a mask over it is scaled down to L1 = budget (its shape kept)
             scale = (budget / mask.reshape(k, -1).sum(dim=1).clamp_min(1e-12)).clamp(max=1.0)
             mask = mask * scale.reshape(k, 1, 1, 1)
         return mask.detach(), pattern.detach()
