@@ -171,3 +171,21 @@ def test_image_folder_converts_to_the_requested_channels(tmp_path):
         load_image_folder(tmp_path, (6, 6), channels=2)
     with pytest.raises(InputError, match=r"two positive integers H W, got \(0, 6\)"):
         load_image_folder(tmp_path, (0, 6))
+
+
+def test_sixteen_bit_images_keep_their_grey_levels_and_float_images_are_refused(tmp_path):
+    # PIL's convert("L") clips a 16-bit image to 0..255, so every level above 255 read as white
+    levels = np.array([[0, 1000], [30000, 65535]], dtype=np.uint16)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    Image.fromarray(levels).save(tmp_path / "a" / "x.png")
+    Image.fromarray(np.full((2, 2), 128, dtype=np.uint8)).save(tmp_path / "b" / "y.png")
+    grey = load_image_folder(tmp_path, (2, 2), channels=1)
+    expected = torch.from_numpy(levels.astype(np.float32) / 65535)
+    torch.testing.assert_close(grey.x[0, 0], expected)
+    torch.testing.assert_close(grey.x[1, 0], torch.full((2, 2), 128 / 255))
+    rgb = load_image_folder(tmp_path, (2, 2), channels=3)
+    torch.testing.assert_close(rgb.x[0], expected.expand(3, 2, 2))  # a grey image's three channels are equal
+    Image.fromarray(np.full((2, 2), 0.5, dtype=np.float32)).save(tmp_path / "a" / "x.tif")
+    with pytest.raises(InputError, match=r"x\.tif.*32-bit"):  # convert("L") made 0.5 into 0 (of 255)
+        load_image_folder(tmp_path, (2, 2), channels=1)

@@ -304,7 +304,8 @@ def load_image_folder(
     the folder names sorted (which is rarely the order a model was trained in: the dataset's
     ``classes_from`` says which rule applied, so reports can show it). A folder that the class list does
     not name is refused. Every image is converted to ``channels`` channels (1: grayscale with PIL's ITU-R
-    601-2 luma, 3: RGB), whatever its mode on disk. For OOD sets (``kind != "in"``) images may also lie
+    601-2 luma, 3: RGB), whatever its mode on disk (16-bit grey images keep their levels, see
+    :func:`image_array`). For OOD sets (``kind != "in"``) images may also lie
     directly in ``path``; labels are then -1. ``source`` names the folder in error messages.
     """
     from PIL import Image, UnidentifiedImageError
@@ -343,15 +344,14 @@ def load_image_folder(
         items += [(f, -1) for f in sorted(path.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not items:
         raise InputError(f"no images found in {source}; expected {path}/<class name>/<image>.png")
-    mode = "L" if channels == 1 else "RGB"
     arrays = []
     for f, _ in items:
         try:
             with Image.open(f) as img:
-                arrays.append(np.asarray(img.convert(mode).resize((size[1], size[0]), Image.Resampling.BILINEAR)))
+                arrays.append(image_array(img, channels, size, f"image {f} of {source}"))
         except (UnidentifiedImageError, OSError) as exc:
             raise InputError(f"cannot read image {f} of {source}: {exc}; remove or replace the file") from None
-    x = torch.from_numpy(np.stack(arrays)).float() / 255.0
+    x = torch.from_numpy(np.stack(arrays))
     x = x[:, None] if channels == 1 else x.permute(0, 3, 1, 2)
     y = torch.tensor([label for _, label in items], dtype=torch.long)
     return ArrayDataset(
@@ -376,17 +376,43 @@ def is_hf_dataset_folder(path: str | Path) -> bool:
     return p.is_dir() and any((p / m).is_file() for m in HF_DATASET_MARKERS)
 
 
-def _pil_to_array(value: Any, mode: str, size: tuple[int, int] | None, where: str) -> np.ndarray:
+def image_array(img: Any, channels: int, size: tuple[int, int] | None, where: str) -> np.ndarray:
+    """A PIL image as float32 in [0, 1], ``(H, W)`` for 1 channel or ``(H, W, 3)`` for 3, resized to ``size``
+    (H, W) with PIL's bilinear filter when given.
+
+    8-bit images are converted with PIL (grey by ITU-R 601-2 luma) and divided by 255; 16-bit grey images
+    (PIL modes ``I;16*``, or ``I`` from a PNG) are divided by 65535 (PIL's ``convert("L")`` would clip every
+    level above 255 to white). 32-bit integer or float images, which state no range, are refused.
+    """
+    from PIL import Image
+
+    target = None if size is None else (size[1], size[0])
+    if img.mode.startswith("I;16") or (img.mode == "I" and img.format == "PNG"):
+        grey = img.convert("F")
+        if target is not None and grey.size != target:
+            grey = grey.resize(target, Image.Resampling.BILINEAR)
+        levels = np.asarray(grey, dtype=np.float32) / np.float32(65535)
+        return levels if channels == 1 else np.repeat(levels[..., None], 3, axis=-1)
+    if img.mode in ("I", "F"):
+        kind = "integer" if img.mode == "I" else "float"
+        raise InputError(
+            f"{where} is a 32-bit {kind} image (PIL mode {img.mode}), which states no range of values; "
+            "save it as an 8- or 16-bit image"
+        )
+    out = img.convert("L" if channels == 1 else "RGB")
+    if target is not None and out.size != target:
+        out = out.resize(target, Image.Resampling.BILINEAR)
+    return np.asarray(out, dtype=np.float32) / np.float32(255)
+
+
+def _pil_to_array(value: Any, channels: int, size: tuple[int, int] | None, where: str) -> np.ndarray:
     from PIL import Image
 
     if isinstance(value, np.ndarray):
         value = Image.fromarray(value.astype(np.uint8) if value.dtype != np.uint8 else value)
     if not isinstance(value, Image.Image):
         raise InputError(f"{where} is a {type(value).__name__}, not an image; give a column of datasets.Image()")
-    img = value.convert(mode)
-    if size is not None and img.size != (size[1], size[0]):
-        img = img.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-    return np.asarray(img)
+    return image_array(value, channels, size, where)
 
 
 def load_hf_image_dataset(
@@ -447,12 +473,11 @@ def load_hf_image_dataset(
         raise InputError(f"{source} has no image column (columns: {', '.join(features)}); save the images as "
                          "datasets.Image()")  # fmt: skip
     column = image_cols[0]
-    mode = "L" if channels == 1 else "RGB"
     arrays = []
     for i in range(len(table)):
         try:
             value = table[i][column]
-            arrays.append(_pil_to_array(value, mode, size, f"row {i} of {source}"))
+            arrays.append(_pil_to_array(value, channels, size, f"row {i} of {source}"))
         except InputError:
             raise
         except Exception as exc:  # a damaged image in the table
@@ -462,7 +487,7 @@ def load_hf_image_dataset(
     shapes = {a.shape for a in arrays}
     if len(shapes) > 1:
         raise InputError(f"images of {source} have different sizes {sorted(shapes)[:3]}; pass --image-size H W")
-    x = torch.from_numpy(np.stack(arrays)).float() / 255.0
+    x = torch.from_numpy(np.stack(arrays))
     x = x[:, None] if channels == 1 else x.permute(0, 3, 1, 2)
     names: list[str] | None = None
     classes_from = ""
