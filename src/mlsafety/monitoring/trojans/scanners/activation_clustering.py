@@ -4,9 +4,11 @@ Activation Clustering", 2018).
 Poisoned training samples are classified as their (target) label for a different reason than the
 clean ones, so within the target class the penultimate activations split into two clusters. For
 every class: centre the activations, reduce them to ``dims`` dimensions (PCA here; the paper uses
-ICA, which spans the same subspace up to a rotation that k-means is not invariant to, but which
-is stochastic and slower), split them with 2-means and measure the split with the silhouette
-coefficient. The smaller cluster of a well-split class is the suspected poison.
+ICA, which is stochastic and slower: its ``dims`` components are the principal components
+whitened to unit variance and then rotated, and k-means is unaffected by the rotation but not by
+the whitening, so the clusters and silhouettes can differ from the paper's), split them with 2-means
+and measure the split with the silhouette coefficient. The smaller cluster of a well-split class
+is the suspected poison.
 """
 
 from __future__ import annotations
