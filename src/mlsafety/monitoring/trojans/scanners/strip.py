@@ -7,7 +7,9 @@ pixel-wise sum, saturated to [0, 1].
 
 Input level: the score of an input is minus its mean entropy over ``overlays`` superimpositions
 with random clean images (higher = more likely triggered); the decision threshold on the
-entropy is its ``frr`` quantile on clean inputs (the paper's 1% false-rejection rate).
+entropy is its ``frr`` quantile on clean inputs (the paper's 1% false-rejection rate), the
+empirical quantile (the paper takes the quantile of a normal distribution fitted to the clean
+entropies, which assumes that shape of the tail).
 Model level: the share of the run-time ``probe`` inputs flagged at that threshold. A model whose
 probe traffic is flagged much more often than ``frr`` is serving triggered inputs.
 """
