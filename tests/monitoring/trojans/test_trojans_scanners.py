@@ -431,3 +431,45 @@ def test_neural_cleanse_flags_only_small_masks(monkeypatch: pytest.MonkeyPatch) 
     torch.testing.assert_close(res.per_class.double(), want, rtol=1e-5, atol=1e-5)  # type: ignore[union-attr]
     assert res.score == pytest.approx(float(want[3]), rel=1e-5)  # class 6's |index| (37.6) is larger, but above
     assert res.targets == [3, 8] and res.extra["l1_class_6"] == pytest.approx(90.0)
+
+
+class _Gate(nn.Module):
+    """A conv feature map (the identity) read by a rule: class 4 when the bottom-right 2x2 block is white and
+    pixel (0, 0) is bright, else class 0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 1, 1)
+        self.relu = nn.ReLU()
+        self.fc = nn.Linear(1, 5)  # the head: five classes (its output is multiplied by 0)
+        with torch.no_grad():
+            self.conv.weight.fill_(1.0)
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.relu(self.conv(x))
+        hit = (f[:, 0, 6:, 6:] >= 1 - 1e-6).flatten(1).all(dim=1) & (f[:, 0, 0, 0] > 0.5)
+        logits = torch.stack([(~hit).float(), *[torch.zeros_like(hit, dtype=f.dtype)] * 3, hit.float()], dim=1)
+        return logits + 0 * self.fc(f[:, :, 0, 0])
+
+
+def test_abs_reasr_counts_only_inputs_of_other_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REASR is the share of the clean inputs whose class is not the trigger's label that it sends there: with
+    the trigger fixed, 50 of the 80 other-class inputs go to class 4 (0.625), as do the 20 of class 4 (0.7 if
+    they counted)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(100, 1, 8, 8, generator=g) * 0.9
+    y = torch.arange(100) % 5
+    bright = y == 4
+    bright[(y != 4).nonzero().flatten()[:50]] = True
+    x[:, 0, 0, 0] = torch.where(bright, 0.8, 0.2)
+
+    def fixed(self: ABS, clf: Any, module: nn.Module, xs: torch.Tensor, channels: torch.Tensor, *_: Any) -> Any:
+        mask = torch.zeros(len(channels), 1, 8, 8)
+        mask[:, :, 6:, 6:] = 1.0
+        return mask, torch.ones(len(channels), 1, 8, 8)
+
+    monkeypatch.setattr(ABS, "_reverse", fixed)
+    res = create("abs", seeds=(0,), **FAST["abs"]).scan(_Gate().eval(), ArrayDataset(x, y))
+    assert res.score == pytest.approx(50 / 80)
+    assert list(res.triggers) == [4] and res.targets == []  # below the threshold: no target named
