@@ -231,7 +231,7 @@ class HotFlip(Recipe):
     """HotFlip (Ebrahimi et al. 2018), word level: gradient-ranked swaps, beam search; see the module docs."""
 
     beam_width = Param(10, int, low=1, doc="texts kept per beam-search step")
-    top_n = Param(5, int, low=1, doc="gradient-ranked replacements tried per word per step")
+    top_n = Param(5, int, low=1, doc="gradient-ranked replacements tried per word per step (TextAttack: 1)")
     max_words = Param(2, int, low=1, doc="words changed at most")
     min_cos_sim = Param(
         0.5, float, low=-1, high=1, doc="input-embedding cosine between a word and its replacement (TextAttack: 0.8)"
