@@ -33,7 +33,11 @@ class WaNet(TriggerAttack):
 
     k = Param(4, int, low=2, doc="control-grid size of the warping field")
     strength = Param(
-        1.5, float, low=0, low_open=True, doc="mean offset of the control grid in pixels (the paper's s / 2)"
+        1.5,
+        float,
+        low=0,
+        low_open=True,
+        doc="about the mean absolute offset of the control grid in pixels (the paper's s / 2)",
     )
     cross_ratio = Param(1.0, float, low=0, doc="noise-mode samples per poisoned sample (0: no noise mode)")
     field_seed = Param(0, int, doc="seed of the warping field")
