@@ -16,6 +16,7 @@ from mlsafety.monitoring.trojans import SCANNERS, anomaly_index
 from mlsafety.monitoring.trojans.scanners import ScanResult, create, strip_entropy
 from mlsafety.monitoring.trojans.scanners._features import kmeans2, silhouette
 from mlsafety.monitoring.trojans.scanners.abs import ABS, _margins, last_feature_map
+from mlsafety.monitoring.trojans.scanners.strip import frr_cut
 from tests.support.family import check_family
 
 FAST: dict[str, dict[str, Any]] = {
@@ -382,7 +383,7 @@ def test_strip_cut_is_the_clean_frr_quantile_and_the_score_the_share_below_it(
     g = generator(5, "scanner", "strip")
     clean_ent = strip_entropy(clf, pool, pool, 4, g)
     probe_ent = strip_entropy(clf, inputs["probe"], pool, 4, g)
-    cut = float(torch.quantile(clean_ent.double(), 0.2))
+    cut = float(frr_cut(clean_ent, 0.2))
     assert res.extra["entropy_threshold"] == pytest.approx(cut, rel=1e-6)
     assert float((clean_ent < cut).float().mean()) == pytest.approx(0.2, abs=1 / len(pool))
     assert res.score == pytest.approx(float((probe_ent < cut).float().mean()))
@@ -473,3 +474,17 @@ def test_abs_reasr_counts_only_inputs_of_other_classes(monkeypatch: pytest.Monke
     res = create("abs", seeds=(0,), **FAST["abs"]).scan(_Gate().eval(), ArrayDataset(x, y))
     assert res.score == pytest.approx(50 / 80)
     assert list(res.triggers) == [4] and res.targets == []  # below the threshold: no target named
+
+
+def test_strip_cut_by_hand_and_its_false_rejection_rate() -> None:
+    """The cut is the clean values' order statistic at 1-based rank frr (n + 1), interpolated: a new clean
+    input falls below it with probability frr. torch.quantile's rank 1 + frr (n - 1) gives 1.8% at frr = 1%
+    with n = 120 (checked here on uniform values, whose cut is its own false-rejection rate)."""
+    v = torch.arange(1.0, 200.0)[torch.randperm(199, generator=torch.Generator().manual_seed(0))]
+    assert float(frr_cut(v, 0.01)) == pytest.approx(2.0)  # rank 0.01 * 200 = 2
+    assert float(frr_cut(v, 0.0125)) == pytest.approx(2.5)  # rank 2.5: halfway between 2 and 3
+    assert float(frr_cut(v[:50], 0.01)) == float(v[:50].min())  # rank 0.51 < 1: the smallest value
+    u = torch.rand(4000, 120, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    rate = torch.stack([frr_cut(row, 0.01) for row in u]).mean()
+    assert float(rate) == pytest.approx(0.01, abs=5e-4)
+    assert float(torch.quantile(u, 0.01, dim=1).mean()) == pytest.approx(0.0181, abs=5e-4)  # the old cut
