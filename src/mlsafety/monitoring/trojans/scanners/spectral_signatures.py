@@ -3,7 +3,8 @@
 Within the target class, the poisoned samples shift the mean of the learned representation along
 one direction, which becomes the top singular vector of the centred representations. Each
 sample's outlier score is its squared projection on that vector; the paper removes the
-``1.5 * eps`` highest-scoring samples of every class and retrains.
+``1.5 * eps * n`` highest-scoring samples of each class of ``n`` samples (``eps``: an upper bound
+on the poisoned share) and retrains; this scanner only scores (``sample_scores``).
 
 For a model-level verdict (not in the paper) each class's signature strength is the share of its
 variance on the top direction (``sigma_1^2 / sum sigma_i^2``); a poisoned class stands out from
