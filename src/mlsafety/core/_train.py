@@ -80,7 +80,12 @@ class TrainConfig(HyperParams):
     weight_decay = Param(1e-4, float, low=0, doc="L2 penalty of the optimiser")
     optimizer = Param("adam", str, choices=("adam", "sgd"), doc="Adam, or SGD with momentum")
     momentum = Param(0.9, float, low=0, high=1, high_open=True, doc="SGD momentum (ignored by Adam)")
-    schedule = Param("cosine", str, choices=("cosine", "constant"), doc="cosine annealing to 0, or none")
+    schedule = Param(
+        "cosine",
+        str,
+        choices=("cosine", "constant"),
+        doc="cosine annealing stepped per epoch (epoch e of E at lr (1 + cos(pi e / E)) / 2), or none",
+    )
     seed = Param(0, int, doc="seed of batch order, batch and loss hooks, and dropout")
     stream = Param(("train",), tuple, doc="names of the loop's generator: generator(seed, *stream)")
     augment = Param(None, None, check=_callable, doc="batch hook (x, generator) -> x, on the CPU")
