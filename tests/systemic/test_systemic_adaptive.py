@@ -3,6 +3,7 @@ an attack using them lets more failures escape a monitor than the same attack bl
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -76,3 +77,29 @@ def test_adaptive_pgd_beats_blind_pgd_on_embedded_model(digits_model: nn.Module,
     assert adaptive.escaped_failure_rate().value > blind.escaped_failure_rate().value + 0.1
     # what the hooks count as an escape is one when measured independently
     assert torch.equal(obj.success(clf.logits(adaptive_x), y, adaptive_x), adaptive.escaped)
+
+
+def test_selective_loss_values_by_hand_and_success_needs_both_parts_under() -> None:
+    model = _Linear()  # logits = x
+    # combined monitor: score = first logit, flagged above 0.5 (spread 0.5); confidence below 0.6 (spread 0.1)
+    mon = Monitor("dc", "z0", score_threshold=0.5, confidence_threshold=0.6, score_scale=0.5, confidence_scale=0.1)
+
+    def score_fn(out: Outputs) -> torch.Tensor:
+        return out.logits[:, 0]
+
+    obj = MonitorAwareObjective(model, mon, score_fn)
+    x = torch.tensor([[0.9, 0.1], [0.2, 3.0], [0.9, 1.0], [0.2, 0.4]]).reshape(4, 1, 1, 2)
+    y = torch.zeros(4, dtype=torch.long)
+    with torch.no_grad():
+        logits = model(x)
+        loss = obj.loss(logits, y, x)
+    conf = logits.softmax(1).amax(1)
+    # row 0 correct: the margin 0.1 - 0.9; row 1 wrong, score 0.2 (under), confident: escaped, loss 1
+    # row 2 wrong, score 0.9: v = max((0.9 - 0.5) / 0.5, (0.6 - conf) / 0.1); row 3 wrong, score under, but
+    # conf = softmax(0.2, 0.4) = 0.55 < 0.6: flagged by confidence alone, v = 0.05 / 0.1
+    v2 = max(0.8, (0.6 - float(conf[2])) / 0.1)
+    v3 = (0.6 - float(conf[3])) / 0.1
+    assert v3 > 0 and (0.2 - 0.5) / 0.5 < 0
+    assert loss.tolist() == pytest.approx([-0.8, 1.0, 1 / (1 + v2), 1 / (1 + v3)], rel=1e-5)
+    assert obj.success(logits, y, x).tolist() == [False, True, False, False]
+    assert torch.equal(obj.success(logits, y, x), failures(logits, y) & ~mon.flags(logits[:, 0], conf))

@@ -145,3 +145,33 @@ def test_every_candidate_keeps_the_validation_false_alarm_budget() -> None:
             else:
                 k_conf, k_det = int(rate / 2 * n_ok + 1e-9), int((rate - rate / 2) * n_ok + 1e-9)
                 assert max(k_conf, k_det) <= int(flagged.sum()) <= k_conf + k_det, mon.name
+
+
+def test_combined_monitor_gives_confidence_its_share_and_the_detector_the_rest() -> None:
+    # 100 correct answers, tie-free: rate 0.1 with confidence_share 0.2 -> confidence 0.02 (2 flags),
+    # detector 0.08 (8 flags); swapping the shares would flag 8 by confidence and 2 by the detector
+    g = generator(0, "share")
+    s, c = torch.randn(100, generator=g), torch.rand(100, generator=g)
+    correct = torch.ones(100, dtype=torch.bool)
+    mon = Monitor.fit("dc", s, correct, 0.1, val_confidence=c, confidence_share=0.2, detector="d")
+    assert mon.score_threshold == float(s.double().sort(descending=True).values[8])
+    assert mon.confidence_threshold == float(c.double().sort().values[2])
+    assert int((s > mon.score_threshold).sum()) == 8 and int((c < mon.confidence_threshold).sum()) == 2
+    # shares 0 and 1 hand the whole budget to one part
+    only_det = Monitor.fit("dc", s, correct, 0.1, val_confidence=c, confidence_share=0.0, detector="d")
+    assert int(only_det.flags(s, c).sum()) == 10 and int((c < only_det.confidence_threshold).sum()) == 0
+
+
+def test_violation_is_in_units_of_the_correct_answers_spread() -> None:
+    # scale: the unbiased standard deviation of the correct answers' validation values (the wrong one's 9 is left out)
+    scores = torch.tensor([0.0, 1.0, 2.0, 3.0, 9.0])
+    conf = torch.tensor([0.6, 0.7, 0.8, 0.9, 0.2])
+    correct = torch.tensor([True, True, True, True, False])
+    mon = Monitor.fit("dc", scores, correct, 0.5, val_confidence=conf, detector="d")
+    sd_s, sd_c = torch.tensor([0.0, 1.0, 2.0, 3.0]).std().item(), torch.tensor([0.6, 0.7, 0.8, 0.9]).std().item()
+    assert (mon.score_scale, mon.confidence_scale) == pytest.approx((sd_s, sd_c))
+    # k = floor(0.25 * 4) = 1 per part: score threshold 2 (3 above), confidence threshold 0.7 (0.6 below)
+    assert (mon.score_threshold, mon.confidence_threshold) == pytest.approx((2.0, 0.7))
+    v = mon.violation(torch.tensor([2.5, 0.0]), torch.tensor([0.9, 0.65]))
+    # the larger of the two parts: (2.5 - 2) / sd_s vs (0.7 - 0.9) / sd_c; (0 - 2) / sd_s vs (0.7 - 0.65) / sd_c
+    assert v.tolist() == pytest.approx([0.5 / sd_s, 0.05 / sd_c], rel=1e-5)
