@@ -85,8 +85,8 @@ def validation_escape(monitor: Monitor, val: ScoredSet, outliers: ScoredSet, ood
     (:func:`mlsafety.monitoring.ood.combined_risk`, same threshold rule) for an OOD share ``ood_share``.
 
     The interval is exact and conservative, as in :func:`expected_escaped_rate`: each rate's
-    Clopper-Pearson interval at 97.5% (Bonferroni over the two sets), averaged; ``n`` counts the
-    inputs of both sets.
+    Clopper-Pearson interval at 97.5% (Bonferroni over the two sets; 95% when ``ood_share`` is 0 or 1
+    and only one set counts), averaged; ``n`` counts the inputs of the sets that count.
     """
     outcomes = {"validation": val.outcome(monitor), "outliers": outliers.outcome(monitor)}
     if not 0.0 <= ood_share <= 1.0:
