@@ -131,3 +131,20 @@ def test_tilted_kl_is_mean_reward_over_lambda_minus_log_z_and_the_policy_is_the_
         for _ in range(20):  # any other policy on pi0's support does worse
             q = c.probs[j] * torch.exp(0.3 * torch.randn(7, generator=g, dtype=torch.float64))
             assert objective(q / q.sum(), lam) < best
+
+
+def test_tilted_kl_is_taken_against_the_renormalised_pi0() -> None:
+    # a float32 pi0 sums to 1 only within ~1e-7; the tilted policy is normalised, so its KL must be taken
+    # against pi0 / sum(pi0) too, or it is off by -log(sum(pi0)): here 3.6e-8, a KL of 3.6e-8 instead of 0 at
+    # lambda = inf and 7% too high at lambda = 1e3
+    k = 3000
+    g = generator(4, "tilted-f32")
+    pi0 = torch.rand(k, generator=g)
+    pi0 = pi0 / pi0.sum()  # float32
+    r = torch.randn(k, generator=g, dtype=torch.float64)
+    lams = [math.inf, 1e3, 1e2, 1.0]
+    c = kl_regularised(pi0, r, -r, lams)
+    ref = kl_regularised(pi0.double() / pi0.double().sum(), r, -r, lams)
+    assert float(c.kl[0]) == 0.0
+    torch.testing.assert_close(c.kl, ref.kl, atol=1e-15, rtol=1e-9)
+    torch.testing.assert_close(c.probs, ref.probs, atol=1e-15, rtol=1e-9)

@@ -65,6 +65,7 @@ def kl_regularised(
     p0 = pi0.detach().double().cpu()
     if (p0 < 0).any() or abs(float(p0.sum()) - 1.0) > 1e-6:
         raise InputError("pi0 must be non-negative and sum to 1; normalise it first")
+    p0 = p0 / p0.sum()  # the tilted policy is normalised, so its KL is against a normalised pi0 (float32 sums off 1e-7)
     r = proxy.detach().double().cpu()
     g = gold.detach().double().cpu()
     if not (torch.isfinite(r).all() and torch.isfinite(g).all()):
