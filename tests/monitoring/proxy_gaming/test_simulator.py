@@ -148,3 +148,49 @@ def test_tilted_kl_is_taken_against_the_renormalised_pi0() -> None:
     assert float(c.kl[0]) == 0.0
     torch.testing.assert_close(c.kl, ref.kl, atol=1e-15, rtol=1e-9)
     torch.testing.assert_close(c.probs, ref.probs, atol=1e-15, rtol=1e-9)
+
+
+def test_linear_proxy_recovers_a_linear_gold_from_noiseless_labels() -> None:
+    # ridge with an unpenalised intercept: with a vanishing penalty and more labels than features it fits a
+    # linear gold exactly (a fit without the intercept misses the gold's offset by ~0.1 here)
+    w = make_world(256, 6, curvature=0.0, seed=1)
+    p = train_proxy(w, 40, width=0, label_noise=0.0, ridge=1e-9, seed=0)
+    torch.testing.assert_close(p, w.gold, atol=1e-8, rtol=0)
+
+
+class _GradientRecorder:
+    """Stands in for Adam: keeps each step's gradient in ``grads`` and never moves theta (every step is at pi0)."""
+
+    def __init__(self, grads: list[torch.Tensor]) -> None:
+        self.grads = grads
+
+    def __call__(self, params, lr: float) -> _GradientRecorder:  # type: ignore[no-untyped-def]
+        self.params = list(params)
+        return self
+
+    def zero_grad(self) -> None:
+        self.params[0].grad = None
+
+    def step(self) -> None:
+        self.grads.append(self.params[0].grad.detach().clone())
+
+
+@pytest.mark.parametrize("features", [False, True])
+def test_reinforce_gradient_is_unbiased_with_a_leave_one_out_baseline(
+    monkeypatch: pytest.MonkeyPatch, features: bool
+) -> None:
+    # at theta = 0 the exact gradient of E_pi[r] is phi^T (pi0 * (r - E_pi0 r)); a baseline that includes the
+    # sample itself would shrink it by (1 - 1 / B), a half at B = 2
+    recorded: list[torch.Tensor] = []
+    monkeypatch.setattr(torch.optim, "Adam", _GradientRecorder(recorded))
+    pi0 = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    r = torch.tensor([-1.0, 1.0, -2.0], dtype=torch.float64)
+    phi = torch.tensor([[1.0, 0.0], [0.5, 1.0], [-1.0, -1.0]], dtype=torch.float64) if features else None
+    reinforce(pi0, r, r, features=phi, steps=2000, batch_size=2, kl_coef=0.7, checkpoint_every=2000, seed=0)
+    grads = -torch.stack(recorded)  # the loss is minus the objective
+    exact = pi0 * (r - pi0 @ r)
+    if phi is not None:
+        exact = phi.T @ exact
+    se = grads.std(0) / len(grads) ** 0.5
+    assert bool(((grads.mean(0) - exact).abs() < 4 * se).all())
+    assert bool(((grads.mean(0) - exact / 2).abs() > 6 * se).all())  # the half-size gradient is far outside
