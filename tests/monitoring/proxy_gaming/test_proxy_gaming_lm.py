@@ -148,3 +148,16 @@ def test_alarm_outcome_against_the_peak() -> None:
     interior, edge = pg.Peak(3, 8, d, d, True), pg.Peak(5, 32, d, d, False)
     assert [pg.alarm_outcome(n, interior) for n in (4, 8, 16, None)] == ["hit", "late", "late", "miss"]
     assert [pg.alarm_outcome(n, edge) for n in (4, None)] == ["false_alarm", "quiet"]
+
+
+def test_fit_does_not_need_n_equal_1_in_the_curve() -> None:
+    # d (alpha - beta d) is 0 at d = 0, so the n = 1 point adds nothing to the least squares, and the pooled
+    # standardisation puts the base policy's mean gold at 0: leaving n = 1 out must not move alpha and beta.
+    # Subtracting the gold at the smallest n (n = 2) instead gave alpha 0.46 for 1.42 here
+    proxy, gold = _planted()
+    ns = (1, 2, 4, 8, 16, 32, 64)
+    full = pg.curve_summary(pg.overoptimization_curve(proxy, gold, ns, n_boot=20), proxy, None, n_boot=20)
+    cut = pg.curve_summary(pg.overoptimization_curve(proxy, gold, ns[1:], n_boot=20), proxy, None, n_boot=20)
+    assert cut["fit"]["alpha"][0] == pytest.approx(full["fit"]["alpha"][0], abs=1e-12)
+    assert cut["fit"]["beta"][0] == pytest.approx(full["fit"]["beta"][0], abs=1e-12)
+    assert full["fit"]["alpha"][0] == pytest.approx(1.416, abs=1e-3)

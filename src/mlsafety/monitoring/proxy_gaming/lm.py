@@ -385,7 +385,8 @@ def curve_summary(
 ) -> dict[str, Any]:
     """The curve, its observed peak, the fitted ``d (alpha - beta d)`` and the monitor, as plain JSON data.
 
-    Values with intervals are ``[value, low, high]``; the fit needs at least 3 n values. With
+    Values with intervals are ``[value, low, high]``; the fit needs at least 3 n values (n = 1 need not
+    be among them: the pooled standardisation puts the base policy's mean gold at 0). With
     ``trusted`` None (only the gold available: a monitor on it would be circular) there is no
     ``monitor`` entry.
     """
@@ -407,7 +408,9 @@ def curve_summary(
         },
     }
     if len(curve.ns) >= 3:
-        fit = fit_scaling_law(curve.d, curve.per_prompt_gold, "bon", True, n_boot, seed)
+        # each prompt's curve is taken relative to its own n = 1 gold; without n = 1 the pooled standardisation
+        # already puts the base policy's mean gold at 0 (relative to another n would shift the whole curve)
+        fit = fit_scaling_law(curve.d, curve.per_prompt_gold, "bon", 1 in curve.ns, n_boot, seed)
         out["fit"] = {"alpha": list(fit.alpha)[:3], "beta": list(fit.beta)[:3], "r2": fit.r2,
                       "peak_d": list(fit.peak)[:3]}  # fmt: skip
     if trusted is not None:
