@@ -287,7 +287,15 @@ def main() -> None:
     )
     parser.add_argument("--reuse-demo", action="store_true", help="Keep the demo figures of the last results file.")
     parser.add_argument("--no-peers", action="store_true")
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="Recompute only the --scanners named and keep every other figure (other scanners, peers, demo) of "
+        "the last results file, e.g. after a fix to one scanner.",
+    )
     args = parser.parse_args()
+    if args.merge and not args.scanners:
+        parser.error("--merge needs --scanners naming the scanners to recompute")
     torch.set_num_threads(1)
     pop = population(args.out, args.n, args.epochs)
     members = [m for m, _ in pop]
@@ -304,9 +312,19 @@ def main() -> None:
         },
     }
     previous_path = RESULTS / "trojans.json"
-    reuse = (args.reuse or args.reuse_demo) and previous_path.is_file()
+    reuse = (args.reuse or args.reuse_demo or args.merge) and previous_path.is_file()
     previous = json.loads(previous_path.read_text()) if reuse else {}
-    res["scanners"] = (args.reuse and previous.get("scanners")) or scanners(pop, args.scanners)
+    if args.merge:
+        if previous.get("population", {}).get("members") != res["population"]["members"]:
+            raise SystemExit("--merge: the last results file was made on another population; rerun without --merge")
+        res["scanners"] = {**previous["scanners"], **scanners(pop, args.scanners)}
+        res["scanners"] = {k: res["scanners"][k] for k in SCANNERS.available() if k in res["scanners"]}
+        for key in ("art_version", "peers", "demo"):
+            if key in previous:
+                res[key] = previous[key]
+        args.no_peers, args.no_demo = True, True
+    else:
+        res["scanners"] = (args.reuse and previous.get("scanners")) or scanners(pop, args.scanners)
     if not args.no_peers:
         import art
 
