@@ -184,3 +184,16 @@ def test_a_float32_pi0_is_renormalised_before_the_order_statistics() -> None:
     c = best_of_n_exact(pi0, r, r, [1, 4096])
     torch.testing.assert_close(c.probs.sum(1), torch.ones(2, dtype=torch.float64), atol=1e-12, rtol=0)
     assert float(c.gold[0]) == pytest.approx((k - 1) / 2, abs=1e-9)
+
+
+def test_mean_interval_by_hand() -> None:
+    # column 0: 1, 2, 4: mean 7/3, sd sqrt(7/3) (n - 1 in the denominator), t(0.975, 2 df) = 4.302652729911275
+    # column 1: 0, 0, 3: mean 1, sd sqrt(3)
+    mean, lo, hi = mean_interval(torch.tensor([[1.0, 0.0], [2.0, 0.0], [4.0, 3.0]]))
+    t = 4.302652729911275
+    half = torch.tensor([t * math.sqrt(7 / 3) / math.sqrt(3), t], dtype=torch.float64)
+    torch.testing.assert_close(mean, torch.tensor([7 / 3, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(lo, mean - half)
+    torch.testing.assert_close(hi, mean + half)
+    one = mean_interval(torch.tensor([[3.0, -1.0]]))
+    assert all(torch.equal(v, torch.tensor([3.0, -1.0], dtype=torch.float64)) for v in one)  # no spread to measure
