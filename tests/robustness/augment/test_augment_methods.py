@@ -145,3 +145,67 @@ def test_pixmix_range_determinism_and_effect():
     assert float((none - x).abs().amax(dim=(1, 2, 3)).eq(0).float().mean()) > 0.2
     with pytest.raises(InputError):
         pixmix(x, mixing_pictures(4, (1, 4, 4)), generator(0))
+
+
+def test_mixup_weight_is_beta_alpha_alpha() -> None:
+    """One lam per batch, lam ~ Beta(alpha, alpha) (Zhang et al. 2018): a KS test against Beta(0.4, 0.4)
+    (U-shaped; Beta(alpha, 1) or a uniform draw fails it) and the images mixed by that lam."""
+    from scipy import stats
+
+    x, y = torch.rand(4, 1, 2, 2, generator=torch.Generator().manual_seed(0)), torch.arange(4)
+    lams = []
+    for seed in range(400):
+        batch = mixup(x, y, 0.4, generator(seed, "mixup-beta"))
+        lams.append(batch.lam)
+        partner = x[[int((y == int(b)).nonzero()) for b in batch.y_b]]
+        torch.testing.assert_close(batch.x, batch.lam * x + (1 - batch.lam) * partner)
+    assert stats.kstest(lams, stats.beta(0.4, 0.4).cdf).pvalue > 0.01
+    assert stats.kstest(lams, "uniform").pvalue < 1e-4
+
+
+def test_cutmix_box_has_area_one_minus_lam_before_clipping() -> None:
+    """Yun et al. 2019: the box's sides are sqrt(1 - lam) of the image's, lam ~ Beta(alpha, alpha). With
+    alpha large lam is about 0.5, so a box inside the image (not clipped) covers about half of it; the
+    returned lam is one minus the pasted share (checked on class-constant images above)."""
+    x = torch.rand(4, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(4)
+    inside = 0
+    for seed in range(200):  # about one box in twelve lies inside
+        batch = cutmix(x, y, 2000.0, generator(seed, "cutmix-box"))
+        if torch.equal(batch.y_b, y):  # every image its own partner: nothing visibly pasted
+            continue
+        changed = (batch.x != x).any(dim=0)[0]
+        rows = changed.any(dim=1).nonzero().flatten()
+        cols = changed.any(dim=0).nonzero().flatten()
+        area = (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
+        assert 1 - batch.lam == pytest.approx(float(area) / 64**2)
+        if rows.min() > 0 and rows.max() < 63 and cols.min() > 0 and cols.max() < 63:
+            inside += 1
+            # sides int(64 sqrt(1 - lam)) for lam = 0.5 +- 3 sd (0.008): 44 to 47, cut to an even 44 or 46
+            assert 44**2 / 64**2 <= 1 - batch.lam <= 46**2 / 64**2
+        else:
+            assert 1 - batch.lam <= 46**2 / 64**2
+    assert inside >= 5
+
+
+def test_augmix_loss_is_the_clean_cross_entropy_plus_twelve_jsd(tiny_net, tiny_data) -> None:
+    """Hendrycks et al. 2020: CE on the clean images + 12 JS(clean, augmix1, augmix2), the two views drawn
+    one after the other from the loss's generator (eval mode: the joint batch equals three forwards)."""
+    from mlsafety.robustness.augment import create
+
+    class Sharp(torch.nn.Module):  # the untrained net's logits times 100: predictions that the views move
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return 100 * tiny_net(x)
+
+    net = Sharp()
+    aug = create("augmix")
+    assert aug.jsd_weight == 12.0
+    x, y = tiny_data.x[:6], tiny_data.y[:6]
+    got = aug.loss(net, x, y, generator(0, "augmix-loss"))
+    g = generator(0, "augmix-loss")
+    a1, a2 = aug.views(x, g), aug.views(x, g)
+    with torch.no_grad():
+        clean, l1, l2 = net(x), net(a1), net(a2)
+    assert float(jsd_loss(clean, l1, l2)) > 1e-3  # the views differ: the consistency term counts
+    want = F.cross_entropy(clean, y) + 12 * jsd_loss(clean, l1, l2)
+    torch.testing.assert_close(got.detach(), want)
