@@ -165,6 +165,38 @@ def test_bad_requests_are_one_clear_4xx(server: tuple[str, Guard], body: bytes, 
     assert httpx.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"  # still serving
 
 
+def test_micro_batches_keep_to_max_batch_and_each_request_gets_its_rows() -> None:
+    """Requests of 10, 10, 3, 5, 20 and 1 inputs queued together with max_batch 16: no batch runs more than
+    16 inputs unless one request alone is larger, every request is answered once with its own rows in
+    order, and the drift alarm sees every input once."""
+    guard, drift = tiny_guard()
+    sizes = [10, 10, 3, 5, 20, 1]
+    g = torch.Generator().manual_seed(11)
+    xs = [torch.rand(k, *SHAPE, generator=g) for k in sizes]
+    ran: list[int] = []
+
+    class Recording(serve_mod.Batcher):
+        def _judge(self, x: torch.Tensor) -> tuple[Any, float]:
+            ran.append(x.shape[0])
+            return super()._judge(x)
+
+    async def go() -> list[Any]:
+        batcher = Recording(guard, drift, serve_mod.Metrics(), max_batch=16, max_wait_ms=200)
+        batcher.start()
+        try:
+            return await asyncio.wait_for(asyncio.gather(*(batcher.submit(x) for x in xs)), 30)
+        finally:
+            await batcher.stop()
+
+    answers = asyncio.run(go())
+    assert sum(ran) == sum(sizes) == drift.steps
+    assert all(k <= 16 for k in ran if k != 20) and len(ran) < len(sizes)  # grouped, never past the cap
+    for x, rows in zip(xs, answers, strict=True):
+        exp = _expected(guard, x)
+        assert [row["label"] for row in rows] == exp.pred.tolist()
+        assert [row["score"] for row in rows] == pytest.approx(exp.score.tolist(), rel=1e-4, abs=1e-4)
+
+
 def test_reasons_name_the_part_that_rejected() -> None:
     guard, _ = tiny_guard()
     x = torch.cat([torch.rand(20, *SHAPE, generator=torch.Generator().manual_seed(8)), torch.ones(2, *SHAPE) * 50])

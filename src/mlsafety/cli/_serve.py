@@ -178,6 +178,7 @@ class Batcher:
         self.max_batch, self.max_wait = max_batch, max_wait_ms / 1000.0
         self.queue: asyncio.Queue[_Job] = asyncio.Queue()
         self._worker: asyncio.Task[None] | None = None
+        self._next: _Job | None = None  # taken from the queue, too large for the batch before: opens the next
 
     def start(self) -> None:
         self._worker = asyncio.get_running_loop().create_task(self._run())
@@ -205,8 +206,12 @@ class Batcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            jobs = [await self.queue.get()]
-            n = jobs[0].x.shape[0]
+            if self._next is not None:
+                first, self._next = self._next, None
+            else:
+                first = await self.queue.get()
+            jobs = [first]
+            n = first.x.shape[0]
             deadline = loop.time() + self.max_wait
             while n < self.max_batch:
                 left = deadline - loop.time()
@@ -215,6 +220,9 @@ class Batcher:
                 try:
                     job = await asyncio.wait_for(self.queue.get(), left)
                 except asyncio.TimeoutError:
+                    break
+                if n + job.x.shape[0] > self.max_batch:  # kept whole, in order, for the next batch
+                    self._next = job
                     break
                 jobs.append(job)
                 n += job.x.shape[0]
