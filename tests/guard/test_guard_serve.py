@@ -131,6 +131,21 @@ def test_png_input_equals_array_input(server: tuple[str, Guard]) -> None:
     assert [row["reason"] for row in r.json()["results"]] == exp.reasons
 
 
+def _images_of(value: bytes) -> bytes:
+    """A JSON body of one 1x8x8 image whose every entry is ``value``."""
+    row = b"[" + b",".join([value] * 8) + b"]"
+    return b'{"images": [[[' + b",".join([row] * 8) + b"]]]}"
+
+
+def _png_header_only(h: int, w: int) -> str:
+    """The first bytes of a blank h x w grey PNG: its header states the size, its pixels are cut off."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("L", (w, h)).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()[:2000]).decode()
+
+
 def _gif() -> str:
     from PIL import Image
 
@@ -145,7 +160,7 @@ def _gif() -> str:
         (b"{not json", 400, "malformed JSON"),
         (b"[1, 2]", 400, "JSON object"),
         (b'{"images": [[[0.5]]]}', 422, "shape"),
-        (b'{"images": [[[' + b",".join([b"[" + b",".join([b"2.0"] * 8) + b"]"] * 8) + b"]]]}", 422, "[0, 1]"),
+        (_images_of(b"2.0"), 422, "[0, 1]"),
         (b'{"images": "x"}', 400, "non-empty list"),
         (b'{"images": [[["a"]]]}', 422, "numbers"),
         (b'{"png": ["@@@"]}', 400, "base64"),
@@ -154,6 +169,10 @@ def _gif() -> str:
         (b'{"images": [], "png": []}', 400, "exactly one"),
         (b"{" + b" " * (MAX_BODY + 10) + b"}", 413, "at most"),
         (('{"images": ' + str([[[[0.5] * 8] * 8]] * 33) + "}").encode(), 413, "at most 32"),
+        (b'{"images": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", 400, "malformed JSON"),  # past the parser's stack
+        (_images_of(b"1" + b"0" * 400), 422, "[0, 1]"),  # an integer beyond float range
+        (('{"png": ["' + _png_header_only(9000, 9000) + '"]}').encode(), 422, "9000x9000"),  # not decoded first
+        (('{"png": ["' + _png_header_only(15000, 15000) + '"]}').encode(), 422, "too many pixels"),  # PIL's bomb limit
     ],
 )
 def test_bad_requests_are_one_clear_4xx(server: tuple[str, Guard], body: bytes, status: int, words: str) -> None:
@@ -163,6 +182,25 @@ def test_bad_requests_are_one_clear_4xx(server: tuple[str, Guard], body: bytes, 
     detail = r.json()["detail"]
     assert words in detail and "\n" not in detail
     assert httpx.get(f"{url}/healthz", timeout=10).json()["status"] == "ok"  # still serving
+
+
+def test_sixteen_bit_png_keeps_its_levels(server: tuple[str, Guard]) -> None:
+    """A 16-bit grey PNG's levels are divided by 65535, as the data loaders read them (PIL's convert('L')
+    clips every level above 255 to white)."""
+    import numpy as np
+    from PIL import Image
+
+    url, guard = server
+    levels = torch.randint(0, 65536, (8, 8), generator=torch.Generator().manual_seed(10)).to(torch.int32)
+    buf = io.BytesIO()
+    Image.fromarray(levels.numpy().astype(np.uint16)).save(buf, format="PNG")
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I;16")
+    r = httpx.post(f"{url}/predict", json={"png": [base64.b64encode(buf.getvalue()).decode()]}, timeout=30)
+    assert r.status_code == 200, r.text
+    exp = _expected(guard, (levels.double() / 65535).float().reshape(1, *SHAPE))
+    got = r.json()["results"]
+    assert torch.allclose(torch.tensor([row["logits"] for row in got]), exp.logits, rtol=1e-5, atol=1e-6)
+    assert [row["score"] for row in got] == pytest.approx(exp.score.tolist(), rel=1e-5, abs=1e-6)
 
 
 def test_micro_batches_keep_to_max_batch_and_each_request_gets_its_rows() -> None:
@@ -195,6 +233,27 @@ def test_micro_batches_keep_to_max_batch_and_each_request_gets_its_rows() -> Non
         exp = _expected(guard, x)
         assert [row["label"] for row in rows] == exp.pred.tolist()
         assert [row["score"] for row in rows] == pytest.approx(exp.score.tolist(), rel=1e-4, abs=1e-4)
+
+
+def test_an_oversized_body_without_length_is_refused_unread() -> None:
+    """A body streamed without Content-Length is read only up to the limit, then refused with 413."""
+    guard, drift = tiny_guard()
+    app = serve_mod.build_app(guard, drift, SHAPE, max_body_bytes=MAX_BODY)
+    sent = []
+
+    async def body() -> Any:
+        yield b'{"images": '
+        for _ in range(100):  # 1 MB of blanks, five times the limit
+            sent.append(1)
+            yield b" " * 10_000
+
+    async def go() -> Any:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+            return await client.post("/predict", content=body(), headers={"content-type": "application/json"})
+
+    r = asyncio.run(go())
+    assert r.status_code == 413 and "at most" in r.json()["detail"]
+    assert len(sent) <= MAX_BODY // 10_000 + 2  # stopped reading at the limit
 
 
 def test_reasons_name_the_part_that_rejected() -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import click
+import numpy as np
 import torch
 
 from mlsafety.cli._common import EXIT_BAD_INPUT, friendly, line
@@ -118,15 +119,24 @@ def _png(data: str, shape: tuple[int, ...]) -> torch.Tensor:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError, TypeError):
         raise BadRequest(400, "an entry of 'png' is not valid base64") from None
+    unreadable = "an entry of 'png' is not a readable PNG image; send PNG or nested arrays"
     try:
-        opened = Image.open(io.BytesIO(raw))
-        if opened.format != "PNG":
-            raise BadRequest(415, f"unsupported image format {opened.format}; send PNG or nested arrays")
-        img = opened.convert("L" if shape[0] == 1 else "RGB")
+        opened = Image.open(io.BytesIO(raw))  # reads the header only
+    except Image.DecompressionBombError:
+        raise BadRequest(422, f"PNG of too many pixels; the model takes {shape[1]}x{shape[2]}") from None
     except (UnidentifiedImageError, OSError):
-        raise BadRequest(415, "an entry of 'png' is not a readable PNG image; send PNG or nested arrays") from None
-    if (img.height, img.width) != shape[1:]:
-        raise BadRequest(422, f"PNG is {img.height}x{img.width}; the model takes {shape[1]}x{shape[2]}")
+        raise BadRequest(415, unreadable) from None
+    if opened.format != "PNG":
+        raise BadRequest(415, f"unsupported image format {opened.format}; send PNG or nested arrays")
+    if (opened.height, opened.width) != shape[1:]:  # checked before the pixels are decoded
+        raise BadRequest(422, f"PNG is {opened.height}x{opened.width}; the model takes {shape[1]}x{shape[2]}")
+    try:
+        if opened.mode.startswith("I;16") or opened.mode == "I":  # 16-bit grey: convert("L") clips above 255
+            levels = torch.from_numpy(np.array(opened.convert("F"), dtype=np.float32)).div(65535.0)  # as the loaders
+            return levels.reshape(1, *shape[1:]).expand(shape[0], -1, -1).clone()
+        img = opened.convert("L" if shape[0] == 1 else "RGB")
+    except OSError:
+        raise BadRequest(415, unreadable) from None
     t = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8).float().div(255.0)
     return t.reshape(img.height, img.width, shape[0]).permute(2, 0, 1)
 
@@ -153,6 +163,8 @@ def parse_inputs(body: Any, shape: tuple[int, ...], max_images: int) -> tuple[st
     else:
         try:
             x = torch.tensor(items, dtype=torch.float32)
+        except OverflowError:  # an integer beyond float range
+            raise BadRequest(422, "image values must be finite and lie in [0, 1]") from None
         except (ValueError, TypeError, RuntimeError):
             raise BadRequest(422, f"'images' must be numbers nested as (N, {', '.join(map(str, shape))})") from None
         if x.dim() == len(shape) and shape[0] == 1:
@@ -306,13 +318,18 @@ def build_app(
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > max_body_bytes:
             return refuse(413, f"request body of {declared} bytes; at most {max_body_bytes}")
-        raw = await request.body()
-        if len(raw) > max_body_bytes:
-            return refuse(413, f"request body of {len(raw)} bytes; at most {max_body_bytes}")
+        chunks, size = [], 0
+        async for chunk in request.stream():  # a body without Content-Length is read only up to the limit
+            size += len(chunk)
+            if size > max_body_bytes:
+                return refuse(413, f"request body of more than {max_body_bytes} bytes; at most {max_body_bytes}")
+            chunks.append(chunk)
         try:
-            body = json.loads(raw)
+            body = json.loads(b"".join(chunks))
         except (ValueError, UnicodeDecodeError) as e:
             return refuse(400, f"malformed JSON: {e}")
+        except RecursionError:
+            return refuse(400, "malformed JSON: nested too deeply")
         try:
             rid, x = parse_inputs(body, shape, max_images)
         except BadRequest as e:
