@@ -226,8 +226,12 @@ def test_micro_batches_keep_to_max_batch_and_each_request_gets_its_rows() -> Non
         finally:
             await batcher.stop()
 
+    replay = DriftAlarm(drift.reference, drift.arl, drift.kappa, drift.seed)
     answers = asyncio.run(go())
     assert sum(ran) == sum(sizes) == drift.steps
+    for x in xs:  # the drift alarm was fed in arrival order: replaying the requests one by one gives its state
+        replay.update(_expected(guard, x).score)
+    assert drift.statistic == pytest.approx(replay.statistic, rel=1e-6) and drift.alarms == replay.alarms
     assert all(k <= 16 for k in ran if k != 20) and len(ran) < len(sizes)  # grouped, never past the cap
     for x, rows in zip(xs, answers, strict=True):
         exp = _expected(guard, x)
@@ -254,6 +258,44 @@ def test_an_oversized_body_without_length_is_refused_unread() -> None:
     r = asyncio.run(go())
     assert r.status_code == 413 and "at most" in r.json()["detail"]
     assert len(sent) <= MAX_BODY // 10_000 + 2  # stopped reading at the limit
+
+
+def test_metrics_follow_the_prometheus_text_format() -> None:
+    """Text format 0.0.4: HELP then TYPE once per family before its samples; a histogram's buckets are
+    cumulative (``le`` inclusive), its +Inf bucket equals ``_count``, ``_sum`` the sum; counters end in _total."""
+    _, drift = tiny_guard()
+    m = serve_mod.Metrics()
+    for seconds in (0.0005, 0.001, 0.003, 0.2, 7.0):
+        m.observe(seconds)
+    m.errors[422] = 2
+    text = m.text(drift)
+    assert text.endswith("\n")
+    families: dict[str, str] = {}
+    samples: dict[str, float] = {}
+    for ln in text.splitlines():
+        if ln.startswith("# HELP "):
+            name = ln.split(" ")[2]
+            assert name not in families
+            families[name] = ""
+        elif ln.startswith("# TYPE "):
+            _, _, name, kind = ln.split(" ")
+            assert families.get(name) == ""  # right after its HELP, once
+            families[name] = kind
+        else:
+            key, value = ln.rsplit(" ", 1)
+            base = key.split("{")[0]
+            fam = next(f for f in families if base in (f, f + "_bucket", f + "_sum", f + "_count"))
+            assert families[fam] != ""
+            assert (base == fam) == (families[fam] != "histogram")
+            samples[key] = float(value)
+    assert all(name.endswith("_total") for name, kind in families.items() if kind == "counter")
+    h = "mlsafety_request_latency_seconds"
+    assert families[h] == "histogram"
+    want = {"0.001": 2, "0.0025": 2, "0.005": 3, "0.01": 3, "0.025": 3, "0.05": 3, "0.1": 3, "0.25": 4,
+            "0.5": 4, "1": 4, "2.5": 4, "5": 4, "+Inf": 5}  # fmt: skip
+    assert {k: samples[f'{h}_bucket{{le="{k}"}}'] for k in want} == want
+    assert samples[f"{h}_count"] == 5 and samples[f"{h}_sum"] == pytest.approx(7.2045, abs=1e-6)
+    assert samples['mlsafety_request_errors_total{status="422"}'] == 2
 
 
 def test_reasons_name_the_part_that_rejected() -> None:
