@@ -82,3 +82,22 @@ def test_retrained_denoiser_can_stand_in_for_the_shipped_one(tmp_path, digits_mo
     lo, hi = clopper_pearson(int((pred_shipped == y).sum()), len(y))
     assert lo <= (pred == y).float().mean().item() <= hi
     assert ((out - out_shipped) ** 2).mean().sqrt() < 0.1 * err_shipped.mean().sqrt()
+
+
+def test_train_denoiser_minimises_the_mse_to_the_clean_image_at_noise_sigma() -> None:
+    """Salman et al. 2020's MSE objective E ||D(x + e) - x||^2, e ~ N(0, sigma^2 I): for a denoiser that
+    only scales its input, D(z) = a z, the minimiser is a = E[x^2] / (E[x^2] + sigma^2) (4/7 for x uniform
+    on [0, 1] and sigma 0.5; noise of variance sigma would give 0.4, the noisy input as target 1)."""
+
+    class Gain(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.ones(()))
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.a * z
+
+    x = torch.rand(256, 1, 8, 8, generator=generator(0, "gain-data"))
+    second_moment = float((x**2).mean())
+    gain = train_denoiser(Gain(), x, 0.5, epochs=30, lr=0.02, batch_size=64)
+    assert float(gain.a.detach()) == pytest.approx(second_moment / (second_moment + 0.25), abs=0.01)
