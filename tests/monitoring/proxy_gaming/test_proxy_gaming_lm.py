@@ -161,3 +161,12 @@ def test_fit_does_not_need_n_equal_1_in_the_curve() -> None:
     assert cut["fit"]["alpha"][0] == pytest.approx(full["fit"]["alpha"][0], abs=1e-12)
     assert cut["fit"]["beta"][0] == pytest.approx(full["fit"]["beta"][0], abs=1e-12)
     assert full["fit"]["alpha"][0] == pytest.approx(1.416, abs=1e-3)
+
+
+def test_curve_refuses_unsorted_n() -> None:
+    # the peak's fall is read against the last n as the largest: with ns (1, 64, 4, 2) a peak at n = 4 fell
+    # "to" n = 2 (0.24 instead of 0.14 against n = 64) and counted as interior
+    proxy, gold = _planted()
+    for ns in ((1, 64, 4, 2), (1, 2, 2, 4)):
+        with pytest.raises(InputError, match="increasing"):
+            pg.overoptimization_curve(proxy, gold, ns, n_boot=10)

@@ -18,6 +18,7 @@ unit; the paper shows none).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -249,7 +250,7 @@ def overoptimization_curve(
     Args:
         proxy_scores: (P prompts, m samples) the optimised reward of each cached sample.
         gold_scores: (P, m) the gold reward of the same samples.
-        ns: the n values (each 1 <= n <= m); default: 1, 2, 4, ..., m.
+        ns: the n values (each 1 <= n <= m, strictly increasing); default: 1, 2, 4, ..., m.
         n_boot: bootstrap resamples of the prompts.
         seed: the bootstrap's seed.
     """
@@ -265,6 +266,8 @@ def overoptimization_curve(
     bad = [n for n in ns if not isinstance(n, int) or not 1 <= n <= m]
     if bad:
         raise InputError(f"every n must be an integer in [1, {m}] (the samples per prompt), got {bad[0]!r}")
+    if any(a >= b for a, b in itertools.pairwise(ns)):
+        raise InputError(f"the n values must be strictly increasing (the peak is read against the last), got {ns}")
     proxy = standardise_pool(proxy_scores.double())
     gold = standardise_pool(gold_scores.double())
     est = best_of_n_from_samples(proxy, gold, ns)
