@@ -204,23 +204,37 @@ class Store:
                 f"{self.path} is an SQLite file of another program (tables: {', '.join(sorted(tables))}); "
                 "pass another --db"
             )
-        if "schema_version" in tables:
-            row = self.conn.execute("SELECT version FROM schema_version").fetchone()
-            if row is None or row[0] != SCHEMA_VERSION:
-                self.conn.close()
-                raise InputError(
-                    f"{self.path} has results schema version {row[0] if row else 'none'}, this mlsafety "
-                    f"reads version {SCHEMA_VERSION} (rows now carry a kind); keep that file for the mlsafety "
-                    "that wrote it and pass another --db, or move it aside to start a new one"
-                )
-        else:
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            with self.transaction():
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self.conn.execute(statement)
-                self.conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        if "schema_version" not in tables:  # a new database, which another process may be creating right now
+            self._use_wal()
+            with self.transaction():  # BEGIN IMMEDIATE: one creator at a time; the others find its tables
+                made = "SELECT 1 FROM sqlite_master WHERE type='table' AND name='schema_version'"
+                if self.conn.execute(made).fetchone() is None:
+                    for statement in _SCHEMA.split(";"):
+                        if statement.strip():
+                            self.conn.execute(statement)
+                    self.conn.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
+        row = self.conn.execute("SELECT version FROM schema_version").fetchone()
+        if row is None or row[0] != SCHEMA_VERSION:
+            self.conn.close()
+            raise InputError(
+                f"{self.path} has results schema version {row[0] if row else 'none'}, this mlsafety "
+                f"reads version {SCHEMA_VERSION} (rows now carry a kind); keep that file for the mlsafety "
+                "that wrote it and pass another --db, or move it aside to start a new one"
+            )
         self.conn.execute("PRAGMA foreign_keys=ON")
+
+    def _use_wal(self, timeout: float = 30.0) -> None:
+        """Switch a new database to WAL. The switch needs the file to itself, and SQLite answers "locked" at once
+        (no busy wait) while another process opening the same new file holds it: retried for ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.01)
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
