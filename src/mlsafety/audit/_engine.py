@@ -225,9 +225,9 @@ def run_audit(
             run_id = store.create_run(
                 config.model, str(config.data), config.seed, fingerprint, record, package_version()
             )
-            extra = _plan_rows(plan, held_out)
-            if extra:
-                store.write_task(run_id, PLAN_CHECK, "plan", extra, [], 0.0)
+        extra = _plan_rows(plan, held_out)
+        if extra and (PLAN_CHECK, "plan") not in done:  # a resumed run whose first attempt stopped before it
+            store.write_task(run_id, PLAN_CHECK, "plan", extra, [], 0.0)
         if on_plan is not None:  # after a refused --resume, which stays one line
             on_plan(plan, len(work))
         ran = 0
