@@ -240,6 +240,9 @@ def test_constraints_reject_what_they_should() -> None:
     two = one.replace_word(6, "awful")
     assert C.MaxWordsPerturbed(max_share=0.2).allows(o, [one, two]) == [True, False]
     assert C.MaxWordsPerturbed(max_words=1).allows(o, [one, two]) == [True, False]
+    # 7 words: 0.2 x 7 = 1.4 allows 1 word, rounded up (TextAttack's rounding) 2; 0.1 x 7 rounded up 1
+    assert C.MaxWordsPerturbed(max_share=0.2, round_up=True).allows(o, [one, two]) == [True, True]
+    assert C.MaxWordsPerturbed(max_share=0.1, round_up=True).allows(o, [one, two]) == [True, False]
     assert C.StopWords().modifiable(o, set(range(o.num_words))) == {1, 3, 6}
     assert C.RepeatModification().modifiable(one, {1, 3, 6}) == {1, 6}
     assert C.EditDistance(3).allows(o, [one, two]) == [True, False]  # good->bad is 3 edits, fine->awful 5 more

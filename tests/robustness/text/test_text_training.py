@@ -145,14 +145,15 @@ def test_trainable_names_must_exist() -> None:
 
 def test_a2t_recipe_lets_at_least_four_words_change_as_the_authors_recipe() -> None:
     """A2T's word budget (Yoo & Qi's TextAttack recipe A2TYoo2021: MaxModificationRate(max_rate=0.1,
-    min_threshold=4)) is max(10% of the words, 4): a 9-word text may change 4 words, a 20-word one 4 (not 0
-    and 2), a 60-word one 6; and nouns may not become verbs (PartOfSpeech(allow_verb_noun_swap=False))."""
+    min_threshold=4)) is max(ceil(10% of the words), 4): a 9-word text may change 4 words, a 20-word one 4
+    (not 0 and 2), a 41- or 45-word one 5 (not 4), a 60-word one 6; and nouns may not become verbs
+    (PartOfSpeech(allow_verb_noun_swap=False))."""
     from mlsafety.robustness.text import constraints as C
     from mlsafety.robustness.text._train import A2T
 
     attack = A2T().build(_fresh())
     (limit,) = [c for c in attack.constraints if isinstance(c, C.MaxWordsPerturbed)]
-    for n, most in ((9, 4), (20, 4), (60, 6)):  # TextAttack: ceil(0.1 n); the same up to 40 words
+    for n, most in ((9, 4), (20, 4), (41, 5), (45, 5), (60, 6)):  # TextAttack: max(ceil(0.1 n), 4)
         original = AttackedText.from_text(" ".join(["film"] * n))
         texts = [original.replace_words(dict.fromkeys(range(k), "movie")) for k in (most, most + 1)]
         assert limit.allows(original, texts) == [True, False], n

@@ -13,8 +13,8 @@ loss hook that weights the adversarial texts); :func:`evaluate_robust_training` 
 row (clean accuracy and attack success rate on held-out texts, each with its exact 95% interval).
 
 The attack's constraints are those of the authors' TextAttack recipe (``A2TYoo2021``): stop words and
-changed words kept, at most ``max(10% of the words, 4)`` words changed (TextAttack rounds the 10% up, here
-down: the two differ only on texts over 40 words), WordNet part of speech kept with no noun-verb swaps,
+changed words kept, at most ``max(ceil(10% of the words), 4)`` words changed (TextAttack's
+``MaxModificationRate(0.1, min_threshold=4)``), WordNet part of speech kept with no noun-verb swaps,
 embedding cosine at least ``min_cos``.
 
 Deviations: counter-fitted embeddings are replaced by the victim's input embeddings (as in the
@@ -108,7 +108,7 @@ class A2T(Recipe):
 
     max_candidates = Param(20, int, low=1, doc="embedding neighbours tried per word")
     min_cos = Param(0.8, float, low=-1, high=1, doc="input-embedding cosine between a word and its replacement")
-    max_share = Param(0.1, float, low=0.01, high=1, doc="share of a text's words changed at most")
+    max_share = Param(0.1, float, low=0.01, high=1, doc="share of a text's words changed at most (rounded up)")
     min_words = Param(4, int, low=0, doc="words the share limit allows at least (A2T's min_threshold)")
     min_similarity = Param(None, float, low=-1, high=1, doc="MiniLM sentence cosine at least (None: not checked)")
 
@@ -132,7 +132,7 @@ class A2T(Recipe):
         constraints = [
             RepeatModification(),
             StopWords(),
-            MaxWordsPerturbed(max_share=self.max_share, min_words=self.min_words),
+            MaxWordsPerturbed(max_share=self.max_share, min_words=self.min_words, round_up=True),
             WordEmbeddingDistance(vectors, self.min_cos),
             PartOfSpeech(allow_noun_verb=False),
         ]

@@ -11,6 +11,7 @@ returned text violates a constraint" is a property the tests can check.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import ClassVar, Literal, Protocol
 
@@ -69,11 +70,15 @@ class MaxWordsPerturbed(Constraint):
         max_words: number of words (None: no count limit).
         min_words: the share limit allows at least this many words (TextAttack's ``MaxModificationRate``
             ``min_threshold``, 4 in its A2T recipe, so a short text can change some words at all).
+        round_up: the share limit is ``ceil(max_share x words)``, TextAttack's rounding (its
+            ``MaxModificationRate`` and ``MaxWordsPerturbed``); False: ``floor``, at most the share itself.
     """
 
     name: ClassVar[str] = "max-words-perturbed"
 
-    def __init__(self, max_share: float | None = None, max_words: int | None = None, min_words: int = 0) -> None:
+    def __init__(
+        self, max_share: float | None = None, max_words: int | None = None, min_words: int = 0, round_up: bool = False
+    ) -> None:
         if max_share is None and max_words is None:
             raise InputError("MaxWordsPerturbed needs max_share or max_words")
         if max_share is not None and not 0 < max_share <= 1:
@@ -83,11 +88,14 @@ class MaxWordsPerturbed(Constraint):
         self.max_share = max_share
         self.max_words = max_words
         self.min_words = min_words
+        self.round_up = round_up
 
     def _ok(self, text: AttackedText) -> bool:
         k = len(text.changed)
-        if self.max_share is not None and k > max(self.max_share * text.num_words, self.min_words):
-            return False
+        if self.max_share is not None:
+            share = self.max_share * text.num_words
+            if k > max(math.ceil(share) if self.round_up else math.floor(share), self.min_words):
+                return False
         return not (self.max_words is not None and k > self.max_words)
 
     def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
