@@ -118,3 +118,58 @@ def test_config_file_values_are_checked(tmp_path):
     (tmp_path / "ok.toml").write_text("channels = 1\nseed = 9223372036854775807\n")
     cfg = load_config(tmp_path / "ok.toml")
     assert cfg.channels == 1 and cfg.seed == 2**63 - 1
+
+
+def test_a_gate_bounds_the_stored_value_not_an_end_of_its_interval():
+    """``--fail-under M=V`` fails when M < V and ``--fail-over`` when M > V, M being the stored value: an interval
+    reaching past the bound neither fails a value inside it nor rescues a value outside it; equality passes."""
+    acc = row("clean", "clean", "accuracy", 0.90, 0.80, 0.97)
+    assert evaluate_gates([acc], {"clean/clean/accuracy": 0.85}, {}) == []  # ci_low 0.80 < 0.85
+    assert evaluate_gates([acc], {"clean/clean/accuracy": 0.90}, {}) == []
+    (under,) = evaluate_gates([acc], {"clean/clean/accuracy": 0.95}, {})  # ci_high 0.97 > 0.95
+    assert (under.value, under.bound, under.kind) == (0.90, 0.95, "fail_under") and "below" in str(under)
+    rate = row("defence-in-depth", "clean", "escaped_failure_rate", 0.10, 0.02, 0.30)
+    assert evaluate_gates([rate], {}, {"defence-in-depth/clean/escaped_failure_rate": 0.20}) == []  # ci_high 0.30
+    assert evaluate_gates([rate], {}, {"defence-in-depth/clean/escaped_failure_rate": 0.10}) == []
+    (over,) = evaluate_gates([rate], {}, {"defence-in-depth/clean/escaped_failure_rate": 0.05})  # ci_low 0.02
+    assert (over.value, over.bound, over.kind) == (0.10, 0.05, "fail_over") and "above" in str(over)
+    # the same bound on both sides of one metric: only the side the value breaks fails
+    both = evaluate_gates([acc], {"clean/clean/accuracy": 0.95}, {"clean/clean/accuracy": 0.95})
+    assert [f.kind for f in both] == ["fail_under"]
+
+
+def test_compare_calls_a_change_better_or_worse_by_the_metrics_declared_direction(tmp_path):
+    """Over a real audit's rows: no check declares a metric both ways, every scorecard headline's direction is the
+    one compare uses, and a clear move of each headline in its good direction is 'better', the other 'worse'."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from mlsafety.audit import CHECKS, AuditConfig, run_audit
+    from mlsafety.audit._gates import metric_direction
+
+    for name in CHECKS.available():
+        cls = CHECKS.get(name)
+        assert not set(cls.higher_is_better) & set(cls.lower_is_better), name
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.random((40, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, 40))
+    np.savez(tmp_path / "o.npz", x=0.3 * rng.random((20, 1, 8, 8)).astype(np.float32), y=-np.ones(20, dtype=int))
+    (tmp_path / "m.py").write_text(
+        "import torch\nfrom torch import nn\n\n\ndef small():\n    torch.manual_seed(0)\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))\n"
+    )
+    checks = ["clean", "calibration-basic", "ood-basic", "selective", "defence-in-depth"]
+    cfg = AuditConfig(model=f"{tmp_path}/m.py:small", data=str(tmp_path / "d.npz"), ood=[str(tmp_path / "o.npz")],
+                      checks=checks, quick=True, check_params={"defence-in-depth": {"adaptive": False}})  # fmt: skip
+    rows = run_audit(cfg, db=tmp_path / "runs.sqlite", report="").rows
+    seen = 0
+    for name in checks:
+        for h in CHECKS.get(name).headlines([r for r in rows if r.check == name]):
+            sign = 1 if h.higher_is_better else -1
+            assert metric_direction(h.row, rows) == sign, h.row.key
+            for step, verdict in ((1.0, "better"), (-1.0, "worse")):  # far past any interval, in each direction
+                moved = replace(h.row, value=h.row.value + sign * step, ci_low=None, ci_high=None, kind="decision")
+                (c,) = [c for c in compare_rows(rows, [moved]) if c.key == h.row.key]
+                assert c.direction == sign and c.verdict == verdict, h.row.key
+            seen += 1
+    assert seen >= 5 and {1, -1} <= {metric_direction(r, rows) for r in rows}
