@@ -78,6 +78,27 @@ def test_gradient_importance_order_is_the_gradient_norm_order() -> None:
     assert asked == expected
 
 
+def test_word_importance_is_the_l1_norm_of_the_mean_token_gradient() -> None:
+    """A2T's ranking (the authors' TextAttack GreedyWordSwapWIR(wir_method="gradient")): a word split into
+    several tokens scores ||mean of its tokens' gradients||_1, not the sum of the tokens' norms, which would
+    rank a word up for being split into more pieces."""
+    from mlsafety.robustness.text._train import word_importance
+
+    grad = torch.tensor(
+        [
+            [0.0, 0.0],  # [CLS]
+            [1.0, -1.0],  # word 0, first of its two tokens
+            [-1.0, 2.0],  # word 0, second
+            [0.75, 0.5],  # word 1, one token
+            [0.0, 0.0],  # [SEP]
+        ]
+    )
+    spans = [[1, 2], [3], []]
+    scores = word_importance(grad, spans, [0, 1, 2])
+    assert scores == pytest.approx({0: 0.5, 1: 1.25, 2: 0.0})  # word 0: |0| + |0.5|; summed norms gave 5
+    assert sorted(scores, key=lambda i: -scores[i]) == [1, 0, 2]
+
+
 def test_a2t_training_lowers_the_attack_success_on_held_out_texts() -> None:
     texts, labels = tiny_sentences(120, seed=11, min_words=6, max_words=12)
     data = TextDataset(texts, torch.tensor(labels))

@@ -26,7 +26,7 @@ epoch (one :func:`~mlsafety.core.train` call per epoch, default ``schedule="cons
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -62,13 +62,25 @@ from mlsafety.robustness.text.goals import Untargeted
 from mlsafety.robustness.text.hotflip import word_char_spans
 
 
+def word_importance(grad: torch.Tensor, spans: Sequence[Sequence[int]], indices: Iterable[int]) -> dict[int, float]:
+    """A2T's word importance: the L1 norm of the loss gradient at the word's input embedding, the gradient of
+    a word split into several tokens being the mean of its tokens' (as the authors' TextAttack
+    ``GreedyWordSwapWIR(wir_method="gradient")``); 0 for a word no token reads.
+
+    Args:
+        grad: ``(T, D)`` loss gradient at each token's input embedding.
+        spans: token positions of each word (:func:`~._gradients.token_spans`).
+        indices: the words to score.
+    """
+    return {i: float(grad[list(spans[i])].mean(dim=0).abs().sum()) if spans[i] else 0.0 for i in indices}
+
+
 class GradientImportanceSearch(SearchMethod):
     """Greedy search in the order of gradient word importance (A2T).
 
-    A word's importance is the L1 norm of the loss gradient with respect to its input embeddings
-    (summed over its tokens), from one forward and backward pass on the original text. Words are then
-    tried in that order: all candidates for the word in one batch, the best kept if it raises the
-    goal's score, until a candidate reaches the goal or the budget is spent.
+    A word's importance is :func:`word_importance`, from one forward and backward pass on the original
+    text. Words are then tried in that order: all candidates for the word in one batch, the best kept if
+    it raises the goal's score, until a candidate reaches the goal or the budget is spent.
     """
 
     name: ClassVar[str] = "gradient-importance"
@@ -80,8 +92,7 @@ class GradientImportanceSearch(SearchMethod):
         target = None if problem.target is None else torch.tensor([problem.target])
         eg = embedding_gradients(clf, [orig.text], torch.tensor([problem.label]), target)
         spans = token_spans(clf.tokenizer, orig.text, word_char_spans(orig), int(eg.batch.lengths[0]))
-        norms = eg.grad[0].abs().sum(dim=-1)
-        importance = {i: float(norms[spans[i]].sum()) if spans[i] else 0.0 for i in indices}
+        importance = word_importance(eg.grad[0], spans, indices)
         order = sorted(indices, key=lambda i: -importance[i])
         current, score = orig, float(start.scores[0])
         for i in order:
