@@ -120,6 +120,9 @@ def pixmix(
     """PixMix images: start from the image or an augmented copy, then mix in up to ``k`` times an
     augmented copy or a random mixing picture, by an additive or multiplicative mix.
 
+    Deviation: the reference code draws one mixing picture per image and mixes that same picture in
+    at every round that takes a picture; here each such round draws its own picture from the bank.
+
     Args:
         x: images (N, C, H, W) in [0, 1].
         pictures: mixing pictures (M, C, H, W) in [0, 1].
