@@ -289,3 +289,32 @@ def test_a_run_stopped_before_its_plots_resumes_them_from_the_stored_attack_rows
         with Store(db) as store:
             names = [a.name for _, a in store.artifacts(resumed.run_id, "adversarial")]
         assert sorted(names) == ["adversarial-pairs", "robust-accuracy-curve"]
+
+
+def test_ray_gives_the_local_rows_and_pictures_for_the_checks_that_share_and_read_hazards(files, ray_session):
+    """The dearer multi-task checks on Ray (2 CPUs, 8 checks: a streaming unit per check): certified's radii
+        and consistency attacks, corruptions and their summary, a trojan scan and its hazards, the transparency
+        tasks, and defence in depth, which judges every other check's hazards on its worker. Rows in the local
+        order and pictures name for name (their bytes are equal too on one machine, but plotted floats may move in
+    the last digits across processes, as the rows' tolerance allows)."""
+    from mlsafety.audit import Store
+
+    small = {
+        "adversarial": {"n": 30, "n_boot": 50},
+        "corruptions": {"corruptions": ["gaussian-noise", "fog"], "severities": [1, 3], "n_boot": 50},
+        "trojans": {"nc_steps": 20, "max_clean": 30},
+        "defence-in-depth": {"adaptive_steps": 3},
+    }
+    checks = ["clean", "adversarial", "certified", "corruptions", "ood-basic", "trojans", "transparency",
+              "defence-in-depth"]  # fmt: skip
+    config = AuditConfig(model=f"{files}/m.py:narrow", data=str(files / "data.npz"), ood=[str(files / "ood.npz")],
+                         checks=checks, quick=True, seed=7, check_params=small)  # fmt: skip
+    local = run_audit(config, db=files / "local.sqlite", report="")
+    on_ray = run_audit(config, db=files / "ray.sqlite", report="", executor=RayExecutor())
+    assert {r.check for r in local.rows} >= set(checks)
+    _same_rows(local.rows, on_ray.rows)
+    pictures = []
+    for db, run in ((files / "local.sqlite", local), (files / "ray.sqlite", on_ray)):
+        with Store(db) as store:
+            pictures.append([(c, a.name, a.caption) for c, a in store.artifacts(run.run_id)])
+    assert len(pictures[0]) >= 8 and pictures[0] == pictures[1]
