@@ -3,8 +3,8 @@ Models", Findings of EMNLP 2021).
 
 A2T makes adversarial training affordable by attacking with a cheap attack: words ranked once by the
 gradient of the loss with respect to their input embeddings (:class:`GradientImportanceSearch`, one
-backward pass instead of one query per word), then greedily swapped for embedding neighbours or
-WordNet synonyms under light constraints. Each epoch after ``warmup`` clean epochs, a ``attack_share``
+backward pass instead of one query per word), then greedily swapped for embedding neighbours under
+light constraints. Each epoch after ``warmup`` clean epochs, a ``attack_share``
 of the training texts is attacked with the current model, and the epoch trains on the clean texts plus
 the successful adversarial ones, the latter weighted by ``adv_weight`` (A2T's alpha) in the loss.
 
@@ -20,7 +20,12 @@ embedding cosine at least ``min_cos``.
 Deviations: counter-fitted embeddings are replaced by the victim's input embeddings (as in the
 recipes), DistilBERT sentence similarity is off by default (``a2t`` recipe's ``min_similarity``; the
 MiniLM encoder when set) to keep training on a CPU cheap; the learning-rate schedule restarts each
-epoch (one :func:`~mlsafety.core.train` call per epoch, default ``schedule="constant"``).
+epoch (one :func:`~mlsafety.core.train` call per epoch, default ``schedule="constant"``). Two
+differences from the authors' TextAttack ``Trainer``: it attacks shuffled training texts until
+``ceil(share x N)`` attacks have succeeded (``num_train_adv_examples``), here ``share x N`` texts are
+attacked and the successes kept, so fewer adversarial texts are added when the attack often fails; and
+it averages ``w_i loss_i`` over the batch, here ``sum w_i loss_i / sum w_i`` (the same weight ratio
+between adversarial and clean texts, a batch scale that Adam mostly absorbs).
 """
 
 from __future__ import annotations
