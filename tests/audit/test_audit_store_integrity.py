@@ -199,3 +199,51 @@ def test_the_report_is_rebuilt_from_the_store_alone(files):
         path = write_report(store, result.run_id, files / "again.html")
     assert again == first.read_text(encoding="utf-8") == path.read_text(encoding="utf-8")
     assert "FAILED: clean/clean/accuracy" in again  # the gates too come from the stored run record
+
+
+def test_no_two_tasks_of_a_run_write_one_row_key_or_picture_name(files, monkeypatch):
+    """The store keys a row by (run, check, hazard, metric) and a picture by (run, check, name) and replaces on
+    conflict: a check whose tasks wrote one key twice would lose a number silently. Over every check: each row
+    and picture a task hands over is one the store keeps."""
+    from mlsafety.audit import CHECKS, _store
+
+    written: dict[tuple[str, ...], list[str]] = {}
+    real = _store.Store.write_task
+
+    def write(self, run_id, check, key, rows, artifacts, seconds):  # type: ignore[no-untyped-def]
+        for r in rows:
+            written.setdefault((check, r.hazard, r.metric), []).append(key)
+        for a in artifacts:
+            written.setdefault((check, "picture", a.name), []).append(key)
+        return real(self, run_id, check, key, rows, artifacts, seconds)
+
+    monkeypatch.setattr(_store.Store, "write_task", write)
+    every = [c for c in CHECKS.available() if not c.startswith("test-")]
+    result = run_audit(_config(files, every, check_params=SMALL), db=files / "runs.sqlite", report="")
+    twice = {k: v for k, v in written.items() if len(v) > 1}
+    assert not twice, twice
+    rows, arts, _ = _stored(files / "runs.sqlite", result.run_id)
+    assert len(rows) + len(arts) == len(written) and {r.check for r in result.rows} >= set(every)
+
+
+def test_only_the_driver_can_write_the_store():
+    """What runs a task (the checks, their views, the context and the executors' worker side) imports neither
+    the store nor SQLite: a Ray worker has no way to write the database; the engine writes what it returns."""
+    import ast
+    from pathlib import Path
+
+    import mlsafety.audit as audit
+
+    root = Path(audit.__file__).parent
+    sources = [*root.glob("checks/*.py"), *root.glob("views/*.py")]
+    sources += [root / name for name in ("_check.py", "_context.py", "_executors.py", "_budget.py")]
+    assert len(sources) > 20
+    for path in sources:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or "", *(a.name for a in node.names)]
+            else:
+                continue
+            assert not [n for n in names if "sqlite" in n or n.endswith("_store") or n == "Store"], (path, names)
