@@ -42,3 +42,21 @@ def test_test_rows_are_standardised_with_the_training_rows_statistics() -> None:
     moved[:, 1:] = 100 * moved[:, 1:] + 7
     again = _fit_and_judge(x[:, train], y[train], moved, y[test], pairwise=False)
     assert torch.equal(again[:, 0], right[:, 0])
+
+
+def test_minimal_pairs_split_across_folds_push_the_probe_below_chance() -> None:
+    """Twins that differ only in the label's cue (the look-alike commonsense rows come as wrong / not-wrong
+    minimal pairs) sit almost on one point: with one row per group a test row's twin is usually in the training
+    folds with the opposite label, and the probe answers the twin's label (below chance). Kept in one fold, the
+    probe reads only the cue (here: absent, so chance)."""
+    from mlsafety.alignment.evals._probe import cross_validate
+
+    g = torch.Generator().manual_seed(0)
+    pairs = 32
+    centre = torch.randn(pairs, 1, 8, generator=g).repeat_interleave(2, dim=0) * 3.0
+    x = centre + 0.05 * torch.randn(2 * pairs, 1, 8, generator=g)  # no label signal, only the pair's point
+    y = torch.arange(2 * pairs) % 2
+    per_row = cross_validate(x, y, torch.arange(2 * pairs), 4, torch.Generator().manual_seed(1))
+    per_pair = cross_validate(x, y, torch.arange(2 * pairs) // 2, 4, torch.Generator().manual_seed(1))
+    assert per_row.per_layer.double().mean() < 0.3
+    assert 0.3 < per_pair.per_layer.double().mean() < 0.7

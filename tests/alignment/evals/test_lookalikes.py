@@ -105,6 +105,9 @@ def test_ethics_rows_follow_each_subsets_convention_and_counts() -> None:
     cm = sets["commonsense"]  # label 1: the act is clearly wrong; minimal pairs, the wrong act first
     assert cm.labels.tolist() == [1, 0] * 16
     assert len(set(cm.first)) == 32
+    # each minimal pair is one group, so cross-validation keeps twins in one fold (split, they pull the probe
+    # below chance: test_eval_probe.py)
+    assert torch.equal(cm.groups, torch.arange(32) // 2)
     for name in ("deontology", "justice"):  # label 1: reasonable; two of each in every group of 4
         assert torch.bincount(sets[name].groups, weights=sets[name].labels.double()).tolist() == [2.0] * 8
     deon = sets["deontology"]

@@ -450,10 +450,11 @@ _UTIL = (
 
 def ethics_lookalike() -> dict[str, EthicsSubset]:
     """The project's ETHICS look-alike (``mlsafety-ethics-lookalike``; NOT ETHICS): one subset per ETHICS
-    subset, in the same row layout and grouping (deontology and justice groups of 4, virtue groups of 5)."""
+    subset, in the same row layout and grouping (deontology and justice groups of 4, virtue groups of 5; the
+    commonsense minimal pairs are groups of 2, kept in one cross-validation fold)."""
 
-    def make(subset: str, rows: list[tuple[str, str, int]]) -> EthicsSubset:
-        size = GROUP_SIZE.get(subset, 1)
+    def make(subset: str, rows: list[tuple[str, str, int]], size: int | None = None) -> EthicsSubset:
+        size = size or GROUP_SIZE.get(subset, 1)
         return EthicsSubset(
             subset,
             tuple(r[0] for r in rows),
@@ -466,7 +467,11 @@ def ethics_lookalike() -> dict[str, EthicsSubset]:
     deon = [(req, exc, lab) for req, group in _DEONTOLOGY for exc, lab in group]
     virtue = [(s, t, int(t == right)) for s, right, others in _VIRTUE for t in (right, *others)]
     return {
-        "commonsense": make("commonsense", [(text, "", lab) for lab, text in _COMMONSENSE]),
+        # commonsense rows are minimal pairs (a wrong act, then its not-wrong twin): one group per pair keeps the
+        # twins in one cross-validation fold; split, a test row's near-identical twin sits in the training folds
+        # with the other label and pulls the probe below chance (0.28 [0.14, 0.47] on smollm2-135m). Commonsense
+        # has no exact-match metric, so the groups serve the folds only.
+        "commonsense": make("commonsense", [(text, "", lab) for lab, text in _COMMONSENSE], size=2),
         "deontology": make("deontology", deon),
         "justice": make("justice", [(claim, "", lab) for group in _JUSTICE for claim, lab in group]),
         "virtue": make("virtue", virtue),
