@@ -247,3 +247,20 @@ def test_only_the_driver_can_write_the_store():
             else:
                 continue
             assert not [n for n in names if "sqlite" in n or n.endswith("_store") or n == "Store"], (path, names)
+
+
+def test_a_resumed_run_records_and_reports_the_gates_of_the_command_that_finished_it(files, counting_check):
+    """Gates change no stored number, so ``--resume`` may add or change them; the run's record (what the report
+    and ``mlsafety report`` state) must then hold the gates the command judged it by, not the first attempt's."""
+    db, report = files / "runs.sqlite", files / "report.html"
+    counting_check.crash_at = 1
+    with pytest.raises(RuntimeError):
+        run_audit(_config(files, ["test-counting"], fail_over={"test-counting/clean/value_0": 2.0}), db=db, report="")
+    counting_check.crash_at = -1
+    gate = {"test-counting/clean/value_0": 0.5}  # value_0 is about 0.84 with this seed
+    result = run_audit(_config(files, ["test-counting"], fail_over=gate), db=db, report=report, resume=True)
+    assert result.resumed_tasks == 1 and [f.key for f in result.gate_failures] == ["test-counting/clean/value_0"]
+    html = report.read_text(encoding="utf-8")
+    assert "FAILED: test-counting/clean/value_0" in html and "&lt;= 2" not in html
+    with Store(db) as store:
+        assert store.run(result.run_id).config["gates"] == {"fail_under": {}, "fail_over": gate}

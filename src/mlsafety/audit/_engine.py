@@ -212,6 +212,8 @@ def run_audit(
         store.check_writable()
         if resume:
             run_id, done = _resumable(store, fingerprint, parts)
+            if run_id is not None:  # the gates are this command's (not in the fingerprint): the report states them
+                store.update_config(run_id, {"gates": _config_record(config)["gates"]})
         if run_id is None:
             record = _config_record(config)
             record["inputs"] = _fingerprint.record(parts)

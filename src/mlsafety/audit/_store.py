@@ -283,6 +283,19 @@ class Store:
         with self.transaction() as c:
             c.execute("UPDATE runs SET status=?, finished=? WHERE run_id=?", (status, time.time(), run_id))
 
+    def update_config(self, run_id: str, changes: dict[str, Any]) -> None:
+        """Replace top-level entries of a run's configuration record (``--resume`` records the gates of the
+        command that continues the run: they change no stored number, and the report states them)."""
+        with self.transaction() as c:
+            row = c.execute("SELECT config_json FROM runs WHERE run_id=?", (run_id,)).fetchone()
+            if row is None:
+                raise InputError(f"no run {run_id!r} in {self.path}")
+            config = {**json.loads(row[0]), **changes}
+            c.execute(
+                "UPDATE runs SET config_json=? WHERE run_id=?",
+                (json.dumps(config, sort_keys=True, default=str), run_id),
+            )
+
     def _run(self, r: Sequence[Any]) -> RunInfo:
         return RunInfo(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], json.loads(r[8]), r[9])
 
