@@ -184,3 +184,34 @@ def test_a_budget_on_a_resume_reuses_the_stored_sizes(files, monkeypatch):
     stored = {r.metric: r.value for r in result.rows if r.check == "audit-plan"}
     assert stored["adversarial_n_chosen"] == first["adversarial_n_chosen"]
     assert _n_by_check(db)["adversarial"] == first["adversarial_n_chosen"]
+
+
+def test_the_run_record_states_the_sizes_the_checks_ran_with_after_re_planning(files, monkeypatch):
+    """Re-planning after the first check (here: measured 4x faster than predicted) changes the sizes of the
+    checks not yet started; the run record's effective parameters and plan, which ``compare`` reads to tell a
+    settings difference from a sample-size one, must hold those sizes, as the audit-plan rows do."""
+    real = engine.measure_rates
+
+    def dear_attacks(*args, **kw):
+        r = real(*args, **kw)
+        return Rates(r.forward, r.backward, r.corrupt, {k: 1.0 for k in r.attack})
+
+    monkeypatch.setattr(engine, "measure_rates", dear_attacks)
+    monkeypatch.setattr(engine._Tracker, "_factor", lambda self: 0.25)
+    cfg = AuditConfig(model=f"{files}/m.py:small", data=str(files / "data.npz"), ood=[],
+                      checks=["clean", "trojans", "adversarial"], budget="40s",
+                      check_params={"trojans": {"scanners": ["neural-cleanse", "strip"]}})  # fmt: skip
+    db = files / "runs.sqlite"
+    result = run_audit(cfg, db=db, report="")
+    chosen = {(r.params["check"], r.params["param"]): r.value for r in result.rows if r.metric.endswith("_chosen")}
+    con = sqlite3.connect(db)
+    try:
+        import json
+
+        record = json.loads(con.execute("SELECT config_json FROM runs").fetchone()[0])
+    finally:
+        con.close()
+    for (check, param), value in chosen.items():
+        if check != "#test":
+            assert record["effective_params"][check][param] == value, (check, param)
+    assert {(k["check"], k["param"]): k["chosen"] for k in record["plan"]["knobs"]} == chosen

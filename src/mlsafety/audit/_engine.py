@@ -273,6 +273,11 @@ def run_audit(
                 on_task(check.name, task.key, seconds)
             if on_progress is not None:
                 on_progress(check.name, task.key, i + 1, len(work), seconds, tracker.eta() if tracker else None)
+        if tracker is not None and budget is not None:  # re-planned sizes: the record states what the checks ran with
+            first = store.run(run_id).config.get("plan") or {}  # its estimate stays the one shown before the run
+            knobs = plan_record(tracker.plan)["knobs"]
+            store.update_config(run_id, {"effective_params": {c.name: c.params for c in checks},
+                                         "plan": {**first, "knobs": knobs}})  # fmt: skip
         store.finish_run(run_id)
         rows = store.results(run_id)
     except KeyboardInterrupt as exc:
