@@ -57,11 +57,12 @@ def run_many(
     if len(set(models)) != len(models):
         dup = next(m for m in models if models.count(m) > 1)
         raise InputError(f"model {dup!r} is named twice; each model is audited once")
-    runner = executor if executor is not None else LocalExecutor()
-    runner.start()
-    weights = config.weights
-    if weights is not None and len(models) > 1:
+    if config.weights is not None and len(models) > 1:
         raise InputError("--weights names one model's weights; give each model as FILE.py:factory or a folder")
+    if parallel is not None and parallel < 1:
+        raise InputError(f"parallel must be at least 1 (got {parallel})")
+    runner = executor if executor is not None else LocalExecutor()
+    runner.start()  # after the arguments are checked: starting Ray takes seconds
 
     preparing = threading.Lock()
 
@@ -87,8 +88,6 @@ def run_many(
             on_done(model, result)
         return result
 
-    if parallel is not None and parallel < 1:
-        raise InputError(f"parallel must be at least 1 (got {parallel})")
     width = min(len(models), parallel or getattr(runner, "slots", lambda: 1)())
     if isinstance(runner, LocalExecutor) or len(models) == 1:
         return [one(m) for m in models]
