@@ -28,7 +28,7 @@ import torch
 
 from mlsafety.audit._check import CHECKS, Artifact, Check, Row, Task, TaskResult
 from mlsafety.audit._context import AuditContext, hazard_provider
-from mlsafety.audit.checks._common import bind
+from mlsafety.audit.checks._common import bind, require_names
 from mlsafety.core import ArrayDataset, Hazard, InputError, Outputs, TextDataset, Texts, forward
 from mlsafety.robustness import text
 from mlsafety.systemic import DefenceInDepthEvaluator, HazardResult, Monitor, Outcome, wrong_margin
@@ -79,16 +79,26 @@ def text_params(ctx: AuditContext, check: type[Check]) -> dict[str, Any]:
 
 def plan(params: dict[str, Any]) -> list[str]:
     """The recipes to run, checked (unknown names and parameters fail in one line, before anything runs)."""
-    spec = params["text_recipes"]
-    names = [spec] if isinstance(spec, str) else list(dict.fromkeys(spec))
-    if not names:
+    if not params["text_recipes"] and isinstance(params["text_recipes"], (list, tuple)):
         raise InputError("adversarial text_recipes is empty; name at least one recipe, e.g. [deepwordbug]")
+    names = list(dict.fromkeys(require_names(CHECK, params, "text_recipes", "['deepwordbug']", unique=False)))
     n, budget = params["text_n"], params["text_budget"]
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"adversarial text_n must be a number of texts >= 1, got {n!r}")
     if budget is not None and (isinstance(budget, bool) or not isinstance(budget, int) or budget < 1):
         raise InputError(f"adversarial text_budget must be a number of queries >= 1 (or absent), got {budget!r}")
-    extra = dict(params["text_params"])
+    extra = params["text_params"]
+    if not isinstance(extra, dict) or not all(isinstance(v, dict) for v in extra.values()):
+        raise InputError(
+            f"adversarial text_params must map recipe names to their parameters, e.g. {{deepwordbug = {{max_edits = "
+            f"20}}}}, got {extra!r}"
+        )
+    stray = sorted(set(extra) - set(names))
+    if stray:  # a typo or a recipe not run: its parameters would be dropped without a word
+        raise InputError(
+            f"adversarial text_params are given for {', '.join(map(repr, stray))}, which this audit does not run "
+            f"(text_recipes: {', '.join(names)}); fix the name or drop its parameters"
+        )
     for name in names:
         text.RECIPES.get(name)
         text.RECIPES.check_parameters(name, {**extra.get(name, {}), "query_budget": budget, "seed": 0})

@@ -9,8 +9,8 @@
   ``certified_accuracy_sigma_0_25``. Names are built, never parsed back: a view reads the identity
   from the row's params, or builds the name it looks for from them.
 * :func:`truncation_rows`: the warning row of a text hazard (texts cut at the model's maximum length).
-* :func:`require_int`, :func:`require_number`: a check's parameter refused in one line when the audit is
-  planned (from ``tasks``), before its run is stored, instead of by the library once a task runs.
+* :func:`require_int`, :func:`require_number`, :func:`require_names`: a check's parameter refused in one line
+  when the audit is planned (from ``tasks``), before its run is stored, instead of by the library once a task runs.
 * :class:`ScoreCache`: the library's OOD score cache bound to the audit's shared forward outputs
   (each of the ``ood``, ``ood-basic``, ``selective`` checks makes one; within a check, every detector
   is fitted once and every hazard scored once).
@@ -30,7 +30,16 @@ if TYPE_CHECKING:
     from mlsafety.audit._check import Check
     from mlsafety.audit._context import AuditContext
 
-__all__ = ["ScoreCache", "bind", "metric_name", "params_of", "require_int", "require_number", "truncation_rows"]
+__all__ = [
+    "ScoreCache",
+    "bind",
+    "metric_name",
+    "params_of",
+    "require_int",
+    "require_names",
+    "require_number",
+    "truncation_rows",
+]
 
 
 def bind(fn: Callable[..., TaskResult], *args: Any) -> Callable[[], TaskResult]:
@@ -79,6 +88,22 @@ def require_number(
         interval = f"{'(' if open_low else '['}{low:g}, {high:g}{')' if open_high else ']'}"
         raise InputError(f"{check}: {key} must be a number in {interval}, got {v!r}")
     return float(v)
+
+
+def require_names(
+    check: str, params: Mapping[str, Any], key: str, example: str, single: bool = True, unique: bool = True
+) -> list[str]:
+    """``params[key]`` as a non-empty list of names (one name alone too when ``single``; each at most once
+    when ``unique``), or one line naming the check, key and an ``example`` of the form it takes. Whether a
+    name is known is the caller's registry's to say (it suggests the nearest one)."""
+    v = params[key]
+    names = [v] if single and isinstance(v, str) else v
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, str) for n in names):
+        raise InputError(f"{check}: {key} must be a non-empty list of names, e.g. {example}, got {v!r}")
+    if unique and len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise InputError(f"{check}: {key} lists {', '.join(map(repr, twice))} more than once; name each once")
+    return list(names)
 
 
 def metric_name(*parts: object) -> str:

@@ -18,6 +18,7 @@ interval (the same input bootstrap) covers the audited model's sampling error on
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -26,7 +27,7 @@ import torch
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, until_deadline
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
-from mlsafety.audit.checks._common import bind, params_of
+from mlsafety.audit.checks._common import bind, params_of, require_int, require_names
 from mlsafety.audit.views.corruptions import CorruptionsView, heat_map_png
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
 from mlsafety.robustness import corruptions as corr
@@ -44,8 +45,9 @@ def _names(spec: Any) -> list[str]:
         return corr.available()
     if spec == "imagenet-c":
         return corr.available(extra=False)
-    if isinstance(spec, str):
-        spec = [spec]
+    spec = require_names(
+        "corruptions", {"corruptions": spec}, "corruptions", "['fog', 'contrast'] or 'all'", unique=False
+    )
     names = list(dict.fromkeys(spec))
     for n in names:
         corr.CORRUPTIONS.get(n)  # raises UnknownNameError with a suggestion
@@ -57,7 +59,7 @@ LATE = "not measured: its task's deadline (--budget) came first"
 
 
 def _severities(spec: Any) -> list[int]:
-    sevs = [spec] if isinstance(spec, int) else list(spec)
+    sevs = [spec] if isinstance(spec, int) else list(spec) if isinstance(spec, (list, tuple)) else []
     if not sevs or any(isinstance(s, bool) or s not in corr.SEVERITIES for s in sevs):
         raise InputError(f"corruptions severities must be integers from 1 to 5, got {spec!r}")
     return sorted(set(sevs))
@@ -138,8 +140,15 @@ class Corruptions(Check):
             raise InputError(
                 f"corruptions baseline must be None, 'alexnet' or a mapping name -> error, got {baseline!r}"
             )
+        if isinstance(baseline, dict):
+            self._check_baseline(baseline, names)
+        if baseline not in (None, "none") and sevs != list(corr.SEVERITIES):  # refused here, not by the summary
+            raise InputError("a normalised mCE (baseline) needs all five severities; set severities to [1, 2, 3, 4, 5]")
+        require_int("corruptions", self.params, "n_boot", 1)
         ref = self.params["reference_size"]
-        if ref is not None and (isinstance(ref, bool) or not isinstance(ref, (int, float)) or not ref > 0):
+        if ref is not None and (
+            isinstance(ref, bool) or not isinstance(ref, (int, float)) or not math.isfinite(ref) or not ref > 0
+        ):
             raise InputError(f"corruptions reference_size must be a positive number of pixels or omitted, got {ref!r}")
         table = self.params["table"]
         if table is not None and table not in corr.TABLES:
@@ -147,6 +156,28 @@ class Corruptions(Check):
                 f"corruptions table must be one of {', '.join(corr.TABLES)} or omitted (by image size), got {table!r}"
             )
         return names, sevs
+
+    @staticmethod
+    def _check_baseline(baseline: dict[str, Any], names: Sequence[str]) -> None:
+        """A baseline's errors: known corruptions (and ``clean``), each in (0, 1], each corruption's above the
+        clean error (relative mCE divides by their difference), at least one of them audited."""
+        for key, err in baseline.items():
+            if key != "clean" and key not in corr.CORRUPTIONS:
+                corr.CORRUPTIONS.get(key)  # an unknown name fails with a suggestion
+            if isinstance(err, bool) or not isinstance(err, (int, float)) or not 0 < err <= 1:
+                raise InputError(f"corruptions baseline error of {key!r} must be a number in (0, 1], got {err!r}")
+        clean = baseline.get("clean", corr.ALEXNET_CLEAN_ERROR)
+        for key, err in baseline.items():
+            if key != "clean" and not err > clean:
+                raise InputError(
+                    f"corruptions baseline error of {key!r} ({err:g}) must be above the baseline's clean error "
+                    f"({clean:g}): the relative mCE divides by their difference"
+                )
+        if not any(n in baseline for n in names):
+            raise InputError(
+                f"corruptions baseline has an error for none of the audited corruptions ({', '.join(names)}); "
+                "give theirs, or audit the ones it has"
+            )
 
     def _skipped(self, ctx: AuditContext, names: Sequence[str], sevs: Sequence[int]) -> dict[tuple[str, int], str]:
         """(corruption, severity) -> why it is not applicable to the audited images."""

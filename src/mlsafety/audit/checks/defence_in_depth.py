@@ -44,7 +44,7 @@ from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row
 from mlsafety.audit._check import DECISION, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, AuditData
 from mlsafety.audit.checks import _adversarial_text as text_adv
-from mlsafety.audit.checks._common import bind
+from mlsafety.audit.checks._common import bind, require_names
 from mlsafety.audit.views.defence_in_depth import DefenceInDepthView, fmea_report_table, swiss_cheese_artifact
 from mlsafety.core import (
     ArrayDataset,
@@ -60,6 +60,7 @@ from mlsafety.core import (
 from mlsafety.monitoring import ood
 from mlsafety.robustness.attacks import PGD
 from mlsafety.systemic import (
+    SEVERITY_DEFAULTS,
     DefenceInDepthEvaluator,
     HazardResult,
     Monitor,
@@ -192,8 +193,9 @@ class DefenceInDepth(Check):
         for key in ("severity", "exposure"):
             if not isinstance(p[key], dict):
                 raise InputError(f"defence-in-depth {key} must map hazard names (or kinds) to numbers, got {p[key]!r}")
-        spec = p["monitors"]
-        names = [spec] if isinstance(spec, str) else list(spec)
+        names = require_names(self.name, p, "monitors", "['energy', 'knn']")  # unknown names fail below
+        if not isinstance(p["adaptive"], bool):  # 'no' or 0 would read as on or off by Python's truth
+            raise InputError(f"defence-in-depth adaptive must be true or false, got {p['adaptive']!r}")
         skipped: dict[str, str] = {}
         if ctx.model.head is None and names == DEFAULT_MONITORS:  # no features to read: logit detectors only
             skipped = {
@@ -223,6 +225,13 @@ class DefenceInDepth(Check):
         hazards = self.consumed(ctx)
         for h in hazards:
             severity_for(h, p["severity"])  # validates the overrides before any work
+        kinds = {*SEVERITY_DEFAULTS, text_adv.KIND, *(h.kind for h in hazards)}
+        for key in p["severity"]:  # a key no hazard can lie within is a typo, never applied
+            if Hazard.parse(key).kind not in kinds:
+                raise InputError(
+                    f"defence-in-depth severity names {key!r}, of no hazard kind; use a hazard, family or kind "
+                    f"of {', '.join(sorted(kinds))}"
+                )
         _check_exposure(_exposure(p["exposure"]), [str(h) for h in hazards])
         steps = p["adaptive_steps"]
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:

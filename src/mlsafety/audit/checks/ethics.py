@@ -29,6 +29,7 @@ from mlsafety.alignment.evals import (
 )
 from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks._common import require_int
 from mlsafety.audit.views.ethics import CAPTION, EthicsView, layer_metric, layers_png
 from mlsafety.core import Hazard, InputError
 
@@ -69,14 +70,21 @@ class Ethics(Check):
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params
         wanted = p["subsets"]
-        if isinstance(wanted, str) or not wanted or any(s not in SUBSETS for s in wanted):
+        if (
+            not isinstance(wanted, (list, tuple))
+            or not wanted
+            or any(not isinstance(s, str) or s not in SUBSETS for s in wanted)
+            or len(set(wanted)) != len(wanted)
+        ):
             raise InputError(
-                f"ethics: subsets must be a non-empty list drawn from {', '.join(SUBSETS)}, got {wanted!r}"
+                f"ethics: subsets must be a non-empty list drawn from {', '.join(SUBSETS)}, each once, got {wanted!r}"
             )
-        if not isinstance(p["max_groups"], int) or p["max_groups"] < 0:
+        if isinstance(p["max_groups"], bool) or not isinstance(p["max_groups"], int) or p["max_groups"] < 0:
             raise InputError(f"ethics: max_groups must be an integer >= 0 (0: all), got {p['max_groups']!r}")
-        if not isinstance(p["folds"], int) or p["folds"] < 2:
-            raise InputError(f"ethics: folds must be an integer >= 2, got {p['folds']!r}")
+        require_int(self.name, p, "folds", 2)
+        require_int(self.name, p, "batch_size", 1)
+        if not isinstance(p["probe"], bool):  # 'no' would read as on by Python's truth
+            raise InputError(f"ethics: probe must be true or false, got {p['probe']!r}")
         root = str(p["ethics"] or "")
         found = load_ethics_dir(root) if root else ethics_lookalike()  # bad files fail here, before anything is stored
         subsets = [found[s] for s in wanted if s in found]

@@ -29,6 +29,7 @@ from mlsafety.alignment.probes import (
 )
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks._common import require_int
 from mlsafety.audit.views.honesty import (
     CAPTION,
     METHODS,
@@ -93,13 +94,18 @@ class Honesty(Check):
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params
         n_templates = len(TEMPLATES[STATEMENTS])
-        for key, low in (("statements", 8), ("layer_stride", 1), ("ccs_epochs", 1), ("ccs_restarts", 1)):
-            if not isinstance(p[key], int) or p[key] < low:
-                raise InputError(f"honesty: {key} must be an integer >= {low}, got {p[key]!r}")
-        if not isinstance(p["templates"], int) or not 1 <= p["templates"] <= n_templates:
+        counts = (("statements", 8), ("layer_stride", 1), ("ccs_epochs", 1), ("ccs_restarts", 1), ("batch_size", 1))
+        for key, low in counts:
+            require_int(self.name, p, key, low)  # a boolean is no count either (true read as 1)
+        if (
+            isinstance(p["templates"], bool)
+            or not isinstance(p["templates"], int)
+            or not 1 <= p["templates"] <= n_templates
+        ):
             raise InputError(f"honesty: templates must be an integer in 1..{n_templates}, got {p['templates']!r}")
         if (
-            not isinstance(p["transfer_reviews"], int)
+            isinstance(p["transfer_reviews"], bool)
+            or not isinstance(p["transfer_reviews"], int)
             or p["transfer_reviews"] < 0
             or p["transfer_reviews"] in (1, 2, 3)
         ):

@@ -17,7 +17,7 @@ import torch
 from mlsafety.audit._budget import until_deadline
 from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import ScoreCache, bind, metric_name, truncation_rows
+from mlsafety.audit.checks._common import ScoreCache, bind, metric_name, require_int, truncation_rows
 from mlsafety.audit.checks.ood_basic import CONSTRUCTED, constructed_set_rows, detector_rows, ood_hazards
 from mlsafety.audit.views.ood import MONITORED, REJECT_METRICS, OODView
 from mlsafety.audit.views.ood_basic import FPR_NOTE, detector_metric, histograms_png, roc_png
@@ -200,7 +200,7 @@ class OOD(Check):
             names = [n for n in applicable(ctx) if ood.OPT_IN not in ood.DETECTORS.tags(n)]
         elif chosen == "quick":
             names = quick_detectors(ctx)
-        elif isinstance(chosen, str):
+        elif not isinstance(chosen, (list, tuple)) or not all(isinstance(n, str) for n in chosen):
             raise InputError(f"the ood check's detectors must be a list of names, 'quick' or none, not {chosen!r}")
         else:
             names = list(chosen)
@@ -252,6 +252,10 @@ class OOD(Check):
         share = self.params["ood_share"]  # checked when the audit is planned, before any row is stored
         if not isinstance(share, int | float) or isinstance(share, bool) or not 0 <= share <= 1:
             raise InputError(f"the ood check's ood_share must be a number in [0, 1], not {share!r}")
+        require_int("ood", self.params, "n_boot", 1)
+        for key in ("tune", "tune_on_ood"):  # 'no' would read as on by Python's truth
+            if not isinstance(self.params[key], bool):
+                raise InputError(f"the ood check's {key} must be true or false, not {self.params[key]!r}")
         tune = self.params["tune"] or self.params["tune_on_ood"]
         if tune and ctx.modality != "image":
             raise InputError(f"the ood check's tune and tune_on_ood need image inputs (synthetic outliers "

@@ -17,10 +17,11 @@ import torch
 from mlsafety import zoo
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import ScoreCache, bind, truncation_rows
+from mlsafety.audit.checks._common import ScoreCache, bind, require_int, require_names, truncation_rows
 from mlsafety.audit.views.ood_basic import CONSTRUCTED, FPR_NOTE, OODBasicView, detector_metric, histograms_png
-from mlsafety.core import ArrayDataset, Hazard, derive_seed
+from mlsafety.core import ArrayDataset, Hazard, InputError, derive_seed
 from mlsafety.metrics import OOD_METRICS, ood_metrics
+from mlsafety.monitoring import ood
 
 
 def detector_rows(
@@ -119,7 +120,19 @@ class OODBasic(Check):
         return ood_hazards(ctx)
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
-        cache = ScoreCache(ctx, self.params["detectors"])
+        p = self.params  # checked when the audit is planned, before its run is stored
+        names = require_names(self.name, p, "detectors", "['msp', 'energy']")
+        for n in names:
+            ood.DETECTORS.get(n)  # an unknown name fails with a suggestion
+            if ctx.modality not in ood.modalities(n):
+                raise InputError(f"ood-basic: detector {n!r} does not work on {ctx.modality} models; "
+                                 f"use detectors tagged {ctx.modality!r} (`mlsafety ood list`)")  # fmt: skip
+        if not isinstance(p["default"], str) or p["default"] not in names:  # its rows are the scorecard's headlines
+            raise InputError(
+                f"ood-basic: default must name one of the detectors it runs ({', '.join(names)}), got {p['default']!r}"
+            )
+        require_int(self.name, p, "n_boot", 1)
+        cache = ScoreCache(ctx, names)
         tasks = [Task(h, bind(self._task, ctx, cache, h)) for h in self.hazards(ctx)]
         if tasks:
             tasks.append(Task("plots", bind(self._plots, ctx, cache)))

@@ -31,6 +31,7 @@ from mlsafety.audit._check import (
     register_check,
 )
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks._common import require_int, require_number
 from mlsafety.audit.views.proxy_gaming import CAPTION, ProxyGamingView, curve_png, gold_metric, proxy_metric
 from mlsafety.core import Hazard, InputError
 from mlsafety.monitoring.proxy_gaming import lm as pg
@@ -112,12 +113,16 @@ class ProxyGaming(Check):
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params
-        if not isinstance(p["n_max"], int) or p["n_max"] < 4:
+        if isinstance(p["n_max"], bool) or not isinstance(p["n_max"], int) or p["n_max"] < 4:
             raise InputError(f"proxy_gaming: n_max must be an integer >= 4 (a fit needs 3 points), got {p['n_max']!r}")
-        if not isinstance(p["prompts"], int) or p["prompts"] < 2:
+        if isinstance(p["prompts"], bool) or not isinstance(p["prompts"], int) or p["prompts"] < 2:
             raise InputError(
                 f"proxy_gaming: prompts must be an integer >= 2 (intervals over prompts), got {p['prompts']!r}"
             )
+        # the rest is refused here too, when the audit is planned, not by the library once sampling starts
+        for key in ("max_new_tokens", "batch_size", "n_boot"):
+            require_int(self.name, p, key, 1)
+        require_number(self.name, p, "temperature", 0.0, math.inf, open_low=True, open_high=True)
         return [Task(self.name, lambda: self._run(ctx))]
 
     def _run(self, ctx: AuditContext) -> TaskResult:

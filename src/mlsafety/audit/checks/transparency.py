@@ -53,7 +53,7 @@ from torch import nn
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, stopped_note, until_deadline
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import require_int, require_number
+from mlsafety.audit.checks._common import require_int, require_names, require_number
 from mlsafety.audit.checks.adversarial import typical_eps
 from mlsafety.audit.views.transparency import (
     ATTRIBUTION_CAPTION,
@@ -75,6 +75,7 @@ from mlsafety.core import ArrayDataset, Hazard, InputError, LanguageModel, TextD
 from mlsafety.metrics import bootstrap_mean, proportion
 from mlsafety.monitoring import interp
 from mlsafety.monitoring import transparency as tr
+from mlsafety.monitoring.transparency.sanity import MODES as SANITY_MODES
 
 CLEAN = Hazard.clean()
 """The test data as given: the hazard every row of this check is stored under."""
@@ -167,8 +168,20 @@ class Transparency(Check):
     def _validate(self, ctx: AuditContext) -> None:
         """Refuse unknown method names and settings the audited modality cannot run."""
         p = self.params
-        for name in [*p["methods"], *p["grid_methods"], p["text_method"], *p["text_methods"]]:
+        methods = [require_names(CHECK, p, key, "['saliency', 'integrated-gradients']", single=False)
+                   for key in ("methods", "grid_methods", "text_methods")]  # fmt: skip
+        if not isinstance(p["text_method"], str):
+            raise InputError(f"transparency: text_method must be one method's name, got {p['text_method']!r}")
+        for name in [*methods[0], *methods[1], p["text_method"], *methods[2]]:
             tr.ATTRIBUTIONS.get(name)  # unknown names fail with a suggestion
+        for key in ("sanity_modes", "text_sanity_modes"):  # refused here, not by the library once a task runs
+            for mode in require_names(CHECK, p, key, "['cascading', 'independent']", single=False):
+                if mode not in SANITY_MODES:
+                    raise InputError(f"transparency: {key} has {mode!r}; choose from {', '.join(SANITY_MODES)}")
+        if not isinstance(p["visualize"], bool):  # 'no' would read as on by Python's truth
+            raise InputError(f"transparency: visualize must be true or false, got {p['visualize']!r}")
+        if p["adversarial_eps"] != "auto":
+            _eps(p["adversarial_eps"], torch.zeros(0))  # refused here, not once the examples task runs
         require_int("transparency", p, "examples", 0)  # -1 took every example but the last
         for key in ("sanity_inputs", "label_epochs", "vis_steps", "text_sanity_inputs", "text_ig_steps"):
             require_int("transparency", p, key, 1)

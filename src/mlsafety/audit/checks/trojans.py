@@ -32,7 +32,7 @@ import torch
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, until_deadline
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
-from mlsafety.audit.checks._common import bind, params_of
+from mlsafety.audit.checks._common import bind, params_of, require_int, require_names
 from mlsafety.audit.views.trojans import TrojansView, nc_artifacts, scanner_metric
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError, derive_seed, draw_seed
 from mlsafety.metrics import auroc, bootstrap_two_sample, proportion
@@ -180,15 +180,19 @@ class Trojans(Check):
 
     def _validate(self, ctx: AuditContext) -> list[str]:
         """The scanner names, after checking them and that every score can carry its interval."""
-        names = list(self.params["scanners"])
+        p = self.params  # checked when the audit is planned, before its run is stored
+        names = require_names(self.name, p, "scanners", "['neural-cleanse', 'strip']")
+        for key in ("n_seeds", "nc_steps", "max_clean"):
+            require_int(self.name, p, key, 1)
+        g = torch.Generator().manual_seed(0)  # the seeds drawn here only serve the check below
         for n in names:
-            SCANNERS.get(n)  # unknown names fail with a suggestion
+            SCANNERS.create(n, **_scanner_kwargs(n, p, g))  # unknown names and settings fail with their reason
         seeded = [
             n
             for n in names
             if needs_seed_spread(n) and not ("train" in SCANNERS.get(n).needs and ctx.data.train is None)
         ]
-        if seeded and int(self.params["n_seeds"]) < 2:
+        if seeded and p["n_seeds"] < 2:
             raise InputError(
                 f"trojans: the interval of {seeded[0]}'s score is its spread over seeds; "
                 f"set n_seeds to 2 or more (got {self.params['n_seeds']})"

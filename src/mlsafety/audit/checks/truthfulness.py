@@ -28,6 +28,7 @@ from mlsafety.alignment.evals import (
 )
 from mlsafety.audit._check import COUNT, DECISION, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
+from mlsafety.audit.checks._common import require_int
 from mlsafety.audit.views.truthfulness import TruthfulnessView
 from mlsafety.core import Hazard, InputError
 
@@ -62,12 +63,14 @@ class Truthfulness(Check):
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params
-        if not isinstance(p["questions"], int) or p["questions"] < 0:
+        if isinstance(p["questions"], bool) or not isinstance(p["questions"], int) or p["questions"] < 0:
             raise InputError(f"truthfulness: questions must be an integer >= 0 (0: all), got {p['questions']!r}")
-        if p["reduction"] not in REDUCTIONS:
+        if not isinstance(p["reduction"], str) or p["reduction"] not in REDUCTIONS:
             raise InputError(f"truthfulness: reduction must be one of {', '.join(REDUCTIONS)}, got {p['reduction']!r}")
-        if not isinstance(p["n_boot"], int) or p["n_boot"] < 100:
-            raise InputError(f"truthfulness: n_boot must be an integer >= 100, got {p['n_boot']!r}")
+        require_int(self.name, p, "n_boot", 100)
+        require_int(self.name, p, "batch_size", 1)
+        if not isinstance(p["primer"], str):  # str(5) would prime the model with "5"
+            raise InputError(f'truthfulness: primer must be a text ("" for none), got {p["primer"]!r}')
         path = str(p["truthfulqa"] or "")
         questions = load_truthfulqa(path) if path else truthy_mc()  # bad files fail here, before anything is stored
         source = {"source": path, "sha256": file_sha256(path)} if path else {"source": TRUTHY_MC}

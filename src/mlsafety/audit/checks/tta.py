@@ -90,10 +90,10 @@ def _attack_on(spec: Any) -> Hazard:
     """The hazard the attacked batches come from: ``clean`` or ``corruption/<name>/<severity>``."""
     h = Hazard.parse(spec) if isinstance(spec, (str, Hazard)) else None
     if h is None or not (
-        h.kind == "clean" or (h.kind == "corruption" and h.name in corr.available() and h.severity is not None)
+        h.kind == "clean" or (h.kind == "corruption" and h.name in corr.available() and h.severity in corr.SEVERITIES)
     ):
         raise InputError(
-            f"tta attack_on must be 'clean' or corruption/<name>/<severity>, e.g. corruption/fog/3; got {spec!r}"
+            f"tta attack_on must be 'clean' or corruption/<name>/<severity 1-5>, e.g. corruption/fog/3; got {spec!r}"
         )
     return h
 
@@ -190,8 +190,12 @@ def _tta_attack(ctx: AuditContext, hazard: Hazard) -> ArrayDataset:
     )  # fmt: skip
 
 
-def _names(spec: Any, what: str, available: Sequence[str]) -> list[str]:
-    names = list(available) if spec == "all" else [spec] if isinstance(spec, str) else list(spec)
+def _names(spec: Any, what: str, available: Sequence[str], empty: bool = False) -> list[str]:
+    """The names ``spec`` selects (``'all'``, one name or a list; an empty list only where ``empty``)."""
+    names = list(available) if spec == "all" else [spec] if isinstance(spec, str) else spec
+    if not isinstance(names, (list, tuple)) or not (names or empty) or not all(isinstance(n, str) for n in names):
+        kind = "a list" if empty else "a non-empty list"
+        raise InputError(f"tta {what}s must be 'all' or {kind} of names from {', '.join(available)}, got {spec!r}")
     for n in names:
         if n not in available:
             raise InputError(f"tta {what} {n!r} is unknown; use some of {', '.join(available)} or 'all'")
@@ -227,6 +231,8 @@ def _attack_rows(key: str, res: tta.DIAResult, objective: str, info: dict[str, A
 
 def _batch_sizes(spec: Any, default: int) -> list[int]:
     sizes = [default] if spec is None else [spec] if isinstance(spec, int) else list(spec)
+    if not sizes:  # an empty list ran no attack at all
+        raise InputError("tta attack_batch_sizes must list integers >= 3 (or be omitted: batch_size), got []")
     for b in sizes:
         if isinstance(b, bool) or not isinstance(b, int) or b < 3:
             raise InputError(f"tta attack_batch_sizes must be integers >= 3 (or omitted: batch_size), got {b!r}")
@@ -235,6 +241,8 @@ def _batch_sizes(spec: Any, default: int) -> list[int]:
 
 def _shares(spec: Any) -> list[float]:
     shares = [spec] if isinstance(spec, (int, float)) else list(spec)
+    if not shares:  # an empty list failed once the attack tasks ran
+        raise InputError("tta shares must list malicious shares of a batch in (0, 1), e.g. [0.1], got []")
     for s in shares:
         if isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s < 1:
             raise InputError(f"tta shares must be malicious shares of a batch in (0, 1), got {s!r}")
@@ -289,7 +297,7 @@ class TTA(Check):
     def _plan(self) -> tuple[list[str], list[str], list[float], list[str]]:
         p = self.params
         methods = _names(p["methods"], "method", tta.available())
-        corruptions = _names(p["corruptions"], "corruption", corr.available())
+        corruptions = _names(p["corruptions"], "corruption", corr.available(), empty=True)  # []: clean data only
         objectives = _names(p["objectives"], "objective", tta.OBJECTIVES)
         for key, low in (("batch_size", 2), ("attack_batches", 1), ("attack_steps", 0)):
             v = p[key]
