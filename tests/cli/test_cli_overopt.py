@@ -119,9 +119,11 @@ def test_lm_bad_input_is_one_line_exit_2(lm_dir: Path, tmp_path: Path, extra: li
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--seeds", "0"], "--seeds must be at least 1"),
+        (["--seeds", "0"], "--seeds must be at least 2"),
+        (["--seeds", "1"], "--seeds must be at least 2 (the intervals are over seeds)"),  # zero-width intervals
         (["--n-max", "3"], "--n-max must be at least 4"),
-        (["--optimiser", "tilt", "--lambdas", "1,0.5,-1"], "each > 0"),
+        (["--optimiser", "tilt", "--lambdas", "1,0.5,-1"], "each finite and > 0"),
+        (["--optimiser", "tilt", "--lambdas", "1,0.5,inf"], "each finite and > 0"),  # inf is always the first
         (["--optimiser", "tilt", "--lambdas", "1,x,2"], "comma-separated numbers"),
     ],
 )

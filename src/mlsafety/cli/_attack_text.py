@@ -61,6 +61,10 @@ def attack_text(model: str, weights: str | None, data: str | None, text_column: 
             chosen[name.strip()] = json.loads(raw)
         except ValueError:
             chosen[name.strip()] = raw
+    for own in ("query_budget", "seed"):  # each has its option; the option's value would replace it unsaid
+        if own in chosen:
+            option = "--budget" if own == "query_budget" else "--seed"
+            raise InputError(f"--param {own} is set by {option}; use {option} {chosen[own]} instead")
     text.RECIPES.check_parameters(recipe, chosen)
     if budget is not None and budget < 1:
         raise InputError(f"--budget must be at least 1 query per example, got {budget}; omit it for no limit")

@@ -62,13 +62,22 @@ def certify(model: str, weights: str | None, data: str, sigma: float, n0: int, n
             as_json: bool) -> None:  # fmt: skip
     """Certified L2 accuracy of the Gaussian-smoothed model (Cohen et al. 2019) on test inputs."""
     import json
+    import math
 
     from mlsafety import zoo as zoo_lib
     from mlsafety.audit import AuditConfig, prepare_inputs
-    from mlsafety.core import generator
+    from mlsafety.core import InputError, generator
     from mlsafety.metrics import proportion
     from mlsafety.robustness.smoothing import ABSTAIN, SmoothedClassifier
 
+    for option, values in (
+        ("--sigma", [sigma]),
+        ("--radius", radii),
+        ("--sequential", [] if target is None else [target]),
+    ):
+        for v in values:  # the ranges let inf and nan through: no certified accuracy is defined there
+            if not math.isfinite(v):
+                raise InputError(f"{option} must be a finite number, got {v}")
     clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, ood=[], seed=seed))
     test = checked.test
     x, y = test.x[:inputs], test.y[:inputs]

@@ -76,7 +76,7 @@ def ood_eval(model: str, weights: str | None, data: str | None, train: str | Non
     from mlsafety.audit import AuditConfig, prepare_inputs
     from mlsafety.monitoring import ood
 
-    names = list(detectors) or default_detectors()
+    names = list(dict.fromkeys(detectors)) or default_detectors()  # each fitted once
     for name in names:
         ood.DETECTORS.get(name)  # an unknown name fails before any work, with a suggestion
     config = AuditConfig(model=model, weights=weights, data=data, train=train, ood=list(ood_sets) or None, seed=seed)

@@ -9,6 +9,7 @@ from samples drawn once and cached in ``--out``; both write a plot, a JSON file 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +48,10 @@ def _lambdas(text: str) -> list[float]:
         lams = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise InputError(f"--lambdas must be comma-separated numbers, got {text!r}") from None
-    if len(lams) < 3 or not all(v > 0 for v in lams):
-        raise InputError(f"--lambdas needs at least 3 values, each > 0 (the KL penalty's weight), got {text!r}")
+    if len(lams) < 3 or not all(0 < v < math.inf for v in lams):  # inf is the base policy, always included
+        raise InputError(
+            f"--lambdas needs at least 3 values, each finite and > 0 (the KL penalty's weight), got {text!r}"
+        )
     return sorted(set(lams), reverse=True)
 
 
@@ -91,7 +94,8 @@ def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int,
         train_proxy,
     )
 
-    _positive("--seeds", seeds)
+    if seeds < 2:  # one seed gave zero-width intervals and NaN fits
+        raise InputError(f"--seeds must be at least 2 (the intervals are over seeds), got {seeds}")
     if labels < 2:
         raise InputError(f"--labels must be at least 2, got {labels}")
     if width < 0:

@@ -106,7 +106,7 @@ def probe(
     from mlsafety.audit import resolve_language_model
     from mlsafety.core import generator
 
-    method_list = [m.strip() for m in methods.split(",") if m.strip()]
+    method_list = list(dict.fromkeys(m.strip() for m in methods.split(",") if m.strip()))  # each fitted once
     if not method_list:
         raise _bad("--methods is empty; name at least one of " + ", ".join(PROBES.available()))
     for m in method_list:
@@ -115,6 +115,8 @@ def probe(
         layer_list = None if layers is None else [int(k) for k in layers.split(",") if k.strip()]
     except ValueError:
         raise _bad(f"--layers {layers}: give comma-separated integers such as 0,6,12") from None
+    if layer_list == []:  # an empty list probed no layer and failed inside the fit
+        raise _bad("--layers is empty; give comma-separated integers such as 0,6,12, or leave it out for all layers")
     pairs = _templates(_pairs(data, n_items), templates)
     lm = resolve_language_model(model)
     check_hidden_access(lm)

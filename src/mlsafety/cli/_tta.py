@@ -58,6 +58,10 @@ def tta(
 
     if not 0 < share < 1:
         raise InputError(f"--share must be a malicious share of the batch in (0, 1), e.g. 0.1; got {share:g}")
+    if eps is not None and not 0 < eps <= 1:  # 0 lets no malicious input change: no attack, reported as one
+        raise InputError(
+            f"--eps must be an L-inf radius in (0, 1] pixel units, or omitted (unconstrained); got {eps:g}"
+        )
     if batch_size < 2:
         raise InputError(f"--batch-size must be at least 2 (adaptation needs a batch), got {batch_size}")
     adapt = tta_lib.create(method)  # an unknown method fails here, with a suggestion
