@@ -43,6 +43,8 @@ def files(tmp_path):
     (tmp_path / "m.py").write_text(MODEL)
     _npz(tmp_path / "data.npz", 0)
     _npz(tmp_path / "ood.npz", 5)
+    _npz(tmp_path / "val.npz", 7)
+    _npz(tmp_path / "extra.npz", 9)
     torch.manual_seed(0)
     from safetensors.torch import save_file
 
@@ -111,6 +113,32 @@ CHANGES = {
         "the model weights changed ({d}/m.py:unseeded built other weights; give --weights, or seed the factory",
     ),
     "batch size": (lambda d: {}, lambda d: {"batch_size": 7}, "--batch-size changed (256 -> 7)"),
+    "checks": (
+        lambda d: {},
+        lambda d: {"checks": ["test-counting", "clean"]},
+        "--checks changed",
+    ),
+    "check parameters": (
+        lambda d: {"checks": ["test-counting", "calibration-basic"]},
+        lambda d: {
+            "checks": ["test-counting", "calibration-basic"],
+            "check_params": {"calibration-basic": {"n_bins": 10}},
+        },
+        "--check-params changed",
+    ),
+    "validation data content": (
+        lambda d: {"val": f"{d}/val.npz"},
+        lambda d: _npz(d / "val.npz", 8),
+        "the validation data changed ({d}/val.npz has other content)",
+    ),
+    "an OOD set added": (
+        lambda d: {},
+        lambda d: {"ood": [f"{d}/ood.npz", f"{d}/extra.npz"]},
+        "the OOD set 'extra' was not part of the run",
+    ),
+    "an OOD set dropped": (lambda d: {}, lambda d: {"ood": []}, "the OOD set 'ood' is no longer given"),
+    "max samples": (lambda d: {}, lambda d: {"max_samples": 20}, "--max-samples was not part of the run"),
+    "quick profile": (lambda d: {}, lambda d: {"quick": True}, "--quick changed (false -> true)"),
 }
 
 
@@ -127,13 +155,13 @@ def test_each_input_is_part_of_the_fingerprint(files, counting_check, case):
     db = files / "runs.sqlite"
     kw = {"model": f"{files}/m.py:small", "data": f"{files}/data.npz", "ood": [f"{files}/ood.npz"]}
     kw.update(base(files))
-    cfg = AuditConfig(checks=["test-counting"], **kw)
+    cfg = AuditConfig(**{"checks": ["test-counting"], **kw})
     counting_check.crash_at = 1
     with pytest.raises(RuntimeError, match="simulated crash"):
         run_audit(cfg, db=db, report="")
     counting_check.crash_at = -1
     settings = change(files)
-    changed = AuditConfig(checks=["test-counting"], **{**kw, **(settings if isinstance(settings, dict) else {})})
+    changed = AuditConfig(**{"checks": ["test-counting"], **kw, **(settings if isinstance(settings, dict) else {})})
     with pytest.raises(InputError, match="cannot resume run") as info:
         run_audit(changed, db=db, report="", resume=True)
     assert needle.format(d=files) in str(info.value)
