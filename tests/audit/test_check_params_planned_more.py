@@ -23,6 +23,7 @@ from tests.support.text import tiny_bert_classifier, tiny_llama, tiny_sentences
 Case = tuple[str, dict[str, Any], str]
 
 IMAGE: dict[str, Case] = {
+    "adversarial attacks = [5]": ("adversarial", {"attacks": [5]}, "attacks must be a non-empty list of names"),
     "corruptions severities = 3.0": ("corruptions", {"severities": 3.0}, "severities must be integers from 1 to 5"),
     "corruptions = 5": ("corruptions", {"corruptions": 5}, "corruptions must be a non-empty list of names"),
     "corruptions = []": ("corruptions", {"corruptions": []}, "corruptions must be a non-empty list of names"),

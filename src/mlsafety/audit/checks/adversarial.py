@@ -31,7 +31,7 @@ from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, until_
 from mlsafety.audit._check import COUNT, DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks import _adversarial_text as text_adv
-from mlsafety.audit.checks._common import bind, metric_name, params_of, require_int
+from mlsafety.audit.checks._common import bind, metric_name, params_of, require_int, require_names
 from mlsafety.audit.views.adversarial import AdversarialView, Curve, curve_png, pairs_png
 from mlsafety.core import ArrayDataset, Hazard, InputError, UnknownNameError
 from mlsafety.metrics import proportion
@@ -268,9 +268,9 @@ class Adversarial(Check):
         for key, least in (("n", 1), ("pairs", 0), ("n_boot", 1)):
             require_int("adversarial", self.params, key, least)  # when planned, not once a task runs
         spec = self.params["attacks"]
-        names = [spec] if isinstance(spec, str) else list(dict.fromkeys(spec))
-        if not names:
+        if isinstance(spec, (list, tuple)) and not spec:
             raise InputError("adversarial attacks is empty; name at least one attack, e.g. [autoattack-fast]")
+        names = list(dict.fromkeys(require_names(self.name, self.params, "attacks", "['pgd']", unique=False)))
         for n in names:
             atk.ATTACKS.get(n)  # raises UnknownNameError with a suggestion
             atk.ATTACKS.check_parameters(n, {"eps": 0.0, "norm": "linf", **_attack_params(self.params, n)})
