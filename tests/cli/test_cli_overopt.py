@@ -101,6 +101,8 @@ def test_lm_says_what_the_gold_does_after_its_peak() -> None:
     [
         (["--n-max", "2"], "--n-max must be at least 4"),
         (["--prompts", "0"], "prompt set is empty"),
+        (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
+        (["--n-boot", "0"], "--n-boot must be at least 1"),  # it failed after the sampling
         (["--gold", "{r}:takes_tensors"], "--gold"),
     ],
 )

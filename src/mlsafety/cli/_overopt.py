@@ -104,6 +104,7 @@ def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int,
     lams = _lambdas(lambdas) if optimiser == "tilt" else []
     if optimiser == "reinforce":
         _positive("--steps", steps)
+    _positive("--n-boot", n_boot)  # refused before the seeds run, not by the fit after them
     world = make_world()
     gold_rows, proxy_rows, d_rows = [], [], []
     for s in range(seeds):
@@ -176,6 +177,8 @@ def overopt_lm(model: str, reward: str, gold: str, trusted: tuple[str, ...], n_m
         raise InputError(f"the prompt set is empty: --prompts must be at least 1, got {prompts}")
     if not temperature > 0:
         raise InputError(f"--temperature must be > 0 (best-of-n needs distinct samples), got {temperature}")
+    _positive("--max-new-tokens", max_new_tokens)  # both refused before any sampling, not after it
+    _positive("--n-boot", n_boot)
     proxy_fn, gold_fn = load_scorer(reward, "--reward"), load_scorer(gold, "--gold")
     trusted_fns = {f"trusted {i + 1} ({spec})": load_scorer(spec, "--trusted") for i, spec in enumerate(trusted)}
     texts = pg.review_openings(prompts)
