@@ -1,25 +1,10 @@
 """``audit-many`` without Ray: one ordinary run per model, and arguments refused before an executor starts."""
 
-import numpy as np
 import pytest
 
 from mlsafety.audit import AuditConfig, LocalExecutor, run_audit, run_many
 from mlsafety.core import InputError
-
-MODELS = """
-import torch
-from torch import nn
-
-
-def a():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-
-
-def b():
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-"""
+from tests.support.many import write_models_and_data
 
 
 class _Recording(LocalExecutor):
@@ -31,9 +16,7 @@ class _Recording(LocalExecutor):
 
 @pytest.fixture
 def files(tmp_path):
-    (tmp_path / "m.py").write_text(MODELS)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.random((30, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, 30))
+    write_models_and_data(tmp_path, 30)
     return tmp_path
 
 

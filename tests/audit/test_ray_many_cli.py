@@ -4,31 +4,14 @@ naming it and exit 2 without stopping the others, and each run is an ordinary st
 import json
 import sqlite3
 
-import numpy as np
 from click.testing import CliRunner
 
 from mlsafety.cli import main
-
-MODELS = """
-import torch
-from torch import nn
-
-
-def a():
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-
-
-def b():
-    torch.manual_seed(1)
-    return nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
-"""
+from tests.support.many import write_models_and_data
 
 
 def test_audit_many_stores_one_run_per_model_and_names_a_bad_one(tmp_path):
-    (tmp_path / "m.py").write_text(MODELS)
-    rng = np.random.default_rng(0)
-    np.savez(tmp_path / "d.npz", x=rng.random((40, 1, 8, 8)).astype(np.float32), y=rng.integers(0, 3, 40))
+    write_models_and_data(tmp_path, 40)
     db = tmp_path / "runs.sqlite"
     models = [f"{tmp_path}/m.py:a", f"{tmp_path}/m.py:missing", f"{tmp_path}/m.py:b"]
     args = ["audit-many", *models, "--data", str(tmp_path / "d.npz"), "--check", "clean", "--db", str(db)]
