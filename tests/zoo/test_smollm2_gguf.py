@@ -146,5 +146,7 @@ def test_the_loaded_model_computes_the_llama_cpp_forward_pass(gguf_and_model: An
             reference = _llama_cpp_logits(weights, fields, ids)
             logits = model(input_ids=torch.tensor([ids])).logits[0]
         torch.testing.assert_close(logits, reference, rtol=0, atol=2e-4)  # logits reach ~35; float32 round-off
-        assert torch.equal(logits.argmax(-1), reference.argmax(-1))
+        top2 = reference.topk(2, -1).values
+        clear = top2[:, 0] - top2[:, 1] > 1e-3  # a closer top two may swap with another CPU's float kernels
+        assert torch.equal(logits.argmax(-1)[clear], reference.argmax(-1)[clear]) and bool(clear[-1])
         assert tok.decode(int(reference[-1].argmax())) == after  # the reference itself is a working model

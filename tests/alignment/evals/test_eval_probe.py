@@ -36,7 +36,9 @@ def test_test_rows_are_standardised_with_the_training_rows_statistics() -> None:
     mean, std = x[:, train].mean(1, keepdim=True), x[:, train].std(1, keepdim=True)
     w, b = fit_logistic((x[:, train] - mean) / std, y[train].double())
     z = torch.einsum("lnd,ld->ln", (x[:, test] - mean) / std, w) + b[:, None]
-    assert torch.equal(right, (z > 0).long() == y[test][None, :])
+    clear = z.abs() > 1e-6  # a decision this close to the boundary may differ between CPUs' float kernels
+    assert clear.float().mean() > 0.9
+    assert torch.equal(right[clear], ((z > 0).long() == y[test][None, :])[clear])
     # another test set's other rows (here scaled and shifted far away) change no row's decision
     moved = x[:, test].clone()
     moved[:, 1:] = 100 * moved[:, 1:] + 7
