@@ -251,6 +251,22 @@ def cost_model(check: str) -> Callable[[CostModel], CostModel]:
     return deco
 
 
+class _NotAnInteger(Exception):
+    """A cost model's parameter that is not an integer (``check_costs`` names the check)."""
+
+    def __init__(self, key: str, value: Any) -> None:
+        super().__init__(key, value)
+        self.key, self.value = key, value
+
+
+def _int(p: Mapping[str, Any], key: str) -> int:
+    """``p[key]`` as an integer; the checks' own planning refuses out-of-range values later, in their words."""
+    v = p[key]
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise _NotAnInteger(key, v)
+    return v
+
+
 def _list(v: Any) -> list[Any]:
     return [v] if isinstance(v, (str, int, float)) else list(v or [])
 
@@ -258,22 +274,22 @@ def _list(v: Any) -> list[Any]:
 @cost_model("adversarial")
 def _adversarial(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
     per = sum(r.attack.get(a, 20 * r.backward) for a in _list(p["attacks"])) * int(p.get("#grid", 5))
-    return CheckCost("adversarial", 1.0, [Knob("adversarial", "n", int(p["n"]), 20, per)])
+    return CheckCost("adversarial", 1.0, [Knob("adversarial", "n", _int(p, "n"), 20, per)])
 
 
 @cost_model("certified")
 def _certified(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
     sig = len(_list(p["sigmas"]))
-    per = sig * (int(p["n0"]) + int(p["n"])) * r.forward
+    per = sig * (_int(p, "n0") + _int(p, "n")) * r.forward
     # the consistency test: per attacked input, each attack takes 10 steps, each a Monte-Carlo gradient of the
     # smoothed classifier over about 100 noise draws, and its result is re-certified with n draws
-    per_attacked = sig * (1 + len(_list(p["attacks"]))) * (10 * 100 * r.backward + int(p["n"]) * r.forward)
+    per_attacked = sig * (1 + len(_list(p["attacks"]))) * (10 * 100 * r.backward + _int(p, "n") * r.forward)
     return CheckCost(
         "certified",
         1.0,
         [
-            Knob("certified", "num_inputs", int(p["num_inputs"]), 10, per),
-            Knob("certified", "num_attacked", int(p["num_attacked"]), 1, per_attacked),
+            Knob("certified", "num_inputs", _int(p, "num_inputs"), 10, per),
+            Knob("certified", "num_attacked", _int(p, "num_attacked"), 1, per_attacked),
         ],
     )
 
@@ -281,12 +297,12 @@ def _certified(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
 @cost_model("trojans")
 def _trojans(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
     scanners = _list(p["scanners"])
-    seeds = int(p["n_seeds"])
+    seeds = _int(p, "n_seeds")
     fixed = 0.5
     if "strip" in scanners:
         fixed += 2 * min(200, s.test) * 64 * r.forward * seeds
     if "abs" in scanners:
-        fixed += min(int(p["max_clean"]), s.val) * 30 * r.backward
+        fixed += min(_int(p, "max_clean"), s.val) * 30 * r.backward
     for name in ("activation-clustering", "spectral-signatures"):
         if name in scanners:
             fixed += s.train * 0.5 * r.forward
@@ -300,11 +316,11 @@ def _trojans(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
               or s.train > 0)]  # fmt: skip
     least = 2 if seeded else 1
     if seeds > least:
-        per_seed = fixed + (s.classes * 16 * int(p["nc_steps"]) * r.backward if "neural-cleanse" in scanners else 0)
+        per_seed = fixed + (s.classes * 16 * _int(p, "nc_steps") * r.backward if "neural-cleanse" in scanners else 0)
         knobs.append(Knob("trojans", "n_seeds", seeds, least, per_seed / seeds))
     if "neural-cleanse" in scanners:
         per_step = seeds * s.classes * 16 * r.backward
-        knobs.append(Knob("trojans", "nc_steps", int(p["nc_steps"]), 20, per_step))
+        knobs.append(Knob("trojans", "nc_steps", _int(p, "nc_steps"), 20, per_step))
     return CheckCost("trojans", fixed, knobs)
 
 
@@ -313,17 +329,17 @@ def _transparency(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
     methods = len(_list(p["methods"]))
     modes = _list(p["sanity_modes"])
     per = methods * 40 * r.backward * (1 + 4 * len(modes)) + 50 * r.backward
-    fixed = (int(p["vis_steps"]) * s.classes * r.backward if p["visualize"] else 0.0) + 1.0
-    fixed += int(p["examples"]) * 4 * len(_list(p["grid_methods"])) * 40 * r.backward
+    fixed = (_int(p, "vis_steps") * s.classes * r.backward if p["visualize"] else 0.0) + 1.0
+    fixed += _int(p, "examples") * 4 * len(_list(p["grid_methods"])) * 40 * r.backward
     if "label" in modes:
-        fixed += int(p["label_epochs"]) * s.val * 3 * r.backward
-    return CheckCost("transparency", fixed, [Knob("transparency", "sanity_inputs", int(p["sanity_inputs"]), 4, per)])
+        fixed += _int(p, "label_epochs") * s.val * 3 * r.backward
+    return CheckCost("transparency", fixed, [Knob("transparency", "sanity_inputs", _int(p, "sanity_inputs"), 4, per)])
 
 
 @cost_model("defence-in-depth")
 def _defence(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
     fixed = 1.0 + s.val * 2 * r.forward
-    per = int(p["adaptive_steps"]) * 2 * r.backward * int(p.get("#grid", 5)) if p["adaptive"] else 0.0
+    per = _int(p, "adaptive_steps") * 2 * r.backward * int(p.get("#grid", 5)) if p["adaptive"] else 0.0
     # its adaptive attack runs on the adversarial subset: the cost follows the adversarial n
     return CheckCost("defence-in-depth", fixed, [Knob("adversarial", "n", int(p.get("#n", 200)), 20, per)])
 
@@ -332,7 +348,7 @@ def _defence(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
 def _tta(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
     methods = max(1, int(p.get("#methods", 3)))
     shifts = len(_list(p["corruptions"])) + 1
-    per_batch = int(p["attack_steps"]) * int(p["batch_size"]) * r.backward * methods * len(_list(p["shares"]))
+    per_batch = _int(p, "attack_steps") * _int(p, "batch_size") * r.backward * methods * len(_list(p["shares"]))
     per_batch *= len(_list(p["objectives"]))
     fixed = 1.0
     return CheckCost(
@@ -340,7 +356,7 @@ def _tta(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
         fixed,
         [
             Knob(TEST, TEST, s.test, 0, shifts * methods * 2 * r.backward),
-            Knob("tta", "attack_batches", int(p["attack_batches"]), 1, per_batch),
+            Knob("tta", "attack_batches", _int(p, "attack_batches"), 1, per_batch),
         ],
     )
 
@@ -420,7 +436,13 @@ def shared_cost(s: Sizes, r: Rates) -> CheckCost:
 
 def check_costs(params: Mapping[str, Mapping[str, Any]], s: Sizes, r: Rates) -> list[CheckCost]:
     """Every check's cost model evaluated (checks in ``params`` order), the shared passes first."""
-    return [shared_cost(s, r)] + [_MODELS.get(c, _default(c))(p, s, r) for c, p in params.items()]
+    costs = [shared_cost(s, r)]
+    for c, p in params.items():
+        try:
+            costs.append(_MODELS.get(c, _default(c))(p, s, r))
+        except _NotAnInteger as e:  # costed before the checks plan: the same line they would give
+            raise InputError(f"{c}: {e.key} must be an integer, got {e.value!r}") from None
+    return costs
 
 
 def _merge(costs: Sequence[CheckCost]) -> dict[tuple[str, str], Knob]:
