@@ -19,6 +19,9 @@ def test_registry():
         reg.register("A_b")
     with pytest.raises(UnknownNameError, match="Did you mean 'a-b'"):
         reg.create("a-c")
+    for bad in (5, ["a-b"], None):  # not a text: one line (a TypeError from the name suggestion before)
+        with pytest.raises(UnknownNameError, match=r"a widget is named by a text, got .*Available: a-b$"):
+            reg.get(bad)  # type: ignore[arg-type]
     with pytest.raises(InputError, match=r"'a-b' has no parameter 'nope'\. Valid parameters: k$"):
         reg.create("a-b", nope=1)
 

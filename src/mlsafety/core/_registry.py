@@ -55,7 +55,12 @@ class Registry(Generic[T]):
         return decorator
 
     def get(self, name: str) -> type[T]:
-        """The class registered under ``name``; an unknown name raises :class:`UnknownNameError`."""
+        """The class registered under ``name``; an unknown name (or one that is not a text) raises
+        :class:`UnknownNameError`."""
+        if not isinstance(name, str):
+            raise UnknownNameError(
+                f"a {self.family} is named by a text, got {name!r}. Available: {', '.join(self.available())}"
+            )
         try:
             return self._entries[name]
         except KeyError:
