@@ -63,6 +63,8 @@ def test_refusals_come_before_any_forward_pass() -> None:
             run_probes(lm, [text_pairs(["a", "b", "c", "d"], [1, 1, 1, 1])])
         with pytest.raises(InputError, match="out of range"):
             run_probes(lm, [statement_pairs(8)], layers=[99])
+        with pytest.raises(InputError, match="layers is empty"):  # a RuntimeError after the forward passes before
+            run_probes(lm, [statement_pairs(8)], layers=[])
         with pytest.raises(InputError, match=r"unknown|no probe"):
             run_probes(lm, [statement_pairs(8)], methods=["nope"])
     finally:

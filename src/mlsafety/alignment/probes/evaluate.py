@@ -305,6 +305,8 @@ def run_probes(
     for m in methods:
         PROBES.get(m)
     n_stream = lm.n_layers + 1
+    if layers is not None and len(layers) == 0:
+        raise InputError(f"layers is empty: give at least one of 0..{n_stream - 1} (0 = embeddings), or None for all")
     chosen = list(range(n_stream)) if layers is None else sorted({int(k) % n_stream for k in layers})
     for k in layers or []:
         if not -n_stream <= int(k) < n_stream:
