@@ -195,5 +195,6 @@ def test_mean_interval_by_hand() -> None:
     torch.testing.assert_close(mean, torch.tensor([7 / 3, 1.0], dtype=torch.float64))
     torch.testing.assert_close(lo, mean - half)
     torch.testing.assert_close(hi, mean + half)
-    one = mean_interval(torch.tensor([[3.0, -1.0]]))
-    assert all(torch.equal(v, torch.tensor([3.0, -1.0], dtype=torch.float64)) for v in one)  # no spread to measure
+    m1, lo1, hi1 = mean_interval(torch.tensor([[3.0, -1.0]]))
+    assert torch.equal(m1, torch.tensor([3.0, -1.0], dtype=torch.float64))
+    assert bool(lo1.isnan().all() and hi1.isnan().all())  # one row: no spread to measure, so no interval

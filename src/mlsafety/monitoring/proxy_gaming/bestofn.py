@@ -220,7 +220,8 @@ class BestOfNSamples:
 def mean_interval(values: torch.Tensor, confidence: float = 0.95) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Column means of ``values`` (S, T) over the S rows (seeds or prompts) with Student-t intervals.
 
-    With a single row the interval is the point itself (there is no spread to measure).
+    With a single row there is no spread to measure: the bounds are NaN (unknown), not the point
+    itself, which would read as a mean known exactly.
     """
     v = torch.as_tensor(values, dtype=torch.float64)
     if v.ndim != 2 or v.shape[0] == 0:
@@ -228,7 +229,8 @@ def mean_interval(values: torch.Tensor, confidence: float = 0.95) -> tuple[torch
     s = v.shape[0]
     mean = v.mean(0)
     if s == 1:
-        return mean, mean.clone(), mean.clone()
+        unknown = torch.full_like(mean, float("nan"))
+        return mean, unknown, unknown.clone()
     half = float(stats.t.ppf(0.5 + confidence / 2, s - 1)) * v.std(0, unbiased=True) / math.sqrt(s)
     return mean, mean - half, mean + half
 
