@@ -185,6 +185,15 @@ def test_ood_check_refuses_unknown_detectors(model, data) -> None:
         CHECKS.create("ood", detectors=["msp"], default="energy").names(ctx)
 
 
+def test_ood_tuning_without_training_data_is_refused_when_planned(model, data) -> None:
+    # detectors are fitted on the validation data then, and tuning chooses on it: refused by ood.tune inside a
+    # task before, after the run was stored
+    no_train = AuditData(test=data.test, val=data.val, ood=data.ood)
+    for key in ("tune", "tune_on_ood"):
+        with pytest.raises(InputError, match="give training data"):
+            CHECKS.create("ood", detectors=["energy", "react"], **{key: True}).tasks(AuditContext(model, no_train))
+
+
 def test_ood_tuning_is_marked(model, data) -> None:
     rows, _, _ = run("ood", model, data, plots=False, n_boot=20, detectors=["energy", "react"], tune=True)
     react = [r for r in rows if r.params.get("detector") == "react" and r.hazard != "ood"]  # not the monitor's row

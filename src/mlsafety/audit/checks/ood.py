@@ -260,6 +260,10 @@ class OOD(Check):
         if tune and ctx.modality != "image":
             raise InputError(f"the ood check's tune and tune_on_ood need image inputs (synthetic outliers "
                              f"made of pixels); turn them off for a {ctx.modality} model")  # fmt: skip
+        if tune and ctx.data.train is None:  # refused here, not by ood.tune inside the task after the run is stored
+            raise InputError("the ood check's tune and tune_on_ood choose hyper-parameters on validation inputs the "
+                             "detectors were not fitted on, and without training data they are fitted on the "
+                             "validation data: give training data (--train), or turn tuning off")  # fmt: skip
         cache = ScoreCache(ctx, self.names(ctx), self.params["params"])
         if self.params["default"] in (None, AUTO) and len(cache.names) > 1:
             self._check_splittable(ctx)  # when the audit is planned, not in a task
