@@ -63,3 +63,21 @@ def test_seeds_per_statistic_and_bad_shapes() -> None:
         estimate_mce(clean, correct, ["fog"])
     with pytest.raises(InputError, match="baseline"):
         estimate_mce(clean, correct, ["fog-x", "snow-x"], baseline=ALEXNET_ERRORS)
+
+
+@pytest.mark.parametrize(
+    ("baseline", "clean_error", "needle"),
+    [
+        ({"fog": 0.0, "snow": 0.8}, 0.4, "error of 'fog' must be a number in \\(0, 1\\]"),  # mCE divided by 0: inf
+        ({"fog": -0.5, "snow": 0.8}, 0.4, "error of 'fog' must be"),  # a negative mCE
+        ({"fog": 0.6, "snow": 0.3}, 0.4, "'snow' \\(0.3\\) must be above the baseline's clean error"),
+        ({"fog": 0.6, "snow": 0.8}, 1.5, "baseline_clean_error must be a number in \\[0, 1\\)"),
+    ],
+)
+def test_baselines_the_normalised_forms_cannot_divide_by_are_refused(
+    baseline: dict[str, float], clean_error: float, needle: str
+) -> None:
+    g = torch.Generator().manual_seed(2)
+    correct, clean = torch.rand(30, 2, 5, generator=g) > 0.5, torch.rand(30, generator=g) > 0.5
+    with pytest.raises(InputError, match=needle):
+        estimate_mce(clean, correct, ["fog", "snow"], baseline=baseline, baseline_clean_error=clean_error, n_boot=20)

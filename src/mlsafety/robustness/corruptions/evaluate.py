@@ -101,6 +101,21 @@ def estimate_corruption(
     return CorruptionEstimates(accuracy, error, est)
 
 
+def _check_baseline(errors: Mapping[str, float], clean_error: float) -> None:
+    """Refuse baseline errors the normalised forms cannot divide by: each in (0, 1] and above the clean error."""
+    ok = not isinstance(clean_error, bool) and isinstance(clean_error, int | float) and 0 <= clean_error < 1
+    if not ok:
+        raise InputError(f"baseline_clean_error must be a number in [0, 1), got {clean_error!r}")
+    for name, e in errors.items():
+        if isinstance(e, bool) or not isinstance(e, int | float) or not 0 < e <= 1:
+            raise InputError(f"the baseline error of {name!r} must be a number in (0, 1], got {e!r}")
+        if e <= clean_error:
+            raise InputError(
+                f"the baseline error of {name!r} ({e:g}) must be above the baseline's clean error ({clean_error:g}): "
+                "the relative mCE divides by their difference"
+            )
+
+
 def estimate_mce(
     clean_correct: torch.Tensor,
     correct: torch.Tensor,
@@ -127,6 +142,10 @@ def estimate_mce(
         seed: the seed of every statistic's bootstrap, or a function from a statistic's label
             (``acc``, ``mce-raw``, ``rmce-raw``, ``mce``, ``rmce``) to its seed; an integer
             gives ``derive_seed(seed, label)``.
+
+    Raises:
+        InputError: shapes that disagree; a baseline with none of ``names``, an error outside (0, 1] or
+            not above ``baseline_clean_error`` (the normalised forms divide by them).
     """
     if correct.dim() != 3 or correct.shape[1] != len(names) or clean_correct.shape != correct.shape[:1]:
         raise InputError(
@@ -153,6 +172,7 @@ def estimate_mce(
         keep = [i for i, n in enumerate(names) if n in baseline]
         if not keep:
             raise InputError("none of the audited corruptions has a baseline error; audit the ImageNet-C ones")
+        _check_baseline({names[i]: baseline[names[i]] for i in keep}, baseline_clean_error)
         ref = torch.tensor([baseline[names[i]] for i in keep], dtype=torch.float64)
         idx = torch.tensor(keep)
         mce = stat(lambda e0, e: (e[:, idx] / ref).mean(dim=1), "mce")
