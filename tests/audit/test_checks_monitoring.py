@@ -185,6 +185,27 @@ def test_ood_check_refuses_unknown_detectors(model, data) -> None:
         CHECKS.create("ood", detectors=["msp"], default="energy").names(ctx)
 
 
+def test_temperature_msp_is_fitted_on_the_validation_data_when_detectors_fit_on_training_data(model, data) -> None:
+    # Guo et al. fit T on held-out data; on the training data the model has memorised it comes out too sharp
+    rows, _, _ = run("ood", model, data, plots=False, n_boot=20, detectors=["msp", "temperature-msp", "energy"])
+    ctx = AuditContext(model, data)
+    want = cal.TemperatureScaler().fit(ctx.outputs_for(data.val).logits, data.val.y).temperature_
+    on_train = cal.TemperatureScaler().fit(ctx.outputs_for(data.train).logits, data.train.y).temperature_
+    assert abs(want - on_train) > 0.05
+    det = ood.create("temperature-msp", temperature=want)
+    x = data.ood["letters"].x
+    scores = det.fit(model, data.val).score(model, x)
+    mine = [r for r in rows if r.params.get("detector") == "temperature-msp"]
+    assert mine and all(r.params["fitted_on"] == "held-out data" for r in mine)
+    assert not any("fitted_on" in r.params for r in rows if r.params.get("detector") in ("msp", "energy"))
+    from mlsafety.audit.checks._common import ScoreCache
+
+    cache = ScoreCache(ctx, ["msp", "temperature-msp"])
+    torch.testing.assert_close(cache.scores("ood/letters")["temperature-msp"], scores.cpu())
+    monitored = next(r for r in rows if r.metric == "monitored_detector")
+    assert "temperature-msp on the validation data" in monitored.params["rule"]
+
+
 def test_ood_tuning_without_training_data_is_refused_when_planned(model, data) -> None:
     # detectors are fitted on the validation data then, and tuning chooses on it: refused by ood.tune inside a
     # task before, after the run was stored

@@ -140,6 +140,26 @@ def test_score_cache_replace_and_repeated_names(small_net, small_data, small_tes
     torch.testing.assert_close(again["knn"], tuned.score(small_net, small_test), rtol=0, atol=0)
 
 
+def test_score_cache_fits_a_held_out_detector_on_the_held_out_data(small_net, small_data, small_test) -> None:
+    from mlsafety.core import ArrayDataset
+    from mlsafety.monitoring.calibration.scaling import TemperatureScaler
+
+    g = torch.Generator().manual_seed(5)
+    held = ArrayDataset(torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g))
+    names = ["temperature-msp", "mahalanobis"]
+    cache = ood.ScoreCache(small_net, small_data, names, inputs={"in": small_test}, held_out=held)
+    temp, maha = cache.detectors
+    with torch.no_grad():  # Guo et al.'s T: fitted by NLL on the held-out inputs, not on the fit data
+        want = TemperatureScaler().fit(small_net(held.x), held.y).temperature_
+        other = TemperatureScaler().fit(small_net(small_data.x), small_data.y).temperature_
+    assert temp.temperature_ == pytest.approx(want, rel=1e-4) and abs(want - other) > 1e-3
+    alone = ood.fit_detectors([ood.create("mahalanobis")], small_net, small_data)[0]  # the others: the fit data
+    torch.testing.assert_close(maha.score(small_net, small_test), alone.score(small_net, small_test))
+    assert cache.info["temperature-msp"]["fitted_on"] == "held-out data" and "fitted_on" not in cache.info["mahalanobis"]
+    plain = ood.ScoreCache(small_net, small_data, ["temperature-msp"], inputs={"in": small_test})
+    assert plain.detectors[0].temperature_ == pytest.approx(other, rel=1e-4)  # no held-out data: the fit data
+
+
 def test_evaluate_is_the_cache_and_the_metrics(small_net, small_data, small_test) -> None:
     ood_x = torch.rand(15, 1, 8, 8, generator=torch.Generator().manual_seed(4))
     got = ood.evaluate(["msp", "energy"], small_net, small_data, small_test, {"noise": ood_x}, n_boot=20, seed=1)

@@ -133,7 +133,8 @@ def truncation_rows(ctx: AuditContext, hazard: Hazard | str) -> list[Row]:
 class ScoreCache(ood.ScoreCache):
     """The library's :class:`~mlsafety.monitoring.ood.ScoreCache` bound to an audit: detectors fitted on
     ``ctx.data.fit`` (from its shared forward outputs) on first use, inside a task; scores keyed by
-    hazard, from the hazard's inputs and shared forward outputs.
+    hazard, from the hazard's inputs and shared forward outputs. With training data, a detector fitted on
+    held-out data by its method (``temperature-msp``) is fitted on the validation data.
 
     Args:
         ctx: the audit's context.
@@ -153,9 +154,12 @@ class ScoreCache(ood.ScoreCache):
         for name in names:  # each detector's hyper-parameters are checked when the audit is planned
             ood.DETECTORS.create(name, **dict((params or {}).get(name, {})))
         fit = ctx.data.fit
+        val = ctx.data.val if ctx.data.train is not None else None  # held out from the fit data only then
         super().__init__(
             ctx.model, fit, list(names), params, inputs=lambda h: (ctx.hazard(h).x, ctx.outputs(h)),
             batch_size=ctx.batch_size, fit_outputs=lambda: ctx.outputs_for(fit), fit_labels=fit.y,
+            held_out=val, held_out_outputs=None if val is None else (lambda: ctx.outputs_for(val)),
+            held_out_labels=None if val is None else val.y,
         )  # fmt: skip
         self.ctx = ctx
 
@@ -172,8 +176,11 @@ class ScoreCache(ood.ScoreCache):
         for name in order(list(self.names)):
             spec = self._specs[self.names.index(name)]
             det = ood.DETECTORS.create(spec, **self.params[name]) if isinstance(spec, str) else spec
-            labels = self._fit_labels
-            ood.fit_detectors([det], self.model, self.fit_data, self.batch_size, outputs=outputs, labels=labels)
+            if self.fits_held_out(det):
+                self.fit_on_held_out([det])
+            else:
+                labels = self._fit_labels
+                ood.fit_detectors([det], self.model, self.fit_data, self.batch_size, outputs=outputs, labels=labels)
             scores[name] = next(iter(ood.score_detectors([det], self.model, x, self.batch_size, outputs=out).values()))
             fitted[name] = det
         dropped = [n for n in self.names if n not in fitted]
@@ -182,6 +189,6 @@ class ScoreCache(ood.ScoreCache):
         self.names = [self.names[i] for i in keep]
         self._detectors = [fitted[n] for n in self.names]
         for n in self.names:
-            self.info[n] = {**fitted[n].stored_params(), **self.info[n]}
+            self.info[n] = {**fitted[n].stored_params(), **self._fitted_on(fitted[n]), **self.info[n]}
         self._scores[clean] = {n: scores[n].cpu() for n in self.names}
         return dropped

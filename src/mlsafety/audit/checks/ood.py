@@ -286,7 +286,8 @@ class OOD(Check):
         each OOD set is split by a seeded generator (named after the check, ``monitor-split`` and the
         set) into a selection half and a report half. The in-distribution side of the choice is the
         validation data when the detectors are fitted on training data (the validation data then
-        takes no other part in this check), else a seeded half of the test data (the detectors are
+        takes no other part in this check, but for fitting the one temperature of temperature-msp, whose
+        method fits it on held-out data), else a seeded half of the test data (the detectors are
         fitted on the validation data, whose scores would flatter the detectors that memorise it, such
         as KNN). The detector with the highest mean AUROC over the sets' selection halves is chosen
         (ties: the first in name order). Choosing on the same inputs that are reported would bias the
@@ -315,7 +316,9 @@ class OOD(Check):
         val, clean = ctx.data.val, str(Hazard.clean())
         if ctx.data.train is not None and len(val) >= 2:
             sid = cache.scores(_VAL_KEY, x=val.x, outputs=ctx.outputs_for(val))
-            id_side = f"the validation data ({len(val)} inputs; the detectors are fitted on the training data)"
+            held = [n for n, d in zip(names, cache.detectors, strict=True) if cache.fits_held_out(d)]
+            also = f", {', '.join(held)} on the validation data, as its method asks" if held else ""
+            id_side = f"the validation data ({len(val)} inputs; the detectors are fitted on the training data{also})"
             report_side = "the whole test data"
         else:
             sel, report[clean] = halves(len(ctx.data.test), ctx.generator(self.name, "monitor-split", clean))

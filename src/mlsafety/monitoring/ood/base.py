@@ -100,6 +100,10 @@ class Detector(HyperParams):
     name: ClassVar[str]
     needs: ClassVar[frozenset[str]] = frozenset({"logits"})
     requires_fit: ClassVar[bool] = False
+    fit_held_out: ClassVar[bool] = False
+    """True for a detector whose method fits it on held-out data, not the model's training data (a
+    temperature fitted on inputs the model has memorised comes out too sharp); a
+    :class:`~mlsafety.monitoring.ood.ScoreCache` given ``held_out`` data fits it there."""
 
     # -- public API ----------------------------------------------------------------------------
     @property

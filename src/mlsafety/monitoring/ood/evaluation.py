@@ -51,6 +51,12 @@ class ScoreCache:
         fit_outputs: forward outputs of ``fit_data`` when already computed, or a function giving them
             (called when the detectors are fitted).
         fit_labels: labels of ``fit_outputs`` (None: the model's predictions stand in).
+        held_out: in-distribution data held out from ``fit_data`` (e.g. validation data when ``fit_data`` is
+            the training data): the detectors whose method fits them on held-out data
+            (:attr:`~mlsafety.monitoring.ood.Detector.fit_held_out`, e.g. ``temperature-msp``) are fitted on
+            it, and :attr:`info` says so (``fitted_on``); None: every detector on ``fit_data``.
+        held_out_outputs: forward outputs of ``held_out`` when already computed, or a function giving them.
+        held_out_labels: labels of ``held_out_outputs`` (None: the model's predictions stand in).
     """
 
     def __init__(
@@ -63,9 +69,15 @@ class ScoreCache:
         batch_size: int = 256,
         fit_outputs: Outputs | Callable[[], Outputs] | None = None,
         fit_labels: torch.Tensor | None = None,
+        held_out: FitData | None = None,
+        held_out_outputs: Outputs | Callable[[], Outputs] | None = None,
+        held_out_labels: torch.Tensor | None = None,
     ) -> None:
         self.model = as_classifier(model)
         self.fit_data = fit_data
+        self.held_out = held_out
+        self._held_out_outputs = held_out_outputs
+        self._held_out_labels = held_out_labels
         self._specs = list(detectors)
         modality = modality_of(self.model)
         for d in self._specs:
@@ -99,12 +111,33 @@ class ScoreCache:
                 DETECTORS.create(spec, **self.params[key]) if isinstance(spec, str) else spec
                 for key, spec in zip(self.names, self._specs, strict=True)
             ]
-            outputs = self._fit_outputs() if callable(self._fit_outputs) else self._fit_outputs
-            fit_detectors(dets, self.model, self.fit_data, self.batch_size, outputs=outputs, labels=self._fit_labels)
+            held = [d for d in dets if self.fits_held_out(d)]
+            main = [d for d in dets if not self.fits_held_out(d)]
+            if main:
+                outputs = self._fit_outputs() if callable(self._fit_outputs) else self._fit_outputs
+                fit_detectors(
+                    main, self.model, self.fit_data, self.batch_size, outputs=outputs, labels=self._fit_labels
+                )
+            if held:
+                self.fit_on_held_out(held)
             self._detectors = dets
             for key, det in zip(self.names, dets, strict=True):
-                self.info[key] = {**det.stored_params(), **self.info[key]}
+                self.info[key] = {**det.stored_params(), **self._fitted_on(det), **self.info[key]}
         return self._detectors
+
+    def fits_held_out(self, detector: Detector) -> bool:
+        """True when ``detector`` is fitted on :attr:`held_out` (it asks for held-out data, and there is some)."""
+        return self.held_out is not None and detector.fit_held_out
+
+    def fit_on_held_out(self, detectors: Sequence[Detector]) -> None:
+        """Fit ``detectors`` (in place) on :attr:`held_out`."""
+        assert self.held_out is not None
+        outputs = self._held_out_outputs() if callable(self._held_out_outputs) else self._held_out_outputs
+        fit_detectors(detectors, self.model, self.held_out, self.batch_size, outputs=outputs,
+                      labels=self._held_out_labels)  # fmt: skip
+
+    def _fitted_on(self, detector: Detector) -> dict[str, str]:
+        return {"fitted_on": "held-out data"} if self.fits_held_out(detector) else {}
 
     def replace(self, name: str, detector: Detector, **info: Any) -> None:
         """Use an already fitted ``detector`` for key ``name`` (e.g. a tuned one); ``info`` goes with
