@@ -98,9 +98,8 @@ def _n_by_check(db):
         con.close()
 
 
-def test_a_budget_cuts_the_dear_check_and_the_report_states_every_n(files, monkeypatch):
-    """Rates that make an attacked input cost 1 s: a 60 s budget cannot afford 60 attacked inputs, so the
-    adversarial n is cut; the stored rows use the chosen n and the plan rows state it with its width."""
+def _dear_attacks(monkeypatch):
+    """Measured rates, but every attacked input costs 1 s."""
     real = engine.measure_rates
 
     def dear_attacks(*args, **kw):
@@ -108,6 +107,12 @@ def test_a_budget_cuts_the_dear_check_and_the_report_states_every_n(files, monke
         return Rates(r.forward, r.backward, r.corrupt, {k: 1.0 for k in r.attack})
 
     monkeypatch.setattr(engine, "measure_rates", dear_attacks)
+
+
+def test_a_budget_cuts_the_dear_check_and_the_report_states_every_n(files, monkeypatch):
+    """Rates that make an attacked input cost 1 s: a 60 s budget cannot afford 60 attacked inputs, so the
+    adversarial n is cut; the stored rows use the chosen n and the plan rows state it with its width."""
+    _dear_attacks(monkeypatch)
     # the real attacks are far cheaper than the faked rate: without this, re-planning from the measured speed
     # (ratio clamped at 1/4) may afford all 60 again, depending on the machine's load
     monkeypatch.setattr(engine._Tracker, "_factor", lambda self: 1.0)
@@ -190,13 +195,7 @@ def test_the_run_record_states_the_sizes_the_checks_ran_with_after_re_planning(f
     """Re-planning after the first check (here: measured 4x faster than predicted) changes the sizes of the
     checks not yet started; the run record's effective parameters and plan, which ``compare`` reads to tell a
     settings difference from a sample-size one, must hold those sizes, as the audit-plan rows do."""
-    real = engine.measure_rates
-
-    def dear_attacks(*args, **kw):
-        r = real(*args, **kw)
-        return Rates(r.forward, r.backward, r.corrupt, {k: 1.0 for k in r.attack})
-
-    monkeypatch.setattr(engine, "measure_rates", dear_attacks)
+    _dear_attacks(monkeypatch)
     monkeypatch.setattr(engine._Tracker, "_factor", lambda self: 0.25)
     cfg = AuditConfig(model=f"{files}/m.py:small", data=str(files / "data.npz"), ood=[],
                       checks=["clean", "trojans", "adversarial"], budget="40s",
