@@ -176,3 +176,28 @@ def test_audit_of_a_channels_last_npz_says_it_converted_it(tmp_path):
     assert "Note: --data" in result.output and "channels-last" in result.output
     assert "different image shapes" not in result.output
     assert "converted from channels-last" in (tmp_path / "r.html").read_text()
+
+
+def test_saved_hf_images_read_as_arrays_keep_16_bit_levels_and_refuse_what_8_bits_cannot_hold(tmp_path):
+    """A dataset saved in numpy format hands back each image as an array: a 16-bit grey image is uint16 and keeps
+    its levels (divided by 65535, as the same image read as a picture), an array whose values do not fit 0..255 as
+    whole numbers is refused; astype(uint8) wrapped 1000 to 232 and made a float 0.5 into 0."""
+    datasets = pytest.importorskip("datasets")
+    levels = np.array([[0, 1000], [30000, 65535]], dtype=np.uint16)
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    table = datasets.Dataset.from_dict({"image": [Image.fromarray(levels)], "label": [0]}, features=features)
+    table.with_format("numpy").save_to_disk(str(tmp_path / "np16"))
+    want = torch.from_numpy(levels.astype(np.float32) / 65535)
+    torch.testing.assert_close(load_hf_image_dataset(tmp_path / "np16", channels=1).x[0, 0], want)
+    table.save_to_disk(str(tmp_path / "pil16"))  # the same image read as a picture: the same levels
+    torch.testing.assert_close(load_hf_image_dataset(tmp_path / "pil16", channels=1).x[0, 0], want)
+    for name, values in (("wide", [[0, 300], [7, 9]]), ("float", [[0.5, 0.25], [1.0, 0.0]])):
+        arr = datasets.Dataset.from_dict({"image": [values], "label": [0]}).with_format("numpy")
+        arr.save_to_disk(str(tmp_path / name))
+        with pytest.raises(InputError, match=r"row 0 of .* holds values outside whole numbers 0\.\.255") as err:
+            load_hf_image_dataset(tmp_path / name, channels=1)
+        assert "\n" not in str(err.value)
+    small = datasets.Dataset.from_dict({"image": [[[0, 255], [7, 9]]], "label": [0]}).with_format("numpy")
+    small.save_to_disk(str(tmp_path / "small"))  # whole numbers in 0..255 of any type read as 8-bit levels
+    got = load_hf_image_dataset(tmp_path / "small", channels=1).x[0, 0]
+    torch.testing.assert_close(got, torch.tensor([[0, 255], [7, 9]], dtype=torch.float32) / 255)

@@ -408,8 +408,16 @@ def image_array(img: Any, channels: int, size: tuple[int, int] | None, where: st
 def _pil_to_array(value: Any, channels: int, size: tuple[int, int] | None, where: str) -> np.ndarray:
     from PIL import Image
 
-    if isinstance(value, np.ndarray):
-        value = Image.fromarray(value.astype(np.uint8) if value.dtype != np.uint8 else value)
+    if isinstance(value, np.ndarray):  # a dataset in numpy format: a 16-bit grey image comes as uint16
+        if not (value.dtype == np.uint8 or (value.dtype == np.uint16 and value.ndim == 2)):
+            whole = value.dtype.kind in "biu" or (value.dtype.kind == "f" and bool((value == np.round(value)).all()))
+            if not (whole and value.size and value.min() >= 0 and value.max() <= 255):
+                raise InputError(
+                    f"{where} holds values outside whole numbers 0..255 (an array of {value.dtype}), which "
+                    "state no range; save the images as datasets.Image() (8- or 16-bit)"
+                )
+            value = value.astype(np.uint8)
+        value = Image.fromarray(value)
     if not isinstance(value, Image.Image):
         raise InputError(f"{where} is a {type(value).__name__}, not an image; give a column of datasets.Image()")
     return image_array(value, channels, size, where)
@@ -443,7 +451,8 @@ def load_hf_image_dataset(
 
     Raises:
         InputError: not a saved dataset, an unknown split, no image or label column, an unreadable image
-            (naming its row), images of different sizes without ``size``.
+            (naming its row), an image given as an array (numpy format) that is neither uint16 grey (16-bit
+            levels) nor whole numbers 0..255, images of different sizes without ``size``.
     """
     import datasets
 
