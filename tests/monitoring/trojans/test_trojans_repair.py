@@ -124,3 +124,28 @@ def test_channel_activation_skips_a_relu_shared_by_every_block() -> None:
     with torch.no_grad():
         want = model.conv2(model.relu(model.conv1(x))).clamp_min(0).mean(dim=(0, 2, 3))
     torch.testing.assert_close(channel_activation(model, model.conv2, x), want)
+
+
+def test_fine_pruning_silences_pruned_channels_after_batch_norm() -> None:
+    """conv -> BatchNorm -> ReLU: a pruned channel must give 0 at the block's output, as a removed neuron does.
+    Zeroing only the convolution's filter leaves batch norm's shift: here ``(0 - 1) * (-1) + 0.2 = 1.2`` on every
+    input in eval mode, and a trainable ``beta`` in training mode."""
+    from mlsafety.core import generator
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        conv, bn = nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4)
+        model = nn.Sequential(conv, bn, nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    with torch.no_grad():
+        bn.running_mean.fill_(1.0)
+        bn.weight.fill_(-1.0)
+        bn.bias.fill_(0.2)
+    x = torch.rand(64, 1, 6, 6, generator=generator(0, "fp-bn"))
+    with torch.no_grad():
+        y = model(x).argmax(dim=1)  # the model's own answers: every drop in accuracy is the pruning's
+    rep = fine_pruning(model, ArrayDataset(x, y), max_drop=1.0, epochs=1)
+    assert len(rep.pruned) == 3  # a budget of 100 points prunes all but one channel
+    block = nn.Sequential(*list(rep.model.children())[:3]).eval()
+    with torch.no_grad():
+        out = block(x)[:, rep.pruned]
+    assert float(out.abs().max()) == 0.0

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import prune
 
 from mlsafety.core import (
@@ -75,14 +76,13 @@ def _conv(model: nn.Module, layer: str | None) -> tuple[str, nn.Conv2d]:
     return name, module
 
 
-_BLOCK_TAIL = (nn.modules.batchnorm._BatchNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU)
+_BLOCK_TAIL = (_BatchNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU)
 """Modules that may follow a convolution inside its block (normalisation, activation), channel for channel."""
 
 
-def _block_output(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor) -> nn.Module:
-    """The module whose output is ``layer``'s channels after its block's normalisation and activation: the
-    last of the modules run right after ``layer`` that are :data:`_BLOCK_TAIL` modules keeping its output
-    shape and run once per pass (``layer`` itself when none follows)."""
+def _block_tail(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor) -> list[nn.Module]:
+    """The modules run right after ``layer`` that are :data:`_BLOCK_TAIL` modules keeping its output shape and
+    run once per pass (its block's normalisation and activation, channel for channel), in call order."""
     order: list[tuple[nn.Module, tuple[int, ...]]] = []
 
     def hook(m: nn.Module, _i: object, out: object) -> None:
@@ -96,14 +96,27 @@ def _block_output(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor) -> nn.Mod
         for h in handles:
             h.remove()
     at = next(i for i, (m, _) in enumerate(order) if m is layer)
-    end: nn.Module = layer
+    tail: list[nn.Module] = []
     shape = order[at][1]
     for m, out_shape in order[at + 1 :]:
         calls = sum(m is other for other, _ in order)  # a module reused elsewhere (one shared ReLU) would mix maps
         if not isinstance(m, _BLOCK_TAIL) or out_shape != shape or calls > 1:
             break
-        end = m
-    return end
+        tail.append(m)
+    return tail
+
+
+def _block_output(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor) -> nn.Module:
+    """The module whose output is ``layer``'s channels after its block's normalisation and activation: the
+    last module of :func:`_block_tail` (``layer`` itself when none follows)."""
+    tail = _block_tail(model, layer, x)
+    return tail[-1] if tail else layer
+
+
+def _norms(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor) -> list[_BatchNorm]:
+    """The batch norms with a scale and shift in ``layer``'s block tail: a channel is silenced after them only
+    when they are zeroed too (a zeroed filter alone leaves the shift ``beta - gamma mu / sigma``)."""
+    return [m for m in _block_tail(model, layer, x) if isinstance(m, _BatchNorm) and m.affine]
 
 
 def channel_activation(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
@@ -128,8 +141,9 @@ def _accuracy(model: nn.Module, data: ArrayDataset) -> float:
     return float((out.pred.cpu() == data.y).float().mean())
 
 
-def _prune_channels(layer: nn.Conv2d, channels: list[int]) -> None:
-    """Zero ``channels`` of ``layer`` with a pruning mask (kept zero during fine-tuning)."""
+def _prune_channels(layer: nn.Conv2d | _BatchNorm, channels: list[int]) -> None:
+    """Zero ``channels`` of ``layer`` (a convolution or a batch norm) with a pruning mask (kept zero during
+    fine-tuning)."""
     mask_w = torch.ones_like(layer.weight)
     mask_w[channels] = 0
     prune.custom_from_mask(layer, "weight", mask_w)
@@ -139,7 +153,7 @@ def _prune_channels(layer: nn.Conv2d, channels: list[int]) -> None:
         prune.custom_from_mask(layer, "bias", mask_b)
 
 
-def _make_permanent(layer: nn.Conv2d) -> None:
+def _make_permanent(layer: nn.Conv2d | _BatchNorm) -> None:
     prune.remove(layer, "weight")
     if layer.bias is not None:
         prune.remove(layer, "bias")
@@ -166,7 +180,9 @@ def fine_pruning(
 
     Channels are pruned in increasing order of their mean activation on ``clean``, ``step`` at a
     time, while accuracy on ``clean`` stays within ``max_drop`` of the original (the paper's stop
-    rule); fine-tuning then recovers accuracy with the pruned channels held at zero.
+    rule); fine-tuning then recovers accuracy with the pruned channels held at zero. A pruned channel
+    is removed as a neuron: its filter is zeroed, and so are the scale and shift of a batch norm that
+    follows the convolution in its block (else the channel would still give the constant shift).
 
     Args:
         model: the suspected model (not modified).
@@ -184,23 +200,27 @@ def fine_pruning(
     name, conv = _conv(net, layer)
     base = _accuracy(net, clean)
     order = channel_activation(net, conv, clean.x).argsort().tolist()
+    pruned: list[nn.Conv2d | _BatchNorm] = [conv, *_norms(net, conv, clean.x)]
     state = copy.deepcopy(net.state_dict())
     kept: list[int] = []
     for n in range(step, len(order), step):
         trial = order[:n]
         with torch.no_grad():
-            conv.weight[trial] = 0
-            if conv.bias is not None:
-                conv.bias[trial] = 0
+            for m in pruned:
+                m.weight[trial] = 0
+                if m.bias is not None:
+                    m.bias[trial] = 0
         if _accuracy(net, clean) < base - max_drop:
             break
         kept = trial
     net.load_state_dict(state)
     if kept:
-        _prune_channels(conv, kept)
+        for m in pruned:
+            _prune_channels(m, kept)
     train(net, clean, epochs=epochs, lr=lr, seed=seed, augment=random_shift)
     if kept:
-        _make_permanent(conv)
+        for m in pruned:
+            _make_permanent(m)
     return Repaired(net.eval(), "fine-pruning", name, sorted(kept), _accuracy(net, clean))
 
 
