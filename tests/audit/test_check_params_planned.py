@@ -11,6 +11,7 @@ for a recipe not run, adversarial n = 0, transparency threshold = 7).
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,24 @@ def test_bad_lm_check_parameter_is_refused_before_the_run_is_stored(case: str, l
     check, params, needle = LM[case]
     config = AuditConfig(model=str(lm_folder), checks=[check], check_params={check: params})
     _refused(config, tmp_path / "runs.sqlite", needle)
+
+
+def test_a_baseline_of_zero_clean_error_is_taken_and_its_mce_is_not_called_alexnet(tmp_path: Path) -> None:
+    """A baseline's clean error may be 0 (the library takes [0, 1)), and its normalised mCE is the given
+    baseline's, not AlexNet's: the report must not call it AlexNet-normalised. A clean error of 1 leaves no
+    corruption error above it, and is refused as the clean error's own fault."""
+    from mlsafety.audit.views.corruptions import CorruptionsView
+
+    params = {"corruptions": ["fog"], "baseline": {"fog": 0.5, "clean": 0.0}, "n_boot": 20}
+    config = AuditConfig(model="digits-cnn", checks=["corruptions"], check_params={"corruptions": params},
+                         max_samples=40)  # fmt: skip
+    rows = [r for r in run_audit(config, db=tmp_path / "runs.sqlite", report="").rows if r.check == "corruptions"]
+    mce = next(r for r in rows if r.metric == "mce")
+    assert mce.params["normalised"] and mce.params["baseline_clean_error"] == 0.0
+    labels = [h.label for h in CorruptionsView.headlines(rows) if h.row.metric == "mce"]
+    assert labels == ["mCE (normalised by the given baseline)"]
+    (summary,) = [t for t in CorruptionsView.tables(rows) if t.title == "Corruption summary"]
+    assert not any("AlexNet" in line[0] for line in summary.rows)
+    assert "mce (normalised by the given baseline)" in [line[0] for line in summary.rows]
+    bad = replace(config, check_params={"corruptions": {**params, "baseline": {"fog": 0.5, "clean": 1.0}}})
+    _refused(bad, tmp_path / "bad.sqlite", "baseline's clean error must be a number in [0, 1), got 1.0")

@@ -12,8 +12,9 @@ mCE, never counted as robustness. Every other row is an estimate with a 95% inte
 error per severity exactly (Clopper-Pearson over the N inputs), CE and the summaries by a bootstrap
 over inputs (each input with all its severities: the N x S outcomes share inputs, so they are not
 N x S independent trials), from seeds derived from the run seed, the check and the task. A
-normalised mCE divides by AlexNet's published ImageNet-C errors, constants without an interval: its
-interval (the same input bootstrap) covers the audited model's sampling error only.
+normalised mCE divides by AlexNet's published ImageNet-C errors (or a baseline's errors the user gives),
+constants without an interval: its interval (the same input bootstrap) covers the audited model's sampling
+error only.
 """
 
 from __future__ import annotations
@@ -112,8 +113,8 @@ class Corruptions(Check):
         "minus the clean error) and the mean accuracy over every cell, with seeded bootstrap intervals over test "
         "inputs (each input with all its severities). A corruption that cannot change these images at a severity "
         "is reported as not applicable there and kept out of CE and mCE. mCE is normalised by AlexNet's published "
-        "ImageNet-C errors only when baseline is 'alexnet' (ImageNet models); otherwise it is the unnormalised "
-        "mean error."
+        "ImageNet-C errors when baseline is 'alexnet' (ImageNet models), by the errors given when baseline maps "
+        "corruptions (and clean) to a baseline model's errors; otherwise it is the unnormalised mean error."
     )
     defaults: ClassVar[dict[str, Any]] = {
         "corruptions": "all",
@@ -159,12 +160,16 @@ class Corruptions(Check):
 
     @staticmethod
     def _check_baseline(baseline: dict[str, Any], names: Sequence[str]) -> None:
-        """A baseline's errors: known corruptions (and ``clean``), each in (0, 1], each corruption's above the
-        clean error (relative mCE divides by their difference), at least one of them audited."""
+        """A baseline's errors: known corruptions, each in (0, 1], and ``clean`` in [0, 1) (as the library takes
+        them), each corruption's above the clean error (relative mCE divides by their difference), at least one
+        of them audited."""
         for key, err in baseline.items():
             if key != "clean" and key not in corr.CORRUPTIONS:
                 corr.CORRUPTIONS.get(key)  # an unknown name fails with a suggestion
-            if isinstance(err, bool) or not isinstance(err, (int, float)) or not 0 < err <= 1:
+            number = not isinstance(err, bool) and isinstance(err, (int, float))
+            if key == "clean" and not (number and 0 <= err < 1):
+                raise InputError(f"corruptions baseline's clean error must be a number in [0, 1), got {err!r}")
+            if key != "clean" and not (number and 0 < err <= 1):
                 raise InputError(f"corruptions baseline error of {key!r} must be a number in (0, 1], got {err!r}")
         clean = baseline.get("clean", corr.ALEXNET_CLEAN_ERROR)
         for key, err in baseline.items():
@@ -289,7 +294,8 @@ class Corruptions(Check):
         if base is None:
             rows += [Row.of(ALL, "mce", est.mce, **info), Row.of(ALL, "relative_mce", est.relative_mce, **info)]
         else:
-            norm = {**info, "corruptions": list(est.normalised_names), "baseline_clean_error": clean_base}
+            norm = {**info, "corruptions": list(est.normalised_names), "baseline_clean_error": clean_base,
+                    "baseline": "alexnet" if self.params["baseline"] == "alexnet" else "given"}  # fmt: skip
             raw = {**info, "normalised": False}
             rows += [
                 Row.of(ALL, "mce", est.mce, **norm),

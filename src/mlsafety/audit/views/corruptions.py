@@ -25,11 +25,17 @@ def _cell(by: dict[int, StoredRow | None], severity: int) -> str:
     return "n/a" if r is None else fmt_value(r.value)
 
 
+def _normalised_by(r: StoredRow) -> str:
+    """What divided a normalised row: the baseline errors the user gave (``baseline: given``), else AlexNet's
+    published ones (a row stored by an older mlsafety, without ``baseline``, keeps the label it had)."""
+    return "normalised by the given baseline" if r.params.get("baseline") == "given" else "AlexNet-normalised"
+
+
 def _summary_label(r: StoredRow) -> str:
-    """The summary's metric; mCE and relative mCE say when they are AlexNet-normalised (then they are not the
-    mean of the CE column, which is each corruption's plain mean error)."""
+    """The summary's metric; mCE and relative mCE say when, and by what, they are normalised (then they are
+    not the mean of the CE column, which is each corruption's plain mean error)."""
     normalised = r.metric in ("mce", "relative_mce") and r.params.get("normalised")
-    return r.metric.replace("_", " ") + (" (AlexNet-normalised)" if normalised else "")
+    return r.metric.replace("_", " ") + (f" ({_normalised_by(r)})" if normalised else "")
 
 
 class CorruptionsView(View):
@@ -45,7 +51,7 @@ class CorruptionsView(View):
             if r.metric == "mean_accuracy":
                 out.append(Headline("Mean accuracy under corruptions", r))
             elif r.metric == "mce":
-                label = "mCE (AlexNet-normalised)" if r.params.get("normalised") else "mCE (mean error)"
+                label = f"mCE ({_normalised_by(r)})" if r.params.get("normalised") else "mCE (mean error)"
                 out.append(Headline(label, r, higher_is_better=False))
         return out
 
