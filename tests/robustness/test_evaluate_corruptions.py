@@ -81,3 +81,19 @@ def test_baselines_the_normalised_forms_cannot_divide_by_are_refused(
     correct, clean = torch.rand(30, 2, 5, generator=g) > 0.5, torch.rand(30, generator=g) > 0.5
     with pytest.raises(InputError, match=needle):
         estimate_mce(clean, correct, ["fog", "snow"], baseline=baseline, baseline_clean_error=clean_error, n_boot=20)
+
+
+def test_baseline_errors_as_numpy_scalars_are_numbers_too() -> None:
+    """Errors averaged with numpy come as np.float32 scalars: they are numbers in (0, 1], taken as the same
+    values as Python floats (they were refused as 'must be a number')."""
+    np = pytest.importorskip("numpy")
+    g = torch.Generator().manual_seed(2)
+    correct, clean = torch.rand(30, 2, 5, generator=g) > 0.5, torch.rand(30, generator=g) > 0.5
+    errors = np.array([0.75, 0.625], dtype=np.float32)  # exact in float32
+    as_numpy = {"fog": errors[0], "snow": errors[1]}
+    as_float = {"fog": 0.75, "snow": 0.625}
+    got = estimate_mce(
+        clean, correct, ["fog", "snow"], baseline=as_numpy, baseline_clean_error=np.float32(0.5), n_boot=20
+    )
+    want = estimate_mce(clean, correct, ["fog", "snow"], baseline=as_float, baseline_clean_error=0.5, n_boot=20)
+    assert (got.mce.value, got.relative_mce.value) == pytest.approx((want.mce.value, want.relative_mce.value))
