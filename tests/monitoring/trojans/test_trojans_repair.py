@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 from trojans_support import TARGET, Tiny
 
-from mlsafety.core import ArrayDataset
+from mlsafety.core import ArrayDataset, InputError
 from mlsafety.monitoring.trojans import fine_pruning, nc_pruning, nc_unlearning, trojan_metrics
 from mlsafety.monitoring.trojans.repair import channel_activation, last_conv
 
@@ -149,3 +150,18 @@ def test_fine_pruning_silences_pruned_channels_after_batch_norm() -> None:
     with torch.no_grad():
         out = block(x)[:, rep.pruned]
     assert float(out.abs().max()) == 0.0
+
+
+def test_a_convolution_the_forward_pass_never_runs_is_refused() -> None:
+    class Spare(nn.Module):  # holds a convolution its forward never calls (a StopIteration before)
+        def __init__(self) -> None:
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv2d(1, 2, 1), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 4, 3))
+            self.spare = nn.Conv2d(1, 2, 1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.body(x)
+
+    model = Spare().eval()
+    with pytest.raises(InputError, match="is not run by the model's forward pass"):
+        channel_activation(model, model.spare, torch.rand(2, 1, 2, 2))

@@ -95,7 +95,11 @@ def _block_tail(model: nn.Module, layer: nn.Conv2d, x: torch.Tensor) -> list[nn.
     finally:
         for h in handles:
             h.remove()
-    at = next(i for i, (m, _) in enumerate(order) if m is layer)
+    at = next((i for i, (m, _) in enumerate(order) if m is layer), None)
+    if at is None:
+        raise InputError(
+            f"the convolution to prune ({layer}) is not run by the model's forward pass: name one the model uses"
+        )
     tail: list[nn.Module] = []
     shape = order[at][1]
     for m, out_shape in order[at + 1 :]:
