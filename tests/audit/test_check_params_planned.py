@@ -37,6 +37,11 @@ IMAGE: dict[str, Case] = {
     "certified negative radius": ("certified", {"radii": [0.5, -1.0]}, "radii must be a number in [0, inf)"),
     "certified n = 0": ("certified", {"n": 0}, "certified: n must be an integer >= 1"),
     "ood detector parameter": ("ood", {"detectors": ["knn"], "params": {"knn": {"k": -3}}}, "k must be >= 1"),
+    "ood params = {msp = 5}": (
+        "ood",
+        {"detectors": ["msp"], "params": {"msp": 5}},
+        "ood: params must map detector names to their parameters",
+    ),
     "ood parameters of a detector not run": (
         "ood",
         {"detectors": ["msp"], "params": {"knn": {"k": 5}}},

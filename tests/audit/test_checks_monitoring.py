@@ -206,6 +206,22 @@ def test_temperature_msp_is_fitted_on_the_validation_data_when_detectors_fit_on_
     assert "temperature-msp on the validation data" in monitored.params["rule"]
 
 
+def test_parameters_of_a_detector_the_profile_leaves_out_are_not_refused(model, data) -> None:
+    # a config that sets odin's temperature for the full profile stays valid under --quick, whose profile does not
+    # run odin (it was refused as 'a detector not run'); its values are still checked, a name that is no detector
+    # is refused, and so is an opt-in detector the profile never runs unless listed
+    quick = AuditContext(model, data, quick=True)
+    check = CHECKS.create("ood", quick=True, params={"odin": {"temperature": 10.0}})
+    assert "odin" not in check.names(quick)
+    assert next(t.key for t in check.tasks(quick)) == "detectors"
+    with pytest.raises(InputError, match="odin temperature must be > 0"):
+        CHECKS.create("ood", quick=True, params={"odin": {"temperature": -1.0}}).tasks(quick)
+    with pytest.raises(InputError, match="'odn'"):
+        CHECKS.create("ood", quick=True, params={"odn": {}}).tasks(quick)
+    with pytest.raises(InputError, match="parameters are given for 'gram'"):
+        CHECKS.create("ood", params={"gram": {}}).tasks(AuditContext(model, data))
+
+
 def test_ood_tuning_without_training_data_is_refused_when_planned(model, data) -> None:
     # detectors are fitted on the validation data then, and tuning chooses on it: refused by ood.tune inside a
     # task before, after the run was stored

@@ -245,6 +245,26 @@ class OOD(Check):
     def hazards(self, ctx: AuditContext) -> list[str]:
         return ood_hazards(ctx)
 
+    def _run_params(self, names: list[str]) -> dict[str, Any]:
+        """The ``params`` of the detectors ``names`` that run. Under a profile (``detectors`` none or
+        ``'quick'``), the parameters of a detector it leaves out for this model or for ``--quick`` are checked
+        and set aside, so one configuration serves every model and both profiles; any other stray name (a
+        typo, an opt-in detector not listed) is left for :class:`ScoreCache` to refuse."""
+        params = self.params["params"]
+        if not isinstance(params, dict) or not all(isinstance(v, dict) for v in params.values()):
+            raise InputError(
+                f"ood: params must map detector names to their parameters, e.g. {{knn = {{k = 50}}}}, got {params!r}"
+            )
+        if self.params["detectors"] not in (None, "quick"):
+            return params
+        out = {}
+        for name, value in params.items():
+            if name in names or name not in ood.DETECTORS or ood.OPT_IN in ood.DETECTORS.tags(name):
+                out[name] = value
+            else:
+                ood.DETECTORS.create(name, **dict(value))  # its values are still checked
+        return out
+
     def tasks(self, ctx: AuditContext) -> list[Task]:
         hazards = self.hazards(ctx)
         if not hazards:
@@ -264,7 +284,8 @@ class OOD(Check):
             raise InputError("the ood check's tune and tune_on_ood choose hyper-parameters on validation inputs the "
                              "detectors were not fitted on, and without training data they are fitted on the "
                              "validation data: give training data (--train), or turn tuning off")  # fmt: skip
-        cache = ScoreCache(ctx, self.names(ctx), self.params["params"])
+        names = self.names(ctx)
+        cache = ScoreCache(ctx, names, self._run_params(names))
         if self.params["default"] in (None, AUTO) and len(cache.names) > 1:
             self._check_splittable(ctx)  # when the audit is planned, not in a task
         if tune:
