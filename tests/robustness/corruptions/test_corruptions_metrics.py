@@ -44,3 +44,8 @@ def test_errors():
         mce({"fog": [0.1, 0.2]}, 0.1, baseline=ALEXNET_ERRORS)
     with pytest.raises(InputError, match="baseline"):
         mce({"spatter": [0.1] * 5}, 0.1, baseline=ALEXNET_ERRORS)
+    # baselines the normalised forms cannot divide by (a ZeroDivisionError traceback, or a negative mCE, before)
+    with pytest.raises(InputError, match="must be above the baseline's clean error"):
+        mce({"fog": [0.1] * 5}, 0.1, baseline={"fog": 0.4}, baseline_clean_error=0.4)
+    with pytest.raises(InputError, match=r"error of 'fog' must be a number in \(0, 1\]"):
+        mce({"fog": [0.1] * 5}, 0.1, baseline={"fog": -0.2})

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from numbers import Real
 
 from mlsafety.core import InputError
 
@@ -51,6 +52,21 @@ class CorruptionSummary:
     normalised: bool
 
 
+def check_baseline(errors: Mapping[str, float], clean_error: float) -> None:
+    """Refuse baseline errors the normalised forms cannot divide by: each in (0, 1] and above the clean error."""
+    ok = not isinstance(clean_error, bool) and isinstance(clean_error, Real) and 0 <= clean_error < 1
+    if not ok:
+        raise InputError(f"baseline_clean_error must be a number in [0, 1), got {clean_error!r}")
+    for name, e in errors.items():
+        if isinstance(e, bool) or not isinstance(e, Real) or not 0 < e <= 1:  # numpy scalars are Real too
+            raise InputError(f"the baseline error of {name!r} must be a number in (0, 1], got {e!r}")
+        if e <= clean_error:
+            raise InputError(
+                f"the baseline error of {name!r} ({e:g}) must be above the baseline's clean error ({clean_error:g}): "
+                "the relative mCE divides by their difference"
+            )
+
+
 def mce(
     errors: Mapping[str, Sequence[float]],
     clean_error: float,
@@ -65,6 +81,10 @@ def mce(
         baseline: corruption name -> the baseline model's error averaged over the five severities
             (e.g. :data:`ALEXNET_ERRORS`); None gives the unnormalised form.
         baseline_clean_error: the baseline's clean error (used with ``baseline``).
+
+    Raises:
+        InputError: no corruption or no errors for one; with ``baseline``: a corruption it lacks, fewer than five
+            severities, a baseline error outside (0, 1] or not above ``baseline_clean_error``.
     """
     if not errors:
         raise InputError("mCE needs the errors of at least one corruption")
@@ -83,6 +103,7 @@ def mce(
             raise InputError(f"no baseline error for corruption {name!r}; the baseline has {', '.join(baseline)}")
         if len(errs) != 5:
             raise InputError(f"the normalised CE of {name!r} needs errors at all five severities, got {len(errs)}")
+        check_baseline({name: baseline[name]}, baseline_clean_error)  # a ZeroDivisionError or a negative mCE else
         ce[name] = mean / baseline[name]
         rel[name] = (mean - clean_error) / (baseline[name] - baseline_clean_error)
     return CorruptionSummary(

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Real
 
 import torch
 
 from mlsafety.core import InputError, derive_seed
 from mlsafety.metrics import Estimate, bootstrap_mean, bootstrap_statistic, proportion
-from mlsafety.robustness.corruptions._metrics import ALEXNET_CLEAN_ERROR
+from mlsafety.robustness.corruptions._metrics import ALEXNET_CLEAN_ERROR, check_baseline
 
 __all__ = ["CorruptionEstimates", "MCEEstimates", "Seed", "estimate_corruption", "estimate_mce"]
 
@@ -102,21 +101,6 @@ def estimate_corruption(
     return CorruptionEstimates(accuracy, error, est)
 
 
-def _check_baseline(errors: Mapping[str, float], clean_error: float) -> None:
-    """Refuse baseline errors the normalised forms cannot divide by: each in (0, 1] and above the clean error."""
-    ok = not isinstance(clean_error, bool) and isinstance(clean_error, Real) and 0 <= clean_error < 1
-    if not ok:
-        raise InputError(f"baseline_clean_error must be a number in [0, 1), got {clean_error!r}")
-    for name, e in errors.items():
-        if isinstance(e, bool) or not isinstance(e, Real) or not 0 < e <= 1:  # numpy scalars are Real too
-            raise InputError(f"the baseline error of {name!r} must be a number in (0, 1], got {e!r}")
-        if e <= clean_error:
-            raise InputError(
-                f"the baseline error of {name!r} ({e:g}) must be above the baseline's clean error ({clean_error:g}): "
-                "the relative mCE divides by their difference"
-            )
-
-
 def estimate_mce(
     clean_correct: torch.Tensor,
     correct: torch.Tensor,
@@ -173,7 +157,7 @@ def estimate_mce(
         keep = [i for i, n in enumerate(names) if n in baseline]
         if not keep:
             raise InputError("none of the audited corruptions has a baseline error; audit the ImageNet-C ones")
-        _check_baseline({names[i]: baseline[names[i]] for i in keep}, baseline_clean_error)
+        check_baseline({names[i]: baseline[names[i]] for i in keep}, baseline_clean_error)
         ref = torch.tensor([baseline[names[i]] for i in keep], dtype=torch.float64)
         idx = torch.tensor(keep)
         mce = stat(lambda e0, e: (e[:, idx] / ref).mean(dim=1), "mce")
