@@ -36,6 +36,17 @@ IMAGE: dict[str, Case] = {
     "certified alpha = 1.5": ("certified", {"alpha": 1.5}, "certified: alpha must be a number in (0, 1)"),
     "certified negative radius": ("certified", {"radii": [0.5, -1.0]}, "radii must be a number in [0, inf)"),
     "certified n = 0": ("certified", {"n": 0}, "certified: n must be an integer >= 1"),
+    # a number where the list goes, a word or infinite noise: tracebacks, or a run at sigma inf; [] ran nothing
+    "certified sigmas = 0.25": ("certified", {"sigmas": 0.25}, "certified: sigmas must be a non-empty list"),
+    "certified sigmas = []": ("certified", {"sigmas": []}, "certified: sigmas must be a non-empty list"),
+    "certified sigma 'x'": ("certified", {"sigmas": ["x"]}, "certified: sigmas must be a number in (0, inf)"),
+    "certified sigma inf": ("certified", {"sigmas": [float("inf")]}, "sigmas must be a number in (0, inf), got inf"),
+    "adversarial attack_params = 5": ("adversarial", {"attack_params": 5}, "attack_params must map attack names"),
+    "adversarial attack_params pgd = 5": (
+        "adversarial",
+        {"attack_params": {"pgd": 5}},
+        "adversarial: attack_params must map attack names to their parameters",
+    ),
     "ood detector parameter": ("ood", {"detectors": ["knn"], "params": {"knn": {"k": -3}}}, "k must be >= 1"),
     "ood params = {msp = 5}": (
         "ood",

@@ -267,6 +267,12 @@ class Adversarial(Check):
     def _plan(self, ctx: AuditContext) -> tuple[list[str], list[float]]:
         for key, least in (("n", 1), ("pairs", 0), ("n_boot", 1)):
             require_int("adversarial", self.params, key, least)  # when planned, not once a task runs
+        extra = self.params["attack_params"]
+        if not isinstance(extra, dict) or not all(isinstance(v, dict) for v in extra.values()):
+            raise InputError(
+                f"adversarial: attack_params must map attack names to their parameters, e.g. {{pgd = {{steps = "
+                f"20}}}}, got {extra!r}"
+            )
         spec = self.params["attacks"]
         if isinstance(spec, (list, tuple)) and not spec:
             raise InputError("adversarial attacks is empty; name at least one attack, e.g. [autoattack-fast]")

@@ -92,9 +92,10 @@ class Certified(Check):
         """Per sigma: the certification (rows and curve), then one task per consistency attack (the
         dear part), so an interrupted run resumes between them and a budget can cut attacks one by one."""
         p = self.params
-        for s in p["sigmas"]:
-            if not float(s) > 0:
-                raise InputError(f"check 'certified': every sigma must be positive, got {s}")
+        if isinstance(p["sigmas"], (str, bytes)) or not isinstance(p["sigmas"], (list, tuple)) or not p["sigmas"]:
+            raise InputError(f"certified: sigmas must be a non-empty list of noise levels > 0, got {p['sigmas']!r}")
+        for s in p["sigmas"]:  # a finite positive standard deviation of the Gaussian noise
+            require_number("certified", p, "sigmas", 0.0, math.inf, open_low=True, open_high=True, value=s)
         # the rest is checked here too, when the audit is planned, not by the library once a task runs
         for key, least in (("num_inputs", 1), ("n0", 1), ("n", 1), ("num_attacked", 0), ("batch_size", 1)):
             require_int("certified", p, key, least)
