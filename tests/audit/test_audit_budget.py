@@ -203,6 +203,7 @@ def test_the_run_record_states_the_sizes_the_checks_ran_with_after_re_planning(f
     db = files / "runs.sqlite"
     result = run_audit(cfg, db=db, report="")
     chosen = {(r.params["check"], r.params["param"]): r.value for r in result.rows if r.metric.endswith("_chosen")}
+    assert ("adversarial", "n") in chosen and ("trojans", "n_seeds") in chosen  # else the loops below check nothing
     con = sqlite3.connect(db)
     try:
         import json
