@@ -10,10 +10,20 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from torch import nn
 
+from mlsafety import zoo
 from mlsafety.cli import main
 from mlsafety.core import ArrayDataset, InputError
 from mlsafety.robustness import harden
 from mlsafety.zoo import load_model
+
+installed_fashion = pytest.mark.skipif(
+    not all((zoo.fashion_mnist_dir() / n).is_file() for n in zoo.FASHION_MNIST_FILES),
+    reason="Debian's dataset-fashion-mnist is not installed (make debs)",
+)
+
+
+def fashion_split(split: str) -> ArrayDataset:
+    return zoo.load_dataset("fashion-mnist", split)
 
 
 def _toy() -> tuple[nn.Module, ArrayDataset]:
@@ -93,3 +103,50 @@ def test_a_negative_trades_weight_or_shift_is_refused_before_training(tmp_path: 
         res = CliRunner().invoke(main, ["harden", "--eps", "0.1", "--epochs", "1", *args, "--out", str(out)])
         assert res.exit_code == 2 and len(res.output.strip().splitlines()) == 1, res.output
         assert not out.exists()
+
+
+def test_a_model_that_does_not_take_the_data_is_refused_in_one_line(tmp_path: Path) -> None:
+    """A model built for 28x28 inputs given the default 8x8 digits: torch's shape error escaped as a
+    traceback (exit 1) from the first training batch; now one line naming --data, exit 2, nothing written."""
+    factory = tmp_path / "m28.py"
+    factory.write_text(
+        "from torch import nn\n\ndef build():\n    return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10))\n"
+    )
+    out = tmp_path / "h.safetensors"
+    res = CliRunner().invoke(main, ["harden", "--model", f"{factory}:build", "--eps", "0.1", "--out", str(out)])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "--data digits" in lines[0], res.output
+    assert not out.exists()
+
+
+def test_a_text_model_or_text_data_is_refused_in_one_line(tmp_path: Path) -> None:
+    """harden trains image classifiers: text data failed deep in the training loop ("inputs must be a float
+    tensor, got Texts") and a text model on the digits data with a label-range message."""
+    out = tmp_path / "h.safetensors"
+    for args in (["--data", "mr"], ["--model", "minilm-mr", "--data", "digits"]):
+        res = CliRunner().invoke(main, ["harden", "--eps", "0.1", "--epochs", "1", *args, "--out", str(out)])
+        assert res.exit_code == 2, res.output
+        lines = res.output.strip().splitlines()
+        assert len(lines) == 1 and "text" in lines[0], res.output
+        assert not out.exists()
+
+
+@installed_fashion
+def test_the_default_data_is_the_zoo_models_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harden --model fashion-cnn` trained on the digits (the fixed default) and crashed on their shape; a zoo
+    model's default data is the set it was trained on (as in `mlsafety audit`), here Fashion-MNIST's train split."""
+    import mlsafety.robustness as robustness
+
+    seen: dict[str, ArrayDataset] = {}
+
+    def fake_harden(model: nn.Module, data: ArrayDataset, **kwargs: object) -> nn.Module:
+        seen["data"] = data
+        return model
+
+    monkeypatch.setattr(robustness, "harden", fake_harden)
+    out = tmp_path / "h.safetensors"
+    res = CliRunner().invoke(main, ["harden", "--model", "fashion-cnn", "--eps", "0.1", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    want = fashion_split("train")
+    assert torch.equal(seen["data"].x, want.x) and torch.equal(seen["data"].y, want.y)

@@ -21,9 +21,8 @@ TRADES = "mlsafety.robustness:trades_training"
 @click.option("--weights", type=click.Path(dir_okay=False), help="Starting weights (.safetensors or .pt).")
 @click.option(
     "--data",
-    default="digits",
-    show_default=True,
-    help="Training data: a zoo dataset name (its train split) or an .npz file with arrays x, y.",
+    help="Training data: a zoo dataset name (its train split) or an .npz file with arrays x, y.  "
+    "[default: the zoo data of a zoo model, else digits]",
 )
 @click.option(
     "--method",
@@ -52,7 +51,7 @@ TRADES = "mlsafety.robustness:trades_training"
 def harden(
     model_spec: str,
     weights: str | None,
-    data: str,
+    data: str | None,
     method: str,
     eps: float,
     norm: str | None,
@@ -67,16 +66,25 @@ def harden(
 ) -> None:
     """Train a hardened copy of a model against L-inf/L2 attacks and write it as .safetensors."""
     from mlsafety import zoo as zoo_lib
-    from mlsafety.core import InputError, Progress, check_output_path, load_factory, load_npz, load_weights
+    from mlsafety.audit import AuditConfig, prepare_inputs
+    from mlsafety.core import ArrayDataset, InputError, Progress, check_output_path
     from mlsafety.robustness import harden as harden_lib
 
     check_output_path(out, what="weights", example="path/to/hardened.safetensors", suffix=".safetensors")
     if shift < 0:
         raise InputError(f"--shift must be >= 0 pixels, got {shift}")
-    model = load_factory(model_spec) if ":" in model_spec else zoo_lib.load_model(model_spec)
-    if weights:
-        load_weights(model, weights)
-    train = load_npz(data) if data.endswith(".npz") else zoo_lib.load_dataset(data, "train")
+    if data is None:  # as in `mlsafety audit`: a zoo model's own data
+        data = zoo_lib.model_info(model_spec).dataset if model_spec in zoo_lib.model_names() else "digits"
+    # the audit's checks of the model and data (kind, shape, labels, a probe pass): one line, not a traceback
+    # from the first training batch; the training set is --data's train split (a zoo set) or the whole .npz
+    clf, checked = prepare_inputs(AuditConfig(model=model_spec, weights=weights, data=data, train=data, ood=[]))
+    train = checked.train
+    if not isinstance(train, ArrayDataset):
+        raise InputError(
+            f"--model {model_spec} is a text classifier; harden trains image classifiers on images "
+            "(a zoo image model or path/to/file.py:factory)"
+        )
+    model = clf.module
     options = {"norm": norm, "steps": steps, "epochs": epochs, "lr": lr, "beta": beta}
     params: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
     if "beta" in params and method != "trades":
