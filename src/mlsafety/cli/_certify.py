@@ -15,7 +15,10 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 @click.command()
 @click.option("--model", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
-@click.option("--data", default="digits", show_default=True, help="Test data (zoo name, .npz file or image folder).")
+@click.option(
+    "--data",
+    help="Test data (zoo name, .npz file or image folder).  [default: the zoo data of a zoo model, else digits]",
+)
 @click.option(
     "--sigma",
     default=0.25,
@@ -57,7 +60,7 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 @click.option("--seed", default=0, show_default=True, help="Seed of the noise.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @friendly
-def certify(model: str, weights: str | None, data: str, sigma: float, n0: int, n: int, alpha: float, inputs: int,
+def certify(model: str, weights: str | None, data: str | None, sigma: float, n0: int, n: int, alpha: float, inputs: int,
             radii: tuple[float, ...], denoiser: str | None, target: float | None, seed: int,
             as_json: bool) -> None:  # fmt: skip
     """Certified L2 accuracy of the Gaussian-smoothed model (Cohen et al. 2019) on test inputs."""
@@ -66,7 +69,7 @@ def certify(model: str, weights: str | None, data: str, sigma: float, n0: int, n
 
     from mlsafety import zoo as zoo_lib
     from mlsafety.audit import AuditConfig, prepare_inputs
-    from mlsafety.core import InputError, generator
+    from mlsafety.core import ArrayDataset, InputError, generator
     from mlsafety.metrics import proportion
     from mlsafety.robustness.smoothing import ABSTAIN, SmoothedClassifier
 
@@ -80,6 +83,11 @@ def certify(model: str, weights: str | None, data: str, sigma: float, n0: int, n
                 raise InputError(f"{option} must be a finite number, got {v}")
     clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, ood=[], seed=seed))
     test = checked.test
+    if not isinstance(test, ArrayDataset):
+        raise InputError(
+            f"--model {model} is a text classifier; certify adds Gaussian noise to images, so give an image "
+            "classifier (a zoo image model or path/to/file.py:factory)"
+        )
     x, y = test.x[:inputs], test.y[:inputs]
     den = zoo_lib.load_model(denoiser).to(clf.device) if denoiser else None
     smoothed = SmoothedClassifier(clf, clf.num_classes, sigma, denoiser=den)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
+from mlsafety import zoo
 from mlsafety.cli import main
 
 
@@ -28,3 +30,26 @@ def test_explain_list_and_sanity() -> None:
     assert json.loads(out.output)[0]["passed"] is True
     bad = runner.invoke(main, ["explain", "sanity", "-m", "salency"])
     assert bad.exit_code == 2 and "saliency" in bad.output
+
+
+@pytest.mark.skipif(
+    not all((zoo.fashion_mnist_dir() / n).is_file() for n in zoo.FASHION_MNIST_FILES),
+    reason="Debian's dataset-fashion-mnist is not installed (make debs)",
+)
+def test_certify_a_zoo_model_on_its_own_data_by_default() -> None:
+    """`certify --model fashion-cnn` took the digits (the fixed --data default) and was refused for their 8x8
+    shape; a zoo model's default data is the set it was trained on, as in `mlsafety audit` and `ood eval`."""
+    out = CliRunner().invoke(
+        main, ["certify", "--model", "fashion-cnn", "--inputs", "2", "--n0", "5", "--n", "10", "--json"]
+    )
+    assert out.exit_code == 0, out.output
+    assert json.loads(out.output)["inputs"] == 2
+
+
+def test_certify_refuses_a_text_model_in_one_line() -> None:
+    """With the zoo model's own data as the default, a text model reached the smoothing with texts and failed
+    with "inputs must be a float tensor"; it is refused naming the model and what certify takes."""
+    out = CliRunner().invoke(main, ["certify", "--model", "minilm-mr", "--inputs", "2", "--n0", "5", "--n", "10"])
+    assert out.exit_code == 2, out.output
+    lines = out.output.strip().splitlines()
+    assert len(lines) == 1 and "--model minilm-mr is a text classifier" in lines[0], out.output
