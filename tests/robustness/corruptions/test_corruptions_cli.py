@@ -58,3 +58,14 @@ def test_corrupt_command_draws_grey_saturate_as_not_applicable(tmp_path):
     res = CliRunner().invoke(main, ["corrupt", "zoo:digits:3", "--out", str(out), "--corruptions", "saturate,fog"])
     assert res.exit_code == 0, res.output
     assert out.is_file()
+
+
+def test_a_zoo_text_set_is_refused_in_one_line(tmp_path):
+    """`corrupt zoo:mr:0` read a sentence as an image and failed with an AttributeError traceback ('str' object
+    has no attribute 'contiguous'); a zoo set that holds no images is one line naming the image sets."""
+    with pytest.raises(InputError, match="'mr' holds text"):
+        read_image("zoo:mr:0")
+    res = CliRunner().invoke(main, ["corrupt", "zoo:mr:0", "--out", str(tmp_path / "g.png")])
+    assert res.exit_code == 2, res.output
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "zoo:digits" in lines[0], res.output

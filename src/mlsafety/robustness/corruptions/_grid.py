@@ -24,11 +24,18 @@ def read_image(source: str, size: int | None = None, grey: bool = False) -> torc
         grey: convert to one channel.
     """
     if source.startswith("zoo:"):
-        from mlsafety.zoo import load_dataset
+        from mlsafety.zoo import dataset_info, dataset_names, load_dataset
 
         _, name, *rest = source.split(":")
         if len(rest) > 1 or (rest and not rest[0].isdigit()):
             raise InputError(f"write a zoo sample as zoo:<dataset>[:<index>], got {source!r}")
+        modality = dataset_info(name).modality
+        if modality != "image":
+            images = ", ".join(n for n in dataset_names() if dataset_info(n).modality == "image")
+            raise InputError(
+                f"zoo dataset {name!r} holds {modality}, not images; give an image file or a zoo image set "
+                f"(zoo:digits:0; image sets: {images})"
+            )
         data = load_dataset(name, "test")
         index = int(rest[0]) if rest else 0
         if index >= len(data):
