@@ -109,3 +109,13 @@ def test_settings_are_checked_before_the_model_is_loaded():
             prepare_inputs(config, checks)
     with pytest.raises(InputError, match="model file not found"):
         prepare_inputs(AuditConfig(model="missing.py:make", checks=["clean"]), checks)
+
+
+def test_a_zoo_ood_set_of_another_fixed_shape_names_the_option_and_both_shapes(tmp_path):
+    """`--ood digits` with 28x28 data (or `--ood fashion-mnist` with the 8x8 digits) said only "the digits
+    dataset exists only at shape (1, 8, 8)": no option, not the shape asked for, no fix."""
+    x = np.random.default_rng(0).random((30, 1, 28, 28)).astype(np.float32)
+    np.savez(tmp_path / "d.npz", x=x, y=np.zeros(30, int))
+    config = AuditConfig(data=str(tmp_path / "d.npz"), ood=["digits"])
+    with pytest.raises(InputError, match=r"^--ood digits \(OOD set\): .*\(1, 8, 8\).*\(1, 28, 28\)"):
+        resolve_data(config, None)

@@ -535,7 +535,11 @@ def _load(
     if spec in zoo.dataset_names():
         if zoo_modality(spec) != "image":
             raise InputError(f"{source}: zoo dataset {spec!r} holds {zoo_modality(spec)} but the model takes images")
-        return _with_source(zoo.load_dataset(spec, split=split, shape=shape if kind != "in" else None), source)
+        try:
+            zoo_set = zoo.load_dataset(spec, split=split, shape=shape if kind != "in" else None)
+        except InputError as exc:  # e.g. a set that exists at one shape only: name the option it came from
+            raise InputError(f"{source}: {exc}") from None
+        return _with_source(zoo_set, source)
     if path.suffix == ".npz":
         ds = load_npz(path, kind=kind, source=source)
         if classes is not None and kind == "in":

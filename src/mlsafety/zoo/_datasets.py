@@ -74,7 +74,9 @@ def _digits(split: str = "test", shape: tuple[int, int, int] | None = None) -> A
     from sklearn.datasets import load_digits
 
     if shape not in (None, DIGITS_SHAPE):
-        raise InputError("the digits dataset exists only at shape (1, 8, 8)")
+        raise InputError(
+            f"the digits dataset exists only at shape (1, 8, 8), not {shape}; use it beside data of that shape"
+        )
     bunch = load_digits()
     x = torch.from_numpy(bunch.images.astype(np.float32) / 16.0)[:, None]
     y = torch.from_numpy(bunch.target.astype(np.int64))

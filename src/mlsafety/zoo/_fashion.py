@@ -140,7 +140,9 @@ def load_fashion_mnist(
         InputError: another split or shape, the package missing, or a file that fails its check.
     """
     if shape not in (None, FASHION_SHAPE):
-        raise InputError("fashion-mnist exists only at shape (1, 28, 28)")
+        raise InputError(
+            f"fashion-mnist exists only at shape (1, 28, 28), not {shape}; use it beside data of that shape"
+        )
     if split not in ("train", "val", "test", "all"):
         raise InputError(f"fashion-mnist has splits train, val, test and all, not {split!r}")
     files = _files(fashion_mnist_dir())
