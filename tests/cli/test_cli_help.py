@@ -106,3 +106,12 @@ def test_ood_eval_default_detectors_are_the_quick_tagged_ones() -> None:
     assert quick and default_detectors() == quick
     text = " ".join(CliRunner().invoke(main, ["ood", "eval", "--help"], terminal_width=400).output.split())
     assert f"Default: {', '.join(quick)}." in text
+
+
+def test_explain_sanity_short_help_is_a_whole_phrase() -> None:
+    """`mlsafety explain --help` listed `sanity  Sanity checks (Adebayo et al.`: click cut the docstring's first
+    sentence at "al.", leaving an open parenthesis."""
+    explain = main.commands["explain"]
+    assert isinstance(explain, click.Group)
+    short = explain.commands["sanity"].get_short_help_str(limit=45)
+    assert short.count("(") == short.count(")") and not short.endswith("al."), short

@@ -32,7 +32,7 @@ def explain_list() -> None:
     out_console.print(table)
 
 
-@explain_group.command("sanity")
+@explain_group.command("sanity", short_help="Sanity checks of attribution maps on a model (Adebayo et al. 2018).")
 @click.option("--model", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory.")
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option(
