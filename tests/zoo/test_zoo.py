@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 
@@ -99,3 +101,15 @@ def test_shipped_model_recipes_are_registered_by_their_pillars():
             continue
         assert callable(training_recipe(info.recipe)), name
     assert training_recipe("digits-cnn") is zoo.train_digits_cnn
+
+
+@pytest.mark.parametrize("name", [n for n in zoo.model_names() if zoo.model_info(n).modality == "image"])
+def test_a_stated_parameter_count_is_the_models(name: str) -> None:
+    """`mlsafety zoo list` showed digits-cnn as "71.8k params" beside a description saying "73k parameters";
+    the model has 71,754. Every count an image model's size or description states is its own, rounded."""
+    info = zoo.model_info(name)
+    count = sum(p.numel() for p in info.build().parameters())
+    for text in (info.size, info.description):
+        for number in re.findall(r"([\d.]+)k param", text):
+            decimals = len(number.partition(".")[2])
+            assert abs(float(number) * 1000 - count) <= 0.5 * 10 ** (3 - decimals), (name, text, count)

@@ -192,7 +192,7 @@ def register_model(info: ModelInfo) -> None:
 register_model(
     ModelInfo(
         "digits-cnn",
-        "small CNN on digits (2 conv + 2 linear, 73k parameters), Adam 40 epochs",
+        "small CNN on digits (2 conv + 2 linear, 72k parameters), Adam 40 epochs",
         DigitsCNN,
         "digits-cnn",
         "digits",
