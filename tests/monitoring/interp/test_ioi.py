@@ -154,3 +154,18 @@ def test_a_malformed_template_is_refused() -> None:
         ioi_dataset(tok, n=2, templates=["Then, {A} went to the {PLACE}. {C} gave a {OBJECT} to"])
     with pytest.raises(InputError, match="whitespace"):
         ioi_dataset(tok, n=2, templates=["Then, {A} and {B} left. {C} gave it to "])
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        "Then, {A} and {B} went to the {PLAC}. {C} gave it to",  # a misspelt field: a KeyError traceback before
+        "Then, {A} and {B} went to the {}. {C} gave it to",  # an empty field: an IndexError
+        "Then, {A} and {B} went to the {PLACE. {C} gave it to",  # an unclosed brace: a ValueError
+        "Then, {A} and {B} went to the {PLACE!r}. {C} gave it to",  # a conversion would change the word
+    ],
+)
+def test_a_template_with_an_unknown_or_broken_field_is_refused_in_one_line(template: str) -> None:
+    with pytest.raises(InputError, match="template 0") as info:
+        ioi_dataset(ioi_tokenizer(), n=2, templates=[template])
+    assert "\n" not in str(info.value) and "{PLACE}" in str(info.value)

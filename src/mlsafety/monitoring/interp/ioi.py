@@ -18,6 +18,7 @@ word-level tokenizer; the three ABC names differ from each other and from the pr
 
 from __future__ import annotations
 
+import string
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -146,12 +147,25 @@ def _words(tokenizer: Any, given: Sequence[str] | None, default: Sequence[str], 
     return kept
 
 
+_FIELDS = ("A", "B", "C", "PLACE", "OBJECT")
+"""The fields a template may hold: the two names, the repeated mention, the place and the object."""
+
+
 def _check_templates(templates: Sequence[str]) -> list[str]:
     if isinstance(templates, str) or len(templates) == 0:
         raise InputError("templates must be a non-empty list of strings with {A}, {B} and {C} in them")
     for i, t in enumerate(templates):
         if not isinstance(t, str) or any(t.count("{" + key + "}") != 1 for key in ("A", "B", "C")):
             raise InputError(f"template {i} must name {{A}}, {{B}} and {{C}} once each, got {t!r}")
+        try:  # str.format would fail on the first prompt with a KeyError / IndexError / ValueError traceback
+            fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(t) if name is not None]
+        except ValueError:
+            fields = [("", "", "unbalanced")]
+        if any(name not in _FIELDS or spec or conv for name, spec, conv in fields):
+            raise InputError(
+                f"template {i} may hold only the fields {{A}}, {{B}}, {{C}}, {{PLACE}} and {{OBJECT}} (a literal "
+                f"brace doubled, {{{{ or }}}}), got {t!r}"
+            )
         if not t.index("{A}") < t.index("{B}") < t.index("{C}"):
             raise InputError(f"template {i} must name {{A}}, then {{B}}, then {{C}}, got {t!r}")
         if t.rstrip() != t:
