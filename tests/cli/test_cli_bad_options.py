@@ -30,3 +30,37 @@ def test_bad_option_is_refused_in_one_line(case: str) -> None:
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2 and needle in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["audit", "--image-size", "32"], "mlsafety audit"),
+        (["ood", "eval", "--n-boot"], "mlsafety ood eval"),
+        (["guard", "export", "latest", "--out"], "mlsafety guard export"),
+    ],
+)
+def test_an_option_missing_its_value_points_at_the_commands_help(args: list[str], where: str) -> None:
+    """click raises "Option '--image-size' requires 2 arguments" without a context, and the line pointed at
+    the root's help (`see mlsafety --help`), which does not describe the option; it names the command's."""
+    res = CliRunner().invoke(main, args, prog_name="mlsafety")
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and f"(see `{where} --help`)" in res.output, res.output
+
+
+def test_an_option_before_the_command_is_one_line() -> None:
+    """`mlsafety --db runs.sqlite audit` (a command's option put before it) printed click's usage block and
+    "Error: No such option '--db'." over four lines; it is one line, exit 2, like every other usage error."""
+    res = CliRunner().invoke(main, ["--db", "x.sqlite", "audit"], prog_name="mlsafety")
+    assert res.exit_code == 2, res.output
+    assert res.output.strip().splitlines() == ["error: No such option '--db'. (see `mlsafety --help`)"], res.output
+
+
+@pytest.mark.parametrize("args", [[], ["zoo"], ["ood"], ["guard"]])
+def test_a_group_without_its_command_shows_its_help(args: list[str]) -> None:
+    """`mlsafety zoo` printed "error: Usage: mlsafety zoo [OPTIONS] ... Commands: install-assets ..." with the
+    whole help squeezed into one error line; a group run without a command shows its help as `--help` does."""
+    res = CliRunner().invoke(main, args, prog_name="mlsafety")
+    want = CliRunner().invoke(main, [*args, "--help"], prog_name="mlsafety")
+    assert "error:" not in res.output and "Commands:" in res.output, res.output
+    assert want.output.strip() in res.output, res.output

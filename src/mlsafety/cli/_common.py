@@ -82,12 +82,37 @@ def _raise_stop(signum: int, frame: FrameType | None) -> None:
     raise _Stop(signum)
 
 
+def _is_help(exc: click.UsageError) -> bool:
+    """A group run without its command (`mlsafety zoo`): click (8.2 on) raises this usage error to show the
+    group's help, which is no one-line error."""
+    return type(exc).__name__ == "NoArgsIsHelpError"
+
+
 class MainGroup(click.Group):
     """The root group: keeps the raw arguments (for the `--resume` hint) and handles SIGINT / SIGTERM."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         ctx.meta["mlsafety.argv"] = list(args)
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # an option before the command (`mlsafety --db x audit`): one line too
+            if _is_help(exc):
+                raise
+            line("error:", f"{exc.format_message()} (see `{ctx.command_path} --help`)")
+            ctx.exit(EXIT_BAD_INPUT)
+
+    def _command_path(self, ctx: click.Context) -> str:
+        """The subcommand the raw arguments name (``mlsafety ood eval``): click raises some usage errors (an
+        option missing its value) without a context, and the root's help does not describe the option."""
+        cmd: click.Command = self
+        path = [ctx.command_path]
+        for arg in ctx.meta.get("mlsafety.argv", []):
+            sub = cmd.get_command(ctx, arg) if isinstance(cmd, click.Group) and not arg.startswith("-") else None
+            if sub is None:
+                break
+            path.append(arg)
+            cmd = sub
+        return " ".join(path)
 
     def invoke(self, ctx: click.Context) -> Any:
         old: dict[int, Any] = {}
@@ -97,7 +122,9 @@ class MainGroup(click.Group):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:  # a bad option value of a subcommand: one line, like bad input
-            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            if _is_help(exc):
+                raise
+            where = exc.ctx.command_path if exc.ctx is not None else self._command_path(ctx)
             line("error:", f"{exc.format_message()} (see `{where} --help`)")
             ctx.exit(EXIT_BAD_INPUT)
         except KeyboardInterrupt as exc:
