@@ -115,3 +115,11 @@ def test_explain_sanity_short_help_is_a_whole_phrase() -> None:
     assert isinstance(explain, click.Group)
     short = explain.commands["sanity"].get_short_help_str(limit=45)
     assert short.count("(") == short.count(")") and not short.endswith("al."), short
+
+
+def test_interp_ioi_listing_is_a_whole_phrase() -> None:
+    """`mlsafety interp --help` listed `ioi  The IOI circuit report (Wang et al.`: click cuts a docstring's first
+    sentence at "al.", so a command citing a paper there needs its own short_help."""
+    listing = CliRunner().invoke(main, ["interp", "--help"]).output
+    line = next(line for line in listing.splitlines() if line.strip().startswith("ioi "))
+    assert line.count("(") == line.count(")") and not line.endswith("al."), line

@@ -270,15 +270,25 @@ def _write_patch(result: Any, path: Path, clean_file: str, corrupted_file: str) 
            f"difference restored when {how}.", "patching heat map")  # fmt: skip
 
 
-@interp_group.command("ioi")
+@interp_group.command("ioi", short_help="The IOI circuit report of the model (Wang et al. 2022).")
 @click.option("--model", default="smollm2-135m", show_default=True, help=MODEL_HELP)
 @click.option("--n", "n_prompts", default=64, show_default=True, type=click.IntRange(min=2), help="IOI prompts.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the prompts.")
 @click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1), help="Heads reported.")
 @click.option("--name", "names", multiple=True, help="Candidate name (single token); repeatable.  [default: built-in]")
-@click.option("--place", "places", multiple=True, help="Candidate place; repeatable.  [default: built-in]")
-@click.option("--object", "objects", multiple=True, help="Candidate object; repeatable.  [default: built-in]")
-@click.option("--template", "templates", multiple=True, help="Template with {A} {B} {C}; repeatable.")
+@click.option(
+    "--place", "places", multiple=True, help="Candidate place (single token); repeatable.  [default: built-in]"
+)
+@click.option(
+    "--object", "objects", multiple=True, help="Candidate object (single token); repeatable.  [default: built-in]"
+)
+@click.option(
+    "--template",
+    "templates",
+    multiple=True,
+    help="A prompt template: {A} and {B} (the two names), then {C} (the repeated name), optionally "
+    "{PLACE} and {OBJECT}, ending just before the answer; repeatable.  [default: Wang et al.'s]",
+)
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for ioi.html and ioi.json.")
 @friendly
 def interp_ioi(
