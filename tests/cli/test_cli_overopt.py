@@ -96,6 +96,17 @@ def test_lm_says_what_the_gold_does_after_its_peak() -> None:
     assert _after_peak(real).startswith(", falls after it: 0.200 [0.100, 0.300]")
 
 
+def test_lm_says_the_monitor_outcome_without_a_python_none() -> None:
+    """With --trusted and no alarm the line read `monitor alarm at n=None (quiet)`."""
+    from mlsafety.cli._overopt import _monitor_said
+
+    assert _monitor_said(None) == "no monitor (give --trusted)"
+    quiet = _monitor_said({"alarm_n": None, "outcome": "quiet"})
+    missed = _monitor_said({"alarm_n": None, "outcome": "miss"})
+    assert "None" not in quiet + missed and "no monitor alarm up to n-max" in quiet and "(miss)" in missed
+    assert _monitor_said({"alarm_n": 8, "outcome": "hit"}) == "monitor alarm at n=8 (hit)"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

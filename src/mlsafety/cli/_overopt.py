@@ -204,12 +204,19 @@ def overopt_lm(model: str, reward: str, gold: str, trusted: tuple[str, ...], n_m
     _print_curve(curve.ns, curve.d, [e.value for e in curve.gold], [e.value for e in curve.proxy], "n")
     peak = result["peak"]
     out_console.print(f"gold peak at n={peak['n']} (d={peak['d'][0]:.3f} [{peak['d'][1]:.3f}, {peak['d'][2]:.3f}]"
-                      f"{_after_peak(peak)}); "
-                      + ("no monitor (give --trusted)" if monitor is None
-                         else f"monitor alarm at n={monitor['alarm_n']} ({monitor['outcome']})"))  # fmt: skip
+                      f"{_after_peak(peak)}); {_monitor_said(monitor)}")  # fmt: skip
     out_console.print(
         f"wrote {folder / 'results.json'} and {folder / 'curve.png'} (samples: {folder / 'samples.json'})"
     )
+
+
+def _monitor_said(monitor: dict[str, Any] | None) -> str:
+    """The monitor's outcome in words: where it alarmed, or that it never did up to --n-max."""
+    if monitor is None:
+        return "no monitor (give --trusted)"
+    if monitor["alarm_n"] is None:
+        return f"no monitor alarm up to n-max ({monitor['outcome']})"
+    return f"monitor alarm at n={monitor['alarm_n']} ({monitor['outcome']})"
 
 
 def _after_peak(peak: dict[str, Any]) -> str:
