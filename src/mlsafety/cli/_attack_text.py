@@ -29,7 +29,8 @@ def _recipes() -> str:
     "params",
     multiple=True,
     metavar="NAME=VALUE",
-    help="A recipe hyper-parameter, e.g. -p max_words=3 (repeatable; VALUE read as JSON, else text).",
+    help="A recipe hyper-parameter, e.g. -p max_candidates=20 (textfooler; repeatable; VALUE read as JSON, else "
+    "text; a name the recipe lacks is refused with the names it takes).",
 )
 @click.option("--budget", type=int, default=None, help="Model queries per example at most (>= 1). [default: no limit]")
 @click.option("--n", "n", type=int, default=50, show_default=True, help="Texts attacked (a seeded subset of the data).")
@@ -56,7 +57,7 @@ def attack_text(model: str, weights: str | None, data: str | None, text_column: 
     for item in params:
         name, sep, raw = item.partition("=")
         if not sep or not name.strip():
-            raise InputError(f"--param takes NAME=VALUE, got {item!r}; e.g. --param max_words=3")
+            raise InputError(f"--param takes NAME=VALUE, got {item!r}; e.g. --param max_candidates=20")
         try:
             chosen[name.strip()] = json.loads(raw)
         except ValueError:

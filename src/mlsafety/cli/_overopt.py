@@ -69,7 +69,13 @@ def _triples(values: Any) -> list[tuple[float, float, float]]:
                    "reinforce: REINFORCE on a features policy.")  # fmt: skip
 @click.option("--seeds", default=8, show_default=True, type=int, help="Proxies drawn, one per seed.")
 @click.option("--labels", default=64, show_default=True, type=int, help="Gold labels each proxy is trained on (N).")
-@click.option("--width", default=0, show_default=True, type=int, help="Random ReLU features of the proxy (its size).")
+@click.option(
+    "--width",
+    default=0,
+    show_default=True,
+    type=int,
+    help="Random ReLU features of the proxy beyond the linear ones (its size; 0: a linear proxy).",
+)
 @click.option("--n-max", default=256, show_default=True, type=int, help="Largest n of best-of-n (bon).")
 @click.option("--lambdas", default="10,5,2,1,0.5,0.3,0.2,0.15,0.1,0.07,0.05", show_default=True,
               help="KL-penalty weights swept (tilt), comma-separated, each > 0.")  # fmt: skip
