@@ -48,3 +48,12 @@ def test_a_bad_eps_is_refused_before_the_model_and_data_are_prepared(monkeypatch
 
     monkeypatch.setattr(mlsafety.audit, "prepare_inputs", fail)
     one_error_line(CliRunner().invoke(main, ["tta", "--eps", "-0.1"]), "eps")
+
+
+def test_method_help_lists_every_method():
+    """--method said `(tebn, tent, hard-pl, ...)`: soft-pl, alpha-bn and medbn were not named."""
+    from mlsafety.robustness.tta import TTA_METHODS
+
+    said = " ".join(CliRunner().invoke(main, ["tta", "--help"], terminal_width=400).output.split())
+    assert "..." not in said.split("--method", 1)[1].split("--share")[0]
+    assert all(name in said for name in TTA_METHODS.available())
