@@ -12,7 +12,10 @@ from mlsafety.cli._common import friendly, out_console
 @click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option("--data", help="Test data (zoo name, .npz or image folder).  [default: the zoo data of a zoo model]")
 @click.option(
-    "--method", default="tent", show_default=True, help="Adaptation method: tebn, tent, hard-pl, soft-pl, alpha-bn or medbn."
+    "--method",
+    default="tent",
+    show_default=True,
+    help="Adaptation method: tebn, tent, hard-pl, soft-pl, alpha-bn or medbn.",
 )
 @click.option("--share", default=0.1, show_default=True, type=float, help="Malicious share m of each batch, in (0, 1).")
 @click.option(
