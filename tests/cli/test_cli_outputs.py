@@ -34,3 +34,18 @@ def test_a_bad_out_fails_before_the_work(tmp_path: Path, monkeypatch: pytest.Mon
     (tmp_path / "file").write_text("x")
     result = CliRunner().invoke(main, [a.replace("{tmp}", str(tmp_path)) for a in args])
     one_error_line(result, needle)
+
+
+def test_report_out_under_a_file_names_the_file_not_errno(tmp_path: Path) -> None:
+    """`mlsafety report latest --out notes.txt/r.html` said "cannot write the report to ...: File exists" (the
+    strerror of mkdir); it says, as audit --report does, that notes.txt is not a folder."""
+    db = str(tmp_path / "r.sqlite")
+    assert (
+        CliRunner()
+        .invoke(main, ["audit", "--check", "clean", "--db", db, "--report", str(tmp_path / "a.html")])
+        .exit_code
+        == 0
+    )
+    (tmp_path / "file").write_text("x")
+    result = CliRunner().invoke(main, ["report", "latest", "--db", db, "--out", str(tmp_path / "file" / "r.html")])
+    one_error_line(result, "file is not a folder; pass another --out")

@@ -95,7 +95,10 @@ def runs_show(group_db: str | None, run_id: str, db: str | None, as_json: bool) 
 def report(run_id: str, db: str | None, out: Path | None) -> None:
     """Rebuild the HTML report of RUN_ID (or `latest`) from the results database alone."""
     from mlsafety.audit import write_report
+    from mlsafety.core import check_output_path
 
+    if out is not None:  # a folder part that is a file: named, not mkdir's "File exists"
+        check_output_path(out, what="report", example="path/to/report.html")
     with open_store(db) as store:
         path = write_report(store, run_id, out)
         warn_unfinished(store, store.run(run_id))
