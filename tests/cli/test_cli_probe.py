@@ -57,7 +57,8 @@ def test_probe_json_on_statements(d: Path) -> None:
     ("args", "needles"),
     [
         (("--data", "one.csv"), ("one class only",)),
-        (("--data", "qa.csv", "--template", "Q: {question} A: {answer_text} right?"), ("{answer}",)),
+        (("--data", "qa.csv", "--template", "Q: {question} A: {answer_text} right?"), ("--template", "{answer}")),
+        (("--data", "qa.csv", "--template", "Q: {txt} right?{answer}"), ("--template", "txt", "answer_text")),
         (("--data", "qa.csv", "--template", "nope"), ("unknown",)),
         (("--data", "qa.csv", "--layers", "a,b"), ("--layers",)),
         (("--data", "qa.csv", "--methods", "ccs,zzz"), ("zzz",)),

@@ -45,7 +45,7 @@ def _pairs(data: str, n: int | None) -> Any:
 
 
 def _templates(pairs: Any, names: tuple[str, ...]) -> list[Any]:
-    from mlsafety.alignment.probes import TEMPLATES, Template
+    from mlsafety.alignment.probes import TEMPLATES, Template, check_template
 
     source = pairs.dataset if pairs.dataset in ("mr", "statements") else "qa"
     known = {t.name: t for t in TEMPLATES[source]}
@@ -56,7 +56,15 @@ def _templates(pairs: Any, names: tuple[str, ...]) -> list[Any]:
         elif name in known:
             chosen.append(known[name])
         elif "{" in name or "}" in name:
-            chosen.append(Template(f"custom-{i + 1}", name))
+            check_template(name, f"--template {name!r}")  # named as typed, not as custom-1
+            custom = Template(f"custom-{i + 1}", name)
+            lacking = sorted(custom.fields() - set(pairs.items[0])) if pairs.items else []
+            if lacking:
+                raise _bad(
+                    f"--template {name!r} reads field(s) {', '.join(lacking)} that {pairs.dataset} items lack; "
+                    f"use {', '.join('{' + f + '}' for f in sorted(pairs.items[0]))} and {{answer}}"
+                )
+            chosen.append(custom)
         else:
             raise _bad(
                 f"--template {name}: unknown; give one of {', '.join(known)}, all, or a text ending in {{answer}}"
