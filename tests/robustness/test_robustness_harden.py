@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -150,3 +151,24 @@ def test_the_default_data_is_the_zoo_models_own(tmp_path: Path, monkeypatch: pyt
     assert res.exit_code == 0, res.output
     want = fashion_split("train")
     assert torch.equal(seen["data"].x, want.x) and torch.equal(seen["data"].y, want.y)
+
+
+def test_a_small_npz_still_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audit's input checks hold out 30% of --data as validation and refuse fewer than 10 inputs ("or pass
+    --val", an option harden has not); harden trains on every input of an .npz, however few."""
+    import mlsafety.robustness as robustness
+
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "small.npz"
+    np.savez(path, x=torch.rand(8, 1, 8, 8, generator=g).numpy(), y=torch.arange(8).numpy())
+    seen: dict[str, ArrayDataset] = {}
+
+    def fake_harden(model: nn.Module, data: ArrayDataset, **kwargs: object) -> nn.Module:
+        seen["data"] = data
+        return model
+
+    monkeypatch.setattr(robustness, "harden", fake_harden)
+    out = tmp_path / "h.safetensors"
+    res = CliRunner().invoke(main, ["harden", "--eps", "0.1", "--data", str(path), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert len(seen["data"]) == 8

@@ -77,7 +77,9 @@ def harden(
         data = zoo_lib.model_info(model_spec).dataset if model_spec in zoo_lib.model_names() else "digits"
     # the audit's checks of the model and data (kind, shape, labels, a probe pass): one line, not a traceback
     # from the first training batch; the training set is --data's train split (a zoo set) or the whole .npz
-    clf, checked = prepare_inputs(AuditConfig(model=model_spec, weights=weights, data=data, train=data, ood=[]))
+    # (--data as val too: no hold-out, so a small .npz trains as before)
+    config = AuditConfig(model=model_spec, weights=weights, data=data, val=data, train=data, ood=[])
+    clf, checked = prepare_inputs(config)
     train = checked.train
     if not isinstance(train, ArrayDataset):
         raise InputError(
