@@ -81,7 +81,8 @@ def certify(model: str, weights: str | None, data: str | None, sigma: float, n0:
         for v in values:  # the ranges let inf and nan through: no certified accuracy is defined there
             if not math.isfinite(v):
                 raise InputError(f"{option} must be a finite number, got {v}")
-    clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, ood=[], seed=seed))
+    # --data as val too: no 30% hold-out (certify uses no validation set), so a small .npz is not refused
+    clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, val=data, ood=[], seed=seed))
     test = checked.test
     if not isinstance(test, ArrayDataset):
         raise InputError(

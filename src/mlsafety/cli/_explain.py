@@ -67,7 +67,8 @@ def explain_sanity(model: str, weights: str | None, data: str | None, methods: t
 
     for name in methods:
         tr.ATTRIBUTIONS.get(name)  # an unknown name fails before any work, with a suggestion
-    clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, ood=[]))
+    # --data as val too: no 30% hold-out (the sanity checks use no validation set), so a small .npz is not refused
+    clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, val=data, ood=[]))
     names = list(methods) or tr.available(clf.modality)
     x = checked.test.x[:inputs]
     results = [

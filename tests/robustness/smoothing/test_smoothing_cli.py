@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 
 from mlsafety import zoo
@@ -53,3 +55,16 @@ def test_certify_refuses_a_text_model_in_one_line() -> None:
     assert out.exit_code == 2, out.output
     lines = out.output.strip().splitlines()
     assert len(lines) == 1 and "--model minilm-mr is a text classifier" in lines[0], out.output
+
+
+@pytest.mark.parametrize(
+    "args", [["certify", "--n0", "5", "--n", "10"], ["explain", "sanity", "-m", "saliency", "--mode", "cascading"]]
+)
+def test_a_small_npz_is_not_refused_for_a_validation_option_the_command_lacks(tmp_path, args) -> None:
+    """certify and explain sanity read --data with the audit's checks, which hold out 30% as validation and
+    refused an .npz of fewer than 10 inputs "or pass --val": neither command has --val nor uses a validation set."""
+    g = torch.Generator().manual_seed(0)
+    path = tmp_path / "small.npz"
+    np.savez(path, x=torch.rand(8, 1, 8, 8, generator=g).numpy(), y=torch.arange(8).numpy())
+    out = CliRunner().invoke(main, [*args, "--data", str(path), "--inputs", "2"])
+    assert out.exit_code == 0, out.output
