@@ -133,10 +133,8 @@ def test_a_text_model_or_text_data_is_refused_in_one_line(tmp_path: Path) -> Non
         assert not out.exists()
 
 
-@installed_fashion
-def test_the_default_data_is_the_zoo_models_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`harden --model fashion-cnn` trained on the digits (the fixed default) and crashed on their shape; a zoo
-    model's default data is the set it was trained on (as in `mlsafety audit`), here Fashion-MNIST's train split."""
+def _record_harden_data(monkeypatch: pytest.MonkeyPatch) -> dict[str, ArrayDataset]:
+    """Replace robustness.harden by a stub that records the data it is given (no training)."""
     import mlsafety.robustness as robustness
 
     seen: dict[str, ArrayDataset] = {}
@@ -146,6 +144,14 @@ def test_the_default_data_is_the_zoo_models_own(tmp_path: Path, monkeypatch: pyt
         return model
 
     monkeypatch.setattr(robustness, "harden", fake_harden)
+    return seen
+
+
+@installed_fashion
+def test_the_default_data_is_the_zoo_models_own(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`harden --model fashion-cnn` trained on the digits (the fixed default) and crashed on their shape; a zoo
+    model's default data is the set it was trained on (as in `mlsafety audit`), here Fashion-MNIST's train split."""
+    seen = _record_harden_data(monkeypatch)
     out = tmp_path / "h.safetensors"
     res = CliRunner().invoke(main, ["harden", "--model", "fashion-cnn", "--eps", "0.1", "--out", str(out)])
     assert res.exit_code == 0, res.output
@@ -156,18 +162,10 @@ def test_the_default_data_is_the_zoo_models_own(tmp_path: Path, monkeypatch: pyt
 def test_a_small_npz_still_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The audit's input checks hold out 30% of --data as validation and refuse fewer than 10 inputs ("or pass
     --val", an option harden has not); harden trains on every input of an .npz, however few."""
-    import mlsafety.robustness as robustness
-
     g = torch.Generator().manual_seed(0)
     path = tmp_path / "small.npz"
     np.savez(path, x=torch.rand(8, 1, 8, 8, generator=g).numpy(), y=torch.arange(8).numpy())
-    seen: dict[str, ArrayDataset] = {}
-
-    def fake_harden(model: nn.Module, data: ArrayDataset, **kwargs: object) -> nn.Module:
-        seen["data"] = data
-        return model
-
-    monkeypatch.setattr(robustness, "harden", fake_harden)
+    seen = _record_harden_data(monkeypatch)
     out = tmp_path / "h.safetensors"
     res = CliRunner().invoke(main, ["harden", "--eps", "0.1", "--data", str(path), "--out", str(out)])
     assert res.exit_code == 0, res.output
