@@ -155,7 +155,8 @@ def test_score_cache_fits_a_held_out_detector_on_the_held_out_data(small_net, sm
     assert temp.temperature_ == pytest.approx(want, rel=1e-4) and abs(want - other) > 1e-3
     alone = ood.fit_detectors([ood.create("mahalanobis")], small_net, small_data)[0]  # the others: the fit data
     torch.testing.assert_close(maha.score(small_net, small_test), alone.score(small_net, small_test))
-    assert cache.info["temperature-msp"]["fitted_on"] == "held-out data" and "fitted_on" not in cache.info["mahalanobis"]
+    assert cache.info["temperature-msp"]["fitted_on"] == "held-out data"
+    assert "fitted_on" not in cache.info["mahalanobis"]
     plain = ood.ScoreCache(small_net, small_data, ["temperature-msp"], inputs={"in": small_test})
     assert plain.detectors[0].temperature_ == pytest.approx(other, rel=1e-4)  # no held-out data: the fit data
 
