@@ -71,7 +71,7 @@ def test_seeds_per_statistic_and_bad_shapes() -> None:
         ({"fog": 0.0, "snow": 0.8}, 0.4, "error of 'fog' must be a number in \\(0, 1\\]"),  # mCE divided by 0: inf
         ({"fog": -0.5, "snow": 0.8}, 0.4, "error of 'fog' must be"),  # a negative mCE
         ({"fog": 0.6, "snow": 0.3}, 0.4, "'snow' \\(0.3\\) must be above the baseline's clean error"),
-        ({"fog": 0.6, "snow": 0.8}, 1.5, "baseline_clean_error must be a number in \\[0, 1\\)"),
+        ({"fog": 0.6, "snow": 0.8}, 1.5, "baseline's clean error must be a number in \\[0, 1\\)"),
     ],
 )
 def test_baselines_the_normalised_forms_cannot_divide_by_are_refused(

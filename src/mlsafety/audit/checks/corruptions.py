@@ -163,21 +163,14 @@ class Corruptions(Check):
         """A baseline's errors: known corruptions, each in (0, 1], and ``clean`` in [0, 1) (as the library takes
         them), each corruption's above the clean error (relative mCE divides by their difference), at least one
         of them audited."""
-        for key, err in baseline.items():
+        for key in baseline:
             if key != "clean" and key not in corr.CORRUPTIONS:
                 corr.CORRUPTIONS.get(key)  # an unknown name fails with a suggestion
-            number = not isinstance(err, bool) and isinstance(err, (int, float))
-            if key == "clean" and not (number and 0 <= err < 1):
-                raise InputError(f"corruptions baseline's clean error must be a number in [0, 1), got {err!r}")
-            if key != "clean" and not (number and 0 < err <= 1):
-                raise InputError(f"corruptions baseline error of {key!r} must be a number in (0, 1], got {err!r}")
-        clean = baseline.get("clean", corr.ALEXNET_CLEAN_ERROR)
-        for key, err in baseline.items():
-            if key != "clean" and not err > clean:
-                raise InputError(
-                    f"corruptions baseline error of {key!r} ({err:g}) must be above the baseline's clean error "
-                    f"({clean:g}): the relative mCE divides by their difference"
-                )
+        errors = {k: v for k, v in baseline.items() if k != "clean"}
+        try:  # the library's own test of what it can divide by, before the run is stored
+            corr.check_baseline(errors, baseline.get("clean", corr.ALEXNET_CLEAN_ERROR))
+        except InputError as exc:
+            raise InputError(f"corruptions: {exc}") from None
         if not any(n in baseline for n in names):
             raise InputError(
                 f"corruptions baseline has an error for none of the audited corruptions ({', '.join(names)}); "

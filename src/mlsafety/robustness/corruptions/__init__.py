@@ -13,7 +13,13 @@ Example:
 
 from mlsafety.robustness.corruptions import blur, digital, noise, weather
 from mlsafety.robustness.corruptions._grid import corruption_grid, grid_figure, read_image
-from mlsafety.robustness.corruptions._metrics import ALEXNET_CLEAN_ERROR, ALEXNET_ERRORS, CorruptionSummary, mce
+from mlsafety.robustness.corruptions._metrics import (
+    ALEXNET_CLEAN_ERROR,
+    ALEXNET_ERRORS,
+    CorruptionSummary,
+    check_baseline,
+    mce,
+)
 from mlsafety.robustness.corruptions.base import (
     CHANGE_FLOOR,
     CORRUPTIONS,
@@ -41,6 +47,7 @@ __all__ = [
     "Corruption",
     "CorruptionSummary",
     "available",
+    "check_baseline",
     "corrupt",
     "corruption_grid",
     "create",

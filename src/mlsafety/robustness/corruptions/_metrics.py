@@ -56,7 +56,7 @@ def check_baseline(errors: Mapping[str, float], clean_error: float) -> None:
     """Refuse baseline errors the normalised forms cannot divide by: each in (0, 1] and above the clean error."""
     ok = not isinstance(clean_error, bool) and isinstance(clean_error, Real) and 0 <= clean_error < 1
     if not ok:
-        raise InputError(f"baseline_clean_error must be a number in [0, 1), got {clean_error!r}")
+        raise InputError(f"the baseline's clean error must be a number in [0, 1), got {clean_error!r}")
     for name, e in errors.items():
         if isinstance(e, bool) or not isinstance(e, Real) or not 0 < e <= 1:  # numpy scalars are Real too
             raise InputError(f"the baseline error of {name!r} must be a number in (0, 1], got {e!r}")
