@@ -131,3 +131,45 @@ def test_augrc_is_traubs_identity_with_the_failure_auroc(levels: int) -> None:
     assert float(sel.augrc(conf, correct)) == pytest.approx(want, rel=1e-12)
     # every input tied: a coin-flip ranking, half the error rate
     assert float(sel.augrc(torch.zeros(60), correct)) == pytest.approx(0.5 * (1 - acc), rel=1e-12)
+
+
+@pytest.fixture(scope="module")
+def digits_ctx():  # type: ignore[no-untyped-def]
+    from mlsafety import zoo
+    from mlsafety.audit import AuditContext, AuditData
+    from mlsafety.core import Classifier
+
+    test = zoo.load_dataset("digits", "test")
+    data = AuditData(test=test.subset(torch.arange(60)), val=zoo.load_dataset("digits", "val"))
+    return AuditContext(Classifier(zoo.load_model("digits-cnn")), data, seed=0, quick=True)
+
+
+def _check_rows(ctx, detectors):  # type: ignore[no-untyped-def]
+    from mlsafety.audit import CHECKS
+    from mlsafety.audit import checks as _checks  # noqa: F401  (registers the checks)
+
+    check = CHECKS.create("selective", quick=True, detectors=detectors, n_boot=20)
+    return [r for task in check.tasks(ctx) for r in task.run().rows]
+
+
+def test_selective_check_takes_one_detector_name_as_a_list_of_one(digits_ctx) -> None:  # type: ignore[no-untyped-def]
+    """``detectors = "msp"`` runs what ``detectors = ["msp"]`` runs (ood-basic took one name; selective refused it)."""
+    alone = {r.metric: r.value for r in _check_rows(digits_ctx, "msp")}
+    listed = {r.metric: r.value for r in _check_rows(digits_ctx, ["msp"])}
+    assert set(alone) == set(listed) and "aurc" in alone and "msp_aurc" in alone
+    assert alone == pytest.approx(listed)
+
+
+@pytest.mark.parametrize("detectors", ["nosuch", ["nosuch"]])
+def test_selective_check_refuses_an_unknown_name_in_one_line_listing_the_known(digits_ctx, detectors) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError) as err:
+        _check_rows(digits_ctx, detectors)
+    text = str(err.value)
+    assert "\n" not in text and "'nosuch'" in text
+    assert "msp" in text and "energy" in text  # the known names are listed
+
+
+@pytest.mark.parametrize("detectors", [[], 5, ["msp", 5]])
+def test_selective_check_refuses_what_is_not_names(digits_ctx, detectors) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InputError, match="selective: detectors must be a non-empty list of names"):
+        _check_rows(digits_ctx, detectors)

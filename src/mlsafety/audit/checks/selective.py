@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 
 from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
-from mlsafety.audit.checks._common import ScoreCache, require_int, require_number
+from mlsafety.audit.checks._common import ScoreCache, require_int, require_names, require_number
 from mlsafety.audit.views.selective import CAPTION, SelectiveView, curves_png, source_metric
 from mlsafety.core import Hazard, InputError
 from mlsafety.monitoring import ood
@@ -54,9 +54,7 @@ class Selective(Check):
 
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params  # checked when the audit is planned, before its run is stored
-        names = p["detectors"]
-        if isinstance(names, str) or not isinstance(names, list) or not names:
-            raise InputError(f"selective: detectors must be a non-empty list of names, e.g. ['msp'], got {names!r}")
+        names = self._names()
         ScoreCache(ctx, names)  # unknown names, or ones that cannot run on this model, fail here
         if p["default"] not in names:
             raise InputError(f"selective: default {p['default']!r} is not among its detectors {names}; add it there")
@@ -65,9 +63,13 @@ class Selective(Check):
         require_int("selective", p, "n_boot", 1)
         return super().tasks(ctx)
 
+    def _names(self) -> list[str]:
+        """The detectors to run: a list of names, or one name alone (a list of one)."""
+        return require_names(self.name, self.params, "detectors", "['msp', 'energy']")
+
     def run(self, ctx: AuditContext) -> TaskResult:
         p = self.params
-        cache = ScoreCache(ctx, p["detectors"])
+        cache = ScoreCache(ctx, self._names())
         scores = cache.scores(str(CLEAN))
         correct = (ctx.outputs(CLEAN).pred == ctx.labels(CLEAN)).double().cpu()
         rows: list[Row] = []
