@@ -33,11 +33,13 @@ class DefenceInDepthView(View):
         out = []
         esc = [r for r in rows if r.metric in ESCAPED]
         clean = [r for r in esc if r.hazard == CLEAN and r.metric == "escaped_failure_rate"]
+        worst = max(esc, key=lambda r: r.value) if esc else None
         if clean:
             monitor = clean[0].params.get("monitor", "")
-            out.append(Headline(f"Escaped failures, clean (monitor {monitor})", clean[0], higher_is_better=False))
-        if esc:
-            worst = max(esc, key=lambda r: r.value)
+            also = ", the worst hazard" if worst is clean[0] else ""  # one entry, not the same row twice
+            label = f"Escaped failures, clean (monitor {monitor}{also})"
+            out.append(Headline(label, clean[0], higher_is_better=False))
+        if worst is not None and not (clean and worst is clean[0]):
             how = ", adaptive" if worst.metric == "adaptive_escaped_failure_rate" else ""
             out.append(Headline(f"Worst escaped failures ({worst.hazard}{how})", worst, higher_is_better=False))
         exp = [r for r in rows if r.metric == "expected_escaped_failure_rate"]
