@@ -110,3 +110,21 @@ def test_rate_identities_hold_for_any_outcome(cells: list[tuple[bool, bool]]) ->
     if fa is not None:
         assert fa.n == len(cells) - int(failed.sum())
     assert o.worst_case(o).escaped_failure_rate().value == er
+
+
+@pytest.mark.parametrize("weight", [float("nan"), float("inf")])
+def test_expected_escaped_rate_refuses_a_weight_that_is_not_finite(weight: float) -> None:
+    """A NaN or infinite weight passed every check and made the estimate NaN (inf / inf), silently."""
+    a, b = Outcome(torch.tensor([T, F]), torch.tensor([F, F])), Outcome(torch.tensor([F]), torch.tensor([F]))
+    with pytest.raises(InputError, match="exposure weight of 'a' must be a finite number >= 0"):
+        expected_escaped_rate({"a": a, "b": b}, {"a": weight, "b": 1.0})
+
+
+def test_expected_escaped_rate_of_a_single_hazard_is_its_own_rate_and_exact_interval() -> None:
+    """One hazard: no Bonferroni split (95% itself), the weight's scale does not matter, and all inputs failing
+    unflagged is a rate of 1 with the exact one-sided lower end (0.025 ** (1 / n))."""
+    n = 6
+    o = Outcome(torch.ones(n, dtype=torch.bool), torch.zeros(n, dtype=torch.bool))
+    est = expected_escaped_rate({"clean": o}, {"clean": 3.0})
+    assert (est.value, est.ci_high, est.n) == (1.0, 1.0, n)
+    assert est.ci_low == pytest.approx(0.025 ** (1 / n), rel=1e-9)

@@ -17,6 +17,7 @@ failure, since no label is right, so only a flag prevents harm. The residual ris
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from typing import TypeVar
@@ -125,8 +126,9 @@ def expected_escaped_rate(
         An :class:`~mlsafety.metrics.Estimate` whose ``n`` is the total number of inputs behind it.
     """
     weights = {h: float(w) for h, w in exposure.items() if float(w) != 0.0}
-    if any(w < 0 for w in weights.values()):
-        raise InputError("exposure weights must be non-negative")
+    for h, w in weights.items():  # NaN passes every comparison and inf / inf is NaN: both made a NaN estimate
+        if not math.isfinite(w) or w < 0:
+            raise InputError(f"exposure weight of {str(h)!r} must be a finite number >= 0, got {w}")
     missing = sorted(str(h) for h in set(weights) - set(outcomes))
     if missing:
         known = ", ".join(str(h) for h in outcomes)
