@@ -114,3 +114,19 @@ def test_a_scores_function_returning_too_few_score_sets_is_refused() -> None:
     y = torch.zeros(4, dtype=torch.long)
     with pytest.raises(InputError, match="returned 1 score sets for 2 detectors"):
         ev.scored(torch.rand(4, 1), Outputs(_logits(y, y.bool()), None), y)
+
+
+def test_scores_keyed_by_the_names_are_read_by_name_whatever_their_order() -> None:
+    """A scores function returning ``{name: scores}`` in another order than the names asked for gave each
+    detector another's scores (paired by position); keys that are the names are read by name."""
+
+    def reversed_order(x: torch.Tensor, outputs: Outputs, names: Sequence[str]) -> dict[str, torch.Tensor]:
+        table = {"a": x[:, 0], "b": -x[:, 0]}
+        return {n: table[n] for n in reversed(names)}
+
+    ev = DefenceInDepthEvaluator(["a", "b"], reversed_order)
+    y = torch.zeros(4, dtype=torch.long)
+    x = torch.rand(4, 1, generator=generator(0, "order"))
+    got = ev.scored(x, Outputs(_logits(y, y.bool()), None), y)
+    torch.testing.assert_close(got.scores["a"], x[:, 0])
+    torch.testing.assert_close(got.scores["b"], -x[:, 0])

@@ -36,7 +36,8 @@ from mlsafety.systemic._select import ScoredSet, candidate_monitors, choose_moni
 
 DetectorScores = Callable[[torch.Tensor, Outputs, Sequence[str]], Mapping[str, torch.Tensor]]
 """``(x, outputs, names) -> {name: scores}``: each named detector's (N,) anomaly scores (higher =
-more anomalous) of inputs ``x`` whose forward outputs are ``outputs``, in the order of ``names``."""
+more anomalous) of inputs ``x`` whose forward outputs are ``outputs``: keyed by the names (read by name), or
+in the order of ``names`` under other keys (read by position)."""
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,10 @@ class DefenceInDepthEvaluator:
                 f"the detector scores function returned {len(scores)} score sets for {len(self.detectors)} detectors "
                 f"({', '.join(self.detectors)}); it must return one per detector, in the order given"
             )
-        by_name = {n: s.cpu() for n, s in zip(self.detectors, scores.values())}
+        if set(scores) == set(self.detectors):  # keyed by the names: read by name, whatever the order
+            by_name = {n: scores[n].cpu() for n in self.detectors}
+        else:  # other keys (e.g. a registry's keys for repeated names): by position, as documented
+            by_name = {n: s.cpu() for n, s in zip(self.detectors, scores.values())}
         return ScoredSet(failures(outputs.logits, labels).cpu(), outputs.probs.amax(dim=1).cpu(), by_name)
 
     def choose(self, val: ScoredSet, outliers: ScoredSet) -> MonitorChoice:
