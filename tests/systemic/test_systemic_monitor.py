@@ -175,3 +175,24 @@ def test_violation_is_in_units_of_the_correct_answers_spread() -> None:
     v = mon.violation(torch.tensor([2.5, 0.0]), torch.tensor([0.9, 0.65]))
     # the larger of the two parts: (2.5 - 2) / sd_s vs (0.7 - 0.9) / sd_c; (0 - 2) / sd_s vs (0.7 - 0.65) / sd_c
     assert v.tolist() == pytest.approx([0.5 / sd_s, 0.05 / sd_c], rel=1e-5)
+
+
+def test_fit_refuses_scores_and_answers_of_different_lengths() -> None:
+    """Three scores and four answers crashed with torch's mask IndexError; one InputError line now."""
+    correct = torch.ones(4, dtype=torch.bool)
+    with pytest.raises(InputError, match="3 validation scores but 4 answers"):
+        Monitor.fit("d", torch.arange(3.0), correct)
+    with pytest.raises(InputError, match="5 validation confidences but 4 answers"):
+        Monitor.fit(CONFIDENCE, None, correct, val_confidence=torch.rand(5))
+
+
+def test_a_monitor_flagging_everything_catches_every_failure_and_lets_none_escape() -> None:
+    """A confidence threshold above every confidence flags all inputs: caught share 1, escaped 0, false alarms 1."""
+    from mlsafety.systemic import Outcome
+
+    mon = Monitor(CONFIDENCE, confidence_threshold=2.0)
+    failed = torch.tensor([True, False, True, False, False])
+    o = Outcome(failed, mon.flags(None, torch.rand(5, generator=generator(0, "all"))))
+    caught, escaped, alarms = o.caught_share(), o.escaped_failure_rate(), o.false_alarm_rate()
+    assert caught is not None and alarms is not None
+    assert (caught.value, caught.n, escaped.value, escaped.n, alarms.value, alarms.n) == (1.0, 2, 0.0, 5, 1.0, 3)

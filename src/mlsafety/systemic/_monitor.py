@@ -102,6 +102,9 @@ class Monitor:
         if not 0.0 <= confidence_share <= 1.0:
             raise InputError(f"confidence_share must lie in [0, 1], got {confidence_share}")
         correct = val_correct.detach().reshape(-1).bool().cpu()
+        for what, v in (("scores", val_scores), ("confidences", val_confidence)):
+            if v is not None and v.numel() != correct.numel():
+                raise InputError(f"{v.numel()} validation {what} but {correct.numel()} answers; give one per input")
         if not bool(correct.any()):
             raise InputError("the model answers no validation input correctly; cannot set a false-alarm threshold")
         both = val_scores is not None and val_confidence is not None
