@@ -238,11 +238,11 @@ def test_constraints_reject_what_they_should() -> None:
     o = AttackedText.from_text("the movie was good and very fine")
     one = o.replace_word(3, "bad")
     two = one.replace_word(6, "awful")
-    assert C.MaxWordsPerturbed(max_share=0.2).allows(o, [one, two]) == [True, False]
     assert C.MaxWordsPerturbed(max_words=1).allows(o, [one, two]) == [True, False]
-    # 7 words: 0.2 x 7 = 1.4 allows 1 word, rounded up (TextAttack's rounding) 2; 0.1 x 7 rounded up 1
-    assert C.MaxWordsPerturbed(max_share=0.2, round_up=True).allows(o, [one, two]) == [True, True]
-    assert C.MaxWordsPerturbed(max_share=0.1, round_up=True).allows(o, [one, two]) == [True, False]
+    # 7 words: 0.2 x 7 = 1.4 rounded up (TextAttack's rounding) allows 2, rounded down 1; 0.1 x 7 rounded up 1
+    assert C.MaxWordsPerturbed(max_share=0.2).allows(o, [one, two]) == [True, True]
+    assert C.MaxWordsPerturbed(max_share=0.2, round_up=False).allows(o, [one, two]) == [True, False]
+    assert C.MaxWordsPerturbed(max_share=0.1).allows(o, [one, two]) == [True, False]
     assert C.StopWords().modifiable(o, set(range(o.num_words))) == {1, 3, 6}
     assert C.RepeatModification().modifiable(one, {1, 3, 6}) == {1, 6}
     assert C.EditDistance(3).allows(o, [one, two]) == [True, False]  # good->bad is 3 edits, fine->awful 5 more
@@ -444,3 +444,20 @@ def test_a_target_equal_to_the_true_label_is_refused() -> None:
     with pytest.raises(InputError, match="target equal to its label"):
         attack.attack(["the film was good", "the film was good"], [1, 1], targets=[1, 0])
     assert model.batches == []
+
+
+def test_share_of_words_is_rounded_up_as_textattack() -> None:
+    """TextAttack's MaxWordsPerturbed allows ceil(max_percent x words): 25% of 3 words is ceil(0.75) = 1 word
+    (rounding down allowed none, so a 3-word text could never be attacked); 14% of 50 words is exactly 7
+    (the float product 7.000000000000001 must not round up to 8)."""
+    three = AttackedText.from_text("good movie day")
+    one, two = three.replace_word(0, "bad"), three.replace_words({0: "bad", 1: "awful"})
+    assert C.MaxWordsPerturbed(max_share=0.25).allows(three, [one, two]) == [True, False]
+    assert C.max_words_for_share(0.25, 3) == 1
+    fifty = AttackedText.from_text(" ".join(["movie"] * 50))
+    seven = fifty.replace_words(dict.fromkeys(range(7), "bad"))
+    eight = fifty.replace_words(dict.fromkeys(range(8), "bad"))
+    assert C.MaxWordsPerturbed(max_share=0.14).allows(fifty, [seven, eight]) == [True, False]
+    assert C.max_words_for_share(0.14, 50) == 7
+    # A2T's MaxModificationRate(0.1, min_threshold=4): the share's count or 4, whichever is more
+    assert C.MaxWordsPerturbed(max_share=0.1, min_words=4).allows(three, [one, two]) == [True, True]

@@ -269,3 +269,25 @@ def test_recipe_similarity_checks_every_changed_words_window(monkeypatch: pytest
     sampled = original.replace_words({0: "x", 1: "y", 19: "z"})
     assert sim.allows(original, [original.replace_words({0: "x", 19: "z"}), sampled]) == [True, False]
     assert sim.check(original, sampled) is False
+
+
+@pytest.mark.parametrize("via", ["search", "recipe"])
+def test_a_three_word_text_gets_one_word_at_a_quarter_share(via: str) -> None:
+    """A 25% share of 3 words allows ceil(0.75) = 1 word (TextAttack's rounding; floor allowed none, so a text
+    of 3 words or fewer could never be attacked). One swap ("good" -> a negative word) flips "good movie day";
+    the relaxation's budget is that 1 word too, not ``budget_words`` = 3 (sampling 3 sites would break the
+    share limit every time)."""
+    from mlsafety.robustness.text import constraints as C
+    from mlsafety.robustness.text.textgrad import TextGrad
+
+    model = sentiment_model()
+    cons: list[Constraint] = [_NoRepeat(), C.MaxWordsPerturbed(max_share=0.25, max_words=3)]
+    if via == "search":
+        search = TextGradSearch(Classifier(model), budget_words=3, steps=5, samples=8, max_share=0.25)
+        attack = Attack(model, Untargeted(), _Pool(), cons, search, seed=0)
+    else:
+        recipe = TextGrad(budget_words=3, max_share=0.25, steps=5, samples=8, fluency="none")
+        attack = recipe.build(model, transformation=_Pool(), constraints=cons)
+    (r,) = attack.attack(["good movie day"], [1])
+    assert C.max_words_for_share(0.25, 3) == 1
+    assert r.status == "succeeded" and len(r.changed) == 1 and sentiment(r.perturbed) < 0

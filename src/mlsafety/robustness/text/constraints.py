@@ -61,9 +61,19 @@ class RepeatModification(Constraint):
         return True  # a finished text cannot show how often an index changed; the search never repeats one
 
 
+def max_words_for_share(share: float, num_words: int, round_up: bool = True) -> int:
+    """Words a ``share`` of a text's ``num_words`` allows to change: ``ceil(share x num_words)``, TextAttack's
+    rounding (``MaxWordsPerturbed``: ``math.ceil(min_num_words * max_percent)``; ``MaxModificationRate``
+    likewise), so a short text can change a word at all (25% of 3 words: 1, where ``floor`` gives 0).
+    ``round_up=False``: ``floor``, at most the share itself. The product is first rounded to 9 decimals, so float
+    noise does not add a word (0.14 x 50 is 7.000000000000001 in floats: 7 words, where TextAttack counts 8)."""
+    product = round(share * num_words, 9)
+    return math.ceil(product) if round_up else math.floor(product)
+
+
 class MaxWordsPerturbed(Constraint):
-    """At most ``max_share`` of the original's words, or ``min_words`` when more (and at most ``max_words``),
-    differ from it.
+    """At most ``ceil(max_share x words)`` of the original's words, or ``min_words`` when more (and at most
+    ``max_words``), differ from it (:func:`max_words_for_share`).
 
     Args:
         max_share: share of words in (0, 1] (None: no share limit).
@@ -71,13 +81,14 @@ class MaxWordsPerturbed(Constraint):
         min_words: the share limit allows at least this many words (TextAttack's ``MaxModificationRate``
             ``min_threshold``, 4 in its A2T recipe, so a short text can change some words at all).
         round_up: the share limit is ``ceil(max_share x words)``, TextAttack's rounding (its
-            ``MaxModificationRate`` and ``MaxWordsPerturbed``); False: ``floor``, at most the share itself.
+            ``MaxModificationRate`` and ``MaxWordsPerturbed``); False: ``floor``, at most the share itself
+            (a text of fewer than ``1 / max_share`` words can then change none).
     """
 
     name: ClassVar[str] = "max-words-perturbed"
 
     def __init__(
-        self, max_share: float | None = None, max_words: int | None = None, min_words: int = 0, round_up: bool = False
+        self, max_share: float | None = None, max_words: int | None = None, min_words: int = 0, round_up: bool = True
     ) -> None:
         if max_share is None and max_words is None:
             raise InputError("MaxWordsPerturbed needs max_share or max_words")
@@ -93,8 +104,7 @@ class MaxWordsPerturbed(Constraint):
     def _ok(self, text: AttackedText) -> bool:
         k = len(text.changed)
         if self.max_share is not None:
-            share = self.max_share * text.num_words
-            if k > max(math.ceil(share) if self.round_up else math.floor(share), self.min_words):
+            if k > max(max_words_for_share(self.max_share, text.num_words, self.round_up), self.min_words):
                 return False
         return not (self.max_words is not None and k > self.max_words)
 

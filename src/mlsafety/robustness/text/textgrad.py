@@ -27,7 +27,10 @@ the victim's embedding neighbours, filtered by the constraints word by word) ins
 fluency is a constraint on the sampled texts instead of a perplexity term in the relaxed loss (the
 causal LM's tokens are not the victim's, so its perplexity is not a function of the victim's relaxed
 embeddings); a substitute must have as many tokens as the word it replaces; one round of sampling
-after ``steps`` updates (no restarts); each gradient step counts as one query against the budget.
+after ``steps`` updates (no restarts); each gradient step counts as one query against the budget; the share
+limit is rounded up, ``k = min(budget_words, ceil(max_share x words))`` (TextAttack's ``MaxWordsPerturbed``
+rounding), where the authors' code takes ``int(0.25 x words)`` and leaves a text of fewer than 4 words
+unattacked (the paper states the 25% share, not its rounding).
 :class:`RandomSubstitutionSearch` is the same sampling from the uninformed starting point (``z = k / S``,
 uniform ``u``), the baseline TextGrad must beat at equal budget.
 """
@@ -55,6 +58,7 @@ from mlsafety.robustness.text._fluency import Perplexity
 from mlsafety.robustness.text._gradients import token_spans, word_token_ids
 from mlsafety.robustness.text._projection import project_capped_simplex, project_simplex
 from mlsafety.robustness.text._recipe import Recipe, register_text_attack
+from mlsafety.robustness.text.constraints import max_words_for_share
 from mlsafety.robustness.text.goals import Untargeted
 from mlsafety.robustness.text.hotflip import word_char_spans
 
@@ -185,6 +189,9 @@ class TextGradSearch(SearchMethod):
             gradient entry).
         max_candidates: candidates per site at most.
         kappa: margin at which the loss saturates.
+        max_share: share of a text's words changed at most (None: no share limit); with it ``k`` is at most
+            ``ceil(max_share x words)`` (:func:`~.constraints.max_words_for_share`, the recipe's
+            :class:`~.constraints.MaxWordsPerturbed` rounding), so the relaxation and the samples keep the limit.
     """
 
     name: ClassVar[str] = "textgrad"
@@ -199,9 +206,11 @@ class TextGradSearch(SearchMethod):
         lr_u: float = 0.5,
         max_candidates: int = 20,
         kappa: float = 5.0,
+        max_share: float | None = None,
     ) -> None:
         self.clf = clf
         self.k = int(budget_words)
+        self.max_share = max_share
         self.steps = int(steps)
         self.samples = int(samples)
         self.lr_z = float(lr_z)
@@ -209,12 +218,18 @@ class TextGradSearch(SearchMethod):
         self.max_candidates = int(max_candidates)
         self.kappa = float(kappa)
 
+    def budget(self, text: AttackedText) -> int:
+        """``k`` for ``text``: :attr:`k`, at most ``ceil(max_share x words)`` when a share limit is set."""
+        if self.max_share is None:
+            return self.k
+        return min(self.k, max_words_for_share(self.max_share, text.num_words))
+
     def optimise(self, problem: Problem, rel: Relaxation) -> tuple[torch.Tensor, torch.Tensor]:
         """The relaxed solution ``(z (S,), u (S, M))`` after :attr:`steps` projected gradient steps."""
         clf = self.clf
         dev = clf.device
         s = len(rel.sites)
-        k = float(min(self.k, s))
+        k = float(min(self.budget(problem.original), s))
         z = torch.full((1, s), k / s, device=dev)
         cm = rel.cmask.to(dev)
         u = cm.float() / cm.float().sum(dim=1, keepdim=True)
@@ -248,11 +263,14 @@ class TextGradSearch(SearchMethod):
                 u = project_simplex(u - self.lr_u * gu, cm)
         return z[0].detach(), u.detach()
 
-    def sample(self, rel: Relaxation, z: torch.Tensor, u: torch.Tensor, g: torch.Generator) -> list[dict[int, str]]:
-        """Substitutions drawn from the relaxed solution: the mode first, then :attr:`samples` draws."""
+    def sample(
+        self, rel: Relaxation, z: torch.Tensor, u: torch.Tensor, g: torch.Generator, budget: int | None = None
+    ) -> list[dict[int, str]]:
+        """Substitutions drawn from the relaxed solution: the mode first, then :attr:`samples` draws, each of at
+        most ``budget`` words (None: :attr:`k`)."""
         z, u = z.cpu().float(), u.cpu().float()
         s = z.shape[0]
-        k = min(self.k, s)
+        k = min(self.k if budget is None else budget, s)
         out: list[dict[int, str]] = []
         n_mode = max(1, min(k, round(float(z.sum()))))
         mode_sites = z.topk(n_mode).indices.tolist()
@@ -279,7 +297,7 @@ class TextGradSearch(SearchMethod):
         z, u = self.optimise(problem, rel)
         texts: list[AttackedText] = []
         seen: set[str] = set()
-        for subs in self.sample(rel, z, u, problem.g):
+        for subs in self.sample(rel, z, u, problem.g, self.budget(problem.original)):
             t = problem.original.replace_words(subs)
             if t.text not in seen and t.changed:
                 seen.add(t.text)
@@ -306,8 +324,16 @@ class RandomSubstitutionSearch(TextGradSearch):
 
     name: ClassVar[str] = "random-substitution"
 
-    def __init__(self, clf: Classifier, budget_words: int = 3, samples: int = 20, max_candidates: int = 20) -> None:
-        super().__init__(clf, budget_words, steps=0, samples=samples, max_candidates=max_candidates)
+    def __init__(
+        self,
+        clf: Classifier,
+        budget_words: int = 3,
+        samples: int = 20,
+        max_candidates: int = 20,
+        max_share: float | None = None,
+    ) -> None:
+        super().__init__(clf, budget_words, steps=0, samples=samples, max_candidates=max_candidates,
+                         max_share=max_share)  # fmt: skip
 
 
 def textgrad_parts(clf: Classifier, recipe: TextGrad, lm: Any) -> tuple[Transformation, list[Constraint], Any]:
@@ -352,7 +378,7 @@ class TextGrad(Recipe):
     then sampling; see the module docs."""
 
     budget_words = Param(3, int, low=1, doc="k: words changed at most (the relaxation's budget)")
-    max_share = Param(0.25, float, low=0.01, high=1, doc="share of a text's words changed at most")
+    max_share = Param(0.25, float, low=0.01, high=1, doc="share of a text's words changed at most (rounded up)")
     steps = Param(20, int, low=0, doc="projected gradient steps (each counts as one query)")
     samples = Param(20, int, low=1, doc="texts drawn from the relaxed solution")
     lr = Param(0.5, float, low=0, doc="step size of z and u, relative to each one's largest gradient entry")
@@ -383,8 +409,9 @@ class TextGrad(Recipe):
         transformation = parts.get("transformation") or transformation
         constraints = parts.get("constraints") or constraints
         search = TextGradSearch(
-            clf, self.budget_words, self.steps, self.samples, self.lr, self.lr, self.max_candidates, self.kappa
-        )
+            clf, self.budget_words, self.steps, self.samples, self.lr, self.lr, self.max_candidates, self.kappa,
+            max_share=self.max_share,
+        )  # fmt: skip
         return Attack(
             clf,
             parts.get("goal") or Untargeted(),
