@@ -435,15 +435,58 @@ def test_every_text_the_model_reads_is_a_counted_query(search: S.SearchMethod, b
     assert all(r.queries <= (budget or 10**9) for r in results)
 
 
-def test_a_target_equal_to_the_true_label_is_refused() -> None:
-    """A targeted attack towards the true class is no attack: the text would meet the goal at once and be
-    counted as skipped, i.e. as misclassified, so original accuracy and accuracy under attack would drop
-    (two correct texts, targets [1, 0]: original accuracy 0.5 instead of 1). Refused before any query."""
+def test_a_target_equal_to_the_true_label_is_skipped_not_refused() -> None:
+    """As TextAttack: a text whose target is its true class already meets the goal, so it is skipped (one query,
+    unchanged) while the rest of the call is attacked. Four texts the model classifies correctly: two with
+    target = label (skipped), one flipped to its target, one that cannot be (only negative swaps). Success rate
+    1 of the 2 attacked (counting the skipped as successes would give 3/4, as failures 1/4); original accuracy
+    4/4 and accuracy under attack 3/4 (only the flipped text is wrong), read from the predictions."""
     model = CountingModel(sentiment_model())
     attack = Attack(model, Targeted(), ListSwap(SWAPS), [C.RepeatModification()], S.GreedyWordImportance("delete"))
-    with pytest.raises(InputError, match="target equal to its label"):
-        attack.attack(["the film was good", "the film was good"], [1, 1], targets=[1, 0])
-    assert model.batches == []
+    texts = ["the film was good", "the film was good", "the film was bad", "the film was bad"]
+    results = attack.attack(texts, [1, 1, 0, 0], targets=[1, 0, 0, 1])
+    assert [r.status for r in results] == ["skipped", "succeeded", "skipped", "failed"]
+    assert [r.original_pred for r in results] == [1, 1, 0, 0]
+    assert [r.target for r in results] == [1, 0, 0, 1]
+    for r in (results[0], results[2]):
+        assert r.queries == 1 and r.perturbed == r.original and r.changed == ()
+    assert results[1].perturbed_pred == 0
+    s = evaluate_text_attack(results)
+    assert (s.n, s.attacked, s.succeeded) == (4, 2, 1)
+    assert s.success_rate is not None and s.success_rate.value == pytest.approx(1 / 2)
+    assert s.original_accuracy.value == pytest.approx(4 / 4)
+    assert s.accuracy_under_attack.value == pytest.approx(3 / 4)
+    assert s.queries is not None and s.queries.value == pytest.approx((results[1].queries + results[3].queries) / 2)
+
+
+@pytest.mark.parametrize("named_head", [True, False])
+def test_labels_and_targets_outside_the_models_classes_are_one_line(named_head: bool) -> None:
+    """A class index outside 0..K-1 is refused in one line: -1 would silently read the last class (numpy-style
+    indexing) and K crashed with an IndexError. With the head named (K known) nothing is queried first."""
+    from mlsafety.core import Classifier
+
+    counting = CountingModel(sentiment_model())
+    model = Classifier(counting, head="inner.fc") if named_head else counting
+    targeted = Attack(model, Targeted(), ListSwap(SWAPS), [C.RepeatModification()], S.GreedyWordImportance())
+    untargeted = Attack(model, Untargeted(), ListSwap(SWAPS), [C.RepeatModification()], S.GreedyWordImportance())
+    good = ["the film was good", "the film was good"]
+    for bad in (-1, 2):
+        calls = {
+            "target": lambda bad=bad: targeted.attack(good, [1, 1], targets=[0, bad]),
+            "label": lambda bad=bad: untargeted.attack(good, [1, bad]),
+            "label (targeted)": lambda bad=bad: targeted.attack(good, [1, bad], targets=[0, 0]),
+        }
+        for case, call in calls.items():
+            what = case.split()[0]
+            with pytest.raises(InputError, match=f"{what} {bad} .*not a class of") as err:
+                call()
+            assert "\n" not in str(err.value)
+            if named_head or bad == 2:  # K is known: the message names the range
+                assert "this 2-class model" in str(err.value) and f"{what}s in 0..1" in str(err.value)
+    if named_head:
+        assert counting.batches == []
+    with pytest.raises(InputError, match="2 texts but 1 targets"):
+        targeted.attack(good, [1, 1], targets=[0])
 
 
 def test_share_of_words_is_rounded_up_as_textattack() -> None:

@@ -40,8 +40,8 @@ WORD = re.compile(r"\w+(?:['\u2019-]\w+)*")
 
 Status = Literal["succeeded", "failed", "skipped"]
 """``skipped``: the model already misclassified the original, or it already meets the goal (no attack run, as in
-TextAttack; a targeted attack skips every misclassified original too, where TextAttack attacks those not in the
-target class)."""
+TextAttack: a targeted text whose target is its true class among them; a targeted attack skips every
+misclassified original too, where TextAttack attacks those not in the target class)."""
 
 
 # --- the text ---------------------------------------------------------------------------------
@@ -300,6 +300,19 @@ class ModelQueries:
         return torch.cat(out)
 
 
+def check_classes(who: str, what: str, classes: Sequence[int], k: int | None, first: int = 0) -> None:
+    """One :class:`InputError` line unless every class index (``what``: ``label`` or ``target``) is in
+    ``0..k-1``; ``k`` None (the model's classes not known before its first pass): only negative ones are refused
+    here (a -1 would silently read the last class), the rest at the text's first query. ``first``: the index of
+    ``classes[0]`` among the texts (what the message names)."""
+    for i, c in enumerate(classes, first):
+        if c < 0 or (k is not None and c >= k):
+            fix = (
+                f"this {k}-class model; give {what}s in 0..{k - 1}" if k is not None else "the model (they start at 0)"
+            )
+            raise InputError(f"{who}: {what} {c} of text {i} is not a class of {fix}")
+
+
 class Problem:
     """One example under attack: what a search method works with.
 
@@ -435,7 +448,8 @@ class AttackResult:
         changed: indices of words that differ from the original.
         num_words: words in the original.
         queries: model queries spent on this example (the original's included).
-        status: ``succeeded``, ``failed`` or ``skipped`` (already misclassified).
+        status: ``succeeded``, ``failed`` or ``skipped`` (already misclassified, or already meeting the goal:
+            a targeted text whose target is its label).
         similarity: cosine similarity of original and perturbed sentence embeddings (when the attack
             has a sentence encoder), else None.
         target: the target class of a targeted attack.
@@ -566,7 +580,8 @@ class Attack:
         labels: Sequence[int] | torch.Tensor,
         targets: Sequence[int] | torch.Tensor | None = None,
     ) -> list[AttackResult]:
-        """Attack each text; every input is checked before the first query.
+        """Attack each text; every input is checked before the first query (labels and targets against the
+        model's classes when it has a named head, else as soon as its first pass tells them).
 
         Args:
             texts: the texts (a :class:`~mlsafety.core.Texts` or list of str).
@@ -584,14 +599,15 @@ class Attack:
             tgts = [int(v) for v in (targets.tolist() if isinstance(targets, torch.Tensor) else targets)]
             if len(tgts) != len(texts):
                 raise InputError(f"{self.name}: {len(texts)} texts but {len(tgts)} targets")
-            same = [i for i, (y, t) in enumerate(zip(ys, tgts)) if y == t]
-            if same:  # it would meet the goal at once and count as skipped, i.e. as misclassified
-                raise InputError(
-                    f"{self.name}: text {same[0]} has a target equal to its label ({ys[same[0]]}); "
-                    "a targeted attack needs a target class other than the true one"
-                )
+            # a target equal to the label is met at once: that text is skipped, as in TextAttack (its summary
+            # counts it as classified correctly, from the predictions)
         else:
             tgts = [None] * len(texts)
+        clf = self.classifier
+        k = clf._num_classes if clf._k_known else None  # a guessed head is confirmed by the first pass
+        check_classes(self.name, "label", ys, k)
+        if self.goal.targeted:
+            check_classes(self.name, "target", [int(t) for t in tgts if t is not None], k)
         attacked = self.check_texts(texts)
         results = [self._attack_one(i, at, y, t) for i, (at, y, t) in enumerate(zip(attacked, ys, tgts))]
         if self.similarity is not None:
@@ -607,7 +623,8 @@ class Attack:
     def _attack_one(self, i: int, original: AttackedText, label: int, target: int | None) -> AttackResult:
         g = make_generator(self.seed, "text-attack", self.name, str(i))
         problem = Problem(self, original, label, target, g)
-        start = problem.query([original])
+        start = problem.query([original])  # the goal refuses a target (an untargeted goal a label) >= K
+        check_classes(self.name, "label", [label], start.logits.shape[1], first=i)  # K known from the first pass
         pred0 = int(start.logits[0].argmax())
         # A misclassified original is skipped under a targeted goal too (TextAttack attacks it): success rate,
         # original accuracy and accuracy under attack then all count over the texts the model got right.

@@ -2,7 +2,10 @@
 
 Definitions follow TextAttack's attack summary: examples the model already misclassifies are
 skipped; the **success rate** is the share of attacked (not skipped) examples the attack flipped;
-**accuracy under attack** the share of all examples still classified correctly after the attack;
+**original accuracy** and **accuracy under attack** the shares of all examples classified correctly
+before and after the attack, read from the predictions (a targeted text whose target is its true
+class is skipped, the goal being met, yet classified correctly: TextAttack's summary, which counts
+every skipped example as misclassified, would count it wrong);
 the **perturbed-word share** and the **sentence similarity** are means over successful attacks;
 **queries** the mean over attacked examples. Proportions carry exact (Clopper-Pearson) intervals,
 means percentile-bootstrap intervals (seeded).
@@ -62,7 +65,8 @@ def evaluate_text_attack(results: Sequence[AttackResult], seed: int = 0, n_boot:
     n = len(results)
     attacked = [r for r in results if r.status != "skipped"]
     won = [r for r in attacked if r.success]
-    held = sum(1 for r in attacked if r.status == "failed")
+    correct = sum(1 for r in results if r.original_pred == r.label)
+    held = sum(1 for r in results if r.perturbed_pred == r.label)
 
     def mean(values: list[float], name: str) -> Estimate | None:
         if not values:
@@ -74,7 +78,7 @@ def evaluate_text_attack(results: Sequence[AttackResult], seed: int = 0, n_boot:
         n=n,
         attacked=len(attacked),
         succeeded=len(won),
-        original_accuracy=proportion(len(attacked), n),
+        original_accuracy=proportion(correct, n),
         accuracy_under_attack=proportion(held, n),
         success_rate=proportion(len(won), len(attacked)) if attacked else None,
         perturbed_share=mean([r.perturbed_share for r in won], "text-attack-perturbed-share"),
