@@ -172,8 +172,13 @@ def test_neural_cleanse_runs_as_a_task_after_the_run_is_recorded_and_resumes(fil
                            checks=["clean", "trojans"], check_params={"trojans": TROJANS})  # fmt: skip
 
     scanned_at_plan = []
+    earlier = list(trojans._SCANS)  # memos of contexts of earlier tests not yet collected: not this run's
+
+    def scans_of_this_run(plan, n):
+        scanned_at_plan.append(sum(len(m) for c, m in trojans._SCANS.items() if all(c is not e for e in earlier)))
+
     clean_db, db = files / "clean.sqlite", files / "runs.sqlite"
-    run_audit(cfg(), db=clean_db, report="", on_plan=lambda plan, n: scanned_at_plan.append(len(trojans._SCANS)))
+    run_audit(cfg(), db=clean_db, report="", on_plan=scans_of_this_run)
     assert scanned_at_plan == [0]
     calls = {"n": 0}
 
@@ -217,3 +222,58 @@ def test_re_planning_follows_the_measured_speed(measured, expected):
     tracker.replan("b")
     # factor = measured / 10; left = 28.5 - 20 = 8.5 s; n_b = 8.5 / (0.1 * factor)
     assert abs(plan.chosen("b", "n") - expected) <= 1 and checks[1].params["n"] == plan.chosen("b", "n")
+
+
+def _two_check_tracker(a_predicted_n: int, b_value: int, budget: float, elapsed: float):
+    import time
+
+    from mlsafety.audit._budget import CheckCost, Knob, make_plan
+
+    costs = [
+        CheckCost("a", 0.0, [Knob("a", "n", a_predicted_n, 1, 0.1)]),
+        CheckCost("b", 0.0, [Knob("b", "n", b_value, 10, 0.1)]),
+    ]
+    plan = make_plan(costs, budget=budget)
+    checks = [_FakeCheck("a"), _FakeCheck("b")]
+    return plan, engine._Tracker(plan, budget, time.perf_counter() - elapsed, checks, set())
+
+
+def test_a_cheap_check_that_ran_fast_does_not_inflate_the_dear_check_after_it():
+    """Check a was predicted 1 s (10 x 0.1 s) and took 0.25 s (4x faster); b (unit 0.1 s, configured 1000) was
+    cut to fit 60 s. Taken at face value the ratio 1/4 would let b afford 4x its n (all 1000); with the ratio
+    shrunk towards 1 by the weight of b's predicted seconds (about 56 s against a's 1 s) b's n moves by a
+    few percent: n = left / (0.1 * f), f = (0.25 + ahead) / (1 + ahead)."""
+    plan, tracker = _two_check_tracker(10, 1000, 60.0, elapsed=1.0)
+    planned = plan.chosen("b", "n")
+    assert planned is not None and 400 < planned < 1000  # the budget cut b (else the test checks nothing)
+    ahead = tracker.predicted["b"]
+    tracker.done("a", 0.25)
+    tracker.replan("b")
+    f = (0.25 + ahead) / (1.0 + ahead)
+    left = 60.0 * 0.95 - 1.0
+    assert abs(plan.chosen("b", "n") - left / (0.1 * f)) <= 2  # elapsed grows by ms while the test runs
+    assert plan.chosen("b", "n") < 1.1 * planned
+
+
+def test_a_fast_ratio_on_much_evidence_is_believed_nearly_in_full():
+    """a was predicted 50 s (500 x 0.1 s) and took 25 s; b is predicted 5 s: the shrunk ratio
+    (25 + 5) / (50 + 5) = 0.545 is near the measured 0.5, and a slower-than-predicted ratio is never shrunk."""
+    _plan, tracker = _two_check_tracker(500, 50, 1000.0, elapsed=25.0)
+    tracker.done("a", 25.0)
+    assert tracker._factor() == pytest.approx(30 / 55, rel=1e-9)
+    tracker.done("a", 75.0)  # now 100 s against 50 predicted: 2x slower, taken as measured
+    assert tracker._factor() == pytest.approx(2.0, rel=1e-9)
+
+
+def test_the_summary_names_a_size_re_planning_changed(monkeypatch):
+    """When re-planning during the run changes a size the plan lines printed, the knob keeps the first plan's
+    size (``planned``) and the record states it, so the summary does not silently contradict the plan lines."""
+    plan, tracker = _two_check_tracker(10, 1000, 60.0, elapsed=1.0)
+    first = plan.chosen("b", "n")
+    tracker.done("a", 4.0)  # 4x slower: b must be cut further
+    tracker.replan("b")
+    knob = plan.knobs[("b", "n")]
+    assert knob.chosen < first and knob.planned == first
+    assert plan.knobs[("a", "n")].planned is None  # a ran: not re-planned
+    record = {(k["check"], k["param"]): k for k in engine.plan_record(plan)["knobs"]}
+    assert record[("b", "n")]["planned"] == first and "planned" not in record[("a", "n")]

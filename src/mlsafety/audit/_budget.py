@@ -211,7 +211,8 @@ class Knob:
     """A sample size the planner may cut: ``param`` of check ``check`` (or :data:`TEST`).
 
     ``unit`` is the predicted seconds per sample, ``value`` the configured (largest) size,
-    ``floor`` the smallest the planner may choose; ``chosen`` is what it chose.
+    ``floor`` the smallest the planner may choose; ``chosen`` is what it chose. ``planned`` is what the
+    plan before the first task chose when re-planning during the run changed it (None when it did not).
     """
 
     check: str
@@ -220,6 +221,7 @@ class Knob:
     floor: int
     unit: float
     chosen: int = 0
+    planned: int | None = None
 
     @property
     def width(self) -> float:
