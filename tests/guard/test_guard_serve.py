@@ -76,6 +76,31 @@ def _expected(guard: Guard, x: torch.Tensor) -> Any:
         return guard(x)
 
 
+TIE = 1e-4
+"""Decisions are compared only away from ties: a row's logits and score come from a micro-batch of other
+requests' rows, whose float sums may differ in the last bits from a lone request's on another CPU's kernels."""
+
+
+def _assert_decisions_equal(guard: Guard, x: torch.Tensor, rows: list[dict[str, Any]], exp: Any) -> None:
+    """Label, accept and reason of each served row equal the library's, for rows whose top-two logits and
+    both monitor comparisons are more than :data:`TIE` apart (most rows: at least half are compared)."""
+    mon, det = guard.monitor, guard.detector
+    top2 = exp.logits.topk(2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > TIE
+    if mon.score_threshold is not None:
+        assert det is not None
+        with torch.no_grad():
+            scores = det.score_outputs(guard._clf, guard.outputs(x)).reshape(-1)
+        clear &= (scores - mon.score_threshold).abs() > TIE
+    if mon.confidence_threshold is not None:
+        clear &= (exp.logits.softmax(dim=1).amax(dim=1) - mon.confidence_threshold).abs() > TIE
+    keep = clear.nonzero().reshape(-1).tolist()
+    assert 2 * len(keep) >= len(rows)  # else the comparisons below check little
+    assert [rows[i]["label"] for i in keep] == [exp.pred.tolist()[i] for i in keep]
+    assert [rows[i]["accept"] for i in keep] == [exp.accept.tolist()[i] for i in keep]
+    assert [rows[i]["reason"] for i in keep] == [exp.reasons[i] for i in keep]
+
+
 def test_concurrent_load_no_request_lost_or_doubled(server: tuple[str, Guard]) -> None:
     url, guard = server
     g = torch.Generator().manual_seed(5)
@@ -99,9 +124,7 @@ def test_concurrent_load_no_request_lost_or_doubled(server: tuple[str, Guard]) -
         exp = _expected(guard, x)
         got = body["results"]
         assert len(got) == x.shape[0]
-        assert [row["label"] for row in got] == exp.pred.tolist()
-        assert [row["accept"] for row in got] == exp.accept.tolist()
-        assert [row["reason"] for row in got] == exp.reasons
+        _assert_decisions_equal(guard, x, got, exp)
         assert torch.allclose(torch.tensor([row["score"] for row in got]), exp.score, rtol=1e-4, atol=1e-4)
         assert torch.allclose(torch.tensor([row["logits"] for row in got]), exp.logits, rtol=1e-4, atol=1e-5)
     assert sorted(ids) == sorted(f"r{i}" for i in range(len(batches)))  # each answered exactly once
@@ -235,7 +258,7 @@ def test_micro_batches_keep_to_max_batch_and_each_request_gets_its_rows() -> Non
     assert all(k <= 16 for k in ran if k != 20) and len(ran) < len(sizes)  # grouped, never past the cap
     for x, rows in zip(xs, answers, strict=True):
         exp = _expected(guard, x)
-        assert [row["label"] for row in rows] == exp.pred.tolist()
+        _assert_decisions_equal(guard, x, rows, exp)
         assert [row["score"] for row in rows] == pytest.approx(exp.score.tolist(), rel=1e-4, abs=1e-4)
 
 
