@@ -15,6 +15,12 @@ for text), never on the test hazards. The detectors are fitted on the training d
 training data fits them on a seeded half of the validation data and sets the thresholds and chooses the
 monitor on the other half (:func:`monitor_data`), never on the inputs a detector was fitted on.
 
+A hazard that cannot be measured gets one decision row saying why instead of its figures, and the other
+hazards go on: under ``--budget`` a dear hazard no check built (``budget_not_measured``), and a hazard
+without inputs (``not_applicable``: a recovered trojan trigger's when every test input is of its target
+class). Exposure on a hazard not measured makes ``deployment`` such a row too, naming the hazards: an
+expected rate over the others would silently drop their weight.
+
 Configuration (``mlsafety audit --config ci.toml``), e.g. for a CI pipeline::
 
     [params.defence-in-depth]
@@ -41,7 +47,7 @@ from typing import Any, ClassVar
 import torch
 
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row
-from mlsafety.audit._check import DECISION, Check, Row, Task, TaskResult, register_check
+from mlsafety.audit._check import DECISION, NOT_APPLICABLE, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, AuditData
 from mlsafety.audit.checks import _adversarial_text as text_adv
 from mlsafety.audit.checks._common import bind, require_names
@@ -173,6 +179,7 @@ class DefenceInDepth(Check):
         "expected_escaped_failure_rate", "validation_escape", "severity", "occurrence", "detection", "rpn",
         "monitor_skipped",  # a default candidate the model cannot feed (no features layer), with why
         BUDGET_NOT_MEASURED,  # under --budget: a dear hazard its own check did not build before its deadline
+        NOT_APPLICABLE,  # a hazard without inputs; deployment: exposure on a hazard not measured
     )  # fmt: skip
     lower_is_better: ClassVar[frozenset[str]] = LOWER_IS_BETTER
     view = DefenceInDepthView
@@ -367,10 +374,8 @@ class DefenceInDepth(Check):
 
         rows = []
         for h in expand_hazard(state.ctx, hazard):
-            if not _affordable(state.ctx, h):
-                rows.append(not_measured_row(str(h), f"{h.kind} inputs (their check's deadline came first)"))
-                continue
-            rows += self._one_hazard(state, h).rows
+            skip = _not_measured(state, h)
+            rows += [skip] if skip is not None else self._one_hazard(state, h).rows
         return TaskResult(rows)
 
     def _one_hazard(self, state: _State, hazard: Hazard) -> TaskResult:
@@ -389,7 +394,9 @@ class DefenceInDepth(Check):
     def _summary_task(self, state: _State, hazards: Sequence[Hazard]) -> TaskResult:
         from mlsafety.audit.checks.trojans import expand_hazard
 
-        hazards = [x for h in hazards for x in expand_hazard(state.ctx, h) if _affordable(state.ctx, x)]
+        expanded = [x for h in hazards for x in expand_hazard(state.ctx, h)]
+        skipped = {h: row for h in expanded if (row := _not_measured(state, h)) is not None}
+        hazards = [h for h in expanded if h not in skipped]
         results = {h: self._result(state, h) for h in hazards}
         # FMEA of adversarial hazards uses the worst case the adaptive attacker reaches
         measured = {h: r.measured for h, r in results.items()}
@@ -414,8 +421,13 @@ class DefenceInDepth(Check):
             ]
         exposure = dict(self.params["exposure"])
         if exposure:
-            est = expected_escaped_rate(measured, _exposure(exposure))
-            rows.append(Row.of(str(DEPLOYMENT), "expected_escaped_failure_rate", est, exposure=exposure))
+            weights = _exposure(exposure)
+            missing = [h for h, w in weights.items() if float(w) > 0 and h not in measured]
+            if missing:  # a rate over the other hazards would drop their weight: not measured, saying why
+                rows.append(_deployment_not_measured(missing, skipped, exposure))
+            else:
+                est = expected_escaped_rate(measured, weights)
+                rows.append(Row.of(str(DEPLOYMENT), "expected_escaped_failure_rate", est, exposure=exposure))
         outcomes = {h: r.outcome for h, r in results.items()}
         adaptive = {h: r.adaptive for h, r in results.items() if r.adaptive is not None}
         return TaskResult(rows, [swiss_cheese_artifact(outcomes, adaptive, self._choose(state).name)])
@@ -424,6 +436,50 @@ class DefenceInDepth(Check):
 def _affordable(ctx: AuditContext, hazard: Hazard) -> bool:
     """Whether to measure ``hazard``: always without a budget; under one when its inputs are built or cheap."""
     return ctx.deadline is None or hazard.kind in CHEAP_KINDS or ctx.has_hazard(hazard)
+
+
+def _not_measured(state: _State, hazard: Hazard) -> Row | None:
+    """The decision row of a hazard the check does not measure, saying why; None when it measures it (at once
+    for one measured already in this process).
+
+    Under ``--budget``, a dear hazard whose inputs no check built (:func:`_affordable`): a
+    :data:`BUDGET_NOT_MEASURED` row. A hazard without inputs (a recovered trojan trigger's, which holds the
+    test inputs not of its target class, when every test input is of that class): a :data:`NOT_APPLICABLE`
+    row, since no rate of zero inputs exists.
+    """
+    if hazard in state.results or hazard in state.outcomes:
+        return None
+    ctx = state.ctx
+    if not _affordable(ctx, hazard):
+        return not_measured_row(str(hazard), f"{hazard.kind} inputs (their check's deadline came first)")
+    if len(ctx.hazard(hazard)) == 0:
+        why = f"{hazard} has no inputs, so none of its rates can be measured"
+        if hazard.kind == "trojan":
+            why += " (a recovered trigger's hazard holds the test inputs not of the trigger's target class)"
+        return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why)
+    return None
+
+
+def _deployment_not_measured(
+    missing: Sequence[Hazard], skipped: Mapping[Hazard, Row], exposure: Mapping[str, float]
+) -> Row:
+    """The row of an expected escaped-failure rate whose exposure weighs hazards not measured (``missing``;
+    ``skipped`` holds the rows saying why). Under ``--budget`` alone the budget's row; else a decision row."""
+    what = "the exposure-weighted expected escaped-failure rate"
+    if all(h in skipped and skipped[h].metric == BUDGET_NOT_MEASURED for h in missing):
+        return not_measured_row(str(DEPLOYMENT), f"{what} (exposure weighs {', '.join(map(str, missing))})")
+
+    def why(h: Hazard) -> str:
+        row = skipped.get(h)
+        if row is None:  # e.g. trojan/neural-cleanse, which stands for the triggers recovered (each its own hazard)
+            return "not one of the hazards this run measured"
+        return "no inputs" if row.metric == NOT_APPLICABLE else "its check's deadline (--budget) came first"
+
+    reason = (
+        f"{what} is not measured: exposure weighs {', '.join(f'{h} ({why(h)})' for h in missing)}, and a rate over "
+        "the other hazards alone would drop that weight"
+    )
+    return Row.exact(str(DEPLOYMENT), NOT_APPLICABLE, 1.0, DECISION, reason=reason, exposure=dict(exposure))
 
 
 def _exposure(exposure: Mapping[str, float]) -> dict[Hazard, float]:
