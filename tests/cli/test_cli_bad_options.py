@@ -64,3 +64,57 @@ def test_a_group_without_its_command_shows_its_help(args: list[str]) -> None:
     want = CliRunner().invoke(main, [*args, "--help"], prog_name="mlsafety")
     assert "error:" not in res.output and "Commands:" in res.output, res.output
     assert want.output.strip() in res.output, res.output
+
+
+# Bad numbers of the flags below gave a message naming a library parameter (``TrainConfig epochs must be >= 1``,
+# ``size must be a positive number``, ``alpha must lie in (0, 1)``, ``drift alarm arl``), a traceback (an
+# infinite --reference-size, a --size too large to allocate), or ran on (``harden --steps 0`` trained on random
+# points of the eps-ball; ``harden --beta inf``, ``serve --max-wait-ms inf`` with a window that never closes).
+FLAG_CASES = {
+    "certify --alpha nan": (["certify", "--alpha", "nan"], "--alpha must be a finite number"),
+    "explain sanity --threshold nan": (["explain", "sanity", "--threshold", "nan"], "--threshold must be"),
+    "guard export --arl inf": (
+        ["guard", "export", "latest", "--out", "{d}/guard", "--arl", "inf", "--db", "{d}/none.sqlite"],
+        "--arl must be a finite number",
+    ),
+    "serve --max-wait-ms inf": (["serve", "{d}/guard", "--max-wait-ms", "inf"], "--max-wait-ms must be a finite"),
+    "harden --epochs 0": (["harden", "--eps", "0.1", "--epochs", "0"], "--epochs must be at least 1"),
+    "harden --epochs -1": (["harden", "--eps", "0.1", "--epochs", "-1"], "--epochs must be at least 1"),
+    "harden --steps 0": (["harden", "--eps", "0.1", "--steps", "0", "--epochs", "1"], "--steps must be at least 1"),
+    "harden --lr 0": (["harden", "--eps", "0.1", "--lr", "0"], "--lr must be a finite number > 0"),
+    "harden --lr nan": (["harden", "--eps", "0.1", "--lr", "nan"], "--lr must be a finite number > 0"),
+    "harden --beta inf": (
+        ["harden", "--eps", "0.1", "--method", "trades", "--beta", "inf", "--epochs", "1"],
+        "--beta must be a finite number >= 0",
+    ),
+    "harden --eps nan": (["harden", "--eps", "nan"], "--eps must be a finite number >= 0"),
+    "harden --eps -1": (["harden", "--eps", "-1"], "--eps must be a finite number >= 0"),
+    "harden --eps 2": (["harden", "--eps", "2"], "--eps must be at most 1 with --norm linf"),
+    "harden fast --eps 0": (["harden", "--method", "fast", "--eps", "0"], "--method fast needs --eps > 0"),
+    "corrupt --size 0": (["corrupt", "zoo:digits:0", "--size", "0"], "--size must be a whole number of pixels"),
+    "corrupt --size huge": (
+        ["corrupt", "zoo:digits:0", "--size", "1000000000"],
+        "--size must be a whole number of pixels",
+    ),
+    "corrupt --reference-size 0": (
+        ["corrupt", "zoo:digits:0", "--reference-size", "0"],
+        "--reference-size must be a finite number",
+    ),
+    "corrupt --reference-size inf": (
+        ["corrupt", "zoo:digits:0", "--reference-size", "inf"],
+        "--reference-size must be a finite number",
+    ),
+    "trojans population --n 1": (["trojans", "population", "--n", "1"], "--n must be at least 2"),
+    "trojans population --n -2": (["trojans", "population", "--n", "-2"], "--n must be at least 2"),
+}
+OUT = {"harden": ["--out", "{d}/out.safetensors"], "corrupt": ["--out", "{d}/out.png"], "trojans": ["--out", "{d}/out"]}
+
+
+@pytest.mark.parametrize("case", sorted(FLAG_CASES))
+def test_a_bad_number_names_the_flag_in_one_line_and_writes_nothing(case: str, tmp_path) -> None:
+    args, needle = FLAG_CASES[case]
+    args = [a.format(d=tmp_path) for a in [*args, *OUT.get(args[0], [])]]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2 and needle in res.output, (res.output, res.exception)
+    assert len(res.output.strip().splitlines()) == 1, res.output
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())

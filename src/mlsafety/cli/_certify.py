@@ -75,10 +75,11 @@ def certify(model: str, weights: str | None, data: str | None, sigma: float, n0:
 
     for option, values in (
         ("--sigma", [sigma]),
+        ("--alpha", [alpha]),
         ("--radius", radii),
         ("--sequential", [] if target is None else [target]),
     ):
-        for v in values:  # the ranges let inf and nan through: no certified accuracy is defined there
+        for v in values:  # the ranges let nan (and inf) through: no certified accuracy is defined there
             if not math.isfinite(v):
                 raise InputError(f"{option} must be a finite number, got {v}")
     # --data as val too: no 30% hold-out (certify uses no validation set), so a small .npz is not refused

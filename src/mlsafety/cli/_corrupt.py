@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import click
 
 from mlsafety.cli._common import friendly, print_wrote
+
+MAX_SIZE = 1024
+"""The largest --size: the grid holds about a hundred pictures of that side (1.5 GB at 1024; each cell is
+drawn about 110 pixels wide), and a larger one fails to allocate with a traceback."""
 
 
 @click.command()
@@ -22,7 +27,9 @@ from mlsafety.cli._common import friendly, print_wrote
     "--corruptions", "names", default="all", show_default=True, help="Comma-separated corruption names, or 'all'."
 )
 @click.option("--severities", default="1,2,3,4,5", show_default=True, help="Comma-separated severities (1-5).")
-@click.option("--size", type=int, default=None, help="Resize so the shorter side has this many pixels.")
+@click.option(
+    "--size", type=int, default=None, help=f"Resize so the shorter side has this many pixels (1 to {MAX_SIZE})."
+)
 @click.option("--grey", is_flag=True, help="Convert the image to one channel first.")
 @click.option(
     "--reference-size",
@@ -55,6 +62,13 @@ def corrupt(
         raise InputError(f"--severities must be integers from 1 to 5 separated by commas, got {severities!r}") from None
     if not sevs or any(s not in corr.SEVERITIES for s in sevs):
         raise InputError(f"--severities must be integers from 1 to 5 separated by commas, got {severities!r}")
+    if size is not None and not 1 <= size <= MAX_SIZE:
+        raise InputError(
+            f"--size must be a whole number of pixels from 1 to {MAX_SIZE} (the shorter side after resizing), "
+            f"got {size}"
+        )
+    if reference_size is not None and not (math.isfinite(reference_size) and reference_size > 0):
+        raise InputError(f"--reference-size must be a finite number of pixels > 0 (e.g. 224), got {reference_size}")
     check_output_path(out, what="picture", example="path/to/corruptions.png")
     image = corr.read_image(source, size=size, grey=grey)
     fig = corr.grid_figure(image, chosen, sevs, seed=seed, reference_size=reference_size)

@@ -21,8 +21,13 @@ def guard_group() -> None:
 @friendly
 def export(run_id: str, out: str, arl: float, db: str | None) -> None:
     """Write RUN_ID's (or `latest`) model and defence-in-depth monitor to a guard directory."""
+    import math
+
+    from mlsafety.core import InputError
     from mlsafety.guard import export_guard
 
+    if not math.isfinite(arl):  # the range lets inf and nan through; the library's message names no flag
+        raise InputError(f"--arl must be a finite number > 1 (e.g. 1000), got {arl}")
     with open_store(db) as store:
         result = export_guard(store, run_id, out, arl=arl)
     out_console.print(f"guard for run {result.run_id}: monitor {result.monitor.name} -> {result.out}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ def harden(
     from mlsafety.robustness import harden as harden_lib
 
     check_output_path(out, what="weights", example="path/to/hardened.safetensors", suffix=".safetensors")
+    _check_numbers(method, eps, norm, steps, epochs, lr, beta)
     if shift < 0:
         raise InputError(f"--shift must be >= 0 pixels, got {shift}")
     if data is None:  # as in `mlsafety audit`: a zoo model's own data
@@ -97,3 +99,37 @@ def harden(
         model, train, method=method, from_scratch=from_scratch, seed=seed, eps=eps, progress=Progress(), **params
     )
     print_wrote(f"wrote {zoo_lib.save_weights(hardened, out)}")
+
+
+def _check_numbers(
+    method: str,
+    eps: float,
+    norm: str | None,
+    steps: int | None,
+    epochs: int | None,
+    lr: float | None,
+    beta: float | None,
+) -> None:
+    """Refuse a bad number before any work, naming the flag (the training methods' own checks name their
+    parameters, e.g. ``TrainConfig epochs``, and let ``--steps 0`` train on random points of the eps-ball)."""
+    from mlsafety.core import InputError
+
+    if not (math.isfinite(eps) and eps >= 0):
+        raise InputError(f"--eps must be a finite number >= 0 (the training radius in [0, 1] pixel units), got {eps}")
+    if method == "fast" and eps == 0:
+        raise InputError("--method fast needs --eps > 0 (an L-inf radius in (0, 1] pixel units), got 0")
+    if (norm or "linf") == "linf" and eps > 1:
+        raise InputError(f"--eps must be at most 1 with --norm linf, the default (pixel units in [0, 1]); got {eps}")
+    # --steps (and --norm) with --method fast: the library's one line, "'fast' has no parameter 'steps'"
+    if steps is not None and steps < 1 and method != "fast":
+        raise InputError(
+            f"--steps must be at least 1 PGD step per batch (0 trains on random points of the eps-ball), got {steps}"
+        )
+    if epochs is not None and epochs < 1:
+        raise InputError(f"--epochs must be at least 1 (passes over the training data), got {epochs}")
+    if lr is not None and not (math.isfinite(lr) and lr > 0):
+        raise InputError(f"--lr must be a finite number > 0 (the Adam learning rate, e.g. 0.001), got {lr}")
+    if beta is not None and not (math.isfinite(beta) and beta >= 0):
+        raise InputError(
+            f"--beta must be a finite number >= 0 (TRADES's robustness weight; 6 in the paper), got {beta}"
+        )

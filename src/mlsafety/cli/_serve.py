@@ -21,6 +21,7 @@ import base64
 import binascii
 import io
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -371,6 +372,8 @@ def _has_serve_extra() -> bool:
 @friendly
 def serve(guard_dir: str, host: str, port: int, device: str, max_batch: int, max_wait_ms: float) -> None:
     """Serve a guard directory (from `mlsafety guard export`) over HTTP: /predict, /healthz, /metrics."""
+    if not math.isfinite(max_wait_ms):  # the range lets inf and nan through: a batch window that never closes
+        raise InputError(f"--max-wait-ms must be a finite number >= 0 (e.g. 5), got {max_wait_ms}")
     if not _has_serve_extra():
         line("error:", INSTALL)
         raise SystemExit(EXIT_BAD_INPUT)

@@ -32,6 +32,8 @@ def trojans_population(out: Path, n: int, seed: int, epochs: int) -> None:
     from mlsafety.core import InputError, Progress
     from mlsafety.monitoring.trojans import make_population
 
+    if n < 2:  # the library's message names no flag
+        raise InputError(f"--n must be at least 2 (half of the models clean, half trojaned), got {n}")
     if epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {epochs}")
     members = make_population(out, n=n, seed=seed, epochs=epochs, progress=Progress())
