@@ -48,6 +48,8 @@ def ood_list() -> None:
     "text model).  [default: the zoo data of a zoo model, else digits]",
 )
 @click.option("--train", help="In-distribution data to fit the detectors on (default: the zoo train split, else val).")
+@click.option("--text-column", default=None, help="Column of the texts in text data files.  [default: text]")
+@click.option("--label-column", default=None, help="Column of the labels in text data files.  [default: label]")
 @click.option("--ood", "ood_sets", multiple=True, help="OOD set (zoo name, .npz or folder); repeatable. Default: all.")
 @click.option(
     "--detector",
@@ -62,8 +64,9 @@ def ood_list() -> None:
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @friendly
-def ood_eval(model: str, weights: str | None, data: str | None, train: str | None, ood_sets: tuple[str, ...],
-             detectors: tuple[str, ...], n_boot: int, seed: int, as_json: bool) -> None:  # fmt: skip
+def ood_eval(model: str, weights: str | None, data: str | None, train: str | None, text_column: str | None,
+             label_column: str | None, ood_sets: tuple[str, ...], detectors: tuple[str, ...], n_boot: int, seed: int,
+             as_json: bool) -> None:  # fmt: skip
     """Fit detectors on in-distribution data and report AUROC, AUPR-In/Out and FPR@95 per OOD set.
 
     FPR@95 ID+ is the share of OOD inputs accepted at the threshold that keeps 95% of the
@@ -79,7 +82,8 @@ def ood_eval(model: str, weights: str | None, data: str | None, train: str | Non
     names = list(dict.fromkeys(detectors)) or default_detectors()  # each fitted once
     for name in names:
         ood.DETECTORS.get(name)  # an unknown name fails before any work, with a suggestion
-    config = AuditConfig(model=model, weights=weights, data=data, train=train, ood=list(ood_sets) or None, seed=seed)
+    config = AuditConfig(model=model, weights=weights, data=data, train=train, ood=list(ood_sets) or None, seed=seed,
+                         text_column=text_column or "text", label_column=label_column)  # fmt: skip
     clf, audit_data = prepare_inputs(config)  # the audit's validation: labels, probe pass, finite logits
     sets = {n: d.x for n, d in audit_data.ood.items()}
     result = ood.evaluate(names, clf, audit_data.fit, audit_data.test.x, sets, n_boot=n_boot, seed=seed)
