@@ -277,3 +277,17 @@ def test_the_summary_names_a_size_re_planning_changed(monkeypatch):
     assert plan.knobs[("a", "n")].planned is None  # a ran: not re-planned
     record = {(k["check"], k["param"]): k for k in engine.plan_record(plan)["knobs"]}
     assert record[("b", "n")]["planned"] == first and "planned" not in record[("a", "n")]
+
+
+def test_a_size_re_planned_back_to_the_first_plan_is_not_named_as_changed():
+    """Re-planned, then back to the first plan's size (as a later re-plan may leave it): the record and the
+    summary do not name a first plan equal to the size the check ran with."""
+    plan, tracker = _two_check_tracker(10, 1000, 60.0, elapsed=1.0)
+    first = plan.chosen("b", "n")
+    tracker.done("a", 4.0)
+    tracker.replan("b")
+    assert plan.chosen("b", "n") != first
+    knob = plan.knobs[("b", "n")]
+    knob.chosen = first  # as a later re-plan that restored it would leave it
+    record = {(k["check"], k["param"]): k for k in engine.plan_record(plan)["knobs"]}
+    assert "planned" not in record[("b", "n")]

@@ -479,7 +479,7 @@ def plan_record(plan: Plan) -> dict[str, Any]:
         "checks": {c.check: c.seconds() for c in plan.costs},
         "knobs": [
             {"check": k.check, "param": k.param, "configured": k.value, "chosen": k.chosen, "unit_s": k.unit}
-            | ({} if k.planned is None else {"planned": k.planned})  # re-planned during the run: the first plan's
+            | ({} if k.planned in (None, k.chosen) else {"planned": k.planned})  # the first plan's, where it differs
             for k in plan.knobs.values()
         ],
     }

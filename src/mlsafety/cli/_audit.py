@@ -390,7 +390,7 @@ def _print_summary(result: Any) -> None:
         used = ", ".join(
             f"{'test inputs' if k.check == '#test' else k.check + ' ' + k.param} {k.chosen}"
             + (f" (of {k.value})" if k.chosen < k.value else "")
-            + (f" (planned {k.planned}, re-planned from the measured speed)" if k.planned is not None else "")
+            + ("" if k.planned in (None, k.chosen) else f" (planned {k.planned}, re-planned from the measured speed)")
             for k in result.plan.knobs.values()
         )
         out_console.print(f"Sample sizes under the budget: {used}.", soft_wrap=True)
