@@ -131,6 +131,7 @@ def d(tmp_path_factory):
     (d / "bad_channels.toml").write_text('checks = ["clean"]\nchannels = 2\n')
     (d / "checks_table.toml").write_text('[checks.ood]\ndetectors = ["msp"]\n')
     (d / "typo_gate.toml").write_text('checks = ["clean"]\n[fail_under]\n"clean/*/class_1_acc" = 0.5\n')
+    (d / "zoo_classes.toml").write_text('checks = ["clean"]\nclasses = ["a", "b"]\n')
     return d
 
 
@@ -208,6 +209,23 @@ CASES = {
     "batch_size < 0 in TOML": (["--config", "{d}/big_seed.toml"], "big_seed.toml: batch_size must be a positive"),
     "--seed 2**63": (["--seed", str(2**63), *OK], "--seed must be an integer in [0, 2**63 - 1]"),
     "--seed -1": (["--seed", "-1", *OK], "--seed must be an integer in [0, 2**63 - 1], got -1"),
+    # -- --classes where it would be ignored (it names the labels of .npz files and image folders) ------------
+    "--classes on the zoo model's default data": (
+        ["--classes", "a,b,c", "--check", "clean"],
+        "--classes names the labels of .npz files and image folders; the default data digits is a zoo dataset",
+    ),
+    "--classes on zoo data": (
+        ["--data", "digits", "--classes", "a,b,c", "--check", "clean"],
+        "--data digits is a zoo dataset, which keeps its own labels, so --classes would be ignored; drop it",
+    ),
+    "--classes for a text model": (
+        ["--model", "minilm-mr", "--data", "{d}/texts.csv", "--classes", "neg,pos", "--check", "clean"],
+        "--model minilm-mr takes text, whose labels are read as they are, so --classes would be ignored",
+    ),
+    "classes in TOML on zoo data": (
+        ["--config", "{d}/zoo_classes.toml"],
+        "classes in --config {d}/zoo_classes.toml names the labels of .npz files and image folders",
+    ),
     # -- gates ----------------------------------------------------------------------------------
     "--fail-under nan": (["--fail-under", "clean/clean/accuracy=nan", *OK], "not a finite number"),
     "--fail-over inf": (["--fail-over", "clean/clean/accuracy=inf", *OK], "not a finite number"),
@@ -298,3 +316,23 @@ def test_image_folder_is_converted_for_a_one_channel_model(d):
     assert rgb.test.x.shape[1] == 3
     three = resolve_data(AuditConfig(data=str(d / "folder"), image_size=(8, 8), ood=[], channels=3), None)
     assert three.test.x.shape[1] == 3
+
+
+def test_classes_name_the_labels_of_an_npz(d):
+    """The counterpart of the refused --classes cases: on an .npz it takes effect and is shown."""
+    result, _ = _run(d, ["--model", M + "good", "--classes", "x,y,z", *OK])
+    assert result.exit_code == 0, result.output
+    assert "0=x, 1=y, 2=z (from --classes)" in result.output, result.output
+
+
+def test_classes_on_a_text_data_file_are_refused(tmp_path):
+    """A text model outside the zoo with a .csv: text labels are read as they are, --classes was ignored."""
+    from tests.audit.test_text_audit import save_model, write_csv
+    from tests.support.text import tiny_sentences
+
+    save_model(tmp_path / "model")
+    write_csv(tmp_path / "data.csv", *tiny_sentences(30, seed=4))
+    db = tmp_path / "runs.sqlite"
+    args = ["audit", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.csv"), "--check", "clean"]
+    result = CliRunner().invoke(main, [*args, "--classes", "neg,pos", "--db", str(db), "--report", ""])
+    _assert_refused(result, db, "--data {d}/data.csv is text data, whose labels are read as they are", tmp_path)
