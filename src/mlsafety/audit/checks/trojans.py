@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED, not_measured_row, until_deadline
-from mlsafety.audit._check import Artifact, Check, Row, Task, TaskResult, register_check
+from mlsafety.audit._check import DECISION, NOT_APPLICABLE, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext, hazard_provider
 from mlsafety.audit.checks._common import bind, params_of, require_int, require_names
 from mlsafety.audit.views.trojans import TrojansView, nc_artifacts, scanner_metric
@@ -153,6 +153,7 @@ class Trojans(Check):
         "attack_success_rate", "accuracy", "strip_input_auroc",  # on the recovered triggers
         "*_score", "*_flagged", "*_flag_rate", "*_target", "neural_cleanse_anomaly_index_class_*",  # per scanner
         BUDGET_NOT_MEASURED,
+        NOT_APPLICABLE,  # a recovered trigger's hazard without inputs (every test input is of its target class)
     )  # fmt: skip
     view = TrojansView
 
@@ -207,6 +208,9 @@ class Trojans(Check):
         for trig in triggers if first else []:
             hz = _hazard(trig)
             data = ctx.hazard(hz)
+            if len(data) == 0:  # every test input is of the target class: no rate of zero inputs exists
+                rows.append(_no_inputs_row(hz, trig))
+                continue
             pred = ctx.outputs(hz).pred
             rows.append(Row.of(str(hz), "attack_success_rate", proportion(pred == trig.target), mask_l1=trig.l1))
             rows.append(Row.of(str(hz), "accuracy", proportion(pred == data.y.to(pred.device))))
@@ -224,7 +228,8 @@ class Trojans(Check):
                 probe = torch.cat([clean_x, trig_x])
             res = _scan(ctx, name, probe)
             rows += _scanner_rows(ctx, res, probe)
-            if name == "strip" and triggers:
+            # the AUROC needs triggered inputs: a trigger's hazard without them has its not_applicable row instead
+            if name == "strip" and triggers and len(ctx.hazard(_hazard(triggers[0]))) > 0:
                 s = res.sample_scores
                 assert s is not None
                 n_clean = min(200, len(ctx.hazard(Hazard.clean())))
@@ -236,6 +241,17 @@ class Trojans(Check):
         if not reached:
             rows.append(not_measured_row(str(Hazard.trojan(scanner)), f"the {scanner} scan"))
         return TaskResult(rows, artifacts)
+
+
+def _no_inputs_row(hazard: Hazard, trigger: Trigger) -> Row:
+    """The :data:`NOT_APPLICABLE` row of a recovered trigger's hazard without inputs (every test input is of
+    the trigger's target class), in place of its attack success rate, accuracy and STRIP input AUROC."""
+    why = (
+        f"{hazard} has no inputs, so none of its rates (attack_success_rate, accuracy, strip_input_auroc) can be "
+        f"measured (a recovered trigger's hazard holds the test inputs not of the trigger's target class, "
+        f"{trigger.target}, and every test input is of that class)"
+    )
+    return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why, mask_l1=trigger.l1)
 
 
 def _shares(ctx: AuditContext, res: ScanResult, probe: torch.Tensor | None) -> list[int] | None:

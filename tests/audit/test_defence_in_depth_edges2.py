@@ -1,0 +1,115 @@
+"""A recovered trojan trigger whose hazard has no inputs (every test input is of its target class), through the
+trojans check and a whole small audit (tiny models and data made here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import mlsafety.audit.checks  # noqa: F401  (registers every check)
+from mlsafety.audit import CHECKS, NOT_APPLICABLE, AuditConfig, AuditContext, AuditData, Row, StoredRow, run_audit
+from mlsafety.audit._check import DECISION
+from mlsafety.audit.checks import trojans
+from mlsafety.core import ArrayDataset, Classifier, Hazard
+from mlsafety.monitoring.trojans import Trigger
+
+CLASSES = 3
+TARGET = 1
+TROJANS = {"scanners": ["neural-cleanse", "strip"], "n_seeds": 2, "nc_steps": 20, "max_clean": 30}
+
+
+def _model() -> Classifier:
+    torch.manual_seed(0)
+    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, CLASSES)).eval())
+
+
+def _data(n: int, g: torch.Generator, label: int | None = None) -> ArrayDataset:
+    y = torch.randint(0, CLASSES, (n,), generator=g) if label is None else torch.full((n,), label)
+    return ArrayDataset(torch.rand(n, 1, 8, 8, generator=g), y)
+
+
+def _trigger(monkeypatch: pytest.MonkeyPatch) -> Trigger:
+    """A trigger of class :data:`TARGET` that Neural Cleanse 'recovered' (whatever the real scan finds)."""
+    trigger = Trigger(torch.zeros(1, 8, 8), torch.ones(1, 8, 8), target=TARGET, source=trojans.NC)
+    monkeypatch.setattr(trojans, "_recovered", lambda ctx: [trigger])
+    return trigger
+
+
+def _stored(check: str, rows: list[Row]) -> list[StoredRow]:
+    return [StoredRow(check, r.hazard, r.metric, r.value, r.ci_low, r.ci_high, r.n, r.params, r.kind) for r in rows]
+
+
+# -- 1. the trojans check --------------------------------------------------------------------------------------
+def test_the_trojans_check_stores_a_trigger_without_inputs_as_not_applicable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test input is of the trigger's target class, so its hazard has no inputs. The Neural Cleanse task
+    raised 'a proportion needs at least one trial' (attack success rate and accuracy of zero inputs) and the
+    STRIP task 'ranking metrics need at least one ... OOD score' (its AUROC of clean vs no triggered inputs).
+    Now the hazard gets one not_applicable row naming it and why; each scanner's own rows are stored."""
+    trigger = _trigger(monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    ctx = AuditContext(_model(), AuditData(test=_data(40, g, label=TARGET), val=_data(40, g)))
+    check = CHECKS.create("trojans", **TROJANS)
+    rows = [r for t in check.tasks(ctx) for r in t.run().rows]  # each task as the engine runs it
+
+    hazard = str(Hazard.trojan(trigger.name))
+    assert len(ctx.hazard(hazard)) == 0  # the case
+    mine = [r for r in rows if r.hazard == hazard]
+    assert [r.metric for r in mine] == [NOT_APPLICABLE]
+    (row,) = mine
+    assert row.kind == DECISION and row.value == 1.0
+    why = row.params["reason"]
+    assert hazard in why and "no inputs" in why and "target class" in why
+    assert "attack_success_rate" in why and "strip_input_auroc" in why
+    assert "modality" not in row.params  # a hazard without inputs, not the check skipped on this modality
+    metrics = {r.metric for r in rows if r.hazard == "clean"}
+    assert {"neural_cleanse_score", "neural_cleanse_flagged", "strip_score", "strip_flagged"} <= metrics
+
+
+# -- the whole small audit -----------------------------------------------------------------------------------
+MODEL = """
+import torch
+from torch import nn
+
+
+def small():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(256, 3))
+"""
+
+
+@pytest.fixture
+def files(tmp_path):  # type: ignore[no-untyped-def]
+    """A model file, test data all of class :data:`TARGET`, validation data of every class, and an OOD set."""
+    (tmp_path / "m.py").write_text(MODEL)
+    rng = np.random.default_rng(0)
+    x = rng.random((40, 1, 8, 8)).astype(np.float32)
+    np.savez(tmp_path / "test.npz", x=x, y=np.full(40, TARGET))
+    np.savez(tmp_path / "val.npz", x=rng.random((40, 1, 8, 8)).astype(np.float32), y=rng.integers(0, CLASSES, 40))
+    np.savez(tmp_path / "ood.npz", x=0.3 * rng.random((20, 1, 8, 8)).astype(np.float32), y=-np.ones(20, dtype=int))
+    return tmp_path
+
+
+def _audit(files: Any, **kw: Any) -> Any:
+    params = {"trojans": TROJANS, "defence-in-depth": {"adaptive_steps": 3, "monitors": ["energy"]}}
+    config = AuditConfig(
+        model=f"{files}/m.py:small", data=str(files / "test.npz"), val=str(files / "val.npz"),
+        ood=[str(files / "ood.npz")], checks=["clean", "trojans", "defence-in-depth"], quick=True, seed=3,
+        check_params=params, **kw,
+    )  # fmt: skip
+    return run_audit(config, db=files / "runs.sqlite", report="")
+
+
+def test_a_whole_audit_with_a_trigger_without_inputs_completes(files, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The trojans check failed the audit in this case (defence in depth already stored the hazard as not
+    applicable). Now the audit completes, both checks storing the hazard's not_applicable row, naming it."""
+    trigger = _trigger(monkeypatch)
+    result = _audit(files)
+    hazard = str(Hazard.trojan(trigger.name))
+    na = {r.check: r for r in result.rows if r.hazard == hazard}
+    assert set(na) == {"trojans", "defence-in-depth"}
+    assert all(r.metric == NOT_APPLICABLE and hazard in r.params["reason"] for r in na.values())
+    assert not [r for r in result.rows if r.hazard == hazard and r.metric != NOT_APPLICABLE]
