@@ -1,5 +1,5 @@
 """A recovered trojan trigger whose hazard has no inputs (every test input is of its target class), through the
-trojans check and a whole small audit (tiny models and data made here)."""
+trojans check, a whole small audit and the defence-in-depth report (tiny models and data made here)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from torch import nn
 
 import mlsafety.audit.checks  # noqa: F401  (registers every check)
 from mlsafety.audit import CHECKS, NOT_APPLICABLE, AuditConfig, AuditContext, AuditData, Row, StoredRow, run_audit
+from mlsafety.audit._budget import not_measured_row
 from mlsafety.audit._check import DECISION
+from mlsafety.audit._report import render_report
+from mlsafety.audit._store import Store
 from mlsafety.audit.checks import trojans
 from mlsafety.core import ArrayDataset, Classifier, Hazard
 from mlsafety.monitoring.trojans import Trigger
@@ -113,3 +116,38 @@ def test_a_whole_audit_with_a_trigger_without_inputs_completes(files, monkeypatc
     assert set(na) == {"trojans", "defence-in-depth"}
     assert all(r.metric == NOT_APPLICABLE and hazard in r.params["reason"] for r in na.values())
     assert not [r for r in result.rows if r.hazard == hazard and r.metric != NOT_APPLICABLE]
+
+
+# -- 2. the defence-in-depth view ----------------------------------------------------------------------------
+def test_the_view_shows_each_not_applicable_row_with_its_reason() -> None:
+    """The view took out only the budget's rows and showed them; a hazard's not_applicable row and the
+    deployment's were in no table. Each now is, in a table of what was not measured, with its reason."""
+    hazard, why = "trojan/neural-cleanse-class-1", "trojan/neural-cleanse-class-1 has no inputs, so none of ..."
+    dep_why = "the exposure-weighted expected escaped-failure rate is not measured: exposure weighs ..."
+    rows = [
+        Row.exact(hazard, NOT_APPLICABLE, 1.0, DECISION, reason=why),
+        Row.exact("deployment", NOT_APPLICABLE, 1.0, DECISION, reason=dep_why, exposure={"clean": 1.0}),
+        not_measured_row("corruption/fog/3", "corruption inputs"),
+    ]
+    tables = CHECKS.get("defence-in-depth").tables(_stored("defence-in-depth", rows))
+    cells = [(t.title, tuple(row)) for t in tables for row in t.rows]
+    shown = {row for _, row in cells}
+    assert (hazard, why) in shown
+    assert ("deployment", dep_why) in shown
+    assert ("corruption/fog/3", rows[2].params["reason"]) in shown  # the budget's table, as before
+    titles = {title for title, row in cells if row[0] in (hazard, "deployment")}
+    assert len(titles) == 1 and "not measured" in titles.pop().lower()
+
+
+def test_the_report_shows_why_defence_in_depth_did_not_measure_a_hazard(files, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The stored not_applicable row of defence in depth appeared nowhere in the report; its reason now does."""
+    trigger = _trigger(monkeypatch)
+    result = _audit(files)
+    store = Store(files / "runs.sqlite")
+    try:
+        html = render_report(store, result.run_id)
+    finally:
+        store.close()
+    did = html[html.index("Defence in depth") :]
+    hazard = str(Hazard.trojan(trigger.name))
+    assert f"{hazard} has no inputs, so none of its rates can be measured" in did

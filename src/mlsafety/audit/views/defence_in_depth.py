@@ -1,6 +1,6 @@
 """How the ``defence-in-depth`` check reads in the report: escaped-failure headlines, the per-hazard
-table, the FMEA table (also ``mlsafety fmea RUN_ID``), the monitor choice and the deployment
-figure; and the Swiss-cheese plot (drawn during the run, by :func:`swiss_cheese_artifact`)."""
+table, the FMEA table (also ``mlsafety fmea RUN_ID``), the monitor choice, the deployment figure and
+what was not measured, with why; and the Swiss-cheese plot (drawn during the run, by :func:`swiss_cheese_artifact`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
-from mlsafety.audit._check import Artifact, Headline, StoredRow, Table, View, fmt_ci, fmt_value
+from mlsafety.audit._check import NOT_APPLICABLE, Artifact, Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit.views._budget import split_not_measured
 from mlsafety.core import Hazard
 from mlsafety.systemic import Outcome, swiss_cheese_png
@@ -26,7 +26,7 @@ ESCAPED = ("escaped_failure_rate", "adaptive_escaped_failure_rate")
 
 class DefenceInDepthView(View):
     """Headlines: escaped failures on clean data, the worst hazard, the deployment figure; tables:
-    per hazard, FMEA, monitor choice, deployment."""
+    per hazard, FMEA, monitor choice, deployment, not measured (with why)."""
 
     @classmethod
     def headlines(cls, rows: Sequence[StoredRow]) -> list[Headline]:
@@ -51,7 +51,13 @@ class DefenceInDepthView(View):
     def tables(cls, rows: Sequence[StoredRow], title: str = "") -> list[Table]:
         rows, late = split_not_measured(rows)
         by = by_hazard(rows)
-        found = (_hazard_table(by), fmea_report_table(by), _validation_table(rows), _deployment_table(rows))
+        found = (
+            _hazard_table(by),
+            fmea_report_table(by),
+            _validation_table(rows),
+            _deployment_table(rows),
+            _not_applicable_table(rows),
+        )
         return [t for t in found if t] + late
 
 
@@ -143,6 +149,16 @@ def _deployment_table(rows: Sequence[StoredRow]) -> Table | None:
         return None
     body = [["expected escaped-failure rate", fmt_value(dep[0].value), fmt_ci(dep[0])]]
     return Table("Deployment, exposure-weighted (Bonferroni-adjusted exact interval)", ["", "value", "95% CI"], body)
+
+
+def _not_applicable_table(rows: Sequence[StoredRow]) -> Table | None:
+    """The hazards (and the deployment figure) stored as not applicable, each with its reason: a hazard without
+    inputs, exposure on a hazard not measured. (What ``--budget`` left out has its own table.)"""
+    skipped = [r for r in rows if r.metric == NOT_APPLICABLE and "modality" not in r.params]
+    if not skipped:
+        return None
+    body = [[r.hazard, str(r.params.get("reason", ""))] for r in skipped]
+    return Table("Not measured (no figure exists for these)", ["hazard", "why"], body)
 
 
 def _cell(r: StoredRow | None) -> str:
