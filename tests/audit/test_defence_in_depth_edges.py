@@ -16,7 +16,7 @@ from mlsafety.audit import CHECKS, NOT_APPLICABLE, AuditContext, AuditData, Row
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED
 from mlsafety.audit._check import DECISION
 from mlsafety.audit.checks import trojans
-from mlsafety.core import ArrayDataset, Classifier, Hazard
+from mlsafety.core import ArrayDataset, Classifier, Hazard, InputError
 from mlsafety.monitoring.trojans import Trigger
 
 CLASSES = 3
@@ -136,20 +136,21 @@ def test_a_zero_exposure_on_a_hazard_the_budget_left_out_leaves_the_expected_rat
     assert expected.value == pytest.approx(clean.value, abs=1e-12)
 
 
-def test_exposure_on_the_pending_trojan_hazard_stores_the_expected_rate_as_not_measured(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """``trojan/neural-cleanse`` is planned (so exposure on it passes validation) but measured as the triggers
-    recovered, each its own hazard: the summary raised 'which was not measured' after the run. Now the expected
-    rate is not measured, naming it; the trigger's own hazard is measured."""
+def test_exposure_on_the_pending_trojan_hazard_is_refused_when_planned(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``trojan/neural-cleanse`` is planned (so exposure on it passed validation) but measured as the triggers
+    recovered, each its own hazard, so it could never give a rate: the expected rate was always stored as not
+    measured, after the run. Exposure on it is now refused before any work, in one line saying what to do; a
+    weight of 0 takes no part and stays allowed."""
     g = torch.Generator().manual_seed(0)
     trigger = Trigger(torch.zeros(1, 8, 8), torch.ones(1, 8, 8), target=1, source=trojans.NC)
     monkeypatch.setattr(trojans, "_recovered", lambda ctx: [trigger])
     ctx = AuditContext(_model(), AuditData(test=_data(40, g), val=_data(40, g)))
     ctx.planned_hazards = [trojans.PENDING]
-    rows = _rows(ctx, exposure={"clean": 0.9, str(trojans.PENDING): 0.1})
+    with pytest.raises(InputError) as info:
+        _rows(ctx, exposure={"clean": 0.9, str(trojans.PENDING): 0.1})
+    msg = str(info.value)
+    assert "\n" not in msg and str(trojans.PENDING) in msg and "remove it from exposure" in msg
 
+    rows = _rows(ctx, exposure={"clean": 1.0, str(trojans.PENDING): 0})
     assert "escaped_failure_rate" in _metrics(rows, str(Hazard.trojan(trigger.name)))
-    why = rows["deployment", NOT_APPLICABLE].params["reason"]
-    assert f"{trojans.PENDING} (not one of the hazards this run measured)" in why
-    assert "expected_escaped_failure_rate" not in _metrics(rows, "deployment")
+    assert "expected_escaped_failure_rate" in _metrics(rows, "deployment")

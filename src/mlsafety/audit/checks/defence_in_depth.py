@@ -19,7 +19,9 @@ A hazard that cannot be measured gets one decision row saying why instead of its
 hazards go on: under ``--budget`` a dear hazard no check built (``budget_not_measured``), and a hazard
 without inputs (``not_applicable``: a recovered trojan trigger's when every test input is of its target
 class). Exposure on a hazard not measured makes ``deployment`` such a row too, naming the hazards: an
-expected rate over the others would silently drop their weight.
+expected rate over the others would silently drop their weight. Exposure cannot weigh
+``trojan/neural-cleanse``: it is measured as the triggers Neural Cleanse recovers, each its own hazard named
+only after the scan, so it is refused when the audit is planned.
 
 Configuration (``mlsafety audit --config ci.toml``), e.g. for a CI pipeline::
 
@@ -471,7 +473,7 @@ def _deployment_not_measured(
 
     def why(h: Hazard) -> str:
         row = skipped.get(h)
-        if row is None:  # e.g. trojan/neural-cleanse, which stands for the triggers recovered (each its own hazard)
+        if row is None:  # a hazard planned but neither measured nor skipped (_check_exposure refuses the one known)
             return "not one of the hazards this run measured"
         return "no inputs" if row.metric == NOT_APPLICABLE else "its check's deadline (--budget) came first"
 
@@ -488,11 +490,21 @@ def _exposure(exposure: Mapping[str, float]) -> dict[Hazard, float]:
 
 
 def _check_exposure(exposure: Mapping[Hazard, object], measured: list[str]) -> None:
-    """Refuse, before any work, exposure weights the summary task would refuse after the hazards ran."""
+    """Refuse, before any work, exposure weights that could give no expected rate: a bad weight, a hazard not
+    planned, or :data:`~mlsafety.audit.checks.trojans.PENDING`, which is measured as the triggers Neural Cleanse
+    recovers (each its own hazard, named only after the scan), never under its own name."""
+    from mlsafety.audit.checks.trojans import PENDING
+
     for h, w in exposure.items():
         ok = isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
         if not ok:
             raise InputError(f"defence-in-depth exposure of {str(h)!r} must be a number >= 0, got {w!r}")
+        if str(h) == str(PENDING) and w != 0:
+            raise InputError(
+                f"defence-in-depth exposure cannot weigh {str(h)!r}: it is measured as the triggers Neural Cleanse "
+                "recovers, each its own hazard named only after the scan, so no rate of it exists; remove it from "
+                "exposure (the triggers' escaped-failure rates are still reported per hazard)"
+            )
         if str(h) not in measured and w != 0:
             raise InputError(
                 f"defence-in-depth exposure names hazard {str(h)!r}, which this audit does not measure; "
