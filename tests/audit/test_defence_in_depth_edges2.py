@@ -1,5 +1,6 @@
 """A recovered trojan trigger whose hazard has no inputs (every test input is of its target class), through the
-trojans check, a whole small audit and the defence-in-depth report (tiny models and data made here)."""
+trojans check, a whole small audit and the defence-in-depth report; and gates on a metric stored as not
+measured (tiny models and data made here)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import mlsafety.audit.checks  # noqa: F401  (registers every check)
 from mlsafety.audit import CHECKS, NOT_APPLICABLE, AuditConfig, AuditContext, AuditData, Row, StoredRow, run_audit
 from mlsafety.audit._budget import not_measured_row
 from mlsafety.audit._check import DECISION
+from mlsafety.audit._gates import evaluate_gates
 from mlsafety.audit._report import render_report
 from mlsafety.audit._store import Store
 from mlsafety.audit.checks import trojans
-from mlsafety.core import ArrayDataset, Classifier, Hazard
+from mlsafety.core import ArrayDataset, Classifier, Hazard, MlsafetyError
 from mlsafety.monitoring.trojans import Trigger
 
 CLASSES = 3
@@ -151,3 +153,44 @@ def test_the_report_shows_why_defence_in_depth_did_not_measure_a_hazard(files, m
     did = html[html.index("Defence in depth") :]
     hazard = str(Hazard.trojan(trigger.name))
     assert f"{hazard} has no inputs, so none of its rates can be measured" in did
+
+
+# -- 3. gates on a metric stored as not measured --------------------------------------------------------------
+def _gate_error(rows: list[StoredRow], key: str) -> str:
+    with pytest.raises(MlsafetyError) as info:
+        evaluate_gates(rows, {}, {key: 0.1})
+    return str(info.value)
+
+
+def test_a_gate_on_a_metric_stored_as_not_applicable_fails_saying_why() -> None:
+    """The gate failed with 'matches no stored metric', as if the key were misspelt. It still fails (a gate
+    passed on a number never measured would be dishonest), saying the metric was not measured and why."""
+    why = "the exposure-weighted expected escaped-failure rate is not measured: exposure weighs corruption/fog/3"
+    rows = _stored("defence-in-depth", [Row.exact("deployment", NOT_APPLICABLE, 1.0, DECISION, reason=why)])
+    msg = _gate_error(rows, "defence-in-depth/deployment/expected_escaped_failure_rate")
+    assert "matches no stored metric" not in msg and "not measured" in msg and why in msg
+    assert "\n" not in msg
+
+
+def test_a_gate_on_a_metric_the_budget_left_out_fails_saying_why() -> None:
+    row = not_measured_row("deployment", "the exposure-weighted expected escaped-failure rate")
+    msg = _gate_error(_stored("defence-in-depth", [row]), "defence-in-depth/deployment/expected_escaped_failure_rate")
+    assert "not measured" in msg and "--budget" in msg
+    assert "matches no stored metric" not in msg and row.params["reason"] in msg
+
+
+def test_a_gate_on_another_check_or_hazard_still_matches_nothing() -> None:
+    """Only the gate's own check and hazard are read: a not-measured row elsewhere changes nothing."""
+    rows = _stored("defence-in-depth", [Row.exact("deployment", NOT_APPLICABLE, 1.0, DECISION, reason="r")])
+    assert "matches no stored metric" in _gate_error(rows, "defence-in-depth/clean/escaped_failure_rate")
+    assert "matches no stored metric" in _gate_error(rows, "trojans/deployment/expected_escaped_failure_rate")
+
+
+def test_the_gate_on_the_trigger_without_inputs_fails_saying_why(files, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """In a whole audit: a gate on the trigger's attack success rate names the hazard's reason."""
+    trigger = _trigger(monkeypatch)
+    hazard = str(Hazard.trojan(trigger.name))
+    with pytest.raises(MlsafetyError) as info:
+        _audit(files, fail_over={f"trojans/{hazard}/attack_success_rate": 0.5})
+    msg = str(info.value)
+    assert "not measured" in msg and "has no inputs" in msg and hazard in msg

@@ -10,6 +10,7 @@ pattern over hazards' string forms.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import math
@@ -252,12 +253,25 @@ def _candidates(metric: str, patterns: Sequence[str]) -> list[str]:
 def evaluate_gates(
     rows: Sequence[StoredRow], fail_under: Mapping[str, float], fail_over: Mapping[str, float]
 ) -> list[GateFailure]:
-    """Every violated bound; a gate that matches no stored metric raises :class:`UnknownNameError`."""
+    """Every violated bound.
+
+    Raises:
+        InputError: a gate whose metric is stored as not measured (a not-applicable or ``--budget`` row of its
+            check and hazard), with that row's reason: the gate cannot pass on a number never measured.
+        UnknownNameError: a gate that matches no stored metric.
+    """
     failures: list[GateFailure] = []
     for kind, gates in (("fail_under", fail_under), ("fail_over", fail_over)):
         for text, bound in gates.items():
             key = parse_gate_key(text)
             matched = [r for r in rows if key.matches(r)]
+            if not matched and (unmeasured := _not_measured(key, rows)):
+                r, more = unmeasured[0], f" (and {len(unmeasured) - 1} more)" if len(unmeasured) > 1 else ""
+                raise InputError(
+                    f"gate {text!r} fails: its metric is stored as not measured ({r.hazard}: "
+                    f"{r.params.get('reason', r.metric)}){more}; no bound holds on a number never measured, so "
+                    "measure it or remove the gate"
+                )
             if not matched:
                 raise UnknownNameError(
                     f"gate {text!r} matches no stored metric; `mlsafety runs show RUN_ID` lists the metric keys"
@@ -267,6 +281,21 @@ def evaluate_gates(
                 if bad:
                     failures.append(GateFailure(r.key, r.value, bound, kind))
     return failures
+
+
+def _not_measured(key: GateKey, rows: Sequence[StoredRow]) -> list[StoredRow]:
+    """The decision rows stored in place of the metric ``key`` gates: of its check and hazard, saying why no figure
+    exists (:data:`~mlsafety.audit._check.NOT_APPLICABLE`, or what ``--budget`` left out)."""
+    from mlsafety.audit._budget import BUDGET_NOT_MEASURED
+    from mlsafety.audit._check import DECISION, NOT_APPLICABLE
+
+    return [
+        r
+        for r in rows
+        if r.metric in (NOT_APPLICABLE, BUDGET_NOT_MEASURED)
+        and r.kind == DECISION
+        and dataclasses.replace(key, metric=r.metric).matches(r)
+    ]
 
 
 @dataclass(frozen=True)
