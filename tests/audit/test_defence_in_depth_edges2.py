@@ -194,3 +194,18 @@ def test_the_gate_on_the_trigger_without_inputs_fails_saying_why(files, monkeypa
         _audit(files, fail_over={f"trojans/{hazard}/attack_success_rate": 0.5})
     msg = str(info.value)
     assert "not measured" in msg and "has no inputs" in msg and hazard in msg
+
+
+def test_the_trojans_view_shows_a_trigger_without_inputs_with_its_reason_not_as_a_value() -> None:
+    """The trigger's not_applicable row appeared in "Recovered triggers on the test data" as the value 1 with
+    no reason; it is now in its own table with the reason, and the measured triggers keep theirs."""
+    empty, why = "trojan/neural-cleanse-class-1", "trojan/neural-cleanse-class-1 has no inputs: every test input ..."
+    rows = [
+        Row.exact(empty, NOT_APPLICABLE, 1.0, DECISION, reason=why),
+        Row.exact("trojan/neural-cleanse-class-2", "attack_success_rate", 0.5, DECISION),
+    ]
+    tables = CHECKS.get("trojans").tables(_stored("trojans", rows))
+    by_title = {t.title: [tuple(r) for r in t.rows] for t in tables}
+    recovered = by_title["Recovered triggers on the test data"]
+    assert [r[0] for r in recovered] == ["trojan/neural-cleanse-class-2"]
+    assert by_title["Recovered triggers not measured"] == [(empty, why)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mlsafety.audit._check import Artifact, Headline, StoredRow, Table, View, fmt_ci, fmt_value
+from mlsafety.audit._check import NOT_APPLICABLE, Artifact, Headline, StoredRow, Table, View, fmt_ci, fmt_value
 from mlsafety.audit._plots import figure, to_png
 from mlsafety.audit.checks._common import metric_name
 from mlsafety.audit.views._budget import split_not_measured
@@ -95,14 +95,13 @@ class TrojansView(View):
                 )
             )
         hz = [r for r in rows if Hazard.parse(r.hazard).kind == "trojan"]
-        if hz:
-            tables.append(
-                Table(
-                    "Recovered triggers on the test data",
-                    ["hazard", "metric", "value", "95% CI", "n"],
-                    [[r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in hz],
-                )
-            )
+        measured = [r for r in hz if r.metric != NOT_APPLICABLE]
+        if measured:
+            body = [[r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in measured]
+            tables.append(Table("Recovered triggers on the test data", ["hazard", "metric", "value", "95% CI", "n"], body))
+        unmeasured = [[r.hazard, str(r.params.get("reason", ""))] for r in hz if r.metric == NOT_APPLICABLE]
+        if unmeasured:  # e.g. a trigger whose target class is every test input's: no input to stamp
+            tables.append(Table("Recovered triggers not measured", ["hazard", "why"], unmeasured))
         return tables + late
 
 
