@@ -97,8 +97,10 @@ class TrojansView(View):
         hz = [r for r in rows if Hazard.parse(r.hazard).kind == "trojan"]
         measured = [r for r in hz if r.metric != NOT_APPLICABLE]
         if measured:
-            body = [[r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)] for r in measured]
-            tables.append(Table("Recovered triggers on the test data", ["hazard", "metric", "value", "95% CI", "n"], body))
+            body = [[r.hazard, r.metric, fmt_value(r.value), fmt_ci(r), "" if r.n is None else str(r.n)]
+                    for r in measured]  # fmt: skip
+            columns = ["hazard", "metric", "value", "95% CI", "n"]
+            tables.append(Table("Recovered triggers on the test data", columns, body))
         unmeasured = [[r.hazard, str(r.params.get("reason", ""))] for r in hz if r.metric == NOT_APPLICABLE]
         if unmeasured:  # e.g. a trigger whose target class is every test input's: no input to stamp
             tables.append(Table("Recovered triggers not measured", ["hazard", "why"], unmeasured))
