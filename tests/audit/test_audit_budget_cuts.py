@@ -260,9 +260,10 @@ def test_a_fast_ratio_on_much_evidence_is_believed_nearly_in_full():
     (25 + 5) / (50 + 5) = 0.545 is near the measured 0.5, and a slower-than-predicted ratio is never shrunk."""
     _plan, tracker = _two_check_tracker(500, 50, 1000.0, elapsed=25.0)
     tracker.done("a", 25.0)
-    assert tracker._factor() == pytest.approx(30 / 55, rel=1e-9)
+    assert tracker._replan_factor() == pytest.approx(30 / 55, rel=1e-9)
+    assert tracker._factor() == pytest.approx(0.5, rel=1e-9)  # allotments and the ETA: as measured
     tracker.done("a", 75.0)  # now 100 s against 50 predicted: 2x slower, taken as measured
-    assert tracker._factor() == pytest.approx(2.0, rel=1e-9)
+    assert tracker._replan_factor() == tracker._factor() == pytest.approx(2.0, rel=1e-9)
 
 
 def test_the_summary_names_a_size_re_planning_changed(monkeypatch):

@@ -568,27 +568,32 @@ class _Tracker:
         assert self.budget is not None
         return self.budget * (1 - RESERVE) - (time.perf_counter() - self.start)
 
-    def _measured(self) -> tuple[float, float]:
-        """Measured / predicted seconds of the checks run so far (1 before any), clamped to [0.25, 4], and the
-        predicted seconds that ratio rests on (the shared passes included: the first task pays them)."""
-        if not self.spent:
-            return 1.0, 0.0
-        done = [c for c in self.spent if c in self.predicted]
-        pred = sum(self.predicted[c] for c in done) + self.predicted.get("forward passes", 0.0)
-        return (min(4.0, max(0.25, sum(self.spent.values()) / pred)), pred) if pred > 0 else (1.0, 0.0)
-
     def _factor(self) -> float:
-        """The measured / predicted ratio the allotments and re-planning scale the later checks' predictions by.
-        Slower than predicted: the ratio as measured (cutting on any evidence is safe: the deadlines stop what
-        still overruns). Faster: believed only in proportion to its evidence, shrunk towards 1 with the
-        predicted seconds of the checks still to come as the prior's weight,
-        ``(ratio * done + ahead) / (done + ahead)``: a cheap first check that ran 4x faster than predicted
-        must not multiply the sizes of the dear checks after it (one task's timing says little about another
-        check's kernels), which then ran out of their shares and stopped short (fashion-cnn, --budget 90s:
-        adversarial n re-planned 20 -> 113, then four of its six settings not measured)."""
-        ratio, done = self._measured()
-        if ratio >= 1.0:
+        """Measured / predicted seconds of the checks run so far (1 before any), clamped to [0.25, 4]: what the
+        allotments and the ETA scale the later checks' predictions by (a deadline stops what it misjudges)."""
+        if not self.spent:
+            return 1.0
+        pred = self._evidence()
+        return min(4.0, max(0.25, sum(self.spent.values()) / pred)) if pred > 0 else 1.0
+
+    def _evidence(self) -> float:
+        """Predicted seconds of the checks run so far, the shared passes included (the first task pays them)."""
+        done = [c for c in self.spent if c in self.predicted]
+        return sum(self.predicted[c] for c in done) + self.predicted.get("forward passes", 0.0)
+
+    def _replan_factor(self) -> float:
+        """The ratio re-planning scales the later checks' unit costs by (sizes, unlike deadlines, are not taken
+        back). Slower than predicted: :meth:`_factor` as measured (cutting on any evidence is safe). Faster:
+        believed only in proportion to its evidence, shrunk towards 1 with the predicted seconds of the checks
+        still to come as the prior's weight, ``(ratio * done + ahead) / (done + ahead)``: a cheap first check
+        that ran 4x faster than predicted must not multiply the sizes of the dear checks after it (one task's
+        timing says little about another check's kernels), which then ran out of their shares and stopped
+        short (fashion-cnn, --budget 90s: adversarial n re-planned 20 -> 113, four of its six settings then
+        not measured)."""
+        ratio = self._factor()
+        if ratio >= 1.0 or not self.spent:
             return ratio
+        done = self._evidence()
         ahead = sum(self.predicted[c] for c in self.predicted
                     if c not in self.spent and c in self.checks and c != "forward passes")  # fmt: skip
         return (ratio * done + ahead) / (done + ahead) if done + ahead > 0 else ratio
@@ -599,7 +604,7 @@ class _Tracker:
     def eta(self) -> float:
         """Predicted seconds left: the checks' predictions scaled by the measured speed; under a budget at most
         what is left of it (the tasks' deadlines stop their loops there)."""
-        f = self._measured()[0]  # the best guess here, not the cautious one
+        f = self._factor()
         left = sum(max(0.0, self.predicted[c] * f - self.spent.get(c, 0.0)) for c in self.predicted
                    if c != "forward passes" and c in self.checks)  # fmt: skip
         return left if self.budget is None else min(left, max(0.0, self.left()))
@@ -610,7 +615,7 @@ class _Tracker:
             return
         from mlsafety.audit._budget import RESERVE, allocate
 
-        f = self._factor()
+        f = self._replan_factor()
         free = [k for k in self.plan.knobs.values() if k.check != TEST and k.check not in self.spent]
         free = [k for k in free if k.check in self.checks and (k.check, k.param) not in self.fixed]
         if not free:
