@@ -292,3 +292,67 @@ def test_a_size_re_planned_back_to_the_first_plan_is_not_named_as_changed():
     knob.chosen = first  # as a later re-plan that restored it would leave it
     record = {(k["check"], k["param"]): k for k in engine.plan_record(plan)["knobs"]}
     assert "planned" not in record[("b", "n")]
+
+
+def test_shared_passes_not_yet_paid_are_neither_evidence_nor_free_time():
+    """The shared forward passes (20 s predicted) are paid by whichever task first needs them, often the OOD
+    check's training features, not by the first check. Check a (0.3 s predicted) took 0.3 s and paid none of
+    them: the measured ratio is 1 (not 0.3 / 20.3, clamped to 1/4, as when a was taken to pay them), and the
+    20 s still to be paid are kept out of what b's n may use: 100 * 0.95 - 1 s elapsed - 20 s = 74 s, n = 740
+    (at a ratio of 1/4 and no reservation b would have taken all 2000)."""
+    import time
+    from types import SimpleNamespace
+
+    from mlsafety.audit._budget import CheckCost, Knob, make_plan
+
+    costs = [
+        CheckCost("forward passes", 20.0),
+        CheckCost("a", 0.3),
+        CheckCost("b", 0.0, [Knob("b", "n", 2000, 10, 0.1)]),
+    ]
+    plan = make_plan(costs, budget=100.0)
+    ctx = SimpleNamespace(shared_seconds=0.0)
+    checks = [_FakeCheck("a"), _FakeCheck("b")]
+    tracker = engine._Tracker(plan, 100.0, time.perf_counter() - 1.0, checks, set(), ctx)
+    tracker.done("a", 0.3)
+    assert tracker._factor() == pytest.approx(1.0)
+    tracker.replan("b")
+    assert abs(plan.chosen("b", "n") - 740) <= 2
+    ctx.shared_seconds = 19.0  # a later task paid them (inside its own seconds): not the checks' speed
+    tracker.done("b", 19.0 + 74.0)
+    ratio = (0.3 + 74.0) / (0.3 + tracker.predicted["b"])  # the checks' own seconds over their predictions
+    assert tracker._factor() == pytest.approx(ratio, rel=1e-9) and tracker._shared_left() == pytest.approx(1.0)
+
+
+def test_the_context_counts_the_shared_passes_once_and_only_those(monkeypatch):
+    """The clean and OOD outputs and the validation / training data's are the shared passes (counted, once:
+    cached after); a corruption hazard's pass is its check's own work (not counted). Each pass is made to take
+    a known time by a slowed forward."""
+    from mlsafety.audit import AuditContext, AuditData
+    from mlsafety.audit import _context as context
+    from mlsafety.core import ArrayDataset, Classifier
+
+    g = torch.Generator().manual_seed(0)
+
+    def data(n):
+        return ArrayDataset(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 3, (n,), generator=g))
+
+    model = Classifier(torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 3)).eval())
+    ctx = AuditContext(model, AuditData(test=data(20), val=data(10), train=data(10), ood={"o": data(10)}))
+    clock = {"t": 0.0}
+    monkeypatch.setattr(context.time, "perf_counter", lambda: clock["t"])
+    real = context.forward
+
+    def slow(*args, **kw):
+        clock["t"] += 1.0  # every pass takes 1 s on the patched clock
+        return real(*args, **kw)
+
+    monkeypatch.setattr(context, "forward", slow)
+    ctx.outputs("clean")
+    ctx.outputs("clean")  # cached: not paid again
+    ctx.outputs_for(ctx.data.val)
+    ctx.outputs_for(ctx.data.train)
+    ctx.outputs("ood/o")
+    assert ctx.shared_seconds == pytest.approx(4.0)
+    ctx.outputs("corruption/gaussian-noise/3")
+    assert ctx.shared_seconds == pytest.approx(4.0)

@@ -207,7 +207,7 @@ def test_one_trojan_seed_is_enough_unless_a_scanner_needs_their_spread(train, fl
 
 def _tracker(budget: float) -> engine._Tracker:
     t = object.__new__(engine._Tracker)  # the allotment reads only these fields
-    t.budget, t.start, t.spent, t.check_end = budget, time.perf_counter(), {}, {}
+    t.budget, t.start, t.spent, t.check_end, t.ctx = budget, time.perf_counter(), {}, {}, None
     t.predicted = {"a": 10.0, "b": 20.0}
     t.tasks_per_check, t.tasks_left = {"a": 2, "b": 1}, {"a": 2, "b": 1}
     return t

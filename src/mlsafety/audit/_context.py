@@ -146,6 +146,10 @@ class AuditContext:
         self.earlier: dict[tuple[str, str], list[Any]] = {}
         """Stored rows of tasks that a later task :attr:`~mlsafety.audit._check.Task.needs`, by (check, task
         key): filled by the engine and the executors (:meth:`rows_of` reads them)."""
+        self.shared_seconds: float = 0.0
+        """Seconds spent so far in the shared forward passes (test, OOD, validation and training inputs: the
+        budget's "forward passes" cost), inside whichever task first asked for them; the engine's budget
+        tracker tells them from the checks' own work with it."""
         self.task_estimate: float = 0.0
         """Under ``--budget``: the predicted seconds of the running task (its check's prediction over its tasks,
         scaled by the measured speed), what an optional loop's first unit is taken to cost when no unit of its
@@ -229,7 +233,13 @@ class AuditContext:
         if key not in self._outputs:
             data = self.hazard(key)
             own = getattr(data, "outputs", None)  # a hazard whose model adapts to it (tta-attack) brings its own
-            self._outputs[key] = own if isinstance(own, Outputs) else self.forward(data.x)
+            if isinstance(own, Outputs):
+                self._outputs[key] = own
+            else:
+                t0 = time.perf_counter()
+                self._outputs[key] = self.forward(data.x)
+                if Hazard.parse(key).kind in ("clean", "ood"):  # the shared passes (the budget costs them apart)
+                    self.shared_seconds += time.perf_counter() - t0
         return self._outputs[key]
 
     def labels(self, hazard: Hazard | str) -> torch.Tensor:
@@ -240,5 +250,7 @@ class AuditContext:
         """Forward outputs for a named dataset that is not a hazard (``val``, ``train``), cached."""
         key = f"#data/{data.name}/{id(data)}"
         if key not in self._outputs:
+            t0 = time.perf_counter()
             self._outputs[key] = self.forward(data.x)
+            self.shared_seconds += time.perf_counter() - t0
         return self._outputs[key]

@@ -236,7 +236,9 @@ def run_audit(
         # a resumed run keeps its first attempt's sizes; every other size may be re-planned (trojans too: its
         # trigger search is a task now, not part of planning)
         fixed = set(stored_plan or {})
-        tracker = _Tracker(plan, budget, start - _startup(budget, start), checks, fixed) if plan is not None else None
+        tracker = (
+            _Tracker(plan, budget, start - _startup(budget, start), checks, fixed, ctx) if plan is not None else None
+        )
         pending = [(i, c, t) for i, (c, t) in enumerate(work) if (c.name, t.key) not in done]
         if tracker is not None and budget is not None and getattr(runner, "name", "") == "local":
             # every task gets a deadline from the budget's share of its check; its long loops stop there and
@@ -523,9 +525,18 @@ class _Tracker:
     not yet started so that errors of the cost models are absorbed by the later checks."""
 
     def __init__(
-        self, plan: Plan, budget: float | None, start: float, checks: list[Check], fixed: set[tuple[str, str]]
+        self,
+        plan: Plan,
+        budget: float | None,
+        start: float,
+        checks: list[Check],
+        fixed: set[tuple[str, str]],
+        ctx: AuditContext | None = None,
     ) -> None:
         self.plan, self.budget, self.start, self.fixed = plan, budget, start, fixed
+        self.ctx = ctx
+        """The run's context: its ``shared_seconds`` tell the shared forward passes from the checks' own work
+        (None: not measured apart; the first check's task is taken to pay them)."""
         self.checks = {c.name: c for c in checks}
         self.predicted = {c.check: c.seconds() for c in plan.costs}
         self.spent: dict[str, float] = {}
@@ -547,7 +558,7 @@ class _Tracker:
         rest = [c for c, n in self.tasks_left.items() if n > 0 or c == check]
         f, left = self._factor(), self.left()
         after = sum(self.predicted.get(c, 0.0) * f for c in rest if c != check)
-        after += self.task_estimate(check) * (max(1, self.tasks_left.get(check, 1)) - 1)
+        after += self.task_estimate(check) * (max(1, self.tasks_left.get(check, 1)) - 1) + self._shared_left()
         if after + self.task_estimate(check) <= left:  # the rest fits as predicted: all the slack until it must start
             return left - after
         if check not in self.check_end:
@@ -570,16 +581,29 @@ class _Tracker:
 
     def _factor(self) -> float:
         """Measured / predicted seconds of the checks run so far (1 before any), clamped to [0.25, 4]: what the
-        allotments and the ETA scale the later checks' predictions by (a deadline stops what it misjudges)."""
+        allotments and the ETA scale the later checks' predictions by (a deadline stops what it misjudges).
+        The shared forward passes are left out of both sides where the context measures them: they are paid
+        by whichever task first needs them (the OOD check's training features, often), not by the first."""
         if not self.spent:
             return 1.0
         pred = self._evidence()
-        return min(4.0, max(0.25, sum(self.spent.values()) / pred)) if pred > 0 else 1.0
+        return min(4.0, max(0.25, (sum(self.spent.values()) - self._shared_spent()) / pred)) if pred > 0 else 1.0
+
+    def _shared_spent(self) -> float:
+        return float(getattr(self.ctx, "shared_seconds", 0.0)) if self.ctx is not None else 0.0
+
+    def _shared_left(self) -> float:
+        """Predicted seconds of the shared forward passes not yet paid (0 where they are not measured apart)."""
+        if self.ctx is None:
+            return 0.0
+        return max(0.0, self.predicted.get("forward passes", 0.0) - self._shared_spent())
 
     def _evidence(self) -> float:
-        """Predicted seconds of the checks run so far, the shared passes included (the first task pays them)."""
+        """Predicted seconds of the checks run so far (and of the shared passes where they are not measured
+        apart: the first task is then taken to pay them)."""
         done = [c for c in self.spent if c in self.predicted]
-        return sum(self.predicted[c] for c in done) + self.predicted.get("forward passes", 0.0)
+        shared = self.predicted.get("forward passes", 0.0) if self.ctx is None else 0.0
+        return sum(self.predicted[c] for c in done) + shared
 
     def _replan_factor(self) -> float:
         """The ratio re-planning scales the later checks' unit costs by (sizes, unlike deadlines, are not taken
@@ -606,7 +630,7 @@ class _Tracker:
         what is left of it (the tasks' deadlines stop their loops there)."""
         f = self._factor()
         left = sum(max(0.0, self.predicted[c] * f - self.spent.get(c, 0.0)) for c in self.predicted
-                   if c != "forward passes" and c in self.checks)  # fmt: skip
+                   if c != "forward passes" and c in self.checks) + self._shared_left()  # fmt: skip
         return left if self.budget is None else min(left, max(0.0, self.left()))
 
     def replan(self, check: str) -> None:
@@ -626,7 +650,7 @@ class _Tracker:
         free_keys = {(k.check, k.param) for k in free}
         bound = sum(k.unit * k.chosen for c in later for k in c.knobs if (k.check, k.param) not in free_keys) * f
         scaled = [type(k)(k.check, k.param, k.value, k.floor, k.unit * f) for k in free]
-        allocate(scaled, self.budget * (1 - RESERVE) - elapsed - fixed - bound)
+        allocate(scaled, self.budget * (1 - RESERVE) - elapsed - fixed - bound - self._shared_left())
         for k, s in zip(free, scaled, strict=True):
             if s.chosen != k.chosen and k.planned is None:
                 k.planned = k.chosen  # what the plan lines printed before the first task said
