@@ -356,3 +356,22 @@ def test_the_context_counts_the_shared_passes_once_and_only_those(monkeypatch):
     assert ctx.shared_seconds == pytest.approx(4.0)
     ctx.outputs("corruption/gaussian-noise/3")
     assert ctx.shared_seconds == pytest.approx(4.0)
+
+
+def test_the_tta_cost_counts_the_methods_the_check_attacks():
+    """The tta cost model read '#methods', which nothing set, so it always costed 3 methods: with the default
+    ('all', six on a BN model) the check ran 2-3x its prediction (fashion-cnn --budget 4m: 58-82 s against
+    29-31 s) and the checks after it were cut. The engine now derives it from the check's methods, and the
+    attack knob's unit cost is proportional to it."""
+    from mlsafety.audit import CHECKS
+    from mlsafety.audit._budget import Rates, Sizes, check_costs
+    from mlsafety.robustness import tta
+
+    every = CHECKS.create("tta")
+    two = CHECKS.create("tta", methods=sorted(tta.available())[:2])
+    p_all, p_two = engine._derived(every, None, [every]), engine._derived(two, None, [two])
+    assert p_all["#methods"] == len(tta.available()) > 3 and p_two["#methods"] == 2
+    sizes, rates = Sizes(100, 50, 0, 0, 10), Rates(1e-3, 2e-3)
+    unit = {n: next(k.unit for k in check_costs({"tta": p}, sizes, rates)[1].knobs if k.param == "attack_batches")
+            for n, p in (("all", p_all), ("two", p_two))}  # fmt: skip
+    assert unit["all"] / unit["two"] == pytest.approx(len(tta.available()) / 2)

@@ -348,7 +348,7 @@ def _defence(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
 
 @cost_model("tta")
 def _tta(p: Mapping[str, Any], s: Sizes, r: Rates) -> CheckCost:
-    methods = max(1, int(p.get("#methods", 3)))
+    methods = max(1, int(p.get("#methods", 3)))  # the engine derives it from the check's methods
     shifts = len(_list(p["corruptions"])) + 1
     per_batch = _int(p, "attack_steps") * _int(p, "batch_size") * r.backward * methods * len(_list(p["shares"]))
     per_batch *= len(_list(p["objectives"]))

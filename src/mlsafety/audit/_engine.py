@@ -391,6 +391,8 @@ def _derived(check: Check, ctx: AuditContext, checks: list[Check]) -> dict[str, 
             p["#n"] = int(adv.params["n"])
         if check.name == "corruptions":
             p["#corruptions"] = corruptions._names(check.params["corruptions"])
+        if check.name == "tta":  # the methods it attacks ("all": every registered one; the model's BN decides
+            p["#methods"] = len(check._plan()[0])  # type: ignore[attr-defined]  # applicability, not the count)
         if check.name == "ood":
             spec = check.params.get("detectors", "all")
             names = ood.DETECTORS.tagged(ood.QUICK) if spec == "quick" else ood.available() if spec == "all" else spec
