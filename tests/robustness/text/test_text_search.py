@@ -294,8 +294,8 @@ def test_bad_input_is_one_line() -> None:
 
     with pytest.raises(InputError, match="empty"):
         make().attack(["   "], [1])
-    with pytest.raises(InputError, match="only stop words"):
-        make().attack([TEXT, "the and but was"], [1, 1])
+    with pytest.raises(InputError, match="only stop words"):  # attack() reports such a text as failed
+        make().check_texts([TEXT, "the and but was"])
     with pytest.raises(InputError, match="query_budget"):
         make(budget=0)
     with pytest.raises(InputError, match="one label per text"):

@@ -4,9 +4,10 @@ Hazards ``text-adversarial/<recipe>`` are a fixed subset of the test texts (``te
 run seed, kept in test order) attacked by the registry recipe ``<recipe>``
 (:func:`mlsafety.robustness.text.create`) with ``text_budget`` model queries per example; a text the
 model already gets wrong is not attacked (TextAttack's "skipped"), and a text the attack fails on
-stays as it was. The hazard's dataset holds the resulting texts, so every check that reads hazards
-(defence in depth: does the monitor catch the texts that fool the model?) sees them through the shared
-forward pass like any other.
+stays as it was, among them a text with no word the recipe may change (only stop words, as "It is."): a
+failed attack counted in every row (robust under attack), not the end of the check. The hazard's dataset
+holds the resulting texts, so every check that reads hazards (defence in depth: does the monitor catch the
+texts that fool the model?) sees them through the shared forward pass like any other.
 
 Rows per recipe (each estimate with its 95% interval: exact Clopper-Pearson for shares of examples,
 seeded bootstrap for means): ``attack_success_rate`` (among attacked texts), ``accuracy_under_attack``

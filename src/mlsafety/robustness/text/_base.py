@@ -449,7 +449,8 @@ class AttackResult:
         num_words: words in the original.
         queries: model queries spent on this example (the original's included).
         status: ``succeeded``, ``failed`` or ``skipped`` (already misclassified, or already meeting the goal:
-            a targeted text whose target is its label).
+            a targeted text whose target is its label); ``failed`` too for a text with no word the constraints
+            let change (the search has nothing to try).
         similarity: cosine similarity of original and perturbed sentence embeddings (when the attack
             has a sentence encoder), else None.
         target: the target class of a targeted attack.
@@ -555,7 +556,10 @@ class Attack:
 
     def check_texts(self, texts: Sequence[str]) -> list[AttackedText]:
         """The texts as :class:`AttackedText`; one :class:`InputError` line for an empty text or one
-        with no word the constraints let change (e.g. only stop words)."""
+        with no word the constraints let change (e.g. only stop words).
+
+        :meth:`attack` does not call it: there such a text is a failed attack (or skipped), as in TextAttack;
+        a caller that wants the user told first (the ``attack-text`` command) calls it before attacking."""
         out = []
         for i, t in enumerate(texts):
             if not isinstance(t, str) or not t.strip():
@@ -583,8 +587,15 @@ class Attack:
         """Attack each text; every input is checked before the first query (labels and targets against the
         model's classes when it has a named head, else as soon as its first pass tells them).
 
+        A text with no word the constraints let change (only stop words, as ``"It is."``, or no word at all,
+        as ``"?!"``) is not an error, as in TextAttack: the one pass that classifies it is its only query; the
+        model right, it is a failed attack (the prediction stands: robust under attack, a failure in the success
+        rate); the model wrong (or a targeted goal already met), skipped. :meth:`check_texts` refuses such texts
+        for a caller that wants the user told before attacking.
+
         Args:
-            texts: the texts (a :class:`~mlsafety.core.Texts` or list of str).
+            texts: the texts (a :class:`~mlsafety.core.Texts` or list of str); an empty (or only whitespace) text
+                is refused, as the model cannot read it.
             labels: their true labels.
             targets: target classes, required for a targeted goal (ignored otherwise).
         """
@@ -608,7 +619,12 @@ class Attack:
         check_classes(self.name, "label", ys, k)
         if self.goal.targeted:
             check_classes(self.name, "target", [int(t) for t in tgts if t is not None], k)
-        attacked = self.check_texts(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise InputError(f"{self.name}: text {i} is a {type(t).__name__}, not a string; pass the texts as str")
+            if not t.strip():  # the tokenizer refuses it: no pass can classify it
+                raise InputError(f"{self.name}: text {i} is empty; the model cannot read it: remove empty texts")
+        attacked = [AttackedText.from_text(t) for t in texts]
         results = [self._attack_one(i, at, y, t) for i, (at, y, t) in enumerate(zip(attacked, ys, tgts))]
         if self.similarity is not None:
             done = [r for r in results if r.status == "succeeded"]
@@ -632,6 +648,12 @@ class Attack:
             return AttackResult(
                 original.text, original.text, label, pred0, pred0, (), original.num_words, problem.queries,
                 "skipped", target=target, marked=original.text,
+            )  # fmt: skip
+        if not problem.modifiable(original):  # nothing the search could change: the prediction stands (TextAttack:
+            # the search finds no transformation, a failed attack), with the classifying pass as its only query
+            return AttackResult(
+                original.text, original.text, label, pred0, pred0, (), original.num_words, problem.queries,
+                "failed", target=target, marked=original.text,
             )  # fmt: skip
         final = self.search.search(problem, start)
         logits, _, reached, n = problem.score_texts([final.text])  # cached: no extra query
