@@ -17,21 +17,9 @@ from mlsafety import zoo
 from mlsafety.audit import CHECKS, AuditContext, AuditData, Row, StoredRow
 from mlsafety.core import ArrayDataset, Classifier, Hazard, InputError, forward
 from mlsafety.systemic import Outcome, failures
+from tests.support.audit_ctx import ExtraContext as _Context
 
 N_ADV = 60
-
-
-class _Context(AuditContext):
-    """An audit context with extra hazards given as datasets (what providers would make)."""
-
-    def __init__(self, *args: Any, extra: dict[Hazard, ArrayDataset], **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.extra = extra
-        self.planned_hazards = list(extra)
-
-    def hazard(self, hazard: Hazard | str) -> ArrayDataset:
-        h = Hazard.parse(hazard)
-        return self.extra[h] if h in self.extra else super().hazard(h)
 
 
 class _Attacked(ArrayDataset):

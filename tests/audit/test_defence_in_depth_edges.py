@@ -9,40 +9,17 @@ from typing import Any
 
 import pytest
 import torch
-from torch import nn
 
 import mlsafety.audit.checks  # noqa: F401  (registers every check)
 from mlsafety.audit import CHECKS, NOT_APPLICABLE, AuditContext, AuditData, Row
 from mlsafety.audit._budget import BUDGET_NOT_MEASURED
 from mlsafety.audit._check import DECISION
 from mlsafety.audit.checks import trojans
-from mlsafety.core import ArrayDataset, Classifier, Hazard, InputError
+from mlsafety.core import ArrayDataset, Hazard, InputError
 from mlsafety.monitoring.trojans import Trigger
-
-CLASSES = 3
-
-
-def _model() -> Classifier:
-    torch.manual_seed(0)
-    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, CLASSES)).eval())
-
-
-def _data(n: int, g: torch.Generator, label: int | None = None) -> ArrayDataset:
-    y = torch.randint(0, CLASSES, (n,), generator=g) if label is None else torch.full((n,), label)
-    return ArrayDataset(torch.rand(n, 1, 8, 8, generator=g), y)
-
-
-class _Context(AuditContext):
-    """An audit context with extra hazards given as datasets (what another check's provider would make)."""
-
-    def __init__(self, *args: Any, extra: dict[Hazard, ArrayDataset], **kw: Any) -> None:
-        super().__init__(*args, **kw)
-        self.extra = extra
-        self.planned_hazards = list(extra)
-
-    def hazard(self, hazard: Hazard | str) -> ArrayDataset:
-        h = Hazard.parse(hazard)
-        return self.extra[h] if h in self.extra else super().hazard(h)
+from tests.support.audit_ctx import ExtraContext as _Context
+from tests.support.audit_ctx import tiny_data as _data
+from tests.support.audit_ctx import tiny_model as _model
 
 
 def _rows(ctx: AuditContext, **params: Any) -> dict[tuple[str, str], Row]:

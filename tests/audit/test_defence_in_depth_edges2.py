@@ -9,7 +9,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import mlsafety.audit.checks  # noqa: F401  (registers every check)
 from mlsafety.audit import CHECKS, NOT_APPLICABLE, AuditConfig, AuditContext, AuditData, Row, StoredRow, run_audit
@@ -19,22 +18,14 @@ from mlsafety.audit._gates import evaluate_gates
 from mlsafety.audit._report import render_report
 from mlsafety.audit._store import Store
 from mlsafety.audit.checks import trojans
-from mlsafety.core import ArrayDataset, Classifier, Hazard, MlsafetyError
+from mlsafety.core import Hazard, MlsafetyError
 from mlsafety.monitoring.trojans import Trigger
+from tests.support.audit_ctx import CLASSES
+from tests.support.audit_ctx import tiny_data as _data
+from tests.support.audit_ctx import tiny_model as _model
 
-CLASSES = 3
 TARGET = 1
 TROJANS = {"scanners": ["neural-cleanse", "strip"], "n_seeds": 2, "nc_steps": 20, "max_clean": 30}
-
-
-def _model() -> Classifier:
-    torch.manual_seed(0)
-    return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, CLASSES)).eval())
-
-
-def _data(n: int, g: torch.Generator, label: int | None = None) -> ArrayDataset:
-    y = torch.randint(0, CLASSES, (n,), generator=g) if label is None else torch.full((n,), label)
-    return ArrayDataset(torch.rand(n, 1, 8, 8, generator=g), y)
 
 
 def _trigger(monkeypatch: pytest.MonkeyPatch) -> Trigger:
