@@ -120,7 +120,13 @@ def _check_numbers(
         raise InputError("--method fast needs --eps > 0 (an L-inf radius in (0, 1] pixel units), got 0")
     if (norm or "linf") == "linf" and eps > 1:
         raise InputError(f"--eps must be at most 1 with --norm linf, the default (pixel units in [0, 1]); got {eps}")
-    # --steps (and --norm) with --method fast: the library's one line, "'fast' has no parameter 'steps'"
+    if method == "fast" and (steps is not None or norm is not None):
+        given = " and ".join(f for f, v in (("--steps", steps), ("--norm", norm)) if v is not None)
+        both = " and " in given
+        raise InputError(
+            f"{given} do{'' if both else 'es'} not apply to --method fast (one L-inf step from a random start, "
+            f"Wong et al. 2020); drop {'them' if both else 'it'}, or use --method pgd or trades"
+        )
     if steps is not None and steps < 1 and method != "fast":
         raise InputError(
             f"--steps must be at least 1 PGD step per batch (0 trains on random points of the eps-ball), got {steps}"
