@@ -104,7 +104,12 @@ class BeamSearch(SearchMethod):
 
     Each step expands every text in the beam at every modifiable word, queries all candidates in one
     batch and keeps the ``beam_width`` best; it stops at the first candidate that reaches the goal,
-    when no candidate is left, or when the budget runs out.
+    when no candidate is left, when the budget runs out, or when the beam comes back to a beam it held
+    since the last step that scored a new text. Such steps cost no query (their texts are cached) and
+    keep the best text as it is, so from there the search would cycle forever (without
+    :class:`~.constraints.RepeatModification` a beam can return to texts it has seen); the attack then
+    failed, with the queries spent. (A transformation that draws at random might offer a new text on a
+    later visit; the search does not wait for it.)
 
     Args:
         beam_width: texts kept per step.
@@ -120,6 +125,7 @@ class BeamSearch(SearchMethod):
     def search(self, problem: Problem, start: QueryResult) -> AttackedText:
         beam = [problem.original]
         best, best_score = problem.original, float(start.scores[0])
+        idle: set[tuple[AttackedText, ...]] = set()  # beams held since the last step that scored a new text
         while not problem.exhausted:
             seen: set[str] = set()
             cands: list[AttackedText] = []
@@ -130,6 +136,7 @@ class BeamSearch(SearchMethod):
                         cands.append(c)
             if not cands:
                 break
+            spent = problem.queries
             res = problem.query(cands)
             if not len(res):
                 break
@@ -139,5 +146,11 @@ class BeamSearch(SearchMethod):
             if float(res.scores[k]) > best_score:
                 best, best_score = res.texts[k], float(res.scores[k])
             top = res.scores.topk(min(self.beam_width, len(res))).indices.tolist()
+            if problem.queries > spent:
+                idle.clear()
+            else:  # every candidate was scored before: the step is a function of the beam alone (and g)
+                idle.add(tuple(beam))  # texts with what they changed: constraints may read it
             beam = [res.texts[j] for j in top]
+            if tuple(beam) in idle:
+                break  # a beam met again with nothing new on the way: the same steps would repeat forever
         return best
