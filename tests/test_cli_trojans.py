@@ -24,5 +24,5 @@ def test_trojans_population_bad_input(tmp_path: Path) -> None:
     out = tmp_path / "pop"
     res = CliRunner().invoke(main, ["trojans", "population", "--out", str(out), "--n", "1"])
     assert res.exit_code == 2
-    assert "at least 2 models" in res.output
+    assert "--n must be at least 2" in res.output
     assert not out.exists()  # refused before the folder is made
