@@ -119,3 +119,13 @@ def test_a_zoo_ood_set_of_another_fixed_shape_names_the_option_and_both_shapes(t
     config = AuditConfig(data=str(tmp_path / "d.npz"), ood=["digits"])
     with pytest.raises(InputError, match=r"^--ood digits \(OOD set\): .*\(1, 8, 8\).*\(1, 28, 28\)"):
         resolve_data(config, None)
+
+
+def test_classes_on_zoo_image_data_are_refused_by_the_library() -> None:
+    """A zoo dataset keeps its own labels: class names given with it were ignored without a word outside the
+    CLI (audit-many's --config, a library call); the library refuses them."""
+    from mlsafety.audit import AuditConfig, prepare_inputs
+    from mlsafety.core import InputError
+
+    with pytest.raises(InputError, match=r"zoo data 'digits' keeps its own"):
+        prepare_inputs(AuditConfig(model="digits-cnn", data="digits", classes=[str(i) for i in range(10)]))

@@ -348,3 +348,17 @@ def test_a_gate_on_a_skipped_checks_not_applicable_row_is_allowed(files):
     result = run_audit(config, db=files / "gate-skip.sqlite", report="")
     assert result.gate_failures == []
     assert [r.key for r in rows_of(result, "corruptions")] == [f"corruptions/clean/{NOT_APPLICABLE}"]
+
+
+def test_classes_on_text_data_are_refused_before_anything_is_stored(files, tmp_path):
+    """Class names label .npz files and image folders; text data keeps its labels as read, so the library (not
+    only the CLI) refuses them: audit-many's --config and a library call used to ignore them silently."""
+    from mlsafety.audit import prepare_inputs
+
+    config = AuditConfig(model=str(files / "model"), data=str(files / "data.csv"), classes=["neg", "pos"])
+    with pytest.raises(InputError, match=r"text data keeps its labels as read.*drop them"):
+        prepare_inputs(config)
+    db = tmp_path / "runs.sqlite"
+    with pytest.raises(InputError):
+        run_audit(config, db=db, report="")
+    assert not db.exists() or sqlite3.connect(db).execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 0

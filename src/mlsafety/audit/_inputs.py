@@ -676,6 +676,11 @@ def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
     """:func:`resolve_data` for a text model: every source loaded; :func:`validate` then checks the labels
     against the model and probes it on each set (once, as for images)."""
     spec = data_spec(config, model)
+    if config.classes is not None:  # else silently ignored (a saved HF dataset, audit-many's --config, a library call)
+        raise InputError(
+            "classes (--classes) name the labels of .npz files and image folders; text data keeps its labels as "
+            "read, so they would be ignored; drop them"
+        )
     is_zoo = spec in zoo.dataset_names()
     test = _load_text(spec, "data", "test", config)
     if is_zoo and test.kind != "in":
@@ -751,6 +756,9 @@ def resolve_lm_data(config: AuditConfig) -> AuditData:
         if getattr(config, key) is not None:
             raise InputError(f"--{key.replace('_', '-')} sets how image folders are read, but the model is a "
                              "language model; drop it")  # fmt: skip
+    if config.classes is not None:
+        raise InputError("--classes names the labels of .npz files and image folders, but the model is a language "
+                         "model; drop it")  # fmt: skip
     for key, flag in (("val", "--val"), ("train", "--train"), ("ood", "--ood")):
         if getattr(config, key):
             raise InputError(f"{flag} does not apply to a language model (no check on one reads it); drop it")
@@ -1008,6 +1016,11 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
     channels = config.channels
     if channels is None and model is not None and _is_folder(spec) and config.image_size is not None:
         channels = model_channels(model, tuple(config.image_size))  # type: ignore[arg-type]
+    if config.classes is not None and spec in zoo.dataset_names():  # a zoo set keeps its own labels
+        raise InputError(
+            f"classes (--classes) name the labels of .npz files and image folders; zoo data {spec!r} keeps its "
+            "own, so they would be ignored; drop them"
+        )
     test = _load(spec, "data", "test", None, config.image_size, channels or 3, config.classes)
     if spec in zoo.dataset_names() and test.kind != "in":
         raise InputError(f"{spec!r} is an OOD set; pass in-distribution data with --data")
