@@ -375,3 +375,21 @@ def test_the_tta_cost_counts_the_methods_the_check_attacks():
     unit = {n: next(k.unit for k in check_costs({"tta": p}, sizes, rates)[1].knobs if k.param == "attack_batches")
             for n, p in (("all", p_all), ("two", p_two))}  # fmt: skip
     assert unit["all"] / unit["two"] == pytest.approx(len(tta.available()) / 2)
+
+
+def test_shared_passes_paid_while_planning_are_not_taken_out_of_the_tasks_seconds():
+    """5 s of the shared passes were paid before the first task (inside no task's seconds): they are paid (15 of
+    the 20 s predicted remain), but the ratio subtracts only what was paid inside the tasks since."""
+    import time
+    from types import SimpleNamespace
+
+    from mlsafety.audit._budget import CheckCost, Knob, make_plan
+
+    b = CheckCost("b", 0.0, [Knob("b", "n", 2000, 10, 0.1)])
+    plan = make_plan([CheckCost("forward passes", 20.0), CheckCost("a", 1.0), b], budget=100.0)
+    ctx = SimpleNamespace(shared_seconds=5.0)
+    tracker = engine._Tracker(plan, 100.0, time.perf_counter(), [_FakeCheck("a"), _FakeCheck("b")], set(), ctx)
+    assert tracker._shared_left() == pytest.approx(15.0)
+    ctx.shared_seconds = 7.0  # a paid 2 s of them inside its 3 s
+    tracker.done("a", 3.0)
+    assert tracker._factor() == pytest.approx(1.0) and tracker._shared_left() == pytest.approx(13.0)

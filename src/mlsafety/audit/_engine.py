@@ -539,6 +539,7 @@ class _Tracker:
         self.ctx = ctx
         """The run's context: its ``shared_seconds`` tell the shared forward passes from the checks' own work
         (None: not measured apart; the first check's task is taken to pay them)."""
+        self._shared_before = self._shared_paid()  # paid while the audit was planned: inside no task's seconds
         self.checks = {c.name: c for c in checks}
         self.predicted = {c.check: c.seconds() for c in plan.costs}
         self.spent: dict[str, float] = {}
@@ -589,16 +590,18 @@ class _Tracker:
         if not self.spent:
             return 1.0
         pred = self._evidence()
-        return min(4.0, max(0.25, (sum(self.spent.values()) - self._shared_spent()) / pred)) if pred > 0 else 1.0
+        own = max(0.0, sum(self.spent.values()) - (self._shared_paid() - self._shared_before))  # the tasks' own work
+        return min(4.0, max(0.25, own / pred)) if pred > 0 else 1.0
 
-    def _shared_spent(self) -> float:
+    def _shared_paid(self) -> float:
+        """Seconds of the shared forward passes paid so far (0 where the context does not measure them)."""
         return float(getattr(self.ctx, "shared_seconds", 0.0)) if self.ctx is not None else 0.0
 
     def _shared_left(self) -> float:
         """Predicted seconds of the shared forward passes not yet paid (0 where they are not measured apart)."""
         if self.ctx is None:
             return 0.0
-        return max(0.0, self.predicted.get("forward passes", 0.0) - self._shared_spent())
+        return max(0.0, self.predicted.get("forward passes", 0.0) - self._shared_paid())
 
     def _evidence(self) -> float:
         """Predicted seconds of the checks run so far (and of the shared passes where they are not measured
