@@ -212,19 +212,19 @@ CASES = {
     # -- --classes where it would be ignored (it names the labels of .npz files and image folders) ------------
     "--classes on the zoo model's default data": (
         ["--classes", "a,b,c", "--check", "clean"],
-        "--classes names the labels of .npz files and image folders; the default data digits is a zoo dataset",
+        "zoo data 'digits' keeps its own, so they would be ignored; drop them",
     ),
     "--classes on zoo data": (
         ["--data", "digits", "--classes", "a,b,c", "--check", "clean"],
-        "--data digits is a zoo dataset, which keeps its own labels, so --classes would be ignored; drop it",
+        "zoo data 'digits' keeps its own, so they would be ignored; drop them",
     ),
     "--classes for a text model": (
         ["--model", "minilm-mr", "--data", "{d}/texts.csv", "--classes", "neg,pos", "--check", "clean"],
-        "--model minilm-mr takes text, whose labels are read as they are, so --classes would be ignored",
+        "text data keeps its labels as read, so they would be ignored",
     ),
     "classes in TOML on zoo data": (
         ["--config", "{d}/zoo_classes.toml"],
-        "classes in --config {d}/zoo_classes.toml names the labels of .npz files and image folders",
+        "class names (--classes, or classes in a --config file) name the labels of .npz files",
     ),
     # -- gates ----------------------------------------------------------------------------------
     "--fail-under nan": (["--fail-under", "clean/clean/accuracy=nan", *OK], "not a finite number"),
@@ -335,4 +335,4 @@ def test_classes_on_a_text_data_file_are_refused(tmp_path):
     db = tmp_path / "runs.sqlite"
     args = ["audit", "--model", str(tmp_path / "model"), "--data", str(tmp_path / "data.csv"), "--check", "clean"]
     result = CliRunner().invoke(main, [*args, "--classes", "neg,pos", "--db", str(db), "--report", ""])
-    _assert_refused(result, db, "--data {d}/data.csv is text data, whose labels are read as they are", tmp_path)
+    _assert_refused(result, db, "text data keeps its labels as read, so they would be ignored", tmp_path)

@@ -672,14 +672,18 @@ def _load_text(spec: str, role: str, split: str, config: AuditConfig, labelled: 
     return ds
 
 
+_CLASSES = "class names (--classes, or classes in a --config file)"
+"""How a refusal of ``classes`` names them: the one place they are refused where they would be ignored."""
+
+
 def _resolve_text_data(config: AuditConfig, model: Classifier) -> AuditData:
     """:func:`resolve_data` for a text model: every source loaded; :func:`validate` then checks the labels
     against the model and probes it on each set (once, as for images)."""
     spec = data_spec(config, model)
     if config.classes is not None:  # else silently ignored (a saved HF dataset, audit-many's --config, a library call)
         raise InputError(
-            "classes (--classes) name the labels of .npz files and image folders; text data keeps its labels as "
-            "read, so they would be ignored; drop them"
+            f"{_CLASSES} name the labels of .npz files and image folders; text data keeps its labels as read, so "
+            "they would be ignored; drop them"
         )
     is_zoo = spec in zoo.dataset_names()
     test = _load_text(spec, "data", "test", config)
@@ -757,8 +761,8 @@ def resolve_lm_data(config: AuditConfig) -> AuditData:
             raise InputError(f"--{key.replace('_', '-')} sets how image folders are read, but the model is a "
                              "language model; drop it")  # fmt: skip
     if config.classes is not None:
-        raise InputError("--classes names the labels of .npz files and image folders, but the model is a language "
-                         "model; drop it")  # fmt: skip
+        raise InputError(f"{_CLASSES} name the labels of .npz files and image folders, but the model is a language "
+                         "model; drop them")  # fmt: skip
     for key, flag in (("val", "--val"), ("train", "--train"), ("ood", "--ood")):
         if getattr(config, key):
             raise InputError(f"{flag} does not apply to a language model (no check on one reads it); drop it")
@@ -1018,8 +1022,8 @@ def resolve_data(config: AuditConfig, model: Classifier | None = None) -> AuditD
         channels = model_channels(model, tuple(config.image_size))  # type: ignore[arg-type]
     if config.classes is not None and spec in zoo.dataset_names():  # a zoo set keeps its own labels
         raise InputError(
-            f"classes (--classes) name the labels of .npz files and image folders; zoo data {spec!r} keeps its "
-            "own, so they would be ignored; drop them"
+            f"{_CLASSES} name the labels of .npz files and image folders; zoo data {spec!r} keeps its own, so "
+            "they would be ignored; drop them"
         )
     test = _load(spec, "data", "test", None, config.image_size, channels or 3, config.classes)
     if spec in zoo.dataset_names() and test.kind != "in":

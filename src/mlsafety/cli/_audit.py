@@ -242,8 +242,6 @@ def audit(
             setattr(cfg, name, value)
     if classes is not None:
         cfg.classes = [c.strip() for c in classes.split(",")]
-    if cfg.classes is not None:
-        _refuse_ignored_classes(cfg, "--classes" if classes is not None else f"classes in --config {config_path}")
     if ood:
         cfg.ood = list(ood)
     if ood_detector is not None:
@@ -287,29 +285,6 @@ def audit(
         for f in result.gate_failures:
             line("gate failed:", str(f))
         sys.exit(EXIT_FAILED)
-
-
-def _refuse_ignored_classes(cfg: Any, name: str) -> None:
-    """Refuse class names the audit would ignore: they label .npz files and image folders only, while a zoo
-    dataset keeps its own labels and text data its labels as read (issue: --classes was silently dropped)."""
-    from pathlib import Path
-
-    from mlsafety import zoo
-    from mlsafety.core import InputError
-
-    what = f"{name} names the labels of .npz files and image folders"
-    ignored = f"so {name} would be ignored; drop it"
-    zoo_model = cfg.model in zoo.model_names()
-    if zoo_model and zoo.model_info(cfg.model).modality == "text":
-        raise InputError(f"{what}; --model {cfg.model} takes text, whose labels are read as they are, {ignored}")
-    if cfg.data is None:  # the data the audit defaults to (a zoo set; a text model outside the zoo needs --data)
-        spec, where = (zoo.model_info(cfg.model).dataset if zoo_model else "digits"), "the default data"
-    else:
-        spec, where = cfg.data, "--data"
-    if spec in zoo.dataset_names():
-        raise InputError(f"{what}; {where} {spec} is a zoo dataset, which keeps its own labels, {ignored}")
-    if Path(spec).suffix in (".csv", ".jsonl"):
-        raise InputError(f"{what}; {where} {spec} is text data, whose labels are read as they are, {ignored}")
 
 
 def _interrupted(stop: Any, db: str | None) -> NoReturn:
