@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from mlsafety.cli import main
 
 CASES = {
-    "certify --radius nan": (["certify", "--radius", "nan"], "--radius must be a finite number"),
-    "certify --sigma inf": (["certify", "--sigma", "inf"], "--sigma must be a finite number"),
-    "certify --sequential nan": (["certify", "--sequential", "nan"], "--sequential must be a finite number"),
+    "certify --radius nan": (["certify", "--radius", "nan"], "'--radius': nan is not a finite number"),
+    "certify --sigma inf": (["certify", "--sigma", "inf"], "'--sigma': inf is not a finite number"),
+    "certify --sequential nan": (["certify", "--sequential", "nan"], "'--sequential': nan is not a finite number"),
     "tta --eps 0": (["tta", "--model", "digits-cnn-bn", "--eps", "0"], "--eps must be an L-inf radius in (0, 1]"),
     "attack-text -p seed": (["attack-text", "-p", "seed=7"], "--param seed is set by --seed; use --seed 7"),
     "attack-text -p query_budget": (["attack-text", "-p", "query_budget=9"], "use --budget 9 instead"),
@@ -71,13 +71,13 @@ def test_a_group_without_its_command_shows_its_help(args: list[str]) -> None:
 # infinite --reference-size, a --size too large to allocate), or ran on (``harden --steps 0`` trained on random
 # points of the eps-ball; ``harden --beta inf``, ``serve --max-wait-ms inf`` with a window that never closes).
 FLAG_CASES = {
-    "certify --alpha nan": (["certify", "--alpha", "nan"], "--alpha must be a finite number"),
-    "explain sanity --threshold nan": (["explain", "sanity", "--threshold", "nan"], "--threshold must be"),
+    "certify --alpha nan": (["certify", "--alpha", "nan"], "'--alpha': nan is not a finite number"),
+    "explain sanity --threshold nan": (["explain", "sanity", "--threshold", "nan"], "'--threshold': nan is not"),
     "guard export --arl inf": (
         ["guard", "export", "latest", "--out", "{d}/guard", "--arl", "inf", "--db", "{d}/none.sqlite"],
-        "--arl must be a finite number",
+        "'--arl': inf is not a finite number",
     ),
-    "serve --max-wait-ms inf": (["serve", "{d}/guard", "--max-wait-ms", "inf"], "--max-wait-ms must be a finite"),
+    "serve --max-wait-ms inf": (["serve", "{d}/guard", "--max-wait-ms", "inf"], "'--max-wait-ms': inf is not a finite"),
     "harden --epochs 0": (["harden", "--eps", "0.1", "--epochs", "0"], "--epochs must be at least 1"),
     "harden --epochs -1": (["harden", "--eps", "0.1", "--epochs", "-1"], "--epochs must be at least 1"),
     "harden --steps 0": (["harden", "--eps", "0.1", "--steps", "0", "--epochs", "1"], "--steps must be at least 1"),

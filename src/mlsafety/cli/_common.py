@@ -41,6 +41,21 @@ err_console = Console(stderr=True, markup=False, highlight=False)
 out_console = Console(markup=False, highlight=False)
 
 
+class Finite(click.FloatRange):
+    """A float option in a range that also refuses nan and inf (``click.FloatRange`` lets both through, nan
+    passing every bound): a usage error naming the flag, exit 2, before the command runs."""
+
+    name = "finite float range"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        import math
+
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{rv} is not a finite number", param, ctx)
+        return rv
+
+
 def exit_code_for(signum: int) -> int:
     """The exit status of a run stopped by signal ``signum`` (the shell's 128 + N)."""
     return 128 + signum
