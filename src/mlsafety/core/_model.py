@@ -463,6 +463,12 @@ class Classifier:
         return self._num_classes
 
     @property
+    def known_num_classes(self) -> int | None:
+        """K when it is certain without a forward pass (a named head, or after the first pass); None while it is
+        only guessed from a head the classifier found by itself (the first pass confirms it)."""
+        return self._num_classes if self._k_known else None
+
+    @property
     def head_weight(self) -> torch.Tensor:
         """The head's weight ``(K, D)`` (detached; a 1x1 convolution's kernel as a matrix)."""
         return self._affine_head()[0]

@@ -614,8 +614,7 @@ class Attack:
             # counts it as classified correctly, from the predictions)
         else:
             tgts = [None] * len(texts)
-        clf = self.classifier
-        k = clf._num_classes if clf._k_known else None  # a guessed head is confirmed by the first pass
+        k = self.classifier.known_num_classes  # a guessed head is confirmed by the first pass
         check_classes(self.name, "label", ys, k)
         if self.goal.targeted:
             check_classes(self.name, "target", [int(t) for t in tgts if t is not None], k)
