@@ -106,6 +106,26 @@ def test_trojans_view() -> None:
     assert hazards.rows[0][0] == "trojan/neural-cleanse-class-7"
 
 
+@pytest.mark.parametrize(
+    ("score", "flagged", "verdict"),
+    [
+        (2.76, 1.0, "TROJANED (inconclusive: the interval reaches clean)"),  # 2.76 [0.78, 5.40]
+        (1.5, 0.0, "clean (inconclusive: the interval reaches TROJANED)"),
+        (6.0, 1.0, "TROJANED"),
+        (0.5, 0.0, "clean"),
+    ],
+)
+def test_trojan_verdict_says_when_the_interval_holds_the_threshold(score: float, flagged: float, verdict: str) -> None:
+    nc = scanner_metric("neural-cleanse", "score")
+    lo, hi = (0.78, 5.40) if score in (2.76, 1.5) else (score - 0.5, score + 0.5)
+    rows = [
+        StoredRow("trojans", "clean", nc, score, lo, hi, 10, {"threshold": 2.0, "score_std": 0.1}, "estimate"),
+        _row("trojans", "clean", scanner_metric("neural-cleanse", "flagged"), flagged, "decision"),
+    ]
+    (verdicts,) = TrojansView.tables(rows)
+    assert verdicts.rows[0][4] == verdict
+
+
 def test_report_shows_the_curve_before_the_pairs_whatever_task_stored_them_first(tmp_path) -> None:
     from mlsafety.audit import Artifact, Row, Store
     from mlsafety.audit._report import render_report

@@ -30,6 +30,18 @@ def _index_rows(by: dict[str, StoredRow]) -> list[tuple[int, StoredRow]]:
     return out
 
 
+def _verdict(score: StoredRow, flagged: StoredRow | None) -> str:
+    """The scanner's decision, and whether the score's interval reaches across its threshold (a clean model
+    whose largest anomaly index is 2.8 [0.8, 5.4] is flagged by the rule, but the data do not settle it)."""
+    verdict = "TROJANED" if flagged is not None and flagged.value > 0.5 else "clean"
+    threshold = score.params.get("threshold")
+    if isinstance(threshold, (int, float)) and score.ci_low is not None and score.ci_high is not None:
+        if score.ci_low <= threshold < score.ci_high:
+            other = "clean" if verdict == "TROJANED" else "TROJANED"
+            return f"{verdict} (inconclusive: the interval reaches {other})"
+    return verdict
+
+
 class TrojansView(View):
     """Headline: Neural Cleanse's anomaly index; tables: a verdict per scanner, Neural Cleanse per
     class, and the recovered triggers on the test data."""
@@ -62,7 +74,7 @@ class TrojansView(View):
                     f"{fmt_value(r.value)} {fmt_ci(r)}",
                     fmt_value(r.params.get("score_std")),
                     fmt_value(r.params.get("threshold")),
-                    "TROJANED" if flagged is not None and flagged.value > 0.5 else "clean",
+                    _verdict(r, flagged),
                     "" if rate is None else fmt_value(rate.value),
                     "" if target is None or target.value < 0 else str(int(target.value)),
                 ]
@@ -80,9 +92,10 @@ class TrojansView(View):
                     "target",
                 ],
                 verdicts,
-                "Verdict and target are decisions (score above the threshold); the score's interval is a smoothed "
-                "bootstrap over the classes for MAD anomaly indices, exact for shares of inputs, Student's t over "
-                "seeds otherwise (see the check's documentation).",
+                "Verdict and target are decisions (score above the threshold); where the score's 95% interval "
+                "holds the threshold, the verdict says the other side is within the interval. The interval is a "
+                "smoothed bootstrap over the classes for MAD anomaly indices, exact for shares of inputs, "
+                "Student's t over seeds otherwise (see the check's documentation).",
             )
         ]
         index = _index_rows(by)
