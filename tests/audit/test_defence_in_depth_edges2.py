@@ -170,6 +170,27 @@ def test_a_gate_on_a_metric_the_budget_left_out_fails_saying_why() -> None:
     assert "matches no stored metric" not in msg and row.params["reason"] in msg
 
 
+def test_a_pattern_gate_fails_when_any_hazard_it_bounds_was_not_measured() -> None:
+    """`defence-in-depth/*/escaped_failure_rate` passed on the measured hazards alone when --budget left one
+    out: the bound was claimed for a hazard never measured. It now fails, naming that hazard and why."""
+    rows = _stored(
+        "defence-in-depth",
+        [
+            Row.exact("clean", "escaped_failure_rate", 0.01, DECISION),
+            Row.exact("ood/noise", "escaped_failure_rate", 0.02, DECISION),
+            not_measured_row("corruption/fog/3", "the escaped-failure rate"),
+        ],
+    )
+    msg = _gate_error(rows, "defence-in-depth/*/escaped_failure_rate")
+    assert "corruption/fog/3" in msg and "not measured" in msg and "2 measured" in msg and "\n" not in msg
+    msg = _gate_error(rows, "defence-in-depth/corruption/*/escaped_failure_rate")  # matched nothing measured
+    assert "corruption/fog/3" in msg and "not measured" in msg
+    # a pattern that names only measured hazards is evaluated as before
+    assert evaluate_gates(rows, {}, {"defence-in-depth/ood/*/escaped_failure_rate": 0.1}) == []
+    (fail,) = evaluate_gates(rows, {}, {"defence-in-depth/ood/*/escaped_failure_rate": 0.01})
+    assert fail.key == "defence-in-depth/ood/noise/escaped_failure_rate"
+
+
 def test_a_gate_on_another_check_or_hazard_still_matches_nothing() -> None:
     """Only the gate's own check and hazard are read: a not-measured row elsewhere changes nothing."""
     rows = _stored("defence-in-depth", [Row.exact("deployment", NOT_APPLICABLE, 1.0, DECISION, reason="r")])

@@ -257,7 +257,9 @@ def evaluate_gates(
 
     Raises:
         InputError: a gate whose metric is stored as not measured (a not-applicable or ``--budget`` row of its
-            check and hazard), with that row's reason: the gate cannot pass on a number never measured.
+            check and hazard), with that row's reason: the gate cannot pass on a number never measured. A
+            pattern over hazards fails so too when any hazard it matches is stored as not measured, even
+            where others were measured.
         UnknownNameError: a gate that matches no stored metric.
     """
     failures: list[GateFailure] = []
@@ -276,6 +278,16 @@ def evaluate_gates(
                 raise UnknownNameError(
                     f"gate {text!r} matches no stored metric; `mlsafety runs show RUN_ID` lists the metric keys"
                 )
+            if not isinstance(key.hazard, Hazard):
+                measured = {r.hazard for r in matched}
+                missing = [r for r in _not_measured(key, rows) if r.hazard not in measured]
+                if missing:  # a pattern over hazards bounds every one it names, the unmeasured ones too
+                    r, more = missing[0], f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+                    raise InputError(
+                        f"gate {text!r} fails: it bounds {len(matched)} measured hazard(s), but {r.hazard} is stored "
+                        f"as not measured ({r.params.get('reason', r.metric)}){more}; no bound holds on a number "
+                        "never measured, so measure it or narrow the pattern to the measured hazards"
+                    )
             for r in matched:
                 bad = r.value < bound if kind == "fail_under" else r.value > bound
                 if bad:
