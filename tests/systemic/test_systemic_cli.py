@@ -68,3 +68,39 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     run_audit(AuditConfig(quick=True, checks=["clean"]), db=other, report="")
     res = CliRunner().invoke(main, ["fmea", "latest", "--db", str(other)])
     assert res.exit_code == 2 and "no FMEA rows" in res.output
+
+
+def test_fmea_lists_the_hazards_it_could_not_score(tmp_path: Path) -> None:
+    """`mlsafety fmea` printed the measured hazards alone: a hazard --budget left out (or one without inputs)
+    was missing from the table without a word, as if it had no risk."""
+    from mlsafety.audit import Row, Store
+    from mlsafety.audit._budget import not_measured_row
+    from mlsafety.audit._check import DECISION, NOT_APPLICABLE
+
+    db = tmp_path / "r.sqlite"
+    scored = [
+        Row.exact("clean", "severity", 5.0, DECISION),
+        Row("clean", "occurrence", 3.0, 3.0, 4.0, 100, {}),
+        Row("clean", "detection", 6.0, 5.0, 7.0, 100, {}),
+        Row("clean", "rpn", 90.0, 75.0, 140.0, 100, {"failure_rate": 0.02, "miss_share": 0.5}),
+    ]
+    why = "ood/letters has no inputs: the data folder holds none"
+    with Store(db) as store:
+        run = store.create_run("m", "d", 0, "fp", {}, "0")
+        rows = [*scored, not_measured_row("corruption/fog/3", "the RPN"),
+                Row.exact("ood/letters", NOT_APPLICABLE, 1.0, DECISION, reason=why)]  # fmt: skip
+        store.write_task(run, "defence-in-depth", "all", rows, [], 1.0)
+        store.finish_run(run)
+    res = CliRunner().invoke(main, ["fmea", "latest", "--db", str(db)])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "not measured" in text and "corruption/fog/3" in text and "--budget" in text
+    assert "ood/letters" in text and "has no inputs" in text
+    # with no hazard scored at all, the refusal says why rather than "audit with the check"
+    other = tmp_path / "none.sqlite"
+    with Store(other) as store:
+        run = store.create_run("m", "d", 0, "fp", {}, "0")
+        store.write_task(run, "defence-in-depth", "all", [not_measured_row("clean", "the RPN")], [], 1.0)
+        store.finish_run(run)
+    res = CliRunner().invoke(main, ["fmea", "latest", "--db", str(other)])
+    assert res.exit_code == 2 and "no hazard was measured" in res.output and "--budget" in res.output

@@ -30,11 +30,26 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
         run = store.run(run_id)
         rows = [r for r in store.results(run.run_id) if r.check == "defence-in-depth"]
         warn_unfinished(store, run)
+    from mlsafety.audit._budget import BUDGET_NOT_MEASURED
+    from mlsafety.audit._check import NOT_APPLICABLE
+
     by: dict[str, dict[str, Any]] = {}
     for r in rows:
         by.setdefault(r.hazard, {})[r.metric] = r
+    # hazards the check stored no RPN for, with why (no inputs, the --budget deadline, ...): a table of the
+    # measured hazards alone would read as if these had none
+    unmeasured = [
+        [h, str(m[k].params.get("reason", k))]
+        for h, m in by.items()
+        if "rpn" not in m
+        for k in (NOT_APPLICABLE, BUDGET_NOT_MEASURED)
+        if k in m
+    ]
     found = fmea_report_table(by)
     if found is None:
+        if unmeasured:
+            h, why = unmeasured[0]
+            raise InputError(f"run {run.run_id} has no FMEA rows: no hazard was measured ({h}: {why})")
         raise InputError(
             f"run {run.run_id} has no FMEA rows; audit with the defence-in-depth check (mlsafety audit --check ...)"
         )
@@ -46,6 +61,13 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
     out_console.print(table)
     if found.note:
         out_console.print(found.note, markup=False, highlight=False)
+    if unmeasured:
+        missing = Table(title="Hazards not scored (not measured)", box=None)
+        for header in ("hazard", "why"):
+            missing.add_column(header, overflow="fold")
+        for cells in unmeasured:
+            missing.add_row(*cells)
+        out_console.print(missing)
 
 
 def _print_scales() -> None:
