@@ -185,6 +185,14 @@ def test_a_pattern_gate_fails_when_any_hazard_it_bounds_was_not_measured() -> No
     assert "corruption/fog/3" in msg and "not measured" in msg and "2 measured" in msg and "\n" not in msg
     msg = _gate_error(rows, "defence-in-depth/corruption/*/escaped_failure_rate")  # matched nothing measured
     assert "corruption/fog/3" in msg and "not measured" in msg
+    # a not-measured row of another kind does not stand for this metric (the deployment figure is another one)
+    from mlsafety.audit.checks.defence_in_depth import _deployment_not_measured
+
+    fog = Hazard.corruption("fog", 3)
+    deployment = _deployment_not_measured([fog], {fog: not_measured_row(str(fog), "x")}, {str(fog): 1.0})
+    assert deployment.hazard == "deployment"
+    fine = [r for r in rows if r.hazard != "corruption/fog/3"] + _stored("defence-in-depth", [deployment])
+    assert evaluate_gates(fine, {}, {"defence-in-depth/*/escaped_failure_rate": 0.1}) == []
     # a pattern that names only measured hazards is evaluated as before
     assert evaluate_gates(rows, {}, {"defence-in-depth/ood/*/escaped_failure_rate": 0.1}) == []
     (fail,) = evaluate_gates(rows, {}, {"defence-in-depth/ood/*/escaped_failure_rate": 0.01})

@@ -279,8 +279,7 @@ def evaluate_gates(
                     f"gate {text!r} matches no stored metric; `mlsafety runs show RUN_ID` lists the metric keys"
                 )
             if not isinstance(key.hazard, Hazard):
-                measured = {r.hazard for r in matched}
-                missing = [r for r in _not_measured(key, rows) if r.hazard not in measured]
+                missing = _unmeasured_among(key, matched, rows)
                 if missing:  # a pattern over hazards bounds every one it names, the unmeasured ones too
                     r, more = missing[0], f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
                     raise InputError(
@@ -306,8 +305,45 @@ def _not_measured(key: GateKey, rows: Sequence[StoredRow]) -> list[StoredRow]:
         for r in rows
         if r.metric in (NOT_APPLICABLE, BUDGET_NOT_MEASURED)
         and r.kind == DECISION
-        and dataclasses.replace(key, metric=r.metric).matches(r)
+        and (dataclasses.replace(key, metric=r.metric).matches(r) or _covers(key, r))
     ]
+
+
+def _unmeasured_among(key: GateKey, matched: Sequence[StoredRow], rows: Sequence[StoredRow]) -> list[StoredRow]:
+    """The not-measured rows a pattern gate also bounds, beside the ``matched`` measured ones: a row that says
+    which figures it stands for (``covers``) when it names the gate's metric; another when its hazard is of a
+    kind the gate's metric was measured on (a corruption the deadline left out, among measured corruptions),
+    not of another kind (the deployment row under ``defence-in-depth/*/escaped_failure_rate``)."""
+    measured = {r.hazard for r in matched}
+    kinds = {_kind(h) for h in measured}
+    return [
+        r
+        for r in _not_measured(key, rows)
+        if r.hazard not in measured and (_covers(key, r) if r.params.get("covers") else _kind(r.hazard) in kinds)
+    ]
+
+
+def _kind(hazard: str) -> str:
+    try:
+        return Hazard.parse(hazard).kind
+    except InputError:
+        return hazard.split("/", 1)[0]
+
+
+def _covers(key: GateKey, row: StoredRow) -> bool:
+    """Whether not-measured ``row`` stands for rows stored under another hazard that ``key`` bounds (its
+    ``covers`` patterns, ``HAZARD/METRIC``: a trojan scanner's figures under ``clean``)."""
+    if row.check != key.check:
+        return False
+    for pattern in row.params.get("covers", ()):
+        hazard, _, metric = str(pattern).rpartition("/")
+        if not fnmatch.fnmatchcase(key.metric, metric):
+            continue
+        if isinstance(key.hazard, Hazard) and fnmatch.fnmatchcase(str(key.hazard), hazard):
+            return True
+        if not isinstance(key.hazard, Hazard) and (hazard == "*" or fnmatch.fnmatchcase(hazard, key.hazard)):
+            return True
+    return False
 
 
 @dataclass(frozen=True)

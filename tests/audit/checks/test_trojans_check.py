@@ -78,7 +78,10 @@ def test_trojans_tables_render(audited: tuple[AuditContext, list]) -> None:
     titles = [t.title for t in tables]
     assert titles == ["Verdicts", "Neural Cleanse per class", "Recovered triggers on the test data"]
     verdicts = {row[0]: row for row in tables[0].rows}
-    assert verdicts["neural-cleanse"][4] == "TROJANED" and verdicts["neural-cleanse"][6] == "7"
+    assert verdicts["neural-cleanse"][4].startswith("TROJANED") and verdicts["neural-cleanse"][6] == "7"
+    score = next(r for r in stored if r.metric == "neural_cleanse_score")
+    holds = score.ci_low <= score.params["threshold"] < score.ci_high  # type: ignore[operator]
+    assert ("inconclusive" in verdicts["neural-cleanse"][4]) == holds
     assert [h.label for h in CHECKS.get("trojans").headlines(stored)] == ["Trojan: Neural Cleanse anomaly index"]
 
 
@@ -157,3 +160,32 @@ def test_a_seed_spread_interval_with_one_seed_is_refused_before_the_run_is_store
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "set n_seeds to 2 or more (got 1)" in lines[0]
     assert not db.exists() or not sqlite3.connect(db).execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def test_a_gate_on_a_scanner_the_budget_left_out_says_not_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under --budget a skipped scanner's row sits under its own hazard (trojan/strip) while its figures would
+    sit under clean: a gate on trojans/clean/strip_score answered 'matches no stored metric', as if misspelt.
+    The row now says which figures it stands for, and the gate fails saying they were not measured."""
+    from mlsafety.audit import evaluate_gates
+    from mlsafety.audit._budget import BUDGET_NOT_MEASURED
+
+    def first_only(ctx, items, name, first=0):  # type: ignore[no-untyped-def]
+        return iter(list(items)[:first])  # the deadline has passed: only the headline unit runs
+
+    monkeypatch.setattr(trojans_check, "until_deadline", first_only)
+    params = {"scanners": ["neural-cleanse", "strip"], "n_seeds": 1, "nc_steps": 10, "max_clean": 60}
+    data = AuditData(test=load_dataset("digits", "test"), val=load_dataset("digits", "val"))
+    ctx = AuditContext(Classifier(load_model("digits-cnn")), data, seed=0, check_params={"trojans": params})
+    results = CHECKS.create("trojans", **params).run_tasks(ctx)
+    rows = [StoredRow("trojans", r.hazard, r.metric, r.value, r.ci_low, r.ci_high, r.n, r.params, r.kind)
+            for res in results for r in res.rows]  # fmt: skip
+    assert any(r.hazard == "trojan/strip" and r.metric == BUDGET_NOT_MEASURED for r in rows)
+    assert not any(r.metric.startswith("strip_") for r in rows)
+    for gate in ("trojans/clean/strip_score", "trojans/*/strip_flagged"):
+        with pytest.raises(InputError, match="not measured") as info:
+            evaluate_gates(rows, {}, {gate: 0.5})
+        assert "the strip scan" in str(info.value)
+    assert evaluate_gates(rows, {}, {"trojans/clean/neural_cleanse_score": 1e9}) == []  # measured: evaluated
+    assert evaluate_gates(rows, {}, {"trojans/*/neural_cleanse_score": 1e9}) == []  # the strip row is not NC's
+    with pytest.raises(UnknownNameError, match="matches no stored metric"):
+        evaluate_gates(rows, {}, {"trojans/clean/abs_score": 0.5})  # a scanner not asked for: no such metric

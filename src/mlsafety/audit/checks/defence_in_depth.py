@@ -458,7 +458,7 @@ def _not_measured(state: _State, hazard: Hazard) -> Row | None:
         why = f"{hazard} has no inputs, so none of its rates can be measured"
         if hazard.kind == "trojan":
             why += " (a recovered trigger's hazard holds the test inputs not of the trigger's target class)"
-        return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why)
+        return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why, covers=[f"{hazard}/*"])
     return None
 
 
@@ -468,8 +468,9 @@ def _deployment_not_measured(
     """The row of an expected escaped-failure rate whose exposure weighs hazards not measured (``missing``;
     ``skipped`` holds the rows saying why). Under ``--budget`` alone the budget's row; else a decision row."""
     what = "the exposure-weighted expected escaped-failure rate"
+    covers = [f"{DEPLOYMENT}/expected_escaped_failure_rate"]  # the one figure stored under deployment
     if all(h in skipped and skipped[h].metric == BUDGET_NOT_MEASURED for h in missing):
-        return not_measured_row(str(DEPLOYMENT), f"{what} (exposure weighs {', '.join(map(str, missing))})")
+        return not_measured_row(str(DEPLOYMENT), f"{what} (exposure weighs {', '.join(map(str, missing))})", covers)
 
     def why(h: Hazard) -> str:
         row = skipped.get(h)
@@ -481,7 +482,15 @@ def _deployment_not_measured(
         f"{what} is not measured: exposure weighs {', '.join(f'{h} ({why(h)})' for h in missing)}, and a rate over "
         "the other hazards alone would drop that weight"
     )
-    return Row.exact(str(DEPLOYMENT), NOT_APPLICABLE, 1.0, DECISION, reason=reason, exposure=dict(exposure))
+    return Row.exact(
+        str(DEPLOYMENT),
+        NOT_APPLICABLE,
+        1.0,
+        DECISION,
+        reason=reason,
+        exposure=dict(exposure),
+        covers=covers,
+    )
 
 
 def _exposure(exposure: Mapping[str, float]) -> dict[Hazard, float]:

@@ -239,7 +239,8 @@ class Trojans(Check):
             if name == NC:
                 artifacts += nc_artifacts(res)
         if not reached:
-            rows.append(not_measured_row(str(Hazard.trojan(scanner)), f"the {scanner} scan"))
+            covers = [f"*/{scanner_metric(scanner, '*')}"]  # its figures are stored under clean and the triggers
+            rows.append(not_measured_row(str(Hazard.trojan(scanner)), f"the {scanner} scan", covers))
         return TaskResult(rows, artifacts)
 
 
@@ -251,7 +252,7 @@ def _no_inputs_row(hazard: Hazard, trigger: Trigger) -> Row:
         f"measured (a recovered trigger's hazard holds the test inputs not of the trigger's target class, "
         f"{trigger.target}, and every test input is of that class)"
     )
-    return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why, mask_l1=trigger.l1)
+    return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why, mask_l1=trigger.l1, covers=[f"{hazard}/*"])
 
 
 def _shares(ctx: AuditContext, res: ScanResult, probe: torch.Tensor | None) -> list[int] | None:
