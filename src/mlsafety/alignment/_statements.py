@@ -66,6 +66,7 @@ _UNITS = (
     ("feet", "yard", 3), ("eggs", "dozen", 12), ("sides", "triangle", 3), ("sides", "square", 4),
     ("sides", "hexagon", 6), ("legs", "spider", 8), ("legs", "dog", 4), ("wheels", "bicycle", 2),
 )  # fmt: skip
+_WRONG = {("hours", "day"): 48}  # not 12: "12 hours in a day" reads as true of daylight
 _VOWEL_SOUND = ("hour",)  # nouns that take "an" though they start with a consonant
 _NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 
@@ -107,7 +108,7 @@ def _units() -> list[Statement]:
     out: list[Statement] = []
     for small, big, n in _UNITS:
         article = "an" if big[0] in "aeiou" or big in _VOWEL_SOUND else "a"
-        wrong = n * 10 if n < 10 else n // 2 if n % 2 == 0 else n + 1
+        wrong = _WRONG.get((small, big), n * 10 if n < 10 else n // 2 if n % 2 == 0 else n + 1)
         for phrase in ("There are {n} {small} in {article} {big}.", "{Article} {big} has {n} {small}."):
             fill = {"small": small, "big": big, "article": article, "Article": article.capitalize()}
             out += [Statement(phrase.format(n=n, **fill), True, "units", f"{small}/{big}")]
