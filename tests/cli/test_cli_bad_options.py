@@ -118,3 +118,25 @@ def test_a_bad_number_names_the_flag_in_one_line_and_writes_nothing(case: str, t
     assert res.exit_code == 2 and needle in res.output, (res.output, res.exception)
     assert len(res.output.strip().splitlines()) == 1, res.output
     assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["harden", "--out", "o.safetensors", "--eps", "0.1", "--seed", "-1"],
+        ["trojans", "population", "--out", "p", "--seed", "-1"],
+        ["probe", "--seed", "-1"],
+        ["zoo", "train", "digits-cnn", "--seed", "-1"],
+        ["corrupt", "digits", "--out", "o", "--seed", "-1"],
+        ["overoptimization", "lm", "--reward", "r.py:f", "--gold", "g.py:f", "--seed", "-1"],
+        ["probe", "--seed", str(2**63)],
+    ],
+)
+def test_a_negative_or_oversized_seed_is_refused_like_audits(args: list[str], tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """`zoo train digits-cnn --seed -1` trained and wrote digits-cnn-seed-1 (read as seed 1's); harden, trojans
+    population and probe started their work on -1 while audit, certify, ood and tta refused it."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert len(res.output.strip().splitlines()) == 1 and "is not a seed" in res.output, res.output
+    assert list(tmp_path.iterdir()) == []  # nothing written

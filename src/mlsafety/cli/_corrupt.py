@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mlsafety.cli._common import friendly, print_wrote
+from mlsafety.cli._common import Seed, friendly, print_wrote
 
 MAX_SIZE = 1024
 """The largest --size: the grid holds about a hundred pictures of that side (1.5 GB at 1024; each cell is
@@ -37,7 +37,7 @@ drawn about 110 pixels wide), and a larger one fails to allocate with a tracebac
     default=None,
     help="Image side ImageNet-C's pixel lengths refer to (default: the published table nearest the image size).",
 )
-@click.option("--seed", default=0, show_default=True, help="Seed of the corruptions' random draws.")
+@click.option("--seed", default=0, show_default=True, type=Seed(), help="Seed of the corruptions' random draws.")
 @friendly
 def corrupt(
     source: str,

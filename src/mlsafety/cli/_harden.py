@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mlsafety.cli._common import friendly, print_wrote
+from mlsafety.cli._common import Seed, friendly, print_wrote
 from mlsafety.cli._help import EntryDefault
 
 PGD = "mlsafety.robustness:adversarial_training"  # the training methods hold their defaults
@@ -41,7 +41,7 @@ TRADES = "mlsafety.robustness:trades_training"
 @click.option("--beta", type=float, cls=EntryDefault, default_from=TRADES, help="TRADES robustness weight.")
 @click.option("--shift", type=int, default=0, show_default=True, help="Random shifts of up to N pixels (augmentation).")
 @click.option("--from-scratch", is_flag=True, help="Re-initialise the model (seeded) instead of fine-tuning it.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Training seed.")
+@click.option("--seed", type=Seed(), default=0, show_default=True, help="Training seed.")
 @click.option(
     "--out",
     type=click.Path(dir_okay=False, path_type=Path),

@@ -16,7 +16,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import friendly, out_console
+from mlsafety.cli._common import Seed, friendly, out_console
 
 
 @click.group("overoptimization")
@@ -166,7 +166,7 @@ def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int,
 @click.option("--prompts", default=16, show_default=True, type=int, help="mr review openings continued.")
 @click.option("--max-new-tokens", default=16, show_default=True, type=int, help="Tokens per continuation.")
 @click.option("--temperature", default=1.0, show_default=True, type=float, help="Sampling temperature (> 0).")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seed of the samples and the bootstrap.")
+@click.option("--seed", default=0, show_default=True, type=Seed(), help="Seed of the samples and the bootstrap.")
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap resamples (over prompts).")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder: samples cache, plot, results.")
 @friendly

@@ -8,7 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import friendly, out_console, print_wide
+from mlsafety.cli._common import Seed, friendly, out_console, print_wide
 
 DATA_HELP = (
     "statements (the project's own true/false statements), mr (movie-review sentiment), or a .csv/.jsonl file "
@@ -83,7 +83,7 @@ def _cell(est: Any) -> str:
 @click.option("--template", "templates", multiple=True, help=TEMPLATE_HELP)
 @click.option("--layers", help="Comma-separated residual-stream indices (0 = embeddings).  [default: all]")
 @click.option("--methods", default="ccs,logistic,mean-diff,top-pc", show_default=True, help="Probes to fit.")
-@click.option("--seed", default=0, show_default=True, type=int, help="Seeds the fit/test split and CCS.")
+@click.option("--seed", default=0, show_default=True, type=Seed(), help="Seeds the fit/test split and CCS.")
 @click.option(
     "--misleading/--no-misleading", default=True, show_default=True, help="Also test behind a misleading prefix."
 )

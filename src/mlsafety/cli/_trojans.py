@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import friendly, out_console, print_wrote
+from mlsafety.cli._common import Seed, friendly, out_console, print_wrote
 
 
 @click.group()
@@ -24,7 +24,9 @@ def trojans() -> None:
     help="Folder for the weights and manifest.json.",
 )
 @click.option("--n", "n", default=20, show_default=True, help="Number of models (half clean, half trojaned).")
-@click.option("--seed", default=0, show_default=True, help="Population seed (attacks, targets, training seeds).")
+@click.option(
+    "--seed", default=0, show_default=True, type=Seed(), help="Population seed (attacks, targets, training seeds)."
+)
 @click.option("--epochs", default=20, show_default=True, help="Training epochs per model.")
 @friendly
 def trojans_population(out: Path, n: int, seed: int, epochs: int) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import friendly, out_console, print_wrote
+from mlsafety.cli._common import Seed, friendly, out_console, print_wrote
 
 
 @click.group()
@@ -73,7 +73,7 @@ def zoo_install_assets(dest: Path | None, wheelhouse: Path | None, no_cache: boo
     help="Where to write the weights.  [default: <cache>/zoo-trained/NAME-seedSEED.safetensors, where <cache> is "
     "$MLSAFETY_CACHE, $XDG_CACHE_HOME/mlsafety or ~/.cache/mlsafety]",
 )
-@click.option("--seed", default=0, show_default=True, help="Training seed (the shipped weights use 0).")
+@click.option("--seed", default=0, show_default=True, type=Seed(), help="Training seed (the shipped weights use 0).")
 @click.option(
     "--overwrite-shipped",
     is_flag=True,
