@@ -134,3 +134,36 @@ def test_every_other_search_ends_on_the_same_text(which: str, budget: int | None
     (res,) = finished(lambda: attack.attack([TEXT], [0]))
     assert res.status == "failed" and res.perturbed == TEXT and res.perturbed_pred == 0
     assert res.queries <= (budget or 10**9)
+
+
+class FreshWords(CountedSwap):
+    """Every call offers words never offered before: each beam step scores only new texts."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+
+    def replacements(self, text: AttackedText, index: int, g: torch.Generator | None = None) -> list[str]:
+        super().replacements(text, index, g)
+        return [f"zq{self.calls}x{i}" for i in range(2)]  # unknown to the victim: sentiment 0, class 0 kept
+
+
+@pytest.mark.parametrize("max_steps", [None, 3])
+def test_beam_search_ends_when_every_step_offers_new_texts(max_steps: int | None) -> None:
+    """No RepeatModification, no budget, and a transformation that always offers new words (as random character
+    insertions do): the cache never answers a whole step, so only a bound on the steps ends the search."""
+    swap = FreshWords()
+    search = S.BeamSearch(2, max_steps=max_steps)
+    attack = Attack(sentiment_model(), Untargeted(), swap, [C.StopWords()], search)
+    (res,) = finished(lambda: attack.attack([TEXT], [0]))
+    assert res.status == "failed" and res.perturbed_pred == 0
+    steps = 4 * 4 if max_steps is None else max_steps  # four per word of "the movie was bad"
+    # the original's own query, then each step expands each beam text at its two modifiable words, two new words
+    # each: 2 x 2 x 2 texts (one beam text on the first step)
+    assert res.queries == 1 + 4 + (steps - 1) * 8
+
+
+def test_beam_max_steps_is_checked() -> None:
+    from mlsafety.core import InputError
+
+    with pytest.raises(InputError, match="max_steps must be >= 1"):
+        S.BeamSearch(2, max_steps=0)

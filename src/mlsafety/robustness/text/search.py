@@ -109,24 +109,34 @@ class BeamSearch(SearchMethod):
     keep the best text as it is, so from there the search would cycle forever (without
     :class:`~.constraints.RepeatModification` a beam can return to texts it has seen); the attack then
     failed, with the queries spent. (A transformation that draws at random might offer a new text on a
-    later visit; the search does not wait for it.)
+    later visit; the search does not wait for it.) A transformation that keeps offering new texts (random
+    character insertions with no :class:`~.constraints.RepeatModification` and no query budget) would keep
+    it going forever: it also stops after ``max_steps`` steps (a deviation from TextAttack, which has no such
+    bound and relies on the recipe's constraints).
 
     Args:
         beam_width: texts kept per step.
+        max_steps: steps at most; None: four per word of the text (a search under RepeatModification, as
+            every recipe runs it, changes a new word each step and so ends within one per word).
     """
 
     name: ClassVar[str] = "beam"
 
-    def __init__(self, beam_width: int = 8) -> None:
+    def __init__(self, beam_width: int = 8, max_steps: int | None = None) -> None:
         if beam_width < 1:
             raise InputError(f"beam_width must be >= 1, got {beam_width}")
+        if max_steps is not None and max_steps < 1:
+            raise InputError(f"max_steps must be >= 1 or None (four per word), got {max_steps}")
         self.beam_width = beam_width
+        self.max_steps = max_steps
 
     def search(self, problem: Problem, start: QueryResult) -> AttackedText:
         beam = [problem.original]
         best, best_score = problem.original, float(start.scores[0])
         idle: set[tuple[AttackedText, ...]] = set()  # beams held since the last step that scored a new text
-        while not problem.exhausted:
+        steps_left = self.max_steps if self.max_steps is not None else 4 * max(1, problem.original.num_words)
+        while not problem.exhausted and steps_left > 0:
+            steps_left -= 1
             seen: set[str] = set()
             cands: list[AttackedText] = []
             for text in beam:
