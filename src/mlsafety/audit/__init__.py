@@ -3,7 +3,7 @@
 The library never imports this package; this package imports the library.
 """
 
-from mlsafety.audit._budget import fmt_duration, parse_duration
+from mlsafety.audit._budget import BUDGET_NOT_MEASURED, fmt_duration, parse_duration
 from mlsafety.audit._check import (
     CHECKS,
     NOT_APPLICABLE,
@@ -56,6 +56,7 @@ from mlsafety.audit.views.proxy_gaming import curve_png
 from mlsafety.audit.views.transparency import heatmap_png
 
 __all__ = [
+    "BUDGET_NOT_MEASURED",
     "CHECKS",
     "EXECUTORS",
     "INSTALL_RAY",

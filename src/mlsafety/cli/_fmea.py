@@ -30,8 +30,7 @@ def fmea(run_id: str | None, db: str | None, scales: bool) -> None:
         run = store.run(run_id)
         rows = [r for r in store.results(run.run_id) if r.check == "defence-in-depth"]
         warn_unfinished(store, run)
-    from mlsafety.audit._budget import BUDGET_NOT_MEASURED
-    from mlsafety.audit._check import NOT_APPLICABLE
+    from mlsafety.audit import BUDGET_NOT_MEASURED, NOT_APPLICABLE
 
     by: dict[str, dict[str, Any]] = {}
     for r in rows:
