@@ -20,6 +20,9 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
     help="Test data (zoo name, .npz file or image folder).  [default: the zoo data of a zoo model, else digits]",
 )
 @click.option(
+    "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
+)
+@click.option(
     "--sigma",
     default=0.25,
     show_default=True,
@@ -60,9 +63,9 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 @click.option("--seed", default=0, show_default=True, help="Seed of the noise.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @friendly
-def certify(model: str, weights: str | None, data: str | None, sigma: float, n0: int, n: int, alpha: float, inputs: int,
-            radii: tuple[float, ...], denoiser: str | None, target: float | None, seed: int,
-            as_json: bool) -> None:  # fmt: skip
+def certify(model: str, weights: str | None, data: str | None, image_size: tuple[int, int] | None, sigma: float,
+            n0: int, n: int, alpha: float, inputs: int, radii: tuple[float, ...], denoiser: str | None,
+            target: float | None, seed: int, as_json: bool) -> None:  # fmt: skip
     """Certified L2 accuracy of the Gaussian-smoothed model (Cohen et al. 2019) on test inputs."""
     import json
 
@@ -72,8 +75,14 @@ def certify(model: str, weights: str | None, data: str | None, sigma: float, n0:
     from mlsafety.metrics import proportion
     from mlsafety.robustness.smoothing import ABSTAIN, SmoothedClassifier
 
+    if denoiser is not None:  # before any work: a classifier here failed mid-run, a text model with a traceback
+        denoisers = [name for name in zoo_lib.model_names() if zoo_lib.model_info(name).role == "denoiser"]
+        if denoiser not in denoisers:
+            raise InputError(f"--denoiser {denoiser!r} is not a zoo denoiser; choose one of {', '.join(denoisers)}")
     # --data as val too: no 30% hold-out (certify uses no validation set), so a small .npz is not refused
-    clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, val=data, ood=[], seed=seed))
+    clf, checked = prepare_inputs(
+        AuditConfig(model=model, weights=weights, data=data, val=data, ood=[], seed=seed, image_size=image_size or None)
+    )
     test = checked.test
     if not isinstance(test, ArrayDataset):
         raise InputError(

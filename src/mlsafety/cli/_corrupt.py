@@ -21,7 +21,7 @@ drawn about 110 pixels wide), and a larger one fails to allocate with a tracebac
     type=click.Path(dir_okay=False, path_type=Path),
     default=Path("corruptions.png"),
     show_default=True,
-    help="Where to write the grid picture (PNG).",
+    help="Where to write the grid picture: PNG, or the format its suffix names (.jpg, .pdf, .svg, ...).",
 )
 @click.option(
     "--corruptions", "names", default="all", show_default=True, help="Comma-separated corruption names, or 'all'."
@@ -54,6 +54,8 @@ def corrupt(
     from mlsafety.robustness import corruptions as corr
 
     chosen = corr.available() if names == "all" else [n.strip() for n in names.split(",") if n.strip()]
+    if not chosen:
+        raise InputError(f"--corruptions names no corruption, got {names!r}; give names separated by commas, or all")
     for n in chosen:
         corr.CORRUPTIONS.get(n)
     try:
@@ -70,8 +72,27 @@ def corrupt(
     if reference_size is not None and not (math.isfinite(reference_size) and reference_size > 0):
         raise InputError(f"--reference-size must be a finite number of pixels > 0 (e.g. 224), got {reference_size}")
     check_output_path(out, what="picture", example="path/to/corruptions.png")
+    fmt = _picture_format(out)
     image = corr.read_image(source, size=size, grey=grey)
     fig = corr.grid_figure(image, chosen, sevs, seed=seed, reference_size=reference_size)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, format=fmt)
     print_wrote(f"wrote {out} ({len(chosen)} corruptions x {len(sevs)} severities)")
+
+
+def _picture_format(out: Path) -> str:
+    """The format ``--out``'s suffix names, or PNG without a suffix (written at ``out`` itself: matplotlib
+    would add ``.png`` and the ``wrote`` line name a file that is not there); an unknown suffix is refused
+    before any work (matplotlib raised ``ValueError`` with a traceback after drawing the grid)."""
+    from matplotlib.figure import Figure
+
+    from mlsafety.core import InputError
+
+    if not out.suffix:
+        return "png"
+    fmt = out.suffix[1:].lower()
+    formats = sorted(Figure().canvas.get_supported_filetypes())
+    if fmt not in formats:
+        others = ", ".join("." + f for f in formats)
+        raise InputError(f"--out {out.name}: .{fmt} is not a picture format; end it in .png (or {others})")
+    return fmt

@@ -39,6 +39,9 @@ def explain_list() -> None:
     "--data",
     help="Test data (zoo name, .npz file, image folder, or .csv/.jsonl text).  [default: the zoo model's own data]",
 )
+@click.option(
+    "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
+)
 @click.option("--method", "-m", "methods", multiple=True, help="Attribution method; repeatable. Default: all.")
 @click.option(
     "--mode",
@@ -57,8 +60,9 @@ def explain_list() -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @friendly
-def explain_sanity(model: str, weights: str | None, data: str | None, methods: tuple[str, ...], modes: tuple[str, ...],
-                   inputs: int, threshold: float, as_json: bool) -> None:  # fmt: skip
+def explain_sanity(model: str, weights: str | None, data: str | None, image_size: tuple[int, int] | None,
+                   methods: tuple[str, ...], modes: tuple[str, ...], inputs: int, threshold: float,
+                   as_json: bool) -> None:  # fmt: skip
     """Sanity checks (Adebayo et al. 2018): do the maps change when the model's layers are re-initialised?"""
     import json
 
@@ -68,7 +72,9 @@ def explain_sanity(model: str, weights: str | None, data: str | None, methods: t
     for name in methods:
         tr.ATTRIBUTIONS.get(name)  # an unknown name fails before any work, with a suggestion
     # --data as val too: no 30% hold-out (the sanity checks use no validation set), so a small .npz is not refused
-    clf, checked = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, val=data, ood=[]))
+    clf, checked = prepare_inputs(
+        AuditConfig(model=model, weights=weights, data=data, val=data, ood=[], image_size=image_size or None)
+    )
     names = list(methods) or tr.available(clf.modality)
     x = checked.test.x[:inputs]
     results = [

@@ -22,8 +22,11 @@ TRADES = "mlsafety.robustness:trades_training"
 @click.option("--weights", type=click.Path(dir_okay=False), help="Starting weights (.safetensors or .pt).")
 @click.option(
     "--data",
-    help="Training data: a zoo dataset name (its train split) or an .npz file with arrays x, y.  "
+    help="Training data: a zoo dataset name (its train split), an .npz file with arrays x, y, or an image folder.  "
     "[default: the zoo data of a zoo model, else digits]",
+)
+@click.option(
+    "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
 )
 @click.option(
     "--method",
@@ -53,6 +56,7 @@ def harden(
     model_spec: str,
     weights: str | None,
     data: str | None,
+    image_size: tuple[int, int] | None,
     method: str,
     eps: float,
     norm: str | None,
@@ -80,7 +84,9 @@ def harden(
     # the audit's checks of the model and data (kind, shape, labels, a probe pass): one line, not a traceback
     # from the first training batch; the training set is --data's train split (a zoo set) or the whole .npz
     # (--data as val too: no hold-out, so a small .npz trains as before)
-    config = AuditConfig(model=model_spec, weights=weights, data=data, val=data, train=data, ood=[])
+    config = AuditConfig(
+        model=model_spec, weights=weights, data=data, val=data, train=data, ood=[], image_size=image_size or None
+    )
     clf, checked = prepare_inputs(config)
     train = checked.train
     if not isinstance(train, ArrayDataset):

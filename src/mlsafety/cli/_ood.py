@@ -10,6 +10,9 @@ from rich.table import Table
 from mlsafety.cli._common import friendly, out_console
 from mlsafety.cli._help import LazyHelp
 
+MAX_BOOT = 1_000_000
+"""The most --n-boot: far past any interval's precision; 10**9 failed allocating 40 GB (a traceback)."""
+
 
 def default_detectors() -> list[str]:
     """The detectors ``ood eval`` measures when none is named: those tagged quick in the registry."""
@@ -47,6 +50,9 @@ def ood_list() -> None:
     help="In-distribution test data (zoo name, .npz, image folder; .csv, .jsonl or saved dataset folder for a "
     "text model).  [default: the zoo data of a zoo model, else digits]",
 )
+@click.option(
+    "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
+)
 @click.option("--train", help="In-distribution data to fit the detectors on (default: the zoo train split, else val).")
 @click.option("--text-column", default=None, help="Column of the texts in text data files.  [default: text]")
 @click.option("--label-column", default=None, help="Column of the labels in text data files.  [default: label]")
@@ -60,13 +66,19 @@ def ood_list() -> None:
     fill=lambda: ", ".join(default_detectors()),
     help="Detector name; repeatable (see `mlsafety ood list`). Default: {}.",
 )
-@click.option("--n-boot", default=500, show_default=True, type=click.IntRange(min=10), help="Bootstrap resamples.")
+@click.option(
+    "--n-boot",
+    default=500,
+    show_default=True,
+    type=click.IntRange(min=10, max=MAX_BOOT),
+    help="Bootstrap resamples.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed of the bootstrap intervals.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @friendly
-def ood_eval(model: str, weights: str | None, data: str | None, train: str | None, text_column: str | None,
-             label_column: str | None, ood_sets: tuple[str, ...], detectors: tuple[str, ...], n_boot: int, seed: int,
-             as_json: bool) -> None:  # fmt: skip
+def ood_eval(model: str, weights: str | None, data: str | None, image_size: tuple[int, int] | None, train: str | None,
+             text_column: str | None, label_column: str | None, ood_sets: tuple[str, ...], detectors: tuple[str, ...],
+             n_boot: int, seed: int, as_json: bool) -> None:  # fmt: skip
     """Fit detectors on in-distribution data and report AUROC, AUPR-In/Out and FPR@95 per OOD set.
 
     FPR@95 ID+ is the share of OOD inputs accepted at the threshold that keeps 95% of the
@@ -83,7 +95,8 @@ def ood_eval(model: str, weights: str | None, data: str | None, train: str | Non
     for name in names:
         ood.DETECTORS.get(name)  # an unknown name fails before any work, with a suggestion
     config = AuditConfig(model=model, weights=weights, data=data, train=train, ood=list(ood_sets) or None, seed=seed,
-                         text_column=text_column or "text", label_column=label_column)  # fmt: skip
+                         text_column=text_column or "text", label_column=label_column,
+                         image_size=image_size or None)  # fmt: skip
     clf, audit_data = prepare_inputs(config)  # the audit's validation: labels, probe pass, finite logits
     sets = {n: d.x for n, d in audit_data.ood.items()}
     result = ood.evaluate(names, clf, audit_data.fit, audit_data.test.x, sets, n_boot=n_boot, seed=seed)
