@@ -84,3 +84,27 @@ def test_ood_eval_n_boot_has_a_ceiling() -> None:
     """`--n-boot 1000000000` failed allocating 40 GB with a traceback after fitting the detectors."""
     res = CliRunner().invoke(main, ["ood", "eval", "-d", "msp", "--n-boot", "1000000000"])
     one_error_line(res, "'--n-boot'", "10<=x<=1000000")
+
+
+@pytest.mark.parametrize(
+    ("out", "needle"),
+    [
+        ("{d}/afile/pop", "afile is not a folder; pass another --out"),  # was NotADirectoryError from mkdir
+        ("", "--out is empty"),  # wrote the weights and manifest.json into the current folder
+    ],
+)
+def test_trojans_population_out_that_cannot_hold_it_is_one_line(
+    out: str, needle: str, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "afile").write_text("x")
+    args = ["trojans", "population", "--n", "2", "--epochs", "1", "--out", out.format(d=tmp_path)]
+    one_error_line(CliRunner().invoke(main, args), needle)
+    assert [p.name for p in tmp_path.iterdir()] == ["afile"]
+
+
+def test_trojans_population_n_has_a_ceiling(tmp_path: Path) -> None:
+    """`--n 1000000000000` planned a trillion members in memory before the first model trained."""
+    res = CliRunner().invoke(main, ["trojans", "population", "--n", str(10**12), "--out", str(tmp_path / "p")])
+    one_error_line(res, "--n must be at least 2 and at most 10000")
+    assert list(tmp_path.iterdir()) == []
