@@ -108,3 +108,11 @@ def test_trojans_population_n_has_a_ceiling(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["trojans", "population", "--n", str(10**12), "--out", str(tmp_path / "p")])
     one_error_line(res, "--n must be at least 2 and at most 10000")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("shift", ["8", "1000000000"])
+def test_harden_shift_past_the_image_is_one_line(shift: str, tmp_path: Path) -> None:
+    """`--shift 1000000000` padded each 8x8 digit by a billion pixels: "Storage size calculation overflowed"."""
+    args = ["harden", "--eps", "0.1", "--shift", shift, "--out", str(tmp_path / "h.safetensors")]
+    one_error_line(CliRunner().invoke(main, args), "--shift must be less than the images' side (8 pixels)")
+    assert list(tmp_path.iterdir()) == []

@@ -94,6 +94,9 @@ def harden(
             f"--model {model_spec} is a text classifier; harden trains image classifiers on images "
             "(a zoo image model or path/to/file.py:factory)"
         )
+    side = min(int(train.x.shape[-2]), int(train.x.shape[-1]))
+    if shift >= side:  # the padding of a huge shift failed to allocate, with a traceback
+        raise InputError(f"--shift must be less than the images' side ({side} pixels), got {shift}")
     model = clf.module
     options = {"norm": norm, "steps": steps, "epochs": epochs, "lr": lr, "beta": beta}
     params: dict[str, Any] = {k: v for k, v in options.items() if v is not None}
