@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import friendly, out_console, print_wrote
+from mlsafety.cli._common import Seed, friendly, out_console, print_wrote
 
 
 def _recipes() -> str:
@@ -34,14 +34,16 @@ def _recipes() -> str:
 )
 @click.option("--budget", type=int, default=None, help="Model queries per example at most (>= 1). [default: no limit]")
 @click.option("--n", "n", type=int, default=50, show_default=True, help="Texts attacked (a seeded subset of the data).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("attack-text"), show_default=True,
+@click.option("--out", "out_arg", type=click.Path(file_okay=False), default="attack-text", show_default=True,
               help="Folder for examples.jsonl (changed words marked [[like this]]) and summary.json.")  # fmt: skip
-@click.option("--seed", default=0, show_default=True, help="Seed of the subset, the recipe and the intervals.")
+@click.option(
+    "--seed", default=0, show_default=True, type=Seed(), help="Seed of the subset, the recipe and the intervals."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON instead of a table.")
 @friendly
 def attack_text(model: str, weights: str | None, data: str | None, text_column: str | None,
                 label_column: str | None, recipe: str, params: tuple[str, ...],
-                budget: int | None, n: int, out: Path, seed: int, as_json: bool) -> None:  # fmt: skip
+                budget: int | None, n: int, out_arg: str, seed: int, as_json: bool) -> None:  # fmt: skip
     """Attack N texts of DATA with a text-attack RECIPE; print success rate, accuracy under attack, share of words
     perturbed, queries and sentence similarity with 95% intervals, and write the adversarial examples."""
     import json
@@ -49,7 +51,7 @@ def attack_text(model: str, weights: str | None, data: str | None, text_column: 
     import torch
 
     from mlsafety.audit import AuditConfig, prepare_inputs
-    from mlsafety.core import InputError, generator
+    from mlsafety.core import InputError, check_output_path, generator
     from mlsafety.robustness import text
 
     text.RECIPES.get(recipe)  # an unknown recipe fails first, with a suggestion
@@ -71,12 +73,21 @@ def attack_text(model: str, weights: str | None, data: str | None, text_column: 
         raise InputError(f"--budget must be at least 1 query per example, got {budget}; omit it for no limit")
     if n < 1:
         raise InputError(f"--n must be at least 1 text, got {n}")
+    if not out_arg.strip():  # an unset shell variable: the examples went into the working folder
+        raise InputError("--out is empty; give a folder for the examples, e.g. --out attack-text")
+    out = Path(out_arg)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the examples")
+    for flag, column in (("--text-column", text_column), ("--label-column", label_column)):
+        if column is not None and not column.strip():  # '' ran as if the option were left out
+            raise InputError(f"{flag} is empty; name a column of --data, or leave it out for the default")
+    # under a file or in a read-only folder: refused now, not after the attack
+    check_output_path(out / "summary.json", what="summary", flag="--out", example="attack-text")
     # a data file is attacked whole (the audit would hold 30% of it out for validation, which nothing here reads)
     val = data if data is not None and Path(data).exists() else None
-    config = AuditConfig(model=model, weights=weights, data=data, val=val, text_column=text_column or "text",
-                         label_column=label_column, seed=seed, ood=[])  # fmt: skip
+    config = AuditConfig(model=model, weights=weights, data=data, val=val,
+                         text_column="text" if text_column is None else text_column, label_column=label_column,
+                         seed=seed, ood=[])  # fmt: skip
     clf, audit_data = prepare_inputs(config)
     if clf.modality != "text":
         raise InputError(

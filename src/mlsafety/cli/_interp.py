@@ -9,10 +9,13 @@ from typing import Any, Literal
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import friendly, out_console, print_wide, print_wrote
+from mlsafety.cli._common import Seed, friendly, out_console, print_wide, print_wrote
 
 POINTS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head_out")
 """The hook points a patching sweep takes (``head_out``: each attention head separately)."""
+
+MAX_IOI_PROMPTS = 100_000
+"""Most IOI prompts (--n): every head is patched over all of them; 10**20 ran until killed."""
 
 MODEL_HELP = "Causal LM: a zoo name (smollm2-135m) or a folder with a saved transformers causal LM and tokenizer."
 
@@ -112,6 +115,8 @@ def _write(path: Path, png: bytes, title: str, text: str, alt: str) -> None:
 
 def _read_prompts(path: str, flag: str) -> list[str]:
     file = Path(path)
+    if file.is_dir():
+        raise _bad(f"{flag} {path} is a folder; give a text file with one prompt per line")
     if not file.is_file():
         raise _bad(f"{flag} {path}: file not found; give a text file with one prompt per line")
     try:
@@ -272,8 +277,9 @@ def _write_patch(result: Any, path: Path, clean_file: str, corrupted_file: str) 
 
 @interp_group.command("ioi", short_help="The IOI circuit report of the model (Wang et al. 2022).")
 @click.option("--model", default="smollm2-135m", show_default=True, help=MODEL_HELP)
-@click.option("--n", "n_prompts", default=64, show_default=True, type=click.IntRange(min=2), help="IOI prompts.")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Seed of the prompts.")
+@click.option("--n", "n_prompts", default=64, show_default=True, type=click.IntRange(2, MAX_IOI_PROMPTS),
+              help="IOI prompts.")  # fmt: skip
+@click.option("--seed", default=0, show_default=True, type=Seed(), help="Seed of the prompts.")
 @click.option("--top-k", default=10, show_default=True, type=click.IntRange(min=1), help="Heads reported.")
 @click.option("--name", "names", multiple=True, help="Candidate name (single token); repeatable.  [default: built-in]")
 @click.option(
@@ -308,6 +314,8 @@ def interp_ioi(
     from mlsafety.core import check_output_path
     from mlsafety.monitoring.interp import ioi_circuit_report, ioi_dataset
 
+    if not out.strip():  # an unset shell variable: the report went into the working folder
+        raise _bad("--out is empty; give a folder for ioi.html and ioi.json, e.g. --out ioi-report")
     folder = Path(out)
     check_output_path(folder / "ioi.html", what="report", flag="--out", example="ioi-report")
     lm = _lm(model)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Seed, friendly, out_console
+from mlsafety.cli._common import Seed, friendly, out_console, print_wrote
 
 
 @click.group("overoptimization")
@@ -29,6 +30,35 @@ def _positive(name: str, value: float) -> None:
 
     if not value >= 1:
         raise InputError(f"{name} must be at least 1, got {value}")
+
+
+MAX_SEEDS = 1000
+MAX_LABELS = 10**7
+MAX_WIDTH = 10_000
+MAX_STEPS = 100_000
+MAX_BOOT = 1_000_000
+MAX_SAMPLES = 2**20
+"""Upper bounds of the counts: 10**20 seeds or REINFORCE steps ran until killed, and 10**20 labels, features,
+resamples or samples failed with a traceback (an int64 overflow, or a matrix of width**2 floats)."""
+
+
+def _at_most(name: str, value: int, cap: int) -> None:
+    from mlsafety.core import InputError
+
+    if value > cap:
+        raise InputError(f"{name} must be at most {cap:_}, got {value}")
+
+
+def _out_folder(out: str, what: str) -> Path:
+    """``--out`` as a folder where ``what`` can be written, checked before any work (under a file or in a
+    read-only folder the write failed with a traceback at the end; '' wrote into the working folder)."""
+    from mlsafety.core import InputError, check_output_path
+
+    if not out.strip():
+        raise InputError(f"--out is empty; give a folder for {what}, e.g. --out overopt")
+    folder = Path(out)
+    check_output_path(folder / "results.json", what=what, flag="--out", example="overopt")
+    return folder
 
 
 def _n_max(value: int) -> tuple[int, ...]:
@@ -106,11 +136,16 @@ def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int,
         raise InputError(f"--labels must be at least 2, got {labels}")
     if width < 0:
         raise InputError(f"--width must be >= 0, got {width}")
+    for name, value, cap in (("--seeds", seeds, MAX_SEEDS), ("--labels", labels, MAX_LABELS),
+                             ("--width", width, MAX_WIDTH), ("--n-boot", n_boot, MAX_BOOT)):  # fmt: skip
+        _at_most(name, value, cap)
     ns = _n_max(n_max) if optimiser == "bon" else ()
     lams = _lambdas(lambdas) if optimiser == "tilt" else []
     if optimiser == "reinforce":
         _positive("--steps", steps)
+        _at_most("--steps", steps, MAX_STEPS)
     _positive("--n-boot", n_boot)  # refused before the seeds run, not by the fit after them
+    folder = _out_folder(out, "the plot and results")
     world = make_world()
     gold_rows, proxy_rows, d_rows = [], [], []
     for s in range(seeds):
@@ -143,13 +178,12 @@ def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int,
     result["fit"] = result["fits"]["bon" if optimiser == "bon" else "rl"]
     result["observed_peak_d"] = list(peak.d)[:3]
     result["censored_seeds"] = peak.censored
-    folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "sim.json").write_text(json.dumps(result, indent=1))
     (folder / "sim.png").write_bytes(curve_png(d, gold_t, proxy_t, (fits["bon"].alpha.value, fits["bon"].beta.value)))
     _print_curve(result.get("ns") or result.get("lambdas") or result["steps"], d, [t[0] for t in gold_t],
                  [t[0] for t in proxy_t], {"bon": "n", "tilt": "lambda", "reinforce": "step"}[optimiser])  # fmt: skip
-    out_console.print(f"wrote {folder / 'sim.json'} and {folder / 'sim.png'}")
+    print_wrote(f"wrote {folder / 'sim.json'} and {folder / 'sim.png'}")
 
 
 @overopt_group.command("lm")
@@ -179,21 +213,29 @@ def overopt_lm(model: str, reward: str, gold: str, trusted: tuple[str, ...], n_m
     from mlsafety.monitoring.proxy_gaming.scorers import check_scorers
 
     ns = _n_max(n_max)
+    _at_most("--n-max", n_max, MAX_SAMPLES)
     if prompts < 1:
         raise InputError(f"the prompt set is empty: --prompts must be at least 1, got {prompts}")
-    if not temperature > 0:
-        raise InputError(f"--temperature must be > 0 (best-of-n needs distinct samples), got {temperature}")
+    if not 0 < temperature < math.inf:
+        raise InputError(f"--temperature must be finite and > 0 (best-of-n needs distinct samples), got {temperature}")
     _positive("--max-new-tokens", max_new_tokens)  # both refused before any sampling, not after it
     _positive("--n-boot", n_boot)
+    _at_most("--n-boot", n_boot, MAX_BOOT)
+    folder = _out_folder(out, "the samples, plot and results")
     proxy_fn, gold_fn = load_scorer(reward, "--reward"), load_scorer(gold, "--gold")
     trusted_fns = {f"trusted {i + 1} ({spec})": load_scorer(spec, "--trusted") for i, spec in enumerate(trusted)}
     texts = pg.review_openings(prompts)
     check_scorers({"proxy": proxy_fn, "gold": gold_fn, **trusted_fns}, None)  # input types only: load_scorer probed
     lm = resolve_language_model(model)
-    folder = Path(out)
+    made = next((p for p in (*reversed(folder.parents), folder) if not p.exists()), None)  # the first folder made
     folder.mkdir(parents=True, exist_ok=True)
-    samples = pg.sample_continuations(lm, texts, n_max, max_new_tokens, temperature, seed, 64, model,
-                                      cache=folder / "samples.json")  # fmt: skip
+    try:
+        samples = pg.sample_continuations(lm, texts, n_max, max_new_tokens, temperature, seed, 64, model,
+                                          cache=folder / "samples.json")  # fmt: skip
+    except InputError:  # refused before the first sample (prompt plus --max-new-tokens too long): no empty folder
+        if made is not None and not any(p.is_file() for p in made.rglob("*")):
+            shutil.rmtree(made)
+        raise
     proxy = pg.score_samples(samples, proxy_fn)
     gold_scores = pg.score_samples(samples, gold_fn)
     curve = pg.overoptimization_curve(proxy, gold_scores, ns, n_boot, seed)
@@ -211,9 +253,7 @@ def overopt_lm(model: str, reward: str, gold: str, trusted: tuple[str, ...], n_m
     peak = result["peak"]
     out_console.print(f"gold peak at n={peak['n']} (d={peak['d'][0]:.3f} [{peak['d'][1]:.3f}, {peak['d'][2]:.3f}]"
                       f"{_after_peak(peak)}); {_monitor_said(monitor)}")  # fmt: skip
-    out_console.print(
-        f"wrote {folder / 'results.json'} and {folder / 'curve.png'} (samples: {folder / 'samples.json'})"
-    )
+    print_wrote(f"wrote {folder / 'results.json'} and {folder / 'curve.png'} (samples: {folder / 'samples.json'})")
 
 
 def _monitor_said(monitor: dict[str, Any] | None) -> str:

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import click
 
-from mlsafety.cli._common import friendly, out_console
+from mlsafety.cli._common import Seed, friendly, out_console
+
+MAX_STEPS = 10_000
+"""Most attack steps and attacked batches (--steps, --batches): 10**20 ran until killed, refused by nothing."""
 
 
 @click.command("tta")
@@ -28,9 +31,9 @@ from mlsafety.cli._common import friendly, out_console
 @click.option("--batch-size", default=64, show_default=True, type=int, help="Inputs per test batch (>= 2).")
 @click.option("--corruption", default=None, help="Shift the test data first: NAME:SEVERITY, e.g. fog:3.")
 @click.option("--eps", type=float, default=None, help="L-inf bound on the malicious inputs (default: unconstrained).")
-@click.option("--steps", default=20, show_default=True, type=click.IntRange(min=0), help="Attack steps.")
-@click.option("--batches", default=20, show_default=True, type=click.IntRange(min=1), help="Attacked batches.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the batches, corruption and targets.")
+@click.option("--steps", default=20, show_default=True, type=click.IntRange(0, MAX_STEPS), help="Attack steps.")
+@click.option("--batches", default=20, show_default=True, type=click.IntRange(1, MAX_STEPS), help="Attacked batches.")
+@click.option("--seed", default=0, show_default=True, type=Seed(), help="Seed of the batches, corruption and targets.")
 @friendly
 def tta(
     model: str,
@@ -71,7 +74,7 @@ def tta(
         raise InputError(f"--batch-size must be at least 2 (adaptation needs a batch), got {batch_size}")
     adapt = tta_lib.create(method)  # an unknown method fails here, with a suggestion
     attack = tta_lib.DIA(objective=objective, eps=eps, steps=steps, seed=seed)  # a bad --eps: before any data work
-    shift = _parse_corruption(corruption) if corruption else None
+    shift = _parse_corruption(corruption) if corruption is not None else None  # '' ran on clean data
     clf, audit_data = prepare_inputs(AuditConfig(model=model, weights=weights, data=data, seed=seed))
     tta_lib.norm_layers(clf.module)  # a model without batch norm: one line
     test = audit_data.test
