@@ -14,6 +14,7 @@ from mlsafety.cli._common import (
     DB_OPTION,
     EXIT_BAD_INPUT,
     EXIT_FAILED,
+    NonEmptyPath,
     choose_threads,
     err_console,
     exit_code_for,
@@ -22,6 +23,7 @@ from mlsafety.cli._common import (
     out_console,
     print_path,
     print_wide,
+    refuse_db_as_output,
     resume_command,
 )
 from mlsafety.cli._help import EntryDefault
@@ -131,7 +133,7 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
     help="Label column of text data files.  [default: label; a language model's prompt file: no labels unless given]",
 )
 @click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--config", "config_path", type=NonEmptyPath(dir_okay=False), help="TOML config file.")
 @click.option("--seed", type=int, cls=EntryDefault, default_from=CONFIG, help="Run seed.")
 @click.option(
     "--quick",
@@ -217,6 +219,8 @@ def audit(
     from mlsafety.audit import AuditConfig, AuditInterrupted, load_config, make_executor, run_audit
     from mlsafety.core import Progress
 
+    if report_path:
+        refuse_db_as_output(report_path, db, "--report", "path/to/report.html")
     runner = make_executor(executor, ray_address)  # Ray missing or an address that does not answer: one line
     cfg = load_config(config_path) if config_path else AuditConfig()
     for name, value in (
@@ -420,13 +424,13 @@ def _print_summary(result: Any) -> None:
 @click.option("--val", help="Validation data (same forms).")
 @click.option("--ood", multiple=True, help="An OOD data set (repeatable), same forms as audit --ood.")
 @click.option("--check", "checks", multiple=True, help="Run only this check; repeatable. Default: every check.")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file (shared).")
+@click.option("--config", "config_path", type=NonEmptyPath(dir_okay=False), help="TOML config file (shared).")
 @click.option("--seed", type=int, help="Run seed (the same for every model).")
 @click.option("--quick", is_flag=True, default=None, help="Reduced profile, as audit --quick.")
 @click.option("--max-samples", type=int, help="At most N inputs of each data source (a seeded subset).")
 @click.option("--batch-size", type=int, help="Inputs per forward pass.")
 @DB_OPTION
-@click.option("--report-dir", type=click.Path(file_okay=False), help="Write each run's report there (<run id>.html).")
+@click.option("--report-dir", type=NonEmptyPath(file_okay=False), help="Write each run's report there (<run id>.html).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: the models one after another; ray: in parallel as Ray tasks.")  # fmt: skip
 @click.option("--ray-address", metavar="HOST:PORT", help="Join this Ray cluster (with --executor ray).")

@@ -50,10 +50,20 @@ class Finite(click.FloatRange):
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
         import math
 
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail(f"{rv} is not a finite number", param, ctx)
-        return rv
+        number = click.FLOAT.convert(value, param, ctx)  # finiteness first: inf is not "out of range" of [0, 10]
+        if not math.isfinite(number):
+            self.fail(f"{number} is not a finite number", param, ctx)
+        return super().convert(number, param, ctx)
+
+
+class NonEmptyPath(click.Path):
+    """A path option that refuses the empty string (an unset shell variable, ``--out "$DIR"``): click's
+    ``Path`` takes it as ``.``, so a guard was written into the current folder and ``--db ""`` named it."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("the path is empty; give a file or folder name", param, ctx)
+        return super().convert(value, param, ctx)
 
 
 class Seed(click.IntRange):
@@ -196,8 +206,27 @@ def print_wrote(message: str) -> None:
 
 
 DB_OPTION = click.option(
-    "--db", type=click.Path(dir_okay=False), help="Results database.  [default: $MLSAFETY_DB or ./mlsafety-runs.sqlite]"
+    "--db",
+    type=NonEmptyPath(dir_okay=False),
+    help="Results database.  [default: $MLSAFETY_DB or ./mlsafety-runs.sqlite]",
 )
+
+
+def refuse_db_as_output(out: str | Path, db: str | Path | None, flag: str, example: str) -> None:
+    """Raise :class:`MlsafetyError` when ``out`` is the results database ``db`` (None: the default of --db):
+    written there, the HTML would replace the database and every run stored in it."""
+    from mlsafety.core import InputError
+
+    db_path = Path(db) if db is not None else Path(os.environ.get("MLSAFETY_DB", "mlsafety-runs.sqlite"))  # as Store
+    out_path = Path(out)
+    same = (
+        os.path.samefile(out_path, db_path)
+        if out_path.exists() and db_path.exists()
+        else out_path.resolve() == db_path.resolve()
+    )
+    if same:
+        raise InputError(f"{flag} {out} is the results database; writing there would destroy its runs: pass {flag} "
+                         f"{example}")  # fmt: skip
 
 
 def open_store(db: str | None) -> Store:

@@ -7,12 +7,12 @@ from typing import Any
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import friendly, open_store, out_console, warn_unfinished
+from mlsafety.cli._common import NonEmptyPath, friendly, open_store, out_console, warn_unfinished
 
 
 @click.command()
 @click.argument("run_id", required=False)
-@click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
+@click.option("--db", type=NonEmptyPath(dir_okay=False), help="Results database.")
 @click.option("--scales", is_flag=True, help="Show the documented severity, occurrence and detection scales.")
 @friendly
 def fmea(run_id: str | None, db: str | None, scales: bool) -> None:

@@ -16,12 +16,14 @@ from rich.text import Text
 from mlsafety.cli._common import (
     DB_OPTION,
     EXIT_FAILED,
+    NonEmptyPath,
     friendly,
     line,
     open_store,
     out_console,
     print_path,
     print_wide,
+    refuse_db_as_output,
     warn_unfinished,
 )
 from mlsafety.core import MlsafetyError
@@ -89,8 +91,8 @@ def runs_show(group_db: str | None, run_id: str, db: str | None, as_json: bool) 
 
 @click.command()
 @click.argument("run_id")
-@click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="Where to write the HTML.")
+@click.option("--db", type=NonEmptyPath(dir_okay=False), help="Results database.")
+@click.option("--out", type=NonEmptyPath(dir_okay=False, path_type=Path), help="Where to write the HTML.")
 @friendly
 def report(run_id: str, db: str | None, out: Path | None) -> None:
     """Rebuild the HTML report of RUN_ID (or `latest`) from the results database alone."""
@@ -100,6 +102,8 @@ def report(run_id: str, db: str | None, out: Path | None) -> None:
     if out is not None:  # a folder part that is a file: named, not mkdir's "File exists"
         check_output_path(out, what="report", example="path/to/report.html")
     with open_store(db) as store:
+        if out is not None:
+            refuse_db_as_output(out, store.path, "--out", "path/to/report.html")
         path = write_report(store, run_id, out)
         warn_unfinished(store, store.run(run_id))
     print_path("Report: ", path)
@@ -108,7 +112,7 @@ def report(run_id: str, db: str | None, out: Path | None) -> None:
 @click.command()
 @click.argument("run_a")
 @click.argument("run_b")
-@click.option("--db", type=click.Path(dir_okay=False), help="Results database.")
+@click.option("--db", type=NonEmptyPath(dir_okay=False), help="Results database.")
 @click.option("--all", "show_all", is_flag=True, help="Show every shared metric, not only the changed ones.")
 @click.option(
     "--fail-on-change",

@@ -34,6 +34,8 @@ from mlsafety.core import InputError
 from mlsafety.guard import DriftAlarm, Guard
 
 INSTALL = "mlsafety serve needs the serve extra: pip install 'mlsafety[serve]'"
+MAX_WAIT_MS = 10_000.0
+"""The longest batching window ``--max-wait-ms`` takes: a request waits that long for others to join it."""
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -355,6 +357,30 @@ def build_app(
     return app
 
 
+def check_bind(host: str, port: int) -> None:
+    """Raise :class:`InputError` unless ``host:port`` can be bound now, before the guard is loaded: uvicorn
+    reports an unknown host or a port in use only after the model is loaded, with exit 1 or 3, and binds an
+    empty host on every interface."""
+    import socket
+
+    if not host.strip():
+        raise InputError("--host is empty (it would bind every interface); give an address, e.g. --host 127.0.0.1")
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise InputError(
+            f"--host {host!r} is not an address of this machine ({exc}); use e.g. --host 127.0.0.1"
+        ) from None
+    with socket.socket(family, kind, proto) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise InputError(
+                f"cannot bind {host}:{port} ({exc.strerror or exc}); pass another --port or --host"
+            ) from None
+
+
 def _has_serve_extra() -> bool:
     import importlib.util
 
@@ -367,7 +393,7 @@ def _has_serve_extra() -> bool:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535), help="Port to bind.")
 @click.option("--device", default="cpu", show_default=True, help="Where the guard runs (cpu, cuda, cuda:1...).")
 @click.option("--max-batch", default=64, show_default=True, type=click.IntRange(1), help="Most inputs per micro-batch.")
-@click.option("--max-wait-ms", default=5.0, show_default=True, type=Finite(0), help="Batching window.")
+@click.option("--max-wait-ms", default=5.0, show_default=True, type=Finite(0, MAX_WAIT_MS), help="Batching window.")
 @friendly
 def serve(guard_dir: str, host: str, port: int, device: str, max_batch: int, max_wait_ms: float) -> None:
     """Serve a guard directory (from `mlsafety guard export`) over HTTP: /predict, /healthz, /metrics."""
@@ -378,6 +404,7 @@ def serve(guard_dir: str, host: str, port: int, device: str, max_batch: int, max
 
     from mlsafety.guard import load_guard
 
+    check_bind(host, port)
     loaded = load_guard(guard_dir, device=device)
     shape = tuple(loaded.config["input"]["shape"])
     app = build_app(loaded.guard, loaded.drift, shape, max_batch=max_batch, max_wait_ms=max_wait_ms)

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Seed, friendly, out_console, print_wrote
+from mlsafety.cli._common import NonEmptyPath, Seed, friendly, out_console, print_wrote
 
 
 @click.group()
@@ -33,7 +33,7 @@ def zoo_list() -> None:
 @zoo.command("install-assets")
 @click.option(
     "--dest",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=NonEmptyPath(file_okay=False, path_type=Path),
     help="Asset folder.  [default: $MLSAFETY_ASSETS or <prefix>/share/mlsafety/assets]",
 )
 @click.option(
@@ -69,7 +69,7 @@ def zoo_install_assets(dest: Path | None, wheelhouse: Path | None, no_cache: boo
 @click.argument("name")
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     help="Where to write the weights.  [default: <cache>/zoo-trained/NAME-seedSEED.safetensors, where <cache> is "
     "$MLSAFETY_CACHE, $XDG_CACHE_HOME/mlsafety or ~/.cache/mlsafety]",
 )

@@ -284,6 +284,24 @@ class LoadedGuard:
         return DriftAlarm(self.drift.reference, d["arl"], d["kappa"], d["seed"])
 
 
+def _guard_device(device: str | torch.device) -> torch.device:
+    """``device`` checked: cpu or an existing CUDA device; :class:`InputError` otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {str(device)!r} is not supported by the guard; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {str(device)!r} requested but no CUDA device is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(
+            f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+    return dev
+
+
 def load_guard(path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu") -> LoadedGuard:
     """Load a guard directory written by :func:`export_guard`, checking the manifest and the model.
 
@@ -294,8 +312,10 @@ def load_guard(path: str | Path, model: nn.Module | None = None, device: str | t
         device: where the guard runs (the model is moved there).
 
     Raises:
-        InputError: a missing or altered file, or a model whose fingerprint is not the exported one.
+        InputError: an unknown or missing device, a missing or altered file, or a model whose fingerprint is not
+            the exported one.
     """
+    device = _guard_device(device)  # before anything is loaded: torch's RuntimeError is no one-line refusal
     d = Path(path)
     cfg = verify_guard_dir(d)
     prov = json.loads((d / FILES[3]).read_text())
