@@ -101,3 +101,18 @@ def test_serve_refuses_an_endless_batching_window(tmp_path):
     """--max-wait-ms 1e20 was taken: a request waited for others to fill its batch (for ever)."""
     result = CliRunner().invoke(main, ["serve", str(tmp_path), "--max-wait-ms", "1e20"])
     one_error_line(result, "--max-wait-ms")
+
+
+@pytest.mark.parametrize("command", [["audit", "--model", ""], ["audit-many", ""]], ids=["audit", "audit-many"])
+def test_an_empty_model_is_named_as_empty(tmp_path, command):
+    """`--model ""` was read as a model folder: 'a model folder needs config.json; save_pretrained...'."""
+    result = CliRunner().invoke(main, [*command, "--check", "clean", "--db", str(tmp_path / "r.sqlite")])
+    one_error_line(result, "--model is empty", "zoo model name")
+    assert not (tmp_path / "r.sqlite").exists() or _run_count(tmp_path / "r.sqlite") == 0
+
+
+def test_ood_detector_without_the_ood_check_names_the_flag(tmp_path):
+    """--ood-detector with --check clean said 'parameters given for check 'ood'', naming no flag of the command."""
+    result = CliRunner().invoke(main, [*AUDIT, "--ood-detector", "knn", "--db", str(tmp_path / "r.sqlite")])
+    one_error_line(result, "--ood-detector", "--check ood")
+    assert not (tmp_path / "r.sqlite").exists()

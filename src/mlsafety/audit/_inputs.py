@@ -146,6 +146,11 @@ def check_settings(config: AuditConfig, where: str | None = None) -> None:
     def example(key: str, value: str) -> str:
         return f"{key} = {value}" if where else f"--{key.replace('_', '-')} {value}"
 
+    if isinstance(config.model, str) and not config.model.strip():  # else read as a model folder without config.json
+        raise InputError(
+            f"{name('model')} is empty; give a zoo model name, path/to/file.py:factory or a saved model folder, "
+            "or leave it out for the default"
+        )
     if config.max_samples is not None and not _positive_int(config.max_samples):
         raise InputError(
             f"{name('max_samples')} must be a positive integer, got {config.max_samples!r}; "

@@ -254,6 +254,13 @@ def audit(
         cfg.image_size = image_size
     if checks:
         cfg.checks = list(checks)
+    if ood_detector is not None and cfg.checks is not None and "ood" not in cfg.checks:
+        from mlsafety.core import InputError  # not the engine's "parameters given for check 'ood'": no flag named
+
+        raise InputError(
+            "--ood-detector chooses the ood check's monitored detector, but the checks selected leave ood out; "
+            "add --check ood or drop --ood-detector"
+        )
     cfg.fail_under.update(_gates(fail_under))
     cfg.fail_over.update(_gates(fail_over))
 
