@@ -29,6 +29,7 @@ from mlsafety.core import (
     TextDataset,
     Texts,
     call_factory,
+    check_device,
     encode,
     forward,
     frozen,
@@ -432,20 +433,7 @@ def load_hf_language_model(folder: str | Path) -> nn.Module:
 
 def _device(device: str) -> torch.device:
     """``device`` checked: a known type, and a CUDA device that exists."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise InputError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device {device!r} is not supported by the audit; use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {device!r} requested but no CUDA device is available; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(
-            f"device {device!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
-            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-        )
-    return dev
+    return check_device(device, "the audit")
 
 
 def resolve_language_model(spec: str, weights: str | None = None, device: str = "cpu") -> LanguageModel:

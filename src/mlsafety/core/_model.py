@@ -42,6 +42,29 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
+def check_device(device: str | torch.device, who: str = "mlsafety") -> torch.device:
+    """``device`` as a :class:`torch.device`, checked before anything is loaded: cpu, or a CUDA device that
+    exists. ``who`` names the user in the refusal (``the audit``, ``the guard``).
+
+    Raises:
+        InputError: an unknown device name, another device type, or a CUDA device this machine lacks.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise InputError(f"device {str(device)!r} is not supported by {who}; use cpu, cuda or cuda:N")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"device {str(device)!r} requested but no CUDA device is available; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise InputError(
+            f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
+            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
+        )
+    return dev
+
+
 def device_of(module: nn.Module) -> torch.device:
     """The device of the module's first parameter or buffer (CPU for a module with neither)."""
     for param in module.parameters():

@@ -36,7 +36,7 @@ from torch import nn
 
 from mlsafety.audit import AuditConfig, Store, cap_data, input_changes, prepare_inputs, resolve_model
 from mlsafety.audit.checks.defence_in_depth import monitor_data
-from mlsafety.core import InputError, forward
+from mlsafety.core import InputError, check_device, forward
 from mlsafety.guard._drift import DriftAlarm
 from mlsafety.guard._guard import Guard, detector_state, restore_state
 from mlsafety.monitoring import ood
@@ -284,24 +284,6 @@ class LoadedGuard:
         return DriftAlarm(self.drift.reference, d["arl"], d["kappa"], d["seed"])
 
 
-def _guard_device(device: str | torch.device) -> torch.device:
-    """``device`` checked: cpu or an existing CUDA device; :class:`InputError` otherwise."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {str(device)!r}; use cpu, cuda or cuda:N") from None
-    if dev.type not in ("cpu", "cuda"):
-        raise InputError(f"device {str(device)!r} is not supported by the guard; use cpu, cuda or cuda:N")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise InputError(f"device {str(device)!r} requested but no CUDA device is available; use --device cpu")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise InputError(
-            f"device {str(device)!r} requested but only {torch.cuda.device_count()} CUDA device(s) exist; "
-            f"use cuda:0 to cuda:{torch.cuda.device_count() - 1}"
-        )
-    return dev
-
-
 def load_guard(path: str | Path, model: nn.Module | None = None, device: str | torch.device = "cpu") -> LoadedGuard:
     """Load a guard directory written by :func:`export_guard`, checking the manifest and the model.
 
@@ -315,7 +297,7 @@ def load_guard(path: str | Path, model: nn.Module | None = None, device: str | t
         InputError: an unknown or missing device, a missing or altered file, or a model whose fingerprint is not
             the exported one.
     """
-    device = _guard_device(device)  # before anything is loaded: torch's RuntimeError is no one-line refusal
+    device = check_device(device, "the guard")  # before anything is loaded: torch's RuntimeError is no one-line refusal
     d = Path(path)
     cfg = verify_guard_dir(d)
     prov = json.loads((d / FILES[3]).read_text())
