@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -192,7 +193,17 @@ def load_npz(path: str | Path, name: str | None = None, kind: str = "in", source
         with np.load(path, allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
     except Exception as exc:  # numpy raises several types for a bad archive
-        raise InputError(f"cannot read {source} as .npz with arrays x and y: {exc}") from None
+        # numpy tries a file that is no zip archive as a pickle and then advises allow_pickle, as it does for object
+        # arrays, which a user cannot act on (and should not: a pickle runs code)
+        if not zipfile.is_zipfile(path):
+            why = "it is not a .npz (zip) archive"
+        elif "pickle" in str(exc):
+            why = "it holds object arrays; save x and y as numeric arrays"
+        else:
+            why = str(exc)
+        raise InputError(
+            f"cannot read {source} as .npz with arrays x and y: {why}; save with np.savez(f, x=..., y=...)"
+        ) from None
     if "x" not in arrays:
         raise InputError(
             f"{source} has no array named 'x' (found {sorted(arrays)}); save with np.savez(f, x=..., y=...)"
