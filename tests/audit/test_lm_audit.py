@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from mlsafety.audit import CHECKS, AuditConfig, Check, Row, Task, TaskResult, register_check, run_audit
 from mlsafety.cli import main
 from mlsafety.core import InputError, LanguageModel
-from tests.support.text import tiny_gpt2, tiny_llama
+from tests.support.text import save_with_tokenizer, tiny_gpt2, tiny_llama
 
 SCORERS = """
 import torch
@@ -50,9 +50,7 @@ PROMPTS = "text\n" + "".join(f"{w} movie was quite\n" for w in ("the", "a", "thi
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("lm")
-    model = tiny_llama(0)
-    model.save_pretrained(folder / "llama")
-    model.tokenizer.save_pretrained(folder / "llama")
+    save_with_tokenizer(tiny_llama(0), folder / "llama")
     gpt2 = tiny_gpt2(0)
     gpt2.save_pretrained(folder / "gpt2")
     gpt2.tokenizer.save_pretrained(folder / "gpt2")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from mlsafety.audit import AuditConfig, run_audit
-from tests.support.text import tiny_llama
+from tests.support.text import save_with_tokenizer, tiny_llama
 
 REWARDS = """
 import torch
@@ -44,9 +44,7 @@ PROMPTS = "text\n" + "".join(f"{w} movie was quite\n" for w in ("the", "a", "thi
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("lm")
-    model = tiny_llama(0)
-    model.save_pretrained(folder / "llama")
-    model.tokenizer.save_pretrained(folder / "llama")
+    save_with_tokenizer(tiny_llama(0), folder / "llama")
     (folder / "prompts.csv").write_text(PROMPTS)
     (folder / "rewards.py").write_text(REWARDS)
     return folder

@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlsafety.cli import main
-from tests.support.text import tiny_gpt2, tiny_llama
+from tests.support.text import save_with_tokenizer, tiny_gpt2, tiny_llama
 
 IOI_ARGS = [
     *("--name", "cat", "--name", "dog", "--name", "paris", "--name", "london", "--name", "france"),
@@ -20,9 +20,7 @@ IOI_ARGS = [
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("interp-cli")
-    model = tiny_llama(0)
-    model.save_pretrained(folder / "llama")
-    model.tokenizer.save_pretrained(folder / "llama")
+    save_with_tokenizer(tiny_llama(0), folder / "llama")
     gpt2 = tiny_gpt2(0)
     gpt2.save_pretrained(folder / "gpt2")
     gpt2.tokenizer.save_pretrained(folder / "gpt2")

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from mlsafety.cli import main
-from tests.support.text import tiny_llama
+from tests.support.text import save_with_tokenizer, tiny_llama
 
 REWARDS = """
 import torch
@@ -31,9 +31,7 @@ def takes_tensors():
 @pytest.fixture(scope="module")
 def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("overopt")
-    model = tiny_llama(0)
-    model.save_pretrained(folder / "llama")
-    model.tokenizer.save_pretrained(folder / "llama")
+    save_with_tokenizer(tiny_llama(0), folder / "llama")
     (folder / "rewards.py").write_text(REWARDS)
     return folder
 

@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from mlsafety.cli import main
 from tests.cli.cli_support import one_error_line
-from tests.support.text import tiny_llama, tiny_tokenizer
+from tests.support.text import save_with_tokenizer, tiny_llama, tiny_tokenizer
 
 ROWS = "question,answer,label\n" + "".join(
     f"is {c} a city ?,{a},{lab}\n" for c, a, lab in [("paris", "yes", 1), ("paris", "no", 0), ("london", "yes", 1),
@@ -23,9 +23,7 @@ FAST = ("--methods", "logistic,top-pc,mean-diff", "--layers", "0,2")
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("probe-cli")
-    model = tiny_llama(0)
-    model.save_pretrained(folder / "llama")
-    model.tokenizer.save_pretrained(folder / "llama")
+    save_with_tokenizer(tiny_llama(0), folder / "llama")
     (folder / "qa.csv").write_text(ROWS, encoding="utf-8")
     (folder / "one.csv").write_text("question,answer,label\nq ?,a,1\nr ?,b,1\n", encoding="utf-8")
     return folder

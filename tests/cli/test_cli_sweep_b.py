@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from mlsafety.cli import main
 from tests.cli.cli_support import one_error_line
-from tests.support.text import tiny_llama
+from tests.support.text import save_with_tokenizer, tiny_llama
 
 HUGE = str(10**20)
 REWARDS = """
@@ -25,9 +25,7 @@ def length():
 @pytest.fixture(scope="module")
 def d(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("sweep-b")
-    model = tiny_llama(0)
-    model.save_pretrained(folder / "llama")
-    model.tokenizer.save_pretrained(folder / "llama")
+    save_with_tokenizer(tiny_llama(0), folder / "llama")
     (folder / "rewards.py").write_text(REWARDS)
     (folder / "a-file").write_text("x")
     (folder / "prompts").mkdir()

@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import torch
@@ -159,6 +160,14 @@ def tiny_gpt2(seed: int = 0, classifier: bool = False, pad_token_id: int | None 
     model = _seeded(seed, lambda: cls(config)).eval()
     model.tokenizer = tokenizer
     return model
+
+
+def save_with_tokenizer(model: Any, folder: Path) -> Path:
+    """Save a tiny model and its ``.tokenizer`` into ``folder`` (``save_pretrained``: what a user's model folder
+    holds); returns ``folder``."""
+    model.save_pretrained(folder)
+    model.tokenizer.save_pretrained(folder)
+    return folder
 
 
 def tiny_sentences(n: int, seed: int = 0, min_words: int = 3, max_words: int = 10) -> tuple[list[str], list[int]]:

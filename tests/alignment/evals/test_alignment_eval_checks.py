@@ -9,7 +9,7 @@ import pytest
 
 from mlsafety.audit import AuditConfig, run_audit
 from mlsafety.core import InputError
-from tests.support.text import tiny_llama
+from tests.support.text import save_with_tokenizer, tiny_llama
 
 TQA = (
     "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
@@ -22,9 +22,7 @@ TQA = (
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("eval-lm")
-    model = tiny_llama(0)
-    model.save_pretrained(folder / "llama")
-    model.tokenizer.save_pretrained(folder / "llama")
+    save_with_tokenizer(tiny_llama(0), folder / "llama")
     (folder / "tqa.csv").write_text(TQA)
     return folder
 
