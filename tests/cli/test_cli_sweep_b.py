@@ -45,7 +45,7 @@ def test_attack_text_out_under_a_file_is_refused_before_the_model_loads(d: Path)
 
 def test_attack_text_empty_options_are_refused(d: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    one_error_line(run("attack-text", "--model", str(d / "no-model"), "--out", ""), "--out is empty")
+    one_error_line(run("attack-text", "--model", str(d / "no-model"), "--out", ""), "the path is empty")
     assert list(tmp_path.iterdir()) == []  # examples.jsonl and summary.json went into the working folder
     for flag in ("--text-column", "--label-column"):  # '' ran as if the option were left out
         one_error_line(run("attack-text", "--model", str(d / "no-model"), flag, ""), f"{flag} is empty")
@@ -69,7 +69,7 @@ def test_tta_seed_is_checked_by_the_option() -> None:
     [
         (["--n", HUGE], ["--n", "100000"]),  # ran until killed
         (["--seed", str(2**63)], ["--seed", "is not a seed"]),  # accepted
-        (["--out", ""], ["--out is empty"]),  # wrote ioi.html into the working folder
+        (["--out", ""], ["the path is empty"]),  # wrote ioi.html into the working folder
     ],
 )
 def test_ioi_bad_options(d: Path, args: list[str], needles: list[str]) -> None:
@@ -103,7 +103,7 @@ def test_out_under_a_file_or_empty_is_refused_before_work(d: Path, sub: str, mon
     result = run("overoptimization", sub, *args, "--out", str(d / "a-file" / "sub"))
     one_error_line(result, "--out", "is not a folder")  # a NotADirectoryError traceback, after the work
     monkeypatch.chdir(tmp_path)
-    one_error_line(run("overoptimization", sub, *args, "--out", ""), "--out is empty")
+    one_error_line(run("overoptimization", sub, *args, "--out", ""), "the path is empty")
     assert list(tmp_path.iterdir()) == []
 
 

@@ -90,7 +90,7 @@ def test_ood_eval_n_boot_has_a_ceiling() -> None:
     ("out", "needle"),
     [
         ("{d}/afile/pop", "afile is not a folder; pass another --out"),  # was NotADirectoryError from mkdir
-        ("", "--out is empty"),  # wrote the weights and manifest.json into the current folder
+        ("", "the path is empty"),  # wrote the weights and manifest.json into the current folder
     ],
 )
 def test_trojans_population_out_that_cannot_hold_it_is_one_line(

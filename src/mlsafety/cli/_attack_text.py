@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Seed, friendly, out_console, print_wrote
+from mlsafety.cli._common import NonEmptyPath, Seed, friendly, out_console, print_wrote
 
 
 def _recipes() -> str:
@@ -18,7 +18,7 @@ def _recipes() -> str:
 
 @click.command("attack-text")
 @click.option("--model", default="minilm-mr", show_default=True, help="Zoo text model, folder or file.py:factory.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for a factory model.")
+@click.option("--weights", type=NonEmptyPath(dir_okay=False), help="Weights for a factory model.")
 @click.option("--data", help="Labelled texts: zoo text set, .csv, .jsonl or saved folder. [default: the model's set]")
 @click.option("--text-column", default=None, help="Column of the texts in a data file.  [default: text]")
 @click.option("--label-column", default=None, help="Column of the labels in a data file.  [default: label]")
@@ -34,7 +34,7 @@ def _recipes() -> str:
 )
 @click.option("--budget", type=int, default=None, help="Model queries per example at most (>= 1). [default: no limit]")
 @click.option("--n", "n", type=int, default=50, show_default=True, help="Texts attacked (a seeded subset of the data).")
-@click.option("--out", "out_arg", type=click.Path(file_okay=False), default="attack-text", show_default=True,
+@click.option("--out", "out_arg", type=NonEmptyPath(file_okay=False), default="attack-text", show_default=True,
               help="Folder for examples.jsonl (changed words marked [[like this]]) and summary.json.")  # fmt: skip
 @click.option(
     "--seed", default=0, show_default=True, type=Seed(), help="Seed of the subset, the recipe and the intervals."
@@ -73,8 +73,6 @@ def attack_text(model: str, weights: str | None, data: str | None, text_column: 
         raise InputError(f"--budget must be at least 1 query per example, got {budget}; omit it for no limit")
     if n < 1:
         raise InputError(f"--n must be at least 1 text, got {n}")
-    if not out_arg.strip():  # an unset shell variable: the examples went into the working folder
-        raise InputError("--out is empty; give a folder for the examples, e.g. --out attack-text")
     out = Path(out_arg)
     if out.exists() and not out.is_dir():
         raise InputError(f"--out {out} is a file; give a folder for the examples")

@@ -94,7 +94,7 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
     "with a saved transformers image classifier (and its preprocessor_config.json), sequence classifier or "
     "...ForCausalLM (and its tokenizer).",
 )
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
+@click.option("--weights", type=NonEmptyPath(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option(
     "--data",
     help="Test data: zoo name, .npz file (arrays x, y) or image folder; for a text model a zoo text set, .csv, "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Finite, friendly, out_console
+from mlsafety.cli._common import Finite, NonEmptyPath, friendly, out_console
 from mlsafety.cli._help import show_default
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -14,7 +14,7 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 @click.command()
 @click.option("--model", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
+@click.option("--weights", type=NonEmptyPath(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option(
     "--data",
     help="Test data (zoo name, .npz file or image folder).  [default: the zoo data of a zoo model, else digits]",

@@ -215,9 +215,10 @@ DB_OPTION = click.option(
 def refuse_db_as_output(out: str | Path, db: str | Path | None, flag: str, example: str) -> None:
     """Raise :class:`MlsafetyError` when ``out`` is the results database ``db`` (None: the default of --db):
     written there, the HTML would replace the database and every run stored in it."""
+    from mlsafety.audit import default_db_path
     from mlsafety.core import InputError
 
-    db_path = Path(db) if db is not None else Path(os.environ.get("MLSAFETY_DB", "mlsafety-runs.sqlite"))  # as Store
+    db_path = Path(db) if db is not None else default_db_path()
     out_path = Path(out)
     same = (
         os.path.samefile(out_path, db_path)

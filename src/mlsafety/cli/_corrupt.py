@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from mlsafety.cli._common import Seed, friendly, print_wrote
+from mlsafety.cli._common import NonEmptyPath, Seed, friendly, print_wrote
 
 MAX_SIZE = 1024
 """The largest --size: the grid holds about a hundred pictures of that side (1.5 GB at 1024; each cell is
@@ -18,7 +18,7 @@ drawn about 110 pixels wide), and a larger one fails to allocate with a tracebac
 @click.argument("source")
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     default=Path("corruptions.png"),
     show_default=True,
     help="Where to write the grid picture: PNG, or the format its suffix names (.jpg, .pdf, .svg, ...).",

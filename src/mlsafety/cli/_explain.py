@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Finite, friendly, out_console
+from mlsafety.cli._common import Finite, NonEmptyPath, friendly, out_console
 from mlsafety.cli._help import show_default
 
 MODES = ("cascading", "independent")
@@ -34,7 +34,7 @@ def explain_list() -> None:
 
 @explain_group.command("sanity", short_help="Sanity checks of attribution maps on a model (Adebayo et al. 2018).")
 @click.option("--model", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
+@click.option("--weights", type=NonEmptyPath(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option(
     "--data",
     help="Test data (zoo name, .npz file, image folder, or .csv/.jsonl text).  [default: the zoo model's own data]",
@@ -113,7 +113,7 @@ def explain_sanity(model: str, weights: str | None, data: str | None, image_size
 @click.option(
     "--model", default="minilm-mr", show_default=True, help="Text model: zoo name or a saved transformers folder."
 )
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
+@click.option("--weights", type=NonEmptyPath(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option("--text", "texts", multiple=True, required=True, help="A text to explain; repeatable.")
 @click.option("--method", "-m", default="integrated-gradients", show_default=True, help="Attribution method (text).")
 @click.option("--target", type=click.IntRange(min=0), help="Class to explain.  [default: the predicted class]")

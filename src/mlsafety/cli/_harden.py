@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mlsafety.cli._common import Seed, friendly, print_wrote
+from mlsafety.cli._common import NonEmptyPath, Seed, friendly, print_wrote
 from mlsafety.cli._help import EntryDefault
 
 PGD = "mlsafety.robustness:adversarial_training"  # the training methods hold their defaults
@@ -19,7 +19,7 @@ TRADES = "mlsafety.robustness:trades_training"
 @click.option(
     "--model", "model_spec", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory."
 )
-@click.option("--weights", type=click.Path(dir_okay=False), help="Starting weights (.safetensors or .pt).")
+@click.option("--weights", type=NonEmptyPath(dir_okay=False), help="Starting weights (.safetensors or .pt).")
 @click.option(
     "--data",
     help="Training data: a zoo dataset name (its train split), an .npz file with arrays x, y, or an image folder.  "
@@ -47,7 +47,7 @@ TRADES = "mlsafety.robustness:trades_training"
 @click.option("--seed", type=Seed(), default=0, show_default=True, help="Training seed.")
 @click.option(
     "--out",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=NonEmptyPath(dir_okay=False, path_type=Path),
     required=True,
     help="Where to write the hardened weights (.safetensors).",
 )

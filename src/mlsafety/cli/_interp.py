@@ -9,7 +9,7 @@ from typing import Any, Literal
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Seed, friendly, out_console, print_wide, print_wrote
+from mlsafety.cli._common import NonEmptyPath, Seed, friendly, out_console, print_wide, print_wrote
 
 POINTS = ("resid_pre", "resid_post", "attn_out", "mlp_out", "head_out")
 """The hook points a patching sweep takes (``head_out``: each attention head separately)."""
@@ -42,7 +42,7 @@ def interp_group() -> None:
 @click.option("--prompt", "prompts", multiple=True, required=True, help="A prompt; repeatable.")
 @click.option("--top-k", default=3, show_default=True, type=click.IntRange(min=1), help="Tokens shown per layer.")
 @click.option(
-    "--out", type=click.Path(dir_okay=False), help="Write the heat map: FILE.png, or an HTML section FILE.html."
+    "--out", type=NonEmptyPath(dir_okay=False), help="Write the heat map: FILE.png, or an HTML section FILE.html."
 )
 @friendly
 def interp_lens(model: str, prompts: tuple[str, ...], top_k: int, out: str | None) -> None:
@@ -146,7 +146,7 @@ def _read_prompts(path: str, flag: str) -> list[str]:
 @click.option("--layers", help="Layers swept, comma-separated (e.g. 0,3,7).  [default: all]")
 @click.option("--top", default=10, show_default=True, type=click.IntRange(min=1), help="Strongest sites printed.")
 @click.option(
-    "--out", type=click.Path(dir_okay=False), help="Write the heat map: FILE.png, or an HTML section FILE.html."
+    "--out", type=NonEmptyPath(dir_okay=False), help="Write the heat map: FILE.png, or an HTML section FILE.html."
 )
 @friendly
 def interp_patch(
@@ -295,7 +295,7 @@ def _write_patch(result: Any, path: Path, clean_file: str, corrupted_file: str) 
     help="A prompt template: {A} and {B} (the two names), then {C} (the repeated name), optionally "
     "{PLACE} and {OBJECT}, ending just before the answer; repeatable.  [default: Wang et al.'s]",
 )
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for ioi.html and ioi.json.")
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False), help="Folder for ioi.html and ioi.json.")
 @friendly
 def interp_ioi(
     model: str,
@@ -314,8 +314,6 @@ def interp_ioi(
     from mlsafety.core import check_output_path
     from mlsafety.monitoring.interp import ioi_circuit_report, ioi_dataset
 
-    if not out.strip():  # an unset shell variable: the report went into the working folder
-        raise _bad("--out is empty; give a folder for ioi.html and ioi.json, e.g. --out ioi-report")
     folder = Path(out)
     check_output_path(folder / "ioi.html", what="report", flag="--out", example="ioi-report")
     lm = _lm(model)

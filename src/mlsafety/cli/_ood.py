@@ -7,7 +7,7 @@ import sys
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import friendly, out_console
+from mlsafety.cli._common import NonEmptyPath, friendly, out_console
 from mlsafety.cli._help import LazyHelp
 
 MAX_BOOT = 1_000_000
@@ -44,7 +44,7 @@ def ood_list() -> None:
 
 @ood_group.command("eval")
 @click.option("--model", default="digits-cnn", show_default=True, help="Zoo model name, or path/to/file.py:factory.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
+@click.option("--weights", type=NonEmptyPath(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option(
     "--data",
     help="In-distribution test data (zoo name, .npz, image folder; .csv, .jsonl or saved dataset folder for a "

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Seed, friendly, out_console, print_wrote
+from mlsafety.cli._common import NonEmptyPath, Seed, friendly, out_console, print_wrote
 
 
 @click.group("overoptimization")
@@ -52,10 +52,8 @@ def _at_most(name: str, value: int, cap: int) -> None:
 def _out_folder(out: str, what: str) -> Path:
     """``--out`` as a folder where ``what`` can be written, checked before any work (under a file or in a
     read-only folder the write failed with a traceback at the end; '' wrote into the working folder)."""
-    from mlsafety.core import InputError, check_output_path
+    from mlsafety.core import check_output_path
 
-    if not out.strip():
-        raise InputError(f"--out is empty; give a folder for {what}, e.g. --out overopt")
     folder = Path(out)
     check_output_path(folder / "results.json", what=what, flag="--out", example="overopt")
     return folder
@@ -111,7 +109,7 @@ def _triples(values: Any) -> list[tuple[float, float, float]]:
               help="KL-penalty weights swept (tilt), comma-separated, each > 0.")  # fmt: skip
 @click.option("--steps", default=300, show_default=True, type=int, help="REINFORCE steps (reinforce).")
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap resamples (over seeds).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for the plot and results.")
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False), help="Folder for the plot and results.")
 @friendly
 def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int, lambdas: str, steps: int,
                 n_boot: int, out: str) -> None:  # fmt: skip
@@ -202,7 +200,7 @@ def overopt_sim(optimiser: str, seeds: int, labels: int, width: int, n_max: int,
 @click.option("--temperature", default=1.0, show_default=True, type=float, help="Sampling temperature (> 0).")
 @click.option("--seed", default=0, show_default=True, type=Seed(), help="Seed of the samples and the bootstrap.")
 @click.option("--n-boot", default=1000, show_default=True, type=int, help="Bootstrap resamples (over prompts).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder: samples cache, plot, results.")
+@click.option("--out", required=True, type=NonEmptyPath(file_okay=False), help="Folder: samples cache, plot, results.")
 @friendly
 def overopt_lm(model: str, reward: str, gold: str, trusted: tuple[str, ...], n_max: int, prompts: int,
                max_new_tokens: int, temperature: float, seed: int, n_boot: int, out: str) -> None:  # fmt: skip

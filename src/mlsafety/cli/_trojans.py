@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Seed, friendly, out_console, print_wrote
+from mlsafety.cli._common import NonEmptyPath, Seed, friendly, out_console, print_wrote
 
 MAX_MODELS = 10_000
 """The most --n: days of training on a CPU; 10**12 built its plan in memory until the machine ran out."""
@@ -21,7 +21,7 @@ def trojans() -> None:
 @trojans.command("population")
 @click.option(
     "--out",
-    type=click.Path(file_okay=False),  # a str: '' is told from '.' (a Path reads both as '.')
+    type=NonEmptyPath(file_okay=False),
     default="trojans-population",
     show_default=True,
     help="Folder for the weights and manifest.json.",
@@ -43,8 +43,6 @@ def trojans_population(out: str, n: int, seed: int, epochs: int) -> None:
         )
     if epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {epochs}")
-    if not out.strip():  # '' is the current folder: the weights were strewn among the user's files
-        raise InputError("--out is empty; give a folder for the population, e.g. --out trojans-population")
     folder = Path(out)
     # a folder under a file or in a read-only place: one line now, not a traceback from mkdir
     check_output_path(folder / "manifest.json", what="population", example="path/to/population")

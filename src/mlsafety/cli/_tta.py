@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from mlsafety.cli._common import Seed, friendly, out_console
+from mlsafety.cli._common import NonEmptyPath, Seed, friendly, out_console
 
 MAX_STEPS = 10_000
 """Most attack steps and attacked batches (--steps, --batches): 10**20 ran until killed, refused by nothing."""
@@ -12,7 +12,7 @@ MAX_STEPS = 10_000
 
 @click.command("tta")
 @click.option("--model", default="digits-cnn-bn", show_default=True, help="Zoo model name, or path/to/file.py:factory.")
-@click.option("--weights", type=click.Path(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
+@click.option("--weights", type=NonEmptyPath(dir_okay=False), help="Weights for the model (.safetensors or .pt).")
 @click.option("--data", help="Test data (zoo name, .npz or image folder).  [default: the zoo data of a zoo model]")
 @click.option(
     "--method",
