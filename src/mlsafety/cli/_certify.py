@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Finite, NonEmptyPath, friendly, out_console
+from mlsafety.cli._common import IMAGE_SIZE_OPTION, Finite, NonEmptyPath, friendly, out_console
 from mlsafety.cli._help import show_default
 
 RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -19,9 +19,7 @@ RADII = (0.0, 0.25, 0.5, 0.75, 1.0)
     "--data",
     help="Test data (zoo name, .npz file or image folder).  [default: the zoo data of a zoo model, else digits]",
 )
-@click.option(
-    "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
-)
+@IMAGE_SIZE_OPTION
 @click.option(
     "--sigma",
     default=0.25,

@@ -212,6 +212,11 @@ DB_OPTION = click.option(
 )
 
 
+IMAGE_SIZE_OPTION = click.option(
+    "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
+)
+
+
 def refuse_db_as_output(out: str | Path, db: str | Path | None, flag: str, example: str) -> None:
     """Raise :class:`MlsafetyError` when ``out`` is the results database ``db`` (None: the default of --db):
     written there, the HTML would replace the database and every run stored in it."""

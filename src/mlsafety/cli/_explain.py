@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import Finite, NonEmptyPath, friendly, out_console
+from mlsafety.cli._common import IMAGE_SIZE_OPTION, Finite, NonEmptyPath, friendly, out_console
 from mlsafety.cli._help import show_default
 
 MODES = ("cascading", "independent")
@@ -39,9 +39,7 @@ def explain_list() -> None:
     "--data",
     help="Test data (zoo name, .npz file, image folder, or .csv/.jsonl text).  [default: the zoo model's own data]",
 )
-@click.option(
-    "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
-)
+@IMAGE_SIZE_OPTION
 @click.option("--method", "-m", "methods", multiple=True, help="Attribution method; repeatable. Default: all.")
 @click.option(
     "--mode",

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from mlsafety.cli._common import NonEmptyPath, Seed, friendly, print_wrote
+from mlsafety.cli._common import IMAGE_SIZE_OPTION, NonEmptyPath, Seed, friendly, print_wrote
 from mlsafety.cli._help import EntryDefault
 
 PGD = "mlsafety.robustness:adversarial_training"  # the training methods hold their defaults
@@ -25,9 +25,7 @@ TRADES = "mlsafety.robustness:trades_training"
     help="Training data: a zoo dataset name (its train split), an .npz file with arrays x, y, or an image folder.  "
     "[default: the zoo data of a zoo model, else digits]",
 )
-@click.option(
-    "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
-)
+@IMAGE_SIZE_OPTION
 @click.option(
     "--method",
     type=click.Choice(["pgd", "trades", "fast"]),

@@ -7,7 +7,7 @@ import sys
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import NonEmptyPath, friendly, out_console
+from mlsafety.cli._common import IMAGE_SIZE_OPTION, NonEmptyPath, friendly, out_console
 from mlsafety.cli._help import LazyHelp
 
 MAX_BOOT = 1_000_000
@@ -50,9 +50,7 @@ def ood_list() -> None:
     help="In-distribution test data (zoo name, .npz, image folder; .csv, .jsonl or saved dataset folder for a "
     "text model).  [default: the zoo data of a zoo model, else digits]",
 )
-@click.option(
-    "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
-)
+@IMAGE_SIZE_OPTION
 @click.option("--train", help="In-distribution data to fit the detectors on (default: the zoo train split, else val).")
 @click.option("--text-column", default=None, help="Column of the texts in text data files.  [default: text]")
 @click.option("--label-column", default=None, help="Column of the labels in text data files.  [default: label]")
