@@ -212,6 +212,10 @@ DB_OPTION = click.option(
 )
 
 
+MAX_BOOT = 1_000_000
+"""The most bootstrap resamples a command takes (--n-boot): far past any interval's precision; 10**9 failed
+allocating 40 GB with a traceback."""
+
 IMAGE_SIZE_OPTION = click.option(
     "--image-size", nargs=2, type=int, help="H W to resize image folders to (needed when --data is an image folder)."
 )

@@ -7,11 +7,8 @@ import sys
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import IMAGE_SIZE_OPTION, NonEmptyPath, friendly, out_console
+from mlsafety.cli._common import IMAGE_SIZE_OPTION, MAX_BOOT, NonEmptyPath, friendly, out_console
 from mlsafety.cli._help import LazyHelp
-
-MAX_BOOT = 1_000_000
-"""The most --n-boot: far past any interval's precision; 10**9 failed allocating 40 GB (a traceback)."""
 
 
 def default_detectors() -> list[str]:

@@ -17,7 +17,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import NonEmptyPath, Seed, friendly, out_console, print_wrote
+from mlsafety.cli._common import MAX_BOOT, NonEmptyPath, Seed, friendly, out_console, print_wrote
 
 
 @click.group("overoptimization")
@@ -36,7 +36,6 @@ MAX_SEEDS = 1000
 MAX_LABELS = 10**7
 MAX_WIDTH = 10_000
 MAX_STEPS = 100_000
-MAX_BOOT = 1_000_000
 MAX_SAMPLES = 2**20
 """Upper bounds of the counts: 10**20 seeds or REINFORCE steps ran until killed, and 10**20 labels, features,
 resamples or samples failed with a traceback (an int64 overflow, or a matrix of width**2 floats)."""
