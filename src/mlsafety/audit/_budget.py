@@ -411,13 +411,13 @@ first; its ``reason`` says what, and how to get it (no budget)."""
 def not_measured_row(hazard: str, what: str, covers: Sequence[str] = ()) -> Row:
     """The :data:`BUDGET_NOT_MEASURED` row of ``hazard``: ``what`` was not measured before the deadline.
 
-    ``covers``: ``HAZARD/METRIC`` patterns (``fnmatch``, e.g. ``*/strip_*``) of the rows it stands for (default:
-    every metric of ``hazard``), so that a gate on one of them fails saying it was not measured, rather than
+    ``covers``: ``HAZARD/METRIC`` patterns (``fnmatch``, e.g. ``*/strip_*``) of the rows it stands for when they
+    are not every metric of ``hazard`` (the gates' default), so that a gate on one of them fails saying it was not measured, rather than
     that no such metric exists or, for a pattern over hazards, passing on the measured ones alone.
     """
     why = f"{what}: not measured, the task's deadline (--budget) came first; run without --budget for them"
-    covered = list(covers) or [f"{hazard}/*"]
-    return Row.exact(hazard, BUDGET_NOT_MEASURED, 1.0, DECISION, reason=why, covers=covered)
+    extra: dict[str, Any] = {"covers": list(covers)} if covers else {}
+    return Row.exact(hazard, BUDGET_NOT_MEASURED, 1.0, DECISION, reason=why, **extra)
 
 
 def stopped_note(reached: int, planned: int, unit: str) -> dict[str, Any]:

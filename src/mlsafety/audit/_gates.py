@@ -310,32 +310,19 @@ def _not_measured(key: GateKey, rows: Sequence[StoredRow]) -> list[StoredRow]:
 
 
 def _unmeasured_among(key: GateKey, matched: Sequence[StoredRow], rows: Sequence[StoredRow]) -> list[StoredRow]:
-    """The not-measured rows a pattern gate also bounds, beside the ``matched`` measured ones: a row that says
-    which figures it stands for (``covers``) when it names the gate's metric; another when its hazard is of a
-    kind the gate's metric was measured on (a corruption the deadline left out, among measured corruptions),
-    not of another kind (the deployment row under ``defence-in-depth/*/escaped_failure_rate``)."""
+    """The not-measured rows a pattern gate also bounds, beside the ``matched`` measured ones: those whose
+    ``covers`` name the gate's metric (a corruption the deadline left out; not the deployment row, which stands
+    for the expected escaped-failure rate alone, under ``defence-in-depth/*/escaped_failure_rate``)."""
     measured = {r.hazard for r in matched}
-    kinds = {_kind(h) for h in measured}
-    return [
-        r
-        for r in _not_measured(key, rows)
-        if r.hazard not in measured and (_covers(key, r) if r.params.get("covers") else _kind(r.hazard) in kinds)
-    ]
-
-
-def _kind(hazard: str) -> str:
-    try:
-        return Hazard.parse(hazard).kind
-    except InputError:
-        return hazard.split("/", 1)[0]
+    return [r for r in _not_measured(key, rows) if r.hazard not in measured and _covers(key, r)]
 
 
 def _covers(key: GateKey, row: StoredRow) -> bool:
-    """Whether not-measured ``row`` stands for rows stored under another hazard that ``key`` bounds (its
-    ``covers`` patterns, ``HAZARD/METRIC``: a trojan scanner's figures under ``clean``)."""
+    """Whether not-measured ``row`` stands for figures ``key`` bounds: its ``covers`` patterns (``HAZARD/METRIC``;
+    a trojan scanner's figures under ``clean`` and the triggers), by default every metric of its own hazard."""
     if row.check != key.check:
         return False
-    for pattern in row.params.get("covers", ()):
+    for pattern in row.params.get("covers") or [f"{row.hazard}/*"]:
         hazard, _, metric = str(pattern).rpartition("/")
         if not fnmatch.fnmatchcase(key.metric, metric):
             continue

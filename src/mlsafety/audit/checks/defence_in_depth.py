@@ -458,7 +458,7 @@ def _not_measured(state: _State, hazard: Hazard) -> Row | None:
         why = f"{hazard} has no inputs, so none of its rates can be measured"
         if hazard.kind == "trojan":
             why += " (a recovered trigger's hazard holds the test inputs not of the trigger's target class)"
-        return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why, covers=[f"{hazard}/*"])
+        return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why)
     return None
 
 

@@ -252,7 +252,7 @@ def _no_inputs_row(hazard: Hazard, trigger: Trigger) -> Row:
         f"measured (a recovered trigger's hazard holds the test inputs not of the trigger's target class, "
         f"{trigger.target}, and every test input is of that class)"
     )
-    return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why, mask_l1=trigger.l1, covers=[f"{hazard}/*"])
+    return Row.exact(str(hazard), NOT_APPLICABLE, 1.0, DECISION, reason=why, mask_l1=trigger.l1)
 
 
 def _shares(ctx: AuditContext, res: ScanResult, probe: torch.Tensor | None) -> list[int] | None:
