@@ -412,8 +412,9 @@ def not_measured_row(hazard: str, what: str, covers: Sequence[str] = ()) -> Row:
     """The :data:`BUDGET_NOT_MEASURED` row of ``hazard``: ``what`` was not measured before the deadline.
 
     ``covers``: ``HAZARD/METRIC`` patterns (``fnmatch``, e.g. ``*/strip_*``) of the rows it stands for when they
-    are not every metric of ``hazard`` (the gates' default), so that a gate on one of them fails saying it was not measured, rather than
-    that no such metric exists or, for a pattern over hazards, passing on the measured ones alone.
+    are not every metric of ``hazard`` (the gates' default), so that a gate on one of them fails saying it was
+    not measured, rather than that no such metric exists or, for a pattern over hazards, passing on the measured
+    ones alone.
     """
     why = f"{what}: not measured, the task's deadline (--budget) came first; run without --budget for them"
     extra: dict[str, Any] = {"covers": list(covers)} if covers else {}
