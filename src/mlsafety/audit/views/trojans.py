@@ -127,7 +127,7 @@ def nc_artifacts(res: ScanResult) -> list[Artifact]:
     fig = figure(min(1.1 * k, 12), 1.6)
     axes = fig.subplots(1, k, squeeze=False)[0]
     for ax, (cls, trig) in zip(axes, sorted(res.triggers.items())):
-        img = (trig.mask * trig.pattern).permute(1, 2, 0).numpy()
+        img = (trig.mask * trig.pattern).detach().cpu().permute(1, 2, 0).numpy()
         ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=1)
         ax.set_xticks([])
         ax.set_yticks([])
@@ -136,7 +136,7 @@ def nc_artifacts(res: ScanResult) -> list[Artifact]:
     triggers_png = to_png(fig)
     fig = figure(5.0, 2.8)
     ax = fig.add_subplot()
-    idx = res.per_class.numpy()
+    idx = res.per_class.detach().cpu().numpy()
     ax.bar(range(len(idx)), idx, color=["crimson" if i in res.targets else "steelblue" for i in range(len(idx))])
     ax.axhline(res.threshold, color="black", linestyle="--", linewidth=1, label=f"threshold {res.threshold:g}")
     ax.set_xlabel("class")
