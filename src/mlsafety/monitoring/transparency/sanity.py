@@ -171,7 +171,13 @@ def _reinit(module: nn.Module, seed: int, name: str) -> None:
     g = _generator(seed, "sanity", name)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(draw_seed(g))
-        module.reset_parameters()  # type: ignore[operator]
+        on_cpu = all(t.device.type == "cpu" for t in module.state_dict().values())
+        # Drawn on the CPU whatever the model's device: a GPU's generator gives other weights for the same seed,
+        # and the audit's rows must not depend on where the model runs.
+        fresh = module if on_cpu else copy.deepcopy(module).cpu()
+        fresh.reset_parameters()  # type: ignore[operator]
+        if not on_cpu:
+            module.load_state_dict(fresh.state_dict())
 
 
 def _compare(
