@@ -241,11 +241,13 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
             self.conn.execute("COMMIT")
+        except BaseException:
+            # SQLite rolls a transaction back itself after some errors (a full disk, an I/O error); a ROLLBACK
+            # then fails with "no transaction is active" and would hide the error that matters.
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         self.conn.close()
@@ -348,7 +350,8 @@ class Store:
         try:
             self.conn.execute("UPDATE schema_version SET version=version")
         finally:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite may have rolled back itself (see transaction)
+                self.conn.execute("ROLLBACK")
 
     def task_counts(self) -> dict[str, int]:
         """Stored tasks per run id."""
