@@ -238,14 +238,14 @@ def load_hf_dataset(
     """
     path = Path(path)
     source = source or str(path)
+    if not path.is_dir():  # first: a mistyped path is the likelier fault, and its fix is not an install
+        raise InputError(f"dataset folder not found: {source}; give the folder written by save_to_disk")
     try:
         import datasets
     except ImportError:
         raise InputError(
             "reading a saved Hugging Face dataset needs the 'datasets' package; install it: pip install datasets"
         ) from None
-    if not path.is_dir():
-        raise InputError(f"dataset folder not found: {source}; give the folder written by save_to_disk")
     try:
         loaded = datasets.load_from_disk(str(path))
     except FileNotFoundError as exc:
