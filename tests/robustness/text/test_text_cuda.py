@@ -59,8 +59,14 @@ def test_hotflip_finds_the_minimal_flip_on_the_device(device: str) -> None:
 def test_deepwordbug_gives_the_cpus_results(device: str) -> None:
     texts = ["good movie was fine", "excellent wonderful fine movie", "bad day but a fine film", "i hate it"]
     labels = [1, 1, 0, 0]
-    ref = DeepWordBug(seed=0).build(sentiment_model()).attack(texts, labels)
-    got = DeepWordBug(seed=0).build(_on(sentiment_model(), device)).attack(texts, labels)
+
+    def run(model: torch.nn.Module) -> list:
+        attack = DeepWordBug(seed=0).build(model)
+        attack.similarity = None  # MiniLM is not installed on every GPU machine; the similarity is not compared here
+        return attack.attack(texts, labels)
+
+    ref = run(sentiment_model())
+    got = run(_on(sentiment_model(), device))
     assert [(r.status, r.perturbed, r.queries) for r in got] == [(r.status, r.perturbed, r.queries) for r in ref]
 
 
