@@ -200,7 +200,7 @@ def agreement(exact: PatchingResult | torch.Tensor, approx: PatchingResult | tor
         raise InputError(f"exact and approximate results have shapes {tuple(a.shape)} and {tuple(b.shape)}")
     a, b = a.reshape(-1).double(), b.reshape(-1).double()
     ok = ~(torch.isnan(a) | torch.isnan(b))
-    x, y = a[ok].numpy(), b[ok].numpy()
+    x, y = a[ok].cpu().numpy(), b[ok].cpu().numpy()  # results of a model on a GPU stay there
     n = len(x)
     if n < 3:
         raise InputError(f"agreement needs at least three sites, got {n}")

@@ -126,7 +126,7 @@ class LinearProxy:
     def _x(self, texts: Sequence[str]) -> Any:
         if self.features == "bow":
             return self.vectorizer_.transform(list(texts))
-        return self._project(self._embed(texts).numpy())
+        return self._project(self._embed(texts).cpu().numpy())  # the encoder may run on a GPU
 
     def fit(self, texts: Sequence[str], labels: torch.Tensor, embeddings: torch.Tensor | None = None) -> LinearProxy:
         """Learn from ``texts`` and 0/1 ``labels`` (1 = positive); both classes must occur.
