@@ -589,3 +589,20 @@ def test_rmd_keeps_its_digits_when_the_two_distances_nearly_cancel() -> None:
     want = (md - md0[:, None]).min(1)
     assert np.median(md0) > 100 * np.median(np.abs(want))  # the cancelling case this test is about
     np.testing.assert_allclose(det.score(model, x).double().numpy(), want, rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 0.5, 1.0])
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_mc_dropouts_cpu_drawn_mask_is_torchs_cpu_dropout_bit_for_bit(p: float, inplace: bool, layout) -> None:
+    """Off the CPU, MC dropout swaps plain dropout layers for cpu_mask_forward so a GPU gets the CPU's masks;
+    on the CPU that forward must be the layer's own, bit for bit, from the same RNG state."""
+    layer = nn.Dropout(p, inplace=inplace).train()
+    x = torch.randn(4, 3, 5, 6).to(memory_format=layout)  # the mask follows x's layout, as torch's does
+    torch.manual_seed(7)
+    want = layer(x.clone())
+    after_want = torch.rand(3)
+    torch.manual_seed(7)
+    got = ood.cpu_mask_forward(layer)(x.clone())
+    assert torch.equal(got, want)
+    assert torch.equal(torch.rand(3), after_want)  # the same draws consumed: the next layer's mask agrees too
