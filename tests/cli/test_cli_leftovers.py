@@ -3,6 +3,11 @@ saying which port it took, an empty `--ray-address` taken as none, `guard export
 `run_audit(report=<the database>)` writing the HTML report over the results database."""
 
 import re
+import socket
+import subprocess
+import sys
+import threading
+import urllib.request
 
 import numpy as np
 import pytest
@@ -68,3 +73,48 @@ def test_ood_eval_wrong_class_list_advises_no_classes(tmp_path):
     (folder / "classes.txt").write_text("a\nb\nc\n")
     error = _ood_eval_error(folder, "--image-size", "8", "8")
     assert "names 3 classes but the model returns 10 logits" in error and "class list (classes.txt)" in error
+
+
+# 2. serve --port 0 never said which port the OS picked
+
+
+def test_serve_on_port_0_prints_the_port_it_listens_on(audited):
+    _, guard_dir = audited
+    cmd = [sys.executable, "-m", "mlsafety.cli", "serve", str(guard_dir), "--host", "127.0.0.1", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+
+    def read() -> None:  # until the address, or the end of the output
+        for text in proc.stdout:
+            lines.append(text)
+            if "http://" in text:
+                return
+
+    try:
+        reader = threading.Thread(target=read, daemon=True)
+        reader.start()
+        reader.join(120)  # loading torch and the guard: seconds; a server that never says where it is: the limit
+        found = re.search(r"http://127\.0\.0\.1:(\d+)", "".join(lines))
+        assert found, f"serve printed no address (exit code {proc.poll()}): {''.join(lines)!r}"
+        port = int(found.group(1))
+        assert port != 0
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=30) as response:
+            assert response.status == 200 and b'"status":"ok"' in response.read()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+        proc.stdout.close()
+
+
+def test_serve_hands_uvicorn_the_socket_it_checked():
+    """check_bind keeps the socket it bound (a port 0 bound and closed was another port than uvicorn's)."""
+    serve_mod = pytest.importorskip("mlsafety.cli._serve")
+    with serve_mod.check_bind("127.0.0.1", 0) as sock:
+        port = sock.getsockname()[1]
+        assert port != 0 and serve_mod.url_of(sock) == f"http://127.0.0.1:{port}"
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", port))  # still held

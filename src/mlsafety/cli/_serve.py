@@ -21,6 +21,7 @@ import base64
 import binascii
 import io
 import json
+import socket
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -357,12 +358,12 @@ def build_app(
     return app
 
 
-def check_bind(host: str, port: int) -> None:
-    """Raise :class:`InputError` unless ``host:port`` can be bound now, before the guard is loaded: uvicorn
-    reports an unknown host or a port in use only after the model is loaded, with exit 1 or 3, and binds an
-    empty host on every interface."""
-    import socket
-
+def check_bind(host: str, port: int) -> socket.socket:
+    """The socket bound to ``host:port`` (not yet listening), or :class:`InputError`, before the guard is
+    loaded: uvicorn reports an unknown host or a port in use only after the model is loaded, with exit 1 or
+    3, and binds an empty host on every interface. ``serve`` hands this socket to uvicorn, so ``--port 0``
+    serves on the one port the OS picked here (uvicorn binding a name itself gives each of its addresses
+    its own port)."""
     if not host.strip():
         raise InputError("--host is empty (it would bind every interface); give an address, e.g. --host 127.0.0.1")
     try:
@@ -371,14 +372,20 @@ def check_bind(host: str, port: int) -> None:
         raise InputError(
             f"--host {host!r} is not an address of this machine ({exc}); use e.g. --host 127.0.0.1"
         ) from None
-    with socket.socket(family, kind, proto) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
-        try:
-            sock.bind(address)
-        except OSError as exc:
-            raise InputError(
-                f"cannot bind {host}:{port} ({exc.strerror or exc}); pass another --port or --host"
-            ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise InputError(f"cannot bind {host}:{port} ({exc.strerror or exc}); pass another --port or --host") from None
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    """``http://host:port`` of a bound socket: the address it really has (the port the OS picked for 0)."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def _has_serve_extra() -> bool:
@@ -404,8 +411,21 @@ def serve(guard_dir: str, host: str, port: int, device: str, max_batch: int, max
 
     from mlsafety.guard import load_guard
 
-    check_bind(host, port)
-    loaded = load_guard(guard_dir, device=device)
-    shape = tuple(loaded.config["input"]["shape"])
-    app = build_app(loaded.guard, loaded.drift, shape, max_batch=max_batch, max_wait_ms=max_wait_ms)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    class Server(uvicorn.Server):
+        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+            await super().startup(sockets=sockets)
+            if self.started and sockets:  # listening: the address a client can reach now (uvicorn logs no info)
+                click.echo(f"serving {guard_dir} on {url_of(sockets[0])} (Ctrl+C stops)")
+
+    sock = check_bind(host, port)
+    with sock:
+        loaded = load_guard(guard_dir, device=device)
+        shape = tuple(loaded.config["input"]["shape"])
+        app = build_app(loaded.guard, loaded.drift, shape, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        server = Server(uvicorn.Config(app, log_level="warning"))
+        try:
+            server.run(sockets=[sock])
+        except KeyboardInterrupt:  # Ctrl+C: uvicorn re-raises the signal it caught once it has shut down
+            pass
+    if not server.started:  # as uvicorn.run: the app's startup failed
+        raise SystemExit(3)
