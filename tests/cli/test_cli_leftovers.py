@@ -118,3 +118,25 @@ def test_serve_hands_uvicorn_the_socket_it_checked():
         assert port != 0 and serve_mod.url_of(sock) == f"http://127.0.0.1:{port}"
         with socket.socket() as other, pytest.raises(OSError):
             other.bind(("127.0.0.1", port))  # still held
+
+
+# 3. --ray-address "" ran as if no address were given
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["audit", "--executor", "ray"], ["audit"], ["audit-many", "digits-cnn", "--executor", "ray"], ["audit-many", "x"]],
+    ids=["audit-ray", "audit-local", "audit-many-ray", "audit-many-local"],
+)
+@pytest.mark.parametrize("address", ["", "  "], ids=["empty", "blank"])
+def test_an_empty_ray_address_is_refused(tmp_path, command, address):
+    result = CliRunner().invoke(main, [*command, "--ray-address", address, "--db", str(tmp_path / "r.sqlite")])
+    one_error_line(result, "'--ray-address'", "empty", "HOST:PORT")
+    assert not (tmp_path / "r.sqlite").exists()
+
+
+def test_a_ray_address_without_the_ray_executor_is_refused(tmp_path):
+    """Not taken silently either: the local executor would ignore it."""
+    result = CliRunner().invoke(main, ["audit", "--ray-address", "10.0.0.5:6379", "--db", str(tmp_path / "r.sqlite")])
+    one_error_line(result, "--ray-address", "--executor ray")
+    assert not (tmp_path / "r.sqlite").exists()

@@ -34,6 +34,24 @@ QUICK_BUDGET = "2m"
 wherever they fit, so on small models --quick is unchanged, and a large model still finishes."""
 
 
+class RayAddress(click.ParamType):
+    """``--ray-address``: a Ray cluster's address, never blank (``--ray-address "$RAY_HEAD"`` with the variable
+    unset ran the audit here, or started a local Ray, as if the option were left out)."""
+
+    name = "HOST:PORT"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and not value.strip():
+            self.fail("the address is empty; give the Ray cluster's HOST:PORT (e.g. 10.0.0.5:6379) with "
+                      "--executor ray, or leave it out", param, ctx)  # fmt: skip
+        return value
+
+
+RAY_ADDRESS_OPTION = click.option(
+    "--ray-address", type=RayAddress(), help="Join this Ray cluster (with --executor ray)."
+)
+
+
 class ProgressLines:
     """The estimate before the first task, then a count and an ETA after each task: on a terminal in the
     status line, otherwise one plain line per check on stderr (CI logs); nothing under --json."""
@@ -161,7 +179,7 @@ def _gates(values: tuple[str, ...]) -> dict[str, float]:
     help="Where tasks run: this process, or Ray tasks (a local Ray on 127.0.0.1, or the cluster in "
     "--ray-address / RAY_ADDRESS). Needs the ray extra: pip install 'mlsafety[ray]'.",
 )
-@click.option("--ray-address", metavar="HOST:PORT", help="Join this Ray cluster (with --executor ray).")
+@RAY_ADDRESS_OPTION
 @click.option(
     "--reward",
     metavar="FILE.py:factory",
@@ -440,7 +458,7 @@ def _print_summary(result: Any) -> None:
 @click.option("--report-dir", type=NonEmptyPath(file_okay=False), help="Write each run's report there (<run id>.html).")
 @click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: the models one after another; ray: in parallel as Ray tasks.")  # fmt: skip
-@click.option("--ray-address", metavar="HOST:PORT", help="Join this Ray cluster (with --executor ray).")
+@RAY_ADDRESS_OPTION
 @click.option("--json", "as_json", is_flag=True, help="Print each model's run id and status as JSON.")
 @friendly
 def audit_many(
