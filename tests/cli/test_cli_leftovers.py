@@ -2,6 +2,7 @@
 saying which port it took, an empty `--ray-address` taken as none, `guard export --arl 1e20`, and the library's
 `run_audit(report=<the database>)` writing the HTML report over the results database."""
 
+import math
 import re
 import socket
 import subprocess
@@ -11,13 +12,15 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner
 from PIL import Image
 
 from mlsafety.audit import AuditConfig, Store, run_audit
 from mlsafety.cli import main
 from mlsafety.cli._ood import ood_eval
-from mlsafety.guard import export_guard
+from mlsafety.core import InputError
+from mlsafety.guard import DriftAlarm, export_guard
 from tests.cli.cli_support import one_error_line
 
 CHECK = "defence-in-depth"
@@ -140,3 +143,34 @@ def test_a_ray_address_without_the_ray_executor_is_refused(tmp_path):
     result = CliRunner().invoke(main, ["audit", "--ray-address", "10.0.0.5:6379", "--db", str(tmp_path / "r.sqlite")])
     one_error_line(result, "--ray-address", "--executor ray")
     assert not (tmp_path / "r.sqlite").exists()
+
+
+# 4. guard export --arl 1e20 was taken (and the library wrote a guard with arl nan that load_guard refuses)
+
+
+@pytest.mark.parametrize("arl", ["1e20", "1.000001e6", "inf", "nan"])
+def test_guard_export_refuses_an_arl_above_the_maximum(tmp_path, audited, arl):
+    db, _ = audited
+    out = tmp_path / "guard"
+    result = CliRunner().invoke(main, ["guard", "export", "latest", "--out", str(out), "--arl", arl, "--db", str(db)])
+    one_error_line(result, "'--arl'")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("arl", [1e20, math.inf, math.nan, 1.0])
+def test_the_library_refuses_the_same_arl_before_writing(tmp_path, audited, arl):
+    db, _ = audited
+    with Store(db, create=False) as store, pytest.raises(InputError, match="arl"):
+        export_guard(store, "latest", tmp_path / "guard", arl=arl)
+    assert not (tmp_path / "guard").exists()
+    with pytest.raises(InputError, match="arl"):
+        DriftAlarm(torch.randn(10), arl=arl)
+
+
+def test_the_maximum_arl_is_taken(tmp_path, audited):
+    db, _ = audited
+    out = tmp_path / "guard"
+    args = ["guard", "export", "latest", "--out", str(out), "--arl", f"{DriftAlarm.MAX_ARL:g}", "--db", str(db)]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert DriftAlarm(torch.randn(10), arl=DriftAlarm.MAX_ARL).arl == DriftAlarm.MAX_ARL

@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from mlsafety.cli._common import DB_OPTION, Finite, NonEmptyPath, friendly, open_store, out_console
+from mlsafety.guard import DriftAlarm
 
 
 @click.group("guard")
@@ -15,7 +16,7 @@ def guard_group() -> None:
 @guard_group.command("export")
 @click.argument("run_id")
 @click.option("--out", "out", required=True, type=NonEmptyPath(file_okay=False), help="Directory to write.")
-@click.option("--arl", default=1000.0, show_default=True, type=Finite(min=1, min_open=True),
+@click.option("--arl", default=1000.0, show_default=True, type=Finite(min=1, min_open=True, max=DriftAlarm.MAX_ARL),
               help="Drift alarm level: mean in-distribution inputs before a false alarm, at least.")  # fmt: skip
 @DB_OPTION
 @friendly

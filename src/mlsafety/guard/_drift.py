@@ -30,6 +30,22 @@ import torch
 
 from mlsafety.core import InputError
 
+MAX_ARL = 1e6
+"""The highest alarm level taken (a judgement, not a theorem). The ARL bound holds on average over validation
+sets; conditional on the one set a guard keeps, the p-values are off by about ``1/sqrt(n)`` and the mean run
+length falls short of ``A`` by a factor that grows with ``A`` (a large-deviation estimate puts it near
+``A^(1 - theta)``, ``theta`` a little below 1: in the worst 5% of sets of n = 2000, about 4x at ``A = 1e4``, 8x at
+1e6, 10x at 1e7, 900x at 1e20). Up to 1e6 the level can still be checked by simulating run lengths (each
+replicate a few times ``A`` inputs; the tests check ``A = 50``)."""
+
+
+def check_settings(arl: float, kappa: float) -> None:
+    """Raise :class:`InputError` (one line) unless ``1 < arl <= MAX_ARL`` and ``0 < kappa < 1``, both finite."""
+    if not (isinstance(arl, (int, float)) and math.isfinite(arl) and 1 < arl <= MAX_ARL):
+        raise InputError(f"drift alarm arl must be a number > 1 and at most {MAX_ARL:g}, got {arl!r}")
+    if not (isinstance(kappa, (int, float)) and 0.0 < kappa < 1.0):
+        raise InputError(f"drift alarm kappa must lie in (0, 1), got {kappa!r}")
+
 
 class DriftAlarm:
     """Sequential test that the monitor scores still come from the validation distribution.
@@ -37,8 +53,8 @@ class DriftAlarm:
     Args:
         validation_scores: (n,) finite monitor scores of the validation inputs (the guard's
             ``score``), the reference distribution.
-        arl: the alarm level ``A``; the mean number of in-distribution inputs before a false alarm
-            is at least this (see the module docstring).
+        arl: the alarm level ``A``, at most :data:`MAX_ARL`; the mean number of in-distribution inputs
+            before a false alarm is at least this (see the module docstring).
         kappa: the calibrator's exponent in (0, 1); smaller bets harder on very small p-values.
         seed: seeds the tie-breaking uniforms ``U_t`` (so a replayed stream gives the same alarms).
 
@@ -47,16 +63,15 @@ class DriftAlarm:
         >>> alarm.update(guard(x).score)   # per-input alarm flags; alarm.alarm latches
     """
 
+    MAX_ARL = MAX_ARL
+
     def __init__(self, validation_scores: torch.Tensor, arl: float = 1000.0, kappa: float = 0.5, seed: int = 0) -> None:
         v = validation_scores.detach().reshape(-1).double().cpu()
         if v.numel() < 2:
             raise InputError("the drift alarm needs at least 2 validation scores")
         if not bool(torch.isfinite(v).all()):
             raise InputError("validation scores for the drift alarm contain NaN or infinite values")
-        if not (isinstance(arl, (int, float)) and math.isfinite(arl) and arl > 1):
-            raise InputError(f"drift alarm arl must be a number > 1, got {arl!r}")
-        if not 0.0 < kappa < 1.0:
-            raise InputError(f"drift alarm kappa must lie in (0, 1), got {kappa!r}")
+        check_settings(arl, kappa)
         self.reference = v.sort().values
         self.arl = float(arl)
         self.kappa = float(kappa)

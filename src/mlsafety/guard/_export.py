@@ -37,7 +37,7 @@ from torch import nn
 from mlsafety.audit import AuditConfig, Store, cap_data, input_changes, prepare_inputs, resolve_model
 from mlsafety.audit.checks.defence_in_depth import monitor_data
 from mlsafety.core import InputError, check_device, forward
-from mlsafety.guard._drift import DriftAlarm
+from mlsafety.guard._drift import DriftAlarm, check_settings
 from mlsafety.guard._guard import Guard, detector_state, restore_state
 from mlsafety.monitoring import ood
 from mlsafety.systemic import Monitor, failures
@@ -120,14 +120,17 @@ def export_guard(store: Store, run_id: str, out: str | Path, arl: float = 1000.0
         store: the results database.
         run_id: a run id, a unique prefix, ``latest`` or ``previous``.
         out: the directory to write (created; files in it are replaced).
-        arl: the drift alarm's level (mean in-distribution inputs before a false alarm, at least).
+        arl: the drift alarm's level (mean in-distribution inputs before a false alarm, at least), at most
+            :data:`~mlsafety.guard.DriftAlarm.MAX_ARL`.
         kappa: the drift alarm's calibrator exponent.
 
     Raises:
-        InputError: the run has no defence-in-depth result, its weights, validation or training data
+        InputError: an ``arl`` or ``kappa`` the drift alarm refuses (before anything is read or written),
+            the run has no defence-in-depth result, its weights, validation or training data
             changed since the audit,
             or the refitted thresholds differ from the stored ones.
     """
+    check_settings(arl, kappa)  # else a guard directory is written that load_guard refuses
     info = store.run(run_id)
     rows = _rows(store, info.run_id)
     chosen = [r for r in rows if r.metric == "validation_escape" and r.params.get("selected")]
