@@ -3,6 +3,7 @@ saying which port it took, an empty `--ray-address` taken as none, `guard export
 `run_audit(report=<the database>)` writing the HTML report over the results database."""
 
 import math
+import os
 import re
 import socket
 import subprocess
@@ -174,3 +175,40 @@ def test_the_maximum_arl_is_taken(tmp_path, audited):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert DriftAlarm(torch.randn(10), arl=DriftAlarm.MAX_ARL).arl == DriftAlarm.MAX_ARL
+
+
+# 5. run_audit(report=<the database>) wrote the HTML over the results database
+
+
+def _refused_over_db(path, report, **kwargs):
+    """run_audit(report=report, **kwargs) refused, the database at ``path`` untouched."""
+    Store(path).close()  # an empty results database
+    before = path.read_bytes()
+    config = AuditConfig(model="digits-cnn", checks=["clean"], max_samples=50)
+    with pytest.raises(InputError, match="is the results database"):
+        run_audit(config, report=report, **kwargs)
+    assert path.read_bytes() == before  # no run stored, no report written
+    with Store(path, create=False) as store:
+        assert store.runs() == []
+
+
+def test_run_audit_refuses_the_database_as_report(tmp_path):
+    _refused_over_db(tmp_path / "r.sqlite", tmp_path / "r.sqlite", db=tmp_path / "r.sqlite")
+
+
+def test_run_audit_refuses_the_database_as_report_by_another_name(tmp_path):
+    (tmp_path / "sub").mkdir()
+    os.symlink(tmp_path / "r.sqlite", tmp_path / "link.sqlite")
+    _refused_over_db(tmp_path / "r.sqlite", str(tmp_path / "sub" / ".." / "link.sqlite"), db=tmp_path / "r.sqlite")
+
+
+def test_run_audit_refuses_the_default_database_as_report(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLSAFETY_DB", str(tmp_path / "env.sqlite"))
+    _refused_over_db(tmp_path / "env.sqlite", tmp_path / "env.sqlite")
+
+
+def test_the_cli_still_refuses_the_database_as_report(tmp_path):
+    db = tmp_path / "r.sqlite"
+    result = CliRunner().invoke(main, ["audit", "--check", "clean", "--db", str(db), "--report", str(db)])
+    one_error_line(result, f"--report {db} is the results database", "--report path/to/report.html")
+    assert not db.exists()

@@ -96,14 +96,25 @@ def build_checks(config: AuditConfig) -> list[Check]:
     return sorted(built, key=lambda c: (PILLARS.index(c.pillar), c.name))
 
 
-def check_report_path(report: str | Path | None) -> None:
-    """Raise :class:`InputError` unless the report can be written at ``report`` (None: the default path).
+def check_report_path(report: str | Path | None, db: str | Path | None = None) -> None:
+    """Raise :class:`InputError` unless the report can be written at ``report`` (None: the default path)
+    without replacing the results database ``db`` (None: :func:`default_db_path`), which the HTML would
+    overwrite with every run stored in it.
 
     Nothing is created (:func:`mlsafety.core.check_output_path`).
     """
+    import os
+
     from mlsafety.audit._report import default_report_path
 
     path = Path(report) if report else default_report_path("x")
+    db_path = Path(db) if db is not None else default_db_path()
+    same = (
+        os.path.samefile(path, db_path) if path.exists() and db_path.exists() else path.resolve() == db_path.resolve()
+    )
+    if same:
+        raise InputError(f"--report {path} is the results database; writing there would destroy its runs: pass "
+                         "--report path/to/report.html")  # fmt: skip
     check_output_path(path, what="report", flag="--report", example="path/to/report.html")
 
 
@@ -199,7 +210,7 @@ def run_audit(
     ]
     _check_needs(work)
     if report != "":
-        check_report_path(report)
+        check_report_path(report, db)
     # the engine's own audit-plan tasks (what it decided; sizes per check under a budget) count as stored tasks
     sized = {c.name for c, _ in work if budget is not None and plan is not None and _size_rows(plan, c.name)}
     total = len(work) + (1 if _plan_rows(plan, held_out) else 0) + len(sized)
