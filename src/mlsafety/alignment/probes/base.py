@@ -64,6 +64,27 @@ def _check_states(pos: torch.Tensor, neg: torch.Tensor, ndim: int = 2) -> None:
         raise InputError("hidden states hold NaN or infinite values; check the model's numerics")
 
 
+def _check_reference(reference: torch.Tensor, n: int) -> None:
+    if reference.shape != (n,):
+        raise InputError(f"reference must hold one score per contrast pair ({n},), got {tuple(reference.shape)}")
+    if not bool(torch.isfinite(reference).all()):
+        raise InputError("the reference scores hold NaN or infinite values; check the model's log-probabilities")
+
+
+def _signs_from(scores: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """``(L,)`` signs: +1 where layer ``l``'s readings ``(L, N)`` agree on at least half the items with the
+    reference read against its median (items at the median count for neither side), else -1.
+
+    The median, not 0, is the reference's threshold: the raw zero-shot difference of a small model is often
+    of one sign on every item (it prefers one answer word), and "agree with it" then only asks the probe to
+    say that word on most items, which picks the wrong sign whenever most items have the other label.
+    """
+    ref = reference.detach().double().cpu()
+    side = torch.sign(ref - ref.quantile(0.5))
+    reading = torch.where(scores.detach().cpu() > 0, 1.0, -1.0).double()
+    return torch.where((reading * side[None, :]).sum(1) >= 0, 1.0, -1.0).float()
+
+
 def _by_layer(states: torch.Tensor) -> torch.Tensor:
     """``(N, L, D)`` states normalised per side and layer, laid out ``(L, N, D)`` for batched algebra."""
     return normalize(states.float()).transpose(0, 1).contiguous()
@@ -82,8 +103,9 @@ class Probe(HyperParams):
     optimisation or factorisation instead of a loop over layers). A score above 0 reads "``x+`` is true"
     (the affirmative answer is right). An unsupervised probe's direction has no sign of its own; the fit
     fixes it without labels from ``reference`` (a label-free score per item, e.g. the zero-shot
-    log-probability difference: per layer, the sign that agrees with it on most items is kept) and keeps
-    the learned sign when none is given.
+    log-probability difference: per layer, the sign whose readings agree with the reference's ranking on
+    most items is kept, the reference read against its median, so that a constant offset, such as a model
+    that answers "yes" to every item, cannot decide the sign) and keeps the learned sign when none is given.
 
     :meth:`fit` / :meth:`score` take one layer ``(N, D)`` (attributes ``coef_ (D,)``, ``intercept_``,
     ``sign_``); :meth:`fit_layers` / :meth:`score_layers` take ``(N, L, D)`` (attributes ``coefs_ (L, D)``,
@@ -131,13 +153,14 @@ class Probe(HyperParams):
             n_pos = int(labels.sum())
             if labels.shape != pos.shape[:1] or n_pos in (0, len(labels)):
                 raise InputError(f"probe {self.name!r} needs labels (N,) with both classes present")
+        if reference is not None and not self.supervised:
+            _check_reference(reference, len(pos))
         p, n = _by_layer(pos), _by_layer(neg)
         with one_thread():
             self._fit_layers(p, n, labels.long() if labels is not None else None, generator)
         signs = torch.ones(p.shape[0])
         if not self.supervised and reference is not None:
-            agree = ((self._score_layers(p, n) > 0) == (reference > 0)[None, :]).float().mean(1)
-            signs = torch.where(agree >= 0.5, 1.0, -1.0)
+            signs = _signs_from(self._score_layers(p, n), reference)
         self.signs_ = signs
         return self
 
