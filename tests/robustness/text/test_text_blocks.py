@@ -199,7 +199,8 @@ def test_angular_similarity_and_textfoolers_window() -> None:
 
 def test_recipes_are_composed_with_the_papers_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """TextFooler (Jin et al. 2020 as TextAttack's recipe): 50 embedding neighbours, word cosine >= 0.5, POS with
-    nouns and verbs interchangeable, angular similarity >= 0.840845057 in 15-word windows (short texts skipped),
+    nouns and verbs interchangeable, angular similarity >= 0.840845057 in 15-word windows against the text each step
+    changes (short texts skipped),
     deletion ranking; PWWS: WordNet synonyms, probability-weighted saliency; DeepWordBug: the four character edits
     one each at random, edit distance <= 30, unknown-token ranking; all untargeted, stop words and repeats kept."""
     from mlsafety.robustness.text import pwws as pwws_module
@@ -225,8 +226,8 @@ def test_recipes_are_composed_with_the_papers_settings(monkeypatch: pytest.Monke
     assert isinstance(wed, C.WordEmbeddingDistance) and wed.min_cos == 0.5
     assert isinstance(pos, C.PartOfSpeech) and pos.allow_noun_verb
     assert isinstance(sim, C.SentenceSimilarity)
-    assert (sim.threshold, sim.metric, sim.window, sim.windows, sim.skip_short) == (
-        0.840845057, "angular", 15, "last", True,
+    assert (sim.threshold, sim.metric, sim.window, sim.windows, sim.skip_short, sim.compare_against_original) == (
+        0.840845057, "angular", 15, "last", True, False,
     )  # fmt: skip
 
     pwws = T.create("pwws", model)

@@ -504,3 +504,40 @@ def test_share_of_words_is_rounded_up_as_textattack() -> None:
     assert C.max_words_for_share(0.14, 50) == 7
     # A2T's MaxModificationRate(0.1, min_threshold=4): the share's count or 4, whichever is more
     assert C.MaxWordsPerturbed(max_share=0.1, min_words=4).allows(three, [one, two]) == [True, True]
+
+
+class _RecordingCos:
+    """A sentence encoder that records the pairs it compares and calls every pair similar (cosine 1)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def cosine(self, a: Sequence[str], b: Sequence[str]) -> torch.Tensor:
+        self.seen.extend(zip(a, b))
+        return torch.ones(len(a))
+
+
+def test_sentence_similarity_can_compare_each_step_against_its_parent() -> None:
+    """TextFooler (Jin et al. 2020, and TextAttack's ``compare_against_original=False``) compares each candidate's
+    window with the CURRENT text's, so an earlier change inside the window is not held against every later step;
+    the search used to hand every constraint the original, whatever the constraint asked for."""
+    text = "the film was good and very excellent"
+    enc = _RecordingCos()
+    sim = C.SentenceSimilarity(enc, 0.9, "cosine", window=3, skip_short=False, compare_against_original=False)
+    attack = Attack(sentiment_model(), Untargeted(), ListSwap(["bad"]), [C.RepeatModification(), sim],
+                    S.GreedyWordImportance("delete"))  # fmt: skip
+    original = AttackedText.from_text(text)
+    problem = Problem(attack, original, 1, None, torch.Generator().manual_seed(0))
+    current = original.replace_word(3, "bad")  # "good" already changed
+    (cand,) = problem.candidates(current, [4])  # "and" -> "bad": its window "bad and very" -> "bad bad very"
+    assert cand.words[3:5] == ("bad", "bad")
+    assert enc.seen == [("bad and very", "bad bad very")]  # the parent's window, not the original's "good and very"
+    enc.seen.clear()
+    keep = C.SentenceSimilarity(enc, 0.9, "cosine", window=3, skip_short=False)  # the default: the original
+    problem = Problem(
+        Attack(sentiment_model(), Untargeted(), ListSwap(["bad"]), [keep], S.GreedyWordImportance("delete")),
+        original, 1, None, torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    problem.candidates(current, [4])
+    assert enc.seen == [("good and very", "bad bad very")]
+    assert sim.check(original, cand) and keep.compare_against_original

@@ -201,16 +201,22 @@ class Constraint:
     modification, share of words changed); :meth:`allows` judges candidate texts, all of one step in
     one call (so a sentence encoder sees them in one batch). :meth:`check` says whether a finished
     text keeps the rule: the property every returned adversarial text is tested for.
+
+    ``compare_against_original`` (TextAttack's flag of the same name): :meth:`allows` receives the text the attack
+    started from (True, the default), or the text the candidates were made from, the search's current text (False:
+    a constraint on each step's change, as TextFooler's sentence similarity).
     """
 
     name: ClassVar[str] = "constraint"
+    compare_against_original: bool = True
 
     def modifiable(self, text: AttackedText, indices: set[int]) -> set[int]:
         """The subset of ``indices`` this constraint lets the search change next in ``text``."""
         return indices
 
     def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
-        """Whether each candidate is acceptable (default: all)."""
+        """Whether each candidate is acceptable (default: all); ``original``: the reference text (see
+        ``compare_against_original``)."""
         return [True] * len(candidates)
 
     def check(self, original: AttackedText, final: AttackedText) -> bool:
@@ -413,12 +419,28 @@ class Problem:
         allowed = set(self.modifiable(text))
         chosen = sorted(allowed) if indices is None else [i for i in indices if i in allowed]
         cands = self.attack.transformation.transform(text, chosen, self.g)
+        return self.allowed(cands, [text] * len(cands))
+
+    def allowed(self, candidates: Sequence[AttackedText], parents: Sequence[AttackedText]) -> list[AttackedText]:
+        """The candidates every constraint allows, in order; ``parents[k]`` is the text candidate ``k`` was made
+        from, the reference of a constraint with ``compare_against_original`` False (the original is every other's).
+        Each constraint judges the candidates in one call per reference (one call for the original)."""
+        pairs = list(zip(candidates, parents, strict=True))
         for c in self.attack.constraints:
-            if not cands:
+            if not pairs:
                 break
-            keep = c.allows(self.original, cands)
-            cands = [x for x, k in zip(cands, keep) if k]
-        return cands
+            if c.compare_against_original:
+                keep = c.allows(self.original, [x for x, _ in pairs])
+            else:
+                keep = [False] * len(pairs)
+                groups: dict[str, list[int]] = {}
+                for k, (_, parent) in enumerate(pairs):
+                    groups.setdefault(parent.text, []).append(k)
+                for ks in groups.values():
+                    for k, ok in zip(ks, c.allows(pairs[ks[0]][1], [pairs[k][0] for k in ks])):
+                        keep[k] = ok
+            pairs = [xp for xp, k in zip(pairs, keep) if k]
+        return [x for x, _ in pairs]
 
 
 class SearchMethod:

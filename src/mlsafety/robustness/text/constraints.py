@@ -235,7 +235,10 @@ class SentenceSimilarity(Constraint):
     candidate (TextFooler's window of 15; None: whole texts). Which changed words: ``last``, the one
     each step changes (as TextAttack), or ``all``, every changed word's window (stricter). A text
     shorter than the window is compared whole, or accepted when ``skip_short`` (TextAttack's
-    ``skip_text_shorter_than_window``, on in its TextFooler recipe).
+    ``skip_text_shorter_than_window``, on in its TextFooler recipe). The reference is the original text, or with
+    ``compare_against_original=False`` the text each candidate was made from (TextFooler, Jin et al. 2020: each
+    step's window against the current text's; TextAttack's recipe sets the same flag), so each step's change is
+    judged on its own.
 
     Args:
         encoder: the sentence encoder (the recipes pass the shared MiniLM one).
@@ -244,6 +247,8 @@ class SentenceSimilarity(Constraint):
         window: words in the window (None: whole texts).
         windows: ``last`` or ``all``.
         skip_short: accept texts shorter than the window without comparing.
+        compare_against_original: compare with the original text (True) or with the candidate's parent (False;
+            :meth:`check` then accepts a finished text, which does not show the texts it passed through).
     """
 
     name: ClassVar[str] = "sentence-similarity"
@@ -256,6 +261,7 @@ class SentenceSimilarity(Constraint):
         window: int | None = 15,
         windows: Literal["last", "all"] = "last",
         skip_short: bool = True,
+        compare_against_original: bool = True,
     ) -> None:
         if metric not in ("angular", "cosine"):
             raise InputError(f"metric must be 'angular' or 'cosine', got {metric!r}")
@@ -267,6 +273,12 @@ class SentenceSimilarity(Constraint):
         self.window = window
         self.windows = windows
         self.skip_short = skip_short
+        self.compare_against_original = compare_against_original
+
+    def check(self, original: AttackedText, final: AttackedText) -> bool:
+        if not self.compare_against_original:
+            return True  # each step was judged against its parent, which a finished text does not show
+        return super().check(original, final)
 
     def _pairs(self, original: AttackedText, text: AttackedText) -> list[tuple[str, str]] | None:
         """Window pairs to compare; None: accepted without comparing."""

@@ -178,6 +178,7 @@ class HotFlipSearch(SearchMethod):
                 beam, indices, [problem.label] * len(beam), targets[: len(beam)] if targets else None
             )
             cands: list[AttackedText] = []
+            parents: list[AttackedText] = []
             seen: set[str] = set()
             for text, rows in zip(beam, ranked):
                 for _, i, w in rows:
@@ -185,11 +186,8 @@ class HotFlipSearch(SearchMethod):
                     if c.text not in seen:
                         seen.add(c.text)
                         cands.append(c)
-            for con in problem.attack.constraints:
-                if not cands:
-                    break
-                keep = con.allows(problem.original, cands)
-                cands = [c for c, k in zip(cands, keep) if k]
+                        parents.append(text)
+            cands = problem.allowed(cands, parents)
             if not cands:
                 break
             result = problem.query(cands)

@@ -4,7 +4,9 @@ Classification and Entailment", AAAI 2020), as TextAttack's ``TextFoolerJin2019`
 Words are ranked by the score gain of deleting them, then each in turn is replaced by the best of
 its ``max_candidates`` nearest neighbours in a word-embedding space that keeps: stop words and
 already-changed words untouched, word-vector cosine >= ``min_word_cos``, a shared part of speech
-(nouns and verbs interchangeable), and windowed sentence similarity >= ``sim_threshold``.
+(nouns and verbs interchangeable), and windowed sentence similarity >= ``sim_threshold``, each step's window
+against the text it changes (Jin et al.'s algorithm 1; TextAttack's ``compare_against_original=False``), not
+against the original.
 
 Deviations (the resources TextAttack downloads are not available offline):
 
@@ -13,7 +15,7 @@ Deviations (the resources TextAttack downloads are not available offline):
   therefore mean something different (neighbours in a model's input space are often inflections);
 - the Universal Sentence Encoder -> the embedded MiniLM encoder (mean-pooled, angular similarity
   of the 15-word windows, TextAttack's threshold 0.840845057, texts shorter than the window
-  accepted unchecked as in TextAttack's recipe); the window is compared against the original's;
+  accepted unchecked as in TextAttack's recipe);
 - the context part-of-speech tagger -> WordNet's synset parts of speech (see ``PartOfSpeech``);
 - stop words: scikit-learn's English list plus clitics, not TextFooler's own list.
 
@@ -71,7 +73,7 @@ class TextFooler(Recipe):
                 StopWords(),
                 WordEmbeddingDistance(vectors, self.min_word_cos),
                 PartOfSpeech(allow_noun_verb=True),
-                SentenceSimilarity(encoder, self.sim_threshold, metric, self.window),
+                SentenceSimilarity(encoder, self.sim_threshold, metric, self.window, compare_against_original=False),
             ],
             GreedyWordImportance("delete"),
             query_budget=self.query_budget,
