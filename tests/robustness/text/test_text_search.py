@@ -541,3 +541,40 @@ def test_sentence_similarity_can_compare_each_step_against_its_parent() -> None:
     problem.candidates(current, [4])
     assert enc.seen == [("good and very", "bad bad very")]
     assert sim.check(original, cand) and keep.compare_against_original
+
+
+class _SumClassifier(nn.Module):
+    """Three-class logits: the sum of the words' 3-vectors (special tokens and padding add nothing)."""
+
+    def __init__(self, vectors: dict[str, list[float]]) -> None:
+        super().__init__()
+        from tests.support.text import VOCAB, tiny_tokenizer
+
+        self.embed = nn.Embedding(len(VOCAB), 3)
+        with torch.no_grad():
+            self.embed.weight.zero_()
+            for w, v in vectors.items():
+                self.embed.weight[VOCAB.index(w)] = torch.tensor(v)
+        self.tokenizer = tiny_tokenizer("cls")
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        m = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        return (self.embed(input_ids) * m[..., None].to(torch.float32)).sum(dim=1)  # type: ignore[no-any-return]
+
+
+def test_deletion_importance_counts_a_changed_prediction_as_textfooler_does() -> None:
+    """Jin et al. 2020, eq. 2: a word whose deletion changes the prediction (to y') also scores the rise of
+    p(y'). Planted with three classes: deleting "dog" moves p from (.5, .25, .25) to (.34, .33, .33), prediction
+    kept (drop .16); deleting "cat" to (.40, .45, .15), prediction changed (drop .10, plus .20 for class 1). The
+    paper ranks "cat" first (.30 > .16); the drop alone ranked "dog" first."""
+    lp0, l_cat, l_dog = (torch.tensor(v).log() for v in ([0.5, 0.25, 0.25], [0.40, 0.45, 0.15], [0.34, 0.33, 0.33]))
+    # logits = cat + dog + mat: without dog cat + mat = log l_dog, without cat dog + mat = log l_cat
+    vectors = {"cat": (lp0 - l_cat).tolist(), "dog": (lp0 - l_dog).tolist(), "mat": (l_dog + l_cat - lp0).tolist()}
+    model = _SumClassifier(vectors).eval()
+    attack = Attack(model, Untargeted(), ListSwap(["big"]), [], S.GreedyWordImportance("delete"))
+    original = AttackedText.from_text("cat dog mat")
+    problem = Problem(attack, original, 0, None, torch.Generator().manual_seed(0))
+    start = problem.query([original])
+    assert start.logits[0].softmax(-1).tolist() == pytest.approx([0.5, 0.25, 0.25], abs=1e-5)
+    order = S.GreedyWordImportance("delete").order(problem, start)
+    assert order.index(0) < order.index(1)  # "cat" before "dog"

@@ -4,7 +4,10 @@
 querying every acceptable replacement of the word in one batch and keeping the best if it raises
 the attacker's score (TextAttack's ``GreedyWordSwapWIR``). The ranking:
 
-- ``delete``: the goal score of the text with the word deleted (TextFooler, Jin et al. 2020);
+- ``delete``: the goal score of the text with the word deleted, plus, under an untargeted goal, where the
+  deletion changes the prediction to ``y'``, the rise of ``p(y')`` (TextFooler, Jin et al. 2020, eq. 2:
+  ``I_w = P_y(x) - P_y(x_w) + [F(x_w) = y' != y] (P_y'(x_w) - P_y'(x))``; TextAttack's ``delete`` leaves the
+  second term out, which changes the order only with more than two classes);
 - ``unk``: the same with the word replaced by the tokenizer's unknown token (DeepWordBug's default
   in TextAttack);
 - ``pwws``: probability-weighted word saliency (Ren et al. 2019): ``softmax(S)_i * dP*_i``, with
@@ -62,7 +65,13 @@ class GreedyWordImportance(SearchMethod):
             probes = [text.without_word(i) for i in indices]
         else:
             probes = [text.without_word(i, mask=unknown_token(problem)) for i in indices]
-        _, scores, _, n = problem.score_texts(probes)
+        logits, scores, _, n = problem.score_texts(probes)
+        if self.importance == "delete" and n and not problem.attack.goal.targeted:
+            # Jin et al.'s eq. 2: a deletion that changes the prediction to y' also gains p(y') - p0(y')
+            p0, p = start.logits[0].float().softmax(-1), logits.float().softmax(-1)
+            new = p.argmax(-1)
+            rise = p.gather(1, new[:, None])[:, 0] - p0[new]
+            scores = scores + torch.where(new != int(start.logits[0].argmax()), rise, torch.zeros_like(rise))
         if n < len(indices):  # the budget ran out while ranking: rank what was scored, the rest after
             scores = torch.cat([scores, torch.full((len(indices) - n,), -float("inf"))])
         if self.importance == "pwws":
