@@ -257,3 +257,26 @@ def test_utilitarianism_zero_shot_ranks_each_pair_by_the_yes_no_log_odds() -> No
     assert zs.correct.tolist() == (odds[0] > odds[1]).tolist()
     assert zs.exact_match is None and zs.majority == 0.5 and zs.accuracy.n == 6
     assert scores["probe"].accuracy.n == 6
+
+
+@pytest.mark.parametrize("where", ["logp", "hidden"])
+def test_nan_log_probabilities_or_hidden_states_are_refused_not_scored(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlsafety.alignment.evals import ethics as ethics_module
+
+    lm = LanguageModel(tiny_llama())
+    subset = EthicsSubset("commonsense", ("i ran", "i sat", "a cat", "a dog"), ("",) * 4,
+                          torch.tensor([1, 0, 1, 0]), torch.arange(4))  # fmt: skip
+    real = ethics_module.prompt_pass
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        logp, hidden = real(*args, **kwargs)
+        (logp if where == "logp" else hidden)[1] = float("nan")  # a float16 overflow, say
+        return logp, hidden
+
+    monkeypatch.setattr(ethics_module, "prompt_pass", broken)
+    # before: NaN > 0 is False, so a NaN row read as the answer " no" (right for label 0) and a NaN hidden state
+    # gave NaN probe weights whose readings were all " no": accuracies reported as if measured
+    with pytest.raises(InputError, match="NaN"):
+        evaluate_ethics(lm, subset, probe=True, folds=2)

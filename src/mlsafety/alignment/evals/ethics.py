@@ -318,6 +318,15 @@ def evaluate_ethics(
         states = answer_states(lm, texts * 2, [ANSWERS[0]] * n + [ANSWERS[1]] * n, batch_size, progress)
         log_odds = (states.logprob[n:] - states.logprob[:n]).double()
         contrast = states.hidden[n:] - states.hidden[:n]  # (n, L + 1, D)
+    # NaN > 0 is False: a NaN row would read as " no", and NaN features give NaN probe weights that read " no"
+    # everywhere; both would be reported as measured accuracies
+    if bool(torch.isnan(log_odds).any()):
+        raise InputError(
+            f"the model's answer log-probabilities hold NaN for {int(torch.isnan(log_odds).sum())} of {n} prompts; "
+            "check its numerics (e.g. load it in float32)"
+        )
+    if probe and not bool(torch.isfinite(contrast).all()):
+        raise InputError("the model's hidden states hold NaN or infinite values; check its numerics (e.g. float32)")
     out: dict[str, EthicsScore] = {}
     g = generator(seed, "ethics-probe", subset.subset)
     m = len(subset)
