@@ -187,3 +187,14 @@ def test_multi_token_answers_are_scored_on_their_own_tokens_by_brute_force() -> 
         _answer_logprob(model, f"{primer}Q: {questions[0].question}\nA:", a) for a in (" yes it is a big city", " no")
     ]
     torch.testing.assert_close(scores.sums[0], torch.tensor(want, dtype=torch.float64), atol=1e-5, rtol=0)
+
+
+def test_a_nan_score_is_refused_not_counted_as_a_wrong_answer(tmp_path: Path) -> None:
+    questions = load_truthfulqa(_write_csv(tmp_path / "tqa.csv", HEADER, ROWS))
+    table = dict(LOGP, **{"Gamma.": float("nan")})  # a float16 overflow, say
+    # before: NaN > x is False (MC1 wrong) and MC2's mass was NaN, so its bootstrap interval was NaN too
+    with pytest.raises(InputError, match="NaN"):
+        evaluate_truthfulqa(TableScorer(table), questions, n_boot=20)
+    # a log-probability of -inf (an answer the model cannot produce) is a score, not an error
+    far = dict(LOGP, **{"Gamma.": float("-inf")})
+    assert evaluate_truthfulqa(TableScorer(far), questions, n_boot=20).mc1.n == 3

@@ -312,6 +312,13 @@ def truthfulqa_result(
     scores = option_scores.reduce(reduction)
     if len(scores) != len(questions):
         raise InputError(f"{len(scores)} scored questions but {len(questions)} questions; score these questions")
+    # NaN compares False (MC1 counted wrong) and makes MC2's mass and its bootstrap interval NaN; -inf is a score
+    bad = [k for k, s in enumerate(scores) if bool(torch.isnan(s).any())]
+    if bad:
+        raise InputError(
+            f"the model's answer log-probabilities hold NaN for {len(bad)} of {len(questions)} questions (first: "
+            f"{questions[bad[0]].question[:60]!r}); check its numerics (e.g. load it in float32)"
+        )
     mc1 = torch.tensor([mc1_correct(s[i1], q.mc1_labels) for s, (i1, _), q in zip(scores, index, questions)])
     mc2 = torch.tensor([mc2_mass(s[i2], q.mc2_labels) for s, (_, i2), q in zip(scores, index, questions)],
                        dtype=torch.float64)  # fmt: skip
