@@ -291,3 +291,19 @@ def test_a_three_word_text_gets_one_word_at_a_quarter_share(via: str) -> None:
     (r,) = attack.attack(["good movie day"], [1])
     assert C.max_words_for_share(0.25, 3) == 1
     assert r.status == "succeeded" and len(r.changed) == 1 and sentiment(r.perturbed) < 0
+
+
+def test_gradient_steps_leave_the_mode_and_every_sample_a_query() -> None:
+    """:meth:`TextGradSearch.sample` gives the mode plus ``samples`` draws: the steps must stop with
+    ``samples + 1`` queries left, or the budget cuts the last draw before the model sees it."""
+    clf = Classifier(sentiment_model())
+    samples = 6
+    search = TextGradSearch(clf, budget_words=2, steps=50, samples=samples)
+    attack = _attack(search, 2, budget=20)
+    problem = Problem(attack, AttackedText.from_text(_positive_texts(1)[0]), 1, None, torch.Generator().manual_seed(0))
+    problem.query([problem.original])  # the original's query, as Attack makes it
+    rel = build_relaxation(clf, problem, 20)
+    assert rel is not None
+    search.optimise(problem, rel)
+    assert problem.remaining == samples + 1
+    assert len(search.sample(rel, *search.optimise(problem, rel), torch.Generator().manual_seed(0))) == samples + 1

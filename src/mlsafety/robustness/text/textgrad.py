@@ -244,8 +244,8 @@ class TextGradSearch(SearchMethod):
                 old = base[pos]  # (S, T, D)
             flat = pos[tm]
             for _ in range(self.steps):
-                if problem.remaining is not None and problem.remaining <= self.samples:
-                    break  # keep the rest of the budget for the sampled texts
+                if problem.remaining is not None and problem.remaining <= self.samples + 1:
+                    break  # keep the rest of the budget for the sampled texts: the mode and the samples draws
                 problem.queries += 1
                 zv = z.clone().requires_grad_(True)
                 uv = u.clone().requires_grad_(True)
