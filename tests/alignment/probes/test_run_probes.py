@@ -163,3 +163,21 @@ def test_no_test_item_reaches_a_fit_and_the_honesty_gap_is_the_hand_computed_sha
         assert (report.gap[key].value, report.gap[key].n) == (k / n, n)
         assert (report.gap[key].ci_low, report.gap[key].ci_high) == clopper_pearson(k, n)
     assert 0 < report.gap["clean"].value < 1
+
+
+def test_nan_answer_log_probabilities_are_refused_when_read(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mlsafety.alignment import AnswerStates
+    from mlsafety.alignment.probes import evaluate
+
+    real = evaluate.answer_states
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        states = real(*args, **kwargs)
+        states.logprob[-1] = float("nan")  # one x- answer, e.g. a float16 overflow
+        return AnswerStates(states.hidden, states.logprob, states.n_answer_tokens)
+
+    monkeypatch.setattr(evaluate, "answer_states", broken)
+    lm = LanguageModel(tiny_llama())
+    # before: NaN > 0 is False, so the item's stated answer read as "no" in the zero-shot rows and the honesty gap
+    with pytest.raises(InputError, match="NaN"):
+        contrast_states(lm, statement_pairs(8))

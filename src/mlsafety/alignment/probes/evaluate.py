@@ -65,6 +65,12 @@ def contrast_states(
     n = len(prompts)
     t = pairs.template
     states = answer_states(lm, prompts + prompts, [t.yes] * n + [t.no] * n, batch_size, progress)
+    # NaN > 0 is False: a NaN log-probability would read as the stated answer "no" (zero-shot rows, honesty gap)
+    if not bool(torch.isfinite(states.logprob).all() and torch.isfinite(states.hidden).all()):
+        raise InputError(
+            f"the model's answer log-probabilities or hidden states on {pairs.dataset!r} hold NaN or infinite "
+            "values; check its numerics (e.g. load it in float32)"
+        )
     return ContrastStates(states.hidden[:n], states.hidden[n:], states.logprob[:n], states.logprob[n:], pairs.labels)
 
 
