@@ -291,6 +291,7 @@ def write_md(out: dict[str, Any]) -> None:
         f"Victim `{out['victim']}`, data: {out['data']}, query budget {out['budget']} per example, "
         f"{out['threads']} torch thread(s); wall times are the median of {out.get('repeats', 1)} interleaved "
         f"run(s). {out['note']}.",
+        *([f"Re-measured: {out['rerun']}."] if out.get("rerun") else []),
         "",
         "| run | success rate | accuracy under attack | perturbed-word share | queries / attacked example "
         "| wall s | s / attacked example | forward calls |",
