@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.table import Table
 
 from mlsafety.cli._common import NonEmptyPath, Seed, friendly, out_console, print_wrote
@@ -20,14 +21,29 @@ def zoo_list() -> None:
     """Show the embedded models and datasets: kind, name, modality, size, source and description."""
     from mlsafety import zoo as zoo_lib
 
-    table = Table(box=None)
-    for column in ("kind", "name", "modality", "size"):
-        table.add_column(column, no_wrap=True)
-    table.add_column("source", ratio=1)
-    table.add_column("description", ratio=2)
-    for entry in zoo_lib.available():
-        table.add_row(entry.kind, entry.name, entry.modality, entry.size, entry.source, entry.description)
-    out_console.print(table)
+    entries = zoo_lib.available()
+
+    def table_of(wrapped: bool) -> Table:
+        table = Table(box=None)
+        for column in ("kind", "name", "modality", "size"):
+            table.add_column(column, no_wrap=True)
+        if wrapped:
+            table.add_column("source", ratio=1)
+            table.add_column("description", ratio=2)
+        for e in entries:
+            table.add_row(e.kind, e.name, e.modality, e.size, *((e.source, e.description) if wrapped else ()))
+        return table
+
+    # The four fixed columns alone fill 80 columns, and Rich drops a wrapping column that gets no room
+    # (source and description vanished in a pipe or an 80-column terminal): print at least wide enough
+    # for both to wrap in.
+    fixed = table_of(False).__rich_measure__(out_console, out_console.options.update(width=100_000)).maximum
+    width = max(out_console.width, fixed + _WRAPPED_COLUMNS_WIDTH)
+    Console(width=width, markup=False, highlight=False, file=out_console.file).print(table_of(True))
+
+
+_WRAPPED_COLUMNS_WIDTH = 90
+"""Room given to the source and description columns of ``zoo list`` at least."""
 
 
 @zoo.command("install-assets")
