@@ -120,7 +120,7 @@ def _read_prompts(path: str, flag: str) -> list[str]:
     if not file.is_file():
         raise _bad(f"{flag} {path}: file not found; give a text file with one prompt per line")
     try:
-        lines = [line.rstrip("\r") for line in file.read_text(encoding="utf-8").split("\n")]
+        lines = [line.rstrip("\r") for line in file.read_text(encoding="utf-8-sig").split("\n")]
     except UnicodeDecodeError:
         raise _bad(f"{flag} {path} is not UTF-8 text; save it as UTF-8, one prompt per line") from None
     prompts = [line for line in lines if line.strip()]

@@ -255,7 +255,7 @@ def read_class_file(file: str | Path) -> list[str]:
     """
     file = Path(file)
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read the class list {file}: {exc}") from None
     if file.suffix == ".json":

@@ -128,8 +128,11 @@ def load_ethics(subset: str, path: str | Path) -> EthicsSubset:
     p = Path(path)
     if not p.is_file():
         raise InputError(f"{p}: no such file; pass the path of an ETHICS {subset} CSV")
-    with p.open(newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
+    try:
+        with p.open(newline="", encoding="utf-8-sig") as f:  # a byte-order mark (Excel) is not part of the header
+            rows = list(csv.reader(f))
+    except UnicodeDecodeError:
+        raise InputError(f"{p.name}: not UTF-8 text; save it as UTF-8") from None
     if not rows:
         raise InputError(f"{p.name}: the file is empty")
     first: list[str] = []

@@ -31,6 +31,7 @@ question is scored once even when it appears in both MC1 and MC2.
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -114,7 +115,11 @@ def load_truthfulqa_csv(path: str | Path) -> list[MCQuestion]:
         InputError: a missing file or column, a row without a best, correct or incorrect answer.
     """
     p = _existing(path)
-    with p.open(newline="", encoding="utf-8") as f:
+    try:
+        text = p.read_bytes().decode("utf-8-sig")  # line ends kept for csv; a byte-order mark (Excel) dropped
+    except UnicodeDecodeError:
+        raise InputError(f"{p.name}: not UTF-8 text; save it as UTF-8") from None
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         header = [h.strip() for h in (reader.fieldnames or [])]
         missing = [c for c in CSV_COLUMNS if c not in header]
@@ -156,7 +161,7 @@ def load_truthfulqa_json(path: str | Path) -> list[MCQuestion]:
     """
     p = _existing(path)
     try:
-        data = json.loads(p.read_text(encoding="utf-8"))
+        data = json.loads(p.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{p.name}: not valid JSON ({exc}); pass TruthfulQA's mc_task.json") from None
     if not isinstance(data, list) or not data:

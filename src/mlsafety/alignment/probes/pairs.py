@@ -220,7 +220,7 @@ def load_qa_rows(path: str | Path, name: str | None = None, template: Template |
     if not path.is_file():
         raise InputError(f"{path}: no such file; pass a .csv or .jsonl of question, answer, label rows")
     try:
-        content = path.read_text(encoding="utf-8")
+        content = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel) is not part of the header
     except UnicodeDecodeError:
         raise InputError(f"{path}: not UTF-8 text; save it as UTF-8") from None
     rows: list[Mapping[str, object]]
