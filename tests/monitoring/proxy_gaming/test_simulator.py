@@ -72,6 +72,8 @@ def test_reinforce_raises_the_proxy_and_starts_at_pi0(world) -> None:  # type: i
     torch.testing.assert_close(run.gold, again.gold)
     tab = reinforce(world.pi0, proxy, world.gold, steps=20, lr=0.05, checkpoint_every=20)
     assert float(tab.proxy[-1]) > float(tab.proxy[0])
+    odd = reinforce(world.pi0, proxy, world.gold, features=world.features, steps=25, lr=0.02, checkpoint_every=10)
+    assert odd.step.tolist() == [0, 10, 20, 25]  # the final policy is recorded when steps is not a multiple
 
 
 def test_reinforce_with_a_kl_penalty_reaches_the_tilted_optimum() -> None:

@@ -66,7 +66,7 @@ def reinforce(
         batch_size: samples per step (>= 2, for the leave-one-out baseline).
         lr: Adam's learning rate.
         kl_coef: weight of the per-sample KL penalty (0: none).
-        checkpoint_every: steps between checkpoints.
+        checkpoint_every: steps between checkpoints (the last step is always one).
         seed: seeds the policy's samples.
     """
     if not all(isinstance(t, torch.Tensor) for t in (pi0, proxy, gold)):
@@ -113,7 +113,7 @@ def reinforce(
         opt.zero_grad()
         loss.backward()
         opt.step()
-        if step % checkpoint_every == 0:
+        if step % checkpoint_every == 0 or step == steps:  # the final policy always: the run's end point
             record(step)
     t = torch.tensor(rows, dtype=torch.float64)
     return PolicyGradientRun(step=t[:, 0].long(), gold=t[:, 1], proxy=t[:, 2], kl=t[:, 3])
