@@ -7,7 +7,7 @@ import sys
 import click
 from rich.table import Table
 
-from mlsafety.cli._common import IMAGE_SIZE_OPTION, MAX_BOOT, NonEmptyPath, friendly, out_console
+from mlsafety.cli._common import IMAGE_SIZE_OPTION, MAX_BOOT, NonEmptyPath, friendly, out_console, print_wide
 from mlsafety.cli._help import LazyHelp
 from mlsafety.core import InputError
 
@@ -137,7 +137,7 @@ def ood_eval(model: str, weights: str | None, data: str | None, image_size: tupl
                 f"{m['fpr95_id_positive'].value:.4f}",
                 f"{m['fpr95_ood_positive'].value:.4f}",
             )
-    out_console.print(table)
+    print_wide(table)  # at the terminal's width Rich cut the detector names ("mahalano..." at 80 columns)
     out_console.print(
         f"fitted on {audit_data.fit.name} ({len(audit_data.fit)} inputs); "
         f"in-distribution: {audit_data.test.name} ({len(audit_data.test)} inputs)",
