@@ -251,7 +251,11 @@ def run_audit(
             _Tracker(plan, budget, start - _startup(budget, start), checks, fixed, ctx) if plan is not None else None
         )
         pending = [(i, c, t) for i, (c, t) in enumerate(work) if (c.name, t.key) not in done]
-        if tracker is not None and budget is not None and getattr(runner, "name", "") == "local":
+        deadlines = getattr(runner, "name", "") == "local"  # on Ray every task is sent at once, with no deadline
+        if tracker is not None:  # the ETA: Ray's tasks run side by side, and past the budget (nothing stops them)
+            tracker.deadlines = deadlines
+            tracker.workers = int(getattr(runner, "slots", lambda: 1)())
+        if tracker is not None and budget is not None and deadlines:
             # every task gets a deadline from the budget's share of its check; its long loops stop there and
             # store rows for the n they reached, so every check is present and no task is cut whole
             counts: dict[str, int] = {}
@@ -560,6 +564,10 @@ class _Tracker:
         """Tasks of each check not yet run (in the run's order: the checks still to come are those with some)."""
         self.check_end: dict[str, float] = {}
         """``perf_counter()`` by which each started check should end: its share of the budget left when it began."""
+        self.deadlines = True
+        """Whether the tasks get deadlines from the budget (the local executor), so none runs past it."""
+        self.workers = 1
+        """Tasks that run side by side (a Ray cluster's CPUs; 1: one after another in this process)."""
 
     def allot(self, check: str) -> float:
         """Seconds the next task of ``check`` may take. While the work after it fits what is left of the budget
@@ -642,12 +650,18 @@ class _Tracker:
         self.spent[check] = self.spent.get(check, 0.0) + seconds
 
     def eta(self) -> float:
-        """Predicted seconds left: the checks' predictions scaled by the measured speed; under a budget at most
-        what is left of it (the tasks' deadlines stop their loops there)."""
+        """Predicted seconds left: the checks' predictions scaled by the measured speed, spread over
+        :attr:`workers` (at least the dearest check's rest: when the checks outnumber the workers a check's tasks
+        travel together); with :attr:`deadlines` and a budget, at most what is left of it (the deadlines stop
+        the tasks' loops there). Without deadlines (Ray) the budget bounds nothing: capped by it, the ETA of a
+        run past its budget read "about 1 s left" while each task still took a minute."""
         f = self._factor()
-        left = sum(max(0.0, self.predicted[c] * f - self.spent.get(c, 0.0)) for c in self.predicted
-                   if c != "forward passes" and c in self.checks) + self._shared_left()  # fmt: skip
-        return left if self.budget is None else min(left, max(0.0, self.left()))
+        rest = [max(0.0, self.predicted[c] * f - self.spent.get(c, 0.0)) for c in self.predicted
+                if c != "forward passes" and c in self.checks]  # fmt: skip
+        left = sum(rest) + self._shared_left()
+        if self.workers > 1:
+            left = max(left / self.workers, max(rest, default=0.0))
+        return left if self.budget is None or not self.deadlines else min(left, max(0.0, self.left()))
 
     def replan(self, check: str) -> None:
         """Choose the sizes of the knobs of checks not yet started to fit what is left of the budget."""
