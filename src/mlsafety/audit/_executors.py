@@ -27,11 +27,14 @@ tasks are sent at once, so the first plan's sizes are kept (and stored as such).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.machinery
 import os
+import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -166,7 +169,15 @@ def _worker_run(
 
 
 def import_ray() -> Any:
-    """The ``ray`` module, or :class:`InputError` saying how to install it."""
+    """The ``ray`` module, or :class:`InputError` saying how to install it.
+
+    Ray's C++ failure signal handler is turned off unless the environment says otherwise
+    (``RAY_DISABLE_FAILURE_SIGNAL_HANDLER``, read when Ray is first imported, and by the Ray processes started
+    from here): it printed "*** SIGTERM received at ..." lines, and ``ray.shutdown`` uninstalls it by setting
+    SIGTERM to the default action, so a SIGTERM while Ray shut down, or after, killed the audit with no message
+    and left a Ray process running. Deviation: a crashing Ray worker then prints no C++ stack trace (its
+    Python error is reported as before)."""
+    os.environ.setdefault(NO_FAILURE_HANDLER, "1")
     try:
         import ray
     except ImportError:
@@ -211,6 +222,92 @@ def _pickle_user_modules(ctx: AuditContext) -> None:
             cloudpickle.register_pickle_by_value(mod)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""The signals that stop an audit (the CLI turns both into :class:`KeyboardInterrupt`)."""
+
+NO_FAILURE_HANDLER = "RAY_DISABLE_FAILURE_SIGNAL_HANDLER"
+
+
+@contextlib.contextmanager
+def _caller_signal_handlers() -> Iterator[None]:
+    """Put back, after the block, the SIGINT / SIGTERM handlers the caller set (a Python function or SIG_IGN).
+
+    ``ray.init`` replaces them: it installs a SIGTERM handler that calls ``sys.exit`` (and, starting a node, one
+    that stops Ray's processes and exits 1), and its C++ core a failure handler that prints "*** SIGTERM
+    received at ..." lines. With those, SIGTERM stopped a CLI audit as a failure: no --resume line, the run
+    stored ``failed``, exit 15 or 1. A caller that left the default keeps Ray's handlers. Main thread only
+    (elsewhere no handler can be set). The C++ failure handler is kept out by :func:`import_ray`."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in before.items():
+            if callable(handler) or handler == signal.SIG_IGN:
+                signal.signal(s, handler)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold SIGINT / SIGTERM while the block runs (Ray shutting down: stopped half-way it leaves its processes
+    running) and deliver them after it, to the handlers in force before it. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    got: list[int] = []
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    held = [s for s, h in before.items() if h is not None]  # None: a handler not set from Python, left alone
+    for s in held:
+        signal.signal(s, lambda signum, _frame: got.append(signum))
+    try:
+        yield
+    finally:
+        for s in held:
+            signal.signal(s, before[s])
+        for s in dict.fromkeys(got):
+            signal.raise_signal(s)
+
+
+@contextlib.contextmanager
+def _handlers_own_errors() -> Iterator[None]:
+    """Around a blocking Ray call: what a SIGINT / SIGTERM handler raised, not Ray's bare KeyboardInterrupt.
+
+    ``ray.get``, ``ray.wait`` and a stream's ``next`` run the Python signal handlers while they wait, but turn
+    the exception a handler raised into a new, bare :class:`KeyboardInterrupt`: the CLI's, which names the
+    signal (exit 143 for SIGTERM, 130 for SIGINT), was lost, and SIGTERM read as SIGINT. The handlers are
+    wrapped for the call so that what they raise is re-raised instead. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    raised: list[BaseException] = []
+
+    def keeping(handler: Callable[[int, Any], Any]) -> Callable[[int, Any], Any]:
+        def wrapper(signum: int, frame: Any) -> Any:
+            try:
+                return handler(signum, frame)
+            except BaseException as exc:
+                raised.append(exc)
+                raise
+
+        return wrapper
+
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    wrapped = {s: h for s, h in before.items() if callable(h)}
+    for s, h in wrapped.items():
+        signal.signal(s, keeping(h))
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if raised and exc is not raised[-1]:
+            raise raised[-1] from None
+        raise
+    finally:
+        for s, h in wrapped.items():
+            signal.signal(s, h)
+
+
 class RayExecutor:
     """The audit's tasks as Ray tasks, each asking for one CPU (and one GPU when the model is on one).
 
@@ -222,7 +319,9 @@ class RayExecutor:
         connect_timeout: seconds an address may take to accept a connection.
 
     An executor that started or joined Ray shuts its session down in :meth:`close` (for a cluster: the
-    driver disconnects); a session the caller started is left running.
+    driver disconnects); a session the caller started is left running. Starting Ray keeps the caller's SIGINT
+    and SIGTERM handlers (``ray.init`` replaces them with its own); a signal that arrives while Ray shuts down
+    is delivered once it is down.
 
     Deviation: Ray 2.60 cannot be bound to 127.0.0.1 from ``ray.init``: it replaces a loopback node address
     with the machine's reachable one (``ray._private.services.resolve_ip_for_localhost``) and its gRPC
@@ -260,13 +359,14 @@ class RayExecutor:
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report over the network
         common: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "logging_level": "ERROR"}
         try:
-            if self.address is None:
-                ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **common)
-                self._owned = True
-            else:
-                common.pop("include_dashboard")
-                ray.init(address=self.address, **common)
-                self._owned = True
+            with _caller_signal_handlers():
+                if self.address is None:
+                    ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **common)
+                    self._owned = True
+                else:
+                    common.pop("include_dashboard")
+                    ray.init(address=self.address, **common)
+                    self._owned = True
         except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise InputError(f"cannot start or join Ray ({self.address or 'local'}): {first}") from None
@@ -290,7 +390,8 @@ class RayExecutor:
 
     def close(self) -> None:
         if self._owned and self.ray.is_initialized():
-            self.ray.shutdown()
+            with _signals_held():
+                self.ray.shutdown()
         self._owned = False
 
     def __enter__(self) -> RayExecutor:
@@ -349,19 +450,22 @@ class RayExecutor:
                     yield i, check, task, result, time.perf_counter() - t0
                     continue
                 if i in unit_of:  # each stream yields its tasks in the run's order
-                    j, result, seconds = _get(ray, next(streams[unit_of[i]]))
+                    with _handlers_own_errors():
+                        j, result, seconds = _get(ray, next(streams[unit_of[i]]))
                     assert j == i, (j, i)
                     yield i, check, task, result, seconds
                     continue
                 while i not in ready:
-                    done, waiting = ray.wait(waiting, num_returns=1)
-                    for ref in done:
-                        ready[refs[ref]] = _get(ray, ref)
+                    with _handlers_own_errors():
+                        done, waiting = ray.wait(waiting, num_returns=1)
+                        for ref in done:
+                            ready[refs[ref]] = _get(ray, ref)
                 result, seconds = ready.pop(i)
                 yield i, check, task, result, seconds
             for key in list(streams):
-                for _ in streams[key]:  # the generator's end: Ray finishes the task before it is forgotten
-                    pass
+                with _handlers_own_errors():
+                    for _ in streams[key]:  # the generator's end: Ray finishes the task before it is forgotten
+                        pass
                 del streams[key]
         finally:
             for ref in waiting:  # an interruption or a failed task: stop what is still queued

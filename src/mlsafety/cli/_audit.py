@@ -292,6 +292,7 @@ def audit(
 
     if status is not None:
         status.start()
+    result = None
     try:
         result = run_audit(
             cfg, db=db, report=report_path, resume=resume, progress=progress,
@@ -304,7 +305,11 @@ def audit(
     finally:
         if status is not None:
             status.stop()
-        getattr(runner, "close", lambda: None)()  # a Ray this command started is shut down
+        try:
+            getattr(runner, "close", lambda: None)()  # a Ray this command started is shut down
+        except KeyboardInterrupt as stop:  # a signal held while Ray shut down, raised once it is down
+            if result is not None:  # else the command is already on its way out (an error or a stop said so)
+                _stopped_after_run(result, getattr(stop, "signum", signal.SIGINT))
     if as_json:
         click.echo(json.dumps(_payload(result), indent=1))
     else:
@@ -335,6 +340,14 @@ def _interrupted(stop: Any, db: str | None) -> NoReturn:
             f"continue with: {resume_command(click.get_current_context())}",
         )
     sys.exit(exit_code_for(stop.signum))
+
+
+def _stopped_after_run(result: Any, signum: int) -> NoReturn:
+    """A signal that came once the run was complete and stored (while Ray shut down): say so, exit 128 + N."""
+    report = f"; report: {result.report_path}" if result.report_path else ""
+    line("interrupted:", f"stopped by {signal.Signals(signum).name} after the run; run {result.run_id} is complete "
+         f"and stored{report}")  # fmt: skip
+    sys.exit(exit_code_for(signum))
 
 
 def _warn_truncated(rows: Any) -> None:
