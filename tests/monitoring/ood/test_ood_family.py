@@ -171,3 +171,21 @@ def test_evaluate_is_the_cache_and_the_metrics(small_net, small_data, small_test
         det.score(small_net, small_test), det.score(small_net, ood_x), 20, derive_seed(1, "noise", "energy")
     )
     assert got["noise"]["energy"] == want
+
+
+def test_score_cache_fits_kl_matching_templates_on_the_held_out_data(small_net, small_data, small_test) -> None:
+    """Hendrycks et al. (2022) build KL matching's class templates from validation inputs (pytorch-ood:
+    ``d_y = E_{x ~ X_val}[p(y | x)]``); on the training data the model has fitted, the templates come out
+    sharper than the posteriors of new in-distribution inputs."""
+    from mlsafety.core import ArrayDataset
+
+    g = torch.Generator().manual_seed(6)
+    held = ArrayDataset(torch.rand(40, 1, 8, 8, generator=g), torch.randint(0, 3, (40,), generator=g))
+    cache = ood.ScoreCache(small_net, small_data, ["kl-matching"], inputs={"in": small_test}, held_out=held)
+    (det,) = cache.detectors
+    want = ood.create("kl-matching").fit(small_net, held)
+    other = ood.create("kl-matching").fit(small_net, small_data)
+    assert det.templates_.shape == want.templates_.shape
+    torch.testing.assert_close(det.templates_, want.templates_)
+    assert det.templates_.shape != other.templates_.shape or not torch.allclose(det.templates_, other.templates_)
+    assert cache.info["kl-matching"]["fitted_on"] == "held-out data"

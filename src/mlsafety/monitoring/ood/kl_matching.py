@@ -13,6 +13,11 @@ class KLMatching(Detector):
     """Anomaly score ``min_k KL(p || d_k)``, where ``d_k`` is the mean softmax of in-distribution
     inputs the model assigns to class ``k`` (predicted, not true, classes, as in the paper).
 
+    The paper forms the templates from held-out validation inputs: fit this detector on such data; a
+    :class:`~mlsafety.monitoring.ood.ScoreCache` given ``held_out`` data (the audit's validation data when it
+    has training data) fits it there. On the model's training data the templates come out sharper than the
+    posteriors of new in-distribution inputs, which then look less typical.
+
     Learned: ``templates_`` (K', K), one per class the model predicts on the fit data. A class it never
     predicts there has no template and is left out of the minimum (a template at the overall mean softmax, a
     flat mixture, would make flat, OOD-like predictions look typical).
@@ -20,6 +25,7 @@ class KLMatching(Detector):
 
     needs = frozenset({"logits"})
     requires_fit = True
+    fit_held_out = True
 
     def _fit(self, clf: Classifier, outputs: Outputs, labels: torch.Tensor) -> None:
         p = outputs.logits.softmax(dim=1).double()
