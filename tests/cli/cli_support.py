@@ -21,3 +21,29 @@ def one_error_line(result, *needles):
     for needle in needles:
         assert needle in lines[0], lines[0]
     return lines[0]
+
+
+def slow_model_source(delay: float) -> str:
+    """A model file (``slow.py:slow``) whose every forward pass sleeps ``delay`` s, so a signal sent to an audit
+    arrives while tasks remain."""
+    return f"""
+import time
+
+import torch
+from torch import nn
+
+
+class Slow(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+
+    def forward(self, x):
+        time.sleep({delay})
+        return self.net(x)
+
+
+def slow():
+    return Slow()
+"""

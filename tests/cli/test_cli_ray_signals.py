@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from mlsafety.audit import _engine as engine
 from mlsafety.audit import _executors as executors
 from mlsafety.cli import main
-from tests.cli.cli_support import without_progress
+from tests.cli.cli_support import slow_model_source, without_progress
 
 # 1. signals around Ray's calls (the helpers, without Ray), then a real audit on a local Ray
 
@@ -114,27 +114,7 @@ def test_a_sigterm_while_ray_shuts_down_reaches_the_callers_handler(tmp_path):
     assert "SIGTERM received" not in done.stderr
 
 
-SLOW = """
-import time
-
-import torch
-from torch import nn
-
-
-class Slow(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-
-    def forward(self, x):
-        time.sleep(0.3)  # slow on purpose, so the signal arrives while tasks remain
-        return self.net(x)
-
-
-def slow():
-    return Slow()
-"""
+SLOW = slow_model_source(0.3)  # slow on purpose, so the signal arrives while tasks remain
 
 
 def _descendants(pid):

@@ -18,29 +18,9 @@ import time
 
 import pytest
 
-from tests.cli.cli_support import without_progress
+from tests.cli.cli_support import slow_model_source, without_progress
 
-SLOW = """
-import time
-
-import torch
-from torch import nn
-
-
-class Slow(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
-
-    def forward(self, x):
-        time.sleep(0.05)  # slow on purpose, so the signal arrives while tasks remain
-        return self.net(x)
-
-
-def slow():
-    return Slow()
-"""
+SLOW = slow_model_source(0.05)  # slow on purpose, so the signal arrives while tasks remain
 
 
 def _tasks(db):
