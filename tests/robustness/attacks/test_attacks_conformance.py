@@ -104,6 +104,20 @@ def test_float64_inputs_keep_dtype(
 
 
 @pytest.mark.parametrize(("name", "norm"), CASES)
+def test_float64_models_are_attacked(
+    name: str, norm: str, net: nn.Module, data: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """A float64 model gives float64 losses and distances: APGD's and FAB's per-point bests once were
+    float32 buffers, and writing a float64 loss into them raised instead of attacking."""
+    x, y = data
+    net64 = net.double()
+    x_adv = make(name, norm)(net64, x, y)
+    assert x_adv.dtype == x.dtype
+    assert float(lp_norm(x_adv - x, norm).max()) <= 0.1 * (1 + 1e-5) + 1e-6
+    assert all(p.dtype == torch.float64 for p in net64.parameters())
+
+
+@pytest.mark.parametrize(("name", "norm"), CASES)
 def test_seeded_determinism(name: str, norm: str, net: nn.Module, data: tuple[torch.Tensor, torch.Tensor]) -> None:
     x, y = data
     a = make(name, norm, seed=3)(net, x, y)

@@ -79,10 +79,10 @@ def apgd_run(
     xa = _start(x, eps, norm, g)
     x_out = xa.clone()
     hit_all = torch.zeros(n, dtype=torch.bool, device=x.device)
-    loss_out = torch.full((n,), float("-inf"), device=x.device)
     pos = torch.arange(n, device=x.device)
 
     logits, loss, grad = input_gradient(clf, xa, objective, idx)
+    loss_out = torch.full_like(loss, float("-inf"))  # the objective's dtype (float64 for a float64 model)
     hit = succeeded(logits, xa, idx)
     state = {
         "x": x,
@@ -202,7 +202,9 @@ def run_restarts(
     n = x.shape[0]
     done = torch.zeros(n, dtype=torch.bool, device=x.device) if done is None else done.clone()
     x_adv = x.clone() if x_adv is None else x_adv.clone()
-    best_loss = torch.full((n,), float("-inf"), device=x.device) if best_loss is None else best_loss.clone()
+    best_loss = (
+        torch.full((n,), float("-inf"), device=x.device, dtype=x.dtype) if best_loss is None else best_loss.clone()
+    )
     steps, rho, early = getattr(attack, "steps", 100), getattr(attack, "rho", 0.75), getattr(attack, "early_stop", True)
     for _ in range(getattr(attack, "restarts", 1)):
         idx = (~done).nonzero()[:, 0]
@@ -211,7 +213,7 @@ def run_restarts(
         out, hit, loss = apgd_run(clf, x[idx], idx, objective, succeeded, attack.eps, attack.norm, steps, g, rho, early)
         better = hit | (loss > best_loss[idx])
         x_adv[idx[better]] = out[better]
-        best_loss[idx[better]] = loss[better]
+        best_loss[idx[better]] = loss[better].to(best_loss.dtype)
         done[idx[hit]] = True
     return x_adv, done, best_loss
 

@@ -28,7 +28,7 @@ class APGDT(TargetSweep):
         targets = self.target_classes(clf, x)
         succeeded = make_success(None, y, None, False)
         done = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-        x_adv, best = x.clone(), torch.full((x.shape[0],), float("-inf"), device=x.device)
+        x_adv, best = x.clone(), torch.full((x.shape[0],), float("-inf"), device=x.device, dtype=x.dtype)
         for tgt in targets:
 
             def objective(logits: torch.Tensor, xa: torch.Tensor, idx: torch.Tensor, tgt: torch.Tensor = tgt):

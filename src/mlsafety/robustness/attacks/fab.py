@@ -98,7 +98,7 @@ class FABT(TargetSweep):
         else:
             xk = x.clone()
         best = x.clone()
-        best_norm = torch.full((n,), float("inf"), device=x.device)
+        best_norm = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
         rows = torch.arange(n, device=x.device)
         for _ in range(self.steps):
             xg = xk.detach().requires_grad_(True)
