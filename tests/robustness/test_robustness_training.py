@@ -59,3 +59,14 @@ def test_training_input_checks() -> None:
         adversarial_training(model, ArrayDataset(train.x[:0], train.y[:0]), eps=0.1)
     with pytest.raises(InputError):
         trades_training(model, train, eps=0.1, epochs=0)
+
+
+def test_trades_takes_batches_larger_than_the_attacks_chunk() -> None:
+    """TRADES's KL hook holds the clean probabilities of the whole training batch; PGD once split a
+    batch of more than its default 512 inputs into chunks and the hook raised on a shape mismatch."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(520, 1, 2, 2, generator=g), torch.arange(520) % 2
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+    out = trades_training(model, ArrayDataset(x, y), eps=0.1, steps=1, epochs=1, batch_size=520)
+    assert not out.training

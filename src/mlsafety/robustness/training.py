@@ -124,7 +124,10 @@ def trades_training(
         def kl(logits: torch.Tensor, _y: torch.Tensor, _x: torch.Tensor) -> torch.Tensor:
             return F.kl_div(F.log_softmax(logits, dim=1), p_clean, reduction="none").sum(dim=1)
 
-        attack = PGD(eps=eps, norm=norm, steps=steps, step_size=step_size, loss=kl, early_stop=False)
+        # one chunk for the whole batch: the hook's p_clean is row-aligned with the full batch, and the
+        # attack's default batch_size would hand it logits of the first 512 rows only
+        attack = PGD(eps=eps, norm=norm, steps=steps, step_size=step_size, loss=kl, early_stop=False,
+                     batch_size=x.shape[0])  # fmt: skip
         x_adv = attack(m, x, y, generator=g)
         logits_clean = unwrap_logits(m(x))
         adv_log_probs = F.log_softmax(unwrap_logits(m(x_adv)), dim=1)
