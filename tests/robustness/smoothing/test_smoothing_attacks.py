@@ -85,3 +85,27 @@ def test_smoothed_pgd_on_a_linear_model_steps_straight_away_from_the_label() -> 
     sign = torch.where(y == 1, -1.0, 1.0).view(-1, 1)
     expected = x.flatten(1) + sign * eps * w / w.norm()
     assert torch.allclose(x_adv.flatten(1), expected, atol=1e-5)
+
+
+def test_a_callers_attack_sees_the_certified_model_in_eval_mode_and_leaves_it_unchanged() -> None:
+    """certify runs the base model in eval mode; a caller's attack on SmoothedSoftmax once ran it in the
+    mode it was left in (train), so batch norm normalised by the noisy copies and updated its running
+    statistics: the attack was on another model than the one certified, and the model changed."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(4, 4), nn.BatchNorm1d(4), nn.Linear(4, 3)).train()
+    smoothed = SmoothedClassifier(base, 3, sigma=0.1)
+    x = torch.full((2, 1, 2, 2), 0.5)
+    cert = Certificate(torch.tensor([0, 1]), torch.tensor([0.1, 0.1], dtype=torch.float64),
+                       torch.tensor([0.9, 0.9], dtype=torch.float64), torch.tensor([10, 10]))  # fmt: skip
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    modes = []
+
+    def attack(module: nn.Module, xi: torch.Tensor, yi: torch.Tensor, eps: float) -> torch.Tensor:
+        modes.append(base.training)
+        module(xi)  # a forward pass, as any attack makes
+        return xi
+
+    attack_certificates(smoothed, x, cert, attack=attack, n=20, generator=generator(0, "mode"))
+    assert modes == [False, False]
+    assert base.training
+    assert all(torch.equal(before[k], v) for k, v in base.state_dict().items())

@@ -120,7 +120,8 @@ def attack_certificates(
     """Attack every certified input inside its certified radius and re-check the smoothed prediction.
 
     ``attack(module, x, y, eps) -> x_adv`` attacks one input; it receives :class:`SmoothedSoftmax`
-    (so gradient attacks use Monte-Carlo gradients of the smoothed classifier). By default the
+    (so gradient attacks use Monte-Carlo gradients of the smoothed classifier), with the base model
+    and the denoiser in eval mode and their parameter gradients off (both restored afterwards). By default the
     built-in :func:`smoothed_pgd_l2`. The adversarial input is judged by :meth:`SmoothedClassifier.predict`
     with ``n`` samples at level ``alpha``: a *violation* is a confident prediction of another class,
     which a correct certificate allows only with probability about ``2 * alpha``.
@@ -137,7 +138,11 @@ def attack_certificates(
         x_adv = smoothed_pgd_l2(smoothed, xs, ys, radii, generator=generator)
     else:
         soft = SmoothedSoftmax(smoothed, generator=generator)
-        x_adv = torch.cat([attack(soft, xs[i : i + 1], ys[i : i + 1], float(radii[i])) for i in range(len(idx))])
+        # the base model and denoiser in eval mode, as certify used them: a caller's attack that does
+        # not freeze the module would otherwise run batch norm on the noisy copies and update its
+        # running statistics, attacking (and changing) another model than the one certified
+        with smoothed._frozen():
+            x_adv = torch.cat([attack(soft, xs[i : i + 1], ys[i : i + 1], float(radii[i])) for i in range(len(idx))])
     size = (x_adv - xs).flatten(1).norm(dim=1)
     if bool((size > radii + 1e-4).any()):
         raise InputError(f"attack {name!r} left the L2 ball it was given")
