@@ -266,8 +266,8 @@ def _signals_held() -> Iterator[None]:
     finally:
         for s in held:
             signal.signal(s, before[s])
-        for s in dict.fromkeys(got):
-            signal.raise_signal(s)
+        for signum in dict.fromkeys(got):
+            signal.raise_signal(signum)
 
 
 @contextlib.contextmanager
