@@ -60,6 +60,27 @@ def test_ood_eval_too_little_data_advises_no_val(tmp_path):
     assert "has 5 inputs; give at least 10" in _ood_eval_error(tmp_path / "five.npz")
 
 
+
+@pytest.mark.parametrize(
+    "command",
+    [["tta", "--method", "tent"], ["audit", "--check", "clean"]],
+    ids=["tta", "audit"],
+)
+def test_every_command_gets_advice_in_its_own_options(tmp_path, command):
+    """The advice comes from the audit's shared input checks; each command's line names only options it has
+    (friendly() rewrites the rest), and `audit`, which has --val, keeps it."""
+    np.savez(tmp_path / "five.npz", x=np.random.default_rng(0).random((5, 1, 8, 8), dtype=np.float32), y=np.arange(5))
+    cmd = main.commands[command[0]]
+    args = [*command, "--data", str(tmp_path / "five.npz")]
+    if command[0] == "audit":
+        args += ["--db", str(tmp_path / "db.sqlite"), "--report", ""]
+    error = one_error_line(CliRunner().invoke(main, args))
+    assert "has 5 inputs; give at least 10" in error
+    options = {o for p in cmd.params for o in p.opts}
+    foreign = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", error)) - options
+    assert not foreign, error
+    assert ("--val" in error) == (command[0] == "audit")
+
 def test_ood_eval_wrong_shape_advises_no_channels(tmp_path):
     """A shape the model cannot take: '(see --image-size, --channels)'; ood eval has no --channels."""
     x = np.random.default_rng(0).random((20, 1, 5, 5), dtype=np.float32)

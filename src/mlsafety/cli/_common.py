@@ -105,10 +105,41 @@ def friendly(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except MlsafetyError as exc:
-            line("error:", str(exc))
+            ctx = click.get_current_context(silent=True)
+            line("error:", own_advice(str(exc), command_options(ctx.command)) if ctx is not None else str(exc))
             sys.exit(EXIT_BAD_INPUT)
 
     return wrapper  # type: ignore[return-value]
+
+
+FOREIGN_ADVICE: tuple[tuple[str, str, str], ...] = (
+    ("--val", ", or pass --val", ""),  # without a zoo split, --data gives up 30% as the held-out fit data
+    ("--channels", "(see --image-size, --channels)", "(see --image-size)"),
+    ("--image-size", " (see --image-size)", ""),
+    (
+        "--classes",
+        "give --classes with one name per output",
+        "give a class list (classes.txt) with one name per output",
+    ),
+    ("--classes", "give both the same order (--classes a,b,c)", "give both the same order"),
+    ("--classes", "no --classes or classes.txt given", "no classes.txt given"),
+)
+"""Advice in the audit's input messages (shared by every command that reads a model and data) that names an option
+some commands lack: ``(option, phrase, what the phrase becomes on a command without the option)``, applied in order."""
+
+
+def command_options(command: click.Command) -> set[str]:
+    """Every option name (``--val``, ``-d``, ...) ``command`` takes."""
+    return {name for p in command.params for name in (*p.opts, *p.secondary_opts)}
+
+
+def own_advice(message: str, options: set[str]) -> str:
+    """``message`` with advice naming options the command lacks rewritten to fixes it has (:data:`FOREIGN_ADVICE`):
+    `ood eval` was told to "pass --val", an option only `audit` takes."""
+    for option, phrase, ours in FOREIGN_ADVICE:
+        if option not in options:
+            message = message.replace(phrase, ours)
+    return message
 
 
 class _Stop(KeyboardInterrupt):

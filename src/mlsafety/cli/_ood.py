@@ -9,25 +9,6 @@ from rich.table import Table
 
 from mlsafety.cli._common import IMAGE_SIZE_OPTION, MAX_BOOT, NonEmptyPath, friendly, out_console, print_wide
 from mlsafety.cli._help import LazyHelp
-from mlsafety.core import InputError
-
-_AUDIT_ONLY_ADVICE = (
-    (", or pass --val", ""),  # without a zoo split, --data always gives up 30% as the held-out fit data
-    ("(see --image-size, --channels)", "(see --image-size)"),
-    ("give --classes with one name per output", "give a class list (classes.txt) with one name per output"),
-    ("give both the same order (--classes a,b,c)", "give both the same order"),
-    ("no --classes or classes.txt given", "no classes.txt given"),
-)
-"""Advice in the audit's input messages that names options ``ood eval`` lacks (``--val``, ``--channels``,
-``--classes``), and what it becomes for this command: the fix a user of ``ood eval`` can apply."""
-
-
-def _own_advice(exc: InputError) -> InputError:
-    """``exc`` with its advice in terms of the options ``ood eval`` has (:data:`_AUDIT_ONLY_ADVICE`)."""
-    msg = str(exc)
-    for audit, ours in _AUDIT_ONLY_ADVICE:
-        msg = msg.replace(audit, ours)
-    return exc if msg == str(exc) else InputError(msg)
 
 
 def default_detectors() -> list[str]:
@@ -111,10 +92,7 @@ def ood_eval(model: str, weights: str | None, data: str | None, image_size: tupl
     config = AuditConfig(model=model, weights=weights, data=data, train=train, ood=list(ood_sets) or None, seed=seed,
                          text_column=text_column or "text", label_column=label_column,
                          image_size=image_size or None)  # fmt: skip
-    try:
-        clf, audit_data = prepare_inputs(config)  # the audit's validation: labels, probe pass, finite logits
-    except InputError as exc:
-        raise _own_advice(exc) from None
+    clf, audit_data = prepare_inputs(config)  # the audit's validation: labels, probe pass, finite logits
     sets = {n: d.x for n, d in audit_data.ood.items()}
     result = ood.evaluate(names, clf, audit_data.fit, audit_data.test.x, sets, n_boot=n_boot, seed=seed)
     if as_json:
