@@ -606,3 +606,16 @@ def test_mc_dropouts_cpu_drawn_mask_is_torchs_cpu_dropout_bit_for_bit(p: float, 
     got = ood.cpu_mask_forward(layer)(x.clone())
     assert torch.equal(got, want)
     assert torch.equal(torch.rand(3), after_want)  # the same draws consumed: the next layer's mask agrees too
+
+
+def test_mc_dropout_seeds_only_the_generators_it_forks(small_net, small_test, monkeypatch) -> None:
+    """torch.manual_seed reseeds every GPU's generator too, and fork_rng restores only the model's device: a CPU
+    model's scoring on a GPU machine reset the caller's CUDA stream. Only the CPU's generator is seeded here."""
+    want = ood.create("mc-dropout").score(small_net, small_test)
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("reseeds generators it does not fork")
+
+    monkeypatch.setattr(torch, "manual_seed", refuse)
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", refuse)
+    torch.testing.assert_close(ood.create("mc-dropout").score(small_net, small_test), want, rtol=0, atol=0)

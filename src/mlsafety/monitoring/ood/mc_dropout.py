@@ -74,7 +74,12 @@ class MCDropout(Detector):
         # kinds keep the device's generator)
         swapped = [m for m in dropouts if type(m) is nn.Dropout] if device.type != "cpu" else []
         with frozen(clf.module), torch.inference_mode(), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
+            # the CPU's generator and the model's device's only (torch.manual_seed would reseed every GPU, and
+            # fork_rng restores only the model's): the caller's other generators keep their state
+            torch.random.default_generator.manual_seed(seed)
+            if device.type == "cuda":
+                with torch.cuda.device(device):
+                    torch.cuda.manual_seed(seed)
             for m in dropouts:
                 m.train()
             for m in swapped:
