@@ -60,7 +60,6 @@ def test_ood_eval_too_little_data_advises_no_val(tmp_path):
     assert "has 5 inputs; give at least 10" in _ood_eval_error(tmp_path / "five.npz")
 
 
-
 @pytest.mark.parametrize(
     "command",
     [["tta", "--method", "tent"], ["audit", "--check", "clean"]],
@@ -80,6 +79,7 @@ def test_every_command_gets_advice_in_its_own_options(tmp_path, command):
     foreign = set(re.findall(r"(?<![\w-])--[a-z][a-z-]*", error)) - options
     assert not foreign, error
     assert ("--val" in error) == (command[0] == "audit")
+
 
 def test_ood_eval_wrong_shape_advises_no_channels(tmp_path):
     """A shape the model cannot take: '(see --image-size, --channels)'; ood eval has no --channels."""
