@@ -4,7 +4,8 @@
 #      models, the guard), each comparing the GPU's answers with the CPU's;
 #   2. the full digits-cnn audit with --device cuda and --device cpu on the same machine, row by row;
 #   3. the whole suite on that machine's CPU (another CPU kind), for CPU-dependent assertions.
-# Usage there: bash tools/device_check.sh (wheels of missing packages under .whl/, results under $OUT).
+# Usage there: bash tools/device_check.sh (wheels of missing packages under .whl/: tools/device_wheels.sh fetches
+# them here; results under $OUT).
 # tests/test_install.py is left out there: it reads the installed distribution's metadata, and mlsafety is not installed.
 set -u
 OUT=${OUT:-/tmp/device_out}; mkdir -p "$OUT"
