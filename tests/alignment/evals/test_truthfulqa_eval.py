@@ -198,3 +198,17 @@ def test_a_nan_score_is_refused_not_counted_as_a_wrong_answer(tmp_path: Path) ->
     # a log-probability of -inf (an answer the model cannot produce) is a score, not an error
     far = dict(LOGP, **{"Gamma.": float("-inf")})
     assert evaluate_truthfulqa(TableScorer(far), questions, n_boot=20).mc1.n == 3
+
+
+def test_json_answers_are_stripped_like_the_csvs(tmp_path: Path) -> None:
+    """A JSON answer " Alpha." became "  Alpha." after the scorer's space; an empty one was scored as a blank."""
+    mc1, mc2 = {" Alpha.": 1, "Gamma. ": 0}, {"Alpha.": 1, " Gamma.": 0}
+    items = [{"question": "Q one? ", "mc1_targets": mc1, "mc2_targets": mc2}]
+    path = tmp_path / "mc_task.json"
+    path.write_text(json.dumps(items))
+    (q,) = load_truthfulqa(path)
+    assert q.question == "Q one?" and q.mc1_options == ("Alpha.", "Gamma.") and q.mc2_options == ("Alpha.", "Gamma.")
+    items[0]["mc2_targets"] = {"Alpha.": 1, "  ": 0}
+    path.write_text(json.dumps(items))
+    with pytest.raises(InputError, match="mc2_targets has an empty answer"):
+        load_truthfulqa(path)

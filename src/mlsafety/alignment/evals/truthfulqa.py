@@ -176,7 +176,10 @@ def load_truthfulqa_json(path: str | Path) -> list[MCQuestion]:
             t = item[key]
             if not isinstance(t, Mapping) or not t:
                 raise InputError(f"{p.name} item {i}: {key} must be a mapping answer -> 0 or 1")
-            targets.append((tuple(str(a) for a in t), tuple(_label(v, p.name, i, key) for v in t.values())))
+            answers = tuple(str(a).strip() for a in t)  # the scorer puts one space before an answer, as for the CSV
+            if not all(answers):
+                raise InputError(f"{p.name} item {i}: {key} has an empty answer")
+            targets.append((answers, tuple(_label(v, p.name, i, key) for v in t.values())))
         out.append(MCQuestion(str(item["question"]).strip(), *targets[0], *targets[1], str(item.get("category", ""))))
     return out
 
