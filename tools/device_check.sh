@@ -21,6 +21,7 @@ timeout 240 "${PYTEST[@]}" -k cuda tests/monitoring/ood/test_ood_cuda.py tests/m
   tests/robustness/corruptions/test_corruptions_registry.py tests/cli/test_cli_edges.py \
   tests/robustness/text/test_text_cuda.py tests/alignment/test_alignment_cuda.py tests/guard/test_guard_cuda.py \
   tests/monitoring/transparency/test_transparency_cuda.py tests/audit/test_audit_cuda.py \
+  tests/robustness/attacks/test_attacks_generators.py \
   2>&1 | tee "$OUT/cuda_tests.log" | tail -25
 echo "== 2. digits-cnn audit, cuda against cpu"
 for d in cuda cpu; do

@@ -50,7 +50,7 @@ def draw_seed(generator: torch.Generator) -> int:
     ``torch.random.fork_rng()`` with ``torch.manual_seed(draw_seed(g))`` so the caller's generator
     decides them and the global state is left as it was.
     """
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
+    return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
 
 
 def _sample(fn, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:  # type: ignore[no-untyped-def]

@@ -193,7 +193,7 @@ class Attack(HyperParams):
     def _targets(y: torch.Tensor, k: int, g: torch.Generator) -> torch.Tensor:
         if k < 2:
             raise InputError("a targeted attack needs a model with at least two classes")
-        shift = torch.randint(1, k, y.shape, generator=g).to(y.device)
+        shift = torch.randint(1, k, y.shape, generator=g, device=g.device).to(y.device)  # g may be a GPU's
         return (y + shift) % k
 
 

@@ -28,11 +28,11 @@ def p_selection(p_init: float, it: int, n_queries: int) -> float:
 
 
 def _randint(lo: int, hi: int, g: torch.Generator) -> int:
-    return int(torch.randint(lo, hi, (1,), generator=g))
+    return int(torch.randint(lo, hi, (1,), generator=g, device=g.device))
 
 
 def _signs(shape: tuple[int, ...], g: torch.Generator, device: torch.device) -> torch.Tensor:
-    return (2 * torch.randint(0, 2, shape, generator=g) - 1).to(device=device, dtype=torch.float32)
+    return (2 * torch.randint(0, 2, shape, generator=g, device=g.device) - 1).to(device=device, dtype=torch.float32)
 
 
 def _eta_rectangles(a: int, b: int) -> torch.Tensor:
@@ -54,7 +54,7 @@ def _meta_pseudo_gaussian(s: int, g: torch.Generator) -> torch.Tensor:
     delta[: s // 2] = _eta_rectangles(s // 2, s)
     delta[s // 2 :] = -_eta_rectangles(s - s // 2, s)
     delta = delta / (delta.pow(2).sum().sqrt() + 1e-12)
-    if bool(torch.rand(1, generator=g) > 0.5):
+    if bool(torch.rand(1, generator=g, device=g.device) > 0.5):
         delta = delta.t()
     return delta
 
@@ -118,8 +118,8 @@ class Square(Attack):
     def _linf_proposal(self, x: torch.Tensor, x_best: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
         n, c, h, w = x.shape
         s = min(max(round(math.sqrt(p * h * w)), 1), min(h, w) - 1) if min(h, w) > 1 else 1
-        vh = torch.randint(0, h - s + 1, (n,), generator=g).to(x.device)
-        vw = torch.randint(0, w - s + 1, (n,), generator=g).to(x.device)
+        vh = torch.randint(0, h - s + 1, (n,), generator=g, device=g.device).to(x.device)
+        vw = torch.randint(0, w - s + 1, (n,), generator=g, device=g.device).to(x.device)
         ar_h = torch.arange(h, device=x.device)
         ar_w = torch.arange(w, device=x.device)
         rows = (ar_h[None] >= vh[:, None]) & (ar_h[None] < vh[:, None] + s)

@@ -320,9 +320,9 @@ class DIA(HyperParams):
             label = labels.gather(1, tindex[:, None])[:, 0].cpu()
             gens = [g] * groups if isinstance(g, torch.Generator) else g
             if isinstance(g, torch.Generator):
-                shift = torch.randint(1, k, (groups,), generator=g)
+                shift = torch.randint(1, k, (groups,), generator=g, device=g.device).cpu()
             else:
-                shift = torch.cat([torch.randint(1, k, (1,), generator=gi) for gi in g])
+                shift = torch.cat([torch.randint(1, k, (1,), generator=gi, device=gi.device).cpu() for gi in g])
             # uniform over the classes that are neither the clean prediction nor the label, by
             # redrawing (in batch order) the targets that hit a label the clean prediction misses
             redraw = ((pred + shift) % k == label) & (pred != label) if k > 2 else torch.zeros(groups, dtype=torch.bool)

@@ -200,7 +200,8 @@ def draw_batches(
         )
     if n_batches < 1:
         raise InputError(f"n_batches must be at least 1, got {n_batches}")
-    index = torch.stack([torch.randperm(x.shape[0], generator=generator)[:batch_size] for _ in range(n_batches)])
+    draws = [torch.randperm(x.shape[0], generator=generator, device=generator.device) for _ in range(n_batches)]
+    index = torch.stack([d[:batch_size].cpu() for d in draws])  # a GPU's generator draws on its GPU
     nb = batch_size - n_malicious
     benign_index, mal_index = index[:, :nb].reshape(-1), index[:, nb:].reshape(-1)
     return AttackBatches(index, x[benign_index], x[mal_index], y[benign_index], benign_index, n_batches, n_malicious)
