@@ -12,15 +12,9 @@ import torch
 from mlsafety.alignment import answer_states
 from mlsafety.alignment.probes import TEMPLATES, run_probes, statement_pairs
 from mlsafety.core import LanguageModel
+from tests.support.devices import DEVICES
 from tests.support.text import tiny_gpt2, tiny_llama
 
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
-    ),
-]
 PROMPTS = ["q: is paris a city ? a:", "the movie was", "i saw a big red dog and it", "is london in england ?"]
 ANSWERS = [" yes", " very good", " ran", " no"]
 

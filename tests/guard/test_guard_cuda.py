@@ -10,14 +10,7 @@ import torch
 
 from mlsafety.guard import Guard
 from tests.guard.test_guard_fastpath import _setup
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
-    ),
-]
+from tests.support.devices import DEVICES
 
 
 @pytest.mark.parametrize("n", [1, 3, 40])  # the few-inputs path and the tensor path

@@ -7,14 +7,7 @@ import torch
 from torch import nn
 
 from mlsafety.monitoring.transparency.sanity import _reinit
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
-    ),
-]
+from tests.support.devices import DEVICES
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -13,14 +13,7 @@ from torch import nn
 from mlsafety.core import draw_seed
 from mlsafety.robustness.attacks import Attack, create
 from mlsafety.robustness.tta.evaluate import draw_batches
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
-    ),
-]
+from tests.support.devices import DEVICES
 
 
 @pytest.mark.parametrize("device", DEVICES)

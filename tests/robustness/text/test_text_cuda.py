@@ -15,16 +15,9 @@ from mlsafety.robustness.text.hotflip import HotFlip
 from mlsafety.robustness.text.textgrad import TextGradSearch
 from tests.robustness.text.test_hotflip import _NoRepeat
 from tests.robustness.text.test_textgrad import _Keep, _Pool, _positive_texts
+from tests.support.devices import DEVICES
 from tests.support.linear_text import sentiment, sentiment_model
 from tests.support.text import tiny_bert_classifier, tiny_sentences
-
-DEVICES = [
-    "cpu",
-    pytest.param(
-        "cuda",
-        marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")],
-    ),
-]
 
 
 def _on(model: torch.nn.Module, device: str) -> torch.nn.Module:
