@@ -50,7 +50,7 @@ from mlsafety.audit._inputs import (
 from mlsafety.audit._many import run_many
 from mlsafety.audit._report import render_report, write_report
 from mlsafety.audit._settings import SettingsDiff, row_setting_diff, settings_diff
-from mlsafety.audit._store import Store, default_db_path
+from mlsafety.audit._store import Store, default_db_path, refuse_db_as_output
 from mlsafety.audit.views.defence_in_depth import fmea_report_table
 from mlsafety.audit.views.proxy_gaming import curve_png
 from mlsafety.audit.views.transparency import heatmap_png
@@ -105,6 +105,7 @@ __all__ = [
     "parse_duration",
     "parse_gate_option",
     "prepare_inputs",
+    "refuse_db_as_output",
     "register_check",
     "render_report",
     "resolve_data",

@@ -41,7 +41,7 @@ from mlsafety.audit._context import AuditContext, AuditData
 from mlsafety.audit._executors import Executor, LocalExecutor
 from mlsafety.audit._gates import GateFailure, check_gates_apply, evaluate_gates
 from mlsafety.audit._inputs import AuditConfig, prepare_audit_inputs
-from mlsafety.audit._store import StorageError, Store, default_db_path
+from mlsafety.audit._store import StorageError, Store, default_db_path, refuse_db_as_output
 from mlsafety.core import ArrayDataset, Classifier, Hazard, InputError, Progress, check_output_path, generator
 
 package_version = _fingerprint.package_version
@@ -103,18 +103,10 @@ def check_report_path(report: str | Path | None, db: str | Path | None = None) -
 
     Nothing is created (:func:`mlsafety.core.check_output_path`).
     """
-    import os
-
     from mlsafety.audit._report import default_report_path
 
     path = Path(report) if report else default_report_path("x")
-    db_path = Path(db) if db is not None else default_db_path()
-    same = (
-        os.path.samefile(path, db_path) if path.exists() and db_path.exists() else path.resolve() == db_path.resolve()
-    )
-    if same:
-        raise InputError(f"--report {path} is the results database; writing there would destroy its runs: pass "
-                         "--report path/to/report.html")  # fmt: skip
+    refuse_db_as_output(path, db, "--report", "path/to/report.html")
     check_output_path(path, what="report", flag="--report", example="path/to/report.html")
 
 

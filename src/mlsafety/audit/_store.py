@@ -137,6 +137,22 @@ def default_db_path() -> Path:
     return Path(os.environ.get("MLSAFETY_DB", DEFAULT_DB))
 
 
+def refuse_db_as_output(out: str | Path, db: str | Path | None, flag: str, example: str) -> None:
+    """Raise :class:`InputError` when the output path ``out`` (given as ``flag``) is the results database ``db``
+    (None: :func:`default_db_path`), the same file or the same resolved path: written there, a report would
+    replace the database and every run stored in it. ``example``: a path to suggest instead."""
+    db_path = Path(db) if db is not None else default_db_path()
+    out_path = Path(out)
+    same = (
+        os.path.samefile(out_path, db_path)
+        if out_path.exists() and db_path.exists()
+        else out_path.resolve() == db_path.resolve()
+    )
+    if same:
+        raise InputError(f"{flag} {out} is the results database; writing there would destroy its runs: pass {flag} "
+                         f"{example}")  # fmt: skip
+
+
 @_storage_errors
 class Store:
     """Open (creating if needed) a results database.

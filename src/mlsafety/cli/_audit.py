@@ -23,7 +23,6 @@ from mlsafety.cli._common import (
     out_console,
     print_path,
     print_wide,
-    refuse_db_as_output,
     resume_command,
 )
 from mlsafety.cli._help import EntryDefault
@@ -237,8 +236,6 @@ def audit(
     from mlsafety.audit import AuditConfig, AuditInterrupted, load_config, make_executor, run_audit
     from mlsafety.core import Progress
 
-    if report_path:
-        refuse_db_as_output(report_path, db, "--report", "path/to/report.html")
     runner = make_executor(executor, ray_address)  # Ray missing or an address that does not answer: one line
     cfg = load_config(config_path) if config_path else AuditConfig()
     for name, value in (

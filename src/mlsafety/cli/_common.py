@@ -252,24 +252,6 @@ IMAGE_SIZE_OPTION = click.option(
 )
 
 
-def refuse_db_as_output(out: str | Path, db: str | Path | None, flag: str, example: str) -> None:
-    """Raise :class:`MlsafetyError` when ``out`` is the results database ``db`` (None: the default of --db):
-    written there, the HTML would replace the database and every run stored in it."""
-    from mlsafety.audit import default_db_path
-    from mlsafety.core import InputError
-
-    db_path = Path(db) if db is not None else default_db_path()
-    out_path = Path(out)
-    same = (
-        os.path.samefile(out_path, db_path)
-        if out_path.exists() and db_path.exists()
-        else out_path.resolve() == db_path.resolve()
-    )
-    if same:
-        raise InputError(f"{flag} {out} is the results database; writing there would destroy its runs: pass {flag} "
-                         f"{example}")  # fmt: skip
-
-
 def open_store(db: str | None) -> Store:
     """The results database, opened read-only (SQLite ``mode=ro``): commands that only read it
     work on a read-only file or folder, and can never change it."""

@@ -23,7 +23,6 @@ from mlsafety.cli._common import (
     out_console,
     print_path,
     print_wide,
-    refuse_db_as_output,
     warn_unfinished,
 )
 from mlsafety.core import MlsafetyError
@@ -96,7 +95,7 @@ def runs_show(group_db: str | None, run_id: str, db: str | None, as_json: bool) 
 @friendly
 def report(run_id: str, db: str | None, out: Path | None) -> None:
     """Rebuild the HTML report of RUN_ID (or `latest`) from the results database alone."""
-    from mlsafety.audit import write_report
+    from mlsafety.audit import refuse_db_as_output, write_report
     from mlsafety.core import check_output_path
 
     if out is not None:  # a folder part that is a file: named, not mkdir's "File exists"
