@@ -12,6 +12,7 @@ from torch import nn
 from mlsafety.core import Classifier, InputError, generator
 from mlsafety.metrics import OOD_METRICS, bootstrap_two_sample, ood_metrics
 from mlsafety.monitoring import ood
+from mlsafety.monitoring.ood.mc_dropout import _cpu_mask_forward
 
 
 def linear(d: int = 4, k: int = 3, seed: int = 0) -> nn.Module:
@@ -595,7 +596,7 @@ def test_rmd_keeps_its_digits_when_the_two_distances_nearly_cancel() -> None:
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_mc_dropouts_cpu_drawn_mask_is_torchs_cpu_dropout_bit_for_bit(p: float, inplace: bool, layout) -> None:
-    """Off the CPU, MC dropout swaps plain dropout layers for cpu_mask_forward so a GPU gets the CPU's masks;
+    """Off the CPU, MC dropout swaps plain dropout layers for _cpu_mask_forward so a GPU gets the CPU's masks;
     on the CPU that forward must be the layer's own, bit for bit, from the same RNG state."""
     layer = nn.Dropout(p, inplace=inplace).train()
     x = torch.randn(4, 3, 5, 6).to(memory_format=layout)  # the mask follows x's layout, as torch's does
@@ -603,7 +604,7 @@ def test_mc_dropouts_cpu_drawn_mask_is_torchs_cpu_dropout_bit_for_bit(p: float, 
     want = layer(x.clone())
     after_want = torch.rand(3)
     torch.manual_seed(7)
-    got = ood.cpu_mask_forward(layer)(x.clone())
+    got = _cpu_mask_forward(layer)(x.clone())
     assert torch.equal(got, want)
     assert torch.equal(torch.rand(3), after_want)  # the same draws consumed: the next layer's mask agrees too
 

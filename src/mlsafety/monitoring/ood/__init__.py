@@ -52,7 +52,7 @@ from mlsafety.monitoring.ood.knn import KNN
 from mlsafety.monitoring.ood.mahalanobis import Mahalanobis
 from mlsafety.monitoring.ood.mahalanobis_pre import MahalanobisPre
 from mlsafety.monitoring.ood.max_logit import MaxLogit
-from mlsafety.monitoring.ood.mc_dropout import MCDropout, cpu_mask_forward, dropout_layers
+from mlsafety.monitoring.ood.mc_dropout import MCDropout, dropout_layers
 from mlsafety.monitoring.ood.mds_ensemble import MDSEnsemble
 from mlsafety.monitoring.ood.msp import MSP
 from mlsafety.monitoring.ood.nac import NAC
@@ -140,7 +140,6 @@ __all__ = [
     "bank_search",
     "collect_outputs",
     "combined_risk",
-    "cpu_mask_forward",
     "create",
     "detector_keys",
     "dropout_layers",

@@ -20,7 +20,7 @@ def dropout_layers(module: nn.Module) -> list[nn.Module]:
     return [m for m in module.modules() if isinstance(m, _DROPOUT)]
 
 
-def cpu_mask_forward(layer: nn.Dropout) -> Callable[[torch.Tensor], torch.Tensor]:
+def _cpu_mask_forward(layer: nn.Dropout) -> Callable[[torch.Tensor], torch.Tensor]:
     """``layer``'s training-mode forward with its mask drawn by the CPU's generator wherever the input lives.
 
     PyTorch's CPU dropout draws ``empty_like(x).bernoulli_(1 - p)``, divides by ``1 - p`` and multiplies; this does
@@ -83,7 +83,7 @@ class MCDropout(Detector):
             for m in dropouts:
                 m.train()
             for m in swapped:
-                m.forward = cpu_mask_forward(m)  # type: ignore[method-assign,assignment]
+                m.forward = _cpu_mask_forward(m)  # type: ignore[method-assign,assignment]
             try:
                 for _ in range(self.samples):
                     chunks = [
