@@ -359,6 +359,11 @@ class Classifier:
             raise InputError(f"model must be a torch.nn.Module, got {type(module).__name__}")
         if max_length is not None and int(max_length) < 1:
             raise InputError(f"max_length must be a positive number of tokens, got {max_length}")
+        if any(isinstance(p, nn.parameter.UninitializedParameter) for p in module.parameters()):
+            raise InputError(
+                "model has lazy layers whose weights are not created yet (e.g. nn.LazyLinear); run one forward "
+                "pass on a sample batch before wrapping it"
+            )
         self.module = module
         self.tokenizer = tokenizer if tokenizer is not None else getattr(module, "tokenizer", None)
         self.max_length = max_length
@@ -556,7 +561,12 @@ class Classifier:
         :class:`~mlsafety.core.TextBatch`, :class:`~mlsafety.core.Texts` or list of strings.
         """
         if isinstance(x, torch.Tensor):
-            return self._check_logits(unwrap_logits(self.module(x)), x.shape[0])
+            try:
+                out = self.module(x)
+            except RuntimeError as e:
+                _raise_dtype_mismatch(x, self.module, e)
+                raise
+            return self._check_logits(unwrap_logits(out), x.shape[0])
         batch = self._as_batch(x)
         out = self._call_text(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         return self._check_logits(unwrap_logits(out), len(batch))
@@ -793,3 +803,18 @@ ModelLike: TypeAlias = nn.Module | Classifier
 def as_classifier(model: ModelLike) -> Classifier:
     """Wrap a plain ``nn.Module`` (a :class:`Classifier` passes through unchanged)."""
     return model if isinstance(model, Classifier) else Classifier(model)
+
+
+def _raise_dtype_mismatch(x: torch.Tensor, module: nn.Module, error: RuntimeError) -> None:
+    """Turn the raw dtype error of floating inputs that differ from the weights' dtype (e.g. float64 from numpy
+    into a float32 model) into one line naming the fix; checked only after the forward pass failed, so the
+    hot path costs nothing."""
+    if not x.is_floating_point():
+        return
+    weight = next((p for p in module.parameters() if p.is_floating_point()), None)
+    if weight is None or weight.dtype == x.dtype:
+        return
+    raise InputError(
+        f"inputs are {x.dtype} but the model's weights are {weight.dtype}; convert the inputs with "
+        f"x.to({weight.dtype}) (numpy arrays become float64: use torch.from_numpy(a).float())"
+    ) from error
