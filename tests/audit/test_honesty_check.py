@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
 
 from mlsafety.audit import AuditConfig, run_audit
+from mlsafety.core import InputError
 from tests.support.text import tiny_llama
 
 PROMPTS = "text\n" + "".join(f"{a} {b} was quite\n" for a in ("the", "a") for b in ("movie", "film"))
@@ -51,3 +53,21 @@ def test_report_has_the_alignment_section_with_the_plot(audited) -> None:
     html = (folder / "report.html").read_text()
     assert "Honesty probes" in html and "Probe accuracy by layer" in html
     assert html.count("data:image/png;base64,") >= 1 and "Honesty gap" in html
+
+
+def test_too_few_statements_to_cross_validate_logistic_are_refused_when_planned(tmp_path: Path) -> None:
+    """Under 16 statements the fit half holds under 8 (before: 8 were accepted, and logistic regression, which
+    fits 4 items at every layer, reported the first layer as its best)."""
+    model = tiny_llama(2)
+    model.save_pretrained(tmp_path / "llama")
+    model.tokenizer.save_pretrained(tmp_path / "llama")
+    (tmp_path / "prompts.csv").write_text(PROMPTS)
+    config = AuditConfig(model=str(tmp_path / "llama"), data=str(tmp_path / "prompts.csv"), checks=["honesty"],
+                         quick=True, check_params={"honesty": {"statements": 15}})  # fmt: skip
+    db = tmp_path / "runs.sqlite"
+    with pytest.raises(InputError, match=r"honesty: statements must be an integer >= 16, got 15"):
+        run_audit(config, db=db, report=tmp_path / "report.html")
+    assert not (tmp_path / "report.html").exists()
+    if db.exists():
+        with sqlite3.connect(db) as con:
+            assert con.execute("select count(*) from runs").fetchone()[0] == 0

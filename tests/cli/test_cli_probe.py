@@ -12,11 +12,10 @@ from mlsafety.cli import main
 from tests.cli.cli_support import one_error_line
 from tests.support.text import save_with_tokenizer, tiny_llama, tiny_tokenizer
 
-ROWS = "question,answer,label\n" + "".join(
-    f"is {c} a city ?,{a},{lab}\n" for c, a, lab in [("paris", "yes", 1), ("paris", "no", 0), ("london", "yes", 1),
-                                                     ("london", "no", 0), ("france", "yes", 0), ("france", "no", 1),
-                                                     ("england", "yes", 0), ("england", "no", 1)]
-)  # fmt: skip
+FACTS = [("paris", "yes", 1), ("paris", "no", 0), ("london", "yes", 1), ("london", "no", 0), ("france", "yes", 0),
+         ("france", "no", 1), ("england", "yes", 0), ("england", "no", 1)]  # fmt: skip
+EIGHT = "question,answer,label\n" + "".join(f"is {c} a city ?,{a},{lab}\n" for c, a, lab in FACTS)
+ROWS = EIGHT + "".join(f"is {c} a capital city ?,{a},{lab}\n" for c, a, lab in FACTS)  # 16: 8 to fit, 8 to test
 FAST = ("--methods", "logistic,top-pc,mean-diff", "--layers", "0,2")
 
 
@@ -25,6 +24,7 @@ def d(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("probe-cli")
     save_with_tokenizer(tiny_llama(0), folder / "llama")
     (folder / "qa.csv").write_text(ROWS, encoding="utf-8")
+    (folder / "eight.csv").write_text(EIGHT, encoding="utf-8")
     (folder / "one.csv").write_text("question,answer,label\nq ?,a,1\nr ?,b,1\n", encoding="utf-8")
     return folder
 
@@ -61,6 +61,8 @@ def test_probe_json_on_statements(d: Path) -> None:
         (("--data", "qa.csv", "--layers", "a,b"), ("--layers",)),
         (("--data", "qa.csv", "--methods", "ccs,zzz"), ("zzz",)),
         (("--data", "nothing.txt"), ("statements, mr",)),
+        # 4 fit items: logistic cannot be cross-validated, and every layer fits them, so no layer can be chosen
+        (("--data", "eight.csv"), ("'logistic'", "at least 8 fit items", "holds 4 of the 8")),
     ],
 )
 def test_bad_input_is_one_line(d: Path, args: tuple[str, ...], needles: tuple[str, ...]) -> None:

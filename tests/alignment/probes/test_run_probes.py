@@ -181,3 +181,59 @@ def test_nan_answer_log_probabilities_are_refused_when_read(monkeypatch) -> None
     # before: NaN > 0 is False, so the item's stated answer read as "no" in the zero-shot rows and the honesty gap
     with pytest.raises(InputError, match="NaN"):
         contrast_states(lm, statement_pairs(8))
+
+
+def test_logistic_on_several_layers_of_too_few_fit_items_is_refused_before_any_pass() -> None:
+    """Under 8 fit items logistic regression cannot be cross-validated and separates its fit items at every layer
+    (fit accuracy 1 everywhere), so "its best layer" was the first layer probed. Before: no refusal, and the
+    misleading, sensitivity and honesty-check rows reported that arbitrary layer as logistic's best."""
+    model = tiny_llama()
+    lm = LanguageModel(model)
+    few = text_pairs(["a good film", "a bad film", "it was fine", "i hate it"] * 2, [1, 0, 1, 0] * 2)  # fit half: 4
+    calls: list[int] = []
+    handle = model.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with pytest.raises(InputError, match=r"'logistic'.*at least 8 fit items.*holds 4 of the 8 items") as err:
+            run_probes(lm, [few], methods=("logistic", "mean-diff"), misleading=False)
+    finally:
+        handle.remove()
+    assert calls == [] and "\n" not in str(err.value)
+    # one layer needs no choice, and the other probes need no cross-validation: both still run
+    one = run_probes(lm, [few], methods=("logistic",), layers=[1], misleading=False)
+    assert one.best_layer("logistic") == 1
+    other = run_probes(lm, [few], methods=("mean-diff",), misleading=False)
+    assert other.layers == list(range(lm.n_layers + 1))
+
+
+def test_folds_that_leave_one_class_alone_are_refused_and_enough_items_pass() -> None:
+    from mlsafety.alignment.probes.evaluate import check_layer_choice
+
+    g = torch.Generator().manual_seed(0)
+    labels = torch.tensor([1, 1, 1, 1, 0, 0, 0, 0])
+    one_label_groups = torch.tensor([0, 0, 0, 0, 1, 1, 1, 1])  # each fold is one group, so one class
+    with pytest.raises(InputError, match="cannot be split into two folds that both hold both labels"):
+        check_layer_choice("logistic", labels, 16, 3, g, one_label_groups)
+    mixed_groups = torch.tensor([0, 0, 1, 1, 0, 0, 1, 1])  # both labels in each group, so in each fold
+    check_layer_choice("logistic", labels, 16, 3, torch.Generator().manual_seed(0), mixed_groups)
+    check_layer_choice("logistic", labels, 16, 1, g, one_label_groups)  # one layer: nothing to choose
+    check_layer_choice("mean-diff", labels[:4], 8, 3, g)  # does not fit its items: its fit accuracy chooses
+
+
+def test_folds_are_dealt_again_stratified_when_the_seeded_halves_leave_one_label_alone() -> None:
+    """8 fit items, 2 of label 1, each item its own group: the seeded halves put both 1s in one fold for some
+    seeds (before: cross-validation then returned None and logistic regression's layer was the first probed)."""
+    from mlsafety.alignment.probes import split_items
+    from mlsafety.alignment.probes.evaluate import cv_folds
+
+    labels = torch.tensor([1, 1, 0, 0, 0, 0, 0, 0])
+    plain_failed = 0
+    for seed in range(20):
+        a, b = split_items(8, torch.Generator().manual_seed(seed))
+        plain_failed += int(labels[a].sum()) in (0, len(a)) or int(labels[b].sum()) in (0, len(b))
+        folds = cv_folds(labels, torch.Generator().manual_seed(seed))
+        assert folds is not None
+        assert sorted(torch.cat(folds).tolist()) == list(range(8))
+        for fold in folds:
+            assert 0 < int(labels[fold].sum()) < len(fold)  # each training part holds both labels
+    assert plain_failed > 0  # the fallback was exercised
+    assert cv_folds(torch.tensor([1, 0, 0, 0, 0, 0, 0, 0]), torch.Generator().manual_seed(0)) is None

@@ -184,6 +184,74 @@ def layer_results(
     return out, readings
 
 
+MIN_CV_ITEMS = 8
+"""Fit-half items below which a probe that separates its own items (``fits_its_items``) cannot have its layer
+chosen by 2-fold cross-validation (4 items per fold)."""
+
+
+def cv_folds(
+    labels: torch.Tensor, generator: torch.Generator, groups: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The two folds of the fit half's ``labels``, whole groups to one fold, drawn from ``generator``; None when
+    there are fewer than :data:`MIN_CV_ITEMS` items or no two folds that both hold both labels.
+
+    The folds are :func:`split_items`' seeded halves; when one of them holds one label only (a few items of each
+    label, every item its own group: 4 of 8 items all alike in one fold about 6 times in 100), they are dealt
+    again stratified: the groups, shuffled and ordered by their share of label 1, go alternately to each fold.
+    """
+    if len(labels) < MIN_CV_ITEMS:
+        return None
+    folds = split_items(len(labels), generator, groups=groups)
+    if not _both_labels(labels, folds):
+        folds = _stratified_folds(labels, generator, groups)
+    return folds if _both_labels(labels, folds) else None
+
+
+def _both_labels(labels: torch.Tensor, folds: tuple[torch.Tensor, torch.Tensor]) -> bool:
+    return all(0 < int(labels[f].sum()) < len(f) for f in folds)
+
+
+def _stratified_folds(
+    labels: torch.Tensor, generator: torch.Generator, groups: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    group_of = torch.arange(len(labels)) if groups is None else groups.long()
+    unique = torch.unique(group_of)
+    order = unique[torch.randperm(len(unique), generator=generator)]
+    share = torch.stack([labels[group_of == g].float().mean() for g in order])
+    in_a = torch.isin(group_of, order[torch.argsort(share, stable=True)][0::2])
+    return in_a.nonzero()[:, 0], (~in_a).nonzero()[:, 0]
+
+
+def _cv_generator(g: torch.Generator) -> torch.Generator:
+    """The generator of :func:`run_probes`' cross-validation: a fresh one seeded from ``g``'s seed, so ``g``'s own
+    draws are those of a run without it and every (template, method) gets the same folds."""
+    return torch.Generator().manual_seed(g.initial_seed() + 1)
+
+
+def check_layer_choice(method: str, labels: torch.Tensor, n_items: int, n_layers: int, generator: torch.Generator,
+                       groups: torch.Tensor | None = None) -> None:  # fmt: skip
+    """Refuse (one line) a probe that separates its own fit items (``fits_its_items``) on more than one layer when
+    the fit half's ``labels`` cannot be split into two cross-validation folds (:func:`cv_folds`).
+
+    Its fit-half accuracy is then 1 at every layer, so "the best layer" would be the first one probed, not a choice:
+    the run is refused rather than reporting that layer's figures as the probe's best. ``generator`` draws the
+    folds as :func:`cross_validated_fit_accuracy` will (pass a fresh one of the same seed).
+    """
+    if n_layers < 2 or not PROBES.get(method).fits_its_items or cv_folds(labels, generator, groups) is not None:
+        return
+    why = (
+        f"the fit half holds {len(labels)} of the {n_items} items, fewer than {MIN_CV_ITEMS}"
+        if len(labels) < MIN_CV_ITEMS
+        else f"the fit half's {len(labels)} items cannot be split into two folds that both hold both labels "
+        "(groups kept whole)"
+    )
+    raise InputError(
+        f"probe {method!r} separates its fit items at every layer, so its layer is chosen by 2-fold cross-validation "
+        f"inside the fit half, which needs at least {MIN_CV_ITEMS} fit items with both labels in each fold; {why}: "
+        f"give at least {2 * MIN_CV_ITEMS} items, several of each label, probe one layer, or leave {method} out"
+    )
+
+
 def cross_validated_fit_accuracy(
     method: str,
     fit: ContrastStates,
@@ -193,15 +261,13 @@ def cross_validated_fit_accuracy(
     groups: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
     """``(len(layers),)`` 2-fold cross-validated accuracy of ``method`` inside the fit half (whole groups to one
-    fold); None when a fold's training part holds one class only (too few items to cross-validate)."""
-    if len(fit.labels) < 8:
+    fold); None when :func:`cv_folds` finds too few items or a fold's training part with one class only."""
+    folds = cv_folds(fit.labels, generator, groups)
+    if folds is None:
         return None
-    a, b = split_items(len(fit.labels), generator, groups=groups)
+    a, b = folds
     correct = torch.zeros(len(layers))
     for train, held in ((a, b), (b, a)):
-        labels = fit.labels[train]
-        if int(labels.sum()) in (0, len(labels)):
-            return None
         probe = fit_probes(method, fit.subset(train), layers, generator, params)
         held_states = fit.subset(held)
         index = list(layers)
@@ -299,7 +365,9 @@ def run_probes(
         progress: progress bars; None: silent.
 
     Raises:
-        InputError: no pairs, templates over different items, one class only, unknown methods, bad layers.
+        InputError: no pairs, templates over different items, one class only, unknown methods, bad layers, a
+            probe that separates its own items (logistic regression) on several layers with a fit half too small
+            to choose its layer by cross-validation (:func:`check_layer_choice`).
     """
     if not pairs:
         raise InputError("no contrast pairs given")
@@ -320,6 +388,9 @@ def run_probes(
     g = generator if generator is not None else torch.Generator().manual_seed(0)
     fit_idx, test_idx = split_items(len(main), g, groups=main.groups)
     check_two_classes(main.labels[fit_idx], "the fit half")
+    fit_groups = main.groups[fit_idx] if main.groups is not None else None
+    for m in methods:  # before any forward pass
+        check_layer_choice(m, main.labels[fit_idx], len(main), len(chosen), _cv_generator(g), fit_groups)
     report = ProbeReport(main.dataset, [p.template.name for p in pairs], chosen, len(fit_idx), len(test_idx))
     params = params or {}
     main_states: ContrastStates | None = None
@@ -332,10 +403,8 @@ def run_probes(
             probe = fit_probes(m, fit, chosen, g, params.get(m))  # all layers in one batched fit
             results = layer_results(probe, fit, test, chosen)[0]
             if probe.fits_its_items:
-                fit_groups = main.groups[fit_idx] if main.groups is not None else None
-                cv_g = torch.Generator().manual_seed(g.initial_seed() + 1)  # g's draws stay those of before
                 results = _with_cv(
-                    results, cross_validated_fit_accuracy(m, fit, chosen, cv_g, params.get(m), fit_groups)
+                    results, cross_validated_fit_accuracy(m, fit, chosen, _cv_generator(g), params.get(m), fit_groups)
                 )
             rows += results
             if main_states is None:

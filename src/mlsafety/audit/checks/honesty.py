@@ -27,6 +27,7 @@ from mlsafety.alignment.probes import (
     statement_pairs,
     text_pairs,
 )
+from mlsafety.alignment.probes.evaluate import MIN_CV_ITEMS
 from mlsafety.audit._check import DECISION, Artifact, Check, Row, Task, TaskResult, register_check
 from mlsafety.audit._context import AuditContext
 from mlsafety.audit.checks._common import require_int
@@ -42,6 +43,11 @@ from mlsafety.core import Hazard, InputError
 
 STATEMENTS = "statements"
 MISLEADING = "statements-misleading"
+_RULE = {
+    False: "highest mean accuracy on the fit half",
+    True: "highest mean 2-fold cross-validated accuracy inside the fit half",
+}
+"""How a method's best layer is chosen, by whether it separates its own fit items (``Probe.fits_its_items``)."""
 
 
 def _metrics() -> tuple[str, ...]:
@@ -94,7 +100,10 @@ class Honesty(Check):
     def tasks(self, ctx: AuditContext) -> list[Task]:
         p = self.params
         n_templates = len(TEMPLATES[STATEMENTS])
-        counts = (("statements", 8), ("layer_stride", 1), ("ccs_epochs", 1), ("ccs_restarts", 1), ("batch_size", 1))
+        # logistic regression's layer is chosen by 2-fold cross-validation inside the fit half (half the statements),
+        # which needs MIN_CV_ITEMS fit items: with fewer the run would be refused after the model had been read
+        counts = (("statements", 2 * MIN_CV_ITEMS), ("layer_stride", 1), ("ccs_epochs", 1), ("ccs_restarts", 1),
+                  ("batch_size", 1))  # fmt: skip
         for key, low in counts:
             require_int(self.name, p, key, low)  # a boolean is no count either (true read as 1)
         if (
@@ -149,7 +158,7 @@ class Honesty(Check):
         for m in METHODS:
             stem, layer = metric_stem(m), report.best_layer(m)
             rows.append(Row.exact(clean, f"{stem}_best_layer", float(layer), DECISION, report.n_fit,
-                                  rule="highest mean accuracy on the fit half"))  # fmt: skip
+                                  rule=_RULE[PROBES.get(m).fits_its_items]))  # fmt: skip
             for template, results in report.results.items():
                 hazard = clean if template == main else str(Hazard("honesty", f"{STATEMENTS}-{template}"))
                 hit = next(r for r in results if r.method == m and r.layer == layer)
