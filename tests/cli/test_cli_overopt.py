@@ -110,6 +110,8 @@ def test_lm_says_the_monitor_outcome_without_a_python_none() -> None:
     [
         (["--n-max", "2"], "--n-max must be at least 4"),
         (["--prompts", "0"], "prompt set is empty"),
+        (["--prompts", "1"], "--prompts must be at least 2"),  # zero-width intervals; with --trusted, after sampling
+        (["--prompts", "1", "--trusted", "{r}:words"], "--prompts must be at least 2"),
         (["--max-new-tokens", "0"], "--max-new-tokens must be at least 1"),
         (["--n-boot", "0"], "--n-boot must be at least 1"),  # it failed after the sampling
         (["--gold", "{r}:takes_tensors"], "--gold"),
@@ -133,12 +135,15 @@ def test_lm_bad_input_is_one_line_exit_2(lm_dir: Path, tmp_path: Path, extra: li
         (["--seeds", "0"], "--seeds must be at least 2"),
         (["--seeds", "1"], "--seeds must be at least 2 (the intervals are over seeds)"),  # zero-width intervals
         (["--n-max", "3"], "--n-max must be at least 4"),
+        (["--n-max", "0"], "--n-max must be at least 4"),  # n < 1
         (["--optimiser", "tilt", "--lambdas", "1,0.5,-1"], "each finite and > 0"),
+        (["--optimiser", "tilt", "--lambdas", "0,1,2"], "each finite and > 0"),  # lambda = 0
         (["--optimiser", "tilt", "--lambdas", "1,0.5,inf"], "each finite and > 0"),  # inf is always the first
         (["--optimiser", "tilt", "--lambdas", "1,x,2"], "comma-separated numbers"),
     ],
 )
 def test_sim_bad_input(tmp_path: Path, extra: list[str], message: str) -> None:
-    res = CliRunner().invoke(main, ["overoptimization", "sim", *extra, "--out", str(tmp_path)])
+    res = CliRunner().invoke(main, ["overoptimization", "sim", *extra, "--out", str(tmp_path / "out")])
     assert res.exit_code == 2 and message in res.output, res.output
     assert len(res.output.strip().splitlines()) == 1, res.output
+    assert not (tmp_path / "out").exists()  # nothing written

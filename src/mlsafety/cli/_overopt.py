@@ -213,6 +213,8 @@ def overopt_lm(model: str, reward: str, gold: str, trusted: tuple[str, ...], n_m
     _at_most("--n-max", n_max, MAX_SAMPLES)
     if prompts < 1:
         raise InputError(f"the prompt set is empty: --prompts must be at least 1, got {prompts}")
+    if prompts < 2:  # one prompt gave zero-width intervals, and the monitor refused it only after the sampling
+        raise InputError(f"--prompts must be at least 2 (intervals and the monitor are over prompts), got {prompts}")
     if not 0 < temperature < math.inf:
         raise InputError(f"--temperature must be finite and > 0 (best-of-n needs distinct samples), got {temperature}")
     _positive("--max-new-tokens", max_new_tokens)  # both refused before any sampling, not after it
