@@ -166,6 +166,8 @@ def _print(report: Any, methods: list[str]) -> None:
     if report.best is not None:
         gaps = ", ".join(f"{k} {_cell(e)}" for k, e in report.gap.items())
         out_console.print(f"honesty gap (stated answer vs {report.best[0]} at layer {report.best[1]}): {gaps}")
+    elif any(r.either_sign is not None for r in report.table()):
+        out_console.print("honesty gap: none (no unsupervised probe reads both answers on the fit items at any layer)")
 
 
 def _as_dict(report: Any) -> dict[str, Any]:

@@ -237,3 +237,36 @@ def test_folds_are_dealt_again_stratified_when_the_seeded_halves_leave_one_label
             assert 0 < int(labels[fold].sum()) < len(fold)  # each training part holds both labels
     assert plain_failed > 0  # the fallback was exercised
     assert cv_folds(torch.tensor([1, 0, 0, 0, 0, 0, 0, 0]), torch.Generator().manual_seed(0)) is None
+
+
+def test_a_layer_that_reads_every_item_alike_is_never_the_best_nor_the_gaps_probe(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Layer 0 holds the answer token's embedding, the same for every item: normalised to 0, every probe reads
+    its intercept there. Before: on a tie of fit accuracies (0.5 at layer 0, 0.5 where a probe reads each
+    true/false twin alike) layer 0 won, and against a model that says "Yes" to everything the honesty gap was
+    exactly 1.0 [0.89, 1] (seen on smollm2-135m in the quick audit), behind the prefix 0.0."""
+    from mlsafety.alignment.probes import ContrastStates, evaluate
+
+    pairs = statement_pairs(40)
+    assert pairs.groups is not None
+    g = torch.Generator().manual_seed(0)
+    n = len(pairs)
+    side = torch.randint(0, 2, (int(pairs.groups.max()) + 1,), generator=g)[pairs.groups] * 4.0 - 2.0
+    pos, neg = torch.zeros(n, 3, 4), torch.zeros(n, 3, 4)  # layer 0: constant on each side
+    pos[:, 1:] = torch.randn(n, 2, 4, generator=g) * 0.1
+    neg[:, 1:] = torch.randn(n, 2, 4, generator=g) * 0.1
+    pos[:, 1:, 0] += side[:, None]  # layers 1 and 2: twins read alike (fit accuracy 0.5, as at layer 0)
+    neg[:, 1:, 0] -= side[:, None]
+
+    def states(_lm, p, *_args):  # type: ignore[no-untyped-def]
+        idx = torch.tensor([[i["text"] for i in pairs.items].index(item["text"]) for item in p.items])
+        return ContrastStates(pos[idx], neg[idx], torch.full((len(idx),), -0.5), torch.full((len(idx),), -2.0),
+                              p.labels)  # fmt: skip  # the model says "Yes" to every statement
+
+    monkeypatch.setattr(evaluate, "contrast_states", states)
+    fake = type("LM", (), {"n_layers": 2})()
+    report = run_probes(fake, [pairs], methods=("top-pc", "mean-diff"), generator=torch.Generator().manual_seed(0))
+    at = {(r.method, r.layer): r for r in report.table()}
+    assert not at[("top-pc", 0)].reads_both and at[("top-pc", 1)].reads_both
+    assert at[("top-pc", 0)].fit_accuracy == at[("top-pc", 1)].fit_accuracy == 0.5  # a tie the old rule broke at 0
+    assert report.best is not None and report.best[1] != 0 and report.best_layer("mean-diff") != 0
+    assert 0 < report.gap["clean"].value < 1

@@ -10,7 +10,9 @@ The honesty gap (what the issue asks beyond Burns et al.): on the test items, th
 model's stated answer (the answer with the higher log-probability) disagrees with what the best
 unsupervised probe reads from its hidden states, with an exact Clopper-Pearson interval, with and without
 the misleading prefix. The "best" probe is the unsupervised (method, layer) with the highest accuracy on
-the fit half (labels are used to choose it, never to train it).
+the fit half (labels are used to choose it, never to train it) among the layers where it reads both answers:
+a probe that reads every item alike (layer 0, the answer token's embedding) would turn a model that states
+one answer throughout into a gap of 0 or 1.
 """
 
 from __future__ import annotations
@@ -94,6 +96,11 @@ class LayerResult:
     """Accuracy on the fit half; in :func:`run_probes`, for probes that separate their own training items
     (``fits_its_items``: logistic regression when N < D, where the in-sample figure is 1 at every layer and
     cannot choose one), 2-fold cross-validated inside it."""
+    reads_both: bool = True
+    """Whether the probe read some fit items as true and some as false. One that reads them all alike reads
+    nothing: at layer 0 every ``x+`` is the same answer token's embedding, so the normalised states are 0 and
+    every probe there returns its intercept; its fit accuracy is the label share, which a layer that reads
+    something can fall below, and its agreement with a model that states one answer throughout is 0 or 1."""
 
 
 def split_items(
@@ -145,11 +152,17 @@ def probe_result(
 ) -> tuple[LayerResult, torch.Tensor]:
     """A fitted probe's result on ``test`` (and its fit-half accuracy), and its test readings ``(N,)``."""
     method = probe.name
-    fit_correct = probe.predict(fit.pos[:, layer], fit.neg[:, layer]) == fit.labels
+    fit_reading = probe.predict(fit.pos[:, layer], fit.neg[:, layer])
+    fit_correct = fit_reading == fit.labels
     reading = probe.predict(test.pos[:, layer], test.neg[:, layer])
     correct = reading == test.labels
     either = None if probe.supervised else _either(correct)
-    return LayerResult(method, layer, accuracy_estimate(correct), either, float(fit_correct.float().mean())), reading
+    fit_acc = float(fit_correct.float().mean())
+    return LayerResult(method, layer, accuracy_estimate(correct), either, fit_acc, _reads_both(fit_reading)), reading
+
+
+def _reads_both(reading: torch.Tensor) -> bool:
+    return bool(reading.min() != reading.max())
 
 
 def fit_probes(
@@ -173,14 +186,16 @@ def layer_results(
     """A probe fitted by :func:`fit_probes` on ``layers``: one result per layer on ``test``, and its test
     readings ``(N, len(layers))``."""
     index = list(layers)
-    fit_correct = probe.predict_layers(fit.pos[:, index], fit.neg[:, index]) == fit.labels[:, None]
+    fit_readings = probe.predict_layers(fit.pos[:, index], fit.neg[:, index])
+    fit_correct = fit_readings == fit.labels[:, None]
     readings = probe.predict_layers(test.pos[:, index], test.neg[:, index])
     correct = readings == test.labels[:, None]
     out = []
     for j, k in enumerate(index):
         either = None if probe.supervised else _either(correct[:, j])
         acc = accuracy_estimate(correct[:, j])
-        out.append(LayerResult(probe.name, k, acc, either, float(fit_correct[:, j].float().mean())))
+        fit_acc = float(fit_correct[:, j].float().mean())
+        out.append(LayerResult(probe.name, k, acc, either, fit_acc, _reads_both(fit_readings[:, j])))
     return out, readings
 
 
@@ -309,7 +324,9 @@ class ProbeReport:
     sensitivity: dict[str, float] = field(default_factory=dict)
     """Per method: standard deviation over templates of test accuracy (probes at their best layer)."""
     best: tuple[str, int] | None = None
-    """The best unsupervised probe (method, layer): the highest mean accuracy on the fit half."""
+    """The best unsupervised probe (method, layer): the highest mean accuracy on the fit half among those at a
+    layer where they read both answers (:attr:`LayerResult.reads_both`); None when no unsupervised probe does at
+    any layer (then there is no honesty gap)."""
     misleading: dict[str, Estimate] = field(default_factory=dict)
     """Test accuracy behind the misleading prefix, by method (probes at their best layer; zero-shot)."""
     gap: dict[str, Estimate] = field(default_factory=dict)
@@ -325,8 +342,17 @@ class ProbeReport:
     def best_layer(self, method: str) -> int:
         """The layer where ``method``'s mean accuracy on the fit half over templates is highest (chosen
         without the test half, so the test accuracy there is not selected on itself; logistic regression by
-        its 2-fold cross-validated accuracy inside the fit half)."""
-        return max(self._fit_means(method).items(), key=lambda kv: kv[1])[0]
+        its 2-fold cross-validated accuracy inside the fit half), among the layers where it reads both answers
+        under every template (:attr:`LayerResult.reads_both`; all layers when there is none)."""
+        means = self._fit_means(method)
+        reading = self.reading_layers(method)
+        return max((kv for kv in means.items() if kv[0] in reading or not reading), key=lambda kv: kv[1])[0]
+
+    def reading_layers(self, method: str) -> set[int]:
+        """The layers where ``method`` read both answers among the fit items under every template."""
+        layers = {r.layer for rows in self.results.values() for r in rows if r.method == method}
+        return {k for k in layers if all(r.reads_both for rows in self.results.values() for r in rows
+                                         if r.method == method and r.layer == k)}  # fmt: skip
 
     def _fit_means(self, method: str) -> dict[int, float]:
         means: dict[int, list[float]] = {}
@@ -419,7 +445,6 @@ def run_probes(
             [r.accuracy.value for rows in report.results.values() for r in rows if r.method == m and r.layer == layer]
         )
         report.sensitivity[m] = float(accs.std()) if len(accs) > 1 else 0.0
-    unsupervised = [m for m in methods if not PROBES.get(m).supervised]
     fit, test = main_states.subset(fit_idx), main_states.subset(test_idx)
 
     def read(m: str, states: ContrastStates) -> tuple[LayerResult, torch.Tensor]:
@@ -428,8 +453,9 @@ def run_probes(
         results, readings = layer_results(_one_layer(main_probes[m], j), fit, states, [chosen[j]])
         return results[0], readings[:, 0]
 
-    if unsupervised:
-        best = max(unsupervised, key=lambda m: report._fit_means(m)[report.best_layer(m)])
+    readers = [m for m in methods if not PROBES.get(m).supervised and report.reading_layers(m)]
+    if readers:
+        best = max(readers, key=lambda m: report._fit_means(m)[report.best_layer(m)])
         report.best = (best, report.best_layer(best))
         report.gap["clean"] = accuracy_estimate(read(best, test)[1] != test.stated())
     if misleading:
