@@ -151,6 +151,25 @@ def test_one_padded_batch_per_step() -> None:
     assert len(beam.batches) <= 1 + modifiable
 
 
+def test_the_originals_of_several_texts_are_classified_in_one_pass() -> None:
+    """The issue: the model is never called one text at a time. Each original used to get a pass of its own; all of
+    them now go through one padded batch first, and each still counts as one query of its own example."""
+    texts = [TEXT, "the film was bad", "a good and fine plot", TEXT.replace("film", "story")]
+    labels = [1, 1, 1, 1]  # the second is already wrong: skipped after its one query
+    model = CountingModel(sentiment_model())
+    attack = Attack(model, Untargeted(), ListSwap(SWAPS), [C.RepeatModification(), C.StopWords()],
+                    S.GreedyWordImportance("delete"))  # fmt: skip
+    results = attack.attack(texts, labels)
+    assert model.batches[0] == len(texts) and 1 not in model.batches
+    assert results[1].status == "skipped" and results[1].queries == 1
+    assert sum(r.queries for r in results) == sum(model.batches) == attack.queries.texts
+    # the same results as attacking each text alone
+    for text, y, r in zip(texts, labels, results):
+        (alone,) = Attack(sentiment_model(), Untargeted(), ListSwap(SWAPS), [C.RepeatModification(), C.StopWords()],
+                          S.GreedyWordImportance("delete")).attack([text], [y])  # fmt: skip
+        assert (alone.status, alone.perturbed, alone.queries) == (r.status, r.perturbed, r.queries)
+
+
 def test_batches_are_split_at_batch_size() -> None:
     model = CountingModel(sentiment_model())
     attack = Attack(model, Untargeted(), ListSwap(SWAPS), [C.RepeatModification()], S.BeamSearch(4), batch_size=3)

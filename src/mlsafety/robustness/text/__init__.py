@@ -6,7 +6,9 @@
 The parts live in their own modules: goal functions (``goals``), ``transformations``,
 ``constraints`` and ``search`` methods; see :mod:`._base` for the protocols.
 
-Recipes: ``textfooler`` (Jin et al. 2020), ``pwws`` (Ren et al. 2019), ``deepwordbug`` (Gao et al. 2018).
+Recipes: ``textfooler`` (Jin et al. 2020), ``pwws`` (Ren et al. 2019), ``deepwordbug`` (Gao et al. 2018),
+``hotflip`` (Ebrahimi et al. 2018, white box), ``textgrad`` (Hou et al. 2022, white box) and ``a2t`` (Yoo & Qi
+2021, the cheap attack of adversarial training).
 """
 
 from mlsafety.robustness.text import constraints, search, transformations

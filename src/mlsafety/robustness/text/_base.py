@@ -401,6 +401,13 @@ class Problem:
             n,
         )
 
+    def prime(self, text: str, row: tuple[torch.Tensor, float, bool]) -> None:
+        """Record the logits, goal score and goal flag of ``text`` scored outside :meth:`score_texts` (the attack's
+        batched pass over every original) as one query, as if this problem had asked for it."""
+        if text not in self._cache:
+            self._cache[text] = row
+            self.queries += 1
+
     def query(self, candidates: Sequence[AttackedText]) -> QueryResult:
         """Score candidate texts in one padded batch (see :meth:`score_texts`)."""
         logits, scores, reached, n = self.score_texts([c.text for c in candidates])
@@ -646,7 +653,11 @@ class Attack:
             if not t.strip():  # the tokenizer refuses it: no pass can classify it
                 raise InputError(f"{self.name}: text {i} is empty; the model cannot read it: remove empty texts")
         attacked = [AttackedText.from_text(t) for t in texts]
-        results = [self._attack_one(i, at, y, t) for i, (at, y, t) in enumerate(zip(attacked, ys, tgts))]
+        firsts = self._classify(attacked, ys, tgts)
+        results = [
+            self._attack_one(i, at, y, t, first)
+            for i, (at, y, t, first) in enumerate(zip(attacked, ys, tgts, firsts, strict=True))
+        ]
         if self.similarity is not None:
             done = [r for r in results if r.status == "succeeded"]
             if done:
@@ -657,11 +668,37 @@ class Attack:
 
     __call__ = attack
 
-    def _attack_one(self, i: int, original: AttackedText, label: int, target: int | None) -> AttackResult:
+    def _classify(
+        self, texts: Sequence[AttackedText], labels: Sequence[int], targets: Sequence[int | None]
+    ) -> list[tuple[torch.Tensor, float, bool]]:
+        """Every original's logits, goal score and goal flag, from one pass over all of them in padded batches (the
+        model is never asked about one text at a time; each original still counts as one query of its example).
+
+        The goal reads the logits of the whole batch it was just given (an adaptive goal scores its monitor on the
+        texts of that batch), once per distinct (label, target); each text keeps its own row."""
+        logits = self.queries.logits([t.text for t in texts])
+        k = logits.shape[1]  # known from the pass when the head is not named
+        check_classes(self.name, "label", labels, k)
+        if self.goal.targeted:
+            check_classes(self.name, "target", [int(t) for t in targets if t is not None], k)
+        groups: dict[tuple[int, int | None], list[int]] = {}
+        for i, key in enumerate(zip(labels, targets)):
+            groups.setdefault(key, []).append(i)
+        out: list[tuple[torch.Tensor, float, bool] | None] = [None] * len(texts)
+        for (label, target), rows in groups.items():
+            scores = self.goal.score(logits, label, target)
+            reached = self.goal.reached(logits, label, target)
+            for i in rows:
+                out[i] = (logits[i], float(scores[i]), bool(reached[i]))
+        return [row for row in out if row is not None]
+
+    def _attack_one(
+        self, i: int, original: AttackedText, label: int, target: int | None, first: tuple[torch.Tensor, float, bool]
+    ) -> AttackResult:
         g = make_generator(self.seed, "text-attack", self.name, str(i))
         problem = Problem(self, original, label, target, g)
-        start = problem.query([original])  # the goal refuses a target (an untargeted goal a label) >= K
-        check_classes(self.name, "label", [label], start.logits.shape[1], first=i)  # K known from the first pass
+        problem.prime(original.text, first)  # the batched pass of every original (Attack._classify): one query
+        start = problem.query([original])  # cached: no further pass
         pred0 = int(start.logits[0].argmax())
         # A misclassified original is skipped under a targeted goal too (TextAttack attacks it): success rate,
         # original accuracy and accuracy under attack then all count over the texts the model got right.
