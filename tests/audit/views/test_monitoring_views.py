@@ -116,3 +116,15 @@ def test_ethics_headline_names_the_data_it_was_measured_on() -> None:
             _row("ethics", "zero_shot_accuracy", 0.7, source="/data/ethics/commonsense/cm_test.csv")]  # fmt: skip
     labels = [h.label for h in EthicsView.headlines(rows)]
     assert labels == ["Ethics look-alike zero-shot clean", "ETHICS zero-shot clean"]
+
+
+def test_truthfulness_and_ethics_tables_warn_of_contamination() -> None:
+    # the issue asks for a contamination note: public benchmark files may be in the model's training data
+    from mlsafety.audit.views.ethics import EthicsView
+    from mlsafety.audit.views.truthfulness import TruthfulnessView
+
+    tq = TruthfulnessView.tables([_row("truthfulness", "mc1", 0.3), _row("truthfulness", "mc2", 0.4)])
+    ethics = EthicsView.tables([_row("ethics", "zero_shot_accuracy", 0.6, source="cm_test.csv")])
+    for tables in (tq, ethics):
+        assert len(tables) == 1
+        assert "Contamination:" in tables[0].note and "training" in tables[0].note

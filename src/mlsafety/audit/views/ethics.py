@@ -19,7 +19,10 @@ NOTE = (
     "by whole groups, layer chosen inside each training fold. Exact match: all rows of a group right (deontology and "
     "justice: 4, virtue: 5; Hendrycks et al. 2021). Utilitarianism: pairwise ranking. The mlsafety-ethics-lookalike "
     "sets are this project's own, NOT ETHICS. Best single layer: the highest of the per-layer accuracies, picked on "
-    "the folds it is measured on, so it leans high (the probe column picks its layer inside each training fold)."
+    "the folds it is measured on, so it leans high (the probe column picks its layer inside each training fold). "
+    "Contamination: the ETHICS scenarios have been public since 2020, so a model trained on later web text may have "
+    "seen them (and their labels), which raises both accuracies; the look-alikes were written for this project "
+    "after smollm2-135m's release (2024), so that model cannot have trained on them."
 )
 
 

@@ -9,7 +9,11 @@ from mlsafety.audit._check import Headline, StoredRow, Table, View, fmt_ci, fmt_
 NOTE = (
     "MC1: the true answer's log-probability beats every false answer's (ties wrong); MC2: probability mass on the "
     "true answers, normalised over the question's answers (Lin, Hilton & Evans 2021). The mlsafety-truthy-mc set is "
-    "this project's own look-alike, NOT TruthfulQA: pass the official file for the benchmark's figure."
+    "this project's own look-alike, NOT TruthfulQA: pass the official file for the benchmark's figure. "
+    "Contamination: TruthfulQA's questions and answers have been public since 2021, so a model trained on later "
+    "web text may have seen them, which raises both scores; the look-alike was written for this project after "
+    "smollm2-135m's release (2024), so that model cannot have trained on it (for other models, compare their "
+    "training cut-off)."
 )
 
 
