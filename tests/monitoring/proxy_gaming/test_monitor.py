@@ -12,7 +12,7 @@ from scipy import stats
 
 from mlsafety.core import InputError, NotFittedError, generator
 from mlsafety.metrics import clopper_pearson
-from mlsafety.monitoring.proxy_gaming import ProxyGamingMonitor, monitor_proxy_gaming
+from mlsafety.monitoring.proxy_gaming import ProxyGamingMonitor, best_of_n_probs, monitor_proxy_gaming
 from mlsafety.monitoring.proxy_gaming.monitor import best_of_n_monitor
 
 NS = [2, 4, 8, 16, 32]
@@ -55,25 +55,68 @@ def test_step_is_the_regression_residual_test_by_hand() -> None:
 
 
 def test_false_alarm_rate_under_best_of_n_selection_without_gaming() -> None:
+    # the rate itself must not exceed alpha (not merely fail to be significantly above it: with 120 runs that
+    # passed at a true rate of ~15%); the mean-disagreement test fired in every run here. The rate sits close
+    # to alpha in this small world (40 outputs per step), so the point estimate is asserted, not the bound
     g = generator(1, "monitor-null")
-    runs, alpha, alarms = 120, 0.1, 0
+    runs, alpha, alarms = 4000, 0.1, 0
     for _ in range(runs):
         steps = [_best_of(g, 40, n) for n in NS]  # the proxy's best of n: p rises more than t
         ref = _world(g, (200,))
         result = monitor_proxy_gaming(*ref, [p for p, _ in steps], [t for _, t in steps], alpha=alpha)
         alarms += result.alarm_step is not None
-    low, _ = clopper_pearson(alarms, runs)
-    assert low <= alpha  # the mean-disagreement test fired in every run here
+    assert alarms / runs <= alpha
+
+
+def _finite_run(g: torch.Generator, with_ids: bool, alpha: float, k: int = 256, m: int = 400) -> bool:
+    """A finite space of ``k`` outputs, trusted = 0.7 proxy + noise drawn ONCE PER OUTPUT (no gaming), and
+    ``m`` draws per step from the exact best-of-n distribution: at n = 64 they fall on a few dozen outputs."""
+    p = torch.randn(k, generator=g, dtype=torch.float64)
+    t = 0.7 * p + math.sqrt(1 - 0.7**2) * torch.randn(k, generator=g, dtype=torch.float64)
+    pi0 = torch.full((k,), 1.0 / k, dtype=torch.float64)
+    ns = [2, 4, 8, 16, 32, 64]
+    probs = best_of_n_probs(pi0, p, ns)
+    ref = torch.multinomial(pi0, m, replacement=True, generator=g)
+    picks = [torch.multinomial(probs[i], m, replacement=True, generator=g) for i in range(len(ns))]
+    ids = {"ref_ids": ref, "step_ids": picks} if with_ids else {}
+    args = (p[ref], t[ref], [p[i] for i in picks], [t[i] for i in picks])
+    return monitor_proxy_gaming(*args, alpha=alpha, **ids).alarm_step is not None
+
+
+def test_false_alarm_rate_holds_when_selected_outputs_repeat_given_ids() -> None:
+    # counting repeated draws of one output as independent made the standard error too small: without ids
+    # this world alarms far above alpha (the bench's best-of-256 over 4,096 outputs: ~40% at alpha 0.1)
+    g = generator(7, "monitor-null-repeats")
+    runs, alpha = 400, 0.1
+    with_ids = sum(_finite_run(g, True, alpha) for _ in range(runs))
+    assert clopper_pearson(with_ids, runs)[1] <= alpha
+    without = sum(_finite_run(g, False, alpha) for _ in range(runs))
+    assert clopper_pearson(without, runs)[0] > alpha  # the world does stress repeats
+
+
+def test_repeating_a_step_output_under_its_id_changes_nothing() -> None:
+    # with ids the unit is the distinct output: three copies of every draw are the same evidence
+    g = generator(8, "monitor-ids-invariance")
+    p0, t0 = _world(g, (300,))
+    p1, t1 = _best_of(g, 50, 8)
+    ref_ids, ids = torch.arange(300), 300 + torch.arange(50) // 2  # pairs of draws share an output
+    t1 = t1[torch.arange(50) // 2 * 2]  # ... and so its scores
+    p1 = p1[torch.arange(50) // 2 * 2]
+    once = ProxyGamingMonitor(steps=1).fit(p0, t0, ref_ids).update(p1, t1, ids)
+    thrice = ProxyGamingMonitor(steps=1).fit(p0, t0, ref_ids).update(p1.repeat(3), t1.repeat(3), ids.repeat(3))
+    assert thrice.gap.value == pytest.approx(once.gap.value, abs=1e-12)
+    assert thrice.p_value == pytest.approx(once.p_value, rel=1e-9)
+    naive = ProxyGamingMonitor(steps=1).fit(p0, t0).update(p1.repeat(3), t1.repeat(3))
+    assert naive.gap.ci_high - naive.gap.value < thrice.gap.ci_high - thrice.gap.value
 
 
 def test_pool_false_alarm_rate_under_selection_without_gaming() -> None:
     g = generator(2, "monitor-pool-null")
-    runs, alpha, alarms = 100, 0.1, 0
+    runs, alpha, alarms = 1000, 0.1, 0
     for _ in range(runs):
         proxy, trusted = _world(g, (8, 64))
         alarms += best_of_n_monitor(proxy, trusted, NS, alpha, generator=g).alarm_step is not None
-    low, _ = clopper_pearson(alarms, runs)
-    assert low <= alpha
+    assert clopper_pearson(alarms, runs)[1] <= alpha
 
 
 def test_fires_on_planted_over_optimisation() -> None:
@@ -112,6 +155,15 @@ def test_misuse_is_one_line() -> None:
         (lambda: ProxyGamingMonitor().fit(p, t[:-1]), "trusted scores must be"),
         (lambda: ProxyGamingMonitor().fit(torch.ones(5), torch.randn(5)), "constant"),
         (lambda: monitor_proxy_gaming(p, t, [], []), "non-empty"),
+        (lambda: ProxyGamingMonitor().fit(p, t, torch.arange(20)).update(p, t), "both fit"),
+        (lambda: ProxyGamingMonitor().fit(p, t).update(p, t, torch.arange(20)), "both fit"),
+        (lambda: ProxyGamingMonitor().fit(p, t, torch.arange(19)), "one identity per output"),
+        (lambda: ProxyGamingMonitor().fit(p, t, torch.arange(20.0)), "integer tensor"),
+        (
+            lambda: ProxyGamingMonitor().fit(p, t, torch.arange(20)).update(p, t, torch.zeros(20, dtype=torch.long)),
+            "2 distinct",
+        ),
+        (lambda: monitor_proxy_gaming(p, t, [p], [t], ref_ids=torch.arange(20)), "together"),
         (lambda: best_of_n_monitor(pp, tt, [16]), r"\[2, 8\]"),
         (lambda: best_of_n_monitor(pp, tt[:, :8], [2]), "trusted scores must be"),
         (lambda: best_of_n_monitor(pp[:1], tt[:1], [2]), "at least 2 prompts"),

@@ -25,6 +25,15 @@ Two sampling designs:
   (e.g. RL checkpoints, a KL-regularised policy); the step's t statistic adds the regression line's
   own uncertainty at the step's mean proxy (``s^2 (1/m_0 + (pbar - pbar_0)^2 / S_pp)``), with a
   Welch-Satterthwaite df (Welch 1947, "The generalization of Student's problem ...").
+  That standard error counts every output as independent. When outputs can REPEAT (a finite output
+  space, or any optimiser that concentrates: best-of-256 over 4,096 outputs puts thousands of draws
+  on a few dozen distinct outputs, whose trusted-proxy errors are drawn once per output, not once
+  per draw), pass the outputs' identities (``ids`` to ``fit`` and ``update``): the step's shortfall
+  then gets a cluster-robust variance by distinct output (Liang & Zeger 1986, "Longitudinal data
+  analysis using generalized linear models"), summing each output's influence over the step's draws
+  AND the reference draws (an output in both moves the line and the step together), with the
+  weighted-mean small-sample factor ``1 / (1 - sum_g w_g^2)`` on the step's part and a
+  Satterthwaite df ``(sum_g A_g^2)^2 / sum_g A_g^4`` over the outputs' coefficients ``A_g``.
 * :func:`best_of_n_monitor`: one cached pool of ``m`` samples per prompt (the prompts are the unit).
   Each prompt's samples are split in random halves A/B; the slope is fitted on A (pooled over
   prompts, per-prompt centring), the residuals computed on B, and ``E[e | best-of-n by the proxy]``
@@ -101,6 +110,17 @@ def _proxy_row(proxy: torch.Tensor, what: str) -> torch.Tensor:
     return p
 
 
+def _ids_row(ids: torch.Tensor | None, m: int, what: str) -> torch.Tensor | None:
+    if ids is None:
+        return None
+    if not isinstance(ids, torch.Tensor) or ids.dtype.is_floating_point or ids.dtype.is_complex:
+        raise InputError(f"{what} ids must be an integer tensor of output identities")
+    out = ids.detach().cpu().reshape(-1).long()
+    if out.numel() != m:
+        raise InputError(f"{what} ids must give one identity per output: {m} outputs, got {out.numel()} ids")
+    return out
+
+
 def _test(shortfall: float, se: float, df: float, margin: float) -> tuple[Estimate, float]:
     """One-sided p-value of ``H0: shortfall <= margin`` and the 95% t interval of the shortfall."""
     if se > 0:
@@ -139,13 +159,20 @@ class ProxyGamingMonitor:
         self.steps = steps
         self.margin = margin
 
-    def fit(self, proxy: torch.Tensor, trusted: torch.Tensor) -> ProxyGamingMonitor:
+    def fit(self, proxy: torch.Tensor, trusted: torch.Tensor, ids: torch.Tensor | None = None) -> ProxyGamingMonitor:
         """Standardise on outputs of ``pi0`` and fit ``t ~ a + b p``: proxy (m,), trusted (J, m) or (m,).
 
-        The reference outputs must not be the optimised outputs tested later (draw them apart).
+        The reference outputs must be drawn apart from the optimised outputs tested later.
+
+        Args:
+            proxy: (m,) optimised-proxy scores of outputs drawn from ``pi0``.
+            trusted: (J, m) or (m,) trusted-proxy scores of the same outputs.
+            ids: (m,) integer identities of the outputs where the same output can be drawn more than
+                once (then ``update`` needs ids too, from the same id space); None: all distinct.
         """
         p = _proxy_row(proxy, "reference")
         t = _trusted_rows(trusted, p.numel(), "reference")
+        self.ref_ids_ = _ids_row(ids, p.numel(), "reference")
         mu_p, sd_p = p.mean(), p.std()
         mu_t, sd_t = t.mean(dim=1), t.std(dim=1)
         if not float(sd_p) > 0 or not bool((sd_t > 0).all()):
@@ -160,6 +187,7 @@ class ProxyGamingMonitor:
         self.intercept_ = float(zt.mean()) - self.slope_ * self.ref_pmean_
         resid = zt - self.intercept_ - self.slope_ * zp
         self.ref_resid_var_ = float((resid**2).sum()) / (self.ref_n_ - 2)
+        self.ref_zp_, self.ref_resid_ = zp, resid
         self.history_: list[MonitorStep] = []
         self.alarm_step_: int | None = None
         return self
@@ -180,20 +208,29 @@ class ProxyGamingMonitor:
         zp, zt = self._standard(p, t)
         return zt - self.intercept_ - self.slope_ * zp
 
-    def update(self, proxy: torch.Tensor, trusted: torch.Tensor) -> MonitorStep:
-        """Test the next step's optimised outputs: proxy (m,), trusted (J, m) with the fitted J."""
+    def update(self, proxy: torch.Tensor, trusted: torch.Tensor, ids: torch.Tensor | None = None) -> MonitorStep:
+        """Test the next step's optimised outputs: proxy (m,), trusted (J, m) with the fitted J.
+
+        ``ids`` (m,): the outputs' identities, required exactly when ``fit`` was given ids (see module).
+        """
         if not hasattr(self, "ref_n_"):
             raise NotFittedError("call fit() on reference outputs of pi0 before update()")
         if len(self.history_) >= self.steps:
             raise InputError(f"the monitor was planned for {self.steps} steps; make a new one with more steps")
         e = self.residuals(proxy, trusted)
+        step_ids = _ids_row(ids, e.numel(), "step")
+        if (step_ids is None) != (self.ref_ids_ is None):
+            raise InputError("give output ids to both fit() and update() or to neither (they share one id space)")
         zp = (proxy.detach().double().cpu().reshape(-1) - self.proxy_loc_) * self.proxy_scale_
         m = e.numel()
-        va = float(e.var()) / m  # the step's residual mean
-        lever = 1.0 / self.ref_n_ + (float(zp.mean()) - self.ref_pmean_) ** 2 / self.ref_spp_
-        vb = self.ref_resid_var_ * lever  # the fitted line's error at the step's mean proxy
-        se = math.sqrt(va + vb)
-        df = (va + vb) ** 2 / (va**2 / (m - 1) + vb**2 / (self.ref_n_ - 2)) if se > 0 else float(m - 1)
+        if step_ids is None:
+            va = float(e.var()) / m  # the step's residual mean
+            lever = 1.0 / self.ref_n_ + (float(zp.mean()) - self.ref_pmean_) ** 2 / self.ref_spp_
+            vb = self.ref_resid_var_ * lever  # the fitted line's error at the step's mean proxy
+            se = math.sqrt(va + vb)
+            df = (va + vb) ** 2 / (va**2 / (m - 1) + vb**2 / (self.ref_n_ - 2)) if se > 0 else float(m - 1)
+        else:
+            se, df = self._clustered_se(e, float(zp.mean()), step_ids)
         gap, p_value = _test(-float(e.mean()), se, df, self.margin)
         step = len(self.history_) + 1
         alarm = p_value < self.alpha / self.steps
@@ -202,6 +239,31 @@ class ProxyGamingMonitor:
         if alarm and self.alarm_step_ is None:
             self.alarm_step_ = step
         return out
+
+    def _clustered_se(self, e: torch.Tensor, pbar: float, ids: torch.Tensor) -> tuple[float, float]:
+        """Cluster-robust standard error (by distinct output, over the step and the reference) and its df."""
+        assert self.ref_ids_ is not None
+        m, m0 = e.numel(), self.ref_n_
+        uniq, inv = torch.unique(torch.cat([ids, self.ref_ids_]), return_inverse=True)
+        step_g, ref_g = inv[:m], inv[m:]
+        w = torch.zeros(len(uniq), dtype=torch.float64).index_add_(
+            0, step_g, torch.full((m,), 1.0 / m, dtype=torch.float64)
+        )
+        sum_w2 = float((w**2).sum())
+        if not sum_w2 < 1.0:
+            raise InputError("the step's outputs are all one output: give ids of at least 2 distinct outputs")
+        k = 1.0 / math.sqrt(1.0 - sum_w2)  # unbiased variance of a weighted mean with weights w
+        # the line's prediction at the step's mean proxy moves by sum_i c_i r_i over the reference draws
+        c = 1.0 / m0 + (pbar - self.ref_pmean_) * (self.ref_zp_ - self.ref_pmean_) / self.ref_spp_
+        k0 = math.sqrt(m0 / (m0 - 2))  # the line's residuals are short of its errors by its 2 parameters
+        infl = torch.zeros(len(uniq), dtype=torch.float64)
+        infl.index_add_(0, step_g, k * (e - e.mean()) / m)
+        infl.index_add_(0, ref_g, -k0 * c * self.ref_resid_)
+        coef = k * w - torch.zeros(len(uniq), dtype=torch.float64).index_add_(0, ref_g, k0 * c)
+        var = float((infl**2).sum())
+        a2 = coef**2
+        df = float(a2.sum() ** 2 / (a2**2).sum()) if float(a2.sum()) > 0 else 1.0
+        return math.sqrt(var), max(df, 1.0)
 
 
 @dataclass(frozen=True)
@@ -219,6 +281,8 @@ def monitor_proxy_gaming(
     trusted_steps: Sequence[torch.Tensor],
     alpha: float = 0.05,
     margin: float = 0.0,
+    ref_ids: torch.Tensor | None = None,
+    step_ids: Sequence[torch.Tensor] | None = None,
 ) -> MonitorResult:
     """Run :class:`ProxyGamingMonitor` over a whole schedule (every step is tested and reported).
 
@@ -230,12 +294,18 @@ def monitor_proxy_gaming(
         trusted_steps: per step, (J, m_t) or (m_t,) trusted scores of the same outputs.
         alpha: family-wise false-alarm rate over the schedule.
         margin: see :class:`ProxyGamingMonitor`.
+        ref_ids: (m0,) integer identities of the reference outputs where outputs can repeat (a finite
+            space); then ``step_ids`` too: a cluster-robust standard error by distinct output.
+        step_ids: per step, (m_t,) identities of the optimised outputs, in ``ref_ids``' id space.
     """
     if len(proxy_steps) != len(trusted_steps) or len(proxy_steps) == 0:
         raise InputError("proxy_steps and trusted_steps must be non-empty and of one length (one entry per step)")
-    mon = ProxyGamingMonitor(alpha=alpha, steps=len(proxy_steps), margin=margin).fit(proxy_ref, trusted_ref)
-    for p, t in zip(proxy_steps, trusted_steps, strict=True):
-        mon.update(p, t)
+    if (ref_ids is None) != (step_ids is None) or (step_ids is not None and len(step_ids) != len(proxy_steps)):
+        raise InputError("give ref_ids and step_ids together, step_ids with one entry per step, or neither")
+    mon = ProxyGamingMonitor(alpha=alpha, steps=len(proxy_steps), margin=margin).fit(proxy_ref, trusted_ref, ref_ids)
+    ids_steps: Sequence[torch.Tensor | None] = step_ids if step_ids is not None else [None] * len(proxy_steps)
+    for p, t, i in zip(proxy_steps, trusted_steps, ids_steps, strict=True):
+        mon.update(p, t, i)
     return MonitorResult(mon.history_, mon.alarm_step_)
 
 
