@@ -11,9 +11,12 @@ gold-labelled draws with label noise, ``--seeds`` proxies per N. For each N:
 * a REINFORCE run (features policy) for one N, fitted with both forms;
 * alpha and beta against N;
 * the proxy-gaming monitor (two trusted proxies trained on other labels) on best-of-n samples at
-  n = 2, 4, ..., 256: where it first alarms against the gold peak (hit / late / miss / false alarm),
-  and its false-alarm rate under the same best-of-n selection in a world with no gaming (trusted
-  scorers that follow the proxy linearly).
+  n = 2, 4, ..., 256 and on the KL-regularised path: where it first alarms against the gold peak
+  (hit / late / miss / false alarm), and its false-alarm rate under the same selection in a world
+  with no gaming (trusted scorers that follow the proxy linearly), for three designs: the first
+  (linear trusted proxies, 200 draws per step), the new one (trusted proxies of the widest feature
+  family on the most labels, one draw per output per step, output ids for a standard error by
+  distinct output) and the new one without ids.
 
 No peer library exists (the paper released no code); the comparisons are against the paper's
 functional forms and the closed-form KL.
@@ -29,6 +32,7 @@ import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -91,12 +95,93 @@ def _tilt_curve(world: Any, proxy: torch.Tensor, targets: torch.Tensor) -> Any:
     return kl_regularised(world.pi0, proxy, world.gold, torch.cat([torch.tensor([math.inf]), lams[idx]]))
 
 
+SCHEDULE = [2**k for k in range(1, 9)]
+"""best-of-n values the monitor tests (Bonferroni over them)."""
+NULL_RHO = 0.7
+
+
+@dataclass(frozen=True)
+class MonitorDesign:
+    """One way to run the monitor: its trusted proxies (per seed, (2, K)), draws per step, whether ids are given."""
+
+    trusted: str
+    trusted_by_seed: list[torch.Tensor]
+    outputs_per_step: int
+    ids: bool
+
+
+def _monitor_run(pi0: torch.Tensor, p: torch.Tensor, trusted: torch.Tensor, rows: torch.Tensor, m: int,
+                 ids: bool, g: torch.Generator) -> int | None:  # fmt: skip
+    """Reference draws of pi0 (2m), then m independent draws per row of ``rows`` (a policy over the K outputs);
+    the 1-based first alarm step or None."""
+    ref = torch.multinomial(pi0, 2 * m, replacement=True, generator=g)
+    picks = [torch.multinomial(row, m, replacement=True, generator=g) for row in rows]
+    kw: dict[str, Any] = {"ref_ids": ref, "step_ids": picks} if ids else {}
+    res = monitor_proxy_gaming(p[ref], trusted[:, ref], [p[i] for i in picks], [trusted[:, i] for i in picks], **kw)
+    return res.alarm_step
+
+
+def _rate(hits: int, total: int) -> list[float]:
+    lo, hi = clopper_pearson(hits, total) if total else (math.nan, math.nan)
+    return [hits / total if total else math.nan, lo, hi]
+
+
+def _run_design(world: Any, proxies: list[torch.Tensor], design: MonitorDesign, null_runs: int,
+                targets: torch.Tensor) -> dict[str, Any]:  # fmt: skip
+    """The monitor on best-of-n and on the KL-regularised path for every seed's proxy, and its false alarms."""
+    rows_b: list[dict[str, Any]] = []
+    rows_t: list[dict[str, Any]] = []
+    tilt_targets = torch.linspace(D_MAX_TILT / 8, D_MAX_TILT, 8, dtype=torch.float64)
+    m = design.outputs_per_step
+    corr = []
+    for s, p in enumerate(proxies):
+        trusted = design.trusted_by_seed[s]
+        corr += [float(torch.corrcoef(torch.stack([t, world.gold]))[0, 1]) for t in trusted]
+        step = _monitor_run(world.pi0, p, trusted, best_of_n_probs(world.pi0, p, SCHEDULE), m, design.ids,
+                            generator(s, "proxy-gaming-bench-monitor"))  # fmt: skip
+        alarm_n = SCHEDULE[step - 1] if step is not None else None
+        exact = best_of_n_exact(world.pi0, p, world.gold, NS)
+        peak_i = int(exact.gold.argmax())
+        peak_n, interior = NS[peak_i], peak_i < len(NS) - 1
+        rows_b.append({"seed": s, "gold_peak_n": peak_n, "alarm_n": alarm_n,
+                       "outcome": _outcome(alarm_n, peak_n, interior)})  # fmt: skip
+        curve = _tilt_curve(world, p, tilt_targets)  # row 0 is pi0 itself
+        step = _monitor_run(world.pi0, p, trusted, curve.probs[1:], m, design.ids,
+                            generator(s, "proxy-gaming-bench-monitor-tilt"))  # fmt: skip
+        fine = _tilt_curve(world, p, targets)
+        obs = observed_peak(fine.d, fine.gold)
+        peak_d, interior_t = obs.d.value, bool(obs.interior.all())
+        alarm_d = float(curve.d[step]) if step is not None else None
+        rows_t.append({"seed": s, "gold_peak_d": peak_d, "alarm_d": alarm_d,
+                       "outcome": _outcome(alarm_d, peak_d, interior_t)})  # fmt: skip
+    # false alarms UNDER SELECTION in a world with no gaming: two trusted scorers that follow the proxy linearly
+    # (rho with it under pi0, plus noise fixed per output, redrawn per run), and the same best-of-n draws
+    false_alarms = 0
+    probs = [best_of_n_probs(world.pi0, p, SCHEDULE) for p in proxies]
+    for r in range(null_runs):
+        p = proxies[r % len(proxies)]
+        g = generator(r, "proxy-gaming-bench-null")
+        zp = (p - p.mean()) / p.std()
+        noise = torch.randn(2, p.numel(), generator=g, dtype=torch.float64)
+        trusted = NULL_RHO * zp + math.sqrt(1 - NULL_RHO**2) * noise
+        false_alarms += _monitor_run(world.pi0, p, trusted, probs[r % len(proxies)], m, design.ids, g) is not None
+    out: dict[str, Any] = {"trusted": design.trusted, "outputs_per_step": m, "reference_outputs": 2 * m,
+                           "ids": design.ids, "trusted_gold_corr": [min(corr), max(corr)]}  # fmt: skip
+    for key, rows in (("bon", rows_b), ("tilt", rows_t)):
+        hits = sum(r["outcome"] == "hit" for r in rows)
+        interior_count = sum(r["outcome"] in ("hit", "late", "miss") for r in rows)
+        out[key] = {"per_seed": rows, "hits": hits, "interior_peaks": interior_count,
+                    "hit_rate_over_interior_peaks": _rate(hits, interior_count)}  # fmt: skip
+    out["false_alarms"] = false_alarms
+    out["false_alarm_rate_under_selection_no_gaming"] = _rate(false_alarms, null_runs)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--outputs", type=int, default=4096)
     parser.add_argument("--pg-steps", type=int, default=300)
-    parser.add_argument("--monitor-m", type=int, default=200, help="optimised outputs scored per step")
     parser.add_argument("--null-runs", type=int, default=1000)
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -230,87 +315,46 @@ def main() -> None:
     axes[0, 2].set(title=f"REINFORCE on a linear-features policy (N={pg_n})", xlabel="d = sqrt(KL)")
     axes[0, 2].legend()
 
-    # --- the monitor on best-of-n samples ---
+    # --- the monitor on best-of-n samples and on the KL-regularised path, per design ---
     t0 = time.perf_counter()
-    schedule = [2**k for k in range(1, 9)]
     mon_n = 100
-    rows_m: list[dict[str, Any]] = []
-    trusted_by_seed = [torch.stack([train_proxy(world, 1000, seed=1000 + 2 * s + j) for j in range(2)]) for s in seeds]
-
-    def run_monitor(p: torch.Tensor, trusted: torch.Tensor, g: torch.Generator) -> int | None:
-        """Reference draws of pi0, then independent best-of-n draws (exact best-of-n probabilities) per step."""
-        ref = torch.multinomial(world.pi0, 2 * args.monitor_m, replacement=True, generator=g)
-        probs = best_of_n_probs(world.pi0, p, schedule)
-        picks = [
-            torch.multinomial(probs[k], args.monitor_m, replacement=True, generator=g) for k in range(len(schedule))
-        ]
-        res = monitor_proxy_gaming(p[ref], trusted[:, ref], [p[i] for i in picks], [trusted[:, i] for i in picks])
-        return schedule[res.alarm_step - 1] if res.alarm_step is not None else None
-
-    for s, p in zip(seeds, proxies[mon_n], strict=True):
-        alarm_n = run_monitor(p, trusted_by_seed[s], generator(s, "proxy-gaming-bench-monitor"))
-        exact = best_of_n_exact(world.pi0, p, world.gold, NS)
-        peak_i = int(exact.gold.argmax())
-        peak_n, interior = NS[peak_i], peak_i < len(NS) - 1
-        rows_m.append(
-            {"seed": s, "gold_peak_n": peak_n, "alarm_n": alarm_n, "outcome": _outcome(alarm_n, peak_n, interior)}
-        )
-    hits = sum(r["outcome"] == "hit" for r in rows_m)
-    interior_m = sum(r["outcome"] in ("hit", "late", "miss") for r in rows_m)
-    lo, hi = clopper_pearson(hits, interior_m) if interior_m else (math.nan, math.nan)
-    # false alarms UNDER SELECTION in a world with no gaming: two trusted scorers that follow the proxy
-    # linearly (rho = 0.7 with it under pi0, plus noise fixed per output, redrawn per run), and the
-    # same best-of-n draws as above; the naive mean-disagreement test fired here at every n
-    false_alarms, rho = 0, 0.7
-    for r in range(args.null_runs):
-        p = proxies[mon_n][r % args.seeds]
-        g = generator(r, "proxy-gaming-bench-null")
-        zp = (p - p.mean()) / p.std()
-        noise = torch.randn(2, p.numel(), generator=g, dtype=torch.float64)
-        false_alarms += run_monitor(p, rho * zp + math.sqrt(1 - rho**2) * noise, g) is not None
-    f_lo, f_hi = clopper_pearson(false_alarms, args.null_runs)
+    trusted_linear = [torch.stack([train_proxy(world, 1000, seed=1000 + 2 * s + j) for j in range(2)]) for s in seeds]
+    trusted_wide = [
+        torch.stack([train_proxy(world, SIZES[-1], width=WIDTHS[-1], seed=1000 + 2 * s + j) for j in range(2)])
+        for s in seeds
+    ]
+    designs = {
+        # the first measurement: trusted of the optimised proxy's own (linear) family, few draws, repeats unseen
+        "old": MonitorDesign("two linear proxies, 1000 other gold labels each", trusted_linear, 200, False),
+        # trusted of the widest feature family on the most labels (they can bend with the gold), one draw per
+        # output of the world per step, and the outputs' ids (a cluster-robust standard error by output)
+        "new": MonitorDesign(
+            f"two width-{WIDTHS[-1]} ReLU-feature proxies, {SIZES[-1]} other gold labels each",
+            trusted_wide,
+            args.outputs,
+            True,
+        ),
+        # the same without ids: what counting repeated outputs as independent does to the false-alarm rate
+        "new_without_ids": MonitorDesign("as new", trusted_wide, args.outputs, False),
+    }
     out["monitor"] = {
         "alpha": 0.05,
-        "schedule_n": schedule,
-        "outputs_per_step": args.monitor_m,
-        "reference_outputs": 2 * args.monitor_m,
-        "trusted": "two linear proxies trained on 1000 other gold labels each",
-        "per_seed": rows_m,
-        "hits": hits,
-        "interior_peaks": interior_m,
-        "hit_rate_over_interior_peaks": [hits / interior_m if interior_m else math.nan, lo, hi],
-        "false_alarm_rate_under_selection_no_gaming": [false_alarms / args.null_runs, f_lo, f_hi],
-        "null": f"trusted = {rho} z_proxy + noise fixed per output (2 scorers), best-of-n draws as above",
+        "schedule_n": SCHEDULE,
+        "proxy_labels": mon_n,
+        "null": f"trusted = {NULL_RHO} z_proxy + noise fixed per output (2 scorers), best-of-n draws as the design",
         "null_runs": args.null_runs,
-        "seconds": time.perf_counter() - t0,
+        "designs": {},
     }
-    axes[1, 1].scatter([r["gold_peak_n"] for r in rows_m], [r["alarm_n"] or 512 for r in rows_m])
+    for name, design in designs.items():
+        out["monitor"]["designs"][name] = _run_design(world, proxies[mon_n], design, args.null_runs, targets)
+    out["monitor"]["seconds"] = time.perf_counter() - t0
+    new_rows = out["monitor"]["designs"]["new"]
+    axes[1, 1].scatter([r["gold_peak_n"] for r in new_rows["bon"]["per_seed"]],
+                       [r["alarm_n"] or 512 for r in new_rows["bon"]["per_seed"]])  # fmt: skip
     axes[1, 1].plot([1, 256], [1, 256], color="grey", ls=":")
-    axes[1, 1].set(xscale="log", yscale="log", title="monitor: first alarm n vs gold-peak n", xlabel="gold peak n")
-    axes[1, 1].set_ylabel("alarm n (512 = never)")
-
-    # --- the monitor on the KL-regularised path (8 lambdas, d evenly spaced) ---
-    tilt_targets = torch.linspace(D_MAX_TILT / 8, D_MAX_TILT, 8, dtype=torch.float64)
-    rows_t: list[dict[str, Any]] = []
-    for s, p in zip(seeds, proxies[mon_n], strict=True):
-        trusted = trusted_by_seed[s]
-        g = generator(s, "proxy-gaming-bench-monitor-tilt")
-        curve = _tilt_curve(world, p, tilt_targets)  # row 0 is pi0 itself
-        ref = torch.multinomial(world.pi0, 2 * args.monitor_m, replacement=True, generator=g)
-        picks = [torch.multinomial(row, args.monitor_m, replacement=True, generator=g) for row in curve.probs[1:]]
-        res = monitor_proxy_gaming(p[ref], trusted[:, ref], [p[i] for i in picks], [trusted[:, i] for i in picks])
-        fine = _tilt_curve(world, p, targets)
-        obs = observed_peak(fine.d, fine.gold)
-        peak_d, interior_t = obs.d.value, bool(obs.interior.all())
-        alarm_d = float(curve.d[res.alarm_step]) if res.alarm_step is not None else None
-        rows_t.append({"seed": s, "gold_peak_d": peak_d, "alarm_d": alarm_d,
-                       "outcome": _outcome(alarm_d, peak_d, interior_t)})  # fmt: skip
-    hits_t = sum(r["outcome"] == "hit" for r in rows_t)
-    interior_t_count = sum(r["outcome"] in ("hit", "late", "miss") for r in rows_t)
-    lo_t, hi_t = clopper_pearson(hits_t, interior_t_count) if interior_t_count else (math.nan, math.nan)
-    out["monitor_tilt"] = {"per_seed": rows_t, "hits": hits_t, "interior_peaks": interior_t_count,
-                           "hit_rate_over_interior_peaks": [hits_t / interior_t_count if interior_t_count else math.nan,
-                                                            lo_t, hi_t]}  # fmt: skip
+    axes[1, 1].set(xscale="log", yscale="log", title="monitor (new design): first alarm n vs gold-peak n")
+    axes[1, 1].set(xlabel="gold peak n", ylabel="alarm n (512 = never)")
+    rows_t = new_rows["tilt"]["per_seed"]
 
     # --- speed: the sample-reuse estimator, 256 n values from one pool ---
     g = generator(0, "proxy-gaming-bench-speed")
@@ -361,6 +405,30 @@ def _goal_status(out: dict[str, Any]) -> str:
         f"predicted peak inside the observed interval for {bon_in}/{len(bon)} N. RL form on the KL-regularised "
         f"optimum and REINFORCE: R^2 {min(rl_r2):.3f}-{max(rl_r2):.3f} (goal >= 0.95), predicted peak inside "
         f"for {rl_in}/{len(rl)} fits."
+    )
+
+
+def _monitor_goal(out: dict[str, Any]) -> str:
+    """The issue's monitor goal (alarm before the gold peak in >= 80% of seeds at a 5% false-alarm rate), stated
+    for the new design from the numbers, on both optimisers."""
+    d = out["monitor"]["designs"]["new"]
+    fa = d["false_alarm_rate_under_selection_no_gaming"]
+    calibrated = fa[1] <= out["monitor"]["alpha"]  # not significantly above alpha
+    parts = []
+    for key, what in (("bon", "best-of-n"), ("tilt", "the KL-regularised path")):
+        rate = d[key]["hit_rate_over_interior_peaks"]
+        early = sum(r["outcome"] == "false_alarm" for r in d[key]["per_seed"])
+        parts.append(
+            f"{what} {d[key]['hits']}/{d[key]['interior_peaks']} ({'>=' if rate[0] >= 0.8 else '<'} 80%; "
+            f"{early} seed(s) whose gold never peaks inside alarmed anyway)"
+        )
+    met = calibrated and all(d[k]["hit_rate_over_interior_peaks"][0] >= 0.8 for k in ("bon", "tilt"))
+    return (
+        f"**Monitor goal {'met' if met else 'NOT met'} (new design, on the point estimates: with 8 seeds the exact "
+        "intervals in the table cannot exclude a hit rate below 80%).** Hits before the gold peak: "
+        + "; ".join(parts)
+        + f". False-alarm rate {_fmt(fa)} against alpha {out['monitor']['alpha']} "
+        f"({'not significantly above' if calibrated else 'significantly above'} it)."
     )
 
 
@@ -431,32 +499,51 @@ def _markdown(out: dict[str, Any]) -> str:
             f"{_fmt(f['observed_peak_d'])} | {f['predicted_inside_observed_ci']} |"
         )
     m = out["monitor"]
+    des = m["designs"]
     lines += [
         "",
-        "## Proxy-gaming monitor on best-of-n (alpha = 0.05, Bonferroni over "
-        f"{len(m['schedule_n'])} steps n = {m['schedule_n']})",
+        f"## Proxy-gaming monitor (alpha = {m['alpha']}, Bonferroni over {len(m['schedule_n'])} steps)",
         "",
         "The monitor tests the trusted proxies' residual from the line ``t ~ a + b p`` fitted on pi0's draws "
-        "(mlsafety.monitoring.proxy_gaming.monitor). Outcome per seed: hit = alarm at an n below an interior gold "
-        "peak; late = at or after it; miss = no alarm; false_alarm = alarm while gold never peaked; quiet.",
+        "(mlsafety.monitoring.proxy_gaming.monitor), on the N = "
+        f"{m['proxy_labels']} proxies. Best-of-n steps: n = {m['schedule_n']}; KL-regularised steps: 8 lambdas, "
+        f"d = {D_MAX_TILT / 8:.3f}..{D_MAX_TILT}. Outcome per seed: hit = alarm below an interior gold peak; "
+        "late = at or after it; miss = no alarm; false_alarm = alarm while gold never peaked; quiet. Hits are over "
+        "the seeds whose gold peaks inside the schedule (Clopper-Pearson intervals). False alarms: "
+        f"{m['null_runs']} runs of a world with no gaming ({m['null']}).",
         "",
-        f"Hits among seeds whose gold peaks inside the schedule: {m['hits']}/{m['interior_peaks']} "
-        f"{_fmt(m['hit_rate_over_interior_peaks'])}. False-alarm rate under best-of-n selection in a world with "
-        f"no gaming ({m['null']}): {_fmt(m['false_alarm_rate_under_selection_no_gaming'])} ({m['null_runs']} runs).",
+        "Designs. *old*: the first measurement. *new*: trusted proxies that can bend with the gold (the widest "
+        "feature family the bench trains, on the most labels), one draw per output of the world per step, and the "
+        "outputs' ids (a cluster-robust standard error by distinct output: best-of-256 puts the draws on a few "
+        "dozen outputs). *new_without_ids*: the same draws counted as independent.",
         "",
-        "| seed | gold peak n | first alarm n | outcome |",
-        "|---|---|---|---|",
-        *[f"| {r['seed']} | {r['gold_peak_n']} | {r['alarm_n']} | {r['outcome']} |" for r in m["per_seed"]],
-        "",
-        f"On the KL-regularised path (8 lambdas, d = {D_MAX_TILT / 8:.3f}..{D_MAX_TILT}): hits "
-        f"{out['monitor_tilt']['hits']}/{out['monitor_tilt']['interior_peaks']} "
-        f"{_fmt(out['monitor_tilt']['hit_rate_over_interior_peaks'])}.",
-        "",
-        "| seed | gold peak d | first alarm d | outcome |",
-        "|---|---|---|---|",
+        "| design | trusted | trusted-gold corr | draws / step | ids | best-of-n hits | KL-regularised hits "
+        "| false alarms |",
+        "|---|---|---|---|---|---|---|---|",
         *[
-            f"| {r['seed']} | {r['gold_peak_d']:.3f} | {_opt(r['alarm_d'])} | {r['outcome']} |"
-            for r in out["monitor_tilt"]["per_seed"]
+            f"| {name} | {d['trusted']} | {d['trusted_gold_corr'][0]:.3f}-{d['trusted_gold_corr'][1]:.3f} | "
+            f"{d['outputs_per_step']} | {d['ids']} | {d['bon']['hits']}/{d['bon']['interior_peaks']} "
+            f"{_fmt(d['bon']['hit_rate_over_interior_peaks'])} | {d['tilt']['hits']}/{d['tilt']['interior_peaks']} "
+            f"{_fmt(d['tilt']['hit_rate_over_interior_peaks'])} | {d['false_alarms']}/{m['null_runs']} "
+            f"{_fmt(d['false_alarm_rate_under_selection_no_gaming'])} |"
+            for name, d in des.items()
+        ],
+        "",
+        _monitor_goal(out),
+        "",
+        "| seed | gold peak n | alarm n (old) | alarm n (new) | outcome (new) | gold peak d | alarm d (old) "
+        "| alarm d (new) | outcome (new) |",
+        "|---|---|---|---|---|---|---|---|---|",
+        *[
+            f"| {b['seed']} | {b['gold_peak_n']} | {ob['alarm_n']} | {b['alarm_n']} | {b['outcome']} | "
+            f"{t['gold_peak_d']:.3f} | {_opt(ot['alarm_d'])} | {_opt(t['alarm_d'])} | {t['outcome']} |"
+            for b, ob, t, ot in zip(
+                des["new"]["bon"]["per_seed"],
+                des["old"]["bon"]["per_seed"],
+                des["new"]["tilt"]["per_seed"],
+                des["old"]["tilt"]["per_seed"],
+                strict=True,
+            )
         ],
         "",
         "Sample-reuse estimator (500 prompts x 256 cached samples, all 256 n): "
