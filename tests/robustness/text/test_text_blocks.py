@@ -199,8 +199,8 @@ def test_angular_similarity_and_textfoolers_window() -> None:
 
 def test_recipes_are_composed_with_the_papers_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     """TextFooler (Jin et al. 2020 as TextAttack's recipe): 50 embedding neighbours, word cosine >= 0.5, POS with
-    nouns and verbs interchangeable, angular similarity >= 0.840845057 in 15-word windows against the text each step
-    changes (short texts skipped),
+    nouns and verbs interchangeable, no WordNet antonym (our departure; off with ``refuse_antonyms=False``),
+    angular similarity >= 0.840845057 in 15-word windows against the text each step changes (short texts skipped),
     deletion ranking; PWWS: WordNet synonyms, probability-weighted saliency; DeepWordBug: the four character edits
     one each at random, edit distance <= 30, unknown-token ranking; all untargeted, stop words and repeats kept."""
     from mlsafety.robustness.text import pwws as pwws_module
@@ -221,7 +221,10 @@ def test_recipes_are_composed_with_the_papers_settings(monkeypatch: pytest.Monke
     assert tf.transformation.max_candidates == 50 and tf.transformation.min_cos == -1.0
     assert isinstance(tf.search, S.GreedyWordImportance) and tf.search.importance == "delete"
     c = parts(tf)
-    assert set(c) == {C.RepeatModification, C.StopWords, C.WordEmbeddingDistance, C.PartOfSpeech, C.SentenceSimilarity}
+    assert set(c) == {
+        C.RepeatModification, C.StopWords, C.WordEmbeddingDistance, C.PartOfSpeech, C.NoAntonym, C.SentenceSimilarity,
+    }  # fmt: skip
+    assert C.NoAntonym not in set(parts(T.create("textfooler", model, refuse_antonyms=False)))
     wed, pos, sim = c[C.WordEmbeddingDistance], c[C.PartOfSpeech], c[C.SentenceSimilarity]
     assert isinstance(wed, C.WordEmbeddingDistance) and wed.min_cos == 0.5
     assert isinstance(pos, C.PartOfSpeech) and pos.allow_noun_verb

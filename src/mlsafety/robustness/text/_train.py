@@ -18,7 +18,10 @@ changed words kept, at most ``max(ceil(10% of the words), 4)`` words changed (Te
 embedding cosine at least ``min_cos``.
 
 Deviations: counter-fitted embeddings are replaced by the victim's input embeddings (as in the
-recipes), DistilBERT sentence similarity is off by default (``a2t`` recipe's ``min_similarity``; the
+recipes), and since those embeddings put antonyms close (counter-fitting, Mrkšić et al. 2016, pushes them
+apart) a swap for a WordNet antonym is refused (:class:`~.constraints.NoAntonym`, ``refuse_antonyms=False``
+turns it off): an antonym swap added to training with the original label would teach a wrong label; DistilBERT
+sentence similarity is off by default (``a2t`` recipe's ``min_similarity``; the
 MiniLM encoder when set) to keep training on a CPU cheap; the learning-rate schedule restarts each
 epoch (one :func:`~mlsafety.core.train` call per epoch, default ``schedule="constant"``). Two
 differences from the authors' TextAttack ``Trainer``: it attacks shuffled training texts until
@@ -127,12 +130,14 @@ class A2T(Recipe):
     max_share = Param(0.1, float, low=0.01, high=1, doc="share of a text's words changed at most (rounded up)")
     min_words = Param(4, int, low=0, doc="words the share limit allows at least (A2T's min_threshold)")
     min_similarity = Param(None, float, low=-1, high=1, doc="MiniLM sentence cosine at least (None: not checked)")
+    refuse_antonyms = Param(True, bool, doc="refuse a swap for a WordNet antonym (NoAntonym; False: the old recipe)")
 
     name: ClassVar[str] = "a2t"
 
     def build(self, model: ModelLike) -> Attack:
         from mlsafety.robustness.text.constraints import (
             MaxWordsPerturbed,
+            NoAntonym,
             PartOfSpeech,
             RepeatModification,
             SentenceSimilarity,
@@ -151,6 +156,7 @@ class A2T(Recipe):
             MaxWordsPerturbed(max_share=self.max_share, min_words=self.min_words, round_up=True),
             WordEmbeddingDistance(vectors, self.min_cos),
             PartOfSpeech(allow_noun_verb=False),
+            *([NoAntonym()] if self.refuse_antonyms else []),
         ]
         if self.min_similarity is not None:
             constraints.append(SentenceSimilarity(_resources.minilm_encoder(), self.min_similarity, "cosine"))

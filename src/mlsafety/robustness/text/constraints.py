@@ -3,7 +3,7 @@
 Word choice (:meth:`~mlsafety.robustness.text.Constraint.modifiable`): :class:`StopWords`,
 :class:`RepeatModification`. Candidates (:meth:`~mlsafety.robustness.text.Constraint.allows`, one
 batch per step): :class:`MaxWordsPerturbed`, :class:`SentenceSimilarity`,
-:class:`WordEmbeddingDistance`, :class:`PartOfSpeech`, :class:`EditDistance`.
+:class:`WordEmbeddingDistance`, :class:`PartOfSpeech`, :class:`NoAntonym`, :class:`EditDistance`.
 
 Every constraint's :meth:`check` on a finished text is what the search enforced on it, so "no
 returned text violates a constraint" is a property the tests can check.
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from functools import lru_cache
 from typing import ClassVar, Literal, Protocol
 
 import torch
 
 from mlsafety.core import InputError
 from mlsafety.robustness.text._base import AttackedText, Constraint
-from mlsafety.robustness.text._resources import WordVectors, angular, wordnet_pos
+from mlsafety.robustness.text._resources import WordVectors, angular, wordnet, wordnet_pos
 
 
 def default_stop_words() -> frozenset[str]:
@@ -166,6 +167,109 @@ class PartOfSpeech(Constraint):
             if (a or b) and not a & b:
                 return False
         return True
+
+    def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
+        return [self._ok(original, c) for c in candidates]
+
+
+@lru_cache(maxsize=200_000)
+def _senses(word: str) -> frozenset[object]:
+    """Every WordNet synset of ``word`` (lower-case) under any part of speech; NLTK's ``synsets`` lemmatises
+    first (morphy, with WordNet's exception lists), so ``fails`` gives ``fail``'s senses and ``worse`` ``bad``'s."""
+    return frozenset(wordnet().synsets(word))
+
+
+def _heads(senses: frozenset[object]) -> frozenset[object]:
+    """The adjective-cluster heads of the adjective ``senses``: a head synset (``a``) is its own, a satellite
+    (``s``) has those it is ``similar_to``."""
+    out: set[object] = set()
+    for s in senses:
+        pos = s.pos()  # type: ignore[attr-defined]
+        if pos == "a":
+            out.add(s)
+        elif pos == "s":
+            out.update(h for h in s.similar_tos() if h.pos() == "a")  # type: ignore[attr-defined]
+    return frozenset(out)
+
+
+def _antonym_senses(senses: Iterable[object]) -> frozenset[object]:
+    """Synsets of the antonyms WordNet lists for any lemma of ``senses``."""
+    return frozenset(a.synset() for s in senses for lemma in s.lemmas() for a in lemma.antonyms())  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=200_000)
+def _opposites(word: str) -> tuple[frozenset[object], frozenset[object], frozenset[object], frozenset[object]]:
+    """``word``'s senses, its adjective-cluster heads, what opposes them (the synsets of the antonyms of its
+    senses, direct, and of its cluster heads, indirect), and the antonyms of the heads its own head senses
+    ``also_see`` (WordNet's see-also links between cluster heads: ``happy`` -> ``glad``, antonym ``sad``)."""
+    senses = _senses(word)
+    heads = _heads(senses)
+    see = {x for s in senses if s.pos() == "a" for x in s.also_sees() if x.pos() == "a"}  # type: ignore[attr-defined]
+    return senses, heads, _antonym_senses(senses) | _antonym_senses(heads), _antonym_senses(see)
+
+
+@lru_cache(maxsize=500_000)
+def _opposed(a: str, b: str) -> bool:
+    sa, ha, oa, na = _opposites(a)
+    sb, hb, ob, nb = _opposites(b)
+    return bool(oa & (sb | hb) or ob & (sa | ha) or na & sb or nb & sa)
+
+
+def antonymous(old: str, new: str) -> bool:
+    """Whether WordNet 3.0 opposes ``new`` to ``old`` (compared lower-case, each lemmatised by WordNet's morphy
+    under every part of speech, so inflections count: ``fails`` / ``succeeds``, ``worse`` / ``better``).
+
+    Opposed when, over every sense of both words:
+
+    * direct antonymy: a lemma of a sense of one word is a listed antonym of a lemma of a sense of the other
+      (``dry`` / ``wet``, ``fail`` / ``succeed``, ``happy`` / ``unhappy``);
+    * indirect antonymy through the adjective clusters (a satellite's ``similar_to`` head stands for it): the
+      antonym of one word's cluster head is a sense or cluster head of the other (``great``, a satellite of
+      ``good``, against ``bad``);
+    * a cluster head the word heads ``also_see`` another head whose antonym is a sense of the other word
+      (``happy`` -> ``glad``, antonym ``sad``: ``happy`` and ``sad`` head separate clusters, which the two
+      rules above do not connect). Only the word's own head senses are followed, one link: following the
+      links from satellites' heads refused synonyms such as ``bad`` / ``awful``.
+
+    Symmetric; a word WordNet does not know opposes nothing. Polysemy makes a few synonym pairs opposed too
+    (about 0.1% of WordNet synonym pairs of adjectives, e.g. ``strong`` / ``hard``). Cached per word and pair.
+    """
+    a, b = old.lower(), new.lower()
+    if a == b:
+        return False
+    return _opposed(a, b) if a <= b else _opposed(b, a)
+
+
+def antonym_swaps(original: str, perturbed: str) -> list[tuple[str, str]]:
+    """The ``(old, new)`` word swaps of ``perturbed`` against ``original`` that :func:`antonymous` opposes, words
+    aligned by position (a word swap keeps the word count; texts whose counts differ give ``[]``). Counts how
+    many of an attack's stored results are label changes by antonym (``bench/text_attacks.py``)."""
+    a, b = AttackedText.from_text(original), AttackedText.from_text(perturbed)
+    if a.num_words != b.num_words:
+        return []
+    return [(x, y) for x, y in zip(a.words, b.words) if x != y and antonymous(x, y)]
+
+
+class NoAntonym(Constraint):
+    """No changed word is a WordNet antonym of the word it replaces (:func:`antonymous`: direct antonymy over
+    every sense of both lemmatised words, and indirect antonymy through adjective clusters).
+
+    Counter-fitted word vectors (Mrkšić et al., "Counter-fitting Word Vectors to Linguistic Constraints",
+    NAACL 2016), TextFooler's and TextAttack's neighbour lists, push apart antonym pairs taken from WordNet
+    and PPDB; the neighbours here come from input embeddings that put antonyms close (``good`` / ``bad``,
+    ``dry`` / ``wet``), so the recipes that draw candidates from embedding neighbours or gradients refuse
+    WordNet's antonyms explicitly instead. A swap that flips the label by flipping the meaning is a label
+    change, not an adversarial example.
+
+    It does not catch sentiment flips between words WordNet does not oppose (``bored`` -> ``fun``,
+    ``pointless`` -> ``hilarious``, ``mistake`` -> ``correct``), nor PPDB's antonyms that WordNet lacks,
+    nor negations added or removed around a word; no sentiment lexicon is used.
+    """
+
+    name: ClassVar[str] = "no-antonym"
+
+    def _ok(self, original: AttackedText, text: AttackedText) -> bool:
+        return not any(antonymous(original.words[i], text.words[i]) for i in text.changed)
 
     def allows(self, original: AttackedText, candidates: Sequence[AttackedText]) -> list[bool]:
         return [self._ok(original, c) for c in candidates]

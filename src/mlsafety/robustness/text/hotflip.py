@@ -13,7 +13,10 @@ the recipe keeps stop words, changes each word at most once, at most ``max_words
 word-embedding cosine of ``min_cos_sim`` between a word and its replacement and the same WordNet part of
 speech. The vectors are the victim's own input embeddings (no counter-fitted vectors are installed),
 whose cosines run lower than counter-fitted ones: the default is 0.5 (TextFooler's threshold, as the
-textfooler recipe here) instead of TextAttack's 0.8 for HotFlip.
+textfooler recipe here) instead of TextAttack's 0.8 for HotFlip. Those embeddings (and the gradient
+ranking over them) put antonyms close, which counter-fitting (Mrkšić et al. 2016) pushes apart, so the
+recipe also refuses a swap for a WordNet antonym (:class:`~.constraints.NoAntonym`, a departure;
+``refuse_antonyms=False`` turns it off).
 
 Deviations from the paper: whole-word swaps over the vocabulary entries that are one alphabetic
 word (:func:`~._gradients.whole_word_vocabulary`), not character flips; a word the tokenizer splits
@@ -203,11 +206,14 @@ class HotFlipSearch(SearchMethod):
         return best
 
 
-def hotflip_constraints(model: ModelLike, max_words: int, min_cos_sim: float) -> list[Constraint]:
+def hotflip_constraints(
+    model: ModelLike, max_words: int, min_cos_sim: float, refuse_antonyms: bool = True
+) -> list[Constraint]:
     """The recipe's constraints (TextAttack's ``HotFlipEbrahimi2017`` set), from the building blocks; the word
-    vectors are the victim's input embeddings."""
+    vectors are the victim's input embeddings; ``refuse_antonyms`` adds :class:`~.constraints.NoAntonym`."""
     from mlsafety.robustness.text.constraints import (
         MaxWordsPerturbed,
+        NoAntonym,
         PartOfSpeech,
         RepeatModification,
         StopWords,
@@ -221,6 +227,7 @@ def hotflip_constraints(model: ModelLike, max_words: int, min_cos_sim: float) ->
         MaxWordsPerturbed(max_words=max_words),
         WordEmbeddingDistance(word_vectors("victim", as_classifier(model)), min_cos_sim),
         PartOfSpeech(),
+        *([NoAntonym()] if refuse_antonyms else []),
     ]
 
 
@@ -234,6 +241,7 @@ class HotFlip(Recipe):
     min_cos_sim = Param(
         0.5, float, low=-1, high=1, doc="input-embedding cosine between a word and its replacement (TextAttack: 0.8)"
     )
+    refuse_antonyms = Param(True, bool, doc="refuse a swap for a WordNet antonym (NoAntonym; False: the old recipe)")
 
     name: ClassVar[str] = "hotflip"
 
@@ -246,7 +254,7 @@ class HotFlip(Recipe):
         swap = GradientWordSwap(clf, top_n=self.top_n, min_cos=self.min_cos_sim if constraints is None else -1.0)
         if constraints is None:
             _resources.wordnet()  # a missing WordNet is named before any work
-            constraints = hotflip_constraints(clf, self.max_words, self.min_cos_sim)
+            constraints = hotflip_constraints(clf, self.max_words, self.min_cos_sim, self.refuse_antonyms)
         return Attack(
             clf,
             Untargeted(),

@@ -13,6 +13,11 @@ Deviations (the resources TextAttack downloads are not available offline):
 - counter-fitted word vectors (Mrksic et al. 2016) -> the victim's (``embeddings="victim"``) or
   MiniLM's (``"minilm"``) input embeddings over whole-word vocabulary entries; cosine thresholds
   therefore mean something different (neighbours in a model's input space are often inflections);
+- those input embeddings put antonyms close (``good`` / ``bad``, ``dry`` / ``wet``), which counter-fitting
+  pushes apart (its WordNet and PPDB antonym pairs), so the recipe adds a constraint TextFooler does not
+  have: no changed word is a WordNet antonym of the word it replaces (``NoAntonym``; ``refuse_antonyms=False``
+  turns it off, for comparison). Sentiment flips WordNet does not list as antonyms (``bored`` -> ``fun``)
+  still pass;
 - the Universal Sentence Encoder -> the embedded MiniLM encoder (mean-pooled, angular similarity
   of the 15-word windows, TextAttack's threshold 0.840845057, texts shorter than the window
   accepted unchecked as in TextAttack's recipe);
@@ -33,6 +38,7 @@ from mlsafety.robustness.text._base import Attack, check_text_classifier
 from mlsafety.robustness.text._recipe import Recipe, register_text_attack
 from mlsafety.robustness.text._resources import minilm_encoder, minilm_similarity, wordnet
 from mlsafety.robustness.text.constraints import (
+    NoAntonym,
     PartOfSpeech,
     RepeatModification,
     SentenceSimilarity,
@@ -56,6 +62,7 @@ class TextFooler(Recipe):
     sim_threshold = Param(0.840845057, float, low=-1, high=1, doc="windowed sentence similarity at least")
     sim_metric = Param("angular", str, choices=("angular", "cosine"), doc="sentence similarity: angular or cosine")
     window = Param(15, int, low=1, doc="words in the sentence-similarity window")
+    refuse_antonyms = Param(True, bool, doc="refuse a swap for a WordNet antonym (NoAntonym; False: the old recipe)")
 
     def build(self, model: ModelLike) -> Attack:
         clf = as_classifier(model)
@@ -64,17 +71,19 @@ class TextFooler(Recipe):
         vectors = word_vectors(self.embeddings, clf)
         encoder = minilm_encoder()
         metric: Literal["angular", "cosine"] = "angular" if self.sim_metric == "angular" else "cosine"
+        constraints = [
+            RepeatModification(),
+            StopWords(),
+            WordEmbeddingDistance(vectors, self.min_word_cos),
+            PartOfSpeech(allow_noun_verb=True),
+            *([NoAntonym()] if self.refuse_antonyms else []),
+            SentenceSimilarity(encoder, self.sim_threshold, metric, self.window, compare_against_original=False),
+        ]
         return Attack(
             clf,
             Untargeted(),
             EmbeddingSwap(vectors, self.max_candidates),
-            [
-                RepeatModification(),
-                StopWords(),
-                WordEmbeddingDistance(vectors, self.min_word_cos),
-                PartOfSpeech(allow_noun_verb=True),
-                SentenceSimilarity(encoder, self.sim_threshold, metric, self.window, compare_against_original=False),
-            ],
+            constraints,
             GreedyWordImportance("delete"),
             query_budget=self.query_budget,
             batch_size=self.batch_size,

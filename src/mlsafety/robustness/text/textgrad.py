@@ -26,7 +26,10 @@ Deviations from the paper: candidate sets come from the recipe's transformation 
 the victim's embedding neighbours, filtered by the constraints word by word) instead of a masked LM;
 fluency is a constraint on the sampled texts instead of a perplexity term in the relaxed loss (the
 causal LM's tokens are not the victim's, so its perplexity is not a function of the victim's relaxed
-embeddings); a substitute must have as many tokens as the word it replaces; one round of sampling
+embeddings); the embedding neighbours put antonyms close (counter-fitting, Mrkšić et al. 2016, is what pushes
+them apart in TextAttack's vectors), so no substitute may be a WordNet antonym of the word it replaces
+(:class:`~.constraints.NoAntonym`; ``refuse_antonyms=False`` turns it off), which the masked-LM candidates of
+the paper do not check either; a substitute must have as many tokens as the word it replaces; one round of sampling
 after ``steps`` updates (no restarts); each gradient step counts as one query against the budget; the share
 limit is rounded up, ``k = min(budget_words, ceil(max_share x words))`` (TextAttack's ``MaxWordsPerturbed``
 rounding), where the authors' code takes ``int(0.25 x words)`` and leaves a text of fewer than 4 words
@@ -341,12 +344,14 @@ def textgrad_parts(clf: Classifier, recipe: TextGrad, lm: Any) -> tuple[Transfor
 
     Candidates: WordNet synonyms and the victim's ``max_candidates`` embedding neighbours. Constraints:
     stop words and repeated modification kept, at most ``budget_words`` words and ``max_share`` of them
-    changed, a shared WordNet part of speech, windowed sentence similarity (MiniLM cosine) at least
+    changed, a shared WordNet part of speech, no WordNet antonym (when ``recipe.refuse_antonyms``), windowed
+    sentence similarity (MiniLM cosine) at least
     ``min_similarity`` in every changed word's window, and the language model's perplexity ratio (when ``lm``
     is given)."""
     from mlsafety.robustness.text._resources import minilm_encoder
     from mlsafety.robustness.text.constraints import (
         MaxWordsPerturbed,
+        NoAntonym,
         PartOfSpeech,
         RepeatModification,
         SentenceSimilarity,
@@ -363,6 +368,7 @@ def textgrad_parts(clf: Classifier, recipe: TextGrad, lm: Any) -> tuple[Transfor
         StopWords(),
         MaxWordsPerturbed(max_share=recipe.max_share, max_words=recipe.budget_words),
         PartOfSpeech(),
+        *([NoAntonym()] if recipe.refuse_antonyms else []),
         # a sampled text changes several words at once: every changed word's window is compared ("last" would
         # look only at the highest index's)
         SentenceSimilarity(encoder, recipe.min_similarity, "cosine", windows="all"),
@@ -387,6 +393,7 @@ class TextGrad(Recipe):
     min_similarity = Param(0.8, float, low=-1, high=1, doc="sentence similarity (MiniLM cosine, windowed) at least")
     fluency = Param("smollm2-135m", str, doc="zoo causal LM whose perplexity bounds fluency, or 'none'")
     max_perplexity_ratio = Param(2.0, float, low=1, doc="candidate perplexity at most this times the original's")
+    refuse_antonyms = Param(True, bool, doc="refuse a swap for a WordNet antonym (NoAntonym; False: the old recipe)")
 
     name: ClassVar[str] = "textgrad"
 
