@@ -112,13 +112,23 @@ def fit_all(
             fit_groups = groups[fit_idx] if groups is not None else None
             g = torch.Generator().manual_seed(seed + 1)
             cv = cross_validated_fit_accuracy(m, fit, layers, g, PARAMS.get(m), fit_groups)
-            if cv is not None:
-                results = [replace(r, fit_accuracy=float(c)) for r, c in zip(results, cv)]
+            if cv is None:  # run_probes refuses this too: in-sample accuracy is 1 everywhere and chooses nothing
+                raise SystemExit(f"{m}: too few fit items to cross-validate its layer choice; use more items")
+            results = [replace(r, fit_accuracy=float(c)) for r, c in zip(results, cv)]
         seconds[m] = time.perf_counter() - start
         out[m] = {"probe": probe, "results": results, "readings": readings}
     for z in ZS:
         out[z] = {"readings": (zero_shot_scores(test.logp_yes, test.logp_no, z == ZS[1]) > 0).long()[:, None]}
     return out, seconds
+
+
+def best_index(fit_accuracy: list[float], reads_both: list[bool]) -> int:
+    """The layer (index) with the highest fit-half accuracy among those where the probe reads both answers, as
+    :meth:`~mlsafety.alignment.probes.evaluate.ProbeReport.best_layer` chooses (all layers when none does): at layer
+    0 every probe reads every item alike (the answer token's normalised embedding is 0), and its fit accuracy, the
+    label share, won ties."""
+    allowed = [j for j, ok in enumerate(reads_both) if ok] or list(range(len(fit_accuracy)))
+    return max(allowed, key=lambda j: fit_accuracy[j])
 
 
 def pipeline_seconds(lm: Any, pairs: ContrastPairs, batch_size: int, layers: list[int], seed: int) -> float:
@@ -330,7 +340,7 @@ def anchor_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[st
     for m in (*METHODS, *ZS):
         if m in METHODS:
             fit_acc = [r.fit_accuracy for r in fitted[m]["results"]]
-            j = max(range(len(layers)), key=lambda k: fit_acc[k])
+            j = best_index(fit_acc, [r.reads_both for r in fitted[m]["results"]])
             correct[m] = fitted[m]["readings"][:, j] == labels
             methods[m] = {"best_layer": layers[j], "fit_accuracy": fit_acc[j], "accuracy": est(correct[m])}
         else:
@@ -387,7 +397,8 @@ def accuracy_part(lm: Any, args: argparse.Namespace, layers: list[int]) -> dict[
             fit_mean = [
                 statistics.mean(per_t[t][m]["results"][j].fit_accuracy for t in per_t) for j in range(len(layers))
             ]
-            best[m] = layers[max(range(len(layers)), key=lambda j: fit_mean[j])]
+            reads = [all(per_t[t][m]["results"][j].reads_both for t in per_t) for j in range(len(layers))]
+            best[m] = layers[best_index(fit_mean, reads)]
         correct: dict[str, torch.Tensor] = {}  # (items, templates) at the best layer
         for m in (*METHODS, *ZS):
             col = layers.index(best[m]) if m in METHODS else 0
