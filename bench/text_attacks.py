@@ -44,7 +44,7 @@ from mlsafety import zoo
 from mlsafety.core import Classifier, generator
 from mlsafety.metrics import Estimate, bootstrap_mean, proportion
 from mlsafety.robustness import text as T
-from mlsafety.robustness.text.constraints import default_stop_words
+from mlsafety.robustness.text.constraints import antonym_swaps, default_stop_words
 
 RESULTS = Path(__file__).parent / "results"
 PEER_PINS = (
@@ -70,6 +70,27 @@ def fmt(e: dict[str, float] | None, pct: bool = False) -> str:
     k = 100.0 if pct else 1.0
     unit = "%" if pct else ""
     return f"{k * e['value']:.1f}{unit} [{k * e['ci_low']:.1f}, {k * e['ci_high']:.1f}] (n={int(e['n'])})"
+
+
+def unmark(marked: str) -> str:
+    """A stored example's text without the ``[[ ]]`` marks around changed words."""
+    return marked.replace("[[", "").replace("]]", "")
+
+
+def count_antonym_swaps(run: dict[str, Any], texts: list[str]) -> dict[str, Any]:
+    """Successes of ``run`` whose changed words include a WordNet antonym of the word replaced
+    (:func:`~mlsafety.robustness.text.constraints.antonym_swaps` on each stored example against its original)."""
+    swaps = [
+        antonym_swaps(t, unmark(r.get("marked", ""))) if r["status"] == "succeeded" else []
+        for t, r in zip(texts, run["rows"])
+    ]
+    won = sum(r["status"] == "succeeded" for r in run["rows"])
+    hits = [s for s in swaps if s]
+    return {
+        "antonym_successes": len(hits),
+        "antonym_share": est(proportion(len(hits), won)) if won else None,
+        "antonym_pairs": [list(p) for s in hits for p in s],
+    }
 
 
 def summarise(rows: list[dict[str, Any]], wall: float) -> dict[str, Any]:
@@ -196,6 +217,7 @@ def main() -> None:
     ap.add_argument("--only", default="", help="comma-separated stages to run (default all)")
     ap.add_argument("--md-only", action="store_true", help="rewrite the .md from the .json and stop")
     ap.add_argument("--repeats", type=int, default=1, help="runs per stage, interleaved; wall time is the median")
+    ap.add_argument("--rerun-note", default="", help="a line saying which rows this run re-measured and why")
     args = ap.parse_args()
     if args.md_only:
         write_md(json.loads((RESULTS / "text_attacks.json").read_text()))
@@ -224,11 +246,18 @@ def main() -> None:
     if path.exists():
         try:
             prev = json.loads(path.read_text())
-            if prev.get("budget") == args.budget and prev.get("data") == out["data"]:
+            if prev.get("budget") == args.budget and prev.get("data") == out["data"] and args.only:
+                # a partial rerun keeps the other rows, and the header of the run that measured them
+                for key in ("note", "repeats", "threads", "python", "torch"):
+                    out[key] = prev.get(key, out[key])
+                out["rerun"] = prev.get("rerun", "")
                 out["runs"].update(prev.get("runs", {}))
                 out["comparisons"].update(prev.get("comparisons", {}))
         except (OSError, ValueError):
             pass
+    if args.rerun_note:
+        out["rerun"] = "; ".join(filter(None, [out.get("rerun", ""), args.rerun_note]))
+    out["texts"] = texts
     only = set(filter(None, args.only.split(",")))
     stages: list[tuple[str, Any]] = [
         ("ours/deepwordbug", lambda: ours("deepwordbug", model, texts, labels, args.budget)),
@@ -238,6 +267,14 @@ def main() -> None:
         ("textattack/pwws", lambda: textattack_run("pwws", clf, texts, labels, args.budget)),
         ("ours/textfooler", lambda: ours("textfooler", model, texts, labels, args.budget)),
         ("ours/textfooler-cos0.3", lambda: ours("textfooler", model, texts, labels, args.budget, min_word_cos=0.3)),
+        (
+            "ours/textfooler-antonyms-allowed",
+            lambda: ours("textfooler", model, texts, labels, args.budget, refuse_antonyms=False),
+        ),
+        (
+            "ours/textfooler-cos0.3-antonyms-allowed",
+            lambda: ours("textfooler", model, texts, labels, args.budget, min_word_cos=0.3, refuse_antonyms=False),
+        ),
         (
             "ours/textfooler-morris",
             lambda: ours("textfooler", model, texts, labels, args.budget, **MORRIS),
@@ -266,6 +303,9 @@ def main() -> None:
             r["wall_s_repeats"] = walls[key]
             r["wall_s"] = statistics.median(walls[key])
             r["s_per_attacked_example"] = r["wall_s"] / max(1, r["attacked"])
+    for r in out["runs"].values():
+        if "rows" in r:
+            r.update(count_antonym_swaps(r, texts))
     for key, _ in chosen:
         r = out["runs"][key]
         print(key, {k: v for k, v in r.items() if k != "rows"}, flush=True)
@@ -284,6 +324,15 @@ def main() -> None:
         write_md(out)
 
 
+def antonym_cell(r: dict[str, Any]) -> str:
+    if "antonym_successes" not in r:
+        return "-"
+    pairs = ", ".join(f"{a}->{b}" for a, b in r.get("antonym_pairs", []))
+    share = r.get("antonym_share")
+    pct = f" ({100 * share['value']:.0f}%)" if share else ""
+    return f"{r['antonym_successes']} of {r['succeeded']}{pct}" + (f": {pairs}" if pairs else "")
+
+
 def write_md(out: dict[str, Any]) -> None:
     lines = [
         "# Text attacks on minilm-mr (issue 14)",
@@ -294,18 +343,27 @@ def write_md(out: dict[str, Any]) -> None:
         *([f"Re-measured: {out['rerun']}."] if out.get("rerun") else []),
         "",
         "| run | success rate | accuracy under attack | perturbed-word share | queries / attacked example "
-        "| wall s | s / attacked example | forward calls |",
-        "|---|---|---|---|---|---|---|---|",
+        "| wall s | s / attacked example | forward calls | successes swapping a WordNet antonym |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for key, r in out["runs"].items():
         if "error" in r:
-            lines.append(f"| {key} | could not run: {r['error']} | | | | | | |")
+            lines.append(f"| {key} | could not run: {r['error']} | | | | | | | |")
             continue
         lines.append(
             f"| {key} | {fmt(r['success_rate'], True)} | {fmt(r['accuracy_under_attack'], True)} | "
             f"{fmt(r['perturbed_word_share'], True)} | {fmt(r['queries_per_example'])} | {r['wall_s']:.0f} | "
-            f"{r['s_per_attacked_example']:.1f} | {r['forward_calls']} |"
+            f"{r['s_per_attacked_example']:.1f} | {r['forward_calls']} | {antonym_cell(r)} |"
         )
+    lines += [
+        "",
+        "Last column: successes whose changed words include a WordNet antonym of the word replaced "
+        "(`constraints.antonym_swaps`, direct antonymy, adjective clusters and their see-also heads, on lemmatised "
+        "words), with the pairs; such a swap changes the label rather than fooling the model. The textfooler "
+        "recipes refuse them by default (`NoAntonym`); the `-antonyms-allowed` rows are the recipe without it "
+        "(`refuse_antonyms=False`), as these rows were measured before. It does not catch sentiment flips "
+        "WordNet does not list as antonyms (bored -> fun, pointless -> hilarious), which remain in the successes.",
+    ]
     lines += ["", "Anchors (TextAttack's published tables, BERT on MR):", ""]
     lines += [f"- {k}: {100 * v:.1f}% attack success" for k, v in out["anchors"].items()]
     if out["comparisons"]:

@@ -29,6 +29,7 @@ from mlsafety import zoo
 from mlsafety.core import Classifier, LanguageModel, generator
 from mlsafety.robustness import text as T
 from mlsafety.robustness.text._resources import minilm_encoder
+from mlsafety.robustness.text.constraints import antonym_swaps
 from mlsafety.robustness.text.textgrad import RandomSubstitutionSearch, TextGradSearch
 
 OUT = Path(__file__).parent / "results"
@@ -74,7 +75,12 @@ def main() -> None:
         results = attack.attack(texts, labels)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
         s = T.evaluate_text_attack(results, seed=0)
+        won = [r for r in results if r.success]
+        swaps = [antonym_swaps(r.original, r.perturbed) for r in won]
         runs[name] = {
+            "examples": [r.marked for r in won],
+            "antonym_successes": sum(bool(x) for x in swaps),
+            "antonym_pairs": [list(p) for x in swaps for p in x],
             "seconds": seconds,
             "cpu_seconds": cpu,
             "forward_calls": attack.queries.calls,
@@ -88,6 +94,10 @@ def main() -> None:
         write(args, runs, complete=False)
         return results
 
+    # the recipes as measured before NoAntonym (refuse_antonyms=False), for the share of antonym swaps
+    run("textgrad (no fluency), antonyms allowed",
+        T.TextGrad(query_budget=args.budget, fluency="none", refuse_antonyms=False).build(clf))  # fmt: skip
+    run("hotflip, antonyms allowed", T.create("hotflip", clf, query_budget=args.budget, refuse_antonyms=False))
     tg = T.TextGrad(query_budget=args.budget, fluency="none")
     tg_attack = tg.build(clf)
     tg_results = run("textgrad (no fluency)", tg_attack)
@@ -105,6 +115,13 @@ def main() -> None:
     write(args, runs, complete=True)
 
 
+def antonym_cell(r: dict[str, Any]) -> str:
+    if "antonym_successes" not in r:
+        return "-"
+    pairs = ", ".join(f"{a}->{b}" for a, b in r["antonym_pairs"])
+    return f"{r['antonym_successes']} of {r['succeeded']}" + (f": {pairs}" if pairs else "")
+
+
 def write(args: argparse.Namespace, runs: dict[str, Any], complete: bool) -> None:
     """Rewrite text_whitebox.{json,md} with the runs so far (``partial`` until ``complete``)."""
     OUT.mkdir(exist_ok=True)
@@ -118,8 +135,8 @@ def write(args: argparse.Namespace, runs: dict[str, Any], complete: bool) -> Non
         "are the steadier figure; compare them within this run only.",
         "",
         "| attack | success rate [95% CI] | accuracy under attack | words perturbed | queries / text "
-        "| forward calls | CPU s | wall s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| forward calls | CPU s | wall s | successes swapping a WordNet antonym |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in runs.items():
         if "summary" not in r:
@@ -132,7 +149,8 @@ def write(args: argparse.Namespace, runs: dict[str, Any], complete: bool) -> Non
 
         lines.append(f"| {name} | {cell('success_rate')} ({r['succeeded']} of {r['attacked']} attacked) | "
                      f"{cell('accuracy_under_attack')} | {cell('perturbed_share')} | {cell('queries')} | "
-                     f"{r['forward_calls']} | {r['cpu_seconds']:.0f} | {r['seconds']:.0f} |")  # fmt: skip
+                     f"{r['forward_calls']} | {r['cpu_seconds']:.0f} | {r['seconds']:.0f} | "
+                     f"{antonym_cell(r)} |")  # fmt: skip
     m = runs.get("mcnemar textgrad vs random")
     if m is not None:
         lines += [
@@ -142,6 +160,13 @@ def write(args: argparse.Namespace, runs: dict[str, Any], complete: bool) -> Non
             f"exact one-sided McNemar p = {m['p_one_sided']:.3g}.",
         ]
     lines += [
+        "",
+        "Last column: successes whose changed words include a WordNet antonym of the word replaced",
+        "(`constraints.antonym_swaps`: direct antonymy, adjective clusters and their see-also heads, lemmatised",
+        "words), with the pairs: label changes, not adversarial examples. TextGrad, its random baseline and HotFlip",
+        "refuse them by default (`NoAntonym`); the 'antonyms allowed' rows are the recipes without it",
+        "(`refuse_antonyms=False`), as measured before. Sentiment flips WordNet does not list as antonyms",
+        "(bored -> entertaining, repetitive -> enjoyable) are not caught and remain among the successes.",
         "",
         "TextGrad counts each projected-gradient step (one forward and backward pass on the relaxed text) as one",
         "query; its 20 steps leave 20 sampled texts plus the mode for the victim. The random baseline samples from",
