@@ -318,3 +318,10 @@ def test_ray_gives_the_local_rows_and_pictures_for_the_checks_that_share_and_rea
         with Store(db) as store:
             pictures.append([(c, a.name, a.caption) for c, a in store.artifacts(run.run_id)])
     assert len(pictures[0]) >= 8 and pictures[0] == pictures[1]
+
+
+def test_a_running_clusters_address_passes_the_address_check(ray_session):
+    """The GCS of a live Ray answers the check that refuses addresses of other services (test_ray_errors.py)."""
+    address = ray.get_runtime_context().gcs_address
+    executor = RayExecutor(address=address)
+    assert executor.address == address

@@ -1,9 +1,12 @@
 """`--executor ray` refusals that need no Ray session (issue 20): Ray not installed, an address that does
 not answer. Both are one line, exit 2, and leave no database behind."""
 
+import http.server
 import socket
 import sys
+import threading
 
+import pytest
 from click.testing import CliRunner
 
 from mlsafety.cli import main
@@ -42,3 +45,38 @@ def test_an_address_that_does_not_answer_is_one_line_and_stores_nothing(tmp_path
     assert bad.exit_code == 2 and "HOST:PORT" in bad.output
     local = CliRunner().invoke(main, ["audit", "--ray-address", address, "--db", str(db)])
     assert local.exit_code == 2 and "--executor ray" in local.output and not db.exists()
+
+
+class _QuietHandler(http.server.BaseHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # the output checked is the CLI's alone
+        pass
+
+
+@pytest.mark.parametrize("kind", ["http", "silent"])
+def test_an_address_that_is_not_a_ray_cluster_is_one_line_and_stores_nothing(tmp_path, kind):
+    """A port that accepts connections but is no Ray GCS (the dashboard's HTTP port, a silent service): ray.init
+    retried it for more than ten minutes, printing a warning every few seconds, before this was checked."""
+    db = tmp_path / "runs.sqlite"
+    if kind == "http":
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        port = server.server_address[1]
+
+        def stop() -> None:
+            server.shutdown()
+            server.server_close()
+
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port, stop = listener.getsockname()[1], listener.close
+    try:
+        address = f"127.0.0.1:{port}"
+        res = CliRunner().invoke(main, ["audit", "--executor", "ray", "--ray-address", address, "--db", str(db)])
+    finally:
+        stop()
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and address in lines[0] and "not answer as a Ray cluster" in lines[0], res.output
+    assert not db.exists()

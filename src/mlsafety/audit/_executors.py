@@ -186,7 +186,8 @@ def import_ray() -> Any:
 
 
 def _check_address(address: str, timeout: float) -> None:
-    """Refuse (one line) a ``host:port`` or ``ray://host:port`` address that does not accept a connection."""
+    """Refuse (one line) a ``host:port`` or ``ray://host:port`` address that does not accept a connection, or
+    accepts one but does not answer gRPC's HTTP/2 preface as Ray's GCS and client server do (:func:`_first_frame`)."""
     if address == "auto" or address.startswith("local"):
         return
     hostport = address.split("://", 1)[-1]
@@ -194,13 +195,47 @@ def _check_address(address: str, timeout: float) -> None:
     if not sep or not port.isdigit():
         raise InputError(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001)")
     try:
-        with socket.create_connection((host, int(port)), timeout=timeout):
-            pass
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            first = _first_frame(sock, timeout)
     except OSError as exc:
         raise InputError(
             f"Ray address {address} does not answer ({exc.strerror or type(exc).__name__} within {timeout:g} s); "
             "start the cluster (`ray start --head`) or fix --ray-address / RAY_ADDRESS"
         ) from None
+    if len(first) < 9 or first[3] != HTTP2_SETTINGS:
+        raise InputError(
+            f"Ray address {address} does not answer as a Ray cluster (no gRPC reply; the dashboard's port?); "
+            "give the head's GCS port (`ray start --head` prints it, default 6379) "
+            "or ray://HOST:10001"
+        )
+
+
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)
+"""The HTTP/2 client connection preface and an empty SETTINGS frame (RFC 9113, section 3.4)."""
+
+HTTP2_SETTINGS = 0x04
+"""The type of the frame an HTTP/2 server sends first (its preface): a SETTINGS frame."""
+
+
+def _first_frame(sock: socket.socket, timeout: float) -> bytes:
+    """The first 9 bytes (a frame header) a server sends after the HTTP/2 client preface, or fewer.
+
+    Ray's GCS and its client server are gRPC services, so they answer with a SETTINGS frame; a service of
+    another protocol (the dashboard's HTTP/1.1, a database) answers otherwise or not at all. Without this check
+    ``ray.init`` retried such an address for more than ten minutes, printing a warning every few seconds."""
+    sock.settimeout(timeout)
+    sock.sendall(HTTP2_PREFACE)
+    got = b""
+    deadline = time.monotonic() + timeout
+    try:
+        while len(got) < 9 and time.monotonic() < deadline:
+            chunk = sock.recv(9 - len(got))
+            if not chunk:
+                break
+            got += chunk
+    except (TimeoutError, ConnectionError):
+        pass
+    return got
 
 
 def _pickle_user_modules(ctx: AuditContext) -> None:
