@@ -112,6 +112,49 @@ def test_altered_missing_file_and_wrong_model_are_refused(exported: tuple[Path, 
         load_guard(out, model=other)
 
 
+def _rehash(d: Path) -> None:
+    """Write the manifest again for the files as they are now (a hand edit that kept the manifest in step)."""
+    import hashlib
+
+    manifest = json.loads((d / "manifest.json").read_text())
+    for f in manifest["files"]:
+        manifest["files"][f] = hashlib.sha256((d / f).read_bytes()).hexdigest()
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _drop_scale(d: Path) -> None:
+    cfg = json.loads((d / "guard.json").read_text())
+    del cfg["monitor"]["score_scale"]  # Monitor's default (1.0) would have changed every score silently
+    (d / "guard.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda d: (d / "guard.json").write_text("not json"), id="guard.json"),
+        pytest.param(lambda d: (d / "provenance.json").write_text("{}"), id="provenance.json"),
+        pytest.param(lambda d: (d / "monitor.safetensors").write_bytes(b"xx"), id="monitor.safetensors"),
+        pytest.param(_drop_scale, id="monitor-field"),
+    ],
+)
+def test_a_damaged_file_the_manifest_agrees_with_is_one_line(
+    exported: tuple[Path, Path], tmp_path: Path, damage: Any
+) -> None:
+    """The manifest catches a file changed by accident; a file changed with the manifest written again was a
+    traceback (exit 1), or for a missing field a guard that scored with a default."""
+    _, out = exported
+    bad = tmp_path / "bad"
+    shutil.copytree(out, bad)
+    damage(bad)
+    _rehash(bad)
+    with pytest.raises(InputError, match="export the guard again") as e:
+        load_guard(bad)
+    assert "\n" not in str(e.value)
+    r = CliRunner().invoke(main, ["serve", str(bad), "--port", "0"])
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+
+
 @pytest.mark.slow
 def test_guard_in_a_plain_inference_loop(exported: tuple[Path, Path]) -> None:
     _, out = exported

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -270,7 +271,13 @@ def verify_guard_dir(path: str | Path) -> dict[str, Any]:
             raise InputError(
                 f"guard file {d / f} was altered (its SHA-256 differs from the manifest); export the guard again"
             )
-    return dict(json.loads((d / FILES[2]).read_text()))
+    try:
+        cfg = json.loads((d / FILES[2]).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"{d / FILES[2]} is damaged ({e}); export the guard again") from None
+    if not isinstance(cfg, dict):
+        raise InputError(f"{d / FILES[2]} is damaged (not a JSON object); export the guard again")
+    return cfg
 
 
 @dataclass
@@ -303,6 +310,21 @@ def load_guard(path: str | Path, model: nn.Module | None = None, device: str | t
     device = check_device(device, "the guard")  # before anything is loaded: torch's RuntimeError is no one-line refusal
     d = Path(path)
     cfg = verify_guard_dir(d)
+    try:
+        return _load_checked(d, cfg, model, device)
+    except InputError:
+        raise
+    except (ValueError, KeyError, TypeError, RuntimeError, SafetensorError) as e:
+        # files that match the manifest but not what export writes (edited and re-hashed, or another version's):
+        # a JSON error, a key or field missing, weights or state that do not fit the rebuilt model or detector
+        what = f"{type(e).__name__}: {e}".splitlines()[0]
+        raise InputError(
+            f"guard directory {d} is damaged or not one export_guard wrote ({what}); export the guard again"
+        ) from None
+
+
+def _load_checked(d: Path, cfg: dict[str, Any], model: nn.Module | None, device: torch.device) -> LoadedGuard:
+    """:func:`load_guard`'s body, on a directory whose files match the manifest."""
     prov = json.loads((d / FILES[3]).read_text())
     want = prov["model_fingerprint"]
     if model is None:
@@ -317,6 +339,9 @@ def load_guard(path: str | Path, model: nn.Module | None = None, device: str | t
         )
     tensors = load_file(str(d / FILES[1]))
     reference = tensors.pop(VALIDATION_SCORES)
+    fields = {f.name for f in dataclasses.fields(Monitor)}
+    if set(cfg["monitor"]) != fields:  # a missing scale would silently take its default
+        raise ValueError(f"the monitor's fields are {sorted(cfg['monitor'])}, expected {sorted(fields)}")
     mon = Monitor(**cfg["monitor"])
     det = None
     if cfg["detector"] is not None:
