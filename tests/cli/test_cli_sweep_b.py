@@ -127,6 +127,6 @@ def test_lm_bad_values_leave_no_folder(d: Path, tmp_path: Path, args: list[str],
     out = tmp_path / "new" / "out"
     r = d / "rewards.py"
     base = ["--model", str(d / "llama"), "--reward", f"{r}:length", "--gold", f"{r}:length", "--n-max", "4"]
-    result = run("overoptimization", "lm", *base, "--prompts", "1", "--max-new-tokens", "2", *args, "--out", str(out))
+    result = run("overoptimization", "lm", *base, "--prompts", "2", "--max-new-tokens", "2", *args, "--out", str(out))
     one_error_line(result, *needles)
     assert list(tmp_path.iterdir()) == []
