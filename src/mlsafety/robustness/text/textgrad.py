@@ -305,11 +305,7 @@ class TextGradSearch(SearchMethod):
             if t.text not in seen and t.changed:
                 seen.add(t.text)
                 texts.append(t)
-        for con in problem.attack.constraints:
-            if not texts:
-                break
-            keep = con.allows(problem.original, texts)
-            texts = [t for t, ok in zip(texts, keep) if ok]
+        texts = problem.allowed(texts, [problem.original] * len(texts))  # every sample is made from the original
         if not texts:
             return problem.original
         result = problem.query(texts)
