@@ -329,7 +329,7 @@ def antonym_cell(r: dict[str, Any]) -> str:
         return "-"
     pairs = ", ".join(f"{a}->{b}" for a, b in r.get("antonym_pairs", []))
     share = r.get("antonym_share")
-    pct = f" ({100 * share['value']:.0f}%)" if share else ""
+    pct = f" ({100 * share['value']:.0f}% [{100 * share['ci_low']:.0f}, {100 * share['ci_high']:.0f}])" if share else ""
     return f"{r['antonym_successes']} of {r['succeeded']}{pct}" + (f": {pairs}" if pairs else "")
 
 
@@ -359,7 +359,8 @@ def write_md(out: dict[str, Any]) -> None:
         "",
         "Last column: successes whose changed words include a WordNet antonym of the word replaced "
         "(`constraints.antonym_swaps`, direct antonymy, adjective clusters and their see-also heads, on lemmatised "
-        "words), with the pairs; such a swap changes the label rather than fooling the model. The textfooler "
+        "words), their share of the successes with its 95% Clopper-Pearson interval, and the pairs; such a swap "
+        "changes the label rather than fooling the model. The textfooler "
         "recipes refuse them by default (`NoAntonym`); the `-antonyms-allowed` rows are the recipe without it "
         "(`refuse_antonyms=False`), as these rows were measured before. It does not catch sentiment flips "
         "WordNet does not list as antonyms (bored -> fun, pointless -> hilarious), which remain in the successes.",
