@@ -1,7 +1,17 @@
 import pytest
 import torch
 
-from mlsafety.core import InputError, Registry, UnknownNameError, derive_seed, draw_seed, generator, randn_like
+from mlsafety.core import (
+    InputError,
+    Registry,
+    UnknownNameError,
+    derive_seed,
+    draw_seed,
+    generator,
+    randn_like,
+    seeded_global,
+)
+from tests.support.devices import refuse_global_reseeding
 
 
 def test_registry():
@@ -65,3 +75,13 @@ def test_core_public_api_has_the_foundation_names():
     import mlsafety.core as core  # order and resolvability: tests/test_public_api.py
 
     assert {"DataLike", "as_array_dataset", "iter_batches", "draw_seed", "generator"} <= set(core.__all__)
+
+
+def test_seeded_global_seeds_the_cpu_from_the_generator_and_restores_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    want = torch.rand(5, generator=torch.Generator().manual_seed(draw_seed(generator(4, "global"))))
+    refuse_global_reseeding(monkeypatch)
+    before = torch.get_rng_state()
+    with seeded_global(generator(4, "global"), ["cpu"]):
+        got = torch.rand(5)
+    assert torch.equal(got, want)
+    assert torch.equal(torch.get_rng_state(), before)

@@ -21,6 +21,7 @@ from mlsafety.core import (
     train,
     training_recipe,
 )
+from tests.support.devices import refuse_global_reseeding
 
 
 def _data(n: int = 40) -> ArrayDataset:
@@ -233,3 +234,13 @@ def test_hooks_run_in_train_mode_and_batch_norm_statistics_come_from_the_trainin
     mean, var = float(data.x.mean()) + 10, float(data.x.var())  # the batch is the whole data: one value each step
     assert float(bn.running_mean) == pytest.approx(mean * (1 - 0.9**3), rel=1e-5)
     assert float(bn.running_var) == pytest.approx(0.9**3 + var * (1 - 0.9**3), rel=1e-5)
+
+
+def test_seeding_reseeds_no_generator_it_does_not_restore(monkeypatch: pytest.MonkeyPatch) -> None:
+    """seeded_init and train's dropout seeding called torch.manual_seed, which also reseeds every GPU's generator,
+    while fork_rng restored none (seeded_init) or the model's device alone: the caller's CUDA stream was reset."""
+    data = _data()
+    want_init, want_trained = _net(0), train(_net(0), data, epochs=2, seed_dropout=True)
+    refuse_global_reseeding(monkeypatch)
+    assert _same(_net(0), want_init)
+    assert _same(train(_net(0), data, epochs=2, seed_dropout=True), want_trained)

@@ -53,7 +53,7 @@ from mlsafety.core._outliers import permute_noise_mosaic_outliers, transform_mix
 from mlsafety.core._params import HyperParams, Param, check_is_fitted
 from mlsafety.core._paths import check_output_path
 from mlsafety.core._progress import Progress, track
-from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like
+from mlsafety.core._random import derive_seed, draw_seed, generator, rand_like, randn_like, seeded_global
 from mlsafety.core._registry import Registry
 from mlsafety.core._text import TextBatch, TextDataset, Texts, encode, modality_of
 from mlsafety.core._textdata import load_hf_dataset, load_text_csv, load_text_jsonl, validate_text_dataset
@@ -141,6 +141,7 @@ __all__ = [
     "read_class_file",
     "read_state_dict",
     "register_recipe",
+    "seeded_global",
     "seeded_init",
     "tap_layers",
     "track",

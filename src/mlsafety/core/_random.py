@@ -13,7 +13,9 @@ training recipe's seed (the provenance of shipped weights); never are both passe
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+from collections.abc import Iterable, Iterator
 
 import torch
 
@@ -46,11 +48,32 @@ def generator(seed: int, *names: object, device: torch.device | str = "cpu") -> 
 def draw_seed(generator: torch.Generator) -> int:
     """A 62-bit seed drawn from ``generator``, for code that can only be seeded with an integer.
 
-    PyTorch's dropout and weight initialisers draw from the global generator; run them under
-    ``torch.random.fork_rng()`` with ``torch.manual_seed(draw_seed(g))`` so the caller's generator
-    decides them and the global state is left as it was.
+    PyTorch's dropout and weight initialisers draw from the global generators; run them under
+    :func:`seeded_global` so the caller's generator decides them and the global state is left as it was.
     """
     return int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+
+
+@contextlib.contextmanager
+def seeded_global(generator: torch.Generator, devices: Iterable[torch.device | str] = ()) -> Iterator[None]:
+    """The CPU's global generator and those of the GPUs among ``devices`` seeded from ``generator`` for the
+    block (one :func:`draw_seed`), and put back as they were after it.
+
+    Not ``torch.manual_seed``: it reseeds every GPU's generator, while ``torch.random.fork_rng`` restores only
+    the devices it is given, so the caller's CUDA random stream was reset by a CPU computation.
+
+    Example:
+        >>> with seeded_global(generator(0, "init"), [p.device for p in model.parameters()]):
+        ...     model.reset_parameters()
+    """
+    gpus = list(dict.fromkeys(d for d in map(torch.device, devices) if d.type == "cuda"))
+    seed = draw_seed(generator)
+    with torch.random.fork_rng(devices=gpus):
+        torch.random.default_generator.manual_seed(seed)
+        for d in gpus:
+            with torch.cuda.device(d):
+                torch.cuda.manual_seed(seed)
+        yield
 
 
 def _sample(fn, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:  # type: ignore[no-untyped-def]

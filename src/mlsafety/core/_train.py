@@ -17,10 +17,10 @@ They differ only in
 The loop, in this order (the order is part of the contract: shipped weights are reproduced from
 it bit for bit on the machine kind that trained them): a generator ``generator(seed, *stream)``;
 the optimiser and schedule; with ``seed_dropout``, one draw from the generator seeds PyTorch's
-global generator under ``torch.random.fork_rng`` (dropout masks; the caller's global state is
-restored); per epoch one ``randperm`` of the data, then per batch the batch hook, the loss hook,
-``zero_grad``, ``backward``, ``step``; the schedule steps once per epoch. The model is trained in
-place and returned in eval mode; nothing else is restored (the point is to change the weights).
+global generators, the CPU's and the model's device's (:func:`~mlsafety.core.seeded_global`: dropout
+masks; the caller's global state is restored); per epoch one ``randperm`` of the data, then per batch
+the batch hook, the loss hook, ``zero_grad``, ``backward``, ``step``; the schedule steps once per epoch.
+The model is trained in place and returned in eval mode; nothing else is restored (the point is to change the weights).
 
 Example:
     >>> from mlsafety.core import TrainConfig, random_shift, seeded_init, train
@@ -46,7 +46,7 @@ from mlsafety.core._errors import InputError, UnknownNameError
 from mlsafety.core._model import unwrap_logits
 from mlsafety.core._params import HyperParams, Param
 from mlsafety.core._progress import Progress, track
-from mlsafety.core._random import draw_seed, generator
+from mlsafety.core._random import generator, seeded_global
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 """A loss hook: ``(model, x, y, generator) -> scalar loss`` for one batch already on the model's device.
@@ -115,8 +115,7 @@ def _seeded_dropout(g: torch.Generator, device: torch.device, enabled: bool) -> 
     if not enabled:
         yield
         return
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(draw_seed(g))
+    with seeded_global(g, [device]):
         yield
 
 
@@ -185,8 +184,7 @@ def seeded_init(model: nn.Module, seed: int, *names: object) -> nn.Module:
     """
     g = generator(seed, "init", *names)
     leaf = next(model.children(), None) is None
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(draw_seed(g))
+    with seeded_global(g, {t.device for t in model.state_dict().values()}):  # a model on a GPU draws there
         for m in model.modules():
             reset = getattr(m, "reset_parameters", None)
             if callable(reset) and (m is not model or leaf):

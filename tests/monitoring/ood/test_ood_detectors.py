@@ -13,6 +13,7 @@ from mlsafety.core import Classifier, InputError, generator
 from mlsafety.metrics import OOD_METRICS, bootstrap_two_sample, ood_metrics
 from mlsafety.monitoring import ood
 from mlsafety.monitoring.ood.mc_dropout import _cpu_mask_forward
+from tests.support.devices import refuse_global_reseeding
 
 
 def linear(d: int = 4, k: int = 3, seed: int = 0) -> nn.Module:
@@ -613,10 +614,5 @@ def test_mc_dropout_seeds_only_the_generators_it_forks(small_net, small_test, mo
     """torch.manual_seed reseeds every GPU's generator too, and fork_rng restores only the model's device: a CPU
     model's scoring on a GPU machine reset the caller's CUDA stream. Only the CPU's generator is seeded here."""
     want = ood.create("mc-dropout").score(small_net, small_test)
-
-    def refuse(*_args, **_kwargs):
-        raise AssertionError("reseeds generators it does not fork")
-
-    monkeypatch.setattr(torch, "manual_seed", refuse)
-    monkeypatch.setattr(torch.cuda, "manual_seed_all", refuse)
+    refuse_global_reseeding(monkeypatch)
     torch.testing.assert_close(ood.create("mc-dropout").score(small_net, small_test), want, rtol=0, atol=0)

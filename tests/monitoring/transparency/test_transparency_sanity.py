@@ -11,6 +11,7 @@ from torch import nn
 from mlsafety.core import ArrayDataset, Classifier, InputError, generator
 from mlsafety.monitoring import transparency as tr
 from mlsafety.monitoring.transparency.base import Attribution
+from tests.support.devices import refuse_global_reseeding
 
 
 class InputOnly(Attribution):
@@ -152,3 +153,11 @@ def test_a_threshold_outside_a_rank_correlation_is_refused(tiny_net, tiny_data, 
     """Maps count as changed below the threshold: above 1 every test passed, below -1 every test failed."""
     with pytest.raises(InputError, match="rank correlation in"):
         tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], threshold=threshold)
+
+
+def test_reinitialisation_reseeds_no_generator_it_does_not_restore(tiny_net, tiny_data, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The re-drawn weights came from torch.manual_seed, which reseeds every GPU's generator too (never restored)."""
+    want = tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], generator=generator(0, "s"))
+    refuse_global_reseeding(monkeypatch)
+    got = tr.sanity_check(tr.create("saliency"), tiny_net, tiny_data.x[:4], generator=generator(0, "s"))
+    assert torch.equal(got.spearman, want.spearman)

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from mlsafety.core import Classifier, InputError, Param, check_images, draw_seed, frozen, generator
+from mlsafety.core import Classifier, InputError, Param, check_images, frozen, generator, seeded_global
 from mlsafety.monitoring.ood.base import IMAGE, NEEDS_DROPOUT, Detector, register
 from mlsafety.monitoring.ood.deep_ensemble import STATISTICS, predictive_uncertainty
 
@@ -67,19 +67,11 @@ class MCDropout(Detector):
         if not dropouts:
             raise InputError("mc-dropout needs a model with dropout layers; this one has none")
         device = clf.device
-        devices = [device] if device.type == "cuda" else []
-        seed = draw_seed(generator(self.seed, "mc-dropout"))
         probs = []
         # off the CPU, plain dropout layers draw their masks on the CPU: the scores are the CPU's (other dropout
         # kinds keep the device's generator)
         swapped = [m for m in dropouts if type(m) is nn.Dropout] if device.type != "cpu" else []
-        with frozen(clf.module), torch.inference_mode(), torch.random.fork_rng(devices=devices):
-            # the CPU's generator and the model's device's only (torch.manual_seed would reseed every GPU, and
-            # fork_rng restores only the model's): the caller's other generators keep their state
-            torch.random.default_generator.manual_seed(seed)
-            if device.type == "cuda":
-                with torch.cuda.device(device):
-                    torch.cuda.manual_seed(seed)
+        with frozen(clf.module), torch.inference_mode(), seeded_global(generator(self.seed, "mc-dropout"), [device]):
             for m in dropouts:
                 m.train()
             for m in swapped:

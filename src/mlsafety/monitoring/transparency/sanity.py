@@ -48,6 +48,7 @@ from mlsafety.core import (
     as_classifier,
     draw_seed,
     forward,
+    seeded_global,
 )
 from mlsafety.core import generator as _generator
 from mlsafety.monitoring.transparency.base import Attribution, Target, TextLike, is_text
@@ -169,8 +170,7 @@ def _default_generator() -> torch.Generator:
 
 def _reinit(module: nn.Module, seed: int, name: str) -> None:
     g = _generator(seed, "sanity", name)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
-        torch.manual_seed(draw_seed(g))
+    with seeded_global(g), torch.no_grad():
         on_cpu = all(t.device.type == "cpu" for t in module.state_dict().values())
         # Drawn on the CPU whatever the model's device: a GPU's generator gives other weights for the same seed,
         # and the audit's rows must not depend on where the model runs.
