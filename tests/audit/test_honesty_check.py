@@ -9,18 +9,22 @@ import pytest
 
 from mlsafety.audit import AuditConfig, run_audit
 from mlsafety.core import InputError
-from tests.support.text import tiny_llama
+from tests.support.text import save_with_tokenizer, tiny_llama
 
 PROMPTS = "text\n" + "".join(f"{a} {b} was quite\n" for a in ("the", "a") for b in ("movie", "film"))
 
 
 @pytest.fixture(scope="module")
-def audited(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+def lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("lm-honesty")
-    model = tiny_llama(2)
-    model.save_pretrained(folder / "llama")
-    model.tokenizer.save_pretrained(folder / "llama")
+    save_with_tokenizer(tiny_llama(2), folder / "llama")
     (folder / "prompts.csv").write_text(PROMPTS)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def audited(lm_dir: Path) -> tuple[Path, dict]:
+    folder = lm_dir
     config = AuditConfig(
         model=str(folder / "llama"),
         data=str(folder / "prompts.csv"),
@@ -45,6 +49,8 @@ def test_rows_cover_every_layer_method_and_the_gap_with_intervals(audited) -> No
         assert rows[f"{hazard}/zero_shot_accuracy"].n == 12
     best = rows["honesty/statements/best_probe_layer"]
     assert best.kind == "decision" and best.params["method"] in ("ccs", "top-pc")
+    for stem in ("ccs", "logistic"):  # the stored rule names every restriction best_layer applies
+        assert "reads both answers" in rows[f"honesty/statements/{stem}_best_layer"].params["rule"]
     assert "honesty/statements-qa-true/ccs_accuracy" in rows  # the second template, at the best layer
 
 
@@ -55,14 +61,10 @@ def test_report_has_the_alignment_section_with_the_plot(audited) -> None:
     assert html.count("data:image/png;base64,") >= 1 and "Honesty gap" in html
 
 
-def test_too_few_statements_to_cross_validate_logistic_are_refused_when_planned(tmp_path: Path) -> None:
+def test_too_few_statements_to_cross_validate_logistic_are_refused_when_planned(lm_dir: Path, tmp_path: Path) -> None:
     """Under 16 statements the fit half holds under 8 (before: 8 were accepted, and logistic regression, which
     fits 4 items at every layer, reported the first layer as its best)."""
-    model = tiny_llama(2)
-    model.save_pretrained(tmp_path / "llama")
-    model.tokenizer.save_pretrained(tmp_path / "llama")
-    (tmp_path / "prompts.csv").write_text(PROMPTS)
-    config = AuditConfig(model=str(tmp_path / "llama"), data=str(tmp_path / "prompts.csv"), checks=["honesty"],
+    config = AuditConfig(model=str(lm_dir / "llama"), data=str(lm_dir / "prompts.csv"), checks=["honesty"],
                          quick=True, check_params={"honesty": {"statements": 15}})  # fmt: skip
     db = tmp_path / "runs.sqlite"
     with pytest.raises(InputError, match=r"honesty: statements must be an integer >= 16, got 15"):

@@ -43,11 +43,13 @@ from mlsafety.core import Hazard, InputError
 
 STATEMENTS = "statements"
 MISLEADING = "statements-misleading"
+_READS = ", among the layers where it reads both answers on the fit items (all layers when none does)"
 _RULE = {
-    False: "highest mean accuracy on the fit half",
-    True: "highest mean 2-fold cross-validated accuracy inside the fit half",
+    False: "highest mean accuracy on the fit half" + _READS,
+    True: "highest mean 2-fold cross-validated accuracy inside the fit half" + _READS,
 }
-"""How a method's best layer is chosen, by whether it separates its own fit items (``Probe.fits_its_items``)."""
+"""How a method's best layer is chosen (:meth:`ProbeReport.best_layer`), by whether it separates its own fit items
+(``Probe.fits_its_items``)."""
 
 
 def _metrics() -> tuple[str, ...]:
