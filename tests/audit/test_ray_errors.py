@@ -80,3 +80,19 @@ def test_an_address_that_is_not_a_ray_cluster_is_one_line_and_stores_nothing(tmp
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and address in lines[0] and "not answer as a Ray cluster" in lines[0], res.output
     assert not db.exists()
+
+
+@pytest.mark.parametrize("flag", ["1", "true"])
+def test_with_ray_tls_only_the_connection_is_checked(monkeypatch, flag):
+    """A TLS cluster's servers answer a TLS handshake alone, never the cleartext HTTP/2 preface: a real cluster
+    was refused as 'not a Ray cluster'. An address that does not answer is still refused."""
+    from mlsafety.audit._executors import _check_address
+    from mlsafety.core import InputError
+
+    monkeypatch.setenv("RAY_USE_TLS", flag)
+    with socket.socket() as listener:  # accepts, never speaks cleartext HTTP/2 (as a TLS server does)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        _check_address(f"127.0.0.1:{listener.getsockname()[1]}", 1.0)
+    with pytest.raises(InputError, match="does not answer"):
+        _check_address(f"127.0.0.1:{_closed_port()}", 1.0)

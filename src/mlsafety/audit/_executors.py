@@ -187,7 +187,10 @@ def import_ray() -> Any:
 
 def _check_address(address: str, timeout: float) -> None:
     """Refuse (one line) a ``host:port`` or ``ray://host:port`` address that does not accept a connection, or
-    accepts one but does not answer gRPC's HTTP/2 preface as Ray's GCS and client server do (:func:`_first_frame`)."""
+    accepts one but does not answer gRPC's HTTP/2 preface as Ray's GCS and client server do (:func:`_first_frame`).
+
+    Deviation: with Ray's TLS on (``RAY_USE_TLS``) its servers answer a TLS handshake alone, so only the
+    connection is checked there."""
     if address == "auto" or address.startswith("local"):
         return
     hostport = address.split("://", 1)[-1]
@@ -196,6 +199,8 @@ def _check_address(address: str, timeout: float) -> None:
         raise InputError(f"Ray address {address!r} is not HOST:PORT (e.g. 10.0.0.5:6379 or ray://10.0.0.5:10001)")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout) as sock:
+            if _ray_uses_tls():  # a cleartext preface gets no SETTINGS frame from a TLS server
+                return
             first = _first_frame(sock, timeout)
     except OSError as exc:
         raise InputError(
@@ -208,6 +213,11 @@ def _check_address(address: str, timeout: float) -> None:
             "give the head's GCS port (`ray start --head` prints it, default 6379) "
             "or ray://HOST:10001"
         )
+
+
+def _ray_uses_tls() -> bool:
+    """Whether Ray's gRPC channels use TLS here: ``RAY_USE_TLS`` read as Ray reads it (``ray._private.grpc_utils``)."""
+    return os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true")
 
 
 HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5)
