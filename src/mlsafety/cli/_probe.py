@@ -166,7 +166,7 @@ def _print(report: Any, methods: list[str]) -> None:
     if report.best is not None:
         gaps = ", ".join(f"{k} {_cell(e)}" for k, e in report.gap.items())
         out_console.print(f"honesty gap (stated answer vs {report.best[0]} at layer {report.best[1]}): {gaps}")
-    elif any(r.either_sign is not None for r in report.table()):
+    elif either:  # unsupervised probes ran, but none reads both answers at any layer
         out_console.print("honesty gap: none (no unsupervised probe reads both answers on the fit items at any layer)")
 
 

@@ -85,7 +85,8 @@ def _finite_run(g: torch.Generator, with_ids: bool, alpha: float, k: int = 256, 
 
 def test_false_alarm_rate_holds_when_selected_outputs_repeat_given_ids() -> None:
     # counting repeated draws of one output as independent made the standard error too small: without ids
-    # this world alarms far above alpha (the bench's best-of-256 over 4,096 outputs: ~40% at alpha 0.1)
+    # this world alarms far above alpha (and the bench's best-of-256 over 4,096 outputs, at alpha 0.05: see
+    # bench/results/proxy_gaming_sim.md, design new_without_ids)
     g = generator(7, "monitor-null-repeats")
     runs, alpha = 400, 0.1
     with_ids = sum(_finite_run(g, True, alpha) for _ in range(runs))
